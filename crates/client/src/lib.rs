@@ -1,0 +1,1 @@
+//! The Tessera client library: volume handles, routing, retries, pipelined requests to storage nodes.

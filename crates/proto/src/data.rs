@@ -1,0 +1,346 @@
+//! Data-plane messages: client ↔ storage node, and node ↔ node Raft traffic.
+//!
+//! A request addresses one chunk of one volume inside one replica group, and never crosses a
+//! chunk boundary (the client splits). Layout of every request body (little-endian):
+//!
+//! ```text
+//! group u64 | volume u64 | chunk u64 | epoch u64 | offset u32 | len u32 | data (Write only)
+//! ```
+//! `offset` is relative to the chunk start. A reply body is `status u8` followed by the
+//! payload for `Ok` (read data, empty otherwise), the leader hint `u64` for `NotLeader`, or
+//! a UTF-8 message for every other status.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::frame::Kind;
+use crate::{DecodeError, Reader};
+
+/// Largest single data-plane request payload. Clients split larger I/O.
+pub const MAX_IO: u32 = 4 << 20;
+const REQ_HEADER: usize = 40;
+
+/// Which chunk a request touches, and in which replica group it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkAddr {
+    pub group: u64,
+    pub volume: u64,
+    pub chunk: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Write,
+    Read,
+    WriteZeroes,
+    Discard,
+}
+
+/// One data-plane request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub op: Op,
+    pub addr: ChunkAddr,
+    /// Writer fencing epoch (0: unfenced).
+    pub epoch: u64,
+    pub offset: u32,
+    pub len: u32,
+    /// The data of a write; empty for every other op.
+    pub data: Bytes,
+}
+
+impl Request {
+    pub fn write(addr: ChunkAddr, offset: u32, data: Bytes) -> Self {
+        Request {
+            op: Op::Write,
+            addr,
+            epoch: 0,
+            offset,
+            len: data.len() as u32,
+            data,
+        }
+    }
+
+    pub fn other(op: Op, addr: ChunkAddr, offset: u32, len: u32) -> Self {
+        Request {
+            op,
+            addr,
+            epoch: 0,
+            offset,
+            len,
+            data: Bytes::new(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.op {
+            Op::Write => Kind::Write,
+            Op::Read => Kind::Read,
+            Op::WriteZeroes => Kind::WriteZeroes,
+            Op::Discard => Kind::Discard,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(REQ_HEADER + self.data.len());
+        b.put_u64_le(self.addr.group);
+        b.put_u64_le(self.addr.volume);
+        b.put_u64_le(self.addr.chunk);
+        b.put_u64_le(self.epoch);
+        b.put_u32_le(self.offset);
+        b.put_u32_le(self.len);
+        b.extend_from_slice(&self.data);
+        b.freeze()
+    }
+
+    /// Decodes a request body of frame kind `kind`. The write payload is a zero-copy slice.
+    pub fn decode(kind: Kind, body: &Bytes) -> Result<Self, DecodeError> {
+        let op = match kind {
+            Kind::Write => Op::Write,
+            Kind::Read => Op::Read,
+            Kind::WriteZeroes => Op::WriteZeroes,
+            Kind::Discard => Op::Discard,
+            other => return Err(DecodeError::UnknownKind(other as u8)),
+        };
+        let mut r = Reader::new(body);
+        let addr = ChunkAddr {
+            group: r.u64()?,
+            volume: r.u64()?,
+            chunk: r.u64()?,
+        };
+        let epoch = r.u64()?;
+        let offset = r.u32()?;
+        let len = r.u32()?;
+        if len > MAX_IO {
+            return Err(DecodeError::TooLarge {
+                len: len as u64,
+                max: MAX_IO as u64,
+            });
+        }
+        if offset.checked_add(len).is_none() {
+            return Err(DecodeError::Invalid(format!(
+                "offset {offset} + len {len} overflows"
+            )));
+        }
+        let data = if op == Op::Write {
+            if r.remaining() != len as usize {
+                return Err(DecodeError::Invalid(format!(
+                    "write says {len} bytes but carries {}",
+                    r.remaining()
+                )));
+            }
+            body.slice(REQ_HEADER..)
+        } else {
+            if r.remaining() != 0 {
+                return Err(DecodeError::Invalid("trailing bytes".into()));
+            }
+            Bytes::new()
+        };
+        Ok(Request {
+            op,
+            addr,
+            epoch,
+            offset,
+            len,
+            data,
+        })
+    }
+}
+
+/// The outcome of a data-plane request, as carried on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done; the read data, or empty.
+    Ok(Bytes),
+    /// This node does not lead the group; `hint` is the node id believed to lead (0: unknown).
+    NotLeader { hint: u64 },
+    /// This node hosts no replica of the group.
+    GroupNotFound,
+    /// The range lies outside what a chunk can hold.
+    OutOfRange(String),
+    /// No space left: the write was not applied anywhere.
+    DiskFull(String),
+    /// Stored data failed its checksum and could not be served.
+    Corrupt(String),
+    /// An I/O error on the node.
+    Io(String),
+    /// The request was malformed.
+    BadRequest(String),
+    /// Try again shortly (leadership changing, proposal dropped, node shutting down).
+    Unavailable(String),
+}
+
+impl Reply {
+    fn code(&self) -> u8 {
+        match self {
+            Reply::Ok(_) => 0,
+            Reply::NotLeader { .. } => 1,
+            Reply::GroupNotFound => 2,
+            Reply::OutOfRange(_) => 3,
+            Reply::DiskFull(_) => 4,
+            Reply::Corrupt(_) => 5,
+            Reply::Io(_) => 6,
+            Reply::BadRequest(_) => 7,
+            Reply::Unavailable(_) => 8,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(self.code());
+        match self {
+            Reply::Ok(data) => b.extend_from_slice(data),
+            Reply::NotLeader { hint } => b.put_u64_le(*hint),
+            Reply::GroupNotFound => {}
+            Reply::OutOfRange(m)
+            | Reply::DiskFull(m)
+            | Reply::Corrupt(m)
+            | Reply::Io(m)
+            | Reply::BadRequest(m)
+            | Reply::Unavailable(m) => b.extend_from_slice(m.as_bytes()),
+        }
+        b.freeze()
+    }
+
+    pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let code = r.u8()?;
+        let msg = |body: &Bytes| String::from_utf8_lossy(&body[1..]).into_owned();
+        Ok(match code {
+            0 => Reply::Ok(body.slice(1..)),
+            1 => Reply::NotLeader { hint: r.u64()? },
+            2 => Reply::GroupNotFound,
+            3 => Reply::OutOfRange(msg(body)),
+            4 => Reply::DiskFull(msg(body)),
+            5 => Reply::Corrupt(msg(body)),
+            6 => Reply::Io(msg(body)),
+            7 => Reply::BadRequest(msg(body)),
+            8 => Reply::Unavailable(msg(body)),
+            other => return Err(DecodeError::Invalid(format!("reply status {other}"))),
+        })
+    }
+}
+
+/// Raft messages of many groups from one node to another, in one frame.
+///
+/// ```text
+/// from_node u64 | count u32 | count × (group u64 | len u32 | len bytes of eraftpb::Message)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RaftBatch {
+    pub from_node: u64,
+    pub msgs: Vec<(u64, Bytes)>,
+}
+
+impl RaftBatch {
+    pub fn encode(&self) -> Bytes {
+        let size: usize = self.msgs.iter().map(|(_, m)| 12 + m.len()).sum();
+        let mut b = BytesMut::with_capacity(12 + size);
+        b.put_u64_le(self.from_node);
+        b.put_u32_le(self.msgs.len() as u32);
+        for (group, m) in &self.msgs {
+            b.put_u64_le(*group);
+            b.put_u32_le(m.len() as u32);
+            b.extend_from_slice(m);
+        }
+        b.freeze()
+    }
+
+    pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let from_node = r.u64()?;
+        let count = r.u32()? as usize;
+        // Each message takes at least 12 bytes: refuse counts the body cannot hold before
+        // allocating for them.
+        if count > r.remaining() / 12 {
+            return Err(DecodeError::Invalid(format!(
+                "raft batch claims {count} messages"
+            )));
+        }
+        let mut msgs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let group = r.u64()?;
+            let len = r.u32()? as usize;
+            let start = r.consumed_from(body);
+            r.take(len)?;
+            msgs.push((group, body.slice(start..start + len)));
+        }
+        if r.remaining() != 0 {
+            return Err(DecodeError::Invalid("trailing bytes".into()));
+        }
+        Ok(RaftBatch { from_node, msgs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDR: ChunkAddr = ChunkAddr {
+        group: 7,
+        volume: 3,
+        chunk: 9,
+    };
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = [
+            Request::write(ADDR, 512, Bytes::from(vec![7u8; 1000])),
+            Request::other(Op::Read, ADDR, 4096, 8192),
+            Request::other(Op::WriteZeroes, ADDR, 0, 1 << 20),
+            Request::other(Op::Discard, ADDR, 1, 2),
+        ];
+        for req in reqs {
+            let body = req.encode();
+            assert_eq!(Request::decode(req.kind(), &body).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn write_length_must_match_payload() {
+        let mut req = Request::write(ADDR, 0, Bytes::from(vec![1u8; 10]));
+        req.len = 11;
+        assert!(Request::decode(Kind::Write, &req.encode()).is_err());
+    }
+
+    #[test]
+    fn truncated_requests_are_errors() {
+        let body = Request::other(Op::Read, ADDR, 0, 4096).encode();
+        for n in 0..body.len() {
+            assert!(Request::decode(Kind::Read, &body.slice(..n)).is_err());
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let replies = [
+            Reply::Ok(Bytes::from_static(b"data")),
+            Reply::NotLeader { hint: 5 },
+            Reply::GroupNotFound,
+            Reply::OutOfRange("x".into()),
+            Reply::DiskFull("full".into()),
+            Reply::Corrupt("crc".into()),
+            Reply::Io("eio".into()),
+            Reply::BadRequest("bad".into()),
+            Reply::Unavailable("later".into()),
+        ];
+        for r in replies {
+            assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn raft_batch_round_trips_and_rejects_lies() {
+        let b = RaftBatch {
+            from_node: 2,
+            msgs: vec![(1, Bytes::from_static(b"abc")), (9, Bytes::new())],
+        };
+        let enc = b.encode();
+        assert_eq!(RaftBatch::decode(&enc).unwrap(), b);
+        let mut lie = BytesMut::from(&enc[..]);
+        lie[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(RaftBatch::decode(&lie.freeze()).is_err());
+        for n in 0..enc.len() {
+            assert!(RaftBatch::decode(&enc.slice(..n)).is_err());
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The frame: the unit every Tessera connection carries.
+//!
+//! ```text
+//! 0   magic      u32  "TSRA" (0x4152_5354 little-endian bytes 'T','S','R','A')
+//! 4   version    u8   1
+//! 5   kind       u8   see [`Kind`]
+//! 6   flags      u16  reserved, 0
+//! 8   request_id u64  chosen by the requester, echoed in the reply
+//! 16  body_len   u32  at most [`MAX_BODY`]
+//! 20  body_crc   u32  CRC32C of the body
+//! 24  header_crc u32  CRC32C of bytes 0..24
+//! 28  body
+//! ```
+//! All integers are little-endian. A receiver checks magic, version, length and both
+//! checksums before it looks at the body; any failure means the connection is not speaking
+//! Tessera (or is corrupt) and must be dropped.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::DecodeError;
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"TSRA");
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 28;
+/// Largest body a frame may carry: a 4 MiB write plus its request header, with room to spare.
+pub const MAX_BODY: u32 = 8 << 20;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Data plane: [`crate::data::Request`] bodies, one kind per operation.
+    Write = 1,
+    Read = 2,
+    WriteZeroes = 3,
+    Discard = 4,
+    /// Data plane reply to any of the above: a [`crate::data::Reply`].
+    Reply = 0x80,
+    /// Node to node: a batch of Raft messages of many groups ([`crate::data::RaftBatch`]).
+    RaftBatch = 16,
+    /// Control plane request: a JSON body.
+    Rpc = 32,
+    /// Control plane reply: a JSON body.
+    RpcReply = 0xA0,
+}
+
+impl TryFrom<u8> for Kind {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            1 => Kind::Write,
+            2 => Kind::Read,
+            3 => Kind::WriteZeroes,
+            4 => Kind::Discard,
+            0x80 => Kind::Reply,
+            16 => Kind::RaftBatch,
+            32 => Kind::Rpc,
+            0xA0 => Kind::RpcReply,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
+/// One decoded frame. The body is a zero-copy slice of the receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub request_id: u64,
+    pub body: Bytes,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, request_id: u64, body: Bytes) -> Self {
+        Frame {
+            kind,
+            request_id,
+            body,
+        }
+    }
+
+    /// The header to send before `self.body` (send both, e.g. with a vectored write, so the
+    /// body is never copied).
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        encode_header(self.kind, self.request_id, &self.body)
+    }
+
+    /// Header and body in one buffer (one copy of the body: fine for small frames).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(HEADER_LEN + self.body.len());
+        out.extend_from_slice(&self.header());
+        out.extend_from_slice(&self.body);
+        out.freeze()
+    }
+}
+
+/// Encodes a header for `body`. Panics only if the caller builds a body over [`MAX_BODY`],
+/// which is a programming error on the sending side, never input from the network.
+pub fn encode_header(kind: Kind, request_id: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+    assert!(body.len() <= MAX_BODY as usize, "frame body over MAX_BODY");
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4] = VERSION;
+    h[5] = kind as u8;
+    h[8..16].copy_from_slice(&request_id.to_le_bytes());
+    h[16..20].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    let hc = crc32c::crc32c(&h[0..24]);
+    h[24..28].copy_from_slice(&hc.to_le_bytes());
+    h
+}
+
+/// Takes one whole frame off the front of `buf`, if one is there.
+///
+/// `Ok(None)` means more bytes are needed. An error means the stream is unusable: the caller
+/// drops the connection. The header is validated as soon as it has arrived, so an oversized
+/// length is refused before any of its body is buffered.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    // Check the magic as soon as it has arrived, so a peer speaking another protocol is
+    // refused at once rather than left waiting for a header that never completes.
+    let have = buf.len().min(4);
+    if buf[..have] != MAGIC.to_le_bytes()[..have] {
+        let mut m = [0u8; 4];
+        m[..have].copy_from_slice(&buf[..have]);
+        return Err(DecodeError::BadMagic(u32::from_le_bytes(m)));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let h = &buf[..HEADER_LEN];
+    let stored_hc = u32::from_le_bytes([h[24], h[25], h[26], h[27]]);
+    if crc32c::crc32c(&h[0..24]) != stored_hc {
+        return Err(DecodeError::HeaderChecksum);
+    }
+    if h[4] != VERSION {
+        return Err(DecodeError::BadVersion(h[4]));
+    }
+    let kind = Kind::try_from(h[5])?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&h[8..16]);
+    let request_id = u64::from_le_bytes(id);
+    let body_len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
+    if body_len > MAX_BODY {
+        return Err(DecodeError::TooLarge {
+            len: body_len as u64,
+            max: MAX_BODY as u64,
+        });
+    }
+    let body_crc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+    let total = HEADER_LEN + body_len as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    buf.advance(HEADER_LEN);
+    let body = buf.split_to(body_len as usize).freeze();
+    if crc32c::crc32c(&body) != body_crc {
+        return Err(DecodeError::BodyChecksum);
+    }
+    Ok(Some(Frame {
+        kind,
+        request_id,
+        body,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Frame {
+        Frame::new(Kind::Write, 42, Bytes::from_static(b"hello tessera"))
+    }
+
+    #[test]
+    fn round_trips_byte_by_byte() {
+        let wire = sample().to_bytes();
+        let mut buf = BytesMut::new();
+        for (i, b) in wire.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            let got = decode(&mut buf).unwrap();
+            if i + 1 < wire.len() {
+                assert!(got.is_none());
+            } else {
+                assert_eq!(got.unwrap(), sample());
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn rejects_every_single_bit_flip() {
+        let wire = sample().to_bytes();
+        for bit in 0..wire.len() * 8 {
+            let mut bad = BytesMut::from(&wire[..]);
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&mut bad).is_err(), "bit {bit} flip accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_length_before_buffering_body() {
+        let mut h = encode_header(Kind::Write, 1, b"");
+        h[16..20].copy_from_slice(&(MAX_BODY + 1).to_le_bytes());
+        let hc = crc32c::crc32c(&h[0..24]);
+        h[24..28].copy_from_slice(&hc.to_le_bytes());
+        let mut buf = BytesMut::from(&h[..]);
+        assert!(matches!(decode(&mut buf), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_is_bad_magic() {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+        assert!(matches!(decode(&mut buf), Err(DecodeError::BadMagic(_))));
+    }
+}

@@ -1,0 +1,85 @@
+//! Tessera wire formats. No I/O lives here: only encoding, decoding and validation.
+//!
+//! - [`frame`]: the length-prefixed, checksummed frame every Tessera connection speaks
+//!   (client ↔ storage node, node ↔ node, anyone ↔ manager).
+//! - [`data`]: data-plane requests and replies (read, write, zeroes) in a fixed binary layout.
+//! - [`command`]: the commands replicated through a group's Raft log and applied to chunks.
+//! - [`control`]: control-plane messages (JSON bodies): manager API and storage admin.
+//!
+//! Every decoder returns `Result` and never panics on malformed input: bytes arriving here
+//! come from the network or from disk and are untrusted until checked.
+
+pub mod command;
+pub mod control;
+pub mod data;
+pub mod frame;
+
+/// The block size of the chunk store: every block carries its own CRC32C.
+pub const BLOCK_SIZE: u64 = 4096;
+
+/// Errors decoding bytes that came from the network or from disk.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("bad frame magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("frame header checksum mismatch")]
+    HeaderChecksum,
+    #[error("frame body checksum mismatch")]
+    BodyChecksum,
+    #[error("frame body of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: u64, max: u64 },
+    #[error("message truncated: needed {needed} bytes, had {had}")]
+    Truncated { needed: usize, had: usize },
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// A little-endian reader over an untrusted byte slice: every read is bounds-checked.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated {
+                needed: n,
+                had: self.buf.len(),
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub(crate) fn consumed_from(&self, start: &'a [u8]) -> usize {
+        start.len() - self.buf.len()
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+}
