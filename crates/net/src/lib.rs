@@ -1,0 +1,167 @@
+//! Framed TCP connections and control-plane RPC, shared by every Tessera process.
+//!
+//! Owns: reading and writing [`tessera_proto::frame::Frame`]s on async streams, and the
+//! one-request control-plane call ([`call`]) with a deadline. Must not know what any message
+//! means beyond its frame kind.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use tessera_proto::DecodeError;
+use tessera_proto::control::{self, ControlError};
+use tessera_proto::frame::{self, Frame, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("i/o with peer: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer sent a bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("unexpected frame kind {0:?}")]
+    UnexpectedKind(Kind),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// Reads whole frames off a byte stream, validating each before it is returned.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream (between frames).
+    pub async fn next(&mut self) -> Result<Option<Frame>, NetError> {
+        loop {
+            if let Some(f) = frame::decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(NetError::Decode(DecodeError::Truncated {
+                        needed: frame::HEADER_LEN,
+                        had: self.buf.len(),
+                    }))
+                };
+            }
+        }
+    }
+}
+
+/// Writes one frame: header then body, without copying the body.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
+    w.write_all(&f.header()).await?;
+    w.write_all(&f.body).await
+}
+
+/// Opens a TCP connection with `TCP_NODELAY` (every frame is latency-critical).
+pub async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, NetError> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| NetError::Timeout {
+            addr: addr.to_string(),
+            timeout,
+        })?
+        .map_err(|source| NetError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One control-plane request on its own connection, answered within `timeout`.
+///
+/// The reply body is `Result<Rep, ControlError>`; a `ControlError` comes back as
+/// [`NetError::Control`].
+pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
+    addr: &str,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Rep, NetError> {
+    let work = async {
+        let stream = connect(addr, timeout).await?;
+        let (r, mut w) = stream.into_split();
+        write_frame(&mut w, &Frame::new(Kind::Rpc, 1, control::encode(req))).await?;
+        let mut reader = FrameReader::new(r);
+        let f = reader.next().await?.ok_or(NetError::Closed)?;
+        if f.kind != Kind::RpcReply {
+            return Err(NetError::UnexpectedKind(f.kind));
+        }
+        let res: Result<Rep, ControlError> = control::decode(&f.body)?;
+        Ok(res?)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| NetError::Timeout {
+            addr: addr.to_string(),
+            timeout,
+        })?
+}
+
+/// Encodes a control-plane answer as the reply frame to request `request_id`.
+pub fn rpc_reply<Rep: Serialize>(request_id: u64, res: &Result<Rep, ControlError>) -> Frame {
+    Frame::new(Kind::RpcReply, request_id, control::encode(res))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn frames_cross_a_socket_and_eof_is_clean() {
+        let (a, b) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move {
+            let mut a = a;
+            for i in 0..100u64 {
+                let f = Frame::new(Kind::Rpc, i, Bytes::from(vec![i as u8; i as usize * 37]));
+                write_frame(&mut a, &f).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(b);
+        for i in 0..100u64 {
+            let f = r.next().await.unwrap().unwrap();
+            assert_eq!(f.request_id, i);
+            assert_eq!(f.body.len(), i as usize * 37);
+        }
+        writer.await.unwrap();
+        assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_an_error() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let f = Frame::new(Kind::Rpc, 1, Bytes::from_static(b"0123456789"));
+        a.write_all(&f.to_bytes()[..20]).await.unwrap();
+        drop(a);
+        assert!(FrameReader::new(b).next().await.is_err());
+    }
+}
