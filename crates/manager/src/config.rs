@@ -1,0 +1,142 @@
+//! Manager configuration, and its `manager.toml` form.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Default RPC address of a manager.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// `host:port` to serve the control plane on (port 0: any free port).
+    pub listen: String,
+    /// Holds `manager.redb`; created if missing.
+    pub data_dir: PathBuf,
+    /// Replicas per group, each on its own rack.
+    pub replicas: usize,
+    /// Replicas every node should host at least. At scale the design aims at ~100 per disk;
+    /// small clusters want few groups.
+    pub groups_per_node: u32,
+    /// No heartbeat for this long: the node is `suspect`.
+    pub suspect_after: Duration,
+    /// No heartbeat for this long: the node is `down` (no new groups, not a leader).
+    pub down_after: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            listen: DEFAULT_LISTEN.to_string(),
+            data_dir: PathBuf::from("data/manager"),
+            replicas: 3,
+            groups_per_node: 8,
+            suspect_after: Duration::from_secs(5),
+            down_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ManagerConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.replicas == 0 {
+            return Err(Error::Config("replicas must be at least 1".into()));
+        }
+        if self.groups_per_node == 0 {
+            return Err(Error::Config("groups_per_node must be at least 1".into()));
+        }
+        if self.suspect_after.is_zero() || self.suspect_after > self.down_after {
+            return Err(Error::Config(format!(
+                "suspect_after ({:?}) must be positive and at most down_after ({:?})",
+                self.suspect_after, self.down_after
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `manager.toml`: every key optional, defaults as in [`ManagerConfig::default`]; unknown
+/// keys are refused so a typo is not silently ignored.
+///
+/// ```toml
+/// listen = "0.0.0.0:7400"
+/// data_dir = "/var/lib/tessera/manager"
+/// groups_per_node = 100
+/// suspect_after_ms = 5000
+/// down_after_ms = 30000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfigFile {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub replicas: usize,
+    pub groups_per_node: u32,
+    pub suspect_after_ms: u64,
+    pub down_after_ms: u64,
+}
+
+impl Default for ManagerConfigFile {
+    fn default() -> Self {
+        ManagerConfig::default().into()
+    }
+}
+
+impl From<ManagerConfig> for ManagerConfigFile {
+    fn from(c: ManagerConfig) -> Self {
+        ManagerConfigFile {
+            listen: c.listen,
+            data_dir: c.data_dir,
+            replicas: c.replicas,
+            groups_per_node: c.groups_per_node,
+            suspect_after_ms: u64::try_from(c.suspect_after.as_millis()).unwrap_or(u64::MAX),
+            down_after_ms: u64::try_from(c.down_after.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl From<ManagerConfigFile> for ManagerConfig {
+    fn from(f: ManagerConfigFile) -> Self {
+        ManagerConfig {
+            listen: f.listen,
+            data_dir: f.data_dir,
+            replicas: f.replicas,
+            groups_per_node: f.groups_per_node,
+            suspect_after: Duration::from_millis(f.suspect_after_ms),
+            down_after: Duration::from_millis(f.down_after_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_defaults_match_config_defaults() {
+        let f: ManagerConfigFile = serde_json::from_str(r#"{"groups_per_node": 100}"#).unwrap();
+        let c = ManagerConfig::from(f);
+        assert_eq!(c.groups_per_node, 100);
+        assert_eq!(c.suspect_after, Duration::from_secs(5));
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert!(c.validate().is_ok());
+        assert!(serde_json::from_str::<ManagerConfigFile>(r#"{"listn": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let bad = ManagerConfig {
+            suspect_after: Duration::from_secs(60),
+            ..ManagerConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = ManagerConfig {
+            replicas: 0,
+            ..ManagerConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

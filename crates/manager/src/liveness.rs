@@ -1,0 +1,211 @@
+//! What heartbeats tell: when each node was last heard from, its usage, and its view of every
+//! group it hosts. Memory only, never persisted or replicated: every manager learns it afresh
+//! from the nodes, which heartbeat every second.
+//!
+//! Time is passed in by the caller, so this is deterministic under test.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tessera_proto::control::{GroupState, NodeHeartbeat, Role};
+
+use crate::state::GroupRecord;
+
+/// A node's health, from the age of the last word heard from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Suspect,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Suspect => "suspect",
+            Health::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    /// Registration or heartbeat, whichever came last.
+    last_contact: Instant,
+    last_heartbeat: Option<Instant>,
+    usage: Option<(u64, u64)>,
+    groups: HashMap<u64, GroupState>,
+}
+
+#[derive(Debug)]
+pub struct Liveness {
+    /// Nodes not heard from since the manager started are aged from this instant, so a
+    /// restarted manager does not call the whole cluster down at once.
+    started: Instant,
+    suspect_after: Duration,
+    down_after: Duration,
+    nodes: HashMap<u64, Live>,
+}
+
+impl Liveness {
+    pub fn new(started: Instant, suspect_after: Duration, down_after: Duration) -> Self {
+        Liveness {
+            started,
+            suspect_after,
+            down_after,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// A node (re)registered: it is alive, and whatever it reported before its restart is
+    /// stale.
+    pub fn registered(&mut self, node: u64, now: Instant) {
+        self.nodes.insert(
+            node,
+            Live {
+                last_contact: now,
+                last_heartbeat: None,
+                usage: None,
+                groups: HashMap::new(),
+            },
+        );
+    }
+
+    pub fn heartbeat(&mut self, hb: &NodeHeartbeat, now: Instant) {
+        let live = self.nodes.entry(hb.node_id).or_insert_with(|| Live {
+            last_contact: now,
+            last_heartbeat: None,
+            usage: None,
+            groups: HashMap::new(),
+        });
+        live.last_contact = now;
+        live.last_heartbeat = Some(now);
+        live.usage = Some((hb.capacity_bytes, hb.used_bytes));
+        live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
+    }
+
+    pub fn health(&self, node: u64, now: Instant) -> Health {
+        let since = self
+            .nodes
+            .get(&node)
+            .map_or(self.started, |l| l.last_contact);
+        let age = now.saturating_duration_since(since);
+        if age >= self.down_after {
+            Health::Down
+        } else if age >= self.suspect_after {
+            Health::Suspect
+        } else {
+            Health::Up
+        }
+    }
+
+    pub fn is_down(&self, node: u64, now: Instant) -> bool {
+        self.health(node, now) == Health::Down
+    }
+
+    pub fn last_heartbeat_ago(&self, node: u64, now: Instant) -> Option<Duration> {
+        let at = self.nodes.get(&node)?.last_heartbeat?;
+        Some(now.saturating_duration_since(at))
+    }
+
+    /// (capacity, used) from the latest heartbeat.
+    pub fn usage(&self, node: u64) -> Option<(u64, u64)> {
+        self.nodes.get(&node)?.usage
+    }
+
+    /// Node `node`'s latest report about group `group`.
+    pub fn report(&self, node: u64, group: u64) -> Option<&GroupState> {
+        self.nodes.get(&node)?.groups.get(&group)
+    }
+
+    /// Group ids `node` reported hosting in its latest heartbeat.
+    pub fn reported(&self, node: u64) -> impl Iterator<Item = u64> + '_ {
+        self.nodes
+            .get(&node)
+            .into_iter()
+            .flat_map(|l| l.groups.keys().copied())
+    }
+
+    /// The member that claims leadership of `g` with the highest term, among members not
+    /// down.
+    pub fn leader(&self, g: &GroupRecord, now: Instant) -> Option<u64> {
+        g.members
+            .iter()
+            .filter(|m| !self.is_down(**m, now))
+            .filter_map(|m| {
+                let r = self.report(*m, g.id)?;
+                (r.role == Role::Leader).then_some((r.term, *m))
+            })
+            .max()
+            .map(|(_, m)| m)
+    }
+
+    /// Whether a majority of `g`'s members are not down, so it can take writes.
+    pub fn has_quorum(&self, g: &GroupRecord, now: Instant) -> bool {
+        let alive = g.members.iter().filter(|m| !self.is_down(**m, now)).count();
+        alive * 2 > g.members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(node: u64, groups: &[(u64, Role, u64)]) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: node,
+            capacity_bytes: 100,
+            used_bytes: 10,
+            groups: groups
+                .iter()
+                .map(|&(group_id, role, term)| GroupState {
+                    group_id,
+                    role,
+                    term,
+                    leader: 0,
+                    commit: 1,
+                    applied: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn health_ages_from_last_contact_or_manager_start() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(30));
+        assert_eq!(l.health(1, t0 + Duration::from_secs(4)), Health::Up);
+        assert_eq!(l.health(1, t0 + Duration::from_secs(5)), Health::Suspect);
+        assert_eq!(l.health(1, t0 + Duration::from_secs(30)), Health::Down);
+        l.heartbeat(&hb(1, &[]), t0 + Duration::from_secs(29));
+        assert_eq!(l.health(1, t0 + Duration::from_secs(30)), Health::Up);
+        assert_eq!(
+            l.last_heartbeat_ago(1, t0 + Duration::from_secs(30)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(l.last_heartbeat_ago(2, t0), None);
+    }
+
+    #[test]
+    fn leader_is_the_live_claimant_with_the_highest_term() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(30));
+        let g = GroupRecord {
+            id: 7,
+            members: vec![1, 2, 3],
+        };
+        assert_eq!(l.leader(&g, t0), None);
+        l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), t0);
+        l.heartbeat(&hb(2, &[(7, Role::Leader, 4)]), t0);
+        l.heartbeat(&hb(3, &[(7, Role::Follower, 4)]), t0);
+        assert_eq!(l.leader(&g, t0), Some(2));
+        // Node 2 goes silent; node 1's stale claim is all that is left.
+        let later = t0 + Duration::from_secs(31);
+        l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), later);
+        l.heartbeat(&hb(3, &[(7, Role::Follower, 4)]), later);
+        assert_eq!(l.leader(&g, later), Some(1));
+        assert!(l.has_quorum(&g, later));
+        assert!(!l.has_quorum(&g, later + Duration::from_secs(31)));
+    }
+}

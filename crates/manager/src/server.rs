@@ -1,0 +1,234 @@
+//! The network side: accepting connections, reading request frames, answering them, and the
+//! background delivery of drop orders after a delete.
+//!
+//! Each connection is served by its own task, one request at a time in arrival order
+//! (pipelined requests are answered in order). Requests run on the blocking pool under one
+//! lock, because a change waits for an fsync and must not stall the async workers.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use tessera_net::{FrameReader, NetError, rpc_reply, write_frame};
+use tessera_proto::control::{
+    self, ControlError, ManagerReply, ManagerRequest, StorageReply, StorageRequest,
+};
+use tessera_proto::frame::Kind;
+
+use crate::liveness::Liveness;
+use crate::service::{DropOrder, Now, Service};
+use crate::store::Store;
+use crate::{Error, ManagerConfig};
+
+/// How long one storage node gets to acknowledge a drop order.
+const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Shared = Arc<Mutex<Service>>;
+
+/// A running manager. Dropping it without [`Manager::shutdown`] leaves the serving task
+/// running until the runtime stops.
+pub struct Manager {
+    local_addr: SocketAddr,
+    service: Shared,
+    stop: watch::Sender<bool>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Manager {
+    /// Opens the database (refusing a data directory another manager holds), binds the
+    /// listener and starts serving. Returns once listening.
+    pub async fn start(config: ManagerConfig) -> Result<Manager, Error> {
+        config.validate()?;
+        let started = Instant::now();
+        let dir = config.data_dir.clone();
+        let (store, state) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        info!(
+            db = %store.path().display(),
+            nodes = state.nodes().count(),
+            groups = state.groups().count(),
+            volumes = state.volume_count(),
+            "manager state loaded"
+        );
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let live = Liveness::new(started, config.suspect_after, config.down_after);
+        let service = Arc::new(Mutex::new(Service::new(
+            store,
+            state,
+            live,
+            config.replicas,
+            config.groups_per_node,
+        )));
+        let (stop, stopped) = watch::channel(false);
+        let acceptor = tokio::spawn(accept_loop(listener, service.clone(), stopped));
+        info!(addr = %local_addr, "manager listening");
+        Ok(Manager {
+            local_addr,
+            service,
+            stop,
+            acceptor,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, ends every connection, waits for requests in flight, and closes the
+    /// database (releasing its lock).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.acceptor.await {
+            warn!(error = %e, "manager accept task failed");
+        }
+        let service = self.service;
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut s = service.lock().unwrap_or_else(|p| p.into_inner());
+            s.close();
+        })
+        .await;
+        if let Err(e) = closed {
+            warn!(error = %e, "closing the manager database failed");
+        }
+        info!(addr = %self.local_addr, "manager stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, service: Shared, mut stopped: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    conns.spawn(serve_connection(stream, peer, service.clone()));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    conns.shutdown().await;
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut w = BufWriter::new(w);
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(NetError::Io(e)) => {
+                debug!(%peer, error = %e, "connection lost");
+                return;
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "dropping connection: bad frame");
+                return;
+            }
+        };
+        let res = if frame.kind != Kind::Rpc {
+            Err(ControlError::Invalid(format!(
+                "the manager serves control requests only, not {:?} frames",
+                frame.kind
+            )))
+        } else {
+            match control::decode::<ManagerRequest>(&frame.body) {
+                Ok(req) => handle(&service, req).await,
+                Err(e) => Err(ControlError::Invalid(format!("malformed request: {e}"))),
+            }
+        };
+        let reply = rpc_reply(frame.request_id, &res);
+        if let Err(e) = async {
+            write_frame(&mut w, &reply).await?;
+            w.flush().await
+        }
+        .await
+        {
+            debug!(%peer, error = %e, "connection lost while answering");
+            return;
+        }
+    }
+}
+
+async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, ControlError> {
+    let service = service.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let now = Now {
+            instant: Instant::now(),
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        // A panic while holding the lock would leave state half-changed: refuse to go on.
+        let mut s = service.lock().map_err(|_| {
+            ControlError::Internal("manager state is unusable after an internal error".into())
+        })?;
+        Ok::<_, ControlError>(s.handle(req, now))
+    })
+    .await;
+    let (res, orders) = match done {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            return Err(ControlError::Internal(format!(
+                "request handler failed: {e}"
+            )));
+        }
+    };
+    for order in orders {
+        tokio::spawn(deliver_drop(order));
+    }
+    res
+}
+
+/// Tells one replica of the group (the leader first) to drop the chunks. Best effort: the
+/// deleted volume's id is never reused, so leftovers are garbage, never wrong data.
+async fn deliver_drop(order: DropOrder) {
+    let req = StorageRequest::DropChunks {
+        group_id: order.group_id,
+        volume_id: order.volume_id,
+        chunks: order.chunks.clone(),
+    };
+    for addr in &order.peers {
+        match tessera_net::call::<StorageRequest, StorageReply>(addr, &req, DROP_TIMEOUT).await {
+            Ok(_) => {
+                debug!(group = order.group_id, volume = order.volume_id, %addr, "chunks dropped");
+                return;
+            }
+            Err(e) => {
+                warn!(group = order.group_id, volume = order.volume_id, %addr, error = %e,
+                      "drop order not delivered");
+            }
+        }
+    }
+    warn!(
+        group = order.group_id,
+        volume = order.volume_id,
+        chunks = order.chunks.len(),
+        "no replica took the drop order; its chunks stay as garbage"
+    );
+}

@@ -1,0 +1,324 @@
+//! The request handler: one [`ManagerRequest`] in, one answer out, plus any follow-up work
+//! for the network. Synchronous and single-threaded by design (the caller serialises calls):
+//! plan against [`State`], commit to the [`Store`], apply, answer — so an answer is never
+//! sent for a change that is not durable.
+
+use std::time::{Duration, Instant};
+
+use tessera_proto::control::{
+    ClusterStatus, ControlError, GroupStatus, ManagerReply, ManagerRequest, NodeHeartbeat,
+    NodeRegistration, NodeStatus, ReplicaStatus,
+};
+use tracing::{error, info, warn};
+
+use crate::liveness::Liveness;
+use crate::state::{Mutation, State};
+use crate::store::Store;
+
+/// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropOrder {
+    pub group_id: u64,
+    pub volume_id: u64,
+    pub chunks: Vec<u64>,
+    /// Addresses to try in turn: the leader first, if known.
+    pub peers: Vec<String>,
+}
+
+/// Inputs of one request that come from outside the state: clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix: u64,
+}
+
+pub struct Service {
+    state: State,
+    /// `None` once closed.
+    store: Option<Store>,
+    /// Set by a failed commit: after that, what is on disk is unknown, so this manager takes
+    /// no more changes until it is restarted (the same rule as a failed fsync on a node).
+    failed: Option<String>,
+    live: Liveness,
+    replicas: usize,
+    groups_per_node: u64,
+}
+
+impl Service {
+    pub fn new(
+        store: Store,
+        state: State,
+        live: Liveness,
+        replicas: usize,
+        groups_per_node: u32,
+    ) -> Self {
+        Service {
+            state,
+            store: Some(store),
+            failed: None,
+            live,
+            replicas,
+            groups_per_node: u64::from(groups_per_node),
+        }
+    }
+
+    /// Closes the database; later requests fail with `Unavailable`.
+    pub fn close(&mut self) {
+        self.store = None;
+    }
+
+    pub fn handle(
+        &mut self,
+        req: ManagerRequest,
+        now: Now,
+    ) -> (Result<ManagerReply, ControlError>, Vec<DropOrder>) {
+        let mut orders = Vec::new();
+        let res = match req {
+            ManagerRequest::RegisterNode(reg) => self.register(&reg, now),
+            ManagerRequest::Heartbeat(hb) => self.heartbeat(&hb, now),
+            ManagerRequest::CreateVolume {
+                name,
+                size,
+                chunk_size,
+            } => self
+                .state
+                .plan_create_volume(&name, size, chunk_size, now.unix)
+                .and_then(|m| self.commit(m))
+                .and_then(|()| self.state.volume_by_name(&name))
+                .map(ManagerReply::Volume),
+            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(self.state.list_volumes())),
+            ManagerRequest::VolumeInfo { name } => {
+                self.state.volume_by_name(&name).map(ManagerReply::Volume)
+            }
+            ManagerRequest::ResizeVolume { name, size } => self
+                .state
+                .plan_resize_volume(&name, size)
+                .and_then(|m| m.map_or(Ok(()), |m| self.commit(m)))
+                .and_then(|()| self.state.volume_by_name(&name))
+                .map(ManagerReply::Volume),
+            ManagerRequest::DeleteVolume { name } => self.delete(&name, now, &mut orders),
+            ManagerRequest::OpenVolume { name } => {
+                self.state.open_volume(&name).map(|(volume, mut chunks)| {
+                    for r in &mut chunks {
+                        r.leader = self.leader(r.group_id, now);
+                    }
+                    ManagerReply::Opened { volume, chunks }
+                })
+            }
+            ManagerRequest::Route {
+                volume_id,
+                chunk,
+                allocate,
+            } => self.route(volume_id, chunk, allocate, now),
+            ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
+        };
+        (res, orders)
+    }
+
+    /// Makes `m` durable, then applies it.
+    fn commit(&mut self, m: Mutation) -> Result<(), ControlError> {
+        if let Some(why) = &self.failed {
+            return Err(ControlError::Unavailable(format!(
+                "manager database failed earlier ({why}); restart the manager"
+            )));
+        }
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| ControlError::Unavailable("manager is shutting down".into()))?;
+        let next = self.state.next_ids().after(&m);
+        if let Err(e) = store.commit(&m, next) {
+            error!(error = %e, "commit failed; refusing further changes until restart");
+            self.failed = Some(e.to_string());
+            return Err(e.into());
+        }
+        self.state.apply(&m);
+        Ok(())
+    }
+
+    fn register(&mut self, reg: &NodeRegistration, now: Now) -> Result<ManagerReply, ControlError> {
+        let (id, m) = self.state.plan_register(reg)?;
+        if let Some(old) = self.state.node(id) {
+            if old.rack != reg.rack || old.zone != reg.zone {
+                // Existing groups keep their members; moving them is a membership change.
+                warn!(
+                    node = id,
+                    old_rack = %old.rack,
+                    new_rack = %reg.rack,
+                    "node changed location; its groups are not re-placed"
+                );
+            }
+        } else {
+            info!(node = id, rack = %reg.rack, addr = %reg.addr, "node registered");
+        }
+        self.commit(m)?;
+        self.live.registered(id, now.instant);
+        self.place(now)?;
+        Ok(ManagerReply::Registered { node_id: id })
+    }
+
+    /// Creates groups until every node that is not down hosts its share of replicas.
+    fn place(&mut self, now: Now) -> Result<(), ControlError> {
+        let live = &self.live;
+        let Some(m) = self.state.plan_groups(
+            |n| !live.is_down(n, now.instant),
+            self.replicas,
+            self.groups_per_node,
+        ) else {
+            return Ok(());
+        };
+        if let Mutation::AddGroups(gs) = &m {
+            info!(count = gs.len(), "placing new replica groups");
+        }
+        self.commit(m)
+    }
+
+    fn heartbeat(&mut self, hb: &NodeHeartbeat, now: Now) -> Result<ManagerReply, ControlError> {
+        if self.state.node(hb.node_id).is_none() {
+            return Err(ControlError::NotFound(format!(
+                "node {} is not registered",
+                hb.node_id
+            )));
+        }
+        self.live.heartbeat(hb, now.instant);
+        let reported: std::collections::HashSet<u64> = self.live.reported(hb.node_id).collect();
+        let create_groups = self
+            .state
+            .groups_of(hb.node_id)
+            .filter(|g| !reported.contains(&g.id))
+            .map(|g| self.state.group_spec(g))
+            .collect();
+        Ok(ManagerReply::HeartbeatAck { create_groups })
+    }
+
+    fn delete(
+        &mut self,
+        name: &str,
+        now: Now,
+        orders: &mut Vec<DropOrder>,
+    ) -> Result<ManagerReply, ControlError> {
+        let (m, dropped) = self.state.plan_delete_volume(name)?;
+        self.commit(m)?;
+        info!(volume = %name, id = dropped.volume_id, "volume deleted");
+        for (group_id, chunks) in dropped.by_group {
+            let Some(g) = self.state.group(group_id) else {
+                continue;
+            };
+            let leader = self.live.leader(g, now.instant);
+            let mut members = g.members.clone();
+            members.sort_by_key(|m| Some(*m) != leader);
+            let peers = members
+                .iter()
+                .filter_map(|m| self.state.node(*m).map(|n| n.addr.clone()))
+                .collect();
+            orders.push(DropOrder {
+                group_id,
+                volume_id: dropped.volume_id,
+                chunks,
+                peers,
+            });
+        }
+        Ok(ManagerReply::Deleted)
+    }
+
+    fn route(
+        &mut self,
+        volume_id: u64,
+        chunk: u64,
+        allocate: bool,
+        now: Now,
+    ) -> Result<ManagerReply, ControlError> {
+        if let Some(mut r) = self.state.route(volume_id, chunk)? {
+            r.leader = self.leader(r.group_id, now);
+            return Ok(ManagerReply::Route(Some(r)));
+        }
+        if !allocate {
+            return Ok(ManagerReply::Route(None));
+        }
+        let live = &self.live;
+        let Some(m) = self
+            .state
+            .plan_map_chunk(volume_id, chunk, |g| live.has_quorum(g, now.instant))
+        else {
+            let racks = self.state.racks(|n| !live.is_down(n, now.instant));
+            return Err(ControlError::Unavailable(if racks < self.replicas {
+                format!("need {} racks, have {racks}", self.replicas)
+            } else {
+                "no replica group has a majority of its nodes up".to_string()
+            }));
+        };
+        self.commit(m)?;
+        let mut r = self.state.route(volume_id, chunk)?;
+        if let Some(r) = &mut r {
+            r.leader = self.leader(r.group_id, now);
+        }
+        Ok(ManagerReply::Route(r))
+    }
+
+    fn leader(&self, group_id: u64, now: Now) -> Option<u64> {
+        self.live.leader(self.state.group(group_id)?, now.instant)
+    }
+
+    fn status(&self, now: Now) -> ClusterStatus {
+        let t = now.instant;
+        let counts = self.state.replica_counts();
+        let groups: Vec<GroupStatus> = self
+            .state
+            .groups()
+            .map(|g| GroupStatus {
+                group_id: g.id,
+                leader: self.live.leader(g, t),
+                replicas: g
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let report = self.live.report(*m, g.id);
+                        ReplicaStatus {
+                            node_id: *m,
+                            rack: self
+                                .state
+                                .node(*m)
+                                .map(|n| n.rack.clone())
+                                .unwrap_or_default(),
+                            role: report.map(|r| r.role),
+                            commit: report.map_or(0, |r| r.commit),
+                            applied: report.map_or(0, |r| r.applied),
+                        }
+                    })
+                    .collect(),
+                chunks: self.state.group_chunks(g.id),
+            })
+            .collect();
+        let nodes = self
+            .state
+            .nodes()
+            .map(|n| {
+                let (capacity_bytes, used_bytes) = self
+                    .live
+                    .usage(n.id)
+                    .unwrap_or((n.capacity_bytes, n.used_bytes));
+                NodeStatus {
+                    node_id: n.id,
+                    zone: n.zone.clone(),
+                    rack: n.rack.clone(),
+                    addr: n.addr.clone(),
+                    state: self.live.health(n.id, t).as_str().to_string(),
+                    capacity_bytes,
+                    used_bytes,
+                    last_heartbeat_ms_ago: self.live.last_heartbeat_ago(n.id, t).map(millis),
+                    replicas: counts.get(&n.id).copied().unwrap_or(0),
+                    leaders: groups.iter().filter(|g| g.leader == Some(n.id)).count() as u64,
+                }
+            })
+            .collect();
+        ClusterStatus {
+            nodes,
+            groups,
+            volumes: self.state.volume_count(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,804 @@
+//! The manager's durable state and the pure logic that changes it: no I/O, no clocks.
+//!
+//! Every change is a [`Mutation`]. A `plan_*` method validates a request against the current
+//! state and returns the mutation that carries it out, with every id and timestamp already
+//! chosen; the store makes it durable; then [`State::apply`], which cannot fail, changes the
+//! memory. A Raft-replicated manager puts the mutation in its log between planning and
+//! applying, so `apply` must stay deterministic: it never picks ids, reads clocks or looks at
+//! node health.
+//!
+//! Ids of nodes, groups and volumes are handed out in increasing order and never reused, even
+//! after a delete: chunk data a node still holds for a deleted volume can never surface in a
+//! new one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tessera_proto::control::{
+    ChunkRoute, ControlError, DEFAULT_CHUNK_SIZE, GroupSpec, NodeRegistration, PeerInfo, VolumeInfo,
+};
+
+use crate::placement::{self, Candidate};
+use crate::volume;
+
+/// A registered storage node, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub zone: String,
+    pub rack: String,
+    pub addr: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// A replica group and the nodes hosting its replicas, as placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: u64,
+    pub members: Vec<u64>,
+}
+
+/// A volume's metadata, as persisted (its chunk map is stored apart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: u64,
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub created_unix: u64,
+}
+
+/// One durable change. Row-shaped on purpose: the store writes exactly these rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// Register a node or update its address, location or capacity.
+    PutNode(NodeRecord),
+    AddGroups(Vec<GroupRecord>),
+    /// Create a volume or change its size.
+    PutVolume(VolumeRecord),
+    /// Forget a volume and its whole chunk map.
+    DeleteVolume {
+        id: u64,
+    },
+    MapChunk {
+        volume_id: u64,
+        chunk: u64,
+        group_id: u64,
+    },
+}
+
+/// The next id of each kind: the high-water marks that make ids never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextIds {
+    pub node: u64,
+    pub group: u64,
+    pub volume: u64,
+}
+
+impl Default for NextIds {
+    fn default() -> Self {
+        NextIds {
+            node: 1,
+            group: 1,
+            volume: 1,
+        }
+    }
+}
+
+impl NextIds {
+    /// The marks once `m` is applied. Shared by [`State::apply`] and the store, so memory and
+    /// disk agree.
+    pub fn after(self, m: &Mutation) -> NextIds {
+        let mut n = self;
+        match m {
+            Mutation::PutNode(r) => n.node = n.node.max(r.id.saturating_add(1)),
+            Mutation::AddGroups(gs) => {
+                for g in gs {
+                    n.group = n.group.max(g.id.saturating_add(1));
+                }
+            }
+            Mutation::PutVolume(v) => n.volume = n.volume.max(v.id.saturating_add(1)),
+            Mutation::DeleteVolume { .. } | Mutation::MapChunk { .. } => {}
+        }
+        n
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    rec: GroupRecord,
+    /// Chunks of all volumes mapped to this group (derived).
+    chunks: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Volume {
+    rec: VolumeRecord,
+    /// chunk index → group id.
+    chunks: BTreeMap<u64, u64>,
+}
+
+/// What a delete leaves for the storage nodes to clean up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedChunks {
+    pub volume_id: u64,
+    /// group id → chunk indexes of the deleted volume held by that group.
+    pub by_group: BTreeMap<u64, Vec<u64>>,
+}
+
+/// Everything the manager persists, held in memory.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    nodes: BTreeMap<u64, NodeRecord>,
+    groups: BTreeMap<u64, Group>,
+    /// node id → ids of the groups it hosts a replica of (derived; heartbeats ask it).
+    groups_by_node: BTreeMap<u64, BTreeSet<u64>>,
+    volumes: BTreeMap<u64, Volume>,
+    by_name: BTreeMap<String, u64>,
+    next: NextIds,
+}
+
+/// The state read back from disk is inconsistent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Inconsistent(pub String);
+
+impl State {
+    /// Rebuilds the state from persisted rows, checking that they agree with each other.
+    pub fn restore(
+        nodes: Vec<NodeRecord>,
+        groups: Vec<GroupRecord>,
+        volumes: Vec<VolumeRecord>,
+        chunks: Vec<(u64, u64, u64)>,
+        next: NextIds,
+    ) -> Result<State, Inconsistent> {
+        let mut s = State {
+            next,
+            ..State::default()
+        };
+        for n in nodes {
+            s.apply(&Mutation::PutNode(n));
+        }
+        for g in &groups {
+            if let Some(m) = g.members.iter().find(|m| !s.nodes.contains_key(m)) {
+                return Err(Inconsistent(format!(
+                    "group {} has unknown member node {m}",
+                    g.id
+                )));
+            }
+        }
+        s.apply(&Mutation::AddGroups(groups));
+        for v in volumes {
+            if s.by_name.contains_key(&v.name) {
+                return Err(Inconsistent(format!("volume name {:?} used twice", v.name)));
+            }
+            s.apply(&Mutation::PutVolume(v));
+        }
+        for (volume_id, chunk, group_id) in chunks {
+            if !s.volumes.contains_key(&volume_id) || !s.groups.contains_key(&group_id) {
+                return Err(Inconsistent(format!(
+                    "chunk {chunk} of volume {volume_id} maps to group {group_id}, \
+                     but the volume or group does not exist"
+                )));
+            }
+            s.apply(&Mutation::MapChunk {
+                volume_id,
+                chunk,
+                group_id,
+            });
+        }
+        // The stored marks win unless the rows prove them stale.
+        s.next.node = s.next.node.max(next.node);
+        s.next.group = s.next.group.max(next.group);
+        s.next.volume = s.next.volume.max(next.volume);
+        Ok(s)
+    }
+
+    /// Applies a mutation that was planned against this state and made durable. Never fails:
+    /// a mutation naming something that no longer exists changes nothing.
+    pub fn apply(&mut self, m: &Mutation) {
+        self.next = self.next.after(m);
+        match m {
+            Mutation::PutNode(n) => {
+                self.nodes.insert(n.id, n.clone());
+            }
+            Mutation::AddGroups(gs) => {
+                for g in gs {
+                    for m in &g.members {
+                        self.groups_by_node.entry(*m).or_default().insert(g.id);
+                    }
+                    self.groups.insert(
+                        g.id,
+                        Group {
+                            rec: g.clone(),
+                            chunks: 0,
+                        },
+                    );
+                }
+            }
+            Mutation::PutVolume(v) => {
+                if let Some(old) = self.volumes.get_mut(&v.id) {
+                    self.by_name.remove(&old.rec.name);
+                    old.rec = v.clone();
+                } else {
+                    self.volumes.insert(
+                        v.id,
+                        Volume {
+                            rec: v.clone(),
+                            chunks: BTreeMap::new(),
+                        },
+                    );
+                }
+                self.by_name.insert(v.name.clone(), v.id);
+            }
+            Mutation::DeleteVolume { id } => {
+                if let Some(v) = self.volumes.remove(id) {
+                    self.by_name.remove(&v.rec.name);
+                    for g in v.chunks.values() {
+                        if let Some(g) = self.groups.get_mut(g) {
+                            g.chunks = g.chunks.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+            Mutation::MapChunk {
+                volume_id,
+                chunk,
+                group_id,
+            } => {
+                let Some(v) = self.volumes.get_mut(volume_id) else {
+                    return;
+                };
+                let old = v.chunks.insert(*chunk, *group_id);
+                if let Some(g) = old.and_then(|old| self.groups.get_mut(&old)) {
+                    g.chunks = g.chunks.saturating_sub(1);
+                }
+                if let Some(g) = self.groups.get_mut(group_id) {
+                    g.chunks += 1;
+                }
+            }
+        }
+    }
+
+    pub fn next_ids(&self) -> NextIds {
+        self.next
+    }
+
+    // ---- nodes and groups ----
+
+    /// The node id a registration gets and the mutation recording it.
+    pub fn plan_register(&self, reg: &NodeRegistration) -> Result<(u64, Mutation), ControlError> {
+        if reg.node_id == Some(0) {
+            return Err(ControlError::Invalid("node id 0 is reserved".into()));
+        }
+        if reg.rack.is_empty() {
+            return Err(ControlError::Invalid("node rack must not be empty".into()));
+        }
+        if reg.addr.is_empty() {
+            return Err(ControlError::Invalid(
+                "node address must not be empty".into(),
+            ));
+        }
+        // A known id keeps its identity; an unknown one (the manager's database was wiped)
+        // is adopted as is, and the id counter moves past it.
+        let id = reg.node_id.unwrap_or(self.next.node);
+        Ok((
+            id,
+            Mutation::PutNode(NodeRecord {
+                id,
+                zone: reg.zone.clone(),
+                rack: reg.rack.clone(),
+                addr: reg.addr.clone(),
+                capacity_bytes: reg.capacity_bytes,
+                used_bytes: reg.used_bytes,
+            }),
+        ))
+    }
+
+    pub fn node(&self, id: u64) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &GroupRecord> {
+        self.groups.values().map(|g| &g.rec)
+    }
+
+    pub fn group(&self, id: u64) -> Option<&GroupRecord> {
+        self.groups.get(&id).map(|g| &g.rec)
+    }
+
+    /// Chunks of all volumes mapped to group `id`.
+    pub fn group_chunks(&self, id: u64) -> u64 {
+        self.groups.get(&id).map_or(0, |g| g.chunks)
+    }
+
+    /// Replicas hosted by each node (nodes hosting none are absent).
+    pub fn replica_counts(&self) -> BTreeMap<u64, u64> {
+        self.groups_by_node
+            .iter()
+            .map(|(node, groups)| (*node, groups.len() as u64))
+            .collect()
+    }
+
+    /// Distinct racks among the nodes `usable` accepts.
+    pub fn racks(&self, usable: impl Fn(u64) -> bool) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| usable(n.id))
+            .map(|n| n.rack.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// New groups so that every usable node hosts at least `per_node` replicas, each group
+    /// on `replicas` distinct racks; `None` when nothing is to be created (all full, or too
+    /// few racks).
+    pub fn plan_groups(
+        &self,
+        usable: impl Fn(u64) -> bool,
+        replicas: usize,
+        per_node: u64,
+    ) -> Option<Mutation> {
+        let counts = self.replica_counts();
+        let candidates = self
+            .nodes
+            .values()
+            .filter(|n| usable(n.id))
+            .map(|n| Candidate {
+                node_id: n.id,
+                rack: n.rack.clone(),
+                replicas: counts.get(&n.id).copied().unwrap_or(0),
+            })
+            .collect();
+        let groups = placement::plan_groups(candidates, replicas, per_node, self.next.group);
+        (!groups.is_empty()).then_some(Mutation::AddGroups(groups))
+    }
+
+    /// A group's membership with addresses, as storage nodes and clients need it.
+    pub fn group_spec(&self, g: &GroupRecord) -> GroupSpec {
+        GroupSpec {
+            group_id: g.id,
+            peers: self.peers(g),
+        }
+    }
+
+    pub fn peers(&self, g: &GroupRecord) -> Vec<PeerInfo> {
+        g.members
+            .iter()
+            .map(|m| PeerInfo {
+                node_id: *m,
+                addr: self
+                    .nodes
+                    .get(m)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Groups `node` is a member of.
+    pub fn groups_of(&self, node: u64) -> impl Iterator<Item = &GroupRecord> {
+        self.groups_by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.group(*g))
+    }
+
+    // ---- volumes ----
+
+    pub fn volume_count(&self) -> u64 {
+        self.volumes.len() as u64
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Result<VolumeInfo, ControlError> {
+        let id = self.id_of(name)?;
+        Ok(self.info(&self.volumes[&id]))
+    }
+
+    /// Every volume, sorted by name.
+    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
+        self.by_name
+            .values()
+            .map(|id| self.info(&self.volumes[id]))
+            .collect()
+    }
+
+    pub fn plan_create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: Option<u64>,
+        now_unix: u64,
+    ) -> Result<Mutation, ControlError> {
+        volume::validate_name(name)?;
+        volume::validate_size(name, size)?;
+        let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        volume::validate_chunk_size(chunk_size)?;
+        if self.by_name.contains_key(name) {
+            return Err(ControlError::AlreadyExists(format!(
+                "volume {name:?} already exists"
+            )));
+        }
+        Ok(Mutation::PutVolume(VolumeRecord {
+            id: self.next.volume,
+            name: name.to_string(),
+            size,
+            chunk_size,
+            created_unix: now_unix,
+        }))
+    }
+
+    /// Growing a volume; `None` when it already has this size.
+    pub fn plan_resize_volume(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<Option<Mutation>, ControlError> {
+        let id = self.id_of(name)?;
+        volume::validate_size(name, size)?;
+        let rec = &self.volumes[&id].rec;
+        if size < rec.size {
+            return Err(ControlError::Invalid(format!(
+                "volume {name:?} is {} bytes; shrinking to {size} bytes is not supported",
+                rec.size
+            )));
+        }
+        if size == rec.size {
+            return Ok(None);
+        }
+        Ok(Some(Mutation::PutVolume(VolumeRecord {
+            size,
+            ..rec.clone()
+        })))
+    }
+
+    /// The delete and the chunks the storage nodes may drop once it is durable.
+    pub fn plan_delete_volume(
+        &self,
+        name: &str,
+    ) -> Result<(Mutation, DroppedChunks), ControlError> {
+        let id = self.id_of(name)?;
+        let mut by_group: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (chunk, group) in &self.volumes[&id].chunks {
+            by_group.entry(*group).or_default().push(*chunk);
+        }
+        Ok((
+            Mutation::DeleteVolume { id },
+            DroppedChunks {
+                volume_id: id,
+                by_group,
+            },
+        ))
+    }
+
+    /// The volume by name and the routes of its mapped chunks (without leaders, which only
+    /// heartbeats know).
+    pub fn open_volume(&self, name: &str) -> Result<(VolumeInfo, Vec<ChunkRoute>), ControlError> {
+        let id = self.id_of(name)?;
+        let v = &self.volumes[&id];
+        let routes = v
+            .chunks
+            .iter()
+            .map(|(c, g)| self.route_of(*c, *g))
+            .collect();
+        Ok((self.info(v), routes))
+    }
+
+    /// The route of a chunk if it is mapped, after checking the chunk exists.
+    pub fn route(&self, volume_id: u64, chunk: u64) -> Result<Option<ChunkRoute>, ControlError> {
+        let v = self.volumes.get(&volume_id).ok_or_else(|| {
+            ControlError::NotFound(format!("volume with id {volume_id} not found"))
+        })?;
+        let count = volume::chunk_count(v.rec.size, v.rec.chunk_size);
+        if chunk >= count {
+            return Err(ControlError::Invalid(format!(
+                "chunk {chunk} is out of range: volume {:?} has {count} chunks",
+                v.rec.name
+            )));
+        }
+        Ok(v.chunks.get(&chunk).map(|g| self.route_of(chunk, *g)))
+    }
+
+    /// Maps an unmapped chunk (checked with [`State::route`]) to the usable group holding
+    /// the fewest chunks, ties to the lowest id; `None` when no group is usable.
+    pub fn plan_map_chunk(
+        &self,
+        volume_id: u64,
+        chunk: u64,
+        usable: impl Fn(&GroupRecord) -> bool,
+    ) -> Option<Mutation> {
+        let group = self
+            .groups
+            .values()
+            .filter(|g| usable(&g.rec))
+            .min_by_key(|g| (g.chunks, g.rec.id))?;
+        Some(Mutation::MapChunk {
+            volume_id,
+            chunk,
+            group_id: group.rec.id,
+        })
+    }
+
+    fn route_of(&self, chunk: u64, group_id: u64) -> ChunkRoute {
+        ChunkRoute {
+            chunk,
+            group_id,
+            peers: self
+                .group(group_id)
+                .map(|g| self.peers(g))
+                .unwrap_or_default(),
+            leader: None,
+        }
+    }
+
+    fn id_of(&self, name: &str) -> Result<u64, ControlError> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| ControlError::NotFound(format!("volume {name:?} not found")))
+    }
+
+    fn info(&self, v: &Volume) -> VolumeInfo {
+        VolumeInfo {
+            id: v.rec.id,
+            name: v.rec.name.clone(),
+            size: v.rec.size,
+            chunk_size: v.rec.chunk_size,
+            mapped_chunks: v.chunks.len() as u64,
+            created_unix: v.rec.created_unix,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn reg(id: Option<u64>, rack: &str) -> NodeRegistration {
+        NodeRegistration {
+            node_id: id,
+            zone: "z1".into(),
+            rack: rack.into(),
+            addr: format!("10.0.0.1:{}", 7500 + id.unwrap_or(0)),
+            capacity_bytes: 1 << 40,
+            used_bytes: 0,
+        }
+    }
+
+    fn register(s: &mut State, id: Option<u64>, rack: &str) -> u64 {
+        let (id, m) = s.plan_register(&reg(id, rack)).unwrap();
+        s.apply(&m);
+        id
+    }
+
+    fn cluster(racks: usize, per_rack: usize, per_node: u64) -> State {
+        let mut s = State::default();
+        for r in 0..racks {
+            for _ in 0..per_rack {
+                register(&mut s, None, &format!("r{r}"));
+            }
+        }
+        if let Some(m) = s.plan_groups(|_| true, 3, per_node) {
+            s.apply(&m);
+        }
+        s
+    }
+
+    fn create(s: &mut State, name: &str, size: u64) -> u64 {
+        let m = s
+            .plan_create_volume(name, size, None, 1_700_000_000)
+            .unwrap();
+        s.apply(&m);
+        s.volume_by_name(name).unwrap().id
+    }
+
+    fn allocate(s: &mut State, vol: u64, chunk: u64) -> u64 {
+        assert_eq!(s.route(vol, chunk).unwrap(), None);
+        let m = s.plan_map_chunk(vol, chunk, |_| true).unwrap();
+        s.apply(&m);
+        s.route(vol, chunk).unwrap().unwrap().group_id
+    }
+
+    #[test]
+    fn node_ids_start_at_one_and_known_ids_are_kept() {
+        let mut s = State::default();
+        assert_eq!(register(&mut s, None, "a"), 1);
+        assert_eq!(register(&mut s, None, "b"), 2);
+        assert_eq!(register(&mut s, Some(1), "a2"), 1);
+        assert_eq!(s.node(1).unwrap().rack, "a2");
+        // A node from before a wiped database keeps its id; new ids go past it.
+        assert_eq!(register(&mut s, Some(10), "c"), 10);
+        assert_eq!(register(&mut s, None, "d"), 11);
+        assert!(s.plan_register(&reg(Some(0), "x")).is_err());
+    }
+
+    #[test]
+    fn every_group_spans_three_distinct_racks_and_nodes() {
+        for (racks, per_rack) in [(3, 1), (3, 4), (4, 3), (5, 2), (7, 1)] {
+            let s = cluster(racks, per_rack, 8);
+            assert!(s.groups().count() > 0);
+            for g in s.groups() {
+                assert_eq!(g.members.len(), 3);
+                let racks: BTreeSet<_> = g
+                    .members
+                    .iter()
+                    .map(|m| s.node(*m).unwrap().rack.clone())
+                    .collect();
+                assert_eq!(racks.len(), 3, "group {g:?} repeats a rack");
+            }
+        }
+    }
+
+    #[test]
+    fn placement_fills_every_node_to_the_target_evenly() {
+        for (racks, per_rack) in [(3, 1), (3, 4), (4, 3), (6, 2)] {
+            let s = cluster(racks, per_rack, 8);
+            let counts = s.replica_counts();
+            assert_eq!(counts.len(), racks * per_rack);
+            let min = *counts.values().min().unwrap();
+            let max = *counts.values().max().unwrap();
+            assert!(min >= 8, "{counts:?}");
+            assert!(max - min <= 1, "unbalanced: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn no_groups_with_fewer_racks_than_replicas() {
+        let s = cluster(2, 3, 8);
+        assert_eq!(s.groups().count(), 0);
+        assert_eq!(s.racks(|_| true), 2);
+    }
+
+    #[test]
+    fn placement_ignores_unusable_nodes_and_is_idempotent() {
+        let mut s = cluster(3, 1, 4);
+        let before = s.groups().count();
+        assert!(s.plan_groups(|_| true, 3, 4).is_none());
+        register(&mut s, None, "r3");
+        // Node 4 is down: nothing changes for it.
+        assert!(s.plan_groups(|id| id != 4, 3, 4).is_none());
+        let m = s.plan_groups(|_| true, 3, 4).unwrap();
+        s.apply(&m);
+        assert!(s.groups().count() > before);
+        assert!(s.replica_counts()[&4] >= 4);
+        let ids: Vec<u64> = s.groups().map(|g| g.id).collect();
+        assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn volume_names_sizes_and_chunk_sizes_are_validated() {
+        let s = State::default();
+        let ok = |name: &str, size, cs| s.plan_create_volume(name, size, cs, 0).is_ok();
+        assert!(ok("db1", GIB, None));
+        assert!(ok("a.b_c-9", 4096, Some(1 << 20)));
+        assert!(ok(&"x".repeat(64), GIB, Some(GIB)));
+        assert!(!ok(&"x".repeat(65), GIB, None));
+        assert!(!ok("", GIB, None));
+        assert!(!ok(".hidden", GIB, None));
+        assert!(!ok("-flag", GIB, None));
+        assert!(!ok("a/b", GIB, None));
+        assert!(!ok("é", GIB, None));
+        assert!(!ok("db1", 0, None));
+        assert!(!ok("db1", 4097, None));
+        assert!(!ok("db1", GIB, Some(1 << 19)));
+        assert!(!ok("db1", GIB, Some(2 * GIB)));
+        assert!(!ok("db1", GIB, Some(3 << 20)));
+        let err = s.plan_create_volume("db1", 5, None, 0).unwrap_err();
+        assert!(
+            matches!(&err, ControlError::Invalid(m) if m.contains('5')),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn volume_lifecycle_create_list_grow_delete() {
+        let mut s = cluster(3, 1, 2);
+        create(&mut s, "zeta", 8 * GIB);
+        create(&mut s, "alpha", GIB);
+        assert_eq!(
+            s.plan_create_volume("alpha", GIB, None, 0),
+            Err(ControlError::AlreadyExists(
+                "volume \"alpha\" already exists".into()
+            ))
+        );
+        let names: Vec<_> = s.list_volumes().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["alpha", "zeta"]);
+
+        assert_eq!(
+            s.plan_resize_volume("zeta", GIB),
+            Err(ControlError::Invalid(
+                "volume \"zeta\" is 8589934592 bytes; shrinking to 1073741824 bytes is not supported"
+                    .into()
+            ))
+        );
+        assert_eq!(s.plan_resize_volume("zeta", 8 * GIB), Ok(None));
+        let m = s.plan_resize_volume("zeta", 16 * GIB).unwrap().unwrap();
+        s.apply(&m);
+        assert_eq!(s.volume_by_name("zeta").unwrap().size, 16 * GIB);
+        assert_eq!(
+            s.plan_resize_volume("nope", GIB),
+            Err(ControlError::NotFound("volume \"nope\" not found".into()))
+        );
+
+        let (m, _) = s.plan_delete_volume("alpha").unwrap();
+        s.apply(&m);
+        assert!(s.volume_by_name("alpha").is_err());
+        assert_eq!(s.volume_count(), 1);
+    }
+
+    #[test]
+    fn allocation_goes_to_the_least_loaded_group() {
+        let mut s = cluster(3, 1, 3);
+        let groups: Vec<u64> = s.groups().map(|g| g.id).collect();
+        assert_eq!(groups, [1, 2, 3]);
+        let v = create(&mut s, "v", 64 * GIB);
+        let got: Vec<u64> = (0..6).map(|c| allocate(&mut s, v, c)).collect();
+        assert_eq!(got, [1, 2, 3, 1, 2, 3]);
+        assert_eq!(s.volume_by_name("v").unwrap().mapped_chunks, 6);
+        // Only group 3 usable.
+        let m = s.plan_map_chunk(v, 6, |g| g.id == 3).unwrap();
+        assert!(matches!(m, Mutation::MapChunk { group_id: 3, .. }));
+        assert!(s.plan_map_chunk(v, 6, |_| false).is_none());
+    }
+
+    #[test]
+    fn routes_check_the_chunk_range_and_volume() {
+        let mut s = cluster(3, 1, 1);
+        // 100 MiB with 64 MiB chunks: chunks 0 and 1.
+        let v = create(&mut s, "v", 100 << 20);
+        assert!(s.route(v, 1).unwrap().is_none());
+        assert!(matches!(s.route(v, 2), Err(ControlError::Invalid(_))));
+        assert!(matches!(s.route(v + 1, 0), Err(ControlError::NotFound(_))));
+        allocate(&mut s, v, 1);
+        let (info, routes) = s.open_volume("v").unwrap();
+        assert_eq!(info.mapped_chunks, 1);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].chunk, 1);
+        assert_eq!(routes[0].peers.len(), 3);
+    }
+
+    #[test]
+    fn delete_frees_group_load_and_reports_chunks_to_drop() {
+        let mut s = cluster(3, 1, 2);
+        let a = create(&mut s, "a", 64 * GIB);
+        for c in 0..4 {
+            allocate(&mut s, a, c);
+        }
+        let (m, dropped) = s.plan_delete_volume("a").unwrap();
+        assert_eq!(dropped.volume_id, a);
+        assert_eq!(dropped.by_group[&1], [0, 2]);
+        assert_eq!(dropped.by_group[&2], [1, 3]);
+        s.apply(&m);
+        assert_eq!(s.group_chunks(1), 0);
+        assert_eq!(s.group_chunks(2), 0);
+        // The name is free again but the id is not.
+        let b = create(&mut s, "a", GIB);
+        assert!(b > a);
+        assert_eq!(s.volume_by_name("a").unwrap().mapped_chunks, 0);
+    }
+
+    #[test]
+    fn restore_rejects_dangling_rows_and_keeps_id_marks() {
+        let next = NextIds {
+            node: 5,
+            group: 9,
+            volume: 42,
+        };
+        let s = State::restore(vec![], vec![], vec![], vec![], next).unwrap();
+        assert_eq!(s.next_ids(), next);
+        assert!(State::restore(vec![], vec![], vec![], vec![(1, 0, 1)], next).is_err());
+        let g = GroupRecord {
+            id: 1,
+            members: vec![7],
+        };
+        assert!(State::restore(vec![], vec![g], vec![], vec![], next).is_err());
+    }
+}

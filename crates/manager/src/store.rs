@@ -1,0 +1,295 @@
+//! Durability: the manager's state in a redb database, `manager.redb` in the data directory.
+//!
+//! Owns the on-disk layout; knows nothing of requests or the network. A mutation is written
+//! in one transaction committed with fsync ([`redb::Durability::Immediate`], redb's default)
+//! before anyone is told about it. Rows hold JSON records (debuggable, and new fields are
+//! easy), except the chunk map, which is plain integers because it is the bulk of the data.
+//!
+//! redb holds an exclusive lock on the file while it is open, so a second manager on the same
+//! data directory is refused.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::state::{GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord};
+
+const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("groups");
+const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
+/// (volume id, chunk index) → group id.
+const CHUNKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("chunks");
+/// Format version and the next-id marks.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const FORMAT: u64 = 1;
+const FILE_NAME: &str = "manager.redb";
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+/// Any redb error, boxed: redb's error enum is large and every database call can return one.
+struct DbError(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for DbError {
+    fn from(e: E) -> Self {
+        DbError(Box::new(e.into()))
+    }
+}
+
+type DbResult<T> = Result<T, DbError>;
+
+fn db_err(path: &Path) -> impl Fn(DbError) -> Error + '_ {
+    move |e| Error::Database {
+        path: path.to_path_buf(),
+        source: e.0,
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and loads the state from it.
+    pub fn open(dir: &Path) -> Result<(Store, State), Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.clone() },
+            other => db_err(&path)(other.into()),
+        })?;
+        let store = Store { db, path };
+        store.init().map_err(db_err(&store.path))?;
+        let state = store.load()?;
+        Ok((store, state))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the tables and stamps the format on a new database; refuses a newer format.
+    fn init(&self) -> DbResult<()> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(NODES)?;
+            tx.open_table(GROUPS)?;
+            tx.open_table(VOLUMES)?;
+            tx.open_table(CHUNKS)?;
+            let mut meta = tx.open_table(META)?;
+            let format = meta.get("format")?.map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT)?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(redb::Error::Corrupted(format!(
+                        "database format {other} is not supported (this manager reads format {FORMAT})"
+                    ))
+                    .into());
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load(&self) -> Result<State, Error> {
+        let err = db_err(&self.path);
+        let corrupt = |detail: String| Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let nodes: Vec<NodeRecord> = read_records(&tx, NODES, "node").map_err(&err)?;
+        let groups: Vec<GroupRecord> = read_records(&tx, GROUPS, "group").map_err(&err)?;
+        let volumes: Vec<VolumeRecord> = read_records(&tx, VOLUMES, "volume").map_err(&err)?;
+        let mut chunks = Vec::new();
+        let table = tx.open_table(CHUNKS).map_err(|e| err(e.into()))?;
+        for row in table.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            let (volume, chunk) = k.value();
+            chunks.push((volume, chunk, v.value()));
+        }
+        let meta = tx.open_table(META).map_err(|e| err(e.into()))?;
+        let mark = |key: &str| -> Result<u64, Error> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| err(e.into()))?
+                .map_or(1, |v| v.value()))
+        };
+        let next = NextIds {
+            node: mark("next_node_id")?,
+            group: mark("next_group_id")?,
+            volume: mark("next_volume_id")?,
+        };
+        State::restore(nodes, groups, volumes, chunks, next).map_err(|e| corrupt(e.0))
+    }
+
+    /// Makes `m` durable, with the id marks `next` it leads to. Returns once fsynced.
+    pub fn commit(&self, m: &Mutation, next: NextIds) -> Result<(), Error> {
+        self.try_commit(m, next).map_err(db_err(&self.path))
+    }
+
+    fn try_commit(&self, m: &Mutation, next: NextIds) -> DbResult<()> {
+        let tx = self.db.begin_write()?;
+        match m {
+            Mutation::PutNode(n) => {
+                tx.open_table(NODES)?.insert(n.id, json(n).as_slice())?;
+            }
+            Mutation::AddGroups(gs) => {
+                let mut t = tx.open_table(GROUPS)?;
+                for g in gs {
+                    t.insert(g.id, json(g).as_slice())?;
+                }
+            }
+            Mutation::PutVolume(v) => {
+                tx.open_table(VOLUMES)?.insert(v.id, json(v).as_slice())?;
+            }
+            Mutation::DeleteVolume { id } => {
+                tx.open_table(VOLUMES)?.remove(*id)?;
+                tx.open_table(CHUNKS)?
+                    .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
+            }
+            Mutation::MapChunk {
+                volume_id,
+                chunk,
+                group_id,
+            } => {
+                tx.open_table(CHUNKS)?
+                    .insert((*volume_id, *chunk), *group_id)?;
+            }
+        }
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("next_node_id", next.node)?;
+            meta.insert("next_group_id", next.group)?;
+            meta.insert("next_volume_id", next.volume)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain records of strings and integers always serialize.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn read_records<T: DeserializeOwned>(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    what: &str,
+) -> DbResult<Vec<T>> {
+    let table = tx.open_table(def)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let rec = serde_json::from_slice(v.value())
+            .map_err(|e| redb::Error::Corrupted(format!("{what} record {}: {e}", k.value())))?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::control::NodeRegistration;
+
+    fn reopen(dir: &Path) -> (Store, State) {
+        Store::open(dir).unwrap()
+    }
+
+    fn step(store: &Store, state: &mut State, m: Mutation) {
+        let next = state.next_ids().after(&m);
+        store.commit(&m, next).unwrap();
+        state.apply(&m);
+    }
+
+    #[test]
+    fn state_survives_reopen_and_ids_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vol_id, chunk_group) = {
+            let (store, mut state) = reopen(dir.path());
+            for rack in ["a", "b", "c"] {
+                let (_, m) = state
+                    .plan_register(&NodeRegistration {
+                        node_id: None,
+                        zone: "z".into(),
+                        rack: rack.into(),
+                        addr: format!("{rack}:1"),
+                        capacity_bytes: 1,
+                        used_bytes: 0,
+                    })
+                    .unwrap();
+                step(&store, &mut state, m);
+            }
+            let m = state.plan_groups(|_| true, 3, 2).unwrap();
+            step(&store, &mut state, m);
+            let m = state.plan_create_volume("gone", 1 << 30, None, 7).unwrap();
+            step(&store, &mut state, m);
+            let gone = state.volume_by_name("gone").unwrap().id;
+            let m = state.plan_map_chunk(gone, 3, |_| true).unwrap();
+            step(&store, &mut state, m);
+            let (m, _) = state.plan_delete_volume("gone").unwrap();
+            step(&store, &mut state, m);
+            let m = state.plan_create_volume("kept", 1 << 30, None, 8).unwrap();
+            step(&store, &mut state, m);
+            let kept = state.volume_by_name("kept").unwrap().id;
+            let m = state.plan_map_chunk(kept, 5, |_| true).unwrap();
+            step(&store, &mut state, m);
+            (kept, state.route(kept, 5).unwrap().unwrap().group_id)
+        };
+        let (store, mut state) = reopen(dir.path());
+        assert_eq!(state.nodes().count(), 3);
+        assert_eq!(state.groups().count(), 2);
+        assert_eq!(state.volume_count(), 1);
+        let kept = state.volume_by_name("kept").unwrap();
+        assert_eq!(
+            (kept.id, kept.mapped_chunks, kept.created_unix),
+            (vol_id, 1, 8)
+        );
+        assert_eq!(
+            state.route(vol_id, 5).unwrap().unwrap().group_id,
+            chunk_group
+        );
+        assert_eq!(state.group_chunks(chunk_group), 1);
+
+        // Deleting the highest ids must not let them come back after a reopen.
+        let (m, _) = state.plan_delete_volume("kept").unwrap();
+        step(&store, &mut state, m);
+        drop(store);
+        let (_, state) = reopen(dir.path());
+        assert_eq!(state.volume_count(), 0);
+        let m = state.plan_create_volume("new", 4096, None, 9).unwrap();
+        assert!(matches!(m, Mutation::PutVolume(v) if v.id == vol_id + 1));
+        let (id, _) = state
+            .plan_register(&NodeRegistration {
+                node_id: None,
+                zone: "z".into(),
+                rack: "d".into(),
+                addr: "d:1".into(),
+                capacity_bytes: 1,
+                used_bytes: 0,
+            })
+            .unwrap();
+        assert_eq!(id, 4);
+        assert_eq!(state.next_ids().group, 3);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = reopen(dir.path());
+        assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+        drop(first);
+        assert!(Store::open(dir.path()).is_ok());
+    }
+}
