@@ -1,13 +1,39 @@
 //! The Tessera client library: volume handles, routing, retries, pipelined requests.
 //!
-//! API (stable; the NBD gateway and the CLI are written against it):
 //! - [`Client::connect`] with the manager address(es), then [`Client::open`] a volume by name.
 //! - [`Volume::read`], [`Volume::write`], [`Volume::write_zeroes`], [`Volume::discard`],
 //!   [`Volume::flush`] at any byte offset and length; a [`Volume`] is cheap to clone and
-//!   safe to use from many tasks at once (requests are pipelined).
+//!   safe to use from many tasks at once (requests are pipelined on one connection per
+//!   storage node).
+//!
+//! A request is split at chunk boundaries (and at [`MAX_IO`]); each piece goes to the
+//! leader of the chunk's replica group. Routes come from the manager once and are cached;
+//! a wrong-leader answer carries a hint that is followed at once, and other transient
+//! failures (a dead node, an election in progress, a group still being created) are retried
+//! with bounded back-off until [`RETRY_FOR`] has passed. The application sees latency, not
+//! errors, across a leader change.
+//!
+//! Must never: acknowledge a write before the storage node did; turn a definite storage
+//! answer (disk full, corrupt data, out of range) into a silent retry loop.
 
-use bytes::Bytes;
-use tessera_proto::control::VolumeInfo;
+mod conn;
+mod volume;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest, VolumeInfo};
+use tessera_proto::data::MAX_IO as WIRE_MAX_IO;
+
+pub use volume::Volume;
+
+/// Largest piece sent in one request.
+pub const MAX_IO: u64 = WIRE_MAX_IO as u64;
+/// How long transient failures are retried before an error reaches the caller.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Deadline of one control-plane call and of one data-plane attempt.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,7 +57,7 @@ pub enum Error {
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error(transparent)]
-    Control(#[from] tessera_proto::control::ControlError),
+    Control(#[from] ControlError),
     #[error(transparent)]
     Net(#[from] tessera_net::NetError),
 }
@@ -40,49 +66,78 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// A connection to a Tessera cluster. Cheap to clone.
 #[derive(Clone)]
-pub struct Client {}
-
-impl Client {
-    pub async fn connect(_managers: Vec<String>) -> Result<Client> {
-        todo!()
-    }
-    pub async fn open(&self, _name: &str) -> Result<Volume> {
-        todo!()
-    }
-    pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
-        todo!()
-    }
+pub struct Client {
+    inner: Arc<ClientInner>,
 }
 
-/// An open volume. Cheap to clone; all clones share routes and connections.
-#[derive(Clone)]
-pub struct Volume {}
+struct ClientInner {
+    managers: Vec<String>,
+    conns: Mutex<HashMap<String, Arc<conn::NodeConn>>>,
+}
 
-impl Volume {
-    pub fn info(&self) -> &VolumeInfo {
-        todo!()
+impl Client {
+    /// A client of the cluster managed at `managers` (one address is enough; with several,
+    /// each is tried in turn). Checks that a manager answers.
+    pub async fn connect(managers: Vec<String>) -> Result<Client> {
+        if managers.is_empty() {
+            return Err(Error::Invalid("no manager address given".into()));
+        }
+        let c = Client {
+            inner: Arc::new(ClientInner {
+                managers,
+                conns: Mutex::new(HashMap::new()),
+            }),
+        };
+        c.list_volumes().await?;
+        Ok(c)
     }
-    pub fn name(&self) -> &str {
-        todo!()
+
+    /// One control-plane call, to the first manager that answers.
+    pub async fn call(&self, req: &ManagerRequest) -> Result<ManagerReply> {
+        let mut last = None;
+        for m in &self.inner.managers {
+            match tessera_net::call::<_, ManagerReply>(m, req, CALL_TIMEOUT).await {
+                Ok(r) => return Ok(r),
+                Err(tessera_net::NetError::Control(e)) => return Err(Error::Control(e)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(Error::Net).unwrap_or_else(|| Error::Unavailable("no manager".into())))
     }
-    pub fn size(&self) -> u64 {
-        todo!()
+
+    pub async fn open(&self, name: &str) -> Result<Volume> {
+        match self.call(&ManagerRequest::OpenVolume { name: name.into() }).await {
+            Ok(ManagerReply::Opened { volume, chunks }) => Ok(Volume::new(self.clone(), volume, chunks)),
+            Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            Err(Error::Control(ControlError::NotFound(_))) => Err(Error::VolumeNotFound(name.into())),
+            Err(e) => Err(e),
+        }
     }
-    pub async fn read(&self, _offset: u64, _len: u64) -> Result<Bytes> {
-        todo!()
+
+    pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        match self.call(&ManagerRequest::ListVolumes).await? {
+            ManagerReply::Volumes(v) => Ok(v),
+            other => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+        }
     }
-    pub async fn write(&self, _offset: u64, _data: Bytes) -> Result<()> {
-        todo!()
-    }
-    pub async fn write_zeroes(&self, _offset: u64, _len: u64) -> Result<()> {
-        todo!()
-    }
-    pub async fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
-        todo!()
-    }
-    /// Every write already acknowledged is durable on a majority: this only waits for
-    /// writes still in flight from this handle.
-    pub async fn flush(&self) -> Result<()> {
-        todo!()
+
+    /// The live connection to a storage node, opened if needed.
+    async fn node(&self, addr: &str) -> Result<Arc<conn::NodeConn>> {
+        if let Some(c) = self.inner.conns.lock().ok().and_then(|m| m.get(addr).cloned())
+            && !c.is_dead()
+        {
+            return Ok(c);
+        }
+        let c = conn::NodeConn::open(addr, CALL_TIMEOUT).await?;
+        if let Ok(mut m) = self.inner.conns.lock() {
+            // Another task may have raced us here; keep whichever is alive.
+            if let Some(existing) = m.get(addr)
+                && !existing.is_dead()
+            {
+                return Ok(existing.clone());
+            }
+            m.insert(addr.to_string(), c.clone());
+        }
+        Ok(c)
     }
 }

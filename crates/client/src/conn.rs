@@ -1,0 +1,130 @@
+//! One multiplexed, pipelined connection to a storage node.
+//!
+//! Any number of requests may be in flight: each carries its own request id, a writer task
+//! sends frames in order (coalescing whatever is queued into one write), and a reader task
+//! matches replies to waiters by id, in whatever order they arrive. If the connection
+//! breaks, every waiter gets an error and the connection is marked dead; the caller opens a
+//! new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, oneshot};
+use tessera_net::{FrameReader, NetError};
+use tessera_proto::frame::{Frame, Kind};
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+
+pub(crate) struct NodeConn {
+    addr: String,
+    next_id: AtomicU64,
+    waiters: Waiters,
+    tx: mpsc::UnboundedSender<Frame>,
+    dead: Arc<AtomicBool>,
+}
+
+impl NodeConn {
+    pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<Arc<NodeConn>, NetError> {
+        let stream = tessera_net::connect(addr, timeout).await?;
+        let (r, w) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let waiters: Waiters = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+
+        let wdead = dead.clone();
+        tokio::spawn(async move {
+            let mut w = BufWriter::with_capacity(256 * 1024, w);
+            'outer: while let Some(f) = rx.recv().await {
+                let mut next = Some(f);
+                // Write everything already queued, then flush once.
+                while let Some(f) = next {
+                    if tessera_net::write_frame(&mut w, &f).await.is_err() {
+                        break 'outer;
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if w.flush().await.is_err() {
+                    break;
+                }
+            }
+            wdead.store(true, Ordering::Release);
+        });
+
+        let rwaiters = waiters.clone();
+        let rdead = dead.clone();
+        let raddr = addr.to_string();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(r);
+            loop {
+                match reader.next().await {
+                    Ok(Some(f)) => {
+                        let waiter = rwaiters.lock().ok().and_then(|mut m| m.remove(&f.request_id));
+                        if let Some(w) = waiter {
+                            let _ = w.send(f);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(node = %raddr, "connection to storage node failed: {e}");
+                        break;
+                    }
+                }
+            }
+            rdead.store(true, Ordering::Release);
+            // Dropping the senders wakes every waiter with an error.
+            if let Ok(mut m) = rwaiters.lock() {
+                m.clear();
+            }
+        });
+
+        Ok(Arc::new(NodeConn {
+            addr: addr.to_string(),
+            next_id: AtomicU64::new(1),
+            waiters,
+            tx,
+            dead,
+        }))
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Sends one request frame and waits for its reply.
+    pub(crate) async fn request(
+        &self,
+        kind: Kind,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Frame, NetError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (otx, orx) = oneshot::channel();
+        if let Ok(mut m) = self.waiters.lock() {
+            m.insert(id, otx);
+        }
+        if self.is_dead() || self.tx.send(Frame::new(kind, id, body)).is_err() {
+            self.forget(id);
+            return Err(NetError::Closed);
+        }
+        match tokio::time::timeout(timeout, orx).await {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(_)) => Err(NetError::Closed),
+            Err(_) => {
+                self.forget(id);
+                Err(NetError::Timeout {
+                    addr: self.addr.clone(),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut m) = self.waiters.lock() {
+            m.remove(&id);
+        }
+    }
+}
