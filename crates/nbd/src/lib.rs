@@ -1,1 +1,167 @@
-//! An NBD server (newstyle fixed handshake) exporting Tessera volumes through the client library.
+//! An NBD server exporting every Tessera volume by name.
+//!
+//! Owns the NBD protocol (newstyle fixed handshake, simple and structured replies) and
+//! nothing below it: block storage is reached only through the [`Backend`] / [`Export`]
+//! traits, implemented for [`tessera_client::Client`] and [`tessera_client::Volume`].
+//! This crate must never interpret volume data, cache it across requests, or reach
+//! storage nodes by any other path than the client library; nor may anything a client
+//! sends make the server panic or disturb another connection.
+//!
+//! Map, in the order a connection meets them:
+//! - [`NbdServer`] (this file): the accept loop; one task per connection.
+//! - `handshake.rs`: option haggling up to `NBD_OPT_GO` / `NBD_OPT_EXPORT_NAME`.
+//! - `transmission.rs`: requests, concurrent execution, replies; NBD error numbers.
+//! - [`backend`]: the storage seam; `tessera_backend.rs` its Tessera implementation.
+//! - `consts.rs`: protocol numbers from the NBD specification (`doc/proto.md`).
+//!
+//! Behaviour worth knowing:
+//! - The empty export name selects the default export: the volume whose name sorts first.
+//! - Advertised limits: any byte granularity (minimum block 1), preferred 4 KiB, at most
+//!   32 MiB per READ or WRITE; TRIM and WRITE_ZEROES may be longer.
+//! - Not offered: TLS, metadata contexts / block status, extended headers.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+mod consts;
+mod handshake;
+mod tessera_backend;
+mod transmission;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+pub use backend::{Backend, BackendError, Export};
+pub use transmission::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+
+/// How long a client may take to choose an export before it is dropped, so idle
+/// half-open connections do not pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An NBD server bound to a TCP address, serving the exports of one [`Backend`].
+pub struct NbdServer<B: Backend> {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    backend: Arc<B>,
+}
+
+impl<B: Backend> NbdServer<B> {
+    /// Binds `listen` (`host:port`; port 0 picks a free port). NBD's registered port is
+    /// 10809.
+    pub async fn bind(listen: &str, backend: Arc<B>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(NbdServer {
+            listener,
+            local_addr,
+            backend,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accepts connections until `shutdown` completes, then stops accepting, lets every
+    /// connection answer the requests it has in flight, and returns once all are closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        info!(addr = %self.local_addr, "NBD server listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        connections.spawn(connection(
+                            stream,
+                            peer,
+                            self.backend.clone(),
+                            stop_rx.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done {
+                        warn!("connection task failed: {e}");
+                    }
+                }
+            }
+        }
+        info!(addr = %self.local_addr, "NBD server stopping");
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        while let Some(done) = connections.join_next().await {
+            if let Err(e) = done {
+                warn!("connection task failed: {e}");
+            }
+        }
+    }
+}
+
+/// One client connection, handshake then transmission.
+async fn connection<B: Backend>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    backend: Arc<B>,
+    mut stop: watch::Receiver<bool>,
+) {
+    debug!(%peer, "connection accepted");
+    // Replies are batched by the writer; small ones must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::new(w);
+
+    let negotiated = tokio::select! {
+        res = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake::negotiate(&*backend, &mut r, &mut w),
+        ) => res,
+        _ = stop.wait_for(|&s| s) => {
+            debug!(%peer, "server shutting down during the handshake");
+            return;
+        }
+    };
+    let negotiated = match negotiated {
+        Err(_) => {
+            warn!(%peer, "handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropping");
+            return;
+        }
+        Ok(Err(handshake::HandshakeError::Io(e))) => {
+            debug!(%peer, "connection lost during the handshake: {e}");
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!(%peer, "dropping connection: {e}");
+            return;
+        }
+        Ok(Ok(None)) => {
+            debug!(%peer, "client aborted the handshake");
+            return;
+        }
+        Ok(Ok(Some(n))) => n,
+    };
+    debug!(%peer, export = %negotiated.name, structured = negotiated.structured,
+        "entering transmission");
+    transmission::serve(negotiated.export, negotiated.structured, r, w, peer, stop).await;
+    debug!(%peer, "connection closed");
+}

@@ -1,0 +1,81 @@
+//! The seam between the NBD protocol and storage: what the server needs from a block store.
+//!
+//! Two implementations exist: [`tessera_client::Client`] (in `tessera_backend.rs`) for
+//! production, and an in-memory store in this crate's unit tests, where faults (failing
+//! or slow requests) are injected. Nothing here knows about NBD wire formats; the server
+//! maps [`BackendError`] to NBD error numbers in one place (`transmission.rs`).
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+/// Why a backend operation failed, in the terms the NBD server needs to pick an error
+/// number. Messages name the thing and the value; they may be shown to NBD clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// No export (volume) of that name.
+    #[error("export \"{0}\" not found")]
+    NotFound(String),
+    /// The range lies (partly) outside the export.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The store is full.
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    /// The store refused the request as malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Anything else: corrupt data, I/O failure, cluster unavailable.
+    #[error("i/o error: {0}")]
+    Io(String),
+}
+
+/// A store of named block devices.
+pub trait Backend: Send + Sync + 'static {
+    /// An open device; one is opened per NBD connection.
+    type Export: Export;
+
+    /// The names of every export, in any order.
+    fn list(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+
+    /// Opens the export `name`; [`BackendError::NotFound`] if there is none.
+    fn open(&self, name: &str) -> impl Future<Output = Result<Self::Export, BackendError>> + Send;
+}
+
+/// One open block device. Called concurrently from many tasks; every range passed in
+/// has already been checked against [`Export::size`] and has a non-zero length.
+pub trait Export: Send + Sync + 'static {
+    /// Size in bytes, fixed for the life of this handle.
+    fn size(&self) -> u64;
+
+    /// Reads exactly `len` bytes at `offset`.
+    fn read(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
+
+    /// Writes `data` at `offset`; returns once the write is durable.
+    fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Makes `len` bytes at `offset` read as zeroes; durable on return.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Hints that `len` bytes at `offset` are no longer needed.
+    fn discard(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Returns once every write already acknowledged through this handle is durable.
+    fn flush(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+}

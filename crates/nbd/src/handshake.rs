@@ -1,0 +1,372 @@
+//! The handshake phase: fixed newstyle negotiation up to the choice of an export.
+//!
+//! Everything read here is untrusted: every length is checked before anything is
+//! allocated, and protocol violations end the connection with [`HandshakeError::Protocol`]
+//! (never a panic). TLS, metadata contexts and extended headers are not offered; those
+//! options get `NBD_REP_ERR_UNSUP` like any unknown option.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::backend::{Backend, BackendError, Export};
+use crate::consts::*;
+
+/// Why negotiation ended without entering transmission.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol; the connection is dropped (a hard disconnect).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// The outcome of a successful negotiation: the export and how to talk about it.
+pub(crate) struct Negotiated<E> {
+    pub export: Arc<E>,
+    pub name: String,
+    /// Structured replies were negotiated (`NBD_OPT_STRUCTURED_REPLY`).
+    pub structured: bool,
+}
+
+/// Runs the handshake. `Ok(None)` means the client ended it politely (`NBD_OPT_ABORT`).
+/// The caller owns buffering: `r` and `w` should be buffered; `w` is flushed after
+/// every reply the client waits for.
+pub(crate) async fn negotiate<B, R, W>(
+    backend: &B,
+    r: &mut R,
+    w: &mut W,
+) -> Result<Option<Negotiated<B::Export>>, HandshakeError>
+where
+    B: Backend,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut greeting = [0u8; 18];
+    greeting[..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    greeting[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    greeting[16..].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    w.write_all(&greeting).await?;
+    w.flush().await?;
+
+    let client_flags = r.read_u32().await?;
+    let unknown = client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+    if unknown != 0 {
+        return Err(HandshakeError::Protocol(format!(
+            "unknown client flags {unknown:#x} (sent {client_flags:#x})"
+        )));
+    }
+    // A client without NBD_FLAG_C_FIXED_NEWSTYLE is still answered with fixed-newstyle
+    // replies (the spec allows it); such clients only ever send NBD_OPT_EXPORT_NAME.
+    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    let mut structured = false;
+
+    loop {
+        let magic = r.read_u64().await?;
+        if magic != IHAVEOPT {
+            return Err(HandshakeError::Protocol(format!(
+                "bad option magic {magic:#018x}"
+            )));
+        }
+        let opt = r.read_u32().await?;
+        let len = r.read_u32().await?;
+        if len > MAX_OPTION_LEN {
+            return Err(HandshakeError::Protocol(format!(
+                "option {opt} carries {len} bytes, more than the limit of {MAX_OPTION_LEN}"
+            )));
+        }
+        let mut data = vec![0u8; len as usize];
+        r.read_exact(&mut data).await?;
+
+        match opt {
+            OPT_EXPORT_NAME => {
+                if len > MAX_NAME_LEN {
+                    return Err(HandshakeError::Protocol(format!(
+                        "export name of {len} bytes exceeds {MAX_NAME_LEN}"
+                    )));
+                }
+                let name = String::from_utf8(data)
+                    .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".to_owned()))?;
+                // This option cannot be answered with an error: refusing means hanging up.
+                let (name, export) = resolve(backend, &name)
+                    .await
+                    .map_err(|e| HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
+                let mut reply = [0u8; 10 + 124];
+                reply[..8].copy_from_slice(&export.size().to_be_bytes());
+                reply[8..10].copy_from_slice(&transmission_flags(structured).to_be_bytes());
+                let n = if no_zeroes { 10 } else { reply.len() };
+                w.write_all(&reply[..n]).await?;
+                w.flush().await?;
+                return Ok(Some(Negotiated {
+                    export: Arc::new(export),
+                    name,
+                    structured,
+                }));
+            }
+            OPT_ABORT => {
+                // The client may already have hung up; the reply is best effort.
+                let _ = reply(w, opt, REP_ACK, &[]).await;
+                let _ = w.flush().await;
+                return Ok(None);
+            }
+            OPT_LIST => {
+                if len != 0 {
+                    reply(w, opt, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data").await?;
+                } else {
+                    match backend.list().await {
+                        Ok(mut names) => {
+                            names.sort();
+                            for name in names.iter().filter(|n| n.len() <= MAX_NAME_LEN as usize) {
+                                let mut body = Vec::with_capacity(4 + name.len());
+                                body.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                                body.extend_from_slice(name.as_bytes());
+                                reply(w, opt, REP_SERVER, &body).await?;
+                            }
+                            reply(w, opt, REP_ACK, &[]).await?;
+                        }
+                        Err(e) => {
+                            // No reply type means "the store failed"; ERR_INVALID with the
+                            // reason is the least misleading one the spec offers.
+                            let msg = format!("cannot list volumes: {e}");
+                            reply(w, opt, REP_ERR_INVALID, msg.as_bytes()).await?;
+                        }
+                    }
+                }
+            }
+            OPT_INFO | OPT_GO => match parse_info_request(&data) {
+                Err((kind, msg)) => reply(w, opt, kind, msg.as_bytes()).await?,
+                Ok(req) => match resolve(backend, &req.name).await {
+                    Err(e) => {
+                        // NBD_REP_ERR_UNKNOWN also covers a store that cannot open the
+                        // volume right now; the message tells the user which.
+                        reply(w, opt, REP_ERR_UNKNOWN, e.to_string().as_bytes()).await?;
+                    }
+                    Ok((name, export)) => {
+                        send_info(w, opt, &req.infos, &name, &export, structured).await?;
+                        reply(w, opt, REP_ACK, &[]).await?;
+                        if opt == OPT_GO {
+                            w.flush().await?;
+                            return Ok(Some(Negotiated {
+                                export: Arc::new(export),
+                                name,
+                                structured,
+                            }));
+                        }
+                    }
+                },
+            },
+            OPT_STRUCTURED_REPLY => {
+                if len != 0 {
+                    reply(
+                        w,
+                        opt,
+                        REP_ERR_INVALID,
+                        b"NBD_OPT_STRUCTURED_REPLY takes no data",
+                    )
+                    .await?;
+                } else {
+                    structured = true;
+                    reply(w, opt, REP_ACK, &[]).await?;
+                }
+            }
+            OPT_STARTTLS => reply(w, opt, REP_ERR_UNSUP, b"TLS is not supported").await?,
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT | OPT_EXTENDED_HEADERS => {
+                reply(w, opt, REP_ERR_UNSUP, b"not supported by this server").await?
+            }
+            _ => reply(w, opt, REP_ERR_UNSUP, b"unknown option").await?,
+        }
+        w.flush().await?;
+    }
+}
+
+/// The transmission flags of every export: all writes are durable when acknowledged
+/// and every connection sees the same data, so FUA and multi-connection are free.
+pub(crate) fn transmission_flags(structured: bool) -> u16 {
+    let mut flags = FLAG_HAS_FLAGS
+        | FLAG_SEND_FLUSH
+        | FLAG_SEND_FUA
+        | FLAG_SEND_TRIM
+        | FLAG_SEND_WRITE_ZEROES
+        | FLAG_CAN_MULTI_CONN;
+    if structured {
+        flags |= FLAG_SEND_DF;
+    }
+    flags
+}
+
+/// Opens `name`, or the default export when `name` is empty: the export whose name
+/// sorts first, so the choice does not depend on the order the store lists them in
+/// (a cluster with `vol0` exports `vol0`).
+async fn resolve<B: Backend>(backend: &B, name: &str) -> Result<(String, B::Export), BackendError> {
+    let name = if name.is_empty() {
+        backend
+            .list()
+            .await?
+            .into_iter()
+            .min()
+            .ok_or_else(|| BackendError::NotFound("<default>".to_owned()))?
+    } else {
+        name.to_owned()
+    };
+    let export = backend.open(&name).await?;
+    Ok((name, export))
+}
+
+struct InfoRequest {
+    name: String,
+    infos: Vec<u16>,
+}
+
+/// Parses the data of `NBD_OPT_INFO` / `NBD_OPT_GO`: a 32-bit name length, the name, a
+/// 16-bit count and that many 16-bit information types. The lengths must add up exactly.
+/// Errors carry the option reply type to send: `NBD_REP_ERR_TOO_BIG` for an over-long
+/// name, `NBD_REP_ERR_INVALID` for anything malformed.
+fn parse_info_request(data: &[u8]) -> Result<InfoRequest, (u32, String)> {
+    let invalid = |msg: String| (REP_ERR_INVALID, msg);
+    let total = data.len();
+    let (name_len, rest) = split_be_u32(data)
+        .ok_or_else(|| invalid(format!("option data of {total} bytes is too short")))?;
+    if name_len > MAX_NAME_LEN {
+        let msg = format!("export name of {name_len} bytes exceeds {MAX_NAME_LEN}");
+        return Err((REP_ERR_TOO_BIG, msg));
+    }
+    let name_len = name_len as usize;
+    if rest.len() < name_len + 2 {
+        return Err(invalid(format!(
+            "export name of {name_len} bytes overruns option of {total}"
+        )));
+    }
+    let (name, rest) = rest.split_at(name_len);
+    let name =
+        std::str::from_utf8(name).map_err(|_| invalid("export name is not UTF-8".to_owned()))?;
+    let (count, rest) = rest.split_at(2);
+    let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
+    if rest.len() != count * 2 {
+        return Err(invalid(format!(
+            "{count} information requests do not match the {} bytes left",
+            rest.len()
+        )));
+    }
+    let infos = rest
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    Ok(InfoRequest {
+        name: name.to_owned(),
+        infos,
+    })
+}
+
+fn split_be_u32(data: &[u8]) -> Option<(u32, &[u8])> {
+    if data.len() < 6 {
+        return None;
+    }
+    let (head, rest) = data.split_at(4);
+    Some((
+        u32::from_be_bytes([head[0], head[1], head[2], head[3]]),
+        rest,
+    ))
+}
+
+/// Sends `NBD_INFO_EXPORT` (always) and each other requested type this server knows,
+/// once each; unknown types are ignored as the spec asks.
+async fn send_info<W: AsyncWrite + Unpin, E: Export>(
+    w: &mut W,
+    opt: u32,
+    requested: &[u16],
+    name: &str,
+    export: &E,
+    structured: bool,
+) -> std::io::Result<()> {
+    let mut body = Vec::with_capacity(14);
+    body.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+    body.extend_from_slice(&export.size().to_be_bytes());
+    body.extend_from_slice(&transmission_flags(structured).to_be_bytes());
+    reply(w, opt, REP_INFO, &body).await?;
+
+    let mut sent = Vec::new();
+    for &info in requested {
+        if sent.contains(&info) {
+            continue;
+        }
+        sent.push(info);
+        body.clear();
+        body.extend_from_slice(&info.to_be_bytes());
+        match info {
+            INFO_NAME => body.extend_from_slice(name.as_bytes()),
+            INFO_BLOCK_SIZE => {
+                for v in [MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD] {
+                    body.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+            // INFO_EXPORT went first; INFO_DESCRIPTION is optional and we have none;
+            // unknown types are skipped.
+            _ => continue,
+        }
+        reply(w, opt, REP_INFO, &body).await?;
+    }
+    Ok(())
+}
+
+/// Writes one option reply (not flushed).
+async fn reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    opt: u32,
+    kind: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut head = [0u8; 20];
+    head[..8].copy_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    head[8..12].copy_from_slice(&opt.to_be_bytes());
+    head[12..16].copy_from_slice(&kind.to_be_bytes());
+    // Every reply body is bounded by MAX_OPTION_LEN-sized inputs or short messages.
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    head[16..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&head).await?;
+    w.write_all(data).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info_data(name: &[u8], infos: &[u16]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+        for i in infos {
+            d.extend_from_slice(&i.to_be_bytes());
+        }
+        d
+    }
+
+    #[test]
+    fn info_request_lengths_must_add_up_exactly() {
+        let ok = parse_info_request(&info_data(b"vol", &[INFO_BLOCK_SIZE])).unwrap();
+        assert_eq!(ok.name, "vol");
+        assert_eq!(ok.infos, vec![INFO_BLOCK_SIZE]);
+
+        let mut trailing = info_data(b"vol", &[]);
+        trailing.push(0);
+        assert!(parse_info_request(&trailing).is_err());
+        assert!(parse_info_request(&[0, 0, 0]).is_err());
+        let mut overrun = info_data(b"vol", &[]);
+        overrun[3] = 200;
+        assert!(parse_info_request(&overrun).is_err());
+        let mut huge = info_data(b"", &[]);
+        huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            parse_info_request(&huge).err().map(|e| e.0),
+            Some(REP_ERR_TOO_BIG)
+        );
+        assert!(parse_info_request(&info_data(&[0xff, 0xfe], &[])).is_err());
+    }
+
+    #[test]
+    fn df_is_offered_only_with_structured_replies() {
+        assert_eq!(transmission_flags(false) & FLAG_SEND_DF, 0);
+        assert_ne!(transmission_flags(true) & FLAG_SEND_DF, 0);
+        assert_ne!(transmission_flags(false) & FLAG_HAS_FLAGS, 0);
+    }
+}

@@ -1,0 +1,99 @@
+//! [`Backend`] for a Tessera cluster: exports are volumes, opened through the client
+//! library. The only place this crate touches `tessera_client`.
+
+use bytes::Bytes;
+use tessera_client::{Client, Error, Volume};
+
+use crate::backend::{Backend, BackendError, Export};
+
+impl From<Error> for BackendError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::VolumeNotFound(name) => BackendError::NotFound(name),
+            e @ Error::OutOfRange { .. } => BackendError::OutOfRange(e.to_string()),
+            Error::DiskFull(m) => BackendError::NoSpace(m),
+            Error::Invalid(m) => BackendError::Invalid(m),
+            e @ (Error::Corrupt(_)
+            | Error::Io(_)
+            | Error::Unavailable(_)
+            | Error::Control(_)
+            | Error::Net(_)) => BackendError::Io(e.to_string()),
+        }
+    }
+}
+
+impl Backend for Client {
+    type Export = Volume;
+
+    async fn list(&self) -> Result<Vec<String>, BackendError> {
+        let volumes = self.list_volumes().await?;
+        Ok(volumes.into_iter().map(|v| v.name).collect())
+    }
+
+    async fn open(&self, name: &str) -> Result<Volume, BackendError> {
+        Ok(Client::open(self, name).await?)
+    }
+}
+
+impl Export for Volume {
+    fn size(&self) -> u64 {
+        Volume::size(self)
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+        Ok(Volume::read(self, offset, len).await?)
+    }
+
+    async fn write(&self, offset: u64, data: Bytes) -> Result<(), BackendError> {
+        Ok(Volume::write(self, offset, data).await?)
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        Ok(Volume::write_zeroes(self, offset, len).await?)
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        Ok(Volume::discard(self, offset, len).await?)
+    }
+
+    async fn flush(&self) -> Result<(), BackendError> {
+        Ok(Volume::flush(self).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_map_to_what_the_nbd_client_can_act_on() {
+        let range = Error::OutOfRange {
+            volume: "db1".into(),
+            offset: 10,
+            len: 20,
+            size: 16,
+        };
+        assert!(
+            matches!(BackendError::from(range), BackendError::OutOfRange(m) if m.contains("db1"))
+        );
+        assert_eq!(
+            BackendError::from(Error::VolumeNotFound("db1".into())),
+            BackendError::NotFound("db1".into())
+        );
+        assert!(matches!(
+            BackendError::from(Error::DiskFull("x".into())),
+            BackendError::NoSpace(_)
+        ));
+        assert!(matches!(
+            BackendError::from(Error::Invalid("x".into())),
+            BackendError::Invalid(_)
+        ));
+        for e in [
+            Error::Corrupt("c".into()),
+            Error::Io("i".into()),
+            Error::Unavailable("u".into()),
+        ] {
+            assert!(matches!(BackendError::from(e), BackendError::Io(_)));
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! An in-memory [`Backend`] for tests, with injectable faults: failing reads and a read
+//! offset that answers slowly (to observe out-of-order replies).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::{Backend, BackendError, Export};
+
+pub(crate) struct MemBackend {
+    volumes: BTreeMap<String, Arc<MemVolume>>,
+}
+
+pub(crate) struct MemVolume {
+    data: Mutex<Vec<u8>>,
+    pub fail_reads: AtomicBool,
+    /// Reads starting at this offset take [`SLOW_READ`]; `u64::MAX` for none.
+    pub slow_read_offset: AtomicU64,
+}
+
+pub(crate) const SLOW_READ: Duration = Duration::from_millis(300);
+
+impl MemBackend {
+    pub(crate) fn new(volumes: &[(&str, u64)]) -> Arc<Self> {
+        let volumes = volumes
+            .iter()
+            .map(|&(name, size)| {
+                let vol = MemVolume {
+                    data: Mutex::new(vec![0; size as usize]),
+                    fail_reads: AtomicBool::new(false),
+                    slow_read_offset: AtomicU64::new(u64::MAX),
+                };
+                (name.to_owned(), Arc::new(vol))
+            })
+            .collect();
+        Arc::new(MemBackend { volumes })
+    }
+
+    pub(crate) fn volume(&self, name: &str) -> Arc<MemVolume> {
+        self.volumes[name].clone()
+    }
+}
+
+impl MemVolume {
+    pub(crate) fn bytes(&self, offset: usize, len: usize) -> Vec<u8> {
+        self.data.lock().unwrap()[offset..offset + len].to_vec()
+    }
+
+    /// Overwrites the whole volume, so a copy onto it must really write every byte.
+    pub(crate) fn fill_for_test(&self, byte: u8) {
+        self.data.lock().unwrap().fill(byte);
+    }
+
+    fn range(&self, offset: u64, len: u64) -> Result<std::ops::Range<usize>, BackendError> {
+        let size = self.data.lock().unwrap().len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(offset as usize..end as usize),
+            _ => Err(BackendError::OutOfRange(format!(
+                "{offset}+{len} of {size}"
+            ))),
+        }
+    }
+
+    fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), BackendError> {
+        let range = self.range(offset, len)?;
+        self.data.lock().unwrap()[range].fill(byte);
+        Ok(())
+    }
+}
+
+impl Backend for MemBackend {
+    type Export = Arc<MemVolume>;
+
+    async fn list(&self) -> Result<Vec<String>, BackendError> {
+        // Deliberately not sorted, to show the server does not rely on the order.
+        Ok(self.volumes.keys().rev().cloned().collect())
+    }
+
+    async fn open(&self, name: &str) -> Result<Arc<MemVolume>, BackendError> {
+        self.volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(name.to_owned()))
+    }
+}
+
+impl Export for Arc<MemVolume> {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+        if self.slow_read_offset.load(Ordering::SeqCst) == offset {
+            tokio::time::sleep(SLOW_READ).await;
+        }
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(BackendError::Io("injected read failure".to_owned()));
+        }
+        let range = self.range(offset, len)?;
+        Ok(Bytes::copy_from_slice(&self.data.lock().unwrap()[range]))
+    }
+
+    async fn write(&self, offset: u64, data: Bytes) -> Result<(), BackendError> {
+        let range = self.range(offset, data.len() as u64)?;
+        self.data.lock().unwrap()[range].copy_from_slice(&data);
+        Ok(())
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.fill(offset, len, 0)
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        // Discarded ranges read as zeroes here, though NBD promises nothing about them.
+        self.fill(offset, len, 0)
+    }
+
+    async fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
