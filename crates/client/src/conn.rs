@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot};
 use tessera_net::{FrameReader, NetError};
 use tessera_proto::frame::{Frame, Kind};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, oneshot};
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
 
@@ -61,7 +61,10 @@ impl NodeConn {
             loop {
                 match reader.next().await {
                     Ok(Some(f)) => {
-                        let waiter = rwaiters.lock().ok().and_then(|mut m| m.remove(&f.request_id));
+                        let waiter = rwaiters
+                            .lock()
+                            .ok()
+                            .and_then(|mut m| m.remove(&f.request_id));
                         if let Some(w) = waiter {
                             let _ = w.send(f);
                         }

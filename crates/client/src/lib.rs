@@ -102,14 +102,23 @@ impl Client {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.map(Error::Net).unwrap_or_else(|| Error::Unavailable("no manager".into())))
+        Err(last
+            .map(Error::Net)
+            .unwrap_or_else(|| Error::Unavailable("no manager".into())))
     }
 
     pub async fn open(&self, name: &str) -> Result<Volume> {
-        match self.call(&ManagerRequest::OpenVolume { name: name.into() }).await {
-            Ok(ManagerReply::Opened { volume, chunks }) => Ok(Volume::new(self.clone(), volume, chunks)),
+        match self
+            .call(&ManagerRequest::OpenVolume { name: name.into() })
+            .await
+        {
+            Ok(ManagerReply::Opened { volume, chunks }) => {
+                Ok(Volume::new(self.clone(), volume, chunks))
+            }
             Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(Error::Control(ControlError::NotFound(_))) => Err(Error::VolumeNotFound(name.into())),
+            Err(Error::Control(ControlError::NotFound(_))) => {
+                Err(Error::VolumeNotFound(name.into()))
+            }
             Err(e) => Err(e),
         }
     }
@@ -123,7 +132,12 @@ impl Client {
 
     /// The live connection to a storage node, opened if needed.
     async fn node(&self, addr: &str) -> Result<Arc<conn::NodeConn>> {
-        if let Some(c) = self.inner.conns.lock().ok().and_then(|m| m.get(addr).cloned())
+        if let Some(c) = self
+            .inner
+            .conns
+            .lock()
+            .ok()
+            .and_then(|m| m.get(addr).cloned())
             && !c.is_dead()
         {
             return Ok(c);

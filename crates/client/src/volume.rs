@@ -127,11 +127,15 @@ impl Volume {
         for p in &pieces {
             let v = self.clone();
             let p = *p;
-            tasks.push(tokio::spawn(async move { v.piece(Op::Read, p, Bytes::new()).await }));
+            tasks.push(tokio::spawn(async move {
+                v.piece(Op::Read, p, Bytes::new()).await
+            }));
         }
         let mut out = BytesMut::with_capacity(len as usize);
         for t in tasks {
-            let data = t.await.map_err(|e| Error::Io(format!("read task failed: {e}")))??;
+            let data = t
+                .await
+                .map_err(|e| Error::Io(format!("read task failed: {e}")))??;
             out.extend_from_slice(&data);
         }
         Ok(out.freeze())
@@ -164,7 +168,10 @@ impl Volume {
             None => Bytes::new(),
         };
         if pieces.len() == 1 {
-            return self.piece(op, pieces[0], slice(&pieces[0])).await.map(|_| ());
+            return self
+                .piece(op, pieces[0], slice(&pieces[0]))
+                .await
+                .map(|_| ());
         }
         let mut tasks = Vec::with_capacity(pieces.len());
         for p in &pieces {
@@ -186,7 +193,12 @@ impl Volume {
     /// write). `None`: the chunk was never written and reads as zeroes.
     async fn route(&self, chunk: u64, allocate: bool, refresh: bool) -> Result<Option<Arc<Route>>> {
         if !refresh
-            && let Some(r) = self.inner.routes.read().ok().and_then(|m| m.get(&chunk).cloned())
+            && let Some(r) = self
+                .inner
+                .routes
+                .read()
+                .ok()
+                .and_then(|m| m.get(&chunk).cloned())
         {
             return Ok(Some(r));
         }
@@ -233,7 +245,8 @@ impl Volume {
                 }
                 Ok(None) if op == Op::Read => return Ok(Bytes::from(vec![0u8; p.len as usize])),
                 Ok(None) => return Ok(Bytes::new()),
-                Err(Error::Control(ControlError::Unavailable(m))) | Err(Error::Net(tessera_net::NetError::Timeout { addr: m, .. })) => {
+                Err(Error::Control(ControlError::Unavailable(m)))
+                | Err(Error::Net(tessera_net::NetError::Timeout { addr: m, .. })) => {
                     last_err = m;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -273,9 +286,14 @@ impl Volume {
                     return Ok(d);
                 }
                 Reply::NotLeader { hint } => {
-                    last_err = format!("node {node_id} is not the leader of group {}", route.group_id);
+                    last_err = format!(
+                        "node {node_id} is not the leader of group {}",
+                        route.group_id
+                    );
                     let known = route.peers.iter().any(|p| p.0 == hint && hint != node_id);
-                    route.leader.store(if known { hint } else { 0 }, Ordering::Relaxed);
+                    route
+                        .leader
+                        .store(if known { hint } else { 0 }, Ordering::Relaxed);
                     if !known {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -300,7 +318,10 @@ impl Volume {
         let conn = self.inner.client.node(addr).await?;
         let f = conn.request(req.kind(), req.encode(), CALL_TIMEOUT).await?;
         if f.kind != Kind::Reply {
-            return Err(Error::Io(format!("unexpected frame kind {:?} from {addr}", f.kind)));
+            return Err(Error::Io(format!(
+                "unexpected frame kind {:?} from {addr}",
+                f.kind
+            )));
         }
         Reply::decode(&f.body).map_err(|e| Error::Io(format!("bad reply from {addr}: {e}")))
     }
@@ -333,14 +354,22 @@ mod tests {
             info: vol(size, cs),
             routes: RwLock::new(HashMap::new()),
         };
-        let v = Volume { inner: Arc::new(inner) };
-        Ok(v.pieces(off, len)?.into_iter().map(|p| (p.chunk, p.offset, p.len, p.at)).collect())
+        let v = Volume {
+            inner: Arc::new(inner),
+        };
+        Ok(v.pieces(off, len)?
+            .into_iter()
+            .map(|p| (p.chunk, p.offset, p.len, p.at))
+            .collect())
     }
 
     #[test]
     fn splits_at_chunk_boundaries_and_max_io() {
         let mib = 1 << 20;
-        assert_eq!(pieces(64 * mib, 8 * mib, 0, 4096).unwrap(), [(0, 0, 4096, 0)]);
+        assert_eq!(
+            pieces(64 * mib, 8 * mib, 0, 4096).unwrap(),
+            [(0, 0, 4096, 0)]
+        );
         assert_eq!(
             pieces(64 * mib, 8 * mib, 8 * mib - 100, 200).unwrap(),
             [(0, (8 * mib - 100) as u32, 100, 0), (1, 0, 100, 100)]

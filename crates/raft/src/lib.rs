@@ -1,1 +1,177 @@
-//! Multi-Raft on raft-rs: the batch system that drives every replica group of a node, group commit through the shared log, peer message batching.
+//! Multi-Raft for a storage node, on raft-rs: a small batch system after TiKV's raftstore.
+//!
+//! Owns: every replica group hosted by this node, driving each group's `RawNode`, handing
+//! every Ready's entries and hard state to the node's shared log (one group commit — one
+//! fdatasync — covers every group's writes of a poll round), applying committed entries to
+//! the chunk store, and batching outgoing Raft messages per peer node.
+//!
+//! Must never: block its poller on the network or on an fsync (the log writer and the
+//! flusher threads do that); apply an entry out of order or skip one; answer a write before
+//! its entry is committed and applied; carry on after the log reported a failed fsync.
+//!
+//! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop and the
+//! Ready handling), `group.rs` (one group: proposals, lease reads, apply), `store.rs`
+//! (raft-rs `Storage` over the in-memory tail of the log).
+//!
+//! Reads are served by the leader from its applied state without a round trip
+//! (`ReadOnlyOption::LeaseBased` with `check_quorum`): a leader that cannot hear a quorum
+//! steps down within an election timeout, before followers will vote for anyone else.
+//!
+//! The leader sends entries to its followers in the same poll round as it hands them to its
+//! own log (Raft thesis §10.2.1): commit needs any majority's fsync, not the leader's first.
+
+mod group;
+mod logger;
+mod poller;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tessera_engine::{ChunkStore, Log, Recovered};
+use tessera_proto::control::{GroupSpec, GroupState};
+use tessera_proto::data::{RaftBatch, Reply, Request};
+
+/// How a request's answer is delivered (called exactly once, from the poller thread).
+pub type Respond = Box<dyn FnOnce(Reply) + Send>;
+
+/// Sends Raft messages to other storage nodes. Best effort and non-blocking: Raft retries
+/// whatever is lost. A trait because messages cross a real network in production and a
+/// faulty one in tests.
+pub trait Transport: Send + Sync + 'static {
+    /// Queue `batch` for node `to`.
+    fn send(&self, to: u64, batch: RaftBatch);
+    /// Where node `node` listens (learned from group membership).
+    fn set_peer(&self, node: u64, addr: &str);
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    /// The directory whose free space decides whether writes are accepted.
+    pub data_dir: PathBuf,
+    /// One tick of every group's Raft clock.
+    pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_ticks: usize,
+    /// How often applied chunk data is flushed so the log behind it can be recycled.
+    pub flush_interval: Duration,
+    /// Below this much free space, new writes are refused with `DiskFull`.
+    pub min_free_bytes: u64,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            node_id,
+            data_dir,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            flush_interval: Duration::from_millis(500),
+            min_free_bytes: 64 << 20,
+        }
+    }
+}
+
+pub(crate) enum Event {
+    Raft(RaftBatch),
+    Request(Request, Respond),
+    Persisted(Vec<(u64, u64)>),
+    Flushed(Vec<(u64, u64, u64)>),
+    Compact(Vec<(u64, u64)>),
+    CreateGroup(GroupSpec),
+    DropChunks {
+        group: u64,
+        volume: u64,
+        chunks: Vec<u64>,
+        respond: Respond,
+    },
+    Status(Box<dyn FnOnce(Vec<GroupState>) + Send>),
+    Fatal(String),
+    Shutdown,
+}
+
+/// Handle to the node's multi-Raft machinery. Cheap to clone; every method only queues an
+/// event for the poller thread.
+#[derive(Clone)]
+pub struct RaftNode {
+    tx: mpsc::Sender<Event>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl RaftNode {
+    /// Rebuilds every group the log recovered and starts the poller thread. `on_fatal` is
+    /// called (once) if the log fails: the node must stop.
+    pub fn start(
+        config: NodeConfig,
+        log: Log,
+        recovered: Recovered,
+        chunks: Arc<ChunkStore>,
+        transport: Arc<dyn Transport>,
+        on_fatal: Box<dyn Fn(String) + Send>,
+    ) -> std::io::Result<RaftNode> {
+        let (tx, rx) = mpsc::channel();
+        let poller_tx = tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-poller-{}", config.node_id))
+            .spawn(move || {
+                let mut p =
+                    poller::Poller::new(config, log, chunks, transport, poller_tx, on_fatal);
+                p.recover(recovered);
+                p.run(rx);
+            })?;
+        Ok(RaftNode {
+            tx,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// A data-plane request; `respond` gets the answer.
+    pub fn submit(&self, req: Request, respond: Respond) {
+        if let Err(mpsc::SendError(Event::Request(_, respond))) =
+            self.tx.send(Event::Request(req, respond))
+        {
+            respond(Reply::Unavailable("storage node is shutting down".into()));
+        }
+    }
+
+    /// Raft messages from another node.
+    pub fn step(&self, batch: RaftBatch) {
+        let _ = self.tx.send(Event::Raft(batch));
+    }
+
+    /// Host a replica of this group (no-op if it is already hosted).
+    pub fn create_group(&self, spec: GroupSpec) {
+        let _ = self.tx.send(Event::CreateGroup(spec));
+    }
+
+    /// Drop chunks of a deleted volume, through the group's log. Answers once proposed.
+    pub fn drop_chunks(&self, group: u64, volume: u64, chunks: Vec<u64>, respond: Respond) {
+        if let Err(mpsc::SendError(Event::DropChunks { respond, .. })) =
+            self.tx.send(Event::DropChunks {
+                group,
+                volume,
+                chunks,
+                respond,
+            })
+        {
+            respond(Reply::Unavailable("storage node is shutting down".into()));
+        }
+    }
+
+    /// The state of every hosted group.
+    pub fn status(&self, respond: Box<dyn FnOnce(Vec<GroupState>) + Send>) {
+        let _ = self.tx.send(Event::Status(respond));
+    }
+
+    /// Stops the poller (pending requests are answered `Unavailable`) and waits for it.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Event::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}

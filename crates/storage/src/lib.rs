@@ -1,1 +1,314 @@
-//! The storage-node service: hosts replica groups, serves the data plane, registers and heartbeats to the manager.
+//! The storage-node service.
+//!
+//! Owns: the node's data directory (locked for the life of the process), its identity
+//! (`node.json`, the id the manager gave it), the data port (clients, peers, manager), the
+//! registration and heartbeats to the manager, and the wiring of engine, Raft and network.
+//!
+//! Must never: serve from a data directory another process holds; keep running after the
+//! shared log reported a failed fsync (see [`StorageNode::fatal`]).
+
+mod server;
+mod transport;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_engine::{ChunkStore, DirLock, Log, LogOptions};
+use tessera_proto::control::{
+    ControlError, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration,
+};
+use tessera_raft::{NodeConfig, RaftNode};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use server::Shared;
+
+/// `storage.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    pub rack: String,
+    pub data_dir: PathBuf,
+    /// Data port, e.g. `127.0.0.1:7500` (port 0 picks one).
+    pub listen: String,
+    /// Address peers and clients use to reach this node; defaults to the bound address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub managers: Vec<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Below this much free space on the data directory, writes are refused (`DiskFull`).
+    #[serde(default = "default_min_free")]
+    pub min_free_bytes: u64,
+    /// Size of one segment of the shared log.
+    #[serde(default = "default_segment")]
+    pub log_segment_bytes: u64,
+}
+
+fn default_zone() -> String {
+    "zone1".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_min_free() -> u64 {
+    256 << 20
+}
+fn default_segment() -> u64 {
+    64 << 20
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::Error),
+    #[error("binding the data port {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("reading node identity {path}: {msg}")]
+    Identity { path: PathBuf, msg: String },
+    #[error("registering with the manager: {0}")]
+    Register(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    node_id: u64,
+}
+
+/// A running storage node.
+pub struct StorageNode {
+    node_id: u64,
+    addr: SocketAddr,
+    raft: RaftNode,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    fatal: watch::Receiver<Option<String>>,
+    _lock: DirLock,
+}
+
+impl StorageNode {
+    /// Locks the data directory, replays the shared log, binds the data port, registers with
+    /// the manager (retrying until one answers) and starts serving.
+    pub async fn start(cfg: StorageConfig) -> Result<StorageNode, Error> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let lock = DirLock::acquire(&cfg.data_dir)?;
+        let id_path = cfg.data_dir.join("node.json");
+        let known_id = read_identity(&id_path)?;
+
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+        let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+
+        let data_dir = cfg.data_dir.clone();
+        let segment_size = cfg.log_segment_bytes;
+        let (log, recovered, chunks) = tokio::task::spawn_blocking(move || {
+            let (log, rec) = Log::open(&data_dir.join("log"), LogOptions { segment_size })?;
+            let chunks = ChunkStore::open(&data_dir.join("chunks"))?;
+            Ok::<_, tessera_engine::Error>((log, rec, chunks))
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let chunks = Arc::new(chunks);
+
+        let node_id = register(&cfg, known_id, &advertise, &chunks).await?;
+        if known_id != Some(node_id) {
+            let body = serde_json::to_vec(&Identity { node_id })
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            tessera_engine::fsutil::write_file_atomic(&id_path, &body)?;
+        }
+
+        let transport = Arc::new(transport::TcpTransport::new(
+            tokio::runtime::Handle::current(),
+        ));
+        let (fatal_tx, fatal_rx) = watch::channel(None);
+        let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
+        ncfg.min_free_bytes = cfg.min_free_bytes;
+        let raft = RaftNode::start(
+            ncfg,
+            log,
+            recovered,
+            chunks.clone(),
+            transport,
+            Box::new(move |msg| {
+                let _ = fatal_tx.send(Some(msg));
+            }),
+        )?;
+
+        let space_dir = cfg.data_dir.clone();
+        let space_chunks = chunks.clone();
+        let shared = Arc::new(Shared {
+            raft: raft.clone(),
+            node_id,
+            capacity: Box::new(move || {
+                let total = tessera_engine::fsutil::fs_space(&space_dir)
+                    .map(|(t, _)| t)
+                    .unwrap_or(0);
+                (total, space_chunks.used_bytes())
+            }),
+        });
+        let mut tasks = vec![tokio::spawn(server::accept_loop(listener, shared.clone()))];
+        tasks.push(tokio::spawn(heartbeat_loop(cfg.clone(), shared, advertise)));
+        tracing::info!(node = node_id, %addr, rack = %cfg.rack, "storage node serving");
+        Ok(StorageNode {
+            node_id,
+            addr,
+            raft,
+            tasks,
+            fatal: fatal_rx,
+            _lock: lock,
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resolves with the reason if the node hit a fatal storage error (a failed fsync):
+    /// the process must stop, since the kernel may have dropped dirty pages.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.clone();
+        loop {
+            if let Some(msg) = rx.borrow().clone() {
+                return msg;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops serving and the Raft poller (the log is left as a crash would leave it: safe).
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let raft = self.raft.clone();
+        let _ = tokio::task::spawn_blocking(move || raft.shutdown()).await;
+    }
+}
+
+fn read_identity(path: &Path) -> Result<Option<u64>, Error> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice::<Identity>(&b)
+            .map(|i| Some(i.node_id))
+            .map_err(|e| Error::Identity {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Identity {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        }),
+    }
+}
+
+async fn call_manager(
+    cfg: &StorageConfig,
+    req: &ManagerRequest,
+) -> Result<ManagerReply, tessera_net::NetError> {
+    let mut last = None;
+    for m in &cfg.managers {
+        match tessera_net::call::<_, ManagerReply>(m, req, Duration::from_secs(5)).await {
+            Ok(r) => return Ok(r),
+            Err(e @ tessera_net::NetError::Control(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(tessera_net::NetError::Closed))
+}
+
+async fn register(
+    cfg: &StorageConfig,
+    known_id: Option<u64>,
+    advertise: &str,
+    chunks: &ChunkStore,
+) -> Result<u64, Error> {
+    let (capacity, _) = tessera_engine::fsutil::fs_space(&cfg.data_dir)?;
+    let req = ManagerRequest::RegisterNode(NodeRegistration {
+        node_id: known_id,
+        zone: cfg.zone.clone(),
+        rack: cfg.rack.clone(),
+        addr: advertise.to_string(),
+        capacity_bytes: capacity,
+        used_bytes: chunks.used_bytes(),
+    });
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call_manager(cfg, &req).await {
+            Ok(ManagerReply::Registered { node_id }) => return Ok(node_id),
+            Ok(other) => return Err(Error::Register(format!("unexpected reply {other:?}"))),
+            Err(tessera_net::NetError::Control(e)) => return Err(Error::Register(e.to_string())),
+            Err(e) => {
+                tracing::warn!("manager not reachable yet ({e}); retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
+    let (otx, orx) = oneshot::channel();
+    shared.raft.status(Box::new(move |s| {
+        let _ = otx.send(s);
+    }));
+    let groups = orx.await.unwrap_or_default();
+    let (capacity_bytes, used_bytes) = (shared.capacity)();
+    NodeHeartbeat {
+        node_id: shared.node_id,
+        capacity_bytes,
+        used_bytes,
+        groups,
+    }
+}
+
+async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: String) {
+    let every = Duration::from_millis(cfg.heartbeat_ms.max(50));
+    loop {
+        let hb = heartbeat_of(&shared).await;
+        match call_manager(&cfg, &ManagerRequest::Heartbeat(hb)).await {
+            Ok(ManagerReply::HeartbeatAck { create_groups }) => {
+                for spec in create_groups {
+                    shared.raft.create_group(spec);
+                }
+            }
+            Ok(other) => tracing::warn!("unexpected heartbeat reply {other:?}"),
+            Err(tessera_net::NetError::Control(ControlError::NotFound(_))) => {
+                // The manager forgot us (its state was rebuilt): announce ourselves again.
+                let req = ManagerRequest::RegisterNode(NodeRegistration {
+                    node_id: Some(shared.node_id),
+                    zone: cfg.zone.clone(),
+                    rack: cfg.rack.clone(),
+                    addr: advertise.clone(),
+                    capacity_bytes: (shared.capacity)().0,
+                    used_bytes: (shared.capacity)().1,
+                });
+                if let Err(e) = call_manager(&cfg, &req).await {
+                    tracing::warn!("re-registering: {e}");
+                }
+                continue;
+            }
+            Err(e) => tracing::debug!("heartbeat failed: {e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,1 +1,110 @@
-fn main() {}
+//! The `tessera` binary: one executable for every process and the CLI. Wiring only: each
+//! subcommand loads its configuration and calls into a library crate.
+
+mod cli;
+mod dev;
+mod size;
+mod transfer;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Tessera distributed block storage")]
+struct Args {
+    /// Manager address(es), comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_MANAGER",
+        default_value = "127.0.0.1:7400"
+    )]
+    manager: String,
+    /// Output format of listings.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a manager (control plane).
+    Manager {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Run a storage node.
+    Storage {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Run the NBD gateway, exporting every volume by name.
+    Nbd {
+        #[arg(long, default_value = "127.0.0.1:10809")]
+        listen: String,
+    },
+    /// Run a whole local cluster in one process: a manager, storage nodes (one rack each)
+    /// and the NBD gateway, with volume `vol0` created on first start.
+    Dev(dev::DevArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(cli::VolumeCmd),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(cli::ClusterCmd),
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&args.cmd))),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let managers: Vec<String> = args
+        .manager
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let result = rt.block_on(async move {
+        match args.cmd {
+            Cmd::Manager { config } => cli::run_manager(&config).await,
+            Cmd::Storage { config } => cli::run_storage(&config).await,
+            Cmd::Nbd { listen } => cli::run_nbd(managers, &listen).await,
+            Cmd::Dev(d) => dev::run(d).await,
+            Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
+            Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Daemons log at info; CLI commands only warn.
+fn default_log(cmd: &Cmd) -> &'static str {
+    match cmd {
+        Cmd::Manager { .. } | Cmd::Storage { .. } | Cmd::Nbd { .. } | Cmd::Dev(_) => "info",
+        _ => "warn",
+    }
+}

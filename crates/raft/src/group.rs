@@ -1,0 +1,429 @@
+//! One replica group hosted on this node: its RawNode, the proposals waiting for their
+//! entries to apply, the reads waiting for the applied index, and applying committed
+//! entries to the chunk store.
+//!
+//! Everything here runs on the poller thread that owns the group; nothing here blocks on
+//! the network or waits for an fsync.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
+use raft::{Config, RawNode, ReadOnlyOption, StateRole};
+use tessera_engine::{ChunkStore, EntryKind, LogEntry};
+use tessera_proto::command::{CmdOp, Command};
+use tessera_proto::control::{GroupSpec, GroupState, Role};
+use tessera_proto::data::{Op, Reply, Request};
+
+use crate::Respond;
+use crate::store::{GroupStorage, MemLog};
+
+/// Per-group values kept in the shared log's slots.
+pub(crate) const SLOT_HARD_STATE: u8 = 0;
+pub(crate) const SLOT_APPLIED: u8 = 1;
+pub(crate) const SLOT_MEMBERSHIP: u8 = 2;
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    respond: Respond,
+}
+
+struct PendingRead {
+    index: u64,
+    req: Request,
+    respond: Respond,
+}
+
+pub(crate) struct Group {
+    pub(crate) id: u64,
+    pub(crate) raw: RawNode<GroupStorage>,
+    pub(crate) store: GroupStorage,
+    pub(crate) spec: GroupSpec,
+    proposals: VecDeque<Proposal>,
+    reads: VecDeque<PendingRead>,
+    /// Committed entries handed out by raft, not yet applied (apply can stall on a full
+    /// disk; it never skips an entry).
+    to_apply: VecDeque<Entry>,
+    pub(crate) applied: u64,
+    pub(crate) applied_term: u64,
+    /// Applied index known durable in the chunk files (persisted in the apply slot).
+    pub(crate) flushed: u64,
+    /// Log writes handed to the shared log and not yet durable.
+    pub(crate) persisting: u32,
+    /// The hard state last handed to the log.
+    pub(crate) persisted_hs: HardState,
+    /// Entries up to here were in the log at start: re-applying them may meet torn blocks.
+    pub(crate) replay_upto: u64,
+}
+
+pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
+    Config {
+        id: node_id,
+        election_tick,
+        heartbeat_tick: (election_tick / 5).max(1),
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: ReadOnlyOption::LeaseBased,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn encode_hard_state(hs: &HardState) -> Bytes {
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(&hs.term.to_le_bytes());
+    b.extend_from_slice(&hs.vote.to_le_bytes());
+    b.extend_from_slice(&hs.commit.to_le_bytes());
+    Bytes::from(b)
+}
+
+fn u64s<const N: usize>(b: &[u8]) -> Option<[u64; N]> {
+    if b.len() != N * 8 {
+        return None;
+    }
+    let mut out = [0u64; N];
+    for (i, v) in out.iter_mut().enumerate() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        *v = u64::from_le_bytes(a);
+    }
+    Some(out)
+}
+
+pub(crate) fn decode_hard_state(b: &[u8]) -> Option<HardState> {
+    let [term, vote, commit] = u64s::<3>(b)?;
+    let mut hs = HardState::default();
+    hs.term = term;
+    hs.vote = vote;
+    hs.commit = commit;
+    Some(hs)
+}
+
+pub(crate) fn encode_applied(index: u64, term: u64) -> Bytes {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&index.to_le_bytes());
+    b.extend_from_slice(&term.to_le_bytes());
+    Bytes::from(b)
+}
+
+pub(crate) fn decode_applied(b: &[u8]) -> Option<(u64, u64)> {
+    let [index, term] = u64s::<2>(b)?;
+    Some((index, term))
+}
+
+pub(crate) fn to_log_entry(e: &Entry) -> LogEntry {
+    LogEntry {
+        term: e.term,
+        index: e.index,
+        kind: match e.get_entry_type() {
+            EntryType::EntryNormal => EntryKind::Normal,
+            EntryType::EntryConfChange => EntryKind::ConfChange,
+            EntryType::EntryConfChangeV2 => EntryKind::ConfChangeV2,
+        },
+        data: e.data.clone(),
+    }
+}
+
+pub(crate) fn from_log_entry(e: &LogEntry) -> Entry {
+    let mut out = Entry::default();
+    out.term = e.term;
+    out.index = e.index;
+    out.set_entry_type(match e.kind {
+        EntryKind::Normal => EntryType::EntryNormal,
+        EntryKind::ConfChange => EntryType::EntryConfChange,
+        EntryKind::ConfChangeV2 => EntryType::EntryConfChangeV2,
+    });
+    out.data = e.data.clone();
+    out
+}
+
+/// What a group starts from: a new group (nothing applied) or what the log recovered.
+pub(crate) struct GroupInit {
+    pub(crate) spec: GroupSpec,
+    pub(crate) hard_state: HardState,
+    pub(crate) applied: (u64, u64),
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl Group {
+    pub(crate) fn new(node_id: u64, election_tick: usize, init: GroupInit) -> raft::Result<Group> {
+        let (applied, applied_term) = init.applied;
+        let mut mem = MemLog {
+            compacted_index: applied,
+            compacted_term: applied_term,
+            ..Default::default()
+        };
+        let mut cs = ConfState::default();
+        cs.voters = init.spec.peers.iter().map(|p| p.node_id).collect();
+        mem.conf_state = cs;
+        let ents: Vec<Entry> = init
+            .entries
+            .into_iter()
+            .filter(|e| e.index > applied)
+            .collect();
+        mem.append(&ents);
+        let mut hs = init.hard_state;
+        // The commit index is persisted lazily; never let it fall behind what was applied
+        // or run past the log we actually have.
+        hs.commit = hs.commit.max(applied).min(mem.last_index());
+        mem.hard_state = hs.clone();
+        let replay_upto = mem.last_index();
+        let store = GroupStorage(std::rc::Rc::new(std::cell::RefCell::new(mem)));
+        let cfg = raft_config(node_id, applied, election_tick);
+        let raw = RawNode::new(
+            &cfg,
+            store.clone(),
+            &crate::logger::logger(init.spec.group_id),
+        )?;
+        Ok(Group {
+            id: init.spec.group_id,
+            raw,
+            store,
+            spec: init.spec,
+            proposals: VecDeque::new(),
+            reads: VecDeque::new(),
+            to_apply: VecDeque::new(),
+            applied,
+            applied_term,
+            flushed: applied,
+            persisting: 0,
+            persisted_hs: hs,
+            replay_upto,
+        })
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub(crate) fn state(&self) -> GroupState {
+        let r = &self.raw.raft;
+        GroupState {
+            group_id: self.id,
+            role: match r.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+                StateRole::Follower => Role::Follower,
+            },
+            term: r.term,
+            leader: r.leader_id,
+            commit: r.raft_log.committed,
+            applied: self.applied,
+        }
+    }
+
+    /// A client request for this group. Writes are proposed; reads are served from the
+    /// applied state once it covers the commit index seen now (lease read: see module docs
+    /// of the crate for why no round trip is needed).
+    pub(crate) fn request(
+        &mut self,
+        req: Request,
+        respond: Respond,
+        disk_full: bool,
+        chunks: &ChunkStore,
+    ) {
+        if !self.is_leader() {
+            respond(Reply::NotLeader {
+                hint: self.raw.raft.leader_id,
+            });
+            return;
+        }
+        if req.op == Op::Read {
+            if !self.raw.raft.commit_to_current_term() {
+                respond(Reply::Unavailable(format!(
+                    "group {} has a new leader that has not committed yet",
+                    self.id
+                )));
+                return;
+            }
+            let index = self.raw.raft.raft_log.committed;
+            if self.applied >= index && self.reads.is_empty() {
+                respond(serve_read(chunks, &req));
+            } else {
+                self.reads.push_back(PendingRead {
+                    index,
+                    req,
+                    respond,
+                });
+            }
+            return;
+        }
+        if disk_full && req.op == Op::Write {
+            respond(Reply::DiskFull(format!(
+                "node {} has too little free space to accept writes",
+                self.raw.raft.id
+            )));
+            return;
+        }
+        let op = match req.op {
+            Op::Write => CmdOp::Write,
+            Op::WriteZeroes => CmdOp::WriteZeroes,
+            Op::Discard => CmdOp::Discard,
+            Op::Read => unreachable!("reads returned above"),
+        };
+        let cmd = Command {
+            op,
+            volume: req.addr.volume,
+            chunk: req.addr.chunk,
+            offset: req.offset,
+            len: req.len,
+            data: req.data,
+        };
+        self.propose(cmd.encode(), respond);
+    }
+
+    pub(crate) fn propose(&mut self, data: Bytes, respond: Respond) {
+        // Step a MsgPropose ourselves rather than `RawNode::propose`, which takes a Vec and
+        // would copy the payload.
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.raw.raft.id;
+        let mut e = Entry::default();
+        e.data = data;
+        m.set_entries(vec![e].into());
+        match self.raw.step(m) {
+            Ok(()) => self.proposals.push_back(Proposal {
+                index: self.raw.raft.raft_log.last_index(),
+                term: self.raw.raft.term,
+                respond,
+            }),
+            Err(e) => respond(Reply::Unavailable(format!(
+                "group {} dropped the proposal: {e}",
+                self.id
+            ))),
+        }
+    }
+
+    /// Leadership was lost: nothing pending here can be answered by this node any more.
+    /// A write answered this way may still commit under the new leader; the client retries
+    /// it there, and writes of the same bytes to the same place are idempotent.
+    pub(crate) fn fail_pending(&mut self) {
+        let hint = self.raw.raft.leader_id;
+        for p in self.proposals.drain(..) {
+            (p.respond)(Reply::NotLeader { hint });
+        }
+        for r in self.reads.drain(..) {
+            (r.respond)(Reply::NotLeader { hint });
+        }
+    }
+
+    pub(crate) fn queue_committed(&mut self, ents: Vec<Entry>) {
+        self.to_apply.extend(ents);
+    }
+
+    /// Applies queued committed entries in order, answering their proposals, then serves the
+    /// reads the new applied index covers. Stops at the first entry that cannot be applied
+    /// (full disk): it is retried later, never skipped.
+    pub(crate) fn apply(&mut self, chunks: &ChunkStore) {
+        let before = self.applied;
+        while let Some(e) = self.to_apply.front() {
+            let result = apply_entry(chunks, self.id, e);
+            if let Err(tessera_engine::Error::DiskFull(msg)) = &result {
+                tracing::error!(
+                    group = self.id,
+                    index = e.index,
+                    "apply stalled: disk full: {msg}"
+                );
+                break;
+            }
+            let (index, term) = (e.index, e.term);
+            self.to_apply.pop_front();
+            self.applied = index;
+            self.applied_term = term;
+            while let Some(p) = self.proposals.front() {
+                if p.index > index {
+                    break;
+                }
+                let Some(p) = self.proposals.pop_front() else {
+                    break;
+                };
+                let reply = if p.index < index || p.term != term {
+                    Reply::NotLeader {
+                        hint: self.raw.raft.leader_id,
+                    }
+                } else {
+                    match &result {
+                        Ok(()) => Reply::Ok(Bytes::new()),
+                        Err(e) => engine_reply(e),
+                    }
+                };
+                (p.respond)(reply);
+            }
+        }
+        if self.applied != before {
+            self.raw.advance_apply_to(self.applied);
+        }
+        while let Some(r) = self.reads.front() {
+            if r.index > self.applied {
+                break;
+            }
+            let Some(r) = self.reads.pop_front() else {
+                break;
+            };
+            (r.respond)(serve_read(chunks, &r.req));
+        }
+    }
+
+    pub(crate) fn mem(&self) -> std::cell::RefMut<'_, MemLog> {
+        self.store.0.borrow_mut()
+    }
+
+    /// How far the in-memory log may be compacted: what is flushed, and on a leader no further
+    /// than every peer has (there are no snapshots yet to catch a peer up from).
+    pub(crate) fn compactable(&self) -> u64 {
+        let mut to = self.flushed;
+        if self.is_leader() {
+            for (_, pr) in self.raw.raft.prs().iter() {
+                to = to.min(pr.matched);
+            }
+        }
+        to
+    }
+}
+
+fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Result<()> {
+    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        return Ok(());
+    }
+    let cmd = match Command::decode(&e.data) {
+        Ok(c) => c,
+        Err(err) => {
+            // The log's checksums passed, so this is a bug or a newer format; applying
+            // nothing is the only choice that keeps the node alive.
+            tracing::error!(group, index = e.index, "undecodable committed entry: {err}");
+            return Ok(());
+        }
+    };
+    let (off, len) = (cmd.offset as u64, cmd.len as u64);
+    match cmd.op {
+        CmdOp::Write => chunks.write(cmd.volume, cmd.chunk, off, &cmd.data),
+        CmdOp::WriteZeroes => chunks.write_zeroes(cmd.volume, cmd.chunk, off, len),
+        CmdOp::Discard => chunks.discard(cmd.volume, cmd.chunk, off, len),
+        CmdOp::DropChunk => chunks.drop_chunk(cmd.volume, cmd.chunk),
+    }
+}
+
+fn serve_read(chunks: &ChunkStore, req: &Request) -> Reply {
+    match chunks.read(
+        req.addr.volume,
+        req.addr.chunk,
+        req.offset as u64,
+        req.len as u64,
+    ) {
+        Ok(data) => Reply::Ok(data),
+        Err(e) => engine_reply(&e),
+    }
+}
+
+pub(crate) fn engine_reply(e: &tessera_engine::Error) -> Reply {
+    use tessera_engine::Error as E;
+    match e {
+        E::DiskFull(m) => Reply::DiskFull(m.clone()),
+        E::Corrupt(m) => Reply::Corrupt(m.clone()),
+        E::OutOfRange(m) => Reply::OutOfRange(m.clone()),
+        other => Reply::Io(other.to_string()),
+    }
+}

@@ -1,0 +1,169 @@
+//! One replica group's view of its Raft log, as raft-rs reads it.
+//!
+//! Owns the in-memory copy of the entries not yet compacted, the hard state and the
+//! membership. Durability is not here: every change is also handed to the node's shared
+//! log ([`tessera_engine::Log`]) by the poller, and this copy is rebuilt from that log at
+//! start. Entries live here from the moment a Ready is handled (before they are durable, as
+//! raft-rs requires for `advance_append_async`) until the chunk files holding their effect
+//! are flushed.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+#[derive(Default)]
+pub(crate) struct MemLog {
+    pub(crate) hard_state: HardState,
+    pub(crate) conf_state: ConfState,
+    /// Index and term of the last compacted entry (0, 0 for a new group).
+    pub(crate) compacted_index: u64,
+    pub(crate) compacted_term: u64,
+    /// Entries from `compacted_index + 1`, contiguous.
+    pub(crate) entries: VecDeque<Entry>,
+    /// Payload bytes held in `entries` (to bound memory).
+    pub(crate) bytes: u64,
+}
+
+impl MemLog {
+    pub(crate) fn last_index(&self) -> u64 {
+        self.compacted_index + self.entries.len() as u64
+    }
+
+    /// Appends entries that start at most one past the last index, dropping any conflicting
+    /// suffix first (Raft log overwrite).
+    pub(crate) fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        let keep = first.index.saturating_sub(self.compacted_index + 1) as usize;
+        while self.entries.len() > keep {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= e.data.len() as u64;
+            }
+        }
+        for e in ents {
+            self.bytes += e.data.len() as u64;
+            self.entries.push_back(e.clone());
+        }
+    }
+
+    /// Drops entries up to and including `index` (never past the last entry).
+    pub(crate) fn compact(&mut self, index: u64) {
+        while let Some(front) = self.entries.front() {
+            if front.index > index {
+                break;
+            }
+            self.compacted_index = front.index;
+            self.compacted_term = front.term;
+            self.bytes -= front.data.len() as u64;
+            self.entries.pop_front();
+        }
+    }
+
+    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted_index {
+            return Ok(self.compacted_term);
+        }
+        if idx < self.compacted_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entries.get((idx - self.compacted_index - 1) as usize) {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+}
+
+/// Shared handle: the RawNode reads through it, the poller writes through it. Both live on
+/// the same poller thread, hence `Rc<RefCell>` and no lock.
+#[derive(Clone, Default)]
+pub(crate) struct GroupStorage(pub(crate) Rc<RefCell<MemLog>>);
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let m = self.0.borrow();
+        Ok(RaftState::new(m.hard_state.clone(), m.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let m = self.0.borrow();
+        if low <= m.compacted_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > m.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let start = (low - m.compacted_index - 1) as usize;
+        let end = (high - m.compacted_index - 1) as usize;
+        let mut out: Vec<Entry> = m.entries.range(start..end).cloned().collect();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.0.borrow().term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.0.borrow().compacted_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.0.borrow().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Chunk-level snapshots (a replica rebuilt from a peer's chunk files) come with
+        // re-replication; until then the log is only compacted behind what peers have.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = bytes::Bytes::from(vec![0u8; 10]);
+        e
+    }
+
+    #[test]
+    fn append_overwrites_conflicting_suffix_and_compacts() {
+        let s = GroupStorage::default();
+        let mut m = s.0.borrow_mut();
+        m.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
+        m.append(&[ent(6, 2), ent(7, 2)]);
+        assert_eq!(m.last_index(), 7);
+        assert_eq!(m.term_of(6).unwrap(), 2);
+        assert_eq!(m.bytes, 70);
+        m.compact(3);
+        assert_eq!(m.compacted_index, 3);
+        assert_eq!(m.term_of(3).unwrap(), 1);
+        assert!(m.term_of(2).is_err());
+        drop(m);
+        let got = s
+            .entries(4, 8, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            [4, 5, 6, 7]
+        );
+        assert!(
+            s.entries(3, 5, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+    }
+}

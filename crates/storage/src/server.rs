@@ -1,0 +1,137 @@
+//! The data port: accepts connections from clients, peer nodes and the manager, and feeds
+//! their frames to the Raft node. A connection that sends anything malformed at the frame
+//! level is logged and dropped; nobody else notices.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tessera_net::FrameReader;
+use tessera_proto::control::{self, ControlError, StorageReply, StorageRequest};
+use tessera_proto::data::{RaftBatch, Reply, Request};
+use tessera_proto::frame::{Frame, Kind};
+use tessera_raft::RaftNode;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) struct Shared {
+    pub(crate) raft: RaftNode,
+    pub(crate) node_id: u64,
+    pub(crate) capacity: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, peer, shared.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let (r, w) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(256 * 1024, w);
+        while let Some(f) = rx.recv().await {
+            let mut next = Some(f);
+            while let Some(f) = next {
+                if tessera_net::write_frame(&mut w, &f).await.is_err() {
+                    return;
+                }
+                next = rx.try_recv().ok();
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = FrameReader::new(r);
+    loop {
+        let f = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%peer, "dropping connection: {e}");
+                break;
+            }
+        };
+        match f.kind {
+            Kind::Write | Kind::Read | Kind::WriteZeroes | Kind::Discard => {
+                let id = f.request_id;
+                match Request::decode(f.kind, &f.body) {
+                    Ok(req) => {
+                        let tx = tx.clone();
+                        shared.raft.submit(
+                            req,
+                            Box::new(move |reply: Reply| {
+                                let _ = tx.send(Frame::new(Kind::Reply, id, reply.encode()));
+                            }),
+                        );
+                    }
+                    Err(e) => {
+                        let reply = Reply::BadRequest(e.to_string());
+                        let _ = tx.send(Frame::new(Kind::Reply, id, reply.encode()));
+                    }
+                }
+            }
+            Kind::RaftBatch => match RaftBatch::decode(&f.body) {
+                Ok(b) => shared.raft.step(b),
+                Err(e) => {
+                    tracing::warn!(%peer, "dropping connection: bad raft batch: {e}");
+                    break;
+                }
+            },
+            Kind::Rpc => {
+                let res = rpc(&shared, &f.body).await;
+                let _ = tx.send(tessera_net::rpc_reply(f.request_id, &res));
+            }
+            Kind::Reply | Kind::RpcReply => {
+                tracing::warn!(%peer, "dropping connection: unsolicited {:?} frame", f.kind);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError> {
+    let req: StorageRequest =
+        control::decode(body).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    match req {
+        StorageRequest::DropChunks {
+            group_id,
+            volume_id,
+            chunks,
+        } => {
+            let (otx, orx) = oneshot::channel();
+            shared.raft.drop_chunks(
+                group_id,
+                volume_id,
+                chunks,
+                Box::new(move |r| {
+                    let _ = otx.send(r);
+                }),
+            );
+            match orx.await {
+                Ok(Reply::Ok(_)) => Ok(StorageReply::Done),
+                Ok(Reply::NotLeader { hint }) => Err(ControlError::Unavailable(format!(
+                    "node {} does not lead group {group_id} (leader hint {hint})",
+                    shared.node_id
+                ))),
+                Ok(other) => Err(ControlError::Internal(format!("{other:?}"))),
+                Err(_) => Err(ControlError::Unavailable("node shutting down".into())),
+            }
+        }
+        StorageRequest::Status => Ok(StorageReply::Status(crate::heartbeat_of(shared).await)),
+    }
+}

@@ -1,0 +1,285 @@
+//! Subcommands: the daemons' entry points and the volume / cluster CLI.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Subcommand;
+use tessera_client::Client;
+use tessera_proto::control::{ManagerReply, ManagerRequest, VolumeInfo};
+
+use crate::Output;
+use crate::size::{format_size, parse_size};
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Create a thin-provisioned volume.
+    Create {
+        name: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Chunk size (power of two, 1MiB..1GiB; default 64MiB).
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+    },
+    List,
+    Info {
+        name: String,
+    },
+    /// Grow a volume (shrinking is refused).
+    Resize {
+        name: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+    Delete {
+        name: String,
+    },
+    /// Copy a file into a volume (created to fit if it does not exist).
+    Import {
+        name: String,
+        file: PathBuf,
+    },
+    /// Copy a volume into a file.
+    Export {
+        name: String,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Nodes, racks and replica groups with their leaders.
+    Status,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+}
+
+pub fn manager_config(listen: String, data_dir: PathBuf) -> tessera_manager::ManagerConfig {
+    tessera_manager::ManagerConfig {
+        listen,
+        data_dir,
+        ..Default::default()
+    }
+}
+
+pub async fn run_manager(path: &Path) -> Result<()> {
+    let file: tessera_manager::ManagerConfigFile = read_toml(path)?;
+    let m = tessera_manager::Manager::start(file.into()).await?;
+    eprintln!("tessera manager listening on {}", m.local_addr());
+    tokio::signal::ctrl_c().await?;
+    m.shutdown().await;
+    Ok(())
+}
+
+pub async fn run_storage(path: &Path) -> Result<()> {
+    let cfg: tessera_storage::StorageConfig = read_toml(path)?;
+    let node = tessera_storage::StorageNode::start(cfg).await?;
+    eprintln!(
+        "tessera storage node {} serving on {}",
+        node.node_id(),
+        node.local_addr()
+    );
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; node.shutdown().await; Ok(()) }
+        msg = node.fatal() => bail!("storage node stopped: {msg}"),
+    }
+}
+
+pub async fn run_nbd(managers: Vec<String>, listen: &str) -> Result<()> {
+    let client = Client::connect(managers).await?;
+    let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
+    eprintln!("tessera NBD gateway on {}", server.local_addr());
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    Ok(())
+}
+
+async fn manager_call(client: &Client, req: ManagerRequest) -> Result<ManagerReply> {
+    Ok(client.call(&req).await?)
+}
+
+fn print_volumes(output: Output, vols: &[VolumeInfo]) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(vols)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>6} {:>12} {:>10} {:>8}",
+        "NAME", "ID", "SIZE", "CHUNK", "MAPPED"
+    );
+    for v in vols {
+        println!(
+            "{:<24} {:>6} {:>12} {:>10} {:>8}",
+            v.name,
+            v.id,
+            format_size(v.size),
+            format_size(v.chunk_size),
+            v.mapped_chunks
+        );
+    }
+    Ok(())
+}
+
+pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Result<()> {
+    let client = Client::connect(managers).await?;
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            size,
+            chunk_size,
+        } => {
+            let r = manager_call(
+                &client,
+                ManagerRequest::CreateVolume {
+                    name,
+                    size,
+                    chunk_size,
+                },
+            )
+            .await?;
+            if let ManagerReply::Volume(v) = r {
+                print_volumes(output, &[v])?;
+            }
+        }
+        VolumeCmd::List => {
+            let vols = client.list_volumes().await?;
+            print_volumes(output, &vols)?;
+        }
+        VolumeCmd::Info { name } => {
+            if let ManagerReply::Volume(v) =
+                manager_call(&client, ManagerRequest::VolumeInfo { name }).await?
+            {
+                print_volumes(output, &[v])?;
+            }
+        }
+        VolumeCmd::Resize { name, size } => {
+            if let ManagerReply::Volume(v) =
+                manager_call(&client, ManagerRequest::ResizeVolume { name, size }).await?
+            {
+                print_volumes(output, &[v])?;
+            }
+        }
+        VolumeCmd::Delete { name } => {
+            manager_call(&client, ManagerRequest::DeleteVolume { name: name.clone() }).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::json!({ "deleted": name }));
+            } else {
+                println!("deleted volume \"{name}\"");
+            }
+        }
+        VolumeCmd::Import { name, file } => crate::transfer::import(&client, &name, &file).await?,
+        VolumeCmd::Export { name, file } => crate::transfer::export(&client, &name, &file).await?,
+    }
+    Ok(())
+}
+
+pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> Result<()> {
+    let client = Client::connect(managers).await?;
+    match cmd {
+        ClusterCmd::Status => {
+            let ManagerReply::Status(s) =
+                manager_call(&client, ManagerRequest::ClusterStatus).await?
+            else {
+                bail!("unexpected reply from the manager");
+            };
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            println!("NODES");
+            println!(
+                "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8}",
+                "ID", "ZONE", "RACK", "ADDRESS", "STATE", "REPLICAS", "LEADERS"
+            );
+            for n in &s.nodes {
+                println!(
+                    "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8}",
+                    n.node_id, n.zone, n.rack, n.addr, n.state, n.replicas, n.leaders
+                );
+            }
+            println!("\nGROUPS");
+            println!(
+                "{:>6} {:>7} {:>7} REPLICAS (node@rack)",
+                "ID", "LEADER", "CHUNKS"
+            );
+            for g in &s.groups {
+                let reps: Vec<String> = g
+                    .replicas
+                    .iter()
+                    .map(|r| format!("{}@{}", r.node_id, r.rack))
+                    .collect();
+                let leader = g.leader.map_or("-".to_string(), |l| l.to_string());
+                println!(
+                    "{:>6} {:>7} {:>7} {}",
+                    g.group_id,
+                    leader,
+                    g.chunks,
+                    reps.join(" ")
+                );
+            }
+            println!("\n{} volume(s)", s.volumes);
+        }
+    }
+    Ok(())
+}
+
+/// A progress line on a terminal; nothing otherwise.
+pub struct Progress {
+    total: u64,
+    started: Instant,
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(total: u64) -> Progress {
+        let now = Instant::now();
+        Progress {
+            total,
+            started: now,
+            tty: std::io::stderr().is_terminal(),
+            last: now,
+        }
+    }
+
+    pub fn update(&mut self, done: u64) {
+        if !self.tty || (self.last.elapsed() < Duration::from_millis(200) && done < self.total) {
+            return;
+        }
+        self.last = Instant::now();
+        let pct = if self.total == 0 {
+            100
+        } else {
+            done * 100 / self.total
+        };
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let width = 40usize;
+        let filled = (pct as usize * width) / 100;
+        eprint!(
+            "\r[{}{}] {pct:>3}% {} / {} {:.1} MiB/s",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            format_size(done),
+            format_size(self.total),
+            done as f64 / secs / (1 << 20) as f64
+        );
+        if done >= self.total {
+            eprintln!();
+        }
+    }
+}
+
+pub fn is_zero(b: &Bytes) -> bool {
+    b.iter().all(|&x| x == 0)
+}

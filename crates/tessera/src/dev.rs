@@ -1,0 +1,91 @@
+//! `tessera dev`: a whole cluster in one process, for a laptop or a test. Each storage node
+//! is the real service with its own data directory, port and rack; only the process is
+//! shared.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tessera_client::Client;
+use tessera_storage::{StorageConfig, StorageNode};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where every component keeps its data (reused on the next start).
+    #[arg(long, default_value = "./tessera-data")]
+    pub data_dir: PathBuf,
+    /// Storage nodes, each in its own rack.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// NBD gateway address.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd: String,
+    /// Manager address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub manager_listen: String,
+    /// First storage node's data port; node i listens on base + i.
+    #[arg(long, default_value_t = 7500)]
+    pub base_port: u16,
+    /// Size of the default volume `vol0`, created on first start.
+    #[arg(long, default_value = "10GiB", value_parser = crate::size::parse_size)]
+    pub vol0_size: u64,
+}
+
+pub async fn run(a: DevArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let manager = tessera_manager::Manager::start(crate::cli::manager_config(
+        a.manager_listen.clone(),
+        a.data_dir.join("manager"),
+    ))
+    .await?;
+    let maddr = manager.local_addr().to_string();
+    let host = a
+        .manager_listen
+        .rsplit_once(':')
+        .map_or("127.0.0.1", |(h, _)| h)
+        .to_string();
+    let mut nodes = Vec::new();
+    for i in 0..a.nodes {
+        let cfg = StorageConfig {
+            zone: "zone1".into(),
+            rack: format!("rack{}", i + 1),
+            data_dir: a.data_dir.join(format!("node{}", i + 1)),
+            listen: format!("{host}:{}", a.base_port as usize + i),
+            advertise: None,
+            managers: vec![maddr.clone()],
+            heartbeat_ms: 1000,
+            min_free_bytes: 256 << 20,
+            log_segment_bytes: 64 << 20,
+        };
+        nodes.push(
+            StorageNode::start(cfg)
+                .await
+                .with_context(|| format!("starting storage node {}", i + 1))?,
+        );
+    }
+    let client = Client::connect(vec![maddr.clone()]).await?;
+    crate::transfer::ensure_volume(&client, "vol0", a.vol0_size).await?;
+    let nbd = tessera_nbd::NbdServer::bind(&a.nbd, Arc::new(client)).await?;
+    let nbd_addr = nbd.local_addr();
+    println!(
+        "Tessera dev cluster is up: 1 manager, {} storage nodes, data in {}",
+        a.nodes,
+        a.data_dir.display()
+    );
+    println!("  volume:  nbd://{nbd_addr}/vol0");
+    println!("  try:     qemu-img info nbd://{nbd_addr}/vol0");
+    println!("  CLI:     tessera --manager {maddr} volume list");
+    println!("Press Ctrl-C to stop.");
+    nbd.run(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    manager.shutdown().await;
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Tier-2 test harness: a real cluster of `tessera` processes on loopback, each with its own
+//! data directory, killed with SIGKILL and restarted as an operator would.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tessera_proto::control::{ClusterStatus, ManagerReply, ManagerRequest};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct NodeProc {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub manager_addr: String,
+    pub manager: Option<Child>,
+    pub nodes: Vec<NodeProc>,
+}
+
+pub struct Opts {
+    pub nodes: usize,
+    pub groups_per_node: u32,
+    /// Extra lines for every storage.toml.
+    pub storage_extra: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            nodes: 3,
+            groups_per_node: 4,
+            storage_extra: String::new(),
+        }
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn tessera")
+}
+
+impl Cluster {
+    pub fn start(opts: Opts) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mport = free_port();
+        let manager_addr = format!("127.0.0.1:{mport}");
+        let mcfg = dir.path().join("manager.toml");
+        std::fs::write(
+            &mcfg,
+            format!(
+                "listen = \"{manager_addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {}\n",
+                dir.path().join("manager").display(),
+                opts.groups_per_node
+            ),
+        )
+        .expect("write manager.toml");
+        let manager = spawn(
+            &["manager", "--config", mcfg.to_str().expect("utf8")],
+            &dir.path().join("manager.log"),
+        );
+        let mut c = Cluster {
+            manager_addr,
+            manager: Some(manager),
+            nodes: Vec::new(),
+            dir,
+        };
+        for i in 0..opts.nodes {
+            c.add_node(i, &opts.storage_extra);
+        }
+        c
+    }
+
+    pub fn add_node(&mut self, i: usize, extra: &str) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.path().join(format!("node{}", i + 1));
+        let config = self.dir.path().join(format!("storage{}.toml", i + 1));
+        std::fs::write(
+            &config,
+            format!(
+                "rack = \"rack{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nmanagers = [\"{}\"]\nheartbeat_ms = 200\n{extra}\n",
+                i + 1,
+                data_dir.display(),
+                self.manager_addr
+            ),
+        )
+        .expect("write storage.toml");
+        let log = self.dir.path().join(format!("node{}.log", i + 1));
+        let mut n = NodeProc {
+            config,
+            data_dir,
+            addr,
+            child: None,
+            log,
+        };
+        n.child = Some(spawn(
+            &["storage", "--config", n.config.to_str().expect("utf8")],
+            &n.log,
+        ));
+        self.nodes.push(n);
+    }
+
+    /// SIGKILL: no shutdown code runs, exactly like a power cut of the process.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        // Append to the same log file.
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&n.log)
+            .expect("log");
+        let err = out.try_clone().expect("log");
+        n.child = Some(
+            Command::new(BIN)
+                .args(["storage", "--config", n.config.to_str().expect("utf8")])
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn"),
+        );
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--manager")
+            .arg(&self.manager_addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tessera cli")
+    }
+
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        match tessera_net::call::<_, ManagerReply>(
+            &self.manager_addr,
+            &ManagerRequest::ClusterStatus,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(ManagerReply::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Waits until `nodes` nodes are registered and every group has a leader that all of
+    /// its replicas agree on.
+    pub async fn wait_ready(&self, nodes: usize) -> ClusterStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.status().await {
+                let ready = s.nodes.len() >= nodes
+                    && !s.groups.is_empty()
+                    && s.groups
+                        .iter()
+                        .all(|g| g.leader.is_some() && g.replicas.len() == 3);
+                if ready {
+                    return s;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster not ready in 60s: {:?}\n{}",
+                    self.status().await,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn client(&self) -> tessera_client::Client {
+        tessera_client::Client::connect(vec![self.manager_addr.clone()])
+            .await
+            .expect("client connects")
+    }
+
+    /// The tail of every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut files = vec![self.dir.path().join("manager.log")];
+        files.extend(self.nodes.iter().map(|n| n.log.clone()));
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("==== {}\n", f.display()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        if let Some(mut m) = self.manager.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! Issue-level promises of the core, against real processes: one manager and three storage
+//! nodes on three racks, talking TCP on loopback, storing data in real files.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Cluster, Opts};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tessera_client::{Error as ClientError, Volume};
+
+const MIB: usize = 1 << 20;
+
+async fn verify(vol: &Volume, model: &[u8], when: &str) {
+    let mut tasks = Vec::new();
+    for off in (0..model.len()).step_by(MIB) {
+        let v = vol.clone();
+        let n = MIB.min(model.len() - off);
+        tasks.push((
+            off,
+            tokio::spawn(async move { v.read(off as u64, n as u64).await }),
+        ));
+    }
+    for (off, t) in tasks {
+        let got = t
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("{when}: read at {off}: {e}"));
+        let want = &model[off..off + got.len()];
+        if got != want {
+            let i = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "{when}: byte {} differs: got {:#x}, want {:#x}",
+                off + i,
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
+fn create(c: &Cluster, args: &[&str]) {
+    let out = c.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_of_every_storage_node() {
+    let mut c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    create(
+        &c,
+        &[
+            "volume",
+            "create",
+            "fuzz",
+            "--size",
+            "48MiB",
+            "--chunk-size",
+            "1MiB",
+        ],
+    );
+    let client = c.client().await;
+    let vol = client.open("fuzz").await.expect("open");
+    let size = vol.size() as usize;
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = vec![0u8; size];
+    let mut written = 0usize;
+    let mut spanning = 0usize;
+    while written < 10_000 {
+        let mut batch: Vec<(usize, Bytes)> = Vec::new();
+        while batch.len() < 32 {
+            let len = match rng.gen_range(0..4) {
+                0 => 4096 * rng.gen_range(1..=8),
+                1 => rng.gen_range(1..=9000),
+                2 => 512 * rng.gen_range(1..=64),
+                _ => rng.gen_range(1..=150_000),
+            };
+            let mut off = if rng.gen_bool(0.5) {
+                rng.gen_range(0..size / 4096) * 4096
+            } else {
+                rng.gen_range(0..size)
+            };
+            if rng.gen_ratio(1, 8) {
+                // Straddle a chunk boundary.
+                let b = rng.gen_range(1..size / MIB) * MIB;
+                off = b - rng.gen_range(1..=len.min(b));
+            }
+            let len = len.min(size - off);
+            if len == 0
+                || batch
+                    .iter()
+                    .any(|(o, d)| off < o + d.len() && *o < off + len)
+            {
+                continue;
+            }
+            if off / MIB != (off + len - 1) / MIB {
+                spanning += 1;
+            }
+            let mut data = vec![0u8; len];
+            rng.fill_bytes(&mut data);
+            batch.push((off, Bytes::from(data)));
+        }
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|(off, d)| {
+                let (v, off, d) = (vol.clone(), *off, d.clone());
+                tokio::spawn(async move { v.write(off as u64, d).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect("acknowledged write");
+        }
+        for (off, d) in batch {
+            model[off..off + d.len()].copy_from_slice(&d);
+            written += 1;
+        }
+    }
+    assert!(spanning > 100, "only {spanning} writes spanned chunks");
+    verify(&vol, &model, "before the crash").await;
+
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    for i in 0..3 {
+        c.restart_node(i);
+    }
+    // The same handle keeps working: it reconnects and finds the new leaders.
+    verify(&vol, &model, "after SIGKILL of every storage node").await;
+    // And the cluster still takes writes.
+    vol.write(4096, Bytes::from(vec![0x5a; 8192]))
+        .await
+        .expect("write after restart");
+    model[4096..4096 + 8192].fill(0x5a);
+    verify(&vol, &model, "after a write following the restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_span_three_racks_and_import_export_round_trips() {
+    let c = Cluster::start(Opts {
+        nodes: 4,
+        ..Default::default()
+    });
+    c.wait_ready(4).await;
+    let out = c.cli(&["--output", "json", "cluster", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: tessera_proto::control::ClusterStatus =
+        serde_json::from_slice(&out.stdout).expect("cluster status JSON");
+    assert!(!status.groups.is_empty());
+    for g in &status.groups {
+        let mut racks: Vec<&str> = g.replicas.iter().map(|r| r.rack.as_str()).collect();
+        racks.sort();
+        racks.dedup();
+        assert_eq!(
+            racks.len(),
+            3,
+            "group {} racks {:?}",
+            g.group_id,
+            g.replicas
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("in.img");
+    let dst = dir.path().join("out.img");
+    let mut data = vec![0u8; 64 * MIB];
+    StdRng::seed_from_u64(7).fill_bytes(&mut data);
+    // A zero region too: it must come back as zeroes without being stored.
+    data[8 * MIB..12 * MIB].fill(0);
+    std::fs::write(&src, &data).expect("write source");
+    create(
+        &c,
+        &["volume", "import", "img", src.to_str().expect("utf8")],
+    );
+    create(
+        &c,
+        &["volume", "export", "img", dst.to_str().expect("utf8")],
+    );
+    let back = std::fs::read(&dst).expect("read export");
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "export differs from import");
+
+    let out = c.cli(&["--output", "json", "volume", "list"]);
+    let vols: Vec<tessera_proto::control::VolumeInfo> =
+        serde_json::from_slice(&out.stdout).expect("volume list JSON");
+    assert!(
+        vols.iter()
+            .any(|v| v.name == "img" && v.size == 64 * MIB as u64)
+    );
+}
+
+fn cli_err(c: &Cluster, args: &[&str]) -> String {
+    let out = c.cli(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_lose_nothing() {
+    let c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    create(
+        &c,
+        &[
+            "volume",
+            "create",
+            "db1",
+            "--size",
+            "8MiB",
+            "--chunk-size",
+            "1MiB",
+        ],
+    );
+
+    assert!(cli_err(&c, &["volume", "info", "nope"]).contains("volume \"nope\" not found"));
+    assert!(cli_err(&c, &["volume", "create", "db1", "--size", "8MiB"]).contains("already exists"));
+    assert!(cli_err(&c, &["volume", "create", "bad/name", "--size", "8MiB"]).contains("bad/name"));
+    assert!(cli_err(&c, &["volume", "create", "odd", "--size", "4097"]).contains("4096"));
+    assert!(!cli_err(&c, &["volume", "create", "zero", "--size", "0"]).is_empty());
+    assert!(cli_err(&c, &["volume", "resize", "db1", "--size", "4MiB"]).contains("shrink"));
+    assert!(!cli_err(&c, &["volume", "create", "x", "--size", "12parsecs"]).is_empty());
+    assert!(cli_err(&c, &["volume", "delete", "nope"]).contains("not found"));
+
+    let client = c.client().await;
+    let vol = client.open("db1").await.expect("open");
+    let block = Bytes::from(vec![0xc3u8; 8192]);
+    vol.write(MIB as u64 - 4096, block.clone())
+        .await
+        .expect("write");
+    let size = vol.size();
+    assert!(matches!(
+        vol.write(size - 100, Bytes::from(vec![1u8; 200])).await,
+        Err(ClientError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        vol.read(size, 1).await,
+        Err(ClientError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        client.open("nope").await,
+        Err(ClientError::VolumeNotFound(_))
+    ));
+    assert_eq!(
+        vol.read(MIB as u64 - 4096, 8192).await.expect("read"),
+        block
+    );
+
+    // Grow works and new space reads as zeroes.
+    create(&c, &["volume", "resize", "db1", "--size", "16MiB"]);
+    let vol = client.open("db1").await.expect("reopen");
+    assert_eq!(vol.size(), 16 * MIB as u64);
+    assert!(
+        vol.read(12 * MIB as u64, 4096)
+            .await
+            .expect("read")
+            .iter()
+            .all(|&b| b == 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_data_port_drops_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    create(
+        &c,
+        &[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "8MiB",
+            "--chunk-size",
+            "1MiB",
+        ],
+    );
+    let client = c.client().await;
+    let vol = client.open("v").await.expect("open");
+    vol.write(0, Bytes::from(vec![7u8; 4096]))
+        .await
+        .expect("write");
+
+    let mut h = tessera_proto::frame::encode_header(tessera_proto::frame::Kind::Write, 1, b"");
+    h[16..20].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    let hc = crc32c_of(&h[..24]);
+    h[24..28].copy_from_slice(&hc.to_le_bytes());
+    let attacks: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: tessera\r\n\r\n".to_vec(),
+        h.to_vec(),
+        {
+            // A valid header whose body fails its checksum.
+            let f = tessera_proto::frame::Frame::new(
+                tessera_proto::frame::Kind::Read,
+                9,
+                Bytes::from(vec![1u8; 40]),
+            );
+            let mut b = f.to_bytes().to_vec();
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+            b
+        },
+    ];
+    for node in &c.nodes {
+        for a in &attacks {
+            let mut s = tokio::net::TcpStream::connect(&node.addr)
+                .await
+                .expect("connect");
+            s.write_all(a).await.expect("send");
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("server must drop a garbage connection")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "server answered garbage");
+        }
+        // A truncated frame: half a header, then the client goes away.
+        let mut s = tokio::net::TcpStream::connect(&node.addr)
+            .await
+            .expect("connect");
+        s.write_all(&h[..10]).await.expect("send");
+        drop(s);
+    }
+    // A malformed request inside a valid frame gets a BadRequest reply, not a disconnect.
+    let mut s = tokio::net::TcpStream::connect(&c.nodes[0].addr)
+        .await
+        .expect("connect");
+    let f = tessera_proto::frame::Frame::new(
+        tessera_proto::frame::Kind::Read,
+        5,
+        Bytes::from_static(b"short"),
+    );
+    s.write_all(&f.to_bytes()).await.expect("send");
+    let mut reader = tessera_net::FrameReader::new(s);
+    let reply = reader.next().await.expect("reply").expect("a frame");
+    assert_eq!(reply.request_id, 5);
+    assert!(matches!(
+        tessera_proto::data::Reply::decode(&reply.body),
+        Ok(tessera_proto::data::Reply::BadRequest(_))
+    ));
+
+    // Everyone else kept being served.
+    assert_eq!(
+        vol.read(0, 4096).await.expect("read").as_ref(),
+        &[7u8; 4096][..]
+    );
+    vol.write(4096, Bytes::from(vec![8u8; 4096]))
+        .await
+        .expect("write");
+}
+
+fn crc32c_of(b: &[u8]) -> u32 {
+    // Same checksum as the frame header's, computed the slow way to stay independent.
+    let mut crc = !0u32;
+    for &x in b {
+        crc ^= x as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_storage_node_on_a_locked_data_dir_is_refused() {
+    let c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    let n = &c.nodes[0];
+    let cfg = c.dir.path().join("dup.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rack = \"rack9\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmanagers = [\"{}\"]\n",
+            n.data_dir.display(),
+            common::free_port(),
+            c.manager_addr
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(common::BIN)
+        .args(["storage", "--config", cfg.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked"), "stderr: {err}");
+}
+
+/// Runs storage nodes on small tmpfs mounts (needs root; CI is root). Writes until a node
+/// refuses with DiskFull, then checks every acknowledged write is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut mounts = Vec::new();
+    for i in 1..=3 {
+        let m = base.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&m).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=160m",
+                "tmpfs",
+                m.to_str().expect("utf8"),
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("SKIP: cannot mount tmpfs (not root?)");
+            for m in &mounts {
+                let _ = std::process::Command::new("umount").arg(m).status();
+            }
+            return;
+        }
+        mounts.push(m);
+    }
+    struct Unmount(Vec<std::path::PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for m in &self.0 {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(m)
+                    .status();
+            }
+        }
+    }
+    let _unmount = Unmount(mounts.clone());
+    let mut c = Cluster::start(Opts {
+        nodes: 0,
+        ..Default::default()
+    });
+    for (i, m) in mounts.iter().enumerate() {
+        c.add_node(
+            i,
+            "min_free_bytes = 48_000_000\nlog_segment_bytes = 4_194_304\n",
+        );
+        // Re-point the node at its tmpfs: restart it with the data dir on the mount.
+        c.kill_node(i);
+        let cfg = std::fs::read_to_string(&c.nodes[i].config).expect("cfg");
+        let cfg = cfg.replace(
+            &format!("data_dir = \"{}\"", c.nodes[i].data_dir.display()),
+            &format!("data_dir = \"{}\"", m.join("data").display()),
+        );
+        std::fs::write(&c.nodes[i].config, cfg).expect("cfg");
+        c.nodes[i].data_dir = m.join("data");
+        c.restart_node(i);
+    }
+    c.wait_ready(3).await;
+    create(
+        &c,
+        &[
+            "volume",
+            "create",
+            "big",
+            "--size",
+            "1GiB",
+            "--chunk-size",
+            "16MiB",
+        ],
+    );
+    let client = c.client().await;
+    let vol = client.open("big").await.expect("open");
+    let mut acked = Vec::new();
+    let mut full = None;
+    for i in 0..400u64 {
+        let data = Bytes::from(vec![(i % 251) as u8 + 1; MIB]);
+        match vol.write(i * MIB as u64, data).await {
+            Ok(()) => acked.push(i),
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("the disks (160 MiB each) must fill before 400 MiB is written");
+    assert!(
+        matches!(err, ClientError::DiskFull(_)),
+        "unexpected error: {err}"
+    );
+    assert!(
+        acked.len() > 20,
+        "only {} writes before the disk filled",
+        acked.len()
+    );
+    for i in &acked {
+        let got = vol
+            .read(i * MIB as u64, MIB as u64)
+            .await
+            .expect("read after disk full");
+        assert!(
+            got.iter().all(|&b| b == (i % 251) as u8 + 1),
+            "block {i} damaged"
+        );
+    }
+}
