@@ -1,1 +1,56 @@
-//! The storage node's local engine: the log shared by all replica groups, chunk files with per-block CRC32C, data-directory locking. Knows nothing about Raft or the network.
+//! The storage node's local engine: the log shared by all replica groups, chunk files with
+//! per-block CRC32C, data-directory locking.
+//!
+//! - [`lock`]: [`DirLock`], the exclusive lock a process holds on its data directory.
+//! - [`fsutil`]: small durable-filesystem helpers (atomic file replacement, free space).
+//! - [`log`]: [`Log`], the one append-only log of every replica group on the node, with
+//!   group commit (one fdatasync per batch) and segment recycling.
+//! - [`chunk`]: [`ChunkStore`], sparse chunk files with a CRC32C per 4 KiB block.
+//!
+//! This crate knows nothing about Raft or the network: it stores opaque entries and byte
+//! ranges, and must not depend on `tessera-raft`, `tessera-net` or any async runtime.
+//! Everything read back from disk is untrusted: it is length- and checksum-checked, and a bad
+//! byte yields an [`Error`], never a panic.
+
+pub mod chunk;
+pub mod fsutil;
+pub mod lock;
+pub mod log;
+
+use std::path::PathBuf;
+
+pub use chunk::ChunkStore;
+pub use lock::DirLock;
+pub use log::{
+    EntryKind, GroupWrite, Log, LogEntry, LogOptions, LogStats, Recovered, RecoveredGroup,
+};
+
+/// Errors of the local engine, named after what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another process (or another [`DirLock`] in this one) owns the data directory.
+    #[error("data directory {} is locked by another process", path.display())]
+    Locked { path: PathBuf },
+    /// The disk has no room for the write; nothing of it was acknowledged.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// Bytes read back from disk failed a check; the message names the file, offset and check.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// An offset or length outside what the engine accepts.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The log had a write or fsync failure: the kernel may have dropped dirty pages, so the
+    /// node must stop rather than carry on.
+    #[error("fatal log failure, the node must stop: {0}")]
+    Fatal(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether an I/O error means the disk (or the quota) is full.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}

@@ -1,0 +1,563 @@
+//! [`ChunkStore`]: the node's chunk files, every 4 KiB block guarded by a CRC32C.
+//!
+//! Owns `<dir>/<volume:016x>/<chunk:08x>.dat` (sparse data, block `b` at offset `b * 4096`)
+//! and its sidecar `<chunk:08x>.crc` (the CRC32C of block `b`, little-endian, at offset
+//! `b * 4`). A stored 0 with an all-zero block means "never written" (a sparse hole in both
+//! files), so unwritten ranges cost nothing and still verify.
+//!
+//! Writes are plain `pwrite`s with no fsync: the log is the write-ahead log, and the caller
+//! calls [`ChunkStore::sync`] before compacting it. After a crash a block and its checksum
+//! may disagree until the log replay rewrites them; [`ChunkStore::set_replaying`] lets that
+//! replay read-modify-write such torn blocks. Reads always verify and must never return a
+//! block whose checksum does not match. Knows nothing of Raft, groups or the network.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::fsutil::sync_dir;
+use crate::{Error, Result, is_no_space};
+
+/// Bytes per checksummed block.
+pub const BLOCK_SIZE: u64 = 4096;
+/// Largest chunk: offsets and lengths must stay within it.
+pub const MAX_CHUNK: u64 = 4 << 30;
+/// Open chunks kept cached beyond this are closed when idle and synced.
+const MAX_OPEN: usize = 1024;
+const CRC_LEN: u64 = 4;
+
+type Key = (u64, u64);
+
+/// The open files of one chunk.
+struct ChunkFiles {
+    data: File,
+    crcs: File,
+    /// Writers exclusive, readers shared: a reader must never see a block and its checksum
+    /// from different writes.
+    lock: RwLock<()>,
+    /// Written since the last [`ChunkStore::sync`].
+    dirty: AtomicBool,
+}
+
+impl ChunkFiles {
+    fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_guard(&self) -> RwLockWriteGuard<'_, ()> {
+        self.lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The chunk files of one data directory. `Send + Sync`; caches open file handles.
+pub struct ChunkStore {
+    dir: PathBuf,
+    open: RwLock<HashMap<Key, Arc<ChunkFiles>>>,
+    replaying: AtomicBool,
+    /// Allocated bytes per chunk as last measured (at open, and at each sync).
+    alloc: Mutex<HashMap<Key, u64>>,
+    used: AtomicU64,
+    /// Directories with entries created since the last sync.
+    dirty_dirs: Mutex<HashSet<PathBuf>>,
+}
+
+impl ChunkStore {
+    /// Opens (creating if missing) the chunk directory `dir` and measures what it holds.
+    pub fn open(dir: &Path) -> Result<ChunkStore> {
+        std::fs::create_dir_all(dir)?;
+        let mut alloc: HashMap<Key, u64> = HashMap::new();
+        for vol in std::fs::read_dir(dir)? {
+            let vol = vol?;
+            let Some(volume) = vol.file_name().to_str().and_then(parse_hex) else {
+                continue;
+            };
+            if !vol.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(vol.path())? {
+                let f = f?;
+                let name = f.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let stem = name
+                    .strip_suffix(".dat")
+                    .or_else(|| name.strip_suffix(".crc"));
+                if let Some(chunk) = stem.and_then(parse_hex) {
+                    *alloc.entry((volume, chunk)).or_default() += f.metadata()?.blocks() * 512;
+                }
+            }
+        }
+        let used = alloc.values().sum();
+        Ok(ChunkStore {
+            dir: dir.to_path_buf(),
+            open: RwLock::new(HashMap::new()),
+            replaying: AtomicBool::new(false),
+            alloc: Mutex::new(alloc),
+            used: AtomicU64::new(used),
+            dirty_dirs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Writes `data` at `offset` of the chunk (creating it). Partial blocks are
+    /// read-modify-written; the checksum of every touched block is updated.
+    pub fn write(&self, volume: u64, chunk: u64, offset: u64, data: &[u8]) -> Result<()> {
+        check_range(volume, chunk, offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let files = self
+            .files(volume, chunk, true)?
+            .ok_or_else(|| Error::Io(io::Error::other("chunk files missing after creation")))?;
+        let _guard = files.write_guard();
+        self.write_locked(&files, volume, chunk, offset, data)
+    }
+
+    /// Reads `len` bytes at `offset`, verifying the checksum of every touched block.
+    /// Never-written ranges (and chunks) read as zeroes.
+    pub fn read(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<Bytes> {
+        check_range(volume, chunk, offset, len)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let Some(files) = self.files(volume, chunk, false)? else {
+            return Ok(Bytes::from(vec![0u8; len as usize]));
+        };
+        let _guard = files.read_guard();
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len - 1) / BLOCK_SIZE;
+        let nblocks = (last - first + 1) as usize;
+        let mut buf = vec![0u8; nblocks * BLOCK_SIZE as usize];
+        read_full_at(&files.data, &mut buf, first * BLOCK_SIZE)?;
+        let mut crcs = vec![0u8; nblocks * CRC_LEN as usize];
+        read_full_at(&files.crcs, &mut crcs, first * CRC_LEN)?;
+        for (i, block) in buf.chunks_exact(BLOCK_SIZE as usize).enumerate() {
+            let stored = stored_crc(&crcs, i);
+            if !block_ok(block, stored) {
+                return Err(corrupt(volume, chunk, first + i as u64, block, stored));
+            }
+        }
+        let start = (offset - first * BLOCK_SIZE) as usize;
+        Ok(Bytes::from(buf).slice(start..start + len as usize))
+    }
+
+    /// Makes the range read as zeroes: whole blocks are punched out (falling back to writing
+    /// zeroes) and marked unwritten; partial blocks are read-modify-written.
+    pub fn write_zeroes(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
+        check_range(volume, chunk, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // A chunk that does not exist already reads as zeroes.
+        let Some(files) = self.files(volume, chunk, false)? else {
+            return Ok(());
+        };
+        let _guard = files.write_guard();
+        let end = offset + len;
+        let whole_first = offset.div_ceil(BLOCK_SIZE);
+        let whole_end = end / BLOCK_SIZE;
+        if whole_first >= whole_end {
+            let zeros = vec![0u8; len as usize];
+            return self.write_locked(&files, volume, chunk, offset, &zeros);
+        }
+        if offset < whole_first * BLOCK_SIZE {
+            let zeros = vec![0u8; (whole_first * BLOCK_SIZE - offset) as usize];
+            self.write_locked(&files, volume, chunk, offset, &zeros)?;
+        }
+        if end > whole_end * BLOCK_SIZE {
+            let zeros = vec![0u8; (end - whole_end * BLOCK_SIZE) as usize];
+            self.write_locked(&files, volume, chunk, whole_end * BLOCK_SIZE, &zeros)?;
+        }
+        // Blocks past the end of both files are already unwritten.
+        let data_blocks = files.data.metadata()?.len().div_ceil(BLOCK_SIZE);
+        let crc_blocks = files.crcs.metadata()?.len().div_ceil(CRC_LEN);
+        let whole_end = whole_end.min(data_blocks.max(crc_blocks));
+        if whole_first < whole_end {
+            files.dirty.store(true, Ordering::Release);
+            let n = whole_end - whole_first;
+            let crc_zeros = vec![0u8; (n * CRC_LEN) as usize];
+            files
+                .crcs
+                .write_all_at(&crc_zeros, whole_first * CRC_LEN)
+                .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
+            zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE)
+                .map_err(|e| io_error(e, volume, chunk, "zeroing data"))?;
+        }
+        Ok(())
+    }
+
+    /// Same visible result as [`ChunkStore::write_zeroes`]: the range reads as zeroes and
+    /// its whole blocks give their space back.
+    pub fn discard(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(volume, chunk, offset, len)
+    }
+
+    /// Deletes the chunk's files; it then reads as zeroes.
+    pub fn drop_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
+        let mut map = self.open_map_write();
+        let cached = map.remove(&(volume, chunk));
+        // Wait for in-flight users of the cached handles before deleting under them.
+        let _guard = cached.as_ref().map(|f| f.write_guard());
+        let (data, crcs) = self.paths(volume, chunk);
+        for p in [&data, &crcs] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(bytes) = self.alloc_map().remove(&(volume, chunk)) {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.dirs_map().insert(self.volume_dir(volume));
+        Ok(())
+    }
+
+    /// While on, a read-modify-write that meets a block failing its checksum (torn by a
+    /// crash; the log replay is about to rewrite it) uses its bytes as they are. Reads still
+    /// verify.
+    pub fn set_replaying(&self, on: bool) {
+        self.replaying.store(on, Ordering::Release);
+    }
+
+    /// Makes every file written since the last sync durable (data and checksums), and the
+    /// directory entries of files created or deleted since. Call before compacting the log.
+    pub fn sync(&self) -> Result<()> {
+        let dirty: Vec<(Key, Arc<ChunkFiles>)> = self
+            .open_map_read()
+            .iter()
+            .filter(|(_, f)| f.dirty.load(Ordering::Acquire))
+            .map(|(k, f)| (*k, f.clone()))
+            .collect();
+        for (key, files) in dirty {
+            // Cleared first: a write racing with this sync marks it dirty again.
+            files.dirty.store(false, Ordering::Release);
+            let synced = files.data.sync_data().and_then(|()| files.crcs.sync_data());
+            if let Err(e) = synced {
+                files.dirty.store(true, Ordering::Release);
+                return Err(io_error(e, key.0, key.1, "syncing"));
+            }
+            let still_open = self
+                .open_map_read()
+                .get(&key)
+                .is_some_and(|f| Arc::ptr_eq(f, &files));
+            if still_open {
+                self.measure(key, &files);
+            }
+        }
+        let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
+        for (i, d) in dirs.iter().enumerate() {
+            if let Err(e) = sync_dir(d) {
+                self.dirs_map().extend(dirs[i..].iter().cloned());
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Approximate bytes allocated on disk by chunk files (refreshed at each sync).
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn write_locked(
+        &self,
+        files: &ChunkFiles,
+        volume: u64,
+        chunk: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let end = offset + data.len() as u64;
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        let bs = BLOCK_SIZE as usize;
+        let mut crcs = vec![0u8; ((last - first + 1) * CRC_LEN) as usize];
+        let mut set_crc = |block: u64, bytes: &[u8]| {
+            let i = ((block - first) * CRC_LEN) as usize;
+            crcs[i..i + 4].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        };
+        // Partial blocks (only the first and the last can be) are merged into the old bytes.
+        let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
+        let tail_partial = last != first && !end.is_multiple_of(BLOCK_SIZE);
+        let mut head = None;
+        let mut tail = None;
+        if head_partial {
+            let mut block = self.read_for_rmw(files, volume, chunk, first)?;
+            let at = (offset - first * BLOCK_SIZE) as usize;
+            let n = data.len().min(bs - at);
+            block[at..at + n].copy_from_slice(&data[..n]);
+            set_crc(first, &block);
+            head = Some(block);
+        }
+        if tail_partial {
+            let mut block = self.read_for_rmw(files, volume, chunk, last)?;
+            let n = (end - last * BLOCK_SIZE) as usize;
+            block[..n].copy_from_slice(&data[data.len() - n..]);
+            set_crc(last, &block);
+            tail = Some(block);
+        }
+        let whole_first = if head_partial { first + 1 } else { first };
+        let whole_end = if tail_partial || (head_partial && first == last) {
+            last
+        } else {
+            last + 1
+        };
+        let whole = if whole_first < whole_end {
+            let from = (whole_first * BLOCK_SIZE - offset) as usize;
+            let to = (whole_end * BLOCK_SIZE - offset) as usize;
+            for (i, block) in data[from..to].chunks_exact(bs).enumerate() {
+                set_crc(whole_first + i as u64, block);
+            }
+            Some(&data[from..to])
+        } else {
+            None
+        };
+
+        files.dirty.store(true, Ordering::Release);
+        let pieces = [
+            head.as_deref().map(|b| (first, b)),
+            whole.map(|b| (whole_first, b)),
+            tail.as_deref().map(|b| (last, b)),
+        ];
+        for (block, bytes) in pieces.into_iter().flatten() {
+            files
+                .data
+                .write_all_at(bytes, block * BLOCK_SIZE)
+                .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
+        }
+        files
+            .crcs
+            .write_all_at(&crcs, first * CRC_LEN)
+            .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
+        Ok(())
+    }
+
+    /// The current bytes of `block`, verified unless replaying.
+    fn read_for_rmw(
+        &self,
+        files: &ChunkFiles,
+        volume: u64,
+        chunk: u64,
+        block: u64,
+    ) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        read_full_at(&files.data, &mut buf, block * BLOCK_SIZE)?;
+        let mut crc = [0u8; CRC_LEN as usize];
+        read_full_at(&files.crcs, &mut crc, block * CRC_LEN)?;
+        let stored = u32::from_le_bytes(crc);
+        if !block_ok(&buf, stored) {
+            if !self.replaying.load(Ordering::Acquire) {
+                return Err(corrupt(volume, chunk, block, &buf, stored));
+            }
+            debug!(volume, chunk, block, "replay rewrites a torn block");
+        }
+        Ok(buf)
+    }
+
+    /// The chunk's files, opened (and, with `create`, created) on first use.
+    fn files(&self, volume: u64, chunk: u64, create: bool) -> Result<Option<Arc<ChunkFiles>>> {
+        let key = (volume, chunk);
+        if let Some(f) = self.open_map_read().get(&key) {
+            return Ok(Some(f.clone()));
+        }
+        // Opened under the map's write lock, so that a concurrent drop_chunk can never leave
+        // a handle to a deleted file in the cache.
+        let mut map = self.open_map_write();
+        if let Some(f) = map.get(&key) {
+            return Ok(Some(f.clone()));
+        }
+        let (data_path, crc_path) = self.paths(volume, chunk);
+        let data = match open_rw(&data_path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                let vdir = self.volume_dir(volume);
+                if !vdir.exists() {
+                    std::fs::create_dir_all(&vdir)
+                        .map_err(|e| io_error(e, volume, chunk, "creating directory"))?;
+                    self.dirs_map().insert(self.dir.clone());
+                }
+                self.dirs_map().insert(vdir);
+                open_rw(&data_path, true).map_err(|e| io_error(e, volume, chunk, "creating"))?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let crcs = open_rw(&crc_path, true).map_err(|e| io_error(e, volume, chunk, "creating"))?;
+        let files = Arc::new(ChunkFiles {
+            data,
+            crcs,
+            lock: RwLock::new(()),
+            dirty: AtomicBool::new(false),
+        });
+        map.insert(key, files.clone());
+        if map.len() > MAX_OPEN {
+            // Close idle, clean chunks; dirty ones stay until sync has made them durable.
+            let excess = map.len() - MAX_OPEN;
+            let idle: Vec<Key> = map
+                .iter()
+                .filter(|(k, f)| {
+                    **k != key && Arc::strong_count(f) == 1 && !f.dirty.load(Ordering::Acquire)
+                })
+                .map(|(k, _)| *k)
+                .take(excess)
+                .collect();
+            for k in idle {
+                map.remove(&k);
+            }
+        }
+        Ok(Some(files))
+    }
+
+    fn measure(&self, key: Key, files: &ChunkFiles) {
+        let size = |f: &File| f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        let now = size(&files.data) + size(&files.crcs);
+        let before = self.alloc_map().insert(key, now).unwrap_or(0);
+        if now >= before {
+            self.used.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+
+    fn volume_dir(&self, volume: u64) -> PathBuf {
+        self.dir.join(format!("{volume:016x}"))
+    }
+
+    fn paths(&self, volume: u64, chunk: u64) -> (PathBuf, PathBuf) {
+        let v = self.volume_dir(volume);
+        (
+            v.join(format!("{chunk:08x}.dat")),
+            v.join(format!("{chunk:08x}.crc")),
+        )
+    }
+
+    fn open_map_read(&self) -> RwLockReadGuard<'_, HashMap<Key, Arc<ChunkFiles>>> {
+        self.open.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open_map_write(&self) -> RwLockWriteGuard<'_, HashMap<Key, Arc<ChunkFiles>>> {
+        self.open.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn alloc_map(&self) -> MutexGuard<'_, HashMap<Key, u64>> {
+        self.alloc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dirs_map(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
+        self.dirty_dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn check_range(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= MAX_CHUNK => Ok(()),
+        _ => Err(Error::OutOfRange(format!(
+            "chunk {volume:016x}/{chunk:08x}: range {offset}+{len} exceeds the {MAX_CHUNK}-byte chunk limit"
+        ))),
+    }
+}
+
+/// A block verifies if its CRC matches, or if it was never written (stored 0, all zeroes).
+fn block_ok(block: &[u8], stored: u32) -> bool {
+    crc32c::crc32c(block) == stored || (stored == 0 && block.iter().all(|&b| b == 0))
+}
+
+fn stored_crc(crcs: &[u8], i: usize) -> u32 {
+    let at = i * CRC_LEN as usize;
+    u32::from_le_bytes([crcs[at], crcs[at + 1], crcs[at + 2], crcs[at + 3]])
+}
+
+fn corrupt(volume: u64, chunk: u64, block: u64, bytes: &[u8], stored: u32) -> Error {
+    Error::Corrupt(format!(
+        "chunk {volume:016x}/{chunk:08x} block {block} (offset {}): checksum {:#010x} does not match stored {stored:#010x}",
+        block * BLOCK_SIZE,
+        crc32c::crc32c(bytes)
+    ))
+}
+
+fn io_error(e: io::Error, volume: u64, chunk: u64, what: &str) -> Error {
+    if is_no_space(&e) {
+        Error::DiskFull(format!("{what} chunk {volume:016x}/{chunk:08x}: {e}"))
+    } else {
+        Error::Io(e)
+    }
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
+/// Fills `buf` from `offset`; bytes past the end of the file read as zeroes.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Punches a hole (keeping the size) or, where the filesystem cannot, writes zeroes.
+fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `file`,
+    // which is borrowed (so open) for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    ) {
+        return Err(e);
+    }
+    const STEP: u64 = 1 << 20;
+    let zeros = vec![0u8; STEP.min(len) as usize];
+    let mut at = 0;
+    while at < len {
+        let n = STEP.min(len - at) as usize;
+        file.write_all_at(&zeros[..n], offset + at)?;
+        at += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Promises of the chunk store, checked against an in-memory model and real files.
+
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+const B: u64 = BLOCK_SIZE;
+
+fn store() -> (tempfile::TempDir, ChunkStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChunkStore::open(tmp.path()).unwrap();
+    (tmp, s)
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+#[test]
+fn unwritten_chunks_and_ranges_read_as_zeroes() {
+    let (_tmp, s) = store();
+    assert_eq!(s.read(1, 2, 12345, 9000).unwrap(), vec![0u8; 9000]);
+    s.write(1, 2, 3 * B + 10, b"hello").unwrap();
+    assert_eq!(s.read(1, 2, 0, 3 * B).unwrap(), vec![0u8; 3 * B as usize]);
+    assert_eq!(s.read(1, 2, 100 * B, 10).unwrap(), vec![0u8; 10]);
+    assert_eq!(&s.read(1, 2, 3 * B + 8, 9).unwrap()[..], b"\0\0hello\0\0");
+}
+
+#[test]
+fn random_writes_match_a_model_across_reopen() {
+    const SIZE: usize = 64 * B as usize;
+    let (tmp, s) = store();
+    let mut model = vec![0u8; SIZE];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for round in 0..300 {
+        let off = rng.gen_range(0..SIZE);
+        let len = rng.gen_range(1..=(SIZE - off).min(5 * B as usize));
+        match round % 7 {
+            5 => {
+                s.write_zeroes(9, 1, off as u64, len as u64).unwrap();
+                model[off..off + len].fill(0);
+            }
+            6 => {
+                s.discard(9, 1, off as u64, len as u64).unwrap();
+                model[off..off + len].fill(0);
+            }
+            _ => {
+                let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+                s.write(9, 1, off as u64, &data).unwrap();
+                model[off..off + len].copy_from_slice(&data);
+            }
+        }
+        let roff = rng.gen_range(0..SIZE);
+        let rlen = rng.gen_range(0..=(SIZE - roff).min(6 * B as usize));
+        let got = s.read(9, 1, roff as u64, rlen as u64).unwrap();
+        assert_eq!(&got[..], &model[roff..roff + rlen], "round {round}");
+    }
+    s.sync().unwrap();
+    assert!(s.used_bytes() > 0);
+    drop(s);
+    let s = ChunkStore::open(tmp.path()).unwrap();
+    assert_eq!(&s.read(9, 1, 0, SIZE as u64).unwrap()[..], &model[..]);
+}
+
+#[test]
+fn flipped_bit_in_data_is_reported_as_corrupt() {
+    let (tmp, s) = store();
+    s.write(3, 4, 0, &vec![7u8; 4 * B as usize]).unwrap();
+    let data = tmp.path().join(format!("{:016x}/{:08x}.dat", 3, 4));
+    flip_byte(&data, 2 * B + 17);
+    match s.read(3, 4, 0, 4 * B) {
+        Err(Error::Corrupt(msg)) => assert!(msg.contains("block 2"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Untouched blocks still read; a partial write into the bad block refuses to RMW it.
+    assert_eq!(s.read(3, 4, 0, 2 * B).unwrap(), vec![7u8; 2 * B as usize]);
+    assert!(matches!(
+        s.write(3, 4, 2 * B + 1, b"x"),
+        Err(Error::Corrupt(_))
+    ));
+    // A never-written block whose bytes changed is caught too.
+    s.write(3, 5, B, b"a").unwrap();
+    flip_byte(&data.with_file_name(format!("{:08x}.dat", 5)), 10);
+    assert!(matches!(s.read(3, 5, 0, 10), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn flipped_checksum_is_reported_as_corrupt() {
+    let (tmp, s) = store();
+    s.write(3, 4, 0, &vec![1u8; 2 * B as usize]).unwrap();
+    flip_byte(&tmp.path().join(format!("{:016x}/{:08x}.crc", 3, 4)), 5);
+    assert!(matches!(s.read(3, 4, B, 1), Err(Error::Corrupt(_))));
+}
+
+#[test]
+fn replaying_mode_lets_rmw_overwrite_torn_blocks_but_reads_still_verify() {
+    let (tmp, s) = store();
+    s.write(1, 1, 0, &vec![5u8; B as usize]).unwrap();
+    flip_byte(&tmp.path().join(format!("{:016x}/{:08x}.dat", 1, 1)), 100);
+    assert!(matches!(s.write(1, 1, 10, b"abc"), Err(Error::Corrupt(_))));
+    s.set_replaying(true);
+    assert!(matches!(s.read(1, 1, 0, 10), Err(Error::Corrupt(_))));
+    s.write(1, 1, 10, b"abc").unwrap();
+    s.set_replaying(false);
+    let got = s.read(1, 1, 0, B).unwrap();
+    assert_eq!(&got[10..13], b"abc");
+    assert_eq!(got[100], 5 ^ 0x40);
+}
+
+#[test]
+fn zeroes_free_whole_blocks_and_keep_partial_ones() {
+    let (_tmp, s) = store();
+    let size = 256 * B;
+    s.write(2, 0, 0, &vec![9u8; size as usize]).unwrap();
+    s.sync().unwrap();
+    let before = s.used_bytes();
+    s.write_zeroes(2, 0, 100, size - 200).unwrap();
+    s.sync().unwrap();
+    assert!(
+        s.used_bytes() < before,
+        "hole punched: {} < {before}",
+        s.used_bytes()
+    );
+    let got = s.read(2, 0, 0, size).unwrap();
+    assert!(got[..100].iter().all(|&b| b == 9));
+    assert!(got[100..(size - 100) as usize].iter().all(|&b| b == 0));
+    assert!(got[(size - 100) as usize..].iter().all(|&b| b == 9));
+    // Zeroing a chunk that does not exist is a no-op, and beyond the end too.
+    s.write_zeroes(2, 77, 0, B).unwrap();
+    s.discard(2, 0, size, 10 * B).unwrap();
+    assert_eq!(s.read(2, 77, 0, B).unwrap(), vec![0u8; B as usize]);
+}
+
+#[test]
+fn dropped_chunk_reads_as_zeroes_and_frees_space() {
+    let (tmp, s) = store();
+    s.write(4, 1, 0, &vec![1u8; 8 * B as usize]).unwrap();
+    s.sync().unwrap();
+    assert!(s.used_bytes() >= 8 * B);
+    s.drop_chunk(4, 1).unwrap();
+    s.drop_chunk(4, 99).unwrap();
+    assert_eq!(s.used_bytes(), 0);
+    assert!(
+        !tmp.path()
+            .join(format!("{:016x}/{:08x}.dat", 4, 1))
+            .exists()
+    );
+    assert_eq!(s.read(4, 1, 0, B).unwrap(), vec![0u8; B as usize]);
+    s.write(4, 1, 0, b"again").unwrap();
+    assert_eq!(&s.read(4, 1, 0, 5).unwrap()[..], b"again");
+}
+
+#[test]
+fn ranges_beyond_the_chunk_limit_are_refused() {
+    let (_tmp, s) = store();
+    assert!(matches!(
+        s.write(1, 1, MAX_CHUNK - 1, b"ab"),
+        Err(Error::OutOfRange(_))
+    ));
+    assert!(matches!(
+        s.read(1, 1, u64::MAX, 2),
+        Err(Error::OutOfRange(_))
+    ));
+    s.write(1, 1, MAX_CHUNK - 2, b"ab").unwrap();
+    assert_eq!(&s.read(1, 1, MAX_CHUNK - 2, 2).unwrap()[..], b"ab");
+}
+
+#[test]
+fn concurrent_writers_and_readers_never_see_torn_blocks() {
+    let (_tmp, s) = store();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let s = &s;
+            scope.spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                for i in 0..200u64 {
+                    // Same chunk for everyone, a private 16-block region per thread, and
+                    // a shared block everyone overwrites whole with one byte value.
+                    let off = t * 16 * B + rng.gen_range(0..15 * B);
+                    s.write(0, 0, off, &[t as u8 + 1; 100]).unwrap();
+                    s.write(0, 0, 64 * B, &vec![(i % 251) as u8; B as usize])
+                        .unwrap();
+                    let shared = s.read(0, 0, 64 * B, B).unwrap();
+                    assert!(shared.iter().all(|&b| b == shared[0]));
+                    let mine = s.read(0, 0, t * 16 * B, 16 * B).unwrap();
+                    assert!(mine.iter().all(|&b| b == 0 || b == t as u8 + 1));
+                    s.write(t + 1, i % 3, 0, b"x").unwrap();
+                }
+            });
+        }
+        scope.spawn(|| {
+            for _ in 0..50 {
+                s.sync().unwrap();
+            }
+        });
+    });
+}

@@ -1,0 +1,389 @@
+//! Promises of the log, checked against real files in temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+
+use super::*;
+
+const SMALL: LogOptions = LogOptions {
+    segment_size: 64 << 10,
+};
+
+fn ent(term: u64, index: u64, data: &str) -> LogEntry {
+    LogEntry {
+        term,
+        index,
+        kind: EntryKind::Normal,
+        data: Bytes::copy_from_slice(data.as_bytes()),
+    }
+}
+
+fn entries(group: u64, term: u64, range: std::ops::RangeInclusive<u64>) -> GroupWrite {
+    GroupWrite {
+        group,
+        entries: range
+            .map(|i| ent(term, i, &format!("g{group} t{term} i{i}")))
+            .collect(),
+        slots: vec![],
+    }
+}
+
+fn slot(group: u64, slot: u8, value: &str) -> GroupWrite {
+    GroupWrite {
+        group,
+        entries: vec![],
+        slots: vec![(slot, Bytes::copy_from_slice(value.as_bytes()))],
+    }
+}
+
+fn append(log: &Log, writes: Vec<GroupWrite>) -> Result<()> {
+    let (tx, rx) = mpsc::channel();
+    log.append(writes, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+fn remove(log: &Log, group: u64) -> Result<()> {
+    let (tx, rx) = mpsc::channel();
+    log.remove_group(group, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+fn reopen(dir: &Path, opts: LogOptions) -> (Log, Recovered) {
+    Log::open(dir, opts).unwrap()
+}
+
+fn indexes(g: &RecoveredGroup) -> Vec<(u64, u64)> {
+    g.entries.iter().map(|e| (e.term, e.index)).collect()
+}
+
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn entries_and_slots_round_trip_across_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, rec) = reopen(tmp.path(), SMALL);
+    assert!(rec.groups.is_empty());
+    let mut w = entries(1, 1, 1..=3);
+    w.entries[1].kind = EntryKind::ConfChangeV2;
+    w.slots.push((0, Bytes::from_static(b"hard state v1")));
+    append(&log, vec![w, entries(2, 5, 10..=11)]).unwrap();
+    append(&log, vec![slot(1, 0, "hard state v2"), slot(1, 1, "apply")]).unwrap();
+    log.shutdown();
+    drop(log);
+
+    let (_log, rec) = reopen(tmp.path(), SMALL);
+    let g1 = &rec.groups[&1];
+    assert_eq!(indexes(g1), vec![(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(g1.entries[1].kind, EntryKind::ConfChangeV2);
+    assert_eq!(g1.entries[2].data, "g1 t1 i3");
+    assert_eq!(g1.slots[&0], "hard state v2");
+    assert_eq!(g1.slots[&1], "apply");
+    assert_eq!(indexes(&rec.groups[&2]), vec![(5, 10), (5, 11)]);
+}
+
+#[test]
+fn later_entries_overwrite_from_their_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    append(&log, vec![entries(1, 1, 1..=10)]).unwrap();
+    append(&log, vec![entries(1, 2, 6..=8)]).unwrap();
+    drop(log);
+    let (_log, rec) = reopen(tmp.path(), SMALL);
+    let want: Vec<_> = (1..=5)
+        .map(|i| (1, i))
+        .chain((6..=8).map(|i| (2, i)))
+        .collect();
+    assert_eq!(indexes(&rec.groups[&1]), want);
+}
+
+#[test]
+fn queue_depth_one_costs_one_fdatasync_per_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    for i in 1..=20 {
+        append(&log, vec![entries(1, 1, i..=i)]).unwrap();
+    }
+    assert_eq!(log.stats().syncs, 20);
+    assert_eq!(log.stats().batches, 20);
+}
+
+#[test]
+fn concurrent_appends_share_fdatasyncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), LogOptions::default());
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 200;
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (log, tx) = (log.clone(), tx.clone());
+            s.spawn(move || {
+                for i in 1..=PER_THREAD {
+                    let tx = tx.clone();
+                    log.append(
+                        vec![entries(t, 1, i..=i)],
+                        Box::new(move |r| tx.send(r).unwrap()),
+                    );
+                }
+            });
+        }
+    });
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len() as u64, THREADS * PER_THREAD);
+    assert!(results.iter().all(|r| r.is_ok()));
+    let stats = log.stats();
+    assert!(
+        stats.syncs * 4 < THREADS * PER_THREAD,
+        "{} fdatasyncs for {} appends",
+        stats.syncs,
+        THREADS * PER_THREAD
+    );
+    drop(log);
+    let (_log, rec) = reopen(tmp.path(), LogOptions::default());
+    for t in 0..THREADS {
+        assert_eq!(rec.groups[&t].entries.len() as u64, PER_THREAD);
+    }
+}
+
+#[test]
+fn compaction_recycles_segments_and_keeps_live_data_and_old_slots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 8 << 10,
+    };
+    let (log, _) = reopen(tmp.path(), opts.clone());
+    // Group 9 writes its slot once, into the first segment, then stays idle.
+    append(&log, vec![slot(9, 3, "idle group state")]).unwrap();
+    append(&log, vec![slot(1, 0, "busy v0")]).unwrap();
+    let payload = "x".repeat(900);
+    for i in 1..=200u64 {
+        let mut w = GroupWrite {
+            group: 1,
+            entries: vec![ent(1, i, &payload)],
+            slots: vec![],
+        };
+        if i % 50 == 0 {
+            w.slots.push((0, Bytes::from(format!("busy v{i}"))));
+        }
+        append(&log, vec![w]).unwrap();
+        if i > 5 {
+            log.compact(1, i - 5);
+        }
+        assert!(log.stats().segments <= 4, "segments: {:?}", log.stats());
+    }
+    assert!(
+        !tmp.path().join(format!("{:016x}.log", 1)).exists(),
+        "first segment recycled"
+    );
+    assert!(log_files(tmp.path()).len() <= 4);
+    drop(log);
+
+    let (log, rec) = reopen(tmp.path(), opts.clone());
+    assert_eq!(rec.groups[&9].slots[&3], "idle group state");
+    let g1 = &rec.groups[&1];
+    assert_eq!(g1.slots[&0], "busy v200");
+    let idx: Vec<u64> = g1.entries.iter().map(|e| e.index).collect();
+    assert!(
+        idx.len() < 30,
+        "compacted entries mostly gone: {}",
+        idx.len()
+    );
+    assert_eq!(*idx.last().unwrap(), 200);
+    assert!(idx.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(*idx.first().unwrap() <= 196, "live entries kept");
+
+    // Appending after the reopen keeps everything consistent through another reopen.
+    append(&log, vec![entries(1, 2, 201..=201)]).unwrap();
+    drop(log);
+    let (_log, rec) = reopen(tmp.path(), opts);
+    assert_eq!(rec.groups[&9].slots[&3], "idle group state");
+    assert_eq!(rec.groups[&1].entries.last().unwrap().index, 201);
+}
+
+#[test]
+fn removed_group_stays_removed_after_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    append(
+        &log,
+        vec![entries(1, 1, 1..=3), slot(1, 0, "hs"), entries(2, 1, 1..=2)],
+    )
+    .unwrap();
+    remove(&log, 1).unwrap();
+    remove(&log, 77).unwrap();
+    drop(log);
+    let (log, rec) = reopen(tmp.path(), SMALL);
+    assert!(!rec.groups.contains_key(&1));
+    assert_eq!(rec.groups[&2].entries.len(), 2);
+    // The group can come back; only what follows the tombstone is returned.
+    append(&log, vec![entries(1, 4, 10..=10)]).unwrap();
+    drop(log);
+    let (_log, rec) = reopen(tmp.path(), SMALL);
+    assert_eq!(indexes(&rec.groups[&1]), vec![(4, 10)]);
+    assert!(rec.groups[&1].slots.is_empty());
+}
+
+#[test]
+fn non_contiguous_entries_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    let w = GroupWrite {
+        group: 1,
+        entries: vec![ent(1, 1, "a"), ent(1, 3, "c")],
+        slots: vec![],
+    };
+    assert!(matches!(append(&log, vec![w]), Err(Error::OutOfRange(_))));
+    assert_eq!(log.stats().syncs, 0);
+}
+
+#[test]
+fn appends_after_shutdown_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    log.shutdown();
+    assert!(matches!(
+        append(&log, vec![entries(1, 1, 1..=1)]),
+        Err(Error::Fatal(_))
+    ));
+}
+
+/// A log holding entries 1..=3 of group 1, then entry 4 as the very last record. Returns
+/// the segment path and the byte range of that last record.
+fn log_with_last_record(dir: &Path) -> (PathBuf, std::ops::Range<usize>) {
+    let (log, _) = reopen(dir, SMALL);
+    append(&log, vec![entries(1, 1, 1..=3)]).unwrap();
+    let start = log.stats().bytes as usize;
+    append(&log, vec![entries(1, 1, 4..=4)]).unwrap();
+    let end = log.stats().bytes as usize;
+    drop(log);
+    let files = log_files(dir);
+    assert_eq!(files.len(), 1);
+    (files[0].clone(), start..end)
+}
+
+/// Replay must return exactly 1..=3 (the damaged record 4 never), and the log must then
+/// take appends and replay them after another reopen.
+fn assert_recovers_without_last_record(dir: &Path) {
+    let (log, rec) = reopen(dir, SMALL);
+    assert_eq!(indexes(&rec.groups[&1]), vec![(1, 1), (1, 2), (1, 3)]);
+    append(&log, vec![entries(1, 2, 4..=5)]).unwrap();
+    drop(log);
+    let (_log, rec) = reopen(dir, SMALL);
+    let want = vec![(1, 1), (1, 2), (1, 3), (2, 4), (2, 5)];
+    assert_eq!(indexes(&rec.groups[&1]), want);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for d in std::fs::read_dir(from).unwrap() {
+        let p = d.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn torn_last_record_is_dropped_at_every_cut_point() {
+    let pristine = tempfile::tempdir().unwrap();
+    let (seg, last) = log_with_last_record(pristine.path());
+    let name = seg.file_name().unwrap().to_owned();
+    for cut in last.clone() {
+        for truncate_file in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            copy_dir(pristine.path(), tmp.path());
+            let path = tmp.path().join(&name);
+            let mut bytes = std::fs::read(&path).unwrap();
+            if truncate_file {
+                bytes.truncate(cut);
+            } else {
+                bytes[cut..last.end].fill(0);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            assert_recovers_without_last_record(tmp.path());
+        }
+    }
+}
+
+#[test]
+fn flipped_byte_in_last_record_is_detected() {
+    let pristine = tempfile::tempdir().unwrap();
+    let (seg, last) = log_with_last_record(pristine.path());
+    let name = seg.file_name().unwrap().to_owned();
+    // Every payload byte, and the header fields too.
+    for pos in last.clone() {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), tmp.path());
+        let path = tmp.path().join(&name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[pos] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_recovers_without_last_record(tmp.path());
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_ignored() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let pristine = tempfile::tempdir().unwrap();
+    let (seg, last) = log_with_last_record(pristine.path());
+    let name = seg.file_name().unwrap().to_owned();
+    let seq_bytes = u64::from_str_radix(&name.to_str().unwrap()[..16], 16)
+        .unwrap()
+        .to_le_bytes();
+    for round in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), tmp.path());
+        let path = tmp.path().join(&name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let garbage = &mut bytes[last.end..last.end + 300];
+        rng.fill(garbage);
+        if round % 2 == 0 {
+            // Looks like a record of this segment claiming a huge length.
+            garbage[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+            garbage[8..16].copy_from_slice(&seq_bytes);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, rec) = reopen(tmp.path(), SMALL);
+        assert_eq!(rec.groups[&1].entries.len(), 4);
+        append(&log, vec![entries(1, 2, 5..=5)]).unwrap();
+        drop(log);
+        let (_log, rec) = reopen(tmp.path(), SMALL);
+        assert_eq!(rec.groups[&1].entries.len(), 5);
+    }
+}
+
+#[test]
+fn batch_larger_than_a_segment_gets_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 4 << 10,
+    };
+    let (log, _) = reopen(tmp.path(), opts.clone());
+    let big = "y".repeat(10 << 10);
+    append(&log, vec![entries(1, 1, 1..=1)]).unwrap();
+    append(
+        &log,
+        vec![GroupWrite {
+            group: 1,
+            entries: vec![ent(1, 2, &big)],
+            slots: vec![],
+        }],
+    )
+    .unwrap();
+    append(&log, vec![entries(1, 1, 3..=3)]).unwrap();
+    drop(log);
+    let (_log, rec) = reopen(tmp.path(), opts);
+    let g = &rec.groups[&1];
+    assert_eq!(g.entries.len(), 3);
+    assert_eq!(g.entries[1].data.len(), big.len());
+}

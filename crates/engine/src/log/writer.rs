@@ -1,0 +1,424 @@
+//! The log writer thread: group commit, segment rolling, preallocation and recycling.
+//!
+//! Owns every write to segment files and the [`Book`]. Each wake-up takes everything queued,
+//! encodes it into one buffer, writes it with one `pwrite` into a preallocated segment and
+//! makes it durable with one `fdatasync`, then runs every callback. It never waits to
+//! gather more work (at queue depth 1 a write costs exactly one fdatasync), never appends
+//! into a segment written by an earlier process (its torn tail stays the end of that
+//! segment forever), and never carries on after a failed write or fdatasync: from then on
+//! every callback gets [`Error::Fatal`].
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tracing::{error, warn};
+
+use super::record::Record;
+use super::replay::{free_path, segment_path};
+use super::state::{Book, SegmentMeta};
+use super::{Done, LogOptions, Msg, Shared};
+use crate::fsutil::sync_dir;
+use crate::{Error, Result, is_no_space};
+
+/// Obsolete segment files kept for reuse; more are deleted.
+const MAX_FREE: usize = 2;
+/// A batch buffer larger than this is released after use rather than kept.
+const MAX_KEPT_BUFFER: usize = 8 << 20;
+
+struct Current {
+    seq: u64,
+    file: File,
+    offset: u64,
+    len: u64,
+}
+
+pub(super) struct Writer {
+    dir: PathBuf,
+    opts: LogOptions,
+    shared: Arc<Shared>,
+    book: Book,
+    current: Option<Current>,
+    next_seq: u64,
+    free: Vec<PathBuf>,
+    /// Groups whose compacted index moved since their last mark was written.
+    pending_marks: BTreeSet<u64>,
+    fatal: Option<String>,
+    buf: Vec<u8>,
+    prealloc: Preallocator,
+}
+
+impl Writer {
+    pub fn new(
+        dir: PathBuf,
+        opts: LogOptions,
+        shared: Arc<Shared>,
+        book: Book,
+        next_seq: u64,
+        free: Vec<PathBuf>,
+    ) -> Writer {
+        let mut w = Writer {
+            dir,
+            opts,
+            shared,
+            book,
+            current: None,
+            next_seq,
+            free,
+            pending_marks: BTreeSet::new(),
+            fatal: None,
+            buf: Vec::new(),
+            prealloc: Preallocator::spawn(),
+        };
+        w.recycle();
+        w.shared
+            .stats
+            .segments
+            .store(w.book.segments.len() as u64, Ordering::Relaxed);
+        w
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let msgs = {
+                let mut q = self.shared.lock_queue();
+                while q.msgs.is_empty() && !q.shutdown {
+                    q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if q.msgs.is_empty() {
+                    break;
+                }
+                std::mem::take(&mut q.msgs)
+            };
+            self.process(msgs);
+        }
+        self.prealloc.stop();
+    }
+
+    fn process(&mut self, msgs: Vec<Msg>) {
+        let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
+        let mut writes: Vec<Record> = Vec::new();
+        for msg in msgs {
+            match msg {
+                Msg::Compact { group, index } => {
+                    if self.book.compact(group, index) {
+                        self.pending_marks.insert(group);
+                    }
+                }
+                Msg::Append { writes: ws, done } => {
+                    for w in ws {
+                        writes.extend(w.entries.into_iter().map(|entry| Record::Entry {
+                            group: w.group,
+                            entry,
+                        }));
+                        writes.extend(w.slots.into_iter().map(|(slot, value)| Record::Slot {
+                            group: w.group,
+                            slot,
+                            value,
+                        }));
+                    }
+                    dones.push((done, None));
+                }
+                Msg::Remove { group, done } => {
+                    writes.push(Record::Tombstone { group });
+                    dones.push((done, None));
+                }
+                Msg::Fail { done, error } => dones.push((done, Some(error))),
+            }
+        }
+        if let Some(reason) = &self.fatal {
+            return finish(dones, || Err(Error::Fatal(reason.clone())));
+        }
+        // Values pinning old segments first, so that anything newer in the batch wins.
+        let mut records = self.reappends();
+        records.extend(self.pending_marks.iter().filter_map(|&group| {
+            let index = self.book.groups.get(&group)?.compacted;
+            Some(Record::CompactMark { group, index })
+        }));
+        records.extend(writes);
+        if records.is_empty() {
+            return finish(dones, || Ok(()));
+        }
+        match self.write_batch(&records) {
+            Ok(()) => {
+                self.pending_marks.clear();
+                finish(dones, || Ok(()));
+                self.recycle();
+            }
+            Err(Error::Fatal(reason)) => {
+                error!(dir = %self.dir.display(), %reason, "log write failed; the node must stop");
+                self.fatal = Some(reason.clone());
+                finish(dones, || Err(Error::Fatal(reason.clone())));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                warn!(dir = %self.dir.display(), error = %msg, "log batch refused");
+                finish(dones, || {
+                    Err(match &e {
+                        Error::DiskFull(m) => Error::DiskFull(m.clone()),
+                        _ => Error::Io(io::Error::other(msg.clone())),
+                    })
+                });
+            }
+        }
+        self.shared
+            .stats
+            .segments
+            .store(self.book.segments.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `records` into the current segment (rolling first if they do not fit) with one
+    /// pwrite and one fdatasync, then accounts for them.
+    fn write_batch(&mut self, records: &[Record]) -> Result<()> {
+        let size: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
+        let fits = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.offset + size <= c.len);
+        if !fits {
+            self.roll(size)?;
+        }
+        let cur = self
+            .current
+            .as_mut()
+            .ok_or_else(|| Error::Fatal("no current log segment after rolling".into()))?;
+        self.buf.clear();
+        for r in records {
+            r.encode(cur.seq, &mut self.buf);
+        }
+        let path = segment_path(&self.dir, cur.seq);
+        cur.file
+            .write_all_at(&self.buf, cur.offset)
+            .map_err(|e| fatal(&path, "write", &e))?;
+        cur.file
+            .sync_data()
+            .map_err(|e| fatal(&path, "fdatasync", &e))?;
+        cur.offset += size;
+        let seq = cur.seq;
+        let stats = &self.shared.stats;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        stats.bytes.fetch_add(size, Ordering::Relaxed);
+        for r in records {
+            self.book.apply(seq, r);
+        }
+        if self.buf.capacity() > MAX_KEPT_BUFFER {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment of at least `need` bytes: a recycled file, the preallocated
+    /// spare, or (failing both) one zero-filled now. The directory is fsynced before any
+    /// record goes in, so an acknowledged record is never in a file under a stale name.
+    fn roll(&mut self, need: u64) -> Result<()> {
+        let seq = self.next_seq;
+        let path = segment_path(&self.dir, seq);
+        let len = need.max(self.opts.segment_size);
+        let standard = len == self.opts.segment_size;
+        let reuse = if standard {
+            self.free.pop().or_else(|| self.prealloc.take())
+        } else {
+            None
+        };
+        let file = match reuse {
+            Some(from) => {
+                std::fs::rename(&from, &path)?;
+                OpenOptions::new().write(true).open(&path)?
+            }
+            None => {
+                let tmp = self.dir.join(format!("{seq:016x}.tmp"));
+                let file = create_zeroed(&tmp, len).map_err(|e| {
+                    if is_no_space(&e) {
+                        Error::DiskFull(format!("preallocating log segment {}: {e}", tmp.display()))
+                    } else {
+                        Error::Io(e)
+                    }
+                })?;
+                std::fs::rename(&tmp, &path)?;
+                file
+            }
+        };
+        sync_dir(&self.dir).map_err(|e| fatal(&self.dir, "fsync directory", &e))?;
+        self.next_seq += 1;
+        self.book.segments.insert(seq, SegmentMeta::new(path, len));
+        self.current = Some(Current {
+            seq,
+            file,
+            offset: 0,
+            len,
+        });
+        if self.free.is_empty() {
+            self.prealloc
+                .request(self.dir.join("prealloc.tmp"), self.opts.segment_size);
+        }
+        Ok(())
+    }
+
+    /// Latest slot values and compaction marks living in the oldest segments whose entries
+    /// are all compacted: re-appended, they stop pinning those segments.
+    fn reappends(&self) -> Vec<Record> {
+        let current = self.current.as_ref().map(|c| c.seq);
+        let mut out = Vec::new();
+        for (&seq, seg) in &self.book.segments {
+            if Some(seq) == current || !self.book.entries_obsolete(seg) {
+                break;
+            }
+            if seg.pins > 0 {
+                out.extend(self.book.pinned_in(seq));
+            }
+        }
+        out
+    }
+
+    /// Drops obsolete segments, oldest first, keeping up to [`MAX_FREE`] files for reuse.
+    fn recycle(&mut self) {
+        let current = self.current.as_ref().map(|c| c.seq);
+        while let Some((&seq, seg)) = self.book.segments.first_key_value() {
+            if Some(seq) == current || !self.book.is_obsolete(seg) {
+                break;
+            }
+            let result = if seg.len == self.opts.segment_size && self.free.len() < MAX_FREE {
+                let to = free_path(&self.dir, seq);
+                std::fs::rename(&seg.path, &to).map(|()| Some(to))
+            } else {
+                std::fs::remove_file(&seg.path).map(|()| None)
+            };
+            match result {
+                Ok(reusable) => {
+                    self.free.extend(reusable);
+                    self.book.segments.remove(&seq);
+                }
+                Err(e) => {
+                    // Keep it (and every newer one) in the log: dropping segments out of
+                    // order could resurrect records a later tombstone overrides.
+                    warn!(path = %seg.path.display(), error = %e, "cannot recycle log segment");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
+    for (done, refused) in dones {
+        let r = match refused {
+            Some(e) => Err(e),
+            None => result(),
+        };
+        // A panicking callback must not kill the writer: every later append would hang.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(r))).is_err() {
+            error!("log append callback panicked");
+        }
+    }
+}
+
+fn fatal(path: &Path, what: &str, e: &io::Error) -> Error {
+    Error::Fatal(format!("{what} of {} failed: {e}", path.display()))
+}
+
+/// Creates `path` (which must not exist) as `len` bytes of written zeros, fsynced: later
+/// overwrites then change no block allocation, so fdatasync needs no metadata.
+fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
+    const CHUNK: u64 = 1 << 20;
+    let result = (|| {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut off = 0;
+        while off < len {
+            let n = CHUNK.min(len - off) as usize;
+            file.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        file.sync_all()?;
+        Ok(file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// A helper thread that zero-fills the next segment while the current one is in use, so
+/// rolling does not stall the write path when no recycled file is available.
+struct Preallocator {
+    requests: Option<mpsc::Sender<(PathBuf, u64)>>,
+    results: mpsc::Receiver<io::Result<PathBuf>>,
+    pending: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preallocator {
+    fn spawn() -> Preallocator {
+        let (req_tx, req_rx) = mpsc::channel::<(PathBuf, u64)>();
+        let (res_tx, res_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tessera-log-prealloc".into())
+            .spawn(move || {
+                for (path, len) in req_rx {
+                    let _ = std::fs::remove_file(&path);
+                    let r = create_zeroed(&path, len).map(|_| path);
+                    if res_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(error = %e, "cannot start the log preallocation thread; segments will be created inline");
+                None
+            }
+        };
+        Preallocator {
+            requests: thread.as_ref().map(|_| req_tx),
+            results: res_rx,
+            pending: false,
+            thread,
+        }
+    }
+
+    fn request(&mut self, path: PathBuf, len: u64) {
+        if self.pending {
+            return;
+        }
+        if let Some(tx) = &self.requests {
+            self.pending = tx.send((path, len)).is_ok();
+        }
+    }
+
+    /// The spare file, waiting for it if it is still being written.
+    fn take(&mut self) -> Option<PathBuf> {
+        if !std::mem::take(&mut self.pending) {
+            return None;
+        }
+        match self.results.recv() {
+            Ok(Ok(path)) => Some(path),
+            Ok(Err(e)) => {
+                warn!(error = %e, "preallocating a log segment failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
