@@ -77,6 +77,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// Writes one frame: header then body, without copying the body.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
+    if f.body.len() > frame::MAX_BODY as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("frame body of {} bytes over the limit", f.body.len()),
+        ));
+    }
     w.write_all(&f.header()).await?;
     w.write_all(&f.body).await
 }

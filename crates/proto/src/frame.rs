@@ -204,7 +204,10 @@ mod tests {
         let hc = crc32c::crc32c(&h[0..24]);
         h[24..28].copy_from_slice(&hc.to_le_bytes());
         let mut buf = BytesMut::from(&h[..]);
-        assert!(matches!(decode(&mut buf), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&mut buf),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tessera_proto::data::RaftBatch;
-use tessera_proto::frame::{Frame, Kind};
+use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::Transport;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::runtime::Handle;
@@ -73,9 +73,11 @@ async fn peer_loop(
         'conn: while let Some(b) = rx.recv().await {
             let mut next = Some(b);
             while let Some(b) = next {
-                let f = Frame::new(Kind::RaftBatch, 0, b.encode());
-                if tessera_net::write_frame(&mut w, &f).await.is_err() {
-                    break 'conn;
+                for part in split(b) {
+                    let f = Frame::new(Kind::RaftBatch, 0, part.encode());
+                    if tessera_net::write_frame(&mut w, &f).await.is_err() {
+                        break 'conn;
+                    }
                 }
                 next = rx.try_recv().ok();
             }
@@ -88,6 +90,34 @@ async fn peer_loop(
         }
         tracing::debug!(peer = to, "connection lost; reconnecting");
     }
+}
+
+/// Splits a batch so that every frame stays under the frame size limit. One message is
+/// never larger than that (entries are at most 4 MiB, messages carry ~1 MiB of them).
+fn split(b: RaftBatch) -> Vec<RaftBatch> {
+    const BUDGET: usize = MAX_BODY as usize / 2;
+    let mut out = Vec::new();
+    let mut cur = RaftBatch {
+        from_node: b.from_node,
+        msgs: Vec::new(),
+    };
+    let mut size = 0;
+    for (g, m) in b.msgs {
+        if !cur.msgs.is_empty() && size + m.len() + 12 > BUDGET {
+            out.push(std::mem::replace(
+                &mut cur,
+                RaftBatch {
+                    from_node: b.from_node,
+                    msgs: Vec::new(),
+                },
+            ));
+            size = 0;
+        }
+        size += m.len() + 12;
+        cur.msgs.push((g, m));
+    }
+    out.push(cur);
+    out
 }
 
 impl Transport for TcpTransport {

@@ -209,9 +209,13 @@ impl Cluster {
 
     /// The tail of every process log, for failure messages.
     pub fn logs(&self) -> String {
+        self.logs_in(self.dir.path())
+    }
+
+    fn logs_in(&self, dir: &Path) -> String {
         let mut out = String::new();
-        let mut files = vec![self.dir.path().join("manager.log")];
-        files.extend(self.nodes.iter().map(|n| n.log.clone()));
+        let mut files = vec![dir.join("manager.log")];
+        files.extend((1..=self.nodes.len()).map(|i| dir.join(format!("node{i}.log"))));
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
@@ -233,6 +237,16 @@ impl Drop for Cluster {
         if let Some(mut m) = self.manager.take() {
             let _ = m.kill();
             let _ = m.wait();
+        }
+        if std::thread::panicking() {
+            // Keep the logs and data of a failed test for a post-mortem.
+            let path =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            eprintln!(
+                "cluster files kept in {}\n{}",
+                path.display(),
+                self.logs_in(&path)
+            );
         }
     }
 }
