@@ -276,7 +276,7 @@ impl Volume {
                     route.leader.store(0, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
-                    refresh = attempt % route.peers.len().max(1) == 0;
+                    refresh = attempt.is_multiple_of(route.peers.len().max(1));
                     continue;
                 }
             };
@@ -297,7 +297,7 @@ impl Volume {
                     if !known {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));
-                        refresh = attempt % route.peers.len().max(1) == 0;
+                        refresh = attempt.is_multiple_of(route.peers.len().max(1));
                     }
                 }
                 Reply::GroupNotFound | Reply::Unavailable(_) => {

@@ -95,11 +95,12 @@ fn u64s<const N: usize>(b: &[u8]) -> Option<[u64; N]> {
 
 pub(crate) fn decode_hard_state(b: &[u8]) -> Option<HardState> {
     let [term, vote, commit] = u64s::<3>(b)?;
-    let mut hs = HardState::default();
-    hs.term = term;
-    hs.vote = vote;
-    hs.commit = commit;
-    Some(hs)
+    Some(HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    })
 }
 
 pub(crate) fn encode_applied(index: u64, term: u64) -> Bytes {
@@ -128,15 +129,17 @@ pub(crate) fn to_log_entry(e: &Entry) -> LogEntry {
 }
 
 pub(crate) fn from_log_entry(e: &LogEntry) -> Entry {
-    let mut out = Entry::default();
-    out.term = e.term;
-    out.index = e.index;
+    let mut out = Entry {
+        term: e.term,
+        index: e.index,
+        data: e.data.clone(),
+        ..Default::default()
+    };
     out.set_entry_type(match e.kind {
         EntryKind::Normal => EntryType::EntryNormal,
         EntryKind::ConfChange => EntryType::EntryConfChange,
         EntryKind::ConfChangeV2 => EntryType::EntryConfChangeV2,
     });
-    out.data = e.data.clone();
     out
 }
 
@@ -156,9 +159,10 @@ impl Group {
             compacted_term: applied_term,
             ..Default::default()
         };
-        let mut cs = ConfState::default();
-        cs.voters = init.spec.peers.iter().map(|p| p.node_id).collect();
-        mem.conf_state = cs;
+        mem.conf_state = ConfState {
+            voters: init.spec.peers.iter().map(|p| p.node_id).collect(),
+            ..Default::default()
+        };
         let ents: Vec<Entry> = init
             .entries
             .into_iter()
@@ -281,8 +285,10 @@ impl Group {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.from = self.raw.raft.id;
-        let mut e = Entry::default();
-        e.data = data;
+        let e = Entry {
+            data,
+            ..Default::default()
+        };
         m.set_entries(vec![e].into());
         match self.raw.step(m) {
             Ok(()) => self.proposals.push_back(Proposal {

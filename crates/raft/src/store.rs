@@ -133,11 +133,12 @@ mod tests {
     use super::*;
 
     fn ent(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = bytes::Bytes::from(vec![0u8; 10]);
-        e
+        Entry {
+            index,
+            term,
+            data: bytes::Bytes::from(vec![0u8; 10]),
+            ..Default::default()
+        }
     }
 
     #[test]

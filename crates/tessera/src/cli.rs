@@ -258,11 +258,7 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        let pct = if self.total == 0 {
-            100
-        } else {
-            done * 100 / self.total
-        };
+        let pct = (done * 100).checked_div(self.total).unwrap_or(100).min(100);
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let width = 40usize;
         let filled = (pct as usize * width) / 100;
