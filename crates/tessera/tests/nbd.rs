@@ -1,0 +1,756 @@
+//! The NBD gateway against real clients: qemu-img / qemu-io, nbdinfo / nbdcopy, fio's nbd
+//! engine, an ext4 image, and a hand-written client that breaks the protocol. Every test
+//! runs a real cluster (one manager, three storage nodes) plus a `tessera nbd` process.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Cluster, Opts, free_port};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+const MIB: u64 = 1 << 20;
+
+/// A `tessera nbd` gateway process, killed on drop.
+struct Gateway {
+    child: Option<Child>,
+    port: u16,
+    manager: String,
+    log: PathBuf,
+    failed_starts: u32,
+}
+
+impl Gateway {
+    fn start(c: &Cluster) -> Gateway {
+        let mut g = Gateway {
+            child: None,
+            port: free_port(),
+            manager: c.manager_addr.clone(),
+            log: c.dir.path().join("nbd.log"),
+            failed_starts: 0,
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("nbd log");
+        let err = out.try_clone().expect("nbd log");
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut child = Command::new(BIN)
+            .args(["--manager", &self.manager, "nbd", "--listen", &listen])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn tessera nbd");
+        // Ready once the greeting arrives.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // free_port() is racy: another process may have taken the port.
+                self.failed_starts += 1;
+                assert!(
+                    self.failed_starts < 5,
+                    "nbd gateway keeps exiting ({status}):\n{}",
+                    self.log_tail()
+                );
+                eprintln!("nbd gateway exited at start ({status}); retrying on a new port");
+                self.port = free_port();
+                return self.spawn();
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut g = [0u8; 18];
+                if s.read_exact(&mut g).is_ok()
+                    && g[..8] == NBDMAGIC.to_be_bytes()
+                    && matches!(child.try_wait(), Ok(None))
+                {
+                    // Abort politely so the server does not log a protocol error.
+                    let _ = s.write_all(&3u32.to_be_bytes());
+                    let _ = s.write_all(&opt_header(OPT_ABORT, 0));
+                    self.child = Some(child);
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nbd gateway not listening in 30s:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.port)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("==== nbd gateway log\n{}", self.log_tail());
+        }
+    }
+}
+
+/// `Cluster::start` with three storage nodes, retried when a process dies at start-up:
+/// the harness picks ports with `free_port()`, which another process can take first.
+async fn start_cluster() -> Cluster {
+    for attempt in 1..=5 {
+        let mut c = Cluster::start(Opts::default());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let died = loop {
+            let mut died = None;
+            if let Some(Ok(Some(st))) = c.manager.as_mut().map(|m| m.try_wait()) {
+                died = Some(format!("manager exited: {st}"));
+            }
+            for (i, n) in c.nodes.iter_mut().enumerate() {
+                if let Some(Ok(Some(st))) = n.child.as_mut().map(|ch| ch.try_wait()) {
+                    died = Some(format!("node {} exited: {st}", i + 1));
+                }
+            }
+            if died.is_some() {
+                break died;
+            }
+            if c.status().await.is_some_and(|s| s.nodes.len() >= 3) || Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match died {
+            None => {
+                c.wait_ready(3).await;
+                return c;
+            }
+            Some(why) => eprintln!("cluster start attempt {attempt}: {why}; retrying"),
+        }
+    }
+    panic!("the cluster did not start in 5 attempts");
+}
+
+fn run(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {prog}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run_ok(prog: &str, args: &[&str]) -> Output {
+    let o = run(prog, args);
+    assert!(o.status.success(), "{prog} {args:?} failed: {}", text(&o));
+    o
+}
+
+fn create(c: &Cluster, name: &str, size: &str, chunk: &str) {
+    let out = c.cli(&[
+        "volume",
+        "create",
+        name,
+        "--size",
+        size,
+        "--chunk-size",
+        chunk,
+    ]);
+    assert!(
+        out.status.success(),
+        "creating {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs qemu-io with the given commands; success means exit 0 and no failure message.
+fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
+    let mut args = vec!["-f".to_string(), "raw".to_string(), uri.to_string()];
+    for c in cmds {
+        args.push("-c".into());
+        args.push(c.clone());
+    }
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let o = run("qemu-io", &args);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if o.status.success()
+        && !out.contains("Pattern verification failed")
+        && !out.contains("failed")
+        && !out.contains("rror")
+    {
+        Ok(out)
+    } else {
+        Err(format!("qemu-io {cmds:?}: status {:?}\n{out}", o.status))
+    }
+}
+
+// --- qemu-img / qemu-io --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_img_and_qemu_io_see_the_volume_and_survive_a_restart() {
+    let mut c = start_cluster().await;
+    create(&c, "vol0", "64MiB", "1MiB");
+    let mut gw = Gateway::start(&c);
+    let uri = gw.uri("vol0");
+
+    let info = run_ok("qemu-img", &["info", "--output=json", &uri]);
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    assert!(
+        info.contains(&format!("\"virtual-size\": {}", 64 * MIB)),
+        "qemu-img info: {info}"
+    );
+
+    // (pattern, offset, length): aligned, unaligned, across 1 MiB chunk boundaries, the
+    // last bytes of the volume.
+    let writes: &[(u8, u64, u64)] = &[
+        (0xab, 0, 64 << 10),
+        (0xcd, 1_048_000, 8 << 10),
+        (0x11, 3_000_001, 777),
+        (0x22, 5 * MIB - 100, 200),
+        (0x33, 7 * MIB - 3, 2 * MIB + 7),
+        (0x44, 64 * MIB - 4096, 4096),
+        (0x55, 40 * MIB + 513, 1),
+    ];
+    let write_cmds: Vec<String> = writes
+        .iter()
+        .map(|(p, o, l)| format!("write -P {p:#x} {o} {l}"))
+        .collect();
+    let mut read_cmds: Vec<String> = writes
+        .iter()
+        .map(|(p, o, l)| format!("read -P {p:#x} {o} {l}"))
+        .collect();
+    // Never-written space reads as zeroes, including right next to written bytes.
+    read_cmds.push(format!("read -P 0 {} {}", 64 << 10, 1_048_000 - (64 << 10)));
+    read_cmds.push(format!("read -P 0 {} 3", 3_000_001 - 3));
+    read_cmds.push(format!("read -P 0 {} 4096", 20 * MIB));
+
+    let out = qemu_io(&uri, &write_cmds).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("wrote"), "{out}");
+    qemu_io(&uri, &read_cmds).unwrap_or_else(|e| panic!("before restart: {e}"));
+
+    // Power-cut every storage node and the gateway, bring them back.
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    gw.kill();
+    for i in 0..3 {
+        c.restart_node(i);
+    }
+    c.wait_ready(3).await;
+    gw.restart();
+    let uri = gw.uri("vol0");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match qemu_io(&uri, &read_cmds) {
+            Ok(_) => break,
+            Err(e) if e.contains("Pattern verification failed") => {
+                panic!("data changed across the restart: {e}")
+            }
+            Err(e) => {
+                if Instant::now() > deadline {
+                    panic!(
+                        "reads still failing 60s after the restart: {e}\n{}",
+                        c.logs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+// --- nbdinfo / nbdcopy ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbdinfo_lists_volumes_and_nbdcopy_round_trips_256_mib() {
+    let c = start_cluster().await;
+    create(&c, "alpha", "16MiB", "1MiB");
+    create(&c, "bulk", "256MiB", "4MiB");
+    let gw = Gateway::start(&c);
+
+    let list = run_ok(
+        "nbdinfo",
+        &["--list", &format!("nbd://127.0.0.1:{}", gw.port)],
+    );
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        list.contains("alpha") && list.contains("bulk"),
+        "nbdinfo --list: {list}"
+    );
+    let size = run_ok("nbdinfo", &["--size", &gw.uri("bulk")]);
+    assert_eq!(
+        String::from_utf8_lossy(&size.stdout).trim(),
+        (256 * MIB).to_string()
+    );
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src.bin");
+    let dst = tmp.path().join("dst.bin");
+    write_random_file(&src, 256 * MIB, 0x7e55_e4a0);
+
+    let started = Instant::now();
+    run_ok("nbdcopy", &[src.to_str().unwrap(), &gw.uri("bulk")]);
+    eprintln!("nbdcopy in: {:?}", started.elapsed());
+    let started = Instant::now();
+    run_ok("nbdcopy", &[&gw.uri("bulk"), dst.to_str().unwrap()]);
+    eprintln!("nbdcopy out: {:?}", started.elapsed());
+    assert_files_equal(&src, &dst);
+}
+
+fn write_random_file(path: &Path, len: u64, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut buf = vec![0u8; MIB as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        // ChaCha is slow in a debug build: it seeds each MiB, xorshift fills it.
+        let mut x = rng.next_u64() | 1;
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf[..n]).expect("write");
+        left -= n as u64;
+    }
+    f.flush().expect("flush");
+}
+
+fn assert_files_equal(a: &Path, b: &Path) {
+    let mut fa = std::io::BufReader::new(std::fs::File::open(a).expect("open"));
+    let mut fb = std::io::BufReader::new(std::fs::File::open(b).expect("open"));
+    let (la, lb) = (
+        std::fs::metadata(a).unwrap().len(),
+        std::fs::metadata(b).unwrap().len(),
+    );
+    assert_eq!(la, lb, "{} and {} differ in size", a.display(), b.display());
+    let mut ba = vec![0u8; MIB as usize];
+    let mut bb = vec![0u8; MIB as usize];
+    let mut off = 0u64;
+    while off < la {
+        let n = (la - off).min(MIB) as usize;
+        fa.read_exact(&mut ba[..n]).expect("read");
+        fb.read_exact(&mut bb[..n]).expect("read");
+        if ba[..n] != bb[..n] {
+            let i = ba.iter().zip(&bb).position(|(x, y)| x != y).unwrap_or(0);
+            panic!(
+                "byte {} differs: {:#x} vs {:#x}",
+                off + i as u64,
+                ba[i],
+                bb[i]
+            );
+        }
+        off += n as u64;
+    }
+}
+
+// --- fio -----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fio_verify_over_two_connections_has_no_errors() {
+    let help = run("fio", &["--enghelp=nbd"]);
+    assert!(
+        help.status.success() && String::from_utf8_lossy(&help.stdout).contains("uri"),
+        "fio lacks the nbd engine: {}",
+        text(&help)
+    );
+    let c = start_cluster().await;
+    create(&c, "fio", "64MiB", "1MiB");
+    let gw = Gateway::start(&c);
+
+    // Two jobs, each its own NBD connection, each verifying its own 16 MiB region.
+    let uri = format!("--uri={}", gw.uri("fio"));
+    let o = run(
+        "fio",
+        &[
+            "--name=nbdmc",
+            "--ioengine=nbd",
+            &uri,
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=32",
+            "--numjobs=2",
+            "--size=16m",
+            "--offset_increment=16m",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--group_reporting",
+            "--output-format=normal",
+        ],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "fio failed: {out}");
+    assert!(out.contains("err= 0"), "fio reported errors: {out}");
+    for bad in [
+        "verify failed",
+        "bad magic",
+        "bad header",
+        "mismatch",
+        "error",
+    ] {
+        assert!(!out.contains(bad), "fio reported {bad:?}: {out}");
+    }
+    // Two connections, each writing and then reading back every 4 KiB block of its region.
+    assert_eq!(out.matches("connected to NBD server").count(), 2, "{out}");
+    assert!(
+        out.contains("issued rwts: total=8192,8192,"),
+        "fio did not write and verify every block: {out}"
+    );
+}
+
+// --- ext4 ----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ext4_image_survives_a_round_trip() {
+    let c = start_cluster().await;
+    create(&c, "fs", "64MiB", "1MiB");
+    let gw = Gateway::start(&c);
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let mut rng = StdRng::seed_from_u64(0xe47);
+    let files: Vec<(String, usize)> = vec![
+        ("empty".into(), 0),
+        ("tiny.bin".into(), 13),
+        ("page.bin".into(), 4096),
+        ("odd.bin".into(), 123_457),
+        ("big.bin".into(), 5 * MIB as usize + 77),
+    ];
+    let mut contents = Vec::new();
+    for (name, len) in &files {
+        let mut data = vec![0u8; *len];
+        rng.fill_bytes(&mut data);
+        std::fs::write(tree.join(name), &data).unwrap();
+        contents.push(data);
+    }
+    let image = tmp.path().join("image.img");
+    let out = tmp.path().join("out.img");
+    run_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            image.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    run_ok("nbdcopy", &[image.to_str().unwrap(), &gw.uri("fs")]);
+    run_ok("nbdcopy", &[&gw.uri("fs"), out.to_str().unwrap()]);
+    assert_files_equal(&image, &out);
+
+    run_ok("e2fsck", &["-fn", out.to_str().unwrap()]);
+    let ls = run_ok("debugfs", &["-R", "ls -l /", out.to_str().unwrap()]);
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    for ((name, _), data) in files.iter().zip(&contents) {
+        assert!(ls.contains(name.as_str()), "{name} missing from: {ls}");
+        let cat = run_ok(
+            "debugfs",
+            &["-R", &format!("cat /{name}"), out.to_str().unwrap()],
+        );
+        assert!(cat.stdout == *data, "/{name} differs after the round trip");
+    }
+}
+
+// --- protocol abuse ------------------------------------------------------------------------
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const FLAG_C_FIXED_NEWSTYLE: u32 = 1;
+const FLAG_C_NO_ZEROES: u32 = 2;
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+fn opt_header(opt: u32, len: u32) -> Vec<u8> {
+    let mut v = IHAVEOPT.to_be_bytes().to_vec();
+    v.extend_from_slice(&opt.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+fn read_greeting(s: &mut TcpStream) {
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).expect("greeting");
+    assert_eq!(g[..8], NBDMAGIC.to_be_bytes());
+    assert_eq!(g[8..16], IHAVEOPT.to_be_bytes());
+    let flags = u16::from_be_bytes([g[16], g[17]]);
+    assert!(flags & 1 != 0, "server is not fixed newstyle: {flags:#x}");
+}
+
+/// True once the server has hung up (EOF or reset) without sending anything more.
+fn hung_up(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(n) => panic!("expected a hang-up, got {n} bytes: {:?}", &b[..n]),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Handshake up to transmission with NBD_OPT_EXPORT_NAME; returns the export size.
+fn open_export(port: u16, name: &str) -> (TcpStream, u64) {
+    let mut s = connect(port);
+    read_greeting(&mut s);
+    s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+        .unwrap();
+    let mut opt = opt_header(OPT_EXPORT_NAME, name.len() as u32);
+    opt.extend_from_slice(name.as_bytes());
+    s.write_all(&opt).unwrap();
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r).expect("export size and flags");
+    let size = u64::from_be_bytes(r[..8].try_into().unwrap());
+    let flags = u16::from_be_bytes([r[8], r[9]]);
+    assert!(flags & 1 != 0, "NBD_FLAG_HAS_FLAGS missing: {flags:#x}");
+    (s, size)
+}
+
+fn request(s: &mut TcpStream, cmd: u16, handle: u64, offset: u64, len: u32, payload: &[u8]) {
+    let mut v = Vec::with_capacity(28 + payload.len());
+    v.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    v.extend_from_slice(&0u16.to_be_bytes());
+    v.extend_from_slice(&cmd.to_be_bytes());
+    v.extend_from_slice(&handle.to_be_bytes());
+    v.extend_from_slice(&offset.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(payload);
+    s.write_all(&v).unwrap();
+}
+
+/// Reads a simple reply: Ok(error) with its handle checked, or Err if the server hung up.
+fn reply(s: &mut TcpStream, handle: u64) -> std::io::Result<u32> {
+    let mut r = [0u8; 16];
+    s.read_exact(&mut r)?;
+    assert_eq!(r[..4], SIMPLE_REPLY_MAGIC.to_be_bytes(), "reply magic");
+    assert_eq!(
+        u64::from_be_bytes(r[8..].try_into().unwrap()),
+        handle,
+        "reply handle"
+    );
+    Ok(u32::from_be_bytes(r[4..8].try_into().unwrap()))
+}
+
+fn read_ok(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+    request(s, CMD_READ, handle, offset, len, &[]);
+    assert_eq!(reply(s, handle).expect("read reply"), 0, "read failed");
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).expect("read data");
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_abuse_gets_errors_and_other_clients_keep_working() {
+    let c = start_cluster().await;
+    create(&c, "vol", "16MiB", "1MiB");
+    let gw = Gateway::start(&c);
+    let port = gw.port;
+    let uri = gw.uri("vol");
+
+    // A well-behaved client keeps writing and verifying while the abuse goes on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU32::new(0));
+    let healthy = {
+        let (stop, done, uri) = (stop.clone(), done.clone(), uri.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u32;
+            let mut after_stop = 0;
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    after_stop += 1;
+                    if after_stop > 2 {
+                        break;
+                    }
+                }
+                let p = 0x10 + (rounds % 0xe0) as u8;
+                let off = 8 * MIB + (rounds as u64 % 7) * 300_001;
+                let cmds = [
+                    format!("write -P {p:#x} {off} 1000000"),
+                    format!("read -P {p:#x} {off} 1000000"),
+                ];
+                qemu_io(&uri, &cmds).map_err(|e| format!("round {rounds}: {e}"))?;
+                rounds += 1;
+                done.store(rounds, Ordering::SeqCst);
+            }
+            Ok::<u32, String>(rounds)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::SeqCst) == 0 && !healthy.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the healthy client made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        abuse(port);
+    }
+    let during = done.load(Ordering::SeqCst);
+
+    stop.store(true, Ordering::SeqCst);
+    let rounds = healthy
+        .join()
+        .expect("healthy client thread")
+        .unwrap_or_else(|e| panic!("the healthy client failed during the abuse: {e}"));
+    eprintln!("healthy client: {during} rounds before the abuse ended, {rounds} in all");
+
+    // The gateway still serves new clients, and the torn writes left nothing behind.
+    let out = qemu_io(&uri, &["read -P 0 0 4096".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("read"), "{out}");
+    let (mut s, _) = open_export(port, "vol");
+    assert_eq!(read_ok(&mut s, 13, 4096, 5), b"hello");
+}
+
+fn abuse(port: u16) {
+    // 1. Unknown client flags: the server hangs up.
+    let mut s = connect(port);
+    read_greeting(&mut s);
+    s.write_all(&0xdead_beefu32.to_be_bytes()).unwrap();
+    let _ = s.write_all(&opt_header(OPT_EXPORT_NAME, 3));
+    let _ = s.write_all(b"vol");
+    assert!(hung_up(&mut s), "server kept a client with bad flags");
+
+    // 2. A bad option magic: the server hangs up.
+    let mut s = connect(port);
+    read_greeting(&mut s);
+    s.write_all(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes()).unwrap();
+    let mut bad = 0x1122_3344_5566_7788u64.to_be_bytes().to_vec();
+    bad.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+    bad.extend_from_slice(&3u32.to_be_bytes());
+    bad.extend_from_slice(b"vol");
+    s.write_all(&bad).unwrap();
+    assert!(
+        hung_up(&mut s),
+        "server kept a client with a bad option magic"
+    );
+
+    // 3. An absurd option length: the server hangs up rather than buffer it.
+    let mut s = connect(port);
+    read_greeting(&mut s);
+    s.write_all(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes()).unwrap();
+    s.write_all(&opt_header(OPT_EXPORT_NAME, u32::MAX)).unwrap();
+    assert!(hung_up(&mut s), "server waited for a 4 GiB option");
+
+    // 4. A proper handshake, then bad requests on the same connection.
+    let (mut s, size) = open_export(port, "vol");
+    assert_eq!(size, 16 * MIB);
+    request(&mut s, CMD_WRITE, 1, 4096, 5, b"hello");
+    assert_eq!(reply(&mut s, 1).expect("write reply"), 0);
+    assert_eq!(read_ok(&mut s, 2, 4096, 5), b"hello");
+
+    // An oversized READ (64 MiB > the 32 MiB maximum payload): EINVAL, or a hang-up.
+    request(&mut s, CMD_READ, 3, 0, 64 << 20, &[]);
+    match reply(&mut s, 3) {
+        Ok(e) => assert_eq!(e, EINVAL, "oversized read"),
+        Err(_) => {
+            eprintln!("server hung up on an oversized read; reconnecting");
+            s = open_export(port, "vol").0;
+        }
+    }
+    // A READ past the end, and one overflowing u64: EINVAL.
+    request(&mut s, CMD_READ, 4, size - 511, 512, &[]);
+    assert_eq!(
+        reply(&mut s, 4).expect("reply"),
+        EINVAL,
+        "read past the end"
+    );
+    request(&mut s, CMD_READ, 5, u64::MAX - 1, 2, &[]);
+    assert_eq!(reply(&mut s, 5).expect("reply"), EINVAL, "read at u64::MAX");
+    // A WRITE past the end: ENOSPC, with its payload consumed.
+    request(&mut s, CMD_WRITE, 6, size - 4, 8, b"12345678");
+    assert_eq!(
+        reply(&mut s, 6).expect("reply"),
+        ENOSPC,
+        "write past the end"
+    );
+    // An unknown command: EINVAL.
+    request(&mut s, 99, 7, 0, 512, &[]);
+    assert_eq!(reply(&mut s, 7).expect("reply"), EINVAL, "command 99");
+    // The connection still works, and the rejected write changed nothing.
+    assert_eq!(read_ok(&mut s, 8, 4096, 5), b"hello");
+    assert_eq!(read_ok(&mut s, 9, size - 4, 4), [0u8; 4]);
+    request(&mut s, CMD_DISC, 10, 0, 0, &[]);
+    assert!(hung_up(&mut s), "server ignored NBD_CMD_DISC");
+
+    // 5. A WRITE announcing more than the maximum payload: EINVAL and/or a hang-up, never
+    //    an attempt to buffer it.
+    let (mut s, _) = open_export(port, "vol");
+    request(&mut s, CMD_WRITE, 11, 0, 64 << 20, &[]);
+    if let Ok(e) = reply(&mut s, 11) {
+        assert_eq!(e, EINVAL, "oversized write");
+    }
+    assert!(
+        hung_up(&mut s),
+        "server kept a connection after an oversized write"
+    );
+
+    // 6. A connection that dies half-way through a write payload.
+    let (mut s, _) = open_export(port, "vol");
+    request(&mut s, CMD_WRITE, 12, 0, 1 << 20, &[0x5a; 1000]);
+    drop(s);
+}
