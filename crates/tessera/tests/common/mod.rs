@@ -12,11 +12,18 @@ use tessera_proto::control::{ClusterStatus, ManagerReply, ManagerRequest};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
+/// A port that is free now, from below the kernel's ephemeral range (32768 and up), so the
+/// many outgoing connections of a running test cannot take it before our process binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000")
 }
 
 pub struct NodeProc {
