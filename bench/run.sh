@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Tessera against the single-node limit of this machine, in one run.
+#
+#   bench/run.sh [--quick] [--runtime SECS] [--size SIZE] [--nodes N] [--json FILE]
+#
+# Builds the release binary, starts a manager, N storage nodes (one rack each) and the NBD
+# gateway as separate processes, and runs the same fio jobs (ioengine=nbd) against a fresh,
+# prefilled Tessera volume and against qemu-nbd serving a raw file on the same filesystem
+# (--cache=none; and, for writes, --cache=directsync: every write durable before it is
+# answered, as Tessera's are). Prints one table; --json writes it as JSON too.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+runtime=20 size=2G nodes=3 json="" quick=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1; runtime=4; size=512M ;;
+    --runtime) runtime=$2; shift ;;
+    --size) size=$2; shift ;;
+    --nodes) nodes=$2; shift ;;
+    --json) json=$2; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+fio --enghelp=nbd >/dev/null 2>&1 || { echo "this fio has no nbd engine" >&2; exit 1; }
+
+(cd "$root" && cargo build --release --locked -q -p tessera)
+bin="$root/target/release/tessera"
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tessera-bench.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+mport=17400 nbdport=17809 qport=17810 qdport=17811
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s/manager"\n' $mport "$work" > "$work/manager.toml"
+"$bin" manager --config "$work/manager.toml" 2>"$work/manager.log" & pids+=($!)
+wait_port $mport
+storage_pids=()
+for i in $(seq 1 "$nodes"); do
+  printf 'rack = "rack%s"\ndata_dir = "%s/node%s"\nlisten = "127.0.0.1:%s"\nmanagers = ["127.0.0.1:%s"]\n' \
+    "$i" "$work" "$i" $((17500 + i)) $mport > "$work/storage$i.toml"
+  "$bin" storage --config "$work/storage$i.toml" 2>"$work/node$i.log" & pids+=($!); storage_pids+=($!)
+done
+for i in $(seq 1 "$nodes"); do wait_port $((17500 + i)); done
+for _ in $(seq 100); do
+  "$bin" --manager 127.0.0.1:$mport --output json cluster status 2>/dev/null |
+    python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["groups"] and all(g["leader"] for g in s["groups"]) else 1)' && break
+  sleep 0.2
+done
+"$bin" --manager 127.0.0.1:$mport volume create bench --size "$size" >/dev/null
+"$bin" nbd --manager 127.0.0.1:$mport --listen 127.0.0.1:$nbdport 2>"$work/nbd.log" & pids+=($!)
+wait_port $nbdport
+
+truncate -s "$size" "$work/raw.img"
+qemu-nbd -f raw --cache=none --aio=native -x raw -b 127.0.0.1 -p $qport --persistent --shared=8 "$work/raw.img" & pids+=($!)
+qemu-nbd -f raw --cache=directsync --aio=native -x raw -b 127.0.0.1 -p $qdport --persistent --shared=8 "$work/raw.img" & pids+=($!)
+wait_port $qport; wait_port $qdport
+
+tess="nbd://127.0.0.1:$nbdport/bench" limit="nbd://127.0.0.1:$qport/raw" durable="nbd://127.0.0.1:$qdport/raw"
+
+runfio() { # name uri rw bs iodepth [extra...]
+  local name=$1 uri=$2 rw=$3 bs=$4 qd=$5; shift 5
+  fio --name="$name" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+      --size="$size" --runtime="$runtime" --time_based --randrepeat=0 --norandommap \
+      --output-format=json "$@" > "$work/$name.json"
+}
+echo "prefilling ($size on each target)..." >&2
+fio --name=fill --ioengine=nbd --uri="$tess" --rw=write --bs=1m --iodepth=8 --size="$size" --output-format=json >/dev/null
+fio --name=fill --ioengine=nbd --uri="$limit" --rw=write --bs=1m --iodepth=8 --size="$size" --output-format=json >/dev/null
+
+jobs=(
+  "randwrite-4k-qd1 randwrite 4k 1"
+  "randread-4k-qd1 randread 4k 1"
+  "randwrite-4k-qd32 randwrite 4k 32"
+  "randread-4k-qd32 randread 4k 32"
+  "seqwrite-1m-qd4 write 1m 4"
+  "randrw70-4k-qd16 randrw 4k 16 --rwmixread=70"
+)
+for j in "${jobs[@]}"; do
+  set -- $j
+  name=$1; shift
+  echo "running $name..." >&2
+  runfio "tessera.$name" "$tess" "$@"
+  runfio "limit.$name" "$limit" "$@"
+  case "$1" in *write*|randrw) runfio "durable.$name" "$durable" "$@" ;; esac
+done
+echo "running disk.seqwrite-1m-qd4 (fio straight on a file)..." >&2
+fio --name=disk --filename="$work/disk.dat" --rw=write --bs=1m --iodepth=4 --direct=1 \
+    --ioengine=libaio --size="$size" --runtime="$runtime" --time_based --output-format=json > "$work/disk.json"
+
+rss=""
+for p in "${storage_pids[@]}"; do
+  rss+="$(awk '/VmHWM/ {print $2}' /proc/"$p"/status) "
+done
+
+python3 - "$work" "$json" "$rss" "${jobs[@]}" <<'PY'
+import json, sys
+work, out, rss = sys.argv[1], sys.argv[2], sys.argv[3].split()
+names = [j.split()[0] for j in sys.argv[4:]]
+def load(n):
+    try:
+        text = open(f"{work}/{n}.json").read()
+        # The nbd engine prints a line before the JSON.
+        return json.loads(text[text.index("{"):])["jobs"][0]
+    except Exception:
+        return None
+def stats(j):
+    if j is None:
+        return None
+    r, w = j["read"], j["write"]
+    iops = r["iops"] + w["iops"]
+    bw = (r["bw_bytes"] + w["bw_bytes"]) / 1e6
+    side = w if w["iops"] >= r["iops"] else r
+    p = side["clat_ns"].get("percentile", {})
+    us = lambda k: p.get(k, 0) / 1000
+    return {"iops": round(iops), "mb_s": round(bw, 1), "p50_us": round(us("50.000000")),
+            "p99_us": round(us("99.000000")), "p999_us": round(us("99.900000"))}
+rows = []
+for n in names:
+    t, l, d = stats(load("tessera." + n)), stats(load("limit." + n)), stats(load("durable." + n))
+    rows.append({"job": n, "tessera": t, "limit": l, "limit_durable": d,
+                 "ratio_iops": round(t["iops"] / l["iops"], 2) if t and l and l["iops"] else None,
+                 "ratio_iops_durable": round(t["iops"] / d["iops"], 2) if t and d and d["iops"] else None})
+disk = stats(load("disk"))
+hdr = f"{'job':<20} {'tessera IOPS':>12} {'MB/s':>7} {'p50':>6} {'p99':>7} {'p99.9':>7} | {'limit IOPS':>10} {'MB/s':>7} {'p50':>6} {'p99':>6} | {'durable IOPS':>12} {'p50':>6} | {'ratio':>5} {'r/dur':>5}"
+print(hdr); print("-" * len(hdr))
+for r in rows:
+    t, l, d = r["tessera"], r["limit"], r["limit_durable"]
+    dd = f"{d['iops']:>12} {d['p50_us']:>6}" if d else f"{'-':>12} {'-':>6}"
+    print(f"{r['job']:<20} {t['iops']:>12} {t['mb_s']:>7} {t['p50_us']:>6} {t['p99_us']:>7} {t['p999_us']:>7} | "
+          f"{l['iops']:>10} {l['mb_s']:>7} {l['p50_us']:>6} {l['p99_us']:>6} | {dd} | {r['ratio_iops']!s:>5} {r['ratio_iops_durable']!s:>5}")
+print(f"\ndisk (fio on a file, 1 MiB seq write qd4, O_DIRECT): {disk['mb_s']} MB/s; "
+      f"tessera seqwrite / disk = {rows[4]['tessera']['mb_s'] / disk['mb_s']:.2f}")
+print("latencies in microseconds; peak RSS of storage nodes (KiB): " + " ".join(rss))
+if out:
+    json.dump({"jobs": rows, "disk": disk, "storage_peak_rss_kib": [int(x) for x in rss]}, open(out, "w"), indent=2)
+PY
