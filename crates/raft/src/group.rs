@@ -175,7 +175,7 @@ impl Group {
         hs.commit = hs.commit.max(applied).min(mem.last_index());
         mem.hard_state = hs.clone();
         let replay_upto = mem.last_index();
-        let store = GroupStorage(std::rc::Rc::new(std::cell::RefCell::new(mem)));
+        let store = GroupStorage::new(mem);
         let cfg = raft_config(node_id, applied, election_tick);
         let raw = RawNode::new(
             &cfg,
@@ -373,8 +373,8 @@ impl Group {
         }
     }
 
-    pub(crate) fn mem(&self) -> std::cell::RefMut<'_, MemLog> {
-        self.store.0.borrow_mut()
+    pub(crate) fn mem(&self) -> std::sync::MutexGuard<'_, MemLog> {
+        self.store.lock()
     }
 
     /// How far the in-memory log may be compacted: what is flushed, and on a leader no further

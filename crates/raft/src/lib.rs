@@ -27,8 +27,9 @@ mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use tessera_engine::{ChunkStore, Log, Recovered};
 use tessera_proto::control::{GroupSpec, GroupState};
@@ -94,16 +95,22 @@ pub(crate) enum Event {
 }
 
 /// Handle to the node's multi-Raft machinery. Cheap to clone; every method only queues an
-/// event for the poller thread.
+/// event for the poller.
+///
+/// The poller is a task on the caller's tokio runtime, beside the node's network tasks: on a
+/// current-thread runtime a request reaches Raft and its answer reaches the socket without
+/// waking another thread. Only the log writer and the chunk flusher, which block on fsync,
+/// are threads of their own.
 #[derive(Clone)]
 pub struct RaftNode {
-    tx: mpsc::Sender<Event>,
-    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    tx: mpsc::UnboundedSender<Event>,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl RaftNode {
-    /// Rebuilds every group the log recovered and starts the poller thread. `on_fatal` is
-    /// called (once) if the log fails: the node must stop.
+    /// Rebuilds every group the log recovered and starts the poller on the current tokio
+    /// runtime (must be called from within one). `on_fatal` is called (once) if the log
+    /// fails: the node must stop.
     pub fn start(
         config: NodeConfig,
         log: Log,
@@ -112,25 +119,19 @@ impl RaftNode {
         transport: Arc<dyn Transport>,
         on_fatal: Box<dyn Fn(String) + Send>,
     ) -> std::io::Result<RaftNode> {
-        let (tx, rx) = mpsc::channel();
-        let poller_tx = tx.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("raft-poller-{}", config.node_id))
-            .spawn(move || {
-                let mut p =
-                    poller::Poller::new(config, log, chunks, transport, poller_tx, on_fatal);
-                p.recover(recovered);
-                p.run(rx);
-            })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut p = poller::Poller::new(config, log, chunks, transport, tx.clone(), on_fatal)?;
+        p.recover(recovered);
+        let task = tokio::spawn(async move { p.run(rx).await });
         Ok(RaftNode {
             tx,
-            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
         })
     }
 
     /// A data-plane request; `respond` gets the answer.
     pub fn submit(&self, req: Request, respond: Respond) {
-        if let Err(mpsc::SendError(Event::Request(_, respond))) =
+        if let Err(mpsc::error::SendError(Event::Request(_, respond))) =
             self.tx.send(Event::Request(req, respond))
         {
             respond(Reply::Unavailable("storage node is shutting down".into()));
@@ -149,7 +150,7 @@ impl RaftNode {
 
     /// Drop chunks of a deleted volume, through the group's log. Answers once proposed.
     pub fn drop_chunks(&self, group: u64, volume: u64, chunks: Vec<u64>, respond: Respond) {
-        if let Err(mpsc::SendError(Event::DropChunks { respond, .. })) =
+        if let Err(mpsc::error::SendError(Event::DropChunks { respond, .. })) =
             self.tx.send(Event::DropChunks {
                 group,
                 volume,
@@ -167,11 +168,11 @@ impl RaftNode {
     }
 
     /// Stops the poller (pending requests are answered `Unavailable`) and waits for it.
-    pub fn shutdown(&self) {
+    pub async fn shutdown(&self) {
         let _ = self.tx.send(Event::Shutdown);
-        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        let handle = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = handle {
-            let _ = h.join();
+            let _ = h.await;
         }
     }
 }

@@ -9,8 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -39,7 +40,7 @@ pub(crate) struct Poller {
     log: Log,
     chunks: Arc<ChunkStore>,
     transport: Arc<dyn Transport>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::UnboundedSender<Event>,
     on_fatal: Box<dyn Fn(String) + Send>,
     groups: HashMap<u64, Group>,
     dirty: HashSet<u64>,
@@ -47,7 +48,7 @@ pub(crate) struct Poller {
     /// the next round's batch, and what to compact once they are durable.
     pending_writes: Vec<GroupWrite>,
     pending_compacts: Vec<(u64, u64)>,
-    flusher: mpsc::Sender<Vec<(u64, u64, u64)>>,
+    flusher: std::sync::mpsc::Sender<Vec<(u64, u64, u64)>>,
     flushing: bool,
     next_tick: Instant,
     next_flush: Instant,
@@ -84,10 +85,10 @@ fn send_all(transport: &dyn Transport, from_node: u64, outbox: Outbox) {
 fn spawn_flusher(
     node_id: u64,
     chunks: Arc<ChunkStore>,
-    tx: mpsc::Sender<Event>,
-) -> mpsc::Sender<Vec<(u64, u64, u64)>> {
-    let (ftx, frx) = mpsc::channel::<Vec<(u64, u64, u64)>>();
-    let spawned = std::thread::Builder::new()
+    tx: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<std::sync::mpsc::Sender<Vec<(u64, u64, u64)>>> {
+    let (ftx, frx) = std::sync::mpsc::channel::<Vec<(u64, u64, u64)>>();
+    std::thread::Builder::new()
         .name(format!("chunk-flusher-{node_id}"))
         .spawn(move || {
             for list in frx {
@@ -99,11 +100,8 @@ fn spawn_flusher(
                     break;
                 }
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the chunk flusher: {e}; the log will not be recycled");
-    }
-    ftx
+        })?;
+    Ok(ftx)
 }
 
 impl Poller {
@@ -112,12 +110,12 @@ impl Poller {
         log: Log,
         chunks: Arc<ChunkStore>,
         transport: Arc<dyn Transport>,
-        tx: mpsc::Sender<Event>,
+        tx: mpsc::UnboundedSender<Event>,
         on_fatal: Box<dyn Fn(String) + Send>,
-    ) -> Poller {
-        let flusher = spawn_flusher(cfg.node_id, chunks.clone(), tx.clone());
+    ) -> std::io::Result<Poller> {
+        let flusher = spawn_flusher(cfg.node_id, chunks.clone(), tx.clone())?;
         let now = Instant::now();
-        Poller {
+        Ok(Poller {
             log,
             chunks,
             transport,
@@ -136,7 +134,7 @@ impl Poller {
             replaying: false,
             stopped: false,
             cfg,
-        }
+        })
     }
 
     /// Rebuilds the groups the shared log recovered.
@@ -209,17 +207,20 @@ impl Poller {
         self.groups.insert(g.id, g);
     }
 
-    pub(crate) fn run(&mut self, rx: mpsc::Receiver<Event>) {
+    pub(crate) async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         while !self.stopped {
-            let wait = if self.dirty.is_empty() {
-                self.next_tick.saturating_duration_since(Instant::now())
+            if self.dirty.is_empty() {
+                let tick = tokio::time::Instant::from_std(self.next_tick);
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(ev) => self.handle(ev),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(tick) => {}
+                }
             } else {
-                Duration::ZERO
-            };
-            match rx.recv_timeout(wait) {
-                Ok(ev) => self.handle(ev),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                // Let the network tasks sharing this runtime run between busy rounds.
+                tokio::task::yield_now().await;
             }
             for _ in 0..MAX_EVENTS_PER_ROUND {
                 match rx.try_recv() {
@@ -433,14 +434,14 @@ impl Poller {
                 "log replay into chunk files complete"
             );
         }
-        let held: u64 = self.groups.values().map(|g| g.store.0.borrow().bytes).sum();
+        let held: u64 = self.groups.values().map(|g| g.store.lock().bytes).sum();
         if !self.flushing && (now >= self.next_flush || held >= FLUSH_AT_BYTES) {
             self.next_flush = now + self.cfg.flush_interval;
             let list: Vec<_> = self
                 .groups
                 .values()
                 .filter(|g| {
-                    g.applied > g.flushed || g.compactable() > g.store.0.borrow().compacted_index
+                    g.applied > g.flushed || g.compactable() > g.store.lock().compacted_index
                 })
                 .map(|g| (g.id, g.applied, g.applied_term))
                 .collect();

@@ -7,9 +7,8 @@
 //! raft-rs requires for `advance_append_async`) until the chunk files holding their effect
 //! are flushed.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -75,14 +74,26 @@ impl MemLog {
     }
 }
 
-/// Shared handle: the RawNode reads through it, the poller writes through it. Both live on
-/// the same poller thread, hence `Rc<RefCell>` and no lock.
+/// Shared handle: the RawNode reads through it, the poller writes through it. Both are only
+/// ever used by the poller that owns the group, so the lock is never contended; it is there
+/// so a group can move between threads.
 #[derive(Clone, Default)]
-pub(crate) struct GroupStorage(pub(crate) Rc<RefCell<MemLog>>);
+pub(crate) struct GroupStorage(Arc<Mutex<MemLog>>);
+
+impl GroupStorage {
+    pub(crate) fn new(mem: MemLog) -> Self {
+        GroupStorage(Arc::new(Mutex::new(mem)))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, MemLog> {
+        // A panic while holding it would already have taken the poller down.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Storage for GroupStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        let m = self.0.borrow();
+        let m = self.lock();
         Ok(RaftState::new(m.hard_state.clone(), m.conf_state.clone()))
     }
 
@@ -93,7 +104,7 @@ impl Storage for GroupStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let m = self.0.borrow();
+        let m = self.lock();
         if low <= m.compacted_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -108,15 +119,15 @@ impl Storage for GroupStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.0.borrow().term_of(idx)
+        self.lock().term_of(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.0.borrow().compacted_index + 1)
+        Ok(self.lock().compacted_index + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.0.borrow().last_index())
+        Ok(self.lock().last_index())
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -144,7 +155,7 @@ mod tests {
     #[test]
     fn append_overwrites_conflicting_suffix_and_compacts() {
         let s = GroupStorage::default();
-        let mut m = s.0.borrow_mut();
+        let mut m = s.lock();
         m.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
         m.append(&[ent(6, 2), ent(7, 2)]);
         assert_eq!(m.last_index(), 7);

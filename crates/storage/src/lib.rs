@@ -200,8 +200,7 @@ impl StorageNode {
         for t in &self.tasks {
             t.abort();
         }
-        let raft = self.raft.clone();
-        let _ = tokio::task::spawn_blocking(move || raft.shutdown()).await;
+        self.raft.shutdown().await;
     }
 }
 
