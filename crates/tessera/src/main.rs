@@ -69,10 +69,15 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A storage node runs its network tasks and its Raft poller on one thread: handing a
+    // request from socket to Raft to socket then wakes no other thread. Everything that
+    // blocks on a disk flush has a thread of its own. The NBD gateway likewise keeps a
+    // request's hops (NBD socket, client library, storage socket) on one thread.
+    let mut builder = match args.cmd {
+        Cmd::Storage { .. } | Cmd::Nbd { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
