@@ -13,6 +13,15 @@ use tessera_proto::frame::Kind;
 
 use crate::{CALL_TIMEOUT, Client, Error, MAX_IO, RETRY_FOR, Result};
 
+static CLIENT_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_client_write_seconds",
+    "One write piece: sent to a storage node until its answer arrived (network + node)",
+);
+static CLIENT_READ: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_client_read_seconds",
+    "One read piece: sent to a storage node until its answer arrived (network + node)",
+);
+
 /// A cached route: the group's members and who led it when last heard.
 struct Route {
     group_id: u64,
@@ -316,7 +325,12 @@ impl Volume {
 
     async fn send(&self, addr: &str, req: &Request) -> Result<Reply> {
         let conn = self.inner.client.node(addr).await?;
+        let sent = std::time::Instant::now();
         let f = conn.request(req.kind(), req.encode(), CALL_TIMEOUT).await?;
+        match req.op {
+            Op::Read => CLIENT_READ.observe_since(sent),
+            _ => CLIENT_WRITE.observe_since(sent),
+        }
         if f.kind != Kind::Reply {
             return Err(Error::Io(format!(
                 "unexpected frame kind {:?} from {addr}",

@@ -334,7 +334,33 @@ fn errno(err: &BackendError, op: Op) -> u32 {
     }
 }
 
+static NBD_READ: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_nbd_read_seconds",
+    "An NBD read in the gateway: request parsed to answer ready",
+);
+static NBD_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_nbd_write_seconds",
+    "An NBD write, trim or write-zeroes in the gateway: request parsed to answer ready",
+);
+
 async fn execute<E: Export>(
+    export: &E,
+    op: Op,
+    offset: u64,
+    len: u32,
+    payload: Option<Bytes>,
+) -> Outcome {
+    let started = std::time::Instant::now();
+    let out = execute_inner(export, op, offset, len, payload).await;
+    match op {
+        Op::Read => NBD_READ.observe_since(started),
+        Op::Flush => {}
+        _ => NBD_WRITE.observe_since(started),
+    }
+    out
+}
+
+async fn execute_inner<E: Export>(
     export: &E,
     op: Op,
     offset: u64,

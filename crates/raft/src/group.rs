@@ -27,6 +27,7 @@ struct Proposal {
     index: u64,
     term: u64,
     respond: Respond,
+    proposed: std::time::Instant,
 }
 
 struct PendingRead {
@@ -292,6 +293,7 @@ impl Group {
         m.set_entries(vec![e].into());
         match self.raw.step(m) {
             Ok(()) => self.proposals.push_back(Proposal {
+                proposed: std::time::Instant::now(),
                 index: self.raw.raft.raft_log.last_index(),
                 term: self.raw.raft.term,
                 respond,
@@ -326,7 +328,9 @@ impl Group {
     pub(crate) fn apply(&mut self, chunks: &ChunkStore) {
         let before = self.applied;
         while let Some(e) = self.to_apply.front() {
+            let started = std::time::Instant::now();
             let result = apply_entry(chunks, self.id, e);
+            crate::metrics::APPLY.observe_since(started);
             if let Err(tessera_engine::Error::DiskFull(msg)) = &result {
                 tracing::error!(
                     group = self.id,
@@ -346,6 +350,7 @@ impl Group {
                 let Some(p) = self.proposals.pop_front() else {
                     break;
                 };
+                crate::metrics::COMMIT.observe(started.saturating_duration_since(p.proposed));
                 let reply = if p.index < index || p.term != term {
                     Reply::NotLeader {
                         hint: self.raw.raft.leader_id,

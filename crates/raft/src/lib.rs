@@ -22,6 +22,7 @@
 
 mod group;
 mod logger;
+mod metrics;
 mod poller;
 mod store;
 
@@ -78,7 +79,7 @@ impl NodeConfig {
 
 pub(crate) enum Event {
     Raft(RaftBatch),
-    Request(Request, Respond),
+    Request(Request, Respond, std::time::Instant),
     Persisted(Vec<(u64, u64)>),
     Flushed(Vec<(u64, u64, u64)>),
     Compact(Vec<(u64, u64)>),
@@ -131,8 +132,9 @@ impl RaftNode {
 
     /// A data-plane request; `respond` gets the answer.
     pub fn submit(&self, req: Request, respond: Respond) {
-        if let Err(mpsc::error::SendError(Event::Request(_, respond))) =
-            self.tx.send(Event::Request(req, respond))
+        if let Err(mpsc::error::SendError(Event::Request(_, respond, _))) = self
+            .tx
+            .send(Event::Request(req, respond, std::time::Instant::now()))
         {
             respond(Reply::Unavailable("storage node is shutting down".into()));
         }

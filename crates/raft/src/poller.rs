@@ -243,7 +243,7 @@ impl Poller {
         // Answer whatever is still queued.
         while let Ok(ev) = rx.try_recv() {
             match ev {
-                Event::Request(_, respond) | Event::DropChunks { respond, .. } => {
+                Event::Request(_, respond, _) | Event::DropChunks { respond, .. } => {
                     respond(Reply::Unavailable("storage node is shutting down".into()))
                 }
                 Event::Status(f) => f(Vec::new()),
@@ -281,8 +281,9 @@ impl Poller {
                     self.dirty.insert(gid);
                 }
             }
-            Event::Request(req, respond) => match self.groups.get_mut(&req.addr.group) {
+            Event::Request(req, respond, queued) => match self.groups.get_mut(&req.addr.group) {
                 Some(g) => {
+                    crate::metrics::QUEUE.observe_since(queued);
                     let gid = g.id;
                     g.request(req, respond, self.disk_full, &self.chunks);
                     self.dirty.insert(gid);
@@ -514,6 +515,7 @@ impl Poller {
             }
         }
         if !writes.is_empty() {
+            let submitted = Instant::now();
             let tx = self.tx.clone();
             let transport = self.transport.clone();
             let from = self.cfg.node_id;
@@ -521,6 +523,7 @@ impl Poller {
                 writes,
                 Box::new(move |res| match res {
                     Ok(()) => {
+                        crate::metrics::LOG_WRITE.observe_since(submitted);
                         send_all(&*transport, from, after_persist);
                         if !numbers.is_empty() {
                             let _ = tx.send(Event::Persisted(numbers));

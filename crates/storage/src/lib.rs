@@ -48,6 +48,9 @@ pub struct StorageConfig {
     /// Size of one segment of the shared log.
     #[serde(default = "default_segment")]
     pub log_segment_bytes: u64,
+    /// Where to serve `GET /metrics` (Prometheus text), e.g. `127.0.0.1:7580`; off if unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_zone() -> String {
@@ -160,6 +163,9 @@ impl StorageNode {
                 (total, space_chunks.used_bytes())
             }),
         });
+        if let Some(m) = &cfg.metrics_listen {
+            tessera_metrics::serve(m).await?;
+        }
         let mut tasks = vec![tokio::spawn(server::accept_loop(listener, shared.clone()))];
         tasks.push(tokio::spawn(heartbeat_loop(cfg.clone(), shared, advertise)));
         tracing::info!(node = node_id, %addr, rack = %cfg.rack, "storage node serving");

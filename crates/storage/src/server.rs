@@ -6,9 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::{self, ControlError, StorageReply, StorageRequest};
-use tessera_proto::data::{RaftBatch, Reply, Request};
+use tessera_proto::data::{Op, RaftBatch, Reply, Request};
+
+static WRITE: Lazy = Lazy::new(
+    "tessera_storage_write_seconds",
+    "A write, zeroing or discard on the leader: request decoded to answer queued",
+);
+static READ: Lazy = Lazy::new(
+    "tessera_storage_read_seconds",
+    "A read on the leader: request decoded to answer queued",
+);
 use tessera_proto::frame::{Frame, Kind};
 use tessera_raft::RaftNode;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -70,9 +80,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
                         let tx = tx.clone();
+                        let arrived = std::time::Instant::now();
+                        let stage = match req.op {
+                            Op::Read => &READ,
+                            _ => &WRITE,
+                        };
                         shared.raft.submit(
                             req,
                             Box::new(move |reply: Reply| {
+                                stage.observe_since(arrived);
                                 let _ = tx.send(Frame::new(Kind::Reply, id, reply.encode()));
                             }),
                         );

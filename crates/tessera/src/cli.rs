@@ -93,7 +93,12 @@ pub async fn run_storage(path: &Path) -> Result<()> {
     }
 }
 
-pub async fn run_nbd(managers: Vec<String>, listen: &str) -> Result<()> {
+pub async fn run_nbd(managers: Vec<String>, listen: &str, metrics: Option<String>) -> Result<()> {
+    if let Some(m) = metrics {
+        tessera_metrics::serve(&m)
+            .await
+            .with_context(|| format!("serving metrics on {m}"))?;
+    }
     let client = Client::connect(managers).await?;
     let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
     eprintln!("tessera NBD gateway on {}", server.local_addr());

@@ -27,6 +27,9 @@ pub struct DevArgs {
     /// First storage node's data port; node i listens on base + i.
     #[arg(long, default_value_t = 7500)]
     pub base_port: u16,
+    /// Where to serve `GET /metrics` for every component of the dev cluster.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub metrics: String,
     /// Size of the default volume `vol0`, created on first start.
     #[arg(long, default_value = "10GiB", value_parser = crate::size::parse_size)]
     pub vol0_size: u64,
@@ -41,6 +44,9 @@ pub async fn run(a: DevArgs) -> Result<()> {
     ))
     .await?;
     let maddr = manager.local_addr().to_string();
+    let metrics = tessera_metrics::serve(&a.metrics)
+        .await
+        .with_context(|| format!("serving metrics on {}", a.metrics))?;
     let host = a
         .manager_listen
         .rsplit_once(':')
@@ -58,6 +64,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             heartbeat_ms: 1000,
             min_free_bytes: 256 << 20,
             log_segment_bytes: 64 << 20,
+            metrics_listen: None,
         };
         nodes.push(
             StorageNode::start(cfg)
@@ -77,6 +84,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
     println!("  volume:  nbd://{nbd_addr}/vol0");
     println!("  try:     qemu-img info nbd://{nbd_addr}/vol0");
     println!("  CLI:     tessera --manager {maddr} volume list");
+    println!("  metrics: http://{metrics}/metrics");
     println!("Press Ctrl-C to stop.");
     nbd.run(async {
         let _ = tokio::signal::ctrl_c().await;

@@ -48,6 +48,9 @@ enum Cmd {
     Nbd {
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: String,
+        /// Where to serve `GET /metrics` (Prometheus text); off if unset.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Run a whole local cluster in one process: a manager, storage nodes (one rack each)
     /// and the NBD gateway, with volume `vol0` created on first start.
@@ -94,7 +97,7 @@ fn main() {
         match args.cmd {
             Cmd::Manager { config } => cli::run_manager(&config).await,
             Cmd::Storage { config } => cli::run_storage(&config).await,
-            Cmd::Nbd { listen } => cli::run_nbd(managers, &listen).await,
+            Cmd::Nbd { listen, metrics } => cli::run_nbd(managers, &listen, metrics).await,
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
