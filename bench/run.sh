@@ -51,8 +51,8 @@ printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s/manager"\n' $mport "$work" > "$w
 wait_port $mport
 storage_pids=()
 for i in $(seq 1 "$nodes"); do
-  printf 'rack = "rack%s"\ndata_dir = "%s/node%s"\nlisten = "127.0.0.1:%s"\nmanagers = ["127.0.0.1:%s"]\n' \
-    "$i" "$work" "$i" $((17500 + i)) $mport > "$work/storage$i.toml"
+  printf 'rack = "rack%s"\ndata_dir = "%s/node%s"\nlisten = "127.0.0.1:%s"\nmanagers = ["127.0.0.1:%s"]\nmetrics_listen = "127.0.0.1:%s"\n' \
+    "$i" "$work" "$i" $((17500 + i)) $mport $((17580 + i)) > "$work/storage$i.toml"
   "$bin" storage --config "$work/storage$i.toml" 2>"$work/node$i.log" & pids+=($!); storage_pids+=($!)
 done
 for i in $(seq 1 "$nodes"); do wait_port $((17500 + i)); done
@@ -62,7 +62,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 "$bin" --manager 127.0.0.1:$mport volume create bench --size "$size" >/dev/null
-"$bin" nbd --manager 127.0.0.1:$mport --listen 127.0.0.1:$nbdport 2>"$work/nbd.log" & pids+=($!)
+"$bin" nbd --manager 127.0.0.1:$mport --listen 127.0.0.1:$nbdport --metrics 127.0.0.1:17580 2>"$work/nbd.log" & pids+=($!)
 wait_port $nbdport
 
 truncate -s "$size" "$work/raw.img"
@@ -90,11 +90,19 @@ jobs=(
   "seqwrite-1m-qd4 write 1m 4"
   "randrw70-4k-qd16 randrw 4k 16 --rwmixread=70"
 )
+scrape() { # out-file: every process's /metrics, concatenated
+  for port in 17580 $(seq 17581 $((17580 + nodes))); do
+    python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+      "http://127.0.0.1:$port/metrics" || true
+  done > "$1"
+}
 for j in "${jobs[@]}"; do
   set -- $j
   name=$1; shift
   echo "running $name..." >&2
+  scrape "$work/metrics.before.$name"
   runfio "tessera.$name" "$tess" "$@"
+  scrape "$work/metrics.after.$name"
   runfio "limit.$name" "$limit" "$@"
   case "$1" in *write*|randrw) runfio "durable.$name" "$durable" "$@" ;; esac
 done
@@ -146,6 +154,49 @@ for r in rows:
 print(f"\ndisk (fio on a file, 1 MiB seq write qd4, O_DIRECT): {disk['mb_s']} MB/s; "
       f"tessera seqwrite / disk = {rows[4]['tessera']['mb_s'] / disk['mb_s']:.2f}")
 print("latencies in microseconds; peak RSS of storage nodes (KiB): " + " ".join(rss))
+
+import re
+def hist(path):
+    h = {}
+    for line in open(path):
+        m = re.match(r'(\w+)_(bucket\{le="([^"]+)"\}|sum|count) (\S+)', line)
+        if not m:
+            continue
+        name, kind, le, v = m.group(1), m.group(2), m.group(3), float(m.group(4))
+        e = h.setdefault(name, {"b": {}, "sum": 0.0, "count": 0.0})
+        if le is not None:
+            e["b"][le] = e["b"].get(le, 0) + v
+        elif kind == "sum":
+            e["sum"] += v
+        else:
+            e["count"] += v
+    return h
+stages = {}
+job = names[0]
+try:
+    a, b = hist(f"{work}/metrics.before.{job}"), hist(f"{work}/metrics.after.{job}")
+    print(f"\nstage latencies during {job} (all processes; mean and the p50/p99 bucket bound, us):")
+    order = ["tessera_nbd_write_seconds", "tessera_client_write_seconds", "tessera_storage_write_seconds",
+             "tessera_raft_queue_seconds", "tessera_raft_commit_seconds", "tessera_raft_apply_seconds",
+             "tessera_log_write_seconds"]
+    for n in order:
+        if n not in b:
+            continue
+        cnt = b[n]["count"] - a.get(n, {}).get("count", 0)
+        if cnt <= 0:
+            continue
+        mean = (b[n]["sum"] - a.get(n, {}).get("sum", 0)) / cnt * 1e6
+        les = sorted((float("inf") if k == "+Inf" else float(k), k) for k in b[n]["b"])
+        def q(p):
+            for val, k in les:
+                if b[n]["b"][k] - a.get(n, {}).get("b", {}).get(k, 0) >= p * cnt:
+                    return val * 1e6
+            return float("inf")
+        stages[n] = {"count": int(cnt), "mean_us": round(mean), "p50_le_us": q(0.5), "p99_le_us": q(0.99)}
+        print(f"  {n:<34} n={int(cnt):>7} mean={mean:>7.0f} p50<={q(0.5):>7.0f} p99<={q(0.99):>7.0f}")
+except FileNotFoundError:
+    pass
 if out:
-    json.dump({"jobs": rows, "disk": disk, "storage_peak_rss_kib": [int(x) for x in rss]}, open(out, "w"), indent=2)
+    json.dump({"jobs": rows, "disk": disk, "storage_peak_rss_kib": [int(x) for x in rss],
+               "stages_" + names[0]: stages}, open(out, "w"), indent=2)
 PY
