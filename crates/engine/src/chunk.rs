@@ -191,6 +191,8 @@ impl ChunkStore {
                 .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
             zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE)
                 .map_err(|e| io_error(e, volume, chunk, "zeroing data"))?;
+            // See `write_locked`: a racing sync may have cleared the flag mid-write.
+            files.dirty.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -339,6 +341,9 @@ impl ChunkStore {
             .crcs
             .write_all_at(&crcs, first * CRC_LEN)
             .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
+        // Marked again after the writes: a sync that cleared the flag while they were in
+        // flight may have missed them, and must not leave the file looking clean.
+        files.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
