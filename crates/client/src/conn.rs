@@ -24,18 +24,24 @@ pub(crate) struct NodeConn {
     waiters: Waiters,
     tx: mpsc::UnboundedSender<Frame>,
     dead: Arc<AtomicBool>,
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 impl NodeConn {
     pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<Arc<NodeConn>, NetError> {
         let stream = tessera_net::connect(addr, timeout).await?;
+        // Closing this socket resets it and discards whatever is still unsent: a request
+        // abandoned after a timeout must never reach a node later (the client will have
+        // retried it elsewhere, and may have written over the same range since).
+        #[allow(deprecated)]
+        stream.set_linger(Some(Duration::ZERO))?;
         let (r, w) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let waiters: Waiters = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
 
         let wdead = dead.clone();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut w = BufWriter::with_capacity(256 * 1024, w);
             'outer: while let Some(f) = rx.recv().await {
                 let mut next = Some(f);
@@ -56,7 +62,7 @@ impl NodeConn {
         let rwaiters = waiters.clone();
         let rdead = dead.clone();
         let raddr = addr.to_string();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut reader = FrameReader::new(r);
             loop {
                 match reader.next().await {
@@ -89,6 +95,7 @@ impl NodeConn {
             waiters,
             tx,
             dead,
+            tasks: [writer.abort_handle(), reader.abort_handle()],
         }))
     }
 
@@ -117,11 +124,24 @@ impl NodeConn {
             Ok(Err(_)) => Err(NetError::Closed),
             Err(_) => {
                 self.forget(id);
+                self.abort();
                 Err(NetError::Timeout {
                     addr: self.addr.clone(),
                     timeout,
                 })
             }
+        }
+    }
+
+    /// Drops the connection at once (a reset: unsent requests are discarded) and fails
+    /// every request still waiting on it.
+    fn abort(&self) {
+        self.dead.store(true, Ordering::Release);
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut m) = self.waiters.lock() {
+            m.clear();
         }
     }
 

@@ -6,6 +6,7 @@
 //! the network or waits for an fsync.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
@@ -56,6 +57,11 @@ pub(crate) struct Group {
     pub(crate) persisted_hs: HardState,
     /// Entries up to here were in the log at start: re-applying them may meet torn blocks.
     pub(crate) replay_upto: u64,
+    replay_term: u64,
+    /// When each peer last answered this node as leader (append or heartbeat response).
+    contact: std::collections::HashMap<u64, Instant>,
+    /// How long an answer keeps counting for the read lease.
+    lease: Duration,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -153,7 +159,14 @@ pub(crate) struct GroupInit {
 }
 
 impl Group {
-    pub(crate) fn new(node_id: u64, election_tick: usize, init: GroupInit) -> raft::Result<Group> {
+    /// `lease`: how long a peer's answer keeps a leader's reads valid; it must stay well
+    /// below the election timeout, after which followers may elect someone else.
+    pub(crate) fn new(
+        node_id: u64,
+        election_tick: usize,
+        lease: Duration,
+        init: GroupInit,
+    ) -> raft::Result<Group> {
         let (applied, applied_term) = init.applied;
         let mut mem = MemLog {
             compacted_index: applied,
@@ -176,6 +189,7 @@ impl Group {
         hs.commit = hs.commit.max(applied).min(mem.last_index());
         mem.hard_state = hs.clone();
         let replay_upto = mem.last_index();
+        let replay_term = mem.term_of(replay_upto).unwrap_or(0);
         let store = GroupStorage::new(mem);
         let cfg = raft_config(node_id, applied, election_tick);
         let raw = RawNode::new(
@@ -197,11 +211,45 @@ impl Group {
             persisting: 0,
             persisted_hs: hs,
             replay_upto,
+            replay_term,
+            contact: std::collections::HashMap::new(),
+            lease,
         })
     }
 
     pub(crate) fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// A peer answered this node's appends or heartbeats.
+    pub(crate) fn note_contact(&mut self, peer: u64, now: Instant) {
+        self.contact.insert(peer, now);
+    }
+
+    /// Whether a quorum (counting this node) answered within the lease: only then may a
+    /// leader serve reads from its own state. Raft's `check_quorum` alone steps a cut-off
+    /// leader down only after one to two election timeouts, and not at all while its
+    /// poller is stalled; this is measured on the clock, now.
+    fn lease_valid(&self, now: Instant) -> bool {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let me = self.raw.raft.id;
+        let fresh = voters
+            .iter()
+            .filter(|id| {
+                *id == me
+                    || self
+                        .contact
+                        .get(id)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < self.lease)
+            })
+            .count();
+        fresh > voters.len() / 2
+    }
+
+    /// Whether re-applying the log tail found at start is over (or that tail was replaced).
+    pub(crate) fn replay_done(&self) -> bool {
+        self.applied >= self.replay_upto
+            || self.store.lock().term_of(self.replay_upto).ok() != Some(self.replay_term)
     }
 
     pub(crate) fn state(&self) -> GroupState {
@@ -237,6 +285,13 @@ impl Group {
             return;
         }
         if req.op == Op::Read {
+            if !self.lease_valid(Instant::now()) {
+                respond(Reply::Unavailable(format!(
+                    "group {} leader has not heard from a quorum within its lease",
+                    self.id
+                )));
+                return;
+            }
             if !self.raw.raft.commit_to_current_term() {
                 respond(Reply::Unavailable(format!(
                     "group {} has a new leader that has not committed yet",
@@ -324,20 +379,34 @@ impl Group {
 
     /// Applies queued committed entries in order, answering their proposals, then serves the
     /// reads the new applied index covers. Stops at the first entry that cannot be applied
-    /// (full disk): it is retried later, never skipped.
-    pub(crate) fn apply(&mut self, chunks: &ChunkStore) {
+    /// (full disk, a corrupt block under a partial write): it is retried later, never
+    /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
+    pub(crate) fn apply(&mut self, chunks: &ChunkStore) -> Result<(), String> {
         let before = self.applied;
         while let Some(e) = self.to_apply.front() {
             let started = std::time::Instant::now();
             let result = apply_entry(chunks, self.id, e);
             crate::metrics::APPLY.observe_since(started);
-            if let Err(tessera_engine::Error::DiskFull(msg)) = &result {
-                tracing::error!(
-                    group = self.id,
-                    index = e.index,
-                    "apply stalled: disk full: {msg}"
-                );
-                break;
+            match &result {
+                Err(tessera_engine::Error::DiskFull(msg)) => {
+                    tracing::error!(
+                        group = self.id,
+                        index = e.index,
+                        "apply stalled: disk full: {msg}"
+                    );
+                    break;
+                }
+                Err(tessera_engine::Error::Corrupt(msg)) => {
+                    tracing::error!(group = self.id, index = e.index, "apply stalled: {msg}");
+                    break;
+                }
+                Err(other) => {
+                    return Err(format!(
+                        "applying entry {} of group {}: {other}",
+                        e.index, self.id
+                    ));
+                }
+                Ok(()) => {}
             }
             let (index, term) = (e.index, e.term);
             self.to_apply.pop_front();
@@ -356,10 +425,7 @@ impl Group {
                         hint: self.raw.raft.leader_id,
                     }
                 } else {
-                    match &result {
-                        Ok(()) => Reply::Ok(Bytes::new()),
-                        Err(e) => engine_reply(e),
-                    }
+                    Reply::Ok(Bytes::new())
                 };
                 (p.respond)(reply);
             }
@@ -376,6 +442,7 @@ impl Group {
             };
             (r.respond)(serve_read(chunks, &r.req));
         }
+        Ok(())
     }
 
     pub(crate) fn mem(&self) -> std::sync::MutexGuard<'_, MemLog> {

@@ -118,12 +118,23 @@ impl RaftNode {
         recovered: Recovered,
         chunks: Arc<ChunkStore>,
         transport: Arc<dyn Transport>,
-        on_fatal: Box<dyn Fn(String) + Send>,
+        on_fatal: Box<dyn Fn(String) + Send + Sync>,
     ) -> std::io::Result<RaftNode> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut p = poller::Poller::new(config, log, chunks, transport, tx.clone(), on_fatal)?;
+        let on_fatal: Arc<dyn Fn(String) + Send + Sync> = Arc::from(on_fatal);
+        let mut p =
+            poller::Poller::new(config, log, chunks, transport, tx.clone(), on_fatal.clone())?;
         p.recover(recovered);
-        let task = tokio::spawn(async move { p.run(rx).await });
+        let poller = tokio::spawn(async move { p.run(rx).await });
+        // A panic in the poller (raft-rs asserts its invariants) must stop the node, not
+        // leave it heartbeating with no groups.
+        let task = tokio::spawn(async move {
+            if let Err(e) = poller.await
+                && e.is_panic()
+            {
+                on_fatal("the raft poller panicked".to_string());
+            }
+        });
         Ok(RaftNode {
             tx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::StateRole;
-use raft::eraftpb::{HardState, Message};
+use raft::eraftpb::{HardState, Message, MessageType};
 use tessera_engine::{ChunkStore, GroupWrite, Log, Recovered};
 use tessera_proto::command::{CmdOp, Command};
 use tessera_proto::control::{self, GroupSpec};
@@ -41,8 +41,11 @@ pub(crate) struct Poller {
     chunks: Arc<ChunkStore>,
     transport: Arc<dyn Transport>,
     tx: mpsc::UnboundedSender<Event>,
-    on_fatal: Box<dyn Fn(String) + Send>,
+    on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     groups: HashMap<u64, Group>,
+    /// Groups the log knows but could not restore. Never re-created empty here: a replica
+    /// that forgot its vote or its log could elect a second leader in a term.
+    quarantined: HashSet<u64>,
     dirty: HashSet<u64>,
     /// Log writes not tied to a Ready (membership of new groups, apply progress), sent with
     /// the next round's batch, and what to compact once they are durable.
@@ -111,7 +114,7 @@ impl Poller {
         chunks: Arc<ChunkStore>,
         transport: Arc<dyn Transport>,
         tx: mpsc::UnboundedSender<Event>,
-        on_fatal: Box<dyn Fn(String) + Send>,
+        on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     ) -> std::io::Result<Poller> {
         let flusher = spawn_flusher(cfg.node_id, chunks.clone(), tx.clone())?;
         let now = Instant::now();
@@ -122,6 +125,7 @@ impl Poller {
             tx,
             on_fatal,
             groups: HashMap::new(),
+            quarantined: HashSet::new(),
             dirty: HashSet::new(),
             pending_writes: Vec::new(),
             pending_compacts: Vec::new(),
@@ -167,10 +171,11 @@ impl Poller {
             {
                 tracing::error!(
                     group = gid,
-                    "log gap: applied up to {} but the next entry is {}; group not loaded",
+                    "log gap: applied up to {} but the next entry is {}; group quarantined",
                     applied.0,
                     first.index
                 );
+                self.quarantined.insert(gid);
                 continue;
             }
             let init = GroupInit {
@@ -179,14 +184,22 @@ impl Poller {
                 applied,
                 entries,
             };
-            match Group::new(self.cfg.node_id, self.cfg.election_ticks, init) {
+            match Group::new(
+                self.cfg.node_id,
+                self.cfg.election_ticks,
+                self.lease(),
+                init,
+            ) {
                 Ok(g) => {
                     if g.replay_upto > g.applied {
                         self.replaying = true;
                     }
                     self.add_group(g);
                 }
-                Err(e) => tracing::error!(group = gid, "cannot restore group: {e}"),
+                Err(e) => {
+                    tracing::error!(group = gid, "cannot restore group: {e}; quarantined");
+                    self.quarantined.insert(gid);
+                }
             }
         }
         self.chunks.set_replaying(self.replaying);
@@ -195,6 +208,21 @@ impl Poller {
             groups = self.groups.len(),
             "recovered replica groups"
         );
+    }
+
+    /// Half an election timeout: followers vote for no one else until a full one has
+    /// passed since they last heard from the leader.
+    fn lease(&self) -> Duration {
+        self.cfg.tick * self.cfg.election_ticks as u32 / 2
+    }
+
+    fn fail(&mut self, msg: String) {
+        tracing::error!(
+            node = self.cfg.node_id,
+            "fatal storage error, stopping: {msg}"
+        );
+        (self.on_fatal)(msg);
+        self.stopped = true;
     }
 
     fn add_group(&mut self, g: Group) {
@@ -275,6 +303,12 @@ impl Poller {
                             continue;
                         }
                     };
+                    if matches!(
+                        msg.get_msg_type(),
+                        MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
+                    ) {
+                        g.note_contact(msg.from, Instant::now());
+                    }
                     if let Err(e) = g.raw.step(msg) {
                         tracing::debug!(group = gid, "step: {e}");
                     }
@@ -363,20 +397,20 @@ impl Poller {
                 states.sort_by_key(|s| s.group_id);
                 f(states)
             }
-            Event::Fatal(msg) => {
-                tracing::error!(
-                    node = self.cfg.node_id,
-                    "fatal storage error, stopping: {msg}"
-                );
-                (self.on_fatal)(msg);
-                self.stopped = true;
-            }
+            Event::Fatal(msg) => self.fail(msg),
             Event::Shutdown => self.stopped = true,
         }
     }
 
     fn create_group(&mut self, spec: GroupSpec) {
         if self.groups.contains_key(&spec.group_id) {
+            return;
+        }
+        if self.quarantined.contains(&spec.group_id) {
+            tracing::warn!(
+                group = spec.group_id,
+                "not re-creating a quarantined replica: it needs replacing, not a fresh start"
+            );
             return;
         }
         if !spec.peers.iter().any(|p| p.node_id == self.cfg.node_id) {
@@ -393,7 +427,12 @@ impl Poller {
             applied: (0, 0),
             entries: Vec::new(),
         };
-        let mut g = match Group::new(self.cfg.node_id, self.cfg.election_ticks, init) {
+        let mut g = match Group::new(
+            self.cfg.node_id,
+            self.cfg.election_ticks,
+            self.lease(),
+            init,
+        ) {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(group = gid, "cannot create group: {e}");
@@ -414,10 +453,18 @@ impl Poller {
     }
 
     fn tick(&mut self, now: Instant) {
+        // Ticks missed while the poller was stalled are caught up, so a leader that stalled
+        // longer than an election timeout notices it lost its quorum (bounded: past two
+        // election timeouts more ticks change nothing).
+        let behind = now.saturating_duration_since(self.next_tick).as_nanos()
+            / self.cfg.tick.as_nanos().max(1);
+        let ticks = (behind as usize + 1).min(2 * self.cfg.election_ticks + 1);
         self.next_tick = now + self.cfg.tick;
         for (gid, g) in self.groups.iter_mut() {
             // Ticks are cheap; a group that has something to do is handled this round.
-            g.raw.tick();
+            for _ in 0..ticks {
+                g.raw.tick();
+            }
             self.dirty.insert(*gid);
         }
         if now >= self.next_space_check {
@@ -427,7 +474,7 @@ impl Poller {
                 Err(e) => tracing::warn!("checking free space: {e}"),
             }
         }
-        if self.replaying && self.groups.values().all(|g| g.applied >= g.replay_upto) {
+        if self.replaying && self.groups.values().all(|g| g.replay_done()) {
             self.replaying = false;
             self.chunks.set_replaying(false);
             tracing::info!(
@@ -459,12 +506,16 @@ impl Poller {
         let mut outbox = Outbox::new();
         let mut after_persist = Outbox::new();
         let dirty: Vec<u64> = self.dirty.drain().collect();
+        let mut fatal = None;
         for gid in dirty {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
             if !g.raw.has_ready() {
-                g.apply(&self.chunks);
+                if let Err(msg) = g.apply(&self.chunks) {
+                    fatal = Some(msg);
+                    break;
+                }
                 continue;
             }
             let mut rd = g.raw.ready();
@@ -509,10 +560,18 @@ impl Poller {
                 numbers.push((gid, number));
                 push_msgs(&mut after_persist, gid, persisted_msgs);
             }
-            g.apply(&self.chunks);
+            if let Err(msg) = g.apply(&self.chunks) {
+                fatal = Some(msg);
+                break;
+            }
             if g.raw.has_ready() {
                 self.dirty.insert(gid);
             }
+        }
+        if let Some(msg) = fatal {
+            // Nothing more leaves this node: its chunk store failed under it.
+            self.fail(msg);
+            return;
         }
         if !writes.is_empty() {
             let submitted = Instant::now();

@@ -60,7 +60,7 @@ impl MemLog {
         }
     }
 
-    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+    pub(crate) fn term_of(&self, idx: u64) -> raft::Result<u64> {
         if idx == self.compacted_index {
             return Ok(self.compacted_term);
         }
