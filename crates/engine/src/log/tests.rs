@@ -118,6 +118,23 @@ fn queue_depth_one_costs_one_fdatasync_per_append() {
 }
 
 #[test]
+fn compaction_alone_costs_no_fdatasync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    append(&log, vec![entries(1, 1, 1..=10)]).unwrap();
+    let before = log.stats().syncs;
+    log.compact(1, 5);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(log.stats().syncs, before, "a compaction note was synced on its own");
+    append(&log, vec![entries(1, 1, 11..=11)]).unwrap();
+    assert_eq!(log.stats().syncs, before + 1);
+    drop(log);
+    // The mark rode along with that write.
+    let (_, rec) = reopen(tmp.path(), SMALL);
+    assert!(rec.groups[&1].entries.iter().all(|e| e.index > 5));
+}
+
+#[test]
 fn concurrent_appends_share_fdatasyncs() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, _) = reopen(tmp.path(), LogOptions::default());

@@ -135,6 +135,11 @@ impl Writer {
         if let Some(reason) = &self.fatal {
             return finish(dones, || Err(Error::Fatal(reason.clone())));
         }
+        if dones.is_empty() {
+            // Only compaction notes arrived: they ride along with the next real write
+            // rather than costing an fdatasync of their own.
+            return;
+        }
         // Values pinning old segments first, so that anything newer in the batch wins.
         let mut records = self.reappends();
         records.extend(self.pending_marks.iter().filter_map(|&group| {
