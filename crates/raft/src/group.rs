@@ -177,12 +177,22 @@ impl Group {
             voters: init.spec.peers.iter().map(|p| p.node_id).collect(),
             ..Default::default()
         };
-        let ents: Vec<Entry> = init
-            .entries
-            .into_iter()
-            .filter(|e| e.index > applied)
-            .collect();
-        mem.append(&ents);
+        let ents = init.entries;
+        match ents.first() {
+            // The log kept a tail below the applied index (for lagging peers: see
+            // `compactable`): keep it, its first entry standing in for the compaction point.
+            Some(first)
+                if first.index <= applied && ents.last().is_some_and(|l| l.index >= applied) =>
+            {
+                mem.compacted_index = first.index;
+                mem.compacted_term = first.term;
+                mem.append(&ents[1..]);
+            }
+            _ => {
+                let newer: Vec<Entry> = ents.into_iter().filter(|e| e.index > applied).collect();
+                mem.append(&newer);
+            }
+        }
         let mut hs = init.hard_state;
         // The commit index is persisted lazily; never let it fall behind what was applied
         // or run past the log we actually have.
@@ -449,14 +459,27 @@ impl Group {
         self.store.lock()
     }
 
-    /// How far the in-memory log may be compacted: what is flushed, and on a leader no further
-    /// than every peer has (there are no snapshots yet to catch a peer up from).
+    /// How far the log may be compacted. Never past what is flushed to the chunk files.
+    /// Until replicas can be rebuilt from chunk snapshots, the log is all a lagging peer can
+    /// catch up from, so some of it is kept: every replica keeps a recent tail (it may lead
+    /// tomorrow), and a leader keeps what its slowest peer still lacks, up to a cap so a
+    /// dead peer cannot grow memory and the log without bound.
     pub(crate) fn compactable(&self) -> u64 {
-        let mut to = self.flushed;
+        const TAIL_BYTES: u64 = 8 << 20;
+        const LAGGING_PEER_BYTES: u64 = 64 << 20;
+        let mem = self.store.lock();
+        let mut to = mem.index_keeping(self.flushed, TAIL_BYTES);
         if self.is_leader() {
-            for (_, pr) in self.raw.raft.prs().iter() {
-                to = to.min(pr.matched);
-            }
+            let slowest = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, pr)| pr.matched)
+                .min()
+                .unwrap_or(0);
+            let cap = mem.index_keeping(self.flushed, LAGGING_PEER_BYTES);
+            to = to.min(slowest.max(cap));
         }
         to
     }

@@ -225,6 +225,20 @@ impl Poller {
         self.stopped = true;
     }
 
+    /// Refreshes `disk_full` if the last look is older than 10 ms. Writes are checked at
+    /// this rate (a statvfs costs a microsecond or two) so that a fast writer cannot run
+    /// through the reserve between two looks and fill the disk under the log.
+    fn check_space(&mut self, now: Instant) {
+        if now < self.next_space_check {
+            return;
+        }
+        self.next_space_check = now + Duration::from_millis(10);
+        match tessera_engine::fsutil::fs_space(&self.cfg.data_dir) {
+            Ok((_, avail)) => self.disk_full = avail < self.cfg.min_free_bytes,
+            Err(e) => tracing::warn!("checking free space: {e}"),
+        }
+    }
+
     fn add_group(&mut self, g: Group) {
         for p in &g.spec.peers {
             if p.node_id != self.cfg.node_id {
@@ -315,15 +329,20 @@ impl Poller {
                     self.dirty.insert(gid);
                 }
             }
-            Event::Request(req, respond, queued) => match self.groups.get_mut(&req.addr.group) {
-                Some(g) => {
-                    crate::metrics::QUEUE.observe_since(queued);
-                    let gid = g.id;
-                    g.request(req, respond, self.disk_full, &self.chunks);
-                    self.dirty.insert(gid);
+            Event::Request(req, respond, queued) => {
+                if req.op == tessera_proto::data::Op::Write {
+                    self.check_space(Instant::now());
                 }
-                None => respond(Reply::GroupNotFound),
-            },
+                match self.groups.get_mut(&req.addr.group) {
+                    Some(g) => {
+                        crate::metrics::QUEUE.observe_since(queued);
+                        let gid = g.id;
+                        g.request(req, respond, self.disk_full, &self.chunks);
+                        self.dirty.insert(gid);
+                    }
+                    None => respond(Reply::GroupNotFound),
+                }
+            }
             Event::Persisted(list) => {
                 for (gid, number) in list {
                     if let Some(g) = self.groups.get_mut(&gid) {
@@ -467,13 +486,7 @@ impl Poller {
             }
             self.dirty.insert(*gid);
         }
-        if now >= self.next_space_check {
-            self.next_space_check = now + Duration::from_secs(1);
-            match tessera_engine::fsutil::fs_space(&self.cfg.data_dir) {
-                Ok((_, avail)) => self.disk_full = avail < self.cfg.min_free_bytes,
-                Err(e) => tracing::warn!("checking free space: {e}"),
-            }
-        }
+        self.check_space(now);
         if self.replaying && self.groups.values().all(|g| g.replay_done()) {
             self.replaying = false;
             self.chunks.set_replaying(false);

@@ -47,6 +47,26 @@ impl MemLog {
         }
     }
 
+    /// The compaction point at or below `upto` that keeps at most `bytes` of payload in
+    /// the entries after it (up to `upto`).
+    pub(crate) fn index_keeping(&self, upto: u64, bytes: u64) -> u64 {
+        let upto = upto.min(self.last_index());
+        if upto <= self.compacted_index {
+            return self.compacted_index;
+        }
+        let mut kept = 0u64;
+        let mut pos = (upto - self.compacted_index) as usize;
+        while pos > 0 {
+            let e = &self.entries[pos - 1];
+            if kept + e.data.len() as u64 > bytes {
+                return e.index;
+            }
+            kept += e.data.len() as u64;
+            pos -= 1;
+        }
+        self.compacted_index
+    }
+
     /// Drops entries up to and including `index` (never past the last entry).
     pub(crate) fn compact(&mut self, index: u64) {
         while let Some(front) = self.entries.front() {
@@ -177,5 +197,18 @@ mod tests {
             s.entries(3, 5, None, GetEntriesContext::empty(false))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn index_keeping_retains_at_most_the_byte_budget() {
+        let mut m = MemLog::default();
+        m.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
+        // Ten bytes an entry: 25 bytes keeps two entries after the point.
+        assert_eq!(m.index_keeping(10, 25), 8);
+        assert_eq!(m.index_keeping(10, 0), 10);
+        assert_eq!(m.index_keeping(10, 1000), 0);
+        assert_eq!(m.index_keeping(99, 10), 9);
+        m.compact(4);
+        assert_eq!(m.index_keeping(3, 10), 4);
     }
 }

@@ -46,7 +46,13 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Request bytes one connection may have in flight (payload, counted in 4 KiB units, at
+/// least one unit a request): past it the connection is not read until answers go out, so
+/// a client pipelining faster than the node commits cannot grow its memory without bound.
+const IN_FLIGHT_UNITS: u32 = 16 * 1024;
+
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
     let (r, w) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
@@ -79,6 +85,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 let id = f.request_id;
                 match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
+                        let units = (req.len.div_ceil(4096)).clamp(1, IN_FLIGHT_UNITS);
+                        let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
+                            break;
+                        };
                         let tx = tx.clone();
                         let arrived = std::time::Instant::now();
                         let stage = match req.op {
@@ -88,6 +98,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         shared.raft.submit(
                             req,
                             Box::new(move |reply: Reply| {
+                                drop(permit);
                                 stage.observe_since(arrived);
                                 let _ = tx.send(Frame::new(Kind::Reply, id, reply.encode()));
                             }),

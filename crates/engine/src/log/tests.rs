@@ -125,7 +125,11 @@ fn compaction_alone_costs_no_fdatasync() {
     let before = log.stats().syncs;
     log.compact(1, 5);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(log.stats().syncs, before, "a compaction note was synced on its own");
+    assert_eq!(
+        log.stats().syncs,
+        before,
+        "a compaction note was synced on its own"
+    );
     append(&log, vec![entries(1, 1, 11..=11)]).unwrap();
     assert_eq!(log.stats().syncs, before + 1);
     drop(log);

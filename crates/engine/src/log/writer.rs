@@ -150,7 +150,20 @@ impl Writer {
         if records.is_empty() {
             return finish(dones, || Ok(()));
         }
-        match self.write_batch(&records) {
+        let mut result = self.write_batch(&records);
+        let mut waited = 0u32;
+        while let Err(Error::DiskFull(msg)) = &result {
+            // No room for the next segment. Refusing the batch would leave Raft with entries
+            // it can never persist; the log stalls instead (reads go on, the leaders refuse
+            // new writes), and resumes once space is freed.
+            if waited.is_multiple_of(50) {
+                error!(dir = %self.dir.display(), %msg, "log stalled: disk full");
+            }
+            waited += 1;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            result = self.write_batch(&records);
+        }
+        match result {
             Ok(()) => {
                 self.pending_marks.clear();
                 finish(dones, || Ok(()));
