@@ -512,3 +512,92 @@ async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
         );
     }
 }
+
+/// Files holding chunks of volume `id` on every node (`<data>/chunks/<id:016x>/*.dat`).
+fn chunk_files(c: &Cluster, id: u64) -> usize {
+    c.nodes
+        .iter()
+        .map(|n| {
+            std::fs::read_dir(n.data_dir.join("chunks").join(format!("{id:016x}")))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "dat"))
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_volume_frees_its_chunks_and_its_name() {
+    let c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    create(
+        &c,
+        &[
+            "volume",
+            "create",
+            "tmp",
+            "--size",
+            "8MiB",
+            "--chunk-size",
+            "1MiB",
+        ],
+    );
+    let client = c.client().await;
+    let vol = client.open("tmp").await.expect("open");
+    let id = vol.info().id;
+    for chunk in 0..4u64 {
+        vol.write(chunk * MIB as u64, Bytes::from(vec![0xee; 64 * 1024]))
+            .await
+            .expect("write");
+    }
+    // Every written chunk gets a file on each of its three replicas (followers apply once
+    // they learn the commit index, a heartbeat later at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while chunk_files(&c, id) < 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} chunk files",
+            chunk_files(&c, id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(chunk_files(&c, id), 12);
+
+    create(&c, &["volume", "delete", "tmp"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chunk_files(&c, id) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} chunk files of the deleted volume remain",
+            chunk_files(&c, id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The name is free again, and the new volume (a new id) reads zeroes.
+    create(
+        &c,
+        &[
+            "volume",
+            "create",
+            "tmp",
+            "--size",
+            "8MiB",
+            "--chunk-size",
+            "1MiB",
+        ],
+    );
+    let again = client.open("tmp").await.expect("open the new volume");
+    assert_ne!(again.info().id, id);
+    assert!(
+        again
+            .read(0, 64 * 1024)
+            .await
+            .expect("read")
+            .iter()
+            .all(|&b| b == 0)
+    );
+}
