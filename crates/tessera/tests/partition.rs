@@ -1,0 +1,339 @@
+//! A network partition, made with network namespaces: each storage node is its own host
+//! (namespace + veth on a bridge); the manager and the client stay in the root namespace.
+//! Needs root (CI is root); skips with a message where namespaces cannot be made.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{BIN, Cluster, NodeProc};
+use tessera_proto::control::{ManagerReply, ManagerRequest};
+use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
+use tessera_proto::frame::Frame;
+
+const NET: &str = "10.213.7";
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The namespaces, veths and bridge of one test; removed on drop.
+struct Net {
+    tag: String,
+    nodes: usize,
+}
+
+impl Net {
+    fn ns(&self, i: usize) -> String {
+        format!("ts{}n{i}", self.tag)
+    }
+    fn ip(&self, i: usize) -> String {
+        format!("{NET}.{}", 10 + i)
+    }
+    fn bridge(&self) -> String {
+        format!("tsb{}", self.tag)
+    }
+
+    fn create(nodes: usize) -> Option<Net> {
+        let tag = format!("{}", std::process::id() % 100_000);
+        let net = Net { tag, nodes };
+        let br = net.bridge();
+        let ok = sh(&["ip", "link", "add", &br, "type", "bridge"])
+            && sh(&["ip", "addr", "add", &format!("{NET}.1/24"), "dev", &br])
+            && sh(&["ip", "link", "set", &br, "up"]);
+        if !ok {
+            drop(net);
+            return None;
+        }
+        for i in 0..nodes {
+            let ns = net.ns(i);
+            let host = format!("tsv{}h{i}", net.tag);
+            let ok = sh(&["ip", "netns", "add", &ns])
+                && sh(&[
+                    "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
+                    &ns,
+                ])
+                && sh(&["ip", "link", "set", &host, "master", &br])
+                && sh(&["ip", "link", "set", &host, "up"])
+                && sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", net.ip(i)),
+                    "dev",
+                    "eth0",
+                ])
+                && sh(&[
+                    "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
+                ])
+                && sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+            if !ok {
+                drop(net);
+                return None;
+            }
+        }
+        Some(net)
+    }
+
+    /// Cuts node `i` off from the other storage nodes, both ways. The root namespace (the
+    /// manager and the client) still reaches it.
+    fn isolate(&self, i: usize, on: bool) {
+        let verb = if on { "add" } else { "del" };
+        for j in (0..self.nodes).filter(|&j| j != i) {
+            assert!(sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.ns(i),
+                "ip",
+                "route",
+                verb,
+                "blackhole",
+                &format!("{}/32", self.ip(j))
+            ]));
+            assert!(sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.ns(j),
+                "ip",
+                "route",
+                verb,
+                "blackhole",
+                &format!("{}/32", self.ip(i))
+            ]));
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 0..self.nodes {
+            sh(&["ip", "netns", "del", &self.ns(i)]);
+        }
+        sh(&["ip", "link", "del", &self.bridge()]);
+    }
+}
+
+/// One data-plane request straight to one node, bypassing the client's routing.
+async fn direct(addr: &str, req: &Request) -> Option<Reply> {
+    let work = async {
+        let s = tessera_net::connect(addr, Duration::from_secs(1))
+            .await
+            .ok()?;
+        let (r, mut w) = s.into_split();
+        tessera_net::write_frame(&mut w, &Frame::new(req.kind(), 1, req.encode()))
+            .await
+            .ok()?;
+        let f = tessera_net::FrameReader::new(r).next().await.ok()??;
+        Reply::decode(&f.body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), work)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
+    let Some(net) = Net::create(3) else {
+        eprintln!("SKIP: cannot create network namespaces here (not root?)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let manager_addr = format!("{NET}.1:{port}");
+    let mcfg = dir.path().join("manager.toml");
+    std::fs::write(
+        &mcfg,
+        format!(
+            "listen = \"{manager_addr}\"\ndata_dir = \"{}\"\ngroups_per_node = 2\n",
+            dir.path().join("manager").display()
+        ),
+    )
+    .expect("manager.toml");
+    let mlog = std::fs::File::create(dir.path().join("manager.log")).expect("log");
+    let manager = Command::new(BIN)
+        .args(["manager", "--config", mcfg.to_str().expect("utf8")])
+        .stdout(mlog.try_clone().expect("log"))
+        .stderr(mlog)
+        .spawn()
+        .expect("manager");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let addr = format!("{}:7500", net.ip(i));
+        let data_dir = dir.path().join(format!("node{}", i + 1));
+        let config = dir.path().join(format!("storage{}.toml", i + 1));
+        std::fs::write(
+            &config,
+            format!(
+                "rack = \"rack{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nmanagers = [\"{manager_addr}\"]\nheartbeat_ms = 200\n",
+                i + 1,
+                data_dir.display()
+            ),
+        )
+        .expect("storage.toml");
+        let log = dir.path().join(format!("node{}.log", i + 1));
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns(i),
+                BIN,
+                "storage",
+                "--config",
+                config.to_str().expect("utf8"),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("storage node in its namespace");
+        nodes.push(NodeProc {
+            config,
+            data_dir,
+            addr,
+            child: Some(child),
+            log,
+        });
+    }
+    let c = Cluster {
+        dir,
+        manager_addr,
+        manager: Some(manager),
+        nodes,
+    };
+    c.wait_ready(3).await;
+    let out = c.cli(&[
+        "volume",
+        "create",
+        "p",
+        "--size",
+        "4MiB",
+        "--chunk-size",
+        "1MiB",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = c.client().await;
+    let vol = client.open("p").await.expect("open");
+    vol.write(0, Bytes::from(vec![0xaa; 4096]))
+        .await
+        .expect("write A");
+
+    let route = match client
+        .call(&ManagerRequest::Route {
+            volume_id: vol.info().id,
+            chunk: 0,
+            allocate: false,
+        })
+        .await
+        .expect("route")
+    {
+        ManagerReply::Route(Some(r)) => r,
+        other => panic!("no route: {other:?}"),
+    };
+    let addr = ChunkAddr {
+        group: route.group_id,
+        volume: vol.info().id,
+        chunk: 0,
+    };
+    // The leader, as the nodes themselves say.
+    let mut leader = None;
+    for (i, n) in c.nodes.iter().enumerate() {
+        if matches!(
+            direct(&n.addr, &Request::other(Op::Read, addr, 0, 4096)).await,
+            Some(Reply::Ok(_))
+        ) {
+            leader = Some(i);
+        }
+    }
+    let x = leader.expect("a leader serving reads");
+    let x_addr = c.nodes[x].addr.clone();
+
+    let cut = Instant::now();
+    net.isolate(x, true);
+    // A write sent straight to the cut-off leader cannot commit: it must not be acknowledged.
+    let divergent = Request::write(addr, 0, Bytes::from(vec![0xcc; 4096]));
+    let x_for_write = x_addr.clone();
+    let divergent = tokio::spawn(async move { direct(&x_for_write, &divergent).await });
+    // Past its lease (half an election timeout without a quorum's answers) the old leader
+    // refuses reads, even while Raft has not yet made it step down.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = direct(&x_addr, &Request::other(Op::Read, addr, 0, 4096)).await;
+    if let Some(Reply::Ok(d)) = &r {
+        panic!("a leader without a lease served a read ({:#x}...)", d[0]);
+    }
+
+    // The application's write goes through a new leader, with a pause and no error.
+    vol.write(0, Bytes::from(vec![0xbb; 4096]))
+        .await
+        .expect("write B after the partition");
+    eprintln!("write B done {:?} after the partition", cut.elapsed());
+    let r = divergent.await.expect("task");
+    assert!(
+        !matches!(r, Some(Reply::Ok(_))),
+        "an isolated leader acknowledged a write"
+    );
+    assert!(
+        vol.read(0, 4096)
+            .await
+            .expect("read")
+            .iter()
+            .all(|&b| b == 0xbb)
+    );
+    // The old leader never serves the old value now.
+    let r = direct(&x_addr, &Request::other(Op::Read, addr, 0, 4096)).await;
+    if let Some(Reply::Ok(d)) = &r {
+        panic!(
+            "the isolated old leader served a read ({:#x}) after a new leader took writes",
+            d[0]
+        );
+    }
+
+    net.isolate(x, false);
+    // After healing, the old leader catches up: its chunk file ends up holding B (its
+    // divergent C was discarded), and the volume still reads B.
+    let file = c.nodes[x]
+        .data_dir
+        .join("chunks")
+        .join(format!("{:016x}", vol.info().id))
+        .join(format!("{:08x}.dat", 0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        if bytes.len() >= 4096 && bytes[..4096].iter().all(|&b| b == 0xbb) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old leader never converged; first byte {:?}\n{}",
+            bytes.first(),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        vol.read(0, 4096)
+            .await
+            .expect("read")
+            .iter()
+            .all(|&b| b == 0xbb)
+    );
+}
