@@ -459,14 +459,14 @@ impl Group {
         self.store.lock()
     }
 
-    /// How far the log may be compacted. Never past what is flushed to the chunk files.
-    /// Until replicas can be rebuilt from chunk snapshots, the log is all a lagging peer can
-    /// catch up from, so some of it is kept: every replica keeps a recent tail (it may lead
-    /// tomorrow), and a leader keeps what its slowest peer still lacks, up to a cap so a
-    /// dead peer cannot grow memory and the log without bound.
+    /// How far the in-memory log may be compacted. Never past what is flushed to the chunk
+    /// files. Until replicas can be rebuilt from chunk snapshots, the log is all a lagging
+    /// peer can catch up from, so some of it is kept in memory: every replica keeps a recent
+    /// tail (it may lead tomorrow), and a leader keeps what its slowest peer still lacks, up
+    /// to a cap so a dead peer cannot grow memory without bound.
     pub(crate) fn compactable(&self) -> u64 {
-        const TAIL_BYTES: u64 = 8 << 20;
-        const LAGGING_PEER_BYTES: u64 = 64 << 20;
+        const TAIL_BYTES: u64 = 1 << 20;
+        const LAGGING_PEER_BYTES: u64 = 16 << 20;
         let mem = self.store.lock();
         let mut to = mem.index_keeping(self.flushed, TAIL_BYTES);
         if self.is_leader() {

@@ -369,7 +369,11 @@ impl Poller {
                         g.flushed = g.flushed.max(index);
                         let to = g.compactable();
                         g.mem().compact(to);
-                        self.log.compact(gid, to);
+                        // The shared log is compacted right up to the flush point: the tail
+                        // kept for lagging peers lives in memory only. A retained tail on
+                        // disk would pin its segment, and the log recycles oldest-first, so
+                        // one quiet group would keep every newer segment too.
+                        self.log.compact(gid, g.flushed);
                     }
                 }
             }
