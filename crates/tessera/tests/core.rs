@@ -41,31 +41,11 @@ async fn verify(vol: &Volume, model: &[u8], when: &str) {
     }
 }
 
-fn create(c: &Cluster, args: &[&str]) {
-    let out = c.cli(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill_of_every_storage_node() {
     let mut c = Cluster::start(Opts::default());
     c.wait_ready(3).await;
-    create(
-        &c,
-        &[
-            "volume",
-            "create",
-            "fuzz",
-            "--size",
-            "48MiB",
-            "--chunk-size",
-            "1MiB",
-        ],
-    );
+    c.create_volume("fuzz", "48MiB", "1MiB");
     let client = c.client().await;
     let vol = client.open("fuzz").await.expect("open");
     let size = vol.size() as usize;
@@ -180,14 +160,8 @@ async fn groups_span_three_racks_and_import_export_round_trips() {
     // A zero region too: it must come back as zeroes without being stored.
     data[8 * MIB..12 * MIB].fill(0);
     std::fs::write(&src, &data).expect("write source");
-    create(
-        &c,
-        &["volume", "import", "img", src.to_str().expect("utf8")],
-    );
-    create(
-        &c,
-        &["volume", "export", "img", dst.to_str().expect("utf8")],
-    );
+    c.cli_ok(&["volume", "import", "img", src.to_str().expect("utf8")]);
+    c.cli_ok(&["volume", "export", "img", dst.to_str().expect("utf8")]);
     let back = std::fs::read(&dst).expect("read export");
     assert_eq!(back.len(), data.len());
     assert!(back == data, "export differs from import");
@@ -211,18 +185,7 @@ fn cli_err(c: &Cluster, args: &[&str]) -> String {
 async fn bad_requests_get_clear_errors_and_lose_nothing() {
     let c = Cluster::start(Opts::default());
     c.wait_ready(3).await;
-    create(
-        &c,
-        &[
-            "volume",
-            "create",
-            "db1",
-            "--size",
-            "8MiB",
-            "--chunk-size",
-            "1MiB",
-        ],
-    );
+    c.create_volume("db1", "8MiB", "1MiB");
 
     assert!(cli_err(&c, &["volume", "info", "nope"]).contains("volume \"nope\" not found"));
     assert!(cli_err(&c, &["volume", "create", "db1", "--size", "8MiB"]).contains("already exists"));
@@ -258,7 +221,7 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     );
 
     // Grow works and new space reads as zeroes.
-    create(&c, &["volume", "resize", "db1", "--size", "16MiB"]);
+    c.cli_ok(&["volume", "resize", "db1", "--size", "16MiB"]);
     let vol = client.open("db1").await.expect("reopen");
     assert_eq!(vol.size(), 16 * MIB as u64);
     assert!(
@@ -275,18 +238,7 @@ async fn garbage_on_the_data_port_drops_only_that_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = Cluster::start(Opts::default());
     c.wait_ready(3).await;
-    create(
-        &c,
-        &[
-            "volume",
-            "create",
-            "v",
-            "--size",
-            "8MiB",
-            "--chunk-size",
-            "1MiB",
-        ],
-    );
+    c.create_volume("v", "8MiB", "1MiB");
     let client = c.client().await;
     let vol = client.open("v").await.expect("open");
     vol.write(0, Bytes::from(vec![7u8; 4096]))
@@ -465,18 +417,7 @@ async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
         c.restart_node(i);
     }
     c.wait_ready(3).await;
-    create(
-        &c,
-        &[
-            "volume",
-            "create",
-            "big",
-            "--size",
-            "1GiB",
-            "--chunk-size",
-            "16MiB",
-        ],
-    );
+    c.create_volume("big", "1GiB", "16MiB");
     let client = c.client().await;
     let vol = client.open("big").await.expect("open");
     let mut acked = Vec::new();
@@ -533,18 +474,7 @@ fn chunk_files(c: &Cluster, id: u64) -> usize {
 async fn deleting_a_volume_frees_its_chunks_and_its_name() {
     let c = Cluster::start(Opts::default());
     c.wait_ready(3).await;
-    create(
-        &c,
-        &[
-            "volume",
-            "create",
-            "tmp",
-            "--size",
-            "8MiB",
-            "--chunk-size",
-            "1MiB",
-        ],
-    );
+    c.create_volume("tmp", "8MiB", "1MiB");
     let client = c.client().await;
     let vol = client.open("tmp").await.expect("open");
     let id = vol.info().id;
@@ -566,7 +496,7 @@ async fn deleting_a_volume_frees_its_chunks_and_its_name() {
     }
     assert_eq!(chunk_files(&c, id), 12);
 
-    create(&c, &["volume", "delete", "tmp"]);
+    c.cli_ok(&["volume", "delete", "tmp"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while chunk_files(&c, id) > 0 {
         assert!(
@@ -578,18 +508,7 @@ async fn deleting_a_volume_frees_its_chunks_and_its_name() {
     }
 
     // The name is free again, and the new volume (a new id) reads zeroes.
-    create(
-        &c,
-        &[
-            "volume",
-            "create",
-            "tmp",
-            "--size",
-            "8MiB",
-            "--chunk-size",
-            "1MiB",
-        ],
-    );
+    c.create_volume("tmp", "8MiB", "1MiB");
     let again = client.open("tmp").await.expect("open the new volume");
     assert_ne!(again.info().id, id);
     assert!(

@@ -43,20 +43,7 @@ async fn killing_leaders_and_followers_under_load_loses_nothing() {
         ..Default::default()
     });
     c.wait_ready(4).await;
-    let out = c.cli(&[
-        "volume",
-        "create",
-        "fo",
-        "--size",
-        "16MiB",
-        "--chunk-size",
-        "1MiB",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.create_volume("fo", "16MiB", "1MiB");
     let client = c.client().await;
     let vol = client.open("fo").await.expect("open");
     let blocks = vol.size() / BLOCK;

@@ -217,20 +217,7 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         nodes,
     };
     c.wait_ready(3).await;
-    let out = c.cli(&[
-        "volume",
-        "create",
-        "p",
-        "--size",
-        "4MiB",
-        "--chunk-size",
-        "1MiB",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.create_volume("p", "4MiB", "1MiB");
     let client = c.client().await;
     let vol = client.open("p").await.expect("open");
     vol.write(0, Bytes::from(vec![0xaa; 4096]))

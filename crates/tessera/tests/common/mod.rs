@@ -169,6 +169,30 @@ impl Cluster {
             .expect("run tessera cli")
     }
 
+    /// Runs a CLI command that must succeed.
+    pub fn cli_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `volume create NAME --size SIZE --chunk-size CHUNK`, which must succeed.
+    pub fn create_volume(&self, name: &str, size: &str, chunk_size: &str) {
+        self.cli_ok(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--chunk-size",
+            chunk_size,
+        ]);
+    }
+
     pub async fn status(&self) -> Option<ClusterStatus> {
         match tessera_net::call::<_, ManagerReply>(
             &self.manager_addr,
