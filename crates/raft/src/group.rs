@@ -58,7 +58,7 @@ pub(crate) struct Group {
     /// Entries up to here were in the log at start: re-applying them may meet torn blocks.
     pub(crate) replay_upto: u64,
     replay_term: u64,
-    /// When each peer last answered this node as leader (append or heartbeat response).
+    /// Send time of the latest heartbeat each peer answered (see `Poller`'s stamps).
     contact: std::collections::HashMap<u64, Instant>,
     /// How long an answer keeps counting for the read lease.
     lease: Duration,
@@ -231,15 +231,18 @@ impl Group {
         self.raw.raft.state == StateRole::Leader
     }
 
-    /// A peer answered this node's appends or heartbeats.
-    pub(crate) fn note_contact(&mut self, peer: u64, now: Instant) {
-        self.contact.insert(peer, now);
+    /// A peer answered a heartbeat this node sent at `sent`.
+    pub(crate) fn note_contact(&mut self, peer: u64, sent: Instant) {
+        let t = self.contact.entry(peer).or_insert(sent);
+        *t = (*t).max(sent);
     }
 
-    /// Whether a quorum (counting this node) answered within the lease: only then may a
-    /// leader serve reads from its own state. Raft's `check_quorum` alone steps a cut-off
-    /// leader down only after one to two election timeouts, and not at all while its
-    /// poller is stalled; this is measured on the clock, now.
+    /// Whether a quorum (counting this node) answered heartbeats sent within the lease: only
+    /// then may a leader serve reads from its own state. A follower that answered a heartbeat
+    /// sent at `t` votes for no one else before `t` + an election timeout, so a lease of half
+    /// that, counted from the send time, holds even if the answers sat in a queue. Raft's
+    /// `check_quorum` alone steps a cut-off leader down only after one to two election
+    /// timeouts, and not at all while its poller is stalled.
     fn lease_valid(&self, now: Instant) -> bool {
         let voters = self.raw.raft.prs().conf().voters().ids();
         let me = self.raw.raft.id;

@@ -59,6 +59,8 @@ pub(crate) struct Poller {
     disk_full: bool,
     replaying: bool,
     stopped: bool,
+    /// Origin of the send-time stamps carried by heartbeats.
+    epoch: Instant,
 }
 
 fn encode_msg(m: &Message) -> Option<Bytes> {
@@ -71,8 +73,16 @@ fn encode_msg(m: &Message) -> Option<Bytes> {
     }
 }
 
-fn push_msgs(outbox: &mut Outbox, group: u64, msgs: Vec<Message>) {
-    for m in msgs {
+/// Queues messages for their peers. Heartbeats are stamped with their send time (nanoseconds
+/// since `epoch`) in the context field, which followers echo in their responses: a leader's
+/// read lease then counts from when the heartbeat a quorum answered was *sent*, never from
+/// when a (possibly long-queued) answer was handled.
+fn push_msgs(outbox: &mut Outbox, group: u64, msgs: Vec<Message>, epoch: Instant) {
+    for mut m in msgs {
+        if m.get_msg_type() == MessageType::MsgHeartbeat && m.context.is_empty() {
+            let sent = epoch.elapsed().as_nanos() as u64;
+            m.context = Bytes::copy_from_slice(&sent.to_le_bytes());
+        }
         if let Some(b) = encode_msg(&m) {
             outbox.entry(m.to).or_default().push((group, b));
         }
@@ -137,6 +147,7 @@ impl Poller {
             disk_full: false,
             replaying: false,
             stopped: false,
+            epoch: now,
             cfg,
         })
     }
@@ -317,11 +328,11 @@ impl Poller {
                             continue;
                         }
                     };
-                    if matches!(
-                        msg.get_msg_type(),
-                        MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
-                    ) {
-                        g.note_contact(msg.from, Instant::now());
+                    if msg.get_msg_type() == MessageType::MsgHeartbeatResponse
+                        && let Ok(stamp) = <[u8; 8]>::try_from(&msg.context[..])
+                    {
+                        let sent = self.epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
+                        g.note_contact(msg.from, sent.min(Instant::now()));
                     }
                     if let Err(e) = g.raw.step(msg) {
                         tracing::debug!(group = gid, "step: {e}");
@@ -541,7 +552,7 @@ impl Poller {
             {
                 g.fail_pending();
             }
-            push_msgs(&mut outbox, gid, rd.take_messages());
+            push_msgs(&mut outbox, gid, rd.take_messages(), self.epoch);
             if !rd.snapshot().is_empty() {
                 tracing::error!(group = gid, "unexpected raft snapshot ignored");
             }
@@ -570,12 +581,12 @@ impl Poller {
             g.raw.advance_append_async(rd);
             if gw.entries.is_empty() && gw.slots.is_empty() && g.persisting == 0 {
                 g.raw.on_persist_ready(number);
-                push_msgs(&mut outbox, gid, persisted_msgs);
+                push_msgs(&mut outbox, gid, persisted_msgs, self.epoch);
             } else {
                 g.persisting += 1;
                 writes.push(gw);
                 numbers.push((gid, number));
-                push_msgs(&mut after_persist, gid, persisted_msgs);
+                push_msgs(&mut after_persist, gid, persisted_msgs, self.epoch);
             }
             if let Err(msg) = g.apply(&self.chunks) {
                 fatal = Some(msg);
