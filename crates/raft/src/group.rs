@@ -377,6 +377,8 @@ impl Group {
     /// A write answered this way may still commit under the new leader; the client retries
     /// it there, and writes of the same bytes to the same place are idempotent.
     pub(crate) fn fail_pending(&mut self) {
+        // Answers to an old term's heartbeats must not make a lease in a later one.
+        self.contact.clear();
         let hint = self.raw.raft.leader_id;
         for p in self.proposals.drain(..) {
             (p.respond)(Reply::NotLeader { hint });
