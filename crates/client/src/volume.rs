@@ -254,9 +254,10 @@ impl Volume {
                 }
                 Ok(None) if op == Op::Read => return Ok(Bytes::from(vec![0u8; p.len as usize])),
                 Ok(None) => return Ok(Bytes::new()),
-                Err(Error::Control(ControlError::Unavailable(m)))
-                | Err(Error::Net(tessera_net::NetError::Timeout { addr: m, .. })) => {
-                    last_err = m;
+                // The manager restarting or electing a leader is as transient as a storage
+                // node doing so: wait for it like for them.
+                Err(e @ (Error::Control(ControlError::Unavailable(_)) | Error::Net(_))) => {
+                    last_err = format!("manager: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                     continue;

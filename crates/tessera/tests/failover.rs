@@ -165,3 +165,40 @@ async fn killing_leaders_and_followers_under_load_loses_nothing() {
         pauses[pauses.len() - 1]
     );
 }
+
+/// The data path needs the manager only to learn routes: with the manager down, I/O to
+/// chunks already mapped goes on; once it is back, new chunks are mapped again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_goes_on_while_the_manager_is_down() {
+    let mut c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    c.create_volume("m", "8MiB", "1MiB");
+    let client = c.client().await;
+    let vol = client.open("m").await.expect("open");
+    vol.write(0, Bytes::from(vec![1u8; 8192]))
+        .await
+        .expect("map chunk 0");
+
+    c.kill_manager();
+    for i in 0..200u64 {
+        let off = (i % 200) * 4096;
+        vol.write(off, Bytes::from(vec![i as u8; 4096]))
+            .await
+            .expect("write without a manager");
+        let got = vol.read(off, 4096).await.expect("read without a manager");
+        assert!(got.iter().all(|&b| b == i as u8));
+    }
+
+    c.restart_manager();
+    // A chunk never written before needs the manager to be mapped: it works again.
+    vol.write(5 * 1024 * 1024, Bytes::from(vec![9u8; 4096]))
+        .await
+        .expect("write to a new chunk after the manager is back");
+    assert!(
+        vol.read(5 * 1024 * 1024, 4096)
+            .await
+            .expect("read")
+            .iter()
+            .all(|&b| b == 9)
+    );
+}

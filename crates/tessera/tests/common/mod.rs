@@ -139,6 +139,32 @@ impl Cluster {
         }
     }
 
+    pub fn kill_manager(&mut self) {
+        if let Some(mut m) = self.manager.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
+    pub fn restart_manager(&mut self) {
+        let log = self.dir.path().join("manager.log");
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let err = out.try_clone().expect("log");
+        let cfg = self.dir.path().join("manager.toml");
+        self.manager = Some(
+            Command::new(BIN)
+                .args(["manager", "--config", cfg.to_str().expect("utf8")])
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn manager"),
+        );
+    }
+
     pub fn restart_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         // Append to the same log file.
