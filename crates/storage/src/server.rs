@@ -23,7 +23,7 @@ use tessera_proto::frame::{Frame, Kind};
 use tessera_raft::RaftNode;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 pub(crate) struct Shared {
     pub(crate) raft: RaftNode,
@@ -54,12 +54,14 @@ const IN_FLIGHT_UNITS: u32 = 16 * 1024;
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
     let (r, w) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    // Each answer carries the in-flight budget its request took, released only once the
+    // answer is on the socket: a client that stops reading stops being served.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Option<OwnedSemaphorePermit>)>();
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::with_capacity(256 * 1024, w);
         while let Some(f) = rx.recv().await {
             let mut next = Some(f);
-            while let Some(f) = next {
+            while let Some((f, _permit)) = next {
                 if tessera_net::write_frame(&mut w, &f).await.is_err() {
                     return;
                 }
@@ -98,15 +100,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         shared.raft.submit(
                             req,
                             Box::new(move |reply: Reply| {
-                                drop(permit);
                                 stage.observe_since(arrived);
-                                let _ = tx.send(Frame::new(Kind::Reply, id, reply.encode()));
+                                let frame = Frame::new(Kind::Reply, id, reply.encode());
+                                let _ = tx.send((frame, Some(permit)));
                             }),
                         );
                     }
                     Err(e) => {
                         let reply = Reply::BadRequest(e.to_string());
-                        let _ = tx.send(Frame::new(Kind::Reply, id, reply.encode()));
+                        let _ = tx.send((Frame::new(Kind::Reply, id, reply.encode()), None));
                     }
                 }
             }
@@ -119,7 +121,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             },
             Kind::Rpc => {
                 let res = rpc(&shared, &f.body).await;
-                let _ = tx.send(tessera_net::rpc_reply(f.request_id, &res));
+                let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
             }
             Kind::Reply | Kind::RpcReply => {
                 tracing::warn!(%peer, "dropping connection: unsolicited {:?} frame", f.kind);
