@@ -280,6 +280,7 @@ impl Service {
                                 .node(*m)
                                 .map(|n| n.rack.clone())
                                 .unwrap_or_default(),
+                            node_state: self.live.health(*m, t).as_str().to_string(),
                             role: report.map(|r| r.role),
                             commit: report.map_or(0, |r| r.commit),
                             applied: report.map_or(0, |r| r.applied),

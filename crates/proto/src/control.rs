@@ -210,6 +210,9 @@ pub struct GroupStatus {
 pub struct ReplicaStatus {
     pub node_id: u64,
     pub rack: String,
+    /// The hosting node's health: `up`, `suspect` or `down`.
+    #[serde(default)]
+    pub node_state: String,
     pub role: Option<Role>,
     pub commit: u64,
     pub applied: u64,

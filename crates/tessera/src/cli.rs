@@ -215,21 +215,31 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
             }
             println!("\nGROUPS");
             println!(
-                "{:>6} {:>7} {:>7} REPLICAS (node@rack)",
-                "ID", "LEADER", "CHUNKS"
+                "{:>6} {:>7} {:>7} {:<9} REPLICAS (node@rack, ! = node not up)",
+                "ID", "LEADER", "CHUNKS", "STATE"
             );
             for g in &s.groups {
                 let reps: Vec<String> = g
                     .replicas
                     .iter()
-                    .map(|r| format!("{}@{}", r.node_id, r.rack))
+                    .map(|r| {
+                        let mark = if r.node_state == "up" { "" } else { "!" };
+                        format!("{}@{}{mark}", r.node_id, r.rack)
+                    })
                     .collect();
+                let degraded = g.replicas.iter().any(|r| r.node_state != "up");
+                let state = match (g.leader, degraded) {
+                    (None, _) => "no-leader",
+                    (Some(_), true) => "degraded",
+                    (Some(_), false) => "healthy",
+                };
                 let leader = g.leader.map_or("-".to_string(), |l| l.to_string());
                 println!(
-                    "{:>6} {:>7} {:>7} {}",
+                    "{:>6} {:>7} {:>7} {:<9} {}",
                     g.group_id,
                     leader,
                     g.chunks,
+                    state,
                     reps.join(" ")
                 );
             }

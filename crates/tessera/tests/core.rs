@@ -150,6 +150,11 @@ async fn groups_span_three_racks_and_import_export_round_trips() {
             g.group_id,
             g.replicas
         );
+        assert!(
+            g.replicas.iter().all(|r| r.node_state == "up"),
+            "{:?}",
+            g.replicas
+        );
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -519,4 +524,40 @@ async fn deleting_a_volume_frees_its_chunks_and_its_name() {
             .iter()
             .all(|&b| b == 0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_reported_and_its_groups_degraded() {
+    let mut c = Cluster::start(Opts::default());
+    c.wait_ready(3).await;
+    c.kill_node(2);
+    let addr = c.nodes[2].addr.clone();
+    // The manager marks a node suspect after 5 s without a heartbeat (its default).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status().await.expect("status");
+        let node = s
+            .nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .expect("the killed node");
+        if node.state != "up" {
+            let id = node.node_id;
+            for g in &s.groups {
+                for r in g.replicas.iter().filter(|r| r.node_id == id) {
+                    assert_eq!(r.node_state, node.state);
+                }
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node never left the up state"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = c.cli_ok(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("degraded"), "{text}");
+    assert!(text.contains("suspect") || text.contains("down"), "{text}");
 }
