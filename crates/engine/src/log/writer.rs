@@ -214,9 +214,13 @@ impl Writer {
         cur.file
             .write_all_at(&self.buf, cur.offset)
             .map_err(|e| fatal(&path, "write", &e))?;
-        cur.file
-            .sync_data()
-            .map_err(|e| fatal(&path, "fdatasync", &e))?;
+        let synced = (|| {
+            fail::fail_point!("log::fdatasync", |_| Err(io::Error::other(
+                "fdatasync failure injected by the log::fdatasync fail point"
+            )));
+            cur.file.sync_data()
+        })();
+        synced.map_err(|e| fatal(&path, "fdatasync", &e))?;
         cur.offset += size;
         let seq = cur.seq;
         let stats = &self.shared.stats;
