@@ -108,6 +108,7 @@ impl NodeConn {
         &self,
         kind: Kind,
         body: bytes::Bytes,
+        tail: bytes::Bytes,
         timeout: Duration,
     ) -> Result<Frame, NetError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -115,7 +116,12 @@ impl NodeConn {
         if let Ok(mut m) = self.waiters.lock() {
             m.insert(id, otx);
         }
-        if self.is_dead() || self.tx.send(Frame::new(kind, id, body)).is_err() {
+        if self.is_dead()
+            || self
+                .tx
+                .send(Frame::with_tail(kind, id, body, tail))
+                .is_err()
+        {
             self.forget(id);
             return Err(NetError::Closed);
         }

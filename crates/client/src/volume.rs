@@ -327,7 +327,8 @@ impl Volume {
     async fn send(&self, addr: &str, req: &Request) -> Result<Reply> {
         let conn = self.inner.client.node(addr).await?;
         let sent = std::time::Instant::now();
-        let f = conn.request(req.kind(), req.encode(), CALL_TIMEOUT).await?;
+        let (head, data) = req.encode_parts();
+        let f = conn.request(req.kind(), head, data, CALL_TIMEOUT).await?;
         match req.op {
             Op::Read => CLIENT_READ.observe_since(sent),
             _ => CLIENT_WRITE.observe_since(sent),

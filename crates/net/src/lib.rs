@@ -77,14 +77,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// Writes one frame: header then body, without copying the body.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
-    if f.body.len() > frame::MAX_BODY as usize {
+    if f.body_len() > frame::MAX_BODY as usize {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("frame body of {} bytes over the limit", f.body.len()),
+            format!("frame body of {} bytes over the limit", f.body_len()),
         ));
     }
     w.write_all(&f.header()).await?;
-    w.write_all(&f.body).await
+    w.write_all(&f.body).await?;
+    w.write_all(&f.tail).await
 }
 
 /// Opens a TCP connection with `TCP_NODELAY` (every frame is latency-critical).

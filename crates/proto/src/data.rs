@@ -80,16 +80,23 @@ impl Request {
         }
     }
 
-    pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(REQ_HEADER + self.data.len());
+    /// The body as (fixed header, payload): send them as the two parts of one frame
+    /// ([`crate::frame::Frame::with_tail`]) and the payload is never copied.
+    pub fn encode_parts(&self) -> (Bytes, Bytes) {
+        let mut b = BytesMut::with_capacity(REQ_HEADER);
         b.put_u64_le(self.addr.group);
         b.put_u64_le(self.addr.volume);
         b.put_u64_le(self.addr.chunk);
         b.put_u64_le(self.epoch);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
-        b.extend_from_slice(&self.data);
-        b.freeze()
+        (b.freeze(), self.data.clone())
+    }
+
+    /// The body in one buffer (copies the payload).
+    pub fn encode(&self) -> Bytes {
+        let (head, data) = self.encode_parts();
+        [head, data].concat().into()
     }
 
     /// Decodes a request body of frame kind `kind`. The write payload is a zero-copy slice.
@@ -184,6 +191,15 @@ impl Reply {
         }
     }
 
+    /// The body as (status and message, read data): see [`Request::encode_parts`].
+    pub fn encode_parts(&self) -> (Bytes, Bytes) {
+        match self {
+            Reply::Ok(data) => (Bytes::from_static(&[0]), data.clone()),
+            other => (other.encode(), Bytes::new()),
+        }
+    }
+
+    /// The body in one buffer (copies read data).
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::new();
         b.put_u8(self.code());
@@ -293,6 +309,18 @@ mod tests {
             let body = req.encode();
             assert_eq!(Request::decode(req.kind(), &body).unwrap(), req);
         }
+    }
+
+    #[test]
+    fn parts_are_the_body_split_in_two() {
+        let req = Request::write(ADDR, 512, Bytes::from(vec![7u8; 100]));
+        let (head, data) = req.encode_parts();
+        assert_eq!([head, data].concat(), req.encode().to_vec());
+        let r = Reply::Ok(Bytes::from_static(b"data"));
+        let (head, data) = r.encode_parts();
+        assert_eq!([head, data].concat(), r.encode().to_vec());
+        let r = Reply::NotLeader { hint: 3 };
+        assert_eq!(r.encode_parts().0, r.encode());
     }
 
     #[test]

@@ -61,34 +61,51 @@ impl TryFrom<u8> for Kind {
     }
 }
 
-/// One decoded frame. The body is a zero-copy slice of the receive buffer.
+/// One frame. A decoded frame's body is a zero-copy slice of the receive buffer. A frame
+/// being sent may carry its body in two parts, `body` then `tail`, so that a payload (the
+/// data of a write or of a read reply) goes out without being copied behind its small
+/// header; on the wire the two are one body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: Kind,
     pub request_id: u64,
     pub body: Bytes,
+    /// The rest of the body (empty for every decoded frame).
+    pub tail: Bytes,
 }
 
 impl Frame {
     pub fn new(kind: Kind, request_id: u64, body: Bytes) -> Self {
+        Frame::with_tail(kind, request_id, body, Bytes::new())
+    }
+
+    /// A frame whose body is `body` followed by `tail`.
+    pub fn with_tail(kind: Kind, request_id: u64, body: Bytes, tail: Bytes) -> Self {
         Frame {
             kind,
             request_id,
             body,
+            tail,
         }
     }
 
-    /// The header to send before `self.body` (send both, e.g. with a vectored write, so the
+    /// Length of the body on the wire.
+    pub fn body_len(&self) -> usize {
+        self.body.len() + self.tail.len()
+    }
+
+    /// The header to send before `body` and `tail` (send all three as they are, so the
     /// body is never copied).
     pub fn header(&self) -> [u8; HEADER_LEN] {
-        encode_header(self.kind, self.request_id, &self.body)
+        encode_header_parts(self.kind, self.request_id, &[&self.body, &self.tail])
     }
 
     /// Header and body in one buffer (one copy of the body: fine for small frames).
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(HEADER_LEN + self.body.len());
+        let mut out = BytesMut::with_capacity(HEADER_LEN + self.body_len());
         out.extend_from_slice(&self.header());
         out.extend_from_slice(&self.body);
+        out.extend_from_slice(&self.tail);
         out.freeze()
     }
 }
@@ -96,14 +113,21 @@ impl Frame {
 /// Encodes a header for `body`. Panics only if the caller builds a body over [`MAX_BODY`],
 /// which is a programming error on the sending side, never input from the network.
 pub fn encode_header(kind: Kind, request_id: u64, body: &[u8]) -> [u8; HEADER_LEN] {
-    assert!(body.len() <= MAX_BODY as usize, "frame body over MAX_BODY");
+    encode_header_parts(kind, request_id, &[body])
+}
+
+/// Encodes a header for a body sent as consecutive `parts`.
+pub fn encode_header_parts(kind: Kind, request_id: u64, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    assert!(len <= MAX_BODY as usize, "frame body over MAX_BODY");
+    let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     h[4] = VERSION;
     h[5] = kind as u8;
     h[8..16].copy_from_slice(&request_id.to_le_bytes());
-    h[16..20].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    h[20..24].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    h[16..20].copy_from_slice(&(len as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
     let hc = crc32c::crc32c(&h[0..24]);
     h[24..28].copy_from_slice(&hc.to_le_bytes());
     h
@@ -156,11 +180,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     if crc32c::crc32c(&body) != body_crc {
         return Err(DecodeError::BodyChecksum);
     }
-    Ok(Some(Frame {
-        kind,
-        request_id,
-        body,
-    }))
+    Ok(Some(Frame::new(kind, request_id, body)))
 }
 
 #[cfg(test)]
@@ -208,6 +228,20 @@ mod tests {
             decode(&mut buf),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_body_sent_in_two_parts_decodes_as_one() {
+        let f = Frame::with_tail(
+            Kind::Reply,
+            7,
+            Bytes::from_static(b"\x00"),
+            Bytes::from_static(b"read data"),
+        );
+        let mut buf = BytesMut::from(&f.to_bytes()[..]);
+        let got = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&got.body[..], b"\x00read data");
+        assert!(got.tail.is_empty());
     }
 
     #[test]

@@ -101,7 +101,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                             req,
                             Box::new(move |reply: Reply| {
                                 stage.observe_since(arrived);
-                                let frame = Frame::new(Kind::Reply, id, reply.encode());
+                                let (head, data) = reply.encode_parts();
+                                let frame = Frame::with_tail(Kind::Reply, id, head, data);
                                 let _ = tx.send((frame, Some(permit)));
                             }),
                         );
