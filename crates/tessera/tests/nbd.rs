@@ -184,23 +184,6 @@ fn run_ok(prog: &str, args: &[&str]) -> Output {
     o
 }
 
-fn create(c: &Cluster, name: &str, size: &str, chunk: &str) {
-    let out = c.cli(&[
-        "volume",
-        "create",
-        name,
-        "--size",
-        size,
-        "--chunk-size",
-        chunk,
-    ]);
-    assert!(
-        out.status.success(),
-        "creating {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs qemu-io with the given commands; success means exit 0 and no failure message.
 fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
     let mut args = vec!["-f".to_string(), "raw".to_string(), uri.to_string()];
@@ -231,7 +214,7 @@ fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_img_and_qemu_io_see_the_volume_and_survive_a_restart() {
     let mut c = start_cluster().await;
-    create(&c, "vol0", "64MiB", "1MiB");
+    c.create_volume("vol0", "64MiB", "1MiB");
     let mut gw = Gateway::start(&c);
     let uri = gw.uri("vol0");
 
@@ -307,8 +290,8 @@ async fn qemu_img_and_qemu_io_see_the_volume_and_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdinfo_lists_volumes_and_nbdcopy_round_trips_256_mib() {
     let c = start_cluster().await;
-    create(&c, "alpha", "16MiB", "1MiB");
-    create(&c, "bulk", "256MiB", "4MiB");
+    c.create_volume("alpha", "16MiB", "1MiB");
+    c.create_volume("bulk", "256MiB", "4MiB");
     let gw = Gateway::start(&c);
 
     let list = run_ok(
@@ -400,7 +383,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
         text(&help)
     );
     let c = start_cluster().await;
-    create(&c, "fio", "64MiB", "1MiB");
+    c.create_volume("fio", "64MiB", "1MiB");
     let gw = Gateway::start(&c);
 
     // Two jobs, each its own NBD connection, each verifying its own 16 MiB region.
@@ -450,7 +433,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ext4_image_survives_a_round_trip() {
     let c = start_cluster().await;
-    create(&c, "fs", "64MiB", "1MiB");
+    c.create_volume("fs", "64MiB", "1MiB");
     let gw = Gateway::start(&c);
 
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -606,7 +589,7 @@ fn read_ok(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_abuse_gets_errors_and_other_clients_keep_working() {
     let c = start_cluster().await;
-    create(&c, "vol", "16MiB", "1MiB");
+    c.create_volume("vol", "16MiB", "1MiB");
     let gw = Gateway::start(&c);
     let port = gw.port;
     let uri = gw.uri("vol");

@@ -90,31 +90,28 @@ impl Net {
     /// Cuts node `i` off from the other storage nodes, both ways. The root namespace (the
     /// manager and the client) still reaches it.
     fn isolate(&self, i: usize, on: bool) {
-        let verb = if on { "add" } else { "del" };
         for j in (0..self.nodes).filter(|&j| j != i) {
-            assert!(sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns(i),
-                "ip",
-                "route",
-                verb,
-                "blackhole",
-                &format!("{}/32", self.ip(j))
-            ]));
-            assert!(sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns(j),
-                "ip",
-                "route",
-                verb,
-                "blackhole",
-                &format!("{}/32", self.ip(i))
-            ]));
+            self.blackhole(i, j, on);
+            self.blackhole(j, i, on);
         }
+    }
+
+    /// Adds (or removes) a blackhole route in node `from`'s namespace towards node `to`.
+    fn blackhole(&self, from: usize, to: usize, on: bool) {
+        let verb = if on { "add" } else { "del" };
+        let dest = format!("{}/32", self.ip(to));
+        let ns = self.ns(from);
+        assert!(sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "route",
+            verb,
+            "blackhole",
+            &dest
+        ]));
     }
 }
 
