@@ -238,14 +238,21 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         volume: vol.info().id,
         chunk: 0,
     };
-    // The leader, as the nodes themselves say.
+    // The leader, as the nodes themselves say: the one serving reads. A fresh leader serves
+    // them only once a quorum has answered its heartbeats (its lease), so ask until one does.
     let mut leader = None;
-    for (i, n) in c.nodes.iter().enumerate() {
-        if matches!(
-            direct(&n.addr, &Request::other(Op::Read, addr, 0, 4096)).await,
-            Some(Reply::Ok(_))
-        ) {
-            leader = Some(i);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.is_none() && Instant::now() < deadline {
+        for (i, n) in c.nodes.iter().enumerate() {
+            if matches!(
+                direct(&n.addr, &Request::other(Op::Read, addr, 0, 4096)).await,
+                Some(Reply::Ok(_))
+            ) {
+                leader = Some(i);
+            }
+        }
+        if leader.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let x = leader.expect("a leader serving reads");
