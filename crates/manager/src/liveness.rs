@@ -166,8 +166,11 @@ mod tests {
                     leader: 0,
                     commit: 1,
                     applied: 1,
+                    voters: Vec::new(),
+                    learners: Vec::new(),
                 })
                 .collect(),
+            recovery: Default::default(),
         }
     }
 

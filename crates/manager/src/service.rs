@@ -111,6 +111,9 @@ impl Service {
                 allocate,
             } => self.route(volume_id, chunk, allocate, now),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
+            ManagerRequest::DrainNode { .. } => Err(ControlError::Invalid(
+                "draining is not implemented yet".into(),
+            )),
         };
         (res, orders)
     }
@@ -188,7 +191,10 @@ impl Service {
             .filter(|g| !reported.contains(&g.id))
             .map(|g| self.state.group_spec(g))
             .collect();
-        Ok(ManagerReply::HeartbeatAck { create_groups })
+        Ok(ManagerReply::HeartbeatAck {
+            create_groups,
+            remove_groups: Vec::new(),
+        })
     }
 
     fn delete(
@@ -288,6 +294,11 @@ impl Service {
                     })
                     .collect(),
                 chunks: self.state.group_chunks(g.id),
+                degraded: g.members.len() < 3
+                    || g.members
+                        .iter()
+                        .any(|m| !matches!(self.live.health(*m, t), crate::liveness::Health::Up)),
+                moving_to: Vec::new(),
             })
             .collect();
         let nodes = self
@@ -309,6 +320,7 @@ impl Service {
                     last_heartbeat_ms_ago: self.live.last_heartbeat_ago(n.id, t).map(millis),
                     replicas: counts.get(&n.id).copied().unwrap_or(0),
                     leaders: groups.iter().filter(|g| g.leader == Some(n.id)).count() as u64,
+                    draining: false,
                 }
             })
             .collect();

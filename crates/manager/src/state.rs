@@ -364,6 +364,7 @@ impl State {
         GroupSpec {
             group_id: g.id,
             peers: self.peers(g),
+            joining: false,
         }
     }
 

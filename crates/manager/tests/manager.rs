@@ -52,9 +52,10 @@ async fn heartbeat(m: &Manager, node: u64, groups: Vec<GroupState>) -> Result<Ve
         capacity_bytes: 1 << 40,
         used_bytes: 1 << 20,
         groups,
+        recovery: Default::default(),
     };
     match ask(m, ManagerRequest::Heartbeat(hb)).await? {
-        ManagerReply::HeartbeatAck { create_groups } => {
+        ManagerReply::HeartbeatAck { create_groups, .. } => {
             Ok(create_groups.iter().map(|g| g.group_id).collect())
         }
         other => panic!("unexpected {other:?}"),
@@ -69,6 +70,8 @@ fn state(group_id: u64, role: Role) -> GroupState {
         leader: 0,
         commit: 10,
         applied: 10,
+        voters: Vec::new(),
+        learners: Vec::new(),
     }
 }
 

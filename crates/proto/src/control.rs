@@ -48,6 +48,13 @@ pub enum ManagerRequest {
         allocate: bool,
     },
     ClusterStatus,
+    /// Move every replica and leader off this node (before maintenance); it ends with none.
+    /// The node stays registered and serving until then. `undo` stops draining.
+    DrainNode {
+        node_id: u64,
+        #[serde(default)]
+        undo: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +65,10 @@ pub enum ManagerReply {
     /// Groups this node must host but did not report in its heartbeat.
     HeartbeatAck {
         create_groups: Vec<GroupSpec>,
+        /// Replicas this node hosts that are no longer members of their group (moved away,
+        /// or replaced while the node was down): destroy them and their data.
+        #[serde(default)]
+        remove_groups: Vec<u64>,
     },
     Volume(VolumeInfo),
     Volumes(Vec<VolumeInfo>),
@@ -80,12 +91,48 @@ pub enum StorageRequest {
     },
     /// This node's current state (the same as its heartbeat).
     Status,
+    /// Leader only: make the group's voters exactly `peers`. Nodes not yet members are added
+    /// as learners (they catch up from a snapshot of the chunk files, then the log), and
+    /// once every one has caught up a joint-consensus change makes `peers` the voters and
+    /// removes the rest. Idempotent: the manager repeats it until the answer says `done`.
+    /// The new nodes must already host the group (a `joining` [`GroupSpec`]).
+    ChangeMembers { group_id: u64, peers: Vec<PeerInfo> },
+    /// Leader only: hand the group's leadership to `to` (a voter).
+    TransferLeader { group_id: u64, to: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StorageReply {
     Done,
     Status(NodeHeartbeat),
+    Members(MembershipState),
+    /// This node does not lead the group; `hint` is the leader it knows of (0: none).
+    NotLeader {
+        hint: u64,
+    },
+}
+
+/// A group's membership as its leader sees it, with each peer's replication progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipState {
+    pub group_id: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// A joint configuration is still being left.
+    pub joint: bool,
+    /// The voters are exactly the requested peers, with no learner and no joint state left.
+    pub done: bool,
+    /// The leader's last log index, to compare each peer's `matched` with.
+    pub last_index: u64,
+    pub progress: Vec<PeerProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProgress {
+    pub node_id: u64,
+    pub matched: u64,
+    /// `probe`, `replicate` or `snapshot` (installing a copy of the chunk files).
+    pub state: String,
 }
 
 /// A control-plane failure, named after what the caller can do about it. Messages name the
@@ -122,6 +169,21 @@ pub struct NodeHeartbeat {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub groups: Vec<GroupState>,
+    #[serde(default)]
+    pub recovery: RecoveryStats,
+}
+
+/// What this node pulled from other nodes to rebuild replicas, since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStats {
+    /// Snapshots (copies of a group's chunk files) installed.
+    pub snapshots: u64,
+    /// Data bytes fetched: only blocks whose checksum differed from the local copy.
+    pub bytes_fetched: u64,
+    /// Bytes of chunk data compared (the size of what a full copy would have moved).
+    pub bytes_compared: u64,
+    /// Groups whose snapshot is being fetched now.
+    pub in_progress: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +204,12 @@ pub struct GroupState {
     pub leader: u64,
     pub commit: u64,
     pub applied: u64,
+    /// The membership this replica has applied (empty while a joining replica waits for
+    /// its first snapshot).
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +223,11 @@ pub struct PeerInfo {
 pub struct GroupSpec {
     pub group_id: u64,
     pub peers: Vec<PeerInfo>,
+    /// A replica added to an existing group: it starts empty, never campaigns, and waits
+    /// for the leader's snapshot (which tells it the real membership). `peers` then only
+    /// tells where the other nodes are.
+    #[serde(default)]
+    pub joining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +269,9 @@ pub struct NodeStatus {
     pub last_heartbeat_ms_ago: Option<u64>,
     pub replicas: u64,
     pub leaders: u64,
+    /// Being drained: receives nothing new, everything moves off it.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +280,12 @@ pub struct GroupStatus {
     pub leader: Option<u64>,
     pub replicas: Vec<ReplicaStatus>,
     pub chunks: u64,
+    /// Fewer than three healthy replicas.
+    #[serde(default)]
+    pub degraded: bool,
+    /// A membership change under way: the replicas the group is moving to.
+    #[serde(default)]
+    pub moving_to: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

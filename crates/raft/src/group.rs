@@ -278,6 +278,8 @@ impl Group {
             leader: r.leader_id,
             commit: r.raft_log.committed,
             applied: self.applied,
+            voters: r.prs().conf().voters().ids().iter().collect(),
+            learners: r.prs().conf().learners().iter().copied().collect(),
         }
     }
 

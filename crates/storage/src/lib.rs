@@ -283,6 +283,7 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
         capacity_bytes,
         used_bytes,
         groups,
+        recovery: Default::default(),
     }
 }
 
@@ -291,7 +292,7 @@ async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: Stri
     loop {
         let hb = heartbeat_of(&shared).await;
         match call_manager(&cfg, &ManagerRequest::Heartbeat(hb)).await {
-            Ok(ManagerReply::HeartbeatAck { create_groups }) => {
+            Ok(ManagerReply::HeartbeatAck { create_groups, .. }) => {
                 for spec in create_groups {
                     shared.raft.create_group(spec);
                 }

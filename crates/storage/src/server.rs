@@ -163,5 +163,8 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             }
         }
         StorageRequest::Status => Ok(StorageReply::Status(crate::heartbeat_of(shared).await)),
+        StorageRequest::ChangeMembers { .. } | StorageRequest::TransferLeader { .. } => Err(
+            ControlError::Invalid("membership changes are not implemented yet".into()),
+        ),
     }
 }
