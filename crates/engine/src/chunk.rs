@@ -271,6 +271,64 @@ impl ChunkStore {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Every chunk with files in this store, sorted.
+    pub fn list_chunks(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let vols = match std::fs::read_dir(&self.dir) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for vol in vols {
+            let vol = vol?;
+            let Some(volume) = vol.file_name().to_str().and_then(parse_hex) else {
+                continue;
+            };
+            if !vol.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(vol.path())? {
+                let name = f?.file_name();
+                if let Some(chunk) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".dat"))
+                    .and_then(parse_hex)
+                {
+                    out.push((volume, chunk));
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The stored checksums of `count` blocks from block `first` (4 bytes each, as in the
+    /// sidecar: 0 for a block never written). A chunk without files has only zeroes.
+    pub fn checksums(&self, volume: u64, chunk: u64, first: u64, count: u64) -> Result<Bytes> {
+        check_range(
+            volume,
+            chunk,
+            first.saturating_mul(BLOCK_SIZE),
+            count.saturating_mul(BLOCK_SIZE),
+        )?;
+        let mut buf = vec![0u8; (count * CRC_LEN) as usize];
+        if let Some(files) = self.files(volume, chunk, false)? {
+            let _guard = files.read_guard();
+            read_full_at(&files.crcs, &mut buf, first * CRC_LEN)?;
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Blocks of the chunk as far as its files reach (0 if it has none).
+    pub fn chunk_blocks(&self, volume: u64, chunk: u64) -> Result<u64> {
+        let Some(files) = self.files(volume, chunk, false)? else {
+            return Ok(0);
+        };
+        let data = files.data.metadata()?.len().div_ceil(BLOCK_SIZE);
+        let crcs = files.crcs.metadata()?.len().div_ceil(CRC_LEN);
+        Ok(data.max(crcs))
+    }
+
     fn write_locked(
         &self,
         files: &ChunkFiles,

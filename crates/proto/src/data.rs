@@ -33,6 +33,13 @@ pub enum Op {
     Read,
     WriteZeroes,
     Discard,
+    /// Snapshot transfer between nodes (served from the chunk files, outside Raft): the
+    /// chunks the group holds (reply: `(volume u64, chunk u64)` pairs), the stored
+    /// checksums of `len` blocks from block `offset` of a chunk (4 bytes each), and `len`
+    /// bytes of a chunk at `offset`, verified.
+    SnapList,
+    SnapChecksums,
+    SnapRead,
 }
 
 /// One data-plane request.
@@ -77,6 +84,9 @@ impl Request {
             Op::Read => Kind::Read,
             Op::WriteZeroes => Kind::WriteZeroes,
             Op::Discard => Kind::Discard,
+            Op::SnapList => Kind::SnapList,
+            Op::SnapChecksums => Kind::SnapChecksums,
+            Op::SnapRead => Kind::SnapRead,
         }
     }
 
@@ -106,6 +116,9 @@ impl Request {
             Kind::Read => Op::Read,
             Kind::WriteZeroes => Op::WriteZeroes,
             Kind::Discard => Op::Discard,
+            Kind::SnapList => Op::SnapList,
+            Kind::SnapChecksums => Op::SnapChecksums,
+            Kind::SnapRead => Op::SnapRead,
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };
         let mut r = Reader::new(body);

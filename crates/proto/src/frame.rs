@@ -34,6 +34,11 @@ pub enum Kind {
     Read = 2,
     WriteZeroes = 3,
     Discard = 4,
+    /// Node to node, copying a replica: the chunks of a group, a chunk's block checksums,
+    /// a chunk's raw data. [`crate::data::Request`] bodies too.
+    SnapList = 5,
+    SnapChecksums = 6,
+    SnapRead = 7,
     /// Data plane reply to any of the above: a [`crate::data::Reply`].
     Reply = 0x80,
     /// Node to node: a batch of Raft messages of many groups ([`crate::data::RaftBatch`]).
@@ -52,6 +57,9 @@ impl TryFrom<u8> for Kind {
             2 => Kind::Read,
             3 => Kind::WriteZeroes,
             4 => Kind::Discard,
+            5 => Kind::SnapList,
+            6 => Kind::SnapChecksums,
+            7 => Kind::SnapRead,
             0x80 => Kind::Reply,
             16 => Kind::RaftBatch,
             32 => Kind::Rpc,

@@ -6,6 +6,7 @@
 //! the network or waits for an fsync.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +24,14 @@ use crate::store::{GroupStorage, MemLog};
 pub(crate) const SLOT_HARD_STATE: u8 = 0;
 pub(crate) const SLOT_APPLIED: u8 = 1;
 pub(crate) const SLOT_MEMBERSHIP: u8 = 2;
+/// The Raft configuration as of the last applied conf change: its index (u64 LE) then the
+/// protobuf `ConfState`.
+pub(crate) const SLOT_CONF: u8 = 3;
+
+/// Where a new group's log starts (index and term), as in TiKV: entries 1..=5 never exist,
+/// so a replica added later (whose log is empty) can never be sent entries from the start of
+/// a log it has no configuration for; it always gets a snapshot first.
+pub(crate) const INIT_INDEX: u64 = 5;
 
 struct Proposal {
     index: u64,
@@ -42,6 +51,26 @@ pub(crate) struct Group {
     pub(crate) raw: RawNode<GroupStorage>,
     pub(crate) store: GroupStorage,
     pub(crate) spec: GroupSpec,
+    /// This replica's chunk files.
+    pub(crate) chunks: Arc<ChunkStore>,
+    /// Index of the last conf change applied (entries at or below it are not re-applied
+    /// after a restart: the configuration persisted with it already includes them).
+    pub(crate) conf_index: u64,
+    /// Per-group values to persist with the next log write (conf changes applied).
+    pub(crate) slot_writes: Vec<(u8, Bytes)>,
+    /// The membership changed: peers' addresses must be refreshed.
+    pub(crate) peers_changed: bool,
+    /// A conf change removed this replica from its group: it must be destroyed.
+    pub(crate) removed: bool,
+    /// A snapshot is being fetched for this replica (its MsgSnapshot waits).
+    pub(crate) fetching: bool,
+    /// A snapshot was installed whose Ready (number, index) is not yet durable: raft's
+    /// applied index moves to it once it is.
+    pub(crate) installed: Option<(u64, u64)>,
+    /// Last time a peer fetched chunk data of this group from this node, and when each
+    /// peer was first seen waiting for a snapshot (see `check_snapshots`).
+    pub(crate) snap_activity: Option<Instant>,
+    pub(crate) snap_waiting: std::collections::HashMap<u64, (u64, Instant)>,
     proposals: VecDeque<Proposal>,
     reads: VecDeque<PendingRead>,
     /// Committed entries handed out by raft, not yet applied (apply can stall on a full
@@ -57,7 +86,7 @@ pub(crate) struct Group {
     pub(crate) persisted_hs: HardState,
     /// Entries up to here were in the log at start: re-applying them may meet torn blocks.
     pub(crate) replay_upto: u64,
-    replay_term: u64,
+    pub(crate) replay_term: u64,
     /// Send time of the latest heartbeat each peer answered (see `Poller`'s stamps).
     contact: std::collections::HashMap<u64, Instant>,
     /// How long an answer keeps counting for the read lease.
@@ -153,6 +182,10 @@ pub(crate) fn from_log_entry(e: &LogEntry) -> Entry {
 /// What a group starts from: a new group (nothing applied) or what the log recovered.
 pub(crate) struct GroupInit {
     pub(crate) spec: GroupSpec,
+    /// The configuration last applied, if any conf change or snapshot was (otherwise the
+    /// spec's peers are the voters, or nobody for a joining replica).
+    pub(crate) conf: Option<(u64, ConfState)>,
+    pub(crate) chunks: Arc<ChunkStore>,
     pub(crate) hard_state: HardState,
     pub(crate) applied: (u64, u64),
     pub(crate) entries: Vec<Entry>,
@@ -173,10 +206,17 @@ impl Group {
             compacted_term: applied_term,
             ..Default::default()
         };
-        mem.conf_state = ConfState {
-            voters: init.spec.peers.iter().map(|p| p.node_id).collect(),
-            ..Default::default()
+        let conf_index = init.conf.as_ref().map_or(0, |(i, _)| *i);
+        mem.conf_state = match init.conf {
+            Some((_, cs)) => cs,
+            None if init.spec.joining => ConfState::default(),
+            None => ConfState {
+                voters: init.spec.peers.iter().map(|p| p.node_id).collect(),
+                ..Default::default()
+            },
         };
+        mem.applied = (applied, applied_term);
+        mem.snapshot_data = tessera_proto::control::encode(&init.spec);
         let ents = init.entries;
         match ents.first() {
             // The log kept a tail below the applied index (for lagging peers: see
@@ -212,6 +252,15 @@ impl Group {
             raw,
             store,
             spec: init.spec,
+            chunks: init.chunks,
+            conf_index,
+            slot_writes: Vec::new(),
+            peers_changed: false,
+            removed: false,
+            fetching: false,
+            installed: None,
+            snap_activity: None,
+            snap_waiting: std::collections::HashMap::new(),
             proposals: VecDeque::new(),
             reads: VecDeque::new(),
             to_apply: VecDeque::new(),
@@ -286,13 +335,7 @@ impl Group {
     /// A client request for this group. Writes are proposed; reads are served from the
     /// applied state once it covers the commit index seen now (lease read: see module docs
     /// of the crate for why no round trip is needed).
-    pub(crate) fn request(
-        &mut self,
-        req: Request,
-        respond: Respond,
-        disk_full: bool,
-        chunks: &ChunkStore,
-    ) {
+    pub(crate) fn request(&mut self, req: Request, respond: Respond, disk_full: bool) {
         if !self.is_leader() {
             respond(Reply::NotLeader {
                 hint: self.raw.raft.leader_id,
@@ -316,7 +359,7 @@ impl Group {
             }
             let index = self.raw.raft.raft_log.committed;
             if self.applied >= index && self.reads.is_empty() {
-                respond(serve_read(chunks, &req));
+                respond(serve_read(&self.chunks, &req));
             } else {
                 self.reads.push_back(PendingRead {
                     index,
@@ -338,6 +381,12 @@ impl Group {
             Op::WriteZeroes => CmdOp::WriteZeroes,
             Op::Discard => CmdOp::Discard,
             Op::Read => unreachable!("reads returned above"),
+            Op::SnapList | Op::SnapChecksums | Op::SnapRead => {
+                respond(Reply::BadRequest(
+                    "snapshot transfers are served by the data port, not by Raft".into(),
+                ));
+                return;
+            }
         };
         let cmd = Command {
             op,
@@ -390,6 +439,11 @@ impl Group {
         }
     }
 
+    /// Committed entries not yet applied are covered by an installed snapshot.
+    pub(crate) fn drop_unapplied(&mut self) {
+        self.to_apply.clear();
+    }
+
     pub(crate) fn queue_committed(&mut self, ents: Vec<Entry>) {
         self.to_apply.extend(ents);
     }
@@ -398,11 +452,21 @@ impl Group {
     /// reads the new applied index covers. Stops at the first entry that cannot be applied
     /// (full disk, a corrupt block under a partial write): it is retried later, never
     /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
-    pub(crate) fn apply(&mut self, chunks: &ChunkStore) -> Result<(), String> {
+    pub(crate) fn apply(&mut self) -> Result<(), String> {
         let before = self.applied;
-        while let Some(e) = self.to_apply.front() {
+        while let Some(front) = self.to_apply.front() {
+            if front.get_entry_type() != EntryType::EntryNormal {
+                let e = front.clone();
+                self.apply_conf_change(&e);
+            }
+            let Some(e) = self.to_apply.front() else {
+                break;
+            };
             let started = std::time::Instant::now();
-            let result = apply_entry(chunks, self.id, e);
+            let result = match e.get_entry_type() {
+                EntryType::EntryNormal => apply_entry(&self.chunks, self.id, e),
+                _ => Ok(()),
+            };
             crate::metrics::APPLY.observe_since(started);
             match &result {
                 Err(tessera_engine::Error::DiskFull(msg)) => {
@@ -429,6 +493,7 @@ impl Group {
             self.to_apply.pop_front();
             self.applied = index;
             self.applied_term = term;
+            self.store.lock().applied = (index, term);
             while let Some(p) = self.proposals.front() {
                 if p.index > index {
                     break;
@@ -457,7 +522,7 @@ impl Group {
             let Some(r) = self.reads.pop_front() else {
                 break;
             };
-            (r.respond)(serve_read(chunks, &r.req));
+            (r.respond)(serve_read(&self.chunks, &r.req));
         }
         Ok(())
     }
@@ -474,6 +539,7 @@ impl Group {
     pub(crate) fn compactable(&self) -> u64 {
         const TAIL_BYTES: u64 = 1 << 20;
         const LAGGING_PEER_BYTES: u64 = 16 << 20;
+        const SNAPSHOT_PEER_BYTES: u64 = 256 << 20;
         let mem = self.store.lock();
         let mut to = mem.index_keeping(self.flushed, TAIL_BYTES);
         if self.is_leader() {
@@ -487,13 +553,26 @@ impl Group {
                 .unwrap_or(0);
             let cap = mem.index_keeping(self.flushed, LAGGING_PEER_BYTES);
             to = to.min(slowest.max(cap));
+            // A peer copying a snapshot continues from the entry after it: keep that
+            // (up to a bigger cap: past it the copy starts over from a newer snapshot).
+            let pending = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+                .map(|(_, pr)| pr.pending_snapshot)
+                .min();
+            if let Some(p) = pending {
+                to = to.min(p.max(mem.index_keeping(self.flushed, SNAPSHOT_PEER_BYTES)));
+            }
         }
         to
     }
 }
 
 fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Result<()> {
-    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+    if e.data.is_empty() {
         return Ok(());
     }
     let cmd = match Command::decode(&e.data) {

@@ -22,6 +22,7 @@
 
 mod group;
 mod logger;
+mod membership;
 mod metrics;
 mod poller;
 mod store;
@@ -32,8 +33,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use tessera_engine::{ChunkStore, Log, Recovered};
-use tessera_proto::control::{GroupSpec, GroupState};
+use tessera_engine::{ChunkStore, ChunkStores, Log, Recovered};
+use tessera_proto::control::{GroupSpec, GroupState, MembershipState, PeerInfo};
 use tessera_proto::data::{RaftBatch, Reply, Request};
 
 /// How a request's answer is delivered (called exactly once, from the poller thread).
@@ -47,6 +48,37 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: u64, batch: RaftBatch);
     /// Where node `node` listens (learned from group membership).
     fn set_peer(&self, node: u64, addr: &str);
+}
+
+/// Copies a group's chunk data from the node that sent this replica a snapshot. The receiver
+/// compares block checksums and moves only the blocks that differ, so a replica that was
+/// away briefly pays for what changed, not for everything it holds.
+pub trait SnapshotFetcher: Send + Sync + 'static {
+    /// Bring `job.store` to (at least) the state of `job.from`'s replica at `job.index`,
+    /// make it durable, then call `done` (from any thread).
+    fn fetch(&self, job: FetchJob, done: Box<dyn FnOnce(Result<(), String>) + Send>);
+}
+
+/// One snapshot to copy.
+pub struct FetchJob {
+    pub group: u64,
+    /// The node that sent the snapshot (it has applied at least `index`).
+    pub from: u64,
+    pub from_addr: String,
+    pub index: u64,
+    /// This replica's chunk store, to be made a copy of the sender's.
+    pub store: Arc<ChunkStore>,
+}
+
+/// The answer to a membership change request.
+pub type MembersAnswer = Box<dyn FnOnce(Result<MembershipState, MembershipError>) + Send>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipError {
+    /// This node does not lead the group; the leader it knows of (0: none).
+    NotLeader(u64),
+    GroupNotFound,
+    ShuttingDown,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +116,28 @@ pub(crate) enum Event {
     Flushed(Vec<(u64, u64, u64)>),
     Compact(Vec<(u64, u64)>),
     CreateGroup(GroupSpec),
+    /// The manager says this replica is no longer a member: destroy it.
+    RemoveGroup(u64),
+    /// The log dropped a destroyed group: its chunk files can go.
+    Destroyed(u64),
+    /// A destroyed group's chunk files are gone.
+    DestroyDone(u64),
+    SnapshotFetched {
+        group: u64,
+        msg: Box<raft::eraftpb::Message>,
+        result: Result<(), String>,
+    },
+    SnapshotActivity(u64),
+    ChangeMembers {
+        group: u64,
+        peers: Vec<PeerInfo>,
+        respond: MembersAnswer,
+    },
+    TransferLeader {
+        group: u64,
+        to: u64,
+        respond: MembersAnswer,
+    },
     DropChunks {
         group: u64,
         volume: u64,
@@ -116,14 +170,22 @@ impl RaftNode {
         config: NodeConfig,
         log: Log,
         recovered: Recovered,
-        chunks: Arc<ChunkStore>,
+        chunks: Arc<ChunkStores>,
         transport: Arc<dyn Transport>,
+        fetcher: Arc<dyn SnapshotFetcher>,
         on_fatal: Box<dyn Fn(String) + Send + Sync>,
     ) -> std::io::Result<RaftNode> {
         let (tx, rx) = mpsc::unbounded_channel();
         let on_fatal: Arc<dyn Fn(String) + Send + Sync> = Arc::from(on_fatal);
-        let mut p =
-            poller::Poller::new(config, log, chunks, transport, tx.clone(), on_fatal.clone())?;
+        let mut p = poller::Poller::new(
+            config,
+            log,
+            chunks,
+            transport,
+            fetcher,
+            tx.clone(),
+            on_fatal.clone(),
+        )?;
         p.recover(recovered);
         let poller = tokio::spawn(async move { p.run(rx).await });
         // A panic in the poller (raft-rs asserts its invariants) must stop the node, not
@@ -172,6 +234,39 @@ impl RaftNode {
             })
         {
             respond(Reply::Unavailable("storage node is shutting down".into()));
+        }
+    }
+
+    /// Destroy this node's replica of `group` (it is no longer a member) and its data.
+    pub fn remove_group(&self, group: u64) {
+        let _ = self.tx.send(Event::RemoveGroup(group));
+    }
+
+    /// A peer is copying `group`'s chunk data from this node (keeps its snapshot alive).
+    pub fn snapshot_activity(&self, group: u64) {
+        let _ = self.tx.send(Event::SnapshotActivity(group));
+    }
+
+    /// Leader only: one step towards the group's voters being exactly `peers` (see
+    /// `membership.rs`); answers with the membership as it stands.
+    pub fn change_members(&self, group: u64, peers: Vec<PeerInfo>, respond: MembersAnswer) {
+        if let Err(mpsc::error::SendError(Event::ChangeMembers { respond, .. })) =
+            self.tx.send(Event::ChangeMembers {
+                group,
+                peers,
+                respond,
+            })
+        {
+            respond(Err(MembershipError::ShuttingDown));
+        }
+    }
+
+    /// Leader only: hand the group's leadership to node `to`.
+    pub fn transfer_leader(&self, group: u64, to: u64, respond: MembersAnswer) {
+        if let Err(mpsc::error::SendError(Event::TransferLeader { respond, .. })) =
+            self.tx.send(Event::TransferLeader { group, to, respond })
+        {
+            respond(Err(MembershipError::ShuttingDown));
         }
     }
 

@@ -17,16 +17,18 @@ use bytes::Bytes;
 use protobuf::Message as _;
 use raft::StateRole;
 use raft::eraftpb::{HardState, Message, MessageType};
-use tessera_engine::{ChunkStore, GroupWrite, Log, Recovered};
+use tessera_engine::{ChunkStores, GroupWrite, Log, Recovered};
 use tessera_proto::command::{CmdOp, Command};
 use tessera_proto::control::{self, GroupSpec};
 use tessera_proto::data::{RaftBatch, Reply};
 
 use crate::group::{
-    Group, GroupInit, SLOT_APPLIED, SLOT_HARD_STATE, SLOT_MEMBERSHIP, decode_applied,
-    decode_hard_state, encode_applied, encode_hard_state, from_log_entry, to_log_entry,
+    Group, GroupInit, INIT_INDEX, SLOT_APPLIED, SLOT_CONF, SLOT_HARD_STATE, SLOT_MEMBERSHIP,
+    decode_applied, decode_hard_state, encode_applied, encode_hard_state, from_log_entry,
+    to_log_entry,
 };
-use crate::{Event, NodeConfig, Transport};
+use crate::membership::decode_conf;
+use crate::{Event, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
 
 type Outbox = HashMap<u64, Vec<(u64, Bytes)>>;
 
@@ -38,14 +40,17 @@ const FLUSH_AT_BYTES: u64 = 256 << 20;
 pub(crate) struct Poller {
     cfg: NodeConfig,
     log: Log,
-    chunks: Arc<ChunkStore>,
+    chunks: Arc<ChunkStores>,
     transport: Arc<dyn Transport>,
+    fetcher: Arc<dyn SnapshotFetcher>,
     tx: mpsc::UnboundedSender<Event>,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     groups: HashMap<u64, Group>,
     /// Groups the log knows but could not restore. Never re-created empty here: a replica
     /// that forgot its vote or its log could elect a second leader in a term.
     quarantined: HashSet<u64>,
+    /// Replicas being destroyed (log tombstone, then files): not re-created meanwhile.
+    destroying: HashSet<u64>,
     dirty: HashSet<u64>,
     /// Log writes not tied to a Ready (membership of new groups, apply progress), sent with
     /// the next round's batch, and what to compact once they are durable.
@@ -97,7 +102,7 @@ fn send_all(transport: &dyn Transport, from_node: u64, outbox: Outbox) {
 
 fn spawn_flusher(
     node_id: u64,
-    chunks: Arc<ChunkStore>,
+    chunks: Arc<ChunkStores>,
     tx: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<std::sync::mpsc::Sender<Vec<(u64, u64, u64)>>> {
     let (ftx, frx) = std::sync::mpsc::channel::<Vec<(u64, u64, u64)>>();
@@ -121,8 +126,9 @@ impl Poller {
     pub(crate) fn new(
         cfg: NodeConfig,
         log: Log,
-        chunks: Arc<ChunkStore>,
+        chunks: Arc<ChunkStores>,
         transport: Arc<dyn Transport>,
+        fetcher: Arc<dyn SnapshotFetcher>,
         tx: mpsc::UnboundedSender<Event>,
         on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     ) -> std::io::Result<Poller> {
@@ -132,10 +138,12 @@ impl Poller {
             log,
             chunks,
             transport,
+            fetcher,
             tx,
             on_fatal,
             groups: HashMap::new(),
             quarantined: HashSet::new(),
+            destroying: HashSet::new(),
             dirty: HashSet::new(),
             pending_writes: Vec::new(),
             pending_compacts: Vec::new(),
@@ -176,6 +184,7 @@ impl Poller {
                 .get(&SLOT_APPLIED)
                 .and_then(|b| decode_applied(b))
                 .unwrap_or((0, 0));
+            let conf = rg.slots.get(&SLOT_CONF).and_then(|b| decode_conf(b));
             let entries: Vec<_> = rg.entries.iter().map(from_log_entry).collect();
             if let Some(first) = entries.iter().find(|e| e.index > applied.0)
                 && first.index != applied.0 + 1
@@ -189,8 +198,18 @@ impl Poller {
                 self.quarantined.insert(gid);
                 continue;
             }
+            let chunks = match self.chunks.get(gid) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(group = gid, "cannot open chunk files: {e}; quarantined");
+                    self.quarantined.insert(gid);
+                    continue;
+                }
+            };
             let init = GroupInit {
                 spec,
+                conf,
+                chunks,
                 hard_state,
                 applied,
                 entries,
@@ -214,6 +233,16 @@ impl Poller {
             }
         }
         self.chunks.set_replaying(self.replaying);
+        // Chunk files whose group the log no longer knows belong to a replica destroyed
+        // before its files were (the log's tombstone comes first).
+        for space in self.chunks.spaces() {
+            if !self.groups.contains_key(&space) && !self.quarantined.contains(&space) {
+                tracing::warn!(group = space, "removing chunk files of a destroyed replica");
+                if let Err(e) = self.chunks.remove(space) {
+                    tracing::warn!(group = space, "removing chunk files: {e}");
+                }
+            }
+        }
         tracing::info!(
             node = self.cfg.node_id,
             groups = self.groups.len(),
@@ -251,13 +280,41 @@ impl Poller {
     }
 
     fn add_group(&mut self, g: Group) {
-        for p in &g.spec.peers {
+        self.learn_peers(&g.spec.peers);
+        self.dirty.insert(g.id);
+        self.groups.insert(g.id, g);
+    }
+
+    fn learn_peers(&self, peers: &[control::PeerInfo]) {
+        for p in peers {
             if p.node_id != self.cfg.node_id {
                 self.transport.set_peer(p.node_id, &p.addr);
             }
         }
-        self.dirty.insert(g.id);
-        self.groups.insert(g.id, g);
+    }
+
+    /// Destroys this node's replica of `gid`: pending requests fail over, the log forgets
+    /// the group (a durable tombstone), then its chunk files are deleted.
+    fn destroy_group(&mut self, gid: u64) {
+        let Some(mut g) = self.groups.remove(&gid) else {
+            return;
+        };
+        g.fail_pending();
+        self.dirty.remove(&gid);
+        self.destroying.insert(gid);
+        tracing::info!(group = gid, "destroying this replica: no longer a member");
+        let tx = self.tx.clone();
+        self.log.remove_group(
+            gid,
+            Box::new(move |res| match res {
+                Ok(()) => {
+                    let _ = tx.send(Event::Destroyed(gid));
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Fatal(format!("removing group {gid}: {e}")));
+                }
+            }),
+        );
     }
 
     pub(crate) async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
@@ -299,6 +356,9 @@ impl Poller {
                 Event::Request(_, respond, _) | Event::DropChunks { respond, .. } => {
                     respond(Reply::Unavailable("storage node is shutting down".into()))
                 }
+                Event::ChangeMembers { respond, .. } | Event::TransferLeader { respond, .. } => {
+                    respond(Err(MembershipError::ShuttingDown))
+                }
                 Event::Status(f) => f(Vec::new()),
                 _ => {}
             }
@@ -328,6 +388,48 @@ impl Poller {
                             continue;
                         }
                     };
+                    if msg.get_msg_type() == MessageType::MsgSnapshot {
+                        // The chunk data comes first, copied from the sender; the message
+                        // is stepped once it is here and durable.
+                        if !g.fetching && msg.get_snapshot().get_metadata().index > g.applied {
+                            g.fetching = true;
+                            let snap = msg.get_snapshot();
+                            let from_addr = control::decode::<GroupSpec>(&snap.data)
+                                .ok()
+                                .and_then(|s| s.peers.into_iter().find(|p| p.node_id == msg.from))
+                                .or_else(|| {
+                                    g.spec.peers.iter().find(|p| p.node_id == msg.from).cloned()
+                                })
+                                .map(|p| p.addr)
+                                .unwrap_or_default();
+                            let job = FetchJob {
+                                group: gid,
+                                from: msg.from,
+                                from_addr,
+                                index: snap.get_metadata().index,
+                                store: g.chunks.clone(),
+                            };
+                            tracing::info!(
+                                group = gid,
+                                from = msg.from,
+                                index = job.index,
+                                "fetching a snapshot"
+                            );
+                            let tx = self.tx.clone();
+                            let msg = Box::new(msg);
+                            self.fetcher.fetch(
+                                job,
+                                Box::new(move |result| {
+                                    let _ = tx.send(Event::SnapshotFetched {
+                                        group: gid,
+                                        msg,
+                                        result,
+                                    });
+                                }),
+                            );
+                        }
+                        continue;
+                    }
                     if msg.get_msg_type() == MessageType::MsgHeartbeatResponse
                         && let Ok(stamp) = <[u8; 8]>::try_from(&msg.context[..])
                     {
@@ -340,6 +442,85 @@ impl Poller {
                     self.dirty.insert(gid);
                 }
             }
+            Event::SnapshotFetched { group, msg, result } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                g.fetching = false;
+                match result {
+                    Ok(()) => {
+                        if let Err(e) = g.raw.step(*msg) {
+                            tracing::warn!(group, "stepping a fetched snapshot: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(group, from = msg.from, "snapshot fetch failed: {e}");
+                        // Tell the leader, so it offers a new snapshot rather than wait.
+                        let mut m = Message::default();
+                        m.set_msg_type(MessageType::MsgSnapStatus);
+                        m.to = msg.from;
+                        m.from = self.cfg.node_id;
+                        m.reject = true;
+                        let mut outbox = Outbox::new();
+                        push_msgs(&mut outbox, group, vec![m], self.epoch);
+                        send_all(&*self.transport, self.cfg.node_id, outbox);
+                    }
+                }
+                self.dirty.insert(group);
+            }
+            Event::SnapshotActivity(group) => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.note_snapshot_activity(Instant::now());
+                }
+            }
+            Event::ChangeMembers {
+                group,
+                peers,
+                respond,
+            } => {
+                if !self.groups.contains_key(&group) {
+                    return respond(Err(MembershipError::GroupNotFound));
+                }
+                // The leader must reach the new members before they are in its config.
+                self.learn_peers(&peers);
+                if let Some(g) = self.groups.get_mut(&group) {
+                    let r = g.change_members(&peers);
+                    self.dirty.insert(group);
+                    respond(r.map_err(MembershipError::NotLeader));
+                }
+            }
+            Event::TransferLeader { group, to, respond } => match self.groups.get_mut(&group) {
+                Some(g) => {
+                    let r = g.transfer_leader(to);
+                    self.dirty.insert(group);
+                    respond(match r {
+                        Ok(()) => Ok(g.membership()),
+                        Err(hint) => Err(MembershipError::NotLeader(hint)),
+                    });
+                }
+                None => respond(Err(MembershipError::GroupNotFound)),
+            },
+            Event::RemoveGroup(gid) => self.destroy_group(gid),
+            Event::Destroyed(gid) => {
+                let chunks = self.chunks.clone();
+                let tx = self.tx.clone();
+                // Deleting a large replica's files takes a while: not on this task.
+                let spawned = std::thread::Builder::new()
+                    .name(format!("destroy-{gid}"))
+                    .spawn(move || {
+                        if let Err(e) = chunks.remove(gid) {
+                            tracing::warn!(group = gid, "deleting chunk files: {e}");
+                        }
+                        let _ = tx.send(Event::DestroyDone(gid));
+                    });
+                if spawned.is_err() {
+                    self.destroying.remove(&gid);
+                }
+            }
+            Event::DestroyDone(gid) => {
+                self.destroying.remove(&gid);
+                tracing::info!(group = gid, "replica destroyed");
+            }
             Event::Request(req, respond, queued) => {
                 if req.op == tessera_proto::data::Op::Write {
                     self.check_space(Instant::now());
@@ -348,7 +529,7 @@ impl Poller {
                     Some(g) => {
                         crate::metrics::QUEUE.observe_since(queued);
                         let gid = g.id;
-                        g.request(req, respond, self.disk_full, &self.chunks);
+                        g.request(req, respond, self.disk_full);
                         self.dirty.insert(gid);
                     }
                     None => respond(Reply::GroupNotFound),
@@ -359,6 +540,12 @@ impl Poller {
                     if let Some(g) = self.groups.get_mut(&gid) {
                         g.persisting = g.persisting.saturating_sub(1);
                         g.raw.on_persist_ready(number);
+                        if let Some((n, index)) = g.installed
+                            && number >= n
+                        {
+                            g.installed = None;
+                            g.raw.advance_apply_to(index);
+                        }
                         self.dirty.insert(gid);
                     }
                 }
@@ -440,6 +627,13 @@ impl Poller {
         if self.groups.contains_key(&spec.group_id) {
             return;
         }
+        if self.destroying.contains(&spec.group_id) {
+            tracing::info!(
+                group = spec.group_id,
+                "not hosting a replica still being destroyed"
+            );
+            return;
+        }
         if self.quarantined.contains(&spec.group_id) {
             tracing::warn!(
                 group = spec.group_id,
@@ -455,10 +649,31 @@ impl Poller {
             return;
         }
         let gid = spec.group_id;
+        let chunks = match self.chunks.get(gid) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(group = gid, "cannot create chunk files: {e}");
+                return;
+            }
+        };
+        // A new group starts its log at INIT_INDEX; a joining replica starts empty and
+        // waits for a snapshot.
+        let (applied, hard_state) = if spec.joining {
+            ((0, 0), HardState::default())
+        } else {
+            let hs = HardState {
+                term: INIT_INDEX,
+                commit: INIT_INDEX,
+                ..Default::default()
+            };
+            ((INIT_INDEX, INIT_INDEX), hs)
+        };
         let init = GroupInit {
             spec: spec.clone(),
-            hard_state: HardState::default(),
-            applied: (0, 0),
+            conf: None,
+            chunks,
+            hard_state: hard_state.clone(),
+            applied,
             entries: Vec::new(),
         };
         let mut g = match Group::new(
@@ -473,16 +688,26 @@ impl Poller {
                 return;
             }
         };
+        let mut slots = vec![(SLOT_MEMBERSHIP, control::encode(&spec))];
+        if !spec.joining {
+            slots.push((SLOT_HARD_STATE, encode_hard_state(&hard_state)));
+            slots.push((SLOT_APPLIED, encode_applied(applied.0, applied.1)));
+        }
         self.pending_writes.push(GroupWrite {
             group: gid,
             entries: Vec::new(),
-            slots: vec![(SLOT_MEMBERSHIP, control::encode(&spec))],
+            slots,
         });
+        g.persisted_hs = hard_state;
         // The lowest member starts the first election at once rather than after a timeout.
-        if spec.peers.iter().map(|p| p.node_id).min() == Some(self.cfg.node_id) {
+        if !spec.joining && spec.peers.iter().map(|p| p.node_id).min() == Some(self.cfg.node_id) {
             let _ = g.raw.campaign();
         }
-        tracing::info!(group = gid, "hosting a new replica group");
+        tracing::info!(
+            group = gid,
+            joining = spec.joining,
+            "hosting a new replica group"
+        );
         self.add_group(g);
     }
 
@@ -499,6 +724,7 @@ impl Poller {
             for _ in 0..ticks {
                 g.raw.tick();
             }
+            g.check_snapshots(now);
             self.dirty.insert(*gid);
         }
         self.check_space(now);
@@ -535,14 +761,18 @@ impl Poller {
         let mut after_persist = Outbox::new();
         let dirty: Vec<u64> = self.dirty.drain().collect();
         let mut fatal = None;
+        let mut changed = Vec::new();
         for gid in dirty {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
             if !g.raw.has_ready() {
-                if let Err(msg) = g.apply(&self.chunks) {
+                if let Err(msg) = g.apply() {
                     fatal = Some(msg);
                     break;
+                }
+                if g.peers_changed || !g.slot_writes.is_empty() || g.removed {
+                    changed.push(gid);
                 }
                 continue;
             }
@@ -553,17 +783,20 @@ impl Poller {
                 g.fail_pending();
             }
             push_msgs(&mut outbox, gid, rd.take_messages(), self.epoch);
-            if !rd.snapshot().is_empty() {
-                tracing::error!(group = gid, "unexpected raft snapshot ignored");
-            }
-            g.queue_committed(rd.take_committed_entries());
             let mut gw = GroupWrite {
                 group: gid,
                 ..Default::default()
             };
+            let installed = !rd.snapshot().is_empty();
+            if installed {
+                gw = g.install_snapshot(rd.snapshot());
+                self.log
+                    .compact(gid, gw.entries.first().map_or(0, |e| e.index));
+            }
+            g.queue_committed(rd.take_committed_entries());
             if !rd.entries().is_empty() {
                 g.mem().append(rd.entries());
-                gw.entries = rd.entries().iter().map(to_log_entry).collect();
+                gw.entries.extend(rd.entries().iter().map(to_log_entry));
             }
             if let Some(hs) = rd.hs() {
                 g.mem().hard_state = hs.clone();
@@ -578,6 +811,9 @@ impl Poller {
             }
             let persisted_msgs = rd.take_persisted_messages();
             let number = rd.number();
+            if installed && let Some(e) = gw.entries.first() {
+                g.installed = Some((number, e.index));
+            }
             g.raw.advance_append_async(rd);
             if gw.entries.is_empty() && gw.slots.is_empty() && g.persisting == 0 {
                 g.raw.on_persist_ready(number);
@@ -588,12 +824,36 @@ impl Poller {
                 numbers.push((gid, number));
                 push_msgs(&mut after_persist, gid, persisted_msgs, self.epoch);
             }
-            if let Err(msg) = g.apply(&self.chunks) {
+            if let Err(msg) = g.apply() {
                 fatal = Some(msg);
                 break;
             }
             if g.raw.has_ready() {
                 self.dirty.insert(gid);
+            }
+            if g.peers_changed || !g.slot_writes.is_empty() || g.removed {
+                changed.push(gid);
+            }
+        }
+        for gid in changed {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            if !g.slot_writes.is_empty() {
+                self.pending_writes.push(GroupWrite {
+                    group: gid,
+                    entries: Vec::new(),
+                    slots: std::mem::take(&mut g.slot_writes),
+                });
+                self.dirty.insert(gid);
+            }
+            let peers = std::mem::take(&mut g.peers_changed).then(|| g.spec.peers.clone());
+            let removed = g.removed;
+            if let Some(peers) = peers {
+                self.learn_peers(&peers);
+            }
+            if removed {
+                self.destroy_group(gid);
             }
         }
         if let Some(msg) = fatal {

@@ -24,6 +24,13 @@ pub(crate) struct MemLog {
     pub(crate) entries: VecDeque<Entry>,
     /// Payload bytes held in `entries` (to bound memory).
     pub(crate) bytes: u64,
+    /// Index and term of the last applied entry: what a snapshot sent now stands for. The
+    /// chunk files a peer then copies hold at least that much (they may hold more: the
+    /// entries after it are re-applied on top, and applying a write twice is harmless).
+    pub(crate) applied: (u64, u64),
+    /// The group's membership with addresses (a JSON `GroupSpec`): a snapshot's data, so a
+    /// new replica learns where its peers are.
+    pub(crate) snapshot_data: bytes::Bytes,
 }
 
 impl MemLog {
@@ -150,12 +157,25 @@ impl Storage for GroupStorage {
         Ok(self.lock().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Chunk-level snapshots (a replica rebuilt from a peer's chunk files) come with
-        // re-replication; until then the log is only compacted behind what peers have.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// Metadata only: the receiver copies the chunk files themselves from this node
+    /// (only the blocks whose checksums differ) before it steps the snapshot into Raft.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let m = self.lock();
+        let (index, term) = m.applied;
+        if index == 0 || index < request_index || index < m.compacted_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot {
+            data: m.snapshot_data.clone(),
+            ..Default::default()
+        };
+        let md = snap.mut_metadata();
+        md.index = index;
+        md.term = term;
+        md.set_conf_state(m.conf_state.clone());
+        Ok(snap)
     }
 }
 

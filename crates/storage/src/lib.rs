@@ -7,6 +7,7 @@
 //! Must never: serve from a data directory another process holds; keep running after the
 //! shared log reported a failed fsync (see [`StorageNode::fatal`]).
 
+mod fetch;
 mod server;
 mod transport;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_engine::{ChunkStore, DirLock, Log, LogOptions};
+use tessera_engine::{ChunkStores, DirLock, Log, LogOptions};
 use tessera_proto::control::{
     ControlError, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration,
 };
@@ -51,6 +52,14 @@ pub struct StorageConfig {
     /// Where to serve `GET /metrics` (Prometheus text), e.g. `127.0.0.1:7580`; off if unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Bytes a second this node copies from peers to rebuild replicas (re-replication,
+    /// catching up after an absence), so that client I/O keeps its latency.
+    #[serde(default = "default_recovery_rate")]
+    pub recovery_bytes_per_sec: u64,
+}
+
+fn default_recovery_rate() -> u64 {
+    100 << 20
 }
 
 fn default_zone() -> String {
@@ -120,7 +129,8 @@ impl StorageNode {
         let segment_size = cfg.log_segment_bytes;
         let (log, recovered, chunks) = tokio::task::spawn_blocking(move || {
             let (log, rec) = Log::open(&data_dir.join("log"), LogOptions { segment_size })?;
-            let chunks = ChunkStore::open(&data_dir.join("chunks"))?;
+            // One directory per replica group (see `ChunkStores`).
+            let chunks = ChunkStores::open(&data_dir.join("groups"))?;
             Ok::<_, tessera_engine::Error>((log, rec, chunks))
         })
         .await
@@ -138,6 +148,11 @@ impl StorageNode {
             tokio::runtime::Handle::current(),
         ));
         let (fatal_tx, fatal_rx) = watch::channel(None);
+        let recovery = Arc::new(std::sync::Mutex::new(Default::default()));
+        let fetcher = Arc::new(fetch::Fetcher {
+            throttle: Arc::new(fetch::Throttle::new(cfg.recovery_bytes_per_sec)),
+            stats: recovery.clone(),
+        });
         let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
         ncfg.min_free_bytes = cfg.min_free_bytes;
         let raft = RaftNode::start(
@@ -146,6 +161,7 @@ impl StorageNode {
             recovered,
             chunks.clone(),
             transport,
+            fetcher,
             Box::new(move |msg| {
                 let _ = fatal_tx.send(Some(msg));
             }),
@@ -162,6 +178,8 @@ impl StorageNode {
                     .unwrap_or(0);
                 (total, space_chunks.used_bytes())
             }),
+            chunks,
+            recovery,
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;
@@ -245,7 +263,7 @@ async fn register(
     cfg: &StorageConfig,
     known_id: Option<u64>,
     advertise: &str,
-    chunks: &ChunkStore,
+    chunks: &ChunkStores,
 ) -> Result<u64, Error> {
     let (capacity, _) = tessera_engine::fsutil::fs_space(&cfg.data_dir)?;
     let req = ManagerRequest::RegisterNode(NodeRegistration {
@@ -283,7 +301,11 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
         capacity_bytes,
         used_bytes,
         groups,
-        recovery: Default::default(),
+        recovery: shared
+            .recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     }
 }
 
@@ -292,9 +314,15 @@ async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: Stri
     loop {
         let hb = heartbeat_of(&shared).await;
         match call_manager(&cfg, &ManagerRequest::Heartbeat(hb)).await {
-            Ok(ManagerReply::HeartbeatAck { create_groups, .. }) => {
+            Ok(ManagerReply::HeartbeatAck {
+                create_groups,
+                remove_groups,
+            }) => {
                 for spec in create_groups {
                     shared.raft.create_group(spec);
+                }
+                for g in remove_groups {
+                    shared.raft.remove_group(g);
                 }
             }
             Ok(other) => tracing::warn!("unexpected heartbeat reply {other:?}"),

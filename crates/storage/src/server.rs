@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tessera_engine::ChunkStores;
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
-use tessera_proto::control::{self, ControlError, StorageReply, StorageRequest};
+use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
+use tessera_raft::MembershipError;
 
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -29,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) raft: RaftNode,
     pub(crate) node_id: u64,
     pub(crate) capacity: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+    pub(crate) chunks: Arc<ChunkStores>,
+    pub(crate) recovery: Arc<std::sync::Mutex<RecoveryStats>>,
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -113,6 +117,21 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     }
                 }
             }
+            Kind::SnapList | Kind::SnapChecksums | Kind::SnapRead => {
+                let id = f.request_id;
+                let reply = match Request::decode(f.kind, &f.body) {
+                    Ok(req) => {
+                        shared.raft.snapshot_activity(req.addr.group);
+                        let chunks = shared.chunks.clone();
+                        tokio::task::spawn_blocking(move || serve_snapshot(&chunks, &req))
+                            .await
+                            .unwrap_or_else(|e| Reply::Io(e.to_string()))
+                    }
+                    Err(e) => Reply::BadRequest(e.to_string()),
+                };
+                let (head, data) = reply.encode_parts();
+                let _ = tx.send((Frame::with_tail(Kind::Reply, id, head, data), None));
+            }
             Kind::RaftBatch => match RaftBatch::decode(&f.body) {
                 Ok(b) => shared.raft.step(b),
                 Err(e) => {
@@ -163,8 +182,73 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             }
         }
         StorageRequest::Status => Ok(StorageReply::Status(crate::heartbeat_of(shared).await)),
-        StorageRequest::ChangeMembers { .. } | StorageRequest::TransferLeader { .. } => Err(
-            ControlError::Invalid("membership changes are not implemented yet".into()),
-        ),
+        StorageRequest::ChangeMembers { group_id, peers } => {
+            let (otx, orx) = oneshot::channel();
+            shared.raft.change_members(
+                group_id,
+                peers,
+                Box::new(move |r| {
+                    let _ = otx.send(r);
+                }),
+            );
+            membership_reply(group_id, orx.await)
+        }
+        StorageRequest::TransferLeader { group_id, to } => {
+            let (otx, orx) = oneshot::channel();
+            shared.raft.transfer_leader(
+                group_id,
+                to,
+                Box::new(move |r| {
+                    let _ = otx.send(r);
+                }),
+            );
+            membership_reply(group_id, orx.await)
+        }
+    }
+}
+
+fn membership_reply(
+    group_id: u64,
+    r: Result<Result<control::MembershipState, MembershipError>, oneshot::error::RecvError>,
+) -> Result<StorageReply, ControlError> {
+    match r {
+        Ok(Ok(state)) => Ok(StorageReply::Members(state)),
+        Ok(Err(MembershipError::NotLeader(hint))) => Ok(StorageReply::NotLeader { hint }),
+        Ok(Err(MembershipError::GroupNotFound)) => Err(ControlError::NotFound(format!(
+            "group {group_id} is not hosted here"
+        ))),
+        Ok(Err(MembershipError::ShuttingDown)) | Err(_) => {
+            Err(ControlError::Unavailable("node shutting down".into()))
+        }
+    }
+}
+
+/// A peer copying a replica asks for the group's chunk list, a chunk's checksums or its
+/// data. Served straight from the chunk files (they hold at least what the snapshot the
+/// peer got stands for); blocks are verified as on every read.
+fn serve_snapshot(chunks: &ChunkStores, req: &Request) -> Reply {
+    let Some(store) = chunks.existing(req.addr.group) else {
+        return Reply::GroupNotFound;
+    };
+    let (v, c) = (req.addr.volume, req.addr.chunk);
+    let res = match req.op {
+        Op::SnapList => store.list_chunks().and_then(|list| {
+            let mut b = Vec::with_capacity(list.len() * 24);
+            for (v, c) in list {
+                b.extend_from_slice(&v.to_le_bytes());
+                b.extend_from_slice(&c.to_le_bytes());
+                b.extend_from_slice(&store.chunk_blocks(v, c)?.to_le_bytes());
+            }
+            Ok(Bytes::from(b))
+        }),
+        Op::SnapChecksums => store.checksums(v, c, u64::from(req.offset), u64::from(req.len)),
+        Op::SnapRead => store.read(v, c, u64::from(req.offset), u64::from(req.len)),
+        _ => return Reply::BadRequest("not a snapshot request".into()),
+    };
+    match res {
+        Ok(b) => Reply::Ok(b),
+        Err(tessera_engine::Error::Corrupt(m)) => Reply::Corrupt(m),
+        Err(tessera_engine::Error::OutOfRange(m)) => Reply::OutOfRange(m),
+        Err(e) => Reply::Io(e.to_string()),
     }
 }

@@ -65,6 +65,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             min_free_bytes: 256 << 20,
             log_segment_bytes: 64 << 20,
             metrics_listen: None,
+            recovery_bytes_per_sec: 100 << 20,
         };
         nodes.push(
             StorageNode::start(cfg)

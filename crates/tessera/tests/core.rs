@@ -459,19 +459,27 @@ async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
     }
 }
 
-/// Files holding chunks of volume `id` on every node (`<data>/chunks/<id:016x>/*.dat`).
+/// Files holding chunks of volume `id` on every node
+/// (`<data>/groups/<group:016x>/<id:016x>/*.dat`).
 fn chunk_files(c: &Cluster, id: u64) -> usize {
+    let count = |dir: std::path::PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "dat"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
     c.nodes
         .iter()
-        .map(|n| {
-            std::fs::read_dir(n.data_dir.join("chunks").join(format!("{id:016x}")))
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .filter(|e| e.path().extension().is_some_and(|x| x == "dat"))
-                        .count()
-                })
-                .unwrap_or(0)
+        .flat_map(|n| {
+            std::fs::read_dir(n.data_dir.join("groups"))
+                .into_iter()
+                .flatten()
         })
+        .filter_map(|g| g.ok())
+        .map(|g| count(g.path().join(format!("{id:016x}"))))
         .sum()
 }
 

@@ -303,7 +303,8 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
     // divergent C was discarded), and the volume still reads B.
     let file = c.nodes[x]
         .data_dir
-        .join("chunks")
+        .join("groups")
+        .join(format!("{:016x}", route.group_id))
         .join(format!("{:016x}", vol.info().id))
         .join(format!("{:08x}.dat", 0));
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,357 @@
+//! Copying a replica's chunk data from another node (the receiving half of a snapshot).
+//!
+//! Owns: the node's recovery throttle and its recovery counters. A copy compares block
+//! checksums chunk by chunk and fetches only the blocks that differ, so a replica that was
+//! away for a while moves what changed, and a brand-new one moves everything once.
+//!
+//! Must never: block the node's runtime on disk I/O (writes and syncs run on the blocking
+//! pool), or report a copy done before its data is durable.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_engine::ChunkStore;
+use tessera_engine::chunk::BLOCK_SIZE;
+use tessera_metrics::Lazy;
+use tessera_net::FrameReader;
+use tessera_proto::control::RecoveryStats;
+use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
+use tessera_proto::frame::{Frame, Kind};
+use tessera_raft::{FetchJob, SnapshotFetcher};
+use tokio::net::tcp::OwnedWriteHalf;
+
+static FETCHED: Lazy = Lazy::new(
+    "tessera_recovery_fetch_seconds",
+    "One piece (up to 1 MiB) of chunk data copied from a peer to rebuild a replica",
+);
+
+/// Blocks fetched with one request.
+const RUN_BLOCKS: u64 = 256;
+/// Checksums asked for with one request.
+const CRC_BLOCKS: u64 = 64 * 1024;
+
+/// Paces recovery traffic: at most `rate` bytes a second into this node, so rebuilding
+/// replicas leaves the disk to client I/O.
+pub(crate) struct Throttle {
+    bytes_per_sec: f64,
+    next: Mutex<Instant>,
+}
+
+impl Throttle {
+    pub(crate) fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            // Idle time does not bank more than a quarter second of burst.
+            let start = (*next).max(now - Duration::from_millis(250));
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            next.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+pub(crate) struct Fetcher {
+    pub(crate) throttle: Arc<Throttle>,
+    pub(crate) stats: Arc<Mutex<RecoveryStats>>,
+}
+
+impl SnapshotFetcher for Fetcher {
+    fn fetch(&self, job: FetchJob, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+        let throttle = self.throttle.clone();
+        let stats = self.stats.clone();
+        lock(&stats).in_progress.push(job.group);
+        tokio::spawn(async move {
+            let group = job.group;
+            let started = Instant::now();
+            let res = copy_replica(&job, &throttle, &stats).await;
+            {
+                let mut s = lock(&stats);
+                s.in_progress.retain(|g| *g != group);
+                if res.is_ok() {
+                    s.snapshots += 1;
+                }
+            }
+            match &res {
+                Ok(()) => tracing::info!(
+                    group,
+                    from = job.from,
+                    index = job.index,
+                    secs = started.elapsed().as_secs_f64(),
+                    "snapshot copied"
+                ),
+                Err(e) => tracing::warn!(group, from = job.from, "snapshot copy failed: {e}"),
+            }
+            done(res);
+        });
+    }
+}
+
+fn lock(s: &Mutex<RecoveryStats>) -> std::sync::MutexGuard<'_, RecoveryStats> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One request/answer connection to the node being copied from.
+struct Source {
+    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    next_id: u64,
+}
+
+impl Source {
+    async fn connect(addr: &str) -> Result<Source, String> {
+        let s = tessera_net::connect(addr, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let (r, w) = s.into_split();
+        Ok(Source {
+            reader: FrameReader::new(r),
+            writer: w,
+            next_id: 1,
+        })
+    }
+
+    async fn ask(&mut self, req: Request) -> Result<Bytes, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = Frame::new(req.kind(), id, req.encode());
+        let work = async {
+            tessera_net::write_frame(&mut self.writer, &frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let f = self
+                .reader
+                .next()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("connection closed")?;
+            if f.kind != Kind::Reply || f.request_id != id {
+                return Err(format!("unexpected {:?} frame", f.kind));
+            }
+            match Reply::decode(&f.body).map_err(|e| e.to_string())? {
+                Reply::Ok(b) => Ok(b),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+}
+
+fn snap_req(op: Op, group: u64, volume: u64, chunk: u64, offset: u32, len: u32) -> Request {
+    Request::other(
+        op,
+        ChunkAddr {
+            group,
+            volume,
+            chunk,
+        },
+        offset,
+        len,
+    )
+}
+
+/// Parses a `SnapList` answer: `(volume, chunk, blocks)` triples.
+pub(crate) fn parse_list(b: &[u8]) -> Result<Vec<(u64, u64, u64)>, String> {
+    if !b.len().is_multiple_of(24) {
+        return Err(format!("chunk list of {} bytes", b.len()));
+    }
+    Ok(b.chunks_exact(24)
+        .map(|t| {
+            let u = |i: usize| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&t[i..i + 8]);
+                u64::from_le_bytes(a)
+            };
+            (u(0), u(8), u(16))
+        })
+        .collect())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> tessera_engine::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+async fn copy_replica(
+    job: &FetchJob,
+    throttle: &Throttle,
+    stats: &Mutex<RecoveryStats>,
+) -> Result<(), String> {
+    let g = job.group;
+    let mut src = Source::connect(&job.from_addr).await?;
+    let remote = parse_list(&src.ask(snap_req(Op::SnapList, g, 0, 0, 0, 0)).await?)?;
+    let store = job.store.clone();
+    let local = blocking(move || store.list_chunks()).await?;
+    for (v, c) in local {
+        if !remote.iter().any(|(rv, rc, _)| (*rv, *rc) == (v, c)) {
+            let store = job.store.clone();
+            blocking(move || store.drop_chunk(v, c)).await?;
+        }
+    }
+    for &(v, c, blocks) in &remote {
+        copy_chunk(job, &mut src, throttle, stats, v, c, blocks).await?;
+    }
+    let store = job.store.clone();
+    blocking(move || store.sync()).await
+}
+
+async fn copy_chunk(
+    job: &FetchJob,
+    src: &mut Source,
+    throttle: &Throttle,
+    stats: &Mutex<RecoveryStats>,
+    volume: u64,
+    chunk: u64,
+    blocks: u64,
+) -> Result<(), String> {
+    let g = job.group;
+    let store = job.store.clone();
+    let local_blocks = blocking(move || store.chunk_blocks(volume, chunk)).await?;
+    let mut first = 0;
+    while first < blocks {
+        let n = CRC_BLOCKS.min(blocks - first);
+        let theirs = src
+            .ask(snap_req(
+                Op::SnapChecksums,
+                g,
+                volume,
+                chunk,
+                first as u32,
+                n as u32,
+            ))
+            .await?;
+        let store = job.store.clone();
+        let mine = blocking(move || store.checksums(volume, chunk, first, n)).await?;
+        if theirs.len() != mine.len() {
+            return Err(format!("{} checksum bytes for {n} blocks", theirs.len()));
+        }
+        lock(stats).bytes_compared += n * BLOCK_SIZE;
+        let differs = |i: u64| {
+            let at = (i * 4) as usize;
+            theirs[at..at + 4] != mine[at..at + 4]
+        };
+        let mut i = 0;
+        while i < n {
+            if !differs(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && i - start < RUN_BLOCKS && differs(i) {
+                i += 1;
+            }
+            let (off, len) = ((first + start) * BLOCK_SIZE, (i - start) * BLOCK_SIZE);
+            throttle.take(len).await;
+            let t = Instant::now();
+            let data = src
+                .ask(snap_req(
+                    Op::SnapRead,
+                    g,
+                    volume,
+                    chunk,
+                    off as u32,
+                    len as u32,
+                ))
+                .await?;
+            FETCHED.observe_since(t);
+            if data.len() as u64 != len {
+                return Err(format!("asked {len} bytes, got {}", data.len()));
+            }
+            lock(stats).bytes_fetched += len;
+            let store = job.store.clone();
+            blocking(move || write_blocks(&store, volume, chunk, off, &data)).await?;
+        }
+        first += n;
+    }
+    if local_blocks > blocks {
+        // The source's chunk ends earlier: what is past its end reads as zeroes there.
+        let store = job.store.clone();
+        let (off, len) = (blocks * BLOCK_SIZE, (local_blocks - blocks) * BLOCK_SIZE);
+        blocking(move || store.write_zeroes(volume, chunk, off, len)).await?;
+    }
+    Ok(())
+}
+
+/// Writes fetched blocks; all-zero ones are written as holes (as on the source, where a
+/// block reads as zeroes when it was never written or was zeroed).
+fn write_blocks(
+    store: &ChunkStore,
+    volume: u64,
+    chunk: u64,
+    offset: u64,
+    data: &[u8],
+) -> tessera_engine::Result<()> {
+    let bs = BLOCK_SIZE as usize;
+    let mut i = 0;
+    let nblocks = data.len() / bs;
+    while i < nblocks {
+        let zero = data[i * bs..(i + 1) * bs].iter().all(|&b| b == 0);
+        let start = i;
+        while i < nblocks && data[i * bs..(i + 1) * bs].iter().all(|&b| b == 0) == zero {
+            i += 1;
+        }
+        let at = offset + (start * bs) as u64;
+        if zero {
+            store.write_zeroes(volume, chunk, at, ((i - start) * bs) as u64)?;
+        } else {
+            store.write(volume, chunk, at, &data[start * bs..i * bs])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn throttle_paces_to_the_rate() {
+        let t = Throttle::new(10 << 20);
+        let started = Instant::now();
+        for _ in 0..6 {
+            t.take(1 << 20).await;
+        }
+        // 6 MiB at 10 MiB/s, less the quarter-second burst allowance.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn zero_blocks_become_holes_and_data_is_written() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = ChunkStore::open(tmp.path()).expect("store");
+        store.write(1, 0, 0, &[7u8; 3 * 4096]).expect("w");
+        let mut data = vec![0u8; 3 * 4096];
+        data[2 * 4096..].fill(9);
+        write_blocks(&store, 1, 0, 0, &data).expect("write blocks");
+        let got = store.read(1, 0, 0, 3 * 4096).expect("read");
+        assert_eq!(&got[..], &data[..]);
+        let crcs = store.checksums(1, 0, 0, 3).expect("crcs");
+        assert_eq!(&crcs[..8], &[0u8; 8], "zeroed blocks are holes again");
+    }
+
+    #[test]
+    fn lists_must_be_whole_triples() {
+        assert!(parse_list(&[0u8; 23]).is_err());
+        let mut b = Vec::new();
+        for v in [1u64, 2, 3] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(parse_list(&b).unwrap(), vec![(1, 2, 3)]);
+    }
+}
