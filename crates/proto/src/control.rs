@@ -97,6 +97,11 @@ pub enum StorageRequest {
     /// removes the rest. Idempotent: the manager repeats it until the answer says `done`.
     /// The new nodes must already host the group (a `joining` [`GroupSpec`]).
     ChangeMembers { group_id: u64, peers: Vec<PeerInfo> },
+    /// Host a replica of this group (the same as a `create_groups` entry of a heartbeat
+    /// ack, without waiting for the next heartbeat). No-op if it is already hosted.
+    HostGroup {
+        spec: GroupSpec,
+    },
     /// Leader only: hand the group's leadership to `to` (a voter).
     TransferLeader { group_id: u64, to: u64 },
 }

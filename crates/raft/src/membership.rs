@@ -243,7 +243,11 @@ impl Group {
         let committed = raft.raft_log.committed;
         let caught_up = learners.iter().all(|id| {
             raft.prs().get(*id).is_some_and(|pr| {
-                pr.state == ProgressState::Replicate && pr.matched + CAUGHT_UP_SLACK >= committed
+                // A learner that has everything committed stays in Probe until the next
+                // entry; one that is replicating may trail by a little.
+                pr.matched >= committed
+                    || (pr.state == ProgressState::Replicate
+                        && pr.matched + CAUGHT_UP_SLACK >= committed)
             })
         });
         if !caught_up {

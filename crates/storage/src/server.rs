@@ -193,6 +193,10 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             );
             membership_reply(group_id, orx.await)
         }
+        StorageRequest::HostGroup { spec } => {
+            shared.raft.create_group(spec);
+            Ok(StorageReply::Done)
+        }
         StorageRequest::TransferLeader { group_id, to } => {
             let (otx, orx) = oneshot::channel();
             shared.raft.transfer_leader(
