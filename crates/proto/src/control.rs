@@ -99,9 +99,7 @@ pub enum StorageRequest {
     ChangeMembers { group_id: u64, peers: Vec<PeerInfo> },
     /// Host a replica of this group (the same as a `create_groups` entry of a heartbeat
     /// ack, without waiting for the next heartbeat). No-op if it is already hosted.
-    HostGroup {
-        spec: GroupSpec,
-    },
+    HostGroup { spec: GroupSpec },
     /// Leader only: hand the group's leadership to `to` (a voter).
     TransferLeader { group_id: u64, to: u64 },
 }
