@@ -22,7 +22,9 @@
 mod config;
 mod error;
 mod liveness;
+mod mover;
 mod placement;
+mod reconcile;
 mod server;
 mod service;
 mod state;

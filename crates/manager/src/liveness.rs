@@ -100,6 +100,11 @@ impl Liveness {
         }
     }
 
+    /// How long a node may stay silent before it is down.
+    pub fn down_after(&self) -> Duration {
+        self.down_after
+    }
+
     pub fn is_down(&self, node: u64, now: Instant) -> bool {
         self.health(node, now) == Health::Down
     }
@@ -127,10 +132,10 @@ impl Liveness {
             .flat_map(|l| l.groups.keys().copied())
     }
 
-    /// The member that claims leadership of `g` with the highest term, among members not
-    /// down.
+    /// The member that claims leadership of `g` with the highest term, among members (and
+    /// nodes a move is adding) not down.
     pub fn leader(&self, g: &GroupRecord, now: Instant) -> Option<u64> {
-        g.members
+        g.members_and_target()
             .iter()
             .filter(|m| !self.is_down(**m, now))
             .filter_map(|m| {
@@ -197,6 +202,7 @@ mod tests {
         let g = GroupRecord {
             id: 7,
             members: vec![1, 2, 3],
+            target: vec![],
         };
         assert_eq!(l.leader(&g, t0), None);
         l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), t0);
