@@ -4,7 +4,7 @@
 //!
 //! Time is passed in by the caller, so this is deterministic under test.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{GroupState, NodeHeartbeat, Role};
@@ -46,6 +46,10 @@ pub struct Liveness {
     suspect_after: Duration,
     down_after: Duration,
     nodes: HashMap<u64, Live>,
+    /// Groups some replica has reported a leader of since this manager started: they have a
+    /// history, so a replica created for them must join (wait for a snapshot) rather than
+    /// start as a fresh voter.
+    established: HashSet<u64>,
 }
 
 impl Liveness {
@@ -55,6 +59,7 @@ impl Liveness {
             suspect_after,
             down_after,
             nodes: HashMap::new(),
+            established: HashSet::new(),
         }
     }
 
@@ -83,6 +88,17 @@ impl Liveness {
         live.last_heartbeat = Some(now);
         live.usage = Some((hb.capacity_bytes, hb.used_bytes));
         live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
+        self.established.extend(
+            hb.groups
+                .iter()
+                .filter(|g| g.role == Role::Leader || g.leader != 0)
+                .map(|g| g.group_id),
+        );
+    }
+
+    /// Whether group `g` ever had a leader, as far as this manager heard.
+    pub fn established(&self, g: u64) -> bool {
+        self.established.contains(&g)
     }
 
     pub fn health(&self, node: u64, now: Instant) -> Health {

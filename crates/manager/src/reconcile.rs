@@ -107,8 +107,10 @@ pub struct Facts<'a> {
     pub settling: &'a BTreeSet<u64>,
 }
 
-/// Since when each up member has not reported hosting a group it is a member of. Memory
-/// only: after a manager restart the clock starts again, which only delays a replacement.
+/// Since when each up node has not reported hosting a group it is a member of, or that a
+/// move is adding it to (it should host it as a joining replica one heartbeat after the
+/// move starts). Memory only: after a manager restart the clock starts again, which only
+/// delays a replacement.
 #[derive(Debug, Default)]
 pub struct LostTracker {
     missing_since: BTreeMap<(u64, u64), Instant>,
@@ -120,7 +122,7 @@ impl LostTracker {
     pub fn update(&mut self, state: &State, live: &Liveness, now: Instant) {
         let mut next = BTreeMap::new();
         for g in state.groups() {
-            for &m in &g.members {
+            for m in g.members_and_target() {
                 let judged =
                     live.health(m, now) == Health::Up && live.last_heartbeat_ago(m, now).is_some();
                 if judged && live.report(m, g.id).is_none() {
@@ -279,16 +281,18 @@ impl Planner<'_> {
         self.f.state.node(n).map_or("", |n| n.rack.as_str())
     }
 
-    /// Why node `n` cannot stay among the voters `g` wants, if so: down or lost as a member;
-    /// down or draining as a node the move is adding (a draining member is left to
-    /// [`Planner::drain`]).
+    /// Why node `n` cannot stay among the voters `g` wants, if so: down, or not hosting the
+    /// group for longer than the down timeout; or draining, as a node the move is adding (a
+    /// draining member is left to [`Planner::drain`]).
     fn failed(&self, g: &GroupRecord, n: u64) -> Option<Why> {
         if self.health(n) == Health::Down {
             Some(Why::Down)
-        } else if g.members.contains(&n) {
-            self.f.lost.contains(&(n, g.id)).then_some(Why::Lost)
+        } else if self.f.lost.contains(&(n, g.id)) {
+            Some(Why::Lost)
+        } else if !g.members.contains(&n) && self.draining(n) {
+            Some(Why::Draining)
         } else {
-            self.draining(n).then_some(Why::Draining)
+            None
         }
     }
 
@@ -461,11 +465,14 @@ impl Planner<'_> {
             .filter(|n| !n.draining && self.health(n.id) == Health::Up)
             .map(|n| n.id)
             .collect();
-        // Every group fully healthy: moving replicas now would only slow recovery down.
+        // Only when every group is established and whole (a leader, every member up and
+        // hosting it): moving replicas otherwise would only slow recovery down, or move
+        // groups that have not even elected a leader yet.
         let healthy = state.groups().all(|g| {
-            g.members
-                .iter()
-                .all(|m| self.health(*m) == Health::Up && !self.f.lost.contains(&(*m, g.id)))
+            self.f.live.leader(g, self.f.now).is_some()
+                && g.members.iter().all(|m| {
+                    self.health(*m) == Health::Up && self.f.live.report(*m, g.id).is_some()
+                })
         });
         if !healthy {
             return;
@@ -580,10 +587,10 @@ impl Planner<'_> {
 /// destroy.
 ///
 /// - Create: every group the node is a member or a move target of that it does not report.
-///   It joins (waits for the leader's snapshot, never campaigns) when it is being added, or
-///   when another node already hosts the group — a member that lost its replica must not
-///   start a fresh, empty one as a voter. Otherwise the group is new and it is one of the
-///   initial voters.
+///   It joins (starts empty, waits for the leader's snapshot, never campaigns) when it is
+///   being added, or when the group has had a leader: a member that lost its replica must
+///   not come back as a fresh voter with an empty log, which could elect a replica missing
+///   committed entries. Otherwise the group is new and it is one of the initial voters.
 /// - Destroy: groups the node reports that the state knows and of which it is neither a
 ///   member nor a move target. A group the manager does not know is left alone: a wiped
 ///   or stale manager database must not destroy data.
@@ -598,10 +605,7 @@ pub fn heartbeat_orders(
         .filter(|g| !reported.contains(&g.id))
         .filter(|g| g.members_and_target().contains(&node))
         .map(|g| {
-            let joining = !g.members.contains(&node)
-                || g.members_and_target()
-                    .iter()
-                    .any(|n| *n != node && live.report(*n, g.id).is_some());
+            let joining = !g.members.contains(&node) || live.established(g.id);
             state.group_spec(g, joining)
         })
         .collect();
@@ -1127,6 +1131,43 @@ mod tests {
     }
 
     #[test]
+    fn a_move_whose_new_node_never_hosts_the_group_is_re_aimed() {
+        let mut w = World::new(&["a", "b", "c", "d", "e"], 2);
+        let g = w.state.groups_of(1).next().unwrap().clone();
+        let spare: Vec<u64> = (1..=5).filter(|n| !g.members.contains(n)).collect();
+        let target: Vec<u64> = g
+            .members
+            .iter()
+            .map(|m| if *m == 1 { spare[0] } else { *m })
+            .collect();
+        w.state.apply(&Mutation::SetGroupTarget {
+            group_id: g.id,
+            target,
+        });
+        // The new node heartbeats but never reports the group.
+        w.lost.insert((spare[0], g.id));
+        let p = w.plan(LIMITS);
+        let m = p
+            .moves
+            .iter()
+            .find(|m| m.group_id == g.id)
+            .expect("re-aimed");
+        assert_eq!(m.swaps, [(spare[0], spare[1], Why::Lost)]);
+    }
+
+    #[test]
+    fn nothing_is_rebalanced_before_every_group_has_a_leader() {
+        let mut w = World::new(&["a", "b", "c", "d"], 6);
+        w.add_node("e");
+        // Heartbeats in which nobody leads group 1.
+        let none: BTreeMap<u64, u64> = BTreeMap::from([(1, 0)]);
+        w.heartbeat_with(&none);
+        assert!(w.plan(LIMITS).moves.is_empty());
+        w.heartbeat_all();
+        assert!(!w.plan(LIMITS).moves.is_empty());
+    }
+
+    #[test]
     fn leaders_spread_over_voters() {
         let mut w = World::new(&["a", "b", "c"], 6);
         // Node 1 leads every group.
@@ -1196,7 +1237,7 @@ mod tests {
     #[test]
     fn a_member_that_lost_its_replica_rejoins_instead_of_bootstrapping() {
         let w = World::new(&["a", "b", "c"], 1);
-        // A new group nobody hosts yet: created as an initial voter.
+        // A new group that never had a leader: created as an initial voter.
         let fresh = {
             let mut s = w.state.clone();
             s.apply(&Mutation::AddGroups(vec![GroupRecord {
@@ -1209,7 +1250,7 @@ mod tests {
         };
         assert_eq!(fresh.len(), 1);
         assert!(!fresh[0].joining);
-        // Group 1, hosted by nodes 2 and 3, missing on node 1: joins.
+        // Group 1 has a leader (node 1, before it lost its replica): node 1 joins.
         let (create, _) = heartbeat_orders(&w.state, &w.live, 1, &BTreeSet::new());
         assert!(create[0].joining);
         assert_eq!(create[0].peers.len(), 3);
