@@ -25,6 +25,12 @@ pub struct ManagerConfig {
     pub suspect_after: Duration,
     /// No heartbeat for this long: the node is `down` (no new groups, not a leader).
     pub down_after: Duration,
+    /// Period of the reconcile pass (re-replication, draining, rebalancing, leaders).
+    pub reconcile_every: Duration,
+    /// Membership changes in flight in the whole cluster.
+    pub max_moves: usize,
+    /// Membership changes in flight adding a replica to one node.
+    pub max_moves_per_node: usize,
 }
 
 impl Default for ManagerConfig {
@@ -36,11 +42,22 @@ impl Default for ManagerConfig {
             groups_per_node: 8,
             suspect_after: Duration::from_secs(5),
             down_after: Duration::from_secs(30),
+            reconcile_every: Duration::from_secs(1),
+            max_moves: 8,
+            max_moves_per_node: 2,
         }
     }
 }
 
 impl ManagerConfig {
+    pub(crate) fn limits(&self) -> crate::reconcile::Limits {
+        crate::reconcile::Limits {
+            replicas: self.replicas,
+            max_moves: self.max_moves,
+            max_moves_per_node: self.max_moves_per_node,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.replicas == 0 {
             return Err(Error::Config("replicas must be at least 1".into()));
@@ -53,6 +70,11 @@ impl ManagerConfig {
                 "suspect_after ({:?}) must be positive and at most down_after ({:?})",
                 self.suspect_after, self.down_after
             )));
+        }
+        if self.reconcile_every.is_zero() || self.max_moves == 0 || self.max_moves_per_node == 0 {
+            return Err(Error::Config(
+                "reconcile_ms, max_moves and max_moves_per_node must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -67,6 +89,9 @@ impl ManagerConfig {
 /// groups_per_node = 100
 /// suspect_after_ms = 5000
 /// down_after_ms = 30000
+/// reconcile_ms = 1000
+/// max_moves = 8
+/// max_moves_per_node = 2
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,6 +102,9 @@ pub struct ManagerConfigFile {
     pub groups_per_node: u32,
     pub suspect_after_ms: u64,
     pub down_after_ms: u64,
+    pub reconcile_ms: u64,
+    pub max_moves: usize,
+    pub max_moves_per_node: usize,
 }
 
 impl Default for ManagerConfigFile {
@@ -94,6 +122,9 @@ impl From<ManagerConfig> for ManagerConfigFile {
             groups_per_node: c.groups_per_node,
             suspect_after_ms: u64::try_from(c.suspect_after.as_millis()).unwrap_or(u64::MAX),
             down_after_ms: u64::try_from(c.down_after.as_millis()).unwrap_or(u64::MAX),
+            reconcile_ms: u64::try_from(c.reconcile_every.as_millis()).unwrap_or(u64::MAX),
+            max_moves: c.max_moves,
+            max_moves_per_node: c.max_moves_per_node,
         }
     }
 }
@@ -107,6 +138,9 @@ impl From<ManagerConfigFile> for ManagerConfig {
             groups_per_node: f.groups_per_node,
             suspect_after: Duration::from_millis(f.suspect_after_ms),
             down_after: Duration::from_millis(f.down_after_ms),
+            reconcile_every: Duration::from_millis(f.reconcile_ms),
+            max_moves: f.max_moves,
+            max_moves_per_node: f.max_moves_per_node,
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Time is passed in by the caller, so this is deterministic under test.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{GroupState, NodeHeartbeat, Role};
@@ -46,6 +46,10 @@ pub struct Liveness {
     suspect_after: Duration,
     down_after: Duration,
     nodes: HashMap<u64, Live>,
+    /// Groups some replica has reported a leader of since this manager started: they have a
+    /// history, so a replica created for them must join (wait for a snapshot) rather than
+    /// start as a fresh voter.
+    established: HashSet<u64>,
 }
 
 impl Liveness {
@@ -55,6 +59,7 @@ impl Liveness {
             suspect_after,
             down_after,
             nodes: HashMap::new(),
+            established: HashSet::new(),
         }
     }
 
@@ -83,6 +88,17 @@ impl Liveness {
         live.last_heartbeat = Some(now);
         live.usage = Some((hb.capacity_bytes, hb.used_bytes));
         live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
+        self.established.extend(
+            hb.groups
+                .iter()
+                .filter(|g| g.role == Role::Leader || g.leader != 0)
+                .map(|g| g.group_id),
+        );
+    }
+
+    /// Whether group `g` ever had a leader, as far as this manager heard.
+    pub fn established(&self, g: u64) -> bool {
+        self.established.contains(&g)
     }
 
     pub fn health(&self, node: u64, now: Instant) -> Health {
@@ -98,6 +114,11 @@ impl Liveness {
         } else {
             Health::Up
         }
+    }
+
+    /// How long a node may stay silent before it is down.
+    pub fn down_after(&self) -> Duration {
+        self.down_after
     }
 
     pub fn is_down(&self, node: u64, now: Instant) -> bool {
@@ -127,10 +148,10 @@ impl Liveness {
             .flat_map(|l| l.groups.keys().copied())
     }
 
-    /// The member that claims leadership of `g` with the highest term, among members not
-    /// down.
+    /// The member that claims leadership of `g` with the highest term, among members (and
+    /// nodes a move is adding) not down.
     pub fn leader(&self, g: &GroupRecord, now: Instant) -> Option<u64> {
-        g.members
+        g.members_and_target()
             .iter()
             .filter(|m| !self.is_down(**m, now))
             .filter_map(|m| {
@@ -197,6 +218,7 @@ mod tests {
         let g = GroupRecord {
             id: 7,
             members: vec![1, 2, 3],
+            target: vec![],
         };
         assert_eq!(l.leader(&g, t0), None);
         l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), t0);

@@ -68,7 +68,11 @@ pub fn plan_groups(
         }
         let mut members: Vec<u64> = chosen.iter().map(|(_, n)| *n).collect();
         members.sort_unstable();
-        out.push(GroupRecord { id: next, members });
+        out.push(GroupRecord {
+            id: next,
+            members,
+            target: Vec::new(),
+        });
         next += 1;
     }
     out

@@ -76,6 +76,12 @@ impl Manager {
             config.groups_per_node,
         )));
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(crate::mover::run(
+            service.clone(),
+            config.limits(),
+            config.reconcile_every,
+            stopped.clone(),
+        ));
         let acceptor = tokio::spawn(accept_loop(listener, service.clone(), stopped));
         info!(addr = %local_addr, "manager listening");
         Ok(Manager {

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
     ClusterStatus, ControlError, GroupStatus, ManagerReply, ManagerRequest, NodeHeartbeat,
-    NodeRegistration, NodeStatus, ReplicaStatus,
+    NodeRegistration, NodeStatus, ReplicaStatus, StorageRequest,
 };
 use tracing::{error, info, warn};
 
-use crate::liveness::Liveness;
+use crate::liveness::{Health, Liveness};
+use crate::reconcile;
 use crate::state::{Mutation, State};
 use crate::store::Store;
 
@@ -30,6 +31,17 @@ pub struct DropOrder {
 pub struct Now {
     pub instant: Instant,
     pub unix: u64,
+}
+
+/// A request to one storage node on behalf of the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageCall {
+    pub group_id: u64,
+    pub node: u64,
+    pub addr: String,
+    pub req: StorageRequest,
+    /// For `ChangeMembers`: the node ids asked for, to match a `done` answer with.
+    pub target: Option<Vec<u64>>,
 }
 
 pub struct Service {
@@ -111,9 +123,7 @@ impl Service {
                 allocate,
             } => self.route(volume_id, chunk, allocate, now),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
-            ManagerRequest::DrainNode { .. } => Err(ControlError::Invalid(
-                "draining is not implemented yet".into(),
-            )),
+            ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
         };
         (res, orders)
     }
@@ -162,9 +172,9 @@ impl Service {
 
     /// Creates groups until every node that is not down hosts its share of replicas.
     fn place(&mut self, now: Now) -> Result<(), ControlError> {
-        let live = &self.live;
+        let (live, state) = (&self.live, &self.state);
         let Some(m) = self.state.plan_groups(
-            |n| !live.is_down(n, now.instant),
+            |n| !live.is_down(n, now.instant) && !state.node(n).is_some_and(|n| n.draining),
             self.replicas,
             self.groups_per_node,
         ) else {
@@ -184,17 +194,150 @@ impl Service {
             )));
         }
         self.live.heartbeat(hb, now.instant);
-        let reported: std::collections::HashSet<u64> = self.live.reported(hb.node_id).collect();
-        let create_groups = self
-            .state
-            .groups_of(hb.node_id)
-            .filter(|g| !reported.contains(&g.id))
-            .map(|g| self.state.group_spec(g))
-            .collect();
+        let reported = self.live.reported(hb.node_id).collect();
+        let (create_groups, remove_groups) =
+            reconcile::heartbeat_orders(&self.state, &self.live, hb.node_id, &reported);
+        if !remove_groups.is_empty() {
+            info!(node = hb.node_id, groups = ?remove_groups,
+                  "telling node to destroy replicas of groups it no longer belongs to");
+        }
         Ok(ManagerReply::HeartbeatAck {
             create_groups,
-            remove_groups: Vec::new(),
+            remove_groups,
         })
+    }
+
+    fn drain(
+        &mut self,
+        node_id: u64,
+        draining: bool,
+        now: Now,
+    ) -> Result<ManagerReply, ControlError> {
+        if let Some(m) = self.state.plan_drain(node_id, draining, self.replicas)? {
+            self.commit(m)?;
+            if draining {
+                info!(
+                    node = node_id,
+                    "draining: its replicas and leaderships will move off"
+                );
+            } else {
+                info!(node = node_id, "drain stopped");
+            }
+        }
+        Ok(ManagerReply::Status(self.status(now)))
+    }
+
+    /// One reconcile pass: plans moves and hand-overs, commits the moves, and returns the
+    /// calls to make to storage nodes. Stops at the first failed commit.
+    pub fn reconcile(
+        &mut self,
+        now: Now,
+        memory: &mut reconcile::Memory,
+        limits: reconcile::Limits,
+    ) -> Vec<StorageCall> {
+        let t = now.instant;
+        memory.lost.update(&self.state, &self.live, t);
+        let lost = memory.lost.lost(t, self.live.down_after());
+        let settling = memory.settling(t);
+        let plan = reconcile::plan(
+            &reconcile::Facts {
+                state: &self.state,
+                live: &self.live,
+                now: t,
+                lost: &lost,
+                settling: &settling,
+            },
+            limits,
+        );
+        for m in &plan.moves {
+            for (from, to, why) in &m.swaps {
+                info!(group = m.group_id, from, to, %why, voters = ?m.from, target = ?m.target,
+                      "moving a replica");
+            }
+            if let Err(e) = self.commit(m.mutation()) {
+                warn!(group = m.group_id, error = %e, "could not record a move");
+                return Vec::new();
+            }
+        }
+        let mut calls = Vec::new();
+        for tr in &plan.transfers {
+            let why = if tr.drain {
+                "node draining"
+            } else {
+                "leader balance"
+            };
+            info!(
+                group = tr.group_id,
+                from = tr.from,
+                to = tr.to,
+                why,
+                "transferring leadership"
+            );
+            memory.settle(tr.group_id, t);
+            calls.extend(self.call(
+                tr.group_id,
+                tr.from,
+                StorageRequest::TransferLeader {
+                    group_id: tr.group_id,
+                    to: tr.to,
+                },
+                None,
+            ));
+        }
+        let hints = memory.take_hints();
+        for d in reconcile::drive(&self.state, &self.live, t, &hints) {
+            let reconcile::Drive::ChangeMembers {
+                group_id,
+                leader,
+                target,
+            } = d;
+            let ids = target.iter().map(|p| p.node_id).collect();
+            calls.extend(self.call(
+                group_id,
+                leader,
+                StorageRequest::ChangeMembers {
+                    group_id,
+                    peers: target,
+                },
+                Some(ids),
+            ));
+        }
+        calls
+    }
+
+    fn call(
+        &self,
+        group_id: u64,
+        node: u64,
+        req: StorageRequest,
+        target: Option<Vec<u64>>,
+    ) -> Option<StorageCall> {
+        let addr = self.state.node(node)?.addr.clone();
+        Some(StorageCall {
+            group_id,
+            node,
+            addr,
+            req,
+            target,
+        })
+    }
+
+    /// The leader reported a move done: the group's voters are `voters`. Ignored unless the
+    /// group is still moving to exactly those nodes (it may have been re-aimed meanwhile).
+    pub fn move_done(&mut self, group_id: u64, voters: &[u64]) -> Result<(), ControlError> {
+        let Some(g) = self.state.group(group_id) else {
+            return Ok(());
+        };
+        if g.target.is_empty() || !crate::mover::same_nodes(&g.target, voters) {
+            return Ok(());
+        }
+        let (from, target) = (g.members.clone(), g.target.clone());
+        self.commit(Mutation::SetGroupMembers {
+            group_id,
+            members: target.clone(),
+        })?;
+        info!(group = group_id, from = ?from, to = ?target, "membership change done");
+        Ok(())
     }
 
     fn delete(
@@ -294,11 +437,13 @@ impl Service {
                     })
                     .collect(),
                 chunks: self.state.group_chunks(g.id),
-                degraded: g.members.len() < 3
-                    || g.members
-                        .iter()
-                        .any(|m| !matches!(self.live.health(*m, t), crate::liveness::Health::Up)),
-                moving_to: Vec::new(),
+                degraded: g.members.len() < self.replicas
+                    || g.members.iter().any(|m| {
+                        self.live.health(*m, t) != Health::Up
+                            || (self.live.last_heartbeat_ago(*m, t).is_some()
+                                && self.live.report(*m, g.id).is_none())
+                    }),
+                moving_to: g.target.clone(),
             })
             .collect();
         let nodes = self
@@ -320,7 +465,7 @@ impl Service {
                     last_heartbeat_ms_ago: self.live.last_heartbeat_ago(n.id, t).map(millis),
                     replicas: counts.get(&n.id).copied().unwrap_or(0),
                     leaders: groups.iter().filter(|g| g.leader == Some(n.id)).count() as u64,
-                    draining: false,
+                    draining: n.draining,
                 }
             })
             .collect();

@@ -30,13 +30,40 @@ pub struct NodeRecord {
     pub addr: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    /// Being drained: receives no new replica; the reconciler moves everything off it.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A replica group and the nodes hosting its replicas, as placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GroupRecord {
     pub id: u64,
+    /// The voters, as last confirmed by the group's leader.
     pub members: Vec<u64>,
+    /// A membership change under way: the voters the group is moving to (empty: none).
+    /// Persisted so that a restarted manager carries the move on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target: Vec<u64>,
+}
+
+impl GroupRecord {
+    /// The voters the group has or is moving to: `target` during a move, else `members`.
+    pub fn wanted(&self) -> &[u64] {
+        if self.target.is_empty() {
+            &self.members
+        } else {
+            &self.target
+        }
+    }
+
+    /// Members, then target nodes that are not members yet: every node that may host a
+    /// replica of the group now.
+    pub fn members_and_target(&self) -> Vec<u64> {
+        let mut all = self.members.clone();
+        all.extend(self.target.iter().filter(|t| !self.members.contains(t)));
+        all
+    }
 }
 
 /// A volume's metadata, as persisted (its chunk map is stored apart).
@@ -65,6 +92,21 @@ pub enum Mutation {
         volume_id: u64,
         chunk: u64,
         group_id: u64,
+    },
+    /// Start (or re-aim) a membership change of a group; an empty `target` abandons it.
+    SetGroupTarget {
+        group_id: u64,
+        target: Vec<u64>,
+    },
+    /// A membership change finished: the group's voters are now `members`; clears the
+    /// target.
+    SetGroupMembers {
+        group_id: u64,
+        members: Vec<u64>,
+    },
+    SetNodeDraining {
+        node_id: u64,
+        draining: bool,
     },
 }
 
@@ -99,7 +141,11 @@ impl NextIds {
                 }
             }
             Mutation::PutVolume(v) => n.volume = n.volume.max(v.id.saturating_add(1)),
-            Mutation::DeleteVolume { .. } | Mutation::MapChunk { .. } => {}
+            Mutation::DeleteVolume { .. }
+            | Mutation::MapChunk { .. }
+            | Mutation::SetGroupTarget { .. }
+            | Mutation::SetGroupMembers { .. }
+            | Mutation::SetNodeDraining { .. } => {}
         }
         n
     }
@@ -161,7 +207,12 @@ impl State {
             s.apply(&Mutation::PutNode(n));
         }
         for g in &groups {
-            if let Some(m) = g.members.iter().find(|m| !s.nodes.contains_key(m)) {
+            if let Some(m) = g
+                .members
+                .iter()
+                .chain(&g.target)
+                .find(|m| !s.nodes.contains_key(m))
+            {
                 return Err(Inconsistent(format!(
                     "group {} has unknown member node {m}",
                     g.id
@@ -258,6 +309,37 @@ impl State {
                     g.chunks += 1;
                 }
             }
+            Mutation::SetGroupTarget { group_id, target } => {
+                if let Some(g) = self.groups.get_mut(group_id) {
+                    g.rec.target = target.clone();
+                }
+            }
+            Mutation::SetGroupMembers { group_id, members } => {
+                let Some(g) = self.groups.get_mut(group_id) else {
+                    return;
+                };
+                for old in &g.rec.members {
+                    if let Some(set) = self.groups_by_node.get_mut(old) {
+                        set.remove(group_id);
+                        if set.is_empty() {
+                            self.groups_by_node.remove(old);
+                        }
+                    }
+                }
+                for new in members {
+                    self.groups_by_node
+                        .entry(*new)
+                        .or_default()
+                        .insert(*group_id);
+                }
+                g.rec.members = members.clone();
+                g.rec.target.clear();
+            }
+            Mutation::SetNodeDraining { node_id, draining } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    n.draining = *draining;
+                }
+            }
         }
     }
 
@@ -292,8 +374,36 @@ impl State {
                 addr: reg.addr.clone(),
                 capacity_bytes: reg.capacity_bytes,
                 used_bytes: reg.used_bytes,
+                // A drain outlives restarts of the node: maintenance often restarts it.
+                draining: self.nodes.get(&id).is_some_and(|n| n.draining),
             }),
         ))
+    }
+
+    /// Starts or stops draining a node; `None` when it is already so.
+    pub fn plan_drain(
+        &self,
+        node_id: u64,
+        draining: bool,
+        replicas: usize,
+    ) -> Result<Option<Mutation>, ControlError> {
+        let node = self
+            .nodes
+            .get(&node_id)
+            .ok_or_else(|| ControlError::NotFound(format!("node {node_id} not found")))?;
+        if node.draining == draining {
+            return Ok(None);
+        }
+        if draining {
+            let racks = self.racks(|n| n != node_id && !self.nodes[&n].draining);
+            if racks < replicas {
+                return Err(ControlError::Unavailable(format!(
+                    "draining node {node_id} would leave {racks} rack(s) of nodes not draining; \
+                     {replicas} replicas need {replicas}"
+                )));
+            }
+        }
+        Ok(Some(Mutation::SetNodeDraining { node_id, draining }))
     }
 
     pub fn node(&self, id: u64) -> Option<&NodeRecord> {
@@ -359,17 +469,29 @@ impl State {
         (!groups.is_empty()).then_some(Mutation::AddGroups(groups))
     }
 
-    /// A group's membership with addresses, as storage nodes and clients need it.
-    pub fn group_spec(&self, g: &GroupRecord) -> GroupSpec {
+    /// A group's membership with addresses, as storage nodes need it to create a replica.
+    /// A replica joining through a move gets the members and the target (`joining`); any
+    /// other gets the members only, which are the initial voters of a new group.
+    pub fn group_spec(&self, g: &GroupRecord, joining: bool) -> GroupSpec {
         GroupSpec {
             group_id: g.id,
-            peers: self.peers(g),
-            joining: false,
+            peers: if joining {
+                self.peers(g)
+            } else {
+                self.peer_infos(&g.members)
+            },
+            joining,
         }
     }
 
+    /// Members with addresses, then nodes a move is adding: a client that is told of a new
+    /// leader must find its address here.
     pub fn peers(&self, g: &GroupRecord) -> Vec<PeerInfo> {
-        g.members
+        self.peer_infos(&g.members_and_target())
+    }
+
+    pub fn peer_infos(&self, nodes: &[u64]) -> Vec<PeerInfo> {
+        nodes
             .iter()
             .map(|m| PeerInfo {
                 node_id: *m,
@@ -799,6 +921,7 @@ mod tests {
         let g = GroupRecord {
             id: 1,
             members: vec![7],
+            target: vec![],
         };
         assert!(State::restore(vec![], vec![g], vec![], vec![], next).is_err());
     }

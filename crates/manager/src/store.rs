@@ -165,6 +165,22 @@ impl Store {
                 tx.open_table(CHUNKS)?
                     .insert((*volume_id, *chunk), *group_id)?;
             }
+            Mutation::SetGroupTarget { group_id, target } => {
+                update_record(&tx, GROUPS, *group_id, |g: &mut GroupRecord| {
+                    g.target = target.clone();
+                })?;
+            }
+            Mutation::SetGroupMembers { group_id, members } => {
+                update_record(&tx, GROUPS, *group_id, |g: &mut GroupRecord| {
+                    g.members = members.clone();
+                    g.target.clear();
+                })?;
+            }
+            Mutation::SetNodeDraining { node_id, draining } => {
+                update_record(&tx, NODES, *node_id, |n: &mut NodeRecord| {
+                    n.draining = *draining;
+                })?;
+            }
         }
         {
             let mut meta = tx.open_table(META)?;
@@ -180,6 +196,27 @@ impl Store {
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     // Plain records of strings and integers always serialize.
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Rewrites one JSON row in place; a missing row is left missing, as [`State::apply`] does.
+fn update_record<T: Serialize + DeserializeOwned>(
+    tx: &redb::WriteTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    id: u64,
+    change: impl FnOnce(&mut T),
+) -> DbResult<()> {
+    let mut table = tx.open_table(def)?;
+    let Some(mut rec) = table
+        .get(id)?
+        .map(|v| serde_json::from_slice::<T>(v.value()))
+        .transpose()
+        .map_err(|e| redb::Error::Corrupted(format!("record {id}: {e}")))?
+    else {
+        return Ok(());
+    };
+    change(&mut rec);
+    table.insert(id, json(&rec).as_slice())?;
+    Ok(())
 }
 
 fn read_records<T: DeserializeOwned>(
@@ -282,6 +319,71 @@ mod tests {
             .unwrap();
         assert_eq!(id, 4);
         assert_eq!(state.next_ids().group, 3);
+    }
+
+    #[test]
+    fn moves_and_drains_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, mut state) = reopen(dir.path());
+            for rack in ["a", "b", "c", "d"] {
+                let (_, m) = state
+                    .plan_register(&NodeRegistration {
+                        node_id: None,
+                        zone: "z".into(),
+                        rack: rack.into(),
+                        addr: format!("{rack}:1"),
+                        capacity_bytes: 1,
+                        used_bytes: 0,
+                    })
+                    .unwrap();
+                step(&store, &mut state, m);
+            }
+            let m = state.plan_groups(|n| n != 4, 3, 1).unwrap();
+            step(&store, &mut state, m);
+            let m = state.plan_drain(1, true, 3).unwrap().unwrap();
+            step(&store, &mut state, m);
+            // Group 1 moves from node 1 to node 4, then is re-aimed (back onto node 1).
+            let m = Mutation::SetGroupTarget {
+                group_id: 1,
+                target: vec![4, 2, 3],
+            };
+            step(&store, &mut state, m);
+            let m = Mutation::SetGroupMembers {
+                group_id: 1,
+                members: vec![4, 2, 3],
+            };
+            step(&store, &mut state, m);
+            let m = Mutation::SetGroupTarget {
+                group_id: 1,
+                target: vec![4, 1, 3],
+            };
+            step(&store, &mut state, m);
+        }
+        let (_, state) = reopen(dir.path());
+        let g = state.group(1).unwrap();
+        assert_eq!(g.members, [4, 2, 3]);
+        assert_eq!(g.target, [4, 1, 3]);
+        assert!(state.node(1).unwrap().draining);
+        assert_eq!(state.groups_of(1).count(), 0);
+        assert_eq!(state.groups_of(4).count(), 1);
+        // A drained node that restarts and registers again stays draining.
+        let (_, m) = state
+            .plan_register(&NodeRegistration {
+                node_id: Some(1),
+                zone: "z".into(),
+                rack: "a".into(),
+                addr: "a:1".into(),
+                capacity_bytes: 1,
+                used_bytes: 0,
+            })
+            .unwrap();
+        assert!(matches!(m, Mutation::PutNode(n) if n.draining));
+        // Draining the last spare rack away is refused.
+        assert!(matches!(
+            state.plan_drain(2, true, 3),
+            Err(tessera_proto::control::ControlError::Unavailable(_))
+        ));
     }
 
     #[test]

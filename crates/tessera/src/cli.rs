@@ -56,6 +56,17 @@ pub enum ClusterCmd {
     Status,
 }
 
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Move every replica and leadership off a node (before maintenance).
+    Drain {
+        node_id: u64,
+        /// Stop draining; the node takes replicas again.
+        #[arg(long)]
+        undo: bool,
+    },
+}
+
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
@@ -208,9 +219,14 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
                 "ID", "ZONE", "RACK", "ADDRESS", "STATE", "REPLICAS", "LEADERS"
             );
             for n in &s.nodes {
+                let state = if n.draining {
+                    format!("{},draining", n.state)
+                } else {
+                    n.state.clone()
+                };
                 println!(
                     "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8}",
-                    n.node_id, n.zone, n.rack, n.addr, n.state, n.replicas, n.leaders
+                    n.node_id, n.zone, n.rack, n.addr, state, n.replicas, n.leaders
                 );
             }
             println!("\nGROUPS");
@@ -227,15 +243,20 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
                         format!("{}@{}{mark}", r.node_id, r.rack)
                     })
                     .collect();
-                let degraded = g.replicas.iter().any(|r| r.node_state != "up");
-                let state = match (g.leader, degraded) {
+                let state = match (g.leader, g.degraded) {
                     (None, _) => "no-leader",
                     (Some(_), true) => "degraded",
                     (Some(_), false) => "healthy",
                 };
                 let leader = g.leader.map_or("-".to_string(), |l| l.to_string());
+                let moving = if g.moving_to.is_empty() {
+                    String::new()
+                } else {
+                    let to: Vec<String> = g.moving_to.iter().map(u64::to_string).collect();
+                    format!("  -> moving to {}", to.join(","))
+                };
                 println!(
-                    "{:>6} {:>7} {:>7} {:<9} {}",
+                    "{:>6} {:>7} {:>7} {:<9} {}{moving}",
                     g.group_id,
                     leader,
                     g.chunks,
@@ -243,7 +264,42 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
                     reps.join(" ")
                 );
             }
-            println!("\n{} volume(s)", s.volumes);
+            let draining = s.nodes.iter().filter(|n| n.draining).count();
+            let degraded = s.groups.iter().filter(|g| g.degraded).count();
+            let moving = s.groups.iter().filter(|g| !g.moving_to.is_empty()).count();
+            println!(
+                "\n{} volume(s); {draining} node(s) draining, {degraded} group(s) degraded, \
+                 {moving} move(s) in progress",
+                s.volumes
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn node(managers: Vec<String>, output: Output, cmd: NodeCmd) -> Result<()> {
+    let client = Client::connect(managers).await?;
+    match cmd {
+        NodeCmd::Drain { node_id, undo } => {
+            let ManagerReply::Status(s) =
+                manager_call(&client, ManagerRequest::DrainNode { node_id, undo }).await?
+            else {
+                bail!("unexpected reply from the manager");
+            };
+            let n = s.nodes.iter().find(|n| n.node_id == node_id);
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&n)?);
+            } else if let Some(n) = n {
+                let what = if undo {
+                    "no longer draining"
+                } else {
+                    "draining"
+                };
+                println!(
+                    "node {node_id} {what}: {} replica(s), {} leader(s) left on it",
+                    n.replicas, n.leaders
+                );
+            }
         }
     }
     Ok(())

@@ -61,6 +61,9 @@ enum Cmd {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cli::ClusterCmd),
+    /// Manage storage nodes.
+    #[command(subcommand)]
+    Node(cli::NodeCmd),
 }
 
 fn main() {
@@ -101,6 +104,7 @@ fn main() {
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
+            Cmd::Node(n) => cli::node(managers, args.output, n).await,
         }
     });
     if let Err(e) = result {

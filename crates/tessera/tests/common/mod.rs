@@ -307,3 +307,95 @@ impl Drop for Cluster {
         }
     }
 }
+
+// ---- recovery, rebalancing and draining (tests/recovery.rs) ----
+
+/// Manager settings for recovery tests: a node is suspect after 1 s, down after 3 s, and
+/// the reconciler runs every 500 ms.
+pub const FAST_RECOVERY: &str =
+    "suspect_after_ms = 1000\ndown_after_ms = 3000\nreconcile_ms = 500\n";
+
+impl Cluster {
+    /// Like [`Cluster::start`], with `manager_extra` appended to `manager.toml`.
+    pub fn start_with_manager(opts: Opts, manager_extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager_addr = format!("127.0.0.1:{}", free_port());
+        let mcfg = dir.path().join("manager.toml");
+        std::fs::write(
+            &mcfg,
+            format!(
+                "listen = \"{manager_addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {}\n{manager_extra}",
+                dir.path().join("manager").display(),
+                opts.groups_per_node
+            ),
+        )
+        .expect("write manager.toml");
+        let manager = spawn(
+            &["manager", "--config", mcfg.to_str().expect("utf8")],
+            &dir.path().join("manager.log"),
+        );
+        let mut c = Cluster {
+            manager_addr,
+            manager: Some(manager),
+            nodes: Vec::new(),
+            dir,
+        };
+        for i in 0..opts.nodes {
+            c.add_node(i, &opts.storage_extra);
+        }
+        c
+    }
+
+    /// The manager's id of harness node `i` (matched by address).
+    pub fn node_id(&self, status: &ClusterStatus, i: usize) -> u64 {
+        status
+            .nodes
+            .iter()
+            .find(|n| n.addr == self.nodes[i].addr)
+            .unwrap_or_else(|| panic!("node {i} is not registered: {status:?}"))
+            .node_id
+    }
+
+    /// Polls the cluster status until `done` holds, or panics after `timeout` with the last
+    /// status and the logs.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&ClusterStatus) -> bool,
+    ) -> ClusterStatus {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Some(s) = self.status().await {
+                if done(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what}: not reached in {timeout:?}; last status: {last:#?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Every group has `replicas` replicas on as many distinct racks, all on up nodes, a
+/// leader, and no membership change in progress.
+pub fn fully_replicated(s: &ClusterStatus, replicas: usize) -> bool {
+    !s.groups.is_empty()
+        && s.groups.iter().all(|g| {
+            let racks: std::collections::BTreeSet<&str> =
+                g.replicas.iter().map(|r| r.rack.as_str()).collect();
+            g.replicas.len() == replicas
+                && racks.len() == replicas
+                && g.replicas.iter().all(|r| r.node_state == "up")
+                && g.leader.is_some()
+                && g.moving_to.is_empty()
+                && !g.degraded
+        })
+}
