@@ -74,7 +74,10 @@ impl SnapshotFetcher for Fetcher {
         tokio::spawn(async move {
             let group = job.group;
             let started = Instant::now();
+            let before = lock(&stats).bytes_fetched;
             let res = copy_replica(&job, &throttle, &stats).await;
+            // Concurrent copies share the counter: this is approximate when they overlap.
+            let moved = lock(&stats).bytes_fetched.saturating_sub(before);
             {
                 let mut s = lock(&stats);
                 s.in_progress.retain(|g| *g != group);
@@ -87,6 +90,7 @@ impl SnapshotFetcher for Fetcher {
                     group,
                     from = job.from,
                     index = job.index,
+                    bytes = moved,
                     secs = started.elapsed().as_secs_f64(),
                     "snapshot copied"
                 ),
