@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
@@ -25,6 +25,21 @@ pub struct ManagerConfig {
     pub suspect_after: Duration,
     /// No heartbeat for this long: the node is `down` (no new groups, not a leader).
     pub down_after: Duration,
+    /// This manager's id in the managers' Raft group.
+    pub id: u64,
+    /// Every manager of the Raft group, this one included, with the address it serves on
+    /// (clients are redirected there, and managers send each other Raft messages there).
+    /// Empty: a group of this manager alone.
+    pub peers: Vec<ManagerPeer>,
+}
+
+/// One member of the managers' Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerPeer {
+    pub id: u64,
+    /// `host:port` of its `listen` address, as reachable by clients and the other managers.
+    pub addr: String,
 }
 
 impl Default for ManagerConfig {
@@ -36,6 +51,8 @@ impl Default for ManagerConfig {
             groups_per_node: 8,
             suspect_after: Duration::from_secs(5),
             down_after: Duration::from_secs(30),
+            id: 1,
+            peers: Vec::new(),
         }
     }
 }
@@ -54,7 +71,36 @@ impl ManagerConfig {
                 self.suspect_after, self.down_after
             )));
         }
+        if self.id == 0 {
+            return Err(Error::Config("id must be at least 1".into()));
+        }
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.id) {
+            return Err(Error::Config(format!(
+                "peers must list this manager (id {}) too",
+                self.id
+            )));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.first() == Some(&0) {
+            return Err(Error::Config(
+                "peer ids must be distinct and at least 1".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The members of the managers' Raft group: `peers`, or this manager alone.
+    pub fn members(&self) -> Vec<ManagerPeer> {
+        if self.peers.is_empty() {
+            vec![ManagerPeer {
+                id: self.id,
+                addr: self.listen.clone(),
+            }]
+        } else {
+            self.peers.clone()
+        }
     }
 }
 
@@ -67,6 +113,13 @@ impl ManagerConfig {
 /// groups_per_node = 100
 /// suspect_after_ms = 5000
 /// down_after_ms = 30000
+/// # Highly available: three managers, each with its own id (omit both for one manager).
+/// id = 1
+/// peers = [
+///   { id = 1, addr = "10.0.0.1:7400" },
+///   { id = 2, addr = "10.0.0.2:7400" },
+///   { id = 3, addr = "10.0.0.3:7400" },
+/// ]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,6 +130,8 @@ pub struct ManagerConfigFile {
     pub groups_per_node: u32,
     pub suspect_after_ms: u64,
     pub down_after_ms: u64,
+    pub id: u64,
+    pub peers: Vec<ManagerPeer>,
 }
 
 impl Default for ManagerConfigFile {
@@ -94,6 +149,8 @@ impl From<ManagerConfig> for ManagerConfigFile {
             groups_per_node: c.groups_per_node,
             suspect_after_ms: u64::try_from(c.suspect_after.as_millis()).unwrap_or(u64::MAX),
             down_after_ms: u64::try_from(c.down_after.as_millis()).unwrap_or(u64::MAX),
+            id: c.id,
+            peers: c.peers,
         }
     }
 }
@@ -107,6 +164,8 @@ impl From<ManagerConfigFile> for ManagerConfig {
             groups_per_node: f.groups_per_node,
             suspect_after: Duration::from_millis(f.suspect_after_ms),
             down_after: Duration::from_millis(f.down_after_ms),
+            id: f.id,
+            peers: f.peers,
         }
     }
 }
@@ -124,6 +183,27 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert!(c.validate().is_ok());
         assert!(serde_json::from_str::<ManagerConfigFile>(r#"{"listn": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn peers_parse_from_toml_and_must_include_this_manager() {
+        let f: ManagerConfigFile = toml::from_str(
+            "id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }, { id = 3, addr = \"c:1\" }]\n",
+        )
+        .unwrap();
+        let c = ManagerConfig::from(f);
+        assert_eq!((c.id, c.members().len()), (2, 3));
+        assert!(c.validate().is_ok());
+        let stranger = ManagerConfig { id: 4, ..c.clone() };
+        assert!(stranger.validate().is_err());
+        let alone = ManagerConfig::default();
+        assert_eq!(
+            alone.members(),
+            vec![ManagerPeer {
+                id: 1,
+                addr: DEFAULT_LISTEN.into()
+            }]
+        );
     }
 
     #[test]

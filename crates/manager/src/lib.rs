@@ -23,12 +23,14 @@ mod config;
 mod error;
 mod liveness;
 mod placement;
+mod raft_log;
+mod replica;
 mod server;
 mod service;
 mod state;
 mod store;
 mod volume;
 
-pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile};
+pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};
 pub use error::Error;
 pub use server::Manager;

@@ -58,6 +58,13 @@ impl Liveness {
         }
     }
 
+    /// Forgets every report and ages unheard nodes from `now`: for a manager that has just
+    /// become leader (nodes only report to the leader, so what it knew is stale).
+    pub fn reset(&mut self, now: Instant) {
+        self.started = now;
+        self.nodes.clear();
+    }
+
     /// A node (re)registered: it is alive, and whatever it reported before its restart is
     /// stale.
     pub fn registered(&mut self, node: u64, now: Instant) {
