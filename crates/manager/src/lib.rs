@@ -4,20 +4,26 @@
 //! Start with [`Manager::start`]; the protocol is [`tessera_proto::control::ManagerRequest`]
 //! in `Rpc` frames. Modules, from the wire inwards:
 //!
-//! - `server`: connections, frames, shutdown, delivery of drop orders after a delete. The
-//!   only async code.
+//! - `server`: connections, frames, shutdown, delivery of drop orders after a delete, the
+//!   applier task. Async, like `replica`; the rest is synchronous.
 //! - `service`: one request → plan, commit, apply, answer. Combines the durable state with
-//!   what heartbeats tell.
+//!   what heartbeats tell. `service::replicated` is its HA side: lead before planning, commit
+//!   through the Raft log, apply committed entries in log order (on every manager).
+//! - `replica`: the managers' own Raft group (raft-rs `RawNode` in one tokio task) and the
+//!   manager-to-manager transport. Only the leader plans; followers answer `NotLeader`.
+//! - `raft_log`: the Raft log, hard state and conf state, in tables of the same database.
 //! - `state`: the durable state and every rule that changes it, as pure code. All changes
-//!   are `state::Mutation`s applied by one function, so a Raft log can later sit between
-//!   planning and applying (manager HA).
+//!   are `state::Mutation`s applied by one function, with the Raft log between planning and
+//!   applying.
 //! - `placement`: where new replica groups go (distinct racks, least-loaded nodes).
 //! - `volume`: volume names, sizes, chunk sizes.
 //! - `liveness`: heartbeat ages, node health, reported group leaders. Memory only.
-//! - `store`: the redb database; the only code that touches disk.
+//! - `store`: the redb database (with `raft_log`, the only code that touches disk).
 //!
-//! Must not depend on the storage engine or Raft crates: the manager sees groups only through
-//! heartbeats and control messages.
+//! Must not depend on the storage engine or the `tessera-raft` crate: the manager sees groups
+//! only through heartbeats and control messages, and drives its own Raft group with raft-rs
+//! directly. Node liveness stays in the leader's memory, never replicated: a new leader
+//! gives every node a full grace period from when it took over.
 
 mod config;
 mod error;
