@@ -75,13 +75,24 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
     }
     let leader = one_leader(&ms).await;
 
-    // Followers send the caller to the leader.
+    // Followers send the caller to the leader, once they have heard from it.
     let follower = (leader + 1) % 3;
-    match call::<_, ManagerReply>(&addrs[follower], &ManagerRequest::ListVolumes, T).await {
-        Err(NetError::Control(ControlError::NotLeader(hint))) => {
-            assert_eq!(hint.as_deref(), Some(addrs[leader].as_str()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match call::<_, ManagerReply>(&addrs[follower], &ManagerRequest::ListVolumes, T).await {
+            Err(NetError::Control(ControlError::NotLeader(Some(hint)))) => {
+                assert_eq!(hint, addrs[leader]);
+                break;
+            }
+            Err(NetError::Control(ControlError::NotLeader(None))) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the follower never learnt the leader"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("a follower answered {other:?}"),
         }
-        other => panic!("a follower answered {other:?}"),
     }
 
     let create = |name: &str| ManagerRequest::CreateVolume {
