@@ -38,6 +38,13 @@ pub enum NetError {
     UnexpectedKind(Kind),
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// No manager answered as leader before [`MANAGER_RETRY_FOR`] ran out: they are down,
+    /// unreachable, or electing. Transient, like a connection failure.
+    #[error("no manager leader among {managers} within {MANAGER_RETRY_FOR:?}; last: {last}")]
+    NoLeader {
+        managers: String,
+        last: Box<NetError>,
+    },
 }
 
 /// Reads whole frames off a byte stream, validating each before it is returned.
@@ -151,8 +158,9 @@ static LEADERS: LazyLock<Mutex<HashMap<Vec<String>, String>>> =
 ///
 /// Tries the last known leader first, follows [`ControlError::NotLeader`] hints, moves on to
 /// the next address when one cannot be reached, and after every address failed in a row
-/// backs off (50 ms doubling up to 1 s) until [`MANAGER_RETRY_FOR`] has passed. Any other
-/// answer, error or not, is final: it is returned at once.
+/// backs off (50 ms doubling up to 1 s) until [`MANAGER_RETRY_FOR`] has passed, then fails
+/// with [`NetError::NoLeader`]. Any other answer, error or not, is final: it is returned at
+/// once.
 pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
     managers: &[String],
     req: &Req,
@@ -198,7 +206,10 @@ pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
         };
         failed_in_a_row += 1;
         if Instant::now() >= deadline {
-            return Err(err);
+            return Err(NetError::NoLeader {
+                managers: managers.join(","),
+                last: Box::new(err),
+            });
         }
         if next.is_none() && failed_in_a_row >= managers.len() {
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
@@ -272,6 +283,16 @@ mod tests {
         let rep: String = call_managers(&managers, &"req", t).await.unwrap();
         assert_eq!(rep, "from the leader");
         assert_eq!(LEADERS.lock().unwrap().get(&managers), Some(&leader));
+
+        // Managers that never lead: given up on after MANAGER_RETRY_FOR, as a transient
+        // failure rather than a definite answer.
+        let no_leader = fake_manager(Err(ControlError::NotLeader(None))).await;
+        let started = Instant::now();
+        let err = call_managers::<_, String>(&[no_leader], &"req", t)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NetError::NoLeader { .. }), "{err}");
+        assert!(started.elapsed() >= MANAGER_RETRY_FOR);
 
         // A definite answer is final, not retried.
         let refusing =
