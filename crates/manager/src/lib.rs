@@ -10,7 +10,8 @@
 //!   what heartbeats tell. `service::replicated` is its HA side: lead before planning, commit
 //!   through the Raft log, apply committed entries in log order (on every manager).
 //! - `replica`: the managers' own Raft group (raft-rs `RawNode` in one tokio task) and the
-//!   manager-to-manager transport. Only the leader plans; followers answer `NotLeader`.
+//!   commit queue. Only the leader plans; followers answer `NotLeader`.
+//! - `peer`: the manager-to-manager transport of Raft messages.
 //! - `raft_log`: the Raft log, hard state and conf state, in tables of the same database.
 //! - `state`: the durable state and every rule that changes it, as pure code. All changes
 //!   are `state::Mutation`s applied by one function, with the Raft log between planning and
@@ -28,6 +29,7 @@
 mod config;
 mod error;
 mod liveness;
+mod peer;
 mod placement;
 mod raft_log;
 mod replica;

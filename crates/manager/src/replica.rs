@@ -3,8 +3,8 @@
 //! of one and elects itself at start.
 //!
 //! Owns the Raft task (one tokio task: a 100 ms tick, elections after 1–2 s, pre-vote and
-//! check-quorum), its durability through `raft_log`, and the transport to the other managers
-//! (one connection per peer, [`Kind::ManagerRaft`] frames, never answered). It never touches
+//! check-quorum) and its durability through `raft_log`; messages to the other managers go
+//! through `peer` ([`tessera_proto::frame::Kind::ManagerRaft`] frames). It never touches
 //! the state: committed entries are queued in commit order for whoever applies them — the
 //! service, under its lock, on every manager (see `service::replicated`).
 //!
@@ -13,29 +13,27 @@
 //!   marks as "after persistence" are sent, and before the Ready is advanced;
 //! - the Raft task never waits on the network: each peer has its own task fed by a bounded
 //!   queue, and a message that does not fit is dropped (Raft retransmits);
-//! - no log compaction and no snapshots: the whole log is kept, so a restarted or lagging
-//!   manager catches up from the log. Membership is the configured peers, fixed when the
-//!   group is first created.
+//! - no log compaction and no snapshots: the whole log is kept (on disk, and mirrored in a
+//!   raft-rs `MemStorage` for the `RawNode` to read), so a restarted or lagging manager
+//!   catches up from the log. Mutations are small; compaction is for when logs grow large.
+//!   Membership is the configured peers, fixed when the group is first created.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use tessera_proto::control::ControlError;
-use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 
 use crate::Error;
 use crate::config::ManagerPeer;
+use crate::peer::{decode_batch, peer_loop};
 use crate::raft_log::{Loaded, RaftLog};
 
 /// One Raft tick.
@@ -45,10 +43,6 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 1024;
-/// A batch to one peer stops growing at this many bytes.
-const BATCH_BYTES: usize = 1 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What this manager knows of the group's leadership.
 #[derive(Debug, Clone, Default)]
@@ -272,7 +266,7 @@ impl Replica {
         self.shared.wake_applier.notified().await;
     }
 
-    /// Steps a [`Kind::ManagerRaft`] frame body from another manager.
+    /// Steps a `ManagerRaft` frame body from another manager.
     pub fn receive(&self, body: &[u8]) -> Result<(), String> {
         for m in decode_batch(body)? {
             if m.to != self.shared.id {
@@ -445,105 +439,6 @@ impl RaftLoop {
     }
 }
 
-/// Sends the messages queued for peer `to`, reconnecting as needed. Messages that arrive
-/// while the peer is unreachable are dropped: Raft retransmits what matters.
-async fn peer_loop(from: u64, to: u64, addr: String, mut queue: mpsc::Receiver<Message>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut pending: Option<Message> = None;
-    loop {
-        let first = match pending.take() {
-            Some(m) => m,
-            None => match queue.recv().await {
-                Some(m) => m,
-                None => return,
-            },
-        };
-        let stream = match tessera_net::connect(&addr, CONNECT_TIMEOUT).await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(from, to, %addr, error = %e, "manager peer unreachable");
-                while queue.try_recv().is_ok() {}
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        debug!(from, to, %addr, "connected to manager peer");
-        let (mut r, mut w) = stream.into_split();
-        // Nothing is ever answered: reading only notices the peer closing.
-        let watcher = tokio::spawn(async move {
-            let mut buf = [0u8; 256];
-            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
-        });
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            let mut batch = vec![m];
-            let mut size = 0;
-            while size < BATCH_BYTES {
-                match queue.try_recv() {
-                    Ok(m) => {
-                        size += m.compute_size() as usize;
-                        batch.push(m);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let body = encode_batch(&batch);
-            let frame = Frame::new(Kind::ManagerRaft, 0, body).to_bytes();
-            let sent = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&frame)).await;
-            if !matches!(sent, Ok(Ok(()))) || watcher.is_finished() {
-                debug!(from, to, %addr, "connection to manager peer lost");
-                break;
-            }
-            next = queue.recv().await;
-            if next.is_none() {
-                watcher.abort();
-                return;
-            }
-        }
-        watcher.abort();
-    }
-}
-
-/// Each message as a `u32` little-endian length and its protobuf encoding; a message that
-/// would not fit a frame is dropped (entries are small mutations, so it never happens).
-fn encode_batch(msgs: &[Message]) -> Bytes {
-    let mut out = BytesMut::new();
-    for m in msgs {
-        match m.write_to_bytes() {
-            Ok(b) if out.len() + 4 + b.len() <= MAX_BODY as usize => {
-                out.put_u32_le(b.len() as u32);
-                out.put_slice(&b);
-            }
-            Ok(b) => warn!(len = b.len(), "raft message too large for a frame; dropped"),
-            Err(e) => warn!(error = %e, "raft message not encodable; dropped"),
-        }
-    }
-    out.freeze()
-}
-
-/// Decodes an untrusted [`encode_batch`] body.
-fn decode_batch(mut body: &[u8]) -> Result<Vec<Message>, String> {
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        let Some((len, rest)) = body.split_first_chunk::<4>() else {
-            return Err("raft batch: truncated length".into());
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(format!(
-                "raft batch: message of {len} bytes, {} left",
-                rest.len()
-            ));
-        }
-        let (msg, rest) = rest.split_at(len);
-        out.push(Message::parse_from_bytes(msg).map_err(|e| format!("raft message: {e}"))?);
-        body = rest;
-    }
-    Ok(out)
-}
-
 /// raft-rs logs through `slog`; this forwards to `tracing` (raft's info level is election
 /// chatter: debug here).
 fn logger(id: u64) -> slog::Logger {
@@ -565,24 +460,4 @@ fn logger(id: u64) -> slog::Logger {
         }
     }
     slog::Logger::root(TracingDrain.fuse(), slog::o!("manager" => id))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_round_trip_and_garbage_is_refused() {
-        let m = Message {
-            to: 2,
-            from: 1,
-            term: 7,
-            ..Default::default()
-        };
-        let body = encode_batch(&[m.clone(), m.clone()]);
-        let got = decode_batch(&body).unwrap();
-        assert_eq!(got, vec![m.clone(), m]);
-        assert!(decode_batch(&body[..body.len() - 1]).is_err());
-        assert!(decode_batch(&[1, 2]).is_err());
-    }
 }

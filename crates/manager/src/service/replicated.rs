@@ -5,6 +5,11 @@
 //! entry's index, in the same transaction) and then to the [`State`], strictly in log order,
 //! each entry once: entries at or below the applied index (a restart) are skipped.
 //!
+//! Reads are answered from the leader's applied state without a round to the others: a
+//! leader cut off from its majority keeps answering them until check-quorum steps it down
+//! (one election timeout, about a second), so they may be that stale; changes cannot be, as
+//! they need a majority.
+//!
 //! [`Store`]: crate::store::Store
 //! [`State`]: crate::state::State
 
