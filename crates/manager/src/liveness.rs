@@ -218,4 +218,18 @@ mod tests {
         assert!(l.has_quorum(&g, later));
         assert!(!l.has_quorum(&g, later + Duration::from_secs(31)));
     }
+
+    #[test]
+    fn a_new_leader_gives_every_node_a_fresh_grace_period() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(30));
+        l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), t0);
+        // Leadership came back to this manager long after it last heard node 1.
+        let led = t0 + Duration::from_secs(60);
+        assert_eq!(l.health(1, led), Health::Down);
+        l.reset(led);
+        assert_eq!(l.health(1, led + Duration::from_secs(4)), Health::Up);
+        assert_eq!(l.health(2, led + Duration::from_secs(4)), Health::Up);
+        assert!(l.report(1, 7).is_none(), "stale reports are forgotten");
+    }
 }

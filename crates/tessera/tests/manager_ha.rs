@@ -134,6 +134,16 @@ async fn killing_the_manager_leader_loses_no_metadata_and_no_io() {
     assert_eq!(c.volume_names(), ["after", "before", "io"]);
     let next = c.wait_leader().await;
     assert_ne!(next, leader);
+    // The new leader learnt node health afresh and called no node suspect or down.
+    let status = c
+        .status()
+        .await
+        .expect("cluster status from the new leader");
+    assert!(
+        status.nodes.iter().all(|n| n.state == "up"),
+        "node states under the new leader: {:?}",
+        status.nodes.iter().map(|n| &n.state).collect::<Vec<_>>()
+    );
 
     // Let the I/O run on a little under the new leader, then look at it.
     tokio::time::sleep(Duration::from_secs(2)).await;
