@@ -76,8 +76,9 @@ struct ClientInner {
 }
 
 impl Client {
-    /// A client of the cluster managed at `managers` (one address is enough; with several,
-    /// each is tried in turn). Checks that a manager answers.
+    /// A client of the cluster managed at `managers`: one address, or every manager of a
+    /// highly available control plane (requests go to whichever leads). Checks that a
+    /// manager answers.
     pub async fn connect(managers: Vec<String>) -> Result<Client> {
         if managers.is_empty() {
             return Err(Error::Invalid("no manager address given".into()));
@@ -92,19 +93,15 @@ impl Client {
         Ok(c)
     }
 
-    /// One control-plane call, to the first manager that answers.
+    /// One control-plane call, to the manager leader (hints followed, unreachable managers
+    /// skipped, retried for up to [`tessera_net::MANAGER_RETRY_FOR`]).
     pub async fn call(&self, req: &ManagerRequest) -> Result<ManagerReply> {
-        let mut last = None;
-        for m in &self.inner.managers {
-            match tessera_net::call::<_, ManagerReply>(m, req, CALL_TIMEOUT).await {
-                Ok(r) => return Ok(r),
-                Err(tessera_net::NetError::Control(e)) => return Err(Error::Control(e)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last
-            .map(Error::Net)
-            .unwrap_or_else(|| Error::Unavailable("no manager".into())))
+        tessera_net::call_managers::<_, ManagerReply>(&self.inner.managers, req, CALL_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                tessera_net::NetError::Control(e) => Error::Control(e),
+                e => Error::Net(e),
+            })
     }
 
     pub async fn open(&self, name: &str) -> Result<Volume> {

@@ -256,7 +256,10 @@ impl Volume {
                 Ok(None) => return Ok(Bytes::new()),
                 // The manager restarting or electing a leader is as transient as a storage
                 // node doing so: wait for it like for them.
-                Err(e @ (Error::Control(ControlError::Unavailable(_)) | Error::Net(_))) => {
+                Err(
+                    e @ (Error::Control(ControlError::Unavailable(_) | ControlError::NotLeader(_))
+                    | Error::Net(_)),
+                ) => {
                     last_err = format!("manager: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));

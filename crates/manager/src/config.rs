@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
@@ -31,6 +31,21 @@ pub struct ManagerConfig {
     pub max_moves: usize,
     /// Membership changes in flight adding a replica to one node.
     pub max_moves_per_node: usize,
+    /// This manager's id in the managers' Raft group.
+    pub id: u64,
+    /// Every manager of the Raft group, this one included, with the address it serves on
+    /// (clients are redirected there, and managers send each other Raft messages there).
+    /// Empty: a group of this manager alone.
+    pub peers: Vec<ManagerPeer>,
+}
+
+/// One member of the managers' Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerPeer {
+    pub id: u64,
+    /// `host:port` of its `listen` address, as reachable by clients and the other managers.
+    pub addr: String,
 }
 
 impl Default for ManagerConfig {
@@ -45,6 +60,8 @@ impl Default for ManagerConfig {
             reconcile_every: Duration::from_secs(1),
             max_moves: 8,
             max_moves_per_node: 2,
+            id: 1,
+            peers: Vec::new(),
         }
     }
 }
@@ -76,7 +93,36 @@ impl ManagerConfig {
                 "reconcile_ms, max_moves and max_moves_per_node must be positive".into(),
             ));
         }
+        if self.id == 0 {
+            return Err(Error::Config("id must be at least 1".into()));
+        }
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.id) {
+            return Err(Error::Config(format!(
+                "peers must list this manager (id {}) too",
+                self.id
+            )));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.first() == Some(&0) {
+            return Err(Error::Config(
+                "peer ids must be distinct and at least 1".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The members of the managers' Raft group: `peers`, or this manager alone.
+    pub fn members(&self) -> Vec<ManagerPeer> {
+        if self.peers.is_empty() {
+            vec![ManagerPeer {
+                id: self.id,
+                addr: self.listen.clone(),
+            }]
+        } else {
+            self.peers.clone()
+        }
     }
 }
 
@@ -92,6 +138,13 @@ impl ManagerConfig {
 /// reconcile_ms = 1000
 /// max_moves = 8
 /// max_moves_per_node = 2
+/// # Highly available: three managers, each with its own id (omit both for one manager).
+/// id = 1
+/// peers = [
+///   { id = 1, addr = "10.0.0.1:7400" },
+///   { id = 2, addr = "10.0.0.2:7400" },
+///   { id = 3, addr = "10.0.0.3:7400" },
+/// ]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -105,6 +158,8 @@ pub struct ManagerConfigFile {
     pub reconcile_ms: u64,
     pub max_moves: usize,
     pub max_moves_per_node: usize,
+    pub id: u64,
+    pub peers: Vec<ManagerPeer>,
 }
 
 impl Default for ManagerConfigFile {
@@ -125,6 +180,8 @@ impl From<ManagerConfig> for ManagerConfigFile {
             reconcile_ms: u64::try_from(c.reconcile_every.as_millis()).unwrap_or(u64::MAX),
             max_moves: c.max_moves,
             max_moves_per_node: c.max_moves_per_node,
+            id: c.id,
+            peers: c.peers,
         }
     }
 }
@@ -141,6 +198,8 @@ impl From<ManagerConfigFile> for ManagerConfig {
             reconcile_every: Duration::from_millis(f.reconcile_ms),
             max_moves: f.max_moves,
             max_moves_per_node: f.max_moves_per_node,
+            id: f.id,
+            peers: f.peers,
         }
     }
 }
@@ -158,6 +217,27 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert!(c.validate().is_ok());
         assert!(serde_json::from_str::<ManagerConfigFile>(r#"{"listn": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn peers_parse_from_toml_and_must_include_this_manager() {
+        let f: ManagerConfigFile = toml::from_str(
+            "id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }, { id = 3, addr = \"c:1\" }]\n",
+        )
+        .unwrap();
+        let c = ManagerConfig::from(f);
+        assert_eq!((c.id, c.members().len()), (2, 3));
+        assert!(c.validate().is_ok());
+        let stranger = ManagerConfig { id: 4, ..c.clone() };
+        assert!(stranger.validate().is_err());
+        let alone = ManagerConfig::default();
+        assert_eq!(
+            alone.members(),
+            vec![ManagerPeer {
+                id: 1,
+                addr: DEFAULT_LISTEN.into()
+            }]
+        );
     }
 
     #[test]

@@ -4,13 +4,18 @@
 //! Start with [`Manager::start`]; the protocol is [`tessera_proto::control::ManagerRequest`]
 //! in `Rpc` frames. Modules, from the wire inwards:
 //!
-//! - `server`: connections, frames, shutdown, delivery of drop orders after a delete. Async,
-//!   with `mover`.
+//! - `server`: connections, frames, shutdown, delivery of drop orders after a delete, the
+//!   applier task. Async, like `replica` and `mover`; the rest is synchronous.
 //! - `service`: one request → plan, commit, apply, answer. Combines the durable state with
-//!   what heartbeats tell.
+//!   what heartbeats tell. `service::replicated` is its HA side: lead before planning, commit
+//!   through the Raft log, apply committed entries in log order (on every manager).
+//! - `replica`: the managers' own Raft group (raft-rs `RawNode` in one tokio task) and the
+//!   commit queue. Only the leader plans; followers answer `NotLeader`.
+//! - `peer`: the manager-to-manager transport of Raft messages.
+//! - `raft_log`: the Raft log, hard state and conf state, in tables of the same database.
 //! - `state`: the durable state and every rule that changes it, as pure code. All changes
-//!   are `state::Mutation`s applied by one function, so a Raft log can later sit between
-//!   planning and applying (manager HA).
+//!   are `state::Mutation`s applied by one function, with the Raft log between planning and
+//!   applying.
 //! - `placement`: where new replica groups go (distinct racks, least-loaded nodes).
 //! - `reconcile`: which groups change membership and which leaderships move, one pass at a
 //!   time: re-replication, draining, rebalancing, leader balance, under throttles; and what
@@ -19,28 +24,33 @@
 //!   storage nodes (`ChangeMembers`, `TransferLeader`) off the request path.
 //! - `volume`: volume names, sizes, chunk sizes.
 //! - `liveness`: heartbeat ages, node health, reported group leaders. Memory only.
-//! - `store`: the redb database; the only code that touches disk.
-//!
-//! Must not depend on the storage engine or Raft crates: the manager sees groups only through
-//! heartbeats and control messages.
+//! - `store`: the redb database (with `raft_log`, the only code that touches disk).
 //!
 //! A membership change is a persisted `target` on the group (`state::Mutation::SetGroupTarget`)
 //! carried out by the group's leader and recorded with `SetGroupMembers` once the leader says
 //! it is done; `members` are only ever the voters the leader confirmed. A node is never told to
 //! destroy a replica of a group whose members or target include it.
+//!
+//! Must not depend on the storage engine or the `tessera-raft` crate: the manager sees groups
+//! only through heartbeats and control messages, and drives its own Raft group with raft-rs
+//! directly. Node liveness stays in the leader's memory, never replicated: a new leader
+//! gives every node a full grace period from when it took over.
 
 mod config;
 mod error;
 mod liveness;
 mod mover;
+mod peer;
 mod placement;
+mod raft_log;
 mod reconcile;
+mod replica;
 mod server;
 mod service;
 mod state;
 mod store;
 mod volume;
 
-pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile};
+pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};
 pub use error::Error;
 pub use server::Manager;

@@ -63,6 +63,13 @@ impl Liveness {
         }
     }
 
+    /// Forgets every report and ages unheard nodes from `now`: for a manager that has just
+    /// become leader (nodes only report to the leader, so what it knew is stale).
+    pub fn reset(&mut self, now: Instant) {
+        self.started = now;
+        self.nodes.clear();
+    }
+
     /// A node (re)registered: it is alive, and whatever it reported before its restart is
     /// stale.
     pub fn registered(&mut self, node: u64, now: Instant) {
@@ -232,5 +239,19 @@ mod tests {
         assert_eq!(l.leader(&g, later), Some(1));
         assert!(l.has_quorum(&g, later));
         assert!(!l.has_quorum(&g, later + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_node_a_fresh_grace_period() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(30));
+        l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), t0);
+        // Leadership came back to this manager long after it last heard node 1.
+        let led = t0 + Duration::from_secs(60);
+        assert_eq!(l.health(1, led), Health::Down);
+        l.reset(led);
+        assert_eq!(l.health(1, led + Duration::from_secs(4)), Health::Up);
+        assert_eq!(l.health(2, led + Duration::from_secs(4)), Health::Up);
+        assert!(l.report(1, 7).is_none(), "stale reports are forgotten");
     }
 }

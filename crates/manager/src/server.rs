@@ -4,6 +4,11 @@
 //! Each connection is served by its own task, one request at a time in arrival order
 //! (pipelined requests are answered in order). Requests run on the blocking pool under one
 //! lock, because a change waits for an fsync and must not stall the async workers.
+//!
+//! Raft messages from the other managers ([`Kind::ManagerRaft`] frames) arrive on the same
+//! port and go straight to the Raft task, never behind that lock: a request holding it may
+//! be waiting for exactly those messages to commit its change. The applier task applies
+//! committed entries whenever no request does (always, on a follower).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,8 @@ use tessera_proto::control::{
 use tessera_proto::frame::Kind;
 
 use crate::liveness::Liveness;
+use crate::raft_log::RaftLog;
+use crate::replica::{RaftTask, Replica};
 use crate::service::{DropOrder, Now, Service};
 use crate::store::Store;
 use crate::{Error, ManagerConfig};
@@ -36,8 +43,11 @@ type Shared = Arc<Mutex<Service>>;
 pub struct Manager {
     local_addr: SocketAddr,
     service: Shared,
+    replica: Replica,
+    raft: RaftTask,
     stop: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
+    applier: JoinHandle<()>,
 }
 
 impl Manager {
@@ -47,9 +57,14 @@ impl Manager {
         config.validate()?;
         let started = Instant::now();
         let dir = config.data_dir.clone();
-        let (store, state) = tokio::task::spawn_blocking(move || Store::open(&dir))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        let (store, state, applied, log, loaded) = tokio::task::spawn_blocking(move || {
+            let (store, state) = Store::open(&dir)?;
+            let applied = store.applied_index()?;
+            let (log, loaded) = RaftLog::open(store.database(), store.path())?;
+            Ok::<_, Error>((store, state, applied, log, loaded))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
         info!(
             db = %store.path().display(),
             nodes = state.nodes().count(),
@@ -67,6 +82,7 @@ impl Manager {
             addr: config.listen.clone(),
             source,
         })?;
+        let (replica, raft) = Replica::start(config.id, config.members(), log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
         let service = Arc::new(Mutex::new(Service::new(
             store,
@@ -74,6 +90,8 @@ impl Manager {
             live,
             config.replicas,
             config.groups_per_node,
+            replica.clone(),
+            applied,
         )));
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::mover::run(
@@ -82,14 +100,28 @@ impl Manager {
             config.reconcile_every,
             stopped.clone(),
         ));
-        let acceptor = tokio::spawn(accept_loop(listener, service.clone(), stopped));
-        info!(addr = %local_addr, "manager listening");
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            service.clone(),
+            replica.clone(),
+            stopped.clone(),
+        ));
+        let applier = tokio::spawn(apply_loop(service.clone(), replica.clone(), stopped));
+        info!(addr = %local_addr, id = config.id, "manager listening");
         Ok(Manager {
             local_addr,
             service,
+            replica,
+            raft,
             stop,
             acceptor,
+            applier,
         })
+    }
+
+    /// Whether this manager leads the managers' Raft group now.
+    pub fn is_leader(&self) -> bool {
+        self.replica.status().is_leader
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -103,6 +135,8 @@ impl Manager {
         if let Err(e) = self.acceptor.await {
             warn!(error = %e, "manager accept task failed");
         }
+        self.raft.stop().await;
+        let _ = self.applier.await;
         let service = self.service;
         let closed = tokio::task::spawn_blocking(move || {
             let mut s = service.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,14 +150,19 @@ impl Manager {
     }
 }
 
-async fn accept_loop(listener: TcpListener, service: Shared, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    service: Shared,
+    replica: Replica,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(serve_connection(stream, peer, service.clone()));
+                    conns.spawn(serve_connection(stream, peer, service.clone(), replica.clone()));
                 }
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -138,7 +177,34 @@ async fn accept_loop(listener: TcpListener, service: Shared, mut stopped: watch:
     conns.shutdown().await;
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared) {
+/// Applies committed entries when told there are some, unless a request already did.
+async fn apply_loop(service: Shared, replica: Replica, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = replica.committed() => {}
+        }
+        let service = service.clone();
+        let replica = replica.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(mut s) = service.lock() else {
+                return;
+            };
+            match s.apply_committed() {
+                Ok(Some((index, volumes))) if !replica.status().is_leader => {
+                    // Plain text on purpose: a follower answers no request, so its log is
+                    // where operators (and tests) see it keep up.
+                    info!("applied the managers' log up to index {index}; {volumes} volumes");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "applying the managers' log"),
+            }
+        })
+        .await;
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, replica: Replica) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
@@ -156,6 +222,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared) 
                 return;
             }
         };
+        if frame.kind == Kind::ManagerRaft {
+            if let Err(e) = replica.receive(&frame.body) {
+                warn!(%peer, error = %e, "dropping connection: bad raft message");
+                return;
+            }
+            continue;
+        }
         let res = if frame.kind != Kind::Rpc {
             Err(ControlError::Invalid(format!(
                 "the manager serves control requests only, not {:?} frames",
@@ -193,6 +266,9 @@ async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, C
         let mut s = service.lock().map_err(|_| {
             ControlError::Internal("manager state is unusable after an internal error".into())
         })?;
+        if let Err(e) = s.lead() {
+            return Ok((Err(e), Vec::new()));
+        }
         Ok::<_, ControlError>(s.handle(req, now))
     })
     .await;

@@ -2,6 +2,11 @@
 //! for the network. Synchronous and single-threaded by design (the caller serialises calls):
 //! plan against [`State`], commit to the [`Store`], apply, answer — so an answer is never
 //! sent for a change that is not durable.
+//!
+//! Only the leader of the managers' Raft group plans; a commit goes through the Raft log and
+//! is applied (here, on every manager) in log order: see `replicated`.
+
+mod replicated;
 
 use std::time::{Duration, Instant};
 
@@ -9,10 +14,11 @@ use tessera_proto::control::{
     ClusterStatus, ControlError, GroupStatus, ManagerReply, ManagerRequest, NodeHeartbeat,
     NodeRegistration, NodeStatus, ReplicaStatus, StorageRequest,
 };
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::liveness::{Health, Liveness};
 use crate::reconcile;
+use crate::replica::Replica;
 use crate::state::{Mutation, State};
 use crate::store::Store;
 
@@ -54,6 +60,11 @@ pub struct Service {
     live: Liveness,
     replicas: usize,
     groups_per_node: u64,
+    replica: Replica,
+    /// Index and term of the last log entry applied to `state`.
+    applied: (u64, u64),
+    /// The term whose leadership `live` was reset for.
+    led_term: u64,
 }
 
 impl Service {
@@ -63,6 +74,8 @@ impl Service {
         live: Liveness,
         replicas: usize,
         groups_per_node: u32,
+        replica: Replica,
+        applied_index: u64,
     ) -> Self {
         Service {
             state,
@@ -71,6 +84,9 @@ impl Service {
             live,
             replicas,
             groups_per_node: u64::from(groups_per_node),
+            replica,
+            applied: (applied_index, 0),
+            led_term: 0,
         }
     }
 
@@ -128,25 +144,17 @@ impl Service {
         (res, orders)
     }
 
-    /// Makes `m` durable, then applies it.
+    /// Makes `m` durable on a majority of managers, then applies it.
     fn commit(&mut self, m: Mutation) -> Result<(), ControlError> {
         if let Some(why) = &self.failed {
             return Err(ControlError::Unavailable(format!(
                 "manager database failed earlier ({why}); restart the manager"
             )));
         }
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| ControlError::Unavailable("manager is shutting down".into()))?;
-        let next = self.state.next_ids().after(&m);
-        if let Err(e) = store.commit(&m, next) {
-            error!(error = %e, "commit failed; refusing further changes until restart");
-            self.failed = Some(e.to_string());
-            return Err(e.into());
+        if self.store.is_none() {
+            return Err(ControlError::Unavailable("manager is shutting down".into()));
         }
-        self.state.apply(&m);
-        Ok(())
+        self.replicate(&m)
     }
 
     fn register(&mut self, reg: &NodeRegistration, now: Now) -> Result<ManagerReply, ControlError> {

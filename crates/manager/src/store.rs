@@ -7,8 +7,13 @@
 //!
 //! redb holds an exclusive lock on the file while it is open, so a second manager on the same
 //! data directory is refused.
+//!
+//! The managers' Raft log shares the database (its tables are in `raft_log`): a mutation
+//! applied from the log is written together with its log index (`applied_index` in `meta`),
+//! in one transaction, so a restart applies nothing twice and skips nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -29,7 +34,7 @@ const FORMAT: u64 = 1;
 const FILE_NAME: &str = "manager.redb";
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
 }
 
@@ -63,7 +68,10 @@ impl Store {
             DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.clone() },
             other => db_err(&path)(other.into()),
         })?;
-        let store = Store { db, path };
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
         store.init().map_err(db_err(&store.path))?;
         let state = store.load()?;
         Ok((store, state))
@@ -71,6 +79,21 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database, for the Raft log kept beside the state.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    /// Index of the last Raft log entry whose mutation is in the state (0: none yet).
+    pub fn applied_index(&self) -> Result<u64, Error> {
+        let read = || -> DbResult<u64> {
+            let tx = self.db.begin_read()?;
+            let meta = tx.open_table(META)?;
+            Ok(meta.get("applied_index")?.map_or(0, |v| v.value()))
+        };
+        read().map_err(db_err(&self.path))
     }
 
     /// Creates the tables and stamps the format on a new database; refuses a newer format.
@@ -132,12 +155,21 @@ impl Store {
         State::restore(nodes, groups, volumes, chunks, next).map_err(|e| corrupt(e.0))
     }
 
-    /// Makes `m` durable, with the id marks `next` it leads to. Returns once fsynced.
+    /// Makes `m` durable, with the id marks `next` it leads to. Returns once fsynced. Outside
+    /// the Raft log: for tests of the state alone.
+    #[cfg(test)]
     pub fn commit(&self, m: &Mutation, next: NextIds) -> Result<(), Error> {
-        self.try_commit(m, next).map_err(db_err(&self.path))
+        self.try_commit(m, next, None).map_err(db_err(&self.path))
     }
 
-    fn try_commit(&self, m: &Mutation, next: NextIds) -> DbResult<()> {
+    /// [`Store::commit`] of the mutation at `index` of the Raft log, recording `index` as
+    /// applied in the same transaction.
+    pub fn commit_applied(&self, m: &Mutation, next: NextIds, index: u64) -> Result<(), Error> {
+        self.try_commit(m, next, Some(index))
+            .map_err(db_err(&self.path))
+    }
+
+    fn try_commit(&self, m: &Mutation, next: NextIds, applied: Option<u64>) -> DbResult<()> {
         let tx = self.db.begin_write()?;
         match m {
             Mutation::PutNode(n) => {
@@ -187,6 +219,9 @@ impl Store {
             meta.insert("next_node_id", next.node)?;
             meta.insert("next_group_id", next.group)?;
             meta.insert("next_volume_id", next.volume)?;
+            if let Some(index) = applied {
+                meta.insert("applied_index", index)?;
+            }
         }
         tx.commit()?;
         Ok(())

@@ -153,6 +153,10 @@ pub enum ControlError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// This manager is not the leader of the managers' Raft group: ask the leader, whose
+    /// client address is given when known.
+    #[error("not the manager leader (leader: {})", .0.as_deref().unwrap_or("unknown"))]
+    NotLeader(Option<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,9 @@ pub enum Kind {
     Reply = 0x80,
     /// Node to node: a batch of Raft messages of many groups ([`crate::data::RaftBatch`]).
     RaftBatch = 16,
+    /// Manager to manager: raft-rs messages of the managers' own Raft group, each a `u32`
+    /// little-endian length then its protobuf encoding. Never answered.
+    ManagerRaft = 17,
     /// Control plane request: a JSON body.
     Rpc = 32,
     /// Control plane reply: a JSON body.
@@ -62,6 +65,7 @@ impl TryFrom<u8> for Kind {
             7 => Kind::SnapRead,
             0x80 => Kind::Reply,
             16 => Kind::RaftBatch,
+            17 => Kind::ManagerRaft,
             32 => Kind::Rpc,
             0xA0 => Kind::RpcReply,
             other => return Err(DecodeError::UnknownKind(other)),

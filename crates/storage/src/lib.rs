@@ -244,19 +244,13 @@ fn read_identity(path: &Path) -> Result<Option<u64>, Error> {
     }
 }
 
+/// A request to the manager leader among `cfg.managers` (see
+/// [`tessera_net::call_managers`]: hints followed, dead managers skipped, retried for a while).
 async fn call_manager(
     cfg: &StorageConfig,
     req: &ManagerRequest,
 ) -> Result<ManagerReply, tessera_net::NetError> {
-    let mut last = None;
-    for m in &cfg.managers {
-        match tessera_net::call::<_, ManagerReply>(m, req, Duration::from_secs(5)).await {
-            Ok(r) => return Ok(r),
-            Err(e @ tessera_net::NetError::Control(_)) => return Err(e),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(tessera_net::NetError::Closed))
+    tessera_net::call_managers(&cfg.managers, req, Duration::from_secs(5)).await
 }
 
 async fn register(

@@ -143,7 +143,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 let res = rpc(&shared, &f.body).await;
                 let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
             }
-            Kind::Reply | Kind::RpcReply => {
+            Kind::Reply | Kind::RpcReply | Kind::ManagerRaft => {
                 tracing::warn!(%peer, "dropping connection: unsolicited {:?} frame", f.kind);
                 break;
             }

@@ -399,3 +399,288 @@ pub fn fully_replicated(s: &ClusterStatus, replicas: usize) -> bool {
                 && !g.degraded
         })
 }
+
+// ---- Highly available managers: three `tessera manager` processes in one Raft group ----
+
+pub struct ManagerProc {
+    pub id: u64,
+    pub addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A cluster whose control plane is several managers; every storage node, the CLI and the
+/// clients are given all their addresses.
+pub struct HaCluster {
+    pub dir: tempfile::TempDir,
+    pub managers: Vec<ManagerProc>,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl HaCluster {
+    pub fn start(managers: usize, nodes: usize, groups_per_node: u32) -> HaCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<String> = (0..managers)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .collect();
+        let mut c = HaCluster {
+            dir,
+            managers: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = c.dir.path().join(format!("manager{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {groups_per_node}\nid = {id}\npeers = [{}]\n",
+                    c.dir.path().join(format!("manager{id}")).display(),
+                    peers.join(", ")
+                ),
+            )
+            .expect("write manager.toml");
+            let log = c.dir.path().join(format!("manager{id}.log"));
+            let child = spawn(
+                &["manager", "--config", config.to_str().expect("utf8")],
+                &log,
+            );
+            c.managers.push(ManagerProc {
+                id,
+                addr: addr.clone(),
+                config,
+                log,
+                child: Some(child),
+            });
+        }
+        let list = c
+            .manager_addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for i in 0..nodes {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let data_dir = c.dir.path().join(format!("node{}", i + 1));
+            let config = c.dir.path().join(format!("storage{}.toml", i + 1));
+            std::fs::write(
+                &config,
+                format!(
+                    "rack = \"rack{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nmanagers = [{list}]\nheartbeat_ms = 200\n",
+                    i + 1,
+                    data_dir.display(),
+                ),
+            )
+            .expect("write storage.toml");
+            let log = c.dir.path().join(format!("node{}.log", i + 1));
+            let child = spawn(
+                &["storage", "--config", config.to_str().expect("utf8")],
+                &log,
+            );
+            c.nodes.push(NodeProc {
+                config,
+                data_dir,
+                addr,
+                child: Some(child),
+                log,
+            });
+        }
+        c
+    }
+
+    pub fn manager_addrs(&self) -> Vec<String> {
+        self.managers.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    /// SIGKILL of manager `i` (a position in `managers`).
+    pub fn kill_manager(&mut self, i: usize) {
+        if let Some(mut m) = self.managers[i].child.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
+    pub fn restart_manager(&mut self, i: usize) {
+        let m = &mut self.managers[i];
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&m.log)
+            .expect("log");
+        let err = out.try_clone().expect("log");
+        m.child = Some(
+            Command::new(BIN)
+                .args(["manager", "--config", m.config.to_str().expect("utf8")])
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn manager"),
+        );
+    }
+
+    /// The running manager that answers requests itself (followers redirect), if any.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, m) in self.managers.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let res = tessera_net::call::<_, ManagerReply>(
+                &m.addr,
+                &ManagerRequest::ClusterStatus,
+                Duration::from_secs(2),
+            )
+            .await;
+            if res.is_ok() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(i) = self.leader().await {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no manager leader in 20s\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Cluster status from whichever manager leads.
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        match tessera_net::call_managers::<_, ManagerReply>(
+            &self.manager_addrs(),
+            &ManagerRequest::ClusterStatus,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(ManagerReply::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Waits until `nodes` nodes are registered and every group has a leader.
+    pub async fn wait_ready(&self, nodes: usize) -> ClusterStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.status().await
+                && s.nodes.len() >= nodes
+                && !s.groups.is_empty()
+                && s.groups
+                    .iter()
+                    .all(|g| g.leader.is_some() && g.replicas.len() == 3)
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready in 60s\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The CLI with `--manager a,b,c`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--manager")
+            .arg(self.manager_addrs().join(","))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tessera cli")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        out
+    }
+
+    pub fn create_volume(&self, name: &str, size: &str, chunk_size: &str) {
+        self.cli_ok(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--chunk-size",
+            chunk_size,
+        ]);
+    }
+
+    /// Volume names, sorted, as `volume list` prints them.
+    pub fn volume_names(&self) -> Vec<String> {
+        let out = self.cli_ok(&["--output", "json", "volume", "list"]);
+        let vols: Vec<tessera_proto::control::VolumeInfo> =
+            serde_json::from_slice(&out.stdout).expect("volume list JSON");
+        let mut names: Vec<String> = vols.into_iter().map(|v| v.name).collect();
+        names.sort();
+        names
+    }
+
+    pub async fn client(&self) -> tessera_client::Client {
+        tessera_client::Client::connect(self.manager_addrs())
+            .await
+            .expect("client connects")
+    }
+
+    /// The tail of every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let files = self
+            .managers
+            .iter()
+            .map(|m| m.log.clone())
+            .chain(self.nodes.iter().map(|n| n.log.clone()));
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("==== {}\n", f.display()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for i in 0..self.managers.len() {
+            self.kill_manager(i);
+        }
+        if std::thread::panicking() {
+            let path =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            eprintln!("cluster files kept in {}", path.display());
+        }
+    }
+}

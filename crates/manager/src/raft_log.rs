@@ -1,0 +1,188 @@
+//! Durability of the managers' Raft group: its log, hard state and conf state, in tables of
+//! the manager's redb database (beside the state they produce, see `store`).
+//!
+//! Owns only these tables; never interprets an entry. Every save is one transaction
+//! committed with fsync before it returns, so raft-rs's "persist before you send" rules hold
+//! as soon as [`RaftLog::save`] does. The whole log is kept (no compaction, no snapshots):
+//! mutations are small, and a restarted or lagging manager catches up from the log alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState};
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::Error;
+
+/// Log index → protobuf-encoded [`Entry`].
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// `hard_state`, `conf_state` → protobuf encodings.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+pub struct RaftLog {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+/// What a restart finds on disk.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub hard_state: HardState,
+    /// `None` on a database that never held a Raft group.
+    pub conf_state: Option<ConfState>,
+    /// Every entry, in index order from 1.
+    pub entries: Vec<Entry>,
+}
+
+impl RaftLog {
+    /// Creates the tables if missing and loads what they hold.
+    pub fn open(db: Arc<Database>, path: &Path) -> Result<(RaftLog, Loaded), Error> {
+        let log = RaftLog {
+            db,
+            path: path.to_path_buf(),
+        };
+        let loaded = log.load()?;
+        Ok((log, loaded))
+    }
+
+    fn db_err(&self, e: impl Into<redb::Error>) -> Error {
+        Error::Database {
+            path: self.path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn corrupt(&self, detail: String) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn load(&self) -> Result<Loaded, Error> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        tx.open_table(LOG).map_err(|e| self.db_err(e))?;
+        tx.open_table(META).map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+        let mut loaded = Loaded::default();
+        if let Some(v) = meta.get("hard_state").map_err(|e| self.db_err(e))? {
+            loaded.hard_state = HardState::parse_from_bytes(v.value())
+                .map_err(|e| self.corrupt(format!("raft hard state: {e}")))?;
+        }
+        if let Some(v) = meta.get("conf_state").map_err(|e| self.db_err(e))? {
+            loaded.conf_state = Some(
+                ConfState::parse_from_bytes(v.value())
+                    .map_err(|e| self.corrupt(format!("raft conf state: {e}")))?,
+            );
+        }
+        let table = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
+        for row in table.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let index = k.value();
+            let e = Entry::parse_from_bytes(v.value())
+                .map_err(|e| self.corrupt(format!("raft log entry {index}: {e}")))?;
+            let expected = loaded.entries.len() as u64 + 1;
+            if e.index != index || index != expected {
+                return Err(self.corrupt(format!(
+                    "raft log entry at key {index} has index {} (expected {expected})",
+                    e.index
+                )));
+            }
+            loaded.entries.push(e);
+        }
+        Ok(loaded)
+    }
+
+    /// Appends `entries` (replacing any entries from the first one's index on, which a new
+    /// leader overwrote) and stores `hard_state` and `conf_state` when given; durable on
+    /// return.
+    pub fn save(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        conf_state: Option<&ConfState>,
+    ) -> Result<(), Error> {
+        let encode = |m: &dyn protobuf::Message| {
+            m.write_to_bytes()
+                .map_err(|e| Error::Task(format!("encoding a raft record: {e}")))
+        };
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut log = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
+            if let Some(first) = entries.first() {
+                log.retain_in(first.index.., |_, _| false)
+                    .map_err(|e| self.db_err(e))?;
+            }
+            for e in entries {
+                log.insert(e.index, encode(e)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            if let Some(hs) = hard_state {
+                meta.insert("hard_state", encode(hs)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            if let Some(cs) = conf_state {
+                meta.insert("conf_state", encode(cs)?.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn log_survives_reopen_and_a_new_leader_overwrites_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+            assert!(loaded.conf_state.is_none() && loaded.entries.is_empty());
+            let cs = ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            };
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                ..Default::default()
+            };
+            let es: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"old")).collect();
+            log.save(&es, Some(&hs), Some(&cs)).unwrap();
+            // A new leader's entries from index 3 replace 3 and 4.
+            log.save(&[entry(3, 2, b"new")], None, None).unwrap();
+        }
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (_, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        assert_eq!(loaded.conf_state.unwrap().voters, vec![1, 2, 3]);
+        assert_eq!((loaded.hard_state.term, loaded.hard_state.vote), (2, 1));
+        let got: Vec<(u64, u64, &[u8])> = loaded
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term, &e.data[..]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, 1, &b"old"[..]), (2, 1, b"old"), (3, 2, b"new")]
+        );
+    }
+}

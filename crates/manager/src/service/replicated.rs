@@ -1,0 +1,154 @@
+//! The service's side of manager HA: leading before planning, the commit path through the
+//! managers' Raft log, and applying committed entries (on every manager, leader or not).
+//!
+//! Apply is one path for everyone: an entry's mutation goes to the [`Store`] (with the
+//! entry's index, in the same transaction) and then to the [`State`], strictly in log order,
+//! each entry once: entries at or below the applied index (a restart) are skipped.
+//!
+//! Reads are answered from the leader's applied state without a round to the others: a
+//! leader cut off from its majority keeps answering them until check-quorum steps it down
+//! (one election timeout, about a second), so they may be that stale; changes cannot be, as
+//! they need a majority.
+//!
+//! [`Store`]: crate::store::Store
+//! [`State`]: crate::state::State
+
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::EntryType;
+use tessera_proto::control::ControlError;
+use tracing::{error, info};
+
+use super::Service;
+use crate::state::Mutation;
+
+/// How long a new leader waits to apply what earlier terms committed before it answers.
+const CATCH_UP: Duration = Duration::from_secs(3);
+/// How long a proposal may take to be committed and applied.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Service {
+    /// Ok if this manager leads and its state holds every change committed before its term
+    /// (so plans made now see them). A new term's leadership restarts heartbeat ages: nodes
+    /// heartbeat to the leader only, so each gets a full grace period from when this manager
+    /// became leader before it can be called suspect or down.
+    pub(crate) fn lead(&mut self) -> Result<(), ControlError> {
+        let status = self.replica.status();
+        if !status.is_leader {
+            return Err(self.replica.not_leader());
+        }
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            self.apply_watching(None)?;
+            // The leader's first entry of its term commits everything before it.
+            if self.applied.1 >= status.term {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // Not yet usable: send the caller on (it comes back, with back-off).
+                return Err(ControlError::NotLeader(None));
+            }
+            self.replica
+                .wait_committed(left.min(Duration::from_millis(50)));
+        }
+        if self.led_term != status.term {
+            let since = status.leader_since.unwrap_or_else(Instant::now);
+            info!(
+                term = status.term,
+                applied = self.applied.0,
+                "leading the managers; node heartbeat ages restart now"
+            );
+            self.live.reset(since);
+            self.led_term = status.term;
+        }
+        Ok(())
+    }
+
+    /// Applies every committed entry not applied yet. Returns the applied index and the
+    /// number of volumes if anything was applied.
+    pub(crate) fn apply_committed(&mut self) -> Result<Option<(u64, u64)>, ControlError> {
+        let before = self.applied.0;
+        self.apply_watching(None)?;
+        Ok((self.applied.0 > before).then(|| (self.applied.0, self.state.volume_count())))
+    }
+
+    /// Proposes `m`, then applies committed entries until `m`'s has been applied.
+    pub(super) fn replicate(&mut self, m: &Mutation) -> Result<(), ControlError> {
+        let data = serde_json::to_vec(m)
+            .map_err(|e| ControlError::Internal(format!("encoding a mutation: {e}")))?;
+        let (index, term) = self.replica.propose(data)?;
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            match self.apply_watching(Some((index, term)))? {
+                Some(true) => return Ok(()),
+                // Another leader's entry took the index: ours is lost, never applied.
+                Some(false) => return Err(self.replica.not_leader()),
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ControlError::Unavailable(format!(
+                    "change not committed within {COMMIT_TIMEOUT:?} (no majority of managers?)"
+                )));
+            }
+            self.replica
+                .wait_committed(left.min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Applies the committed entries queued so far. With `watch = (index, term)`: whether
+    /// the entry at `index` was applied and had `term` (`None`: not reached yet).
+    fn apply_watching(&mut self, watch: Option<(u64, u64)>) -> Result<Option<bool>, ControlError> {
+        if let Some(why) = &self.failed {
+            return Err(ControlError::Unavailable(format!(
+                "manager database failed earlier ({why}); restart the manager"
+            )));
+        }
+        let mut seen = None;
+        let entries = self.replica.take_committed();
+        for e in entries {
+            if e.index <= self.applied.0 {
+                continue;
+            }
+            if let Some((index, term)) = watch
+                && e.index == index
+            {
+                seen = Some(e.term == term);
+            }
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                let m: Mutation = match serde_json::from_slice(&e.data) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        return Err(self.fail(format!("log entry {}: {err}", e.index)));
+                    }
+                };
+                let Some(store) = self.store.as_ref() else {
+                    return Err(ControlError::Unavailable("manager is shutting down".into()));
+                };
+                let next = self.state.next_ids().after(&m);
+                if let Err(err) = store.commit_applied(&m, next, e.index) {
+                    return Err(self.fail(err.to_string()));
+                }
+                self.state.apply(&m);
+            }
+            self.applied = (e.index, e.term);
+        }
+        if seen.is_none()
+            && let Some((index, _)) = watch
+            && self.applied.0 >= index
+        {
+            // Applied before this call (cannot happen while the lock is held, but be exact).
+            seen = Some(false);
+        }
+        Ok(seen)
+    }
+
+    /// After this the manager takes no more changes: what is on disk is unknown, or the log
+    /// holds something this manager cannot apply.
+    fn fail(&mut self, why: String) -> ControlError {
+        error!(error = %why, "applying the managers' log failed; refusing further changes until restart");
+        self.failed = Some(why.clone());
+        ControlError::Internal(why)
+    }
+}

@@ -1,0 +1,178 @@
+//! Highly available managers: three `tessera manager` processes in one Raft group. SIGKILL of
+//! the manager leader must cost no metadata and no I/O error, the control plane must be back
+//! within seconds, and a restarted manager must catch up from the others.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::HaCluster;
+use rand::{Rng, SeedableRng};
+
+const BLOCK: u64 = 4096;
+const MIB: u64 = 1 << 20;
+const WRITERS: u64 = 4;
+
+struct Io {
+    /// Completion times of every write+verify, to find the longest pause.
+    done: Mutex<Vec<Instant>>,
+    errors: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+/// Longest gap between `from`, the completions after it, and now.
+fn longest_pause(io: &Io, from: Instant) -> Duration {
+    let mut times: Vec<Instant> = io
+        .done
+        .lock()
+        .expect("done")
+        .iter()
+        .copied()
+        .filter(|t| *t >= from)
+        .collect();
+    times.sort();
+    let mut prev = from;
+    let mut longest = Duration::ZERO;
+    for t in times {
+        longest = longest.max(t - prev);
+        prev = t;
+    }
+    longest.max(Instant::now() - prev)
+}
+
+/// Waits until manager `i`'s log says it applied the managers' log with `volumes` volumes.
+async fn wait_caught_up(c: &HaCluster, i: usize, volumes: u64) {
+    let needle = format!("; {volumes} volumes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&c.managers[i].log).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("applied the managers' log up to index") && l.ends_with(&needle))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "manager {} did not catch up to {volumes} volumes\n{}",
+            c.managers[i].id,
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_manager_leader_loses_no_metadata_and_no_io() {
+    let mut c = HaCluster::start(3, 3, 4);
+    c.wait_ready(3).await;
+    c.create_volume("before", "16MiB", "1MiB");
+    c.create_volume("io", "8MiB", "1MiB");
+    let client = c.client().await;
+    let vol = client.open("io").await.expect("open");
+    // Map every chunk now: afterwards the data path needs no manager, only cached routes.
+    for chunk in 0..vol.size() / MIB {
+        vol.write(chunk * MIB, Bytes::from(vec![0u8; BLOCK as usize]))
+            .await
+            .expect("map chunk");
+    }
+    let blocks = vol.size() / BLOCK;
+
+    let io = Arc::new(Io {
+        done: Mutex::new(Vec::new()),
+        errors: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let mut workers = Vec::new();
+    for w in 0..WRITERS {
+        let (vol, io) = (vol.clone(), io.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+            while !io.stop.load(Ordering::Relaxed) {
+                // Each writer owns the blocks congruent to its number.
+                let block = rng.gen_range(0..blocks / WRITERS) * WRITERS + w;
+                let fill = rng.gen_range(1..=255u8);
+                let res = async {
+                    vol.write(block * BLOCK, Bytes::from(vec![fill; BLOCK as usize]))
+                        .await
+                        .map_err(|e| format!("write of block {block}: {e}"))?;
+                    let got = vol
+                        .read(block * BLOCK, BLOCK)
+                        .await
+                        .map_err(|e| format!("read of block {block}: {e}"))?;
+                    if got.iter().any(|&b| b != fill) {
+                        return Err(format!("block {block}: read back differs"));
+                    }
+                    Ok(())
+                }
+                .await;
+                match res {
+                    Ok(()) => io.done.lock().expect("done").push(Instant::now()),
+                    Err(e) => io.errors.lock().expect("errors").push(e),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let leader = c.wait_leader().await;
+    let killed_at = Instant::now();
+    c.kill_manager(leader);
+    eprintln!("killed manager {} (the leader)", c.managers[leader].id);
+
+    // The control plane is back as soon as the other two elect a leader.
+    c.create_volume("after", "16MiB", "1MiB");
+    let took = killed_at.elapsed();
+    eprintln!("volume create after the leader's death took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "volume create took {took:?}"
+    );
+    assert_eq!(c.volume_names(), ["after", "before", "io"]);
+    let next = c.wait_leader().await;
+    assert_ne!(next, leader);
+    // The new leader learnt node health afresh and called no node suspect or down.
+    let status = c
+        .status()
+        .await
+        .expect("cluster status from the new leader");
+    assert!(
+        status.nodes.iter().all(|n| n.state == "up"),
+        "node states under the new leader: {:?}",
+        status.nodes.iter().map(|n| &n.state).collect::<Vec<_>>()
+    );
+
+    // Let the I/O run on a little under the new leader, then look at it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pause = longest_pause(&io, killed_at);
+    io.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker task");
+    }
+    let errors = io.errors.lock().expect("errors").clone();
+    let ops = io.done.lock().expect("done").len();
+    eprintln!("I/O across the manager leader's death: {ops} write+verify, longest pause {pause:?}");
+    assert!(errors.is_empty(), "I/O errors: {errors:?}");
+    assert!(ops > 50, "only {ops} operations completed");
+    assert!(pause < Duration::from_secs(5), "I/O paused for {pause:?}");
+
+    // The killed manager comes back as a follower and catches up from the log.
+    c.restart_manager(leader);
+    wait_caught_up(&c, leader, 3).await;
+
+    // Without the current leader, the restarted manager and the third one still hold a
+    // majority, and whichever leads has every volume.
+    c.kill_manager(next);
+    c.create_volume("last", "16MiB", "1MiB");
+    assert_eq!(c.volume_names(), ["after", "before", "io", "last"]);
+    let now_leading = c.wait_leader().await;
+    eprintln!(
+        "after killing manager {}, manager {} leads (restarted one: {})",
+        c.managers[next].id, c.managers[now_leading].id, c.managers[leader].id
+    );
+    let fresh = c.client().await.open("io").await.expect("reopen");
+    assert_eq!(fresh.size(), 8 * MIB);
+}
