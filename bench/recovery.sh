@@ -56,7 +56,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 "$bin" --manager $m volume create rec --size "$size" >/dev/null
-head -c "$(numfmt --from=iec "${size%B}")" /dev/urandom > "$work/fill.img"
+head -c "$(numfmt --from=iec-i "${size%B}")" /dev/urandom > "$work/fill.img"
 "$bin" --manager $m volume import rec "$work/fill.img" >/dev/null
 rm -f "$work/fill.img"
 sleep 2

@@ -74,10 +74,8 @@ impl SnapshotFetcher for Fetcher {
         tokio::spawn(async move {
             let group = job.group;
             let started = Instant::now();
-            let before = lock(&stats).bytes_fetched;
-            let res = copy_replica(&job, &throttle, &stats).await;
-            // Concurrent copies share the counter: this is approximate when they overlap.
-            let moved = lock(&stats).bytes_fetched.saturating_sub(before);
+            let mut moved = 0;
+            let res = copy_replica(&job, &throttle, &stats, &mut moved).await;
             {
                 let mut s = lock(&stats);
                 s.in_progress.retain(|g| *g != group);
@@ -196,6 +194,7 @@ async fn copy_replica(
     job: &FetchJob,
     throttle: &Throttle,
     stats: &Mutex<RecoveryStats>,
+    moved: &mut u64,
 ) -> Result<(), String> {
     let g = job.group;
     let mut src = Source::connect(&job.from_addr).await?;
@@ -209,7 +208,7 @@ async fn copy_replica(
         }
     }
     for &(v, c, blocks) in &remote {
-        copy_chunk(job, &mut src, throttle, stats, v, c, blocks).await?;
+        copy_chunk(job, &mut src, throttle, stats, moved, (v, c, blocks)).await?;
     }
     let store = job.store.clone();
     blocking(move || store.sync()).await
@@ -220,9 +219,8 @@ async fn copy_chunk(
     src: &mut Source,
     throttle: &Throttle,
     stats: &Mutex<RecoveryStats>,
-    volume: u64,
-    chunk: u64,
-    blocks: u64,
+    moved: &mut u64,
+    (volume, chunk, blocks): (u64, u64, u64),
 ) -> Result<(), String> {
     let g = job.group;
     let store = job.store.clone();
@@ -278,6 +276,7 @@ async fn copy_chunk(
                 return Err(format!("asked {len} bytes, got {}", data.len()));
             }
             lock(stats).bytes_fetched += len;
+            *moved += len;
             let store = job.store.clone();
             blocking(move || write_blocks(&store, volume, chunk, off, &data)).await?;
         }
