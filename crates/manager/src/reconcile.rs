@@ -590,7 +590,8 @@ impl Planner<'_> {
 /// What the manager tells a node in its heartbeat ack: replicas to create and replicas to
 /// destroy.
 ///
-/// - Create: every group the node is a member or a move target of that it does not report.
+/// - Create: every group the node does not report that wants it as a voter (its members,
+///   or its target during a move).
 ///   It joins (starts empty, waits for the leader's snapshot, never campaigns) when it is
 ///   being added, or when the group has had a leader: a member that lost its replica must
 ///   not come back as a fresh voter with an empty log, which could elect a replica missing
@@ -607,7 +608,9 @@ pub fn heartbeat_orders(
     let create = state
         .groups()
         .filter(|g| !reported.contains(&g.id))
-        .filter(|g| g.members_and_target().contains(&node))
+        // A member a move is removing is not re-created: it may just have applied its
+        // removal, before the manager heard the move is done.
+        .filter(|g| g.wanted().contains(&node))
         .map(|g| {
             let joining = !g.members.contains(&node) || live.established(g.id);
             state.group_spec(g, joining)
@@ -1250,6 +1253,10 @@ mod tests {
         let hosted_old: BTreeSet<u64> = w.state.groups_of(1).map(|g| g.id).collect();
         let (_, remove) = heartbeat_orders(&w.state, &w.live, 1, &hosted_old);
         assert!(remove.is_empty());
+        // The leaving member already dropped its replica: it is not told to re-create it.
+        let without: BTreeSet<u64> = hosted_old.iter().copied().filter(|x| *x != g.id).collect();
+        let (create, _) = heartbeat_orders(&w.state, &w.live, 1, &without);
+        assert!(create.iter().all(|s| s.group_id != g.id));
         // Once done, the old member is told to destroy its replica; unknown groups stay.
         w.state.apply(&Mutation::SetGroupMembers {
             group_id: g.id,
