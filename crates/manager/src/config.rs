@@ -172,5 +172,15 @@ mod tests {
             ..ManagerConfig::default()
         };
         assert!(bad.validate().is_err());
+        let bad = ManagerConfig {
+            max_moves_per_node: 0,
+            ..ManagerConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let f: ManagerConfigFile =
+            serde_json::from_str(r#"{"reconcile_ms": 250, "max_moves": 3}"#).unwrap();
+        let c = ManagerConfig::from(f);
+        assert_eq!(c.reconcile_every, Duration::from_millis(250));
+        assert_eq!((c.max_moves, c.max_moves_per_node), (3, 2));
     }
 }

@@ -391,10 +391,10 @@ impl Planner<'_> {
                 );
                 continue;
             }
-            if !self.may_start(g) {
-                break;
+            // Full: only moves already in flight may still be re-aimed.
+            if self.may_start(g) {
+                self.replace(g, &failed);
             }
-            self.replace(g, &failed);
         }
     }
 
