@@ -52,7 +52,6 @@ impl Default for ManagerConfig {
 impl ManagerConfig {
     pub(crate) fn limits(&self) -> crate::reconcile::Limits {
         crate::reconcile::Limits {
-            replicas: self.replicas,
             max_moves: self.max_moves,
             max_moves_per_node: self.max_moves_per_node,
         }

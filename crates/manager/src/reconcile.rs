@@ -30,7 +30,6 @@ use crate::state::{GroupRecord, Mutation, State};
 /// Bounds on the work one reconcile pass may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    pub replicas: usize,
     /// Moves in flight in the whole cluster.
     pub max_moves: usize,
     /// Moves in flight adding a replica to one node (each one copies a group's data to it).
@@ -307,7 +306,7 @@ impl Planner<'_> {
 
     /// The healthy node to add to a group keeping `kept`: up, not draining, not in the
     /// group, on a rack no kept node uses, under its incoming throttle; the least loaded,
-    /// ties to the lowest id.
+    /// ties to the most free space (as last heartbeated), then the lowest id.
     fn replacement(&self, g: &GroupRecord, kept: &[u64]) -> Option<u64> {
         let racks: BTreeSet<&str> = kept.iter().map(|k| self.rack(*k)).collect();
         let all = g.members_and_target();
@@ -317,7 +316,14 @@ impl Planner<'_> {
             .filter(|n| !n.draining && !all.contains(&n.id) && !racks.contains(n.rack.as_str()))
             .filter(|n| self.health(n.id) == Health::Up)
             .filter(|n| self.books.incoming(n.id) < self.limits.max_moves_per_node)
-            .min_by_key(|n| (self.books.load(n.id), n.id))
+            .min_by_key(|n| {
+                let free = self
+                    .f
+                    .live
+                    .usage(n.id)
+                    .map_or(0, |(cap, used)| cap.saturating_sub(used));
+                (self.books.load(n.id), std::cmp::Reverse(free), n.id)
+            })
             .map(|n| n.id)
     }
 
@@ -684,7 +690,6 @@ mod tests {
     const DOWN: Duration = Duration::from_secs(3);
 
     const LIMITS: Limits = Limits {
-        replicas: 3,
         max_moves: 8,
         max_moves_per_node: 2,
     };
@@ -932,6 +937,28 @@ mod tests {
     }
 
     #[test]
+    fn between_equally_loaded_nodes_the_one_with_more_free_space_is_chosen() {
+        let mut w = World::new(&["a", "b", "c"], 2);
+        let fuller = w.add_node("d");
+        let emptier = w.add_node("e");
+        w.kill(1);
+        w.advance(DOWN);
+        let groups: Vec<GroupState> = Vec::new();
+        w.live.heartbeat(
+            &NodeHeartbeat {
+                node_id: fuller,
+                capacity_bytes: 1 << 40,
+                used_bytes: 1 << 39,
+                groups,
+                recovery: Default::default(),
+            },
+            w.now,
+        );
+        let p = w.plan(LIMITS);
+        assert_eq!(p.moves[0].swaps[0].1, emptier, "{p:?}");
+    }
+
+    #[test]
     fn groups_that_lost_more_replicas_go_first() {
         let mut w = World::new(&["a", "b", "c", "d", "e", "f"], 3);
         // Group `worst` loses node 1 (down) and its replica on node 2 (lost); the others at
@@ -1093,7 +1120,6 @@ mod tests {
         let p = w.plan(Limits {
             max_moves: 1,
             max_moves_per_node: 10,
-            ..LIMITS
         });
         assert_eq!(p.moves.len(), 1);
         // A move in flight counts: with max_moves 1 no second one starts.
