@@ -69,7 +69,6 @@ impl Default for ManagerConfig {
 impl ManagerConfig {
     pub(crate) fn limits(&self) -> crate::reconcile::Limits {
         crate::reconcile::Limits {
-            replicas: self.replicas,
             max_moves: self.max_moves,
             max_moves_per_node: self.max_moves_per_node,
         }
@@ -252,5 +251,15 @@ mod tests {
             ..ManagerConfig::default()
         };
         assert!(bad.validate().is_err());
+        let bad = ManagerConfig {
+            max_moves_per_node: 0,
+            ..ManagerConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let f: ManagerConfigFile =
+            serde_json::from_str(r#"{"reconcile_ms": 250, "max_moves": 3}"#).unwrap();
+        let c = ManagerConfig::from(f);
+        assert_eq!(c.reconcile_every, Duration::from_millis(250));
+        assert_eq!((c.max_moves, c.max_moves_per_node), (3, 2));
     }
 }

@@ -87,8 +87,13 @@ async fn send(call: StorageCall, service: Shared, memory: Arc<Mutex<Memory>>) {
                 return;
             };
             if !(ms.done && same_nodes(&ms.voters, &target)) {
+                let progress: Vec<String> = ms
+                    .progress
+                    .iter()
+                    .map(|p| format!("{}:{}@{}", p.node_id, p.state, p.matched))
+                    .collect();
                 debug!(group, voters = ?ms.voters, learners = ?ms.learners, joint = ms.joint,
-                       last_index = ms.last_index, "membership change in progress");
+                       last_index = ms.last_index, ?progress, "membership change in progress");
                 return;
             }
             let done = tokio::task::spawn_blocking(move || {

@@ -30,7 +30,6 @@ use crate::state::{GroupRecord, Mutation, State};
 /// Bounds on the work one reconcile pass may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    pub replicas: usize,
     /// Moves in flight in the whole cluster.
     pub max_moves: usize,
     /// Moves in flight adding a replica to one node (each one copies a group's data to it).
@@ -307,7 +306,7 @@ impl Planner<'_> {
 
     /// The healthy node to add to a group keeping `kept`: up, not draining, not in the
     /// group, on a rack no kept node uses, under its incoming throttle; the least loaded,
-    /// ties to the lowest id.
+    /// ties to the most free space (as last heartbeated), then the lowest id.
     fn replacement(&self, g: &GroupRecord, kept: &[u64]) -> Option<u64> {
         let racks: BTreeSet<&str> = kept.iter().map(|k| self.rack(*k)).collect();
         let all = g.members_and_target();
@@ -317,7 +316,14 @@ impl Planner<'_> {
             .filter(|n| !n.draining && !all.contains(&n.id) && !racks.contains(n.rack.as_str()))
             .filter(|n| self.health(n.id) == Health::Up)
             .filter(|n| self.books.incoming(n.id) < self.limits.max_moves_per_node)
-            .min_by_key(|n| (self.books.load(n.id), n.id))
+            .min_by_key(|n| {
+                let free = self
+                    .f
+                    .live
+                    .usage(n.id)
+                    .map_or(0, |(cap, used)| cap.saturating_sub(used));
+                (self.books.load(n.id), std::cmp::Reverse(free), n.id)
+            })
             .map(|n| n.id)
     }
 
@@ -391,10 +397,10 @@ impl Planner<'_> {
                 );
                 continue;
             }
-            if !self.may_start(g) {
-                break;
+            // Full: only moves already in flight may still be re-aimed.
+            if self.may_start(g) {
+                self.replace(g, &failed);
             }
-            self.replace(g, &failed);
         }
     }
 
@@ -590,7 +596,8 @@ impl Planner<'_> {
 /// What the manager tells a node in its heartbeat ack: replicas to create and replicas to
 /// destroy.
 ///
-/// - Create: every group the node is a member or a move target of that it does not report.
+/// - Create: every group the node does not report that wants it as a voter (its members,
+///   or its target during a move).
 ///   It joins (starts empty, waits for the leader's snapshot, never campaigns) when it is
 ///   being added, or when the group has had a leader: a member that lost its replica must
 ///   not come back as a fresh voter with an empty log, which could elect a replica missing
@@ -607,7 +614,9 @@ pub fn heartbeat_orders(
     let create = state
         .groups()
         .filter(|g| !reported.contains(&g.id))
-        .filter(|g| g.members_and_target().contains(&node))
+        // A member a move is removing is not re-created: it may just have applied its
+        // removal, before the manager heard the move is done.
+        .filter(|g| g.wanted().contains(&node))
         .map(|g| {
             let joining = !g.members.contains(&node) || live.established(g.id);
             state.group_spec(g, joining)
@@ -681,7 +690,6 @@ mod tests {
     const DOWN: Duration = Duration::from_secs(3);
 
     const LIMITS: Limits = Limits {
-        replicas: 3,
         max_moves: 8,
         max_moves_per_node: 2,
     };
@@ -929,6 +937,28 @@ mod tests {
     }
 
     #[test]
+    fn between_equally_loaded_nodes_the_one_with_more_free_space_is_chosen() {
+        let mut w = World::new(&["a", "b", "c"], 2);
+        let fuller = w.add_node("d");
+        let emptier = w.add_node("e");
+        w.kill(1);
+        w.advance(DOWN);
+        let groups: Vec<GroupState> = Vec::new();
+        w.live.heartbeat(
+            &NodeHeartbeat {
+                node_id: fuller,
+                capacity_bytes: 1 << 40,
+                used_bytes: 1 << 39,
+                groups,
+                recovery: Default::default(),
+            },
+            w.now,
+        );
+        let p = w.plan(LIMITS);
+        assert_eq!(p.moves[0].swaps[0].1, emptier, "{p:?}");
+    }
+
+    #[test]
     fn groups_that_lost_more_replicas_go_first() {
         let mut w = World::new(&["a", "b", "c", "d", "e", "f"], 3);
         // Group `worst` loses node 1 (down) and its replica on node 2 (lost); the others at
@@ -1090,7 +1120,6 @@ mod tests {
         let p = w.plan(Limits {
             max_moves: 1,
             max_moves_per_node: 10,
-            ..LIMITS
         });
         assert_eq!(p.moves.len(), 1);
         // A move in flight counts: with max_moves 1 no second one starts.
@@ -1250,6 +1279,10 @@ mod tests {
         let hosted_old: BTreeSet<u64> = w.state.groups_of(1).map(|g| g.id).collect();
         let (_, remove) = heartbeat_orders(&w.state, &w.live, 1, &hosted_old);
         assert!(remove.is_empty());
+        // The leaving member already dropped its replica: it is not told to re-create it.
+        let without: BTreeSet<u64> = hosted_old.iter().copied().filter(|x| *x != g.id).collect();
+        let (create, _) = heartbeat_orders(&w.state, &w.live, 1, &without);
+        assert!(create.iter().all(|s| s.group_id != g.id));
         // Once done, the old member is told to destroy its replica; unknown groups stay.
         w.state.apply(&Mutation::SetGroupMembers {
             group_id: g.id,

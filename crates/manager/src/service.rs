@@ -243,6 +243,10 @@ impl Service {
         memory: &mut reconcile::Memory,
         limits: reconcile::Limits,
     ) -> Vec<StorageCall> {
+        // Only the leading manager hears heartbeats: to any other, every node looks down.
+        if self.lead().is_err() {
+            return Vec::new();
+        }
         let t = now.instant;
         memory.lost.update(&self.state, &self.live, t);
         let lost = memory.lost.lost(t, self.live.down_after());
