@@ -453,6 +453,12 @@ impl Group {
     /// (full disk, a corrupt block under a partial write): it is retried later, never
     /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
     pub(crate) fn apply(&mut self) -> Result<(), String> {
+        // While a snapshot's chunk data is being copied in, older entries must not land on
+        // top of it (a block copied at the snapshot's state would be overwritten with an
+        // older one); the snapshot covers them anyway.
+        if self.fetching {
+            return Ok(());
+        }
         let before = self.applied;
         while let Some(front) = self.to_apply.front() {
             if front.get_entry_type() != EntryType::EntryNormal {

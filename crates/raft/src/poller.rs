@@ -553,6 +553,11 @@ impl Poller {
             Event::Flushed(list) => {
                 self.flushing = false;
                 for (gid, index, term) in list {
+                    // Not for a replica destroyed meanwhile (it would reappear in the log),
+                    // nor behind a snapshot installed meanwhile (the applied point moved on).
+                    if self.groups.get(&gid).is_none_or(|g| index < g.flushed) {
+                        continue;
+                    }
                     self.pending_writes.push(GroupWrite {
                         group: gid,
                         entries: Vec::new(),

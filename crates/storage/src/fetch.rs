@@ -71,6 +71,8 @@ impl SnapshotFetcher for Fetcher {
         let throttle = self.throttle.clone();
         let stats = self.stats.clone();
         lock(&stats).in_progress.push(job.group);
+        // Answered even if the copy task dies: the replica waits for this answer.
+        let done = Answer(Some(done));
         tokio::spawn(async move {
             let group = job.group;
             let started = Instant::now();
@@ -94,8 +96,26 @@ impl SnapshotFetcher for Fetcher {
                 ),
                 Err(e) => tracing::warn!(group, from = job.from, "snapshot copy failed: {e}"),
             }
-            done(res);
+            done.send(res);
         });
+    }
+}
+
+struct Answer(Option<Box<dyn FnOnce(Result<(), String>) + Send>>);
+
+impl Answer {
+    fn send(mut self, res: Result<(), String>) {
+        if let Some(f) = self.0.take() {
+            f(res);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err("the copy task ended without an answer".into()));
+        }
     }
 }
 
