@@ -67,7 +67,7 @@ pub(crate) struct Fetcher {
 }
 
 impl SnapshotFetcher for Fetcher {
-    fn fetch(&self, job: FetchJob, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+    fn fetch(&self, job: FetchJob, done: Done) {
         let throttle = self.throttle.clone();
         let stats = self.stats.clone();
         lock(&stats).in_progress.push(job.group);
@@ -101,7 +101,9 @@ impl SnapshotFetcher for Fetcher {
     }
 }
 
-struct Answer(Option<Box<dyn FnOnce(Result<(), String>) + Send>>);
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Answer(Option<Done>);
 
 impl Answer {
     fn send(mut self, res: Result<(), String>) {
