@@ -150,6 +150,9 @@ pub const SETTLE: Duration = Duration::from_secs(3);
 /// What the reconciler remembers between passes. Memory only.
 #[derive(Debug, Default)]
 pub struct Memory {
+    /// The managers' Raft term this memory was built in: a manager that leads again after
+    /// a gap starts over, as its timers and hints are stale.
+    pub term: u64,
     pub lost: LostTracker,
     /// group → when its leadership hand-over was asked.
     transferred: BTreeMap<u64, Instant>,

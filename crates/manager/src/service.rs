@@ -247,6 +247,10 @@ impl Service {
         if self.lead().is_err() {
             return Vec::new();
         }
+        if memory.term != self.led_term {
+            *memory = reconcile::Memory::default();
+            memory.term = self.led_term;
+        }
         let t = now.instant;
         memory.lost.update(&self.state, &self.live, t);
         let lost = memory.lost.lost(t, self.live.down_after());
