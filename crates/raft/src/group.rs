@@ -444,11 +444,35 @@ impl Group {
         self.to_apply.clear();
     }
 
+    /// Takes newly committed entries for applying, and answers their proposals now: a
+    /// committed entry is durable on a majority and will be applied, in order, before any
+    /// read that comes after it is served (reads wait for the applied index to reach the
+    /// commit index they saw), so the client need not wait for the chunk-file write.
     pub(crate) fn queue_committed(&mut self, ents: Vec<Entry>) {
+        let now = std::time::Instant::now();
+        for e in &ents {
+            while let Some(p) = self.proposals.front() {
+                if p.index > e.index {
+                    break;
+                }
+                let Some(p) = self.proposals.pop_front() else {
+                    break;
+                };
+                crate::metrics::COMMIT.observe(now.saturating_duration_since(p.proposed));
+                let reply = if p.index < e.index || p.term != e.term {
+                    Reply::NotLeader {
+                        hint: self.raw.raft.leader_id,
+                    }
+                } else {
+                    Reply::Ok(Bytes::new())
+                };
+                (p.respond)(reply);
+            }
+        }
         self.to_apply.extend(ents);
     }
 
-    /// Applies queued committed entries in order, answering their proposals, then serves the
+    /// Applies queued committed entries in order, then serves the
     /// reads the new applied index covers. Stops at the first entry that cannot be applied
     /// (full disk, a corrupt block under a partial write): it is retried later, never
     /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
@@ -500,23 +524,6 @@ impl Group {
             self.applied = index;
             self.applied_term = term;
             self.store.lock().applied = (index, term);
-            while let Some(p) = self.proposals.front() {
-                if p.index > index {
-                    break;
-                }
-                let Some(p) = self.proposals.pop_front() else {
-                    break;
-                };
-                crate::metrics::COMMIT.observe(started.saturating_duration_since(p.proposed));
-                let reply = if p.index < index || p.term != term {
-                    Reply::NotLeader {
-                        hint: self.raw.raft.leader_id,
-                    }
-                } else {
-                    Reply::Ok(Bytes::new())
-                };
-                (p.respond)(reply);
-            }
         }
         if self.applied != before {
             self.raw.advance_apply_to(self.applied);

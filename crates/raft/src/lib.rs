@@ -7,7 +7,8 @@
 //!
 //! Must never: block its poller on the network or on an fsync (the log writer and the
 //! flusher threads do that); apply an entry out of order or skip one; answer a write before
-//! its entry is committed and applied; carry on after the log reported a failed fsync.
+//! its entry is committed (it is applied before any later read is served); carry on after
+//! the log reported a failed fsync.
 //!
 //! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop and the
 //! Ready handling), `group.rs` (one group: proposals, lease reads, apply), `store.rs`
