@@ -391,7 +391,14 @@ impl Poller {
                     if msg.get_msg_type() == MessageType::MsgSnapshot {
                         // The chunk data comes first, copied from the sender; the message
                         // is stepped once it is here and durable.
-                        if !g.fetching && msg.get_snapshot().get_metadata().index > g.applied {
+                        // Only from a leader of this term or a later one, only to a
+                        // follower, and only if it would move this replica forward.
+                        let current =
+                            msg.term >= g.raw.raft.term && g.raw.raft.state != StateRole::Leader;
+                        if current
+                            && !g.fetching
+                            && msg.get_snapshot().get_metadata().index > g.applied
+                        {
                             g.fetching = true;
                             let snap = msg.get_snapshot();
                             let from_addr = control::decode::<GroupSpec>(&snap.data)
