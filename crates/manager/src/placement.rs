@@ -66,8 +66,9 @@ pub fn plan_groups(
             load.remove(entry);
             load.insert((entry.0 + 1, entry.1));
         }
-        let mut members: Vec<u64> = chosen.iter().map(|(_, n)| *n).collect();
-        members.sort_unstable();
+        // Least loaded first: the first member starts the group's first election, so new
+        // groups (placed when a node joins) give their leadership to the newcomer.
+        let members: Vec<u64> = chosen.iter().map(|(_, n)| *n).collect();
         out.push(GroupRecord {
             id: next,
             members,

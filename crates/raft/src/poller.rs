@@ -711,8 +711,9 @@ impl Poller {
             slots,
         });
         g.persisted_hs = hard_state;
-        // The lowest member starts the first election at once rather than after a timeout.
-        if !spec.joining && spec.peers.iter().map(|p| p.node_id).min() == Some(self.cfg.node_id) {
+        // The first member (the manager lists the least loaded first) starts the first
+        // election at once rather than after a timeout.
+        if !spec.joining && spec.peers.first().map(|p| p.node_id) == Some(self.cfg.node_id) {
             let _ = g.raw.campaign();
         }
         tracing::info!(
