@@ -36,6 +36,8 @@ pub const MAX_CHUNK: u64 = 4 << 30;
 /// Open chunks kept cached beyond this are closed when idle and synced.
 const MAX_OPEN: usize = 1024;
 const CRC_LEN: u64 = 4;
+/// Largest single pwrite of chunk data (see `write_locked`).
+const WRITE_PIECE: usize = 16 << 10;
 
 type Key = (u64, u64);
 
@@ -390,10 +392,17 @@ impl ChunkStore {
             tail.as_deref().map(|b| (last, b)),
         ];
         for (block, bytes) in pieces.into_iter().flatten() {
-            files
-                .data
-                .write_all_at(bytes, block * BLOCK_SIZE)
-                .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
+            // In pieces of at most WRITE_PIECE: the page cache sizes the folios it creates
+            // after the write, and a later 4 KiB overwrite inside a large folio costs ext4
+            // a walk over every block of that folio (measured: with chunk files written in
+            // 1 MiB pieces, 47 % of all CPU during 4 KiB random writes went there).
+            for (i, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
+                let at = block * BLOCK_SIZE + (i * WRITE_PIECE) as u64;
+                files
+                    .data
+                    .write_all_at(piece, at)
+                    .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
+            }
         }
         files
             .crcs
@@ -456,6 +465,14 @@ impl ChunkStore {
             Err(e) => return Err(e.into()),
         };
         let crcs = open_rw(&crc_path, true).map_err(|e| io_error(e, volume, chunk, "creating"))?;
+        // Volume I/O is random: no speculative readahead, which would also fill the page
+        // cache with large folios that make later small overwrites expensive (see
+        // `WRITE_PIECE`). Advice only; nothing depends on it.
+        // SAFETY: posix_fadvise reads its integer arguments; the descriptor is owned by
+        // `data`, open for the duration of the call.
+        unsafe {
+            libc::posix_fadvise(data.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+        }
         let files = Arc::new(ChunkFiles {
             data,
             crcs,
