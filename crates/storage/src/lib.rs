@@ -88,6 +88,11 @@ pub enum Error {
     Identity { path: PathBuf, msg: String },
     #[error("registering with the manager: {0}")]
     Register(String),
+    #[error(
+        "{0} holds chunk files in the layout of an older Tessera (chunks/ rather than \
+         groups/), which this version cannot read; move the directory away or start afresh"
+    )]
+    OldLayout(PathBuf),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -113,6 +118,11 @@ impl StorageNode {
     pub async fn start(cfg: StorageConfig) -> Result<StorageNode, Error> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let lock = DirLock::acquire(&cfg.data_dir)?;
+        // Serving zeroes where an older layout kept data would lose it silently: refuse.
+        let old = cfg.data_dir.join("chunks");
+        if std::fs::read_dir(&old).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Error::OldLayout(cfg.data_dir.clone()));
+        }
         let id_path = cfg.data_dir.join("node.json");
         let known_id = read_identity(&id_path)?;
 
@@ -338,5 +348,35 @@ async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: Stri
             Err(e) => tracing::debug!("heartbeat failed: {e}"),
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_directory_in_the_old_layout_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("chunks").join("0000000000000001"))
+            .expect("old layout");
+        let cfg = StorageConfig {
+            zone: default_zone(),
+            rack: "rack1".into(),
+            data_dir: tmp.path().to_path_buf(),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            managers: vec!["127.0.0.1:1".into()],
+            heartbeat_ms: default_heartbeat_ms(),
+            min_free_bytes: default_min_free(),
+            log_segment_bytes: default_segment(),
+            metrics_listen: None,
+            recovery_bytes_per_sec: default_recovery_rate(),
+        };
+        match StorageNode::start(cfg).await {
+            Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("started on an old-layout data directory"),
+        }
     }
 }
