@@ -79,25 +79,8 @@ impl ChunkStore {
     pub fn open(dir: &Path) -> Result<ChunkStore> {
         std::fs::create_dir_all(dir)?;
         let mut alloc: HashMap<Key, u64> = HashMap::new();
-        for vol in std::fs::read_dir(dir)? {
-            let vol = vol?;
-            let Some(volume) = vol.file_name().to_str().and_then(parse_hex) else {
-                continue;
-            };
-            if !vol.file_type()?.is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(vol.path())? {
-                let f = f?;
-                let name = f.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let stem = name
-                    .strip_suffix(".dat")
-                    .or_else(|| name.strip_suffix(".crc"));
-                if let Some(chunk) = stem.and_then(parse_hex) {
-                    *alloc.entry((volume, chunk)).or_default() += f.metadata()?.blocks() * 512;
-                }
-            }
+        for (key, _, f) in chunk_files(dir)? {
+            *alloc.entry(key).or_default() += f.metadata()?.blocks() * 512;
         }
         let used = alloc.values().sum();
         Ok(ChunkStore {
@@ -275,31 +258,15 @@ impl ChunkStore {
 
     /// Every chunk with files in this store, sorted.
     pub fn list_chunks(&self) -> Result<Vec<(u64, u64)>> {
-        let mut out = Vec::new();
-        let vols = match std::fs::read_dir(&self.dir) {
-            Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e.into()),
+        let mut out: Vec<(u64, u64)> = match chunk_files(&self.dir) {
+            Ok(files) => files
+                .into_iter()
+                .filter(|(_, data, _)| *data)
+                .map(|(key, _, _)| key)
+                .collect(),
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
         };
-        for vol in vols {
-            let vol = vol?;
-            let Some(volume) = vol.file_name().to_str().and_then(parse_hex) else {
-                continue;
-            };
-            if !vol.file_type()?.is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(vol.path())? {
-                let name = f?.file_name();
-                if let Some(chunk) = name
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".dat"))
-                    .and_then(parse_hex)
-                {
-                    out.push((volume, chunk));
-                }
-            }
-        }
         out.sort_unstable();
         Ok(out)
     }
@@ -536,6 +503,35 @@ impl ChunkStore {
     fn dirs_map(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
         self.dirty_dirs.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Every chunk file under `dir`: its chunk, whether it is the data file (else the
+/// checksums), and its directory entry. Names that are not chunk files are skipped.
+fn chunk_files(dir: &Path) -> Result<Vec<(Key, bool, std::fs::DirEntry)>> {
+    let mut out = Vec::new();
+    for vol in std::fs::read_dir(dir)? {
+        let vol = vol?;
+        let Some(volume) = vol.file_name().to_str().and_then(parse_hex) else {
+            continue;
+        };
+        if !vol.file_type()?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(vol.path())? {
+            let f = f?;
+            let name = f.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let (stem, data) = match (name.strip_suffix(".dat"), name.strip_suffix(".crc")) {
+                (Some(stem), _) => (stem, true),
+                (None, Some(stem)) => (stem, false),
+                (None, None) => continue,
+            };
+            if let Some(chunk) = parse_hex(stem) {
+                out.push(((volume, chunk), data, f));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn check_range(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {

@@ -1139,8 +1139,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_move_whose_new_node_dies_is_re_aimed() {
+    /// Five racks; a group of node 1 with a move under way replacing node 1 by `spare[0]`.
+    fn moving_node_1_away() -> (World, GroupRecord, Vec<u64>) {
         let mut w = World::new(&["a", "b", "c", "d", "e"], 2);
         let g = w.state.groups_of(1).next().unwrap().clone();
         let spare: Vec<u64> = (1..=5).filter(|n| !g.members.contains(n)).collect();
@@ -1153,6 +1153,12 @@ mod tests {
             group_id: g.id,
             target,
         });
+        (w, g, spare)
+    }
+
+    #[test]
+    fn a_move_whose_new_node_dies_is_re_aimed() {
+        let (mut w, g, spare) = moving_node_1_away();
         w.kill(spare[0]);
         w.advance(DOWN);
         let p = w.plan(LIMITS);
@@ -1168,18 +1174,7 @@ mod tests {
 
     #[test]
     fn a_move_whose_new_node_never_hosts_the_group_is_re_aimed() {
-        let mut w = World::new(&["a", "b", "c", "d", "e"], 2);
-        let g = w.state.groups_of(1).next().unwrap().clone();
-        let spare: Vec<u64> = (1..=5).filter(|n| !g.members.contains(n)).collect();
-        let target: Vec<u64> = g
-            .members
-            .iter()
-            .map(|m| if *m == 1 { spare[0] } else { *m })
-            .collect();
-        w.state.apply(&Mutation::SetGroupTarget {
-            group_id: g.id,
-            target,
-        });
+        let (mut w, g, spare) = moving_node_1_away();
         // The new node heartbeats but never reports the group.
         w.lost.insert((spare[0], g.id));
         let p = w.plan(LIMITS);

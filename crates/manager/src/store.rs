@@ -285,24 +285,29 @@ mod tests {
         state.apply(&m);
     }
 
+    /// Registers one node per rack, in order (ids 1, 2, ...).
+    fn register(store: &Store, state: &mut State, racks: &[&str]) {
+        for rack in racks {
+            let (_, m) = state
+                .plan_register(&NodeRegistration {
+                    node_id: None,
+                    zone: "z".into(),
+                    rack: (*rack).into(),
+                    addr: format!("{rack}:1"),
+                    capacity_bytes: 1,
+                    used_bytes: 0,
+                })
+                .unwrap();
+            step(store, state, m);
+        }
+    }
+
     #[test]
     fn state_survives_reopen_and_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let (vol_id, chunk_group) = {
             let (store, mut state) = reopen(dir.path());
-            for rack in ["a", "b", "c"] {
-                let (_, m) = state
-                    .plan_register(&NodeRegistration {
-                        node_id: None,
-                        zone: "z".into(),
-                        rack: rack.into(),
-                        addr: format!("{rack}:1"),
-                        capacity_bytes: 1,
-                        used_bytes: 0,
-                    })
-                    .unwrap();
-                step(&store, &mut state, m);
-            }
+            register(&store, &mut state, &["a", "b", "c"]);
             let m = state.plan_groups(|_| true, 3, 2).unwrap();
             step(&store, &mut state, m);
             let m = state.plan_create_volume("gone", 1 << 30, None, 7).unwrap();
@@ -361,19 +366,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, mut state) = reopen(dir.path());
-            for rack in ["a", "b", "c", "d"] {
-                let (_, m) = state
-                    .plan_register(&NodeRegistration {
-                        node_id: None,
-                        zone: "z".into(),
-                        rack: rack.into(),
-                        addr: format!("{rack}:1"),
-                        capacity_bytes: 1,
-                        used_bytes: 0,
-                    })
-                    .unwrap();
-                step(&store, &mut state, m);
-            }
+            register(&store, &mut state, &["a", "b", "c", "d"]);
             let m = state.plan_groups(|n| n != 4, 3, 1).unwrap();
             step(&store, &mut state, m);
             let m = state.plan_drain(1, true, 3).unwrap().unwrap();

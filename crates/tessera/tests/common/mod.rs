@@ -73,33 +73,7 @@ fn spawn(args: &[&str], log: &Path) -> Child {
 
 impl Cluster {
     pub fn start(opts: Opts) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mport = free_port();
-        let manager_addr = format!("127.0.0.1:{mport}");
-        let mcfg = dir.path().join("manager.toml");
-        std::fs::write(
-            &mcfg,
-            format!(
-                "listen = \"{manager_addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {}\n",
-                dir.path().join("manager").display(),
-                opts.groups_per_node
-            ),
-        )
-        .expect("write manager.toml");
-        let manager = spawn(
-            &["manager", "--config", mcfg.to_str().expect("utf8")],
-            &dir.path().join("manager.log"),
-        );
-        let mut c = Cluster {
-            manager_addr,
-            manager: Some(manager),
-            nodes: Vec::new(),
-            dir,
-        };
-        for i in 0..opts.nodes {
-            c.add_node(i, &opts.storage_extra);
-        }
-        c
+        Cluster::start_with_manager(opts, "")
     }
 
     pub fn add_node(&mut self, i: usize, extra: &str) {
