@@ -214,13 +214,7 @@ impl Writer {
         cur.file
             .write_all_at(&self.buf, cur.offset)
             .map_err(|e| fatal(&path, "write", &e))?;
-        let synced = (|| {
-            fail::fail_point!("log::fdatasync", |_| Err(io::Error::other(
-                "fdatasync failure injected by the log::fdatasync fail point"
-            )));
-            cur.file.sync_data()
-        })();
-        synced.map_err(|e| fatal(&path, "fdatasync", &e))?;
+        sync_segment(&cur.file).map_err(|e| fatal(&path, "fdatasync", &e))?;
         cur.offset += size;
         let seq = cur.seq;
         let stats = &self.shared.stats;
@@ -443,4 +437,12 @@ impl Preallocator {
             let _ = t.join();
         }
     }
+}
+
+/// `fdatasync` of a log segment; the `log::fdatasync` fail point makes it fail in tests.
+fn sync_segment(file: &File) -> io::Result<()> {
+    fail::fail_point!("log::fdatasync", |_| Err(io::Error::other(
+        "fdatasync failure injected by the log::fdatasync fail point"
+    )));
+    file.sync_data()
 }
