@@ -773,20 +773,13 @@ impl Poller {
         let mut outbox = Outbox::new();
         let mut after_persist = Outbox::new();
         let dirty: Vec<u64> = self.dirty.drain().collect();
-        let mut fatal = None;
-        let mut changed = Vec::new();
+        let mut to_apply = Vec::with_capacity(dirty.len());
         for gid in dirty {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
+            to_apply.push(gid);
             if !g.raw.has_ready() {
-                if let Err(msg) = g.apply() {
-                    fatal = Some(msg);
-                    break;
-                }
-                if g.peers_changed || !g.slot_writes.is_empty() || g.removed {
-                    changed.push(gid);
-                }
                 continue;
             }
             let mut rd = g.raw.ready();
@@ -837,9 +830,45 @@ impl Poller {
                 numbers.push((gid, number));
                 push_msgs(&mut after_persist, gid, persisted_msgs, self.epoch);
             }
+        }
+        // New entries go to the log and messages to peers before anything is applied:
+        // chunk-file writes here would otherwise delay every group's replication (on a
+        // follower, the apply of entry N sits in the same round as the append of N+1).
+        if !writes.is_empty() {
+            let submitted = Instant::now();
+            let tx = self.tx.clone();
+            let transport = self.transport.clone();
+            let from = self.cfg.node_id;
+            self.log.append(
+                writes,
+                Box::new(move |res| match res {
+                    Ok(()) => {
+                        crate::metrics::LOG_WRITE.observe_since(submitted);
+                        send_all(&*transport, from, after_persist);
+                        if !numbers.is_empty() {
+                            let _ = tx.send(Event::Persisted(numbers));
+                        }
+                        if !compacts.is_empty() {
+                            let _ = tx.send(Event::Compact(compacts));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Event::Fatal(format!("shared log write failed: {e}")));
+                    }
+                }),
+            );
+        }
+        send_all(&*self.transport, self.cfg.node_id, outbox);
+
+        let mut changed = Vec::new();
+        for gid in to_apply {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
             if let Err(msg) = g.apply() {
-                fatal = Some(msg);
-                break;
+                // Nothing more leaves this node: its chunk store failed under it.
+                self.fail(msg);
+                return;
             }
             if g.raw.has_ready() {
                 self.dirty.insert(gid);
@@ -869,35 +898,5 @@ impl Poller {
                 self.destroy_group(gid);
             }
         }
-        if let Some(msg) = fatal {
-            // Nothing more leaves this node: its chunk store failed under it.
-            self.fail(msg);
-            return;
-        }
-        if !writes.is_empty() {
-            let submitted = Instant::now();
-            let tx = self.tx.clone();
-            let transport = self.transport.clone();
-            let from = self.cfg.node_id;
-            self.log.append(
-                writes,
-                Box::new(move |res| match res {
-                    Ok(()) => {
-                        crate::metrics::LOG_WRITE.observe_since(submitted);
-                        send_all(&*transport, from, after_persist);
-                        if !numbers.is_empty() {
-                            let _ = tx.send(Event::Persisted(numbers));
-                        }
-                        if !compacts.is_empty() {
-                            let _ = tx.send(Event::Compact(compacts));
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Event::Fatal(format!("shared log write failed: {e}")));
-                    }
-                }),
-            );
-        }
-        send_all(&*self.transport, self.cfg.node_id, outbox);
     }
 }
