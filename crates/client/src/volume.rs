@@ -155,11 +155,14 @@ impl Volume {
         self.run(Op::Write, pieces, Some(data)).await
     }
 
+    /// Makes the range read as zeroes and keeps it provisioned: its chunks are mapped and
+    /// their space allocated on every replica, so later writes there do not run out of it.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         let pieces = self.pieces(offset, len)?;
         self.run(Op::WriteZeroes, pieces, None).await
     }
 
+    /// Makes the range read as zeroes and gives its space back (thin again).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let pieces = self.pieces(offset, len)?;
         self.run(Op::Discard, pieces, None).await
@@ -246,10 +249,11 @@ impl Volume {
                     RETRY_FOR
                 )));
             }
-            let route = match self.route(p.chunk, op == Op::Write, refresh).await {
+            let allocate = matches!(op, Op::Write | Op::WriteZeroes);
+            let route = match self.route(p.chunk, allocate, refresh).await {
                 Ok(Some(r)) => r,
-                // Never written: reads see zeroes, zeroing is already done.
-                Ok(None) if op == Op::Write => {
+                // Never written: reads see zeroes, a discard is already done.
+                Ok(None) if allocate => {
                     return Err(Error::Io("manager returned no route for a write".into()));
                 }
                 Ok(None) if op == Op::Read => return Ok(Bytes::from(vec![0u8; p.len as usize])),

@@ -136,15 +136,27 @@ impl ChunkStore {
         Ok(Bytes::from(buf).slice(start..start + len as usize))
     }
 
-    /// Makes the range read as zeroes: whole blocks are punched out (falling back to writing
-    /// zeroes) and marked unwritten; partial blocks are read-modify-written.
+    /// Makes the range read as zeroes and keeps it provisioned: whole blocks become
+    /// allocated zeroes (`FALLOC_FL_ZERO_RANGE`, creating the chunk's files if need be), so
+    /// a later write there cannot fail for want of space; partial blocks are
+    /// read-modify-written.
     pub fn write_zeroes(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
+        self.zero(volume, chunk, offset, len, Zeroing::Provision)
+    }
+
+    /// Makes the range read as zeroes and gives its whole blocks' space back (punched out);
+    /// partial blocks are read-modify-written. A chunk without files stays without.
+    pub fn discard(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
+        self.zero(volume, chunk, offset, len, Zeroing::Punch)
+    }
+
+    fn zero(&self, volume: u64, chunk: u64, offset: u64, len: u64, how: Zeroing) -> Result<()> {
         check_range(volume, chunk, offset, len)?;
         if len == 0 {
             return Ok(());
         }
-        // A chunk that does not exist already reads as zeroes.
-        let Some(files) = self.files(volume, chunk, false)? else {
+        // A chunk that does not exist already reads as zeroes; only provisioning needs it.
+        let Some(files) = self.files(volume, chunk, how == Zeroing::Provision)? else {
             return Ok(());
         };
         let _guard = files.write_guard();
@@ -163,30 +175,30 @@ impl ChunkStore {
             let zeros = vec![0u8; (end - whole_end * BLOCK_SIZE) as usize];
             self.write_locked(&files, volume, chunk, whole_end * BLOCK_SIZE, &zeros)?;
         }
-        // Blocks past the end of both files are already unwritten.
-        let data_blocks = files.data.metadata()?.len().div_ceil(BLOCK_SIZE);
-        let crc_blocks = files.crcs.metadata()?.len().div_ceil(CRC_LEN);
-        let whole_end = whole_end.min(data_blocks.max(crc_blocks));
+        let whole_end = match how {
+            Zeroing::Provision => whole_end,
+            // Blocks past the end of both files are already unwritten.
+            Zeroing::Punch => {
+                let data_blocks = files.data.metadata()?.len().div_ceil(BLOCK_SIZE);
+                let crc_blocks = files.crcs.metadata()?.len().div_ceil(CRC_LEN);
+                whole_end.min(data_blocks.max(crc_blocks))
+            }
+        };
         if whole_first < whole_end {
             files.dirty.store(true, Ordering::Release);
             let n = whole_end - whole_first;
+            // A stored 0 with an all-zero block verifies (see the module doc).
             let crc_zeros = vec![0u8; (n * CRC_LEN) as usize];
             files
                 .crcs
                 .write_all_at(&crc_zeros, whole_first * CRC_LEN)
                 .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
-            zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE)
+            zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE, how)
                 .map_err(|e| io_error(e, volume, chunk, "zeroing data"))?;
             // See `write_locked`: a racing sync may have cleared the flag mid-write.
             files.dirty.store(true, Ordering::Release);
         }
         Ok(())
-    }
-
-    /// Same visible result as [`ChunkStore::write_zeroes`]: the range reads as zeroes and
-    /// its whole blocks give their space back.
-    pub fn discard(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
-        self.write_zeroes(volume, chunk, offset, len)
     }
 
     /// Deletes the chunk's files; it then reads as zeroes.
@@ -611,8 +623,17 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Punches a hole (keeping the size) or, where the filesystem cannot, writes zeroes.
-fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+/// How a range of whole blocks becomes zeroes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zeroing {
+    /// Allocated zeroes (the file grows to cover the range).
+    Provision,
+    /// A hole; the file keeps its size.
+    Punch,
+}
+
+/// Zeroes a range as `how` says or, where the filesystem cannot, writes zeroes.
+fn zero_range(file: &File, offset: u64, len: u64, how: Zeroing) -> io::Result<()> {
     let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
@@ -621,7 +642,10 @@ fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let rc = unsafe {
         libc::fallocate(
             file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            match how {
+                Zeroing::Provision => libc::FALLOC_FL_ZERO_RANGE,
+                Zeroing::Punch => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            },
             off,
             n,
         )

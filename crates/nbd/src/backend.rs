@@ -62,11 +62,14 @@ pub trait Export: Send + Sync + 'static {
         data: Bytes,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// Makes `len` bytes at `offset` read as zeroes; durable on return.
+    /// Makes `len` bytes at `offset` read as zeroes; durable on return. With `punch` the
+    /// store may free the range's space (a hole); without, it must stay provisioned, so
+    /// that later writes there cannot fail for want of space (`NBD_CMD_FLAG_NO_HOLE`).
     fn write_zeroes(
         &self,
         offset: u64,
         len: u64,
+        punch: bool,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Hints that `len` bytes at `offset` are no longer needed.

@@ -48,8 +48,13 @@ impl Export for Volume {
         Ok(Volume::write(self, offset, data).await?)
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        Ok(Volume::write_zeroes(self, offset, len).await?)
+    async fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> Result<(), BackendError> {
+        // A discard reads back as zeroes too, and leaves the range thin.
+        if punch {
+            Ok(Volume::discard(self, offset, len).await?)
+        } else {
+            Ok(Volume::write_zeroes(self, offset, len).await?)
+        }
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {

@@ -214,7 +214,8 @@ pub(crate) async fn serve<E, R, W>(
                 }
                 let export = export.clone();
                 tokio::spawn(async move {
-                    let outcome = execute(&*export, op, req.offset, req.len, payload).await;
+                    let outcome =
+                        execute(&*export, op, req.flags, req.offset, req.len, payload).await;
                     if let Outcome::Failed(f) = &outcome {
                         warn!(%peer, handle = req.handle, ?op, offset = req.offset, len = req.len,
                             errno = f.errno, "request failed: {}", f.message);
@@ -346,12 +347,13 @@ static NBD_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
 async fn execute<E: Export>(
     export: &E,
     op: Op,
+    flags: u16,
     offset: u64,
     len: u32,
     payload: Option<Bytes>,
 ) -> Outcome {
     let started = std::time::Instant::now();
-    let out = execute_inner(export, op, offset, len, payload).await;
+    let out = execute_inner(export, op, flags, offset, len, payload).await;
     match op {
         Op::Read => NBD_READ.observe_since(started),
         Op::Flush => {}
@@ -363,6 +365,7 @@ async fn execute<E: Export>(
 async fn execute_inner<E: Export>(
     export: &E,
     op: Op,
+    flags: u16,
     offset: u64,
     len: u32,
     payload: Option<Bytes>,
@@ -391,8 +394,12 @@ async fn execute_inner<E: Export>(
         Op::Write => export.write(offset, payload.unwrap_or_default()).await,
         Op::Flush => export.flush().await,
         Op::Trim => export.discard(offset, len).await,
-        // NBD_CMD_FLAG_NO_HOLE changes nothing: zeroes are zeroes either way.
-        Op::WriteZeroes => export.write_zeroes(offset, len).await,
+        // Without NBD_CMD_FLAG_NO_HOLE the range may become a hole; with it, it must stay
+        // provisioned.
+        Op::WriteZeroes => {
+            let punch = flags & CMD_FLAG_NO_HOLE == 0;
+            export.write_zeroes(offset, len, punch).await
+        }
     };
     match result {
         Ok(()) => Outcome::Done,

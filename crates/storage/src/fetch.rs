@@ -308,7 +308,7 @@ async fn copy_chunk(
         // The source's chunk ends earlier: what is past its end reads as zeroes there.
         let store = job.store.clone();
         let (off, len) = (blocks * BLOCK_SIZE, (local_blocks - blocks) * BLOCK_SIZE);
-        blocking(move || store.write_zeroes(volume, chunk, off, len)).await?;
+        blocking(move || store.discard(volume, chunk, off, len)).await?;
     }
     Ok(())
 }
@@ -333,7 +333,7 @@ fn write_blocks(
         }
         let at = offset + (start * bs) as u64;
         if zero {
-            store.write_zeroes(volume, chunk, at, ((i - start) * bs) as u64)?;
+            store.discard(volume, chunk, at, ((i - start) * bs) as u64)?;
         } else {
             store.write(volume, chunk, at, &data[start * bs..i * bs])?;
         }

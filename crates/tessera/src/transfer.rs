@@ -58,7 +58,7 @@ pub async fn import(client: &Client, name: &str, path: &Path) -> Result<()> {
                 if fresh {
                     Ok(())
                 } else {
-                    v.write_zeroes(at, n).await
+                    v.discard(at, n).await
                 }
             } else {
                 v.write(at, data).await

@@ -497,6 +497,8 @@ const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 
@@ -554,9 +556,21 @@ fn open_export(port: u16, name: &str) -> (TcpStream, u64) {
 }
 
 fn request(s: &mut TcpStream, cmd: u16, handle: u64, offset: u64, len: u32, payload: &[u8]) {
+    request_with_flags(s, cmd, 0, handle, offset, len, payload);
+}
+
+fn request_with_flags(
+    s: &mut TcpStream,
+    cmd: u16,
+    flags: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+    payload: &[u8],
+) {
     let mut v = Vec::with_capacity(28 + payload.len());
     v.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    v.extend_from_slice(&0u16.to_be_bytes());
+    v.extend_from_slice(&flags.to_be_bytes());
     v.extend_from_slice(&cmd.to_be_bytes());
     v.extend_from_slice(&handle.to_be_bytes());
     v.extend_from_slice(&offset.to_be_bytes());
@@ -736,4 +750,78 @@ fn abuse(port: u16) {
     let (mut s, _) = open_export(port, "vol");
     request(&mut s, CMD_WRITE, 12, 0, 1 << 20, &[0x5a; 1000]);
     drop(s);
+}
+
+/// Bytes allocated on each node's disk for the chunk files of volume `id`.
+fn allocated_per_node(c: &Cluster, id: u64) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    c.nodes
+        .iter()
+        .map(|n| {
+            let groups = std::fs::read_dir(n.data_dir.join("groups"))
+                .into_iter()
+                .flatten();
+            groups
+                .filter_map(|g| g.ok())
+                .filter_map(|g| std::fs::read_dir(g.path().join(format!("{id:016x}"))).ok())
+                .flatten()
+                .filter_map(|f| f.ok())
+                .filter(|f| f.path().extension().is_some_and(|x| x == "dat"))
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() {
+    let c = start_cluster().await;
+    c.create_volume("thin", "8MiB", "1MiB");
+    let id = c.client().await.open("thin").await.unwrap().info().id;
+    let gw = Gateway::start(&c);
+    let (mut s, _) = open_export(gw.port, "thin");
+    let eventually = |what: &str, ok: &dyn Fn(&[u64]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = allocated_per_node(&c, id);
+            if ok(&got) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: allocated per node {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Chunks 2 and 3 were never written: NO_HOLE maps them and allocates their space on
+    // all three replicas (the write is answered once a majority has it; the third follows).
+    request_with_flags(
+        &mut s,
+        CMD_WRITE_ZEROES,
+        CMD_FLAG_NO_HOLE,
+        1,
+        2 * MIB,
+        2 * MIB as u32,
+        &[],
+    );
+    assert_eq!(reply(&mut s, 1).unwrap(), 0);
+    eventually("provisioned", &|a| {
+        a.len() == 3 && a.iter().all(|&n| n >= 2 * MIB)
+    });
+    assert_eq!(
+        read_ok(&mut s, 2, 2 * MIB, 2 * MIB as u32),
+        vec![0u8; 2 * MIB as usize]
+    );
+
+    // Without the flag the range may become a hole, and here it does, everywhere.
+    request(&mut s, CMD_WRITE_ZEROES, 3, 2 * MIB, 2 * MIB as u32, &[]);
+    assert_eq!(reply(&mut s, 3).unwrap(), 0);
+    eventually("punched", &|a| a.iter().all(|&n| n < 64 * 1024));
+    assert_eq!(
+        read_ok(&mut s, 4, 2 * MIB, 2 * MIB as u32),
+        vec![0u8; 2 * MIB as usize]
+    );
 }

@@ -116,13 +116,13 @@ fn replaying_mode_lets_rmw_overwrite_torn_blocks_but_reads_still_verify() {
 }
 
 #[test]
-fn zeroes_free_whole_blocks_and_keep_partial_ones() {
+fn discard_frees_whole_blocks_and_keeps_partial_ones() {
     let (_tmp, s) = store();
     let size = 256 * B;
     s.write(2, 0, 0, &vec![9u8; size as usize]).unwrap();
     s.sync().unwrap();
     let before = s.used_bytes();
-    s.write_zeroes(2, 0, 100, size - 200).unwrap();
+    s.discard(2, 0, 100, size - 200).unwrap();
     s.sync().unwrap();
     assert!(
         s.used_bytes() < before,
@@ -133,10 +133,41 @@ fn zeroes_free_whole_blocks_and_keep_partial_ones() {
     assert!(got[..100].iter().all(|&b| b == 9));
     assert!(got[100..(size - 100) as usize].iter().all(|&b| b == 0));
     assert!(got[(size - 100) as usize..].iter().all(|&b| b == 9));
-    // Zeroing a chunk that does not exist is a no-op, and beyond the end too.
-    s.write_zeroes(2, 77, 0, B).unwrap();
+    // Discarding in a chunk that does not exist is a no-op, and beyond the end too.
+    s.discard(2, 77, 0, B).unwrap();
     s.discard(2, 0, size, 10 * B).unwrap();
     assert_eq!(s.read(2, 77, 0, B).unwrap(), vec![0u8; B as usize]);
+    assert!(s.list_chunks().unwrap().iter().all(|&(_, c)| c != 77));
+}
+
+#[test]
+fn write_zeroes_provisions_the_range_even_where_nothing_was_written() {
+    let (tmp, s) = store();
+    let size = 256 * B;
+    let data = tmp.path().join(format!("{:016x}/{:08x}.dat", 6, 3));
+    // A chunk never written: its files are created and every whole block allocated.
+    s.write_zeroes(6, 3, 100, size).unwrap();
+    s.sync().unwrap();
+    let allocated = |p: &std::path::Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    assert!(
+        allocated(&data) >= size - B,
+        "allocated {} of {size}",
+        allocated(&data)
+    );
+    assert_eq!(
+        s.read(6, 3, 0, size + B).unwrap(),
+        vec![0u8; (size + B) as usize]
+    );
+    // Over written data: it reads as zeroes and stays allocated; a discard frees it.
+    s.write(6, 3, 0, &vec![7u8; size as usize]).unwrap();
+    s.write_zeroes(6, 3, 0, size).unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.read(6, 3, 0, size).unwrap(), vec![0u8; size as usize]);
+    assert!(allocated(&data) >= size);
+    s.discard(6, 3, 0, size + B).unwrap();
+    s.sync().unwrap();
+    assert!(allocated(&data) < B, "punched: {}", allocated(&data));
+    assert_eq!(s.read(6, 3, 0, size).unwrap(), vec![0u8; size as usize]);
 }
 
 #[test]

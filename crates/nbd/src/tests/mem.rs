@@ -19,6 +19,8 @@ pub(crate) struct MemVolume {
     pub fail_reads: AtomicBool,
     /// Reads starting at this offset take [`SLOW_READ`]; `u64::MAX` for none.
     pub slow_read_offset: AtomicU64,
+    /// The `punch` argument of every write-zeroes, in order.
+    pub punched: Mutex<Vec<bool>>,
 }
 
 pub(crate) const SLOW_READ: Duration = Duration::from_millis(300);
@@ -32,6 +34,7 @@ impl MemBackend {
                     data: Mutex::new(vec![0; size as usize]),
                     fail_reads: AtomicBool::new(false),
                     slow_read_offset: AtomicU64::new(u64::MAX),
+                    punched: Mutex::default(),
                 };
                 (name.to_owned(), Arc::new(vol))
             })
@@ -109,7 +112,8 @@ impl Export for Arc<MemVolume> {
         Ok(())
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+    async fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> Result<(), BackendError> {
+        self.punched.lock().unwrap().push(punch);
         self.fill(offset, len, 0)
     }
 

@@ -93,6 +93,13 @@ async fn go_then_every_command_round_trips_over_simple_replies() {
     let after = c.read(4096, 8192).await.unwrap();
     assert!(after[..100].iter().all(|&b| b == 0));
     assert_eq!(after[100..], data[100..]);
+    // Without NO_HOLE the store may punch a hole; with it, it must not.
+    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 8192, 4096).await, 0);
+    assert_eq!(
+        *s.backend.volume("vol0").punched.lock().unwrap(),
+        [false, true]
+    );
+    assert_eq!(c.read(8192, 4096).await.unwrap(), vec![0u8; 4096]);
 
     assert_eq!(c.call(CMD_TRIM, 0, 8192, 4096).await, 0);
     assert_eq!(c.call(CMD_FLUSH, CMD_FLAG_FUA, 0, 0).await, 0);
