@@ -52,6 +52,9 @@ pub(crate) struct Poller {
     /// Replicas being destroyed (log tombstone, then files): not re-created meanwhile.
     destroying: HashSet<u64>,
     dirty: HashSet<u64>,
+    /// Groups with committed entries to apply: applied at the start of the next round,
+    /// once the network tasks have sent this round's answers and messages.
+    to_apply: Vec<u64>,
     /// Log writes not tied to a Ready (membership of new groups, apply progress), sent with
     /// the next round's batch, and what to compact once they are durable.
     pending_writes: Vec<GroupWrite>,
@@ -145,6 +148,7 @@ impl Poller {
             quarantined: HashSet::new(),
             destroying: HashSet::new(),
             dirty: HashSet::new(),
+            to_apply: Vec::new(),
             pending_writes: Vec::new(),
             pending_compacts: Vec::new(),
             flusher,
@@ -319,7 +323,7 @@ impl Poller {
 
     pub(crate) async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         while !self.stopped {
-            if self.dirty.is_empty() {
+            if self.dirty.is_empty() && self.to_apply.is_empty() {
                 let tick = tokio::time::Instant::from_std(self.next_tick);
                 tokio::select! {
                     ev = rx.recv() => match ev {
@@ -331,6 +335,12 @@ impl Poller {
             } else {
                 // Let the network tasks sharing this runtime run between busy rounds.
                 tokio::task::yield_now().await;
+            }
+            if !self.to_apply.is_empty() {
+                self.apply_committed();
+                if self.stopped {
+                    break;
+                }
             }
             for _ in 0..MAX_EVENTS_PER_ROUND {
                 match rx.try_recv() {
@@ -773,12 +783,11 @@ impl Poller {
         let mut outbox = Outbox::new();
         let mut after_persist = Outbox::new();
         let dirty: Vec<u64> = self.dirty.drain().collect();
-        let mut to_apply = Vec::with_capacity(dirty.len());
         for gid in dirty {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
-            to_apply.push(gid);
+            self.to_apply.push(gid);
             if !g.raw.has_ready() {
                 continue;
             }
@@ -831,9 +840,10 @@ impl Poller {
                 push_msgs(&mut after_persist, gid, persisted_msgs, self.epoch);
             }
         }
-        // New entries go to the log and messages to peers before anything is applied:
-        // chunk-file writes here would otherwise delay every group's replication (on a
-        // follower, the apply of entry N sits in the same round as the append of N+1).
+        // New entries go to the log and messages to peers before anything is applied, and
+        // the applies wait for the next round (see `run`): chunk-file writes here would
+        // delay every group's replication (on a follower, the apply of entry N sits in the
+        // same round as the append of N+1) and, on a leader, the answers just queued.
         if !writes.is_empty() {
             let submitted = Instant::now();
             let tx = self.tx.clone();
@@ -859,9 +869,12 @@ impl Poller {
             );
         }
         send_all(&*self.transport, self.cfg.node_id, outbox);
+    }
 
+    /// Applies the committed entries of the groups in `to_apply` to the chunk files.
+    fn apply_committed(&mut self) {
         let mut changed = Vec::new();
-        for gid in to_apply {
+        for gid in std::mem::take(&mut self.to_apply) {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
