@@ -15,9 +15,10 @@ pub struct DevArgs {
     /// Where every component keeps its data (reused on the next start).
     #[arg(long, default_value = "./tessera-data")]
     pub data_dir: PathBuf,
-    /// Storage nodes, each in its own rack.
-    #[arg(long, default_value_t = 3)]
-    pub nodes: usize,
+    /// Storage nodes, each in its own rack (at least 3: every chunk has three replicas on
+    /// three racks).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(3..=64))]
+    pub nodes: u16,
     /// NBD gateway address.
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub nbd: String,
@@ -53,7 +54,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
         .map_or("127.0.0.1", |(h, _)| h)
         .to_string();
     let mut nodes = Vec::new();
-    for i in 0..a.nodes {
+    for i in 0..usize::from(a.nodes) {
         let cfg = StorageConfig {
             zone: "zone1".into(),
             rack: format!("rack{}", i + 1),

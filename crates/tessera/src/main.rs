@@ -120,3 +120,18 @@ fn default_log(cmd: &Cmd) -> &'static str {
         _ => "warn",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Args, Cmd};
+
+    #[test]
+    fn dev_needs_at_least_three_nodes() {
+        let nodes = |n: &str| Args::try_parse_from(["tessera", "dev", "--nodes", n]);
+        let err = nodes("2").err().expect("two nodes refused").to_string();
+        assert!(err.contains("3..=64"), "{err}");
+        assert!(matches!(nodes("5").map(|a| a.cmd), Ok(Cmd::Dev(d)) if d.nodes == 5));
+    }
+}
