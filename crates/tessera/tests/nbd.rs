@@ -497,6 +497,7 @@ const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
 const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 const EINVAL: u32 = 22;
@@ -824,4 +825,44 @@ async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() 
         read_ok(&mut s, 4, 2 * MIB, 2 * MIB as u32),
         vec![0u8; 2 * MIB as usize]
     );
+}
+
+/// NBD_FLAG_CAN_MULTI_CONN promises that a write one connection has seen completed (and
+/// flushed) is what every other connection to the export reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_one_export_see_each_others_writes() {
+    let c = start_cluster().await;
+    c.create_volume("shared", "8MiB", "1MiB");
+    let gw = Gateway::start(&c);
+    let mut conns: Vec<TcpStream> = (0..3).map(|_| open_export(gw.port, "shared").0).collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    for round in 0..60u64 {
+        let writer = (round % 3) as usize;
+        let offset = (rng.next_u64() % (8 * MIB / 512 - 16)) * 512;
+        let mut data = vec![0u8; 4096 + 512 * (round as usize % 5)];
+        rng.fill_bytes(&mut data);
+        let h = round * 10;
+        request(
+            &mut conns[writer],
+            CMD_WRITE,
+            h,
+            offset,
+            data.len() as u32,
+            &data,
+        );
+        assert_eq!(reply(&mut conns[writer], h).unwrap(), 0, "write {round}");
+        request(&mut conns[writer], CMD_FLUSH, h + 1, 0, 0, &[]);
+        assert_eq!(
+            reply(&mut conns[writer], h + 1).unwrap(),
+            0,
+            "flush {round}"
+        );
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let got = read_ok(conn, h + 2 + i as u64, offset, data.len() as u32);
+            assert!(
+                got == data,
+                "round {round}: connection {i} misses connection {writer}'s write"
+            );
+        }
+    }
 }
