@@ -6,8 +6,9 @@
 //! files), so unwritten ranges cost nothing and still verify.
 //!
 //! Writes are plain `pwrite`s with no fsync: the log is the write-ahead log, and the caller
-//! calls [`ChunkStore::sync`] before compacting it. Their writeback starts at once, so the
-//! disk sees a steady stream of writes rather than a burst at each sync. After a crash a block and its checksum
+//! calls [`ChunkStore::sync`] before compacting it. Their writeback is started after each
+//! batch ([`ChunkStore::start_writeback`]), so the disk sees a steady stream of writes
+//! rather than a burst at each sync. After a crash a block and its checksum
 //! may disagree until the log replay rewrites them; [`ChunkStore::set_replaying`] lets that
 //! replay read-modify-write such torn blocks. Reads always verify and must never return a
 //! block whose checksum does not match. Knows nothing of Raft, groups or the network.
@@ -51,6 +52,8 @@ struct ChunkFiles {
     lock: RwLock<()>,
     /// Written since the last [`ChunkStore::sync`].
     dirty: AtomicBool,
+    /// Written since the last [`ChunkStore::start_writeback`] (and queued for it).
+    unstarted: AtomicBool,
 }
 
 impl ChunkFiles {
@@ -71,6 +74,8 @@ pub struct ChunkStore {
     /// Allocated bytes per chunk as last measured (at open, and at each sync).
     alloc: Mutex<HashMap<Key, u64>>,
     used: AtomicU64,
+    /// Files written since the last [`ChunkStore::start_writeback`].
+    unstarted: Mutex<Vec<Arc<ChunkFiles>>>,
     /// Directories with entries created since the last sync.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
 }
@@ -90,6 +95,7 @@ impl ChunkStore {
             replaying: AtomicBool::new(false),
             alloc: Mutex::new(alloc),
             used: AtomicU64::new(used),
+            unstarted: Mutex::default(),
             dirty_dirs: Mutex::new(HashSet::new()),
         })
     }
@@ -105,7 +111,28 @@ impl ChunkStore {
             .files(volume, chunk, true)?
             .ok_or_else(|| Error::Io(io::Error::other("chunk files missing after creation")))?;
         let _guard = files.write_guard();
-        self.write_locked(&files, volume, chunk, offset, data)
+        self.write_locked(&files, volume, chunk, offset, data)?;
+        if !files.unstarted.swap(true, Ordering::AcqRel) {
+            self.unstarted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(files.clone());
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of every file written since the last call, without waiting for
+    /// it. Called after each batch of writes, it makes the disk see a steady stream rather
+    /// than a burst at each [`ChunkStore::sync`], which every log fdatasync on the same
+    /// disk would queue behind (measured, 4 KiB random writes through NBD: p99 at queue
+    /// depth 1 2.4 ms -> 0.8 ms, at depth 32 12 -> 6 ms); one call per file per batch costs
+    /// less than one per write. Durability is unchanged: only `sync` makes data durable.
+    pub fn start_writeback(&self) {
+        let files = std::mem::take(&mut *self.unstarted.lock().unwrap_or_else(|e| e.into_inner()));
+        for f in files {
+            f.unstarted.store(false, Ordering::Release);
+            start_writeback(&f.data);
+        }
     }
 
     /// Reads `len` bytes at `offset`, verifying the checksum of every touched block.
@@ -388,14 +415,6 @@ impl ChunkStore {
             .crcs
             .write_all_at(&crcs, first * CRC_LEN)
             .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
-        // Writeback starts now rather than in one burst at the next sync, which every log
-        // fdatasync on the same disk would queue behind (measured, 4 KiB random writes
-        // through NBD: p99 at queue depth 1 2.4 ms -> 0.8 ms, at depth 32 12 -> 6 ms).
-        start_writeback(
-            &files.data,
-            first * BLOCK_SIZE,
-            (last + 1 - first) * BLOCK_SIZE,
-        );
         // Marked again after the writes: a sync that cleared the flag while they were in
         // flight may have missed them, and must not leave the file looking clean.
         files.dirty.store(true, Ordering::Release);
@@ -466,6 +485,7 @@ impl ChunkStore {
             crcs,
             lock: RwLock::new(()),
             dirty: AtomicBool::new(false),
+            unstarted: AtomicBool::new(false),
         });
         map.insert(key, files.clone());
         if map.len() > MAX_OPEN {
@@ -671,17 +691,11 @@ fn zero_range(file: &File, offset: u64, len: u64, how: Zeroing) -> io::Result<()
     Ok(())
 }
 
-/// Asks the kernel to start writing a range of `file` out; does not wait for it. Errors are
-/// left to the next fdatasync, which reports them.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(n)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
+/// Asks the kernel to start writing `file`'s dirty pages out; does not wait for it. Errors
+/// are left to the next fdatasync, which reports them.
+fn start_writeback(file: &File) {
     // SAFETY: a plain syscall on an open descriptor; no memory is passed.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }

@@ -527,6 +527,7 @@ impl Group {
         }
         if self.applied != before {
             self.raw.advance_apply_to(self.applied);
+            self.chunks.start_writeback();
         }
         while let Some(r) = self.reads.front() {
             if r.index > self.applied {
