@@ -64,20 +64,30 @@ for _ in $(seq 100); do
 done
 "$bin" --manager 127.0.0.1:$mport volume create bench --size "$size" >/dev/null
 "$bin" nbd --manager 127.0.0.1:$mport --listen 127.0.0.1:$nbdport --metrics 127.0.0.1:17580 2>"$work/nbd.log" & pids+=($!)
+tess_pids=("${pids[@]}")   # manager, storage nodes, gateway
 wait_port $nbdport
 
 truncate -s "$size" "$work/raw.img"
-qemu-nbd -f raw --cache=none --aio=native -x raw -b 127.0.0.1 -p $qport --persistent --shared=8 "$work/raw.img" & pids+=($!)
-qemu-nbd -f raw --cache=directsync --aio=native -x raw -b 127.0.0.1 -p $qdport --persistent --shared=8 "$work/raw.img" & pids+=($!)
+qemu-nbd -f raw --cache=none --aio=native -x raw -b 127.0.0.1 -p $qport --persistent --shared=8 "$work/raw.img" & pids+=($!); qnone_pid=$!
+qemu-nbd -f raw --cache=directsync --aio=native -x raw -b 127.0.0.1 -p $qdport --persistent --shared=8 "$work/raw.img" & pids+=($!); qsync_pid=$!
 wait_port $qport; wait_port $qdport
 
 tess="nbd://127.0.0.1:$nbdport/bench" limit="nbd://127.0.0.1:$qport/raw" durable="nbd://127.0.0.1:$qdport/raw"
 
-runfio() { # name uri rw bs iodepth [extra...]
+cputicks() { # CPU time (user + system, clock ticks) of the given processes so far
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/"$p"/stat))); done
+  echo $t
+}
+runfio() { # name uri rw bs iodepth [extra...]; also records the serving processes' CPU
   local name=$1 uri=$2 rw=$3 bs=$4 qd=$5; shift 5
+  local serving
+  case "$uri" in "$tess") serving=("${tess_pids[@]}") ;; "$durable") serving=($qsync_pid) ;; *) serving=($qnone_pid) ;; esac
+  local before; before=$(cputicks "${serving[@]}")
   fio --name="$name" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
       --size="$size" --runtime="$runtime" --time_based --randrepeat=0 --norandommap \
       --output-format=json "$@" > "$work/$name.json"
+  echo $(( $(cputicks "${serving[@]}") - before )) $(getconf CLK_TCK) > "$work/$name.cpu"
 }
 echo "prefilling ($size on each target)..." >&2
 fio --name=fill --ioengine=nbd --uri="$tess" --rw=write --bs=1m --iodepth=8 --size="$size" --output-format=json >/dev/null
@@ -129,7 +139,15 @@ def load(n):
         return json.loads(text[text.index("{"):])["jobs"][0]
     except Exception:
         return None
-def stats(j):
+def cpu_us(n, j):
+    """CPU time of the serving processes (fio not counted) per I/O, in microseconds."""
+    try:
+        ticks, hz = map(int, open(f"{work}/{n}.cpu").read().split())
+        ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+        return round(ticks / hz / ios * 1e6, 1) if ios else None
+    except Exception:
+        return None
+def stats(j, n=None):
     if j is None:
         return None
     r, w = j["read"], j["write"]
@@ -139,10 +157,11 @@ def stats(j):
     p = side["clat_ns"].get("percentile", {})
     us = lambda k: p.get(k, 0) / 1000
     return {"iops": round(iops), "mb_s": round(bw, 1), "p50_us": round(us("50.000000")),
-            "p99_us": round(us("99.000000")), "p999_us": round(us("99.900000"))}
+            "p99_us": round(us("99.000000")), "p999_us": round(us("99.900000")),
+            "cpu_us_per_io": cpu_us(n, j) if n else None}
 rows = []
 for n in names:
-    t, l, d = stats(load("tessera." + n)), stats(load("limit." + n)), stats(load("durable." + n))
+    t, l, d = (stats(load(k + "." + n), k + "." + n) for k in ("tessera", "limit", "durable"))
     rows.append({"job": n, "tessera": t, "limit": l, "limit_durable": d,
                  "ratio_iops": round(t["iops"] / l["iops"], 2) if t and l and l["iops"] else None,
                  "ratio_iops_durable": round(t["iops"] / d["iops"], 2) if t and d and d["iops"] else None})
@@ -157,6 +176,10 @@ for r in rows:
 print(f"\ndisk (fio on a file, 1 MiB seq write qd4, O_DIRECT): {disk['mb_s']} MB/s; "
       f"tessera seqwrite / disk = {rows[4]['tessera']['mb_s'] / disk['mb_s']:.2f}")
 print("latencies in microseconds; peak RSS of storage nodes (KiB): " + " ".join(rss))
+cpu = lambda x, k: "-" if not x or x.get("cpu_us_per_io") is None else f"{x['cpu_us_per_io']:.1f}"
+print("CPU per I/O of the serving processes (us; fio not counted): " + "; ".join(
+    f"{r['job']} tessera {cpu(r['tessera'], 0)} / qemu-nbd {cpu(r['limit'], 0)}"
+    + (f" (directsync {cpu(r['limit_durable'], 0)})" if r["limit_durable"] else "") for r in rows))
 
 # QD1 writes against qemu-nbd (--cache=none) with a flush after every write: a write is
 # durable once its flush returns, so its latency is the write's plus the flush's.
