@@ -491,11 +491,7 @@ impl Planner<'_> {
                 return;
             };
             let Some(g) = state.group(g) else { return };
-            let target: Vec<u64> = g
-                .members
-                .iter()
-                .map(|m| if *m == from { to } else { *m })
-                .collect();
+            let target = replace_member(&g.members, from, to);
             self.start(g, target, vec![(from, to, Why::Rebalance)]);
         }
     }
@@ -684,6 +680,14 @@ pub fn drive(
     out
 }
 
+/// `members` with `from` replaced by `to`, in place.
+fn replace_member(members: &[u64], from: u64, to: u64) -> Vec<u64> {
+    members
+        .iter()
+        .map(|&m| if m == from { to } else { m })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,6 +713,16 @@ mod tests {
     }
 
     impl World {
+        /// Records the target of moving group `g`'s replica from `from` to `to`.
+        fn set_target(&mut self, g: &GroupRecord, from: u64, to: u64) -> Vec<u64> {
+            let target = replace_member(&g.members, from, to);
+            self.state.apply(&Mutation::SetGroupTarget {
+                group_id: g.id,
+                target: target.clone(),
+            });
+            target
+        }
+
         /// Nodes on the given racks, `per_node` replicas each, every group led by its first
         /// member.
         fn new(racks: &[&str], per_node: u64) -> World {
@@ -1144,15 +1158,7 @@ mod tests {
         let mut w = World::new(&["a", "b", "c", "d", "e"], 2);
         let g = w.state.groups_of(1).next().unwrap().clone();
         let spare: Vec<u64> = (1..=5).filter(|n| !g.members.contains(n)).collect();
-        let target: Vec<u64> = g
-            .members
-            .iter()
-            .map(|m| if *m == 1 { spare[0] } else { *m })
-            .collect();
-        w.state.apply(&Mutation::SetGroupTarget {
-            group_id: g.id,
-            target,
-        });
+        w.set_target(&g, 1, spare[0]);
         (w, g, spare)
     }
 
@@ -1254,15 +1260,7 @@ mod tests {
         let mut w = World::new(&["a", "b", "c", "d"], 2);
         let g = w.state.groups_of(1).next().unwrap().clone();
         let new = (1..=4).find(|n| !g.members.contains(n)).unwrap();
-        let target: Vec<u64> = g
-            .members
-            .iter()
-            .map(|m| if *m == 1 { new } else { *m })
-            .collect();
-        w.state.apply(&Mutation::SetGroupTarget {
-            group_id: g.id,
-            target: target.clone(),
-        });
+        let target = w.set_target(&g, 1, new);
         // The new node does not host the group yet: it is told to join.
         let hosted: BTreeSet<u64> = w.state.groups_of(new).map(|g| g.id).collect();
         let (create, remove) = heartbeat_orders(&w.state, &w.live, new, &hosted);
@@ -1318,15 +1316,7 @@ mod tests {
         let mut w = World::new(&["a", "b", "c", "d"], 2);
         let g = w.state.groups_of(1).next().unwrap().clone();
         let new = (1..=4).find(|n| !g.members.contains(n)).unwrap();
-        let target: Vec<u64> = g
-            .members
-            .iter()
-            .map(|m| if *m == 1 { new } else { *m })
-            .collect();
-        w.state.apply(&Mutation::SetGroupTarget {
-            group_id: g.id,
-            target,
-        });
+        w.set_target(&g, 1, new);
         // Heartbeats from before the move: the new node does not host the group.
         assert!(drive(&w.state, &w.live, w.now, &BTreeMap::new()).is_empty());
         w.heartbeat_all();

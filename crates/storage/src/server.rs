@@ -11,7 +11,7 @@ use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
-use tessera_raft::MembershipError;
+use tessera_raft::{MembersAnswer, MembershipError};
 
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -183,39 +183,35 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
         }
         StorageRequest::Status => Ok(StorageReply::Status(crate::heartbeat_of(shared).await)),
         StorageRequest::ChangeMembers { group_id, peers } => {
-            let (otx, orx) = oneshot::channel();
-            shared.raft.change_members(
-                group_id,
-                peers,
-                Box::new(move |r| {
-                    let _ = otx.send(r);
-                }),
-            );
-            membership_reply(group_id, orx.await)
+            membership(group_id, |answer| {
+                shared.raft.change_members(group_id, peers, answer)
+            })
+            .await
         }
         StorageRequest::HostGroup { spec } => {
             shared.raft.create_group(spec);
             Ok(StorageReply::Done)
         }
         StorageRequest::TransferLeader { group_id, to } => {
-            let (otx, orx) = oneshot::channel();
-            shared.raft.transfer_leader(
-                group_id,
-                to,
-                Box::new(move |r| {
-                    let _ = otx.send(r);
-                }),
-            );
-            membership_reply(group_id, orx.await)
+            membership(group_id, |answer| {
+                shared.raft.transfer_leader(group_id, to, answer)
+            })
+            .await
         }
     }
 }
 
-fn membership_reply(
+/// Starts a membership operation of group `group_id` with `start` and turns its answer
+/// into the control-plane reply.
+async fn membership(
     group_id: u64,
-    r: Result<Result<control::MembershipState, MembershipError>, oneshot::error::RecvError>,
+    start: impl FnOnce(MembersAnswer),
 ) -> Result<StorageReply, ControlError> {
-    match r {
+    let (otx, orx) = oneshot::channel();
+    start(Box::new(move |r| {
+        let _ = otx.send(r);
+    }));
+    match orx.await {
         Ok(Ok(state)) => Ok(StorageReply::Members(state)),
         Ok(Err(MembershipError::NotLeader(hint))) => Ok(StorageReply::NotLeader { hint }),
         Ok(Err(MembershipError::GroupNotFound)) => Err(ControlError::NotFound(format!(

@@ -58,8 +58,13 @@ impl Default for Opts {
     }
 }
 
+/// Starts `tessera args`, appending its output to `log` (a restart keeps the earlier lines).
 fn spawn(args: &[&str], log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("log file");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     let err = out.try_clone().expect("log file");
     Command::new(BIN)
         .args(args)
@@ -122,41 +127,19 @@ impl Cluster {
 
     pub fn restart_manager(&mut self) {
         let log = self.dir.path().join("manager.log");
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .expect("log");
-        let err = out.try_clone().expect("log");
         let cfg = self.dir.path().join("manager.toml");
-        self.manager = Some(
-            Command::new(BIN)
-                .args(["manager", "--config", cfg.to_str().expect("utf8")])
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn manager"),
-        );
+        self.manager = Some(spawn(
+            &["manager", "--config", cfg.to_str().expect("utf8")],
+            &log,
+        ));
     }
 
     pub fn restart_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        // Append to the same log file.
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&n.log)
-            .expect("log");
-        let err = out.try_clone().expect("log");
-        n.child = Some(
-            Command::new(BIN)
-                .args(["storage", "--config", n.config.to_str().expect("utf8")])
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn"),
-        );
+        n.child = Some(spawn(
+            &["storage", "--config", n.config.to_str().expect("utf8")],
+            &n.log,
+        ));
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -482,21 +465,10 @@ impl HaCluster {
 
     pub fn restart_manager(&mut self, i: usize) {
         let m = &mut self.managers[i];
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&m.log)
-            .expect("log");
-        let err = out.try_clone().expect("log");
-        m.child = Some(
-            Command::new(BIN)
-                .args(["manager", "--config", m.config.to_str().expect("utf8")])
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn manager"),
-        );
+        m.child = Some(spawn(
+            &["manager", "--config", m.config.to_str().expect("utf8")],
+            &m.log,
+        ));
     }
 
     /// The running manager that answers requests itself (followers redirect), if any.
