@@ -34,7 +34,11 @@
 //! Must not depend on the storage engine or the `tessera-raft` crate: the manager sees groups
 //! only through heartbeats and control messages, and drives its own Raft group with raft-rs
 //! directly. Node liveness stays in the leader's memory, never replicated: a new leader
-//! gives every node a full grace period from when it took over.
+//! gives every node a full grace period from when it took over. What heartbeats prove for
+//! good is replicated state instead: a group some replica reported a leader of is recorded
+//! as established (`SetGroupsEstablished`) before the heartbeat is answered, and from then
+//! on every manager tells a member that lost its replica to rejoin, never to start over as
+//! a fresh voter.
 
 mod config;
 mod error;

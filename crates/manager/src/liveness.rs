@@ -1,10 +1,12 @@
 //! What heartbeats tell: when each node was last heard from, its usage, and its view of every
 //! group it hosts. Memory only, never persisted or replicated: every manager learns it afresh
-//! from the nodes, which heartbeat every second.
+//! from the nodes, which heartbeat every second. What a heartbeat proves for good, that a
+//! group has had a leader, is not kept here but recorded in the replicated state
+//! (`GroupRecord::established`): a manager that takes over must not forget it.
 //!
 //! Time is passed in by the caller, so this is deterministic under test.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{GroupState, NodeHeartbeat, Role};
@@ -46,10 +48,6 @@ pub struct Liveness {
     suspect_after: Duration,
     down_after: Duration,
     nodes: HashMap<u64, Live>,
-    /// Groups some replica has reported a leader of since this manager started: they have a
-    /// history, so a replica created for them must join (wait for a snapshot) rather than
-    /// start as a fresh voter.
-    established: HashSet<u64>,
 }
 
 impl Liveness {
@@ -59,7 +57,6 @@ impl Liveness {
             suspect_after,
             down_after,
             nodes: HashMap::new(),
-            established: HashSet::new(),
         }
     }
 
@@ -95,17 +92,6 @@ impl Liveness {
         live.last_heartbeat = Some(now);
         live.usage = Some((hb.capacity_bytes, hb.used_bytes));
         live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
-        self.established.extend(
-            hb.groups
-                .iter()
-                .filter(|g| g.role == Role::Leader || g.leader != 0)
-                .map(|g| g.group_id),
-        );
-    }
-
-    /// Whether group `g` ever had a leader, as far as this manager heard.
-    pub fn established(&self, g: u64) -> bool {
-        self.established.contains(&g)
     }
 
     pub fn health(&self, node: u64, now: Instant) -> Health {
@@ -225,7 +211,7 @@ mod tests {
         let g = GroupRecord {
             id: 7,
             members: vec![1, 2, 3],
-            target: vec![],
+            ..GroupRecord::default()
         };
         assert_eq!(l.leader(&g, t0), None);
         l.heartbeat(&hb(1, &[(7, Role::Leader, 3)]), t0);

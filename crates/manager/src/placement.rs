@@ -73,6 +73,8 @@ pub fn plan_groups(
             id: next,
             members,
             target: Vec::new(),
+            // Nobody has led it yet: its first members start as its initial voters.
+            established: false,
         });
         next += 1;
     }

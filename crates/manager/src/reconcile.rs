@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use tessera_proto::control::{GroupSpec, PeerInfo};
+use tessera_proto::control::{GroupSpec, NodeHeartbeat, PeerInfo, Role};
 
 use crate::liveness::{Health, Liveness};
 use crate::state::{GroupRecord, Mutation, State};
@@ -592,21 +592,37 @@ impl Planner<'_> {
     }
 }
 
+/// Groups `hb` shows with a leader (a replica leading it, or following a known leader) that
+/// the state does not record as established yet: the heartbeat handler records them
+/// ([`Mutation::SetGroupsEstablished`]) before it answers. Groups the state does not know
+/// are left out.
+pub fn newly_established<'a>(
+    state: &'a State,
+    hb: &'a NodeHeartbeat,
+) -> impl Iterator<Item = u64> + 'a {
+    hb.groups
+        .iter()
+        .filter(|g| g.role == Role::Leader || g.leader != 0)
+        .map(|g| g.group_id)
+        .filter(|id| state.group(*id).is_some_and(|g| !g.established))
+}
+
 /// What the manager tells a node in its heartbeat ack: replicas to create and replicas to
 /// destroy.
 ///
 /// - Create: every group the node does not report that wants it as a voter (its members,
 ///   or its target during a move).
 ///   It joins (starts empty, waits for the leader's snapshot, never campaigns) when it is
-///   being added, or when the group has had a leader: a member that lost its replica must
-///   not come back as a fresh voter with an empty log, which could elect a replica missing
-///   committed entries. Otherwise the group is new and it is one of the initial voters.
+///   being added, or when the group is established (has had a leader): a member that lost
+///   its replica must not come back as a fresh voter with an empty log, which could elect a
+///   replica missing committed entries. Otherwise the group is new and it is one of the
+///   initial voters. `established` is replicated state, not what this manager happened to
+///   hear, so every manager that takes over decides the same.
 /// - Destroy: groups the node reports that the state knows and of which it is neither a
 ///   member nor a move target. A group the manager does not know is left alone: a wiped
 ///   or stale manager database must not destroy data.
 pub fn heartbeat_orders(
     state: &State,
-    live: &Liveness,
     node: u64,
     reported: &BTreeSet<u64>,
 ) -> (Vec<GroupSpec>, Vec<u64>) {
@@ -617,7 +633,7 @@ pub fn heartbeat_orders(
         // removal, before the manager heard the move is done.
         .filter(|g| g.wanted().contains(&node))
         .map(|g| {
-            let joining = !g.members.contains(&node) || live.established(g.id);
+            let joining = !g.members.contains(&node) || g.established;
             state.group_spec(g, joining)
         })
         .collect();
@@ -808,16 +824,20 @@ mod tests {
                         }
                     })
                     .collect();
-                self.live.heartbeat(
-                    &NodeHeartbeat {
-                        node_id: id,
-                        capacity_bytes: 1 << 40,
-                        used_bytes: 0,
-                        groups,
-                        recovery: Default::default(),
-                    },
-                    self.now,
-                );
+                let hb = NodeHeartbeat {
+                    node_id: id,
+                    capacity_bytes: 1 << 40,
+                    used_bytes: 0,
+                    groups,
+                    recovery: Default::default(),
+                };
+                // As the heartbeat handler does: record what the heartbeat shows for good.
+                let group_ids: Vec<u64> = newly_established(&self.state, &hb).collect();
+                if !group_ids.is_empty() {
+                    self.state
+                        .apply(&Mutation::SetGroupsEstablished { group_ids });
+                }
+                self.live.heartbeat(&hb, self.now);
             }
         }
 
@@ -1263,21 +1283,21 @@ mod tests {
         let target = w.set_target(&g, 1, new);
         // The new node does not host the group yet: it is told to join.
         let hosted: BTreeSet<u64> = w.state.groups_of(new).map(|g| g.id).collect();
-        let (create, remove) = heartbeat_orders(&w.state, &w.live, new, &hosted);
+        let (create, remove) = heartbeat_orders(&w.state, new, &hosted);
         assert!(remove.is_empty());
         let spec = create.iter().find(|s| s.group_id == g.id).unwrap();
         assert!(spec.joining);
         assert_eq!(spec.peers.len(), 4, "members and target: {spec:?}");
         // Hosting it, mid-move: neither node is told to remove it.
         let hosted_new: BTreeSet<u64> = hosted.iter().copied().chain([g.id]).collect();
-        let (_, remove) = heartbeat_orders(&w.state, &w.live, new, &hosted_new);
+        let (_, remove) = heartbeat_orders(&w.state, new, &hosted_new);
         assert!(remove.is_empty());
         let hosted_old: BTreeSet<u64> = w.state.groups_of(1).map(|g| g.id).collect();
-        let (_, remove) = heartbeat_orders(&w.state, &w.live, 1, &hosted_old);
+        let (_, remove) = heartbeat_orders(&w.state, 1, &hosted_old);
         assert!(remove.is_empty());
         // The leaving member already dropped its replica: it is not told to re-create it.
         let without: BTreeSet<u64> = hosted_old.iter().copied().filter(|x| *x != g.id).collect();
-        let (create, _) = heartbeat_orders(&w.state, &w.live, 1, &without);
+        let (create, _) = heartbeat_orders(&w.state, 1, &without);
         assert!(create.iter().all(|s| s.group_id != g.id));
         // Once done, the old member is told to destroy its replica; unknown groups stay.
         w.state.apply(&Mutation::SetGroupMembers {
@@ -1285,7 +1305,7 @@ mod tests {
             members: target,
         });
         let hosted_old: BTreeSet<u64> = hosted_old.into_iter().chain([999]).collect();
-        let (_, remove) = heartbeat_orders(&w.state, &w.live, 1, &hosted_old);
+        let (_, remove) = heartbeat_orders(&w.state, 1, &hosted_old);
         assert_eq!(remove, vec![g.id]);
     }
 
@@ -1298,17 +1318,57 @@ mod tests {
             s.apply(&Mutation::AddGroups(vec![GroupRecord {
                 id: 50,
                 members: vec![1, 2, 3],
-                target: vec![],
+                ..GroupRecord::default()
             }]));
-            let (create, _) = heartbeat_orders(&s, &w.live, 1, &BTreeSet::from([1]));
+            let (create, _) = heartbeat_orders(&s, 1, &BTreeSet::from([1]));
             create
         };
         assert_eq!(fresh.len(), 1);
         assert!(!fresh[0].joining);
         // Group 1 has a leader (node 1, before it lost its replica): node 1 joins.
-        let (create, _) = heartbeat_orders(&w.state, &w.live, 1, &BTreeSet::new());
+        let (create, _) = heartbeat_orders(&w.state, 1, &BTreeSet::new());
         assert!(create[0].joining);
         assert_eq!(create[0].peers.len(), 3);
+    }
+
+    #[test]
+    fn only_groups_shown_with_a_leader_and_not_yet_recorded_become_established() {
+        let mut w = World::new(&["a", "b", "c"], 3);
+        assert!(w.state.groups().all(|g| g.established));
+        w.state.apply(&Mutation::AddGroups(
+            (50..=53)
+                .map(|id| GroupRecord {
+                    id,
+                    members: vec![1, 2, 3],
+                    ..GroupRecord::default()
+                })
+                .collect(),
+        ));
+        let report = |group_id, role, leader| GroupState {
+            group_id,
+            role,
+            term: 1,
+            leader,
+            commit: 1,
+            applied: 1,
+            voters: vec![],
+            learners: vec![],
+        };
+        let hb = NodeHeartbeat {
+            node_id: 1,
+            capacity_bytes: 1,
+            used_bytes: 0,
+            groups: vec![
+                report(1, Role::Leader, 1),     // recorded already
+                report(50, Role::Leader, 1),    // leads it
+                report(51, Role::Follower, 2),  // follows a known leader
+                report(52, Role::Candidate, 0), // no leader yet
+                report(999, Role::Leader, 1),   // unknown to the state
+            ],
+            recovery: Default::default(),
+        };
+        let got: Vec<u64> = newly_established(&w.state, &hb).collect();
+        assert_eq!(got, [50, 51]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod replicated;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
@@ -65,6 +66,9 @@ pub struct Service {
     applied: (u64, u64),
     /// The term whose leadership `live` was reset for.
     led_term: u64,
+    /// Groups heartbeats showed with a leader whose recording as established failed; tried
+    /// again with the next heartbeat. Such a fact never goes stale.
+    unrecorded: BTreeSet<u64>,
 }
 
 impl Service {
@@ -87,6 +91,7 @@ impl Service {
             replica,
             applied: (applied_index, 0),
             led_term: 0,
+            unrecorded: BTreeSet::new(),
         }
     }
 
@@ -202,9 +207,10 @@ impl Service {
             )));
         }
         self.live.heartbeat(hb, now.instant);
+        self.record_established(hb)?;
         let reported = self.live.reported(hb.node_id).collect();
         let (create_groups, remove_groups) =
-            reconcile::heartbeat_orders(&self.state, &self.live, hb.node_id, &reported);
+            reconcile::heartbeat_orders(&self.state, hb.node_id, &reported);
         if !remove_groups.is_empty() {
             info!(node = hb.node_id, groups = ?remove_groups,
                   "telling node to destroy replicas of groups it no longer belongs to");
@@ -213,6 +219,29 @@ impl Service {
             create_groups,
             remove_groups,
         })
+    }
+
+    /// Records the groups `hb` shows with a leader as established, together with any an
+    /// earlier heartbeat showed but that could not be recorded then. Until that commit
+    /// succeeds no heartbeat is answered: a node told nothing is safe, one told to start a
+    /// replica of such a group as a fresh voter is not.
+    fn record_established(&mut self, hb: &NodeHeartbeat) -> Result<(), ControlError> {
+        let state = &self.state;
+        self.unrecorded
+            .extend(reconcile::newly_established(state, hb));
+        self.unrecorded
+            .retain(|id| state.group(*id).is_some_and(|g| !g.established));
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let group_ids: Vec<u64> = self.unrecorded.iter().copied().collect();
+        info!(
+            count = group_ids.len(),
+            "groups have had a leader: recording them as established"
+        );
+        self.commit(Mutation::SetGroupsEstablished { group_ids })?;
+        self.unrecorded.clear();
+        Ok(())
     }
 
     fn drain(

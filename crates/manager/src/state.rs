@@ -45,6 +45,14 @@ pub struct GroupRecord {
     /// Persisted so that a restarted manager carries the move on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target: Vec<u64>,
+    /// Some replica has reported a leader of the group, so it has a history: a member that
+    /// lost its replica must rejoin and wait for a snapshot, never start again as a fresh
+    /// voter with an empty log (it could help elect a leader missing committed entries).
+    /// Never cleared. Replicated and persisted, so that a restarted or newly elected
+    /// manager decides as the one that heard the leader did; rows written before this
+    /// field existed read as `false` until the next heartbeat showing a leader.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub established: bool,
 }
 
 impl GroupRecord {
@@ -108,6 +116,10 @@ pub enum Mutation {
         node_id: u64,
         draining: bool,
     },
+    /// Heartbeats showed these groups with a leader: see [`GroupRecord::established`].
+    SetGroupsEstablished {
+        group_ids: Vec<u64>,
+    },
 }
 
 /// The next id of each kind: the high-water marks that make ids never reused.
@@ -145,7 +157,8 @@ impl NextIds {
             | Mutation::MapChunk { .. }
             | Mutation::SetGroupTarget { .. }
             | Mutation::SetGroupMembers { .. }
-            | Mutation::SetNodeDraining { .. } => {}
+            | Mutation::SetNodeDraining { .. }
+            | Mutation::SetGroupsEstablished { .. } => {}
         }
         n
     }
@@ -338,6 +351,13 @@ impl State {
             Mutation::SetNodeDraining { node_id, draining } => {
                 if let Some(n) = self.nodes.get_mut(node_id) {
                     n.draining = *draining;
+                }
+            }
+            Mutation::SetGroupsEstablished { group_ids } => {
+                for id in group_ids {
+                    if let Some(g) = self.groups.get_mut(id) {
+                        g.rec.established = true;
+                    }
                 }
             }
         }
@@ -909,6 +929,36 @@ mod tests {
     }
 
     #[test]
+    fn established_is_never_undone_and_is_restored_with_the_group() {
+        let mut s = cluster(3, 1, 2);
+        assert!(s.groups().all(|g| !g.established));
+        s.apply(&Mutation::SetGroupsEstablished {
+            group_ids: vec![2, 99],
+        });
+        s.apply(&Mutation::SetGroupTarget {
+            group_id: 2,
+            target: vec![3, 2, 1],
+        });
+        s.apply(&Mutation::SetGroupMembers {
+            group_id: 2,
+            members: vec![3, 2, 1],
+        });
+        assert!(!s.group(1).unwrap().established);
+        assert!(s.group(2).unwrap().established);
+        // A manager rebuilding the state from its rows knows it too.
+        let r = State::restore(
+            s.nodes().cloned().collect(),
+            s.groups().cloned().collect(),
+            vec![],
+            vec![],
+            s.next_ids(),
+        )
+        .unwrap();
+        assert!(r.group(2).unwrap().established);
+        assert!(!r.group(1).unwrap().established);
+    }
+
+    #[test]
     fn restore_rejects_dangling_rows_and_keeps_id_marks() {
         let next = NextIds {
             node: 5,
@@ -921,7 +971,7 @@ mod tests {
         let g = GroupRecord {
             id: 1,
             members: vec![7],
-            target: vec![],
+            ..GroupRecord::default()
         };
         assert!(State::restore(vec![], vec![g], vec![], vec![], next).is_err());
     }

@@ -213,6 +213,13 @@ impl Store {
                     n.draining = *draining;
                 })?;
             }
+            Mutation::SetGroupsEstablished { group_ids } => {
+                for id in group_ids {
+                    update_record(&tx, GROUPS, *id, |g: &mut GroupRecord| {
+                        g.established = true;
+                    })?;
+                }
+            }
         }
         {
             let mut meta = tx.open_table(META)?;
@@ -412,6 +419,56 @@ mod tests {
             state.plan_drain(2, true, 3),
             Err(tessera_proto::control::ControlError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn established_groups_survive_a_restart_and_a_move() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, mut state) = reopen(dir.path());
+            register(&store, &mut state, &["a", "b", "c", "d"]);
+            let m = state.plan_groups(|n| n != 4, 3, 2).unwrap();
+            step(&store, &mut state, m);
+            // Unknown group 99 is ignored, as in the state.
+            let m = Mutation::SetGroupsEstablished {
+                group_ids: vec![1, 99],
+            };
+            step(&store, &mut state, m);
+            let m = Mutation::SetGroupMembers {
+                group_id: 1,
+                members: vec![4, 2, 3],
+            };
+            step(&store, &mut state, m);
+        }
+        let (_, state) = reopen(dir.path());
+        let g = state.group(1).unwrap();
+        assert_eq!(g.members, [4, 2, 3]);
+        assert!(g.established);
+        assert!(!state.group(2).unwrap().established);
+        assert!(state.group(99).is_none());
+    }
+
+    #[test]
+    fn group_rows_from_before_established_read_as_not_established() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, mut state) = reopen(dir.path());
+            register(&store, &mut state, &["a", "b", "c"]);
+            // A row as an older manager wrote it, without the field.
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(GROUPS)
+                .unwrap()
+                .insert(1, br#"{"id":1,"members":[1,2,3]}"#.as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let (store, mut state) = reopen(dir.path());
+        assert!(!state.group(1).unwrap().established);
+        let m = Mutation::SetGroupsEstablished { group_ids: vec![1] };
+        step(&store, &mut state, m);
+        drop(store);
+        let (_, state) = reopen(dir.path());
+        assert!(state.group(1).unwrap().established);
     }
 
     #[test]

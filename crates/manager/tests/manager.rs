@@ -316,3 +316,48 @@ async fn garbage_drops_only_its_own_connection() {
     assert_eq!(f.request_id, 5);
     m.shutdown().await;
 }
+
+/// The heartbeat ack's create orders: (group, joining).
+async fn create_orders(m: &Manager, node: u64, groups: Vec<GroupState>) -> Vec<(u64, bool)> {
+    let hb = NodeHeartbeat {
+        node_id: node,
+        capacity_bytes: 1 << 40,
+        used_bytes: 1 << 20,
+        groups,
+        recovery: Default::default(),
+    };
+    match ask(m, ManagerRequest::Heartbeat(hb)).await.unwrap() {
+        ManagerReply::HeartbeatAck { create_groups, .. } => create_groups
+            .iter()
+            .map(|g| (g.group_id, g.joining))
+            .collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_lost_its_replica_rejoins_after_a_manager_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(config(dir.path())).await.unwrap();
+    for (rack, port) in [("r1", 7501), ("r2", 7502), ("r3", 7503)] {
+        register(&m, None, rack, &format!("127.0.0.1:{port}")).await;
+    }
+    // New groups that never had a leader: node 2 is one of their initial voters.
+    assert_eq!(create_orders(&m, 2, vec![]).await, [(1, false), (2, false)]);
+    // Node 1 leads both: they have a history now.
+    let led = vec![state(1, Role::Leader), state(2, Role::Leader)];
+    assert!(create_orders(&m, 1, led).await.is_empty());
+    assert_eq!(create_orders(&m, 2, vec![]).await, [(1, true), (2, true)]);
+
+    // A restarted manager has heard no heartbeat yet; node 2 comes back without its
+    // replicas (a wiped disk). It must wait for a snapshot from the leader, never vote with
+    // an empty log.
+    m.shutdown().await;
+    let m = Manager::start(config(dir.path())).await.unwrap();
+    assert_eq!(
+        create_orders(&m, 2, vec![]).await,
+        [(1, true), (2, true)],
+        "a restarted manager told a member that lost its replica to start as a fresh voter"
+    );
+    m.shutdown().await;
+}

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use tessera_manager::{Manager, ManagerConfig, ManagerPeer};
 use tessera_net::{NetError, call, call_managers};
-use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest};
+use tessera_proto::control::{
+    ControlError, GroupState, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration, Role,
+};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -133,5 +135,79 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
     }
     for m in ms.into_iter().flatten() {
         m.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_lost_its_replica_rejoins_after_a_manager_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(3);
+    let mut ms = Vec::new();
+    for id in 1..=3 {
+        ms.push(Some(
+            Manager::start(config(dir.path(), id, &addrs))
+                .await
+                .unwrap(),
+        ));
+    }
+    let leader = one_leader(&ms).await;
+    for rack in ["a", "b", "c"] {
+        let reg = ManagerRequest::RegisterNode(NodeRegistration {
+            node_id: None,
+            zone: "z".into(),
+            rack: rack.into(),
+            addr: format!("{rack}:7500"),
+            capacity_bytes: 1 << 40,
+            used_bytes: 0,
+        });
+        let rep: ManagerReply = call_managers(&addrs, &reg, T).await.unwrap();
+        assert!(matches!(rep, ManagerReply::Registered { .. }), "{rep:?}");
+    }
+    // One group on nodes 1, 2 and 3, never led yet: node 2 is an initial voter.
+    assert_eq!(create_orders(&addrs, 2, vec![]).await, [(1, false)]);
+    // Node 1 reports leading it.
+    let led = GroupState {
+        group_id: 1,
+        role: Role::Leader,
+        term: 2,
+        leader: 1,
+        commit: 10,
+        applied: 10,
+        voters: vec![1, 2, 3],
+        learners: Vec::new(),
+    };
+    assert!(create_orders(&addrs, 1, vec![led]).await.is_empty());
+    assert_eq!(create_orders(&addrs, 2, vec![]).await, [(1, true)]);
+
+    // The leading manager goes away; node 2 comes back without its replica and tells the
+    // new leader, which has heard no heartbeat before.
+    ms[leader].take().unwrap().shutdown().await;
+    let next = one_leader(&ms).await;
+    assert_ne!(next, leader);
+    assert_eq!(
+        create_orders(&addrs, 2, vec![]).await,
+        [(1, true)],
+        "the new leading manager told a member that lost its replica to start as a fresh voter"
+    );
+    for m in ms.into_iter().flatten() {
+        m.shutdown().await;
+    }
+}
+
+/// The heartbeat ack's create orders for `node`: (group, joining).
+async fn create_orders(addrs: &[String], node: u64, groups: Vec<GroupState>) -> Vec<(u64, bool)> {
+    let hb = ManagerRequest::Heartbeat(NodeHeartbeat {
+        node_id: node,
+        capacity_bytes: 1 << 40,
+        used_bytes: 1 << 20,
+        groups,
+        recovery: Default::default(),
+    });
+    match call_managers::<_, ManagerReply>(addrs, &hb, T).await {
+        Ok(ManagerReply::HeartbeatAck { create_groups, .. }) => create_groups
+            .iter()
+            .map(|g| (g.group_id, g.joining))
+            .collect(),
+        other => panic!("heartbeat: {other:?}"),
     }
 }
