@@ -12,6 +12,12 @@
 //! may disagree until the log replay rewrites them; [`ChunkStore::set_replaying`] lets that
 //! replay read-modify-write such torn blocks. Reads always verify and must never return a
 //! block whose checksum does not match. Knows nothing of Raft, groups or the network.
+//!
+//! A failed fdatasync is [`Error::Fatal`], for that sync and every later one of the store:
+//! the kernel may have dropped the dirty pages and marked them clean, so a retry would
+//! "succeed" without writing them (Postgres' "fsyncgate"). The node must stop, as after a
+//! failed log fsync. Syncs run one at a time: none returns while another's fdatasync of the
+//! same file is still in flight.
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +46,8 @@ const MAX_OPEN: usize = 1024;
 const CRC_LEN: u64 = 4;
 /// Largest single pwrite of chunk data (see `write_locked`).
 const WRITE_PIECE: usize = 16 << 10;
+/// Blocks read at a time by [`ChunkStore::verify_blocks`] (1 MiB).
+const VERIFY_PIECE: u64 = 256;
 
 type Key = (u64, u64);
 
@@ -78,6 +86,10 @@ pub struct ChunkStore {
     unstarted: Mutex<Vec<Arc<ChunkFiles>>>,
     /// Directories with entries created since the last sync.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
+    /// Held for the whole of a [`ChunkStore::sync`], so that a sync never finds a file clean
+    /// while another sync's fdatasync of it is still in flight. Holds the first fdatasync
+    /// failure, after which every sync fails (see the module doc).
+    sync_failure: Mutex<Option<String>>,
 }
 
 impl ChunkStore {
@@ -97,6 +109,7 @@ impl ChunkStore {
             used: AtomicU64::new(used),
             unstarted: Mutex::default(),
             dirty_dirs: Mutex::new(HashSet::new()),
+            sync_failure: Mutex::new(None),
         })
     }
 
@@ -258,7 +271,16 @@ impl ChunkStore {
 
     /// Makes every file written since the last sync durable (data and checksums), and the
     /// directory entries of files created or deleted since. Call before compacting the log.
+    ///
+    /// A failed fdatasync returns [`Error::Fatal`], and so does every later call: what it
+    /// covered may be lost, so this store's data can never again be reported durable.
     pub fn sync(&self) -> Result<()> {
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = failure.as_ref() {
+            return Err(Error::Fatal(format!(
+                "an earlier chunk sync failed: {reason}"
+            )));
+        }
         let dirty: Vec<(Key, Arc<ChunkFiles>)> = self
             .open_map_read()
             .iter()
@@ -266,12 +288,20 @@ impl ChunkStore {
             .map(|(k, f)| (*k, f.clone()))
             .collect();
         for (key, files) in dirty {
-            // Cleared first: a write racing with this sync marks it dirty again.
+            // Cleared first: a write racing with this sync marks it dirty again. A sync racing
+            // with this one waits for `sync_failure` rather than find the file clean.
             files.dirty.store(false, Ordering::Release);
-            let synced = files.data.sync_data().and_then(|()| files.crcs.sync_data());
+            let synced = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs));
             if let Err(e) = synced {
                 files.dirty.store(true, Ordering::Release);
-                return Err(io_error(e, key.0, key.1, "syncing"));
+                let reason = format!(
+                    "fdatasync of chunk {:016x}/{:08x} in {} failed: {e}",
+                    key.0,
+                    key.1,
+                    self.dir.display()
+                );
+                *failure = Some(reason.clone());
+                return Err(Error::Fatal(reason));
             }
             let still_open = self
                 .open_map_read()
@@ -326,6 +356,50 @@ impl ChunkStore {
             read_full_at(&files.crcs, &mut buf, first * CRC_LEN)?;
         }
         Ok(Bytes::from(buf))
+    }
+
+    /// For each of `count` blocks from block `first`, whether its bytes match its stored
+    /// checksum (as a read would find; a never-written block does). A copy checks this before
+    /// it trusts a stored checksum to skip a block: after a power loss the new checksum may
+    /// be on disk without the new data. Reads the blocks, `VERIFY_PIECE` at a time.
+    pub fn verify_blocks(
+        &self,
+        volume: u64,
+        chunk: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<bool>> {
+        check_range(
+            volume,
+            chunk,
+            first.saturating_mul(BLOCK_SIZE),
+            count.saturating_mul(BLOCK_SIZE),
+        )?;
+        let Some(files) = self.files(volume, chunk, false)? else {
+            return Ok(vec![true; count as usize]);
+        };
+        let mut ok = Vec::with_capacity(count as usize);
+        let mut data = vec![0u8; (VERIFY_PIECE * BLOCK_SIZE) as usize];
+        let mut crcs = vec![0u8; (VERIFY_PIECE * CRC_LEN) as usize];
+        let end = first + count;
+        let mut at = first;
+        while at < end {
+            let n = VERIFY_PIECE.min(end - at);
+            let (data, crcs) = (
+                &mut data[..(n * BLOCK_SIZE) as usize],
+                &mut crcs[..(n * CRC_LEN) as usize],
+            );
+            {
+                let _guard = files.read_guard();
+                read_full_at(&files.data, data, at * BLOCK_SIZE)?;
+                read_full_at(&files.crcs, crcs, at * CRC_LEN)?;
+            }
+            for (i, block) in data.chunks_exact(BLOCK_SIZE as usize).enumerate() {
+                ok.push(block_ok(block, stored_crc(crcs, i)));
+            }
+            at += n;
+        }
+        Ok(ok)
     }
 
     /// Blocks of the chunk as far as its files reach (0 if it has none).
@@ -698,4 +772,12 @@ fn start_writeback(file: &File) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
+}
+
+/// `fdatasync` of a chunk file; the `chunk::fdatasync` fail point makes it fail in tests.
+fn fdatasync(file: &File) -> io::Result<()> {
+    fail::fail_point!("chunk::fdatasync", |_| Err(io::Error::other(
+        "fdatasync failure injected by the chunk::fdatasync fail point"
+    )));
+    file.sync_data()
 }

@@ -226,7 +226,7 @@ async fn membership(
 /// A peer copying a replica asks for the group's chunk list, a chunk's checksums or its
 /// data. Served straight from the chunk files (they hold at least what the snapshot the
 /// peer got stands for); blocks are verified as on every read.
-fn serve_snapshot(chunks: &ChunkStores, req: &Request) -> Reply {
+pub(crate) fn serve_snapshot(chunks: &ChunkStores, req: &Request) -> Reply {
     let Some(store) = chunks.existing(req.addr.group) else {
         return Reply::GroupNotFound;
     };

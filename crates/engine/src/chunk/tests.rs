@@ -234,3 +234,31 @@ fn concurrent_writers_and_readers_never_see_torn_blocks() {
         });
     });
 }
+
+#[test]
+fn verify_blocks_finds_the_blocks_whose_bytes_do_not_match_their_checksum() {
+    let (tmp, s) = store();
+    // Across a piece boundary of the verification, with a never-written block in between.
+    s.write(1, 0, 0, &vec![3u8; 300 * B as usize]).unwrap();
+    s.write(1, 0, 301 * B, &vec![4u8; B as usize]).unwrap();
+    let data = tmp.path().join(format!("{:016x}/{:08x}.dat", 1, 0));
+    flip_byte(&data, 2 * B + 5);
+    flip_byte(&data, 280 * B);
+    let mut want = vec![true; 310];
+    want[2] = false;
+    want[280] = false;
+    assert_eq!(s.verify_blocks(1, 0, 0, 310).unwrap(), want);
+    assert_eq!(s.verify_blocks(1, 0, 280, 2).unwrap(), vec![false, true]);
+    // A never-written block whose bytes changed does not verify either.
+    flip_byte(&data, 300 * B + 9);
+    assert_eq!(
+        s.verify_blocks(1, 0, 299, 3).unwrap(),
+        vec![true, false, true]
+    );
+    // A chunk without files holds nothing that could disagree.
+    assert_eq!(s.verify_blocks(1, 9, 0, 4).unwrap(), vec![true; 4]);
+    assert!(matches!(
+        s.verify_blocks(1, 0, MAX_CHUNK / B, 1),
+        Err(Error::OutOfRange(_))
+    ));
+}

@@ -1,0 +1,89 @@
+//! Faults injected into the fdatasync of chunk files (run with `--features failpoints`).
+//! Each case configures its fail point inside a `FailScenario` and clears it; cases run one
+//! at a time (the registry is global).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera_engine::{ChunkStore, Error};
+
+const B: usize = 4096;
+
+/// After the kernel reported a failed fdatasync, the dirty pages it covered may be gone and
+/// marked clean, so a second fdatasync has nothing left to write and succeeds: the store must
+/// never report a sync as successful again (Postgres' "fsyncgate").
+#[test]
+fn a_failed_chunk_fdatasync_fails_every_later_sync() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write(1, 0, 0, &[7u8; B]).unwrap();
+    store.sync().expect("a healthy sync");
+
+    store.write(1, 0, B as u64, &[8u8; B]).unwrap();
+    fail::cfg("chunk::fdatasync", "return").unwrap();
+    let failed = store.sync();
+    fail::remove("chunk::fdatasync");
+    // The disk looks healthy again, but the store must not pretend it is.
+    let retried = store.sync();
+    assert!(
+        matches!(retried, Err(Error::Fatal(_))),
+        "a sync after a failed fdatasync must fail, got {retried:?}"
+    );
+    assert!(
+        matches!(failed, Err(Error::Fatal(_))),
+        "a failed fdatasync is fatal, got {failed:?}"
+    );
+    // Nor after writing something else, to another chunk.
+    store.write(1, 1, 0, &[9u8; B]).unwrap();
+    let later = store.sync();
+    assert!(matches!(later, Err(Error::Fatal(_))), "got {later:?}");
+    scenario.teardown();
+}
+
+/// A sync that finds a file's fdatasync already running in another thread must wait for it:
+/// returning at once would report durable what is still in flight (and may yet fail).
+#[test]
+fn a_sync_waits_for_a_concurrent_fdatasync_of_the_same_file() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write(1, 0, 0, &[7u8; B]).unwrap();
+
+    // The first fdatasync says it has started, then waits to be released; later ones pass.
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some((entered_tx, release_rx))));
+    fail::cfg_callback("chunk::fdatasync", move || {
+        let first = gate.lock().unwrap().take();
+        if let Some((entered, release)) = first {
+            entered.send(()).unwrap();
+            let _ = release.recv_timeout(Duration::from_secs(10));
+        }
+    })
+    .unwrap();
+
+    std::thread::scope(|s| {
+        let store = &store;
+        let first = s.spawn(move || store.sync());
+        entered_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first sync reaches its fdatasync");
+        let (done_tx, done_rx) = mpsc::channel();
+        let second = s.spawn(move || {
+            let r = store.sync();
+            let _ = done_tx.send(());
+            r
+        });
+        let early = done_rx.recv_timeout(Duration::from_millis(300));
+        release_tx.send(()).unwrap();
+        assert!(
+            early.is_err(),
+            "a sync returned while another thread's fdatasync of the same file was in flight"
+        );
+        first.join().unwrap().expect("the first sync");
+        second.join().unwrap().expect("the second sync");
+    });
+    scenario.teardown();
+}
