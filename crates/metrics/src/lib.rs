@@ -182,6 +182,11 @@ impl LazyCounter {
         }
     }
 
+    /// The count so far (0 before the first `add`).
+    pub fn get(&self) -> u64 {
+        self.cell.get().map_or(0, |c| c.get())
+    }
+
     pub fn add(&self, n: u64) {
         self.cell
             .get_or_init(|| {

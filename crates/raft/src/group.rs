@@ -44,6 +44,10 @@ struct PendingRead {
     index: u64,
     req: Request,
     respond: Respond,
+    /// Without a valid lease, a read waits for a quorum to answer heartbeats sent after it
+    /// arrived (the ReadIndex check, Raft thesis §6.4): proof that no other leader could
+    /// have committed anything before it.
+    confirm_after: Option<Instant>,
 }
 
 pub(crate) struct Group {
@@ -91,6 +95,11 @@ pub(crate) struct Group {
     contact: std::collections::HashMap<u64, Instant>,
     /// How long an answer keeps counting for the read lease.
     lease: Duration,
+    /// A term in which this node, as leader, started a leadership transfer: its lease is
+    /// void for the rest of that term. The transferee campaigns with a forced vote that
+    /// followers grant inside any lease they gave, and the `MsgTimeoutNow` that starts it
+    /// may arrive at any time after it was sent, even after the transfer was abandoned here.
+    pub(crate) lease_void_term: u64,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -273,11 +282,23 @@ impl Group {
             replay_term,
             contact: std::collections::HashMap::new(),
             lease,
+            lease_void_term: 0,
         })
     }
 
     pub(crate) fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// This replica is a voter in its own configuration and takes part in a live group:
+    /// it leads, or follows a leader it hears from. A removed replica that missed its
+    /// removal hears from no leader (a leader sends only to its configuration's members).
+    pub(crate) fn live_voter(&self) -> bool {
+        let r = &self.raw.raft;
+        let voter = r.prs().conf().voters().contains(r.id);
+        voter
+            && (r.state == StateRole::Leader
+                || (r.state == StateRole::Follower && r.leader_id != raft::INVALID_ID))
     }
 
     /// A peer answered a heartbeat this node sent at `sent`.
@@ -292,20 +313,54 @@ impl Group {
     /// that, counted from the send time, holds even if the answers sat in a queue. Raft's
     /// `check_quorum` alone steps a cut-off leader down only after one to two election
     /// timeouts, and not at all while its poller is stalled.
-    fn lease_valid(&self, now: Instant) -> bool {
-        let voters = self.raw.raft.prs().conf().voters().ids();
+    ///
+    /// Void while a leadership transfer is pending and for the rest of a term in which one
+    /// was started (see `lease_void_term`).
+    pub(crate) fn lease_valid(&self, now: Instant) -> bool {
+        let r = &self.raw.raft;
+        if !cfg!(tessera_unfixed = "lease_transfer")
+            && (r.lead_transferee.is_some() || self.lease_void_term == r.term)
+        {
+            return false;
+        }
+        match now.checked_sub(self.lease) {
+            Some(oldest) => self.quorum_heard_since(oldest, false),
+            None => false,
+        }
+    }
+
+    /// Whether a quorum of every configuration in force (both halves of a joint one)
+    /// answered heartbeats sent at or after `since` (strictly after if `!inclusive`). This
+    /// node counts as having answered.
+    pub(crate) fn quorum_heard_since(&self, since: Instant, inclusive: bool) -> bool {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
         let me = self.raw.raft.id;
-        let fresh = voters
-            .iter()
-            .filter(|id| {
-                *id == me
-                    || self
-                        .contact
-                        .get(id)
-                        .is_some_and(|t| now.saturating_duration_since(*t) < self.lease)
-            })
-            .count();
-        fresh > voters.len() / 2
+        let heard = |id: &u64| {
+            *id == me
+                || self
+                    .contact
+                    .get(id)
+                    .is_some_and(|t| if inclusive { *t >= since } else { *t > since })
+        };
+        let majority = |ids: &[u64]| {
+            ids.is_empty() || ids.iter().filter(|id| heard(id)).count() > ids.len() / 2
+        };
+        if cfg!(tessera_unfixed = "joint_lease") {
+            let all: std::collections::BTreeSet<u64> = cs
+                .voters
+                .iter()
+                .chain(&cs.voters_outgoing)
+                .copied()
+                .collect();
+            let all: Vec<u64> = all.into_iter().collect();
+            return majority(&all);
+        }
+        !cs.voters.is_empty() && majority(&cs.voters) && majority(&cs.voters_outgoing)
+    }
+
+    /// Marks the lease void for this term: a transfer is being started.
+    pub(crate) fn void_lease(&mut self) {
+        self.lease_void_term = self.raw.raft.term;
     }
 
     /// Whether re-applying the log tail found at start is over (or that tail was replaced).
@@ -343,13 +398,6 @@ impl Group {
             return;
         }
         if req.op == Op::Read {
-            if !self.lease_valid(Instant::now()) {
-                respond(Reply::Unavailable(format!(
-                    "group {} leader has not heard from a quorum within its lease",
-                    self.id
-                )));
-                return;
-            }
             if !self.raw.raft.commit_to_current_term() {
                 respond(Reply::Unavailable(format!(
                     "group {} has a new leader that has not committed yet",
@@ -358,13 +406,22 @@ impl Group {
                 return;
             }
             let index = self.raw.raft.raft_log.committed;
-            if self.applied >= index && self.reads.is_empty() {
+            let now = Instant::now();
+            let confirm_after = if self.lease_valid(now) {
+                None
+            } else {
+                // No lease: confirm leadership with a round of heartbeats sent from now on.
+                self.raw.ping();
+                Some(now)
+            };
+            if confirm_after.is_none() && self.applied >= index && self.reads.is_empty() {
                 respond(serve_read(&self.chunks, &req));
             } else {
                 self.reads.push_back(PendingRead {
                     index,
                     req,
                     respond,
+                    confirm_after,
                 });
             }
             return;
@@ -529,8 +586,18 @@ impl Group {
             self.raw.advance_apply_to(self.applied);
             self.chunks.start_writeback();
         }
+        self.serve_reads();
+        Ok(())
+    }
+
+    /// Serves the waiting reads, in arrival order, that the applied index covers and whose
+    /// leadership check (if they need one) has passed.
+    pub(crate) fn serve_reads(&mut self) {
         while let Some(r) = self.reads.front() {
-            if r.index > self.applied {
+            if r.index > self.applied
+                || r.confirm_after
+                    .is_some_and(|t| !self.quorum_heard_since(t, true))
+            {
                 break;
             }
             let Some(r) = self.reads.pop_front() else {
@@ -538,7 +605,6 @@ impl Group {
             };
             (r.respond)(serve_read(&self.chunks, &r.req));
         }
-        Ok(())
     }
 
     pub(crate) fn mem(&self) -> std::sync::MutexGuard<'_, MemLog> {

@@ -21,6 +21,7 @@
 //! The leader sends entries to its followers in the same poll round as it hands them to its
 //! own log (Raft thesis §10.2.1): commit needs any majority's fsync, not the leader's first.
 
+mod admit;
 mod group;
 mod logger;
 mod membership;
@@ -57,7 +58,20 @@ pub trait Transport: Send + Sync + 'static {
 pub trait SnapshotFetcher: Send + Sync + 'static {
     /// Bring `job.store` to (at least) the state of `job.from`'s replica at `job.index`,
     /// make it durable, then call `done` (from any thread).
-    fn fetch(&self, job: FetchJob, done: Box<dyn FnOnce(Result<(), String>) + Send>);
+    fn fetch(&self, job: FetchJob, done: Box<dyn FnOnce(Result<(), FetchError>) + Send>);
+}
+
+/// Why a snapshot copy failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Worth another try (the source went away, a local write failed): the leader is told
+    /// at once, and offers a new snapshot.
+    #[error("{0}")]
+    Retry(String),
+    /// Making the copied data durable failed: the kernel may have dropped its pages, so the
+    /// node must stop, as after a failed log fsync.
+    #[error("fatal storage failure: {0}")]
+    Fatal(String),
 }
 
 /// One snapshot to copy.
@@ -126,7 +140,7 @@ pub(crate) enum Event {
     SnapshotFetched {
         group: u64,
         msg: Box<raft::eraftpb::Message>,
-        result: Result<(), String>,
+        result: Result<(), FetchError>,
     },
     SnapshotActivity(u64),
     ChangeMembers {

@@ -266,6 +266,7 @@ impl Group {
                     to,
                     "leaving the group: transferring leadership"
                 );
+                self.void_lease();
                 self.raw.transfer_leader(to);
                 return Err(to);
             }
@@ -296,6 +297,7 @@ impl Group {
             return Err(self.raw.raft.leader_id);
         }
         if to != self.raw.raft.id {
+            self.void_lease();
             self.raw.transfer_leader(to);
         }
         Ok(())
@@ -341,9 +343,13 @@ impl Group {
 
     /// Takes a snapshot raft-rs handed over in a Ready (its chunk data already copied and
     /// synced): the log restarts after it. Returns what must be made durable with the
-    /// Ready: a marker entry at the snapshot's index (superseding any older tail in the
-    /// shared log), the applied point, the configuration and the membership.
-    pub(crate) fn install_snapshot(&mut self, snap: &Snapshot) -> GroupWrite {
+    /// Ready: the membership, the configuration, the hard state and the applied point, then a
+    /// marker entry at the snapshot's index (superseding any older tail in the shared log).
+    /// In that order: a batch torn part way leaves the old state or the new one, never an
+    /// applied point with a gap before the log (a quarantined replica) nor a log restarted
+    /// past an applied point that does not cover it. The caller compacts the shared log at
+    /// the snapshot's index only once all of it is durable.
+    pub(crate) fn install_snapshot(&mut self, snap: &Snapshot) -> (GroupWrite, LogEntry) {
         let md = snap.get_metadata();
         let (index, term) = (md.index, md.term);
         let cs = md.get_conf_state().clone();
@@ -376,20 +382,22 @@ impl Group {
         tracing::info!(group = self.id, index, term, voters = ?cs.voters, learners = ?cs.learners, "snapshot installed");
         let hs = self.store.lock().hard_state.clone();
         self.persisted_hs = hs.clone();
-        GroupWrite {
+        let slots = GroupWrite {
             group: self.id,
-            entries: vec![LogEntry {
-                term,
-                index,
-                kind: EntryKind::Normal,
-                data: Bytes::new(),
-            }],
+            entries: Vec::new(),
             slots: vec![
                 (SLOT_MEMBERSHIP, control::encode(&self.spec)),
                 (SLOT_CONF, encode_conf(index, &cs)),
                 (SLOT_HARD_STATE, encode_hard_state(&hs)),
                 (SLOT_APPLIED, encode_applied(index, term)),
             ],
-        }
+        };
+        let marker = LogEntry {
+            term,
+            index,
+            kind: EntryKind::Normal,
+            data: Bytes::new(),
+        };
+        (slots, marker)
     }
 }

@@ -18,3 +18,9 @@ pub(crate) static LOG_WRITE: Lazy = Lazy::new(
     "tessera_log_write_seconds",
     "From handing a round's writes to the shared log to their fdatasync completing",
 );
+pub(crate) static REFUSED_MESSAGES: tessera_metrics::LazyCounter =
+    tessera_metrics::LazyCounter::new(
+        "tessera_raft_refused_messages_total",
+        "Raft messages from the network dropped before reaching raft-rs (not for this node, not \
+     from a member, local-only types, or contents that cannot apply)",
+    );

@@ -22,13 +22,17 @@ use tessera_proto::command::{CmdOp, Command};
 use tessera_proto::control::{self, GroupSpec};
 use tessera_proto::data::{RaftBatch, Reply};
 
+use crate::admit::admit;
 use crate::group::{
     Group, GroupInit, INIT_INDEX, SLOT_APPLIED, SLOT_CONF, SLOT_HARD_STATE, SLOT_MEMBERSHIP,
     decode_applied, decode_hard_state, encode_applied, encode_hard_state, from_log_entry,
     to_log_entry,
 };
 use crate::membership::decode_conf;
-use crate::{Event, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
+use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
+
+#[cfg(test)]
+mod tests;
 
 type Outbox = HashMap<u64, Vec<(u64, Bytes)>>;
 
@@ -69,6 +73,8 @@ pub(crate) struct Poller {
     stopped: bool,
     /// Origin of the send-time stamps carried by heartbeats.
     epoch: Instant,
+    /// Until then, vote requests are refused (see `admit`): this node just started.
+    votes_after: Instant,
 }
 
 fn encode_msg(m: &Message) -> Option<Bytes> {
@@ -160,6 +166,7 @@ impl Poller {
             replaying: false,
             stopped: false,
             epoch: now,
+            votes_after: now + cfg.tick * cfg.election_ticks as u32,
             cfg,
         })
     }
@@ -305,7 +312,14 @@ impl Poller {
         };
         g.fail_pending();
         self.dirty.remove(&gid);
+        self.to_apply.retain(|&id| id != gid);
         self.destroying.insert(gid);
+        // Nothing of the group may reach the log after its tombstone: replay would bring
+        // the group back from those slots with a default hard state (term and vote lost).
+        if !cfg!(tessera_unfixed = "removal_slots") {
+            self.pending_writes.retain(|w| w.group != gid);
+            self.pending_compacts.retain(|&(id, _)| id != gid);
+        }
         tracing::info!(group = gid, "destroying this replica: no longer a member");
         let tx = self.tx.clone();
         self.log.remove_group(
@@ -390,6 +404,7 @@ impl Poller {
                     let msg = match Message::parse_from_carllerche_bytes(&bytes) {
                         Ok(m) => m,
                         Err(e) => {
+                            crate::metrics::REFUSED_MESSAGES.add(1);
                             tracing::warn!(
                                 group = gid,
                                 from = batch.from_node,
@@ -398,6 +413,17 @@ impl Poller {
                             continue;
                         }
                     };
+                    let now = Instant::now();
+                    if let Err(why) = admit(g, batch.from_node, &msg, now, self.votes_after) {
+                        crate::metrics::REFUSED_MESSAGES.add(1);
+                        tracing::debug!(
+                            group = gid,
+                            from = batch.from_node,
+                            kind = ?msg.get_msg_type(),
+                            "raft message refused: {why}"
+                        );
+                        continue;
+                    }
                     if msg.get_msg_type() == MessageType::MsgSnapshot {
                         // The chunk data comes first, copied from the sender; the message
                         // is stepped once it is here and durable.
@@ -447,7 +473,9 @@ impl Poller {
                         }
                         continue;
                     }
+                    // Only answers in this term count towards a lease of this term.
                     if msg.get_msg_type() == MessageType::MsgHeartbeatResponse
+                        && msg.term == g.raw.raft.term
                         && let Ok(stamp) = <[u8; 8]>::try_from(&msg.context[..])
                     {
                         let sent = self.epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
@@ -470,7 +498,11 @@ impl Poller {
                             tracing::warn!(group, "stepping a fetched snapshot: {e}");
                         }
                     }
-                    Err(e) => {
+                    Err(FetchError::Fatal(e)) => {
+                        self.fail(format!("copying a snapshot of group {group}: {e}"));
+                        return;
+                    }
+                    Err(FetchError::Retry(e)) => {
                         tracing::warn!(group, from = msg.from, "snapshot fetch failed: {e}");
                         // Tell the leader, so it offers a new snapshot rather than wait.
                         let mut m = Message::default();
@@ -517,7 +549,19 @@ impl Poller {
                 }
                 None => respond(Err(MembershipError::GroupNotFound)),
             },
-            Event::RemoveGroup(gid) => self.destroy_group(gid),
+            Event::RemoveGroup(gid) => {
+                if let Some(g) = self.groups.get(&gid)
+                    && g.live_voter()
+                {
+                    tracing::warn!(
+                        group = gid,
+                        "not destroying this replica on the manager's word: the group's \
+                         configuration here lists it as a voter and a leader is in contact"
+                    );
+                    return;
+                }
+                self.destroy_group(gid)
+            }
             Event::Destroyed(gid) => {
                 let chunks = self.chunks.clone();
                 let tx = self.tx.clone();
@@ -778,7 +822,9 @@ impl Poller {
 
     fn process_readies(&mut self) {
         let mut writes = std::mem::take(&mut self.pending_writes);
-        let compacts = std::mem::take(&mut self.pending_compacts);
+        // Compacted once this round's writes are durable, never before: a mark that reached
+        // the disk ahead of what it supersedes would drop acknowledged entries on replay.
+        let mut compacts = std::mem::take(&mut self.pending_compacts);
         let mut numbers = Vec::new();
         let mut outbox = Outbox::new();
         let mut after_persist = Outbox::new();
@@ -804,9 +850,14 @@ impl Poller {
             };
             let installed = !rd.snapshot().is_empty();
             if installed {
-                gw = g.install_snapshot(rd.snapshot());
-                self.log
-                    .compact(gid, gw.entries.first().map_or(0, |e| e.index));
+                let (slots, marker) = g.install_snapshot(rd.snapshot());
+                if cfg!(tessera_unfixed = "install_compaction") {
+                    self.log.compact(gid, marker.index);
+                } else {
+                    compacts.push((gid, marker.index));
+                }
+                writes.push(slots);
+                gw.entries.push(marker);
             }
             g.queue_committed(rd.take_committed_entries());
             if !rd.entries().is_empty() {
@@ -894,7 +945,8 @@ impl Poller {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
-            if !g.slot_writes.is_empty() {
+            let keep_slots = !g.removed || cfg!(tessera_unfixed = "removal_slots");
+            if !g.slot_writes.is_empty() && keep_slots {
                 self.pending_writes.push(GroupWrite {
                     group: gid,
                     entries: Vec::new(),

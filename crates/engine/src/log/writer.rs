@@ -141,14 +141,45 @@ impl Writer {
             return;
         }
         // Values pinning old segments first, so that anything newer in the batch wins.
+        // Compaction marks last: a mark drops entries on replay, so it must never become
+        // durable ahead of writes that were queued with it (a torn batch keeps a prefix).
+        // A group removed in this batch gets no mark after its tombstone.
+        let removed: BTreeSet<u64> = writes
+            .iter()
+            .filter_map(|r| match r {
+                Record::Tombstone { group } => Some(*group),
+                _ => None,
+            })
+            .collect();
         let mut records = self.reappends();
-        records.extend(self.pending_marks.iter().filter_map(|&group| {
+        let marks = self.pending_marks.iter().filter_map(|&group| {
+            if removed.contains(&group) {
+                return None;
+            }
             let index = self.book.groups.get(&group)?.compacted;
             Some(Record::CompactMark { group, index })
-        }));
-        records.extend(writes);
+        });
+        if cfg!(tessera_unfixed = "install_compaction") {
+            let marks: Vec<Record> = marks.collect();
+            records.extend(marks);
+            records.extend(writes);
+        } else {
+            records.extend(writes);
+            records.extend(marks);
+        }
         if records.is_empty() {
             return finish(dones, || Ok(()));
+        }
+        if let Some(keep) = torn_batch() {
+            // A power loss part way through the batch's write: a prefix of its records
+            // reaches the disk, the rest and the fdatasync's answer never do.
+            records.truncate(keep);
+            let reason = "power loss injected by the log::tear fail point".to_string();
+            if !records.is_empty() {
+                let _ = self.write_batch(&records);
+            }
+            self.fatal = Some(reason.clone());
+            return finish(dones, || Err(Error::Fatal(reason.clone())));
         }
         let mut result = self.write_batch(&records);
         let mut waited = 0u32;
@@ -437,6 +468,13 @@ impl Preallocator {
             let _ = t.join();
         }
     }
+}
+
+/// How many records of the next batch reach the disk before a simulated power loss (the
+/// `log::tear` fail point, configured as `return(N)`); `None` in normal operation.
+fn torn_batch() -> Option<usize> {
+    fail::fail_point!("log::tear", |arg| arg.and_then(|n| n.parse().ok()));
+    None
 }
 
 /// `fdatasync` of a log segment; the `log::fdatasync` fail point makes it fail in tests.

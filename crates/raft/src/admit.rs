@@ -1,0 +1,127 @@
+//! Admission of Raft messages from the network: what a peer may make a group do.
+//!
+//! Owns the checks between a decoded message and `RawNode::step`. raft-rs trusts its input:
+//! a message that cannot apply (a commit index past the local log, entries that do not
+//! follow their anchor) reaches an assertion that stops the whole node, and local-only
+//! message types (campaign now, propose, transfer) would let any sender drive the group.
+//! Such messages are refused here and counted; the node and its other groups carry on.
+//!
+//! Must never: refuse a message a correct member sends while this replica can use it.
+//! Authenticating the sender is not done here (that is the transport's job): a member's
+//! identity is taken from the message.
+
+use std::fmt;
+use std::time::Instant;
+
+use raft::eraftpb::{Message, MessageType};
+
+use crate::group::Group;
+
+/// Why a message was not stepped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Addressed to another node, or claiming to come from another node than the one that
+    /// sent the batch, or from this node itself.
+    Misaddressed,
+    /// The sender is neither in the group's configuration nor among its known peers.
+    NotAMember,
+    /// A type raft-rs only generates locally (campaign, propose, transfer, ...).
+    LocalOnly,
+    /// A heartbeat committing past this replica's last entry.
+    CommitPastLog,
+    /// Entries not numbered from the anchor on, or newer than the message's term.
+    BadEntries,
+    /// An answer acknowledging entries this (leading) replica never had.
+    AckPastLog,
+    /// A `MsgTimeoutNow` not from the leader of this replica's term.
+    NotFromLeader,
+    /// A vote request inside a lease this replica may have granted before it restarted.
+    VoteInLease,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Misaddressed => "misaddressed",
+            Refusal::NotAMember => "sender is not a member of the group",
+            Refusal::LocalOnly => "local-only message type",
+            Refusal::CommitPastLog => "commit index past the local log",
+            Refusal::BadEntries => "entries do not follow their anchor",
+            Refusal::AckPastLog => "acknowledges entries past the local log",
+            Refusal::NotFromLeader => "leader transfer not from the current leader",
+            Refusal::VoteInLease => "vote request within a lease granted before a restart",
+        })
+    }
+}
+
+/// Decides whether `m`, received in a batch from node `from_node`, may be stepped into `g`.
+/// `votes_after`: before this instant the node refuses (pre-)votes that are not part of a
+/// leadership transfer (it restarted, and may have answered a leader's heartbeat just
+/// before: that answer promised not to vote for anyone else for an election timeout).
+pub(crate) fn admit(
+    g: &Group,
+    from_node: u64,
+    m: &Message,
+    now: Instant,
+    votes_after: Instant,
+) -> Result<(), Refusal> {
+    if cfg!(tessera_unfixed = "message_admission") {
+        return Ok(());
+    }
+    let r = &g.raw.raft;
+    let me = r.id;
+    if m.to != me || m.from == me || m.from == 0 || m.from != from_node {
+        return Err(Refusal::Misaddressed);
+    }
+    if !is_member(g, m.from) {
+        return Err(Refusal::NotAMember);
+    }
+    let last = r.raft_log.last_index();
+    match m.get_msg_type() {
+        MessageType::MsgHup
+        | MessageType::MsgBeat
+        | MessageType::MsgPropose
+        | MessageType::MsgUnreachable
+        | MessageType::MsgCheckQuorum
+        | MessageType::MsgTransferLeader
+        | MessageType::MsgReadIndex
+        | MessageType::MsgReadIndexResp => Err(Refusal::LocalOnly),
+        MessageType::MsgHeartbeat if m.commit > last && m.term >= r.term => {
+            Err(Refusal::CommitPastLog)
+        }
+        MessageType::MsgAppend => {
+            let anchored = m.entries.iter().enumerate().all(|(i, e)| {
+                m.index.checked_add(i as u64 + 1) == Some(e.index) && e.term <= m.term
+            });
+            if anchored && m.log_term <= m.term {
+                Ok(())
+            } else {
+                Err(Refusal::BadEntries)
+            }
+        }
+        MessageType::MsgAppendResponse if !m.reject && m.index > last && m.term == r.term => {
+            Err(Refusal::AckPastLog)
+        }
+        MessageType::MsgTimeoutNow if m.from != r.leader_id || m.term != r.term => {
+            Err(Refusal::NotFromLeader)
+        }
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            if now < votes_after
+                && m.context != raft::CAMPAIGN_TRANSFER
+                && !cfg!(tessera_unfixed = "restart_votes") =>
+        {
+            Err(Refusal::VoteInLease)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// In the configuration this replica knows (any half of it, learners included), or among
+/// the peers it was created with or last learned of.
+fn is_member(g: &Group, node: u64) -> bool {
+    let conf = g.raw.raft.prs().conf();
+    conf.voters().contains(node)
+        || conf.learners().contains(&node)
+        || conf.learners_next().contains(&node)
+        || g.spec.peers.iter().any(|p| p.node_id == node)
+}

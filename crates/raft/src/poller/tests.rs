@@ -1,0 +1,509 @@
+//! One real poller over a real shared log and real chunk files, its peers played by the
+//! test: every message they send is written here, so each case reaches exactly the
+//! interleaving it is about (a snapshot installed over acknowledged entries, a removal, a
+//! forged packet, a transfer, a restart) and a crash is a torn log batch (the `log::tear`
+//! fail point) followed by a reopen.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, Message, MessageType, Snapshot,
+};
+use tessera_engine::{ChunkStores, Log, LogOptions};
+use tessera_proto::control::{self, GroupSpec, PeerInfo};
+use tessera_proto::data::{ChunkAddr, Op, RaftBatch, Reply, Request};
+use tokio::sync::mpsc;
+
+use super::Poller;
+use crate::group::INIT_INDEX;
+use crate::{Event, FetchJob, NodeConfig, SnapshotFetcher, Transport};
+
+const ME: u64 = 1;
+const GROUP: u64 = 1;
+
+#[derive(Default)]
+struct Wire(Mutex<Vec<(u64, Message)>>);
+
+impl Transport for Wire {
+    fn send(&self, to: u64, batch: RaftBatch) {
+        let mut sent = self.0.lock().unwrap();
+        for (_, b) in batch.msgs {
+            sent.push((to, Message::parse_from_bytes(&b).unwrap()));
+        }
+    }
+    fn set_peer(&self, _: u64, _: &str) {}
+}
+
+/// Every copy succeeds at once (the chunk data is not what these cases are about).
+struct InstantCopy;
+
+impl SnapshotFetcher for InstantCopy {
+    fn fetch(&self, _: FetchJob, done: Box<dyn FnOnce(Result<(), crate::FetchError>) + Send>) {
+        done(Ok(()))
+    }
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    poller: Poller,
+    rx: mpsc::UnboundedReceiver<Event>,
+    wire: Arc<Wire>,
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+fn opts() -> LogOptions {
+    LogOptions {
+        segment_size: 1 << 20,
+    }
+}
+
+impl Node {
+    fn open(dir: tempfile::TempDir) -> Node {
+        let (log, recovered) = Log::open(&dir.path().join("log"), opts()).unwrap();
+        let chunks = Arc::new(ChunkStores::open(&dir.path().join("groups")).unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let wire = Arc::new(Wire::default());
+        let fatal = Arc::new(Mutex::new(None));
+        let f = fatal.clone();
+        let mut cfg = NodeConfig::new(ME, dir.path().to_path_buf());
+        cfg.min_free_bytes = 0;
+        // Leases of ten seconds: the test's own pace never lets one run out.
+        cfg.tick = Duration::from_secs(2);
+        let mut poller = Poller::new(
+            cfg,
+            log,
+            chunks,
+            wire.clone(),
+            Arc::new(InstantCopy),
+            tx,
+            Arc::new(move |m| *f.lock().unwrap() = Some(m)),
+        )
+        .unwrap();
+        poller.recover(recovered);
+        Node {
+            dir,
+            poller,
+            rx,
+            wire,
+            fatal,
+        }
+    }
+
+    /// A node hosting a new replica of a group of nodes 2, 1, 3 (node 2 listed first, so
+    /// this one does not campaign), its creation durable.
+    fn follower() -> Node {
+        let mut n = Node::open(tempfile::tempdir().unwrap());
+        n.poller.handle(Event::CreateGroup(spec(&[2, 1, 3])));
+        n.settle();
+        n
+    }
+
+    /// Runs rounds until the log has answered everything and nothing is left to do.
+    fn settle(&mut self) {
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(100) && !self.poller.stopped {
+            let mut busy = false;
+            while let Ok(ev) = self.rx.try_recv() {
+                self.poller.handle(ev);
+                busy = true;
+            }
+            if !self.poller.to_apply.is_empty() {
+                self.poller.apply_committed();
+                busy = true;
+            }
+            if !self.poller.dirty.is_empty() || !self.poller.pending_writes.is_empty() {
+                self.poller.process_readies();
+                busy = true;
+            }
+            if busy {
+                quiet_since = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: u64, msg: Message) {
+        let msgs = vec![(GROUP, Bytes::from(msg.write_to_bytes().unwrap()))];
+        self.poller.handle(Event::Raft(RaftBatch {
+            from_node: from,
+            msgs,
+        }));
+        self.settle();
+    }
+
+    fn take_sent(&self) -> Vec<(u64, Message)> {
+        std::mem::take(&mut *self.wire.0.lock().unwrap())
+    }
+
+    /// Stops the node as a crash would (nothing more reaches the log) and starts it again
+    /// from what its log and chunk files hold.
+    fn restart(self) -> Node {
+        let Node { dir, poller, .. } = self;
+        poller.log.shutdown();
+        drop(poller);
+        Node::open(dir)
+    }
+
+    fn last_index(&self) -> u64 {
+        self.poller.groups[&GROUP].raw.raft.raft_log.last_index()
+    }
+}
+
+fn spec(order: &[u64]) -> GroupSpec {
+    GroupSpec {
+        group_id: GROUP,
+        peers: order
+            .iter()
+            .map(|&n| PeerInfo {
+                node_id: n,
+                addr: format!("127.0.0.1:{}", 7500 + n),
+            })
+            .collect(),
+        joining: false,
+    }
+}
+
+fn msg(t: MessageType, from: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(t);
+    m.from = from;
+    m.to = ME;
+    m.term = term;
+    m
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        ..Default::default()
+    }
+}
+
+/// Node 2, leading term 6, sends entries `from..=to` after the group's first index.
+fn append(from: u64, to: u64, commit: u64) -> Message {
+    let mut m = msg(MessageType::MsgAppend, 2, 6);
+    m.index = from - 1;
+    m.log_term = if from - 1 == INIT_INDEX {
+        INIT_INDEX
+    } else {
+        6
+    };
+    m.commit = commit;
+    m.set_entries((from..=to).map(|i| entry(i, 6)).collect::<Vec<_>>().into());
+    m
+}
+
+fn acked(sent: &[(u64, Message)]) -> u64 {
+    sent.iter()
+        .filter(|(to, m)| {
+            *to == 2 && m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject
+        })
+        .map(|(_, m)| m.index)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Finding 1: a replica that acknowledged entries 6..=10 installs a snapshot at 20, and
+/// power fails part way through the install's log batch. Whatever prefix of the batch
+/// survives, the restarted replica still holds (or has applied) everything it
+/// acknowledged and is not quarantined; before the fix, the compaction mark at 20 could
+/// reach the disk first and replay forgot entries 6..=10 while the applied point stayed 5.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_crash_while_installing_a_snapshot_never_forgets_acknowledged_entries() {
+    let scenario = fail::FailScenario::setup();
+    for keep in 0..=7 {
+        let mut n = Node::follower();
+        n.deliver(2, append(INIT_INDEX + 1, 10, INIT_INDEX));
+        assert_eq!(
+            acked(&n.take_sent()),
+            10,
+            "the follower acknowledges 6..=10"
+        );
+
+        let mut snap = Snapshot {
+            data: control::encode(&spec(&[2, 1, 3])),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 6;
+        snap.mut_metadata().set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        });
+        let mut m = msg(MessageType::MsgSnapshot, 2, 6);
+        m.set_snapshot(snap);
+        fail::cfg("log::tear", &format!("return({keep})")).unwrap();
+        n.deliver(2, m);
+        fail::remove("log::tear");
+        assert!(
+            n.fatal.lock().unwrap().is_some(),
+            "the torn batch stops the node"
+        );
+
+        let n = n.restart();
+        assert!(
+            !n.poller.quarantined.contains(&GROUP),
+            "torn after {keep} records: the replica was quarantined"
+        );
+        let g = &n.poller.groups[&GROUP];
+        assert!(
+            g.applied >= 10 || n.last_index() >= 10,
+            "torn after {keep} records: applied {} and last index {} are below the \
+             acknowledged 10",
+            g.applied,
+            n.last_index()
+        );
+    }
+    scenario.teardown();
+}
+
+/// Finding 5: a replica applies the conf change that removes it. Its new membership must
+/// not reach the log after its tombstone, or replay brings the group back with a default
+/// hard state (its term and vote forgotten: it could vote twice in a term).
+#[test]
+fn a_removed_replica_stays_removed_after_a_restart() {
+    let mut n = Node::follower();
+    let mut cc = ConfChangeV2::default();
+    let mut c = ConfChangeSingle::default();
+    c.set_change_type(ConfChangeType::RemoveNode);
+    c.node_id = ME;
+    cc.mut_changes().push(c);
+    cc.set_transition(ConfChangeTransition::Auto);
+    let mut e = entry(INIT_INDEX + 1, 6);
+    e.set_entry_type(EntryType::EntryConfChangeV2);
+    e.data = Bytes::from(cc.write_to_bytes().unwrap());
+    let mut m = append(INIT_INDEX + 1, INIT_INDEX + 1, INIT_INDEX + 1);
+    m.set_entries(vec![e].into());
+    n.deliver(2, m);
+    assert!(
+        !n.poller.groups.contains_key(&GROUP),
+        "the replica applied its removal and was destroyed"
+    );
+
+    let n = n.restart();
+    assert!(
+        !n.poller.groups.contains_key(&GROUP) && !n.poller.quarantined.contains(&GROUP),
+        "a destroyed replica came back from the log"
+    );
+}
+
+/// Finding 7: a forged heartbeat (a stranger's node id, a huge term and commit index)
+/// and one from a member committing past this replica's log are refused and counted; the
+/// node keeps serving, and a later honest message still works.
+#[test]
+fn forged_or_impossible_raft_messages_are_refused_and_the_node_keeps_serving() {
+    let mut n = Node::follower();
+    let before = crate::metrics::REFUSED_MESSAGES.get();
+    let mut stranger = msg(MessageType::MsgHeartbeat, 99, 1 << 40);
+    stranger.commit = 1 << 50;
+    n.deliver(99, stranger);
+    let mut past_log = msg(MessageType::MsgHeartbeat, 2, 6);
+    past_log.commit = 1_000;
+    n.deliver(2, past_log);
+    let mut campaign = msg(MessageType::MsgHup, 2, 0);
+    campaign.to = ME;
+    n.deliver(2, campaign);
+    let mut gap = append(INIT_INDEX + 1, INIT_INDEX + 2, INIT_INDEX);
+    gap.mut_entries()[1].index = 100;
+    n.deliver(2, gap);
+    assert!(crate::metrics::REFUSED_MESSAGES.get() >= before + 4);
+    assert!(n.fatal.lock().unwrap().is_none() && !n.poller.stopped);
+    let g = &n.poller.groups[&GROUP];
+    assert_eq!(
+        g.raw.raft.term, INIT_INDEX,
+        "no refused message moved the term"
+    );
+    assert_eq!(g.raw.raft.state, raft::StateRole::Follower);
+
+    n.deliver(2, append(INIT_INDEX + 1, 8, INIT_INDEX));
+    assert_eq!(
+        acked(&n.take_sent()),
+        8,
+        "an honest leader is still followed"
+    );
+}
+
+/// Finding 2 (restart): a follower may have answered a leader's heartbeat just before it
+/// restarted, promising to vote for no one else for an election timeout. For that long
+/// after it starts it grants no vote (a transfer's forced campaign aside).
+#[test]
+fn a_restarted_follower_does_not_vote_inside_a_lease_it_may_have_granted() {
+    let n = Node::follower();
+    let mut n = n.restart();
+    n.take_sent();
+    let mut vote = msg(MessageType::MsgRequestVote, 3, 7);
+    vote.index = 100;
+    vote.log_term = 6;
+    n.deliver(3, vote.clone());
+    let granted = |sent: &[(u64, Message)]| {
+        sent.iter()
+            .any(|(_, m)| m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject)
+    };
+    assert!(!granted(&n.take_sent()), "voted right after a restart");
+    // Once an election timeout has passed, it votes as usual.
+    n.poller.votes_after = Instant::now();
+    n.deliver(3, vote);
+    assert!(
+        granted(&n.take_sent()),
+        "a vote after the lease was refused"
+    );
+}
+
+fn read() -> Request {
+    Request {
+        op: Op::Read,
+        addr: ChunkAddr {
+            group: GROUP,
+            volume: 1,
+            chunk: 0,
+        },
+        epoch: 0,
+        offset: 0,
+        len: 4096,
+        data: Bytes::new(),
+    }
+}
+
+/// Makes node 1 the leader of term 6 (nodes 2 and 3 vote for it and acknowledge its
+/// entries), with fresh heartbeat answers from both.
+fn leader() -> Node {
+    let mut n = Node::open(tempfile::tempdir().unwrap());
+    n.poller.votes_after = Instant::now();
+    n.poller.handle(Event::CreateGroup(spec(&[1, 2, 3])));
+    n.settle();
+    for _ in 0..2 {
+        // Pre-vote, then vote.
+        for (to, m) in n.take_sent() {
+            let t = match m.get_msg_type() {
+                MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
+                MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+                _ => continue,
+            };
+            n.deliver(to, msg(t, to, m.term));
+        }
+    }
+    assert!(n.poller.groups[&GROUP].is_leader(), "node 1 leads");
+    // Acknowledge the leader's first entry, then answer a heartbeat round.
+    for (to, m) in n.take_sent() {
+        if m.get_msg_type() == MessageType::MsgAppend {
+            let mut r = msg(MessageType::MsgAppendResponse, to, m.term);
+            r.index = m.index + m.entries.len() as u64;
+            n.deliver(to, r);
+        }
+    }
+    heartbeat_round(&mut n);
+    n
+}
+
+/// Sends a heartbeat round and has nodes 2 and 3 answer it.
+fn heartbeat_round(n: &mut Node) {
+    n.poller.groups.get_mut(&GROUP).unwrap().raw.ping();
+    n.poller.dirty.insert(GROUP);
+    n.settle();
+    for (to, m) in n.take_sent() {
+        if m.get_msg_type() == MessageType::MsgHeartbeat {
+            let mut r = msg(MessageType::MsgHeartbeatResponse, to, m.term);
+            r.context = m.context.clone();
+            n.deliver(to, r);
+        }
+    }
+}
+
+fn submit_read(n: &mut Node) -> Arc<Mutex<Option<Reply>>> {
+    let got = Arc::new(Mutex::new(None));
+    let g2 = got.clone();
+    n.poller.handle(Event::Request(
+        read(),
+        Box::new(move |r| *g2.lock().unwrap() = Some(r)),
+        Instant::now(),
+    ));
+    n.settle();
+    got
+}
+
+/// Finding 2 (transfer): once a leader starts handing leadership over, its lease is void
+/// for the rest of its term: the transferee's forced campaign wins votes inside any lease
+/// the followers granted, and may win after the transfer was given up here. A read then
+/// needs a heartbeat round sent after it arrived (ReadIndex), not the lease.
+#[test]
+fn a_leader_transferring_leadership_serves_no_read_from_its_lease() {
+    let mut n = leader();
+    let got = submit_read(&mut n);
+    assert!(
+        matches!(*got.lock().unwrap(), Some(Reply::Ok(_))),
+        "a read under a fresh lease is served at once"
+    );
+
+    let answered = Arc::new(Mutex::new(false));
+    let a2 = answered.clone();
+    n.poller.handle(Event::TransferLeader {
+        group: GROUP,
+        to: 2,
+        respond: Box::new(move |_| *a2.lock().unwrap() = true),
+    });
+    n.settle();
+    assert!(*answered.lock().unwrap());
+    let got = submit_read(&mut n);
+    assert!(
+        got.lock().unwrap().is_none(),
+        "a read was served from the lease while a transfer was pending"
+    );
+    // The transfer is given up (node 2 never answered); the lease stays void this term.
+    let g = n.poller.groups.get_mut(&GROUP).unwrap();
+    g.raw.raft.abort_leader_transfer();
+    let got2 = submit_read(&mut n);
+    assert!(
+        got2.lock().unwrap().is_none(),
+        "a read was served from a voided lease"
+    );
+    // A heartbeat round sent after the reads arrived confirms the leadership: both are served.
+    heartbeat_round(&mut n);
+    assert!(matches!(*got.lock().unwrap(), Some(Reply::Ok(_))));
+    assert!(matches!(*got2.lock().unwrap(), Some(Reply::Ok(_))));
+}
+
+/// Finding 2 (joint consensus): a lease needs a majority of each configuration. Voters
+/// {1, 2, 3} joining from {1, 4, 5}: answers from 2 and 3 make three of five, but only one
+/// of the outgoing three.
+#[test]
+fn a_lease_in_a_joint_configuration_needs_a_majority_of_each_half() {
+    let mut n = Node::open(tempfile::tempdir().unwrap());
+    let dir = n.dir.path().to_path_buf();
+    let chunks = ChunkStores::open(&dir.join("g"))
+        .unwrap()
+        .get(GROUP)
+        .unwrap();
+    let init = crate::group::GroupInit {
+        spec: spec(&[1, 2, 3, 4, 5]),
+        conf: Some((
+            INIT_INDEX,
+            ConfState {
+                voters: vec![1, 2, 3],
+                voters_outgoing: vec![1, 4, 5],
+                ..Default::default()
+            },
+        )),
+        chunks,
+        hard_state: Default::default(),
+        applied: (INIT_INDEX, INIT_INDEX),
+        entries: Vec::new(),
+    };
+    let mut g = crate::group::Group::new(ME, 10, Duration::from_secs(1), init).unwrap();
+    let now = Instant::now();
+    g.note_contact(2, now);
+    g.note_contact(3, now);
+    assert!(
+        !g.quorum_heard_since(now, true),
+        "the outgoing half has not answered"
+    );
+    g.note_contact(4, now);
+    assert!(g.quorum_heard_since(now, true));
+    n.poller.stopped = true;
+}
