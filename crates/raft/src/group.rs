@@ -100,6 +100,8 @@ pub(crate) struct Group {
     /// followers grant inside any lease they gave, and the `MsgTimeoutNow` that starts it
     /// may arrive at any time after it was sent, even after the transfer was abandoned here.
     pub(crate) lease_void_term: u64,
+    /// Reads wait for a heartbeat round: the poller sends one with this round's messages.
+    pub(crate) ping_due: bool,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -230,8 +232,14 @@ impl Group {
         match ents.first() {
             // The log kept a tail below the applied index (for lagging peers: see
             // `compactable`): keep it, its first entry standing in for the compaction point.
+            // Only if the entry at the applied index is the real one (its term, and not the
+            // empty marker a snapshot install leaves there): then, by log matching, so is
+            // every entry before it. Dropping the tail is always safe.
             Some(first)
-                if first.index <= applied && ents.last().is_some_and(|l| l.index >= applied) =>
+                if first.index <= applied
+                    && ents.iter().any(|e| {
+                        e.index == applied && e.term == applied_term && !e.data.is_empty()
+                    }) =>
             {
                 mem.compacted_index = first.index;
                 mem.compacted_term = first.term;
@@ -283,6 +291,7 @@ impl Group {
             contact: std::collections::HashMap::new(),
             lease,
             lease_void_term: 0,
+            ping_due: false,
         })
     }
 
@@ -358,9 +367,13 @@ impl Group {
         !cs.voters.is_empty() && majority(&cs.voters) && majority(&cs.voters_outgoing)
     }
 
-    /// Marks the lease void for this term: a transfer is being started.
-    pub(crate) fn void_lease(&mut self) {
-        self.lease_void_term = self.raw.raft.term;
+    /// Asks raft-rs to hand leadership to `to`; if it started a transfer (it ignores one to
+    /// a learner or a stranger), the lease is void for the rest of this term.
+    pub(crate) fn start_transfer(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+        if self.raw.raft.lead_transferee == Some(to) {
+            self.lease_void_term = self.raw.raft.term;
+        }
     }
 
     /// Whether re-applying the log tail found at start is over (or that tail was replaced).
@@ -410,8 +423,9 @@ impl Group {
             let confirm_after = if self.lease_valid(now) {
                 None
             } else {
-                // No lease: confirm leadership with a round of heartbeats sent from now on.
-                self.raw.ping();
+                // No lease: confirm leadership with a round of heartbeats sent from now on
+                // (one round for every read that arrives before it goes out).
+                self.ping_due = true;
                 Some(now)
             };
             if confirm_after.is_none() && self.applied >= index && self.reads.is_empty() {

@@ -266,8 +266,7 @@ impl Group {
                     to,
                     "leaving the group: transferring leadership"
                 );
-                self.void_lease();
-                self.raw.transfer_leader(to);
+                self.start_transfer(to);
                 return Err(to);
             }
             return Ok(state);
@@ -297,8 +296,7 @@ impl Group {
             return Err(self.raw.raft.leader_id);
         }
         if to != self.raw.raft.id {
-            self.void_lease();
-            self.raw.transfer_leader(to);
+            self.start_transfer(to);
         }
         Ok(())
     }

@@ -55,6 +55,12 @@ pub(crate) struct Poller {
     quarantined: HashSet<u64>,
     /// Replicas being destroyed (log tombstone, then files): not re-created meanwhile.
     destroying: HashSet<u64>,
+    /// Groups with a snapshot copy in flight: it writes into the replica's files until it
+    /// answers, so a destroyed replica's files go (and the group may be hosted anew) only
+    /// after that.
+    copying: HashSet<u64>,
+    /// Destroyed replicas whose files wait for their copy to answer.
+    remove_after_copy: HashSet<u64>,
     dirty: HashSet<u64>,
     /// Groups with committed entries to apply: applied at the start of the next round,
     /// once the network tasks have sent this round's answers and messages.
@@ -153,6 +159,8 @@ impl Poller {
             groups: HashMap::new(),
             quarantined: HashSet::new(),
             destroying: HashSet::new(),
+            copying: HashSet::new(),
+            remove_after_copy: HashSet::new(),
             dirty: HashSet::new(),
             to_apply: Vec::new(),
             pending_writes: Vec::new(),
@@ -460,6 +468,7 @@ impl Poller {
                             );
                             let tx = self.tx.clone();
                             let msg = Box::new(msg);
+                            self.copying.insert(gid);
                             self.fetcher.fetch(
                                 job,
                                 Box::new(move |result| {
@@ -488,7 +497,12 @@ impl Poller {
                 }
             }
             Event::SnapshotFetched { group, msg, result } => {
+                self.copying.remove(&group);
                 let Some(g) = self.groups.get_mut(&group) else {
+                    // The replica was destroyed during the copy: its files can go now.
+                    if self.remove_after_copy.remove(&group) {
+                        let _ = self.tx.send(Event::Destroyed(group));
+                    }
                     return;
                 };
                 g.fetching = false;
@@ -563,6 +577,10 @@ impl Poller {
                 self.destroy_group(gid)
             }
             Event::Destroyed(gid) => {
+                if self.copying.contains(&gid) {
+                    self.remove_after_copy.insert(gid);
+                    return;
+                }
                 let chunks = self.chunks.clone();
                 let tx = self.tx.clone();
                 // Deleting a large replica's files takes a while: not on this task.
@@ -615,8 +633,14 @@ impl Poller {
                 self.flushing = false;
                 for (gid, index, term) in list {
                     // Not for a replica destroyed meanwhile (it would reappear in the log),
-                    // nor behind a snapshot installed meanwhile (the applied point moved on).
-                    if self.groups.get(&gid).is_none_or(|g| index < g.flushed) {
+                    // nor behind a snapshot installed meanwhile (the applied point moved on),
+                    // nor past what this replica applied (a replica destroyed and hosted
+                    // anew since the flush started).
+                    if self
+                        .groups
+                        .get(&gid)
+                        .is_none_or(|g| index < g.flushed || index > g.applied)
+                    {
                         continue;
                     }
                     self.pending_writes.push(GroupWrite {
@@ -834,6 +858,9 @@ impl Poller {
                 continue;
             };
             self.to_apply.push(gid);
+            if std::mem::take(&mut g.ping_due) && g.is_leader() {
+                g.raw.ping();
+            }
             if !g.raw.has_ready() {
                 continue;
             }

@@ -507,3 +507,36 @@ fn a_lease_in_a_joint_configuration_needs_a_majority_of_each_half() {
     assert!(g.quorum_heard_since(now, true));
     n.poller.stopped = true;
 }
+
+/// A crash after a snapshot install at 20 was durable but before its compaction mark was:
+/// replay finds an older tail reaching 19 (possibly an uncommitted one of an old term)
+/// followed by the install's empty marker at 20. The replica must not keep that tail (it
+/// could send it to a lagging follower as if it were the committed log), nor treat the
+/// marker as the real entry 20.
+#[test]
+fn a_log_tail_below_an_installed_snapshot_is_not_kept_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = ChunkStores::open(dir.path()).unwrap().get(GROUP).unwrap();
+    let mut entries: Vec<Entry> = (15..20)
+        .map(|i| Entry {
+            data: Bytes::from_static(b"old"),
+            ..entry(i, 5)
+        })
+        .collect();
+    entries.push(entry(20, 6));
+    let init = crate::group::GroupInit {
+        spec: spec(&[2, 1, 3]),
+        conf: None,
+        chunks,
+        hard_state: Default::default(),
+        applied: (20, 6),
+        entries,
+    };
+    let g = crate::group::Group::new(ME, 10, Duration::from_secs(1), init).unwrap();
+    let mem = g.mem();
+    assert_eq!(
+        (mem.compacted_index, mem.compacted_term, mem.last_index()),
+        (20, 6, 20),
+        "the tail below the snapshot was kept"
+    );
+}
