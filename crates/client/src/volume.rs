@@ -236,6 +236,8 @@ impl Volume {
     /// One piece, with retries of everything transient until [`RETRY_FOR`] has passed.
     async fn piece(&self, op: Op, p: Piece, data: Bytes) -> Result<Bytes> {
         let deadline = Instant::now() + RETRY_FOR;
+        // One id for every attempt: a retry must never take effect a second time.
+        let id = if op == Op::Read { 0 } else { request_id() };
         let mut backoff = Duration::from_millis(5);
         let mut attempt = 0usize;
         let mut refresh = false;
@@ -282,6 +284,7 @@ impl Volume {
                     chunk: p.chunk,
                 },
                 epoch: 0,
+                id,
                 offset: p.offset,
                 len: p.len,
                 data: data.clone(),
@@ -348,6 +351,25 @@ impl Volume {
         }
         Reply::decode(&f.body).map_err(|e| Error::Io(format!("bad reply from {addr}: {e}")))
     }
+}
+
+/// A new request id: this process's random identity in the high half, a count in the low.
+fn request_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    static CLIENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(1);
+    let client = *CLIENT.get_or_init(|| {
+        // SipHash keyed from the OS's random source, over the pid and the time.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish() | 1
+    });
+    (client as u128) << 64 | COUNT.fetch_add(1, Ordering::Relaxed) as u128
 }
 
 #[cfg(test)]

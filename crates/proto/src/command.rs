@@ -1,8 +1,10 @@
 //! Commands replicated through a replica group's Raft log and applied to its chunks.
 //!
 //! ```text
-//! op u8 | volume u64 | chunk u64 | offset u32 | len u32 | data (Write only)
+//! op u8 | volume u64 | chunk u64 | offset u32 | len u32 | [id u128] | data (Write only)
 //! ```
+//! `id` (the client's request id, see `data::Request::id`) is present when the op byte has
+//! its high bit set; commands written before it existed have none (id 0).
 //! These bytes are stored in every replica's log and re-read at recovery, so the decoder
 //! treats them as untrusted. An empty entry (Raft's no-op on election) is not a command.
 
@@ -11,6 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::{DecodeError, Reader};
 
 const HEADER: usize = 25;
+const HAS_ID: u8 = 0x80;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -32,24 +35,31 @@ pub struct Command {
     pub chunk: u64,
     pub offset: u32,
     pub len: u32,
+    /// The client's request id (0: none).
+    pub id: u128,
     pub data: Bytes,
 }
 
 impl Command {
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(HEADER + self.data.len());
-        b.put_u8(self.op as u8);
+        let mut b = BytesMut::with_capacity(HEADER + 16 + self.data.len());
+        let flag = if self.id != 0 { HAS_ID } else { 0 };
+        b.put_u8(self.op as u8 | flag);
         b.put_u64_le(self.volume);
         b.put_u64_le(self.chunk);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
+        if self.id != 0 {
+            b.put_u128_le(self.id);
+        }
         b.extend_from_slice(&self.data);
         b.freeze()
     }
 
     pub fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        let op = match r.u8()? {
+        let first = r.u8()?;
+        let op = match first & !HAS_ID {
             1 => CmdOp::Write,
             2 => CmdOp::WriteZeroes,
             3 => CmdOp::Discard,
@@ -63,6 +73,11 @@ impl Command {
         if offset.checked_add(len).is_none() {
             return Err(DecodeError::Invalid("command range overflows".into()));
         }
+        let (id, header) = if first & HAS_ID != 0 {
+            (r.u64()? as u128 | (r.u64()? as u128) << 64, HEADER + 16)
+        } else {
+            (0, HEADER)
+        };
         let data = if op == CmdOp::Write {
             if r.remaining() != len as usize {
                 return Err(DecodeError::Invalid(format!(
@@ -70,7 +85,7 @@ impl Command {
                     r.remaining()
                 )));
             }
-            bytes.slice(HEADER..)
+            bytes.slice(header..)
         } else {
             Bytes::new()
         };
@@ -80,8 +95,21 @@ impl Command {
             chunk,
             offset,
             len,
+            id,
             data,
         })
+    }
+
+    /// The request id of an encoded command, without decoding the rest (0: none, or not a
+    /// command).
+    pub fn peek_id(bytes: &[u8]) -> u128 {
+        match bytes.first() {
+            Some(op) if op & HAS_ID != 0 => bytes
+                .get(HEADER..HEADER + 16)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u128::from_le_bytes),
+            _ => 0,
+        }
     }
 }
 
@@ -97,12 +125,17 @@ mod tests {
             chunk: 2,
             offset: 3,
             len: 4,
+            id: 0,
             data: Bytes::from_static(b"abcd"),
         };
-        let enc = c.encode();
-        assert_eq!(Command::decode(&enc).unwrap(), c);
-        for n in 0..enc.len() {
-            assert!(Command::decode(&enc.slice(..n)).is_err());
+        for id in [0, 0xfeed_beef, u128::MAX - 3] {
+            let c = Command { id, ..c.clone() };
+            let enc = c.encode();
+            assert_eq!(Command::decode(&enc).unwrap(), c);
+            assert_eq!(Command::peek_id(&enc), id);
+            for n in 0..enc.len() {
+                assert!(Command::decode(&enc.slice(..n)).is_err());
+            }
         }
     }
 }

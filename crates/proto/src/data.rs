@@ -4,8 +4,11 @@
 //! chunk boundary (the client splits). Layout of every request body (little-endian):
 //!
 //! ```text
-//! group u64 | volume u64 | chunk u64 | epoch u64 | offset u32 | len u32 | data (Write only)
+//! group u64 | volume u64 | chunk u64 | epoch u64 | id u128 | offset u32 | len u32 | data (Write only)
 //! ```
+//! `id` names one logical request across its retries (0: none): a leader that finds the
+//! id already in its log or recently applied answers with that entry's outcome instead of
+//! proposing it again (see [`Request::id`]).
 //! `offset` is relative to the chunk start. A reply body is `status u8` followed by the
 //! payload for `Ok` (read data, empty otherwise), the leader hint `u64` for `NotLeader`, or
 //! a UTF-8 message for every other status.
@@ -17,7 +20,7 @@ use crate::{DecodeError, Reader};
 
 /// Largest single data-plane request payload. Clients split larger I/O.
 pub const MAX_IO: u32 = 4 << 20;
-const REQ_HEADER: usize = 40;
+const REQ_HEADER: usize = 56;
 
 /// Which chunk a request touches, and in which replica group it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +52,13 @@ pub struct Request {
     pub addr: ChunkAddr,
     /// Writer fencing epoch (0: unfenced).
     pub epoch: u64,
+    /// The same for every retry of one write, zeroes or discard, unique otherwise (0: none).
+    /// A retry must never be applied a second time: if the first attempt's entry committed
+    /// (its answer was lost, or the leader changed before it could answer), a second entry
+    /// committing after newer writes to the same range would undo them. A client's random
+    /// 64-bit identity in the high half and its request count in the low half, so ids of
+    /// different clients never meet (as 64 random bits per request would, at scale).
+    pub id: u128,
     pub offset: u32,
     pub len: u32,
     /// The data of a write; empty for every other op.
@@ -61,6 +71,7 @@ impl Request {
             op: Op::Write,
             addr,
             epoch: 0,
+            id: 0,
             offset,
             len: data.len() as u32,
             data,
@@ -72,6 +83,7 @@ impl Request {
             op,
             addr,
             epoch: 0,
+            id: 0,
             offset,
             len,
             data: Bytes::new(),
@@ -98,6 +110,7 @@ impl Request {
         b.put_u64_le(self.addr.volume);
         b.put_u64_le(self.addr.chunk);
         b.put_u64_le(self.epoch);
+        b.put_u128_le(self.id);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
         (b.freeze(), self.data.clone())
@@ -128,6 +141,7 @@ impl Request {
             chunk: r.u64()?,
         };
         let epoch = r.u64()?;
+        let id = r.u64()? as u128 | (r.u64()? as u128) << 64;
         let offset = r.u32()?;
         let len = r.u32()?;
         if len > MAX_IO {
@@ -159,6 +173,7 @@ impl Request {
             op,
             addr,
             epoch,
+            id,
             offset,
             len,
             data,

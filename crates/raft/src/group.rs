@@ -18,6 +18,7 @@ use tessera_proto::control::{GroupSpec, GroupState, Role};
 use tessera_proto::data::{Op, Reply, Request};
 
 use crate::Respond;
+use crate::dedup::{Dedup, Seen};
 use crate::store::{GroupStorage, MemLog};
 
 /// Per-group values kept in the shared log's slots.
@@ -102,6 +103,8 @@ pub(crate) struct Group {
     pub(crate) lease_void_term: u64,
     /// Reads wait for a heartbeat round: the poller sends one with this round's messages.
     pub(crate) ping_due: bool,
+    /// Request ids in the log and recently applied: a retry is never proposed twice.
+    pub(crate) dedup: Dedup,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -250,6 +253,10 @@ impl Group {
                 mem.append(&newer);
             }
         }
+        let mut dedup = Dedup::default();
+        for e in &mem.entries {
+            dedup.logged(Command::peek_id(&e.data), e.index);
+        }
         let mut hs = init.hard_state;
         // The commit index is persisted lazily; never let it fall behind what was applied
         // or run past the log we actually have.
@@ -292,6 +299,7 @@ impl Group {
             lease,
             lease_void_term: 0,
             ping_due: false,
+            dedup,
         })
     }
 
@@ -459,15 +467,75 @@ impl Group {
                 return;
             }
         };
+        if !cfg!(tessera_unfixed = "retry_dedup") {
+            match self.retry_outcome(req.id) {
+                None => {}
+                Some(None) => return respond(Reply::Ok(Bytes::new())),
+                Some(Some((index, term))) => {
+                    // Answered with the first attempt's entry, in index order.
+                    let at = self.proposals.partition_point(|p| p.index <= index);
+                    self.proposals.insert(
+                        at,
+                        Proposal {
+                            index,
+                            term,
+                            respond,
+                            proposed: Instant::now(),
+                        },
+                    );
+                    return;
+                }
+            }
+        }
         let cmd = Command {
             op,
             volume: req.addr.volume,
             chunk: req.addr.chunk,
             offset: req.offset,
             len: req.len,
+            id: req.id,
             data: req.data,
         };
+        let id = req.id;
         self.propose(cmd.encode(), respond);
+        if let Some(p) = self.proposals.back() {
+            self.dedup.logged(id, p.index);
+        }
+    }
+
+    /// Whether request `id` was seen before (see `dedup.rs`): `None` if not (propose it);
+    /// `Some(None)` if its entry is committed (answer `Ok`); `Some(Some((index, term)))` if
+    /// its entry is in this leader's log, not yet committed (answer with that entry).
+    fn retry_outcome(&mut self, id: u128) -> Option<Option<(u64, u64)>> {
+        let index = match self.dedup.lookup(id) {
+            Seen::Never => return None,
+            Seen::Applied => return Some(None),
+            Seen::InLog(index) => index,
+        };
+        let log = &self.raw.raft.raft_log;
+        let entry = log
+            .slice(
+                index,
+                index + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        match entry {
+            Some(e) if Command::peek_id(&e.data) == id => {
+                if index <= log.committed {
+                    Some(None)
+                } else {
+                    Some(Some((index, e.term)))
+                }
+            }
+            _ => {
+                // Overwritten by another leader's entry: the first attempt never commits.
+                self.dedup.drop_logged(id);
+                None
+            }
+        }
     }
 
     pub(crate) fn propose(&mut self, data: Bytes, respond: Respond) {
@@ -497,7 +565,8 @@ impl Group {
 
     /// Leadership was lost: nothing pending here can be answered by this node any more.
     /// A write answered this way may still commit under the new leader; the client retries
-    /// it there, and writes of the same bytes to the same place are idempotent.
+    /// it there with the same request id, which that leader finds in its log (or among the
+    /// ids it applied) rather than propose it a second time (see `dedup.rs`).
     pub(crate) fn fail_pending(&mut self) {
         // Answers to an old term's heartbeats must not make a lease in a later one.
         self.contact.clear();
@@ -591,6 +660,7 @@ impl Group {
                 Ok(()) => {}
             }
             let (index, term) = (e.index, e.term);
+            self.dedup.applied(Command::peek_id(&e.data), started);
             self.to_apply.pop_front();
             self.applied = index;
             self.applied_term = term;

@@ -359,6 +359,7 @@ impl Group {
         spec.peers.retain(|p| members.contains(&p.node_id));
         self.fail_pending();
         self.drop_unapplied();
+        self.dedup.forget_log_upto(index);
         {
             let mut mem = self.store.lock();
             mem.entries.clear();

@@ -682,6 +682,7 @@ impl Poller {
                             chunk,
                             offset: 0,
                             len: 0,
+                            id: 0,
                             data: Bytes::new(),
                         };
                         let r: crate::Respond = match respond.take() {
@@ -888,6 +889,9 @@ impl Poller {
             }
             g.queue_committed(rd.take_committed_entries());
             if !rd.entries().is_empty() {
+                for e in rd.entries() {
+                    g.dedup.logged(Command::peek_id(&e.data), e.index);
+                }
                 g.mem().append(rd.entries());
                 gw.entries.extend(rd.entries().iter().map(to_log_entry));
             }

@@ -365,6 +365,7 @@ fn read() -> Request {
             chunk: 0,
         },
         epoch: 0,
+        id: 0,
         offset: 0,
         len: 4096,
         data: Bytes::new(),
@@ -539,4 +540,67 @@ fn a_log_tail_below_an_installed_snapshot_is_not_kept_after_a_crash() {
         (20, 6, 20),
         "the tail below the snapshot was kept"
     );
+}
+
+fn submit(n: &mut Node, req: Request) -> Arc<Mutex<Option<Reply>>> {
+    let got = Arc::new(Mutex::new(None));
+    let g2 = got.clone();
+    n.poller.handle(Event::Request(
+        req,
+        Box::new(move |r| *g2.lock().unwrap() = Some(r)),
+        Instant::now(),
+    ));
+    n.settle();
+    got
+}
+
+fn write(id: u128, byte: u8) -> Request {
+    let mut r = Request::write(read().addr, 0, Bytes::from(vec![byte; 4096]));
+    r.id = id;
+    r
+}
+
+/// Nodes 2 and 3 acknowledge everything the leader sent them.
+fn ack_appends(n: &mut Node) {
+    for (to, m) in n.take_sent() {
+        if m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty() {
+            let mut r = msg(MessageType::MsgAppendResponse, to, m.term);
+            r.index = m.index + m.entries.len() as u64;
+            n.deliver(to, r);
+        }
+    }
+}
+
+fn ok(r: &Arc<Mutex<Option<Reply>>>) -> bool {
+    matches!(*r.lock().unwrap(), Some(Reply::Ok(_)))
+}
+
+/// A retry of write A (same request id) arriving after a newer write B to the same block
+/// must not become a second entry: committed after B, it would undo B, an acknowledged
+/// write (the nemesis test found this: a leader change answers A `NotLeader` while A still
+/// commits, and the client retries A). The retry is answered with A's own entry, before
+/// and after A committed.
+#[test]
+fn a_retried_write_takes_effect_once_and_never_after_a_newer_write() {
+    let mut n = leader();
+    let a = submit(&mut n, write(0xA, 0xaa));
+    let b = submit(&mut n, write(0xB, 0xbb));
+    let last = n.last_index();
+    let a_again = submit(&mut n, write(0xA, 0xaa));
+    assert_eq!(
+        n.last_index(),
+        last,
+        "the retry of A was proposed again, after B"
+    );
+    ack_appends(&mut n);
+    assert!(ok(&a) && ok(&b) && ok(&a_again), "all three answered Ok");
+    // Long after A was applied, one more retry is still answered without a new entry.
+    let a_late = submit(&mut n, write(0xA, 0xaa));
+    assert!(ok(&a_late));
+    assert_eq!(n.last_index(), last);
+    let got = submit_read(&mut n);
+    match &*got.lock().unwrap() {
+        Some(Reply::Ok(data)) => assert!(data.iter().all(|&x| x == 0xbb), "B was undone"),
+        other => panic!("read: {other:?}"),
+    };
 }
