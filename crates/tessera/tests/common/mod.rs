@@ -630,3 +630,142 @@ impl Drop for HaCluster {
         }
     }
 }
+
+// ---- Process control for nemesis tests (tests/nemesis.rs) ----
+
+/// Sends `signal` (a name for kill(1): `STOP`, `CONT`) to a child process. SIGSTOP freezes
+/// it exactly where it is: sockets stay open, nothing answers, as in a long GC pause or a
+/// hung disk.
+pub fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .stdin(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{signal} {} failed", child.id());
+}
+
+impl HaCluster {
+    /// SIGKILL of storage node `i` (a position in `nodes`).
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.child = Some(spawn(
+            &["storage", "--config", n.config.to_str().expect("utf8")],
+            &n.log,
+        ));
+    }
+
+    /// SIGSTOP of storage node `i`; [`HaCluster::resume_node`] undoes it.
+    pub fn pause_node(&self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            signal(c, "STOP");
+        }
+    }
+
+    pub fn resume_node(&self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            signal(c, "CONT");
+        }
+    }
+
+    /// The position in `nodes` of the node the manager calls `node_id` (matched by address).
+    pub fn node_index(&self, status: &ClusterStatus, node_id: u64) -> Option<usize> {
+        let addr = &status.nodes.iter().find(|n| n.node_id == node_id)?.addr;
+        self.nodes.iter().position(|n| &n.addr == addr)
+    }
+}
+
+/// A `tessera nbd` gateway process given every manager, killed on drop.
+pub struct GatewayProc {
+    pub port: u16,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    managers: String,
+}
+
+impl GatewayProc {
+    /// Starts a gateway on a free port and waits until it greets NBD clients.
+    pub fn start(managers: &[String], log: PathBuf) -> GatewayProc {
+        let mut g = GatewayProc {
+            port: free_port(),
+            log,
+            child: None,
+            managers: managers.join(","),
+        };
+        g.spawn();
+        g
+    }
+
+    /// Starts the process on `self.port`, or on a new port if that one cannot be had
+    /// (`free_port()` is racy), and waits for the NBD greeting.
+    pub fn spawn(&mut self) {
+        use std::io::Read;
+        for _ in 0..5 {
+            let listen = format!("127.0.0.1:{}", self.port);
+            let mut child = spawn(
+                &["--manager", &self.managers, "nbd", "--listen", &listen],
+                &self.log,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!("nbd gateway exited at start ({status}); retrying on a new port");
+                    self.port = free_port();
+                    break;
+                }
+                if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut g = [0u8; 18];
+                    if s.read_exact(&mut g).is_ok()
+                        && g[..8] == 0x4e42_444d_4147_4943u64.to_be_bytes()
+                        && matches!(child.try_wait(), Ok(None))
+                    {
+                        // Client flags, then NBD_OPT_ABORT: a polite goodbye.
+                        use std::io::Write;
+                        let mut bye = 3u32.to_be_bytes().to_vec();
+                        bye.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes());
+                        bye.extend_from_slice(&2u32.to_be_bytes());
+                        bye.extend_from_slice(&0u32.to_be_bytes());
+                        let _ = s.write_all(&bye);
+                        self.child = Some(child);
+                        return;
+                    }
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("nbd gateway not listening in 30s: {}", self.log.display());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("nbd gateway keeps exiting at start: {}", self.log.display());
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
