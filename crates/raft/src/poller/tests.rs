@@ -105,7 +105,18 @@ impl Node {
     /// Runs rounds until the log has answered everything and nothing is left to do.
     fn settle(&mut self) {
         let mut quiet_since = Instant::now();
-        while quiet_since.elapsed() < Duration::from_millis(100) && !self.poller.stopped {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The log and the destroy thread answer from their threads: however loaded the
+        // machine, wait for them (a quiet spell alone is not enough).
+        let waiting = |p: &Poller| {
+            p.groups.values().any(|g| g.persisting > 0)
+                || !p.destroying.is_empty()
+                || !p.copying.is_empty()
+        };
+        while (quiet_since.elapsed() < Duration::from_millis(100) || waiting(&self.poller))
+            && !self.poller.stopped
+            && Instant::now() < deadline
+        {
             let mut busy = false;
             while let Ok(ev) = self.rx.try_recv() {
                 self.poller.handle(ev);
