@@ -313,9 +313,20 @@ impl ChunkStore {
         }
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
-            if let Err(e) = sync_dir(d) {
-                self.dirs_map().extend(dirs[i..].iter().cloned());
-                return Err(e.into());
+            match sync_chunk_dir(d) {
+                Ok(()) => {}
+                // The store is being removed under this sync: nothing of it must last.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.dirs_map().extend(dirs[i..].iter().cloned());
+                    return Err(e.into());
+                }
+                // As with a file: the new names may be lost while the page cache says they
+                // are on disk, and a retry could not tell.
+                Err(e) => {
+                    let reason = format!("fsync of directory {} failed: {e}", d.display());
+                    *failure = Some(reason.clone());
+                    return Err(Error::Fatal(reason));
+                }
             }
         }
         Ok(())
@@ -772,6 +783,15 @@ fn start_writeback(file: &File) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
+}
+
+/// fsync of a directory holding chunk files; the `chunk::dir_fsync` fail point makes it fail
+/// in tests.
+fn sync_chunk_dir(dir: &Path) -> io::Result<()> {
+    fail::fail_point!("chunk::dir_fsync", |_| Err(io::Error::other(
+        "fsync failure injected by the chunk::dir_fsync fail point"
+    )));
+    sync_dir(dir)
 }
 
 /// `fdatasync` of a chunk file; the `chunk::fdatasync` fail point makes it fail in tests.

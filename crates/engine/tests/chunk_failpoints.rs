@@ -87,3 +87,23 @@ fn a_sync_waits_for_a_concurrent_fdatasync_of_the_same_file() {
     });
     scenario.teardown();
 }
+
+/// A failed fsync of a directory holding new chunk files is as final as a failed fdatasync:
+/// the files' names may be gone while the next fsync finds nothing to write.
+#[test]
+fn a_failed_directory_fsync_fails_every_later_sync() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write(1, 0, 0, &[7u8; B]).unwrap();
+    fail::cfg("chunk::dir_fsync", "return").unwrap();
+    let failed = store.sync();
+    fail::remove("chunk::dir_fsync");
+    assert!(matches!(failed, Err(Error::Fatal(_))), "got {failed:?}");
+    let retried = store.sync();
+    assert!(
+        matches!(retried, Err(Error::Fatal(_))),
+        "a sync after a failed directory fsync must fail, got {retried:?}"
+    );
+    scenario.teardown();
+}
