@@ -318,6 +318,29 @@ impl Group {
                 || (r.state == StateRole::Follower && r.leader_id != raft::INVALID_ID))
     }
 
+    /// Leader: follower `peer` rejected an append anchored at `anchor` (at or past what it
+    /// acknowledged before) saying its log ends at `last`, below that. It lost its log (its
+    /// replica was destroyed and hosted anew, or its disk replaced). raft-rs would take the
+    /// rejection for a stale one forever and never send it a snapshot; start over from what
+    /// it has.
+    pub(crate) fn note_rejection(&mut self, peer: u64, anchor: u64, last: u64) {
+        let group = self.id;
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(peer)
+            && last < pr.matched
+            && anchor >= pr.matched
+        {
+            tracing::warn!(
+                group,
+                peer,
+                acknowledged = pr.matched,
+                last,
+                "a follower lost entries it acknowledged; replicating to it from scratch"
+            );
+            pr.matched = last;
+            pr.become_probe();
+        }
+    }
+
     /// A peer answered a heartbeat this node sent at `sent`.
     pub(crate) fn note_contact(&mut self, peer: u64, sent: Instant) {
         let t = self.contact.entry(peer).or_insert(sent);

@@ -482,6 +482,13 @@ impl Poller {
                         }
                         continue;
                     }
+                    if msg.get_msg_type() == MessageType::MsgAppendResponse
+                        && msg.reject
+                        && msg.term == g.raw.raft.term
+                        && g.is_leader()
+                    {
+                        g.note_rejection(msg.from, msg.index, msg.reject_hint);
+                    }
                     // Only answers in this term count towards a lease of this term.
                     if msg.get_msg_type() == MessageType::MsgHeartbeatResponse
                         && msg.term == g.raw.raft.term

@@ -615,3 +615,38 @@ fn a_retried_write_takes_effect_once_and_never_after_a_newer_write() {
         other => panic!("read: {other:?}"),
     };
 }
+
+/// A follower that lost its log (its replica destroyed on the manager's word and hosted
+/// anew while the leader still tracked it) rejects the leader's appends with a last index
+/// below what it had acknowledged. The leader must start over with it (in the end, a
+/// snapshot) rather than take every rejection for a stale one and leave it stuck.
+#[test]
+fn a_follower_that_lost_its_log_is_replicated_from_scratch() {
+    let mut n = leader();
+    let matched = n.poller.groups[&GROUP]
+        .raw
+        .raft
+        .prs()
+        .get(2)
+        .unwrap()
+        .matched;
+    assert!(matched > INIT_INDEX);
+    let mut r = msg(MessageType::MsgAppendResponse, 2, 6);
+    r.reject = true;
+    r.index = matched;
+    r.reject_hint = 0;
+    r.term = n.poller.groups[&GROUP].raw.raft.term;
+    n.deliver(2, r);
+    let pr = n.poller.groups[&GROUP]
+        .raw
+        .raft
+        .prs()
+        .get(2)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        pr.matched, 0,
+        "the leader still believes the follower holds {matched}"
+    );
+    assert_ne!(pr.state, raft::ProgressState::Replicate);
+}
