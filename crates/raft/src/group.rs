@@ -450,7 +450,7 @@ impl Group {
                 return;
             }
             let index = self.raw.raft.raft_log.committed;
-            let now = Instant::now();
+            let now = crate::clock::now();
             let confirm_after = if self.lease_valid(now) {
                 None
             } else {

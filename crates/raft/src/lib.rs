@@ -22,6 +22,7 @@
 //! own log (Raft thesis §10.2.1): commit needs any majority's fsync, not the leader's first.
 
 mod admit;
+mod clock;
 mod dedup;
 mod group;
 mod logger;

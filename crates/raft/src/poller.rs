@@ -32,6 +32,8 @@ use crate::membership::decode_conf;
 use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 type Outbox = HashMap<u64, Vec<(u64, Bytes)>>;
@@ -100,7 +102,9 @@ fn encode_msg(m: &Message) -> Option<Bytes> {
 fn push_msgs(outbox: &mut Outbox, group: u64, msgs: Vec<Message>, epoch: Instant) {
     for mut m in msgs {
         if m.get_msg_type() == MessageType::MsgHeartbeat && m.context.is_empty() {
-            let sent = epoch.elapsed().as_nanos() as u64;
+            let sent = crate::clock::now()
+                .saturating_duration_since(epoch)
+                .as_nanos() as u64;
             m.context = Bytes::copy_from_slice(&sent.to_le_bytes());
         }
         if let Some(b) = encode_msg(&m) {
@@ -148,7 +152,7 @@ impl Poller {
         on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     ) -> std::io::Result<Poller> {
         let flusher = spawn_flusher(cfg.node_id, chunks.clone(), tx.clone())?;
-        let now = Instant::now();
+        let now = crate::clock::now();
         Ok(Poller {
             log,
             chunks,
@@ -373,7 +377,7 @@ impl Poller {
             if self.stopped {
                 break;
             }
-            let now = Instant::now();
+            let now = crate::clock::now();
             if now >= self.next_tick {
                 self.tick(now);
             }
@@ -421,7 +425,7 @@ impl Poller {
                             continue;
                         }
                     };
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     if let Err(why) = admit(g, batch.from_node, &msg, now, self.votes_after) {
                         crate::metrics::REFUSED_MESSAGES.add(1);
                         tracing::debug!(
@@ -495,7 +499,7 @@ impl Poller {
                         && let Ok(stamp) = <[u8; 8]>::try_from(&msg.context[..])
                     {
                         let sent = self.epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
-                        g.note_contact(msg.from, sent.min(Instant::now()));
+                        g.note_contact(msg.from, sent.min(crate::clock::now()));
                     }
                     if let Err(e) = g.raw.step(msg) {
                         tracing::debug!(group = gid, "step: {e}");
@@ -540,7 +544,7 @@ impl Poller {
             }
             Event::SnapshotActivity(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {
-                    g.note_snapshot_activity(Instant::now());
+                    g.note_snapshot_activity(crate::clock::now());
                 }
             }
             Event::ChangeMembers {
@@ -609,7 +613,7 @@ impl Poller {
             }
             Event::Request(req, respond, queued) => {
                 if req.op == tessera_proto::data::Op::Write {
-                    self.check_space(Instant::now());
+                    self.check_space(crate::clock::now());
                 }
                 match self.groups.get_mut(&req.addr.group) {
                     Some(g) => {

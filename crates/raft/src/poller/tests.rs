@@ -47,12 +47,12 @@ impl SnapshotFetcher for InstantCopy {
     }
 }
 
-struct Node {
-    dir: tempfile::TempDir,
-    poller: Poller,
+pub(super) struct Node {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) poller: Poller,
     rx: mpsc::UnboundedReceiver<Event>,
     wire: Arc<Wire>,
-    fatal: Arc<Mutex<Option<String>>>,
+    pub(super) fatal: Arc<Mutex<Option<String>>>,
 }
 
 fn opts() -> LogOptions {
@@ -63,16 +63,20 @@ fn opts() -> LogOptions {
 
 impl Node {
     fn open(dir: tempfile::TempDir) -> Node {
+        // Leases of ten seconds: the test's own pace never lets one run out.
+        Node::open_as(dir, ME, Duration::from_secs(2))
+    }
+
+    pub(super) fn open_as(dir: tempfile::TempDir, id: u64, tick: Duration) -> Node {
         let (log, recovered) = Log::open(&dir.path().join("log"), opts()).unwrap();
         let chunks = Arc::new(ChunkStores::open(&dir.path().join("groups")).unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         let wire = Arc::new(Wire::default());
         let fatal = Arc::new(Mutex::new(None));
         let f = fatal.clone();
-        let mut cfg = NodeConfig::new(ME, dir.path().to_path_buf());
+        let mut cfg = NodeConfig::new(id, dir.path().to_path_buf());
         cfg.min_free_bytes = 0;
-        // Leases of ten seconds: the test's own pace never lets one run out.
-        cfg.tick = Duration::from_secs(2);
+        cfg.tick = tick;
         let mut poller = Poller::new(
             cfg,
             log,
@@ -103,7 +107,7 @@ impl Node {
     }
 
     /// Runs rounds until the log has answered everything and nothing is left to do.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         let mut quiet_since = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(30);
         // The log and the destroy thread answer from their threads: however loaded the
@@ -112,8 +116,9 @@ impl Node {
             p.groups.values().any(|g| g.persisting > 0)
                 || !p.destroying.is_empty()
                 || !p.copying.is_empty()
+                || p.flushing
         };
-        while (quiet_since.elapsed() < Duration::from_millis(100) || waiting(&self.poller))
+        while (quiet_since.elapsed() < Duration::from_millis(2) || waiting(&self.poller))
             && !self.poller.stopped
             && Instant::now() < deadline
         {
@@ -133,7 +138,7 @@ impl Node {
             if busy {
                 quiet_since = Instant::now();
             } else {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
     }
@@ -147,17 +152,23 @@ impl Node {
         self.settle();
     }
 
-    fn take_sent(&self) -> Vec<(u64, Message)> {
+    pub(super) fn take_sent(&self) -> Vec<(u64, Message)> {
         std::mem::take(&mut *self.wire.0.lock().unwrap())
     }
 
     /// Stops the node as a crash would (nothing more reaches the log) and starts it again
     /// from what its log and chunk files hold.
     fn restart(self) -> Node {
+        let tick = self.poller.cfg.tick;
+        let id = self.poller.cfg.node_id;
+        self.restart_as(id, tick)
+    }
+
+    pub(super) fn restart_as(self, id: u64, tick: Duration) -> Node {
         let Node { dir, poller, .. } = self;
         poller.log.shutdown();
         drop(poller);
-        Node::open(dir)
+        Node::open_as(dir, id, tick)
     }
 
     fn last_index(&self) -> u64 {
@@ -165,7 +176,7 @@ impl Node {
     }
 }
 
-fn spec(order: &[u64]) -> GroupSpec {
+pub(super) fn spec(order: &[u64]) -> GroupSpec {
     GroupSpec {
         group_id: GROUP,
         peers: order
