@@ -10,9 +10,10 @@
 //! its entry is committed (it is applied before any later read is served); carry on after
 //! the log reported a failed fsync.
 //!
-//! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop and the
-//! Ready handling), `group.rs` (one group: proposals, lease reads, apply), `store.rs`
-//! (raft-rs `Storage` over the in-memory tail of the log).
+//! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop; its Ready
+//! handling in `poller/ready.rs`), `group.rs` (one group: proposals, lease reads, apply),
+//! `admit.rs` (which network messages may reach raft-rs), `dedup.rs` (a retried write takes
+//! effect once), `store.rs` (raft-rs `Storage` over the in-memory tail of the log).
 //!
 //! Reads are served by the leader from its applied state without a round trip
 //! (`ReadOnlyOption::LeaseBased` with `check_quorum`): a leader that cannot hear a quorum

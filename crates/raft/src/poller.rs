@@ -6,6 +6,12 @@
 //! fdatasync for all groups); all messages for one peer node go out as one frame. Messages
 //! raft-rs may only send after persistence (votes, append responses) are sent by the log
 //! writer thread the moment the batch is durable, without a trip back through this loop.
+//!
+//! This file holds the loop and the events it takes (`run`, `handle`); one file an
+//! operation beside it: `ready.rs` (Readies to the log and the wire, applying committed
+//! entries), `lifecycle.rs` (replicas recovered, created, destroyed), `tick.rs` (ticks,
+//! replay end, chunk flushes), `outbox.rs` (messages batched per peer). Message admission
+//! is `crate::admit`; `tests.rs` and `sim.rs` drive pollers round by round.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,12 +37,17 @@ use crate::group::{
 use crate::membership::decode_conf;
 use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
 
+mod lifecycle;
+mod outbox;
+mod ready;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
+mod tick;
 
-type Outbox = HashMap<u64, Vec<(u64, Bytes)>>;
+use outbox::{Outbox, push_msgs, send_all};
+use tick::spawn_flusher;
 
 /// How many events one round takes before it handles Readies (bounds a round's latency).
 const MAX_EVENTS_PER_ROUND: usize = 4096;
@@ -85,62 +96,6 @@ pub(crate) struct Poller {
     votes_after: Instant,
 }
 
-fn encode_msg(m: &Message) -> Option<Bytes> {
-    match m.write_to_bytes() {
-        Ok(v) => Some(Bytes::from(v)),
-        Err(e) => {
-            tracing::error!("encoding a raft message: {e}");
-            None
-        }
-    }
-}
-
-/// Queues messages for their peers. Heartbeats are stamped with their send time (nanoseconds
-/// since `epoch`) in the context field, which followers echo in their responses: a leader's
-/// read lease then counts from when the heartbeat a quorum answered was *sent*, never from
-/// when a (possibly long-queued) answer was handled.
-fn push_msgs(outbox: &mut Outbox, group: u64, msgs: Vec<Message>, epoch: Instant) {
-    for mut m in msgs {
-        if m.get_msg_type() == MessageType::MsgHeartbeat && m.context.is_empty() {
-            let sent = crate::clock::now()
-                .saturating_duration_since(epoch)
-                .as_nanos() as u64;
-            m.context = Bytes::copy_from_slice(&sent.to_le_bytes());
-        }
-        if let Some(b) = encode_msg(&m) {
-            outbox.entry(m.to).or_default().push((group, b));
-        }
-    }
-}
-
-fn send_all(transport: &dyn Transport, from_node: u64, outbox: Outbox) {
-    for (to, msgs) in outbox {
-        transport.send(to, RaftBatch { from_node, msgs });
-    }
-}
-
-fn spawn_flusher(
-    node_id: u64,
-    chunks: Arc<ChunkStores>,
-    tx: mpsc::UnboundedSender<Event>,
-) -> std::io::Result<std::sync::mpsc::Sender<Vec<(u64, u64, u64)>>> {
-    let (ftx, frx) = std::sync::mpsc::channel::<Vec<(u64, u64, u64)>>();
-    std::thread::Builder::new()
-        .name(format!("chunk-flusher-{node_id}"))
-        .spawn(move || {
-            for list in frx {
-                let ev = match chunks.sync() {
-                    Ok(()) => Event::Flushed(list),
-                    Err(e) => Event::Fatal(format!("flushing chunk files: {e}")),
-                };
-                if tx.send(ev).is_err() {
-                    break;
-                }
-            }
-        })?;
-    Ok(ftx)
-}
-
 impl Poller {
     pub(crate) fn new(
         cfg: NodeConfig,
@@ -183,96 +138,6 @@ impl Poller {
         })
     }
 
-    /// Rebuilds the groups the shared log recovered.
-    pub(crate) fn recover(&mut self, recovered: Recovered) {
-        for (gid, rg) in recovered.groups {
-            let Some(spec) = rg
-                .slots
-                .get(&SLOT_MEMBERSHIP)
-                .and_then(|b| control::decode::<GroupSpec>(b).ok())
-            else {
-                tracing::warn!(
-                    group = gid,
-                    "recovered log has no membership for the group; ignoring it"
-                );
-                continue;
-            };
-            let hard_state = rg
-                .slots
-                .get(&SLOT_HARD_STATE)
-                .and_then(|b| decode_hard_state(b))
-                .unwrap_or_default();
-            let applied = rg
-                .slots
-                .get(&SLOT_APPLIED)
-                .and_then(|b| decode_applied(b))
-                .unwrap_or((0, 0));
-            let conf = rg.slots.get(&SLOT_CONF).and_then(|b| decode_conf(b));
-            let entries: Vec<_> = rg.entries.iter().map(from_log_entry).collect();
-            if let Some(first) = entries.iter().find(|e| e.index > applied.0)
-                && first.index != applied.0 + 1
-            {
-                tracing::error!(
-                    group = gid,
-                    "log gap: applied up to {} but the next entry is {}; group quarantined",
-                    applied.0,
-                    first.index
-                );
-                self.quarantined.insert(gid);
-                continue;
-            }
-            let chunks = match self.chunks.get(gid) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(group = gid, "cannot open chunk files: {e}; quarantined");
-                    self.quarantined.insert(gid);
-                    continue;
-                }
-            };
-            let init = GroupInit {
-                spec,
-                conf,
-                chunks,
-                hard_state,
-                applied,
-                entries,
-            };
-            match Group::new(
-                self.cfg.node_id,
-                self.cfg.election_ticks,
-                self.lease(),
-                init,
-            ) {
-                Ok(g) => {
-                    if g.replay_upto > g.applied {
-                        self.replaying = true;
-                    }
-                    self.add_group(g);
-                }
-                Err(e) => {
-                    tracing::error!(group = gid, "cannot restore group: {e}; quarantined");
-                    self.quarantined.insert(gid);
-                }
-            }
-        }
-        self.chunks.set_replaying(self.replaying);
-        // Chunk files whose group the log no longer knows belong to a replica destroyed
-        // before its files were (the log's tombstone comes first).
-        for space in self.chunks.spaces() {
-            if !self.groups.contains_key(&space) && !self.quarantined.contains(&space) {
-                tracing::warn!(group = space, "removing chunk files of a destroyed replica");
-                if let Err(e) = self.chunks.remove(space) {
-                    tracing::warn!(group = space, "removing chunk files: {e}");
-                }
-            }
-        }
-        tracing::info!(
-            node = self.cfg.node_id,
-            groups = self.groups.len(),
-            "recovered replica groups"
-        );
-    }
-
     /// Half an election timeout: followers vote for no one else until a full one has
     /// passed since they last heard from the leader.
     fn lease(&self) -> Duration {
@@ -300,51 +165,6 @@ impl Poller {
             Ok((_, avail)) => self.disk_full = avail < self.cfg.min_free_bytes,
             Err(e) => tracing::warn!("checking free space: {e}"),
         }
-    }
-
-    fn add_group(&mut self, g: Group) {
-        self.learn_peers(&g.spec.peers);
-        self.dirty.insert(g.id);
-        self.groups.insert(g.id, g);
-    }
-
-    fn learn_peers(&self, peers: &[control::PeerInfo]) {
-        for p in peers {
-            if p.node_id != self.cfg.node_id {
-                self.transport.set_peer(p.node_id, &p.addr);
-            }
-        }
-    }
-
-    /// Destroys this node's replica of `gid`: pending requests fail over, the log forgets
-    /// the group (a durable tombstone), then its chunk files are deleted.
-    fn destroy_group(&mut self, gid: u64) {
-        let Some(mut g) = self.groups.remove(&gid) else {
-            return;
-        };
-        g.fail_pending();
-        self.dirty.remove(&gid);
-        self.to_apply.retain(|&id| id != gid);
-        self.destroying.insert(gid);
-        // Nothing of the group may reach the log after its tombstone: replay would bring
-        // the group back from those slots with a default hard state (term and vote lost).
-        if !cfg!(tessera_unfixed = "removal_slots") {
-            self.pending_writes.retain(|w| w.group != gid);
-            self.pending_compacts.retain(|&(id, _)| id != gid);
-        }
-        tracing::info!(group = gid, "destroying this replica: no longer a member");
-        let tx = self.tx.clone();
-        self.log.remove_group(
-            gid,
-            Box::new(move |res| match res {
-                Ok(()) => {
-                    let _ = tx.send(Event::Destroyed(gid));
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::Fatal(format!("removing group {gid}: {e}")));
-                }
-            }),
-        );
     }
 
     pub(crate) async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
@@ -722,288 +542,6 @@ impl Poller {
             }
             Event::Fatal(msg) => self.fail(msg),
             Event::Shutdown => self.stopped = true,
-        }
-    }
-
-    fn create_group(&mut self, spec: GroupSpec) {
-        if self.groups.contains_key(&spec.group_id) {
-            return;
-        }
-        if self.destroying.contains(&spec.group_id) {
-            tracing::info!(
-                group = spec.group_id,
-                "not hosting a replica still being destroyed"
-            );
-            return;
-        }
-        if self.quarantined.contains(&spec.group_id) {
-            tracing::warn!(
-                group = spec.group_id,
-                "not re-creating a quarantined replica: it needs replacing, not a fresh start"
-            );
-            return;
-        }
-        if !spec.peers.iter().any(|p| p.node_id == self.cfg.node_id) {
-            tracing::warn!(
-                group = spec.group_id,
-                "asked to host a group this node is not a member of"
-            );
-            return;
-        }
-        let gid = spec.group_id;
-        let chunks = match self.chunks.get(gid) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(group = gid, "cannot create chunk files: {e}");
-                return;
-            }
-        };
-        // A new group starts its log at INIT_INDEX; a joining replica starts empty and
-        // waits for a snapshot.
-        let (applied, hard_state) = if spec.joining {
-            ((0, 0), HardState::default())
-        } else {
-            let hs = HardState {
-                term: INIT_INDEX,
-                commit: INIT_INDEX,
-                ..Default::default()
-            };
-            ((INIT_INDEX, INIT_INDEX), hs)
-        };
-        let init = GroupInit {
-            spec: spec.clone(),
-            conf: None,
-            chunks,
-            hard_state: hard_state.clone(),
-            applied,
-            entries: Vec::new(),
-        };
-        let mut g = match Group::new(
-            self.cfg.node_id,
-            self.cfg.election_ticks,
-            self.lease(),
-            init,
-        ) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(group = gid, "cannot create group: {e}");
-                return;
-            }
-        };
-        let mut slots = vec![(SLOT_MEMBERSHIP, control::encode(&spec))];
-        if !spec.joining {
-            slots.push((SLOT_HARD_STATE, encode_hard_state(&hard_state)));
-            slots.push((SLOT_APPLIED, encode_applied(applied.0, applied.1)));
-        }
-        self.pending_writes.push(GroupWrite {
-            group: gid,
-            entries: Vec::new(),
-            slots,
-        });
-        g.persisted_hs = hard_state;
-        // The first member (the manager lists the least loaded first) starts the first
-        // election at once rather than after a timeout.
-        if !spec.joining && spec.peers.first().map(|p| p.node_id) == Some(self.cfg.node_id) {
-            let _ = g.raw.campaign();
-        }
-        tracing::info!(
-            group = gid,
-            joining = spec.joining,
-            "hosting a new replica group"
-        );
-        self.add_group(g);
-    }
-
-    fn tick(&mut self, now: Instant) {
-        // Ticks missed while the poller was stalled are caught up, so a leader that stalled
-        // longer than an election timeout notices it lost its quorum (bounded: past two
-        // election timeouts more ticks change nothing).
-        let behind = now.saturating_duration_since(self.next_tick).as_nanos()
-            / self.cfg.tick.as_nanos().max(1);
-        let ticks = (behind as usize + 1).min(2 * self.cfg.election_ticks + 1);
-        self.next_tick = now + self.cfg.tick;
-        for (gid, g) in self.groups.iter_mut() {
-            // Ticks are cheap; a group that has something to do is handled this round.
-            for _ in 0..ticks {
-                g.raw.tick();
-            }
-            g.check_snapshots(now);
-            self.dirty.insert(*gid);
-        }
-        self.check_space(now);
-        if self.replaying && self.groups.values().all(|g| g.replay_done()) {
-            self.replaying = false;
-            self.chunks.set_replaying(false);
-            tracing::info!(
-                node = self.cfg.node_id,
-                "log replay into chunk files complete"
-            );
-        }
-        let held: u64 = self.groups.values().map(|g| g.store.lock().bytes).sum();
-        if !self.flushing && (now >= self.next_flush || held >= FLUSH_AT_BYTES) {
-            self.next_flush = now + self.cfg.flush_interval;
-            let list: Vec<_> = self
-                .groups
-                .values()
-                .filter(|g| {
-                    g.applied > g.flushed || g.compactable() > g.store.lock().compacted_index
-                })
-                .map(|g| (g.id, g.applied, g.applied_term))
-                .collect();
-            if !list.is_empty() {
-                self.flushing = self.flusher.send(list).is_ok();
-            }
-        }
-    }
-
-    fn process_readies(&mut self) {
-        let mut writes = std::mem::take(&mut self.pending_writes);
-        // Compacted once this round's writes are durable, never before: a mark that reached
-        // the disk ahead of what it supersedes would drop acknowledged entries on replay.
-        let mut compacts = std::mem::take(&mut self.pending_compacts);
-        let mut numbers = Vec::new();
-        let mut outbox = Outbox::new();
-        let mut after_persist = Outbox::new();
-        let dirty: Vec<u64> = self.dirty.drain().collect();
-        for gid in dirty {
-            let Some(g) = self.groups.get_mut(&gid) else {
-                continue;
-            };
-            self.to_apply.push(gid);
-            if std::mem::take(&mut g.ping_due) && g.is_leader() {
-                g.raw.ping();
-            }
-            if !g.raw.has_ready() {
-                continue;
-            }
-            let mut rd = g.raw.ready();
-            if let Some(ss) = rd.ss()
-                && ss.raft_state != StateRole::Leader
-            {
-                g.fail_pending();
-            }
-            push_msgs(&mut outbox, gid, rd.take_messages(), self.epoch);
-            let mut gw = GroupWrite {
-                group: gid,
-                ..Default::default()
-            };
-            let installed = !rd.snapshot().is_empty();
-            if installed {
-                let (slots, marker) = g.install_snapshot(rd.snapshot());
-                if cfg!(tessera_unfixed = "install_compaction") {
-                    self.log.compact(gid, marker.index);
-                } else {
-                    compacts.push((gid, marker.index));
-                }
-                writes.push(slots);
-                gw.entries.push(marker);
-            }
-            g.queue_committed(rd.take_committed_entries());
-            if !rd.entries().is_empty() {
-                for e in rd.entries() {
-                    g.dedup.logged(Command::peek_id(&e.data), e.index);
-                }
-                g.mem().append(rd.entries());
-                gw.entries.extend(rd.entries().iter().map(to_log_entry));
-            }
-            if let Some(hs) = rd.hs() {
-                g.mem().hard_state = hs.clone();
-                // Term and vote must be durable before anything is sent; the commit index
-                // alone need not be (it is re-learned from the leader), so it only rides
-                // along with writes that happen anyway.
-                let must = hs.term != g.persisted_hs.term || hs.vote != g.persisted_hs.vote;
-                if must || !gw.entries.is_empty() {
-                    gw.slots.push((SLOT_HARD_STATE, encode_hard_state(hs)));
-                    g.persisted_hs = hs.clone();
-                }
-            }
-            let persisted_msgs = rd.take_persisted_messages();
-            let number = rd.number();
-            if installed && let Some(e) = gw.entries.first() {
-                g.installed = Some((number, e.index));
-            }
-            g.raw.advance_append_async(rd);
-            if gw.entries.is_empty() && gw.slots.is_empty() && g.persisting == 0 {
-                g.raw.on_persist_ready(number);
-                push_msgs(&mut outbox, gid, persisted_msgs, self.epoch);
-            } else {
-                g.persisting += 1;
-                writes.push(gw);
-                numbers.push((gid, number));
-                push_msgs(&mut after_persist, gid, persisted_msgs, self.epoch);
-            }
-        }
-        // New entries go to the log and messages to peers before anything is applied, and
-        // the applies wait for the next round (see `run`): chunk-file writes here would
-        // delay every group's replication (on a follower, the apply of entry N sits in the
-        // same round as the append of N+1) and, on a leader, the answers just queued.
-        if !writes.is_empty() {
-            let submitted = Instant::now();
-            let tx = self.tx.clone();
-            let transport = self.transport.clone();
-            let from = self.cfg.node_id;
-            self.log.append(
-                writes,
-                Box::new(move |res| match res {
-                    Ok(()) => {
-                        crate::metrics::LOG_WRITE.observe_since(submitted);
-                        send_all(&*transport, from, after_persist);
-                        if !numbers.is_empty() {
-                            let _ = tx.send(Event::Persisted(numbers));
-                        }
-                        if !compacts.is_empty() {
-                            let _ = tx.send(Event::Compact(compacts));
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Event::Fatal(format!("shared log write failed: {e}")));
-                    }
-                }),
-            );
-        }
-        send_all(&*self.transport, self.cfg.node_id, outbox);
-    }
-
-    /// Applies the committed entries of the groups in `to_apply` to the chunk files.
-    fn apply_committed(&mut self) {
-        let mut changed = Vec::new();
-        for gid in std::mem::take(&mut self.to_apply) {
-            let Some(g) = self.groups.get_mut(&gid) else {
-                continue;
-            };
-            if let Err(msg) = g.apply() {
-                // Nothing more leaves this node: its chunk store failed under it.
-                self.fail(msg);
-                return;
-            }
-            if g.raw.has_ready() {
-                self.dirty.insert(gid);
-            }
-            if g.peers_changed || !g.slot_writes.is_empty() || g.removed {
-                changed.push(gid);
-            }
-        }
-        for gid in changed {
-            let Some(g) = self.groups.get_mut(&gid) else {
-                continue;
-            };
-            let keep_slots = !g.removed || cfg!(tessera_unfixed = "removal_slots");
-            if !g.slot_writes.is_empty() && keep_slots {
-                self.pending_writes.push(GroupWrite {
-                    group: gid,
-                    entries: Vec::new(),
-                    slots: std::mem::take(&mut g.slot_writes),
-                });
-                self.dirty.insert(gid);
-            }
-            let peers = std::mem::take(&mut g.peers_changed).then(|| g.spec.peers.clone());
-            let removed = g.removed;
-            if let Some(peers) = peers {
-                self.learn_peers(&peers);
-            }
-            if removed {
-                self.destroy_group(gid);
-            }
         }
     }
 }

@@ -1,0 +1,158 @@
+//! Handling every changed group's Ready: new entries and hard state to the shared log as one
+//! batch, messages to peers, snapshots installed; then, in the next round, committed entries
+//! applied to the chunk files.
+
+use super::*;
+
+impl Poller {
+    pub(super) fn process_readies(&mut self) {
+        let mut writes = std::mem::take(&mut self.pending_writes);
+        // Compacted once this round's writes are durable, never before: a mark that reached
+        // the disk ahead of what it supersedes would drop acknowledged entries on replay.
+        let mut compacts = std::mem::take(&mut self.pending_compacts);
+        let mut numbers = Vec::new();
+        let mut outbox = Outbox::new();
+        let mut after_persist = Outbox::new();
+        let dirty: Vec<u64> = self.dirty.drain().collect();
+        for gid in dirty {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            self.to_apply.push(gid);
+            if std::mem::take(&mut g.ping_due) && g.is_leader() {
+                g.raw.ping();
+            }
+            if !g.raw.has_ready() {
+                continue;
+            }
+            let mut rd = g.raw.ready();
+            if let Some(ss) = rd.ss()
+                && ss.raft_state != StateRole::Leader
+            {
+                g.fail_pending();
+            }
+            push_msgs(&mut outbox, gid, rd.take_messages(), self.epoch);
+            let mut gw = GroupWrite {
+                group: gid,
+                ..Default::default()
+            };
+            let installed = !rd.snapshot().is_empty();
+            if installed {
+                let (slots, marker) = g.install_snapshot(rd.snapshot());
+                if cfg!(tessera_unfixed = "install_compaction") {
+                    self.log.compact(gid, marker.index);
+                } else {
+                    compacts.push((gid, marker.index));
+                }
+                writes.push(slots);
+                gw.entries.push(marker);
+            }
+            g.queue_committed(rd.take_committed_entries());
+            if !rd.entries().is_empty() {
+                for e in rd.entries() {
+                    g.dedup.logged(Command::peek_id(&e.data), e.index);
+                }
+                g.mem().append(rd.entries());
+                gw.entries.extend(rd.entries().iter().map(to_log_entry));
+            }
+            if let Some(hs) = rd.hs() {
+                g.mem().hard_state = hs.clone();
+                // Term and vote must be durable before anything is sent; the commit index
+                // alone need not be (it is re-learned from the leader), so it only rides
+                // along with writes that happen anyway.
+                let must = hs.term != g.persisted_hs.term || hs.vote != g.persisted_hs.vote;
+                if must || !gw.entries.is_empty() {
+                    gw.slots.push((SLOT_HARD_STATE, encode_hard_state(hs)));
+                    g.persisted_hs = hs.clone();
+                }
+            }
+            let persisted_msgs = rd.take_persisted_messages();
+            let number = rd.number();
+            if installed && let Some(e) = gw.entries.first() {
+                g.installed = Some((number, e.index));
+            }
+            g.raw.advance_append_async(rd);
+            if gw.entries.is_empty() && gw.slots.is_empty() && g.persisting == 0 {
+                g.raw.on_persist_ready(number);
+                push_msgs(&mut outbox, gid, persisted_msgs, self.epoch);
+            } else {
+                g.persisting += 1;
+                writes.push(gw);
+                numbers.push((gid, number));
+                push_msgs(&mut after_persist, gid, persisted_msgs, self.epoch);
+            }
+        }
+        // New entries go to the log and messages to peers before anything is applied, and
+        // the applies wait for the next round (see `run`): chunk-file writes here would
+        // delay every group's replication (on a follower, the apply of entry N sits in the
+        // same round as the append of N+1) and, on a leader, the answers just queued.
+        if !writes.is_empty() {
+            let submitted = Instant::now();
+            let tx = self.tx.clone();
+            let transport = self.transport.clone();
+            let from = self.cfg.node_id;
+            self.log.append(
+                writes,
+                Box::new(move |res| match res {
+                    Ok(()) => {
+                        crate::metrics::LOG_WRITE.observe_since(submitted);
+                        send_all(&*transport, from, after_persist);
+                        if !numbers.is_empty() {
+                            let _ = tx.send(Event::Persisted(numbers));
+                        }
+                        if !compacts.is_empty() {
+                            let _ = tx.send(Event::Compact(compacts));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Event::Fatal(format!("shared log write failed: {e}")));
+                    }
+                }),
+            );
+        }
+        send_all(&*self.transport, self.cfg.node_id, outbox);
+    }
+
+    /// Applies the committed entries of the groups in `to_apply` to the chunk files.
+    pub(super) fn apply_committed(&mut self) {
+        let mut changed = Vec::new();
+        for gid in std::mem::take(&mut self.to_apply) {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            if let Err(msg) = g.apply() {
+                // Nothing more leaves this node: its chunk store failed under it.
+                self.fail(msg);
+                return;
+            }
+            if g.raw.has_ready() {
+                self.dirty.insert(gid);
+            }
+            if g.peers_changed || !g.slot_writes.is_empty() || g.removed {
+                changed.push(gid);
+            }
+        }
+        for gid in changed {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            let keep_slots = !g.removed || cfg!(tessera_unfixed = "removal_slots");
+            if !g.slot_writes.is_empty() && keep_slots {
+                self.pending_writes.push(GroupWrite {
+                    group: gid,
+                    entries: Vec::new(),
+                    slots: std::mem::take(&mut g.slot_writes),
+                });
+                self.dirty.insert(gid);
+            }
+            let peers = std::mem::take(&mut g.peers_changed).then(|| g.spec.peers.clone());
+            let removed = g.removed;
+            if let Some(peers) = peers {
+                self.learn_peers(&peers);
+            }
+            if removed {
+                self.destroy_group(gid);
+            }
+        }
+    }
+}

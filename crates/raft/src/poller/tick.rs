@@ -1,0 +1,70 @@
+//! The periodic work of a round: Raft ticks, the end of log replay, and chunk-file flushes
+//! (on their own thread) that let the shared log be compacted behind them.
+
+use super::*;
+
+pub(super) fn spawn_flusher(
+    node_id: u64,
+    chunks: Arc<ChunkStores>,
+    tx: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<std::sync::mpsc::Sender<Vec<(u64, u64, u64)>>> {
+    let (ftx, frx) = std::sync::mpsc::channel::<Vec<(u64, u64, u64)>>();
+    std::thread::Builder::new()
+        .name(format!("chunk-flusher-{node_id}"))
+        .spawn(move || {
+            for list in frx {
+                let ev = match chunks.sync() {
+                    Ok(()) => Event::Flushed(list),
+                    Err(e) => Event::Fatal(format!("flushing chunk files: {e}")),
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(ftx)
+}
+
+impl Poller {
+    pub(super) fn tick(&mut self, now: Instant) {
+        // Ticks missed while the poller was stalled are caught up, so a leader that stalled
+        // longer than an election timeout notices it lost its quorum (bounded: past two
+        // election timeouts more ticks change nothing).
+        let behind = now.saturating_duration_since(self.next_tick).as_nanos()
+            / self.cfg.tick.as_nanos().max(1);
+        let ticks = (behind as usize + 1).min(2 * self.cfg.election_ticks + 1);
+        self.next_tick = now + self.cfg.tick;
+        for (gid, g) in self.groups.iter_mut() {
+            // Ticks are cheap; a group that has something to do is handled this round.
+            for _ in 0..ticks {
+                g.raw.tick();
+            }
+            g.check_snapshots(now);
+            self.dirty.insert(*gid);
+        }
+        self.check_space(now);
+        if self.replaying && self.groups.values().all(|g| g.replay_done()) {
+            self.replaying = false;
+            self.chunks.set_replaying(false);
+            tracing::info!(
+                node = self.cfg.node_id,
+                "log replay into chunk files complete"
+            );
+        }
+        let held: u64 = self.groups.values().map(|g| g.store.lock().bytes).sum();
+        if !self.flushing && (now >= self.next_flush || held >= FLUSH_AT_BYTES) {
+            self.next_flush = now + self.cfg.flush_interval;
+            let list: Vec<_> = self
+                .groups
+                .values()
+                .filter(|g| {
+                    g.applied > g.flushed || g.compactable() > g.store.lock().compacted_index
+                })
+                .map(|g| (g.id, g.applied, g.applied_term))
+                .collect();
+            if !list.is_empty() {
+                self.flushing = self.flusher.send(list).is_ok();
+            }
+        }
+    }
+}
