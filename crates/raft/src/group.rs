@@ -373,28 +373,25 @@ impl Group {
     /// answered heartbeats sent at or after `since` (strictly after if `!inclusive`). This
     /// node counts as having answered.
     pub(crate) fn quorum_heard_since(&self, since: Instant, inclusive: bool) -> bool {
-        let cs = self.raw.raft.prs().conf().to_conf_state();
         let me = self.raw.raft.id;
-        let heard = |id: &u64| {
-            *id == me
+        let heard = |id: u64| {
+            id == me
                 || self
                     .contact
-                    .get(id)
+                    .get(&id)
                     .is_some_and(|t| if inclusive { *t >= since } else { *t > since })
         };
-        let majority = |ids: &[u64]| {
-            ids.is_empty() || ids.iter().filter(|id| heard(id)).count() > ids.len() / 2
-        };
         if cfg!(tessera_unfixed = "joint_lease") {
-            let all: std::collections::BTreeSet<u64> = cs
-                .voters
-                .iter()
-                .chain(&cs.voters_outgoing)
-                .copied()
-                .collect();
-            let all: Vec<u64> = all.into_iter().collect();
-            return majority(&all);
+            let all: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+            return all.iter().filter(|id| heard(**id)).count() > all.len() / 2;
         }
+        let majority = |ids: &[u64]| {
+            ids.is_empty() || ids.iter().filter(|id| heard(**id)).count() > ids.len() / 2
+        };
+        // The configuration raft-rs runs with, as last applied (kept beside the log, so no
+        // copy is made on every read).
+        let mem = self.store.lock();
+        let cs = &mem.conf_state;
         !cs.voters.is_empty() && majority(&cs.voters) && majority(&cs.voters_outgoing)
     }
 
