@@ -516,11 +516,10 @@ impl Group {
             id: req.id,
             data: req.data,
         };
-        let id = req.id;
+        // Its id is noted when the entry reaches the log (`process_readies`, for every entry
+        // appended, proposed here or received): a retry cannot arrive before that, since a
+        // client sends one attempt at a time and this one is answered no earlier.
         self.propose(cmd.encode(), respond);
-        if let Some(p) = self.proposals.back() {
-            self.dedup.logged(id, p.index);
-        }
     }
 
     /// Whether request `id` was seen before (see `dedup.rs`): `None` if not (propose it);

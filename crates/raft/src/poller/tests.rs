@@ -661,3 +661,33 @@ fn a_follower_that_lost_its_log_is_replicated_from_scratch() {
     );
     assert_ne!(pr.state, raft::ProgressState::Replicate);
 }
+
+/// Finding 6 (storage side): the manager's word alone does not destroy a replica that its
+/// own configuration lists as a voter while it leads (or hears from a leader).
+#[test]
+fn a_live_voter_is_not_destroyed_on_the_managers_word() {
+    let mut n = leader();
+    n.poller.handle(Event::RemoveGroup(GROUP));
+    n.settle();
+    assert!(
+        n.poller.groups.contains_key(&GROUP),
+        "a leading voter was destroyed"
+    );
+}
+
+/// A flush that began before a replica was destroyed and hosted anew must not record its
+/// applied point for the new replica (which has applied nothing: a crash would then
+/// restart it past data it does not hold).
+#[test]
+fn a_flush_answer_past_a_replicas_applied_index_is_ignored() {
+    let mut n = Node::follower();
+    let applied = n.poller.groups[&GROUP].applied;
+    n.poller.pending_writes.clear();
+    n.poller
+        .handle(Event::Flushed(vec![(GROUP, applied + 100, 6)]));
+    assert!(
+        n.poller.pending_writes.is_empty() && n.poller.pending_compacts.is_empty(),
+        "a stale flush would record applied {}",
+        applied + 100
+    );
+}
