@@ -10,6 +10,11 @@
 //! - [`replay`]: opening the directory and rebuilding state from the segments.
 //! - [`writer`]: the writer thread: group commit, rolling, preallocation, recycling.
 //!
+//! A log opened with [`Log::open_stepped`] has no writer thread: its owner writes what is
+//! queued by calling [`Log::step`], and can end it as a crash would ([`Log::crash`]: some
+//! batches written, the next one torn, the rest lost). Deterministic harnesses use it to
+//! decide exactly when a batch becomes durable.
+//!
 //! Segments are `<dir>/<seq:016x>.log`, preallocated to a fixed size so steady-state
 //! appends overwrite allocated blocks and fdatasync needs no metadata. One fdatasync covers a
 //! whole batch of every group's writes; a failed write or fdatasync stops the log for good
@@ -157,7 +162,10 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    writer_id: ThreadId,
+    /// The writer thread's id; `None` for a stepped log.
+    writer_id: Option<ThreadId>,
+    /// A stepped log's writer, run by [`Log::step`] on the caller's thread.
+    stepped: Mutex<Option<writer::Writer>>,
 }
 
 impl Drop for Inner {
@@ -170,9 +178,19 @@ impl Inner {
     fn shutdown(&self) {
         self.shared.lock_queue().shutdown = true;
         self.shared.wake.notify_all();
-        if std::thread::current().id() == self.writer_id {
+        if Some(std::thread::current().id()) == self.writer_id {
             // Called from a callback: the writer exits once it returns.
             return;
+        }
+        if let Ok(mut stepped) = self.stepped.try_lock()
+            && let Some(mut w) = stepped.take()
+        {
+            // Whatever is still queued is written first, as the thread would.
+            let msgs = std::mem::take(&mut self.shared.lock_queue().msgs);
+            if !msgs.is_empty() {
+                w.process(msgs, None);
+            }
+            w.stop();
         }
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
@@ -191,6 +209,69 @@ pub struct Log {
 impl Log {
     /// Replays every segment in `dir` (creating it if missing) and starts the writer thread.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(Log, Recovered)> {
+        Log::open_with(dir, opts, false)
+    }
+
+    /// Replays like [`Log::open`] but starts no writer thread: nothing queued is written
+    /// until [`Log::step`] (or [`Log::crash`]) is called, on the caller's thread, and the
+    /// callbacks run there. For deterministic harnesses.
+    pub fn open_stepped(dir: &Path, opts: LogOptions) -> Result<(Log, Recovered)> {
+        Log::open_with(dir, opts, true)
+    }
+
+    /// Writes everything queued as one batch (one fdatasync) and runs its callbacks on this
+    /// thread. Returns how many queued operations it took; always 0 unless the log was
+    /// opened with [`Log::open_stepped`].
+    pub fn step(&self) -> usize {
+        let mut stepped = self.lock_stepped();
+        let Some(w) = stepped.as_mut() else {
+            return 0;
+        };
+        let msgs = std::mem::take(&mut self.inner.shared.lock_queue().msgs);
+        let n = msgs.len();
+        if n > 0 {
+            w.process(msgs, None);
+        }
+        n
+    }
+
+    /// Queued operations not yet written (a stepped log's; 0 for a threaded one, which
+    /// takes them at once).
+    pub fn queued(&self) -> usize {
+        if self.lock_stepped().is_none() {
+            return 0;
+        }
+        self.inner.shared.lock_queue().msgs.len()
+    }
+
+    /// Ends a stepped log as a crash would: the first `keep` queued operations are written
+    /// as one durable batch; of the next batch (the rest) only the first `torn` records
+    /// reach the disk, if `torn` is given; nothing after. No callback of the lost work
+    /// runs with success. Later appends fail as after [`Log::shutdown`].
+    pub fn crash(&self, keep: usize, torn: Option<usize>) {
+        let mut stepped = self.lock_stepped();
+        if let Some(mut w) = stepped.take() {
+            let mut msgs = std::mem::take(&mut self.inner.shared.lock_queue().msgs);
+            let rest = msgs.split_off(keep.min(msgs.len()));
+            if !msgs.is_empty() {
+                w.process(msgs, None);
+            }
+            if let Some(n) = torn
+                && !rest.is_empty()
+            {
+                w.process(rest, Some(n));
+            }
+            w.stop();
+        }
+        drop(stepped);
+        self.inner.shared.lock_queue().shutdown = true;
+    }
+
+    fn lock_stepped(&self) -> MutexGuard<'_, Option<writer::Writer>> {
+        self.inner.stepped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open_with(dir: &Path, opts: LogOptions, stepped: bool) -> Result<(Log, Recovered)> {
         if opts.segment_size < record::HEADER_LEN as u64 {
             return Err(Error::OutOfRange(format!(
                 "log segment size {} is smaller than a record header",
@@ -211,13 +292,23 @@ impl Log {
             replayed.next_seq,
             replayed.free,
         );
-        let handle = std::thread::Builder::new()
-            .name("tessera-log-writer".into())
-            .spawn(move || writer.run())?;
-        let inner = Inner {
-            shared,
-            writer_id: handle.thread().id(),
-            writer: Mutex::new(Some(handle)),
+        let inner = if stepped {
+            Inner {
+                shared,
+                writer_id: None,
+                writer: Mutex::new(None),
+                stepped: Mutex::new(Some(writer)),
+            }
+        } else {
+            let handle = std::thread::Builder::new()
+                .name("tessera-log-writer".into())
+                .spawn(move || writer.run())?;
+            Inner {
+                shared,
+                writer_id: Some(handle.thread().id()),
+                writer: Mutex::new(Some(handle)),
+                stepped: Mutex::new(None),
+            }
         };
         Ok((
             Log {

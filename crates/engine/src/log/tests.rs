@@ -408,3 +408,49 @@ fn batch_larger_than_a_segment_gets_its_own() {
     assert_eq!(g.entries.len(), 3);
     assert_eq!(g.entries[1].data.len(), big.len());
 }
+
+/// A stepped log writes nothing until stepped, answers on the stepping thread, and a crash
+/// keeps exactly the batches it was told to keep plus the torn prefix of the next.
+#[test]
+fn a_stepped_log_writes_only_when_stepped_and_crashes_where_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open_stepped(tmp.path(), SMALL).unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let queue = |log: &Log, w: GroupWrite| {
+        let a = answered.clone();
+        log.append(
+            vec![w],
+            Box::new(move |r| {
+                if r.is_ok() {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        );
+    };
+    queue(&log, entries(1, 1, 1..=2));
+    assert_eq!(log.queued(), 1);
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        0,
+        "nothing written before a step"
+    );
+    assert_eq!(log.step(), 1);
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    // Three more appends: the first kept, the second torn after one of its two records,
+    // the third lost with it.
+    queue(&log, entries(1, 1, 3..=3));
+    queue(&log, entries(1, 1, 4..=5));
+    queue(&log, entries(1, 1, 6..=6));
+    log.crash(1, Some(1));
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        2,
+        "lost work is never answered Ok"
+    );
+    drop(log);
+    let (_, rec) = reopen(tmp.path(), SMALL);
+    assert_eq!(
+        indexes(&rec.groups[&1]),
+        vec![(1, 1), (1, 2), (1, 3), (1, 4)]
+    );
+}

@@ -96,12 +96,18 @@ impl Writer {
                 }
                 std::mem::take(&mut q.msgs)
             };
-            self.process(msgs);
+            self.process(msgs, None);
         }
+        self.stop();
+    }
+
+    pub fn stop(&mut self) {
         self.prealloc.stop();
     }
 
-    fn process(&mut self, msgs: Vec<Msg>) {
+    /// Writes one batch. `tear`: a crash part way through it, keeping that many records
+    /// (a stepped log's [`super::Log::crash`]); otherwise the `log::tear` fail point decides.
+    pub fn process(&mut self, msgs: Vec<Msg>, tear: Option<usize>) {
         let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
         let mut writes: Vec<Record> = Vec::new();
         for msg in msgs {
@@ -170,7 +176,7 @@ impl Writer {
         if records.is_empty() {
             return finish(dones, || Ok(()));
         }
-        if let Some(keep) = torn_batch() {
+        if let Some(keep) = tear.or_else(torn_batch) {
             // A power loss part way through the batch's write: a prefix of its records
             // reaches the disk, the rest and the fdatasync's answer never do.
             records.truncate(keep);
