@@ -37,6 +37,8 @@ pub(crate) enum Refusal {
     NotFromLeader,
     /// A vote request inside a lease this replica may have granted before it restarted.
     VoteInLease,
+    /// A vote request to a replica that knows no configuration yet.
+    NoConfiguration,
 }
 
 impl fmt::Display for Refusal {
@@ -50,6 +52,7 @@ impl fmt::Display for Refusal {
             Refusal::AckPastLog => "acknowledges entries past the local log",
             Refusal::NotFromLeader => "leader transfer not from the current leader",
             Refusal::VoteInLease => "vote request within a lease granted before a restart",
+            Refusal::NoConfiguration => "vote request to a replica that knows no configuration",
         })
     }
 }
@@ -104,6 +107,17 @@ pub(crate) fn admit(
         }
         MessageType::MsgTimeoutNow if m.from != r.leader_id || m.term != r.term => {
             Err(Refusal::NotFromLeader)
+        }
+        // A new replica, hosted to join the group, knows no configuration until its first
+        // snapshot: it is a learner of the current one. Its node may have been a voter of
+        // the group before (removed, then added back): a stale member still counting that
+        // old voter would take the empty log's vote for a majority and elect itself over
+        // entries the group committed. It votes once it has caught up.
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            if r.prs().conf().voters().ids().is_empty()
+                && !cfg!(tessera_unfixed = "fresh_votes") =>
+        {
+            Err(Refusal::NoConfiguration)
         }
         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
             if now < votes_after

@@ -17,6 +17,17 @@ pub(crate) mod virtual_clock {
 
     thread_local! {
         static AT: Cell<Option<Instant>> = const { Cell::new(None) };
+        static FIXED_ELECTIONS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Whether groups created on this thread get fixed election timeouts (one per node id)
+    /// instead of raft-rs's random ones, which no seed controls.
+    pub(crate) fn fixed_elections() -> bool {
+        FIXED_ELECTIONS.with(|c| c.get())
+    }
+
+    pub(crate) fn set_fixed_elections(on: bool) {
+        FIXED_ELECTIONS.with(|c| c.set(on));
     }
 
     /// The virtual time if this thread set one, else the real time.

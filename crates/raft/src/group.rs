@@ -108,7 +108,20 @@ pub(crate) struct Group {
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
+    // raft-rs draws election timeouts from its own thread RNG; a deterministic simulation
+    // gives each node a fixed, distinct one instead.
+    #[cfg(test)]
+    let (min_election_tick, max_election_tick) = if crate::clock::virtual_clock::fixed_elections() {
+        let min = election_tick + 3 * (node_id as usize % 4);
+        (min, min + 1)
+    } else {
+        (0, 0)
+    };
+    #[cfg(not(test))]
+    let (min_election_tick, max_election_tick) = (0, 0);
     Config {
+        min_election_tick,
+        max_election_tick,
         id: node_id,
         election_tick,
         heartbeat_tick: (election_tick / 5).max(1),
@@ -532,14 +545,20 @@ impl Group {
             Seen::InLog(index) => index,
         };
         let log = &self.raw.raft.raft_log;
-        let entry = log
-            .slice(
-                index,
-                index + 1,
-                None,
-                raft::GetEntriesContext::empty(false),
-            )
-            .ok()
+        // A later leader's entries may have cut this log short of the index (raft-rs's
+        // `slice` panics past the last index).
+        let in_log = index >= log.first_index() && index <= log.last_index();
+        let entry = in_log
+            .then(|| {
+                log.slice(
+                    index,
+                    index + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                )
+                .ok()
+            })
+            .flatten()
             .and_then(|v| v.into_iter().next());
         match entry {
             Some(e) if Command::peek_id(&e.data) == id => {

@@ -94,6 +94,9 @@ pub(crate) struct Poller {
     epoch: Instant,
     /// Until then, vote requests are refused (see `admit`): this node just started.
     votes_after: Instant,
+    /// Chunk flushes and file deletions run on the poller's thread, in order with its
+    /// events (the deterministic simulation sets it; production uses helper threads).
+    inline_io: bool,
 }
 
 impl Poller {
@@ -134,6 +137,7 @@ impl Poller {
             stopped: false,
             epoch: now,
             votes_after: now + cfg.tick * cfg.election_ticks as u32,
+            inline_io: false,
             cfg,
         })
     }
@@ -414,6 +418,13 @@ impl Poller {
                 }
                 let chunks = self.chunks.clone();
                 let tx = self.tx.clone();
+                if self.inline_io {
+                    if let Err(e) = chunks.remove(gid) {
+                        tracing::warn!(group = gid, "deleting chunk files: {e}");
+                    }
+                    let _ = tx.send(Event::DestroyDone(gid));
+                    return;
+                }
                 // Deleting a large replica's files takes a while: not on this task.
                 let spawned = std::thread::Builder::new()
                     .name(format!("destroy-{gid}"))

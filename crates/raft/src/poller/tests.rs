@@ -627,6 +627,96 @@ fn a_retried_write_takes_effect_once_and_never_after_a_newer_write() {
     };
 }
 
+/// A leader's uncommitted writes are cut off by the next leader's log, and it leads again
+/// with a shorter log: a retry of a write whose entry was past the new end is proposed
+/// anew, not looked up beyond the log (raft-rs panics there; the simulation found it).
+#[test]
+fn a_retry_of_a_write_cut_from_the_log_is_proposed_again() {
+    let mut n = leader();
+    let _ = submit(&mut n, write(0xA, 0xaa));
+    let _ = submit(&mut n, write(0xB, 0xbb));
+    let _ = submit(&mut n, write(0xC, 0xcc));
+    n.take_sent();
+    let term = n.poller.groups[&GROUP].raw.raft.term;
+    let first = n.last_index() - 2;
+    // Node 2 leads term + 1 and overwrites A's index: B and C are gone.
+    let mut m = msg(MessageType::MsgAppend, 2, term + 1);
+    m.index = first - 1;
+    m.log_term = n.poller.groups[&GROUP]
+        .raw
+        .raft
+        .raft_log
+        .term(first - 1)
+        .unwrap();
+    m.commit = first - 1;
+    m.set_entries(vec![entry(first, term + 1)].into());
+    n.deliver(2, m);
+    assert_eq!(n.last_index(), first);
+    // Node 1 leads again (term + 2), its no-op entry at first + 1: C was at first + 2.
+    n.poller
+        .groups
+        .get_mut(&GROUP)
+        .unwrap()
+        .raw
+        .campaign()
+        .unwrap();
+    n.poller.dirty.insert(GROUP);
+    n.settle();
+    for _ in 0..2 {
+        for (to, m) in n.take_sent() {
+            let t = match m.get_msg_type() {
+                MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
+                MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+                _ => continue,
+            };
+            n.deliver(to, msg(t, to, m.term));
+        }
+    }
+    assert!(n.poller.groups[&GROUP].is_leader(), "node 1 leads again");
+    assert_eq!(n.last_index(), first + 1);
+    let c = submit(&mut n, write(0xC, 0xcc));
+    assert_eq!(n.last_index(), first + 2, "C proposed again");
+    for _ in 0..3 {
+        ack_appends(&mut n);
+    }
+    assert!(
+        ok(&c),
+        "C answered once its new entry committed: {:?}",
+        c.lock().unwrap()
+    );
+}
+
+/// A new replica, hosted to join the group, knows no configuration until its first
+/// snapshot. Its node may have been a voter of the group before (removed, then added back):
+/// a stale member still counting that voter must not win the empty log's vote (the
+/// simulation found a stale member elected over committed entries this way).
+#[test]
+fn a_replica_that_knows_no_configuration_does_not_vote() {
+    let mut n = Node::open(tempfile::tempdir().unwrap());
+    n.poller.votes_after = Instant::now();
+    let mut joining = spec(&[2, 1, 3]);
+    joining.joining = true;
+    n.poller.handle(Event::CreateGroup(joining));
+    n.settle();
+    for t in [MessageType::MsgRequestPreVote, MessageType::MsgRequestVote] {
+        let mut m = msg(t, 2, 9);
+        m.index = 40;
+        m.log_term = 8;
+        n.deliver(2, m);
+    }
+    let granted: Vec<_> = n
+        .take_sent()
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+            ) && !m.reject
+        })
+        .collect();
+    assert!(granted.is_empty(), "votes granted: {granted:?}");
+}
+
 /// A follower that lost its log (its replica destroyed on the manager's word and hosted
 /// anew while the leader still tracked it) rejects the leader's appends with a last index
 /// below what it had acknowledged. The leader must start over with it (in the end, a

@@ -62,7 +62,13 @@ impl Poller {
                 })
                 .map(|g| (g.id, g.applied, g.applied_term))
                 .collect();
-            if !list.is_empty() {
+            if !list.is_empty() && self.inline_io {
+                let ev = match self.chunks.sync() {
+                    Ok(()) => Event::Flushed(list),
+                    Err(e) => Event::Fatal(format!("flushing chunk files: {e}")),
+                };
+                self.flushing = self.tx.send(ev).is_ok();
+            } else if !list.is_empty() {
                 self.flushing = self.flusher.send(list).is_ok();
             }
         }
