@@ -269,6 +269,10 @@ impl ChunkStore {
         self.replaying.store(on, Ordering::Release);
     }
 
+    pub fn replaying(&self) -> bool {
+        self.replaying.load(Ordering::Acquire)
+    }
+
     /// Makes every file written since the last sync durable (data and checksums), and the
     /// directory entries of files created or deleted since. Call before compacting the log.
     ///

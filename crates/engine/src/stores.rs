@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::chunk::ChunkStore;
@@ -17,7 +16,6 @@ use crate::{Error, Result};
 pub struct ChunkStores {
     dir: PathBuf,
     stores: RwLock<HashMap<u64, Arc<ChunkStore>>>,
-    replaying: AtomicBool,
 }
 
 impl ChunkStores {
@@ -37,7 +35,6 @@ impl ChunkStores {
         Ok(ChunkStores {
             dir: dir.to_path_buf(),
             stores: RwLock::new(stores),
-            replaying: AtomicBool::new(false),
         })
     }
 
@@ -51,7 +48,6 @@ impl ChunkStores {
             return Ok(s.clone());
         }
         let s = Arc::new(ChunkStore::open(&self.space_dir(space))?);
-        s.set_replaying(self.replaying.load(Ordering::Acquire));
         // The new directory's entry must survive a crash like the files inside it will.
         sync_dir(&self.dir)?;
         map.insert(space, s.clone());
@@ -82,14 +78,6 @@ impl ChunkStores {
         }
         sync_dir(&self.dir)?;
         Ok(())
-    }
-
-    /// See [`ChunkStore::set_replaying`]; applies to every store, present and future.
-    pub fn set_replaying(&self, on: bool) {
-        self.replaying.store(on, Ordering::Release);
-        for s in self.read_map().values() {
-            s.set_replaying(on);
-        }
     }
 
     /// [`ChunkStore::sync`] of every store. A store removed while this runs is skipped (its

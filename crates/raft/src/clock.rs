@@ -26,6 +26,14 @@ pub(crate) mod virtual_clock {
         FIXED_ELECTIONS.with(|c| c.get())
     }
 
+    /// Whether groups on this thread keep tiny in-memory log tails (see
+    /// `Group::compactable`), so that a briefly lagging peer needs a snapshot.
+    pub(crate) fn small_log_tails() -> bool {
+        FIXED_ELECTIONS.with(|c| c.get())
+    }
+
+    /// The deterministic simulation's settings for this thread: fixed election timeouts
+    /// and small log tails.
     pub(crate) fn set_fixed_elections(on: bool) {
         FIXED_ELECTIONS.with(|c| c.set(on));
     }

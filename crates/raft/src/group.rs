@@ -739,11 +739,17 @@ impl Group {
     /// tail (it may lead tomorrow), and a leader keeps what its slowest peer still lacks, up
     /// to a cap so a dead peer cannot grow memory without bound.
     pub(crate) fn compactable(&self) -> u64 {
-        const TAIL_BYTES: u64 = 1 << 20;
-        const LAGGING_PEER_BYTES: u64 = 16 << 20;
         const SNAPSHOT_PEER_BYTES: u64 = 256 << 20;
+        let (tail_bytes, lagging_peer_bytes): (u64, u64) = (1 << 20, 16 << 20);
+        // The simulation keeps tiny tails, so that lagging peers need snapshots.
+        #[cfg(test)]
+        let (tail_bytes, lagging_peer_bytes) = if crate::clock::virtual_clock::small_log_tails() {
+            (8 << 10, 16 << 10)
+        } else {
+            (tail_bytes, lagging_peer_bytes)
+        };
         let mem = self.store.lock();
-        let mut to = mem.index_keeping(self.flushed, TAIL_BYTES);
+        let mut to = mem.index_keeping(self.flushed, tail_bytes);
         if self.is_leader() {
             let slowest = self
                 .raw
@@ -753,7 +759,7 @@ impl Group {
                 .map(|(_, pr)| pr.matched)
                 .min()
                 .unwrap_or(0);
-            let cap = mem.index_keeping(self.flushed, LAGGING_PEER_BYTES);
+            let cap = mem.index_keeping(self.flushed, lagging_peer_bytes);
             to = to.min(slowest.max(cap));
             // A peer copying a snapshot continues from the entry after it: keep that
             // (up to a bigger cap: past it the copy starts over from a newer snapshot).

@@ -9,7 +9,7 @@
 //!
 //! This file holds the loop and the events it takes (`run`, `handle`); one file an
 //! operation beside it: `ready.rs` (Readies to the log and the wire, applying committed
-//! entries), `lifecycle.rs` (replicas recovered, created, destroyed), `tick.rs` (ticks,
+//! entries), `catchup.rs` (a snapshot's chunk data copied before it is stepped), `lifecycle.rs` (replicas recovered, created, destroyed), `tick.rs` (ticks,
 //! replay end, chunk flushes), `outbox.rs` (messages batched per peer). Message admission
 //! is `crate::admit`; `tests.rs` and `sim.rs` drive pollers round by round.
 
@@ -37,6 +37,7 @@ use crate::group::{
 use crate::membership::decode_conf;
 use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
 
+mod catchup;
 mod lifecycle;
 mod outbox;
 mod ready;
@@ -88,7 +89,9 @@ pub(crate) struct Poller {
     next_flush: Instant,
     next_space_check: Instant,
     disk_full: bool,
-    replaying: bool,
+    /// Groups whose log replay into chunk files has not caught up yet: each one's chunk
+    /// store tolerates torn blocks until it has (see `ChunkStore::set_replaying`).
+    replaying: HashSet<u64>,
     stopped: bool,
     /// Origin of the send-time stamps carried by heartbeats.
     epoch: Instant,
@@ -133,7 +136,7 @@ impl Poller {
             next_flush: now + cfg.flush_interval,
             next_space_check: now,
             disk_full: false,
-            replaying: false,
+            replaying: HashSet::new(),
             stopped: false,
             epoch: now,
             votes_after: now + cfg.tick * cfg.election_ticks as u32,
@@ -261,52 +264,16 @@ impl Poller {
                         continue;
                     }
                     if msg.get_msg_type() == MessageType::MsgSnapshot {
-                        // The chunk data comes first, copied from the sender; the message
-                        // is stepped once it is here and durable.
-                        // Only from a leader of this term or a later one, only to a
-                        // follower, and only if it would move this replica forward.
-                        let current =
-                            msg.term >= g.raw.raft.term && g.raw.raft.state != StateRole::Leader;
-                        if current
-                            && !g.fetching
-                            && msg.get_snapshot().get_metadata().index > g.applied
-                        {
-                            g.fetching = true;
-                            let snap = msg.get_snapshot();
-                            let from_addr = control::decode::<GroupSpec>(&snap.data)
-                                .ok()
-                                .and_then(|s| s.peers.into_iter().find(|p| p.node_id == msg.from))
-                                .or_else(|| {
-                                    g.spec.peers.iter().find(|p| p.node_id == msg.from).cloned()
-                                })
-                                .map(|p| p.addr)
-                                .unwrap_or_default();
-                            let job = FetchJob {
-                                group: gid,
-                                from: msg.from,
-                                from_addr,
-                                index: snap.get_metadata().index,
-                                store: g.chunks.clone(),
-                            };
-                            tracing::info!(
-                                group = gid,
-                                from = msg.from,
-                                index = job.index,
-                                "fetching a snapshot"
-                            );
-                            let tx = self.tx.clone();
-                            let msg = Box::new(msg);
-                            self.copying.insert(gid);
-                            self.fetcher.fetch(
-                                job,
-                                Box::new(move |result| {
-                                    let _ = tx.send(Event::SnapshotFetched {
-                                        group: gid,
-                                        msg,
-                                        result,
-                                    });
-                                }),
-                            );
+                        self.offer_snapshot(gid, msg);
+                        continue;
+                    }
+                    if msg.get_msg_type() == MessageType::MsgSnapStatus {
+                        // A follower's copy failed. raft-rs takes this report only from
+                        // the application (`RawNode::step` refuses it as local).
+                        if g.is_leader() && !cfg!(tessera_unfixed = "snap_status") {
+                            g.raw
+                                .report_snapshot(msg.from, raft::SnapshotStatus::Failure);
+                            self.dirty.insert(gid);
                         }
                         continue;
                     }
@@ -332,39 +299,7 @@ impl Poller {
                 }
             }
             Event::SnapshotFetched { group, msg, result } => {
-                self.copying.remove(&group);
-                let Some(g) = self.groups.get_mut(&group) else {
-                    // The replica was destroyed during the copy: its files can go now.
-                    if self.remove_after_copy.remove(&group) {
-                        let _ = self.tx.send(Event::Destroyed(group));
-                    }
-                    return;
-                };
-                g.fetching = false;
-                match result {
-                    Ok(()) => {
-                        if let Err(e) = g.raw.step(*msg) {
-                            tracing::warn!(group, "stepping a fetched snapshot: {e}");
-                        }
-                    }
-                    Err(FetchError::Fatal(e)) => {
-                        self.fail(format!("copying a snapshot of group {group}: {e}"));
-                        return;
-                    }
-                    Err(FetchError::Retry(e)) => {
-                        tracing::warn!(group, from = msg.from, "snapshot fetch failed: {e}");
-                        // Tell the leader, so it offers a new snapshot rather than wait.
-                        let mut m = Message::default();
-                        m.set_msg_type(MessageType::MsgSnapStatus);
-                        m.to = msg.from;
-                        m.from = self.cfg.node_id;
-                        m.reject = true;
-                        let mut outbox = Outbox::new();
-                        push_msgs(&mut outbox, group, vec![m], self.epoch);
-                        send_all(&*self.transport, self.cfg.node_id, outbox);
-                    }
-                }
-                self.dirty.insert(group);
+                self.snapshot_fetched(group, *msg, result)
             }
             Event::SnapshotActivity(group) => {
                 if let Some(g) = self.groups.get_mut(&group) {

@@ -66,7 +66,8 @@ impl Poller {
             ) {
                 Ok(g) => {
                     if g.replay_upto > g.applied {
-                        self.replaying = true;
+                        g.chunks.set_replaying(true);
+                        self.replaying.insert(gid);
                     }
                     self.add_group(g);
                 }
@@ -76,7 +77,6 @@ impl Poller {
                 }
             }
         }
-        self.chunks.set_replaying(self.replaying);
         // Chunk files whose group the log no longer knows belong to a replica destroyed
         // before its files were (the log's tombstone comes first).
         for space in self.chunks.spaces() {

@@ -981,17 +981,18 @@ fn run_many(first: u64, count: u64) -> Result<Figures, (u64, String)> {
     Ok(total)
 }
 
-/// Every schedule keeps each block a linearizable register: no acknowledged write lost, no
-/// stale or torn read, across crashes (torn log writes included), partitions, lossy
-/// networks, transfers and replica replacements; no node stops, no removed replica comes
-/// back, every block is served once the faults stop.
-#[test]
-fn random_schedules_keep_every_block_linearizable() {
+/// Runs this shard's schedules: `TESSERA_SIM_SCHEDULES` (default 2,000) split over
+/// `SHARDS` tests, so that the test runner spreads them over the cores; from a random
+/// first seed, or just `TESSERA_SIM_SEED` (in shard 0).
+fn shard(index: u64) {
     let (first, count) = match env("TESSERA_SIM_SEED") {
-        Some(seed) => (seed, 1),
+        Some(seed) if index == 0 => (seed, 1),
+        Some(_) => return,
         None => (
             rand::random::<u64>() >> 16,
-            env("TESSERA_SIM_SCHEDULES").unwrap_or(20),
+            env("TESSERA_SIM_SCHEDULES")
+                .unwrap_or(2_000)
+                .div_ceil(SHARDS),
         ),
     };
     let started = Instant::now();
@@ -1014,11 +1015,39 @@ fn random_schedules_keep_every_block_linearizable() {
                 "too few writes acknowledged"
             );
             assert!(f.reads >= count as usize * 20, "too few reads checked");
+            assert!(f.crashes >= count as usize, "too few crashes");
         }
         Err((seed, e)) => {
             panic!("schedule {seed:#x} failed (replay: TESSERA_SIM_SEED={seed:#x}): {e}")
         }
     }
+}
+
+const SHARDS: u64 = 4;
+
+// Every schedule keeps each block a linearizable register: no acknowledged write lost, no
+// stale or torn read, across crashes (torn log writes included), partitions, lossy
+// networks, transfers and replica replacements; no node stops, no removed replica comes
+// back, no restarted replica forgets what it acknowledged, every block is served again
+// once the faults stop.
+#[test]
+fn random_schedules_keep_every_block_linearizable_0() {
+    shard(0)
+}
+
+#[test]
+fn random_schedules_keep_every_block_linearizable_1() {
+    shard(1)
+}
+
+#[test]
+fn random_schedules_keep_every_block_linearizable_2() {
+    shard(2)
+}
+
+#[test]
+fn random_schedules_keep_every_block_linearizable_3() {
+    shard(3)
 }
 
 /// The same seed gives the same run, to the message: a failing seed reproduces.

@@ -717,6 +717,101 @@ fn a_replica_that_knows_no_configuration_does_not_vote() {
     assert!(granted.is_empty(), "votes granted: {granted:?}");
 }
 
+/// Suspected, and confirmed: a follower's report that its snapshot copy failed, sent over
+/// the network, was dropped (`RawNode::step` refuses `MsgSnapStatus` as a local message),
+/// so the leader offered a new snapshot only after its 30 s stall timeout. The leader now
+/// takes the report and offers a new snapshot at the next heartbeat.
+#[test]
+fn a_failed_snapshot_copy_reported_by_the_follower_is_offered_again_at_once() {
+    let mut n = leader();
+    for _ in 0..3 {
+        let _ = submit(&mut n, write(0xA, 0xaa));
+        ack_appends(&mut n);
+    }
+    let last = n.last_index();
+    n.poller.groups[&GROUP].mem().compact(last);
+    // Node 2 lost its log: the leader starts over with it, and only a snapshot will do.
+    let mut r = msg(MessageType::MsgAppendResponse, 2, 6);
+    r.term = n.poller.groups[&GROUP].raw.raft.term;
+    r.reject = true;
+    r.index = last;
+    r.reject_hint = 0;
+    n.deliver(2, r);
+    heartbeat_round(&mut n);
+    let snapshots = |sent: &[(u64, Message)]| {
+        sent.iter()
+            .filter(|(to, m)| *to == 2 && m.get_msg_type() == MessageType::MsgSnapshot)
+            .count()
+    };
+    let mut sent = n.take_sent();
+    if snapshots(&sent) == 0 {
+        heartbeat_round(&mut n);
+        sent = n.take_sent();
+    }
+    assert_eq!(snapshots(&sent), 1, "the leader offers node 2 a snapshot");
+    let progress = |n: &Node| n.poller.groups[&GROUP].raw.raft.prs().get(2).unwrap().state;
+    assert_eq!(progress(&n), raft::ProgressState::Snapshot);
+    // Node 2's copy failed: it says so, as `snapshot_fetched` does.
+    let mut failed = Message::default();
+    failed.set_msg_type(MessageType::MsgSnapStatus);
+    failed.from = 2;
+    failed.to = ME;
+    failed.reject = true;
+    n.deliver(2, failed);
+    assert_eq!(
+        progress(&n),
+        raft::ProgressState::Probe,
+        "the report of a failed copy was dropped"
+    );
+    heartbeat_round(&mut n);
+    let sent = n.take_sent();
+    assert_eq!(snapshots(&sent), 1, "a new snapshot at the next heartbeat");
+}
+
+/// Suspected, and confirmed: one group that cannot finish its replay (its tail is not
+/// committed: no leader reachable) kept the whole node in replay mode, where every group's
+/// read-modify-writes take a block failing its checksum as torn and rewrite it, hiding
+/// real corruption. Replay mode is now per group.
+#[test]
+fn a_group_that_cannot_finish_its_replay_keeps_no_other_group_in_replay_mode() {
+    let mut n = Node::follower();
+    let mut other = spec(&[2, 1, 3]);
+    other.group_id = 2;
+    n.poller.handle(Event::CreateGroup(other));
+    n.settle();
+    // Both groups get entries 6..=8, committed only up to 5.
+    for gid in [GROUP, 2] {
+        let m = append(INIT_INDEX + 1, INIT_INDEX + 3, INIT_INDEX);
+        n.poller.handle(Event::Raft(RaftBatch {
+            from_node: 2,
+            msgs: vec![(gid, Bytes::from(m.write_to_bytes().unwrap()))],
+        }));
+        n.settle();
+    }
+    let mut n = n.restart();
+    let store = |n: &Node, gid: u64| n.poller.groups[&gid].chunks.clone();
+    assert!(store(&n, GROUP).replaying() && store(&n, 2).replaying());
+    // Group 2's leader commits its tail; group 1's never comes back.
+    let mut hb = msg(MessageType::MsgHeartbeat, 2, 6);
+    hb.commit = INIT_INDEX + 3;
+    n.poller.handle(Event::Raft(RaftBatch {
+        from_node: 2,
+        msgs: vec![(2, Bytes::from(hb.write_to_bytes().unwrap()))],
+    }));
+    n.settle();
+    n.poller.tick(Instant::now() + Duration::from_secs(1));
+    n.settle();
+    assert!(
+        n.poller.groups[&2].applied >= INIT_INDEX + 3,
+        "group 2 applied its tail"
+    );
+    assert!(
+        !store(&n, 2).replaying(),
+        "group 2 finished its replay and is still in replay mode"
+    );
+    assert!(store(&n, GROUP).replaying(), "group 1 has not finished");
+}
+
 /// A follower that lost its log (its replica destroyed on the manager's word and hosted
 /// anew while the leader still tracked it) rejects the leader's appends with a last index
 /// below what it had acknowledged. The leader must start over with it (in the end, a

@@ -43,14 +43,18 @@ impl Poller {
             self.dirty.insert(*gid);
         }
         self.check_space(now);
-        if self.replaying && self.groups.values().all(|g| g.replay_done()) {
-            self.replaying = false;
-            self.chunks.set_replaying(false);
-            tracing::info!(
-                node = self.cfg.node_id,
-                "log replay into chunk files complete"
-            );
-        }
+        // Per group: one that cannot finish (no leader to commit its tail) must not keep
+        // every other group's torn-block tolerance on, where it would hide real corruption.
+        let groups = &self.groups;
+        self.replaying.retain(|gid| match groups.get(gid) {
+            Some(g) if !g.replay_done() => true,
+            Some(g) => {
+                g.chunks.set_replaying(false);
+                tracing::info!(group = gid, "log replay into chunk files complete");
+                false
+            }
+            None => false,
+        });
         let held: u64 = self.groups.values().map(|g| g.store.lock().bytes).sum();
         if !self.flushing && (now >= self.next_flush || held >= FLUSH_AT_BYTES) {
             self.next_flush = now + self.cfg.flush_interval;
