@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::Poll;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use tessera_client::Client;
 use tessera_storage::{StorageConfig, StorageNode};
@@ -88,14 +89,41 @@ pub async fn run(a: DevArgs) -> Result<()> {
     println!("  CLI:     tessera --manager {maddr} volume list");
     println!("  metrics: http://{metrics}/metrics");
     println!("Press Ctrl-C to stop.");
+    // A node that hit a fatal storage error has stopped for good: the whole cluster stops
+    // with it, rather than run on with a dead replica the user is never told about.
+    let mut fatal = None;
     nbd.run(async {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            stopped = first_fatal(&nodes) => fatal = Some(stopped),
+        }
     })
     .await;
     for n in nodes {
         n.shutdown().await;
     }
     manager.shutdown().await;
+    if let Some((i, msg)) = fatal {
+        bail!(
+            "storage node {} (data in {}) stopped: {msg}",
+            i + 1,
+            a.data_dir.join(format!("node{}", i + 1)).display()
+        );
+    }
     println!("stopped");
     Ok(())
+}
+
+/// Resolves with the index and the reason of the first node to hit a fatal storage error.
+async fn first_fatal(nodes: &[StorageNode]) -> (usize, String) {
+    let mut waits: Vec<_> = nodes.iter().map(|n| Box::pin(n.fatal())).collect();
+    std::future::poll_fn(|cx| {
+        for (i, w) in waits.iter_mut().enumerate() {
+            if let Poll::Ready(msg) = w.as_mut().poll(cx) {
+                return Poll::Ready((i, msg));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

@@ -75,6 +75,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A test build reads its fault injection points from `FAILPOINTS` (e.g.
+    // `chunk::fdatasync=1*return`); a build that serves data has none.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     // A storage node runs its network tasks and its Raft poller on one thread: handing a
     // request from socket to Raft to socket then wakes no other thread. Everything that
     // blocks on a disk flush has a thread of its own. The NBD gateway likewise keeps a
