@@ -188,7 +188,7 @@ impl Inner {
             // Whatever is still queued is written first, as the thread would.
             let msgs = std::mem::take(&mut self.shared.lock_queue().msgs);
             if !msgs.is_empty() {
-                w.process(msgs, None);
+                w.process(msgs, writer::Tear::Never);
             }
             w.stop();
         }
@@ -230,7 +230,7 @@ impl Log {
         let msgs = std::mem::take(&mut self.inner.shared.lock_queue().msgs);
         let n = msgs.len();
         if n > 0 {
-            w.process(msgs, None);
+            w.process(msgs, writer::Tear::Never);
         }
         n
     }
@@ -254,12 +254,12 @@ impl Log {
             let mut msgs = std::mem::take(&mut self.inner.shared.lock_queue().msgs);
             let rest = msgs.split_off(keep.min(msgs.len()));
             if !msgs.is_empty() {
-                w.process(msgs, None);
+                w.process(msgs, writer::Tear::Never);
             }
             if let Some(n) = torn
                 && !rest.is_empty()
             {
-                w.process(rest, Some(n));
+                w.process(rest, writer::Tear::After(n));
             }
             w.stop();
         }

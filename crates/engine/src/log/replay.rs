@@ -4,7 +4,19 @@
 //! Owns the rules for what survives a crash; writes nothing into segments (it only deletes
 //! leftover temporary files). A segment's replay stops at its first record that is torn,
 //! fails its checksum or carries another segment's sequence number: that record and
-//! everything after it in that segment are never returned.
+//! everything after it in that segment are never returned. Such a stop is the normal end
+//! of a segment (zero fill, stale bytes) or the batch a crash tore. A power loss during a
+//! batch's pwrite can keep any subset of its pages, so valid records of that same batch
+//! may follow the stop; but the writer starts a batch only after the previous one's
+//! fdatasync returned, so a segment holds at most one torn batch, its last. Hence, if a
+//! valid record of a later batch follows the stop (one starting after the damaged offset:
+//! a batch end claiming such a start, or any record after a batch end), the damage is in
+//! the middle of the log (bit rot, a lost write) and opening fails with [`Error::Corrupt`]
+//! rather than drop acknowledged records and replay later ones on top. Segments written
+//! before batch framing (see [`super::record`]) cannot show batches: there any valid
+//! record after the stop means corruption. This holds in every segment, not only the
+//! newest: the writer never appends into a segment of an earlier process, so an older
+//! segment may end in a torn batch too.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -12,10 +24,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::record::{self, Record, Stop};
+use super::record::{self, Decoded, Found, Record, Stop};
 use super::state::{Book, SegmentMeta};
 use super::{LogEntry, LogOptions, Recovered, RecoveredGroup};
-use crate::Result;
+use crate::{Error, Result};
 
 /// What opening the directory found.
 pub(super) struct Replayed {
@@ -93,13 +105,22 @@ pub(super) fn replay(dir: &Path, opts: &LogOptions) -> Result<Replayed> {
         let mut count = 0u64;
         while off < bytes.len() {
             match record::decode(&bytes[off..], seq) {
-                Ok((rec, len)) => {
+                Ok((Decoded::Record(rec), len)) => {
                     book.apply(seq, &rec);
                     replay_record(&mut groups, rec);
                     off += len;
                     count += 1;
                 }
+                Ok((Decoded::BatchEnd { .. }, len)) => off += len,
                 Err(stop) => {
+                    if let Some(next) = later_batch(&bytes, seq, off) {
+                        return Err(Error::Corrupt(format!(
+                            "log segment {} has a damaged record at offset {off} ({stop}) \
+                             followed by a valid record of a later batch at offset {next}: \
+                             damage in the middle of the log, not a torn tail",
+                            path.display(),
+                        )));
+                    }
                     // Zero fill and stale bytes end every segment; a torn or damaged record
                     // is expected at the end of a segment written when a crash struck.
                     let suspicious = Some(seq) != last && !matches!(stop, Stop::WrongSeq(_));
@@ -136,6 +157,29 @@ pub(super) fn replay(dir: &Path, opts: &LogOptions) -> Result<Replayed> {
         next_seq: max_seq + 1,
         free,
     })
+}
+
+/// Where the first valid record after the damaged record at `off` of segment `seq` that
+/// belongs to a later batch than the damaged one starts, if any: such a batch was written
+/// only after the damaged one was durable. Without framing every valid record counts.
+fn later_batch(bytes: &[u8], seq: u64, off: usize) -> Option<usize> {
+    let mut at = off + 1;
+    // Past a batch end, every record belongs to a batch that started after the damage.
+    let mut past_batch_end = false;
+    while let Some((rel, found)) = record::find_next(bytes.get(at..)?, seq) {
+        let pos = at + rel;
+        let Found {
+            len,
+            framed,
+            batch_start,
+        } = found;
+        if !framed || past_batch_end || batch_start.is_some_and(|s| s > off as u64) {
+            return Some(pos);
+        }
+        past_batch_end |= batch_start.is_some();
+        at = pos + len;
+    }
+    None
 }
 
 /// Applies one record to the recovered per-group state: overwrite, compaction, tombstone.

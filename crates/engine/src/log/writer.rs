@@ -1,7 +1,8 @@
 //! The log writer thread: group commit, segment rolling, preallocation and recycling.
 //!
 //! Owns every write to segment files and the [`Book`]. Each wake-up takes everything queued,
-//! encodes it into one buffer, writes it with one `pwrite` into a preallocated segment and
+//! encodes it into one buffer closed by a batch end (replay tells a torn batch from damage
+//! by it, see [`super::record`]), writes it with one `pwrite` into a preallocated segment and
 //! makes it durable with one `fdatasync`, then runs every callback. It never waits to
 //! gather more work (at queue depth 1 a write costs exactly one fdatasync), never appends
 //! into a segment written by an earlier process (its torn tail stays the end of that
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 
 use tracing::{error, warn};
 
-use super::record::Record;
+use super::record::{self, Record};
 use super::replay::{free_path, segment_path};
 use super::state::{Book, SegmentMeta};
 use super::{Done, LogOptions, Msg, Shared};
@@ -37,6 +38,18 @@ struct Current {
     file: File,
     offset: u64,
     len: u64,
+}
+
+/// Whether a batch is torn by a (simulated) power loss part way through its write.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Tear {
+    /// As the process-wide `log::tear` fail point says (the writer thread's batches).
+    FailPoint,
+    /// Never: a stepped log's harness decides its crashes itself, whatever fail points
+    /// other tests of the process configure.
+    Never,
+    /// After that many records ([`super::Log::crash`]).
+    After(usize),
 }
 
 pub(super) struct Writer {
@@ -96,7 +109,7 @@ impl Writer {
                 }
                 std::mem::take(&mut q.msgs)
             };
-            self.process(msgs, None);
+            self.process(msgs, Tear::FailPoint);
         }
         self.stop();
     }
@@ -105,9 +118,8 @@ impl Writer {
         self.prealloc.stop();
     }
 
-    /// Writes one batch. `tear`: a crash part way through it, keeping that many records
-    /// (a stepped log's [`super::Log::crash`]); otherwise the `log::tear` fail point decides.
-    pub fn process(&mut self, msgs: Vec<Msg>, tear: Option<usize>) {
+    /// Writes one batch, torn as `tear` says.
+    pub fn process(&mut self, msgs: Vec<Msg>, tear: Tear) {
         let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
         let mut writes: Vec<Record> = Vec::new();
         for msg in msgs {
@@ -176,18 +188,25 @@ impl Writer {
         if records.is_empty() {
             return finish(dones, || Ok(()));
         }
-        if let Some(keep) = tear.or_else(torn_batch) {
+        let tear = match tear {
+            Tear::FailPoint => torn_batch(),
+            Tear::Never => None,
+            Tear::After(n) => Some(n),
+        };
+        if let Some(keep) = tear {
             // A power loss part way through the batch's write: a prefix of its records
-            // reaches the disk, the rest and the fdatasync's answer never do.
+            // reaches the disk, the rest and the fdatasync's answer never do. The batch end,
+            // written last, survives only with every record.
+            let whole = keep >= records.len();
             records.truncate(keep);
             let reason = "power loss injected by the log::tear fail point".to_string();
             if !records.is_empty() {
-                let _ = self.write_batch(&records);
+                let _ = self.write_batch(&records, whole);
             }
             self.fatal = Some(reason.clone());
             return finish(dones, || Err(Error::Fatal(reason.clone())));
         }
-        let mut result = self.write_batch(&records);
+        let mut result = self.write_batch(&records, true);
         let mut waited = 0u32;
         while let Err(Error::DiskFull(msg)) = &result {
             // No room for the next segment. Refusing the batch would leave Raft with entries
@@ -198,7 +217,7 @@ impl Writer {
             }
             waited += 1;
             std::thread::sleep(std::time::Duration::from_millis(200));
-            result = self.write_batch(&records);
+            result = self.write_batch(&records, true);
         }
         match result {
             Ok(()) => {
@@ -228,10 +247,13 @@ impl Writer {
             .store(self.book.segments.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes `records` into the current segment (rolling first if they do not fit) with one
-    /// pwrite and one fdatasync, then accounts for them.
-    fn write_batch(&mut self, records: &[Record]) -> Result<()> {
-        let size: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
+    /// Writes `records` and (if `end`, always but in a simulated tear) their batch end into
+    /// the current segment (rolling first if they do not fit) with one pwrite and one
+    /// fdatasync, then accounts for them.
+    fn write_batch(&mut self, records: &[Record], end: bool) -> Result<()> {
+        let framing = if end { record::BATCH_END_LEN } else { 0 };
+        let size: u64 =
+            records.iter().map(|r| r.encoded_len() as u64).sum::<u64>() + framing as u64;
         let fits = self
             .current
             .as_ref()
@@ -246,6 +268,9 @@ impl Writer {
         self.buf.clear();
         for r in records {
             r.encode(cur.seq, &mut self.buf);
+        }
+        if end {
+            record::encode_batch_end(cur.seq, cur.offset, &mut self.buf);
         }
         let path = segment_path(&self.dir, cur.seq);
         cur.file
