@@ -654,7 +654,7 @@ impl Group {
     /// reads the new applied index covers. Stops at the first entry that cannot be applied
     /// (full disk, a corrupt block under a partial write): it is retried later, never
     /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
-    pub(crate) fn apply(&mut self) -> Result<(), String> {
+    pub(crate) fn apply(&mut self) -> Result<(), crate::Fatal> {
         // While a snapshot's chunk data is being copied in, older entries must not land on
         // top of it (a block copied at the snapshot's state would be overwritten with an
         // older one); the snapshot covers them anyway.
@@ -676,7 +676,7 @@ impl Group {
                 _ => Ok(()),
             };
             crate::metrics::APPLY.observe_since(started);
-            match &result {
+            match result {
                 Err(tessera_engine::Error::DiskFull(msg)) => {
                     tracing::error!(
                         group = self.id,
@@ -689,11 +689,12 @@ impl Group {
                     tracing::error!(group = self.id, index = e.index, "apply stalled: {msg}");
                     break;
                 }
-                Err(other) => {
-                    return Err(format!(
-                        "applying entry {} of group {}: {other}",
-                        e.index, self.id
-                    ));
+                Err(source) => {
+                    return Err(crate::Fatal::Apply {
+                        group: self.id,
+                        index: e.index,
+                        source,
+                    });
                 }
                 Ok(()) => {}
             }

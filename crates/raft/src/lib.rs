@@ -77,6 +77,42 @@ pub enum FetchError {
     Fatal(String),
 }
 
+/// Why a node's Raft poller stopped for good: the storage under it failed, and carrying on
+/// could acknowledge what is not durable or serve what is not there. The node must stop
+/// (its process exits; the manager re-replicates its groups).
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// A write or fdatasync of the shared log failed.
+    #[error("shared log write failed: {0}")]
+    Log(tessera_engine::Error),
+    /// Flushing chunk files (so the log behind them can be compacted) failed.
+    #[error("flushing chunk files: {0}")]
+    Flush(tessera_engine::Error),
+    /// An entry could not be applied for a reason other than a full disk or a corrupt
+    /// block (those stall the group instead).
+    #[error("applying entry {index} of group {group}: {source}")]
+    Apply {
+        group: u64,
+        index: u64,
+        source: tessera_engine::Error,
+    },
+    /// A snapshot copy could not make its data durable.
+    #[error("copying a snapshot of group {group}: {source}")]
+    Copy { group: u64, source: FetchError },
+    /// The log could not record a destroyed replica's tombstone.
+    #[error("removing group {group}: {source}")]
+    Remove {
+        group: u64,
+        source: tessera_engine::Error,
+    },
+    /// raft-rs asserted one of its invariants.
+    #[error("the raft poller panicked")]
+    Panicked,
+}
+
+/// Called once, from the poller, when the node must stop.
+pub type OnFatal = Arc<dyn Fn(&Fatal) + Send + Sync>;
+
 /// One snapshot to copy.
 pub struct FetchJob {
     pub group: u64,
@@ -163,7 +199,7 @@ pub(crate) enum Event {
         respond: Respond,
     },
     Status(Box<dyn FnOnce(Vec<GroupState>) + Send>),
-    Fatal(String),
+    Fatal(Fatal),
     Shutdown,
 }
 
@@ -191,10 +227,9 @@ impl RaftNode {
         chunks: Arc<ChunkStores>,
         transport: Arc<dyn Transport>,
         fetcher: Arc<dyn SnapshotFetcher>,
-        on_fatal: Box<dyn Fn(String) + Send + Sync>,
+        on_fatal: OnFatal,
     ) -> std::io::Result<RaftNode> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let on_fatal: Arc<dyn Fn(String) + Send + Sync> = Arc::from(on_fatal);
         let mut p = poller::Poller::new(
             config,
             log,
@@ -212,7 +247,7 @@ impl RaftNode {
             if let Err(e) = poller.await
                 && e.is_panic()
             {
-                on_fatal("the raft poller panicked".to_string());
+                on_fatal(&Fatal::Panicked);
             }
         });
         Ok(RaftNode {

@@ -194,7 +194,17 @@ impl Group {
             return Err(self.raw.raft.leader_id);
         }
         let want: BTreeSet<u64> = target.iter().map(|p| p.node_id).collect();
-        let state = self.membership_state(&want);
+        let mut state = self.membership_state(&want);
+        // "Done" is a promise the manager acts on (it destroys the replicas left out). A
+        // leader cut off from its quorum may hold a configuration the group has left: it
+        // says done only while its lease shows it still leads.
+        if state.done
+            && !self.lease_valid(crate::clock::now())
+            && !cfg!(tessera_unfixed = "stale_done")
+        {
+            state.done = false;
+            return Ok(state);
+        }
         if state.done || want.is_empty() {
             return Ok(state);
         }

@@ -35,7 +35,10 @@ use crate::group::{
     to_log_entry,
 };
 use crate::membership::decode_conf;
-use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
+use crate::{
+    Event, Fatal, FetchError, FetchJob, MembershipError, NodeConfig, OnFatal, SnapshotFetcher,
+    Transport,
+};
 
 mod catchup;
 mod lifecycle;
@@ -62,7 +65,7 @@ pub(crate) struct Poller {
     transport: Arc<dyn Transport>,
     fetcher: Arc<dyn SnapshotFetcher>,
     tx: mpsc::UnboundedSender<Event>,
-    on_fatal: Arc<dyn Fn(String) + Send + Sync>,
+    on_fatal: OnFatal,
     groups: HashMap<u64, Group>,
     /// Groups the log knows but could not restore. Never re-created empty here: a replica
     /// that forgot its vote or its log could elect a second leader in a term.
@@ -110,7 +113,7 @@ impl Poller {
         transport: Arc<dyn Transport>,
         fetcher: Arc<dyn SnapshotFetcher>,
         tx: mpsc::UnboundedSender<Event>,
-        on_fatal: Arc<dyn Fn(String) + Send + Sync>,
+        on_fatal: OnFatal,
     ) -> std::io::Result<Poller> {
         let flusher = spawn_flusher(cfg.node_id, chunks.clone(), tx.clone())?;
         let now = crate::clock::now();
@@ -151,12 +154,12 @@ impl Poller {
         self.cfg.tick * self.cfg.election_ticks as u32 / 2
     }
 
-    fn fail(&mut self, msg: String) {
+    fn fail(&mut self, why: Fatal) {
         tracing::error!(
             node = self.cfg.node_id,
-            "fatal storage error, stopping: {msg}"
+            "fatal storage error, stopping: {why}"
         );
-        (self.on_fatal)(msg);
+        (self.on_fatal)(&why);
         self.stopped = true;
     }
 
@@ -486,7 +489,7 @@ impl Poller {
                 states.sort_by_key(|s| s.group_id);
                 f(states)
             }
-            Event::Fatal(msg) => self.fail(msg),
+            Event::Fatal(why) => self.fail(why),
             Event::Shutdown => self.stopped = true,
         }
     }

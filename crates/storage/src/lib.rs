@@ -172,8 +172,8 @@ impl StorageNode {
             chunks.clone(),
             transport,
             fetcher,
-            Box::new(move |msg| {
-                let _ = fatal_tx.send(Some(msg));
+            Arc::new(move |why: &tessera_raft::Fatal| {
+                let _ = fatal_tx.send(Some(why.to_string()));
             }),
         )?;
 

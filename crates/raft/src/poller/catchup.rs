@@ -18,7 +18,22 @@ impl Poller {
             return;
         };
         let current = msg.term >= g.raw.raft.term && g.raw.raft.state != StateRole::Leader;
-        if !current || g.fetching || msg.get_snapshot().get_metadata().index <= g.applied {
+        if !current || g.fetching {
+            return;
+        }
+        if msg.get_snapshot().get_metadata().index <= g.applied
+            && !cfg!(tessera_unfixed = "stale_snapshot")
+        {
+            // Nothing to copy. raft-rs declines it and answers with its commit index,
+            // which takes the leader's view of this replica out of its snapshot state;
+            // unanswered, the leader would wait for its 30 s stall timeout.
+            if let Err(e) = g.raw.step(msg) {
+                tracing::debug!(group = gid, "step: {e}");
+            }
+            self.dirty.insert(gid);
+            return;
+        }
+        if msg.get_snapshot().get_metadata().index <= g.applied {
             return;
         }
         g.fetching = true;
@@ -81,8 +96,8 @@ impl Poller {
                     tracing::warn!(group, "stepping a fetched snapshot: {e}");
                 }
             }
-            Err(FetchError::Fatal(e)) => {
-                self.fail(format!("copying a snapshot of group {group}: {e}"));
+            Err(source @ FetchError::Fatal(_)) => {
+                self.fail(Fatal::Copy { group, source });
                 return;
             }
             Err(FetchError::Retry(e)) => {

@@ -222,7 +222,10 @@ impl Poller {
                     let _ = tx.send(Event::Destroyed(gid));
                 }
                 Err(e) => {
-                    let _ = tx.send(Event::Fatal(format!("removing group {gid}: {e}")));
+                    let _ = tx.send(Event::Fatal(Fatal::Remove {
+                        group: gid,
+                        source: e,
+                    }));
                 }
             }),
         );

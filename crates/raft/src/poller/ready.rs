@@ -105,7 +105,7 @@ impl Poller {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Event::Fatal(format!("shared log write failed: {e}")));
+                        let _ = tx.send(Event::Fatal(Fatal::Log(e)));
                     }
                 }),
             );
@@ -120,9 +120,9 @@ impl Poller {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
-            if let Err(msg) = g.apply() {
+            if let Err(why) = g.apply() {
                 // Nothing more leaves this node: its chunk store failed under it.
-                self.fail(msg);
+                self.fail(why);
                 return;
             }
             if g.raw.has_ready() {

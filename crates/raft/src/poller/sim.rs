@@ -179,7 +179,7 @@ impl SimNode {
             wire.clone(),
             Arc::new(SimCopy(stores.clone())),
             tx,
-            Arc::new(move |m| *f.lock().unwrap() = Some(m)),
+            Arc::new(move |m: &crate::Fatal| *f.lock().unwrap() = Some(m.to_string())),
         )
         .unwrap();
         poller.inline_io = true;
@@ -551,14 +551,24 @@ impl Sim {
                 .filter_map(|n| {
                     let g = n.poller.groups.get(&GROUP)?;
                     let r = &g.raw.raft;
+                    let prs: Vec<String> = if g.is_leader() {
+                        r.prs()
+                            .iter()
+                            .map(|(id, p)| format!("{id}={}{:?}", p.matched, p.state))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     Some(format!(
-                        "{}:{:?}/t{}/c{}/a{}/l{}",
+                        "{}:{:?}/t{}/c{}/a{}/l{}{:?}{}",
                         n.id,
                         r.state,
                         r.term,
                         r.raft_log.committed,
                         g.applied,
-                        r.raft_log.last_index()
+                        r.raft_log.last_index(),
+                        g.mem().conf_state.voters,
+                        prs.join(",")
                     ))
                 })
                 .collect();

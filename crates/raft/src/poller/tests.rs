@@ -84,7 +84,7 @@ impl Node {
             wire.clone(),
             Arc::new(InstantCopy),
             tx,
-            Arc::new(move |m| *f.lock().unwrap() = Some(m)),
+            Arc::new(move |m: &crate::Fatal| *f.lock().unwrap() = Some(m.to_string())),
         )
         .unwrap();
         poller.recover(recovered);
@@ -810,6 +810,67 @@ fn a_group_that_cannot_finish_its_replay_keeps_no_other_group_in_replay_mode() {
         "group 2 finished its replay and is still in replay mode"
     );
     assert!(store(&n, GROUP).replaying(), "group 1 has not finished");
+}
+
+/// A leader cut off from its quorum may hold a configuration the group has left, and the
+/// manager destroys the replicas a "done" leaves out: the simulation found a stale leader
+/// answering done, and a healthy voter destroyed (its committed entries then lived on one
+/// replica). Done is said only under a valid lease.
+#[test]
+fn a_leader_without_a_lease_never_says_a_membership_change_is_done() {
+    crate::clock::virtual_clock::start();
+    let mut n = leader();
+    let ask = |n: &mut Node| {
+        let got = Arc::new(Mutex::new(None));
+        let g2 = got.clone();
+        n.poller.handle(Event::ChangeMembers {
+            group: GROUP,
+            peers: spec(&[1, 2, 3]).peers,
+            respond: Box::new(move |r| *g2.lock().unwrap() = Some(r)),
+        });
+        n.settle();
+        let r = got.lock().unwrap().take();
+        match r {
+            Some(Ok(state)) => state.done,
+            other => panic!("membership answer: {other:?}"),
+        }
+    };
+    assert!(
+        ask(&mut n),
+        "under a lease, the current configuration is done"
+    );
+    // Nobody answers for longer than an election timeout.
+    crate::clock::virtual_clock::advance(Duration::from_secs(60));
+    assert!(!ask(&mut n), "a leader without a lease said done");
+}
+
+/// A snapshot no newer than what a follower applied has nothing to copy. It used to be
+/// dropped unanswered, and the leader waited in its snapshot state for the 30 s stall
+/// timeout (the simulation found a group stuck so); raft-rs now declines it and answers.
+#[test]
+fn a_snapshot_no_newer_than_the_applied_index_is_answered() {
+    let mut n = Node::follower();
+    n.deliver(2, append(INIT_INDEX + 1, INIT_INDEX + 3, INIT_INDEX + 3));
+    assert!(n.poller.groups[&GROUP].applied >= INIT_INDEX + 3);
+    n.take_sent();
+    let mut snap = Snapshot {
+        data: control::encode(&spec(&[2, 1, 3])),
+        ..Default::default()
+    };
+    snap.mut_metadata().index = INIT_INDEX + 2;
+    snap.mut_metadata().term = 6;
+    snap.mut_metadata().set_conf_state(ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    });
+    let mut m = msg(MessageType::MsgSnapshot, 2, 6);
+    m.set_snapshot(snap);
+    n.deliver(2, m);
+    let answered = n
+        .take_sent()
+        .into_iter()
+        .any(|(to, m)| to == 2 && m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject);
+    assert!(answered, "the leader got no answer to its snapshot");
 }
 
 /// A follower that lost its log (its replica destroyed on the manager's word and hosted

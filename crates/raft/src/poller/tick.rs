@@ -15,7 +15,7 @@ pub(super) fn spawn_flusher(
             for list in frx {
                 let ev = match chunks.sync() {
                     Ok(()) => Event::Flushed(list),
-                    Err(e) => Event::Fatal(format!("flushing chunk files: {e}")),
+                    Err(e) => Event::Fatal(Fatal::Flush(e)),
                 };
                 if tx.send(ev).is_err() {
                     break;
@@ -69,7 +69,7 @@ impl Poller {
             if !list.is_empty() && self.inline_io {
                 let ev = match self.chunks.sync() {
                     Ok(()) => Event::Flushed(list),
-                    Err(e) => Event::Fatal(format!("flushing chunk files: {e}")),
+                    Err(e) => Event::Fatal(Fatal::Flush(e)),
                 };
                 self.flushing = self.tx.send(ev).is_ok();
             } else if !list.is_empty() {
