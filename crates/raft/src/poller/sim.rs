@@ -1028,7 +1028,12 @@ fn shard(index: u64) {
             assert!(f.crashes >= count as usize, "too few crashes");
         }
         Err((seed, e)) => {
-            panic!("schedule {seed:#x} failed (replay: TESSERA_SIM_SEED={seed:#x}): {e}")
+            panic!(
+                "schedule {seed:#x} failed (replay: TESSERA_SIM_SEED={seed:#x}), the {}th of \
+                 this shard, after {:.1}s: {e}",
+                seed - first + 1,
+                started.elapsed().as_secs_f64()
+            )
         }
     }
 }
