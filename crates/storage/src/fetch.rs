@@ -394,12 +394,23 @@ mod tests {
 
     use tessera_engine::ChunkStores;
 
+    use crate::server::{CopySources, serve_snapshot};
+
     const GROUP: u64 = 7;
     const B: usize = BLOCK_SIZE as usize;
 
     /// A node to copy from: serves the snapshot requests of `chunks` on 127.0.0.1, as the
     /// data port does. Returns its address.
     async fn serve_copies(chunks: Arc<ChunkStores>) -> String {
+        serve_copies_then(chunks, |_| {}).await
+    }
+
+    /// As [`serve_copies`], calling `after` with each request once it is answered.
+    async fn serve_copies_then(
+        chunks: Arc<ChunkStores>,
+        after: impl Fn(&Request) + Send + Sync + 'static,
+    ) -> String {
+        let after = Arc::new(after);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -407,18 +418,27 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let chunks = chunks.clone();
+                let after = after.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut reader = FrameReader::new(r);
+                    let mut copied = CopySources::default();
                     while let Ok(Some(f)) = reader.next().await {
-                        let reply = match Request::decode(f.kind, &f.body) {
-                            Ok(req) => crate::server::serve_snapshot(&chunks, &req),
+                        let req = Request::decode(f.kind, &f.body);
+                        let reply = match &req {
+                            Ok(req) => match copied.source(&chunks, req.addr.group) {
+                                Some(store) => serve_snapshot(&chunks, &store, req),
+                                None => Reply::GroupNotFound,
+                            },
                             Err(e) => Reply::BadRequest(e.to_string()),
                         };
                         let (head, data) = reply.encode_parts();
                         let frame = Frame::with_tail(Kind::Reply, f.request_id, head, data);
                         if tessera_net::write_frame(&mut w, &frame).await.is_err() {
                             break;
+                        }
+                        if let Ok(req) = &req {
+                            after(req);
                         }
                     }
                 });
@@ -517,6 +537,86 @@ mod tests {
         );
         assert!(matches!(failed, Err(CopyError::Fatal(_))), "got {failed:?}");
         scenario.teardown();
+    }
+
+    /// The source's replica is destroyed after it listed its chunks, and the group hosted
+    /// there anew, empty: its chunk files are gone, and a missing file reads as zeroes with
+    /// matching (zero) checksums. The copy must fail (the leader offers a new snapshot)
+    /// rather than install those zeroes over this replica's data.
+    #[tokio::test]
+    async fn a_copy_from_a_replica_destroyed_midway_fails_rather_than_install_zeroes() {
+        let _serial = fail::FailScenario::setup();
+        let from_dir = tempfile::tempdir().expect("tempdir");
+        let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+        from.get(GROUP)
+            .expect("source store")
+            .write(1, 0, 0, &[5u8; 4 * B])
+            .expect("source write");
+        let destroyer = from.clone();
+        let addr = serve_copies_then(from.clone(), move |req| {
+            if req.op == Op::SnapList {
+                destroyer.remove(GROUP).expect("destroy the source replica");
+                destroyer.get(GROUP).expect("host the group anew");
+            }
+        })
+        .await;
+        let to_dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+        store.write(1, 0, 0, &[3u8; 4 * B]).expect("older data");
+
+        let res = copy(&store, &addr).await;
+        assert!(
+            matches!(res, Err(CopyError::Failed(_))),
+            "a copy whose source was destroyed midway must fail, got {res:?}"
+        );
+    }
+
+    /// A replica destroyed while a copy writes into it keeps its files until the fetcher
+    /// answers (the poller's `remove_after_copy`), then loses them. So the answer must come
+    /// after the copy's last write: a chunk store does not refuse writes once removed, and a
+    /// later write would recreate the deleted directories, files of a destroyed replica.
+    #[tokio::test]
+    async fn a_copy_answers_after_its_last_write_so_a_destroyed_replica_stays_gone() {
+        let _serial = fail::FailScenario::setup();
+        let from_dir = tempfile::tempdir().expect("tempdir");
+        let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+        let source = from.get(GROUP).expect("source store");
+        for chunk in 0..8 {
+            source
+                .write(1, chunk, 0, &[6u8; 32 * B])
+                .expect("source write");
+        }
+        let addr = serve_copies(from.clone()).await;
+        let to_dir = tempfile::tempdir().expect("tempdir");
+        let to = Arc::new(ChunkStores::open(to_dir.path()).expect("stores"));
+        let job = FetchJob {
+            group: GROUP,
+            from: 2,
+            from_addr: addr,
+            index: 1,
+            store: to.get(GROUP).expect("replica store"),
+        };
+        // 1 MiB at 2 MiB/s: a quarter second past the throttle's burst allowance.
+        let fetcher = Fetcher {
+            throttle: Arc::new(Throttle::new(2 << 20)),
+            stats: Arc::default(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let remover = to.clone();
+        fetcher.fetch(
+            job,
+            Box::new(move |res| {
+                // What the poller does for a replica destroyed during the copy.
+                let removed = remover.remove(GROUP);
+                let _ = tx.send((res, removed));
+            }),
+        );
+        let (res, removed) = rx.await.expect("the fetcher answers");
+        res.expect("the copy");
+        removed.expect("delete the replica's files");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let dir = to_dir.path().join(format!("{GROUP:016x}"));
+        assert!(!dir.exists(), "{} was recreated", dir.display());
     }
 
     #[tokio::test]

@@ -2,11 +2,12 @@
 //! their frames to the Raft node. A connection that sends anything malformed at the frame
 //! level is logged and dropped; nobody else notices.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tessera_engine::ChunkStores;
+use tessera_engine::{ChunkStore, ChunkStores};
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
@@ -77,6 +78,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     });
     let mut reader = FrameReader::new(r);
+    let mut copied = CopySources::default();
     loop {
         let f = match reader.next().await {
             Ok(Some(f)) => f,
@@ -122,10 +124,17 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 let reply = match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
                         shared.raft.snapshot_activity(req.addr.group);
-                        let chunks = shared.chunks.clone();
-                        tokio::task::spawn_blocking(move || serve_snapshot(&chunks, &req))
-                            .await
-                            .unwrap_or_else(|e| Reply::Io(e.to_string()))
+                        match copied.source(&shared.chunks, req.addr.group) {
+                            Some(store) => {
+                                let chunks = shared.chunks.clone();
+                                tokio::task::spawn_blocking(move || {
+                                    serve_snapshot(&chunks, &store, &req)
+                                })
+                                .await
+                                .unwrap_or_else(|e| Reply::Io(e.to_string()))
+                            }
+                            None => Reply::GroupNotFound,
+                        }
                     }
                     Err(e) => Reply::BadRequest(e.to_string()),
                 };
@@ -223,13 +232,31 @@ async fn membership(
     }
 }
 
+/// The replicas a connection copies from: each one as the connection's first snapshot
+/// request of its group found it. A copy runs over one connection (see `fetch.rs`); if its
+/// replica is destroyed meanwhile, and perhaps hosted anew and empty, its later requests must
+/// fail rather than read what is there now: a missing chunk file reads as zeroes, with
+/// matching checksums, which the copier would install as the group's data.
+#[derive(Default)]
+pub(crate) struct CopySources(HashMap<u64, Arc<ChunkStore>>);
+
+impl CopySources {
+    /// The replica of `group` this connection copies from, while it is still hosted here.
+    pub(crate) fn source(&mut self, chunks: &ChunkStores, group: u64) -> Option<Arc<ChunkStore>> {
+        let hosted = chunks.existing(group)?;
+        let first = self.0.entry(group).or_insert_with(|| hosted.clone());
+        Arc::ptr_eq(first, &hosted).then_some(hosted)
+    }
+}
+
 /// A peer copying a replica asks for the group's chunk list, a chunk's checksums or its
-/// data. Served straight from the chunk files (they hold at least what the snapshot the
-/// peer got stands for); blocks are verified as on every read.
-pub(crate) fn serve_snapshot(chunks: &ChunkStores, req: &Request) -> Reply {
-    let Some(store) = chunks.existing(req.addr.group) else {
-        return Reply::GroupNotFound;
-    };
+/// data, from `store` (see [`CopySources`]). Served straight from the chunk files (they hold
+/// at least what the snapshot the peer got stands for); blocks are verified as on every read.
+pub(crate) fn serve_snapshot(
+    chunks: &ChunkStores,
+    store: &Arc<ChunkStore>,
+    req: &Request,
+) -> Reply {
     let (v, c) = (req.addr.volume, req.addr.chunk);
     let res = match req.op {
         Op::SnapList => store.list_chunks().and_then(|list| {
@@ -245,10 +272,66 @@ pub(crate) fn serve_snapshot(chunks: &ChunkStores, req: &Request) -> Reply {
         Op::SnapRead => store.read(v, c, u64::from(req.offset), u64::from(req.len)),
         _ => return Reply::BadRequest("not a snapshot request".into()),
     };
+    // The replica may have been destroyed during the read, its files deleted under it and
+    // read as zeroes. `ChunkStores::remove` forgets a store before it deletes its files: one
+    // still hosted now was read intact.
+    let hosted = chunks.existing(req.addr.group);
+    if !hosted.is_some_and(|h| Arc::ptr_eq(&h, store)) {
+        return Reply::GroupNotFound;
+    }
     match res {
         Ok(b) => Reply::Ok(b),
         Err(tessera_engine::Error::Corrupt(m)) => Reply::Corrupt(m),
         Err(tessera_engine::Error::OutOfRange(m)) => Reply::OutOfRange(m),
         Err(e) => Reply::Io(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tessera_proto::data::ChunkAddr;
+
+    const GROUP: u64 = 7;
+
+    fn snap_req(op: Op, len: u32) -> Request {
+        let addr = ChunkAddr {
+            group: GROUP,
+            volume: 1,
+            chunk: 0,
+        };
+        Request::other(op, addr, 0, len)
+    }
+
+    /// A request already past [`CopySources::source`] when the replica is destroyed finds
+    /// its chunk files gone, and a missing file reads as zeroes with zero checksums (and
+    /// lists nothing): it must fail instead, and so must the connection's later requests,
+    /// even once the group is hosted here anew.
+    #[test]
+    fn snapshot_requests_of_a_replica_destroyed_under_them_fail() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let chunks = ChunkStores::open(tmp.path()).expect("stores");
+        chunks
+            .get(GROUP)
+            .expect("store")
+            .write(1, 0, 0, &[5u8; 8192])
+            .expect("write");
+        let mut copied = CopySources::default();
+        let store = copied.source(&chunks, GROUP).expect("the group is hosted");
+        chunks.remove(GROUP).expect("destroy the replica");
+        for req in [
+            snap_req(Op::SnapRead, 8192),
+            snap_req(Op::SnapChecksums, 2),
+            snap_req(Op::SnapList, 0),
+        ] {
+            match serve_snapshot(&chunks, &store, &req) {
+                Reply::GroupNotFound => {}
+                other => panic!("{:?} of a destroyed replica answered {other:?}", req.op),
+            }
+        }
+        chunks.get(GROUP).expect("host the group anew");
+        assert!(copied.source(&chunks, GROUP).is_none());
+        assert!(CopySources::default().source(&chunks, GROUP).is_some());
     }
 }
