@@ -688,8 +688,27 @@ impl Sim {
         if let Some(answer) = change.answer.lock().unwrap().take()
             && let Ok(state) = answer
             && state.done
+            && !change.done
         {
             change.done = true;
+            // The manager will destroy the replica left out: the group's newest applied
+            // configuration must not count it any more.
+            let removed = change.removed;
+            let newest = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter_map(|n| n.poller.groups.get(&GROUP).map(|g| (g.applied, n.id, g)))
+                .max_by_key(|(applied, id, _)| (*applied, *id))
+                .map(|(applied, id, g)| (applied, id, g.mem().conf_state.clone()));
+            if let Some((applied, id, cs)) = newest
+                && (cs.voters.contains(&removed) || cs.voters_outgoing.contains(&removed))
+            {
+                return Err(format!(
+                    "told the change is done while node {removed} is still a voter of the \
+                     configuration node {id} applied at {applied}: {cs:?}"
+                ));
+            }
         }
         if change.done {
             // The removed replica is destroyed on the manager's word once it is out.
