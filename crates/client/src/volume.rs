@@ -285,6 +285,8 @@ impl Volume {
                 },
                 epoch: 0,
                 id,
+                // Not proposed after the attempt is given up on: its retry never races it.
+                deadline_ms: unix_ms() + CALL_TIMEOUT.as_millis() as u64,
                 offset: p.offset,
                 len: p.len,
                 data: data.clone(),
@@ -320,7 +322,7 @@ impl Volume {
                         refresh = attempt.is_multiple_of(route.peers.len().max(1));
                     }
                 }
-                Reply::GroupNotFound | Reply::Unavailable(_) => {
+                Reply::GroupNotFound | Reply::Unavailable(_) | Reply::Expired(_) => {
                     last_err = format!("node {node_id}: {reply:?}");
                     route.leader.store(0, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -351,6 +353,13 @@ impl Volume {
         }
         Reply::decode(&f.body).map_err(|e| Error::Io(format!("bad reply from {addr}: {e}")))
     }
+}
+
+/// Now, as a Unix time in milliseconds (request deadlines).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A new request id: this process's random identity in the high half, a count in the low.

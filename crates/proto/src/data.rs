@@ -4,8 +4,10 @@
 //! chunk boundary (the client splits). Layout of every request body (little-endian):
 //!
 //! ```text
-//! group u64 | volume u64 | chunk u64 | epoch u64 | id u128 | offset u32 | len u32 | data (Write only)
+//! group u64 | volume u64 | chunk u64 | epoch u64 | id u128 | deadline u64 | offset u32 | len u32 | data (Write only)
 //! ```
+//! `deadline` is a Unix time in milliseconds: a request not proposed to its group by then is
+//! answered [`Reply::Expired`] and never proposed later (0: no deadline).
 //! `id` names one logical request across its retries (0: none): a leader that finds the
 //! id already in its log or recently applied answers with that entry's outcome instead of
 //! proposing it again (see [`Request::id`]).
@@ -20,7 +22,7 @@ use crate::{DecodeError, Reader};
 
 /// Largest single data-plane request payload. Clients split larger I/O.
 pub const MAX_IO: u32 = 4 << 20;
-const REQ_HEADER: usize = 56;
+const REQ_HEADER: usize = 64;
 
 /// Which chunk a request touches, and in which replica group it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +61,10 @@ pub struct Request {
     /// 64-bit identity in the high half and its request count in the low half, so ids of
     /// different clients never meet (as 64 random bits per request would, at scale).
     pub id: u128,
+    /// Unix time in milliseconds after which the request must not be proposed (0: none).
+    /// A client that gave up on an attempt retries only once the attempt's deadline passed,
+    /// so the retry never races the attempt into the log (see [`Reply::Expired`]).
+    pub deadline_ms: u64,
     pub offset: u32,
     pub len: u32,
     /// The data of a write; empty for every other op.
@@ -72,6 +78,7 @@ impl Request {
             addr,
             epoch: 0,
             id: 0,
+            deadline_ms: 0,
             offset,
             len: data.len() as u32,
             data,
@@ -84,6 +91,7 @@ impl Request {
             addr,
             epoch: 0,
             id: 0,
+            deadline_ms: 0,
             offset,
             len,
             data: Bytes::new(),
@@ -111,6 +119,7 @@ impl Request {
         b.put_u64_le(self.addr.chunk);
         b.put_u64_le(self.epoch);
         b.put_u128_le(self.id);
+        b.put_u64_le(self.deadline_ms);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
         (b.freeze(), self.data.clone())
@@ -142,6 +151,7 @@ impl Request {
         };
         let epoch = r.u64()?;
         let id = r.u64()? as u128 | (r.u64()? as u128) << 64;
+        let deadline_ms = r.u64()?;
         let offset = r.u32()?;
         let len = r.u32()?;
         if len > MAX_IO {
@@ -174,6 +184,7 @@ impl Request {
             addr,
             epoch,
             id,
+            deadline_ms,
             offset,
             len,
             data,
@@ -202,6 +213,9 @@ pub enum Reply {
     BadRequest(String),
     /// Try again shortly (leadership changing, proposal dropped, node shutting down).
     Unavailable(String),
+    /// The request's deadline passed before it was proposed: it was not applied and never
+    /// will be. A retry is safe.
+    Expired(String),
 }
 
 impl Reply {
@@ -216,6 +230,7 @@ impl Reply {
             Reply::Io(_) => 6,
             Reply::BadRequest(_) => 7,
             Reply::Unavailable(_) => 8,
+            Reply::Expired(_) => 9,
         }
     }
 
@@ -240,7 +255,8 @@ impl Reply {
             | Reply::Corrupt(m)
             | Reply::Io(m)
             | Reply::BadRequest(m)
-            | Reply::Unavailable(m) => b.extend_from_slice(m.as_bytes()),
+            | Reply::Unavailable(m)
+            | Reply::Expired(m) => b.extend_from_slice(m.as_bytes()),
         }
         b.freeze()
     }
@@ -259,6 +275,7 @@ impl Reply {
             6 => Reply::Io(msg(body)),
             7 => Reply::BadRequest(msg(body)),
             8 => Reply::Unavailable(msg(body)),
+            9 => Reply::Expired(msg(body)),
             other => return Err(DecodeError::Invalid(format!("reply status {other}"))),
         })
     }
@@ -332,6 +349,12 @@ mod tests {
             Request::other(Op::Read, ADDR, 4096, 8192),
             Request::other(Op::WriteZeroes, ADDR, 0, 1 << 20),
             Request::other(Op::Discard, ADDR, 1, 2),
+            Request {
+                epoch: 4,
+                id: u128::MAX - 1,
+                deadline_ms: 1_700_000_000_123,
+                ..Request::write(ADDR, 0, Bytes::from_static(b"x"))
+            },
         ];
         for req in reqs {
             let body = req.encode();
@@ -378,6 +401,7 @@ mod tests {
             Reply::Io("eio".into()),
             Reply::BadRequest("bad".into()),
             Reply::Unavailable("later".into()),
+            Reply::Expired("too late".into()),
         ];
         for r in replies {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);

@@ -387,6 +387,7 @@ fn read() -> Request {
             chunk: 0,
         },
         epoch: 0,
+        deadline_ms: 0,
         id: 0,
         offset: 0,
         len: 4096,
@@ -871,6 +872,34 @@ fn a_snapshot_no_newer_than_the_applied_index_is_answered() {
         .into_iter()
         .any(|(to, m)| to == 2 && m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject);
     assert!(answered, "the leader got no answer to its snapshot");
+}
+
+/// A request that reaches its leader after its deadline was given up on by its client,
+/// which retries: proposed, it could land after the retry and a newer write to the same
+/// block (a frame stalled in a storage node's queue past the client's timeout). It is
+/// answered `Expired` and never proposed; the same request within its deadline is.
+#[test]
+fn a_request_past_its_deadline_is_never_proposed() {
+    let mut n = leader();
+    let last = n.last_index();
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut late = write(0xD, 0xdd);
+    late.deadline_ms = unix_ms - 1;
+    let got = submit(&mut n, late.clone());
+    assert!(
+        matches!(*got.lock().unwrap(), Some(Reply::Expired(_))),
+        "answered {:?}",
+        got.lock().unwrap()
+    );
+    assert_eq!(n.last_index(), last, "a late request was proposed");
+    late.deadline_ms = unix_ms + 60_000;
+    let got = submit(&mut n, late);
+    assert_eq!(n.last_index(), last + 1);
+    ack_appends(&mut n);
+    assert!(ok(&got));
 }
 
 /// A follower that lost its log (its replica destroyed on the manager's word and hosted
