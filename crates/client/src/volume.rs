@@ -132,16 +132,16 @@ impl Volume {
         if pieces.len() == 1 {
             return self.piece(Op::Read, pieces[0], Bytes::new()).await;
         }
-        let mut tasks = Vec::with_capacity(pieces.len());
+        let mut tasks = PieceTasks(Vec::with_capacity(pieces.len()));
         for p in &pieces {
             let v = self.clone();
             let p = *p;
-            tasks.push(tokio::spawn(async move {
+            tasks.0.push(tokio::spawn(async move {
                 v.piece(Op::Read, p, Bytes::new()).await
             }));
         }
         let mut out = BytesMut::with_capacity(len as usize);
-        for t in tasks {
+        for t in &mut tasks.0 {
             let data = t
                 .await
                 .map_err(|e| Error::Io(format!("read task failed: {e}")))??;
@@ -185,14 +185,16 @@ impl Volume {
                 .await
                 .map(|_| ());
         }
-        let mut tasks = Vec::with_capacity(pieces.len());
+        let mut tasks = PieceTasks(Vec::with_capacity(pieces.len()));
         for p in &pieces {
             let v = self.clone();
             let (p, d) = (*p, slice(p));
-            tasks.push(tokio::spawn(async move { v.piece(op, p, d).await }));
+            tasks
+                .0
+                .push(tokio::spawn(async move { v.piece(op, p, d).await }));
         }
         let mut first_err = None;
-        for t in tasks {
+        for t in &mut tasks.0 {
             let r = t.await.map_err(|e| Error::Io(format!("task failed: {e}")));
             if let Err(e) | Ok(Err(e)) = r.map(|r| r.map(|_| ())) {
                 first_err.get_or_insert(e);
@@ -352,6 +354,20 @@ impl Volume {
             )));
         }
         Reply::decode(&f.body).map_err(|e| Error::Io(format!("bad reply from {addr}: {e}")))
+    }
+}
+
+/// The tasks of one request's pieces, aborted if the request is dropped (an NBD connection
+/// closed under it): none keeps retrying behind its caller's back, where a write could land
+/// after the caller's next writes. An attempt already sent may still be proposed until its
+/// deadline.
+struct PieceTasks<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for PieceTasks<T> {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 

@@ -116,7 +116,12 @@ impl Drop for Pending {
 }
 
 /// Serves requests on an export until the client disconnects, breaks the protocol, or
-/// `shutdown` turns true; in every case requests already in flight are answered first.
+/// `shutdown` turns true. After `NBD_CMD_DISC`, a protocol error or a server shutdown the
+/// requests in flight are answered first. A client that vanished gets no answers: its
+/// requests in flight are cancelled, so that none of its writes is still being retried
+/// (and may land) after a later connection's writes; an unanswered write's outcome is
+/// unknown to the client, which is the truth (an attempt already sent may still land, until
+/// its deadline).
 pub(crate) async fn serve<E, R, W>(
     export: Arc<E>,
     structured: bool,
@@ -134,6 +139,9 @@ pub(crate) async fn serve<E, R, W>(
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
     let size = export.size();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Whether the requests in flight are answered (a clean end) or cancelled.
+    let mut finish = false;
 
     loop {
         let req = tokio::select! {
@@ -141,6 +149,7 @@ pub(crate) async fn serve<E, R, W>(
             _ = tx.closed() => break, // the writer failed: the socket is dead
             _ = shutdown.wait_for(|&stop| stop) => {
                 debug!(%peer, "server shutting down; finishing requests in flight");
+                finish = true;
                 break;
             }
         };
@@ -152,11 +161,14 @@ pub(crate) async fn serve<E, R, W>(
             }
             Err(e) => {
                 warn!(%peer, "dropping connection: {e}");
+                // A protocol error: the client is still there to read the answers.
+                finish = e.kind() == std::io::ErrorKind::InvalidData;
                 break;
             }
         };
         if req.cmd == CMD_DISC {
             debug!(%peer, "client sent NBD_CMD_DISC");
+            finish = true;
             break;
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -183,6 +195,7 @@ pub(crate) async fn serve<E, R, W>(
                         req.len
                     ),
                 )));
+                finish = true;
                 break;
             }
             let Ok(bytes) = budget.clone().acquire_many_owned(req.len).await else {
@@ -213,7 +226,7 @@ pub(crate) async fn serve<E, R, W>(
                     set_bytes_permit(&mut pending, bytes);
                 }
                 let export = export.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let outcome =
                         execute(&*export, op, req.flags, req.offset, req.len, payload).await;
                     if let Outcome::Failed(f) = &outcome {
@@ -226,10 +239,21 @@ pub(crate) async fn serve<E, R, W>(
         }
     }
 
+    if !finish {
+        if !tasks.is_empty() {
+            debug!(%peer, in_flight = tasks.len(), "connection lost; cancelling its requests");
+        }
+        // No reply may go out now: a cancelled write must not be answered with an error
+        // while an attempt of it may still land.
+        writer.abort();
+        tasks.abort_all();
+    }
+    while tasks.join_next().await.is_some() {}
     drop(tx);
     // The writer ends once every request task has sent its reply.
-    if let Err(e) = writer.await {
-        warn!(%peer, "reply writer failed: {e}");
+    match writer.await {
+        Err(e) if !e.is_cancelled() => warn!(%peer, "reply writer failed: {e}"),
+        _ => {}
     }
 }
 

@@ -19,6 +19,9 @@ pub(crate) struct MemVolume {
     pub fail_reads: AtomicBool,
     /// Reads starting at this offset take [`SLOW_READ`]; `u64::MAX` for none.
     pub slow_read_offset: AtomicU64,
+    /// Writes starting at this offset take [`SLOW_READ`] before they land; `u64::MAX` for
+    /// none.
+    pub slow_write_offset: AtomicU64,
     /// The `punch` argument of every write-zeroes, in order.
     pub punched: Mutex<Vec<bool>>,
 }
@@ -34,6 +37,7 @@ impl MemBackend {
                     data: Mutex::new(vec![0; size as usize]),
                     fail_reads: AtomicBool::new(false),
                     slow_read_offset: AtomicU64::new(u64::MAX),
+                    slow_write_offset: AtomicU64::new(u64::MAX),
                     punched: Mutex::default(),
                 };
                 (name.to_owned(), Arc::new(vol))
@@ -107,6 +111,9 @@ impl Export for Arc<MemVolume> {
     }
 
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), BackendError> {
+        if self.slow_write_offset.load(Ordering::SeqCst) == offset {
+            tokio::time::sleep(SLOW_READ).await;
+        }
         let range = self.range(offset, data.len() as u64)?;
         self.data.lock().unwrap()[range].copy_from_slice(&data);
         Ok(())

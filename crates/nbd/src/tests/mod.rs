@@ -369,6 +369,29 @@ async fn disconnect_answers_requests_in_flight_before_closing() {
     assert!(started.elapsed() >= SLOW_READ);
 }
 
+/// A client that vanishes with a write in flight, then reconnects and writes the same
+/// block again: the old write is cancelled with its connection, and never lands after the
+/// new one (it used to run on, and overwrite it).
+#[tokio::test]
+async fn a_vanished_clients_write_in_flight_never_lands_after_its_next_connections_write() {
+    let s = start().await;
+    let vol = s.backend.volume("vol0");
+    vol.slow_write_offset.store(0, Ordering::SeqCst);
+    let (mut old, _, _) = Conn::open(s.addr, "vol0", false).await;
+    old.request(CMD_WRITE, 0, 1, 0, 4096, &[0xaa; 4096]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(old);
+    vol.slow_write_offset.store(u64::MAX, Ordering::SeqCst);
+    let (mut new, _, _) = Conn::open(s.addr, "vol0", false).await;
+    new.request(CMD_WRITE, 0, 2, 0, 4096, &[0xbb; 4096]).await;
+    assert_eq!(new.simple_reply().await, (0, 2));
+    tokio::time::sleep(SLOW_READ * 2).await;
+    assert!(
+        vol.bytes(0, 4096).iter().all(|&b| b == 0xbb),
+        "the old write landed last"
+    );
+}
+
 #[tokio::test]
 async fn a_misbehaving_client_does_not_disturb_a_healthy_one() {
     let s = start().await;
