@@ -403,6 +403,9 @@ struct Sim {
     change: Option<Change>,
     /// Nodes whose replica's removal was durable (and that were not given one since).
     gone: HashSet<u64>,
+    /// The configuration applied at the highest index any replica reached so far (a
+    /// crash may set a replica's applied index back until its replay; this does not).
+    newest_conf: Option<(u64, u64, raft::eraftpb::ConfState)>,
     /// The highest index each node's replica acknowledged (sent a successful append
     /// response for), since it was hosted.
     acked: HashMap<u64, u64>,
@@ -445,6 +448,7 @@ impl Sim {
             members: vec![1, 2, 3],
             change: None,
             gone: HashSet::new(),
+            newest_conf: None,
             acked: HashMap::new(),
             next_value: 1,
             next_id: 1,
@@ -654,6 +658,16 @@ impl Sim {
                 self.settle(to)?;
             }
         }
+        for n in self.nodes.iter().flatten() {
+            if let Some(g) = n.poller.groups.get(&GROUP)
+                && self
+                    .newest_conf
+                    .as_ref()
+                    .is_none_or(|(a, _, _)| g.applied > *a)
+            {
+                self.newest_conf = Some((g.applied, n.id, g.mem().conf_state.clone()));
+            }
+        }
         self.manage(step)?;
         if faults {
             self.fault(step)?;
@@ -694,14 +708,7 @@ impl Sim {
             // The manager will destroy the replica left out: the group's newest applied
             // configuration must not count it any more.
             let removed = change.removed;
-            let newest = self
-                .nodes
-                .iter()
-                .flatten()
-                .filter_map(|n| n.poller.groups.get(&GROUP).map(|g| (g.applied, n.id, g)))
-                .max_by_key(|(applied, id, _)| (*applied, *id))
-                .map(|(applied, id, g)| (applied, id, g.mem().conf_state.clone()));
-            if let Some((applied, id, cs)) = newest
+            if let Some((applied, id, cs)) = &self.newest_conf
                 && (cs.voters.contains(&removed) || cs.voters_outgoing.contains(&removed))
             {
                 return Err(format!(
