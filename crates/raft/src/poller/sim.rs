@@ -44,8 +44,9 @@ use tessera_proto::data::{ChunkAddr, Op, RaftBatch, Reply, Request};
 use tokio::sync::mpsc;
 
 use super::Poller;
+use super::tests::Wire;
 use crate::clock::virtual_clock;
-use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher, Transport};
+use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher};
 
 const NODES: u64 = 4;
 const GROUP: u64 = 1;
@@ -59,21 +60,6 @@ const FAULT_STEPS: usize = 600;
 const CALM_STEPS: usize = 300;
 
 // ---- one node ----------------------------------------------------------------------
-
-#[derive(Default)]
-struct Wire(Mutex<Vec<(u64, Message)>>);
-
-impl Transport for Wire {
-    fn send(&self, to: u64, batch: RaftBatch) {
-        let mut sent = self.0.lock().unwrap();
-        for (_, b) in batch.msgs {
-            if let Ok(m) = Message::parse_from_bytes(&b) {
-                sent.push((to, m));
-            }
-        }
-    }
-    fn set_peer(&self, _: u64, _: &str) {}
-}
 
 /// Every node's chunk stores, by node id (a snapshot copy reads the sender's), and the
 /// copies made so far.

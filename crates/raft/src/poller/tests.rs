@@ -25,8 +25,9 @@ use crate::{Event, FetchJob, NodeConfig, SnapshotFetcher, Transport};
 const ME: u64 = 1;
 const GROUP: u64 = 1;
 
+/// Every message a poller sends, kept for the test (or the simulation) to deliver.
 #[derive(Default)]
-struct Wire(Mutex<Vec<(u64, Message)>>);
+pub(super) struct Wire(pub(super) Mutex<Vec<(u64, Message)>>);
 
 impl Transport for Wire {
     fn send(&self, to: u64, batch: RaftBatch) {
@@ -402,17 +403,7 @@ fn leader() -> Node {
     n.poller.votes_after = Instant::now();
     n.poller.handle(Event::CreateGroup(spec(&[1, 2, 3])));
     n.settle();
-    for _ in 0..2 {
-        // Pre-vote, then vote.
-        for (to, m) in n.take_sent() {
-            let t = match m.get_msg_type() {
-                MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
-                MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
-                _ => continue,
-            };
-            n.deliver(to, msg(t, to, m.term));
-        }
-    }
+    grant_votes(&mut n);
     assert!(n.poller.groups[&GROUP].is_leader(), "node 1 leads");
     // Acknowledge the leader's first entry, then answer a heartbeat round.
     for (to, m) in n.take_sent() {
@@ -424,6 +415,20 @@ fn leader() -> Node {
     }
     heartbeat_round(&mut n);
     n
+}
+
+/// Nodes 2 and 3 grant node 1's pre-vote, then its vote.
+fn grant_votes(n: &mut Node) {
+    for _ in 0..2 {
+        for (to, m) in n.take_sent() {
+            let t = match m.get_msg_type() {
+                MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
+                MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+                _ => continue,
+            };
+            n.deliver(to, msg(t, to, m.term));
+        }
+    }
 }
 
 /// Sends a heartbeat round and has nodes 2 and 3 answer it.
@@ -663,16 +668,7 @@ fn a_retry_of_a_write_cut_from_the_log_is_proposed_again() {
         .unwrap();
     n.poller.dirty.insert(GROUP);
     n.settle();
-    for _ in 0..2 {
-        for (to, m) in n.take_sent() {
-            let t = match m.get_msg_type() {
-                MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
-                MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
-                _ => continue,
-            };
-            n.deliver(to, msg(t, to, m.term));
-        }
-    }
+    grant_votes(&mut n);
     assert!(n.poller.groups[&GROUP].is_leader(), "node 1 leads again");
     assert_eq!(n.last_index(), first + 1);
     let c = submit(&mut n, write(0xC, 0xcc));
