@@ -383,6 +383,14 @@ impl Group {
         {
             return false;
         }
+        self.in_contact(now)
+    }
+
+    /// Whether a quorum of the configuration in force answered this term's heartbeats within
+    /// the last lease period: this node still leads a configuration the group has not left
+    /// (a leader cut off from the group hears nobody of its term). Unlike a lease, it holds
+    /// during a leadership transfer: the transferee takes over the same configuration.
+    pub(crate) fn in_contact(&self, now: Instant) -> bool {
         match now.checked_sub(self.lease) {
             Some(oldest) => self.quorum_heard_since(oldest, false),
             None => false,

@@ -197,9 +197,10 @@ impl Group {
         let mut state = self.membership_state(&want);
         // "Done" is a promise the manager acts on (it destroys the replicas left out). A
         // leader cut off from its quorum may hold a configuration the group has left: it
-        // says done only while its lease shows it still leads.
+        // says done only while a quorum of its configuration answers it (not its lease,
+        // which a leadership transfer voids for the rest of the term).
         if state.done
-            && !self.lease_valid(crate::clock::now())
+            && !self.in_contact(crate::clock::now())
             && !cfg!(tessera_unfixed = "stale_done")
         {
             state.done = false;
@@ -337,7 +338,16 @@ impl Group {
         for (id, idx) in waiting {
             let since = self.snap_waiting.entry(id).or_insert((idx, now)).1;
             let last = self.snap_activity.map_or(since, |a| a.max(since));
-            if now.saturating_duration_since(last) > SNAPSHOT_STALL {
+            // The simulation's runs are seconds long: it gives up on a copy sooner.
+            #[cfg(test)]
+            let stall = if crate::clock::virtual_clock::small_log_tails() {
+                Duration::from_secs(2)
+            } else {
+                SNAPSHOT_STALL
+            };
+            #[cfg(not(test))]
+            let stall = SNAPSHOT_STALL;
+            if now.saturating_duration_since(last) > stall {
                 tracing::warn!(
                     group = self.id,
                     peer = id,

@@ -272,8 +272,20 @@ impl Poller {
                     }
                     if msg.get_msg_type() == MessageType::MsgSnapStatus {
                         // A follower's copy failed. raft-rs takes this report only from
-                        // the application (`RawNode::step` refuses it as local).
-                        if g.is_leader() && !cfg!(tessera_unfixed = "snap_status") {
+                        // the application (`RawNode::step` refuses it as local). Only for
+                        // the snapshot this leader offers now: a late or duplicated report
+                        // of an older copy would abort a newer one.
+                        let offered = g
+                            .raw
+                            .raft
+                            .prs()
+                            .get(msg.from)
+                            .is_some_and(|pr| pr.pending_snapshot == msg.index);
+                        if g.is_leader()
+                            && msg.term == g.raw.raft.term
+                            && offered
+                            && !cfg!(tessera_unfixed = "snap_status")
+                        {
                             g.raw
                                 .report_snapshot(msg.from, raft::SnapshotStatus::Failure);
                             self.dirty.insert(gid);

@@ -106,6 +106,8 @@ impl Poller {
                 m.set_msg_type(MessageType::MsgSnapStatus);
                 m.to = msg.from;
                 m.from = self.cfg.node_id;
+                m.term = msg.term;
+                m.index = msg.get_snapshot().get_metadata().index;
                 m.reject = true;
                 let mut outbox = Outbox::new();
                 push_msgs(&mut outbox, group, vec![m], self.epoch);
