@@ -522,8 +522,10 @@ impl Sim {
             );
         // A replica being destroyed has applied its removal (or was told to go after one).
         let leaving = n.poller.destroying.contains(&GROUP);
+        let hosted = n.hosts();
         let mut n = n.restart(&self.stores);
-        let voter = !leaving
+        let voter = hosted
+            && !leaving
             && self.newest_conf.as_ref().is_some_and(|(_, _, cs)| {
                 cs.voters.contains(&id) || cs.voters_outgoing.contains(&id)
             });
