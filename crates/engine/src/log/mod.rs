@@ -5,7 +5,9 @@
 //! membership). Never interprets payloads, knows nothing of Raft beyond "a later write at
 //! index i supersedes earlier entries at or after i", and must not depend on the network.
 //!
-//! - [`record`]: the on-disk record format (header with length, CRC32C, segment sequence).
+//! - [`record`]: the on-disk record format (header with length, CRC32C, segment sequence;
+//!   every batch ends with a batch-end record, so replay tells a torn last batch, which it
+//!   cuts off, from damage in the middle of the log, which it refuses to open over).
 //! - [`state`]: in-memory bookkeeping deciding when a segment may be recycled.
 //! - [`replay`]: opening the directory and rebuilding state from the segments.
 //! - [`writer`]: the writer thread: group commit, rolling, preallocation, recycling.
