@@ -404,12 +404,25 @@ impl Group {
         let slots = GroupWrite {
             group: self.id,
             entries: Vec::new(),
-            slots: vec![
-                (SLOT_MEMBERSHIP, control::encode(&self.spec)),
-                (SLOT_CONF, encode_conf(index, &cs)),
-                (SLOT_HARD_STATE, encode_hard_state(&hs)),
-                (SLOT_APPLIED, encode_applied(index, term)),
-            ],
+            // The membership last: a torn write keeps a prefix, and a replica restored with
+            // the leader's (non-joining) membership but without the configuration would take
+            // every listed peer for a voter, itself included, and vote (the simulation found
+            // a removed replica elected with such a vote).
+            slots: if cfg!(tessera_unfixed = "install_slot_order") {
+                vec![
+                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_CONF, encode_conf(index, &cs)),
+                    (SLOT_HARD_STATE, encode_hard_state(&hs)),
+                    (SLOT_APPLIED, encode_applied(index, term)),
+                ]
+            } else {
+                vec![
+                    (SLOT_CONF, encode_conf(index, &cs)),
+                    (SLOT_HARD_STATE, encode_hard_state(&hs)),
+                    (SLOT_APPLIED, encode_applied(index, term)),
+                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                ]
+            },
         };
         let marker = LogEntry {
             term,

@@ -287,6 +287,49 @@ fn a_crash_while_installing_a_snapshot_never_forgets_acknowledged_entries() {
     scenario.teardown();
 }
 
+/// A joining replica (no configuration yet) crashes while installing its first snapshot,
+/// which lists it as a learner. Whatever prefix of the install's log batch survives, the
+/// restarted replica must not count itself a voter: restored with the leader's membership
+/// but not the snapshot's configuration, it took every listed peer for a voter and voted
+/// (the simulation found a removed replica elected with that vote, serving stale reads).
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_torn_first_install_never_makes_a_learner_a_voter() {
+    let scenario = fail::FailScenario::setup();
+    for keep in 0..=6 {
+        let mut n = Node::open(tempfile::tempdir().unwrap());
+        let mut joining = spec(&[2, 3, 4, 1]);
+        joining.joining = true;
+        n.poller.handle(Event::CreateGroup(joining));
+        n.settle();
+        let mut snap = Snapshot {
+            data: control::encode(&spec(&[2, 3, 4, 1])),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 6;
+        snap.mut_metadata().set_conf_state(ConfState {
+            voters: vec![2, 3, 4],
+            learners: vec![ME],
+            ..Default::default()
+        });
+        let mut m = msg(MessageType::MsgSnapshot, 2, 6);
+        m.set_snapshot(snap);
+        fail::cfg("log::tear", &format!("return({keep})")).unwrap();
+        n.deliver(2, m);
+        fail::remove("log::tear");
+        let n = n.restart();
+        if let Some(g) = n.poller.groups.get(&GROUP) {
+            let voters = g.mem().conf_state.voters.clone();
+            assert!(
+                !voters.contains(&ME),
+                "torn after {keep} records: the learner restarted as a voter of {voters:?}"
+            );
+        }
+    }
+    scenario.teardown();
+}
+
 /// Finding 5: a replica applies the conf change that removes it. Its new membership must
 /// not reach the log after its tombstone, or replay brings the group back with a default
 /// hard state (its term and vote forgotten: it could vote twice in a term).
