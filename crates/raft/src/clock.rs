@@ -17,25 +17,19 @@ pub(crate) mod virtual_clock {
 
     thread_local! {
         static AT: Cell<Option<Instant>> = const { Cell::new(None) };
-        static FIXED_ELECTIONS: Cell<bool> = const { Cell::new(false) };
+        static SIMULATED: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// Whether groups created on this thread get fixed election timeouts (one per node id)
-    /// instead of raft-rs's random ones, which no seed controls.
-    pub(crate) fn fixed_elections() -> bool {
-        FIXED_ELECTIONS.with(|c| c.get())
+    /// Whether this thread runs the deterministic simulation (`poller/sim.rs`), whose groups
+    /// get a fixed election timeout per node id (raft-rs draws its own from a thread RNG no
+    /// seed controls), tiny in-memory log tails (so a briefly lagging peer needs a
+    /// snapshot), and a short stall timeout for snapshot copies (its runs last seconds).
+    pub(crate) fn simulated() -> bool {
+        SIMULATED.with(|c| c.get())
     }
 
-    /// Whether groups on this thread keep tiny in-memory log tails (see
-    /// `Group::compactable`), so that a briefly lagging peer needs a snapshot.
-    pub(crate) fn small_log_tails() -> bool {
-        FIXED_ELECTIONS.with(|c| c.get())
-    }
-
-    /// The deterministic simulation's settings for this thread: fixed election timeouts
-    /// and small log tails.
-    pub(crate) fn set_fixed_elections(on: bool) {
-        FIXED_ELECTIONS.with(|c| c.set(on));
+    pub(crate) fn set_simulated(on: bool) {
+        SIMULATED.with(|c| c.set(on));
     }
 
     /// The virtual time if this thread set one, else the real time.

@@ -118,7 +118,7 @@ pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> C
     // raft-rs draws election timeouts from its own thread RNG; a deterministic simulation
     // gives each node a fixed, distinct one instead.
     #[cfg(test)]
-    let (min_election_tick, max_election_tick) = if crate::clock::virtual_clock::fixed_elections() {
+    let (min_election_tick, max_election_tick) = if crate::clock::virtual_clock::simulated() {
         let min = election_tick + 3 * (node_id as usize % 4);
         (min, min + 1)
     } else {
@@ -770,7 +770,7 @@ impl Group {
         let (tail_bytes, lagging_peer_bytes): (u64, u64) = (1 << 20, 16 << 20);
         // The simulation keeps tiny tails, so that lagging peers need snapshots.
         #[cfg(test)]
-        let (tail_bytes, lagging_peer_bytes) = if crate::clock::virtual_clock::small_log_tails() {
+        let (tail_bytes, lagging_peer_bytes) = if crate::clock::virtual_clock::simulated() {
             (8 << 10, 16 << 10)
         } else {
             (tail_bytes, lagging_peer_bytes)

@@ -340,7 +340,7 @@ impl Group {
             let last = self.snap_activity.map_or(since, |a| a.max(since));
             // The simulation's runs are seconds long: it gives up on a copy sooner.
             #[cfg(test)]
-            let stall = if crate::clock::virtual_clock::small_log_tails() {
+            let stall = if crate::clock::virtual_clock::simulated() {
                 Duration::from_secs(2)
             } else {
                 SNAPSHOT_STALL

@@ -5,7 +5,7 @@
 //! Determinism: each log is opened stepped (`Log::open_stepped`: the harness decides when
 //! a batch becomes durable), chunk flushes and file deletions run on the poller's thread
 //! (`Poller::inline_io`), snapshot copies run inline (`SimCopy`), raft-rs's random election
-//! timeouts are replaced by a fixed one per node (`virtual_clock::set_fixed_elections`),
+//! timeouts are replaced by a fixed one per node (`virtual_clock::set_simulated`),
 //! and every draw comes from one generator seeded by the schedule's seed. A failing
 //! schedule prints its seed; `TESSERA_SIM_SEED=<seed>` replays exactly that run.
 //!
@@ -49,9 +49,9 @@ use tessera_proto::data::{ChunkAddr, Op, RaftBatch, Reply, Request};
 use tokio::sync::mpsc;
 
 use super::Poller;
-use super::tests::Wire;
+use super::tests::{Started, Wire, start};
 use crate::clock::virtual_clock;
-use crate::{Event, FetchError, FetchJob, MembershipError, NodeConfig, SnapshotFetcher};
+use crate::{Event, FetchError, FetchJob, MembershipError, SnapshotFetcher};
 
 const NODES: u64 = 4;
 const GROUP: u64 = 1;
@@ -156,23 +156,13 @@ impl SimNode {
         let (log, recovered) = Log::open_stepped(&dir.path().join("log"), opts).unwrap();
         let chunks = Arc::new(ChunkStores::open(&dir.path().join("groups")).unwrap());
         stores.stores.lock().unwrap().insert(id, chunks.clone());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let wire = Arc::new(Wire::default());
-        let fatal = Arc::new(Mutex::new(None));
-        let f = fatal.clone();
-        let mut cfg = NodeConfig::new(id, dir.path().to_path_buf());
-        cfg.min_free_bytes = 0;
-        cfg.tick = TICK;
-        let mut poller = Poller::new(
-            cfg,
-            log,
-            chunks,
-            wire.clone(),
-            Arc::new(SimCopy(stores.clone())),
-            tx,
-            Arc::new(move |m: &crate::Fatal| *f.lock().unwrap() = Some(m.to_string())),
-        )
-        .unwrap();
+        let fetcher = Arc::new(SimCopy(stores.clone()));
+        let Started {
+            mut poller,
+            rx,
+            wire,
+            fatal,
+        } = start(dir.path(), id, TICK, log, chunks, fetcher);
         poller.inline_io = true;
         poller.recover(recovered);
         SimNode {
@@ -410,7 +400,7 @@ struct Sim {
 impl Sim {
     fn new(seed: u64) -> Sim {
         virtual_clock::start();
-        virtual_clock::set_fixed_elections(true);
+        virtual_clock::set_simulated(true);
         let stores: Stores = Arc::default();
         let mut nodes = Vec::new();
         for id in 1..=NODES {

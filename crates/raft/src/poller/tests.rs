@@ -39,6 +39,48 @@ impl Transport for Wire {
     fn set_peer(&self, _: u64, _: &str) {}
 }
 
+/// A poller over `log` and `chunks` (not yet recovered), its events, its sent messages and
+/// the reason it stopped, if it did.
+pub(super) struct Started {
+    pub(super) poller: Poller,
+    pub(super) rx: mpsc::UnboundedReceiver<Event>,
+    pub(super) wire: Arc<Wire>,
+    pub(super) fatal: Arc<Mutex<Option<String>>>,
+}
+
+pub(super) fn start(
+    dir: &std::path::Path,
+    id: u64,
+    tick: Duration,
+    log: Log,
+    chunks: Arc<ChunkStores>,
+    fetcher: Arc<dyn SnapshotFetcher>,
+) -> Started {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let wire = Arc::new(Wire::default());
+    let fatal = Arc::new(Mutex::new(None));
+    let f = fatal.clone();
+    let mut cfg = NodeConfig::new(id, dir.to_path_buf());
+    cfg.min_free_bytes = 0;
+    cfg.tick = tick;
+    let poller = Poller::new(
+        cfg,
+        log,
+        chunks,
+        wire.clone(),
+        fetcher,
+        tx,
+        Arc::new(move |m: &crate::Fatal| *f.lock().unwrap() = Some(m.to_string())),
+    )
+    .unwrap();
+    Started {
+        poller,
+        rx,
+        wire,
+        fatal,
+    }
+}
+
 /// Every copy succeeds at once (the chunk data is not what these cases are about).
 struct InstantCopy;
 
@@ -71,23 +113,13 @@ impl Node {
     pub(super) fn open_as(dir: tempfile::TempDir, id: u64, tick: Duration) -> Node {
         let (log, recovered) = Log::open(&dir.path().join("log"), opts()).unwrap();
         let chunks = Arc::new(ChunkStores::open(&dir.path().join("groups")).unwrap());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let wire = Arc::new(Wire::default());
-        let fatal = Arc::new(Mutex::new(None));
-        let f = fatal.clone();
-        let mut cfg = NodeConfig::new(id, dir.path().to_path_buf());
-        cfg.min_free_bytes = 0;
-        cfg.tick = tick;
-        let mut poller = Poller::new(
-            cfg,
-            log,
-            chunks,
-            wire.clone(),
-            Arc::new(InstantCopy),
-            tx,
-            Arc::new(move |m: &crate::Fatal| *f.lock().unwrap() = Some(m.to_string())),
-        )
-        .unwrap();
+        let parts = start(dir.path(), id, tick, log, chunks, Arc::new(InstantCopy));
+        let Started {
+            mut poller,
+            rx,
+            wire,
+            fatal,
+        } = parts;
         poller.recover(recovered);
         Node {
             dir,
@@ -191,6 +223,20 @@ pub(super) fn spec(order: &[u64]) -> GroupSpec {
     }
 }
 
+/// Node 2's `MsgSnapshot` in term 6, at `index`, carrying `peers` and `conf`.
+fn snapshot_msg(index: u64, peers: &[u64], conf: ConfState) -> Message {
+    let mut snap = Snapshot {
+        data: control::encode(&spec(peers)),
+        ..Default::default()
+    };
+    snap.mut_metadata().index = index;
+    snap.mut_metadata().term = 6;
+    snap.mut_metadata().set_conf_state(conf);
+    let mut m = msg(MessageType::MsgSnapshot, 2, 6);
+    m.set_snapshot(snap);
+    m
+}
+
 fn msg(t: MessageType, from: u64, term: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(t);
@@ -250,18 +296,14 @@ fn a_crash_while_installing_a_snapshot_never_forgets_acknowledged_entries() {
             "the follower acknowledges 6..=10"
         );
 
-        let mut snap = Snapshot {
-            data: control::encode(&spec(&[2, 1, 3])),
-            ..Default::default()
-        };
-        snap.mut_metadata().index = 20;
-        snap.mut_metadata().term = 6;
-        snap.mut_metadata().set_conf_state(ConfState {
-            voters: vec![1, 2, 3],
-            ..Default::default()
-        });
-        let mut m = msg(MessageType::MsgSnapshot, 2, 6);
-        m.set_snapshot(snap);
+        let m = snapshot_msg(
+            20,
+            &[2, 1, 3],
+            ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            },
+        );
         fail::cfg("log::tear", &format!("return({keep})")).unwrap();
         n.deliver(2, m);
         fail::remove("log::tear");
@@ -302,19 +344,15 @@ fn a_torn_first_install_never_makes_a_learner_a_voter() {
         joining.joining = true;
         n.poller.handle(Event::CreateGroup(joining));
         n.settle();
-        let mut snap = Snapshot {
-            data: control::encode(&spec(&[2, 3, 4, 1])),
-            ..Default::default()
-        };
-        snap.mut_metadata().index = 20;
-        snap.mut_metadata().term = 6;
-        snap.mut_metadata().set_conf_state(ConfState {
-            voters: vec![2, 3, 4],
-            learners: vec![ME],
-            ..Default::default()
-        });
-        let mut m = msg(MessageType::MsgSnapshot, 2, 6);
-        m.set_snapshot(snap);
+        let m = snapshot_msg(
+            20,
+            &[2, 3, 4, 1],
+            ConfState {
+                voters: vec![2, 3, 4],
+                learners: vec![ME],
+                ..Default::default()
+            },
+        );
         fail::cfg("log::tear", &format!("return({keep})")).unwrap();
         n.deliver(2, m);
         fail::remove("log::tear");
@@ -921,18 +959,14 @@ fn a_snapshot_no_newer_than_the_applied_index_is_answered() {
     n.deliver(2, append(INIT_INDEX + 1, INIT_INDEX + 3, INIT_INDEX + 3));
     assert!(n.poller.groups[&GROUP].applied >= INIT_INDEX + 3);
     n.take_sent();
-    let mut snap = Snapshot {
-        data: control::encode(&spec(&[2, 1, 3])),
-        ..Default::default()
-    };
-    snap.mut_metadata().index = INIT_INDEX + 2;
-    snap.mut_metadata().term = 6;
-    snap.mut_metadata().set_conf_state(ConfState {
-        voters: vec![1, 2, 3],
-        ..Default::default()
-    });
-    let mut m = msg(MessageType::MsgSnapshot, 2, 6);
-    m.set_snapshot(snap);
+    let m = snapshot_msg(
+        INIT_INDEX + 2,
+        &[2, 1, 3],
+        ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        },
+    );
     n.deliver(2, m);
     let answered = n
         .take_sent()
