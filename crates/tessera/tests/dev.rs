@@ -5,7 +5,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, free_port};
+use common::{BIN, free_port, free_port_run};
 
 struct Dev {
     child: Child,
@@ -83,14 +83,7 @@ fn dev_cluster_serves_vol0_and_keeps_it_across_a_restart() {
     let data = dir.path().join("data");
     let log = dir.path().join("dev.log");
     let (nbd, manager, metrics) = (free_port(), free_port(), free_port());
-    let base = loop {
-        let b = free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", b + 1)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", b + 2)).is_ok()
-        {
-            break b;
-        }
-    };
+    let base = free_port_run(3);
     let url = format!("nbd://127.0.0.1:{nbd}/vol0");
 
     let dev = start(&data, nbd, manager, base, metrics, &log);

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, Cluster, Opts, free_port};
+use common::{BIN, Cluster, Opts, free_port, free_port_run};
 
 /// Fails the first chunk fdatasync in the process and no other: in `tessera dev` exactly one
 /// of the nodes dies.
@@ -87,14 +87,7 @@ async fn dev_exits_non_zero_naming_the_node_when_one_node_hits_a_fatal_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log_path = dir.path().join("dev.log");
     let (nbd, manager, metrics) = (free_port(), free_port(), free_port());
-    let base = loop {
-        let b = free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", b + 1)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", b + 2)).is_ok()
-        {
-            break b;
-        }
-    };
+    let base = free_port_run(3);
     let out = std::fs::File::create(&log_path).expect("log");
     let mut child = Command::new(BIN)
         .args(["dev", "--data-dir"])

@@ -26,6 +26,17 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000..32000")
 }
 
+/// The first of `n` consecutive free loopback ports (`tessera dev --base-port` takes one per
+/// storage node).
+pub fn free_port_run(n: u16) -> u16 {
+    loop {
+        let b = free_port();
+        if (1..n).all(|i| TcpListener::bind(("127.0.0.1", b + i)).is_ok()) {
+            return b;
+        }
+    }
+}
+
 pub struct NodeProc {
     pub config: PathBuf,
     pub data_dir: PathBuf,
