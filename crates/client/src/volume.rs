@@ -288,7 +288,7 @@ impl Volume {
                 epoch: 0,
                 id,
                 // Not proposed after the attempt is given up on: its retry never races it.
-                deadline_ms: unix_ms() + CALL_TIMEOUT.as_millis() as u64,
+                deadline_ms: Request::deadline_in(CALL_TIMEOUT),
                 offset: p.offset,
                 len: p.len,
                 data: data.clone(),
@@ -369,13 +369,6 @@ impl<T> Drop for PieceTasks<T> {
             t.abort();
         }
     }
-}
-
-/// Now, as a Unix time in milliseconds (request deadlines).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A new request id: this process's random identity in the high half, a count in the low.

@@ -72,6 +72,16 @@ pub struct Request {
 }
 
 impl Request {
+    /// The deadline `d` from now, as [`Request::deadline_ms`] holds it.
+    pub fn deadline_in(d: std::time::Duration) -> u64 {
+        unix_ms().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Whether the request's deadline has passed (never, for one without a deadline).
+    pub fn expired(&self) -> bool {
+        self.deadline_ms != 0 && unix_ms() > self.deadline_ms
+    }
+
     pub fn write(addr: ChunkAddr, offset: u32, data: Bytes) -> Self {
         Request {
             op: Op::Write,
@@ -190,6 +200,13 @@ impl Request {
             data,
         })
     }
+}
+
+/// Now, as a Unix time in milliseconds (0 if the clock reads before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The outcome of a data-plane request, as carried on the wire.
@@ -360,6 +377,16 @@ mod tests {
             let body = req.encode();
             assert_eq!(Request::decode(req.kind(), &body).unwrap(), req);
         }
+    }
+
+    #[test]
+    fn a_request_expires_after_its_deadline_and_never_without_one() {
+        let mut req = Request::write(ADDR, 0, Bytes::from_static(b"x"));
+        assert!(!req.expired(), "no deadline");
+        req.deadline_ms = Request::deadline_in(std::time::Duration::from_secs(60));
+        assert!(!req.expired());
+        req.deadline_ms = 1;
+        assert!(req.expired());
     }
 
     #[test]

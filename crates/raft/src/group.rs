@@ -107,13 +107,6 @@ pub(crate) struct Group {
     pub(crate) dedup: Dedup,
 }
 
-/// Now as a Unix time in milliseconds (request deadlines are wall-clock times).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
     // raft-rs draws election timeouts from its own thread RNG; a deterministic simulation
     // gives each node a fixed, distinct one instead.
@@ -537,10 +530,7 @@ impl Group {
         }
         // The client gives up on an attempt at its deadline and retries: proposed later, this
         // attempt could land after the retry and a newer write to the same range.
-        if req.deadline_ms != 0
-            && unix_ms() > req.deadline_ms
-            && !cfg!(tessera_unfixed = "deadlines")
-        {
+        if req.expired() && !cfg!(tessera_unfixed = "deadlines") {
             return respond(Reply::Expired(format!(
                 "request to group {} reached its leader after its deadline; not applied",
                 self.id
