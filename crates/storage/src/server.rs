@@ -237,15 +237,20 @@ async fn membership(
 /// replica is destroyed meanwhile, and perhaps hosted anew and empty, its later requests must
 /// fail rather than read what is there now: a missing chunk file reads as zeroes, with
 /// matching checksums, which the copier would install as the group's data.
+/// Weak: a connection held open must not keep a destroyed replica's store (and its open
+/// files) alive; it also keeps the allocation, so a new store never takes its address.
 #[derive(Default)]
-pub(crate) struct CopySources(HashMap<u64, Arc<ChunkStore>>);
+pub(crate) struct CopySources(HashMap<u64, std::sync::Weak<ChunkStore>>);
 
 impl CopySources {
     /// The replica of `group` this connection copies from, while it is still hosted here.
     pub(crate) fn source(&mut self, chunks: &ChunkStores, group: u64) -> Option<Arc<ChunkStore>> {
         let hosted = chunks.existing(group)?;
-        let first = self.0.entry(group).or_insert_with(|| hosted.clone());
-        Arc::ptr_eq(first, &hosted).then_some(hosted)
+        let first = self
+            .0
+            .entry(group)
+            .or_insert_with(|| Arc::downgrade(&hosted));
+        std::ptr::eq(first.as_ptr(), Arc::as_ptr(&hosted)).then_some(hosted)
     }
 }
 
