@@ -1,6 +1,8 @@
 //! The Tessera client library: volume handles, routing, retries, pipelined requests.
 //!
-//! - [`Client::connect`] with the manager address(es), then [`Client::open`] a volume by name.
+//! - [`Client::connect`] with the manager address(es), then [`Client::open`] a volume by name
+//!   to write it (a read-write **attachment**: one client at a time, see below), or
+//!   [`Client::open_read_only`] to read it (any number of readers).
 //! - [`Volume::read`], [`Volume::write`], [`Volume::write_zeroes`], [`Volume::discard`],
 //!   [`Volume::flush`] at any byte offset and length; a [`Volume`] is cheap to clone and
 //!   safe to use from many tasks at once (requests are pipelined on one connection per
@@ -13,14 +15,28 @@
 //! with bounded back-off until [`RETRY_FOR`] has passed. The application sees latency, not
 //! errors, across a leader change.
 //!
+//! **Attachments.** Opening a volume read-write asks the manager for its attachment: granted
+//! with a writer epoch and a lease when no other client holds it (else
+//! [`Error::InUse`], naming the holder). Before the handle is returned, every replica group
+//! holding the volume's chunks is fenced with the epoch, so no write of an earlier holder
+//! can land after this one's first write; every write carries the epoch. The lease is
+//! renewed in the background every third of its length; the attachment ends when the last
+//! handle of this client to the volume is dropped (or when the lease runs out, if the
+//! process dies). A holder whose attachment was ended (an operator's forced detach, or its
+//! lease lost while it was cut off) gets [`Error::Fenced`] for its writes. Handles of one
+//! [`Client`] to one volume share one attachment.
+//!
 //! Must never: acknowledge a write before the storage node did; turn a definite storage
-//! answer (disk full, corrupt data, out of range) into a silent retry loop.
+//! answer (disk full, corrupt data, out of range) into a silent retry loop; answer a write
+//! with an error while it may still land (an attempt whose outcome is unknown is resolved,
+//! by retrying it under the same request id, before the write fails).
 
+mod attachment;
 mod conn;
 mod volume;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest, VolumeInfo};
@@ -56,6 +72,16 @@ pub enum Error {
     Unavailable(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Another client holds the volume's read-write attachment.
+    #[error("volume in use: {0}")]
+    InUse(String),
+    /// This handle's attachment was ended (another client attached the volume, or an
+    /// operator detached it): its writes are refused, and were not applied.
+    #[error("volume fenced: {0}")]
+    Fenced(String),
+    /// A write through a handle opened read-only.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
@@ -73,6 +99,14 @@ pub struct Client {
 struct ClientInner {
     managers: Vec<String>,
     conns: Mutex<HashMap<String, Arc<conn::NodeConn>>>,
+    /// Who this client is to the manager: its label and a random instance id.
+    name: String,
+    /// The volumes this client holds read-write, by name: one attachment per volume,
+    /// shared by every handle.
+    attached: Mutex<HashMap<String, Weak<attachment::Attachment>>>,
+    /// Held across an attach, and by a detach from when it is decided until it is done:
+    /// the two never cross.
+    attach_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Client {
@@ -80,6 +114,14 @@ impl Client {
     /// highly available control plane (requests go to whichever leads). Checks that a
     /// manager answers.
     pub async fn connect(managers: Vec<String>) -> Result<Client> {
+        Client::connect_as(managers, "client").await
+    }
+
+    /// [`Client::connect`], naming this client `label` in the attachments it holds (what
+    /// `tessera volume info` shows, and what a refused client is told): say what and where,
+    /// e.g. `nbd gateway 10.0.0.7:10809`. The host, process id and a random instance id
+    /// are added.
+    pub async fn connect_as(managers: Vec<String>, label: &str) -> Result<Client> {
         if managers.is_empty() {
             return Err(Error::Invalid("no manager address given".into()));
         }
@@ -87,10 +129,18 @@ impl Client {
             inner: Arc::new(ClientInner {
                 managers,
                 conns: Mutex::new(HashMap::new()),
+                name: client_name(label),
+                attached: Mutex::new(HashMap::new()),
+                attach_gate: Arc::default(),
             }),
         };
         c.list_volumes().await?;
         Ok(c)
+    }
+
+    /// The name this client holds attachments under.
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// One control-plane call, to the manager leader (hints followed, unreachable managers
@@ -104,19 +154,79 @@ impl Client {
             })
     }
 
+    /// Opens `name` to read and write it: attaches it (see the crate doc), fences its
+    /// groups with the new writer epoch, and returns once writes are safe to send.
+    /// [`Error::InUse`] while another client holds it.
     pub async fn open(&self, name: &str) -> Result<Volume> {
+        let req = ManagerRequest::AttachVolume {
+            name: name.into(),
+            client: self.inner.name.clone(),
+        };
+        let gate = self.inner.attach_gate.lock().await;
+        // The manager answers a client that holds the volume already with its epoch (and
+        // the volume's current size and routes).
+        let (volume, chunks, epoch, lease_ms) = match self.call(&req).await {
+            Ok(ManagerReply::Attached {
+                volume,
+                chunks,
+                epoch,
+                lease_ms,
+            }) => (volume, chunks, epoch, lease_ms),
+            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            Err(e) => return Err(open_error(name, e)),
+        };
+        let lease = Duration::from_millis(lease_ms.max(300));
+        let a = attachment::Attachment::share(self, name, volume.id, epoch, lease);
+        drop(gate);
+        let v = Volume::attached(self.clone(), volume, chunks, a);
+        v.fence_all().await?;
+        Ok(v)
+    }
+
+    /// Opens `name` to read it: no attachment, any number of readers; writes fail with
+    /// [`Error::ReadOnly`].
+    pub async fn open_read_only(&self, name: &str) -> Result<Volume> {
         match self
             .call(&ManagerRequest::OpenVolume { name: name.into() })
             .await
         {
             Ok(ManagerReply::Opened { volume, chunks }) => {
-                Ok(Volume::new(self.clone(), volume, chunks))
+                Ok(Volume::read_only(self.clone(), volume, chunks))
             }
             Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(Error::Control(ControlError::NotFound(_))) => {
-                Err(Error::VolumeNotFound(name.into()))
-            }
-            Err(e) => Err(e),
+            Err(e) => Err(open_error(name, e)),
+        }
+    }
+
+    /// Ends another client's attachment of `name` (an operator moving a VM whose host is
+    /// gone or stuck) and fences the volume's groups, so that client's writes are refused
+    /// from then on. Returns the epoch fenced with (0: nobody held it).
+    pub async fn force_detach(&self, name: &str) -> Result<u64> {
+        let req = ManagerRequest::DetachVolume {
+            name: name.into(),
+            epoch: 0,
+            force: true,
+        };
+        let fence_epoch = match self.call(&req).await {
+            Ok(ManagerReply::Detached { fence_epoch }) => fence_epoch,
+            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            Err(e) => return Err(open_error(name, e)),
+        };
+        if fence_epoch != 0 {
+            let v = self.open_read_only(name).await?;
+            v.fence_with(fence_epoch).await?;
+        }
+        Ok(fence_epoch)
+    }
+
+    pub async fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        match self
+            .call(&ManagerRequest::VolumeInfo { name: name.into() })
+            .await
+        {
+            Ok(ManagerReply::Volume(v)) => Ok(v),
+            Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            Err(e) => Err(open_error(name, e)),
         }
     }
 
@@ -151,4 +261,29 @@ impl Client {
         }
         Ok(c)
     }
+}
+
+/// A manager's refusal to open or attach `name`, in the caller's terms.
+fn open_error(name: &str, e: Error) -> Error {
+    match e {
+        Error::Control(ControlError::NotFound(_)) => Error::VolumeNotFound(name.into()),
+        Error::Control(ControlError::Conflict(m)) => Error::InUse(m),
+        e => e,
+    }
+}
+
+/// `label` on this host and process, with a random instance id: two clients never share
+/// a name, so the manager never takes one for the other.
+fn client_name(label: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{label} on {host} (pid {}, {:08x})",
+        std::process::id(),
+        h.finish() as u32
+    )
 }

@@ -1,7 +1,7 @@
 //! An open volume: splitting I/O into chunk pieces, routing each piece to its group's
 //! leader, and retrying transient failures.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use tessera_proto::control::{ChunkRoute, ControlError, ManagerReply, ManagerRequ
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_proto::frame::Kind;
 
+use crate::attachment::Attachment;
 use crate::{CALL_TIMEOUT, Client, Error, MAX_IO, RETRY_FOR, Result};
 
 static CLIENT_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
@@ -54,10 +55,13 @@ pub struct Volume {
     inner: Arc<VolumeInner>,
 }
 
-struct VolumeInner {
-    client: Client,
-    info: VolumeInfo,
+pub(crate) struct VolumeInner {
+    pub(crate) client: Client,
+    pub(crate) info: VolumeInfo,
     routes: RwLock<HashMap<u64, Arc<Route>>>,
+    /// The read-write attachment, shared by this client's handles of the volume (`None`:
+    /// opened read-only).
+    attachment: Option<Arc<Attachment>>,
 }
 
 /// One piece of a request: inside one chunk, at most [`MAX_IO`] bytes.
@@ -71,7 +75,12 @@ struct Piece {
 }
 
 impl Volume {
-    pub(crate) fn new(client: Client, info: VolumeInfo, chunks: Vec<ChunkRoute>) -> Volume {
+    fn build(
+        client: Client,
+        info: VolumeInfo,
+        chunks: Vec<ChunkRoute>,
+        attachment: Option<Arc<Attachment>>,
+    ) -> Volume {
         let routes = chunks
             .into_iter()
             .filter(|r| !r.peers.is_empty())
@@ -82,8 +91,102 @@ impl Volume {
                 client,
                 info,
                 routes: RwLock::new(routes),
+                attachment,
             }),
         }
+    }
+
+    pub(crate) fn read_only(client: Client, info: VolumeInfo, chunks: Vec<ChunkRoute>) -> Volume {
+        Volume::build(client, info, chunks, None)
+    }
+
+    /// A handle holding `attachment`. Not for writes before [`Volume::fence_all`].
+    pub(crate) fn attached(
+        client: Client,
+        info: VolumeInfo,
+        chunks: Vec<ChunkRoute>,
+        attachment: Arc<Attachment>,
+    ) -> Volume {
+        Volume::build(client, info, chunks, Some(attachment))
+    }
+
+    /// Lets go of the volume: if this is the last handle of this client's attachment,
+    /// detaches it now, so that another client may attach at once (dropping the last handle
+    /// detaches too, in the background, which a process about to exit may not wait for).
+    pub async fn close(self) -> Result<()> {
+        let Some(a) = self.inner.attachment.clone() else {
+            return Ok(());
+        };
+        // This handle's clones, and the client's other handles of the volume.
+        let last = Arc::strong_count(&self.inner) == 1 && Arc::strong_count(&a) == 2;
+        drop(self);
+        if last { a.detach().await } else { Ok(()) }
+    }
+
+    /// The writer epoch of this handle's attachment (`None`: opened read-only).
+    pub fn epoch(&self) -> Option<u64> {
+        self.inner.attachment.as_ref().map(|a| a.epoch)
+    }
+
+    /// Fences every group holding a chunk of the volume with this handle's epoch, once per
+    /// attachment (concurrent callers wait for the same fencing).
+    pub(crate) async fn fence_all(&self) -> Result<()> {
+        let Some(a) = &self.inner.attachment else {
+            return Ok(());
+        };
+        a.fenced
+            .get_or_try_init(|| self.fence_with(a.epoch))
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes `epoch` the volume's writer epoch in every group holding one of its chunks:
+    /// returns once each group has it in its log (see `Op::Fence`).
+    pub(crate) async fn fence_with(&self, epoch: u64) -> Result<()> {
+        // One chunk of each group addresses the group.
+        let groups: BTreeMap<u64, u64> = self
+            .inner
+            .routes
+            .read()
+            .map(|m| m.iter().map(|(c, r)| (r.group_id, *c)).collect())
+            .unwrap_or_default();
+        let mut tasks = PieceTasks(Vec::with_capacity(groups.len()));
+        for chunk in groups.into_values() {
+            let v = self.clone();
+            let p = Piece {
+                chunk,
+                offset: 0,
+                len: 0,
+                at: 0,
+            };
+            tasks.0.push(tokio::spawn(async move {
+                v.attempts(Op::Fence, p, Bytes::new(), epoch).await
+            }));
+        }
+        for t in &mut tasks.0 {
+            t.await
+                .map_err(|e| Error::Io(format!("fence task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// The epoch this handle writes with, or why it may not write.
+    fn write_epoch(&self) -> Result<u64> {
+        match &self.inner.attachment {
+            None => Err(Error::ReadOnly(format!(
+                "volume \"{}\" was opened read-only",
+                self.name()
+            ))),
+            Some(a) => match a.ended() {
+                Some(why) => Err(Error::Fenced(why)),
+                None => Ok(a.epoch),
+            },
+        }
+    }
+
+    /// The epoch sent with route lookups and reads: the attachment's, or 0 for a reader.
+    fn epoch_or_zero(&self) -> u64 {
+        self.epoch().unwrap_or(0)
     }
 
     pub fn info(&self) -> &VolumeInfo {
@@ -175,6 +278,7 @@ impl Volume {
     }
 
     async fn run(&self, op: Op, pieces: Vec<Piece>, data: Option<Bytes>) -> Result<()> {
+        self.write_epoch()?;
         let slice = |p: &Piece| match &data {
             Some(d) => d.slice(p.at..p.at + p.len as usize),
             None => Bytes::new(),
@@ -220,10 +324,18 @@ impl Volume {
             volume_id: self.inner.info.id,
             chunk,
             allocate,
+            epoch: self.epoch_or_zero(),
         };
-        let route = match self.inner.client.call(&req).await? {
-            ManagerReply::Route(r) => r,
-            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+        let route = match self.inner.client.call(&req).await {
+            Ok(ManagerReply::Route(r)) => r,
+            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            Err(Error::Control(ControlError::Conflict(m))) => {
+                if let Some(a) = &self.inner.attachment {
+                    a.end(&m);
+                }
+                return Err(Error::Fenced(m));
+            }
+            Err(e) => return Err(e),
         };
         let Some(route) = route.filter(|r| !r.peers.is_empty()) else {
             return Ok(None);
@@ -235,23 +347,54 @@ impl Volume {
         Ok(Some(route))
     }
 
-    /// One piece, with retries of everything transient until [`RETRY_FOR`] has passed.
+    /// One piece, with this handle's epoch.
     async fn piece(&self, op: Op, p: Piece, data: Bytes) -> Result<Bytes> {
-        let deadline = Instant::now() + RETRY_FOR;
+        let epoch = if op == Op::Read {
+            self.epoch_or_zero()
+        } else {
+            self.write_epoch()?
+        };
+        self.attempts(op, p, data, epoch).await
+    }
+
+    /// One piece, with retries of everything transient until [`RETRY_FOR`] has passed; a
+    /// change (write, zeroes, discard, fence) whose last attempts' outcome is unknown is
+    /// retried on until one answer settles it, because failing it while it may still land
+    /// would tell the caller a falsehood (see `resolved` below).
+    async fn attempts(&self, op: Op, p: Piece, data: Bytes, epoch: u64) -> Result<Bytes> {
+        let started = Instant::now();
+        let deadline = started + RETRY_FOR;
         // One id for every attempt: a retry must never take effect a second time.
         let id = if op == Op::Read { 0 } else { request_id() };
         let mut backoff = Duration::from_millis(5);
         let mut attempt = 0usize;
         let mut refresh = false;
         let mut last_err = String::new();
+        // Some attempt may have been proposed and not answered: it may still be applied.
+        // Settled by an answer about this id from a leader: `Ok` (it was applied, once),
+        // `Expired` or `Fenced` (the leader looked the id up in its log first: it is not
+        // there, and no attempt can enter the log any more).
+        let mut unsettled = false;
+        let mut warned = false;
         loop {
             if Instant::now() >= deadline {
-                return Err(Error::Unavailable(format!(
-                    "chunk {} of volume \"{}\": gave up after {:?}: {last_err}",
-                    p.chunk,
-                    self.name(),
-                    RETRY_FOR
-                )));
+                if !unsettled {
+                    return Err(Error::Unavailable(format!(
+                        "chunk {} of volume \"{}\": gave up after {:?}: {last_err}",
+                        p.chunk,
+                        self.name(),
+                        RETRY_FOR
+                    )));
+                }
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        volume = self.name(),
+                        chunk = p.chunk,
+                        "a write's outcome is still unknown after {RETRY_FOR:?} ({last_err}); \
+                         retrying until a leader settles it"
+                    );
+                }
             }
             let allocate = matches!(op, Op::Write | Op::WriteZeroes);
             let route = match self.route(p.chunk, allocate, refresh).await {
@@ -285,7 +428,7 @@ impl Volume {
                     volume: self.inner.info.id,
                     chunk: p.chunk,
                 },
-                epoch: 0,
+                epoch,
                 id,
                 // Not proposed after the attempt is given up on: its retry never races it.
                 deadline_ms: Request::deadline_in(CALL_TIMEOUT),
@@ -296,6 +439,8 @@ impl Volume {
             let reply = match self.send(&addr, &req).await {
                 Ok(r) => r,
                 Err(e) => {
+                    // Sent or not, answered or not: unknown.
+                    unsettled |= op != Op::Read;
                     last_err = format!("node {node_id} at {addr}: {e}");
                     route.leader.store(0, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -325,10 +470,30 @@ impl Volume {
                     }
                 }
                 Reply::GroupNotFound | Reply::Unavailable(_) | Reply::Expired(_) => {
+                    match &reply {
+                        // A leader that lost its leadership after proposing answers
+                        // Unavailable: the entry may still commit.
+                        Reply::Unavailable(_) => unsettled |= op != Op::Read,
+                        Reply::Expired(_) => unsettled = false,
+                        _ => {}
+                    }
                     last_err = format!("node {node_id}: {reply:?}");
                     route.leader.store(0, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    let cap = if unsettled && Instant::now() >= deadline {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_millis(500)
+                    };
+                    backoff = (backoff * 2).min(cap);
+                }
+                Reply::Fenced(m) => {
+                    if let Some(a) = &self.inner.attachment
+                        && a.epoch == epoch
+                    {
+                        a.end(&m);
+                    }
+                    return Err(Error::Fenced(m));
                 }
                 Reply::DiskFull(m) => return Err(Error::DiskFull(m)),
                 Reply::Corrupt(m) => return Err(Error::Corrupt(m)),
@@ -402,6 +567,7 @@ mod tests {
             chunk_size,
             mapped_chunks: 0,
             created_unix: 0,
+            attachment: None,
         }
     }
 
@@ -412,10 +578,14 @@ mod tests {
                 inner: Arc::new(crate::ClientInner {
                     managers: vec![],
                     conns: Default::default(),
+                    name: "test".into(),
+                    attached: Default::default(),
+                    attach_gate: Default::default(),
                 }),
             },
             info: vol(size, cs),
             routes: RwLock::new(HashMap::new()),
+            attachment: None,
         };
         let v = Volume {
             inner: Arc::new(inner),

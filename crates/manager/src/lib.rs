@@ -40,6 +40,7 @@
 //! on every manager tells a member that lost its replica to rejoin, never to start over as
 //! a fresh voter.
 
+mod attach;
 mod config;
 mod error;
 mod liveness;

@@ -96,11 +96,12 @@ async fn send(call: StorageCall, service: Shared, memory: Arc<Mutex<Memory>>) {
                        last_index = ms.last_index, ?progress, "membership change in progress");
                 return;
             }
+            let term = ms.term;
             let done = tokio::task::spawn_blocking(move || {
                 service
                     .lock()
                     .map_err(|_| "manager state is unusable".to_string())?
-                    .move_done(group, &target)
+                    .move_done(group, &target, term)
                     .map_err(|e| e.to_string())
             })
             .await;

@@ -75,6 +75,7 @@ pub fn plan_groups(
             target: Vec::new(),
             // Nobody has led it yet: its first members start as its initial voters.
             established: false,
+            term: 0,
         });
         next += 1;
     }

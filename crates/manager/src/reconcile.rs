@@ -870,6 +870,7 @@ mod tests {
                 self.state.apply(&Mutation::SetGroupMembers {
                     group_id: m.group_id,
                     members: m.target.clone(),
+                    term: 0,
                 });
             }
             self.heartbeat_all();
@@ -1303,6 +1304,7 @@ mod tests {
         w.state.apply(&Mutation::SetGroupMembers {
             group_id: g.id,
             members: target,
+            term: 0,
         });
         let hosted_old: BTreeSet<u64> = hosted_old.into_iter().chain([999]).collect();
         let (_, remove) = heartbeat_orders(&w.state, 1, &hosted_old);

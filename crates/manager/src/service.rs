@@ -17,6 +17,7 @@ use tessera_proto::control::{
 };
 use tracing::{info, warn};
 
+use crate::attach::{self, Leases};
 use crate::liveness::{Health, Liveness};
 use crate::reconcile;
 use crate::replica::Replica;
@@ -69,6 +70,8 @@ pub struct Service {
     /// Groups heartbeats showed with a leader whose recording as established failed; tried
     /// again with the next heartbeat. Such a fact never goes stale.
     unrecorded: BTreeSet<u64>,
+    /// Attachment leases (leader memory, reset with `live` when a term of leadership starts).
+    leases: Leases,
 }
 
 impl Service {
@@ -92,6 +95,7 @@ impl Service {
             applied: (applied_index, 0),
             led_term: 0,
             unrecorded: BTreeSet::new(),
+            leases: Leases::default(),
         }
     }
 
@@ -119,10 +123,17 @@ impl Service {
                 .and_then(|m| self.commit(m))
                 .and_then(|()| self.state.volume_by_name(&name))
                 .map(ManagerReply::Volume),
-            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(self.state.list_volumes())),
-            ManagerRequest::VolumeInfo { name } => {
-                self.state.volume_by_name(&name).map(ManagerReply::Volume)
+            ManagerRequest::ListVolumes => {
+                let mut vs = self.state.list_volumes();
+                for v in &mut vs {
+                    self.add_lease(v, now);
+                }
+                Ok(ManagerReply::Volumes(vs))
             }
+            ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
+                self.add_lease(&mut v, now);
+                ManagerReply::Volume(v)
+            }),
             ManagerRequest::ResizeVolume { name, size } => self
                 .state
                 .plan_resize_volume(&name, size)
@@ -138,11 +149,23 @@ impl Service {
                     ManagerReply::Opened { volume, chunks }
                 })
             }
+            ManagerRequest::AttachVolume { name, client } => self.attach(&name, &client, now),
+            ManagerRequest::RenewAttachment { volume_id, epoch } => {
+                attach::check_holder(&self.state, volume_id, epoch).map(|()| {
+                    self.leases.renewed(volume_id, now.instant);
+                    ManagerReply::Renewed {
+                        lease_ms: attach::LEASE.as_millis() as u64,
+                    }
+                })
+            }
+            ManagerRequest::DetachVolume { name, epoch, force } => self.detach(&name, epoch, force),
             ManagerRequest::Route {
                 volume_id,
                 chunk,
                 allocate,
-            } => self.route(volume_id, chunk, allocate, now),
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, allocate)
+                .and_then(|()| self.route(volume_id, chunk, allocate, now)),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
         };
@@ -367,9 +390,15 @@ impl Service {
         })
     }
 
-    /// The leader reported a move done: the group's voters are `voters`. Ignored unless the
-    /// group is still moving to exactly those nodes (it may have been re-aimed meanwhile).
-    pub fn move_done(&mut self, group_id: u64, voters: &[u64]) -> Result<(), ControlError> {
+    /// The leader of `term` reported a move done: the group's voters are `voters`. Ignored
+    /// unless the group is still moving to exactly those nodes (it may have been re-aimed
+    /// meanwhile).
+    pub fn move_done(
+        &mut self,
+        group_id: u64,
+        voters: &[u64],
+        term: u64,
+    ) -> Result<(), ControlError> {
         let Some(g) = self.state.group(group_id) else {
             return Ok(());
         };
@@ -380,6 +409,7 @@ impl Service {
         self.commit(Mutation::SetGroupMembers {
             group_id,
             members: target.clone(),
+            term,
         })?;
         info!(group = group_id, from = ?from, to = ?target, "membership change done");
         Ok(())
@@ -447,6 +477,60 @@ impl Service {
             r.leader = self.leader(r.group_id, now);
         }
         Ok(ManagerReply::Route(r))
+    }
+
+    /// Grants `client` the read-write attachment of `name` (see `attach.rs`).
+    fn attach(&mut self, name: &str, client: &str, now: Now) -> Result<ManagerReply, ControlError> {
+        let leases = &mut self.leases;
+        let (m, epoch) = attach::plan_attach(&self.state, name, client, now.unix, |id| {
+            leases.left(id, now.instant)
+        })?;
+        if let Some(m) = m {
+            self.commit(m)?;
+            info!(volume = %name, client, epoch, "volume attached read-write");
+        }
+        let (mut volume, mut chunks) = self.state.open_volume(name)?;
+        self.leases.renewed(volume.id, now.instant);
+        self.add_lease(&mut volume, now);
+        for r in &mut chunks {
+            r.leader = self.leader(r.group_id, now);
+        }
+        Ok(ManagerReply::Attached {
+            volume,
+            chunks,
+            epoch,
+            lease_ms: attach::LEASE.as_millis() as u64,
+        })
+    }
+
+    fn detach(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        force: bool,
+    ) -> Result<ManagerReply, ControlError> {
+        let (m, fence_epoch) = attach::plan_detach(&self.state, name, epoch, force)?;
+        if let Some(m) = m {
+            let id = self.state.volume_record(name)?.id;
+            let holder = self.state.volume_record(name)?.attachment.clone();
+            self.commit(m)?;
+            self.leases.ended(id);
+            if let Some(a) = holder {
+                info!(volume = %name, client = %a.client, epoch = a.epoch, force,
+                      "volume detached");
+            }
+        }
+        Ok(ManagerReply::Detached { fence_epoch })
+    }
+
+    /// The attachment's lease as this manager sees it, into a volume's info.
+    fn add_lease(&self, v: &mut tessera_proto::control::VolumeInfo, now: Now) {
+        if let Some(a) = &mut v.attachment {
+            a.lease_left_ms = self
+                .leases
+                .peek(v.id, now.instant)
+                .map(|d| d.as_millis() as u64);
+        }
     }
 
     fn leader(&self, group_id: u64, now: Now) -> Option<u64> {

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tessera_proto::control::{
-    ChunkRoute, ControlError, DEFAULT_CHUNK_SIZE, GroupSpec, NodeRegistration, PeerInfo, VolumeInfo,
+    AttachmentInfo, ChunkRoute, ControlError, DEFAULT_CHUNK_SIZE, GroupSpec, NodeRegistration,
+    PeerInfo, VolumeInfo,
 };
 
 use crate::placement::{self, Candidate};
@@ -53,6 +54,15 @@ pub struct GroupRecord {
     /// field existed read as `false` until the next heartbeat showing a leader.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub established: bool,
+    /// The term of the leader that said the last membership change was done: a replica
+    /// created to join the group starts there (`GroupSpec::min_term`), so a leader the
+    /// group left behind cannot count it. Only grows.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub term: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl GroupRecord {
@@ -82,6 +92,21 @@ pub struct VolumeRecord {
     pub size: u64,
     pub chunk_size: u64,
     pub created_unix: u64,
+    /// The newest writer epoch granted (see `attach.rs`); only grows.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// The client holding the volume read-write, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// A read-write attachment: who, with which writer epoch, since when. Its lease lives in
+/// the leading manager's memory (`attach::Leases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub client: String,
+    pub epoch: u64,
+    pub since_unix: u64,
 }
 
 /// One durable change. Row-shaped on purpose: the store writes exactly these rows.
@@ -107,10 +132,12 @@ pub enum Mutation {
         target: Vec<u64>,
     },
     /// A membership change finished: the group's voters are now `members`; clears the
-    /// target.
+    /// target. `term`: the term of the leader that said so (raises `GroupRecord::term`).
     SetGroupMembers {
         group_id: u64,
         members: Vec<u64>,
+        #[serde(default)]
+        term: u64,
     },
     SetNodeDraining {
         node_id: u64,
@@ -327,7 +354,11 @@ impl State {
                     g.rec.target = target.clone();
                 }
             }
-            Mutation::SetGroupMembers { group_id, members } => {
+            Mutation::SetGroupMembers {
+                group_id,
+                members,
+                term,
+            } => {
                 let Some(g) = self.groups.get_mut(group_id) else {
                     return;
                 };
@@ -347,6 +378,7 @@ impl State {
                 }
                 g.rec.members = members.clone();
                 g.rec.target.clear();
+                g.rec.term = g.rec.term.max(*term);
             }
             Mutation::SetNodeDraining { node_id, draining } => {
                 if let Some(n) = self.nodes.get_mut(node_id) {
@@ -501,6 +533,7 @@ impl State {
                 self.peer_infos(&g.members)
             },
             joining,
+            min_term: if joining { g.term } else { 0 },
         }
     }
 
@@ -574,6 +607,8 @@ impl State {
             size,
             chunk_size,
             created_unix: now_unix,
+            epoch: 0,
+            attachment: None,
         }))
     }
 
@@ -680,6 +715,19 @@ impl State {
         }
     }
 
+    /// A volume's record by name.
+    pub fn volume_record(&self, name: &str) -> Result<&VolumeRecord, ControlError> {
+        Ok(&self.volumes[&self.id_of(name)?].rec)
+    }
+
+    /// A volume's record by id.
+    pub fn volume_record_by_id(&self, id: u64) -> Result<&VolumeRecord, ControlError> {
+        self.volumes
+            .get(&id)
+            .map(|v| &v.rec)
+            .ok_or_else(|| ControlError::NotFound(format!("volume with id {id} not found")))
+    }
+
     fn id_of(&self, name: &str) -> Result<u64, ControlError> {
         self.by_name
             .get(name)
@@ -695,6 +743,12 @@ impl State {
             chunk_size: v.rec.chunk_size,
             mapped_chunks: v.chunks.len() as u64,
             created_unix: v.rec.created_unix,
+            attachment: v.rec.attachment.as_ref().map(|a| AttachmentInfo {
+                client: a.client.clone(),
+                epoch: a.epoch,
+                since_unix: a.since_unix,
+                lease_left_ms: None,
+            }),
         }
     }
 }
@@ -942,6 +996,7 @@ mod tests {
         s.apply(&Mutation::SetGroupMembers {
             group_id: 2,
             members: vec![3, 2, 1],
+            term: 0,
         });
         assert!(!s.group(1).unwrap().established);
         assert!(s.group(2).unwrap().established);

@@ -202,10 +202,15 @@ impl Store {
                     g.target = target.clone();
                 })?;
             }
-            Mutation::SetGroupMembers { group_id, members } => {
+            Mutation::SetGroupMembers {
+                group_id,
+                members,
+                term,
+            } => {
                 update_record(&tx, GROUPS, *group_id, |g: &mut GroupRecord| {
                     g.members = members.clone();
                     g.target.clear();
+                    g.term = g.term.max(*term);
                 })?;
             }
             Mutation::SetNodeDraining { node_id, draining } => {
@@ -387,6 +392,7 @@ mod tests {
             let m = Mutation::SetGroupMembers {
                 group_id: 1,
                 members: vec![4, 2, 3],
+                term: 7,
             };
             step(&store, &mut state, m);
             let m = Mutation::SetGroupTarget {
@@ -399,6 +405,10 @@ mod tests {
         let g = state.group(1).unwrap();
         assert_eq!(g.members, [4, 2, 3]);
         assert_eq!(g.target, [4, 1, 3]);
+        // Node 1, added back, joins at the term the last finished move was reported in.
+        let spec = state.group_spec(g, true);
+        assert!(spec.joining);
+        assert_eq!(spec.min_term, 7);
         assert!(state.node(1).unwrap().draining);
         assert_eq!(state.groups_of(1).count(), 0);
         assert_eq!(state.groups_of(4).count(), 1);
@@ -437,6 +447,7 @@ mod tests {
             let m = Mutation::SetGroupMembers {
                 group_id: 1,
                 members: vec![4, 2, 3],
+                term: 7,
             };
             step(&store, &mut state, m);
         }

@@ -75,6 +75,18 @@ fn state(group_id: u64, role: Role) -> GroupState {
     }
 }
 
+/// Attaches `name` read-write for `client`: its writer epoch.
+async fn attach(m: &Manager, name: &str, client: &str) -> Result<u64, NetError> {
+    let req = ManagerRequest::AttachVolume {
+        name: name.into(),
+        client: client.into(),
+    };
+    match ask(m, req).await? {
+        ManagerReply::Attached { epoch, .. } => Ok(epoch),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 fn control_err<R: std::fmt::Debug>(r: Result<R, NetError>) -> ControlError {
     match r {
         Err(NetError::Control(e)) => e,
@@ -134,10 +146,12 @@ async fn a_cluster_is_placed_served_and_survives_a_restart() {
         (v.id, v.size, v.chunk_size, v.mapped_chunks),
         (1, 8 * GIB, 64 << 20, 0)
     );
+    let epoch = attach(&m, "db1", "test").await.unwrap();
     let route = |chunk, allocate| ManagerRequest::Route {
         volume_id: v.id,
         chunk,
         allocate,
+        epoch,
     };
     assert_eq!(
         control_err(ask(&m, route(0, true)).await),
@@ -209,6 +223,83 @@ async fn a_cluster_is_placed_served_and_survives_a_restart() {
     m.shutdown().await;
 }
 
+/// One writer per volume: a second client is refused (naming the holder) while the first
+/// holds it, also after a manager restart; a forced detach moves the volume to a new epoch
+/// to fence with; the old holder can then neither renew nor allocate.
+#[tokio::test]
+async fn a_volume_has_one_writer_and_a_forced_detach_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(config(dir.path())).await.unwrap();
+    let create = ManagerRequest::CreateVolume {
+        name: "vm1".into(),
+        size: GIB,
+        chunk_size: None,
+    };
+    let ManagerReply::Volume(v) = ask(&m, create).await.unwrap() else {
+        panic!()
+    };
+    let a = attach(&m, "vm1", "gateway-a").await.unwrap();
+    assert_eq!(
+        attach(&m, "vm1", "gateway-a").await.unwrap(),
+        a,
+        "a retry keeps the epoch"
+    );
+    let held = |e: ControlError| matches!(&e, ControlError::Conflict(m) if m.contains("gateway-a"));
+    assert!(held(control_err(attach(&m, "vm1", "gateway-b").await)));
+    let info = ManagerRequest::VolumeInfo { name: "vm1".into() };
+    let ManagerReply::Volume(got) = ask(&m, info.clone()).await.unwrap() else {
+        panic!()
+    };
+    let att = got.attachment.unwrap();
+    assert_eq!((att.client.as_str(), att.epoch), ("gateway-a", a));
+    assert!(att.lease_left_ms.is_some_and(|ms| ms > 0));
+
+    // A restarted manager keeps the attachment and gives it a whole lease.
+    m.shutdown().await;
+    let m = Manager::start(config(dir.path())).await.unwrap();
+    assert!(held(control_err(attach(&m, "vm1", "gateway-b").await)));
+    let renew = |epoch| ManagerRequest::RenewAttachment {
+        volume_id: v.id,
+        epoch,
+    };
+    assert!(matches!(
+        ask(&m, renew(a)).await.unwrap(),
+        ManagerReply::Renewed { .. }
+    ));
+
+    let force = ManagerRequest::DetachVolume {
+        name: "vm1".into(),
+        epoch: 0,
+        force: true,
+    };
+    let ManagerReply::Detached { fence_epoch } = ask(&m, force).await.unwrap() else {
+        panic!()
+    };
+    assert!(fence_epoch > a);
+    let b = attach(&m, "vm1", "gateway-b").await.unwrap();
+    assert!(b > fence_epoch);
+    assert!(matches!(
+        control_err(ask(&m, renew(a)).await),
+        ControlError::Conflict(_)
+    ));
+    let route = |epoch| ManagerRequest::Route {
+        volume_id: v.id,
+        chunk: 0,
+        allocate: true,
+        epoch,
+    };
+    assert!(matches!(
+        control_err(ask(&m, route(a)).await),
+        ControlError::Conflict(_)
+    ));
+    // (No storage nodes here: the current holder gets past the check to placement.)
+    assert!(matches!(
+        control_err(ask(&m, route(b)).await),
+        ControlError::Unavailable(_)
+    ));
+    m.shutdown().await;
+}
+
 #[tokio::test]
 async fn deleting_a_volume_tells_the_replicas_to_drop_its_chunks() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,6 +323,7 @@ async fn deleting_a_volume_tells_the_replicas_to_drop_its_chunks() {
     )
     .await
     .unwrap();
+    let epoch = attach(&m, "tmp", "test").await.unwrap();
     for chunk in [5, 9] {
         ask(
             &m,
@@ -239,6 +331,7 @@ async fn deleting_a_volume_tells_the_replicas_to_drop_its_chunks() {
                 volume_id: 1,
                 chunk,
                 allocate: true,
+                epoch,
             },
         )
         .await

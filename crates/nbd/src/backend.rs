@@ -25,9 +25,25 @@ pub enum BackendError {
     /// The store refused the request as malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Another client writes the export (it cannot be opened read-write here now).
+    #[error("in use: {0}")]
+    Busy(String),
+    /// This handle may not write: another client took the export over, or it was opened
+    /// read-only. Nothing was written.
+    #[error("not permitted: {0}")]
+    Denied(String),
     /// Anything else: corrupt data, I/O failure, cluster unavailable.
     #[error("i/o error: {0}")]
     Io(String),
+}
+
+/// What a connection will do with an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Look at it (`NBD_OPT_INFO`): size and limits, no I/O.
+    Info,
+    /// Read and write it (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`).
+    ReadWrite,
 }
 
 /// A store of named block devices.
@@ -38,8 +54,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The names of every export, in any order.
     fn list(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
 
-    /// Opens the export `name`; [`BackendError::NotFound`] if there is none.
-    fn open(&self, name: &str) -> impl Future<Output = Result<Self::Export, BackendError>> + Send;
+    /// Opens the export `name`; [`BackendError::NotFound`] if there is none,
+    /// [`BackendError::Busy`] if another client writes it and `access` needs writing.
+    fn open(
+        &self,
+        name: &str,
+        access: Access,
+    ) -> impl Future<Output = Result<Self::Export, BackendError>> + Send;
 }
 
 /// One open block device. Called concurrently from many tasks; every range passed in

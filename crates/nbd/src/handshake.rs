@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::backend::{Backend, BackendError, Export};
+use crate::backend::{Access, Backend, BackendError, Export};
 use crate::consts::*;
 
 /// Why negotiation ended without entering transmission.
@@ -89,7 +89,7 @@ where
                 let name = String::from_utf8(data)
                     .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".to_owned()))?;
                 // This option cannot be answered with an error: refusing means hanging up.
-                let (name, export) = resolve(backend, &name)
+                let (name, export) = resolve(backend, &name, Access::ReadWrite)
                     .await
                     .map_err(|e| HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
                 let mut reply = [0u8; 10 + 124];
@@ -136,11 +136,17 @@ where
             }
             OPT_INFO | OPT_GO => match parse_info_request(&data) {
                 Err((kind, msg)) => reply(w, opt, kind, msg.as_bytes()).await?,
-                Ok(req) => match resolve(backend, &req.name).await {
+                Ok(req) => match resolve(backend, &req.name, access_of(opt)).await {
                     Err(e) => {
-                        // NBD_REP_ERR_UNKNOWN also covers a store that cannot open the
-                        // volume right now; the message tells the user which.
-                        reply(w, opt, REP_ERR_UNKNOWN, e.to_string().as_bytes()).await?;
+                        // Another gateway writes the volume: the server's policy (one
+                        // writer per volume) forbids it. NBD_REP_ERR_UNKNOWN also covers a
+                        // store that cannot open the volume right now; the message tells
+                        // the user which.
+                        let kind = match e {
+                            BackendError::Busy(_) => REP_ERR_POLICY,
+                            _ => REP_ERR_UNKNOWN,
+                        };
+                        reply(w, opt, kind, e.to_string().as_bytes()).await?;
                     }
                     Ok((name, export)) => {
                         send_info(w, opt, &req.infos, &name, &export, structured).await?;
@@ -198,7 +204,11 @@ pub(crate) fn transmission_flags(structured: bool) -> u16 {
 /// Opens `name`, or the default export when `name` is empty: the export whose name
 /// sorts first, so the choice does not depend on the order the store lists them in
 /// (a cluster with `vol0` exports `vol0`).
-async fn resolve<B: Backend>(backend: &B, name: &str) -> Result<(String, B::Export), BackendError> {
+async fn resolve<B: Backend>(
+    backend: &B,
+    name: &str,
+    access: Access,
+) -> Result<(String, B::Export), BackendError> {
     let name = if name.is_empty() {
         backend
             .list()
@@ -209,8 +219,17 @@ async fn resolve<B: Backend>(backend: &B, name: &str) -> Result<(String, B::Expo
     } else {
         name.to_owned()
     };
-    let export = backend.open(&name).await?;
+    let export = backend.open(&name, access).await?;
     Ok((name, export))
+}
+
+/// `NBD_OPT_INFO` only looks; `NBD_OPT_GO` goes on to transmission.
+fn access_of(opt: u32) -> Access {
+    if opt == OPT_INFO {
+        Access::Info
+    } else {
+        Access::ReadWrite
+    }
 }
 
 struct InfoRequest {

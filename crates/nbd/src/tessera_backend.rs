@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tessera_client::{Client, Error, Volume};
 
-use crate::backend::{Backend, BackendError, Export};
+use crate::backend::{Access, Backend, BackendError, Export};
 
 impl From<Error> for BackendError {
     fn from(err: Error) -> Self {
@@ -13,6 +13,8 @@ impl From<Error> for BackendError {
             e @ Error::OutOfRange { .. } => BackendError::OutOfRange(e.to_string()),
             Error::DiskFull(m) => BackendError::NoSpace(m),
             Error::Invalid(m) => BackendError::Invalid(m),
+            Error::InUse(m) => BackendError::Busy(m),
+            e @ (Error::Fenced(_) | Error::ReadOnly(_)) => BackendError::Denied(e.to_string()),
             e @ (Error::Corrupt(_)
             | Error::Io(_)
             | Error::Unavailable(_)
@@ -30,8 +32,13 @@ impl Backend for Client {
         Ok(volumes.into_iter().map(|v| v.name).collect())
     }
 
-    async fn open(&self, name: &str) -> Result<Volume, BackendError> {
-        Ok(Client::open(self, name).await?)
+    /// A read-write open attaches the volume for this gateway's client: every connection
+    /// of the gateway to the volume shares the attachment (NBD multi-connection).
+    async fn open(&self, name: &str, access: Access) -> Result<Volume, BackendError> {
+        Ok(match access {
+            Access::Info => Client::open_read_only(self, name).await?,
+            Access::ReadWrite => Client::open(self, name).await?,
+        })
     }
 }
 

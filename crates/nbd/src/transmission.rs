@@ -355,7 +355,8 @@ fn errno(err: &BackendError, op: Op) -> u32 {
         BackendError::OutOfRange(_) if matches!(op, Op::Write | Op::WriteZeroes) => ENOSPC,
         BackendError::OutOfRange(_) | BackendError::Invalid(_) => EINVAL,
         BackendError::NoSpace(_) => ENOSPC,
-        BackendError::NotFound(_) | BackendError::Io(_) => EIO,
+        BackendError::Denied(_) => EPERM,
+        BackendError::NotFound(_) | BackendError::Busy(_) | BackendError::Io(_) => EIO,
     }
 }
 

@@ -1,10 +1,11 @@
 //! Commands replicated through a replica group's Raft log and applied to its chunks.
 //!
 //! ```text
-//! op u8 | volume u64 | chunk u64 | offset u32 | len u32 | [id u128] | data (Write only)
+//! op u8 | volume u64 | chunk u64 | offset u32 | len u32 | [id u128] | [epoch u64] | data (Write only)
 //! ```
 //! `id` (the client's request id, see `data::Request::id`) is present when the op byte has
-//! its high bit set; commands written before it existed have none (id 0).
+//! its high bit set, `epoch` (the writer epoch, see `data::Request::epoch`) when it has bit
+//! 6 set; commands written before they existed have neither (id 0, epoch 0).
 //! These bytes are stored in every replica's log and re-read at recovery, so the decoder
 //! treats them as untrusted. An empty entry (Raft's no-op on election) is not a command.
 
@@ -14,6 +15,8 @@ use crate::{DecodeError, Reader};
 
 const HEADER: usize = 25;
 const HAS_ID: u8 = 0x80;
+const HAS_EPOCH: u8 = 0x40;
+const FLAGS: u8 = HAS_ID | HAS_EPOCH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -26,6 +29,9 @@ pub enum CmdOp {
     Discard = 3,
     /// The volume was deleted: drop this chunk's file.
     DropChunk = 4,
+    /// The volume's writer epoch is now `epoch`: writes of older epochs are refused from
+    /// here on in the log (see `data::Op::Fence`). Changes no data.
+    Fence = 5,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,20 +43,31 @@ pub struct Command {
     pub len: u32,
     /// The client's request id (0: none).
     pub id: u128,
+    /// The writer epoch the command was sent with (0: none).
+    pub epoch: u64,
     pub data: Bytes,
 }
 
 impl Command {
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(HEADER + 16 + self.data.len());
-        let flag = if self.id != 0 { HAS_ID } else { 0 };
-        b.put_u8(self.op as u8 | flag);
+        let mut b = BytesMut::with_capacity(HEADER + 24 + self.data.len());
+        let mut flags = 0;
+        if self.id != 0 {
+            flags |= HAS_ID;
+        }
+        if self.epoch != 0 {
+            flags |= HAS_EPOCH;
+        }
+        b.put_u8(self.op as u8 | flags);
         b.put_u64_le(self.volume);
         b.put_u64_le(self.chunk);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
         if self.id != 0 {
             b.put_u128_le(self.id);
+        }
+        if self.epoch != 0 {
+            b.put_u64_le(self.epoch);
         }
         b.extend_from_slice(&self.data);
         b.freeze()
@@ -59,11 +76,12 @@ impl Command {
     pub fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let first = r.u8()?;
-        let op = match first & !HAS_ID {
+        let op = match first & !FLAGS {
             1 => CmdOp::Write,
             2 => CmdOp::WriteZeroes,
             3 => CmdOp::Discard,
             4 => CmdOp::DropChunk,
+            5 => CmdOp::Fence,
             other => return Err(DecodeError::Invalid(format!("command op {other}"))),
         };
         let volume = r.u64()?;
@@ -73,10 +91,16 @@ impl Command {
         if offset.checked_add(len).is_none() {
             return Err(DecodeError::Invalid("command range overflows".into()));
         }
-        let (id, header) = if first & HAS_ID != 0 {
+        let (id, mut header) = if first & HAS_ID != 0 {
             (r.u64()? as u128 | (r.u64()? as u128) << 64, HEADER + 16)
         } else {
             (0, HEADER)
+        };
+        let epoch = if first & HAS_EPOCH != 0 {
+            header += 8;
+            r.u64()?
+        } else {
+            0
         };
         let data = if op == CmdOp::Write {
             if r.remaining() != len as usize {
@@ -96,8 +120,30 @@ impl Command {
             offset,
             len,
             id,
+            epoch,
             data,
         })
+    }
+
+    /// The volume and writer epoch of an encoded command, without decoding the rest
+    /// (`None`: no epoch, or not a command).
+    pub fn peek_epoch(bytes: &[u8]) -> Option<(u64, u64)> {
+        let first = *bytes.first()?;
+        if first & HAS_EPOCH == 0 {
+            return None;
+        }
+        let at = if first & HAS_ID != 0 {
+            HEADER + 16
+        } else {
+            HEADER
+        };
+        let u64_at = |i: usize| {
+            bytes
+                .get(i..i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        Some((u64_at(1)?, u64_at(at)?))
     }
 
     /// The request id of an encoded command, without decoding the rest (0: none, or not a
@@ -126,16 +172,33 @@ mod tests {
             offset: 3,
             len: 4,
             id: 0,
+            epoch: 0,
             data: Bytes::from_static(b"abcd"),
         };
         for id in [0, 0xfeed_beef, u128::MAX - 3] {
-            let c = Command { id, ..c.clone() };
-            let enc = c.encode();
-            assert_eq!(Command::decode(&enc).unwrap(), c);
-            assert_eq!(Command::peek_id(&enc), id);
-            for n in 0..enc.len() {
-                assert!(Command::decode(&enc.slice(..n)).is_err());
+            for epoch in [0, 7, u64::MAX] {
+                let c = Command {
+                    id,
+                    epoch,
+                    ..c.clone()
+                };
+                let enc = c.encode();
+                assert_eq!(Command::decode(&enc).unwrap(), c);
+                assert_eq!(Command::peek_id(&enc), id);
+                let peeked = (epoch != 0).then_some((1, epoch));
+                assert_eq!(Command::peek_epoch(&enc), peeked);
+                for n in 0..enc.len() {
+                    assert!(Command::decode(&enc.slice(..n)).is_err());
+                }
             }
         }
+        let fence = Command {
+            op: CmdOp::Fence,
+            len: 0,
+            epoch: 3,
+            data: Bytes::new(),
+            ..c
+        };
+        assert_eq!(Command::decode(&fence.encode()).unwrap(), fence);
     }
 }

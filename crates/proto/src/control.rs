@@ -37,15 +37,45 @@ pub enum ManagerRequest {
     DeleteVolume {
         name: String,
     },
-    /// The volume and the routes of every chunk already mapped.
+    /// The volume and the routes of every chunk already mapped (for reading: no
+    /// attachment).
     OpenVolume {
         name: String,
     },
+    /// Attach the volume read-write for `client` (a name saying who and where, unique to
+    /// the process): granted with a new writer epoch and a lease when nobody holds it, or
+    /// when the holder's lease ran out; the same client attaching again keeps its epoch.
+    /// Refused with [`ControlError::Conflict`] naming the holder otherwise. The new holder
+    /// must fence every group of the volume with its epoch before its first write.
+    AttachVolume {
+        name: String,
+        client: String,
+    },
+    /// The holder of epoch `epoch` renews its lease ([`ControlError::Conflict`]: it no longer
+    /// holds the volume).
+    RenewAttachment {
+        volume_id: u64,
+        epoch: u64,
+    },
+    /// End an attachment: the holder's own (`epoch`), or, with `force`, whoever holds it;
+    /// a forced detach moves the volume to a new epoch that the caller fences the volume's
+    /// groups with, so the old holder's writes are refused from then on.
+    DetachVolume {
+        name: String,
+        #[serde(default)]
+        epoch: u64,
+        #[serde(default)]
+        force: bool,
+    },
     /// The route of one chunk; with `allocate`, map the chunk to a group if it is unmapped.
+    /// `epoch`: the caller's writer epoch (0: a reader); refused once the volume has a newer
+    /// one ([`ControlError::Conflict`]), and `allocate` needs the current one.
     Route {
         volume_id: u64,
         chunk: u64,
         allocate: bool,
+        #[serde(default)]
+        epoch: u64,
     },
     ClusterStatus,
     /// Move every replica and leader off this node (before maintenance); it ends with none.
@@ -76,6 +106,22 @@ pub enum ManagerReply {
     Opened {
         volume: VolumeInfo,
         chunks: Vec<ChunkRoute>,
+    },
+    Attached {
+        volume: VolumeInfo,
+        chunks: Vec<ChunkRoute>,
+        /// The holder's writer epoch: every data-plane write carries it.
+        epoch: u64,
+        /// Renew well within this (the client renews every third of it).
+        lease_ms: u64,
+    },
+    Renewed {
+        lease_ms: u64,
+    },
+    /// `fence_epoch`: after a forced detach, the epoch to fence the volume's groups with
+    /// (0: nothing to fence).
+    Detached {
+        fence_epoch: u64,
     },
     Route(Option<ChunkRoute>),
     Status(ClusterStatus),
@@ -127,6 +173,9 @@ pub struct MembershipState {
     pub done: bool,
     /// The leader's last log index, to compare each peer's `matched` with.
     pub last_index: u64,
+    /// The leader's term: the group reached it with this membership.
+    #[serde(default)]
+    pub term: u64,
     pub progress: Vec<PeerProgress>,
 }
 
@@ -151,6 +200,10 @@ pub enum ControlError {
     /// Retry later: e.g. not enough racks to place a group yet.
     #[error("{0}")]
     Unavailable(String),
+    /// Another client holds what was asked for (a volume's read-write attachment), or the
+    /// caller's attachment was ended: the message names the holder.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Internal(String),
     /// This manager is not the leader of the managers' Raft group: ask the leader, whose
@@ -235,6 +288,17 @@ pub struct GroupSpec {
     /// tells where the other nodes are.
     #[serde(default)]
     pub joining: bool,
+    /// For a joining replica: the newest term the managers know the group reached, at or
+    /// after the last membership change they recorded. The replica starts at this term,
+    /// so it never answers a leader the group has left behind: its node may have been a
+    /// member before (removed, then added back), and a stale leader still counting that
+    /// old member would take the empty replica's answers for a majority.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_term: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +309,21 @@ pub struct VolumeInfo {
     pub chunk_size: u64,
     pub mapped_chunks: u64,
     pub created_unix: u64,
+    /// The read-write attachment, if a client holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<AttachmentInfo>,
+}
+
+/// Who writes a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub client: String,
+    pub epoch: u64,
+    pub since_unix: u64,
+    /// Time left on the holder's lease as the manager leader sees it (`None`: this leader
+    /// has not heard from the holder yet, so it counts a whole lease from its election).
+    #[serde(default)]
+    pub lease_left_ms: Option<u64>,
 }
 
 /// Where a chunk lives: its group, the group's replicas and the last known leader.

@@ -11,6 +11,7 @@
 //! `id` names one logical request across its retries (0: none): a leader that finds the
 //! id already in its log or recently applied answers with that entry's outcome instead of
 //! proposing it again (see [`Request::id`]).
+//! `epoch` is the sender's writer epoch (see [`Request::epoch`], [`Op::Fence`]).
 //! `offset` is relative to the chunk start. A reply body is `status u8` followed by the
 //! payload for `Ok` (read data, empty otherwise), the leader hint `u64` for `NotLeader`, or
 //! a UTF-8 message for every other status.
@@ -45,6 +46,11 @@ pub enum Op {
     SnapList,
     SnapChecksums,
     SnapRead,
+    /// Make `epoch` the volume's writer epoch in the group (`addr.group`, `addr.volume`):
+    /// answered once that is applied, after which the group refuses every write of an
+    /// older epoch ([`Reply::Fenced`]). A new writer sends it to every group of the volume
+    /// before its first write.
+    Fence,
 }
 
 /// One data-plane request.
@@ -52,7 +58,9 @@ pub enum Op {
 pub struct Request {
     pub op: Op,
     pub addr: ChunkAddr,
-    /// Writer fencing epoch (0: unfenced).
+    /// The writer epoch the manager granted the sender's attachment (0: none). A group
+    /// refuses a write, zeroes or discard older than the newest epoch it has seen for the
+    /// volume ([`Op::Fence`], or a newer writer's request).
     pub epoch: u64,
     /// The same for every retry of one write, zeroes or discard, unique otherwise (0: none).
     /// A retry must never be applied a second time: if the first attempt's entry committed
@@ -117,6 +125,7 @@ impl Request {
             Op::SnapList => Kind::SnapList,
             Op::SnapChecksums => Kind::SnapChecksums,
             Op::SnapRead => Kind::SnapRead,
+            Op::Fence => Kind::Fence,
         }
     }
 
@@ -151,6 +160,7 @@ impl Request {
             Kind::SnapList => Op::SnapList,
             Kind::SnapChecksums => Op::SnapChecksums,
             Kind::SnapRead => Op::SnapRead,
+            Kind::Fence => Op::Fence,
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };
         let mut r = Reader::new(body);
@@ -233,6 +243,9 @@ pub enum Reply {
     /// The request's deadline passed before it was proposed: it was not applied and never
     /// will be. A retry is safe.
     Expired(String),
+    /// The request's writer epoch is older than the volume's in the group (another client
+    /// attached the volume since): not applied, and never will be.
+    Fenced(String),
 }
 
 impl Reply {
@@ -248,6 +261,7 @@ impl Reply {
             Reply::BadRequest(_) => 7,
             Reply::Unavailable(_) => 8,
             Reply::Expired(_) => 9,
+            Reply::Fenced(_) => 10,
         }
     }
 
@@ -273,7 +287,8 @@ impl Reply {
             | Reply::Io(m)
             | Reply::BadRequest(m)
             | Reply::Unavailable(m)
-            | Reply::Expired(m) => b.extend_from_slice(m.as_bytes()),
+            | Reply::Expired(m)
+            | Reply::Fenced(m) => b.extend_from_slice(m.as_bytes()),
         }
         b.freeze()
     }
@@ -293,6 +308,7 @@ impl Reply {
             7 => Reply::BadRequest(msg(body)),
             8 => Reply::Unavailable(msg(body)),
             9 => Reply::Expired(msg(body)),
+            10 => Reply::Fenced(msg(body)),
             other => return Err(DecodeError::Invalid(format!("reply status {other}"))),
         })
     }
@@ -367,6 +383,10 @@ mod tests {
             Request::other(Op::WriteZeroes, ADDR, 0, 1 << 20),
             Request::other(Op::Discard, ADDR, 1, 2),
             Request {
+                epoch: 9,
+                ..Request::other(Op::Fence, ADDR, 0, 0)
+            },
+            Request {
                 epoch: 4,
                 id: u128::MAX - 1,
                 deadline_ms: 1_700_000_000_123,
@@ -429,6 +449,7 @@ mod tests {
             Reply::BadRequest("bad".into()),
             Reply::Unavailable("later".into()),
             Reply::Expired("too late".into()),
+            Reply::Fenced("epoch 3 < 4".into()),
         ];
         for r in replies {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);

@@ -39,6 +39,8 @@ pub enum Kind {
     SnapList = 5,
     SnapChecksums = 6,
     SnapRead = 7,
+    /// Data plane: a new writer fences a group ([`crate::data::Op::Fence`]).
+    Fence = 8,
     /// Data plane reply to any of the above: a [`crate::data::Reply`].
     Reply = 0x80,
     /// Node to node: a batch of Raft messages of many groups ([`crate::data::RaftBatch`]).
@@ -63,6 +65,7 @@ impl TryFrom<u8> for Kind {
             5 => Kind::SnapList,
             6 => Kind::SnapChecksums,
             7 => Kind::SnapRead,
+            8 => Kind::Fence,
             0x80 => Kind::Reply,
             16 => Kind::RaftBatch,
             17 => Kind::ManagerRaft,

@@ -19,6 +19,7 @@ use tessera_proto::data::{Op, Reply, Request};
 
 use crate::Respond;
 use crate::dedup::{Dedup, Seen};
+use crate::fence::{Fences, SnapshotData};
 use crate::store::{GroupStorage, MemLog};
 
 /// Per-group values kept in the shared log's slots.
@@ -28,6 +29,8 @@ pub(crate) const SLOT_MEMBERSHIP: u8 = 2;
 /// The Raft configuration as of the last applied conf change: its index (u64 LE) then the
 /// protobuf `ConfState`.
 pub(crate) const SLOT_CONF: u8 = 3;
+/// The writer epoch floors (see `fence.rs`).
+pub(crate) const SLOT_FENCES: u8 = 4;
 
 /// Where a new group's log starts (index and term), as in TiKV: entries 1..=5 never exist,
 /// so a replica added later (whose log is empty) can never be sent entries from the start of
@@ -65,7 +68,8 @@ pub(crate) struct Group {
     pub(crate) slot_writes: Vec<(u8, Bytes)>,
     /// The membership changed: peers' addresses must be refreshed.
     pub(crate) peers_changed: bool,
-    /// A conf change removed this replica from its group: it must be destroyed.
+    /// A conf change just removed this replica from its group (noted once, then cleared:
+    /// the replica stays until the manager destroys it).
     pub(crate) removed: bool,
     /// A snapshot is being fetched for this replica (its MsgSnapshot waits).
     pub(crate) fetching: bool,
@@ -105,6 +109,8 @@ pub(crate) struct Group {
     pub(crate) ping_due: bool,
     /// Request ids in the log and recently applied: a retry is never proposed twice.
     pub(crate) dedup: Dedup,
+    /// Each volume's writer epoch floor, from the log: older writes are not proposed.
+    pub(crate) fences: Fences,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -216,6 +222,7 @@ pub(crate) struct GroupInit {
     pub(crate) hard_state: HardState,
     pub(crate) applied: (u64, u64),
     pub(crate) entries: Vec<Entry>,
+    pub(crate) fences: Fences,
 }
 
 impl Group {
@@ -243,7 +250,7 @@ impl Group {
             },
         };
         mem.applied = (applied, applied_term);
-        mem.snapshot_data = tessera_proto::control::encode(&init.spec);
+        let mut fences = init.fences;
         let ents = init.entries;
         match ents.first() {
             // The log kept a tail below the applied index (for lagging peers: see
@@ -269,8 +276,17 @@ impl Group {
         let mut dedup = Dedup::default();
         for e in &mem.entries {
             dedup.logged(Command::peek_id(&e.data), e.index);
+            fences.logged(&e.data);
         }
+        fences.take_changed();
+        mem.snapshot_data = SnapshotData::encode(&init.spec, &fences);
         let mut hs = init.hard_state;
+        // A joining replica starts at the term its creator knew the group had reached (see
+        // `GroupSpec::min_term`), derived again from the durable spec at every start.
+        if hs.term < init.spec.min_term && !cfg!(tessera_unfixed = "joining_term") {
+            hs.term = init.spec.min_term;
+            hs.vote = 0;
+        }
         // The commit index is persisted lazily; never let it fall behind what was applied
         // or run past the log we actually have.
         hs.commit = hs.commit.max(applied).min(mem.last_index());
@@ -313,6 +329,7 @@ impl Group {
             lease_void_term: 0,
             ping_due: false,
             dedup,
+            fences,
         })
     }
 
@@ -500,6 +517,7 @@ impl Group {
             Op::Write => CmdOp::Write,
             Op::WriteZeroes => CmdOp::WriteZeroes,
             Op::Discard => CmdOp::Discard,
+            Op::Fence => CmdOp::Fence,
             Op::Read => unreachable!("reads returned above"),
             Op::SnapList | Op::SnapChecksums | Op::SnapRead => {
                 respond(Reply::BadRequest(
@@ -528,6 +546,18 @@ impl Group {
                 }
             }
         }
+        // A write of an attachment the manager ended: after a newer writer's fence in this
+        // log, never. (A retry whose first attempt is in the log was answered above with
+        // that attempt's outcome: it entered the log before the fence.)
+        if op != CmdOp::Fence
+            && let Err(floor) = self.fences.admits(req.addr.volume, req.epoch)
+        {
+            return respond(Reply::Fenced(format!(
+                "volume {} is attached by a newer writer (epoch {floor}); this request's \
+                 epoch {} is fenced in group {}",
+                req.addr.volume, req.epoch, self.id
+            )));
+        }
         // The client gives up on an attempt at its deadline and retries: proposed later, this
         // attempt could land after the retry and a newer write to the same range.
         if req.expired() && !cfg!(tessera_unfixed = "deadlines") {
@@ -543,6 +573,7 @@ impl Group {
             offset: req.offset,
             len: req.len,
             id: req.id,
+            epoch: req.epoch,
             data: req.data,
         };
         // Its id is noted when the entry reaches the log (`process_readies`, for every entry
@@ -746,6 +777,12 @@ impl Group {
         }
     }
 
+    /// What a snapshot of this replica carries besides its chunk files, refreshed when the
+    /// membership or a floor changes.
+    pub(crate) fn refresh_snapshot_data(&self) {
+        self.store.lock().snapshot_data = SnapshotData::encode(&self.spec, &self.fences);
+    }
+
     pub(crate) fn mem(&self) -> std::sync::MutexGuard<'_, MemLog> {
         self.store.lock()
     }
@@ -815,6 +852,8 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
         CmdOp::WriteZeroes => chunks.write_zeroes(cmd.volume, cmd.chunk, off, len),
         CmdOp::Discard => chunks.discard(cmd.volume, cmd.chunk, off, len),
         CmdOp::DropChunk => chunks.drop_chunk(cmd.volume, cmd.chunk),
+        // The floor was raised when the entry reached the log (see `fence.rs`).
+        CmdOp::Fence => Ok(()),
     }
 }
 

@@ -25,6 +25,7 @@
 mod admit;
 mod clock;
 mod dedup;
+mod fence;
 mod group;
 mod logger;
 mod membership;

@@ -25,8 +25,9 @@ use raft::{ProgressState, SnapshotStatus, StateRole};
 use tessera_engine::{EntryKind, GroupWrite, LogEntry};
 use tessera_proto::control::{self, GroupSpec, MembershipState, PeerInfo, PeerProgress};
 
+use crate::fence::SnapshotData;
 use crate::group::{
-    Group, SLOT_APPLIED, SLOT_CONF, SLOT_HARD_STATE, SLOT_MEMBERSHIP, encode_applied,
+    Group, SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, encode_applied,
     encode_hard_state,
 };
 
@@ -123,6 +124,7 @@ impl Group {
             group_id: self.id,
             peers,
             joining: false,
+            min_term: 0,
         };
         tracing::info!(
             group = self.id,
@@ -133,11 +135,8 @@ impl Group {
             "membership changed"
         );
         self.conf_index = e.index;
-        {
-            let mut mem = self.store.lock();
-            mem.conf_state = cs.clone();
-            mem.snapshot_data = control::encode(&self.spec);
-        }
+        self.store.lock().conf_state = cs.clone();
+        self.refresh_snapshot_data();
         self.slot_writes
             .push((SLOT_MEMBERSHIP, control::encode(&self.spec)));
         self.slot_writes
@@ -145,6 +144,14 @@ impl Group {
         self.peers_changed = true;
         if !members.contains(&self.raw.raft.id) {
             self.removed = true;
+            // raft-rs cannot lead a configuration it is not in (an answer from a follower
+            // would reach an assertion): a leader that applied its own removal steps down,
+            // and the remaining members elect one of themselves (with its vote, if they
+            // still count it: see `apply_committed`).
+            if self.raw.raft.state == StateRole::Leader {
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, raft::INVALID_ID);
+            }
         }
     }
 
@@ -183,6 +190,7 @@ impl Group {
             joint,
             done: !joint && cs.learners.is_empty() && &voters == target,
             last_index: self.raw.raft.raft_log.last_index(),
+            term: self.raw.raft.term,
             progress,
         }
     }
@@ -371,10 +379,13 @@ impl Group {
         let md = snap.get_metadata();
         let (index, term) = (md.index, md.term);
         let cs = md.get_conf_state().clone();
-        let mut spec =
-            control::decode::<GroupSpec>(&snap.data).unwrap_or_else(|_| self.spec.clone());
+        let (mut spec, fences) = SnapshotData::decode(&snap.data)
+            .unwrap_or_else(|| (self.spec.clone(), Default::default()));
+        self.fences.merge(&fences);
+        self.fences.take_changed();
         spec.group_id = self.id;
         spec.joining = false;
+        spec.min_term = 0;
         let members = members_of(&cs);
         spec.peers.retain(|p| members.contains(&p.node_id));
         self.fail_pending();
@@ -388,7 +399,6 @@ impl Group {
             mem.compacted_term = term;
             mem.conf_state = cs.clone();
             mem.applied = (index, term);
-            mem.snapshot_data = control::encode(&spec);
             mem.hard_state.commit = mem.hard_state.commit.max(index);
         }
         self.applied = index;
@@ -397,6 +407,7 @@ impl Group {
         self.conf_index = index;
         self.replay_upto = index;
         self.spec = spec;
+        self.refresh_snapshot_data();
         self.peers_changed = true;
         tracing::info!(group = self.id, index, term, voters = ?cs.voters, learners = ?cs.learners, "snapshot installed");
         let hs = self.store.lock().hard_state.clone();
@@ -417,6 +428,7 @@ impl Group {
                 ]
             } else {
                 vec![
+                    (SLOT_FENCES, self.fences.encode()),
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),

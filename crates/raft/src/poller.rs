@@ -29,10 +29,11 @@ use tessera_proto::control::{self, GroupSpec};
 use tessera_proto::data::{RaftBatch, Reply};
 
 use crate::admit::admit;
+use crate::fence::Fences;
 use crate::group::{
-    Group, GroupInit, INIT_INDEX, SLOT_APPLIED, SLOT_CONF, SLOT_HARD_STATE, SLOT_MEMBERSHIP,
-    decode_applied, decode_hard_state, encode_applied, encode_hard_state, from_log_entry,
-    to_log_entry,
+    Group, GroupInit, INIT_INDEX, SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE,
+    SLOT_MEMBERSHIP, decode_applied, decode_hard_state, encode_applied, encode_hard_state,
+    from_log_entry, to_log_entry,
 };
 use crate::membership::decode_conf;
 use crate::{
@@ -475,6 +476,7 @@ impl Poller {
                             offset: 0,
                             len: 0,
                             id: 0,
+                            epoch: 0,
                             data: Bytes::new(),
                         };
                         let r: crate::Respond = match respond.take() {

@@ -89,7 +89,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
         };
         match f.kind {
-            Kind::Write | Kind::Read | Kind::WriteZeroes | Kind::Discard => {
+            Kind::Write | Kind::Read | Kind::WriteZeroes | Kind::Discard | Kind::Fence => {
                 let id = f.request_id;
                 match Request::decode(f.kind, &f.body) {
                     Ok(req) => {

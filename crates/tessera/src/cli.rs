@@ -26,8 +26,17 @@ pub enum VolumeCmd {
         chunk_size: Option<u64>,
     },
     List,
+    /// Size, chunks, and who writes the volume (its read-write attachment).
     Info {
         name: String,
+    },
+    /// End the read-write attachment of a volume (an operator moving a VM): the holder's
+    /// writes are refused from then on. Refused while the holder's lease runs, unless
+    /// --force (for a holder that is stuck, cut off, or about to be killed).
+    Detach {
+        name: String,
+        #[arg(long)]
+        force: bool,
     },
     /// Grow a volume (shrinking is refused).
     Resize {
@@ -110,7 +119,7 @@ pub async fn run_nbd(managers: Vec<String>, listen: &str, metrics: Option<String
             .await
             .with_context(|| format!("serving metrics on {m}"))?;
     }
-    let client = Client::connect(managers).await?;
+    let client = Client::connect_as(managers, &format!("nbd gateway {listen}")).await?;
     let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
     eprintln!("tessera NBD gateway on {}", server.local_addr());
     server
@@ -148,7 +157,7 @@ fn print_volumes(output: Output, vols: &[VolumeInfo]) -> Result<()> {
 }
 
 pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Result<()> {
-    let client = Client::connect(managers).await?;
+    let client = Client::connect_as(managers, "tessera CLI").await?;
     match cmd {
         VolumeCmd::Create {
             name,
@@ -173,10 +182,49 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
             print_volumes(output, &vols)?;
         }
         VolumeCmd::Info { name } => {
-            if let ManagerReply::Volume(v) =
-                manager_call(&client, ManagerRequest::VolumeInfo { name }).await?
-            {
-                print_volumes(output, &[v])?;
+            let v = client.volume_info(&name).await?;
+            print_volumes(output, std::slice::from_ref(&v))?;
+            if output == Output::Table {
+                match &v.attachment {
+                    None => println!("\nnot attached"),
+                    Some(a) => {
+                        let lease = a.lease_left_ms.map_or(
+                            "a whole lease from the manager leader's election".to_string(),
+                            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+                        );
+                        println!(
+                            "\nattached read-write by {}\n  epoch {}, since {} (unix), lease left {lease}",
+                            a.client, a.epoch, a.since_unix
+                        );
+                    }
+                }
+            }
+        }
+        VolumeCmd::Detach { name, force } => {
+            let v = client.volume_info(&name).await?;
+            let Some(a) = &v.attachment else {
+                println!("volume \"{name}\" is not attached");
+                return Ok(());
+            };
+            if !force && a.lease_left_ms.is_none_or(|ms| ms > 0) {
+                bail!(
+                    "volume \"{name}\" is attached read-write by {} (epoch {}) and its lease \
+                     runs; --force ends it anyway, refusing that client's writes from now on",
+                    a.client,
+                    a.epoch
+                );
+            }
+            let fenced = client.force_detach(&name).await?;
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "detached": name, "fence_epoch": fenced })
+                );
+            } else {
+                println!(
+                    "detached volume \"{name}\" from {}; its writes are refused from epoch {fenced} on",
+                    a.client
+                );
             }
         }
         VolumeCmd::Resize { name, size } => {

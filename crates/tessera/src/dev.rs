@@ -75,7 +75,8 @@ pub async fn run(a: DevArgs) -> Result<()> {
                 .with_context(|| format!("starting storage node {}", i + 1))?,
         );
     }
-    let client = Client::connect(vec![maddr.clone()]).await?;
+    let client =
+        Client::connect_as(vec![maddr.clone()], &format!("tessera dev nbd {}", a.nbd)).await?;
     crate::transfer::ensure_volume(&client, "vol0", a.vol0_size).await?;
     let nbd = tessera_nbd::NbdServer::bind(&a.nbd, Arc::new(client)).await?;
     let nbd_addr = nbd.local_addr();

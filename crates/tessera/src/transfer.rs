@@ -75,6 +75,7 @@ pub async fn import(client: &Client, name: &str, path: &Path) -> Result<()> {
     for t in tasks {
         t.await??;
     }
+    vol.close().await?;
     progress.update(len);
     eprintln!(
         "imported {len} bytes from {} into \"{name}\"",
@@ -84,7 +85,7 @@ pub async fn import(client: &Client, name: &str, path: &Path) -> Result<()> {
 }
 
 pub async fn export(client: &Client, name: &str, path: &Path) -> Result<()> {
-    let vol = client.open(name).await?;
+    let vol = client.open_read_only(name).await?;
     let size = vol.size();
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -119,7 +120,7 @@ pub async fn export(client: &Client, name: &str, path: &Path) -> Result<()> {
 
 /// Creates `name` unless it exists.
 pub async fn ensure_volume(client: &Client, name: &str, size: u64) -> Result<()> {
-    match client.open(name).await {
+    match client.volume_info(name).await {
         Ok(_) => Ok(()),
         Err(ClientError::VolumeNotFound(_)) => {
             let r = client

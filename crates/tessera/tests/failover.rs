@@ -149,7 +149,7 @@ async fn killing_leaders_and_followers_under_load_loses_nothing() {
 
     // Everything acknowledged is there, read through a fresh client.
     let model = shared.model.lock().expect("model").clone();
-    let fresh = c.client().await.open("fo").await.expect("reopen");
+    let fresh = c.client().await.open_read_only("fo").await.expect("reopen");
     for (block, fill) in model {
         let got = fresh.read(block * BLOCK, BLOCK).await.expect("final read");
         assert!(

@@ -173,6 +173,6 @@ async fn killing_the_manager_leader_loses_no_metadata_and_no_io() {
         "after killing manager {}, manager {} leads (restarted one: {})",
         c.managers[next].id, c.managers[now_leading].id, c.managers[leader].id
     );
-    let fresh = c.client().await.open("io").await.expect("reopen");
+    let fresh = c.client().await.open_read_only("io").await.expect("reopen");
     assert_eq!(fresh.size(), 8 * MIB);
 }

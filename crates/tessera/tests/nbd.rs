@@ -779,7 +779,14 @@ fn allocated_per_node(c: &Cluster, id: u64) -> Vec<u64> {
 async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() {
     let c = start_cluster().await;
     c.create_volume("thin", "8MiB", "1MiB");
-    let id = c.client().await.open("thin").await.unwrap().info().id;
+    let id = c
+        .client()
+        .await
+        .open_read_only("thin")
+        .await
+        .unwrap()
+        .info()
+        .id;
     let gw = Gateway::start(&c);
     let (mut s, _) = open_export(gw.port, "thin");
     let eventually = |what: &str, ok: &dyn Fn(&[u64]) -> bool| {
@@ -865,4 +872,83 @@ async fn connections_to_one_export_see_each_others_writes() {
             );
         }
     }
+}
+
+// --- one writer per volume ------------------------------------------------------------------
+
+const EPERM: u32 = 1;
+
+/// Two gateways, one volume. While gateway A serves a client, gateway B's clients are
+/// refused with a message naming A; `volume info` shows the attachment; a plain detach is
+/// refused while A's lease runs, `detach --force` ends it; then B's qemu-io writes, and A's
+/// client (still connected) gets EPERM for its writes, which never land. Then A is killed
+/// while its client holds the volume: B's clients are refused until A's lease runs out, and
+/// attach by themselves after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_has_one_writer_across_gateways() {
+    let c = start_cluster().await;
+    c.create_volume("shared", "16MiB", "1MiB");
+    let mut a = Gateway::start(&c);
+    let b = Gateway::start(&c);
+
+    let (mut held, size) = open_export(a.port, "shared");
+    assert_eq!(size, 16 * MIB);
+    request(&mut held, CMD_WRITE, 1, 0, 4096, &[0xaa; 4096]);
+    assert_eq!(reply(&mut held, 1).unwrap(), 0);
+
+    let refused = qemu_io(&b.uri("shared"), &["write -P 0xbb 0 4096".into()])
+        .expect_err("a second gateway wrote a volume another one holds");
+    assert!(
+        refused.contains(&format!("nbd gateway 127.0.0.1:{}", a.port)),
+        "the refusal does not name the holder: {refused}"
+    );
+    let info = String::from_utf8_lossy(&c.cli_ok(&["volume", "info", "shared"]).stdout).to_string();
+    assert!(
+        info.contains("attached read-write by nbd gateway"),
+        "volume info: {info}"
+    );
+    let plain = c.cli(&["volume", "detach", "shared"]);
+    assert!(!plain.status.success(), "a plain detach ended a live lease");
+
+    c.cli_ok(&["volume", "detach", "shared", "--force"]);
+    qemu_io(
+        &b.uri("shared"),
+        &["write -P 0xbb 0 4096".into(), "read -P 0xbb 0 4096".into()],
+    )
+    .unwrap_or_else(|e| panic!("after the forced detach, B: {e}"));
+    // A's client is still connected: its writes are refused and never land.
+    request(&mut held, CMD_WRITE, 2, 0, 4096, &[0xcc; 4096]);
+    assert_eq!(
+        reply(&mut held, 2).unwrap(),
+        EPERM,
+        "a fenced write was not refused"
+    );
+    request(&mut held, CMD_WRITE, 3, 8192, 4096, &[0xcc; 4096]);
+    assert_eq!(reply(&mut held, 3).unwrap(), EPERM);
+    qemu_io(
+        &b.uri("shared"),
+        &["read -P 0xbb 0 4096".into(), "read -P 0 8192 4096".into()],
+    )
+    .unwrap_or_else(|e| panic!("the fenced gateway's writes landed: {e}"));
+    drop(held);
+
+    // A client of A holds the volume when A dies: nobody detaches it, its lease runs out.
+    let (mut held, _) = open_export(a.port, "shared");
+    request(&mut held, CMD_WRITE, 4, 0, 4096, &[0xdd; 4096]);
+    assert_eq!(reply(&mut held, 4).unwrap(), 0);
+    let killed = Instant::now();
+    a.kill();
+    let mut took = None;
+    while took.is_none() && killed.elapsed() < Duration::from_secs(40) {
+        match qemu_io(&b.uri("shared"), &["read -P 0xdd 0 4096".into()]) {
+            Ok(_) => took = Some(killed.elapsed()),
+            Err(e) => {
+                assert!(e.contains("nbd gateway"), "refused for another reason: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    let took = took.expect("B never attached after A died");
+    eprintln!("B attached {took:?} after A was killed");
+    qemu_io(&b.uri("shared"), &["write -P 0xee 0 4096".into()]).unwrap_or_else(|e| panic!("{e}"));
 }

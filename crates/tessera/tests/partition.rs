@@ -226,6 +226,7 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
             volume_id: vol.info().id,
             chunk: 0,
             allocate: false,
+            epoch: 0,
         })
         .await
         .expect("route")
@@ -261,7 +262,10 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
     let cut = Instant::now();
     net.isolate(x, true);
     // A write sent straight to the cut-off leader cannot commit: it must not be acknowledged.
-    let divergent = Request::write(addr, 0, Bytes::from(vec![0xcc; 4096]));
+    let divergent = Request {
+        epoch: vol.epoch().expect("attached"),
+        ..Request::write(addr, 0, Bytes::from(vec![0xcc; 4096]))
+    };
     let x_for_write = x_addr.clone();
     let divergent = tokio::spawn(async move { direct(&x_for_write, &divergent).await });
     // Past its lease (half an election timeout without a quorum's answers) the old leader

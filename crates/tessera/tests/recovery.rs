@@ -177,7 +177,7 @@ async fn a_dead_node_is_replaced_on_distinct_racks_and_data_survives() {
     }
 
     // Read through a fresh client, routed by the new memberships.
-    let fresh = c.client().await.open("rr").await.expect("reopen");
+    let fresh = c.client().await.open_read_only("rr").await.expect("reopen");
     check_pattern(&fresh, &blocks).await;
     check_pattern(&vol, &blocks).await;
 }
@@ -216,7 +216,7 @@ async fn a_new_node_receives_replicas_and_leaderships() {
         .collect();
     eprintln!("replicas per node after adding a node: {per_node:?}");
     check_pattern(&vol, &blocks).await;
-    let fresh = c.client().await.open("nn").await.expect("reopen");
+    let fresh = c.client().await.open_read_only("nn").await.expect("reopen");
     check_pattern(&fresh, &blocks).await;
 }
 
@@ -312,7 +312,7 @@ async fn draining_a_node_empties_it_while_clients_write_without_errors() {
         model.extend(m);
     }
     assert!(ops.load(Ordering::Relaxed) > 100, "too few operations");
-    let fresh = c.client().await.open("dr").await.expect("reopen");
+    let fresh = c.client().await.open_read_only("dr").await.expect("reopen");
     for (block, fill) in &model {
         let got = fresh.read(block * BLOCK, BLOCK).await.expect("final read");
         assert!(got.iter().all(|b| b == fill), "block {block} lost a write");

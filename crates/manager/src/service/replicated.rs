@@ -60,6 +60,7 @@ impl Service {
                 "leading the managers; node heartbeat ages restart now"
             );
             self.live.reset(since);
+            self.leases.reset();
             self.led_term = status.term;
         }
         Ok(())

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, BackendError, Export};
+use crate::backend::{Access, Backend, BackendError, Export};
 
 pub(crate) struct MemBackend {
     volumes: BTreeMap<String, Arc<MemVolume>>,
+    /// Exports another (imaginary) gateway writes: read-write opens are refused.
+    pub(crate) busy: Mutex<Vec<String>>,
 }
 
 pub(crate) struct MemVolume {
@@ -43,7 +45,10 @@ impl MemBackend {
                 (name.to_owned(), Arc::new(vol))
             })
             .collect();
-        Arc::new(MemBackend { volumes })
+        Arc::new(MemBackend {
+            volumes,
+            busy: Mutex::default(),
+        })
     }
 
     pub(crate) fn volume(&self, name: &str) -> Arc<MemVolume> {
@@ -86,11 +91,18 @@ impl Backend for MemBackend {
         Ok(self.volumes.keys().rev().cloned().collect())
     }
 
-    async fn open(&self, name: &str) -> Result<Arc<MemVolume>, BackendError> {
-        self.volumes
+    async fn open(&self, name: &str, access: Access) -> Result<Arc<MemVolume>, BackendError> {
+        let v = self
+            .volumes
             .get(name)
             .cloned()
-            .ok_or_else(|| BackendError::NotFound(name.to_owned()))
+            .ok_or_else(|| BackendError::NotFound(name.to_owned()))?;
+        if access == Access::ReadWrite && self.busy.lock().unwrap().iter().any(|b| b == name) {
+            return Err(BackendError::Busy(format!(
+                "{name} is written by gateway-a"
+            )));
+        }
+        Ok(v)
     }
 }
 

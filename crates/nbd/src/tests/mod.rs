@@ -198,6 +198,17 @@ async fn options_are_answered_and_the_empty_name_selects_the_first_volume() {
     }
     assert_eq!(names, ["data", "vol0", "vol1"]);
 
+    // An export another gateway writes: NBD_OPT_INFO still describes it, NBD_OPT_GO is
+    // refused by policy with a message naming the writer, and the connection carries on.
+    s.backend.busy.lock().unwrap().push("vol1".into());
+    let replies = c.go(OPT_INFO, "vol1", &[]).await;
+    assert_eq!(replies.last().unwrap().0, REP_ACK);
+    let replies = c.go(OPT_GO, "vol1", &[]).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].0, REP_ERR_POLICY);
+    assert!(String::from_utf8_lossy(&replies[0].1).contains("gateway-a"));
+    s.backend.busy.lock().unwrap().clear();
+
     c.option(OPT_LIST, b"junk").await;
     assert_eq!(c.option_reply().await.1, REP_ERR_INVALID);
     let replies = c.go(OPT_INFO, "nope", &[]).await;

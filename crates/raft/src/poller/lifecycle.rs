@@ -29,6 +29,11 @@ impl Poller {
                 .and_then(|b| decode_applied(b))
                 .unwrap_or((0, 0));
             let conf = rg.slots.get(&SLOT_CONF).and_then(|b| decode_conf(b));
+            let fences = rg
+                .slots
+                .get(&SLOT_FENCES)
+                .and_then(|b| Fences::decode(b))
+                .unwrap_or_default();
             let entries: Vec<_> = rg.entries.iter().map(from_log_entry).collect();
             if let Some(first) = entries.iter().find(|e| e.index > applied.0)
                 && first.index != applied.0 + 1
@@ -57,6 +62,7 @@ impl Poller {
                 hard_state,
                 applied,
                 entries,
+                fences,
             };
             match Group::new(
                 self.cfg.node_id,
@@ -160,6 +166,7 @@ impl Poller {
             hard_state: hard_state.clone(),
             applied,
             entries: Vec::new(),
+            fences: Fences::default(),
         };
         let mut g = match Group::new(
             self.cfg.node_id,
@@ -183,7 +190,6 @@ impl Poller {
             entries: Vec::new(),
             slots,
         });
-        g.persisted_hs = hard_state;
         // The first member (the manager lists the least loaded first) starts the first
         // election at once rather than after a timeout.
         if !spec.joining && spec.peers.first().map(|p| p.node_id) == Some(self.cfg.node_id) {

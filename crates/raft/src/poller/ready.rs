@@ -51,9 +51,16 @@ impl Poller {
             if !rd.entries().is_empty() {
                 for e in rd.entries() {
                     g.dedup.logged(Command::peek_id(&e.data), e.index);
+                    g.fences.logged(&e.data);
                 }
                 g.mem().append(rd.entries());
                 gw.entries.extend(rd.entries().iter().map(to_log_entry));
+                // Durable with the entries that raised it (or before them, in a torn
+                // batch: a floor ahead of the log only refuses writes already fenced).
+                if g.fences.take_changed() {
+                    gw.slots.push((SLOT_FENCES, g.fences.encode()));
+                    g.refresh_snapshot_data();
+                }
             }
             if let Some(hs) = rd.hs() {
                 g.mem().hard_state = hs.clone();
@@ -136,7 +143,15 @@ impl Poller {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
-            let keep_slots = !g.removed || cfg!(tessera_unfixed = "removal_slots");
+            // A replica that applied its own removal stays until the manager, told by the
+            // group's leader that the change is done, destroys it: as the leader that
+            // committed the change, it may be the only one that knows the group left its
+            // joint configuration, and the members left in it need its vote until a new
+            // leader tells them (the simulation found a group stuck for good when that
+            // leader destroyed itself at once).
+            let removed = std::mem::take(&mut g.removed);
+            let destroy_now = removed && cfg!(tessera_unfixed = "self_removal");
+            let keep_slots = !destroy_now || cfg!(tessera_unfixed = "removal_slots");
             if !g.slot_writes.is_empty() && keep_slots {
                 self.pending_writes.push(GroupWrite {
                     group: gid,
@@ -146,11 +161,17 @@ impl Poller {
                 self.dirty.insert(gid);
             }
             let peers = std::mem::take(&mut g.peers_changed).then(|| g.spec.peers.clone());
-            let removed = g.removed;
             if let Some(peers) = peers {
                 self.learn_peers(&peers);
             }
             if removed {
+                tracing::info!(
+                    group = gid,
+                    "this replica left the group's configuration; kept until the manager \
+                     destroys it"
+                );
+            }
+            if destroy_now {
                 self.destroy_group(gid);
             }
         }

@@ -7,7 +7,9 @@
 //! (`Poller::inline_io`), snapshot copies run inline (`SimCopy`), raft-rs's random election
 //! timeouts are replaced by a fixed one per node (`virtual_clock::set_simulated`),
 //! and every draw comes from one generator seeded by the schedule's seed. A failing
-//! schedule prints its seed; `TESSERA_SIM_SEED=<seed>` replays exactly that run.
+//! schedule prints its seed; `TESSERA_SIM_SEED=<seed>` replays exactly that run
+//! (`TESSERA_SIM_TRACE=1` prints each step's replicas, `TESSERA_SIM_MSGS=1` every message
+//! delivered).
 //!
 //! A schedule (`run`): three voters and a spare; for 600 steps of 20 ms, faults drawn from
 //! the seed, then 300 calm steps (no faults, no message loss) in which every block must be
@@ -19,10 +21,14 @@
 //! - partitions of a node pair, a lossy network (drops, duplicates, delays, reordering);
 //! - leadership transfers, some followed by the old leader's isolation;
 //! - membership changes as the manager drives them: a replica replaced by the spare (new
-//!   learner, snapshot copy, joint consensus), then the removed replica destroyed.
+//!   learner, snapshot copy, joint consensus), then the removed replica destroyed;
+//! - writer changes (a gateway killed, another attached): the clients' unanswered writes
+//!   are abandoned where they are, some sent again later with their old epoch, and the
+//!   new writer fences the group (`Op::Fence`) before its first request.
 //!
 //! Checks: every block's history against a linearizable register (one sequential client
-//! per block, with its own routing, retrying writes under their request id); no node
+//! per block, with its own routing, retrying writes under their request id; a fenced
+//! writer's unanswered write may take effect before the fence's answer, never after); no node
 //! stops or panics; a replica whose removal was durable never comes back after a restart;
 //! no replica is quarantined; a restarted replica keeps every committed entry it
 //! acknowledged, and a voter that acknowledged entries keeps its replica; the manager is
@@ -262,7 +268,7 @@ impl SimNode {
     }
 }
 
-fn spec(peers: &[u64], joining: bool) -> GroupSpec {
+fn spec(peers: &[u64], joining: bool, min_term: u64) -> GroupSpec {
     GroupSpec {
         group_id: GROUP,
         peers: peers
@@ -273,6 +279,7 @@ fn spec(peers: &[u64], joining: bool) -> GroupSpec {
             })
             .collect(),
         joining,
+        min_term,
     }
 }
 
@@ -292,23 +299,28 @@ macro_rules! trace {
 // ---- the checker -------------------------------------------------------------------
 
 /// One block's register, as its sequential client sees it. A write answered `Ok` took
-/// effect before its answer; one never answered may take effect at any later time, once.
+/// effect before its answer; one never answered may take effect at any later time, once,
+/// unless its writer was fenced: then only before the fence was acknowledged.
 #[derive(Default)]
 struct Register {
     current: u32,
     /// Unanswered writes that no read has seen yet.
     maybe: HashSet<u32>,
+    /// Unanswered writes of a fenced writer: each may have taken effect before the fence,
+    /// never after. The first read or write after the fence settles which.
+    before_fence: HashSet<u32>,
 }
 
 impl Register {
     fn read(&mut self, v: u32) -> Result<(), String> {
-        if v == self.current || self.maybe.remove(&v) {
+        if v == self.current || self.maybe.remove(&v) || self.before_fence.contains(&v) {
             self.current = v;
+            self.before_fence.clear();
             return Ok(());
         }
         Err(format!(
-            "read {v:#x}, but the register holds {:#x} (or one of {:?})",
-            self.current, self.maybe
+            "read {v:#x}, but the register holds {:#x} (or one of {:?}; fenced writes were {:?})",
+            self.current, self.maybe, self.before_fence
         ))
     }
 
@@ -316,9 +328,15 @@ impl Register {
         if acked {
             self.maybe.remove(&v);
             self.current = v;
+            self.before_fence.clear();
         } else {
             self.maybe.insert(v);
         }
+    }
+
+    /// The writer of every unanswered write so far was fenced (and the fence is answered).
+    fn fence(&mut self) {
+        self.before_fence.extend(self.maybe.drain());
     }
 }
 
@@ -364,6 +382,8 @@ struct Figures {
     faults: usize,
     crashes: usize,
     changes: usize,
+    /// Writer changes (a new writer epoch fenced in).
+    writers: usize,
     copies: usize,
     /// Replacements still under way at the end of the calm phase (reported, see `run`).
     unfinished: usize,
@@ -383,6 +403,16 @@ struct Sim {
     armed: HashMap<u64, (Crash, usize)>,
     clients: Vec<Client>,
     members: Vec<u64>,
+    /// The writer epoch of the clients' requests: a writer change (a gateway killed, another
+    /// attached) moves to a new one and fences the group with it before any new request.
+    epoch: u64,
+    /// The new writer's fence, until the group answers it.
+    fencing: Option<Pending>,
+    /// Writes of fenced writers, sent again now and then (a cut-off old gateway retrying).
+    orphans: Vec<Request>,
+    /// The term of the leader that last said a change was done, as the manager records
+    /// it: a joining replica starts there.
+    min_term: u64,
     change: Option<Change>,
     /// Nodes whose replica's removal was durable (and that were not given one since).
     gone: HashSet<u64>,
@@ -390,8 +420,10 @@ struct Sim {
     /// crash may set a replica's applied index back until its replay; this does not).
     newest_conf: Option<(u64, u64, raft::eraftpb::ConfState)>,
     /// The highest index each node's replica acknowledged (sent a successful append
-    /// response for), since it was hosted.
-    acked: HashMap<u64, u64>,
+    /// response for) since it was hosted, with the term it answered in: a leader of a later
+    /// term may cut entries acknowledged to an older one (uncommitted ones), so a later
+    /// term's acknowledgement replaces an older term's.
+    acked: HashMap<u64, (u64, u64)>,
     next_value: u32,
     next_id: u128,
     fig: Figures,
@@ -408,7 +440,8 @@ impl Sim {
             let mut n = SimNode::open(dir, id, &stores);
             n.poller.votes_after = virtual_clock::now();
             if id <= 3 {
-                n.poller.handle(Event::CreateGroup(spec(&[1, 2, 3], false)));
+                n.poller
+                    .handle(Event::CreateGroup(spec(&[1, 2, 3], false, 0)));
             }
             n.settle(None).unwrap();
             nodes.push(Some(n));
@@ -429,6 +462,10 @@ impl Sim {
                 })
                 .collect(),
             members: vec![1, 2, 3],
+            epoch: 1,
+            fencing: None,
+            orphans: Vec::new(),
+            min_term: 0,
             change: None,
             gone: HashSet::new(),
             newest_conf: None,
@@ -521,7 +558,7 @@ impl Sim {
             && self.newest_conf.as_ref().is_some_and(|(_, _, cs)| {
                 cs.voters.contains(&id) || cs.voters_outgoing.contains(&id)
             });
-        if !n.hosts() && voter && self.acked.get(&id).is_some_and(|&a| a > 0) {
+        if !n.hosts() && voter && self.acked.get(&id).is_some_and(|&(_, a)| a > 0) {
             return Err(format!(
                 "node {id}, a voter that acknowledged entries, lost its replica in a crash \
                  ({c:?}); newest configuration {:?}",
@@ -531,7 +568,7 @@ impl Sim {
         if let Some(g) = n.poller.groups.get(&GROUP) {
             // Every committed entry it acknowledged is still in its log or applied.
             let have = g.raw.raft.raft_log.last_index().max(g.applied);
-            let need = self.acked.get(&id).copied().unwrap_or(0).min(commit);
+            let need = self.acked.get(&id).map_or(0, |&(_, a)| a).min(commit);
             if have < need {
                 return Err(format!(
                     "node {id} forgot committed entries it acknowledged: it acknowledged \
@@ -609,7 +646,11 @@ impl Sim {
                         && !m.reject
                     {
                         let a = self.acked.entry(id).or_default();
-                        *a = (*a).max(m.index);
+                        *a = if m.term > a.0 {
+                            (m.term, m.index)
+                        } else {
+                            (a.0, a.1.max(m.index))
+                        };
                     }
                 }
                 self.net.extend(sent.into_iter().map(|(to, m)| (id, to, m)));
@@ -663,6 +704,17 @@ impl Sim {
             }
             if let Some(n) = self.node(to) {
                 for (from, m) in msgs {
+                    if std::env::var_os("TESSERA_SIM_MSGS").is_some() {
+                        eprintln!(
+                            "  {from}->{to} {:?} t{} i{} lt{} c{} rej{}",
+                            m.get_msg_type(),
+                            m.term,
+                            m.index,
+                            m.log_term,
+                            m.commit,
+                            m.reject
+                        );
+                    }
                     let bytes = Bytes::from(m.write_to_bytes().unwrap());
                     n.poller.handle(Event::Raft(RaftBatch {
                         from_node: from,
@@ -710,6 +762,7 @@ impl Sim {
             && !change.done
         {
             change.done = true;
+            self.min_term = self.min_term.max(state.term);
             // The manager will destroy the replica left out: the group's newest applied
             // configuration must not count it any more.
             let removed = change.removed;
@@ -743,12 +796,14 @@ impl Sim {
         let mut known = self.members.clone();
         known.extend(target.iter().filter(|id| !self.members.contains(id)));
         // The new replica is hosted (again, if a crash lost its creation) ...
+        let min_term = self.min_term;
         for &id in &target {
             if let Some(n) = self.node(id)
                 && !n.hosts()
                 && !n.poller.destroying.contains(&GROUP)
             {
-                n.poller.handle(Event::CreateGroup(spec(&known, true)));
+                n.poller
+                    .handle(Event::CreateGroup(spec(&known, true, min_term)));
                 self.gone.remove(&id);
                 self.acked.remove(&id);
                 self.settle(id)?;
@@ -759,7 +814,7 @@ impl Sim {
             if let Some(n) = self.node(l) {
                 n.poller.handle(Event::ChangeMembers {
                     group: GROUP,
-                    peers: spec(&target, false).peers,
+                    peers: spec(&target, false, 0).peers,
                     respond: Box::new(move |r| *answer.lock().unwrap() = Some(r)),
                 });
             }
@@ -844,11 +899,81 @@ impl Sim {
                 done: false,
             });
             self.fig.changes += 1;
+        } else if r < 0.043 && self.fencing.is_none() {
+            self.change_writer(virtual_clock::now());
         } else {
             return Ok(());
         }
         self.fig.faults += 1;
         Ok(())
+    }
+
+    /// The writer dies and another attaches: the old one's requests are left where they are
+    /// (in queues, in logs) or sent again later; the new one fences the group first.
+    fn change_writer(&mut self, now: Instant) {
+        self.epoch += 1;
+        self.fig.writers += 1;
+        trace!("writer change: epoch {}", self.epoch);
+        for c in &mut self.clients {
+            if let Some(p) = c.pending.take()
+                && p.req.op == Op::Write
+            {
+                c.register.wrote(p.value, false);
+                self.orphans.push(p.req);
+            }
+        }
+        let addr = ChunkAddr {
+            group: GROUP,
+            volume: 1,
+            chunk: 0,
+        };
+        let mut req = Request::other(Op::Fence, addr, 0, 0);
+        req.epoch = self.epoch;
+        req.id = self.next_id;
+        self.next_id += 1;
+        let to = self.clients[0].leader_hint;
+        self.fencing = Some(self.deliver_request(req, 0, to, now, now));
+    }
+
+    /// The fence: answered, or sent again. Returns whether writes may go.
+    fn fence_step(&mut self, now: Instant) -> bool {
+        let Some(p) = self.fencing.take() else {
+            return true;
+        };
+        let answer = p.answer.lock().unwrap().take();
+        match answer {
+            Some(Reply::Ok(_)) => {
+                trace!("fence of epoch {} answered", p.req.epoch);
+                for c in &mut self.clients {
+                    c.register.fence();
+                }
+                return true;
+            }
+            Some(Reply::NotLeader { hint }) if hint != 0 && hint != p.to => {
+                self.fencing = Some(self.deliver_request(p.req, 0, hint, now, p.first_sent));
+            }
+            None if now.saturating_duration_since(p.sent) <= ATTEMPT => self.fencing = Some(p),
+            _ => {
+                let to = p.to % NODES + 1;
+                self.fencing = Some(self.deliver_request(p.req, 0, to, now, p.first_sent));
+            }
+        }
+        false
+    }
+
+    /// Now and then a fenced writer's write arrives again, at any node.
+    fn orphan_step(&mut self, now: Instant) {
+        if self.orphans.is_empty() || !self.rng.gen_bool(0.05) {
+            return;
+        }
+        let i = self.rng.gen_range(0..self.orphans.len());
+        let req = self.orphans.swap_remove(i);
+        let to = self.rng.gen_range(1..=NODES);
+        trace!(
+            "a fenced writer's write (epoch {}) again at node {to}",
+            req.epoch
+        );
+        let _ = self.deliver_request(req, 0, to, now, now);
     }
 
     fn crash_plan(&mut self, at: CrashPoint) -> Crash {
@@ -864,6 +989,10 @@ impl Sim {
 
     /// Each block's client: take its answer, or give up on it, or send the next request.
     fn clients(&mut self, now: Instant, faults: bool) -> Result<(), String> {
+        if faults {
+            self.orphan_step(now);
+        }
+        let writes_may_go = self.fence_step(now);
         for b in 0..BLOCKS as usize {
             if let Some(p) = self.clients[b].pending.take() {
                 let answer = p.answer.lock().unwrap().take();
@@ -906,7 +1035,7 @@ impl Sim {
                 }
                 continue;
             }
-            if self.rng.gen_bool(0.3) {
+            if writes_may_go && self.rng.gen_bool(0.3) {
                 let addr = ChunkAddr {
                     group: GROUP,
                     volume: 1,
@@ -923,6 +1052,7 @@ impl Sim {
                     let v = self.next_value;
                     self.next_value += 1;
                     let mut req = Request::write(addr, off, block_of(v));
+                    req.epoch = self.epoch;
                     req.id = self.next_id;
                     self.next_id += 1;
                     self.send(b, req, v, to, now, now);
@@ -947,6 +1077,18 @@ impl Sim {
     }
 
     fn send(&mut self, b: usize, req: Request, value: u32, to: u64, now: Instant, first: Instant) {
+        let p = self.deliver_request(req, value, to, now, first);
+        self.clients[b].pending = Some(p);
+    }
+
+    fn deliver_request(
+        &mut self,
+        req: Request,
+        value: u32,
+        to: u64,
+        now: Instant,
+        first: Instant,
+    ) -> Pending {
         let answer: Slot<Reply> = Arc::new(Mutex::new(None));
         let a2 = answer.clone();
         if let Some(n) = self.node(to) {
@@ -956,14 +1098,14 @@ impl Sim {
                 Instant::now(),
             ));
         }
-        self.clients[b].pending = Some(Pending {
+        Pending {
             req,
             value,
             to,
             answer,
             sent: now,
             first_sent: first,
-        });
+        }
     }
 }
 
@@ -1027,6 +1169,7 @@ fn run_many(first: u64, count: u64) -> Result<Figures, (u64, String)> {
                 total.faults += f.faults;
                 total.crashes += f.crashes;
                 total.changes += f.changes;
+                total.writers += f.writers;
                 total.copies += f.copies;
                 total.unfinished += f.unfinished;
             }
@@ -1055,12 +1198,13 @@ fn shard(index: u64) {
         Ok(f) => {
             eprintln!(
                 "simulated {count} schedules from seed {first:#x} in {:.1}s: {} faults \
-                 ({} crashes, {} replica replacements), {} snapshot copies, {} writes \
-                 acknowledged, {} reads checked, {} replacements unfinished",
+                 ({} crashes, {} replica replacements, {} writer changes), {} snapshot \
+                 copies, {} writes acknowledged, {} reads checked, {} replacements unfinished",
                 started.elapsed().as_secs_f64(),
                 f.faults,
                 f.crashes,
                 f.changes,
+                f.writers,
                 f.copies,
                 f.acked,
                 f.reads,

@@ -220,6 +220,7 @@ pub(super) fn spec(order: &[u64]) -> GroupSpec {
             })
             .collect(),
         joining: false,
+        min_term: 0,
     }
 }
 
@@ -368,9 +369,11 @@ fn a_torn_first_install_never_makes_a_learner_a_voter() {
     scenario.teardown();
 }
 
-/// Finding 5: a replica applies the conf change that removes it. Its new membership must
-/// not reach the log after its tombstone, or replay brings the group back with a default
-/// hard state (its term and vote forgotten: it could vote twice in a term).
+/// Finding 5: a replica applies the conf change that removes it. It stays (its vote may
+/// still be needed: see `apply_committed`), keeps its term across a restart, and once the
+/// manager destroys it, nothing of it comes back from the log: before the fix its new
+/// membership could reach the log after its tombstone, and replay brought the group back
+/// with a default hard state (its term and vote forgotten: it could vote twice in a term).
 #[test]
 fn a_removed_replica_stays_removed_after_a_restart() {
     let mut n = Node::follower();
@@ -386,16 +389,66 @@ fn a_removed_replica_stays_removed_after_a_restart() {
     let mut m = append(INIT_INDEX + 1, INIT_INDEX + 1, INIT_INDEX + 1);
     m.set_entries(vec![e].into());
     n.deliver(2, m);
-    assert!(
-        !n.poller.groups.contains_key(&GROUP),
-        "the replica applied its removal and was destroyed"
-    );
+    let mut n = n.restart();
+    let g = &n.poller.groups[&GROUP];
+    assert!(!g.raw.raft.prs().conf().voters().contains(ME));
+    assert_eq!(g.raw.raft.term, 6, "the removed replica forgot its term");
 
+    n.poller.handle(Event::RemoveGroup(GROUP));
+    n.settle();
+    assert!(!n.poller.groups.contains_key(&GROUP));
     let n = n.restart();
     assert!(
         !n.poller.groups.contains_key(&GROUP) && !n.poller.quarantined.contains(&GROUP),
         "a destroyed replica came back from the log"
     );
+}
+
+/// The simulation's stuck group (seed 0xd5bd18ce08e2): the leader of a move that removes
+/// it committed the step out of the joint configuration, then destroyed its replica before
+/// any follower learned of that commit. The two members left still counted it in the
+/// joint configuration's outgoing half, where the third voter was a replica far behind
+/// that did not know one of them: no election could ever succeed. Now a leader that
+/// applies its own removal steps down (raft-rs would stop the node on the next answer it
+/// got) and stays, able to vote, until the manager destroys it.
+#[test]
+fn a_leader_that_applies_its_own_removal_steps_down_and_stays() {
+    let mut n = leader();
+    let mut cc = ConfChangeV2::default();
+    let mut c = ConfChangeSingle::default();
+    c.set_change_type(ConfChangeType::RemoveNode);
+    c.node_id = ME;
+    cc.mut_changes().push(c);
+    cc.set_transition(ConfChangeTransition::Auto);
+    let g = n.poller.groups.get_mut(&GROUP).unwrap();
+    g.raw.propose_conf_change(vec![], cc).unwrap();
+    n.poller.dirty.insert(GROUP);
+    n.settle();
+    ack_appends(&mut n);
+    ack_appends(&mut n);
+    let g = &n.poller.groups[&GROUP];
+    assert!(
+        !g.raw.raft.prs().conf().voters().contains(ME),
+        "removal not applied"
+    );
+    assert_ne!(g.raw.raft.state, raft::StateRole::Leader);
+    // A late answer from a follower reaches a replica that no longer leads: no assertion.
+    let term = g.raw.raft.term;
+    let mut late = msg(MessageType::MsgAppendResponse, 2, term);
+    late.index = n.last_index();
+    n.deliver(2, late);
+    assert!(!n.poller.stopped);
+    // It still votes for a member that has its log.
+    let mut vote = msg(MessageType::MsgRequestVote, 2, term + 1);
+    vote.index = n.last_index();
+    vote.log_term = term;
+    n.poller.votes_after = Instant::now();
+    n.deliver(2, vote);
+    let granted = n.take_sent().into_iter().any(|(to, m)| {
+        to == 2 && m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject
+    });
+    assert!(granted, "the removed replica did not vote");
+    assert!(n.poller.groups.contains_key(&GROUP));
 }
 
 /// Finding 7: a forged heartbeat (a stranger's node id, a huge term and commit index)
@@ -604,6 +657,7 @@ fn a_lease_in_a_joint_configuration_needs_a_majority_of_each_half() {
         hard_state: Default::default(),
         applied: (INIT_INDEX, INIT_INDEX),
         entries: Vec::new(),
+        fences: Default::default(),
     };
     let mut g = crate::group::Group::new(ME, 10, Duration::from_secs(1), init).unwrap();
     let now = Instant::now();
@@ -641,6 +695,7 @@ fn a_log_tail_below_an_installed_snapshot_is_not_kept_after_a_crash() {
         hard_state: Default::default(),
         applied: (20, 6),
         entries,
+        fences: Default::default(),
     };
     let g = crate::group::Group::new(ME, 10, Duration::from_secs(1), init).unwrap();
     let mem = g.mem();
@@ -793,6 +848,64 @@ fn a_replica_that_knows_no_configuration_does_not_vote() {
         })
         .collect();
     assert!(granted.is_empty(), "votes granted: {granted:?}");
+}
+
+/// The simulation's split brain (seed 0x306acf872edd): node 1 was removed from the group,
+/// then added back as a new empty replica; a leader the group had left behind (term 6,
+/// still counting node 1 as a voter) gave it a snapshot, and the two made a majority of
+/// the old configuration while the group ran term 9 under another. The manager now
+/// creates a joining replica at the term it recorded for the group's last membership
+/// change: the stale leader's snapshot is ignored (also after a restart), the current
+/// leader's installed.
+#[test]
+fn a_joining_replica_ignores_leaders_older_than_the_term_it_was_created_at() {
+    let mut n = Node::open(tempfile::tempdir().unwrap());
+    let mut joining = spec(&[2, 1, 3, 4]);
+    joining.joining = true;
+    joining.min_term = 9;
+    n.poller.handle(Event::CreateGroup(joining));
+    n.settle();
+    let old_conf = ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let stale = |n: &mut Node| {
+        n.deliver(2, snapshot_msg(20, &[1, 2, 3], old_conf.clone()));
+        let mut m = append(21, 21, 21);
+        m.log_term = 6;
+        n.deliver(2, m);
+    };
+    stale(&mut n);
+    let mut n = n.restart();
+    stale(&mut n);
+    let raft = &n.poller.groups[&GROUP].raw.raft;
+    assert_eq!(raft.term, 9);
+    assert!(
+        raft.prs().conf().voters().ids().is_empty(),
+        "took the stale snapshot"
+    );
+    assert_eq!(
+        acked(&n.take_sent()),
+        0,
+        "acknowledged the stale leader's entries"
+    );
+    // The current leader (node 3, term 9) is followed.
+    let mut m = snapshot_msg(
+        30,
+        &[2, 1, 3, 4],
+        ConfState {
+            voters: vec![2, 3, 4],
+            learners: vec![1],
+            ..Default::default()
+        },
+    );
+    m.from = 3;
+    m.term = 9;
+    m.mut_snapshot().mut_metadata().term = 9;
+    n.deliver(3, m);
+    let g = &n.poller.groups[&GROUP];
+    assert_eq!(g.applied, 30);
+    assert!(g.raw.raft.prs().conf().learners().contains(&ME));
 }
 
 /// Suspected, and confirmed: a follower's report that its snapshot copy failed, sent over
@@ -1065,5 +1178,72 @@ fn a_flush_answer_past_a_replicas_applied_index_is_ignored() {
         n.poller.pending_writes.is_empty() && n.poller.pending_compacts.is_empty(),
         "a stale flush would record applied {}",
         applied + 100
+    );
+}
+
+fn with_epoch(mut r: Request, epoch: u64) -> Request {
+    r.epoch = epoch;
+    r
+}
+
+fn fence(epoch: u64) -> Request {
+    with_epoch(Request::other(Op::Fence, read().addr, 0, 0), epoch)
+}
+
+fn fenced(r: &Arc<Mutex<Option<Reply>>>) -> bool {
+    matches!(*r.lock().unwrap(), Some(Reply::Fenced(_)))
+}
+
+/// One writer per volume: once a new writer's fence (epoch 2) is in the log, writes of
+/// the old attachment (epoch 1) and unattached ones are refused, never proposed; the new
+/// writer's go through. The floor survives a restart (from its slot and the log) and
+/// reaches a replica that catches up by snapshot.
+#[test]
+fn writes_of_an_older_epoch_are_refused_after_a_fence() {
+    let mut n = leader();
+    let old = submit(&mut n, with_epoch(write(0xA, 0xaa), 1));
+    ack_appends(&mut n);
+    assert!(ok(&old), "before any fence, epoch 1 writes");
+    let f = submit(&mut n, fence(2));
+    ack_appends(&mut n);
+    assert!(ok(&f), "the fence is answered once applied");
+    let last = n.last_index();
+    let stale = submit(&mut n, with_epoch(write(0xB, 0xbb), 1));
+    let unattached = submit(&mut n, write(0xC, 0xcc));
+    assert!(fenced(&stale) && fenced(&unattached));
+    assert_eq!(n.last_index(), last, "a fenced write was proposed");
+    // A retry of a write that entered the log before the fence gets its outcome.
+    let retry = submit(&mut n, with_epoch(write(0xA, 0xaa), 1));
+    assert!(ok(&retry));
+    let new = submit(&mut n, with_epoch(write(0xD, 0xdd), 2));
+    ack_appends(&mut n);
+    assert!(ok(&new));
+    match &*submit_read(&mut n).lock().unwrap() {
+        Some(Reply::Ok(data)) => assert!(data.iter().all(|&x| x == 0xdd)),
+        other => panic!("read: {other:?}"),
+    };
+
+    let n = n.restart();
+    let g = &n.poller.groups[&GROUP];
+    assert_eq!(g.fences.admits(read().addr.volume, 1), Err(2));
+    let data = g.mem().snapshot_data.clone();
+
+    // A replica that learns the group from a snapshot knows the floor, also after a crash.
+    let mut f = Node::follower();
+    let mut snap = snapshot_msg(
+        40,
+        &[2, 1, 3],
+        ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        },
+    );
+    snap.mut_snapshot().data = data;
+    f.deliver(2, snap);
+    assert_eq!(f.poller.groups[&GROUP].applied, 40);
+    let f = f.restart();
+    assert_eq!(
+        f.poller.groups[&GROUP].fences.admits(read().addr.volume, 1),
+        Err(2)
     );
 }

@@ -1,0 +1,188 @@
+//! A read-write attachment held by this client: its writer epoch, the background renewal
+//! of its lease, and letting go of it when its last handle is dropped. Every handle of one
+//! [`Client`] to one volume shares one `Attachment`.
+//!
+//! Must never: keep renewing after the manager said the attachment ended (a forced detach,
+//! or another client took the volume after the lease ran out); write after learning that.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest};
+
+use crate::{Client, Error};
+
+pub(crate) struct Attachment {
+    client: Client,
+    name: String,
+    volume_id: u64,
+    pub(crate) epoch: u64,
+    /// Set once every group of the volume has this epoch (see `Volume::fence_all`).
+    pub(crate) fenced: tokio::sync::OnceCell<()>,
+    /// Why the attachment ended, once this client learns it did.
+    ended: Mutex<Option<String>>,
+    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Attachment {
+    /// The attachment of `name` (id `volume_id`) with writer epoch `epoch` the manager just
+    /// granted `client`, shared with this client's other handles of the volume if they hold
+    /// the same one. Renewed every third of `lease` from now on.
+    pub(crate) fn share(
+        client: &Client,
+        name: &str,
+        volume_id: u64,
+        epoch: u64,
+        lease: Duration,
+    ) -> Arc<Attachment> {
+        let Ok(mut map) = client.inner.attached.lock() else {
+            return Attachment::start(client, name, volume_id, epoch, lease);
+        };
+        if let Some(a) = map.get(name).and_then(Weak::upgrade)
+            && a.epoch == epoch
+            && a.volume_id == volume_id
+        {
+            return a;
+        }
+        let a = Attachment::start(client, name, volume_id, epoch, lease);
+        map.insert(name.to_string(), Arc::downgrade(&a));
+        a
+    }
+
+    fn start(
+        client: &Client,
+        name: &str,
+        volume_id: u64,
+        epoch: u64,
+        lease: Duration,
+    ) -> Arc<Attachment> {
+        let a = Arc::new(Attachment {
+            client: client.clone(),
+            name: name.to_string(),
+            volume_id,
+            epoch,
+            fenced: tokio::sync::OnceCell::new(),
+            ended: Mutex::new(None),
+            renewer: Mutex::new(None),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let task = rt.spawn(renew(Arc::downgrade(&a), lease));
+            if let Ok(mut r) = a.renewer.lock() {
+                *r = Some(task);
+            }
+        }
+        a
+    }
+
+    /// Why the attachment ended (`None`: it still holds, as far as this client knows).
+    pub(crate) fn ended(&self) -> Option<String> {
+        self.ended.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Detaches now (waiting for the manager), unless the attachment already ended: for a
+    /// process about to exit, where the detach of the last handle's drop would not run.
+    pub(crate) async fn detach(&self) -> crate::Result<()> {
+        if self.ended().is_some() {
+            return Ok(());
+        }
+        let _gate = self.client.inner.attach_gate.lock().await;
+        let req = ManagerRequest::DetachVolume {
+            name: self.name.clone(),
+            epoch: self.epoch,
+            force: false,
+        };
+        self.client.call(&req).await?;
+        self.end("detached");
+        Ok(())
+    }
+
+    pub(crate) fn end(&self, why: &str) {
+        if let Ok(mut e) = self.ended.lock()
+            && e.is_none()
+        {
+            tracing::warn!(
+                volume = %self.name,
+                epoch = self.epoch,
+                "read-write attachment ended: {why}"
+            );
+            *e = Some(why.to_string());
+        }
+    }
+}
+
+impl Drop for Attachment {
+    /// The last handle is gone: stop renewing and detach (in the background, on the
+    /// runtime if there is one; else the lease runs out).
+    fn drop(&mut self) {
+        if let Some(t) = self.renewer.lock().ok().and_then(|mut r| r.take()) {
+            t.abort();
+        }
+        if let Ok(mut map) = self.client.inner.attached.lock()
+            && map
+                .get(&self.name)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), self))
+        {
+            map.remove(&self.name);
+        }
+        if self.ended().is_some() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // The detach goes before any later attach of this client (which would get the same
+        // epoch back, and lose it to this detach). If an attach is under way right now, it
+        // may be this volume's: leave the attachment to it (or to its lease).
+        let Ok(gate) = self.client.inner.attach_gate.clone().try_lock_owned() else {
+            return;
+        };
+        let (client, name, epoch) = (self.client.clone(), self.name.clone(), self.epoch);
+        rt.spawn(async move {
+            let _gate = gate;
+            let req = ManagerRequest::DetachVolume {
+                name: name.clone(),
+                epoch,
+                force: false,
+            };
+            match client.call(&req).await {
+                Ok(_) => tracing::debug!(volume = %name, epoch, "detached"),
+                Err(e) => tracing::warn!(volume = %name, epoch,
+                                         "could not detach (the lease will run out): {e}"),
+            }
+        });
+    }
+}
+
+/// Renews the lease every third of `lease` while the attachment lives and holds.
+async fn renew(a: Weak<Attachment>, lease: Duration) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(att) = a.upgrade() else {
+            return;
+        };
+        let req = ManagerRequest::RenewAttachment {
+            volume_id: att.volume_id,
+            epoch: att.epoch,
+        };
+        let client = att.client.clone();
+        // Not holding the attachment across the call: its last handle may go meanwhile.
+        drop(att);
+        let res = client.call(&req).await;
+        let Some(att) = a.upgrade() else {
+            return;
+        };
+        match res {
+            Ok(ManagerReply::Renewed { .. }) => {}
+            Err(Error::Control(ControlError::Conflict(why))) => {
+                att.end(&why);
+                return;
+            }
+            Ok(other) => tracing::warn!(epoch = att.epoch, "unexpected renewal answer {other:?}"),
+            // The managers electing a leader, or unreachable: try again. If the lease runs
+            // out meanwhile, another client may take the volume; its fence then refuses
+            // this one's writes.
+            Err(e) => tracing::warn!(epoch = att.epoch, "could not renew the attachment: {e}"),
+        }
+    }
+}

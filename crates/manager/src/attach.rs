@@ -1,0 +1,287 @@
+//! Attachments: at most one client writes a volume, and a client that dies lets go.
+//!
+//! Owns the rules of the read-write attachment: granting one with a new **writer epoch**
+//! (replicated in the volume's record), renewing its lease, ending it (by its holder, by
+//! an operator with `force`, or by a newcomer once the lease ran out), and which epochs
+//! may still route. The lease is leader memory ([`Leases`]), like node liveness: a manager
+//! that takes over the lead counts a whole lease for every attachment from then on.
+//!
+//! The epoch is what makes this safe, not the lease: the new holder fences every group of
+//! the volume with its epoch before its first write (storage nodes then refuse older
+//! epochs), so a holder that lost its lease without noticing (paused, partitioned, its
+//! clock stopped) can no longer write. Pure code: plans, the caller commits.
+//!
+//! Must never: grant an attachment while another client's lease runs; reuse or lower an
+//! epoch; let an ended epoch allocate chunks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tessera_proto::control::ControlError;
+
+use crate::state::{Attachment, Mutation, State, VolumeRecord};
+
+/// How long an attachment lasts without a renewal. Clients renew every third of it.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// When each attachment's lease ends, as this manager (the leader) saw renewals.
+#[derive(Debug, Default)]
+pub struct Leases {
+    until: HashMap<u64, Instant>,
+}
+
+impl Leases {
+    /// Forget everything: a new term of leadership starts every lease afresh.
+    pub fn reset(&mut self) {
+        self.until.clear();
+    }
+
+    pub fn renewed(&mut self, volume_id: u64, now: Instant) {
+        self.until.insert(volume_id, now + LEASE);
+    }
+
+    pub fn ended(&mut self, volume_id: u64) {
+        self.until.remove(&volume_id);
+    }
+
+    /// Time left on the lease of `volume_id`'s attachment. One this manager has not seen
+    /// renewed yet gets a whole lease from now (it may have been renewed with the previous
+    /// leader a moment ago).
+    pub fn left(&mut self, volume_id: u64, now: Instant) -> Duration {
+        let until = *self.until.entry(volume_id).or_insert(now + LEASE);
+        until.saturating_duration_since(now)
+    }
+
+    /// Time left without starting a lease (`None`: not seen by this manager).
+    pub fn peek(&self, volume_id: u64, now: Instant) -> Option<Duration> {
+        self.until
+            .get(&volume_id)
+            .map(|u| u.saturating_duration_since(now))
+    }
+}
+
+fn conflict_held(rec: &VolumeRecord, a: &Attachment, left: Duration) -> ControlError {
+    ControlError::Conflict(format!(
+        "volume {:?} is attached read-write by {} (epoch {}, lease {:.1}s left); \
+         `tessera volume detach {} --force` ends it",
+        rec.name,
+        a.client,
+        a.epoch,
+        left.as_secs_f64(),
+        rec.name
+    ))
+}
+
+/// Attaching `name` for `client`: the mutation to commit (none when `client` already holds
+/// it) and the epoch granted. `lease_left`: what is left of the current holder's lease.
+pub fn plan_attach(
+    state: &State,
+    name: &str,
+    client: &str,
+    now_unix: u64,
+    lease_left: impl FnOnce(u64) -> Duration,
+) -> Result<(Option<Mutation>, u64), ControlError> {
+    if client.is_empty() {
+        return Err(ControlError::Invalid(
+            "an attachment needs a client name".into(),
+        ));
+    }
+    let rec = state.volume_record(name)?;
+    if let Some(a) = &rec.attachment {
+        if a.client == client {
+            // A retried attach, or the same client opening the volume again.
+            return Ok((None, a.epoch));
+        }
+        let left = lease_left(rec.id);
+        if !left.is_zero() {
+            return Err(conflict_held(rec, a, left));
+        }
+    }
+    let epoch = rec.epoch + 1;
+    let m = Mutation::PutVolume(VolumeRecord {
+        epoch,
+        attachment: Some(Attachment {
+            client: client.to_string(),
+            epoch,
+            since_unix: now_unix,
+        }),
+        ..rec.clone()
+    });
+    Ok((Some(m), epoch))
+}
+
+/// The holder of `epoch` renewing: refused once its attachment ended.
+pub fn check_holder(state: &State, volume_id: u64, epoch: u64) -> Result<(), ControlError> {
+    let rec = state.volume_record_by_id(volume_id)?;
+    match &rec.attachment {
+        Some(a) if a.epoch == epoch && epoch != 0 => Ok(()),
+        other => Err(ended(rec, epoch, other.as_ref())),
+    }
+}
+
+fn ended(rec: &VolumeRecord, epoch: u64, now: Option<&Attachment>) -> ControlError {
+    ControlError::Conflict(match now {
+        Some(a) => format!(
+            "volume {:?}: the attachment of epoch {epoch} was ended; {} holds it now (epoch {})",
+            rec.name, a.client, a.epoch
+        ),
+        None => format!(
+            "volume {:?}: the attachment of epoch {epoch} was ended (detached)",
+            rec.name
+        ),
+    })
+}
+
+/// May a client of writer epoch `epoch` (0: a reader) look up routes, and allocate chunks?
+/// A reader looks up; only the current holder allocates; an ended epoch does neither.
+pub fn check_route(
+    state: &State,
+    volume_id: u64,
+    epoch: u64,
+    allocate: bool,
+) -> Result<(), ControlError> {
+    let rec = state.volume_record_by_id(volume_id)?;
+    let current = rec.attachment.as_ref();
+    if epoch == 0 && !allocate {
+        return Ok(());
+    }
+    if epoch == 0 {
+        return Err(ControlError::Conflict(format!(
+            "volume {:?}: writing needs a read-write attachment",
+            rec.name
+        )));
+    }
+    match current {
+        Some(a) if a.epoch == epoch => Ok(()),
+        other => Err(ended(rec, epoch, other)),
+    }
+}
+
+/// Ending an attachment: its holder (`epoch`) letting go, or with `force` whoever holds it.
+/// Returns the mutation (none if there is nothing to end) and, for a forced end, the new
+/// epoch the caller must fence the volume's groups with (0: no fence needed).
+pub fn plan_detach(
+    state: &State,
+    name: &str,
+    epoch: u64,
+    force: bool,
+) -> Result<(Option<Mutation>, u64), ControlError> {
+    let rec = state.volume_record(name)?;
+    let Some(a) = &rec.attachment else {
+        return Ok((None, 0));
+    };
+    if !force {
+        if a.epoch != epoch {
+            // Already ended (e.g. forced, and taken by another): nothing of ours to end.
+            return Ok((None, 0));
+        }
+        let m = Mutation::PutVolume(VolumeRecord {
+            attachment: None,
+            ..rec.clone()
+        });
+        return Ok((Some(m), 0));
+    }
+    // The holder may still be writing: move to a new epoch so the fence refuses it.
+    let fence = rec.epoch + 1;
+    let m = Mutation::PutVolume(VolumeRecord {
+        epoch: fence,
+        attachment: None,
+        ..rec.clone()
+    });
+    Ok((Some(m), fence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let mut s = State::default();
+        let m = s.plan_create_volume("v", 1 << 30, None, 0).unwrap();
+        s.apply(&m);
+        s
+    }
+
+    fn apply(s: &mut State, m: Option<Mutation>) {
+        if let Some(m) = m {
+            s.apply(&m);
+        }
+    }
+
+    const LIVE: fn(u64) -> Duration = |_| Duration::from_secs(5);
+    const EXPIRED: fn(u64) -> Duration = |_| Duration::ZERO;
+
+    #[test]
+    fn one_writer_at_a_time_with_a_new_epoch_each_time() {
+        let mut s = state();
+        let (m, e1) = plan_attach(&s, "v", "gw-a", 10, LIVE).unwrap();
+        apply(&mut s, m);
+        assert_eq!(e1, 1);
+        // The same client again (a retry): same epoch, nothing to commit.
+        assert_eq!(plan_attach(&s, "v", "gw-a", 11, LIVE).unwrap(), (None, 1));
+        // Another client while the lease runs: refused, naming the holder.
+        let err = plan_attach(&s, "v", "gw-b", 12, LIVE).unwrap_err();
+        assert!(
+            matches!(&err, ControlError::Conflict(m) if m.contains("gw-a")),
+            "{err}"
+        );
+        // Once it ran out: granted, with a newer epoch; the old holder is ended.
+        let (m, e2) = plan_attach(&s, "v", "gw-b", 13, EXPIRED).unwrap();
+        apply(&mut s, m);
+        assert_eq!(e2, 2);
+        let id = s.volume_record("v").unwrap().id;
+        assert!(check_holder(&s, id, e1).is_err());
+        assert!(check_holder(&s, id, e2).is_ok());
+        assert!(check_route(&s, id, e1, false).is_err());
+        assert!(check_route(&s, id, e2, true).is_ok());
+        assert!(check_route(&s, id, 0, false).is_ok(), "readers route");
+        assert!(
+            check_route(&s, id, 0, true).is_err(),
+            "readers do not allocate"
+        );
+        // The holder detaches; the epoch stays, the next attach gets a newer one.
+        let (m, fence) = plan_detach(&s, "v", e2, false).unwrap();
+        apply(&mut s, m);
+        assert_eq!(fence, 0);
+        assert!(s.volume_record("v").unwrap().attachment.is_none());
+        assert!(check_route(&s, id, e2, true).is_err());
+        let (m, e3) = plan_attach(&s, "v", "gw-a", 14, LIVE).unwrap();
+        apply(&mut s, m);
+        assert_eq!(e3, 3);
+    }
+
+    #[test]
+    fn a_forced_detach_moves_to_a_new_epoch_to_fence_with() {
+        let mut s = state();
+        let (m, e1) = plan_attach(&s, "v", "gw-a", 10, LIVE).unwrap();
+        apply(&mut s, m);
+        // A stale holder's detach does nothing.
+        assert_eq!(plan_detach(&s, "v", e1 + 5, false).unwrap(), (None, 0));
+        let (m, fence) = plan_detach(&s, "v", 0, true).unwrap();
+        apply(&mut s, m);
+        assert_eq!(fence, e1 + 1);
+        let rec = s.volume_record("v").unwrap();
+        assert!(rec.attachment.is_none());
+        assert_eq!(rec.epoch, fence);
+        let (m, e2) = plan_attach(&s, "v", "gw-b", 11, LIVE).unwrap();
+        apply(&mut s, m);
+        assert!(e2 > fence);
+        // Nothing attached: nothing to end.
+        let (m, _) = plan_detach(&s, "v", e2, false).unwrap();
+        apply(&mut s, m);
+        assert_eq!(plan_detach(&s, "v", 0, true).unwrap(), (None, 0));
+    }
+
+    #[test]
+    fn a_lease_not_seen_by_this_manager_starts_whole() {
+        let mut l = Leases::default();
+        let t = Instant::now();
+        assert_eq!(l.peek(1, t), None);
+        assert_eq!(l.left(1, t), LEASE);
+        assert_eq!(l.left(1, t + LEASE), Duration::ZERO);
+        l.renewed(1, t + LEASE);
+        assert_eq!(l.left(1, t + LEASE), LEASE);
+        l.reset();
+        assert_eq!(l.peek(1, t), None);
+    }
+}
