@@ -79,6 +79,9 @@ pub struct Nemesis {
     /// Processes found dead that the nemesis had not killed (each restarted), with the
     /// tail of their logs.
     pub crashes: Vec<String>,
+    /// Each SIGKILL of a gateway: which, and when (run time). Its unanswered writes may
+    /// take effect only before the next attachment's fence (see `bound_fenced_writes`).
+    pub gateway_kills: Vec<(usize, crate::checker::Time)>,
 }
 
 /// Runs blocking process control (spawn, wait, kill(1)) off the async workers' backs.
@@ -105,6 +108,7 @@ impl Nemesis {
             transfers_seen: 0,
             unsettled: 0,
             crashes: Vec::new(),
+            gateway_kills: Vec::new(),
         }
     }
 
@@ -346,9 +350,23 @@ impl Nemesis {
         ))
     }
 
+    /// The gateway holding the volume's attachment, as the manager says.
+    async fn holder(&self) -> Option<usize> {
+        let client = self.c.client().await;
+        let info = client.volume_info(&self.w.export).await.ok()?;
+        let holder = info.attachment?.client;
+        self.gateways
+            .iter()
+            .position(|g| holder.contains(&format!("nbd gateway {} ", g.addr())))
+    }
+
+    /// Kills the gateway that holds the volume (its clients' writes in flight), else the
+    /// next one in turn.
     async fn kill_gateway(&mut self) -> Option<String> {
-        let k = self.fired[&Fault::KillGateway] as usize % self.gateways.len();
+        let turn = self.fired[&Fault::KillGateway] as usize % self.gateways.len();
+        let k = self.holder().await.unwrap_or(turn);
         blocking(|| self.gateways[k].kill());
+        self.gateway_kills.push((k, self.w.time(Instant::now())));
         tokio::time::sleep(Duration::from_secs(1)).await;
         let g = &mut self.gateways[k];
         blocking(|| g.spawn());
