@@ -31,7 +31,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: attach MANAGER VOLUME [ROUNDS]");
         std::process::exit(2)
     };
-    let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(50);
+    let rounds: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(50)
+        .max(1);
     let client = tessera_client::Client::connect_as(vec![manager.clone()], "attach bench").await?;
     let (mut opens, mut closes) = (Vec::new(), Vec::new());
     let mut groups = 0;

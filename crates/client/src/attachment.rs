@@ -35,18 +35,41 @@ impl Attachment {
         epoch: u64,
         lease: Duration,
     ) -> Arc<Attachment> {
-        let Ok(mut map) = client.inner.attached.lock() else {
-            return Attachment::start(client, name, volume_id, epoch, lease);
+        // An older attachment found in the map is dropped after the lock is released: if
+        // it was its last reference, its `Drop` takes the same lock.
+        let mut stale = None;
+        let a = {
+            let Ok(mut map) = client.inner.attached.lock() else {
+                return Attachment::start(client, name, volume_id, epoch, lease);
+            };
+            match map.get(name).and_then(Weak::upgrade) {
+                Some(a) if a.epoch == epoch && a.volume_id == volume_id && !a.closing() => a,
+                other => {
+                    stale = other;
+                    let a = Attachment::start(client, name, volume_id, epoch, lease);
+                    map.insert(name.to_string(), Arc::downgrade(&a));
+                    a
+                }
+            }
         };
-        if let Some(a) = map.get(name).and_then(Weak::upgrade)
-            && a.epoch == epoch
-            && a.volume_id == volume_id
-        {
-            return a;
-        }
-        let a = Attachment::start(client, name, volume_id, epoch, lease);
-        map.insert(name.to_string(), Arc::downgrade(&a));
+        drop(stale);
         a
+    }
+
+    /// Being detached by `Volume::close`: not to be shared with a new handle.
+    fn closing(&self) -> bool {
+        self.ended().is_some()
+    }
+
+    /// Whether another live attachment of this client holds `name` with this epoch (two
+    /// handles' lives overlapped around an attach): then it is not this one's to end.
+    fn superseded(&self) -> bool {
+        let Ok(map) = self.client.inner.attached.lock() else {
+            return false;
+        };
+        map.get(&self.name)
+            .and_then(Weak::upgrade)
+            .is_some_and(|a| !std::ptr::eq(Arc::as_ptr(&a), self) && a.epoch == self.epoch)
     }
 
     fn start(
@@ -79,20 +102,22 @@ impl Attachment {
         self.ended.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Detaches now (waiting for the manager), unless the attachment already ended: for a
+    /// Detaches now (waiting for the manager) if `this` is the only reference left: for a
     /// process about to exit, where the detach of the last handle's drop would not run.
-    pub(crate) async fn detach(&self) -> crate::Result<()> {
-        if self.ended().is_some() {
+    /// Decided under the attach gate, so no `open` can take a share meanwhile.
+    pub(crate) async fn detach_if_last(this: Arc<Attachment>) -> crate::Result<()> {
+        let _gate = this.client.inner.attach_gate.lock().await;
+        if Arc::strong_count(&this) > 1 || this.ended().is_some() || this.superseded() {
             return Ok(());
         }
-        let _gate = self.client.inner.attach_gate.lock().await;
+        // Not shared from here on (see `share`), and its drop will not detach again.
+        this.end("closed");
         let req = ManagerRequest::DetachVolume {
-            name: self.name.clone(),
-            epoch: self.epoch,
+            name: this.name.clone(),
+            epoch: this.epoch,
             force: false,
         };
-        self.client.call(&req).await?;
-        self.end("detached");
+        this.client.call(&req).await?;
         Ok(())
     }
 
@@ -139,6 +164,16 @@ impl Drop for Attachment {
         let (client, name, epoch) = (self.client.clone(), self.name.clone(), self.epoch);
         rt.spawn(async move {
             let _gate = gate;
+            // An open of this client may have taken the same epoch back between this
+            // attachment's last reference going and the gate: that one holds it now.
+            let live = client.inner.attached.lock().ok().is_some_and(|m| {
+                m.get(&name)
+                    .and_then(Weak::upgrade)
+                    .is_some_and(|a| a.epoch == epoch)
+            });
+            if live {
+                return;
+            }
             let req = ManagerRequest::DetachVolume {
                 name: name.clone(),
                 epoch,
@@ -174,7 +209,7 @@ async fn renew(a: Weak<Attachment>, lease: Duration) {
         };
         match res {
             Ok(ManagerReply::Renewed { .. }) => {}
-            Err(Error::Control(ControlError::Conflict(why))) => {
+            Err(Error::Control(ControlError::Conflict(why) | ControlError::NotFound(why))) => {
                 att.end(&why);
                 return;
             }

@@ -28,8 +28,9 @@
 //!
 //! Must never: acknowledge a write before the storage node did; turn a definite storage
 //! answer (disk full, corrupt data, out of range) into a silent retry loop; answer a write
-//! with an error while it may still land (an attempt whose outcome is unknown is resolved,
-//! by retrying it under the same request id, before the write fails).
+//! with an error while it may still land: an attempt whose outcome is unknown is settled by
+//! retrying it under the same request id before the write fails (for up to 80 s, within the
+//! storage nodes' memory of applied ids; past that, the error says the outcome is unknown).
 
 mod attachment;
 mod conn;
@@ -198,14 +199,16 @@ impl Client {
         }
     }
 
-    /// Ends another client's attachment of `name` (an operator moving a VM whose host is
-    /// gone or stuck) and fences the volume's groups, so that client's writes are refused
-    /// from then on. Returns the epoch fenced with (0: nobody held it).
-    pub async fn force_detach(&self, name: &str) -> Result<u64> {
+    /// Ends another client's attachment of `name` (an operator moving a VM off a dead or
+    /// stuck host) and fences the volume's groups, so that client's writes are refused from
+    /// then on: once its lease ran out, or at once with `force`. Returns the epoch fenced
+    /// with (0: nothing to fence). Safe to repeat: with nothing attached any more, it
+    /// fences with the volume's epoch again.
+    pub async fn detach(&self, name: &str, force: bool) -> Result<u64> {
         let req = ManagerRequest::DetachVolume {
             name: name.into(),
             epoch: 0,
-            force: true,
+            force,
         };
         let fence_epoch = match self.call(&req).await {
             Ok(ManagerReply::Detached { fence_epoch }) => fence_epoch,

@@ -14,6 +14,11 @@ use tessera_proto::frame::Kind;
 use crate::attachment::Attachment;
 use crate::{CALL_TIMEOUT, Client, Error, MAX_IO, RETRY_FOR, Result};
 
+/// How long a write whose outcome is unknown is retried before the caller gets an error
+/// that says so. Below the 90 s a storage node remembers an applied request id (its
+/// `dedup` window): a retry later than that could be applied a second time.
+const SETTLE_FOR: Duration = Duration::from_secs(80);
+
 static CLIENT_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
     "tessera_client_write_seconds",
     "One write piece: sent to a storage node until its answer arrived (network + node)",
@@ -117,10 +122,10 @@ impl Volume {
         let Some(a) = self.inner.attachment.clone() else {
             return Ok(());
         };
-        // This handle's clones, and the client's other handles of the volume.
-        let last = Arc::strong_count(&self.inner) == 1 && Arc::strong_count(&a) == 2;
+        // Whether this was the last handle (no clone of it, no other handle of the client
+        // to the volume) is decided under the attach gate.
         drop(self);
-        if last { a.detach().await } else { Ok(()) }
+        Attachment::detach_if_last(a).await
     }
 
     /// The writer epoch of this handle's attachment (`None`: opened read-only).
@@ -307,6 +312,14 @@ impl Volume {
         first_err.map_or(Ok(()), Err)
     }
 
+    fn cached_route(&self, chunk: u64) -> Option<Arc<Route>> {
+        self.inner
+            .routes
+            .read()
+            .ok()
+            .and_then(|m| m.get(&chunk).cloned())
+    }
+
     /// The route of `chunk`: cached, else asked of the manager (allocating the chunk on a
     /// write). `None`: the chunk was never written and reads as zeroes.
     async fn route(&self, chunk: u64, allocate: bool, refresh: bool) -> Result<Option<Arc<Route>>> {
@@ -359,8 +372,9 @@ impl Volume {
 
     /// One piece, with retries of everything transient until [`RETRY_FOR`] has passed; a
     /// change (write, zeroes, discard, fence) whose last attempts' outcome is unknown is
-    /// retried on until one answer settles it, because failing it while it may still land
-    /// would tell the caller a falsehood (see `resolved` below).
+    /// retried on until one answer settles it (see `unsettled` below), up to
+    /// [`SETTLE_FOR`], because failing it while it may still land would tell the caller
+    /// a falsehood.
     async fn attempts(&self, op: Op, p: Piece, data: Bytes, epoch: u64) -> Result<Bytes> {
         let started = Instant::now();
         let deadline = started + RETRY_FOR;
@@ -378,6 +392,14 @@ impl Volume {
         let mut warned = false;
         loop {
             if Instant::now() >= deadline {
+                if unsettled && started.elapsed() >= SETTLE_FOR {
+                    return Err(Error::Unavailable(format!(
+                        "chunk {} of volume \"{}\": no leader settled a write's outcome in \
+                         {SETTLE_FOR:?} ({last_err}); it may or may not have been applied",
+                        p.chunk,
+                        self.name(),
+                    )));
+                }
                 if !unsettled {
                     return Err(Error::Unavailable(format!(
                         "chunk {} of volume \"{}\": gave up after {:?}: {last_err}",
@@ -415,6 +437,20 @@ impl Volume {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                     continue;
+                }
+                // The attachment ended while an attempt may still land: the group answers
+                // Fenced once the new holder's fence is in its log, settling it.
+                Err(Error::Fenced(m)) if unsettled => {
+                    last_err = m;
+                    refresh = false;
+                    match self.cached_route(p.chunk) {
+                        Some(r) => r,
+                        None => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                            continue;
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             };
@@ -475,7 +511,8 @@ impl Volume {
                         // Unavailable: the entry may still commit.
                         Reply::Unavailable(_) => unsettled |= op != Op::Read,
                         Reply::Expired(_) => unsettled = false,
-                        _ => {}
+                        // The group moved or was re-created: ask the manager again.
+                        _ => refresh = true,
                     }
                     last_err = format!("node {node_id}: {reply:?}");
                     route.leader.store(0, Ordering::Relaxed);

@@ -23,6 +23,8 @@ use crate::state::{Attachment, Mutation, State, VolumeRecord};
 
 /// How long an attachment lasts without a renewal. Clients renew every third of it.
 pub const LEASE: Duration = Duration::from_secs(10);
+/// Longest client name kept in a volume's record.
+const MAX_CLIENT_NAME: usize = 256;
 
 /// When each attachment's lease ends, as this manager (the leader) saw renewals.
 #[derive(Debug, Default)]
@@ -81,10 +83,10 @@ pub fn plan_attach(
     now_unix: u64,
     lease_left: impl FnOnce(u64) -> Duration,
 ) -> Result<(Option<Mutation>, u64), ControlError> {
-    if client.is_empty() {
-        return Err(ControlError::Invalid(
-            "an attachment needs a client name".into(),
-        ));
+    if client.is_empty() || client.len() > MAX_CLIENT_NAME {
+        return Err(ControlError::Invalid(format!(
+            "an attachment needs a client name of 1 to {MAX_CLIENT_NAME} bytes"
+        )));
     }
     let rec = state.volume_record(name)?;
     if let Some(a) = &rec.attachment {
@@ -157,20 +159,24 @@ pub fn check_route(
     }
 }
 
-/// Ending an attachment: its holder (`epoch`) letting go, or with `force` whoever holds it.
-/// Returns the mutation (none if there is nothing to end) and, for a forced end, the new
-/// epoch the caller must fence the volume's groups with (0: no fence needed).
+/// Ending an attachment: its holder (`epoch`) letting go; or someone else (`epoch` 0): an
+/// operator, once the holder's lease ran out (`lease_left`), or at once with `force`.
+/// Returns the mutation (none if there is nothing to end) and the epoch the caller must
+/// fence the volume's groups with (0: none: the holder let go itself). Ending someone
+/// else's attachment when there is none (a retried call, or one whose fence failed) still
+/// answers the volume's epoch, to fence with again.
 pub fn plan_detach(
     state: &State,
     name: &str,
     epoch: u64,
     force: bool,
+    lease_left: impl FnOnce(u64) -> Duration,
 ) -> Result<(Option<Mutation>, u64), ControlError> {
     let rec = state.volume_record(name)?;
     let Some(a) = &rec.attachment else {
-        return Ok((None, 0));
+        return Ok((None, if epoch == 0 { rec.epoch } else { 0 }));
     };
-    if !force {
+    if epoch != 0 {
         if a.epoch != epoch {
             // Already ended (e.g. forced, and taken by another): nothing of ours to end.
             return Ok((None, 0));
@@ -180,6 +186,10 @@ pub fn plan_detach(
             ..rec.clone()
         });
         return Ok((Some(m), 0));
+    }
+    let left = lease_left(rec.id);
+    if !force && !left.is_zero() {
+        return Err(conflict_held(rec, a, left));
     }
     // The holder may still be writing: move to a new epoch so the fence refuses it.
     let fence = rec.epoch + 1;
@@ -240,7 +250,7 @@ mod tests {
             "readers do not allocate"
         );
         // The holder detaches; the epoch stays, the next attach gets a newer one.
-        let (m, fence) = plan_detach(&s, "v", e2, false).unwrap();
+        let (m, fence) = plan_detach(&s, "v", e2, false, LIVE).unwrap();
         apply(&mut s, m);
         assert_eq!(fence, 0);
         assert!(s.volume_record("v").unwrap().attachment.is_none());
@@ -256,20 +266,28 @@ mod tests {
         let (m, e1) = plan_attach(&s, "v", "gw-a", 10, LIVE).unwrap();
         apply(&mut s, m);
         // A stale holder's detach does nothing.
-        assert_eq!(plan_detach(&s, "v", e1 + 5, false).unwrap(), (None, 0));
-        let (m, fence) = plan_detach(&s, "v", 0, true).unwrap();
+        assert_eq!(
+            plan_detach(&s, "v", e1 + 5, false, LIVE).unwrap(),
+            (None, 0)
+        );
+        // An operator's plain detach waits for the lease; a forced one does not.
+        assert!(plan_detach(&s, "v", 0, false, LIVE).is_err());
+        let (m, fence) = plan_detach(&s, "v", 0, true, LIVE).unwrap();
         apply(&mut s, m);
         assert_eq!(fence, e1 + 1);
         let rec = s.volume_record("v").unwrap();
         assert!(rec.attachment.is_none());
         assert_eq!(rec.epoch, fence);
+        // A forced detach retried (nothing attached any more): the epoch to fence with again.
+        assert_eq!(plan_detach(&s, "v", 0, true, LIVE).unwrap(), (None, fence));
         let (m, e2) = plan_attach(&s, "v", "gw-b", 11, LIVE).unwrap();
         apply(&mut s, m);
         assert!(e2 > fence);
-        // Nothing attached: nothing to end.
-        let (m, _) = plan_detach(&s, "v", e2, false).unwrap();
+        let (m, _) = plan_detach(&s, "v", e2, false, LIVE).unwrap();
         apply(&mut s, m);
-        assert_eq!(plan_detach(&s, "v", 0, true).unwrap(), (None, 0));
+        // The holder let go itself: a plain detach by an operator finds nothing to end.
+        let (m, again) = plan_detach(&s, "v", 0, false, EXPIRED).unwrap();
+        assert_eq!((m, again), (None, e2));
     }
 
     #[test]

@@ -421,8 +421,23 @@ impl Service {
         now: Now,
         orders: &mut Vec<DropOrder>,
     ) -> Result<ManagerReply, ControlError> {
+        // A volume being written is not deleted under its writer (`rbd rm` refuses an image
+        // with watchers too): the holder detaches, or its lease runs out, or an operator
+        // ends it with a forced detach first.
+        let rec = self.state.volume_record(name)?;
+        if let Some(a) = &rec.attachment {
+            let left = self.leases.left(rec.id, now.instant);
+            if !left.is_zero() {
+                return Err(ControlError::Conflict(format!(
+                    "volume {name:?} is attached read-write by {} (epoch {}); detach it \
+                     first (`tessera volume detach {name} --force` ends it)",
+                    a.client, a.epoch
+                )));
+            }
+        }
         let (m, dropped) = self.state.plan_delete_volume(name)?;
         self.commit(m)?;
+        self.leases.ended(dropped.volume_id);
         info!(volume = %name, id = dropped.volume_id, "volume deleted");
         for (group_id, chunks) in dropped.by_group {
             let Some(g) = self.state.group(group_id) else {
@@ -509,7 +524,10 @@ impl Service {
         epoch: u64,
         force: bool,
     ) -> Result<ManagerReply, ControlError> {
-        let (m, fence_epoch) = attach::plan_detach(&self.state, name, epoch, force)?;
+        let leases = &mut self.leases;
+        let now = Instant::now();
+        let (m, fence_epoch) =
+            attach::plan_detach(&self.state, name, epoch, force, |id| leases.left(id, now))?;
         if let Some(m) = m {
             let id = self.state.volume_record(name)?.id;
             let holder = self.state.volume_record(name)?.attachment.clone();

@@ -338,6 +338,20 @@ async fn deleting_a_volume_tells_the_replicas_to_drop_its_chunks() {
         .unwrap();
     }
     let del = ManagerRequest::DeleteVolume { name: "tmp".into() };
+    // Not while it is attached: the holder lets go first.
+    assert!(matches!(
+        control_err(ask(&m, del.clone()).await),
+        ControlError::Conflict(_)
+    ));
+    let detach = ManagerRequest::DetachVolume {
+        name: "tmp".into(),
+        epoch,
+        force: false,
+    };
+    assert_eq!(
+        ask(&m, detach).await.unwrap(),
+        ManagerReply::Detached { fence_epoch: 0 }
+    );
     assert_eq!(ask(&m, del.clone()).await.unwrap(), ManagerReply::Deleted);
     let got = tokio::time::timeout(T, dropped.recv())
         .await

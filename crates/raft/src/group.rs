@@ -506,13 +506,6 @@ impl Group {
             }
             return;
         }
-        if disk_full && req.op == Op::Write {
-            respond(Reply::DiskFull(format!(
-                "node {} has too little free space to accept writes",
-                self.raw.raft.id
-            )));
-            return;
-        }
         let op = match req.op {
             Op::Write => CmdOp::Write,
             Op::WriteZeroes => CmdOp::WriteZeroes,
@@ -546,12 +539,32 @@ impl Group {
                 }
             }
         }
+        // A retry whose first attempt is in the log was answered above: refusing it here
+        // would say "not applied" of an entry that may still commit.
+        if disk_full && req.op == Op::Write {
+            respond(Reply::DiskFull(format!(
+                "node {} has too little free space to accept writes",
+                self.raw.raft.id
+            )));
+            return;
+        }
+        // Both refusals below tell the client its request will never be applied, which it
+        // takes for its earlier attempts too (the lookup above found none). Only a leader
+        // that committed in its term knows its log holds every committed entry: a new one
+        // may lack an attempt a previous leader appended that will still commit.
+        let settles = self.raw.raft.commit_to_current_term();
         // A write of an attachment the manager ended: after a newer writer's fence in this
         // log, never. (A retry whose first attempt is in the log was answered above with
         // that attempt's outcome: it entered the log before the fence.)
         if op != CmdOp::Fence
             && let Err(floor) = self.fences.admits(req.addr.volume, req.epoch)
         {
+            if !settles {
+                return respond(Reply::Unavailable(format!(
+                    "group {} has a new leader that has not committed yet",
+                    self.id
+                )));
+            }
             return respond(Reply::Fenced(format!(
                 "volume {} is attached by a newer writer (epoch {floor}); this request's \
                  epoch {} is fenced in group {}",
@@ -561,6 +574,12 @@ impl Group {
         // The client gives up on an attempt at its deadline and retries: proposed later, this
         // attempt could land after the retry and a newer write to the same range.
         if req.expired() && !cfg!(tessera_unfixed = "deadlines") {
+            if !settles {
+                return respond(Reply::Unavailable(format!(
+                    "group {} has a new leader that has not committed yet",
+                    self.id
+                )));
+            }
             return respond(Reply::Expired(format!(
                 "request to group {} reached its leader after its deadline; not applied",
                 self.id
@@ -578,7 +597,10 @@ impl Group {
         };
         // Its id is noted when the entry reaches the log (`process_readies`, for every entry
         // appended, proposed here or received): a retry cannot arrive before that, since a
-        // client sends one attempt at a time and this one is answered no earlier.
+        // client sends one attempt at a time and this one is answered no earlier. Its
+        // epoch raises the floor now, not then: a write of an older epoch handled in the
+        // same round must not be proposed after this fence.
+        self.fences.raise(cmd.volume, cmd.epoch);
         self.propose(cmd.encode(), respond);
     }
 

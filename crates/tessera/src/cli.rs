@@ -201,30 +201,26 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
             }
         }
         VolumeCmd::Detach { name, force } => {
-            let v = client.volume_info(&name).await?;
-            let Some(a) = &v.attachment else {
-                println!("volume \"{name}\" is not attached");
-                return Ok(());
-            };
-            if !force && a.lease_left_ms.is_none_or(|ms| ms > 0) {
-                bail!(
-                    "volume \"{name}\" is attached read-write by {} (epoch {}) and its lease \
-                     runs; --force ends it anyway, refusing that client's writes from now on",
-                    a.client,
-                    a.epoch
-                );
-            }
-            let fenced = client.force_detach(&name).await?;
+            let holder = client.volume_info(&name).await?.attachment;
+            // The manager decides (the lease, as it sees it); repeating this is safe.
+            let fenced = client.detach(&name, force).await?;
             if output == Output::Json {
                 println!(
                     "{}",
                     serde_json::json!({ "detached": name, "fence_epoch": fenced })
                 );
             } else {
-                println!(
-                    "detached volume \"{name}\" from {}; its writes are refused from epoch {fenced} on",
-                    a.client
-                );
+                match holder {
+                    Some(a) => println!(
+                        "detached volume \"{name}\" from {}; writes of epochs before {fenced} \
+                         are refused",
+                        a.client
+                    ),
+                    None if fenced != 0 => println!(
+                        "volume \"{name}\" is not attached; fenced again with epoch {fenced}"
+                    ),
+                    None => println!("volume \"{name}\" is not attached"),
+                }
             }
         }
         VolumeCmd::Resize { name, size } => {

@@ -509,6 +509,11 @@ async fn deleting_a_volume_frees_its_chunks_and_its_name() {
     }
     assert_eq!(chunk_files(&c, id), 12);
 
+    // Not under its writer: deleting an attached volume is refused, naming the holder.
+    let refused = c.cli(&["volume", "delete", "tmp"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("attached read-write by"));
+    vol.close().await.expect("detach");
     c.cli_ok(&["volume", "delete", "tmp"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while chunk_files(&c, id) > 0 {

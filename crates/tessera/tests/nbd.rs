@@ -876,14 +876,83 @@ async fn connections_to_one_export_see_each_others_writes() {
 
 // --- one writer per volume ------------------------------------------------------------------
 
-const EPERM: u32 = 1;
+/// qemu-io kept open on an export (one NBD connection for its whole life), fed commands on
+/// its standard input.
+struct QemuIo {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
 
-/// Two gateways, one volume. While gateway A serves a client, gateway B's clients are
-/// refused with a message naming A; `volume info` shows the attachment; a plain detach is
-/// refused while A's lease runs, `detach --force` ends it; then B's qemu-io writes, and A's
-/// client (still connected) gets EPERM for its writes, which never land. Then A is killed
-/// while its client holds the volume: B's clients are refused until A's lease runs out, and
-/// attach by themselves after it.
+impl QemuIo {
+    fn open(uri: &str) -> QemuIo {
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "raw", uri])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qemu-io");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for r in out {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        let stdin = child.stdin.take().expect("stdin");
+        QemuIo {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends one command; returns the first line of its outcome.
+    fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").expect("qemu-io stdin");
+        self.stdin.flush().expect("qemu-io stdin");
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("qemu-io: no outcome for {c:?}"));
+            if ["wrote ", "read ", "failed", "rror", "not permitted"]
+                .iter()
+                .any(|k| l.contains(k))
+            {
+                return l;
+            }
+        }
+    }
+
+    /// Sends commands without waiting for their outcomes (`aio_write`s in flight).
+    fn send(&mut self, c: &str) {
+        writeln!(self.stdin, "{c}").expect("qemu-io stdin");
+        self.stdin.flush().expect("qemu-io stdin");
+    }
+}
+
+impl Drop for QemuIo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two gateways, one volume, qemu-io on both sides. While gateway A serves a qemu-io,
+/// gateway B's qemu-io is refused with a message naming A; `volume info` shows the
+/// attachment; a plain detach is refused while A's lease runs, `detach --force` ends it;
+/// then B writes, and A's qemu-io (still connected) gets EPERM for its writes, which never
+/// land. Then A is killed with writes in flight: B is refused until A's lease runs out,
+/// then attaches by itself, and none of A's writes lands after B's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_has_one_writer_across_gateways() {
     let c = start_cluster().await;
@@ -891,10 +960,9 @@ async fn a_volume_has_one_writer_across_gateways() {
     let mut a = Gateway::start(&c);
     let b = Gateway::start(&c);
 
-    let (mut held, size) = open_export(a.port, "shared");
-    assert_eq!(size, 16 * MIB);
-    request(&mut held, CMD_WRITE, 1, 0, 4096, &[0xaa; 4096]);
-    assert_eq!(reply(&mut held, 1).unwrap(), 0);
+    let mut on_a = QemuIo::open(&a.uri("shared"));
+    let out = on_a.cmd("write -P 0xaa 0 4096");
+    assert!(out.contains("wrote"), "A: {out}");
 
     let refused = qemu_io(&b.uri("shared"), &["write -P 0xbb 0 4096".into()])
         .expect_err("a second gateway wrote a volume another one holds");
@@ -916,31 +984,38 @@ async fn a_volume_has_one_writer_across_gateways() {
         &["write -P 0xbb 0 4096".into(), "read -P 0xbb 0 4096".into()],
     )
     .unwrap_or_else(|e| panic!("after the forced detach, B: {e}"));
-    // A's client is still connected: its writes are refused and never land.
-    request(&mut held, CMD_WRITE, 2, 0, 4096, &[0xcc; 4096]);
-    assert_eq!(
-        reply(&mut held, 2).unwrap(),
-        EPERM,
-        "a fenced write was not refused"
-    );
-    request(&mut held, CMD_WRITE, 3, 8192, 4096, &[0xcc; 4096]);
-    assert_eq!(reply(&mut held, 3).unwrap(), EPERM);
+    // A's qemu-io is still connected: its writes are refused and never land.
+    for off in [0, 8192] {
+        let out = on_a.cmd(&format!("write -P 0xcc {off} 4096"));
+        assert!(
+            out.contains("Operation not permitted"),
+            "A after the detach: {out}"
+        );
+    }
     qemu_io(
         &b.uri("shared"),
         &["read -P 0xbb 0 4096".into(), "read -P 0 8192 4096".into()],
     )
     .unwrap_or_else(|e| panic!("the fenced gateway's writes landed: {e}"));
-    drop(held);
+    drop(on_a);
 
-    // A client of A holds the volume when A dies: nobody detaches it, its lease runs out.
-    let (mut held, _) = open_export(a.port, "shared");
-    request(&mut held, CMD_WRITE, 4, 0, 4096, &[0xdd; 4096]);
-    assert_eq!(reply(&mut held, 4).unwrap(), 0);
+    // A holds the volume again, and dies with writes in flight: nobody detaches, the lease
+    // runs out, and B's next client attaches (and fences) by itself.
+    let blocks = 64u64;
+    let mut on_a = QemuIo::open(&a.uri("shared"));
+    let out = on_a.cmd("write -P 0xd0 0 4096");
+    assert!(out.contains("wrote"), "A again: {out}");
+    for blk in 0..blocks {
+        on_a.send(&format!("aio_write -P 0xd1 {} 4096", blk * 4096));
+    }
     let killed = Instant::now();
     a.kill();
     let mut took = None;
     while took.is_none() && killed.elapsed() < Duration::from_secs(40) {
-        match qemu_io(&b.uri("shared"), &["read -P 0xdd 0 4096".into()]) {
+        match qemu_io(
+            &b.uri("shared"),
+            &[format!("write -P 0xee 0 {}", blocks * 4096)],
+        ) {
             Ok(_) => took = Some(killed.elapsed()),
             Err(e) => {
                 assert!(e.contains("nbd gateway"), "refused for another reason: {e}");
@@ -950,5 +1025,11 @@ async fn a_volume_has_one_writer_across_gateways() {
     }
     let took = took.expect("B never attached after A died");
     eprintln!("B attached {took:?} after A was killed");
-    qemu_io(&b.uri("shared"), &["write -P 0xee 0 4096".into()]).unwrap_or_else(|e| panic!("{e}"));
+    // Past every deadline A's requests could still have had: B's data, everywhere.
+    std::thread::sleep(Duration::from_secs(11));
+    qemu_io(
+        &b.uri("shared"),
+        &[format!("read -P 0xee 0 {}", blocks * 4096)],
+    )
+    .unwrap_or_else(|e| panic!("a killed gateway's write landed after the next one's: {e}"));
 }

@@ -1094,6 +1094,24 @@ fn a_snapshot_no_newer_than_the_applied_index_is_answered() {
 /// answered `Expired` and never proposed; the same request within its deadline is.
 #[test]
 fn a_request_past_its_deadline_is_never_proposed() {
+    // A leader that has not committed in its term yet cannot tell the client its earlier
+    // attempts are not in the group's log (a previous leader may have appended one that
+    // will commit): it says "try again", not "expired".
+    let mut n = Node::open(tempfile::tempdir().unwrap());
+    n.poller.votes_after = Instant::now();
+    n.poller.handle(Event::CreateGroup(spec(&[1, 2, 3])));
+    n.settle();
+    grant_votes(&mut n);
+    assert!(n.poller.groups[&GROUP].is_leader());
+    let mut late = write(0xC, 0xcc);
+    late.deadline_ms = 1;
+    let got = submit(&mut n, late);
+    assert!(
+        matches!(*got.lock().unwrap(), Some(Reply::Unavailable(_))),
+        "answered {:?}",
+        got.lock().unwrap()
+    );
+
     let mut n = leader();
     let last = n.last_index();
     let unix_ms = std::time::SystemTime::now()
@@ -1218,6 +1236,27 @@ fn writes_of_an_older_epoch_are_refused_after_a_fence() {
     let new = submit(&mut n, with_epoch(write(0xD, 0xdd), 2));
     ack_appends(&mut n);
     assert!(ok(&new));
+    // A fence and an older write handled in the same round (before any Ready): the write
+    // is still refused, never proposed after the fence.
+    let answer = |n: &mut Node, req: Request| {
+        let got = Arc::new(Mutex::new(None));
+        let g2 = got.clone();
+        n.poller.handle(Event::Request(
+            req,
+            Box::new(move |r| *g2.lock().unwrap() = Some(r)),
+            Instant::now(),
+        ));
+        got
+    };
+    let f3 = answer(&mut n, fence(3));
+    let same_round = answer(&mut n, with_epoch(write(0xE, 0xee), 2));
+    n.settle();
+    ack_appends(&mut n);
+    assert!(
+        ok(&f3) && fenced(&same_round),
+        "{:?}",
+        same_round.lock().unwrap()
+    );
     match &*submit_read(&mut n).lock().unwrap() {
         Some(Reply::Ok(data)) => assert!(data.iter().all(|&x| x == 0xdd)),
         other => panic!("read: {other:?}"),
@@ -1225,7 +1264,7 @@ fn writes_of_an_older_epoch_are_refused_after_a_fence() {
 
     let n = n.restart();
     let g = &n.poller.groups[&GROUP];
-    assert_eq!(g.fences.admits(read().addr.volume, 1), Err(2));
+    assert_eq!(g.fences.admits(read().addr.volume, 2), Err(3));
     let data = g.mem().snapshot_data.clone();
 
     // A replica that learns the group from a snapshot knows the floor, also after a crash.
@@ -1243,7 +1282,7 @@ fn writes_of_an_older_epoch_are_refused_after_a_fence() {
     assert_eq!(f.poller.groups[&GROUP].applied, 40);
     let f = f.restart();
     assert_eq!(
-        f.poller.groups[&GROUP].fences.admits(read().addr.volume, 1),
-        Err(2)
+        f.poller.groups[&GROUP].fences.admits(read().addr.volume, 2),
+        Err(3)
     );
 }
