@@ -69,6 +69,11 @@ pub trait Export: Send + Sync + 'static {
     /// Size in bytes, fixed for the life of this handle.
     fn size(&self) -> u64;
 
+    /// Whether writes are refused (the export is advertised read-only).
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// Reads exactly `len` bytes at `offset`.
     fn read(
         &self,

@@ -94,7 +94,8 @@ where
                     .map_err(|e| HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
                 let mut reply = [0u8; 10 + 124];
                 reply[..8].copy_from_slice(&export.size().to_be_bytes());
-                reply[8..10].copy_from_slice(&transmission_flags(structured).to_be_bytes());
+                let flags = transmission_flags(structured, export.read_only());
+                reply[8..10].copy_from_slice(&flags.to_be_bytes());
                 let n = if no_zeroes { 10 } else { reply.len() };
                 w.write_all(&reply[..n]).await?;
                 w.flush().await?;
@@ -188,7 +189,7 @@ where
 
 /// The transmission flags of every export: all writes are durable when acknowledged
 /// and every connection sees the same data, so FUA and multi-connection are free.
-pub(crate) fn transmission_flags(structured: bool) -> u16 {
+pub(crate) fn transmission_flags(structured: bool, read_only: bool) -> u16 {
     let mut flags = FLAG_HAS_FLAGS
         | FLAG_SEND_FLUSH
         | FLAG_SEND_FUA
@@ -197,6 +198,9 @@ pub(crate) fn transmission_flags(structured: bool) -> u16 {
         | FLAG_CAN_MULTI_CONN;
     if structured {
         flags |= FLAG_SEND_DF;
+    }
+    if read_only {
+        flags |= FLAG_READ_ONLY;
     }
     flags
 }
@@ -301,7 +305,7 @@ async fn send_info<W: AsyncWrite + Unpin, E: Export>(
     let mut body = Vec::with_capacity(14);
     body.extend_from_slice(&INFO_EXPORT.to_be_bytes());
     body.extend_from_slice(&export.size().to_be_bytes());
-    body.extend_from_slice(&transmission_flags(structured).to_be_bytes());
+    body.extend_from_slice(&transmission_flags(structured, export.read_only()).to_be_bytes());
     reply(w, opt, REP_INFO, &body).await?;
 
     let mut sent = Vec::new();
@@ -384,8 +388,10 @@ mod tests {
 
     #[test]
     fn df_is_offered_only_with_structured_replies() {
-        assert_eq!(transmission_flags(false) & FLAG_SEND_DF, 0);
-        assert_ne!(transmission_flags(true) & FLAG_SEND_DF, 0);
-        assert_ne!(transmission_flags(false) & FLAG_HAS_FLAGS, 0);
+        assert_eq!(transmission_flags(false, false) & FLAG_SEND_DF, 0);
+        assert_ne!(transmission_flags(true, false) & FLAG_SEND_DF, 0);
+        assert_ne!(transmission_flags(false, false) & FLAG_HAS_FLAGS, 0);
+        assert_eq!(transmission_flags(false, false) & FLAG_READ_ONLY, 0);
+        assert_ne!(transmission_flags(false, true) & FLAG_READ_ONLY, 0);
     }
 }

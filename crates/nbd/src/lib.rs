@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use backend::{Backend, BackendError, Export};
+pub use tessera_backend::ReadOnlyClient;
 pub use transmission::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
 /// How long a client may take to choose an export before it is dropped, so idle

@@ -42,9 +42,29 @@ impl Backend for Client {
     }
 }
 
+/// A gateway that only reads (`tessera nbd --read-only`): every export is opened without an
+/// attachment, so it serves a volume while another client writes it, and refuses writes.
+pub struct ReadOnlyClient(pub Client);
+
+impl Backend for ReadOnlyClient {
+    type Export = Volume;
+
+    async fn list(&self) -> Result<Vec<String>, BackendError> {
+        self.0.list().await
+    }
+
+    async fn open(&self, name: &str, _: Access) -> Result<Volume, BackendError> {
+        Ok(self.0.open_read_only(name).await?)
+    }
+}
+
 impl Export for Volume {
     fn size(&self) -> u64 {
         Volume::size(self)
+    }
+
+    fn read_only(&self) -> bool {
+        self.epoch().is_none()
     }
 
     async fn read(&self, offset: u64, len: u64) -> Result<Bytes, BackendError> {

@@ -113,20 +113,31 @@ pub async fn run_storage(path: &Path) -> Result<()> {
     }
 }
 
-pub async fn run_nbd(managers: Vec<String>, listen: &str, metrics: Option<String>) -> Result<()> {
+pub async fn run_nbd(
+    managers: Vec<String>,
+    listen: &str,
+    metrics: Option<String>,
+    read_only: bool,
+) -> Result<()> {
     if let Some(m) = metrics {
         tessera_metrics::serve(&m)
             .await
             .with_context(|| format!("serving metrics on {m}"))?;
     }
     let client = Client::connect_as(managers, &format!("nbd gateway {listen}")).await?;
-    let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
-    eprintln!("tessera NBD gateway on {}", server.local_addr());
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if read_only {
+        let backend = Arc::new(tessera_nbd::ReadOnlyClient(client));
+        let server = tessera_nbd::NbdServer::bind(listen, backend).await?;
+        eprintln!("tessera NBD gateway (read-only) on {}", server.local_addr());
+        server.run(stop).await;
+    } else {
+        let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
+        eprintln!("tessera NBD gateway on {}", server.local_addr());
+        server.run(stop).await;
+    }
     Ok(())
 }
 

@@ -48,6 +48,10 @@ enum Cmd {
     Nbd {
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: String,
+        /// Export every volume read-only, without attaching it: serves a volume another
+        /// client writes (to copy or inspect it); writes get EPERM.
+        #[arg(long)]
+        read_only: bool,
         /// Where to serve `GET /metrics` (Prometheus text); off if unset.
         #[arg(long)]
         metrics: Option<String>,
@@ -104,7 +108,11 @@ fn main() {
         match args.cmd {
             Cmd::Manager { config } => cli::run_manager(&config).await,
             Cmd::Storage { config } => cli::run_storage(&config).await,
-            Cmd::Nbd { listen, metrics } => cli::run_nbd(managers, &listen, metrics).await,
+            Cmd::Nbd {
+                listen,
+                metrics,
+                read_only,
+            } => cli::run_nbd(managers, &listen, metrics, read_only).await,
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,

@@ -25,16 +25,27 @@ struct Gateway {
     manager: String,
     log: PathBuf,
     failed_starts: u32,
+    read_only: bool,
 }
 
 impl Gateway {
     fn start(c: &Cluster) -> Gateway {
+        Gateway::start_with(c, false)
+    }
+
+    /// A `tessera nbd --read-only` gateway.
+    fn start_read_only(c: &Cluster) -> Gateway {
+        Gateway::start_with(c, true)
+    }
+
+    fn start_with(c: &Cluster, read_only: bool) -> Gateway {
         let mut g = Gateway {
             child: None,
             port: free_port(),
             manager: c.manager_addr.clone(),
             log: c.dir.path().join("nbd.log"),
             failed_starts: 0,
+            read_only,
         };
         g.spawn();
         g
@@ -48,8 +59,12 @@ impl Gateway {
             .expect("nbd log");
         let err = out.try_clone().expect("nbd log");
         let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["--manager", &self.manager, "nbd", "--listen", &listen];
+        if self.read_only {
+            args.push("--read-only");
+        }
         let mut child = Command::new(BIN)
-            .args(["--manager", &self.manager, "nbd", "--listen", &listen])
+            .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
@@ -502,6 +517,7 @@ const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
+const EPERM: u32 = 1;
 
 fn opt_header(opt: u32, len: u32) -> Vec<u8> {
     let mut v = IHAVEOPT.to_be_bytes().to_vec();
@@ -963,6 +979,34 @@ async fn a_volume_has_one_writer_across_gateways() {
     let mut on_a = QemuIo::open(&a.uri("shared"));
     let out = on_a.cmd("write -P 0xaa 0 4096");
     assert!(out.contains("wrote"), "A: {out}");
+
+    // Readers need no attachment: a read-only gateway serves the volume meanwhile, and
+    // refuses writes.
+    let r = Gateway::start_read_only(&c);
+    let o = run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &r.uri("shared"),
+            "-c",
+            "read -P 0xaa 0 4096",
+        ],
+    );
+    assert!(
+        !text(&o).contains("failed"),
+        "read-only gateway: {}",
+        text(&o)
+    );
+    let (mut ro, _) = open_export(r.port, "shared");
+    request(&mut ro, CMD_WRITE, 1, 0, 4096, &[0xcc; 4096]);
+    assert_eq!(
+        reply(&mut ro, 1).unwrap(),
+        EPERM,
+        "a read-only gateway wrote"
+    );
+    drop(ro);
 
     let refused = qemu_io(&b.uri("shared"), &["write -P 0xbb 0 4096".into()])
         .expect_err("a second gateway wrote a volume another one holds");
