@@ -314,6 +314,20 @@ impl Cluster {
         c
     }
 
+    /// The position in `nodes` of the node the manager calls `node_id` (matched by address).
+    pub fn node_index(&self, status: &ClusterStatus, node_id: u64) -> usize {
+        let addr = &status
+            .nodes
+            .iter()
+            .find(|n| n.node_id == node_id)
+            .unwrap_or_else(|| panic!("node {node_id} is not registered: {status:?}"))
+            .addr;
+        self.nodes
+            .iter()
+            .position(|n| &n.addr == addr)
+            .unwrap_or_else(|| panic!("node {node_id} at {addr} is not the harness's"))
+    }
+
     /// The manager's id of harness node `i` (matched by address).
     pub fn node_id(&self, status: &ClusterStatus, i: usize) -> u64 {
         status
