@@ -18,6 +18,8 @@ use crate::{CALL_TIMEOUT, Client, Error, MAX_IO, RETRY_FOR, Result};
 /// that says so. Below the 90 s a storage node remembers an applied request id (its
 /// `dedup` window): a retry later than that could be applied a second time.
 const SETTLE_FOR: Duration = Duration::from_secs(80);
+/// How far a storage node's clock may run behind this client's, for deadlines.
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 static CLIENT_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
     "tessera_client_write_seconds",
@@ -390,6 +392,19 @@ impl Volume {
         // there, and no attempt can enter the log any more).
         let mut unsettled = false;
         let mut warned = false;
+        // A change the caller stops waiting for (an NBD client hung up) or that fails may
+        // still sit in a node's queue until its deadline: the next write to the chunk
+        // waits that long rather than be overtaken by it (see `Attachment::quiet`).
+        let mut guard = match (&self.inner.attachment, op) {
+            (Some(a), Op::Write | Op::WriteZeroes | Op::Discard) => Some(Abandoned {
+                attachment: a.clone(),
+                chunk: p.chunk,
+                unanswered_until: None,
+                earlier: None,
+                done: false,
+            }),
+            _ => None,
+        };
         loop {
             if Instant::now() >= deadline {
                 if unsettled && started.elapsed() >= SETTLE_FOR {
@@ -457,6 +472,11 @@ impl Volume {
             refresh = false;
             let (node_id, addr) = route.target(attempt);
             attempt += 1;
+            if let Some(g) = &mut guard {
+                g.attachment.quiet(p.chunk).await;
+                // The node refuses it after its deadline; a margin for clocks that differ.
+                g.unanswered_until = Some(Instant::now() + CALL_TIMEOUT + CLOCK_MARGIN);
+            }
             let req = Request {
                 op,
                 addr: ChunkAddr {
@@ -473,10 +493,18 @@ impl Volume {
                 data: data.clone(),
             };
             let reply = match self.send(&addr, &req).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    if let Some(g) = &mut guard {
+                        g.answered();
+                    }
+                    r
+                }
                 Err(e) => {
                     // Sent or not, answered or not: unknown.
                     unsettled |= op != Op::Read;
+                    if let Some(g) = &mut guard {
+                        g.unanswered();
+                    }
                     last_err = format!("node {node_id} at {addr}: {e}");
                     route.leader.store(0, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -488,6 +516,11 @@ impl Volume {
             match reply {
                 Reply::Ok(d) => {
                     route.leader.store(node_id, Ordering::Relaxed);
+                    // Applied, once: an earlier attempt of it arriving late is answered
+                    // from the node's memory of the id, never applied again.
+                    if let Some(g) = &mut guard {
+                        g.done = true;
+                    }
                     return Ok(d);
                 }
                 Reply::NotLeader { hint } => {
@@ -556,6 +589,40 @@ impl Volume {
             )));
         }
         Reply::decode(&f.body).map_err(|e| Error::Io(format!("bad reply from {addr}: {e}")))
+    }
+}
+
+/// Attempts of one change whose answers never came: noted with the attachment when the
+/// change ends without success (its caller gave up, or it failed), so that the chunk's next
+/// write waits until none of them can be proposed any more.
+struct Abandoned {
+    attachment: Arc<Attachment>,
+    chunk: u64,
+    /// When the attempt in flight can no longer be proposed (`None`: answered).
+    unanswered_until: Option<Instant>,
+    /// The same for earlier attempts that got no answer.
+    earlier: Option<Instant>,
+    done: bool,
+}
+
+impl Abandoned {
+    fn answered(&mut self) {
+        self.unanswered_until = None;
+    }
+
+    fn unanswered(&mut self) {
+        self.earlier = self.earlier.max(self.unanswered_until.take());
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(until) = self.earlier.max(self.unanswered_until) {
+            self.attachment.hold_back(self.chunk, until);
+        }
     }
 }
 
@@ -650,5 +717,97 @@ mod tests {
         assert!(pieces(64 * mib, 8 * mib, 64 * mib - 1, 2).is_err());
         assert!(pieces(64 * mib, 8 * mib, u64::MAX, 2).is_err());
         assert!(pieces(64 * mib, 8 * mib, 64 * mib, 0).unwrap().is_empty());
+    }
+
+    /// A storage node played by the test: records each request with its arrival time (Unix
+    /// ms), never answers the first, answers every later one Ok.
+    async fn silent_first_node() -> (String, Arc<std::sync::Mutex<Vec<(u64, Request)>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<std::sync::Mutex<Vec<(u64, Request)>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut frames = tessera_net::FrameReader::new(r);
+            while let Ok(Some(f)) = frames.next().await {
+                let req = Request::decode(f.kind, &f.body).unwrap();
+                let first = {
+                    let mut seen = log.lock().unwrap();
+                    seen.push((
+                        tessera_proto::data::Request::deadline_in(Duration::ZERO),
+                        req,
+                    ));
+                    seen.len() == 1
+                };
+                if !first {
+                    let reply = tessera_proto::frame::Frame::new(
+                        Kind::Reply,
+                        f.request_id,
+                        Reply::Ok(Bytes::new()).encode(),
+                    );
+                    tessera_net::write_frame(&mut w, &reply).await.unwrap();
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A write the caller stopped waiting for (its NBD client hung up) may still sit in a
+    /// node's queue until its deadline: the next write to the same chunk is not sent before
+    /// then (it could overtake it from a new connection), a write to another chunk is.
+    #[tokio::test]
+    async fn a_write_after_an_abandoned_one_waits_for_its_deadline() {
+        let (addr, seen) = silent_first_node().await;
+        let client = Client {
+            inner: Arc::new(crate::ClientInner {
+                managers: vec![],
+                conns: Default::default(),
+                name: "test".into(),
+                attached: Default::default(),
+                attach_gate: Default::default(),
+            }),
+        };
+        let cs = 1 << 20;
+        let route = |chunk| ChunkRoute {
+            chunk,
+            group_id: 1,
+            peers: vec![tessera_proto::control::PeerInfo {
+                node_id: 1,
+                addr: addr.clone(),
+            }],
+            leader: Some(1),
+        };
+        let a = Attachment::share(&client, "v", 1, 7, Duration::from_secs(600));
+        let v = Volume::attached(client, vol(4 * cs, cs), vec![route(0), route(1)], a);
+        let block = || Bytes::from(vec![0xab; 4096]);
+
+        let x = tokio::spawn({
+            let v = v.clone();
+            async move { v.write(0, block()).await }
+        });
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        x.abort();
+        let _ = x.await;
+        v.write(cs, block()).await.expect("another chunk");
+        v.write(0, block()).await.expect("the same chunk, later");
+
+        let seen = seen.lock().unwrap();
+        let x_deadline = seen[0].1.deadline_ms;
+        assert_eq!(seen[0].1.epoch, 7);
+        let (other_at, other) = &seen[1];
+        assert_eq!(other.addr.chunk, 1);
+        assert!(
+            *other_at < x_deadline,
+            "a write to another chunk was held back"
+        );
+        let (same_at, same) = &seen[2];
+        assert_eq!(same.addr.chunk, 0);
+        assert!(
+            *same_at >= x_deadline,
+            "sent at {same_at} ms, before the abandoned write's deadline {x_deadline}"
+        );
     }
 }
