@@ -39,6 +39,9 @@ pub(crate) enum Refusal {
     VoteInLease,
     /// A vote request to a replica that knows no configuration yet.
     NoConfiguration,
+    /// A leadership transfer to a replica whose log holds a membership change it has not
+    /// applied: it would campaign in a configuration the group may have left.
+    MembershipChanging,
 }
 
 impl fmt::Display for Refusal {
@@ -53,6 +56,9 @@ impl fmt::Display for Refusal {
             Refusal::NotFromLeader => "leader transfer not from the current leader",
             Refusal::VoteInLease => "vote request within a lease granted before a restart",
             Refusal::NoConfiguration => "vote request to a replica that knows no configuration",
+            Refusal::MembershipChanging => {
+                "leadership transfer while a membership change is not applied here"
+            }
         })
     }
 }
@@ -107,6 +113,11 @@ pub(crate) fn admit(
         }
         MessageType::MsgTimeoutNow if m.from != r.leader_id || m.term != r.term => {
             Err(Refusal::NotFromLeader)
+        }
+        MessageType::MsgTimeoutNow
+            if g.unapplied_conf_change() && !cfg!(tessera_unfixed = "stale_config") =>
+        {
+            Err(Refusal::MembershipChanging)
         }
         // A new replica, hosted to join the group, knows no configuration until its first
         // snapshot: it is a learner of the current one. Its node may have been a voter of

@@ -10,7 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
+    MessageType,
+};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
 use tessera_engine::{ChunkStore, EntryKind, LogEntry};
 use tessera_proto::command::{CmdOp, Command};
@@ -436,10 +440,64 @@ impl Group {
     /// Asks raft-rs to hand leadership to `to`; if it started a transfer (it ignores one to
     /// a learner or a stranger), the lease is void for the rest of this term.
     pub(crate) fn start_transfer(&mut self, to: u64) {
+        // Not while the membership changes, nor to a replica the change removes: raft-rs
+        // counts votes by the configuration a replica has *applied*, and a transferee that
+        // has not applied the change yet would campaign in the old one, whose majority may
+        // no longer overlap the new one's (the simulation found two leaders committing at
+        // one index that way, seed 0x73dea6c039f6).
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        let settled = cs.voters_outgoing.is_empty()
+            && self.raw.raft.pending_conf_index <= self.applied
+            && !self.unapplied_conf_change();
+        if (!settled || !cs.voters.contains(&to)) && !cfg!(tessera_unfixed = "stale_config") {
+            tracing::info!(
+                group = self.id,
+                to,
+                "leadership transfer refused: the membership is changing, or {to} is not a voter"
+            );
+            return;
+        }
         self.raw.transfer_leader(to);
         if self.raw.raft.lead_transferee == Some(to) {
             self.lease_void_term = self.raw.raft.term;
         }
+    }
+
+    /// Whether this replica's log holds a membership change it has not applied yet.
+    pub(crate) fn unapplied_conf_change(&self) -> bool {
+        let applied = self.applied;
+        self.store
+            .lock()
+            .entries
+            .iter()
+            .any(|e| e.index > applied && e.get_entry_type() != EntryType::EntryNormal)
+    }
+
+    /// Whether this replica's log holds, beyond what it applied, a membership change that
+    /// removes it (or makes it a learner). Such a replica does not campaign: the
+    /// configuration it applied still counts it, but the group is leaving it, and a
+    /// majority of the old configuration need not meet one of the new.
+    pub(crate) fn leaving(&self) -> bool {
+        if cfg!(tessera_unfixed = "stale_config") {
+            return false;
+        }
+        let (me, applied) = (self.raw.raft.id, self.applied);
+        let mem = self.store.lock();
+        mem.entries.iter().filter(|e| e.index > applied).any(|e| {
+            let removes = |id: u64, t: ConfChangeType| id == me && t != ConfChangeType::AddNode;
+            match e.get_entry_type() {
+                EntryType::EntryConfChangeV2 => {
+                    ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
+                        cc.changes
+                            .iter()
+                            .any(|c| removes(c.node_id, c.get_change_type()))
+                    })
+                }
+                EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+                    .is_ok_and(|cc| removes(cc.node_id, cc.get_change_type())),
+                EntryType::EntryNormal => false,
+            }
+        })
     }
 
     /// Whether re-applying the log tail found at start is over (or that tail was replaced).

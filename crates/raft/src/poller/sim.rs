@@ -33,7 +33,8 @@
 //! no replica is quarantined; a restarted replica keeps every committed entry it
 //! acknowledged, and a voter that acknowledged entries keeps its replica; the manager is
 //! never told "done" while the newest applied configuration still counts the replica it
-//! will destroy; every block is served again once the faults stop.
+//! will destroy; no two replicas commit different entries at one index; every block is
+//! served again once the faults stop.
 //! The simulation gives up on a stalled snapshot copy after 2 s (production: 30 s).
 //!
 //! Left out: power loss in chunk files (crashes keep what was written to them; the
@@ -424,6 +425,8 @@ struct Sim {
     /// term may cut entries acknowledged to an older one (uncommitted ones), so a later
     /// term's acknowledgement replaces an older term's.
     acked: HashMap<u64, (u64, u64)>,
+    /// The term of the entry committed at each index, as first seen (`check_committed`).
+    committed: HashMap<u64, u64>,
     next_value: u32,
     next_id: u128,
     fig: Figures,
@@ -470,6 +473,7 @@ impl Sim {
             gone: HashSet::new(),
             newest_conf: None,
             acked: HashMap::new(),
+            committed: HashMap::new(),
             next_value: 1,
             next_id: 1,
             fig: Figures::default(),
@@ -515,6 +519,27 @@ impl Sim {
     }
 
     /// Notes the configuration applied at the highest index so far.
+    /// Raft's safety, checked directly: no two replicas ever commit different entries at
+    /// one index (a term per index, from the entries each replica holds up to its commit).
+    fn check_committed(&mut self) -> Result<(), String> {
+        for n in self.nodes.iter().flatten() {
+            let Some(g) = n.poller.groups.get(&GROUP) else {
+                continue;
+            };
+            let commit = g.raw.raft.raft_log.committed;
+            for e in g.mem().entries.iter().filter(|e| e.index <= commit) {
+                let term = *self.committed.entry(e.index).or_insert(e.term);
+                if term != e.term {
+                    return Err(format!(
+                        "two entries committed at index {}: term {term}, and term {} on node {}",
+                        e.index, e.term, n.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn note_newest_conf(&mut self) {
         for n in self.nodes.iter().flatten() {
             if let Some(g) = n.poller.groups.get(&GROUP)
@@ -613,15 +638,25 @@ impl Sim {
                     } else {
                         Vec::new()
                     };
+                    let cs = r.prs().conf().to_conf_state();
+                    let mut incoming = cs.voters.clone();
+                    incoming.sort_unstable();
+                    let mut outgoing = cs.voters_outgoing.clone();
+                    outgoing.sort_unstable();
+                    let joint = if outgoing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("&{outgoing:?}")
+                    };
                     Some(format!(
-                        "{}:{:?}/t{}/c{}/a{}/l{}{:?}{}",
+                        "{}:{:?}/t{}/c{}/a{}/l{}{:?}{joint}{}",
                         n.id,
                         r.state,
                         r.term,
                         r.raft_log.committed,
                         g.applied,
                         r.raft_log.last_index(),
-                        g.mem().conf_state.voters,
+                        incoming,
                         prs.join(",")
                     ))
                 })
@@ -725,6 +760,7 @@ impl Sim {
             }
         }
         self.note_newest_conf();
+        self.check_committed()?;
         self.manage(step)?;
         if faults {
             self.fault(step)?;

@@ -1286,3 +1286,52 @@ fn writes_of_an_older_epoch_are_refused_after_a_fence() {
         Err(3)
     );
 }
+
+/// The simulation's split brain at one index (seed 0x73dea6c039f6): a leadership transfer
+/// reached a replica whose log held a membership change it had not applied (it did not know
+/// it was committed). raft-rs counts votes by the applied configuration, so it campaigned
+/// in the old one and won with another stale replica, while the new configuration's
+/// majority committed other entries at the same index. A replica now refuses to campaign
+/// on a transfer while its log holds an unapplied membership change; the leader refuses
+/// to start one during a change.
+#[test]
+fn no_transfer_campaign_while_a_membership_change_is_unapplied() {
+    let mut n = Node::follower();
+    n.poller.votes_after = Instant::now();
+    let mut cc = ConfChangeV2::default();
+    let mut c = ConfChangeSingle::default();
+    c.set_change_type(ConfChangeType::RemoveNode);
+    c.node_id = 3;
+    cc.mut_changes().push(c);
+    let mut e = entry(INIT_INDEX + 1, 6);
+    e.set_entry_type(EntryType::EntryConfChangeV2);
+    e.data = Bytes::from(cc.write_to_bytes().unwrap());
+    // Appended, not known committed.
+    let mut m = append(INIT_INDEX + 1, INIT_INDEX + 1, INIT_INDEX);
+    m.set_entries(vec![e].into());
+    n.deliver(2, m);
+    let _ = n.take_sent();
+    n.deliver(2, msg(MessageType::MsgTimeoutNow, 2, 6));
+    let g = &n.poller.groups[&GROUP];
+    assert_eq!(g.raw.raft.state, raft::StateRole::Follower);
+    let votes = n
+        .take_sent()
+        .into_iter()
+        .filter(|(_, m)| m.get_msg_type() == MessageType::MsgRequestVote)
+        .count();
+    assert_eq!(
+        votes, 0,
+        "campaigned in a configuration the group may have left"
+    );
+    // Once it learns the change is committed and applies it, a transfer works again.
+    let mut m = append(INIT_INDEX + 2, INIT_INDEX + 1, INIT_INDEX + 1);
+    m.set_entries(Vec::<Entry>::new().into());
+    m.index = INIT_INDEX + 1;
+    m.log_term = 6;
+    n.deliver(2, m);
+    n.deliver(2, msg(MessageType::MsgTimeoutNow, 2, 6));
+    assert_ne!(
+        n.poller.groups[&GROUP].raw.raft.state,
+        raft::StateRole::Follower
+    );
+}
