@@ -415,10 +415,14 @@ impl Group {
         let slots = GroupWrite {
             group: self.id,
             entries: Vec::new(),
-            // The membership last: a torn write keeps a prefix, and a replica restored with
-            // the leader's (non-joining) membership but without the configuration would take
+            // A torn write keeps a prefix. The membership last: a replica restored with the
+            // leader's (non-joining) membership but without the configuration would take
             // every listed peer for a voter, itself included, and vote (the simulation found
-            // a removed replica elected with such a vote).
+            // a removed replica elected with such a vote). The applied point before the hard
+            // state: the hard state's commit index is the snapshot's, and without the applied
+            // point moving with it, the replica's old tail past its applied index (entries of
+            // a deposed leader, never committed) would count as committed and be applied
+            // (the simulation found two entries committed at one index that way).
             slots: if cfg!(tessera_unfixed = "install_slot_order") {
                 vec![
                     (SLOT_MEMBERSHIP, control::encode(&self.spec)),
@@ -430,8 +434,8 @@ impl Group {
                 vec![
                     (SLOT_FENCES, self.fences.encode()),
                     (SLOT_CONF, encode_conf(index, &cs)),
-                    (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
+                    (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_MEMBERSHIP, control::encode(&self.spec)),
                 ]
             },

@@ -35,13 +35,9 @@ impl Poller {
         let ticks = (behind as usize + 1).min(2 * self.cfg.election_ticks + 1);
         self.next_tick = now + self.cfg.tick;
         for (gid, g) in self.groups.iter_mut() {
-            // Ticks are cheap; a group that has something to do is handled this round. A
-            // follower the group is removing is not ticked: it would campaign in the
-            // configuration it applied, which still counts it (see `Group::leaving`).
-            if g.is_leader() || !g.leaving() {
-                for _ in 0..ticks {
-                    g.raw.tick();
-                }
+            // Ticks are cheap; a group that has something to do is handled this round.
+            for _ in 0..ticks {
+                g.raw.tick();
             }
             g.check_snapshots(now);
             self.dirty.insert(*gid);
