@@ -430,6 +430,14 @@ impl Group {
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
                 ]
+            } else if cfg!(tessera_unfixed = "install_applied_order") {
+                vec![
+                    (SLOT_FENCES, self.fences.encode()),
+                    (SLOT_CONF, encode_conf(index, &cs)),
+                    (SLOT_HARD_STATE, encode_hard_state(&hs)),
+                    (SLOT_APPLIED, encode_applied(index, term)),
+                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                ]
             } else {
                 vec![
                     (SLOT_FENCES, self.fences.encode()),

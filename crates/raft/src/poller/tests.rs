@@ -369,6 +369,48 @@ fn a_torn_first_install_never_makes_a_learner_a_voter() {
     scenario.teardown();
 }
 
+/// The simulation's second split at one index (seeds 0x328a3d8251a2, 0xd0155267eda): a
+/// replica holding a deposed leader's uncommitted entries installs a newer leader's
+/// snapshot and crashes part way through the install batch. Whatever prefix survives, it
+/// must not restart with the snapshot's commit index over its old tail (it would apply
+/// entries the group never committed): either the snapshot's applied point came with the
+/// commit index, or neither did.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_torn_install_never_commits_the_old_tail() {
+    let scenario = fail::FailScenario::setup();
+    for keep in 0..=7 {
+        let mut n = Node::follower();
+        // Node 2, leading term 6, sends 6..=25; nothing of it is committed.
+        n.deliver(2, append(INIT_INDEX + 1, 25, INIT_INDEX));
+        let mut m = snapshot_msg(
+            20,
+            &[2, 1, 3],
+            ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            },
+        );
+        // From node 3, which leads term 7 with other entries.
+        m.from = 3;
+        m.term = 7;
+        m.mut_snapshot().mut_metadata().term = 7;
+        fail::cfg("log::tear", &format!("return({keep})")).unwrap();
+        n.deliver(3, m);
+        fail::remove("log::tear");
+
+        let n = n.restart();
+        let g = &n.poller.groups[&GROUP];
+        let committed = g.raw.raft.raft_log.committed;
+        assert!(
+            committed <= INIT_INDEX || g.applied >= 20,
+            "torn after {keep} records: commit index {committed} over an old tail (applied {})",
+            g.applied
+        );
+    }
+    scenario.teardown();
+}
+
 /// Finding 5: a replica applies the conf change that removes it. It stays (its vote may
 /// still be needed: see `apply_committed`), keeps its term across a restart, and once the
 /// manager destroys it, nothing of it comes back from the log: before the fix its new
