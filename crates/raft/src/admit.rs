@@ -39,6 +39,9 @@ pub(crate) enum Refusal {
     VoteInLease,
     /// A vote request to a replica that knows no configuration yet.
     NoConfiguration,
+    /// A vote request to a learner (of the configuration it applied, and of every change
+    /// its log holds).
+    NotAVoter,
     /// A leadership transfer to a replica whose log holds a membership change it has not
     /// applied: it would campaign in a configuration the group may have left.
     MembershipChanging,
@@ -56,6 +59,7 @@ impl fmt::Display for Refusal {
             Refusal::NotFromLeader => "leader transfer not from the current leader",
             Refusal::VoteInLease => "vote request within a lease granted before a restart",
             Refusal::NoConfiguration => "vote request to a replica that knows no configuration",
+            Refusal::NotAVoter => "vote request to a learner",
             Refusal::MembershipChanging => {
                 "leadership transfer while a membership change is not applied here"
             }
@@ -129,6 +133,16 @@ pub(crate) fn admit(
                 && !cfg!(tessera_unfixed = "fresh_votes") =>
         {
             Err(Refusal::NoConfiguration)
+        }
+        // A learner (a replica being added, perhaps on a node that was a member before:
+        // a new incarnation that lost the old one's promises) is counted only by a
+        // candidate whose configuration the group has left; its vote could elect one (the
+        // simulation found it, seed 0x9b6c547583c9). It votes once a change making it a
+        // voter is in its log.
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            if g.learner_only() && !cfg!(tessera_unfixed = "learner_votes") =>
+        {
+            Err(Refusal::NotAVoter)
         }
         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
             if now < votes_after

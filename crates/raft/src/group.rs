@@ -10,7 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
+    MessageType,
+};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
 use tessera_engine::{ChunkStore, EntryKind, LogEntry};
 use tessera_proto::command::{CmdOp, Command};
@@ -467,6 +471,64 @@ impl Group {
             .entries
             .iter()
             .any(|e| e.index > applied && e.get_entry_type() != EntryType::EntryNormal)
+    }
+
+    /// Whether this replica is a learner in the configuration it applied, and no change in
+    /// its log (not applied yet) makes it a voter: a replica being added, perhaps a new
+    /// incarnation on a node that was a member before. (A replica that applied its own
+    /// removal is neither: it is the old incarnation, and members still in a joint
+    /// configuration may need its vote.)
+    pub(crate) fn learner_only(&self) -> bool {
+        let me = self.raw.raft.id;
+        let conf = self.raw.raft.prs().conf();
+        if !(conf.learners().contains(&me) || conf.learners_next().contains(&me)) {
+            return false;
+        }
+        let applied = self.applied;
+        let mem = self.store.lock();
+        let promoted = mem.entries.iter().filter(|e| e.index > applied).any(|e| {
+            let adds = |id: u64, t: ConfChangeType| id == me && t == ConfChangeType::AddNode;
+            match e.get_entry_type() {
+                EntryType::EntryConfChangeV2 => {
+                    ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
+                        cc.changes
+                            .iter()
+                            .any(|c| adds(c.node_id, c.get_change_type()))
+                    })
+                }
+                EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+                    .is_ok_and(|cc| adds(cc.node_id, cc.get_change_type())),
+                EntryType::EntryNormal => false,
+            }
+        });
+        !promoted
+    }
+
+    /// Whether this replica's log holds, beyond what it applied, a membership change that
+    /// removes it (or makes it a learner). Such a replica must not campaign: the
+    /// configuration it applied still counts it, but the group is leaving it, and a majority
+    /// of the old configuration need not meet one of the new (see `Poller::tick`).
+    pub(crate) fn leaving(&self) -> bool {
+        if cfg!(tessera_unfixed = "stale_config") {
+            return false;
+        }
+        let (me, applied) = (self.raw.raft.id, self.applied);
+        let mem = self.store.lock();
+        mem.entries.iter().filter(|e| e.index > applied).any(|e| {
+            let removes = |id: u64, t: ConfChangeType| id == me && t != ConfChangeType::AddNode;
+            match e.get_entry_type() {
+                EntryType::EntryConfChangeV2 => {
+                    ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
+                        cc.changes
+                            .iter()
+                            .any(|c| removes(c.node_id, c.get_change_type()))
+                    })
+                }
+                EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+                    .is_ok_and(|cc| removes(cc.node_id, cc.get_change_type())),
+                EntryType::EntryNormal => false,
+            }
+        })
     }
 
     /// Whether re-applying the log tail found at start is over (or that tail was replaced).

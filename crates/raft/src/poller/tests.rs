@@ -1377,3 +1377,53 @@ fn no_transfer_campaign_while_a_membership_change_is_unapplied() {
         raft::StateRole::Follower
     );
 }
+
+/// The simulation's split brain through a learner's vote (seed 0x9b6c547583c9): node 1,
+/// added back to a group it had left, held only the leader's configuration (a torn first
+/// install) in which it is a learner. A member cut off since before it left still counted
+/// node 1 as a voter and won its vote, then a majority of the old configuration. A replica
+/// that is not a voter (in its applied configuration, or in a change its log holds) does not
+/// vote.
+#[test]
+fn a_learner_does_not_vote() {
+    let mut n = Node::open(tempfile::tempdir().unwrap());
+    n.poller.votes_after = Instant::now();
+    let mut joining = spec(&[2, 1, 3, 4]);
+    joining.joining = true;
+    n.poller.handle(Event::CreateGroup(joining));
+    n.settle();
+    n.deliver(
+        2,
+        snapshot_msg(
+            20,
+            &[2, 1, 3, 4],
+            ConfState {
+                voters: vec![2, 3, 4],
+                learners: vec![1],
+                ..Default::default()
+            },
+        ),
+    );
+    assert_eq!(n.poller.groups[&GROUP].applied, 20);
+    // Restarted: it knows no leader (so no lease refuses the candidate).
+    let mut n = n.restart();
+    n.poller.votes_after = Instant::now();
+    let _ = n.take_sent();
+    for t in [MessageType::MsgRequestPreVote, MessageType::MsgRequestVote] {
+        let mut m = msg(t, 3, 9);
+        m.index = 40;
+        m.log_term = 8;
+        n.deliver(3, m);
+    }
+    let granted: Vec<_> = n
+        .take_sent()
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+            ) && !m.reject
+        })
+        .collect();
+    assert!(granted.is_empty(), "a learner granted votes: {granted:?}");
+}

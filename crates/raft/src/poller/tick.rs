@@ -36,7 +36,19 @@ impl Poller {
         self.next_tick = now + self.cfg.tick;
         for (gid, g) in self.groups.iter_mut() {
             // Ticks are cheap; a group that has something to do is handled this round.
+            let leaving = !g.is_leader() && g.leaving();
             for _ in 0..ticks {
+                // A follower the group is removing never campaigns: it would do so in the
+                // configuration it applied, which still counts it, and could win there with
+                // another stale replica while the new configuration commits elsewhere (the
+                // simulation found two leaders of one term, seed 0x800d91a736fa). Once a
+                // whole election timeout passed without a leader it forgets the leader, so
+                // the lease it gave does not refuse other candidates' votes for ever.
+                let r = &mut g.raw.raft;
+                if leaving && r.election_elapsed + 1 >= r.randomized_election_timeout() {
+                    r.leader_id = raft::INVALID_ID;
+                    break;
+                }
                 g.raw.tick();
             }
             g.check_snapshots(now);
