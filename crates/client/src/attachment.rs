@@ -46,7 +46,8 @@ impl Attachment {
                 return Attachment::start(client, name, volume_id, epoch, lease);
             };
             match map.get(name).and_then(Weak::upgrade) {
-                Some(a) if a.epoch == epoch && a.volume_id == volume_id && !a.closing() => a,
+                // (Not one being detached by `Volume::close`.)
+                Some(a) if a.epoch == epoch && a.volume_id == volume_id && a.ended().is_none() => a,
                 other => {
                     stale = other;
                     let a = Attachment::start(client, name, volume_id, epoch, lease);
@@ -57,11 +58,6 @@ impl Attachment {
         };
         drop(stale);
         a
-    }
-
-    /// Being detached by `Volume::close`: not to be shared with a new handle.
-    fn closing(&self) -> bool {
-        self.ended().is_some()
     }
 
     /// Whether another live attachment of this client holds `name` with this epoch (two

@@ -139,6 +139,20 @@ impl Client {
         Ok(c)
     }
 
+    /// A client of no cluster, for unit tests that give volumes their routes by hand.
+    #[cfg(test)]
+    pub(crate) fn offline() -> Client {
+        Client {
+            inner: Arc::new(ClientInner {
+                managers: vec![],
+                conns: Mutex::new(HashMap::new()),
+                name: "test".into(),
+                attached: Mutex::new(HashMap::new()),
+                attach_gate: Arc::default(),
+            }),
+        }
+    }
+
     /// The name this client holds attachments under.
     pub fn name(&self) -> &str {
         &self.inner.name

@@ -678,15 +678,7 @@ mod tests {
     fn pieces(size: u64, cs: u64, off: u64, len: u64) -> Result<Vec<(u64, u32, u32, usize)>> {
         // Build a Volume without a live client: only splitting is exercised.
         let inner = VolumeInner {
-            client: Client {
-                inner: Arc::new(crate::ClientInner {
-                    managers: vec![],
-                    conns: Default::default(),
-                    name: "test".into(),
-                    attached: Default::default(),
-                    attach_gate: Default::default(),
-                }),
-            },
+            client: Client::offline(),
             info: vol(size, cs),
             routes: RwLock::new(HashMap::new()),
             attachment: None,
@@ -759,15 +751,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_after_an_abandoned_one_waits_for_its_deadline() {
         let (addr, seen) = silent_first_node().await;
-        let client = Client {
-            inner: Arc::new(crate::ClientInner {
-                managers: vec![],
-                conns: Default::default(),
-                name: "test".into(),
-                attached: Default::default(),
-                attach_gate: Default::default(),
-            }),
-        };
+        let client = Client::offline();
         let cs = 1 << 20;
         let route = |chunk| ChunkRoute {
             chunk,

@@ -473,6 +473,42 @@ impl Group {
             .any(|e| e.index > applied && e.get_entry_type() != EntryType::EntryNormal)
     }
 
+    /// What the membership changes in this replica's log, beyond what it applied, do to
+    /// this replica (in log order): each change naming it, by type.
+    fn unapplied_changes_of_me(&self) -> Vec<ConfChangeType> {
+        let (me, applied) = (self.raw.raft.id, self.applied);
+        let mut out = Vec::new();
+        for e in self
+            .store
+            .lock()
+            .entries
+            .iter()
+            .filter(|e| e.index > applied)
+        {
+            match e.get_entry_type() {
+                EntryType::EntryConfChangeV2 => {
+                    if let Ok(cc) = ConfChangeV2::parse_from_bytes(&e.data) {
+                        out.extend(
+                            cc.changes
+                                .iter()
+                                .filter(|c| c.node_id == me)
+                                .map(|c| c.get_change_type()),
+                        );
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    if let Ok(cc) = ConfChange::parse_from_bytes(&e.data)
+                        && cc.node_id == me
+                    {
+                        out.push(cc.get_change_type());
+                    }
+                }
+                EntryType::EntryNormal => {}
+            }
+        }
+        out
+    }
+
     /// Whether this replica is a learner in the configuration it applied, and no change in
     /// its log (not applied yet) makes it a voter: a replica being added, perhaps a new
     /// incarnation on a node that was a member before. (A replica that applied its own
@@ -481,27 +517,10 @@ impl Group {
     pub(crate) fn learner_only(&self) -> bool {
         let me = self.raw.raft.id;
         let conf = self.raw.raft.prs().conf();
-        if !(conf.learners().contains(&me) || conf.learners_next().contains(&me)) {
-            return false;
-        }
-        let applied = self.applied;
-        let mem = self.store.lock();
-        let promoted = mem.entries.iter().filter(|e| e.index > applied).any(|e| {
-            let adds = |id: u64, t: ConfChangeType| id == me && t == ConfChangeType::AddNode;
-            match e.get_entry_type() {
-                EntryType::EntryConfChangeV2 => {
-                    ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
-                        cc.changes
-                            .iter()
-                            .any(|c| adds(c.node_id, c.get_change_type()))
-                    })
-                }
-                EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
-                    .is_ok_and(|cc| adds(cc.node_id, cc.get_change_type())),
-                EntryType::EntryNormal => false,
-            }
-        });
-        !promoted
+        (conf.learners().contains(&me) || conf.learners_next().contains(&me))
+            && !self
+                .unapplied_changes_of_me()
+                .contains(&ConfChangeType::AddNode)
     }
 
     /// Whether this replica's log holds, beyond what it applied, a membership change that
@@ -509,26 +528,11 @@ impl Group {
     /// configuration it applied still counts it, but the group is leaving it, and a majority
     /// of the old configuration need not meet one of the new (see `Poller::tick`).
     pub(crate) fn leaving(&self) -> bool {
-        if cfg!(tessera_unfixed = "stale_config") {
-            return false;
-        }
-        let (me, applied) = (self.raw.raft.id, self.applied);
-        let mem = self.store.lock();
-        mem.entries.iter().filter(|e| e.index > applied).any(|e| {
-            let removes = |id: u64, t: ConfChangeType| id == me && t != ConfChangeType::AddNode;
-            match e.get_entry_type() {
-                EntryType::EntryConfChangeV2 => {
-                    ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
-                        cc.changes
-                            .iter()
-                            .any(|c| removes(c.node_id, c.get_change_type()))
-                    })
-                }
-                EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
-                    .is_ok_and(|cc| removes(cc.node_id, cc.get_change_type())),
-                EntryType::EntryNormal => false,
-            }
-        })
+        !cfg!(tessera_unfixed = "stale_config")
+            && self
+                .unapplied_changes_of_me()
+                .iter()
+                .any(|t| *t != ConfChangeType::AddNode)
     }
 
     /// Whether re-applying the log tail found at start is over (or that tail was replaced).

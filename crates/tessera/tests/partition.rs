@@ -8,10 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, Cluster, NodeProc};
+use common::{BIN, Cluster, NodeProc, direct};
 use tessera_proto::control::{ManagerReply, ManagerRequest};
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
-use tessera_proto::frame::Frame;
 
 const NET: &str = "10.213.7";
 
@@ -122,25 +121,6 @@ impl Drop for Net {
         }
         sh(&["ip", "link", "del", &self.bridge()]);
     }
-}
-
-/// One data-plane request straight to one node, bypassing the client's routing.
-async fn direct(addr: &str, req: &Request) -> Option<Reply> {
-    let work = async {
-        let s = tessera_net::connect(addr, Duration::from_secs(1))
-            .await
-            .ok()?;
-        let (r, mut w) = s.into_split();
-        tessera_net::write_frame(&mut w, &Frame::new(req.kind(), 1, req.encode()))
-            .await
-            .ok()?;
-        let f = tessera_net::FrameReader::new(r).next().await.ok()??;
-        Reply::decode(&f.body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(3), work)
-        .await
-        .ok()
-        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, Opts, signal};
+use common::{Cluster, Opts, direct, signal};
 use tessera_net::{FrameReader, write_frame};
 use tessera_proto::control::{ManagerReply, ManagerRequest};
 use tessera_proto::data::{ChunkAddr, MAX_IO, Op, Reply, Request};
@@ -26,25 +26,6 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64
-}
-
-/// One request on a fresh connection; `None` if nothing answered within 3 s.
-async fn direct(addr: &str, req: &Request) -> Option<Reply> {
-    let work = async {
-        let s = tessera_net::connect(addr, Duration::from_secs(1))
-            .await
-            .ok()?;
-        let (r, mut w) = s.into_split();
-        write_frame(&mut w, &Frame::new(req.kind(), 1, req.encode()))
-            .await
-            .ok()?;
-        let f = FrameReader::new(r).next().await.ok()??;
-        Reply::decode(&f.body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(3), work)
-        .await
-        .ok()
-        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

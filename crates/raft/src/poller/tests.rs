@@ -861,6 +861,26 @@ fn a_retry_of_a_write_cut_from_the_log_is_proposed_again() {
     );
 }
 
+/// Node `from` asks this node for a pre-vote and a vote in term 9, its log ending at 40
+/// (term 8, newer than anything here): the grants sent back.
+fn votes_granted(n: &mut Node, from: u64) -> Vec<(u64, Message)> {
+    for t in [MessageType::MsgRequestPreVote, MessageType::MsgRequestVote] {
+        let mut m = msg(t, from, 9);
+        m.index = 40;
+        m.log_term = 8;
+        n.deliver(from, m);
+    }
+    n.take_sent()
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+            ) && !m.reject
+        })
+        .collect()
+}
+
 /// A new replica, hosted to join the group, knows no configuration until its first
 /// snapshot. Its node may have been a voter of the group before (removed, then added back):
 /// a stale member still counting that voter must not win the empty log's vote (the
@@ -873,22 +893,7 @@ fn a_replica_that_knows_no_configuration_does_not_vote() {
     joining.joining = true;
     n.poller.handle(Event::CreateGroup(joining));
     n.settle();
-    for t in [MessageType::MsgRequestPreVote, MessageType::MsgRequestVote] {
-        let mut m = msg(t, 2, 9);
-        m.index = 40;
-        m.log_term = 8;
-        n.deliver(2, m);
-    }
-    let granted: Vec<_> = n
-        .take_sent()
-        .into_iter()
-        .filter(|(_, m)| {
-            matches!(
-                m.get_msg_type(),
-                MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
-            ) && !m.reject
-        })
-        .collect();
+    let granted = votes_granted(&mut n, 2);
     assert!(granted.is_empty(), "votes granted: {granted:?}");
 }
 
@@ -1409,21 +1414,6 @@ fn a_learner_does_not_vote() {
     let mut n = n.restart();
     n.poller.votes_after = Instant::now();
     let _ = n.take_sent();
-    for t in [MessageType::MsgRequestPreVote, MessageType::MsgRequestVote] {
-        let mut m = msg(t, 3, 9);
-        m.index = 40;
-        m.log_term = 8;
-        n.deliver(3, m);
-    }
-    let granted: Vec<_> = n
-        .take_sent()
-        .into_iter()
-        .filter(|(_, m)| {
-            matches!(
-                m.get_msg_type(),
-                MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
-            ) && !m.reject
-        })
-        .collect();
+    let granted = votes_granted(&mut n, 3);
     assert!(granted.is_empty(), "a learner granted votes: {granted:?}");
 }

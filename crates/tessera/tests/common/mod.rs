@@ -794,3 +794,28 @@ impl Drop for GatewayProc {
         self.kill();
     }
 }
+
+/// One data-plane request straight to one node, bypassing the client's routing.
+pub async fn direct(
+    addr: &str,
+    req: &tessera_proto::data::Request,
+) -> Option<tessera_proto::data::Reply> {
+    let work = async {
+        let s = tessera_net::connect(addr, Duration::from_secs(1))
+            .await
+            .ok()?;
+        let (r, mut w) = s.into_split();
+        tessera_net::write_frame(
+            &mut w,
+            &tessera_proto::frame::Frame::new(req.kind(), 1, req.encode()),
+        )
+        .await
+        .ok()?;
+        let f = tessera_net::FrameReader::new(r).next().await.ok()??;
+        tessera_proto::data::Reply::decode(&f.body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), work)
+        .await
+        .ok()
+        .flatten()
+}
