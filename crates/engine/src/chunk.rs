@@ -19,8 +19,11 @@
 //! failed log fsync. Syncs run one at a time: none returns while another's fdatasync of the
 //! same file is still in flight.
 
+mod budget;
 #[cfg(test)]
 mod tests;
+
+pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -41,8 +44,6 @@ use crate::{Error, Result, is_no_space};
 pub const BLOCK_SIZE: u64 = 4096;
 /// Largest chunk: offsets and lengths must stay within it.
 pub const MAX_CHUNK: u64 = 4 << 30;
-/// Open chunks kept cached beyond this are closed when idle and synced.
-const MAX_OPEN: usize = 1024;
 const CRC_LEN: u64 = 4;
 /// Largest single pwrite of chunk data (see `write_locked`).
 const WRITE_PIECE: usize = 16 << 10;
@@ -62,6 +63,15 @@ struct ChunkFiles {
     dirty: AtomicBool,
     /// Written since the last [`ChunkStore::start_writeback`] (and queued for it).
     unstarted: AtomicBool,
+    /// When last used, on the budget's clock.
+    used: AtomicU64,
+    budget: Arc<FileBudget>,
+}
+
+impl Drop for ChunkFiles {
+    fn drop(&mut self) {
+        self.budget.released();
+    }
 }
 
 impl ChunkFiles {
@@ -77,6 +87,7 @@ impl ChunkFiles {
 /// The chunk files of one data directory. `Send + Sync`; caches open file handles.
 pub struct ChunkStore {
     dir: PathBuf,
+    budget: Arc<FileBudget>,
     open: RwLock<HashMap<Key, Arc<ChunkFiles>>>,
     replaying: AtomicBool,
     /// Allocated bytes per chunk as last measured (at open, and at each sync).
@@ -87,22 +98,35 @@ pub struct ChunkStore {
     /// Directories with entries created since the last sync.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
     /// Held for the whole of a [`ChunkStore::sync`], so that a sync never finds a file clean
-    /// while another sync's fdatasync of it is still in flight. Holds the first fdatasync
-    /// failure, after which every sync fails (see the module doc).
+    /// while another sync's fdatasync of it is still in flight (or while the budget closes a
+    /// dirty file, see [`FileBudget`]). Holds the first fdatasync failure, after which every
+    /// sync fails (see the module doc).
     sync_failure: Mutex<Option<String>>,
+    /// Blocks whose data and checksum may disagree because a write or zeroing of them failed
+    /// part way for want of space (the entry will be applied again; see `torn`).
+    torn: Mutex<HashSet<(Key, u64)>>,
+    any_torn: AtomicBool,
 }
 
 impl ChunkStore {
-    /// Opens (creating if missing) the chunk directory `dir` and measures what it holds.
-    pub fn open(dir: &Path) -> Result<ChunkStore> {
+    /// Opens (creating if missing) the chunk directory `dir` and measures what it holds,
+    /// with a budget of its own of [`DEFAULT_OPEN_CHUNKS`] open chunks.
+    pub fn open(dir: &Path) -> Result<Arc<ChunkStore>> {
+        ChunkStore::open_in(dir, &FileBudget::new(DEFAULT_OPEN_CHUNKS))
+    }
+
+    /// As [`ChunkStore::open`], its open chunks counted against `budget` (shared with the
+    /// node's other stores).
+    pub fn open_in(dir: &Path, budget: &Arc<FileBudget>) -> Result<Arc<ChunkStore>> {
         std::fs::create_dir_all(dir)?;
         let mut alloc: HashMap<Key, u64> = HashMap::new();
         for (key, _, f) in chunk_files(dir)? {
             *alloc.entry(key).or_default() += f.metadata()?.blocks() * 512;
         }
         let used = alloc.values().sum();
-        Ok(ChunkStore {
+        let store = Arc::new(ChunkStore {
             dir: dir.to_path_buf(),
+            budget: budget.clone(),
             open: RwLock::new(HashMap::new()),
             replaying: AtomicBool::new(false),
             alloc: Mutex::new(alloc),
@@ -110,7 +134,11 @@ impl ChunkStore {
             unstarted: Mutex::default(),
             dirty_dirs: Mutex::new(HashSet::new()),
             sync_failure: Mutex::new(None),
-        })
+            torn: Mutex::new(HashSet::new()),
+            any_torn: AtomicBool::new(false),
+        });
+        budget.register(&store);
+        Ok(store)
     }
 
     /// Writes `data` at `offset` of the chunk (creating it). Partial blocks are
@@ -169,7 +197,13 @@ impl ChunkStore {
         for (i, block) in buf.chunks_exact(BLOCK_SIZE as usize).enumerate() {
             let stored = stored_crc(&crcs, i);
             if !block_ok(block, stored) {
-                return Err(corrupt(volume, chunk, first + i as u64, block, stored));
+                let at = first + i as u64;
+                if self.is_torn((volume, chunk), at) {
+                    return Err(Error::Exhausted(format!(
+                        "chunk {volume:016x}/{chunk:08x} block {at} is being rewritten after the disk filled"
+                    )));
+                }
+                return Err(corrupt(volume, chunk, at, block, stored));
             }
         }
         let start = (offset - first * BLOCK_SIZE) as usize;
@@ -229,12 +263,14 @@ impl ChunkStore {
             let n = whole_end - whole_first;
             // A stored 0 with an all-zero block verifies (see the module doc).
             let crc_zeros = vec![0u8; (n * CRC_LEN) as usize];
-            files
-                .crcs
-                .write_all_at(&crc_zeros, whole_first * CRC_LEN)
-                .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
-            zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE, how)
-                .map_err(|e| io_error(e, volume, chunk, "zeroing data"))?;
+            let zeroed = write_crcs(&files.crcs, &crc_zeros, whole_first * CRC_LEN)
+                .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
+                .and_then(|()| {
+                    zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE, how)
+                        .map_err(|e| io_error(e, volume, chunk, "zeroing data"))
+                });
+            self.settle((volume, chunk), whole_first..whole_end, &zeroed);
+            zeroed?;
             // See `write_locked`: a racing sync may have cleared the flag mid-write.
             files.dirty.store(true, Ordering::Release);
         }
@@ -487,7 +523,25 @@ impl ChunkStore {
             whole.map(|b| (whole_first, b)),
             tail.as_deref().map(|b| (last, b)),
         ];
-        for (block, bytes) in pieces.into_iter().flatten() {
+        let written = Self::write_pieces(files, volume, chunk, first, &pieces, &crcs);
+        self.settle((volume, chunk), first..last + 1, &written);
+        written?;
+        // Marked again after the writes: a sync that cleared the flag while they were in
+        // flight may have missed them, and must not leave the file looking clean.
+        files.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The pwrites of [`ChunkStore::write_locked`]: data first, then checksums.
+    fn write_pieces(
+        files: &ChunkFiles,
+        volume: u64,
+        chunk: u64,
+        first: u64,
+        pieces: &[Option<(u64, &[u8])>],
+        crcs: &[u8],
+    ) -> Result<()> {
+        for &(block, bytes) in pieces.iter().flatten() {
             // In pieces of at most WRITE_PIECE: the page cache sizes the folios it creates
             // after the write, and a later 4 KiB overwrite inside a large folio costs ext4
             // a walk over every block of that folio (measured: with chunk files written in
@@ -500,14 +554,41 @@ impl ChunkStore {
                     .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
             }
         }
-        files
-            .crcs
-            .write_all_at(&crcs, first * CRC_LEN)
-            .map_err(|e| io_error(e, volume, chunk, "writing checksums"))?;
-        // Marked again after the writes: a sync that cleared the flag while they were in
-        // flight may have missed them, and must not leave the file looking clean.
-        files.dirty.store(true, Ordering::Release);
-        Ok(())
+        write_crcs(&files.crcs, crcs, first * CRC_LEN)
+            .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
+    }
+
+    /// Records the outcome of writing `blocks`: after a failure part way (a full disk
+    /// between the data and its checksums) they are torn until written again whole; after a
+    /// success they no longer are. A torn block is tolerated by the next read-modify-write
+    /// (the same entry applied again rewrites it; after a crash, the replay does) and read
+    /// as [`Error::Exhausted`], never as corrupt: nothing was acknowledged that it lost.
+    fn settle<T>(&self, key: Key, blocks: std::ops::Range<u64>, outcome: &Result<T>) {
+        match outcome {
+            Err(_) => {
+                let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
+                torn.extend(blocks.map(|b| (key, b)));
+                self.any_torn.store(true, Ordering::Release);
+            }
+            Ok(_) if self.any_torn.load(Ordering::Acquire) => {
+                let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
+                for b in blocks {
+                    torn.remove(&(key, b));
+                }
+                self.any_torn.store(!torn.is_empty(), Ordering::Release);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn is_torn(&self, key: Key, block: u64) -> bool {
+        !cfg!(tessera_unfixed = "torn_enospc")
+            && self.any_torn.load(Ordering::Acquire)
+            && self
+                .torn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(key, block))
     }
 
     /// The current bytes of `block`, verified unless replaying.
@@ -524,25 +605,57 @@ impl ChunkStore {
         read_full_at(&files.crcs, &mut crc, block * CRC_LEN)?;
         let stored = u32::from_le_bytes(crc);
         if !block_ok(&buf, stored) {
-            if !self.replaying.load(Ordering::Acquire) {
+            if !self.replaying.load(Ordering::Acquire) && !self.is_torn((volume, chunk), block) {
                 return Err(corrupt(volume, chunk, block, &buf, stored));
             }
-            debug!(volume, chunk, block, "replay rewrites a torn block");
+            debug!(volume, chunk, block, "rewriting a torn block");
         }
         Ok(buf)
     }
 
-    /// The chunk's files, opened (and, with `create`, created) on first use.
+    /// The chunk's files, opened (and, with `create`, created) on first use. Out of
+    /// descriptors, idle chunks are closed to make room and the open retried once; if that
+    /// is not enough, [`Error::Exhausted`]: the caller waits and retries, nothing is lost.
     fn files(&self, volume: u64, chunk: u64, create: bool) -> Result<Option<Arc<ChunkFiles>>> {
         let key = (volume, chunk);
         if let Some(f) = self.open_map_read().get(&key) {
+            f.used.store(self.budget.now(), Ordering::Relaxed);
             return Ok(Some(f.clone()));
         }
+        let mut shed = false;
+        loop {
+            match self.open_files(key, create) {
+                Err(e) if is_out_of_descriptors(&e) && !shed => {
+                    debug!(volume, chunk, "out of descriptors: closing idle chunks");
+                    self.budget.shed();
+                    shed = true;
+                }
+                Err(e) if is_out_of_descriptors(&e) => {
+                    return Err(Error::Exhausted(format!(
+                        "opening chunk {volume:016x}/{chunk:08x}: {e} ({} chunks open)",
+                        self.budget.stats().open
+                    )));
+                }
+                Err(e) => return Err(io_error(e, volume, chunk, "opening")),
+                Ok(opened) => {
+                    if opened.as_ref().is_some_and(|(_, new)| *new) {
+                        self.budget.make_room();
+                    }
+                    return Ok(opened.map(|(f, _)| f));
+                }
+            }
+        }
+    }
+
+    /// [`ChunkStore::files`] without the retry: the files and whether they were opened now.
+    fn open_files(&self, key: Key, create: bool) -> io::Result<Option<(Arc<ChunkFiles>, bool)>> {
+        let (volume, chunk) = key;
         // Opened under the map's write lock, so that a concurrent drop_chunk can never leave
         // a handle to a deleted file in the cache.
         let mut map = self.open_map_write();
         if let Some(f) = map.get(&key) {
-            return Ok(Some(f.clone()));
+            f.used.store(self.budget.now(), Ordering::Relaxed);
+            return Ok(Some((f.clone(), false)));
         }
         let (data_path, crc_path) = self.paths(volume, chunk);
         let data = match open_rw(&data_path, false) {
@@ -550,17 +663,16 @@ impl ChunkStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 let vdir = self.volume_dir(volume);
                 if !vdir.exists() {
-                    std::fs::create_dir_all(&vdir)
-                        .map_err(|e| io_error(e, volume, chunk, "creating directory"))?;
+                    std::fs::create_dir_all(&vdir)?;
                     self.dirs_map().insert(self.dir.clone());
                 }
                 self.dirs_map().insert(vdir);
-                open_rw(&data_path, true).map_err(|e| io_error(e, volume, chunk, "creating"))?
+                open_rw(&data_path, true)?
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
-        let crcs = open_rw(&crc_path, true).map_err(|e| io_error(e, volume, chunk, "creating"))?;
+        let crcs = open_rw(&crc_path, true)?;
         // Volume I/O is random: no speculative readahead, which would also fill the page
         // cache with large folios that make later small overwrites expensive (see
         // `WRITE_PIECE`). Advice only; nothing depends on it.
@@ -569,30 +681,67 @@ impl ChunkStore {
         unsafe {
             libc::posix_fadvise(data.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
         }
+        self.budget.opened();
         let files = Arc::new(ChunkFiles {
             data,
             crcs,
             lock: RwLock::new(()),
             dirty: AtomicBool::new(false),
             unstarted: AtomicBool::new(false),
+            used: AtomicU64::new(self.budget.now()),
+            budget: self.budget.clone(),
         });
         map.insert(key, files.clone());
-        if map.len() > MAX_OPEN {
-            // Close idle, clean chunks; dirty ones stay until sync has made them durable.
-            let excess = map.len() - MAX_OPEN;
-            let idle: Vec<Key> = map
-                .iter()
-                .filter(|(k, f)| {
-                    **k != key && Arc::strong_count(f) == 1 && !f.dirty.load(Ordering::Acquire)
-                })
-                .map(|(k, _)| *k)
-                .take(excess)
-                .collect();
-            for k in idle {
-                map.remove(&k);
+        Ok(Some((files, true)))
+    }
+
+    /// Calls `f(key, dirty, last used)` for every open chunk nobody uses now.
+    fn idle_chunks(&self, mut f: impl FnMut(Key, bool, u64)) {
+        for (k, files) in self.open_map_read().iter() {
+            if Arc::strong_count(files) == 1 {
+                f(
+                    *k,
+                    files.dirty.load(Ordering::Acquire),
+                    files.used.load(Ordering::Relaxed),
+                );
             }
         }
-        Ok(Some(files))
+    }
+
+    /// Closes those of `keys` that are still open and idle, making dirty ones durable first
+    /// (under the sync lock: see [`FileBudget`]). Returns how many it closed. A failed
+    /// fdatasync fails this store's syncs from then on, as in [`ChunkStore::sync`].
+    fn close_idle(&self, keys: &[Key]) -> usize {
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let closing: Vec<(Key, Arc<ChunkFiles>)> = {
+            let mut map = self.open_map_write();
+            keys.iter()
+                .filter_map(|k| {
+                    let idle = map.get(k).is_some_and(|f| Arc::strong_count(f) == 1);
+                    if idle {
+                        map.remove(k).map(|f| (*k, f))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        let n = closing.len();
+        for (key, files) in closing {
+            if files.dirty.load(Ordering::Acquire) && failure.is_none() {
+                let synced = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs));
+                if let Err(e) = synced {
+                    *failure = Some(format!(
+                        "fdatasync of chunk {:016x}/{:08x} in {} (closing it) failed: {e}",
+                        key.0,
+                        key.1,
+                        self.dir.display()
+                    ));
+                }
+            }
+            self.measure(key, &files);
+        }
+        n
     }
 
     fn measure(&self, key: Key, files: &ChunkFiles) {
@@ -699,6 +848,11 @@ fn io_error(e: io::Error, volume: u64, chunk: u64, what: &str) -> Error {
     }
 }
 
+/// Whether an open failed for want of descriptors (the process's or the system's).
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 fn parse_hex(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 16 {
         return None;
@@ -796,6 +950,15 @@ fn sync_chunk_dir(dir: &Path) -> io::Result<()> {
         "fsync failure injected by the chunk::dir_fsync fail point"
     )));
     sync_dir(dir)
+}
+
+/// The checksums of a write, after its data; the `chunk::crc_enospc` fail point makes the
+/// disk fill up just here in tests.
+fn write_crcs(file: &File, crcs: &[u8], offset: u64) -> io::Result<()> {
+    fail::fail_point!("chunk::crc_enospc", |_| Err(io::Error::from_raw_os_error(
+        libc::ENOSPC
+    )));
+    file.write_all_at(crcs, offset)
 }
 
 /// `fdatasync` of a chunk file; the `chunk::fdatasync` fail point makes it fail in tests.

@@ -40,6 +40,10 @@ pub enum Error {
     /// Bytes read back from disk failed a check; the message names the file, offset and check.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A resource limit of the process (open descriptors) is reached, even after closing
+    /// idle files: nothing was changed; retry once others are released.
+    #[error("resource exhausted: {0}")]
+    Exhausted(String),
     /// An offset or length outside what the engine accepts.
     #[error("out of range: {0}")]
     OutOfRange(String),

@@ -3,24 +3,32 @@
 //!
 //! A namespace's chunks are then exactly one directory: listing what a replica holds,
 //! copying it to another node, or destroying it when the replica moves away touch nothing
-//! else. Owns the map of open stores and nothing more; knows nothing of Raft.
+//! else. Owns the map of open stores and nothing more; knows nothing of Raft. Every store
+//! counts its open chunks against one [`FileBudget`], the node's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::chunk::ChunkStore;
+use crate::chunk::{ChunkStore, FileBudget};
 use crate::fsutil::sync_dir;
 use crate::{Error, Result};
 
 pub struct ChunkStores {
     dir: PathBuf,
+    budget: Arc<FileBudget>,
     stores: RwLock<HashMap<u64, Arc<ChunkStore>>>,
 }
 
 impl ChunkStores {
-    /// Opens every namespace already under `dir` (creating `dir` if missing).
+    /// Opens every namespace already under `dir` (creating `dir` if missing), with a budget
+    /// of [`crate::chunk::DEFAULT_OPEN_CHUNKS`] open chunks.
     pub fn open(dir: &Path) -> Result<ChunkStores> {
+        ChunkStores::open_in(dir, FileBudget::new(crate::chunk::DEFAULT_OPEN_CHUNKS))
+    }
+
+    /// As [`ChunkStores::open`], every store's open chunks counted against `budget`.
+    pub fn open_in(dir: &Path, budget: Arc<FileBudget>) -> Result<ChunkStores> {
         std::fs::create_dir_all(dir)?;
         let mut stores = HashMap::new();
         for e in std::fs::read_dir(dir)? {
@@ -29,11 +37,12 @@ impl ChunkStores {
                 continue;
             };
             if e.file_type()?.is_dir() {
-                stores.insert(space, Arc::new(ChunkStore::open(&e.path())?));
+                stores.insert(space, ChunkStore::open_in(&e.path(), &budget)?);
             }
         }
         Ok(ChunkStores {
             dir: dir.to_path_buf(),
+            budget,
             stores: RwLock::new(stores),
         })
     }
@@ -47,7 +56,7 @@ impl ChunkStores {
         if let Some(s) = map.get(&space) {
             return Ok(s.clone());
         }
-        let s = Arc::new(ChunkStore::open(&self.space_dir(space))?);
+        let s = ChunkStore::open_in(&self.space_dir(space), &self.budget)?;
         // The new directory's entry must survive a crash like the files inside it will.
         sync_dir(&self.dir)?;
         map.insert(space, s.clone());
@@ -97,6 +106,11 @@ impl ChunkStores {
             }
         }
         Ok(())
+    }
+
+    /// The node's budget of open chunks.
+    pub fn budget(&self) -> &FileBudget {
+        &self.budget
     }
 
     pub fn used_bytes(&self) -> u64 {

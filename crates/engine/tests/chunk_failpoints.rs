@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tessera_engine::chunk::FileBudget;
 use tessera_engine::{ChunkStore, Error};
 
 const B: usize = 4096;
@@ -104,6 +105,71 @@ fn a_failed_directory_fsync_fails_every_later_sync() {
     assert!(
         matches!(retried, Err(Error::Fatal(_))),
         "a sync after a failed directory fsync must fail, got {retried:?}"
+    );
+    scenario.teardown();
+}
+
+/// The disk fills between a write's data and its checksums: the block's bytes are new, its
+/// checksum old. Nothing was acknowledged (the entry is applied again once there is room),
+/// so the block must neither read as corrupt meanwhile nor stop that second attempt, a
+/// read-modify-write that reads the torn block first.
+#[test]
+fn a_write_torn_by_a_full_disk_is_retried_not_called_corrupt() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write(1, 0, 0, &[7u8; B]).unwrap();
+
+    fail::cfg("chunk::crc_enospc", "return").unwrap();
+    let full = store.write(1, 0, 100, &[9u8; 10]);
+    fail::remove("chunk::crc_enospc");
+    assert!(matches!(full, Err(Error::DiskFull(_))), "got {full:?}");
+    let meanwhile = store.read(1, 0, 0, B as u64);
+    assert!(
+        matches!(meanwhile, Err(Error::Exhausted(_))),
+        "a block torn by a full disk reads as 'retry', got {meanwhile:?}"
+    );
+
+    store
+        .write(1, 0, 100, &[9u8; 10])
+        .expect("the same write, applied again once there is room");
+    let mut want = vec![7u8; B];
+    want[100..110].fill(9);
+    assert_eq!(&store.read(1, 0, 0, B as u64).unwrap()[..], &want[..]);
+
+    // A write of whole blocks torn the same way heals the same way.
+    fail::cfg("chunk::crc_enospc", "return").unwrap();
+    let full = store.write(1, 1, 0, &[5u8; 2 * B]);
+    fail::remove("chunk::crc_enospc");
+    assert!(matches!(full, Err(Error::DiskFull(_))), "got {full:?}");
+    store.write(1, 1, 0, &[5u8; 2 * B]).expect("retried whole");
+    assert_eq!(
+        &store.read(1, 1, 0, 2 * B as u64).unwrap()[..],
+        &[5u8; 2 * B][..]
+    );
+    scenario.teardown();
+}
+
+/// The node's budget closes a dirty chunk to make room: it must make it durable first, and a
+/// failure to do so must fail the store's syncs as any failed fdatasync does. Otherwise the
+/// next sync, no longer seeing the closed file, would report durable what the kernel dropped.
+#[test]
+fn closing_a_dirty_chunk_for_room_keeps_its_durability_promise() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = FileBudget::new(16);
+    let store = ChunkStore::open_in(dir.path(), &budget).unwrap();
+    fail::cfg("chunk::fdatasync", "return").unwrap();
+    for chunk in 0..40 {
+        store.write(1, chunk, 0, &[chunk as u8; B]).unwrap();
+        store.start_writeback();
+    }
+    fail::remove("chunk::fdatasync");
+    assert!(budget.stats().closed > 0, "{:?}", budget.stats());
+    let synced = store.sync();
+    assert!(
+        matches!(synced, Err(Error::Fatal(_))),
+        "a dirty chunk closed after a failed fdatasync must fail the next sync, got {synced:?}"
     );
     scenario.teardown();
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tessera_proto::control::{GroupState, NodeHeartbeat, Role};
+use tessera_proto::control::{Descriptors, GroupState, NodeHeartbeat, Role};
 
 use crate::state::GroupRecord;
 
@@ -37,6 +37,7 @@ struct Live {
     last_contact: Instant,
     last_heartbeat: Option<Instant>,
     usage: Option<(u64, u64)>,
+    descriptors: Option<Descriptors>,
     groups: HashMap<u64, GroupState>,
 }
 
@@ -76,6 +77,7 @@ impl Liveness {
                 last_contact: now,
                 last_heartbeat: None,
                 usage: None,
+                descriptors: None,
                 groups: HashMap::new(),
             },
         );
@@ -86,11 +88,13 @@ impl Liveness {
             last_contact: now,
             last_heartbeat: None,
             usage: None,
+            descriptors: None,
             groups: HashMap::new(),
         });
         live.last_contact = now;
         live.last_heartbeat = Some(now);
         live.usage = Some((hb.capacity_bytes, hb.used_bytes));
+        live.descriptors = Some(hb.descriptors);
         live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
     }
 
@@ -126,6 +130,10 @@ impl Liveness {
     /// (capacity, used) from the latest heartbeat.
     pub fn usage(&self, node: u64) -> Option<(u64, u64)> {
         self.nodes.get(&node)?.usage
+    }
+
+    pub fn descriptors(&self, node: u64) -> Option<Descriptors> {
+        self.nodes.get(&node)?.descriptors
     }
 
     /// Node `node`'s latest report about group `group`.
@@ -185,6 +193,7 @@ mod tests {
                 })
                 .collect(),
             recovery: Default::default(),
+            descriptors: Default::default(),
         }
     }
 

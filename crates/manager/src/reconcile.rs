@@ -830,6 +830,7 @@ mod tests {
                     used_bytes: 0,
                     groups,
                     recovery: Default::default(),
+                    descriptors: Default::default(),
                 };
                 // As the heartbeat handler does: record what the heartbeat shows for good.
                 let group_ids: Vec<u64> = newly_established(&self.state, &hb).collect();
@@ -989,6 +990,7 @@ mod tests {
                 used_bytes: 1 << 39,
                 groups,
                 recovery: Default::default(),
+                descriptors: Default::default(),
             },
             w.now,
         );
@@ -1060,6 +1062,7 @@ mod tests {
                     used_bytes: 0,
                     groups,
                     recovery: Default::default(),
+                    descriptors: Default::default(),
                 },
                 w.now,
             );
@@ -1368,6 +1371,7 @@ mod tests {
                 report(999, Role::Leader, 1),   // unknown to the state
             ],
             recovery: Default::default(),
+            descriptors: Default::default(),
         };
         let got: Vec<u64> = newly_established(&w.state, &hb).collect();
         assert_eq!(got, [50, 51]);

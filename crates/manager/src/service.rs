@@ -613,6 +613,7 @@ impl Service {
                     replicas: counts.get(&n.id).copied().unwrap_or(0),
                     leaders: groups.iter().filter(|g| g.leader == Some(n.id)).count() as u64,
                     draining: n.draining,
+                    descriptors: self.live.descriptors(n.id),
                 }
             })
             .collect();

@@ -53,6 +53,7 @@ async fn heartbeat(m: &Manager, node: u64, groups: Vec<GroupState>) -> Result<Ve
         used_bytes: 1 << 20,
         groups,
         recovery: Default::default(),
+        descriptors: Default::default(),
     };
     match ask(m, ManagerRequest::Heartbeat(hb)).await? {
         ManagerReply::HeartbeatAck { create_groups, .. } => {
@@ -432,6 +433,7 @@ async fn create_orders(m: &Manager, node: u64, groups: Vec<GroupState>) -> Vec<(
         used_bytes: 1 << 20,
         groups,
         recovery: Default::default(),
+        descriptors: Default::default(),
     };
     match ask(m, ManagerRequest::Heartbeat(hb)).await.unwrap() {
         ManagerReply::HeartbeatAck { create_groups, .. } => create_groups

@@ -202,6 +202,7 @@ async fn create_orders(addrs: &[String], node: u64, groups: Vec<GroupState>) -> 
         used_bytes: 1 << 20,
         groups,
         recovery: Default::default(),
+        descriptors: Default::default(),
     });
     match call_managers::<_, ManagerReply>(addrs, &hb, T).await {
         Ok(ManagerReply::HeartbeatAck { create_groups, .. }) => create_groups

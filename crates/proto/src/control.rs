@@ -231,6 +231,20 @@ pub struct NodeHeartbeat {
     pub groups: Vec<GroupState>,
     #[serde(default)]
     pub recovery: RecoveryStats,
+    #[serde(default)]
+    pub descriptors: Descriptors,
+}
+
+/// A storage node's descriptors: its limit, and its open chunks (two descriptors each)
+/// against the share of that limit they may hold; past it, idle chunks are closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptors {
+    /// The process's open-file limit (raised to the hard limit at start).
+    pub limit: u64,
+    pub chunks_open: u64,
+    pub chunks_budget: u64,
+    /// Idle chunks closed to make room since the node started.
+    pub chunks_closed: u64,
 }
 
 /// What this node pulled from other nodes to rebuild replicas, since it started.
@@ -358,6 +372,9 @@ pub struct NodeStatus {
     /// Being drained: receives nothing new, everything moves off it.
     #[serde(default)]
     pub draining: bool,
+    /// As last reported by the node.
+    #[serde(default)]
+    pub descriptors: Option<Descriptors>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -851,6 +851,12 @@ impl Group {
                     tracing::error!(group = self.id, index = e.index, "apply stalled: {msg}");
                     break;
                 }
+                // Out of descriptors even after closing idle chunks: back-pressure, retried
+                // when the next tick or message comes, never a reason to stop the node.
+                Err(tessera_engine::Error::Exhausted(msg)) => {
+                    tracing::warn!(group = self.id, index = e.index, "apply waits: {msg}");
+                    break;
+                }
                 Err(source) => {
                     return Err(crate::Fatal::Apply {
                         group: self.id,
@@ -990,6 +996,7 @@ pub(crate) fn engine_reply(e: &tessera_engine::Error) -> Reply {
         E::DiskFull(m) => Reply::DiskFull(m.clone()),
         E::Corrupt(m) => Reply::Corrupt(m.clone()),
         E::OutOfRange(m) => Reply::OutOfRange(m.clone()),
+        E::Exhausted(m) => Reply::Unavailable(m.clone()),
         other => Reply::Io(other.to_string()),
     }
 }

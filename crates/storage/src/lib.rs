@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tessera_engine::chunk::FileBudget;
 use tessera_engine::{ChunkStores, DirLock, Log, LogOptions};
 use tessera_proto::control::{
-    ControlError, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration,
+    ControlError, Descriptors, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration,
 };
 use tessera_raft::{NodeConfig, RaftNode};
 use tokio::net::TcpListener;
@@ -56,6 +57,10 @@ pub struct StorageConfig {
     /// catching up after an absence), so that client I/O keeps its latency.
     #[serde(default = "default_recovery_rate")]
     pub recovery_bytes_per_sec: u64,
+    /// Chunks kept open at once (two descriptors each); idle ones past it are closed. By
+    /// default what the descriptor limit affords (see `FileBudget::for_descriptors`).
+    #[serde(default)]
+    pub max_open_chunks: Option<usize>,
 }
 
 fn default_recovery_rate() -> u64 {
@@ -135,12 +140,22 @@ impl StorageNode {
         let addr = listener.local_addr()?;
         let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
 
+        let descriptors = tessera_engine::fsutil::raise_descriptor_limit()?;
+        let budget = match cfg.max_open_chunks {
+            Some(n) => FileBudget::new(n),
+            None => FileBudget::for_descriptors(descriptors),
+        };
+        tracing::info!(
+            descriptors,
+            open_chunks = budget.stats().limit,
+            "descriptor limit"
+        );
         let data_dir = cfg.data_dir.clone();
         let segment_size = cfg.log_segment_bytes;
         let (log, recovered, chunks) = tokio::task::spawn_blocking(move || {
             let (log, rec) = Log::open(&data_dir.join("log"), LogOptions { segment_size })?;
             // One directory per replica group (see `ChunkStores`).
-            let chunks = ChunkStores::open(&data_dir.join("groups"))?;
+            let chunks = ChunkStores::open_in(&data_dir.join("groups"), budget)?;
             Ok::<_, tessera_engine::Error>((log, rec, chunks))
         })
         .await
@@ -190,6 +205,7 @@ impl StorageNode {
             }),
             chunks,
             recovery,
+            descriptors,
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;
@@ -300,6 +316,7 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
     }));
     let groups = orx.await.unwrap_or_default();
     let (capacity_bytes, used_bytes) = (shared.capacity)();
+    let open = shared.chunks.budget().stats();
     NodeHeartbeat {
         node_id: shared.node_id,
         capacity_bytes,
@@ -310,6 +327,12 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
+        descriptors: Descriptors {
+            limit: shared.descriptors,
+            chunks_open: open.open as u64,
+            chunks_budget: open.limit as u64,
+            chunks_closed: open.closed,
+        },
     }
 }
 
@@ -372,6 +395,7 @@ mod tests {
             log_segment_bytes: default_segment(),
             metrics_listen: None,
             recovery_bytes_per_sec: default_recovery_rate(),
+            max_open_chunks: None,
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) capacity: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
     pub(crate) chunks: Arc<ChunkStores>,
     pub(crate) recovery: Arc<std::sync::Mutex<RecoveryStats>>,
+    /// The process's descriptor limit, as raised at start.
+    pub(crate) descriptors: u64,
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

@@ -270,8 +270,8 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
             }
             println!("NODES");
             println!(
-                "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8}",
-                "ID", "ZONE", "RACK", "ADDRESS", "STATE", "REPLICAS", "LEADERS"
+                "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8} {:>15}",
+                "ID", "ZONE", "RACK", "ADDRESS", "STATE", "REPLICAS", "LEADERS", "OPEN CHUNKS"
             );
             for n in &s.nodes {
                 let state = if n.draining {
@@ -279,9 +279,14 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
                 } else {
                     n.state.clone()
                 };
+                // Open chunks against the node's budget of them (see `Descriptors`).
+                let open = n.descriptors.map_or_else(
+                    || "-".to_string(),
+                    |d| format!("{}/{}", d.chunks_open, d.chunks_budget),
+                );
                 println!(
-                    "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8}",
-                    n.node_id, n.zone, n.rack, n.addr, state, n.replicas, n.leaders
+                    "{:>4} {:<10} {:<10} {:<22} {:<8} {:>9} {:>8} {:>15}",
+                    n.node_id, n.zone, n.rack, n.addr, state, n.replicas, n.leaders, open
                 );
             }
             println!("\nGROUPS");

@@ -185,6 +185,7 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
             addr,
             child: Some(child),
             log,
+            nofile: None,
         });
     }
     let c = Cluster {
@@ -192,6 +193,7 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         manager_addr,
         manager: Some(manager),
         nodes,
+        nofile: None,
     };
     c.wait_ready(3).await;
     c.create_volume("p", "4MiB", "1MiB");

@@ -6,7 +6,7 @@ use super::*;
 
 const B: u64 = BLOCK_SIZE;
 
-fn store() -> (tempfile::TempDir, ChunkStore) {
+fn store() -> (tempfile::TempDir, Arc<ChunkStore>) {
     let tmp = tempfile::tempdir().unwrap();
     let s = ChunkStore::open(tmp.path()).unwrap();
     (tmp, s)
@@ -261,4 +261,53 @@ fn verify_blocks_finds_the_blocks_whose_bytes_do_not_match_their_checksum() {
         s.verify_blocks(1, 0, MAX_CHUNK / B, 1),
         Err(Error::OutOfRange(_))
     ));
+}
+
+/// Chunks of several stores share one node-wide budget: past it, the least recently used
+/// idle ones are closed (dirty ones made durable first), and every chunk still reads back,
+/// also after a restart.
+#[test]
+fn many_chunks_stay_within_one_budget_across_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = FileBudget::new(32);
+    let stores: Vec<_> = (0..3)
+        .map(|i| ChunkStore::open_in(&tmp.path().join(format!("s{i}")), &budget).unwrap())
+        .collect();
+    const CHUNKS: u64 = 600;
+    for chunk in 0..CHUNKS {
+        let s = &stores[(chunk % 3) as usize];
+        s.write(1, chunk, chunk * 8, &chunk.to_le_bytes()).unwrap();
+        if chunk % 10 == 9 {
+            // As the apply loop does after each batch: written files are then idle.
+            for s in &stores {
+                s.start_writeback();
+            }
+        }
+        let open = budget.stats().open;
+        assert!(open <= 32 + 10, "{open} chunks open after {chunk} writes");
+        if chunk == 300 {
+            // A sync in the middle: closed dirty chunks were synced when closed.
+            for s in &stores {
+                s.sync().unwrap();
+            }
+        }
+    }
+    assert!(budget.stats().closed >= CHUNKS - 42, "{:?}", budget.stats());
+    for s in &stores {
+        s.sync().unwrap();
+    }
+    drop(stores);
+    assert_eq!(budget.stats().open, 0, "every handle released");
+    let budget = FileBudget::new(32);
+    let stores: Vec<_> = (0..3)
+        .map(|i| ChunkStore::open_in(&tmp.path().join(format!("s{i}")), &budget).unwrap())
+        .collect();
+    for chunk in 0..CHUNKS {
+        let s = &stores[(chunk % 3) as usize];
+        assert_eq!(
+            &s.read(1, chunk, chunk * 8, 8).unwrap()[..],
+            chunk.to_le_bytes()
+        );
+        assert!(budget.stats().open <= 32);
+    }
 }

@@ -43,6 +43,8 @@ pub struct NodeProc {
     pub addr: String,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// The process's open-file limit (soft and hard), if lowered.
+    pub nofile: Option<u64>,
 }
 
 pub struct Cluster {
@@ -50,6 +52,8 @@ pub struct Cluster {
     pub manager_addr: String,
     pub manager: Option<Child>,
     pub nodes: Vec<NodeProc>,
+    /// Given to the storage nodes added from now on (see [`NodeProc::nofile`]).
+    pub nofile: Option<u64>,
 }
 
 pub struct Opts {
@@ -57,6 +61,8 @@ pub struct Opts {
     pub groups_per_node: u32,
     /// Extra lines for every storage.toml.
     pub storage_extra: String,
+    /// The storage processes' open-file limit, soft and hard (unchanged if `None`).
+    pub nofile: Option<u64>,
 }
 
 impl Default for Opts {
@@ -65,26 +71,48 @@ impl Default for Opts {
             nodes: 3,
             groups_per_node: 4,
             storage_extra: String::new(),
+            nofile: None,
         }
     }
 }
 
 /// Starts `tessera args`, appending its output to `log` (a restart keeps the earlier lines).
 fn spawn(args: &[&str], log: &Path) -> Child {
+    spawn_limited(args, log, None)
+}
+
+/// [`spawn`] with the open-file limit (soft and hard) set to `nofile` if given.
+fn spawn_limited(args: &[&str], log: &Path, nofile: Option<u64>) -> Child {
+    use std::os::unix::process::CommandExt;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
     let err = out.try_clone().expect("log file");
-    Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn tessera")
+        .stderr(err);
+    if let Some(n) = nofile {
+        let limit = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: runs in the child between fork and exec, calling only setrlimit (async-
+        // signal-safe) on a struct copied into the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().expect("spawn tessera")
 }
 
 impl Cluster {
@@ -113,10 +141,12 @@ impl Cluster {
             addr,
             child: None,
             log,
+            nofile: self.nofile,
         };
-        n.child = Some(spawn(
+        n.child = Some(spawn_limited(
             &["storage", "--config", n.config.to_str().expect("utf8")],
             &n.log,
+            n.nofile,
         ));
         self.nodes.push(n);
     }
@@ -147,9 +177,10 @@ impl Cluster {
 
     pub fn restart_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.child = Some(spawn(
+        n.child = Some(spawn_limited(
             &["storage", "--config", n.config.to_str().expect("utf8")],
             &n.log,
+            n.nofile,
         ));
     }
 
@@ -307,6 +338,7 @@ impl Cluster {
             manager: Some(manager),
             nodes: Vec::new(),
             dir,
+            nofile: opts.nofile,
         };
         for i in 0..opts.nodes {
             c.add_node(i, &opts.storage_extra);
@@ -471,6 +503,7 @@ impl HaCluster {
                 addr,
                 child: Some(child),
                 log,
+                nofile: None,
             });
         }
         c
@@ -683,9 +716,10 @@ impl HaCluster {
 
     pub fn restart_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.child = Some(spawn(
+        n.child = Some(spawn_limited(
             &["storage", "--config", n.config.to_str().expect("utf8")],
             &n.log,
+            n.nofile,
         ));
     }
 
