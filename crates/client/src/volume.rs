@@ -2,7 +2,7 @@
 //! leader, and retrying transient failures.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,9 +66,24 @@ pub(crate) struct VolumeInner {
     pub(crate) client: Client,
     pub(crate) info: VolumeInfo,
     routes: RwLock<HashMap<u64, Arc<Route>>>,
+    /// Held while a page of routes is fetched, so tasks missing the same page wait for one
+    /// fetch; it keeps the chunks the last page covered and when it was asked for.
+    last_page: tokio::sync::Mutex<Option<PageSeen>>,
+    /// The manager predates paged route lookups: look chunks up one at a time, and fence
+    /// the groups of the routes it gave at open (all of them, then).
+    unpaged: AtomicBool,
     /// The read-write attachment, shared by this client's handles of the volume (`None`:
     /// opened read-only).
     attachment: Option<Arc<Attachment>>,
+}
+
+/// The chunks a page of routes covered: every one in `first..end` it has no route for was
+/// unmapped when the page was asked for, at `asked`.
+#[derive(Clone, Copy)]
+struct PageSeen {
+    first: u64,
+    end: u64,
+    asked: Instant,
 }
 
 /// One piece of a request: inside one chunk, at most [`MAX_IO`] bytes.
@@ -98,6 +113,8 @@ impl Volume {
                 client,
                 info,
                 routes: RwLock::new(routes),
+                last_page: tokio::sync::Mutex::new(None),
+                unpaged: AtomicBool::new(false),
                 attachment,
             }),
         }
@@ -151,12 +168,7 @@ impl Volume {
     /// returns once each group has it in its log (see `Op::Fence`).
     pub(crate) async fn fence_with(&self, epoch: u64) -> Result<()> {
         // One chunk of each group addresses the group.
-        let groups: BTreeMap<u64, u64> = self
-            .inner
-            .routes
-            .read()
-            .map(|m| m.iter().map(|(c, r)| (r.group_id, *c)).collect())
-            .unwrap_or_default();
+        let groups = self.groups().await?;
         let mut tasks = PieceTasks(Vec::with_capacity(groups.len()));
         for chunk in groups.into_values() {
             let v = self.clone();
@@ -314,6 +326,100 @@ impl Volume {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// One chunk of each group holding the volume's chunks, by group id, asked of the
+    /// manager a bounded page at a time; the routes are cached.
+    async fn groups(&self) -> Result<BTreeMap<u64, u64>> {
+        let mut groups = BTreeMap::new();
+        let mut after_group = 0;
+        while !self.inner.unpaged.load(Ordering::Relaxed) {
+            let req = ManagerRequest::VolumeGroups {
+                volume_id: self.inner.info.id,
+                after_group,
+                epoch: self.epoch_or_zero(),
+            };
+            let page = match self.manager(&req).await {
+                Ok(ManagerReply::Groups(page)) => page,
+                Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+                Err(e) if unknown_request(&e) => {
+                    self.inner.unpaged.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            groups.extend(page.routes.iter().map(|r| (r.group_id, r.chunk)));
+            self.cache(page.routes);
+            match page.next {
+                Some(next) if next > after_group => after_group = next,
+                _ => return Ok(groups),
+            }
+        }
+        // A manager from before paging gave every route at open.
+        Ok(self
+            .inner
+            .routes
+            .read()
+            .map(|m| m.iter().map(|(c, r)| (r.group_id, *c)).collect())
+            .unwrap_or_default())
+    }
+
+    /// A manager call of this handle: a refusal of its epoch ends its attachment.
+    async fn manager(&self, req: &ManagerRequest) -> Result<ManagerReply> {
+        match self.inner.client.call(req).await {
+            Err(Error::Control(ControlError::Conflict(m))) => {
+                if let Some(a) = &self.inner.attachment {
+                    a.end(&m);
+                }
+                Err(Error::Fenced(m))
+            }
+            other => other,
+        }
+    }
+
+    /// Caches `routes`, keeping routes already cached (and the leaders learnt for them).
+    fn cache(&self, routes: Vec<ChunkRoute>) {
+        if let Ok(mut m) = self.inner.routes.write() {
+            for r in routes.into_iter().filter(|r| !r.peers.is_empty()) {
+                m.entry(r.chunk).or_insert_with(|| Arc::new(Route::from(r)));
+            }
+        }
+    }
+
+    /// The cached route of `chunk` after asking the manager for the page of routes from
+    /// it on (once for all tasks missing it at the same time). `Ok(None)`: unmapped when
+    /// asked. `Err` of an unknown request: the manager predates pages.
+    async fn route_from_page(&self, chunk: u64) -> Result<Option<Arc<Route>>> {
+        let asked = Instant::now();
+        let mut last = self.inner.last_page.lock().await;
+        if let Some(r) = self.cached_route(chunk) {
+            return Ok(Some(r));
+        }
+        // A page asked for since this lookup began is as fresh as one asked for now.
+        if let Some(p) = *last
+            && p.asked >= asked
+            && (p.first..p.end).contains(&chunk)
+        {
+            return Ok(None);
+        }
+        let req = ManagerRequest::Routes {
+            volume_id: self.inner.info.id,
+            first_chunk: chunk,
+            limit: 0,
+            epoch: self.epoch_or_zero(),
+        };
+        let asked = Instant::now();
+        let page = match self.manager(&req).await? {
+            ManagerReply::Routes(page) => page,
+            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+        };
+        *last = Some(PageSeen {
+            first: chunk,
+            end: page.next.unwrap_or(u64::MAX),
+            asked,
+        });
+        self.cache(page.routes);
+        Ok(self.cached_route(chunk))
+    }
+
     fn cached_route(&self, chunk: u64) -> Option<Arc<Route>> {
         self.inner
             .routes
@@ -322,18 +428,25 @@ impl Volume {
             .and_then(|m| m.get(&chunk).cloned())
     }
 
-    /// The route of `chunk`: cached, else asked of the manager (allocating the chunk on a
-    /// write). `None`: the chunk was never written and reads as zeroes.
+    /// The route of `chunk`: cached, else asked of the manager with the routes of the
+    /// mapped chunks after it (allocating the chunk on a write; `refresh`: only this chunk,
+    /// the cached route failed). `None`: the chunk was never written and reads as zeroes.
     async fn route(&self, chunk: u64, allocate: bool, refresh: bool) -> Result<Option<Arc<Route>>> {
-        if !refresh
-            && let Some(r) = self
-                .inner
-                .routes
-                .read()
-                .ok()
-                .and_then(|m| m.get(&chunk).cloned())
-        {
-            return Ok(Some(r));
+        if !refresh {
+            if let Some(r) = self.cached_route(chunk) {
+                return Ok(Some(r));
+            }
+            if !self.inner.unpaged.load(Ordering::Relaxed) {
+                match self.route_from_page(chunk).await {
+                    Ok(Some(r)) => return Ok(Some(r)),
+                    Ok(None) if !allocate => return Ok(None),
+                    Ok(None) => {}
+                    Err(e) if unknown_request(&e) => {
+                        self.inner.unpaged.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let req = ManagerRequest::Route {
             volume_id: self.inner.info.id,
@@ -341,16 +454,9 @@ impl Volume {
             allocate,
             epoch: self.epoch_or_zero(),
         };
-        let route = match self.inner.client.call(&req).await {
-            Ok(ManagerReply::Route(r)) => r,
-            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(Error::Control(ControlError::Conflict(m))) => {
-                if let Some(a) = &self.inner.attachment {
-                    a.end(&m);
-                }
-                return Err(Error::Fenced(m));
-            }
-            Err(e) => return Err(e),
+        let route = match self.manager(&req).await? {
+            ManagerReply::Route(r) => r,
+            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
         };
         let Some(route) = route.filter(|r| !r.peers.is_empty()) else {
             return Ok(None);
@@ -640,6 +746,12 @@ impl<T> Drop for PieceTasks<T> {
     }
 }
 
+/// A manager from before paged route lookups cannot decode their requests.
+fn unknown_request(e: &Error) -> bool {
+    matches!(e, Error::Control(ControlError::Invalid(m))
+        if m.starts_with("malformed request") && m.contains("unknown variant"))
+}
+
 /// A new request id: this process's random identity in the high half, a count in the low.
 fn request_id() -> u128 {
     use std::hash::{BuildHasher, Hasher};
@@ -681,6 +793,8 @@ mod tests {
             client: Client::offline(),
             info: vol(size, cs),
             routes: RwLock::new(HashMap::new()),
+            last_page: tokio::sync::Mutex::new(None),
+            unpaged: AtomicBool::new(false),
             attachment: None,
         };
         let v = Volume {

@@ -80,6 +80,7 @@ async fn attach(m: &Manager, name: &str, client: &str) -> Result<u64, NetError> 
     let req = ManagerRequest::AttachVolume {
         name: name.into(),
         client: client.into(),
+        paged: true,
     };
     match ask(m, req).await? {
         ManagerReply::Attached { epoch, .. } => Ok(epoch),
@@ -207,11 +208,11 @@ async fn a_cluster_is_placed_served_and_survives_a_restart() {
 
     m.shutdown().await;
     let m = Manager::start(config(dir.path())).await.unwrap();
-    let ManagerReply::Opened { volume, chunks } =
-        ask(&m, ManagerRequest::OpenVolume { name: "db1".into() })
-            .await
-            .unwrap()
-    else {
+    let open = ManagerRequest::OpenVolume {
+        name: "db1".into(),
+        paged: true,
+    };
+    let ManagerReply::Opened { volume, chunks, .. } = ask(&m, open).await.unwrap() else {
         panic!()
     };
     assert_eq!((volume.id, volume.mapped_chunks), (1, 1));
