@@ -56,6 +56,14 @@ pub struct StorageConfig {
     /// catching up after an absence), so that client I/O keeps its latency.
     #[serde(default = "default_recovery_rate")]
     pub recovery_bytes_per_sec: u64,
+    /// Chunks asked for with one request of a peer's chunk list when copying a replica
+    /// (at most, and by default, `tessera_proto::copy::MAX_LIST_PAGE`).
+    #[serde(default = "default_copy_list_page")]
+    pub copy_list_page: u32,
+}
+
+fn default_copy_list_page() -> u32 {
+    tessera_proto::copy::MAX_LIST_PAGE
 }
 
 fn default_recovery_rate() -> u64 {
@@ -162,6 +170,7 @@ impl StorageNode {
         let fetcher = Arc::new(fetch::Fetcher {
             throttle: Arc::new(fetch::Throttle::new(cfg.recovery_bytes_per_sec)),
             stats: recovery.clone(),
+            list_page: cfg.copy_list_page,
         });
         let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
         ncfg.min_free_bytes = cfg.min_free_bytes;
@@ -372,6 +381,7 @@ mod tests {
             log_segment_bytes: default_segment(),
             metrics_listen: None,
             recovery_bytes_per_sec: default_recovery_rate(),
+            copy_list_page: default_copy_list_page(),
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

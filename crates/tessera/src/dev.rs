@@ -68,6 +68,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             log_segment_bytes: 64 << 20,
             metrics_listen: None,
             recovery_bytes_per_sec: 100 << 20,
+            copy_list_page: tessera_proto::copy::MAX_LIST_PAGE,
         };
         nodes.push(
             StorageNode::start(cfg)
