@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
-    ChunkRoute, ClusterStatus, ControlError, GroupStatus, MAX_ROUTES_PER_PAGE, ManagerReply,
-    ManagerRequest, NodeHeartbeat, NodeRegistration, NodeStatus, ReplicaStatus, RoutePage,
-    StorageRequest,
+    ChunkRoute, ClusterStatus, ControlError, GroupStatus, MAX_DROP_CHUNKS, MAX_ROUTES_PER_PAGE,
+    ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration, NodeStatus, ReplicaStatus,
+    RoutePage, StorageRequest,
 };
 use tracing::{info, warn};
 
@@ -475,16 +475,19 @@ impl Service {
             let leader = self.live.leader(g, now.instant);
             let mut members = g.members.clone();
             members.sort_by_key(|m| Some(*m) != leader);
-            let peers = members
+            let peers: Vec<String> = members
                 .iter()
                 .filter_map(|m| self.state.node(*m).map(|n| n.addr.clone()))
                 .collect();
-            orders.push(DropOrder {
-                group_id,
-                volume_id: dropped.volume_id,
-                chunks,
-                peers,
-            });
+            // Bounded requests, whatever the volume held in the group.
+            for part in chunks.chunks(MAX_DROP_CHUNKS) {
+                orders.push(DropOrder {
+                    group_id,
+                    volume_id: dropped.volume_id,
+                    chunks: part.to_vec(),
+                    peers: peers.clone(),
+                });
+            }
         }
         Ok(ManagerReply::Deleted)
     }

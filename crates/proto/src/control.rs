@@ -14,6 +14,10 @@ use crate::DecodeError;
 /// Default chunk size of a volume: 64 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 
+/// Most chunks one [`StorageRequest::DropChunks`] names (about 1.4 MiB of JSON at most): a
+/// deleted volume's chunks in a group are dropped in as many requests as needed.
+pub const MAX_DROP_CHUNKS: usize = 64 * 1024;
+
 /// Most routes one answer carries ([`RoutePage`], and the routes of [`ManagerReply::Opened`]
 /// and [`ManagerReply::Attached`]). No answer grows with a volume's size: a route is about
 /// 200 bytes of JSON with three peers and under 2 KB with six peers (a group moving) named
@@ -200,7 +204,8 @@ pub struct RoutePage {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StorageRequest {
-    /// Drop these chunks of a deleted volume (proposed through the group's log).
+    /// Drop these chunks of a deleted volume (proposed through the group's log): at most
+    /// [`MAX_DROP_CHUNKS`] in one request.
     DropChunks {
         group_id: u64,
         volume_id: u64,
