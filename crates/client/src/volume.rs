@@ -77,6 +77,10 @@ pub(crate) struct VolumeInner {
     attachment: Option<Arc<Attachment>>,
 }
 
+/// Route pages are asked for from a multiple of this many chunks (far fewer than a page
+/// holds, so the page still reaches the chunk that was missed).
+const PAGE_ALIGN: u64 = 64;
+
 /// The chunks a page of routes covered: every one in `first..end` it has no route for was
 /// unmapped when the page was asked for, at `asked`.
 #[derive(Clone, Copy)]
@@ -384,9 +388,9 @@ impl Volume {
         }
     }
 
-    /// The cached route of `chunk` after asking the manager for the page of routes from
-    /// it on (once for all tasks missing it at the same time). `Ok(None)`: unmapped when
-    /// asked. `Err` of an unknown request: the manager predates pages.
+    /// The cached route of `chunk` after asking the manager for the page of routes around
+    /// it (once for all tasks missing it at the same time). `Ok(None)`: unmapped when asked.
+    /// `Err` of an unknown request: the manager predates pages.
     async fn route_from_page(&self, chunk: u64) -> Result<Option<Arc<Route>>> {
         let asked = Instant::now();
         let mut last = self.inner.last_page.lock().await;
@@ -400,24 +404,38 @@ impl Volume {
         {
             return Ok(None);
         }
-        let req = ManagerRequest::Routes {
-            volume_id: self.inner.info.id,
-            first_chunk: chunk,
-            limit: 0,
-            epoch: self.epoch_or_zero(),
-        };
-        let asked = Instant::now();
-        let page = match self.manager(&req).await? {
-            ManagerReply::Routes(page) => page,
-            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-        };
-        *last = Some(PageSeen {
-            first: chunk,
-            end: page.next.unwrap_or(u64::MAX),
-            asked,
-        });
-        self.cache(page.routes);
-        Ok(self.cached_route(chunk))
+        // From an aligned chunk, so that tasks missing nearby chunks at once share the page;
+        // if the page ends before `chunk` (more mapped chunks in between than it holds),
+        // again from `chunk` itself, whose page starts with its route if it has one.
+        for first in [chunk - chunk % PAGE_ALIGN, chunk] {
+            let req = ManagerRequest::Routes {
+                volume_id: self.inner.info.id,
+                first_chunk: first,
+                limit: 0,
+                epoch: self.epoch_or_zero(),
+            };
+            let asked = Instant::now();
+            let page = match self.manager(&req).await? {
+                ManagerReply::Routes(page) => page,
+                other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            };
+            let seen = PageSeen {
+                first,
+                end: page.next.unwrap_or(u64::MAX),
+                asked,
+            };
+            *last = Some(seen);
+            self.cache(page.routes);
+            if let Some(r) = self.cached_route(chunk) {
+                return Ok(Some(r));
+            }
+            if (seen.first..seen.end).contains(&chunk) {
+                return Ok(None);
+            }
+        }
+        Err(Error::Io(format!(
+            "the manager's page of routes from chunk {chunk} does not cover it"
+        )))
     }
 
     fn cached_route(&self, chunk: u64) -> Option<Arc<Route>> {
@@ -823,6 +841,115 @@ mod tests {
         assert!(pieces(64 * mib, 8 * mib, 64 * mib - 1, 2).is_err());
         assert!(pieces(64 * mib, 8 * mib, u64::MAX, 2).is_err());
         assert!(pieces(64 * mib, 8 * mib, 64 * mib, 0).unwrap().is_empty());
+    }
+
+    /// A manager played by the test, holding the routes of `mapped` chunks (group 1 on one
+    /// node): answers route lookups and records each request's kind. `old`: a manager from
+    /// before paged lookups, which cannot decode `Routes` or `VolumeGroups`.
+    async fn fake_manager(
+        mapped: Vec<u64>,
+        old: bool,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tessera_proto::control::RoutePage;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let route = |chunk| ChunkRoute {
+            chunk,
+            group_id: 1,
+            peers: vec![tessera_proto::control::PeerInfo {
+                node_id: 1,
+                addr: "127.0.0.1:9".into(),
+            }],
+            leader: Some(1),
+        };
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (log, mapped) = (log.clone(), mapped.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut frames = tessera_net::FrameReader::new(r);
+                    while let Ok(Some(f)) = frames.next().await {
+                        let req: ManagerRequest = tessera_proto::control::decode(&f.body).unwrap();
+                        let kind = format!("{req:?}");
+                        let kind = kind.split([' ', '(']).next().unwrap_or("").to_string();
+                        log.lock().unwrap().push(kind.clone());
+                        let res: std::result::Result<ManagerReply, ControlError> = match req {
+                            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+                            ManagerRequest::Route { chunk, .. } => Ok(ManagerReply::Route(
+                                mapped.contains(&chunk).then(|| route(chunk)),
+                            )),
+                            _ if old => Err(ControlError::Invalid(format!(
+                                "malformed request: unknown variant `{kind}`, expected one of \
+                                 `RegisterNode`, `Heartbeat`"
+                            ))),
+                            ManagerRequest::Routes {
+                                first_chunk, limit, ..
+                            } => {
+                                let mut from = mapped.iter().filter(|c| **c >= first_chunk);
+                                let routes: Vec<ChunkRoute> = from
+                                    .by_ref()
+                                    .take(if limit == 0 { 1024 } else { limit as usize })
+                                    .map(|c| route(*c))
+                                    .collect();
+                                Ok(ManagerReply::Routes(RoutePage {
+                                    routes,
+                                    next: from.next().copied(),
+                                }))
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        };
+                        let reply = tessera_net::rpc_reply(f.request_id, &res);
+                        tessera_net::write_frame(&mut w, &reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Tasks missing routes of nearby chunks at the same time share page fetches; nothing is
+    /// looked up chunk by chunk. A page tells an unmapped chunk only to lookups that began
+    /// before it was asked for (else a chunk mapped in between could read as zeroes), so
+    /// the tasks that arrived while the first page was on its way share a second one.
+    #[tokio::test]
+    async fn concurrent_misses_fetch_one_page_of_routes() {
+        let mapped: Vec<u64> = (0..200).filter(|c| c % 3 != 1).collect();
+        let (addr, seen) = fake_manager(mapped.clone(), false).await;
+        let client = Client::connect(vec![addr]).await.expect("connect");
+        let v = Volume::read_only(client, vol(1 << 30, 1 << 20), vec![]);
+        let mut tasks = Vec::new();
+        for chunk in 0..64u64 {
+            let v = v.clone();
+            tasks.push(tokio::spawn(async move {
+                (chunk, v.route(chunk, false, false).await.expect("route"))
+            }));
+        }
+        for t in tasks {
+            let (chunk, r) = t.await.unwrap();
+            assert_eq!(r.is_some(), mapped.contains(&chunk), "chunk {chunk}");
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[0], "ListVolumes");
+        assert!(
+            (2..=3).contains(&seen.len()) && seen[1..].iter().all(|k| k == "Routes"),
+            "{seen:?}"
+        );
+    }
+
+    /// Against a manager from before paging, the client looks chunks up one by one.
+    #[tokio::test]
+    async fn a_manager_without_paged_lookups_is_asked_chunk_by_chunk() {
+        let (addr, seen) = fake_manager(vec![3, 5], true).await;
+        let client = Client::connect(vec![addr]).await.expect("connect");
+        let v = Volume::read_only(client, vol(1 << 30, 1 << 20), vec![]);
+        assert!(v.route(3, false, false).await.expect("route").is_some());
+        assert!(v.route(4, false, false).await.expect("route").is_none());
+        assert!(v.route(5, false, false).await.expect("route").is_some());
+        assert!(v.inner.unpaged.load(Ordering::Relaxed));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, ["ListVolumes", "Routes", "Route", "Route", "Route"]);
     }
 
     /// A storage node played by the test: records each request with its arrival time (Unix
