@@ -9,7 +9,9 @@
 //!   storage node).
 //!
 //! A request is split at chunk boundaries (and at [`MAX_IO`]); each piece goes to the
-//! leader of the chunk's replica group. Routes come from the manager once and are cached;
+//! leader of the chunk's replica group. Routes come from the manager when first needed, a
+//! bounded page of consecutive mapped chunks at a time (no answer grows with the volume),
+//! and are cached;
 //! a wrong-leader answer carries a hint that is followed at once, and other transient
 //! failures (a dead node, an election in progress, a group still being created) are retried
 //! with bounded back-off until [`RETRY_FOR`] has passed. The application sees latency, not
@@ -176,16 +178,18 @@ impl Client {
         let req = ManagerRequest::AttachVolume {
             name: name.into(),
             client: self.inner.name.clone(),
+            paged: true,
         };
         let gate = self.inner.attach_gate.lock().await;
         // The manager answers a client that holds the volume already with its epoch (and
-        // the volume's current size and routes).
+        // the volume's current size, and routes to its first groups).
         let (volume, chunks, epoch, lease_ms) = match self.call(&req).await {
             Ok(ManagerReply::Attached {
                 volume,
                 chunks,
                 epoch,
                 lease_ms,
+                ..
             }) => (volume, chunks, epoch, lease_ms),
             Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
             Err(e) => return Err(open_error(name, e)),
@@ -202,10 +206,13 @@ impl Client {
     /// [`Error::ReadOnly`].
     pub async fn open_read_only(&self, name: &str) -> Result<Volume> {
         match self
-            .call(&ManagerRequest::OpenVolume { name: name.into() })
+            .call(&ManagerRequest::OpenVolume {
+                name: name.into(),
+                paged: true,
+            })
             .await
         {
-            Ok(ManagerReply::Opened { volume, chunks }) => {
+            Ok(ManagerReply::Opened { volume, chunks, .. }) => {
                 Ok(Volume::read_only(self.clone(), volume, chunks))
             }
             Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),

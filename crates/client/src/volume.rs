@@ -2,7 +2,7 @@
 //! leader, and retrying transient failures.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,9 +66,28 @@ pub(crate) struct VolumeInner {
     pub(crate) client: Client,
     pub(crate) info: VolumeInfo,
     routes: RwLock<HashMap<u64, Arc<Route>>>,
+    /// Held while a page of routes is fetched, so tasks missing the same page wait for one
+    /// fetch; it keeps the chunks the last page covered and when it was asked for.
+    last_page: tokio::sync::Mutex<Option<PageSeen>>,
+    /// The manager predates paged route lookups: look chunks up one at a time, and fence
+    /// the groups of the routes it gave at open (all of them, then).
+    unpaged: AtomicBool,
     /// The read-write attachment, shared by this client's handles of the volume (`None`:
     /// opened read-only).
     attachment: Option<Arc<Attachment>>,
+}
+
+/// Route pages are asked for from a multiple of this many chunks (far fewer than a page
+/// holds, so the page still reaches the chunk that was missed).
+const PAGE_ALIGN: u64 = 64;
+
+/// The chunks a page of routes covered: every one in `first..end` it has no route for was
+/// unmapped when the page was asked for, at `asked`.
+#[derive(Clone, Copy)]
+struct PageSeen {
+    first: u64,
+    end: u64,
+    asked: Instant,
 }
 
 /// One piece of a request: inside one chunk, at most [`MAX_IO`] bytes.
@@ -98,6 +117,8 @@ impl Volume {
                 client,
                 info,
                 routes: RwLock::new(routes),
+                last_page: tokio::sync::Mutex::new(None),
+                unpaged: AtomicBool::new(false),
                 attachment,
             }),
         }
@@ -151,12 +172,7 @@ impl Volume {
     /// returns once each group has it in its log (see `Op::Fence`).
     pub(crate) async fn fence_with(&self, epoch: u64) -> Result<()> {
         // One chunk of each group addresses the group.
-        let groups: BTreeMap<u64, u64> = self
-            .inner
-            .routes
-            .read()
-            .map(|m| m.iter().map(|(c, r)| (r.group_id, *c)).collect())
-            .unwrap_or_default();
+        let groups = self.groups().await?;
         let mut tasks = PieceTasks(Vec::with_capacity(groups.len()));
         for chunk in groups.into_values() {
             let v = self.clone();
@@ -314,6 +330,114 @@ impl Volume {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// One chunk of each group holding the volume's chunks, by group id, asked of the
+    /// manager a bounded page at a time; the routes are cached.
+    async fn groups(&self) -> Result<BTreeMap<u64, u64>> {
+        let mut groups = BTreeMap::new();
+        let mut after_group = 0;
+        while !self.inner.unpaged.load(Ordering::Relaxed) {
+            let req = ManagerRequest::VolumeGroups {
+                volume_id: self.inner.info.id,
+                after_group,
+                epoch: self.epoch_or_zero(),
+            };
+            let page = match self.manager(&req).await {
+                Ok(ManagerReply::Groups(page)) => page,
+                Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+                Err(e) if unknown_request(&e) => {
+                    self.inner.unpaged.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            groups.extend(page.routes.iter().map(|r| (r.group_id, r.chunk)));
+            self.cache(page.routes);
+            match page.next {
+                Some(next) if next > after_group => after_group = next,
+                _ => return Ok(groups),
+            }
+        }
+        // A manager from before paging gave every route at open.
+        Ok(self
+            .inner
+            .routes
+            .read()
+            .map(|m| m.iter().map(|(c, r)| (r.group_id, *c)).collect())
+            .unwrap_or_default())
+    }
+
+    /// A manager call of this handle: a refusal of its epoch ends its attachment.
+    async fn manager(&self, req: &ManagerRequest) -> Result<ManagerReply> {
+        match self.inner.client.call(req).await {
+            Err(Error::Control(ControlError::Conflict(m))) => {
+                if let Some(a) = &self.inner.attachment {
+                    a.end(&m);
+                }
+                Err(Error::Fenced(m))
+            }
+            other => other,
+        }
+    }
+
+    /// Caches `routes`, keeping routes already cached (and the leaders learnt for them).
+    fn cache(&self, routes: Vec<ChunkRoute>) {
+        if let Ok(mut m) = self.inner.routes.write() {
+            for r in routes.into_iter().filter(|r| !r.peers.is_empty()) {
+                m.entry(r.chunk).or_insert_with(|| Arc::new(Route::from(r)));
+            }
+        }
+    }
+
+    /// The cached route of `chunk` after asking the manager for the page of routes around
+    /// it (once for all tasks missing it at the same time). `Ok(None)`: unmapped when asked.
+    /// `Err` of an unknown request: the manager predates pages.
+    async fn route_from_page(&self, chunk: u64) -> Result<Option<Arc<Route>>> {
+        let asked = Instant::now();
+        let mut last = self.inner.last_page.lock().await;
+        if let Some(r) = self.cached_route(chunk) {
+            return Ok(Some(r));
+        }
+        // A page asked for since this lookup began is as fresh as one asked for now.
+        if let Some(p) = *last
+            && p.asked >= asked
+            && (p.first..p.end).contains(&chunk)
+        {
+            return Ok(None);
+        }
+        // From an aligned chunk, so that tasks missing nearby chunks at once share the page;
+        // if the page ends before `chunk` (more mapped chunks in between than it holds),
+        // again from `chunk` itself, whose page starts with its route if it has one.
+        for first in [chunk - chunk % PAGE_ALIGN, chunk] {
+            let req = ManagerRequest::Routes {
+                volume_id: self.inner.info.id,
+                first_chunk: first,
+                limit: 0,
+                epoch: self.epoch_or_zero(),
+            };
+            let asked = Instant::now();
+            let page = match self.manager(&req).await? {
+                ManagerReply::Routes(page) => page,
+                other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            };
+            let seen = PageSeen {
+                first,
+                end: page.next.unwrap_or(u64::MAX),
+                asked,
+            };
+            *last = Some(seen);
+            self.cache(page.routes);
+            if let Some(r) = self.cached_route(chunk) {
+                return Ok(Some(r));
+            }
+            if (seen.first..seen.end).contains(&chunk) {
+                return Ok(None);
+            }
+        }
+        Err(Error::Io(format!(
+            "the manager's page of routes from chunk {chunk} does not cover it"
+        )))
+    }
+
     fn cached_route(&self, chunk: u64) -> Option<Arc<Route>> {
         self.inner
             .routes
@@ -322,18 +446,25 @@ impl Volume {
             .and_then(|m| m.get(&chunk).cloned())
     }
 
-    /// The route of `chunk`: cached, else asked of the manager (allocating the chunk on a
-    /// write). `None`: the chunk was never written and reads as zeroes.
+    /// The route of `chunk`: cached, else asked of the manager with the routes of the
+    /// mapped chunks after it (allocating the chunk on a write; `refresh`: only this chunk,
+    /// the cached route failed). `None`: the chunk was never written and reads as zeroes.
     async fn route(&self, chunk: u64, allocate: bool, refresh: bool) -> Result<Option<Arc<Route>>> {
-        if !refresh
-            && let Some(r) = self
-                .inner
-                .routes
-                .read()
-                .ok()
-                .and_then(|m| m.get(&chunk).cloned())
-        {
-            return Ok(Some(r));
+        if !refresh {
+            if let Some(r) = self.cached_route(chunk) {
+                return Ok(Some(r));
+            }
+            if !self.inner.unpaged.load(Ordering::Relaxed) {
+                match self.route_from_page(chunk).await {
+                    Ok(Some(r)) => return Ok(Some(r)),
+                    Ok(None) if !allocate => return Ok(None),
+                    Ok(None) => {}
+                    Err(e) if unknown_request(&e) => {
+                        self.inner.unpaged.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let req = ManagerRequest::Route {
             volume_id: self.inner.info.id,
@@ -341,16 +472,9 @@ impl Volume {
             allocate,
             epoch: self.epoch_or_zero(),
         };
-        let route = match self.inner.client.call(&req).await {
-            Ok(ManagerReply::Route(r)) => r,
-            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(Error::Control(ControlError::Conflict(m))) => {
-                if let Some(a) = &self.inner.attachment {
-                    a.end(&m);
-                }
-                return Err(Error::Fenced(m));
-            }
-            Err(e) => return Err(e),
+        let route = match self.manager(&req).await? {
+            ManagerReply::Route(r) => r,
+            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
         };
         let Some(route) = route.filter(|r| !r.peers.is_empty()) else {
             return Ok(None);
@@ -640,6 +764,12 @@ impl<T> Drop for PieceTasks<T> {
     }
 }
 
+/// A manager from before paged route lookups cannot decode their requests.
+fn unknown_request(e: &Error) -> bool {
+    matches!(e, Error::Control(ControlError::Invalid(m))
+        if m.starts_with("malformed request") && m.contains("unknown variant"))
+}
+
 /// A new request id: this process's random identity in the high half, a count in the low.
 fn request_id() -> u128 {
     use std::hash::{BuildHasher, Hasher};
@@ -681,6 +811,8 @@ mod tests {
             client: Client::offline(),
             info: vol(size, cs),
             routes: RwLock::new(HashMap::new()),
+            last_page: tokio::sync::Mutex::new(None),
+            unpaged: AtomicBool::new(false),
             attachment: None,
         };
         let v = Volume {
@@ -709,6 +841,115 @@ mod tests {
         assert!(pieces(64 * mib, 8 * mib, 64 * mib - 1, 2).is_err());
         assert!(pieces(64 * mib, 8 * mib, u64::MAX, 2).is_err());
         assert!(pieces(64 * mib, 8 * mib, 64 * mib, 0).unwrap().is_empty());
+    }
+
+    /// A manager played by the test, holding the routes of `mapped` chunks (group 1 on one
+    /// node): answers route lookups and records each request's kind. `old`: a manager from
+    /// before paged lookups, which cannot decode `Routes` or `VolumeGroups`.
+    async fn fake_manager(
+        mapped: Vec<u64>,
+        old: bool,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tessera_proto::control::RoutePage;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let route = |chunk| ChunkRoute {
+            chunk,
+            group_id: 1,
+            peers: vec![tessera_proto::control::PeerInfo {
+                node_id: 1,
+                addr: "127.0.0.1:9".into(),
+            }],
+            leader: Some(1),
+        };
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (log, mapped) = (log.clone(), mapped.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut frames = tessera_net::FrameReader::new(r);
+                    while let Ok(Some(f)) = frames.next().await {
+                        let req: ManagerRequest = tessera_proto::control::decode(&f.body).unwrap();
+                        let kind = format!("{req:?}");
+                        let kind = kind.split([' ', '(']).next().unwrap_or("").to_string();
+                        log.lock().unwrap().push(kind.clone());
+                        let res: std::result::Result<ManagerReply, ControlError> = match req {
+                            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+                            ManagerRequest::Route { chunk, .. } => Ok(ManagerReply::Route(
+                                mapped.contains(&chunk).then(|| route(chunk)),
+                            )),
+                            _ if old => Err(ControlError::Invalid(format!(
+                                "malformed request: unknown variant `{kind}`, expected one of \
+                                 `RegisterNode`, `Heartbeat`"
+                            ))),
+                            ManagerRequest::Routes {
+                                first_chunk, limit, ..
+                            } => {
+                                let mut from = mapped.iter().filter(|c| **c >= first_chunk);
+                                let routes: Vec<ChunkRoute> = from
+                                    .by_ref()
+                                    .take(if limit == 0 { 1024 } else { limit as usize })
+                                    .map(|c| route(*c))
+                                    .collect();
+                                Ok(ManagerReply::Routes(RoutePage {
+                                    routes,
+                                    next: from.next().copied(),
+                                }))
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        };
+                        let reply = tessera_net::rpc_reply(f.request_id, &res);
+                        tessera_net::write_frame(&mut w, &reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Tasks missing routes of nearby chunks at the same time share page fetches; nothing is
+    /// looked up chunk by chunk. A page tells an unmapped chunk only to lookups that began
+    /// before it was asked for (else a chunk mapped in between could read as zeroes), so
+    /// the tasks that arrived while the first page was on its way share a second one.
+    #[tokio::test]
+    async fn concurrent_misses_fetch_one_page_of_routes() {
+        let mapped: Vec<u64> = (0..200).filter(|c| c % 3 != 1).collect();
+        let (addr, seen) = fake_manager(mapped.clone(), false).await;
+        let client = Client::connect(vec![addr]).await.expect("connect");
+        let v = Volume::read_only(client, vol(1 << 30, 1 << 20), vec![]);
+        let mut tasks = Vec::new();
+        for chunk in 0..64u64 {
+            let v = v.clone();
+            tasks.push(tokio::spawn(async move {
+                (chunk, v.route(chunk, false, false).await.expect("route"))
+            }));
+        }
+        for t in tasks {
+            let (chunk, r) = t.await.unwrap();
+            assert_eq!(r.is_some(), mapped.contains(&chunk), "chunk {chunk}");
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[0], "ListVolumes");
+        assert!(
+            (2..=3).contains(&seen.len()) && seen[1..].iter().all(|k| k == "Routes"),
+            "{seen:?}"
+        );
+    }
+
+    /// Against a manager from before paging, the client looks chunks up one by one.
+    #[tokio::test]
+    async fn a_manager_without_paged_lookups_is_asked_chunk_by_chunk() {
+        let (addr, seen) = fake_manager(vec![3, 5], true).await;
+        let client = Client::connect(vec![addr]).await.expect("connect");
+        let v = Volume::read_only(client, vol(1 << 30, 1 << 20), vec![]);
+        assert!(v.route(3, false, false).await.expect("route").is_some());
+        assert!(v.route(4, false, false).await.expect("route").is_none());
+        assert!(v.route(5, false, false).await.expect("route").is_some());
+        assert!(v.inner.unpaged.load(Ordering::Relaxed));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen, ["ListVolumes", "Routes", "Route", "Route", "Route"]);
     }
 
     /// A storage node played by the test: records each request with its arrival time (Unix

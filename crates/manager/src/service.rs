@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
-    ClusterStatus, ControlError, GroupStatus, ManagerReply, ManagerRequest, NodeHeartbeat,
-    NodeRegistration, NodeStatus, ReplicaStatus, StorageRequest,
+    ChunkRoute, ClusterStatus, ControlError, GroupStatus, MAX_DROP_CHUNKS, MAX_ROUTES_PER_PAGE,
+    ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration, NodeStatus, ReplicaStatus,
+    RoutePage, StorageRequest,
 };
 use tracing::{info, warn};
 
@@ -141,15 +142,21 @@ impl Service {
                 .and_then(|()| self.state.volume_by_name(&name))
                 .map(ManagerReply::Volume),
             ManagerRequest::DeleteVolume { name } => self.delete(&name, now, &mut orders),
-            ManagerRequest::OpenVolume { name } => {
-                self.state.open_volume(&name).map(|(volume, mut chunks)| {
-                    for r in &mut chunks {
-                        r.leader = self.leader(r.group_id, now);
-                    }
-                    ManagerReply::Opened { volume, chunks }
+            ManagerRequest::OpenVolume { name, paged } => {
+                self.state.open_volume(&name).and_then(|(volume, groups)| {
+                    let (chunks, more_groups) = self.first_groups(&name, groups, paged, now)?;
+                    Ok(ManagerReply::Opened {
+                        volume,
+                        chunks,
+                        more_groups,
+                    })
                 })
             }
-            ManagerRequest::AttachVolume { name, client } => self.attach(&name, &client, now),
+            ManagerRequest::AttachVolume {
+                name,
+                client,
+                paged,
+            } => self.attach(&name, &client, paged, now),
             ManagerRequest::RenewAttachment { volume_id, epoch } => {
                 attach::check_holder(&self.state, volume_id, epoch).map(|()| {
                     self.leases.renewed(volume_id, now.instant);
@@ -166,6 +173,28 @@ impl Service {
                 epoch,
             } => attach::check_route(&self.state, volume_id, epoch, allocate)
                 .and_then(|()| self.route(volume_id, chunk, allocate, now)),
+            ManagerRequest::Routes {
+                volume_id,
+                first_chunk,
+                limit,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, false)
+                .and_then(|()| self.state.route_page(volume_id, first_chunk, limit))
+                .map(|page| ManagerReply::Routes(self.with_leaders(page, now))),
+            ManagerRequest::VolumeGroups {
+                volume_id,
+                after_group,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, false)
+                .and_then(|()| self.state.group_page(volume_id, after_group))
+                .map(|page| ManagerReply::Groups(self.with_leaders(page, now))),
+            ManagerRequest::ProvisionChunks {
+                volume_id,
+                first_chunk,
+                count,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, true)
+                .and_then(|()| self.provision(volume_id, first_chunk, count, now)),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
         };
@@ -446,16 +475,19 @@ impl Service {
             let leader = self.live.leader(g, now.instant);
             let mut members = g.members.clone();
             members.sort_by_key(|m| Some(*m) != leader);
-            let peers = members
+            let peers: Vec<String> = members
                 .iter()
                 .filter_map(|m| self.state.node(*m).map(|n| n.addr.clone()))
                 .collect();
-            orders.push(DropOrder {
-                group_id,
-                volume_id: dropped.volume_id,
-                chunks,
-                peers,
-            });
+            // Bounded requests, whatever the volume held in the group.
+            for part in chunks.chunks(MAX_DROP_CHUNKS) {
+                orders.push(DropOrder {
+                    group_id,
+                    volume_id: dropped.volume_id,
+                    chunks: part.to_vec(),
+                    peers: peers.clone(),
+                });
+            }
         }
         Ok(ManagerReply::Deleted)
     }
@@ -494,8 +526,68 @@ impl Service {
         Ok(ManagerReply::Route(r))
     }
 
+    /// Maps the unmapped chunks of a range in one change (see
+    /// [`ManagerRequest::ProvisionChunks`]) and answers the range's routes.
+    fn provision(
+        &mut self,
+        volume_id: u64,
+        first_chunk: u64,
+        count: u32,
+        now: Now,
+    ) -> Result<ManagerReply, ControlError> {
+        let live = &self.live;
+        let m = self
+            .state
+            .plan_map_chunks(volume_id, first_chunk, count, |g| {
+                live.has_quorum(g, now.instant)
+            })?;
+        if let Some(m) = m {
+            self.commit(m)?;
+        }
+        let mut page = self.state.route_page(volume_id, first_chunk, count)?;
+        page.routes
+            .retain(|r| r.chunk < first_chunk.saturating_add(u64::from(count)));
+        Ok(ManagerReply::Routes(self.with_leaders(page, now)))
+    }
+
+    /// The groups of an open or attach answer, with leaders. A client from before paging
+    /// (`paged` false) fences exactly the groups it is given: a volume with more groups
+    /// than one answer holds is refused to it rather than fenced in part.
+    fn first_groups(
+        &self,
+        name: &str,
+        page: RoutePage,
+        paged: bool,
+        now: Now,
+    ) -> Result<(Vec<ChunkRoute>, bool), ControlError> {
+        let more = page.next.is_some();
+        if more && !paged {
+            return Err(ControlError::Invalid(format!(
+                "volume {name:?} spans more than {MAX_ROUTES_PER_PAGE} replica groups, more \
+                 than this client can be told at once; upgrade the client"
+            )));
+        }
+        Ok((self.with_leaders(page, now).routes, more))
+    }
+
+    fn with_leaders(&self, mut page: RoutePage, now: Now) -> RoutePage {
+        for r in &mut page.routes {
+            r.leader = self.leader(r.group_id, now);
+        }
+        page
+    }
+
     /// Grants `client` the read-write attachment of `name` (see `attach.rs`).
-    fn attach(&mut self, name: &str, client: &str, now: Now) -> Result<ManagerReply, ControlError> {
+    fn attach(
+        &mut self,
+        name: &str,
+        client: &str,
+        paged: bool,
+        now: Now,
+    ) -> Result<ManagerReply, ControlError> {
+        // Refused before anything is granted (see `first_groups`).
+        let (_, groups) = self.state.open_volume(name)?;
+        self.first_groups(name, groups, paged, now)?;
         let leases = &mut self.leases;
         let (m, epoch) = attach::plan_attach(&self.state, name, client, now.unix, |id| {
             leases.left(id, now.instant)
@@ -504,15 +596,14 @@ impl Service {
             self.commit(m)?;
             info!(volume = %name, client, epoch, "volume attached read-write");
         }
-        let (mut volume, mut chunks) = self.state.open_volume(name)?;
+        let (mut volume, groups) = self.state.open_volume(name)?;
+        let (chunks, more_groups) = self.first_groups(name, groups, paged, now)?;
         self.leases.renewed(volume.id, now.instant);
         self.add_lease(&mut volume, now);
-        for r in &mut chunks {
-            r.leader = self.leader(r.group_id, now);
-        }
         Ok(ManagerReply::Attached {
             volume,
             chunks,
+            more_groups,
             epoch,
             lease_ms: attach::LEASE.as_millis() as u64,
         })

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tessera_proto::control::{
-    AttachmentInfo, ChunkRoute, ControlError, DEFAULT_CHUNK_SIZE, GroupSpec, NodeRegistration,
-    PeerInfo, VolumeInfo,
+    AttachmentInfo, ChunkRoute, ControlError, DEFAULT_CHUNK_SIZE, GroupSpec, MAX_ROUTES_PER_PAGE,
+    NodeRegistration, PeerInfo, RoutePage, VolumeInfo,
 };
 
 use crate::placement::{self, Candidate};
@@ -63,6 +63,16 @@ pub struct GroupRecord {
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+/// The routes a page holds when `limit` were asked for (0: as many as may be).
+fn page_limit(limit: u32) -> usize {
+    match limit {
+        0 => MAX_ROUTES_PER_PAGE,
+        n => n.min(MAX_ROUTES_PER_PAGE),
+    }
+    .try_into()
+    .unwrap_or(usize::MAX)
 }
 
 impl GroupRecord {
@@ -126,6 +136,11 @@ pub enum Mutation {
         chunk: u64,
         group_id: u64,
     },
+    /// Many [`Mutation::MapChunk`]s of one volume at once: `(chunk, group id)` pairs.
+    MapChunks {
+        volume_id: u64,
+        chunks: Vec<(u64, u64)>,
+    },
     /// Start (or re-aim) a membership change of a group; an empty `target` abandons it.
     SetGroupTarget {
         group_id: u64,
@@ -182,6 +197,7 @@ impl NextIds {
             Mutation::PutVolume(v) => n.volume = n.volume.max(v.id.saturating_add(1)),
             Mutation::DeleteVolume { .. }
             | Mutation::MapChunk { .. }
+            | Mutation::MapChunks { .. }
             | Mutation::SetGroupTarget { .. }
             | Mutation::SetGroupMembers { .. }
             | Mutation::SetNodeDraining { .. }
@@ -203,6 +219,9 @@ struct Volume {
     rec: VolumeRecord,
     /// chunk index → group id.
     chunks: BTreeMap<u64, u64>,
+    /// `(group id, chunk index)` of every mapped chunk (derived): the groups holding the
+    /// volume, each with a chunk to address it by, found without a scan of the chunks.
+    by_group: BTreeSet<(u64, u64)>,
 }
 
 /// What a delete leaves for the storage nodes to clean up.
@@ -318,6 +337,7 @@ impl State {
                         Volume {
                             rec: v.clone(),
                             chunks: BTreeMap::new(),
+                            by_group: BTreeSet::new(),
                         },
                     );
                 }
@@ -337,16 +357,10 @@ impl State {
                 volume_id,
                 chunk,
                 group_id,
-            } => {
-                let Some(v) = self.volumes.get_mut(volume_id) else {
-                    return;
-                };
-                let old = v.chunks.insert(*chunk, *group_id);
-                if let Some(g) = old.and_then(|old| self.groups.get_mut(&old)) {
-                    g.chunks = g.chunks.saturating_sub(1);
-                }
-                if let Some(g) = self.groups.get_mut(group_id) {
-                    g.chunks += 1;
+            } => self.map_chunk(*volume_id, *chunk, *group_id),
+            Mutation::MapChunks { volume_id, chunks } => {
+                for (chunk, group_id) in chunks {
+                    self.map_chunk(*volume_id, *chunk, *group_id);
                 }
             }
             Mutation::SetGroupTarget { group_id, target } => {
@@ -655,17 +669,126 @@ impl State {
         ))
     }
 
-    /// The volume by name and the routes of its mapped chunks (without leaders, which only
-    /// heartbeats know).
-    pub fn open_volume(&self, name: &str) -> Result<(VolumeInfo, Vec<ChunkRoute>), ControlError> {
+    /// The volume by name and the first page of its groups ([`State::group_page`]).
+    pub fn open_volume(&self, name: &str) -> Result<(VolumeInfo, RoutePage), ControlError> {
         let id = self.id_of(name)?;
         let v = &self.volumes[&id];
-        let routes = v
-            .chunks
-            .iter()
+        Ok((self.info(v), self.group_page(id, 0)?))
+    }
+
+    /// The routes of the volume's mapped chunks from `first_chunk` on, at most `limit`
+    /// (capped at [`MAX_ROUTES_PER_PAGE`]; 0: that many); `next` is the next mapped chunk
+    /// (without leaders, which only heartbeats know).
+    pub fn route_page(
+        &self,
+        volume_id: u64,
+        first_chunk: u64,
+        limit: u32,
+    ) -> Result<RoutePage, ControlError> {
+        let v = self.volume(volume_id)?;
+        let count = volume::chunk_count(v.rec.size, v.rec.chunk_size);
+        if first_chunk >= count {
+            return Err(ControlError::Invalid(format!(
+                "chunk {first_chunk} is out of range: volume {:?} has {count} chunks",
+                v.rec.name
+            )));
+        }
+        let limit = page_limit(limit);
+        let mut mapped = v.chunks.range(first_chunk..);
+        let routes = mapped
+            .by_ref()
+            .take(limit)
             .map(|(c, g)| self.route_of(*c, *g))
             .collect();
-        Ok((self.info(v), routes))
+        Ok(RoutePage {
+            routes,
+            next: mapped.next().map(|(c, _)| *c),
+        })
+    }
+
+    /// One route for each group holding chunks of the volume, of groups with ids above
+    /// `after_group`, in id order: at most [`MAX_ROUTES_PER_PAGE`], each through the
+    /// volume's lowest chunk in that group; `next` is the `after_group` of the next page.
+    pub fn group_page(&self, volume_id: u64, after_group: u64) -> Result<RoutePage, ControlError> {
+        let v = self.volume(volume_id)?;
+        let mut routes: Vec<ChunkRoute> = Vec::new();
+        let mut from = after_group.checked_add(1);
+        while let Some(g) = from {
+            let Some(&(group, chunk)) = v.by_group.range((g, 0)..).next() else {
+                return Ok(RoutePage { routes, next: None });
+            };
+            if routes.len() == page_limit(0) {
+                let next = routes.last().map(|r| r.group_id);
+                return Ok(RoutePage { routes, next });
+            }
+            routes.push(self.route_of(chunk, group));
+            from = group.checked_add(1);
+        }
+        Ok(RoutePage { routes, next: None })
+    }
+
+    /// Maps every unmapped chunk of `first_chunk..first_chunk + count` (at most
+    /// [`MAX_ROUTES_PER_PAGE`]), each to the usable group holding the fewest chunks as
+    /// [`State::plan_map_chunk`] would one at a time. `None`: nothing to map; an error if
+    /// the range is out of the volume or no group is usable.
+    pub fn plan_map_chunks(
+        &self,
+        volume_id: u64,
+        first_chunk: u64,
+        count: u32,
+        usable: impl Fn(&GroupRecord) -> bool,
+    ) -> Result<Option<Mutation>, ControlError> {
+        let v = self.volume(volume_id)?;
+        let total = volume::chunk_count(v.rec.size, v.rec.chunk_size);
+        let end = first_chunk.saturating_add(u64::from(count));
+        if count > MAX_ROUTES_PER_PAGE || end > total {
+            return Err(ControlError::Invalid(format!(
+                "chunks {first_chunk}..{end} of volume {:?}: it has {total} chunks, and at \
+                 most {MAX_ROUTES_PER_PAGE} are provisioned at once",
+                v.rec.name
+            )));
+        }
+        // (chunks, id) of every usable group: the least loaded is taken, then counted.
+        let mut load: BTreeSet<(u64, u64)> = self
+            .groups
+            .values()
+            .filter(|g| usable(&g.rec))
+            .map(|g| (g.chunks, g.rec.id))
+            .collect();
+        let mut chunks = Vec::new();
+        for chunk in (first_chunk..end).filter(|c| !v.chunks.contains_key(c)) {
+            let Some((n, group)) = load.pop_first() else {
+                return Err(ControlError::Unavailable(
+                    "no replica group has a majority of its nodes up".into(),
+                ));
+            };
+            chunks.push((chunk, group));
+            load.insert((n + 1, group));
+        }
+        Ok((!chunks.is_empty()).then_some(Mutation::MapChunks { volume_id, chunks }))
+    }
+
+    fn volume(&self, volume_id: u64) -> Result<&Volume, ControlError> {
+        self.volumes
+            .get(&volume_id)
+            .ok_or_else(|| ControlError::NotFound(format!("volume with id {volume_id} not found")))
+    }
+
+    fn map_chunk(&mut self, volume_id: u64, chunk: u64, group_id: u64) {
+        let Some(v) = self.volumes.get_mut(&volume_id) else {
+            return;
+        };
+        let old = v.chunks.insert(chunk, group_id);
+        if let Some(old) = old {
+            v.by_group.remove(&(old, chunk));
+        }
+        v.by_group.insert((group_id, chunk));
+        if let Some(g) = old.and_then(|old| self.groups.get_mut(&old)) {
+            g.chunks = g.chunks.saturating_sub(1);
+        }
+        if let Some(g) = self.groups.get_mut(&group_id) {
+            g.chunks += 1;
+        }
     }
 
     /// The route of a chunk if it is mapped, after checking the chunk exists.
@@ -955,11 +1078,128 @@ mod tests {
         assert!(matches!(s.route(v, 2), Err(ControlError::Invalid(_))));
         assert!(matches!(s.route(v + 1, 0), Err(ControlError::NotFound(_))));
         allocate(&mut s, v, 1);
-        let (info, routes) = s.open_volume("v").unwrap();
+        let (info, groups) = s.open_volume("v").unwrap();
         assert_eq!(info.mapped_chunks, 1);
-        assert_eq!(routes.len(), 1);
-        assert_eq!(routes[0].chunk, 1);
-        assert_eq!(routes[0].peers.len(), 3);
+        assert_eq!(groups.routes.len(), 1);
+        assert_eq!(groups.routes[0].chunk, 1);
+        assert_eq!(groups.routes[0].peers.len(), 3);
+        assert!(matches!(
+            s.route_page(v, 2, 0),
+            Err(ControlError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.route_page(v + 1, 0, 0),
+            Err(ControlError::NotFound(_))
+        ));
+    }
+
+    /// No answer grows with the volume: routes come a bounded page at a time, and walking
+    /// the cursor visits every mapped chunk once, in order.
+    #[test]
+    fn routes_come_in_bounded_pages_that_cover_every_mapped_chunk() {
+        let mut s = cluster(3, 1, 4);
+        // 8 TiB of 64 MiB chunks: 131,072; every third one mapped, in bulk.
+        let v = create(&mut s, "big", 8 << 40);
+        let want: Vec<u64> = (0..131_072).filter(|c| c % 3 == 0).collect();
+        for first in (0..131_072).step_by(MAX_ROUTES_PER_PAGE as usize) {
+            let m = Mutation::MapChunks {
+                volume_id: v,
+                chunks: (first..first + u64::from(MAX_ROUTES_PER_PAGE))
+                    .filter(|c| c % 3 == 0)
+                    .map(|c| (c, 1 + c % 4))
+                    .collect(),
+            };
+            s.apply(&m);
+        }
+        assert_eq!(
+            s.volume_by_name("big").unwrap().mapped_chunks,
+            want.len() as u64
+        );
+        let mut got = Vec::new();
+        let mut next = Some(0);
+        let mut pages = 0;
+        while let Some(first) = next {
+            let page = s.route_page(v, first, 0).unwrap();
+            assert!(page.routes.len() <= MAX_ROUTES_PER_PAGE as usize);
+            got.extend(page.routes.iter().map(|r| r.chunk));
+            next = page.next;
+            pages += 1;
+        }
+        assert_eq!(got, want);
+        assert_eq!(pages, want.len().div_ceil(MAX_ROUTES_PER_PAGE as usize));
+        // A small limit, from the middle: the next mapped chunk is the cursor.
+        let page = s.route_page(v, 4, 2).unwrap();
+        assert_eq!(
+            page.routes.iter().map(|r| r.chunk).collect::<Vec<_>>(),
+            [6, 9]
+        );
+        assert_eq!(page.next, Some(12));
+        // The groups: four, each through its lowest chunk.
+        let groups = s.group_page(v, 0).unwrap();
+        assert_eq!(
+            groups
+                .routes
+                .iter()
+                .map(|r| (r.group_id, r.chunk))
+                .collect::<Vec<_>>(),
+            [(1, 0), (2, 9), (3, 6), (4, 3)]
+        );
+        assert_eq!(groups.next, None);
+        assert_eq!(s.group_page(v, 2).unwrap().routes.len(), 2);
+    }
+
+    /// A volume spread over more groups than a page names them a page at a time.
+    #[test]
+    fn groups_of_a_volume_come_in_bounded_pages() {
+        let n = u64::from(MAX_ROUTES_PER_PAGE) + 7;
+        let mut s = cluster(3, 1, n);
+        assert!(s.groups().count() as u64 >= n);
+        let v = create(&mut s, "wide", (2 * n) << 26);
+        // Chunk c in group c / 2 + 1: two chunks in each group.
+        s.apply(&Mutation::MapChunks {
+            volume_id: v,
+            chunks: (0..2 * n).map(|c| (c, c / 2 + 1)).collect(),
+        });
+        let first = s.group_page(v, 0).unwrap();
+        assert_eq!(first.routes.len(), MAX_ROUTES_PER_PAGE as usize);
+        assert_eq!(first.next, Some(u64::from(MAX_ROUTES_PER_PAGE)));
+        let second = s.group_page(v, first.next.unwrap()).unwrap();
+        assert_eq!(second.routes.len(), 7);
+        assert_eq!(second.next, None);
+        let all: Vec<(u64, u64)> = first
+            .routes
+            .iter()
+            .chain(&second.routes)
+            .map(|r| (r.group_id, r.chunk))
+            .collect();
+        assert_eq!(all, (1..=n).map(|g| (g, 2 * (g - 1))).collect::<Vec<_>>());
+        assert_eq!(s.open_volume("wide").unwrap().1, first);
+    }
+
+    #[test]
+    fn provisioning_maps_only_unmapped_chunks_of_the_range_evenly() {
+        let mut s = cluster(3, 1, 4);
+        let v = create(&mut s, "p", 64 * GIB);
+        allocate(&mut s, v, 5);
+        let m = s.plan_map_chunks(v, 0, 16, |_| true).unwrap().unwrap();
+        let Mutation::MapChunks { chunks, .. } = &m else {
+            panic!("{m:?}");
+        };
+        assert_eq!(chunks.len(), 15);
+        assert!(chunks.iter().all(|(c, _)| *c != 5));
+        s.apply(&m);
+        let loads: Vec<u64> = s.groups().map(|g| s.group_chunks(g.id)).collect();
+        assert_eq!(loads, [4, 4, 4, 4]);
+        assert!(s.plan_map_chunks(v, 0, 16, |_| true).unwrap().is_none());
+        assert!(s.plan_map_chunks(v, 1020, 5, |_| true).is_err());
+        assert!(
+            s.plan_map_chunks(v, 0, MAX_ROUTES_PER_PAGE + 1, |_| true)
+                .is_err()
+        );
+        assert!(matches!(
+            s.plan_map_chunks(v, 16, 1, |_| false),
+            Err(ControlError::Unavailable(_))
+        ));
     }
 
     #[test]

@@ -197,6 +197,12 @@ impl Store {
                 tx.open_table(CHUNKS)?
                     .insert((*volume_id, *chunk), *group_id)?;
             }
+            Mutation::MapChunks { volume_id, chunks } => {
+                let mut t = tx.open_table(CHUNKS)?;
+                for (chunk, group_id) in chunks {
+                    t.insert((*volume_id, *chunk), *group_id)?;
+                }
+            }
             Mutation::SetGroupTarget { group_id, target } => {
                 update_record(&tx, GROUPS, *group_id, |g: &mut GroupRecord| {
                     g.target = target.clone();
@@ -312,6 +318,35 @@ mod tests {
                 .unwrap();
             step(store, state, m);
         }
+    }
+
+    /// Chunks mapped in bulk are rows like chunks mapped one by one.
+    #[test]
+    fn chunks_mapped_in_bulk_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let (store, mut state) = reopen(dir.path());
+            register(&store, &mut state, &["a", "b", "c"]);
+            let m = state.plan_groups(|_| true, 3, 2).unwrap();
+            step(&store, &mut state, m);
+            let m = state.plan_create_volume("v", 1 << 40, None, 7).unwrap();
+            step(&store, &mut state, m);
+            let id = state.volume_by_name("v").unwrap().id;
+            let m = state
+                .plan_map_chunks(id, 100, 1000, |_| true)
+                .unwrap()
+                .unwrap();
+            step(&store, &mut state, m);
+            id
+        };
+        let (_, state) = reopen(dir.path());
+        assert_eq!(state.volume_by_name("v").unwrap().mapped_chunks, 1000);
+        let page = state.route_page(id, 0, 0).unwrap();
+        assert_eq!(page.routes.len(), 1000);
+        assert_eq!(page.routes[0].chunk, 100);
+        assert_eq!(page.next, None);
+        assert_eq!(state.group_chunks(1) + state.group_chunks(2), 1000);
+        assert_eq!(state.group_page(id, 0).unwrap().routes.len(), 2);
     }
 
     #[test]

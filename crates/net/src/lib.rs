@@ -220,15 +220,46 @@ pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
     }
 }
 
-/// Encodes a control-plane answer as the reply frame to request `request_id`.
+/// Encodes a control-plane answer as the reply frame to request `request_id`. An answer
+/// too large for one frame (a bug: answers are bounded by design) is replaced by an
+/// `Internal` error naming its size, never sent to panic the frame writer.
 pub fn rpc_reply<Rep: Serialize>(request_id: u64, res: &Result<Rep, ControlError>) -> Frame {
-    Frame::new(Kind::RpcReply, request_id, control::encode(res))
+    let body = control::encode(res);
+    if body.len() > frame::MAX_BODY as usize {
+        let refused: Result<(), ControlError> = Err(ControlError::Internal(format!(
+            "the answer is {} bytes, over the frame limit of {} bytes",
+            body.len(),
+            frame::MAX_BODY
+        )));
+        return Frame::new(Kind::RpcReply, request_id, control::encode(&refused));
+    }
+    Frame::new(Kind::RpcReply, request_id, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// An answer over the frame limit is an error the caller reads, not a panic of the
+    /// connection that would leave the caller waiting.
+    #[test]
+    fn an_answer_too_large_for_a_frame_becomes_an_error() {
+        let huge: Result<String, ControlError> = Ok("x".repeat(frame::MAX_BODY as usize));
+        let f = rpc_reply(9, &huge);
+        assert!(f.body_len() <= frame::MAX_BODY as usize);
+        let _ = f.header();
+        match control::decode::<Result<String, ControlError>>(&f.body) {
+            Ok(Err(ControlError::Internal(m))) => assert!(m.contains("frame limit"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let small: Result<String, ControlError> = Ok("ok".into());
+        let f = rpc_reply(9, &small);
+        assert_eq!(
+            control::decode::<Result<String, ControlError>>(&f.body).unwrap(),
+            small
+        );
+    }
 
     #[tokio::test]
     async fn frames_cross_a_socket_and_eof_is_clean() {

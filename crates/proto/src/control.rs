@@ -14,6 +14,17 @@ use crate::DecodeError;
 /// Default chunk size of a volume: 64 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 
+/// Most chunks one [`StorageRequest::DropChunks`] names (about 1.4 MiB of JSON at most): a
+/// deleted volume's chunks in a group are dropped in as many requests as needed.
+pub const MAX_DROP_CHUNKS: usize = 64 * 1024;
+
+/// Most routes one answer carries ([`RoutePage`], and the routes of [`ManagerReply::Opened`]
+/// and [`ManagerReply::Attached`]). No answer grows with a volume's size: a route is about
+/// 200 bytes of JSON with three peers and under 2 KB with six peers (a group moving) named
+/// by the longest host names, so a full page stays near 2 MiB at worst: a quarter of
+/// [`crate::frame::MAX_BODY`] (a test holds it there).
+pub const MAX_ROUTES_PER_PAGE: u32 = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ManagerRequest {
     /// A storage node announces itself (at every start). `node_id` is the id it was given
@@ -37,19 +48,31 @@ pub enum ManagerRequest {
     DeleteVolume {
         name: String,
     },
-    /// The volume and the routes of every chunk already mapped (for reading: no
-    /// attachment).
+    /// The volume, for reading (no attachment). Answered with one route for each replica
+    /// group holding the volume's chunks, at most [`MAX_ROUTES_PER_PAGE`] of them: the
+    /// groups a new writer fences; the routes of other chunks come from
+    /// [`ManagerRequest::Routes`].
+    ///
+    /// `paged`: the caller pages the groups with [`ManagerRequest::VolumeGroups`] when
+    /// there are more. A client from before paging (the field absent) takes the answer for
+    /// every group it must fence, so a volume spanning more groups than one answer is
+    /// refused to it ([`ControlError::Invalid`]) rather than given a partial list.
     OpenVolume {
         name: String,
+        #[serde(default)]
+        paged: bool,
     },
     /// Attach the volume read-write for `client` (a name saying who and where, unique to
     /// the process): granted with a new writer epoch and a lease when nobody holds it, or
     /// when the holder's lease ran out; the same client attaching again keeps its epoch.
     /// Refused with [`ControlError::Conflict`] naming the holder otherwise. The new holder
     /// must fence every group of the volume with its epoch before its first write.
+    /// The answer's routes and `paged` as for [`ManagerRequest::OpenVolume`].
     AttachVolume {
         name: String,
         client: String,
+        #[serde(default)]
+        paged: bool,
     },
     /// The holder of epoch `epoch` renews its lease ([`ControlError::Conflict`]: it no longer
     /// holds the volume).
@@ -75,6 +98,37 @@ pub enum ManagerRequest {
         chunk: u64,
         allocate: bool,
         #[serde(default)]
+        epoch: u64,
+    },
+    /// The routes of the volume's mapped chunks from `first_chunk` on, in chunk order: at
+    /// most `limit` of them (0, or more than [`MAX_ROUTES_PER_PAGE`]: that many). Unmapped
+    /// chunks have none (they read as zeroes). `epoch` as for [`ManagerRequest::Route`].
+    Routes {
+        volume_id: u64,
+        first_chunk: u64,
+        #[serde(default)]
+        limit: u32,
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// One route for each replica group holding chunks of the volume, addressing the group
+    /// through one of its chunks of the volume: the groups with ids above `after_group`, in
+    /// id order, at most [`MAX_ROUTES_PER_PAGE`]. A new writer fences every one of them.
+    VolumeGroups {
+        volume_id: u64,
+        #[serde(default)]
+        after_group: u64,
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// Map every unmapped chunk of `first_chunk..first_chunk + count` to a group at once, in
+    /// one change (allocating chunk by chunk costs one change each): at most
+    /// [`MAX_ROUTES_PER_PAGE`] chunks, and only for the holder of the current writer epoch.
+    /// Answered with the routes of the range.
+    ProvisionChunks {
+        volume_id: u64,
+        first_chunk: u64,
+        count: u32,
         epoch: u64,
     },
     ClusterStatus,
@@ -103,13 +157,20 @@ pub enum ManagerReply {
     Volume(VolumeInfo),
     Volumes(Vec<VolumeInfo>),
     Deleted,
+    /// `chunks`: one route per replica group holding the volume's chunks (see
+    /// [`ManagerRequest::OpenVolume`]); `more_groups`: there are more groups than these.
     Opened {
         volume: VolumeInfo,
         chunks: Vec<ChunkRoute>,
+        #[serde(default)]
+        more_groups: bool,
     },
     Attached {
         volume: VolumeInfo,
+        /// As for [`ManagerReply::Opened`].
         chunks: Vec<ChunkRoute>,
+        #[serde(default)]
+        more_groups: bool,
         /// The holder's writer epoch: every data-plane write carries it.
         epoch: u64,
         /// Renew well within this (the client renews every third of it).
@@ -124,12 +185,27 @@ pub enum ManagerReply {
         fence_epoch: u64,
     },
     Route(Option<ChunkRoute>),
+    /// The answer to [`ManagerRequest::Routes`] and [`ManagerRequest::ProvisionChunks`]:
+    /// `next` is the `first_chunk` to ask for next.
+    Routes(RoutePage),
+    /// The answer to [`ManagerRequest::VolumeGroups`]: `next` is the `after_group` to ask
+    /// with next.
+    Groups(RoutePage),
     Status(ClusterStatus),
+}
+
+/// A bounded page of routes ([`MAX_ROUTES_PER_PAGE`] at most) and where the next one starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePage {
+    pub routes: Vec<ChunkRoute>,
+    /// The cursor of the next page (`None`: this was the last).
+    pub next: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StorageRequest {
-    /// Drop these chunks of a deleted volume (proposed through the group's log).
+    /// Drop these chunks of a deleted volume (proposed through the group's log): at most
+    /// [`MAX_DROP_CHUNKS`] in one request.
     DropChunks {
         group_id: u64,
         volume_id: u64,
@@ -433,5 +509,131 @@ mod tests {
             res
         );
         assert!(decode::<ManagerRequest>(b"{nonsense").is_err());
+    }
+
+    /// The longest route a manager can send: the largest numbers, six peers (a group
+    /// moving) named by the longest host names.
+    fn largest_route() -> ChunkRoute {
+        ChunkRoute {
+            chunk: u64::MAX,
+            group_id: u64::MAX,
+            peers: (0..6)
+                .map(|i| PeerInfo {
+                    node_id: u64::MAX - i,
+                    addr: format!("{}:65535", "h".repeat(253)),
+                })
+                .collect(),
+            leader: Some(u64::MAX),
+        }
+    }
+
+    #[test]
+    fn paged_route_messages_round_trip() {
+        let reqs = [
+            ManagerRequest::Routes {
+                volume_id: 3,
+                first_chunk: 131_071,
+                limit: 17,
+                epoch: 9,
+            },
+            ManagerRequest::VolumeGroups {
+                volume_id: 3,
+                after_group: 40,
+                epoch: 0,
+            },
+            ManagerRequest::ProvisionChunks {
+                volume_id: 3,
+                first_chunk: 1024,
+                count: 1024,
+                epoch: 2,
+            },
+            ManagerRequest::OpenVolume {
+                name: "db1".into(),
+                paged: true,
+            },
+            ManagerRequest::AttachVolume {
+                name: "db1".into(),
+                client: "nbd".into(),
+                paged: true,
+            },
+        ];
+        for req in reqs {
+            assert_eq!(decode::<ManagerRequest>(&encode(&req)).unwrap(), req);
+        }
+        let page = RoutePage {
+            routes: vec![largest_route(), largest_route()],
+            next: Some(77),
+        };
+        for reply in [
+            ManagerReply::Routes(page.clone()),
+            ManagerReply::Groups(RoutePage::default()),
+        ] {
+            let res: Result<ManagerReply, ControlError> = Ok(reply);
+            assert_eq!(
+                decode::<Result<ManagerReply, ControlError>>(&encode(&res)).unwrap(),
+                res
+            );
+        }
+    }
+
+    /// Old clients send no `paged` and read no `more_groups`; old managers send no
+    /// `more_groups`: each side reads the other's messages.
+    #[test]
+    fn messages_of_clients_and_managers_from_before_paging_still_decode() {
+        let old_open = br#"{"OpenVolume":{"name":"db1"}}"#;
+        assert_eq!(
+            decode::<ManagerRequest>(old_open).unwrap(),
+            ManagerRequest::OpenVolume {
+                name: "db1".into(),
+                paged: false
+            }
+        );
+        let old_attach = br#"{"AttachVolume":{"name":"db1","client":"c"}}"#;
+        assert!(matches!(
+            decode::<ManagerRequest>(old_attach).unwrap(),
+            ManagerRequest::AttachVolume { paged: false, .. }
+        ));
+        let old_opened = br#"{"Ok":{"Opened":{"volume":{"id":1,"name":"db1","size":4096,
+            "chunk_size":4096,"mapped_chunks":0,"created_unix":0},"chunks":[]}}}"#;
+        let got = decode::<Result<ManagerReply, ControlError>>(old_opened).unwrap();
+        assert!(matches!(
+            got,
+            Ok(ManagerReply::Opened {
+                more_groups: false,
+                ..
+            })
+        ));
+    }
+
+    /// Every answer that carries routes carries at most a page of them, and a page of the
+    /// longest routes fits a frame with room to spare, whatever the volume's size.
+    #[test]
+    fn a_full_page_of_the_longest_routes_fits_a_quarter_frame() {
+        let page = RoutePage {
+            routes: vec![largest_route(); MAX_ROUTES_PER_PAGE as usize],
+            next: Some(u64::MAX),
+        };
+        let res: Result<ManagerReply, ControlError> = Ok(ManagerReply::Routes(page.clone()));
+        let len = encode(&res).len();
+        assert!(
+            len <= crate::frame::MAX_BODY as usize / 4 + (64 << 10),
+            "a page of routes is {len} bytes"
+        );
+        let res: Result<ManagerReply, ControlError> = Ok(ManagerReply::Attached {
+            volume: VolumeInfo {
+                id: u64::MAX,
+                name: "v".repeat(255),
+                size: u64::MAX,
+                chunk_size: u64::MAX,
+                mapped_chunks: u64::MAX,
+                created_unix: u64::MAX,
+                attachment: None,
+            },
+            chunks: page.routes,
+            more_groups: true,
+            epoch: u64::MAX,
+            lease_ms: u64::MAX,
+        });
+        assert!(encode(&res).len() <= crate::frame::MAX_BODY as usize / 4 + (64 << 10));
     }
 }

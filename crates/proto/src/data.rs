@@ -39,8 +39,9 @@ pub enum Op {
     Read,
     WriteZeroes,
     Discard,
-    /// Snapshot transfer between nodes (served from the chunk files, outside Raft): the
-    /// chunks the group holds (reply: `(volume u64, chunk u64)` pairs), the stored
+    /// Snapshot transfer between nodes (served from the chunk files, outside Raft): a page
+    /// of the chunks the group holds (from the cursor `addr.volume`, `addr.chunk`, at most
+    /// `len` of them; see [`crate::copy`]), the stored
     /// checksums of `len` blocks from block `offset` of a chunk (4 bytes each), and `len`
     /// bytes of a chunk at `offset`, verified.
     SnapList,

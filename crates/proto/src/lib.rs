@@ -5,12 +5,14 @@
 //! - [`data`]: data-plane requests and replies (read, write, zeroes) in a fixed binary layout.
 //! - [`command`]: the commands replicated through a group's Raft log and applied to chunks.
 //! - [`control`]: control-plane messages (JSON bodies): manager API and storage admin.
+//! - [`copy`]: node to node replica copies: the group's chunk list, in bounded pages.
 //!
 //! Every decoder returns `Result` and never panics on malformed input: bytes arriving here
 //! come from the network or from disk and are untrusted until checked.
 
 pub mod command;
 pub mod control;
+pub mod copy;
 pub mod data;
 pub mod frame;
 

@@ -20,6 +20,7 @@ use tessera_engine::chunk::BLOCK_SIZE;
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::RecoveryStats;
+use tessera_proto::copy::ChunkListPage;
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_proto::frame::{Frame, Kind};
 use tessera_raft::{FetchError, FetchJob, SnapshotFetcher};
@@ -68,12 +69,15 @@ impl Throttle {
 pub(crate) struct Fetcher {
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) stats: Arc<Mutex<RecoveryStats>>,
+    /// Chunks asked for with one request for the source's chunk list.
+    pub(crate) list_page: u32,
 }
 
 impl SnapshotFetcher for Fetcher {
     fn fetch(&self, job: FetchJob, done: Done) {
         let throttle = self.throttle.clone();
         let stats = self.stats.clone();
+        let list_page = self.list_page;
         lock(&stats).in_progress.push(job.group);
         // Answered even if the copy task dies: the replica waits for this answer.
         let done = Answer(Some(done));
@@ -81,7 +85,7 @@ impl SnapshotFetcher for Fetcher {
             let group = job.group;
             let started = Instant::now();
             let mut moved = 0;
-            let res = copy_replica(&job, &throttle, &stats, &mut moved).await;
+            let res = copy_replica(&job, &throttle, &stats, &mut moved, list_page).await;
             {
                 let mut s = lock(&stats);
                 s.in_progress.retain(|g| *g != group);
@@ -217,23 +221,6 @@ fn snap_req(op: Op, group: u64, volume: u64, chunk: u64, offset: u32, len: u32) 
     )
 }
 
-/// Parses a `SnapList` answer: `(volume, chunk, blocks)` triples.
-pub(crate) fn parse_list(b: &[u8]) -> Result<Vec<(u64, u64, u64)>, String> {
-    if !b.len().is_multiple_of(24) {
-        return Err(format!("chunk list of {} bytes", b.len()));
-    }
-    Ok(b.chunks_exact(24)
-        .map(|t| {
-            let u = |i: usize| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&t[i..i + 8]);
-                u64::from_le_bytes(a)
-            };
-            (u(0), u(8), u(16))
-        })
-        .collect())
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> tessera_engine::Result<T> + Send + 'static,
 ) -> Result<T, CopyError> {
@@ -245,25 +232,60 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Copies the group's chunks from the source, a page of its chunk list at a time (at most
+/// `list_page` chunks: no answer grows with what the group holds): local chunks the
+/// source's list skips are dropped, listed ones copied. Chunks the source gains or drops
+/// between pages are the same as those written or dropped while a chunk is copied: the log
+/// after the snapshot's index, re-applied, brings them in line.
 async fn copy_replica(
     job: &FetchJob,
     throttle: &Throttle,
     stats: &Mutex<RecoveryStats>,
     moved: &mut u64,
+    list_page: u32,
 ) -> Result<(), CopyError> {
     let g = job.group;
     let mut src = Source::connect(&job.from_addr).await?;
-    let remote = parse_list(&src.ask(snap_req(Op::SnapList, g, 0, 0, 0, 0)).await?)?;
     let store = job.store.clone();
+    // Sorted, as the source's list is.
     let local = blocking(move || store.list_chunks()).await?;
-    for (v, c) in local {
-        if !remote.iter().any(|(rv, rc, _)| (*rv, *rc) == (v, c)) {
-            let store = job.store.clone();
-            blocking(move || store.drop_chunk(v, c)).await?;
+    let mut local = local.into_iter().peekable();
+    let mut cursor = Some((0, 0));
+    while let Some(from) = cursor {
+        let req = ChunkListPage::request(g, from, list_page);
+        let page = ChunkListPage::decode(&src.ask(req).await?)
+            .map_err(|e| format!("chunk list from node {}: {e}", job.from))?;
+        if page
+            .entries
+            .first()
+            .is_some_and(|e| (e.volume, e.chunk) < from)
+        {
+            return Err(format!("node {} listed chunks before {from:?}", job.from).into());
         }
-    }
-    for &(v, c, blocks) in &remote {
-        copy_chunk(job, &mut src, throttle, stats, moved, (v, c, blocks)).await?;
+        cursor = page.next_cursor();
+        // Local chunks up to the page's end that it does not list are gone at the source.
+        let listed: std::collections::BTreeSet<(u64, u64)> =
+            page.entries.iter().map(|e| (e.volume, e.chunk)).collect();
+        while let Some(&(v, c)) = local.peek()
+            && cursor.is_none_or(|end| (v, c) < end)
+        {
+            local.next();
+            if !listed.contains(&(v, c)) {
+                let store = job.store.clone();
+                blocking(move || store.drop_chunk(v, c)).await?;
+            }
+        }
+        for e in &page.entries {
+            copy_chunk(
+                job,
+                &mut src,
+                throttle,
+                stats,
+                moved,
+                (e.volume, e.chunk, e.blocks),
+            )
+            .await?;
+        }
     }
     let store = job.store.clone();
     blocking(move || store.sync()).await
@@ -394,6 +416,8 @@ mod tests {
 
     use tessera_engine::ChunkStores;
 
+    use tessera_proto::copy::MAX_LIST_PAGE;
+
     use crate::server::{CopySources, serve_snapshot};
 
     const GROUP: u64 = 7;
@@ -449,6 +473,15 @@ mod tests {
 
     /// One copy of group `GROUP` from `from_addr` into `store`, as a snapshot would start.
     async fn copy(store: &Arc<ChunkStore>, from_addr: &str) -> Result<(), CopyError> {
+        copy_in_pages(store, from_addr, MAX_LIST_PAGE).await
+    }
+
+    /// [`copy`], asking for `list_page` chunks of the list at a time.
+    async fn copy_in_pages(
+        store: &Arc<ChunkStore>,
+        from_addr: &str,
+        list_page: u32,
+    ) -> Result<(), CopyError> {
         let job = FetchJob {
             group: GROUP,
             from: 2,
@@ -457,7 +490,7 @@ mod tests {
             store: store.clone(),
         };
         let stats = Mutex::new(RecoveryStats::default());
-        copy_replica(&job, &Throttle::new(1 << 30), &stats, &mut 0).await
+        copy_replica(&job, &Throttle::new(1 << 30), &stats, &mut 0, list_page).await
     }
 
     /// After a power loss a block's new checksum may be on disk without its new data. Its
@@ -600,6 +633,7 @@ mod tests {
         let fetcher = Fetcher {
             throttle: Arc::new(Throttle::new(2 << 20)),
             stats: Arc::default(),
+            list_page: MAX_LIST_PAGE,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let remover = to.clone();
@@ -644,13 +678,51 @@ mod tests {
         assert_eq!(&crcs[..8], &[0u8; 8], "zeroed blocks are holes again");
     }
 
-    #[test]
-    fn lists_must_be_whole_triples() {
-        assert!(parse_list(&[0u8; 23]).is_err());
-        let mut b = Vec::new();
-        for v in [1u64, 2, 3] {
-            b.extend_from_slice(&v.to_le_bytes());
+    /// A chunk list longer than a page is copied page by page: every chunk of the source
+    /// arrives, and the chunks the source no longer holds are dropped wherever they fall
+    /// (before, between and after the listed ones, across page boundaries).
+    #[tokio::test]
+    async fn a_chunk_list_longer_than_a_page_is_copied_page_by_page() {
+        let _serial = fail::FailScenario::setup();
+        let from_dir = tempfile::tempdir().expect("tempdir");
+        let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+        let source = from.get(GROUP).expect("source store");
+        // Volumes 1 and 3: 23 chunks, every other chunk index.
+        let held: Vec<(u64, u64)> = (0..23).map(|i| (1 + 2 * (i / 12), 2 * (i % 12))).collect();
+        for &(v, c) in &held {
+            source
+                .write(v, c, 0, &[(c + v) as u8 + 1; B])
+                .expect("source write");
         }
-        assert_eq!(parse_list(&b).unwrap(), vec![(1, 2, 3)]);
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let addr = serve_copies_then(from.clone(), move |req| {
+            if req.op == Op::SnapList {
+                assert!(req.len <= 5, "asked for {} chunks", req.len);
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .await;
+
+        let to_dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+        // Stale chunks: before the first, between listed ones, in a volume the source
+        // lacks, after the last.
+        let stale = [(0, 7), (1, 3), (1, 9), (2, 0), (3, 21), (9, 9)];
+        for &(v, c) in &stale {
+            store.write(v, c, 0, &[0xee; B]).expect("stale write");
+        }
+        copy_in_pages(&store, &addr, 5).await.expect("the copy");
+
+        assert_eq!(store.list_chunks().expect("list"), held);
+        for &(v, c) in &held {
+            let got = store.read(v, c, 0, BLOCK_SIZE).expect("read");
+            assert!(got.iter().all(|b| *b == (c + v) as u8 + 1), "chunk {v}/{c}");
+        }
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::Relaxed),
+            held.len().div_ceil(5),
+            "one list request per page"
+        );
     }
 }

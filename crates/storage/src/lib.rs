@@ -61,6 +61,14 @@ pub struct StorageConfig {
     /// default what the descriptor limit affords (see `FileBudget::for_descriptors`).
     #[serde(default)]
     pub max_open_chunks: Option<usize>,
+    /// Chunks asked for with one request of a peer's chunk list when copying a replica
+    /// (at most, and by default, `tessera_proto::copy::MAX_LIST_PAGE`).
+    #[serde(default = "default_copy_list_page")]
+    pub copy_list_page: u32,
+}
+
+fn default_copy_list_page() -> u32 {
+    tessera_proto::copy::MAX_LIST_PAGE
 }
 
 fn default_recovery_rate() -> u64 {
@@ -177,6 +185,7 @@ impl StorageNode {
         let fetcher = Arc::new(fetch::Fetcher {
             throttle: Arc::new(fetch::Throttle::new(cfg.recovery_bytes_per_sec)),
             stats: recovery.clone(),
+            list_page: cfg.copy_list_page,
         });
         let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
         ncfg.min_free_bytes = cfg.min_free_bytes;
@@ -396,6 +405,7 @@ mod tests {
             metrics_listen: None,
             recovery_bytes_per_sec: default_recovery_rate(),
             max_open_chunks: None,
+            copy_list_page: default_copy_list_page(),
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

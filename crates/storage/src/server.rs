@@ -11,6 +11,7 @@ use tessera_engine::{ChunkStore, ChunkStores};
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
+use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
 use tessera_raft::{MembersAnswer, MembershipError};
 
@@ -22,7 +23,7 @@ static READ: Lazy = Lazy::new(
     "tessera_storage_read_seconds",
     "A read on the leader: request decoded to answer queued",
 );
-use tessera_proto::frame::{Frame, Kind};
+use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::RaftNode;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -266,15 +267,17 @@ pub(crate) fn serve_snapshot(
 ) -> Reply {
     let (v, c) = (req.addr.volume, req.addr.chunk);
     let res = match req.op {
-        Op::SnapList => store.list_chunks().and_then(|list| {
-            let mut b = Vec::with_capacity(list.len() * 24);
-            for (v, c) in list {
-                b.extend_from_slice(&v.to_le_bytes());
-                b.extend_from_slice(&c.to_le_bytes());
-                b.extend_from_slice(&store.chunk_blocks(v, c)?.to_le_bytes());
+        Op::SnapList => match list_page(store, req) {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => {
+                return Reply::Io(format!(
+                    "group {} holds too many chunks to list in one frame; the node copying \
+                     it must ask for pages (upgrade it)",
+                    req.addr.group
+                ));
             }
-            Ok(Bytes::from(b))
-        }),
+            Err(e) => Err(e),
+        },
         Op::SnapChecksums => store.checksums(v, c, u64::from(req.offset), u64::from(req.len)),
         Op::SnapRead => store.read(v, c, u64::from(req.offset), u64::from(req.len)),
         _ => return Reply::BadRequest("not a snapshot request".into()),
@@ -292,6 +295,30 @@ pub(crate) fn serve_snapshot(
         Err(tessera_engine::Error::OutOfRange(m)) => Reply::OutOfRange(m),
         Err(e) => Reply::Io(e.to_string()),
     }
+}
+
+/// The page of `store`'s chunk list `req` asks for ([`ChunkListPage`]), or, for a node
+/// from before paging (`len` 0), the whole list, `None` if it does not fit one frame.
+fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option<Bytes>> {
+    let list = store.list_chunks()?;
+    let entry = |&(volume, chunk): &(u64, u64)| -> tessera_engine::Result<ChunkEntry> {
+        Ok(ChunkEntry {
+            volume,
+            chunk,
+            blocks: store.chunk_blocks(volume, chunk)?,
+        })
+    };
+    if req.len == 0 {
+        // The reply's status byte, then 24 bytes a chunk.
+        if 1 + list.len().saturating_mul(24) > MAX_BODY as usize {
+            return Ok(None);
+        }
+        let entries = list.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+        return Ok(Some(ChunkListPage::encode_unpaged(&entries)));
+    }
+    let (keys, more) = ChunkListPage::select(&list, |k| *k, req);
+    let entries = keys.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(ChunkListPage { entries, more }.encode()))
 }
 
 #[cfg(test)]

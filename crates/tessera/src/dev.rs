@@ -69,6 +69,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             metrics_listen: None,
             recovery_bytes_per_sec: 100 << 20,
             max_open_chunks: None,
+            copy_list_page: tessera_proto::copy::MAX_LIST_PAGE,
         };
         nodes.push(
             StorageNode::start(cfg)

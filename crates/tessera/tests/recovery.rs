@@ -82,10 +82,13 @@ fn leaders_on(s: &ClusterStatus, node: u64) -> usize {
     s.groups.iter().filter(|g| g.leader == Some(node)).count()
 }
 
+/// Four nodes on four racks. Replicas are copied listing one chunk per request, so every
+/// copy of a group holding several chunks crosses pages of the chunk list.
 fn four_racks() -> Cluster {
     Cluster::start_with_manager(
         Opts {
             nodes: 4,
+            storage_extra: "copy_list_page = 1".into(),
             ..Default::default()
         },
         FAST_RECOVERY,
