@@ -9,8 +9,11 @@
 //! Must never: block the node's runtime on disk I/O (writes and syncs run on the blocking
 //! pool), or report a copy done before its data is durable. A failed sync of the copied data
 //! is [`CopyError::Fatal`]; the chunk store keeps failing every later sync, so no retry of the
-//! copy can report that data durable either.
+//! copy can report that data durable either. Nor may a copy allocate below the node's
+//! free-space floor (where client writes are refused too): it fails, to be retried, rather
+//! than fill the disk under the log.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,12 +71,41 @@ impl Throttle {
 pub(crate) struct Fetcher {
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) stats: Arc<Mutex<RecoveryStats>>,
+    pub(crate) floor: Arc<Floor>,
+}
+
+/// The free-space floor of the node's data directory: below it nothing new is allocated.
+pub(crate) struct Floor {
+    pub(crate) dir: PathBuf,
+    pub(crate) min_free_bytes: u64,
+}
+
+impl Floor {
+    /// Fails (for a later retry) when the data directory is below the floor.
+    fn check(&self, group: u64) -> Result<(), CopyError> {
+        if cfg!(tessera_unfixed = "snapshot_floor") {
+            return Ok(());
+        }
+        match tessera_engine::fsutil::fs_space(&self.dir) {
+            Ok((_, avail)) if avail < self.min_free_bytes => Err(CopyError::Failed(format!(
+                "{} has {avail} bytes free, below the floor of {}: not copying group {group}",
+                self.dir.display(),
+                self.min_free_bytes
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(CopyError::Failed(format!(
+                "checking free space on {}: {e}",
+                self.dir.display()
+            ))),
+        }
+    }
 }
 
 impl SnapshotFetcher for Fetcher {
     fn fetch(&self, job: FetchJob, done: Done) {
         let throttle = self.throttle.clone();
         let stats = self.stats.clone();
+        let floor = self.floor.clone();
         lock(&stats).in_progress.push(job.group);
         // Answered even if the copy task dies: the replica waits for this answer.
         let done = Answer(Some(done));
@@ -81,7 +113,7 @@ impl SnapshotFetcher for Fetcher {
             let group = job.group;
             let started = Instant::now();
             let mut moved = 0;
-            let res = copy_replica(&job, &throttle, &stats, &mut moved).await;
+            let res = copy_replica(&job, &throttle, &floor, &stats, &mut moved).await;
             {
                 let mut s = lock(&stats);
                 s.in_progress.retain(|g| *g != group);
@@ -248,6 +280,7 @@ async fn blocking<T: Send + 'static>(
 async fn copy_replica(
     job: &FetchJob,
     throttle: &Throttle,
+    floor: &Floor,
     stats: &Mutex<RecoveryStats>,
     moved: &mut u64,
 ) -> Result<(), CopyError> {
@@ -263,7 +296,8 @@ async fn copy_replica(
         }
     }
     for &(v, c, blocks) in &remote {
-        copy_chunk(job, &mut src, throttle, stats, moved, (v, c, blocks)).await?;
+        let chunk = (v, c, blocks);
+        copy_chunk(job, &mut src, throttle, floor, stats, moved, chunk).await?;
     }
     let store = job.store.clone();
     blocking(move || store.sync()).await
@@ -273,6 +307,7 @@ async fn copy_chunk(
     job: &FetchJob,
     src: &mut Source,
     throttle: &Throttle,
+    floor: &Floor,
     stats: &Mutex<RecoveryStats>,
     moved: &mut u64,
     (volume, chunk, blocks): (u64, u64, u64),
@@ -326,6 +361,7 @@ async fn copy_chunk(
                 i += 1;
             }
             let (off, len) = ((first + start) * BLOCK_SIZE, (i - start) * BLOCK_SIZE);
+            floor.check(g)?;
             throttle.take(len).await;
             let t = Instant::now();
             let data = src
@@ -449,6 +485,19 @@ mod tests {
 
     /// One copy of group `GROUP` from `from_addr` into `store`, as a snapshot would start.
     async fn copy(store: &Arc<ChunkStore>, from_addr: &str) -> Result<(), CopyError> {
+        copy_above(store, from_addr, 0).await
+    }
+
+    /// As [`copy`], on a node whose free-space floor is `min_free_bytes`.
+    async fn copy_above(
+        store: &Arc<ChunkStore>,
+        from_addr: &str,
+        min_free_bytes: u64,
+    ) -> Result<(), CopyError> {
+        let floor = Floor {
+            dir: std::env::temp_dir(),
+            min_free_bytes,
+        };
         let job = FetchJob {
             group: GROUP,
             from: 2,
@@ -457,7 +506,7 @@ mod tests {
             store: store.clone(),
         };
         let stats = Mutex::new(RecoveryStats::default());
-        copy_replica(&job, &Throttle::new(1 << 30), &stats, &mut 0).await
+        copy_replica(&job, &Throttle::new(1 << 30), &floor, &stats, &mut 0).await
     }
 
     /// After a power loss a block's new checksum may be on disk without its new data. Its
@@ -514,6 +563,39 @@ mod tests {
     /// equal in the page cache and a retried fdatasync has nothing left to write), rather
     /// than declare durable a replica whose data may be lost.
     #[cfg(feature = "failpoints")]
+    /// Issue 12: a snapshot copy allocates like a client write, so below the node's
+    /// free-space floor it fails (the leader offers the snapshot again later) instead of
+    /// filling the disk; with space, the same copy goes through.
+    #[tokio::test]
+    async fn a_copy_below_the_free_space_floor_fails_and_writes_nothing() {
+        let _serial = fail::FailScenario::setup();
+        let from_dir = tempfile::tempdir().expect("tempdir");
+        let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+        from.get(GROUP)
+            .expect("source store")
+            .write(1, 0, 0, &[5u8; 8 * B])
+            .expect("source write");
+        let addr = serve_copies(from.clone()).await;
+        let to_dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+
+        let refused = copy_above(&store, &addr, u64::MAX).await;
+        assert!(
+            matches!(&refused, Err(CopyError::Failed(m)) if m.contains("below the floor")),
+            "got {refused:?}"
+        );
+        assert_eq!(
+            store.chunk_blocks(1, 0).expect("blocks"),
+            0,
+            "a block was copied"
+        );
+        copy(&store, &addr)
+            .await
+            .expect("the copy once space is back");
+        let got = store.read(1, 0, 0, 8 * B as u64).expect("read");
+        assert!(got.iter().all(|&b| b == 5));
+    }
+
     #[tokio::test]
     async fn a_failed_sync_fails_the_copy_and_every_retry() {
         let scenario = fail::FailScenario::setup();
@@ -600,6 +682,10 @@ mod tests {
         let fetcher = Fetcher {
             throttle: Arc::new(Throttle::new(2 << 20)),
             stats: Arc::default(),
+            floor: Arc::new(Floor {
+                dir: to_dir.path().to_path_buf(),
+                min_free_bytes: 0,
+            }),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let remover = to.clone();
