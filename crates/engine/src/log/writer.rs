@@ -349,7 +349,7 @@ impl Writer {
     /// marks which let segments be recycled can still be written when no new segment can
     /// be created (a full disk).
     fn reserve(&self) -> u64 {
-        (self.opts.segment_size / 64).min(1 << 20)
+        (self.opts.segment_size / 8).min(1 << 20)
     }
 
     /// Writes `records` and (unless `room` is [`Room::Torn`]) their batch end into the
