@@ -247,11 +247,11 @@ impl Writer {
             };
             match relieved {
                 Ok(true) => {}
-                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(200)),
-                Err(e) => {
+                Err(e @ Error::Fatal(_)) => {
                     result = Err(e);
                     break;
                 }
+                Ok(false) | Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
             }
             result = self.write_batch(&records, Room::Normal);
         }
