@@ -634,7 +634,11 @@ impl Group {
         }
         // A retry whose first attempt is in the log was answered above: refusing it here
         // would say "not applied" of an entry that may still commit.
-        if disk_full && req.op == Op::Write {
+        // Write-zeroes allocates too (it keeps the range provisioned); discard frees space
+        // and a fence allocates nothing, so neither is refused.
+        let allocates = req.op == Op::Write
+            || (req.op == Op::WriteZeroes && !cfg!(tessera_unfixed = "zeroes_floor"));
+        if disk_full && allocates {
             respond(Reply::DiskFull(format!(
                 "node {} has too little free space to accept writes",
                 self.raw.raft.id

@@ -147,7 +147,8 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// How often applied chunk data is flushed so the log behind it can be recycled.
     pub flush_interval: Duration,
-    /// Below this much free space, new writes are refused with `DiskFull`.
+    /// Below this much free space, writes and write-zeroes (everything that allocates) are
+    /// refused with `DiskFull`; discards, which free space, are not.
     pub min_free_bytes: u64,
 }
 

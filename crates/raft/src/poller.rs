@@ -394,7 +394,10 @@ impl Poller {
                 tracing::info!(group = gid, "replica destroyed");
             }
             Event::Request(req, respond, queued) => {
-                if req.op == tessera_proto::data::Op::Write {
+                if matches!(
+                    req.op,
+                    tessera_proto::data::Op::Write | tessera_proto::data::Op::WriteZeroes
+                ) {
                     self.check_space(crate::clock::now());
                 }
                 match self.groups.get_mut(&req.addr.group) {

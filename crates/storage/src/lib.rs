@@ -186,6 +186,10 @@ impl StorageNode {
             throttle: Arc::new(fetch::Throttle::new(cfg.recovery_bytes_per_sec)),
             stats: recovery.clone(),
             list_page: cfg.copy_list_page,
+            floor: Arc::new(fetch::Floor {
+                dir: cfg.data_dir.clone(),
+                min_free_bytes: cfg.min_free_bytes,
+            }),
         });
         let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
         ncfg.min_free_bytes = cfg.min_free_bytes;

@@ -359,10 +359,120 @@ async fn a_second_storage_node_on_a_locked_data_dir_is_refused() {
     assert!(err.contains("locked"), "stderr: {err}");
 }
 
-/// Runs storage nodes on small tmpfs mounts (needs root; CI is root). Writes until a node
-/// refuses with DiskFull, then checks every acknowledged write is intact.
+/// Bytes an unprivileged process may still allocate on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%a %S"])
+        .arg(path)
+        .output()
+        .expect("stat -f");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("number"));
+    it.next().expect("blocks") * it.next().expect("block size")
+}
+
+/// Fills the filesystem holding `dir` to its last byte with a file of its own, as another
+/// tenant of the disk would.
+fn fill_to_the_last_byte(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
+    let block = vec![0x5au8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.flush();
+}
+
+/// Just enough of an NBD client to see what errno a request gets through the gateway.
+mod nbd {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub const CMD_READ: u16 = 0;
+    pub const CMD_WRITE: u16 = 1;
+    pub const CMD_WRITE_ZEROES: u16 = 6;
+    /// On write-zeroes: keep the range provisioned (without it, write-zeroes may punch holes).
+    pub const FLAG_NO_HOLE: u16 = 1 << 1;
+    pub const ENOSPC: u32 = 28;
+
+    /// Handshake (fixed newstyle, NBD_OPT_EXPORT_NAME) into transmission on `name`.
+    pub fn open(port: u16, name: &str) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).expect("greeting");
+        s.write_all(&3u32.to_be_bytes()).expect("client flags");
+        let mut opt = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
+        opt.extend_from_slice(&1u32.to_be_bytes());
+        opt.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        opt.extend_from_slice(name.as_bytes());
+        s.write_all(&opt).expect("export name");
+        let mut export = [0u8; 10];
+        s.read_exact(&mut export).expect("export size and flags");
+        s
+    }
+
+    /// Sends one request and returns its reply's error (0: success), then the data of a
+    /// successful read.
+    pub fn call(s: &mut TcpStream, cmd: u16, offset: u64, len: u32, payload: &[u8]) -> u32 {
+        call_with(s, cmd, 0, offset, len, payload)
+    }
+
+    pub fn call_with(
+        s: &mut TcpStream,
+        cmd: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> u32 {
+        let mut v = 0x2560_9513u32.to_be_bytes().to_vec();
+        v.extend_from_slice(&flags.to_be_bytes());
+        v.extend_from_slice(&cmd.to_be_bytes());
+        v.extend_from_slice(&7u64.to_be_bytes());
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(payload);
+        s.write_all(&v).expect("request");
+        let mut r = [0u8; 16];
+        s.read_exact(&mut r).expect("reply");
+        assert_eq!(r[..4], 0x6744_6698u32.to_be_bytes(), "simple reply magic");
+        u32::from_be_bytes(r[4..8].try_into().expect("4 bytes"))
+    }
+
+    pub fn read(s: &mut TcpStream, offset: u64, len: u32) -> Vec<u8> {
+        assert_eq!(call(s, CMD_READ, offset, len, &[]), 0, "NBD read failed");
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data).expect("read data");
+        data
+    }
+}
+
+fn log_segments(data_dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data_dir.join("log"))
+        .expect("log dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 12, "resource limits are conditions, not crashes". Storage nodes run on small
+/// tmpfs mounts (needs root; CI is root). Client writes fill them until the nodes refuse
+/// with DiskFull; then every allocating request (write, write-zeroes) is refused cleanly
+/// and nothing else: reads, trims and deletes go on, no node stops. Another tenant then
+/// takes the disks' last byte. Trimming one volume and deleting another still go through
+/// the full nodes (their logs keep turning over) and free space, after which writes and
+/// write-zeroes succeed again, and every acknowledged byte reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
+async fn a_full_disk_fails_writes_cleanly_and_recovers_once_space_is_freed() {
+    const FLOOR: u64 = 48_000_000;
+    // Small log segments, so that a full disk soon leaves the logs without a free one.
+    const SEGMENT: u64 = 64 << 10;
     let base = tempfile::tempdir().expect("tempdir");
     let mut mounts = Vec::new();
     for i in 1..=3 {
@@ -408,7 +518,7 @@ async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
     for (i, m) in mounts.iter().enumerate() {
         c.add_node(
             i,
-            "min_free_bytes = 48_000_000\nlog_segment_bytes = 4_194_304\n",
+            &format!("min_free_bytes = {FLOOR}\nlog_segment_bytes = {SEGMENT}\n"),
         );
         // Re-point the node at its tmpfs: restart it with the data dir on the mount.
         c.kill_node(i);
@@ -422,40 +532,209 @@ async fn a_full_disk_fails_writes_cleanly_and_harms_nothing() {
         c.restart_node(i);
     }
     c.wait_ready(3).await;
+    let pattern = |i: u64| (i % 251) as u8 + 1;
+    c.create_volume("scratch", "256MiB", "16MiB");
     c.create_volume("big", "1GiB", "16MiB");
+    c.create_volume("viaNBD", "64MiB", "16MiB");
+    let gateway = common::GatewayProc::start(
+        std::slice::from_ref(&c.manager_addr),
+        c.dir.path().join("nbd.log"),
+    );
+    let mut export = tokio::task::block_in_place(|| nbd::open(gateway.port, "viaNBD"));
     let client = c.client().await;
+    let scratch = client.open("scratch").await.expect("open scratch");
+    for i in 0..64u64 {
+        let data = Bytes::from(vec![pattern(i); MIB]);
+        scratch
+            .write(i * MIB as u64, data)
+            .await
+            .unwrap_or_else(|e| panic!("scratch write {i} with room to spare: {e}"));
+    }
     let vol = client.open("big").await.expect("open");
     let mut acked = Vec::new();
     let mut full = None;
     for i in 0..400u64 {
-        let data = Bytes::from(vec![(i % 251) as u8 + 1; MIB]);
+        let data = Bytes::from(vec![pattern(i); MIB]);
         match vol.write(i * MIB as u64, data).await {
             Ok(()) => acked.push(i),
             Err(e) => {
-                full = Some(e);
+                full = Some((i, e));
                 break;
             }
         }
     }
-    let err = full.expect("the disks (160 MiB each) must fill before 400 MiB is written");
+    let (first_refused, err) =
+        full.expect("the disks (160 MiB each) must fill before 464 MiB is written");
     assert!(
         matches!(err, ClientError::DiskFull(_)),
         "unexpected error: {err}"
     );
     assert!(
-        acked.len() > 20,
+        acked.len() > 10,
         "only {} writes before the disk filled",
         acked.len()
     );
-    for i in &acked {
+
+    // Another tenant takes the last byte: now even the logs cannot get a new file.
+    for m in &mounts {
+        fill_to_the_last_byte(m);
+        assert!(free_bytes(m) < MIB as u64, "{} not full", m.display());
+    }
+    let segments_when_full: Vec<Vec<String>> =
+        c.nodes.iter().map(|n| log_segments(&n.data_dir)).collect();
+
+    // Whatever allocates is refused, cleanly and at once, however often it is asked.
+    for i in first_refused..first_refused + 3 {
+        let r = vol.write(i * MIB as u64, Bytes::from(vec![1u8; MIB])).await;
+        assert!(matches!(r, Err(ClientError::DiskFull(_))), "write: {r:?}");
+    }
+    let zeroes_at = (first_refused + 100) * MIB as u64;
+    let r = vol.write_zeroes(zeroes_at, MIB as u64).await;
+    assert!(
+        matches!(r, Err(ClientError::DiskFull(_))),
+        "write-zeroes provisions space, so it must be refused on a full disk: {r:?}"
+    );
+    // Through the NBD gateway the same refusals are ENOSPC, what a kernel block device
+    // reports as "No space left on device".
+    tokio::task::block_in_place(|| {
+        let block = vec![0xabu8; 4096];
+        let e = nbd::call(&mut export, nbd::CMD_WRITE, 0, 4096, &block);
+        assert_eq!(e, nbd::ENOSPC, "NBD write on a full disk");
+        let (zeroes, no_hole) = (nbd::CMD_WRITE_ZEROES, nbd::FLAG_NO_HOLE);
+        let e = nbd::call_with(&mut export, zeroes, no_hole, 4096, 4096, &[]);
+        assert_eq!(e, nbd::ENOSPC, "NBD write-zeroes (NO_HOLE) on a full disk");
+        // Without NO_HOLE, write-zeroes may punch holes: it frees space, so it goes on.
+        let e = nbd::call(&mut export, zeroes, 4096, 4096, &[]);
+        assert_eq!(e, 0, "NBD write-zeroes (holes allowed) on a full disk");
+    });
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        let exited = n.child.as_mut().expect("running").try_wait().expect("wait");
+        assert!(
+            exited.is_none(),
+            "node {i} stopped on a full disk: {exited:?}"
+        );
+    }
+    for &i in &acked {
+        let got = vol.read(i * MIB as u64, MIB as u64).await;
+        let got = got.unwrap_or_else(|e| panic!("read of block {i} on a full disk: {e}"));
+        assert!(got.iter().all(|&b| b == pattern(i)), "block {i} damaged");
+    }
+
+    // The logs keep turning over on disks full to the last byte: trims (which allocate
+    // nothing) go through, and every segment each log had when the disks filled up is
+    // recycled.
+    let mut trims = 0u64;
+    let turned = |c: &Cluster| {
+        c.nodes.iter().zip(&segments_when_full).all(|(n, then)| {
+            let now = log_segments(&n.data_dir);
+            then.iter().all(|s| !now.contains(s))
+        })
+    };
+    while !turned(&c) {
+        let mut tasks = Vec::new();
+        for k in 0..16u64 {
+            let v = vol.clone();
+            let at = ((trims + k) % 2048) * 4096;
+            tasks.push(tokio::spawn(async move { v.discard(at, 4096).await }));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("trim on a full disk");
+        }
+        trims += 16;
+        assert!(
+            trims < 20_000,
+            "the logs stopped recycling on full disks: segments {segments_when_full:?} when \
+             full, {:?} now",
+            c.nodes
+                .iter()
+                .map(|n| log_segments(&n.data_dir))
+                .collect::<Vec<_>>()
+        );
+    }
+    eprintln!(
+        "every log turned over after {trims} trims on full disks; now {:?} bytes free",
+        mounts.iter().map(|m| free_bytes(m)).collect::<Vec<_>>()
+    );
+
+    // Trimming and deleting allocate nothing: they go through and free space.
+    let trimmed = 8u64.min(acked.len() as u64);
+    vol.discard(0, trimmed * MIB as u64)
+        .await
+        .expect("trim on a full disk");
+    scratch.close().await.expect("detach scratch");
+    c.cli_ok(&["volume", "delete", "scratch"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while mounts
+        .iter()
+        .any(|m| free_bytes(m) < FLOOR + 8 * MIB as u64)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deleting a volume freed no space: {:?} bytes free\n{}",
+            mounts.iter().map(|m| free_bytes(m)).collect::<Vec<_>>(),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Writes succeed again (once every leader has looked at its disk anew), and
+    // write-zeroes too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut next = first_refused;
+    loop {
+        let data = Bytes::from(vec![pattern(next); MIB]);
+        match vol.write(next * MIB as u64, data).await {
+            Ok(()) => break,
+            Err(ClientError::DiskFull(m)) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes still refused after space was freed: {m}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("write after space was freed: {e}"),
+        }
+    }
+    acked.push(next);
+    for _ in 0..12 {
+        next += 1;
+        let data = Bytes::from(vec![pattern(next); MIB]);
+        vol.write(next * MIB as u64, data)
+            .await
+            .unwrap_or_else(|e| panic!("write {next} after space was freed: {e}"));
+        acked.push(next);
+    }
+    vol.write_zeroes(zeroes_at, MIB as u64)
+        .await
+        .expect("write-zeroes after space was freed");
+    tokio::task::block_in_place(|| {
+        let block = vec![0xabu8; 4096];
+        let e = nbd::call(&mut export, nbd::CMD_WRITE, 0, 4096, &block);
+        assert_eq!(e, 0, "NBD write after space was freed");
+        assert_eq!(nbd::read(&mut export, 0, 4096), block);
+    });
+
+    // Every acknowledged byte reads back; trimmed and zeroed ranges read as zeroes.
+    for &i in &acked {
         let got = vol
             .read(i * MIB as u64, MIB as u64)
             .await
-            .expect("read after disk full");
-        assert!(
-            got.iter().all(|&b| b == (i % 251) as u8 + 1),
-            "block {i} damaged"
-        );
+            .expect("read after the disk filled and emptied");
+        let want = if i < trimmed { 0 } else { pattern(i) };
+        if let Some(at) = got.iter().position(|&b| b != want) {
+            let bad = got.iter().filter(|&&b| b != want).count();
+            panic!(
+                "block {i} damaged (first refused {first_refused}, trimmed {trimmed}): byte \
+                 {at} is {:#x}, want {want:#x}; {bad} bytes differ",
+                got[at]
+            );
+        }
+    }
+    let got = vol.read(zeroes_at, MIB as u64).await.expect("read zeroes");
+    assert!(got.iter().all(|&b| b == 0), "write-zeroes range not zero");
+    for (i, n) in c.nodes.iter_mut().enumerate() {
+        let exited = n.child.as_mut().expect("running").try_wait().expect("wait");
+        assert!(exited.is_none(), "node {i} stopped: {exited:?}");
     }
 }
 

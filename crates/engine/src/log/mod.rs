@@ -21,6 +21,9 @@
 //! appends overwrite allocated blocks and fdatasync needs no metadata. One fdatasync covers a
 //! whole batch of every group's writes; a failed write or fdatasync stops the log for good
 //! (every later callback gets [`Error::Fatal`]): the kernel may have dropped dirty pages.
+//! A full disk only makes a batch wait for a segment file, while the writer goes on
+//! writing compaction marks into a reserve at the end of every segment and recycling the
+//! segments they free (see [`writer`]).
 
 mod record;
 mod replay;

@@ -456,12 +456,12 @@ fn a_stepped_log_writes_only_when_stepped_and_crashes_where_told() {
     );
 }
 
-/// Group 1's entries 1..=60, one per batch, about 2 KiB each: two 64 KiB segments, the
-/// first ending near entry 32. Returns, per index, the segment path and where its record
+/// Group 1's entries 1..=60, one per batch, about 1.5 KiB each: two 64 KiB segments, the
+/// first ending near entry 34 (before the segment's reserve for marks). Returns, per index, the segment path and where its record
 /// starts in that file.
 fn two_segments_of_entries(dir: &Path) -> Vec<(PathBuf, usize)> {
     let (log, _) = reopen(dir, SMALL);
-    let data = |i: u64| format!("entry {i:05} {}", "z".repeat(2000));
+    let data = |i: u64| format!("entry {i:05} {}", "z".repeat(1500));
     for i in 1..=60 {
         let w = GroupWrite {
             group: 1,

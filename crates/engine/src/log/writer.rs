@@ -8,6 +8,11 @@
 //! into a segment written by an earlier process (its torn tail stays the end of that
 //! segment forever), and never carries on after a failed write or fdatasync: from then on
 //! every callback gets [`Error::Fatal`].
+//!
+//! A full disk (no file for the next segment) is a condition, not a failure: the batch
+//! waits, and meanwhile the writer keeps doing what frees space, taking compaction notes,
+//! writing their marks into a reserve every segment keeps for them, and recycling the
+//! segments they free, which the waiting batch then rolls into.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -50,6 +55,18 @@ pub(super) enum Tear {
     Never,
     /// After that many records ([`super::Log::crash`]).
     After(usize),
+}
+
+/// Where a batch may go in the current segment.
+#[derive(Clone, Copy, Debug)]
+enum Room {
+    /// Before the segment's reserve; a new segment is rolled if it does not fit.
+    Normal,
+    /// As `Normal`, but written without its batch end (a simulated power loss).
+    Torn,
+    /// Anywhere in the current segment, reserve included, and never in a new one: the
+    /// marks written while the disk is full.
+    Reserve,
 }
 
 pub(super) struct Writer {
@@ -201,23 +218,42 @@ impl Writer {
             records.truncate(keep);
             let reason = "power loss injected by the log::tear fail point".to_string();
             if !records.is_empty() {
-                let _ = self.write_batch(&records, whole);
+                let room = if whole { Room::Normal } else { Room::Torn };
+                let _ = self.write_batch(&records, room);
             }
             self.fatal = Some(reason.clone());
             return finish(dones, || Err(Error::Fatal(reason.clone())));
         }
-        let mut result = self.write_batch(&records, true);
+        let mut result = self.write_batch(&records, Room::Normal);
         let mut waited = 0u32;
         while let Err(Error::DiskFull(msg)) = &result {
             // No room for the next segment. Refusing the batch would leave Raft with entries
             // it can never persist; the log stalls instead (reads go on, the leaders refuse
-            // new writes), and resumes once space is freed.
+            // new writes), and resumes once space is freed. Meanwhile it goes on doing what
+            // frees space: writing compaction marks and recycling the segments they free.
             if waited.is_multiple_of(50) {
                 error!(dir = %self.dir.display(), %msg, "log stalled: disk full");
             }
             waited += 1;
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            result = self.write_batch(&records, true);
+            if self.shared.lock_queue().shutdown {
+                // Nobody will free space for a log being shut down: give the batch up
+                // rather than hang the shutdown.
+                break;
+            }
+            let relieved = if cfg!(tessera_unfixed = "full_log") {
+                Ok(false)
+            } else {
+                self.relieve()
+            };
+            match relieved {
+                Ok(true) => {}
+                Err(e @ Error::Fatal(_)) => {
+                    result = Err(e);
+                    break;
+                }
+                Ok(false) | Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+            }
+            result = self.write_batch(&records, Room::Normal);
         }
         match result {
             Ok(()) => {
@@ -247,18 +283,97 @@ impl Writer {
             .store(self.book.segments.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes `records` and (if `end`, always but in a simulated tear) their batch end into
-    /// the current segment (rolling first if they do not fit) with one pwrite and one
+    /// While a batch waits for disk space: takes the compaction notes queued meanwhile,
+    /// writes the pending marks and the re-appends that unpin old segments into the current
+    /// segment's remaining room (its reserve included: no new file is needed), and recycles
+    /// what became obsolete, so that the waiting batch can roll into a recycled file.
+    /// Returns whether a segment was recycled. Only a failed write or fdatasync is an error.
+    ///
+    /// A compaction note may overtake appends queued before it: the raft layer sends one
+    /// only once what makes the compacted entries unnecessary (the applied index, an
+    /// installed snapshot) is durable, so its mark never depends on a waiting batch.
+    fn relieve(&mut self) -> Result<bool> {
+        let compacts: Vec<(u64, u64)> = {
+            let mut q = self.shared.lock_queue();
+            let mut compacts = Vec::new();
+            q.msgs.retain(|m| match *m {
+                Msg::Compact { group, index } => {
+                    compacts.push((group, index));
+                    false
+                }
+                _ => true,
+            });
+            compacts
+        };
+        for (group, index) in compacts {
+            if self.book.compact(group, index) {
+                self.pending_marks.insert(group);
+            }
+        }
+        let mut records = self.reappends();
+        records.extend(self.pending_marks.iter().filter_map(|&group| {
+            let index = self.book.groups.get(&group)?.compacted;
+            Some(Record::CompactMark { group, index })
+        }));
+        // Every record stands alone (a latest value, a mark): any prefix is a whole batch.
+        let mut room = self.current.as_ref().map_or(0, |c| c.len - c.offset);
+        room = room.saturating_sub(record::BATCH_END_LEN as u64);
+        let fit = records
+            .iter()
+            .take_while(|r| {
+                let len = r.encoded_len() as u64;
+                let ok = len <= room;
+                room = room.saturating_sub(len);
+                ok
+            })
+            .count();
+        records.truncate(fit);
+        if !records.is_empty() {
+            self.write_batch(&records, Room::Reserve)?;
+            for r in &records {
+                if let Record::CompactMark { group, .. } = r {
+                    self.pending_marks.remove(group);
+                }
+            }
+        }
+        let before = self.book.segments.len();
+        self.recycle();
+        self.shared
+            .stats
+            .segments
+            .store(self.book.segments.len() as u64, Ordering::Relaxed);
+        Ok(self.book.segments.len() < before)
+    }
+
+    /// Bytes at the end of every segment that ordinary batches leave free, so that the
+    /// marks which let segments be recycled can still be written when no new segment can
+    /// be created (a full disk).
+    fn reserve(&self) -> u64 {
+        (self.opts.segment_size / 8).min(1 << 20)
+    }
+
+    /// Writes `records` and (unless `room` is [`Room::Torn`]) their batch end into the
+    /// current segment (rolling first if they do not fit) with one pwrite and one
     /// fdatasync, then accounts for them.
-    fn write_batch(&mut self, records: &[Record], end: bool) -> Result<()> {
+    fn write_batch(&mut self, records: &[Record], room: Room) -> Result<()> {
+        let end = !matches!(room, Room::Torn);
         let framing = if end { record::BATCH_END_LEN } else { 0 };
         let size: u64 =
             records.iter().map(|r| r.encoded_len() as u64).sum::<u64>() + framing as u64;
+        let reserve = match room {
+            Room::Reserve => 0,
+            Room::Normal | Room::Torn => self.reserve(),
+        };
         let fits = self
             .current
             .as_ref()
-            .is_some_and(|c| c.offset + size <= c.len);
+            .is_some_and(|c| c.offset + size + reserve <= c.len);
         if !fits {
+            if matches!(room, Room::Reserve) {
+                return Err(Error::DiskFull(
+                    "no room left in the current log segment".into(),
+                ));
+            }
             self.roll(size)?;
         }
         let cur = self
@@ -406,8 +521,12 @@ fn fatal(path: &Path, what: &str, e: &io::Error) -> Error {
 
 /// Creates `path` (which must not exist) as `len` bytes of written zeros, fsynced: later
 /// overwrites then change no block allocation, so fdatasync needs no metadata.
+/// The `log::no_space` fail point makes it fail with ENOSPC (a full disk) in tests.
 fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
     const CHUNK: u64 = 1 << 20;
+    fail::fail_point!("log::no_space", |_| Err(io::Error::from_raw_os_error(
+        libc::ENOSPC
+    )));
     let result = (|| {
         let file = OpenOptions::new()
             .read(true)

@@ -1417,3 +1417,33 @@ fn a_learner_does_not_vote() {
     let granted = votes_granted(&mut n, 3);
     assert!(granted.is_empty(), "a learner granted votes: {granted:?}");
 }
+
+/// Issue 12: below the free-space floor every request that allocates is refused with
+/// `DiskFull` (write-zeroes provisions its range with FALLOC_FL_ZERO_RANGE, so it
+/// allocates like a write), while a discard, which frees space, still goes through; once
+/// space is back, writes are accepted again.
+#[test]
+fn below_the_free_space_floor_allocating_requests_are_refused_and_discards_are_not() {
+    let mut n = leader();
+    n.poller.cfg.min_free_bytes = u64::MAX;
+    n.poller.next_space_check = Instant::now();
+    let full =
+        |r: &Arc<Mutex<Option<Reply>>>| matches!(*r.lock().unwrap(), Some(Reply::DiskFull(_)));
+    let mut zeroes = Request::other(Op::WriteZeroes, read().addr, 0, 4096);
+    zeroes.id = 0xB;
+    let z = submit(&mut n, zeroes);
+    assert!(full(&z), "write-zeroes: {:?}", z.lock().unwrap());
+    let w = submit(&mut n, write(0xA, 0xaa));
+    assert!(full(&w), "write: {:?}", w.lock().unwrap());
+    let mut discard = Request::other(Op::Discard, read().addr, 0, 4096);
+    discard.id = 0xC;
+    let d = submit(&mut n, discard);
+    ack_appends(&mut n);
+    assert!(ok(&d), "discard: {:?}", d.lock().unwrap());
+
+    n.poller.cfg.min_free_bytes = 0;
+    n.poller.next_space_check = Instant::now();
+    let w = submit(&mut n, write(0xD, 0xdd));
+    ack_appends(&mut n);
+    assert!(ok(&w), "write once space is back: {:?}", w.lock().unwrap());
+}
