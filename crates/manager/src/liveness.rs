@@ -182,6 +182,7 @@ mod tests {
                     applied: 1,
                     voters: Vec::new(),
                     learners: Vec::new(),
+                    stuck: None,
                 })
                 .collect(),
             recovery: Default::default(),

@@ -821,6 +821,7 @@ mod tests {
                             applied: 1,
                             voters: g.members.clone(),
                             learners: Vec::new(),
+                            stuck: None,
                         }
                     })
                     .collect();
@@ -1049,6 +1050,7 @@ mod tests {
                     applied: 1,
                     voters: vec![],
                     learners: vec![],
+                    stuck: None,
                 }]
             } else {
                 vec![]
@@ -1355,6 +1357,7 @@ mod tests {
             applied: 1,
             voters: vec![],
             learners: vec![],
+            stuck: None,
         };
         let hb = NodeHeartbeat {
             node_id: 1,

@@ -149,6 +149,10 @@ pub struct NodeConfig {
     pub flush_interval: Duration,
     /// Below this much free space, new writes are refused with `DiskFull`.
     pub min_free_bytes: u64,
+    /// How long a replica's apply may stay stopped at an entry it cannot apply (full disk,
+    /// corrupt block) before it is reported stuck to the manager, which then replaces it.
+    /// (A stalled leader hands its leadership over at once, whatever this says.)
+    pub stuck_after: Duration,
 }
 
 impl NodeConfig {
@@ -160,6 +164,7 @@ impl NodeConfig {
             election_ticks: 10,
             flush_interval: Duration::from_millis(500),
             min_free_bytes: 64 << 20,
+            stuck_after: Duration::from_secs(10),
         }
     }
 }

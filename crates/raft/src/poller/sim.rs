@@ -603,7 +603,7 @@ impl Sim {
                 ));
             }
         }
-        if n.poller.quarantined.contains(&GROUP) {
+        if n.poller.quarantined.contains_key(&GROUP) {
             return Err(format!(
                 "node {id} quarantined its replica after a crash ({c:?})"
             ));
