@@ -37,6 +37,11 @@
 //! served again once the faults stop.
 //! The simulation gives up on a stalled snapshot copy after 2 s (production: 30 s).
 //!
+//! Stuck schedules (`run_stuck`, with the `failpoints` feature): the leader's apply fails
+//! for good from step 50 on; the manager replaces a replica reported stuck by the spare.
+//! Checked besides the above: the stuck replica is reported, and (without other faults)
+//! replaced, destroyed, and its node's log back to a couple of segments.
+//!
 //! Left out: power loss in chunk files (crashes keep what was written to them; the
 //! fdatasync cases are the engine's fail-point tests); several clients on one block (the
 //! nemesis over NBD has them); more than one group per node.
@@ -70,6 +75,8 @@ const STEP: Duration = Duration::from_millis(20);
 const ATTEMPT: Duration = Duration::from_secs(2);
 const FAULT_STEPS: usize = 600;
 const CALM_STEPS: usize = 300;
+/// A replica whose apply stays stalled this long is reported stuck (production: 10 s).
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 // ---- one node ----------------------------------------------------------------------
 
@@ -171,6 +178,7 @@ impl SimNode {
             fatal,
         } = start(dir.path(), id, TICK, log, chunks, fetcher);
         poller.inline_io = true;
+        poller.cfg.stuck_after = STUCK_AFTER;
         poller.recover(recovered);
         SimNode {
             id,
@@ -430,6 +438,8 @@ struct Sim {
     next_value: u32,
     next_id: u128,
     fig: Figures,
+    /// Replicas replaced because their node reported them stuck.
+    stuck_replaced: usize,
 }
 
 impl Sim {
@@ -477,6 +487,7 @@ impl Sim {
             next_value: 1,
             next_id: 1,
             fig: Figures::default(),
+            stuck_replaced: 0,
         }
     }
 
@@ -789,6 +800,9 @@ impl Sim {
         if !step.is_multiple_of(5) {
             return Ok(());
         }
+        if self.change.is_none() {
+            self.replace_stuck();
+        }
         let Some(change) = &mut self.change else {
             return Ok(());
         };
@@ -857,6 +871,34 @@ impl Sim {
             self.settle(l)?;
         }
         Ok(())
+    }
+
+    /// As the manager does with a replica its node reports stuck (it cannot apply): the
+    /// spare replaces it.
+    fn replace_stuck(&mut self) {
+        let now = virtual_clock::now();
+        let stuck = self.members.iter().copied().find(|&id| {
+            self.nodes[(id - 1) as usize].as_ref().is_some_and(|n| {
+                n.poller
+                    .states(now)
+                    .iter()
+                    .any(|s| s.group_id == GROUP && s.stuck.is_some())
+            })
+        });
+        let spare = (1..=NODES).find(|id| !self.members.contains(id) && self.gone.contains(id));
+        if let (Some(removed), Some(added)) = (stuck, spare) {
+            let mut target = self.members.clone();
+            target.retain(|&id| id != removed);
+            target.push(added);
+            trace!("change: replace stuck {removed} by {added}: {target:?}");
+            self.change = Some(Change {
+                target,
+                removed,
+                answer: Arc::default(),
+                done: false,
+            });
+            self.stuck_replaced += 1;
+        }
     }
 
     fn fault(&mut self, step: usize) -> Result<(), String> {
@@ -1289,6 +1331,87 @@ fn random_schedules_keep_every_block_linearizable_2() {
 #[test]
 fn random_schedules_keep_every_block_linearizable_3() {
     shard(3)
+}
+
+/// Issue 12: from step 50 on, the leader's apply fails (a full disk, through the
+/// `raft::apply` fail point) for good. Its clients are answered by the other replicas
+/// (the stuck leader hands over and acknowledges nothing it could not serve a read for),
+/// every block stays a linearizable register, the stuck replica is reported and replaced
+/// by the spare, then destroyed, and its node's log shrinks back.
+#[cfg(feature = "failpoints")]
+fn run_stuck(seed: u64, faults: bool) -> Result<(), String> {
+    let mut sim = Sim::new(seed);
+    for step in 0..50 {
+        sim.step(step, false)?;
+    }
+    let stuck = sim.leader().ok_or("no leader after 50 steps")?;
+    fail::cfg("raft::apply", &format!("return({stuck}/{GROUP})")).unwrap();
+    let mut steps = || -> Result<(), String> {
+        for step in 50..FAULT_STEPS {
+            sim.step(step, faults)?;
+        }
+        sim.cut.clear();
+        sim.armed.clear();
+        for step in FAULT_STEPS..FAULT_STEPS + CALM_STEPS {
+            sim.step(step, false)?;
+        }
+        Ok(())
+    };
+    let outcome = steps();
+    fail::remove("raft::apply");
+    outcome?;
+    for (b, c) in sim.clients.iter().enumerate() {
+        if c.calm_answers == 0 {
+            return Err(format!(
+                "block {b} was never served in {CALM_STEPS} steps after the faults stopped"
+            ));
+        }
+    }
+    if sim.stuck_replaced == 0 {
+        return Err(format!("node {stuck}'s stuck replica was never reported"));
+    }
+    if !faults {
+        let member = sim.members.contains(&stuck);
+        let n = sim.node(stuck).ok_or("the stuck node is gone")?;
+        if n.hosts() || member {
+            return Err(format!("node {stuck}'s stuck replica was never destroyed"));
+        }
+        let segments = n.poller.log.stats().segments;
+        if segments > 2 {
+            return Err(format!(
+                "node {stuck}'s log still holds {segments} segments of 256 KiB"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+fn stuck_schedules(faults: bool) {
+    let _scenario = fail::FailScenario::setup();
+    let first = env("TESSERA_SIM_SEED").unwrap_or_else(|| rand::random::<u64>() >> 16);
+    let count = if env("TESSERA_SIM_SEED").is_some() {
+        1
+    } else {
+        10
+    };
+    for seed in first..first + count {
+        if let Err(e) = run_stuck(seed, faults) {
+            panic!("stuck schedule {seed:#x} failed (replay: TESSERA_SIM_SEED={seed:#x}): {e}");
+        }
+    }
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stuck_leader_is_replaced_while_every_block_stays_served() {
+    stuck_schedules(false)
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_stuck_leader_under_faults_keeps_every_block_linearizable() {
+    stuck_schedules(true)
 }
 
 /// The same seed gives the same run, to the message: a failing seed reproduces.
