@@ -8,7 +8,8 @@
 //! Must never: block its poller on the network or on an fsync (the log writer and the
 //! flusher threads do that); apply an entry out of order or skip one; answer a write before
 //! its entry is committed (it is applied before any later read is served); carry on after
-//! the log reported a failed fsync.
+//! the log reported a failed fsync; acknowledge a write, as a leader that cannot apply, whose
+//! read it could not serve (such a replica hands over and is reported stuck: `poller/stuck.rs`).
 //!
 //! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop; its Ready
 //! handling in `poller/ready.rs`), `group.rs` (one group: proposals, lease reads, apply),
