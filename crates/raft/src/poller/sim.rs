@@ -37,8 +37,8 @@
 //! served again once the faults stop.
 //! The simulation gives up on a stalled snapshot copy after 2 s (production: 30 s).
 //!
-//! Stuck schedules (`run_stuck`, with the `failpoints` feature): the leader's apply fails
-//! for good from step 50 on; the manager replaces a replica reported stuck by the spare.
+//! Stuck schedules (`run_stuck`, with the `failpoints` feature; `TESSERA_STUCK_SCHEDULES`,
+//! default 10 per test): the leader's apply fails for good from step 50 on; the manager replaces a replica reported stuck by the spare.
 //! Checked besides the above: the stuck replica is reported, and (without other faults)
 //! replaced, destroyed, and its node's log back to a couple of segments.
 //!
@@ -1367,10 +1367,12 @@ fn run_stuck(seed: u64, faults: bool) -> Result<(), String> {
             ));
         }
     }
-    if sim.stuck_replaced == 0 {
-        return Err(format!("node {stuck}'s stuck replica was never reported"));
-    }
+    // Under faults a random replacement may remove the stuck replica before it is reported
+    // (and add it back later): what must hold there is checked above.
     if !faults {
+        if sim.stuck_replaced == 0 {
+            return Err(format!("node {stuck}'s stuck replica was never reported"));
+        }
         let member = sim.members.contains(&stuck);
         let n = sim.node(stuck).ok_or("the stuck node is gone")?;
         if n.hosts() || member {
@@ -1393,7 +1395,7 @@ fn stuck_schedules(faults: bool) {
     let count = if env("TESSERA_SIM_SEED").is_some() {
         1
     } else {
-        10
+        env("TESSERA_STUCK_SCHEDULES").unwrap_or(10)
     };
     for seed in first..first + count {
         if let Err(e) = run_stuck(seed, faults) {
