@@ -56,6 +56,14 @@ pub struct StorageConfig {
     /// catching up after an absence), so that client I/O keeps its latency.
     #[serde(default = "default_recovery_rate")]
     pub recovery_bytes_per_sec: u64,
+    /// How long a replica's apply may stay stopped (full disk, corrupt block) before it is
+    /// reported stuck, so that the manager replaces it.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
+}
+
+fn default_stuck_after_ms() -> u64 {
+    10_000
 }
 
 fn default_recovery_rate() -> u64 {
@@ -165,6 +173,7 @@ impl StorageNode {
         });
         let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
         ncfg.min_free_bytes = cfg.min_free_bytes;
+        ncfg.stuck_after = Duration::from_millis(cfg.stuck_after_ms);
         let raft = RaftNode::start(
             ncfg,
             log,
@@ -372,6 +381,7 @@ mod tests {
             log_segment_bytes: default_segment(),
             metrics_listen: None,
             recovery_bytes_per_sec: default_recovery_rate(),
+            stuck_after_ms: default_stuck_after_ms(),
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

@@ -68,6 +68,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             log_segment_bytes: 64 << 20,
             metrics_listen: None,
             recovery_bytes_per_sec: 100 << 20,
+            stuck_after_ms: 10_000,
         };
         nodes.push(
             StorageNode::start(cfg)
