@@ -943,13 +943,11 @@ impl Group {
     /// Answers every waiting read with the stalled leader's refusal: the applied index they
     /// wait for does not move.
     pub(crate) fn refuse_reads(&mut self) {
-        if self.stalled.is_none() {
+        let Some(refusal) = self.stalled_refusal() else {
             return;
-        }
+        };
         for r in std::mem::take(&mut self.reads) {
-            if let Some(refusal) = self.stalled_refusal() {
-                (r.respond)(refusal);
-            }
+            (r.respond)(refusal.clone());
         }
     }
 

@@ -132,9 +132,7 @@ impl Poller {
                 self.fail(why);
                 return;
             }
-            if !cfg!(tessera_unfixed = "stalled_leader") {
-                g.refuse_reads();
-            }
+            g.refuse_reads();
             if g.raw.has_ready() {
                 self.dirty.insert(gid);
             }
