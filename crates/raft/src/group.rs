@@ -1048,12 +1048,13 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
     }
 }
 
-/// Whether the `raft::apply` fail point, configured `return(<node>/<group>)`, makes this
-/// replica's entries meet a full disk (never unless a test configured it).
+/// Whether the `raft::apply` fail point, configured `return(<node>/<group>)` (or
+/// `return(<node>/*)`: every group of the node), makes this replica's entries meet a full
+/// disk (never unless a test configured it).
 fn injected_stall(node: u64, group: u64) -> bool {
     let _ = (node, group);
     fail::fail_point!("raft::apply", |arg: Option<String>| {
-        arg.is_some_and(|a| a == format!("{node}/{group}"))
+        arg.is_some_and(|a| a == format!("{node}/{group}") || a == format!("{node}/*"))
     });
     false
 }
