@@ -12,8 +12,9 @@
 //! replica. One move per group at a time; a move is re-aimed (its target changed) only when
 //! a node of its target goes down, loses the group or is drained.
 //!
-//! Priorities, one pass: (1) replace members that are down or lost their replica, groups
-//! missing the most first; (2) move replicas off draining nodes, leaders first; (3) when
+//! Priorities, one pass: (1) replace members that are down, lost their replica, or report it
+//! stuck (it cannot apply: see `tessera_raft`'s `poller/stuck.rs`), groups missing the most
+//! first; (2) move replicas off draining nodes, leaders first; (3) when
 //! nothing else is moving, even out replica counts; (4) even out leaderships. Throttles bound
 //! the moves in flight in total and per receiving node, so recovery traffic leaves room for
 //! client I/O.
