@@ -150,14 +150,15 @@ impl Liveness {
     }
 
     /// The member that claims leadership of `g` with the highest term, among members (and
-    /// nodes a move is adding) not down.
+    /// nodes a move is adding) not down. A stuck replica is not asked to lead anything: it
+    /// refuses requests and hands its leadership over.
     pub fn leader(&self, g: &GroupRecord, now: Instant) -> Option<u64> {
         g.members_and_target()
             .iter()
             .filter(|m| !self.is_down(**m, now))
             .filter_map(|m| {
                 let r = self.report(*m, g.id)?;
-                (r.role == Role::Leader).then_some((r.term, *m))
+                (r.role == Role::Leader && r.stuck.is_none()).then_some((r.term, *m))
             })
             .max()
             .map(|(_, m)| m)
@@ -190,6 +191,7 @@ mod tests {
                     applied: 1,
                     voters: Vec::new(),
                     learners: Vec::new(),
+                    stuck: None,
                 })
                 .collect(),
             recovery: Default::default(),

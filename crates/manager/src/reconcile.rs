@@ -12,8 +12,9 @@
 //! replica. One move per group at a time; a move is re-aimed (its target changed) only when
 //! a node of its target goes down, loses the group or is drained.
 //!
-//! Priorities, one pass: (1) replace members that are down or lost their replica, groups
-//! missing the most first; (2) move replicas off draining nodes, leaders first; (3) when
+//! Priorities, one pass: (1) replace members that are down, lost their replica, or report it
+//! stuck (it cannot apply: see `tessera_raft`'s `poller/stuck.rs`), groups missing the most
+//! first; (2) move replicas off draining nodes, leaders first; (3) when
 //! nothing else is moving, even out replica counts; (4) even out leaderships. Throttles bound
 //! the moves in flight in total and per receiving node, so recovery traffic leaves room for
 //! client I/O.
@@ -44,6 +45,9 @@ pub enum Why {
     /// Its node is up but has not hosted the group for longer than the down timeout (its
     /// data was lost, or it never managed to create the replica).
     Lost,
+    /// Its node reports the replica stuck (it cannot apply, or was quarantined) for longer
+    /// than the down timeout. It holds its node's shared log until it is removed.
+    Stuck,
     Draining,
     Rebalance,
 }
@@ -53,6 +57,7 @@ impl fmt::Display for Why {
         f.write_str(match self {
             Why::Down => "node down",
             Why::Lost => "replica lost on a live node",
+            Why::Stuck => "replica stuck on a live node",
             Why::Draining => "node draining",
             Why::Rebalance => "rebalance",
         })
@@ -108,8 +113,9 @@ pub struct Facts<'a> {
 
 /// Since when each up node has not reported hosting a group it is a member of, or that a
 /// move is adding it to (it should host it as a joining replica one heartbeat after the
-/// move starts). Memory only: after a manager restart the clock starts again, which only
-/// delays a replacement.
+/// move starts), or has reported its replica stuck (it cannot apply: it serves nothing and
+/// pins its node's shared log until it is removed). Memory only: after a manager restart
+/// the clock starts again, which only delays a replacement.
 #[derive(Debug, Default)]
 pub struct LostTracker {
     missing_since: BTreeMap<(u64, u64), Instant>,
@@ -124,7 +130,8 @@ impl LostTracker {
             for m in g.members_and_target() {
                 let judged =
                     live.health(m, now) == Health::Up && live.last_heartbeat_ago(m, now).is_some();
-                if judged && live.report(m, g.id).is_none() {
+                let hosted = live.report(m, g.id).is_some_and(|r| r.stuck.is_none());
+                if judged && !hosted {
                     let since = self.missing_since.get(&(m, g.id)).copied().unwrap_or(now);
                     next.insert((m, g.id), since);
                 }
@@ -290,7 +297,12 @@ impl Planner<'_> {
         if self.health(n) == Health::Down {
             Some(Why::Down)
         } else if self.f.lost.contains(&(n, g.id)) {
-            Some(Why::Lost)
+            let stuck = self
+                .f
+                .live
+                .report(n, g.id)
+                .is_some_and(|r| r.stuck.is_some());
+            Some(if stuck { Why::Stuck } else { Why::Lost })
         } else if !g.members.contains(&n) && self.draining(n) {
             Some(Why::Draining)
         } else {
@@ -821,6 +833,7 @@ mod tests {
                             applied: 1,
                             voters: g.members.clone(),
                             learners: Vec::new(),
+                            stuck: None,
                         }
                     })
                     .collect();
@@ -1051,6 +1064,7 @@ mod tests {
                     applied: 1,
                     voters: vec![],
                     learners: vec![],
+                    stuck: None,
                 }]
             } else {
                 vec![]
@@ -1078,6 +1092,69 @@ mod tests {
         t.update(&w.state, &w.live, w.now);
         assert!(t.lost(w.now, DOWN).is_empty());
         let _ = w.t0;
+    }
+
+    /// Issue 12: a replica its node reports stuck (apply stalled on a full disk or a
+    /// corrupt block, or quarantined at start) serves nothing and pins its node's shared
+    /// log; once the down timeout passed it is replaced like a lost one, and a stuck
+    /// leader is not the one the manager asks to drive the change.
+    #[test]
+    fn a_replica_reported_stuck_is_replaced_after_the_down_timeout() {
+        let mut w = World::new(&["a", "b", "c", "d"], 1);
+        let g = w.state.groups_of(1).next().unwrap().clone();
+        let mut t = LostTracker::default();
+        let stuck_report = |w: &mut World| {
+            let groups = w
+                .state
+                .groups()
+                .filter(|r| r.members.contains(&1))
+                .map(|r| GroupState {
+                    group_id: r.id,
+                    role: Role::Leader,
+                    term: 9,
+                    leader: 1,
+                    commit: 1,
+                    applied: 1,
+                    voters: r.members.clone(),
+                    learners: vec![],
+                    stuck: (r.id == g.id).then(|| "apply stalled: disk full".to_string()),
+                })
+                .collect();
+            let hb = NodeHeartbeat {
+                node_id: 1,
+                capacity_bytes: 1 << 40,
+                used_bytes: 0,
+                groups,
+                recovery: Default::default(),
+                descriptors: Default::default(),
+            };
+            w.live.heartbeat(&hb, w.now);
+        };
+        stuck_report(&mut w);
+        t.update(&w.state, &w.live, w.now);
+        assert!(
+            t.lost(w.now, DOWN).is_empty(),
+            "not before the down timeout"
+        );
+        assert_ne!(
+            w.live.leader(&g, w.now),
+            Some(1),
+            "a stuck leader drives nothing"
+        );
+        w.advance(DOWN);
+        stuck_report(&mut w);
+        t.update(&w.state, &w.live, w.now);
+        w.lost = t.lost(w.now, DOWN);
+        assert_eq!(w.lost, BTreeSet::from([(1, g.id)]));
+        let p = w.plan(LIMITS);
+        let m = p
+            .moves
+            .iter()
+            .find(|m| m.group_id == g.id)
+            .expect("replaced");
+        assert_eq!(m.swaps.len(), 1);
+        assert_eq!((m.swaps[0].0, m.swaps[0].2), (1, Why::Stuck));
+        assert!(!m.target.contains(&1));
     }
 
     #[test]
@@ -1358,6 +1435,7 @@ mod tests {
             applied: 1,
             voters: vec![],
             learners: vec![],
+            stuck: None,
         };
         let hb = NodeHeartbeat {
             node_id: 1,

@@ -671,6 +671,7 @@ impl Service {
                             role: report.map(|r| r.role),
                             commit: report.map_or(0, |r| r.commit),
                             applied: report.map_or(0, |r| r.applied),
+                            stuck: report.and_then(|r| r.stuck.clone()),
                         }
                     })
                     .collect(),
@@ -679,7 +680,7 @@ impl Service {
                     || g.members.iter().any(|m| {
                         self.live.health(*m, t) != Health::Up
                             || (self.live.last_heartbeat_ago(*m, t).is_some()
-                                && self.live.report(*m, g.id).is_none())
+                                && self.live.report(*m, g.id).is_none_or(|r| r.stuck.is_some()))
                     }),
                 moving_to: g.target.clone(),
             })

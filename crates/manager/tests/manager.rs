@@ -73,6 +73,7 @@ fn state(group_id: u64, role: Role) -> GroupState {
         applied: 10,
         voters: Vec::new(),
         learners: Vec::new(),
+        stuck: None,
     }
 }
 

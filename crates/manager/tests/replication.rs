@@ -175,6 +175,7 @@ async fn a_member_that_lost_its_replica_rejoins_after_a_manager_failover() {
         applied: 10,
         voters: vec![1, 2, 3],
         learners: Vec::new(),
+        stuck: None,
     };
     assert!(create_orders(&addrs, 1, vec![led]).await.is_empty());
     assert_eq!(create_orders(&addrs, 2, vec![]).await, [(1, true)]);

@@ -1,7 +1,7 @@
 //! Latency histograms and counters for every Tessera process, in the Prometheus text format.
 //!
 //! Owns: a process-wide registry of named histograms (microsecond buckets, powers of two
-//! from 1 µs to ~67 s) and counters, cheap enough for the write path (an observation is
+//! from 1 µs to ~67 s), counters and gauges, cheap enough for the write path (an observation is
 //! three relaxed atomic adds), and a minimal HTTP endpoint that serves `GET /metrics`.
 //! Must never: allocate or lock on an observation; block the caller.
 //!
@@ -13,7 +13,7 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -121,9 +121,27 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down (how many of something there are now).
+pub struct Gauge {
+    name: &'static str,
+    help: &'static str,
+    value: AtomicI64,
+}
+
+impl Gauge {
+    pub fn add(&self, n: i64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
 enum Metric {
     Histogram(&'static Histogram),
     Counter(&'static Counter),
+    Gauge(&'static Gauge),
 }
 
 fn registry() -> &'static Mutex<Vec<Metric>> {
@@ -204,6 +222,45 @@ impl LazyCounter {
     }
 }
 
+/// A gauge registered on first use; declare it as a `static`. Several owners (say, the
+/// storage nodes of a dev cluster, in one process) each add and take away their own share.
+pub struct LazyGauge {
+    name: &'static str,
+    help: &'static str,
+    cell: OnceLock<&'static Gauge>,
+}
+
+impl LazyGauge {
+    pub const fn new(name: &'static str, help: &'static str) -> LazyGauge {
+        LazyGauge {
+            name,
+            help,
+            cell: OnceLock::new(),
+        }
+    }
+
+    /// The value now (0 before the first `add`).
+    pub fn get(&self) -> i64 {
+        self.cell.get().map_or(0, |g| g.get())
+    }
+
+    pub fn add(&self, n: i64) {
+        self.cell
+            .get_or_init(|| {
+                let g: &'static Gauge = Box::leak(Box::new(Gauge {
+                    name: self.name,
+                    help: self.help,
+                    value: AtomicI64::new(0),
+                }));
+                if let Ok(mut r) = registry().lock() {
+                    r.push(Metric::Gauge(g));
+                }
+                g
+            })
+            .add(n)
+    }
+}
+
 /// Every registered metric in the Prometheus text exposition format.
 pub fn render() -> String {
     let mut out = String::new();
@@ -215,6 +272,11 @@ pub fn render() -> String {
                     let _ = writeln!(out, "# HELP {} {}", c.name, c.help);
                     let _ = writeln!(out, "# TYPE {} counter", c.name);
                     let _ = writeln!(out, "{} {}", c.name, c.get());
+                }
+                Metric::Gauge(g) => {
+                    let _ = writeln!(out, "# HELP {} {}", g.name, g.help);
+                    let _ = writeln!(out, "# TYPE {} gauge", g.name);
+                    let _ = writeln!(out, "{} {}", g.name, g.get());
                 }
             }
         }

@@ -360,6 +360,13 @@ pub struct GroupState {
     pub voters: Vec<u64>,
     #[serde(default)]
     pub learners: Vec<u64>,
+    /// Why this replica cannot serve its group, if it cannot: its apply has been stalled
+    /// (a full disk, a corrupt block) for longer than the node tolerates, or the node
+    /// quarantined it at start. It still holds the group's log (and may still count
+    /// towards commits) until it is removed through a membership change; the manager
+    /// replaces it as it would a lost replica, then has it destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +484,9 @@ pub struct ReplicaStatus {
     pub role: Option<Role>,
     pub commit: u64,
     pub applied: u64,
+    /// Why the replica cannot serve (see `GroupState::stuck`); it is being replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<String>,
 }
 
 /// Encodes a control message as a frame body.

@@ -45,6 +45,8 @@ pub(crate) enum Refusal {
     /// A leadership transfer to a replica whose log holds a membership change it has not
     /// applied: it would campaign in a configuration the group may have left.
     MembershipChanging,
+    /// A leadership transfer to a replica that cannot apply: it would serve nothing.
+    Stalled,
 }
 
 impl fmt::Display for Refusal {
@@ -63,6 +65,7 @@ impl fmt::Display for Refusal {
             Refusal::MembershipChanging => {
                 "leadership transfer while a membership change is not applied here"
             }
+            Refusal::Stalled => "leadership transfer to a replica that cannot apply",
         })
     }
 }
@@ -122,6 +125,11 @@ pub(crate) fn admit(
             if g.unapplied_conf_change() && !cfg!(tessera_unfixed = "stale_config") =>
         {
             Err(Refusal::MembershipChanging)
+        }
+        MessageType::MsgTimeoutNow
+            if g.stalled.is_some() && !cfg!(tessera_unfixed = "stalled_leader") =>
+        {
+            Err(Refusal::Stalled)
         }
         // A new replica, hosted to join the group, knows no configuration until its first
         // snapshot: it is a learner of the current one. Its node may have been a voter of

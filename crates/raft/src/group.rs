@@ -115,6 +115,13 @@ pub(crate) struct Group {
     pub(crate) dedup: Dedup,
     /// Each volume's writer epoch floor, from the log: older writes are not proposed.
     pub(crate) fences: Fences,
+    /// Apply is stopped at a committed entry it cannot apply (full disk, corrupt block):
+    /// since when (the first failure) and why. Reads wait on the applied index, so such a
+    /// replica serves nothing: as leader it refuses requests and hands leadership over (see
+    /// `poller/stuck.rs`).
+    pub(crate) stalled: Option<(Instant, String)>,
+    /// When this replica, stalled as leader, last asked for a leadership transfer.
+    pub(crate) stall_transfer: Option<Instant>,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -334,6 +341,8 @@ impl Group {
             ping_due: false,
             dedup,
             fences,
+            stalled: None,
+            stall_transfer: None,
         })
     }
 
@@ -556,6 +565,7 @@ impl Group {
             applied: self.applied,
             voters: r.prs().conf().voters().ids().iter().collect(),
             learners: r.prs().conf().learners().iter().copied().collect(),
+            stuck: None,
         }
     }
 
@@ -568,6 +578,12 @@ impl Group {
                 hint: self.raw.raft.leader_id,
             });
             return;
+        }
+        // A leader that cannot apply could acknowledge writes but never serve the reads
+        // that follow them. Refused before any retry lookup: a retry answered `Ok` here
+        // would be just such an acknowledgement. The client tries the other replicas.
+        if let Some(refusal) = self.stalled_refusal() {
+            return respond(refusal);
         }
         if req.op == Op::Read {
             if !self.raw.raft.commit_to_current_term() {
@@ -807,6 +823,11 @@ impl Group {
                     Reply::NotLeader {
                         hint: self.raw.raft.leader_id,
                     }
+                } else if let Some(refusal) = self.stalled_refusal() {
+                    // Committed, and applied in time by every replica that can; but not
+                    // acknowledged by one that cannot serve its read. The client's retry
+                    // (same id) finds it committed at the next leader.
+                    refusal
                 } else {
                     Reply::Ok(Bytes::new())
                 };
@@ -828,6 +849,7 @@ impl Group {
             return Ok(());
         }
         let before = self.applied;
+        let mut stall = None;
         while let Some(front) = self.to_apply.front() {
             if front.get_entry_type() != EntryType::EntryNormal {
                 let e = front.clone();
@@ -838,6 +860,9 @@ impl Group {
             };
             let started = std::time::Instant::now();
             let result = match e.get_entry_type() {
+                EntryType::EntryNormal if injected_stall(self.raw.raft.id, self.id) => Err(
+                    tessera_engine::Error::DiskFull("injected: raft::apply fail point".into()),
+                ),
                 EntryType::EntryNormal => apply_entry(&self.chunks, self.id, e),
                 _ => Ok(()),
             };
@@ -849,10 +874,12 @@ impl Group {
                         index = e.index,
                         "apply stalled: disk full: {msg}"
                     );
+                    stall = Some(format!("entry {} meets a full disk: {msg}", e.index));
                     break;
                 }
                 Err(tessera_engine::Error::Corrupt(msg)) => {
                     tracing::error!(group = self.id, index = e.index, "apply stalled: {msg}");
+                    stall = Some(format!("entry {} meets a corrupt block: {msg}", e.index));
                     break;
                 }
                 // Out of descriptors even after closing idle chunks: back-pressure, retried
@@ -881,8 +908,57 @@ impl Group {
             self.raw.advance_apply_to(self.applied);
             self.chunks.start_writeback();
         }
+        self.note_stall(stall);
         self.serve_reads();
         Ok(())
+    }
+
+    /// Records whether apply stopped at an entry it cannot apply: the first failure starts
+    /// the stall (its age decides when the replica is reported stuck), an apply that
+    /// drains its queue ends it.
+    fn note_stall(&mut self, stall: Option<String>) {
+        match stall {
+            Some(why) if self.stalled.is_none() => {
+                crate::metrics::APPLY_STALLS.add(1);
+                self.stalled = Some((crate::clock::now(), why));
+            }
+            Some(_) => {}
+            None => {
+                if self.stalled.take().is_some() {
+                    tracing::info!(group = self.id, "apply resumed");
+                }
+            }
+        }
+    }
+
+    /// The answer of a stalled leader to a request it must not acknowledge.
+    pub(crate) fn stalled_refusal(&self) -> Option<Reply> {
+        if cfg!(tessera_unfixed = "stalled_leader") {
+            return None;
+        }
+        let (_, why) = self.stalled.as_ref()?;
+        Some(Reply::Unavailable(format!(
+            "group {} cannot apply on node {} ({why}); its leadership is being handed over",
+            self.id, self.raw.raft.id
+        )))
+    }
+
+    /// Why this replica is to be reported stuck: stalled for at least `after`.
+    pub(crate) fn stuck(&self, now: Instant, after: Duration) -> Option<String> {
+        let (since, why) = self.stalled.as_ref()?;
+        let age = now.saturating_duration_since(*since);
+        (age >= after).then(|| format!("apply stalled for {}s: {why}", age.as_secs()))
+    }
+
+    /// Answers every waiting read with the stalled leader's refusal: the applied index they
+    /// wait for does not move.
+    pub(crate) fn refuse_reads(&mut self) {
+        let Some(refusal) = self.stalled_refusal() else {
+            return;
+        };
+        for r in std::mem::take(&mut self.reads) {
+            (r.respond)(refusal.clone());
+        }
     }
 
     /// Serves the waiting reads, in arrival order, that the applied index covers and whose
@@ -980,6 +1056,17 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
         // The floor was raised when the entry reached the log (see `fence.rs`).
         CmdOp::Fence => Ok(()),
     }
+}
+
+/// Whether the `raft::apply` fail point, configured `return(<node>/<group>)` (or
+/// `return(<node>/*)`: every group of the node), makes this replica's entries meet a full
+/// disk (never unless a test configured it).
+fn injected_stall(node: u64, group: u64) -> bool {
+    let _ = (node, group);
+    fail::fail_point!("raft::apply", |arg: Option<String>| {
+        arg.is_some_and(|a| a == format!("{node}/{group}") || a == format!("{node}/*"))
+    });
+    false
 }
 
 fn serve_read(chunks: &ChunkStore, req: &Request) -> Reply {

@@ -8,7 +8,8 @@
 //! Must never: block its poller on the network or on an fsync (the log writer and the
 //! flusher threads do that); apply an entry out of order or skip one; answer a write before
 //! its entry is committed (it is applied before any later read is served); carry on after
-//! the log reported a failed fsync.
+//! the log reported a failed fsync; acknowledge a write, as a leader that cannot apply, whose
+//! read it could not serve (such a replica hands over and is reported stuck: `poller/stuck.rs`).
 //!
 //! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop; its Ready
 //! handling in `poller/ready.rs`), `group.rs` (one group: proposals, lease reads, apply),
@@ -150,6 +151,10 @@ pub struct NodeConfig {
     /// Below this much free space, writes and write-zeroes (everything that allocates) are
     /// refused with `DiskFull`; discards, which free space, are not.
     pub min_free_bytes: u64,
+    /// How long a replica's apply may stay stopped at an entry it cannot apply (full disk,
+    /// corrupt block) before it is reported stuck to the manager, which then replaces it.
+    /// (A stalled leader hands its leadership over at once, whatever this says.)
+    pub stuck_after: Duration,
 }
 
 impl NodeConfig {
@@ -161,6 +166,7 @@ impl NodeConfig {
             election_ticks: 10,
             flush_interval: Duration::from_millis(500),
             min_free_bytes: 64 << 20,
+            stuck_after: Duration::from_secs(10),
         }
     }
 }

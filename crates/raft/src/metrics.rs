@@ -24,3 +24,13 @@ pub(crate) static REFUSED_MESSAGES: tessera_metrics::LazyCounter =
         "Raft messages from the network dropped before reaching raft-rs (not for this node, not \
      from a member, local-only types, or contents that cannot apply)",
     );
+pub(crate) static STUCK_REPLICAS: tessera_metrics::LazyGauge = tessera_metrics::LazyGauge::new(
+    "tessera_raft_stuck_replicas",
+    "Replicas hosted here that cannot apply (stalled past the node's threshold on a full disk \
+     or a corrupt block, or quarantined at start): they serve nothing and wait to be replaced",
+);
+pub(crate) static APPLY_STALLS: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
+    "tessera_raft_apply_stalls_total",
+    "Times a replica's apply stopped at a committed entry it could not apply (full disk, \
+     corrupt block); it retries, never skips",
+);

@@ -10,7 +10,8 @@
 //! This file holds the loop and the events it takes (`run`, `handle`); one file an
 //! operation beside it: `ready.rs` (Readies to the log and the wire, applying committed
 //! entries), `catchup.rs` (a snapshot's chunk data copied before it is stepped), `lifecycle.rs` (replicas recovered, created, destroyed), `tick.rs` (ticks,
-//! replay end, chunk flushes), `outbox.rs` (messages batched per peer). Message admission
+//! replay end, chunk flushes), `stuck.rs` (replicas that cannot apply), `outbox.rs`
+//! (messages batched per peer). Message admission
 //! is `crate::admit`; `tests.rs` and `sim.rs` drive pollers round by round.
 
 use std::collections::{HashMap, HashSet};
@@ -47,6 +48,9 @@ mod outbox;
 mod ready;
 #[cfg(test)]
 mod sim;
+mod stuck;
+#[cfg(test)]
+mod stuck_tests;
 #[cfg(test)]
 mod tests;
 mod tick;
@@ -68,9 +72,12 @@ pub(crate) struct Poller {
     tx: mpsc::UnboundedSender<Event>,
     on_fatal: OnFatal,
     groups: HashMap<u64, Group>,
-    /// Groups the log knows but could not restore. Never re-created empty here: a replica
-    /// that forgot its vote or its log could elect a second leader in a term.
-    quarantined: HashSet<u64>,
+    /// Groups the log knows but could not restore, and why. Never re-created empty here: a
+    /// replica that forgot its vote or its log could elect a second leader in a term.
+    /// Reported stuck; destroyed on the manager's word once the group replaced it.
+    quarantined: HashMap<u64, String>,
+    /// Replicas counted in the stuck-replicas gauge (see `stuck.rs`).
+    counted_stuck: HashSet<u64>,
     /// Replicas being destroyed (log tombstone, then files): not re-created meanwhile.
     destroying: HashSet<u64>,
     /// Groups with a snapshot copy in flight: it writes into the replica's files until it
@@ -126,7 +133,8 @@ impl Poller {
             tx,
             on_fatal,
             groups: HashMap::new(),
-            quarantined: HashSet::new(),
+            quarantined: HashMap::new(),
+            counted_stuck: HashSet::new(),
             destroying: HashSet::new(),
             copying: HashSet::new(),
             remove_after_copy: HashSet::new(),
@@ -217,6 +225,7 @@ impl Poller {
         for g in self.groups.values_mut() {
             g.fail_pending();
         }
+        self.uncount_stuck();
         // Answer whatever is still queued.
         while let Ok(ev) = rx.try_recv() {
             match ev {
@@ -501,11 +510,7 @@ impl Poller {
                 }),
                 None => respond(Reply::GroupNotFound),
             },
-            Event::Status(f) => {
-                let mut states: Vec<_> = self.groups.values().map(|g| g.state()).collect();
-                states.sort_by_key(|s| s.group_id);
-                f(states)
-            }
+            Event::Status(f) => f(self.states(crate::clock::now())),
             Event::Fatal(why) => self.fail(why),
             Event::Shutdown => self.stopped = true,
         }

@@ -65,10 +65,18 @@ pub struct StorageConfig {
     /// (at most, and by default, `tessera_proto::copy::MAX_LIST_PAGE`).
     #[serde(default = "default_copy_list_page")]
     pub copy_list_page: u32,
+    /// How long a replica's apply may stay stopped (full disk, corrupt block) before it is
+    /// reported stuck, so that the manager replaces it.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
 }
 
 fn default_copy_list_page() -> u32 {
     tessera_proto::copy::MAX_LIST_PAGE
+}
+
+fn default_stuck_after_ms() -> u64 {
+    10_000
 }
 
 fn default_recovery_rate() -> u64 {
@@ -193,6 +201,7 @@ impl StorageNode {
         });
         let mut ncfg = NodeConfig::new(node_id, cfg.data_dir.clone());
         ncfg.min_free_bytes = cfg.min_free_bytes;
+        ncfg.stuck_after = Duration::from_millis(cfg.stuck_after_ms);
         let raft = RaftNode::start(
             ncfg,
             log,
@@ -410,6 +419,7 @@ mod tests {
             recovery_bytes_per_sec: default_recovery_rate(),
             max_open_chunks: None,
             copy_list_page: default_copy_list_page(),
+            stuck_after_ms: default_stuck_after_ms(),
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

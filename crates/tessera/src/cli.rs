@@ -291,7 +291,8 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
             }
             println!("\nGROUPS");
             println!(
-                "{:>6} {:>7} {:>7} {:<9} REPLICAS (node@rack, ! = node not up)",
+                "{:>6} {:>7} {:>7} {:<9} REPLICAS (node@rack, ! = node not up, \
+                 * = replica stuck: cannot apply, being replaced)",
                 "ID", "LEADER", "CHUNKS", "STATE"
             );
             for g in &s.groups {
@@ -300,7 +301,8 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
                     .iter()
                     .map(|r| {
                         let mark = if r.node_state == "up" { "" } else { "!" };
-                        format!("{}@{}{mark}", r.node_id, r.rack)
+                        let stuck = if r.stuck.is_some() { "*" } else { "" };
+                        format!("{}@{}{mark}{stuck}", r.node_id, r.rack)
                     })
                     .collect();
                 let state = match (g.leader, g.degraded) {

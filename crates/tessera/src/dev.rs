@@ -70,6 +70,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             recovery_bytes_per_sec: 100 << 20,
             max_open_chunks: None,
             copy_list_page: tessera_proto::copy::MAX_LIST_PAGE,
+            stuck_after_ms: 10_000,
         };
         nodes.push(
             StorageNode::start(cfg)

@@ -44,14 +44,19 @@ impl Poller {
                     applied.0,
                     first.index
                 );
-                self.quarantined.insert(gid);
+                let why = format!(
+                    "quarantined: log gap after applied index {}, next entry {}",
+                    applied.0, first.index
+                );
+                self.quarantined.insert(gid, why);
                 continue;
             }
             let chunks = match self.chunks.get(gid) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(group = gid, "cannot open chunk files: {e}; quarantined");
-                    self.quarantined.insert(gid);
+                    let why = format!("quarantined: cannot open chunk files: {e}");
+                    self.quarantined.insert(gid, why);
                     continue;
                 }
             };
@@ -79,14 +84,15 @@ impl Poller {
                 }
                 Err(e) => {
                     tracing::error!(group = gid, "cannot restore group: {e}; quarantined");
-                    self.quarantined.insert(gid);
+                    let why = format!("quarantined: cannot restore the group: {e}");
+                    self.quarantined.insert(gid, why);
                 }
             }
         }
         // Chunk files whose group the log no longer knows belong to a replica destroyed
         // before its files were (the log's tombstone comes first).
         for space in self.chunks.spaces() {
-            if !self.groups.contains_key(&space) && !self.quarantined.contains(&space) {
+            if !self.groups.contains_key(&space) && !self.quarantined.contains_key(&space) {
                 tracing::warn!(group = space, "removing chunk files of a destroyed replica");
                 if let Err(e) = self.chunks.remove(space) {
                     tracing::warn!(group = space, "removing chunk files: {e}");
@@ -125,7 +131,7 @@ impl Poller {
             );
             return;
         }
-        if self.quarantined.contains(&spec.group_id) {
+        if self.quarantined.contains_key(&spec.group_id) {
             tracing::warn!(
                 group = spec.group_id,
                 "not re-creating a quarantined replica: it needs replacing, not a fresh start"
@@ -205,11 +211,20 @@ impl Poller {
 
     /// Destroys this node's replica of `gid`: pending requests fail over, the log forgets
     /// the group (a durable tombstone), then its chunk files are deleted.
+    /// A quarantined replica is destroyed the same way: its log entries and slots are all
+    /// it still holds, and they pin the shared log's segments while it stays.
     pub(super) fn destroy_group(&mut self, gid: u64) {
-        let Some(mut g) = self.groups.remove(&gid) else {
-            return;
-        };
-        g.fail_pending();
+        match self.groups.remove(&gid) {
+            Some(mut g) => g.fail_pending(),
+            None if self.quarantined.contains_key(&gid)
+                && !cfg!(tessera_unfixed = "stuck_replicas") =>
+            {
+                // The tombstone below keeps it from coming back at a restart; `destroying`
+                // keeps it from being re-created until its files are gone.
+                self.quarantined.remove(&gid);
+            }
+            None => return,
+        }
         self.dirty.remove(&gid);
         self.to_apply.retain(|&id| id != gid);
         self.destroying.insert(gid);

@@ -132,6 +132,7 @@ impl Poller {
                 self.fail(why);
                 return;
             }
+            g.refuse_reads();
             if g.raw.has_ready() {
                 self.dirty.insert(gid);
             }

@@ -36,7 +36,10 @@ impl Poller {
         self.next_tick = now + self.cfg.tick;
         for (gid, g) in self.groups.iter_mut() {
             // Ticks are cheap; a group that has something to do is handled this round.
-            let leaving = !g.is_leader() && g.leaving();
+            // A follower that cannot apply could lead nothing: it hands leadership over.
+            let leaving = !g.is_leader()
+                && (g.leaving()
+                    || (g.stalled.is_some() && !cfg!(tessera_unfixed = "stalled_leader")));
             for _ in 0..ticks {
                 // A follower the group is removing never campaigns: it would do so in the
                 // configuration it applied, which still counts it, and could win there with
@@ -54,6 +57,7 @@ impl Poller {
             g.check_snapshots(now);
             self.dirty.insert(*gid);
         }
+        self.check_stuck(now);
         self.check_space(now);
         // Per group: one that cannot finish (no leader to commit its tail) must not keep
         // every other group's torn-block tolerance on, where it would hide real corruption.

@@ -1,0 +1,108 @@
+//! Issue 12 with real processes: a storage node whose replicas cannot apply (every entry
+//! meets a full disk, through the `raft::apply` fail point set in `FAILPOINTS`; run with
+//! `--features failpoints`). Its replicas are reported stuck, the manager replaces them on
+//! the spare node and has them destroyed, and every acknowledged write reads back.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{BIN, Cluster, FAST_RECOVERY, Opts, fully_replicated};
+
+const CHUNKS: u64 = 8;
+
+fn block(chunk: u64) -> Bytes {
+    Bytes::from(vec![0x40 + chunk as u8; 64 << 10])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_cannot_apply_are_replaced_and_every_write_reads_back() {
+    let opts = Opts {
+        nodes: 4,
+        groups_per_node: 2,
+        storage_extra: "stuck_after_ms = 500".into(),
+        ..Default::default()
+    };
+    let mut c = Cluster::start_with_manager(opts, FAST_RECOVERY);
+    let s = c.wait_ready(4).await;
+    let stuck = c.node_id(&s, 0);
+    c.create_volume("v", "8MiB", "1MiB");
+    // Node 0 again, now unable to apply anything.
+    c.kill_node(0);
+    let n = &mut c.nodes[0];
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)
+        .expect("log");
+    n.child = Some(
+        Command::new(BIN)
+            .args(["storage", "--config", n.config.to_str().expect("utf8")])
+            .env("RUST_LOG", "info")
+            .env("FAILPOINTS", format!("raft::apply=return({stuck}/*)"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn tessera storage"),
+    );
+    let client = c.client().await;
+    let vol = client.open("v").await.expect("open v");
+    for chunk in 0..CHUNKS {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            vol.write(chunk << 20, block(chunk)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("write to chunk {chunk} hung:\n{}", c.logs()))
+        .unwrap_or_else(|e| panic!("write to chunk {chunk}: {e}:\n{}", c.logs()));
+    }
+    // Reported stuck, then replaced everywhere.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut saw_stuck = false;
+    loop {
+        if let Some(s) = c.status().await {
+            saw_stuck |= s
+                .groups
+                .iter()
+                .flat_map(|g| &g.replicas)
+                .any(|r| r.node_id == stuck && r.stuck.is_some());
+            let hosts = s
+                .groups
+                .iter()
+                .any(|g| g.replicas.iter().any(|r| r.node_id == stuck));
+            if !hosts && fully_replicated(&s, 3) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {stuck}'s replicas were not all replaced: {s:#?}\n{}",
+                c.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_stuck, "no replica of node {stuck} was reported stuck");
+    for chunk in 0..CHUNKS {
+        let got = tokio::time::timeout(Duration::from_secs(60), vol.read(chunk << 20, 64 << 10))
+            .await
+            .unwrap_or_else(|_| panic!("read of chunk {chunk} hung:\n{}", c.logs()))
+            .unwrap_or_else(|e| panic!("read of chunk {chunk}: {e}:\n{}", c.logs()));
+        assert_eq!(got, block(chunk), "chunk {chunk} reads back wrong");
+    }
+    // The replaced replicas were destroyed on the manager's word (releasing the log).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&c.nodes[0].log)
+        .unwrap_or_default()
+        .contains("replica destroyed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {stuck} destroyed no replica:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
