@@ -883,9 +883,11 @@ impl Group {
                     break;
                 }
                 // Out of descriptors even after closing idle chunks: back-pressure, retried
-                // when the next tick or message comes, never a reason to stop the node.
+                // when the next tick or message comes, never a reason to stop the node (a
+                // shortage that lasts makes the replica stuck, hence replaced).
                 Err(tessera_engine::Error::Exhausted(msg)) => {
                     tracing::warn!(group = self.id, index = e.index, "apply waits: {msg}");
+                    stall = Some(format!("entry {} waits for descriptors: {msg}", e.index));
                     break;
                 }
                 Err(source) => {
