@@ -106,6 +106,11 @@ pub struct ChunkStore {
     /// part way for want of space (the entry will be applied again; see `torn`).
     torn: Mutex<HashSet<(Key, u64)>>,
     any_torn: AtomicBool,
+    /// Dirty chunks the budget took out of the open map to close them: still open, they are
+    /// made durable and closed by the next [`ChunkStore::sync`] (or at once by
+    /// [`ChunkStore::flush_closing`] when the process is out of descriptors), never on the
+    /// caller's thread.
+    closing: Mutex<Vec<Arc<ChunkFiles>>>,
 }
 
 impl ChunkStore {
@@ -136,6 +141,7 @@ impl ChunkStore {
             sync_failure: Mutex::new(None),
             torn: Mutex::new(HashSet::new()),
             any_torn: AtomicBool::new(false),
+            closing: Mutex::new(Vec::new()),
         });
         budget.register(&store);
         Ok(store)
@@ -294,6 +300,11 @@ impl ChunkStore {
         if let Some(bytes) = self.alloc_map().remove(&(volume, chunk)) {
             self.used.fetch_sub(bytes, Ordering::Relaxed);
         }
+        if self.any_torn.load(Ordering::Acquire) {
+            let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
+            torn.retain(|(key, _)| *key != (volume, chunk));
+            self.any_torn.store(!torn.is_empty(), Ordering::Release);
+        }
         self.dirs_map().insert(self.volume_dir(volume));
         Ok(())
     }
@@ -351,6 +362,23 @@ impl ChunkStore {
                 self.measure(key, &files);
             }
         }
+        // Taken after the map's dirty files: a file written before this sync began was
+        // either collected above (and so could not be taken out of the map) or is here.
+        let closing = std::mem::take(&mut *self.closing_list());
+        let n = closing.len();
+        for (i, files) in closing.iter().enumerate() {
+            if let Err(e) = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs)) {
+                let reason = format!(
+                    "fdatasync of a chunk closed for room in {} failed: {e}",
+                    self.dir.display()
+                );
+                *failure = Some(reason.clone());
+                self.closing_list().extend(closing[i..].iter().cloned());
+                return Err(Error::Fatal(reason));
+            }
+        }
+        drop(closing);
+        self.budget.closed_dirty(n);
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
             match sync_chunk_dir(d) {
@@ -359,6 +387,16 @@ impl ChunkStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.dirs_map().extend(dirs[i..].iter().cloned());
                     return Err(e.into());
+                }
+                // The directory could not even be opened: nothing was lost, the next sync
+                // tries again (the caller must not count this one as done).
+                Err(e) if is_out_of_descriptors(&e) => {
+                    self.dirs_map().extend(dirs[i..].iter().cloned());
+                    self.budget.shed();
+                    return Err(Error::Exhausted(format!(
+                        "opening directory {} to sync it: {e}",
+                        d.display()
+                    )));
                 }
                 // As with a file: the new names may be lost while the page cache says they
                 // are on disk, and a retry could not tell.
@@ -453,13 +491,17 @@ impl ChunkStore {
         Ok(ok)
     }
 
-    /// Blocks of the chunk as far as its files reach (0 if it has none).
+    /// Blocks of the chunk as far as its files reach (0 if it has none). Looks at the files'
+    /// sizes without opening them: listing a store's chunks must not churn the open ones.
     pub fn chunk_blocks(&self, volume: u64, chunk: u64) -> Result<u64> {
-        let Some(files) = self.files(volume, chunk, false)? else {
-            return Ok(0);
+        let len = |p: &Path| match std::fs::metadata(p) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
         };
-        let data = files.data.metadata()?.len().div_ceil(BLOCK_SIZE);
-        let crcs = files.crcs.metadata()?.len().div_ceil(CRC_LEN);
+        let (data, crcs) = self.paths(volume, chunk);
+        let data = len(&data)?.div_ceil(BLOCK_SIZE);
+        let crcs = len(&crcs)?.div_ceil(CRC_LEN);
         Ok(data.max(crcs))
     }
 
@@ -565,11 +607,13 @@ impl ChunkStore {
     /// as [`Error::Exhausted`], never as corrupt: nothing was acknowledged that it lost.
     fn settle<T>(&self, key: Key, blocks: std::ops::Range<u64>, outcome: &Result<T>) {
         match outcome {
-            Err(_) => {
+            // Any other failure is an I/O error that stops the node: nothing to retry.
+            Err(Error::DiskFull(_)) => {
                 let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
                 torn.extend(blocks.map(|b| (key, b)));
                 self.any_torn.store(true, Ordering::Release);
             }
+            Err(_) => {}
             Ok(_) if self.any_torn.load(Ordering::Acquire) => {
                 let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
                 for b in blocks {
@@ -708,12 +752,11 @@ impl ChunkStore {
         }
     }
 
-    /// Closes those of `keys` that are still open and idle, making dirty ones durable first
-    /// (under the sync lock: see [`FileBudget`]). Returns how many it closed. A failed
-    /// fdatasync fails this store's syncs from then on, as in [`ChunkStore::sync`].
+    /// Takes those of `keys` that are still open and idle out of the open map: clean ones are
+    /// closed at once, dirty ones left to the next sync (see `closing`). Never waits for a
+    /// sync or an fdatasync. Returns how many it closed at once.
     fn close_idle(&self, keys: &[Key]) -> usize {
-        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
-        let closing: Vec<(Key, Arc<ChunkFiles>)> = {
+        let taken: Vec<(Key, Arc<ChunkFiles>)> = {
             let mut map = self.open_map_write();
             keys.iter()
                 .filter_map(|k| {
@@ -726,22 +769,43 @@ impl ChunkStore {
                 })
                 .collect()
         };
-        let n = closing.len();
-        for (key, files) in closing {
-            if files.dirty.load(Ordering::Acquire) && failure.is_none() {
-                let synced = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs));
-                if let Err(e) = synced {
-                    *failure = Some(format!(
-                        "fdatasync of chunk {:016x}/{:08x} in {} (closing it) failed: {e}",
-                        key.0,
-                        key.1,
-                        self.dir.display()
-                    ));
-                }
-            }
+        let mut clean = 0;
+        for (key, files) in taken {
             self.measure(key, &files);
+            if files.dirty.load(Ordering::Acquire) {
+                self.budget.handing_over();
+                self.closing_list().push(files);
+            } else {
+                clean += 1;
+            }
         }
-        n
+        clean
+    }
+
+    /// Makes the dirty chunks taken out for room durable and closes them now, waiting for a
+    /// sync in progress: for a process out of descriptors. A failed fdatasync fails this
+    /// store's syncs from then on, as in [`ChunkStore::sync`].
+    fn flush_closing(&self) -> usize {
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let closing = std::mem::take(&mut *self.closing_list());
+        if failure.is_some() {
+            // Already failed: nothing can be reported durable again; just close them.
+            return closing.len();
+        }
+        for files in &closing {
+            if let Err(e) = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs)) {
+                *failure = Some(format!(
+                    "fdatasync of a chunk closed for room in {} failed: {e}",
+                    self.dir.display()
+                ));
+                break;
+            }
+        }
+        closing.len()
+    }
+
+    fn closing_list(&self) -> MutexGuard<'_, Vec<Arc<ChunkFiles>>> {
+        self.closing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn measure(&self, key: Key, files: &ChunkFiles) {

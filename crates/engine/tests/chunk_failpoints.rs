@@ -150,26 +150,53 @@ fn a_write_torn_by_a_full_disk_is_retried_not_called_corrupt() {
     scenario.teardown();
 }
 
-/// The node's budget closes a dirty chunk to make room: it must make it durable first, and a
-/// failure to do so must fail the store's syncs as any failed fdatasync does. Otherwise the
-/// next sync, no longer seeing the closed file, would report durable what the kernel dropped.
+/// The node's budget takes a dirty chunk out to make room: the thread that needed the room
+/// never waits for its fdatasync, but the next sync must make it durable before it returns
+/// (and fail as any failed fdatasync does). Otherwise a sync, no longer seeing the closed
+/// file, would report durable what is still only in the page cache.
 #[test]
-fn closing_a_dirty_chunk_for_room_keeps_its_durability_promise() {
+fn a_dirty_chunk_closed_for_room_is_made_durable_by_the_next_sync() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let budget = FileBudget::new(16);
     let store = ChunkStore::open_in(dir.path(), &budget).unwrap();
-    fail::cfg("chunk::fdatasync", "return").unwrap();
+    let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = syncs.clone();
+    fail::cfg_callback("chunk::fdatasync", move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    })
+    .unwrap();
     for chunk in 0..40 {
         store.write(1, chunk, 0, &[chunk as u8; B]).unwrap();
         store.start_writeback();
     }
-    fail::remove("chunk::fdatasync");
-    assert!(budget.stats().closed > 0, "{:?}", budget.stats());
-    let synced = store.sync();
-    assert!(
-        matches!(synced, Err(Error::Fatal(_))),
-        "a dirty chunk closed after a failed fdatasync must fail the next sync, got {synced:?}"
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "making room waited for an fdatasync"
     );
+    assert!(
+        budget.stats().open > 16,
+        "dirty chunks stay open until synced"
+    );
+    store.sync().expect("sync");
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::SeqCst),
+        80,
+        "every chunk written since the last sync, closed for room or not, is synced (data and checksums)"
+    );
+    assert!(budget.stats().open <= 16, "{:?}", budget.stats());
+    fail::remove("chunk::fdatasync");
+
+    // And a failure to make one of them durable fails the sync, and every later one.
+    for chunk in 40..80 {
+        store.write(1, chunk, 0, &[chunk as u8; B]).unwrap();
+        store.start_writeback();
+    }
+    fail::cfg("chunk::fdatasync", "return").unwrap();
+    let synced = store.sync();
+    fail::remove("chunk::fdatasync");
+    assert!(matches!(synced, Err(Error::Fatal(_))), "got {synced:?}");
+    assert!(matches!(store.sync(), Err(Error::Fatal(_))));
     scenario.teardown();
 }

@@ -846,10 +846,13 @@ impl Group {
         // top of it (a block copied at the snapshot's state would be overwritten with an
         // older one); the snapshot covers them anyway.
         if self.fetching {
+            // Not stalled: waiting for a snapshot's copy, which covers what it could not apply.
+            self.note_stall(None);
             return Ok(());
         }
         let before = self.applied;
         let mut stall = None;
+        let mut waiting = false;
         while let Some(front) = self.to_apply.front() {
             if front.get_entry_type() != EntryType::EntryNormal {
                 let e = front.clone();
@@ -883,11 +886,12 @@ impl Group {
                     break;
                 }
                 // Out of descriptors even after closing idle chunks: back-pressure, retried
-                // when the next tick or message comes, never a reason to stop the node (a
-                // shortage that lasts makes the replica stuck, hence replaced).
+                // when the next tick or message comes, never a reason to stop the node. Not
+                // a stall: a shortage is node-wide and passing, and handing leadership over
+                // for it would only churn.
                 Err(tessera_engine::Error::Exhausted(msg)) => {
                     tracing::warn!(group = self.id, index = e.index, "apply waits: {msg}");
-                    stall = Some(format!("entry {} waits for descriptors: {msg}", e.index));
+                    waiting = true;
                     break;
                 }
                 Err(source) => {
@@ -910,7 +914,9 @@ impl Group {
             self.raw.advance_apply_to(self.applied);
             self.chunks.start_writeback();
         }
-        self.note_stall(stall);
+        if !waiting {
+            self.note_stall(stall);
+        }
         self.serve_reads();
         Ok(())
     }

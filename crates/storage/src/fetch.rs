@@ -613,7 +613,6 @@ mod tests {
     /// every later attempt (the leader offers the snapshot again, every block now compares
     /// equal in the page cache and a retried fdatasync has nothing left to write), rather
     /// than declare durable a replica whose data may be lost.
-    #[cfg(feature = "failpoints")]
     /// Issue 12: a snapshot copy allocates like a client write, so below the node's
     /// free-space floor it fails (the leader offers the snapshot again later) instead of
     /// filling the disk; with space, the same copy goes through.
@@ -647,6 +646,7 @@ mod tests {
         assert!(got.iter().all(|&b| b == 5));
     }
 
+    #[cfg(feature = "failpoints")]
     #[tokio::test]
     async fn a_failed_sync_fails_the_copy_and_every_retry() {
         let scenario = fail::FailScenario::setup();

@@ -4,10 +4,12 @@
 //! thousands of chunks: they cannot all be open. The budget counts open chunks node-wide and,
 //! once past its limit, closes the least recently used idle chunks of any store in one batch
 //! (down to seven eighths of the limit, so the scan is paid once per many opens). Clean
-//! chunks go first; a dirty one is made durable (fdatasync) before it is closed, under its
-//! store's sync lock, so that no [`ChunkStore::sync`] can return while something it covers
-//! is neither synced nor still open. A chunk in use (a handle held outside the store's map)
-//! is never closed.
+//! chunks go first and are closed at once; a dirty one is handed to its store's next
+//! [`ChunkStore::sync`], which makes it durable and closes it, so that neither the caller
+//! (the thread applying entries) waits for an fdatasync nor can a sync return while
+//! something it covers is neither synced nor still open. Only a process that has run out
+//! of descriptors ([`FileBudget::shed`]) syncs and closes those at once. A chunk in use (a
+//! handle held outside the store's map) is never closed.
 //!
 //! Owns the count, the recency clock and the list of stores; each store owns its own map of
 //! open files and decides, under its own locks, what it closes.
@@ -27,6 +29,8 @@ pub const MAX_OPEN_CHUNKS: usize = 32_768;
 pub struct FileBudget {
     limit: usize,
     open: AtomicUsize,
+    /// Of `open`, the dirty chunks handed to a sync to close.
+    closing: AtomicUsize,
     clock: AtomicU64,
     closed: AtomicU64,
     stores: Mutex<Vec<Weak<ChunkStore>>>,
@@ -49,6 +53,7 @@ impl FileBudget {
         Arc::new(FileBudget {
             limit: limit.max(16),
             open: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
             clock: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             stores: Mutex::new(Vec::new()),
@@ -92,9 +97,27 @@ impl FileBudget {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A dirty chunk is handed to a sync to close (counted before the sync can see it).
+    pub(super) fn handing_over(&self) {
+        self.closing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sync closed `n` chunks handed to it.
+    pub(super) fn closed_dirty(&self, n: usize) {
+        self.closing.fetch_sub(n, Ordering::Relaxed);
+        self.closed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Open chunks not yet handed over to be closed.
+    fn held(&self) -> usize {
+        self.open
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.closing.load(Ordering::Relaxed))
+    }
+
     /// Closes idle chunks if the budget is exceeded. Call with no store lock held.
     pub(super) fn make_room(&self) {
-        if self.open.load(Ordering::Relaxed) <= self.limit {
+        if self.held() <= self.limit {
             return;
         }
         let Ok(_one) = self.evicting.try_lock() else {
@@ -103,29 +126,36 @@ impl FileBudget {
         self.close_down_to(self.limit - self.limit / 8);
     }
 
-    /// The process ran out of descriptors: closes half of the idle chunks, waiting for any
-    /// other pass to finish. Call with no store lock held.
+    /// The process ran out of descriptors: closes half of the idle chunks and, waiting for
+    /// syncs in progress, makes the dirty ones handed over durable and closes them. Call with
+    /// no store lock held.
     pub(super) fn shed(&self) {
         let _one = self.evicting.lock().unwrap_or_else(|e| e.into_inner());
-        self.close_down_to(self.open.load(Ordering::Relaxed) / 2);
+        self.close_down_to(self.held() / 2);
+        for s in self.stores() {
+            let n = s.flush_closing();
+            self.closed_dirty(n);
+        }
+    }
+
+    fn stores(&self) -> Vec<Arc<ChunkStore>> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores.retain(|s| s.strong_count() > 0);
+        stores.iter().filter_map(Weak::upgrade).collect()
     }
 
     fn close_down_to(&self, target: usize) {
-        let open = self.open.load(Ordering::Relaxed);
-        if open <= target {
+        let held = self.held();
+        if held <= target {
             return;
         }
-        let stores: Vec<Arc<ChunkStore>> = {
-            let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
-            stores.retain(|s| s.strong_count() > 0);
-            stores.iter().filter_map(Weak::upgrade).collect()
-        };
+        let stores = self.stores();
         let mut idle = Vec::new();
         for (i, s) in stores.iter().enumerate() {
             s.idle_chunks(|key, dirty, used| idle.push((dirty, used, i, key)));
         }
         // Clean before dirty (closing those costs no fdatasync), oldest first.
-        let n = (open - target).min(idle.len());
+        let n = (held - target).min(idle.len());
         if n < idle.len() {
             idle.select_nth_unstable_by_key(n, |&(dirty, used, _, _)| (dirty, used));
         }
@@ -136,8 +166,8 @@ impl FileBudget {
             let to = idle.partition_point(|c| c.2 <= i);
             if from < to {
                 let keys: Vec<_> = idle[from..to].iter().map(|c| c.3).collect();
-                let closed = s.close_idle(&keys);
-                self.closed.fetch_add(closed as u64, Ordering::Relaxed);
+                let clean = s.close_idle(&keys);
+                self.closed.fetch_add(clean as u64, Ordering::Relaxed);
             }
         }
     }

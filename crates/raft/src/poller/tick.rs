@@ -15,7 +15,7 @@ pub(super) fn spawn_flusher(
             for list in frx {
                 let ev = match chunks.sync() {
                     Ok(()) => Event::Flushed(list),
-                    Err(e) => Event::Fatal(Fatal::Flush(e)),
+                    Err(e) => flush_failed(e),
                 };
                 if tx.send(ev).is_err() {
                     break;
@@ -23,6 +23,18 @@ pub(super) fn spawn_flusher(
             }
         })?;
     Ok(ftx)
+}
+
+/// What a failed chunk sync means: out of descriptors, nothing was lost and nothing is
+/// flushed (a later flush tries again); anything else stops the node.
+fn flush_failed(e: tessera_engine::Error) -> Event {
+    match e {
+        tessera_engine::Error::Exhausted(why) => {
+            tracing::warn!("chunk flush postponed: {why}");
+            Event::Flushed(Vec::new())
+        }
+        e => Event::Fatal(Fatal::Flush(e)),
+    }
 }
 
 impl Poller {
@@ -85,7 +97,7 @@ impl Poller {
             if !list.is_empty() && self.inline_io {
                 let ev = match self.chunks.sync() {
                     Ok(()) => Event::Flushed(list),
-                    Err(e) => Event::Fatal(Fatal::Flush(e)),
+                    Err(e) => flush_failed(e),
                 };
                 self.flushing = self.tx.send(ev).is_ok();
             } else if !list.is_empty() {
