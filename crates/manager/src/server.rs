@@ -82,7 +82,13 @@ impl Manager {
             addr: config.listen.clone(),
             source,
         })?;
-        let (replica, raft) = Replica::start(config.id, config.members(), log, loaded, applied)?;
+        let opts = crate::replica::Options {
+            id: config.id,
+            members: config.members(),
+            join: config.join,
+            log_keep: config.log_keep,
+        };
+        let (replica, raft) = Replica::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
         let service = Arc::new(Mutex::new(Service::new(
             store,

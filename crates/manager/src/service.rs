@@ -168,6 +168,19 @@ impl Service {
                 .and_then(|()| self.route(volume_id, chunk, allocate, now)),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
+            ManagerRequest::AddManager { id, addr } => self
+                .lead()
+                .and_then(|()| self.add_manager(id, addr))
+                .map(|()| {
+                    let addrs = self.replica.addresses();
+                    let voters = self.replica.status().voters;
+                    ManagerReply::Managers(
+                        voters
+                            .into_iter()
+                            .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
+                            .collect(),
+                    )
+                }),
         };
         (res, orders)
     }

@@ -85,6 +85,13 @@ pub enum ManagerRequest {
         #[serde(default)]
         undo: bool,
     },
+    /// Add manager `id`, serving on `addr`, to the managers' Raft group as a voter (it must
+    /// be running with `join`); it catches up from a snapshot. Adding a member again is a
+    /// no-op.
+    AddManager {
+        id: u64,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +132,8 @@ pub enum ManagerReply {
     },
     Route(Option<ChunkRoute>),
     Status(ClusterStatus),
+    /// The managers' voters, with their addresses (empty when unknown).
+    Managers(Vec<(u64, String)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
