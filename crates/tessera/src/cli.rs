@@ -63,6 +63,14 @@ pub enum VolumeCmd {
 pub enum ClusterCmd {
     /// Nodes, racks and replica groups with their leaders.
     Status,
+    /// Add a manager, started with `join = true`, to the managers' Raft group; it catches
+    /// up from a snapshot.
+    AddManager {
+        /// Its `id` in manager.toml.
+        id: u64,
+        /// Its `listen` address, as the other managers and clients reach it.
+        addr: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +266,20 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
 pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> Result<()> {
     let client = Client::connect(managers).await?;
     match cmd {
+        ClusterCmd::AddManager { id, addr } => {
+            let ManagerReply::Managers(ms) =
+                manager_call(&client, ManagerRequest::AddManager { id, addr }).await?
+            else {
+                bail!("unexpected reply from the manager");
+            };
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&ms)?);
+            } else {
+                for (id, addr) in ms {
+                    println!("manager {id} {addr}");
+                }
+            }
+        }
         ClusterCmd::Status => {
             let ManagerReply::Status(s) =
                 manager_call(&client, ManagerRequest::ClusterStatus).await?
