@@ -58,8 +58,8 @@ pub fn reset_in(
     conf_state: &ConfState,
     managers: &BTreeMap<u64, String>,
 ) -> Result<(), DbError> {
-    let mut log = tx.open_table(LOG)?;
-    log.retain(|_, _| false)?;
+    tx.delete_table(LOG)?;
+    tx.open_table(LOG)?;
     let mut meta = tx.open_table(META)?;
     meta.insert("log_start", encode_start(index, term).as_slice())?;
     meta.insert(
@@ -228,8 +228,18 @@ impl RaftLog {
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut log = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
-            log.retain_in(..=index, |_, _| false)
-                .map_err(|e| self.db_err(e))?;
+            loop {
+                let first = log
+                    .first()
+                    .map_err(|e| self.db_err(e))?
+                    .map(|(k, _)| k.value());
+                match first {
+                    Some(k) if k <= index => {
+                        log.remove(k).map_err(|e| self.db_err(e))?;
+                    }
+                    _ => break,
+                }
+            }
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             meta.insert("log_start", encode_start(index, term).as_slice())
                 .map_err(|e| self.db_err(e))?;
@@ -295,5 +305,43 @@ mod tests {
             got,
             vec![(1, 1, &b"old"[..]), (2, 1, b"old"), (3, 2, b"new")]
         );
+    }
+}
+
+#[cfg(test)]
+mod compaction_cost {
+    use super::*;
+    use crate::store::Store;
+
+    /// File size after rounds of appending and compacting: run with
+    /// `cargo test -p tessera-manager --lib compaction_file_size -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn compaction_file_size() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (log, _) = RaftLog::open(store.database(), store.path()).unwrap();
+        let mut next = 1u64;
+        for round in 0..40 {
+            for _ in 0..20 {
+                let es: Vec<Entry> = (0..100)
+                    .map(|i| Entry {
+                        index: next + i,
+                        term: 1,
+                        data: vec![7u8; 300].into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                next += 100;
+                log.save(&es, None, None).unwrap();
+            }
+            if next > 4000 {
+                log.compact(next - 2001, 1).unwrap();
+            }
+            if round % 5 == 4 {
+                let len = std::fs::metadata(store.path()).unwrap().len();
+                println!("{} entries appended: {} KiB", next - 1, len >> 10);
+            }
+        }
     }
 }

@@ -422,7 +422,14 @@ mod tests {
             term: 1,
             ..Default::default()
         };
+        let t = std::time::Instant::now();
         install(&db, store.path(), &p, &meta).unwrap();
+        let size = |what: &str| {
+            let len = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+            println!("database after {what}: {len} bytes");
+        };
+        println!("first install {:?}", t.elapsed());
+        size("first install");
         let t = std::time::Instant::now();
         let taken = take(&db, store.path()).unwrap();
         let read = t.elapsed();
@@ -435,6 +442,7 @@ mod tests {
         let t = std::time::Instant::now();
         install(&db, store.path(), &back, &meta).unwrap();
         let installed = t.elapsed();
+        size("second install");
         println!(
             "{n} volumes, {} chunks: {} bytes; read {read:?}, encode {encoded:?}, \
              decode+check {decoded:?}, install {installed:?}",

@@ -293,32 +293,34 @@ pub fn read_image(tx: &redb::ReadTransaction) -> Result<Image, DbError> {
     })
 }
 
-/// Replaces every state row with `image`'s, inside the caller's transaction.
+/// Replaces every state row with `image`'s, inside the caller's transaction. Tables are
+/// dropped whole: deleting every row and inserting anew in one transaction makes redb's
+/// file grow by hundreds of times the data.
 pub fn write_image(tx: &redb::WriteTransaction, image: &Image) -> Result<(), DbError> {
     {
+        tx.delete_table(NODES)?;
         let mut t = tx.open_table(NODES)?;
-        t.retain(|_, _| false)?;
         for n in &image.nodes {
             t.insert(n.id, json(n).as_slice())?;
         }
     }
     {
+        tx.delete_table(GROUPS)?;
         let mut t = tx.open_table(GROUPS)?;
-        t.retain(|_, _| false)?;
         for g in &image.groups {
             t.insert(g.id, json(g).as_slice())?;
         }
     }
     {
+        tx.delete_table(VOLUMES)?;
         let mut t = tx.open_table(VOLUMES)?;
-        t.retain(|_, _| false)?;
         for v in &image.volumes {
             t.insert(v.id, json(v).as_slice())?;
         }
     }
     {
+        tx.delete_table(CHUNKS)?;
         let mut t = tx.open_table(CHUNKS)?;
-        t.retain(|_, _| false)?;
         for (volume, chunk, group) in &image.chunks {
             t.insert((*volume, *chunk), *group)?;
         }
