@@ -46,7 +46,7 @@ use tessera_proto::control::ControlError;
 
 use crate::Error;
 use crate::config::ManagerPeer;
-use crate::peer::{decode_batch, peer_loop};
+use crate::peer::{Parts, decode_frame, peer_loop};
 use crate::raft_log::{Loaded, RaftLog};
 use crate::snapshot::{self, LogStorage};
 
@@ -374,9 +374,10 @@ impl Replica {
         self.shared.wake_applier.notified().await;
     }
 
-    /// Steps a `ManagerRaft` frame body from another manager.
-    pub fn receive(&self, body: &[u8]) -> Result<(), String> {
-        for m in decode_batch(body)? {
+    /// Steps a `ManagerRaft` frame body from another manager (`parts`: that connection's
+    /// message arriving in parts, if any).
+    pub fn receive(&self, body: &[u8], parts: &mut Parts) -> Result<(), String> {
+        for m in decode_frame(body, parts)? {
             if m.to != self.shared.id {
                 return Err(format!(
                     "raft message for manager {} reached manager {}",

@@ -27,6 +27,7 @@ use tessera_proto::control::{
 use tessera_proto::frame::Kind;
 
 use crate::liveness::Liveness;
+use crate::peer::Parts;
 use crate::raft_log::RaftLog;
 use crate::replica::{RaftTask, Replica};
 use crate::service::{DropOrder, Now, Service};
@@ -215,6 +216,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut w = BufWriter::new(w);
+    let mut parts = Parts::default();
     loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
@@ -229,7 +231,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
             }
         };
         if frame.kind == Kind::ManagerRaft {
-            if let Err(e) = replica.receive(&frame.body) {
+            if let Err(e) = replica.receive(&frame.body, &mut parts) {
                 warn!(%peer, error = %e, "dropping connection: bad raft message");
                 return;
             }
