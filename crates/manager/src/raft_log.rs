@@ -180,8 +180,19 @@ impl RaftLog {
         {
             let mut log = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
             if let Some(first) = entries.first() {
-                log.retain_in(first.index.., |_, _| false)
-                    .map_err(|e| self.db_err(e))?;
+                // Row by row, as in `compact`.
+                loop {
+                    let last = log
+                        .last()
+                        .map_err(|e| self.db_err(e))?
+                        .map(|(k, _)| k.value());
+                    match last {
+                        Some(k) if k >= first.index => {
+                            log.remove(k).map_err(|e| self.db_err(e))?;
+                        }
+                        _ => break,
+                    }
+                }
             }
             for e in entries {
                 log.insert(e.index, encode(e)?.as_slice())

@@ -183,8 +183,16 @@ impl Store {
             }
             Mutation::DeleteVolume { id } => {
                 tx.open_table(VOLUMES)?.remove(*id)?;
-                tx.open_table(CHUNKS)?
-                    .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
+                // Row by row: redb's retain_in over many rows grows the file by far more
+                // than the rows (see `write_image`).
+                let mut chunks = tx.open_table(CHUNKS)?;
+                let keys = chunks
+                    .range((*id, 0)..=(*id, u64::MAX))?
+                    .map(|row| row.map(|(k, _)| k.value()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for k in keys {
+                    chunks.remove(k)?;
+                }
             }
             Mutation::MapChunk {
                 volume_id,
