@@ -267,6 +267,7 @@ impl Replica {
             ticks: 0,
             blank,
             snap_reports: Vec::new(),
+            taking: None,
         };
         raft.connect_peers();
         // A group of one leads already: say so before the first request comes.
@@ -408,7 +409,13 @@ struct RaftLoop {
     blank: bool,
     /// Snapshots handed to (or refused by) the transport, to tell raft-rs after `advance`.
     snap_reports: Vec<(u64, SnapshotStatus)>,
+    /// A snapshot being taken off the Raft task (reading a large state takes seconds, and
+    /// the leader must keep heartbeating meanwhile): when it started, and the task.
+    taking: Option<(Instant, JoinHandle<Result<Taken, Error>>)>,
 }
+
+/// A snapshot's content and its encoding.
+type Taken = (snapshot::Payload, Vec<u8>);
 
 impl RaftLoop {
     async fn run(
@@ -662,7 +669,19 @@ impl RaftLoop {
     /// snapshot when a peer asked for one.
     async fn maintain(&mut self) -> Result<(), Error> {
         let wanted = self.storage.take_wanted();
-        if !wanted && !self.compact_now && !self.ticks.is_multiple_of(COMPACT_TICKS) {
+        if wanted && self.taking.is_none() {
+            let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
+            let task = tokio::task::spawn_blocking(move || {
+                let p = snapshot::take(&db, &path)?;
+                let data = snapshot::encode(&p);
+                Ok::<_, Error>((p, data))
+            });
+            self.taking = Some((Instant::now(), task));
+        }
+        if self.taking.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+            self.offer_snapshot().await?;
+        }
+        if !self.compact_now && !self.ticks.is_multiple_of(COMPACT_TICKS) {
             return Ok(());
         }
         let applied = self.shared.applied.load(Ordering::Relaxed);
@@ -688,22 +707,15 @@ impl RaftLoop {
         if self.compact_now && applied >= self.conf_index {
             self.compact_now = false;
         }
-        if wanted {
-            self.take_snapshot().await?;
-        }
         Ok(())
     }
 
-    async fn take_snapshot(&mut self) -> Result<(), Error> {
-        let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
-        let started = Instant::now();
-        let (payload, data) = tokio::task::spawn_blocking(move || {
-            let p = snapshot::take(&db, &path)?;
-            let data = snapshot::encode(&p);
-            Ok::<_, Error>((p, data))
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
+    /// Hands out the snapshot just taken, if the log and membership still agree with it.
+    async fn offer_snapshot(&mut self) -> Result<(), Error> {
+        let Some((started, task)) = self.taking.take() else {
+            return Ok(());
+        };
+        let (payload, data) = task.await.map_err(|e| Error::Task(e.to_string()))??;
         let index = payload.image.applied_index;
         let first = self.storage.first_index().unwrap_or(1);
         if index < self.conf_index || index + 1 < first {
