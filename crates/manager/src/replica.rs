@@ -21,8 +21,9 @@
 //!   with the committed queue emptied under the applier's gate so that nothing older is
 //!   applied on top of it;
 //! - membership starts as the configured peers (or this manager alone) and then changes only
-//!   through the log: [`Replica::propose_add`] adds a voter whose address rides in the
-//!   change's context. A manager started to `join` has no membership until the leader's
+//!   through the log: [`Replica::propose_add`] adds a learner whose address rides in the
+//!   change's context, and the leader promotes it to voter once it has caught up (a voter
+//!   added before it runs would leave a single manager unable to commit anything). A manager started to `join` has no membership until the leader's
 //!   snapshot gives it one; until then it takes no log entries (a log replayed from index 1
 //!   would not hold the founding members), and the leader compacts its whole applied log
 //!   when it adds a member, so the newcomer is sent a snapshot.
@@ -59,6 +60,8 @@ const HEARTBEAT_TICKS: usize = 2;
 const PEER_QUEUE: usize = 1024;
 /// Ticks between two looks at whether the log should be compacted.
 const COMPACT_TICKS: u64 = 10;
+/// A learner this close to the commit index is promoted to voter.
+const PROMOTE_LAG: u64 = 100;
 
 /// What this manager knows of the group's leadership.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +75,8 @@ pub struct Status {
     pub leader_since: Option<Instant>,
     /// The group's voters as this manager last applied them.
     pub voters: Vec<u64>,
+    /// Members being added: they receive the log but count for no majority yet.
+    pub learners: Vec<u64>,
 }
 
 enum Input {
@@ -302,7 +307,7 @@ impl Replica {
             .unwrap_or_default()
     }
 
-    /// Proposes adding manager `id`, serving on `addr`, as a voter, if this manager leads;
+    /// Proposes adding manager `id`, serving on `addr`, as a learner, if this manager leads;
     /// returns the change's (index, term). Blocks: call from a blocking thread.
     pub fn propose_add(&self, id: u64, addr: String) -> Result<(u64, u64), ControlError> {
         let (reply, rx) = oneshot::channel();
@@ -431,6 +436,7 @@ impl RaftLoop {
                 _ = tick.tick() => {
                     self.raw.tick();
                     self.ticks += 1;
+                    self.promote_learners();
                     if let Err(e) = self.maintain().await {
                         error!(error = %e, "the managers' raft log cannot be compacted; this \
                                manager stops taking part until it is restarted");
@@ -488,7 +494,7 @@ impl RaftLoop {
                     Err(self.not_leader())
                 } else {
                     let cc = ConfChange {
-                        change_type: ConfChangeType::AddNode,
+                        change_type: ConfChangeType::AddLearnerNode,
                         node_id: id,
                         context: addr.into_bytes().into(),
                         ..Default::default()
@@ -586,6 +592,7 @@ impl RaftLoop {
                 return Ok(());
             }
         };
+        let was_member = self.raw.raft.prs().get(cc.node_id).is_some();
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(err) => {
@@ -612,7 +619,7 @@ impl RaftLoop {
         self.set_addresses(book);
         self.conf_index = e.index;
         self.blank = cs.voters.is_empty() && cs.learners.is_empty();
-        if self.raw.raft.state == StateRole::Leader {
+        if self.raw.raft.state == StateRole::Leader && !was_member {
             // The new member has nothing: make sure it is sent a snapshot, not the log.
             self.compact_now = true;
         }
@@ -750,6 +757,36 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// Leader only: proposes making a learner that has caught up a voter (one change at a
+    /// time, as raft-rs allows).
+    fn promote_learners(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader
+            || r.pending_conf_index > r.raft_log.applied
+            || !self.ticks.is_multiple_of(COMPACT_TICKS / 2)
+        {
+            return;
+        }
+        let committed = r.raft_log.committed;
+        let ready = r.prs().conf().learners().iter().copied().find(|id| {
+            r.prs()
+                .get(*id)
+                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_LAG >= committed)
+        });
+        let Some(id) = ready else {
+            return;
+        };
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: id,
+            ..Default::default()
+        };
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => info!(id, "a learner manager caught up; promoting it to voter"),
+            Err(e) => debug!(id, error = %e, "promoting a learner manager"),
+        }
+    }
+
     fn addresses(&self) -> BTreeMap<u64, String> {
         self.shared
             .members
@@ -828,6 +865,8 @@ impl RaftLoop {
         s.is_leader = is_leader;
         s.voters = r.prs().conf().voters().ids().iter().collect();
         s.voters.sort_unstable();
+        s.learners = r.prs().conf().learners().iter().copied().collect();
+        s.learners.sort_unstable();
     }
 }
 

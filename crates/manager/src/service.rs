@@ -173,13 +173,16 @@ impl Service {
                 .and_then(|()| self.add_manager(id, addr))
                 .map(|()| {
                     let addrs = self.replica.addresses();
-                    let voters = self.replica.status().voters;
-                    ManagerReply::Managers(
-                        voters
-                            .into_iter()
+                    let status = self.replica.status();
+                    let with_addr = |ids: Vec<u64>| {
+                        ids.into_iter()
                             .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
-                            .collect(),
-                    )
+                            .collect()
+                    };
+                    ManagerReply::Managers {
+                        voters: with_addr(status.voters),
+                        learners: with_addr(status.learners),
+                    }
                 }),
         };
         (res, orders)

@@ -251,15 +251,26 @@ async fn a_single_manager_grows_to_three() {
             .await
             .unwrap(),
         );
+        // Added as a learner, promoted once caught up; asking again reports which.
         let req = ManagerRequest::AddManager { id, addr: me };
-        match call::<_, ManagerReply>(&addrs[0], &req, T).await {
-            Ok(ManagerReply::Managers(ms)) => {
-                assert_eq!(
-                    ms.iter().map(|m| m.0).collect::<Vec<_>>(),
-                    (1..=id).collect::<Vec<_>>()
-                );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match call::<_, ManagerReply>(&addrs[0], &req, T).await {
+                Ok(ManagerReply::Managers { voters, learners }) => {
+                    let ids: Vec<u64> = voters.iter().map(|m| m.0).collect();
+                    if ids == (1..=id).collect::<Vec<_>>() {
+                        assert!(learners.is_empty());
+                        break;
+                    }
+                    assert!(
+                        learners.iter().any(|l| l.0 == id),
+                        "{voters:?} {learners:?}"
+                    );
+                }
+                other => panic!("adding manager {id}: {other:?}"),
             }
-            other => panic!("adding manager {id}: {other:?}"),
+            assert!(Instant::now() < deadline, "manager {id} never promoted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     create(&addrs, "grown").await;
@@ -271,4 +282,32 @@ async fn a_single_manager_grows_to_three() {
     for m in joined {
         m.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_manager_that_is_not_running_leaves_the_founder_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(2);
+    let alone = ManagerConfig {
+        listen: addrs[0].clone(),
+        data_dir: dir.path().join("m1"),
+        ..ManagerConfig::default()
+    };
+    let m = Manager::start(alone).await.unwrap();
+    let req = ManagerRequest::AddManager {
+        id: 2,
+        addr: addrs[1].clone(),
+    };
+    match call::<_, ManagerReply>(&addrs[0], &req, T).await {
+        Ok(ManagerReply::Managers { voters, learners }) => {
+            assert_eq!(voters, vec![(1, addrs[0].clone())]);
+            assert_eq!(learners, vec![(2, addrs[1].clone())]);
+        }
+        other => panic!("adding manager 2: {other:?}"),
+    }
+    // A learner counts for no majority: the founder still commits alone.
+    create(&addrs[..1], "still-writable").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    create(&addrs[..1], "still-writable-later").await;
+    m.shutdown().await;
 }

@@ -85,9 +85,9 @@ pub enum ManagerRequest {
         #[serde(default)]
         undo: bool,
     },
-    /// Add manager `id`, serving on `addr`, to the managers' Raft group as a voter (it must
-    /// be running with `join`); it catches up from a snapshot. Adding a member again is a
-    /// no-op.
+    /// Add manager `id`, serving on `addr`, to the managers' Raft group (it must be running
+    /// with `join`): first as a learner, which catches up from a snapshot, then promoted to
+    /// voter by the leader once caught up. Asking again only reports the members.
     AddManager {
         id: u64,
         addr: String,
@@ -132,8 +132,12 @@ pub enum ManagerReply {
     },
     Route(Option<ChunkRoute>),
     Status(ClusterStatus),
-    /// The managers' voters, with their addresses (empty when unknown).
-    Managers(Vec<(u64, String)>),
+    /// The managers' group: voters and learners (being added, not counted for majorities
+    /// until promoted), with their addresses (empty when unknown).
+    Managers {
+        voters: Vec<(u64, String)>,
+        learners: Vec<(u64, String)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

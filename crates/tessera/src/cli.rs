@@ -63,8 +63,9 @@ pub enum VolumeCmd {
 pub enum ClusterCmd {
     /// Nodes, racks and replica groups with their leaders.
     Status,
-    /// Add a manager, started with `join = true`, to the managers' Raft group; it catches
-    /// up from a snapshot.
+    /// Add a manager, started with `join = true`, to the managers' Raft group: a learner
+    /// that catches up from a snapshot and is then promoted to voter. Run it again to see
+    /// whether it was.
     AddManager {
         /// Its `id` in manager.toml.
         id: u64,
@@ -267,16 +268,20 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
     let client = Client::connect(managers).await?;
     match cmd {
         ClusterCmd::AddManager { id, addr } => {
-            let ManagerReply::Managers(ms) =
+            let ManagerReply::Managers { voters, learners } =
                 manager_call(&client, ManagerRequest::AddManager { id, addr }).await?
             else {
                 bail!("unexpected reply from the manager");
             };
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&ms)?);
+                let v = serde_json::json!({ "voters": voters, "learners": learners });
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                for (id, addr) in ms {
-                    println!("manager {id} {addr}");
+                for (id, addr) in voters {
+                    println!("manager {id} {addr} voter");
+                }
+                for (id, addr) in learners {
+                    println!("manager {id} {addr} learner (catching up; promoted when done)");
                 }
             }
         }

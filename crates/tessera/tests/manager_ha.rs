@@ -213,12 +213,27 @@ async fn a_single_manager_with_volumes_grows_to_three_and_survives_losing_the_or
     vol.close().await.expect("close");
     drop(client);
 
-    // Grow: start each new manager (join = true), then add it through the original.
+    // Grow: start each new manager (join = true), then add it through the original: a
+    // learner until it has caught up from a snapshot, then a voter.
     for i in 1..3 {
         c.restart_manager(i);
         let (id, addr) = (c.managers[i].id.to_string(), c.managers[i].addr.clone());
-        let out = c.cli_ok(&["cluster", "add-manager", &id, &addr]);
-        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        let voter = format!("manager {id} {addr} voter");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = c.cli_ok(&["cluster", "add-manager", &id, &addr]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.lines().any(|l| l == voter) {
+                eprintln!("{text}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not promoted: {text}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         wait_snapshot_installed(&c, i).await;
     }
     c.create_volume("grown", "16MiB", "1MiB");

@@ -174,15 +174,17 @@ impl Service {
         Ok(seen)
     }
 
-    /// Adds manager `id` at `addr` to the managers' group (a voter), once the change is
-    /// committed and applied here; a member already is one.
+    /// Adds manager `id` at `addr` to the managers' group as a learner, once the change is
+    /// committed and applied here (the leader promotes it when it has caught up); a member
+    /// or learner already is one.
     pub(super) fn add_manager(&mut self, id: u64, addr: String) -> Result<(), ControlError> {
         if id == 0 || addr.is_empty() {
             return Err(ControlError::Invalid(
                 "a manager needs an id of at least 1 and an address".into(),
             ));
         }
-        if self.replica.status().voters.contains(&id) {
+        let status = self.replica.status();
+        if status.voters.contains(&id) || status.learners.contains(&id) {
             return Ok(());
         }
         let (index, term) = self.replica.propose_add(id, addr)?;
@@ -204,7 +206,11 @@ impl Service {
         }
         // raft-rs turns a change proposed while another is pending into an empty entry.
         let deadline = Instant::now() + Duration::from_secs(1);
-        while !self.replica.status().voters.contains(&id) {
+        loop {
+            let s = self.replica.status();
+            if s.voters.contains(&id) || s.learners.contains(&id) {
+                break;
+            }
             if Instant::now() > deadline {
                 return Err(ControlError::Unavailable(
                     "another membership change of the managers is under way; try again".into(),
@@ -212,7 +218,7 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        info!(id, "manager added to the managers' group");
+        info!(id, "manager added to the managers' group as a learner");
         Ok(())
     }
 
