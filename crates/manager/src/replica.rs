@@ -13,7 +13,7 @@
 //!   marks as "after persistence" are sent, and before the Ready is advanced;
 //! - the Raft task never waits on the network: each peer has its own task fed by a bounded
 //!   queue, and a message that does not fit is dropped (Raft retransmits);
-//! - the log is compacted once applied: every second, when it holds more than twice
+//! - the log is compacted once applied: at every tick where it holds more than twice
 //!   `log_keep` entries past the applied index's predecessor, everything up to `log_keep`
 //!   entries behind the applied index is deleted (on disk, then in the raft-rs `MemStorage`
 //!   mirror the `RawNode` reads). A peer needing entries that are gone gets a snapshot,
@@ -58,8 +58,8 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 1024;
-/// Ticks between two looks at whether the log should be compacted.
-const COMPACT_TICKS: u64 = 10;
+/// Ticks between two looks at whether a learner can be promoted.
+const PROMOTE_TICKS: u64 = 5;
 /// A learner this close to the commit index is promoted to voter.
 const PROMOTE_LAG: u64 = 100;
 
@@ -673,7 +673,7 @@ impl RaftLoop {
     }
 
     /// Compacts the applied log when it is long (or a member was just added), and takes a
-    /// snapshot when a peer asked for one.
+    /// snapshot when a peer asked for one. Every tick: deciding is a look at three indexes.
     async fn maintain(&mut self) -> Result<(), Error> {
         let wanted = self.storage.take_wanted();
         if wanted && self.taking.is_none() {
@@ -687,9 +687,6 @@ impl RaftLoop {
         }
         if self.taking.as_ref().is_some_and(|(_, t)| t.is_finished()) {
             self.offer_snapshot().await?;
-        }
-        if !self.compact_now && !self.ticks.is_multiple_of(COMPACT_TICKS) {
-            return Ok(());
         }
         let applied = self.shared.applied.load(Ordering::Relaxed);
         let first = self.storage.first_index().unwrap_or(1);
@@ -763,7 +760,7 @@ impl RaftLoop {
         let r = &self.raw.raft;
         if r.state != StateRole::Leader
             || r.pending_conf_index > r.raft_log.applied
-            || !self.ticks.is_multiple_of(COMPACT_TICKS / 2)
+            || !self.ticks.is_multiple_of(PROMOTE_TICKS)
         {
             return;
         }

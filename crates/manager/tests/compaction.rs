@@ -126,9 +126,9 @@ async fn the_log_stays_bounded_over_100k_volume_operations() {
     let (entries, first, volumes) = inspect(dir.path());
     eprintln!("log: {entries} entries from index {first:?}; largest database {largest_file} bytes");
     assert_eq!(volumes, KEPT);
-    // Compacted to `keep` behind the applied index once it reaches twice that (and a few
-    // entries may be newer than the last look).
-    assert!(entries <= 2 * keep + 64, "{entries} log entries kept");
+    // Compacted to `keep` behind the applied index once it reaches twice that, looked at
+    // every 100 ms tick (what arrives within one tick comes on top).
+    assert!(entries <= 2 * keep + keep / 2, "{entries} log entries kept");
     assert!(first.unwrap_or(0) > OPS / 2, "log starts at {first:?}");
     // Measured: ~2 MiB throughout; every entry kept would be ~30 MiB by the end.
     assert!(
@@ -177,7 +177,7 @@ async fn a_lagging_manager_catches_up_by_snapshot_after_compaction() {
     for i in 0..N {
         create(&addrs, &format!("v{i}")).await;
     }
-    // Compaction runs every second.
+    // Compaction is looked at every 100 ms tick; leave a few.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ms[lagging] = Some(Manager::start(config(lagging as u64 + 1)).await.unwrap());
 
