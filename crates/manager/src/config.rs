@@ -35,8 +35,17 @@ pub struct ManagerConfig {
     pub id: u64,
     /// Every manager of the Raft group, this one included, with the address it serves on
     /// (clients are redirected there, and managers send each other Raft messages there).
-    /// Empty: a group of this manager alone.
+    /// Empty: a group of this manager alone. Only founds the group: once it exists, its
+    /// membership changes through the log (`tessera cluster add-manager`), and `peers`
+    /// only supplies addresses.
     pub peers: Vec<ManagerPeer>,
+    /// Start as a new member of an existing group instead of founding one: wait for the
+    /// leader to add this manager and send it a snapshot. `peers` must list at least one
+    /// current member to reply to.
+    pub join: bool,
+    /// Raft log entries kept behind the applied index for managers that lag; the log is
+    /// compacted to that once it holds twice as many.
+    pub log_keep: u64,
 }
 
 /// One member of the managers' Raft group.
@@ -62,6 +71,8 @@ impl Default for ManagerConfig {
             max_moves_per_node: 2,
             id: 1,
             peers: Vec::new(),
+            join: false,
+            log_keep: 2000,
         }
     }
 }
@@ -90,6 +101,14 @@ impl ManagerConfig {
         if self.reconcile_every.is_zero() || self.max_moves == 0 || self.max_moves_per_node == 0 {
             return Err(Error::Config(
                 "reconcile_ms, max_moves and max_moves_per_node must be positive".into(),
+            ));
+        }
+        if self.log_keep == 0 {
+            return Err(Error::Config("raft_log_keep must be at least 1".into()));
+        }
+        if self.join && !self.peers.iter().any(|p| p.id != self.id) {
+            return Err(Error::Config(
+                "join needs peers listing at least one current manager".into(),
             ));
         }
         if self.id == 0 {
@@ -144,6 +163,11 @@ impl ManagerConfig {
 ///   { id = 2, addr = "10.0.0.2:7400" },
 ///   { id = 3, addr = "10.0.0.3:7400" },
 /// ]
+/// # A manager added to a running group: started first, then added with
+/// # `tessera cluster add-manager 3 10.0.0.3:7400`; it catches up from a snapshot.
+/// # join = true
+/// # Raft log entries kept behind the applied index (compacted at twice this).
+/// raft_log_keep = 2000
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,6 +183,8 @@ pub struct ManagerConfigFile {
     pub max_moves_per_node: usize,
     pub id: u64,
     pub peers: Vec<ManagerPeer>,
+    pub join: bool,
+    pub raft_log_keep: u64,
 }
 
 impl Default for ManagerConfigFile {
@@ -181,6 +207,8 @@ impl From<ManagerConfig> for ManagerConfigFile {
             max_moves_per_node: c.max_moves_per_node,
             id: c.id,
             peers: c.peers,
+            join: c.join,
+            raft_log_keep: c.log_keep,
         }
     }
 }
@@ -199,6 +227,8 @@ impl From<ManagerConfigFile> for ManagerConfig {
             max_moves_per_node: f.max_moves_per_node,
             id: f.id,
             peers: f.peers,
+            join: f.join,
+            log_keep: f.raft_log_keep,
         }
     }
 }

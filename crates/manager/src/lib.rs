@@ -12,7 +12,10 @@
 //! - `replica`: the managers' own Raft group (raft-rs `RawNode` in one tokio task) and the
 //!   commit queue. Only the leader plans; followers answer `NotLeader`.
 //! - `peer`: the manager-to-manager transport of Raft messages.
-//! - `raft_log`: the Raft log, hard state and conf state, in tables of the same database.
+//! - `raft_log`: the Raft log, hard state, conf state and member addresses, in tables of the
+//!   same database; compacted once applied.
+//! - `snapshot`: the state tables as one checksummed blob, for a manager the compacted log
+//!   no longer reaches (a lagging or new one), and its install in one transaction.
 //! - `state`: the durable state and every rule that changes it, as pure code. All changes
 //!   are `state::Mutation`s applied by one function, with the Raft log between planning and
 //!   applying.
@@ -52,6 +55,7 @@ mod reconcile;
 mod replica;
 mod server;
 mod service;
+mod snapshot;
 mod state;
 mod store;
 mod volume;

@@ -3,21 +3,30 @@
 //!
 //! Owns only these tables; never interprets an entry. Every save is one transaction
 //! committed with fsync before it returns, so raft-rs's "persist before you send" rules hold
-//! as soon as [`RaftLog::save`] does. The whole log is kept (no compaction, no snapshots):
-//! mutations are small, and a restarted or lagging manager catches up from the log alone.
+//! as soon as [`RaftLog::save`] does.
+//!
+//! The log is compacted ([`RaftLog::compact`]) once its entries are applied to the state
+//! tables: `log_start` records the index and term of the last entry deleted, and the log
+//! holds the entries after it. A manager the log no longer reaches back far enough for gets
+//! a snapshot of the state tables instead (`snapshot`), installed together with
+//! [`reset_in`] in one transaction. The members' addresses (`managers`) are kept here too:
+//! membership changes carry them, so a grown group knows where its members are.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::Error;
+use crate::store::DbError;
 
 /// Log index → protobuf-encoded [`Entry`].
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// `hard_state`, `conf_state` → protobuf encodings.
+/// `hard_state`, `conf_state`, `log_start` (a [`SnapshotMetadata`] of index and term) →
+/// protobuf encodings; `managers` → JSON map of member id to address.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 pub struct RaftLog {
@@ -31,8 +40,56 @@ pub struct Loaded {
     pub hard_state: HardState,
     /// `None` on a database that never held a Raft group.
     pub conf_state: Option<ConfState>,
-    /// Every entry, in index order from 1.
+    /// Index and term of the last entry compacted away (or installed by a snapshot); the
+    /// log resumes after it. (0, 0): never compacted.
+    pub log_start: (u64, u64),
+    /// Every entry kept, in index order from `log_start.0 + 1`.
     pub entries: Vec<Entry>,
+    /// Address of each member, as learnt from membership changes and snapshots.
+    pub managers: BTreeMap<u64, String>,
+}
+
+/// Empties the log and makes it resume after `index` (of `term`) with `conf_state` and
+/// `managers`, inside the caller's transaction (a snapshot install).
+pub fn reset_in(
+    tx: &redb::WriteTransaction,
+    index: u64,
+    term: u64,
+    conf_state: &ConfState,
+    managers: &BTreeMap<u64, String>,
+) -> Result<(), DbError> {
+    tx.delete_table(LOG)?;
+    tx.open_table(LOG)?;
+    let mut meta = tx.open_table(META)?;
+    meta.insert("log_start", encode_start(index, term).as_slice())?;
+    meta.insert(
+        "conf_state",
+        conf_state.write_to_bytes().unwrap_or_default().as_slice(),
+    )?;
+    meta.insert("managers", encode_managers(managers).as_slice())?;
+    Ok(())
+}
+
+/// The member addresses, read inside the caller's transaction (a snapshot being built).
+pub fn managers_in(tx: &redb::ReadTransaction) -> Result<BTreeMap<u64, String>, DbError> {
+    let meta = tx.open_table(META)?;
+    let v = meta.get("managers")?;
+    Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok())
+        .unwrap_or_default())
+}
+
+fn encode_start(index: u64, term: u64) -> Vec<u8> {
+    let m = SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    };
+    m.write_to_bytes().unwrap_or_default()
+}
+
+fn encode_managers(managers: &BTreeMap<u64, String>) -> Vec<u8> {
+    // A map of integers to strings always serializes.
+    serde_json::to_vec(managers).unwrap_or_default()
 }
 
 impl RaftLog {
@@ -79,13 +136,22 @@ impl RaftLog {
                     .map_err(|e| self.corrupt(format!("raft conf state: {e}")))?,
             );
         }
+        if let Some(v) = meta.get("log_start").map_err(|e| self.db_err(e))? {
+            let m = SnapshotMetadata::parse_from_bytes(v.value())
+                .map_err(|e| self.corrupt(format!("raft log start: {e}")))?;
+            loaded.log_start = (m.index, m.term);
+        }
+        if let Some(v) = meta.get("managers").map_err(|e| self.db_err(e))? {
+            loaded.managers = serde_json::from_slice(v.value())
+                .map_err(|e| self.corrupt(format!("manager addresses: {e}")))?;
+        }
         let table = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
         for row in table.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             let index = k.value();
             let e = Entry::parse_from_bytes(v.value())
                 .map_err(|e| self.corrupt(format!("raft log entry {index}: {e}")))?;
-            let expected = loaded.entries.len() as u64 + 1;
+            let expected = loaded.log_start.0 + loaded.entries.len() as u64 + 1;
             if e.index != index || index != expected {
                 return Err(self.corrupt(format!(
                     "raft log entry at key {index} has index {} (expected {expected})",
@@ -114,8 +180,19 @@ impl RaftLog {
         {
             let mut log = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
             if let Some(first) = entries.first() {
-                log.retain_in(first.index.., |_, _| false)
-                    .map_err(|e| self.db_err(e))?;
+                // Row by row, as in `compact`.
+                loop {
+                    let last = log
+                        .last()
+                        .map_err(|e| self.db_err(e))?
+                        .map(|(k, _)| k.value());
+                    match last {
+                        Some(k) if k >= first.index => {
+                            log.remove(k).map_err(|e| self.db_err(e))?;
+                        }
+                        _ => break,
+                    }
+                }
             }
             for e in entries {
                 log.insert(e.index, encode(e)?.as_slice())
@@ -133,6 +210,61 @@ impl RaftLog {
         }
         tx.commit().map_err(|e| self.db_err(e))?;
         Ok(())
+    }
+
+    /// Stores a membership change's outcome: the new conf state and member addresses.
+    pub fn save_conf(
+        &self,
+        conf_state: &ConfState,
+        managers: &BTreeMap<u64, String>,
+    ) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            let cs = conf_state
+                .write_to_bytes()
+                .map_err(|e| Error::Task(format!("encoding a raft record: {e}")))?;
+            meta.insert("conf_state", cs.as_slice())
+                .map_err(|e| self.db_err(e))?;
+            meta.insert("managers", encode_managers(managers).as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// Deletes every entry up to `index` (whose term is `term`); the log resumes after it.
+    /// Only for entries whose effect is in the state tables.
+    pub fn compact(&self, index: u64, term: u64) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut log = tx.open_table(LOG).map_err(|e| self.db_err(e))?;
+            loop {
+                let first = log
+                    .first()
+                    .map_err(|e| self.db_err(e))?
+                    .map(|(k, _)| k.value());
+                match first {
+                    Some(k) if k <= index => {
+                        log.remove(k).map_err(|e| self.db_err(e))?;
+                    }
+                    _ => break,
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            meta.insert("log_start", encode_start(index, term).as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -184,5 +316,43 @@ mod tests {
             got,
             vec![(1, 1, &b"old"[..]), (2, 1, b"old"), (3, 2, b"new")]
         );
+    }
+}
+
+#[cfg(test)]
+mod compaction_cost {
+    use super::*;
+    use crate::store::Store;
+
+    /// File size after rounds of appending and compacting: run with
+    /// `cargo test -p tessera-manager --lib compaction_file_size -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn compaction_file_size() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (log, _) = RaftLog::open(store.database(), store.path()).unwrap();
+        let mut next = 1u64;
+        for round in 0..40 {
+            for _ in 0..20 {
+                let es: Vec<Entry> = (0..100)
+                    .map(|i| Entry {
+                        index: next + i,
+                        term: 1,
+                        data: vec![7u8; 300].into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                next += 100;
+                log.save(&es, None, None).unwrap();
+            }
+            if next > 4000 {
+                log.compact(next - 2001, 1).unwrap();
+            }
+            if round % 5 == 4 {
+                let len = std::fs::metadata(store.path()).unwrap().len();
+                println!("{} entries appended: {} KiB", next - 1, len >> 10);
+            }
+        }
     }
 }

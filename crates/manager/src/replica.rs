@@ -13,18 +13,32 @@
 //!   marks as "after persistence" are sent, and before the Ready is advanced;
 //! - the Raft task never waits on the network: each peer has its own task fed by a bounded
 //!   queue, and a message that does not fit is dropped (Raft retransmits);
-//! - no log compaction and no snapshots: the whole log is kept (on disk, and mirrored in a
-//!   raft-rs `MemStorage` for the `RawNode` to read), so a restarted or lagging manager
-//!   catches up from the log. Mutations are small; compaction is for when logs grow large.
-//!   Membership is the configured peers, fixed when the group is first created.
+//! - the log is compacted once applied: at every tick where it holds more than twice
+//!   `log_keep` entries past the applied index's predecessor, everything up to `log_keep`
+//!   entries behind the applied index is deleted (on disk, then in the raft-rs `MemStorage`
+//!   mirror the `RawNode` reads). A peer needing entries that are gone gets a snapshot,
+//!   taken on demand (`snapshot`) and installed in one transaction on the receiving side,
+//!   with the committed queue emptied under the applier's gate so that nothing older is
+//!   applied on top of it;
+//! - membership starts as the configured peers (or this manager alone) and then changes only
+//!   through the log: [`Replica::propose_add`] adds a learner whose address rides in the
+//!   change's context, and the leader promotes it to voter once it has caught up (a voter
+//!   added before it runs would leave a single manager unable to commit anything). A manager started to `join` has no membership until the leader's
+//!   snapshot gives it one; until then it takes no log entries (a log replayed from index 1
+//!   would not hold the founding members), and the leader compacts its whole applied log
+//!   when it adds a member, so the newcomer is sent a snapshot.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfState, Entry, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -33,8 +47,9 @@ use tessera_proto::control::ControlError;
 
 use crate::Error;
 use crate::config::ManagerPeer;
-use crate::peer::{decode_batch, peer_loop};
+use crate::peer::{Parts, decode_frame, peer_loop};
 use crate::raft_log::{Loaded, RaftLog};
+use crate::snapshot::{self, LogStorage};
 
 /// One Raft tick.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -43,6 +58,10 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 1024;
+/// Ticks between two looks at whether a learner can be promoted.
+const PROMOTE_TICKS: u64 = 5;
+/// A learner this close to the commit index is promoted to voter.
+const PROMOTE_LAG: u64 = 100;
 
 /// What this manager knows of the group's leadership.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +73,10 @@ pub struct Status {
     pub is_leader: bool,
     /// When this manager became leader of `term`.
     pub leader_since: Option<Instant>,
+    /// The group's voters as this manager last applied them.
+    pub voters: Vec<u64>,
+    /// Members being added: they receive the log but count for no majority yet.
+    pub learners: Vec<u64>,
 }
 
 enum Input {
@@ -62,17 +85,40 @@ enum Input {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(u64, u64), ControlError>>,
     },
+    ProposeAdd {
+        id: u64,
+        addr: String,
+        reply: oneshot::Sender<Result<(u64, u64), ControlError>>,
+    },
 }
 
 struct Shared {
     id: u64,
-    members: Vec<ManagerPeer>,
+    /// Every member's address, this manager's included.
+    members: Mutex<BTreeMap<u64, String>>,
     inbox: mpsc::UnboundedSender<Input>,
     /// Committed entries not yet taken by the applier, in log order.
     committed: Mutex<VecDeque<Entry>>,
     more_committed: Condvar,
     wake_applier: Notify,
     status: Mutex<Status>,
+    /// Held while committed entries are applied, and while a snapshot replaces the state.
+    apply_gate: Mutex<()>,
+    /// A snapshot installed under the state: (index, term); taken by the applier.
+    installed: Mutex<Option<(u64, u64)>>,
+    /// The highest index whose effect is durable in the state tables (the applier says).
+    applied: AtomicU64,
+}
+
+/// How the managers' Raft group is started.
+pub struct Options {
+    pub id: u64,
+    /// From the configuration: the founding members, and addresses that override stored ones.
+    pub members: Vec<ManagerPeer>,
+    /// Wait for a leader's snapshot instead of founding a group (a manager being added).
+    pub join: bool,
+    /// Entries kept behind the applied index for lagging peers.
+    pub log_keep: u64,
 }
 
 /// Handle on the Raft group. Cheap to clone.
@@ -101,52 +147,75 @@ impl Replica {
     /// database) and starts the Raft task. `applied`: the last index whose effect is already
     /// in the state; committed entries after it are delivered again.
     pub fn start(
-        id: u64,
-        members: Vec<ManagerPeer>,
+        opts: Options,
         log: RaftLog,
         loaded: Loaded,
         applied: u64,
     ) -> Result<(Replica, RaftTask), Error> {
-        let ids: Vec<u64> = {
-            let mut v: Vec<u64> = members.iter().map(|p| p.id).collect();
-            v.sort_unstable();
-            v
-        };
+        let Options {
+            id,
+            members,
+            join,
+            log_keep,
+        } = opts;
+        let configured: BTreeMap<u64, String> =
+            members.iter().map(|p| (p.id, p.addr.clone())).collect();
+        let mut book = loaded.managers.clone();
+        book.extend(configured.clone());
         let conf_state = match loaded.conf_state {
             Some(cs) => {
                 let mut stored = cs.voters.clone();
                 stored.sort_unstable();
-                if stored != ids {
-                    return Err(Error::Config(format!(
-                        "the managers' Raft group was created with members {stored:?}, the \
-                         configuration lists {ids:?}; changing members is not supported"
-                    )));
+                let listed: Vec<u64> = configured.keys().copied().collect();
+                if !join && stored != listed {
+                    info!(
+                        stored = ?stored,
+                        configured = ?listed,
+                        "the managers' membership changed since it was configured; the \
+                         replicated one holds"
+                    );
                 }
                 cs
             }
+            None if join => {
+                info!(
+                    id,
+                    "joining the managers: waiting for the leader's snapshot"
+                );
+                ConfState::default()
+            }
             None => {
                 let cs = ConfState {
-                    voters: ids.clone(),
+                    voters: configured.keys().copied().collect(),
                     ..Default::default()
                 };
-                log.save(&[], None, Some(&cs))?;
+                log.save_conf(&cs, &book)?;
                 cs
             }
         };
-        let last_index = loaded.entries.last().map_or(0, |e| e.index);
+        let (start_index, start_term) = loaded.log_start;
+        let last_index = loaded.entries.last().map_or(start_index, |e| e.index);
         let mut hs = loaded.hard_state;
         // An entry is only applied once committed, and the commit index is not always saved
         // before it is applied (it is re-learned from the leader).
         hs.commit = hs.commit.max(applied).min(last_index);
         let applied = applied.min(hs.commit);
-        let storage = MemStorage::new();
+        let mem = MemStorage::new();
         {
-            let mut w = storage.wl();
-            w.set_conf_state(conf_state);
+            let mut w = mem.wl();
+            if start_index > 0 {
+                let mut snap = Snapshot::default();
+                snap.mut_metadata().index = start_index;
+                snap.mut_metadata().term = start_term;
+                w.apply_snapshot(snap)
+                    .map_err(|e| Error::Task(format!("restoring the raft log start: {e}")))?;
+            }
+            w.set_conf_state(conf_state.clone());
             w.append(&loaded.entries)
                 .map_err(|e| Error::Task(format!("restoring the raft log: {e}")))?;
             w.set_hardstate(hs);
         }
+        let storage = LogStorage::new(mem);
         let cfg = Config {
             id,
             election_tick: ELECTION_TICKS,
@@ -162,45 +231,50 @@ impl Replica {
             .map_err(|e| Error::Config(format!("raft: {e}")))?;
         let mut raw = RawNode::new(&cfg, storage.clone(), &logger(id))
             .map_err(|e| Error::Task(format!("starting the managers' raft group: {e}")))?;
-        if ids == [id] {
+        if conf_state.voters == [id] && conf_state.learners.is_empty() {
             // Alone: no one to wait for, lead at once.
             let _ = raw.campaign();
         }
         let (inbox, inputs) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             id,
-            members: members.clone(),
+            members: Mutex::new(book.clone()),
             inbox,
             committed: Mutex::new(VecDeque::new()),
             more_committed: Condvar::new(),
             wake_applier: Notify::new(),
             status: Mutex::new(Status::default()),
+            apply_gate: Mutex::new(()),
+            installed: Mutex::new(None),
+            applied: AtomicU64::new(applied),
         });
-        let peers = members
-            .iter()
-            .filter(|p| p.id != id)
-            .map(|p| {
-                let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                tokio::spawn(peer_loop(id, p.id, p.addr.clone(), rx));
-                (p.id, tx)
-            })
-            .collect();
         info!(
             id,
-            members = ?ids,
+            voters = ?conf_state.voters,
+            first_index = start_index + 1,
             last_index,
             applied,
             term = raw.raft.term,
             "managers' raft group restored"
         );
         let (stop, stopped) = watch::channel(false);
-        let raft = RaftLoop {
+        let blank = conf_state.voters.is_empty() && conf_state.learners.is_empty();
+        let mut raft = RaftLoop {
             raw,
             storage,
             log: Arc::new(log),
             shared: shared.clone(),
-            peers,
+            peers: HashMap::new(),
+            configured,
+            conf_index: 0,
+            compact_now: false,
+            log_keep: log_keep.max(1),
+            ticks: 0,
+            blank,
+            snap_reports: Vec::new(),
+            taking: None,
         };
+        raft.connect_peers();
         // A group of one leads already: say so before the first request comes.
         raft.publish_status();
         let task = tokio::spawn(raft.run(inputs, stopped));
@@ -219,9 +293,49 @@ impl Replica {
     pub fn addr_of(&self, id: u64) -> Option<String> {
         self.shared
             .members
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.addr.clone())
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).cloned())
+    }
+
+    /// Every known member address.
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        self.shared
+            .members
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Proposes adding manager `id`, serving on `addr`, as a learner, if this manager leads;
+    /// returns the change's (index, term). Blocks: call from a blocking thread.
+    pub fn propose_add(&self, id: u64, addr: String) -> Result<(u64, u64), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .inbox
+            .send(Input::ProposeAdd { id, addr, reply })
+            .map_err(|_| ControlError::Unavailable("manager raft group stopped".into()))?;
+        rx.blocking_recv()
+            .map_err(|_| ControlError::Unavailable("manager raft group stopped".into()))?
+    }
+
+    /// Held by whoever applies committed entries: a snapshot is never installed meanwhile.
+    pub fn apply_gate(&self) -> MutexGuard<'_, ()> {
+        self.shared
+            .apply_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A snapshot installed under the state since the last call: its (index, term).
+    pub fn take_installed(&self) -> Option<(u64, u64)> {
+        self.shared.installed.lock().ok().and_then(|mut i| i.take())
+    }
+
+    /// The applier says every entry up to `index` is durable in the state tables, so the
+    /// log before it may be compacted.
+    pub fn set_applied(&self, index: u64) {
+        self.shared.applied.fetch_max(index, Ordering::Relaxed);
     }
 
     /// The answer for a request this manager cannot serve because it does not lead.
@@ -266,9 +380,10 @@ impl Replica {
         self.shared.wake_applier.notified().await;
     }
 
-    /// Steps a `ManagerRaft` frame body from another manager.
-    pub fn receive(&self, body: &[u8]) -> Result<(), String> {
-        for m in decode_batch(body)? {
+    /// Steps a `ManagerRaft` frame body from another manager (`parts`: that connection's
+    /// message arriving in parts, if any).
+    pub fn receive(&self, body: &[u8], parts: &mut Parts) -> Result<(), String> {
+        for m in decode_frame(body, parts)? {
             if m.to != self.shared.id {
                 return Err(format!(
                     "raft message for manager {} reached manager {}",
@@ -282,12 +397,30 @@ impl Replica {
 }
 
 struct RaftLoop {
-    raw: RawNode<MemStorage>,
-    storage: MemStorage,
+    raw: RawNode<LogStorage>,
+    storage: LogStorage,
     log: Arc<RaftLog>,
     shared: Arc<Shared>,
     peers: HashMap<u64, mpsc::Sender<Message>>,
+    /// Addresses from the configuration: they win over replicated ones.
+    configured: BTreeMap<u64, String>,
+    /// Index of the last membership change applied (or snapshot installed).
+    conf_index: u64,
+    /// Compact the whole applied log at the next look (a member was just added).
+    compact_now: bool,
+    log_keep: u64,
+    ticks: u64,
+    /// No membership yet (joining): take no log entries before a snapshot.
+    blank: bool,
+    /// Snapshots handed to (or refused by) the transport, to tell raft-rs after `advance`.
+    snap_reports: Vec<(u64, SnapshotStatus)>,
+    /// A snapshot being taken off the Raft task (reading a large state takes seconds, and
+    /// the leader must keep heartbeating meanwhile): when it started, and the task.
+    taking: Option<(Instant, JoinHandle<Result<Taken, Error>>)>,
 }
+
+/// A snapshot's content and its encoding.
+type Taken = (snapshot::Payload, Vec<u8>);
 
 impl RaftLoop {
     async fn run(
@@ -302,6 +435,13 @@ impl RaftLoop {
                 _ = stopped.changed() => break,
                 _ = tick.tick() => {
                     self.raw.tick();
+                    self.ticks += 1;
+                    self.promote_learners();
+                    if let Err(e) = self.maintain().await {
+                        error!(error = %e, "the managers' raft log cannot be compacted; this \
+                               manager stops taking part until it is restarted");
+                        break;
+                    }
                 }
                 input = inputs.recv() => {
                     let Some(input) = input else { break };
@@ -330,18 +470,47 @@ impl RaftLoop {
     fn input(&mut self, input: Input) {
         match input {
             Input::Step(m) => {
+                if m.get_msg_type() == MessageType::MsgSnapshot
+                    && let Err(e) = snapshot::decode(&m.get_snapshot().data)
+                {
+                    warn!(from = m.from, error = %e, "malformed snapshot from a manager refused");
+                    return;
+                }
+                if self.blank && m.get_msg_type() == MessageType::MsgAppend {
+                    // A log from index 1 would not hold the founding members: wait for the
+                    // snapshot the leader sends once its log is compacted.
+                    debug!(
+                        from = m.from,
+                        "joining: log entries ignored before a snapshot"
+                    );
+                    return;
+                }
                 if let Err(e) = self.raw.step(*m) {
                     debug!(error = %e, "raft message refused");
                 }
             }
+            Input::ProposeAdd { id, addr, reply } => {
+                let res = if self.raw.raft.state != StateRole::Leader {
+                    Err(self.not_leader())
+                } else {
+                    let cc = ConfChange {
+                        change_type: ConfChangeType::AddLearnerNode,
+                        node_id: id,
+                        context: addr.into_bytes().into(),
+                        ..Default::default()
+                    };
+                    match self.raw.propose_conf_change(Vec::new(), cc) {
+                        Ok(()) => Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term)),
+                        Err(e) => Err(ControlError::Unavailable(format!(
+                            "manager leader cannot take the membership change now: {e}"
+                        ))),
+                    }
+                };
+                let _ = reply.send(res);
+            }
             Input::Propose { data, reply } => {
                 let res = if self.raw.raft.state != StateRole::Leader {
-                    Err(ControlError::NotLeader(
-                        Some(self.raw.raft.leader_id)
-                            .filter(|l| *l != 0)
-                            .and_then(|l| self.shared.members.iter().find(|p| p.id == l))
-                            .map(|p| p.addr.clone()),
-                    ))
+                    Err(self.not_leader())
                 } else {
                     match self.raw.propose(Vec::new(), data) {
                         Ok(()) => Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term)),
@@ -362,10 +531,9 @@ impl RaftLoop {
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            // Nobody sends one: the log is never compacted.
-            error!("unexpected raft snapshot ignored");
+            self.install(rd.snapshot().clone()).await?;
         }
-        self.deliver(rd.take_committed_entries());
+        self.deliver(rd.take_committed_entries()).await?;
         let entries = rd.entries().clone();
         let hs = rd.hs().cloned();
         if !entries.is_empty() || hs.is_some() {
@@ -374,7 +542,7 @@ impl RaftLoop {
             tokio::task::spawn_blocking(move || log.save(&es, h.as_ref(), None))
                 .await
                 .map_err(|e| Error::Task(e.to_string()))??;
-            let mut w = self.storage.wl();
+            let mut w = self.storage.mem.wl();
             if !entries.is_empty() {
                 w.append(&entries)
                     .map_err(|e| Error::Task(format!("raft log in memory: {e}")))?;
@@ -386,32 +554,288 @@ impl RaftLoop {
         self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.storage.wl().mut_hard_state().commit = commit;
+            self.storage.mem.wl().mut_hard_state().commit = commit;
         }
         self.send(light.take_messages());
-        self.deliver(light.take_committed_entries());
+        self.deliver(light.take_committed_entries()).await?;
         self.raw.advance_apply();
+        for (to, status) in std::mem::take(&mut self.snap_reports) {
+            self.raw.report_snapshot(to, status);
+        }
         Ok(())
     }
 
-    fn deliver(&self, entries: Vec<Entry>) {
+    /// Queues committed entries for the applier, applying membership changes to the Raft
+    /// group first (and making them durable with the addresses they carry).
+    async fn deliver(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
         if entries.is_empty() {
-            return;
+            return Ok(());
+        }
+        for e in &entries {
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                self.apply_conf_change(e).await?;
+            }
         }
         if let Ok(mut q) = self.shared.committed.lock() {
             q.extend(entries);
         }
         self.shared.more_committed.notify_all();
         self.shared.wake_applier.notify_one();
+        Ok(())
     }
 
-    fn send(&self, msgs: Vec<Message>) {
+    async fn apply_conf_change(&mut self, e: &Entry) -> Result<(), Error> {
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                error!(index = e.index, error = %err, "membership change not decodable; ignored");
+                return Ok(());
+            }
+        };
+        let was_member = self.raw.raft.prs().get(cc.node_id).is_some();
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                error!(index = e.index, error = %err, "membership change refused");
+                return Ok(());
+            }
+        };
+        let mut book = self.addresses();
+        if matches!(
+            cc.get_change_type(),
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+        ) && let Ok(addr) = std::str::from_utf8(&cc.context)
+            && !addr.is_empty()
+            && !self.configured.contains_key(&cc.node_id)
+        {
+            book.insert(cc.node_id, addr.to_string());
+        }
+        let log = self.log.clone();
+        let (cs2, book2) = (cs.clone(), book.clone());
+        tokio::task::spawn_blocking(move || log.save_conf(&cs2, &book2))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        self.storage.mem.wl().set_conf_state(cs.clone());
+        self.set_addresses(book);
+        self.conf_index = e.index;
+        self.blank = cs.voters.is_empty() && cs.learners.is_empty();
+        if self.raw.raft.state == StateRole::Leader && !was_member {
+            // The new member has nothing: make sure it is sent a snapshot, not the log.
+            self.compact_now = true;
+        }
+        info!(index = e.index, voters = ?cs.voters, "the managers' membership changed");
+        Ok(())
+    }
+
+    /// Replaces the state with a leader's snapshot (checked when it was received), durably,
+    /// with nothing older left queued for the applier.
+    async fn install(&mut self, snap: Snapshot) -> Result<(), Error> {
+        let payload = snapshot::decode(&snap.data)
+            .map_err(|e| Error::Task(format!("installing a snapshot: {e}")))?;
+        let meta = snap.get_metadata().clone();
+        let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
+        let shared = self.shared.clone();
+        let managers = payload.managers.clone();
+        let volumes = payload.image.volumes.len();
+        let (index, term) = (meta.index, meta.term);
+        tokio::task::spawn_blocking(move || {
+            let _gate = shared
+                .apply_gate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Ok(mut q) = shared.committed.lock() {
+                q.clear();
+            }
+            snapshot::install(&db, &path, &payload, &meta)?;
+            if let Ok(mut i) = shared.installed.lock() {
+                *i = Some((meta.index, meta.term));
+            }
+            shared.applied.fetch_max(meta.index, Ordering::Relaxed);
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        let cs = snap.get_metadata().get_conf_state().clone();
+        self.storage
+            .mem
+            .wl()
+            .apply_snapshot(snap)
+            .map_err(|e| Error::Task(format!("raft log in memory: {e}")))?;
+        let mut book = managers;
+        book.extend(self.configured.clone());
+        self.set_addresses(book);
+        self.conf_index = index;
+        self.blank = cs.voters.is_empty() && cs.learners.is_empty();
+        info!(index, term, volumes, voters = ?cs.voters, "installed a snapshot of the managers' state");
+        self.shared.more_committed.notify_all();
+        self.shared.wake_applier.notify_one();
+        Ok(())
+    }
+
+    /// Compacts the applied log when it is long (or a member was just added), and takes a
+    /// snapshot when a peer asked for one. Every tick: deciding is a look at three indexes.
+    async fn maintain(&mut self) -> Result<(), Error> {
+        let wanted = self.storage.take_wanted();
+        if wanted && self.taking.is_none() {
+            let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
+            let task = tokio::task::spawn_blocking(move || {
+                let p = snapshot::take(&db, &path)?;
+                let data = snapshot::encode(&p);
+                Ok::<_, Error>((p, data))
+            });
+            self.taking = Some((Instant::now(), task));
+        }
+        if self.taking.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+            self.offer_snapshot().await?;
+        }
+        let applied = self.shared.applied.load(Ordering::Relaxed);
+        let first = self.storage.first_index().unwrap_or(1);
+        let last = self.storage.last_index().unwrap_or(0);
+        let start = first - 1;
+        let keep = if self.compact_now { 0 } else { self.log_keep };
+        let upto = applied.min(last).saturating_sub(keep);
+        if upto > start && (self.compact_now || applied.min(last) - start > 2 * keep) {
+            let term = self
+                .storage
+                .term(upto)
+                .map_err(|e| Error::Task(format!("term of raft log entry {upto}: {e}")))?;
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.compact(upto, term))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+            self.storage
+                .compact(upto, term)
+                .map_err(|e| Error::Task(format!("raft log in memory: {e}")))?;
+            debug!(upto, applied, "compacted the managers' raft log");
+        }
+        if self.compact_now && applied >= self.conf_index {
+            self.compact_now = false;
+        }
+        Ok(())
+    }
+
+    /// Hands out the snapshot just taken, if the log and membership still agree with it.
+    async fn offer_snapshot(&mut self) -> Result<(), Error> {
+        let Some((started, task)) = self.taking.take() else {
+            return Ok(());
+        };
+        let (payload, data) = task.await.map_err(|e| Error::Task(e.to_string()))??;
+        let index = payload.image.applied_index;
+        let first = self.storage.first_index().unwrap_or(1);
+        if index < self.conf_index || index + 1 < first {
+            // Not yet a cut the group's membership and log agree with: asked again soon.
+            return Ok(());
+        }
+        let Ok(term) = self.storage.term(index) else {
+            return Ok(());
+        };
+        let conf_state = self
+            .storage
+            .initial_state()
+            .map(|s| s.conf_state)
+            .map_err(|e| Error::Task(format!("raft conf state: {e}")))?;
+        let bytes = data.len();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(conf_state);
+        self.storage.offer(snap);
+        info!(
+            index,
+            term,
+            bytes,
+            volumes = payload.image.volumes.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "took a snapshot of the managers' state for a lagging peer"
+        );
+        Ok(())
+    }
+
+    /// Leader only: proposes making a learner that has caught up a voter (one change at a
+    /// time, as raft-rs allows).
+    fn promote_learners(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader
+            || r.pending_conf_index > r.raft_log.applied
+            || !self.ticks.is_multiple_of(PROMOTE_TICKS)
+        {
+            return;
+        }
+        let committed = r.raft_log.committed;
+        let ready = r.prs().conf().learners().iter().copied().find(|id| {
+            r.prs()
+                .get(*id)
+                .is_some_and(|p| p.matched > 0 && p.matched + PROMOTE_LAG >= committed)
+        });
+        let Some(id) = ready else {
+            return;
+        };
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: id,
+            ..Default::default()
+        };
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => info!(id, "a learner manager caught up; promoting it to voter"),
+            Err(e) => debug!(id, error = %e, "promoting a learner manager"),
+        }
+    }
+
+    fn addresses(&self) -> BTreeMap<u64, String> {
+        self.shared
+            .members
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    fn set_addresses(&mut self, book: BTreeMap<u64, String>) {
+        if let Ok(mut m) = self.shared.members.lock() {
+            *m = book;
+        }
+        self.connect_peers();
+    }
+
+    /// Starts a sending task for every member with an address and none yet.
+    fn connect_peers(&mut self) {
+        let id = self.shared.id;
+        for (peer, addr) in self.addresses() {
+            if peer == id || self.peers.contains_key(&peer) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            tokio::spawn(peer_loop(id, peer, addr, rx));
+            self.peers.insert(peer, tx);
+        }
+    }
+
+    fn not_leader(&self) -> ControlError {
+        let leader = Some(self.raw.raft.leader_id).filter(|l| *l != 0);
+        ControlError::NotLeader(leader.and_then(|l| self.addresses().get(&l).cloned()))
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
             let Some(peer) = self.peers.get(&m.to) else {
                 continue;
             };
-            if peer.try_send(m).is_err() {
+            let (to, is_snap) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let sent = peer.try_send(m).is_ok();
+            if !sent {
                 debug!("queue to a manager peer is full; raft message dropped");
+            }
+            if is_snap {
+                // Handed over (or not): either way raft-rs probes the peer again, and sends
+                // another snapshot if this one never arrived.
+                let status = if sent {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.snap_reports.push((to, status));
             }
         }
     }
@@ -436,6 +860,10 @@ impl RaftLoop {
         s.term = r.term;
         s.leader = Some(r.leader_id).filter(|l| *l != 0);
         s.is_leader = is_leader;
+        s.voters = r.prs().conf().voters().ids().iter().collect();
+        s.voters.sort_unstable();
+        s.learners = r.prs().conf().learners().iter().copied().collect();
+        s.learners.sort_unstable();
     }
 }
 

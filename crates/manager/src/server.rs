@@ -27,6 +27,7 @@ use tessera_proto::control::{
 use tessera_proto::frame::Kind;
 
 use crate::liveness::Liveness;
+use crate::peer::Parts;
 use crate::raft_log::RaftLog;
 use crate::replica::{RaftTask, Replica};
 use crate::service::{DropOrder, Now, Service};
@@ -82,7 +83,13 @@ impl Manager {
             addr: config.listen.clone(),
             source,
         })?;
-        let (replica, raft) = Replica::start(config.id, config.members(), log, loaded, applied)?;
+        let opts = crate::replica::Options {
+            id: config.id,
+            members: config.members(),
+            join: config.join,
+            log_keep: config.log_keep,
+        };
+        let (replica, raft) = Replica::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
         let service = Arc::new(Mutex::new(Service::new(
             store,
@@ -209,6 +216,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut w = BufWriter::new(w);
+    let mut parts = Parts::default();
     loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
@@ -223,7 +231,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
             }
         };
         if frame.kind == Kind::ManagerRaft {
-            if let Err(e) = replica.receive(&frame.body) {
+            if let Err(e) = replica.receive(&frame.body, &mut parts) {
                 warn!(%peer, error = %e, "dropping connection: bad raft message");
                 return;
             }

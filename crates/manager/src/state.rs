@@ -165,7 +165,7 @@ pub enum Mutation {
 }
 
 /// The next id of each kind: the high-water marks that make ids never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextIds {
     pub node: u64,
     pub group: u64,

@@ -39,7 +39,7 @@ pub struct Store {
 }
 
 /// Any redb error, boxed: redb's error enum is large and every database call can return one.
-struct DbError(Box<redb::Error>);
+pub struct DbError(pub Box<redb::Error>);
 
 impl<E: Into<redb::Error>> From<E> for DbError {
     fn from(e: E) -> Self {
@@ -49,7 +49,7 @@ impl<E: Into<redb::Error>> From<E> for DbError {
 
 type DbResult<T> = Result<T, DbError>;
 
-fn db_err(path: &Path) -> impl Fn(DbError) -> Error + '_ {
+pub fn db_err(path: &Path) -> impl Fn(DbError) -> Error + '_ {
     move |e| Error::Database {
         path: path.to_path_buf(),
         source: e.0,
@@ -124,35 +124,32 @@ impl Store {
     }
 
     fn load(&self) -> Result<State, Error> {
-        let err = db_err(&self.path);
-        let corrupt = |detail: String| Error::Corrupt {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| db_err(&self.path)(e.into()))?;
+        let image = read_image(&tx).map_err(db_err(&self.path))?;
+        image.into_state().map_err(|detail| Error::Corrupt {
             path: self.path.clone(),
             detail,
+        })
+    }
+
+    /// The state as the database holds it now (after a snapshot was installed under it).
+    pub fn reload(&self) -> Result<State, Error> {
+        self.load()
+    }
+
+    /// Records `index` as applied for a log entry that changes no state (a membership
+    /// change), so that a snapshot taken afterwards covers it.
+    pub fn set_applied(&self, index: u64) -> Result<(), Error> {
+        let write = || -> DbResult<()> {
+            let tx = self.db.begin_write()?;
+            tx.open_table(META)?.insert("applied_index", index)?;
+            tx.commit()?;
+            Ok(())
         };
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let nodes: Vec<NodeRecord> = read_records(&tx, NODES, "node").map_err(&err)?;
-        let groups: Vec<GroupRecord> = read_records(&tx, GROUPS, "group").map_err(&err)?;
-        let volumes: Vec<VolumeRecord> = read_records(&tx, VOLUMES, "volume").map_err(&err)?;
-        let mut chunks = Vec::new();
-        let table = tx.open_table(CHUNKS).map_err(|e| err(e.into()))?;
-        for row in table.iter().map_err(|e| err(e.into()))? {
-            let (k, v) = row.map_err(|e| err(e.into()))?;
-            let (volume, chunk) = k.value();
-            chunks.push((volume, chunk, v.value()));
-        }
-        let meta = tx.open_table(META).map_err(|e| err(e.into()))?;
-        let mark = |key: &str| -> Result<u64, Error> {
-            Ok(meta
-                .get(key)
-                .map_err(|e| err(e.into()))?
-                .map_or(1, |v| v.value()))
-        };
-        let next = NextIds {
-            node: mark("next_node_id")?,
-            group: mark("next_group_id")?,
-            volume: mark("next_volume_id")?,
-        };
-        State::restore(nodes, groups, volumes, chunks, next).map_err(|e| corrupt(e.0))
+        write().map_err(db_err(&self.path))
     }
 
     /// Makes `m` durable, with the id marks `next` it leads to. Returns once fsynced. Outside
@@ -186,8 +183,16 @@ impl Store {
             }
             Mutation::DeleteVolume { id } => {
                 tx.open_table(VOLUMES)?.remove(*id)?;
-                tx.open_table(CHUNKS)?
-                    .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
+                // Row by row: redb's retain_in over many rows grows the file by far more
+                // than the rows (see `write_image`).
+                let mut chunks = tx.open_table(CHUNKS)?;
+                let keys = chunks
+                    .range((*id, 0)..=(*id, u64::MAX))?
+                    .map(|row| row.map(|(k, _)| k.value()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for k in keys {
+                    chunks.remove(k)?;
+                }
             }
             Mutation::MapChunk {
                 volume_id,
@@ -244,6 +249,102 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// The whole state as rows, with the applied index it reflects: what a snapshot carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Image {
+    pub applied_index: u64,
+    pub nodes: Vec<NodeRecord>,
+    pub groups: Vec<GroupRecord>,
+    pub volumes: Vec<VolumeRecord>,
+    /// (volume id, chunk index, group id).
+    pub chunks: Vec<(u64, u64, u64)>,
+    pub next: NextIds,
+}
+
+impl Image {
+    /// Checks the rows against each other and builds the memory state from them.
+    pub fn into_state(self) -> Result<State, String> {
+        State::restore(
+            self.nodes,
+            self.groups,
+            self.volumes,
+            self.chunks,
+            self.next,
+        )
+        .map_err(|e| e.0)
+    }
+}
+
+/// Reads every state row in one read transaction (a consistent cut at its applied index).
+pub fn read_image(tx: &redb::ReadTransaction) -> Result<Image, DbError> {
+    let nodes: Vec<NodeRecord> = read_records(tx, NODES, "node")?;
+    let groups: Vec<GroupRecord> = read_records(tx, GROUPS, "group")?;
+    let volumes: Vec<VolumeRecord> = read_records(tx, VOLUMES, "volume")?;
+    let mut chunks = Vec::new();
+    let table = tx.open_table(CHUNKS)?;
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let (volume, chunk) = k.value();
+        chunks.push((volume, chunk, v.value()));
+    }
+    let meta = tx.open_table(META)?;
+    let mark = |key: &str| -> DbResult<u64> { Ok(meta.get(key)?.map_or(1, |v| v.value())) };
+    let next = NextIds {
+        node: mark("next_node_id")?,
+        group: mark("next_group_id")?,
+        volume: mark("next_volume_id")?,
+    };
+    let applied_index = meta.get("applied_index")?.map_or(0, |v| v.value());
+    Ok(Image {
+        applied_index,
+        nodes,
+        groups,
+        volumes,
+        chunks,
+        next,
+    })
+}
+
+/// Replaces every state row with `image`'s, inside the caller's transaction. Tables are
+/// dropped whole: deleting every row and inserting anew in one transaction makes redb's
+/// file grow by hundreds of times the data.
+pub fn write_image(tx: &redb::WriteTransaction, image: &Image) -> Result<(), DbError> {
+    {
+        tx.delete_table(NODES)?;
+        let mut t = tx.open_table(NODES)?;
+        for n in &image.nodes {
+            t.insert(n.id, json(n).as_slice())?;
+        }
+    }
+    {
+        tx.delete_table(GROUPS)?;
+        let mut t = tx.open_table(GROUPS)?;
+        for g in &image.groups {
+            t.insert(g.id, json(g).as_slice())?;
+        }
+    }
+    {
+        tx.delete_table(VOLUMES)?;
+        let mut t = tx.open_table(VOLUMES)?;
+        for v in &image.volumes {
+            t.insert(v.id, json(v).as_slice())?;
+        }
+    }
+    {
+        tx.delete_table(CHUNKS)?;
+        let mut t = tx.open_table(CHUNKS)?;
+        for (volume, chunk, group) in &image.chunks {
+            t.insert((*volume, *chunk), *group)?;
+        }
+    }
+    let mut meta = tx.open_table(META)?;
+    meta.insert("next_node_id", image.next.node)?;
+    meta.insert("next_group_id", image.next.group)?;
+    meta.insert("next_volume_id", image.next.volume)?;
+    meta.insert("applied_index", image.applied_index)?;
+    Ok(())
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {

@@ -139,6 +139,13 @@ pub enum ManagerRequest {
         #[serde(default)]
         undo: bool,
     },
+    /// Add manager `id`, serving on `addr`, to the managers' Raft group (it must be running
+    /// with `join`): first as a learner, which catches up from a snapshot, then promoted to
+    /// voter by the leader once caught up. Asking again only reports the members.
+    AddManager {
+        id: u64,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +199,12 @@ pub enum ManagerReply {
     /// with next.
     Groups(RoutePage),
     Status(ClusterStatus),
+    /// The managers' group: voters and learners (being added, not counted for majorities
+    /// until promoted), with their addresses (empty when unknown).
+    Managers {
+        voters: Vec<(u64, String)>,
+        learners: Vec<(u64, String)>,
+    },
 }
 
 /// A bounded page of routes ([`MAX_ROUTES_PER_PAGE`] at most) and where the next one starts.

@@ -63,6 +63,15 @@ pub enum VolumeCmd {
 pub enum ClusterCmd {
     /// Nodes, racks and replica groups with their leaders.
     Status,
+    /// Add a manager, started with `join = true`, to the managers' Raft group: a learner
+    /// that catches up from a snapshot and is then promoted to voter. Run it again to see
+    /// whether it was.
+    AddManager {
+        /// Its `id` in manager.toml.
+        id: u64,
+        /// Its `listen` address, as the other managers and clients reach it.
+        addr: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +267,24 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
 pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> Result<()> {
     let client = Client::connect(managers).await?;
     match cmd {
+        ClusterCmd::AddManager { id, addr } => {
+            let ManagerReply::Managers { voters, learners } =
+                manager_call(&client, ManagerRequest::AddManager { id, addr }).await?
+            else {
+                bail!("unexpected reply from the manager");
+            };
+            if output == Output::Json {
+                let v = serde_json::json!({ "voters": voters, "learners": learners });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (id, addr) in voters {
+                    println!("manager {id} {addr} voter");
+                }
+                for (id, addr) in learners {
+                    println!("manager {id} {addr} learner (catching up; promoted when done)");
+                }
+            }
+        }
         ClusterCmd::Status => {
             let ManagerReply::Status(s) =
                 manager_call(&client, ManagerRequest::ClusterStatus).await?

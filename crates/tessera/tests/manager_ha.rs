@@ -176,3 +176,96 @@ async fn killing_the_manager_leader_loses_no_metadata_and_no_io() {
     let fresh = c.client().await.open_read_only("io").await.expect("reopen");
     assert_eq!(fresh.size(), 8 * MIB);
 }
+
+/// Waits until manager `i`'s log says it installed a snapshot of the managers' state.
+async fn wait_snapshot_installed(c: &HaCluster, i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&c.managers[i].log).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("installed a snapshot of the managers' state"))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "manager {} installed no snapshot\n{}",
+            c.managers[i].id,
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_manager_with_volumes_grows_to_three_and_survives_losing_the_original() {
+    let mut c = HaCluster::start_single(2, 3, 4);
+    c.wait_ready(3).await;
+    let names: Vec<String> = (0..20).map(|i| format!("vol{i:02}")).collect();
+    for n in &names {
+        c.create_volume(n, "16MiB", "1MiB");
+    }
+    let client = c.client().await;
+    let vol = client.open("vol00").await.expect("open");
+    let data = Bytes::from(vec![0xabu8; BLOCK as usize]);
+    vol.write(5 * MIB, data.clone()).await.expect("write");
+    vol.close().await.expect("close");
+    drop(client);
+
+    // Grow: start each new manager (join = true), then add it through the original: a
+    // learner until it has caught up from a snapshot, then a voter.
+    for i in 1..3 {
+        c.restart_manager(i);
+        let (id, addr) = (c.managers[i].id.to_string(), c.managers[i].addr.clone());
+        let voter = format!("manager {id} {addr} voter");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = c.cli_ok(&["cluster", "add-manager", &id, &addr]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.lines().any(|l| l == voter) {
+                eprintln!("{text}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not promoted: {text}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        wait_snapshot_installed(&c, i).await;
+    }
+    c.create_volume("grown", "16MiB", "1MiB");
+    for i in 1..3 {
+        wait_caught_up(&c, i, 21).await;
+    }
+
+    // The original goes; the two added managers are a majority and have everything.
+    c.kill_manager(0);
+    let leader = c.wait_leader().await;
+    assert_ne!(leader, 0);
+    let mut expected = names.clone();
+    expected.push("grown".into());
+    expected.sort();
+    assert_eq!(c.volume_names(), expected);
+    c.create_volume("after", "16MiB", "1MiB");
+    let fresh = c
+        .client()
+        .await
+        .open_read_only("vol00")
+        .await
+        .expect("reopen");
+    let got = fresh.read(5 * MIB, BLOCK).await.expect("read");
+    assert_eq!(&got[..], &data[..]);
+    // The other added manager has every volume too: it leads once this one is gone.
+    c.restart_manager(0);
+    wait_caught_up(&c, 0, 22).await;
+    c.kill_manager(leader);
+    let other = c.wait_leader().await;
+    assert!(other != leader);
+    let mut all = expected.clone();
+    all.push("after".into());
+    all.sort();
+    assert_eq!(c.volume_names(), all);
+}

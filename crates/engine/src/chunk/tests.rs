@@ -285,7 +285,10 @@ fn many_chunks_stay_within_one_budget_across_stores() {
         }
         // Dirty chunks taken out for room stay open until the flusher's next sync.
         let open = budget.stats().open;
-        assert!(open <= 32 + 10 + 50, "{open} chunks open after {chunk} writes");
+        assert!(
+            open <= 32 + 10 + 50,
+            "{open} chunks open after {chunk} writes"
+        );
         if chunk % 50 == 49 {
             for s in &stores {
                 s.sync().unwrap();

@@ -106,6 +106,25 @@ impl Service {
                 "manager database failed earlier ({why}); restart the manager"
             )));
         }
+        let replica = self.replica.clone();
+        let _gate = replica.apply_gate();
+        if let Some((index, term)) = self.replica.take_installed() {
+            let Some(store) = self.store.as_ref() else {
+                return Err(ControlError::Unavailable("manager is shutting down".into()));
+            };
+            match store.reload() {
+                Ok(state) => {
+                    info!(
+                        index,
+                        volumes = state.volume_count(),
+                        "state replaced by a snapshot"
+                    );
+                    self.state = state;
+                    self.applied = (index, term);
+                }
+                Err(err) => return Err(self.fail(format!("reloading after a snapshot: {err}"))),
+            }
+        }
         let mut seen = None;
         let entries = self.replica.take_committed();
         for e in entries {
@@ -132,8 +151,18 @@ impl Service {
                     return Err(self.fail(err.to_string()));
                 }
                 self.state.apply(&m);
+            } else {
+                // Nothing to change, but a snapshot taken from here on must cover it (a
+                // membership change's snapshot must hold the new member).
+                let Some(store) = self.store.as_ref() else {
+                    return Err(ControlError::Unavailable("manager is shutting down".into()));
+                };
+                if let Err(err) = store.set_applied(e.index) {
+                    return Err(self.fail(err.to_string()));
+                }
             }
             self.applied = (e.index, e.term);
+            self.replica.set_applied(e.index);
         }
         if seen.is_none()
             && let Some((index, _)) = watch
@@ -143,6 +172,54 @@ impl Service {
             seen = Some(false);
         }
         Ok(seen)
+    }
+
+    /// Adds manager `id` at `addr` to the managers' group as a learner, once the change is
+    /// committed and applied here (the leader promotes it when it has caught up); a member
+    /// or learner already is one.
+    pub(super) fn add_manager(&mut self, id: u64, addr: String) -> Result<(), ControlError> {
+        if id == 0 || addr.is_empty() {
+            return Err(ControlError::Invalid(
+                "a manager needs an id of at least 1 and an address".into(),
+            ));
+        }
+        let status = self.replica.status();
+        if status.voters.contains(&id) || status.learners.contains(&id) {
+            return Ok(());
+        }
+        let (index, term) = self.replica.propose_add(id, addr)?;
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            match self.apply_watching(Some((index, term)))? {
+                Some(true) => break,
+                Some(false) => return Err(self.replica.not_leader()),
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ControlError::Unavailable(format!(
+                    "adding manager {id} not committed within {COMMIT_TIMEOUT:?}"
+                )));
+            }
+            self.replica
+                .wait_committed(left.min(Duration::from_millis(50)));
+        }
+        // raft-rs turns a change proposed while another is pending into an empty entry.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let s = self.replica.status();
+            if s.voters.contains(&id) || s.learners.contains(&id) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::Unavailable(
+                    "another membership change of the managers is under way; try again".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        info!(id, "manager added to the managers' group as a learner");
+        Ok(())
     }
 
     /// After this the manager takes no more changes: what is on disk is unknown, or the log

@@ -473,6 +473,54 @@ impl HaCluster {
                 child: Some(child),
             });
         }
+        c.start_nodes(nodes);
+        c
+    }
+
+    /// One manager founded alone (no `id`, no `peers`: as `tessera dev` or a one-manager
+    /// deployment runs it), and `joining` more configured with `join = true` but not
+    /// started (start them with [`HaCluster::restart_manager`]). Storage nodes are given
+    /// every manager's address.
+    pub fn start_single(joining: usize, nodes: usize, groups_per_node: u32) -> HaCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<String> = (0..=joining)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut c = HaCluster {
+            dir,
+            managers: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = c.dir.path().join(format!("manager{id}.toml"));
+            let data_dir = c.dir.path().join(format!("manager{id}"));
+            let mut text = format!(
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {groups_per_node}\n",
+                data_dir.display()
+            );
+            if id > 1 {
+                text.push_str(&format!(
+                    "id = {id}\njoin = true\npeers = [{{ id = 1, addr = \"{}\" }}, {{ id = {id}, addr = \"{addr}\" }}]\n",
+                    addrs[0]
+                ));
+            }
+            std::fs::write(&config, text).expect("write manager.toml");
+            c.managers.push(ManagerProc {
+                id,
+                addr: addr.clone(),
+                config,
+                log: c.dir.path().join(format!("manager{id}.log")),
+                child: None,
+            });
+        }
+        c.restart_manager(0);
+        c.start_nodes(nodes);
+        c
+    }
+
+    fn start_nodes(&mut self, nodes: usize) {
+        let c = self;
         let list = c
             .manager_addrs()
             .iter()
@@ -506,7 +554,6 @@ impl HaCluster {
                 nofile: None,
             });
         }
-        c
     }
 
     pub fn manager_addrs(&self) -> Vec<String> {
