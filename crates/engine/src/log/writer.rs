@@ -9,10 +9,13 @@
 //! segment forever), and never carries on after a failed write or fdatasync: from then on
 //! every callback gets [`Error::Fatal`].
 //!
-//! A full disk (no file for the next segment) is a condition, not a failure: the batch
-//! waits, and meanwhile the writer keeps doing what frees space, taking compaction notes,
-//! writing their marks into a reserve every segment keeps for them, and recycling the
-//! segments they free, which the waiting batch then rolls into.
+//! A full disk (no file for the next segment), or no descriptor left to open one with, is
+//! a condition, not a failure: the batch waits, and meanwhile the writer keeps doing what
+//! frees space, taking compaction notes, checkpoints and removals queued behind it, writing
+//! their records into a reserve every segment keeps for them (a segment is made long
+//! enough for its batch and its reserve), and recycling the segments they free, which the
+//! waiting batch then rolls into. Recycling goes by durable marks only: a noted compaction
+//! whose mark is not written yet frees nothing.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -30,8 +33,7 @@ use super::record::{self, Record};
 use super::replay::{free_path, segment_path};
 use super::state::{Book, SegmentMeta};
 use super::{Done, LogOptions, Msg, Shared};
-use crate::fsutil::sync_dir;
-use crate::{Error, Result, is_no_space};
+use crate::{Error, Result, is_no_space, is_out_of_descriptors};
 
 /// Obsolete segment files kept for reuse; more are deleted.
 const MAX_FREE: usize = 2;
@@ -139,6 +141,7 @@ impl Writer {
     pub fn process(&mut self, msgs: Vec<Msg>, tear: Tear) {
         let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
         let mut writes: Vec<Record> = Vec::new();
+        let mut checkpoint_marks: Vec<Record> = Vec::new();
         for msg in msgs {
             match msg {
                 Msg::Compact { group, index } => {
@@ -164,6 +167,18 @@ impl Writer {
                     writes.push(Record::Tombstone { group });
                     dones.push((done, None));
                 }
+                Msg::Checkpoint {
+                    group,
+                    slots,
+                    index,
+                    done,
+                } => {
+                    writes.extend(slot_records(group, slots));
+                    // Not noted before it is written: a mark written meanwhile (by
+                    // `relieve`, while this batch waits) would overtake the slots.
+                    checkpoint_marks.push(Record::CompactMark { group, index });
+                    dones.push((done, None));
+                }
                 Msg::Fail { done, error } => dones.push((done, Some(error))),
             }
         }
@@ -178,7 +193,8 @@ impl Writer {
         // Values pinning old segments first, so that anything newer in the batch wins.
         // Compaction marks last: a mark drops entries on replay, so it must never become
         // durable ahead of writes that were queued with it (a torn batch keeps a prefix).
-        // A group removed in this batch gets no mark after its tombstone.
+        // A group removed in this batch gets no mark after its tombstone. A checkpoint's mark
+        // comes after its slots with the others.
         let removed: BTreeSet<u64> = writes
             .iter()
             .filter_map(|r| match r {
@@ -191,7 +207,7 @@ impl Writer {
             if removed.contains(&group) {
                 return None;
             }
-            let index = self.book.groups.get(&group)?.compacted;
+            let index = self.book.groups.get(&group)?.noted;
             Some(Record::CompactMark { group, index })
         });
         if cfg!(tessera_unfixed = "install_compaction") {
@@ -202,6 +218,11 @@ impl Writer {
             records.extend(writes);
             records.extend(marks);
         }
+        records.extend(
+            checkpoint_marks
+                .into_iter()
+                .filter(|r| !removed.contains(&r.group())),
+        );
         if records.is_empty() {
             return finish(dones, || Ok(()));
         }
@@ -226,13 +247,15 @@ impl Writer {
         }
         let mut result = self.write_batch(&records, Room::Normal);
         let mut waited = 0u32;
-        while let Err(Error::DiskFull(msg)) = &result {
-            // No room for the next segment. Refusing the batch would leave Raft with entries
-            // it can never persist; the log stalls instead (reads go on, the leaders refuse
-            // new writes), and resumes once space is freed. Meanwhile it goes on doing what
-            // frees space: writing compaction marks and recycling the segments they free.
+        while let Err(Error::DiskFull(msg) | Error::Exhausted(msg)) = &result {
+            // No room for the next segment (or no descriptor to open it with). Refusing the
+            // batch would leave Raft with entries it can never persist; the log stalls
+            // instead (reads go on, the leaders refuse new writes), and resumes once space
+            // (or a descriptor) is freed. Meanwhile it goes on doing what frees space:
+            // writing checkpoints, compaction marks and tombstones, and recycling the
+            // segments they free.
             if waited.is_multiple_of(50) {
-                error!(dir = %self.dir.display(), %msg, "log stalled: disk full");
+                error!(dir = %self.dir.display(), %msg, "log stalled: disk full or out of descriptors");
             }
             waited += 1;
             if self.shared.lock_queue().shutdown {
@@ -243,7 +266,7 @@ impl Writer {
             let relieved = if cfg!(tessera_unfixed = "full_log") {
                 Ok(false)
             } else {
-                self.relieve()
+                self.relieve(&mut records)
             };
             match relieved {
                 Ok(true) => {}
@@ -257,7 +280,6 @@ impl Writer {
         }
         match result {
             Ok(()) => {
-                self.pending_marks.clear();
                 finish(dones, || Ok(()));
                 self.recycle();
             }
@@ -272,6 +294,7 @@ impl Writer {
                 finish(dones, || {
                     Err(match &e {
                         Error::DiskFull(m) => Error::DiskFull(m.clone()),
+                        Error::Exhausted(m) => Error::Exhausted(m.clone()),
                         _ => Error::Io(io::Error::other(msg.clone())),
                     })
                 });
@@ -283,42 +306,148 @@ impl Writer {
             .store(self.book.segments.len() as u64, Ordering::Relaxed);
     }
 
-    /// While a batch waits for disk space: takes the compaction notes queued meanwhile,
-    /// writes the pending marks and the re-appends that unpin old segments into the current
-    /// segment's remaining room (its reserve included: no new file is needed), and recycles
-    /// what became obsolete, so that the waiting batch can roll into a recycled file.
-    /// Returns whether a segment was recycled. Only a failed write or fdatasync is an error.
+    /// While a batch waits for disk space: takes from the queue, in order, the checkpoints
+    /// and removals that fit and the compaction notes, and writes them, the pending marks
+    /// and the re-appends that unpin old segments into the current segment's remaining room
+    /// (its reserve included: no new file is needed), then recycles what became obsolete,
+    /// so that the waiting batch can roll into a recycled file. Returns whether a segment
+    /// was recycled. Only a failed write or fdatasync is an error.
     ///
-    /// A compaction note may overtake appends queued before it: the raft layer sends one
-    /// only once what makes the compacted entries unnecessary (the applied index, an
-    /// installed snapshot) is durable, so its mark never depends on a waiting batch.
-    fn relieve(&mut self) -> Result<bool> {
-        let compacts: Vec<(u64, u64)> = {
+    /// What it takes overtakes the waiting batch (`stalled`) and the appends queued before
+    /// it. That keeps "latest queued wins": the records they supersede (a value of a slot a
+    /// checkpoint writes, every record of a removed group) are dropped from `stalled` and
+    /// from those appends, so they never land after what overrides them. A compaction note
+    /// may overtake appends too: the raft layer sends one only once what makes the
+    /// compacted entries unnecessary (the applied index, an installed snapshot) is
+    /// durable, so its mark never depends on a waiting batch; a checkpoint carries that
+    /// applied index itself and writes it before its mark.
+    fn relieve(&mut self, stalled: &mut Vec<Record>) -> Result<bool> {
+        let mut room = self.current.as_ref().map_or(0, |c| c.len - c.offset);
+        room = room.saturating_sub(record::BATCH_END_LEN as u64);
+        let mut taken: Vec<Record> = Vec::new();
+        let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
+        let mut compacts: Vec<(u64, u64)> = Vec::new();
+        // Slots written and groups removed by what is taken.
+        let mut superseded: BTreeSet<(u64, u8)> = BTreeSet::new();
+        let mut removed: BTreeSet<u64> = BTreeSet::new();
+        {
             let mut q = self.shared.lock_queue();
-            let mut compacts = Vec::new();
-            q.msgs.retain(|m| match *m {
-                Msg::Compact { group, index } => {
-                    compacts.push((group, index));
-                    false
+            let mut blocked = false;
+            let mut keep = vec![true; q.msgs.len()];
+            for (i, m) in q.msgs.iter().enumerate() {
+                let need = match m {
+                    Msg::Compact { group, index } => {
+                        compacts.push((*group, *index));
+                        keep[i] = false;
+                        continue;
+                    }
+                    // Order among these matters (a group removed, then hosted anew): stop
+                    // at the first that does not fit.
+                    Msg::Checkpoint { slots, .. } if !blocked => {
+                        slots
+                            .iter()
+                            .map(|(_, v)| (record::HEADER_LEN + v.len()) as u64)
+                            .sum::<u64>()
+                            + record::HEADER_LEN as u64
+                    }
+                    Msg::Remove { .. } if !blocked => record::HEADER_LEN as u64,
+                    _ => continue,
+                };
+                if need > room {
+                    blocked = true;
+                    continue;
                 }
-                _ => true,
-            });
-            compacts
-        };
+                room -= need;
+                keep[i] = false;
+            }
+            let mut msgs = std::mem::take(&mut q.msgs)
+                .into_iter()
+                .zip(keep)
+                .collect::<Vec<_>>();
+            // Appends queued before a taken message lose what it supersedes.
+            let mut later_slots: BTreeSet<(u64, u8)> = BTreeSet::new();
+            let mut later_removed: BTreeSet<u64> = BTreeSet::new();
+            for (m, keep) in msgs.iter_mut().rev() {
+                match m {
+                    Msg::Checkpoint { group, slots, .. } if !*keep => {
+                        later_slots.extend(slots.iter().map(|(slot, _)| (*group, *slot)));
+                    }
+                    Msg::Remove { group, .. } if !*keep => {
+                        later_removed.insert(*group);
+                    }
+                    Msg::Append { writes, .. } => {
+                        writes.retain(|w| !later_removed.contains(&w.group));
+                        for w in writes.iter_mut() {
+                            w.slots
+                                .retain(|(slot, _)| !later_slots.contains(&(w.group, *slot)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (m, keep) in msgs {
+                if keep {
+                    q.msgs.push(m);
+                    continue;
+                }
+                match m {
+                    Msg::Checkpoint {
+                        group,
+                        slots,
+                        index,
+                        done,
+                    } => {
+                        superseded.extend(slots.iter().map(|(slot, _)| (group, *slot)));
+                        taken.extend(slot_records(group, slots));
+                        self.book.groups.entry(group).or_default();
+                        self.book.compact(group, index);
+                        let index = self.book.groups.get(&group).map_or(index, |g| g.noted);
+                        taken.push(Record::CompactMark { group, index });
+                        dones.push((done, None));
+                    }
+                    Msg::Remove { group, done } => {
+                        removed.insert(group);
+                        taken.push(Record::Tombstone { group });
+                        dones.push((done, None));
+                    }
+                    _ => {}
+                }
+            }
+        }
         for (group, index) in compacts {
             if self.book.compact(group, index) {
                 self.pending_marks.insert(group);
             }
         }
-        let mut records = self.reappends();
-        records.extend(self.pending_marks.iter().filter_map(|&group| {
-            let index = self.book.groups.get(&group)?.compacted;
+        let gone = |r: &Record| match r {
+            Record::Slot { group, slot, .. } => {
+                removed.contains(group) || superseded.contains(&(*group, *slot))
+            }
+            // A waiting checkpoint's mark, whose slots a taken one supersedes, is dropped
+            // with them: it must not land without them (the taken one's mark covers it).
+            Record::CompactMark { group, .. } => {
+                removed.contains(group)
+                    || superseded
+                        .range((*group, 0)..=(*group, u8::MAX))
+                        .next()
+                        .is_some()
+            }
+            r => removed.contains(&r.group()),
+        };
+        stalled.retain(|r| !gone(r));
+        // Then, as far as they fit, re-appends (none a taken record overrides) and marks
+        // (none of a group removed here). Every one stands alone (a latest value, a mark):
+        // any prefix of them is a whole batch.
+        let mut optional: Vec<Record> = self.reappends();
+        optional.retain(|r| !gone(r));
+        optional.extend(self.pending_marks.iter().filter_map(|&group| {
+            if removed.contains(&group) {
+                return None;
+            }
+            let index = self.book.groups.get(&group)?.noted;
             Some(Record::CompactMark { group, index })
         }));
-        // Every record stands alone (a latest value, a mark): any prefix is a whole batch.
-        let mut room = self.current.as_ref().map_or(0, |c| c.len - c.offset);
-        room = room.saturating_sub(record::BATCH_END_LEN as u64);
-        let fit = records
+        let fit = optional
             .iter()
             .take_while(|r| {
                 let len = r.encoded_len() as u64;
@@ -327,14 +456,16 @@ impl Writer {
                 ok
             })
             .count();
-        records.truncate(fit);
+        optional.truncate(fit);
+        let mut records = taken;
+        records.extend(optional);
         if !records.is_empty() {
-            self.write_batch(&records, Room::Reserve)?;
-            for r in &records {
-                if let Record::CompactMark { group, .. } = r {
-                    self.pending_marks.remove(group);
-                }
+            if let Err(e) = self.write_batch(&records, Room::Reserve) {
+                let reason = e.to_string();
+                finish(dones, || Err(Error::Fatal(reason.clone())));
+                return Err(e);
             }
+            finish(dones, || Ok(()));
         }
         let before = self.book.segments.len();
         self.recycle();
@@ -374,7 +505,8 @@ impl Writer {
                     "no room left in the current log segment".into(),
                 ));
             }
-            self.roll(size)?;
+            // The new segment keeps its reserve free too, even under a batch that fills it.
+            self.roll(size + reserve)?;
         }
         let cur = self
             .current
@@ -403,6 +535,22 @@ impl Writer {
         stats.bytes.fetch_add(size, Ordering::Relaxed);
         for r in records {
             self.book.apply(seq, r);
+            match r {
+                Record::Tombstone { group } => {
+                    self.pending_marks.remove(group);
+                }
+                // Only a mark at least as high as the one noted settles it.
+                Record::CompactMark { group, index }
+                    if self
+                        .book
+                        .groups
+                        .get(group)
+                        .is_none_or(|g| *index >= g.noted) =>
+                {
+                    self.pending_marks.remove(group);
+                }
+                _ => {}
+            }
         }
         if self.buf.capacity() > MAX_KEPT_BUFFER {
             self.buf = Vec::new();
@@ -413,6 +561,10 @@ impl Writer {
     /// Starts a new segment of at least `need` bytes: a recycled file, the preallocated
     /// spare, or (failing both) one zero-filled now. The directory is fsynced before any
     /// record goes in, so an acknowledged record is never in a file under a stale name.
+    ///
+    /// Running out of descriptors is a wait like a full disk ([`Error::Exhausted`]), never
+    /// a failure: nothing changed, the same roll is tried again. Only a failed fsync is
+    /// fatal.
     fn roll(&mut self, need: u64) -> Result<()> {
         let seq = self.next_seq;
         let path = segment_path(&self.dir, seq);
@@ -425,14 +577,28 @@ impl Writer {
         };
         let file = match reuse {
             Some(from) => {
+                // Opened before it is renamed: a refused open leaves it free for later.
+                let file = open_segment(&from);
+                if file.is_err() {
+                    self.free.push(from.clone());
+                }
+                let file = file?;
                 std::fs::rename(&from, &path)?;
-                OpenOptions::new().write(true).open(&path)?
+                file
             }
             None => {
                 let tmp = self.dir.join(format!("{seq:016x}.tmp"));
-                let file = create_zeroed(&tmp, len).map_err(|e| {
+                let mut created = create_zeroed(&tmp, len);
+                if created.as_ref().is_err_and(is_no_space) && !standard && self.drop_free() {
+                    // An oversized segment can never be a recycled file: the files kept
+                    // for reuse give it their room instead.
+                    created = create_zeroed(&tmp, len);
+                }
+                let file = created.map_err(|e| {
                     if is_no_space(&e) {
                         Error::DiskFull(format!("preallocating log segment {}: {e}", tmp.display()))
+                    } else if is_out_of_descriptors(&e) {
+                        exhausted(&tmp, &e)
                     } else {
                         Error::Io(e)
                     }
@@ -441,7 +607,22 @@ impl Writer {
                 file
             }
         };
-        sync_dir(&self.dir).map_err(|e| fatal(&self.dir, "fsync directory", &e))?;
+        let dir = match open_dir(&self.dir) {
+            Ok(dir) => dir,
+            Err(e) => {
+                // Not part of the log yet: back to the files kept for reuse (or gone), so
+                // the next try starts over cleanly.
+                let to = free_path(&self.dir, seq);
+                if standard && std::fs::rename(&path, &to).is_ok() {
+                    self.free.push(to);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        };
+        dir.sync_all()
+            .map_err(|e| fatal(&self.dir, "fsync directory", &e))?;
         self.next_seq += 1;
         self.book.segments.insert(seq, SegmentMeta::new(path, len));
         self.current = Some(Current {
@@ -457,13 +638,28 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes the files kept for reuse (and the spare); true if there was any.
+    fn drop_free(&mut self) -> bool {
+        let mut dropped = false;
+        for path in self.free.drain(..).chain(self.prealloc.take()) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => dropped = true,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot delete a spare log segment")
+                }
+            }
+        }
+        dropped
+    }
+
     /// Latest slot values and compaction marks living in the oldest segments whose entries
     /// are all compacted: re-appended, they stop pinning those segments.
     fn reappends(&self) -> Vec<Record> {
         let current = self.current.as_ref().map(|c| c.seq);
         let mut out = Vec::new();
         for (&seq, seg) in &self.book.segments {
-            if Some(seq) == current || !self.book.entries_obsolete(seg) {
+            // Noted indexes suffice: the marks making it so go with the re-appends.
+            if Some(seq) == current || !self.book.entries_obsolete(seg, false) {
                 break;
             }
             if seg.pins > 0 {
@@ -502,6 +698,12 @@ impl Writer {
     }
 }
 
+fn slot_records(group: u64, slots: Vec<(u8, bytes::Bytes)>) -> impl Iterator<Item = Record> {
+    slots
+        .into_iter()
+        .map(move |(slot, value)| Record::Slot { group, slot, value })
+}
+
 fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
     for (done, refused) in dones {
         let r = match refused {
@@ -513,6 +715,34 @@ fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
             error!("log append callback panicked");
         }
     }
+}
+
+/// Opens a segment file for writing; out of descriptors is [`Error::Exhausted`].
+fn open_segment(path: &Path) -> Result<File> {
+    OpenOptions::new().write(true).open(path).map_err(|e| {
+        if is_out_of_descriptors(&e) {
+            exhausted(path, &e)
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
+/// Opens the log directory to fsync it. Failing to open it changes nothing: out of
+/// descriptors is [`Error::Exhausted`] (a wait), anything else is refused like any
+/// failure before a write; only the fsync itself is fatal.
+fn open_dir(dir: &Path) -> Result<File> {
+    File::open(dir).map_err(|e| {
+        if is_out_of_descriptors(&e) {
+            exhausted(dir, &e)
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
+fn exhausted(path: &Path, e: &io::Error) -> Error {
+    Error::Exhausted(format!("opening {}: {e}", path.display()))
 }
 
 fn fatal(path: &Path, what: &str, e: &io::Error) -> Error {
