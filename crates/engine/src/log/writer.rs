@@ -16,6 +16,9 @@
 //! enough for its batch and its reserve), and recycling the segments they free, which the
 //! waiting batch then rolls into. Recycling goes by durable marks only: a noted compaction
 //! whose mark is not written yet frees nothing.
+//!
+//! [`relieve`] holds that waiting work; [`prealloc`] the helper thread making the spare
+//! segment.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -24,10 +27,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use tracing::{error, warn};
+
+mod prealloc;
+mod relieve;
+
+use prealloc::Preallocator;
 
 use super::record::{self, Record};
 use super::replay::{free_path, segment_path};
@@ -61,7 +67,7 @@ pub(super) enum Tear {
 
 /// Where a batch may go in the current segment.
 #[derive(Clone, Copy, Debug)]
-enum Room {
+pub(super) enum Room {
     /// Before the segment's reserve; a new segment is rolled if it does not fit.
     Normal,
     /// As `Normal`, but written without its batch end (a simulated power loss).
@@ -306,176 +312,6 @@ impl Writer {
             .store(self.book.segments.len() as u64, Ordering::Relaxed);
     }
 
-    /// While a batch waits for disk space: takes from the queue, in order, the checkpoints
-    /// and removals that fit and the compaction notes, and writes them, the pending marks
-    /// and the re-appends that unpin old segments into the current segment's remaining room
-    /// (its reserve included: no new file is needed), then recycles what became obsolete,
-    /// so that the waiting batch can roll into a recycled file. Returns whether a segment
-    /// was recycled. Only a failed write or fdatasync is an error.
-    ///
-    /// What it takes overtakes the waiting batch (`stalled`) and the appends queued before
-    /// it. That keeps "latest queued wins": the records they supersede (a value of a slot a
-    /// checkpoint writes, every record of a removed group) are dropped from `stalled` and
-    /// from those appends, so they never land after what overrides them. A compaction note
-    /// may overtake appends too: the raft layer sends one only once what makes the
-    /// compacted entries unnecessary (the applied index, an installed snapshot) is
-    /// durable, so its mark never depends on a waiting batch; a checkpoint carries that
-    /// applied index itself and writes it before its mark.
-    fn relieve(&mut self, stalled: &mut Vec<Record>) -> Result<bool> {
-        let mut room = self.current.as_ref().map_or(0, |c| c.len - c.offset);
-        room = room.saturating_sub(record::BATCH_END_LEN as u64);
-        let mut taken: Vec<Record> = Vec::new();
-        let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
-        let mut compacts: Vec<(u64, u64)> = Vec::new();
-        // Slots written and groups removed by what is taken.
-        let mut superseded: BTreeSet<(u64, u8)> = BTreeSet::new();
-        let mut removed: BTreeSet<u64> = BTreeSet::new();
-        {
-            let mut q = self.shared.lock_queue();
-            let mut blocked = false;
-            let mut keep = vec![true; q.msgs.len()];
-            for (i, m) in q.msgs.iter().enumerate() {
-                let need = match m {
-                    Msg::Compact { group, index } => {
-                        compacts.push((*group, *index));
-                        keep[i] = false;
-                        continue;
-                    }
-                    // Order among these matters (a group removed, then hosted anew): stop
-                    // at the first that does not fit.
-                    Msg::Checkpoint { slots, .. } if !blocked => {
-                        slots
-                            .iter()
-                            .map(|(_, v)| (record::HEADER_LEN + v.len()) as u64)
-                            .sum::<u64>()
-                            + record::HEADER_LEN as u64
-                    }
-                    Msg::Remove { .. } if !blocked => record::HEADER_LEN as u64,
-                    _ => continue,
-                };
-                if need > room {
-                    blocked = true;
-                    continue;
-                }
-                room -= need;
-                keep[i] = false;
-            }
-            let mut msgs = std::mem::take(&mut q.msgs)
-                .into_iter()
-                .zip(keep)
-                .collect::<Vec<_>>();
-            // Appends queued before a taken message lose what it supersedes.
-            let mut later_slots: BTreeSet<(u64, u8)> = BTreeSet::new();
-            let mut later_removed: BTreeSet<u64> = BTreeSet::new();
-            for (m, keep) in msgs.iter_mut().rev() {
-                match m {
-                    Msg::Checkpoint { group, slots, .. } if !*keep => {
-                        later_slots.extend(slots.iter().map(|(slot, _)| (*group, *slot)));
-                    }
-                    Msg::Remove { group, .. } if !*keep => {
-                        later_removed.insert(*group);
-                    }
-                    Msg::Append { writes, .. } => {
-                        writes.retain(|w| !later_removed.contains(&w.group));
-                        for w in writes.iter_mut() {
-                            w.slots
-                                .retain(|(slot, _)| !later_slots.contains(&(w.group, *slot)));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            for (m, keep) in msgs {
-                if keep {
-                    q.msgs.push(m);
-                    continue;
-                }
-                match m {
-                    Msg::Checkpoint {
-                        group,
-                        slots,
-                        index,
-                        done,
-                    } => {
-                        superseded.extend(slots.iter().map(|(slot, _)| (group, *slot)));
-                        taken.extend(slot_records(group, slots));
-                        self.book.groups.entry(group).or_default();
-                        self.book.compact(group, index);
-                        let index = self.book.groups.get(&group).map_or(index, |g| g.noted);
-                        taken.push(Record::CompactMark { group, index });
-                        dones.push((done, None));
-                    }
-                    Msg::Remove { group, done } => {
-                        removed.insert(group);
-                        taken.push(Record::Tombstone { group });
-                        dones.push((done, None));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for (group, index) in compacts {
-            if self.book.compact(group, index) {
-                self.pending_marks.insert(group);
-            }
-        }
-        let gone = |r: &Record| match r {
-            Record::Slot { group, slot, .. } => {
-                removed.contains(group) || superseded.contains(&(*group, *slot))
-            }
-            // A waiting checkpoint's mark, whose slots a taken one supersedes, is dropped
-            // with them: it must not land without them (the taken one's mark covers it).
-            Record::CompactMark { group, .. } => {
-                removed.contains(group)
-                    || superseded
-                        .range((*group, 0)..=(*group, u8::MAX))
-                        .next()
-                        .is_some()
-            }
-            r => removed.contains(&r.group()),
-        };
-        stalled.retain(|r| !gone(r));
-        // Then, as far as they fit, re-appends (none a taken record overrides) and marks
-        // (none of a group removed here). Every one stands alone (a latest value, a mark):
-        // any prefix of them is a whole batch.
-        let mut optional: Vec<Record> = self.reappends();
-        optional.retain(|r| !gone(r));
-        optional.extend(self.pending_marks.iter().filter_map(|&group| {
-            if removed.contains(&group) {
-                return None;
-            }
-            let index = self.book.groups.get(&group)?.noted;
-            Some(Record::CompactMark { group, index })
-        }));
-        let fit = optional
-            .iter()
-            .take_while(|r| {
-                let len = r.encoded_len() as u64;
-                let ok = len <= room;
-                room = room.saturating_sub(len);
-                ok
-            })
-            .count();
-        optional.truncate(fit);
-        let mut records = taken;
-        records.extend(optional);
-        if !records.is_empty() {
-            if let Err(e) = self.write_batch(&records, Room::Reserve) {
-                let reason = e.to_string();
-                finish(dones, || Err(Error::Fatal(reason.clone())));
-                return Err(e);
-            }
-            finish(dones, || Ok(()));
-        }
-        let before = self.book.segments.len();
-        self.recycle();
-        self.shared
-            .stats
-            .segments
-            .store(self.book.segments.len() as u64, Ordering::Relaxed);
-        Ok(self.book.segments.len() < before)
-    }
-
     /// Bytes at the end of every segment that ordinary batches leave free, so that the
     /// marks which let segments be recycled can still be written when no new segment can
     /// be created (a full disk).
@@ -486,7 +322,7 @@ impl Writer {
     /// Writes `records` and (unless `room` is [`Room::Torn`]) their batch end into the
     /// current segment (rolling first if they do not fit) with one pwrite and one
     /// fdatasync, then accounts for them.
-    fn write_batch(&mut self, records: &[Record], room: Room) -> Result<()> {
+    pub(super) fn write_batch(&mut self, records: &[Record], room: Room) -> Result<()> {
         let end = !matches!(room, Room::Torn);
         let framing = if end { record::BATCH_END_LEN } else { 0 };
         let size: u64 =
@@ -654,7 +490,7 @@ impl Writer {
 
     /// Latest slot values and compaction marks living in the oldest segments whose entries
     /// are all compacted: re-appended, they stop pinning those segments.
-    fn reappends(&self) -> Vec<Record> {
+    pub(super) fn reappends(&self) -> Vec<Record> {
         let current = self.current.as_ref().map(|c| c.seq);
         let mut out = Vec::new();
         for (&seq, seg) in &self.book.segments {
@@ -670,7 +506,7 @@ impl Writer {
     }
 
     /// Drops obsolete segments, oldest first, keeping up to [`MAX_FREE`] files for reuse.
-    fn recycle(&mut self) {
+    pub(super) fn recycle(&mut self) {
         let current = self.current.as_ref().map(|c| c.seq);
         while let Some((&seq, seg)) = self.book.segments.first_key_value() {
             if Some(seq) == current || !self.book.is_obsolete(seg) {
@@ -698,13 +534,16 @@ impl Writer {
     }
 }
 
-fn slot_records(group: u64, slots: Vec<(u8, bytes::Bytes)>) -> impl Iterator<Item = Record> {
+pub(super) fn slot_records(
+    group: u64,
+    slots: Vec<(u8, bytes::Bytes)>,
+) -> impl Iterator<Item = Record> {
     slots
         .into_iter()
         .map(move |(slot, value)| Record::Slot { group, slot, value })
 }
 
-fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
+pub(super) fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
     for (done, refused) in dones {
         let r = match refused {
             Some(e) => Err(e),
@@ -752,7 +591,7 @@ fn fatal(path: &Path, what: &str, e: &io::Error) -> Error {
 /// Creates `path` (which must not exist) as `len` bytes of written zeros, fsynced: later
 /// overwrites then change no block allocation, so fdatasync needs no metadata.
 /// The `log::no_space` fail point makes it fail with ENOSPC (a full disk) in tests.
-fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
+pub(super) fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
     const CHUNK: u64 = 1 << 20;
     fail::fail_point!("log::no_space", |_| Err(io::Error::from_raw_os_error(
         libc::ENOSPC
@@ -777,77 +616,6 @@ fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
         let _ = std::fs::remove_file(path);
     }
     result
-}
-
-/// A helper thread that zero-fills the next segment while the current one is in use, so
-/// rolling does not stall the write path when no recycled file is available.
-struct Preallocator {
-    requests: Option<mpsc::Sender<(PathBuf, u64)>>,
-    results: mpsc::Receiver<io::Result<PathBuf>>,
-    pending: bool,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Preallocator {
-    fn spawn() -> Preallocator {
-        let (req_tx, req_rx) = mpsc::channel::<(PathBuf, u64)>();
-        let (res_tx, res_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("tessera-log-prealloc".into())
-            .spawn(move || {
-                for (path, len) in req_rx {
-                    let _ = std::fs::remove_file(&path);
-                    let r = create_zeroed(&path, len).map(|_| path);
-                    if res_tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            });
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                warn!(error = %e, "cannot start the log preallocation thread; segments will be created inline");
-                None
-            }
-        };
-        Preallocator {
-            requests: thread.as_ref().map(|_| req_tx),
-            results: res_rx,
-            pending: false,
-            thread,
-        }
-    }
-
-    fn request(&mut self, path: PathBuf, len: u64) {
-        if self.pending {
-            return;
-        }
-        if let Some(tx) = &self.requests {
-            self.pending = tx.send((path, len)).is_ok();
-        }
-    }
-
-    /// The spare file, waiting for it if it is still being written.
-    fn take(&mut self) -> Option<PathBuf> {
-        if !std::mem::take(&mut self.pending) {
-            return None;
-        }
-        match self.results.recv() {
-            Ok(Ok(path)) => Some(path),
-            Ok(Err(e)) => {
-                warn!(error = %e, "preallocating a log segment failed");
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    fn stop(&mut self) {
-        self.requests = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// How many records of the next batch reach the disk before a simulated power loss (the
