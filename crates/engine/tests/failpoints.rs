@@ -381,3 +381,68 @@ fn marks_that_do_not_fit_the_reserve_are_written_later() {
     );
     scenario.teardown();
 }
+
+/// A checkpoint of a group that the waiting batch removes is not written ahead of that
+/// batch: it was queued after the tombstone, so it must land after it (a replica hosted
+/// anew), not be wiped out by it.
+#[test]
+fn a_checkpoint_never_overtakes_a_waiting_tombstone_of_its_group() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+    };
+    let (log, _) = Log::open_stepped(dir.path(), opts.clone()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    log.append(vec![big(1, 1)], Box::new(move |r| tx.send(r).unwrap()));
+    log.step();
+    rx.recv().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fail::cfg("log::no_space", "return").unwrap();
+    // Every batch removes group 5; one of them waits for a segment.
+    let mut i = 2;
+    let stepping = loop {
+        log.remove_group(5, Box::new(|r| r.unwrap()));
+        log.append(vec![big(1, i)], Box::new(|r| r.unwrap()));
+        let stepper = log.clone();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            stepper.step();
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_secs(1)).is_err() {
+            break (t, rx);
+        }
+        i += 1;
+        assert!(i < 40, "the log must run out of segments");
+    };
+    let (tx, rx) = mpsc::channel();
+    log.checkpoint(
+        5,
+        vec![(2, Bytes::from_static(b"hosted anew"))],
+        0,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    log.compact(1, i - 1);
+    stepping
+        .1
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting batch, written once a segment was recycled");
+    stepping.0.join().unwrap();
+    fail::remove("log::no_space");
+    log.step();
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("the checkpoint is answered")
+        .unwrap();
+    log.shutdown();
+    drop(log);
+    let (_, rec) = Log::open(dir.path(), opts).unwrap();
+    let g = rec
+        .groups
+        .get(&5)
+        .expect("group 5 was wiped out by an older tombstone");
+    assert_eq!(g.slots[&2], Bytes::from_static(b"hosted anew"));
+    scenario.teardown();
+}

@@ -34,6 +34,14 @@ impl Writer {
         // Slots written and groups removed by what is taken.
         let mut superseded: BTreeSet<(u64, u8)> = BTreeSet::new();
         let mut removed: BTreeSet<u64> = BTreeSet::new();
+        // A group the waiting batch removes keeps its later writes behind that tombstone.
+        let removed_by_stalled: BTreeSet<u64> = stalled
+            .iter()
+            .filter_map(|r| match r {
+                Record::Tombstone { group } => Some(*group),
+                _ => None,
+            })
+            .collect();
         {
             let mut q = self.shared.lock_queue();
             let mut blocked = false;
@@ -47,6 +55,10 @@ impl Writer {
                     }
                     // Order among these matters (a group removed, then hosted anew): stop
                     // at the first that does not fit.
+                    Msg::Checkpoint { group, .. } if removed_by_stalled.contains(group) => {
+                        blocked = true;
+                        continue;
+                    }
                     Msg::Checkpoint { slots, .. } if !blocked => {
                         slots
                             .iter()
