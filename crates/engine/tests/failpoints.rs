@@ -181,3 +181,268 @@ fn a_shutdown_while_the_disk_is_full_refuses_the_waiting_batch() {
     assert!(matches!(r, Err(Error::DiskFull(_))), "got {r:?}");
     scenario.teardown();
 }
+
+/// Appends big entries of `group` from `from` until one cannot get a segment; returns its
+/// index and the receiver of its answer.
+fn append_until_stalled(
+    log: &Log,
+    group: u64,
+    from: u64,
+) -> (u64, mpsc::Receiver<Result<(), Error>>) {
+    for i in from..from + 40 {
+        let (tx, rx) = mpsc::channel();
+        log.append(
+            vec![big(group, i)],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) => r.expect("append while the current segment has room"),
+            Err(_) => return (i, rx),
+        }
+    }
+    panic!("the log must run out of segments");
+}
+
+fn answer(rx: &mpsc::Receiver<Result<(), Error>>, what: &str) -> Result<(), Error> {
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what}: no answer while the disk is full"))
+}
+
+/// The compaction that frees a full disk comes from a flush whose applied index is queued
+/// behind the stalled batch: a checkpoint (applied value, then mark) is written into the
+/// reserve ahead of it, frees the segments, and supersedes the older applied value queued
+/// before it, which must not land later and undo it.
+#[test]
+fn a_checkpoint_queued_behind_a_stalled_batch_relieves_a_full_disk() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+    };
+    let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
+    append(&log, big(1, 1)).unwrap();
+    fail::cfg("log::no_space", "return").unwrap();
+    let (waiting, stalled) = append_until_stalled(&log, 1, 2);
+    // An older applied value, queued behind the stalled batch.
+    let (old_tx, old_rx) = mpsc::channel();
+    log.append(
+        vec![GroupWrite {
+            group: 1,
+            entries: vec![],
+            slots: vec![(2, Bytes::from_static(b"applied old"))],
+        }],
+        Box::new(move |r| {
+            let _ = old_tx.send(r);
+        }),
+    );
+    let (tx, rx) = mpsc::channel();
+    log.checkpoint(
+        1,
+        vec![(2, Bytes::from_static(b"applied new"))],
+        waiting - 1,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    answer(&rx, "the checkpoint").expect("the checkpoint is written into the reserve");
+    answer(&stalled, "the stalled batch").expect("written once a segment was recycled");
+    answer(&old_rx, "the older value").expect("superseded, not refused");
+    fail::remove("log::no_space");
+    log.shutdown();
+    drop(log);
+    let (_, rec) = Log::open(dir.path(), opts).unwrap();
+    let g = &rec.groups[&1];
+    assert_eq!(g.slots[&2], Bytes::from_static(b"applied new"));
+    assert_eq!(g.entries.last().map(|e| e.index), Some(waiting));
+    scenario.teardown();
+}
+
+/// A stuck group pins the log; removing it frees a full disk although its tombstone is
+/// queued behind the stalled batch. Its records in that batch (and in appends queued
+/// before the removal) are dropped: landing after the tombstone, they would bring the
+/// group back on replay.
+#[test]
+fn removing_a_group_relieves_a_full_disk_and_it_stays_removed() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+    };
+    let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
+    append(&log, big(7, 0)).unwrap();
+    fail::cfg("log::no_space", "return").unwrap();
+    let mut i = 1;
+    let stalled = loop {
+        let (tx, rx) = mpsc::channel();
+        log.append(
+            vec![big(7, i), write(1, i)],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) => r.expect("append while the current segment has room"),
+            Err(_) => break rx,
+        }
+        i += 1;
+        assert!(i < 40, "the log must run out of segments");
+    };
+    // Group 1 is compacted; group 7 never is: only removing it frees anything.
+    log.compact(1, i);
+    let (queued_tx, queued_rx) = mpsc::channel();
+    log.append(
+        vec![big(7, i + 1), write(1, i + 1)],
+        Box::new(move |r| {
+            let _ = queued_tx.send(r);
+        }),
+    );
+    let (tx, rx) = mpsc::channel();
+    log.remove_group(
+        7,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    answer(&rx, "the removal").expect("the tombstone is written into the reserve");
+    answer(&stalled, "the stalled batch").expect("written once a segment was recycled");
+    answer(&queued_rx, "the queued append").expect("written after");
+    fail::remove("log::no_space");
+    log.shutdown();
+    drop(log);
+    let (_, rec) = Log::open(dir.path(), opts).unwrap();
+    assert!(
+        !rec.groups.contains_key(&7),
+        "the removed group came back with {:?}",
+        rec.groups[&7]
+            .entries
+            .iter()
+            .map(|e| e.index)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(rec.groups[&1].entries.last().map(|e| e.index), Some(i + 1));
+    scenario.teardown();
+}
+
+/// Marks taken while the disk is full but not fitting in the reserve are written later,
+/// not forgotten once the stalled batch goes through: here 500 groups compact
+/// entries living in the segment that was current when the disk filled, and after a
+/// reopen none of those entries is back.
+#[test]
+fn marks_that_do_not_fit_the_reserve_are_written_later() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+    };
+    let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
+    append(&log, big(0, 1)).unwrap();
+    fail::cfg("log::no_space", "return").unwrap();
+    // Into the spare made before the disk filled.
+    let mut i = 2;
+    while log.stats().segments < 2 {
+        append(&log, big(0, i)).unwrap();
+        i += 1;
+    }
+    let many: Vec<GroupWrite> = (1..=500).map(|g| write(g, 1)).collect();
+    let (tx, rx) = mpsc::channel();
+    log.append(
+        many,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    answer(&rx, "many groups").unwrap();
+    let (waiting, stalled) = append_until_stalled(&log, 0, i);
+    log.compact(0, waiting - 1);
+    for g in 1..=500 {
+        log.compact(g, 1);
+    }
+    answer(&stalled, "the stalled batch").expect("written once a segment was recycled");
+    fail::remove("log::no_space");
+    append(&log, big(0, waiting + 1)).unwrap();
+    // Every mark written, the segment holding those entries is recycled.
+    assert!(
+        log_files(dir.path()) <= 2,
+        "{} segment files left",
+        log_files(dir.path())
+    );
+    log.shutdown();
+    drop(log);
+    let (_, rec) = Log::open(dir.path(), opts).unwrap();
+    let back: Vec<u64> = (1..=500)
+        .filter(|g| rec.groups.get(g).is_some_and(|g| !g.entries.is_empty()))
+        .collect();
+    assert!(
+        back.is_empty(),
+        "{} groups lost their compaction: {back:?}",
+        back.len()
+    );
+    scenario.teardown();
+}
+
+/// A checkpoint of a group that the waiting batch removes is not written ahead of that
+/// batch: it was queued after the tombstone, so it must land after it (a replica hosted
+/// anew), not be wiped out by it.
+#[test]
+fn a_checkpoint_never_overtakes_a_waiting_tombstone_of_its_group() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+    };
+    let (log, _) = Log::open_stepped(dir.path(), opts.clone()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    log.append(vec![big(1, 1)], Box::new(move |r| tx.send(r).unwrap()));
+    log.step();
+    rx.recv().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fail::cfg("log::no_space", "return").unwrap();
+    // Every batch removes group 5; one of them waits for a segment.
+    let mut i = 2;
+    let stepping = loop {
+        log.remove_group(5, Box::new(|r| r.unwrap()));
+        log.append(vec![big(1, i)], Box::new(|r| r.unwrap()));
+        let stepper = log.clone();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            stepper.step();
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_secs(1)).is_err() {
+            break (t, rx);
+        }
+        i += 1;
+        assert!(i < 40, "the log must run out of segments");
+    };
+    let (tx, rx) = mpsc::channel();
+    log.checkpoint(
+        5,
+        vec![(2, Bytes::from_static(b"hosted anew"))],
+        0,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    log.compact(1, i - 1);
+    stepping
+        .1
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting batch, written once a segment was recycled");
+    stepping.0.join().unwrap();
+    fail::remove("log::no_space");
+    log.step();
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("the checkpoint is answered")
+        .unwrap();
+    log.shutdown();
+    drop(log);
+    let (_, rec) = Log::open(dir.path(), opts).unwrap();
+    let g = rec
+        .groups
+        .get(&5)
+        .expect("group 5 was wiped out by an older tombstone");
+    assert_eq!(g.slots[&2], Bytes::from_static(b"hosted anew"));
+    scenario.teardown();
+}

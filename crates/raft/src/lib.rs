@@ -176,6 +176,8 @@ pub(crate) enum Event {
     Request(Request, Respond, std::time::Instant),
     Persisted(Vec<(u64, u64)>),
     Flushed(Vec<(u64, u64, u64)>),
+    /// What makes the compacted entries unnecessary (a checkpoint of the applied index,
+    /// an installed snapshot) is durable: the log may be compacted up to these indexes.
     Compact(Vec<(u64, u64)>),
     CreateGroup(GroupSpec),
     /// The manager says this replica is no longer a member: destroy it.

@@ -448,12 +448,26 @@ impl Poller {
                     {
                         continue;
                     }
-                    self.pending_writes.push(GroupWrite {
-                        group: gid,
-                        entries: Vec::new(),
-                        slots: vec![(SLOT_APPLIED, encode_applied(index, term))],
-                    });
-                    self.pending_compacts.push((gid, index));
+                    // The chunk files hold everything up to `index` (synced): the applied
+                    // index and then the compaction mark that depends on it go to the log
+                    // as one checkpoint, which writes the mark no earlier than the index.
+                    // Not as an append whose callback sends the compaction: while the log
+                    // waits for a full disk that append would queue behind the waiting
+                    // batch, and the compaction that frees the disk would never come. A
+                    // checkpoint is written even then, into the reserve of the log.
+                    let slots = vec![(SLOT_APPLIED, encode_applied(index, term))];
+                    let tx = self.tx.clone();
+                    self.log.checkpoint(
+                        gid,
+                        slots,
+                        index,
+                        Box::new(move |res| {
+                            let _ = tx.send(match res {
+                                Ok(()) => Event::Compact(vec![(gid, index)]),
+                                Err(e) => Event::Fatal(Fatal::Log(e)),
+                            });
+                        }),
+                    );
                 }
             }
             Event::Compact(list) => {

@@ -21,9 +21,10 @@
 //! appends overwrite allocated blocks and fdatasync needs no metadata. One fdatasync covers a
 //! whole batch of every group's writes; a failed write or fdatasync stops the log for good
 //! (every later callback gets [`Error::Fatal`]): the kernel may have dropped dirty pages.
-//! A full disk only makes a batch wait for a segment file, while the writer goes on
-//! writing compaction marks into a reserve at the end of every segment and recycling the
-//! segments they free (see [`writer`]).
+//! A full disk (or a process out of descriptors) only makes a batch wait for a segment
+//! file, while the writer goes on writing checkpoints, compaction marks and tombstones
+//! queued behind it into a reserve at the end of every segment and recycling the segments
+//! they free (see [`writer`]).
 
 mod record;
 mod replay;
@@ -127,6 +128,13 @@ enum Msg {
     },
     Remove {
         group: u64,
+        done: Done,
+    },
+    /// Slot values, then a compaction mark that depends on them.
+    Checkpoint {
+        group: u64,
+        slots: Vec<(u8, Bytes)>,
+        index: u64,
         done: Done,
     },
     /// Refused when queued; failed on the writer thread so every callback runs there.
@@ -341,7 +349,47 @@ impl Log {
         self.push(Msg::Compact { group, index });
     }
 
+    /// Writes `slots` of `group` and then a compaction mark at `index`, durably, then runs
+    /// `done`. The mark never becomes durable before the slots, so a caller can hand over
+    /// what makes the compacted entries unnecessary (the applied index, its chunk data
+    /// already synced) together with the compaction.
+    ///
+    /// Unlike an [`Log::append`], a checkpoint is written even while the log waits for a
+    /// full disk (into the reserve every segment keeps), overtaking batches queued before
+    /// it: its slot values supersede any value of the same slots queued earlier, which is
+    /// then never written. That lets the log free its own space from the applied index
+    /// alone, without waiting behind the batch that needs the space.
+    pub fn checkpoint(
+        &self,
+        group: u64,
+        slots: Vec<(u8, Bytes)>,
+        index: u64,
+        done: Box<dyn FnOnce(Result<()>) + Send>,
+    ) {
+        let check = [GroupWrite {
+            group,
+            entries: Vec::new(),
+            slots,
+        }];
+        let msg = match validate(&check) {
+            Ok(()) => {
+                let [GroupWrite { slots, .. }] = check;
+                Msg::Checkpoint {
+                    group,
+                    slots,
+                    index,
+                    done,
+                }
+            }
+            Err(error) => Msg::Fail { done, error },
+        };
+        self.push(msg);
+    }
+
     /// Drops the group's entries and slots, durably (a tombstone record), then runs `done`.
+    /// Like a checkpoint, written even while the log waits for a full disk, overtaking
+    /// (and dropping) the group's writes queued before it: a stuck group can be removed to
+    /// free the log it pins.
     pub fn remove_group(&self, group: u64, done: Box<dyn FnOnce(Result<()>) + Send>) {
         self.push(Msg::Remove { group, done });
     }
@@ -367,8 +415,10 @@ impl Log {
         let mut q = self.inner.shared.lock_queue();
         if q.shutdown {
             drop(q);
-            if let Msg::Append { done, .. } | Msg::Remove { done, .. } | Msg::Fail { done, .. } =
-                msg
+            if let Msg::Append { done, .. }
+            | Msg::Remove { done, .. }
+            | Msg::Checkpoint { done, .. }
+            | Msg::Fail { done, .. } = msg
             {
                 done(Err(Error::Fatal("the log is shut down".into())));
             }

@@ -42,7 +42,10 @@ impl SegmentMeta {
 
 #[derive(Debug, Default)]
 pub(super) struct GroupState {
+    /// Compacted index of the latest durable mark: what recycling goes by.
     pub compacted: u64,
+    /// Highest compacted index noted (at least `compacted`): what the next mark will say.
+    pub noted: u64,
     /// Segment holding the latest compaction mark, if one was written.
     pub mark_seg: Option<u64>,
     /// Latest value of each slot and the segment holding it.
@@ -78,6 +81,7 @@ impl Book {
             Record::CompactMark { group, index } => {
                 let gs = self.groups.entry(*group).or_default();
                 gs.compacted = gs.compacted.max(*index);
+                gs.noted = gs.noted.max(gs.compacted);
                 if let Some(old_seq) = gs.mark_seg.replace(seq) {
                     unpin(&mut self.segments, old_seq);
                 }
@@ -99,26 +103,32 @@ impl Book {
         }
     }
 
-    /// Raises the compacted index of a known group; true if it moved (a mark is then due).
+    /// Notes a higher compacted index of a known group; true if it moved (a mark is then
+    /// due). Nothing is recycled by it until the mark is written ([`Book::apply`]).
     pub fn compact(&mut self, group: u64, index: u64) -> bool {
         match self.groups.get_mut(&group) {
-            Some(gs) if index > gs.compacted => {
-                gs.compacted = index;
+            Some(gs) if index > gs.noted => {
+                gs.noted = index;
                 true
             }
             _ => false,
         }
     }
 
-    /// Every entry in `seg` is compacted (or its group removed).
-    pub fn entries_obsolete(&self, seg: &SegmentMeta) -> bool {
-        seg.entries
-            .iter()
-            .all(|(group, max)| self.groups.get(group).is_none_or(|gs| *max <= gs.compacted))
+    /// Every entry in `seg` is compacted (or its group removed): by durable marks only if
+    /// `durable`, else counting the noted indexes whose marks are still to be written.
+    pub fn entries_obsolete(&self, seg: &SegmentMeta, durable: bool) -> bool {
+        seg.entries.iter().all(|(group, max)| {
+            self.groups.get(group).is_none_or(|gs| {
+                let index = if durable { gs.compacted } else { gs.noted };
+                *max <= index
+            })
+        })
     }
 
+    /// Nothing in `seg` is needed any more, going by durable records only.
     pub fn is_obsolete(&self, seg: &SegmentMeta) -> bool {
-        seg.pins == 0 && self.entries_obsolete(seg)
+        seg.pins == 0 && self.entries_obsolete(seg, true)
     }
 
     /// The latest slot values and compaction marks living in segment `seq`, as records to

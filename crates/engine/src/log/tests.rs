@@ -751,3 +751,53 @@ fn a_log_written_before_batch_framing_still_opens_under_its_old_rules() {
         }
     }
 }
+
+/// A compaction note alone recycles nothing: a segment becomes obsolete only once the mark
+/// that makes it so is durable (applied to the book as written), so a mark that did not fit
+/// where it was due never leaves entries dropped behind a compaction replay does not know.
+#[test]
+fn only_a_written_mark_makes_a_segment_obsolete() {
+    use super::record::Record;
+    use super::state::{Book, SegmentMeta};
+    let mut book = Book::default();
+    book.segments
+        .insert(1, SegmentMeta::new(PathBuf::from("1.log"), 1 << 20));
+    book.segments
+        .insert(2, SegmentMeta::new(PathBuf::from("2.log"), 1 << 20));
+    book.apply(
+        1,
+        &Record::Entry {
+            group: 9,
+            entry: ent(1, 5, "x"),
+        },
+    );
+    assert!(book.compact(9, 5));
+    assert!(!book.compact(9, 4), "a lower note is no news");
+    assert!(!book.is_obsolete(&book.segments[&1]), "noted, not written");
+    assert!(book.entries_obsolete(&book.segments[&1], false));
+    book.apply(2, &Record::CompactMark { group: 9, index: 5 });
+    assert!(book.is_obsolete(&book.segments[&1]));
+}
+
+/// A batch that fits a segment only by filling its reserve gets a longer segment, so the
+/// reserve stays free for the marks a full disk needs.
+#[test]
+fn a_batch_filling_a_segment_still_leaves_its_reserve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = reopen(tmp.path(), SMALL);
+    let reserve = SMALL.segment_size / 8;
+    let len = (SMALL.segment_size - reserve / 2) as usize;
+    let mut w = entries(1, 1, 1..=1);
+    w.entries[0].data = Bytes::from(vec![7u8; len]);
+    append(&log, vec![w]).unwrap();
+    let newest = log_files(tmp.path()).pop().unwrap();
+    let size = std::fs::metadata(&newest).unwrap().len();
+    assert!(
+        size >= len as u64 + reserve,
+        "a {len}-byte batch went into a {size}-byte segment"
+    );
+    log.shutdown();
+    drop(log);
+    let (_, rec) = reopen(tmp.path(), SMALL);
+    assert_eq!(rec.groups[&1].entries[0].data.len(), len);
+}

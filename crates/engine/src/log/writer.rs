@@ -9,10 +9,16 @@
 //! segment forever), and never carries on after a failed write or fdatasync: from then on
 //! every callback gets [`Error::Fatal`].
 //!
-//! A full disk (no file for the next segment) is a condition, not a failure: the batch
-//! waits, and meanwhile the writer keeps doing what frees space, taking compaction notes,
-//! writing their marks into a reserve every segment keeps for them, and recycling the
-//! segments they free, which the waiting batch then rolls into.
+//! A full disk (no file for the next segment), or no descriptor left to open one with, is
+//! a condition, not a failure: the batch waits, and meanwhile the writer keeps doing what
+//! frees space, taking compaction notes, checkpoints and removals queued behind it, writing
+//! their records into a reserve every segment keeps for them (a segment is made long
+//! enough for its batch and its reserve), and recycling the segments they free, which the
+//! waiting batch then rolls into. Recycling goes by durable marks only: a noted compaction
+//! whose mark is not written yet frees nothing.
+//!
+//! [`relieve`] holds that waiting work; [`prealloc`] the helper thread making the spare
+//! segment.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -21,17 +27,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use tracing::{error, warn};
+
+mod prealloc;
+mod relieve;
+
+use prealloc::Preallocator;
 
 use super::record::{self, Record};
 use super::replay::{free_path, segment_path};
 use super::state::{Book, SegmentMeta};
 use super::{Done, LogOptions, Msg, Shared};
-use crate::fsutil::sync_dir;
-use crate::{Error, Result, is_no_space};
+use crate::{Error, Result, is_no_space, is_out_of_descriptors};
 
 /// Obsolete segment files kept for reuse; more are deleted.
 const MAX_FREE: usize = 2;
@@ -59,7 +67,7 @@ pub(super) enum Tear {
 
 /// Where a batch may go in the current segment.
 #[derive(Clone, Copy, Debug)]
-enum Room {
+pub(super) enum Room {
     /// Before the segment's reserve; a new segment is rolled if it does not fit.
     Normal,
     /// As `Normal`, but written without its batch end (a simulated power loss).
@@ -139,6 +147,7 @@ impl Writer {
     pub fn process(&mut self, msgs: Vec<Msg>, tear: Tear) {
         let mut dones: Vec<(Done, Option<Error>)> = Vec::new();
         let mut writes: Vec<Record> = Vec::new();
+        let mut checkpoint_marks: Vec<Record> = Vec::new();
         for msg in msgs {
             match msg {
                 Msg::Compact { group, index } => {
@@ -164,6 +173,18 @@ impl Writer {
                     writes.push(Record::Tombstone { group });
                     dones.push((done, None));
                 }
+                Msg::Checkpoint {
+                    group,
+                    slots,
+                    index,
+                    done,
+                } => {
+                    writes.extend(slot_records(group, slots));
+                    // Not noted before it is written: a mark written meanwhile (by
+                    // `relieve`, while this batch waits) would overtake the slots.
+                    checkpoint_marks.push(Record::CompactMark { group, index });
+                    dones.push((done, None));
+                }
                 Msg::Fail { done, error } => dones.push((done, Some(error))),
             }
         }
@@ -178,7 +199,8 @@ impl Writer {
         // Values pinning old segments first, so that anything newer in the batch wins.
         // Compaction marks last: a mark drops entries on replay, so it must never become
         // durable ahead of writes that were queued with it (a torn batch keeps a prefix).
-        // A group removed in this batch gets no mark after its tombstone.
+        // A group removed in this batch gets no mark after its tombstone. A checkpoint's mark
+        // comes after its slots with the others.
         let removed: BTreeSet<u64> = writes
             .iter()
             .filter_map(|r| match r {
@@ -191,7 +213,7 @@ impl Writer {
             if removed.contains(&group) {
                 return None;
             }
-            let index = self.book.groups.get(&group)?.compacted;
+            let index = self.book.groups.get(&group)?.noted;
             Some(Record::CompactMark { group, index })
         });
         if cfg!(tessera_unfixed = "install_compaction") {
@@ -202,6 +224,11 @@ impl Writer {
             records.extend(writes);
             records.extend(marks);
         }
+        records.extend(
+            checkpoint_marks
+                .into_iter()
+                .filter(|r| !removed.contains(&r.group())),
+        );
         if records.is_empty() {
             return finish(dones, || Ok(()));
         }
@@ -226,13 +253,15 @@ impl Writer {
         }
         let mut result = self.write_batch(&records, Room::Normal);
         let mut waited = 0u32;
-        while let Err(Error::DiskFull(msg)) = &result {
-            // No room for the next segment. Refusing the batch would leave Raft with entries
-            // it can never persist; the log stalls instead (reads go on, the leaders refuse
-            // new writes), and resumes once space is freed. Meanwhile it goes on doing what
-            // frees space: writing compaction marks and recycling the segments they free.
+        while let Err(Error::DiskFull(msg) | Error::Exhausted(msg)) = &result {
+            // No room for the next segment (or no descriptor to open it with). Refusing the
+            // batch would leave Raft with entries it can never persist; the log stalls
+            // instead (reads go on, the leaders refuse new writes), and resumes once space
+            // (or a descriptor) is freed. Meanwhile it goes on doing what frees space:
+            // writing checkpoints, compaction marks and tombstones, and recycling the
+            // segments they free.
             if waited.is_multiple_of(50) {
-                error!(dir = %self.dir.display(), %msg, "log stalled: disk full");
+                error!(dir = %self.dir.display(), %msg, "log stalled: disk full or out of descriptors");
             }
             waited += 1;
             if self.shared.lock_queue().shutdown {
@@ -243,7 +272,7 @@ impl Writer {
             let relieved = if cfg!(tessera_unfixed = "full_log") {
                 Ok(false)
             } else {
-                self.relieve()
+                self.relieve(&mut records)
             };
             match relieved {
                 Ok(true) => {}
@@ -257,7 +286,6 @@ impl Writer {
         }
         match result {
             Ok(()) => {
-                self.pending_marks.clear();
                 finish(dones, || Ok(()));
                 self.recycle();
             }
@@ -272,6 +300,7 @@ impl Writer {
                 finish(dones, || {
                     Err(match &e {
                         Error::DiskFull(m) => Error::DiskFull(m.clone()),
+                        Error::Exhausted(m) => Error::Exhausted(m.clone()),
                         _ => Error::Io(io::Error::other(msg.clone())),
                     })
                 });
@@ -281,68 +310,6 @@ impl Writer {
             .stats
             .segments
             .store(self.book.segments.len() as u64, Ordering::Relaxed);
-    }
-
-    /// While a batch waits for disk space: takes the compaction notes queued meanwhile,
-    /// writes the pending marks and the re-appends that unpin old segments into the current
-    /// segment's remaining room (its reserve included: no new file is needed), and recycles
-    /// what became obsolete, so that the waiting batch can roll into a recycled file.
-    /// Returns whether a segment was recycled. Only a failed write or fdatasync is an error.
-    ///
-    /// A compaction note may overtake appends queued before it: the raft layer sends one
-    /// only once what makes the compacted entries unnecessary (the applied index, an
-    /// installed snapshot) is durable, so its mark never depends on a waiting batch.
-    fn relieve(&mut self) -> Result<bool> {
-        let compacts: Vec<(u64, u64)> = {
-            let mut q = self.shared.lock_queue();
-            let mut compacts = Vec::new();
-            q.msgs.retain(|m| match *m {
-                Msg::Compact { group, index } => {
-                    compacts.push((group, index));
-                    false
-                }
-                _ => true,
-            });
-            compacts
-        };
-        for (group, index) in compacts {
-            if self.book.compact(group, index) {
-                self.pending_marks.insert(group);
-            }
-        }
-        let mut records = self.reappends();
-        records.extend(self.pending_marks.iter().filter_map(|&group| {
-            let index = self.book.groups.get(&group)?.compacted;
-            Some(Record::CompactMark { group, index })
-        }));
-        // Every record stands alone (a latest value, a mark): any prefix is a whole batch.
-        let mut room = self.current.as_ref().map_or(0, |c| c.len - c.offset);
-        room = room.saturating_sub(record::BATCH_END_LEN as u64);
-        let fit = records
-            .iter()
-            .take_while(|r| {
-                let len = r.encoded_len() as u64;
-                let ok = len <= room;
-                room = room.saturating_sub(len);
-                ok
-            })
-            .count();
-        records.truncate(fit);
-        if !records.is_empty() {
-            self.write_batch(&records, Room::Reserve)?;
-            for r in &records {
-                if let Record::CompactMark { group, .. } = r {
-                    self.pending_marks.remove(group);
-                }
-            }
-        }
-        let before = self.book.segments.len();
-        self.recycle();
-        self.shared
-            .stats
-            .segments
-            .store(self.book.segments.len() as u64, Ordering::Relaxed);
-        Ok(self.book.segments.len() < before)
     }
 
     /// Bytes at the end of every segment that ordinary batches leave free, so that the
@@ -355,7 +322,7 @@ impl Writer {
     /// Writes `records` and (unless `room` is [`Room::Torn`]) their batch end into the
     /// current segment (rolling first if they do not fit) with one pwrite and one
     /// fdatasync, then accounts for them.
-    fn write_batch(&mut self, records: &[Record], room: Room) -> Result<()> {
+    pub(super) fn write_batch(&mut self, records: &[Record], room: Room) -> Result<()> {
         let end = !matches!(room, Room::Torn);
         let framing = if end { record::BATCH_END_LEN } else { 0 };
         let size: u64 =
@@ -374,7 +341,8 @@ impl Writer {
                     "no room left in the current log segment".into(),
                 ));
             }
-            self.roll(size)?;
+            // The new segment keeps its reserve free too, even under a batch that fills it.
+            self.roll(size + reserve)?;
         }
         let cur = self
             .current
@@ -403,6 +371,22 @@ impl Writer {
         stats.bytes.fetch_add(size, Ordering::Relaxed);
         for r in records {
             self.book.apply(seq, r);
+            match r {
+                Record::Tombstone { group } => {
+                    self.pending_marks.remove(group);
+                }
+                // Only a mark at least as high as the one noted settles it.
+                Record::CompactMark { group, index }
+                    if self
+                        .book
+                        .groups
+                        .get(group)
+                        .is_none_or(|g| *index >= g.noted) =>
+                {
+                    self.pending_marks.remove(group);
+                }
+                _ => {}
+            }
         }
         if self.buf.capacity() > MAX_KEPT_BUFFER {
             self.buf = Vec::new();
@@ -413,6 +397,10 @@ impl Writer {
     /// Starts a new segment of at least `need` bytes: a recycled file, the preallocated
     /// spare, or (failing both) one zero-filled now. The directory is fsynced before any
     /// record goes in, so an acknowledged record is never in a file under a stale name.
+    ///
+    /// Running out of descriptors is a wait like a full disk ([`Error::Exhausted`]), never
+    /// a failure: nothing changed, the same roll is tried again. Only a failed fsync is
+    /// fatal.
     fn roll(&mut self, need: u64) -> Result<()> {
         let seq = self.next_seq;
         let path = segment_path(&self.dir, seq);
@@ -425,14 +413,28 @@ impl Writer {
         };
         let file = match reuse {
             Some(from) => {
+                // Opened before it is renamed: a refused open leaves it free for later.
+                let file = open_segment(&from);
+                if file.is_err() {
+                    self.free.push(from.clone());
+                }
+                let file = file?;
                 std::fs::rename(&from, &path)?;
-                OpenOptions::new().write(true).open(&path)?
+                file
             }
             None => {
                 let tmp = self.dir.join(format!("{seq:016x}.tmp"));
-                let file = create_zeroed(&tmp, len).map_err(|e| {
+                let mut created = create_zeroed(&tmp, len);
+                if created.as_ref().is_err_and(is_no_space) && !standard && self.drop_free() {
+                    // An oversized segment can never be a recycled file: the files kept
+                    // for reuse give it their room instead.
+                    created = create_zeroed(&tmp, len);
+                }
+                let file = created.map_err(|e| {
                     if is_no_space(&e) {
                         Error::DiskFull(format!("preallocating log segment {}: {e}", tmp.display()))
+                    } else if is_out_of_descriptors(&e) {
+                        exhausted(&tmp, &e)
                     } else {
                         Error::Io(e)
                     }
@@ -441,7 +443,22 @@ impl Writer {
                 file
             }
         };
-        sync_dir(&self.dir).map_err(|e| fatal(&self.dir, "fsync directory", &e))?;
+        let dir = match open_dir(&self.dir) {
+            Ok(dir) => dir,
+            Err(e) => {
+                // Not part of the log yet: back to the files kept for reuse (or gone), so
+                // the next try starts over cleanly.
+                let to = free_path(&self.dir, seq);
+                if standard && std::fs::rename(&path, &to).is_ok() {
+                    self.free.push(to);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        };
+        dir.sync_all()
+            .map_err(|e| fatal(&self.dir, "fsync directory", &e))?;
         self.next_seq += 1;
         self.book.segments.insert(seq, SegmentMeta::new(path, len));
         self.current = Some(Current {
@@ -457,13 +474,28 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes the files kept for reuse (and the spare); true if there was any.
+    fn drop_free(&mut self) -> bool {
+        let mut dropped = false;
+        for path in self.free.drain(..).chain(self.prealloc.take()) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => dropped = true,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot delete a spare log segment")
+                }
+            }
+        }
+        dropped
+    }
+
     /// Latest slot values and compaction marks living in the oldest segments whose entries
     /// are all compacted: re-appended, they stop pinning those segments.
-    fn reappends(&self) -> Vec<Record> {
+    pub(super) fn reappends(&self) -> Vec<Record> {
         let current = self.current.as_ref().map(|c| c.seq);
         let mut out = Vec::new();
         for (&seq, seg) in &self.book.segments {
-            if Some(seq) == current || !self.book.entries_obsolete(seg) {
+            // Noted indexes suffice: the marks making it so go with the re-appends.
+            if Some(seq) == current || !self.book.entries_obsolete(seg, false) {
                 break;
             }
             if seg.pins > 0 {
@@ -474,7 +506,7 @@ impl Writer {
     }
 
     /// Drops obsolete segments, oldest first, keeping up to [`MAX_FREE`] files for reuse.
-    fn recycle(&mut self) {
+    pub(super) fn recycle(&mut self) {
         let current = self.current.as_ref().map(|c| c.seq);
         while let Some((&seq, seg)) = self.book.segments.first_key_value() {
             if Some(seq) == current || !self.book.is_obsolete(seg) {
@@ -502,7 +534,16 @@ impl Writer {
     }
 }
 
-fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
+pub(super) fn slot_records(
+    group: u64,
+    slots: Vec<(u8, bytes::Bytes)>,
+) -> impl Iterator<Item = Record> {
+    slots
+        .into_iter()
+        .map(move |(slot, value)| Record::Slot { group, slot, value })
+}
+
+pub(super) fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
     for (done, refused) in dones {
         let r = match refused {
             Some(e) => Err(e),
@@ -515,6 +556,34 @@ fn finish(dones: Vec<(Done, Option<Error>)>, result: impl Fn() -> Result<()>) {
     }
 }
 
+/// Opens a segment file for writing; out of descriptors is [`Error::Exhausted`].
+fn open_segment(path: &Path) -> Result<File> {
+    OpenOptions::new().write(true).open(path).map_err(|e| {
+        if is_out_of_descriptors(&e) {
+            exhausted(path, &e)
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
+/// Opens the log directory to fsync it. Failing to open it changes nothing: out of
+/// descriptors is [`Error::Exhausted`] (a wait), anything else is refused like any
+/// failure before a write; only the fsync itself is fatal.
+fn open_dir(dir: &Path) -> Result<File> {
+    File::open(dir).map_err(|e| {
+        if is_out_of_descriptors(&e) {
+            exhausted(dir, &e)
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
+fn exhausted(path: &Path, e: &io::Error) -> Error {
+    Error::Exhausted(format!("opening {}: {e}", path.display()))
+}
+
 fn fatal(path: &Path, what: &str, e: &io::Error) -> Error {
     Error::Fatal(format!("{what} of {} failed: {e}", path.display()))
 }
@@ -522,7 +591,7 @@ fn fatal(path: &Path, what: &str, e: &io::Error) -> Error {
 /// Creates `path` (which must not exist) as `len` bytes of written zeros, fsynced: later
 /// overwrites then change no block allocation, so fdatasync needs no metadata.
 /// The `log::no_space` fail point makes it fail with ENOSPC (a full disk) in tests.
-fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
+pub(super) fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
     const CHUNK: u64 = 1 << 20;
     fail::fail_point!("log::no_space", |_| Err(io::Error::from_raw_os_error(
         libc::ENOSPC
@@ -547,77 +616,6 @@ fn create_zeroed(path: &Path, len: u64) -> io::Result<File> {
         let _ = std::fs::remove_file(path);
     }
     result
-}
-
-/// A helper thread that zero-fills the next segment while the current one is in use, so
-/// rolling does not stall the write path when no recycled file is available.
-struct Preallocator {
-    requests: Option<mpsc::Sender<(PathBuf, u64)>>,
-    results: mpsc::Receiver<io::Result<PathBuf>>,
-    pending: bool,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Preallocator {
-    fn spawn() -> Preallocator {
-        let (req_tx, req_rx) = mpsc::channel::<(PathBuf, u64)>();
-        let (res_tx, res_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("tessera-log-prealloc".into())
-            .spawn(move || {
-                for (path, len) in req_rx {
-                    let _ = std::fs::remove_file(&path);
-                    let r = create_zeroed(&path, len).map(|_| path);
-                    if res_tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            });
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                warn!(error = %e, "cannot start the log preallocation thread; segments will be created inline");
-                None
-            }
-        };
-        Preallocator {
-            requests: thread.as_ref().map(|_| req_tx),
-            results: res_rx,
-            pending: false,
-            thread,
-        }
-    }
-
-    fn request(&mut self, path: PathBuf, len: u64) {
-        if self.pending {
-            return;
-        }
-        if let Some(tx) = &self.requests {
-            self.pending = tx.send((path, len)).is_ok();
-        }
-    }
-
-    /// The spare file, waiting for it if it is still being written.
-    fn take(&mut self) -> Option<PathBuf> {
-        if !std::mem::take(&mut self.pending) {
-            return None;
-        }
-        match self.results.recv() {
-            Ok(Ok(path)) => Some(path),
-            Ok(Err(e)) => {
-                warn!(error = %e, "preallocating a log segment failed");
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    fn stop(&mut self) {
-        self.requests = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// How many records of the next batch reach the disk before a simulated power loss (the

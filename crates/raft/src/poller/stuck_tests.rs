@@ -272,3 +272,144 @@ fn a_leader_that_cannot_apply_acknowledges_nothing_it_cannot_read_and_hands_over
         "the stalled leader did not hand its leadership over"
     );
 }
+
+/// Like [`deliver`] and [`tick`], but giving up after `limit`: a log waiting for a full
+/// disk answers nothing until something relieves it.
+fn deliver_for(n: &mut Node, group: u64, m: Message, limit: Duration) {
+    n.poller.handle(Event::Raft(RaftBatch {
+        from_node: m.from,
+        msgs: vec![(group, Bytes::from(m.write_to_bytes().unwrap()))],
+    }));
+    n.settle_for(limit);
+}
+
+fn tick_for(n: &mut Node, limit: Duration) {
+    n.poller.tick(Instant::now());
+    n.settle_for(limit);
+}
+
+/// Writes of `group` after `prev`, with a flush every round if `flush`, until the log
+/// answers a batch no more (the `log::no_space` fail point stops new segment files).
+/// Returns the last index written.
+fn write_until_the_log_waits(n: &mut Node, group: u64, mut prev: u64, flush: bool) -> u64 {
+    for _ in 0..40 {
+        deliver_for(n, group, writes(prev, 4), Duration::from_secs(2));
+        prev += 4;
+        if n.poller.groups[&group].persisting > 0 {
+            return prev;
+        }
+        if flush {
+            tick_for(n, Duration::from_secs(2));
+        }
+    }
+    panic!("the log never ran out of segments");
+}
+
+/// A full disk, and the log's batch waits for a segment. The flush of what was applied
+/// before gives the log the compaction that frees one: its applied index and mark are
+/// written as a checkpoint into the reserve, ahead of the waiting batch, instead of as an
+/// append queued behind it whose callback would only then send the compaction. Nothing
+/// is freed from outside; the node goes on writing on recycled segments, and a restart
+/// finds every entry and the applied index.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_full_disk_is_relieved_by_the_compaction_behind_the_nodes_own_flush() {
+    let scenario = fail::FailScenario::setup();
+    let mut n = Node::open_as(tempfile::tempdir().unwrap(), ME, Duration::from_secs(2));
+    flush_every_tick(&mut n);
+    n.poller.handle(Event::CreateGroup(spec_of(BUSY)));
+    n.settle();
+    deliver(&mut n, BUSY, writes(INIT_INDEX, 4));
+    tick(&mut n);
+    // The spare segment is made before the disk fills.
+    std::thread::sleep(Duration::from_millis(300));
+    fail::cfg("log::no_space", "return").unwrap();
+    // No flush meanwhile: the log fills every segment it has.
+    let mut prev = write_until_the_log_waits(&mut n, BUSY, INIT_INDEX + 4, false);
+    tick_for(&mut n, Duration::from_secs(10));
+    let relieved = n.poller.groups[&BUSY].persisting == 0;
+    for _ in 0..10 {
+        if !relieved {
+            break;
+        }
+        deliver_for(&mut n, BUSY, writes(prev, 4), Duration::from_secs(10));
+        prev += 4;
+        tick_for(&mut n, Duration::from_secs(10));
+    }
+    let stuck = n.poller.groups[&BUSY].persisting > 0;
+    fail::remove("log::no_space");
+    scenario.teardown();
+    assert!(
+        relieved,
+        "the waiting batch was never written: the compaction behind the flush never came"
+    );
+    assert!(!stuck, "the log stalled again on a full disk");
+    assert!(n.fatal.lock().unwrap().is_none());
+    assert_eq!(n.poller.groups[&BUSY].applied, prev);
+    let n = n.restart_as(ME, Duration::from_secs(2));
+    let g = &n.poller.groups[&BUSY];
+    assert_eq!(g.raw.raft.raft_log.last_index(), prev);
+    assert!(
+        g.applied >= prev - 4,
+        "applied {} after the restart",
+        g.applied
+    );
+}
+
+/// A quarantined replica's entries pin the shared log (oldest segment first) and the disk
+/// fills while the other group writes and flushes. Destroying the replica writes its
+/// tombstone into the reserve, ahead of the batch waiting for a segment: the segments it
+/// pinned are recycled and the node goes on, nothing freed from outside. It does not come
+/// back at a restart.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_full_disk_pinned_by_a_stuck_replica_is_relieved_by_destroying_it() {
+    let scenario = fail::FailScenario::setup();
+    let mut n = node();
+    deliver(&mut n, STUCK, writes(INIT_INDEX, 2));
+    let dir = n
+        .poller
+        .cfg
+        .data_dir
+        .join("groups")
+        .join(format!("{STUCK:016x}"));
+    let n0 = n.restart_as(ME, Duration::from_secs(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let mut n = n0.restart_as(ME, Duration::from_secs(2));
+    flush_every_tick(&mut n);
+    assert!(n.poller.quarantined.contains_key(&STUCK));
+    // This process's first segment, and its spare, made before the disk fills.
+    let busy = n.poller.groups[&BUSY].raw.raft.raft_log.last_index();
+    deliver(&mut n, BUSY, writes(busy, 4));
+    tick(&mut n);
+    std::thread::sleep(Duration::from_millis(300));
+    fail::cfg("log::no_space", "return").unwrap();
+    let mut prev = write_until_the_log_waits(&mut n, BUSY, busy + 4, true);
+    // The manager destroys the quarantined replica.
+    n.poller.handle(Event::RemoveGroup(STUCK));
+    n.settle_for(Duration::from_secs(10));
+    let relieved = n.poller.groups[&BUSY].persisting == 0;
+    for _ in 0..10 {
+        if !relieved {
+            break;
+        }
+        deliver_for(&mut n, BUSY, writes(prev, 4), Duration::from_secs(10));
+        prev += 4;
+        tick_for(&mut n, Duration::from_secs(10));
+    }
+    let stuck = n.poller.groups[&BUSY].persisting > 0;
+    fail::remove("log::no_space");
+    scenario.teardown();
+    assert!(
+        relieved,
+        "the waiting batch was never written: the tombstone queued behind it never was"
+    );
+    assert!(!stuck, "the log stalled again on a full disk");
+    assert!(n.fatal.lock().unwrap().is_none());
+    assert!(!n.poller.quarantined.contains_key(&STUCK));
+    let n = n.restart_as(ME, Duration::from_secs(2));
+    assert!(!n.poller.quarantined.contains_key(&STUCK));
+    assert!(!n.poller.groups.contains_key(&STUCK));
+    assert_eq!(n.poller.groups[&BUSY].raw.raft.raft_log.last_index(), prev);
+}

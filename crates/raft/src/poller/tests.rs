@@ -141,8 +141,13 @@ impl Node {
 
     /// Runs rounds until the log has answered everything and nothing is left to do.
     pub(super) fn settle(&mut self) {
+        self.settle_for(Duration::from_secs(30));
+    }
+
+    /// As [`Node::settle`], giving up after `limit` (a log waiting for a full disk).
+    pub(super) fn settle_for(&mut self, limit: Duration) {
         let mut quiet_since = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         // The log and the destroy thread answer from their threads: however loaded the
         // machine, wait for them (a quiet spell alone is not enough).
         let waiting = |p: &Poller| {
