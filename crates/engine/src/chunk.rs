@@ -38,7 +38,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::fsutil::sync_dir;
-use crate::{Error, Result, is_no_space};
+use crate::{Error, Result, is_no_space, is_out_of_descriptors};
 
 /// Bytes per checksummed block.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -910,11 +910,6 @@ fn io_error(e: io::Error, volume: u64, chunk: u64, what: &str) -> Error {
     } else {
         Error::Io(e)
     }
-}
-
-/// Whether an open failed for want of descriptors (the process's or the system's).
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
