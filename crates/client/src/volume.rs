@@ -81,6 +81,12 @@ pub(crate) struct VolumeInner {
 /// holds, so the page still reaches the chunk that was missed).
 const PAGE_ALIGN: u64 = 64;
 
+/// A write to an unmapped chunk maps the aligned extent of this many chunks around it in
+/// one manager change (`ProvisionChunks`): mapping is metadata only (a chunk's files are
+/// made by its first write), and one Raft entry per chunk bounds a client filling fresh
+/// chunks at ~110 a second.
+const MAP_EXTENT: u64 = 64;
+
 /// The chunks a page of routes covered: every one in `first..end` it has no route for was
 /// unmapped when the page was asked for, at `asked`.
 #[derive(Clone, Copy)]
@@ -438,6 +444,31 @@ impl Volume {
         )))
     }
 
+    /// Maps the extent of [`MAP_EXTENT`] chunks holding `chunk` (those of it not yet
+    /// mapped) and caches its routes; once for all tasks missing it at the same time.
+    /// `Err` of an unknown request: the manager predates provisioning.
+    async fn map_extent(&self, chunk: u64) -> Result<Option<Arc<Route>>> {
+        let _one = self.inner.last_page.lock().await;
+        if let Some(r) = self.cached_route(chunk) {
+            return Ok(Some(r));
+        }
+        let info = &self.inner.info;
+        let chunks = info.size.div_ceil(info.chunk_size.max(1));
+        let first = chunk - chunk % MAP_EXTENT;
+        let count = MAP_EXTENT.min(chunks.saturating_sub(first)).max(1) as u32;
+        let req = ManagerRequest::ProvisionChunks {
+            volume_id: info.id,
+            first_chunk: first,
+            count,
+            epoch: self.epoch_or_zero(),
+        };
+        match self.manager(&req).await? {
+            ManagerReply::Routes(page) => self.cache(page.routes),
+            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+        }
+        Ok(self.cached_route(chunk))
+    }
+
     fn cached_route(&self, chunk: u64) -> Option<Arc<Route>> {
         self.inner
             .routes
@@ -458,7 +489,14 @@ impl Volume {
                 match self.route_from_page(chunk).await {
                     Ok(Some(r)) => return Ok(Some(r)),
                     Ok(None) if !allocate => return Ok(None),
-                    Ok(None) => {}
+                    Ok(None) => match self.map_extent(chunk).await {
+                        Ok(Some(r)) => return Ok(Some(r)),
+                        Ok(None) => {}
+                        Err(e) if unknown_request(&e) => {
+                            self.inner.unpaged.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e),
+                    },
                     Err(e) if unknown_request(&e) => {
                         self.inner.unpaged.store(true, Ordering::Relaxed);
                     }
