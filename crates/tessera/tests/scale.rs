@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use common::{Cluster, Opts};
-use tessera_proto::control::{MAX_ROUTES_PER_PAGE, ManagerReply, ManagerRequest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -50,25 +49,6 @@ async fn a_hundred_thousand_chunks_live_within_a_lowered_descriptor_limit() {
     c.create_volume("many", &format!("{chunks}MiB"), "1MiB");
     let client = c.client().await;
     let vol = client.open("many").await.expect("open");
-
-    // Mapped a page per manager change (chunk by chunk costs a Raft entry each, ~9 ms):
-    // this test is about the storage nodes.
-    let started = Instant::now();
-    let (id, epoch) = (vol.info().id, vol.epoch().expect("attached"));
-    for first_chunk in (0..chunks).step_by(MAX_ROUTES_PER_PAGE as usize) {
-        let count = (chunks - first_chunk).min(u64::from(MAX_ROUTES_PER_PAGE)) as u32;
-        let req = ManagerRequest::ProvisionChunks {
-            volume_id: id,
-            first_chunk,
-            count,
-            epoch,
-        };
-        match client.call(&req).await.expect("provision") {
-            ManagerReply::Routes(p) => assert_eq!(p.routes.len(), count as usize),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    eprintln!("{chunks} chunks mapped in {:?}", started.elapsed());
 
     let started = Instant::now();
     let depth = Arc::new(Semaphore::new(DEPTH));
