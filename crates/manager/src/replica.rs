@@ -16,17 +16,20 @@
 //! - the log is compacted once applied: at every tick where it holds more than twice
 //!   `log_keep` entries past the applied index's predecessor, everything up to `log_keep`
 //!   entries behind the applied index is deleted (on disk, then in the raft-rs `MemStorage`
-//!   mirror the `RawNode` reads). A peer needing entries that are gone gets a snapshot,
+//!   mirror the `RawNode` reads), at most `COMPACT_ROWS` a tick, and never past a snapshot
+//!   being taken or sent. A peer needing entries that are gone gets a snapshot,
 //!   taken on demand (`snapshot`) and installed in one transaction on the receiving side,
 //!   with the committed queue emptied under the applier's gate so that nothing older is
 //!   applied on top of it;
 //! - membership starts as the configured peers (or this manager alone) and then changes only
 //!   through the log: [`Replica::propose_add`] adds a learner whose address rides in the
 //!   change's context, and the leader promotes it to voter once it has caught up (a voter
-//!   added before it runs would leave a single manager unable to commit anything). A manager started to `join` has no membership until the leader's
-//!   snapshot gives it one; until then it takes no log entries (a log replayed from index 1
-//!   would not hold the founding members), and the leader compacts its whole applied log
-//!   when it adds a member, so the newcomer is sent a snapshot.
+//!   added before it runs would leave a single manager unable to commit anything). A
+//!   manager with no membership (started to `join`, or its database lost) steps nothing but
+//!   a snapshot and heartbeats until the leader's snapshot gives it one: it votes for no
+//!   one, and rejects appends down to index 1 (a log replayed from there would not hold the
+//!   founding members). Any leader seeing a peer probed down to 1 compacts its whole
+//!   applied log, so that peer is sent a snapshot; nothing about it is remembered.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +65,12 @@ const PEER_QUEUE: usize = 1024;
 const PROMOTE_TICKS: u64 = 5;
 /// A learner this close to the commit index is promoted to voter.
 const PROMOTE_LAG: u64 = 100;
+/// How long the log is kept back for a snapshot sent to a peer (so that it can go on from
+/// the log once installed) before compaction goes on regardless.
+const SNAPSHOT_HOLD: Duration = Duration::from_secs(120);
+/// Log rows deleted per tick at most: the first compaction of a long log must not stall the
+/// Raft task (and its heartbeats) for seconds.
+const COMPACT_ROWS: u64 = 10_000;
 
 /// What this manager knows of the group's leadership.
 #[derive(Debug, Clone, Default)]
@@ -267,7 +276,7 @@ impl Replica {
             peers: HashMap::new(),
             configured,
             conf_index: 0,
-            compact_now: false,
+            sent_snapshots: HashMap::new(),
             log_keep: log_keep.max(1),
             ticks: 0,
             blank,
@@ -406,8 +415,9 @@ struct RaftLoop {
     configured: BTreeMap<u64, String>,
     /// Index of the last membership change applied (or snapshot installed).
     conf_index: u64,
-    /// Compact the whole applied log at the next look (a member was just added).
-    compact_now: bool,
+    /// Snapshots handed to peers: peer → (index, when). The log after `index` is kept until
+    /// the peer matches it (or [`SNAPSHOT_HOLD`] passes), so it goes on from the log.
+    sent_snapshots: HashMap<u64, (u64, Instant)>,
     log_keep: u64,
     ticks: u64,
     /// No membership yet (joining): take no log entries before a snapshot.
@@ -415,12 +425,15 @@ struct RaftLoop {
     /// Snapshots handed to (or refused by) the transport, to tell raft-rs after `advance`.
     snap_reports: Vec<(u64, SnapshotStatus)>,
     /// A snapshot being taken off the Raft task (reading a large state takes seconds, and
-    /// the leader must keep heartbeating meanwhile): when it started, and the task.
-    taking: Option<(Instant, JoinHandle<Result<Taken, Error>>)>,
+    /// the leader must keep heartbeating meanwhile): when it started, the applied index
+    /// then (the snapshot's index is at least that: the log is kept from there), and the task.
+    taking: Option<(Instant, u64, Taking)>,
 }
 
 /// A snapshot's content and its encoding.
 type Taken = (snapshot::Payload, Vec<u8>);
+/// The task reading and encoding a snapshot.
+type Taking = JoinHandle<Result<Taken, Error>>;
 
 impl RaftLoop {
     async fn run(
@@ -476,16 +489,11 @@ impl RaftLoop {
                     warn!(from = m.from, error = %e, "malformed snapshot from a manager refused");
                     return;
                 }
-                if self.blank && m.get_msg_type() == MessageType::MsgAppend {
-                    // A log from index 1 would not hold the founding members: wait for the
-                    // snapshot the leader sends once its log is compacted.
-                    debug!(
-                        from = m.from,
-                        "joining: log entries ignored before a snapshot"
-                    );
+                let mut m = *m;
+                if self.blank && !self.blank_may_step(&mut m) {
                     return;
                 }
-                if let Err(e) = self.raw.step(*m) {
+                if let Err(e) = self.raw.step(m) {
                     debug!(error = %e, "raft message refused");
                 }
             }
@@ -520,6 +528,46 @@ impl RaftLoop {
                     }
                 };
                 let _ = reply.send(res);
+            }
+        }
+    }
+
+    /// A manager with no membership (joining, or its database lost) takes only a snapshot:
+    /// an empty log would grant any candidate its vote, and a log replayed from index 1
+    /// would not hold the founding members. It rejects appends from index 0, so that the
+    /// leader probes back to 1 and sends a snapshot (see `maintain`), and takes heartbeats
+    /// only up to its own log (raft-rs cannot commit past it). Whether `m` may be stepped.
+    fn blank_may_step(&mut self, m: &mut Message) -> bool {
+        match m.get_msg_type() {
+            MessageType::MsgSnapshot => true,
+            MessageType::MsgHeartbeat => {
+                m.commit = m.commit.min(self.raw.raft.raft_log.last_index());
+                true
+            }
+            MessageType::MsgAppend => {
+                // An append from index 0 is dropped: the leader is already at 1 and
+                // compacts; its next heartbeat reply probes again.
+                if m.index > 0 {
+                    let mut reject = Message::default();
+                    reject.set_msg_type(MessageType::MsgAppendResponse);
+                    reject.to = m.from;
+                    reject.from = self.shared.id;
+                    reject.term = m.term;
+                    reject.index = m.index;
+                    reject.reject = true;
+                    reject.reject_hint = 0;
+                    self.send(vec![reject]);
+                }
+                debug!(
+                    from = m.from,
+                    index = m.index,
+                    "no membership yet: log entries refused until a snapshot"
+                );
+                false
+            }
+            t => {
+                debug!(from = m.from, msg = ?t, "no membership yet: raft message ignored");
+                false
             }
         }
     }
@@ -592,7 +640,6 @@ impl RaftLoop {
                 return Ok(());
             }
         };
-        let was_member = self.raw.raft.prs().get(cc.node_id).is_some();
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(err) => {
@@ -619,10 +666,6 @@ impl RaftLoop {
         self.set_addresses(book);
         self.conf_index = e.index;
         self.blank = cs.voters.is_empty() && cs.learners.is_empty();
-        if self.raw.raft.state == StateRole::Leader && !was_member {
-            // The new member has nothing: make sure it is sent a snapshot, not the log.
-            self.compact_now = true;
-        }
         info!(index = e.index, voters = ?cs.voters, "the managers' membership changed");
         Ok(())
     }
@@ -672,9 +715,12 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Compacts the applied log when it is long (or a member was just added), and takes a
-    /// snapshot when a peer asked for one. Every tick: deciding is a look at three indexes.
+    /// Compacts the applied log when it is long, or wholly when a peer has nothing (so that
+    /// it is sent a snapshot), and takes a snapshot when a peer asked for one. Every tick:
+    /// deciding is a look at a few indexes, derived afresh (a new leader, or one restarted,
+    /// knows as much as the one that added the peer).
     async fn maintain(&mut self) -> Result<(), Error> {
+        let applied = self.shared.applied.load(Ordering::Relaxed);
         let wanted = self.storage.take_wanted();
         if wanted && self.taking.is_none() {
             let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
@@ -683,18 +729,26 @@ impl RaftLoop {
                 let data = snapshot::encode(&p);
                 Ok::<_, Error>((p, data))
             });
-            self.taking = Some((Instant::now(), task));
+            self.taking = Some((Instant::now(), applied, task));
         }
-        if self.taking.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+        if self
+            .taking
+            .as_ref()
+            .is_some_and(|(_, _, t)| t.is_finished())
+        {
             self.offer_snapshot().await?;
         }
-        let applied = self.shared.applied.load(Ordering::Relaxed);
         let first = self.storage.first_index().unwrap_or(1);
         let last = self.storage.last_index().unwrap_or(0);
         let start = first - 1;
-        let keep = if self.compact_now { 0 } else { self.log_keep };
-        let upto = applied.min(last).saturating_sub(keep);
-        if upto > start && (self.compact_now || applied.min(last) - start > 2 * keep) {
+        let needs_all = self.peer_has_nothing();
+        let keep = if needs_all { 0 } else { self.log_keep };
+        let upto = applied
+            .min(last)
+            .saturating_sub(keep)
+            .min(self.snapshot_hold())
+            .min(start + COMPACT_ROWS);
+        if upto > start && (needs_all || applied.min(last) - start > 2 * keep) {
             let term = self
                 .storage
                 .term(upto)
@@ -708,18 +762,48 @@ impl RaftLoop {
                 .map_err(|e| Error::Task(format!("raft log in memory: {e}")))?;
             debug!(upto, applied, "compacted the managers' raft log");
         }
-        if self.compact_now && applied >= self.conf_index {
-            self.compact_now = false;
-        }
         Ok(())
+    }
+
+    /// Leader only: whether a peer rejected the log down to index 1 (a joining manager, or
+    /// one that lost its database: see `blank_may_step`). The log from 1 would not give it
+    /// the membership, so it must be sent a snapshot, which raft-rs does only once the entry
+    /// before what it needs is compacted away.
+    fn peer_has_nothing(&self) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Leader
+            && r.prs()
+                .iter()
+                .any(|(id, p)| *id != self.shared.id && p.matched == 0 && p.next_idx <= 1)
+    }
+
+    /// The highest index compaction may reach without invalidating a snapshot being taken
+    /// or one sent and not yet matched (a peer installing a large state would otherwise be
+    /// sent another, forever).
+    fn snapshot_hold(&mut self) -> u64 {
+        let prs = self.raw.raft.prs();
+        self.sent_snapshots.retain(|peer, (index, at)| {
+            at.elapsed() < SNAPSHOT_HOLD && prs.get(*peer).is_some_and(|p| p.matched < *index)
+        });
+        let sent = self.sent_snapshots.values().map(|(index, _)| *index).min();
+        let taking = self.taking.as_ref().map(|(_, from, _)| *from);
+        sent.into_iter().chain(taking).min().unwrap_or(u64::MAX)
     }
 
     /// Hands out the snapshot just taken, if the log and membership still agree with it.
     async fn offer_snapshot(&mut self) -> Result<(), Error> {
-        let Some((started, task)) = self.taking.take() else {
+        let Some((started, _, task)) = self.taking.take() else {
             return Ok(());
         };
-        let (payload, data) = task.await.map_err(|e| Error::Task(e.to_string()))??;
+        let taken = task.await.map_err(|e| Error::Task(e.to_string()));
+        let (payload, data) = match taken.and_then(|t| t) {
+            Ok(t) => t,
+            Err(e) => {
+                // The peer asks again at its next probe; the Raft group goes on meanwhile.
+                warn!(error = %e, "taking a snapshot of the managers' state failed; retried when asked again");
+                return Ok(());
+            }
+        };
         let index = payload.image.applied_index;
         let first = self.storage.first_index().unwrap_or(1);
         if index < self.conf_index || index + 1 < first {
@@ -823,7 +907,11 @@ impl RaftLoop {
                 continue;
             };
             let (to, is_snap) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let index = m.get_snapshot().get_metadata().index;
             let sent = peer.try_send(m).is_ok();
+            if is_snap && sent {
+                self.sent_snapshots.insert(to, (index, Instant::now()));
+            }
             if !sent {
                 debug!("queue to a manager peer is full; raft message dropped");
             }
@@ -888,4 +976,94 @@ fn logger(id: u64) -> slog::Logger {
         }
     }
     slog::Logger::root(TracingDrain.fuse(), slog::o!("manager" => id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::encode_batch;
+    use crate::store::Store;
+    use tessera_net::FrameReader;
+
+    fn msg(t: MessageType, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = 2;
+        m.to = 3;
+        m.term = term;
+        m
+    }
+
+    /// Raft §5.2/§5.4: a vote is only for a candidate whose log is at least as up to date;
+    /// a manager with no membership knows no log at all, so it must not vote, nor be told
+    /// to commit what it does not hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manager_without_membership_votes_for_no_one_and_survives_a_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let opts = Options {
+            id: 3,
+            members: vec![
+                ManagerPeer {
+                    id: 2,
+                    addr: listener.local_addr().unwrap().to_string(),
+                },
+                ManagerPeer {
+                    id: 3,
+                    addr: "127.0.0.1:1".into(),
+                },
+            ],
+            join: true,
+            log_keep: 10,
+        };
+        let (replica, task) = Replica::start(opts, log, loaded, 0).unwrap();
+        let mut vote = msg(MessageType::MsgRequestVote, 5);
+        vote.index = 40;
+        vote.log_term = 4;
+        let mut pre_vote = msg(MessageType::MsgRequestPreVote, 6);
+        pre_vote.index = 40;
+        pre_vote.log_term = 4;
+        let mut heartbeat = msg(MessageType::MsgHeartbeat, 5);
+        heartbeat.commit = 50;
+        let mut append = msg(MessageType::MsgAppend, 5);
+        append.index = 39;
+        append.log_term = 4;
+        for m in [vote, pre_vote, heartbeat, append] {
+            replica
+                .receive(&encode_batch(&[m]), &mut Parts::default())
+                .unwrap();
+        }
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("no message from the blank manager")
+            .unwrap();
+        let mut reader = FrameReader::new(stream);
+        let mut parts = Parts::default();
+        let mut got = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while let Ok(Ok(Some(f))) = tokio::time::timeout_at(until, reader.next()).await {
+            got.extend(decode_frame(&f.body, &mut parts).unwrap());
+        }
+        let kinds: Vec<MessageType> = got.iter().map(|m| m.get_msg_type()).collect();
+        assert!(
+            !kinds.contains(&MessageType::MsgRequestVoteResponse)
+                && !kinds.contains(&MessageType::MsgRequestPreVoteResponse),
+            "{got:?}"
+        );
+        assert!(
+            kinds.contains(&MessageType::MsgHeartbeatResponse),
+            "{got:?}"
+        );
+        // The append is refused down to index 0, so that the leader sends a snapshot.
+        let reject = got
+            .iter()
+            .find(|m| m.get_msg_type() == MessageType::MsgAppendResponse)
+            .expect("append not answered");
+        assert!(reject.reject && reject.reject_hint == 0 && reject.term == 5);
+        // Still running: it knows the leader from the heartbeat.
+        assert_eq!(replica.status().leader, Some(2));
+        task.stop().await;
+    }
 }

@@ -311,3 +311,87 @@ async fn adding_a_manager_that_is_not_running_leaves_the_founder_committing() {
     create(&addrs[..1], "still-writable-later").await;
     m.shutdown().await;
 }
+
+/// Asks `addrs` to add manager `id` at `addr` until it is reported a voter (it caught up).
+async fn add_until_voter(addrs: &[String], id: u64, addr: &str, within: Duration) {
+    let req = ManagerRequest::AddManager {
+        id,
+        addr: addr.to_string(),
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(ManagerReply::Managers { voters, .. }) =
+            call_managers::<_, ManagerReply>(addrs, &req, T).await
+            && voters.iter().any(|v| v.0 == id)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "manager {id} never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_added_amid_writes_and_a_leader_change_still_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(4);
+    let founders = peers(&addrs[..3]);
+    let config = |id: u64, join: bool| ManagerConfig {
+        listen: addrs[id as usize - 1].clone(),
+        data_dir: dir.path().join(format!("m{id}")),
+        id,
+        peers: if join {
+            let mut p = founders.clone();
+            p.push(ManagerPeer {
+                id,
+                addr: addrs[id as usize - 1].clone(),
+            });
+            p
+        } else {
+            founders.clone()
+        },
+        join,
+        ..ManagerConfig::default()
+    };
+    let mut ms = Vec::new();
+    for id in 1..=3 {
+        ms.push(Some(Manager::start(config(id, false)).await.unwrap()));
+    }
+    create(&addrs[..3], "first").await;
+    // Added while writes are being proposed (so entries follow the change before it is
+    // applied), then the leader that added it goes away before the newcomer even runs: the
+    // new leader knows nothing of the addition but what its log says.
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let a = addrs[..3].to_vec();
+            tokio::spawn(async move { create(&a, &format!("amid{i}")).await })
+        })
+        .collect();
+    let req = ManagerRequest::AddManager {
+        id: 4,
+        addr: addrs[3].clone(),
+    };
+    match call_managers::<_, ManagerReply>(&addrs[..3], &req, T).await {
+        Ok(ManagerReply::Managers { learners, .. }) => assert_eq!(learners.len(), 1),
+        other => panic!("adding manager 4: {other:?}"),
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    let leader = (0..3)
+        .find(|&i| ms[i].as_ref().is_some_and(|m| m.is_leader()))
+        .unwrap();
+    ms[leader].take().unwrap().shutdown().await;
+    create(&addrs[..3], "after-the-leader-change").await;
+    let joined = Manager::start(config(4, true)).await.unwrap();
+    add_until_voter(&addrs, 4, &addrs[3], Duration::from_secs(20)).await;
+    // Three of four voters are left: nothing commits unless the newcomer takes part.
+    create(&addrs, "with-the-newcomer").await;
+    assert_eq!(volume_names(&addrs).await.len(), 23);
+    joined.shutdown().await;
+    for m in ms.into_iter().flatten() {
+        m.shutdown().await;
+    }
+    let (_, _, volumes) = inspect(&dir.path().join("m4"));
+    assert_eq!(volumes, 23);
+}
