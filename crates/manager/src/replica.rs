@@ -97,7 +97,7 @@ enum Input {
     ProposeAdd {
         id: u64,
         addr: String,
-        reply: oneshot::Sender<Result<(u64, u64), ControlError>>,
+        reply: oneshot::Sender<Result<Option<(u64, u64)>, ControlError>>,
     },
 }
 
@@ -317,8 +317,11 @@ impl Replica {
     }
 
     /// Proposes adding manager `id`, serving on `addr`, as a learner, if this manager leads;
-    /// returns the change's (index, term). Blocks: call from a blocking thread.
-    pub fn propose_add(&self, id: u64, addr: String) -> Result<(u64, u64), ControlError> {
+    /// returns the change's (index, term), or `None` if `id` is a member at `addr` already.
+    /// Checked against the live membership in the Raft task: a voter is never made a
+    /// learner again, and an id or address is never given twice. Blocks: call from a
+    /// blocking thread.
+    pub fn propose_add(&self, id: u64, addr: String) -> Result<Option<(u64, u64)>, ControlError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .inbox
@@ -498,20 +501,25 @@ impl RaftLoop {
                 }
             }
             Input::ProposeAdd { id, addr, reply } => {
-                let res = if self.raw.raft.state != StateRole::Leader {
-                    Err(self.not_leader())
-                } else {
-                    let cc = ConfChange {
-                        change_type: ConfChangeType::AddLearnerNode,
-                        node_id: id,
-                        context: addr.into_bytes().into(),
-                        ..Default::default()
-                    };
-                    match self.raw.propose_conf_change(Vec::new(), cc) {
-                        Ok(()) => Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term)),
-                        Err(e) => Err(ControlError::Unavailable(format!(
-                            "manager leader cannot take the membership change now: {e}"
-                        ))),
+                let res = match self.check_add(id, &addr) {
+                    Err(e) => Err(e),
+                    Ok(false) => Ok(None),
+                    Ok(true) => {
+                        let cc = ConfChange {
+                            change_type: ConfChangeType::AddLearnerNode,
+                            node_id: id,
+                            context: addr.into_bytes().into(),
+                            ..Default::default()
+                        };
+                        match self.raw.propose_conf_change(Vec::new(), cc) {
+                            Ok(()) => Ok(Some((
+                                self.raw.raft.raft_log.last_index(),
+                                self.raw.raft.term,
+                            ))),
+                            Err(e) => Err(ControlError::Unavailable(format!(
+                                "manager leader cannot take the membership change now: {e}"
+                            ))),
+                        }
                     }
                 };
                 let _ = reply.send(res);
@@ -530,6 +538,51 @@ impl RaftLoop {
                 let _ = reply.send(res);
             }
         }
+    }
+
+    /// Whether adding manager `id` at `addr` is a change to propose (`false`: it is a member
+    /// at that address already), against the membership raft-rs holds now.
+    fn check_add(&self, id: u64, addr: &str) -> Result<bool, ControlError> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        let book = self.addresses();
+        let conf = r.prs().conf();
+        let members: Vec<u64> = conf
+            .voters()
+            .ids()
+            .iter()
+            .chain(conf.learners().iter().copied())
+            .collect();
+        let known = book.get(&id).map(String::as_str);
+        if members.contains(&id) {
+            let what = if conf.learners().contains(&id) {
+                "being added as a learner"
+            } else {
+                "a member"
+            };
+            return match known {
+                Some(a) if a != addr => Err(ControlError::Invalid(format!(
+                    "manager {id} is already {what} with address {a}, not {addr}"
+                ))),
+                _ => Ok(false),
+            };
+        }
+        if let Some(other) = members
+            .iter()
+            .find(|m| book.get(m).is_some_and(|a| a == addr))
+        {
+            return Err(ControlError::Invalid(format!(
+                "address {addr} belongs to manager {other} already"
+            )));
+        }
+        if r.pending_conf_index > r.raft_log.applied {
+            return Err(ControlError::Unavailable(
+                "another membership change of the managers is under way; try again".into(),
+            ));
+        }
+        Ok(true)
     }
 
     /// A manager with no membership (joining, or its database lost) takes only a snapshot:

@@ -277,6 +277,12 @@ async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, C
         if let Err(e) = s.lead() {
             return Ok((Err(e), Vec::new()));
         }
+        if let ManagerRequest::AddManager { id, addr } = req {
+            // Waits for a commit: not under the lock every other request needs.
+            let replica = s.replica();
+            drop(s);
+            return Ok((crate::service::add_manager(&replica, id, addr), Vec::new()));
+        }
         Ok::<_, ControlError>(s.handle(req, now))
     })
     .await;

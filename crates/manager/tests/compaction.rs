@@ -395,3 +395,50 @@ async fn a_manager_added_amid_writes_and_a_leader_change_still_catches_up() {
     let (_, _, volumes) = inspect(&dir.path().join("m4"));
     assert_eq!(volumes, 23);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_manager_never_gives_an_id_or_an_address_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(3);
+    let alone = ManagerConfig {
+        listen: addrs[0].clone(),
+        data_dir: dir.path().join("m1"),
+        ..ManagerConfig::default()
+    };
+    let m = Manager::start(alone).await.unwrap();
+    let add = |id: u64, addr: &str| {
+        let req = ManagerRequest::AddManager {
+            id,
+            addr: addr.to_string(),
+        };
+        let to = addrs[0].clone();
+        async move {
+            call::<_, ManagerReply>(&to, &req, T)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let members = |voters: Vec<(u64, String)>, learners: Vec<(u64, String)>| {
+        Ok::<_, String>(ManagerReply::Managers { voters, learners })
+    };
+    let v1 = vec![(1, addrs[0].clone())];
+    let l2 = vec![(2, addrs[1].clone())];
+    assert_eq!(add(2, &addrs[1]).await, members(v1.clone(), l2.clone()));
+    // Asking again only reports; a member or learner at another address, or another id at
+    // a member's address, is refused by name.
+    assert_eq!(add(2, &addrs[1]).await, members(v1.clone(), l2.clone()));
+    assert_eq!(add(1, &addrs[0]).await, members(v1.clone(), l2.clone()));
+    for (id, addr, says) in [
+        (2, &addrs[2], "already being added"),
+        (1, &addrs[2], "already a member"),
+        (3, &addrs[1], "belongs to manager 2"),
+        (3, &addrs[0], "belongs to manager 1"),
+    ] {
+        match add(id, addr).await {
+            Err(e) => assert!(e.contains(says), "{id} at {addr}: {e}"),
+            other => panic!("adding {id} at {addr}: {other:?}"),
+        }
+    }
+    assert_eq!(add(2, &addrs[1]).await, members(v1, l2));
+    m.shutdown().await;
+}

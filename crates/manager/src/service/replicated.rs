@@ -19,7 +19,10 @@ use raft::eraftpb::EntryType;
 use tessera_proto::control::ControlError;
 use tracing::{error, info};
 
+use tessera_proto::control::ManagerReply;
+
 use super::Service;
+use crate::replica::Replica;
 use crate::state::Mutation;
 
 /// How long a new leader waits to apply what earlier terms committed before it answers.
@@ -174,52 +177,9 @@ impl Service {
         Ok(seen)
     }
 
-    /// Adds manager `id` at `addr` to the managers' group as a learner, once the change is
-    /// committed and applied here (the leader promotes it when it has caught up); a member
-    /// or learner already is one.
-    pub(super) fn add_manager(&mut self, id: u64, addr: String) -> Result<(), ControlError> {
-        if id == 0 || addr.is_empty() {
-            return Err(ControlError::Invalid(
-                "a manager needs an id of at least 1 and an address".into(),
-            ));
-        }
-        let status = self.replica.status();
-        if status.voters.contains(&id) || status.learners.contains(&id) {
-            return Ok(());
-        }
-        let (index, term) = self.replica.propose_add(id, addr)?;
-        let deadline = Instant::now() + COMMIT_TIMEOUT;
-        loop {
-            match self.apply_watching(Some((index, term)))? {
-                Some(true) => break,
-                Some(false) => return Err(self.replica.not_leader()),
-                None => {}
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ControlError::Unavailable(format!(
-                    "adding manager {id} not committed within {COMMIT_TIMEOUT:?}"
-                )));
-            }
-            self.replica
-                .wait_committed(left.min(Duration::from_millis(50)));
-        }
-        // raft-rs turns a change proposed while another is pending into an empty entry.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let s = self.replica.status();
-            if s.voters.contains(&id) || s.learners.contains(&id) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(ControlError::Unavailable(
-                    "another membership change of the managers is under way; try again".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        info!(id, "manager added to the managers' group as a learner");
-        Ok(())
+    /// The managers' Raft group, for work done without the service lock.
+    pub(crate) fn replica(&self) -> Replica {
+        self.replica.clone()
     }
 
     /// After this the manager takes no more changes: what is on disk is unknown, or the log
@@ -229,4 +189,53 @@ impl Service {
         self.failed = Some(why.clone());
         ControlError::Internal(why)
     }
+}
+
+/// Adds manager `id` at `addr` to the managers' group as a learner (the leader promotes it
+/// when it has caught up) and answers the members; a member at `addr` already is only
+/// reported. Called without the service lock: the wait for the change to commit must not
+/// hold up every other request.
+pub(crate) fn add_manager(
+    replica: &Replica,
+    id: u64,
+    addr: String,
+) -> Result<ManagerReply, ControlError> {
+    if id == 0 || addr.is_empty() {
+        return Err(ControlError::Invalid(
+            "a manager needs an id of at least 1 and an address".into(),
+        ));
+    }
+    if let Some((_, term)) = replica.propose_add(id, addr)? {
+        // Applied to the Raft group (not necessarily to the state yet, which is the same
+        // for a membership change): the published membership holds it.
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            let s = replica.status();
+            if s.voters.contains(&id) || s.learners.contains(&id) {
+                break;
+            }
+            if !s.is_leader || s.term != term {
+                // Another leader may have overwritten the change: asking again says.
+                return Err(replica.not_leader());
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::Unavailable(format!(
+                    "adding manager {id} not committed within {COMMIT_TIMEOUT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        info!(id, "manager added to the managers' group as a learner");
+    }
+    let addrs = replica.addresses();
+    let status = replica.status();
+    let with_addr = |ids: Vec<u64>| {
+        ids.into_iter()
+            .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
+            .collect()
+    };
+    Ok(ManagerReply::Managers {
+        voters: with_addr(status.voters),
+        learners: with_addr(status.learners),
+    })
 }
