@@ -377,6 +377,14 @@ impl Replica {
             .unwrap_or_default()
     }
 
+    /// Queues `e` as if committed (tests of the applier).
+    #[cfg(test)]
+    pub(crate) fn push_committed(&self, e: Entry) {
+        if let Ok(mut q) = self.shared.committed.lock() {
+            q.push_back(e);
+        }
+    }
+
     /// Waits up to `timeout` for a committed entry to take. Blocking.
     pub fn wait_committed(&self, timeout: Duration) {
         let Ok(q) = self.shared.committed.lock() else {

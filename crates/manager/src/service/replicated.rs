@@ -3,7 +3,8 @@
 //!
 //! Apply is one path for everyone: an entry's mutation goes to the [`Store`] (with the
 //! entry's index, in the same transaction) and then to the [`State`], strictly in log order,
-//! each entry once: entries at or below the applied index (a restart) are skipped.
+//! each entry once: entries at or below the applied index (a restart) are skipped, and an
+//! entry that does not follow the applied index stops this manager taking changes.
 //!
 //! Reads are answered from the leader's applied state without a round to the others: a
 //! leader cut off from its majority keeps answering them until check-quorum steps it down
@@ -134,6 +135,13 @@ impl Service {
             if e.index <= self.applied.0 {
                 continue;
             }
+            if e.index != self.applied.0 + 1 {
+                // An entry skipped is a change missing from this state for good.
+                return Err(self.fail(format!(
+                    "log entry {} delivered after entry {}: the entries between are missing",
+                    e.index, self.applied.0
+                )));
+            }
             if let Some((index, term)) = watch
                 && e.index == index
             {
@@ -238,4 +246,60 @@ pub(crate) fn add_manager(
         voters: with_addr(status.voters),
         learners: with_addr(status.learners),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use raft::eraftpb::Entry;
+
+    use super::Service;
+    use crate::liveness::Liveness;
+    use crate::raft_log::RaftLog;
+    use crate::replica::{Options, Replica};
+    use crate::store::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_that_skips_one_is_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, state) = Store::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let opts = Options {
+            id: 1,
+            members: vec![crate::config::ManagerPeer {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            }],
+            join: false,
+            log_keep: 10,
+        };
+        let (replica, task) = Replica::start(opts, log, loaded, 0).unwrap();
+        let live = Liveness::new(
+            Instant::now(),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        );
+        let r = replica.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = Service::new(store, state, live, 1, 1, r.clone(), 0);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while s.lead().is_err() {
+                assert!(Instant::now() < deadline, "never led");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let (index, term) = s.applied;
+            r.push_committed(Entry {
+                index: index + 2,
+                term,
+                ..Default::default()
+            });
+            let err = s.apply_committed().unwrap_err();
+            assert!(err.to_string().contains("missing"), "{err}");
+            assert_eq!(s.applied.0, index);
+        })
+        .await
+        .unwrap();
+        task.stop().await;
+    }
 }
