@@ -8,7 +8,7 @@
 
 mod replicated;
 
-pub(crate) use replicated::add_manager;
+pub(crate) use replicated::{add_manager, managers};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -203,6 +203,7 @@ impl Service {
             ManagerRequest::AddManager { id, addr } => {
                 replicated::add_manager(&self.replica, id, addr)
             }
+            ManagerRequest::Managers => Ok(replicated::managers(&self.replica)),
         };
         (res, orders)
     }

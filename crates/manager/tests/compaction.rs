@@ -442,3 +442,49 @@ async fn adding_a_manager_never_gives_an_id_or_an_address_twice() {
     assert_eq!(add(2, &addrs[1]).await, members(v1, l2));
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_meant_to_join_but_started_without_join_refuses_to_found_a_second_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(2);
+    let alone = ManagerConfig {
+        listen: addrs[0].clone(),
+        data_dir: dir.path().join("m1"),
+        ..ManagerConfig::default()
+    };
+    let first = Manager::start(alone).await.unwrap();
+    create(&addrs[..1], "v").await;
+    let forgot_join = ManagerConfig {
+        listen: addrs[1].clone(),
+        data_dir: dir.path().join("m2"),
+        id: 2,
+        peers: peers(&addrs),
+        join: false,
+        ..ManagerConfig::default()
+    };
+    let refused = |r: Result<Manager, tessera_manager::Error>| match r {
+        Err(e) => assert!(e.to_string().contains("join = true"), "{e}"),
+        Ok(_) => panic!("a second cluster was founded"),
+    };
+    refused(Manager::start(forgot_join.clone()).await);
+    // Added first, and then started without `join`: a learner is no founder either.
+    let req = ManagerRequest::AddManager {
+        id: 2,
+        addr: addrs[1].clone(),
+    };
+    assert!(matches!(
+        call::<_, ManagerReply>(&addrs[0], &req, T).await,
+        Ok(ManagerReply::Managers { .. })
+    ));
+    refused(Manager::start(forgot_join.clone()).await);
+    // With `join`, it catches up and is promoted.
+    let joined = Manager::start(ManagerConfig {
+        join: true,
+        ..forgot_join
+    })
+    .await
+    .unwrap();
+    add_until_voter(&addrs[..1], 2, &addrs[1], Duration::from_secs(20)).await;
+    joined.shutdown().await;
+    first.shutdown().await;
+}

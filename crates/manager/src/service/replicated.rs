@@ -235,6 +235,11 @@ pub(crate) fn add_manager(
         }
         info!(id, "manager added to the managers' group as a learner");
     }
+    Ok(managers(replica))
+}
+
+/// The managers' group as this manager knows it, with addresses (empty when unknown).
+pub(crate) fn managers(replica: &Replica) -> ManagerReply {
     let addrs = replica.addresses();
     let status = replica.status();
     let with_addr = |ids: Vec<u64>| {
@@ -242,10 +247,10 @@ pub(crate) fn add_manager(
             .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
             .collect()
     };
-    Ok(ManagerReply::Managers {
+    ManagerReply::Managers {
         voters: with_addr(status.voters),
         learners: with_addr(status.learners),
-    })
+    }
 }
 
 #[cfg(test)]
