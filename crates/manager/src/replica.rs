@@ -801,15 +801,9 @@ impl RaftLoop {
         }
         let first = self.storage.first_index().unwrap_or(1);
         let last = self.storage.last_index().unwrap_or(0);
-        let start = first - 1;
         let needs_all = self.peer_has_nothing();
-        let keep = if needs_all { 0 } else { self.log_keep };
-        let upto = applied
-            .min(last)
-            .saturating_sub(keep)
-            .min(self.snapshot_hold())
-            .min(start + COMPACT_ROWS);
-        if upto > start && (needs_all || applied.min(last) - start > 2 * keep) {
+        let hold = self.snapshot_hold();
+        if let Some(upto) = compaction_upto(applied, first, last, self.log_keep, needs_all, hold) {
             let term = self
                 .storage
                 .term(upto)
@@ -843,10 +837,16 @@ impl RaftLoop {
     /// sent another, forever).
     fn snapshot_hold(&mut self) -> u64 {
         let prs = self.raw.raft.prs();
-        self.sent_snapshots.retain(|peer, (index, at)| {
-            at.elapsed() < SNAPSHOT_HOLD && prs.get(*peer).is_some_and(|p| p.matched < *index)
-        });
-        let sent = self.sent_snapshots.values().map(|(index, _)| *index).min();
+        self.sent_snapshots
+            .retain(|peer, (index, _)| prs.get(*peer).is_some_and(|p| p.matched < *index));
+        // Held from the first snapshot sent to a peer that has not matched since: one that
+        // keeps failing to install holds the log back no longer than that.
+        let sent = self
+            .sent_snapshots
+            .values()
+            .filter(|(_, at)| at.elapsed() < SNAPSHOT_HOLD)
+            .map(|(index, _)| *index)
+            .min();
         let taking = self.taking.as_ref().map(|(_, from, _)| *from);
         sent.into_iter().chain(taking).min().unwrap_or(u64::MAX)
     }
@@ -971,7 +971,10 @@ impl RaftLoop {
             let index = m.get_snapshot().get_metadata().index;
             let sent = peer.try_send(m).is_ok();
             if is_snap && sent {
-                self.sent_snapshots.insert(to, (index, Instant::now()));
+                self.sent_snapshots
+                    .entry(to)
+                    .and_modify(|s| s.0 = index)
+                    .or_insert((index, Instant::now()));
             }
             if !sent {
                 debug!("queue to a manager peer is full; raft message dropped");
@@ -1016,6 +1019,28 @@ impl RaftLoop {
     }
 }
 
+/// Up to which index to compact the log, if at all: the log holds entries `first..=last`,
+/// `applied` of them are in the state tables. Down to `keep` entries behind the applied
+/// index once more than twice that are applied (everything applied when a peer has
+/// `nothing`), never past `hold`, and at most [`COMPACT_ROWS`] entries at once.
+fn compaction_upto(
+    applied: u64,
+    first: u64,
+    last: u64,
+    keep: u64,
+    nothing: bool,
+    hold: u64,
+) -> Option<u64> {
+    let start = first.saturating_sub(1);
+    let done = applied.min(last);
+    let keep = if nothing { 0 } else { keep };
+    let upto = done
+        .saturating_sub(keep)
+        .min(hold)
+        .min(start + COMPACT_ROWS);
+    (upto > start && (nothing || done - start > 2 * keep)).then_some(upto)
+}
+
 /// raft-rs logs through `slog`; this forwards to `tracing` (raft's info level is election
 /// chatter: debug here).
 fn logger(id: u64) -> slog::Logger {
@@ -1045,6 +1070,37 @@ mod tests {
     use crate::peer::encode_batch;
     use crate::store::Store;
     use tessera_net::FrameReader;
+
+    #[test]
+    fn compaction_keeps_its_bounds() {
+        // (applied, first, last, keep, nothing, hold) -> upto
+        let cases = [
+            // Not yet twice `keep` applied: nothing; then down to `keep` behind.
+            ((20, 1, 25, 10, false, u64::MAX), None),
+            ((21, 1, 25, 10, false, u64::MAX), Some(11)),
+            // A peer with nothing: everything applied, however short the log.
+            ((3, 1, 5, 10, true, u64::MAX), Some(3)),
+            ((0, 1, 5, 10, true, u64::MAX), None),
+            // Never past a snapshot being taken or sent and not yet matched.
+            ((500, 1, 500, 10, false, 300), Some(300)),
+            ((500, 1, 500, 10, true, 300), Some(300)),
+            ((500, 301, 500, 10, true, 300), None),
+            // A long log goes in steps of COMPACT_ROWS.
+            ((50_000, 1, 50_000, 10, false, u64::MAX), Some(COMPACT_ROWS)),
+            (
+                (50_000, COMPACT_ROWS + 1, 50_000, 10, false, u64::MAX),
+                Some(2 * COMPACT_ROWS),
+            ),
+        ];
+        for ((applied, first, last, keep, nothing, hold), want) in cases {
+            assert_eq!(
+                compaction_upto(applied, first, last, keep, nothing, hold),
+                want,
+                "applied {applied}, log {first}..={last}, keep {keep}, nothing {nothing}, \
+                 hold {hold}"
+            );
+        }
+    }
 
     fn msg(t: MessageType, term: u64) -> Message {
         let mut m = Message::default();
