@@ -25,7 +25,7 @@
 //!   through the log: [`Replica::propose_add`] adds a learner whose address rides in the
 //!   change's context, and the leader promotes it to voter once it has caught up (a voter
 //!   added before it runs would leave a single manager unable to commit anything). A
-//!   manager with no membership (started to `join`, or its database lost) steps nothing but
+//!   manager with no membership (started to `join`, its database empty) steps nothing but
 //!   a snapshot and heartbeats until the leader's snapshot gives it one: it votes for no
 //!   one, and rejects appends down to index 1 (a log replayed from there would not hold the
 //!   founding members). Any leader seeing a peer probed down to 1 compacts its whole
@@ -593,9 +593,9 @@ impl RaftLoop {
         Ok(true)
     }
 
-    /// A manager with no membership (joining, or its database lost) takes only a snapshot:
+    /// A manager with no membership (started to join, its database empty) takes only a snapshot:
     /// an empty log would grant any candidate its vote, and a log replayed from index 1
-    /// would not hold the founding members. It rejects appends from index 0, so that the
+    /// would not hold the founding members. It rejects every append with hint 0, so that the
     /// leader probes back to 1 and sends a snapshot (see `maintain`), and takes heartbeats
     /// only up to its own log (raft-rs cannot commit past it). Whether `m` may be stepped.
     fn blank_may_step(&mut self, m: &mut Message) -> bool {
@@ -820,10 +820,11 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Leader only: whether a peer rejected the log down to index 1 (a joining manager, or
-    /// one that lost its database: see `blank_may_step`). The log from 1 would not give it
-    /// the membership, so it must be sent a snapshot, which raft-rs does only once the entry
-    /// before what it needs is compacted away.
+    /// Leader only: whether a peer rejected the log down to index 1 (a joining manager: see
+    /// `blank_may_step`; or a founder with an empty log, which a snapshot serves as well).
+    /// The log from 1 would not give a joining manager the membership, so it must be sent a
+    /// snapshot, which raft-rs does only once the entry before what it needs is compacted
+    /// away.
     fn peer_has_nothing(&self) -> bool {
         let r = &self.raw.raft;
         r.state == StateRole::Leader
