@@ -41,7 +41,10 @@ pub struct ManagerConfig {
     pub peers: Vec<ManagerPeer>,
     /// Start as a new member of an existing group instead of founding one: wait for the
     /// leader to add this manager and send it a snapshot. `peers` must list at least one
-    /// current member to reply to.
+    /// current member to reply to. Without it, a manager with an empty database asks its
+    /// peers first and refuses to start if one belongs to a group this manager is not a
+    /// voter of (a forgotten `join` would found a second cluster); a peer that does not
+    /// answer cannot be asked.
     pub join: bool,
     /// Raft log entries kept behind the applied index for managers that lag; the log is
     /// compacted to that once it holds twice as many.

@@ -49,23 +49,28 @@ pub struct Loaded {
     pub managers: BTreeMap<u64, String>,
 }
 
-/// Empties the log and makes it resume after `index` (of `term`) with `conf_state` and
-/// `managers`, inside the caller's transaction (a snapshot install).
+/// A conf state as [`reset_in`] stores it. Encoded before the transaction: an empty one
+/// stored in its place would be a manager with no membership.
+pub fn encode_conf(conf_state: &ConfState) -> Result<Vec<u8>, Error> {
+    conf_state
+        .write_to_bytes()
+        .map_err(|e| Error::Task(format!("encoding a raft conf state: {e}")))
+}
+
+/// Empties the log and makes it resume after `index` (of `term`) with `conf_state` (from
+/// [`encode_conf`]) and `managers`, inside the caller's transaction (a snapshot install).
 pub fn reset_in(
     tx: &redb::WriteTransaction,
     index: u64,
     term: u64,
-    conf_state: &ConfState,
+    conf_state: &[u8],
     managers: &BTreeMap<u64, String>,
 ) -> Result<(), DbError> {
     tx.delete_table(LOG)?;
     tx.open_table(LOG)?;
     let mut meta = tx.open_table(META)?;
     meta.insert("log_start", encode_start(index, term).as_slice())?;
-    meta.insert(
-        "conf_state",
-        conf_state.write_to_bytes().unwrap_or_default().as_slice(),
-    )?;
+    meta.insert("conf_state", conf_state)?;
     meta.insert("managers", encode_managers(managers).as_slice())?;
     Ok(())
 }

@@ -16,17 +16,20 @@
 //! - the log is compacted once applied: at every tick where it holds more than twice
 //!   `log_keep` entries past the applied index's predecessor, everything up to `log_keep`
 //!   entries behind the applied index is deleted (on disk, then in the raft-rs `MemStorage`
-//!   mirror the `RawNode` reads). A peer needing entries that are gone gets a snapshot,
+//!   mirror the `RawNode` reads), at most `COMPACT_ROWS` a tick, and never past a snapshot
+//!   being taken or sent. A peer needing entries that are gone gets a snapshot,
 //!   taken on demand (`snapshot`) and installed in one transaction on the receiving side,
 //!   with the committed queue emptied under the applier's gate so that nothing older is
 //!   applied on top of it;
 //! - membership starts as the configured peers (or this manager alone) and then changes only
 //!   through the log: [`Replica::propose_add`] adds a learner whose address rides in the
 //!   change's context, and the leader promotes it to voter once it has caught up (a voter
-//!   added before it runs would leave a single manager unable to commit anything). A manager started to `join` has no membership until the leader's
-//!   snapshot gives it one; until then it takes no log entries (a log replayed from index 1
-//!   would not hold the founding members), and the leader compacts its whole applied log
-//!   when it adds a member, so the newcomer is sent a snapshot.
+//!   added before it runs would leave a single manager unable to commit anything). A
+//!   manager with no membership (started to `join`, its database empty) steps nothing but
+//!   a snapshot and heartbeats until the leader's snapshot gives it one: it votes for no
+//!   one, and rejects appends down to index 1 (a log replayed from there would not hold the
+//!   founding members). Any leader seeing a peer probed down to 1 compacts its whole
+//!   applied log, so that peer is sent a snapshot; nothing about it is remembered.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +65,12 @@ const PEER_QUEUE: usize = 1024;
 const PROMOTE_TICKS: u64 = 5;
 /// A learner this close to the commit index is promoted to voter.
 const PROMOTE_LAG: u64 = 100;
+/// How long the log is kept back for a snapshot sent to a peer (so that it can go on from
+/// the log once installed) before compaction goes on regardless.
+const SNAPSHOT_HOLD: Duration = Duration::from_secs(120);
+/// Log rows deleted per tick at most: the first compaction of a long log must not stall the
+/// Raft task (and its heartbeats) for seconds.
+const COMPACT_ROWS: u64 = 10_000;
 
 /// What this manager knows of the group's leadership.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +97,7 @@ enum Input {
     ProposeAdd {
         id: u64,
         addr: String,
-        reply: oneshot::Sender<Result<(u64, u64), ControlError>>,
+        reply: oneshot::Sender<Result<Option<(u64, u64)>, ControlError>>,
     },
 }
 
@@ -267,7 +276,7 @@ impl Replica {
             peers: HashMap::new(),
             configured,
             conf_index: 0,
-            compact_now: false,
+            sent_snapshots: HashMap::new(),
             log_keep: log_keep.max(1),
             ticks: 0,
             blank,
@@ -308,8 +317,11 @@ impl Replica {
     }
 
     /// Proposes adding manager `id`, serving on `addr`, as a learner, if this manager leads;
-    /// returns the change's (index, term). Blocks: call from a blocking thread.
-    pub fn propose_add(&self, id: u64, addr: String) -> Result<(u64, u64), ControlError> {
+    /// returns the change's (index, term), or `None` if `id` is a member at `addr` already.
+    /// Checked against the live membership in the Raft task: a voter is never made a
+    /// learner again, and an id or address is never given twice. Blocks: call from a
+    /// blocking thread.
+    pub fn propose_add(&self, id: u64, addr: String) -> Result<Option<(u64, u64)>, ControlError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .inbox
@@ -365,6 +377,14 @@ impl Replica {
             .unwrap_or_default()
     }
 
+    /// Queues `e` as if committed (tests of the applier).
+    #[cfg(test)]
+    pub(crate) fn push_committed(&self, e: Entry) {
+        if let Ok(mut q) = self.shared.committed.lock() {
+            q.push_back(e);
+        }
+    }
+
     /// Waits up to `timeout` for a committed entry to take. Blocking.
     pub fn wait_committed(&self, timeout: Duration) {
         let Ok(q) = self.shared.committed.lock() else {
@@ -406,8 +426,9 @@ struct RaftLoop {
     configured: BTreeMap<u64, String>,
     /// Index of the last membership change applied (or snapshot installed).
     conf_index: u64,
-    /// Compact the whole applied log at the next look (a member was just added).
-    compact_now: bool,
+    /// Snapshots handed to peers: peer → (index, when). The log after `index` is kept until
+    /// the peer matches it (or [`SNAPSHOT_HOLD`] passes), so it goes on from the log.
+    sent_snapshots: HashMap<u64, (u64, Instant)>,
     log_keep: u64,
     ticks: u64,
     /// No membership yet (joining): take no log entries before a snapshot.
@@ -415,12 +436,15 @@ struct RaftLoop {
     /// Snapshots handed to (or refused by) the transport, to tell raft-rs after `advance`.
     snap_reports: Vec<(u64, SnapshotStatus)>,
     /// A snapshot being taken off the Raft task (reading a large state takes seconds, and
-    /// the leader must keep heartbeating meanwhile): when it started, and the task.
-    taking: Option<(Instant, JoinHandle<Result<Taken, Error>>)>,
+    /// the leader must keep heartbeating meanwhile): when it started, the applied index
+    /// then (the snapshot's index is at least that: the log is kept from there), and the task.
+    taking: Option<(Instant, u64, Taking)>,
 }
 
 /// A snapshot's content and its encoding.
 type Taken = (snapshot::Payload, Vec<u8>);
+/// The task reading and encoding a snapshot.
+type Taking = JoinHandle<Result<Taken, Error>>;
 
 impl RaftLoop {
     async fn run(
@@ -476,34 +500,34 @@ impl RaftLoop {
                     warn!(from = m.from, error = %e, "malformed snapshot from a manager refused");
                     return;
                 }
-                if self.blank && m.get_msg_type() == MessageType::MsgAppend {
-                    // A log from index 1 would not hold the founding members: wait for the
-                    // snapshot the leader sends once its log is compacted.
-                    debug!(
-                        from = m.from,
-                        "joining: log entries ignored before a snapshot"
-                    );
+                let mut m = *m;
+                if self.blank && !self.blank_may_step(&mut m) {
                     return;
                 }
-                if let Err(e) = self.raw.step(*m) {
+                if let Err(e) = self.raw.step(m) {
                     debug!(error = %e, "raft message refused");
                 }
             }
             Input::ProposeAdd { id, addr, reply } => {
-                let res = if self.raw.raft.state != StateRole::Leader {
-                    Err(self.not_leader())
-                } else {
-                    let cc = ConfChange {
-                        change_type: ConfChangeType::AddLearnerNode,
-                        node_id: id,
-                        context: addr.into_bytes().into(),
-                        ..Default::default()
-                    };
-                    match self.raw.propose_conf_change(Vec::new(), cc) {
-                        Ok(()) => Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term)),
-                        Err(e) => Err(ControlError::Unavailable(format!(
-                            "manager leader cannot take the membership change now: {e}"
-                        ))),
+                let res = match self.check_add(id, &addr) {
+                    Err(e) => Err(e),
+                    Ok(false) => Ok(None),
+                    Ok(true) => {
+                        let cc = ConfChange {
+                            change_type: ConfChangeType::AddLearnerNode,
+                            node_id: id,
+                            context: addr.into_bytes().into(),
+                            ..Default::default()
+                        };
+                        match self.raw.propose_conf_change(Vec::new(), cc) {
+                            Ok(()) => Ok(Some((
+                                self.raw.raft.raft_log.last_index(),
+                                self.raw.raft.term,
+                            ))),
+                            Err(e) => Err(ControlError::Unavailable(format!(
+                                "manager leader cannot take the membership change now: {e}"
+                            ))),
+                        }
                     }
                 };
                 let _ = reply.send(res);
@@ -520,6 +544,91 @@ impl RaftLoop {
                     }
                 };
                 let _ = reply.send(res);
+            }
+        }
+    }
+
+    /// Whether adding manager `id` at `addr` is a change to propose (`false`: it is a member
+    /// at that address already), against the membership raft-rs holds now.
+    fn check_add(&self, id: u64, addr: &str) -> Result<bool, ControlError> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        let book = self.addresses();
+        let conf = r.prs().conf();
+        let members: Vec<u64> = conf
+            .voters()
+            .ids()
+            .iter()
+            .chain(conf.learners().iter().copied())
+            .collect();
+        let known = book.get(&id).map(String::as_str);
+        if members.contains(&id) {
+            let what = if conf.learners().contains(&id) {
+                "being added as a learner"
+            } else {
+                "a member"
+            };
+            return match known {
+                Some(a) if a != addr => Err(ControlError::Invalid(format!(
+                    "manager {id} is already {what} with address {a}, not {addr}"
+                ))),
+                _ => Ok(false),
+            };
+        }
+        if let Some(other) = members
+            .iter()
+            .find(|m| book.get(m).is_some_and(|a| a == addr))
+        {
+            return Err(ControlError::Invalid(format!(
+                "address {addr} belongs to manager {other} already"
+            )));
+        }
+        if r.pending_conf_index > r.raft_log.applied {
+            return Err(ControlError::Unavailable(
+                "another membership change of the managers is under way; try again".into(),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// A manager with no membership (started to join, its database empty) takes only a snapshot:
+    /// an empty log would grant any candidate its vote, and a log replayed from index 1
+    /// would not hold the founding members. It rejects every append with hint 0, so that the
+    /// leader probes back to 1 and sends a snapshot (see `maintain`), and takes heartbeats
+    /// only up to its own log (raft-rs cannot commit past it). Whether `m` may be stepped.
+    fn blank_may_step(&mut self, m: &mut Message) -> bool {
+        match m.get_msg_type() {
+            MessageType::MsgSnapshot => true,
+            MessageType::MsgHeartbeat => {
+                m.commit = m.commit.min(self.raw.raft.raft_log.last_index());
+                true
+            }
+            MessageType::MsgAppend => {
+                // An append from index 0 is dropped: the leader is already at 1 and
+                // compacts; its next heartbeat reply probes again.
+                if m.index > 0 {
+                    let mut reject = Message::default();
+                    reject.set_msg_type(MessageType::MsgAppendResponse);
+                    reject.to = m.from;
+                    reject.from = self.shared.id;
+                    reject.term = m.term;
+                    reject.index = m.index;
+                    reject.reject = true;
+                    reject.reject_hint = 0;
+                    self.send(vec![reject]);
+                }
+                debug!(
+                    from = m.from,
+                    index = m.index,
+                    "no membership yet: log entries refused until a snapshot"
+                );
+                false
+            }
+            t => {
+                debug!(from = m.from, msg = ?t, "no membership yet: raft message ignored");
+                false
             }
         }
     }
@@ -592,7 +701,6 @@ impl RaftLoop {
                 return Ok(());
             }
         };
-        let was_member = self.raw.raft.prs().get(cc.node_id).is_some();
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(err) => {
@@ -619,10 +727,6 @@ impl RaftLoop {
         self.set_addresses(book);
         self.conf_index = e.index;
         self.blank = cs.voters.is_empty() && cs.learners.is_empty();
-        if self.raw.raft.state == StateRole::Leader && !was_member {
-            // The new member has nothing: make sure it is sent a snapshot, not the log.
-            self.compact_now = true;
-        }
         info!(index = e.index, voters = ?cs.voters, "the managers' membership changed");
         Ok(())
     }
@@ -672,9 +776,12 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Compacts the applied log when it is long (or a member was just added), and takes a
-    /// snapshot when a peer asked for one. Every tick: deciding is a look at three indexes.
+    /// Compacts the applied log when it is long, or wholly when a peer has nothing (so that
+    /// it is sent a snapshot), and takes a snapshot when a peer asked for one. Every tick:
+    /// deciding is a look at a few indexes, derived afresh (a new leader, or one restarted,
+    /// knows as much as the one that added the peer).
     async fn maintain(&mut self) -> Result<(), Error> {
+        let applied = self.shared.applied.load(Ordering::Relaxed);
         let wanted = self.storage.take_wanted();
         if wanted && self.taking.is_none() {
             let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
@@ -683,18 +790,20 @@ impl RaftLoop {
                 let data = snapshot::encode(&p);
                 Ok::<_, Error>((p, data))
             });
-            self.taking = Some((Instant::now(), task));
+            self.taking = Some((Instant::now(), applied, task));
         }
-        if self.taking.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+        if self
+            .taking
+            .as_ref()
+            .is_some_and(|(_, _, t)| t.is_finished())
+        {
             self.offer_snapshot().await?;
         }
-        let applied = self.shared.applied.load(Ordering::Relaxed);
         let first = self.storage.first_index().unwrap_or(1);
         let last = self.storage.last_index().unwrap_or(0);
-        let start = first - 1;
-        let keep = if self.compact_now { 0 } else { self.log_keep };
-        let upto = applied.min(last).saturating_sub(keep);
-        if upto > start && (self.compact_now || applied.min(last) - start > 2 * keep) {
+        let needs_all = self.peer_has_nothing();
+        let hold = self.snapshot_hold();
+        if let Some(upto) = compaction_upto(applied, first, last, self.log_keep, needs_all, hold) {
             let term = self
                 .storage
                 .term(upto)
@@ -708,18 +817,55 @@ impl RaftLoop {
                 .map_err(|e| Error::Task(format!("raft log in memory: {e}")))?;
             debug!(upto, applied, "compacted the managers' raft log");
         }
-        if self.compact_now && applied >= self.conf_index {
-            self.compact_now = false;
-        }
         Ok(())
+    }
+
+    /// Leader only: whether a peer rejected the log down to index 1 (a joining manager: see
+    /// `blank_may_step`; or a founder with an empty log, which a snapshot serves as well).
+    /// The log from 1 would not give a joining manager the membership, so it must be sent a
+    /// snapshot, which raft-rs does only once the entry before what it needs is compacted
+    /// away.
+    fn peer_has_nothing(&self) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Leader
+            && r.prs()
+                .iter()
+                .any(|(id, p)| *id != self.shared.id && p.matched == 0 && p.next_idx <= 1)
+    }
+
+    /// The highest index compaction may reach without invalidating a snapshot being taken
+    /// or one sent and not yet matched (a peer installing a large state would otherwise be
+    /// sent another, forever).
+    fn snapshot_hold(&mut self) -> u64 {
+        let prs = self.raw.raft.prs();
+        self.sent_snapshots
+            .retain(|peer, (index, _)| prs.get(*peer).is_some_and(|p| p.matched < *index));
+        // Held from the first snapshot sent to a peer that has not matched since: one that
+        // keeps failing to install holds the log back no longer than that.
+        let sent = self
+            .sent_snapshots
+            .values()
+            .filter(|(_, at)| at.elapsed() < SNAPSHOT_HOLD)
+            .map(|(index, _)| *index)
+            .min();
+        let taking = self.taking.as_ref().map(|(_, from, _)| *from);
+        sent.into_iter().chain(taking).min().unwrap_or(u64::MAX)
     }
 
     /// Hands out the snapshot just taken, if the log and membership still agree with it.
     async fn offer_snapshot(&mut self) -> Result<(), Error> {
-        let Some((started, task)) = self.taking.take() else {
+        let Some((started, _, task)) = self.taking.take() else {
             return Ok(());
         };
-        let (payload, data) = task.await.map_err(|e| Error::Task(e.to_string()))??;
+        let taken = task.await.map_err(|e| Error::Task(e.to_string()));
+        let (payload, data) = match taken.and_then(|t| t) {
+            Ok(t) => t,
+            Err(e) => {
+                // The peer asks again at its next probe; the Raft group goes on meanwhile.
+                warn!(error = %e, "taking a snapshot of the managers' state failed; retried when asked again");
+                return Ok(());
+            }
+        };
         let index = payload.image.applied_index;
         let first = self.storage.first_index().unwrap_or(1);
         if index < self.conf_index || index + 1 < first {
@@ -823,7 +969,14 @@ impl RaftLoop {
                 continue;
             };
             let (to, is_snap) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let index = m.get_snapshot().get_metadata().index;
             let sent = peer.try_send(m).is_ok();
+            if is_snap && sent {
+                self.sent_snapshots
+                    .entry(to)
+                    .and_modify(|s| s.0 = index)
+                    .or_insert((index, Instant::now()));
+            }
             if !sent {
                 debug!("queue to a manager peer is full; raft message dropped");
             }
@@ -867,6 +1020,28 @@ impl RaftLoop {
     }
 }
 
+/// Up to which index to compact the log, if at all: the log holds entries `first..=last`,
+/// `applied` of them are in the state tables. Down to `keep` entries behind the applied
+/// index once more than twice that are applied (everything applied when a peer has
+/// `nothing`), never past `hold`, and at most [`COMPACT_ROWS`] entries at once.
+fn compaction_upto(
+    applied: u64,
+    first: u64,
+    last: u64,
+    keep: u64,
+    nothing: bool,
+    hold: u64,
+) -> Option<u64> {
+    let start = first.saturating_sub(1);
+    let done = applied.min(last);
+    let keep = if nothing { 0 } else { keep };
+    let upto = done
+        .saturating_sub(keep)
+        .min(hold)
+        .min(start + COMPACT_ROWS);
+    (upto > start && (nothing || done - start > 2 * keep)).then_some(upto)
+}
+
 /// raft-rs logs through `slog`; this forwards to `tracing` (raft's info level is election
 /// chatter: debug here).
 fn logger(id: u64) -> slog::Logger {
@@ -888,4 +1063,125 @@ fn logger(id: u64) -> slog::Logger {
         }
     }
     slog::Logger::root(TracingDrain.fuse(), slog::o!("manager" => id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::encode_batch;
+    use crate::store::Store;
+    use tessera_net::FrameReader;
+
+    #[test]
+    fn compaction_keeps_its_bounds() {
+        // (applied, first, last, keep, nothing, hold) -> upto
+        let cases = [
+            // Not yet twice `keep` applied: nothing; then down to `keep` behind.
+            ((20, 1, 25, 10, false, u64::MAX), None),
+            ((21, 1, 25, 10, false, u64::MAX), Some(11)),
+            // A peer with nothing: everything applied, however short the log.
+            ((3, 1, 5, 10, true, u64::MAX), Some(3)),
+            ((0, 1, 5, 10, true, u64::MAX), None),
+            // Never past a snapshot being taken or sent and not yet matched.
+            ((500, 1, 500, 10, false, 300), Some(300)),
+            ((500, 1, 500, 10, true, 300), Some(300)),
+            ((500, 301, 500, 10, true, 300), None),
+            // A long log goes in steps of COMPACT_ROWS.
+            ((50_000, 1, 50_000, 10, false, u64::MAX), Some(COMPACT_ROWS)),
+            (
+                (50_000, COMPACT_ROWS + 1, 50_000, 10, false, u64::MAX),
+                Some(2 * COMPACT_ROWS),
+            ),
+        ];
+        for ((applied, first, last, keep, nothing, hold), want) in cases {
+            assert_eq!(
+                compaction_upto(applied, first, last, keep, nothing, hold),
+                want,
+                "applied {applied}, log {first}..={last}, keep {keep}, nothing {nothing}, \
+                 hold {hold}"
+            );
+        }
+    }
+
+    fn msg(t: MessageType, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = 2;
+        m.to = 3;
+        m.term = term;
+        m
+    }
+
+    /// Raft §5.2/§5.4: a vote is only for a candidate whose log is at least as up to date;
+    /// a manager with no membership knows no log at all, so it must not vote, nor be told
+    /// to commit what it does not hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manager_without_membership_votes_for_no_one_and_survives_a_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let opts = Options {
+            id: 3,
+            members: vec![
+                ManagerPeer {
+                    id: 2,
+                    addr: listener.local_addr().unwrap().to_string(),
+                },
+                ManagerPeer {
+                    id: 3,
+                    addr: "127.0.0.1:1".into(),
+                },
+            ],
+            join: true,
+            log_keep: 10,
+        };
+        let (replica, task) = Replica::start(opts, log, loaded, 0).unwrap();
+        let mut vote = msg(MessageType::MsgRequestVote, 5);
+        vote.index = 40;
+        vote.log_term = 4;
+        let mut pre_vote = msg(MessageType::MsgRequestPreVote, 6);
+        pre_vote.index = 40;
+        pre_vote.log_term = 4;
+        let mut heartbeat = msg(MessageType::MsgHeartbeat, 5);
+        heartbeat.commit = 50;
+        let mut append = msg(MessageType::MsgAppend, 5);
+        append.index = 39;
+        append.log_term = 4;
+        for m in [vote, pre_vote, heartbeat, append] {
+            replica
+                .receive(&encode_batch(&[m]), &mut Parts::default())
+                .unwrap();
+        }
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("no message from the blank manager")
+            .unwrap();
+        let mut reader = FrameReader::new(stream);
+        let mut parts = Parts::default();
+        let mut got = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while let Ok(Ok(Some(f))) = tokio::time::timeout_at(until, reader.next()).await {
+            got.extend(decode_frame(&f.body, &mut parts).unwrap());
+        }
+        let kinds: Vec<MessageType> = got.iter().map(|m| m.get_msg_type()).collect();
+        assert!(
+            !kinds.contains(&MessageType::MsgRequestVoteResponse)
+                && !kinds.contains(&MessageType::MsgRequestPreVoteResponse),
+            "{got:?}"
+        );
+        assert!(
+            kinds.contains(&MessageType::MsgHeartbeatResponse),
+            "{got:?}"
+        );
+        // The append is refused down to index 0, so that the leader sends a snapshot.
+        let reject = got
+            .iter()
+            .find(|m| m.get_msg_type() == MessageType::MsgAppendResponse)
+            .expect("append not answered");
+        assert!(reject.reject && reject.reject_hint == 0 && reject.term == 5);
+        // Still running: it knows the leader from the heartbeat.
+        assert_eq!(replica.status().leader, Some(2));
+        task.stop().await;
+    }
 }

@@ -83,6 +83,9 @@ impl Manager {
             addr: config.listen.clone(),
             source,
         })?;
+        if loaded.conf_state.is_none() && !config.join {
+            refuse_a_second_group(&config).await?;
+        }
         let opts = crate::replica::Options {
             id: config.id,
             members: config.members(),
@@ -155,6 +158,56 @@ impl Manager {
         }
         info!(addr = %self.local_addr, "manager stopped");
     }
+}
+
+/// How long a manager founding a group waits for each peer's answer.
+const ASK_PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A manager with an empty database and `join` unset founds a group of its configured
+/// peers. If one of them already belongs to a group that does not count this manager as a
+/// voter (it was started to be added, and `join` was forgotten), founding would make a
+/// second cluster: refuse to start instead. A peer that does not answer cannot be asked:
+/// that gap stays (a cluster id in every Raft message would close it).
+async fn refuse_a_second_group(config: &ManagerConfig) -> Result<(), Error> {
+    let mut asking = JoinSet::new();
+    for peer in config.members() {
+        if peer.id == config.id {
+            continue;
+        }
+        asking.spawn(async move {
+            let req = ManagerRequest::Managers;
+            let asked =
+                tessera_net::call::<_, ManagerReply>(&peer.addr, &req, ASK_PEER_TIMEOUT).await;
+            (peer, asked)
+        });
+    }
+    while let Some(done) = asking.join_next().await {
+        let Ok((peer, asked)) = done else { continue };
+        match asked {
+            Ok(ManagerReply::Managers { voters, learners }) => {
+                let founded = !voters.is_empty() || !learners.is_empty();
+                if founded && !voters.iter().any(|(v, _)| *v == config.id) {
+                    return Err(Error::Config(format!(
+                        "manager {} at {} already belongs to a cluster (voters {:?}) that \
+                         this manager {} is not a voter of: start this manager with \
+                         join = true and add it with `tessera cluster add-manager`",
+                        peer.id,
+                        peer.addr,
+                        voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+                        config.id
+                    )));
+                }
+            }
+            Ok(other) => {
+                debug!(peer = peer.id, reply = ?other, "manager peer did not say its group");
+            }
+            Err(e) => {
+                warn!(peer = peer.id, addr = %peer.addr, error = %e, "could not ask a manager \
+                      peer whether it already belongs to a cluster; founding regardless");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn accept_loop(
@@ -244,6 +297,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
             )))
         } else {
             match control::decode::<ManagerRequest>(&frame.body) {
+                // Any manager answers, leader or not, and without the service lock.
+                Ok(ManagerRequest::Managers) => Ok(crate::service::managers(&replica)),
                 Ok(req) => handle(&service, req).await,
                 Err(e) => Err(ControlError::Invalid(format!("malformed request: {e}"))),
             }
@@ -276,6 +331,12 @@ async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, C
         })?;
         if let Err(e) = s.lead() {
             return Ok((Err(e), Vec::new()));
+        }
+        if let ManagerRequest::AddManager { id, addr } = req {
+            // Waits for a commit: not under the lock every other request needs.
+            let replica = s.replica();
+            drop(s);
+            return Ok((crate::service::add_manager(&replica, id, addr), Vec::new()));
         }
         Ok::<_, ControlError>(s.handle(req, now))
     })

@@ -8,6 +8,8 @@
 
 mod replicated;
 
+pub(crate) use replicated::{add_manager, managers};
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -197,22 +199,11 @@ impl Service {
                 .and_then(|()| self.provision(volume_id, first_chunk, count, now)),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
-            ManagerRequest::AddManager { id, addr } => self
-                .lead()
-                .and_then(|()| self.add_manager(id, addr))
-                .map(|()| {
-                    let addrs = self.replica.addresses();
-                    let status = self.replica.status();
-                    let with_addr = |ids: Vec<u64>| {
-                        ids.into_iter()
-                            .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
-                            .collect()
-                    };
-                    ManagerReply::Managers {
-                        voters: with_addr(status.voters),
-                        learners: with_addr(status.learners),
-                    }
-                }),
+            // The server calls `add_manager` without the lock; this is for completeness.
+            ManagerRequest::AddManager { id, addr } => {
+                replicated::add_manager(&self.replica, id, addr)
+            }
+            ManagerRequest::Managers => Ok(replicated::managers(&self.replica)),
         };
         (res, orders)
     }

@@ -177,6 +177,7 @@ pub fn install(
     payload: &Payload,
     meta: &SnapshotMetadata,
 ) -> Result<(), Error> {
+    let conf_state = raft_log::encode_conf(meta.get_conf_state())?;
     let write = || -> Result<(), DbError> {
         let tx = db.begin_write()?;
         let image = Image {
@@ -184,13 +185,7 @@ pub fn install(
             ..payload.image.clone()
         };
         store::write_image(&tx, &image)?;
-        raft_log::reset_in(
-            &tx,
-            meta.index,
-            meta.term,
-            meta.get_conf_state(),
-            &payload.managers,
-        )?;
+        raft_log::reset_in(&tx, meta.index, meta.term, &conf_state, &payload.managers)?;
         tx.commit()?;
         Ok(())
     };

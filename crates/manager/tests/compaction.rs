@@ -311,3 +311,180 @@ async fn adding_a_manager_that_is_not_running_leaves_the_founder_committing() {
     create(&addrs[..1], "still-writable-later").await;
     m.shutdown().await;
 }
+
+/// Asks `addrs` to add manager `id` at `addr` until it is reported a voter (it caught up).
+async fn add_until_voter(addrs: &[String], id: u64, addr: &str, within: Duration) {
+    let req = ManagerRequest::AddManager {
+        id,
+        addr: addr.to_string(),
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(ManagerReply::Managers { voters, .. }) =
+            call_managers::<_, ManagerReply>(addrs, &req, T).await
+            && voters.iter().any(|v| v.0 == id)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "manager {id} never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_added_amid_writes_and_a_leader_change_still_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(4);
+    let founders = peers(&addrs[..3]);
+    let config = |id: u64, join: bool| ManagerConfig {
+        listen: addrs[id as usize - 1].clone(),
+        data_dir: dir.path().join(format!("m{id}")),
+        id,
+        peers: if join {
+            let mut p = founders.clone();
+            p.push(ManagerPeer {
+                id,
+                addr: addrs[id as usize - 1].clone(),
+            });
+            p
+        } else {
+            founders.clone()
+        },
+        join,
+        ..ManagerConfig::default()
+    };
+    let mut ms = Vec::new();
+    for id in 1..=3 {
+        ms.push(Some(Manager::start(config(id, false)).await.unwrap()));
+    }
+    create(&addrs[..3], "first").await;
+    // Added while writes are being proposed (so entries follow the change before it is
+    // applied), then the leader that added it goes away before the newcomer even runs: the
+    // new leader knows nothing of the addition but what its log says.
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let a = addrs[..3].to_vec();
+            tokio::spawn(async move { create(&a, &format!("amid{i}")).await })
+        })
+        .collect();
+    let req = ManagerRequest::AddManager {
+        id: 4,
+        addr: addrs[3].clone(),
+    };
+    match call_managers::<_, ManagerReply>(&addrs[..3], &req, T).await {
+        Ok(ManagerReply::Managers { learners, .. }) => assert_eq!(learners.len(), 1),
+        other => panic!("adding manager 4: {other:?}"),
+    }
+    for w in writes {
+        w.await.unwrap();
+    }
+    let leader = (0..3)
+        .find(|&i| ms[i].as_ref().is_some_and(|m| m.is_leader()))
+        .unwrap();
+    ms[leader].take().unwrap().shutdown().await;
+    create(&addrs[..3], "after-the-leader-change").await;
+    let joined = Manager::start(config(4, true)).await.unwrap();
+    add_until_voter(&addrs, 4, &addrs[3], Duration::from_secs(20)).await;
+    // Three of four voters are left: nothing commits unless the newcomer takes part.
+    create(&addrs, "with-the-newcomer").await;
+    assert_eq!(volume_names(&addrs).await.len(), 23);
+    joined.shutdown().await;
+    for m in ms.into_iter().flatten() {
+        m.shutdown().await;
+    }
+    let (_, _, volumes) = inspect(&dir.path().join("m4"));
+    assert_eq!(volumes, 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_manager_never_gives_an_id_or_an_address_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(3);
+    let alone = ManagerConfig {
+        listen: addrs[0].clone(),
+        data_dir: dir.path().join("m1"),
+        ..ManagerConfig::default()
+    };
+    let m = Manager::start(alone).await.unwrap();
+    let add = |id: u64, addr: &str| {
+        let req = ManagerRequest::AddManager {
+            id,
+            addr: addr.to_string(),
+        };
+        let to = addrs[0].clone();
+        async move {
+            call::<_, ManagerReply>(&to, &req, T)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let members = |voters: Vec<(u64, String)>, learners: Vec<(u64, String)>| {
+        Ok::<_, String>(ManagerReply::Managers { voters, learners })
+    };
+    let v1 = vec![(1, addrs[0].clone())];
+    let l2 = vec![(2, addrs[1].clone())];
+    assert_eq!(add(2, &addrs[1]).await, members(v1.clone(), l2.clone()));
+    // Asking again only reports; a member or learner at another address, or another id at
+    // a member's address, is refused by name.
+    assert_eq!(add(2, &addrs[1]).await, members(v1.clone(), l2.clone()));
+    assert_eq!(add(1, &addrs[0]).await, members(v1.clone(), l2.clone()));
+    for (id, addr, says) in [
+        (2, &addrs[2], "already being added"),
+        (1, &addrs[2], "already a member"),
+        (3, &addrs[1], "belongs to manager 2"),
+        (3, &addrs[0], "belongs to manager 1"),
+    ] {
+        match add(id, addr).await {
+            Err(e) => assert!(e.contains(says), "{id} at {addr}: {e}"),
+            other => panic!("adding {id} at {addr}: {other:?}"),
+        }
+    }
+    assert_eq!(add(2, &addrs[1]).await, members(v1, l2));
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_meant_to_join_but_started_without_join_refuses_to_found_a_second_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(2);
+    let alone = ManagerConfig {
+        listen: addrs[0].clone(),
+        data_dir: dir.path().join("m1"),
+        ..ManagerConfig::default()
+    };
+    let first = Manager::start(alone).await.unwrap();
+    create(&addrs[..1], "v").await;
+    let forgot_join = ManagerConfig {
+        listen: addrs[1].clone(),
+        data_dir: dir.path().join("m2"),
+        id: 2,
+        peers: peers(&addrs),
+        join: false,
+        ..ManagerConfig::default()
+    };
+    let refused = |r: Result<Manager, tessera_manager::Error>| match r {
+        Err(e) => assert!(e.to_string().contains("join = true"), "{e}"),
+        Ok(_) => panic!("a second cluster was founded"),
+    };
+    refused(Manager::start(forgot_join.clone()).await);
+    // Added first, and then started without `join`: a learner is no founder either.
+    let req = ManagerRequest::AddManager {
+        id: 2,
+        addr: addrs[1].clone(),
+    };
+    assert!(matches!(
+        call::<_, ManagerReply>(&addrs[0], &req, T).await,
+        Ok(ManagerReply::Managers { .. })
+    ));
+    refused(Manager::start(forgot_join.clone()).await);
+    // With `join`, it catches up and is promoted.
+    let joined = Manager::start(ManagerConfig {
+        join: true,
+        ..forgot_join
+    })
+    .await
+    .unwrap();
+    add_until_voter(&addrs[..1], 2, &addrs[1], Duration::from_secs(20)).await;
+    joined.shutdown().await;
+    first.shutdown().await;
+}

@@ -146,6 +146,10 @@ pub enum ManagerRequest {
         id: u64,
         addr: String,
     },
+    /// The managers' group as the asked manager knows it, leader or not (answered with
+    /// [`ManagerReply::Managers`]; empty from a manager with no membership yet). A manager
+    /// about to found a group asks its peers first.
+    Managers,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 //!
 //! Apply is one path for everyone: an entry's mutation goes to the [`Store`] (with the
 //! entry's index, in the same transaction) and then to the [`State`], strictly in log order,
-//! each entry once: entries at or below the applied index (a restart) are skipped.
+//! each entry once: entries at or below the applied index (a restart) are skipped, and an
+//! entry that does not follow the applied index stops this manager taking changes.
 //!
 //! Reads are answered from the leader's applied state without a round to the others: a
 //! leader cut off from its majority keeps answering them until check-quorum steps it down
@@ -19,7 +20,10 @@ use raft::eraftpb::EntryType;
 use tessera_proto::control::ControlError;
 use tracing::{error, info};
 
+use tessera_proto::control::ManagerReply;
+
 use super::Service;
+use crate::replica::Replica;
 use crate::state::Mutation;
 
 /// How long a new leader waits to apply what earlier terms committed before it answers.
@@ -131,6 +135,13 @@ impl Service {
             if e.index <= self.applied.0 {
                 continue;
             }
+            if e.index != self.applied.0 + 1 {
+                // An entry skipped is a change missing from this state for good.
+                return Err(self.fail(format!(
+                    "log entry {} delivered after entry {}: the entries between are missing",
+                    e.index, self.applied.0
+                )));
+            }
             if let Some((index, term)) = watch
                 && e.index == index
             {
@@ -174,52 +185,9 @@ impl Service {
         Ok(seen)
     }
 
-    /// Adds manager `id` at `addr` to the managers' group as a learner, once the change is
-    /// committed and applied here (the leader promotes it when it has caught up); a member
-    /// or learner already is one.
-    pub(super) fn add_manager(&mut self, id: u64, addr: String) -> Result<(), ControlError> {
-        if id == 0 || addr.is_empty() {
-            return Err(ControlError::Invalid(
-                "a manager needs an id of at least 1 and an address".into(),
-            ));
-        }
-        let status = self.replica.status();
-        if status.voters.contains(&id) || status.learners.contains(&id) {
-            return Ok(());
-        }
-        let (index, term) = self.replica.propose_add(id, addr)?;
-        let deadline = Instant::now() + COMMIT_TIMEOUT;
-        loop {
-            match self.apply_watching(Some((index, term)))? {
-                Some(true) => break,
-                Some(false) => return Err(self.replica.not_leader()),
-                None => {}
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ControlError::Unavailable(format!(
-                    "adding manager {id} not committed within {COMMIT_TIMEOUT:?}"
-                )));
-            }
-            self.replica
-                .wait_committed(left.min(Duration::from_millis(50)));
-        }
-        // raft-rs turns a change proposed while another is pending into an empty entry.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let s = self.replica.status();
-            if s.voters.contains(&id) || s.learners.contains(&id) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(ControlError::Unavailable(
-                    "another membership change of the managers is under way; try again".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        info!(id, "manager added to the managers' group as a learner");
-        Ok(())
+    /// The managers' Raft group, for work done without the service lock.
+    pub(crate) fn replica(&self) -> Replica {
+        self.replica.clone()
     }
 
     /// After this the manager takes no more changes: what is on disk is unknown, or the log
@@ -228,5 +196,115 @@ impl Service {
         error!(error = %why, "applying the managers' log failed; refusing further changes until restart");
         self.failed = Some(why.clone());
         ControlError::Internal(why)
+    }
+}
+
+/// Adds manager `id` at `addr` to the managers' group as a learner (the leader promotes it
+/// when it has caught up) and answers the members; a member at `addr` already is only
+/// reported. Called without the service lock: the wait for the change to commit must not
+/// hold up every other request.
+pub(crate) fn add_manager(
+    replica: &Replica,
+    id: u64,
+    addr: String,
+) -> Result<ManagerReply, ControlError> {
+    if id == 0 || addr.is_empty() {
+        return Err(ControlError::Invalid(
+            "a manager needs an id of at least 1 and an address".into(),
+        ));
+    }
+    if let Some((_, term)) = replica.propose_add(id, addr)? {
+        // Applied to the Raft group (not necessarily to the state yet, which is the same
+        // for a membership change): the published membership holds it.
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            let s = replica.status();
+            if s.voters.contains(&id) || s.learners.contains(&id) {
+                break;
+            }
+            if !s.is_leader || s.term != term {
+                // Another leader may have overwritten the change: asking again says.
+                return Err(replica.not_leader());
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::Unavailable(format!(
+                    "adding manager {id} not committed within {COMMIT_TIMEOUT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        info!(id, "manager added to the managers' group as a learner");
+    }
+    Ok(managers(replica))
+}
+
+/// The managers' group as this manager knows it, with addresses (empty when unknown).
+pub(crate) fn managers(replica: &Replica) -> ManagerReply {
+    let addrs = replica.addresses();
+    let status = replica.status();
+    let with_addr = |ids: Vec<u64>| {
+        ids.into_iter()
+            .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
+            .collect()
+    };
+    ManagerReply::Managers {
+        voters: with_addr(status.voters),
+        learners: with_addr(status.learners),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use raft::eraftpb::Entry;
+
+    use super::Service;
+    use crate::liveness::Liveness;
+    use crate::raft_log::RaftLog;
+    use crate::replica::{Options, Replica};
+    use crate::store::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_that_skips_one_is_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, state) = Store::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let opts = Options {
+            id: 1,
+            members: vec![crate::config::ManagerPeer {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            }],
+            join: false,
+            log_keep: 10,
+        };
+        let (replica, task) = Replica::start(opts, log, loaded, 0).unwrap();
+        let live = Liveness::new(
+            Instant::now(),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        );
+        let r = replica.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = Service::new(store, state, live, 1, 1, r.clone(), 0);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while s.lead().is_err() {
+                assert!(Instant::now() < deadline, "never led");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let (index, term) = s.applied;
+            r.push_committed(Entry {
+                index: index + 2,
+                term,
+                ..Default::default()
+            });
+            let err = s.apply_committed().unwrap_err();
+            assert!(err.to_string().contains("missing"), "{err}");
+            assert_eq!(s.applied.0, index);
+        })
+        .await
+        .unwrap();
+        task.stop().await;
     }
 }
