@@ -49,7 +49,13 @@ pub struct Liveness {
     suspect_after: Duration,
     down_after: Duration,
     nodes: HashMap<u64, Live>,
+    /// When each node last reported a stuck replica; kept across its re-registrations.
+    stuck_at: HashMap<u64, Instant>,
 }
+
+/// How long a node that reported a stuck replica receives no replicas: what made one stuck
+/// (a full disk, a failing device) would make a replica moved back stuck again.
+pub const STUCK_MEMORY: Duration = Duration::from_secs(600);
 
 impl Liveness {
     pub fn new(started: Instant, suspect_after: Duration, down_after: Duration) -> Self {
@@ -58,6 +64,7 @@ impl Liveness {
             suspect_after,
             down_after,
             nodes: HashMap::new(),
+            stuck_at: HashMap::new(),
         }
     }
 
@@ -96,6 +103,17 @@ impl Liveness {
         live.usage = Some((hb.capacity_bytes, hb.used_bytes));
         live.descriptors = Some(hb.descriptors);
         live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
+        if hb.groups.iter().any(|g| g.stuck.is_some()) {
+            self.stuck_at.insert(hb.node_id, now);
+        }
+    }
+
+    /// Whether `node` reported a stuck replica within [`STUCK_MEMORY`]: it is given no
+    /// replicas (they would be stuck again, and replaced again, back and forth).
+    pub fn recently_stuck(&self, node: u64, now: Instant) -> bool {
+        self.stuck_at
+            .get(&node)
+            .is_some_and(|t| now.saturating_duration_since(*t) < STUCK_MEMORY)
     }
 
     pub fn health(&self, node: u64, now: Instant) -> Health {
@@ -197,6 +215,25 @@ mod tests {
             recovery: Default::default(),
             descriptors: Default::default(),
         }
+    }
+
+    /// Issue 12: a node whose replica was stuck is given none for a while, even once it
+    /// reports no stuck replica (all were moved off) and after it registers again; else
+    /// rebalancing moves a replica back onto it, it gets stuck, is replaced, and so on.
+    #[test]
+    fn a_node_that_reported_a_stuck_replica_is_remembered() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(30));
+        l.heartbeat(&hb(1, &[(7, Role::Follower, 1)]), t0);
+        assert!(!l.recently_stuck(1, t0));
+        let mut stuck = hb(1, &[(7, Role::Follower, 1)]);
+        stuck.groups[0].stuck = Some("apply stalled: disk full".into());
+        l.heartbeat(&stuck, t0 + Duration::from_secs(1));
+        l.registered(1, t0 + Duration::from_secs(2));
+        l.heartbeat(&hb(1, &[]), t0 + Duration::from_secs(3));
+        assert!(l.recently_stuck(1, t0 + Duration::from_secs(3)));
+        assert!(!l.recently_stuck(2, t0 + Duration::from_secs(3)));
+        assert!(!l.recently_stuck(1, t0 + Duration::from_secs(1) + STUCK_MEMORY));
     }
 
     #[test]

@@ -330,6 +330,7 @@ impl Planner<'_> {
             .nodes()
             .filter(|n| !n.draining && !all.contains(&n.id) && !racks.contains(n.rack.as_str()))
             .filter(|n| self.health(n.id) == Health::Up)
+            .filter(|n| !self.f.live.recently_stuck(n.id, self.f.now))
             .filter(|n| self.books.incoming(n.id) < self.limits.max_moves_per_node)
             .min_by_key(|n| {
                 let free = self
@@ -492,7 +493,12 @@ impl Planner<'_> {
         let healthy = state.groups().all(|g| {
             self.f.live.leader(g, self.f.now).is_some()
                 && g.members.iter().all(|m| {
-                    self.health(*m) == Health::Up && self.f.live.report(*m, g.id).is_some()
+                    self.health(*m) == Health::Up
+                        && self
+                            .f
+                            .live
+                            .report(*m, g.id)
+                            .is_some_and(|r| r.stuck.is_none())
                 })
         });
         if !healthy {
@@ -514,6 +520,7 @@ impl Planner<'_> {
             .iter()
             .copied()
             .filter(|n| self.books.incoming(*n) < self.limits.max_moves_per_node)
+            .filter(|n| !self.f.live.recently_stuck(*n, self.f.now))
             .collect();
         receivers.sort_by_key(|n| (self.books.load(*n), *n));
         let mut donors = usable.to_vec();
