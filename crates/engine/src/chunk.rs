@@ -364,21 +364,11 @@ impl ChunkStore {
         }
         // Taken after the map's dirty files: a file written before this sync began was
         // either collected above (and so could not be taken out of the map) or is here.
-        let closing = std::mem::take(&mut *self.closing_list());
-        let n = closing.len();
-        for (i, files) in closing.iter().enumerate() {
-            if let Err(e) = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs)) {
-                let reason = format!(
-                    "fdatasync of a chunk closed for room in {} failed: {e}",
-                    self.dir.display()
-                );
-                *failure = Some(reason.clone());
-                self.closing_list().extend(closing[i..].iter().cloned());
-                return Err(Error::Fatal(reason));
-            }
+        let closed = self.sync_closing(&mut failure);
+        self.budget.closed_dirty(closed);
+        if let Some(reason) = failure.as_ref() {
+            return Err(Error::Fatal(reason.clone()));
         }
-        drop(closing);
-        self.budget.closed_dirty(n);
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
             match sync_chunk_dir(d) {
@@ -783,22 +773,27 @@ impl ChunkStore {
     }
 
     /// Makes the dirty chunks taken out for room durable and closes them now, waiting for a
-    /// sync in progress: for a process out of descriptors. A failed fdatasync fails this
-    /// store's syncs from then on, as in [`ChunkStore::sync`].
+    /// sync in progress: for a process out of descriptors. Returns how many it closed.
     fn flush_closing(&self) -> usize {
         let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        self.sync_closing(&mut failure)
+    }
+
+    /// Makes the chunks handed over for closing durable and closes every one of them; the
+    /// first failed fdatasync is recorded in `failure` (the store's sync lock), after which
+    /// nothing of this store is reported durable again, so the rest are only closed.
+    /// Returns how many it closed.
+    fn sync_closing(&self, failure: &mut Option<String>) -> usize {
         let closing = std::mem::take(&mut *self.closing_list());
-        if failure.is_some() {
-            // Already failed: nothing can be reported durable again; just close them.
-            return closing.len();
-        }
         for files in &closing {
+            if failure.is_some() {
+                break;
+            }
             if let Err(e) = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs)) {
                 *failure = Some(format!(
                     "fdatasync of a chunk closed for room in {} failed: {e}",
                     self.dir.display()
                 ));
-                break;
             }
         }
         closing.len()
