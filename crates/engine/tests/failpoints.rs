@@ -108,7 +108,9 @@ fn a_full_disk_still_writes_marks_and_recycles_segments() {
                 let _ = tx.send(r);
             }),
         );
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        // Generous: an fsync on a loaded machine can take a second, and an append taken
+        // for stalled when it was only slow leaves the test waiting for the wrong one.
+        match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(r) => r.expect("append while the current segment has room"),
             Err(_) => {
                 stalled = Some((i, rx));
@@ -197,7 +199,9 @@ fn append_until_stalled(
                 let _ = tx.send(r);
             }),
         );
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        // Generous: an fsync on a loaded machine can take a second, and an append taken
+        // for stalled when it was only slow leaves the test waiting for the wrong one.
+        match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(r) => r.expect("append while the current segment has room"),
             Err(_) => return (i, rx),
         }
@@ -282,7 +286,9 @@ fn removing_a_group_relieves_a_full_disk_and_it_stays_removed() {
                 let _ = tx.send(r);
             }),
         );
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        // Generous: an fsync on a loaded machine can take a second, and an append taken
+        // for stalled when it was only slow leaves the test waiting for the wrong one.
+        match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(r) => r.expect("append while the current segment has room"),
             Err(_) => break rx,
         }
