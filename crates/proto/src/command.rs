@@ -18,6 +18,7 @@ const HAS_ID: u8 = 0x80;
 const HAS_EPOCH: u8 = 0x40;
 const FLAGS: u8 = HAS_ID | HAS_EPOCH;
 
+/// What a command does to its chunk: the low six bits of the op byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CmdOp {
@@ -34,21 +35,30 @@ pub enum CmdOp {
     Fence = 5,
 }
 
+/// One entry of a group's log, applied in log order by every replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
+    /// What the entry does.
     pub op: CmdOp,
+    /// The volume's id.
     pub volume: u64,
+    /// The chunk's index in the volume.
     pub chunk: u64,
+    /// Byte offset in the chunk (0 for [`CmdOp::DropChunk`] and [`CmdOp::Fence`]).
     pub offset: u32,
+    /// Bytes written, zeroed or discarded (0 for [`CmdOp::DropChunk`] and
+    /// [`CmdOp::Fence`]).
     pub len: u32,
     /// The client's request id (0: none).
     pub id: u128,
     /// The writer epoch the command was sent with (0: none).
     pub epoch: u64,
+    /// The data of a write (`len` bytes); empty for every other op.
     pub data: Bytes,
 }
 
 impl Command {
+    /// The bytes to store in the log. `id` and `epoch` take room only when not 0.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(HEADER + 24 + self.data.len());
         let mut flags = 0;
@@ -73,6 +83,8 @@ impl Command {
         b.freeze()
     }
 
+    /// Decodes an untrusted log entry. A write's data is a zero-copy slice; an unknown op,
+    /// a range that overflows, or a write whose data disagrees with `len` is an error.
     pub fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let first = r.u8()?;

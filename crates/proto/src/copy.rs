@@ -29,8 +29,12 @@ const MORE: u32 = 1;
 /// One chunk a replica holds, and its length in blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ChunkEntry {
+    /// The volume's id.
     pub volume: u64,
+    /// The chunk's index in the volume.
     pub chunk: u64,
+    /// How many [`crate::BLOCK_SIZE`] blocks the replica's chunk file holds: the copier
+    /// compares and fetches that many.
     pub blocks: u64,
 }
 
@@ -81,6 +85,7 @@ impl ChunkListPage {
         }
     }
 
+    /// The answer body (the paged layout).
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(HEADER + self.entries.len() * ENTRY);
         b.put_u32_le(self.entries.len() as u32);

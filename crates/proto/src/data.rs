@@ -28,24 +28,36 @@ const REQ_HEADER: usize = 64;
 /// Which chunk a request touches, and in which replica group it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkAddr {
+    /// The replica group holding the chunk ([`crate::control::ChunkRoute::group_id`]): a
+    /// node hosting no replica of it answers [`Reply::GroupNotFound`].
     pub group: u64,
+    /// The volume's id ([`crate::control::VolumeInfo::id`]).
     pub volume: u64,
+    /// The chunk's index in the volume: the volume's byte offset divided by its chunk size.
     pub chunk: u64,
 }
 
+/// What a request asks of the group. Write, zeroes, discard and fence go through the
+/// group's log and are answered once committed; the `Snap*` ops copy a replica between
+/// nodes (snapshot transfer), served from the chunk files outside Raft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// Store [`Request::data`] (`len` bytes) at `offset` of the chunk.
     Write,
+    /// Read `len` bytes at `offset` of the chunk, from the leader; answered with the data,
+    /// each block verified against its checksum.
     Read,
+    /// Make `len` bytes at `offset` read as zeroes, keeping them allocated.
     WriteZeroes,
+    /// The range of `len` bytes at `offset` is no longer needed: it reads as zeroes and
+    /// its space is freed (holes punched).
     Discard,
-    /// Snapshot transfer between nodes (served from the chunk files, outside Raft): a page
-    /// of the chunks the group holds (from the cursor `addr.volume`, `addr.chunk`, at most
-    /// `len` of them; see [`crate::copy`]), the stored
-    /// checksums of `len` blocks from block `offset` of a chunk (4 bytes each), and `len`
-    /// bytes of a chunk at `offset`, verified.
+    /// A page of the chunks the group holds, from the cursor `addr.volume`, `addr.chunk`,
+    /// at most `len` of them: see [`crate::copy`].
     SnapList,
+    /// The stored checksums of `len` blocks from block `offset` of a chunk (4 bytes each).
     SnapChecksums,
+    /// `len` bytes of a chunk at `offset`, verified.
     SnapRead,
     /// Make `epoch` the volume's writer epoch in the group (`addr.group`, `addr.volume`):
     /// answered once that is applied, after which the group refuses every write of an
@@ -57,7 +69,9 @@ pub enum Op {
 /// One data-plane request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// What is asked; carried on the wire as the frame's [`Kind`].
     pub op: Op,
+    /// The chunk, its volume and its group.
     pub addr: ChunkAddr,
     /// The writer epoch the manager granted the sender's attachment (0: none). A group
     /// refuses a write, zeroes or discard older than the newest epoch it has seen for the
@@ -74,7 +88,11 @@ pub struct Request {
     /// A client that gave up on an attempt retries only once the attempt's deadline passed,
     /// so the retry never races the attempt into the log (see [`Reply::Expired`]).
     pub deadline_ms: u64,
+    /// Byte offset in the chunk (for [`Op::SnapChecksums`], a block index; 0 for
+    /// [`Op::SnapList`] and [`Op::Fence`]).
     pub offset: u32,
+    /// Bytes to write, read, zero or discard, at most [`MAX_IO`] (for
+    /// [`Op::SnapChecksums`], blocks; for [`Op::SnapList`], chunks; 0 for [`Op::Fence`]).
     pub len: u32,
     /// The data of a write; empty for every other op.
     pub data: Bytes,
@@ -91,6 +109,7 @@ impl Request {
         self.deadline_ms != 0 && unix_ms() > self.deadline_ms
     }
 
+    /// A write of `data` at `offset` of the chunk, with no epoch, id or deadline.
     pub fn write(addr: ChunkAddr, offset: u32, data: Bytes) -> Self {
         Request {
             op: Op::Write,
@@ -104,6 +123,7 @@ impl Request {
         }
     }
 
+    /// A request carrying no data (any op but a write), with no epoch, id or deadline.
     pub fn other(op: Op, addr: ChunkAddr, offset: u32, len: u32) -> Self {
         Request {
             op,
@@ -117,6 +137,7 @@ impl Request {
         }
     }
 
+    /// The frame kind that carries this request.
     pub fn kind(&self) -> Kind {
         match self.op {
             Op::Write => Kind::Write,
@@ -226,7 +247,10 @@ pub enum Reply {
     /// Done; the read data, or empty.
     Ok(Bytes),
     /// This node does not lead the group; `hint` is the node id believed to lead (0: unknown).
-    NotLeader { hint: u64 },
+    NotLeader {
+        /// The node id believed to lead the group (0: unknown).
+        hint: u64,
+    },
     /// This node hosts no replica of the group.
     GroupNotFound,
     /// The range lies outside what a chunk can hold.
@@ -294,6 +318,8 @@ impl Reply {
         b.freeze()
     }
 
+    /// Decodes an untrusted reply body. The read data is a zero-copy slice; a message that
+    /// is not UTF-8 is kept with its bad bytes replaced.
     pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let code = r.u8()?;
@@ -322,11 +348,14 @@ impl Reply {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RaftBatch {
+    /// The sending node's id.
     pub from_node: u64,
+    /// (group id, encoded raft-rs message) pairs, in sending order.
     pub msgs: Vec<(u64, Bytes)>,
 }
 
 impl RaftBatch {
+    /// The frame body.
     pub fn encode(&self) -> Bytes {
         let size: usize = self.msgs.iter().map(|(_, m)| 12 + m.len()).sum();
         let mut b = BytesMut::with_capacity(12 + size);
@@ -340,6 +369,8 @@ impl RaftBatch {
         b.freeze()
     }
 
+    /// Decodes an untrusted body. Each message is a zero-copy slice; a count or a length
+    /// the body cannot hold is an error, as are trailing bytes.
     pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let from_node = r.u64()?;

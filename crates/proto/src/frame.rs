@@ -19,8 +19,11 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::DecodeError;
 
+/// The first four bytes of every frame: `TSRA`. Anything else is not Tessera.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TSRA");
+/// The one protocol version spoken; a frame of another is refused.
 pub const VERSION: u8 = 1;
+/// Bytes of the fixed header before every body.
 pub const HEADER_LEN: usize = 28;
 /// Largest body a frame may carry: a 4 MiB write plus its request header, with room to spare.
 pub const MAX_BODY: u32 = 8 << 20;
@@ -29,15 +32,21 @@ pub const MAX_BODY: u32 = 8 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
-    /// Data plane: [`crate::data::Request`] bodies, one kind per operation.
+    /// Data plane: [`crate::data::Request`] bodies, one kind per operation. This one:
+    /// [`crate::data::Op::Write`].
     Write = 1,
+    /// Data plane: [`crate::data::Op::Read`].
     Read = 2,
+    /// Data plane: [`crate::data::Op::WriteZeroes`].
     WriteZeroes = 3,
+    /// Data plane: [`crate::data::Op::Discard`].
     Discard = 4,
-    /// Node to node, copying a replica: the chunks of a group, a chunk's block checksums,
-    /// a chunk's raw data. [`crate::data::Request`] bodies too.
+    /// Node to node, copying a replica ([`crate::data::Request`] bodies too): the chunks of
+    /// a group ([`crate::data::Op::SnapList`]).
     SnapList = 5,
+    /// Node to node: a chunk's block checksums ([`crate::data::Op::SnapChecksums`]).
     SnapChecksums = 6,
+    /// Node to node: a chunk's raw data ([`crate::data::Op::SnapRead`]).
     SnapRead = 7,
     /// Data plane: a new writer fences a group ([`crate::data::Op::Fence`]).
     Fence = 8,
@@ -82,14 +91,19 @@ impl TryFrom<u8> for Kind {
 /// header; on the wire the two are one body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// What the body holds.
     pub kind: Kind,
+    /// Chosen by the requester, unique among its requests in flight on the connection;
+    /// the reply carries the same id, so replies may come back in any order.
     pub request_id: u64,
+    /// The body (its first part, when sent in two).
     pub body: Bytes,
     /// The rest of the body (empty for every decoded frame).
     pub tail: Bytes,
 }
 
 impl Frame {
+    /// A frame whose body is in one part.
     pub fn new(kind: Kind, request_id: u64, body: Bytes) -> Self {
         Frame::with_tail(kind, request_id, body, Bytes::new())
     }

@@ -10,6 +10,8 @@
 //! Every decoder returns `Result` and never panics on malformed input: bytes arriving here
 //! come from the network or from disk and are untrusted until checked.
 
+#![warn(missing_docs)]
+
 pub mod command;
 pub mod control;
 pub mod copy;
@@ -22,20 +24,41 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// Errors decoding bytes that came from the network or from disk.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The stream does not start a frame with [`frame::MAGIC`]: the peer does not speak
+    /// Tessera. Holds the (little-endian) bytes found, as far as they arrived.
     #[error("bad frame magic {0:#010x}")]
     BadMagic(u32),
+    /// A frame of a protocol version other than [`frame::VERSION`].
     #[error("unsupported protocol version {0}")]
     BadVersion(u8),
+    /// The frame header's CRC32C does not match: the stream is corrupt.
     #[error("frame header checksum mismatch")]
     HeaderChecksum,
+    /// The frame body's CRC32C does not match: the stream is corrupt.
     #[error("frame body checksum mismatch")]
     BodyChecksum,
+    /// A length over its limit (a frame body over [`frame::MAX_BODY`], a data-plane
+    /// payload over [`data::MAX_IO`]), refused before anything is allocated for it.
     #[error("frame body of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: u64, max: u64 },
+    TooLarge {
+        /// The length claimed, in bytes.
+        len: u64,
+        /// The limit, in bytes.
+        max: u64,
+    },
+    /// The bytes end before the fixed part of a message does.
     #[error("message truncated: needed {needed} bytes, had {had}")]
-    Truncated { needed: usize, had: usize },
+    Truncated {
+        /// Bytes the next field needs.
+        needed: usize,
+        /// Bytes left.
+        had: usize,
+    },
+    /// A frame kind, or a request kind, this version does not know.
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
+    /// Well-framed bytes whose content is wrong (bad JSON, inconsistent lengths, trailing
+    /// bytes, an unknown op or status); says what was wrong.
     #[error("invalid message: {0}")]
     Invalid(String),
 }
