@@ -1,0 +1,444 @@
+//! The manager API: what clients, the CLI and storage nodes ask a manager
+//! ([`ManagerRequest`]) and what it answers ([`ManagerReply`]), including the managers' own
+//! membership requests ([`ManagerRequest::AddManager`], [`ManagerRequest::Managers`]).
+//!
+//! Owns the two enums and their compatibility rules only: the records they carry live in
+//! their own files. Never add a field without `#[serde(default)]`: managers, nodes and
+//! clients of different versions talk to each other during an upgrade.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use super::{
+    AttachmentInfo, ControlError, DEFAULT_CHUNK_SIZE, MAX_ROUTES_PER_PAGE, StorageRequest,
+};
+use super::{
+    ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage, VolumeInfo,
+};
+
+/// A request to a manager: the JSON body of a [`crate::frame::Kind::Rpc`] frame, answered
+/// with `Result<ManagerReply, ControlError>`. Only the leader of the managers' group serves
+/// it; another manager answers [`ControlError::NotLeader`] (all but
+/// [`ManagerRequest::Managers`], which any manager answers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerRequest {
+    /// A storage node announces itself (at every start). `node_id` is the id it was given
+    /// before, if its data directory has one.
+    RegisterNode(NodeRegistration),
+    /// A storage node's periodic report (every `heartbeat_ms` of its config, 1 s by default):
+    /// its usage and the state of every replica it hosts. Answered with
+    /// [`ManagerReply::HeartbeatAck`]; a node the manager does not know is answered
+    /// [`ControlError::NotFound`] and registers again. The age of the last word from a node
+    /// decides its health (`up`, `suspect`, `down`).
+    Heartbeat(NodeHeartbeat),
+    /// Create a thin-provisioned volume (no chunk mapped yet), answered with
+    /// [`ManagerReply::Volume`]; [`ControlError::AlreadyExists`] if the name is taken.
+    CreateVolume {
+        /// Unique name: 1 to 64 ASCII letters, digits, `.`, `_` or `-`.
+        name: String,
+        /// Size in bytes: a positive multiple of [`crate::BLOCK_SIZE`].
+        size: u64,
+        /// Chunk size in bytes, fixed for the volume's life: a power of two from 1 MiB to
+        /// 1 GiB (`None`: [`DEFAULT_CHUNK_SIZE`]).
+        chunk_size: Option<u64>,
+    },
+    /// Every volume, answered with [`ManagerReply::Volumes`].
+    ListVolumes,
+    /// One volume by name, answered with [`ManagerReply::Volume`]
+    /// ([`ControlError::NotFound`] if there is none).
+    VolumeInfo {
+        /// The volume to describe.
+        name: String,
+    },
+    /// Grow a volume; shrinking is refused.
+    ResizeVolume {
+        /// The volume to grow.
+        name: String,
+        /// The new size in bytes: a positive multiple of [`crate::BLOCK_SIZE`], at least the
+        /// current size (the same size changes nothing). Answered with
+        /// [`ManagerReply::Volume`].
+        size: u64,
+    },
+    /// Delete a volume: its record goes at once (answered [`ManagerReply::Deleted`]) and
+    /// its chunks are dropped from their groups afterwards ([`StorageRequest::DropChunks`]).
+    /// Refused with [`ControlError::Conflict`] while a client's read-write lease runs.
+    DeleteVolume {
+        /// The volume to delete.
+        name: String,
+    },
+    /// The volume, for reading (no attachment). Answered with one route for each replica
+    /// group holding the volume's chunks, at most [`MAX_ROUTES_PER_PAGE`] of them: the
+    /// groups a new writer fences; the routes of other chunks come from
+    /// [`ManagerRequest::Routes`].
+    ///
+    /// `paged`: the caller pages the groups with [`ManagerRequest::VolumeGroups`] when
+    /// there are more. A client from before paging (the field absent) takes the answer for
+    /// every group it must fence, so a volume spanning more groups than one answer is
+    /// refused to it ([`ControlError::Invalid`]) rather than given a partial list.
+    OpenVolume {
+        /// The volume to open.
+        name: String,
+        /// The caller pages the groups (see above); absent from clients before paging.
+        #[serde(default)]
+        paged: bool,
+    },
+    /// Attach the volume read-write for `client` (a name saying who and where, unique to
+    /// the process): granted with a new writer epoch and a lease when nobody holds it, or
+    /// when the holder's lease ran out; the same client attaching again keeps its epoch.
+    /// Refused with [`ControlError::Conflict`] naming the holder otherwise. The new holder
+    /// must fence every group of the volume with its epoch before its first write.
+    /// The answer's routes and `paged` as for [`ManagerRequest::OpenVolume`].
+    AttachVolume {
+        /// The volume to attach.
+        name: String,
+        /// Who attaches: the client library sends a label, the host, the pid and a random
+        /// instance id, so two processes never share a name. Shown as the holder in
+        /// [`AttachmentInfo::client`] and in conflicts.
+        client: String,
+        /// As for [`ManagerRequest::OpenVolume`].
+        #[serde(default)]
+        paged: bool,
+    },
+    /// The holder of epoch `epoch` renews its lease ([`ControlError::Conflict`]: it no longer
+    /// holds the volume).
+    RenewAttachment {
+        /// The attached volume ([`VolumeInfo::id`]).
+        volume_id: u64,
+        /// The writer epoch the holder was granted ([`ManagerReply::Attached`]). Answered
+        /// with [`ManagerReply::Renewed`].
+        epoch: u64,
+    },
+    /// End an attachment: the holder's own (`epoch`), or, with `force`, whoever holds it;
+    /// a forced detach moves the volume to a new epoch that the caller fences the volume's
+    /// groups with, so the old holder's writes are refused from then on.
+    DetachVolume {
+        /// The volume to detach. Answered with [`ManagerReply::Detached`].
+        name: String,
+        /// The caller's own epoch: ends its attachment if it still holds it, changes
+        /// nothing if it does not. 0 (or absent): end whoever holds it, which needs `force`
+        /// while the holder's lease runs and moves the volume to a new epoch.
+        #[serde(default)]
+        epoch: u64,
+        /// End another client's attachment even though its lease still runs (absent:
+        /// `false`).
+        #[serde(default)]
+        force: bool,
+    },
+    /// The route of one chunk; with `allocate`, map the chunk to a group if it is unmapped.
+    /// `epoch`: the caller's writer epoch (0: a reader); refused once the volume has a newer
+    /// one ([`ControlError::Conflict`]), and `allocate` needs the current one.
+    Route {
+        /// The volume ([`VolumeInfo::id`]).
+        volume_id: u64,
+        /// The chunk's index in the volume (its byte offset divided by the chunk size); past
+        /// the volume's last chunk is [`ControlError::Invalid`].
+        chunk: u64,
+        /// Map the chunk to a group if it has none (a writer about to write it); otherwise
+        /// an unmapped chunk is answered `Route(None)`.
+        allocate: bool,
+        /// The caller's writer epoch (0, or absent: a reader).
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// The routes of the volume's mapped chunks from `first_chunk` on, in chunk order: at
+    /// most `limit` of them (0, or more than [`MAX_ROUTES_PER_PAGE`]: that many). Unmapped
+    /// chunks have none (they read as zeroes). `epoch` as for [`ManagerRequest::Route`].
+    Routes {
+        /// The volume ([`VolumeInfo::id`]).
+        volume_id: u64,
+        /// The chunk index the page starts from (mapped or not).
+        first_chunk: u64,
+        /// The most routes wanted (0, or absent: [`MAX_ROUTES_PER_PAGE`]).
+        #[serde(default)]
+        limit: u32,
+        /// As for [`ManagerRequest::Route`].
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// One route for each replica group holding chunks of the volume, addressing the group
+    /// through one of its chunks of the volume: the groups with ids above `after_group`, in
+    /// id order, at most [`MAX_ROUTES_PER_PAGE`]. A new writer fences every one of them.
+    VolumeGroups {
+        /// The volume ([`VolumeInfo::id`]). Answered with [`ManagerReply::Groups`].
+        volume_id: u64,
+        /// The cursor: only groups with a larger id (0, or absent: from the first).
+        #[serde(default)]
+        after_group: u64,
+        /// As for [`ManagerRequest::Route`].
+        #[serde(default)]
+        epoch: u64,
+    },
+    /// Map every unmapped chunk of `first_chunk..first_chunk + count` to a group at once, in
+    /// one change (allocating chunk by chunk costs one change each): at most
+    /// [`MAX_ROUTES_PER_PAGE`] chunks, and only for the holder of the current writer epoch.
+    /// Answered with the routes of the range.
+    ProvisionChunks {
+        /// The volume ([`VolumeInfo::id`]).
+        volume_id: u64,
+        /// The first chunk index of the range.
+        first_chunk: u64,
+        /// How many chunks the range holds (at most [`MAX_ROUTES_PER_PAGE`]).
+        count: u32,
+        /// The caller's writer epoch: it must be the volume's current one.
+        epoch: u64,
+    },
+    /// Nodes, groups and volume count as the manager leader sees them, answered with
+    /// [`ManagerReply::Status`].
+    ClusterStatus,
+    /// Move every replica and leader off this node (before maintenance); it ends with none.
+    /// The node stays registered and serving until then. `undo` stops draining.
+    DrainNode {
+        /// The node to drain. Answered with [`ManagerReply::Status`].
+        node_id: u64,
+        /// Stop draining instead (absent: `false`, start).
+        #[serde(default)]
+        undo: bool,
+    },
+    /// Add manager `id`, serving on `addr`, to the managers' Raft group (it must be running
+    /// with `join`): first as a learner, which catches up from a snapshot, then promoted to
+    /// voter by the leader once caught up. Asking again only reports the members.
+    AddManager {
+        /// The new manager's id: at least 1, unique among the managers.
+        id: u64,
+        /// Its address (`host:port`): where it takes requests and the managers' Raft
+        /// traffic. Answered with [`ManagerReply::Managers`].
+        addr: String,
+    },
+    /// The managers' group as the asked manager knows it, leader or not (answered with
+    /// [`ManagerReply::Managers`]; empty from a manager with no membership yet). A manager
+    /// about to found a group asks its peers first.
+    Managers,
+}
+
+/// A manager's answer to a [`ManagerRequest`]: the `Ok` side of the reply body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerReply {
+    /// The answer to [`ManagerRequest::RegisterNode`].
+    Registered {
+        /// The node's id: the one it asked to keep, or a new one. The node stores it in its
+        /// data directory and names itself with it from then on.
+        node_id: u64,
+    },
+    /// The answer to a heartbeat: the replicas the node must start and destroy.
+    HeartbeatAck {
+        /// Groups this node must host but did not report: it starts a replica of each.
+        create_groups: Vec<GroupSpec>,
+        /// Replicas this node hosts that are no longer members of their group (moved away,
+        /// or replaced while the node was down): destroy them and their data.
+        #[serde(default)]
+        remove_groups: Vec<u64>,
+    },
+    /// One volume: the answer to [`ManagerRequest::CreateVolume`],
+    /// [`ManagerRequest::VolumeInfo`] and [`ManagerRequest::ResizeVolume`].
+    Volume(VolumeInfo),
+    /// Every volume: the answer to [`ManagerRequest::ListVolumes`].
+    Volumes(Vec<VolumeInfo>),
+    /// The volume is deleted; its data is dropped from its groups in the background.
+    Deleted,
+    /// The volume, for reading: the answer to [`ManagerRequest::OpenVolume`].
+    Opened {
+        /// The volume, with its attachment if a client holds one.
+        volume: VolumeInfo,
+        /// One route per replica group holding the volume's chunks (see
+        /// [`ManagerRequest::OpenVolume`]).
+        chunks: Vec<ChunkRoute>,
+        /// There are more groups than these: page them with
+        /// [`ManagerRequest::VolumeGroups`] (absent from managers before paging: `false`).
+        #[serde(default)]
+        more_groups: bool,
+    },
+    /// The read-write attachment is granted: the answer to
+    /// [`ManagerRequest::AttachVolume`].
+    Attached {
+        /// The volume, its attachment naming the caller.
+        volume: VolumeInfo,
+        /// As for [`ManagerReply::Opened`].
+        chunks: Vec<ChunkRoute>,
+        /// As for [`ManagerReply::Opened`].
+        #[serde(default)]
+        more_groups: bool,
+        /// The holder's writer epoch: every data-plane write carries it.
+        epoch: u64,
+        /// Renew well within this (the client renews every third of it).
+        lease_ms: u64,
+    },
+    /// The lease is renewed: the answer to [`ManagerRequest::RenewAttachment`].
+    Renewed {
+        /// The lease's length in milliseconds, counted from the renewal.
+        lease_ms: u64,
+    },
+    /// The attachment is ended, or was no longer the caller's: the answer to
+    /// [`ManagerRequest::DetachVolume`].
+    Detached {
+        /// After a forced detach, the epoch to fence the volume's groups with (0: nothing
+        /// to fence).
+        fence_epoch: u64,
+    },
+    /// The answer to [`ManagerRequest::Route`]: the chunk's route (`None`: the chunk is
+    /// unmapped and reads as zeroes, and `allocate` was not asked).
+    Route(Option<ChunkRoute>),
+    /// The answer to [`ManagerRequest::Routes`] and [`ManagerRequest::ProvisionChunks`]:
+    /// `next` is the `first_chunk` to ask for next.
+    Routes(RoutePage),
+    /// The answer to [`ManagerRequest::VolumeGroups`]: `next` is the `after_group` to ask
+    /// with next.
+    Groups(RoutePage),
+    /// The answer to [`ManagerRequest::ClusterStatus`] and [`ManagerRequest::DrainNode`].
+    Status(ClusterStatus),
+    /// The managers' group: voters and learners (being added, not counted for majorities
+    /// until promoted), with their addresses (empty when unknown).
+    Managers {
+        /// Voters, as (manager id, address).
+        voters: Vec<(u64, String)>,
+        /// Learners, as (manager id, address).
+        learners: Vec<(u64, String)>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::control::*;
+
+    #[test]
+    fn requests_and_results_round_trip() {
+        let req = ManagerRequest::CreateVolume {
+            name: "db1".into(),
+            size: 4 << 30,
+            chunk_size: None,
+        };
+        assert_eq!(decode::<ManagerRequest>(&encode(&req)).unwrap(), req);
+        let res: Result<ManagerReply, ControlError> =
+            Err(ControlError::NotFound("volume \"x\" not found".into()));
+        assert_eq!(
+            decode::<Result<ManagerReply, ControlError>>(&encode(&res)).unwrap(),
+            res
+        );
+        assert!(decode::<ManagerRequest>(b"{nonsense").is_err());
+    }
+
+    /// The longest route a manager can send: the largest numbers, six peers (a group
+    /// moving) named by the longest host names.
+    fn largest_route() -> ChunkRoute {
+        ChunkRoute {
+            chunk: u64::MAX,
+            group_id: u64::MAX,
+            peers: (0..6)
+                .map(|i| PeerInfo {
+                    node_id: u64::MAX - i,
+                    addr: format!("{}:65535", "h".repeat(253)),
+                })
+                .collect(),
+            leader: Some(u64::MAX),
+        }
+    }
+
+    #[test]
+    fn paged_route_messages_round_trip() {
+        let reqs = [
+            ManagerRequest::Routes {
+                volume_id: 3,
+                first_chunk: 131_071,
+                limit: 17,
+                epoch: 9,
+            },
+            ManagerRequest::VolumeGroups {
+                volume_id: 3,
+                after_group: 40,
+                epoch: 0,
+            },
+            ManagerRequest::ProvisionChunks {
+                volume_id: 3,
+                first_chunk: 1024,
+                count: 1024,
+                epoch: 2,
+            },
+            ManagerRequest::OpenVolume {
+                name: "db1".into(),
+                paged: true,
+            },
+            ManagerRequest::AttachVolume {
+                name: "db1".into(),
+                client: "nbd".into(),
+                paged: true,
+            },
+        ];
+        for req in reqs {
+            assert_eq!(decode::<ManagerRequest>(&encode(&req)).unwrap(), req);
+        }
+        let page = RoutePage {
+            routes: vec![largest_route(), largest_route()],
+            next: Some(77),
+        };
+        for reply in [
+            ManagerReply::Routes(page.clone()),
+            ManagerReply::Groups(RoutePage::default()),
+        ] {
+            let res: Result<ManagerReply, ControlError> = Ok(reply);
+            assert_eq!(
+                decode::<Result<ManagerReply, ControlError>>(&encode(&res)).unwrap(),
+                res
+            );
+        }
+    }
+
+    /// Old clients send no `paged` and read no `more_groups`; old managers send no
+    /// `more_groups`: each side reads the other's messages.
+    #[test]
+    fn messages_of_clients_and_managers_from_before_paging_still_decode() {
+        let old_open = br#"{"OpenVolume":{"name":"db1"}}"#;
+        assert_eq!(
+            decode::<ManagerRequest>(old_open).unwrap(),
+            ManagerRequest::OpenVolume {
+                name: "db1".into(),
+                paged: false
+            }
+        );
+        let old_attach = br#"{"AttachVolume":{"name":"db1","client":"c"}}"#;
+        assert!(matches!(
+            decode::<ManagerRequest>(old_attach).unwrap(),
+            ManagerRequest::AttachVolume { paged: false, .. }
+        ));
+        let old_opened = br#"{"Ok":{"Opened":{"volume":{"id":1,"name":"db1","size":4096,
+            "chunk_size":4096,"mapped_chunks":0,"created_unix":0},"chunks":[]}}}"#;
+        let got = decode::<Result<ManagerReply, ControlError>>(old_opened).unwrap();
+        assert!(matches!(
+            got,
+            Ok(ManagerReply::Opened {
+                more_groups: false,
+                ..
+            })
+        ));
+    }
+
+    /// Every answer that carries routes carries at most a page of them, and a page of the
+    /// longest routes fits a frame with room to spare, whatever the volume's size.
+    #[test]
+    fn a_full_page_of_the_longest_routes_fits_a_quarter_frame() {
+        let page = RoutePage {
+            routes: vec![largest_route(); MAX_ROUTES_PER_PAGE as usize],
+            next: Some(u64::MAX),
+        };
+        let res: Result<ManagerReply, ControlError> = Ok(ManagerReply::Routes(page.clone()));
+        let len = encode(&res).len();
+        assert!(
+            len <= crate::frame::MAX_BODY as usize / 4 + (64 << 10),
+            "a page of routes is {len} bytes"
+        );
+        let res: Result<ManagerReply, ControlError> = Ok(ManagerReply::Attached {
+            volume: VolumeInfo {
+                id: u64::MAX,
+                name: "v".repeat(255),
+                size: u64::MAX,
+                chunk_size: u64::MAX,
+                mapped_chunks: u64::MAX,
+                created_unix: u64::MAX,
+                attachment: None,
+            },
+            chunks: page.routes,
+            more_groups: true,
+            epoch: u64::MAX,
+            lease_ms: u64::MAX,
+        });
+        assert!(encode(&res).len() <= crate::frame::MAX_BODY as usize / 4 + (64 << 10));
+    }
+}

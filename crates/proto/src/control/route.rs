@@ -1,0 +1,41 @@
+//! Where a volume's chunks live: a chunk's route, and the bounded pages routes travel in.
+//!
+//! Owns the page bound: no answer grows with a volume's size. Never put anything here a
+//! client does not need to send a data-plane request.
+
+use serde::{Deserialize, Serialize};
+
+use super::PeerInfo;
+#[cfg(doc)]
+use super::{ManagerReply, ManagerRequest};
+
+/// Most routes one answer carries ([`RoutePage`], and the routes of [`ManagerReply::Opened`]
+/// and [`ManagerReply::Attached`]). No answer grows with a volume's size: a route is about
+/// 200 bytes of JSON with three peers and under 2 KB with six peers (a group moving) named
+/// by the longest host names, so a full page stays near 2 MiB at worst: a quarter of
+/// [`crate::frame::MAX_BODY`] (a test holds it there).
+pub const MAX_ROUTES_PER_PAGE: u32 = 1024;
+
+/// Where a chunk lives: its group, the group's replicas and the last known leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRoute {
+    /// The chunk's index in its volume.
+    pub chunk: u64,
+    /// The replica group holding it.
+    pub group_id: u64,
+    /// The group's replicas, and during a move the nodes being added too.
+    pub peers: Vec<PeerInfo>,
+    /// The replica the manager believes leads the group (`None`: none known): the client
+    /// sends there first and follows [`crate::data::Reply::NotLeader`] hints.
+    pub leader: Option<u64>,
+}
+
+/// A bounded page of routes ([`MAX_ROUTES_PER_PAGE`] at most) and where the next one starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePage {
+    /// In chunk order ([`ManagerReply::Routes`]) or group id order
+    /// ([`ManagerReply::Groups`]).
+    pub routes: Vec<ChunkRoute>,
+    /// The cursor of the next page (`None`: this was the last).
+    pub next: Option<u64>,
+}

@@ -1,0 +1,113 @@
+//! The storage admin RPCs: what a manager asks a storage node directly ([`StorageRequest`])
+//! to drop a deleted volume's chunks, host a replica, change a group's members or move its
+//! leadership, and the answers ([`StorageReply`]).
+//!
+//! Owns these messages only; how a node carries them out is the storage and raft crates'.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use super::ControlError;
+use super::{GroupSpec, NodeHeartbeat, PeerInfo};
+
+/// Most chunks one [`StorageRequest::DropChunks`] names (about 1.4 MiB of JSON at most): a
+/// deleted volume's chunks in a group are dropped in as many requests as needed.
+pub const MAX_DROP_CHUNKS: usize = 64 * 1024;
+
+/// A manager's request to a storage node: the JSON body of a [`crate::frame::Kind::Rpc`]
+/// frame, answered with `Result<StorageReply, ControlError>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageRequest {
+    /// Drop these chunks of a deleted volume (proposed through the group's log): at most
+    /// [`MAX_DROP_CHUNKS`] in one request.
+    DropChunks {
+        /// The group holding the chunks; the request goes to its leader.
+        group_id: u64,
+        /// The deleted volume's id.
+        volume_id: u64,
+        /// Indexes of the chunks to drop. Answered [`StorageReply::Done`] once the drop is
+        /// proposed; a node not leading the group answers [`ControlError::Unavailable`].
+        chunks: Vec<u64>,
+    },
+    /// This node's current state (the same as its heartbeat).
+    Status,
+    /// Leader only: make the group's voters exactly `peers`. Nodes not yet members are added
+    /// as learners (they catch up from a snapshot of the chunk files, then the log), and
+    /// once every one has caught up a joint-consensus change makes `peers` the voters and
+    /// removes the rest. Idempotent: the manager repeats it until the answer says `done`.
+    /// The new nodes must already host the group (a `joining` [`GroupSpec`]).
+    ChangeMembers {
+        /// The group to change; the request goes to its leader.
+        group_id: u64,
+        /// The voters wanted, with their data-plane addresses. Answered with
+        /// [`StorageReply::Members`] (or [`StorageReply::NotLeader`]).
+        peers: Vec<PeerInfo>,
+    },
+    /// Host a replica of this group (the same as a `create_groups` entry of a heartbeat
+    /// ack, without waiting for the next heartbeat). No-op if it is already hosted.
+    HostGroup {
+        /// The group and its members, as the manager placed them.
+        spec: GroupSpec,
+    },
+    /// Leader only: hand the group's leadership to `to` (a voter).
+    TransferLeader {
+        /// The group; the request goes to its leader.
+        group_id: u64,
+        /// The node id of the voter to hand leadership to. Answered with
+        /// [`StorageReply::Members`] (or [`StorageReply::NotLeader`]).
+        to: u64,
+    },
+}
+
+/// A storage node's answer to a [`StorageRequest`]: the `Ok` side of the reply body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageReply {
+    /// Carried out: the answer to [`StorageRequest::DropChunks`] (the drop is proposed)
+    /// and [`StorageRequest::HostGroup`] (the replica is being started).
+    Done,
+    /// The answer to [`StorageRequest::Status`].
+    Status(NodeHeartbeat),
+    /// The group's membership after the step taken: the answer to
+    /// [`StorageRequest::ChangeMembers`] and to [`StorageRequest::TransferLeader`] (once the
+    /// transfer has started; it completes without the caller).
+    Members(MembershipState),
+    /// This node does not lead the group; `hint` is the leader it knows of (0: none).
+    NotLeader {
+        /// The node id of the leader it knows of (0: none).
+        hint: u64,
+    },
+}
+
+/// A group's membership as its leader sees it, with each peer's replication progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipState {
+    /// The group.
+    pub group_id: u64,
+    /// Node ids of the voters (of the incoming configuration while joint).
+    pub voters: Vec<u64>,
+    /// Node ids of the learners: new replicas catching up before they are made voters.
+    pub learners: Vec<u64>,
+    /// A joint configuration is still being left.
+    pub joint: bool,
+    /// The voters are exactly the requested peers, with no learner and no joint state left.
+    pub done: bool,
+    /// The leader's last log index, to compare each peer's `matched` with.
+    pub last_index: u64,
+    /// The leader's term: the group reached it with this membership.
+    #[serde(default)]
+    pub term: u64,
+    /// Every voter's and learner's progress as the leader tracks it, by node id.
+    pub progress: Vec<PeerProgress>,
+}
+
+/// How far one peer of a group has caught up, as its leader tracks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProgress {
+    /// The peer's node id.
+    pub node_id: u64,
+    /// The highest log index known to be on the peer (compare with
+    /// [`MembershipState::last_index`]).
+    pub matched: u64,
+    /// `probe`, `replicate` or `snapshot` (installing a copy of the chunk files).
+    pub state: String,
+}
