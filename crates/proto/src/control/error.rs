@@ -36,3 +36,51 @@ pub enum ControlError {
     #[error("not the manager leader (leader: {})", .0.as_deref().unwrap_or("unknown"))]
     NotLeader(Option<String>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::codec::{assert_round_trips, encode};
+
+    fn all() -> Vec<ControlError> {
+        vec![
+            ControlError::NotFound("volume \"db1\" not found".into()),
+            ControlError::AlreadyExists("volume \"db1\" already exists".into()),
+            ControlError::Invalid("bad".into()),
+            ControlError::Unavailable("need 3 racks, have 2".into()),
+            ControlError::Conflict("held by c".into()),
+            ControlError::Internal("oops".into()),
+            ControlError::NotLeader(Some("m2:7400".into())),
+            ControlError::NotLeader(None),
+        ]
+    }
+
+    #[test]
+    fn every_error_round_trips() {
+        for e in all() {
+            assert_round_trips(&e);
+        }
+    }
+
+    /// Variants are named on the wire: renaming one breaks every older peer.
+    #[test]
+    fn errors_keep_their_wire_names() {
+        let wire: Vec<String> = all()
+            .iter()
+            .map(|e| String::from_utf8(encode(e).to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            wire,
+            [
+                r#"{"NotFound":"volume \"db1\" not found"}"#,
+                r#"{"AlreadyExists":"volume \"db1\" already exists"}"#,
+                r#"{"Invalid":"bad"}"#,
+                r#"{"Unavailable":"need 3 racks, have 2"}"#,
+                r#"{"Conflict":"held by c"}"#,
+                r#"{"Internal":"oops"}"#,
+                r#"{"NotLeader":"m2:7400"}"#,
+                r#"{"NotLeader":null}"#,
+            ]
+        );
+    }
+}

@@ -123,3 +123,87 @@ pub struct GroupState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::codec::{assert_round_trips, decode};
+
+    fn state(role: Role, stuck: Option<&str>) -> GroupState {
+        GroupState {
+            group_id: 3,
+            role,
+            term: 5,
+            leader: 1,
+            commit: 40,
+            applied: 39,
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            stuck: stuck.map(str::to_string),
+        }
+    }
+
+    fn heartbeat() -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: 1,
+            capacity_bytes: 1 << 40,
+            used_bytes: 1 << 30,
+            groups: vec![
+                state(Role::Leader, None),
+                state(Role::Follower, Some("apply stalled for 60 s: disk full")),
+                state(Role::Candidate, None),
+            ],
+            recovery: RecoveryStats {
+                snapshots: 2,
+                bytes_fetched: 4096,
+                bytes_compared: 1 << 26,
+                in_progress: vec![7],
+            },
+            descriptors: Descriptors {
+                limit: 1 << 20,
+                chunks_open: 12,
+                ..Descriptors::default()
+            },
+        }
+    }
+
+    #[test]
+    fn registrations_and_heartbeats_round_trip() {
+        for node_id in [None, Some(4)] {
+            assert_round_trips(&NodeRegistration {
+                node_id,
+                zone: "zone1".into(),
+                rack: "rack2".into(),
+                addr: "n1:7500".into(),
+                capacity_bytes: 1 << 40,
+                used_bytes: 0,
+            });
+        }
+        assert_round_trips(&heartbeat());
+    }
+
+    /// A heartbeat from a node from before recovery statistics, descriptors, reported
+    /// memberships and stuck replicas still decodes, with those empty.
+    #[test]
+    fn a_heartbeat_of_an_older_node_still_decodes() {
+        let old = br#"{"node_id":1,"capacity_bytes":2,"used_bytes":3,"groups":[{"group_id":3,
+            "role":"leader","term":1,"leader":1,"commit":2,"applied":1}]}"#;
+        let got: NodeHeartbeat = decode(old).unwrap();
+        assert_eq!(got.recovery, RecoveryStats::default());
+        assert_eq!(got.descriptors, Descriptors::default());
+        let g = &got.groups[0];
+        assert_eq!(
+            (g.role, g.voters.len(), g.learners.len()),
+            (Role::Leader, 0, 0)
+        );
+        assert_eq!(g.stuck, None);
+    }
+
+    #[test]
+    fn roles_are_lowercase_on_the_wire_and_unknown_ones_are_refused() {
+        let roles: Vec<Role> = decode(br#"["leader","follower","candidate"]"#).unwrap();
+        assert_eq!(roles, [Role::Leader, Role::Follower, Role::Candidate]);
+        assert!(decode::<Role>(br#""Leader""#).is_err());
+        assert!(decode::<Role>(br#""observer""#).is_err());
+    }
+}

@@ -297,7 +297,142 @@ pub enum ManagerReply {
 
 #[cfg(test)]
 mod tests {
+    use crate::control::codec::assert_round_trips;
     use crate::control::*;
+
+    fn volume() -> VolumeInfo {
+        VolumeInfo {
+            id: 1,
+            name: "db1".into(),
+            size: 4 << 30,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            mapped_chunks: 2,
+            created_unix: 1_700_000_000,
+            attachment: None,
+        }
+    }
+
+    fn route(chunk: u64) -> ChunkRoute {
+        ChunkRoute {
+            chunk,
+            group_id: 3,
+            peers: vec![PeerInfo {
+                node_id: 2,
+                addr: "n2:7500".into(),
+            }],
+            leader: Some(2),
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let name = || "db1".to_string();
+        let reqs = [
+            ManagerRequest::RegisterNode(NodeRegistration {
+                node_id: Some(2),
+                zone: "zone1".into(),
+                rack: "rack2".into(),
+                addr: "n2:7500".into(),
+                capacity_bytes: 1 << 40,
+                used_bytes: 0,
+            }),
+            ManagerRequest::Heartbeat(NodeHeartbeat {
+                node_id: 2,
+                capacity_bytes: 1 << 40,
+                used_bytes: 0,
+                groups: Vec::new(),
+                recovery: RecoveryStats::default(),
+                descriptors: Descriptors::default(),
+            }),
+            ManagerRequest::CreateVolume {
+                name: name(),
+                size: 1 << 30,
+                chunk_size: Some(1 << 20),
+            },
+            ManagerRequest::ListVolumes,
+            ManagerRequest::VolumeInfo { name: name() },
+            ManagerRequest::ResizeVolume {
+                name: name(),
+                size: 2 << 30,
+            },
+            ManagerRequest::DeleteVolume { name: name() },
+            ManagerRequest::RenewAttachment {
+                volume_id: 1,
+                epoch: 2,
+            },
+            ManagerRequest::DetachVolume {
+                name: name(),
+                epoch: 0,
+                force: true,
+            },
+            ManagerRequest::Route {
+                volume_id: 1,
+                chunk: 5,
+                allocate: true,
+                epoch: 2,
+            },
+            ManagerRequest::ClusterStatus,
+            ManagerRequest::DrainNode {
+                node_id: 2,
+                undo: true,
+            },
+            ManagerRequest::AddManager {
+                id: 2,
+                addr: "m2:7400".into(),
+            },
+            ManagerRequest::Managers,
+        ];
+        for req in reqs {
+            assert_round_trips(&req);
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        let replies = [
+            ManagerReply::Registered { node_id: 2 },
+            ManagerReply::HeartbeatAck {
+                create_groups: vec![GroupSpec {
+                    group_id: 3,
+                    peers: route(0).peers,
+                    joining: false,
+                    min_term: 0,
+                }],
+                remove_groups: vec![4],
+            },
+            ManagerReply::Volume(volume()),
+            ManagerReply::Volumes(vec![volume(), volume()]),
+            ManagerReply::Deleted,
+            ManagerReply::Opened {
+                volume: volume(),
+                chunks: vec![route(0)],
+                more_groups: true,
+            },
+            ManagerReply::Attached {
+                volume: volume(),
+                chunks: vec![route(0), route(1)],
+                more_groups: false,
+                epoch: 2,
+                lease_ms: 10_000,
+            },
+            ManagerReply::Renewed { lease_ms: 10_000 },
+            ManagerReply::Detached { fence_epoch: 3 },
+            ManagerReply::Route(Some(route(5))),
+            ManagerReply::Route(None),
+            ManagerReply::Status(ClusterStatus {
+                nodes: Vec::new(),
+                groups: Vec::new(),
+                volumes: 1,
+            }),
+            ManagerReply::Managers {
+                voters: vec![(1, "m1:7400".into()), (2, String::new())],
+                learners: vec![(3, "m3:7400".into())],
+            },
+        ];
+        for reply in replies {
+            assert_round_trips(&Ok::<_, ControlError>(reply));
+        }
+    }
 
     #[test]
     fn requests_and_results_round_trip() {

@@ -39,3 +39,44 @@ pub struct RoutePage {
     /// The cursor of the next page (`None`: this was the last).
     pub next: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::codec::{assert_round_trips, encode};
+
+    fn route(leader: Option<u64>) -> ChunkRoute {
+        ChunkRoute {
+            chunk: 1,
+            group_id: 3,
+            peers: vec![PeerInfo {
+                node_id: 2,
+                addr: "h:1".into(),
+            }],
+            leader,
+        }
+    }
+
+    #[test]
+    fn routes_and_pages_round_trip() {
+        assert_round_trips(&route(Some(2)));
+        assert_round_trips(&route(None));
+        assert_round_trips(&RoutePage::default());
+        assert_round_trips(&RoutePage {
+            routes: vec![route(Some(2)), route(None)],
+            next: Some(u64::MAX),
+        });
+    }
+
+    #[test]
+    fn a_page_keeps_its_wire_form() {
+        let page = RoutePage {
+            routes: vec![route(Some(2))],
+            next: Some(3),
+        };
+        assert_eq!(
+            &encode(&page)[..],
+            br#"{"routes":[{"chunk":1,"group_id":3,"peers":[{"node_id":2,"addr":"h:1"}],"leader":2}],"next":3}"#
+        );
+    }
+}

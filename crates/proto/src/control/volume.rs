@@ -46,3 +46,49 @@ pub struct AttachmentInfo {
     #[serde(default)]
     pub lease_left_ms: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::codec::{assert_round_trips, decode, encode};
+
+    fn volume(attachment: Option<AttachmentInfo>) -> VolumeInfo {
+        VolumeInfo {
+            id: 1,
+            name: "db1".into(),
+            size: 4 << 30,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            mapped_chunks: 7,
+            created_unix: 1_700_000_000,
+            attachment,
+        }
+    }
+
+    fn attachment(lease_left_ms: Option<u64>) -> AttachmentInfo {
+        AttachmentInfo {
+            client: "nbd on h (pid 7, 0000beef)".into(),
+            epoch: 2,
+            since_unix: 1_700_000_100,
+            lease_left_ms,
+        }
+    }
+
+    #[test]
+    fn volumes_round_trip() {
+        assert_round_trips(&volume(None));
+        assert_round_trips(&volume(Some(attachment(Some(9_000)))));
+        assert_round_trips(&volume(Some(attachment(None))));
+    }
+
+    /// An unattached volume is sent without `attachment`, as before attachments existed;
+    /// an attachment from a manager from before leases were reported has no lease left.
+    #[test]
+    fn fields_added_later_are_optional_on_the_wire() {
+        let wire = encode(&volume(None));
+        assert!(!String::from_utf8_lossy(&wire).contains("attachment"));
+        let old = br#"{"id":1,"name":"db1","size":4096,"chunk_size":4096,"mapped_chunks":0,
+            "created_unix":0,"attachment":{"client":"c","epoch":2,"since_unix":6}}"#;
+        let got: VolumeInfo = decode(old).unwrap();
+        assert_eq!(got.attachment.map(|a| a.lease_left_ms), Some(None));
+    }
+}
