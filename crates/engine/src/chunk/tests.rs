@@ -2,6 +2,8 @@
 
 use rand::{Rng, SeedableRng};
 
+use std::fs::OpenOptions;
+
 use super::*;
 
 const B: u64 = BLOCK_SIZE;
