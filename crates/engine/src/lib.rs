@@ -6,7 +6,8 @@
 //! - [`log`]: [`Log`], the one append-only log of every replica group on the node, with
 //!   group commit (one fdatasync per batch) and segment recycling.
 //! - [`chunk`]: [`ChunkStore`], sparse chunk files with a CRC32C per 4 KiB block.
-//! - [`stores`]: [`ChunkStores`], one chunk store per replica group, each its own directory.
+//! - [`chunk_stores`]: [`ChunkStores`], the node's set of chunk stores, one per replica
+//!   group, each its own directory.
 //!
 //! This crate knows nothing about Raft or the network: it stores opaque entries and byte
 //! ranges, and must not depend on `tessera-raft`, `tessera-net` or any async runtime.
@@ -14,19 +15,21 @@
 //! byte yields an [`Error`], never a panic.
 
 pub mod chunk;
+pub mod chunk_stores;
 pub mod fsutil;
 pub mod lock;
 pub mod log;
-pub mod stores;
 
 use std::path::PathBuf;
 
 pub use chunk::ChunkStore;
+/// The former name of [`chunk_stores`], kept so that existing paths still resolve.
+pub use chunk_stores as stores;
+pub use chunk_stores::ChunkStores;
 pub use lock::DirLock;
 pub use log::{
     EntryKind, GroupWrite, Log, LogEntry, LogOptions, LogStats, Recovered, RecoveredGroup,
 };
-pub use stores::ChunkStores;
 
 /// Errors of the local engine, named after what the caller can do about them.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! [`ChunkStores`]: one [`ChunkStore`] per namespace (a replica group, to its users) under
-//! one directory, `<dir>/<space:016x>/`.
+//! [`ChunkStores`]: the node's set of chunk stores, one [`ChunkStore`] per namespace (a replica
+//! group, to its users) under one directory, `<dir>/<space:016x>/`.
 //!
 //! A namespace's chunks are then exactly one directory: listing what a replica holds,
 //! copying it to another node, or destroying it when the replica moves away touch nothing
