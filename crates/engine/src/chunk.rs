@@ -20,9 +20,9 @@
 //! same file is still in flight.
 //!
 //! This file is the store's API (read, write, zero, sync, list, verify); beside it:
-//! [`layout`] the on-disk names and checksum format, [`sys`] the system calls on chunk
-//! files, [`open_files`] the cache of open files and its side of the node's [`FileBudget`]
-//! ([`budget`]), [`torn`] the blocks a full disk left torn.
+//! `layout` the on-disk names and checksum format, `sys` the system calls on chunk
+//! files, `open_files` the cache of open files and its side of the node's [`FileBudget`]
+//! (`budget`), `torn` the blocks a full disk left torn.
 
 mod budget;
 mod layout;
@@ -286,6 +286,7 @@ impl ChunkStore {
         self.replaying.store(on, Ordering::Release);
     }
 
+    /// Whether replay mode is on (see [`ChunkStore::set_replaying`]).
     pub fn replaying(&self) -> bool {
         self.replaying.load(Ordering::Acquire)
     }

@@ -5,7 +5,8 @@
 //! - [`fsutil`]: small durable-filesystem helpers (atomic file replacement, free space).
 //! - [`log`]: [`Log`], the one append-only log of every replica group on the node, with
 //!   group commit (one fdatasync per batch) and segment recycling.
-//! - [`chunk`]: [`ChunkStore`], sparse chunk files with a CRC32C per 4 KiB block.
+//! - [`chunk`]: [`ChunkStore`], sparse chunk files with a CRC32C per 4 KiB block, and
+//!   [`chunk::FileBudget`], the node-wide limit on open chunks.
 //! - [`chunk_stores`]: [`ChunkStores`], the node's set of chunk stores, one per replica
 //!   group, each its own directory.
 //!
@@ -13,6 +14,8 @@
 //! ranges, and must not depend on `tessera-raft`, `tessera-net` or any async runtime.
 //! Everything read back from disk is untrusted: it is length- and checksum-checked, and a bad
 //! byte yields an [`Error`], never a panic.
+
+#![warn(missing_docs)]
 
 pub mod chunk;
 pub mod chunk_stores;
@@ -36,7 +39,10 @@ pub use log::{
 pub enum Error {
     /// Another process (or another [`DirLock`] in this one) owns the data directory.
     #[error("data directory {} is locked by another process", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The disk has no room for the write; nothing of it was acknowledged.
     #[error("disk full: {0}")]
     DiskFull(String),
@@ -54,10 +60,12 @@ pub enum Error {
     /// node must stop rather than carry on.
     #[error("fatal log failure, the node must stop: {0}")]
     Fatal(String),
+    /// Any other I/O error, as the system reported it.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
+/// The result of an engine operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Whether an open failed for want of descriptors (the process's or the system's).

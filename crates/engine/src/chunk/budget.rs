@@ -81,6 +81,7 @@ impl FileBudget {
         FileBudget::new((d.saturating_sub(reserve) / 2).min(MAX_OPEN_CHUNKS))
     }
 
+    /// What the budget holds now.
     pub fn stats(&self) -> BudgetStats {
         BudgetStats {
             limit: self.limit,
