@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use tracing::warn;
 
-use super::create_zeroed;
+use super::segments::create_zeroed;
 
 /// A helper thread that zero-fills the next segment while the current one is in use, so
 /// rolling does not stall the write path when no recycled file is available.
