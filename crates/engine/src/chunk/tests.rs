@@ -3,6 +3,7 @@
 use rand::{Rng, SeedableRng};
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 
 use super::*;
 
