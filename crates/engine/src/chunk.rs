@@ -18,71 +18,43 @@
 //! "succeed" without writing them (Postgres' "fsyncgate"). The node must stop, as after a
 //! failed log fsync. Syncs run one at a time: none returns while another's fdatasync of the
 //! same file is still in flight.
+//!
+//! This file is the store's API (read, write, zero, sync, list, verify); beside it:
+//! `layout` the on-disk names and checksum format, `sys` the system calls on chunk
+//! files, `open_files` the cache of open files and its side of the node's [`FileBudget`]
+//! (`budget`), `write` the write path (block math, read-modify-write, data then
+//! checksums), `torn` the blocks a full disk left torn.
 
 mod budget;
+mod layout;
+mod open_files;
+mod sys;
 #[cfg(test)]
 mod tests;
+mod torn;
+mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
+pub use layout::{BLOCK_SIZE, MAX_CHUNK};
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
-use tracing::debug;
 
-use crate::fsutil::sync_dir;
 use crate::{Error, Result, is_no_space, is_out_of_descriptors};
+use layout::{CRC_LEN, Key, block_ok, chunk_files, stored_crc};
+use open_files::ChunkFiles;
+use sys::{Zeroing, fdatasync, read_full_at, start_writeback, sync_chunk_dir};
+use torn::TornBlocks;
 
-/// Bytes per checksummed block.
-pub const BLOCK_SIZE: u64 = 4096;
-/// Largest chunk: offsets and lengths must stay within it.
-pub const MAX_CHUNK: u64 = 4 << 30;
-const CRC_LEN: u64 = 4;
-/// Largest single pwrite of chunk data (see `write_locked`).
-const WRITE_PIECE: usize = 16 << 10;
 /// Blocks read at a time by [`ChunkStore::verify_blocks`] (1 MiB).
 const VERIFY_PIECE: u64 = 256;
-
-type Key = (u64, u64);
-
-/// The open files of one chunk.
-struct ChunkFiles {
-    data: File,
-    crcs: File,
-    /// Writers exclusive, readers shared: a reader must never see a block and its checksum
-    /// from different writes.
-    lock: RwLock<()>,
-    /// Written since the last [`ChunkStore::sync`].
-    dirty: AtomicBool,
-    /// Written since the last [`ChunkStore::start_writeback`] (and queued for it).
-    unstarted: AtomicBool,
-    /// When last used, on the budget's clock.
-    used: AtomicU64,
-    budget: Arc<FileBudget>,
-}
-
-impl Drop for ChunkFiles {
-    fn drop(&mut self) {
-        self.budget.released();
-    }
-}
-
-impl ChunkFiles {
-    fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
-        self.lock.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_guard(&self) -> RwLockWriteGuard<'_, ()> {
-        self.lock.write().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The chunk files of one data directory. `Send + Sync`; caches open file handles.
 pub struct ChunkStore {
@@ -103,9 +75,8 @@ pub struct ChunkStore {
     /// sync fails (see the module doc).
     sync_failure: Mutex<Option<String>>,
     /// Blocks whose data and checksum may disagree because a write or zeroing of them failed
-    /// part way for want of space (the entry will be applied again; see `torn`).
-    torn: Mutex<HashSet<(Key, u64)>>,
-    any_torn: AtomicBool,
+    /// part way for want of space (the entry will be applied again).
+    torn: TornBlocks,
     /// Dirty chunks the budget took out of the open map to close them: still open, they are
     /// made durable and closed by the next [`ChunkStore::sync`] (or at once by
     /// [`ChunkStore::flush_closing`] when the process is out of descriptors), never on the
@@ -139,8 +110,7 @@ impl ChunkStore {
             unstarted: Mutex::default(),
             dirty_dirs: Mutex::new(HashSet::new()),
             sync_failure: Mutex::new(None),
-            torn: Mutex::new(HashSet::new()),
-            any_torn: AtomicBool::new(false),
+            torn: TornBlocks::default(),
             closing: Mutex::new(Vec::new()),
         });
         budget.register(&store);
@@ -204,7 +174,7 @@ impl ChunkStore {
             let stored = stored_crc(&crcs, i);
             if !block_ok(block, stored) {
                 let at = first + i as u64;
-                if self.is_torn((volume, chunk), at) {
+                if self.torn.contains((volume, chunk), at) {
                     return Err(Error::Exhausted(format!(
                         "chunk {volume:016x}/{chunk:08x} block {at} is being rewritten after the disk filled"
                     )));
@@ -230,59 +200,6 @@ impl ChunkStore {
         self.zero(volume, chunk, offset, len, Zeroing::Punch)
     }
 
-    fn zero(&self, volume: u64, chunk: u64, offset: u64, len: u64, how: Zeroing) -> Result<()> {
-        check_range(volume, chunk, offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        // A chunk that does not exist already reads as zeroes; only provisioning needs it.
-        let Some(files) = self.files(volume, chunk, how == Zeroing::Provision)? else {
-            return Ok(());
-        };
-        let _guard = files.write_guard();
-        let end = offset + len;
-        let whole_first = offset.div_ceil(BLOCK_SIZE);
-        let whole_end = end / BLOCK_SIZE;
-        if whole_first >= whole_end {
-            let zeros = vec![0u8; len as usize];
-            return self.write_locked(&files, volume, chunk, offset, &zeros);
-        }
-        if offset < whole_first * BLOCK_SIZE {
-            let zeros = vec![0u8; (whole_first * BLOCK_SIZE - offset) as usize];
-            self.write_locked(&files, volume, chunk, offset, &zeros)?;
-        }
-        if end > whole_end * BLOCK_SIZE {
-            let zeros = vec![0u8; (end - whole_end * BLOCK_SIZE) as usize];
-            self.write_locked(&files, volume, chunk, whole_end * BLOCK_SIZE, &zeros)?;
-        }
-        let whole_end = match how {
-            Zeroing::Provision => whole_end,
-            // Blocks past the end of both files are already unwritten.
-            Zeroing::Punch => {
-                let data_blocks = files.data.metadata()?.len().div_ceil(BLOCK_SIZE);
-                let crc_blocks = files.crcs.metadata()?.len().div_ceil(CRC_LEN);
-                whole_end.min(data_blocks.max(crc_blocks))
-            }
-        };
-        if whole_first < whole_end {
-            files.dirty.store(true, Ordering::Release);
-            let n = whole_end - whole_first;
-            // A stored 0 with an all-zero block verifies (see the module doc).
-            let crc_zeros = vec![0u8; (n * CRC_LEN) as usize];
-            let zeroed = write_crcs(&files.crcs, &crc_zeros, whole_first * CRC_LEN)
-                .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
-                .and_then(|()| {
-                    zero_range(&files.data, whole_first * BLOCK_SIZE, n * BLOCK_SIZE, how)
-                        .map_err(|e| io_error(e, volume, chunk, "zeroing data"))
-                });
-            self.settle((volume, chunk), whole_first..whole_end, &zeroed);
-            zeroed?;
-            // See `write_locked`: a racing sync may have cleared the flag mid-write.
-            files.dirty.store(true, Ordering::Release);
-        }
-        Ok(())
-    }
-
     /// Deletes the chunk's files; it then reads as zeroes.
     pub fn drop_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
         let mut map = self.open_map_write();
@@ -300,11 +217,7 @@ impl ChunkStore {
         if let Some(bytes) = self.alloc_map().remove(&(volume, chunk)) {
             self.used.fetch_sub(bytes, Ordering::Relaxed);
         }
-        if self.any_torn.load(Ordering::Acquire) {
-            let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
-            torn.retain(|(key, _)| *key != (volume, chunk));
-            self.any_torn.store(!torn.is_empty(), Ordering::Release);
-        }
+        self.torn.forget_chunk((volume, chunk));
         self.dirs_map().insert(self.volume_dir(volume));
         Ok(())
     }
@@ -316,6 +229,7 @@ impl ChunkStore {
         self.replaying.store(on, Ordering::Release);
     }
 
+    /// Whether replay mode is on (see [`ChunkStore::set_replaying`]).
     pub fn replaying(&self) -> bool {
         self.replaying.load(Ordering::Acquire)
     }
@@ -495,314 +409,6 @@ impl ChunkStore {
         Ok(data.max(crcs))
     }
 
-    fn write_locked(
-        &self,
-        files: &ChunkFiles,
-        volume: u64,
-        chunk: u64,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        let end = offset + data.len() as u64;
-        let first = offset / BLOCK_SIZE;
-        let last = (end - 1) / BLOCK_SIZE;
-        let bs = BLOCK_SIZE as usize;
-        let mut crcs = vec![0u8; ((last - first + 1) * CRC_LEN) as usize];
-        let mut set_crc = |block: u64, bytes: &[u8]| {
-            let i = ((block - first) * CRC_LEN) as usize;
-            crcs[i..i + 4].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
-        };
-        // Partial blocks (only the first and the last can be) are merged into the old bytes.
-        let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
-        let tail_partial = last != first && !end.is_multiple_of(BLOCK_SIZE);
-        let mut head = None;
-        let mut tail = None;
-        if head_partial {
-            let mut block = self.read_for_rmw(files, volume, chunk, first)?;
-            let at = (offset - first * BLOCK_SIZE) as usize;
-            let n = data.len().min(bs - at);
-            block[at..at + n].copy_from_slice(&data[..n]);
-            set_crc(first, &block);
-            head = Some(block);
-        }
-        if tail_partial {
-            let mut block = self.read_for_rmw(files, volume, chunk, last)?;
-            let n = (end - last * BLOCK_SIZE) as usize;
-            block[..n].copy_from_slice(&data[data.len() - n..]);
-            set_crc(last, &block);
-            tail = Some(block);
-        }
-        let whole_first = if head_partial { first + 1 } else { first };
-        let whole_end = if tail_partial || (head_partial && first == last) {
-            last
-        } else {
-            last + 1
-        };
-        let whole = if whole_first < whole_end {
-            let from = (whole_first * BLOCK_SIZE - offset) as usize;
-            let to = (whole_end * BLOCK_SIZE - offset) as usize;
-            for (i, block) in data[from..to].chunks_exact(bs).enumerate() {
-                set_crc(whole_first + i as u64, block);
-            }
-            Some(&data[from..to])
-        } else {
-            None
-        };
-
-        files.dirty.store(true, Ordering::Release);
-        let pieces = [
-            head.as_deref().map(|b| (first, b)),
-            whole.map(|b| (whole_first, b)),
-            tail.as_deref().map(|b| (last, b)),
-        ];
-        let written = Self::write_pieces(files, volume, chunk, first, &pieces, &crcs);
-        self.settle((volume, chunk), first..last + 1, &written);
-        written?;
-        // Marked again after the writes: a sync that cleared the flag while they were in
-        // flight may have missed them, and must not leave the file looking clean.
-        files.dirty.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// The pwrites of [`ChunkStore::write_locked`]: data first, then checksums.
-    fn write_pieces(
-        files: &ChunkFiles,
-        volume: u64,
-        chunk: u64,
-        first: u64,
-        pieces: &[Option<(u64, &[u8])>],
-        crcs: &[u8],
-    ) -> Result<()> {
-        for &(block, bytes) in pieces.iter().flatten() {
-            // In pieces of at most WRITE_PIECE: the page cache sizes the folios it creates
-            // after the write, and a later 4 KiB overwrite inside a large folio costs ext4
-            // a walk over every block of that folio (measured: with chunk files written in
-            // 1 MiB pieces, 47 % of all CPU during 4 KiB random writes went there).
-            for (i, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
-                let at = block * BLOCK_SIZE + (i * WRITE_PIECE) as u64;
-                files
-                    .data
-                    .write_all_at(piece, at)
-                    .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
-            }
-        }
-        write_crcs(&files.crcs, crcs, first * CRC_LEN)
-            .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
-    }
-
-    /// Records the outcome of writing `blocks`: after a failure part way (a full disk
-    /// between the data and its checksums) they are torn until written again whole; after a
-    /// success they no longer are. A torn block is tolerated by the next read-modify-write
-    /// (the same entry applied again rewrites it; after a crash, the replay does) and read
-    /// as [`Error::Exhausted`], never as corrupt: nothing was acknowledged that it lost.
-    fn settle<T>(&self, key: Key, blocks: std::ops::Range<u64>, outcome: &Result<T>) {
-        match outcome {
-            // Any other failure is an I/O error that stops the node: nothing to retry.
-            Err(Error::DiskFull(_)) => {
-                let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
-                torn.extend(blocks.map(|b| (key, b)));
-                self.any_torn.store(true, Ordering::Release);
-            }
-            Err(_) => {}
-            Ok(_) if self.any_torn.load(Ordering::Acquire) => {
-                let mut torn = self.torn.lock().unwrap_or_else(|e| e.into_inner());
-                for b in blocks {
-                    torn.remove(&(key, b));
-                }
-                self.any_torn.store(!torn.is_empty(), Ordering::Release);
-            }
-            Ok(_) => {}
-        }
-    }
-
-    fn is_torn(&self, key: Key, block: u64) -> bool {
-        !cfg!(tessera_unfixed = "torn_enospc")
-            && self.any_torn.load(Ordering::Acquire)
-            && self
-                .torn
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&(key, block))
-    }
-
-    /// The current bytes of `block`, verified unless replaying.
-    fn read_for_rmw(
-        &self,
-        files: &ChunkFiles,
-        volume: u64,
-        chunk: u64,
-        block: u64,
-    ) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        read_full_at(&files.data, &mut buf, block * BLOCK_SIZE)?;
-        let mut crc = [0u8; CRC_LEN as usize];
-        read_full_at(&files.crcs, &mut crc, block * CRC_LEN)?;
-        let stored = u32::from_le_bytes(crc);
-        if !block_ok(&buf, stored) {
-            if !self.replaying.load(Ordering::Acquire) && !self.is_torn((volume, chunk), block) {
-                return Err(corrupt(volume, chunk, block, &buf, stored));
-            }
-            debug!(volume, chunk, block, "rewriting a torn block");
-        }
-        Ok(buf)
-    }
-
-    /// The chunk's files, opened (and, with `create`, created) on first use. Out of
-    /// descriptors, idle chunks are closed to make room and the open retried once; if that
-    /// is not enough, [`Error::Exhausted`]: the caller waits and retries, nothing is lost.
-    fn files(&self, volume: u64, chunk: u64, create: bool) -> Result<Option<Arc<ChunkFiles>>> {
-        let key = (volume, chunk);
-        if let Some(f) = self.open_map_read().get(&key) {
-            f.used.store(self.budget.now(), Ordering::Relaxed);
-            return Ok(Some(f.clone()));
-        }
-        let mut shed = false;
-        loop {
-            match self.open_files(key, create) {
-                Err(e) if is_out_of_descriptors(&e) && !shed => {
-                    debug!(volume, chunk, "out of descriptors: closing idle chunks");
-                    self.budget.shed();
-                    shed = true;
-                }
-                Err(e) if is_out_of_descriptors(&e) => {
-                    return Err(Error::Exhausted(format!(
-                        "opening chunk {volume:016x}/{chunk:08x}: {e} ({} chunks open)",
-                        self.budget.stats().open
-                    )));
-                }
-                Err(e) => return Err(io_error(e, volume, chunk, "opening")),
-                Ok(opened) => {
-                    if opened.as_ref().is_some_and(|(_, new)| *new) {
-                        self.budget.make_room();
-                    }
-                    return Ok(opened.map(|(f, _)| f));
-                }
-            }
-        }
-    }
-
-    /// [`ChunkStore::files`] without the retry: the files and whether they were opened now.
-    fn open_files(&self, key: Key, create: bool) -> io::Result<Option<(Arc<ChunkFiles>, bool)>> {
-        let (volume, chunk) = key;
-        // Opened under the map's write lock, so that a concurrent drop_chunk can never leave
-        // a handle to a deleted file in the cache.
-        let mut map = self.open_map_write();
-        if let Some(f) = map.get(&key) {
-            f.used.store(self.budget.now(), Ordering::Relaxed);
-            return Ok(Some((f.clone(), false)));
-        }
-        let (data_path, crc_path) = self.paths(volume, chunk);
-        let data = match open_rw(&data_path, false) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                let vdir = self.volume_dir(volume);
-                if !vdir.exists() {
-                    std::fs::create_dir_all(&vdir)?;
-                    self.dirs_map().insert(self.dir.clone());
-                }
-                self.dirs_map().insert(vdir);
-                open_rw(&data_path, true)?
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let crcs = open_rw(&crc_path, true)?;
-        // Volume I/O is random: no speculative readahead, which would also fill the page
-        // cache with large folios that make later small overwrites expensive (see
-        // `WRITE_PIECE`). Advice only; nothing depends on it.
-        // SAFETY: posix_fadvise reads its integer arguments; the descriptor is owned by
-        // `data`, open for the duration of the call.
-        unsafe {
-            libc::posix_fadvise(data.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
-        }
-        self.budget.opened();
-        let files = Arc::new(ChunkFiles {
-            data,
-            crcs,
-            lock: RwLock::new(()),
-            dirty: AtomicBool::new(false),
-            unstarted: AtomicBool::new(false),
-            used: AtomicU64::new(self.budget.now()),
-            budget: self.budget.clone(),
-        });
-        map.insert(key, files.clone());
-        Ok(Some((files, true)))
-    }
-
-    /// Calls `f(key, dirty, last used)` for every open chunk nobody uses now.
-    fn idle_chunks(&self, mut f: impl FnMut(Key, bool, u64)) {
-        for (k, files) in self.open_map_read().iter() {
-            if Arc::strong_count(files) == 1 {
-                f(
-                    *k,
-                    files.dirty.load(Ordering::Acquire),
-                    files.used.load(Ordering::Relaxed),
-                );
-            }
-        }
-    }
-
-    /// Takes those of `keys` that are still open and idle out of the open map: clean ones are
-    /// closed at once, dirty ones left to the next sync (see `closing`). Never waits for a
-    /// sync or an fdatasync. Returns how many it closed at once.
-    fn close_idle(&self, keys: &[Key]) -> usize {
-        let taken: Vec<(Key, Arc<ChunkFiles>)> = {
-            let mut map = self.open_map_write();
-            keys.iter()
-                .filter_map(|k| {
-                    let idle = map.get(k).is_some_and(|f| Arc::strong_count(f) == 1);
-                    if idle {
-                        map.remove(k).map(|f| (*k, f))
-                    } else {
-                        None
-                    }
-                })
-                .collect()
-        };
-        let mut clean = 0;
-        for (key, files) in taken {
-            self.measure(key, &files);
-            if files.dirty.load(Ordering::Acquire) {
-                self.budget.handing_over();
-                self.closing_list().push(files);
-            } else {
-                clean += 1;
-            }
-        }
-        clean
-    }
-
-    /// Makes the dirty chunks taken out for room durable and closes them now, waiting for a
-    /// sync in progress: for a process out of descriptors. Returns how many it closed.
-    fn flush_closing(&self) -> usize {
-        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
-        self.sync_closing(&mut failure)
-    }
-
-    /// Makes the chunks handed over for closing durable and closes every one of them; the
-    /// first failed fdatasync is recorded in `failure` (the store's sync lock), after which
-    /// nothing of this store is reported durable again, so the rest are only closed.
-    /// Returns how many it closed.
-    fn sync_closing(&self, failure: &mut Option<String>) -> usize {
-        let closing = std::mem::take(&mut *self.closing_list());
-        for files in &closing {
-            if failure.is_some() {
-                break;
-            }
-            if let Err(e) = fdatasync(&files.data).and_then(|()| fdatasync(&files.crcs)) {
-                *failure = Some(format!(
-                    "fdatasync of a chunk closed for room in {} failed: {e}",
-                    self.dir.display()
-                ));
-            }
-        }
-        closing.len()
-    }
-
-    fn closing_list(&self) -> MutexGuard<'_, Vec<Arc<ChunkFiles>>> {
-        self.closing.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn measure(&self, key: Key, files: &ChunkFiles) {
         let size = |f: &File| f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
         let now = size(&files.data) + size(&files.crcs);
@@ -826,14 +432,6 @@ impl ChunkStore {
         )
     }
 
-    fn open_map_read(&self) -> RwLockReadGuard<'_, HashMap<Key, Arc<ChunkFiles>>> {
-        self.open.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn open_map_write(&self) -> RwLockWriteGuard<'_, HashMap<Key, Arc<ChunkFiles>>> {
-        self.open.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn alloc_map(&self) -> MutexGuard<'_, HashMap<Key, u64>> {
         self.alloc.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -843,35 +441,6 @@ impl ChunkStore {
     }
 }
 
-/// Every chunk file under `dir`: its chunk, whether it is the data file (else the
-/// checksums), and its directory entry. Names that are not chunk files are skipped.
-fn chunk_files(dir: &Path) -> Result<Vec<(Key, bool, std::fs::DirEntry)>> {
-    let mut out = Vec::new();
-    for vol in std::fs::read_dir(dir)? {
-        let vol = vol?;
-        let Some(volume) = vol.file_name().to_str().and_then(parse_hex) else {
-            continue;
-        };
-        if !vol.file_type()?.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(vol.path())? {
-            let f = f?;
-            let name = f.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let (stem, data) = match (name.strip_suffix(".dat"), name.strip_suffix(".crc")) {
-                (Some(stem), _) => (stem, true),
-                (None, Some(stem)) => (stem, false),
-                (None, None) => continue,
-            };
-            if let Some(chunk) = parse_hex(stem) {
-                out.push(((volume, chunk), data, f));
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn check_range(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= MAX_CHUNK => Ok(()),
@@ -879,16 +448,6 @@ fn check_range(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
             "chunk {volume:016x}/{chunk:08x}: range {offset}+{len} exceeds the {MAX_CHUNK}-byte chunk limit"
         ))),
     }
-}
-
-/// A block verifies if its CRC matches, or if it was never written (stored 0, all zeroes).
-fn block_ok(block: &[u8], stored: u32) -> bool {
-    crc32c::crc32c(block) == stored || (stored == 0 && block.iter().all(|&b| b == 0))
-}
-
-fn stored_crc(crcs: &[u8], i: usize) -> u32 {
-    let at = i * CRC_LEN as usize;
-    u32::from_le_bytes([crcs[at], crcs[at + 1], crcs[at + 2], crcs[at + 3]])
 }
 
 fn corrupt(volume: u64, chunk: u64, block: u64, bytes: &[u8], stored: u32) -> Error {
@@ -905,120 +464,4 @@ fn io_error(e: io::Error, volume: u64, chunk: u64, what: &str) -> Error {
     } else {
         Error::Io(e)
     }
-}
-
-fn parse_hex(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 16 {
-        return None;
-    }
-    u64::from_str_radix(s, 16).ok()
-}
-
-fn open_rw(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-}
-
-/// Fills `buf` from `offset`; bytes past the end of the file read as zeroes.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => {
-                buf[done..].fill(0);
-                break;
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// How a range of whole blocks becomes zeroes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Zeroing {
-    /// Allocated zeroes (the file grows to cover the range).
-    Provision,
-    /// A hole; the file keeps its size.
-    Punch,
-}
-
-/// Zeroes a range as `how` says or, where the filesystem cannot, writes zeroes.
-fn zero_range(file: &File, offset: u64, len: u64, how: Zeroing) -> io::Result<()> {
-    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `file`,
-    // which is borrowed (so open) for the duration of the call.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            match how {
-                Zeroing::Provision => libc::FALLOC_FL_ZERO_RANGE,
-                Zeroing::Punch => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            },
-            off,
-            n,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if !matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
-    ) {
-        return Err(e);
-    }
-    const STEP: u64 = 1 << 20;
-    let zeros = vec![0u8; STEP.min(len) as usize];
-    let mut at = 0;
-    while at < len {
-        let n = STEP.min(len - at) as usize;
-        file.write_all_at(&zeros[..n], offset + at)?;
-        at += n as u64;
-    }
-    Ok(())
-}
-
-/// Asks the kernel to start writing `file`'s dirty pages out; does not wait for it. Errors
-/// are left to the next fdatasync, which reports them.
-fn start_writeback(file: &File) {
-    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-/// fsync of a directory holding chunk files; the `chunk::dir_fsync` fail point makes it fail
-/// in tests.
-fn sync_chunk_dir(dir: &Path) -> io::Result<()> {
-    fail::fail_point!("chunk::dir_fsync", |_| Err(io::Error::other(
-        "fsync failure injected by the chunk::dir_fsync fail point"
-    )));
-    sync_dir(dir)
-}
-
-/// The checksums of a write, after its data; the `chunk::crc_enospc` fail point makes the
-/// disk fill up just here in tests.
-fn write_crcs(file: &File, crcs: &[u8], offset: u64) -> io::Result<()> {
-    fail::fail_point!("chunk::crc_enospc", |_| Err(io::Error::from_raw_os_error(
-        libc::ENOSPC
-    )));
-    file.write_all_at(crcs, offset)
-}
-
-/// `fdatasync` of a chunk file; the `chunk::fdatasync` fail point makes it fail in tests.
-fn fdatasync(file: &File) -> io::Result<()> {
-    fail::fail_point!("chunk::fdatasync", |_| Err(io::Error::other(
-        "fdatasync failure injected by the chunk::fdatasync fail point"
-    )));
-    file.sync_data()
 }

@@ -5,35 +5,44 @@
 //! - [`fsutil`]: small durable-filesystem helpers (atomic file replacement, free space).
 //! - [`log`]: [`Log`], the one append-only log of every replica group on the node, with
 //!   group commit (one fdatasync per batch) and segment recycling.
-//! - [`chunk`]: [`ChunkStore`], sparse chunk files with a CRC32C per 4 KiB block.
-//! - [`stores`]: [`ChunkStores`], one chunk store per replica group, each its own directory.
+//! - [`chunk`]: [`ChunkStore`], sparse chunk files with a CRC32C per 4 KiB block, and
+//!   [`chunk::FileBudget`], the node-wide limit on open chunks.
+//! - [`chunk_stores`]: [`ChunkStores`], the node's set of chunk stores, one per replica
+//!   group, each its own directory.
 //!
 //! This crate knows nothing about Raft or the network: it stores opaque entries and byte
 //! ranges, and must not depend on `tessera-raft`, `tessera-net` or any async runtime.
 //! Everything read back from disk is untrusted: it is length- and checksum-checked, and a bad
 //! byte yields an [`Error`], never a panic.
 
+#![warn(missing_docs)]
+
 pub mod chunk;
+pub mod chunk_stores;
 pub mod fsutil;
 pub mod lock;
 pub mod log;
-pub mod stores;
 
 use std::path::PathBuf;
 
 pub use chunk::ChunkStore;
+/// The former name of [`chunk_stores`], kept so that existing paths still resolve.
+pub use chunk_stores as stores;
+pub use chunk_stores::ChunkStores;
 pub use lock::DirLock;
 pub use log::{
     EntryKind, GroupWrite, Log, LogEntry, LogOptions, LogStats, Recovered, RecoveredGroup,
 };
-pub use stores::ChunkStores;
 
 /// Errors of the local engine, named after what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Another process (or another [`DirLock`] in this one) owns the data directory.
     #[error("data directory {} is locked by another process", path.display())]
-    Locked { path: PathBuf },
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The disk has no room for the write; nothing of it was acknowledged.
     #[error("disk full: {0}")]
     DiskFull(String),
@@ -51,10 +60,12 @@ pub enum Error {
     /// node must stop rather than carry on.
     #[error("fatal log failure, the node must stop: {0}")]
     Fatal(String),
+    /// Any other I/O error, as the system reported it.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
+/// The result of an engine operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Whether an open failed for want of descriptors (the process's or the system's).

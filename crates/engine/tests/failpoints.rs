@@ -184,6 +184,30 @@ fn a_shutdown_while_the_disk_is_full_refuses_the_waiting_batch() {
     scenario.teardown();
 }
 
+/// Appends big entries of `group` from `from` until the log has rolled into its second
+/// segment; returns the next index. Called before the disk fills, so that the log holds a
+/// segment besides the current one, which compaction can free for a stalled batch to roll
+/// into: the current segment is never recycled, so a log of one segment has nothing to
+/// free while the disk is full, and only waits for space freed elsewhere.
+///
+/// Waits for the roll itself, not for a clock: the spare segment is made by a helper
+/// thread which, on a loaded machine, may only get to it after the test filled the disk.
+fn roll_before_the_disk_fills(log: &Log, group: u64, from: u64) -> u64 {
+    let mut i = from;
+    while log.stats().segments < 2 {
+        append(log, big(group, i)).expect("append before the disk fills");
+        i += 1;
+        assert!(i < from + 40, "the log must roll into a second segment");
+    }
+    i
+}
+
+/// Makes the helper thread preparing the spare segment late, as it can be on a loaded
+/// machine: it then makes its spare only after the disk filled, so it fails.
+fn slow_preallocation() {
+    fail::cfg("log::prealloc", "sleep(300)").unwrap();
+}
+
 /// Appends big entries of `group` from `from` until one cannot get a segment; returns its
 /// index and the receiver of its answer.
 fn append_until_stalled(
@@ -219,17 +243,17 @@ fn answer(rx: &mpsc::Receiver<Result<(), Error>>, what: &str) -> Result<(), Erro
 /// reserve ahead of it, frees the segments, and supersedes the older applied value queued
 /// before it, which must not land later and undo it.
 #[test]
-#[ignore = "intermittent on a loaded CI machine: the stalled batch is sometimes not answered within 10 s; under investigation (issue 12 note)"]
 fn a_checkpoint_queued_behind_a_stalled_batch_relieves_a_full_disk() {
     let scenario = fail::FailScenario::setup();
+    slow_preallocation();
     let dir = tempfile::tempdir().unwrap();
     let opts = LogOptions {
         segment_size: 64 << 10,
     };
     let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
-    append(&log, big(1, 1)).unwrap();
+    let next = roll_before_the_disk_fills(&log, 1, 1);
     fail::cfg("log::no_space", "return").unwrap();
-    let (waiting, stalled) = append_until_stalled(&log, 1, 2);
+    let (waiting, stalled) = append_until_stalled(&log, 1, next);
     // An older applied value, queued behind the stalled batch.
     let (old_tx, old_rx) = mpsc::channel();
     log.append(
@@ -275,10 +299,10 @@ fn removing_a_group_relieves_a_full_disk_and_it_stays_removed() {
     let opts = LogOptions {
         segment_size: 64 << 10,
     };
+    slow_preallocation();
     let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
-    append(&log, big(7, 0)).unwrap();
+    let mut i = roll_before_the_disk_fills(&log, 7, 0);
     fail::cfg("log::no_space", "return").unwrap();
-    let mut i = 1;
     let stalled = loop {
         let (tx, rx) = mpsc::channel();
         log.append(
@@ -343,15 +367,10 @@ fn marks_that_do_not_fit_the_reserve_are_written_later() {
     let opts = LogOptions {
         segment_size: 64 << 10,
     };
+    slow_preallocation();
     let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
-    append(&log, big(0, 1)).unwrap();
+    let i = roll_before_the_disk_fills(&log, 0, 1);
     fail::cfg("log::no_space", "return").unwrap();
-    // Into the spare made before the disk filled.
-    let mut i = 2;
-    while log.stats().segments < 2 {
-        append(&log, big(0, i)).unwrap();
-        i += 1;
-    }
     let many: Vec<GroupWrite> = (1..=500).map(|g| write(g, 1)).collect();
     let (tx, rx) = mpsc::channel();
     log.append(
@@ -399,15 +418,19 @@ fn a_checkpoint_never_overtakes_a_waiting_tombstone_of_its_group() {
     let opts = LogOptions {
         segment_size: 64 << 10,
     };
+    slow_preallocation();
     let (log, _) = Log::open_stepped(dir.path(), opts.clone()).unwrap();
-    let (tx, rx) = mpsc::channel();
-    log.append(vec![big(1, 1)], Box::new(move |r| tx.send(r).unwrap()));
-    log.step();
-    rx.recv().unwrap().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // As `roll_before_the_disk_fills`, stepping the log by hand.
+    let mut i = 1;
+    while log.stats().segments < 2 {
+        let (tx, rx) = mpsc::channel();
+        log.append(vec![big(1, i)], Box::new(move |r| tx.send(r).unwrap()));
+        log.step();
+        rx.recv().unwrap().unwrap();
+        i += 1;
+    }
     fail::cfg("log::no_space", "return").unwrap();
     // Every batch removes group 5; one of them waits for a segment.
-    let mut i = 2;
     let stepping = loop {
         log.remove_group(5, Box::new(|r| r.unwrap()));
         log.append(vec![big(1, i)], Box::new(|r| r.unwrap()));

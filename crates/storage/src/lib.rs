@@ -354,6 +354,7 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
             chunks_open: open.open as u64,
             chunks_budget: open.limit as u64,
             chunks_closed: open.closed,
+            chunks_closing: open.closing as u64,
         },
     }
 }

@@ -11,6 +11,12 @@
 //! of descriptors ([`FileBudget::shed`]) syncs and closes those at once. A chunk in use (a
 //! handle held outside the store's map) is never closed.
 //!
+//! Chunks handed over still hold their descriptors until that sync: under a stream of writes
+//! to ever new chunks they pile up between two periodic syncs. Once they reach an eighth of
+//! the limit, [`FileBudget::wants_sync`] tells the caller driving the syncs to start one now,
+//! so that they never exceed what accumulates during one sync round (the count is in
+//! [`BudgetStats::closing`], for the node's status).
+//!
 //! Owns the count, the recency clock and the list of stores; each store owns its own map of
 //! open files and decides, under its own locks, what it closes.
 
@@ -41,8 +47,13 @@ pub struct FileBudget {
 /// What a budget holds, for a node's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetStats {
+    /// Chunks that may be open and not being closed.
     pub limit: usize,
+    /// Chunks open now, `closing` included.
     pub open: usize,
+    /// Of `open`, the dirty chunks waiting for the next sync to make them durable and close
+    /// them.
+    pub closing: usize,
     /// Chunks closed to make room, since the budget was made.
     pub closed: u64,
 }
@@ -70,12 +81,27 @@ impl FileBudget {
         FileBudget::new((d.saturating_sub(reserve) / 2).min(MAX_OPEN_CHUNKS))
     }
 
+    /// What the budget holds now.
     pub fn stats(&self) -> BudgetStats {
         BudgetStats {
             limit: self.limit,
             open: self.open.load(Ordering::Relaxed),
+            closing: self.closing.load(Ordering::Relaxed),
             closed: self.closed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether enough dirty chunks wait to be closed that the next [`ChunkStore::sync`]
+    /// should start now rather than at its usual time: an eighth of the limit. Closing them
+    /// is left to that sync so that nobody applying writes waits for an fdatasync; this
+    /// bounds the descriptors they hold meanwhile.
+    pub fn wants_sync(&self) -> bool {
+        self.closing.load(Ordering::Relaxed) >= self.sync_at()
+    }
+
+    /// Dirty chunks waiting to be closed past which [`FileBudget::wants_sync`] says so.
+    pub fn sync_at(&self) -> usize {
+        self.limit / 8
     }
 
     pub(super) fn register(&self, store: &Arc<ChunkStore>) {

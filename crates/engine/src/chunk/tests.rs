@@ -2,6 +2,9 @@
 
 use rand::{Rng, SeedableRng};
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
 use super::*;
 
 const B: u64 = BLOCK_SIZE;
@@ -314,5 +317,48 @@ fn many_chunks_stay_within_one_budget_across_stores() {
             chunk.to_le_bytes()
         );
         assert!(budget.stats().open <= 32);
+    }
+}
+
+/// Dirty chunks closed for room wait for a sync, holding their descriptors: once an eighth of
+/// the budget waits, the budget asks for that sync, so a caller syncing when asked keeps
+/// the open chunks within the budget plus what one eviction pass and one such eighth add.
+#[test]
+fn a_sync_is_wanted_once_an_eighth_of_the_budget_waits_to_be_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = FileBudget::new(64);
+    let store = ChunkStore::open_in(tmp.path(), &budget).unwrap();
+    assert_eq!(budget.sync_at(), 8);
+    let mut syncs = 0;
+    for chunk in 0..500u64 {
+        store.write(1, chunk, 0, &chunk.to_le_bytes()).unwrap();
+        // As the apply loop does after each batch: written files are then idle.
+        store.start_writeback();
+        let stats = budget.stats();
+        assert_eq!(
+            budget.wants_sync(),
+            stats.closing >= 8,
+            "after {chunk} writes: {stats:?}"
+        );
+        // At most one eviction pass (down to seven eighths of 64) past the bound.
+        assert!(stats.closing < 8 + 9, "after {chunk} writes: {stats:?}");
+        assert!(
+            stats.open - stats.closing <= 64,
+            "after {chunk} writes: {stats:?}"
+        );
+        if budget.wants_sync() {
+            store.sync().unwrap();
+            syncs += 1;
+            assert_eq!(budget.stats().closing, 0, "{:?}", budget.stats());
+            assert!(!budget.wants_sync());
+        }
+    }
+    assert!(syncs > 3, "{syncs} syncs wanted");
+    store.sync().unwrap();
+    for chunk in (0..500u64).step_by(37) {
+        assert_eq!(
+            &store.read(1, chunk, 0, 8).unwrap()[..],
+            chunk.to_le_bytes()
+        );
     }
 }

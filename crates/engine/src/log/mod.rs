@@ -62,23 +62,31 @@ impl Default for LogOptions {
 /// What a Raft entry is, as far as replay needs to give it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
+    /// An ordinary entry: a command for the group's state machine.
     Normal,
+    /// A membership change (Raft's first configuration-change format).
     ConfChange,
+    /// A joint-consensus membership change.
     ConfChangeV2,
 }
 
 /// One entry of one group's Raft log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
+    /// The Raft term it was proposed in.
     pub term: u64,
+    /// Its position in the group's log.
     pub index: u64,
+    /// What it is, for replay.
     pub kind: EntryKind,
+    /// Its payload, opaque to the log.
     pub data: Bytes,
 }
 
 /// Writes of one group in one append.
 #[derive(Clone, Debug, Default)]
 pub struct GroupWrite {
+    /// The replica group written.
     pub group: u64,
     /// Contiguous indexes; writing index i supersedes any earlier-written entries of this
     /// group with index >= i (Raft log overwrite).
@@ -94,7 +102,9 @@ pub struct LogStats {
     pub syncs: u64,
     /// Batches written (each one write and one fdatasync).
     pub batches: u64,
+    /// Records written (entries, slot values, marks, tombstones).
     pub records: u64,
+    /// Bytes written, framing included.
     pub bytes: u64,
     /// Segment files currently part of the log.
     pub segments: u64,
@@ -103,6 +113,7 @@ pub struct LogStats {
 /// Everything the log held when it was opened.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// Every group with something left in the log, by id.
     pub groups: HashMap<u64, RecoveredGroup>,
 }
 
@@ -112,6 +123,7 @@ pub struct RecoveredGroup {
     /// Contiguous ascending, after overwrites and compaction (entries at or below the
     /// compacted index may still be present).
     pub entries: Vec<LogEntry>,
+    /// The latest value of each slot.
     pub slots: HashMap<u8, Bytes>,
 }
 
@@ -394,6 +406,7 @@ impl Log {
         self.push(Msg::Remove { group, done });
     }
 
+    /// The log's counters since it was opened.
     pub fn stats(&self) -> LogStats {
         let c = &self.inner.shared.stats;
         LogStats {

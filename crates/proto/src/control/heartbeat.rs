@@ -65,6 +65,10 @@ pub struct Descriptors {
     pub chunks_budget: u64,
     /// Idle chunks closed to make room since the node started.
     pub chunks_closed: u64,
+    /// Of `chunks_open`, the dirty ones waiting for the next chunk sync to close them
+    /// (each still holds its two descriptors). Absent from older nodes: none counted.
+    #[serde(default)]
+    pub chunks_closing: u64,
 }
 
 /// What this node pulled from other nodes to rebuild replicas, since it started.

@@ -84,7 +84,10 @@ impl Poller {
             None => false,
         });
         let held: u64 = self.groups.values().map(|g| g.store.lock().bytes).sum();
-        if !self.flushing && (now >= self.next_flush || held >= FLUSH_AT_BYTES) {
+        // Chunks closed for room keep their descriptors until a sync closes them: enough of
+        // them waiting start it early.
+        let closing = self.chunks.budget().wants_sync();
+        if !self.flushing && (now >= self.next_flush || held >= FLUSH_AT_BYTES || closing) {
             self.next_flush = now + self.cfg.flush_interval;
             let list: Vec<_> = self
                 .groups

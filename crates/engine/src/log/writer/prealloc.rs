@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use tracing::warn;
 
-use super::create_zeroed;
+use super::segments::create_zeroed;
 
 /// A helper thread that zero-fills the next segment while the current one is in use, so
 /// rolling does not stall the write path when no recycled file is available.
@@ -26,6 +26,8 @@ impl Preallocator {
             .name("tessera-log-prealloc".into())
             .spawn(move || {
                 for (path, len) in req_rx {
+                    // Lets tests make this thread slow, as it is on a loaded machine.
+                    fail::fail_point!("log::prealloc");
                     let _ = std::fs::remove_file(&path);
                     let r = create_zeroed(&path, len).map(|_| path);
                     if res_tx.send(r).is_err() {

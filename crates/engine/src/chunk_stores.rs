@@ -1,5 +1,5 @@
-//! [`ChunkStores`]: one [`ChunkStore`] per namespace (a replica group, to its users) under
-//! one directory, `<dir>/<space:016x>/`.
+//! [`ChunkStores`]: the node's set of chunk stores, one [`ChunkStore`] per namespace (a replica
+//! group, to its users) under one directory, `<dir>/<space:016x>/`.
 //!
 //! A namespace's chunks are then exactly one directory: listing what a replica holds,
 //! copying it to another node, or destroying it when the replica moves away touch nothing
@@ -14,6 +14,7 @@ use crate::chunk::{ChunkStore, FileBudget};
 use crate::fsutil::sync_dir;
 use crate::{Error, Result};
 
+/// The chunk stores of one node, one per namespace. `Send + Sync`.
 pub struct ChunkStores {
     dir: PathBuf,
     budget: Arc<FileBudget>,
@@ -113,6 +114,7 @@ impl ChunkStores {
         &self.budget
     }
 
+    /// Approximate bytes allocated on disk by the chunk files of every store.
     pub fn used_bytes(&self) -> u64 {
         self.read_map().values().map(|s| s.used_bytes()).sum()
     }
