@@ -122,6 +122,8 @@ pub(crate) struct Group {
     pub(crate) stalled: Option<(Instant, String)>,
     /// When this replica, stalled as leader, last asked for a leadership transfer.
     pub(crate) stall_transfer: Option<Instant>,
+    /// Vote grants not yet handed to raft-rs (see `election.rs`).
+    pub(crate) held_votes: crate::election::HeldVotes,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -343,6 +345,7 @@ impl Group {
             fences,
             stalled: None,
             stall_transfer: None,
+            held_votes: Default::default(),
         })
     }
 

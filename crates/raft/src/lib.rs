@@ -26,6 +26,7 @@
 mod admit;
 mod clock;
 mod dedup;
+mod election;
 mod fence;
 mod group;
 mod logger;

@@ -317,8 +317,10 @@ impl Poller {
                         let sent = self.epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
                         g.note_contact(msg.from, sent.min(crate::clock::now()));
                     }
-                    if let Err(e) = g.raw.step(msg) {
-                        tracing::debug!(group = gid, "step: {e}");
+                    for msg in g.count_vote(msg) {
+                        if let Err(e) = g.raw.step(msg) {
+                            tracing::debug!(group = gid, "step: {e}");
+                        }
                     }
                     self.dirty.insert(gid);
                 }
