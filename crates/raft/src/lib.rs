@@ -33,6 +33,7 @@ mod logger;
 mod membership;
 mod metrics;
 mod poller;
+mod slots;
 mod store;
 
 use std::path::PathBuf;

@@ -31,12 +31,12 @@ use tessera_proto::data::{RaftBatch, Reply};
 
 use crate::admit::admit;
 use crate::fence::Fences;
-use crate::group::{
-    Group, GroupInit, INIT_INDEX, SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE,
-    SLOT_MEMBERSHIP, decode_applied, decode_hard_state, encode_applied, encode_hard_state,
-    from_log_entry, to_log_entry,
+use crate::group::{Group, GroupInit, INIT_INDEX};
+use crate::slots::{
+    SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, decode_applied,
+    decode_conf, decode_hard_state, encode_applied, encode_hard_state, from_log_entry,
+    to_log_entry,
 };
-use crate::membership::decode_conf;
 use crate::{
     Event, Fatal, FetchError, FetchJob, MembershipError, NodeConfig, OnFatal, SnapshotFetcher,
     Transport,
