@@ -2,7 +2,7 @@
 //! entries to apply, the reads waiting for the applied index, and applying committed
 //! entries to the chunk store.
 //!
-//! Everything here runs on the poller thread that owns the group; nothing here blocks on
+//! Everything here runs in the poller task that owns the group; nothing here blocks on
 //! the network or waits for an fsync.
 
 use std::collections::VecDeque;
@@ -23,7 +23,7 @@ use tessera_proto::data::Request;
 use crate::Respond;
 use crate::dedup::Dedup;
 use crate::fence::{Fences, SnapshotData};
-use crate::store::{GroupStorage, MemLog};
+use crate::log_tail::{GroupStorage, MemLog};
 
 mod apply;
 mod lease;

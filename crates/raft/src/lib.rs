@@ -14,7 +14,7 @@
 //! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop; its Ready
 //! handling in `poller/ready.rs`), `group.rs` (one group: proposals, lease reads, apply),
 //! `admit.rs` (which network messages may reach raft-rs), `dedup.rs` (a retried write takes
-//! effect once), `store.rs` (raft-rs `Storage` over the in-memory tail of the log).
+//! effect once), `log_tail.rs` (raft-rs `Storage` over the in-memory tail of the log).
 //!
 //! Reads are served by the leader from its applied state without a round trip
 //! (`ReadOnlyOption::LeaseBased` with `check_quorum`): a leader that cannot hear a quorum
@@ -29,12 +29,12 @@ mod dedup;
 mod election;
 mod fence;
 mod group;
+mod log_tail;
 mod logger;
 mod membership;
 mod metrics;
 mod poller;
 mod slots;
-mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ use tessera_engine::{ChunkStore, ChunkStores, Log, Recovered};
 use tessera_proto::control::{GroupSpec, GroupState, MembershipState, PeerInfo};
 use tessera_proto::data::{RaftBatch, Reply, Request};
 
-/// How a request's answer is delivered (called exactly once, from the poller thread).
+/// How a request's answer is delivered (called exactly once, from the poller task).
 pub type Respond = Box<dyn FnOnce(Reply) + Send>;
 
 /// Sends Raft messages to other storage nodes. Best effort and non-blocking: Raft retries

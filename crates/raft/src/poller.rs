@@ -1,4 +1,4 @@
-//! The poller: one thread that owns a set of groups and drives them in rounds.
+//! The poller: one tokio task that owns a set of groups and drives them in rounds.
 //!
 //! A round: take every queued event (messages from peers, client requests, log
 //! completions), tick every group if a tick is due, then handle the Ready of every group
@@ -108,7 +108,7 @@ pub(crate) struct Poller {
     epoch: Instant,
     /// Until then, vote requests are refused (see `admit`): this node just started.
     votes_after: Instant,
-    /// Chunk flushes and file deletions run on the poller's thread, in order with its
+    /// Chunk flushes and file deletions run inline in the poller task, in order with its
     /// events (the deterministic simulation sets it; production uses helper threads).
     inline_io: bool,
 }

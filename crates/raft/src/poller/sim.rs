@@ -3,7 +3,7 @@
 //! theirs driven inline by the harness, one virtual clock, and a network the harness owns.
 //!
 //! Determinism: each log is opened stepped (`Log::open_stepped`: the harness decides when
-//! a batch becomes durable), chunk flushes and file deletions run on the poller's thread
+//! a batch becomes durable), chunk flushes and file deletions run inline in the poller
 //! (`Poller::inline_io`), snapshot copies run inline (`SimCopy`), raft-rs's random election
 //! timeouts are replaced by a fixed one per node (`virtual_clock::set_simulated`),
 //! and every draw comes from one generator seeded by the schedule's seed. A failing
@@ -90,7 +90,7 @@ struct Disks {
 
 type Stores = Arc<Disks>;
 
-/// A snapshot copy done at once, on the poller's thread: the sender's blocks as they are
+/// A snapshot copy done at once, inline in the poller: the sender's blocks as they are
 /// now (at or past the snapshot's index), written into the receiver's store and synced.
 struct SimCopy(Stores);
 
