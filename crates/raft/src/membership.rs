@@ -29,7 +29,7 @@ use crate::fence::SnapshotData;
 use crate::group::Group;
 use crate::slots::{
     SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, encode_applied,
-    encode_conf, encode_hard_state,
+    encode_conf, encode_hard_state, encode_membership,
 };
 
 /// A peer waiting for a snapshot while nobody fetched anything of the group for this long
@@ -127,7 +127,7 @@ impl Group {
         self.store.lock().conf_state = cs.clone();
         self.refresh_snapshot_data();
         self.slot_writes
-            .push((SLOT_MEMBERSHIP, control::encode(&self.spec)));
+            .push((SLOT_MEMBERSHIP, encode_membership(&self.spec)));
         self.slot_writes
             .push((SLOT_CONF, encode_conf(e.index, &cs)));
         self.peers_changed = true;
@@ -414,7 +414,7 @@ impl Group {
             // (the simulation found two entries committed at one index that way).
             slots: if cfg!(tessera_unfixed = "install_slot_order") {
                 vec![
-                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_MEMBERSHIP, encode_membership(&self.spec)),
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
@@ -425,7 +425,7 @@ impl Group {
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
-                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_MEMBERSHIP, encode_membership(&self.spec)),
                 ]
             } else {
                 vec![
@@ -433,7 +433,7 @@ impl Group {
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
-                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_MEMBERSHIP, encode_membership(&self.spec)),
                 ]
             },
         };

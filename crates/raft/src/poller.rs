@@ -34,8 +34,8 @@ use crate::fence::Fences;
 use crate::group::{Group, GroupInit, INIT_INDEX};
 use crate::slots::{
     SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, decode_applied,
-    decode_conf, decode_hard_state, encode_applied, encode_hard_state, from_log_entry,
-    to_log_entry,
+    decode_conf, decode_hard_state, decode_membership, encode_applied, encode_hard_state,
+    encode_membership, from_log_entry, to_log_entry,
 };
 use crate::{
     Event, Fatal, FetchError, FetchJob, MembershipError, NodeConfig, OnFatal, SnapshotFetcher,
