@@ -2,7 +2,7 @@
 //! entries to apply, the reads waiting for the applied index, and applying committed
 //! entries to the chunk store.
 //!
-//! Everything here runs on the poller thread that owns the group; nothing here blocks on
+//! Everything here runs in the poller task that owns the group; nothing here blocks on
 //! the network or waits for an fsync.
 
 use std::collections::VecDeque;
@@ -12,29 +12,22 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
-    MessageType,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState,
 };
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
-use tessera_engine::{ChunkStore, EntryKind, LogEntry};
-use tessera_proto::command::{CmdOp, Command};
+use tessera_engine::ChunkStore;
+use tessera_proto::command::Command;
 use tessera_proto::control::{GroupSpec, GroupState, Role};
-use tessera_proto::data::{Op, Reply, Request};
+use tessera_proto::data::Request;
 
 use crate::Respond;
-use crate::dedup::{Dedup, Seen};
+use crate::dedup::Dedup;
 use crate::fence::{Fences, SnapshotData};
-use crate::store::{GroupStorage, MemLog};
+use crate::log_tail::{GroupStorage, MemLog};
 
-/// Per-group values kept in the shared log's slots.
-pub(crate) const SLOT_HARD_STATE: u8 = 0;
-pub(crate) const SLOT_APPLIED: u8 = 1;
-pub(crate) const SLOT_MEMBERSHIP: u8 = 2;
-/// The Raft configuration as of the last applied conf change: its index (u64 LE) then the
-/// protobuf `ConfState`.
-pub(crate) const SLOT_CONF: u8 = 3;
-/// The writer epoch floors (see `fence.rs`).
-pub(crate) const SLOT_FENCES: u8 = 4;
+mod apply;
+mod lease;
+mod request;
 
 /// Where a new group's log starts (index and term), as in TiKV: entries 1..=5 never exist,
 /// so a replica added later (whose log is empty) can never be sent entries from the start of
@@ -122,6 +115,8 @@ pub(crate) struct Group {
     pub(crate) stalled: Option<(Instant, String)>,
     /// When this replica, stalled as leader, last asked for a leadership transfer.
     pub(crate) stall_transfer: Option<Instant>,
+    /// Vote grants not yet handed to raft-rs (see `election.rs`).
+    pub(crate) held_votes: crate::election::HeldVotes,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -150,77 +145,6 @@ pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> C
         read_only_option: ReadOnlyOption::LeaseBased,
         ..Default::default()
     }
-}
-
-pub(crate) fn encode_hard_state(hs: &HardState) -> Bytes {
-    let mut b = Vec::with_capacity(24);
-    b.extend_from_slice(&hs.term.to_le_bytes());
-    b.extend_from_slice(&hs.vote.to_le_bytes());
-    b.extend_from_slice(&hs.commit.to_le_bytes());
-    Bytes::from(b)
-}
-
-fn u64s<const N: usize>(b: &[u8]) -> Option<[u64; N]> {
-    if b.len() != N * 8 {
-        return None;
-    }
-    let mut out = [0u64; N];
-    for (i, v) in out.iter_mut().enumerate() {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[i * 8..i * 8 + 8]);
-        *v = u64::from_le_bytes(a);
-    }
-    Some(out)
-}
-
-pub(crate) fn decode_hard_state(b: &[u8]) -> Option<HardState> {
-    let [term, vote, commit] = u64s::<3>(b)?;
-    Some(HardState {
-        term,
-        vote,
-        commit,
-        ..Default::default()
-    })
-}
-
-pub(crate) fn encode_applied(index: u64, term: u64) -> Bytes {
-    let mut b = Vec::with_capacity(16);
-    b.extend_from_slice(&index.to_le_bytes());
-    b.extend_from_slice(&term.to_le_bytes());
-    Bytes::from(b)
-}
-
-pub(crate) fn decode_applied(b: &[u8]) -> Option<(u64, u64)> {
-    let [index, term] = u64s::<2>(b)?;
-    Some((index, term))
-}
-
-pub(crate) fn to_log_entry(e: &Entry) -> LogEntry {
-    LogEntry {
-        term: e.term,
-        index: e.index,
-        kind: match e.get_entry_type() {
-            EntryType::EntryNormal => EntryKind::Normal,
-            EntryType::EntryConfChange => EntryKind::ConfChange,
-            EntryType::EntryConfChangeV2 => EntryKind::ConfChangeV2,
-        },
-        data: e.data.clone(),
-    }
-}
-
-pub(crate) fn from_log_entry(e: &LogEntry) -> Entry {
-    let mut out = Entry {
-        term: e.term,
-        index: e.index,
-        data: e.data.clone(),
-        ..Default::default()
-    };
-    out.set_entry_type(match e.kind {
-        EntryKind::Normal => EntryType::EntryNormal,
-        EntryKind::ConfChange => EntryType::EntryConfChange,
-        EntryKind::ConfChangeV2 => EntryType::EntryConfChangeV2,
-    });
-    out
 }
 
 /// What a group starts from: a new group (nothing applied) or what the log recovered.
@@ -343,6 +267,7 @@ impl Group {
             fences,
             stalled: None,
             stall_transfer: None,
+            held_votes: Default::default(),
         })
     }
 
@@ -382,68 +307,6 @@ impl Group {
             pr.matched = last;
             pr.become_probe();
         }
-    }
-
-    /// A peer answered a heartbeat this node sent at `sent`.
-    pub(crate) fn note_contact(&mut self, peer: u64, sent: Instant) {
-        let t = self.contact.entry(peer).or_insert(sent);
-        *t = (*t).max(sent);
-    }
-
-    /// Whether a quorum (counting this node) answered heartbeats sent within the lease: only
-    /// then may a leader serve reads from its own state. A follower that answered a heartbeat
-    /// sent at `t` votes for no one else before `t` + an election timeout, so a lease of half
-    /// that, counted from the send time, holds even if the answers sat in a queue. Raft's
-    /// `check_quorum` alone steps a cut-off leader down only after one to two election
-    /// timeouts, and not at all while its poller is stalled.
-    ///
-    /// Void while a leadership transfer is pending and for the rest of a term in which one
-    /// was started (see `lease_void_term`).
-    pub(crate) fn lease_valid(&self, now: Instant) -> bool {
-        let r = &self.raw.raft;
-        if !cfg!(tessera_unfixed = "lease_transfer")
-            && (r.lead_transferee.is_some() || self.lease_void_term == r.term)
-        {
-            return false;
-        }
-        self.in_contact(now)
-    }
-
-    /// Whether a quorum of the configuration in force answered this term's heartbeats within
-    /// the last lease period: this node still leads a configuration the group has not left
-    /// (a leader cut off from the group hears nobody of its term). Unlike a lease, it holds
-    /// during a leadership transfer: the transferee takes over the same configuration.
-    pub(crate) fn in_contact(&self, now: Instant) -> bool {
-        match now.checked_sub(self.lease) {
-            Some(oldest) => self.quorum_heard_since(oldest, false),
-            None => false,
-        }
-    }
-
-    /// Whether a quorum of every configuration in force (both halves of a joint one)
-    /// answered heartbeats sent at or after `since` (strictly after if `!inclusive`). This
-    /// node counts as having answered.
-    pub(crate) fn quorum_heard_since(&self, since: Instant, inclusive: bool) -> bool {
-        let me = self.raw.raft.id;
-        let heard = |id: u64| {
-            id == me
-                || self
-                    .contact
-                    .get(&id)
-                    .is_some_and(|t| if inclusive { *t >= since } else { *t > since })
-        };
-        if cfg!(tessera_unfixed = "joint_lease") {
-            let all: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
-            return all.iter().filter(|id| heard(**id)).count() > all.len() / 2;
-        }
-        let majority = |ids: &[u64]| {
-            ids.is_empty() || ids.iter().filter(|id| heard(**id)).count() > ids.len() / 2
-        };
-        // The configuration raft-rs runs with, as last applied (kept beside the log, so no
-        // copy is made on every read).
-        let mem = self.store.lock();
-        let cs = &mem.conf_state;
-        !cs.voters.is_empty() && majority(&cs.voters) && majority(&cs.voters_outgoing)
     }
 
     /// Asks raft-rs to hand leadership to `to`; if it started a transfer (it ignores one to
@@ -569,423 +432,6 @@ impl Group {
         }
     }
 
-    /// A client request for this group. Writes are proposed; reads are served from the
-    /// applied state once it covers the commit index seen now (lease read: see module docs
-    /// of the crate for why no round trip is needed).
-    pub(crate) fn request(&mut self, req: Request, respond: Respond, disk_full: bool) {
-        if !self.is_leader() {
-            respond(Reply::NotLeader {
-                hint: self.raw.raft.leader_id,
-            });
-            return;
-        }
-        // A leader that cannot apply could acknowledge writes but never serve the reads
-        // that follow them. Refused before any retry lookup: a retry answered `Ok` here
-        // would be just such an acknowledgement. The client tries the other replicas.
-        if let Some(refusal) = self.stalled_refusal() {
-            return respond(refusal);
-        }
-        if req.op == Op::Read {
-            if !self.raw.raft.commit_to_current_term() {
-                respond(Reply::Unavailable(format!(
-                    "group {} has a new leader that has not committed yet",
-                    self.id
-                )));
-                return;
-            }
-            let index = self.raw.raft.raft_log.committed;
-            let now = crate::clock::now();
-            let confirm_after = if self.lease_valid(now) {
-                None
-            } else {
-                // No lease: confirm leadership with a round of heartbeats sent from now on
-                // (one round for every read that arrives before it goes out).
-                self.ping_due = true;
-                Some(now)
-            };
-            if confirm_after.is_none() && self.applied >= index && self.reads.is_empty() {
-                respond(serve_read(&self.chunks, &req));
-            } else {
-                self.reads.push_back(PendingRead {
-                    index,
-                    req,
-                    respond,
-                    confirm_after,
-                });
-            }
-            return;
-        }
-        let op = match req.op {
-            Op::Write => CmdOp::Write,
-            Op::WriteZeroes => CmdOp::WriteZeroes,
-            Op::Discard => CmdOp::Discard,
-            Op::Fence => CmdOp::Fence,
-            Op::Read => unreachable!("reads returned above"),
-            Op::SnapList | Op::SnapChecksums | Op::SnapRead => {
-                respond(Reply::BadRequest(
-                    "snapshot transfers are served by the data port, not by Raft".into(),
-                ));
-                return;
-            }
-        };
-        if !cfg!(tessera_unfixed = "retry_dedup") {
-            match self.retry_outcome(req.id) {
-                None => {}
-                Some(None) => return respond(Reply::Ok(Bytes::new())),
-                Some(Some((index, term))) => {
-                    // Answered with the first attempt's entry, in index order.
-                    let at = self.proposals.partition_point(|p| p.index <= index);
-                    self.proposals.insert(
-                        at,
-                        Proposal {
-                            index,
-                            term,
-                            respond,
-                            proposed: Instant::now(),
-                        },
-                    );
-                    return;
-                }
-            }
-        }
-        // A retry whose first attempt is in the log was answered above: refusing it here
-        // would say "not applied" of an entry that may still commit.
-        // Write-zeroes allocates too (it keeps the range provisioned); discard frees space
-        // and a fence allocates nothing, so neither is refused.
-        let allocates = req.op == Op::Write
-            || (req.op == Op::WriteZeroes && !cfg!(tessera_unfixed = "zeroes_floor"));
-        if disk_full && allocates {
-            respond(Reply::DiskFull(format!(
-                "node {} has too little free space to accept writes",
-                self.raw.raft.id
-            )));
-            return;
-        }
-        // Both refusals below tell the client its request will never be applied, which it
-        // takes for its earlier attempts too (the lookup above found none). Only a leader
-        // that committed in its term knows its log holds every committed entry: a new one
-        // may lack an attempt a previous leader appended that will still commit.
-        let settles = self.raw.raft.commit_to_current_term();
-        // A write of an attachment the manager ended: after a newer writer's fence in this
-        // log, never. (A retry whose first attempt is in the log was answered above with
-        // that attempt's outcome: it entered the log before the fence.)
-        if op != CmdOp::Fence
-            && let Err(floor) = self.fences.admits(req.addr.volume, req.epoch)
-        {
-            if !settles {
-                return respond(Reply::Unavailable(format!(
-                    "group {} has a new leader that has not committed yet",
-                    self.id
-                )));
-            }
-            return respond(Reply::Fenced(format!(
-                "volume {} is attached by a newer writer (epoch {floor}); this request's \
-                 epoch {} is fenced in group {}",
-                req.addr.volume, req.epoch, self.id
-            )));
-        }
-        // The client gives up on an attempt at its deadline and retries: proposed later, this
-        // attempt could land after the retry and a newer write to the same range.
-        if req.expired() && !cfg!(tessera_unfixed = "deadlines") {
-            if !settles {
-                return respond(Reply::Unavailable(format!(
-                    "group {} has a new leader that has not committed yet",
-                    self.id
-                )));
-            }
-            return respond(Reply::Expired(format!(
-                "request to group {} reached its leader after its deadline; not applied",
-                self.id
-            )));
-        }
-        let cmd = Command {
-            op,
-            volume: req.addr.volume,
-            chunk: req.addr.chunk,
-            offset: req.offset,
-            len: req.len,
-            id: req.id,
-            epoch: req.epoch,
-            data: req.data,
-        };
-        // Its id is noted when the entry reaches the log (`process_readies`, for every entry
-        // appended, proposed here or received): a retry cannot arrive before that, since a
-        // client sends one attempt at a time and this one is answered no earlier. Its
-        // epoch raises the floor now, not then: a write of an older epoch handled in the
-        // same round must not be proposed after this fence.
-        self.fences.raise(cmd.volume, cmd.epoch);
-        self.propose(cmd.encode(), respond);
-    }
-
-    /// Whether request `id` was seen before (see `dedup.rs`): `None` if not (propose it);
-    /// `Some(None)` if its entry is committed (answer `Ok`); `Some(Some((index, term)))` if
-    /// its entry is in this leader's log, not yet committed (answer with that entry).
-    fn retry_outcome(&mut self, id: u128) -> Option<Option<(u64, u64)>> {
-        let index = match self.dedup.lookup(id) {
-            Seen::Never => return None,
-            Seen::Applied => return Some(None),
-            Seen::InLog(index) => index,
-        };
-        let log = &self.raw.raft.raft_log;
-        // A later leader's entries may have cut this log short of the index (raft-rs's
-        // `slice` panics past the last index).
-        let in_log = index >= log.first_index() && index <= log.last_index();
-        let entry = in_log
-            .then(|| {
-                log.slice(
-                    index,
-                    index + 1,
-                    None,
-                    raft::GetEntriesContext::empty(false),
-                )
-                .ok()
-            })
-            .flatten()
-            .and_then(|v| v.into_iter().next());
-        match entry {
-            Some(e) if Command::peek_id(&e.data) == id => {
-                if index <= log.committed {
-                    Some(None)
-                } else {
-                    Some(Some((index, e.term)))
-                }
-            }
-            _ => {
-                // Overwritten by another leader's entry: the first attempt never commits.
-                self.dedup.drop_logged(id);
-                None
-            }
-        }
-    }
-
-    pub(crate) fn propose(&mut self, data: Bytes, respond: Respond) {
-        // Step a MsgPropose ourselves rather than `RawNode::propose`, which takes a Vec and
-        // would copy the payload.
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgPropose);
-        m.from = self.raw.raft.id;
-        let e = Entry {
-            data,
-            ..Default::default()
-        };
-        m.set_entries(vec![e].into());
-        match self.raw.step(m) {
-            Ok(()) => self.proposals.push_back(Proposal {
-                proposed: std::time::Instant::now(),
-                index: self.raw.raft.raft_log.last_index(),
-                term: self.raw.raft.term,
-                respond,
-            }),
-            Err(e) => respond(Reply::Unavailable(format!(
-                "group {} dropped the proposal: {e}",
-                self.id
-            ))),
-        }
-    }
-
-    /// Leadership was lost: nothing pending here can be answered by this node any more.
-    /// A write answered this way may still commit under the new leader; the client retries
-    /// it there with the same request id, which that leader finds in its log (or among the
-    /// ids it applied) rather than propose it a second time (see `dedup.rs`).
-    pub(crate) fn fail_pending(&mut self) {
-        // Answers to an old term's heartbeats must not make a lease in a later one.
-        self.contact.clear();
-        let hint = self.raw.raft.leader_id;
-        for p in self.proposals.drain(..) {
-            (p.respond)(Reply::NotLeader { hint });
-        }
-        for r in self.reads.drain(..) {
-            (r.respond)(Reply::NotLeader { hint });
-        }
-    }
-
-    /// Committed entries not yet applied are covered by an installed snapshot.
-    pub(crate) fn drop_unapplied(&mut self) {
-        self.to_apply.clear();
-    }
-
-    /// Takes newly committed entries for applying, and answers their proposals now: a
-    /// committed entry is durable on a majority and will be applied, in order, before any
-    /// read that comes after it is served (reads wait for the applied index to reach the
-    /// commit index they saw), so the client need not wait for the chunk-file write.
-    pub(crate) fn queue_committed(&mut self, ents: Vec<Entry>) {
-        let now = std::time::Instant::now();
-        for e in &ents {
-            while let Some(p) = self.proposals.front() {
-                if p.index > e.index {
-                    break;
-                }
-                let Some(p) = self.proposals.pop_front() else {
-                    break;
-                };
-                crate::metrics::COMMIT.observe(now.saturating_duration_since(p.proposed));
-                let reply = if p.index < e.index || p.term != e.term {
-                    Reply::NotLeader {
-                        hint: self.raw.raft.leader_id,
-                    }
-                } else if let Some(refusal) = self.stalled_refusal() {
-                    // Committed, and applied in time by every replica that can; but not
-                    // acknowledged by one that cannot serve its read. The client's retry
-                    // (same id) finds it committed at the next leader.
-                    refusal
-                } else {
-                    Reply::Ok(Bytes::new())
-                };
-                (p.respond)(reply);
-            }
-        }
-        self.to_apply.extend(ents);
-    }
-
-    /// Applies queued committed entries in order, then serves the
-    /// reads the new applied index covers. Stops at the first entry that cannot be applied
-    /// (full disk, a corrupt block under a partial write): it is retried later, never
-    /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
-    pub(crate) fn apply(&mut self) -> Result<(), crate::Fatal> {
-        // While a snapshot's chunk data is being copied in, older entries must not land on
-        // top of it (a block copied at the snapshot's state would be overwritten with an
-        // older one); the snapshot covers them anyway.
-        if self.fetching {
-            // Not stalled: waiting for a snapshot's copy, which covers what it could not apply.
-            self.note_stall(None);
-            return Ok(());
-        }
-        let before = self.applied;
-        let mut stall = None;
-        let mut waiting = false;
-        while let Some(front) = self.to_apply.front() {
-            if front.get_entry_type() != EntryType::EntryNormal {
-                let e = front.clone();
-                self.apply_conf_change(&e);
-            }
-            let Some(e) = self.to_apply.front() else {
-                break;
-            };
-            let started = std::time::Instant::now();
-            let result = match e.get_entry_type() {
-                EntryType::EntryNormal if injected_stall(self.raw.raft.id, self.id) => Err(
-                    tessera_engine::Error::DiskFull("injected: raft::apply fail point".into()),
-                ),
-                EntryType::EntryNormal => apply_entry(&self.chunks, self.id, e),
-                _ => Ok(()),
-            };
-            crate::metrics::APPLY.observe_since(started);
-            match result {
-                Err(tessera_engine::Error::DiskFull(msg)) => {
-                    tracing::error!(
-                        group = self.id,
-                        index = e.index,
-                        "apply stalled: disk full: {msg}"
-                    );
-                    stall = Some(format!("entry {} meets a full disk: {msg}", e.index));
-                    break;
-                }
-                Err(tessera_engine::Error::Corrupt(msg)) => {
-                    tracing::error!(group = self.id, index = e.index, "apply stalled: {msg}");
-                    stall = Some(format!("entry {} meets a corrupt block: {msg}", e.index));
-                    break;
-                }
-                // Out of descriptors even after closing idle chunks: back-pressure, retried
-                // when the next tick or message comes, never a reason to stop the node. Not
-                // a stall: a shortage is node-wide and passing, and handing leadership over
-                // for it would only churn.
-                Err(tessera_engine::Error::Exhausted(msg)) => {
-                    tracing::warn!(group = self.id, index = e.index, "apply waits: {msg}");
-                    waiting = true;
-                    break;
-                }
-                Err(source) => {
-                    return Err(crate::Fatal::Apply {
-                        group: self.id,
-                        index: e.index,
-                        source,
-                    });
-                }
-                Ok(()) => {}
-            }
-            let (index, term) = (e.index, e.term);
-            self.dedup.applied(Command::peek_id(&e.data), started);
-            self.to_apply.pop_front();
-            self.applied = index;
-            self.applied_term = term;
-            self.store.lock().applied = (index, term);
-        }
-        if self.applied != before {
-            self.raw.advance_apply_to(self.applied);
-            self.chunks.start_writeback();
-        }
-        if !waiting {
-            self.note_stall(stall);
-        }
-        self.serve_reads();
-        Ok(())
-    }
-
-    /// Records whether apply stopped at an entry it cannot apply: the first failure starts
-    /// the stall (its age decides when the replica is reported stuck), an apply that
-    /// drains its queue ends it.
-    fn note_stall(&mut self, stall: Option<String>) {
-        match stall {
-            Some(why) if self.stalled.is_none() => {
-                crate::metrics::APPLY_STALLS.add(1);
-                self.stalled = Some((crate::clock::now(), why));
-            }
-            Some(_) => {}
-            None => {
-                if self.stalled.take().is_some() {
-                    tracing::info!(group = self.id, "apply resumed");
-                }
-            }
-        }
-    }
-
-    /// The answer of a stalled leader to a request it must not acknowledge.
-    pub(crate) fn stalled_refusal(&self) -> Option<Reply> {
-        if cfg!(tessera_unfixed = "stalled_leader") {
-            return None;
-        }
-        let (_, why) = self.stalled.as_ref()?;
-        Some(Reply::Unavailable(format!(
-            "group {} cannot apply on node {} ({why}); its leadership is being handed over",
-            self.id, self.raw.raft.id
-        )))
-    }
-
-    /// Why this replica is to be reported stuck: stalled for at least `after`.
-    pub(crate) fn stuck(&self, now: Instant, after: Duration) -> Option<String> {
-        let (since, why) = self.stalled.as_ref()?;
-        let age = now.saturating_duration_since(*since);
-        (age >= after).then(|| format!("apply stalled for {}s: {why}", age.as_secs()))
-    }
-
-    /// Answers every waiting read with the stalled leader's refusal: the applied index they
-    /// wait for does not move.
-    pub(crate) fn refuse_reads(&mut self) {
-        let Some(refusal) = self.stalled_refusal() else {
-            return;
-        };
-        for r in std::mem::take(&mut self.reads) {
-            (r.respond)(refusal.clone());
-        }
-    }
-
-    /// Serves the waiting reads, in arrival order, that the applied index covers and whose
-    /// leadership check (if they need one) has passed.
-    pub(crate) fn serve_reads(&mut self) {
-        while let Some(r) = self.reads.front() {
-            if r.index > self.applied
-                || r.confirm_after
-                    .is_some_and(|t| !self.quorum_heard_since(t, true))
-            {
-                break;
-            }
-            let Some(r) = self.reads.pop_front() else {
-                break;
-            };
-            (r.respond)(serve_read(&self.chunks, &r.req));
-        }
-    }
-
     /// What a snapshot of this replica carries besides its chunk files, refreshed when the
     /// membership or a floor changes.
     pub(crate) fn refresh_snapshot_data(&self) {
@@ -1039,63 +485,5 @@ impl Group {
             }
         }
         to
-    }
-}
-
-fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Result<()> {
-    if e.data.is_empty() {
-        return Ok(());
-    }
-    let cmd = match Command::decode(&e.data) {
-        Ok(c) => c,
-        Err(err) => {
-            // The log's checksums passed, so this is a bug or a newer format; applying
-            // nothing is the only choice that keeps the node alive.
-            tracing::error!(group, index = e.index, "undecodable committed entry: {err}");
-            return Ok(());
-        }
-    };
-    let (off, len) = (cmd.offset as u64, cmd.len as u64);
-    match cmd.op {
-        CmdOp::Write => chunks.write(cmd.volume, cmd.chunk, off, &cmd.data),
-        CmdOp::WriteZeroes => chunks.write_zeroes(cmd.volume, cmd.chunk, off, len),
-        CmdOp::Discard => chunks.discard(cmd.volume, cmd.chunk, off, len),
-        CmdOp::DropChunk => chunks.drop_chunk(cmd.volume, cmd.chunk),
-        // The floor was raised when the entry reached the log (see `fence.rs`).
-        CmdOp::Fence => Ok(()),
-    }
-}
-
-/// Whether the `raft::apply` fail point, configured `return(<node>/<group>)` (or
-/// `return(<node>/*)`: every group of the node), makes this replica's entries meet a full
-/// disk (never unless a test configured it).
-fn injected_stall(node: u64, group: u64) -> bool {
-    let _ = (node, group);
-    fail::fail_point!("raft::apply", |arg: Option<String>| {
-        arg.is_some_and(|a| a == format!("{node}/{group}") || a == format!("{node}/*"))
-    });
-    false
-}
-
-fn serve_read(chunks: &ChunkStore, req: &Request) -> Reply {
-    match chunks.read(
-        req.addr.volume,
-        req.addr.chunk,
-        req.offset as u64,
-        req.len as u64,
-    ) {
-        Ok(data) => Reply::Ok(data),
-        Err(e) => engine_reply(&e),
-    }
-}
-
-pub(crate) fn engine_reply(e: &tessera_engine::Error) -> Reply {
-    use tessera_engine::Error as E;
-    match e {
-        E::DiskFull(m) => Reply::DiskFull(m.clone()),
-        E::Corrupt(m) => Reply::Corrupt(m.clone()),
-        E::OutOfRange(m) => Reply::OutOfRange(m.clone()),
-        E::Exhausted(m) => Reply::Unavailable(m.clone()),
-        other => Reply::Io(other.to_string()),
     }
 }

@@ -11,10 +11,25 @@
 //! the log reported a failed fsync; acknowledge a write, as a leader that cannot apply, whose
 //! read it could not serve (such a replica hands over and is reported stuck: `poller/stuck.rs`).
 //!
-//! Where to start reading: [`RaftNode`] (the handle), `poller.rs` (the loop; its Ready
-//! handling in `poller/ready.rs`), `group.rs` (one group: proposals, lease reads, apply),
-//! `admit.rs` (which network messages may reach raft-rs), `dedup.rs` (a retried write takes
-//! effect once), `store.rs` (raft-rs `Storage` over the in-memory tail of the log).
+//! Where to start reading: [`RaftNode`] (the handle), then `poller.rs` (the loop). The map:
+//! - `poller.rs` and `poller/`: the loop and its events; Readies to the log and the wire
+//!   (`ready.rs`), snapshot copies (`catchup.rs`), replicas created, recovered and destroyed
+//!   (`lifecycle.rs`), ticks and flushes (`tick.rs`), stuck replicas (`stuck.rs`), messages
+//!   batched per peer (`outbox.rs`); its tests (`tests.rs`, `tests/`) and the deterministic
+//!   simulation (`sim.rs`, `sim/`).
+//! - `group.rs` and `group/`: one group (its RawNode and state); client requests
+//!   (`request.rs`), applying committed entries (`apply.rs`), the read lease (`lease.rs`).
+//! - `membership.rs`: conf changes, snapshots installed, leadership transfers;
+//!   `election.rs`: elections decided by the newest configuration in the log.
+//! - `admit.rs`: which network messages may reach raft-rs; `dedup.rs`: a retried write
+//!   takes effect once; `fence.rs`: writer epoch floors.
+//! - `log_tail.rs`: raft-rs `Storage` over the in-memory tail of the log; `slots.rs`: the
+//!   on-disk format of a group's slots (hard state, applied point, configuration,
+//!   membership).
+//! - `clock.rs` (real or simulated time), `logger.rs` (raft-rs logs to `tracing`),
+//!   `metrics.rs`.
+//!
+//! New code goes beside the idea it extends; a new idea gets a file of its own.
 //!
 //! Reads are served by the leader from its applied state without a round trip
 //! (`ReadOnlyOption::LeaseBased` with `check_quorum`): a leader that cannot hear a quorum
@@ -23,16 +38,20 @@
 //! The leader sends entries to its followers in the same poll round as it hands them to its
 //! own log (Raft thesis §10.2.1): commit needs any majority's fsync, not the leader's first.
 
+#![warn(missing_docs)]
+
 mod admit;
 mod clock;
 mod dedup;
+mod election;
 mod fence;
 mod group;
+mod log_tail;
 mod logger;
 mod membership;
 mod metrics;
 mod poller;
-mod store;
+mod slots;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,7 +63,7 @@ use tessera_engine::{ChunkStore, ChunkStores, Log, Recovered};
 use tessera_proto::control::{GroupSpec, GroupState, MembershipState, PeerInfo};
 use tessera_proto::data::{RaftBatch, Reply, Request};
 
-/// How a request's answer is delivered (called exactly once, from the poller thread).
+/// How a request's answer is delivered (called exactly once, from the poller task).
 pub type Respond = Box<dyn FnOnce(Reply) + Send>;
 
 /// Sends Raft messages to other storage nodes. Best effort and non-blocking: Raft retries
@@ -94,17 +113,27 @@ pub enum Fatal {
     /// block (those stall the group instead).
     #[error("applying entry {index} of group {group}: {source}")]
     Apply {
+        /// The group whose entry it was.
         group: u64,
+        /// The entry's log index.
         index: u64,
+        /// What the chunk store answered.
         source: tessera_engine::Error,
     },
     /// A snapshot copy could not make its data durable.
     #[error("copying a snapshot of group {group}: {source}")]
-    Copy { group: u64, source: FetchError },
+    Copy {
+        /// The group whose snapshot was being copied.
+        group: u64,
+        /// Why the copy failed.
+        source: FetchError,
+    },
     /// The log could not record a destroyed replica's tombstone.
     #[error("removing group {group}: {source}")]
     Remove {
+        /// The destroyed replica's group.
         group: u64,
+        /// What the shared log answered.
         source: tessera_engine::Error,
     },
     /// raft-rs asserted one of its invariants.
@@ -117,10 +146,13 @@ pub type OnFatal = Arc<dyn Fn(&Fatal) + Send + Sync>;
 
 /// One snapshot to copy.
 pub struct FetchJob {
+    /// The group whose chunk data is copied.
     pub group: u64,
     /// The node that sent the snapshot (it has applied at least `index`).
     pub from: u64,
+    /// Where `from` serves its chunk data.
     pub from_addr: String,
+    /// The snapshot's log index: the copy must reach at least the sender's state there.
     pub index: u64,
     /// This replica's chunk store, to be made a copy of the sender's.
     pub store: Arc<ChunkStore>,
@@ -129,16 +161,21 @@ pub struct FetchJob {
 /// The answer to a membership change request.
 pub type MembersAnswer = Box<dyn FnOnce(Result<MembershipState, MembershipError>) + Send>;
 
+/// Why a membership change or leadership transfer was not taken up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipError {
     /// This node does not lead the group; the leader it knows of (0: none).
     NotLeader(u64),
+    /// This node hosts no replica of the group.
     GroupNotFound,
+    /// The node is stopping.
     ShuttingDown,
 }
 
+/// How a node's Raft machinery runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// This storage node's id (its Raft peer id in every group).
     pub node_id: u64,
     /// The directory whose free space decides whether writes are accepted.
     pub data_dir: PathBuf,
@@ -158,6 +195,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The defaults for node `node_id` whose data lives under `data_dir`: a 100 ms tick, a
+    /// ten-tick election timeout, 64 MiB of free space kept, stuck after 10 s.
     pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
         NodeConfig {
             node_id,

@@ -26,9 +26,10 @@ use tessera_engine::{EntryKind, GroupWrite, LogEntry};
 use tessera_proto::control::{self, GroupSpec, MembershipState, PeerInfo, PeerProgress};
 
 use crate::fence::SnapshotData;
-use crate::group::{
-    Group, SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, encode_applied,
-    encode_hard_state,
+use crate::group::Group;
+use crate::slots::{
+    SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, encode_applied,
+    encode_conf, encode_hard_state, encode_membership,
 };
 
 /// A peer waiting for a snapshot while nobody fetched anything of the group for this long
@@ -36,18 +37,6 @@ use crate::group::{
 const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
 /// A learner within this many entries of the leader's commit index counts as caught up.
 const CAUGHT_UP_SLACK: u64 = 64;
-
-pub(crate) fn encode_conf(index: u64, cs: &ConfState) -> Bytes {
-    let mut b = index.to_le_bytes().to_vec();
-    b.extend_from_slice(&cs.write_to_bytes().unwrap_or_default());
-    Bytes::from(b)
-}
-
-pub(crate) fn decode_conf(b: &[u8]) -> Option<(u64, ConfState)> {
-    let idx = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
-    let cs = ConfState::parse_from_bytes(&b[8..]).ok()?;
-    Some((idx, cs))
-}
 
 fn members_of(cs: &ConfState) -> BTreeSet<u64> {
     cs.voters
@@ -138,7 +127,7 @@ impl Group {
         self.store.lock().conf_state = cs.clone();
         self.refresh_snapshot_data();
         self.slot_writes
-            .push((SLOT_MEMBERSHIP, control::encode(&self.spec)));
+            .push((SLOT_MEMBERSHIP, encode_membership(&self.spec)));
         self.slot_writes
             .push((SLOT_CONF, encode_conf(e.index, &cs)));
         self.peers_changed = true;
@@ -425,7 +414,7 @@ impl Group {
             // (the simulation found two entries committed at one index that way).
             slots: if cfg!(tessera_unfixed = "install_slot_order") {
                 vec![
-                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_MEMBERSHIP, encode_membership(&self.spec)),
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
@@ -436,7 +425,7 @@ impl Group {
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
-                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_MEMBERSHIP, encode_membership(&self.spec)),
                 ]
             } else {
                 vec![
@@ -444,7 +433,7 @@ impl Group {
                     (SLOT_CONF, encode_conf(index, &cs)),
                     (SLOT_APPLIED, encode_applied(index, term)),
                     (SLOT_HARD_STATE, encode_hard_state(&hs)),
-                    (SLOT_MEMBERSHIP, control::encode(&self.spec)),
+                    (SLOT_MEMBERSHIP, encode_membership(&self.spec)),
                 ]
             },
         };

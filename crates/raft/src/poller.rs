@@ -1,4 +1,4 @@
-//! The poller: one thread that owns a set of groups and drives them in rounds.
+//! The poller: one tokio task that owns a set of groups and drives them in rounds.
 //!
 //! A round: take every queued event (messages from peers, client requests, log
 //! completions), tick every group if a tick is due, then handle the Ready of every group
@@ -31,12 +31,12 @@ use tessera_proto::data::{RaftBatch, Reply};
 
 use crate::admit::admit;
 use crate::fence::Fences;
-use crate::group::{
-    Group, GroupInit, INIT_INDEX, SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE,
-    SLOT_MEMBERSHIP, decode_applied, decode_hard_state, encode_applied, encode_hard_state,
-    from_log_entry, to_log_entry,
+use crate::group::{Group, GroupInit, INIT_INDEX};
+use crate::slots::{
+    SLOT_APPLIED, SLOT_CONF, SLOT_FENCES, SLOT_HARD_STATE, SLOT_MEMBERSHIP, decode_applied,
+    decode_conf, decode_hard_state, decode_membership, encode_applied, encode_hard_state,
+    encode_membership, from_log_entry, to_log_entry,
 };
-use crate::membership::decode_conf;
 use crate::{
     Event, Fatal, FetchError, FetchJob, MembershipError, NodeConfig, OnFatal, SnapshotFetcher,
     Transport,
@@ -108,7 +108,7 @@ pub(crate) struct Poller {
     epoch: Instant,
     /// Until then, vote requests are refused (see `admit`): this node just started.
     votes_after: Instant,
-    /// Chunk flushes and file deletions run on the poller's thread, in order with its
+    /// Chunk flushes and file deletions run inline in the poller task, in order with its
     /// events (the deterministic simulation sets it; production uses helper threads).
     inline_io: bool,
 }
@@ -317,8 +317,10 @@ impl Poller {
                         let sent = self.epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
                         g.note_contact(msg.from, sent.min(crate::clock::now()));
                     }
-                    if let Err(e) = g.raw.step(msg) {
-                        tracing::debug!(group = gid, "step: {e}");
+                    for msg in g.count_vote(msg) {
+                        if let Err(e) = g.raw.step(msg) {
+                            tracing::debug!(group = gid, "step: {e}");
+                        }
                     }
                     self.dirty.insert(gid);
                 }

@@ -10,7 +10,7 @@ impl Poller {
             let Some(spec) = rg
                 .slots
                 .get(&SLOT_MEMBERSHIP)
-                .and_then(|b| control::decode::<GroupSpec>(b).ok())
+                .and_then(|b| decode_membership(b).ok())
             else {
                 tracing::warn!(
                     group = gid,
@@ -186,7 +186,7 @@ impl Poller {
                 return;
             }
         };
-        let mut slots = vec![(SLOT_MEMBERSHIP, control::encode(&spec))];
+        let mut slots = vec![(SLOT_MEMBERSHIP, encode_membership(&spec))];
         if !spec.joining {
             slots.push((SLOT_HARD_STATE, encode_hard_state(&hard_state)));
             slots.push((SLOT_APPLIED, encode_applied(applied.0, applied.1)));

@@ -31,7 +31,9 @@ impl Poller {
             {
                 g.fail_pending();
             }
-            push_msgs(&mut outbox, gid, rd.take_messages(), self.epoch);
+            let mut msgs = rd.take_messages();
+            g.widen_vote_requests(&mut msgs);
+            push_msgs(&mut outbox, gid, msgs, self.epoch);
             let mut gw = GroupWrite {
                 group: gid,
                 ..Default::default()
@@ -73,7 +75,8 @@ impl Poller {
                     g.persisted_hs = hs.clone();
                 }
             }
-            let persisted_msgs = rd.take_persisted_messages();
+            let mut persisted_msgs = rd.take_persisted_messages();
+            g.widen_vote_requests(&mut persisted_msgs);
             let number = rd.number();
             if installed && let Some(e) = gw.entries.first() {
                 g.installed = Some((number, e.index));

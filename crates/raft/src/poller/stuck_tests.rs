@@ -275,6 +275,7 @@ fn a_leader_that_cannot_apply_acknowledges_nothing_it_cannot_read_and_hands_over
 
 /// Like [`deliver`] and [`tick`], but giving up after `limit`: a log waiting for a full
 /// disk answers nothing until something relieves it.
+#[cfg(feature = "failpoints")]
 fn deliver_for(n: &mut Node, group: u64, m: Message, limit: Duration) {
     n.poller.handle(Event::Raft(RaftBatch {
         from_node: m.from,
@@ -283,6 +284,7 @@ fn deliver_for(n: &mut Node, group: u64, m: Message, limit: Duration) {
     n.settle_for(limit);
 }
 
+#[cfg(feature = "failpoints")]
 fn tick_for(n: &mut Node, limit: Duration) {
     n.poller.tick(Instant::now());
     n.settle_for(limit);
@@ -291,6 +293,7 @@ fn tick_for(n: &mut Node, limit: Duration) {
 /// Writes of `group` after `prev`, with a flush every round if `flush`, until the log
 /// answers a batch no more (the `log::no_space` fail point stops new segment files).
 /// Returns the last index written.
+#[cfg(feature = "failpoints")]
 fn write_until_the_log_waits(n: &mut Node, group: u64, mut prev: u64, flush: bool) -> u64 {
     for _ in 0..40 {
         deliver_for(n, group, writes(prev, 4), Duration::from_secs(2));
