@@ -27,7 +27,7 @@
 //!   storage nodes (`ChangeMembers`, `TransferLeader`) off the request path.
 //! - `volume`: volume names, sizes, chunk sizes.
 //! - `liveness`: heartbeat ages, node health, reported group leaders. Memory only.
-//! - `store`: the redb database (with `raft_log`, the only code that touches disk).
+//! - `db`: the redb database (with `raft_log`, the only code that touches disk).
 //!
 //! A membership change is a persisted `target` on the group (`state::Mutation::SetGroupTarget`)
 //! carried out by the group's leader and recorded with `SetGroupMembers` once the leader says
@@ -45,6 +45,7 @@
 
 mod attach;
 mod config;
+mod db;
 mod error;
 mod liveness;
 mod mover;
@@ -57,7 +58,6 @@ mod server;
 mod service;
 mod snapshot;
 mod state;
-mod store;
 mod volume;
 
 pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};

@@ -1068,8 +1068,8 @@ fn logger(id: u64) -> slog::Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
     use crate::peer::encode_batch;
-    use crate::store::Store;
     use tessera_net::FrameReader;
 
     #[test]
@@ -1118,8 +1118,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_manager_without_membership_votes_for_no_one_and_survives_a_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let (db, _) = Db::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(db.database(), db.path()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let opts = Options {
             id: 3,

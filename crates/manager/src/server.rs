@@ -26,12 +26,12 @@ use tessera_proto::control::{
 };
 use tessera_proto::frame::Kind;
 
+use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
 use crate::replica::{RaftTask, Replica};
 use crate::service::{DropOrder, Now, Service};
-use crate::store::Store;
 use crate::{Error, ManagerConfig};
 
 /// How long one storage node gets to acknowledge a drop order.
@@ -58,16 +58,16 @@ impl Manager {
         config.validate()?;
         let started = Instant::now();
         let dir = config.data_dir.clone();
-        let (store, state, applied, log, loaded) = tokio::task::spawn_blocking(move || {
-            let (store, state) = Store::open(&dir)?;
-            let applied = store.applied_index()?;
-            let (log, loaded) = RaftLog::open(store.database(), store.path())?;
-            Ok::<_, Error>((store, state, applied, log, loaded))
+        let (db, state, applied, log, loaded) = tokio::task::spawn_blocking(move || {
+            let (db, state) = Db::open(&dir)?;
+            let applied = db.applied_index()?;
+            let (log, loaded) = RaftLog::open(db.database(), db.path())?;
+            Ok::<_, Error>((db, state, applied, log, loaded))
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
         info!(
-            db = %store.path().display(),
+            db = %db.path().display(),
             nodes = state.nodes().count(),
             groups = state.groups().count(),
             volumes = state.volume_count(),
@@ -95,7 +95,7 @@ impl Manager {
         let (replica, raft) = Replica::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
         let service = Arc::new(Mutex::new(Service::new(
-            store,
+            db,
             state,
             live,
             config.replicas,

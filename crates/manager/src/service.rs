@@ -1,6 +1,6 @@
 //! The request handler: one [`ManagerRequest`] in, one answer out, plus any follow-up work
 //! for the network. Synchronous and single-threaded by design (the caller serialises calls):
-//! plan against [`State`], commit to the [`Store`], apply, answer — so an answer is never
+//! plan against [`State`], commit to the [`Db`], apply, answer — so an answer is never
 //! sent for a change that is not durable.
 //!
 //! Only the leader of the managers' Raft group plans; a commit goes through the Raft log and
@@ -21,11 +21,11 @@ use tessera_proto::control::{
 use tracing::{info, warn};
 
 use crate::attach::{self, Leases};
+use crate::db::Db;
 use crate::liveness::{Health, Liveness};
 use crate::reconcile;
 use crate::replica::Replica;
 use crate::state::{Mutation, State};
-use crate::store::Store;
 
 /// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub struct StorageCall {
 pub struct Service {
     state: State,
     /// `None` once closed.
-    store: Option<Store>,
+    db: Option<Db>,
     /// Set by a failed commit: after that, what is on disk is unknown, so this manager takes
     /// no more changes until it is restarted (the same rule as a failed fsync on a node).
     failed: Option<String>,
@@ -79,7 +79,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(
-        store: Store,
+        db: Db,
         state: State,
         live: Liveness,
         replicas: usize,
@@ -89,7 +89,7 @@ impl Service {
     ) -> Self {
         Service {
             state,
-            store: Some(store),
+            db: Some(db),
             failed: None,
             live,
             replicas,
@@ -104,7 +104,7 @@ impl Service {
 
     /// Closes the database; later requests fail with `Unavailable`.
     pub fn close(&mut self) {
-        self.store = None;
+        self.db = None;
     }
 
     pub fn handle(
@@ -215,7 +215,7 @@ impl Service {
                 "manager database failed earlier ({why}); restart the manager"
             )));
         }
-        if self.store.is_none() {
+        if self.db.is_none() {
             return Err(ControlError::Unavailable("manager is shutting down".into()));
         }
         self.replicate(&m)

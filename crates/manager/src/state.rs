@@ -2,7 +2,7 @@
 //!
 //! Every change is a [`Mutation`]. A `plan_*` method validates a request against the current
 //! state and returns the mutation that carries it out, with every id and timestamp already
-//! chosen; the store makes it durable; then [`State::apply`], which cannot fail, changes the
+//! chosen; the database makes it durable; then [`State::apply`], which cannot fail, changes the
 //! memory. A Raft-replicated manager puts the mutation in its log between planning and
 //! applying, so `apply` must stay deterministic: it never picks ids, reads clocks or looks at
 //! node health.
@@ -119,7 +119,7 @@ pub struct Attachment {
     pub since_unix: u64,
 }
 
-/// One durable change. Row-shaped on purpose: the store writes exactly these rows.
+/// One durable change. Row-shaped on purpose: the database writes exactly these rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
     /// Register a node or update its address, location or capacity.
@@ -183,7 +183,7 @@ impl Default for NextIds {
 }
 
 impl NextIds {
-    /// The marks once `m` is applied. Shared by [`State::apply`] and the store, so memory and
+    /// The marks once `m` is applied. Shared by [`State::apply`] and the database, so memory and
     /// disk agree.
     pub fn after(self, m: &Mutation) -> NextIds {
         let mut n = self;

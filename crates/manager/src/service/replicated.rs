@@ -1,7 +1,7 @@
 //! The service's side of manager HA: leading before planning, the commit path through the
 //! managers' Raft log, and applying committed entries (on every manager, leader or not).
 //!
-//! Apply is one path for everyone: an entry's mutation goes to the [`Store`] (with the
+//! Apply is one path for everyone: an entry's mutation goes to the [`Db`] (with the
 //! entry's index, in the same transaction) and then to the [`State`], strictly in log order,
 //! each entry once: entries at or below the applied index (a restart) are skipped, and an
 //! entry that does not follow the applied index stops this manager taking changes.
@@ -11,7 +11,7 @@
 //! (one election timeout, about a second), so they may be that stale; changes cannot be, as
 //! they need a majority.
 //!
-//! [`Store`]: crate::store::Store
+//! [`Db`]: crate::db::Db
 //! [`State`]: crate::state::State
 
 use std::time::{Duration, Instant};
@@ -113,10 +113,10 @@ impl Service {
         let replica = self.replica.clone();
         let _gate = replica.apply_gate();
         if let Some((index, term)) = self.replica.take_installed() {
-            let Some(store) = self.store.as_ref() else {
+            let Some(db) = self.db.as_ref() else {
                 return Err(ControlError::Unavailable("manager is shutting down".into()));
             };
-            match store.reload() {
+            match db.reload() {
                 Ok(state) => {
                     info!(
                         index,
@@ -154,21 +154,21 @@ impl Service {
                         return Err(self.fail(format!("log entry {}: {err}", e.index)));
                     }
                 };
-                let Some(store) = self.store.as_ref() else {
+                let Some(db) = self.db.as_ref() else {
                     return Err(ControlError::Unavailable("manager is shutting down".into()));
                 };
                 let next = self.state.next_ids().after(&m);
-                if let Err(err) = store.commit_applied(&m, next, e.index) {
+                if let Err(err) = db.commit_applied(&m, next, e.index) {
                     return Err(self.fail(err.to_string()));
                 }
                 self.state.apply(&m);
             } else {
                 // Nothing to change, but a snapshot taken from here on must cover it (a
                 // membership change's snapshot must hold the new member).
-                let Some(store) = self.store.as_ref() else {
+                let Some(db) = self.db.as_ref() else {
                     return Err(ControlError::Unavailable("manager is shutting down".into()));
                 };
-                if let Err(err) = store.set_applied(e.index) {
+                if let Err(err) = db.set_applied(e.index) {
                     return Err(self.fail(err.to_string()));
                 }
             }
@@ -260,16 +260,16 @@ mod tests {
     use raft::eraftpb::Entry;
 
     use super::Service;
+    use crate::db::Db;
     use crate::liveness::Liveness;
     use crate::raft_log::RaftLog;
     use crate::replica::{Options, Replica};
-    use crate::store::Store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_entry_that_skips_one_is_never_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, state) = Store::open(dir.path()).unwrap();
-        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let (db, state) = Db::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(db.database(), db.path()).unwrap();
         let opts = Options {
             id: 1,
             members: vec![crate::config::ManagerPeer {
@@ -287,7 +287,7 @@ mod tests {
         );
         let r = replica.clone();
         tokio::task::spawn_blocking(move || {
-            let mut s = Service::new(store, state, live, 1, 1, r.clone(), 0);
+            let mut s = Service::new(db, state, live, 1, 1, r.clone(), 0);
             let deadline = Instant::now() + Duration::from_secs(5);
             while s.lead().is_err() {
                 assert!(Instant::now() < deadline, "never led");

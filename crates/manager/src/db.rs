@@ -33,7 +33,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
 const FILE_NAME: &str = "manager.redb";
 
-pub struct Store {
+pub struct Db {
     db: Arc<Database>,
     path: PathBuf,
 }
@@ -56,9 +56,9 @@ pub fn db_err(path: &Path) -> impl Fn(DbError) -> Error + '_ {
     }
 }
 
-impl Store {
+impl Db {
     /// Opens (or creates) the database in `dir` and loads the state from it.
-    pub fn open(dir: &Path) -> Result<(Store, State), Error> {
+    pub fn open(dir: &Path) -> Result<(Db, State), Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.to_path_buf(),
             source,
@@ -68,7 +68,7 @@ impl Store {
             DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.clone() },
             other => db_err(&path)(other.into()),
         })?;
-        let store = Store {
+        let store = Db {
             db: Arc::new(db),
             path,
         };
@@ -159,7 +159,7 @@ impl Store {
         self.try_commit(m, next, None).map_err(db_err(&self.path))
     }
 
-    /// [`Store::commit`] of the mutation at `index` of the Raft log, recording `index` as
+    /// [`Db::commit`] of the mutation at `index` of the Raft log, recording `index` as
     /// applied in the same transaction.
     pub fn commit_applied(&self, m: &Mutation, next: NextIds, index: u64) -> Result<(), Error> {
         self.try_commit(m, next, Some(index))
@@ -394,18 +394,18 @@ mod tests {
     use super::*;
     use tessera_proto::control::NodeRegistration;
 
-    fn reopen(dir: &Path) -> (Store, State) {
-        Store::open(dir).unwrap()
+    fn reopen(dir: &Path) -> (Db, State) {
+        Db::open(dir).unwrap()
     }
 
-    fn step(store: &Store, state: &mut State, m: Mutation) {
+    fn step(store: &Db, state: &mut State, m: Mutation) {
         let next = state.next_ids().after(&m);
         store.commit(&m, next).unwrap();
         state.apply(&m);
     }
 
     /// Registers one node per rack, in order (ids 1, 2, ...).
-    fn register(store: &Store, state: &mut State, racks: &[&str]) {
+    fn register(store: &Db, state: &mut State, racks: &[&str]) {
         for rack in racks {
             let (_, m) = state
                 .plan_register(&NodeRegistration {
@@ -622,8 +622,8 @@ mod tests {
     fn a_second_open_of_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let first = reopen(dir.path());
-        assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+        assert!(matches!(Db::open(dir.path()), Err(Error::Locked { .. })));
         drop(first);
-        assert!(Store::open(dir.path()).is_ok());
+        assert!(Db::open(dir.path()).is_ok());
     }
 }
