@@ -5,7 +5,7 @@
 //! in `Rpc` frames. Modules, from the wire inwards:
 //!
 //! - `server`: connections, frames, shutdown, delivery of drop orders after a delete, the
-//!   applier task. Async, like `replica` and `mover`; the rest is synchronous.
+//!   applier task. Async, like `replica` and `reconcile_loop`; the rest is synchronous.
 //! - `service`: one request → plan, commit, apply, answer. Combines the durable state with
 //!   what heartbeats tell. `service::replicated` is its HA side: lead before planning, commit
 //!   through the Raft log, apply committed entries in log order (on every manager).
@@ -23,7 +23,7 @@
 //! - `reconcile`: which groups change membership and which leaderships move, one pass at a
 //!   time: re-replication, draining, rebalancing, leader balance, under throttles; and what
 //!   heartbeat acks tell nodes to create or destroy. Pure; new recovery policy goes here.
-//! - `mover`: the async loop running a reconcile pass every `reconcile_ms` and calling the
+//! - `reconcile_loop`: the async loop running a reconcile pass every `reconcile_ms` and calling the
 //!   storage nodes (`ChangeMembers`, `TransferLeader`) off the request path.
 //! - `volume`: volume names, sizes, chunk sizes.
 //! - `liveness`: heartbeat ages, node health, reported group leaders. Memory only.
@@ -48,11 +48,11 @@ mod config;
 mod db;
 mod error;
 mod liveness;
-mod mover;
 mod peer;
 mod placement;
 mod raft_log;
 mod reconcile;
+mod reconcile_loop;
 mod replica;
 mod server;
 mod service;

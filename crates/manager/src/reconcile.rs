@@ -1,6 +1,6 @@
 //! Keeping every group on three healthy racks: re-replication, draining, rebalancing and
 //! leader balance, as pure planning. No I/O and no clocks: the caller passes the state, what
-//! heartbeats tell ([`Liveness`]) and the time; `mover` runs a pass every `reconcile_ms`,
+//! heartbeats tell ([`Liveness`]) and the time; `reconcile_loop` runs a pass every `reconcile_ms`,
 //! commits the moves planned here as [`Mutation::SetGroupTarget`] and sends the storage
 //! calls.
 //!
@@ -713,6 +713,13 @@ pub fn drive(
         });
     }
     out
+}
+
+/// Whether two lists name the same nodes, in any order.
+pub fn same_nodes(a: &[u64], b: &[u64]) -> bool {
+    let a: BTreeSet<u64> = a.iter().copied().collect();
+    let b: BTreeSet<u64> = b.iter().copied().collect();
+    a == b
 }
 
 /// `members` with `from` replaced by `to`, in place.

@@ -104,7 +104,7 @@ impl Manager {
             applied,
         )));
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(crate::mover::run(
+        tokio::spawn(crate::reconcile_loop::run(
             service.clone(),
             config.limits(),
             config.reconcile_every,

@@ -438,7 +438,7 @@ impl Service {
         let Some(g) = self.state.group(group_id) else {
             return Ok(());
         };
-        if g.target.is_empty() || !crate::mover::same_nodes(&g.target, voters) {
+        if g.target.is_empty() || !reconcile::same_nodes(&g.target, voters) {
             return Ok(());
         }
         let (from, target) = (g.members.clone(), g.target.clone());
