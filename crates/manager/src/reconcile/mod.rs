@@ -1,7 +1,7 @@
 //! Keeping every group on three healthy racks: re-replication, draining, rebalancing and
 //! leader balance, as pure planning. No I/O and no clocks: the caller passes the state, what
-//! heartbeats tell ([`Liveness`]) and the time; `crate::reconcile_loop` runs a pass every `reconcile_ms`,
-//! commits the moves planned here as [`Mutation::SetGroupTarget`] and sends the storage
+//! heartbeats tell ([`Liveness`](crate::liveness::Liveness)) and the time; `crate::reconcile_loop` runs a pass every `reconcile_ms`,
+//! commits the moves planned here as [`Mutation::SetGroupTarget`](crate::state::Mutation::SetGroupTarget) and sends the storage
 //! calls.
 //!
 //! A *move* is a membership change of one group from its `members` to its persisted
@@ -29,7 +29,7 @@
 //!   under the throttles. New recovery policy goes here.
 //! - `heartbeat`: what a heartbeat proves ([`newly_established`]) and what its ack orders
 //!   ([`heartbeat_orders`]).
-//! - `drive`: which storage calls carry the moves on ([`drive`]).
+//! - `drive`: which storage calls carry the moves on ([`drive()`]).
 //!
 //! Must never do I/O, read a clock or commit anything: every file here is pure, so every
 //! rule can be tested with a made-up cluster (`tests`).

@@ -84,7 +84,7 @@ pub struct Plan {
 }
 
 /// What one pass looks at. `lost` holds (node, group) pairs of members that are up but have
-/// not hosted the group for longer than the down timeout ([`LostTracker`]); `settling` holds
+/// not hosted the group for longer than the down timeout ([`LostTracker`](super::memory::LostTracker)); `settling` holds
 /// groups whose leadership was just handed over, left alone until heartbeats show the result.
 pub struct Facts<'a> {
     pub state: &'a State,
