@@ -129,7 +129,18 @@ impl State {
                 replicas: counts.get(&n.id).copied().unwrap_or(0),
             })
             .collect();
-        let groups = placement::plan_groups(candidates, replicas, per_node, self.next.group);
+        let groups: Vec<GroupRecord> = placement::plan_groups(candidates, replicas, per_node)
+            .into_iter()
+            .zip(self.next.group..)
+            .map(|(members, id)| GroupRecord {
+                id,
+                members,
+                target: Vec::new(),
+                // Nobody has led it yet: its first members start as its initial voters.
+                established: false,
+                term: 0,
+            })
+            .collect();
         (!groups.is_empty()).then_some(Mutation::AddGroups(groups))
     }
 

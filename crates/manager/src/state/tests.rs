@@ -394,3 +394,23 @@ fn restore_rejects_dangling_rows_and_keeps_id_marks() {
     };
     assert!(State::restore(vec![], vec![g], vec![], vec![], next).is_err());
 }
+
+#[test]
+fn new_groups_take_ids_after_every_group_ever_made_and_start_unestablished() {
+    let mut s = cluster(3, 1, 2);
+    let before: Vec<u64> = s.groups().map(|g| g.id).collect();
+    assert_eq!(before, [1, 2]);
+    register(&mut s, None, "r3");
+    let Some(Mutation::AddGroups(added)) = s.plan_groups(|_| true, 3, 2) else {
+        panic!("a new node gets new groups");
+    };
+    let ids: Vec<u64> = added.iter().map(|g| g.id).collect();
+    assert_eq!(ids, (3..3 + ids.len() as u64).collect::<Vec<_>>());
+    for g in &added {
+        assert!(g.members.contains(&4), "{g:?}");
+        assert!(
+            g.target.is_empty() && !g.established && g.term == 0,
+            "{g:?}"
+        );
+    }
+}
