@@ -45,6 +45,7 @@
 
 mod attach;
 mod config;
+mod consensus;
 mod db;
 mod error;
 mod liveness;
@@ -53,7 +54,6 @@ mod placement;
 mod raft_log;
 mod reconcile;
 mod reconcile_loop;
-mod replica;
 mod server;
 mod service;
 mod snapshot;

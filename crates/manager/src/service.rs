@@ -21,10 +21,10 @@ use tessera_proto::control::{
 use tracing::{info, warn};
 
 use crate::attach::{self, Leases};
+use crate::consensus::Consensus;
 use crate::db::Db;
 use crate::liveness::{Health, Liveness};
 use crate::reconcile;
-use crate::replica::Replica;
 use crate::state::{Mutation, State};
 
 /// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
@@ -65,7 +65,7 @@ pub struct Service {
     live: Liveness,
     replicas: usize,
     groups_per_node: u64,
-    replica: Replica,
+    consensus: Consensus,
     /// Index and term of the last log entry applied to `state`.
     applied: (u64, u64),
     /// The term whose leadership `live` was reset for.
@@ -84,7 +84,7 @@ impl Service {
         live: Liveness,
         replicas: usize,
         groups_per_node: u32,
-        replica: Replica,
+        consensus: Consensus,
         applied_index: u64,
     ) -> Self {
         Service {
@@ -94,7 +94,7 @@ impl Service {
             live,
             replicas,
             groups_per_node: u64::from(groups_per_node),
-            replica,
+            consensus,
             applied: (applied_index, 0),
             led_term: 0,
             unrecorded: BTreeSet::new(),
@@ -201,9 +201,9 @@ impl Service {
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
-                replicated::add_manager(&self.replica, id, addr)
+                replicated::add_manager(&self.consensus, id, addr)
             }
-            ManagerRequest::Managers => Ok(replicated::managers(&self.replica)),
+            ManagerRequest::Managers => Ok(replicated::managers(&self.consensus)),
         };
         (res, orders)
     }
