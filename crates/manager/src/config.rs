@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Default RPC address of a manager.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";

@@ -19,7 +19,7 @@ use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
+use crate::error::Error;
 use crate::state::{GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord};
 
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");

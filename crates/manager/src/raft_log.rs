@@ -20,8 +20,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::Error;
 use crate::db::DbError;
+use crate::error::Error;
 
 /// Log index → protobuf-encoded [`Entry`].
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");

@@ -26,13 +26,14 @@ use tessera_proto::control::{
 };
 use tessera_proto::frame::Kind;
 
+use crate::config::ManagerConfig;
 use crate::consensus::{Consensus, RaftTask};
 use crate::db::Db;
+use crate::error::Error;
 use crate::liveness::Liveness;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
 use crate::service::{DropOrder, Now, Service};
-use crate::{Error, ManagerConfig};
 
 /// How long one storage node gets to acknowledge a drop order.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);

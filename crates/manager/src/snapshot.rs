@@ -23,8 +23,8 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::db::{self, DbError, Image};
+use crate::error::Error;
 use crate::raft_log;
 use crate::state::{GroupRecord, NextIds, NodeRecord, VolumeRecord};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use raft::eraftpb::{Entry, EntryType};
 
-use crate::Error;
+use crate::error::Error;
 
 use super::*;
 

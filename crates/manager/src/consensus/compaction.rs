@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use raft::{StateRole, Storage};
 use tracing::debug;
 
-use crate::Error;
+use crate::error::Error;
 use crate::snapshot::{self};
 
 use super::*;

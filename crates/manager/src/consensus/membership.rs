@@ -12,7 +12,7 @@ use tracing::{debug, error, info};
 
 use tessera_proto::control::ControlError;
 
-use crate::Error;
+use crate::error::Error;
 
 use super::*;
 

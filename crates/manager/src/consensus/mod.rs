@@ -50,8 +50,8 @@ use tokio::task::JoinHandle;
 
 use tessera_proto::control::ControlError;
 
-use crate::Error;
 use crate::config::ManagerPeer;
+use crate::error::Error;
 use crate::raft_log::RaftLog;
 use crate::snapshot::{self, LogStorage};
 

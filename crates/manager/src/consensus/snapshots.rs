@@ -11,7 +11,7 @@ use raft::Storage;
 use raft::eraftpb::Snapshot;
 use tracing::{info, warn};
 
-use crate::Error;
+use crate::error::Error;
 use crate::snapshot::{self};
 
 use super::*;

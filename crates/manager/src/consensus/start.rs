@@ -15,7 +15,7 @@ use raft::{Config, RawNode};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::info;
 
-use crate::Error;
+use crate::error::Error;
 use crate::raft_log::{Loaded, RaftLog};
 use crate::snapshot::LogStorage;
 

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use tessera_proto::control::ControlError;
 
-use crate::Error;
+use crate::error::Error;
 use crate::peer::peer_loop;
 use crate::snapshot::{self};
 
