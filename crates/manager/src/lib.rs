@@ -61,6 +61,8 @@
 //! on every manager tells a member that lost its replica to rejoin, never to start over as
 //! a fresh voter.
 
+#![warn(missing_docs)]
+
 mod attach;
 mod config;
 mod consensus;

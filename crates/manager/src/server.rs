@@ -135,6 +135,7 @@ impl Manager {
         self.consensus.status().is_leader
     }
 
+    /// The address this manager serves on (the bound one, when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
