@@ -13,7 +13,7 @@ use raft::eraftpb::{Entry, EntryType};
 
 use crate::error::Error;
 
-use super::*;
+use super::{Consensus, RaftLoop};
 
 impl Consensus {
     /// Held by whoever applies committed entries: a snapshot is never installed meanwhile.

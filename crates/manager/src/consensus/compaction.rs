@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::error::Error;
 use crate::snapshot::{self};
 
-use super::*;
+use super::RaftLoop;
 
 /// How long the log is kept back for a snapshot sent to a peer (so that it can go on from
 /// the log once installed) before compaction goes on regardless.

@@ -13,7 +13,7 @@ use tessera_proto::control::ControlError;
 
 use crate::peer::{Parts, decode_frame};
 
-use super::*;
+use super::{Consensus, Input, RaftTask, Status};
 
 impl RaftTask {
     pub async fn stop(self) {

@@ -14,7 +14,7 @@ use tessera_proto::control::ControlError;
 
 use crate::error::Error;
 
-use super::*;
+use super::RaftLoop;
 
 /// Ticks between two looks at whether a learner can be promoted.
 const PROMOTE_TICKS: u64 = 5;

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::error::Error;
 use crate::snapshot::{self};
 
-use super::*;
+use super::RaftLoop;
 
 impl RaftLoop {
     /// Hands out the snapshot just taken, if the log and membership still agree with it.

@@ -20,7 +20,7 @@ use crate::raft_log::{Loaded, RaftLog};
 use crate::snapshot::LogStorage;
 
 use super::logger::logger;
-use super::*;
+use super::{Consensus, Options, RaftLoop, RaftTask, Shared, Status};
 
 /// Ticks without a leader before a follower campaigns (randomised up to twice that).
 const ELECTION_TICKS: usize = 10;

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::peer::peer_loop;
 use crate::snapshot::{self};
 
-use super::*;
+use super::{Input, RaftLoop, Status};
 
 /// One Raft tick.
 pub const TICK: Duration = Duration::from_millis(100);

@@ -13,8 +13,8 @@ use crate::state::State;
 
 /// Groups `hb` shows with a leader (a replica leading it, or following a known leader) that
 /// the state does not record as established yet: the heartbeat handler records them
-/// ([`Mutation::SetGroupsEstablished`](crate::state::Mutation::SetGroupsEstablished)) before it answers. Groups the state does not know
-/// are left out.
+/// ([`Mutation::SetGroupsEstablished`](crate::state::Mutation::SetGroupsEstablished))
+/// before it answers. Groups the state does not know are left out.
 pub fn newly_established<'a>(
     state: &'a State,
     hb: &'a NodeHeartbeat,

@@ -1,8 +1,9 @@
 //! Keeping every group on three healthy racks: re-replication, draining, rebalancing and
 //! leader balance, as pure planning. No I/O and no clocks: the caller passes the state, what
-//! heartbeats tell ([`Liveness`](crate::liveness::Liveness)) and the time; `crate::reconcile_loop` runs a pass every `reconcile_ms`,
-//! commits the moves planned here as [`Mutation::SetGroupTarget`](crate::state::Mutation::SetGroupTarget) and sends the storage
-//! calls.
+//! heartbeats tell ([`Liveness`](crate::liveness::Liveness)) and the time;
+//! `crate::reconcile_loop` runs a pass every `reconcile_ms`, commits the moves planned here
+//! as [`Mutation::SetGroupTarget`](crate::state::Mutation::SetGroupTarget) and sends the
+//! storage calls.
 //!
 //! A *move* is a membership change of one group from its `members` to its persisted
 //! `target`, carried out by the group's leader (`StorageRequest::ChangeMembers`): new nodes
@@ -18,7 +19,6 @@
 //! nothing else is moving, even out replica counts; (4) even out leaderships. Throttles bound
 //! the moves in flight in total and per receiving node, so recovery traffic leaves room for
 //! client I/O.
-
 //!
 //! One idea per file:
 //!

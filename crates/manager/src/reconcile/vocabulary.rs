@@ -84,8 +84,9 @@ pub struct Plan {
 }
 
 /// What one pass looks at. `lost` holds (node, group) pairs of members that are up but have
-/// not hosted the group for longer than the down timeout ([`LostTracker`](super::memory::LostTracker)); `settling` holds
-/// groups whose leadership was just handed over, left alone until heartbeats show the result.
+/// not hosted the group for longer than the down timeout
+/// ([`LostTracker`](super::memory::LostTracker)); `settling` holds groups whose leadership
+/// was just handed over, left alone until heartbeats show the result.
 pub struct Facts<'a> {
     pub state: &'a State,
     pub live: &'a Liveness,

@@ -72,8 +72,8 @@ impl Default for NextIds {
 }
 
 impl NextIds {
-    /// The marks once `m` is applied. Shared by [`State::apply`](super::State::apply) and the database, so memory and
-    /// disk agree.
+    /// The marks once `m` is applied. Shared by [`State::apply`](super::State::apply) and
+    /// the database, so memory and disk agree.
     pub fn after(self, m: &Mutation) -> NextIds {
         let mut n = self;
         match m {
