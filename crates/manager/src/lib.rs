@@ -20,7 +20,7 @@
 //!   `volumes`, `attachments`, `moves`, `status`); `replicated` is its HA side: lead
 //!   before planning, commit through the Raft log, apply committed entries in log order (on
 //!   every manager).
-//! - `snapshot`: the state tables as one checksummed blob, for a manager the compacted log
+//! - `state_snapshot`: the state tables as one checksummed blob, for a manager the compacted log
 //!   no longer reaches (a lagging or new one), and its install in one transaction.
 //! - `raft_log`: the Raft log, hard state, conf state and member addresses, in tables of the
 //!   same database; compacted once applied.
@@ -76,8 +76,8 @@ mod reconcile;
 mod reconcile_loop;
 mod server;
 mod service;
-mod snapshot;
 mod state;
+mod state_snapshot;
 mod volume;
 
 pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};

@@ -8,7 +8,7 @@
 //! The log is compacted ([`RaftLog::compact`]) once its entries are applied to the state
 //! tables: `log_start` records the index and term of the last entry deleted, and the log
 //! holds the entries after it. A manager the log no longer reaches back far enough for gets
-//! a snapshot of the state tables instead (`snapshot`), installed together with
+//! a snapshot of the state tables instead (`state_snapshot`), installed together with
 //! [`reset_in`] in one transaction. The members' addresses (`managers`) are kept here too:
 //! membership changes carry them, so a grown group knows where its members are.
 

@@ -12,7 +12,7 @@ use raft::{StateRole, Storage};
 use tracing::debug;
 
 use crate::error::Error;
-use crate::snapshot::{self};
+use crate::state_snapshot;
 
 use super::RaftLoop;
 
@@ -34,8 +34,8 @@ impl RaftLoop {
         if wanted && self.taking.is_none() {
             let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
             let task = tokio::task::spawn_blocking(move || {
-                let p = snapshot::take(&db, &path)?;
-                let data = snapshot::encode(&p);
+                let p = state_snapshot::take(&db, &path)?;
+                let data = state_snapshot::encode(&p);
                 Ok::<_, Error>((p, data))
             });
             self.taking = Some((Instant::now(), applied, task));

@@ -18,7 +18,7 @@
 //!   entries behind the applied index is deleted (on disk, then in the raft-rs `MemStorage`
 //!   mirror the `RawNode` reads), at most `COMPACT_ROWS` a tick, and never past a snapshot
 //!   being taken or sent. A peer needing entries that are gone gets a snapshot,
-//!   taken on demand (`snapshot`) and installed in one transaction on the receiving side,
+//!   taken on demand (`state_snapshot`) and installed in one transaction on the receiving side,
 //!   with the committed queue emptied under the applier's gate so that nothing older is
 //!   applied on top of it;
 //! - membership starts as the configured peers (or this manager alone) and then changes only
@@ -53,7 +53,7 @@ use tessera_proto::control::ControlError;
 use crate::config::ManagerPeer;
 use crate::error::Error;
 use crate::raft_log::RaftLog;
-use crate::snapshot::{self, LogStorage};
+use crate::state_snapshot::{self, LogStorage};
 
 mod commit_queue;
 mod compaction;
@@ -163,6 +163,6 @@ struct RaftLoop {
 }
 
 /// A snapshot's content and its encoding.
-type Taken = (snapshot::Payload, Vec<u8>);
+type Taken = (state_snapshot::Payload, Vec<u8>);
 /// The task reading and encoding a snapshot.
 type Taking = JoinHandle<Result<Taken, Error>>;

@@ -1,7 +1,7 @@
 //! Raft snapshots of the managers' state: offering one taken off the Raft task to a
 //! lagging peer, and installing a leader's under the applier's gate.
 //!
-//! The blob's format is `crate::snapshot`'s; this file only moves snapshots in and out of
+//! The blob's format is `crate::state_snapshot`'s; this file only moves snapshots in and out of
 //! the Raft group. Must never install a snapshot while committed entries are being applied,
 //! nor leave anything older queued behind one.
 
@@ -12,7 +12,7 @@ use raft::eraftpb::Snapshot;
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::snapshot::{self};
+use crate::state_snapshot;
 
 use super::RaftLoop;
 
@@ -68,7 +68,7 @@ impl RaftLoop {
     /// Replaces the state with a leader's snapshot (checked when it was received), durably,
     /// with nothing older left queued for the applier.
     pub(super) async fn install(&mut self, snap: Snapshot) -> Result<(), Error> {
-        let payload = snapshot::decode(&snap.data)
+        let payload = state_snapshot::decode(&snap.data)
             .map_err(|e| Error::Task(format!("installing a snapshot: {e}")))?;
         let meta = snap.get_metadata().clone();
         let (db, path) = (self.log.database().clone(), self.log.path().to_path_buf());
@@ -84,7 +84,7 @@ impl RaftLoop {
             if let Ok(mut q) = shared.committed.lock() {
                 q.clear();
             }
-            snapshot::install(&db, &path, &payload, &meta)?;
+            state_snapshot::install(&db, &path, &payload, &meta)?;
             if let Ok(mut i) = shared.installed.lock() {
                 *i = Some((meta.index, meta.term));
             }

@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::error::Error;
 use crate::raft_log::{Loaded, RaftLog};
-use crate::snapshot::LogStorage;
+use crate::state_snapshot::LogStorage;
 
 use super::logger::logger;
 use super::{Consensus, Options, RaftLoop, RaftTask, Shared, Status};

@@ -17,7 +17,7 @@ use tessera_proto::control::ControlError;
 
 use crate::error::Error;
 use crate::peer::peer_loop;
-use crate::snapshot::{self};
+use crate::state_snapshot;
 
 use super::{Input, RaftLoop, Status};
 
@@ -75,7 +75,7 @@ impl RaftLoop {
         match input {
             Input::Step(m) => {
                 if m.get_msg_type() == MessageType::MsgSnapshot
-                    && let Err(e) = snapshot::decode(&m.get_snapshot().data)
+                    && let Err(e) = state_snapshot::decode(&m.get_snapshot().data)
                 {
                     warn!(from = m.from, error = %e, "malformed snapshot from a manager refused");
                     return;

@@ -1,6 +1,6 @@
-//! Snapshots of the managers' state, for a manager the compacted Raft log no longer reaches:
-//! the state tables as of an applied index, with the members' addresses, in a versioned and
-//! checksummed blob carried by raft-rs `MsgSnapshot`.
+//! Snapshots of the managers' state (not volume snapshots), for a manager the compacted Raft
+//! log no longer reaches: the state tables as of an applied index, with the members'
+//! addresses, in a versioned and checksummed blob carried by raft-rs `MsgSnapshot`.
 //!
 //! Owns the blob's format, taking a snapshot (one read transaction: a consistent cut at the
 //! applied index it holds), installing one (one write transaction: state rows, applied index,
