@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Default RPC address of a manager.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
+/// A manager's settings, validated by [`ManagerConfig::validate`] before it starts; read
+/// from [`ManagerConfigFile`] or built in code (`tessera dev`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
     /// `host:port` to serve the control plane on (port 0: any free port).
@@ -55,6 +57,7 @@ pub struct ManagerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagerPeer {
+    /// Its id in the managers' Raft group (at least 1).
     pub id: u64,
     /// `host:port` of its `listen` address, as reachable by clients and the other managers.
     pub addr: String,
@@ -88,6 +91,8 @@ impl ManagerConfig {
         }
     }
 
+    /// Checks the settings agree with each other; [`Error::Config`] names the first that
+    /// does not.
     pub fn validate(&self) -> Result<(), Error> {
         if self.replicas == 0 {
             return Err(Error::Config("replicas must be at least 1".into()));
@@ -175,18 +180,31 @@ impl ManagerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfigFile {
+    /// [`ManagerConfig::listen`].
     pub listen: String,
+    /// [`ManagerConfig::data_dir`].
     pub data_dir: PathBuf,
+    /// [`ManagerConfig::replicas`].
     pub replicas: usize,
+    /// [`ManagerConfig::groups_per_node`].
     pub groups_per_node: u32,
+    /// [`ManagerConfig::suspect_after`], in milliseconds.
     pub suspect_after_ms: u64,
+    /// [`ManagerConfig::down_after`], in milliseconds.
     pub down_after_ms: u64,
+    /// [`ManagerConfig::reconcile_every`], in milliseconds.
     pub reconcile_ms: u64,
+    /// [`ManagerConfig::max_moves`].
     pub max_moves: usize,
+    /// [`ManagerConfig::max_moves_per_node`].
     pub max_moves_per_node: usize,
+    /// [`ManagerConfig::id`].
     pub id: u64,
+    /// [`ManagerConfig::peers`].
     pub peers: Vec<ManagerPeer>,
+    /// [`ManagerConfig::join`].
     pub join: bool,
+    /// [`ManagerConfig::log_keep`].
     pub raft_log_keep: u64,
 }
 

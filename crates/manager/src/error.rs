@@ -5,29 +5,51 @@ use std::path::PathBuf;
 
 use tessera_proto::control::ControlError;
 
+/// Why a manager cannot start or go on; each variant names what the operator can fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The configuration is refused: fix the setting named.
     #[error("invalid manager configuration: {0}")]
     Config(String),
+    /// The data directory cannot be created or used.
     #[error("data directory {path}: {source}")]
     DataDir {
+        /// The data directory.
         path: PathBuf,
+        /// What the file system said.
         source: std::io::Error,
     },
+    /// Another manager process has the database open: one manager per data directory.
     #[error("database {path} is in use by another manager process")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The database failed to read or write.
     #[error("database {path}: {source}")]
     Database {
+        /// The database file.
         path: PathBuf,
+        /// What redb said.
         source: Box<redb::Error>,
     },
+    /// The database's rows (state or Raft log) disagree with each other.
     #[error("database {path} is inconsistent: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What disagrees.
+        detail: String,
+    },
+    /// The listening address cannot be bound.
     #[error("listening on {addr}: {source}")]
     Bind {
+        /// The address from the configuration.
         addr: String,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// A manager task (the Raft group, the applier, a blocking job) failed.
     #[error("manager task failed: {0}")]
     Task(String),
 }

@@ -1,33 +1,51 @@
 //! The control plane: topology, volumes, placement of replica groups, routes, persisted in an
-//! embedded database.
+//! embedded database and replicated by the managers' own Raft group.
 //!
 //! Start with [`Manager::start`]; the protocol is [`tessera_proto::control::ManagerRequest`]
-//! in `Rpc` frames. Modules, from the wire inwards:
+//! in `Rpc` frames. Modules, from the wire inwards (each depends only on those below it):
 //!
+//! Async (tokio tasks):
 //! - `server`: connections, frames, shutdown, delivery of drop orders after a delete, the
-//!   applier task. Async, like `replica` and `mover`; the rest is synchronous.
-//! - `service`: one request → plan, commit, apply, answer. Combines the durable state with
-//!   what heartbeats tell. `service::replicated` is its HA side: lead before planning, commit
-//!   through the Raft log, apply committed entries in log order (on every manager).
-//! - `replica`: the managers' own Raft group (raft-rs `RawNode` in one tokio task) and the
-//!   commit queue. Only the leader plans; followers answer `NotLeader`.
+//!   applier task. Wiring: no rule of its own.
+//! - `reconcile_loop`: runs a reconcile pass every `reconcile_ms` and makes its calls to
+//!   storage nodes (`ChangeMembers`, `TransferLeader`), off the request path.
+//! - `consensus/`: the managers' own Raft group (raft-rs `RawNode` in one tokio task), one
+//!   file per idea: `start`, `handle`, `commit_queue`, `task`, `membership`, `compaction`,
+//!   `snapshots`, `logger`. Only the leader plans; followers answer `NotLeader`.
 //! - `peer`: the manager-to-manager transport of Raft messages.
+//!
+//! Synchronous:
+//! - `service/`: one request → plan, commit, apply, answer, combining the durable state
+//!   with what heartbeats tell. `mod.rs` dispatches; one file per request family (`nodes`,
+//!   `volumes`, `attachments`, `moves`, `status`); `replicated` is its HA side: lead
+//!   before planning, commit through the Raft log, apply committed entries in log order (on
+//!   every manager).
+//! - `state_snapshot`: the state tables as one checksummed blob, for a manager the compacted log
+//!   no longer reaches (a lagging or new one), and its install in one transaction.
 //! - `raft_log`: the Raft log, hard state, conf state and member addresses, in tables of the
 //!   same database; compacted once applied.
-//! - `snapshot`: the state tables as one checksummed blob, for a manager the compacted log
-//!   no longer reaches (a lagging or new one), and its install in one transaction.
-//! - `state`: the durable state and every rule that changes it, as pure code. All changes
-//!   are `state::Mutation`s applied by one function, with the Raft log between planning and
-//!   applying.
-//! - `placement`: where new replica groups go (distinct racks, least-loaded nodes).
-//! - `reconcile`: which groups change membership and which leaderships move, one pass at a
-//!   time: re-replication, draining, rebalancing, leader balance, under throttles; and what
-//!   heartbeat acks tell nodes to create or destroy. Pure; new recovery policy goes here.
-//! - `mover`: the async loop running a reconcile pass every `reconcile_ms` and calling the
-//!   storage nodes (`ChangeMembers`, `TransferLeader`) off the request path.
-//! - `volume`: volume names, sizes, chunk sizes.
+//! - `db`: the redb database of the state (with `raft_log`, the only code that touches
+//!   disk).
+//! - `config`: `manager.toml` and the settings derived from it.
+//!
+//! Pure (no I/O, no clocks):
+//! - `reconcile/`: which groups change membership and which leaderships move, one pass at
+//!   a time: re-replication, draining, rebalancing, leader balance, under throttles; and
+//!   what heartbeat acks tell nodes to create or destroy. New recovery policy goes in
+//!   `reconcile/planner.rs`.
+//! - `attach`: read-write attachments, writer epochs and leases.
 //! - `liveness`: heartbeat ages, node health, reported group leaders. Memory only.
-//! - `store`: the redb database (with `raft_log`, the only code that touches disk).
+//! - `state/`: the durable state and every rule that changes it. All changes are
+//!   `state::Mutation`s applied by one function (`state/apply.rs`), with the Raft log
+//!   between planning and applying; plans and queries per entity in `nodes`, `volumes`,
+//!   `routes`.
+//! - `placement`: which nodes new replica groups get (distinct racks, least-loaded nodes).
+//! - `volume`: volume names, sizes, chunk sizes.
+//! - `error`: the crate's [`Error`].
+//!
+//! Where new code goes: a new request → its family's file in `service/` and, if it changes
+//! the state, a `Mutation` and its plan in `state/`; a new recovery rule → `reconcile/`;
+//! anything touching disk → `db` or `raft_log`.
 //!
 //! A membership change is a persisted `target` on the group (`state::Mutation::SetGroupTarget`)
 //! carried out by the group's leader and recorded with `SetGroupMembers` once the leader says
@@ -43,21 +61,23 @@
 //! on every manager tells a member that lost its replica to rejoin, never to start over as
 //! a fresh voter.
 
+#![warn(missing_docs)]
+
 mod attach;
 mod config;
+mod consensus;
+mod db;
 mod error;
 mod liveness;
-mod mover;
 mod peer;
 mod placement;
 mod raft_log;
 mod reconcile;
-mod replica;
+mod reconcile_loop;
 mod server;
 mod service;
-mod snapshot;
 mod state;
-mod store;
+mod state_snapshot;
 mod volume;
 
 pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};

@@ -6,10 +6,11 @@
 //! taking the least-loaded node of each rack it uses (ties to the lowest node id). Existing
 //! groups are never moved here: rebalancing and re-replication are membership changes, a
 //! later job.
+//!
+//! Knows only [`Candidate`]s and returns member lists: the state turns them into groups
+//! (ids, records), so this file depends on nothing else of the crate.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::state::GroupRecord;
 
 /// A node that may receive new replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,14 +21,9 @@ pub struct Candidate {
     pub replicas: u64,
 }
 
-/// The groups to create, with ids from `next_group_id` on; empty if the candidates span fewer
-/// than `replicas` racks or already host `target` replicas each.
-pub fn plan_groups(
-    candidates: Vec<Candidate>,
-    replicas: usize,
-    target: u64,
-    next_group_id: u64,
-) -> Vec<GroupRecord> {
+/// The members of each group to create, in creation order; empty if the candidates span
+/// fewer than `replicas` racks or already host `target` replicas each.
+pub fn plan_groups(candidates: Vec<Candidate>, replicas: usize, target: u64) -> Vec<Vec<u64>> {
     let racks: BTreeSet<&str> = candidates.iter().map(|c| c.rack.as_str()).collect();
     if replicas == 0 || racks.len() < replicas {
         return Vec::new();
@@ -40,7 +36,6 @@ pub fn plan_groups(
     let mut load: BTreeSet<(u64, u64)> =
         candidates.iter().map(|c| (c.replicas, c.node_id)).collect();
     let mut out = Vec::new();
-    let mut next = next_group_id;
     // The least-loaded node joins every new group, so this ends after at most
     // candidates × target groups.
     while let Some(&(least, _)) = load.first() {
@@ -68,16 +63,7 @@ pub fn plan_groups(
         }
         // Least loaded first: the first member starts the group's first election, so new
         // groups (placed when a node joins) give their leadership to the newcomer.
-        let members: Vec<u64> = chosen.iter().map(|(_, n)| *n).collect();
-        out.push(GroupRecord {
-            id: next,
-            members,
-            target: Vec::new(),
-            // Nobody has led it yet: its first members start as its initial voters.
-            established: false,
-            term: 0,
-        });
-        next += 1;
+        out.push(chosen.iter().map(|(_, n)| *n).collect());
     }
     out
 }
@@ -102,12 +88,11 @@ mod tests {
             cand(3, "c", 9),
             cand(4, "c", 0),
         ];
-        let groups = plan_groups(c, 3, 8, 20);
+        let groups = plan_groups(c, 3, 8);
         assert_eq!(groups.len(), 8);
-        assert_eq!(groups[0].id, 20);
         for g in &groups {
-            assert!(g.members.contains(&4));
-            assert!(!g.members.contains(&3), "node 3 shares rack c with node 4");
+            assert!(g.contains(&4));
+            assert!(!g.contains(&3), "node 3 shares rack c with node 4");
         }
     }
 
@@ -117,10 +102,10 @@ mod tests {
         let mut c: Vec<Candidate> = (1..=5).map(|i| cand(i, "a", 0)).collect();
         c.push(cand(6, "b", 0));
         c.push(cand(7, "c", 0));
-        let groups = plan_groups(c, 3, 2, 1);
+        let groups = plan_groups(c, 3, 2);
         assert_eq!(groups.len(), 10);
         for g in &groups {
-            let a = g.members.iter().filter(|m| **m <= 5).count();
+            let a = g.iter().filter(|m| **m <= 5).count();
             assert_eq!(a, 1, "{g:?}");
         }
     }
@@ -128,6 +113,6 @@ mod tests {
     #[test]
     fn too_few_racks_plans_nothing() {
         let c = vec![cand(1, "a", 0), cand(2, "b", 0), cand(3, "b", 0)];
-        assert!(plan_groups(c, 3, 8, 1).is_empty());
+        assert!(plan_groups(c, 3, 8).is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! Durability of the managers' Raft group: its log, hard state and conf state, in tables of
-//! the manager's redb database (beside the state they produce, see `store`).
+//! the manager's redb database (beside the state they produce, see `db`).
 //!
 //! Owns only these tables; never interprets an entry. Every save is one transaction
 //! committed with fsync before it returns, so raft-rs's "persist before you send" rules hold
@@ -8,7 +8,7 @@
 //! The log is compacted ([`RaftLog::compact`]) once its entries are applied to the state
 //! tables: `log_start` records the index and term of the last entry deleted, and the log
 //! holds the entries after it. A manager the log no longer reaches back far enough for gets
-//! a snapshot of the state tables instead (`snapshot`), installed together with
+//! a snapshot of the state tables instead (`state_snapshot`), installed together with
 //! [`reset_in`] in one transaction. The members' addresses (`managers`) are kept here too:
 //! membership changes carry them, so a grown group knows where its members are.
 
@@ -20,8 +20,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::Error;
-use crate::store::DbError;
+use crate::db::DbError;
+use crate::error::Error;
 
 /// Log index → protobuf-encoded [`Entry`].
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -276,7 +276,7 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::db::Db;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
         Entry {
@@ -291,8 +291,8 @@ mod tests {
     fn log_survives_reopen_and_a_new_leader_overwrites_the_tail() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = Store::open(dir.path()).unwrap();
-            let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+            let (db, _) = Db::open(dir.path()).unwrap();
+            let (log, loaded) = RaftLog::open(db.database(), db.path()).unwrap();
             assert!(loaded.conf_state.is_none() && loaded.entries.is_empty());
             let cs = ConfState {
                 voters: vec![1, 2, 3],
@@ -308,8 +308,8 @@ mod tests {
             // A new leader's entries from index 3 replace 3 and 4.
             log.save(&[entry(3, 2, b"new")], None, None).unwrap();
         }
-        let (store, _) = Store::open(dir.path()).unwrap();
-        let (_, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let (db, _) = Db::open(dir.path()).unwrap();
+        let (_, loaded) = RaftLog::open(db.database(), db.path()).unwrap();
         assert_eq!(loaded.conf_state.unwrap().voters, vec![1, 2, 3]);
         assert_eq!((loaded.hard_state.term, loaded.hard_state.vote), (2, 1));
         let got: Vec<(u64, u64, &[u8])> = loaded
@@ -327,7 +327,7 @@ mod tests {
 #[cfg(test)]
 mod compaction_cost {
     use super::*;
-    use crate::store::Store;
+    use crate::db::Db;
 
     /// File size after rounds of appending and compacting: run with
     /// `cargo test -p tessera-manager --lib compaction_file_size -- --ignored --nocapture`.
@@ -335,8 +335,8 @@ mod compaction_cost {
     #[ignore = "a measurement, not a check"]
     fn compaction_file_size() {
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-        let (store, _) = Store::open(dir.path()).unwrap();
-        let (log, _) = RaftLog::open(store.database(), store.path()).unwrap();
+        let (db, _) = Db::open(dir.path()).unwrap();
+        let (log, _) = RaftLog::open(db.database(), db.path()).unwrap();
         let mut next = 1u64;
         for round in 0..40 {
             for _ in 0..20 {
@@ -355,7 +355,7 @@ mod compaction_cost {
                 log.compact(next - 2001, 1).unwrap();
             }
             if round % 5 == 4 {
-                let len = std::fs::metadata(store.path()).unwrap().len();
+                let len = std::fs::metadata(db.path()).unwrap().len();
                 println!("{} entries appended: {} KiB", next - 1, len >> 10);
             }
         }

@@ -26,13 +26,14 @@ use tessera_proto::control::{
 };
 use tessera_proto::frame::Kind;
 
+use crate::config::ManagerConfig;
+use crate::consensus::{Consensus, RaftTask};
+use crate::db::Db;
+use crate::error::Error;
 use crate::liveness::Liveness;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
-use crate::replica::{RaftTask, Replica};
 use crate::service::{DropOrder, Now, Service};
-use crate::store::Store;
-use crate::{Error, ManagerConfig};
 
 /// How long one storage node gets to acknowledge a drop order.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,7 +45,7 @@ type Shared = Arc<Mutex<Service>>;
 pub struct Manager {
     local_addr: SocketAddr,
     service: Shared,
-    replica: Replica,
+    consensus: Consensus,
     raft: RaftTask,
     stop: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
@@ -58,16 +59,16 @@ impl Manager {
         config.validate()?;
         let started = Instant::now();
         let dir = config.data_dir.clone();
-        let (store, state, applied, log, loaded) = tokio::task::spawn_blocking(move || {
-            let (store, state) = Store::open(&dir)?;
-            let applied = store.applied_index()?;
-            let (log, loaded) = RaftLog::open(store.database(), store.path())?;
-            Ok::<_, Error>((store, state, applied, log, loaded))
+        let (db, state, applied, log, loaded) = tokio::task::spawn_blocking(move || {
+            let (db, state) = Db::open(&dir)?;
+            let applied = db.applied_index()?;
+            let (log, loaded) = RaftLog::open(db.database(), db.path())?;
+            Ok::<_, Error>((db, state, applied, log, loaded))
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
         info!(
-            db = %store.path().display(),
+            db = %db.path().display(),
             nodes = state.nodes().count(),
             groups = state.groups().count(),
             volumes = state.volume_count(),
@@ -86,25 +87,25 @@ impl Manager {
         if loaded.conf_state.is_none() && !config.join {
             refuse_a_second_group(&config).await?;
         }
-        let opts = crate::replica::Options {
+        let opts = crate::consensus::Options {
             id: config.id,
             members: config.members(),
             join: config.join,
             log_keep: config.log_keep,
         };
-        let (replica, raft) = Replica::start(opts, log, loaded, applied)?;
+        let (consensus, raft) = Consensus::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
         let service = Arc::new(Mutex::new(Service::new(
-            store,
+            db,
             state,
             live,
             config.replicas,
             config.groups_per_node,
-            replica.clone(),
+            consensus.clone(),
             applied,
         )));
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(crate::mover::run(
+        tokio::spawn(crate::reconcile_loop::run(
             service.clone(),
             config.limits(),
             config.reconcile_every,
@@ -113,15 +114,15 @@ impl Manager {
         let acceptor = tokio::spawn(accept_loop(
             listener,
             service.clone(),
-            replica.clone(),
+            consensus.clone(),
             stopped.clone(),
         ));
-        let applier = tokio::spawn(apply_loop(service.clone(), replica.clone(), stopped));
+        let applier = tokio::spawn(apply_loop(service.clone(), consensus.clone(), stopped));
         info!(addr = %local_addr, id = config.id, "manager listening");
         Ok(Manager {
             local_addr,
             service,
-            replica,
+            consensus,
             raft,
             stop,
             acceptor,
@@ -131,9 +132,10 @@ impl Manager {
 
     /// Whether this manager leads the managers' Raft group now.
     pub fn is_leader(&self) -> bool {
-        self.replica.status().is_leader
+        self.consensus.status().is_leader
     }
 
+    /// The address this manager serves on (the bound one, when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -213,7 +215,7 @@ async fn refuse_a_second_group(config: &ManagerConfig) -> Result<(), Error> {
 async fn accept_loop(
     listener: TcpListener,
     service: Shared,
-    replica: Replica,
+    consensus: Consensus,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
@@ -222,7 +224,7 @@ async fn accept_loop(
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(serve_connection(stream, peer, service.clone(), replica.clone()));
+                    conns.spawn(serve_connection(stream, peer, service.clone(), consensus.clone()));
                 }
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -238,20 +240,20 @@ async fn accept_loop(
 }
 
 /// Applies committed entries when told there are some, unless a request already did.
-async fn apply_loop(service: Shared, replica: Replica, mut stopped: watch::Receiver<bool>) {
+async fn apply_loop(service: Shared, consensus: Consensus, mut stopped: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
-            () = replica.committed() => {}
+            () = consensus.committed() => {}
         }
         let service = service.clone();
-        let replica = replica.clone();
+        let consensus = consensus.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(mut s) = service.lock() else {
                 return;
             };
             match s.apply_committed() {
-                Ok(Some((index, volumes))) if !replica.status().is_leader => {
+                Ok(Some((index, volumes))) if !consensus.status().is_leader => {
                     // Plain text on purpose: a follower answers no request, so its log is
                     // where operators (and tests) see it keep up.
                     info!("applied the managers' log up to index {index}; {volumes} volumes");
@@ -264,7 +266,12 @@ async fn apply_loop(service: Shared, replica: Replica, mut stopped: watch::Recei
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, replica: Replica) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Shared,
+    consensus: Consensus,
+) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
@@ -284,7 +291,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
             }
         };
         if frame.kind == Kind::ManagerRaft {
-            if let Err(e) = replica.receive(&frame.body, &mut parts) {
+            if let Err(e) = consensus.receive(&frame.body, &mut parts) {
                 warn!(%peer, error = %e, "dropping connection: bad raft message");
                 return;
             }
@@ -298,7 +305,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Shared, 
         } else {
             match control::decode::<ManagerRequest>(&frame.body) {
                 // Any manager answers, leader or not, and without the service lock.
-                Ok(ManagerRequest::Managers) => Ok(crate::service::managers(&replica)),
+                Ok(ManagerRequest::Managers) => Ok(crate::service::managers(&consensus)),
                 Ok(req) => handle(&service, req).await,
                 Err(e) => Err(ControlError::Invalid(format!("malformed request: {e}"))),
             }
@@ -334,9 +341,12 @@ async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, C
         }
         if let ManagerRequest::AddManager { id, addr } = req {
             // Waits for a commit: not under the lock every other request needs.
-            let replica = s.replica();
+            let consensus = s.consensus();
             drop(s);
-            return Ok((crate::service::add_manager(&replica, id, addr), Vec::new()));
+            return Ok((
+                crate::service::add_manager(&consensus, id, addr),
+                Vec::new(),
+            ));
         }
         Ok::<_, ControlError>(s.handle(req, now))
     })

@@ -1,7 +1,7 @@
 //! The service's side of manager HA: leading before planning, the commit path through the
 //! managers' Raft log, and applying committed entries (on every manager, leader or not).
 //!
-//! Apply is one path for everyone: an entry's mutation goes to the [`Store`] (with the
+//! Apply is one path for everyone: an entry's mutation goes to the [`Db`] (with the
 //! entry's index, in the same transaction) and then to the [`State`], strictly in log order,
 //! each entry once: entries at or below the applied index (a restart) are skipped, and an
 //! entry that does not follow the applied index stops this manager taking changes.
@@ -11,7 +11,7 @@
 //! (one election timeout, about a second), so they may be that stale; changes cannot be, as
 //! they need a majority.
 //!
-//! [`Store`]: crate::store::Store
+//! [`Db`]: crate::db::Db
 //! [`State`]: crate::state::State
 
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use tracing::{error, info};
 use tessera_proto::control::ManagerReply;
 
 use super::Service;
-use crate::replica::Replica;
+use crate::consensus::Consensus;
 use crate::state::Mutation;
 
 /// How long a new leader waits to apply what earlier terms committed before it answers.
@@ -37,9 +37,9 @@ impl Service {
     /// heartbeat to the leader only, so each gets a full grace period from when this manager
     /// became leader before it can be called suspect or down.
     pub(crate) fn lead(&mut self) -> Result<(), ControlError> {
-        let status = self.replica.status();
+        let status = self.consensus.status();
         if !status.is_leader {
-            return Err(self.replica.not_leader());
+            return Err(self.consensus.not_leader());
         }
         let deadline = Instant::now() + CATCH_UP;
         loop {
@@ -53,7 +53,7 @@ impl Service {
                 // Not yet usable: send the caller on (it comes back, with back-off).
                 return Err(ControlError::NotLeader(None));
             }
-            self.replica
+            self.consensus
                 .wait_committed(left.min(Duration::from_millis(50)));
         }
         if self.led_term != status.term {
@@ -82,13 +82,13 @@ impl Service {
     pub(super) fn replicate(&mut self, m: &Mutation) -> Result<(), ControlError> {
         let data = serde_json::to_vec(m)
             .map_err(|e| ControlError::Internal(format!("encoding a mutation: {e}")))?;
-        let (index, term) = self.replica.propose(data)?;
+        let (index, term) = self.consensus.propose(data)?;
         let deadline = Instant::now() + COMMIT_TIMEOUT;
         loop {
             match self.apply_watching(Some((index, term)))? {
                 Some(true) => return Ok(()),
                 // Another leader's entry took the index: ours is lost, never applied.
-                Some(false) => return Err(self.replica.not_leader()),
+                Some(false) => return Err(self.consensus.not_leader()),
                 None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -97,7 +97,7 @@ impl Service {
                     "change not committed within {COMMIT_TIMEOUT:?} (no majority of managers?)"
                 )));
             }
-            self.replica
+            self.consensus
                 .wait_committed(left.min(Duration::from_millis(50)));
         }
     }
@@ -110,13 +110,13 @@ impl Service {
                 "manager database failed earlier ({why}); restart the manager"
             )));
         }
-        let replica = self.replica.clone();
-        let _gate = replica.apply_gate();
-        if let Some((index, term)) = self.replica.take_installed() {
-            let Some(store) = self.store.as_ref() else {
+        let consensus = self.consensus.clone();
+        let _gate = consensus.apply_gate();
+        if let Some((index, term)) = self.consensus.take_installed() {
+            let Some(db) = self.db.as_ref() else {
                 return Err(ControlError::Unavailable("manager is shutting down".into()));
             };
-            match store.reload() {
+            match db.reload() {
                 Ok(state) => {
                     info!(
                         index,
@@ -130,7 +130,7 @@ impl Service {
             }
         }
         let mut seen = None;
-        let entries = self.replica.take_committed();
+        let entries = self.consensus.take_committed();
         for e in entries {
             if e.index <= self.applied.0 {
                 continue;
@@ -154,26 +154,26 @@ impl Service {
                         return Err(self.fail(format!("log entry {}: {err}", e.index)));
                     }
                 };
-                let Some(store) = self.store.as_ref() else {
+                let Some(db) = self.db.as_ref() else {
                     return Err(ControlError::Unavailable("manager is shutting down".into()));
                 };
                 let next = self.state.next_ids().after(&m);
-                if let Err(err) = store.commit_applied(&m, next, e.index) {
+                if let Err(err) = db.commit_applied(&m, next, e.index) {
                     return Err(self.fail(err.to_string()));
                 }
                 self.state.apply(&m);
             } else {
                 // Nothing to change, but a snapshot taken from here on must cover it (a
                 // membership change's snapshot must hold the new member).
-                let Some(store) = self.store.as_ref() else {
+                let Some(db) = self.db.as_ref() else {
                     return Err(ControlError::Unavailable("manager is shutting down".into()));
                 };
-                if let Err(err) = store.set_applied(e.index) {
+                if let Err(err) = db.set_applied(e.index) {
                     return Err(self.fail(err.to_string()));
                 }
             }
             self.applied = (e.index, e.term);
-            self.replica.set_applied(e.index);
+            self.consensus.set_applied(e.index);
         }
         if seen.is_none()
             && let Some((index, _)) = watch
@@ -186,8 +186,8 @@ impl Service {
     }
 
     /// The managers' Raft group, for work done without the service lock.
-    pub(crate) fn replica(&self) -> Replica {
-        self.replica.clone()
+    pub(crate) fn consensus(&self) -> Consensus {
+        self.consensus.clone()
     }
 
     /// After this the manager takes no more changes: what is on disk is unknown, or the log
@@ -204,7 +204,7 @@ impl Service {
 /// reported. Called without the service lock: the wait for the change to commit must not
 /// hold up every other request.
 pub(crate) fn add_manager(
-    replica: &Replica,
+    consensus: &Consensus,
     id: u64,
     addr: String,
 ) -> Result<ManagerReply, ControlError> {
@@ -213,18 +213,18 @@ pub(crate) fn add_manager(
             "a manager needs an id of at least 1 and an address".into(),
         ));
     }
-    if let Some((_, term)) = replica.propose_add(id, addr)? {
+    if let Some((_, term)) = consensus.propose_add(id, addr)? {
         // Applied to the Raft group (not necessarily to the state yet, which is the same
         // for a membership change): the published membership holds it.
         let deadline = Instant::now() + COMMIT_TIMEOUT;
         loop {
-            let s = replica.status();
+            let s = consensus.status();
             if s.voters.contains(&id) || s.learners.contains(&id) {
                 break;
             }
             if !s.is_leader || s.term != term {
                 // Another leader may have overwritten the change: asking again says.
-                return Err(replica.not_leader());
+                return Err(consensus.not_leader());
             }
             if Instant::now() > deadline {
                 return Err(ControlError::Unavailable(format!(
@@ -235,13 +235,13 @@ pub(crate) fn add_manager(
         }
         info!(id, "manager added to the managers' group as a learner");
     }
-    Ok(managers(replica))
+    Ok(managers(consensus))
 }
 
 /// The managers' group as this manager knows it, with addresses (empty when unknown).
-pub(crate) fn managers(replica: &Replica) -> ManagerReply {
-    let addrs = replica.addresses();
-    let status = replica.status();
+pub(crate) fn managers(consensus: &Consensus) -> ManagerReply {
+    let addrs = consensus.addresses();
+    let status = consensus.status();
     let with_addr = |ids: Vec<u64>| {
         ids.into_iter()
             .map(|v| (v, addrs.get(&v).cloned().unwrap_or_default()))
@@ -260,16 +260,16 @@ mod tests {
     use raft::eraftpb::Entry;
 
     use super::Service;
+    use crate::consensus::{Consensus, Options};
+    use crate::db::Db;
     use crate::liveness::Liveness;
     use crate::raft_log::RaftLog;
-    use crate::replica::{Options, Replica};
-    use crate::store::Store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_entry_that_skips_one_is_never_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, state) = Store::open(dir.path()).unwrap();
-        let (log, loaded) = RaftLog::open(store.database(), store.path()).unwrap();
+        let (db, state) = Db::open(dir.path()).unwrap();
+        let (log, loaded) = RaftLog::open(db.database(), db.path()).unwrap();
         let opts = Options {
             id: 1,
             members: vec![crate::config::ManagerPeer {
@@ -279,15 +279,15 @@ mod tests {
             join: false,
             log_keep: 10,
         };
-        let (replica, task) = Replica::start(opts, log, loaded, 0).unwrap();
+        let (consensus, task) = Consensus::start(opts, log, loaded, 0).unwrap();
         let live = Liveness::new(
             Instant::now(),
             Duration::from_secs(5),
             Duration::from_secs(30),
         );
-        let r = replica.clone();
+        let r = consensus.clone();
         tokio::task::spawn_blocking(move || {
-            let mut s = Service::new(store, state, live, 1, 1, r.clone(), 0);
+            let mut s = Service::new(db, state, live, 1, 1, r.clone(), 0);
             let deadline = Instant::now() + Duration::from_secs(5);
             while s.lead().is_err() {
                 assert!(Instant::now() < deadline, "never led");

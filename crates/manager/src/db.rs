@@ -19,7 +19,7 @@ use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
+use crate::error::Error;
 use crate::state::{GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord};
 
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
@@ -33,7 +33,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
 const FILE_NAME: &str = "manager.redb";
 
-pub struct Store {
+pub struct Db {
     db: Arc<Database>,
     path: PathBuf,
 }
@@ -56,9 +56,9 @@ pub fn db_err(path: &Path) -> impl Fn(DbError) -> Error + '_ {
     }
 }
 
-impl Store {
+impl Db {
     /// Opens (or creates) the database in `dir` and loads the state from it.
-    pub fn open(dir: &Path) -> Result<(Store, State), Error> {
+    pub fn open(dir: &Path) -> Result<(Db, State), Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.to_path_buf(),
             source,
@@ -68,7 +68,7 @@ impl Store {
             DatabaseError::DatabaseAlreadyOpen => Error::Locked { path: path.clone() },
             other => db_err(&path)(other.into()),
         })?;
-        let store = Store {
+        let store = Db {
             db: Arc::new(db),
             path,
         };
@@ -159,7 +159,7 @@ impl Store {
         self.try_commit(m, next, None).map_err(db_err(&self.path))
     }
 
-    /// [`Store::commit`] of the mutation at `index` of the Raft log, recording `index` as
+    /// [`Db::commit`] of the mutation at `index` of the Raft log, recording `index` as
     /// applied in the same transaction.
     pub fn commit_applied(&self, m: &Mutation, next: NextIds, index: u64) -> Result<(), Error> {
         self.try_commit(m, next, Some(index))
@@ -390,240 +390,4 @@ fn read_records<T: DeserializeOwned>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tessera_proto::control::NodeRegistration;
-
-    fn reopen(dir: &Path) -> (Store, State) {
-        Store::open(dir).unwrap()
-    }
-
-    fn step(store: &Store, state: &mut State, m: Mutation) {
-        let next = state.next_ids().after(&m);
-        store.commit(&m, next).unwrap();
-        state.apply(&m);
-    }
-
-    /// Registers one node per rack, in order (ids 1, 2, ...).
-    fn register(store: &Store, state: &mut State, racks: &[&str]) {
-        for rack in racks {
-            let (_, m) = state
-                .plan_register(&NodeRegistration {
-                    node_id: None,
-                    zone: "z".into(),
-                    rack: (*rack).into(),
-                    addr: format!("{rack}:1"),
-                    capacity_bytes: 1,
-                    used_bytes: 0,
-                })
-                .unwrap();
-            step(store, state, m);
-        }
-    }
-
-    /// Chunks mapped in bulk are rows like chunks mapped one by one.
-    #[test]
-    fn chunks_mapped_in_bulk_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = {
-            let (store, mut state) = reopen(dir.path());
-            register(&store, &mut state, &["a", "b", "c"]);
-            let m = state.plan_groups(|_| true, 3, 2).unwrap();
-            step(&store, &mut state, m);
-            let m = state.plan_create_volume("v", 1 << 40, None, 7).unwrap();
-            step(&store, &mut state, m);
-            let id = state.volume_by_name("v").unwrap().id;
-            let m = state
-                .plan_map_chunks(id, 100, 1000, |_| true)
-                .unwrap()
-                .unwrap();
-            step(&store, &mut state, m);
-            id
-        };
-        let (_, state) = reopen(dir.path());
-        assert_eq!(state.volume_by_name("v").unwrap().mapped_chunks, 1000);
-        let page = state.route_page(id, 0, 0).unwrap();
-        assert_eq!(page.routes.len(), 1000);
-        assert_eq!(page.routes[0].chunk, 100);
-        assert_eq!(page.next, None);
-        assert_eq!(state.group_chunks(1) + state.group_chunks(2), 1000);
-        assert_eq!(state.group_page(id, 0).unwrap().routes.len(), 2);
-    }
-
-    #[test]
-    fn state_survives_reopen_and_ids_are_never_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (vol_id, chunk_group) = {
-            let (store, mut state) = reopen(dir.path());
-            register(&store, &mut state, &["a", "b", "c"]);
-            let m = state.plan_groups(|_| true, 3, 2).unwrap();
-            step(&store, &mut state, m);
-            let m = state.plan_create_volume("gone", 1 << 30, None, 7).unwrap();
-            step(&store, &mut state, m);
-            let gone = state.volume_by_name("gone").unwrap().id;
-            let m = state.plan_map_chunk(gone, 3, |_| true).unwrap();
-            step(&store, &mut state, m);
-            let (m, _) = state.plan_delete_volume("gone").unwrap();
-            step(&store, &mut state, m);
-            let m = state.plan_create_volume("kept", 1 << 30, None, 8).unwrap();
-            step(&store, &mut state, m);
-            let kept = state.volume_by_name("kept").unwrap().id;
-            let m = state.plan_map_chunk(kept, 5, |_| true).unwrap();
-            step(&store, &mut state, m);
-            (kept, state.route(kept, 5).unwrap().unwrap().group_id)
-        };
-        let (store, mut state) = reopen(dir.path());
-        assert_eq!(state.nodes().count(), 3);
-        assert_eq!(state.groups().count(), 2);
-        assert_eq!(state.volume_count(), 1);
-        let kept = state.volume_by_name("kept").unwrap();
-        assert_eq!(
-            (kept.id, kept.mapped_chunks, kept.created_unix),
-            (vol_id, 1, 8)
-        );
-        assert_eq!(
-            state.route(vol_id, 5).unwrap().unwrap().group_id,
-            chunk_group
-        );
-        assert_eq!(state.group_chunks(chunk_group), 1);
-
-        // Deleting the highest ids must not let them come back after a reopen.
-        let (m, _) = state.plan_delete_volume("kept").unwrap();
-        step(&store, &mut state, m);
-        drop(store);
-        let (_, state) = reopen(dir.path());
-        assert_eq!(state.volume_count(), 0);
-        let m = state.plan_create_volume("new", 4096, None, 9).unwrap();
-        assert!(matches!(m, Mutation::PutVolume(v) if v.id == vol_id + 1));
-        let (id, _) = state
-            .plan_register(&NodeRegistration {
-                node_id: None,
-                zone: "z".into(),
-                rack: "d".into(),
-                addr: "d:1".into(),
-                capacity_bytes: 1,
-                used_bytes: 0,
-            })
-            .unwrap();
-        assert_eq!(id, 4);
-        assert_eq!(state.next_ids().group, 3);
-    }
-
-    #[test]
-    fn moves_and_drains_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (store, mut state) = reopen(dir.path());
-            register(&store, &mut state, &["a", "b", "c", "d"]);
-            let m = state.plan_groups(|n| n != 4, 3, 1).unwrap();
-            step(&store, &mut state, m);
-            let m = state.plan_drain(1, true, 3).unwrap().unwrap();
-            step(&store, &mut state, m);
-            // Group 1 moves from node 1 to node 4, then is re-aimed (back onto node 1).
-            let m = Mutation::SetGroupTarget {
-                group_id: 1,
-                target: vec![4, 2, 3],
-            };
-            step(&store, &mut state, m);
-            let m = Mutation::SetGroupMembers {
-                group_id: 1,
-                members: vec![4, 2, 3],
-                term: 7,
-            };
-            step(&store, &mut state, m);
-            let m = Mutation::SetGroupTarget {
-                group_id: 1,
-                target: vec![4, 1, 3],
-            };
-            step(&store, &mut state, m);
-        }
-        let (_, state) = reopen(dir.path());
-        let g = state.group(1).unwrap();
-        assert_eq!(g.members, [4, 2, 3]);
-        assert_eq!(g.target, [4, 1, 3]);
-        // Node 1, added back, joins at the term the last finished move was reported in.
-        let spec = state.group_spec(g, true);
-        assert!(spec.joining);
-        assert_eq!(spec.min_term, 7);
-        assert!(state.node(1).unwrap().draining);
-        assert_eq!(state.groups_of(1).count(), 0);
-        assert_eq!(state.groups_of(4).count(), 1);
-        // A drained node that restarts and registers again stays draining.
-        let (_, m) = state
-            .plan_register(&NodeRegistration {
-                node_id: Some(1),
-                zone: "z".into(),
-                rack: "a".into(),
-                addr: "a:1".into(),
-                capacity_bytes: 1,
-                used_bytes: 0,
-            })
-            .unwrap();
-        assert!(matches!(m, Mutation::PutNode(n) if n.draining));
-        // Draining the last spare rack away is refused.
-        assert!(matches!(
-            state.plan_drain(2, true, 3),
-            Err(tessera_proto::control::ControlError::Unavailable(_))
-        ));
-    }
-
-    #[test]
-    fn established_groups_survive_a_restart_and_a_move() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (store, mut state) = reopen(dir.path());
-            register(&store, &mut state, &["a", "b", "c", "d"]);
-            let m = state.plan_groups(|n| n != 4, 3, 2).unwrap();
-            step(&store, &mut state, m);
-            // Unknown group 99 is ignored, as in the state.
-            let m = Mutation::SetGroupsEstablished {
-                group_ids: vec![1, 99],
-            };
-            step(&store, &mut state, m);
-            let m = Mutation::SetGroupMembers {
-                group_id: 1,
-                members: vec![4, 2, 3],
-                term: 7,
-            };
-            step(&store, &mut state, m);
-        }
-        let (_, state) = reopen(dir.path());
-        let g = state.group(1).unwrap();
-        assert_eq!(g.members, [4, 2, 3]);
-        assert!(g.established);
-        assert!(!state.group(2).unwrap().established);
-        assert!(state.group(99).is_none());
-    }
-
-    #[test]
-    fn group_rows_from_before_established_read_as_not_established() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (store, mut state) = reopen(dir.path());
-            register(&store, &mut state, &["a", "b", "c"]);
-            // A row as an older manager wrote it, without the field.
-            let tx = store.db.begin_write().unwrap();
-            tx.open_table(GROUPS)
-                .unwrap()
-                .insert(1, br#"{"id":1,"members":[1,2,3]}"#.as_slice())
-                .unwrap();
-            tx.commit().unwrap();
-        }
-        let (store, mut state) = reopen(dir.path());
-        assert!(!state.group(1).unwrap().established);
-        let m = Mutation::SetGroupsEstablished { group_ids: vec![1] };
-        step(&store, &mut state, m);
-        drop(store);
-        let (_, state) = reopen(dir.path());
-        assert!(state.group(1).unwrap().established);
-    }
-
-    #[test]
-    fn a_second_open_of_the_same_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = reopen(dir.path());
-        assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
-        drop(first);
-        assert!(Store::open(dir.path()).is_ok());
-    }
-}
+mod tests;

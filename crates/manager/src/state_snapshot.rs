@@ -1,6 +1,6 @@
-//! Snapshots of the managers' state, for a manager the compacted Raft log no longer reaches:
-//! the state tables as of an applied index, with the members' addresses, in a versioned and
-//! checksummed blob carried by raft-rs `MsgSnapshot`.
+//! Snapshots of the managers' state (not volume snapshots), for a manager the compacted Raft
+//! log no longer reaches: the state tables as of an applied index, with the members'
+//! addresses, in a versioned and checksummed blob carried by raft-rs `MsgSnapshot`.
 //!
 //! Owns the blob's format, taking a snapshot (one read transaction: a consistent cut at the
 //! applied index it holds), installing one (one write transaction: state rows, applied index,
@@ -23,10 +23,10 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::db::{self, DbError, Image};
+use crate::error::Error;
 use crate::raft_log;
 use crate::state::{GroupRecord, NextIds, NodeRecord, VolumeRecord};
-use crate::store::{self, DbError, Image};
 
 const MAGIC: &[u8; 8] = b"TSMGRSNP";
 const VERSION: u32 = 1;
@@ -162,11 +162,11 @@ pub fn decode(data: &[u8]) -> Result<Payload, String> {
 pub fn take(db: &Database, path: &Path) -> Result<Payload, Error> {
     let read = || -> Result<Payload, DbError> {
         let tx = db.begin_read()?;
-        let image = store::read_image(&tx)?;
+        let image = db::read_image(&tx)?;
         let managers = raft_log::managers_in(&tx)?;
         Ok(Payload { image, managers })
     };
-    read().map_err(store::db_err(path))
+    read().map_err(db::db_err(path))
 }
 
 /// Replaces the state with the snapshot's, at `meta`'s index, and empties the Raft log,
@@ -184,12 +184,12 @@ pub fn install(
             applied_index: meta.index,
             ..payload.image.clone()
         };
-        store::write_image(&tx, &image)?;
+        db::write_image(&tx, &image)?;
         raft_log::reset_in(&tx, meta.index, meta.term, &conf_state, &payload.managers)?;
         tx.commit()?;
         Ok(())
     };
-    write().map_err(store::db_err(path))
+    write().map_err(db::db_err(path))
 }
 
 /// The latest snapshot taken, and whether a peer asked for one since.
@@ -394,7 +394,7 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10_000);
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = crate::store::Store::open(dir.path()).unwrap();
+        let (store, _) = crate::db::Db::open(dir.path()).unwrap();
         let db = store.database();
         let mut p = payload();
         p.image.volumes = (1..=n)

@@ -14,7 +14,7 @@ use tessera_proto::control::{StorageReply, StorageRequest};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::reconcile::{Limits, Memory};
+use crate::reconcile::{Limits, Memory, same_nodes};
 use crate::service::{Now, Service, StorageCall};
 
 /// How long one storage node gets to answer a ChangeMembers or TransferLeader call.
@@ -133,11 +133,4 @@ async fn send(call: StorageCall, service: Shared, memory: Arc<Mutex<Memory>>) {
         Err(e) => debug!(group, node = call.node, addr = %call.addr, error = %e,
                          "storage call failed; retried next pass"),
     }
-}
-
-/// Whether two lists name the same nodes, in any order.
-pub fn same_nodes(a: &[u64], b: &[u64]) -> bool {
-    let a: BTreeSet<u64> = a.iter().copied().collect();
-    let b: BTreeSet<u64> = b.iter().copied().collect();
-    a == b
 }

@@ -1,0 +1,228 @@
+//! The request handler: one [`ManagerRequest`] in, one answer out, plus any follow-up work
+//! for the network. Synchronous and single-threaded by design (the caller serialises calls):
+//! plan against [`State`], commit to the [`Db`], apply, answer — so an answer is never
+//! sent for a change that is not durable.
+//!
+//! Only the leader of the managers' Raft group plans; a commit goes through the Raft log and
+//! is applied (here, on every manager) in log order: see `replicated`.
+//!
+//! This file holds the service and its dispatch of requests; each request family has its
+//! own file: `nodes` (registration, heartbeats, draining), `volumes` (delete, routes,
+//! provisioning), `attachments` (attach, detach, leases), `moves` (reconcile passes and
+//! finished moves), `status` (the cluster status), `replicated` (leading, committing through
+//! the Raft log, applying).
+
+mod attachments;
+mod moves;
+mod nodes;
+mod replicated;
+mod status;
+mod volumes;
+
+pub(crate) use replicated::{add_manager, managers};
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest, StorageRequest};
+
+use crate::attach::{self, Leases};
+use crate::consensus::Consensus;
+use crate::db::Db;
+use crate::liveness::Liveness;
+use crate::state::{Mutation, State};
+
+/// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropOrder {
+    pub group_id: u64,
+    pub volume_id: u64,
+    pub chunks: Vec<u64>,
+    /// Addresses to try in turn: the leader first, if known.
+    pub peers: Vec<String>,
+}
+
+/// Inputs of one request that come from outside the state: clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix: u64,
+}
+
+/// A request to one storage node on behalf of the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageCall {
+    pub group_id: u64,
+    pub node: u64,
+    pub addr: String,
+    pub req: StorageRequest,
+    /// For `ChangeMembers`: the node ids asked for, to match a `done` answer with.
+    pub target: Option<Vec<u64>>,
+}
+
+pub struct Service {
+    state: State,
+    /// `None` once closed.
+    db: Option<Db>,
+    /// Set by a failed commit: after that, what is on disk is unknown, so this manager takes
+    /// no more changes until it is restarted (the same rule as a failed fsync on a node).
+    failed: Option<String>,
+    live: Liveness,
+    replicas: usize,
+    groups_per_node: u64,
+    consensus: Consensus,
+    /// Index and term of the last log entry applied to `state`.
+    applied: (u64, u64),
+    /// The term whose leadership `live` was reset for.
+    led_term: u64,
+    /// Groups heartbeats showed with a leader whose recording as established failed; tried
+    /// again with the next heartbeat. Such a fact never goes stale.
+    unrecorded: BTreeSet<u64>,
+    /// Attachment leases (leader memory, reset with `live` when a term of leadership starts).
+    leases: Leases,
+}
+
+impl Service {
+    pub fn new(
+        db: Db,
+        state: State,
+        live: Liveness,
+        replicas: usize,
+        groups_per_node: u32,
+        consensus: Consensus,
+        applied_index: u64,
+    ) -> Self {
+        Service {
+            state,
+            db: Some(db),
+            failed: None,
+            live,
+            replicas,
+            groups_per_node: u64::from(groups_per_node),
+            consensus,
+            applied: (applied_index, 0),
+            led_term: 0,
+            unrecorded: BTreeSet::new(),
+            leases: Leases::default(),
+        }
+    }
+
+    /// Closes the database; later requests fail with `Unavailable`.
+    pub fn close(&mut self) {
+        self.db = None;
+    }
+
+    pub fn handle(
+        &mut self,
+        req: ManagerRequest,
+        now: Now,
+    ) -> (Result<ManagerReply, ControlError>, Vec<DropOrder>) {
+        let mut orders = Vec::new();
+        let res = match req {
+            ManagerRequest::RegisterNode(reg) => self.register(&reg, now),
+            ManagerRequest::Heartbeat(hb) => self.heartbeat(&hb, now),
+            ManagerRequest::CreateVolume {
+                name,
+                size,
+                chunk_size,
+            } => self
+                .state
+                .plan_create_volume(&name, size, chunk_size, now.unix)
+                .and_then(|m| self.commit(m))
+                .and_then(|()| self.state.volume_by_name(&name))
+                .map(ManagerReply::Volume),
+            ManagerRequest::ListVolumes => {
+                let mut vs = self.state.list_volumes();
+                for v in &mut vs {
+                    self.add_lease(v, now);
+                }
+                Ok(ManagerReply::Volumes(vs))
+            }
+            ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
+                self.add_lease(&mut v, now);
+                ManagerReply::Volume(v)
+            }),
+            ManagerRequest::ResizeVolume { name, size } => self
+                .state
+                .plan_resize_volume(&name, size)
+                .and_then(|m| m.map_or(Ok(()), |m| self.commit(m)))
+                .and_then(|()| self.state.volume_by_name(&name))
+                .map(ManagerReply::Volume),
+            ManagerRequest::DeleteVolume { name } => self.delete(&name, now, &mut orders),
+            ManagerRequest::OpenVolume { name, paged } => {
+                self.state.open_volume(&name).and_then(|(volume, groups)| {
+                    let (chunks, more_groups) = self.first_groups(&name, groups, paged, now)?;
+                    Ok(ManagerReply::Opened {
+                        volume,
+                        chunks,
+                        more_groups,
+                    })
+                })
+            }
+            ManagerRequest::AttachVolume {
+                name,
+                client,
+                paged,
+            } => self.attach(&name, &client, paged, now),
+            ManagerRequest::RenewAttachment { volume_id, epoch } => {
+                attach::check_holder(&self.state, volume_id, epoch).map(|()| {
+                    self.leases.renewed(volume_id, now.instant);
+                    ManagerReply::Renewed {
+                        lease_ms: attach::LEASE.as_millis() as u64,
+                    }
+                })
+            }
+            ManagerRequest::DetachVolume { name, epoch, force } => self.detach(&name, epoch, force),
+            ManagerRequest::Route {
+                volume_id,
+                chunk,
+                allocate,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, allocate)
+                .and_then(|()| self.route(volume_id, chunk, allocate, now)),
+            ManagerRequest::Routes {
+                volume_id,
+                first_chunk,
+                limit,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, false)
+                .and_then(|()| self.state.route_page(volume_id, first_chunk, limit))
+                .map(|page| ManagerReply::Routes(self.with_leaders(page, now))),
+            ManagerRequest::VolumeGroups {
+                volume_id,
+                after_group,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, false)
+                .and_then(|()| self.state.group_page(volume_id, after_group))
+                .map(|page| ManagerReply::Groups(self.with_leaders(page, now))),
+            ManagerRequest::ProvisionChunks {
+                volume_id,
+                first_chunk,
+                count,
+                epoch,
+            } => attach::check_route(&self.state, volume_id, epoch, true)
+                .and_then(|()| self.provision(volume_id, first_chunk, count, now)),
+            ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
+            ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
+            // The server calls `add_manager` without the lock; this is for completeness.
+            ManagerRequest::AddManager { id, addr } => {
+                replicated::add_manager(&self.consensus, id, addr)
+            }
+            ManagerRequest::Managers => Ok(replicated::managers(&self.consensus)),
+        };
+        (res, orders)
+    }
+
+    /// Makes `m` durable on a majority of managers, then applies it.
+    fn commit(&mut self, m: Mutation) -> Result<(), ControlError> {
+        if let Some(why) = &self.failed {
+            return Err(ControlError::Unavailable(format!(
+                "manager database failed earlier ({why}); restart the manager"
+            )));
+        }
+        if self.db.is_none() {
+            return Err(ControlError::Unavailable("manager is shutting down".into()));
+        }
+        self.replicate(&m)
+    }
+}

@@ -1,0 +1,73 @@
+//! The manager's durable state and the pure logic that changes it: no I/O, no clocks.
+//!
+//! Every change is a [`Mutation`]. A `plan_*` method validates a request against the current
+//! state and returns the mutation that carries it out, with every id and timestamp already
+//! chosen; the database makes it durable; then [`State::apply`], which cannot fail, changes the
+//! memory. A Raft-replicated manager puts the mutation in its log between planning and
+//! applying, so `apply` must stay deterministic: it never picks ids, reads clocks or looks at
+//! node health.
+//!
+//! Ids of nodes, groups and volumes are handed out in increasing order and never reused, even
+//! after a delete: chunk data a node still holds for a deleted volume can never surface in a
+//! new one.
+//!
+//! One idea per file: `records` (the persisted rows), `mutation` (the one kind of change),
+//! `apply` (restore and apply: the only code that changes a [`State`]), then the plans and
+//! queries of each entity: `nodes` (nodes and groups), `volumes`, `routes` (chunk → group).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+mod apply;
+mod mutation;
+mod nodes;
+mod records;
+mod routes;
+mod volumes;
+
+#[cfg(test)]
+mod tests;
+
+pub use mutation::{Mutation, NextIds};
+pub use records::{Attachment, GroupRecord, NodeRecord, VolumeRecord};
+
+#[derive(Debug, Clone)]
+struct Group {
+    rec: GroupRecord,
+    /// Chunks of all volumes mapped to this group (derived).
+    chunks: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Volume {
+    rec: VolumeRecord,
+    /// chunk index → group id.
+    chunks: BTreeMap<u64, u64>,
+    /// `(group id, chunk index)` of every mapped chunk (derived): the groups holding the
+    /// volume, each with a chunk to address it by, found without a scan of the chunks.
+    by_group: BTreeSet<(u64, u64)>,
+}
+
+/// What a delete leaves for the storage nodes to clean up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedChunks {
+    pub volume_id: u64,
+    /// group id → chunk indexes of the deleted volume held by that group.
+    pub by_group: BTreeMap<u64, Vec<u64>>,
+}
+
+/// Everything the manager persists, held in memory.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    nodes: BTreeMap<u64, NodeRecord>,
+    groups: BTreeMap<u64, Group>,
+    /// node id → ids of the groups it hosts a replica of (derived; heartbeats ask it).
+    groups_by_node: BTreeMap<u64, BTreeSet<u64>>,
+    volumes: BTreeMap<u64, Volume>,
+    by_name: BTreeMap<String, u64>,
+    next: NextIds,
+}
+
+/// The state read back from disk is inconsistent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Inconsistent(pub String);

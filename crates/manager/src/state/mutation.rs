@@ -1,0 +1,97 @@
+//! One durable change, [`Mutation`], and the id high-water marks it moves, [`NextIds`].
+//!
+//! The vocabulary between planning, the Raft log, the database and
+//! [`State::apply`](super::State::apply). Must never carry anything `apply` would have to
+//! decide: ids and timestamps are chosen when planning.
+
+use serde::{Deserialize, Serialize};
+
+use super::records::{GroupRecord, NodeRecord, VolumeRecord};
+
+/// One durable change. Row-shaped on purpose: the database writes exactly these rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// Register a node or update its address, location or capacity.
+    PutNode(NodeRecord),
+    AddGroups(Vec<GroupRecord>),
+    /// Create a volume or change its size.
+    PutVolume(VolumeRecord),
+    /// Forget a volume and its whole chunk map.
+    DeleteVolume {
+        id: u64,
+    },
+    MapChunk {
+        volume_id: u64,
+        chunk: u64,
+        group_id: u64,
+    },
+    /// Many [`Mutation::MapChunk`]s of one volume at once: `(chunk, group id)` pairs.
+    MapChunks {
+        volume_id: u64,
+        chunks: Vec<(u64, u64)>,
+    },
+    /// Start (or re-aim) a membership change of a group; an empty `target` abandons it.
+    SetGroupTarget {
+        group_id: u64,
+        target: Vec<u64>,
+    },
+    /// A membership change finished: the group's voters are now `members`; clears the
+    /// target. `term`: the term of the leader that said so (raises `GroupRecord::term`).
+    SetGroupMembers {
+        group_id: u64,
+        members: Vec<u64>,
+        #[serde(default)]
+        term: u64,
+    },
+    SetNodeDraining {
+        node_id: u64,
+        draining: bool,
+    },
+    /// Heartbeats showed these groups with a leader: see [`GroupRecord::established`].
+    SetGroupsEstablished {
+        group_ids: Vec<u64>,
+    },
+}
+
+/// The next id of each kind: the high-water marks that make ids never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextIds {
+    pub node: u64,
+    pub group: u64,
+    pub volume: u64,
+}
+
+impl Default for NextIds {
+    fn default() -> Self {
+        NextIds {
+            node: 1,
+            group: 1,
+            volume: 1,
+        }
+    }
+}
+
+impl NextIds {
+    /// The marks once `m` is applied. Shared by [`State::apply`](super::State::apply) and
+    /// the database, so memory and disk agree.
+    pub fn after(self, m: &Mutation) -> NextIds {
+        let mut n = self;
+        match m {
+            Mutation::PutNode(r) => n.node = n.node.max(r.id.saturating_add(1)),
+            Mutation::AddGroups(gs) => {
+                for g in gs {
+                    n.group = n.group.max(g.id.saturating_add(1));
+                }
+            }
+            Mutation::PutVolume(v) => n.volume = n.volume.max(v.id.saturating_add(1)),
+            Mutation::DeleteVolume { .. }
+            | Mutation::MapChunk { .. }
+            | Mutation::MapChunks { .. }
+            | Mutation::SetGroupTarget { .. }
+            | Mutation::SetGroupMembers { .. }
+            | Mutation::SetNodeDraining { .. }
+            | Mutation::SetGroupsEstablished { .. } => {}
+        }
+        n
+    }
+}
