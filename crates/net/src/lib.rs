@@ -4,6 +4,12 @@
 //! one-request control-plane call ([`call`]) with a deadline, and the call to whichever of
 //! several managers leads ([`call_managers`]). Must not know what any message means beyond
 //! its frame kind and the manager's not-leader answer.
+//!
+//! - this file: [`FrameReader`], [`write_frame`], [`connect`], [`call`], [`call_managers`].
+//! - [`writer`]: the batched frame writer every connection that sends more than one frame
+//!   at a time goes through ([`FrameWriter`]), and the queues it drains.
+//! - [`link`]: a reconnecting one-way connection to a peer, with a bounded queue
+//!   ([`PeerLink`]): Raft messages between storage nodes and between managers.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -18,6 +24,12 @@ use tokio::net::TcpStream;
 use tessera_proto::DecodeError;
 use tessera_proto::control::{self, ControlError};
 use tessera_proto::frame::{self, Frame, Kind};
+
+pub mod link;
+pub mod writer;
+
+pub use link::{LinkOptions, PeerLink};
+pub use writer::{FrameWriter, Outgoing, Queue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

@@ -25,7 +25,6 @@ static READ: Lazy = Lazy::new(
 );
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::RaftNode;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -63,22 +62,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
     let (r, w) = stream.into_split();
     // Each answer carries the in-flight budget its request took, released only once the
-    // answer is on the socket: a client that stops reading stops being served.
+    // answer is written (buffered, or on the socket): a client that stops reading stops
+    // being served.
     let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Option<OwnedSemaphorePermit>)>();
     let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(256 * 1024, w);
-        while let Some(f) = rx.recv().await {
-            let mut next = Some(f);
-            while let Some((f, _permit)) = next {
-                if tessera_net::write_frame(&mut w, &f).await.is_err() {
-                    return;
-                }
-                next = rx.try_recv().ok();
-            }
-            if w.flush().await.is_err() {
-                return;
-            }
-        }
+        let _ = tessera_net::FrameWriter::new(w).write_queue(&mut rx).await;
     });
     let mut reader = FrameReader::new(r);
     let mut copied = CopySources::default();
