@@ -8,6 +8,7 @@
 //! shared log reported a failed fsync (see [`StorageNode::fatal`]).
 
 mod fetch;
+mod replies;
 mod server;
 mod transport;
 

@@ -13,7 +13,9 @@ use tessera_net::FrameReader;
 use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
 use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
-use tessera_raft::{MembersAnswer, MembershipError};
+use tessera_raft::MembersAnswer;
+
+use crate::replies;
 
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -122,7 +124,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                                     serve_snapshot(&chunks, &store, &req)
                                 })
                                 .await
-                                .unwrap_or_else(|e| Reply::Io(e.to_string()))
+                                .unwrap_or_else(replies::lost_task)
                             }
                             None => Reply::GroupNotFound,
                         }
@@ -171,15 +173,7 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
                     let _ = otx.send(r);
                 }),
             );
-            match orx.await {
-                Ok(Reply::Ok(_)) => Ok(StorageReply::Done),
-                Ok(Reply::NotLeader { hint }) => Err(ControlError::Unavailable(format!(
-                    "node {} does not lead group {group_id} (leader hint {hint})",
-                    shared.node_id
-                ))),
-                Ok(other) => Err(ControlError::Internal(format!("{other:?}"))),
-                Err(_) => Err(ControlError::Unavailable("node shutting down".into())),
-            }
+            replies::chunks_dropped(shared.node_id, group_id, orx.await.ok())
         }
         StorageRequest::Status => Ok(StorageReply::Status(crate::heartbeat_of(shared).await)),
         StorageRequest::ChangeMembers { group_id, peers } => {
@@ -211,16 +205,7 @@ async fn membership(
     start(Box::new(move |r| {
         let _ = otx.send(r);
     }));
-    match orx.await {
-        Ok(Ok(state)) => Ok(StorageReply::Members(state)),
-        Ok(Err(MembershipError::NotLeader(hint))) => Ok(StorageReply::NotLeader { hint }),
-        Ok(Err(MembershipError::GroupNotFound)) => Err(ControlError::NotFound(format!(
-            "group {group_id} is not hosted here"
-        ))),
-        Ok(Err(MembershipError::ShuttingDown)) | Err(_) => {
-            Err(ControlError::Unavailable("node shutting down".into()))
-        }
-    }
+    replies::membership(group_id, orx.await.ok())
 }
 
 /// The replicas a connection copies from: each one as the connection's first snapshot
@@ -279,9 +264,7 @@ pub(crate) fn serve_snapshot(
     }
     match res {
         Ok(b) => Reply::Ok(b),
-        Err(tessera_engine::Error::Corrupt(m)) => Reply::Corrupt(m),
-        Err(tessera_engine::Error::OutOfRange(m)) => Reply::OutOfRange(m),
-        Err(e) => Reply::Io(e.to_string()),
+        Err(e) => replies::engine_error(e),
     }
 }
 
