@@ -6,6 +6,18 @@
 //!
 //! Must never: serve from a data directory another process holds; keep running after the
 //! shared log reported a failed fsync (see [`StorageNode::fatal`]).
+//!
+//! - this file: [`StorageConfig`], [`StorageNode`] (start, registration, heartbeats).
+//! - `server`: the data port: frames from clients, peers and the manager to the Raft node;
+//!   serving a peer's replica copy from the chunk files.
+//! - `replies`: engine and Raft answers as wire replies, in one place.
+//! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
+//! - `fetch/`: copying a replica from a peer (the receiving half of a snapshot), paced
+//!   and kept above the disk's free-space floor.
+//!
+//! Wire formats are never defined here: they live in `tessera_proto`.
+
+#![warn(missing_docs)]
 
 mod fetch;
 mod replies;
@@ -33,16 +45,22 @@ use server::Shared;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// The zone this node is in (placement keeps a group's replicas apart by zone when it
+    /// can).
     #[serde(default = "default_zone")]
     pub zone: String,
+    /// The rack this node is in: a group's replicas go to three distinct racks.
     pub rack: String,
+    /// Where the node keeps its identity, shared log and chunk files (locked while serving).
     pub data_dir: PathBuf,
     /// Data port, e.g. `127.0.0.1:7500` (port 0 picks one).
     pub listen: String,
     /// Address peers and clients use to reach this node; defaults to the bound address.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// The managers' addresses: registration and heartbeats go to whichever leads.
     pub managers: Vec<String>,
+    /// Milliseconds between heartbeats to the manager (at least 50).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
     /// Below this much free space on the data directory, writes are refused (`DiskFull`).
@@ -97,24 +115,39 @@ fn default_segment() -> u64 {
     64 << 20
 }
 
+/// Why a storage node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The local engine failed: the data directory is locked by another process, or its log
+    /// or chunk files could not be opened.
     #[error(transparent)]
     Engine(#[from] tessera_engine::Error),
+    /// The data port could not be bound (in use, or not an address of this host).
     #[error("binding the data port {addr}: {source}")]
     Bind {
+        /// The address from `listen`.
         addr: String,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// `node.json` could not be read or parsed: the node does not know who it is.
     #[error("reading node identity {path}: {msg}")]
-    Identity { path: PathBuf, msg: String },
+    Identity {
+        /// The identity file.
+        path: PathBuf,
+        /// What was wrong with it.
+        msg: String,
+    },
+    /// The manager refused the registration, or answered it with something else.
     #[error("registering with the manager: {0}")]
     Register(String),
+    /// The data directory holds chunk files in a layout this version cannot read.
     #[error(
         "{0} holds chunk files in the layout of an older Tessera (chunks/ rather than \
          groups/), which this version cannot read; move the directory away or start afresh"
     )]
     OldLayout(PathBuf),
+    /// Any other local I/O failure at start.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -246,10 +279,12 @@ impl StorageNode {
         })
     }
 
+    /// The id the manager gave this node.
     pub fn node_id(&self) -> u64 {
         self.node_id
     }
 
+    /// The address the data port is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
