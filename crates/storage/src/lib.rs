@@ -35,6 +35,7 @@ use tessera_engine::{ChunkStores, DirLock, Log, LogOptions};
 use tessera_proto::control::{
     ControlError, Descriptors, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration,
 };
+use tessera_proto::identity::NodeIdentity;
 use tessera_raft::{NodeConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -152,11 +153,6 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-#[derive(Serialize, Deserialize)]
-struct Identity {
-    node_id: u64,
-}
-
 /// A running storage node.
 pub struct StorageNode {
     node_id: u64,
@@ -214,8 +210,7 @@ impl StorageNode {
 
         let node_id = register(&cfg, known_id, &advertise, &chunks).await?;
         if known_id != Some(node_id) {
-            let body = serde_json::to_vec(&Identity { node_id })
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            let body = NodeIdentity { node_id }.encode();
             tessera_engine::fsutil::write_file_atomic(&id_path, &body)?;
         }
 
@@ -314,7 +309,7 @@ impl StorageNode {
 
 fn read_identity(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice::<Identity>(&b)
+        Ok(b) => NodeIdentity::decode(&b)
             .map(|i| Some(i.node_id))
             .map_err(|e| Error::Identity {
                 path: path.to_path_buf(),
