@@ -1,227 +1,130 @@
 //! Manager-to-manager transport of the managers' Raft messages: [`Kind::ManagerRaft`]
 //! frames on each manager's ordinary port, never answered.
 //!
-//! One task and one connection per peer, fed by a bounded queue: the Raft task only ever
+//! One [`tessera_net::link`] per peer, fed by a bounded queue: the Raft task only ever
 //! `try_send`s, so a slow or dead peer never holds it up. A message that finds the queue
-//! full or the peer unreachable is dropped; Raft retransmits what matters. Incoming bodies
-//! are untrusted and fully checked by [`decode_batch`].
+//! full or the peer unreachable is dropped; Raft retransmits what matters. Messages queued
+//! together go out together: up to [`BATCH_BYTES`] of them are gathered into one batch.
 //!
-//! A frame body is a batch: each message as a `u32` little-endian length and its protobuf
-//! encoding. A message too large for one frame (a snapshot of a large state) goes alone, in
-//! parts: bodies starting with the length [`PART`] (no message is that long), then the part's
-//! index and the number of parts (`u32` each), then a slice of the encoding. The receiver
-//! joins consecutive parts of one connection ([`Parts`]), up to [`MAX_MESSAGE`] bytes.
+//! The frame body format (batches, and large messages in parts) and its codec live in
+//! [`tessera_proto::manager_raft`]; this file turns raft-rs messages into its encoded
+//! messages and back. Incoming bodies are untrusted and fully checked there.
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use tessera_proto::frame::{Frame, Kind, MAX_BODY};
+use tessera_net::{LinkOptions, Outgoing, Queue};
+use tessera_proto::frame::{Frame, Kind};
+use tessera_proto::manager_raft::{self, Received};
+
+pub use tessera_proto::manager_raft::Parts;
 
 /// A batch to one peer stops growing at this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
-/// The length marking a body as one part of a message sent in parts.
-const PART: u32 = u32::MAX;
-/// Bytes of a message per part frame.
-const PART_BYTES: usize = 4 << 20;
-/// The largest message accepted in parts (a snapshot of the managers' state).
-pub const MAX_MESSAGE: usize = 1 << 30;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+const LINK: LinkOptions = LinkOptions {
+    connect_timeout: Duration::from_secs(1),
+    backoff_min: Duration::from_millis(100),
+    backoff_max: Duration::from_secs(1),
+    write_timeout: Some(Duration::from_secs(2)),
+};
 
 /// Sends the messages queued for peer `to`, reconnecting as needed. Messages that arrive
 /// while the peer is unreachable are dropped: Raft retransmits what matters.
-pub async fn peer_loop(from: u64, to: u64, addr: String, mut queue: mpsc::Receiver<Message>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut pending: Option<Message> = None;
-    loop {
-        let first = match pending.take() {
-            Some(m) => m,
-            None => match queue.recv().await {
-                Some(m) => m,
-                None => return,
-            },
-        };
-        let stream = match tessera_net::connect(&addr, CONNECT_TIMEOUT).await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(from, to, %addr, error = %e, "manager peer unreachable");
-                while queue.try_recv().is_ok() {}
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        debug!(from, to, %addr, "connected to manager peer");
-        let (mut r, mut w) = stream.into_split();
-        // Nothing is ever answered: reading only notices the peer closing.
-        let watcher = tokio::spawn(async move {
-            let mut buf = [0u8; 256];
-            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
-        });
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            let mut batch = vec![m];
-            let mut size = 0;
-            while size < BATCH_BYTES {
-                match queue.try_recv() {
-                    Ok(m) => {
-                        size += m.compute_size() as usize;
-                        batch.push(m);
-                    }
-                    Err(_) => break,
+pub async fn peer_loop(from: u64, to: u64, addr: String, queue: mpsc::Receiver<Message>) {
+    let peer = format!("manager {to} (from manager {from})");
+    tessera_net::link::run(Batches(queue), &peer, move || Some(addr.clone()), LINK).await;
+}
+
+/// The peer's queue, taken a batch at a time: a message and those queued behind it, up to
+/// about [`BATCH_BYTES`].
+struct Batches(mpsc::Receiver<Message>);
+
+impl Batches {
+    fn fill(&mut self, first: Message) -> Batch {
+        let mut batch = vec![first];
+        let mut size = 0;
+        while size < BATCH_BYTES {
+            match self.0.try_recv() {
+                Ok(m) => {
+                    size += m.compute_size() as usize;
+                    batch.push(m);
                 }
-            }
-            let mut lost = false;
-            for body in encode_frames(&batch) {
-                let frame = Frame::new(Kind::ManagerRaft, 0, body).to_bytes();
-                let sent = tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&frame)).await;
-                if !matches!(sent, Ok(Ok(()))) || watcher.is_finished() {
-                    lost = true;
-                    break;
-                }
-            }
-            if lost {
-                debug!(from, to, %addr, "connection to manager peer lost");
-                break;
-            }
-            next = queue.recv().await;
-            if next.is_none() {
-                watcher.abort();
-                return;
+                Err(_) => break,
             }
         }
-        watcher.abort();
+        Batch(batch)
     }
 }
 
-/// The frame bodies carrying `msgs`, in order: batches, and parts of any message too large
-/// for a frame (over [`MAX_MESSAGE`]: dropped).
+impl Queue for Batches {
+    type Item = Batch;
+    async fn recv(&mut self) -> Option<Batch> {
+        let first = self.0.recv().await?;
+        Some(self.fill(first))
+    }
+    fn try_recv(&mut self) -> Option<Batch> {
+        let first = self.0.try_recv().ok()?;
+        Some(self.fill(first))
+    }
+}
+
+/// Messages gathered for one peer, encoded on its link's task.
+struct Batch(Vec<Message>);
+
+impl Outgoing for Batch {
+    fn frames(&mut self, out: &mut Vec<Frame>) {
+        for body in encode_frames(&self.0) {
+            out.push(Frame::new(Kind::ManagerRaft, 0, body));
+        }
+    }
+}
+
+/// The frame bodies carrying `msgs`, in order ([`manager_raft::encode`]): batches, and
+/// parts of any message too large for a frame (over [`manager_raft::MAX_MESSAGE`]:
+/// dropped).
 pub fn encode_frames(msgs: &[Message]) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut small = Vec::new();
+    let mut encoded = Vec::with_capacity(msgs.len());
     for m in msgs {
-        let size = m.compute_size() as usize;
-        if size + 4 <= PART_BYTES {
-            small.push(m.clone());
-            continue;
-        }
-        if !small.is_empty() {
-            out.push(encode_batch(&small));
-            small.clear();
-        }
         match m.write_to_bytes() {
-            Ok(b) if b.len() <= MAX_MESSAGE => {
-                let count = b.len().div_ceil(PART_BYTES) as u32;
-                for (i, part) in b.chunks(PART_BYTES).enumerate() {
-                    let mut body = BytesMut::with_capacity(12 + part.len());
-                    body.put_u32_le(PART);
-                    body.put_u32_le(i as u32);
-                    body.put_u32_le(count);
-                    body.put_slice(part);
-                    out.push(body.freeze());
-                }
-            }
-            Ok(b) => warn!(len = b.len(), "raft message too large to send; dropped"),
+            Ok(b) => encoded.push(Bytes::from(b)),
             Err(e) => warn!(error = %e, "raft message not encodable; dropped"),
         }
     }
-    if !small.is_empty() {
-        out.push(encode_batch(&small));
+    let (bodies, too_large) = manager_raft::encode(&encoded);
+    for i in too_large {
+        warn!(
+            len = encoded[i].len(),
+            "raft message too large to send; dropped"
+        );
     }
-    out
-}
-
-/// Parts of a message received so far on one connection.
-#[derive(Default)]
-pub struct Parts {
-    buf: Vec<u8>,
-    next: u32,
-    count: u32,
+    bodies
 }
 
 /// Decodes an untrusted frame body: a batch, or a part of a large message (returned once
 /// its last part arrives).
 pub fn decode_frame(body: &[u8], parts: &mut Parts) -> Result<Vec<Message>, String> {
-    let Some((head, rest)) = body.split_first_chunk::<12>() else {
-        return decode_batch(body);
-    };
-    if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != PART {
-        return decode_batch(body);
+    match manager_raft::decode(body, parts).map_err(|e| e.to_string())? {
+        Received::Batch(msgs) => msgs.into_iter().map(parse).collect(),
+        Received::Partial => Ok(Vec::new()),
+        Received::Whole(m) => Ok(vec![parse(&m)?]),
     }
-    let index = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-    if count as usize > MAX_MESSAGE / PART_BYTES + 1 || count == 0 {
-        return Err(format!("raft message in {count} parts"));
-    }
-    if index == 0 {
-        *parts = Parts {
-            buf: Vec::new(),
-            next: 0,
-            count,
-        };
-    }
-    if index != parts.next || count != parts.count {
-        return Err(format!(
-            "raft message part {index} of {count}, expected {} of {}",
-            parts.next, parts.count
-        ));
-    }
-    if parts.buf.len() + rest.len() > MAX_MESSAGE {
-        return Err(format!("raft message over {MAX_MESSAGE} bytes"));
-    }
-    parts.buf.extend_from_slice(rest);
-    parts.next += 1;
-    if parts.next < count {
-        return Ok(Vec::new());
-    }
-    let whole = std::mem::take(parts);
-    let m = Message::parse_from_bytes(&whole.buf).map_err(|e| format!("raft message: {e}"))?;
-    Ok(vec![m])
 }
 
-/// Each message as a `u32` little-endian length and its protobuf encoding; a message that
-/// would not fit a frame is dropped (callers send those in parts: [`encode_frames`]).
+/// One batch body of `msgs` (at most a frame: callers send more through
+/// [`encode_frames`]).
+#[cfg(test)]
 pub fn encode_batch(msgs: &[Message]) -> Bytes {
-    let mut out = BytesMut::new();
-    for m in msgs {
-        match m.write_to_bytes() {
-            Ok(b) if out.len() + 4 + b.len() <= MAX_BODY as usize => {
-                out.put_u32_le(b.len() as u32);
-                out.put_slice(&b);
-            }
-            Ok(b) => warn!(len = b.len(), "raft message too large for a frame; dropped"),
-            Err(e) => warn!(error = %e, "raft message not encodable; dropped"),
-        }
-    }
-    out.freeze()
+    encode_frames(msgs).into_iter().next().unwrap_or_default()
 }
 
-/// Decodes an untrusted [`encode_batch`] body.
-pub fn decode_batch(mut body: &[u8]) -> Result<Vec<Message>, String> {
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        let Some((len, rest)) = body.split_first_chunk::<4>() else {
-            return Err("raft batch: truncated length".into());
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(format!(
-                "raft batch: message of {len} bytes, {} left",
-                rest.len()
-            ));
-        }
-        let (msg, rest) = rest.split_at(len);
-        out.push(Message::parse_from_bytes(msg).map_err(|e| format!("raft message: {e}"))?);
-        body = rest;
-    }
-    Ok(out)
+fn parse(encoded: &[u8]) -> Result<Message, String> {
+    Message::parse_from_bytes(encoded).map_err(|e| format!("raft message: {e}"))
 }
 
 #[cfg(test)]
@@ -237,10 +140,10 @@ mod tests {
             ..Default::default()
         };
         let body = encode_batch(&[m.clone(), m.clone()]);
-        let got = decode_batch(&body).unwrap();
+        let got = decode_frame(&body, &mut Parts::default()).unwrap();
         assert_eq!(got, vec![m.clone(), m]);
-        assert!(decode_batch(&body[..body.len() - 1]).is_err());
-        assert!(decode_batch(&[1, 2]).is_err());
+        assert!(decode_frame(&body[..body.len() - 1], &mut Parts::default()).is_err());
+        assert!(decode_frame(&[1, 2], &mut Parts::default()).is_err());
     }
 
     #[test]
@@ -251,7 +154,7 @@ mod tests {
             msg_type: raft::eraftpb::MessageType::MsgSnapshot,
             ..Default::default()
         };
-        big.mut_snapshot().data = vec![5u8; 3 * PART_BYTES + 17].into();
+        big.mut_snapshot().data = vec![5u8; 3 * manager_raft::PART_BYTES + 17].into();
         let small = Message {
             to: 2,
             from: 1,
@@ -260,7 +163,11 @@ mod tests {
         };
         let bodies = encode_frames(&[small.clone(), big.clone(), small.clone()]);
         assert_eq!(bodies.len(), 1 + 4 + 1);
-        assert!(bodies.iter().all(|b| b.len() <= MAX_BODY as usize));
+        assert!(
+            bodies
+                .iter()
+                .all(|b| b.len() <= tessera_proto::frame::MAX_BODY as usize)
+        );
         let mut parts = Parts::default();
         let mut got = Vec::new();
         for b in &bodies {

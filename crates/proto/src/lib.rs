@@ -6,6 +6,8 @@
 //! - [`command`]: the commands replicated through a group's Raft log and applied to chunks.
 //! - [`control`]: control-plane messages (JSON bodies): manager API and storage admin.
 //! - [`copy`]: node to node replica copies: the group's chunk list, in bounded pages.
+//! - [`identity`]: a storage node's identity file (`node.json`), on disk.
+//! - [`manager_raft`]: the managers' Raft messages between managers: batches and parts.
 //!
 //! Every decoder returns `Result` and never panics on malformed input: bytes arriving here
 //! come from the network or from disk and are untrusted until checked.
@@ -17,6 +19,8 @@ pub mod control;
 pub mod copy;
 pub mod data;
 pub mod frame;
+pub mod identity;
+pub mod manager_raft;
 
 /// The block size of the chunk store: every block carries its own CRC32C.
 pub const BLOCK_SIZE: u64 = 4096;

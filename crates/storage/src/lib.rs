@@ -6,8 +6,21 @@
 //!
 //! Must never: serve from a data directory another process holds; keep running after the
 //! shared log reported a failed fsync (see [`StorageNode::fatal`]).
+//!
+//! - this file: [`StorageConfig`], [`StorageNode`] (start, registration, heartbeats).
+//! - `server`: the data port: frames from clients, peers and the manager to the Raft node;
+//!   serving a peer's replica copy from the chunk files.
+//! - `replies`: engine and Raft answers as wire replies, in one place.
+//! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
+//! - `fetch/`: copying a replica from a peer (the receiving half of a snapshot), paced
+//!   and kept above the disk's free-space floor.
+//!
+//! Wire formats are never defined here: they live in `tessera_proto`.
+
+#![warn(missing_docs)]
 
 mod fetch;
+mod replies;
 mod server;
 mod transport;
 
@@ -22,6 +35,7 @@ use tessera_engine::{ChunkStores, DirLock, Log, LogOptions};
 use tessera_proto::control::{
     ControlError, Descriptors, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration,
 };
+use tessera_proto::identity::NodeIdentity;
 use tessera_raft::{NodeConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -32,16 +46,22 @@ use server::Shared;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// The zone this node is in (placement keeps a group's replicas apart by zone when it
+    /// can).
     #[serde(default = "default_zone")]
     pub zone: String,
+    /// The rack this node is in: a group's replicas go to three distinct racks.
     pub rack: String,
+    /// Where the node keeps its identity, shared log and chunk files (locked while serving).
     pub data_dir: PathBuf,
     /// Data port, e.g. `127.0.0.1:7500` (port 0 picks one).
     pub listen: String,
     /// Address peers and clients use to reach this node; defaults to the bound address.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// The managers' addresses: registration and heartbeats go to whichever leads.
     pub managers: Vec<String>,
+    /// Milliseconds between heartbeats to the manager (at least 50).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
     /// Below this much free space on the data directory, writes are refused (`DiskFull`).
@@ -96,31 +116,41 @@ fn default_segment() -> u64 {
     64 << 20
 }
 
+/// Why a storage node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The local engine failed: the data directory is locked by another process, or its log
+    /// or chunk files could not be opened.
     #[error(transparent)]
     Engine(#[from] tessera_engine::Error),
+    /// The data port could not be bound (in use, or not an address of this host).
     #[error("binding the data port {addr}: {source}")]
     Bind {
+        /// The address from `listen`.
         addr: String,
+        /// Why binding failed.
         source: std::io::Error,
     },
+    /// `node.json` could not be read or parsed: the node does not know who it is.
     #[error("reading node identity {path}: {msg}")]
-    Identity { path: PathBuf, msg: String },
+    Identity {
+        /// The identity file.
+        path: PathBuf,
+        /// What was wrong with it.
+        msg: String,
+    },
+    /// The manager refused the registration, or answered it with something else.
     #[error("registering with the manager: {0}")]
     Register(String),
+    /// The data directory holds chunk files in a layout this version cannot read.
     #[error(
         "{0} holds chunk files in the layout of an older Tessera (chunks/ rather than \
          groups/), which this version cannot read; move the directory away or start afresh"
     )]
     OldLayout(PathBuf),
+    /// Any other local I/O failure at start.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-}
-
-#[derive(Serialize, Deserialize)]
-struct Identity {
-    node_id: u64,
 }
 
 /// A running storage node.
@@ -180,8 +210,7 @@ impl StorageNode {
 
         let node_id = register(&cfg, known_id, &advertise, &chunks).await?;
         if known_id != Some(node_id) {
-            let body = serde_json::to_vec(&Identity { node_id })
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            let body = NodeIdentity { node_id }.encode();
             tessera_engine::fsutil::write_file_atomic(&id_path, &body)?;
         }
 
@@ -245,10 +274,12 @@ impl StorageNode {
         })
     }
 
+    /// The id the manager gave this node.
     pub fn node_id(&self) -> u64 {
         self.node_id
     }
 
+    /// The address the data port is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -278,7 +309,7 @@ impl StorageNode {
 
 fn read_identity(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice::<Identity>(&b)
+        Ok(b) => NodeIdentity::decode(&b)
             .map(|i| Some(i.node_id))
             .map_err(|e| Error::Identity {
                 path: path.to_path_buf(),

@@ -13,7 +13,9 @@ use tessera_net::FrameReader;
 use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
 use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
-use tessera_raft::{MembersAnswer, MembershipError};
+use tessera_raft::MembersAnswer;
+
+use crate::replies;
 
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -25,7 +27,6 @@ static READ: Lazy = Lazy::new(
 );
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::RaftNode;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -63,22 +64,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
     let (r, w) = stream.into_split();
     // Each answer carries the in-flight budget its request took, released only once the
-    // answer is on the socket: a client that stops reading stops being served.
+    // answer is written (buffered, or on the socket): a client that stops reading stops
+    // being served.
     let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Option<OwnedSemaphorePermit>)>();
     let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(256 * 1024, w);
-        while let Some(f) = rx.recv().await {
-            let mut next = Some(f);
-            while let Some((f, _permit)) = next {
-                if tessera_net::write_frame(&mut w, &f).await.is_err() {
-                    return;
-                }
-                next = rx.try_recv().ok();
-            }
-            if w.flush().await.is_err() {
-                return;
-            }
-        }
+        let _ = tessera_net::FrameWriter::new(w).write_queue(&mut rx).await;
     });
     let mut reader = FrameReader::new(r);
     let mut copied = CopySources::default();
@@ -134,7 +124,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                                     serve_snapshot(&chunks, &store, &req)
                                 })
                                 .await
-                                .unwrap_or_else(|e| Reply::Io(e.to_string()))
+                                .unwrap_or_else(replies::lost_task)
                             }
                             None => Reply::GroupNotFound,
                         }
@@ -183,15 +173,7 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
                     let _ = otx.send(r);
                 }),
             );
-            match orx.await {
-                Ok(Reply::Ok(_)) => Ok(StorageReply::Done),
-                Ok(Reply::NotLeader { hint }) => Err(ControlError::Unavailable(format!(
-                    "node {} does not lead group {group_id} (leader hint {hint})",
-                    shared.node_id
-                ))),
-                Ok(other) => Err(ControlError::Internal(format!("{other:?}"))),
-                Err(_) => Err(ControlError::Unavailable("node shutting down".into())),
-            }
+            replies::chunks_dropped(shared.node_id, group_id, orx.await.ok())
         }
         StorageRequest::Status => Ok(StorageReply::Status(crate::heartbeat_of(shared).await)),
         StorageRequest::ChangeMembers { group_id, peers } => {
@@ -223,16 +205,7 @@ async fn membership(
     start(Box::new(move |r| {
         let _ = otx.send(r);
     }));
-    match orx.await {
-        Ok(Ok(state)) => Ok(StorageReply::Members(state)),
-        Ok(Err(MembershipError::NotLeader(hint))) => Ok(StorageReply::NotLeader { hint }),
-        Ok(Err(MembershipError::GroupNotFound)) => Err(ControlError::NotFound(format!(
-            "group {group_id} is not hosted here"
-        ))),
-        Ok(Err(MembershipError::ShuttingDown)) | Err(_) => {
-            Err(ControlError::Unavailable("node shutting down".into()))
-        }
-    }
+    replies::membership(group_id, orx.await.ok())
 }
 
 /// The replicas a connection copies from: each one as the connection's first snapshot
@@ -291,9 +264,7 @@ pub(crate) fn serve_snapshot(
     }
     match res {
         Ok(b) => Reply::Ok(b),
-        Err(tessera_engine::Error::Corrupt(m)) => Reply::Corrupt(m),
-        Err(tessera_engine::Error::OutOfRange(m)) => Reply::OutOfRange(m),
-        Err(e) => Reply::Io(e.to_string()),
+        Err(e) => replies::engine_error(e),
     }
 }
 

@@ -1,30 +1,40 @@
-//! Raft messages to peer storage nodes over TCP: one connection per peer, one task per
-//! connection, frames written as they are queued and flushed when the queue is empty.
-//! Messages queued while a peer is unreachable are dropped (Raft resends what matters).
+//! Raft messages to peer storage nodes over TCP: one [`PeerLink`] per peer node, each a
+//! reconnecting connection fed by a bounded queue, its frames written in batches.
+//! Messages queued while a peer is unreachable, or not yet known, are dropped (Raft resends
+//! what matters); a full queue drops new ones rather than hold up the poller.
+//!
+//! This is the production implementation of [`tessera_raft::Transport`]: the Raft crate
+//! knows no network (its tests deliver messages themselves), so the trait is the seam
+//! between the two crates, with this one implementation outside tests.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tessera_net::{LinkOptions, Outgoing, PeerLink};
 use tessera_proto::data::RaftBatch;
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::Transport;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 
 /// Most batches queued for one peer before new ones are dropped (a dead peer must not
 /// grow memory without bound).
 const MAX_QUEUED: usize = 4096;
 
-struct Peer {
-    tx: mpsc::Sender<RaftBatch>,
-}
+const LINK: LinkOptions = LinkOptions {
+    connect_timeout: Duration::from_secs(2),
+    backoff_min: Duration::from_millis(50),
+    backoff_max: Duration::from_secs(1),
+    write_timeout: None,
+};
+
+/// Where peer nodes listen, as learned from group membership.
+type Addrs = Arc<Mutex<HashMap<u64, String>>>;
 
 pub(crate) struct TcpTransport {
     rt: Handle,
-    addrs: Arc<Mutex<HashMap<u64, String>>>,
-    peers: Mutex<HashMap<u64, Peer>>,
+    addrs: Addrs,
+    peers: Mutex<HashMap<u64, PeerLink<Batch>>>,
 }
 
 impl TcpTransport {
@@ -36,59 +46,22 @@ impl TcpTransport {
         }
     }
 
-    fn spawn_peer(&self, to: u64) -> Peer {
-        let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    fn spawn_peer(&self, to: u64) -> PeerLink<Batch> {
         let addrs = self.addrs.clone();
-        self.rt.spawn(peer_loop(to, addrs, rx));
-        Peer { tx }
+        let resolve = move || addrs.lock().ok().and_then(|m| m.get(&to).cloned());
+        PeerLink::spawn(&self.rt, MAX_QUEUED, format!("node {to}"), resolve, LINK)
     }
 }
 
-async fn peer_loop(
-    to: u64,
-    addrs: Arc<Mutex<HashMap<u64, String>>>,
-    mut rx: mpsc::Receiver<RaftBatch>,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let Some(addr) = addrs.lock().ok().and_then(|m| m.get(&to).cloned()) else {
-            // Not known yet: drop what is queued and wait.
-            match rx.recv().await {
-                Some(_) => continue,
-                None => return,
-            }
-        };
-        let stream = match tessera_net::connect(&addr, Duration::from_secs(2)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(peer = to, "connect failed: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                while rx.try_recv().is_ok() {}
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        let mut w = BufWriter::with_capacity(256 * 1024, stream);
-        'conn: while let Some(b) = rx.recv().await {
-            let mut next = Some(b);
-            while let Some(b) = next {
-                for part in split(b) {
-                    let f = Frame::new(Kind::RaftBatch, 0, part.encode());
-                    if tessera_net::write_frame(&mut w, &f).await.is_err() {
-                        break 'conn;
-                    }
-                }
-                next = rx.try_recv().ok();
-            }
-            if w.flush().await.is_err() {
-                break;
-            }
+/// A batch queued for a peer, encoded on the link's task.
+struct Batch(RaftBatch);
+
+impl Outgoing for Batch {
+    fn frames(&mut self, out: &mut Vec<Frame>) {
+        let b = std::mem::take(&mut self.0);
+        for part in split(b) {
+            out.push(Frame::new(Kind::RaftBatch, 0, part.encode()));
         }
-        if rx.is_closed() {
-            return;
-        }
-        tracing::debug!(peer = to, "connection lost; reconnecting");
     }
 }
 
@@ -126,7 +99,7 @@ impl Transport for TcpTransport {
             return;
         };
         let peer = peers.entry(to).or_insert_with(|| self.spawn_peer(to));
-        if peer.tx.try_send(batch).is_err() {
+        if !peer.send(Batch(batch)) {
             tracing::debug!(peer = to, "peer queue full; raft messages dropped");
         }
     }
@@ -135,5 +108,36 @@ impl Transport for TcpTransport {
         if let Ok(mut m) = self.addrs.lock() {
             m.insert(node, addr.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use bytes::Bytes;
+
+    /// A batch too large for one frame goes out as several, each under the frame limit,
+    /// carrying every message once and in order.
+    #[test]
+    fn a_batch_too_large_for_a_frame_is_split_in_order() {
+        let msgs: Vec<(u64, Bytes)> = (0..10u64)
+            .map(|g| (g, Bytes::from(vec![g as u8; 1 << 20])))
+            .collect();
+        let mut batch = Batch(RaftBatch {
+            from_node: 3,
+            msgs: msgs.clone(),
+        });
+        let mut frames = Vec::new();
+        batch.frames(&mut frames);
+        assert!(frames.len() > 1);
+        let mut got = Vec::new();
+        for f in &frames {
+            assert!(f.body_len() <= MAX_BODY as usize);
+            let b = RaftBatch::decode(&f.body).expect("decode");
+            assert_eq!(b.from_node, 3);
+            got.extend(b.msgs);
+        }
+        assert_eq!(got, msgs);
     }
 }

@@ -1,0 +1,56 @@
+//! The crate's error: what went wrong talking to a peer, named by what the caller can do
+//! (retry elsewhere on a transport failure, act on a definite [`NetError::Control`] answer).
+
+use std::time::Duration;
+
+use tessera_proto::DecodeError;
+use tessera_proto::control::ControlError;
+use tessera_proto::frame::Kind;
+
+use crate::rpc::MANAGER_RETRY_FOR;
+
+/// Why a connection, a frame or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The connection could not be opened: the peer is down or unreachable.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why the connection failed.
+        source: std::io::Error,
+    },
+    /// Reading or writing an open connection failed: it is unusable.
+    #[error("i/o with peer: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent bytes that are not a valid frame (or answer): the connection is
+    /// dropped, as it is not speaking Tessera.
+    #[error("peer sent a bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The peer closed the connection before it answered.
+    #[error("peer closed the connection")]
+    Closed,
+    /// Connecting, or the whole call, took longer than allowed.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// The peer that did not answer.
+        addr: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
+    /// The peer answered with a frame of a kind that does not answer the request.
+    #[error("unexpected frame kind {0:?}")]
+    UnexpectedKind(Kind),
+    /// The peer answered the call with an error: a definite answer, not a transport failure.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// No manager answered as leader before [`MANAGER_RETRY_FOR`] ran out: they are down,
+    /// unreachable, or electing. Transient, like a connection failure.
+    #[error("no manager leader among {managers} within {MANAGER_RETRY_FOR:?}; last: {last}")]
+    NoLeader {
+        /// The manager addresses tried, comma-separated.
+        managers: String,
+        /// The last failure seen.
+        last: Box<NetError>,
+    },
+}

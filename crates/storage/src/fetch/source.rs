@@ -1,0 +1,79 @@
+//! The connection to the node a replica is copied from: one request at a time, each
+//! answered within 30 s. Must never trust an answer: its kind, request id and reply are
+//! checked before its body is returned.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_net::FrameReader;
+use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
+use tessera_proto::frame::{Frame, Kind};
+use tokio::net::tcp::OwnedWriteHalf;
+
+/// One request/answer connection to the node being copied from.
+pub(super) struct Source {
+    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    next_id: u64,
+}
+
+impl Source {
+    pub(super) async fn connect(addr: &str) -> Result<Source, String> {
+        let s = tessera_net::connect(addr, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let (r, w) = s.into_split();
+        Ok(Source {
+            reader: FrameReader::new(r),
+            writer: w,
+            next_id: 1,
+        })
+    }
+
+    pub(super) async fn ask(&mut self, req: Request) -> Result<Bytes, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = Frame::new(req.kind(), id, req.encode());
+        let work = async {
+            tessera_net::write_frame(&mut self.writer, &frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let f = self
+                .reader
+                .next()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("connection closed")?;
+            if f.kind != Kind::Reply || f.request_id != id {
+                return Err(format!("unexpected {:?} frame", f.kind));
+            }
+            match Reply::decode(&f.body).map_err(|e| e.to_string())? {
+                Reply::Ok(b) => Ok(b),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+}
+
+pub(super) fn snap_req(
+    op: Op,
+    group: u64,
+    volume: u64,
+    chunk: u64,
+    offset: u32,
+    len: u32,
+) -> Request {
+    Request::other(
+        op,
+        ChunkAddr {
+            group,
+            volume,
+            chunk,
+        },
+        offset,
+        len,
+    )
+}
