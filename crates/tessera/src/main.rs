@@ -6,6 +6,8 @@ mod dev;
 mod size;
 mod transfer;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -78,6 +80,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&args.cmd))),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or the journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // A test build reads its fault injection points from `FAILPOINTS` (e.g.
     // `chunk::fdatasync=1*return`); a build that serves data has none.
