@@ -12,6 +12,7 @@ use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_proto::frame::Kind;
 
 use crate::attachment::Attachment;
+use crate::error::unexpected;
 use crate::{CALL_TIMEOUT, Client, Error, MAX_IO, RETRY_FOR, Result};
 
 /// How long a write whose outcome is unknown is retried before the caller gets an error
@@ -349,7 +350,7 @@ impl Volume {
             };
             let page = match self.manager(&req).await {
                 Ok(ManagerReply::Groups(page)) => page,
-                Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+                Ok(other) => return Err(unexpected("VolumeGroups", &other)),
                 Err(e) if unknown_request(&e) => {
                     self.inner.unpaged.store(true, Ordering::Relaxed);
                     break;
@@ -423,7 +424,7 @@ impl Volume {
             let asked = Instant::now();
             let page = match self.manager(&req).await? {
                 ManagerReply::Routes(page) => page,
-                other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+                other => return Err(unexpected("Routes", &other)),
             };
             let seen = PageSeen {
                 first,
@@ -464,7 +465,7 @@ impl Volume {
         };
         match self.manager(&req).await? {
             ManagerReply::Routes(page) => self.cache(page.routes),
-            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            other => return Err(unexpected("ProvisionChunks", &other)),
         }
         Ok(self.cached_route(chunk))
     }
@@ -512,7 +513,7 @@ impl Volume {
         };
         let route = match self.manager(&req).await? {
             ManagerReply::Route(r) => r,
-            other => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            other => return Err(unexpected("Route", &other)),
         };
         let Some(route) = route.filter(|r| !r.peers.is_empty()) else {
             return Ok(None);

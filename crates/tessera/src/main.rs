@@ -3,8 +3,8 @@
 
 mod cli;
 mod dev;
+mod progress;
 mod size;
-mod transfer;
 
 use std::io::IsTerminal;
 
