@@ -3,6 +3,7 @@
 
 mod cli;
 mod dev;
+mod exit;
 mod progress;
 mod size;
 
@@ -11,7 +12,12 @@ use std::io::IsTerminal;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Tessera distributed block storage")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera distributed block storage",
+    after_help = exit::HELP
+)]
 struct Args {
     /// Manager address(es), comma-separated.
     #[arg(
@@ -99,7 +105,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
+            std::process::exit(exit::FAILED);
         }
     };
     let managers: Vec<String> = args
@@ -125,7 +131,7 @@ fn main() {
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::code(&e));
     }
 }
 
