@@ -7,6 +7,14 @@
 //!   [`Volume::flush`] at any byte offset and length; a [`Volume`] is cheap to clone and
 //!   safe to use from many tasks at once (requests are pipelined on one connection per
 //!   storage node).
+//! - Administration, one typed call per manager request: [`Client::create_volume`],
+//!   [`Client::list_volumes`], [`Client::volume_info`], [`Client::resize_volume`],
+//!   [`Client::delete_volume`], [`Client::detach`], [`Client::cluster_status`],
+//!   [`Client::drain_node`], [`Client::add_manager`]. A reply of the wrong kind is
+//!   [`Error::UnexpectedReply`], never ignored.
+//! - Whole-volume copies: [`Client::import_from`] a reader, [`Volume::export_to`] a file.
+//! - Every [`Error`] has an [`ErrorClass`] (what the caller can do: retry later, give up,
+//!   fix the request), which the `tessera` binary turns into its exit code.
 //!
 //! A request is split at chunk boundaries (and at [`MAX_IO`]); each piece goes to the
 //! leader of the chunk's replica group. Routes come from the manager when first needed, a
@@ -33,6 +41,18 @@
 //! with an error while it may still land: an attempt whose outcome is unknown is settled by
 //! retrying it under the same request id before the write fails (for up to 80 s, within the
 //! storage nodes' memory of applied ids; past that, the error says the outcome is unknown).
+//!
+//! Modules (new code goes to the one owning its idea):
+//! - `lib.rs`: [`Client`]: connecting, control-plane calls, opening volumes.
+//! - `admin`: typed administrative calls to the manager.
+//! - `transfer`: whole-volume import and export.
+//! - `error`: [`Error`] and its [`ErrorClass`].
+//! - `attachment`: a read-write attachment: its epoch, lease renewal, detaching.
+//! - `conn`: one pipelined connection to a storage node.
+//! - `volume`: an open [`Volume`]: splitting I/O into pieces (`volume/mod.rs`), routes
+//!   (`volume/routes.rs`), one piece's attempts and retries (`volume/retry.rs`).
+
+#![warn(missing_docs)]
 
 mod admin;
 mod attachment;

@@ -166,14 +166,17 @@ impl Volume {
         self.epoch().unwrap_or(0)
     }
 
+    /// The volume as the manager described it when this handle was opened.
     pub fn info(&self) -> &VolumeInfo {
         &self.inner.info
     }
 
+    /// The volume's name.
     pub fn name(&self) -> &str {
         &self.inner.info.name
     }
 
+    /// The volume's size in bytes, as of when this handle was opened.
     pub fn size(&self) -> u64 {
         self.inner.info.size
     }
@@ -207,6 +210,8 @@ impl Volume {
         Ok(out)
     }
 
+    /// `len` bytes from `offset`; never-written ranges read as zeroes.
+    /// [`Error::OutOfRange`] past the end.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let pieces = self.pieces(offset, len)?;
         if pieces.len() == 1 {
@@ -230,6 +235,9 @@ impl Volume {
         Ok(out.freeze())
     }
 
+    /// Writes `data` at `offset`; returns once every piece is durable on a majority of
+    /// its group. [`Error::ReadOnly`] through a read-only handle, [`Error::Fenced`] once
+    /// the attachment was ended.
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<()> {
         let pieces = self.pieces(offset, data.len() as u64)?;
         self.run(Op::Write, pieces, Some(data)).await
