@@ -40,7 +40,7 @@ pub struct DevArgs {
 pub async fn run(a: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let manager = tessera_manager::Manager::start(crate::cli::manager_config(
+    let manager = tessera_manager::Manager::start(crate::daemon::manager_config(
         a.manager_listen.clone(),
         a.data_dir.join("manager"),
     ))

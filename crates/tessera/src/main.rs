@@ -1,7 +1,12 @@
 //! The `tessera` binary: one executable for every process and the CLI. Wiring only: each
 //! subcommand loads its configuration and calls into a library crate.
+//!
+//! `daemon`: the `manager`, `storage` and `nbd` processes; `dev`: a whole cluster in one
+//! process; `cli`: the operator commands; `exit`: the exit code of each error class;
+//! `progress`, `size`: terminal progress lines and human sizes for the CLI.
 
 mod cli;
+mod daemon;
 mod dev;
 mod exit;
 mod progress;
@@ -116,13 +121,13 @@ fn main() {
         .collect();
     let result = rt.block_on(async move {
         match args.cmd {
-            Cmd::Manager { config } => cli::run_manager(&config).await,
-            Cmd::Storage { config } => cli::run_storage(&config).await,
+            Cmd::Manager { config } => daemon::run_manager(&config).await,
+            Cmd::Storage { config } => daemon::run_storage(&config).await,
             Cmd::Nbd {
                 listen,
                 metrics,
                 read_only,
-            } => cli::run_nbd(managers, &listen, metrics, read_only).await,
+            } => daemon::run_nbd(managers, &listen, metrics, read_only).await,
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
