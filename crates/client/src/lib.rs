@@ -7,6 +7,14 @@
 //!   [`Volume::flush`] at any byte offset and length; a [`Volume`] is cheap to clone and
 //!   safe to use from many tasks at once (requests are pipelined on one connection per
 //!   storage node).
+//! - Administration, one typed call per manager request: [`Client::create_volume`],
+//!   [`Client::list_volumes`], [`Client::volume_info`], [`Client::resize_volume`],
+//!   [`Client::delete_volume`], [`Client::detach`], [`Client::cluster_status`],
+//!   [`Client::drain_node`], [`Client::add_manager`]. A reply of the wrong kind is
+//!   [`Error::UnexpectedReply`], never ignored.
+//! - Whole-volume copies: [`Client::import_from`] a reader, [`Volume::export_to`] a file.
+//! - Every [`Error`] has an [`ErrorClass`] (what the caller can do: retry later, give up,
+//!   fix the request), which the `tessera` binary turns into its exit code.
 //!
 //! A request is split at chunk boundaries (and at [`MAX_IO`]); each piece goes to the
 //! leader of the chunk's replica group. Routes come from the manager when first needed, a
@@ -33,18 +41,39 @@
 //! with an error while it may still land: an attempt whose outcome is unknown is settled by
 //! retrying it under the same request id before the write fails (for up to 80 s, within the
 //! storage nodes' memory of applied ids; past that, the error says the outcome is unknown).
+//!
+//! Modules (new code goes to the one owning its idea):
+//! - `lib.rs`: [`Client`]: connecting, control-plane calls, opening volumes.
+//! - `admin`: typed administrative calls to the manager.
+//! - `transfer`: whole-volume import and export.
+//! - `error`: [`Error`] and its [`ErrorClass`].
+//! - `attachment`: a read-write attachment: its epoch, lease renewal, detaching.
+//! - `conn`: one pipelined connection to a storage node.
+//! - `volume`: an open [`Volume`]: splitting I/O into pieces (`volume/mod.rs`), routes
+//!   (`volume/routes.rs`), one piece's attempts and retries (`volume/retry.rs`).
 
+#![warn(missing_docs)]
+
+mod admin;
 mod attachment;
 mod conn;
+mod error;
+mod transfer;
 mod volume;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest, VolumeInfo};
+use tessera_proto::control::{ManagerReply, ManagerRequest};
 use tessera_proto::data::MAX_IO as WIRE_MAX_IO;
 
+use crate::admin::volume_error;
+use crate::error::unexpected;
+
+pub use admin::ManagerMembers;
+pub use error::{Error, ErrorClass, Result};
+pub use transfer::Copied;
 pub use volume::Volume;
 
 /// Largest piece sent in one request.
@@ -53,45 +82,6 @@ pub const MAX_IO: u64 = WIRE_MAX_IO as u64;
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Deadline of one control-plane call and of one data-plane attempt.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("volume \"{0}\" not found")]
-    VolumeNotFound(String),
-    #[error("range {offset}+{len} is past the end of volume \"{volume}\" ({size} bytes)")]
-    OutOfRange {
-        volume: String,
-        offset: u64,
-        len: u64,
-        size: u64,
-    },
-    #[error("no space left: {0}")]
-    DiskFull(String),
-    #[error("data corrupt: {0}")]
-    Corrupt(String),
-    #[error("i/o error: {0}")]
-    Io(String),
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// Another client holds the volume's read-write attachment.
-    #[error("volume in use: {0}")]
-    InUse(String),
-    /// This handle's attachment was ended (another client attached the volume, or an
-    /// operator detached it): its writes are refused, and were not applied.
-    #[error("volume fenced: {0}")]
-    Fenced(String),
-    /// A write through a handle opened read-only.
-    #[error("read-only: {0}")]
-    ReadOnly(String),
-    #[error(transparent)]
-    Control(#[from] ControlError),
-    #[error(transparent)]
-    Net(#[from] tessera_net::NetError),
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// A connection to a Tessera cluster. Cheap to clone.
 #[derive(Clone)]
@@ -191,8 +181,8 @@ impl Client {
                 lease_ms,
                 ..
             }) => (volume, chunks, epoch, lease_ms),
-            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(e) => return Err(open_error(name, e)),
+            Ok(other) => return Err(unexpected("AttachVolume", &other)),
+            Err(e) => return Err(volume_error(name, e)),
         };
         let lease = Duration::from_millis(lease_ms.max(300));
         let a = attachment::Attachment::share(self, name, volume.id, epoch, lease);
@@ -215,49 +205,8 @@ impl Client {
             Ok(ManagerReply::Opened { volume, chunks, .. }) => {
                 Ok(Volume::read_only(self.clone(), volume, chunks))
             }
-            Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(e) => Err(open_error(name, e)),
-        }
-    }
-
-    /// Ends another client's attachment of `name` (an operator moving a VM off a dead or
-    /// stuck host) and fences the volume's groups, so that client's writes are refused from
-    /// then on: once its lease ran out, or at once with `force`. Returns the epoch fenced
-    /// with (0: nothing to fence). Safe to repeat: with nothing attached any more, it
-    /// fences with the volume's epoch again.
-    pub async fn detach(&self, name: &str, force: bool) -> Result<u64> {
-        let req = ManagerRequest::DetachVolume {
-            name: name.into(),
-            epoch: 0,
-            force,
-        };
-        let fence_epoch = match self.call(&req).await {
-            Ok(ManagerReply::Detached { fence_epoch }) => fence_epoch,
-            Ok(other) => return Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(e) => return Err(open_error(name, e)),
-        };
-        if fence_epoch != 0 {
-            let v = self.open_read_only(name).await?;
-            v.fence_with(fence_epoch).await?;
-        }
-        Ok(fence_epoch)
-    }
-
-    pub async fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
-        match self
-            .call(&ManagerRequest::VolumeInfo { name: name.into() })
-            .await
-        {
-            Ok(ManagerReply::Volume(v)) => Ok(v),
-            Ok(other) => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
-            Err(e) => Err(open_error(name, e)),
-        }
-    }
-
-    pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
-        match self.call(&ManagerRequest::ListVolumes).await? {
-            ManagerReply::Volumes(v) => Ok(v),
-            other => Err(Error::Io(format!("unexpected manager reply {other:?}"))),
+            Ok(other) => Err(unexpected("OpenVolume", &other)),
+            Err(e) => Err(volume_error(name, e)),
         }
     }
 
@@ -284,15 +233,6 @@ impl Client {
             m.insert(addr.to_string(), c.clone());
         }
         Ok(c)
-    }
-}
-
-/// A manager's refusal to open or attach `name`, in the caller's terms.
-fn open_error(name: &str, e: Error) -> Error {
-    match e {
-        Error::Control(ControlError::NotFound(_)) => Error::VolumeNotFound(name.into()),
-        Error::Control(ControlError::Conflict(m)) => Error::InUse(m),
-        e => e,
     }
 }
 

@@ -17,6 +17,9 @@ impl From<Error> for BackendError {
             e @ (Error::Fenced(_) | Error::ReadOnly(_)) => BackendError::Denied(e.to_string()),
             e @ (Error::Corrupt(_)
             | Error::Io(_)
+            | Error::AlreadyExists(_)
+            | Error::UnexpectedReply { .. }
+            | Error::Local { .. }
             | Error::Unavailable(_)
             | Error::Control(_)
             | Error::Net(_)) => BackendError::Io(e.to_string()),

@@ -1,17 +1,16 @@
-//! Subcommands: the daemons' entry points and the volume / cluster CLI.
+//! The operator CLI: `volume`, `cluster` and `node` subcommands. Each parses its
+//! arguments, makes one typed call of the client library and prints the answer (a table,
+//! or JSON with `--output json`); no request is built here.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use bytes::Bytes;
+use anyhow::{Context, Result};
 use clap::Subcommand;
-use tessera_client::Client;
-use tessera_proto::control::{ManagerReply, ManagerRequest, VolumeInfo};
+use tessera_client::{Client, ManagerMembers};
+use tessera_proto::control::VolumeInfo;
 
 use crate::Output;
+use crate::progress::Progress;
 use crate::size::{format_size, parse_size};
 
 #[derive(Subcommand)]
@@ -85,75 +84,6 @@ pub enum NodeCmd {
     },
 }
 
-fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
-}
-
-pub fn manager_config(listen: String, data_dir: PathBuf) -> tessera_manager::ManagerConfig {
-    tessera_manager::ManagerConfig {
-        listen,
-        data_dir,
-        ..Default::default()
-    }
-}
-
-pub async fn run_manager(path: &Path) -> Result<()> {
-    let file: tessera_manager::ManagerConfigFile = read_toml(path)?;
-    let m = tessera_manager::Manager::start(file.into()).await?;
-    eprintln!("tessera manager listening on {}", m.local_addr());
-    tokio::signal::ctrl_c().await?;
-    m.shutdown().await;
-    Ok(())
-}
-
-pub async fn run_storage(path: &Path) -> Result<()> {
-    let cfg: tessera_storage::StorageConfig = read_toml(path)?;
-    let node = tessera_storage::StorageNode::start(cfg).await?;
-    eprintln!(
-        "tessera storage node {} serving on {}",
-        node.node_id(),
-        node.local_addr()
-    );
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => { r?; node.shutdown().await; Ok(()) }
-        msg = node.fatal() => bail!("storage node stopped: {msg}"),
-    }
-}
-
-pub async fn run_nbd(
-    managers: Vec<String>,
-    listen: &str,
-    metrics: Option<String>,
-    read_only: bool,
-) -> Result<()> {
-    if let Some(m) = metrics {
-        tessera_metrics::serve(&m)
-            .await
-            .with_context(|| format!("serving metrics on {m}"))?;
-    }
-    let client = Client::connect_as(managers, &format!("nbd gateway {listen}")).await?;
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    if read_only {
-        let backend = Arc::new(tessera_nbd::ReadOnlyClient(client));
-        let server = tessera_nbd::NbdServer::bind(listen, backend).await?;
-        eprintln!("tessera NBD gateway (read-only) on {}", server.local_addr());
-        server.run(stop).await;
-    } else {
-        let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
-        eprintln!("tessera NBD gateway on {}", server.local_addr());
-        server.run(stop).await;
-    }
-    Ok(())
-}
-
-async fn manager_call(client: &Client, req: ManagerRequest) -> Result<ManagerReply> {
-    Ok(client.call(&req).await?)
-}
-
 fn print_volumes(output: Output, vols: &[VolumeInfo]) -> Result<()> {
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(vols)?);
@@ -184,18 +114,8 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
             size,
             chunk_size,
         } => {
-            let r = manager_call(
-                &client,
-                ManagerRequest::CreateVolume {
-                    name,
-                    size,
-                    chunk_size,
-                },
-            )
-            .await?;
-            if let ManagerReply::Volume(v) = r {
-                print_volumes(output, &[v])?;
-            }
+            let v = client.create_volume(&name, size, chunk_size).await?;
+            print_volumes(output, &[v])?;
         }
         VolumeCmd::List => {
             let vols = client.list_volumes().await?;
@@ -244,22 +164,19 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
             }
         }
         VolumeCmd::Resize { name, size } => {
-            if let ManagerReply::Volume(v) =
-                manager_call(&client, ManagerRequest::ResizeVolume { name, size }).await?
-            {
-                print_volumes(output, &[v])?;
-            }
+            let v = client.resize_volume(&name, size).await?;
+            print_volumes(output, &[v])?;
         }
         VolumeCmd::Delete { name } => {
-            manager_call(&client, ManagerRequest::DeleteVolume { name: name.clone() }).await?;
+            client.delete_volume(&name).await?;
             if output == Output::Json {
                 println!("{}", serde_json::json!({ "deleted": name }));
             } else {
                 println!("deleted volume \"{name}\"");
             }
         }
-        VolumeCmd::Import { name, file } => crate::transfer::import(&client, &name, &file).await?,
-        VolumeCmd::Export { name, file } => crate::transfer::export(&client, &name, &file).await?,
+        VolumeCmd::Import { name, file } => import(&client, &name, &file).await?,
+        VolumeCmd::Export { name, file } => export(&client, &name, &file).await?,
     }
     Ok(())
 }
@@ -268,11 +185,7 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
     let client = Client::connect(managers).await?;
     match cmd {
         ClusterCmd::AddManager { id, addr } => {
-            let ManagerReply::Managers { voters, learners } =
-                manager_call(&client, ManagerRequest::AddManager { id, addr }).await?
-            else {
-                bail!("unexpected reply from the manager");
-            };
+            let ManagerMembers { voters, learners } = client.add_manager(id, &addr).await?;
             if output == Output::Json {
                 let v = serde_json::json!({ "voters": voters, "learners": learners });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -286,11 +199,7 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
             }
         }
         ClusterCmd::Status => {
-            let ManagerReply::Status(s) =
-                manager_call(&client, ManagerRequest::ClusterStatus).await?
-            else {
-                bail!("unexpected reply from the manager");
-            };
+            let s = client.cluster_status().await?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
@@ -370,12 +279,7 @@ pub async fn node(managers: Vec<String>, output: Output, cmd: NodeCmd) -> Result
     let client = Client::connect(managers).await?;
     match cmd {
         NodeCmd::Drain { node_id, undo } => {
-            let ManagerReply::Status(s) =
-                manager_call(&client, ManagerRequest::DrainNode { node_id, undo }).await?
-            else {
-                bail!("unexpected reply from the manager");
-            };
-            let n = s.nodes.iter().find(|n| n.node_id == node_id);
+            let n = client.drain_node(node_id, undo).await?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&n)?);
             } else if let Some(n) = n {
@@ -394,48 +298,36 @@ pub async fn node(managers: Vec<String>, output: Output, cmd: NodeCmd) -> Result
     Ok(())
 }
 
-/// A progress line on a terminal; nothing otherwise.
-pub struct Progress {
-    total: u64,
-    started: Instant,
-    tty: bool,
-    last: Instant,
+/// `volume import`: `path` into volume `name` (created to fit if it does not exist).
+async fn import(client: &Client, name: &str, path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    let mut progress = Progress::new(len);
+    let copied = client
+        .import_from(name, file, len, |done| progress.update(done))
+        .await
+        .with_context(|| format!("importing {} into volume \"{name}\"", path.display()))?;
+    eprintln!(
+        "imported {} bytes from {} into \"{name}\"",
+        copied.bytes,
+        path.display()
+    );
+    Ok(())
 }
 
-impl Progress {
-    pub fn new(total: u64) -> Progress {
-        let now = Instant::now();
-        Progress {
-            total,
-            started: now,
-            tty: std::io::stderr().is_terminal(),
-            last: now,
-        }
-    }
-
-    pub fn update(&mut self, done: u64) {
-        if !self.tty || (self.last.elapsed() < Duration::from_millis(200) && done < self.total) {
-            return;
-        }
-        self.last = Instant::now();
-        let pct = (done * 100).checked_div(self.total).unwrap_or(100).min(100);
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let width = 40usize;
-        let filled = (pct as usize * width) / 100;
-        eprint!(
-            "\r[{}{}] {pct:>3}% {} / {} {:.1} MiB/s",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            format_size(done),
-            format_size(self.total),
-            done as f64 / secs / (1 << 20) as f64
-        );
-        if done >= self.total {
-            eprintln!();
-        }
-    }
-}
-
-pub fn is_zero(b: &Bytes) -> bool {
-    b.iter().all(|&x| x == 0)
+/// `volume export`: volume `name` into the file at `path` (replaced if it exists).
+async fn export(client: &Client, name: &str, path: &Path) -> Result<()> {
+    let vol = client.open_read_only(name).await?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut progress = Progress::new(vol.size());
+    let size = vol
+        .export_to(&file, |done| progress.update(done))
+        .await
+        .with_context(|| format!("exporting volume \"{name}\" to {}", path.display()))?;
+    eprintln!("exported {size} bytes of \"{name}\" to {}", path.display());
+    Ok(())
 }

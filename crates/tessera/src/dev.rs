@@ -40,7 +40,7 @@ pub struct DevArgs {
 pub async fn run(a: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let manager = tessera_manager::Manager::start(crate::cli::manager_config(
+    let manager = tessera_manager::Manager::start(crate::daemon::manager_config(
         a.manager_listen.clone(),
         a.data_dir.join("manager"),
     ))
@@ -80,7 +80,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
     }
     let client =
         Client::connect_as(vec![maddr.clone()], &format!("tessera dev nbd {}", a.nbd)).await?;
-    crate::transfer::ensure_volume(&client, "vol0", a.vol0_size).await?;
+    client.ensure_volume("vol0", a.vol0_size).await?;
     let nbd = tessera_nbd::NbdServer::bind(&a.nbd, Arc::new(client)).await?;
     let nbd_addr = nbd.local_addr();
     println!(

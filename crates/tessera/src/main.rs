@@ -1,15 +1,28 @@
 //! The `tessera` binary: one executable for every process and the CLI. Wiring only: each
 //! subcommand loads its configuration and calls into a library crate.
+//!
+//! `daemon`: the `manager`, `storage` and `nbd` processes; `dev`: a whole cluster in one
+//! process; `cli`: the operator commands; `exit`: the exit code of each error class;
+//! `progress`, `size`: terminal progress lines and human sizes for the CLI.
 
 mod cli;
+mod daemon;
 mod dev;
+mod exit;
+mod progress;
 mod size;
-mod transfer;
+
+use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Tessera distributed block storage")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera distributed block storage",
+    after_help = exit::HELP
+)]
 struct Args {
     /// Manager address(es), comma-separated.
     #[arg(
@@ -78,6 +91,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&args.cmd))),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or the journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // A test build reads its fault injection points from `FAILPOINTS` (e.g.
     // `chunk::fdatasync=1*return`); a build that serves data has none.
@@ -95,7 +110,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
+            std::process::exit(exit::FAILED);
         }
     };
     let managers: Vec<String> = args
@@ -106,13 +121,13 @@ fn main() {
         .collect();
     let result = rt.block_on(async move {
         match args.cmd {
-            Cmd::Manager { config } => cli::run_manager(&config).await,
-            Cmd::Storage { config } => cli::run_storage(&config).await,
+            Cmd::Manager { config } => daemon::run_manager(&config).await,
+            Cmd::Storage { config } => daemon::run_storage(&config).await,
             Cmd::Nbd {
                 listen,
                 metrics,
                 read_only,
-            } => cli::run_nbd(managers, &listen, metrics, read_only).await,
+            } => daemon::run_nbd(managers, &listen, metrics, read_only).await,
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
@@ -121,7 +136,7 @@ fn main() {
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::code(&e));
     }
 }
 

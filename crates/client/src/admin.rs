@@ -1,0 +1,276 @@
+//! Typed administrative calls to the manager: create, list, inspect, resize, delete and
+//! detach volumes; the cluster's status; draining nodes; adding managers. What the CLI
+//! (and any other operator tool) sends, one method each.
+//!
+//! Must never: ignore a reply of the wrong kind (it is [`Error::UnexpectedReply`]); retry a
+//! refusal (the manager decided; the caller is told).
+
+use tessera_proto::control::{
+    ClusterStatus, ControlError, ManagerReply, ManagerRequest, NodeStatus, VolumeInfo,
+};
+
+use crate::error::unexpected;
+use crate::{Client, Error, Result};
+
+/// The managers' Raft group, as [`Client::add_manager`] leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerMembers {
+    /// Managers counted for majorities: id and address.
+    pub voters: Vec<(u64, String)>,
+    /// Managers catching up, promoted to voters when done: id and address.
+    pub learners: Vec<(u64, String)>,
+}
+
+impl Client {
+    /// Creates a thin-provisioned volume of `size` bytes (`chunk_size`: the manager's
+    /// default when `None`). [`Error::AlreadyExists`] if the name is taken.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: Option<u64>,
+    ) -> Result<VolumeInfo> {
+        let req = ManagerRequest::CreateVolume {
+            name: name.into(),
+            size,
+            chunk_size,
+        };
+        match self.call(&req).await {
+            Ok(ManagerReply::Volume(v)) => Ok(v),
+            Ok(other) => Err(unexpected("CreateVolume", &other)),
+            Err(e) => Err(volume_error(name, e)),
+        }
+    }
+
+    /// Creates `name` with `size` bytes unless a volume of that name exists. Whether it
+    /// created it.
+    pub async fn ensure_volume(&self, name: &str, size: u64) -> Result<bool> {
+        match self.volume_info(name).await {
+            Ok(_) => Ok(false),
+            Err(Error::VolumeNotFound(_)) => match self.create_volume(name, size, None).await {
+                Ok(_) => Ok(true),
+                // Another client created it in between.
+                Err(Error::AlreadyExists(_)) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every volume.
+    pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        match self.call(&ManagerRequest::ListVolumes).await? {
+            ManagerReply::Volumes(v) => Ok(v),
+            other => Err(unexpected("ListVolumes", &other)),
+        }
+    }
+
+    /// One volume, with its read-write attachment.
+    pub async fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        match self
+            .call(&ManagerRequest::VolumeInfo { name: name.into() })
+            .await
+        {
+            Ok(ManagerReply::Volume(v)) => Ok(v),
+            Ok(other) => Err(unexpected("VolumeInfo", &other)),
+            Err(e) => Err(volume_error(name, e)),
+        }
+    }
+
+    /// Grows `name` to `size` bytes; shrinking is refused ([`Error::Control`] with
+    /// [`ControlError::Invalid`]).
+    pub async fn resize_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
+        let req = ManagerRequest::ResizeVolume {
+            name: name.into(),
+            size,
+        };
+        match self.call(&req).await {
+            Ok(ManagerReply::Volume(v)) => Ok(v),
+            Ok(other) => Err(unexpected("ResizeVolume", &other)),
+            Err(e) => Err(volume_error(name, e)),
+        }
+    }
+
+    /// Deletes `name`: its metadata at once; the groups drop its chunks in the background.
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        match self
+            .call(&ManagerRequest::DeleteVolume { name: name.into() })
+            .await
+        {
+            Ok(ManagerReply::Deleted) => Ok(()),
+            Ok(other) => Err(unexpected("DeleteVolume", &other)),
+            Err(e) => Err(volume_error(name, e)),
+        }
+    }
+
+    /// Ends another client's attachment of `name` (an operator moving a VM off a dead or
+    /// stuck host) and fences the volume's groups, so that client's writes are refused from
+    /// then on: once its lease ran out, or at once with `force`. Returns the epoch fenced
+    /// with (0: nothing to fence). Safe to repeat: with nothing attached any more, it
+    /// fences with the volume's epoch again.
+    pub async fn detach(&self, name: &str, force: bool) -> Result<u64> {
+        let req = ManagerRequest::DetachVolume {
+            name: name.into(),
+            epoch: 0,
+            force,
+        };
+        let fence_epoch = match self.call(&req).await {
+            Ok(ManagerReply::Detached { fence_epoch }) => fence_epoch,
+            Ok(other) => return Err(unexpected("DetachVolume", &other)),
+            Err(e) => return Err(volume_error(name, e)),
+        };
+        if fence_epoch != 0 {
+            let v = self.open_read_only(name).await?;
+            v.fence_with(fence_epoch).await?;
+        }
+        Ok(fence_epoch)
+    }
+
+    /// Nodes, racks and replica groups with their leaders, as the manager leader sees them.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        match self.call(&ManagerRequest::ClusterStatus).await? {
+            ManagerReply::Status(s) => Ok(s),
+            other => Err(unexpected("ClusterStatus", &other)),
+        }
+    }
+
+    /// Starts moving every replica and leadership off node `node_id` (before maintenance),
+    /// or with `undo` stops it. The node's status once the manager took the change (`None`
+    /// if the answer left it out).
+    pub async fn drain_node(&self, node_id: u64, undo: bool) -> Result<Option<NodeStatus>> {
+        match self
+            .call(&ManagerRequest::DrainNode { node_id, undo })
+            .await?
+        {
+            ManagerReply::Status(s) => Ok(s.nodes.into_iter().find(|n| n.node_id == node_id)),
+            other => Err(unexpected("DrainNode", &other)),
+        }
+    }
+
+    /// Adds manager `id`, started with `join = true` and serving on `addr`, to the
+    /// managers' Raft group: as a learner, promoted to voter once caught up. Asking again
+    /// only reports the members.
+    pub async fn add_manager(&self, id: u64, addr: &str) -> Result<ManagerMembers> {
+        let req = ManagerRequest::AddManager {
+            id,
+            addr: addr.into(),
+        };
+        match self.call(&req).await? {
+            ManagerReply::Managers { voters, learners } => Ok(ManagerMembers { voters, learners }),
+            other => Err(unexpected("AddManager", &other)),
+        }
+    }
+}
+
+/// A manager's refusal of a request about volume `name`, in the caller's terms.
+pub(crate) fn volume_error(name: &str, e: Error) -> Error {
+    match e {
+        Error::Control(ControlError::NotFound(_)) => Error::VolumeNotFound(name.into()),
+        Error::Control(ControlError::AlreadyExists(m)) => Error::AlreadyExists(m),
+        Error::Control(ControlError::Conflict(m)) => Error::InUse(m),
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::control::ControlError;
+
+    use super::*;
+
+    /// A manager played by the test: answers every request with `answer`.
+    async fn fake_manager(
+        answer: fn(ManagerRequest) -> std::result::Result<ManagerReply, ControlError>,
+    ) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut frames = tessera_net::FrameReader::new(r);
+                    while let Ok(Some(f)) = frames.next().await {
+                        let req = tessera_proto::control::decode(&f.body).unwrap();
+                        let reply = tessera_net::rpc_reply(f.request_id, &answer(req));
+                        tessera_net::write_frame(&mut w, &reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Answers `ListVolumes` (what `connect` asks) with none, everything else with
+    /// `Deleted`.
+    fn deletes_everything(req: ManagerRequest) -> std::result::Result<ManagerReply, ControlError> {
+        Ok(match req {
+            ManagerRequest::ListVolumes => ManagerReply::Volumes(vec![]),
+            _ => ManagerReply::Deleted,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_reply_of_the_wrong_kind_is_an_error_naming_it() {
+        let client = Client::connect(vec![fake_manager(deletes_everything).await])
+            .await
+            .expect("connect");
+        client.delete_volume("db1").await.expect("the right kind");
+        let e = client.cluster_status().await.expect_err("the wrong kind");
+        assert!(
+            matches!(&e, Error::UnexpectedReply { request: "ClusterStatus", reply } if reply == "Deleted"),
+            "{e:?}"
+        );
+        let e = client
+            .resize_volume("db1", 1 << 30)
+            .await
+            .expect_err("wrong kind");
+        assert_eq!(
+            e.to_string(),
+            "the manager answered ResizeVolume with an unexpected Deleted reply"
+        );
+        assert!(client.add_manager(2, "10.0.0.2:7400").await.is_err());
+        assert!(client.drain_node(1, false).await.is_err());
+        assert!(client.create_volume("db2", 1 << 30, None).await.is_err());
+    }
+
+    fn refuses(req: ManagerRequest) -> std::result::Result<ManagerReply, ControlError> {
+        match req {
+            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+            ManagerRequest::CreateVolume { name, .. } => Err(ControlError::AlreadyExists(format!(
+                "volume {name:?} already exists"
+            ))),
+            ManagerRequest::DetachVolume { .. } => {
+                Err(ControlError::Conflict("attached read-write by vm7".into()))
+            }
+            ManagerRequest::DrainNode { node_id, .. } => {
+                Err(ControlError::NotFound(format!("node {node_id} not found")))
+            }
+            _ => Err(ControlError::NotFound("volume \"nope\" not found".into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_arrive_typed_and_classed() {
+        let client = Client::connect(vec![fake_manager(refuses).await])
+            .await
+            .expect("connect");
+        let e = client.volume_info("nope").await.expect_err("missing");
+        assert!(
+            matches!(&e, Error::VolumeNotFound(n) if n == "nope"),
+            "{e:?}"
+        );
+        let e = client.delete_volume("nope").await.expect_err("missing");
+        assert_eq!(e.to_string(), "volume \"nope\" not found");
+        let e = client
+            .create_volume("db1", 1 << 30, None)
+            .await
+            .expect_err("taken");
+        assert!(matches!(e, Error::AlreadyExists(_)), "{e:?}");
+        assert_eq!(e.to_string(), "volume \"db1\" already exists");
+        let e = client.detach("vm", false).await.expect_err("lease runs");
+        assert!(matches!(e, Error::InUse(_)), "{e:?}");
+        assert_eq!(e.class(), crate::ErrorClass::Refused);
+        let e = client.drain_node(9, false).await.expect_err("no such node");
+        assert_eq!(e.class(), crate::ErrorClass::NotFound);
+    }
+}

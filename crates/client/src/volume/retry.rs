@@ -1,0 +1,326 @@
+//! One piece of a request, sent to its group's leader with retries of everything
+//! transient until [`RETRY_FOR`] has passed, under one request id, and for a change whose
+//! outcome is unknown until an answer settles it.
+//!
+//! Must never: fail a change while it may still land (it is settled first, within
+//! [`SETTLE_FOR`]); retry a definite answer (disk full, corrupt, out of range); send a
+//! chunk's next write before an abandoned one to it can no longer be proposed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_proto::control::ControlError;
+use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
+use tessera_proto::frame::Kind;
+
+use super::{Piece, Volume};
+use crate::attachment::Attachment;
+use crate::{CALL_TIMEOUT, Error, RETRY_FOR, Result};
+
+/// How long a write whose outcome is unknown is retried before the caller gets an error
+/// that says so. Below the 90 s a storage node remembers an applied request id (its
+/// `dedup` window): a retry later than that could be applied a second time.
+const SETTLE_FOR: Duration = Duration::from_secs(80);
+/// How far a storage node's clock may run behind this client's, for deadlines.
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+
+static CLIENT_WRITE: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_client_write_seconds",
+    "One write piece: sent to a storage node until its answer arrived (network + node)",
+);
+static CLIENT_READ: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_client_read_seconds",
+    "One read piece: sent to a storage node until its answer arrived (network + node)",
+);
+
+impl Volume {
+    /// One piece, with this handle's epoch.
+    pub(super) async fn piece(&self, op: Op, p: Piece, data: Bytes) -> Result<Bytes> {
+        let epoch = if op == Op::Read {
+            self.epoch_or_zero()
+        } else {
+            self.write_epoch()?
+        };
+        self.attempts(op, p, data, epoch).await
+    }
+
+    /// One piece, with retries of everything transient until [`RETRY_FOR`] has passed; a
+    /// change (write, zeroes, discard, fence) whose last attempts' outcome is unknown is
+    /// retried on until one answer settles it (see `unsettled` below), up to
+    /// [`SETTLE_FOR`], because failing it while it may still land would tell the caller
+    /// a falsehood.
+    pub(super) async fn attempts(
+        &self,
+        op: Op,
+        p: Piece,
+        data: Bytes,
+        epoch: u64,
+    ) -> Result<Bytes> {
+        let started = Instant::now();
+        let deadline = started + RETRY_FOR;
+        // One id for every attempt: a retry must never take effect a second time.
+        let id = if op == Op::Read { 0 } else { request_id() };
+        let mut backoff = Duration::from_millis(5);
+        let mut attempt = 0usize;
+        let mut refresh = false;
+        let mut last_err = String::new();
+        // Some attempt may have been proposed and not answered: it may still be applied.
+        // Settled by an answer about this id from a leader: `Ok` (it was applied, once),
+        // `Expired` or `Fenced` (the leader looked the id up in its log first: it is not
+        // there, and no attempt can enter the log any more).
+        let mut unsettled = false;
+        let mut warned = false;
+        // A change the caller stops waiting for (an NBD client hung up) or that fails may
+        // still sit in a node's queue until its deadline: the next write to the chunk
+        // waits that long rather than be overtaken by it (see `Attachment::quiet`).
+        let mut guard = match (&self.inner.attachment, op) {
+            (Some(a), Op::Write | Op::WriteZeroes | Op::Discard) => Some(Abandoned {
+                attachment: a.clone(),
+                chunk: p.chunk,
+                unanswered_until: None,
+                earlier: None,
+                done: false,
+            }),
+            _ => None,
+        };
+        loop {
+            if Instant::now() >= deadline {
+                if unsettled && started.elapsed() >= SETTLE_FOR {
+                    return Err(Error::Unavailable(format!(
+                        "chunk {} of volume \"{}\": no leader settled a write's outcome in \
+                         {SETTLE_FOR:?} ({last_err}); it may or may not have been applied",
+                        p.chunk,
+                        self.name(),
+                    )));
+                }
+                if !unsettled {
+                    return Err(Error::Unavailable(format!(
+                        "chunk {} of volume \"{}\": gave up after {:?}: {last_err}",
+                        p.chunk,
+                        self.name(),
+                        RETRY_FOR
+                    )));
+                }
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        volume = self.name(),
+                        chunk = p.chunk,
+                        "a write's outcome is still unknown after {RETRY_FOR:?} ({last_err}); \
+                         retrying until a leader settles it"
+                    );
+                }
+            }
+            let allocate = matches!(op, Op::Write | Op::WriteZeroes);
+            let route = match self.route(p.chunk, allocate, refresh).await {
+                Ok(Some(r)) => r,
+                // Never written: reads see zeroes, a discard is already done.
+                Ok(None) if allocate => {
+                    return Err(Error::Io("manager returned no route for a write".into()));
+                }
+                Ok(None) if op == Op::Read => return Ok(Bytes::from(vec![0u8; p.len as usize])),
+                Ok(None) => return Ok(Bytes::new()),
+                // The manager restarting or electing a leader is as transient as a storage
+                // node doing so: wait for it like for them.
+                Err(
+                    e @ (Error::Control(ControlError::Unavailable(_) | ControlError::NotLeader(_))
+                    | Error::Net(_)),
+                ) => {
+                    last_err = format!("manager: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                // The attachment ended while an attempt may still land: the group answers
+                // Fenced once the new holder's fence is in its log, settling it.
+                Err(Error::Fenced(m)) if unsettled => {
+                    last_err = m;
+                    refresh = false;
+                    match self.cached_route(p.chunk) {
+                        Some(r) => r,
+                        None => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            refresh = false;
+            let (node_id, addr) = route.target(attempt);
+            attempt += 1;
+            if let Some(g) = &mut guard {
+                g.attachment.quiet(p.chunk).await;
+                // The node refuses it after its deadline; a margin for clocks that differ.
+                g.unanswered_until = Some(Instant::now() + CALL_TIMEOUT + CLOCK_MARGIN);
+            }
+            let req = Request {
+                op,
+                addr: ChunkAddr {
+                    group: route.group_id,
+                    volume: self.inner.info.id,
+                    chunk: p.chunk,
+                },
+                epoch,
+                id,
+                // Not proposed after the attempt is given up on: its retry never races it.
+                deadline_ms: Request::deadline_in(CALL_TIMEOUT),
+                offset: p.offset,
+                len: p.len,
+                data: data.clone(),
+            };
+            let reply = match self.send(&addr, &req).await {
+                Ok(r) => {
+                    if let Some(g) = &mut guard {
+                        g.answered();
+                    }
+                    r
+                }
+                Err(e) => {
+                    // Sent or not, answered or not: unknown.
+                    unsettled |= op != Op::Read;
+                    if let Some(g) = &mut guard {
+                        g.unanswered();
+                    }
+                    last_err = format!("node {node_id} at {addr}: {e}");
+                    route.leader.store(0, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    refresh = attempt.is_multiple_of(route.peers.len().max(1));
+                    continue;
+                }
+            };
+            match reply {
+                Reply::Ok(d) => {
+                    route.leader.store(node_id, Ordering::Relaxed);
+                    // Applied, once: an earlier attempt of it arriving late is answered
+                    // from the node's memory of the id, never applied again.
+                    if let Some(g) = &mut guard {
+                        g.done = true;
+                    }
+                    return Ok(d);
+                }
+                Reply::NotLeader { hint } => {
+                    last_err = format!(
+                        "node {node_id} is not the leader of group {}",
+                        route.group_id
+                    );
+                    let known = route.peers.iter().any(|p| p.0 == hint && hint != node_id);
+                    route
+                        .leader
+                        .store(if known { hint } else { 0 }, Ordering::Relaxed);
+                    if !known {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        refresh = attempt.is_multiple_of(route.peers.len().max(1));
+                    }
+                }
+                Reply::GroupNotFound | Reply::Unavailable(_) | Reply::Expired(_) => {
+                    match &reply {
+                        // A leader that lost its leadership after proposing answers
+                        // Unavailable: the entry may still commit.
+                        Reply::Unavailable(_) => unsettled |= op != Op::Read,
+                        Reply::Expired(_) => unsettled = false,
+                        // The group moved or was re-created: ask the manager again.
+                        _ => refresh = true,
+                    }
+                    last_err = format!("node {node_id}: {reply:?}");
+                    route.leader.store(0, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    let cap = if unsettled && Instant::now() >= deadline {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_millis(500)
+                    };
+                    backoff = (backoff * 2).min(cap);
+                }
+                Reply::Fenced(m) => {
+                    if let Some(a) = &self.inner.attachment
+                        && a.epoch == epoch
+                    {
+                        a.end(&m);
+                    }
+                    return Err(Error::Fenced(m));
+                }
+                Reply::DiskFull(m) => return Err(Error::DiskFull(m)),
+                Reply::Corrupt(m) => return Err(Error::Corrupt(m)),
+                Reply::Io(m) => return Err(Error::Io(m)),
+                Reply::OutOfRange(m) | Reply::BadRequest(m) => return Err(Error::Invalid(m)),
+            }
+        }
+    }
+
+    async fn send(&self, addr: &str, req: &Request) -> Result<Reply> {
+        let conn = self.inner.client.node(addr).await?;
+        let sent = std::time::Instant::now();
+        let (head, data) = req.encode_parts();
+        let f = conn.request(req.kind(), head, data, CALL_TIMEOUT).await?;
+        match req.op {
+            Op::Read => CLIENT_READ.observe_since(sent),
+            _ => CLIENT_WRITE.observe_since(sent),
+        }
+        if f.kind != Kind::Reply {
+            return Err(Error::Io(format!(
+                "unexpected frame kind {:?} from {addr}",
+                f.kind
+            )));
+        }
+        Reply::decode(&f.body).map_err(|e| Error::Io(format!("bad reply from {addr}: {e}")))
+    }
+}
+
+/// Attempts of one change whose answers never came: noted with the attachment when the
+/// change ends without success (its caller gave up, or it failed), so that the chunk's next
+/// write waits until none of them can be proposed any more.
+struct Abandoned {
+    attachment: Arc<Attachment>,
+    chunk: u64,
+    /// When the attempt in flight can no longer be proposed (`None`: answered).
+    unanswered_until: Option<Instant>,
+    /// The same for earlier attempts that got no answer.
+    earlier: Option<Instant>,
+    done: bool,
+}
+
+impl Abandoned {
+    fn answered(&mut self) {
+        self.unanswered_until = None;
+    }
+
+    fn unanswered(&mut self) {
+        self.earlier = self.earlier.max(self.unanswered_until.take());
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(until) = self.earlier.max(self.unanswered_until) {
+            self.attachment.hold_back(self.chunk, until);
+        }
+    }
+}
+
+/// A new request id: this process's random identity in the high half, a count in the low.
+fn request_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    static CLIENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(1);
+    let client = *CLIENT.get_or_init(|| {
+        // SipHash keyed from the OS's random source, over the pid and the time.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish() | 1
+    });
+    (client as u128) << 64 | COUNT.fetch_add(1, Ordering::Relaxed) as u128
+}
