@@ -346,7 +346,7 @@ async fn a_second_storage_node_on_a_locked_data_dir_is_refused() {
             "rack = \"rack9\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmanagers = [\"{}\"]\n",
             n.data_dir.display(),
             common::free_port(),
-            c.manager_addr
+            c.manager_addr()
         ),
     )
     .expect("config");
@@ -536,10 +536,7 @@ async fn a_full_disk_fails_writes_cleanly_and_recovers_once_space_is_freed() {
     c.create_volume("scratch", "256MiB", "16MiB");
     c.create_volume("big", "1GiB", "16MiB");
     c.create_volume("viaNBD", "64MiB", "16MiB");
-    let gateway = common::GatewayProc::start(
-        std::slice::from_ref(&c.manager_addr),
-        c.dir.path().join("nbd.log"),
-    );
+    let gateway = c.gateway();
     let mut export = tokio::task::block_in_place(|| nbd::open(gateway.port, "viaNBD"));
     let client = c.client().await;
     let scratch = client.open("scratch").await.expect("open scratch");

@@ -6,140 +6,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Cluster, Opts, free_port};
+use common::{Cluster, Opts};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 const MIB: u64 = 1 << 20;
-
-/// A `tessera nbd` gateway process, killed on drop.
-struct Gateway {
-    child: Option<Child>,
-    port: u16,
-    manager: String,
-    log: PathBuf,
-    failed_starts: u32,
-    read_only: bool,
-}
-
-impl Gateway {
-    fn start(c: &Cluster) -> Gateway {
-        Gateway::start_with(c, false)
-    }
-
-    /// A `tessera nbd --read-only` gateway.
-    fn start_read_only(c: &Cluster) -> Gateway {
-        Gateway::start_with(c, true)
-    }
-
-    fn start_with(c: &Cluster, read_only: bool) -> Gateway {
-        let mut g = Gateway {
-            child: None,
-            port: free_port(),
-            manager: c.manager_addr.clone(),
-            log: c.dir.path().join("nbd.log"),
-            failed_starts: 0,
-            read_only,
-        };
-        g.spawn();
-        g
-    }
-
-    fn spawn(&mut self) {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("nbd log");
-        let err = out.try_clone().expect("nbd log");
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut args = vec!["--manager", &self.manager, "nbd", "--listen", &listen];
-        if self.read_only {
-            args.push("--read-only");
-        }
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn tessera nbd");
-        // Ready once the greeting arrives.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                // free_port() is racy: another process may have taken the port.
-                self.failed_starts += 1;
-                assert!(
-                    self.failed_starts < 5,
-                    "nbd gateway keeps exiting ({status}):\n{}",
-                    self.log_tail()
-                );
-                eprintln!("nbd gateway exited at start ({status}); retrying on a new port");
-                self.port = free_port();
-                return self.spawn();
-            }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut g = [0u8; 18];
-                if s.read_exact(&mut g).is_ok()
-                    && g[..8] == NBDMAGIC.to_be_bytes()
-                    && matches!(child.try_wait(), Ok(None))
-                {
-                    // Abort politely so the server does not log a protocol error.
-                    let _ = s.write_all(&3u32.to_be_bytes());
-                    let _ = s.write_all(&opt_header(OPT_ABORT, 0));
-                    self.child = Some(child);
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("nbd gateway not listening in 30s:\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("==== nbd gateway log\n{}", self.log_tail());
-        }
-    }
-}
 
 /// `Cluster::start` with three storage nodes, retried when a process dies at start-up:
 /// the harness picks ports with `free_port()`, which another process can take first.
@@ -149,8 +26,10 @@ async fn start_cluster() -> Cluster {
         let deadline = Instant::now() + Duration::from_secs(15);
         let died = loop {
             let mut died = None;
-            if let Some(Ok(Some(st))) = c.manager.as_mut().map(|m| m.try_wait()) {
-                died = Some(format!("manager exited: {st}"));
+            for m in &mut c.managers {
+                if let Some(Ok(Some(st))) = m.child.as_mut().map(|ch| ch.try_wait()) {
+                    died = Some(format!("manager exited: {st}"));
+                }
             }
             for (i, n) in c.nodes.iter_mut().enumerate() {
                 if let Some(Ok(Some(st))) = n.child.as_mut().map(|ch| ch.try_wait()) {
@@ -230,7 +109,7 @@ fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
 async fn qemu_img_and_qemu_io_see_the_volume_and_survive_a_restart() {
     let mut c = start_cluster().await;
     c.create_volume("vol0", "64MiB", "1MiB");
-    let mut gw = Gateway::start(&c);
+    let mut gw = c.gateway();
     let uri = gw.uri("vol0");
 
     let info = run_ok("qemu-img", &["info", "--output=json", &uri]);
@@ -307,7 +186,7 @@ async fn nbdinfo_lists_volumes_and_nbdcopy_round_trips_256_mib() {
     let c = start_cluster().await;
     c.create_volume("alpha", "16MiB", "1MiB");
     c.create_volume("bulk", "256MiB", "4MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
 
     let list = run_ok(
         "nbdinfo",
@@ -399,7 +278,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
     );
     let c = start_cluster().await;
     c.create_volume("fio", "64MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
 
     // Two jobs, each its own NBD connection, each verifying its own 16 MiB region.
     let uri = format!("--uri={}", gw.uri("fio"));
@@ -449,7 +328,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
 async fn an_ext4_image_survives_a_round_trip() {
     let c = start_cluster().await;
     c.create_volume("fs", "64MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let tree = tmp.path().join("tree");
@@ -506,7 +385,6 @@ const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 const FLAG_C_FIXED_NEWSTYLE: u32 = 1;
 const FLAG_C_NO_ZEROES: u32 = 2;
 const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
 const REQUEST_MAGIC: u32 = 0x2560_9513;
 const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 const CMD_READ: u16 = 0;
@@ -621,7 +499,7 @@ fn read_ok(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> Vec<u8> {
 async fn protocol_abuse_gets_errors_and_other_clients_keep_working() {
     let c = start_cluster().await;
     c.create_volume("vol", "16MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
     let port = gw.port;
     let uri = gw.uri("vol");
 
@@ -803,7 +681,7 @@ async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() 
         .unwrap()
         .info()
         .id;
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
     let (mut s, _) = open_export(gw.port, "thin");
     let eventually = |what: &str, ok: &dyn Fn(&[u64]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -856,7 +734,7 @@ async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() 
 async fn connections_to_one_export_see_each_others_writes() {
     let c = start_cluster().await;
     c.create_volume("shared", "8MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
     let mut conns: Vec<TcpStream> = (0..3).map(|_| open_export(gw.port, "shared").0).collect();
     let mut rng = StdRng::seed_from_u64(7);
     for round in 0..60u64 {
@@ -973,8 +851,8 @@ impl Drop for QemuIo {
 async fn a_volume_has_one_writer_across_gateways() {
     let c = start_cluster().await;
     c.create_volume("shared", "16MiB", "1MiB");
-    let mut a = Gateway::start(&c);
-    let b = Gateway::start(&c);
+    let mut a = c.gateway();
+    let b = c.gateway();
 
     let mut on_a = QemuIo::open(&a.uri("shared"));
     let out = on_a.cmd("write -P 0xaa 0 4096");
@@ -982,7 +860,7 @@ async fn a_volume_has_one_writer_across_gateways() {
 
     // Readers need no attachment: a read-only gateway serves the volume meanwhile, and
     // refuses writes.
-    let r = Gateway::start_read_only(&c);
+    let r = c.read_only_gateway();
     let o = run_ok(
         "qemu-io",
         &[
