@@ -18,16 +18,14 @@
 //! a failure always keeps them.
 //!
 //! Layout: `nemesis/checker.rs` decides linearizability, `nemesis/workload.rs` is the
-//! clients and their history, `nemesis/faults.rs` the faults, `nemesis/nbd_client.rs` a
-//! small NBD client; this file wires them and states what must hold.
+//! clients and their history (over `tessera_nbd::testing`, the tests' NBD client),
+//! `nemesis/faults.rs` the faults; this file wires them and states what must hold.
 
 #[path = "nemesis/checker.rs"]
 mod checker;
 mod common;
 #[path = "nemesis/faults.rs"]
 mod faults;
-#[path = "nemesis/nbd_client.rs"]
-mod nbd_client;
 #[path = "nemesis/workload.rs"]
 mod workload;
 

@@ -2,7 +2,8 @@
 //! [`Cluster`], started once they greet clients, and killed on drop.
 //!
 //! Owns the gateways' processes and logs; never speaks NBD beyond the greeting that shows
-//! a gateway is up (tests speak it through their clients).
+//! a gateway is up (a blocking probe, as gateways start from blocking code; tests speak NBD
+//! through `tessera_nbd::testing`, the one NBD client of the tests).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
 use super::process::{Launch, free_port, kill, log_tail};
-
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const FLAG_C_FIXED_NEWSTYLE_NO_ZEROES: u32 = 3;
-const OPT_ABORT: u32 = 2;
+use tessera_nbd::testing::{
+    FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, IHAVEOPT, NBDMAGIC, OPT_ABORT,
+};
 
 /// A `tessera nbd` gateway process, killed on drop.
 pub struct Gateway {
@@ -132,7 +131,9 @@ fn greets(port: u16) -> bool {
     if s.read_exact(&mut g).is_err() || g[..8] != NBDMAGIC.to_be_bytes() {
         return false;
     }
-    let mut bye = FLAG_C_FIXED_NEWSTYLE_NO_ZEROES.to_be_bytes().to_vec();
+    let mut bye = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
     bye.extend_from_slice(&IHAVEOPT.to_be_bytes());
     bye.extend_from_slice(&OPT_ABORT.to_be_bytes());
     bye.extend_from_slice(&0u32.to_be_bytes());
