@@ -12,6 +12,8 @@
 //! APPLY.observe_since(t);
 //! ```
 
+#![warn(missing_docs)]
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -45,6 +47,7 @@ impl Histogram {
         }
     }
 
+    /// Records one latency of `d` (rounded down to whole microseconds).
     pub fn observe(&self, d: Duration) {
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         self.counts[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
@@ -52,10 +55,12 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the time elapsed since `start`.
     pub fn observe_since(&self, start: Instant) {
         self.observe(start.elapsed());
     }
 
+    /// How many latencies were recorded.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -112,10 +117,12 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// Adds `n` to the count.
     pub fn add(&self, n: u64) {
         self.value.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The count so far.
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
@@ -129,10 +136,12 @@ pub struct Gauge {
 }
 
 impl Gauge {
+    /// Adds `n` (negative: takes away).
     pub fn add(&self, n: i64) {
         self.value.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The value now.
     pub fn get(&self) -> i64 {
         self.value.load(Ordering::Relaxed)
     }
@@ -157,6 +166,8 @@ pub struct Lazy {
 }
 
 impl Lazy {
+    /// A histogram exported as `name` (Prometheus naming: `tessera_..._seconds`) with the
+    /// `help` line; nothing is registered until the first use.
     pub const fn new(name: &'static str, help: &'static str) -> Lazy {
         Lazy {
             name,
@@ -165,6 +176,7 @@ impl Lazy {
         }
     }
 
+    /// The histogram, registered now if this is its first use.
     pub fn get(&self) -> &'static Histogram {
         self.cell.get_or_init(|| {
             let h: &'static Histogram = Box::leak(Box::new(Histogram::new(self.name, self.help)));
@@ -175,10 +187,12 @@ impl Lazy {
         })
     }
 
+    /// [`Histogram::observe`].
     pub fn observe(&self, d: Duration) {
         self.get().observe(d)
     }
 
+    /// [`Histogram::observe_since`].
     pub fn observe_since(&self, start: Instant) {
         self.get().observe_since(start)
     }
@@ -192,6 +206,8 @@ pub struct LazyCounter {
 }
 
 impl LazyCounter {
+    /// A counter exported as `name` with the `help` line; nothing is registered until
+    /// the first `add`.
     pub const fn new(name: &'static str, help: &'static str) -> LazyCounter {
         LazyCounter {
             name,
@@ -205,6 +221,7 @@ impl LazyCounter {
         self.cell.get().map_or(0, |c| c.get())
     }
 
+    /// Adds `n`, registering the counter on its first use.
     pub fn add(&self, n: u64) {
         self.cell
             .get_or_init(|| {
@@ -231,6 +248,8 @@ pub struct LazyGauge {
 }
 
 impl LazyGauge {
+    /// A gauge exported as `name` with the `help` line; nothing is registered until the
+    /// first `add`.
     pub const fn new(name: &'static str, help: &'static str) -> LazyGauge {
         LazyGauge {
             name,
@@ -244,6 +263,7 @@ impl LazyGauge {
         self.cell.get().map_or(0, |g| g.get())
     }
 
+    /// Adds `n` (negative: takes away), registering the gauge on its first use.
     pub fn add(&self, n: i64) {
         self.cell
             .get_or_init(|| {

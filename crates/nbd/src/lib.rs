@@ -13,6 +13,8 @@
 //! - `transmission.rs`: requests, concurrent execution, replies; NBD error numbers.
 //! - [`backend`]: the storage seam; `tessera_backend.rs` its Tessera implementation.
 //! - `consts.rs`: protocol numbers from the NBD specification (`doc/proto.md`).
+//! - `testing.rs`: the NBD client of the tests, here and in the `tessera` binary's tier-2
+//!   tests (feature `test-client`); hidden, not part of the API.
 //!
 //! Behaviour worth knowing:
 //! - The empty export name selects the default export: the volume whose name sorts first.
@@ -28,6 +30,9 @@ mod handshake;
 mod tessera_backend;
 mod transmission;
 
+#[cfg(any(test, feature = "test-client"))]
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

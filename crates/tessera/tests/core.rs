@@ -10,6 +10,7 @@ use common::{Cluster, Opts};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tessera_client::{Error as ClientError, Volume};
+use tessera_nbd::testing::{CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES, Conn, ENOSPC};
 
 const MIB: usize = 1 << 20;
 
@@ -346,7 +347,7 @@ async fn a_second_storage_node_on_a_locked_data_dir_is_refused() {
             "rack = \"rack9\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nmanagers = [\"{}\"]\n",
             n.data_dir.display(),
             common::free_port(),
-            c.manager_addr
+            c.manager_addr()
         ),
     )
     .expect("config");
@@ -381,73 +382,6 @@ fn fill_to_the_last_byte(dir: &std::path::Path) {
     let block = vec![0x5au8; 64 << 10];
     while f.write_all(&block).is_ok() {}
     let _ = f.flush();
-}
-
-/// Just enough of an NBD client to see what errno a request gets through the gateway.
-mod nbd {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    pub const CMD_READ: u16 = 0;
-    pub const CMD_WRITE: u16 = 1;
-    pub const CMD_WRITE_ZEROES: u16 = 6;
-    /// On write-zeroes: keep the range provisioned (without it, write-zeroes may punch holes).
-    pub const FLAG_NO_HOLE: u16 = 1 << 1;
-    pub const ENOSPC: u32 = 28;
-
-    /// Handshake (fixed newstyle, NBD_OPT_EXPORT_NAME) into transmission on `name`.
-    pub fn open(port: u16, name: &str) -> TcpStream {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("timeout");
-        let mut greeting = [0u8; 18];
-        s.read_exact(&mut greeting).expect("greeting");
-        s.write_all(&3u32.to_be_bytes()).expect("client flags");
-        let mut opt = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
-        opt.extend_from_slice(&1u32.to_be_bytes());
-        opt.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        opt.extend_from_slice(name.as_bytes());
-        s.write_all(&opt).expect("export name");
-        let mut export = [0u8; 10];
-        s.read_exact(&mut export).expect("export size and flags");
-        s
-    }
-
-    /// Sends one request and returns its reply's error (0: success), then the data of a
-    /// successful read.
-    pub fn call(s: &mut TcpStream, cmd: u16, offset: u64, len: u32, payload: &[u8]) -> u32 {
-        call_with(s, cmd, 0, offset, len, payload)
-    }
-
-    pub fn call_with(
-        s: &mut TcpStream,
-        cmd: u16,
-        flags: u16,
-        offset: u64,
-        len: u32,
-        payload: &[u8],
-    ) -> u32 {
-        let mut v = 0x2560_9513u32.to_be_bytes().to_vec();
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&cmd.to_be_bytes());
-        v.extend_from_slice(&7u64.to_be_bytes());
-        v.extend_from_slice(&offset.to_be_bytes());
-        v.extend_from_slice(&len.to_be_bytes());
-        v.extend_from_slice(payload);
-        s.write_all(&v).expect("request");
-        let mut r = [0u8; 16];
-        s.read_exact(&mut r).expect("reply");
-        assert_eq!(r[..4], 0x6744_6698u32.to_be_bytes(), "simple reply magic");
-        u32::from_be_bytes(r[4..8].try_into().expect("4 bytes"))
-    }
-
-    pub fn read(s: &mut TcpStream, offset: u64, len: u32) -> Vec<u8> {
-        assert_eq!(call(s, CMD_READ, offset, len, &[]), 0, "NBD read failed");
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data).expect("read data");
-        data
-    }
 }
 
 fn log_segments(data_dir: &std::path::Path) -> Vec<String> {
@@ -536,11 +470,11 @@ async fn a_full_disk_fails_writes_cleanly_and_recovers_once_space_is_freed() {
     c.create_volume("scratch", "256MiB", "16MiB");
     c.create_volume("big", "1GiB", "16MiB");
     c.create_volume("viaNBD", "64MiB", "16MiB");
-    let gateway = common::GatewayProc::start(
-        std::slice::from_ref(&c.manager_addr),
-        c.dir.path().join("nbd.log"),
-    );
-    let mut export = tokio::task::block_in_place(|| nbd::open(gateway.port, "viaNBD"));
+    let gateway = c.gateway();
+    let (mut export, _, _) = Conn::open_export_name(gateway.addr(), "viaNBD")
+        .await
+        .expect("NBD handshake");
+    export.set_patience(Some(Duration::from_secs(60)));
     let client = c.client().await;
     let scratch = client.open("scratch").await.expect("open scratch");
     for i in 0..64u64 {
@@ -596,17 +530,17 @@ async fn a_full_disk_fails_writes_cleanly_and_recovers_once_space_is_freed() {
     );
     // Through the NBD gateway the same refusals are ENOSPC, what a kernel block device
     // reports as "No space left on device".
-    tokio::task::block_in_place(|| {
+    {
         let block = vec![0xabu8; 4096];
-        let e = nbd::call(&mut export, nbd::CMD_WRITE, 0, 4096, &block);
-        assert_eq!(e, nbd::ENOSPC, "NBD write on a full disk");
-        let (zeroes, no_hole) = (nbd::CMD_WRITE_ZEROES, nbd::FLAG_NO_HOLE);
-        let e = nbd::call_with(&mut export, zeroes, no_hole, 4096, 4096, &[]);
-        assert_eq!(e, nbd::ENOSPC, "NBD write-zeroes (NO_HOLE) on a full disk");
+        let e = export.write(0, &block).await.expect("NBD write");
+        assert_eq!(e, ENOSPC, "NBD write on a full disk");
+        let (zeroes, no_hole) = (CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE);
+        let e = export.call(zeroes, no_hole, 4096, 4096).await.expect("NBD");
+        assert_eq!(e, ENOSPC, "NBD write-zeroes (NO_HOLE) on a full disk");
         // Without NO_HOLE, write-zeroes may punch holes: it frees space, so it goes on.
-        let e = nbd::call(&mut export, zeroes, 4096, 4096, &[]);
+        let e = export.call(zeroes, 0, 4096, 4096).await.expect("NBD");
         assert_eq!(e, 0, "NBD write-zeroes (holes allowed) on a full disk");
-    });
+    }
     for (i, n) in c.nodes.iter_mut().enumerate() {
         let exited = n.child.as_mut().expect("running").try_wait().expect("wait");
         assert!(
@@ -707,12 +641,13 @@ async fn a_full_disk_fails_writes_cleanly_and_recovers_once_space_is_freed() {
     vol.write_zeroes(zeroes_at, MIB as u64)
         .await
         .expect("write-zeroes after space was freed");
-    tokio::task::block_in_place(|| {
+    {
         let block = vec![0xabu8; 4096];
-        let e = nbd::call(&mut export, nbd::CMD_WRITE, 0, 4096, &block);
+        let e = export.write(0, &block).await.expect("NBD write");
         assert_eq!(e, 0, "NBD write after space was freed");
-        assert_eq!(nbd::read(&mut export, 0, 4096), block);
-    });
+        let got = export.read(0, 4096).await.expect("NBD read");
+        assert_eq!(got.expect("NBD read failed"), block);
+    }
 
     // Every acknowledged byte reads back; trimmed and zeroed ranges read as zeroes.
     for &i in &acked {

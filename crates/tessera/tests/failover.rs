@@ -23,19 +23,6 @@ struct Shared {
     stop: std::sync::atomic::AtomicBool,
 }
 
-fn node_index(c: &Cluster, status: &tessera_proto::control::ClusterStatus, node_id: u64) -> usize {
-    let addr = &status
-        .nodes
-        .iter()
-        .find(|n| n.node_id == node_id)
-        .expect("node in status")
-        .addr;
-    c.nodes
-        .iter()
-        .position(|n| &n.addr == addr)
-        .expect("node of the harness")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_leaders_and_followers_under_load_loses_nothing() {
     let mut c = Cluster::start(Opts {
@@ -107,7 +94,7 @@ async fn killing_leaders_and_followers_under_load_loses_nothing() {
                 .find(|&n| n != leader)
                 .expect("a follower")
         };
-        let i = node_index(&c, &status, victim);
+        let i = c.node_index(&status, victim);
         let killed_at = Instant::now();
         c.kill_node(i);
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -179,7 +166,7 @@ async fn io_goes_on_while_the_manager_is_down() {
         .await
         .expect("map chunk 0");
 
-    c.kill_manager();
+    c.kill_manager(0);
     for i in 0..200u64 {
         let off = (i % 200) * 4096;
         vol.write(off, Bytes::from(vec![i as u8; 4096]))
@@ -189,7 +176,7 @@ async fn io_goes_on_while_the_manager_is_down() {
         assert!(got.iter().all(|&b| b == i as u8));
     }
 
-    c.restart_manager();
+    c.restart_manager(0);
     // A chunk never written before needs the manager to be mapped: it works again.
     vol.write(5 * 1024 * 1024, Bytes::from(vec![9u8; 4096]))
         .await

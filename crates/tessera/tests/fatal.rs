@@ -51,24 +51,9 @@ async fn a_storage_process_exits_non_zero_when_a_chunk_fdatasync_fails() {
     c.create_volume("v", "8MiB", "1MiB");
     // Node 1 again, now with the fault armed.
     c.kill_node(0);
-    let n = &mut c.nodes[0];
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&n.log)
-        .expect("log");
-    n.child = Some(
-        Command::new(BIN)
-            .args(["storage", "--config", n.config.to_str().expect("utf8")])
-            .env("RUST_LOG", "info")
-            .env("FAILPOINTS", FAIL_ONE_CHUNK_SYNC)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn tessera storage"),
-    );
-    let manager = c.manager_addr.clone();
+    c.nodes[0].env = vec![("FAILPOINTS".into(), FAIL_ONE_CHUNK_SYNC.into())];
+    c.restart_node(0);
+    let manager = c.manager_addr().to_string();
     let child = c.nodes[0].child.as_mut().expect("node 1 running");
     let status = write_until_exit(child, &manager, "v").await;
     let log = read_log(&c.nodes[0].log);

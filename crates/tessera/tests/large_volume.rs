@@ -48,7 +48,7 @@ async fn all_routes(c: &Cluster, volume_id: u64) -> Vec<ChunkRoute> {
             epoch: 0,
         };
         let ManagerReply::Routes(RoutePage { routes, next: n }) =
-            tessera_net::call(&c.manager_addr, &req, Duration::from_secs(10))
+            tessera_net::call(c.manager_addr(), &req, Duration::from_secs(10))
                 .await
                 .expect("routes")
         else {
@@ -130,11 +130,11 @@ async fn an_eight_tib_volume_whose_routes_exceed_a_frame_opens_and_reads_after_a
 
     // The whole cluster restarts; a new client opens the volume and reads a block of
     // every chunk.
-    c.kill_manager();
+    c.kill_manager(0);
     for i in 0..c.nodes.len() {
         c.kill_node(i);
     }
-    c.restart_manager();
+    c.restart_manager(0);
     for i in 0..c.nodes.len() {
         c.restart_node(i);
     }

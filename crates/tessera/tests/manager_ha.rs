@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::HaCluster;
+use common::{Cluster, Opts};
 use rand::{Rng, SeedableRng};
 
 const BLOCK: u64 = 4096;
@@ -44,7 +44,7 @@ fn longest_pause(io: &Io, from: Instant) -> Duration {
 }
 
 /// Waits until manager `i`'s log says it applied the managers' log with `volumes` volumes.
-async fn wait_caught_up(c: &HaCluster, i: usize, volumes: u64) {
+async fn wait_caught_up(c: &Cluster, i: usize, volumes: u64) {
     let needle = format!("; {volumes} volumes");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -67,7 +67,10 @@ async fn wait_caught_up(c: &HaCluster, i: usize, volumes: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_manager_leader_loses_no_metadata_and_no_io() {
-    let mut c = HaCluster::start(3, 3, 4);
+    let mut c = Cluster::start(Opts {
+        managers: 3,
+        ..Opts::default()
+    });
     c.wait_ready(3).await;
     c.create_volume("before", "16MiB", "1MiB");
     c.create_volume("io", "8MiB", "1MiB");
@@ -178,7 +181,7 @@ async fn killing_the_manager_leader_loses_no_metadata_and_no_io() {
 }
 
 /// Waits until manager `i`'s log says it installed a snapshot of the managers' state.
-async fn wait_snapshot_installed(c: &HaCluster, i: usize) {
+async fn wait_snapshot_installed(c: &Cluster, i: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = std::fs::read_to_string(&c.managers[i].log).unwrap_or_default();
@@ -200,7 +203,10 @@ async fn wait_snapshot_installed(c: &HaCluster, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_manager_with_volumes_grows_to_three_and_survives_losing_the_original() {
-    let mut c = HaCluster::start_single(2, 3, 4);
+    let mut c = Cluster::start(Opts {
+        joining: 2,
+        ..Opts::default()
+    });
     c.wait_ready(3).await;
     let names: Vec<String> = (0..20).map(|i| format!("vol{i:02}")).collect();
     for n in &names {

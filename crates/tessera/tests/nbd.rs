@@ -5,141 +5,23 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Cluster, Opts, free_port};
+use common::{Cluster, Opts};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
+use tessera_nbd::testing::{
+    CMD_DISC, CMD_FLAG_NO_HOLE, CMD_FLUSH, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, Conn, EINVAL,
+    ENOSPC, EPERM, FLAG_C_FIXED_NEWSTYLE, IHAVEOPT, OPT_EXPORT_NAME,
+};
 
 const MIB: u64 = 1 << 20;
-
-/// A `tessera nbd` gateway process, killed on drop.
-struct Gateway {
-    child: Option<Child>,
-    port: u16,
-    manager: String,
-    log: PathBuf,
-    failed_starts: u32,
-    read_only: bool,
-}
-
-impl Gateway {
-    fn start(c: &Cluster) -> Gateway {
-        Gateway::start_with(c, false)
-    }
-
-    /// A `tessera nbd --read-only` gateway.
-    fn start_read_only(c: &Cluster) -> Gateway {
-        Gateway::start_with(c, true)
-    }
-
-    fn start_with(c: &Cluster, read_only: bool) -> Gateway {
-        let mut g = Gateway {
-            child: None,
-            port: free_port(),
-            manager: c.manager_addr.clone(),
-            log: c.dir.path().join("nbd.log"),
-            failed_starts: 0,
-            read_only,
-        };
-        g.spawn();
-        g
-    }
-
-    fn spawn(&mut self) {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("nbd log");
-        let err = out.try_clone().expect("nbd log");
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut args = vec!["--manager", &self.manager, "nbd", "--listen", &listen];
-        if self.read_only {
-            args.push("--read-only");
-        }
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn tessera nbd");
-        // Ready once the greeting arrives.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                // free_port() is racy: another process may have taken the port.
-                self.failed_starts += 1;
-                assert!(
-                    self.failed_starts < 5,
-                    "nbd gateway keeps exiting ({status}):\n{}",
-                    self.log_tail()
-                );
-                eprintln!("nbd gateway exited at start ({status}); retrying on a new port");
-                self.port = free_port();
-                return self.spawn();
-            }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut g = [0u8; 18];
-                if s.read_exact(&mut g).is_ok()
-                    && g[..8] == NBDMAGIC.to_be_bytes()
-                    && matches!(child.try_wait(), Ok(None))
-                {
-                    // Abort politely so the server does not log a protocol error.
-                    let _ = s.write_all(&3u32.to_be_bytes());
-                    let _ = s.write_all(&opt_header(OPT_ABORT, 0));
-                    self.child = Some(child);
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("nbd gateway not listening in 30s:\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("==== nbd gateway log\n{}", self.log_tail());
-        }
-    }
-}
+/// How long a hand-made NBD connection waits for the gateway.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// `Cluster::start` with three storage nodes, retried when a process dies at start-up:
 /// the harness picks ports with `free_port()`, which another process can take first.
@@ -149,8 +31,10 @@ async fn start_cluster() -> Cluster {
         let deadline = Instant::now() + Duration::from_secs(15);
         let died = loop {
             let mut died = None;
-            if let Some(Ok(Some(st))) = c.manager.as_mut().map(|m| m.try_wait()) {
-                died = Some(format!("manager exited: {st}"));
+            for m in &mut c.managers {
+                if let Some(Ok(Some(st))) = m.child.as_mut().map(|ch| ch.try_wait()) {
+                    died = Some(format!("manager exited: {st}"));
+                }
             }
             for (i, n) in c.nodes.iter_mut().enumerate() {
                 if let Some(Ok(Some(st))) = n.child.as_mut().map(|ch| ch.try_wait()) {
@@ -230,7 +114,7 @@ fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
 async fn qemu_img_and_qemu_io_see_the_volume_and_survive_a_restart() {
     let mut c = start_cluster().await;
     c.create_volume("vol0", "64MiB", "1MiB");
-    let mut gw = Gateway::start(&c);
+    let mut gw = c.gateway();
     let uri = gw.uri("vol0");
 
     let info = run_ok("qemu-img", &["info", "--output=json", &uri]);
@@ -307,7 +191,7 @@ async fn nbdinfo_lists_volumes_and_nbdcopy_round_trips_256_mib() {
     let c = start_cluster().await;
     c.create_volume("alpha", "16MiB", "1MiB");
     c.create_volume("bulk", "256MiB", "4MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
 
     let list = run_ok(
         "nbdinfo",
@@ -399,7 +283,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
     );
     let c = start_cluster().await;
     c.create_volume("fio", "64MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
 
     // Two jobs, each its own NBD connection, each verifying its own 16 MiB region.
     let uri = format!("--uri={}", gw.uri("fio"));
@@ -449,7 +333,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
 async fn an_ext4_image_survives_a_round_trip() {
     let c = start_cluster().await;
     c.create_volume("fs", "64MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let tree = tmp.path().join("tree");
@@ -501,127 +385,45 @@ async fn an_ext4_image_survives_a_round_trip() {
 
 // --- protocol abuse ------------------------------------------------------------------------
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const FLAG_C_FIXED_NEWSTYLE: u32 = 1;
-const FLAG_C_NO_ZEROES: u32 = 2;
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
-const EINVAL: u32 = 22;
-const ENOSPC: u32 = 28;
-const EPERM: u32 = 1;
-
-fn opt_header(opt: u32, len: u32) -> Vec<u8> {
-    let mut v = IHAVEOPT.to_be_bytes().to_vec();
-    v.extend_from_slice(&opt.to_be_bytes());
-    v.extend_from_slice(&len.to_be_bytes());
-    v
+/// Handshake up to transmission with NBD_OPT_EXPORT_NAME; returns the export size.
+async fn open_export(port: u16, name: &str) -> (Conn, u64) {
+    let (mut c, size, _) = Conn::open_export_name(("127.0.0.1", port), name)
+        .await
+        .expect("NBD handshake");
+    c.set_patience(Some(PATIENCE));
+    (c, size)
 }
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
+/// Connects and reads the greeting, with this file's patience.
+async fn greet(port: u16) -> Conn {
+    let mut c = Conn::greet(("127.0.0.1", port)).await.expect("greeting");
+    c.set_patience(Some(PATIENCE));
+    c
 }
 
-fn read_greeting(s: &mut TcpStream) {
-    let mut g = [0u8; 18];
-    s.read_exact(&mut g).expect("greeting");
-    assert_eq!(g[..8], NBDMAGIC.to_be_bytes());
-    assert_eq!(g[8..16], IHAVEOPT.to_be_bytes());
-    let flags = u16::from_be_bytes([g[16], g[17]]);
-    assert!(flags & 1 != 0, "server is not fixed newstyle: {flags:#x}");
-}
-
-/// True once the server has hung up (EOF or reset) without sending anything more.
-fn hung_up(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Ok(n) => panic!("expected a hang-up, got {n} bytes: {:?}", &b[..n]),
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
+/// The error of the simple reply to `handle`, or `None` if the server hung up instead; a
+/// reply that breaks the protocol fails the test.
+async fn reply_or_hang_up(s: &mut Conn, handle: u64) -> Option<u32> {
+    match s.reply(handle).await {
+        Ok(e) => Some(e),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => panic!("{e}"),
+        Err(_) => None,
     }
 }
 
-/// Handshake up to transmission with NBD_OPT_EXPORT_NAME; returns the export size.
-fn open_export(port: u16, name: &str) -> (TcpStream, u64) {
-    let mut s = connect(port);
-    read_greeting(&mut s);
-    s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
-        .unwrap();
-    let mut opt = opt_header(OPT_EXPORT_NAME, name.len() as u32);
-    opt.extend_from_slice(name.as_bytes());
-    s.write_all(&opt).unwrap();
-    let mut r = [0u8; 10];
-    s.read_exact(&mut r).expect("export size and flags");
-    let size = u64::from_be_bytes(r[..8].try_into().unwrap());
-    let flags = u16::from_be_bytes([r[8], r[9]]);
-    assert!(flags & 1 != 0, "NBD_FLAG_HAS_FLAGS missing: {flags:#x}");
-    (s, size)
-}
-
-fn request(s: &mut TcpStream, cmd: u16, handle: u64, offset: u64, len: u32, payload: &[u8]) {
-    request_with_flags(s, cmd, 0, handle, offset, len, payload);
-}
-
-fn request_with_flags(
-    s: &mut TcpStream,
-    cmd: u16,
-    flags: u16,
-    handle: u64,
-    offset: u64,
-    len: u32,
-    payload: &[u8],
-) {
-    let mut v = Vec::with_capacity(28 + payload.len());
-    v.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-    v.extend_from_slice(&flags.to_be_bytes());
-    v.extend_from_slice(&cmd.to_be_bytes());
-    v.extend_from_slice(&handle.to_be_bytes());
-    v.extend_from_slice(&offset.to_be_bytes());
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(payload);
-    s.write_all(&v).unwrap();
-}
-
-/// Reads a simple reply: Ok(error) with its handle checked, or Err if the server hung up.
-fn reply(s: &mut TcpStream, handle: u64) -> std::io::Result<u32> {
-    let mut r = [0u8; 16];
-    s.read_exact(&mut r)?;
-    assert_eq!(r[..4], SIMPLE_REPLY_MAGIC.to_be_bytes(), "reply magic");
-    assert_eq!(
-        u64::from_be_bytes(r[8..].try_into().unwrap()),
-        handle,
-        "reply handle"
-    );
-    Ok(u32::from_be_bytes(r[4..8].try_into().unwrap()))
-}
-
-fn read_ok(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> Vec<u8> {
-    request(s, CMD_READ, handle, offset, len, &[]);
-    assert_eq!(reply(s, handle).expect("read reply"), 0, "read failed");
-    let mut data = vec![0u8; len as usize];
-    s.read_exact(&mut data).expect("read data");
-    data
+async fn read_ok(s: &mut Conn, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+    s.request(CMD_READ, 0, handle, offset, len, &[])
+        .await
+        .expect("read request");
+    assert_eq!(s.reply(handle).await.expect("read reply"), 0, "read failed");
+    s.read_exact(len as usize).await.expect("read data")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_abuse_gets_errors_and_other_clients_keep_working() {
     let c = start_cluster().await;
     c.create_volume("vol", "16MiB", "1MiB");
-    let gw = Gateway::start(&c);
+    let gw = c.gateway();
     let port = gw.port;
     let uri = gw.uri("vol");
 
@@ -662,7 +464,7 @@ async fn protocol_abuse_gets_errors_and_other_clients_keep_working() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for _ in 0..3 {
-        abuse(port);
+        abuse(port).await;
     }
     let during = done.load(Ordering::SeqCst);
 
@@ -676,96 +478,105 @@ async fn protocol_abuse_gets_errors_and_other_clients_keep_working() {
     // The gateway still serves new clients, and the torn writes left nothing behind.
     let out = qemu_io(&uri, &["read -P 0 0 4096".to_string()]).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("read"), "{out}");
-    let (mut s, _) = open_export(port, "vol");
-    assert_eq!(read_ok(&mut s, 13, 4096, 5), b"hello");
+    let (mut s, _) = open_export(port, "vol").await;
+    assert_eq!(read_ok(&mut s, 13, 4096, 5).await, b"hello");
 }
 
-fn abuse(port: u16) {
+async fn abuse(port: u16) {
     // 1. Unknown client flags: the server hangs up.
-    let mut s = connect(port);
-    read_greeting(&mut s);
-    s.write_all(&0xdead_beefu32.to_be_bytes()).unwrap();
-    let _ = s.write_all(&opt_header(OPT_EXPORT_NAME, 3));
-    let _ = s.write_all(b"vol");
-    assert!(hung_up(&mut s), "server kept a client with bad flags");
+    let mut s = greet(port).await;
+    s.send(&0xdead_beefu32.to_be_bytes()).await.unwrap();
+    let _ = s.option(OPT_EXPORT_NAME, b"vol").await;
+    s.expect_eof()
+        .await
+        .expect("server kept a client with bad flags");
 
     // 2. A bad option magic: the server hangs up.
-    let mut s = connect(port);
-    read_greeting(&mut s);
-    s.write_all(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes()).unwrap();
+    let mut s = greet(port).await;
+    s.send(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes()).await.unwrap();
     let mut bad = 0x1122_3344_5566_7788u64.to_be_bytes().to_vec();
     bad.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
     bad.extend_from_slice(&3u32.to_be_bytes());
     bad.extend_from_slice(b"vol");
-    s.write_all(&bad).unwrap();
-    assert!(
-        hung_up(&mut s),
-        "server kept a client with a bad option magic"
-    );
+    s.send(&bad).await.unwrap();
+    s.expect_eof()
+        .await
+        .expect("server kept a client with a bad option magic");
 
     // 3. An absurd option length: the server hangs up rather than buffer it.
-    let mut s = connect(port);
-    read_greeting(&mut s);
-    s.write_all(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes()).unwrap();
-    s.write_all(&opt_header(OPT_EXPORT_NAME, u32::MAX)).unwrap();
-    assert!(hung_up(&mut s), "server waited for a 4 GiB option");
+    let mut s = greet(port).await;
+    s.send(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes()).await.unwrap();
+    let mut huge = IHAVEOPT.to_be_bytes().to_vec();
+    huge.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    s.send(&huge).await.unwrap();
+    s.expect_eof()
+        .await
+        .expect("server waited for a 4 GiB option");
 
     // 4. A proper handshake, then bad requests on the same connection.
-    let (mut s, size) = open_export(port, "vol");
+    let (mut s, size) = open_export(port, "vol").await;
     assert_eq!(size, 16 * MIB);
-    request(&mut s, CMD_WRITE, 1, 4096, 5, b"hello");
-    assert_eq!(reply(&mut s, 1).expect("write reply"), 0);
-    assert_eq!(read_ok(&mut s, 2, 4096, 5), b"hello");
+    s.request(CMD_WRITE, 0, 1, 4096, 5, b"hello").await.unwrap();
+    assert_eq!(s.reply(1).await.expect("write reply"), 0);
+    assert_eq!(read_ok(&mut s, 2, 4096, 5).await, b"hello");
 
     // An oversized READ (64 MiB > the 32 MiB maximum payload): EINVAL, or a hang-up.
-    request(&mut s, CMD_READ, 3, 0, 64 << 20, &[]);
-    match reply(&mut s, 3) {
-        Ok(e) => assert_eq!(e, EINVAL, "oversized read"),
-        Err(_) => {
+    s.request(CMD_READ, 0, 3, 0, 64 << 20, &[]).await.unwrap();
+    match reply_or_hang_up(&mut s, 3).await {
+        Some(e) => assert_eq!(e, EINVAL, "oversized read"),
+        None => {
             eprintln!("server hung up on an oversized read; reconnecting");
-            s = open_export(port, "vol").0;
+            s = open_export(port, "vol").await.0;
         }
     }
     // A READ past the end, and one overflowing u64: EINVAL.
-    request(&mut s, CMD_READ, 4, size - 511, 512, &[]);
+    s.request(CMD_READ, 0, 4, size - 511, 512, &[])
+        .await
+        .unwrap();
     assert_eq!(
-        reply(&mut s, 4).expect("reply"),
+        s.reply(4).await.expect("reply"),
         EINVAL,
         "read past the end"
     );
-    request(&mut s, CMD_READ, 5, u64::MAX - 1, 2, &[]);
-    assert_eq!(reply(&mut s, 5).expect("reply"), EINVAL, "read at u64::MAX");
+    s.request(CMD_READ, 0, 5, u64::MAX - 1, 2, &[])
+        .await
+        .unwrap();
+    assert_eq!(s.reply(5).await.expect("reply"), EINVAL, "read at u64::MAX");
     // A WRITE past the end: ENOSPC, with its payload consumed.
-    request(&mut s, CMD_WRITE, 6, size - 4, 8, b"12345678");
+    s.request(CMD_WRITE, 0, 6, size - 4, 8, b"12345678")
+        .await
+        .unwrap();
     assert_eq!(
-        reply(&mut s, 6).expect("reply"),
+        s.reply(6).await.expect("reply"),
         ENOSPC,
         "write past the end"
     );
     // An unknown command: EINVAL.
-    request(&mut s, 99, 7, 0, 512, &[]);
-    assert_eq!(reply(&mut s, 7).expect("reply"), EINVAL, "command 99");
+    s.request(99, 0, 7, 0, 512, &[]).await.unwrap();
+    assert_eq!(s.reply(7).await.expect("reply"), EINVAL, "command 99");
     // The connection still works, and the rejected write changed nothing.
-    assert_eq!(read_ok(&mut s, 8, 4096, 5), b"hello");
-    assert_eq!(read_ok(&mut s, 9, size - 4, 4), [0u8; 4]);
-    request(&mut s, CMD_DISC, 10, 0, 0, &[]);
-    assert!(hung_up(&mut s), "server ignored NBD_CMD_DISC");
+    assert_eq!(read_ok(&mut s, 8, 4096, 5).await, b"hello");
+    assert_eq!(read_ok(&mut s, 9, size - 4, 4).await, [0u8; 4]);
+    s.request(CMD_DISC, 0, 10, 0, 0, &[]).await.unwrap();
+    s.expect_eof().await.expect("server ignored NBD_CMD_DISC");
 
     // 5. A WRITE announcing more than the maximum payload: EINVAL and/or a hang-up, never
     //    an attempt to buffer it.
-    let (mut s, _) = open_export(port, "vol");
-    request(&mut s, CMD_WRITE, 11, 0, 64 << 20, &[]);
-    if let Ok(e) = reply(&mut s, 11) {
+    let (mut s, _) = open_export(port, "vol").await;
+    s.request(CMD_WRITE, 0, 11, 0, 64 << 20, &[]).await.unwrap();
+    if let Some(e) = reply_or_hang_up(&mut s, 11).await {
         assert_eq!(e, EINVAL, "oversized write");
     }
-    assert!(
-        hung_up(&mut s),
-        "server kept a connection after an oversized write"
-    );
+    s.expect_eof()
+        .await
+        .expect("server kept a connection after an oversized write");
 
     // 6. A connection that dies half-way through a write payload.
-    let (mut s, _) = open_export(port, "vol");
-    request(&mut s, CMD_WRITE, 12, 0, 1 << 20, &[0x5a; 1000]);
+    let (mut s, _) = open_export(port, "vol").await;
+    s.request(CMD_WRITE, 0, 12, 0, 1 << 20, &[0x5a; 1000])
+        .await
+        .unwrap();
     drop(s);
 }
 
@@ -803,8 +614,8 @@ async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() 
         .unwrap()
         .info()
         .id;
-    let gw = Gateway::start(&c);
-    let (mut s, _) = open_export(gw.port, "thin");
+    let gw = c.gateway();
+    let (mut s, _) = open_export(gw.port, "thin").await;
     let eventually = |what: &str, ok: &dyn Fn(&[u64]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -822,30 +633,33 @@ async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() 
 
     // Chunks 2 and 3 were never written: NO_HOLE maps them and allocates their space on
     // all three replicas (the write is answered once a majority has it; the third follows).
-    request_with_flags(
-        &mut s,
+    s.request(
         CMD_WRITE_ZEROES,
         CMD_FLAG_NO_HOLE,
         1,
         2 * MIB,
         2 * MIB as u32,
         &[],
-    );
-    assert_eq!(reply(&mut s, 1).unwrap(), 0);
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.reply(1).await.unwrap(), 0);
     eventually("provisioned", &|a| {
         a.len() == 3 && a.iter().all(|&n| n >= 2 * MIB)
     });
     assert_eq!(
-        read_ok(&mut s, 2, 2 * MIB, 2 * MIB as u32),
+        read_ok(&mut s, 2, 2 * MIB, 2 * MIB as u32).await,
         vec![0u8; 2 * MIB as usize]
     );
 
     // Without the flag the range may become a hole, and here it does, everywhere.
-    request(&mut s, CMD_WRITE_ZEROES, 3, 2 * MIB, 2 * MIB as u32, &[]);
-    assert_eq!(reply(&mut s, 3).unwrap(), 0);
+    s.request(CMD_WRITE_ZEROES, 0, 3, 2 * MIB, 2 * MIB as u32, &[])
+        .await
+        .unwrap();
+    assert_eq!(s.reply(3).await.unwrap(), 0);
     eventually("punched", &|a| a.iter().all(|&n| n < 64 * 1024));
     assert_eq!(
-        read_ok(&mut s, 4, 2 * MIB, 2 * MIB as u32),
+        read_ok(&mut s, 4, 2 * MIB, 2 * MIB as u32).await,
         vec![0u8; 2 * MIB as usize]
     );
 }
@@ -856,8 +670,11 @@ async fn write_zeroes_with_no_hole_provisions_every_replica_and_without_frees() 
 async fn connections_to_one_export_see_each_others_writes() {
     let c = start_cluster().await;
     c.create_volume("shared", "8MiB", "1MiB");
-    let gw = Gateway::start(&c);
-    let mut conns: Vec<TcpStream> = (0..3).map(|_| open_export(gw.port, "shared").0).collect();
+    let gw = c.gateway();
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(open_export(gw.port, "shared").await.0);
+    }
     let mut rng = StdRng::seed_from_u64(7);
     for round in 0..60u64 {
         let writer = (round % 3) as usize;
@@ -865,23 +682,15 @@ async fn connections_to_one_export_see_each_others_writes() {
         let mut data = vec![0u8; 4096 + 512 * (round as usize % 5)];
         rng.fill_bytes(&mut data);
         let h = round * 10;
-        request(
-            &mut conns[writer],
-            CMD_WRITE,
-            h,
-            offset,
-            data.len() as u32,
-            &data,
-        );
-        assert_eq!(reply(&mut conns[writer], h).unwrap(), 0, "write {round}");
-        request(&mut conns[writer], CMD_FLUSH, h + 1, 0, 0, &[]);
-        assert_eq!(
-            reply(&mut conns[writer], h + 1).unwrap(),
-            0,
-            "flush {round}"
-        );
+        let w = &mut conns[writer];
+        w.request(CMD_WRITE, 0, h, offset, data.len() as u32, &data)
+            .await
+            .unwrap();
+        assert_eq!(w.reply(h).await.unwrap(), 0, "write {round}");
+        w.request(CMD_FLUSH, 0, h + 1, 0, 0, &[]).await.unwrap();
+        assert_eq!(w.reply(h + 1).await.unwrap(), 0, "flush {round}");
         for (i, conn) in conns.iter_mut().enumerate() {
-            let got = read_ok(conn, h + 2 + i as u64, offset, data.len() as u32);
+            let got = read_ok(conn, h + 2 + i as u64, offset, data.len() as u32).await;
             assert!(
                 got == data,
                 "round {round}: connection {i} misses connection {writer}'s write"
@@ -973,8 +782,8 @@ impl Drop for QemuIo {
 async fn a_volume_has_one_writer_across_gateways() {
     let c = start_cluster().await;
     c.create_volume("shared", "16MiB", "1MiB");
-    let mut a = Gateway::start(&c);
-    let b = Gateway::start(&c);
+    let mut a = c.gateway();
+    let b = c.gateway();
 
     let mut on_a = QemuIo::open(&a.uri("shared"));
     let out = on_a.cmd("write -P 0xaa 0 4096");
@@ -982,7 +791,7 @@ async fn a_volume_has_one_writer_across_gateways() {
 
     // Readers need no attachment: a read-only gateway serves the volume meanwhile, and
     // refuses writes.
-    let r = Gateway::start_read_only(&c);
+    let r = c.read_only_gateway();
     let o = run_ok(
         "qemu-io",
         &[
@@ -999,10 +808,12 @@ async fn a_volume_has_one_writer_across_gateways() {
         "read-only gateway: {}",
         text(&o)
     );
-    let (mut ro, _) = open_export(r.port, "shared");
-    request(&mut ro, CMD_WRITE, 1, 0, 4096, &[0xcc; 4096]);
+    let (mut ro, _) = open_export(r.port, "shared").await;
+    ro.request(CMD_WRITE, 0, 1, 0, 4096, &[0xcc; 4096])
+        .await
+        .unwrap();
     assert_eq!(
-        reply(&mut ro, 1).unwrap(),
+        ro.reply(1).await.unwrap(),
         EPERM,
         "a read-only gateway wrote"
     );

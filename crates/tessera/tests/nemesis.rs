@@ -18,16 +18,14 @@
 //! a failure always keeps them.
 //!
 //! Layout: `nemesis/checker.rs` decides linearizability, `nemesis/workload.rs` is the
-//! clients and their history, `nemesis/faults.rs` the faults, `nemesis/nbd_client.rs` a
-//! small NBD client; this file wires them and states what must hold.
+//! clients and their history (over `tessera_nbd::testing`, the tests' NBD client),
+//! `nemesis/faults.rs` the faults; this file wires them and states what must hold.
 
 #[path = "nemesis/checker.rs"]
 mod checker;
 mod common;
 #[path = "nemesis/faults.rs"]
 mod faults;
-#[path = "nemesis/nbd_client.rs"]
-mod nbd_client;
 #[path = "nemesis/workload.rs"]
 mod workload;
 
@@ -38,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use checker::{Call, Observed, Op};
-use common::{GatewayProc, HaCluster};
+use common::{Cluster, Gateway, Opts};
 use faults::{ALL, Nemesis};
 use workload::{BLOCKS, Outcome, Record, Workload};
 
@@ -70,7 +68,12 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
     let seed = env_u64("TESSERA_NEMESIS_SEED").unwrap_or_else(rand::random);
     eprintln!("nemesis: seed {seed:#x}, {secs} s of faults (TESSERA_NEMESIS_SEED to replay)");
 
-    let c = HaCluster::start(MANAGERS, NODES, GROUPS_PER_NODE);
+    let c = Cluster::start(Opts {
+        managers: MANAGERS,
+        nodes: NODES,
+        groups_per_node: GROUPS_PER_NODE,
+        ..Opts::default()
+    });
     c.wait_ready(NODES).await;
     tokio::task::block_in_place(|| {
         c.create_volume(VOLUME, workload::VOLUME_SIZE, workload::CHUNK_SIZE)
@@ -85,11 +88,8 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
                 .expect("map a chunk");
         }
     }
-    let gateways: Vec<GatewayProc> = (0..2)
-        .map(|k| {
-            let log = c.dir.path().join(format!("gateway{k}.log"));
-            tokio::task::block_in_place(|| GatewayProc::start(&c.manager_addrs(), log))
-        })
+    let gateways: Vec<Gateway> = (0..2)
+        .map(|_| tokio::task::block_in_place(|| c.gateway()))
         .collect();
     let w = Arc::new(Workload::new(
         VOLUME,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, Cluster, NodeProc, direct};
+use common::{Cluster, NodeAt, Opts, direct};
 use tessera_proto::control::{ManagerReply, ManagerRequest};
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 
@@ -129,72 +129,19 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         eprintln!("SKIP: cannot create network namespaces here (not root?)");
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = common::free_port();
-    let manager_addr = format!("{NET}.1:{port}");
-    let mcfg = dir.path().join("manager.toml");
-    std::fs::write(
-        &mcfg,
-        format!(
-            "listen = \"{manager_addr}\"\ndata_dir = \"{}\"\ngroups_per_node = 2\n",
-            dir.path().join("manager").display()
-        ),
-    )
-    .expect("manager.toml");
-    let mlog = std::fs::File::create(dir.path().join("manager.log")).expect("log");
-    let manager = Command::new(BIN)
-        .args(["manager", "--config", mcfg.to_str().expect("utf8")])
-        .stdout(mlog.try_clone().expect("log"))
-        .stderr(mlog)
-        .spawn()
-        .expect("manager");
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let addr = format!("{}:7500", net.ip(i));
-        let data_dir = dir.path().join(format!("node{}", i + 1));
-        let config = dir.path().join(format!("storage{}.toml", i + 1));
-        std::fs::write(
-            &config,
-            format!(
-                "rack = \"rack{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nmanagers = [\"{manager_addr}\"]\nheartbeat_ms = 200\n",
-                i + 1,
-                data_dir.display()
-            ),
-        )
-        .expect("storage.toml");
-        let log = dir.path().join(format!("node{}.log", i + 1));
-        let out = std::fs::File::create(&log).expect("log");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &net.ns(i),
-                BIN,
-                "storage",
-                "--config",
-                config.to_str().expect("utf8"),
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("storage node in its namespace");
-        nodes.push(NodeProc {
-            config,
-            data_dir,
-            addr,
-            child: Some(child),
-            log,
-            nofile: None,
-        });
-    }
-    let c = Cluster {
-        dir,
-        manager_addr,
-        manager: Some(manager),
-        nodes,
-        nofile: None,
-    };
+    let c = Cluster::start(Opts {
+        groups_per_node: 2,
+        manager_host: format!("{NET}.1"),
+        node_at: (0..3)
+            .map(|i| NodeAt {
+                addr: format!("{}:7500", net.ip(i)),
+                wrapper: ["ip", "netns", "exec", &net.ns(i)]
+                    .map(String::from)
+                    .to_vec(),
+            })
+            .collect(),
+        ..Opts::default()
+    });
     c.wait_ready(3).await;
     c.create_volume("p", "4MiB", "1MiB");
     let client = c.client().await;

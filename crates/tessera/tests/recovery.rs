@@ -85,14 +85,12 @@ fn leaders_on(s: &ClusterStatus, node: u64) -> usize {
 /// Four nodes on four racks. Replicas are copied listing one chunk per request, so every
 /// copy of a group holding several chunks crosses pages of the chunk list.
 fn four_racks() -> Cluster {
-    Cluster::start_with_manager(
-        Opts {
-            nodes: 4,
-            storage_extra: "copy_list_page = 1".into(),
-            ..Default::default()
-        },
-        FAST_RECOVERY,
-    )
+    Cluster::start(Opts {
+        nodes: 4,
+        storage_extra: "copy_list_page = 1".into(),
+        manager_extra: FAST_RECOVERY.into(),
+        ..Default::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,11 +34,11 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
     // one group's followers leaves the other a majority.
     // No reconcile passes: the manager's leader balancing must not move a leadership in
     // the middle of the interleaving.
-    let opts = Opts {
+    let c = Cluster::start(Opts {
         nodes: 4,
+        manager_extra: "reconcile_ms = 3600000\n".into(),
         ..Opts::default()
-    };
-    let c = Cluster::start_with_manager(opts, "reconcile_ms = 3600000\n");
+    });
     c.wait_ready(4).await;
     c.create_volume("st", "4GiB", "64MiB");
     let client = c.client().await;

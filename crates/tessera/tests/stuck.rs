@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, Cluster, FAST_RECOVERY, Opts, fully_replicated};
+use common::{Cluster, FAST_RECOVERY, Opts, fully_replicated};
 
 const CHUNKS: u64 = 8;
 
@@ -23,31 +22,20 @@ async fn replicas_that_cannot_apply_are_replaced_and_every_write_reads_back() {
         nodes: 4,
         groups_per_node: 2,
         storage_extra: "stuck_after_ms = 500".into(),
+        manager_extra: FAST_RECOVERY.into(),
         ..Default::default()
     };
-    let mut c = Cluster::start_with_manager(opts, FAST_RECOVERY);
+    let mut c = Cluster::start(opts);
     let s = c.wait_ready(4).await;
     let stuck = c.node_id(&s, 0);
     c.create_volume("v", "8MiB", "1MiB");
     // Node 0 again, now unable to apply anything.
     c.kill_node(0);
-    let n = &mut c.nodes[0];
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&n.log)
-        .expect("log");
-    n.child = Some(
-        Command::new(BIN)
-            .args(["storage", "--config", n.config.to_str().expect("utf8")])
-            .env("RUST_LOG", "info")
-            .env("FAILPOINTS", format!("raft::apply=return({stuck}/*)"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn tessera storage"),
-    );
+    c.nodes[0].env = vec![(
+        "FAILPOINTS".into(),
+        format!("raft::apply=return({stuck}/*)"),
+    )];
+    c.restart_node(0);
     let client = c.client().await;
     let vol = client.open("v").await.expect("open v");
     for chunk in 0..CHUNKS {

@@ -1,7 +1,6 @@
 //! Server tests over real TCP on 127.0.0.1 against the in-memory backend: each test
 //! names the promise it checks. `qemu_io_*` runs the real qemu client when installed.
 
-mod client;
 mod mem;
 
 use std::net::SocketAddr;
@@ -13,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::NbdServer;
 use crate::consts::*;
-use client::Conn;
+use crate::testing::Conn;
 use mem::{MemBackend, SLOW_READ};
 
 const MIB: u64 = 1024 * 1024;
@@ -52,10 +51,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[tokio::test]
 async fn go_then_every_command_round_trips_over_simple_replies() {
     let s = start().await;
-    let mut c = Conn::connect(s.addr).await;
+    let mut c = Conn::connect(s.addr).await.unwrap();
     let replies = c
         .go(OPT_GO, "vol0", &[INFO_BLOCK_SIZE, INFO_NAME, 999])
-        .await;
+        .await
+        .unwrap();
     let kinds: Vec<u32> = replies.iter().map(|r| r.0).collect();
     assert_eq!(kinds, [REP_INFO, REP_INFO, REP_INFO, REP_ACK]);
     let export = &replies[0].1;
@@ -80,50 +80,56 @@ async fn go_then_every_command_round_trips_over_simple_replies() {
     );
 
     let data = pattern(8192, 7);
-    assert_eq!(c.write(4096, &data).await, 0);
-    assert_eq!(c.read(4096, 8192).await.unwrap(), data);
+    assert_eq!(c.write(4096, &data).await.unwrap(), 0);
+    assert_eq!(c.read(4096, 8192).await.unwrap().unwrap(), data);
     assert_eq!(s.backend.volume("vol0").bytes(4096, 8192), data);
     // Unaligned access works at byte granularity.
-    assert_eq!(c.read(4097, 3).await.unwrap(), data[1..4]);
+    assert_eq!(c.read(4097, 3).await.unwrap().unwrap(), data[1..4]);
 
     assert_eq!(
-        c.call(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 4096, 100).await,
+        c.call(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 4096, 100)
+            .await
+            .unwrap(),
         0
     );
-    let after = c.read(4096, 8192).await.unwrap();
+    let after = c.read(4096, 8192).await.unwrap().unwrap();
     assert!(after[..100].iter().all(|&b| b == 0));
     assert_eq!(after[100..], data[100..]);
     // Without NO_HOLE the store may punch a hole; with it, it must not.
-    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 8192, 4096).await, 0);
+    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 8192, 4096).await.unwrap(), 0);
     assert_eq!(
         *s.backend.volume("vol0").punched.lock().unwrap(),
         [false, true]
     );
-    assert_eq!(c.read(8192, 4096).await.unwrap(), vec![0u8; 4096]);
+    assert_eq!(c.read(8192, 4096).await.unwrap().unwrap(), vec![0u8; 4096]);
 
-    assert_eq!(c.call(CMD_TRIM, 0, 8192, 4096).await, 0);
-    assert_eq!(c.call(CMD_FLUSH, CMD_FLAG_FUA, 0, 0).await, 0);
-    c.request(CMD_WRITE, CMD_FLAG_FUA, 9, 0, 3, b"abc").await;
-    assert_eq!(c.simple_reply().await, (0, 9));
+    assert_eq!(c.call(CMD_TRIM, 0, 8192, 4096).await.unwrap(), 0);
+    assert_eq!(c.call(CMD_FLUSH, CMD_FLAG_FUA, 0, 0).await.unwrap(), 0);
+    c.request(CMD_WRITE, CMD_FLAG_FUA, 9, 0, 3, b"abc")
+        .await
+        .unwrap();
+    assert_eq!(c.simple_reply().await.unwrap(), (0, 9));
     // Zero-length requests are valid, even at the very end.
-    assert_eq!(c.read(4 * MIB, 0).await.unwrap(), Vec::<u8>::new());
-    assert_eq!(c.write(4 * MIB, &[]).await, 0);
+    assert_eq!(c.read(4 * MIB, 0).await.unwrap().unwrap(), Vec::<u8>::new());
+    assert_eq!(c.write(4 * MIB, &[]).await.unwrap(), 0);
 
-    c.request(CMD_DISC, 0, 0, 0, 0, &[]).await;
-    c.expect_eof().await;
+    c.request(CMD_DISC, 0, 0, 0, 0, &[]).await.unwrap();
+    c.expect_eof().await.unwrap();
 }
 
 #[tokio::test]
 async fn structured_reads_use_one_data_chunk_and_errors_use_error_chunks() {
     let s = start().await;
-    let (mut c, size, flags) = Conn::open(s.addr, "vol1", true).await;
+    let (mut c, size, flags) = Conn::open(s.addr, "vol1", true).await.unwrap();
     assert_eq!(size, MIB);
     assert_ne!(flags & FLAG_SEND_DF, 0);
     let data = pattern(65536, 3);
-    assert_eq!(c.write(0, &data).await, 0);
+    assert_eq!(c.write(0, &data).await.unwrap(), 0);
 
-    c.request(CMD_READ, CMD_FLAG_DF, 11, 512, 4096, &[]).await;
-    let chunk = c.chunk().await;
+    c.request(CMD_READ, CMD_FLAG_DF, 11, 512, 4096, &[])
+        .await
+        .unwrap();
+    let chunk = c.chunk().await.unwrap();
     assert_eq!(
         (chunk.flags, chunk.kind, chunk.handle),
         (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 11)
@@ -131,8 +137,8 @@ async fn structured_reads_use_one_data_chunk_and_errors_use_error_chunks() {
     assert_eq!(chunk.payload[..8], 512u64.to_be_bytes());
     assert_eq!(chunk.payload[8..], data[512..4608]);
 
-    c.request(CMD_READ, 0, 12, MIB - 10, 20, &[]).await;
-    let chunk = c.chunk().await;
+    c.request(CMD_READ, 0, 12, MIB - 10, 20, &[]).await.unwrap();
+    let chunk = c.chunk().await.unwrap();
     assert_eq!(
         (chunk.flags, chunk.kind, chunk.handle),
         (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 12)
@@ -142,17 +148,17 @@ async fn structured_reads_use_one_data_chunk_and_errors_use_error_chunks() {
     assert_eq!(chunk.payload.len(), 6 + msg_len);
     assert!(String::from_utf8_lossy(&chunk.payload[6..]).contains("past the end"));
 
-    c.request(CMD_READ, 0, 13, 0, 0, &[]).await;
-    let chunk = c.chunk().await;
+    c.request(CMD_READ, 0, 13, 0, 0, &[]).await.unwrap();
+    let chunk = c.chunk().await.unwrap();
     assert_eq!(
         (chunk.flags, chunk.kind, chunk.payload.len()),
         (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0)
     );
 
     // Other commands: success is a simple reply, failure an error chunk.
-    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0).await, 0);
-    c.request(CMD_WRITE, 0, 14, MIB, 1, b"x").await;
-    let chunk = c.chunk().await;
+    assert_eq!(c.call(CMD_FLUSH, 0, 0, 0).await.unwrap(), 0);
+    c.request(CMD_WRITE, 0, 14, MIB, 1, b"x").await.unwrap();
+    let chunk = c.chunk().await.unwrap();
     assert_eq!((chunk.kind, chunk.handle), (REPLY_TYPE_ERROR, 14));
     assert_eq!(chunk.payload[..4], ENOSPC.to_be_bytes());
 }
@@ -161,33 +167,33 @@ async fn structured_reads_use_one_data_chunk_and_errors_use_error_chunks() {
 async fn export_name_option_sends_zero_padding_unless_the_client_declined_it() {
     let s = start().await;
     for no_zeroes in [false, true] {
-        let mut c = Conn::greet(s.addr).await;
+        let mut c = Conn::greet(s.addr).await.unwrap();
         let flags = FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 };
-        c.send(&flags.to_be_bytes()).await;
-        c.option(OPT_EXPORT_NAME, b"data").await;
-        let reply = c.read_exact(10).await;
+        c.send(&flags.to_be_bytes()).await.unwrap();
+        c.option(OPT_EXPORT_NAME, b"data").await.unwrap();
+        let reply = c.read_exact(10).await.unwrap();
         assert_eq!(reply[..8], (2 * MIB).to_be_bytes());
         assert_eq!(
             u16::from_be_bytes([reply[8], reply[9]]) & FLAG_HAS_FLAGS,
             FLAG_HAS_FLAGS
         );
         if !no_zeroes {
-            assert_eq!(c.read_exact(124).await, vec![0; 124]);
+            assert_eq!(c.read_exact(124).await.unwrap(), vec![0; 124]);
         }
-        assert_eq!(c.write(0, b"hello").await, 0);
-        assert_eq!(c.read(0, 5).await.unwrap(), b"hello");
+        assert_eq!(c.write(0, b"hello").await.unwrap(), 0);
+        assert_eq!(c.read(0, 5).await.unwrap().unwrap(), b"hello");
     }
 }
 
 #[tokio::test]
 async fn options_are_answered_and_the_empty_name_selects_the_first_volume() {
     let s = start().await;
-    let mut c = Conn::connect(s.addr).await;
+    let mut c = Conn::connect(s.addr).await.unwrap();
 
-    c.option(OPT_LIST, &[]).await;
+    c.option(OPT_LIST, &[]).await.unwrap();
     let mut names = Vec::new();
     loop {
-        let (opt, kind, data) = c.option_reply().await;
+        let (opt, kind, data) = c.option_reply().await.unwrap();
         assert_eq!(opt, OPT_LIST);
         if kind == REP_ACK {
             break;
@@ -201,22 +207,22 @@ async fn options_are_answered_and_the_empty_name_selects_the_first_volume() {
     // An export another gateway writes: NBD_OPT_INFO still describes it, NBD_OPT_GO is
     // refused by policy with a message naming the writer, and the connection carries on.
     s.backend.busy.lock().unwrap().push("vol1".into());
-    let replies = c.go(OPT_INFO, "vol1", &[]).await;
+    let replies = c.go(OPT_INFO, "vol1", &[]).await.unwrap();
     assert_eq!(replies.last().unwrap().0, REP_ACK);
-    let replies = c.go(OPT_GO, "vol1", &[]).await;
+    let replies = c.go(OPT_GO, "vol1", &[]).await.unwrap();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].0, REP_ERR_POLICY);
     assert!(String::from_utf8_lossy(&replies[0].1).contains("gateway-a"));
     s.backend.busy.lock().unwrap().clear();
 
-    c.option(OPT_LIST, b"junk").await;
-    assert_eq!(c.option_reply().await.1, REP_ERR_INVALID);
-    let replies = c.go(OPT_INFO, "nope", &[]).await;
+    c.option(OPT_LIST, b"junk").await.unwrap();
+    assert_eq!(c.option_reply().await.unwrap().1, REP_ERR_INVALID);
+    let replies = c.go(OPT_INFO, "nope", &[]).await.unwrap();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].0, REP_ERR_UNKNOWN);
     assert!(String::from_utf8_lossy(&replies[0].1).contains("nope"));
     // NBD_OPT_INFO describes an export without entering transmission.
-    let replies = c.go(OPT_INFO, "vol1", &[]).await;
+    let replies = c.go(OPT_INFO, "vol1", &[]).await.unwrap();
     assert_eq!(replies.last().unwrap().0, REP_ACK);
     for opt in [
         OPT_STARTTLS,
@@ -225,107 +231,115 @@ async fn options_are_answered_and_the_empty_name_selects_the_first_volume() {
         OPT_EXTENDED_HEADERS,
         4242,
     ] {
-        c.option(opt, &[0; 9]).await;
-        let (o, kind, _) = c.option_reply().await;
+        c.option(opt, &[0; 9]).await.unwrap();
+        let (o, kind, _) = c.option_reply().await.unwrap();
         assert_eq!((o, kind), (opt, REP_ERR_UNSUP));
     }
-    c.option(OPT_GO, &[0, 0, 0, 9, b'x']).await;
-    assert_eq!(c.option_reply().await.1, REP_ERR_INVALID);
+    c.option(OPT_GO, &[0, 0, 0, 9, b'x']).await.unwrap();
+    assert_eq!(c.option_reply().await.unwrap().1, REP_ERR_INVALID);
 
-    let replies = c.go(OPT_GO, "", &[INFO_NAME]).await;
+    let replies = c.go(OPT_GO, "", &[INFO_NAME]).await.unwrap();
     assert_eq!(
         replies[1].1,
         [&INFO_NAME.to_be_bytes()[..], b"data"].concat()
     );
     assert_eq!(replies.last().unwrap().0, REP_ACK);
-    assert_eq!(c.read(0, 4).await.unwrap(), vec![0; 4]);
+    assert_eq!(c.read(0, 4).await.unwrap().unwrap(), vec![0; 4]);
 
-    let mut c = Conn::connect(s.addr).await;
-    c.option(OPT_ABORT, &[]).await;
-    assert_eq!(c.option_reply().await.1, REP_ACK);
-    c.expect_eof().await;
+    let mut c = Conn::connect(s.addr).await.unwrap();
+    c.option(OPT_ABORT, &[]).await.unwrap();
+    assert_eq!(c.option_reply().await.unwrap().1, REP_ACK);
+    c.expect_eof().await.unwrap();
 }
 
 #[tokio::test]
 async fn malformed_handshakes_are_disconnected() {
     let s = start().await;
 
-    let mut c = Conn::greet(s.addr).await;
+    let mut c = Conn::greet(s.addr).await.unwrap();
     c.send(&(FLAG_C_FIXED_NEWSTYLE | 1 << 7).to_be_bytes())
-        .await;
-    c.expect_eof().await;
+        .await
+        .unwrap();
+    c.expect_eof().await.unwrap();
 
-    let mut c = Conn::connect(s.addr).await;
-    c.send(&[0xde; 16]).await;
-    c.expect_eof().await;
+    let mut c = Conn::connect(s.addr).await.unwrap();
+    c.send(&[0xde; 16]).await.unwrap();
+    c.expect_eof().await.unwrap();
 
     // An absurd option length is refused before anything is allocated for it.
-    let mut c = Conn::connect(s.addr).await;
+    let mut c = Conn::connect(s.addr).await.unwrap();
     let mut m = IHAVEOPT.to_be_bytes().to_vec();
     m.extend_from_slice(&OPT_GO.to_be_bytes());
     m.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
-    c.send(&m).await;
-    c.expect_eof().await;
+    c.send(&m).await.unwrap();
+    c.expect_eof().await.unwrap();
 
     // NBD_OPT_EXPORT_NAME cannot be refused with an error: the server hangs up.
-    let mut c = Conn::connect(s.addr).await;
-    c.option(OPT_EXPORT_NAME, b"missing").await;
-    c.expect_eof().await;
+    let mut c = Conn::connect(s.addr).await.unwrap();
+    c.option(OPT_EXPORT_NAME, b"missing").await.unwrap();
+    c.expect_eof().await.unwrap();
 }
 
 #[tokio::test]
 async fn bad_request_magic_ends_the_connection() {
     let s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
-    c.send(&[0x11; 28]).await;
-    c.expect_eof().await;
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
+    c.send(&[0x11; 28]).await.unwrap();
+    c.expect_eof().await.unwrap();
 }
 
 #[tokio::test]
 async fn oversized_reads_are_refused_and_oversized_writes_end_the_connection() {
     let s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
-    assert_eq!(c.read(0, MAX_PAYLOAD + 1).await, Err(EINVAL));
-    assert_eq!(c.read(0, 4).await.unwrap(), vec![0; 4]);
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
+    assert_eq!(c.read(0, MAX_PAYLOAD + 1).await.unwrap(), Err(EINVAL));
+    assert_eq!(c.read(0, 4).await.unwrap().unwrap(), vec![0; 4]);
     // Large trims carry no payload and are fine.
-    assert_eq!(c.call(CMD_TRIM, 0, 0, (4 * MIB) as u32).await, 0);
+    assert_eq!(c.call(CMD_TRIM, 0, 0, (4 * MIB) as u32).await.unwrap(), 0);
 
-    c.request(CMD_WRITE, 0, 5, 0, 64 << 20, &[]).await;
-    assert_eq!(c.simple_reply().await, (EINVAL, 5));
-    c.expect_eof().await;
+    c.request(CMD_WRITE, 0, 5, 0, 64 << 20, &[]).await.unwrap();
+    assert_eq!(c.simple_reply().await.unwrap(), (EINVAL, 5));
+    c.expect_eof().await.unwrap();
 }
 
 #[tokio::test]
 async fn reads_past_the_end_fail_with_einval_and_writes_with_enospc() {
     let s = start().await;
-    let (mut c, size, _) = Conn::open(s.addr, "vol1", false).await;
-    assert_eq!(c.read(size - 1, 2).await, Err(EINVAL));
-    assert_eq!(c.read(u64::MAX, 2).await, Err(EINVAL));
-    assert_eq!(c.write(size, b"x").await, ENOSPC);
-    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, size - 1, 2).await, ENOSPC);
-    assert_eq!(c.call(CMD_TRIM, 0, size, 1).await, EINVAL);
-    assert_eq!(c.read(size - 1, 1).await.unwrap(), vec![0]);
+    let (mut c, size, _) = Conn::open(s.addr, "vol1", false).await.unwrap();
+    assert_eq!(c.read(size - 1, 2).await.unwrap(), Err(EINVAL));
+    assert_eq!(c.read(u64::MAX, 2).await.unwrap(), Err(EINVAL));
+    assert_eq!(c.write(size, b"x").await.unwrap(), ENOSPC);
+    assert_eq!(
+        c.call(CMD_WRITE_ZEROES, 0, size - 1, 2).await.unwrap(),
+        ENOSPC
+    );
+    assert_eq!(c.call(CMD_TRIM, 0, size, 1).await.unwrap(), EINVAL);
+    assert_eq!(c.read(size - 1, 1).await.unwrap().unwrap(), vec![0]);
 }
 
 #[tokio::test]
 async fn unknown_commands_and_flags_get_einval_and_the_connection_stays_usable() {
     let s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
     for cmd in [5u16, 7, 99, u16::MAX] {
-        assert_eq!(c.call(cmd, 0, 0, 0).await, EINVAL, "command {cmd}");
+        assert_eq!(c.call(cmd, 0, 0, 0).await.unwrap(), EINVAL, "command {cmd}");
     }
     // DF needs structured replies; NO_HOLE belongs to WRITE_ZEROES only.
     assert_eq!(c.read_df_without_structured().await, EINVAL);
-    c.request(CMD_WRITE, CMD_FLAG_NO_HOLE, 2, 0, 2, b"zz").await;
-    assert_eq!(c.simple_reply().await, (EINVAL, 2));
-    assert_eq!(c.write(0, b"ok").await, 0);
-    assert_eq!(c.read(0, 2).await.unwrap(), b"ok");
+    c.request(CMD_WRITE, CMD_FLAG_NO_HOLE, 2, 0, 2, b"zz")
+        .await
+        .unwrap();
+    assert_eq!(c.simple_reply().await.unwrap(), (EINVAL, 2));
+    assert_eq!(c.write(0, b"ok").await.unwrap(), 0);
+    assert_eq!(c.read(0, 2).await.unwrap().unwrap(), b"ok");
 }
 
 impl Conn {
     async fn read_df_without_structured(&mut self) -> u32 {
-        self.request(CMD_READ, CMD_FLAG_DF, 4, 0, 8, &[]).await;
-        let (errno, handle) = self.simple_reply().await;
+        self.request(CMD_READ, CMD_FLAG_DF, 4, 0, 8, &[])
+            .await
+            .unwrap();
+        let (errno, handle) = self.simple_reply().await.unwrap();
         assert_eq!(handle, 4);
         errno
     }
@@ -334,49 +348,49 @@ impl Conn {
 #[tokio::test]
 async fn store_failures_become_eio() {
     let s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
     s.backend
         .volume("vol0")
         .fail_reads
         .store(true, Ordering::SeqCst);
-    assert_eq!(c.read(0, 512).await, Err(EIO));
+    assert_eq!(c.read(0, 512).await.unwrap(), Err(EIO));
     s.backend
         .volume("vol0")
         .fail_reads
         .store(false, Ordering::SeqCst);
-    assert_eq!(c.read(0, 512).await.unwrap(), vec![0; 512]);
+    assert_eq!(c.read(0, 512).await.unwrap().unwrap(), vec![0; 512]);
 }
 
 #[tokio::test]
 async fn replies_are_sent_as_requests_complete_not_in_request_order() {
     let s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
     s.backend
         .volume("vol0")
         .slow_read_offset
         .store(0, Ordering::SeqCst);
-    c.request(CMD_READ, 0, 100, 0, 16, &[]).await;
-    c.request(CMD_READ, 0, 200, 4096, 16, &[]).await;
-    assert_eq!(c.simple_reply().await, (0, 200));
-    c.read_exact(16).await;
-    assert_eq!(c.simple_reply().await, (0, 100));
-    c.read_exact(16).await;
+    c.request(CMD_READ, 0, 100, 0, 16, &[]).await.unwrap();
+    c.request(CMD_READ, 0, 200, 4096, 16, &[]).await.unwrap();
+    assert_eq!(c.simple_reply().await.unwrap(), (0, 200));
+    c.read_exact(16).await.unwrap();
+    assert_eq!(c.simple_reply().await.unwrap(), (0, 100));
+    c.read_exact(16).await.unwrap();
 }
 
 #[tokio::test]
 async fn disconnect_answers_requests_in_flight_before_closing() {
     let s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
     s.backend
         .volume("vol0")
         .slow_read_offset
         .store(0, Ordering::SeqCst);
     let started = std::time::Instant::now();
-    c.request(CMD_READ, 0, 100, 0, 16, &[]).await;
-    c.request(CMD_DISC, 0, 0, 0, 0, &[]).await;
-    assert_eq!(c.simple_reply().await, (0, 100));
-    c.read_exact(16).await;
-    c.expect_eof().await;
+    c.request(CMD_READ, 0, 100, 0, 16, &[]).await.unwrap();
+    c.request(CMD_DISC, 0, 0, 0, 0, &[]).await.unwrap();
+    assert_eq!(c.simple_reply().await.unwrap(), (0, 100));
+    c.read_exact(16).await.unwrap();
+    c.expect_eof().await.unwrap();
     assert!(started.elapsed() >= SLOW_READ);
 }
 
@@ -388,14 +402,18 @@ async fn a_vanished_clients_write_in_flight_never_lands_after_its_next_connectio
     let s = start().await;
     let vol = s.backend.volume("vol0");
     vol.slow_write_offset.store(0, Ordering::SeqCst);
-    let (mut old, _, _) = Conn::open(s.addr, "vol0", false).await;
-    old.request(CMD_WRITE, 0, 1, 0, 4096, &[0xaa; 4096]).await;
+    let (mut old, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
+    old.request(CMD_WRITE, 0, 1, 0, 4096, &[0xaa; 4096])
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     drop(old);
     vol.slow_write_offset.store(u64::MAX, Ordering::SeqCst);
-    let (mut new, _, _) = Conn::open(s.addr, "vol0", false).await;
-    new.request(CMD_WRITE, 0, 2, 0, 4096, &[0xbb; 4096]).await;
-    assert_eq!(new.simple_reply().await, (0, 2));
+    let (mut new, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
+    new.request(CMD_WRITE, 0, 2, 0, 4096, &[0xbb; 4096])
+        .await
+        .unwrap();
+    assert_eq!(new.simple_reply().await.unwrap(), (0, 2));
     tokio::time::sleep(SLOW_READ * 2).await;
     assert!(
         vol.bytes(0, 4096).iter().all(|&b| b == 0xbb),
@@ -406,35 +424,37 @@ async fn a_vanished_clients_write_in_flight_never_lands_after_its_next_connectio
 #[tokio::test]
 async fn a_misbehaving_client_does_not_disturb_a_healthy_one() {
     let s = start().await;
-    let (mut healthy, _, _) = Conn::open(s.addr, "vol0", true).await;
+    let (mut healthy, _, _) = Conn::open(s.addr, "vol0", true).await.unwrap();
     let data = pattern(4096, 9);
-    assert_eq!(healthy.write(0, &data).await, 0);
+    assert_eq!(healthy.write(0, &data).await.unwrap(), 0);
 
-    let (mut rude, _, _) = Conn::open(s.addr, "vol0", false).await;
-    rude.request(CMD_WRITE, 0, 1, 0, u32::MAX, &[1, 2, 3]).await;
-    let mut garbage = Conn::connect(s.addr).await;
-    garbage.send(&[0xff; 4096]).await;
+    let (mut rude, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
+    rude.request(CMD_WRITE, 0, 1, 0, u32::MAX, &[1, 2, 3])
+        .await
+        .unwrap();
+    let mut garbage = Conn::connect(s.addr).await.unwrap();
+    garbage.send(&[0xff; 4096]).await.unwrap();
     let half_open = tokio::net::TcpStream::connect(s.addr).await.unwrap();
 
     for i in 0..20u64 {
-        healthy.request(CMD_READ, 0, i, 0, 4096, &[]).await;
-        let chunk = healthy.chunk().await;
+        healthy.request(CMD_READ, 0, i, 0, 4096, &[]).await.unwrap();
+        let chunk = healthy.chunk().await.unwrap();
         assert_eq!((chunk.kind, chunk.handle), (REPLY_TYPE_OFFSET_DATA, i));
         assert_eq!(chunk.payload[8..], data);
     }
-    assert_eq!(rude.simple_reply().await.0, EINVAL);
-    rude.expect_eof().await;
-    garbage.expect_eof().await;
+    assert_eq!(rude.simple_reply().await.unwrap().0, EINVAL);
+    rude.expect_eof().await.unwrap();
+    garbage.expect_eof().await.unwrap();
     drop(half_open);
 }
 
 #[tokio::test]
 async fn shutdown_stops_the_server_after_closing_every_connection() {
     let mut s = start().await;
-    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await;
-    assert_eq!(c.write(0, b"kept").await, 0);
+    let (mut c, _, _) = Conn::open(s.addr, "vol0", false).await.unwrap();
+    assert_eq!(c.write(0, b"kept").await.unwrap(), 0);
     s.stop.take().unwrap().send(()).unwrap();
-    c.expect_eof().await;
+    c.expect_eof().await.unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(10), s.task)
         .await
         .expect("run() did not return")

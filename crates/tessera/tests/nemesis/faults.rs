@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tessera_proto::control::{ClusterStatus, GroupStatus, StorageReply, StorageRequest};
 
-use crate::common::{GatewayProc, HaCluster};
+use crate::common::{Cluster, Gateway};
 use crate::workload::Workload;
 
 /// `tessera_client`'s deadline of one data-plane attempt (private there).
@@ -65,8 +65,8 @@ impl Fault {
 }
 
 pub struct Nemesis {
-    pub c: HaCluster,
-    pub gateways: Vec<GatewayProc>,
+    pub c: Cluster,
+    pub gateways: Vec<Gateway>,
     w: Arc<Workload>,
     rng: StdRng,
     /// How many times each fault fired.
@@ -97,7 +97,7 @@ fn loaded(s: &ClusterStatus) -> Vec<&GroupStatus> {
 }
 
 impl Nemesis {
-    pub fn new(c: HaCluster, gateways: Vec<GatewayProc>, w: Arc<Workload>, seed: u64) -> Nemesis {
+    pub fn new(c: Cluster, gateways: Vec<Gateway>, w: Arc<Workload>, seed: u64) -> Nemesis {
         Nemesis {
             c,
             gateways,
@@ -223,7 +223,7 @@ impl Nemesis {
             Some(g) if self.rng.gen_bool(0.5) => (g.leader?, "a group leader"),
             _ => (s.nodes.choose(&mut self.rng)?.node_id, "any node"),
         };
-        let i = self.c.node_index(&s, node)?;
+        let i = self.c.find_node(&s, node)?;
         blocking(|| self.c.kill_node(i));
         tokio::time::sleep(KILL_FOR).await;
         blocking(|| self.c.restart_node(i));
@@ -236,7 +236,7 @@ impl Nemesis {
         let s = self.c.status().await?;
         let g = *loaded(&s).choose(&mut self.rng)?;
         let node = g.leader?;
-        let i = self.c.node_index(&s, node)?;
+        let i = self.c.find_node(&s, node)?;
         blocking(|| self.c.pause_node(i));
         tokio::time::sleep(PAUSE_FOR).await;
         blocking(|| self.c.resume_node(i));
@@ -256,7 +256,7 @@ impl Nemesis {
             .collect();
         let idx: Vec<usize> = two
             .iter()
-            .map(|&n| self.c.node_index(&s, n))
+            .map(|&n| self.c.find_node(&s, n))
             .collect::<Option<_>>()?;
         blocking(|| idx.iter().for_each(|&i| self.c.pause_node(i)));
         tokio::time::sleep(STALL_FOR).await;

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::{Call, Observed, Op, Time};
-use crate::nbd_client::NbdConn;
+use tessera_nbd::testing::Conn;
 
 pub const BLOCK: usize = 4096;
 /// Registers under test: few enough that clients often meet on one.
@@ -149,14 +149,19 @@ impl Workload {
     }
 
     /// Connects to gateway `gw`, or to the other one if it fails; `None` once stopped.
-    pub async fn connect(&self, gw: &mut usize) -> Option<NbdConn> {
+    pub async fn connect(&self, gw: &mut usize) -> Option<Conn> {
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return None;
             }
             let addr = self.gateway(*gw);
-            match tokio::time::timeout(CONNECT_TIMEOUT, NbdConn::open(&addr, &self.export)).await {
-                Ok(Ok(c)) => return Some(c),
+            match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Conn::open_unbounded(addr.as_str(), &self.export),
+            )
+            .await
+            {
+                Ok(Ok((c, _, _))) => return Some(c),
                 _ => {
                     *gw = (*gw + 1) % self.gateways.lock().expect("gateways").len();
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -166,7 +171,7 @@ impl Workload {
     }
 
     /// One write of `id` to `block`, recorded; false if the connection must be dropped.
-    pub async fn write(&self, c: &mut NbdConn, client: Client, block: u64, id: u64) -> bool {
+    pub async fn write(&self, c: &mut Conn, client: Client, block: u64, id: u64) -> bool {
         let data = encode(id, block);
         let invoke = Instant::now();
         let res = tokio::time::timeout(client.timeout, c.write(offset(block), &data)).await;
@@ -192,7 +197,7 @@ impl Workload {
     }
 
     /// One read of `block`, recorded; its outcome.
-    pub async fn read(&self, c: &mut NbdConn, client: Client, block: u64) -> Outcome {
+    pub async fn read(&self, c: &mut Conn, client: Client, block: u64) -> Outcome {
         let invoke = Instant::now();
         let res = tokio::time::timeout(client.timeout, c.read(offset(block), BLOCK as u32)).await;
         let done = Instant::now();
@@ -225,7 +230,7 @@ pub async fn client(w: Arc<Workload>, id: usize, seed: u64) {
         gateway: id % 2,
         timeout: if id % 3 == 2 { IMPATIENT } else { OP_TIMEOUT },
     };
-    let mut conn: Option<NbdConn> = None;
+    let mut conn: Option<Conn> = None;
     let mut seq = 0u64;
     while !w.stop.load(Ordering::Relaxed) {
         let Some(c) = conn.as_mut() else {
