@@ -5,11 +5,9 @@
 //! Must never: ignore a reply of the wrong kind (it is [`Error::UnexpectedReply`]); retry a
 //! refusal (the manager decided; the caller is told).
 
-use tessera_proto::control::{
-    ClusterStatus, ControlError, ManagerReply, ManagerRequest, NodeStatus, VolumeInfo,
-};
+use tessera_proto::control::{ClusterStatus, ManagerReply, ManagerRequest, NodeStatus, VolumeInfo};
 
-use crate::error::unexpected;
+use crate::error::{unexpected, volume_error};
 use crate::{Client, Error, Result};
 
 /// The managers' Raft group, as [`Client::add_manager`] leaves it.
@@ -159,16 +157,6 @@ impl Client {
             ManagerReply::Managers { voters, learners } => Ok(ManagerMembers { voters, learners }),
             other => Err(unexpected("AddManager", &other)),
         }
-    }
-}
-
-/// A manager's refusal of a request about volume `name`, in the caller's terms.
-pub(crate) fn volume_error(name: &str, e: Error) -> Error {
-    match e {
-        Error::Control(ControlError::NotFound(_)) => Error::VolumeNotFound(name.into()),
-        Error::Control(ControlError::AlreadyExists(m)) => Error::AlreadyExists(m),
-        Error::Control(ControlError::Conflict(m)) => Error::InUse(m),
-        e => e,
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tessera_net::{FrameReader, NetError};
 use tessera_proto::frame::{Frame, Kind};
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
@@ -42,20 +41,8 @@ impl NodeConn {
 
         let wdead = dead.clone();
         let writer = tokio::spawn(async move {
-            let mut w = BufWriter::with_capacity(256 * 1024, w);
-            'outer: while let Some(f) = rx.recv().await {
-                let mut next = Some(f);
-                // Write everything already queued, then flush once.
-                while let Some(f) = next {
-                    if tessera_net::write_frame(&mut w, &f).await.is_err() {
-                        break 'outer;
-                    }
-                    next = rx.try_recv().ok();
-                }
-                if w.flush().await.is_err() {
-                    break;
-                }
-            }
+            // Everything already queued is written, then flushed once.
+            let _ = tessera_net::FrameWriter::new(w).write_queue(&mut rx).await;
             wdead.store(true, Ordering::Release);
         });
 

@@ -147,6 +147,16 @@ fn net_class(e: &NetError) -> ErrorClass {
     }
 }
 
+/// A manager's refusal of a request about volume `name`, in the caller's terms.
+pub(crate) fn volume_error(name: &str, e: Error) -> Error {
+    match e {
+        Error::Control(ControlError::NotFound(_)) => Error::VolumeNotFound(name.into()),
+        Error::Control(ControlError::AlreadyExists(m)) => Error::AlreadyExists(m),
+        Error::Control(ControlError::Conflict(m)) => Error::InUse(m),
+        e => e,
+    }
+}
+
 /// The error for a manager answering `request` with `reply`, a reply of another kind.
 pub(crate) fn unexpected(request: &'static str, reply: &ManagerReply) -> Error {
     Error::UnexpectedReply {

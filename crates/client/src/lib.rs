@@ -68,8 +68,7 @@ use std::time::Duration;
 use tessera_proto::control::{ManagerReply, ManagerRequest};
 use tessera_proto::data::MAX_IO as WIRE_MAX_IO;
 
-use crate::admin::volume_error;
-use crate::error::unexpected;
+use crate::error::{unexpected, volume_error};
 
 pub use admin::ManagerMembers;
 pub use error::{Error, ErrorClass, Result};

@@ -5,7 +5,7 @@
 //! Everything here runs in the poller task that owns the group; nothing here blocks on
 //! the network or waits for an fsync.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::fence::{Fences, SnapshotData};
 use crate::log_tail::{GroupStorage, MemLog};
 
 mod apply;
+mod election;
 mod lease;
 mod request;
 
@@ -116,7 +117,7 @@ pub(crate) struct Group {
     /// When this replica, stalled as leader, last asked for a leadership transfer.
     pub(crate) stall_transfer: Option<Instant>,
     /// Vote grants not yet handed to raft-rs (see `election.rs`).
-    pub(crate) held_votes: crate::election::HeldVotes,
+    pub(crate) held_votes: HeldVotes,
 }
 
 pub(crate) fn raft_config(node_id: u64, applied: u64, election_tick: usize) -> Config {
@@ -486,4 +487,15 @@ impl Group {
         }
         to
     }
+}
+
+/// The grants of one (pre-)election (the response type and term they answer): who granted,
+/// and the grants not yet handed to raft-rs.
+#[derive(Default)]
+pub(crate) struct HeldVotes {
+    kind: Option<(raft::eraftpb::MessageType, u64)>,
+    granted: BTreeSet<u64>,
+    held: Vec<raft::eraftpb::Message>,
+    /// The grants made a majority of the newest configuration: later ones go through.
+    released: bool,
 }

@@ -20,7 +20,7 @@
 //! - `group.rs` and `group/`: one group (its RawNode and state); client requests
 //!   (`request.rs`), applying committed entries (`apply.rs`), the read lease (`lease.rs`).
 //! - `membership.rs`: conf changes, snapshots installed, leadership transfers;
-//!   `election.rs`: elections decided by the newest configuration in the log.
+//!   `group/election.rs`: elections decided by the newest configuration in the log.
 //! - `admit.rs`: which network messages may reach raft-rs; `dedup.rs`: a retried write
 //!   takes effect once; `fence.rs`: writer epoch floors.
 //! - `log_tail.rs`: raft-rs `Storage` over the in-memory tail of the log; `slots.rs`: the
@@ -43,7 +43,6 @@
 mod admit;
 mod clock;
 mod dedup;
-mod election;
 mod fence;
 mod group;
 mod log_tail;

@@ -20,24 +20,13 @@
 //! Must never: hand raft-rs a grant that would make it win without a majority of the newest
 //! configuration; change anything when the log holds no unapplied membership change.
 
-use std::collections::BTreeSet;
-
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 use raft::{Changer, ProgressTracker};
 
-use crate::group::Group;
+use std::collections::BTreeSet;
 
-/// The grants of one (pre-)election (the response type and term they answer): who granted,
-/// and the grants not yet handed to raft-rs.
-#[derive(Default)]
-pub(crate) struct HeldVotes {
-    kind: Option<(MessageType, u64)>,
-    granted: BTreeSet<u64>,
-    held: Vec<Message>,
-    /// The grants made a majority of the newest configuration: later ones go through.
-    released: bool,
-}
+use super::{Group, HeldVotes};
 
 impl Group {
     /// The configuration this replica's log ends with, if its log holds membership changes
