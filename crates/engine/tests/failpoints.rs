@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tessera_engine::{EntryKind, Error, GroupWrite, Log, LogEntry, LogOptions};
+use tessera_engine::{ChunkStore, EntryKind, Error, GroupWrite, Log, LogEntry, LogOptions};
 
 fn write(group: u64, index: u64) -> GroupWrite {
     GroupWrite {
@@ -474,5 +474,30 @@ fn a_checkpoint_never_overtakes_a_waiting_tombstone_of_its_group() {
         .get(&5)
         .expect("group 5 was wiped out by an older tombstone");
     assert_eq!(g.slots[&2], Bytes::from_static(b"hosted anew"));
+    scenario.teardown();
+}
+
+/// A chunk directory that cannot even be opened for its fsync (the process is out of
+/// descriptors) postpones the chunk sync with `Exhausted`, and the next sync does it. It used
+/// to deadlock: shedding for room synced this very store's waiting chunks under the sync lock
+/// the failed sync still held, so the flusher hung and the log was never compacted again.
+#[test]
+fn a_directory_sync_out_of_descriptors_postpones_the_chunk_sync() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write(1, 0, 0, &[7u8; 4096]).unwrap();
+    fail::cfg("chunk::dir_fsync", "1*return(emfile)").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.sync());
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the chunk sync answers (it deadlocked)");
+    assert!(matches!(first, Err(Error::Exhausted(_))), "{first:?}");
+    store.sync().expect("the postponed sync");
+    assert_eq!(&store.read(1, 0, 0, 4096).unwrap()[..], &[7u8; 4096][..]);
     scenario.teardown();
 }

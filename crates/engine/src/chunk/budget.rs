@@ -159,8 +159,7 @@ impl FileBudget {
         let _one = self.evicting.lock().unwrap_or_else(|e| e.into_inner());
         self.close_down_to(self.held() / 2);
         for s in self.stores() {
-            let n = s.flush_closing();
-            self.closed_dirty(n);
+            s.flush_closing();
         }
     }
 

@@ -98,11 +98,16 @@ pub(super) fn start_writeback(file: &File) {
 }
 
 /// fsync of a directory holding chunk files; the `chunk::dir_fsync` fail point makes it fail
-/// in tests.
+/// in tests (`return(emfile)`: the directory cannot even be opened, out of descriptors).
 pub(super) fn sync_chunk_dir(dir: &Path) -> io::Result<()> {
-    fail::fail_point!("chunk::dir_fsync", |_| Err(io::Error::other(
-        "fsync failure injected by the chunk::dir_fsync fail point"
-    )));
+    fail::fail_point!("chunk::dir_fsync", |arg: Option<String>| {
+        if arg.as_deref() == Some("emfile") {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        Err(io::Error::other(
+            "fsync failure injected by the chunk::dir_fsync fail point",
+        ))
+    });
     sync_dir(dir)
 }
 

@@ -362,3 +362,25 @@ fn a_sync_is_wanted_once_an_eighth_of_the_budget_waits_to_be_closed() {
         );
     }
 }
+
+#[test]
+fn a_store_dropped_with_chunks_waiting_to_close_leaves_the_budget_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = FileBudget::new(16);
+    let store = ChunkStore::open_in(&tmp.path().join("a"), &budget).unwrap();
+    for chunk in 0..40u64 {
+        store.write(1, chunk, 0, &chunk.to_le_bytes()).unwrap();
+        store.start_writeback();
+    }
+    let waiting = budget.stats();
+    assert!(waiting.closing > 0, "{waiting:?}");
+    drop(store);
+    let after = budget.stats();
+    assert_eq!((after.open, after.closing), (0, 0), "{after:?}");
+    assert!(!budget.wants_sync(), "{after:?}");
+    // The budget still works for the node's other stores.
+    let other = ChunkStore::open_in(&tmp.path().join("b"), &budget).unwrap();
+    other.write(1, 0, 0, b"still").unwrap();
+    other.sync().unwrap();
+    assert_eq!(budget.stats().closing, 0);
+}
