@@ -80,6 +80,9 @@ pub async fn run<Q: Queue>(
                 drop(first);
                 while queue.try_recv().is_some() {}
                 tokio::time::sleep(backoff).await;
+                // What was queued while waiting is as stale: a burst of old appends on
+                // reconnect helps no one (Raft resends what a peer still lacks).
+                while queue.try_recv().is_some() {}
                 backoff = (backoff * 2).min(opts.backoff_max);
                 continue;
             }
