@@ -40,7 +40,7 @@ pub(crate) enum Refusal {
     /// A vote request to a replica that knows no configuration yet.
     NoConfiguration,
     /// A vote request to a learner (of the configuration it applied, and of every change
-    /// its log holds).
+    /// its log holds) from a candidate that may lack its addition.
     NotAVoter,
     /// A leadership transfer to a replica whose log holds a membership change it has not
     /// applied: it would campaign in a configuration the group may have left.
@@ -146,9 +146,12 @@ pub(crate) fn admit(
         // a new incarnation that lost the old one's promises) is counted only by a
         // candidate whose configuration the group has left; its vote could elect one (the
         // simulation found it, seed 0x9b6c547583c9). It votes once a change making it a
-        // voter is in its log.
+        // voter is in its log, or for a candidate that holds its whole log (see
+        // `holds_learners_log`).
         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-            if g.learner_only() && !cfg!(tessera_unfixed = "learner_votes") =>
+            if g.learner_only()
+                && !cfg!(tessera_unfixed = "learner_votes")
+                && !holds_learners_log(g, m) =>
         {
             Err(Refusal::NotAVoter)
         }
@@ -161,6 +164,30 @@ pub(crate) fn admit(
         }
         _ => Ok(()),
     }
+}
+
+/// Whether candidate `m` holds every entry of this learner's log, its own addition
+/// included: its last entry has the term of the learner's last entry, at the same index or
+/// beyond. Both entries were then written by the leader of that term, so by log matching the
+/// candidate's log holds the learner's whole log (the snapshot the learner installed stands
+/// for the group's committed entries up to it, its addition among them). The newest
+/// configuration in such a candidate's log counts this node as a learner (or promoted), and
+/// only that configuration's majority lets raft-rs have the vote (`Group::count_vote`): a
+/// candidate still counting an earlier incarnation of this node as a voter fails the check.
+/// Without it, the learner whose vote a joint configuration needs (its leader died before
+/// sending it the joint entry) refused everyone, and no one was elected.
+/// A newer last term is not enough: a deposed leader's uncommitted entry can carry a term
+/// above that of the snapshot's entries while its log lacks them (Raft paper, Figure 8).
+fn holds_learners_log(g: &Group, m: &Message) -> bool {
+    if cfg!(tessera_unfixed = "learner_snapshot_votes")
+        || cfg!(tessera_unfixed = "newest_config_votes")
+    {
+        return false;
+    }
+    let log = &g.raw.raft.raft_log;
+    let (last, last_term) = (log.last_index(), log.last_term());
+    // An empty log (a first install torn before its snapshot was kept) holds nothing to match.
+    last_term > 0 && m.log_term == last_term && m.index >= last
 }
 
 /// In the configuration this replica knows (any half of it, learners included), or among

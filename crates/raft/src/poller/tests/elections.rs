@@ -69,7 +69,8 @@ fn a_replica_that_knows_no_configuration_does_not_vote() {
 /// install) in which it is a learner. A member cut off since before it left still counted
 /// node 1 as a voter and won its vote, then a majority of the old configuration. A replica
 /// that is not a voter (in its applied configuration, or in a change its log holds) does not
-/// vote.
+/// vote, unless the candidate's log ends in the term of its own last entry: a newer term
+/// (8 here, the snapshot's 6) does not show that the candidate holds the learner's addition.
 #[test]
 fn a_learner_does_not_vote() {
     let mut n = Node::open(tempfile::tempdir().unwrap());
@@ -194,5 +195,92 @@ fn votes_are_counted_by_the_newest_configuration_in_the_log() {
     assert!(
         n.poller.groups[&GROUP].is_leader(),
         "not elected by {{1,3,4}}"
+    );
+}
+
+/// Node `id` hosting the group of `peers` (joining it: waiting for a snapshot), its
+/// restart lease over.
+fn member(id: u64, peers: &[u64], joining: bool) -> Node {
+    let mut n = Node::open_as(tempfile::tempdir().unwrap(), id, Duration::from_secs(2));
+    n.poller.votes_after = Instant::now();
+    let mut s = spec(peers);
+    s.joining = joining;
+    n.poller.handle(Event::CreateGroup(s));
+    n.settle();
+    n
+}
+
+/// Liveness of the newest-configuration rule (thesis §4.3, joint consensus): group
+/// {1,2,3} moves to {1,2,4}, with 3 alive. Leader 2 added 4 as a learner (4 installed a
+/// snapshot holding its addition), appended the joint change to node 1 only, and crashed.
+/// Node 1 needs a majority of {1,2,4}, so 4's vote; node 3 cannot win (node 1's log is
+/// longer). Learner 4 refused every vote, and no one was ever elected (for good if node 2's
+/// disk was lost). Node 1 holds all of 4's log: 4 votes for it.
+#[test]
+fn a_learner_the_joint_configuration_needs_votes_for_a_candidate_holding_its_log() {
+    let first = INIT_INDEX + 1;
+    let add_learner = conf_entry(first, &[(4, ConfChangeType::AddLearnerNode)]);
+    let joint = conf_entry(
+        first + 1,
+        &[
+            (4, ConfChangeType::AddNode),
+            (3, ConfChangeType::RemoveNode),
+        ],
+    );
+    let mut nodes = std::collections::BTreeMap::new();
+    for (id, entries) in [
+        (1, vec![add_learner.clone(), joint]),
+        (3, vec![add_learner]),
+    ] {
+        let mut n = member(id, &[2, 1, 3], false);
+        let mut m = append(first, first, first);
+        m.to = id;
+        m.set_entries(entries.into());
+        n.deliver(2, m);
+        assert_eq!(n.poller.groups[&GROUP].applied, first);
+        nodes.insert(id, n);
+    }
+    let mut n4 = member(4, &[2, 1, 3, 4], true);
+    let mut m = snapshot_msg(
+        first,
+        &[2, 1, 3, 4],
+        ConfState {
+            voters: vec![2, 1, 3],
+            learners: vec![4],
+            ..Default::default()
+        },
+    );
+    m.to = 4;
+    n4.deliver(2, m);
+    assert_eq!(n4.poller.groups[&GROUP].applied, first);
+    nodes.insert(4, n4);
+    for n in nodes.values() {
+        let _ = n.take_sent();
+    }
+    // Node 2 is down: ticks, and messages among 1, 3 and 4, for ten election timeouts.
+    let ticks = 10 * nodes[&1].poller.cfg.election_ticks;
+    for _ in 0..ticks {
+        for n in nodes.values_mut() {
+            n.poller.tick(Instant::now());
+            n.settle();
+        }
+        loop {
+            let sent: Vec<(u64, Message)> = nodes.values().flat_map(|n| n.take_sent()).collect();
+            if sent.is_empty() {
+                break;
+            }
+            for (to, m) in sent {
+                if let Some(n) = nodes.get_mut(&to) {
+                    n.deliver(m.from, m);
+                }
+            }
+        }
+        if nodes.values().any(|n| n.poller.groups[&GROUP].is_leader()) {
+            break;
+        }
+    }
+    assert!(
+        nodes[&1].poller.groups[&GROUP].is_leader(),
+        "no leader within {ticks} ticks"
     );
 }
