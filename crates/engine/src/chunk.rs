@@ -292,20 +292,14 @@ impl ChunkStore {
                     return Err(e.into());
                 }
                 // The directory could not even be opened: nothing was lost, the next sync
-                // tries again (the caller must not count this one as done).
-                // Shedding syncs every store's chunks waiting to be closed, this one's too,
-                // under each store's sync lock: this store's is released first.
-                Err(e) if is_out_of_descriptors(&e) && !cfg!(tessera_unfixed = "shed_deadlock") => {
-                    self.dirs_map().extend(dirs[i..].iter().cloned());
-                    drop(failure);
-                    self.budget.shed();
-                    return Err(Error::Exhausted(format!(
-                        "opening directory {} to sync it: {e}",
-                        d.display()
-                    )));
-                }
+                // tries again (the caller must not count this one as done). Shedding syncs
+                // every store's chunks waiting to be closed, this one's too, under each
+                // store's sync lock: this store's is released first.
                 Err(e) if is_out_of_descriptors(&e) => {
                     self.dirs_map().extend(dirs[i..].iter().cloned());
+                    if !cfg!(tessera_unfixed = "shed_deadlock") {
+                        drop(failure);
+                    }
                     self.budget.shed();
                     return Err(Error::Exhausted(format!(
                         "opening directory {} to sync it: {e}",

@@ -317,10 +317,18 @@ impl Poller {
                         let sent = self.epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
                         g.note_contact(msg.from, sent.min(crate::clock::now()));
                     }
-                    for msg in g.count_vote(msg) {
+                    let step = |g: &mut Group, msg| {
                         if let Err(e) = g.raw.step(msg) {
                             tracing::debug!(group = gid, "step: {e}");
                         }
+                    };
+                    // Only vote grants may be held back: nothing else pays for the count.
+                    if Group::is_vote_grant(&msg) {
+                        for msg in g.count_vote(msg) {
+                            step(g, msg);
+                        }
+                    } else {
+                        step(g, msg);
                     }
                     self.dirty.insert(gid);
                 }

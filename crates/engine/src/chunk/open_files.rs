@@ -204,18 +204,18 @@ impl ChunkStore {
     }
 
     /// Makes the dirty chunks taken out for room durable and closes them now, waiting for a
-    /// sync in progress: for a process out of descriptors. Returns how many it closed.
-    pub(super) fn flush_closing(&self) -> usize {
+    /// sync in progress: for a process out of descriptors.
+    pub(super) fn flush_closing(&self) {
         let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
-        self.sync_closing(&mut failure)
+        self.sync_closing(&mut failure);
     }
 
     /// Makes the chunks handed over for closing durable and closes every one of them; the
     /// first failed fdatasync is recorded in `failure` (the store's sync lock), after which
     /// nothing of this store is reported durable again, so the rest are only closed.
-    /// Returns how many it closed, already counted off the budget's closing ones (before the
-    /// files close: a status never shows more closing than open).
-    pub(super) fn sync_closing(&self, failure: &mut Option<String>) -> usize {
+    /// They leave the budget's closing count before their files close: a status never shows
+    /// more closing than open.
+    pub(super) fn sync_closing(&self, failure: &mut Option<String>) {
         let closing = std::mem::take(&mut *self.closing_list());
         for files in &closing {
             if failure.is_some() {
@@ -229,7 +229,6 @@ impl ChunkStore {
             }
         }
         self.budget.closed_dirty(closing.len());
-        closing.len()
     }
 
     pub(super) fn closing_list(&self) -> MutexGuard<'_, Vec<Arc<ChunkFiles>>> {

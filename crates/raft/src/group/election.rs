@@ -79,15 +79,20 @@ impl Group {
         Some(tracker.conf().to_conf_state())
     }
 
-    /// A (pre-)vote response for this replica: the messages to step into raft-rs now (none
-    /// while grants are held back, see the module docs).
+    /// Whether `m` grants this replica a (pre-)vote: only those go through
+    /// [`Group::count_vote`]; every other message steps into raft-rs as it is.
+    pub(crate) fn is_vote_grant(m: &Message) -> bool {
+        matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+        ) && !m.reject
+    }
+
+    /// A (pre-)vote grant for this replica ([`Group::is_vote_grant`]): the messages to step
+    /// into raft-rs now (none while grants are held back, see the module docs).
     pub(crate) fn count_vote(&mut self, m: Message) -> Vec<Message> {
         let t = m.get_msg_type();
-        let is_vote = matches!(
-            t,
-            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
-        );
-        if !is_vote || m.reject || cfg!(tessera_unfixed = "newest_config_votes") {
+        if !Group::is_vote_grant(&m) || cfg!(tessera_unfixed = "newest_config_votes") {
             return vec![m];
         }
         let Some(newest) = self.newest_config() else {
