@@ -20,15 +20,21 @@ fn write(group: u64, index: u64) -> GroupWrite {
     }
 }
 
-fn append(log: &Log, w: GroupWrite) -> Result<(), Error> {
+/// Appends `writes` without waiting: the receiver gets the batch's answer.
+fn submit(log: &Log, writes: Vec<GroupWrite>) -> mpsc::Receiver<Result<(), Error>> {
     let (tx, rx) = mpsc::channel();
     log.append(
-        vec![w],
+        writes,
         Box::new(move |r| {
             let _ = tx.send(r);
         }),
     );
-    rx.recv_timeout(Duration::from_secs(10))
+    rx
+}
+
+fn append(log: &Log, w: GroupWrite) -> Result<(), Error> {
+    submit(log, vec![w])
+        .recv_timeout(Duration::from_secs(10))
         .expect("the log must answer every append")
 }
 
@@ -101,13 +107,7 @@ fn a_full_disk_still_writes_marks_and_recycles_segments() {
     // disk filled is used up first).
     let mut stalled = None;
     for i in 21..=40 {
-        let (tx, rx) = mpsc::channel();
-        log.append(
-            vec![big(1, i)],
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let rx = submit(&log, vec![big(1, i)]);
         // Generous: an fsync on a loaded machine can take a second, and an append taken
         // for stalled when it was only slow leaves the test waiting for the wrong one.
         match rx.recv_timeout(Duration::from_secs(5)) {
@@ -158,13 +158,7 @@ fn a_shutdown_while_the_disk_is_full_refuses_the_waiting_batch() {
     fail::cfg("log::no_space", "return").unwrap();
     let mut waiting = None;
     for i in 1..=40 {
-        let (tx, rx) = mpsc::channel();
-        log.append(
-            vec![big(1, i)],
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let rx = submit(&log, vec![big(1, i)]);
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(1)) {
             waiting = Some(rx);
             break;
@@ -202,6 +196,20 @@ fn roll_before_the_disk_fills(log: &Log, group: u64, from: u64) -> u64 {
     i
 }
 
+/// A log of small segments, with a late preallocation thread, rolled into its second
+/// segment by big entries of `group` from index `from`; then the disk is full. Returns the
+/// log, its options (to reopen it) and the next index of `group`.
+fn full_disk_after_a_roll(dir: &std::path::Path, group: u64, from: u64) -> (Log, LogOptions, u64) {
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+    };
+    slow_preallocation();
+    let (log, _) = Log::open(dir, opts.clone()).unwrap();
+    let next = roll_before_the_disk_fills(&log, group, from);
+    fail::cfg("log::no_space", "return").unwrap();
+    (log, opts, next)
+}
+
 /// Makes the helper thread preparing the spare segment late, as it can be on a loaded
 /// machine: it then makes its spare only after the disk filled, so it fails.
 fn slow_preallocation() {
@@ -216,13 +224,7 @@ fn append_until_stalled(
     from: u64,
 ) -> (u64, mpsc::Receiver<Result<(), Error>>) {
     for i in from..from + 40 {
-        let (tx, rx) = mpsc::channel();
-        log.append(
-            vec![big(group, i)],
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let rx = submit(log, vec![big(group, i)]);
         // Generous: an fsync on a loaded machine can take a second, and an append taken
         // for stalled when it was only slow leaves the test waiting for the wrong one.
         match rx.recv_timeout(Duration::from_secs(5)) {
@@ -245,26 +247,17 @@ fn answer(rx: &mpsc::Receiver<Result<(), Error>>, what: &str) -> Result<(), Erro
 #[test]
 fn a_checkpoint_queued_behind_a_stalled_batch_relieves_a_full_disk() {
     let scenario = fail::FailScenario::setup();
-    slow_preallocation();
     let dir = tempfile::tempdir().unwrap();
-    let opts = LogOptions {
-        segment_size: 64 << 10,
-    };
-    let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
-    let next = roll_before_the_disk_fills(&log, 1, 1);
-    fail::cfg("log::no_space", "return").unwrap();
+    let (log, opts, next) = full_disk_after_a_roll(dir.path(), 1, 1);
     let (waiting, stalled) = append_until_stalled(&log, 1, next);
     // An older applied value, queued behind the stalled batch.
-    let (old_tx, old_rx) = mpsc::channel();
-    log.append(
+    let old_rx = submit(
+        &log,
         vec![GroupWrite {
             group: 1,
             entries: vec![],
             slots: vec![(2, Bytes::from_static(b"applied old"))],
         }],
-        Box::new(move |r| {
-            let _ = old_tx.send(r);
-        }),
     );
     let (tx, rx) = mpsc::channel();
     log.checkpoint(
@@ -296,21 +289,9 @@ fn a_checkpoint_queued_behind_a_stalled_batch_relieves_a_full_disk() {
 fn removing_a_group_relieves_a_full_disk_and_it_stays_removed() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let opts = LogOptions {
-        segment_size: 64 << 10,
-    };
-    slow_preallocation();
-    let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
-    let mut i = roll_before_the_disk_fills(&log, 7, 0);
-    fail::cfg("log::no_space", "return").unwrap();
+    let (log, opts, mut i) = full_disk_after_a_roll(dir.path(), 7, 0);
     let stalled = loop {
-        let (tx, rx) = mpsc::channel();
-        log.append(
-            vec![big(7, i), write(1, i)],
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
+        let rx = submit(&log, vec![big(7, i), write(1, i)]);
         // Generous: an fsync on a loaded machine can take a second, and an append taken
         // for stalled when it was only slow leaves the test waiting for the wrong one.
         match rx.recv_timeout(Duration::from_secs(5)) {
@@ -322,13 +303,7 @@ fn removing_a_group_relieves_a_full_disk_and_it_stays_removed() {
     };
     // Group 1 is compacted; group 7 never is: only removing it frees anything.
     log.compact(1, i);
-    let (queued_tx, queued_rx) = mpsc::channel();
-    log.append(
-        vec![big(7, i + 1), write(1, i + 1)],
-        Box::new(move |r| {
-            let _ = queued_tx.send(r);
-        }),
-    );
+    let queued_rx = submit(&log, vec![big(7, i + 1), write(1, i + 1)]);
     let (tx, rx) = mpsc::channel();
     log.remove_group(
         7,
@@ -364,21 +339,9 @@ fn removing_a_group_relieves_a_full_disk_and_it_stays_removed() {
 fn marks_that_do_not_fit_the_reserve_are_written_later() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let opts = LogOptions {
-        segment_size: 64 << 10,
-    };
-    slow_preallocation();
-    let (log, _) = Log::open(dir.path(), opts.clone()).unwrap();
-    let i = roll_before_the_disk_fills(&log, 0, 1);
-    fail::cfg("log::no_space", "return").unwrap();
+    let (log, opts, i) = full_disk_after_a_roll(dir.path(), 0, 1);
     let many: Vec<GroupWrite> = (1..=500).map(|g| write(g, 1)).collect();
-    let (tx, rx) = mpsc::channel();
-    log.append(
-        many,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
+    let rx = submit(&log, many);
     answer(&rx, "many groups").unwrap();
     let (waiting, stalled) = append_until_stalled(&log, 0, i);
     log.compact(0, waiting - 1);
