@@ -308,6 +308,23 @@ fn write_until_the_log_waits(n: &mut Node, group: u64, mut prev: u64, flush: boo
     panic!("the log never ran out of segments");
 }
 
+/// Delivers writes of `group` from `prev` until the log has rolled into its second segment
+/// (waiting on the roll, not on a clock: the spare segment comes from a helper thread that a
+/// loaded machine may delay past the moment the disk fills), so that the full disk finds an
+/// older segment for the compaction to free. Returns the next index.
+#[cfg(feature = "failpoints")]
+fn roll_before_the_disk_fills(n: &mut Node, group: u64, mut prev: u64) -> u64 {
+    while n.poller.log.stats().segments < 2 {
+        deliver_for(n, group, writes(prev, 4), Duration::from_secs(2));
+        prev += 4;
+        assert!(
+            prev < INIT_INDEX + 200,
+            "the log must roll into a second segment"
+        );
+    }
+    prev
+}
+
 /// A full disk, and the log's batch waits for a segment. The flush of what was applied
 /// before gives the log the compaction that frees one: its applied index and mark are
 /// written as a checkpoint into the reserve, ahead of the waiting batch, instead of as an
@@ -324,11 +341,10 @@ fn a_full_disk_is_relieved_by_the_compaction_behind_the_nodes_own_flush() {
     n.settle();
     deliver(&mut n, BUSY, writes(INIT_INDEX, 4));
     tick(&mut n);
-    // The spare segment is made before the disk fills.
-    std::thread::sleep(Duration::from_millis(300));
+    let next = roll_before_the_disk_fills(&mut n, BUSY, INIT_INDEX + 4);
     fail::cfg("log::no_space", "return").unwrap();
     // No flush meanwhile: the log fills every segment it has.
-    let mut prev = write_until_the_log_waits(&mut n, BUSY, INIT_INDEX + 4, false);
+    let mut prev = write_until_the_log_waits(&mut n, BUSY, next, false);
     tick_for(&mut n, Duration::from_secs(10));
     let relieved = n.poller.groups[&BUSY].persisting == 0;
     for _ in 0..10 {
