@@ -1,11 +1,20 @@
 //! Commands replicated through a replica group's Raft log and applied to its chunks.
 //!
 //! ```text
-//! op u8 | volume u64 | chunk u64 | offset u32 | len u32 | [id u128] | [epoch u64] | data (Write only)
+//! op u8 | volume u64 | chunk u64 | offset u32 | len u32 | [id u128] | [epoch u64] | [seq u64] | data
 //! ```
 //! `id` (the client's request id, see `data::Request::id`) is present when the op byte has
 //! its high bit set, `epoch` (the writer epoch, see `data::Request::epoch`) when it has bit
-//! 6 set; commands written before they existed have neither (id 0, epoch 0).
+//! 6 set, `seq` (the volume's snapshot sequence, see `data::Request::seq`) when it has bit
+//! 5 set; commands written before they existed have none (id 0, epoch 0, seq 0). `data`:
+//! the bytes of a [`CmdOp::Write`], the parent of a [`CmdOp::Link`], empty otherwise.
+//!
+//! **Layers.** A chunk's blocks live in layers, one per snapshot sequence a write carried:
+//! a write, zeroes or discard of `seq` goes to layer `max(seq, 1)` (sequence 0 is the layer
+//! of commands from before snapshots, the chunk's original files). Snapshot `s` of a volume
+//! reads, per block, the newest layer `<= s` holding it; the live volume the newest layer.
+//! Nothing ever writes into a layer below the volume's current sequence, so a snapshot is
+//! never copied: the first write of a newer sequence redirects to a new layer.
 //! These bytes are stored in every replica's log and re-read at recovery, so the decoder
 //! treats them as untrusted. An empty entry (Raft's no-op on election) is not a command.
 
@@ -16,9 +25,12 @@ use crate::{DecodeError, Reader};
 const HEADER: usize = 25;
 const HAS_ID: u8 = 0x80;
 const HAS_EPOCH: u8 = 0x40;
-const FLAGS: u8 = HAS_ID | HAS_EPOCH;
+const HAS_SEQ: u8 = 0x20;
+const FLAGS: u8 = HAS_ID | HAS_EPOCH | HAS_SEQ;
+/// Bytes of a [`CmdOp::Link`]'s data: `parent volume u64 | parent seq u64`.
+pub const LINK_LEN: usize = 16;
 
-/// What a command does to its chunk: the low six bits of the op byte.
+/// What a command does to its chunk: the low five bits of the op byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CmdOp {
@@ -30,9 +42,29 @@ pub enum CmdOp {
     Discard = 3,
     /// The volume was deleted: drop this chunk's file.
     DropChunk = 4,
-    /// The volume's writer epoch is now `epoch`: writes of older epochs are refused from
-    /// here on in the log (see `data::Op::Fence`). Changes no data.
+    /// The volume's writer epoch is now `epoch` and its snapshot sequence `seq` (either
+    /// 0: unchanged): writes of older epochs or sequences are refused from here on in the
+    /// log (see `data::Op::Fence`). Changes no data.
     Fence = 5,
+    /// The chunk (of a clone) reads through to the same chunk of its parent as of a
+    /// snapshot: `data` is `parent volume u64 | parent seq u64`. Blocks no layer of the
+    /// chunk holds read as the parent's snapshot `seq` does (which may itself be linked).
+    /// Set once, when the clone is made; changes no block.
+    Link = 6,
+    /// Copy into the chunk's layer `max(seq, 1)` every block of `offset..offset + len`
+    /// that no layer of the chunk holds, from its parent (see [`CmdOp::Link`]): the
+    /// clone's bytes do not change. Idempotent. A flatten copies whole chunks this way,
+    /// then [`CmdOp::Unlink`]s them.
+    Flatten = 7,
+    /// The chunk no longer reads through to a parent (every block was copied by
+    /// [`CmdOp::Flatten`]). Changes no byte the chunk reads.
+    Unlink = 8,
+    /// The chunk's live image becomes its image as of snapshot sequence `to` (`data` is
+    /// `to u64`, see [`Command::rollback_to`]): every block some layer above `to` holds is
+    /// rewritten into layer `max(seq, 1)` with the snapshot's content (as a block "written
+    /// as zero" where the snapshot has none); older layers are untouched, so every snapshot
+    /// keeps its bytes. Idempotent. Only with no writer attached.
+    Rollback = 9,
 }
 
 /// One entry of a group's log, applied in log order by every replica.
@@ -53,7 +85,11 @@ pub struct Command {
     pub id: u128,
     /// The writer epoch the command was sent with (0: none).
     pub epoch: u64,
-    /// The data of a write (`len` bytes); empty for every other op.
+    /// The volume's snapshot sequence the command was sent with (0: from before snapshots;
+    /// see the module doc's layers).
+    pub seq: u64,
+    /// The data of a write (`len` bytes), of a link ([`LINK_LEN`] bytes) or of a rollback
+    /// (8 bytes); empty for every other op.
     pub data: Bytes,
 }
 
@@ -68,6 +104,9 @@ impl Command {
         if self.epoch != 0 {
             flags |= HAS_EPOCH;
         }
+        if self.seq != 0 {
+            flags |= HAS_SEQ;
+        }
         b.put_u8(self.op as u8 | flags);
         b.put_u64_le(self.volume);
         b.put_u64_le(self.chunk);
@@ -78,6 +117,9 @@ impl Command {
         }
         if self.epoch != 0 {
             b.put_u64_le(self.epoch);
+        }
+        if self.seq != 0 {
+            b.put_u64_le(self.seq);
         }
         b.extend_from_slice(&self.data);
         b.freeze()
@@ -94,6 +136,10 @@ impl Command {
             3 => CmdOp::Discard,
             4 => CmdOp::DropChunk,
             5 => CmdOp::Fence,
+            6 => CmdOp::Link,
+            7 => CmdOp::Flatten,
+            8 => CmdOp::Unlink,
+            9 => CmdOp::Rollback,
             other => return Err(DecodeError::Invalid(format!("command op {other}"))),
         };
         let volume = r.u64()?;
@@ -114,10 +160,24 @@ impl Command {
         } else {
             0
         };
-        let data = if op == CmdOp::Write {
-            if r.remaining() != len as usize {
+        let seq = if first & HAS_SEQ != 0 {
+            header += 8;
+            r.u64()?
+        } else {
+            0
+        };
+        let want = match op {
+            CmdOp::Write => len as usize,
+            CmdOp::Link => LINK_LEN,
+            CmdOp::Rollback => 8,
+            _ => 0,
+        };
+        // Entries from before `Link` carried nothing after the header but a write's data;
+        // trailing bytes after any other op were ignored then and still are.
+        let data = if want != 0 {
+            if r.remaining() != want {
                 return Err(DecodeError::Invalid(format!(
-                    "write command says {len} bytes, carries {}",
+                    "{op:?} command needs {want} bytes of data, carries {}",
                     r.remaining()
                 )));
             }
@@ -133,18 +193,45 @@ impl Command {
             len,
             id,
             epoch,
+            seq,
             data,
         })
     }
 
-    /// The volume and writer epoch of an encoded command, without decoding the rest
-    /// (`None`: no epoch, or not a command).
-    pub fn peek_epoch(bytes: &[u8]) -> Option<(u64, u64)> {
-        let first = *bytes.first()?;
-        if first & HAS_EPOCH == 0 {
+    /// The parent of a [`CmdOp::Link`]: `(parent volume, parent seq)`; `None` for another op.
+    pub fn link_parent(&self) -> Option<(u64, u64)> {
+        if self.op != CmdOp::Link || self.data.len() != LINK_LEN {
             return None;
         }
-        let at = if first & HAS_ID != 0 {
+        let volume = u64::from_le_bytes(self.data[..8].try_into().ok()?);
+        let seq = u64::from_le_bytes(self.data[8..].try_into().ok()?);
+        Some((volume, seq))
+    }
+
+    /// The data of a [`CmdOp::Link`] to `parent` as of its snapshot sequence `seq`.
+    pub fn link_data(parent: u64, seq: u64) -> Bytes {
+        let mut b = BytesMut::with_capacity(LINK_LEN);
+        b.put_u64_le(parent);
+        b.put_u64_le(seq);
+        b.freeze()
+    }
+
+    /// The snapshot sequence a [`CmdOp::Rollback`] returns to; `None` for another op.
+    pub fn rollback_to(&self) -> Option<u64> {
+        if self.op != CmdOp::Rollback {
+            return None;
+        }
+        Some(u64::from_le_bytes(self.data.as_ref().try_into().ok()?))
+    }
+
+    /// The volume, writer epoch and snapshot sequence of an encoded command, without
+    /// decoding the rest (`None`: neither an epoch nor a sequence, or not a command).
+    pub fn peek_fence(bytes: &[u8]) -> Option<(u64, u64, u64)> {
+        let first = *bytes.first()?;
+        if first & (HAS_EPOCH | HAS_SEQ) == 0 {
+            return None;
+        }
+        let mut at = if first & HAS_ID != 0 {
             HEADER + 16
         } else {
             HEADER
@@ -155,7 +242,23 @@ impl Command {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
         };
-        Some((u64_at(1)?, u64_at(at)?))
+        let epoch = if first & HAS_EPOCH != 0 {
+            at += 8;
+            u64_at(at - 8)?
+        } else {
+            0
+        };
+        let seq = if first & HAS_SEQ != 0 { u64_at(at)? } else { 0 };
+        Some((u64_at(1)?, epoch, seq))
+    }
+
+    /// The volume and writer epoch of an encoded command, without decoding the rest
+    /// (`None`: no epoch, or not a command).
+    pub fn peek_epoch(bytes: &[u8]) -> Option<(u64, u64)> {
+        match Command::peek_fence(bytes)? {
+            (_, 0, _) => None,
+            (volume, epoch, _) => Some((volume, epoch)),
+        }
     }
 
     /// The request id of an encoded command, without decoding the rest (0: none, or not a
@@ -185,6 +288,7 @@ mod tests {
             len: 4,
             id: 0,
             epoch: 0,
+            seq: 0,
             data: Bytes::from_static(b"abcd"),
         };
         for id in [0, 0xfeed_beef, u128::MAX - 3] {
@@ -218,7 +322,10 @@ mod tests {
         let (len, data) = match op {
             CmdOp::Write => (5, Bytes::from_static(b"hello")),
             CmdOp::WriteZeroes | CmdOp::Discard => (4096, Bytes::new()),
-            CmdOp::DropChunk | CmdOp::Fence => (0, Bytes::new()),
+            CmdOp::Link => (0, Command::link_data(2, 5)),
+            CmdOp::Rollback => (0, Bytes::copy_from_slice(&4u64.to_le_bytes())),
+            CmdOp::Flatten => (1 << 20, Bytes::new()),
+            CmdOp::DropChunk | CmdOp::Fence | CmdOp::Unlink => (0, Bytes::new()),
         };
         Command {
             op,
@@ -228,16 +335,21 @@ mod tests {
             len,
             id,
             epoch,
+            seq: epoch / 2,
             data,
         }
     }
 
-    const OPS: [CmdOp; 5] = [
+    const OPS: [CmdOp; 9] = [
         CmdOp::Write,
         CmdOp::WriteZeroes,
         CmdOp::Discard,
         CmdOp::DropChunk,
         CmdOp::Fence,
+        CmdOp::Link,
+        CmdOp::Flatten,
+        CmdOp::Unlink,
+        CmdOp::Rollback,
     ];
 
     /// Every op, with and without the optional id and epoch, is read back from the log as
@@ -249,7 +361,9 @@ mod tests {
                 let c = command(op, id, epoch);
                 let enc = c.encode();
                 assert_eq!(Command::decode(&enc).unwrap(), c);
-                if op == CmdOp::Write {
+                let fence = (c.epoch != 0 || c.seq != 0).then_some((3, c.epoch, c.seq));
+                assert_eq!(Command::peek_fence(&enc), fence);
+                if matches!(op, CmdOp::Write | CmdOp::Link | CmdOp::Rollback) {
                     for n in 0..enc.len() {
                         assert!(Command::decode(&enc.slice(..n)).is_err());
                     }
@@ -259,8 +373,41 @@ mod tests {
     }
 
     #[test]
+    fn links_and_rollbacks_carry_their_parent_and_target() {
+        let link = command(CmdOp::Link, 0, 0);
+        assert_eq!(
+            Command::decode(&link.encode()).unwrap().link_parent(),
+            Some((2, 5))
+        );
+        assert_eq!(link.rollback_to(), None);
+        let back = command(CmdOp::Rollback, 0, 8);
+        assert_eq!(
+            Command::decode(&back.encode()).unwrap().rollback_to(),
+            Some(4)
+        );
+        assert_eq!(back.link_parent(), None);
+        // A link or rollback whose data is cut short is refused, never read as another.
+        let mut short = link.encode().to_vec();
+        short.pop();
+        assert!(Command::decode(&Bytes::from(short)).is_err());
+    }
+
+    /// An entry written before sequences existed reads as sequence 0, and trailing bytes
+    /// after an op that carries no data are ignored as they always were.
+    #[test]
+    fn entries_from_before_sequences_still_decode() {
+        let mut old = command(CmdOp::Discard, 7, 3);
+        old.seq = 0;
+        let mut enc = old.encode().to_vec();
+        assert_eq!(enc[0] & HAS_SEQ, 0);
+        assert_eq!(Command::decode(&Bytes::from(enc.clone())).unwrap(), old);
+        enc.extend_from_slice(b"xy");
+        assert_eq!(Command::decode(&Bytes::from(enc)).unwrap(), old);
+    }
+
+    #[test]
     fn unknown_ops_and_overflowing_ranges_are_refused() {
-        for op in [0, 6, 0x3f] {
+        for op in [0, 10, 0x1f] {
             let mut enc = command(CmdOp::Discard, 0, 0).encode().to_vec();
             enc[0] = op;
             assert!(Command::decode(&Bytes::from(enc)).is_err(), "op {op}");
@@ -284,6 +431,7 @@ mod tests {
                 bad[i] = b;
                 let _ = Command::peek_id(&bad);
                 let _ = Command::peek_epoch(&bad);
+                let _ = Command::peek_fence(&bad);
                 let _ = Command::decode(&Bytes::from(bad));
             }
         }

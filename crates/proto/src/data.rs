@@ -4,8 +4,11 @@
 //! chunk boundary (the client splits). Layout of every request body (little-endian):
 //!
 //! ```text
-//! group u64 | volume u64 | chunk u64 | epoch u64 | id u128 | deadline u64 | offset u32 | len u32 | data (Write only)
+//! group u64 | volume u64 | chunk u64 | epoch u64 | id u128 | deadline u64 | offset u32 | len u32 | seq u64 | data (Write only)
 //! ```
+//! `seq` came later: a body without it (64 header bytes, as clients before snapshots send)
+//! is told apart by its length, which the fixed header and `len` determine, and reads as
+//! `seq` 0. Every sender writes it.
 //! `deadline` is a Unix time in milliseconds: a request not proposed to its group by then is
 //! answered [`Reply::Expired`] and never proposed later (0: no deadline).
 //! `id` names one logical request across its retries (0: none): a leader that finds the
@@ -23,7 +26,7 @@ use crate::{DecodeError, Reader};
 
 /// Largest single data-plane request payload. Clients split larger I/O.
 pub const MAX_IO: u32 = 4 << 20;
-const REQ_HEADER: usize = 64;
+const REQ_HEADER: usize = 72;
 
 /// Which chunk a request touches, and in which replica group it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,10 +62,12 @@ pub enum Op {
     SnapChecksums,
     /// `len` bytes of a chunk at `offset`, verified.
     SnapRead,
-    /// Make `epoch` the volume's writer epoch in the group (`addr.group`, `addr.volume`):
-    /// answered once that is applied, after which the group refuses every write of an
-    /// older epoch ([`Reply::Fenced`]). A new writer sends it to every group of the volume
-    /// before its first write.
+    /// Make `epoch` the volume's writer epoch in the group (`addr.group`, `addr.volume`)
+    /// and `seq` its snapshot sequence (either 0: unchanged): answered once that is
+    /// applied, after which the group refuses every write of an older epoch
+    /// ([`Reply::Fenced`]) or an older sequence ([`Reply::Resequence`]). A new writer sends
+    /// it to every group of the volume before its first write; the manager, with the new
+    /// sequence, to every group of the volume when it takes a snapshot.
     Fence,
 }
 
@@ -94,6 +99,12 @@ pub struct Request {
     /// Bytes to write, read, zero or discard, at most [`MAX_IO`] (for
     /// [`Op::SnapChecksums`], blocks; for [`Op::SnapList`], chunks; 0 for [`Op::Fence`]).
     pub len: u32,
+    /// The volume's snapshot sequence (0: from before snapshots, read as 1). For a write,
+    /// zeroes or discard: the sequence the sender writes in (the layer the data goes to,
+    /// see [`crate::command`]), refused with [`Reply::Resequence`] once the group has a
+    /// newer one for the volume. For a read: the snapshot to read as of (0: the live
+    /// volume). For [`Op::Fence`]: the new sequence (0: unchanged).
+    pub seq: u64,
     /// The data of a write; empty for every other op.
     pub data: Bytes,
 }
@@ -119,6 +130,7 @@ impl Request {
             deadline_ms: 0,
             offset,
             len: data.len() as u32,
+            seq: 0,
             data,
         }
     }
@@ -133,6 +145,7 @@ impl Request {
             deadline_ms: 0,
             offset,
             len,
+            seq: 0,
             data: Bytes::new(),
         }
     }
@@ -163,6 +176,7 @@ impl Request {
         b.put_u64_le(self.deadline_ms);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
+        b.put_u64_le(self.seq);
         (b.freeze(), self.data.clone())
     }
 
@@ -207,14 +221,22 @@ impl Request {
                 "offset {offset} + len {len} overflows"
             )));
         }
+        let payload = if op == Op::Write { len as usize } else { 0 };
+        // A body from before `seq` (see the module doc) is exactly the old header and the
+        // payload; every other length must be the new header and the payload.
+        let seq = if r.remaining() == payload {
+            0
+        } else {
+            r.u64()?
+        };
         let data = if op == Op::Write {
-            if r.remaining() != len as usize {
+            if r.remaining() != payload {
                 return Err(DecodeError::Invalid(format!(
                     "write says {len} bytes but carries {}",
                     r.remaining()
                 )));
             }
-            body.slice(REQ_HEADER..)
+            body.slice(body.len() - payload..)
         } else {
             if r.remaining() != 0 {
                 return Err(DecodeError::Invalid("trailing bytes".into()));
@@ -229,6 +251,7 @@ impl Request {
             deadline_ms,
             offset,
             len,
+            seq,
             data,
         })
     }
@@ -271,6 +294,13 @@ pub enum Reply {
     /// The request's writer epoch is older than the volume's in the group (another client
     /// attached the volume since): not applied, and never will be.
     Fenced(String),
+    /// The request's snapshot sequence is older than the volume's in the group (a snapshot
+    /// was taken since): not applied, and never will be. The sender adopts `seq` for this
+    /// and every later request of the volume and sends the request again.
+    Resequence {
+        /// The volume's sequence in the group.
+        seq: u64,
+    },
 }
 
 impl Reply {
@@ -287,6 +317,7 @@ impl Reply {
             Reply::Unavailable(_) => 8,
             Reply::Expired(_) => 9,
             Reply::Fenced(_) => 10,
+            Reply::Resequence { .. } => 11,
         }
     }
 
@@ -305,6 +336,7 @@ impl Reply {
         match self {
             Reply::Ok(data) => b.extend_from_slice(data),
             Reply::NotLeader { hint } => b.put_u64_le(*hint),
+            Reply::Resequence { seq } => b.put_u64_le(*seq),
             Reply::GroupNotFound => {}
             Reply::OutOfRange(m)
             | Reply::DiskFull(m)
@@ -336,6 +368,7 @@ impl Reply {
             8 => Reply::Unavailable(msg(body)),
             9 => Reply::Expired(msg(body)),
             10 => Reply::Fenced(msg(body)),
+            11 => Reply::Resequence { seq: r.u64()? },
             other => return Err(DecodeError::Invalid(format!("reply status {other}"))),
         })
     }

@@ -159,6 +159,7 @@ mod tests {
         assert_eq!(f.admits(2, 1), Ok(()), "another volume");
         // A newer writer's write raises the floor like a fence.
         let cmd = Command {
+            seq: 0,
             op: CmdOp::Write,
             volume: 1,
             chunk: 0,

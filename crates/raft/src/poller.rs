@@ -513,6 +513,7 @@ impl Poller {
                             len: 0,
                             id: 0,
                             epoch: 0,
+                            seq: 0,
                             data: Bytes::new(),
                         };
                         let r: crate::Respond = match respond.take() {

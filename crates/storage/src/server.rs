@@ -192,6 +192,9 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             })
             .await
         }
+        StorageRequest::Apply { .. } => Err(ControlError::Invalid(
+            "group operations are not supported by this node yet".into(),
+        )),
     }
 }
 

@@ -166,6 +166,7 @@ impl Volume {
                 },
                 epoch,
                 id,
+                seq: 0,
                 // Not proposed after the attempt is given up on: its retry never races it.
                 deadline_ms: Request::deadline_in(CALL_TIMEOUT),
                 offset: p.offset,
@@ -194,6 +195,11 @@ impl Volume {
                 }
             };
             match reply {
+                Reply::Resequence { seq } => {
+                    return Err(Error::Invalid(format!(
+                        "the volume has snapshot sequence {seq}: not supported by this client yet"
+                    )));
+                }
                 Reply::Ok(d) => {
                     route.leader.store(node_id, Ordering::Relaxed);
                     // Applied, once: an earlier attempt of it arriving late is answered

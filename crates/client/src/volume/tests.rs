@@ -12,6 +12,9 @@ use super::*;
 
 fn vol(size: u64, chunk_size: u64) -> VolumeInfo {
     VolumeInfo {
+        seq: 0,
+        parent: None,
+        snapshots: Vec::new(),
         id: 1,
         name: "v".into(),
         size,
@@ -70,6 +73,7 @@ async fn fake_manager(mapped: Vec<u64>, old: bool) -> (String, Arc<std::sync::Mu
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let log = seen.clone();
     let route = |chunk| ChunkRoute {
+        seq: 0,
         chunk,
         group_id: 1,
         peers: vec![tessera_proto::control::PeerInfo {
@@ -209,6 +213,7 @@ async fn a_write_after_an_abandoned_one_waits_for_its_deadline() {
     let client = Client::offline();
     let cs = 1 << 20;
     let route = |chunk| ChunkRoute {
+        seq: 0,
         chunk,
         group_id: 1,
         peers: vec![tessera_proto::control::PeerInfo {

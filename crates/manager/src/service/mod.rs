@@ -203,6 +203,15 @@ impl Service {
             } => attach::check_route(&self.state, volume_id, epoch, true)
                 .and_then(|()| self.provision(volume_id, first_chunk, count, now)),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
+            ManagerRequest::CreateSnapshot { .. }
+            | ManagerRequest::ListSnapshots { .. }
+            | ManagerRequest::SnapshotInfo { .. }
+            | ManagerRequest::DeleteSnapshot { .. }
+            | ManagerRequest::CloneVolume { .. }
+            | ManagerRequest::RollbackVolume { .. }
+            | ManagerRequest::FlattenVolume { .. } => Err(ControlError::Invalid(
+                "snapshots are not supported by this manager yet".into(),
+            )),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {

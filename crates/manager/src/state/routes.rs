@@ -168,6 +168,7 @@ impl State {
                 .map(|g| self.peers(g))
                 .unwrap_or_default(),
             leader: None,
+            seq: 0,
         }
     }
 }

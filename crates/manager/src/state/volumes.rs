@@ -139,6 +139,9 @@ impl State {
                 since_unix: a.since_unix,
                 lease_left_ms: None,
             }),
+            seq: 0,
+            parent: None,
+            snapshots: Vec::new(),
         }
     }
 }

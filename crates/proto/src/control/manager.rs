@@ -9,11 +9,14 @@
 use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
+use super::SnapshotState;
+#[cfg(doc)]
 use super::{
     AttachmentInfo, ControlError, DEFAULT_CHUNK_SIZE, MAX_ROUTES_PER_PAGE, StorageRequest,
 };
 use super::{
-    ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage, VolumeInfo,
+    ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage, SnapshotInfo,
+    VolumeInfo,
 };
 
 /// A request to a manager: the JSON body of a [`crate::frame::Kind::Rpc`] frame, answered
@@ -182,6 +185,70 @@ pub enum ManagerRequest {
         /// The caller's writer epoch: it must be the volume's current one.
         epoch: u64,
     },
+    /// Take a snapshot of the volume now, answered with [`ManagerReply::Snapshot`] once it
+    /// is [`SnapshotState::Ready`]: the volume's sequence moves on and every group of the
+    /// volume is fenced with the new one, so the snapshot holds every write acknowledged
+    /// before the request and none sent after the answer; an attached writer is not
+    /// asked to pause (its writes in flight are refused with the new sequence and resent).
+    /// [`ControlError::AlreadyExists`] if the volume has a snapshot of that name (a
+    /// `Creating` one is finished instead), [`ControlError::Unavailable`] if a group cannot
+    /// be fenced in time (the snapshot stays `Creating`; asking again finishes it).
+    CreateSnapshot {
+        /// The volume.
+        volume: String,
+        /// The snapshot's name: the rules of a volume name.
+        name: String,
+    },
+    /// The snapshots of one volume, or of every volume (`None`), oldest first per volume,
+    /// answered with [`ManagerReply::Snapshots`].
+    ListSnapshots {
+        /// The volume (`None`: all).
+        #[serde(default)]
+        volume: Option<String>,
+    },
+    /// One snapshot, answered with [`ManagerReply::Snapshot`].
+    SnapshotInfo {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        name: String,
+    },
+    /// Delete a snapshot (answered [`ManagerReply::Deleted`]); refused with
+    /// [`ControlError::Conflict`] naming its clones while it has any.
+    DeleteSnapshot {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        name: String,
+    },
+    /// Make volume `name` from snapshot `volume@snapshot`: usable at once, reading through
+    /// to the snapshot until written or flattened. Answered with [`ManagerReply::Volume`];
+    /// [`ControlError::AlreadyExists`] if the name is taken.
+    CloneVolume {
+        /// The parent volume.
+        volume: String,
+        /// The parent's snapshot (it must be `Ready`).
+        snapshot: String,
+        /// The clone's name.
+        name: String,
+    },
+    /// Make the volume's live content its snapshot's again (its other snapshots are kept).
+    /// Refused with [`ControlError::Conflict`] while a client holds it read-write.
+    /// Answered with [`ManagerReply::Volume`] once done.
+    RollbackVolume {
+        /// The volume.
+        volume: String,
+        /// The snapshot to return to.
+        snapshot: String,
+    },
+    /// Copy every block a clone still reads from its parent into the clone, in the
+    /// background and rate limited, then cut the link (`volume info` shows progress).
+    /// Answered with [`ManagerReply::Volume`] once started; a volume that is no clone is
+    /// [`ControlError::Invalid`].
+    FlattenVolume {
+        /// The clone.
+        name: String,
+    },
     /// Nodes, groups and volume count as the manager leader sees them, answered with
     /// [`ManagerReply::Status`].
     ClusterStatus,
@@ -285,6 +352,11 @@ pub enum ManagerReply {
     Groups(RoutePage),
     /// The answer to [`ManagerRequest::ClusterStatus`] and [`ManagerRequest::DrainNode`].
     Status(ClusterStatus),
+    /// One snapshot: the answer to [`ManagerRequest::CreateSnapshot`] and
+    /// [`ManagerRequest::SnapshotInfo`].
+    Snapshot(SnapshotInfo),
+    /// The answer to [`ManagerRequest::ListSnapshots`].
+    Snapshots(Vec<SnapshotInfo>),
     /// The managers' group: voters and learners (being added, not counted for majorities
     /// until promoted), with their addresses (empty when unknown).
     Managers {
@@ -309,6 +381,9 @@ mod tests {
             mapped_chunks: 2,
             created_unix: 1_700_000_000,
             attachment: None,
+            seq: 3,
+            parent: None,
+            snapshots: Vec::new(),
         }
     }
 
@@ -321,6 +396,7 @@ mod tests {
                 addr: "n2:7500".into(),
             }],
             leader: Some(2),
+            seq: 3,
         }
     }
 
@@ -371,6 +447,32 @@ mod tests {
                 allocate: true,
                 epoch: 2,
             },
+            ManagerRequest::CreateSnapshot {
+                volume: name(),
+                name: "s1".into(),
+            },
+            ManagerRequest::ListSnapshots { volume: None },
+            ManagerRequest::ListSnapshots {
+                volume: Some(name()),
+            },
+            ManagerRequest::SnapshotInfo {
+                volume: name(),
+                name: "s1".into(),
+            },
+            ManagerRequest::DeleteSnapshot {
+                volume: name(),
+                name: "s1".into(),
+            },
+            ManagerRequest::CloneVolume {
+                volume: name(),
+                snapshot: "s1".into(),
+                name: "db2".into(),
+            },
+            ManagerRequest::RollbackVolume {
+                volume: name(),
+                snapshot: "s1".into(),
+            },
+            ManagerRequest::FlattenVolume { name: name() },
             ManagerRequest::ClusterStatus,
             ManagerRequest::DrainNode {
                 node_id: 2,
@@ -464,6 +566,7 @@ mod tests {
                 })
                 .collect(),
             leader: Some(u64::MAX),
+            seq: u64::MAX,
         }
     }
 
@@ -568,6 +671,9 @@ mod tests {
                 mapped_chunks: u64::MAX,
                 created_unix: u64::MAX,
                 attachment: None,
+                seq: u64::MAX,
+                parent: None,
+                snapshots: Vec::new(),
             },
             chunks: page.routes,
             more_groups: true,

@@ -15,6 +15,8 @@
 //!   [`NodeHeartbeat`] and the replica states inside.
 //! - `status`: the cluster status report, [`ClusterStatus`].
 //! - `volume`: a volume's record, [`VolumeInfo`].
+//! - `snapshot`: a volume's snapshots and a clone's parent, [`SnapshotInfo`] and
+//!   [`ParentInfo`], and the [`GroupOp`]s that take, clone, flatten and roll back.
 //! - `route`: where a chunk lives, [`ChunkRoute`], and the bounded [`RoutePage`].
 //! - `group`: a replica group's placement, [`GroupSpec`] and [`PeerInfo`].
 //! - `error`: how a request fails, [`ControlError`].
@@ -30,6 +32,7 @@ mod group;
 mod heartbeat;
 mod manager;
 mod route;
+mod snapshot;
 mod status;
 mod storage;
 mod volume;
@@ -42,6 +45,9 @@ pub use heartbeat::{
 };
 pub use manager::{ManagerReply, ManagerRequest};
 pub use route::{ChunkRoute, MAX_ROUTES_PER_PAGE, RoutePage};
+pub use snapshot::{GroupOp, ParentInfo, SnapshotInfo, SnapshotState};
 pub use status::{ClusterStatus, GroupStatus, NodeStatus, ReplicaStatus};
-pub use storage::{MAX_DROP_CHUNKS, MembershipState, PeerProgress, StorageReply, StorageRequest};
+pub use storage::{
+    MAX_DROP_CHUNKS, MAX_GROUP_OPS, MembershipState, PeerProgress, StorageReply, StorageRequest,
+};
 pub use volume::{AttachmentInfo, DEFAULT_CHUNK_SIZE, VolumeInfo};

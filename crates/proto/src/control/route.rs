@@ -28,6 +28,11 @@ pub struct ChunkRoute {
     /// The replica the manager believes leads the group (`None`: none known): the client
     /// sends there first and follows [`crate::data::Reply::NotLeader`] hints.
     pub leader: Option<u64>,
+    /// The volume's snapshot sequence when the route was answered (0: unknown, from a
+    /// manager before snapshots): a writer adopts it if it is newer than its own before it
+    /// writes the chunk (a chunk mapped after a snapshot was taken is in no fenced group).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A bounded page of routes ([`MAX_ROUTES_PER_PAGE`] at most) and where the next one starts.
@@ -54,6 +59,7 @@ mod tests {
                 addr: "h:1".into(),
             }],
             leader,
+            seq: 0,
         }
     }
 
@@ -76,7 +82,7 @@ mod tests {
         };
         assert_eq!(
             &encode(&page)[..],
-            br#"{"routes":[{"chunk":1,"group_id":3,"peers":[{"node_id":2,"addr":"h:1"}],"leader":2}],"next":3}"#
+            br#"{"routes":[{"chunk":1,"group_id":3,"peers":[{"node_id":2,"addr":"h:1"}],"leader":2,"seq":0}],"next":3}"#
         );
     }
 }

@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::ControlError;
-use super::{GroupSpec, NodeHeartbeat, PeerInfo};
+use super::{GroupOp, GroupSpec, NodeHeartbeat, PeerInfo};
 
 /// Most chunks one [`StorageRequest::DropChunks`] names (about 1.4 MiB of JSON at most): a
 /// deleted volume's chunks in a group are dropped in as many requests as needed.
 pub const MAX_DROP_CHUNKS: usize = 64 * 1024;
+/// Most ops one [`StorageRequest::Apply`] carries.
+pub const MAX_GROUP_OPS: usize = 4096;
 
 /// A manager's request to a storage node: the JSON body of a [`crate::frame::Kind::Rpc`]
 /// frame, answered with `Result<StorageReply, ControlError>`.
@@ -48,6 +50,16 @@ pub enum StorageRequest {
     HostGroup {
         /// The group and its members, as the manager placed them.
         spec: GroupSpec,
+    },
+    /// Leader only: propose `ops` through the group's log, in order, and answer
+    /// [`StorageReply::Done`] once the leader has applied every one (or
+    /// [`StorageReply::NotLeader`]). At most [`MAX_GROUP_OPS`]. Each op is idempotent: the
+    /// manager repeats a request whose answer it did not get.
+    Apply {
+        /// The group; the request goes to its leader.
+        group_id: u64,
+        /// What to propose.
+        ops: Vec<GroupOp>,
     },
     /// Leader only: hand the group's leadership to `to` (a voter).
     TransferLeader {
@@ -170,6 +182,13 @@ mod tests {
                 },
             },
             StorageRequest::TransferLeader { group_id: 3, to: 2 },
+            StorageRequest::Apply {
+                group_id: 3,
+                ops: vec![GroupOp::Unlink {
+                    volume_id: 4,
+                    chunk: 1,
+                }],
+            },
         ] {
             assert_round_trips(&req);
         }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::ManagerRequest;
+use super::{ParentInfo, SnapshotInfo};
 
 /// Default chunk size of a volume: 64 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
@@ -30,6 +31,17 @@ pub struct VolumeInfo {
     /// The read-write attachment, if a client holds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<AttachmentInfo>,
+    /// The volume's snapshot sequence: every write carries it ([`crate::data::Request::seq`]);
+    /// taking a snapshot records the current one and moves to the next. 0 from managers
+    /// before snapshots (read as 1).
+    #[serde(default)]
+    pub seq: u64,
+    /// The snapshot this volume was cloned from, until it is flattened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentInfo>,
+    /// Its snapshots, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotInfo>,
 }
 
 /// Who writes a volume.
@@ -61,6 +73,9 @@ mod tests {
             mapped_chunks: 7,
             created_unix: 1_700_000_000,
             attachment,
+            seq: 0,
+            parent: None,
+            snapshots: Vec::new(),
         }
     }
 

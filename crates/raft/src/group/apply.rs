@@ -225,6 +225,10 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
         CmdOp::DropChunk => chunks.drop_chunk(cmd.volume, cmd.chunk),
         // The floor was raised when the entry reached the log (see `fence.rs`).
         CmdOp::Fence => Ok(()),
+        CmdOp::Link | CmdOp::Flatten | CmdOp::Unlink | CmdOp::Rollback => {
+            tracing::error!(group, index = e.index, "{:?} is not supported yet", cmd.op);
+            Ok(())
+        }
     }
 }
 

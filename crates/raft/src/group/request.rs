@@ -156,6 +156,7 @@ impl Group {
             len: req.len,
             id: req.id,
             epoch: req.epoch,
+            seq: req.seq,
             data: req.data,
         };
         // Its id is noted when the entry reaches the log (`process_readies`, for every entry

@@ -66,6 +66,7 @@ fn writes(prev: u64, count: u64) -> Message {
             index,
             term: 6,
             data: Command {
+                seq: 0,
                 op: CmdOp::Write,
                 volume: 1,
                 chunk: 0,

@@ -298,6 +298,7 @@ fn acked(sent: &[(u64, Message)]) -> u64 {
 
 pub(super) fn read() -> Request {
     Request {
+        seq: 0,
         op: Op::Read,
         addr: ChunkAddr {
             group: GROUP,
