@@ -69,6 +69,36 @@ pub enum Op {
     /// it to every group of the volume before its first write; the manager, with the new
     /// sequence, to every group of the volume when it takes a snapshot.
     Fence,
+    /// Which of the `len` bytes at `offset` (whole blocks) hold data, as of snapshot `seq`
+    /// (0: live), served by the leader like a read: the answer is one [`BlockState`] byte
+    /// per block. Lets a frontend report holes and zeroes (NBD `base:allocation`).
+    BlockStatus,
+}
+
+/// What one block of a chunk holds, as [`Op::BlockStatus`] answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BlockState {
+    /// Never written (nor provisioned), in the chunk and every parent it reads through to:
+    /// reads as zeroes and takes no space.
+    Hole = 0,
+    /// Written as zeroes (zeroes, discard over a parent's data, or data that is all zero):
+    /// reads as zeroes.
+    Zero = 1,
+    /// Holds data.
+    Data = 2,
+}
+
+impl BlockState {
+    /// The state a byte of an [`Op::BlockStatus`] answer names (`None`: not a state).
+    pub fn from_byte(b: u8) -> Option<BlockState> {
+        match b {
+            0 => Some(BlockState::Hole),
+            1 => Some(BlockState::Zero),
+            2 => Some(BlockState::Data),
+            _ => None,
+        }
+    }
 }
 
 /// One data-plane request.
@@ -161,6 +191,7 @@ impl Request {
             Op::SnapChecksums => Kind::SnapChecksums,
             Op::SnapRead => Kind::SnapRead,
             Op::Fence => Kind::Fence,
+            Op::BlockStatus => Kind::BlockStatus,
         }
     }
 
@@ -197,6 +228,7 @@ impl Request {
             Kind::SnapChecksums => Op::SnapChecksums,
             Kind::SnapRead => Op::SnapRead,
             Kind::Fence => Op::Fence,
+            Kind::BlockStatus => Op::BlockStatus,
             other => return Err(DecodeError::UnknownKind(other as u8)),
         };
         let mut r = Reader::new(body);

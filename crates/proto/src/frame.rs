@@ -50,6 +50,8 @@ pub enum Kind {
     SnapRead = 7,
     /// Data plane: a new writer fences a group ([`crate::data::Op::Fence`]).
     Fence = 8,
+    /// Data plane: which blocks of a range hold data ([`crate::data::Op::BlockStatus`]).
+    BlockStatus = 9,
     /// Data plane reply to any of the above: a [`crate::data::Reply`].
     Reply = 0x80,
     /// Node to node: a batch of Raft messages of many groups ([`crate::data::RaftBatch`]).
@@ -75,6 +77,7 @@ impl TryFrom<u8> for Kind {
             6 => Kind::SnapChecksums,
             7 => Kind::SnapRead,
             8 => Kind::Fence,
+            9 => Kind::BlockStatus,
             0x80 => Kind::Reply,
             16 => Kind::RaftBatch,
             17 => Kind::ManagerRaft,
@@ -279,7 +282,7 @@ mod tests {
         assert!(matches!(decode(&mut buf), Err(DecodeError::BadMagic(_))));
     }
 
-    const KINDS: [Kind; 13] = [
+    const KINDS: [Kind; 14] = [
         Kind::Write,
         Kind::Read,
         Kind::WriteZeroes,
@@ -288,6 +291,7 @@ mod tests {
         Kind::SnapChecksums,
         Kind::SnapRead,
         Kind::Fence,
+        Kind::BlockStatus,
         Kind::Reply,
         Kind::RaftBatch,
         Kind::ManagerRaft,

@@ -82,7 +82,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
         };
         match f.kind {
-            Kind::Write | Kind::Read | Kind::WriteZeroes | Kind::Discard | Kind::Fence => {
+            Kind::Write
+            | Kind::Read
+            | Kind::WriteZeroes
+            | Kind::Discard
+            | Kind::Fence
+            | Kind::BlockStatus => {
                 let id = f.request_id;
                 match Request::decode(f.kind, &f.body) {
                     Ok(req) => {

@@ -141,7 +141,7 @@ fn raft_batch_round_trips_and_rejects_lies() {
     }
 }
 
-const OPS: [Op; 8] = [
+const OPS: [Op; 9] = [
     Op::Write,
     Op::Read,
     Op::WriteZeroes,
@@ -150,6 +150,7 @@ const OPS: [Op; 8] = [
     Op::SnapChecksums,
     Op::SnapRead,
     Op::Fence,
+    Op::BlockStatus,
 ];
 
 fn request(op: Op) -> Request {
@@ -250,4 +251,12 @@ fn an_empty_raft_batch_round_trips_and_trailing_bytes_are_refused() {
     let mut trailing = enc.to_vec();
     trailing.push(1);
     assert!(RaftBatch::decode(&Bytes::from(trailing)).is_err());
+}
+
+#[test]
+fn block_states_are_one_byte_each() {
+    for s in [BlockState::Hole, BlockState::Zero, BlockState::Data] {
+        assert_eq!(BlockState::from_byte(s as u8), Some(s));
+    }
+    assert_eq!(BlockState::from_byte(3), None);
 }

@@ -71,6 +71,12 @@ impl Group {
             Op::Discard => CmdOp::Discard,
             Op::Fence => CmdOp::Fence,
             Op::Read => unreachable!("reads returned above"),
+            Op::BlockStatus => {
+                respond(Reply::BadRequest(
+                    "block status is not supported by this node yet".into(),
+                ));
+                return;
+            }
             Op::SnapList | Op::SnapChecksums | Op::SnapRead => {
                 respond(Reply::BadRequest(
                     "snapshot transfers are served by the data port, not by Raft".into(),
