@@ -26,6 +26,7 @@
 //! checksums), `torn` the blocks a full disk left torn.
 
 mod budget;
+mod layers;
 mod layout;
 mod open_files;
 mod sys;
@@ -35,6 +36,7 @@ mod torn;
 mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
+pub use layers::{BlockKind, LayerKey, layer_of};
 pub use layout::{BLOCK_SIZE, MAX_CHUNK};
 
 use std::collections::{HashMap, HashSet};
