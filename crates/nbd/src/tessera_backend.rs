@@ -9,7 +9,7 @@ use crate::backend::{Access, Backend, BackendError, Export};
 impl From<Error> for BackendError {
     fn from(err: Error) -> Self {
         match err {
-            Error::VolumeNotFound(name) => BackendError::NotFound(name),
+            Error::VolumeNotFound(name) | Error::NotFound(name) => BackendError::NotFound(name),
             e @ Error::OutOfRange { .. } => BackendError::OutOfRange(e.to_string()),
             Error::DiskFull(m) => BackendError::NoSpace(m),
             Error::Invalid(m) => BackendError::Invalid(m),
