@@ -3,8 +3,9 @@
 
 use bytes::Bytes;
 use tessera_client::{Client, Error, Volume};
+use tessera_proto::data::BlockState;
 
-use crate::backend::{Access, Backend, BackendError, Export};
+use crate::backend::{Access, Allocation, Backend, BackendError, Export, Extent};
 
 impl From<Error> for BackendError {
     fn from(err: Error) -> Self {
@@ -36,9 +37,11 @@ impl Backend for Client {
     }
 
     /// A read-write open attaches the volume for this gateway's client: every connection
-    /// of the gateway to the volume shares the attachment (NBD multi-connection).
+    /// of the gateway to the volume shares the attachment (NBD multi-connection). A
+    /// snapshot (`VOL@SNAP`) is opened read-only whatever the access: it never changes.
     async fn open(&self, name: &str, access: Access) -> Result<Volume, BackendError> {
         Ok(match access {
+            _ if name.contains('@') => Client::open_read_only(self, name).await?,
             Access::Info => Client::open_read_only(self, name).await?,
             Access::ReadWrite => Client::open(self, name).await?,
         })
@@ -93,6 +96,21 @@ impl Export for Volume {
 
     async fn flush(&self) -> Result<(), BackendError> {
         Ok(Volume::flush(self).await?)
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BackendError> {
+        let extents = Volume::block_status(self, offset, len).await?;
+        Ok(extents
+            .into_iter()
+            .map(|e| Extent {
+                len: e.len,
+                state: match e.state {
+                    BlockState::Hole => Allocation::Hole,
+                    BlockState::Zero => Allocation::Zero,
+                    BlockState::Data => Allocation::Data,
+                },
+            })
+            .collect())
     }
 }
 
