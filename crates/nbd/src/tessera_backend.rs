@@ -98,8 +98,21 @@ impl Export for Volume {
         Ok(Volume::flush(self).await?)
     }
 
+    /// A storage node from before block status refuses it as a bad request (the range
+    /// itself was checked): the range is then reported as data, the answer that is never
+    /// wrong, so `qemu-img map` works during an upgrade.
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BackendError> {
-        let extents = Volume::block_status(self, offset, len).await?;
+        let extents = match Volume::block_status(self, offset, len).await {
+            Ok(e) => e,
+            Err(Error::Invalid(m)) => {
+                tracing::debug!(volume = self.name(), "block status refused ({m}): all data");
+                return Ok(vec![Extent {
+                    len,
+                    state: Allocation::Data,
+                }]);
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(extents
             .into_iter()
             .map(|e| Extent {
