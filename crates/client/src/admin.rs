@@ -375,6 +375,74 @@ mod tests {
         }
     }
 
+    /// Volume `db1` with snapshot `ready` (sequence 3, taken at 1 MiB) and `creating`.
+    fn snapshots(req: ManagerRequest) -> std::result::Result<ManagerReply, ControlError> {
+        let snap = |name: &str, state| tessera_proto::control::SnapshotInfo {
+            volume: "db1".into(),
+            volume_id: 1,
+            name: name.into(),
+            seq: 3,
+            created_unix: 0,
+            state,
+            clones: Vec::new(),
+            size: 1 << 20,
+        };
+        match req {
+            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+            ManagerRequest::SnapshotInfo { name, .. } if name == "ready" => Ok(
+                ManagerReply::Snapshot(snap("ready", tessera_proto::control::SnapshotState::Ready)),
+            ),
+            ManagerRequest::SnapshotInfo { name, .. } if name == "creating" => {
+                Ok(ManagerReply::Snapshot(snap(
+                    "creating",
+                    tessera_proto::control::SnapshotState::Creating,
+                )))
+            }
+            ManagerRequest::OpenVolume { .. } => Ok(ManagerReply::Opened {
+                volume: VolumeInfo {
+                    id: 1,
+                    name: "db1".into(),
+                    size: 4 << 20,
+                    chunk_size: 1 << 20,
+                    mapped_chunks: 0,
+                    created_unix: 0,
+                    attachment: None,
+                    seq: 4,
+                    parent: None,
+                    snapshots: Vec::new(),
+                },
+                chunks: Vec::new(),
+                more_groups: false,
+            }),
+            _ => Err(ControlError::NotFound("snapshot not found".into())),
+        }
+    }
+
+    /// `VOL@SNAP` opens a ready snapshot read-only, at its size; one still being created
+    /// is not readable; a malformed name is refused before anything is asked.
+    #[tokio::test]
+    async fn snapshots_open_read_only_once_ready() {
+        let client = Client::connect(vec![fake_manager(snapshots).await])
+            .await
+            .expect("connect");
+        let v = client.open_read_only("db1@ready").await.expect("ready");
+        assert_eq!(v.size(), 1 << 20);
+        assert_eq!(v.snapshot_info().map(|s| s.seq), Some(3));
+        assert_eq!(v.epoch(), None);
+        let e = v
+            .write(0, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+        let e = client.open_read_only("db1@creating").await.err().unwrap();
+        assert!(
+            matches!(&e, Error::Unavailable(m) if m.contains("being created")),
+            "{e}"
+        );
+        let e = client.open_read_only("db1@a@b").await.err().unwrap();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+    }
+
     #[tokio::test]
     async fn refusals_arrive_typed_and_classed() {
         let client = Client::connect(vec![fake_manager(refuses).await])

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Cluster, Opts};
+use tessera_nbd::testing::{Conn, EPERM, FLAG_READ_ONLY};
 use tessera_proto::control::{SnapshotInfo, SnapshotState, VolumeInfo};
 
 const MIB: u64 = 1 << 20;
@@ -163,7 +164,15 @@ async fn a_snapshot_keeps_old_data_and_a_clone_reads_it_until_written() {
         ],
     )
     .unwrap();
-    // The snapshot export is read-only.
+    // The snapshot export is read-only: so flagged, and writes get EPERM.
+    let (mut conn, size, flags) = Conn::open(gw.addr(), "base@s1", false)
+        .await
+        .expect("open the snapshot export");
+    assert_eq!(size, 64 * MIB);
+    assert_ne!(flags & FLAG_READ_ONLY, 0, "flags {flags:#x}");
+    assert_eq!(conn.write(0, &[0xee; 4096]).await.unwrap(), EPERM);
+    assert_eq!(conn.read(0, 4096).await.unwrap().unwrap(), vec![0xaa; 4096]);
+    conn.close().await;
     let refused = qemu_io(&snap, &["write -P 0xee 0 4k"]).expect_err("a snapshot is read-only");
     assert!(
         refused.contains("ermission")
