@@ -1,13 +1,16 @@
 //! Typed administrative calls to the manager: create, list, inspect, resize, delete and
-//! detach volumes; the cluster's status; draining nodes; adding managers. What the CLI
-//! (and any other operator tool) sends, one method each.
+//! detach volumes; take, list, inspect and delete snapshots; clone, roll back and flatten
+//! volumes; the cluster's status; draining nodes; adding managers. What the CLI (and any
+//! other operator tool) sends, one method each.
 //!
 //! Must never: ignore a reply of the wrong kind (it is [`Error::UnexpectedReply`]); retry a
 //! refusal (the manager decided; the caller is told).
 
-use tessera_proto::control::{ClusterStatus, ManagerReply, ManagerRequest, NodeStatus, VolumeInfo};
+use tessera_proto::control::{
+    ClusterStatus, ManagerReply, ManagerRequest, NodeStatus, SnapshotInfo, VolumeInfo,
+};
 
-use crate::error::{unexpected, volume_error};
+use crate::error::{snapshot_error, unexpected, volume_error};
 use crate::{Client, Error, Result};
 
 /// The managers' Raft group, as [`Client::add_manager`] leaves it.
@@ -124,6 +127,115 @@ impl Client {
         Ok(fence_epoch)
     }
 
+    /// Takes snapshot `name` of `volume` now: returns once it is ready. Every write
+    /// acknowledged before the call is in it, none sent after it returns; a writer attached
+    /// meanwhile is not paused (see the crate doc). [`Error::AlreadyExists`] if the volume
+    /// has a snapshot of that name (one left being created is finished instead),
+    /// [`Error::Unavailable`] if a group could not be reached in time (asking again
+    /// finishes it).
+    pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotInfo> {
+        let req = ManagerRequest::CreateSnapshot {
+            volume: volume.into(),
+            name: name.into(),
+        };
+        self.snapshot_call("CreateSnapshot", &req).await
+    }
+
+    /// The snapshots of `volume`, or of every volume (`None`), oldest first per volume.
+    pub async fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let req = ManagerRequest::ListSnapshots {
+            volume: volume.map(str::to_string),
+        };
+        match self.call(&req).await {
+            Ok(ManagerReply::Snapshots(s)) => Ok(s),
+            Ok(other) => Err(unexpected("ListSnapshots", &other)),
+            Err(e) => Err(snapshot_error(e)),
+        }
+    }
+
+    /// One snapshot: its sequence, state, size and clones.
+    pub async fn snapshot_info(&self, volume: &str, name: &str) -> Result<SnapshotInfo> {
+        let req = ManagerRequest::SnapshotInfo {
+            volume: volume.into(),
+            name: name.into(),
+        };
+        self.snapshot_call("SnapshotInfo", &req).await
+    }
+
+    /// Deletes a snapshot; refused while volumes are cloned from it (the error names them).
+    pub async fn delete_snapshot(&self, volume: &str, name: &str) -> Result<()> {
+        let req = ManagerRequest::DeleteSnapshot {
+            volume: volume.into(),
+            name: name.into(),
+        };
+        match self.call(&req).await {
+            Ok(ManagerReply::Deleted) => Ok(()),
+            Ok(other) => Err(unexpected("DeleteSnapshot", &other)),
+            Err(e) => Err(snapshot_error(e)),
+        }
+    }
+
+    /// Makes volume `name` from snapshot `volume@snapshot`: usable at once, reading the
+    /// snapshot's data until written over (or flattened). [`Error::AlreadyExists`] if the
+    /// name is taken.
+    pub async fn clone_volume(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        name: &str,
+    ) -> Result<VolumeInfo> {
+        let req = ManagerRequest::CloneVolume {
+            volume: volume.into(),
+            snapshot: snapshot.into(),
+            name: name.into(),
+        };
+        self.volume_call("CloneVolume", &req).await
+    }
+
+    /// Makes `volume`'s content its snapshot `snapshot`'s again (every snapshot is kept).
+    /// Refused ([`Error::InUse`], naming the holder) while a client holds it read-write.
+    pub async fn rollback_volume(&self, volume: &str, snapshot: &str) -> Result<VolumeInfo> {
+        let req = ManagerRequest::RollbackVolume {
+            volume: volume.into(),
+            snapshot: snapshot.into(),
+        };
+        match self.volume_call("RollbackVolume", &req).await {
+            Err(Error::Control(tessera_proto::control::ControlError::Conflict(m))) => {
+                Err(Error::InUse(m))
+            }
+            other => other,
+        }
+    }
+
+    /// Starts copying into clone `name` everything it still reads from its parent, in the
+    /// background; [`VolumeInfo::parent`] shows the progress, and is cleared when done.
+    pub async fn flatten_volume(&self, name: &str) -> Result<VolumeInfo> {
+        let req = ManagerRequest::FlattenVolume { name: name.into() };
+        self.volume_call("FlattenVolume", &req).await
+    }
+
+    /// A snapshot request answered with one snapshot.
+    async fn snapshot_call(
+        &self,
+        kind: &'static str,
+        req: &ManagerRequest,
+    ) -> Result<SnapshotInfo> {
+        match self.call(req).await {
+            Ok(ManagerReply::Snapshot(s)) => Ok(s),
+            Ok(other) => Err(unexpected(kind, &other)),
+            Err(e) => Err(snapshot_error(e)),
+        }
+    }
+
+    /// A snapshot request answered with one volume.
+    async fn volume_call(&self, kind: &'static str, req: &ManagerRequest) -> Result<VolumeInfo> {
+        match self.call(req).await {
+            Ok(ManagerReply::Volume(v)) => Ok(v),
+            Ok(other) => Err(unexpected(kind, &other)),
+            Err(e) => Err(snapshot_error(e)),
+        }
+    }
+
     /// Nodes, racks and replica groups with their leaders, as the manager leader sees them.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         match self.call(&ManagerRequest::ClusterStatus).await? {
@@ -217,6 +329,20 @@ mod tests {
             "the manager answered ResizeVolume with an unexpected Deleted reply"
         );
         assert!(client.add_manager(2, "10.0.0.2:7400").await.is_err());
+        for e in [
+            client.create_snapshot("db1", "s1").await.map(|_| ()),
+            client.snapshot_info("db1", "s1").await.map(|_| ()),
+            client.list_snapshots(None).await.map(|_| ()),
+            client.clone_volume("db1", "s1", "db2").await.map(|_| ()),
+            client.rollback_volume("db1", "s1").await.map(|_| ()),
+            client.flatten_volume("db2").await.map(|_| ()),
+        ] {
+            assert!(matches!(e, Err(Error::UnexpectedReply { reply, .. }) if reply == "Deleted"));
+        }
+        client
+            .delete_snapshot("db1", "s1")
+            .await
+            .expect("the right kind");
         assert!(client.drain_node(1, false).await.is_err());
         assert!(client.create_volume("db2", 1 << 30, None).await.is_err());
     }
@@ -233,8 +359,88 @@ mod tests {
             ManagerRequest::DrainNode { node_id, .. } => {
                 Err(ControlError::NotFound(format!("node {node_id} not found")))
             }
+            ManagerRequest::SnapshotInfo { volume, name } => Err(ControlError::NotFound(format!(
+                "snapshot \"{volume}@{name}\" not found"
+            ))),
+            ManagerRequest::CreateSnapshot { volume, name } => Err(ControlError::AlreadyExists(
+                format!("snapshot \"{volume}@{name}\" already exists"),
+            )),
+            ManagerRequest::DeleteSnapshot { volume, name } => Err(ControlError::Conflict(
+                format!("snapshot \"{volume}@{name}\" has clones: db2, db3"),
+            )),
+            ManagerRequest::RollbackVolume { .. } => {
+                Err(ControlError::Conflict("attached read-write by vm7".into()))
+            }
             _ => Err(ControlError::NotFound("volume \"nope\" not found".into())),
         }
+    }
+
+    /// Volume `db1` with snapshot `ready` (sequence 3, taken at 1 MiB) and `creating`.
+    fn snapshots(req: ManagerRequest) -> std::result::Result<ManagerReply, ControlError> {
+        let snap = |name: &str, state| tessera_proto::control::SnapshotInfo {
+            volume: "db1".into(),
+            volume_id: 1,
+            name: name.into(),
+            seq: 3,
+            created_unix: 0,
+            state,
+            clones: Vec::new(),
+            size: 1 << 20,
+        };
+        match req {
+            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+            ManagerRequest::SnapshotInfo { name, .. } if name == "ready" => Ok(
+                ManagerReply::Snapshot(snap("ready", tessera_proto::control::SnapshotState::Ready)),
+            ),
+            ManagerRequest::SnapshotInfo { name, .. } if name == "creating" => {
+                Ok(ManagerReply::Snapshot(snap(
+                    "creating",
+                    tessera_proto::control::SnapshotState::Creating,
+                )))
+            }
+            ManagerRequest::OpenVolume { .. } => Ok(ManagerReply::Opened {
+                volume: VolumeInfo {
+                    id: 1,
+                    name: "db1".into(),
+                    size: 4 << 20,
+                    chunk_size: 1 << 20,
+                    mapped_chunks: 0,
+                    created_unix: 0,
+                    attachment: None,
+                    seq: 4,
+                    parent: None,
+                    snapshots: Vec::new(),
+                },
+                chunks: Vec::new(),
+                more_groups: false,
+            }),
+            _ => Err(ControlError::NotFound("snapshot not found".into())),
+        }
+    }
+
+    /// `VOL@SNAP` opens a ready snapshot read-only, at its size; one still being created
+    /// is not readable; a malformed name is refused before anything is asked.
+    #[tokio::test]
+    async fn snapshots_open_read_only_once_ready() {
+        let client = Client::connect(vec![fake_manager(snapshots).await])
+            .await
+            .expect("connect");
+        let v = client.open_read_only("db1@ready").await.expect("ready");
+        assert_eq!(v.size(), 1 << 20);
+        assert_eq!(v.snapshot_info().map(|s| s.seq), Some(3));
+        assert_eq!(v.epoch(), None);
+        let e = v
+            .write(0, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+        let e = client.open_read_only("db1@creating").await.err().unwrap();
+        assert!(
+            matches!(&e, Error::Unavailable(m) if m.contains("being created")),
+            "{e}"
+        );
+        let e = client.open_read_only("db1@a@b").await.err().unwrap();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
     }
 
     #[tokio::test]
@@ -260,5 +466,34 @@ mod tests {
         assert_eq!(e.class(), crate::ErrorClass::Refused);
         let e = client.drain_node(9, false).await.expect_err("no such node");
         assert_eq!(e.class(), crate::ErrorClass::NotFound);
+
+        let e = client
+            .snapshot_info("db1", "s9")
+            .await
+            .expect_err("missing");
+        assert_eq!(e.to_string(), "snapshot \"db1@s9\" not found");
+        assert_eq!(e.class(), crate::ErrorClass::NotFound);
+        let e = client
+            .open_snapshot("db1", "s9")
+            .await
+            .err()
+            .expect("missing");
+        assert_eq!(e.class(), crate::ErrorClass::NotFound);
+        let e = client
+            .create_snapshot("db1", "s1")
+            .await
+            .expect_err("taken");
+        assert_eq!(e.class(), crate::ErrorClass::AlreadyExists);
+        let e = client
+            .delete_snapshot("db1", "s1")
+            .await
+            .expect_err("clones");
+        assert_eq!(e.class(), crate::ErrorClass::Refused);
+        assert!(e.to_string().contains("db2, db3"), "{e}");
+        let e = client
+            .rollback_volume("db1", "s1")
+            .await
+            .expect_err("attached");
+        assert!(matches!(&e, Error::InUse(m) if m.contains("vm7")), "{e:?}");
     }
 }

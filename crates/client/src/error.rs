@@ -13,7 +13,11 @@ pub enum Error {
     /// No volume has this name.
     #[error("volume \"{0}\" not found")]
     VolumeNotFound(String),
-    /// A volume of this name exists already (the manager's message names it).
+    /// What a snapshot request names does not exist: the volume, or its snapshot (the
+    /// manager's message says which).
+    #[error("{0}")]
+    NotFound(String),
+    /// A volume (or snapshot) of this name exists already (the manager's message names it).
     #[error("{0}")]
     AlreadyExists(String),
     /// A request reaches past the end of the volume.
@@ -107,7 +111,7 @@ impl Error {
     /// This error's class.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::VolumeNotFound(_) => ErrorClass::NotFound,
+            Error::VolumeNotFound(_) | Error::NotFound(_) => ErrorClass::NotFound,
             Error::AlreadyExists(_) => ErrorClass::AlreadyExists,
             Error::OutOfRange { .. } | Error::Invalid(_) => ErrorClass::Invalid,
             Error::InUse(_) | Error::Fenced(_) | Error::ReadOnly(_) => ErrorClass::Refused,
@@ -153,6 +157,18 @@ pub(crate) fn volume_error(name: &str, e: Error) -> Error {
         Error::Control(ControlError::NotFound(_)) => Error::VolumeNotFound(name.into()),
         Error::Control(ControlError::AlreadyExists(m)) => Error::AlreadyExists(m),
         Error::Control(ControlError::Conflict(m)) => Error::InUse(m),
+        e => e,
+    }
+}
+
+/// A manager's refusal of a request about a snapshot or a clone, in the caller's terms:
+/// the manager's message names the volume or snapshot missing or taken, and a conflict
+/// (clones of a snapshot, a writer attached) is kept as it is, a refusal whose message
+/// says what stands in the way.
+pub(crate) fn snapshot_error(e: Error) -> Error {
+    match e {
+        Error::Control(ControlError::NotFound(m)) => Error::NotFound(m),
+        Error::Control(ControlError::AlreadyExists(m)) => Error::AlreadyExists(m),
         e => e,
     }
 }

@@ -12,6 +12,11 @@
 //!   [`Client::delete_volume`], [`Client::detach`], [`Client::cluster_status`],
 //!   [`Client::drain_node`], [`Client::add_manager`]. A reply of the wrong kind is
 //!   [`Error::UnexpectedReply`], never ignored.
+//! - Snapshots and clones: [`Client::create_snapshot`], [`Client::list_snapshots`],
+//!   [`Client::snapshot_info`], [`Client::delete_snapshot`], [`Client::clone_volume`],
+//!   [`Client::rollback_volume`], [`Client::flatten_volume`]; [`Client::open_snapshot`]
+//!   (or [`Client::open_read_only`] of `"VOL@SNAP"`) reads one; [`Volume::block_status`]
+//!   tells holes, zeroes and data apart.
 //! - Whole-volume copies: [`Client::import_from`] a reader, [`Volume::export_to`] a file.
 //! - Every [`Error`] has an [`ErrorClass`] (what the caller can do: retry later, give up,
 //!   fix the request), which the `tessera` binary turns into its exit code.
@@ -35,6 +40,13 @@
 //! process dies). A holder whose attachment was ended (an operator's forced detach, or its
 //! lease lost while it was cut off) gets [`Error::Fenced`] for its writes. Handles of one
 //! [`Client`] to one volume share one attachment.
+//!
+//! **Snapshot sequences.** Every write carries the volume's snapshot sequence as this client
+//! knows it (from the volume's record at open, raised by every route and by every group
+//! that refuses a write as older than a snapshot it was fenced with): one per volume,
+//! shared by every handle of this client, only ever raised. A refused write is resent at
+//! once with the new sequence, so taking a snapshot costs a writer one round trip, never
+//! an error (see `volume/retry.rs`).
 //!
 //! Must never: acknowledge a write before the storage node did; turn a definite storage
 //! answer (disk full, corrupt data, out of range) into a silent retry loop; answer a write
@@ -62,18 +74,19 @@ mod transfer;
 mod volume;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tessera_proto::control::{ManagerReply, ManagerRequest};
+use tessera_proto::control::{ManagerReply, ManagerRequest, SnapshotState};
 use tessera_proto::data::MAX_IO as WIRE_MAX_IO;
 
-use crate::error::{unexpected, volume_error};
+use crate::error::{snapshot_error, unexpected, volume_error};
 
 pub use admin::ManagerMembers;
 pub use error::{Error, ErrorClass, Result};
 pub use transfer::Copied;
-pub use volume::Volume;
+pub use volume::{Extent, Volume};
 
 /// Largest piece sent in one request.
 pub const MAX_IO: u64 = WIRE_MAX_IO as u64;
@@ -99,6 +112,9 @@ struct ClientInner {
     /// Held across an attach, and by a detach from when it is decided until it is done:
     /// the two never cross.
     attach_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Each open volume's snapshot sequence, by volume id, shared by every handle of this
+    /// client to it (see the crate doc).
+    seqs: Mutex<HashMap<u64, Weak<AtomicU64>>>,
 }
 
 impl Client {
@@ -124,6 +140,7 @@ impl Client {
                 name: client_name(label),
                 attached: Mutex::new(HashMap::new()),
                 attach_gate: Arc::default(),
+                seqs: Mutex::new(HashMap::new()),
             }),
         };
         c.list_volumes().await?;
@@ -140,6 +157,7 @@ impl Client {
                 name: "test".into(),
                 attached: Mutex::new(HashMap::new()),
                 attach_gate: Arc::default(),
+                seqs: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -160,10 +178,35 @@ impl Client {
             })
     }
 
+    /// The snapshot sequence of volume `id` shared by this client's handles to it, raised
+    /// to at least `seen`.
+    pub(crate) fn volume_seq(&self, id: u64, seen: u64) -> Arc<AtomicU64> {
+        let Ok(mut m) = self.inner.seqs.lock() else {
+            return Arc::new(AtomicU64::new(seen));
+        };
+        let seq = match m.get(&id).and_then(Weak::upgrade) {
+            Some(seq) => seq,
+            None => {
+                m.retain(|_, w| w.strong_count() > 0);
+                let seq = Arc::new(AtomicU64::new(seen));
+                m.insert(id, Arc::downgrade(&seq));
+                seq
+            }
+        };
+        seq.fetch_max(seen, Ordering::AcqRel);
+        seq
+    }
+
     /// Opens `name` to read and write it: attaches it (see the crate doc), fences its
     /// groups with the new writer epoch, and returns once writes are safe to send.
-    /// [`Error::InUse`] while another client holds it.
+    /// [`Error::InUse`] while another client holds it; [`Error::ReadOnly`] for a snapshot
+    /// (`VOL@SNAP`).
     pub async fn open(&self, name: &str) -> Result<Volume> {
+        if name.contains('@') {
+            return Err(Error::ReadOnly(format!(
+                "\"{name}\" names a snapshot, which is read-only"
+            )));
+        }
         let req = ManagerRequest::AttachVolume {
             name: name.into(),
             client: self.inner.name.clone(),
@@ -192,8 +235,13 @@ impl Client {
     }
 
     /// Opens `name` to read it: no attachment, any number of readers; writes fail with
-    /// [`Error::ReadOnly`].
+    /// [`Error::ReadOnly`]. `VOL@SNAP` opens snapshot `SNAP` of volume `VOL` (see
+    /// [`Client::open_snapshot`]).
     pub async fn open_read_only(&self, name: &str) -> Result<Volume> {
+        if name.contains('@') {
+            let (volume, snapshot) = split_snapshot_name(name)?;
+            return self.open_snapshot(volume, snapshot).await;
+        }
         match self
             .call(&ManagerRequest::OpenVolume {
                 name: name.into(),
@@ -206,6 +254,41 @@ impl Client {
             }
             Ok(other) => Err(unexpected("OpenVolume", &other)),
             Err(e) => Err(volume_error(name, e)),
+        }
+    }
+
+    /// Opens snapshot `snapshot` of `volume` to read it, as it was when it was taken (its
+    /// size then, too): any number of readers, writes fail with [`Error::ReadOnly`].
+    /// [`Error::NotFound`] if either does not exist, [`Error::Unavailable`] while the
+    /// snapshot is still being created (taking it again with the same name finishes it).
+    pub async fn open_snapshot(&self, volume: &str, snapshot: &str) -> Result<Volume> {
+        let snap = self.snapshot_info(volume, snapshot).await?;
+        if snap.state != SnapshotState::Ready {
+            return Err(Error::Unavailable(format!(
+                "snapshot \"{volume}@{snapshot}\" is still being created (take it again to \
+                 finish it)"
+            )));
+        }
+        match self
+            .call(&ManagerRequest::OpenVolume {
+                name: volume.into(),
+                paged: true,
+            })
+            .await
+        {
+            // The same volume, not one deleted and made again under its name.
+            Ok(ManagerReply::Opened { volume: info, .. }) if info.id != snap.volume_id => {
+                Err(Error::NotFound(format!(
+                    "snapshot \"{volume}@{snapshot}\" not found (the volume was replaced)"
+                )))
+            }
+            Ok(ManagerReply::Opened {
+                volume: info,
+                chunks,
+                ..
+            }) => Ok(Volume::snapshot(self.clone(), info, chunks, snap)),
+            Ok(other) => Err(unexpected("OpenVolume", &other)),
+            Err(e) => Err(snapshot_error(e)),
         }
     }
 
@@ -235,6 +318,24 @@ impl Client {
     }
 }
 
+/// Splits `VOL@SNAP` into the volume's and the snapshot's names: exactly one `@`, with a
+/// name on each side ([`Error::Invalid`] otherwise, saying what is wrong). The names
+/// themselves are the manager's to check.
+pub fn split_snapshot_name(spec: &str) -> Result<(&str, &str)> {
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "\"{spec}\" is not VOLUME@SNAPSHOT: {why}"
+        )))
+    };
+    match spec.split_once('@') {
+        None => bad("no '@'"),
+        Some((_, snap)) if snap.contains('@') => bad("more than one '@'"),
+        Some(("", _)) => bad("the volume name is empty"),
+        Some((_, "")) => bad("the snapshot name is empty"),
+        Some(parts) => Ok(parts),
+    }
+}
+
 /// `label` on this host and process, with a random instance id: two clients never share
 /// a name, so the manager never takes one for the other.
 fn client_name(label: &str) -> String {
@@ -249,4 +350,52 @@ fn client_name(label: &str) -> String {
         std::process::id(),
         h.finish() as u32
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_need_exactly_one_at_with_a_name_on_each_side() {
+        assert_eq!(
+            split_snapshot_name("db1@monday").unwrap(),
+            ("db1", "monday")
+        );
+        for (bad, why) in [
+            ("db1", "no '@'"),
+            ("db1@a@b", "more than one '@'"),
+            ("@monday", "volume name is empty"),
+            ("db1@", "snapshot name is empty"),
+            ("@", "volume name is empty"),
+        ] {
+            let e = split_snapshot_name(bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains(why)),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.class(), ErrorClass::Invalid);
+        }
+    }
+
+    #[tokio::test]
+    async fn handles_of_one_volume_share_one_sequence_that_only_rises() {
+        let c = Client::offline();
+        let a = c.volume_seq(7, 3);
+        let b = c.volume_seq(7, 2);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(b.load(Ordering::Acquire), 3);
+        c.volume_seq(7, 5);
+        assert_eq!(a.load(Ordering::Acquire), 5);
+        assert_eq!(c.volume_seq(8, 1).load(Ordering::Acquire), 1);
+        drop((a, b));
+        // Forgotten with its last handle.
+        assert_eq!(c.volume_seq(7, 1).load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_cannot_be_attached() {
+        let e = Client::offline().open("db1@monday").await.err().unwrap();
+        assert!(matches!(e, Error::ReadOnly(_)), "{e}");
+    }
 }

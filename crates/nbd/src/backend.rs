@@ -46,6 +46,26 @@ pub enum Access {
     ReadWrite,
 }
 
+/// What a range of an export holds, for `NBD_CMD_BLOCK_STATUS` (`base:allocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Not allocated: reads as zeroes, takes no space.
+    Hole,
+    /// Allocated, reads as zeroes.
+    Zero,
+    /// Holds data (or may: the safe answer when unknown).
+    Data,
+}
+
+/// A run of bytes in one [`Allocation`] state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Bytes in the run (more than 0).
+    pub len: u64,
+    /// What they hold.
+    pub state: Allocation,
+}
+
 /// A store of named block devices.
 pub trait Backend: Send + Sync + 'static {
     /// An open device; one is opened per NBD connection.
@@ -107,4 +127,21 @@ pub trait Export: Send + Sync + 'static {
 
     /// Returns once every write already acknowledged through this handle is durable.
     fn flush(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// What the `len` bytes at `offset` hold, as consecutive extents from `offset`: they
+    /// may cover less than `len` (the client asks on) but not more, and never none. A store
+    /// that cannot tell says it all holds data.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<Extent>, BackendError>> + Send {
+        let _ = offset;
+        async move {
+            Ok(vec![Extent {
+                len,
+                state: Allocation::Data,
+            }])
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //! big-endian ("network byte order").
 //!
 //! Only the subset this server speaks or must recognise is listed; values the server
-//! never sends nor accepts (extended headers, block status, TLS) are named only where
-//! the server has to answer them.
+//! never sends nor accepts (extended headers, TLS) are named only where the server has to
+//! answer them.
 
 // Handshake magics.
 /// `NBDMAGIC`: the first eight bytes the server sends.
@@ -39,9 +39,9 @@ pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 /// `NBD_OPT_STRUCTURED_REPLY`: use structured replies in transmission.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
-/// `NBD_OPT_LIST_META_CONTEXT`: not offered.
+/// `NBD_OPT_LIST_META_CONTEXT`: which metadata contexts the server offers.
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
-/// `NBD_OPT_SET_META_CONTEXT`: not offered.
+/// `NBD_OPT_SET_META_CONTEXT`: select the metadata contexts `NBD_CMD_BLOCK_STATUS` reports.
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 /// `NBD_OPT_EXTENDED_HEADERS`: not offered.
 pub const OPT_EXTENDED_HEADERS: u32 = 11;
@@ -53,6 +53,8 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// `NBD_REP_INFO`: one piece of information about an export.
 pub const REP_INFO: u32 = 3;
+/// `NBD_REP_META_CONTEXT`: one metadata context, its id then its name.
+pub const REP_META_CONTEXT: u32 = 4;
 /// `NBD_REP_ERR_UNSUP`: the option is not supported.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 /// `NBD_REP_ERR_POLICY`: refused by policy (e.g. the volume has another writer).
@@ -105,12 +107,16 @@ pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
 /// `NBD_CMD_WRITE_ZEROES`: the range reads as zeroes (may become a hole).
 pub const CMD_WRITE_ZEROES: u16 = 6;
+/// `NBD_CMD_BLOCK_STATUS`: the range's state in each selected metadata context.
+pub const CMD_BLOCK_STATUS: u16 = 7;
 /// `NBD_CMD_FLAG_FUA`: the write is durable once answered.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 /// `NBD_CMD_FLAG_NO_HOLE`: write-zeroes keeps the range provisioned.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 /// `NBD_CMD_FLAG_DF`: answer a structured read in one chunk.
 pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// `NBD_CMD_FLAG_REQ_ONE`: answer a block status with one descriptor.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 
 // Replies.
 /// Magic opening a simple reply.
@@ -123,8 +129,20 @@ pub const REPLY_FLAG_DONE: u16 = 1 << 0;
 pub const REPLY_TYPE_NONE: u16 = 0;
 /// `NBD_REPLY_TYPE_OFFSET_DATA`: an offset, then data read there.
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// `NBD_REPLY_TYPE_BLOCK_STATUS`: a context id, then (length, flags) descriptors.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 /// `NBD_REPLY_TYPE_ERROR`: an error number and a message.
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
+
+// Metadata contexts.
+/// The one context this server offers: which ranges are holes, which read as zeroes.
+pub const META_BASE_ALLOCATION: &str = "base:allocation";
+/// The id this server gives `base:allocation` (any number the server picks).
+pub const META_BASE_ALLOCATION_ID: u32 = 1;
+/// `NBD_STATE_HOLE` in `base:allocation`: not allocated (reads as zeroes).
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `NBD_STATE_ZERO` in `base:allocation`: reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 // Error values (the spec fixes these numbers, whatever the host's errno says).
 /// `NBD_EPERM`: operation not permitted (a write to a read-only export).
@@ -143,8 +161,11 @@ pub const MIN_BLOCK: u32 = 1;
 pub const PREFERRED_BLOCK: u32 = 4096;
 /// Largest payload of a single READ or WRITE (`NBD_INFO_BLOCK_SIZE` maximum).
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
-/// Longest export name (the spec's string limit).
+/// Longest export name (the spec's string limit), and longest metadata context query.
 pub const MAX_NAME_LEN: u32 = 4096;
+/// Most bytes one `NBD_CMD_BLOCK_STATUS` reports on: a longer request is answered for its
+/// first this many (the spec lets a server describe less than asked; the client asks on).
+pub const MAX_BLOCK_STATUS_LEN: u64 = 256 * 1024 * 1024;
 /// Longest option payload read during the handshake; anything larger is a client we
 /// refuse to buffer for, so the connection is dropped.
 pub const MAX_OPTION_LEN: u32 = 64 * 1024;

@@ -2,8 +2,10 @@
 //!
 //! Everything read here is untrusted: every length is checked before anything is
 //! allocated, and protocol violations end the connection with [`HandshakeError::Protocol`]
-//! (never a panic). TLS, metadata contexts and extended headers are not offered; those
-//! options get `NBD_REP_ERR_UNSUP` like any unknown option.
+//! (never a panic). TLS and extended headers are not offered; those options get
+//! `NBD_REP_ERR_UNSUP` like any unknown option. The one metadata context offered is
+//! `base:allocation`, selected for the export named in the last `NBD_OPT_SET_META_CONTEXT`
+//! if transmission then starts on that same name (as the spec asks).
 
 use std::sync::Arc;
 
@@ -28,6 +30,8 @@ pub(crate) struct Negotiated<E> {
     pub name: String,
     /// Structured replies were negotiated (`NBD_OPT_STRUCTURED_REPLY`).
     pub structured: bool,
+    /// `base:allocation` was selected for this export: `NBD_CMD_BLOCK_STATUS` is allowed.
+    pub block_status: bool,
 }
 
 /// Runs the handshake. `Ok(None)` means the client ended it politely (`NBD_OPT_ABORT`).
@@ -61,6 +65,8 @@ where
     // replies (the spec allows it); such clients only ever send NBD_OPT_EXPORT_NAME.
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
     let mut structured = false;
+    // The export the last NBD_OPT_SET_META_CONTEXT selected `base:allocation` for.
+    let mut meta_export: Option<String> = None;
 
     loop {
         let magic = r.read_u64().await?;
@@ -86,10 +92,11 @@ where
                         "export name of {len} bytes exceeds {MAX_NAME_LEN}"
                     )));
                 }
-                let name = String::from_utf8(data)
+                let requested = String::from_utf8(data)
                     .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".to_owned()))?;
+                let requested = requested.as_str();
                 // This option cannot be answered with an error: refusing means hanging up.
-                let (name, export) = resolve(backend, &name, Access::ReadWrite)
+                let (name, export) = resolve(backend, requested, Access::ReadWrite)
                     .await
                     .map_err(|e| HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
                 let mut reply = [0u8; 10 + 124];
@@ -99,10 +106,12 @@ where
                 let n = if no_zeroes { 10 } else { reply.len() };
                 w.write_all(&reply[..n]).await?;
                 w.flush().await?;
+                let block_status = structured && meta_export.as_deref() == Some(requested);
                 return Ok(Some(Negotiated {
                     export: Arc::new(export),
                     name,
                     structured,
+                    block_status,
                 }));
             }
             OPT_ABORT => {
@@ -154,10 +163,13 @@ where
                         reply(w, opt, REP_ACK, &[]).await?;
                         if opt == OPT_GO {
                             w.flush().await?;
+                            let block_status =
+                                structured && meta_export.as_deref() == Some(req.name.as_str());
                             return Ok(Some(Negotiated {
                                 export: Arc::new(export),
                                 name,
                                 structured,
+                                block_status,
                             }));
                         }
                     }
@@ -177,8 +189,29 @@ where
                     reply(w, opt, REP_ACK, &[]).await?;
                 }
             }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => match parse_meta_request(&data) {
+                Err((kind, msg)) => reply(w, opt, kind, msg.as_bytes()).await?,
+                Ok(_) if opt == OPT_SET_META_CONTEXT && !structured => {
+                    let msg = b"NBD_OPT_SET_META_CONTEXT needs structured replies first";
+                    reply(w, opt, REP_ERR_INVALID, msg).await?
+                }
+                Ok(req) => {
+                    let set = opt == OPT_SET_META_CONTEXT;
+                    let selected = base_allocation_matches(&req.queries, set);
+                    if set {
+                        // Each SET replaces what an earlier one selected.
+                        meta_export = selected.then(|| req.name.clone());
+                    }
+                    if selected {
+                        let mut body = META_BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                        body.extend_from_slice(META_BASE_ALLOCATION.as_bytes());
+                        reply(w, opt, REP_META_CONTEXT, &body).await?;
+                    }
+                    reply(w, opt, REP_ACK, &[]).await?;
+                }
+            },
             OPT_STARTTLS => reply(w, opt, REP_ERR_UNSUP, b"TLS is not supported").await?,
-            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT | OPT_EXTENDED_HEADERS => {
+            OPT_EXTENDED_HEADERS => {
                 reply(w, opt, REP_ERR_UNSUP, b"not supported by this server").await?
             }
             _ => reply(w, opt, REP_ERR_UNSUP, b"unknown option").await?,
@@ -281,6 +314,64 @@ fn parse_info_request(data: &[u8]) -> Result<InfoRequest, (u32, String)> {
     })
 }
 
+/// The data of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
+struct MetaRequest {
+    name: String,
+    queries: Vec<String>,
+}
+
+/// Parses a metadata context request: a 32-bit export name length, the name, a 32-bit
+/// query count, and that many (32-bit length, query) pairs; the lengths must add up
+/// exactly. Errors carry the option reply type to send, as for [`parse_info_request`].
+fn parse_meta_request(data: &[u8]) -> Result<MetaRequest, (u32, String)> {
+    let invalid = |msg: String| (REP_ERR_INVALID, msg);
+    let mut rest = data;
+    let mut take = |n: usize, what: &str| -> Result<&[u8], (u32, String)> {
+        if rest.len() < n {
+            return Err(invalid(format!("{what} overruns the option")));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let name_len = be(take(4, "the export name length")?);
+    if name_len > MAX_NAME_LEN {
+        let msg = format!("export name of {name_len} bytes exceeds {MAX_NAME_LEN}");
+        return Err((REP_ERR_TOO_BIG, msg));
+    }
+    let name = std::str::from_utf8(take(name_len as usize, "the export name")?)
+        .map_err(|_| invalid("export name is not UTF-8".to_owned()))?
+        .to_owned();
+    let count = be(take(4, "the query count")?);
+    let mut queries = Vec::new();
+    for _ in 0..count {
+        let len = be(take(4, "a query length")?);
+        if len > MAX_NAME_LEN {
+            let msg = format!("metadata context query of {len} bytes exceeds {MAX_NAME_LEN}");
+            return Err((REP_ERR_TOO_BIG, msg));
+        }
+        let q = std::str::from_utf8(take(len as usize, "a query")?)
+            .map_err(|_| invalid("metadata context query is not UTF-8".to_owned()))?;
+        queries.push(q.to_owned());
+    }
+    if !rest.is_empty() {
+        return Err(invalid(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(MetaRequest { name, queries })
+}
+
+/// Whether the queries select (`set`) or list `base:allocation`: by its exact name; when
+/// listing, also by its namespace alone (`base:`) or with no query at all (list them all).
+fn base_allocation_matches(queries: &[String], set: bool) -> bool {
+    if !set && queries.is_empty() {
+        return true;
+    }
+    queries
+        .iter()
+        .any(|q| q == META_BASE_ALLOCATION || (!set && q == "base:"))
+}
+
 fn split_be_u32(data: &[u8]) -> Option<(u32, &[u8])> {
     if data.len() < 6 {
         return None;
@@ -362,6 +453,51 @@ mod tests {
             d.extend_from_slice(&i.to_be_bytes());
         }
         d
+    }
+
+    fn meta_data(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q);
+        }
+        d
+    }
+
+    #[test]
+    fn meta_context_request_lengths_must_add_up_exactly() {
+        let ok = parse_meta_request(&meta_data(b"v@s", &[b"base:allocation", b"x:"])).unwrap();
+        assert_eq!(ok.name, "v@s");
+        assert_eq!(ok.queries, ["base:allocation", "x:"]);
+        let mut trailing = meta_data(b"v", &[]);
+        trailing.push(0);
+        assert!(parse_meta_request(&trailing).is_err());
+        assert!(parse_meta_request(&[0, 0]).is_err());
+        let mut many = meta_data(b"v", &[]);
+        many[8] = 0xff; // a query count the data cannot hold
+        assert!(parse_meta_request(&many).is_err());
+        let long = meta_data(b"v", &[&[b'a'; 5000]]);
+        assert_eq!(
+            parse_meta_request(&long).err().map(|e| e.0),
+            Some(REP_ERR_TOO_BIG)
+        );
+        assert!(parse_meta_request(&meta_data(b"v", &[&[0xff]])).is_err());
+    }
+
+    #[test]
+    fn only_listing_matches_namespaces_and_empty_queries() {
+        let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(base_allocation_matches(&q(&[]), false));
+        assert!(!base_allocation_matches(&q(&[]), true));
+        assert!(base_allocation_matches(&q(&["base:"]), false));
+        assert!(!base_allocation_matches(&q(&["base:"]), true));
+        assert!(base_allocation_matches(
+            &q(&["qemu:x", "base:allocation"]),
+            true
+        ));
+        assert!(!base_allocation_matches(&q(&["base:allocationx"]), true));
     }
 
     #[test]

@@ -20,7 +20,12 @@
 //! - The empty export name selects the default export: the volume whose name sorts first.
 //! - Advertised limits: any byte granularity (minimum block 1), preferred 4 KiB, at most
 //!   32 MiB per READ or WRITE; TRIM and WRITE_ZEROES may be longer.
-//! - Not offered: TLS, metadata contexts / block status, extended headers.
+//! - Metadata contexts: `base:allocation` only (with structured replies), so
+//!   `NBD_CMD_BLOCK_STATUS` tells holes (`NBD_STATE_HOLE | NBD_STATE_ZERO`), zeroes
+//!   (`NBD_STATE_ZERO`) and data (0) apart; at most 256 MiB described per request.
+//! - An export named `VOL@SNAP` is snapshot `SNAP` of volume `VOL`, read-only (writes get
+//!   `EPERM`); `NBD_OPT_LIST` lists volumes only.
+//! - Not offered: TLS, extended headers.
 
 #![warn(missing_docs)]
 
@@ -47,7 +52,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-pub use backend::{Backend, BackendError, Export};
+pub use backend::{Allocation, Backend, BackendError, Export, Extent};
 pub use tessera_backend::ReadOnlyClient;
 pub use transmission::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
@@ -167,7 +172,11 @@ async fn connection<B: Backend>(
         Ok(Ok(Some(n))) => n,
     };
     debug!(%peer, export = %negotiated.name, structured = negotiated.structured,
-        "entering transmission");
-    transmission::serve(negotiated.export, negotiated.structured, r, w, peer, stop).await;
+        block_status = negotiated.block_status, "entering transmission");
+    let mode = transmission::Mode {
+        structured: negotiated.structured,
+        block_status: negotiated.block_status,
+    };
+    transmission::serve(negotiated.export, mode, r, w, peer, stop).await;
     debug!(%peer, "connection closed");
 }

@@ -3,13 +3,14 @@
 
 use bytes::Bytes;
 use tessera_client::{Client, Error, Volume};
+use tessera_proto::data::BlockState;
 
-use crate::backend::{Access, Backend, BackendError, Export};
+use crate::backend::{Access, Allocation, Backend, BackendError, Export, Extent};
 
 impl From<Error> for BackendError {
     fn from(err: Error) -> Self {
         match err {
-            Error::VolumeNotFound(name) => BackendError::NotFound(name),
+            Error::VolumeNotFound(name) | Error::NotFound(name) => BackendError::NotFound(name),
             e @ Error::OutOfRange { .. } => BackendError::OutOfRange(e.to_string()),
             Error::DiskFull(m) => BackendError::NoSpace(m),
             Error::Invalid(m) => BackendError::Invalid(m),
@@ -36,9 +37,11 @@ impl Backend for Client {
     }
 
     /// A read-write open attaches the volume for this gateway's client: every connection
-    /// of the gateway to the volume shares the attachment (NBD multi-connection).
+    /// of the gateway to the volume shares the attachment (NBD multi-connection). A
+    /// snapshot (`VOL@SNAP`) is opened read-only whatever the access: it never changes.
     async fn open(&self, name: &str, access: Access) -> Result<Volume, BackendError> {
         Ok(match access {
+            _ if name.contains('@') => Client::open_read_only(self, name).await?,
             Access::Info => Client::open_read_only(self, name).await?,
             Access::ReadWrite => Client::open(self, name).await?,
         })
@@ -93,6 +96,34 @@ impl Export for Volume {
 
     async fn flush(&self) -> Result<(), BackendError> {
         Ok(Volume::flush(self).await?)
+    }
+
+    /// A storage node from before block status refuses it as a bad request (the range
+    /// itself was checked): the range is then reported as data, the answer that is never
+    /// wrong, so `qemu-img map` works during an upgrade.
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BackendError> {
+        let extents = match Volume::block_status(self, offset, len).await {
+            Ok(e) => e,
+            Err(Error::Invalid(m)) => {
+                tracing::debug!(volume = self.name(), "block status refused ({m}): all data");
+                return Ok(vec![Extent {
+                    len,
+                    state: Allocation::Data,
+                }]);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(extents
+            .into_iter()
+            .map(|e| Extent {
+                len: e.len,
+                state: match e.state {
+                    BlockState::Hole => Allocation::Hole,
+                    BlockState::Zero => Allocation::Zero,
+                    BlockState::Data => Allocation::Data,
+                },
+            })
+            .collect())
     }
 }
 

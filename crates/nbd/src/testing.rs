@@ -344,6 +344,103 @@ impl Conn {
         }
     }
 
+    /// Sends `NBD_OPT_SET_META_CONTEXT` (or, with `OPT_LIST_META_CONTEXT`, the listing)
+    /// for export `name` with `queries`, and collects the replies up to the final one:
+    /// (reply type, data) each.
+    pub async fn meta_context(
+        &mut self,
+        opt: u32,
+        name: &str,
+        queries: &[&str],
+    ) -> io::Result<Vec<(u32, Vec<u8>)>> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q.as_bytes());
+        }
+        self.option(opt, &d).await?;
+        let mut replies = Vec::new();
+        loop {
+            let (o, kind, data) = self.option_reply().await?;
+            if o != opt {
+                return Err(invalid(format!("reply to option {o}, expected {opt}")));
+            }
+            replies.push((kind, data));
+            if kind != REP_META_CONTEXT {
+                return Ok(replies);
+            }
+        }
+    }
+
+    /// Connects, negotiates structured replies and `base:allocation`, and enters
+    /// transmission on `name`; returns the export size, its flags and the context id.
+    pub async fn open_with_block_status(
+        addr: impl ToSocketAddrs,
+        name: &str,
+    ) -> io::Result<(Conn, u64, u16, u32)> {
+        let mut c = Conn::connect(addr).await?;
+        c.option(OPT_STRUCTURED_REPLY, &[]).await?;
+        let (_, kind, _) = c.option_reply().await?;
+        if kind != REP_ACK {
+            return Err(invalid(format!("structured replies refused ({kind:#x})")));
+        }
+        let replies = c
+            .meta_context(OPT_SET_META_CONTEXT, name, &[META_BASE_ALLOCATION])
+            .await?;
+        let id = match replies.as_slice() {
+            [(REP_META_CONTEXT, d), (REP_ACK, _)] if d.len() >= 4 => be_u32(d),
+            other => return Err(invalid(format!("base:allocation refused: {other:02x?}"))),
+        };
+        let replies = c.go(OPT_GO, name, &[]).await?;
+        match (replies.first(), replies.last()) {
+            (Some((REP_INFO, info)), Some((REP_ACK, _)))
+                if info.len() >= 12 && info[..2] == INFO_EXPORT.to_be_bytes() =>
+            {
+                Ok((c, be_u64(&info[2..10]), be_u16(&info[10..12]), id))
+            }
+            _ => Err(invalid(format!("NBD_OPT_GO refused: {replies:02x?}"))),
+        }
+    }
+
+    /// `NBD_CMD_BLOCK_STATUS` (flags as given): the descriptors (length, flags) of the one
+    /// context negotiated, checked to name context `id`; or the server's error number.
+    pub async fn block_status(
+        &mut self,
+        id: u32,
+        flags: u16,
+        offset: u64,
+        len: u32,
+    ) -> io::Result<Result<Vec<(u32, u32)>, u32>> {
+        const HANDLE: u64 = 4;
+        self.request(CMD_BLOCK_STATUS, flags, HANDLE, offset, len, &[])
+            .await?;
+        let c = self.chunk().await?;
+        if c.handle != HANDLE || c.flags & REPLY_FLAG_DONE == 0 {
+            return Err(invalid(format!(
+                "block status reply for handle {} flags {:#x}",
+                c.handle, c.flags
+            )));
+        }
+        match c.kind {
+            REPLY_TYPE_BLOCK_STATUS if c.payload.len() >= 12 && c.payload.len() % 8 == 4 => {
+                if be_u32(&c.payload) != id {
+                    return Err(invalid(format!("context {}", be_u32(&c.payload))));
+                }
+                Ok(Ok(c.payload[4..]
+                    .chunks_exact(8)
+                    .map(|d| (be_u32(d), be_u32(&d[4..])))
+                    .collect()))
+            }
+            REPLY_TYPE_ERROR if c.payload.len() >= 4 => Ok(Err(be_u32(&c.payload))),
+            k => Err(invalid(format!(
+                "unexpected block status chunk type {k}: {:02x?}",
+                c.payload
+            ))),
+        }
+    }
+
     /// Says goodbye (`NBD_CMD_DISC`) and closes, best effort.
     pub async fn close(mut self) {
         let _ = self.request(CMD_DISC, 0, 0, 0, 0, &[]).await;

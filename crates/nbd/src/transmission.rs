@@ -6,7 +6,8 @@
 //! at most [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] bytes of read and write
 //! payloads are held at once; the reader stops reading until a reply has been written.
 //!
-//! Backend errors become NBD error numbers here and nowhere else ([`errno`]).
+//! Backend errors become NBD error numbers here and nowhere else ([`errno`]); backend
+//! extents become `base:allocation` descriptors here too ([`descriptors`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::backend::{BackendError, Export};
+use crate::backend::{Allocation, BackendError, Export, Extent};
 use crate::consts::*;
 
 /// Most requests one connection may have in flight.
@@ -38,6 +39,15 @@ struct Request {
     len: u32,
 }
 
+/// What was negotiated for transmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Mode {
+    /// Structured replies (`NBD_OPT_STRUCTURED_REPLY`).
+    pub structured: bool,
+    /// `base:allocation` selected: `NBD_CMD_BLOCK_STATUS` is allowed.
+    pub block_status: bool,
+}
+
 /// What a validated request asks of the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -46,6 +56,7 @@ enum Op {
     Flush,
     Trim,
     WriteZeroes,
+    BlockStatus,
 }
 
 /// An error reply: an NBD error number and a message for humans.
@@ -67,6 +78,8 @@ enum Outcome {
         data: Bytes,
     },
     Failed(Failure),
+    /// A block status: `base:allocation` descriptors (length, `NBD_STATE_*` flags).
+    Extents(Vec<(u32, u32)>),
 }
 
 struct Reply {
@@ -124,7 +137,7 @@ impl Drop for Pending {
 /// its deadline).
 pub(crate) async fn serve<E, R, W>(
     export: Arc<E>,
-    structured: bool,
+    mode: Mode,
     mut r: R,
     w: W,
     peer: SocketAddr,
@@ -134,6 +147,7 @@ pub(crate) async fn serve<E, R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let structured = mode.structured;
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_replies(w, rx, structured, peer));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -213,7 +227,7 @@ pub(crate) async fn serve<E, R, W>(
             }
         }
 
-        match validate(&req, size, structured) {
+        match validate(&req, size, mode) {
             Err(failure) => {
                 debug!(%peer, handle = req.handle, cmd = req.cmd, "rejected request: {}", failure.message);
                 pending.finish(Outcome::Failed(failure));
@@ -300,16 +314,29 @@ async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Res
 
 /// Checks a request against the command set, its flags, the payload limit and the
 /// export's bounds. Flush ignores offset and length (the spec reserves them as zero).
-fn validate(req: &Request, size: u64, structured: bool) -> Result<Op, Failure> {
-    let df = if structured { CMD_FLAG_DF } else { 0 };
+/// Block status needs a negotiated context and a length.
+fn validate(req: &Request, size: u64, mode: Mode) -> Result<Op, Failure> {
+    let df = if mode.structured { CMD_FLAG_DF } else { 0 };
     let (op, allowed) = match req.cmd {
         CMD_READ => (Op::Read, CMD_FLAG_FUA | df),
         CMD_WRITE => (Op::Write, CMD_FLAG_FUA),
         CMD_FLUSH => (Op::Flush, CMD_FLAG_FUA),
         CMD_TRIM => (Op::Trim, CMD_FLAG_FUA),
         CMD_WRITE_ZEROES => (Op::WriteZeroes, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE),
+        CMD_BLOCK_STATUS if mode.structured && mode.block_status => {
+            (Op::BlockStatus, CMD_FLAG_REQ_ONE)
+        }
+        CMD_BLOCK_STATUS => {
+            return Err(fail(
+                EINVAL,
+                "block status without a negotiated metadata context".to_owned(),
+            ));
+        }
         other => return Err(fail(EINVAL, format!("unknown command {other}"))),
     };
+    if op == Op::BlockStatus && req.len == 0 {
+        return Err(fail(EINVAL, "block status of 0 bytes".to_owned()));
+    }
     if req.flags & !allowed != 0 {
         return Err(fail(
             EINVAL,
@@ -360,6 +387,41 @@ fn errno(err: &BackendError, op: Op) -> u32 {
     }
 }
 
+/// The `base:allocation` descriptors of a backend's extents for a request of `len` bytes:
+/// clipped to `len`, adjacent ones with the same flags merged, only the first with
+/// `one` (`NBD_CMD_FLAG_REQ_ONE`). An answer describing nothing is an error (the spec
+/// wants at least one descriptor).
+fn descriptors(extents: &[Extent], len: u32, one: bool) -> Result<Vec<(u32, u32)>, Failure> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut left = len;
+    for e in extents {
+        if left == 0 {
+            break;
+        }
+        let n = u32::try_from(e.len).unwrap_or(u32::MAX).min(left);
+        if n == 0 {
+            continue;
+        }
+        let flags = match e.state {
+            Allocation::Hole => STATE_HOLE | STATE_ZERO,
+            Allocation::Zero => STATE_ZERO,
+            Allocation::Data => 0,
+        };
+        left -= n;
+        match out.last_mut() {
+            Some(last) if last.1 == flags => last.0 += n,
+            _ => out.push((n, flags)),
+        }
+    }
+    if out.is_empty() {
+        return Err(fail(EIO, "the store described no extent".to_owned()));
+    }
+    if one {
+        out.truncate(1);
+    }
+    Ok(out)
+}
+
 static NBD_READ: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
     "tessera_nbd_read_seconds",
     "An NBD read in the gateway: request parsed to answer ready",
@@ -380,7 +442,7 @@ async fn execute<E: Export>(
     let started = std::time::Instant::now();
     let out = execute_inner(export, op, flags, offset, len, payload).await;
     match op {
-        Op::Read => NBD_READ.observe_since(started),
+        Op::Read | Op::BlockStatus => NBD_READ.observe_since(started),
         Op::Flush => {}
         _ => NBD_WRITE.observe_since(started),
     }
@@ -406,6 +468,19 @@ async fn execute_inner<E: Export>(
             _ => Outcome::Done,
         };
     }
+    if op == Op::BlockStatus {
+        // Validated: len > 0. A long request is described for its first part only.
+        let asked = len.min(MAX_BLOCK_STATUS_LEN);
+        return match export.block_status(offset, asked).await {
+            // `asked` fits in the request's u32 length.
+            Ok(extents) => match descriptors(&extents, asked as u32, flags & CMD_FLAG_REQ_ONE != 0)
+            {
+                Ok(d) => Outcome::Extents(d),
+                Err(f) => Outcome::Failed(f),
+            },
+            Err(e) => Outcome::Failed(fail(errno(&e, op), e.to_string())),
+        };
+    }
     // FUA needs nothing extra: the store acknowledges only durable writes.
     let result = match op {
         Op::Read => match export.read(offset, len).await {
@@ -425,6 +500,7 @@ async fn execute_inner<E: Export>(
             let punch = flags & CMD_FLAG_NO_HOLE == 0;
             export.write_zeroes(offset, len, punch).await
         }
+        Op::BlockStatus => Ok(()),
     };
     match result {
         Ok(()) => Outcome::Done,
@@ -490,6 +566,21 @@ async fn write_reply<W: AsyncWrite + Unpin>(
             w.write_all(message.as_bytes()).await
         }
         Outcome::Failed(Failure { errno, .. }) => simple_reply(w, errno, handle).await,
+        Outcome::Extents(d) if structured => {
+            // One descriptor per extent of the store, at most one per 4 KiB block of
+            // MAX_BLOCK_STATUS_LEN in practice; the length is checked, not assumed.
+            let len = u32::try_from(4 + 8 * d.len()).map_err(std::io::Error::other)?;
+            chunk_header(w, REPLY_TYPE_BLOCK_STATUS, handle, len).await?;
+            let mut body = Vec::with_capacity(len as usize);
+            body.extend_from_slice(&META_BASE_ALLOCATION_ID.to_be_bytes());
+            for (n, flags) in d {
+                body.extend_from_slice(&n.to_be_bytes());
+                body.extend_from_slice(&flags.to_be_bytes());
+            }
+            w.write_all(&body).await
+        }
+        // Never produced without structured replies (validate refuses the command).
+        Outcome::Extents(_) => simple_reply(w, EINVAL, handle).await,
     }
 }
 
@@ -548,14 +639,14 @@ mod tests {
     fn requests_past_the_end_fail_with_enospc_for_writes_and_einval_otherwise() {
         let size = 1 << 20;
         assert_eq!(
-            validate(&req(CMD_READ, 0, size - 512, 512), size, false),
+            validate(&req(CMD_READ, 0, size - 512, 512), size, Mode::default()),
             Ok(Op::Read)
         );
         assert_eq!(
-            validate(&req(CMD_READ, 0, size, 0), size, false),
+            validate(&req(CMD_READ, 0, size, 0), size, Mode::default()),
             Ok(Op::Read)
         );
-        let errno_of = |r: Request| validate(&r, size, false).unwrap_err().errno;
+        let errno_of = |r: Request| validate(&r, size, Mode::default()).unwrap_err().errno;
         assert_eq!(errno_of(req(CMD_READ, 0, size - 511, 512)), EINVAL);
         assert_eq!(errno_of(req(CMD_TRIM, 0, size, 1)), EINVAL);
         assert_eq!(errno_of(req(CMD_WRITE, 0, size, 1)), ENOSPC);
@@ -566,7 +657,13 @@ mod tests {
     #[test]
     fn flags_must_be_documented_for_the_command() {
         let size = 1 << 20;
-        let ok = |r: Request, s: bool| validate(&r, size, s).is_ok();
+        let ok = |r: Request, structured: bool| {
+            let mode = Mode {
+                structured,
+                block_status: false,
+            };
+            validate(&r, size, mode).is_ok()
+        };
         assert!(ok(req(CMD_WRITE, CMD_FLAG_FUA, 0, 1), false));
         assert!(ok(req(CMD_FLUSH, CMD_FLAG_FUA, 0, 0), false));
         assert!(ok(req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 1), false));
@@ -580,9 +677,77 @@ mod tests {
     #[test]
     fn only_reads_and_writes_are_held_to_the_payload_limit() {
         let size = 1 << 40;
-        assert!(validate(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), size, false).is_err());
-        assert!(validate(&req(CMD_TRIM, 0, 0, u32::MAX), size, false).is_ok());
-        assert!(validate(&req(CMD_WRITE_ZEROES, 0, 0, u32::MAX), size, false).is_ok());
+        let m = Mode::default();
+        assert!(validate(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), size, m).is_err());
+        assert!(validate(&req(CMD_TRIM, 0, 0, u32::MAX), size, m).is_ok());
+        assert!(validate(&req(CMD_WRITE_ZEROES, 0, 0, u32::MAX), size, m).is_ok());
+        let m = Mode {
+            structured: true,
+            block_status: true,
+        };
+        assert!(validate(&req(CMD_BLOCK_STATUS, 0, 0, u32::MAX), size, m).is_ok());
+    }
+
+    #[test]
+    fn block_status_needs_a_context_a_length_and_a_range_inside_the_export() {
+        let size = 1 << 20;
+        let on = Mode {
+            structured: true,
+            block_status: true,
+        };
+        let v = |r: Request, m: Mode| validate(&r, size, m).map_err(|f| f.errno);
+        assert_eq!(
+            v(req(CMD_BLOCK_STATUS, 0, 0, 4096), on),
+            Ok(Op::BlockStatus)
+        );
+        assert_eq!(
+            v(req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 1), on),
+            Ok(Op::BlockStatus)
+        );
+        let structured_only = Mode {
+            structured: true,
+            block_status: false,
+        };
+        assert_eq!(
+            v(req(CMD_BLOCK_STATUS, 0, 0, 4096), structured_only),
+            Err(EINVAL)
+        );
+        assert_eq!(v(req(CMD_BLOCK_STATUS, 0, 0, 0), on), Err(EINVAL));
+        assert_eq!(v(req(CMD_BLOCK_STATUS, 0, size, 1), on), Err(EINVAL));
+        assert_eq!(
+            v(req(CMD_BLOCK_STATUS, CMD_FLAG_FUA, 0, 1), on),
+            Err(EINVAL)
+        );
+    }
+
+    #[test]
+    fn extents_become_clipped_merged_descriptors() {
+        let e = |len, state| Extent { len, state };
+        let extents = [
+            e(4096, Allocation::Data),
+            e(4096, Allocation::Data),
+            e(8192, Allocation::Hole),
+            e(4096, Allocation::Zero),
+            e(1 << 40, Allocation::Hole),
+        ];
+        assert_eq!(
+            descriptors(&extents, 20480 + 100, false).unwrap(),
+            [
+                (8192, 0),
+                (8192, STATE_HOLE | STATE_ZERO),
+                (4096, STATE_ZERO),
+                (100, STATE_HOLE | STATE_ZERO)
+            ]
+        );
+        assert_eq!(descriptors(&extents, 1 << 20, true).unwrap(), [(8192, 0)]);
+        assert_eq!(descriptors(&extents, 100, false).unwrap(), [(100, 0)]);
+        assert_eq!(descriptors(&[], 100, false).unwrap_err().errno, EIO);
+        assert_eq!(
+            descriptors(&[e(0, Allocation::Data)], 100, false)
+                .unwrap_err()
+                .errno,
+            EIO
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The operator CLI: `volume`, `cluster` and `node` subcommands. Each parses its
-//! arguments, makes one typed call of the client library and prints the answer (a table,
-//! or JSON with `--output json`); no request is built here.
+//! The operator CLI: `volume`, `cluster` and `node` subcommands (`snapshot`, and the
+//! snapshot side of `volume`, are in `snapshots.rs`). Each parses its arguments, makes one
+//! typed call of the client library and prints the answer (a table, or JSON with
+//! `--output json`); no request is built here.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use tessera_proto::control::VolumeInfo;
 use crate::Output;
 use crate::progress::Progress;
 use crate::size::{format_size, parse_size};
+use crate::snapshots::{self, SnapSpec, parse_spec};
 
 #[derive(Subcommand)]
 pub enum VolumeCmd {
@@ -25,8 +27,33 @@ pub enum VolumeCmd {
         chunk_size: Option<u64>,
     },
     List,
-    /// Size, chunks, and who writes the volume (its read-write attachment).
+    /// Size, chunks, who writes the volume (its read-write attachment), its snapshot
+    /// sequence and snapshots, and the snapshot a clone was made from.
     Info {
+        name: String,
+    },
+    /// Make a volume's content its snapshot's again (its snapshots are kept).
+    ///
+    /// Refused while a client holds it read-write.
+    Rollback {
+        /// VOLUME@SNAPSHOT
+        #[arg(value_parser = parse_spec)]
+        snapshot: SnapSpec,
+    },
+    /// Make a new volume from a snapshot, usable at once.
+    ///
+    /// It reads the snapshot's data until written over (or flattened).
+    Clone {
+        /// VOLUME@SNAPSHOT
+        #[arg(value_parser = parse_spec)]
+        snapshot: SnapSpec,
+        /// The new volume's name.
+        name: String,
+    },
+    /// Copy everything a clone still reads from its snapshot into it, in the background.
+    ///
+    /// `volume info` shows the progress; the snapshot can be deleted once it is done.
+    Flatten {
         name: String,
     },
     /// End the read-write attachment of a volume (an operator moving a VM): the holder's
@@ -138,8 +165,14 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
                         );
                     }
                 }
+                snapshots::print_lineage(&v);
             }
         }
+        VolumeCmd::Rollback { snapshot } => snapshots::rollback(&client, output, &snapshot).await?,
+        VolumeCmd::Clone { snapshot, name } => {
+            snapshots::clone(&client, output, &snapshot, &name).await?
+        }
+        VolumeCmd::Flatten { name } => snapshots::flatten(&client, output, &name).await?,
         VolumeCmd::Detach { name, force } => {
             let holder = client.volume_info(&name).await?.attachment;
             // The manager decides (the lease, as it sees it); repeating this is safe.

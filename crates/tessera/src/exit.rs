@@ -11,12 +11,13 @@ pub const FAILED: i32 = 1;
 /// Bad command line (as clap reports it), or a request the cluster refused as invalid
 /// (shrinking a volume, a range past its end).
 pub const USAGE: i32 = 2;
-/// What the command names (a volume, a node) does not exist.
+/// What the command names (a volume, a snapshot, a node) does not exist.
 pub const NOT_FOUND: i32 = 3;
 /// What the command would create exists already.
 pub const ALREADY_EXISTS: i32 = 4;
 /// Refused because of another client's claim: the volume is attached read-write by
-/// someone else (its lease still runs), or this client's attachment was ended.
+/// someone else (its lease still runs), or this client's attachment was ended; or what it
+/// would delete is still in use (a snapshot with clones).
 pub const REFUSED: i32 = 5;
 /// Transient: the managers or storage nodes did not answer in time. Retry later.
 pub const UNAVAILABLE: i32 = 6;
@@ -29,9 +30,10 @@ Exit codes:
   0  success
   1  failed (local I/O, configuration, corrupt data, internal error)
   2  usage error, or a request the cluster refused as invalid
-  3  not found (volume, node)
+  3  not found (volume, snapshot, node)
   4  already exists
-  5  refused: attached by another client, or this client's attachment ended
+  5  refused: attached by another client, this client's attachment ended, or in use
+     (a snapshot with clones)
   6  unavailable: the cluster did not answer in time; retry later
   7  no space left on the storage nodes";
 

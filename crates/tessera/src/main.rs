@@ -2,7 +2,8 @@
 //! subcommand loads its configuration and calls into a library crate.
 //!
 //! `daemon`: the `manager`, `storage` and `nbd` processes; `dev`: a whole cluster in one
-//! process; `cli`: the operator commands; `exit`: the exit code of each error class;
+//! process; `cli`: the operator commands (`snapshots`: those of snapshots and clones);
+//! `exit`: the exit code of each error class;
 //! `progress`, `size`: terminal progress lines and human sizes for the CLI.
 
 mod cli;
@@ -11,6 +12,7 @@ mod dev;
 mod exit;
 mod progress;
 mod size;
+mod snapshots;
 
 use std::io::IsTerminal;
 
@@ -75,6 +77,9 @@ enum Cmd {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(cli::VolumeCmd),
+    /// Take, list, inspect and delete snapshots (`VOLUME@SNAPSHOT`).
+    #[command(subcommand)]
+    Snapshot(snapshots::SnapshotCmd),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cli::ClusterCmd),
@@ -130,6 +135,7 @@ fn main() {
             } => daemon::run_nbd(managers, &listen, metrics, read_only).await,
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
+            Cmd::Snapshot(s) => snapshots::snapshot(managers, args.output, s).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
             Cmd::Node(n) => cli::node(managers, args.output, n).await,
         }
@@ -153,6 +159,22 @@ mod tests {
     use clap::Parser;
 
     use super::{Args, Cmd};
+
+    #[test]
+    fn snapshot_names_are_checked_before_anything_is_asked() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["tessera"], args].concat());
+        for bad in ["db1", "db1@", "@s", "a@b@c"] {
+            let e = parse(&["snapshot", "create", bad]).err().expect("refused");
+            assert_eq!(e.exit_code(), crate::exit::USAGE, "{bad}");
+            assert!(e.to_string().contains("is not VOLUME@SNAPSHOT"), "{e}");
+        }
+        assert!(parse(&["snapshot", "create", "db1@s1"]).is_ok());
+        assert!(parse(&["snapshot", "list"]).is_ok());
+        assert!(parse(&["volume", "clone", "db1@s1", "db2"]).is_ok());
+        assert!(parse(&["volume", "clone", "db1", "db2"]).is_err());
+        assert!(parse(&["volume", "rollback", "db1@s1"]).is_ok());
+        assert!(parse(&["--output", "json", "volume", "flatten", "db2"]).is_ok());
+    }
 
     #[test]
     fn dev_needs_at_least_three_nodes() {

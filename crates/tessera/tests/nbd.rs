@@ -23,41 +23,9 @@ const MIB: u64 = 1 << 20;
 /// How long a hand-made NBD connection waits for the gateway.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// `Cluster::start` with three storage nodes, retried when a process dies at start-up:
-/// the harness picks ports with `free_port()`, which another process can take first.
+/// `Cluster::start` with three storage nodes, ready (see [`Cluster::start_ready`]).
 async fn start_cluster() -> Cluster {
-    for attempt in 1..=5 {
-        let mut c = Cluster::start(Opts::default());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let died = loop {
-            let mut died = None;
-            for m in &mut c.managers {
-                if let Some(Ok(Some(st))) = m.child.as_mut().map(|ch| ch.try_wait()) {
-                    died = Some(format!("manager exited: {st}"));
-                }
-            }
-            for (i, n) in c.nodes.iter_mut().enumerate() {
-                if let Some(Ok(Some(st))) = n.child.as_mut().map(|ch| ch.try_wait()) {
-                    died = Some(format!("node {} exited: {st}", i + 1));
-                }
-            }
-            if died.is_some() {
-                break died;
-            }
-            if c.status().await.is_some_and(|s| s.nodes.len() >= 3) || Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        match died {
-            None => {
-                c.wait_ready(3).await;
-                return c;
-            }
-            Some(why) => eprintln!("cluster start attempt {attempt}: {why}; retrying"),
-        }
-    }
-    panic!("the cluster did not start in 5 attempts");
+    Cluster::start_ready(Opts::default()).await
 }
 
 fn run(prog: &str, args: &[&str]) -> Output {

@@ -5,22 +5,24 @@
 //! Must never: let a piece's task outlive its request (see [`PieceTasks`]); send a write
 //! through a handle without a live attachment.
 
+mod block_status;
 mod retry;
 mod routes;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
-use tessera_proto::control::{ChunkRoute, VolumeInfo};
+use tessera_proto::control::{ChunkRoute, SnapshotInfo, VolumeInfo};
 use tessera_proto::data::Op;
 
 use crate::attachment::Attachment;
 use crate::{Client, Error, MAX_IO, Result};
 
+pub use block_status::Extent;
 use routes::{PageSeen, Route};
 
 /// An open volume. Cheap to clone; all clones share routes and connections.
@@ -42,6 +44,13 @@ pub(crate) struct VolumeInner {
     /// The read-write attachment, shared by this client's handles of the volume (`None`:
     /// opened read-only).
     attachment: Option<Arc<Attachment>>,
+    /// The volume's snapshot sequence as this client knows it, shared by every handle of
+    /// this client to the volume (see `Client::volume_seq`): every write, zeroes and
+    /// discard carries it, read when the attempt is sent. Only ever raised.
+    seq: Arc<AtomicU64>,
+    /// The snapshot this handle reads (`None`: the live volume). Such a handle never
+    /// writes.
+    snapshot: Option<SnapshotInfo>,
 }
 
 /// One piece of a request: inside one chunk, at most [`MAX_IO`] bytes.
@@ -60,12 +69,20 @@ impl Volume {
         info: VolumeInfo,
         chunks: Vec<ChunkRoute>,
         attachment: Option<Arc<Attachment>>,
+        snapshot: Option<SnapshotInfo>,
     ) -> Volume {
+        // A record from before snapshots says 0: sequence 1.
+        let seq = client.volume_seq(info.id, info.seq.max(1));
+        let mut learnt = 0;
         let routes = chunks
             .into_iter()
             .filter(|r| !r.peers.is_empty())
-            .map(|r| (r.chunk, Arc::new(Route::from(r))))
+            .map(|r| {
+                learnt = learnt.max(r.seq);
+                (r.chunk, Arc::new(Route::from(r)))
+            })
             .collect();
+        seq.fetch_max(learnt, Ordering::AcqRel);
         Volume {
             inner: Arc::new(VolumeInner {
                 client,
@@ -74,12 +91,29 @@ impl Volume {
                 last_page: tokio::sync::Mutex::new(None),
                 unpaged: AtomicBool::new(false),
                 attachment,
+                seq,
+                snapshot,
             }),
         }
     }
 
     pub(crate) fn read_only(client: Client, info: VolumeInfo, chunks: Vec<ChunkRoute>) -> Volume {
-        Volume::build(client, info, chunks, None)
+        Volume::build(client, info, chunks, None, None)
+    }
+
+    /// A read-only handle reading `snapshot` of the volume `info` describes: its reads are
+    /// as of the snapshot's sequence, its size the volume's when the snapshot was taken.
+    pub(crate) fn snapshot(
+        client: Client,
+        mut info: VolumeInfo,
+        chunks: Vec<ChunkRoute>,
+        snapshot: SnapshotInfo,
+    ) -> Volume {
+        // A manager from before sizes were recorded with snapshots says 0.
+        if snapshot.size != 0 {
+            info.size = snapshot.size;
+        }
+        Volume::build(client, info, chunks, None, Some(snapshot))
     }
 
     /// A handle holding `attachment`. Not for writes before [`Volume::fence_all`].
@@ -89,7 +123,7 @@ impl Volume {
         chunks: Vec<ChunkRoute>,
         attachment: Arc<Attachment>,
     ) -> Volume {
-        Volume::build(client, info, chunks, Some(attachment))
+        Volume::build(client, info, chunks, Some(attachment), None)
     }
 
     /// Lets go of the volume: if this is the last handle of this client's attachment,
@@ -147,8 +181,35 @@ impl Volume {
         Ok(())
     }
 
+    /// The snapshot this handle reads (`None`: the live volume).
+    pub fn snapshot_info(&self) -> Option<&SnapshotInfo> {
+        self.inner.snapshot.as_ref()
+    }
+
+    /// The volume's snapshot sequence as this client knows it: the one its writes carry.
+    pub fn seq(&self) -> u64 {
+        self.inner.seq.load(Ordering::Acquire)
+    }
+
+    /// A newer sequence of the volume was learnt (a route, or a group's `Resequence`):
+    /// every handle of this client to the volume writes with it from now on.
+    pub(crate) fn learn_seq(&self, seq: u64) {
+        self.inner.seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The sequence a read is sent with: the snapshot's, or 0 (the live volume).
+    fn read_seq(&self) -> u64 {
+        self.inner.snapshot.as_ref().map_or(0, |s| s.seq)
+    }
+
     /// The epoch this handle writes with, or why it may not write.
     fn write_epoch(&self) -> Result<u64> {
+        if let Some(s) = &self.inner.snapshot {
+            return Err(Error::ReadOnly(format!(
+                "snapshot \"{}@{}\" is read-only",
+                s.volume, s.name
+            )));
+        }
         match &self.inner.attachment {
             None => Err(Error::ReadOnly(format!(
                 "volume \"{}\" was opened read-only",
@@ -176,12 +237,18 @@ impl Volume {
         &self.inner.info.name
     }
 
-    /// The volume's size in bytes, as of when this handle was opened.
+    /// The volume's size in bytes, as of when this handle was opened (a snapshot's: the
+    /// volume's when the snapshot was taken).
     pub fn size(&self) -> u64 {
         self.inner.info.size
     }
 
     fn pieces(&self, offset: u64, len: u64) -> Result<Vec<Piece>> {
+        self.pieces_of(offset, len, MAX_IO)
+    }
+
+    /// [`Volume::pieces`] of at most `max` bytes each.
+    fn pieces_of(&self, offset: u64, len: u64, max: u64) -> Result<Vec<Piece>> {
         let size = self.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::OutOfRange {
@@ -198,7 +265,7 @@ impl Volume {
         while pos < end {
             let chunk = pos / cs;
             let in_chunk = pos % cs;
-            let n = (cs - in_chunk).min(end - pos).min(MAX_IO);
+            let n = (cs - in_chunk).min(end - pos).min(max);
             out.push(Piece {
                 chunk,
                 offset: in_chunk as u32,

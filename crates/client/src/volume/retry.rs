@@ -5,6 +5,14 @@
 //! Must never: fail a change while it may still land (it is settled first, within
 //! [`SETTLE_FOR`]); retry a definite answer (disk full, corrupt, out of range); send a
 //! chunk's next write before an abandoned one to it can no longer be proposed.
+//!
+//! Snapshot sequences: every attempt of a write, zeroes or discard carries the volume's
+//! sequence as this client knows it when the attempt is sent (not when the request was
+//! made), so an attempt sent after this client learnt of a snapshot never goes into the
+//! snapshot. A group that has a newer one refuses the attempt with `Resequence`: it was
+//! not applied and never will be, so the client adopts the sequence for every handle of
+//! the volume and sends the change again at once, under the same id; that is neither a
+//! failure nor a reason to back off, and it settles nothing about earlier attempts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +46,7 @@ static CLIENT_READ: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
 impl Volume {
     /// One piece, with this handle's epoch.
     pub(super) async fn piece(&self, op: Op, p: Piece, data: Bytes) -> Result<Bytes> {
-        let epoch = if op == Op::Read {
+        let epoch = if reads(op) {
             self.epoch_or_zero()
         } else {
             self.write_epoch()?
@@ -61,7 +69,7 @@ impl Volume {
         let started = Instant::now();
         let deadline = started + RETRY_FOR;
         // One id for every attempt: a retry must never take effect a second time.
-        let id = if op == Op::Read { 0 } else { request_id() };
+        let id = if reads(op) { 0 } else { request_id() };
         let mut backoff = Duration::from_millis(5);
         let mut attempt = 0usize;
         let mut refresh = false;
@@ -121,6 +129,11 @@ impl Volume {
                     return Err(Error::Io("manager returned no route for a write".into()));
                 }
                 Ok(None) if op == Op::Read => return Ok(Bytes::from(vec![0u8; p.len as usize])),
+                // Unmapped: every block a hole (`BlockState::Hole` is 0).
+                Ok(None) if op == Op::BlockStatus => {
+                    let blocks = p.len as u64 / tessera_proto::BLOCK_SIZE;
+                    return Ok(Bytes::from(vec![0u8; blocks as usize]));
+                }
                 Ok(None) => return Ok(Bytes::new()),
                 // The manager restarting or electing a leader is as transient as a storage
                 // node doing so: wait for it like for them.
@@ -157,6 +170,13 @@ impl Volume {
                 // The node refuses it after its deadline; a margin for clocks that differ.
                 g.unanswered_until = Some(Instant::now() + CALL_TIMEOUT + CLOCK_MARGIN);
             }
+            // Stamped now, as the attempt goes out: a snapshot learnt of since an earlier
+            // attempt (or since the request was made) is not written into.
+            let seq = match op {
+                Op::Write | Op::WriteZeroes | Op::Discard => self.seq(),
+                Op::Read | Op::BlockStatus => self.read_seq(),
+                _ => 0,
+            };
             let req = Request {
                 op,
                 addr: ChunkAddr {
@@ -166,7 +186,7 @@ impl Volume {
                 },
                 epoch,
                 id,
-                seq: 0,
+                seq,
                 // Not proposed after the attempt is given up on: its retry never races it.
                 deadline_ms: Request::deadline_in(CALL_TIMEOUT),
                 offset: p.offset,
@@ -182,7 +202,7 @@ impl Volume {
                 }
                 Err(e) => {
                     // Sent or not, answered or not: unknown.
-                    unsettled |= op != Op::Read;
+                    unsettled |= !reads(op);
                     if let Some(g) = &mut guard {
                         g.unanswered();
                     }
@@ -195,10 +215,30 @@ impl Volume {
                 }
             };
             match reply {
-                Reply::Resequence { seq } => {
-                    return Err(Error::Invalid(format!(
-                        "the volume has snapshot sequence {seq}: not supported by this client yet"
-                    )));
+                // Not applied, and never will be: again at once with the group's sequence
+                // (the leader answered, so it is still the one to send to).
+                Reply::Resequence { seq: newer } if newer > req.seq && !reads(op) => {
+                    route.leader.store(node_id, Ordering::Relaxed);
+                    self.learn_seq(newer);
+                    tracing::debug!(
+                        volume = self.name(),
+                        chunk = p.chunk,
+                        sent = req.seq,
+                        seq = newer,
+                        "a snapshot was taken: writing with the new sequence"
+                    );
+                }
+                // A sequence no newer than the one sent (or one for a read) cannot be
+                // adopted: a node that misbehaves, retried like a transient failure so
+                // that it cannot spin the client.
+                Reply::Resequence { seq: newer } => {
+                    last_err = format!(
+                        "node {node_id} refused sequence {} in favour of {newer}",
+                        req.seq
+                    );
+                    route.leader.store(0, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Reply::Ok(d) => {
                     route.leader.store(node_id, Ordering::Relaxed);
@@ -228,7 +268,7 @@ impl Volume {
                     match &reply {
                         // A leader that lost its leadership after proposing answers
                         // Unavailable: the entry may still commit.
-                        Reply::Unavailable(_) => unsettled |= op != Op::Read,
+                        Reply::Unavailable(_) => unsettled |= !reads(op),
                         Reply::Expired(_) => unsettled = false,
                         // The group moved or was re-created: ask the manager again.
                         _ => refresh = true,
@@ -265,7 +305,7 @@ impl Volume {
         let (head, data) = req.encode_parts();
         let f = conn.request(req.kind(), head, data, CALL_TIMEOUT).await?;
         match req.op {
-            Op::Read => CLIENT_READ.observe_since(sent),
+            Op::Read | Op::BlockStatus => CLIENT_READ.observe_since(sent),
             _ => CLIENT_WRITE.observe_since(sent),
         }
         if f.kind != Kind::Reply {
@@ -310,6 +350,11 @@ impl Drop for Abandoned {
             self.attachment.hold_back(self.chunk, until);
         }
     }
+}
+
+/// Whether `op` only reads (no id, no attachment needed, never unsettled).
+fn reads(op: Op) -> bool {
+    matches!(op, Op::Read | Op::BlockStatus)
 }
 
 /// A new request id: this process's random identity in the high half, a count in the low.

@@ -112,8 +112,13 @@ impl Volume {
         }
     }
 
-    /// Caches `routes`, keeping routes already cached (and the leaders learnt for them).
-    fn cache(&self, routes: Vec<ChunkRoute>) {
+    /// Caches `routes`, keeping routes already cached (and the leaders learnt for them),
+    /// and adopts the newest volume sequence they carry (a chunk mapped after a snapshot
+    /// is in no group the snapshot fenced: its first write must carry the new sequence).
+    pub(super) fn cache(&self, routes: Vec<ChunkRoute>) {
+        if let Some(seq) = routes.iter().map(|r| r.seq).max() {
+            self.learn_seq(seq);
+        }
         if let Ok(mut m) = self.inner.routes.write() {
             for r in routes.into_iter().filter(|r| !r.peers.is_empty()) {
                 m.entry(r.chunk).or_insert_with(|| Arc::new(Route::from(r)));
@@ -249,6 +254,7 @@ impl Volume {
         let Some(route) = route.filter(|r| !r.peers.is_empty()) else {
             return Ok(None);
         };
+        self.learn_seq(route.seq);
         let route = Arc::new(Route::from(route));
         if let Ok(mut m) = self.inner.routes.write() {
             m.insert(chunk, route.clone());

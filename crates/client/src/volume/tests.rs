@@ -34,6 +34,8 @@ fn pieces(size: u64, cs: u64, off: u64, len: u64) -> Result<Vec<(u64, u32, u32, 
         last_page: tokio::sync::Mutex::new(None),
         unpaged: AtomicBool::new(false),
         attachment: None,
+        seq: Arc::new(AtomicU64::new(1)),
+        snapshot: None,
     };
     let v = Volume {
         inner: Arc::new(inner),
@@ -253,4 +255,231 @@ async fn a_write_after_an_abandoned_one_waits_for_its_deadline() {
         *same_at >= x_deadline,
         "sent at {same_at} ms, before the abandoned write's deadline {x_deadline}"
     );
+}
+
+/// A storage node played by the test: records every request and answers it with
+/// `answer(request, how many came before it)`.
+async fn scripted_node(
+    answer: fn(&Request, usize) -> Reply,
+) -> (String, Arc<std::sync::Mutex<Vec<Request>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: Arc<std::sync::Mutex<Vec<Request>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut frames = tessera_net::FrameReader::new(r);
+                while let Ok(Some(f)) = frames.next().await {
+                    let req = Request::decode(f.kind, &f.body).unwrap();
+                    let reply = {
+                        let mut seen = log.lock().unwrap();
+                        let reply = answer(&req, seen.len());
+                        seen.push(req);
+                        reply
+                    };
+                    let frame =
+                        tessera_proto::frame::Frame::new(Kind::Reply, f.request_id, reply.encode());
+                    tessera_net::write_frame(&mut w, &frame).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn route_to(addr: &str, chunk: u64, seq: u64) -> ChunkRoute {
+    ChunkRoute {
+        seq,
+        chunk,
+        group_id: 1,
+        peers: vec![tessera_proto::control::PeerInfo {
+            node_id: 1,
+            addr: addr.to_string(),
+        }],
+        leader: Some(1),
+    }
+}
+
+/// A snapshot was taken while a write was on its way: the group refuses it with the new
+/// sequence, and the client sends it again at once (same id, new sequence, no back-off),
+/// the caller never sees an error, and every handle of the volume writes with the new
+/// sequence from then on.
+#[tokio::test]
+async fn a_resequenced_write_is_resent_at_once_with_the_new_sequence() {
+    let (addr, seen) = scripted_node(|req, n| match n {
+        0 => Reply::Resequence { seq: 5 },
+        _ if req.seq < 5 => Reply::Resequence { seq: 5 },
+        _ => Reply::Ok(Bytes::new()),
+    })
+    .await;
+    let client = Client::offline();
+    let cs = 1 << 20;
+    let mut info = vol(4 * cs, cs);
+    info.seq = 3;
+    let a = Attachment::share(&client, "v", 1, 7, Duration::from_secs(600));
+    let v = Volume::attached(
+        client.clone(),
+        info.clone(),
+        vec![route_to(&addr, 0, 0), route_to(&addr, 1, 0)],
+        a.clone(),
+    );
+    let other = Volume::attached(client, info, vec![route_to(&addr, 1, 0)], a);
+    assert_eq!(v.seq(), 3);
+    let started = std::time::Instant::now();
+    v.write(0, Bytes::from(vec![1u8; 4096]))
+        .await
+        .expect("a resequenced write succeeds");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "backed off: {:?}",
+        started.elapsed()
+    );
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].seq, seen[1].seq), (3, 5));
+        assert_eq!(seen[0].id, seen[1].id, "one id for every attempt");
+        assert_ne!(seen[0].id, 0);
+    }
+    assert_eq!(
+        other.seq(),
+        5,
+        "the sequence is the volume's, not the handle's"
+    );
+    other.discard(cs, 4096).await.expect("discard");
+    assert_eq!(seen.lock().unwrap()[2].seq, 5);
+}
+
+/// A node that answers `Resequence` with a sequence no newer than the one sent cannot make
+/// the client spin: it is retried like a transient failure, with back-off.
+#[tokio::test]
+async fn a_resequence_to_an_older_sequence_is_not_adopted() {
+    let (addr, seen) = scripted_node(|_, n| match n {
+        0..=2 => Reply::Resequence { seq: 2 },
+        _ => Reply::Ok(Bytes::new()),
+    })
+    .await;
+    let client = Client::offline();
+    let mut info = vol(1 << 20, 1 << 20);
+    info.seq = 4;
+    let a = Attachment::share(&client, "v", 1, 7, Duration::from_secs(600));
+    let v = Volume::attached(client, info, vec![route_to(&addr, 0, 0)], a);
+    v.write(0, Bytes::from(vec![1u8; 4096]))
+        .await
+        .expect("write");
+    assert_eq!(v.seq(), 4);
+    assert!(seen.lock().unwrap().iter().all(|r| r.seq == 4));
+}
+
+/// Routes carry the volume's sequence when the manager answered: a newer one is adopted
+/// before the chunk is written (a chunk mapped after a snapshot is in no fenced group).
+/// A record from before snapshots (sequence 0) writes with 1.
+#[tokio::test]
+async fn routes_raise_the_sequence_and_zero_reads_as_one() {
+    let (addr, seen) = scripted_node(|_, _| Reply::Ok(Bytes::new())).await;
+    let client = Client::offline();
+    let a = Attachment::share(&client, "v", 1, 7, Duration::from_secs(600));
+    let v = Volume::attached(
+        client.clone(),
+        vol(1 << 20, 1 << 20),
+        vec![route_to(&addr, 0, 0)],
+        a,
+    );
+    assert_eq!(v.seq(), 1);
+    v.write(0, Bytes::from(vec![1u8; 512]))
+        .await
+        .expect("write");
+    v.cache(vec![route_to(&addr, 0, 9)]);
+    v.write(0, Bytes::from(vec![1u8; 512]))
+        .await
+        .expect("write");
+    let r = Volume::read_only(client, vol(1 << 20, 1 << 20), vec![route_to(&addr, 0, 0)]);
+    r.read(0, 512).await.expect("read");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 9, 0],
+        "writes carry the volume's sequence, live reads 0"
+    );
+}
+
+fn snapshot_of(seq: u64, size: u64) -> tessera_proto::control::SnapshotInfo {
+    tessera_proto::control::SnapshotInfo {
+        volume: "v".into(),
+        volume_id: 1,
+        name: "s1".into(),
+        seq,
+        created_unix: 0,
+        state: tessera_proto::control::SnapshotState::Ready,
+        clones: Vec::new(),
+        size,
+    }
+}
+
+/// A snapshot handle reads as of the snapshot's sequence, within the volume's size when
+/// it was taken, and refuses every write.
+#[tokio::test]
+async fn a_snapshot_reads_as_of_its_sequence_and_never_writes() {
+    let (addr, seen) = scripted_node(|req, _| {
+        Reply::Ok(match req.op {
+            Op::BlockStatus => Bytes::from(vec![2u8; (req.len / 4096) as usize]),
+            _ => Bytes::from(vec![7u8; req.len as usize]),
+        })
+    })
+    .await;
+    let cs = 1 << 20;
+    // The manager knows chunk 0 only: chunk 1 is unmapped.
+    let (manager, _) = fake_manager(vec![0], false).await;
+    let client = Client::connect(vec![manager]).await.expect("connect");
+    let v = Volume::snapshot(
+        client,
+        vol(4 * cs, cs),
+        vec![route_to(&addr, 0, 0)],
+        snapshot_of(4, 2 * cs),
+    );
+    assert_eq!(v.size(), 2 * cs);
+    assert_eq!(v.read(100, 10).await.unwrap(), vec![7u8; 10]);
+    assert!(matches!(
+        v.read(2 * cs, 1).await,
+        Err(Error::OutOfRange { .. })
+    ));
+    for e in [
+        v.write(0, Bytes::from_static(b"x")).await,
+        v.write_zeroes(0, 4096).await,
+        v.discard(0, 4096).await,
+    ] {
+        let e = e.unwrap_err();
+        assert!(
+            matches!(&e, Error::ReadOnly(m) if m.contains("v@s1")),
+            "{e}"
+        );
+    }
+    // Chunk 0 is mapped (data), chunk 1 is not (a hole, asked of nobody).
+    let ext = v.block_status(4000, cs).await.unwrap();
+    assert_eq!(
+        ext,
+        [
+            Extent {
+                offset: 4000,
+                len: cs - 4000,
+                state: tessera_proto::data::BlockState::Data
+            },
+            Extent {
+                offset: cs,
+                len: 4000,
+                state: tessera_proto::data::BlockState::Hole
+            },
+        ]
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|r| r.seq == 4),
+        "every request as of the snapshot"
+    );
+    let status: Vec<_> = seen.iter().filter(|r| r.op == Op::BlockStatus).collect();
+    assert_eq!(status.len(), 1);
+    assert_eq!((status[0].offset, status[0].len), (0, cs as u32));
 }

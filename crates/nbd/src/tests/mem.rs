@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Access, Backend, BackendError, Export};
+use crate::backend::{Access, Allocation, Backend, BackendError, Export, Extent};
+
+/// The unit the in-memory store tracks allocation in.
+const BLOCK: u64 = 4096;
 
 pub(crate) struct MemBackend {
     volumes: BTreeMap<String, Arc<MemVolume>>,
@@ -26,6 +29,8 @@ pub(crate) struct MemVolume {
     pub slow_write_offset: AtomicU64,
     /// The `punch` argument of every write-zeroes, in order.
     pub punched: Mutex<Vec<bool>>,
+    /// Per 4 KiB block: allocated (written, or zeroed without a hole) or a hole.
+    allocated: Mutex<Vec<bool>>,
 }
 
 pub(crate) const SLOW_READ: Duration = Duration::from_millis(300);
@@ -41,6 +46,7 @@ impl MemBackend {
                     slow_read_offset: AtomicU64::new(u64::MAX),
                     slow_write_offset: AtomicU64::new(u64::MAX),
                     punched: Mutex::default(),
+                    allocated: Mutex::new(vec![false; size.div_ceil(BLOCK) as usize]),
                 };
                 (name.to_owned(), Arc::new(vol))
             })
@@ -64,6 +70,7 @@ impl MemVolume {
     /// Overwrites the whole volume, so a copy onto it must really write every byte.
     pub(crate) fn fill_for_test(&self, byte: u8) {
         self.data.lock().unwrap().fill(byte);
+        self.allocated.lock().unwrap().fill(true);
     }
 
     fn range(&self, offset: u64, len: u64) -> Result<std::ops::Range<usize>, BackendError> {
@@ -73,6 +80,20 @@ impl MemVolume {
             _ => Err(BackendError::OutOfRange(format!(
                 "{offset}+{len} of {size}"
             ))),
+        }
+    }
+
+    /// Marks the blocks `offset..offset + len` touches allocated, or (`false`) the blocks
+    /// it covers whole holes again.
+    fn allocate(&self, offset: u64, len: u64, allocated: bool) {
+        let (first, end) = if allocated {
+            (offset / BLOCK, (offset + len).div_ceil(BLOCK))
+        } else {
+            (offset.div_ceil(BLOCK), (offset + len) / BLOCK)
+        };
+        let mut a = self.allocated.lock().unwrap();
+        for b in first..end.min(a.len() as u64) {
+            a[b as usize] = allocated;
         }
     }
 
@@ -128,17 +149,49 @@ impl Export for Arc<MemVolume> {
         }
         let range = self.range(offset, data.len() as u64)?;
         self.data.lock().unwrap()[range].copy_from_slice(&data);
+        self.allocate(offset, data.len() as u64, true);
         Ok(())
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> Result<(), BackendError> {
         self.punched.lock().unwrap().push(punch);
-        self.fill(offset, len, 0)
+        self.fill(offset, len, 0)?;
+        self.allocate(offset, len, !punch);
+        Ok(())
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         // Discarded ranges read as zeroes here, though NBD promises nothing about them.
-        self.fill(offset, len, 0)
+        self.fill(offset, len, 0)?;
+        self.allocate(offset, len, false);
+        Ok(())
+    }
+
+    /// Per block: a hole, allocated zeroes, or data; one extent per block (the server
+    /// merges them).
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, BackendError> {
+        let range = self.range(offset, len)?;
+        let data = self.data.lock().unwrap();
+        let allocated = self.allocated.lock().unwrap();
+        let mut out = Vec::new();
+        let mut pos = range.start as u64;
+        while pos < range.end as u64 {
+            let b = pos / BLOCK;
+            let end = ((b + 1) * BLOCK).min(range.end as u64);
+            let state = if !allocated[b as usize] {
+                Allocation::Hole
+            } else if data[pos as usize..end as usize].iter().all(|&x| x == 0) {
+                Allocation::Zero
+            } else {
+                Allocation::Data
+            };
+            out.push(Extent {
+                len: end - pos,
+                state,
+            });
+            pos = end;
+        }
+        Ok(out)
     }
 
     async fn flush(&self) -> Result<(), BackendError> {

@@ -138,6 +138,55 @@ impl Cluster {
         c
     }
 
+    /// [`Cluster::start`], retried when a process dies at start-up (the harness picks
+    /// ports with `free_port()`, which another process can take first), and waited for
+    /// until every node is registered and every group ready.
+    pub async fn start_ready(opts: Opts) -> Cluster {
+        let nodes = opts.nodes;
+        let fresh = || Opts {
+            node_at: Vec::new(),
+            manager_extra: opts.manager_extra.clone(),
+            storage_extra: opts.storage_extra.clone(),
+            manager_host: opts.manager_host.clone(),
+            ..opts
+        };
+        assert!(opts.node_at.is_empty(), "start_ready places nodes itself");
+        for attempt in 1..=5 {
+            let mut c = Cluster::start(fresh());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let died = loop {
+                let mut died = None;
+                for m in &mut c.managers {
+                    if let Some(Ok(Some(st))) = m.child.as_mut().map(|ch| ch.try_wait()) {
+                        died = Some(format!("manager exited: {st}"));
+                    }
+                }
+                for (i, n) in c.nodes.iter_mut().enumerate() {
+                    if let Some(Ok(Some(st))) = n.child.as_mut().map(|ch| ch.try_wait()) {
+                        died = Some(format!("node {} exited: {st}", i + 1));
+                    }
+                }
+                if died.is_some() {
+                    break died;
+                }
+                if c.status().await.is_some_and(|s| s.nodes.len() >= nodes)
+                    || Instant::now() > deadline
+                {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            match died {
+                None => {
+                    c.wait_ready(nodes).await;
+                    return c;
+                }
+                Some(why) => eprintln!("cluster start attempt {attempt}: {why}; retrying"),
+            }
+        }
+        panic!("the cluster did not start in 5 attempts");
+    }
+
     /// Configures and starts storage node `i` (the next one), with `extra` lines in its
     /// storage.toml.
     pub fn add_node(&mut self, i: usize, extra: &str) {
