@@ -3,7 +3,9 @@
 //! other: SIGKILL of storage nodes, SIGSTOP of group leaders, two replicas of a group
 //! stalled past the client's request timeout, leadership transfers under load, SIGKILL of
 //! the leading manager and of a gateway. Afterwards every block's history must be
-//! linearizable (a per-block register check, `nemesis/checker.rs`), with minimum counts of
+//! linearizable (a per-block register check, `nemesis/checker.rs`), every snapshot taken
+//! meanwhile too (read back as reads of its create request's interval,
+//! `nemesis/snapshots.rs`, which also deletes, clones and flattens), with minimum counts of
 //! acknowledged writes, reads and of every fault kind, so a run that did nothing fails.
 //! One gateway at a time holds the volume's read-write attachment: clients of the other
 //! are refused and move over. When the holder is killed, its lease runs out and the next
@@ -26,6 +28,8 @@ mod checker;
 mod common;
 #[path = "nemesis/faults.rs"]
 mod faults;
+#[path = "nemesis/snapshots.rs"]
+mod snapshots;
 #[path = "nemesis/workload.rs"]
 mod workload;
 
@@ -98,6 +102,8 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(workload::client(w.clone(), id, seed)))
         .collect();
+    let admin = c.client().await;
+    let snapshot_task = tokio::spawn(snapshots::run(w.clone(), admin.clone(), VOLUME.into()));
 
     // Faults, then a healthy cluster under load for a few seconds.
     let mut nemesis = Nemesis::new(c, gateways, w.clone(), seed);
@@ -114,9 +120,15 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
             .expect("a client did not stop within 60 s")
             .expect("client task");
     }
+    let activity = tokio::time::timeout(Duration::from_secs(120), snapshot_task)
+        .await
+        .expect("the snapshot task did not stop within 120 s")
+        .expect("snapshot task");
 
     // Every block read once more by a fresh connection: what survived the faults.
     final_sweep(&w).await;
+    // Every snapshot still listed, read back as reads of the create request's interval.
+    let snapshots_checked = snapshots::read_back(&w, &admin, VOLUME, &activity).await;
 
     let history: Vec<Record> = std::mem::take(&mut *w.history.lock().expect("history"));
     let mut ops: Vec<Op> = history.iter().map(|r| r.op.clone()).collect();
@@ -183,6 +195,8 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
          {over_10s} answers after more than 10 s\n  \
          unanswered writes of killed gateways bounded by the next attachment's fence: \
          {fenced}\n  \
+         snapshots: {} taken, {} failed or unanswered, {} deleted ({} refused), \
+         {snapshots_checked} read back and checked; clone of {:?} flattened: {}\n  \
          faults: {}; leadership transfers: {} started by the nemesis ({} seen done), {} by \
          the manager's leader balance; unsettled after a fault: {}; unexpected exits: {}\n  \
          violations: {}",
@@ -190,6 +204,12 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
         history.len(),
         w_timed_out + w_lost + w_refused,
         w.reconnects.load(Ordering::Relaxed),
+        activity.taken.len() - activity.failed,
+        activity.failed,
+        activity.deleted.len(),
+        activity.delete_failed,
+        activity.cloned_from,
+        activity.flatten_started,
         faults.join(" "),
         nemesis.transfers_started,
         nemesis.transfers_seen,
@@ -223,6 +243,16 @@ async fn every_block_stays_linearizable_through_kills_stalls_and_transfers() {
     assert!(
         reads_ok >= MIN_OK_READS * scale,
         "only {reads_ok} successful reads"
+    );
+    assert!(
+        snapshots_checked >= 1,
+        "no snapshot was taken and read back: {} asked, {} failed",
+        activity.taken.len(),
+        activity.failed
+    );
+    assert!(
+        activity.cloned_from.is_some() && activity.flatten_started,
+        "no clone was made and flattened during the faults"
     );
     for f in ALL {
         assert!(
