@@ -256,7 +256,7 @@ fn snapshots_clones_and_flatten_progress_survive_reopen() {
         let SnapshotPlan::Cut(m) = state.plan_create_snapshot("v", "s1", 8).unwrap() else {
             panic!()
         };
-        step(&store, &mut state, m);
+        step(&store, &mut state, *m);
         let ready = Mutation::SnapshotReady {
             volume_id: id,
             name: "s1".into(),
@@ -265,11 +265,11 @@ fn snapshots_clones_and_flatten_progress_survive_reopen() {
         let SnapshotPlan::Cut(m) = state.plan_create_snapshot("v", "s2", 9).unwrap() else {
             panic!()
         };
-        step(&store, &mut state, m);
+        step(&store, &mut state, *m);
         let ClonePlan::Create(m) = state.plan_clone("v", "s1", "c", 10).unwrap() else {
             panic!()
         };
-        step(&store, &mut state, m);
+        step(&store, &mut state, *m);
         let c = state.volume_by_name("c").unwrap().id;
         for m in [
             Mutation::CloneLinked { volume_id: c },

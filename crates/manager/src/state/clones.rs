@@ -23,7 +23,7 @@ pub const FLATTEN_PIECE: u64 = 4 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClonePlan {
     /// Create the clone with this mutation, then link it.
-    Create(Mutation),
+    Create(Box<Mutation>),
     /// The clone exists from an earlier try and is still linking: link it again.
     Finish(u64),
 }
@@ -101,10 +101,10 @@ impl State {
             linking: true,
             flattening: false,
         });
-        Ok(ClonePlan::Create(Mutation::CloneVolume {
+        Ok(ClonePlan::Create(Box::new(Mutation::CloneVolume {
             volume: rec,
             chunks,
-        }))
+        })))
     }
 
     /// The links of a clone: `Link` for every linked chunk, by group.

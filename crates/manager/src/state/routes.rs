@@ -25,10 +25,14 @@ fn page_limit(limit: u32) -> usize {
 }
 
 impl State {
-    /// The volume by name and the first page of its groups ([`State::group_page`]).
+    /// The volume by name and the first page of its groups ([`State::group_page`]); a
+    /// clone still linking is not opened (`Unavailable`).
     pub fn open_volume(&self, name: &str) -> Result<(VolumeInfo, RoutePage), ControlError> {
         let id = self.id_of(name)?;
         let v = &self.volumes[&id];
+        if v.rec.linking() {
+            return Err(super::linking(&v.rec));
+        }
         Ok((self.info(v), self.group_page(id, 0)?))
     }
 

@@ -35,12 +35,10 @@ pub fn record_change_of(m: &Mutation) -> Option<u64> {
 /// flattened) changes nothing.
 pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
     match m {
-        Mutation::CutSnapshot { snapshot, .. } => {
-            if rec.snapshot(&snapshot.name).is_none() {
-                rec.snap_seq = rec.seq().max(snapshot.seq.saturating_add(1));
-                rec.snapshots.push(snapshot.clone());
-                rec.snapshots.sort_by_key(|s| s.seq);
-            }
+        Mutation::CutSnapshot { snapshot, .. } if rec.snapshot(&snapshot.name).is_none() => {
+            rec.snap_seq = rec.seq().max(snapshot.seq.saturating_add(1));
+            rec.snapshots.push(snapshot.clone());
+            rec.snapshots.sort_by_key(|s| s.seq);
         }
         Mutation::SnapshotReady { name, .. } => {
             if let Some(s) = rec.snapshots.iter_mut().find(|s| &s.name == name) {
@@ -63,10 +61,10 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
                 p.linked.retain(|c| c != chunk);
             }
         }
-        Mutation::ParentCleared { .. } => {
-            if rec.parent.as_ref().is_some_and(|p| p.linked.is_empty()) {
-                rec.parent = None;
-            }
+        Mutation::ParentCleared { .. }
+            if rec.parent.as_ref().is_some_and(|p| p.linked.is_empty()) =>
+        {
+            rec.parent = None;
         }
         _ => {}
     }
@@ -76,7 +74,7 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotPlan {
     /// Cut a new snapshot with this mutation, then fence.
-    Cut(Mutation),
+    Cut(Box<Mutation>),
     /// A `Creating` snapshot of that name exists: fence again and make it ready.
     Finish,
 }
@@ -101,7 +99,7 @@ impl State {
             Some(_) => Err(ControlError::AlreadyExists(format!(
                 "volume {volume:?} already has a snapshot {name:?}"
             ))),
-            None => Ok(SnapshotPlan::Cut(Mutation::CutSnapshot {
+            None => Ok(SnapshotPlan::Cut(Box::new(Mutation::CutSnapshot {
                 volume_id: id,
                 snapshot: SnapshotRecord {
                     name: name.to_string(),
@@ -110,7 +108,7 @@ impl State {
                     state: SnapshotState::Creating,
                     size: rec.size,
                 },
-            })),
+            }))),
         }
     }
 
