@@ -182,8 +182,17 @@ fn a_clone_maps_every_chunk_to_its_parents_group_and_links_it() {
             s.route(parent, chunk).unwrap().unwrap().group_id
         );
     }
-    // Not usable until linked; asking again finishes it.
+    // Not usable until linked (not opened, so not attached either); asking again
+    // finishes it.
     assert!(s.volume_record("c").unwrap().linking());
+    assert!(matches!(
+        s.open_volume("c"),
+        Err(ControlError::Unavailable(_))
+    ));
+    assert!(matches!(
+        s.plan_create_snapshot("c", "x", 0),
+        Err(ControlError::Unavailable(_))
+    ));
     assert_eq!(s.linking_clones(), [c.id]);
     assert_eq!(
         s.plan_clone("v", "mon", "c", 301).unwrap(),
@@ -202,6 +211,7 @@ fn a_clone_maps_every_chunk_to_its_parents_group_and_links_it() {
     );
     s.apply(&Mutation::CloneLinked { volume_id: c.id });
     assert!(s.linking_clones().is_empty());
+    assert!(s.open_volume("c").is_ok());
     assert_eq!(s.snapshot_info("v", "mon").unwrap().clones, ["c"]);
     assert_eq!(s.volume_by_name("v").unwrap().snapshots[0].clones, ["c"]);
     assert!(matches!(
