@@ -335,3 +335,73 @@ async fn a_rollback_waits_for_the_writer_then_fences_and_rolls_back_every_chunk(
     assert_eq!(chunks, [0, 1, 2]);
     m.shutdown().await;
 }
+
+/// A stand-in storage node that refuses every `Apply` until `open` is set.
+async fn refusing_storage_node() -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let open = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = open.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = FrameReader::new(r);
+                while let Ok(Some(f)) = r.next().await {
+                    let req: StorageRequest = control::decode(&f.body).unwrap();
+                    let res: Result<StorageReply, ControlError> = match req {
+                        StorageRequest::Apply { .. } if !flag.load(Ordering::SeqCst) => {
+                            Ok(StorageReply::NotLeader { hint: 0 })
+                        }
+                        _ => Ok(StorageReply::Done),
+                    };
+                    write_frame(&mut w, &rpc_reply(f.request_id, &res))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// A group that cannot be fenced in time: `Unavailable`, the snapshot stays `Creating` (not
+/// readable) at its sequence, and asking again finishes it without moving the sequence.
+#[tokio::test]
+async fn a_snapshot_whose_groups_cannot_be_fenced_stays_creating_until_asked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, open) = refusing_storage_node().await;
+    let (m, _) = setup(dir.path(), &addr).await;
+    let snap = ManagerRequest::CreateSnapshot {
+        volume: "v".into(),
+        name: "mon".into(),
+    };
+    let asked = call::<_, ManagerReply>(&m.local_addr().to_string(), &snap, T * 3).await;
+    let err = control_err(asked);
+    assert!(
+        matches!(&err, ControlError::Unavailable(m) if m.contains("stays creating")),
+        "{err:?}"
+    );
+    let v = volume(&m, "v").await;
+    assert_eq!(v.seq, 2);
+    assert_eq!(v.snapshots[0].state, SnapshotState::Creating);
+    // Cloning it is refused while it is not ready.
+    let clone = ManagerRequest::CloneVolume {
+        volume: "v".into(),
+        snapshot: "mon".into(),
+        name: "c".into(),
+    };
+    assert!(matches!(
+        control_err(ask(&m, clone).await),
+        ControlError::Unavailable(_)
+    ));
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ManagerReply::Snapshot(s) = ask(&m, snap).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!((s.seq, s.state), (1, SnapshotState::Ready));
+    assert_eq!(volume(&m, "v").await.seq, 2);
+    m.shutdown().await;
+}

@@ -80,12 +80,18 @@ impl State {
         if parent.rec.linking() {
             return Err(linking(&parent.rec));
         }
-        let chunks: Vec<(u64, u64)> = parent.chunks.iter().map(|(c, g)| (*c, *g)).collect();
         let size = if snap.size == 0 {
             parent.rec.size
         } else {
             snap.size
         };
+        // Chunks past the snapshot's size (the parent grew since) are not the clone's.
+        let count = volume::chunk_count(size, parent.rec.chunk_size);
+        let chunks: Vec<(u64, u64)> = parent
+            .chunks
+            .range(..count)
+            .map(|(c, g)| (*c, *g))
+            .collect();
         let mut rec = VolumeRecord::new(
             self.next.volume,
             name,

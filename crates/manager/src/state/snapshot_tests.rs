@@ -409,3 +409,17 @@ fn records_from_before_snapshots_load_with_sequence_one() {
         assert_eq!(&back, rec);
     }
 }
+
+#[test]
+fn a_clone_has_the_snapshots_size_even_after_the_parent_grew() {
+    let (mut s, id) = setup();
+    cut(&mut s, "v", "mon");
+    let m = s.plan_resize_volume("v", 2 * GIB).unwrap().unwrap();
+    s.apply(&m);
+    let m = s.plan_map_chunks(id, 1500, 2, |_| true).unwrap().unwrap();
+    s.apply(&m);
+    clone(&mut s, "v", "mon", "c");
+    let c = s.volume_by_name("c").unwrap();
+    assert_eq!((c.size, c.mapped_chunks), (GIB, 4));
+    assert_eq!(c.parent.unwrap().linked_chunks, 4);
+}
