@@ -405,3 +405,33 @@ async fn a_snapshot_whose_groups_cannot_be_fenced_stays_creating_until_asked_aga
     assert_eq!(volume(&m, "v").await.seq, 2);
     m.shutdown().await;
 }
+
+/// A snapshot left `Creating` (the request gave up, or its manager failed over) is finished
+/// by the leading manager's background loop once its group can be fenced: asking again
+/// afterwards finds it `Ready` (`AlreadyExists`).
+#[tokio::test]
+async fn the_leading_manager_finishes_a_creating_snapshot_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, open) = refusing_storage_node().await;
+    let (m, _) = setup(dir.path(), &addr).await;
+    let snap = ManagerRequest::CreateSnapshot {
+        volume: "v".into(),
+        name: "mon".into(),
+    };
+    let asked = call::<_, ManagerReply>(&m.local_addr().to_string(), &snap, T * 3).await;
+    assert!(matches!(control_err(asked), ControlError::Unavailable(_)));
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + T * 3;
+    while volume(&m, "v").await.snapshots[0].state != SnapshotState::Ready {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never finished in the background"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(matches!(
+        control_err(ask(&m, snap).await),
+        ControlError::AlreadyExists(_)
+    ));
+    m.shutdown().await;
+}
