@@ -143,7 +143,8 @@ impl State {
     }
 
     /// Starting a flatten: `None` if one runs already. A volume that is no clone is
-    /// `Invalid`.
+    /// `Invalid`; a clone with snapshots is refused (`Conflict`): they read through the
+    /// link a flatten cuts.
     pub fn plan_flatten(&self, name: &str) -> Result<Option<Mutation>, ControlError> {
         let rec = self.volume_record(name)?;
         let Some(p) = &rec.parent else {
@@ -153,6 +154,17 @@ impl State {
         };
         if p.linking {
             return Err(linking(rec));
+        }
+        if !p.flattening && !rec.snapshots.is_empty() {
+            // A flatten copies only blocks no layer holds, into the live layer, then cuts
+            // the link: the clone's snapshots (and clones of them) read through the link
+            // and would lose the parent's blocks.
+            let names: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
+            return Err(ControlError::Conflict(format!(
+                "clone {name:?} has snapshots ({}), which read through to its parent: a \
+                 flatten would change them; delete them first",
+                names.join(", ")
+            )));
         }
         Ok((!p.flattening).then_some(Mutation::SetFlattening {
             volume_id: rec.id,

@@ -267,9 +267,22 @@ fn a_flatten_goes_chunk_by_chunk_and_a_new_leader_carries_on() {
     let c = clone(&mut s, "v", "mon", "c");
     assert!(matches!(s.plan_flatten("v"), Err(ControlError::Invalid(_))));
     assert_eq!(s.flatten_step(c), None, "not flattening yet");
+    // Not while the clone has snapshots: they read through the link a flatten cuts.
+    cut(&mut s, "c", "c1");
+    assert!(matches!(
+        s.plan_flatten("c"),
+        Err(ControlError::Conflict(m)) if m.contains("c1")
+    ));
+    let m = s.plan_delete_snapshot("c", "c1").unwrap();
+    s.apply(&m);
     let m = s.plan_flatten("c").unwrap().unwrap();
     s.apply(&m);
     assert_eq!(s.plan_flatten("c").unwrap(), None, "already running");
+    // Nor is one taken while it runs.
+    assert!(matches!(
+        s.plan_create_snapshot("c", "c2", 0),
+        Err(ControlError::Conflict(_))
+    ));
     assert_eq!(s.flattening_clones(), [c]);
     let mut log = vec![m];
     for chunk in 0..2 {
