@@ -1,6 +1,8 @@
 //! The records the manager persists, one per row: [`NodeRecord`], [`GroupRecord`],
-//! [`VolumeRecord`] (with its [`Attachment`]). Their serde form is the database's and the
-//! snapshot's format.
+//! [`VolumeRecord`] (with its [`Attachment`], its [`SnapshotRecord`]s and, for a clone, its
+//! [`ParentLink`]). Their serde form is the database's and the snapshot's format; every
+//! field added later is `#[serde(default)]` and left out when empty, so rows written before
+//! it load, and rows without it are written as before.
 //!
 //! Plain data with a few read-only helpers. Must never change a record (only
 //! [`State::apply`](super::State::apply) does) nor rename or retype a field without a format
