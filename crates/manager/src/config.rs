@@ -51,7 +51,13 @@ pub struct ManagerConfig {
     /// Raft log entries kept behind the applied index for managers that lag; the log is
     /// compacted to that once it holds twice as many.
     pub log_keep: u64,
+    /// How fast a flatten copies a clone's parent data into the clone, in bytes per second
+    /// (the whole cluster's flattens together, as the leading manager paces them).
+    pub flatten_bytes_per_sec: u64,
 }
+
+/// Default [`ManagerConfig::flatten_bytes_per_sec`]: 64 MiB/s.
+pub const DEFAULT_FLATTEN_BYTES_PER_SEC: u64 = 64 << 20;
 
 /// One member of the managers' Raft group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +85,7 @@ impl Default for ManagerConfig {
             peers: Vec::new(),
             join: false,
             log_keep: 2000,
+            flatten_bytes_per_sec: DEFAULT_FLATTEN_BYTES_PER_SEC,
         }
     }
 }
@@ -109,6 +116,11 @@ impl ManagerConfig {
         if self.reconcile_every.is_zero() || self.max_moves == 0 || self.max_moves_per_node == 0 {
             return Err(Error::Config(
                 "reconcile_ms, max_moves and max_moves_per_node must be positive".into(),
+            ));
+        }
+        if self.flatten_bytes_per_sec == 0 {
+            return Err(Error::Config(
+                "flatten_bytes_per_sec must be positive".into(),
             ));
         }
         if self.log_keep == 0 {
@@ -176,6 +188,8 @@ impl ManagerConfig {
 /// # join = true
 /// # Raft log entries kept behind the applied index (compacted at twice this).
 /// raft_log_keep = 2000
+/// # How fast clones are flattened (bytes per second, the whole cluster together).
+/// flatten_bytes_per_sec = 67108864
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -206,6 +220,8 @@ pub struct ManagerConfigFile {
     pub join: bool,
     /// [`ManagerConfig::log_keep`].
     pub raft_log_keep: u64,
+    /// [`ManagerConfig::flatten_bytes_per_sec`].
+    pub flatten_bytes_per_sec: u64,
 }
 
 impl Default for ManagerConfigFile {
@@ -230,6 +246,7 @@ impl From<ManagerConfig> for ManagerConfigFile {
             peers: c.peers,
             join: c.join,
             raft_log_keep: c.log_keep,
+            flatten_bytes_per_sec: c.flatten_bytes_per_sec,
         }
     }
 }
@@ -250,6 +267,7 @@ impl From<ManagerConfigFile> for ManagerConfig {
             peers: f.peers,
             join: f.join,
             log_keep: f.raft_log_keep,
+            flatten_bytes_per_sec: f.flatten_bytes_per_sec,
         }
     }
 }
@@ -265,7 +283,10 @@ mod tests {
         assert_eq!(c.groups_per_node, 100);
         assert_eq!(c.suspect_after, Duration::from_secs(5));
         assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.flatten_bytes_per_sec, 64 << 20);
         assert!(c.validate().is_ok());
+        let f: ManagerConfigFile = toml::from_str("flatten_bytes_per_sec = 1048576\n").unwrap();
+        assert_eq!(ManagerConfig::from(f).flatten_bytes_per_sec, 1 << 20);
         assert!(serde_json::from_str::<ManagerConfigFile>(r#"{"listn": "x"}"#).is_err());
     }
 

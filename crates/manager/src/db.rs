@@ -20,7 +20,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::state::{GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord};
+use crate::state::{
+    GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord, change_record,
+    record_change_of,
+};
 
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("groups");
@@ -168,7 +171,25 @@ impl Db {
 
     fn try_commit(&self, m: &Mutation, next: NextIds, applied: Option<u64>) -> DbResult<()> {
         let tx = self.db.begin_write()?;
+        if let Some(id) = record_change_of(m) {
+            update_record(&tx, VOLUMES, id, |v: &mut VolumeRecord| change_record(v, m))?;
+        }
         match m {
+            Mutation::CutSnapshot { .. }
+            | Mutation::SnapshotReady { .. }
+            | Mutation::DeleteSnapshot { .. }
+            | Mutation::CloneLinked { .. }
+            | Mutation::SetFlattening { .. }
+            | Mutation::ChunkUnlinked { .. }
+            | Mutation::ParentCleared { .. } => {}
+            Mutation::CloneVolume { volume, chunks } => {
+                tx.open_table(VOLUMES)?
+                    .insert(volume.id, json(volume).as_slice())?;
+                let mut t = tx.open_table(CHUNKS)?;
+                for (chunk, group_id) in chunks {
+                    t.insert((volume.id, *chunk), *group_id)?;
+                }
+            }
             Mutation::PutNode(n) => {
                 tx.open_table(NODES)?.insert(n.id, json(n).as_slice())?;
             }

@@ -9,6 +9,11 @@
 //!   applier task. Wiring: no rule of its own.
 //! - `reconcile_loop`: runs a reconcile pass every `reconcile_ms` and makes its calls to
 //!   storage nodes (`ChangeMembers`, `TransferLeader`), off the request path.
+//! - `snapshot_loop`: on the leading manager, finishes snapshots and clones left
+//!   unfinished and carries every flatten on, chunk by chunk, rate limited.
+//! - `group_calls`: proposing `GroupOp`s in replica groups (`StorageRequest::Apply` to
+//!   each group's leader, retried until a deadline), for snapshots, clones, rollbacks,
+//!   flattens.
 //! - `consensus/`: the managers' own Raft group (raft-rs `RawNode` in one tokio task), one
 //!   file per idea: `start`, `handle`, `commit_queue`, `task`, `membership`, `compaction`,
 //!   `snapshots`, `logger`. Only the leader plans; followers answer `NotLeader`.
@@ -17,7 +22,8 @@
 //! Synchronous:
 //! - `service/`: one request → plan, commit, apply, answer, combining the durable state
 //!   with what heartbeats tell. `mod.rs` dispatches; one file per request family (`nodes`,
-//!   `volumes`, `attachments`, `moves`, `status`); `replicated` is its HA side: lead
+//!   `volumes`, `attachments`, `moves`, `status`, `snapshots`, `clones`); `replicated` is
+//!   its HA side: lead
 //!   before planning, commit through the Raft log, apply committed entries in log order (on
 //!   every manager).
 //! - `state_snapshot`: the state tables as one checksummed blob, for a manager the compacted log
@@ -68,6 +74,7 @@ mod config;
 mod consensus;
 mod db;
 mod error;
+mod group_calls;
 mod liveness;
 mod peer;
 mod placement;
@@ -76,6 +83,7 @@ mod reconcile;
 mod reconcile_loop;
 mod server;
 mod service;
+mod snapshot_loop;
 mod state;
 mod state_snapshot;
 mod volume;

@@ -33,10 +33,14 @@ use crate::error::Error;
 use crate::liveness::Liveness;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
-use crate::service::{DropOrder, Now, Service};
+use crate::service::{DropOrder, Now, Pending, Reply, Service};
 
 /// How long one storage node gets to acknowledge a drop order.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request's group ops (a snapshot's fences, a clone's links, a rollback) may
+/// take before it is answered `Unavailable` (what is done stays done; asking again
+/// finishes it).
+const GROUP_OPS_DEADLINE: Duration = Duration::from_secs(20);
 
 type Shared = Arc<Mutex<Service>>;
 
@@ -109,6 +113,12 @@ impl Manager {
             service.clone(),
             config.limits(),
             config.reconcile_every,
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::snapshot_loop::run(
+            service.clone(),
+            config.reconcile_every,
+            config.flatten_bytes_per_sec,
             stopped.clone(),
         ));
         let acceptor = tokio::spawn(accept_loop(
@@ -323,8 +333,8 @@ async fn serve_connection(
     }
 }
 
-async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, ControlError> {
-    let service = service.clone();
+async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, ControlError> {
+    let service = shared.clone();
     let done = tokio::task::spawn_blocking(move || {
         let now = Now {
             instant: Instant::now(),
@@ -337,21 +347,21 @@ async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, C
             ControlError::Internal("manager state is unusable after an internal error".into())
         })?;
         if let Err(e) = s.lead() {
-            return Ok((Err(e), Vec::new()));
+            return Ok((Reply::Done(Err(e)), Vec::new()));
         }
         if let ManagerRequest::AddManager { id, addr } = req {
             // Waits for a commit: not under the lock every other request needs.
             let consensus = s.consensus();
             drop(s);
             return Ok((
-                crate::service::add_manager(&consensus, id, addr),
+                Reply::Done(crate::service::add_manager(&consensus, id, addr)),
                 Vec::new(),
             ));
         }
         Ok::<_, ControlError>(s.handle(req, now))
     })
     .await;
-    let (res, orders) = match done {
+    let (reply, orders) = match done {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(e),
         Err(e) => {
@@ -363,7 +373,41 @@ async fn handle(service: &Shared, req: ManagerRequest) -> Result<ManagerReply, C
     for order in orders {
         tokio::spawn(deliver_drop(order));
     }
-    res
+    match reply {
+        Reply::Done(res) => res,
+        Reply::After(pending) => finish(shared, pending, GROUP_OPS_DEADLINE).await,
+    }
+}
+
+/// Sends a request's pending group ops (without the service lock), then completes it under
+/// the lock; `Unavailable` if a group did not apply them in time.
+pub(crate) async fn finish(
+    service: &Shared,
+    pending: Pending,
+    deadline: Duration,
+) -> Result<ManagerReply, ControlError> {
+    let Pending { jobs, finish } = pending;
+    if let Err(e) = crate::group_calls::apply_all(jobs, Instant::now() + deadline).await {
+        warn!(error = %e, ?finish, "group ops not applied in time");
+        return Err(ControlError::Unavailable(format!(
+            "{e}; {}",
+            finish.unfinished()
+        )));
+    }
+    let service = service.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut s = service.lock().map_err(|_| {
+            ControlError::Internal("manager state is unusable after an internal error".into())
+        })?;
+        s.lead()?;
+        s.finish(&finish)
+    })
+    .await;
+    done.unwrap_or_else(|e| {
+        Err(ControlError::Internal(format!(
+            "request handler failed: {e}"
+        )))
+    })
 }
 
 /// Tells one replica of the group (the leader first) to drop the chunks. Best effort: the

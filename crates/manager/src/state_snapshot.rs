@@ -331,15 +331,7 @@ mod tests {
                     members: vec![1],
                     ..GroupRecord::default()
                 }],
-                volumes: vec![VolumeRecord {
-                    id: 3,
-                    name: "db".into(),
-                    size: 1 << 30,
-                    chunk_size: 1 << 26,
-                    created_unix: 7,
-                    epoch: 0,
-                    attachment: None,
-                }],
+                volumes: vec![VolumeRecord::new(3, "db", 1 << 30, 1 << 26, 7)],
                 chunks: vec![(3, 0, 1), (3, 9, 1)],
                 next: NextIds {
                     node: 2,
@@ -355,6 +347,42 @@ mod tests {
     fn a_snapshot_round_trips() {
         let p = payload();
         assert_eq!(decode(&encode(&p)).unwrap(), p);
+    }
+
+    /// Volume rows with snapshots and a parent link travel in a snapshot blob; a row from
+    /// before them (no `seq`, `snapshots`, `parent`) still decodes, as sequence 1.
+    #[test]
+    fn snapshot_and_clone_fields_travel_and_old_rows_still_load() {
+        use crate::state::{ParentLink, SnapshotRecord};
+        use tessera_proto::control::SnapshotState;
+        let mut p = payload();
+        let mut v = p.image.volumes[0].clone();
+        v.snap_seq = 5;
+        v.snapshots = vec![SnapshotRecord {
+            name: "mon".into(),
+            seq: 4,
+            created_unix: 9,
+            state: SnapshotState::Ready,
+            size: 1 << 30,
+        }];
+        let mut c = VolumeRecord::new(4, "c", 1 << 30, 1 << 26, 10);
+        c.parent = Some(ParentLink {
+            volume_id: 3,
+            snapshot: "mon".into(),
+            seq: 4,
+            linked: vec![9],
+            linking: false,
+            flattening: true,
+        });
+        p.image.volumes = vec![v, c];
+        p.image.chunks.push((4, 9, 1));
+        p.image.next.volume = 5;
+        assert_eq!(decode(&encode(&p)).unwrap(), p);
+        // The JSON part as a manager from before snapshots wrote it.
+        let old = br#"{"applied_index":1,"nodes":[],"groups":[],"volumes":[{"id":3,"name":"db","size":4096,"chunk_size":1048576,"created_unix":7}],"next":{"node":1,"group":1,"volume":4},"managers":{}}"#;
+        let records: Records = serde_json::from_slice(old).unwrap();
+        assert_eq!(records.volumes[0].seq(), 1);
+        assert!(records.volumes[0].snapshots.is_empty());
     }
 
     #[test]
@@ -399,13 +427,14 @@ mod tests {
         let mut p = payload();
         p.image.volumes = (1..=n)
             .map(|id| VolumeRecord {
-                id,
-                name: format!("volume-{id:08}"),
-                size: 1 << 40,
-                chunk_size: 1 << 26,
-                created_unix: 1_700_000_000,
                 epoch: 3,
-                attachment: None,
+                ..VolumeRecord::new(
+                    id,
+                    &format!("volume-{id:08}"),
+                    1 << 40,
+                    1 << 26,
+                    1_700_000_000,
+                )
             })
             .collect();
         p.image.chunks = (1..=n)

@@ -10,9 +10,19 @@ pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 /// 1–64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-` (so a name is never a
 /// hidden file or a command-line flag).
 pub fn validate_name(name: &str) -> Result<(), ControlError> {
+    validate_name_of("volume", name)
+}
+
+/// A snapshot's name: the rules of a volume name (so `@` and `/`, which the CLI uses to
+/// write `VOL@SNAP`, never appear in one).
+pub fn validate_snapshot_name(name: &str) -> Result<(), ControlError> {
+    validate_name_of("snapshot", name)
+}
+
+fn validate_name_of(what: &str, name: &str) -> Result<(), ControlError> {
     let bad = |why: &str| {
         Err(ControlError::Invalid(format!(
-            "invalid volume name {name:?}: {why}"
+            "invalid {what} name {name:?}: {why}"
         )))
     };
     if name.is_empty() || name.len() > MAX_NAME_LEN {

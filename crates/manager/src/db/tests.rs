@@ -236,3 +236,72 @@ fn a_second_open_of_the_same_directory_is_refused() {
     drop(first);
     assert!(Db::open(dir.path()).is_ok());
 }
+
+/// Snapshots, clones and a flatten's progress are rows like the rest: a reopen (or a
+/// snapshot of the state, which carries the same rows) loads them as applied.
+#[test]
+fn snapshots_clones_and_flatten_progress_survive_reopen() {
+    use crate::state::{ClonePlan, SnapshotPlan};
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let (store, mut state) = reopen(dir.path());
+        register(&store, &mut state, &["a", "b", "c"]);
+        let m = state.plan_groups(|_| true, 3, 2).unwrap();
+        step(&store, &mut state, m);
+        let m = state.plan_create_volume("v", 1 << 30, None, 7).unwrap();
+        step(&store, &mut state, m);
+        let id = state.volume_by_name("v").unwrap().id;
+        let m = state.plan_map_chunks(id, 0, 3, |_| true).unwrap().unwrap();
+        step(&store, &mut state, m);
+        let SnapshotPlan::Cut(m) = state.plan_create_snapshot("v", "s1", 8).unwrap() else {
+            panic!()
+        };
+        step(&store, &mut state, *m);
+        let ready = Mutation::SnapshotReady {
+            volume_id: id,
+            name: "s1".into(),
+        };
+        step(&store, &mut state, ready);
+        let SnapshotPlan::Cut(m) = state.plan_create_snapshot("v", "s2", 9).unwrap() else {
+            panic!()
+        };
+        step(&store, &mut state, *m);
+        let ClonePlan::Create(m) = state.plan_clone("v", "s1", "c", 10).unwrap() else {
+            panic!()
+        };
+        step(&store, &mut state, *m);
+        let c = state.volume_by_name("c").unwrap().id;
+        for m in [
+            Mutation::CloneLinked { volume_id: c },
+            Mutation::SetFlattening {
+                volume_id: c,
+                flattening: true,
+            },
+            Mutation::ChunkUnlinked {
+                volume_id: c,
+                chunk: 0,
+            },
+        ] {
+            step(&store, &mut state, m);
+        }
+        state.list_volumes()
+    };
+    let (store, mut state) = reopen(dir.path());
+    assert_eq!(state.list_volumes(), before);
+    let c = &before[0];
+    assert_eq!(c.name, "c");
+    let p = c.parent.as_ref().unwrap();
+    assert_eq!((p.linked_chunks, p.flattening), (2, true));
+    assert_eq!(before[1].seq, 3);
+    assert_eq!(before[1].snapshots[0].clones, ["c"]);
+    // Deleting a snapshot is a row change too.
+    let v = before[1].id;
+    let m = Mutation::DeleteSnapshot {
+        volume_id: v,
+        name: "s2".into(),
+    };
+    step(&store, &mut state, m);
+    drop(store);
+    let (_, state) = reopen(dir.path());
+    assert_eq!(state.volume_by_name("v").unwrap().snapshots.len(), 1);
+}

@@ -10,16 +10,26 @@
 //! own file: `nodes` (registration, heartbeats, draining), `volumes` (delete, routes,
 //! provisioning), `attachments` (attach, detach, leases), `moves` (reconcile passes and
 //! finished moves), `status` (the cluster status), `replicated` (leading, committing through
-//! the Raft log, applying).
+//! the Raft log, applying), `snapshots` (create, list, delete, and the [`Pending`] group
+//! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
+//! leader's background work on them).
+//!
+//! A request that needs group ops applied before it is answered (a snapshot's fences, a
+//! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the
+//! lock, then calls [`Service::finish`].
 
 mod attachments;
+mod clones;
 mod moves;
 mod nodes;
 mod replicated;
+mod snapshots;
 mod status;
 mod volumes;
 
+pub(crate) use clones::{FlattenJob, unlink_op};
 pub(crate) use replicated::{add_manager, managers};
+pub(crate) use snapshots::{Finish, Pending};
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -40,6 +50,20 @@ pub struct DropOrder {
     pub chunks: Vec<u64>,
     /// Addresses to try in turn: the leader first, if known.
     pub peers: Vec<String>,
+}
+
+/// How a request is answered.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved once; boxing the common case buys nothing"
+)]
+pub enum Reply {
+    /// At once.
+    Done(Result<ManagerReply, ControlError>),
+    /// Once the pending group ops are applied (then [`Service::finish`] answers), or
+    /// `Unavailable` if they cannot be in time.
+    After(Pending),
 }
 
 /// Inputs of one request that come from outside the state: clocks.
@@ -112,11 +136,7 @@ impl Service {
         self.db = None;
     }
 
-    pub fn handle(
-        &mut self,
-        req: ManagerRequest,
-        now: Now,
-    ) -> (Result<ManagerReply, ControlError>, Vec<DropOrder>) {
+    pub fn handle(&mut self, req: ManagerRequest, now: Now) -> (Reply, Vec<DropOrder>) {
         let mut orders = Vec::new();
         let res = match req {
             ManagerRequest::RegisterNode(reg) => self.register(&reg, now),
@@ -203,15 +223,21 @@ impl Service {
             } => attach::check_route(&self.state, volume_id, epoch, true)
                 .and_then(|()| self.provision(volume_id, first_chunk, count, now)),
             ManagerRequest::ClusterStatus => Ok(ManagerReply::Status(self.status(now))),
-            ManagerRequest::CreateSnapshot { .. }
-            | ManagerRequest::ListSnapshots { .. }
-            | ManagerRequest::SnapshotInfo { .. }
-            | ManagerRequest::DeleteSnapshot { .. }
-            | ManagerRequest::CloneVolume { .. }
-            | ManagerRequest::RollbackVolume { .. }
-            | ManagerRequest::FlattenVolume { .. } => Err(ControlError::Invalid(
-                "snapshots are not supported by this manager yet".into(),
-            )),
+            ManagerRequest::CreateSnapshot { volume, name } => {
+                return (self.create_snapshot(&volume, &name, now), orders);
+            }
+            ManagerRequest::CloneVolume {
+                volume,
+                snapshot,
+                name,
+            } => return (self.clone_volume(&volume, &snapshot, &name, now), orders),
+            ManagerRequest::RollbackVolume { volume, snapshot } => {
+                return (self.rollback(&volume, &snapshot, now), orders);
+            }
+            ManagerRequest::ListSnapshots { volume } => self.list_snapshots(volume.as_deref()),
+            ManagerRequest::SnapshotInfo { volume, name } => self.snapshot_info(&volume, &name),
+            ManagerRequest::DeleteSnapshot { volume, name } => self.delete_snapshot(&volume, &name),
+            ManagerRequest::FlattenVolume { name } => self.flatten(&name),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
@@ -219,7 +245,7 @@ impl Service {
             }
             ManagerRequest::Managers => Ok(replicated::managers(&self.consensus)),
         };
-        (res, orders)
+        (Reply::Done(res), orders)
     }
 
     /// Makes `m` durable on a majority of managers, then applies it.

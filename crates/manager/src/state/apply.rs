@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    Group, GroupRecord, Inconsistent, Mutation, NextIds, NodeRecord, State, Volume, VolumeRecord,
+    Group, GroupRecord, Inconsistent, Mutation, NextIds, NodeRecord, ParentLink, State, Volume,
+    VolumeRecord, change_record, record_change_of,
 };
 
 impl State {
@@ -71,6 +72,15 @@ impl State {
     /// a mutation naming something that no longer exists changes nothing.
     pub fn apply(&mut self, m: &Mutation) {
         self.next = self.next.after(m);
+        if let Some(id) = record_change_of(m) {
+            if let Some(v) = self.volumes.get_mut(&id) {
+                let before = v.rec.parent.clone();
+                change_record(&mut v.rec, m);
+                let after = v.rec.parent.clone();
+                self.index_parent(id, before.as_ref(), after.as_ref());
+            }
+            return;
+        }
         match m {
             Mutation::PutNode(n) => {
                 self.nodes.insert(n.id, n.clone());
@@ -89,25 +99,17 @@ impl State {
                     );
                 }
             }
-            Mutation::PutVolume(v) => {
-                if let Some(old) = self.volumes.get_mut(&v.id) {
-                    self.by_name.remove(&old.rec.name);
-                    old.rec = v.clone();
-                } else {
-                    self.volumes.insert(
-                        v.id,
-                        Volume {
-                            rec: v.clone(),
-                            chunks: BTreeMap::new(),
-                            by_group: BTreeSet::new(),
-                        },
-                    );
+            Mutation::PutVolume(v) => self.put_volume(v),
+            Mutation::CloneVolume { volume, chunks } => {
+                self.put_volume(volume);
+                for (chunk, group_id) in chunks {
+                    self.map_chunk(volume.id, *chunk, *group_id);
                 }
-                self.by_name.insert(v.name.clone(), v.id);
             }
             Mutation::DeleteVolume { id } => {
                 if let Some(v) = self.volumes.remove(id) {
                     self.by_name.remove(&v.rec.name);
+                    self.index_parent(*id, v.rec.parent.as_ref(), None);
                     for g in v.chunks.values() {
                         if let Some(g) = self.groups.get_mut(g) {
                             g.chunks = g.chunks.saturating_sub(1);
@@ -168,11 +170,57 @@ impl State {
                     }
                 }
             }
+            // Record-only changes, applied above.
+            Mutation::CutSnapshot { .. }
+            | Mutation::SnapshotReady { .. }
+            | Mutation::DeleteSnapshot { .. }
+            | Mutation::CloneLinked { .. }
+            | Mutation::SetFlattening { .. }
+            | Mutation::ChunkUnlinked { .. }
+            | Mutation::ParentCleared { .. } => {}
         }
     }
 
     pub fn next_ids(&self) -> NextIds {
         self.next
+    }
+
+    fn put_volume(&mut self, v: &VolumeRecord) {
+        let before = if let Some(old) = self.volumes.get_mut(&v.id) {
+            self.by_name.remove(&old.rec.name);
+            std::mem::replace(&mut old.rec, v.clone()).parent
+        } else {
+            self.volumes.insert(
+                v.id,
+                Volume {
+                    rec: v.clone(),
+                    chunks: BTreeMap::new(),
+                    by_group: BTreeSet::new(),
+                },
+            );
+            None
+        };
+        self.by_name.insert(v.name.clone(), v.id);
+        self.index_parent(v.id, before.as_ref(), v.parent.as_ref());
+    }
+
+    /// Keeps the clones index in step with a clone's parent link changing.
+    fn index_parent(&mut self, id: u64, before: Option<&ParentLink>, after: Option<&ParentLink>) {
+        if let Some(p) = before {
+            let key = (p.volume_id, p.snapshot.clone());
+            if let Some(set) = self.clones.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.clones.remove(&key);
+                }
+            }
+        }
+        if let Some(p) = after {
+            self.clones
+                .entry((p.volume_id, p.snapshot.clone()))
+                .or_default()
+                .insert(id);
+        }
     }
 
     fn map_chunk(&mut self, volume_id: u64, chunk: u64, group_id: u64) {

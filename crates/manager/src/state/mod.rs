@@ -13,22 +13,30 @@
 //!
 //! One idea per file: `records` (the persisted rows), `mutation` (the one kind of change),
 //! `apply` (restore and apply: the only code that changes a [`State`]), then the plans and
-//! queries of each entity: `nodes` (nodes and groups), `volumes`, `routes` (chunk → group).
+//! queries of each entity: `nodes` (nodes and groups), `volumes`, `routes` (chunk → group),
+//! `snapshots` (the cut, readiness, deletion, and the record changes of snapshots and
+//! clones), `clones` (cloning, flatten steps, rollback).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 mod apply;
+mod clones;
 mod mutation;
 mod nodes;
 mod records;
 mod routes;
+mod snapshots;
 mod volumes;
 
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
 
+pub use clones::{ClonePlan, FLATTEN_PIECE, FlattenStep, flatten_pieces};
 pub use mutation::{Mutation, NextIds};
-pub use records::{Attachment, GroupRecord, NodeRecord, VolumeRecord};
+pub use records::{Attachment, GroupRecord, NodeRecord, ParentLink, SnapshotRecord, VolumeRecord};
+pub use snapshots::{SnapshotPlan, change_record, linking, record_change_of};
 
 #[derive(Debug, Clone)]
 struct Group {
@@ -64,6 +72,9 @@ pub struct State {
     groups_by_node: BTreeMap<u64, BTreeSet<u64>>,
     volumes: BTreeMap<u64, Volume>,
     by_name: BTreeMap<String, u64>,
+    /// (parent volume id, snapshot name) → ids of its clones (derived from the clones'
+    /// parent links).
+    clones: BTreeMap<(u64, String), BTreeSet<u64>>,
     next: NextIds,
 }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::records::{GroupRecord, NodeRecord, VolumeRecord};
+use super::records::{GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
 
 /// One durable change. Row-shaped on purpose: the database writes exactly these rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,46 @@ pub enum Mutation {
     SetGroupsEstablished {
         group_ids: Vec<u64>,
     },
+    /// The cut of a snapshot: `snapshot` (`Creating`, at sequence S) is recorded and the
+    /// volume's sequence becomes S + 1. Ignored if the volume has a snapshot of that name.
+    CutSnapshot {
+        volume_id: u64,
+        snapshot: SnapshotRecord,
+    },
+    /// Every group of the volume is fenced past the snapshot: it is `Ready`.
+    SnapshotReady {
+        volume_id: u64,
+        name: String,
+    },
+    /// Forget a snapshot (one without clones).
+    DeleteSnapshot {
+        volume_id: u64,
+        name: String,
+    },
+    /// Create a clone: its record (with its parent link, `linking`) and its chunk map,
+    /// `(chunk, group id)` pairs, each chunk in its parent's group.
+    CloneVolume {
+        volume: VolumeRecord,
+        chunks: Vec<(u64, u64)>,
+    },
+    /// Every link of the clone is committed in its group: the clone is usable.
+    CloneLinked {
+        volume_id: u64,
+    },
+    /// Start or stop flattening a clone.
+    SetFlattening {
+        volume_id: u64,
+        flattening: bool,
+    },
+    /// A clone's chunk is flattened and unlinked in its group: it no longer reads through.
+    ChunkUnlinked {
+        volume_id: u64,
+        chunk: u64,
+    },
+    /// A flattened clone (no chunk linked any more) forgets its parent.
+    ParentCleared {
+        volume_id: u64,
+    },
 }
 
 /// The next id of each kind: the high-water marks that make ids never reused.
@@ -83,14 +123,23 @@ impl NextIds {
                     n.group = n.group.max(g.id.saturating_add(1));
                 }
             }
-            Mutation::PutVolume(v) => n.volume = n.volume.max(v.id.saturating_add(1)),
+            Mutation::PutVolume(v) | Mutation::CloneVolume { volume: v, .. } => {
+                n.volume = n.volume.max(v.id.saturating_add(1))
+            }
             Mutation::DeleteVolume { .. }
             | Mutation::MapChunk { .. }
             | Mutation::MapChunks { .. }
             | Mutation::SetGroupTarget { .. }
             | Mutation::SetGroupMembers { .. }
             | Mutation::SetNodeDraining { .. }
-            | Mutation::SetGroupsEstablished { .. } => {}
+            | Mutation::SetGroupsEstablished { .. }
+            | Mutation::CutSnapshot { .. }
+            | Mutation::SnapshotReady { .. }
+            | Mutation::DeleteSnapshot { .. }
+            | Mutation::CloneLinked { .. }
+            | Mutation::SetFlattening { .. }
+            | Mutation::ChunkUnlinked { .. }
+            | Mutation::ParentCleared { .. } => {}
         }
         n
     }

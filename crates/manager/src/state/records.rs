@@ -1,12 +1,15 @@
 //! The records the manager persists, one per row: [`NodeRecord`], [`GroupRecord`],
-//! [`VolumeRecord`] (with its [`Attachment`]). Their serde form is the database's and the
-//! snapshot's format.
+//! [`VolumeRecord`] (with its [`Attachment`], its [`SnapshotRecord`]s and, for a clone, its
+//! [`ParentLink`]). Their serde form is the database's and the snapshot's format; every
+//! field added later is `#[serde(default)]` and left out when empty, so rows written before
+//! it load, and rows without it are written as before.
 //!
 //! Plain data with a few read-only helpers. Must never change a record (only
 //! [`State::apply`](super::State::apply) does) nor rename or retype a field without a format
 //! change: old databases must keep loading.
 
 use serde::{Deserialize, Serialize};
+use tessera_proto::control::SnapshotState;
 
 /// A registered storage node, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +87,82 @@ pub struct VolumeRecord {
     /// The client holding the volume read-write, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<Attachment>,
+    /// The snapshot sequence every write carries; taking a snapshot records it and moves to
+    /// the next. 0 (records from before snapshots) reads as 1: see [`VolumeRecord::seq`].
+    #[serde(default, skip_serializing_if = "is_zero", rename = "seq")]
+    pub snap_seq: u64,
+    /// Its snapshots, oldest (lowest sequence) first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotRecord>,
+    /// The snapshot this volume was cloned from, until it is flattened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+impl VolumeRecord {
+    /// A new volume's record: no epoch, attachment, snapshot or parent yet, sequence 1.
+    pub fn new(id: u64, name: &str, size: u64, chunk_size: u64, created_unix: u64) -> Self {
+        VolumeRecord {
+            id,
+            name: name.to_string(),
+            size,
+            chunk_size,
+            created_unix,
+            epoch: 0,
+            attachment: None,
+            snap_seq: 1,
+            snapshots: Vec::new(),
+            parent: None,
+        }
+    }
+
+    /// The current snapshot sequence (at least 1).
+    pub fn seq(&self) -> u64 {
+        self.snap_seq.max(1)
+    }
+
+    pub fn snapshot(&self, name: &str) -> Option<&SnapshotRecord> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+
+    /// A clone whose links to its parent are not all committed yet: not usable.
+    pub fn linking(&self) -> bool {
+        self.parent.as_ref().is_some_and(|p| p.linking)
+    }
+}
+
+/// One snapshot of a volume, as persisted in the volume's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: String,
+    /// It reads every write of a sequence up to this one.
+    pub seq: u64,
+    pub created_unix: u64,
+    /// `Creating` until every group of the volume is fenced with `seq + 1`.
+    pub state: SnapshotState,
+    /// The volume's size when it was taken.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// A clone's link to the snapshot it reads through to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent volume's id.
+    pub volume_id: u64,
+    /// The parent snapshot's name and sequence.
+    pub snapshot: String,
+    pub seq: u64,
+    /// Chunks still reading through to the parent, ascending (each mapped in the clone to
+    /// the same group as in the parent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<u64>,
+    /// The links are not all committed in their groups yet: the clone is not usable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linking: bool,
+    /// A flatten runs: the leading manager copies the linked chunks and unlinks them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flattening: bool,
 }
 
 /// A read-write attachment: who, with which writer epoch, since when. Its lease lives in

@@ -25,10 +25,14 @@ fn page_limit(limit: u32) -> usize {
 }
 
 impl State {
-    /// The volume by name and the first page of its groups ([`State::group_page`]).
+    /// The volume by name and the first page of its groups ([`State::group_page`]); a
+    /// clone still linking is not opened (`Unavailable`).
     pub fn open_volume(&self, name: &str) -> Result<(VolumeInfo, RoutePage), ControlError> {
         let id = self.id_of(name)?;
         let v = &self.volumes[&id];
+        if v.rec.linking() {
+            return Err(super::linking(&v.rec));
+        }
         Ok((self.info(v), self.group_page(id, 0)?))
     }
 
@@ -54,7 +58,7 @@ impl State {
         let routes = mapped
             .by_ref()
             .take(limit)
-            .map(|(c, g)| self.route_of(*c, *g))
+            .map(|(c, g)| self.route_of(*c, *g, v.rec.seq()))
             .collect();
         Ok(RoutePage {
             routes,
@@ -77,7 +81,7 @@ impl State {
                 let next = routes.last().map(|r| r.group_id);
                 return Ok(RoutePage { routes, next });
             }
-            routes.push(self.route_of(chunk, group));
+            routes.push(self.route_of(chunk, group, v.rec.seq()));
             from = group.checked_add(1);
         }
         Ok(RoutePage { routes, next: None })
@@ -136,7 +140,9 @@ impl State {
                 v.rec.name
             )));
         }
-        Ok(v.chunks.get(&chunk).map(|g| self.route_of(chunk, *g)))
+        Ok(v.chunks
+            .get(&chunk)
+            .map(|g| self.route_of(chunk, *g, v.rec.seq())))
     }
 
     /// Maps an unmapped chunk (checked with [`State::route`]) to the usable group holding
@@ -159,7 +165,8 @@ impl State {
         })
     }
 
-    fn route_of(&self, chunk: u64, group_id: u64) -> ChunkRoute {
+    /// A route, carrying the volume's sequence `seq` (a writer adopts it before writing).
+    fn route_of(&self, chunk: u64, group_id: u64, seq: u64) -> ChunkRoute {
         ChunkRoute {
             chunk,
             group_id,
@@ -168,7 +175,7 @@ impl State {
                 .map(|g| self.peers(g))
                 .unwrap_or_default(),
             leader: None,
-            seq: 0,
+            seq,
         }
     }
 }

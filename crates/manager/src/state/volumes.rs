@@ -45,15 +45,13 @@ impl State {
                 "volume {name:?} already exists"
             )));
         }
-        Ok(Mutation::PutVolume(VolumeRecord {
-            id: self.next.volume,
-            name: name.to_string(),
+        Ok(Mutation::PutVolume(VolumeRecord::new(
+            self.next.volume,
+            name,
             size,
             chunk_size,
-            created_unix: now_unix,
-            epoch: 0,
-            attachment: None,
-        }))
+            now_unix,
+        )))
     }
 
     /// Growing a volume; `None` when it already has this size.
@@ -80,12 +78,21 @@ impl State {
         })))
     }
 
-    /// The delete and the chunks the storage nodes may drop once it is durable.
+    /// The delete and the chunks the storage nodes may drop once it is durable (every
+    /// layer and link of them: its snapshots go with it). Refused while a snapshot of it
+    /// has clones, naming them.
     pub fn plan_delete_volume(
         &self,
         name: &str,
     ) -> Result<(Mutation, DroppedChunks), ControlError> {
         let id = self.id_of(name)?;
+        let clones = self.clones_of_volume(id);
+        if !clones.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "volume {name:?} has snapshots with clones ({}); delete or flatten them first",
+                clones.join(", ")
+            )));
+        }
         let mut by_group: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for (chunk, group) in &self.volumes[&id].chunks {
             by_group.entry(*group).or_default().push(*chunk);
@@ -139,9 +146,14 @@ impl State {
                 since_unix: a.since_unix,
                 lease_left_ms: None,
             }),
-            seq: 0,
-            parent: None,
-            snapshots: Vec::new(),
+            seq: v.rec.seq(),
+            parent: v.rec.parent.as_ref().map(|p| self.parent_info(p)),
+            snapshots: v
+                .rec
+                .snapshots
+                .iter()
+                .map(|s| self.snapshot_info_of(v, s))
+                .collect(),
         }
     }
 }

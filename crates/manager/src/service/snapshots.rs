@@ -1,0 +1,190 @@
+//! Snapshot requests: create (the cut: commit, fence every group outside the lock, commit
+//! ready), list, describe, delete; and [`Pending`], the group ops a request leaves for the
+//! server to send before it answers, with the commit that completes it ([`Finish`]).
+//!
+//! Must never: answer a snapshot before every group of its volume is fenced past it;
+//! call a storage node under the service lock (the server sends a [`Pending`]'s jobs);
+//! delete a snapshot that has clones. Deleting a snapshot forgets its record only:
+//! freeing the blocks only it held (merging layers in the groups) is not done yet.
+
+use std::collections::BTreeMap;
+
+use tessera_proto::control::{ControlError, GroupOp, ManagerReply, SnapshotState};
+use tracing::info;
+
+use crate::group_calls::{self, GroupJob};
+use crate::state::{Mutation, SnapshotPlan};
+
+use super::{Now, Reply, Service};
+
+/// Group ops to send (outside the service lock) before a request is answered, and the
+/// commit that completes it once every group applied them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub jobs: Vec<GroupJob>,
+    pub finish: Finish,
+}
+
+/// What completes a request once its group ops are applied (each idempotent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// Commit the snapshot `Ready`, answer it.
+    SnapshotReady { volume_id: u64, name: String },
+    /// Commit the clone usable, answer it.
+    CloneLinked { volume_id: u64 },
+    /// The rollback is done: answer the volume.
+    RolledBack { volume_id: u64 },
+}
+
+impl Finish {
+    /// What failed, and how to finish it, for an `Unavailable` answer.
+    pub fn unfinished(&self) -> &'static str {
+        match self {
+            Finish::SnapshotReady { .. } => {
+                "the snapshot stays creating (not readable); asking again, or the leading \
+                 manager in the background, finishes it"
+            }
+            Finish::CloneLinked { .. } => {
+                "the clone stays unusable; asking again (the same clone), or the leading \
+                 manager in the background, finishes it"
+            }
+            Finish::RolledBack { .. } => {
+                "the rollback is incomplete: the volume's content is mixed until asked again"
+            }
+        }
+    }
+}
+
+impl Service {
+    pub(super) fn create_snapshot(&mut self, volume: &str, name: &str, now: Now) -> Reply {
+        let plan = match self.state.plan_create_snapshot(volume, name, now.unix) {
+            Ok(p) => p,
+            Err(e) => return Reply::Done(Err(e)),
+        };
+        if let SnapshotPlan::Cut(m) = plan {
+            if let Err(e) = self.commit(*m) {
+                return Reply::Done(Err(e));
+            }
+            info!(%volume, snapshot = %name, "snapshot cut; fencing its groups");
+        }
+        let id = match self.state.volume_record(volume) {
+            Ok(r) => r.id,
+            Err(e) => return Reply::Done(Err(e)),
+        };
+        self.snapshot_pending(id, name, now)
+            .map_or_else(|e| Reply::Done(Err(e)), Reply::After)
+    }
+
+    /// The fences that make snapshot `name` of `volume_id` ready.
+    pub(super) fn snapshot_pending(
+        &self,
+        volume_id: u64,
+        name: &str,
+        now: Now,
+    ) -> Result<Pending, ControlError> {
+        let ops = self.state.snapshot_fence_ops(volume_id, name)?;
+        Ok(Pending {
+            jobs: self.group_jobs(ops, now),
+            finish: Finish::SnapshotReady {
+                volume_id,
+                name: name.to_string(),
+            },
+        })
+    }
+
+    pub(super) fn list_snapshots(
+        &self,
+        volume: Option<&str>,
+    ) -> Result<ManagerReply, ControlError> {
+        self.state
+            .list_snapshots(volume)
+            .map(ManagerReply::Snapshots)
+    }
+
+    pub(super) fn snapshot_info(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> Result<ManagerReply, ControlError> {
+        self.state
+            .snapshot_info(volume, name)
+            .map(ManagerReply::Snapshot)
+    }
+
+    pub(super) fn delete_snapshot(
+        &mut self,
+        volume: &str,
+        name: &str,
+    ) -> Result<ManagerReply, ControlError> {
+        let m = self.state.plan_delete_snapshot(volume, name)?;
+        self.commit(m)?;
+        info!(%volume, snapshot = %name, "snapshot deleted (its blocks are not reclaimed yet)");
+        Ok(ManagerReply::Deleted)
+    }
+
+    /// Completes a request whose group ops were all applied: commits what is left and
+    /// answers. Idempotent: a finish of something already finished only answers.
+    pub fn finish(&mut self, f: &Finish) -> Result<ManagerReply, ControlError> {
+        match f {
+            Finish::SnapshotReady { volume_id, name } => {
+                let rec = self.state.volume_record_by_id(*volume_id)?;
+                let vname = rec.name.clone();
+                let creating = rec
+                    .snapshot(name)
+                    .is_some_and(|s| s.state == SnapshotState::Creating);
+                if creating {
+                    self.commit(Mutation::SnapshotReady {
+                        volume_id: *volume_id,
+                        name: name.clone(),
+                    })?;
+                    info!(volume = %vname, snapshot = %name, "snapshot ready");
+                }
+                self.state
+                    .snapshot_info(&vname, name)
+                    .map(ManagerReply::Snapshot)
+            }
+            Finish::CloneLinked { volume_id } => {
+                if self.state.volume_record_by_id(*volume_id)?.linking() {
+                    self.commit(Mutation::CloneLinked {
+                        volume_id: *volume_id,
+                    })?;
+                    info!(volume = volume_id, "clone linked and usable");
+                }
+                self.volume_reply(*volume_id)
+            }
+            Finish::RolledBack { volume_id } => {
+                info!(volume = volume_id, "volume rolled back");
+                self.volume_reply(*volume_id)
+            }
+        }
+    }
+
+    pub(super) fn volume_reply(&self, volume_id: u64) -> Result<ManagerReply, ControlError> {
+        let name = self.state.volume_record_by_id(volume_id)?.name.clone();
+        self.state.volume_by_name(&name).map(ManagerReply::Volume)
+    }
+
+    /// One job per group: its ops in bounded batches, to its members, the leader heartbeats
+    /// named first. A group this manager no longer knows is skipped.
+    pub(crate) fn group_jobs(&self, ops: BTreeMap<u64, Vec<GroupOp>>, now: Now) -> Vec<GroupJob> {
+        ops.into_iter()
+            .filter_map(|(group_id, ops)| self.group_job(group_id, ops, now))
+            .collect()
+    }
+
+    pub(crate) fn group_job(&self, group_id: u64, ops: Vec<GroupOp>, now: Now) -> Option<GroupJob> {
+        let g = self.state.group(group_id)?;
+        let leader = self.live.leader(g, now.instant);
+        let mut ids = g.members_and_target();
+        ids.sort_by_key(|m| Some(*m) != leader);
+        let members = ids
+            .iter()
+            .filter_map(|m| self.state.node(*m).map(|n| (*m, n.addr.clone())))
+            .collect();
+        Some(GroupJob {
+            group_id,
+            members,
+            batches: group_calls::batches(ops),
+        })
+    }
+}
