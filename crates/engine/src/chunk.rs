@@ -64,7 +64,7 @@ use bytes::Bytes;
 use crate::{Error, Result, is_no_space, is_out_of_descriptors};
 use layer_map::LayerMap;
 use layout::{
-    CRC_LEN, FileKey, FileKind, block_ok, chunk_files, layer_paths, link_path, stored_crc,
+    CRC_LEN, FileKey, FileKind, Key, block_ok, chunk_files, layer_paths, link_path, stored_crc,
 };
 use open_files::ChunkFiles;
 use sys::{Zeroing, fdatasync, read_full_at, start_writeback, sync_chunk_dir};
@@ -102,6 +102,9 @@ pub struct ChunkStore {
     /// [`ChunkStore::flush_closing`] when the process is out of descriptors), never on the
     /// caller's thread.
     closing: Mutex<Vec<Arc<ChunkFiles>>>,
+    /// Chunks unlinked whose link file the next sync deletes (see `link`). Also held while
+    /// a link file is written, so that a sync never deletes a new link.
+    unlinked: Mutex<HashSet<Key>>,
 }
 
 impl ChunkStore {
@@ -141,6 +144,7 @@ impl ChunkStore {
             sync_failure: Mutex::new(None),
             torn: TornBlocks::default(),
             closing: Mutex::new(Vec::new()),
+            unlinked: Mutex::new(HashSet::new()),
         });
         budget.register(&store);
         Ok(store)
@@ -255,6 +259,7 @@ impl ChunkStore {
             self.drop_layer_files(volume, chunk, layer)?;
         }
         self.remove_link_file(volume, chunk)?;
+        self.forget_unlinked((volume, chunk));
         self.layer_map.forget((volume, chunk));
         self.torn.forget_chunk((volume, chunk));
         Ok(())
@@ -308,6 +313,8 @@ impl ChunkStore {
                 "an earlier chunk sync failed: {reason}"
             )));
         }
+        // Unlinked before this sync began: their writes are among the files synced below.
+        let unlinked = self.unlinked_now();
         let dirty: Vec<(FileKey, Arc<ChunkFiles>)> = self
             .open_map_read()
             .iter()
@@ -345,6 +352,7 @@ impl ChunkStore {
         if let Some(reason) = failure.as_ref() {
             return Err(Error::Fatal(reason.clone()));
         }
+        self.remove_unlinked(&unlinked)?;
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
             match sync_chunk_dir(d) {
@@ -391,7 +399,12 @@ impl ChunkStore {
         let mut out: Vec<(u64, u64)> = self
             .listed_files()?
             .into_iter()
-            .filter(|(_, kind)| *kind != FileKind::Crc)
+            .filter(|((v, c, _), kind)| match kind {
+                FileKind::Data => true,
+                FileKind::Crc => false,
+                // Unlinked, its file waiting for the next sync to delete it.
+                FileKind::Link => !self.is_unlinked((*v, *c)),
+            })
             .map(|((v, c, _), _)| (v, c))
             .collect();
         out.sort_unstable();

@@ -37,8 +37,12 @@
 //!   (frozen): the set and their content are the same each time (the blocks it writes were
 //!   already in the set).
 //! - Link and unlink are idempotent (the same link again is a no-op; unlink of an unlinked
-//!   chunk too); the link file is durable before `link` returns, its removal at the next
-//!   [`ChunkStore::sync`]. Dropping a layer or a chunk is idempotent.
+//!   chunk too). The link file is durable before `link` returns, so entries after the Link
+//!   always replay over a linked chunk; a clone's chunk is linked before anything writes
+//!   it. Unlink deletes the file only in the next [`ChunkStore::sync`], after that sync
+//!   made the chunk files durable (see `link`): entries before the Unlink replay either
+//!   over a chunk still linked, or over their own durable results. Dropping a layer or a
+//!   chunk is idempotent.
 //!
 //! Blocks of layer `L` torn by a full disk or a crash are handled as in layer 1: reads
 //! report them (Exhausted or Corrupt), a partial write into them uses their bytes only
@@ -547,7 +551,9 @@ impl ChunkStore {
         let mut linked = Vec::new();
         for ((volume, chunk, layer), kind) in files {
             if kind == FileKind::Link {
-                linked.push((volume, chunk));
+                if !self.is_unlinked((volume, chunk)) {
+                    linked.push((volume, chunk));
+                }
             } else {
                 with_files.insert(LayerKey {
                     volume,

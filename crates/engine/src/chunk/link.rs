@@ -6,14 +6,23 @@
 //! the CRC32C of those 24 bytes (u32 LE). Written atomically and durably before
 //! [`ChunkStore::link`] returns (temporary file, fsync, rename, directory fsync), so a crash
 //! never leaves half a link and the log may be compacted past the Link entry at once.
-//! Removing it ([`ChunkStore::unlink`], `drop_chunk`) marks the directory for the next
-//! [`ChunkStore::sync`], which makes the removal durable before the log is compacted.
-//! Owns the file and its format; never touches a layer's files.
+//!
+//! [`ChunkStore::unlink`] stops reads going through at once, but the file is deleted (and
+//! the deletion made durable) only by the next [`ChunkStore::sync`], after that sync has
+//! made every chunk file durable. Deleting it at once could let a crash replay entries that
+//! came before the Unlink (a partial write completed from the parent, a flatten) over a
+//! chunk that no longer has its parent, and complete them from zeroes; once the files are
+//! durable, replaying those entries only meets their own results. `drop_chunk` deletes the
+//! file at once (the chunk's layers go with it). Owns the file and its format; never
+//! touches a layer's files.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
+use std::sync::MutexGuard;
 
 use super::ChunkStore;
+use super::layout::Key;
 use crate::fsutil::{sync_dir, write_file_atomic};
 use crate::{Error, Result};
 
@@ -69,6 +78,7 @@ impl ChunkStore {
         parent: u64,
         parent_seq: u64,
     ) -> Result<()> {
+        let mut unlinked = self.unlinked_set();
         if parent == volume {
             return Err(invalid(format!(
                 "chunk {volume:016x}/{chunk:08x} cannot read through to itself"
@@ -90,15 +100,52 @@ impl ChunkStore {
             sync_dir(&self.dir)?;
         }
         write_file_atomic(&self.link_file(volume, chunk), &encode(parent, parent_seq))?;
+        unlinked.remove(&(volume, chunk));
         self.layer_map
             .set_link((volume, chunk), Some((parent, parent_seq)));
         Ok(())
     }
 
     pub(super) fn unlink_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
-        self.remove_link_file(volume, chunk)?;
-        self.layer_map.set_link((volume, chunk), None);
+        let mut unlinked = self.unlinked_set();
+        if self.layer_map.is_linked((volume, chunk)) {
+            self.layer_map.set_link((volume, chunk), None);
+            unlinked.insert((volume, chunk));
+        }
         Ok(())
+    }
+
+    /// The chunks unlinked so far, whose link files a sync starting now deletes.
+    pub(super) fn unlinked_now(&self) -> Vec<Key> {
+        self.unlinked_set().iter().copied().collect()
+    }
+
+    /// Deletes the link files of `keys` (taken by [`ChunkStore::unlinked_now`] when the
+    /// sync began; the deletions are made durable by its directory fsyncs), unless linked
+    /// again since.
+    pub(super) fn remove_unlinked(&self, keys: &[Key]) -> Result<()> {
+        let mut unlinked = self.unlinked_set();
+        for &key in keys {
+            if unlinked.contains(&key) && !self.layer_map.is_linked(key) {
+                self.remove_link_file(key.0, key.1)?;
+                unlinked.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a pending unlink of a chunk being dropped.
+    pub(super) fn forget_unlinked(&self, key: Key) {
+        self.unlinked_set().remove(&key);
+    }
+
+    /// Whether the chunk has a link file on disk that reads no longer follow.
+    pub(super) fn is_unlinked(&self, key: Key) -> bool {
+        self.unlinked_set().contains(&key)
+    }
+
+    fn unlinked_set(&self) -> MutexGuard<'_, HashSet<Key>> {
+        self.unlinked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Deletes the chunk's link file if it has one (durable at the next sync).
