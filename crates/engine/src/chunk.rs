@@ -35,6 +35,8 @@
 
 mod budget;
 mod layer_map;
+#[cfg(test)]
+mod layer_tests;
 mod layers;
 mod layout;
 mod link;
