@@ -4,8 +4,9 @@
 //!
 //! Format (28 bytes): `TSLINK01`, the parent volume (u64 LE), the parent sequence (u64 LE),
 //! the CRC32C of those 24 bytes (u32 LE). Written atomically and durably before
-//! [`ChunkStore::link`] returns (temporary file, fsync, rename, directory fsync), so a crash
-//! never leaves half a link and the log may be compacted past the Link entry at once.
+//! [`ChunkStore::link`] returns (temporary file, fdatasync, rename, directory fsync), so a
+//! crash never leaves half a link and the log may be compacted past the Link entry at once.
+//! A failed fsync there is fatal for the store, as in [`ChunkStore::sync`].
 //!
 //! [`ChunkStore::unlink`] stops reads going through at once, but the file is deleted (and
 //! the deletion made durable) only by the next [`ChunkStore::sync`], after that sync has
@@ -17,14 +18,15 @@
 //! touches a layer's files.
 
 use std::collections::HashSet;
-use std::io;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::MutexGuard;
 
-use super::ChunkStore;
 use super::layout::Key;
-use crate::fsutil::{sync_dir, write_file_atomic};
-use crate::{Error, Result};
+use super::sys::{fdatasync, sync_chunk_dir};
+use super::{ChunkStore, io_error};
+use crate::{Error, Result, is_out_of_descriptors};
 
 const MAGIC: &[u8; 8] = b"TSLINK01";
 const LEN: usize = 28;
@@ -66,6 +68,26 @@ pub(super) fn read_link(path: &Path, volume: u64, chunk: u64) -> Result<(u64, u6
     })
 }
 
+/// fsync of a directory a link was just written in; a failure is fatal for the store (see
+/// [`ChunkStore::sync`]), except that the directory could not be opened (nothing lost: the
+/// Link entry, applied again, writes it again).
+fn sync_link_dir(dir: &Path, failure: &mut Option<String>) -> Result<()> {
+    match sync_chunk_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if is_out_of_descriptors(&e) || e.kind() == io::ErrorKind::NotFound => {
+            Err(Error::Exhausted(format!(
+                "opening directory {} to sync it: {e}",
+                dir.display()
+            )))
+        }
+        Err(e) => {
+            let reason = format!("fsync of directory {} failed: {e}", dir.display());
+            *failure = Some(reason.clone());
+            Err(Error::Fatal(reason))
+        }
+    }
+}
+
 fn invalid(msg: String) -> Error {
     Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
 }
@@ -78,6 +100,8 @@ impl ChunkStore {
         parent: u64,
         parent_seq: u64,
     ) -> Result<()> {
+        // In the order a sync takes them: its failure, then the unlinked chunks.
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
         let mut unlinked = self.unlinked_set();
         if parent == volume {
             return Err(invalid(format!(
@@ -93,13 +117,41 @@ impl ChunkStore {
             }
             None => {}
         }
+        if let Some(reason) = failure.as_ref() {
+            return Err(Error::Fatal(format!(
+                "an earlier chunk sync failed: {reason}"
+            )));
+        }
         let vdir = self.volume_dir(volume);
         if !vdir.exists() {
             std::fs::create_dir_all(&vdir)?;
             // The new volume directory's own entry, durable with the link inside it.
-            sync_dir(&self.dir)?;
+            sync_link_dir(&self.dir, &mut failure)?;
         }
-        write_file_atomic(&self.link_file(volume, chunk), &encode(parent, parent_seq))?;
+        let path = self.link_file(volume, chunk);
+        let tmp = path.with_extension("link.tmp");
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&encode(parent, parent_seq))?;
+            Ok(f)
+        })();
+        let f = written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(e, volume, chunk, "writing the link of")
+        })?;
+        // A failed fsync is fatal for the store, as for its chunk files: what it covered
+        // may be lost while the page cache says it is written.
+        if let Err(e) = fdatasync(&f) {
+            let reason = format!("fdatasync of {} failed: {e}", tmp.display());
+            *failure = Some(reason.clone());
+            return Err(Error::Fatal(reason));
+        }
+        std::fs::rename(&tmp, &path)?;
+        sync_link_dir(&vdir, &mut failure)?;
         unlinked.remove(&(volume, chunk));
         self.layer_map
             .set_link((volume, chunk), Some((parent, parent_seq)));
