@@ -252,6 +252,29 @@ fn flatten_then_unlink_keeps_what_the_clone_reads() {
     assert_eq!(s.link_of(2, 0).unwrap(), None);
 }
 
+/// A crash after a flatten's checksums reached the disk but not its data: replaying the
+/// flatten must copy those blocks again, not skip them as held.
+#[test]
+fn a_flatten_torn_by_a_crash_is_completed_by_its_replay() {
+    let (tmp, s) = store();
+    s.write_seq(1, 0, 0, &fill(4, 3), 1).unwrap();
+    s.link(2, 0, 1, 1).unwrap();
+    s.write_seq(2, 0, 2 * B, &fill(5, 1), 1).unwrap();
+    s.flatten(2, 0, 0, 3 * B, 1).unwrap();
+    let want = read(&s, 2, 0, 3, 0);
+    drop(s);
+    // Block 1's copy lost: a hole again under its checksum.
+    let data = tmp.path().join("0000000000000002/00000000.dat");
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    sys::zero_range(&f, B, B, sys::Zeroing::Punch).unwrap();
+    let s = ChunkStore::open(tmp.path()).unwrap();
+    assert!(matches!(s.read(2, 0, 0, 3 * B), Err(Error::Corrupt(_))));
+    s.set_replaying(true);
+    s.flatten(2, 0, 0, 3 * B, 1).unwrap();
+    s.set_replaying(false);
+    assert_eq!(read(&s, 2, 0, 3, 0), want);
+}
+
 #[test]
 fn an_unlinked_chunk_reads_through_again_after_a_crash_before_the_sync() {
     let (tmp, s) = store();

@@ -32,7 +32,11 @@
 //!   carry a later entry's write that reached the disk; that later entry is re-applied
 //!   after this one and overwrites them, so every byte ends as the last entry covering it
 //!   left it, as for layer 1 before layers existed. Flatten skipping a block a later write
-//!   holds is right for the same reason: the later write wins anyway.
+//!   holds is right for the same reason: the later write wins anyway. Flatten is the one
+//!   operation that skips blocks, so while replaying it also copies again the blocks of
+//!   its layer whose checksum reached the disk without their data and that no other layer
+//!   holds (its own copies, torn by the crash); every other operation rewrites every block
+//!   it covers.
 //! - Rollback rewrites exactly the blocks some layer above `to` holds, from layers `<= to`
 //!   (frozen): the set and their content are the same each time (the blocks it writes were
 //!   already in the set).
@@ -411,7 +415,10 @@ impl ChunkStore {
         while at < first + n {
             let count = PIECE.min(first + n - at);
             let own = self.resolve(volume, chunk, at, count, own_only, Need::Status)?;
-            let missing: Vec<bool> = own.kind.iter().map(|k| *k == BlockKind::Hole).collect();
+            let mut missing: Vec<bool> = own.kind.iter().map(|k| *k == BlockKind::Hole).collect();
+            if self.replaying() {
+                self.torn_copies(volume, chunk, layer, at, &mut missing)?;
+            }
             let mut copies = Vec::new();
             for (s, e, missing) in runs(&missing) {
                 if missing {
@@ -433,6 +440,37 @@ impl ChunkStore {
             }
             self.place((volume, chunk, layer), &ops, Zeroing::Punch)?;
             at += count;
+        }
+        Ok(())
+    }
+
+    /// During replay, marks `missing` the blocks from `at` whose checksum in `layer` is on
+    /// disk without their data (a flatten's copy torn by the crash: its checksum says the
+    /// layer holds it) and that no other layer holds: only this flatten put them there, so
+    /// it copies them again. A later write's torn block (held below too, or not a copy) is
+    /// left to that write, applied again after this entry.
+    fn torn_copies(
+        &self,
+        volume: u64,
+        chunk: u64,
+        layer: u64,
+        at: u64,
+        missing: &mut [bool],
+    ) -> Result<()> {
+        let count = missing.len() as u64;
+        let ok = self.layer_verify_blocks((volume, chunk, layer), at, count)?;
+        if ok.iter().all(|&ok| ok) {
+            return Ok(());
+        }
+        let others = Scope {
+            cap: layer - 1,
+            parent: false,
+        };
+        let below = self.resolve(volume, chunk, at, count, others, Need::Status)?;
+        for (i, m) in missing.iter_mut().enumerate() {
+            if !ok[i] && below.kind[i] == BlockKind::Hole {
+                *m = true;
+            }
         }
         Ok(())
     }
