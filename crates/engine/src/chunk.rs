@@ -122,15 +122,28 @@ impl ChunkStore {
         std::fs::create_dir_all(dir)?;
         let mut alloc: HashMap<FileKey, u64> = HashMap::new();
         let layer_map = LayerMap::default();
+        let mut bases = HashSet::new();
+        let mut shapes = Vec::new();
         for (key, kind, f) in chunk_files(dir)? {
             let (volume, chunk, layer) = key;
             if kind == FileKind::Link {
                 let parent = link::read_link(&f.path(), volume, chunk)?;
-                layer_map.set_link((volume, chunk), Some(parent));
+                shapes.push(((volume, chunk), Some(parent), layer));
                 continue;
             }
-            layer_map.add_layer((volume, chunk), layer);
+            if layer == 1 {
+                bases.insert((volume, chunk));
+            } else {
+                shapes.push(((volume, chunk), None, layer));
+            }
             *alloc.entry(key).or_default() += f.metadata()?.blocks() * 512;
+        }
+        for (key, parent, layer) in shapes {
+            let base = || bases.contains(&key);
+            match parent {
+                Some(parent) => layer_map.set_link(key, Some(parent), base),
+                None => layer_map.add_layer(key, layer, base),
+            }
         }
         let used = alloc.values().sum();
         let store = Arc::new(ChunkStore {
@@ -531,6 +544,12 @@ impl ChunkStore {
 
     fn volume_dir(&self, volume: u64) -> PathBuf {
         self.dir.join(format!("{volume:016x}"))
+    }
+
+    /// Whether the chunk's layer 1 has files (a `stat`: for the rare moments a chunk
+    /// stops being plain).
+    fn has_base(&self, volume: u64, chunk: u64) -> bool {
+        layer_paths(&self.volume_dir(volume), chunk, 1).0.exists()
     }
 
     fn link_file(&self, volume: u64, chunk: u64) -> PathBuf {

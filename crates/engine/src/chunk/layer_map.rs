@@ -13,12 +13,26 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::layout::Key;
 
 /// What a chunk holds beyond a plain layer 1.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Shape {
     /// Its layers above 1 that have files, ascending.
     pub(super) upper: Vec<u64>,
     /// The chunk it reads through to, and that chunk's sequence: `(parent volume, seq)`.
     pub(super) link: Option<(u64, u64)>,
+    /// Whether layer 1 may have files: false when known not to (a clone's chunk never
+    /// written with seq 1), so that reads through it do not try to open them each time.
+    pub(super) base: bool,
+}
+
+/// A plain chunk's: layer 1 is opened (or found missing) as it always was.
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            upper: Vec::new(),
+            link: None,
+            base: true,
+        }
+    }
 }
 
 impl Shape {
@@ -30,7 +44,7 @@ impl Shape {
             .rev()
             .copied()
             .filter(move |&l| l <= cap)
-            .chain((cap >= 1).then_some(1))
+            .chain((cap >= 1 && self.base).then_some(1))
     }
 }
 
@@ -56,13 +70,20 @@ impl LayerMap {
         self.read().get(&key).is_some_and(|s| s.link.is_some())
     }
 
-    /// Layer `layer` of the chunk now has files.
-    pub(super) fn add_layer(&self, key: Key, layer: u64) {
+    /// Layer `layer` of the chunk now has files. `base` says whether layer 1 has files,
+    /// asked (under the map's lock) only if the chunk was plain.
+    pub(super) fn add_layer(&self, key: Key, layer: u64, base: impl FnOnce() -> bool) {
+        let mut map = self.write();
         if layer <= 1 {
+            if let Some(shape) = map.get_mut(&key) {
+                shape.base = true;
+            }
             return;
         }
-        let mut map = self.write();
-        let shape = map.entry(key).or_default();
+        let shape = map.entry(key).or_insert_with(|| Shape {
+            base: base(),
+            ..Shape::default()
+        });
         if let Err(at) = shape.upper.binary_search(&layer) {
             shape.upper.insert(at, layer);
         }
@@ -70,13 +91,23 @@ impl LayerMap {
 
     /// Layer `layer` of the chunk no longer has files.
     pub(super) fn remove_layer(&self, key: Key, layer: u64) {
-        self.update(key, |s| s.upper.retain(|&l| l != layer));
+        if layer <= 1 {
+            self.update(key, |s| s.base = false);
+        } else {
+            self.update(key, |s| s.upper.retain(|&l| l != layer));
+        }
     }
 
-    /// The chunk's parent is now `link`.
-    pub(super) fn set_link(&self, key: Key, link: Option<(u64, u64)>) {
+    /// The chunk's parent is now `link`; `base` as for [`LayerMap::add_layer`].
+    pub(super) fn set_link(&self, key: Key, link: Option<(u64, u64)>, base: impl FnOnce() -> bool) {
         if link.is_some() {
-            self.write().entry(key).or_default().link = link;
+            let mut map = self.write();
+            map.entry(key)
+                .or_insert_with(|| Shape {
+                    base: base(),
+                    ..Shape::default()
+                })
+                .link = link;
         } else {
             self.update(key, |s| s.link = None);
         }

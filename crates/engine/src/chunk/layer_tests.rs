@@ -178,6 +178,12 @@ fn a_clone_reads_through_its_parent_as_of_the_snapshot_two_levels_deep() {
             [Data, Data, Zero, Data, Hole]
         );
         assert_eq!(s.link_of(3, 0).unwrap(), Some((2, 1)));
+        // Known without looking: volume 3 has no layer 1 to open, volume 2 has.
+        assert_eq!(s.layer_map.get((3, 0)).layers_upto(9).count(), 0);
+        assert_eq!(
+            s.layer_map.get((2, 0)).layers_upto(9).collect::<Vec<_>>(),
+            [2, 1]
+        );
         // The parent's blocks are not the clone's changes.
         assert_eq!(s.changed_blocks(3, 0, 0, 0).unwrap(), Vec::<u64>::new());
         assert_eq!(s.changed_blocks(2, 0, 0, 0).unwrap(), [1, 2, 3]);

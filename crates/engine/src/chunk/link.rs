@@ -154,14 +154,16 @@ impl ChunkStore {
         sync_link_dir(&vdir, &mut failure)?;
         unlinked.remove(&(volume, chunk));
         self.layer_map
-            .set_link((volume, chunk), Some((parent, parent_seq)));
+            .set_link((volume, chunk), Some((parent, parent_seq)), || {
+                self.has_base(volume, chunk)
+            });
         Ok(())
     }
 
     pub(super) fn unlink_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
         let mut unlinked = self.unlinked_set();
         if self.layer_map.is_linked((volume, chunk)) {
-            self.layer_map.set_link((volume, chunk), None);
+            self.layer_map.set_link((volume, chunk), None, || true);
             unlinked.insert((volume, chunk));
         }
         Ok(())

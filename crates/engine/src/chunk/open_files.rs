@@ -147,7 +147,8 @@ impl ChunkStore {
                 self.dirs_map().insert(vdir);
                 let data = open_rw(&data_path, true)?;
                 // Known from now on: reads of the chunk look in this layer.
-                self.layer_map.add_layer((volume, chunk), layer);
+                self.layer_map
+                    .add_layer((volume, chunk), layer, || self.has_base(volume, chunk));
                 data
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
