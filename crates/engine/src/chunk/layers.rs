@@ -16,6 +16,23 @@
 //! `resolve`'s, the link file `link`'s. Never writes a layer other than the one an
 //! operation names (`layer_of(seq)`, or the catch-up's layer), and never writes a parent.
 //!
+//! # For the callers
+//!
+//! - Volume writes go through [`ChunkStore::write_seq`], [`ChunkStore::write_zeroes_seq`],
+//!   [`ChunkStore::discard_seq`] (a `seq` of 0 is layer 1). `write`, `write_zeroes` and
+//!   `discard` stay the raw layer-1 operations (what the catch-up of a plain store used);
+//!   for a chunk without a parent they are the `_seq` ones with seq 1.
+//! - [`ChunkStore::read`] is the live image (layers, then parent), as `read_as_of(.., 0)`.
+//! - `checksums`, `verify_blocks`, `chunk_blocks` are layer 1's (the `_in` ones with layer
+//!   1); a layer of 0 given to an `_in` operation means layer 1. `list_chunks` lists every
+//!   chunk with a data file of any layer or a link.
+//! - Refused input is an error, never a panic: ranges past the chunk limit and partial
+//!   blocks given to `write_in`/`clear_in` are [`Error::OutOfRange`]; a link to the chunk
+//!   itself or to another parent than the chunk's, and a rollback with `to` 0 or not below
+//!   `layer_of(seq)`, are an [`Error::Io`] of kind `InvalidInput` (deterministic: every
+//!   replica refuses the same entry, so check them before proposing); reading through more
+//!   than 64 links (a cycle) is [`Error::Corrupt`].
+//!
 //! # Crash and replay
 //!
 //! After a crash the log re-applies, in order, every entry after the last sync over
