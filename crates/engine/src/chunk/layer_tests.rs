@@ -281,6 +281,31 @@ fn a_flatten_torn_by_a_crash_is_completed_by_its_replay() {
     assert_eq!(read(&s, 2, 0, 3, 0), want);
 }
 
+/// A crash after the first partial write of a block into a new layer reached the disk
+/// with its checksum but without its data: its replay completes the block from below
+/// again, not from the hole.
+#[test]
+fn a_partial_write_into_a_new_layer_torn_by_a_crash_is_completed_from_below() {
+    let (tmp, s) = store();
+    s.write_seq(1, 0, 0, &fill(4, 2), 1).unwrap();
+    s.write_seq(1, 0, B + 10, b"new", 2).unwrap();
+    s.write_seq(1, 0, 20, b"more", 2).unwrap();
+    s.write_seq(1, 0, B + 30, b"again", 2).unwrap();
+    let want = read(&s, 1, 0, 2, 0);
+    drop(s);
+    let data = tmp.path().join("0000000000000001/00000000.L00000002.dat");
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    sys::zero_range(&f, B, B, sys::Zeroing::Punch).unwrap();
+    let s = ChunkStore::open(tmp.path()).unwrap();
+    s.set_replaying(true);
+    s.write_seq(1, 0, B + 10, b"new", 2).unwrap();
+    s.write_seq(1, 0, 20, b"more", 2).unwrap();
+    s.write_seq(1, 0, B + 30, b"again", 2).unwrap();
+    s.set_replaying(false);
+    assert!(read(&s, 1, 0, 2, 0) == want);
+    assert_eq!(read(&s, 1, 0, 2, 1), fill(4, 2));
+}
+
 #[test]
 fn an_unlinked_chunk_reads_through_again_after_a_crash_before_the_sync() {
     let (tmp, s) = store();

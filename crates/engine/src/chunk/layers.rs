@@ -67,7 +67,15 @@
 //!
 //! Blocks of layer `L` torn by a full disk or a crash are handled as in layer 1: reads
 //! report them (Exhausted or Corrupt), a partial write into them uses their bytes only
-//! while replaying or when the store knows them torn.
+//! while replaying or when the store knows them torn. One difference: in layer 1 of a
+//! chunk without a parent a hole is its true former content (zeroes), above it (or with a
+//! parent) a hole may mean "not held, see below". So a replayed partial write meeting its
+//! block's checksum on disk over a hole (the checksum page reached the disk, the data page
+//! did not) completes the block from below, as the first write of a block after a snapshot
+//! did. Known residue: had the layer held that block "written as zero" at the last sync,
+//! the bytes the write does not cover then show what is below it again; telling the two
+//! apart needs the checksum the crash overwrote (a follow-up could keep it, e.g. by
+//! syncing data before the checksum of a block new to a layer).
 //!
 //! # Reported kinds
 //!

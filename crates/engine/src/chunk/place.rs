@@ -144,7 +144,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The layer's own bytes of `block` if it holds it, verified unless replaying or torn.
+    /// The layer's own bytes of `block` if it holds it, verified unless replaying or torn
+    /// (`None`: complete it from below).
     fn own_block(&self, files: &ChunkFiles, key: FileKey, block: u64) -> Result<Option<Vec<u8>>> {
         let (volume, chunk, _) = key;
         let mut crc = [0u8; CRC_LEN as usize];
@@ -156,8 +157,25 @@ impl ChunkStore {
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
         read_full_at(&files.data, &mut buf, block * BLOCK_SIZE)?;
         if !block_ok(&buf, stored) {
-            if !self.replaying() && !self.torn.contains(key, block) {
+            let torn = self.torn.contains(key, block);
+            if !self.replaying() && !torn {
                 return Err(corrupt(volume, chunk, block, &buf, stored));
+            }
+            // A crash left the checksum on disk without the data (a full disk never does:
+            // the data goes first). A hole under it is most likely a block this layer did
+            // not hold before the write that tore it (the first partial write of a block
+            // after a snapshot): what it was completed from is below, not zeroes. (Were it
+            // a "written as zero" block before, the bytes the write did not cover show what
+            // is below again: the residue this rule cannot tell apart, see `layers`.)
+            if !torn && buf.iter().all(|&b| b == 0) {
+                debug!(
+                    volume,
+                    chunk,
+                    block,
+                    layer = key.2,
+                    "completing a torn block from below"
+                );
+                return Ok(None);
             }
             debug!(
                 volume,
