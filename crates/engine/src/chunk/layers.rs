@@ -54,9 +54,10 @@
 //!   its layer whose checksum reached the disk without their data and that no other layer
 //!   holds (its own copies, torn by the crash); every other operation rewrites every block
 //!   it covers.
-//! - Rollback rewrites exactly the blocks some layer above `to` holds, from layers `<= to`
-//!   (frozen): the set and their content are the same each time (the blocks it writes were
-//!   already in the set).
+//! - Rollback rewrites exactly the blocks some layer in `to + 1..=L` holds, from layers
+//!   `<= to` (frozen): the set and their content are the same each time (the blocks it
+//!   writes were already in the set). Neither it nor flatten looks at layers above `L`:
+//!   only later entries write there, and a replay may meet their results.
 //! - Link and unlink are idempotent (the same link again is a no-op; unlink of an unlinked
 //!   chunk too). The link file is durable before `link` returns, so entries after the Link
 //!   always replay over a linked chunk; a clone's chunk is linked before anything writes
@@ -417,7 +418,7 @@ impl ChunkStore {
     }
 
     /// Copies into layer `layer_of(seq)` every block of `offset..offset + len` (whole
-    /// blocks touched) that no layer of the chunk holds and its parent does (as of the
+    /// blocks touched) that no layer of the chunk up to that one holds and its parent does (as of the
     /// link's sequence): data as data, zeroes as "written as zero"; blocks the parent does
     /// not hold either stay holes. Idempotent; the chunk reads the same before and after.
     /// A chunk without a parent has nothing to copy.
@@ -428,8 +429,10 @@ impl ChunkStore {
         }
         let layer = layer_of(seq);
         let (first, n) = touched(offset, len);
+        // Layers above the one written can only be later entries' (met again by a replay):
+        // what they hold is not looked at, or a replay would skip what the first run copied.
         let own_only = Scope {
-            cap: u64::MAX,
+            cap: layer,
             parent: false,
         };
         let parent_only = Scope {
@@ -501,7 +504,8 @@ impl ChunkStore {
     }
 
     /// Makes the chunk's live image its image as of snapshot sequence `to`, writing into
-    /// layer `layer_of(seq)` (`seq > to >= 1`) every block a layer above `to` holds: its
+    /// layer `layer_of(seq)` (`seq > to >= 1`) every block a layer above `to` (up to that
+    /// one) holds: its
     /// content as of `to` (through the parent if need be), or "written as zero" where the
     /// snapshot holds nothing. Layers `<= to` are untouched, so every snapshot stays
     /// intact. Idempotent.
@@ -517,7 +521,8 @@ impl ChunkStore {
             .get((volume, chunk))
             .upper
             .into_iter()
-            .filter(|&l| l > to)
+            // Not above the layer written: those are later entries' (see `flatten`).
+            .filter(|&l| l > to && l <= layer)
             .collect();
         let mut blocks = 0;
         for &l in &above {
