@@ -269,3 +269,25 @@ fn a_failed_fsync_of_a_link_fails_every_later_sync() {
         scenario.teardown();
     }
 }
+
+/// A partial write over a block its layer holds as zero makes its data durable before its
+/// checksum (after a crash a checksum over a hole must mean "not held before"), and only
+/// that write does: a failed fdatasync there is fatal, elsewhere none is made.
+#[test]
+fn a_partial_write_over_a_zeroed_block_of_a_layer_syncs_its_data_first() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write_seq(1, 0, 0, &[7u8; 3 * B], 1).unwrap();
+    store.discard_seq(1, 0, 0, B as u64, 2).unwrap();
+    fail::cfg("chunk::fdatasync", "return").unwrap();
+    // No fdatasync for these: over a block below (not held), over data the layer holds.
+    store.write_seq(1, 0, B as u64 + 5, b"x", 2).unwrap();
+    store.write_seq(1, 0, B as u64 + 9, b"y", 2).unwrap();
+    let zeroed = store.write_seq(1, 0, 5, b"z", 2);
+    fail::remove("chunk::fdatasync");
+    assert!(matches!(zeroed, Err(Error::Fatal(_))), "got {zeroed:?}");
+    let later = store.sync();
+    assert!(matches!(later, Err(Error::Fatal(_))), "got {later:?}");
+    scenario.teardown();
+}

@@ -782,9 +782,9 @@ fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
 
 /// What a crash may leave of unsynced writes: each 4 KiB page of each file as it was at
 /// the last sync or as it is now, files created since there or not (links excepted: they
-/// are durable when made), files deleted since gone or not. Except the residue the module
-/// doc of `layers` names: a block "written as zero" at the last sync whose new checksum
-/// reached the disk keeps its new data too.
+/// are durable when made), files deleted since gone or not. A block "written as zero" at
+/// the last sync whose new checksum reached the disk has its new data there too (the
+/// store syncs that data first, see `place`).
 fn crash_mix(
     dir: &Path,
     synced: &std::collections::BTreeMap<PathBuf, Vec<u8>>,

@@ -73,10 +73,9 @@
 //! parent) a hole may mean "not held, see below". So a replayed partial write meeting its
 //! block's checksum on disk over a hole (the checksum page reached the disk, the data page
 //! did not) completes the block from below, as the first write of a block after a snapshot
-//! did. Known residue: had the layer held that block "written as zero" at the last sync,
-//! the bytes the write does not cover then show what is below it again; telling the two
-//! apart needs the checksum the crash overwrote (a follow-up could keep it, e.g. by
-//! syncing data before the checksum of a block new to a layer).
+//! did. Had the layer held that block "written as zero" before, that state cannot arise:
+//! a partial write over such a block makes its data durable before its checksum (see
+//! `place`).
 //!
 //! # Reported kinds
 //!

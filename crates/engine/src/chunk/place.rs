@@ -9,6 +9,14 @@
 //! replaying or torn, exactly as the layer-1 read-modify-write does. What lies below the
 //! layer (its lower layers, its parent) is resolved by the caller beforehand, without the
 //! lock: nothing writes there any more (see `layers`).
+//!
+//! Never syncs, but for one case: a partial block written over a block the layer holds
+//! "written as zero" (or as zero data) makes its data durable before writing its
+//! checksum. After a crash a checksum on disk over a hole must mean "the layer did not
+//! hold this block before" (the replay then completes it from below); were the data of
+//! such a write lost under its new checksum, the hole would be read that way too, and the
+//! bytes the write did not cover would show what is below the zero block again. Rare (a
+//! sub-block write into a block zeroed since the snapshot); one fdatasync each.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,9 +25,9 @@ use tracing::debug;
 
 use super::layout::{BLOCK_SIZE, CRC_LEN, FileKey, block_ok, stored_crc, zero_crc};
 use super::open_files::ChunkFiles;
-use super::sys::{Zeroing, read_full_at, write_crcs, zero_range};
+use super::sys::{Zeroing, fdatasync, read_full_at, write_crcs, zero_range};
 use super::{ChunkStore, corrupt, io_error};
-use crate::Result;
+use crate::{Error, Result};
 
 /// What to place at a run of blocks.
 pub(super) enum Op<'a> {
@@ -80,6 +88,13 @@ impl ChunkStore {
         let mut crcs = vec![0u8; ((hi - lo) * CRC_LEN) as usize];
         // The blocks between the ops keep their checksums.
         read_full_at(&files.crcs, &mut crcs, lo * CRC_LEN)?;
+        // A partial block over one the layer holds as zero: its data must be on disk
+        // before its new checksum (see the module doc).
+        let order = ops.iter().any(|(at, op)| {
+            matches!(op, Op::Patch { .. })
+                && *at < hi
+                && stored_crc(&crcs, (*at - lo) as usize) == zero_crc()
+        });
         let mut set_crc = |block: u64, crc: u32| {
             if block < hi {
                 let i = ((block - lo) * CRC_LEN) as usize;
@@ -133,6 +148,9 @@ impl ChunkStore {
                     }
                 }
             }
+            if order {
+                self.sync_data_first(&files, key)?;
+            }
             write_crcs(&files.crcs, &crcs, lo * CRC_LEN)
                 .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
         })();
@@ -162,11 +180,9 @@ impl ChunkStore {
                 return Err(corrupt(volume, chunk, block, &buf, stored));
             }
             // A crash left the checksum on disk without the data (a full disk never does:
-            // the data goes first). A hole under it is most likely a block this layer did
-            // not hold before the write that tore it (the first partial write of a block
-            // after a snapshot): what it was completed from is below, not zeroes. (Were it
-            // a "written as zero" block before, the bytes the write did not cover show what
-            // is below again: the residue this rule cannot tell apart, see `layers`.)
+            // the data goes first). A hole under it is a block this layer did not hold
+            // before the write that tore it (one it held as zero had its data synced before
+            // its checksum, see the module doc): it was completed from below, not zeroes.
             if !torn && buf.iter().all(|&b| b == 0) {
                 debug!(
                     volume,
@@ -186,6 +202,29 @@ impl ChunkStore {
             );
         }
         Ok(Some(buf))
+    }
+
+    /// fdatasync of the layer's data before its checksums are written. A failure is as
+    /// fatal for the store as in [`ChunkStore::sync`] (under its lock, so no sync reports
+    /// durable meanwhile what this one may have lost).
+    fn sync_data_first(&self, files: &ChunkFiles, key: FileKey) -> Result<()> {
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = failure.as_ref() {
+            return Err(Error::Fatal(format!(
+                "an earlier chunk sync failed: {reason}"
+            )));
+        }
+        fdatasync(&files.data).map_err(|e| {
+            let reason = format!(
+                "fdatasync of chunk {:016x}/{:08x} layer {} in {} failed: {e}",
+                key.0,
+                key.1,
+                key.2,
+                self.dir.display()
+            );
+            *failure = Some(reason.clone());
+            Error::Fatal(reason)
+        })
     }
 
     /// Queues written files for the next [`ChunkStore::start_writeback`].
