@@ -306,6 +306,30 @@ fn a_partial_write_into_a_new_layer_torn_by_a_crash_is_completed_from_below() {
     assert_eq!(read(&s, 1, 0, 2, 1), fill(4, 2));
 }
 
+/// The other torn state: newer data (zeroes, written) under an older checksum. The
+/// replay takes those bytes as they are, as in layer 1, not what is below.
+#[test]
+fn a_partial_write_torn_with_its_zero_data_on_disk_keeps_that_data() {
+    let (tmp, s) = store();
+    s.write_seq(1, 0, 0, &fill(7, 1), 1).unwrap();
+    let mut d = vec![0u8; B as usize];
+    d[..512].fill(0xAB);
+    s.write_seq(1, 0, 0, &d, 2).unwrap();
+    s.sync().unwrap();
+    let crc = tmp.path().join("0000000000000001/00000000.L00000002.crc");
+    let old = std::fs::read(&crc).unwrap();
+    s.write_seq(1, 0, 0, &[0u8; 512], 2).unwrap();
+    assert_eq!(read(&s, 1, 0, 1, 0), fill(0, 1));
+    drop(s);
+    // The data page reached the disk, the checksum page did not.
+    std::fs::write(&crc, old).unwrap();
+    let s = ChunkStore::open(tmp.path()).unwrap();
+    s.set_replaying(true);
+    s.write_seq(1, 0, 0, &[0u8; 512], 2).unwrap();
+    s.set_replaying(false);
+    assert_eq!(read(&s, 1, 0, 1, 0), fill(0, 1));
+}
+
 #[test]
 fn an_unlinked_chunk_reads_through_again_after_a_crash_before_the_sync() {
     let (tmp, s) = store();
@@ -763,8 +787,11 @@ fn concurrent_writers_and_readers_of_a_layer_never_see_torn_blocks() {
     });
 }
 
+/// A file's bytes and, per 4 KiB page, whether it is a hole.
+type FileImage = (Vec<u8>, Vec<bool>);
+
 /// Every file under `dir`, by path relative to it.
-fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, FileImage> {
     let mut out = std::collections::BTreeMap::new();
     for vol in std::fs::read_dir(dir).unwrap() {
         let vol = vol.unwrap();
@@ -774,61 +801,85 @@ fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
         for f in std::fs::read_dir(vol.path()).unwrap() {
             let f = f.unwrap();
             let rel = f.path().strip_prefix(dir).unwrap().to_path_buf();
-            out.insert(rel, std::fs::read(f.path()).unwrap());
+            let bytes = std::fs::read(f.path()).unwrap();
+            let file = std::fs::File::open(f.path()).unwrap();
+            let holes = (0..bytes.len().div_ceil(4096))
+                .map(|p| sys::is_hole(&file, (p * 4096) as u64).unwrap())
+                .collect();
+            out.insert(rel, (bytes, holes));
         }
     }
     out
 }
 
+/// A file as a crash leaves it: its length and its pages (bytes, whether a hole).
+type MixedFile = (usize, Vec<(Vec<u8>, bool)>);
+
+/// Page `p` of a file image: its bytes (4 KiB, zeroes past the end) and whether a hole.
+fn page(f: &FileImage, p: usize) -> (Vec<u8>, bool) {
+    let mut out = vec![0u8; 4096];
+    let at = p * 4096;
+    if at < f.0.len() {
+        let n = 4096.min(f.0.len() - at);
+        out[..n].copy_from_slice(&f.0[at..at + n]);
+    }
+    (out, f.1.get(p).copied().unwrap_or(true))
+}
+
 /// What a crash may leave of unsynced writes: each 4 KiB page of each file as it was at
-/// the last sync or as it is now, files created since there or not (links excepted: they
-/// are durable when made), files deleted since gone or not. A block "written as zero" at
-/// the last sync whose new checksum reached the disk has its new data there too (the
-/// store syncs that data first, see `place`).
+/// the last sync or as it is now (holes included), files created since there or not
+/// (links excepted: they are durable when made), files deleted since gone or not. A block
+/// "written as zero" at the last sync whose new checksum reached the disk has its new data
+/// there too (the store syncs that data first, see `place`).
 fn crash_mix(
     dir: &Path,
-    synced: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    synced: &std::collections::BTreeMap<PathBuf, FileImage>,
     rng: &mut rand::rngs::StdRng,
 ) {
     let now = files_of(dir);
     let paths: std::collections::BTreeSet<_> = synced.keys().chain(now.keys()).cloned().collect();
-    let mut mixed = std::collections::BTreeMap::new();
+    let none: FileImage = (Vec::new(), Vec::new());
+    let mut mixed: std::collections::BTreeMap<PathBuf, Option<MixedFile>> =
+        std::collections::BTreeMap::new();
     for rel in paths {
         let link = rel.to_string_lossy().ends_with(".link");
-        let bytes = match (synced.get(&rel), now.get(&rel)) {
-            (Some(old), None) => rng.gen_bool(0.5).then(|| old.clone()),
-            (old, Some(new)) if old != Some(new) => {
-                if old.is_none() && !link && rng.gen_bool(0.25) {
-                    None
-                } else if link {
-                    Some(new.clone())
+        let whole = |f: &FileImage| {
+            let pages = (0..f.0.len().div_ceil(4096)).map(|p| page(f, p)).collect();
+            Some((f.0.len(), pages))
+        };
+        let result = match (synced.get(&rel), now.get(&rel)) {
+            (Some(old), None) => {
+                if rng.gen_bool(0.5) {
+                    whole(old)
                 } else {
-                    let empty = Vec::new();
-                    let old = old.unwrap_or(&empty);
-                    let len = if rng.gen_bool(0.5) {
-                        new.len()
-                    } else {
-                        old.len().max(new.len())
-                    };
-                    let mut out = vec![0u8; len];
-                    for (i, page) in out.chunks_mut(4096).enumerate() {
-                        let from = if rng.gen_bool(0.5) { new } else { old };
-                        let at = i * 4096;
-                        if at < from.len() {
-                            let n = page.len().min(from.len() - at);
-                            page[..n].copy_from_slice(&from[at..at + n]);
-                        }
-                    }
-                    Some(out)
+                    None
                 }
             }
-            (_, Some(same)) => Some(same.clone()),
+            (old, Some(new)) if old != Some(new) => {
+                if link {
+                    whole(new)
+                } else if old.is_none() && rng.gen_bool(0.25) {
+                    None
+                } else {
+                    let old = old.unwrap_or(&none);
+                    let len = if rng.gen_bool(0.5) {
+                        new.0.len()
+                    } else {
+                        old.0.len().max(new.0.len())
+                    };
+                    let pages = (0..len.div_ceil(4096))
+                        .map(|p| page(if rng.gen_bool(0.5) { new } else { old }, p))
+                        .collect();
+                    Some((len, pages))
+                }
+            }
+            (_, Some(same)) => whole(same),
             (None, None) => None,
         };
-        mixed.insert(rel, bytes);
+        mixed.insert(rel, result);
     }
-    let crc_at = |f: &[u8], i: usize| {
-        f.get(i * 4..i * 4 + 4)
+    let crc_at = |f: &FileImage, i: usize| {
+        f.0.get(i * 4..i * 4 + 4)
             .map_or(0, |c| layout::stored_crc(c, 0))
     };
     let crc_files: Vec<PathBuf> = mixed
@@ -837,39 +888,47 @@ fn crash_mix(
         .cloned()
         .collect();
     for crc in crc_files {
-        let (Some(old), Some(new), Some(Some(got))) =
-            (synced.get(&crc), now.get(&crc), mixed.get(&crc))
-        else {
-            continue;
-        };
         let dat = crc.with_extension("dat");
-        let (Some(new_dat), Some(Some(got_dat))) = (now.get(&dat), mixed.get(&dat).cloned()) else {
+        let (Some(old), Some(new), Some(Some(got)), Some(new_dat)) = (
+            synced.get(&crc),
+            now.get(&crc),
+            mixed.get(&crc),
+            now.get(&dat),
+        ) else {
             continue;
         };
-        let mut got_dat = got_dat;
-        for i in 0..got.len() / 4 {
-            let (o, n, g) = (crc_at(old, i), crc_at(new, i), crc_at(got, i));
-            if o == layout::zero_crc() && n != o && g == n {
-                let (at, end) = (i * 4096, ((i + 1) * 4096).min(new_dat.len()));
-                if at < end {
-                    if got_dat.len() < end {
-                        got_dat.resize(end, 0);
-                    }
-                    got_dat[at..end].copy_from_slice(&new_dat[at..end]);
+        let got: Vec<u8> = got.1.iter().flat_map(|(b, _)| b.clone()).collect();
+        let got_crc = |i: usize| {
+            got.get(i * 4..i * 4 + 4)
+                .map_or(0, |c| layout::stored_crc(c, 0))
+        };
+        let forced: Vec<usize> = (0..new.0.len() / 4)
+            .filter(|&i| {
+                let (o, n) = (crc_at(old, i), crc_at(new, i));
+                o == layout::zero_crc() && n != o && got_crc(i) == n
+            })
+            .collect();
+        if let Some(Some((len, pages))) = mixed.get_mut(&dat) {
+            for i in forced {
+                if i < pages.len() {
+                    pages[i] = page(new_dat, i);
                 }
             }
+            *len = (*len).max(new_dat.0.len().min(pages.len() * 4096));
         }
-        mixed.insert(dat, Some(got_dat));
     }
-    for (rel, bytes) in mixed {
+    for (rel, result) in mixed {
         let path = dir.join(&rel);
-        match bytes {
-            Some(b) => {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, b).unwrap();
-            }
-            None => {
-                let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&path);
+        let Some((len, pages)) = result else { continue };
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(len as u64).unwrap();
+        for (p, (bytes, hole)) in pages.iter().enumerate() {
+            let at = p * 4096;
+            if !hole && at < len {
+                let n = 4096.min(len - at);
+                std::os::unix::fs::FileExt::write_all_at(&f, &bytes[..n], at as u64).unwrap();
             }
         }
     }

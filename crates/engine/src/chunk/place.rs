@@ -25,7 +25,7 @@ use tracing::debug;
 
 use super::layout::{BLOCK_SIZE, CRC_LEN, FileKey, block_ok, stored_crc, zero_crc};
 use super::open_files::ChunkFiles;
-use super::sys::{Zeroing, fdatasync, read_full_at, write_crcs, zero_range};
+use super::sys::{Zeroing, fdatasync, is_hole, read_full_at, write_crcs, zero_range};
 use super::{ChunkStore, corrupt, io_error};
 use crate::{Error, Result};
 
@@ -183,7 +183,8 @@ impl ChunkStore {
             // the data goes first). A hole under it is a block this layer did not hold
             // before the write that tore it (one it held as zero had its data synced before
             // its checksum, see the module doc): it was completed from below, not zeroes.
-            if !torn && buf.iter().all(|&b| b == 0) {
+            // (Zeroes written there are newer data under an older checksum: as they are.)
+            if !torn && buf.iter().all(|&b| b == 0) && is_hole(&files.data, block * BLOCK_SIZE)? {
                 debug!(
                     volume,
                     chunk,
