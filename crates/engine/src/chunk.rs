@@ -3,7 +3,11 @@
 //! Owns `<dir>/<volume:016x>/<chunk:08x>.dat` (sparse data, block `b` at offset `b * 4096`)
 //! and its sidecar `<chunk:08x>.crc` (the CRC32C of block `b`, little-endian, at offset
 //! `b * 4`). A stored 0 with an all-zero block means "never written" (a sparse hole in both
-//! files), so unwritten ranges cost nothing and still verify.
+//! files), so unwritten ranges cost nothing and still verify. Those are the chunk's layer 1;
+//! snapshots add layers `<chunk:08x>.L<layer:08x>.dat/.crc` of the same format, and a clone's
+//! chunk a `<chunk:08x>.link` to the chunk it reads through to (see `layers`). Every layer
+//! is held to what this doc says of the files: the open-file budget, sync, writeback,
+//! torn blocks, replay mode.
 //!
 //! Writes are plain `pwrite`s with no fsync: the log is the write-ahead log, and the caller
 //! calls [`ChunkStore::sync`] before compacting it. Their writeback is started after each
@@ -21,14 +25,24 @@
 //!
 //! This file is the store's API (read, write, zero, sync, list, verify); beside it:
 //! `layout` the on-disk names and checksum format, `sys` the system calls on chunk
-//! files, `open_files` the cache of open files and its side of the node's [`FileBudget`]
-//! (`budget`), `write` the write path (block math, read-modify-write, data then
-//! checksums), `torn` the blocks a full disk left torn.
+//! files, `open_files` the cache of open files (one entry per layer of a chunk) and its
+//! side of the node's [`FileBudget`] (`budget`), `write` the layer-1 write path (block
+//! math, read-modify-write, data then checksums), `torn` the blocks a full disk left torn,
+//! `layers` the API of snapshots and clones (layers, links, flatten, rollback, the
+//! catch-up's raw access), `layer_map` which chunks have layers or a parent, `resolve`
+//! reading through layers and parents, `place` writing whole blocks into one layer, `link`
+//! the link file.
 
 mod budget;
+mod layer_map;
+#[cfg(test)]
+mod layer_tests;
 mod layers;
 mod layout;
+mod link;
 mod open_files;
+mod place;
+mod resolve;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -50,7 +64,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 
 use crate::{Error, Result, is_no_space, is_out_of_descriptors};
-use layout::{CRC_LEN, Key, block_ok, chunk_files, stored_crc};
+use layer_map::LayerMap;
+use layout::{
+    CRC_LEN, FileKey, FileKind, Key, block_ok, chunk_files, layer_paths, link_path, stored_crc,
+};
 use open_files::ChunkFiles;
 use sys::{Zeroing, fdatasync, read_full_at, start_writeback, sync_chunk_dir};
 use torn::TornBlocks;
@@ -62,10 +79,13 @@ const VERIFY_PIECE: u64 = 256;
 pub struct ChunkStore {
     dir: PathBuf,
     budget: Arc<FileBudget>,
-    open: RwLock<HashMap<Key, Arc<ChunkFiles>>>,
+    /// Open files, per layer of a chunk.
+    open: RwLock<HashMap<FileKey, Arc<ChunkFiles>>>,
+    /// Which chunks have layers above 1 or a parent.
+    layer_map: LayerMap,
     replaying: AtomicBool,
-    /// Allocated bytes per chunk as last measured (at open, and at each sync).
-    alloc: Mutex<HashMap<Key, u64>>,
+    /// Allocated bytes per layer of a chunk as last measured (at open, and at each sync).
+    alloc: Mutex<HashMap<FileKey, u64>>,
     used: AtomicU64,
     /// Files written since the last [`ChunkStore::start_writeback`].
     unstarted: Mutex<Vec<Arc<ChunkFiles>>>,
@@ -84,6 +104,9 @@ pub struct ChunkStore {
     /// [`ChunkStore::flush_closing`] when the process is out of descriptors), never on the
     /// caller's thread.
     closing: Mutex<Vec<Arc<ChunkFiles>>>,
+    /// Chunks unlinked whose link file the next sync deletes (see `link`). Also held while
+    /// a link file is written, so that a sync never deletes a new link.
+    unlinked: Mutex<HashSet<Key>>,
 }
 
 impl ChunkStore {
@@ -97,15 +120,37 @@ impl ChunkStore {
     /// node's other stores).
     pub fn open_in(dir: &Path, budget: &Arc<FileBudget>) -> Result<Arc<ChunkStore>> {
         std::fs::create_dir_all(dir)?;
-        let mut alloc: HashMap<Key, u64> = HashMap::new();
-        for (key, _, f) in chunk_files(dir)? {
+        let mut alloc: HashMap<FileKey, u64> = HashMap::new();
+        let layer_map = LayerMap::default();
+        let mut bases = HashSet::new();
+        let mut shapes = Vec::new();
+        for (key, kind, f) in chunk_files(dir)? {
+            let (volume, chunk, layer) = key;
+            if kind == FileKind::Link {
+                let parent = link::read_link(&f.path(), volume, chunk)?;
+                shapes.push(((volume, chunk), Some(parent), layer));
+                continue;
+            }
+            if layer == 1 {
+                bases.insert((volume, chunk));
+            } else {
+                shapes.push(((volume, chunk), None, layer));
+            }
             *alloc.entry(key).or_default() += f.metadata()?.blocks() * 512;
+        }
+        for (key, parent, layer) in shapes {
+            let base = || bases.contains(&key);
+            match parent {
+                Some(parent) => layer_map.set_link(key, Some(parent), base),
+                None => layer_map.add_layer(key, layer, base),
+            }
         }
         let used = alloc.values().sum();
         let store = Arc::new(ChunkStore {
             dir: dir.to_path_buf(),
             budget: budget.clone(),
             open: RwLock::new(HashMap::new()),
+            layer_map,
             replaying: AtomicBool::new(false),
             alloc: Mutex::new(alloc),
             used: AtomicU64::new(used),
@@ -114,13 +159,17 @@ impl ChunkStore {
             sync_failure: Mutex::new(None),
             torn: TornBlocks::default(),
             closing: Mutex::new(Vec::new()),
+            unlinked: Mutex::new(HashSet::new()),
         });
         budget.register(&store);
         Ok(store)
     }
 
-    /// Writes `data` at `offset` of the chunk (creating it). Partial blocks are
-    /// read-modify-written; the checksum of every touched block is updated.
+    /// Writes `data` at `offset` of the chunk's layer 1 (creating it). Partial blocks are
+    /// read-modify-written from layer 1 alone; the checksum of every touched block is
+    /// updated. This is the raw layer-1 write ([`ChunkStore::write_seq`] with a sequence of
+    /// 0 or 1 is the same for a chunk without a parent); volume writes go through
+    /// [`ChunkStore::write_seq`].
     pub fn write(&self, volume: u64, chunk: u64, offset: u64, data: &[u8]) -> Result<()> {
         check_range(volume, chunk, offset, data.len() as u64)?;
         if data.is_empty() {
@@ -154,9 +203,22 @@ impl ChunkStore {
         }
     }
 
-    /// Reads `len` bytes at `offset`, verifying the checksum of every touched block.
-    /// Never-written ranges (and chunks) read as zeroes.
+    /// Reads `len` bytes at `offset` of the chunk's live image (every layer, then its
+    /// parent: [`ChunkStore::read_as_of`] with `as_of` 0), verifying the checksum of every
+    /// touched block. Never-written ranges (and chunks) read as zeroes.
     pub fn read(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<Bytes> {
+        self.read_as_of(volume, chunk, offset, len, 0)
+    }
+
+    /// [`ChunkStore::read`] of a plain chunk (layer 1 only, no parent): what a read cost
+    /// before layers existed.
+    pub(super) fn read_plain(
+        &self,
+        volume: u64,
+        chunk: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         check_range(volume, chunk, offset, len)?;
         if len == 0 {
             return Ok(Bytes::new());
@@ -176,7 +238,7 @@ impl ChunkStore {
             let stored = stored_crc(&crcs, i);
             if !block_ok(block, stored) {
                 let at = first + i as u64;
-                if self.torn.contains((volume, chunk), at) {
+                if self.torn.contains((volume, chunk, 1), at) {
                     return Err(Error::Exhausted(format!(
                         "chunk {volume:016x}/{chunk:08x} block {at} is being rewritten after the disk filled"
                     )));
@@ -188,7 +250,7 @@ impl ChunkStore {
         Ok(Bytes::from(buf).slice(start..start + len as usize))
     }
 
-    /// Makes the range read as zeroes and keeps it provisioned: whole blocks become
+    /// Makes the range of layer 1 read as zeroes and keeps it provisioned: whole blocks become
     /// allocated zeroes (`FALLOC_FL_ZERO_RANGE`, creating the chunk's files if need be), so
     /// a later write there cannot fail for want of space; partial blocks are
     /// read-modify-written.
@@ -196,19 +258,36 @@ impl ChunkStore {
         self.zero(volume, chunk, offset, len, Zeroing::Provision)
     }
 
-    /// Makes the range read as zeroes and gives its whole blocks' space back (punched out);
-    /// partial blocks are read-modify-written. A chunk without files stays without.
+    /// Makes the range of layer 1 read as zeroes and gives its whole blocks' space back
+    /// (punched out, checksum 0: a true hole); partial blocks are read-modify-written. A
+    /// chunk without files stays without. The raw layer-1 discard: volume discards go
+    /// through [`ChunkStore::discard_seq`], which never re-exposes a parent's data.
     pub fn discard(&self, volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
         self.zero(volume, chunk, offset, len, Zeroing::Punch)
     }
 
-    /// Deletes the chunk's files; it then reads as zeroes.
+    /// Deletes the chunk's files, every layer and its link; it then reads as zeroes.
     pub fn drop_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
+        let mut layers = self.layer_map.get((volume, chunk)).upper;
+        layers.push(1);
+        for layer in layers {
+            self.drop_layer_files(volume, chunk, layer)?;
+        }
+        self.remove_link_file(volume, chunk)?;
+        self.forget_unlinked((volume, chunk));
+        self.layer_map.forget((volume, chunk));
+        self.torn.forget_chunk((volume, chunk));
+        Ok(())
+    }
+
+    /// Deletes one layer's files (the directory entry made durable by the next sync).
+    pub(super) fn drop_layer_files(&self, volume: u64, chunk: u64, layer: u64) -> Result<()> {
+        let key = (volume, chunk, layer);
         let mut map = self.open_map_write();
-        let cached = map.remove(&(volume, chunk));
+        let cached = map.remove(&key);
         // Wait for in-flight users of the cached handles before deleting under them.
         let _guard = cached.as_ref().map(|f| f.write_guard());
-        let (data, crcs) = self.paths(volume, chunk);
+        let (data, crcs) = layer_paths(&self.volume_dir(volume), chunk, layer);
         for p in [&data, &crcs] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
@@ -216,10 +295,11 @@ impl ChunkStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(bytes) = self.alloc_map().remove(&(volume, chunk)) {
+        if let Some(bytes) = self.alloc_map().remove(&key) {
             self.used.fetch_sub(bytes, Ordering::Relaxed);
         }
-        self.torn.forget_chunk((volume, chunk));
+        self.layer_map.remove_layer((volume, chunk), layer);
+        self.torn.forget_layer(key);
         self.dirs_map().insert(self.volume_dir(volume));
         Ok(())
     }
@@ -248,7 +328,9 @@ impl ChunkStore {
                 "an earlier chunk sync failed: {reason}"
             )));
         }
-        let dirty: Vec<(Key, Arc<ChunkFiles>)> = self
+        // Unlinked before this sync began: their writes are among the files synced below.
+        let unlinked = self.unlinked_now();
+        let dirty: Vec<(FileKey, Arc<ChunkFiles>)> = self
             .open_map_read()
             .iter()
             .filter(|(_, f)| f.dirty.load(Ordering::Acquire))
@@ -262,9 +344,10 @@ impl ChunkStore {
             if let Err(e) = synced {
                 files.dirty.store(true, Ordering::Release);
                 let reason = format!(
-                    "fdatasync of chunk {:016x}/{:08x} in {} failed: {e}",
+                    "fdatasync of chunk {:016x}/{:08x} layer {} in {} failed: {e}",
                     key.0,
                     key.1,
+                    key.2,
                     self.dir.display()
                 );
                 *failure = Some(reason.clone());
@@ -284,6 +367,7 @@ impl ChunkStore {
         if let Some(reason) = failure.as_ref() {
             return Err(Error::Fatal(reason.clone()));
         }
+        self.remove_unlinked(&unlinked)?;
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
             match sync_chunk_dir(d) {
@@ -325,24 +409,41 @@ impl ChunkStore {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Every chunk with files in this store, sorted.
+    /// Every chunk with files in this store (a data file of any layer, or a link), sorted.
     pub fn list_chunks(&self) -> Result<Vec<(u64, u64)>> {
-        let mut out: Vec<(u64, u64)> = match chunk_files(&self.dir) {
-            Ok(files) => files
-                .into_iter()
-                .filter(|(_, data, _)| *data)
-                .map(|(key, _, _)| key)
-                .collect(),
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let mut out: Vec<(u64, u64)> = self
+            .listed_files()?
+            .into_iter()
+            .filter(|((v, c, _), kind)| match kind {
+                FileKind::Data => true,
+                FileKind::Crc => false,
+                // Unlinked, its file waiting for the next sync to delete it.
+                FileKind::Link => !self.is_unlinked((*v, *c)),
+            })
+            .map(|((v, c, _), _)| (v, c))
+            .collect();
         out.sort_unstable();
+        out.dedup();
         Ok(out)
+    }
+
+    /// Every chunk file of the store (none if its directory is gone).
+    fn listed_files(&self) -> Result<Vec<(FileKey, FileKind)>> {
+        match chunk_files(&self.dir) {
+            Ok(files) => Ok(files.into_iter().map(|(k, kind, _)| (k, kind)).collect()),
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The stored checksums of `count` blocks from block `first` (4 bytes each, as in the
     /// sidecar: 0 for a block never written). A chunk without files has only zeroes.
     pub fn checksums(&self, volume: u64, chunk: u64, first: u64, count: u64) -> Result<Bytes> {
+        self.layer_checksums((volume, chunk, 1), first, count)
+    }
+
+    pub(super) fn layer_checksums(&self, key: FileKey, first: u64, count: u64) -> Result<Bytes> {
+        let (volume, chunk, layer) = key;
         check_range(
             volume,
             chunk,
@@ -350,7 +451,7 @@ impl ChunkStore {
             count.saturating_mul(BLOCK_SIZE),
         )?;
         let mut buf = vec![0u8; (count * CRC_LEN) as usize];
-        if let Some(files) = self.files(volume, chunk, false)? {
+        if let Some(files) = self.layer_files(volume, chunk, layer, false)? {
             let _guard = files.read_guard();
             read_full_at(&files.crcs, &mut buf, first * CRC_LEN)?;
         }
@@ -368,13 +469,23 @@ impl ChunkStore {
         first: u64,
         count: u64,
     ) -> Result<Vec<bool>> {
+        self.layer_verify_blocks((volume, chunk, 1), first, count)
+    }
+
+    pub(super) fn layer_verify_blocks(
+        &self,
+        key: FileKey,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<bool>> {
+        let (volume, chunk, layer) = key;
         check_range(
             volume,
             chunk,
             first.saturating_mul(BLOCK_SIZE),
             count.saturating_mul(BLOCK_SIZE),
         )?;
-        let Some(files) = self.files(volume, chunk, false)? else {
+        let Some(files) = self.layer_files(volume, chunk, layer, false)? else {
             return Ok(vec![true; count as usize]);
         };
         let mut ok = Vec::with_capacity(count as usize);
@@ -404,18 +515,23 @@ impl ChunkStore {
     /// Blocks of the chunk as far as its files reach (0 if it has none). Looks at the files'
     /// sizes without opening them: listing a store's chunks must not churn the open ones.
     pub fn chunk_blocks(&self, volume: u64, chunk: u64) -> Result<u64> {
+        self.layer_blocks((volume, chunk, 1))
+    }
+
+    pub(super) fn layer_blocks(&self, key: FileKey) -> Result<u64> {
+        let (volume, chunk, layer) = key;
         let len = |p: &Path| match std::fs::metadata(p) {
             Ok(m) => Ok(m.len()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e),
         };
-        let (data, crcs) = self.paths(volume, chunk);
+        let (data, crcs) = layer_paths(&self.volume_dir(volume), chunk, layer);
         let data = len(&data)?.div_ceil(BLOCK_SIZE);
         let crcs = len(&crcs)?.div_ceil(CRC_LEN);
         Ok(data.max(crcs))
     }
 
-    fn measure(&self, key: Key, files: &ChunkFiles) {
+    fn measure(&self, key: FileKey, files: &ChunkFiles) {
         let size = |f: &File| f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
         let now = size(&files.data) + size(&files.crcs);
         let before = self.alloc_map().insert(key, now).unwrap_or(0);
@@ -430,15 +546,17 @@ impl ChunkStore {
         self.dir.join(format!("{volume:016x}"))
     }
 
-    fn paths(&self, volume: u64, chunk: u64) -> (PathBuf, PathBuf) {
-        let v = self.volume_dir(volume);
-        (
-            v.join(format!("{chunk:08x}.dat")),
-            v.join(format!("{chunk:08x}.crc")),
-        )
+    /// Whether the chunk's layer 1 has files (a `stat`: for the rare moments a chunk
+    /// stops being plain).
+    fn has_base(&self, volume: u64, chunk: u64) -> bool {
+        layer_paths(&self.volume_dir(volume), chunk, 1).0.exists()
     }
 
-    fn alloc_map(&self) -> MutexGuard<'_, HashMap<Key, u64>> {
+    fn link_file(&self, volume: u64, chunk: u64) -> PathBuf {
+        link_path(&self.volume_dir(volume), chunk)
+    }
+
+    fn alloc_map(&self) -> MutexGuard<'_, HashMap<FileKey, u64>> {
         self.alloc.lock().unwrap_or_else(|e| e.into_inner())
     }
 

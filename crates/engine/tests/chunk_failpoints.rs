@@ -200,3 +200,94 @@ fn a_dirty_chunk_closed_for_room_is_made_durable_by_the_next_sync() {
     assert!(matches!(store.sync(), Err(Error::Fatal(_))));
     scenario.teardown();
 }
+
+/// The same above layer 1: a write into a snapshot's layer torn by a full disk reads as
+/// "retry", and applied again completes its partial block from what it completed it from
+/// the first time (the layer's own block, or the layers below).
+#[test]
+fn a_write_into_a_layer_torn_by_a_full_disk_is_retried_not_called_corrupt() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write_seq(1, 0, 0, &[7u8; 2 * B], 1).unwrap();
+    store.write_seq(1, 0, 0, &[8u8; B], 2).unwrap();
+
+    // Over a block the layer holds (torn: reads as "retry"), then over one it did not hold
+    // (its checksum still 0: the layer does not hold it yet, what is below reads).
+    for (offset, seq, held) in [(100u64, 2u64, true), (B as u64 + 100, 3, false)] {
+        let before = store.read_as_of(1, 0, 0, 2 * B as u64, seq).unwrap();
+        fail::cfg("chunk::crc_enospc", "return").unwrap();
+        let full = store.write_seq(1, 0, offset, &[9u8; 10], seq);
+        fail::remove("chunk::crc_enospc");
+        assert!(matches!(full, Err(Error::DiskFull(_))), "got {full:?}");
+        let meanwhile = store.read_as_of(1, 0, 0, 2 * B as u64, seq);
+        if held {
+            assert!(
+                matches!(meanwhile, Err(Error::Exhausted(_))),
+                "got {meanwhile:?}"
+            );
+        } else {
+            assert!(meanwhile.unwrap() == before);
+        }
+        store
+            .write_seq(1, 0, offset, &[9u8; 10], seq)
+            .expect("applied again once there is room");
+    }
+    let mut want = [vec![8u8; B], vec![7u8; B]].concat();
+    want[100..110].fill(9);
+    want[B + 100..B + 110].fill(9);
+    assert_eq!(&store.read(1, 0, 0, 2 * B as u64).unwrap()[..], &want[..]);
+    // Snapshot 1 never saw any of it.
+    assert_eq!(
+        &store.read_as_of(1, 0, 0, 2 * B as u64, 1).unwrap()[..],
+        &[7u8; 2 * B][..]
+    );
+    scenario.teardown();
+}
+
+/// A link is durable when `link` returns: a failed fdatasync of its file, or of its
+/// directory, is as fatal for the store as one of a chunk file.
+#[test]
+fn a_failed_fsync_of_a_link_fails_every_later_sync() {
+    for point in ["chunk::fdatasync", "chunk::dir_fsync"] {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.write_seq(1, 0, 0, &[7u8; B], 1).unwrap();
+        store.sync().unwrap();
+        fail::cfg(point, "return").unwrap();
+        let linked = store.link(2, 0, 1, 1);
+        fail::remove(point);
+        assert!(
+            matches!(linked, Err(Error::Fatal(_))),
+            "{point}: {linked:?}"
+        );
+        let later = store.sync();
+        assert!(matches!(later, Err(Error::Fatal(_))), "{point}: {later:?}");
+        let again = store.link(2, 0, 1, 1);
+        assert!(matches!(again, Err(Error::Fatal(_))), "{point}: {again:?}");
+        scenario.teardown();
+    }
+}
+
+/// A partial write over a block its layer holds as zero makes its data durable before its
+/// checksum (after a crash a checksum over a hole must mean "not held before"), and only
+/// that write does: a failed fdatasync there is fatal, elsewhere none is made.
+#[test]
+fn a_partial_write_over_a_zeroed_block_of_a_layer_syncs_its_data_first() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write_seq(1, 0, 0, &[7u8; 3 * B], 1).unwrap();
+    store.discard_seq(1, 0, 0, B as u64, 2).unwrap();
+    fail::cfg("chunk::fdatasync", "return").unwrap();
+    // No fdatasync for these: over a block below (not held), over data the layer holds.
+    store.write_seq(1, 0, B as u64 + 5, b"x", 2).unwrap();
+    store.write_seq(1, 0, B as u64 + 9, b"y", 2).unwrap();
+    let zeroed = store.write_seq(1, 0, 5, b"z", 2);
+    fail::remove("chunk::fdatasync");
+    assert!(matches!(zeroed, Err(Error::Fatal(_))), "got {zeroed:?}");
+    let later = store.sync();
+    assert!(matches!(later, Err(Error::Fatal(_))), "got {later:?}");
+    scenario.teardown();
+}

@@ -1,7 +1,8 @@
 //! [`FileBudget`]: how many chunks a node keeps open at once, across all its chunk stores.
 //!
 //! An open chunk holds two descriptors (data and checksums), and a node holds hundreds of
-//! thousands of chunks: they cannot all be open. The budget counts open chunks node-wide and,
+//! thousands of chunks: they cannot all be open. Each layer of a chunk (see
+//! `chunk::layers`) is a pair of files of its own and counts here as one open chunk. The budget counts open chunks node-wide and,
 //! once past its limit, closes the least recently used idle chunks of any store in one batch
 //! (down to seven eighths of the limit, so the scan is paid once per many opens). Clean
 //! chunks go first and are closed at once; a dirty one is handed to its store's next

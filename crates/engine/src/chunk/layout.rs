@@ -1,12 +1,16 @@
 //! The on-disk layout of a chunk store: where a chunk's files are, how the checksum sidecar
 //! is laid out, and what makes a block verify.
 //!
-//! `<dir>/<volume:016x>/<chunk:08x>.dat` holds the data (block `b` at offset `b * 4096`),
-//! `<chunk:08x>.crc` the CRC32C of block `b`, little-endian, at offset `b * 4`. A stored 0
-//! with an all-zero block means "never written". Pure functions and constants, plus the
-//! directory listing; never opens a chunk file.
+//! Layer 1 of chunk `c` of volume `v`: `<dir>/<v:016x>/<c:08x>.dat` holds the data (block
+//! `b` at offset `b * 4096`), `<c:08x>.crc` the CRC32C of block `b`, little-endian, at
+//! offset `b * 4`. Layer `L > 1`: `<c:08x>.L<L:08x>.dat` and `<c:08x>.L<L:08x>.crc`, the same
+//! format. A stored 0 means the layer does not hold the block (with an all-zero block: a
+//! hole, "never written"); the checksum of a zero block over a hole is "written as zero".
+//! `<c:08x>.link` names the chunk's parent (see `link`). Pure functions and constants, plus
+//! the directory listing; never opens a chunk file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::Result;
 
@@ -19,10 +23,23 @@ pub(super) const CRC_LEN: u64 = 4;
 
 /// A chunk: its volume and its index in the volume.
 pub(super) type Key = (u64, u64);
+/// One layer of a chunk (its pair of files): volume, chunk index, layer (at least 1).
+pub(super) type FileKey = (u64, u64, u64);
 
-/// Every chunk file under `dir`: its chunk, whether it is the data file (else the
-/// checksums), and its directory entry. Names that are not chunk files are skipped.
-pub(super) fn chunk_files(dir: &Path) -> Result<Vec<(Key, bool, std::fs::DirEntry)>> {
+/// What a file of a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileKind {
+    /// A layer's data file.
+    Data,
+    /// A layer's checksum sidecar.
+    Crc,
+    /// The chunk's link to its parent (the key's layer is 0).
+    Link,
+}
+
+/// Every chunk file under `dir`: its chunk and layer, what it is, and its directory
+/// entry. Names that are not chunk files (temporary files among them) are skipped.
+pub(super) fn chunk_files(dir: &Path) -> Result<Vec<(FileKey, FileKind, std::fs::DirEntry)>> {
     let mut out = Vec::new();
     for vol in std::fs::read_dir(dir)? {
         let vol = vol?;
@@ -36,22 +53,64 @@ pub(super) fn chunk_files(dir: &Path) -> Result<Vec<(Key, bool, std::fs::DirEntr
             let f = f?;
             let name = f.file_name();
             let Some(name) = name.to_str() else { continue };
-            let (stem, data) = match (name.strip_suffix(".dat"), name.strip_suffix(".crc")) {
-                (Some(stem), _) => (stem, true),
-                (None, Some(stem)) => (stem, false),
-                (None, None) => continue,
-            };
-            if let Some(chunk) = parse_hex(stem) {
-                out.push(((volume, chunk), data, f));
+            if let Some((chunk, layer, kind)) = parse_name(name) {
+                out.push(((volume, chunk, layer), kind, f));
             }
         }
     }
     Ok(out)
 }
 
+/// The chunk, layer and kind a file name stands for, if it is a chunk file's.
+pub(super) fn parse_name(name: &str) -> Option<(u64, u64, FileKind)> {
+    if let Some(stem) = name.strip_suffix(".link") {
+        return parse_hex(stem).map(|c| (c, 0, FileKind::Link));
+    }
+    let (stem, kind) = match (name.strip_suffix(".dat"), name.strip_suffix(".crc")) {
+        (Some(stem), _) => (stem, FileKind::Data),
+        (None, Some(stem)) => (stem, FileKind::Crc),
+        (None, None) => return None,
+    };
+    match stem.split_once(".L") {
+        None => parse_hex(stem).map(|c| (c, 1, kind)),
+        Some((chunk, layer)) => {
+            let chunk = parse_hex(chunk)?;
+            // Layer 1 has only the plain name: `.L00000001` would alias it.
+            let layer = parse_hex(layer).filter(|&l| l > 1)?;
+            Some((chunk, layer, kind))
+        }
+    }
+}
+
+/// The data and checksum files of one layer of a chunk, in its volume's directory.
+pub(super) fn layer_paths(volume_dir: &Path, chunk: u64, layer: u64) -> (PathBuf, PathBuf) {
+    if layer <= 1 {
+        (
+            volume_dir.join(format!("{chunk:08x}.dat")),
+            volume_dir.join(format!("{chunk:08x}.crc")),
+        )
+    } else {
+        (
+            volume_dir.join(format!("{chunk:08x}.L{layer:08x}.dat")),
+            volume_dir.join(format!("{chunk:08x}.L{layer:08x}.crc")),
+        )
+    }
+}
+
+/// The chunk's link file, in its volume's directory.
+pub(super) fn link_path(volume_dir: &Path, chunk: u64) -> PathBuf {
+    volume_dir.join(format!("{chunk:08x}.link"))
+}
+
 /// A block verifies if its CRC matches, or if it was never written (stored 0, all zeroes).
 pub(super) fn block_ok(block: &[u8], stored: u32) -> bool {
     crc32c::crc32c(block) == stored || (stored == 0 && block.iter().all(|&b| b == 0))
+}
+
+/// The checksum of an all-zero block: stored over a hole, "written as zero".
+pub(super) fn zero_crc() -> u32 {
+    static ZERO: OnceLock<u32> = OnceLock::new();
+    *ZERO.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK_SIZE as usize]))
 }
 
 pub(super) fn stored_crc(crcs: &[u8], i: usize) -> u32 {
@@ -60,7 +119,7 @@ pub(super) fn stored_crc(crcs: &[u8], i: usize) -> u32 {
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 16 {
+    if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(s, 16).ok()

@@ -1,5 +1,6 @@
-//! The open-file cache of a chunk store: [`ChunkFiles`], the two open files of a chunk,
-//! opened on first use and kept in the store's map, and the store's side of the node's
+//! The open-file cache of a chunk store: [`ChunkFiles`], the two open files of one layer of
+//! a chunk, opened on first use and kept in the store's map keyed by (volume, chunk, layer)
+//! (each layer counts as one open chunk against the budget), and the store's side of the node's
 //! [`FileBudget`]: which idle chunks it may close, and the dirty ones it hands to the next
 //! sync to close.
 //!
@@ -15,12 +16,12 @@ use std::sync::{Arc, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tracing::debug;
 
-use super::layout::Key;
+use super::layout::{FileKey, layer_paths};
 use super::sys::{fdatasync, open_rw};
 use super::{ChunkStore, FileBudget, io_error};
 use crate::{Error, Result, is_out_of_descriptors};
 
-/// The open files of one chunk.
+/// The open files of one layer of a chunk.
 pub(super) struct ChunkFiles {
     pub(super) data: File,
     pub(super) crcs: File,
@@ -69,16 +70,28 @@ impl ChunkFiles {
 }
 
 impl ChunkStore {
-    /// The chunk's files, opened (and, with `create`, created) on first use. Out of
-    /// descriptors, idle chunks are closed to make room and the open retried once; if that
-    /// is not enough, [`Error::Exhausted`]: the caller waits and retries, nothing is lost.
+    /// The files of the chunk's layer 1 (see [`ChunkStore::layer_files`]).
     pub(super) fn files(
         &self,
         volume: u64,
         chunk: u64,
         create: bool,
     ) -> Result<Option<Arc<ChunkFiles>>> {
-        let key = (volume, chunk);
+        self.layer_files(volume, chunk, 1, create)
+    }
+
+    /// The files of one layer of the chunk, opened (and, with `create`, created) on first
+    /// use. Out of descriptors, idle chunks are closed to make room and the open retried
+    /// once; if that is not enough, [`Error::Exhausted`]: the caller waits and retries,
+    /// nothing is lost.
+    pub(super) fn layer_files(
+        &self,
+        volume: u64,
+        chunk: u64,
+        layer: u64,
+        create: bool,
+    ) -> Result<Option<Arc<ChunkFiles>>> {
+        let key = (volume, chunk, layer);
         if let Some(f) = self.open_map_read().get(&key) {
             f.used.store(self.budget.now(), Ordering::Relaxed);
             return Ok(Some(f.clone()));
@@ -111,10 +124,10 @@ impl ChunkStore {
     /// [`ChunkStore::files`] without the retry: the files and whether they were opened now.
     pub(super) fn open_files(
         &self,
-        key: Key,
+        key: FileKey,
         create: bool,
     ) -> io::Result<Option<(Arc<ChunkFiles>, bool)>> {
-        let (volume, chunk) = key;
+        let (volume, chunk, layer) = key;
         // Opened under the map's write lock, so that a concurrent drop_chunk can never leave
         // a handle to a deleted file in the cache.
         let mut map = self.open_map_write();
@@ -122,7 +135,7 @@ impl ChunkStore {
             f.used.store(self.budget.now(), Ordering::Relaxed);
             return Ok(Some((f.clone(), false)));
         }
-        let (data_path, crc_path) = self.paths(volume, chunk);
+        let (data_path, crc_path) = layer_paths(&self.volume_dir(volume), chunk, layer);
         let data = match open_rw(&data_path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
@@ -132,7 +145,11 @@ impl ChunkStore {
                     self.dirs_map().insert(self.dir.clone());
                 }
                 self.dirs_map().insert(vdir);
-                open_rw(&data_path, true)?
+                let data = open_rw(&data_path, true)?;
+                // Known from now on: reads of the chunk look in this layer.
+                self.layer_map
+                    .add_layer((volume, chunk), layer, || self.has_base(volume, chunk));
+                data
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -161,7 +178,7 @@ impl ChunkStore {
     }
 
     /// Calls `f(key, dirty, last used)` for every open chunk nobody uses now.
-    pub(super) fn idle_chunks(&self, mut f: impl FnMut(Key, bool, u64)) {
+    pub(super) fn idle_chunks(&self, mut f: impl FnMut(FileKey, bool, u64)) {
         for (k, files) in self.open_map_read().iter() {
             if Arc::strong_count(files) == 1 {
                 f(
@@ -176,8 +193,8 @@ impl ChunkStore {
     /// Takes those of `keys` that are still open and idle out of the open map: clean ones are
     /// closed at once, dirty ones left to the next sync (see `closing`). Never waits for a
     /// sync or an fdatasync. Returns how many it closed at once.
-    pub(super) fn close_idle(&self, keys: &[Key]) -> usize {
-        let taken: Vec<(Key, Arc<ChunkFiles>)> = {
+    pub(super) fn close_idle(&self, keys: &[FileKey]) -> usize {
+        let taken: Vec<(FileKey, Arc<ChunkFiles>)> = {
             let mut map = self.open_map_write();
             keys.iter()
                 .filter_map(|k| {
@@ -234,11 +251,11 @@ impl ChunkStore {
     pub(super) fn closing_list(&self) -> MutexGuard<'_, Vec<Arc<ChunkFiles>>> {
         self.closing.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub(super) fn open_map_read(&self) -> RwLockReadGuard<'_, HashMap<Key, Arc<ChunkFiles>>> {
+    pub(super) fn open_map_read(&self) -> RwLockReadGuard<'_, HashMap<FileKey, Arc<ChunkFiles>>> {
         self.open.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn open_map_write(&self) -> RwLockWriteGuard<'_, HashMap<Key, Arc<ChunkFiles>>> {
+    pub(super) fn open_map_write(&self) -> RwLockWriteGuard<'_, HashMap<FileKey, Arc<ChunkFiles>>> {
         self.open.write().unwrap_or_else(|e| e.into_inner())
     }
 }

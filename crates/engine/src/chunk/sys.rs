@@ -40,6 +40,28 @@ pub(super) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
     Ok(())
 }
 
+/// Whether the 4 KiB at `offset` of `file` are a hole (no data there on disk): `lseek` with
+/// `SEEK_DATA` finds the next data after it. A filesystem that cannot tell says data.
+pub(super) fn is_hole(file: &File, offset: u64) -> io::Result<bool> {
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: lseek only reads its integer arguments; the descriptor is owned by `file`,
+    // which is borrowed (so open) for the duration of the call. Positioned reads and writes
+    // elsewhere do not use the file offset it moves.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    if next >= 0 {
+        return Ok(next > off);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // No data at or after the offset.
+        Some(libc::ENXIO) => Ok(true),
+        Some(libc::EINVAL) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// How a range of whole blocks becomes zeroes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Zeroing {

@@ -10,13 +10,13 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::layout::Key;
+use super::layout::{FileKey, Key};
 use crate::{Error, Result};
 
-/// The torn blocks of one store, by chunk and block index.
+/// The torn blocks of one store, by chunk layer and block index.
 #[derive(Default)]
 pub(super) struct TornBlocks {
-    set: Mutex<HashSet<(Key, u64)>>,
+    set: Mutex<HashSet<(FileKey, u64)>>,
     /// Whether `set` is not empty: the common case (none) costs no lock.
     any: AtomicBool,
 }
@@ -27,7 +27,12 @@ impl TornBlocks {
     /// success they no longer are. A torn block is tolerated by the next read-modify-write
     /// (the same entry applied again rewrites it; after a crash, the replay does) and read
     /// as [`Error::Exhausted`], never as corrupt: nothing was acknowledged that it lost.
-    pub(super) fn settle<T>(&self, key: Key, blocks: std::ops::Range<u64>, outcome: &Result<T>) {
+    pub(super) fn settle<T>(
+        &self,
+        key: FileKey,
+        blocks: std::ops::Range<u64>,
+        outcome: &Result<T>,
+    ) {
         match outcome {
             // Any other failure is an I/O error that stops the node: nothing to retry.
             Err(Error::DiskFull(_)) => {
@@ -47,8 +52,8 @@ impl TornBlocks {
         }
     }
 
-    /// Whether `block` of the chunk is torn.
-    pub(super) fn contains(&self, key: Key, block: u64) -> bool {
+    /// Whether `block` of the chunk's layer is torn.
+    pub(super) fn contains(&self, key: FileKey, block: u64) -> bool {
         !cfg!(tessera_unfixed = "torn_enospc")
             && self.any.load(Ordering::Acquire)
             && self
@@ -60,9 +65,18 @@ impl TornBlocks {
 
     /// Forgets every torn block of a chunk whose files are deleted.
     pub(super) fn forget_chunk(&self, key: Key) {
+        self.forget(|k| (k.0, k.1) == key);
+    }
+
+    /// Forgets every torn block of a chunk's layer whose files are deleted.
+    pub(super) fn forget_layer(&self, key: FileKey) {
+        self.forget(|k| k == key);
+    }
+
+    fn forget(&self, gone: impl Fn(FileKey) -> bool) {
         if self.any.load(Ordering::Acquire) {
             let mut torn = self.set.lock().unwrap_or_else(|e| e.into_inner());
-            torn.retain(|(k, _)| *k != key);
+            torn.retain(|(k, _)| !gone(*k));
             self.any.store(!torn.is_empty(), Ordering::Release);
         }
     }

@@ -74,7 +74,7 @@ impl ChunkStore {
                         .map_err(|e| io_error(e, volume, chunk, "zeroing data"))
                 });
             self.torn
-                .settle((volume, chunk), whole_first..whole_end, &zeroed);
+                .settle((volume, chunk, 1), whole_first..whole_end, &zeroed);
             zeroed?;
             // See `write_locked`: a racing sync may have cleared the flag mid-write.
             files.dirty.store(true, Ordering::Release);
@@ -143,7 +143,8 @@ impl ChunkStore {
             tail.as_deref().map(|b| (last, b)),
         ];
         let written = Self::write_pieces(files, volume, chunk, first, &pieces, &crcs);
-        self.torn.settle((volume, chunk), first..last + 1, &written);
+        self.torn
+            .settle((volume, chunk, 1), first..last + 1, &written);
         written?;
         // Marked again after the writes: a sync that cleared the flag while they were in
         // flight may have missed them, and must not leave the file looking clean.
@@ -161,20 +162,32 @@ impl ChunkStore {
         crcs: &[u8],
     ) -> Result<()> {
         for &(block, bytes) in pieces.iter().flatten() {
-            // In pieces of at most WRITE_PIECE: the page cache sizes the folios it creates
-            // after the write, and a later 4 KiB overwrite inside a large folio costs ext4
-            // a walk over every block of that folio (measured: with chunk files written in
-            // 1 MiB pieces, 47 % of all CPU during 4 KiB random writes went there).
-            for (i, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
-                let at = block * BLOCK_SIZE + (i * WRITE_PIECE) as u64;
-                files
-                    .data
-                    .write_all_at(piece, at)
-                    .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
-            }
+            Self::write_data(files, volume, chunk, block, bytes)?;
         }
         write_crcs(&files.crcs, crcs, first * CRC_LEN)
             .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
+    }
+
+    /// Writes whole or partial blocks' data from `block` on (no checksums).
+    pub(super) fn write_data(
+        files: &ChunkFiles,
+        volume: u64,
+        chunk: u64,
+        block: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        // In pieces of at most WRITE_PIECE: the page cache sizes the folios it creates
+        // after the write, and a later 4 KiB overwrite inside a large folio costs ext4
+        // a walk over every block of that folio (measured: with chunk files written in
+        // 1 MiB pieces, 47 % of all CPU during 4 KiB random writes went there).
+        for (i, piece) in bytes.chunks(WRITE_PIECE).enumerate() {
+            let at = block * BLOCK_SIZE + (i * WRITE_PIECE) as u64;
+            files
+                .data
+                .write_all_at(piece, at)
+                .map_err(|e| io_error(e, volume, chunk, "writing data"))?;
+        }
+        Ok(())
     }
 
     /// The current bytes of `block`, verified unless replaying.
@@ -192,7 +205,7 @@ impl ChunkStore {
         let stored = u32::from_le_bytes(crc);
         if !block_ok(&buf, stored) {
             if !self.replaying.load(Ordering::Acquire)
-                && !self.torn.contains((volume, chunk), block)
+                && !self.torn.contains((volume, chunk, 1), block)
             {
                 return Err(corrupt(volume, chunk, block, &buf, stored));
             }

@@ -1,0 +1,188 @@
+//! Reading through layers and parents: what a chunk's blocks hold live or as of a snapshot
+//! sequence, found per block in the newest layer holding it, else in its parent (as of the
+//! link's sequence, recursively, at most `MAX_DEPTH` links deep), else nowhere (a hole).
+//!
+//! Reads checksums first and data only of the blocks a layer holds; every block taken from
+//! a layer is verified against its checksum, as a plain read does (a mismatch is
+//! [`Error::Corrupt`], or [`Error::Exhausted`] for a block a full disk left torn). Takes
+//! one layer's read lock at a time, never two, and never writes. Plain chunks (layer 1
+//! only, no parent) are read by [`ChunkStore::read_plain`] instead, at no extra cost.
+
+use super::layers::BlockKind;
+use super::layout::{BLOCK_SIZE, CRC_LEN, Key, block_ok, stored_crc, zero_crc};
+use super::link::MAX_DEPTH;
+use super::sys::read_full_at;
+use super::{ChunkStore, corrupt};
+use crate::{Error, Result};
+
+/// What a resolution reads of the blocks it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Need {
+    /// Their bytes, verified.
+    Data,
+    /// Only what they are (checksums alone).
+    Status,
+}
+
+/// Where a resolution looks.
+#[derive(Clone, Copy)]
+pub(super) struct Scope {
+    /// The highest layer looked at (`u64::MAX`: every layer; 0: none).
+    pub(super) cap: u64,
+    /// Whether blocks no layer holds are looked for in the parent.
+    pub(super) parent: bool,
+}
+
+impl Scope {
+    /// The chunk as of snapshot sequence `seq` (0: live), parent included.
+    pub(super) fn as_of(seq: u64) -> Scope {
+        Scope {
+            cap: if seq == 0 { u64::MAX } else { seq },
+            parent: true,
+        }
+    }
+
+    /// Everything below layer `layer`, parent included.
+    pub(super) fn below(layer: u64) -> Scope {
+        Scope {
+            cap: layer.saturating_sub(1),
+            parent: true,
+        }
+    }
+}
+
+/// Blocks as a resolution found them.
+pub(super) struct Resolved {
+    /// `BLOCK_SIZE` bytes per block (zeroes for holes); empty for [`Need::Status`].
+    pub(super) data: Vec<u8>,
+    pub(super) kind: Vec<BlockKind>,
+}
+
+impl ChunkStore {
+    /// What blocks `first..first + n` of the chunk hold within `scope`.
+    pub(super) fn resolve(
+        &self,
+        volume: u64,
+        chunk: u64,
+        first: u64,
+        n: u64,
+        scope: Scope,
+        need: Need,
+    ) -> Result<Resolved> {
+        let mut out = Resolved {
+            data: if need == Need::Data {
+                vec![0u8; (n * BLOCK_SIZE) as usize]
+            } else {
+                Vec::new()
+            },
+            kind: vec![BlockKind::Hole; n as usize],
+        };
+        self.resolve_into((volume, chunk), first, scope, need, &mut out, 0)?;
+        Ok(out)
+    }
+
+    /// Fills the blocks of `out`, `depth` links below the chunk first asked for.
+    fn resolve_into(
+        &self,
+        (volume, chunk): Key,
+        first: u64,
+        scope: Scope,
+        need: Need,
+        out: &mut Resolved,
+        depth: usize,
+    ) -> Result<()> {
+        let bs = BLOCK_SIZE as usize;
+        let n = out.kind.len();
+        let mut done = vec![false; n];
+        let mut left = n;
+        let shape = self.layer_map.get((volume, chunk));
+        let mut crcs = vec![0u8; n * CRC_LEN as usize];
+        for layer in shape.layers_upto(scope.cap) {
+            if left == 0 {
+                break;
+            }
+            let Some(files) = self.layer_files(volume, chunk, layer, false)? else {
+                continue;
+            };
+            let _guard = files.read_guard();
+            read_full_at(&files.crcs, &mut crcs, first * CRC_LEN)?;
+            let wanted = |done: &[bool], i: usize| !done[i] && stored_crc(&crcs, i) != 0;
+            let Some(lo) = (0..n).find(|&i| wanted(&done, i)) else {
+                continue;
+            };
+            let hi = (lo..n).rfind(|&i| wanted(&done, i)).unwrap_or(lo);
+            let mut span = Vec::new();
+            if need == Need::Data {
+                span = vec![0u8; (hi - lo + 1) * bs];
+                read_full_at(&files.data, &mut span, (first + lo as u64) * BLOCK_SIZE)?;
+            }
+            for i in lo..=hi {
+                if !wanted(&done, i) {
+                    continue;
+                }
+                let stored = stored_crc(&crcs, i);
+                if need == Need::Data {
+                    let block = &span[(i - lo) * bs..(i - lo + 1) * bs];
+                    let b = first + i as u64;
+                    if !block_ok(block, stored) {
+                        if self.torn.contains((volume, chunk, layer), b) {
+                            return Err(Error::Exhausted(format!(
+                                "chunk {volume:016x}/{chunk:08x} layer {layer} block {b} is being rewritten after the disk filled"
+                            )));
+                        }
+                        return Err(corrupt(volume, chunk, b, block, stored));
+                    }
+                    out.data[i * bs..(i + 1) * bs].copy_from_slice(block);
+                }
+                out.kind[i] = if stored == zero_crc() {
+                    BlockKind::Zero
+                } else {
+                    BlockKind::Data
+                };
+                done[i] = true;
+                left -= 1;
+            }
+        }
+        let Some((parent, parent_seq)) = shape.link.filter(|_| scope.parent && left > 0) else {
+            return Ok(());
+        };
+        if depth >= MAX_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "chunk {volume:016x}/{chunk:08x}: more than {MAX_DEPTH} parents in a row (a cycle of links?)"
+            )));
+        }
+        // Each run of blocks still missing, from the parent.
+        let mut i = 0;
+        while i < n {
+            if done[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && !done[i] {
+                i += 1;
+            }
+            let mut sub = Resolved {
+                data: if need == Need::Data {
+                    vec![0u8; (i - start) * bs]
+                } else {
+                    Vec::new()
+                },
+                kind: vec![BlockKind::Hole; i - start],
+            };
+            self.resolve_into(
+                (parent, chunk),
+                first + start as u64,
+                Scope::as_of(parent_seq),
+                need,
+                &mut sub,
+                depth + 1,
+            )?;
+            out.kind[start..i].copy_from_slice(&sub.kind);
+            if need == Need::Data {
+                out.data[start * bs..i * bs].copy_from_slice(&sub.data);
+            }
+        }
+        Ok(())
+    }
+}
