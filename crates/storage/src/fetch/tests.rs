@@ -1,4 +1,4 @@
-//! The copy against a real source: a data port serving snapshot requests on loopback.
+//! The copy against a real source: a data port serving catch-up requests on loopback.
 
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
@@ -13,14 +13,14 @@ use tessera_proto::data::{Op, Reply, Request};
 use tessera_proto::frame::{Frame, Kind};
 use tessera_raft::{FetchJob, SnapshotFetcher};
 
-use super::copy::{copy_replica, write_blocks};
+use super::copy::copy_replica;
 use super::{CopyError, Fetcher, Floor, Throttle};
-use crate::server::{CopySources, serve_snapshot};
+use crate::server::{CopySources, serve_catch_up};
 
 const GROUP: u64 = 7;
 const B: usize = BLOCK_SIZE as usize;
 
-/// A node to copy from: serves the snapshot requests of `chunks` on 127.0.0.1, as the
+/// A node to copy from: serves the catch-up requests of `chunks` on 127.0.0.1, as the
 /// data port does. Returns its address.
 async fn serve_copies(chunks: Arc<ChunkStores>) -> String {
     serve_copies_then(chunks, |_| {}).await
@@ -48,7 +48,7 @@ async fn serve_copies_then(
                     let req = Request::decode(f.kind, &f.body);
                     let reply = match &req {
                         Ok(req) => match copied.source(&chunks, req.addr.group) {
-                            Some(store) => serve_snapshot(&chunks, &store, req),
+                            Some(store) => serve_catch_up(&chunks, &store, req),
                             None => Reply::GroupNotFound,
                         },
                         Err(e) => Reply::BadRequest(e.to_string()),
@@ -248,7 +248,7 @@ async fn a_copy_from_a_replica_destroyed_midway_fails_rather_than_install_zeroes
         .expect("source write");
     let destroyer = from.clone();
     let addr = serve_copies_then(from.clone(), move |req| {
-        if req.op == Op::SnapList {
+        if req.op == Op::CatchUpList {
             destroyer.remove(GROUP).expect("destroy the source replica");
             destroyer.get(GROUP).expect("host the group anew");
         }
@@ -329,18 +329,45 @@ async fn throttle_paces_to_the_rate() {
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
-#[test]
-fn zero_blocks_become_holes_and_data_is_written() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = ChunkStore::open(tmp.path()).expect("store");
-    store.write(1, 0, 0, &[7u8; 3 * 4096]).expect("w");
-    let mut data = vec![0u8; 3 * 4096];
-    data[2 * 4096..].fill(9);
-    write_blocks(&store, 1, 0, 0, &data).expect("write blocks");
-    let got = store.read(1, 0, 0, 3 * 4096).expect("read");
-    assert_eq!(&got[..], &data[..]);
-    let crcs = store.checksums(1, 0, 0, 3).expect("crcs");
-    assert_eq!(&crcs[..8], &[0u8; 8], "zeroed blocks are holes again");
+/// Blocks the source's layer lacks (checksum 0) are cleared here, without fetching them;
+/// blocks it holds, zeroes included, are copied as they are.
+#[tokio::test]
+async fn blocks_the_source_lacks_are_cleared_and_the_others_copied() {
+    let _serial = fail::FailScenario::setup();
+    let from_dir = tempfile::tempdir().expect("tempdir");
+    let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+    let source = from.get(GROUP).expect("source store");
+    source.write(1, 0, 0, &[7u8; 4 * B]).expect("w");
+    source
+        .write(1, 0, 2 * BLOCK_SIZE, &[0u8; B])
+        .expect("zero data");
+    source
+        .discard(1, 0, BLOCK_SIZE, BLOCK_SIZE)
+        .expect("discard");
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = reads.clone();
+    let addr = serve_copies_then(from.clone(), move |req| {
+        if req.op == Op::CatchUpRead {
+            seen.fetch_add(u64::from(req.len), std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .await;
+    let to_dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+    store.write(1, 0, 0, &[3u8; 4 * B]).expect("older data");
+    copy(&store, &addr).await.expect("the copy");
+    assert_eq!(
+        store.checksums(1, 0, 0, 4).expect("crcs"),
+        source.checksums(1, 0, 0, 4).expect("crcs"),
+    );
+    assert_eq!(&store.checksums(1, 0, 1, 1).expect("crc")[..], &[0u8; 4]);
+    let got = store.read(1, 0, 0, 4 * BLOCK_SIZE).expect("read");
+    assert_eq!(got, source.read(1, 0, 0, 4 * BLOCK_SIZE).expect("read"));
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::Relaxed),
+        3 * BLOCK_SIZE,
+        "the lacking block is not fetched"
+    );
 }
 
 /// A chunk list longer than a page is copied page by page: every chunk of the source
@@ -362,7 +389,7 @@ async fn a_chunk_list_longer_than_a_page_is_copied_page_by_page() {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = requests.clone();
     let addr = serve_copies_then(from.clone(), move |req| {
-        if req.op == Op::SnapList {
+        if req.op == Op::CatchUpList {
             assert!(req.len <= 5, "asked for {} chunks", req.len);
             seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
