@@ -220,6 +220,48 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
     };
     let (off, len) = (cmd.offset as u64, cmd.len as u64);
     let (v, c) = (cmd.volume, cmd.chunk);
+    let res = apply_command(chunks, group, e.index, &cmd, (v, c), (off, len));
+    // The manager's operations may meet a chunk in a state they do not fit (a link to a
+    // second parent, a flatten past the chunk's end): the engine refuses those the same on
+    // every replica, so skipping the entry keeps the replicas identical, where stopping
+    // would stop every replica of the group.
+    match res {
+        Err(err)
+            if matches!(
+                cmd.op,
+                CmdOp::Link | CmdOp::Flatten | CmdOp::Unlink | CmdOp::Rollback
+            ) && refused(&err) =>
+        {
+            tracing::error!(
+                group,
+                index = e.index,
+                "{:?} of volume {v} chunk {c} refused by the chunk store, not applied: {err}",
+                cmd.op
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Whether the chunk store refused an operation for what it asked (the same on every
+/// replica), rather than failed at it.
+fn refused(e: &tessera_engine::Error) -> bool {
+    match e {
+        tessera_engine::Error::OutOfRange(_) => true,
+        tessera_engine::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidInput,
+        _ => false,
+    }
+}
+
+fn apply_command(
+    chunks: &ChunkStore,
+    group: u64,
+    index: u64,
+    cmd: &Command,
+    (v, c): (u64, u64),
+    (off, len): (u64, u64),
+) -> tessera_engine::Result<()> {
     match cmd.op {
         // Each into the layer of its sequence (see `tessera_proto::command`).
         CmdOp::Write => chunks.write_seq(v, c, off, &cmd.data, cmd.seq),
@@ -232,7 +274,7 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
             Some((parent, parent_seq)) => chunks.link(v, c, parent, parent_seq),
             None => {
                 // `Command::decode` checked the data's length: a bug, never a guess.
-                tracing::error!(group, index = e.index, "link without a parent; not applied");
+                tracing::error!(group, index, "link without a parent; not applied");
                 Ok(())
             }
         },
@@ -241,11 +283,7 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
         CmdOp::Rollback => match cmd.rollback_to() {
             Some(to) => chunks.rollback(v, c, to, cmd.seq),
             None => {
-                tracing::error!(
-                    group,
-                    index = e.index,
-                    "rollback without a target; not applied"
-                );
+                tracing::error!(group, index, "rollback without a target; not applied");
                 Ok(())
             }
         },

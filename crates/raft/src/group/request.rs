@@ -393,7 +393,7 @@ pub(crate) fn op_command(op: GroupOp) -> Result<Command, String> {
             to,
             seq,
         } => {
-            if seq.max(1) <= to {
+            if to == 0 || seq.max(1) <= to {
                 return Err(format!(
                     "rollback of volume {volume_id} to {to} must write a newer sequence, not {seq}"
                 ));

@@ -197,6 +197,17 @@ fn group_ops_are_answered_once_committed_and_only_by_the_leader() {
         last,
         "nothing of a refused batch is proposed"
     );
+    let to_nothing = apply_ops(
+        &mut n,
+        vec![GroupOp::Rollback {
+            volume_id: 1,
+            chunk: 0,
+            to: 0,
+            seq: 5,
+        }],
+    );
+    assert!(matches!(answer(&to_nothing), Some(Reply::BadRequest(_))));
+    assert_eq!(n.last_index(), last);
 
     let mut f = Node::follower();
     let r = apply_ops(&mut f, vec![fence(2)]);
@@ -311,4 +322,36 @@ fn a_write_after_a_snapshot_leaves_the_snapshot_as_it_was() {
         "the clone"
     );
     assert!(n.fatal.lock().unwrap().is_none());
+}
+
+/// An operation the chunk store refuses for what it asks (here a link to a second
+/// parent) is refused the same on every replica: the entry is skipped, the node does not
+/// stop, and the entries after it apply.
+#[test]
+#[ignore = "needs the engine's layers (wip-engine)"]
+fn an_operation_the_chunk_store_refuses_is_skipped_not_fatal() {
+    let mut n = leader();
+    let link = |parent_volume| GroupOp::Link {
+        volume_id: 2,
+        chunk: 0,
+        parent_volume,
+        parent_seq: 1,
+    };
+    let r = apply_ops(&mut n, vec![link(1), link(3)]);
+    ack_appends(&mut n);
+    assert!(ok(&r), "{:?}", answer(&r));
+    let w = submit(&mut n, with_seq(write(0xA, 0xaa), 1));
+    ack_appends(&mut n);
+    assert!(ok(&w), "{:?}", answer(&w));
+    assert!(ok(&submit_read(&mut n)));
+    assert_eq!(n.poller.groups[&GROUP].applied, n.last_index());
+    assert!(
+        n.fatal.lock().unwrap().is_none(),
+        "{:?}",
+        n.fatal.lock().unwrap()
+    );
+    assert_eq!(
+        n.poller.groups[&GROUP].chunks.link_of(2, 0).expect("link"),
+        Some((1, 1))
+    );
 }
