@@ -7,10 +7,11 @@
 //! its flags tell apart:
 //!
 //! ```text
-//! count u32 | flags u32 (bit 0: more follow, bit 1 clear) | count × (volume u64 | chunk u64 | blocks u64)
-//! count u32 | flags u32 (bit 0: more follow, bit 1 set)   | count × (volume u64 | chunk u64 | layer u64 | blocks u64
-//!                                                                    | link u64 (bit 0: linked) | parent u64 | parent_seq u64
-//!                                                                    | reserved u64 (0) | reserved u64 (0))
+//! chunks: count u32 | flags u32 (bit 0: more follow; bit 1 clear) | count × entry (24 bytes):
+//!         volume u64 | chunk u64 | blocks u64
+//! layers: count u32 | flags u32 (bit 0: more follow; bit 1 set)   | count × entry (72 bytes):
+//!         volume u64 | chunk u64 | layer u64 | blocks u64 | link u64 (bit 0: linked)
+//!         | parent u64 | parent_seq u64 | reserved u64 (0) | reserved u64 (0)
 //! ```
 //! The first (chunks) lists each chunk's layer 1 only; the cursor is `(addr.volume,
 //! addr.chunk)`. The second (layers) lists every layer of every chunk, and every linked

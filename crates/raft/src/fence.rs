@@ -133,8 +133,8 @@ impl Fences {
         v
     }
 
-    /// The slot's bytes, little-endian:
-    /// `mark u32 (u32::MAX) | format u32 (2) | count u32 | count × (volume u64 | epoch u64 | seq u64)`.
+    /// The slot's bytes, little-endian: `mark u32 (u32::MAX) | format u32 (2) | count u32 |
+    /// count × (volume u64 | epoch u64 | seq u64)`.
     /// Format 1 (before sequences) was `count u32 | count × (volume u64 | epoch u64)`; it
     /// is still read. A build from before format 2 reads this slot as garbled.
     pub(crate) fn encode(&self) -> Bytes {

@@ -26,7 +26,7 @@ static WRITE: Lazy = Lazy::new(
 );
 static READ: Lazy = Lazy::new(
     "tessera_storage_read_seconds",
-    "A read on the leader: request decoded to answer queued",
+    "A read or block status on the leader: request decoded to answer queued",
 );
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::RaftNode;
@@ -101,7 +101,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         let tx = tx.clone();
                         let arrived = std::time::Instant::now();
                         let stage = match req.op {
-                            Op::Read => &READ,
+                            Op::Read | Op::BlockStatus => &READ,
                             _ => &WRITE,
                         };
                         shared.raft.submit(
