@@ -41,8 +41,9 @@ pub struct ChunkAddr {
 }
 
 /// What a request asks of the group. Write, zeroes, discard and fence go through the
-/// group's log and are answered once committed; the `Snap*` ops copy a replica between
-/// nodes (snapshot transfer), served from the chunk files outside Raft.
+/// group's log and are answered once committed; the `CatchUp*` ops copy a replica between
+/// nodes (a Raft catch-up: what raft-rs calls a snapshot, not a volume's snapshot), served
+/// from the chunk files outside Raft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Store [`Request::data`] (`len` bytes) at `offset` of the chunk.
@@ -55,13 +56,18 @@ pub enum Op {
     /// The range of `len` bytes at `offset` is no longer needed: it reads as zeroes and
     /// its space is freed (holes punched).
     Discard,
-    /// A page of the chunks the group holds, from the cursor `addr.volume`, `addr.chunk`,
+    /// A page of the chunk layers the group holds, from the cursor `addr.volume`,
+    /// `addr.chunk`, `seq` (the layer; 0: the chunks layout of nodes from before layers),
     /// at most `len` of them: see [`crate::copy`].
-    SnapList,
-    /// The stored checksums of `len` blocks from block `offset` of a chunk (4 bytes each).
-    SnapChecksums,
-    /// `len` bytes of a chunk at `offset`, verified.
-    SnapRead,
+    CatchUpList,
+    /// The stored checksums of `len` blocks from block `offset` of one layer of a chunk
+    /// (4 bytes each; 0: the layer does not hold the block). `seq` names the layer (0 or
+    /// 1: layer 1, as nodes from before layers ask).
+    CatchUpChecksums,
+    /// `len` bytes of one layer of a chunk at `offset` as stored, verified (blocks the
+    /// layer does not hold read as zeroes). `seq` names the layer, as for
+    /// [`Op::CatchUpChecksums`].
+    CatchUpRead,
     /// Make `epoch` the volume's writer epoch in the group (`addr.group`, `addr.volume`)
     /// and `seq` its snapshot sequence (either 0: unchanged): answered once that is
     /// applied, after which the group refuses every write of an older epoch
@@ -123,17 +129,19 @@ pub struct Request {
     /// A client that gave up on an attempt retries only once the attempt's deadline passed,
     /// so the retry never races the attempt into the log (see [`Reply::Expired`]).
     pub deadline_ms: u64,
-    /// Byte offset in the chunk (for [`Op::SnapChecksums`], a block index; 0 for
-    /// [`Op::SnapList`] and [`Op::Fence`]).
+    /// Byte offset in the chunk (for [`Op::CatchUpChecksums`], a block index; 0 for
+    /// [`Op::CatchUpList`] and [`Op::Fence`]).
     pub offset: u32,
     /// Bytes to write, read, zero or discard, at most [`MAX_IO`] (for
-    /// [`Op::SnapChecksums`], blocks; for [`Op::SnapList`], chunks; 0 for [`Op::Fence`]).
+    /// [`Op::CatchUpChecksums`], blocks; for [`Op::CatchUpList`], entries; 0 for [`Op::Fence`]).
     pub len: u32,
     /// The volume's snapshot sequence (0: from before snapshots, read as 1). For a write,
     /// zeroes or discard: the sequence the sender writes in (the layer the data goes to,
     /// see [`crate::command`]), refused with [`Reply::Resequence`] once the group has a
     /// newer one for the volume. For a read: the snapshot to read as of (0: the live
-    /// volume). For [`Op::Fence`]: the new sequence (0: unchanged).
+    /// volume). For [`Op::Fence`]: the new sequence (0: unchanged). For
+    /// [`Op::CatchUpChecksums`] and [`Op::CatchUpRead`]: the layer (0 or 1: layer 1); for
+    /// [`Op::CatchUpList`]: the cursor's layer (0: the layout without layers).
     pub seq: u64,
     /// The data of a write; empty for every other op.
     pub data: Bytes,
@@ -187,9 +195,9 @@ impl Request {
             Op::Read => Kind::Read,
             Op::WriteZeroes => Kind::WriteZeroes,
             Op::Discard => Kind::Discard,
-            Op::SnapList => Kind::SnapList,
-            Op::SnapChecksums => Kind::SnapChecksums,
-            Op::SnapRead => Kind::SnapRead,
+            Op::CatchUpList => Kind::CatchUpList,
+            Op::CatchUpChecksums => Kind::CatchUpChecksums,
+            Op::CatchUpRead => Kind::CatchUpRead,
             Op::Fence => Kind::Fence,
             Op::BlockStatus => Kind::BlockStatus,
         }
@@ -224,9 +232,9 @@ impl Request {
             Kind::Read => Op::Read,
             Kind::WriteZeroes => Op::WriteZeroes,
             Kind::Discard => Op::Discard,
-            Kind::SnapList => Op::SnapList,
-            Kind::SnapChecksums => Op::SnapChecksums,
-            Kind::SnapRead => Op::SnapRead,
+            Kind::CatchUpList => Op::CatchUpList,
+            Kind::CatchUpChecksums => Op::CatchUpChecksums,
+            Kind::CatchUpRead => Op::CatchUpRead,
             Kind::Fence => Op::Fence,
             Kind::BlockStatus => Op::BlockStatus,
             other => return Err(DecodeError::UnknownKind(other as u8)),

@@ -42,12 +42,12 @@ pub enum Kind {
     /// Data plane: [`crate::data::Op::Discard`].
     Discard = 4,
     /// Node to node, copying a replica ([`crate::data::Request`] bodies too): the chunks of
-    /// a group ([`crate::data::Op::SnapList`]).
-    SnapList = 5,
-    /// Node to node: a chunk's block checksums ([`crate::data::Op::SnapChecksums`]).
-    SnapChecksums = 6,
-    /// Node to node: a chunk's raw data ([`crate::data::Op::SnapRead`]).
-    SnapRead = 7,
+    /// a group ([`crate::data::Op::CatchUpList`]).
+    CatchUpList = 5,
+    /// Node to node: a chunk's block checksums ([`crate::data::Op::CatchUpChecksums`]).
+    CatchUpChecksums = 6,
+    /// Node to node: a chunk's raw data ([`crate::data::Op::CatchUpRead`]).
+    CatchUpRead = 7,
     /// Data plane: a new writer fences a group ([`crate::data::Op::Fence`]).
     Fence = 8,
     /// Data plane: which blocks of a range hold data ([`crate::data::Op::BlockStatus`]).
@@ -73,9 +73,9 @@ impl TryFrom<u8> for Kind {
             2 => Kind::Read,
             3 => Kind::WriteZeroes,
             4 => Kind::Discard,
-            5 => Kind::SnapList,
-            6 => Kind::SnapChecksums,
-            7 => Kind::SnapRead,
+            5 => Kind::CatchUpList,
+            6 => Kind::CatchUpChecksums,
+            7 => Kind::CatchUpRead,
             8 => Kind::Fence,
             9 => Kind::BlockStatus,
             0x80 => Kind::Reply,
@@ -287,9 +287,9 @@ mod tests {
         Kind::Read,
         Kind::WriteZeroes,
         Kind::Discard,
-        Kind::SnapList,
-        Kind::SnapChecksums,
-        Kind::SnapRead,
+        Kind::CatchUpList,
+        Kind::CatchUpChecksums,
+        Kind::CatchUpRead,
         Kind::Fence,
         Kind::BlockStatus,
         Kind::Reply,

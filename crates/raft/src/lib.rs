@@ -22,7 +22,7 @@
 //! - `membership.rs`: conf changes, snapshots installed, leadership transfers;
 //!   `group/election.rs`: elections decided by the newest configuration in the log.
 //! - `admit.rs`: which network messages may reach raft-rs; `dedup.rs`: a retried write
-//!   takes effect once; `fence.rs`: writer epoch floors.
+//!   takes effect once; `fence.rs`: writer epoch and snapshot sequence floors.
 //! - `log_tail.rs`: raft-rs `Storage` over the in-memory tail of the log; `slots.rs`: the
 //!   on-disk format of a group's slots (hard state, applied point, configuration,
 //!   membership).
@@ -59,7 +59,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use tessera_engine::{ChunkStore, ChunkStores, Log, Recovered};
-use tessera_proto::control::{GroupSpec, GroupState, MembershipState, PeerInfo};
+use tessera_proto::control::{GroupOp, GroupSpec, GroupState, MembershipState, PeerInfo};
 use tessera_proto::data::{RaftBatch, Reply, Request};
 
 /// How a request's answer is delivered (called exactly once, from the poller task).
@@ -246,6 +246,11 @@ pub(crate) enum Event {
         chunks: Vec<u64>,
         respond: Respond,
     },
+    GroupOps {
+        group: u64,
+        ops: Vec<GroupOp>,
+        respond: Respond,
+    },
     Status(Box<dyn FnOnce(Vec<GroupState>) + Send>),
     Fatal(Fatal),
     Shutdown,
@@ -331,6 +336,23 @@ impl RaftNode {
                 group,
                 volume,
                 chunks,
+                respond,
+            })
+        {
+            respond(Reply::Unavailable("storage node is shutting down".into()));
+        }
+    }
+
+    /// Leader only: propose the manager's `ops` (fences, links, flattens, unlinks,
+    /// rollbacks) through the group's log, in order. Answers `Ok` once the last one is
+    /// committed (reads that follow are served only after it is applied), `NotLeader`,
+    /// `GroupNotFound`, `BadRequest` for an op that could never apply, or `Unavailable`.
+    /// A fence raises the group's floors at once, as a request's does.
+    pub fn apply_ops(&self, group: u64, ops: Vec<GroupOp>, respond: Respond) {
+        if let Err(mpsc::error::SendError(Event::GroupOps { respond, .. })) =
+            self.tx.send(Event::GroupOps {
+                group,
+                ops,
                 respond,
             })
         {

@@ -229,7 +229,9 @@ impl Poller {
         // Answer whatever is still queued.
         while let Ok(ev) = rx.try_recv() {
             match ev {
-                Event::Request(_, respond, _) | Event::DropChunks { respond, .. } => {
+                Event::Request(_, respond, _)
+                | Event::DropChunks { respond, .. }
+                | Event::GroupOps { respond, .. } => {
                     respond(Reply::Unavailable("storage node is shutting down".into()))
                 }
                 Event::ChangeMembers { respond, .. } | Event::TransferLeader { respond, .. } => {
@@ -533,6 +535,17 @@ impl Poller {
                 Some(g) => respond(Reply::NotLeader {
                     hint: g.raw.raft.leader_id,
                 }),
+                None => respond(Reply::GroupNotFound),
+            },
+            Event::GroupOps {
+                group,
+                ops,
+                respond,
+            } => match self.groups.get_mut(&group) {
+                Some(g) => {
+                    g.propose_ops(ops, respond);
+                    self.dirty.insert(group);
+                }
                 None => respond(Reply::GroupNotFound),
             },
             Event::Status(f) => f(self.states(crate::clock::now())),

@@ -24,7 +24,7 @@ pub(crate) const SLOT_MEMBERSHIP: u8 = 2;
 /// The Raft configuration as of the last applied conf change: its index (u64 LE) then the
 /// protobuf `ConfState`.
 pub(crate) const SLOT_CONF: u8 = 3;
-/// The writer epoch floors (see `fence.rs`).
+/// The writer epoch and snapshot sequence floors (versioned: see `fence.rs`).
 pub(crate) const SLOT_FENCES: u8 = 4;
 
 pub(crate) fn encode_hard_state(hs: &HardState) -> Bytes {

@@ -9,10 +9,11 @@
 //!
 //! - this file: [`StorageConfig`], [`StorageNode`] (start, registration, heartbeats).
 //! - `server`: the data port: frames from clients, peers and the manager to the Raft node;
-//!   serving a peer's replica copy from the chunk files.
+//!   serving a peer's replica copy (a Raft catch-up) from the chunk files.
+//! - `layer_io`: one layer of a chunk as stored, for the catch-up.
 //! - `replies`: engine and Raft answers as wire replies, in one place.
 //! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
-//! - `fetch/`: copying a replica from a peer (the receiving half of a snapshot), paced
+//! - `fetch/`: copying a replica from a peer (the receiving half of a Raft catch-up), paced
 //!   and kept above the disk's free-space floor.
 //!
 //! Wire formats are never defined here: they live in `tessera_proto`.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod fetch;
+mod layer_io;
 mod replies;
 mod server;
 mod transport;

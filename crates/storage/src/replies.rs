@@ -43,6 +43,25 @@ pub(crate) fn chunks_dropped(
     }
 }
 
+/// The Raft node's answer to the group operations of group `group_id` (`None`: the node
+/// shut down before it answered).
+pub(crate) fn ops_applied(
+    group_id: u64,
+    answer: Option<Reply>,
+) -> Result<StorageReply, ControlError> {
+    match answer {
+        Some(Reply::Ok(_)) => Ok(StorageReply::Done),
+        Some(Reply::NotLeader { hint }) => Ok(StorageReply::NotLeader { hint }),
+        Some(Reply::GroupNotFound) => Err(ControlError::NotFound(format!(
+            "group {group_id} is not hosted here"
+        ))),
+        Some(Reply::BadRequest(m)) => Err(ControlError::Invalid(m)),
+        Some(Reply::Unavailable(m)) => Err(ControlError::Unavailable(m)),
+        Some(other) => Err(ControlError::Internal(format!("{other:?}"))),
+        None => Err(ControlError::Unavailable("node shutting down".into())),
+    }
+}
+
 /// The Raft node's answer to a membership operation of group `group_id` (`None`: the node
 /// shut down before it answered).
 pub(crate) fn membership(

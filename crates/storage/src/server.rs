@@ -7,15 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tessera_engine::chunk::{LayerKey, layer_of};
 use tessera_engine::{ChunkStore, ChunkStores};
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
-use tessera_proto::control::{self, ControlError, RecoveryStats, StorageReply, StorageRequest};
+use tessera_proto::control::{
+    self, ControlError, MAX_GROUP_OPS, RecoveryStats, StorageReply, StorageRequest,
+};
 use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
 use tessera_raft::MembersAnswer;
 
-use crate::replies;
+use crate::{layer_io, replies};
 
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -23,7 +26,7 @@ static WRITE: Lazy = Lazy::new(
 );
 static READ: Lazy = Lazy::new(
     "tessera_storage_read_seconds",
-    "A read on the leader: request decoded to answer queued",
+    "A read or block status on the leader: request decoded to answer queued",
 );
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::RaftNode;
@@ -98,7 +101,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         let tx = tx.clone();
                         let arrived = std::time::Instant::now();
                         let stage = match req.op {
-                            Op::Read => &READ,
+                            Op::Read | Op::BlockStatus => &READ,
                             _ => &WRITE,
                         };
                         shared.raft.submit(
@@ -117,7 +120,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     }
                 }
             }
-            Kind::SnapList | Kind::SnapChecksums | Kind::SnapRead => {
+            Kind::CatchUpList | Kind::CatchUpChecksums | Kind::CatchUpRead => {
                 let id = f.request_id;
                 let reply = match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
@@ -126,7 +129,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                             Some(store) => {
                                 let chunks = shared.chunks.clone();
                                 tokio::task::spawn_blocking(move || {
-                                    serve_snapshot(&chunks, &store, &req)
+                                    serve_catch_up(&chunks, &store, &req)
                                 })
                                 .await
                                 .unwrap_or_else(replies::lost_task)
@@ -197,9 +200,23 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             })
             .await
         }
-        StorageRequest::Apply { .. } => Err(ControlError::Invalid(
-            "group operations are not supported by this node yet".into(),
-        )),
+        StorageRequest::Apply { group_id, ops } => {
+            if ops.len() > MAX_GROUP_OPS {
+                return Err(ControlError::Invalid(format!(
+                    "{} group operations in one request; at most {MAX_GROUP_OPS}",
+                    ops.len()
+                )));
+            }
+            let (otx, orx) = oneshot::channel();
+            shared.raft.apply_ops(
+                group_id,
+                ops,
+                Box::new(move |r| {
+                    let _ = otx.send(r);
+                }),
+            );
+            replies::ops_applied(group_id, orx.await.ok())
+        }
     }
 }
 
@@ -216,7 +233,7 @@ async fn membership(
     replies::membership(group_id, orx.await.ok())
 }
 
-/// The replicas a connection copies from: each one as the connection's first snapshot
+/// The replicas a connection copies from: each one as the connection's first catch-up
 /// request of its group found it. A copy runs over one connection (see `fetch.rs`); if its
 /// replica is destroyed meanwhile, and perhaps hosted anew and empty, its later requests must
 /// fail rather than read what is there now: a missing chunk file reads as zeroes, with
@@ -238,17 +255,20 @@ impl CopySources {
     }
 }
 
-/// A peer copying a replica asks for the group's chunk list, a chunk's checksums or its
-/// data, from `store` (see [`CopySources`]). Served straight from the chunk files (they hold
-/// at least what the snapshot the peer got stands for); blocks are verified as on every read.
-pub(crate) fn serve_snapshot(
+/// A peer catching up (copying a replica) asks for the group's layer list, a layer's
+/// checksums or its data, from `store` (see [`CopySources`]). Served straight from the
+/// chunk files (they hold at least what the Raft snapshot the peer got stands for), one
+/// layer as stored at a time (`req.seq`: 0 or 1 is layer 1, as older peers ask); blocks
+/// are verified as on every read.
+pub(crate) fn serve_catch_up(
     chunks: &ChunkStores,
     store: &Arc<ChunkStore>,
     req: &Request,
 ) -> Reply {
     let (v, c) = (req.addr.volume, req.addr.chunk);
+    let layer = layer_of(req.seq);
     let res = match req.op {
-        Op::SnapList => match list_page(store, req) {
+        Op::CatchUpList => match list_page(store, req) {
             Ok(Some(b)) => Ok(b),
             Ok(None) => {
                 return Reply::Io(format!(
@@ -259,9 +279,18 @@ pub(crate) fn serve_snapshot(
             }
             Err(e) => Err(e),
         },
-        Op::SnapChecksums => store.checksums(v, c, u64::from(req.offset), u64::from(req.len)),
-        Op::SnapRead => store.read(v, c, u64::from(req.offset), u64::from(req.len)),
-        _ => return Reply::BadRequest("not a snapshot request".into()),
+        Op::CatchUpChecksums => {
+            store.checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
+        }
+        Op::CatchUpRead => layer_io::read_in(
+            store,
+            v,
+            c,
+            layer,
+            u64::from(req.offset),
+            u64::from(req.len),
+        ),
+        _ => return Reply::BadRequest("not a catch-up request".into()),
     };
     // The replica may have been destroyed during the read, its files deleted under it and
     // read as zeroes. `ChunkStores::remove` forgets a store before it deletes its files: one
@@ -276,15 +305,49 @@ pub(crate) fn serve_snapshot(
     }
 }
 
-/// The page of `store`'s chunk list `req` asks for ([`ChunkListPage`]), or, for a node
-/// from before paging (`len` 0), the whole list, `None` if it does not fit one frame.
+/// The page of `store`'s list `req` asks for ([`ChunkListPage`]): its layers and links for
+/// a peer that asks for layers, its chunks (layer 1 of each) for an older one; or, for a
+/// node from before paging (`len` 0), the whole chunk list, `None` if it does not fit one
+/// frame.
 fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option<Bytes>> {
+    if ChunkListPage::wants_layers(req) {
+        let list = store.list_layers()?;
+        let (keys, more) =
+            ChunkListPage::select(&list, |k: &LayerKey| (k.volume, k.chunk, k.layer), req);
+        let mut entries = Vec::with_capacity(keys.len());
+        let mut link = None;
+        for k in keys {
+            // One look-up per chunk, not per layer.
+            let l = match link {
+                Some((v, c, l)) if (v, c) == (k.volume, k.chunk) => l,
+                _ => store.link_of(k.volume, k.chunk)?,
+            };
+            link = Some((k.volume, k.chunk, l));
+            entries.push(ChunkEntry {
+                volume: k.volume,
+                chunk: k.chunk,
+                layer: k.layer,
+                blocks: store.chunk_blocks_in(k.volume, k.chunk, k.layer)?,
+                link: l,
+            });
+        }
+        return Ok(Some(
+            ChunkListPage {
+                entries,
+                more,
+                layers: true,
+            }
+            .encode(),
+        ));
+    }
     let list = store.list_chunks()?;
     let entry = |&(volume, chunk): &(u64, u64)| -> tessera_engine::Result<ChunkEntry> {
         Ok(ChunkEntry {
             volume,
             chunk,
+            layer: 1,
             blocks: store.chunk_blocks(volume, chunk)?,
+            link: None,
         })
     };
     if req.len == 0 {
@@ -295,9 +358,16 @@ fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option
         let entries = list.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         return Ok(Some(ChunkListPage::encode_unpaged(&entries)));
     }
-    let (keys, more) = ChunkListPage::select(&list, |k| *k, req);
+    let (keys, more) = ChunkListPage::select(&list, |&(v, c)| (v, c, 1), req);
     let entries = keys.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(ChunkListPage { entries, more }.encode()))
+    Ok(Some(
+        ChunkListPage {
+            entries,
+            more,
+            layers: false,
+        }
+        .encode(),
+    ))
 }
 
 #[cfg(test)]
@@ -308,7 +378,7 @@ mod tests {
 
     const GROUP: u64 = 7;
 
-    fn snap_req(op: Op, len: u32) -> Request {
+    fn catch_up_req(op: Op, len: u32) -> Request {
         let addr = ChunkAddr {
             group: GROUP,
             volume: 1,
@@ -322,7 +392,7 @@ mod tests {
     /// lists nothing): it must fail instead, and so must the connection's later requests,
     /// even once the group is hosted here anew.
     #[test]
-    fn snapshot_requests_of_a_replica_destroyed_under_them_fail() {
+    fn catch_up_requests_of_a_replica_destroyed_under_them_fail() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let chunks = ChunkStores::open(tmp.path()).expect("stores");
         chunks
@@ -334,11 +404,11 @@ mod tests {
         let store = copied.source(&chunks, GROUP).expect("the group is hosted");
         chunks.remove(GROUP).expect("destroy the replica");
         for req in [
-            snap_req(Op::SnapRead, 8192),
-            snap_req(Op::SnapChecksums, 2),
-            snap_req(Op::SnapList, 0),
+            catch_up_req(Op::CatchUpRead, 8192),
+            catch_up_req(Op::CatchUpChecksums, 2),
+            catch_up_req(Op::CatchUpList, 0),
         ] {
-            match serve_snapshot(&chunks, &store, &req) {
+            match serve_catch_up(&chunks, &store, &req) {
                 Reply::GroupNotFound => {}
                 other => panic!("{:?} of a destroyed replica answered {other:?}", req.op),
             }

@@ -146,9 +146,9 @@ const OPS: [Op; 9] = [
     Op::Read,
     Op::WriteZeroes,
     Op::Discard,
-    Op::SnapList,
-    Op::SnapChecksums,
-    Op::SnapRead,
+    Op::CatchUpList,
+    Op::CatchUpChecksums,
+    Op::CatchUpRead,
     Op::Fence,
     Op::BlockStatus,
 ];

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType};
 use tessera_engine::ChunkStore;
+use tessera_engine::chunk::BlockKind;
 use tessera_proto::command::{CmdOp, Command};
-use tessera_proto::data::{Reply, Request};
+use tessera_proto::data::{BlockState, Op, Reply, Request};
 
 use super::Group;
 
@@ -218,17 +219,74 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
         }
     };
     let (off, len) = (cmd.offset as u64, cmd.len as u64);
-    match cmd.op {
-        CmdOp::Write => chunks.write(cmd.volume, cmd.chunk, off, &cmd.data),
-        CmdOp::WriteZeroes => chunks.write_zeroes(cmd.volume, cmd.chunk, off, len),
-        CmdOp::Discard => chunks.discard(cmd.volume, cmd.chunk, off, len),
-        CmdOp::DropChunk => chunks.drop_chunk(cmd.volume, cmd.chunk),
-        // The floor was raised when the entry reached the log (see `fence.rs`).
-        CmdOp::Fence => Ok(()),
-        CmdOp::Link | CmdOp::Flatten | CmdOp::Unlink | CmdOp::Rollback => {
-            tracing::error!(group, index = e.index, "{:?} is not supported yet", cmd.op);
+    let (v, c) = (cmd.volume, cmd.chunk);
+    let res = apply_command(chunks, group, e.index, &cmd, (v, c), (off, len));
+    // The manager's operations may meet a chunk in a state they do not fit (a link to a
+    // second parent, a flatten past the chunk's end): the engine refuses those the same on
+    // every replica, so skipping the entry keeps the replicas identical, where stopping
+    // would stop every replica of the group.
+    match res {
+        Err(err)
+            if matches!(
+                cmd.op,
+                CmdOp::Link | CmdOp::Flatten | CmdOp::Unlink | CmdOp::Rollback
+            ) && refused(&err) =>
+        {
+            tracing::error!(
+                group,
+                index = e.index,
+                "{:?} of volume {v} chunk {c} refused by the chunk store, not applied: {err}",
+                cmd.op
+            );
             Ok(())
         }
+        other => other,
+    }
+}
+
+/// Whether the chunk store refused an operation for what it asked (the same on every
+/// replica), rather than failed at it.
+fn refused(e: &tessera_engine::Error) -> bool {
+    match e {
+        tessera_engine::Error::OutOfRange(_) => true,
+        tessera_engine::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidInput,
+        _ => false,
+    }
+}
+
+fn apply_command(
+    chunks: &ChunkStore,
+    group: u64,
+    index: u64,
+    cmd: &Command,
+    (v, c): (u64, u64),
+    (off, len): (u64, u64),
+) -> tessera_engine::Result<()> {
+    match cmd.op {
+        // Each into the layer of its sequence (see `tessera_proto::command`).
+        CmdOp::Write => chunks.write_seq(v, c, off, &cmd.data, cmd.seq),
+        CmdOp::WriteZeroes => chunks.write_zeroes_seq(v, c, off, len, cmd.seq),
+        CmdOp::Discard => chunks.discard_seq(v, c, off, len, cmd.seq),
+        CmdOp::DropChunk => chunks.drop_chunk(v, c),
+        // The floors were raised when the entry reached the log (see `fence.rs`).
+        CmdOp::Fence => Ok(()),
+        CmdOp::Link => match cmd.link_parent() {
+            Some((parent, parent_seq)) => chunks.link(v, c, parent, parent_seq),
+            None => {
+                // `Command::decode` checked the data's length: a bug, never a guess.
+                tracing::error!(group, index, "link without a parent; not applied");
+                Ok(())
+            }
+        },
+        CmdOp::Flatten => chunks.flatten(v, c, off, len, cmd.seq),
+        CmdOp::Unlink => chunks.unlink(v, c),
+        CmdOp::Rollback => match cmd.rollback_to() {
+            Some(to) => chunks.rollback(v, c, to, cmd.seq),
+            None => {
+                tracing::error!(group, index, "rollback without a target; not applied");
+                Ok(())
+            }
+        },
     }
 }
 
@@ -243,16 +301,30 @@ fn injected_stall(node: u64, group: u64) -> bool {
     false
 }
 
+/// Serves a read or a block status from the applied state: live (`seq` 0) or as of the
+/// snapshot `req.seq`.
 pub(super) fn serve_read(chunks: &ChunkStore, req: &Request) -> Reply {
-    match chunks.read(
-        req.addr.volume,
-        req.addr.chunk,
-        req.offset as u64,
-        req.len as u64,
-    ) {
+    let (v, c) = (req.addr.volume, req.addr.chunk);
+    let (off, len) = (u64::from(req.offset), u64::from(req.len));
+    let res = match req.op {
+        Op::BlockStatus => chunks
+            .block_status(v, c, off, len, req.seq)
+            .map(|kinds| Bytes::from(kinds.into_iter().map(state_byte).collect::<Vec<u8>>())),
+        _ => chunks.read_as_of(v, c, off, len, req.seq),
+    };
+    match res {
         Ok(data) => Reply::Ok(data),
         Err(e) => engine_reply(&e),
     }
+}
+
+/// One block's byte of a block status answer.
+fn state_byte(k: BlockKind) -> u8 {
+    (match k {
+        BlockKind::Hole => BlockState::Hole,
+        BlockKind::Zero => BlockState::Zero,
+        BlockKind::Data => BlockState::Data,
+    }) as u8
 }
 
 fn engine_reply(e: &tessera_engine::Error) -> Reply {

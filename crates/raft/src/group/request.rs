@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use raft::eraftpb::{Entry, Message, MessageType};
 use tessera_proto::command::{CmdOp, Command};
+use tessera_proto::control::GroupOp;
 use tessera_proto::data::{Op, Reply, Request};
 
 use super::apply::serve_read;
@@ -35,7 +36,12 @@ impl Group {
         if let Some(refusal) = self.stalled_refusal() {
             return respond(refusal);
         }
-        if req.op == Op::Read {
+        if matches!(req.op, Op::Read | Op::BlockStatus) {
+            if req.op == Op::BlockStatus
+                && let Err(why) = whole_blocks(&req)
+            {
+                return respond(Reply::BadRequest(why));
+            }
             if !self.raw.raft.commit_to_current_term() {
                 respond(Reply::Unavailable(format!(
                     "group {} has a new leader that has not committed yet",
@@ -70,16 +76,14 @@ impl Group {
             Op::WriteZeroes => CmdOp::WriteZeroes,
             Op::Discard => CmdOp::Discard,
             Op::Fence => CmdOp::Fence,
-            Op::Read => unreachable!("reads returned above"),
-            Op::BlockStatus => {
-                respond(Reply::BadRequest(
-                    "block status is not supported by this node yet".into(),
+            Op::Read | Op::BlockStatus => {
+                return respond(Reply::BadRequest(
+                    "reads are served above, never proposed".into(),
                 ));
-                return;
             }
-            Op::SnapList | Op::SnapChecksums | Op::SnapRead => {
+            Op::CatchUpList | Op::CatchUpChecksums | Op::CatchUpRead => {
                 respond(Reply::BadRequest(
-                    "snapshot transfers are served by the data port, not by Raft".into(),
+                    "catch-up copies are served by the data port, not by Raft".into(),
                 ));
                 return;
             }
@@ -140,6 +144,20 @@ impl Group {
                 req.addr.volume, req.epoch, self.id
             )));
         }
+        // A write of a sequence a snapshot closed in this log (or of a client from before
+        // snapshots, once one was taken): never, it would land in a layer below the cut.
+        // The client adopts the floor and sends it again (see `fence.rs`).
+        if op != CmdOp::Fence
+            && let Err(floor) = self.fences.admits_seq(req.addr.volume, req.seq)
+        {
+            if !settles {
+                return respond(Reply::Unavailable(format!(
+                    "group {} has a new leader that has not committed yet",
+                    self.id
+                )));
+            }
+            return respond(Reply::Resequence { seq: floor });
+        }
         // The client gives up on an attempt at its deadline and retries: proposed later, this
         // attempt could land after the retry and a newer write to the same range.
         if req.expired() && !cfg!(tessera_unfixed = "deadlines") {
@@ -170,8 +188,47 @@ impl Group {
         // client sends one attempt at a time and this one is answered no earlier. Its
         // epoch raises the floor now, not then: a write of an older epoch handled in the
         // same round must not be proposed after this fence.
+        // So does its sequence.
         self.fences.raise(cmd.volume, cmd.epoch);
+        self.fences.raise_seq(cmd.volume, cmd.seq);
         self.propose(cmd.encode(), respond);
+    }
+
+    /// Proposes the manager's `ops` in order (leader only) and answers once the last one
+    /// is committed: a read that comes after is served only once everything committed
+    /// before it is applied. A fence raises the floors now, as a request's does.
+    pub(crate) fn propose_ops(&mut self, ops: Vec<GroupOp>, respond: Respond) {
+        if !self.is_leader() {
+            return respond(Reply::NotLeader {
+                hint: self.raw.raft.leader_id,
+            });
+        }
+        if let Some(refusal) = self.stalled_refusal() {
+            return respond(refusal);
+        }
+        let mut cmds = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op_command(op) {
+                Ok(c) => cmds.push(c),
+                Err(why) => return respond(Reply::BadRequest(why)),
+            }
+        }
+        let n = cmds.len();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            self.fences.raise(cmd.volume, cmd.epoch);
+            self.fences.raise_seq(cmd.volume, cmd.seq);
+            if i + 1 == n {
+                return self.propose(cmd.encode(), respond);
+            }
+            if let Err(e) = self.step_proposal(cmd.encode()) {
+                return respond(Reply::Unavailable(format!(
+                    "group {} dropped the proposal: {e}",
+                    self.id
+                )));
+            }
+        }
+        // No op: nothing to wait for.
+        respond(Reply::Ok(Bytes::new()))
     }
 
     /// Whether request `id` was seen before (see `dedup.rs`): `None` if not (propose it);
@@ -215,7 +272,8 @@ impl Group {
         }
     }
 
-    pub(crate) fn propose(&mut self, data: Bytes, respond: Respond) {
+    /// Steps one proposal into raft-rs (nobody waits for its entry).
+    fn step_proposal(&mut self, data: Bytes) -> raft::Result<()> {
         // Step a MsgPropose ourselves rather than `RawNode::propose`, which takes a Vec and
         // would copy the payload.
         let mut m = Message::default();
@@ -226,7 +284,11 @@ impl Group {
             ..Default::default()
         };
         m.set_entries(vec![e].into());
-        match self.raw.step(m) {
+        self.raw.step(m)
+    }
+
+    pub(crate) fn propose(&mut self, data: Bytes, respond: Respond) {
+        match self.step_proposal(data) {
             Ok(()) => self.proposals.push_back(Proposal {
                 proposed: std::time::Instant::now(),
                 index: self.raw.raft.raft_log.last_index(),
@@ -255,4 +317,92 @@ impl Group {
             (r.respond)(Reply::NotLeader { hint });
         }
     }
+}
+
+/// Why a block status request does not name whole blocks (`Err`), if it does not.
+fn whole_blocks(req: &Request) -> Result<(), String> {
+    let bs = tessera_engine::chunk::BLOCK_SIZE;
+    let (off, len) = (u64::from(req.offset), u64::from(req.len));
+    if off % bs != 0 || len % bs != 0 {
+        return Err(format!(
+            "block status of {len} bytes at {off}: not whole blocks of {bs} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// The log entry of one of the manager's group operations; `Err` for one that could
+/// never apply (the engine would refuse it on every replica).
+pub(crate) fn op_command(op: GroupOp) -> Result<Command, String> {
+    let cmd = |op, volume, chunk| Command {
+        op,
+        volume,
+        chunk,
+        offset: 0,
+        len: 0,
+        id: 0,
+        epoch: 0,
+        seq: 0,
+        data: Bytes::new(),
+    };
+    Ok(match op {
+        GroupOp::Fence {
+            volume_id,
+            epoch,
+            seq,
+        } => Command {
+            epoch,
+            seq,
+            ..cmd(CmdOp::Fence, volume_id, 0)
+        },
+        GroupOp::Link {
+            volume_id,
+            chunk,
+            parent_volume,
+            parent_seq,
+        } => {
+            if parent_volume == volume_id {
+                return Err(format!("volume {volume_id} cannot be its own parent"));
+            }
+            Command {
+                data: Command::link_data(parent_volume, parent_seq),
+                ..cmd(CmdOp::Link, volume_id, chunk)
+            }
+        }
+        GroupOp::Flatten {
+            volume_id,
+            chunk,
+            offset,
+            len,
+            seq,
+        } => {
+            if offset.checked_add(len).is_none() {
+                return Err(format!("flatten of {len} bytes at {offset} overflows"));
+            }
+            Command {
+                offset,
+                len,
+                seq,
+                ..cmd(CmdOp::Flatten, volume_id, chunk)
+            }
+        }
+        GroupOp::Unlink { volume_id, chunk } => cmd(CmdOp::Unlink, volume_id, chunk),
+        GroupOp::Rollback {
+            volume_id,
+            chunk,
+            to,
+            seq,
+        } => {
+            if to == 0 || seq.max(1) <= to {
+                return Err(format!(
+                    "rollback of volume {volume_id} to {to} must write a newer sequence, not {seq}"
+                ));
+            }
+            Command {
+                seq,
+                data: Bytes::copy_from_slice(&to.to_le_bytes()),
+                ..cmd(CmdOp::Rollback, volume_id, chunk)
+            }
+        }
+    })
 }

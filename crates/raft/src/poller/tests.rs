@@ -31,6 +31,7 @@ mod leases;
 mod membership;
 mod replay;
 mod requests;
+mod sequences;
 mod snapshots;
 
 const ME: u64 = 1;

@@ -1,4 +1,5 @@
-//! Copying a replica's chunk data from another node (the receiving half of a snapshot).
+//! Copying a replica's chunk data from another node: the receiving half of a Raft catch-up
+//! (what raft-rs calls installing a snapshot; not a volume's snapshot).
 //!
 //! Owns: the node's recovery throttle and its recovery counters. A copy compares block
 //! checksums chunk by chunk and fetches only the blocks that differ, so a replica that was
@@ -13,7 +14,7 @@
 //! free-space floor (where client writes are refused too): it fails, to be retried, rather
 //! than fill the disk under the log.
 //!
-//! - this file: the [`Fetcher`] (a copy task per snapshot, its answer, its counters).
+//! - this file: the [`Fetcher`] (a copy task per catch-up, its answer, its counters).
 //! - [`copy`]: the copy itself: chunk list pages, checksums compared, differing blocks fetched.
 //! - [`source`]: the request/answer connection to the node copied from.
 //! - [`throttle`], [`floor`]: what a copy may take of the node: bandwidth, disk space.
@@ -73,12 +74,12 @@ impl SnapshotFetcher for Fetcher {
                     index = job.index,
                     bytes = moved,
                     secs = started.elapsed().as_secs_f64(),
-                    "snapshot copied"
+                    "catch-up copied"
                 ),
                 Err(e @ CopyError::Fatal(_)) => {
-                    tracing::error!(group, from = job.from, "snapshot copy failed: {e}")
+                    tracing::error!(group, from = job.from, "catch-up copy failed: {e}")
                 }
-                Err(e) => tracing::warn!(group, from = job.from, "snapshot copy failed: {e}"),
+                Err(e) => tracing::warn!(group, from = job.from, "catch-up copy failed: {e}"),
             }
             done.send(res.map_err(|e| match e {
                 CopyError::Fatal(m) => FetchError::Fatal(m),

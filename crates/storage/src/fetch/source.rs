@@ -58,15 +58,15 @@ impl Source {
     }
 }
 
-pub(super) fn snap_req(
+/// A catch-up request of `(group, volume, chunk, layer)`: the layer rides in
+/// [`Request::seq`] (a source from before layers ignores it and serves layer 1).
+pub(super) fn catch_up_req(
     op: Op,
-    group: u64,
-    volume: u64,
-    chunk: u64,
+    (group, volume, chunk, layer): (u64, u64, u64, u64),
     offset: u32,
     len: u32,
 ) -> Request {
-    Request::other(
+    let mut req = Request::other(
         op,
         ChunkAddr {
             group,
@@ -75,5 +75,7 @@ pub(super) fn snap_req(
         },
         offset,
         len,
-    )
+    );
+    req.seq = layer;
+    req
 }
