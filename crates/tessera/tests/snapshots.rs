@@ -40,6 +40,10 @@ fn text(o: &Output) -> String {
 /// reported no failure.
 fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String, String> {
     let mut args = vec!["-f", "raw", uri];
+    // A snapshot's export is read-only: qemu-io must open it so (`-r`), or it is refused.
+    if uri.rsplit('/').next().is_some_and(|export| export.contains('@')) {
+        args.insert(0, "-r");
+    }
     for c in cmds {
         args.push("-c");
         args.push(c);
