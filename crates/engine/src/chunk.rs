@@ -9,8 +9,10 @@
 //! is held to what this doc says of the files: the open-file budget, sync, writeback,
 //! torn blocks, replay mode.
 //!
-//! Writes are plain `pwrite`s with no fsync: the log is the write-ahead log, and the caller
-//! calls [`ChunkStore::sync`] before compacting it. Their writeback is started after each
+//! Writes are plain `pwrite`s with no fsync (two rare exceptions, both above layer 1: a
+//! link is durable when made, and a partial write over a block its layer holds as zero
+//! syncs its data first; see `link` and `place`): the log is the write-ahead log, and the
+//! caller calls [`ChunkStore::sync`] before compacting it. Their writeback is started after each
 //! batch ([`ChunkStore::start_writeback`]), so the disk sees a steady stream of writes
 //! rather than a burst at each sync. After a crash a block and its checksum
 //! may disagree until the log replay rewrites them; [`ChunkStore::set_replaying`] lets that

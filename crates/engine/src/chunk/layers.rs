@@ -51,9 +51,9 @@
 //!   left it, as for layer 1 before layers existed. Flatten skipping a block a later write
 //!   holds is right for the same reason: the later write wins anyway. Flatten is the one
 //!   operation that skips blocks, so while replaying it also copies again the blocks of
-//!   its layer whose checksum reached the disk without their data and that no other layer
-//!   holds (its own copies, torn by the crash); every other operation rewrites every block
-//!   it covers.
+//!   its layer whose checksum reached the disk without their data, that no lower layer
+//!   holds and whose checksum is the parent block's (its own copies, torn by the crash);
+//!   every other operation rewrites every block it covers.
 //! - Rollback rewrites exactly the blocks some layer in `to + 1..=L` holds, from layers
 //!   `<= to` (frozen): the set and their content are the same each time (the blocks it
 //!   writes were already in the set). Neither it nor flatten looks at layers above `L`:
@@ -471,11 +471,11 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// During replay, marks `missing` the blocks from `at` whose checksum in `layer` is on
-    /// disk without their data (a flatten's copy torn by the crash: its checksum says the
-    /// layer holds it) and that no other layer holds: only this flatten put them there, so
-    /// it copies them again. A later write's torn block (held below too, or not a copy) is
-    /// left to that write, applied again after this entry.
+    /// During replay, marks `missing` the blocks from `at` that are this flatten's own
+    /// copies torn by the crash: their checksum in `layer` is on disk without their data,
+    /// no lower layer holds them, and that checksum is the one of the parent's block (what
+    /// the copy stored). A block torn otherwise is a later write's, applied again after
+    /// this entry over what it found: left as it is.
     fn torn_copies(
         &self,
         volume: u64,
@@ -494,8 +494,24 @@ impl ChunkStore {
             parent: false,
         };
         let below = self.resolve(volume, chunk, at, count, others, Need::Status)?;
+        let stored = self.layer_checksums((volume, chunk, layer), at, count)?;
+        let parent_only = Scope {
+            cap: 0,
+            parent: true,
+        };
+        let bs = BLOCK_SIZE as usize;
         for (i, m) in missing.iter_mut().enumerate() {
-            if !ok[i] && below.kind[i] == BlockKind::Hole {
+            if ok[i] || below.kind[i] != BlockKind::Hole {
+                continue;
+            }
+            let b = at + i as u64;
+            let parent = self.resolve(volume, chunk, b, 1, parent_only, Need::Data)?;
+            let copied = match parent.kind[0] {
+                BlockKind::Hole => continue,
+                BlockKind::Zero => super::layout::zero_crc(),
+                BlockKind::Data => crc32c::crc32c(&parent.data[..bs]),
+            };
+            if stored_crc(&stored, i) == copied {
                 *m = true;
             }
         }
