@@ -112,7 +112,7 @@ async fn flatten_all(service: Shared, jobs: Vec<FlattenJob>, bytes_per_sec: u64)
 }
 
 async fn flatten_chunk(service: &Shared, job: &FlattenJob, pace: &mut Pace) -> Result<(), String> {
-    for op in flatten_pieces(job.volume_id, job.chunk, job.chunk_size, job.seq) {
+    for op in flatten_pieces(job.volume_id, job.chunk, job.chunk_size) {
         pace.wait().await;
         apply(&job.group, vec![op]).await?;
         pace.copied(FLATTEN_PIECE.min(job.chunk_size));

@@ -41,7 +41,11 @@ fn text(o: &Output) -> String {
 fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String, String> {
     let mut args = vec!["-f", "raw", uri];
     // A snapshot's export is read-only: qemu-io must open it so (`-r`), or it is refused.
-    if uri.rsplit('/').next().is_some_and(|export| export.contains('@')) {
+    if uri
+        .rsplit('/')
+        .next()
+        .is_some_and(|export| export.contains('@'))
+    {
         args.insert(0, "-r");
     }
     for c in cmds {
@@ -492,4 +496,67 @@ async fn bad_snapshot_requests_get_clear_errors_and_exit_codes() {
     let out = c.cli_ok(&["--output", "json", "snapshot", "list", "v"]);
     let left: Vec<SnapshotInfo> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A clone with snapshots of its own is flattened: the clone and each of its snapshots read
+/// exactly as before, the link to the parent is gone (its snapshot can then be deleted),
+/// and the parent is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flattening_a_clone_keeps_its_own_snapshots_and_frees_the_parent() {
+    let c = Cluster::start_ready(Opts::default()).await;
+    c.create_volume("p", "8MiB", "1MiB");
+    let gw = c.gateway();
+    // The parent: data over most of it, a hole at 6M, zeroes written at 7M.
+    qemu_io(&gw.uri("p"), &["write -P 0xa1 0 6M", "write -z 7M 1M"]).unwrap();
+    c.cli_ok(&["snapshot", "create", "p@base"]);
+    c.cli_ok(&["volume", "clone", "p@base", "k"]);
+    // The clone: a write and a discard over the parent's data, a snapshot, then more.
+    qemu_io(&gw.uri("k"), &["write -P 0xb2 1M 1M", "discard 2M 512k"]).unwrap();
+    c.cli_ok(&["snapshot", "create", "k@k1"]);
+    qemu_io(
+        &gw.uri("k"),
+        &["write -P 0xc3 3M 4k", "write -P 0xc4 6M 1M"],
+    )
+    .unwrap();
+    let client = c.client().await;
+    let before = (
+        checksum(&client, "k").await,
+        checksum(&client, "k@k1").await,
+        checksum(&client, "p").await,
+    );
+
+    c.cli_ok(&["volume", "flatten", "k"]);
+    let t = Instant::now();
+    while volume_json(&c, "k").parent.is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "flatten did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = (
+        checksum(&client, "k").await,
+        checksum(&client, "k@k1").await,
+        checksum(&client, "p").await,
+    );
+    assert_eq!(
+        before, after,
+        "(clone, its snapshot, parent) changed by the flatten"
+    );
+    qemu_io(
+        &gw.uri("k@k1"),
+        &[
+            "read -P 0xa1 0 1M",
+            "read -P 0xb2 1M 1M",
+            "read -P 0 2M 512k",
+            "read -P 0xa1 2560k 3584k",
+            "read -P 0 6M 2M",
+        ],
+    )
+    .unwrap();
+    // Nothing reads through to the parent's snapshot any more: it can go, and the clone
+    // and its snapshot still read the same.
+    c.cli_ok(&["snapshot", "delete", "p@base"]);
+    assert_eq!(checksum(&client, "k").await, before.0);
+    assert_eq!(checksum(&client, "k@k1").await, before.1);
 }

@@ -25,8 +25,6 @@ pub struct FlattenJob {
     /// a time to keep to the rate.
     pub group: GroupJob,
     pub chunk_size: u64,
-    /// The clone's sequence: the layer the copies go to.
-    pub seq: u64,
 }
 
 /// What the background loop is to do after one look at the state.
@@ -150,7 +148,6 @@ impl Service {
                     chunk,
                     group_id,
                     chunk_size,
-                    seq,
                 }) => {
                     if let Some(group) = self.group_job(group_id, Vec::new(), now) {
                         out.flatten.push(FlattenJob {
@@ -158,7 +155,6 @@ impl Service {
                             chunk,
                             group,
                             chunk_size,
-                            seq,
                         });
                     }
                 }

@@ -37,8 +37,6 @@ pub enum FlattenStep {
         chunk: u64,
         group_id: u64,
         chunk_size: u64,
-        /// The clone's sequence: the layer the copy is written to.
-        seq: u64,
     },
     /// Nothing is linked any more: commit this ([`Mutation::ParentCleared`]).
     Done(Mutation),
@@ -155,17 +153,6 @@ impl State {
         if p.linking {
             return Err(linking(rec));
         }
-        if !p.flattening && !rec.snapshots.is_empty() {
-            // A flatten copies only blocks no layer holds, into the live layer, then cuts
-            // the link: the clone's snapshots (and clones of them) read through the link
-            // and would lose the parent's blocks.
-            let names: Vec<&str> = rec.snapshots.iter().map(|s| s.name.as_str()).collect();
-            return Err(ControlError::Conflict(format!(
-                "clone {name:?} has snapshots ({}), which read through to its parent: a \
-                 flatten would change them; delete them first",
-                names.join(", ")
-            )));
-        }
         Ok((!p.flattening).then_some(Mutation::SetFlattening {
             volume_id: rec.id,
             flattening: true,
@@ -197,7 +184,6 @@ impl State {
                     chunk: *chunk,
                     group_id: *group_id,
                     chunk_size: v.rec.chunk_size,
-                    seq: v.rec.seq(),
                 });
             }
         }
@@ -285,7 +271,13 @@ impl State {
 }
 
 /// The flatten ops of one chunk: `Flatten` pieces of [`FLATTEN_PIECE`] bytes covering it.
-pub fn flatten_pieces(volume_id: u64, chunk: u64, chunk_size: u64, seq: u64) -> Vec<GroupOp> {
+///
+/// They copy into the clone's base layer (sequence 1), where it reads through to its
+/// parent: every block that layer lacks. Every read of the clone, live or as of any of its
+/// snapshots, falls to that layer where its own layers hold nothing, so it reads the same
+/// before the link is cut and after. (Copying into the live layer instead would hide the
+/// parent's blocks from the clone's snapshots once the link is cut.)
+pub fn flatten_pieces(volume_id: u64, chunk: u64, chunk_size: u64) -> Vec<GroupOp> {
     let piece = FLATTEN_PIECE.min(chunk_size).max(1);
     let mut ops = Vec::new();
     let mut offset = 0u64;
@@ -300,7 +292,7 @@ pub fn flatten_pieces(volume_id: u64, chunk: u64, chunk_size: u64, seq: u64) -> 
             chunk,
             offset: off32,
             len: len32,
-            seq,
+            seq: 1,
         });
         offset += len;
     }

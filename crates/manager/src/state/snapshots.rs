@@ -94,12 +94,6 @@ impl State {
         if rec.linking() {
             return Err(linking(rec));
         }
-        if rec.parent.as_ref().is_some_and(|p| p.flattening) && rec.snapshot(name).is_none() {
-            return Err(ControlError::Conflict(format!(
-                "volume {volume:?} is being flattened; a snapshot of it would read through \
-                 the link the flatten cuts: take it once the flatten is done"
-            )));
-        }
         match rec.snapshot(name) {
             Some(s) if s.state == SnapshotState::Creating => Ok(SnapshotPlan::Finish),
             Some(_) => Err(ControlError::AlreadyExists(format!(
