@@ -5,6 +5,7 @@
 //!
 //! The engine's layers are a skeleton on this branch (`wip-engine` fills them in): only
 //! layer 1 (sequence 0 or 1) applies, so no test here commits a write of a later sequence.
+//! Each holds the fail point scenario: the stuck tests stall node 1 process-wide.
 
 use tessera_proto::control::GroupOp;
 use tessera_proto::data::BlockState;
@@ -48,6 +49,7 @@ fn answer(r: &Arc<Mutex<Option<Reply>>>) -> Option<Reply> {
 /// floor survives a restart (slot and log) and reaches a replica by snapshot.
 #[test]
 fn writes_of_an_older_sequence_are_refused_after_a_fence() {
+    let _serial = fail::FailScenario::setup();
     let mut n = leader();
     let before = submit(&mut n, with_seq(write(0xA, 0xaa), 1));
     ack_appends(&mut n);
@@ -117,6 +119,7 @@ fn writes_of_an_older_sequence_are_refused_after_a_fence() {
 /// restart (the floor is derived from the log again).
 #[test]
 fn a_write_of_a_newer_sequence_raises_the_floor() {
+    let _serial = fail::FailScenario::setup();
     let mut n = leader();
     let last = n.last_index();
     // Not acknowledged: it stays uncommitted (layers above 1 do not apply on this branch).
@@ -154,6 +157,7 @@ fn a_write_of_a_newer_sequence_raises_the_floor() {
 /// could never apply is refused before anything is proposed.
 #[test]
 fn group_ops_are_answered_once_committed_and_only_by_the_leader() {
+    let _serial = fail::FailScenario::setup();
     let mut n = leader();
     let fence = |seq| GroupOp::Fence {
         volume_id: read().addr.volume,
@@ -230,6 +234,7 @@ fn group_ops_are_answered_once_committed_and_only_by_the_leader() {
 /// sequence; a block status of a range that is not whole blocks is refused.
 #[test]
 fn as_of_reads_and_block_status_go_to_the_engine_with_their_sequence() {
+    let _serial = fail::FailScenario::setup();
     let mut n = leader();
     let w = submit(&mut n, with_seq(write(0xA, 0xaa), 1));
     ack_appends(&mut n);
@@ -274,6 +279,7 @@ fn as_of_reads_and_block_status_go_to_the_engine_with_their_sequence() {
 #[test]
 #[ignore = "needs the engine's layers (wip-engine)"]
 fn a_write_after_a_snapshot_leaves_the_snapshot_as_it_was() {
+    let _serial = fail::FailScenario::setup();
     let mut n = leader();
     let w = submit(&mut n, with_seq(write(0xA, 0xaa), 1));
     ack_appends(&mut n);
@@ -330,6 +336,7 @@ fn a_write_after_a_snapshot_leaves_the_snapshot_as_it_was() {
 #[test]
 #[ignore = "needs the engine's layers (wip-engine)"]
 fn an_operation_the_chunk_store_refuses_is_skipped_not_fatal() {
+    let _serial = fail::FailScenario::setup();
     let mut n = leader();
     let link = |parent_volume| GroupOp::Link {
         volume_id: 2,
