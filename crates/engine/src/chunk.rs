@@ -30,12 +30,16 @@
 //! files, `open_files` the cache of open files (one entry per layer of a chunk) and its
 //! side of the node's [`FileBudget`] (`budget`), `write` the layer-1 write path (block
 //! math, read-modify-write, data then checksums), `torn` the blocks a full disk left torn,
-//! `layers` the API of snapshots and clones (layers, links, flatten, rollback, the
-//! catch-up's raw access), `layer_map` which chunks have layers or a parent, `resolve`
+//! `layers` the API of snapshots and clones (sequenced writes, reads as of a snapshot,
+//! links, changed blocks), `flatten` the copies inside a chunk's family (flatten,
+//! rollback), `layer_copy` the catch-up's raw access to one layer, `layout` also the
+//! layers' vocabulary, `layer_map` which chunks have layers or a parent, `resolve`
 //! reading through layers and parents, `place` writing whole blocks into one layer, `link`
 //! the link file.
 
 mod budget;
+mod flatten;
+mod layer_copy;
 mod layer_map;
 #[cfg(test)]
 mod layer_tests;

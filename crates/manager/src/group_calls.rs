@@ -8,12 +8,17 @@
 //! never: send a batch of a group before the one before it was applied (their order is
 //! the log's); give up on a group before the deadline; hold the service lock.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_net::NetError;
-use tessera_proto::control::{GroupOp, MAX_GROUP_OPS, StorageReply, StorageRequest};
+use tessera_proto::control::{
+    ControlError, GroupOp, MAX_GROUP_OPS, ManagerReply, StorageReply, StorageRequest,
+};
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::service::{Pending, Service};
 
 /// How long one storage node gets to answer one `Apply` (it answers once the ops are
 /// applied by the group's leader).
@@ -137,6 +142,37 @@ async fn apply_one(
         tokio::time::sleep(backoff.min(left)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Sends a request's pending group ops (without the service lock), then completes it under
+/// the lock; `Unavailable` if a group did not apply them in time.
+pub(crate) async fn finish(
+    service: &Arc<Mutex<Service>>,
+    pending: Pending,
+    deadline: Duration,
+) -> Result<ManagerReply, ControlError> {
+    let Pending { jobs, finish } = pending;
+    if let Err(e) = apply_all(jobs, Instant::now() + deadline).await {
+        warn!(error = %e, ?finish, "group ops not applied in time");
+        return Err(ControlError::Unavailable(format!(
+            "{e}; {}",
+            finish.unfinished()
+        )));
+    }
+    let service = service.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut s = service.lock().map_err(|_| {
+            ControlError::Internal("manager state is unusable after an internal error".into())
+        })?;
+        s.lead()?;
+        s.finish(&finish)
+    })
+    .await;
+    done.unwrap_or_else(|e| {
+        Err(ControlError::Internal(format!(
+            "request handler failed: {e}"
+        )))
+    })
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::liveness::Liveness;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
-use crate::service::{DropOrder, Now, Pending, Reply, Service};
+use crate::service::{DropOrder, Now, Reply, Service};
 
 /// How long one storage node gets to acknowledge a drop order.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -375,39 +375,10 @@ async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, Co
     }
     match reply {
         Reply::Done(res) => res,
-        Reply::After(pending) => finish(shared, pending, GROUP_OPS_DEADLINE).await,
+        Reply::After(pending) => {
+            crate::group_calls::finish(shared, pending, GROUP_OPS_DEADLINE).await
+        }
     }
-}
-
-/// Sends a request's pending group ops (without the service lock), then completes it under
-/// the lock; `Unavailable` if a group did not apply them in time.
-pub(crate) async fn finish(
-    service: &Shared,
-    pending: Pending,
-    deadline: Duration,
-) -> Result<ManagerReply, ControlError> {
-    let Pending { jobs, finish } = pending;
-    if let Err(e) = crate::group_calls::apply_all(jobs, Instant::now() + deadline).await {
-        warn!(error = %e, ?finish, "group ops not applied in time");
-        return Err(ControlError::Unavailable(format!(
-            "{e}; {}",
-            finish.unfinished()
-        )));
-    }
-    let service = service.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let mut s = service.lock().map_err(|_| {
-            ControlError::Internal("manager state is unusable after an internal error".into())
-        })?;
-        s.lead()?;
-        s.finish(&finish)
-    })
-    .await;
-    done.unwrap_or_else(|e| {
-        Err(ControlError::Internal(format!(
-            "request handler failed: {e}"
-        )))
-    })
 }
 
 /// Tells one replica of the group (the leader first) to drop the chunks. Best effort: the

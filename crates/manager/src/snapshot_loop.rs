@@ -93,7 +93,7 @@ fn key(f: &Finish) -> String {
 async fn finish_all(service: Shared, due: Vec<Pending>) {
     for p in due {
         let what = p.finish.clone();
-        match crate::server::finish(&service, p, DEADLINE).await {
+        match group_calls::finish(&service, p, DEADLINE).await {
             Ok(_) => info!(?what, "finished in the background"),
             Err(e) => warn!(?what, error = %e, "could not finish in the background; retried later"),
         }

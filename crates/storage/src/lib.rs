@@ -10,7 +10,6 @@
 //! - this file: [`StorageConfig`], [`StorageNode`] (start, registration, heartbeats).
 //! - `server`: the data port: frames from clients, peers and the manager to the Raft node;
 //!   serving a peer's replica copy (a Raft catch-up) from the chunk files.
-//! - `layer_io`: one layer of a chunk as stored, for the catch-up.
 //! - `replies`: engine and Raft answers as wire replies, in one place.
 //! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
 //! - `fetch/`: copying a replica from a peer (the receiving half of a Raft catch-up), paced
@@ -21,7 +20,6 @@
 #![warn(missing_docs)]
 
 mod fetch;
-mod layer_io;
 mod replies;
 mod server;
 mod transport;

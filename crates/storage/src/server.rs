@@ -18,7 +18,7 @@ use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
 use tessera_raft::MembersAnswer;
 
-use crate::{layer_io, replies};
+use crate::replies;
 
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -282,14 +282,7 @@ pub(crate) fn serve_catch_up(
         Op::CatchUpChecksums => {
             store.checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
         }
-        Op::CatchUpRead => layer_io::read_in(
-            store,
-            v,
-            c,
-            layer,
-            u64::from(req.offset),
-            u64::from(req.len),
-        ),
+        Op::CatchUpRead => store.read_in(v, c, layer, u64::from(req.offset), u64::from(req.len)),
         _ => return Reply::BadRequest("not a catch-up request".into()),
     };
     // The replica may have been destroyed during the read, its files deleted under it and

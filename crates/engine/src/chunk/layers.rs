@@ -89,56 +89,30 @@ use std::io;
 
 use bytes::Bytes;
 
-use super::layout::{BLOCK_SIZE, CRC_LEN, FileKind, block_ok, stored_crc};
+use super::layout::{BLOCK_SIZE, stored_crc};
+pub use super::layout::{BlockKind, LayerKey, layer_of};
 use super::place::Op;
 use super::resolve::{Need, Resolved, Scope};
-use super::sys::{Zeroing, read_full_at};
-use super::{ChunkStore, check_range, corrupt};
+use super::sys::Zeroing;
+use super::{ChunkStore, check_range};
 use crate::{Error, Result};
 
 /// Blocks handled at a time by the whole-chunk operations (16 MiB of data at most).
-const PIECE: u64 = 4096;
+pub(super) const PIECE: u64 = 4096;
 
-/// The layer a write of snapshot sequence `seq` goes to.
-pub fn layer_of(seq: u64) -> u64 {
-    seq.max(1)
-}
-
-/// What one block holds, as [`ChunkStore::block_status`] finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockKind {
-    /// No layer of the chunk (nor of a parent it reads through to) holds it.
-    Hole,
-    /// Written as zeroes (or written with all-zero data).
-    Zero,
-    /// Holds data.
-    Data,
-}
-
-/// One layer of one chunk, as the catch-up lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LayerKey {
-    /// The volume's id.
-    pub volume: u64,
-    /// The chunk's index.
-    pub chunk: u64,
-    /// The layer (at least 1).
-    pub layer: u64,
-}
-
-fn invalid(msg: String) -> Error {
+pub(super) fn invalid(msg: String) -> Error {
     Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
 }
 
 /// The blocks a byte range touches: the first and how many.
-fn touched(offset: u64, len: u64) -> (u64, u64) {
+pub(super) fn touched(offset: u64, len: u64) -> (u64, u64) {
     let first = offset / BLOCK_SIZE;
     let last = (offset + len - 1) / BLOCK_SIZE;
     (first, last - first + 1)
 }
 
 /// Runs of equal values in `items`: `(start, end, value)`.
-fn runs<T: Copy + PartialEq>(items: &[T]) -> Vec<(usize, usize, T)> {
+pub(super) fn runs<T: Copy + PartialEq>(items: &[T]) -> Vec<(usize, usize, T)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < items.len() {
@@ -153,7 +127,7 @@ fn runs<T: Copy + PartialEq>(items: &[T]) -> Vec<(usize, usize, T)> {
 
 /// The ops placing resolved blocks `run_first..` as they are; holes are either left
 /// alone (`hole_as_zero` false) or written as zero.
-fn resolved_ops<'a>(
+pub(super) fn resolved_ops<'a>(
     run_first: u64,
     r: &'a Resolved,
     hole_as_zero: bool,
@@ -416,168 +390,6 @@ impl ChunkStore {
         self.unlink_chunk(volume, chunk)
     }
 
-    /// Copies into layer `layer_of(seq)` every block of `offset..offset + len` (whole
-    /// blocks touched) that no layer of the chunk up to that one holds and its parent does (as of the
-    /// link's sequence): data as data, zeroes as "written as zero"; blocks the parent does
-    /// not hold either stay holes. Idempotent; the chunk reads the same before and after.
-    /// A chunk without a parent has nothing to copy.
-    pub fn flatten(&self, volume: u64, chunk: u64, offset: u64, len: u64, seq: u64) -> Result<()> {
-        check_range(volume, chunk, offset, len)?;
-        if len == 0 || !self.layer_map.is_linked((volume, chunk)) {
-            return Ok(());
-        }
-        let layer = layer_of(seq);
-        let (first, n) = touched(offset, len);
-        // Layers above the one written can only be later entries' (met again by a replay):
-        // what they hold is not looked at, or a replay would skip what the first run copied.
-        let own_only = Scope {
-            cap: layer,
-            parent: false,
-        };
-        let parent_only = Scope {
-            cap: 0,
-            parent: true,
-        };
-        let mut at = first;
-        while at < first + n {
-            let count = PIECE.min(first + n - at);
-            let own = self.resolve(volume, chunk, at, count, own_only, Need::Status)?;
-            let mut missing: Vec<bool> = own.kind.iter().map(|k| *k == BlockKind::Hole).collect();
-            if self.replaying() {
-                self.torn_copies(volume, chunk, layer, at, &mut missing)?;
-            }
-            let mut copies = Vec::new();
-            for (s, e, missing) in runs(&missing) {
-                if missing {
-                    let run_first = at + s as u64;
-                    let r = self.resolve(
-                        volume,
-                        chunk,
-                        run_first,
-                        (e - s) as u64,
-                        parent_only,
-                        Need::Data,
-                    )?;
-                    copies.push((run_first, r));
-                }
-            }
-            let mut ops = Vec::new();
-            for (run_first, r) in &copies {
-                resolved_ops(*run_first, r, false, &mut ops);
-            }
-            self.place((volume, chunk, layer), &ops, Zeroing::Punch)?;
-            at += count;
-        }
-        Ok(())
-    }
-
-    /// During replay, marks `missing` the blocks from `at` that are this flatten's own
-    /// copies torn by the crash: their checksum in `layer` is on disk without their data,
-    /// no lower layer holds them, and that checksum is the one of the parent's block (what
-    /// the copy stored). A block torn otherwise is a later write's, applied again after
-    /// this entry over what it found: left as it is.
-    fn torn_copies(
-        &self,
-        volume: u64,
-        chunk: u64,
-        layer: u64,
-        at: u64,
-        missing: &mut [bool],
-    ) -> Result<()> {
-        let count = missing.len() as u64;
-        let ok = self.layer_verify_blocks((volume, chunk, layer), at, count)?;
-        if ok.iter().all(|&ok| ok) {
-            return Ok(());
-        }
-        let others = Scope {
-            cap: layer - 1,
-            parent: false,
-        };
-        let below = self.resolve(volume, chunk, at, count, others, Need::Status)?;
-        let stored = self.layer_checksums((volume, chunk, layer), at, count)?;
-        let parent_only = Scope {
-            cap: 0,
-            parent: true,
-        };
-        let bs = BLOCK_SIZE as usize;
-        for (i, m) in missing.iter_mut().enumerate() {
-            if ok[i] || below.kind[i] != BlockKind::Hole {
-                continue;
-            }
-            let b = at + i as u64;
-            let parent = self.resolve(volume, chunk, b, 1, parent_only, Need::Data)?;
-            let copied = match parent.kind[0] {
-                BlockKind::Hole => continue,
-                BlockKind::Zero => super::layout::zero_crc(),
-                BlockKind::Data => crc32c::crc32c(&parent.data[..bs]),
-            };
-            if stored_crc(&stored, i) == copied {
-                *m = true;
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes the chunk's live image its image as of snapshot sequence `to`, writing into
-    /// layer `layer_of(seq)` (`seq > to >= 1`) every block a layer above `to` (up to that
-    /// one) holds: its
-    /// content as of `to` (through the parent if need be), or "written as zero" where the
-    /// snapshot holds nothing. Layers `<= to` are untouched, so every snapshot stays
-    /// intact. Idempotent.
-    pub fn rollback(&self, volume: u64, chunk: u64, to: u64, seq: u64) -> Result<()> {
-        let layer = layer_of(seq);
-        if to == 0 || layer <= to {
-            return Err(invalid(format!(
-                "chunk {volume:016x}/{chunk:08x}: rollback to {to} written as of {seq}"
-            )));
-        }
-        let above: Vec<u64> = self
-            .layer_map
-            .get((volume, chunk))
-            .upper
-            .into_iter()
-            // Not above the layer written: those are later entries' (see `flatten`).
-            .filter(|&l| l > to && l <= layer)
-            .collect();
-        let mut blocks = 0;
-        for &l in &above {
-            blocks = blocks.max(self.layer_blocks((volume, chunk, l))?);
-        }
-        let mut at = 0;
-        while at < blocks {
-            let count = PIECE.min(blocks - at);
-            let mut held = vec![false; count as usize];
-            for &l in &above {
-                let crcs = self.layer_checksums((volume, chunk, l), at, count)?;
-                for (i, h) in held.iter_mut().enumerate() {
-                    *h |= stored_crc(&crcs, i) != 0;
-                }
-            }
-            let mut snapshot = Vec::new();
-            for (s, e, held) in runs(&held) {
-                if held {
-                    let run_first = at + s as u64;
-                    let r = self.resolve(
-                        volume,
-                        chunk,
-                        run_first,
-                        (e - s) as u64,
-                        Scope::as_of(to),
-                        Need::Data,
-                    )?;
-                    snapshot.push((run_first, r));
-                }
-            }
-            let mut ops = Vec::new();
-            for (run_first, r) in &snapshot {
-                resolved_ops(*run_first, r, true, &mut ops);
-            }
-            self.place((volume, chunk, layer), &ops, Zeroing::Punch)?;
-            at += count;
-        }
-        Ok(())
-    }
-
     /// Indexes of the blocks written (data, zeroes or discards) by sequences in
     /// `after + 1..=upto` (`upto` 0: up to the live layer): what changed between snapshot
     /// `after` and snapshot `upto` (`after` 0: since the beginning), found from the layers'
@@ -622,185 +434,4 @@ impl ChunkStore {
         out.sort_unstable();
         out
     }
-
-    // The catch-up's raw access: one layer at a time, nothing read through. A layer of 0
-    // names layer 1 (as `Request::seq` 0 does).
-
-    /// Every layer of every chunk with files in this store, and every linked chunk (with
-    /// its lowest layer, or layer 1 if it has none), sorted.
-    pub fn list_layers(&self) -> Result<Vec<LayerKey>> {
-        let files = self.listed_files()?;
-        let mut with_files = BTreeSet::new();
-        let mut linked = Vec::new();
-        for ((volume, chunk, layer), kind) in files {
-            if kind == FileKind::Link {
-                if !self.is_unlinked((volume, chunk)) {
-                    linked.push((volume, chunk));
-                }
-            } else {
-                with_files.insert(LayerKey {
-                    volume,
-                    chunk,
-                    layer,
-                });
-            }
-        }
-        for (volume, chunk) in linked {
-            let has_files = with_files
-                .range(
-                    LayerKey {
-                        volume,
-                        chunk,
-                        layer: 0,
-                    }..,
-                )
-                .next()
-                .is_some_and(|k| (k.volume, k.chunk) == (volume, chunk));
-            if !has_files {
-                with_files.insert(LayerKey {
-                    volume,
-                    chunk,
-                    layer: 1,
-                });
-            }
-        }
-        Ok(with_files.into_iter().collect())
-    }
-
-    /// [`ChunkStore::checksums`] of one layer.
-    pub fn checksums_in(
-        &self,
-        volume: u64,
-        chunk: u64,
-        layer: u64,
-        first: u64,
-        count: u64,
-    ) -> Result<Bytes> {
-        self.layer_checksums((volume, chunk, layer_of(layer)), first, count)
-    }
-
-    /// [`ChunkStore::verify_blocks`] of one layer.
-    pub fn verify_blocks_in(
-        &self,
-        volume: u64,
-        chunk: u64,
-        layer: u64,
-        first: u64,
-        count: u64,
-    ) -> Result<Vec<bool>> {
-        self.layer_verify_blocks((volume, chunk, layer_of(layer)), first, count)
-    }
-
-    /// [`ChunkStore::chunk_blocks`] of one layer.
-    pub fn chunk_blocks_in(&self, volume: u64, chunk: u64, layer: u64) -> Result<u64> {
-        self.layer_blocks((volume, chunk, layer_of(layer)))
-    }
-
-    /// `len` bytes at `offset` of one layer as stored, verified; blocks the layer does not
-    /// hold read as zeroes (their checksums say which).
-    pub fn read_in(
-        &self,
-        volume: u64,
-        chunk: u64,
-        layer: u64,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes> {
-        check_range(volume, chunk, offset, len)?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let layer = layer_of(layer);
-        let Some(files) = self.layer_files(volume, chunk, layer, false)? else {
-            return Ok(Bytes::from(vec![0u8; len as usize]));
-        };
-        let (first, n) = touched(offset, len);
-        let bs = BLOCK_SIZE as usize;
-        let mut buf = vec![0u8; n as usize * bs];
-        let mut crcs = vec![0u8; (n * CRC_LEN) as usize];
-        {
-            let _guard = files.read_guard();
-            read_full_at(&files.data, &mut buf, first * BLOCK_SIZE)?;
-            read_full_at(&files.crcs, &mut crcs, first * CRC_LEN)?;
-        }
-        for (i, block) in buf.chunks_exact_mut(bs).enumerate() {
-            let stored = stored_crc(&crcs, i);
-            if stored == 0 {
-                block.fill(0);
-            } else if !block_ok(block, stored) {
-                let at = first + i as u64;
-                if self.torn.contains((volume, chunk, layer), at) {
-                    return Err(Error::Exhausted(format!(
-                        "chunk {volume:016x}/{chunk:08x} layer {layer} block {at} is being rewritten after the disk filled"
-                    )));
-                }
-                return Err(corrupt(volume, chunk, at, block, stored));
-            }
-        }
-        let start = (offset - first * BLOCK_SIZE) as usize;
-        Ok(Bytes::from(buf).slice(start..start + len as usize))
-    }
-
-    /// Stores whole blocks into one layer as they are (a copy of a peer's layer): every
-    /// block becomes present, an all-zero one as "written as zero" (a hole with the zero
-    /// block's checksum). `offset` and the length must be multiples of the block size.
-    pub fn write_in(
-        &self,
-        volume: u64,
-        chunk: u64,
-        layer: u64,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        check_whole(volume, chunk, offset, data.len() as u64)?;
-        let bs = BLOCK_SIZE as usize;
-        let zero: Vec<bool> = data
-            .chunks_exact(bs)
-            .map(|b| b.iter().all(|&x| x == 0))
-            .collect();
-        let first = offset / BLOCK_SIZE;
-        let ops: Vec<(u64, Op<'_>)> = runs(&zero)
-            .into_iter()
-            .map(|(s, e, zero)| {
-                let at = first + s as u64;
-                if zero {
-                    (at, Op::Zero((e - s) as u64))
-                } else {
-                    (at, Op::Data(&data[s * bs..e * bs]))
-                }
-            })
-            .collect();
-        self.place((volume, chunk, layer_of(layer)), &ops, Zeroing::Punch)
-    }
-
-    /// Makes whole blocks absent from one layer (checksum 0, a hole): a copy of a peer's
-    /// layer that does not hold them. `offset` and `len` must be multiples of the block
-    /// size. A layer without files stays without.
-    pub fn clear_in(
-        &self,
-        volume: u64,
-        chunk: u64,
-        layer: u64,
-        offset: u64,
-        len: u64,
-    ) -> Result<()> {
-        check_whole(volume, chunk, offset, len)?;
-        let ops = [(offset / BLOCK_SIZE, Op::Absent(len / BLOCK_SIZE))];
-        self.place((volume, chunk, layer_of(layer)), &ops, Zeroing::Punch)
-    }
-
-    /// Removes one layer's files (the deletion durable at the next sync). Idempotent.
-    pub fn drop_layer(&self, volume: u64, chunk: u64, layer: u64) -> Result<()> {
-        self.drop_layer_files(volume, chunk, layer_of(layer))
-    }
-}
-
-fn check_whole(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
-    check_range(volume, chunk, offset, len)?;
-    if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
-        return Err(Error::OutOfRange(format!(
-            "chunk {volume:016x}/{chunk:08x}: {offset}+{len} is not whole blocks"
-        )));
-    }
-    Ok(())
 }

@@ -124,3 +124,30 @@ fn parse_hex(s: &str) -> Option<u64> {
     }
     u64::from_str_radix(s, 16).ok()
 }
+
+/// The layer a write of snapshot sequence `seq` goes to.
+pub fn layer_of(seq: u64) -> u64 {
+    seq.max(1)
+}
+
+/// What one block holds, as [`ChunkStore::block_status`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// No layer of the chunk (nor of a parent it reads through to) holds it.
+    Hole,
+    /// Written as zeroes (or written with all-zero data).
+    Zero,
+    /// Holds data.
+    Data,
+}
+
+/// One layer of one chunk, as the catch-up lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LayerKey {
+    /// The volume's id.
+    pub volume: u64,
+    /// The chunk's index.
+    pub chunk: u64,
+    /// The layer (at least 1).
+    pub layer: u64,
+}

@@ -8,7 +8,7 @@
 //! one layer's read lock at a time, never two, and never writes. Plain chunks (layer 1
 //! only, no parent) are read by [`ChunkStore::read_plain`] instead, at no extra cost.
 
-use super::layers::BlockKind;
+use super::layout::BlockKind;
 use super::layout::{BLOCK_SIZE, CRC_LEN, Key, block_ok, stored_crc, zero_crc};
 use super::link::MAX_DEPTH;
 use super::sys::read_full_at;

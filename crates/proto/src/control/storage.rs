@@ -52,8 +52,9 @@ pub enum StorageRequest {
         spec: GroupSpec,
     },
     /// Leader only: propose `ops` through the group's log, in order, and answer
-    /// [`StorageReply::Done`] once the leader has applied every one (or
-    /// [`StorageReply::NotLeader`]). At most [`MAX_GROUP_OPS`]. Each op is idempotent: the
+    /// [`StorageReply::Done`] once the last one is committed (or
+    /// [`StorageReply::NotLeader`]): the leader serves a read only after applying everything
+    /// committed before it, so every later read sees them. At most [`MAX_GROUP_OPS`]. Each op is idempotent: the
     /// manager repeats a request whose answer it did not get.
     Apply {
         /// The group; the request goes to its leader.

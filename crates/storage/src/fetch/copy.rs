@@ -17,7 +17,6 @@ use tessera_raft::FetchJob;
 
 use super::source::{Source, catch_up_req};
 use super::{CopyError, Floor, Throttle, lock};
-use crate::layer_io;
 
 static FETCHED: Lazy = Lazy::new(
     "tessera_recovery_fetch_seconds",
@@ -211,8 +210,7 @@ async fn copy_layer(
             if lacks {
                 // Cleared, not discarded: a discard above layer 1 (or in a linked chunk)
                 // would write "written as zero" markers, which the source does not hold.
-                blocking(move || layer_io::clear_in(&store, volume, chunk, layer, off, len))
-                    .await?;
+                blocking(move || store.clear_in(volume, chunk, layer, off, len)).await?;
                 continue;
             }
             floor.check(g)?;
@@ -240,7 +238,7 @@ async fn copy_layer(
         // The source's layer ends earlier: it holds nothing past its end.
         let store = job.store.clone();
         let (off, len) = (blocks * BLOCK_SIZE, (local_blocks - blocks) * BLOCK_SIZE);
-        blocking(move || layer_io::clear_in(&store, volume, chunk, layer, off, len)).await?;
+        blocking(move || store.clear_in(volume, chunk, layer, off, len)).await?;
     }
     Ok(())
 }

@@ -502,7 +502,6 @@ fn the_list_layout_follows_what_the_peer_asks_for() {
 /// the same checksums in each, reads the same live and as of each snapshot, and links
 /// its chunks as the source does; local layers, links and chunks the source lacks go.
 #[tokio::test]
-#[ignore = "needs the engine's layers (wip-engine)"]
 async fn every_layer_and_link_is_copied_and_nothing_else_is_kept() {
     let _serial = fail::FailScenario::setup();
     let from_dir = tempfile::tempdir().expect("tempdir");

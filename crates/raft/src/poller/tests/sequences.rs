@@ -3,8 +3,6 @@
 //! data, the manager's group operations answered once committed, and reads as of a
 //! snapshot and block status handed to the engine with the request's sequence.
 //!
-//! The engine's layers are a skeleton on this branch (`wip-engine` fills them in): only
-//! layer 1 (sequence 0 or 1) applies, so no test here commits a write of a later sequence.
 //! Each holds the fail point scenario: the stuck tests stall node 1 process-wide.
 
 use tessera_proto::control::GroupOp;
@@ -277,7 +275,6 @@ fn as_of_reads_and_block_status_go_to_the_engine_with_their_sequence() {
 /// of the older snapshot does not; a clone's chunk linked by a group operation reads its
 /// parent as of the snapshot.
 #[test]
-#[ignore = "needs the engine's layers (wip-engine)"]
 fn a_write_after_a_snapshot_leaves_the_snapshot_as_it_was() {
     let _serial = fail::FailScenario::setup();
     let mut n = leader();
@@ -334,7 +331,6 @@ fn a_write_after_a_snapshot_leaves_the_snapshot_as_it_was() {
 /// parent) is refused the same on every replica: the entry is skipped, the node does not
 /// stop, and the entries after it apply.
 #[test]
-#[ignore = "needs the engine's layers (wip-engine)"]
 fn an_operation_the_chunk_store_refuses_is_skipped_not_fatal() {
     let _serial = fail::FailScenario::setup();
     let mut n = leader();
