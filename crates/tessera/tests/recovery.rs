@@ -17,6 +17,7 @@ use tessera_client::Volume;
 use tessera_proto::control::ClusterStatus;
 
 const BLOCK: u64 = 4096;
+const MIB: u64 = 1 << 20;
 /// Down timeout (3 s) plus time to copy a few MiB and run the membership changes.
 const HEAL: Duration = Duration::from_secs(60);
 
@@ -327,4 +328,130 @@ async fn draining_a_node_empties_it_while_clients_write_without_errors() {
     .await;
     let racks: BTreeSet<String> = drained.nodes.iter().map(|n| n.rack.clone()).collect();
     assert_eq!(racks.len(), 4);
+}
+
+/// A replica rebuilt after its node died holds every layer of every snapshot and every
+/// clone link: its group's files equal the other replicas' byte for byte, and the volume,
+/// its snapshot and a clone of it read as before through the new memberships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_replica_holds_every_snapshot_layer_and_clone_link() {
+    let mut c = four_racks();
+    c.wait_ready(4).await;
+    c.create_volume("sl", "16MiB", "1MiB");
+    let client = c.client().await;
+    let vol = client.open("sl").await.expect("open");
+    let blocks = write_pattern(&vol).await;
+    c.cli_ok(&["snapshot", "create", "sl@s1"]);
+    // Over the snapshot: new data, zeroes and a discard, each in a new layer.
+    vol.write(0, Bytes::from(vec![0xee; 3 * BLOCK as usize]))
+        .await
+        .expect("write over the snapshot");
+    vol.write_zeroes(5 * MIB, 64 * 1024).await.expect("zeroes");
+    vol.discard(9 * MIB, 128 * 1024).await.expect("discard");
+    c.cli_ok(&["volume", "clone", "sl@s1", "sl-clone"]);
+    let clone = client.open("sl-clone").await.expect("open clone");
+    clone
+        .write(2 * MIB, Bytes::from(vec![0x77; BLOCK as usize]))
+        .await
+        .expect("write the clone");
+    let image = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let v = client.open_read_only(name).await.expect("open");
+            v.read(0, v.size()).await.expect("read").to_vec()
+        }
+    };
+    let before = (
+        image("sl").await,
+        image("sl@s1").await,
+        image("sl-clone").await,
+    );
+    drop((vol, clone));
+
+    let ready = c
+        .wait_status("ready before the kill", HEAL, |s| fully_replicated(s, 3))
+        .await;
+    let (victim_index, victim) = (0..c.nodes.len())
+        .map(|i| (i, c.node_id(&ready, i)))
+        .max_by_key(|(_, id)| replicas_on(&ready, *id))
+        .expect("a node");
+    c.kill_node(victim_index);
+    let healed = c
+        .wait_status(
+            "every group back to 3 racks without the dead node",
+            HEAL,
+            |s| fully_replicated(s, 3) && replicas_on(s, victim) == 0,
+        )
+        .await;
+    for g in &healed.groups {
+        let dirs: Vec<std::path::PathBuf> = g
+            .replicas
+            .iter()
+            .map(|r| {
+                let addr = &healed
+                    .nodes
+                    .iter()
+                    .find(|n| n.node_id == r.node_id)
+                    .expect("node")
+                    .addr;
+                c.nodes
+                    .iter()
+                    .find(|n| &n.addr == addr)
+                    .expect("harness node")
+                    .data_dir
+                    .clone()
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let copies: Vec<_> = dirs.iter().map(|d| replica_files(d, g.group_id)).collect();
+            if copies.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {}: replicas' files differ: {:?}",
+                g.group_id,
+                copies
+                    .iter()
+                    .map(|c| c.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // Some group holds a layer above the first and some a link: the copy was tested.
+    let files: Vec<String> = (0..c.nodes.len())
+        .filter(|&i| i != victim_index)
+        .flat_map(|i| {
+            let dir = c.nodes[i].data_dir.clone();
+            healed
+                .groups
+                .iter()
+                .flat_map(move |g| replica_files(&dir, g.group_id))
+        })
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        files.iter().any(|n| n.contains(".L")),
+        "no layer file: {files:?}"
+    );
+    assert!(
+        files.iter().any(|n| n.ends_with(".link")),
+        "no link file: {files:?}"
+    );
+
+    let after = (
+        image("sl").await,
+        image("sl@s1").await,
+        image("sl-clone").await,
+    );
+    assert!(before.0 == after.0, "the volume changed");
+    assert!(before.1 == after.1, "the snapshot changed");
+    assert!(before.2 == after.2, "the clone changed");
+    check_pattern(
+        &client.open_snapshot("sl", "s1").await.expect("snap"),
+        &blocks,
+    )
+    .await;
 }
