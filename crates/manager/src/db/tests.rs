@@ -260,6 +260,7 @@ fn snapshots_clones_and_flatten_progress_survive_reopen() {
         let ready = Mutation::SnapshotReady {
             volume_id: id,
             name: "s1".into(),
+            seq: 0,
         };
         step(&store, &mut state, ready);
         let SnapshotPlan::Cut(m) = state.plan_create_snapshot("v", "s2", 9).unwrap() else {

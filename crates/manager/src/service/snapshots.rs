@@ -29,7 +29,12 @@ pub struct Pending {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     /// Commit the snapshot `Ready`, answer it.
-    SnapshotReady { volume_id: u64, name: String },
+    SnapshotReady {
+        volume_id: u64,
+        name: String,
+        /// The sequence it was cut at: the fences sent were for this one.
+        seq: u64,
+    },
     /// Commit the clone usable, answer it.
     CloneLinked { volume_id: u64 },
     /// The rollback is done: answer the volume.
@@ -82,12 +87,13 @@ impl Service {
         name: &str,
         now: Now,
     ) -> Result<Pending, ControlError> {
-        let ops = self.state.snapshot_fence_ops(volume_id, name)?;
+        let (seq, ops) = self.state.snapshot_fence_ops(volume_id, name)?;
         Ok(Pending {
             jobs: self.group_jobs(ops, now),
             finish: Finish::SnapshotReady {
                 volume_id,
                 name: name.to_string(),
+                seq,
             },
         })
     }
@@ -126,16 +132,29 @@ impl Service {
     /// answers. Idempotent: a finish of something already finished only answers.
     pub fn finish(&mut self, f: &Finish) -> Result<ManagerReply, ControlError> {
         match f {
-            Finish::SnapshotReady { volume_id, name } => {
+            Finish::SnapshotReady {
+                volume_id,
+                name,
+                seq,
+            } => {
                 let rec = self.state.volume_record_by_id(*volume_id)?;
                 let vname = rec.name.clone();
-                let creating = rec
-                    .snapshot(name)
-                    .is_some_and(|s| s.state == SnapshotState::Creating);
-                if creating {
+                let Some(snap) = rec.snapshot(name) else {
+                    return Err(ControlError::NotFound(format!(
+                        "snapshot {vname}@{name} was deleted while it was being created"
+                    )));
+                };
+                if snap.seq != *seq {
+                    return Err(ControlError::Conflict(format!(
+                        "snapshot {vname}@{name} was deleted and taken again while this \
+                         request fenced its groups; ask again"
+                    )));
+                }
+                if snap.state == SnapshotState::Creating {
                     self.commit(Mutation::SnapshotReady {
                         volume_id: *volume_id,
                         name: name.clone(),
+                        seq: *seq,
                     })?;
                     info!(volume = %vname, snapshot = %name, "snapshot ready");
                 }

@@ -57,10 +57,14 @@ pub enum Mutation {
         volume_id: u64,
         snapshot: SnapshotRecord,
     },
-    /// Every group of the volume is fenced past the snapshot: it is `Ready`.
+    /// Every group of the volume is fenced past the snapshot: it is `Ready`. Only the
+    /// snapshot of that name cut at `seq` (0, from a log before it was recorded: any):
+    /// a finish of one deleted and cut again under its name must not mark the new one.
     SnapshotReady {
         volume_id: u64,
         name: String,
+        #[serde(default)]
+        seq: u64,
     },
     /// Forget a snapshot (one without clones).
     DeleteSnapshot {

@@ -44,6 +44,7 @@ fn cut(s: &mut State, vol: &str, name: &str) {
     s.apply(&Mutation::SnapshotReady {
         volume_id: id,
         name: name.into(),
+        seq: 0,
     });
 }
 
@@ -74,7 +75,8 @@ fn the_cut_records_a_creating_snapshot_and_moves_the_sequence() {
         (1, SnapshotState::Creating, GIB)
     );
     // Every group holding a chunk is fenced with the new sequence.
-    let fences = s.snapshot_fence_ops(id, "mon").unwrap();
+    let (cut_at, fences) = s.snapshot_fence_ops(id, "mon").unwrap();
+    assert_eq!(cut_at, 1);
     assert_eq!(fences.keys().copied().collect::<Vec<_>>(), [1, 2]);
     assert_eq!(
         fences[&1],
@@ -92,9 +94,20 @@ fn the_cut_records_a_creating_snapshot_and_moves_the_sequence() {
     // Applying the cut twice (a replay) changes nothing more.
     s.apply(&m);
     assert_eq!(s.volume_by_name("v").unwrap().seq, 2);
+    // A Ready mark for another cut of that name (deleted and taken again) marks nothing.
     s.apply(&Mutation::SnapshotReady {
         volume_id: id,
         name: "mon".into(),
+        seq: 7,
+    });
+    assert_eq!(
+        s.snapshot_info("v", "mon").unwrap().state,
+        SnapshotState::Creating
+    );
+    s.apply(&Mutation::SnapshotReady {
+        volume_id: id,
+        name: "mon".into(),
+        seq: 1,
     });
     assert_eq!(
         s.snapshot_info("v", "mon").unwrap().state,

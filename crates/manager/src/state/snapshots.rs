@@ -40,8 +40,12 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
             rec.snapshots.push(snapshot.clone());
             rec.snapshots.sort_by_key(|s| s.seq);
         }
-        Mutation::SnapshotReady { name, .. } => {
-            if let Some(s) = rec.snapshots.iter_mut().find(|s| &s.name == name) {
+        Mutation::SnapshotReady { name, seq, .. } => {
+            if let Some(s) = rec
+                .snapshots
+                .iter_mut()
+                .find(|s| &s.name == name && (*seq == 0 || s.seq == *seq))
+            {
                 s.state = SnapshotState::Ready;
             }
         }
@@ -118,16 +122,17 @@ impl State {
         &self,
         volume_id: u64,
         name: &str,
-    ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
+    ) -> Result<(u64, BTreeMap<u64, Vec<GroupOp>>), ControlError> {
         let v = self.volume(volume_id)?;
         let snap = snapshot_of(&v.rec, name)?;
+        let cut = snap.seq;
         let seq = snap.seq.saturating_add(1);
         // Fix-off switch: a snapshot made ready without fencing its groups (the cut leaks:
         // writes sent after its answer may land in it).
         if cfg!(tessera_unfixed = "snapshot_cut") {
-            return Ok(BTreeMap::new());
+            return Ok((cut, BTreeMap::new()));
         }
-        Ok(self
+        Ok((cut, self
             .volume_groups(v)
             .map(|g| {
                 let fence = GroupOp::Fence {
@@ -137,7 +142,7 @@ impl State {
                 };
                 (g, vec![fence])
             })
-            .collect())
+            .collect()))
     }
 
     /// Deleting snapshot `name`: refused while it has clones (naming them).
