@@ -132,17 +132,19 @@ impl State {
         if cfg!(tessera_unfixed = "snapshot_cut") {
             return Ok((cut, BTreeMap::new()));
         }
-        Ok((cut, self
-            .volume_groups(v)
-            .map(|g| {
-                let fence = GroupOp::Fence {
-                    volume_id,
-                    epoch: 0,
-                    seq,
-                };
-                (g, vec![fence])
-            })
-            .collect()))
+        Ok((
+            cut,
+            self.volume_groups(v)
+                .map(|g| {
+                    let fence = GroupOp::Fence {
+                        volume_id,
+                        epoch: 0,
+                        seq,
+                    };
+                    (g, vec![fence])
+                })
+                .collect(),
+        ))
     }
 
     /// Deleting snapshot `name`: refused while it has clones (naming them).

@@ -101,7 +101,12 @@ pub(super) async fn copy_replica(
                 blocking(move || store.drop_chunk(v, c)).await?;
             }
         }
-        let mut linked = None;
+        // A chunk's link is taken from its first listing only, before any of its layers
+        // is copied: a later page may report a newer link state (the source flattened and
+        // unlinked the chunk meanwhile) than the layers already copied under the earlier
+        // one, and replaying the Flatten entries needs the link the copied data goes with.
+        // The replayed Unlink clears it in its turn.
+        let mut linked = prev_last;
         for e in &page.entries {
             if linked != Some((e.volume, e.chunk)) {
                 linked = Some((e.volume, e.chunk));

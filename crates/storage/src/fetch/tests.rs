@@ -567,3 +567,62 @@ async fn every_layer_and_link_is_copied_and_nothing_else_is_kept() {
         }
     }
 }
+
+/// A clone's chunk whose layers span two list pages, flattened and unlinked at the source
+/// between them: the copy keeps the link of the first listing (the one its base layer was
+/// copied under), so the Flatten entries replayed after the copy still find the parent.
+#[tokio::test]
+async fn a_link_cut_between_two_pages_of_its_chunk_is_kept_for_the_replay() {
+    let _serial = fail::FailScenario::setup();
+    let from_dir = tempfile::tempdir().expect("tempdir");
+    let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+    let source = from.get(GROUP).expect("source store");
+    // The parent: volume 1 chunk 0, two blocks.
+    source.write(1, 0, 0, &[5u8; 2 * B]).expect("parent");
+    // The clone, volume 2, linked as of 1, with its own layers 1 and 3 (a snapshot).
+    source.link(2, 0, 1, 1).expect("link");
+    source
+        .write_seq(2, 0, 2 * BLOCK_SIZE, &[6u8; B], 1)
+        .expect("clone layer 1");
+    source
+        .write_seq(2, 0, 3 * BLOCK_SIZE, &[7u8; B], 3)
+        .expect("clone layer 3");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = done.clone();
+    let flattened = source.clone();
+    let addr = serve_copies_then(from.clone(), move |req| {
+        if req.op == Op::CatchUpRead
+            && req.addr.volume == 2
+            && req.seq <= 1
+            && !once.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            // Once the clone's layer 1 is copied, before the page listing its layer 3:
+            // the source flattens and unlinks the chunk.
+            flattened
+                .flatten(2, 0, 0, 4 * BLOCK_SIZE, 1)
+                .expect("flatten");
+            flattened.unlink(2, 0).expect("unlink");
+        }
+    })
+    .await;
+
+    let to_dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+    copy_in_pages(&store, &addr, 1).await.expect("the copy");
+    // The replay of the log after the copy's index: the Flatten, then the Unlink.
+    store
+        .flatten(2, 0, 0, 4 * BLOCK_SIZE, 1)
+        .expect("replayed flatten");
+    store.unlink(2, 0).expect("replayed unlink");
+    for as_of in [0, 1, 3] {
+        assert_eq!(
+            store
+                .read_as_of(2, 0, 0, 4 * BLOCK_SIZE, as_of)
+                .expect("read"),
+            source
+                .read_as_of(2, 0, 0, 4 * BLOCK_SIZE, as_of)
+                .expect("read"),
+            "clone as of {as_of}"
+        );
+    }
+}
