@@ -215,8 +215,26 @@ impl Request {
         b.put_u64_le(self.deadline_ms);
         b.put_u32_le(self.offset);
         b.put_u32_le(self.len);
-        b.put_u64_le(self.seq);
+        if self.wire_seq() {
+            b.put_u64_le(self.seq);
+        }
         (b.freeze(), self.data.clone())
+    }
+
+    /// Whether the body carries `seq`: not when it says nothing a body without it does not
+    /// (0; or 1 for a write, zeroes, discard, fence or catch-up read, where 0 and 1 name
+    /// the same layer), so that nodes from before sequences, which refuse the longer body,
+    /// still take every request of a volume that never had a snapshot.
+    fn wire_seq(&self) -> bool {
+        match self.op {
+            Op::Write
+            | Op::WriteZeroes
+            | Op::Discard
+            | Op::Fence
+            | Op::CatchUpChecksums
+            | Op::CatchUpRead => self.seq > 1,
+            Op::Read | Op::BlockStatus | Op::CatchUpList => self.seq != 0,
+        }
     }
 
     /// The body in one buffer (copies the payload).

@@ -51,14 +51,49 @@ fn requests_without_a_sequence_decode_as_sequence_zero() {
         Request::other(Op::Discard, ADDR, 0, 8192),
         Request::write(ADDR, 0, Bytes::from(vec![1u8; 8])),
     ] {
-        let mut old = req.encode().to_vec();
-        old.drain(64..72);
-        let got = Request::decode(req.kind(), &Bytes::from(old)).unwrap();
+        // Sequence 0 is sent in the old layout: exactly what an old client sent.
+        let old = req.encode();
+        assert_eq!(old.len(), 64 + req.data.len());
+        let got = Request::decode(req.kind(), &old).unwrap();
         assert_eq!(got, req);
         // With a sequence, the same request is 8 bytes longer and keeps it.
         let seq = Request { seq: 3, ..req };
+        assert_eq!(seq.encode().len(), 72 + seq.data.len());
         assert_eq!(Request::decode(seq.kind(), &seq.encode()).unwrap().seq, 3);
     }
+}
+
+/// A request whose sequence says nothing more than its absence (a write of sequence 0 or
+/// 1, a live read) is sent in the layout nodes from before sequences take.
+#[test]
+fn requests_of_volumes_without_snapshots_keep_the_old_layout() {
+    let write = Request {
+        seq: 1,
+        ..Request::write(ADDR, 0, Bytes::from(vec![1u8; 4096]))
+    };
+    assert_eq!(write.encode().len(), 64 + 4096);
+    assert_eq!(
+        Request::decode(Kind::Write, &write.encode()).unwrap().seq,
+        0
+    );
+    assert_eq!(Request::other(Op::Read, ADDR, 0, 4096).encode().len(), 64);
+    let as_of_1 = Request {
+        seq: 1,
+        ..Request::other(Op::Read, ADDR, 0, 4096)
+    };
+    assert_eq!(
+        as_of_1.encode().len(),
+        72,
+        "a read as of snapshot 1 keeps its seq"
+    );
+    let layer_2 = Request {
+        seq: 2,
+        ..Request::write(ADDR, 0, Bytes::from(vec![1u8; 4096]))
+    };
+    assert_eq!(
+        Request::decode(Kind::Write, &layer_2.encode()).unwrap().seq,
+        2
+    );
 }
 
 #[test]

@@ -180,7 +180,10 @@ impl Group {
             len: req.len,
             id: req.id,
             epoch: req.epoch,
-            seq: req.seq,
+            // Sequences 0 and 1 name the same layer: stored as 0, the entry of a volume
+            // that never had a snapshot stays in the layout followers from before
+            // sequences apply (they would skip one carrying the flag).
+            seq: if req.seq <= 1 { 0 } else { req.seq },
             data: req.data,
         };
         // Its id is noted when the entry reaches the log (`process_readies`, for every entry

@@ -65,9 +65,23 @@ pub(super) async fn copy_replica(
     let mut prev_last: Option<(u64, u64)> = None;
     // The last local chunk dropped whole (its other layers need nothing more).
     let mut dropped: Option<(u64, u64)> = None;
+    // A source from before layers refuses a list request carrying the layer cursor (its
+    // body is longer than it knows); it holds layer 1 only and is asked as it understands.
+    let mut before_layers = false;
     while let Some(from) = cursor {
-        let req = ChunkListPage::request(g, from, list_page);
-        let page = ChunkListPage::decode(&src.ask(req).await?)
+        let mut req = ChunkListPage::request(g, from, list_page);
+        if before_layers {
+            req.seq = 0;
+        }
+        let answer = match src.ask(req.clone()).await {
+            Err(e) if !before_layers && e.starts_with("BadRequest") => {
+                before_layers = true;
+                req.seq = 0;
+                src.ask(req).await?
+            }
+            other => other?,
+        };
+        let page = ChunkListPage::decode(&answer)
             .map_err(|e| format!("chunk list from node {}: {e}", job.from))?;
         let before = |e: &ChunkEntry| {
             if page.layers {

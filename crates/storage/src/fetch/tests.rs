@@ -55,12 +55,19 @@ async fn serve_copies_as(
                 let mut reader = FrameReader::new(r);
                 let mut copied = CopySources::default();
                 while let Ok(Some(f)) = reader.next().await {
-                    let req = Request::decode(f.kind, &f.body).map(|mut r| {
-                        if before_layers {
-                            r.seq = 0;
-                        }
-                        r
-                    });
+                    // A node from before sequences knows the 64-byte header only, and
+                    // refuses a longer body as its decoder did.
+                    let old_len = 64
+                        + if f.kind == Kind::Write {
+                            f.body.len().max(64) - 64
+                        } else {
+                            0
+                        };
+                    let req = if before_layers && f.kind != Kind::Write && f.body.len() != old_len {
+                        Err(tessera_proto::DecodeError::Invalid("trailing bytes".into()))
+                    } else {
+                        Request::decode(f.kind, &f.body)
+                    };
                     let reply = match &req {
                         Ok(req) => match copied.source(&chunks, req.addr.group) {
                             Some(store) => serve_catch_up(&chunks, &store, req),
