@@ -401,8 +401,8 @@ async fn routes_raise_the_sequence_and_zero_reads_as_one() {
     let seen = seen.lock().unwrap();
     assert_eq!(
         seen.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        [1, 9, 0],
-        "writes carry the volume's sequence, live reads 0"
+        [0, 9, 0],
+        "writes carry the volume's sequence (1 travels as its absence, 0), live reads 0"
     );
 }
 
