@@ -176,6 +176,7 @@ impl Db {
         }
         match m {
             Mutation::CutSnapshot { .. }
+            | Mutation::RollbackDone { .. }
             | Mutation::SnapshotReady { .. }
             | Mutation::DeleteSnapshot { .. }
             | Mutation::CloneLinked { .. }

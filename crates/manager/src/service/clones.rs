@@ -101,14 +101,25 @@ impl Service {
             }
         }
         let (m, to) = self.state.plan_rollback(volume, snapshot)?;
-        self.commit(m)?;
-        self.leases.ended(id);
+        if let Some(m) = m {
+            self.commit(m)?;
+            self.leases.ended(id);
+        }
         let epoch = self.state.volume_record_by_id(id)?.epoch;
         info!(%volume, %snapshot, epoch, "rolling back: fencing with a new epoch");
+        self.rollback_pending(id, to, now)
+    }
+
+    /// The group ops and finish of the rollback under way of volume `id` to `to`.
+    fn rollback_pending(&self, id: u64, to: u64, now: Now) -> Result<Pending, ControlError> {
+        let epoch = self.state.volume_record_by_id(id)?.epoch;
         let ops = self.state.rollback_ops(id, to, epoch)?;
         Ok(Pending {
             jobs: self.group_jobs(ops, now),
-            finish: Finish::RolledBack { volume_id: id },
+            finish: Finish::RolledBack {
+                volume_id: id,
+                epoch,
+            },
         })
     }
 
@@ -135,6 +146,12 @@ impl Service {
                                 "cannot plan the fences of a creating snapshot"),
             }
         }
+        for (volume_id, to) in self.state.rolling_back_volumes() {
+            match self.rollback_pending(volume_id, to, now) {
+                Ok(p) => out.finish.push(p),
+                Err(e) => warn!(volume = volume_id, error = %e, "cannot plan a rollback"),
+            }
+        }
         for volume_id in self.state.linking_clones() {
             match self.clone_pending(volume_id, now) {
                 Ok(p) => out.finish.push(p),
@@ -159,8 +176,8 @@ impl Service {
                     }
                 }
                 Some(FlattenStep::Done(m)) => {
-                    let cleared = matches!(m, Mutation::ParentCleared { .. });
-                    if let Err(e) = self.commit(m) {
+                    let cleared = matches!(*m, Mutation::ParentCleared { .. });
+                    if let Err(e) = self.commit(*m) {
                         warn!(volume = volume_id, error = %e, "could not record a flatten step");
                         return out;
                     }

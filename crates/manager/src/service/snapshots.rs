@@ -38,7 +38,7 @@ pub enum Finish {
     /// Commit the clone usable, answer it.
     CloneLinked { volume_id: u64 },
     /// The rollback is done: answer the volume.
-    RolledBack { volume_id: u64 },
+    RolledBack { volume_id: u64, epoch: u64 },
 }
 
 impl Finish {
@@ -171,8 +171,15 @@ impl Service {
                 }
                 self.volume_reply(*volume_id)
             }
-            Finish::RolledBack { volume_id } => {
-                info!(volume = volume_id, "volume rolled back");
+            Finish::RolledBack { volume_id, epoch } => {
+                let rec = self.state.volume_record_by_id(*volume_id)?;
+                if rec.rolling_back.is_some() && rec.epoch == *epoch {
+                    self.commit(Mutation::RollbackDone {
+                        volume_id: *volume_id,
+                        epoch: *epoch,
+                    })?;
+                    info!(volume = volume_id, "volume rolled back");
+                }
                 self.volume_reply(*volume_id)
             }
         }

@@ -172,6 +172,7 @@ impl State {
             }
             // Record-only changes, applied above.
             Mutation::CutSnapshot { .. }
+            | Mutation::RollbackDone { .. }
             | Mutation::SnapshotReady { .. }
             | Mutation::DeleteSnapshot { .. }
             | Mutation::CloneLinked { .. }

@@ -39,7 +39,7 @@ pub enum FlattenStep {
         chunk_size: u64,
     },
     /// Nothing is linked any more: commit this ([`Mutation::ParentCleared`]).
-    Done(Mutation),
+    Done(Box<Mutation>),
 }
 
 impl State {
@@ -187,7 +187,7 @@ impl State {
                 });
             }
         }
-        Some(FlattenStep::Done(if p.linked.is_empty() {
+        Some(FlattenStep::Done(Box::new(if p.linked.is_empty() {
             Mutation::ParentCleared { volume_id }
         } else {
             // Linked chunks with no mapping cannot be read through anyway: unlink the first.
@@ -195,17 +195,19 @@ impl State {
                 volume_id,
                 chunk: p.linked[0],
             }
-        }))
+        })))
     }
 
     /// Rolling `volume` back to `snapshot`: refused while the volume is being linked or
-    /// the snapshot is not ready. Returns the epoch bump (as a forced detach) and the
-    /// snapshot's sequence. The caller checks the attachment's lease.
+    /// the snapshot is not ready, or while a rollback to another snapshot is under way.
+    /// Returns the epoch bump (as a forced detach) that records the rollback under way
+    /// (`None`: this rollback is under way already, to be finished), and the snapshot's
+    /// sequence. The caller checks the attachment's lease.
     pub fn plan_rollback(
         &self,
         volume: &str,
         snapshot: &str,
-    ) -> Result<(Mutation, u64), ControlError> {
+    ) -> Result<(Option<Mutation>, u64), ControlError> {
         let rec = self.volume_record(volume)?;
         let snap = snapshot_of(rec, snapshot)?;
         if rec.linking() {
@@ -216,16 +218,38 @@ impl State {
                 "snapshot {volume}@{snapshot} is still being created; finish it first"
             )));
         }
+        match rec.rolling_back {
+            Some(to) if to == snap.seq => return Ok((None, to)),
+            Some(to) => {
+                return Err(ControlError::Conflict(format!(
+                    "volume {volume:?} is being rolled back to sequence {to}; ask for that \
+                     rollback again to finish it first"
+                )));
+            }
+            None => {}
+        }
         let m = Mutation::PutVolume(VolumeRecord {
             epoch: rec.epoch + 1,
             attachment: None,
+            rolling_back: Some(snap.seq),
             ..rec.clone()
         });
-        Ok((m, snap.seq))
+        Ok((Some(m), snap.seq))
     }
 
-    /// The ops of a rollback to sequence `to` with writer epoch `epoch`, by group: a
-    /// fence with the epoch, then `Rollback` of every mapped chunk held there.
+    /// Volumes with a rollback under way: (id, the sequence it returns to).
+    pub fn rolling_back_volumes(&self) -> Vec<(u64, u64)> {
+        self.volumes
+            .values()
+            .filter_map(|v| v.rec.rolling_back.map(|to| (v.rec.id, to)))
+            .collect()
+    }
+
+    /// The ops of a rollback to sequence `to` with writer epoch `epoch`, by group: for
+    /// every mapped chunk held there, a fence with the epoch, then its `Rollback`. A group
+    /// refuses a `Rollback` not right after a fence of an epoch at least its floor: a
+    /// rollback's ops arriving late (a deposed manager's, a retry's) after a newer writer
+    /// attached and fenced are refused, never rewriting that writer's acknowledged data.
     pub fn rollback_ops(
         &self,
         volume_id: u64,
@@ -236,12 +260,11 @@ impl State {
         let seq = v.rec.seq();
         let mut ops: BTreeMap<u64, Vec<GroupOp>> = BTreeMap::new();
         for (group_id, chunk) in &v.by_group {
-            let group = ops.entry(*group_id).or_insert_with(|| {
-                vec![GroupOp::Fence {
-                    volume_id,
-                    epoch,
-                    seq: 0,
-                }]
+            let group = ops.entry(*group_id).or_default();
+            group.push(GroupOp::Fence {
+                volume_id,
+                epoch,
+                seq: 0,
             });
             group.push(GroupOp::Rollback {
                 volume_id,

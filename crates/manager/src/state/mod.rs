@@ -36,7 +36,7 @@ mod tests;
 pub use clones::{ClonePlan, FLATTEN_PIECE, FlattenStep, flatten_pieces};
 pub use mutation::{Mutation, NextIds};
 pub use records::{Attachment, GroupRecord, NodeRecord, ParentLink, SnapshotRecord, VolumeRecord};
-pub use snapshots::{SnapshotPlan, change_record, linking, record_change_of};
+pub use snapshots::{SnapshotPlan, change_record, linking, record_change_of, rolling_back};
 
 #[derive(Debug, Clone)]
 struct Group {

@@ -66,6 +66,12 @@ pub enum Mutation {
         #[serde(default)]
         seq: u64,
     },
+    /// Every group applied the rollback started with writer epoch `epoch`: the volume is
+    /// usable again (ignored if another epoch was granted since).
+    RollbackDone {
+        volume_id: u64,
+        epoch: u64,
+    },
     /// Forget a snapshot (one without clones).
     DeleteSnapshot {
         volume_id: u64,
@@ -138,6 +144,7 @@ impl NextIds {
             | Mutation::SetNodeDraining { .. }
             | Mutation::SetGroupsEstablished { .. }
             | Mutation::CutSnapshot { .. }
+            | Mutation::RollbackDone { .. }
             | Mutation::SnapshotReady { .. }
             | Mutation::DeleteSnapshot { .. }
             | Mutation::CloneLinked { .. }

@@ -97,6 +97,12 @@ pub struct VolumeRecord {
     /// The snapshot this volume was cloned from, until it is flattened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// The snapshot sequence a rollback under way returns the volume to: set when it
+    /// starts (with a new writer epoch), cleared once every group applied it. Meanwhile the
+    /// volume is neither opened, attached nor snapshotted (its content is mixed), and the
+    /// leading manager finishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<u64>,
 }
 
 impl VolumeRecord {
@@ -113,6 +119,7 @@ impl VolumeRecord {
             snap_seq: 1,
             snapshots: Vec::new(),
             parent: None,
+            rolling_back: None,
         }
     }
 

@@ -33,6 +33,9 @@ impl State {
         if v.rec.linking() {
             return Err(super::linking(&v.rec));
         }
+        if v.rec.rolling_back.is_some() {
+            return Err(super::rolling_back(&v.rec));
+        }
         Ok((self.info(v), self.group_page(id, 0)?))
     }
 

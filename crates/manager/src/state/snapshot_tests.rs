@@ -338,7 +338,7 @@ fn a_flatten_goes_chunk_by_chunk_and_a_new_leader_carries_on() {
     let Some(FlattenStep::Done(m)) = r.flatten_step(c) else {
         panic!("nothing left");
     };
-    assert_eq!(m, Mutation::ParentCleared { volume_id: c });
+    assert_eq!(*m, Mutation::ParentCleared { volume_id: c });
     r.apply(&m);
     assert_eq!(r.volume_by_name("c").unwrap().parent, None);
     assert!(r.snapshot_info("v", "mon").unwrap().clones.is_empty());
@@ -374,29 +374,56 @@ fn a_rollback_bumps_the_epoch_and_fences_then_rolls_every_chunk_back() {
     cut(&mut s, "v", "tue");
     let epoch = s.volume_record("v").unwrap().epoch;
     let (m, to) = s.plan_rollback("v", "mon").unwrap();
-    s.apply(&m);
+    s.apply(&m.expect("a new rollback"));
     assert_eq!(to, 1);
     let rec = s.volume_record("v").unwrap();
     assert_eq!(rec.epoch, epoch + 1);
     assert!(rec.attachment.is_none());
+    assert_eq!(rec.rolling_back, Some(1));
     let ops = s.rollback_ops(id, to, rec.epoch).unwrap();
     assert_eq!(ops.len(), 2);
     for (g, ops) in &ops {
-        assert_eq!(
-            ops[0],
-            GroupOp::Fence {
-                volume_id: id,
-                epoch: epoch + 1,
-                seq: 0
-            }
-        );
-        assert_eq!(ops.len(), 3, "group {g}: the fence and two chunks");
-        assert!(
-            ops[1..]
-                .iter()
-                .all(|op| matches!(op, GroupOp::Rollback { to: 1, seq: 3, .. }))
-        );
+        assert_eq!(ops.len(), 4, "group {g}: a fence before each of two chunks");
+        for pair in ops.chunks(2) {
+            assert_eq!(
+                pair[0],
+                GroupOp::Fence {
+                    volume_id: id,
+                    epoch: epoch + 1,
+                    seq: 0
+                }
+            );
+            assert!(matches!(pair[1], GroupOp::Rollback { to: 1, seq: 3, .. }));
+        }
     }
+    // Under way, the volume is neither opened (nor attached) nor snapshotted; asking
+    // again resumes it (no new epoch), a rollback elsewhere waits for it.
+    assert!(matches!(
+        s.open_volume("v"),
+        Err(ControlError::Unavailable(_))
+    ));
+    assert!(matches!(
+        s.plan_create_snapshot("v", "wed", 9),
+        Err(ControlError::Unavailable(_))
+    ));
+    assert_eq!(s.plan_rollback("v", "mon").unwrap(), (None, 1));
+    assert!(matches!(
+        s.plan_rollback("v", "tue"),
+        Err(ControlError::Conflict(_))
+    ));
+    assert_eq!(s.rolling_back_volumes(), [(id, 1)]);
+    // Done only for the epoch it was started with.
+    s.apply(&Mutation::RollbackDone {
+        volume_id: id,
+        epoch,
+    });
+    assert_eq!(s.volume_record("v").unwrap().rolling_back, Some(1));
+    s.apply(&Mutation::RollbackDone {
+        volume_id: id,
+        epoch: epoch + 1,
+    });
+    assert_eq!(s.volume_record("v").unwrap().rolling_back, None);
+    assert!(s.open_volume("v").is_ok());
     assert!(matches!(
         s.plan_rollback("v", "nope"),
         Err(ControlError::NotFound(_))

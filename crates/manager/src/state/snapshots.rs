@@ -21,6 +21,7 @@ pub fn record_change_of(m: &Mutation) -> Option<u64> {
     match m {
         Mutation::CutSnapshot { volume_id, .. }
         | Mutation::SnapshotReady { volume_id, .. }
+        | Mutation::RollbackDone { volume_id, .. }
         | Mutation::DeleteSnapshot { volume_id, .. }
         | Mutation::CloneLinked { volume_id }
         | Mutation::SetFlattening { volume_id, .. }
@@ -50,6 +51,7 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
             }
         }
         Mutation::DeleteSnapshot { name, .. } => rec.snapshots.retain(|s| &s.name != name),
+        Mutation::RollbackDone { epoch, .. } if rec.epoch == *epoch => rec.rolling_back = None,
         Mutation::CloneLinked { .. } => {
             if let Some(p) = &mut rec.parent {
                 p.linking = false;
@@ -97,6 +99,9 @@ impl State {
         let rec = &self.volumes[&id].rec;
         if rec.linking() {
             return Err(linking(rec));
+        }
+        if rec.rolling_back.is_some() {
+            return Err(rolling_back(rec));
         }
         match rec.snapshot(name) {
             Some(s) if s.state == SnapshotState::Creating => Ok(SnapshotPlan::Finish),
@@ -256,6 +261,15 @@ pub(super) fn snapshot_of<'a>(
     rec.snapshot(name).ok_or_else(|| {
         ControlError::NotFound(format!("volume {:?} has no snapshot {name:?}", rec.name))
     })
+}
+
+/// The error for a volume being rolled back.
+pub fn rolling_back(rec: &VolumeRecord) -> ControlError {
+    ControlError::Unavailable(format!(
+        "volume {:?} is being rolled back; retry shortly (asking for the rollback again \
+         finishes it)",
+        rec.name
+    ))
 }
 
 /// The error for a clone not usable yet.

@@ -216,6 +216,9 @@ impl Group {
                 Err(why) => return respond(Reply::BadRequest(why)),
             }
         }
+        if let Err(why) = self.rollbacks_are_current(&cmds) {
+            return respond(Reply::BadRequest(why));
+        }
         let n = cmds.len();
         for (i, cmd) in cmds.into_iter().enumerate() {
             self.fences.raise(cmd.volume, cmd.epoch);
@@ -232,6 +235,44 @@ impl Group {
         }
         // No op: nothing to wait for.
         respond(Reply::Ok(Bytes::new()))
+    }
+
+    /// A `Rollback` rewrites the live layer: it is proposed only right after a fence of
+    /// the same volume whose writer epoch is still the newest the group knows, and into a
+    /// layer no snapshot was cut at since. A rollback's ops arriving late (a deposed
+    /// manager's, a retry of one given up on) after a newer writer attached and fenced would
+    /// otherwise rewrite that writer's acknowledged writes.
+    fn rollbacks_are_current(&self, cmds: &[Command]) -> Result<(), String> {
+        for (i, cmd) in cmds.iter().enumerate() {
+            if cmd.op != CmdOp::Rollback {
+                continue;
+            }
+            let fence = i
+                .checked_sub(1)
+                .map(|j| &cmds[j])
+                .filter(|f| f.op == CmdOp::Fence && f.volume == cmd.volume && f.epoch != 0);
+            let Some(fence) = fence else {
+                return Err(format!(
+                    "group {}: a rollback of volume {} must follow its writer fence",
+                    self.id, cmd.volume
+                ));
+            };
+            if let Err(floor) = self.fences.admits(cmd.volume, fence.epoch) {
+                return Err(format!(
+                    "group {}: volume {} has writer epoch {floor}, newer than the rollback's \
+                     {}: a writer attached since; the rollback is refused",
+                    self.id, cmd.volume, fence.epoch
+                ));
+            }
+            if let Err(floor) = self.fences.admits_seq(cmd.volume, cmd.seq) {
+                return Err(format!(
+                    "group {}: volume {} has snapshot sequence {floor}, newer than the \
+                     rollback's {}: the rollback is refused",
+                    self.id, cmd.volume, cmd.seq
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether request `id` was seen before (see `dedup.rs`): `None` if not (propose it);

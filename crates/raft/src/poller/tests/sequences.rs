@@ -228,6 +228,52 @@ fn group_ops_are_answered_once_committed_and_only_by_the_leader() {
     assert_eq!(answer(&got), Some(Reply::GroupNotFound));
 }
 
+/// A rollback is proposed only right after a fence of the volume's newest writer epoch:
+/// one arriving after a newer writer fenced the volume (a deposed manager's, a late retry)
+/// is refused whole, and so is one without its fence or into a layer a snapshot was cut at.
+#[test]
+fn a_rollback_older_than_the_volumes_writer_is_refused() {
+    let _serial = fail::FailScenario::setup();
+    let mut n = leader();
+    let volume_id = read().addr.volume;
+    let fence = |epoch, seq| GroupOp::Fence {
+        volume_id,
+        epoch,
+        seq,
+    };
+    let rollback = |seq| GroupOp::Rollback {
+        volume_id,
+        chunk: 0,
+        to: 1,
+        seq,
+    };
+    // The rollback's epoch 4 and sequence 3, then a newer writer fences with epoch 5.
+    let ok_first = apply_ops(&mut n, vec![fence(0, 3), fence(4, 0)]);
+    ack_appends(&mut n);
+    assert!(ok(&ok_first));
+    let newer = apply_ops(&mut n, vec![fence(5, 0)]);
+    ack_appends(&mut n);
+    assert!(ok(&newer));
+    let last = n.last_index();
+    for batch in [
+        vec![fence(4, 0), rollback(3)],
+        vec![rollback(3)],
+        vec![fence(5, 0), rollback(2)],
+    ] {
+        let r = apply_ops(&mut n, batch.clone());
+        assert!(
+            matches!(answer(&r), Some(Reply::BadRequest(_))),
+            "{batch:?}: {:?}",
+            answer(&r)
+        );
+        assert_eq!(n.last_index(), last, "{batch:?}: nothing proposed");
+    }
+    // The current writer's rollback goes through.
+    let r = apply_ops(&mut n, vec![fence(5, 0), rollback(3)]);
+    ack_appends(&mut n);
+    assert!(ok(&r), "{:?}", answer(&r));
+}
+
 /// A read as of a snapshot and a block status reach the engine with the request's
 /// sequence; a block status of a range that is not whole blocks is refused.
 #[test]
