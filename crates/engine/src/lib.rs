@@ -56,6 +56,11 @@ pub enum Error {
     /// An offset or length outside what the engine accepts.
     #[error("out of range: {0}")]
     OutOfRange(String),
+    /// The operation contradicts the store's state in a way every replica finds alike (a
+    /// link to another parent, a rollback to a sequence not below its layer): nothing was
+    /// changed. Never the system's own answer to a system call.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The log had a write or fsync failure: the kernel may have dropped dirty pages, so the
     /// node must stop rather than carry on.
     #[error("fatal log failure, the node must stop: {0}")]

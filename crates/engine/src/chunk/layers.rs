@@ -29,7 +29,7 @@
 //! - Refused input is an error, never a panic: ranges past the chunk limit and partial
 //!   blocks given to `write_in`/`clear_in` are [`Error::OutOfRange`]; a link to the chunk
 //!   itself or to another parent than the chunk's, and a rollback with `to` 0 or not below
-//!   `layer_of(seq)`, are an [`Error::Io`] of kind `InvalidInput` (deterministic: every
+//!   `layer_of(seq)`, are an [`Error::Refused`] (deterministic: every
 //!   replica refuses the same entry, so check them before proposing); reading through more
 //!   than 64 links (a cycle) is [`Error::Corrupt`].
 //!
@@ -85,7 +85,6 @@
 //! [`BlockKind::Hole`]. Both read as zeroes.
 
 use std::collections::BTreeSet;
-use std::io;
 
 use bytes::Bytes;
 
@@ -101,7 +100,7 @@ use crate::{Error, Result};
 pub(super) const PIECE: u64 = 4096;
 
 pub(super) fn invalid(msg: String) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+    Error::Refused(msg)
 }
 
 /// The blocks a byte range touches: the first and how many.

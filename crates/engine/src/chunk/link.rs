@@ -89,7 +89,7 @@ fn sync_link_dir(dir: &Path, failure: &mut Option<String>) -> Result<()> {
 }
 
 fn invalid(msg: String) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+    Error::Refused(msg)
 }
 
 impl ChunkStore {

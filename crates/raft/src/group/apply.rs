@@ -247,11 +247,10 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
 /// Whether the chunk store refused an operation for what it asked (the same on every
 /// replica), rather than failed at it.
 fn refused(e: &tessera_engine::Error) -> bool {
-    match e {
-        tessera_engine::Error::OutOfRange(_) => true,
-        tessera_engine::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidInput,
-        _ => false,
-    }
+    matches!(
+        e,
+        tessera_engine::Error::OutOfRange(_) | tessera_engine::Error::Refused(_)
+    )
 }
 
 fn apply_command(
