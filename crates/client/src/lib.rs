@@ -94,6 +94,10 @@ pub const MAX_IO: u64 = WIRE_MAX_IO as u64;
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Deadline of one control-plane call and of one data-plane attempt.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a control-plane call the manager answers only after proposing operations
+/// in every group of a volume (snapshot, clone, rollback), for up to 20 s: a shorter one
+/// would give up on requests the manager then completes.
+const GROUP_OPS_CALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A connection to a Tessera cluster. Cheap to clone.
 #[derive(Clone)]
@@ -170,7 +174,13 @@ impl Client {
     /// One control-plane call, to the manager leader (hints followed, unreachable managers
     /// skipped, retried for up to [`tessera_net::MANAGER_RETRY_FOR`]).
     pub async fn call(&self, req: &ManagerRequest) -> Result<ManagerReply> {
-        tessera_net::call_managers::<_, ManagerReply>(&self.inner.managers, req, CALL_TIMEOUT)
+        let timeout = match req {
+            ManagerRequest::CreateSnapshot { .. }
+            | ManagerRequest::CloneVolume { .. }
+            | ManagerRequest::RollbackVolume { .. } => GROUP_OPS_CALL_TIMEOUT,
+            _ => CALL_TIMEOUT,
+        };
+        tessera_net::call_managers::<_, ManagerReply>(&self.inner.managers, req, timeout)
             .await
             .map_err(|e| match e {
                 tessera_net::NetError::Control(e) => Error::Control(e),

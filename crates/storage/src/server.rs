@@ -333,6 +333,15 @@ fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option
             .encode(),
         ));
     }
+    // A node from before layers copies layer 1 and no link: of a group holding more, that
+    // copy would be wrong, so it gets none.
+    if store.holds_layers_or_links() {
+        return Err(tessera_engine::Error::Refused(
+            "this group holds snapshot layers or clone links, which the copying node (from \
+             before snapshots) cannot copy: upgrade it"
+                .into(),
+        ));
+    }
     let list = store.list_chunks()?;
     let entry = |&(volume, chunk): &(u64, u64)| -> tessera_engine::Result<ChunkEntry> {
         Ok(ChunkEntry {

@@ -17,6 +17,12 @@ impl ChunkStore {
     // The catch-up's raw access: one layer at a time, nothing read through. A layer of 0
     // names layer 1 (as `Request::seq` 0 does).
 
+    /// Whether some chunk of the store has a layer above 1 or a parent: what a node from
+    /// before snapshots cannot copy.
+    pub fn holds_layers_or_links(&self) -> bool {
+        !self.layer_map.empty()
+    }
+
     /// Every layer of every chunk with files in this store, and every linked chunk (with
     /// its lowest layer, or layer 1 if it has none), sorted.
     pub fn list_layers(&self) -> Result<Vec<LayerKey>> {

@@ -8,6 +8,7 @@
 //! file.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::layout::Key;
@@ -52,22 +53,33 @@ impl Shape {
 #[derive(Default)]
 pub(super) struct LayerMap {
     map: RwLock<HashMap<Key, Shape>>,
+    /// How many chunks the map holds, published under its write lock: while 0 (a store
+    /// whose volumes never had a snapshot or clone), lookups answer without the lock.
+    count: AtomicUsize,
 }
 
 impl LayerMap {
     /// The chunk's shape (a plain chunk's is the default one).
     pub(super) fn get(&self, key: Key) -> Shape {
+        if self.empty() {
+            return Shape::default();
+        }
         self.read().get(&key).cloned().unwrap_or_default()
     }
 
     /// Whether the chunk has only layer 1 and no parent.
     pub(super) fn is_plain(&self, key: Key) -> bool {
-        !self.read().contains_key(&key)
+        self.empty() || !self.read().contains_key(&key)
     }
 
     /// Whether the chunk reads through to a parent.
     pub(super) fn is_linked(&self, key: Key) -> bool {
-        self.read().get(&key).is_some_and(|s| s.link.is_some())
+        !self.empty() && self.read().get(&key).is_some_and(|s| s.link.is_some())
+    }
+
+    /// Whether no chunk of the store has layers above 1 or a parent.
+    pub(super) fn empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
     }
 
     /// Layer `layer` of the chunk now has files. `base` says whether layer 1 has files,
@@ -87,6 +99,7 @@ impl LayerMap {
         if let Err(at) = shape.upper.binary_search(&layer) {
             shape.upper.insert(at, layer);
         }
+        self.count.store(map.len(), Ordering::Release);
     }
 
     /// Layer `layer` of the chunk no longer has files.
@@ -108,6 +121,7 @@ impl LayerMap {
                     ..Shape::default()
                 })
                 .link = link;
+            self.count.store(map.len(), Ordering::Release);
         } else {
             self.update(key, |s| s.link = None);
         }
@@ -115,7 +129,9 @@ impl LayerMap {
 
     /// The chunk is gone, every layer and its link.
     pub(super) fn forget(&self, key: Key) {
-        self.write().remove(&key);
+        let mut map = self.write();
+        map.remove(&key);
+        self.count.store(map.len(), Ordering::Release);
     }
 
     fn update(&self, key: Key, f: impl FnOnce(&mut Shape)) {
@@ -126,6 +142,7 @@ impl LayerMap {
                 map.remove(&key);
             }
         }
+        self.count.store(map.len(), Ordering::Release);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<Key, Shape>> {

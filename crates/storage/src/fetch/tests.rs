@@ -503,6 +503,16 @@ fn the_list_layout_follows_what_the_peer_asks_for() {
     let page = list(&req);
     assert!(!page.layers);
     assert_eq!(page.entries.len(), 1);
+    // Once the group holds a snapshot layer, a node from before layers (which would copy
+    // layer 1 only) is refused rather than listed a partial copy.
+    store
+        .write_seq(1, 0, 0, &[2u8; B], 2)
+        .expect("a write after a snapshot");
+    let refused = serve_catch_up(&chunks, &store, &req);
+    assert!(
+        !matches!(refused, Reply::Ok(_)),
+        "an old copier is served a partial list: {refused:?}"
+    );
 }
 
 /// Every layer and every link is copied: the replica lists the source's layers, holds
