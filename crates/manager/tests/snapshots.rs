@@ -309,27 +309,30 @@ async fn a_rollback_waits_for_the_writer_then_fences_and_rolls_back_every_chunk(
     };
     assert!(v.attachment.is_none());
     let ops = applied(&mut rx);
-    assert_eq!(
-        ops[0],
-        (
-            1,
-            GroupOp::Fence {
-                volume_id: 1,
-                epoch: epoch + 1,
-                seq: 0
-            }
-        )
+    // Each chunk's rollback right after a fence with the new epoch (a group refuses a
+    // rollback that does not follow its writer fence).
+    let fence = (
+        1,
+        GroupOp::Fence {
+            volume_id: 1,
+            epoch: epoch + 1,
+            seq: 0,
+        },
     );
-    let chunks: Vec<u64> = ops[1..]
-        .iter()
-        .map(|(_, op)| match op {
-            GroupOp::Rollback {
-                chunk,
-                to: 1,
-                seq: 2,
-                ..
-            } => *chunk,
-            other => panic!("unexpected {other:?}"),
+    assert_eq!(ops.len(), 6, "{ops:?}");
+    let chunks: Vec<u64> = ops
+        .chunks(2)
+        .map(|pair| {
+            assert_eq!(pair[0], fence);
+            match &pair[1].1 {
+                GroupOp::Rollback {
+                    chunk,
+                    to: 1,
+                    seq: 2,
+                    ..
+                } => *chunk,
+                other => panic!("unexpected {other:?}"),
+            }
         })
         .collect();
     assert_eq!(chunks, [0, 1, 2]);
