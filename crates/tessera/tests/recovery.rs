@@ -71,6 +71,52 @@ fn replica_files(data_dir: &std::path::Path, group: u64) -> Vec<(String, Vec<u8>
     out.sort();
     out
 }
+/// Every group's replicas (as `healed` lists them) hold the same chunk files, layer and
+/// link files included, byte for byte (waited for while chunk files are flushed); a group
+/// with chunks mapped must have files, or the comparison proves nothing.
+async fn replicas_hold_the_same_files(c: &Cluster, healed: &ClusterStatus) {
+    for g in &healed.groups {
+        let dirs: Vec<std::path::PathBuf> = g
+            .replicas
+            .iter()
+            .map(|r| {
+                let addr = &healed
+                    .nodes
+                    .iter()
+                    .find(|n| n.node_id == r.node_id)
+                    .expect("node")
+                    .addr;
+                c.nodes
+                    .iter()
+                    .find(|n| &n.addr == addr)
+                    .expect("harness node")
+                    .data_dir
+                    .clone()
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let copies: Vec<_> = dirs.iter().map(|d| replica_files(d, g.group_id)).collect();
+            let has_files = g.chunks == 0 || copies.iter().all(|c| !c.is_empty());
+            if has_files && copies.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {}: replicas' chunk files differ: {:?}",
+                g.group_id,
+                copies
+                    .iter()
+                    .map(|c| c
+                        .iter()
+                        .map(|(n, b)| (n.clone(), b.len()))
+                        .collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
 
 fn replicas_on(s: &ClusterStatus, node: u64) -> usize {
     s.groups
@@ -135,48 +181,7 @@ async fn a_dead_node_is_replaced_on_distinct_racks_and_data_survives() {
 
     // The new replicas hold what the others hold: every chunk's data and block checksums
     // equal on all three (compared once the chunk files are flushed).
-    for g in &healed.groups {
-        let dirs: Vec<std::path::PathBuf> = g
-            .replicas
-            .iter()
-            .map(|r| {
-                let addr = &healed
-                    .nodes
-                    .iter()
-                    .find(|n| n.node_id == r.node_id)
-                    .expect("node")
-                    .addr;
-                c.nodes
-                    .iter()
-                    .find(|n| &n.addr == addr)
-                    .expect("harness node")
-                    .data_dir
-                    .clone()
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let copies: Vec<_> = dirs.iter().map(|d| replica_files(d, g.group_id)).collect();
-            // A group with chunks mapped must have files (or the comparison proves nothing).
-            let has_files = g.chunks == 0 || copies.iter().all(|c| !c.is_empty());
-            if has_files && copies.windows(2).all(|w| w[0] == w[1]) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "group {}: replicas' chunk files differ: {:?}",
-                g.group_id,
-                copies
-                    .iter()
-                    .map(|c| c
-                        .iter()
-                        .map(|(n, b)| (n.clone(), b.len()))
-                        .collect::<Vec<_>>())
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
+    replicas_hold_the_same_files(&c, &healed).await;
 
     // Read through a fresh client, routed by the new memberships.
     let fresh = c.client().await.open_read_only("rr").await.expect("reopen");
@@ -383,43 +388,7 @@ async fn a_rebuilt_replica_holds_every_snapshot_layer_and_clone_link() {
             |s| fully_replicated(s, 3) && replicas_on(s, victim) == 0,
         )
         .await;
-    for g in &healed.groups {
-        let dirs: Vec<std::path::PathBuf> = g
-            .replicas
-            .iter()
-            .map(|r| {
-                let addr = &healed
-                    .nodes
-                    .iter()
-                    .find(|n| n.node_id == r.node_id)
-                    .expect("node")
-                    .addr;
-                c.nodes
-                    .iter()
-                    .find(|n| &n.addr == addr)
-                    .expect("harness node")
-                    .data_dir
-                    .clone()
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let copies: Vec<_> = dirs.iter().map(|d| replica_files(d, g.group_id)).collect();
-            if copies.windows(2).all(|w| w[0] == w[1]) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "group {}: replicas' files differ: {:?}",
-                g.group_id,
-                copies
-                    .iter()
-                    .map(|c| c.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
+    replicas_hold_the_same_files(&c, &healed).await;
     // Some group holds a layer above the first and some a link: the copy was tested.
     let files: Vec<String> = (0..c.nodes.len())
         .filter(|&i| i != victim_index)

@@ -23,6 +23,8 @@ const EVERY: Duration = Duration::from_secs(3);
 /// The longest a create request may take before it is given up on (then unknown).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(40);
 pub const CLONE: &str = "nemesis-clone";
+/// Client ids of the read-backs in the history: snapshot `k`'s are `READ_BACK_CLIENTS + k`.
+pub const READ_BACK_CLIENTS: usize = 2000;
 
 /// A create request: its name and interval (`complete`: when its answer said ready).
 pub struct Taken {
@@ -151,7 +153,7 @@ pub async fn read_back(w: &Workload, admin: &Client, volume: &str, a: &Activity)
                     call: Call::Read(workload::decode(b as u64, data)),
                     invoke,
                     complete: Some(complete),
-                    client: 2000 + k,
+                    client: READ_BACK_CLIENTS + k,
                 },
                 outcome: Outcome::Ok,
                 gateway: 0,
