@@ -41,26 +41,7 @@ impl ChunkStore {
             if self.replaying() {
                 self.torn_copies(volume, chunk, layer, at, &mut missing)?;
             }
-            let mut copies = Vec::new();
-            for (s, e, missing) in runs(&missing) {
-                if missing {
-                    let run_first = at + s as u64;
-                    let r = self.resolve(
-                        volume,
-                        chunk,
-                        run_first,
-                        (e - s) as u64,
-                        parent_only,
-                        Need::Data,
-                    )?;
-                    copies.push((run_first, r));
-                }
-            }
-            let mut ops = Vec::new();
-            for (run_first, r) in &copies {
-                resolved_ops(*run_first, r, false, &mut ops);
-            }
-            self.place((volume, chunk, layer), &ops, Zeroing::Punch)?;
+            self.copy_runs((volume, chunk, layer), at, &missing, parent_only, false)?;
             at += count;
         }
         Ok(())
@@ -148,28 +129,37 @@ impl ChunkStore {
                     *h |= stored_crc(&crcs, i) != 0;
                 }
             }
-            let mut snapshot = Vec::new();
-            for (s, e, held) in runs(&held) {
-                if held {
-                    let run_first = at + s as u64;
-                    let r = self.resolve(
-                        volume,
-                        chunk,
-                        run_first,
-                        (e - s) as u64,
-                        Scope::as_of(to),
-                        Need::Data,
-                    )?;
-                    snapshot.push((run_first, r));
-                }
-            }
-            let mut ops = Vec::new();
-            for (run_first, r) in &snapshot {
-                resolved_ops(*run_first, r, true, &mut ops);
-            }
-            self.place((volume, chunk, layer), &ops, Zeroing::Punch)?;
+            self.copy_runs((volume, chunk, layer), at, &held, Scope::as_of(to), true)?;
             at += count;
         }
         Ok(())
+    }
+
+    /// Writes into layer `key.2`, for every block from `at` that `marked` says, its
+    /// content as resolved in `scope` (holes left alone, or written as zero with
+    /// `hole_as_zero`): the step flatten and rollback share.
+    fn copy_runs(
+        &self,
+        key: (u64, u64, u64),
+        at: u64,
+        marked: &[bool],
+        scope: Scope,
+        hole_as_zero: bool,
+    ) -> Result<()> {
+        let (volume, chunk, _) = key;
+        let mut resolved = Vec::new();
+        for (s, e, marked) in runs(marked) {
+            if marked {
+                let run_first = at + s as u64;
+                let r =
+                    self.resolve(volume, chunk, run_first, (e - s) as u64, scope, Need::Data)?;
+                resolved.push((run_first, r));
+            }
+        }
+        let mut ops = Vec::new();
+        for (run_first, r) in &resolved {
+            resolved_ops(*run_first, r, hole_as_zero, &mut ops);
+        }
+        self.place(key, &ops, Zeroing::Punch)
     }
 }
