@@ -410,6 +410,7 @@ mod tests {
                     seq: 4,
                     parent: None,
                     snapshots: Vec::new(),
+                    reclaims: Vec::new(),
                 },
                 chunks: Vec::new(),
                 more_groups: false,

@@ -56,7 +56,7 @@ mod torn;
 mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
-pub use layers::{BlockKind, LayerKey, layer_of};
+pub use layers::{BlockKind, LayerKey, MergeRange, layer_of};
 pub use layout::{BLOCK_SIZE, MAX_CHUNK};
 
 use std::collections::{HashMap, HashSet};

@@ -29,6 +29,9 @@ const HAS_SEQ: u8 = 0x20;
 const FLAGS: u8 = HAS_ID | HAS_EPOCH | HAS_SEQ;
 /// Bytes of a [`CmdOp::Link`]'s data: `parent volume u64 | parent seq u64`.
 pub const LINK_LEN: usize = 16;
+/// Bytes of a [`CmdOp::Merge`]'s or [`CmdOp::DropMerged`]'s data: `low u64 | top u64 |
+/// live u8`.
+pub const MERGE_LEN: usize = 17;
 
 /// What a command does to its chunk: the low five bits of the op byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +68,23 @@ pub enum CmdOp {
     /// as zero" where the snapshot has none); older layers are untouched, so every snapshot
     /// keeps its bytes. Idempotent. Only with no writer attached.
     Rollback = 9,
+    /// Merge the chunk's layers `low..=top` in `offset..offset + len` (whole blocks
+    /// touched), `data` being `low u64 | top u64 | live u8` (see [`Command::merge_range`]):
+    /// every block whose newest holder in that range is not the merge's target layer is
+    /// written into the target as that holder has it (data, or "written as zero"). The
+    /// target is the lowest layer of the range the chunk has, or, when `live`, layer `top`
+    /// (the layer clients write; a block it holds is never overwritten). Reads as of any
+    /// sequence `>= top` or `< low` are unchanged; the manager sends it only for a range no
+    /// snapshot, clone or rollback reads inside (`low..top`), after a fence at a sequence
+    /// above `top` (`>= top` when `live`). A chunk with fewer than two layers in the range
+    /// has nothing to merge. Idempotent.
+    Merge = 10,
+    /// After the [`CmdOp::Merge`]s of the same range over the whole chunk: forget every
+    /// layer of `low..=top` but the merge's target, once every block they hold is in the
+    /// target as their newest holder has it (otherwise refused, nothing changes). Reads
+    /// stop seeing the dropped layers at once; their files are deleted after the next sync
+    /// made the target durable. Idempotent.
+    DropMerged = 11,
 }
 
 /// One entry of a group's log, applied in log order by every replica.
@@ -140,6 +160,8 @@ impl Command {
             7 => CmdOp::Flatten,
             8 => CmdOp::Unlink,
             9 => CmdOp::Rollback,
+            10 => CmdOp::Merge,
+            11 => CmdOp::DropMerged,
             other => return Err(DecodeError::Invalid(format!("command op {other}"))),
         };
         let volume = r.u64()?;
@@ -170,6 +192,7 @@ impl Command {
             CmdOp::Write => len as usize,
             CmdOp::Link => LINK_LEN,
             CmdOp::Rollback => 8,
+            CmdOp::Merge | CmdOp::DropMerged => MERGE_LEN,
             _ => 0,
         };
         // Entries from before `Link` carried nothing after the header but a write's data;
@@ -222,6 +245,31 @@ impl Command {
             return None;
         }
         Some(u64::from_le_bytes(self.data.as_ref().try_into().ok()?))
+    }
+
+    /// The range of a [`CmdOp::Merge`] or [`CmdOp::DropMerged`]: `(low, top, live)`; `None`
+    /// for another op (or a live flag other than 0 and 1).
+    pub fn merge_range(&self) -> Option<(u64, u64, bool)> {
+        if !matches!(self.op, CmdOp::Merge | CmdOp::DropMerged) || self.data.len() != MERGE_LEN {
+            return None;
+        }
+        let low = u64::from_le_bytes(self.data[..8].try_into().ok()?);
+        let top = u64::from_le_bytes(self.data[8..16].try_into().ok()?);
+        let live = match self.data[16] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        Some((low, top, live))
+    }
+
+    /// The data of a [`CmdOp::Merge`] or [`CmdOp::DropMerged`] of layers `low..=top`.
+    pub fn merge_data(low: u64, top: u64, live: bool) -> Bytes {
+        let mut b = BytesMut::with_capacity(MERGE_LEN);
+        b.put_u64_le(low);
+        b.put_u64_le(top);
+        b.put_u8(u8::from(live));
+        b.freeze()
     }
 
     /// The volume, writer epoch and snapshot sequence of an encoded command, without
@@ -324,7 +372,9 @@ mod tests {
             CmdOp::WriteZeroes | CmdOp::Discard => (4096, Bytes::new()),
             CmdOp::Link => (0, Command::link_data(2, 5)),
             CmdOp::Rollback => (0, Bytes::copy_from_slice(&4u64.to_le_bytes())),
+            CmdOp::DropMerged => (0, Command::merge_data(2, 5, true)),
             CmdOp::Flatten => (1 << 20, Bytes::new()),
+            CmdOp::Merge => (1 << 20, Command::merge_data(1, 4, false)),
             CmdOp::DropChunk | CmdOp::Fence | CmdOp::Unlink => (0, Bytes::new()),
         };
         Command {
@@ -340,7 +390,7 @@ mod tests {
         }
     }
 
-    const OPS: [CmdOp; 9] = [
+    const OPS: [CmdOp; 11] = [
         CmdOp::Write,
         CmdOp::WriteZeroes,
         CmdOp::Discard,
@@ -350,6 +400,8 @@ mod tests {
         CmdOp::Flatten,
         CmdOp::Unlink,
         CmdOp::Rollback,
+        CmdOp::Merge,
+        CmdOp::DropMerged,
     ];
 
     /// Every op, with and without the optional id and epoch, is read back from the log as
@@ -363,7 +415,10 @@ mod tests {
                 assert_eq!(Command::decode(&enc).unwrap(), c);
                 let fence = (c.epoch != 0 || c.seq != 0).then_some((3, c.epoch, c.seq));
                 assert_eq!(Command::peek_fence(&enc), fence);
-                if matches!(op, CmdOp::Write | CmdOp::Link | CmdOp::Rollback) {
+                if matches!(
+                    op,
+                    CmdOp::Write | CmdOp::Link | CmdOp::Rollback | CmdOp::Merge | CmdOp::DropMerged
+                ) {
                     for n in 0..enc.len() {
                         assert!(Command::decode(&enc.slice(..n)).is_err());
                     }
@@ -441,5 +496,20 @@ mod tests {
         }
         assert_eq!(Command::peek_id(&[]), 0);
         assert_eq!(Command::peek_epoch(&[]), None);
+    }
+
+    /// A merge's range reads back as written; another op, or a live flag that is neither
+    /// 0 nor 1, has none.
+    #[test]
+    fn merge_ranges_read_back() {
+        let mut c = command(CmdOp::Merge, 0, 0);
+        assert_eq!(c.merge_range(), Some((1, 4, false)));
+        c.data = Command::merge_data(3, 9, true);
+        assert_eq!(c.merge_range(), Some((3, 9, true)));
+        let mut bad = c.data.to_vec();
+        bad[16] = 2;
+        c.data = Bytes::from(bad);
+        assert_eq!(c.merge_range(), None);
+        assert_eq!(command(CmdOp::Link, 0, 0).merge_range(), None);
     }
 }

@@ -12,7 +12,7 @@ use tessera_engine::{ChunkStore, ChunkStores};
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::{
-    self, ControlError, MAX_GROUP_OPS, RecoveryStats, StorageReply, StorageRequest,
+    self, ControlError, LayerBytes, MAX_GROUP_OPS, RecoveryStats, StorageReply, StorageRequest,
 };
 use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
@@ -199,6 +199,28 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
                 shared.raft.transfer_leader(group_id, to, answer)
             })
             .await
+        }
+        StorageRequest::LayerUsage {
+            group_id,
+            volume_id,
+        } => {
+            let store = shared.chunks.existing(group_id).ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "node {} holds no replica of group {group_id}",
+                    shared.node_id
+                ))
+            })?;
+            let layers = store.volume_layer_bytes(volume_id);
+            Ok(StorageReply::LayerUsage(
+                layers
+                    .into_iter()
+                    .map(|(chunk, layer, bytes)| LayerBytes {
+                        chunk,
+                        layer,
+                        bytes,
+                    })
+                    .collect(),
+            ))
         }
         StorageRequest::Apply { group_id, ops } => {
             if ops.len() > MAX_GROUP_OPS {

@@ -15,6 +15,7 @@ fn vol(size: u64, chunk_size: u64) -> VolumeInfo {
         seq: 0,
         parent: None,
         snapshots: Vec::new(),
+        reclaims: Vec::new(),
         id: 1,
         name: "v".into(),
         size,

@@ -3,7 +3,7 @@
 //! rollback (a snapshot's content into the live layer, see [`ChunkStore::rollback`]).
 //! Both are idempotent and replay-safe for the reasons the `layers` module doc gives.
 
-use super::layers::{PIECE, invalid, resolved_ops, runs, touched};
+use super::layers::{MergeRange, PIECE, invalid, resolved_ops, runs, touched};
 use super::layout::{BLOCK_SIZE, BlockKind, layer_of, stored_crc};
 use super::resolve::{Need, Scope};
 use super::sys::Zeroing;
@@ -91,6 +91,39 @@ impl ChunkStore {
                 *m = true;
             }
         }
+        Ok(())
+    }
+
+    /// Merges the chunk's layers `range.low..=range.top` in `offset..offset + len` (whole blocks
+    /// touched) into one target: every block whose newest holder in the range is not the
+    /// target is written into it as that holder has it (data, or written as zero). The
+    /// target is layer `top` when `live` (blocks it holds are left alone: they are the
+    /// clients'), else the lowest layer of the range the chunk has. A chunk with fewer than
+    /// two layers in the range has nothing to merge. Reads as of any sequence `>= top` or
+    /// `< low` are unchanged. Idempotent and replay-safe (see the `layers` module doc).
+    /// `low` 0 is 1; `low > top` is [`crate::Error::Refused`].
+    pub fn merge_layers(
+        &self,
+        volume: u64,
+        chunk: u64,
+        offset: u64,
+        len: u64,
+        range: MergeRange,
+    ) -> Result<()> {
+        // Contract stub: the engine's merge fills it.
+        let _ = (volume, chunk, offset, len, range);
+        Ok(())
+    }
+
+    /// Forgets every layer of `range.low..=range.top` but the merge's target (as
+    /// [`ChunkStore::merge_layers`] picks it), once every block they hold is in the target
+    /// as their newest holder in the range has it (same checksum, and not torn); otherwise
+    /// [`crate::Error::Refused`] and nothing changes. Reads stop seeing the dropped layers
+    /// at once; their files are deleted by the next [`ChunkStore::sync`], after it made the
+    /// target durable (as an unlink's link file is). Idempotent.
+    pub fn drop_merged(&self, volume: u64, chunk: u64, range: MergeRange) -> Result<()> {
+        // Contract stub: the engine's merge fills it.
+        let _ = (volume, chunk, range);
         Ok(())
     }
 

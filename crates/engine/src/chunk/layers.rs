@@ -96,6 +96,18 @@ use super::sys::Zeroing;
 use super::{ChunkStore, check_range};
 use crate::{Error, Result};
 
+/// The layers a merge joins (see [`ChunkStore::merge_layers`]): `low..=top`, into `top`
+/// when `live`, else into the lowest of them the chunk has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeRange {
+    /// The lowest layer merged (0 is 1).
+    pub low: u64,
+    /// The highest layer merged.
+    pub top: u64,
+    /// The range is the volume's live one: `top` is the layer clients write.
+    pub live: bool,
+}
+
 /// Blocks handled at a time by the whole-chunk operations (16 MiB of data at most).
 pub(super) const PIECE: u64 = 4096;
 
@@ -419,6 +431,20 @@ impl ChunkStore {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// Allocated bytes of every layer of every chunk of `volume` in this store, as last
+    /// measured (see [`ChunkStore::layer_bytes`]), sorted by chunk then layer: `(chunk,
+    /// layer, bytes)`. Layers a merge dropped are not counted.
+    pub fn volume_layer_bytes(&self, volume: u64) -> Vec<(u64, u64, u64)> {
+        let mut out: Vec<(u64, u64, u64)> = self
+            .alloc_map()
+            .iter()
+            .filter(|((v, _, _), _)| *v == volume)
+            .map(|((_, c, l), b)| (*c, *l, *b))
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Allocated bytes of each layer of the chunk, as last measured (at open, at each sync,

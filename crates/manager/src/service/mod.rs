@@ -162,6 +162,10 @@ impl Service {
                 self.add_lease(&mut v, now);
                 ManagerReply::Volume(v)
             }),
+            // Contract stub: answered outside the service lock (it asks storage nodes).
+            ManagerRequest::VolumeUsage { .. } => Err(ControlError::Unavailable(
+                "volume usage is not served yet".into(),
+            )),
             ManagerRequest::ResizeVolume { name, size } => self
                 .state
                 .plan_resize_volume(&name, size)

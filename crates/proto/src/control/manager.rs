@@ -16,7 +16,7 @@ use super::{
 };
 use super::{
     ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage, SnapshotInfo,
-    VolumeInfo,
+    VolumeInfo, VolumeUsage,
 };
 
 /// A request to a manager: the JSON body of a [`crate::frame::Kind::Rpc`] frame, answered
@@ -213,7 +213,14 @@ pub enum ManagerRequest {
         /// The snapshot.
         name: String,
     },
-    /// Delete a snapshot (answered [`ManagerReply::Deleted`]); refused with
+    /// Bytes each snapshot of the volume holds and the live image holds, asked of a
+    /// replica of each of the volume's groups; answered with [`ManagerReply::Usage`].
+    VolumeUsage {
+        /// The volume.
+        name: String,
+    },
+    /// Delete a snapshot (answered [`ManagerReply::Deleted`]); the space only it held is
+    /// reclaimed in the background (`volume info` shows it while it runs). Refused with
     /// [`ControlError::Conflict`] naming its clones while it has any.
     DeleteSnapshot {
         /// The volume.
@@ -295,6 +302,8 @@ pub enum ManagerReply {
         #[serde(default)]
         remove_groups: Vec<u64>,
     },
+    /// The answer to [`ManagerRequest::VolumeUsage`].
+    Usage(VolumeUsage),
     /// One volume: the answer to [`ManagerRequest::CreateVolume`],
     /// [`ManagerRequest::VolumeInfo`] and [`ManagerRequest::ResizeVolume`].
     Volume(VolumeInfo),

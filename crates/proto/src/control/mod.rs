@@ -45,9 +45,12 @@ pub use heartbeat::{
 };
 pub use manager::{ManagerReply, ManagerRequest};
 pub use route::{ChunkRoute, MAX_ROUTES_PER_PAGE, RoutePage};
-pub use snapshot::{GroupOp, ParentInfo, SnapshotInfo, SnapshotState};
+pub use snapshot::{
+    GroupOp, ParentInfo, ReclaimInfo, SnapshotInfo, SnapshotState, SnapshotUsage, VolumeUsage,
+};
 pub use status::{ClusterStatus, GroupStatus, NodeStatus, ReplicaStatus};
 pub use storage::{
-    MAX_DROP_CHUNKS, MAX_GROUP_OPS, MembershipState, PeerProgress, StorageReply, StorageRequest,
+    LayerBytes, MAX_DROP_CHUNKS, MAX_GROUP_OPS, MembershipState, PeerProgress, StorageReply,
+    StorageRequest,
 };
 pub use volume::{AttachmentInfo, DEFAULT_CHUNK_SIZE, VolumeInfo};

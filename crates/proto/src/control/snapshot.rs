@@ -47,6 +47,44 @@ pub struct SnapshotInfo {
     pub size: u64,
 }
 
+/// What a volume's snapshots and live image hold on disk (one replica's count): the
+/// answer to [`super::ManagerRequest::VolumeUsage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeUsage {
+    /// The volume's name.
+    pub volume: String,
+    /// Per snapshot, oldest first: the bytes written while it was the volume's newest
+    /// (its sequence's layers since the snapshot before it), which deleting it frees
+    /// unless a later image still reads them.
+    pub snapshots: Vec<SnapshotUsage>,
+    /// Bytes written since the newest snapshot (the whole volume if it has none).
+    pub live_bytes: u64,
+    /// Groups no replica of which answered in time: their bytes are missing above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreported_groups: Vec<u64>,
+}
+
+/// One snapshot's bytes in a [`VolumeUsage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotUsage {
+    /// The snapshot's name.
+    pub name: String,
+    /// Its sequence.
+    pub seq: u64,
+    /// Bytes allocated for the layers it reads that no older snapshot reads.
+    pub bytes: u64,
+}
+
+/// A deleted snapshot's space being reclaimed: the layers `low..` up to the next
+/// snapshot (or the live one) are merged chunk by chunk, in chunk order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimInfo {
+    /// The lowest layer of the range merged.
+    pub low: u64,
+    /// Chunks below this index are done.
+    pub next_chunk: u64,
+}
+
 /// A clone's parent: the snapshot it reads through to until flattened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentInfo {
@@ -126,6 +164,40 @@ pub enum GroupOp {
         /// The volume's sequence after the rollback (the layer written).
         seq: u64,
     },
+    /// Merge the chunk's layers `low..=top` in `offset..offset + len` into one target
+    /// (see `tessera_proto::command::CmdOp::Merge`): reclaiming a deleted snapshot's
+    /// space. Sent after a `Fence` at the volume's sequence.
+    Merge {
+        /// The volume's id.
+        volume_id: u64,
+        /// The chunk index.
+        chunk: u64,
+        /// Byte offset in the chunk.
+        offset: u32,
+        /// Bytes covered.
+        len: u32,
+        /// The lowest layer merged.
+        low: u64,
+        /// The highest layer merged.
+        top: u64,
+        /// The range is the live one: the target is `top` (which clients write), else the
+        /// lowest layer the chunk has in the range.
+        live: bool,
+    },
+    /// Forget the layers a merge of the same range emptied (see
+    /// `tessera_proto::command::CmdOp::DropMerged`).
+    DropMerged {
+        /// The volume's id.
+        volume_id: u64,
+        /// The chunk index.
+        chunk: u64,
+        /// The lowest layer merged.
+        low: u64,
+        /// The highest layer merged.
+        top: u64,
+        /// As for [`GroupOp::Merge`].
+        live: bool,
+    },
 }
 
 #[cfg(test)]
@@ -187,6 +259,22 @@ mod tests {
                 chunk: 0,
                 to: 4,
                 seq: 6,
+            },
+            GroupOp::Merge {
+                volume_id: 3,
+                chunk: 1,
+                offset: 4 << 20,
+                len: 4 << 20,
+                low: 2,
+                top: 5,
+                live: false,
+            },
+            GroupOp::DropMerged {
+                volume_id: 3,
+                chunk: 1,
+                low: 2,
+                top: 7,
+                live: true,
             },
         ] {
             assert_round_trips(&op);

@@ -62,6 +62,16 @@ pub enum StorageRequest {
         /// What to propose.
         ops: Vec<GroupOp>,
     },
+    /// Allocated bytes of every layer of every chunk of `volume_id` this node's replica of
+    /// the group holds (as last measured: at open, at each sync), answered with
+    /// [`StorageReply::LayerUsage`] by any replica (not only the leader); a group the node
+    /// does not host is [`ControlError::NotFound`]. Layers a merge dropped are not counted.
+    LayerUsage {
+        /// The group.
+        group_id: u64,
+        /// The volume.
+        volume_id: u64,
+    },
     /// Leader only: hand the group's leadership to `to` (a voter).
     TransferLeader {
         /// The group; the request goes to its leader.
@@ -84,11 +94,24 @@ pub enum StorageReply {
     /// [`StorageRequest::ChangeMembers`] and to [`StorageRequest::TransferLeader`] (once the
     /// transfer has started; it completes without the caller).
     Members(MembershipState),
+    /// The answer to [`StorageRequest::LayerUsage`], sorted by chunk then layer.
+    LayerUsage(Vec<LayerBytes>),
     /// This node does not lead the group; `hint` is the leader it knows of (0: none).
     NotLeader {
         /// The node id of the leader it knows of (0: none).
         hint: u64,
     },
+}
+
+/// Allocated bytes of one layer of one chunk (data and checksum files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBytes {
+    /// The chunk index.
+    pub chunk: u64,
+    /// The layer (1: the chunk's base files).
+    pub layer: u64,
+    /// Bytes allocated on disk.
+    pub bytes: u64,
 }
 
 /// A group's membership as its leader sees it, with each peer's replication progress.
@@ -170,6 +193,10 @@ mod tests {
                 chunks: vec![0, 7, u64::MAX],
             },
             StorageRequest::Status,
+            StorageRequest::LayerUsage {
+                group_id: 4,
+                volume_id: 9,
+            },
             StorageRequest::ChangeMembers {
                 group_id: 3,
                 peers: peers(),
@@ -207,6 +234,11 @@ mod tests {
         };
         for reply in [
             StorageReply::Done,
+            StorageReply::LayerUsage(vec![LayerBytes {
+                chunk: 3,
+                layer: 2,
+                bytes: 1 << 20,
+            }]),
             StorageReply::Status(status),
             StorageReply::Members(members()),
             StorageReply::NotLeader { hint: 0 },

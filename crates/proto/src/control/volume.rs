@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::ManagerRequest;
-use super::{ParentInfo, SnapshotInfo};
+use super::{ParentInfo, ReclaimInfo, SnapshotInfo};
 
 /// Default chunk size of a volume: 64 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
@@ -42,6 +42,9 @@ pub struct VolumeInfo {
     /// Its snapshots, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<SnapshotInfo>,
+    /// Deleted snapshots whose space is still being reclaimed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reclaims: Vec<ReclaimInfo>,
 }
 
 /// Who writes a volume.
@@ -76,6 +79,7 @@ mod tests {
             seq: 0,
             parent: None,
             snapshots: Vec::new(),
+            reclaims: Vec::new(),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType};
 use tessera_engine::ChunkStore;
-use tessera_engine::chunk::BlockKind;
+use tessera_engine::chunk::{BlockKind, MergeRange};
 use tessera_proto::command::{CmdOp, Command};
 use tessera_proto::data::{BlockState, Op, Reply, Request};
 
@@ -229,7 +229,12 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
         Err(err)
             if matches!(
                 cmd.op,
-                CmdOp::Link | CmdOp::Flatten | CmdOp::Unlink | CmdOp::Rollback
+                CmdOp::Link
+                    | CmdOp::Flatten
+                    | CmdOp::Unlink
+                    | CmdOp::Rollback
+                    | CmdOp::Merge
+                    | CmdOp::DropMerged
             ) && refused(&err) =>
         {
             tracing::error!(
@@ -279,6 +284,20 @@ fn apply_command(
         },
         CmdOp::Flatten => chunks.flatten(v, c, off, len, cmd.seq),
         CmdOp::Unlink => chunks.unlink(v, c),
+        CmdOp::Merge | CmdOp::DropMerged => match cmd.merge_range() {
+            Some((low, top, live)) => {
+                let range = MergeRange { low, top, live };
+                if cmd.op == CmdOp::Merge {
+                    chunks.merge_layers(v, c, off, len, range)
+                } else {
+                    chunks.drop_merged(v, c, range)
+                }
+            }
+            None => {
+                tracing::error!(group, index, "{:?} without a range; not applied", cmd.op);
+                Ok(())
+            }
+        },
         CmdOp::Rollback => match cmd.rollback_to() {
             Some(to) => chunks.rollback(v, c, to, cmd.seq),
             None => {

@@ -431,6 +431,44 @@ pub(crate) fn op_command(op: GroupOp) -> Result<Command, String> {
             }
         }
         GroupOp::Unlink { volume_id, chunk } => cmd(CmdOp::Unlink, volume_id, chunk),
+        GroupOp::Merge {
+            volume_id,
+            chunk,
+            offset,
+            len,
+            low,
+            top,
+            live,
+        } => {
+            if offset.checked_add(len).is_none() || low > top {
+                return Err(format!(
+                    "merge of layers {low}..={top}, {len} bytes at {offset}, is not a range"
+                ));
+            }
+            Command {
+                offset,
+                len,
+                data: Command::merge_data(low, top, live),
+                ..cmd(CmdOp::Merge, volume_id, chunk)
+            }
+        }
+        GroupOp::DropMerged {
+            volume_id,
+            chunk,
+            low,
+            top,
+            live,
+        } => {
+            if low > top {
+                return Err(format!(
+                    "drop of merged layers {low}..={top} is not a range"
+                ));
+            }
+            Command {
+                data: Command::merge_data(low, top, live),
+                ..cmd(CmdOp::DropMerged, volume_id, chunk)
+            }
+        }
         GroupOp::Rollback {
             volume_id,
             chunk,

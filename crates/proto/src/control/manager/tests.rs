@@ -15,6 +15,7 @@ fn volume() -> VolumeInfo {
         seq: 3,
         parent: None,
         snapshots: Vec::new(),
+        reclaims: Vec::new(),
     }
 }
 
@@ -90,6 +91,7 @@ fn every_request_round_trips() {
             volume: name(),
             name: "s1".into(),
         },
+        ManagerRequest::VolumeUsage { name: name() },
         ManagerRequest::DeleteSnapshot {
             volume: name(),
             name: "s1".into(),
@@ -136,6 +138,16 @@ fn every_reply_round_trips() {
         ManagerReply::Volume(volume()),
         ManagerReply::Volumes(vec![volume(), volume()]),
         ManagerReply::Deleted,
+        ManagerReply::Usage(VolumeUsage {
+            volume: "db1".into(),
+            snapshots: vec![SnapshotUsage {
+                name: "monday".into(),
+                seq: 3,
+                bytes: 8 << 20,
+            }],
+            live_bytes: 1 << 20,
+            unreported_groups: vec![7],
+        }),
         ManagerReply::Opened {
             volume: volume(),
             chunks: vec![route(0)],
@@ -305,6 +317,7 @@ fn a_full_page_of_the_longest_routes_fits_a_quarter_frame() {
             seq: u64::MAX,
             parent: None,
             snapshots: Vec::new(),
+            reclaims: Vec::new(),
         },
         chunks: page.routes,
         more_groups: true,
