@@ -154,7 +154,17 @@ impl ChunkStore {
             write_crcs(&files.crcs, &crcs, lo * CRC_LEN)
                 .map_err(|e| io_error(e, volume, chunk, "writing checksums"))
         })();
-        self.torn.settle(key, lo..hi, &written);
+        if written.is_ok() {
+            self.torn.settle(key, lo..hi, &written);
+        } else {
+            // Only the ops' blocks may be torn: the checksums between them were written
+            // over with their own values. (A merge retried after a full disk relies on it:
+            // see `merge`.)
+            for (at, op) in &ops {
+                let end = (at + op.blocks()).min(hi);
+                self.torn.settle(key, *at..end, &written);
+            }
+        }
         written?;
         // As in `write_locked`: a racing sync may have cleared the flag mid-write.
         files.dirty.store(true, Ordering::Release);
