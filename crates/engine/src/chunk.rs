@@ -32,12 +32,14 @@
 //! math, read-modify-write, data then checksums), `torn` the blocks a full disk left torn,
 //! `layers` the API of snapshots and clones (sequenced writes, reads as of a snapshot,
 //! links, changed blocks), `flatten` the copies inside a chunk's family (flatten,
-//! rollback), `layer_copy` the catch-up's raw access to one layer, `layout` also the
+//! rollback), `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
+//! files (at once, or hidden until the next sync), `layer_copy` the catch-up's raw access to one layer, `layout` also the
 //! layers' vocabulary, `layer_map` which chunks have layers or a parent, `resolve`
 //! reading through layers and parents, `place` writing whole blocks into one layer, `link`
 //! the link file.
 
 mod budget;
+mod dropped;
 mod flatten;
 mod layer_copy;
 mod layer_map;
@@ -46,6 +48,9 @@ mod layer_tests;
 mod layers;
 mod layout;
 mod link;
+mod merge;
+#[cfg(test)]
+mod merge_tests;
 mod open_files;
 mod place;
 mod resolve;
@@ -113,6 +118,8 @@ pub struct ChunkStore {
     /// Chunks unlinked whose link file the next sync deletes (see `link`). Also held while
     /// a link file is written, so that a sync never deletes a new link.
     unlinked: Mutex<HashSet<Key>>,
+    /// Layers a merge dropped: hidden, their files deleted by the next sync (see `dropped`).
+    dropped: Mutex<HashSet<FileKey>>,
 }
 
 impl ChunkStore {
@@ -166,6 +173,7 @@ impl ChunkStore {
             torn: TornBlocks::default(),
             closing: Mutex::new(Vec::new()),
             unlinked: Mutex::new(HashSet::new()),
+            dropped: Mutex::new(HashSet::new()),
         });
         budget.register(&store);
         Ok(store)
@@ -272,44 +280,6 @@ impl ChunkStore {
         self.zero(volume, chunk, offset, len, Zeroing::Punch)
     }
 
-    /// Deletes the chunk's files, every layer and its link; it then reads as zeroes.
-    pub fn drop_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
-        let mut layers = self.layer_map.get((volume, chunk)).upper;
-        layers.push(1);
-        for layer in layers {
-            self.drop_layer_files(volume, chunk, layer)?;
-        }
-        self.remove_link_file(volume, chunk)?;
-        self.forget_unlinked((volume, chunk));
-        self.layer_map.forget((volume, chunk));
-        self.torn.forget_chunk((volume, chunk));
-        Ok(())
-    }
-
-    /// Deletes one layer's files (the directory entry made durable by the next sync).
-    pub(super) fn drop_layer_files(&self, volume: u64, chunk: u64, layer: u64) -> Result<()> {
-        let key = (volume, chunk, layer);
-        let mut map = self.open_map_write();
-        let cached = map.remove(&key);
-        // Wait for in-flight users of the cached handles before deleting under them.
-        let _guard = cached.as_ref().map(|f| f.write_guard());
-        let (data, crcs) = layer_paths(&self.volume_dir(volume), chunk, layer);
-        for p in [&data, &crcs] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if let Some(bytes) = self.alloc_map().remove(&key) {
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
-        }
-        self.layer_map.remove_layer((volume, chunk), layer);
-        self.torn.forget_layer(key);
-        self.dirs_map().insert(self.volume_dir(volume));
-        Ok(())
-    }
-
     /// While on, a read-modify-write that meets a block failing its checksum (torn by a
     /// crash; the log replay is about to rewrite it) uses its bytes as they are. Reads still
     /// verify.
@@ -335,7 +305,7 @@ impl ChunkStore {
             )));
         }
         // Unlinked before this sync began: their writes are among the files synced below.
-        let unlinked = self.unlinked_now();
+        let (unlinked, dropped) = (self.unlinked_now(), self.dropped_now());
         let dirty: Vec<(FileKey, Arc<ChunkFiles>)> = self
             .open_map_read()
             .iter()
@@ -374,6 +344,7 @@ impl ChunkStore {
             return Err(Error::Fatal(reason.clone()));
         }
         self.remove_unlinked(&unlinked)?;
+        self.remove_dropped(&dropped)?;
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
             match sync_chunk_dir(d) {
@@ -433,10 +404,15 @@ impl ChunkStore {
         Ok(out)
     }
 
-    /// Every chunk file of the store (none if its directory is gone).
+    /// Every chunk file of the store but the hidden layers' (none if its directory is gone).
     fn listed_files(&self) -> Result<Vec<(FileKey, FileKind)>> {
+        let dropped = self.dropped_keys();
         match chunk_files(&self.dir) {
-            Ok(files) => Ok(files.into_iter().map(|(k, kind, _)| (k, kind)).collect()),
+            Ok(files) => Ok(files
+                .into_iter()
+                .map(|(k, kind, _)| (k, kind))
+                .filter(|(k, _)| !dropped.contains(k))
+                .collect()),
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -525,6 +501,9 @@ impl ChunkStore {
     }
 
     pub(super) fn layer_blocks(&self, key: FileKey) -> Result<u64> {
+        if self.is_dropped(key) {
+            return Ok(0);
+        }
         let (volume, chunk, layer) = key;
         let len = |p: &Path| match std::fs::metadata(p) {
             Ok(m) => Ok(m.len()),
@@ -555,7 +534,8 @@ impl ChunkStore {
     /// Whether the chunk's layer 1 has files (a `stat`: for the rare moments a chunk
     /// stops being plain).
     fn has_base(&self, volume: u64, chunk: u64) -> bool {
-        layer_paths(&self.volume_dir(volume), chunk, 1).0.exists()
+        !self.is_dropped((volume, chunk, 1))
+            && layer_paths(&self.volume_dir(volume), chunk, 1).0.exists()
     }
 
     fn link_file(&self, volume: u64, chunk: u64) -> PathBuf {

@@ -3,7 +3,7 @@
 //! rollback (a snapshot's content into the live layer, see [`ChunkStore::rollback`]).
 //! Both are idempotent and replay-safe for the reasons the `layers` module doc gives.
 
-use super::layers::{MergeRange, PIECE, invalid, resolved_ops, runs, touched};
+use super::layers::{PIECE, invalid, resolved_ops, runs, touched};
 use super::layout::{BLOCK_SIZE, BlockKind, layer_of, stored_crc};
 use super::resolve::{Need, Scope};
 use super::sys::Zeroing;
@@ -25,14 +25,8 @@ impl ChunkStore {
         let (first, n) = touched(offset, len);
         // Layers above the one written can only be later entries' (met again by a replay):
         // what they hold is not looked at, or a replay would skip what the first run copied.
-        let own_only = Scope {
-            cap: layer,
-            parent: false,
-        };
-        let parent_only = Scope {
-            cap: 0,
-            parent: true,
-        };
+        let own_only = Scope::layers(0, layer);
+        let parent_only = Scope::parent_only();
         let mut at = first;
         while at < first + n {
             let count = PIECE.min(first + n - at);
@@ -65,16 +59,10 @@ impl ChunkStore {
         if ok.iter().all(|&ok| ok) {
             return Ok(());
         }
-        let others = Scope {
-            cap: layer - 1,
-            parent: false,
-        };
+        let others = Scope::layers(0, layer - 1);
         let below = self.resolve(volume, chunk, at, count, others, Need::Status)?;
         let stored = self.layer_checksums((volume, chunk, layer), at, count)?;
-        let parent_only = Scope {
-            cap: 0,
-            parent: true,
-        };
+        let parent_only = Scope::parent_only();
         let bs = BLOCK_SIZE as usize;
         for (i, m) in missing.iter_mut().enumerate() {
             if ok[i] || below.kind[i] != BlockKind::Hole {
@@ -91,39 +79,6 @@ impl ChunkStore {
                 *m = true;
             }
         }
-        Ok(())
-    }
-
-    /// Merges the chunk's layers `range.low..=range.top` in `offset..offset + len` (whole blocks
-    /// touched) into one target: every block whose newest holder in the range is not the
-    /// target is written into it as that holder has it (data, or written as zero). The
-    /// target is layer `top` when `live` (blocks it holds are left alone: they are the
-    /// clients'), else the lowest layer of the range the chunk has. A chunk with fewer than
-    /// two layers in the range has nothing to merge. Reads as of any sequence `>= top` or
-    /// `< low` are unchanged. Idempotent and replay-safe (see the `layers` module doc).
-    /// `low` 0 is 1; `low > top` is [`crate::Error::Refused`].
-    pub fn merge_layers(
-        &self,
-        volume: u64,
-        chunk: u64,
-        offset: u64,
-        len: u64,
-        range: MergeRange,
-    ) -> Result<()> {
-        // Contract stub: the engine's merge fills it.
-        let _ = (volume, chunk, offset, len, range);
-        Ok(())
-    }
-
-    /// Forgets every layer of `range.low..=range.top` but the merge's target (as
-    /// [`ChunkStore::merge_layers`] picks it), once every block they hold is in the target
-    /// as their newest holder in the range has it (same checksum, and not torn); otherwise
-    /// [`crate::Error::Refused`] and nothing changes. Reads stop seeing the dropped layers
-    /// at once; their files are deleted by the next [`ChunkStore::sync`], after it made the
-    /// target durable (as an unlink's link file is). Idempotent.
-    pub fn drop_merged(&self, volume: u64, chunk: u64, range: MergeRange) -> Result<()> {
-        // Contract stub: the engine's merge fills it.
-        let _ = (volume, chunk, range);
         Ok(())
     }
 
@@ -170,8 +125,8 @@ impl ChunkStore {
 
     /// Writes into layer `key.2`, for every block from `at` that `marked` says, its
     /// content as resolved in `scope` (holes left alone, or written as zero with
-    /// `hole_as_zero`): the step flatten and rollback share.
-    fn copy_runs(
+    /// `hole_as_zero`): the step flatten, rollback and merge share.
+    pub(super) fn copy_runs(
         &self,
         key: (u64, u64, u64),
         at: u64,

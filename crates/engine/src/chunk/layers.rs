@@ -437,10 +437,11 @@ impl ChunkStore {
     /// measured (see [`ChunkStore::layer_bytes`]), sorted by chunk then layer: `(chunk,
     /// layer, bytes)`. Layers a merge dropped are not counted.
     pub fn volume_layer_bytes(&self, volume: u64) -> Vec<(u64, u64, u64)> {
+        let dropped = self.dropped_keys();
         let mut out: Vec<(u64, u64, u64)> = self
             .alloc_map()
             .iter()
-            .filter(|((v, _, _), _)| *v == volume)
+            .filter(|(k, _)| k.0 == volume && !dropped.contains(*k))
             .map(|((_, c, l), b)| (*c, *l, *b))
             .collect();
         out.sort_unstable();
@@ -449,11 +450,13 @@ impl ChunkStore {
 
     /// Allocated bytes of each layer of the chunk, as last measured (at open, at each sync,
     /// when closed for room): what each snapshot's layer holds on disk. Sorted by layer.
+    /// Layers a merge dropped are not counted.
     pub fn layer_bytes(&self, volume: u64, chunk: u64) -> Vec<(u64, u64)> {
+        let dropped = self.dropped_keys();
         let mut out: Vec<(u64, u64)> = self
             .alloc_map()
             .iter()
-            .filter(|((v, c, _), _)| (*v, *c) == (volume, chunk))
+            .filter(|(k, _)| (k.0, k.1) == (volume, chunk) && !dropped.contains(*k))
             .map(|((_, _, l), b)| (*l, *b))
             .collect();
         out.sort_unstable();

@@ -135,6 +135,9 @@ impl ChunkStore {
             f.used.store(self.budget.now(), Ordering::Relaxed);
             return Ok(Some((f.clone(), false)));
         }
+        if self.absent_for_open(&mut map, key, create)? {
+            return Ok(None);
+        }
         let (data_path, crc_path) = layer_paths(&self.volume_dir(volume), chunk, layer);
         let data = match open_rw(&data_path, false) {
             Ok(f) => f,

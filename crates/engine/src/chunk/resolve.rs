@@ -29,6 +29,8 @@ pub(super) enum Need {
 pub(super) struct Scope {
     /// The highest layer looked at (`u64::MAX`: every layer; 0: none).
     pub(super) cap: u64,
+    /// The lowest layer looked at (0 or 1: down to layer 1).
+    pub(super) floor: u64,
     /// Whether blocks no layer holds are looked for in the parent.
     pub(super) parent: bool,
 }
@@ -38,6 +40,7 @@ impl Scope {
     pub(super) fn as_of(seq: u64) -> Scope {
         Scope {
             cap: if seq == 0 { u64::MAX } else { seq },
+            floor: 0,
             parent: true,
         }
     }
@@ -46,6 +49,25 @@ impl Scope {
     pub(super) fn below(layer: u64) -> Scope {
         Scope {
             cap: layer.saturating_sub(1),
+            floor: 0,
+            parent: true,
+        }
+    }
+
+    /// Only the chunk's own layers `floor..=cap`, parent excluded.
+    pub(super) fn layers(floor: u64, cap: u64) -> Scope {
+        Scope {
+            cap,
+            floor,
+            parent: false,
+        }
+    }
+
+    /// Only the parent (as of the link's sequence), none of the chunk's layers.
+    pub(super) fn parent_only() -> Scope {
+        Scope {
+            cap: 0,
+            floor: 0,
             parent: true,
         }
     }
@@ -97,7 +119,7 @@ impl ChunkStore {
         let mut left = n;
         let shape = self.layer_map.get((volume, chunk));
         let mut crcs = vec![0u8; n * CRC_LEN as usize];
-        for layer in shape.layers_upto(scope.cap) {
+        for layer in shape.layers_upto(scope.cap).filter(|&l| l >= scope.floor) {
             if left == 0 {
                 break;
             }
