@@ -291,3 +291,57 @@ fn a_partial_write_over_a_zeroed_block_of_a_layer_syncs_its_data_first() {
     assert!(matches!(later, Err(Error::Fatal(_))), "got {later:?}");
     scenario.teardown();
 }
+
+/// A merge meeting a full disk fails with it and leaves its copies torn: the drop after it
+/// is refused (the sources stay) while any is, and every retained read stays what it was
+/// (or "retry" for the blocks torn); the merge applied again once there is room heals them,
+/// and the drop then goes through.
+#[test]
+fn a_merge_torn_by_a_full_disk_keeps_its_drop_refused_until_merged_again() {
+    use tessera_engine::chunk::MergeRange;
+    for live in [false, true] {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.write_seq(1, 0, 0, &[1u8; 4 * B], 1).unwrap();
+        store.write_seq(1, 0, 0, &[2u8; 2 * B], 2).unwrap();
+        store.write_seq(1, 0, 0, &[3u8; B], 3).unwrap();
+        store.write_seq(1, 0, 3 * B as u64, &[4u8; B], 4).unwrap();
+        // Frozen: snapshot 2 deleted, 2..=3 into layer 2. Live: 2..=4 into layer 4.
+        let (top, seqs) = if live {
+            (4, [1u64, 4, 0])
+        } else {
+            (3, [1u64, 3, 0])
+        };
+        let range = MergeRange { low: 2, top, live };
+        let len = 4 * B as u64;
+        let before: Vec<_> = seqs
+            .iter()
+            .map(|&q| store.read_as_of(1, 0, 0, len, q).unwrap())
+            .collect();
+        fail::cfg("chunk::crc_enospc", "return").unwrap();
+        let full = store.merge_layers(1, 0, 0, len, range);
+        fail::remove("chunk::crc_enospc");
+        assert!(
+            matches!(full, Err(Error::DiskFull(_))),
+            "live {live}: {full:?}"
+        );
+        let refused = store.drop_merged(1, 0, range);
+        assert!(
+            matches!(refused, Err(Error::Refused(_))),
+            "live {live}: {refused:?}"
+        );
+        for (&q, want) in seqs.iter().zip(&before) {
+            match store.read_as_of(1, 0, 0, len, q) {
+                Ok(got) => assert_eq!(&got, want, "live {live} as of {q}"),
+                Err(e) => assert!(matches!(e, Error::Exhausted(_)), "live {live}: {e:?}"),
+            }
+        }
+        store.merge_layers(1, 0, 0, len, range).unwrap();
+        store.drop_merged(1, 0, range).unwrap();
+        for (&q, want) in seqs.iter().zip(&before) {
+            assert_eq!(&store.read_as_of(1, 0, 0, len, q).unwrap(), want);
+        }
+        scenario.teardown();
+    }
+}
