@@ -32,6 +32,17 @@
 //!   `layer_of(seq)`, are an [`Error::Refused`] (deterministic: every
 //!   replica refuses the same entry, so check them before proposing); reading through more
 //!   than 64 links (a cycle) is [`Error::Corrupt`].
+//! - A deleted snapshot's space: [`ChunkStore::merge_layers`] joins the layers `low..=top`
+//!   that nobody reads as of a sequence in `low..top` any more (frozen: `top` a kept
+//!   snapshot, into the lowest of them; live: `top` the layer clients write, into it), in
+//!   pieces; [`ChunkStore::drop_merged`] after all of them forgets the others. A merge
+//!   never changes a read as of a sequence `>= top` or `< low`, and never reads or writes
+//!   the parent or a layer outside the range. A chunk with fewer than two layers in the
+//!   range costs a lookup in memory. A dropped layer is invisible at once to every
+//!   operation here (reads, statuses, listings, changed blocks, layer bytes, the raw access
+//!   of the catch-up, which finds it absent); its files go at the next [`ChunkStore::sync`]
+//!   (see `dropped`). A drop that finds a block of the range not in the target as its
+//!   newest holder has it, or torn, is an [`Error::Refused`] that changes nothing.
 //!
 //! # Crash and replay
 //!
@@ -65,6 +76,22 @@
 //!   made the chunk files durable (see `link`): entries before the Unlink replay either
 //!   over a chunk still linked, or over their own durable results. Dropping a layer or a
 //!   chunk is idempotent.
+//! - A frozen merge reads only frozen layers (the group's seq floor is above `top`, so no
+//!   entry writes any layer of its range) and rewrites whole every block some layer above
+//!   its target holds: the set and the content are the same each time, whatever of the
+//!   first run reached the disk. A live merge is flatten with the range's lower layers for
+//!   parent: it skips what layer `top` holds (a later write wins anyway) and, while
+//!   replaying, copies again its own copies torn by the crash (checksum on disk equal to
+//!   the newest source block's, data not); a merge retried after a full disk does the same
+//!   for the blocks the store knows torn. A drop hides the other layers at once but their
+//!   files are deleted only by the next sync, after its fdatasyncs made the target
+//!   durable: the entries before the drop replay over their sources (the store, opening,
+//!   finds them as layers again and the replayed drop hides them again), the entries after
+//!   it, once that sync is done, never need them. A drop while replaying also refuses a
+//!   target block failing its checksum: the merge's own were copied again, so it is a
+//!   later write's, whose replay must complete it from the sources (a partial write after
+//!   the drop would otherwise complete it from below the range). Then the sources stay
+//!   (more layers than needed, the same reads) until the range is merged again.
 //!
 //! Blocks of layer `L` torn by a full disk or a crash are handled as in layer 1: reads
 //! report them (Exhausted or Corrupt), a partial write into them uses their bytes only
