@@ -33,10 +33,10 @@
 //! `layers` the API of snapshots and clones (sequenced writes, reads as of a snapshot,
 //! links, changed blocks), `flatten` the copies inside a chunk's family (flatten,
 //! rollback), `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
-//! files (at once, or hidden until the next sync), `layer_copy` the catch-up's raw access to one layer, `layout` also the
-//! layers' vocabulary, `layer_map` which chunks have layers or a parent, `resolve`
-//! reading through layers and parents, `place` writing whole blocks into one layer, `link`
-//! the link file.
+//! files (`drop_chunk` at once, a merge's dropped layers hidden until the next sync),
+//! `layer_copy` the catch-up's raw access to one layer, `layout` also the layers'
+//! vocabulary, `layer_map` which chunks have layers or a parent, `resolve` reading through
+//! layers and parents, `place` writing whole blocks into one layer, `link` the link file.
 
 mod budget;
 mod dropped;
