@@ -16,7 +16,8 @@
 //! queries of each entity: `nodes` (nodes and groups), `volumes`, `routes` (chunk → group),
 //! `snapshots` (the cut, readiness, deletion, and the record changes of snapshots and
 //! clones), `clones` (cloning, flatten steps, rollback), `reclaims` (the space of deleted
-//! snapshots: what a deletion records, its progress, the work and ops it plans).
+//! snapshots: what a deletion records, its progress, the work it plans), `pieces` (the
+//! ops of a flatten's and a reclaim's chunk, piece by piece).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +25,7 @@ mod apply;
 mod clones;
 mod mutation;
 mod nodes;
+mod pieces;
 mod reclaims;
 mod records;
 mod routes;
@@ -37,9 +39,11 @@ mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
-pub use clones::{ClonePlan, FLATTEN_PIECE, FlattenStep, flatten_pieces};
+pub use clones::{ClonePlan, FlattenStep};
 pub use mutation::{Mutation, NextIds};
-pub use reclaims::{ReclaimStep, range_top, reclaim_ops};
+pub use pieces::{FLATTEN_PIECE, flatten_pieces, reclaim_ops};
+#[cfg(test)]
+use reclaims::{ReclaimStep, range_top};
 pub use records::{
     Attachment, GroupRecord, NodeRecord, ParentLink, Reclaim, SnapshotRecord, VolumeRecord,
 };

@@ -1,6 +1,6 @@
 //! Reclaiming a deleted snapshot's space in the state: the [`Reclaim`] a deletion records,
-//! its progress, which reclaims the leading manager may work on now ([`ReclaimStep`]), and
-//! the group ops of one chunk ([`reclaim_ops`]).
+//! its progress, and which reclaims the leading manager may work on now ([`ReclaimStep`])
+//! (the group ops of one chunk are in `pieces`).
 //!
 //! A volume's retention points are its remaining snapshots. Deleting snapshot S leaves the
 //! layers `low = S_prev + 1 ..` up to the next retention point `top` (the next remaining
@@ -15,9 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use tessera_proto::control::{GroupOp, ReclaimInfo, SnapshotState};
+use tessera_proto::control::{ReclaimInfo, SnapshotState};
 
-use super::clones::FLATTEN_PIECE;
 use super::{Mutation, Reclaim, State, VolumeRecord};
 
 /// One reclaim the leading manager may work on now, as the replicated state says.
@@ -137,73 +136,4 @@ impl State {
         let r = rec.reclaims.iter().find(|r| r.low == low)?;
         Some((r.next_chunk, range_top(rec, low)))
     }
-}
-
-/// The ops that merge one chunk's layers of a range, in one group: a fence at the volume's
-/// sequence `seq` (N) first, so the group refuses any write of the range's layers after
-/// it; then the frozen pass (`Merge` pieces of [`FLATTEN_PIECE`] over `low..=top`, or
-/// `low..=N-1` for the live range, then `DropMerged`); then, for the live range, the live
-/// pass over `low..=N` (the merged layer's blocks N lacks, copied into N). A frozen range
-/// of one layer holds nothing to merge and is left out.
-pub fn reclaim_ops(
-    volume_id: u64,
-    chunk: u64,
-    chunk_size: u64,
-    low: u64,
-    top: Option<u64>,
-    seq: u64,
-) -> Vec<GroupOp> {
-    let mut ops = vec![GroupOp::Fence {
-        volume_id,
-        epoch: 0,
-        seq,
-    }];
-    let frozen_top = top.unwrap_or(seq.saturating_sub(1));
-    if frozen_top > low {
-        merge_pass(
-            &mut ops, volume_id, chunk, chunk_size, low, frozen_top, false,
-        );
-    }
-    if top.is_none() && seq > low {
-        merge_pass(&mut ops, volume_id, chunk, chunk_size, low, seq, true);
-    }
-    ops
-}
-
-/// `Merge` pieces covering the chunk, then `DropMerged`, of `low..=top`.
-fn merge_pass(
-    ops: &mut Vec<GroupOp>,
-    volume_id: u64,
-    chunk: u64,
-    chunk_size: u64,
-    low: u64,
-    top: u64,
-    live: bool,
-) {
-    let piece = FLATTEN_PIECE.min(chunk_size).max(1);
-    let mut offset = 0u64;
-    while offset < chunk_size {
-        let len = piece.min(chunk_size - offset);
-        // Chunk sizes are at most 1 GiB, so both fit in u32.
-        let (Ok(off32), Ok(len32)) = (u32::try_from(offset), u32::try_from(len)) else {
-            break;
-        };
-        ops.push(GroupOp::Merge {
-            volume_id,
-            chunk,
-            offset: off32,
-            len: len32,
-            low,
-            top,
-            live,
-        });
-        offset += len;
-    }
-    ops.push(GroupOp::DropMerged {
-        volume_id,
-        chunk,
-        low,
-        top,
-        live,
-    });
 }

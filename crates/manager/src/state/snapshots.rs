@@ -253,6 +253,11 @@ impl State {
         }
     }
 
+    /// The ids of the groups holding mapped chunks of volume `volume_id`, ascending.
+    pub fn groups_of_volume(&self, volume_id: u64) -> Result<Vec<u64>, ControlError> {
+        Ok(self.volume_groups(self.volume(volume_id)?).collect())
+    }
+
     /// The ids of the groups holding mapped chunks of the volume, ascending.
     pub(super) fn volume_groups<'a>(&self, v: &'a Volume) -> impl Iterator<Item = u64> + 'a {
         let mut last = None;
