@@ -182,7 +182,9 @@ impl Db {
             | Mutation::CloneLinked { .. }
             | Mutation::SetFlattening { .. }
             | Mutation::ChunkUnlinked { .. }
-            | Mutation::ParentCleared { .. } => {}
+            | Mutation::ParentCleared { .. }
+            | Mutation::ReclaimProgress { .. }
+            | Mutation::ReclaimDone { .. } => {}
             Mutation::CloneVolume { volume, chunks } => {
                 tx.open_table(VOLUMES)?
                     .insert(volume.id, json(volume).as_slice())?;

@@ -10,10 +10,13 @@
 //! - `reconcile_loop`: runs a reconcile pass every `reconcile_ms` and makes its calls to
 //!   storage nodes (`ChangeMembers`, `TransferLeader`), off the request path.
 //! - `snapshot_loop`: on the leading manager, finishes snapshots and clones left
-//!   unfinished and carries every flatten on, chunk by chunk, rate limited.
+//!   unfinished and carries every flatten and every reclaim of deleted snapshots' space
+//!   on, chunk by chunk, rate limited.
 //! - `group_calls`: proposing `GroupOp`s in replica groups (`StorageRequest::Apply` to
 //!   each group's leader, retried until a deadline), for snapshots, clones, rollbacks,
-//!   flattens.
+//!   flattens, reclaims.
+//! - `usage`: asking a volume's groups what its layers hold (`LayerUsage`), for
+//!   `VolumeUsage` and the reclaim.
 //! - `consensus/`: the managers' own Raft group (raft-rs `RawNode` in one tokio task), one
 //!   file per idea: `start`, `handle`, `commit_queue`, `task`, `membership`, `compaction`,
 //!   `snapshots`, `logger`. Only the leader plans; followers answer `NotLeader`.
@@ -86,6 +89,7 @@ mod service;
 mod snapshot_loop;
 mod state;
 mod state_snapshot;
+mod usage;
 mod volume;
 
 pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};

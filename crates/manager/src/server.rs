@@ -3,7 +3,9 @@
 //!
 //! Each connection is served by its own task, one request at a time in arrival order
 //! (pipelined requests are answered in order). Requests run on the blocking pool under one
-//! lock, because a change waits for an fsync and must not stall the async workers.
+//! lock, because a change waits for an fsync and must not stall the async workers; what a
+//! request then waits for from storage nodes (group ops applied, layer usage) is awaited
+//! after the lock is released.
 //!
 //! Raft messages from the other managers ([`Kind::ManagerRaft`] frames) arrive on the same
 //! port and go straight to the Raft task, never behind that lock: a request holding it may
@@ -378,6 +380,7 @@ async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, Co
         Reply::After(pending) => {
             crate::group_calls::finish(shared, pending, GROUP_OPS_DEADLINE).await
         }
+        Reply::Usage(query) => crate::usage::answer(query).await,
     }
 }
 

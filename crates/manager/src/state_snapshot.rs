@@ -349,8 +349,8 @@ mod tests {
         assert_eq!(decode(&encode(&p)).unwrap(), p);
     }
 
-    /// Volume rows with snapshots and a parent link travel in a snapshot blob; a row from
-    /// before them (no `seq`, `snapshots`, `parent`) still decodes, as sequence 1.
+    /// Volume rows with snapshots, reclaims and a parent link travel in a snapshot blob; a
+    /// row from before them (no `seq`, `snapshots`, `parent`) still decodes, as sequence 1.
     #[test]
     fn snapshot_and_clone_fields_travel_and_old_rows_still_load() {
         use crate::state::{ParentLink, SnapshotRecord};
@@ -374,6 +374,10 @@ mod tests {
             linking: false,
             flattening: true,
         });
+        v.reclaims = vec![crate::state::Reclaim {
+            low: 2,
+            next_chunk: 7,
+        }];
         p.image.volumes = vec![v, c];
         p.image.chunks.push((4, 9, 1));
         p.image.next.volume = 5;
@@ -383,6 +387,7 @@ mod tests {
         let records: Records = serde_json::from_slice(old).unwrap();
         assert_eq!(records.volumes[0].seq(), 1);
         assert!(records.volumes[0].snapshots.is_empty());
+        assert!(records.volumes[0].reclaims.is_empty());
     }
 
     #[test]

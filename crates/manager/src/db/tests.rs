@@ -306,3 +306,68 @@ fn snapshots_clones_and_flatten_progress_survive_reopen() {
     let (_, state) = reopen(dir.path());
     assert_eq!(state.volume_by_name("v").unwrap().snapshots.len(), 1);
 }
+
+/// A deleted snapshot's reclaim and its progress are row changes: a reopen loads them as
+/// the memory had them, and a finished one stays gone.
+#[test]
+fn reclaims_and_their_progress_survive_reopen() {
+    use crate::state::SnapshotPlan;
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (store, mut state) = reopen(dir.path());
+        let m = state.plan_create_volume("v", 1 << 30, None, 7).unwrap();
+        step(&store, &mut state, m);
+        for name in ["s1", "s2", "s3"] {
+            let SnapshotPlan::Cut(m) = state.plan_create_snapshot("v", name, 8).unwrap() else {
+                panic!()
+            };
+            step(&store, &mut state, *m);
+        }
+        let id = state.volume_by_name("v").unwrap().id;
+        for name in ["s1", "s3"] {
+            let m = state.plan_delete_snapshot("v", name).unwrap();
+            step(&store, &mut state, m);
+        }
+        let m = Mutation::ReclaimProgress {
+            volume_id: id,
+            low: 1,
+            next_chunk: 4,
+        };
+        step(&store, &mut state, m);
+        let low_and_next: Vec<(u64, u64)> = state
+            .volume_by_name("v")
+            .unwrap()
+            .reclaims
+            .iter()
+            .map(|r| (r.low, r.next_chunk))
+            .collect();
+        assert_eq!(low_and_next, [(1, 4), (3, 0)]);
+        id
+    };
+    let (store, mut state) = reopen(dir.path());
+    let loaded = state.volume_record("v").unwrap().reclaims.clone();
+    assert_eq!(
+        loaded,
+        [
+            crate::state::Reclaim {
+                low: 1,
+                next_chunk: 4
+            },
+            crate::state::Reclaim {
+                low: 3,
+                next_chunk: 0
+            }
+        ]
+    );
+    step(
+        &store,
+        &mut state,
+        Mutation::ReclaimDone {
+            volume_id: id,
+            low: 1,
+        },
+    );
+    drop(store);
+    let (_, state) = reopen(dir.path());
+    assert_eq!(state.volume_record("v").unwrap().reclaims.len(), 1);
+}

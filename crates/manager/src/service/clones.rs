@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::group_calls::GroupJob;
 use crate::state::{ClonePlan, FlattenStep, Mutation};
 
+use super::reclaims::ReclaimJob;
 use super::snapshots::{Finish, Pending};
 use super::{Now, Reply, Service};
 
@@ -34,6 +35,8 @@ pub struct Background {
     pub finish: Vec<Pending>,
     /// One chunk of every clone being flattened.
     pub flatten: Vec<FlattenJob>,
+    /// Every reclaim of deleted snapshots' space that may run now.
+    pub reclaim: Vec<ReclaimJob>,
 }
 
 impl Service {
@@ -132,13 +135,15 @@ impl Service {
     }
 
     /// The background work the replicated state asks for, on the leading manager only:
-    /// creating snapshots and linking clones to finish, and the next chunk of every
-    /// flatten. A flatten with nothing left linked is completed here (its parent cleared).
+    /// creating snapshots and linking clones to finish, the next chunk of every flatten,
+    /// and the reclaims of deleted snapshots' space. A flatten with nothing left linked is
+    /// completed here (its parent cleared).
     pub fn background(&mut self, now: Now) -> Background {
         let mut out = Background::default();
         if self.lead().is_err() {
             return out;
         }
+        out.reclaim = self.reclaim_jobs(now);
         for (volume_id, name) in self.state.creating_snapshots() {
             match self.snapshot_pending(volume_id, &name, now) {
                 Ok(p) => out.finish.push(p),

@@ -12,22 +12,27 @@
 //! finished moves), `status` (the cluster status), `replicated` (leading, committing through
 //! the Raft log, applying), `snapshots` (create, list, delete, and the [`Pending`] group
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
-//! leader's background work on them).
+//! leader's background work on them), `reclaims` (the background reclaim of deleted
+//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
 //! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the
-//! lock, then calls [`Service::finish`].
+//! lock, then calls [`Service::finish`]. One that asks storage nodes a question
+//! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
 
 mod attachments;
 mod clones;
 mod moves;
 mod nodes;
+mod reclaims;
 mod replicated;
 mod snapshots;
 mod status;
+mod usage;
 mod volumes;
 
 pub(crate) use clones::{FlattenJob, unlink_op};
+pub(crate) use reclaims::ReclaimJob;
 pub(crate) use replicated::{add_manager, managers};
 pub(crate) use snapshots::{Finish, Pending};
 
@@ -41,6 +46,7 @@ use crate::consensus::Consensus;
 use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::state::{Mutation, State};
+use crate::usage::UsageQuery;
 
 /// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +70,8 @@ pub enum Reply {
     /// Once the pending group ops are applied (then [`Service::finish`] answers), or
     /// `Unavailable` if they cannot be in time.
     After(Pending),
+    /// Once the storage nodes answered the query (or the deadline passed).
+    Usage(UsageQuery),
 }
 
 /// Inputs of one request that come from outside the state: clocks.
@@ -162,10 +170,12 @@ impl Service {
                 self.add_lease(&mut v, now);
                 ManagerReply::Volume(v)
             }),
-            // Contract stub: answered outside the service lock (it asks storage nodes).
-            ManagerRequest::VolumeUsage { .. } => Err(ControlError::Unavailable(
-                "volume usage is not served yet".into(),
-            )),
+            ManagerRequest::VolumeUsage { name } => {
+                let reply = self
+                    .usage_query(&name, now)
+                    .map_or_else(|e| Reply::Done(Err(e)), Reply::Usage);
+                return (reply, orders);
+            }
             ManagerRequest::ResizeVolume { name, size } => self
                 .state
                 .plan_resize_volume(&name, size)

@@ -4,8 +4,9 @@
 //!
 //! Must never: answer a snapshot before every group of its volume is fenced past it;
 //! call a storage node under the service lock (the server sends a [`Pending`]'s jobs);
-//! delete a snapshot that has clones. Deleting a snapshot forgets its record only:
-//! freeing the blocks only it held (merging layers in the groups) is not done yet.
+//! delete a snapshot that has clones. Deleting a snapshot forgets its record and records
+//! the space to reclaim; the leading manager merges the layers in the background
+//! (`reclaims`).
 
 use std::collections::BTreeMap;
 
@@ -124,7 +125,7 @@ impl Service {
     ) -> Result<ManagerReply, ControlError> {
         let m = self.state.plan_delete_snapshot(volume, name)?;
         self.commit(m)?;
-        info!(%volume, snapshot = %name, "snapshot deleted (its blocks are not reclaimed yet)");
+        info!(%volume, snapshot = %name, "snapshot deleted; its space is reclaimed in the background");
         Ok(ManagerReply::Deleted)
     }
 

@@ -178,7 +178,9 @@ impl State {
             | Mutation::CloneLinked { .. }
             | Mutation::SetFlattening { .. }
             | Mutation::ChunkUnlinked { .. }
-            | Mutation::ParentCleared { .. } => {}
+            | Mutation::ParentCleared { .. }
+            | Mutation::ReclaimProgress { .. }
+            | Mutation::ReclaimDone { .. } => {}
         }
     }
 

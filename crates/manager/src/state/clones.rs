@@ -16,9 +16,6 @@ use crate::volume;
 use super::snapshots::{linking, snapshot_of};
 use super::{Mutation, ParentLink, State, VolumeRecord};
 
-/// Bytes a flatten copies per [`GroupOp::Flatten`].
-pub const FLATTEN_PIECE: u64 = 4 << 20;
-
 /// What [`State::plan_clone`] found to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClonePlan {
@@ -291,33 +288,4 @@ impl State {
             flattening: p.flattening,
         }
     }
-}
-
-/// The flatten ops of one chunk: `Flatten` pieces of [`FLATTEN_PIECE`] bytes covering it.
-///
-/// They copy into the clone's base layer (sequence 1), where it reads through to its
-/// parent: every block that layer lacks. Every read of the clone, live or as of any of its
-/// snapshots, falls to that layer where its own layers hold nothing, so it reads the same
-/// before the link is cut and after. (Copying into the live layer instead would hide the
-/// parent's blocks from the clone's snapshots once the link is cut.)
-pub fn flatten_pieces(volume_id: u64, chunk: u64, chunk_size: u64) -> Vec<GroupOp> {
-    let piece = FLATTEN_PIECE.min(chunk_size).max(1);
-    let mut ops = Vec::new();
-    let mut offset = 0u64;
-    while offset < chunk_size {
-        let len = piece.min(chunk_size - offset);
-        // Chunk sizes are at most 1 GiB, so both fit in u32.
-        let (Ok(off32), Ok(len32)) = (u32::try_from(offset), u32::try_from(len)) else {
-            break;
-        };
-        ops.push(GroupOp::Flatten {
-            volume_id,
-            chunk,
-            offset: off32,
-            len: len32,
-            seq: 1,
-        });
-        offset += len;
-    }
-    ops
 }

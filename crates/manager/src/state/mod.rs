@@ -15,7 +15,9 @@
 //! `apply` (restore and apply: the only code that changes a [`State`]), then the plans and
 //! queries of each entity: `nodes` (nodes and groups), `volumes`, `routes` (chunk → group),
 //! `snapshots` (the cut, readiness, deletion, and the record changes of snapshots and
-//! clones), `clones` (cloning, flatten steps, rollback).
+//! clones), `clones` (cloning, flatten steps, rollback), `reclaims` (the space of deleted
+//! snapshots: what a deletion records, its progress, the work it plans), `pieces` (the
+//! ops of a flatten's and a reclaim's chunk, piece by piece).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,19 +25,28 @@ mod apply;
 mod clones;
 mod mutation;
 mod nodes;
+mod pieces;
+mod reclaims;
 mod records;
 mod routes;
 mod snapshots;
 mod volumes;
 
 #[cfg(test)]
+mod reclaim_tests;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
-pub use clones::{ClonePlan, FLATTEN_PIECE, FlattenStep, flatten_pieces};
+pub use clones::{ClonePlan, FlattenStep};
 pub use mutation::{Mutation, NextIds};
-pub use records::{Attachment, GroupRecord, NodeRecord, ParentLink, SnapshotRecord, VolumeRecord};
+pub use pieces::{FLATTEN_PIECE, flatten_pieces, reclaim_ops};
+#[cfg(test)]
+use reclaims::{ReclaimStep, range_top};
+pub use records::{
+    Attachment, GroupRecord, NodeRecord, ParentLink, Reclaim, SnapshotRecord, VolumeRecord,
+};
 pub use snapshots::{SnapshotPlan, change_record, linking, record_change_of, rolling_back};
 
 #[derive(Debug, Clone)]

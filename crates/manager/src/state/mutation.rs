@@ -72,7 +72,9 @@ pub enum Mutation {
         volume_id: u64,
         epoch: u64,
     },
-    /// Forget a snapshot (one without clones).
+    /// Forget a snapshot (one without clones), and record its space to reclaim: the
+    /// layers from the snapshot before it (plus one) up to the next one, which replaces
+    /// any reclaim pending inside that range (see `reclaims`).
     DeleteSnapshot {
         volume_id: u64,
         name: String,
@@ -100,6 +102,18 @@ pub enum Mutation {
     /// A flattened clone (no chunk linked any more) forgets its parent.
     ParentCleared {
         volume_id: u64,
+    },
+    /// The chunks below `next_chunk` of the reclaim starting at layer `low` are merged in
+    /// their groups (ignored without such a reclaim; never moves it back).
+    ReclaimProgress {
+        volume_id: u64,
+        low: u64,
+        next_chunk: u64,
+    },
+    /// Every chunk of the reclaim starting at layer `low` is merged: it is forgotten.
+    ReclaimDone {
+        volume_id: u64,
+        low: u64,
     },
 }
 
@@ -150,7 +164,9 @@ impl NextIds {
             | Mutation::CloneLinked { .. }
             | Mutation::SetFlattening { .. }
             | Mutation::ChunkUnlinked { .. }
-            | Mutation::ParentCleared { .. } => {}
+            | Mutation::ParentCleared { .. }
+            | Mutation::ReclaimProgress { .. }
+            | Mutation::ReclaimDone { .. } => {}
         }
         n
     }

@@ -1,6 +1,6 @@
 //! The records the manager persists, one per row: [`NodeRecord`], [`GroupRecord`],
-//! [`VolumeRecord`] (with its [`Attachment`], its [`SnapshotRecord`]s and, for a clone, its
-//! [`ParentLink`]). Their serde form is the database's and the snapshot's format; every
+//! [`VolumeRecord`] (with its [`Attachment`], its [`SnapshotRecord`]s, the [`Reclaim`]s of
+//! deleted snapshots' space and, for a clone, its [`ParentLink`]). Their serde form is the database's and the snapshot's format; every
 //! field added later is `#[serde(default)]` and left out when empty, so rows written before
 //! it load, and rows without it are written as before.
 //!
@@ -103,6 +103,10 @@ pub struct VolumeRecord {
     /// leading manager finishes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_back: Option<u64>,
+    /// Deleted snapshots' space still to reclaim, by ascending `low`; each range's top is
+    /// the next snapshot at or above `low` (none: the live range). See `reclaims`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reclaims: Vec<Reclaim>,
 }
 
 impl VolumeRecord {
@@ -120,6 +124,7 @@ impl VolumeRecord {
             snapshots: Vec::new(),
             parent: None,
             rolling_back: None,
+            reclaims: Vec::new(),
         }
     }
 
@@ -150,6 +155,17 @@ pub struct SnapshotRecord {
     /// The volume's size when it was taken.
     #[serde(default)]
     pub size: u64,
+}
+
+/// A deleted snapshot's space to reclaim: the volume's layers from `low` up to its next
+/// snapshot (or the live layer) are merged into one per chunk, chunk by chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaim {
+    /// The lowest layer of the range: the snapshot before the deleted one, plus one.
+    pub low: u64,
+    /// Chunks below this index are merged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_chunk: u64,
 }
 
 /// A clone's link to the snapshot it reads through to.

@@ -11,7 +11,7 @@ const MIB: u64 = 1 << 20;
 
 /// Three racks, two groups; volume "v" (1 GiB of 1 MiB chunks) with chunks 0..4 mapped
 /// alternately to groups 1 and 2.
-fn setup() -> (State, u64) {
+pub(super) fn setup() -> (State, u64) {
     let mut s = State::default();
     for r in 0..3 {
         let reg = NodeRegistration {
@@ -35,7 +35,7 @@ fn setup() -> (State, u64) {
     (s, id)
 }
 
-fn cut(s: &mut State, vol: &str, name: &str) {
+pub(super) fn cut(s: &mut State, vol: &str, name: &str) {
     match s.plan_create_snapshot(vol, name, 200).unwrap() {
         SnapshotPlan::Cut(m) => s.apply(&m),
         SnapshotPlan::Finish => panic!("{name} exists"),

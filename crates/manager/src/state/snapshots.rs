@@ -5,8 +5,9 @@
 //!
 //! Plans return a [`Mutation`] and change nothing. Must never: lower a volume's sequence;
 //! let two snapshots of a volume share a name or a sequence; delete a snapshot that has
-//! clones. Deleting a snapshot only forgets its record: reclaiming the blocks only it
-//! holds (merging layers in the groups) is not done yet (a later slice).
+//! clones. Deleting a snapshot forgets its record and records the space to reclaim (see
+//! `reclaims`: the leading manager merges the layers nobody reads any more, in the
+//! background).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ use tessera_proto::control::{ControlError, GroupOp, SnapshotInfo, SnapshotState}
 
 use crate::volume;
 
-use super::{Mutation, SnapshotRecord, State, Volume, VolumeRecord};
+use super::{Mutation, SnapshotRecord, State, Volume, VolumeRecord, reclaims};
 
 /// The volume a record-only mutation changes (`None`: not one of those).
 pub fn record_change_of(m: &Mutation) -> Option<u64> {
@@ -26,7 +27,9 @@ pub fn record_change_of(m: &Mutation) -> Option<u64> {
         | Mutation::CloneLinked { volume_id }
         | Mutation::SetFlattening { volume_id, .. }
         | Mutation::ChunkUnlinked { volume_id, .. }
-        | Mutation::ParentCleared { volume_id } => Some(*volume_id),
+        | Mutation::ParentCleared { volume_id }
+        | Mutation::ReclaimProgress { volume_id, .. }
+        | Mutation::ReclaimDone { volume_id, .. } => Some(*volume_id),
         _ => None,
     }
 }
@@ -50,7 +53,15 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
                 s.state = SnapshotState::Ready;
             }
         }
-        Mutation::DeleteSnapshot { name, .. } => rec.snapshots.retain(|s| &s.name != name),
+        Mutation::DeleteSnapshot { name, .. } => {
+            if let Some(i) = rec.snapshots.iter().position(|s| &s.name == name) {
+                let gone = rec.snapshots.remove(i);
+                reclaims::snapshot_deleted(rec, gone.seq);
+            }
+        }
+        Mutation::ReclaimProgress { .. } | Mutation::ReclaimDone { .. } => {
+            reclaims::change(rec, m);
+        }
         Mutation::RollbackDone { epoch, .. } if rec.epoch == *epoch => rec.rolling_back = None,
         Mutation::CloneLinked { .. } => {
             if let Some(p) = &mut rec.parent {
@@ -240,6 +251,11 @@ impl State {
             clones: self.clone_names(v.rec.id, &s.name),
             size: s.size,
         }
+    }
+
+    /// The ids of the groups holding mapped chunks of volume `volume_id`, ascending.
+    pub fn groups_of_volume(&self, volume_id: u64) -> Result<Vec<u64>, ControlError> {
+        Ok(self.volume_groups(self.volume(volume_id)?).collect())
     }
 
     /// The ids of the groups holding mapped chunks of the volume, ascending.

@@ -154,8 +154,7 @@ impl State {
                 .iter()
                 .map(|s| self.snapshot_info_of(v, s))
                 .collect(),
-            // Contract stub: the manager's reclaim records fill it.
-            reclaims: Vec::new(),
+            reclaims: super::reclaims::infos(&v.rec),
         }
     }
 }
