@@ -1,5 +1,6 @@
 //! Typed administrative calls to the manager: create, list, inspect, resize, delete and
-//! detach volumes; take, list, inspect and delete snapshots; clone, roll back and flatten
+//! detach volumes, and ask what their snapshots hold on disk; take, list, inspect and
+//! delete snapshots; clone, roll back and flatten
 //! volumes; the cluster's status; draining nodes; adding managers. What the CLI (and any
 //! other operator tool) sends, one method each.
 //!
@@ -7,7 +8,7 @@
 //! refusal (the manager decided; the caller is told).
 
 use tessera_proto::control::{
-    ClusterStatus, ManagerReply, ManagerRequest, NodeStatus, SnapshotInfo, VolumeInfo,
+    ClusterStatus, ManagerReply, ManagerRequest, NodeStatus, SnapshotInfo, VolumeInfo, VolumeUsage,
 };
 
 use crate::error::{snapshot_error, unexpected, volume_error};
@@ -74,6 +75,22 @@ impl Client {
         {
             Ok(ManagerReply::Volume(v)) => Ok(v),
             Ok(other) => Err(unexpected("VolumeInfo", &other)),
+            Err(e) => Err(volume_error(name, e)),
+        }
+    }
+
+    /// The bytes each snapshot of `name` holds on disk, and those written since the newest
+    /// (one replica's count). The manager asks the storage nodes: with some of them down,
+    /// the groups nobody answered for are listed in
+    /// [`VolumeUsage::unreported_groups`], or the call fails [`Error::Control`] with
+    /// [`tessera_proto::control::ControlError::Unavailable`].
+    pub async fn volume_usage(&self, name: &str) -> Result<VolumeUsage> {
+        match self
+            .call(&ManagerRequest::VolumeUsage { name: name.into() })
+            .await
+        {
+            Ok(ManagerReply::Usage(u)) => Ok(u),
+            Ok(other) => Err(unexpected("VolumeUsage", &other)),
             Err(e) => Err(volume_error(name, e)),
         }
     }
@@ -336,6 +353,7 @@ mod tests {
             client.clone_volume("db1", "s1", "db2").await.map(|_| ()),
             client.rollback_volume("db1", "s1").await.map(|_| ()),
             client.flatten_volume("db2").await.map(|_| ()),
+            client.volume_usage("db1").await.map(|_| ()),
         ] {
             assert!(matches!(e, Err(Error::UnexpectedReply { reply, .. }) if reply == "Deleted"));
         }
@@ -456,6 +474,11 @@ mod tests {
         );
         let e = client.delete_volume("nope").await.expect_err("missing");
         assert_eq!(e.to_string(), "volume \"nope\" not found");
+        let e = client.volume_usage("nope").await.expect_err("missing");
+        assert!(
+            matches!(&e, Error::VolumeNotFound(n) if n == "nope"),
+            "{e:?}"
+        );
         let e = client
             .create_volume("db1", 1 << 30, None)
             .await
@@ -496,5 +519,44 @@ mod tests {
             .await
             .expect_err("attached");
         assert!(matches!(&e, Error::InUse(m) if m.contains("vm7")), "{e:?}");
+    }
+
+    /// The usage of `db1`; nodes down for `db2`.
+    fn usage(req: ManagerRequest) -> std::result::Result<ManagerReply, ControlError> {
+        match req {
+            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+            ManagerRequest::VolumeUsage { name } if name == "db1" => {
+                Ok(ManagerReply::Usage(VolumeUsage {
+                    volume: name,
+                    snapshots: vec![tessera_proto::control::SnapshotUsage {
+                        name: "monday".into(),
+                        seq: 1,
+                        bytes: 8 << 20,
+                    }],
+                    live_bytes: 1 << 20,
+                    unreported_groups: vec![4],
+                }))
+            }
+            _ => Err(ControlError::Unavailable(
+                "no replica of group 3 answered".into(),
+            )),
+        }
+    }
+
+    /// A volume's usage arrives typed; the manager's failure to ask the nodes is kept as
+    /// it said it (a transient error, not a missing volume).
+    #[tokio::test]
+    async fn volume_usage_arrives_typed() {
+        let client = Client::connect(vec![fake_manager(usage).await])
+            .await
+            .expect("connect");
+        let u = client.volume_usage("db1").await.expect("usage");
+        assert_eq!(u.snapshots[0].bytes, 8 << 20);
+        assert_eq!((u.live_bytes, u.unreported_groups), (1 << 20, vec![4]));
+        let e = client.volume_usage("db2").await.expect_err("nodes down");
+        assert!(
+            matches!(&e, Error::Control(ControlError::Unavailable(m)) if m.contains("group 3")),
+            "{e:?}"
+        );
     }
 }

@@ -8,9 +8,9 @@
 //!   safe to use from many tasks at once (requests are pipelined on one connection per
 //!   storage node).
 //! - Administration, one typed call per manager request: [`Client::create_volume`],
-//!   [`Client::list_volumes`], [`Client::volume_info`], [`Client::resize_volume`],
-//!   [`Client::delete_volume`], [`Client::detach`], [`Client::cluster_status`],
-//!   [`Client::drain_node`], [`Client::add_manager`]. A reply of the wrong kind is
+//!   [`Client::list_volumes`], [`Client::volume_info`], [`Client::volume_usage`],
+//!   [`Client::resize_volume`], [`Client::delete_volume`], [`Client::detach`],
+//!   [`Client::cluster_status`], [`Client::drain_node`], [`Client::add_manager`]. A reply of the wrong kind is
 //!   [`Error::UnexpectedReply`], never ignored.
 //! - Snapshots and clones: [`Client::create_snapshot`], [`Client::list_snapshots`],
 //!   [`Client::snapshot_info`], [`Client::delete_snapshot`], [`Client::clone_volume`],

@@ -105,7 +105,6 @@ impl Fences {
     }
 
     /// The sequence floor of `volume` (0: none).
-    #[cfg(test)]
     pub(crate) fn seq_floor(&self, volume: u64) -> u64 {
         self.floors.get(&volume).map_or(0, |f| f.seq)
     }

@@ -6,10 +6,12 @@
 //! the chunk store, and batching outgoing Raft messages per peer node.
 //!
 //! Must never: block its poller on the network or on an fsync (the log writer and the
-//! flusher threads do that); apply an entry out of order or skip one; answer a write before
-//! its entry is committed (it is applied before any later read is served); carry on after
-//! the log reported a failed fsync; acknowledge a write, as a leader that cannot apply, whose
-//! read it could not serve (such a replica hands over and is reported stuck: `poller/stuck.rs`).
+//! flusher threads do that); apply an entry out of order or skip one a read could see (a
+//! manager op the chunk store refuses, or a merge of layers meeting a full disk, is
+//! skipped); answer a write before its entry is committed (it is applied before any later
+//! read is served); carry on after the log reported a failed fsync; acknowledge a write, as
+//! a leader that cannot apply, whose read it could not serve (such a replica hands over and
+//! is reported stuck: `poller/stuck.rs`).
 //!
 //! Where to start reading: [`RaftNode`] (the handle), then `poller.rs` (the loop). The map:
 //! - `poller.rs` and `poller/`: the loop and its events; Readies to the log and the wire
@@ -344,9 +346,10 @@ impl RaftNode {
     }
 
     /// Leader only: propose the manager's `ops` (fences, links, flattens, unlinks,
-    /// rollbacks) through the group's log, in order. Answers `Ok` once the last one is
-    /// committed (reads that follow are served only after it is applied), `NotLeader`,
-    /// `GroupNotFound`, `BadRequest` for an op that could never apply, or `Unavailable`.
+    /// rollbacks, merges of layers) through the group's log, in order. Answers `Ok` once the
+    /// last one is committed (reads that follow are served only after it is applied),
+    /// `NotLeader`, `GroupNotFound`, `BadRequest` for an op that could never apply (or a
+    /// rollback or merge not behind the fence it needs), or `Unavailable`.
     /// A fence raises the group's floors at once, as a request's does.
     pub fn apply_ops(&self, group: u64, ops: Vec<GroupOp>, respond: Respond) {
         if let Err(mpsc::error::SendError(Event::GroupOps { respond, .. })) =

@@ -203,25 +203,7 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
         StorageRequest::LayerUsage {
             group_id,
             volume_id,
-        } => {
-            let store = shared.chunks.existing(group_id).ok_or_else(|| {
-                ControlError::NotFound(format!(
-                    "node {} holds no replica of group {group_id}",
-                    shared.node_id
-                ))
-            })?;
-            let layers = store.volume_layer_bytes(volume_id);
-            Ok(StorageReply::LayerUsage(
-                layers
-                    .into_iter()
-                    .map(|(chunk, layer, bytes)| LayerBytes {
-                        chunk,
-                        layer,
-                        bytes,
-                    })
-                    .collect(),
-            ))
-        }
+        } => layer_usage(&shared.chunks, shared.node_id, group_id, volume_id),
         StorageRequest::Apply { group_id, ops } => {
             if ops.len() > MAX_GROUP_OPS {
                 return Err(ControlError::Invalid(format!(
@@ -394,6 +376,33 @@ fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option
     ))
 }
 
+/// The answer to [`StorageRequest::LayerUsage`]: this replica's allocated bytes of every
+/// layer of `volume_id`'s chunks in `group_id`, as last measured (the engine measures at
+/// open and at each sync; no disk is touched here).
+fn layer_usage(
+    chunks: &ChunkStores,
+    node_id: u64,
+    group_id: u64,
+    volume_id: u64,
+) -> Result<StorageReply, ControlError> {
+    let store = chunks.existing(group_id).ok_or_else(|| {
+        ControlError::NotFound(format!(
+            "node {node_id} holds no replica of group {group_id}"
+        ))
+    })?;
+    let layers = store.volume_layer_bytes(volume_id);
+    Ok(StorageReply::LayerUsage(
+        layers
+            .into_iter()
+            .map(|(chunk, layer, bytes)| LayerBytes {
+                chunk,
+                layer,
+                bytes,
+            })
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +449,35 @@ mod tests {
         chunks.get(GROUP).expect("host the group anew");
         assert!(copied.source(&chunks, GROUP).is_none());
         assert!(CopySources::default().source(&chunks, GROUP).is_some());
+    }
+
+    /// A layer usage query: a group this node does not host is `NotFound`; a hosted one
+    /// answers, once synced, each written layer of the volume's chunks with its allocated
+    /// bytes (the base layer 1, and a layer per snapshot sequence written), and nothing of
+    /// another volume.
+    #[test]
+    fn layer_usage_counts_each_written_layer_of_the_volume() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let chunks = ChunkStores::open(tmp.path()).expect("stores");
+        match layer_usage(&chunks, 3, GROUP, 1) {
+            Err(ControlError::NotFound(why)) => assert!(why.contains("group 7"), "{why}"),
+            other => panic!("usage of a group not hosted: {other:?}"),
+        }
+        let store = chunks.get(GROUP).expect("store");
+        store.write(1, 0, 0, &[5u8; 8192]).expect("write");
+        store.write_seq(1, 2, 4096, &[6u8; 4096], 3).expect("write");
+        store
+            .write(2, 0, 0, &[7u8; 4096])
+            .expect("write of another volume");
+        store.sync().expect("sync");
+        let usage = match layer_usage(&chunks, 3, GROUP, 1) {
+            Ok(StorageReply::LayerUsage(usage)) => usage,
+            other => panic!("usage of a hosted group: {other:?}"),
+        };
+        let layers: Vec<(u64, u64)> = usage.iter().map(|l| (l.chunk, l.layer)).collect();
+        assert_eq!(layers, [(0, 1), (2, 3)], "{usage:?}");
+        for l in &usage {
+            assert!(l.bytes >= 4096, "{l:?}: nothing counted");
+        }
     }
 }

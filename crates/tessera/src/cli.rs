@@ -14,6 +14,7 @@ use crate::Output;
 use crate::progress::Progress;
 use crate::size::{format_size, parse_size};
 use crate::snapshots::{self, SnapSpec, parse_spec};
+use crate::usage::{self, UsageAnswer};
 
 #[derive(Subcommand)]
 pub enum VolumeCmd {
@@ -150,8 +151,16 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
         }
         VolumeCmd::Info { name } => {
             let v = client.volume_info(&name).await?;
-            print_volumes(output, std::slice::from_ref(&v))?;
-            if output == Output::Table {
+            // Asked of the storage nodes through the manager: with nodes down the rest of
+            // the answer still stands.
+            let usage: UsageAnswer = client.volume_usage(&name).await.map_err(|e| e.to_string());
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&[usage::volume_json(&v, &usage)?])?
+                );
+            } else {
+                print_volumes(output, std::slice::from_ref(&v))?;
                 match &v.attachment {
                     None => println!("\nnot attached"),
                     Some(a) => {
@@ -165,7 +174,7 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
                         );
                     }
                 }
-                snapshots::print_lineage(&v);
+                snapshots::print_lineage(&v, Some(&usage));
             }
         }
         VolumeCmd::Rollback { snapshot } => snapshots::rollback(&client, output, &snapshot).await?,

@@ -13,6 +13,7 @@ mod exit;
 mod progress;
 mod size;
 mod snapshots;
+mod usage;
 
 use std::io::IsTerminal;
 

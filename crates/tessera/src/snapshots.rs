@@ -10,6 +10,7 @@ use tessera_proto::control::{SnapshotInfo, SnapshotState, VolumeInfo};
 
 use crate::Output;
 use crate::size::format_size;
+use crate::usage::{self, UsageAnswer};
 
 /// A snapshot named on the command line as `VOL@SNAP`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +79,11 @@ pub async fn snapshot(managers: Vec<String>, output: Output, cmd: SnapshotCmd) -
         }
         SnapshotCmd::Info { snapshot: s } => {
             let info = client.snapshot_info(&s.volume, &s.snapshot).await?;
-            print_snapshots(output, &[info])?;
+            let usage: UsageAnswer = client
+                .volume_usage(&s.volume)
+                .await
+                .map_err(|e| e.to_string());
+            print_snapshot_info(output, info, &usage)?;
         }
         SnapshotCmd::Delete { snapshot: s } => {
             client.delete_snapshot(&s.volume, &s.snapshot).await?;
@@ -127,7 +132,7 @@ fn print_volume(output: Output, v: &VolumeInfo, done: &str) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
         println!("{done}");
-        print_lineage(v);
+        print_lineage(v, None);
     }
     Ok(())
 }
@@ -166,9 +171,41 @@ fn print_snapshots(output: Output, snaps: &[SnapshotInfo]) -> Result<()> {
     Ok(())
 }
 
+/// `snapshot info`: the snapshot's line of `snapshot list`, then the bytes it holds (JSON:
+/// its object gains `"bytes"`, `null` when unknown).
+fn print_snapshot_info(output: Output, info: SnapshotInfo, usage: &UsageAnswer) -> Result<()> {
+    let bytes = usage::bytes_of(usage, &info.name);
+    if output == Output::Json {
+        let mut json = serde_json::to_value(&info)?;
+        if let serde_json::Value::Object(map) = &mut json {
+            map.insert("bytes".into(), bytes.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&[json])?);
+        return Ok(());
+    }
+    print_snapshots(output, &[info])?;
+    match (bytes, usage) {
+        (Some(b), _) => println!(
+            "
+holds {} (written while it was the newest)",
+            format_size(b)
+        ),
+        (None, Err(why)) => println!(
+            "
+usage: unavailable ({why})"
+        ),
+        (None, Ok(_)) => println!(
+            "
+usage: unknown (the manager did not count it)"
+        ),
+    }
+    Ok(())
+}
+
 /// What `volume info` adds about snapshots: the sequence, the snapshots (name, sequence,
-/// when taken, clones), and the parent of a clone with its flatten's progress.
-pub fn print_lineage(v: &VolumeInfo) {
+/// when taken, bytes held, clones), the parent of a clone with its flatten's progress, and
+/// the space lines (`usage`: `None` when not asked, as after a rollback or a clone).
+pub fn print_lineage(v: &VolumeInfo, usage: Option<&UsageAnswer>) {
     println!("\nsnapshot sequence {}", v.seq.max(1));
     if let Some(p) = &v.parent {
         let progress = if p.flattening {
@@ -183,12 +220,12 @@ pub fn print_lineage(v: &VolumeInfo) {
     }
     if v.snapshots.is_empty() {
         println!("no snapshots");
-        return;
+    } else {
+        println!(
+            "{:<24} {:>6} {:<8} {:>12} {:>10}  CLONES",
+            "SNAPSHOT", "SEQ", "STATE", "CREATED", "BYTES"
+        );
     }
-    println!(
-        "{:<24} {:>6} {:<8} {:>12}  CLONES",
-        "SNAPSHOT", "SEQ", "STATE", "CREATED"
-    );
     for s in &v.snapshots {
         let clones = if s.clones.is_empty() {
             "-".to_string()
@@ -196,12 +233,16 @@ pub fn print_lineage(v: &VolumeInfo) {
             s.clones.join(",")
         };
         println!(
-            "{:<24} {:>6} {:<8} {:>12}  {clones}",
+            "{:<24} {:>6} {:<8} {:>12} {:>10}  {clones}",
             s.name,
             s.seq,
             state(s.state),
-            s.created_unix
+            s.created_unix,
+            usage::snapshot_bytes(usage, s.seq),
         );
+    }
+    for line in usage::space_lines(v, usage) {
+        println!("{line}");
     }
 }
 

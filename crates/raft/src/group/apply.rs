@@ -1,9 +1,9 @@
 //! Applying committed entries to the chunk files, in log order, and serving the reads the
 //! applied index then covers; stalling (never skipping) at an entry that meets a full disk
-//! or a corrupt block.
+//! or a corrupt block, but for a merge of layers, optional work skipped on a full disk.
 //!
-//! Must never: apply an entry out of order or skip one; acknowledge, as a leader that
-//! cannot apply, a write whose read it could not serve.
+//! Must never: apply an entry out of order or skip one that a read could see (writes);
+//! acknowledge, as a leader that cannot apply, a write whose read it could not serve.
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,7 @@ impl Group {
                 EntryType::EntryNormal => apply_entry(&self.chunks, self.id, e),
                 _ => Ok(()),
             };
+            let result = skip_optional_work(self.id, e, result);
             crate::metrics::APPLY.observe_since(started);
             match result {
                 Err(tessera_engine::Error::DiskFull(msg)) => {
@@ -246,6 +247,37 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
             Ok(())
         }
         other => other,
+    }
+}
+
+/// A merge (`Merge`, `DropMerged`) that meets a full disk, or a shortage of descriptors, is
+/// skipped rather than stalling the group: it is optional work that changes no read
+/// (`DropMerged` checks that the merge it follows is whole, so a skipped piece only makes
+/// it refuse), and the manager retries the chunk later. Every other entry keeps `result`
+/// (a write must stall, never be skipped). Replicas may then hold the chunk's blocks in
+/// different layers, never different data.
+fn skip_optional_work(
+    group: u64,
+    e: &Entry,
+    result: tessera_engine::Result<()>,
+) -> tessera_engine::Result<()> {
+    let Err(tessera_engine::Error::DiskFull(msg) | tessera_engine::Error::Exhausted(msg)) = &result
+    else {
+        return result;
+    };
+    match Command::decode(&e.data) {
+        Ok(cmd) if matches!(cmd.op, CmdOp::Merge | CmdOp::DropMerged) => {
+            tracing::warn!(
+                group,
+                index = e.index,
+                "{:?} of volume {} chunk {} skipped, not applied: {msg}",
+                cmd.op,
+                cmd.volume,
+                cmd.chunk
+            );
+            Ok(())
+        }
+        _ => result,
     }
 }
 

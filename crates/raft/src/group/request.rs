@@ -6,6 +6,7 @@
 //! write before its entry is committed; tell a client a request will never be applied
 //! unless this leader has committed in its term.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -216,7 +217,10 @@ impl Group {
                 Err(why) => return respond(Reply::BadRequest(why)),
             }
         }
-        if let Err(why) = self.rollbacks_are_current(&cmds) {
+        if let Err(why) = self
+            .rollbacks_are_current(&cmds)
+            .and_then(|()| self.merges_are_fenced(&cmds))
+        {
             return respond(Reply::BadRequest(why));
         }
         let n = cmds.len();
@@ -269,6 +273,43 @@ impl Group {
                     "group {}: volume {} has snapshot sequence {floor}, newer than the \
                      rollback's {}: the rollback is refused",
                     self.id, cmd.volume, cmd.seq
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Merge` or `DropMerged` rewrites layers `low..=top`: it is proposed only once the
+    /// volume's sequence floor, as the fences before it in the batch leave it, keeps every
+    /// write out of the range (above `top`), or, for the live range, out of the layers
+    /// below `top` (at least `top`: clients write `top` itself, and the live merge never
+    /// overwrites what they wrote). A merge of a frozen range racing a write into it could
+    /// copy a block over the newer write; the manager always sends its fence first.
+    fn merges_are_fenced(&self, cmds: &[Command]) -> Result<(), String> {
+        // The floors as the batch raises them, op by op (only the volumes it raises).
+        let mut raised: HashMap<u64, u64> = HashMap::new();
+        for cmd in cmds {
+            let floor = raised
+                .get(&cmd.volume)
+                .copied()
+                .unwrap_or_else(|| self.fences.seq_floor(cmd.volume));
+            if cmd.seq > floor {
+                raised.insert(cmd.volume, cmd.seq);
+            }
+            let Some((low, top, live)) = cmd.merge_range() else {
+                continue;
+            };
+            let fenced = if live { floor >= top } else { floor > top };
+            if !fenced {
+                let (shape, need) = if live {
+                    ("live", format!("at least {top}"))
+                } else {
+                    ("frozen", format!("above {top}"))
+                };
+                return Err(format!(
+                    "group {}: volume {} has snapshot sequence floor {floor}; a {:?} of the \
+                     {shape} layers {low}..={top} of chunk {} needs one {need} (a fence first)",
+                    self.id, cmd.volume, cmd.op, cmd.chunk
                 ));
             }
         }

@@ -29,6 +29,7 @@ mod admission;
 mod elections;
 mod leases;
 mod membership;
+mod merges;
 mod replay;
 mod requests;
 mod sequences;
@@ -222,7 +223,7 @@ impl Node {
         Node::open_as(dir, id, tick)
     }
 
-    fn last_index(&self) -> u64 {
+    pub(super) fn last_index(&self) -> u64 {
         self.poller.groups[&GROUP].raw.raft.raft_log.last_index()
     }
 }

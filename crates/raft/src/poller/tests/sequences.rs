@@ -26,7 +26,7 @@ fn resequenced(r: &Arc<Mutex<Option<Reply>>>) -> Option<u64> {
     }
 }
 
-fn apply_ops(n: &mut Node, ops: Vec<GroupOp>) -> Arc<Mutex<Option<Reply>>> {
+pub(super) fn apply_ops(n: &mut Node, ops: Vec<GroupOp>) -> Arc<Mutex<Option<Reply>>> {
     let got = Arc::new(Mutex::new(None));
     let g2 = got.clone();
     n.poller.handle(Event::GroupOps {
@@ -38,7 +38,7 @@ fn apply_ops(n: &mut Node, ops: Vec<GroupOp>) -> Arc<Mutex<Option<Reply>>> {
     got
 }
 
-fn answer(r: &Arc<Mutex<Option<Reply>>>) -> Option<Reply> {
+pub(super) fn answer(r: &Arc<Mutex<Option<Reply>>>) -> Option<Reply> {
     r.lock().unwrap().clone()
 }
 
