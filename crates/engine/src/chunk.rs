@@ -352,7 +352,8 @@ impl ChunkStore {
                 // The store is being removed under this sync: nothing of it must last.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.dirs_map().extend(dirs[i..].iter().cloned());
-                    return Err(e.into());
+                    let why = format!("directory {} to sync is gone: {e}", d.display());
+                    return Err(io::Error::new(e.kind(), why).into());
                 }
                 // The directory could not even be opened: nothing was lost, the next sync
                 // tries again (the caller must not count this one as done). Shedding syncs

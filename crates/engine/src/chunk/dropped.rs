@@ -67,9 +67,10 @@ impl ChunkStore {
         // Wait for in-flight users of the cached handles before deleting under them.
         let _guard = cached.as_ref().map(|f| f.write_guard());
         let (data, crcs) = layer_paths(&self.volume_dir(volume), chunk, layer);
+        let mut removed = false;
         for p in [&data, &crcs] {
             match std::fs::remove_file(p) {
-                Ok(()) => {}
+                Ok(()) => removed = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -79,7 +80,12 @@ impl ChunkStore {
             self.used.fetch_sub(bytes, Ordering::Relaxed);
         }
         self.torn.forget_layer(key);
-        self.dirs_map().insert(self.volume_dir(volume));
+        // Only a directory an entry left needs its fsync: a chunk this store never had
+        // (a deleted volume's chunk mapped here, never written) may have no directory,
+        // whose fsync would fail the sync.
+        if removed {
+            self.dirs_map().insert(self.volume_dir(volume));
+        }
         Ok(())
     }
 

@@ -384,3 +384,17 @@ fn a_store_dropped_with_chunks_waiting_to_close_leaves_the_budget_clean() {
     other.sync().unwrap();
     assert_eq!(budget.stats().closing, 0);
 }
+
+/// Dropping a chunk the store never had (a deleted volume's chunk mapped to this group and
+/// never written) leaves the next sync to succeed: no directory of that volume exists to
+/// fsync. (The sync failed on the missing directory and stopped the node.)
+#[test]
+fn dropping_a_chunk_never_written_leaves_the_sync_working() {
+    let (_tmp, s) = store();
+    s.write(1, 0, 0, &[7u8; 4096]).unwrap();
+    s.drop_chunk(2, 5).unwrap();
+    s.sync().unwrap();
+    s.drop_chunk(1, 0).unwrap();
+    s.sync().unwrap();
+    assert!(s.list_chunks().unwrap().is_empty());
+}
