@@ -126,9 +126,24 @@ async fn read_all(admin: &Client, volume: &str, snapshot: Option<&str>) -> Vec<V
     }
 }
 
-/// Reads back every ready, undeleted snapshot into the history (see the module doc) and
-/// checks the flattened clone. Returns how many snapshots were read back.
+/// Once the deleted snapshots' space is reclaimed, reads back every ready, undeleted
+/// snapshot into the history (see the module doc) and checks the flattened clone. Returns how many snapshots were read back.
 pub async fn read_back(w: &Workload, admin: &Client, volume: &str, a: &Activity) -> usize {
+    // The deleted snapshots' merges ran through the faults; the snapshots kept are read
+    // back once every one is done (what they merged is what a kept image must not see).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let info = admin.volume_info(volume).await.expect("volume info");
+        if info.reclaims.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted snapshots' space was not reclaimed: {:?}",
+            info.reclaims
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let listed = admin
         .list_snapshots(Some(volume))
         .await
