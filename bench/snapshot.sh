@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What snapshots cost a writer, and how fast a clone flattens.
+# What snapshots cost a writer, how fast a clone flattens, and how fast deleting snapshots
+# reclaims their space.
 #
 #   bench/snapshot.sh [--secs SECS] [--flatten-rate BYTES_PER_SEC]
 #

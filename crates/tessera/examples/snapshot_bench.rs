@@ -12,6 +12,8 @@
 //! sequence), the writer's pause per snapshot (its slowest write overlapping the snapshot),
 //! and the snapshot requests themselves. Then clones the last snapshot, flattens the clone
 //! and reports its MB/s (bytes mapped in the snapshot over the flatten's wall time).
+//! Last, deletes every snapshot but the newest, then the newest, and reports for each step
+//! the space freed (the volume's usage before and after) over the time its merges took.
 
 use std::time::{Duration, Instant};
 
@@ -149,6 +151,53 @@ async fn main() -> anyhow::Result<()> {
         "flatten: {} MiB in {took:.2} s = {:.1} MiB/s",
         size >> 20,
         (size >> 20) as f64 / took
+    );
+
+    // Reclaim: every snapshot but the newest deleted (merges of frozen ranges), then the
+    // newest (the live range), each timed until its merges are done.
+    let names: Vec<String> = (0..k).map(|i| format!("bench{i}")).collect();
+    if let Some((newest, older)) = names.split_last() {
+        reclaim(&client, volume, older, "older snapshots (frozen ranges)").await?;
+        reclaim(
+            &client,
+            volume,
+            std::slice::from_ref(newest),
+            "the newest (live range)",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes `snapshots` of `volume`, waits for their space to be reclaimed and reports the
+/// bytes freed (the volume's usage before and after) over the wall time.
+async fn reclaim(
+    client: &Client,
+    volume: &str,
+    snapshots: &[String],
+    what: &str,
+) -> anyhow::Result<()> {
+    let held = |u: &tessera_proto::control::VolumeUsage| {
+        u.live_bytes + u.snapshots.iter().map(|s| s.bytes).sum::<u64>()
+    };
+    // Usage is measured at each node's chunk sync: let one pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = held(&client.volume_usage(volume).await?);
+    let t0 = Instant::now();
+    for s in snapshots {
+        client.delete_snapshot(volume, s).await?;
+    }
+    while !client.volume_info(volume).await?.reclaims.is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = held(&client.volume_usage(volume).await?);
+    let freed = before.saturating_sub(after) >> 20;
+    println!(
+        "reclaim of {} {what}: {freed} MiB freed (one replica) in {took:.2} s = {:.1} MiB/s",
+        snapshots.len(),
+        freed as f64 / took
     );
     Ok(())
 }
