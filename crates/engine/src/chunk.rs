@@ -58,6 +58,8 @@ mod sys;
 #[cfg(test)]
 mod tests;
 mod torn;
+#[cfg(test)]
+mod unlink_tests;
 mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};

@@ -13,7 +13,11 @@
 //! made every chunk file durable. Deleting it at once could let a crash replay entries that
 //! came before the Unlink (a partial write completed from the parent, a flatten) over a
 //! chunk that no longer has its parent, and complete them from zeroes; once the files are
-//! durable, replaying those entries only meets their own results. `drop_chunk` deletes the
+//! durable, replaying those entries only meets their own results. Entries after the Unlink
+//! are the other side: a partial write completed from the flatten's copy, whose data page a
+//! crash lost while its checksum reached the disk, would replay completing from below, no
+//! longer the parent. So a replayed Unlink is refused (the chunk stays linked, reads are the
+//! same) while a block of the chunk fails its checksum. `drop_chunk` deletes the
 //! file at once (the chunk's layers go with it). Owns the file and its format; never
 //! touches a layer's files.
 
@@ -161,10 +165,41 @@ impl ChunkStore {
     }
 
     pub(super) fn unlink_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
+        if self.replaying() && self.layer_map.is_linked((volume, chunk)) {
+            self.refuse_torn_unlink(volume, chunk)?;
+        }
         let mut unlinked = self.unlinked_set();
         if self.layer_map.is_linked((volume, chunk)) {
             self.layer_map.set_link((volume, chunk), None, || true);
             unlinked.insert((volume, chunk));
+        }
+        Ok(())
+    }
+
+    /// While replaying: refuses the unlink if a block of the chunk fails its checksum. Such
+    /// a block is a later write's, torn by the crash (the flatten's own copies were copied
+    /// again before): its replay completes it from below, which must still be the parent,
+    /// as it was the copy of the parent's block the first time. The chunk stays linked
+    /// (reading through to blocks it holds anyway); the next unlink cuts it.
+    fn refuse_torn_unlink(&self, volume: u64, chunk: u64) -> Result<()> {
+        let mut layers = self.layer_map.get((volume, chunk)).upper;
+        layers.push(1);
+        for layer in layers {
+            let key = (volume, chunk, layer);
+            let blocks = self.layer_blocks(key)?;
+            let mut at = 0;
+            while at < blocks {
+                let count = super::layers::PIECE.min(blocks - at);
+                let ok = self.layer_verify_blocks(key, at, count)?;
+                if let Some(i) = ok.iter().position(|&ok| !ok) {
+                    return Err(Error::Refused(format!(
+                        "chunk {volume:016x}/{chunk:08x}: block {} of layer {layer} torn by a \
+                         crash; kept linked until it is rewritten",
+                        at + i as u64
+                    )));
+                }
+                at += count;
+            }
         }
         Ok(())
     }
