@@ -193,7 +193,7 @@ impl ChunkStore {
     /// One block as the layers below `layer` and the parent read it.
     fn block_below(&self, volume: u64, chunk: u64, layer: u64, block: u64) -> Result<Vec<u8>> {
         Ok(self
-            .resolve(volume, chunk, block, 1, Scope::below(layer), Need::Data)?
+            .resolve(volume, chunk, block, 1, Scope::below(layer), Need::Below)?
             .data)
     }
 

@@ -22,6 +22,19 @@ pub(super) enum Need {
     Data,
     /// Only what they are (checksums alone).
     Status,
+    /// Their bytes, as the bytes below a partial write: as [`Need::Data`], but while
+    /// replaying a block failing its checksum is passed over (looked for further down).
+    /// Such a block below the layer a replayed write completes into is a later entry's,
+    /// torn by the crash, and the only later entry writing below a write's layer is a
+    /// flatten copying into the base layer what only the parent held: passing over it
+    /// finds that block in the parent, as the write's first run did.
+    Below,
+}
+
+impl Need {
+    fn data(self) -> bool {
+        self != Need::Status
+    }
 }
 
 /// Where a resolution looks.
@@ -92,7 +105,7 @@ impl ChunkStore {
         need: Need,
     ) -> Result<Resolved> {
         let mut out = Resolved {
-            data: if need == Need::Data {
+            data: if need.data() {
                 vec![0u8; (n * BLOCK_SIZE) as usize]
             } else {
                 Vec::new()
@@ -134,7 +147,7 @@ impl ChunkStore {
             };
             let hi = (lo..n).rfind(|&i| wanted(&done, i)).unwrap_or(lo);
             let mut span = Vec::new();
-            if need == Need::Data {
+            if need.data() {
                 span = vec![0u8; (hi - lo + 1) * bs];
                 read_full_at(&files.data, &mut span, (first + lo as u64) * BLOCK_SIZE)?;
             }
@@ -143,10 +156,13 @@ impl ChunkStore {
                     continue;
                 }
                 let stored = stored_crc(&crcs, i);
-                if need == Need::Data {
+                if need.data() {
                     let block = &span[(i - lo) * bs..(i - lo + 1) * bs];
                     let b = first + i as u64;
                     if !block_ok(block, stored) {
+                        if need == Need::Below && self.replaying() {
+                            continue;
+                        }
                         if self.torn.contains((volume, chunk, layer), b) {
                             return Err(Error::Exhausted(format!(
                                 "chunk {volume:016x}/{chunk:08x} layer {layer} block {b} is being rewritten after the disk filled"
@@ -185,7 +201,7 @@ impl ChunkStore {
                 i += 1;
             }
             let mut sub = Resolved {
-                data: if need == Need::Data {
+                data: if need.data() {
                     vec![0u8; (i - start) * bs]
                 } else {
                     Vec::new()
@@ -201,7 +217,7 @@ impl ChunkStore {
                 depth + 1,
             )?;
             out.kind[start..i].copy_from_slice(&sub.kind);
-            if need == Need::Data {
+            if need.data() {
                 out.data[start * bs..i * bs].copy_from_slice(&sub.data);
             }
         }

@@ -108,7 +108,12 @@ fn apply(s: &ChunkStore, step: &Step) {
         Step::Link(v, p, ps) => s.link(*v, 0, *p, *ps),
         Step::Flatten(v, off, len, seq) => s.flatten(*v, 0, *off, *len, *seq),
         Step::Rollback(v, to, seq) => s.rollback(*v, 0, *to, *seq),
-        Step::Unlink(v) => s.unlink(*v, 0),
+        // A replayed Unlink meeting a torn block is refused and skipped, as the group's
+        // apply skips it (see `link`): the chunk stays linked, reading the same.
+        Step::Unlink(v) => match s.unlink(*v, 0) {
+            Err(Error::Refused(_)) if s.replaying() => Ok(()),
+            r => r,
+        },
     }
     .unwrap_or_else(|e| panic!("{step:?}: {e}"));
 }
@@ -158,9 +163,9 @@ fn replaying_a_suffix_over_a_later_state_gives_the_same_result() {
     steps.push(Step::Link(2, 1, 2));
     steps.extend(random_steps(&mut rng, 2, 1, 5));
     steps.extend(random_steps(&mut rng, 1, 3, 3));
-    steps.push(Step::Flatten(2, 0, 8 * B, 2));
+    steps.push(Step::Flatten(2, 0, 8 * B, 1));
     steps.extend(random_steps(&mut rng, 2, 2, 4));
-    steps.push(Step::Flatten(2, 8 * B, 8 * B, 2));
+    steps.push(Step::Flatten(2, 8 * B, 8 * B, 1));
     steps.push(Step::Unlink(2));
     steps.extend(random_steps(&mut rng, 2, 3, 3));
     steps.push(Step::Rollback(2, 1, 3));
@@ -540,9 +545,9 @@ fn replaying_a_suffix_over_a_torn_later_state_gives_the_same_result() {
     steps.push(Step::Link(2, 1, 2));
     steps.extend(random_steps(&mut rng, 2, 1, 5));
     steps.extend(random_steps(&mut rng, 1, 3, 3));
-    steps.push(Step::Flatten(2, 0, 8 * B, 2));
+    steps.push(Step::Flatten(2, 0, 8 * B, 1));
     steps.extend(random_steps(&mut rng, 2, 2, 4));
-    steps.push(Step::Flatten(2, 8 * B, 8 * B, 2));
+    steps.push(Step::Flatten(2, 8 * B, 8 * B, 1));
     steps.push(Step::Unlink(2));
     steps.extend(random_steps(&mut rng, 2, 3, 3));
     steps.push(Step::Rollback(2, 1, 3));
