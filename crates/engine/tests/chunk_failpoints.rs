@@ -201,6 +201,40 @@ fn a_dirty_chunk_closed_for_room_is_made_durable_by_the_next_sync() {
     scenario.teardown();
 }
 
+/// A sync running while the budget takes dirty chunks out of the open map (the
+/// `chunk::close_idle` fail point, once they are out) finds them handed over to it: it makes
+/// them durable before it reports success. Were they handed over later, it would find them
+/// nowhere and report their writes durable (and delete the sources of a merge they were
+/// the target of).
+#[test]
+fn a_sync_while_dirty_chunks_are_taken_out_for_room_makes_them_durable() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = FileBudget::new(16);
+    let store = ChunkStore::open_in(dir.path(), &budget).unwrap();
+    for chunk in 0..16 {
+        store.write(1, chunk, 0, &[1u8; B]).unwrap();
+    }
+    store.sync().unwrap();
+    for chunk in 0..16 {
+        store.write(1, chunk, 0, &[2u8; B]).unwrap();
+    }
+    // Written back (no longer queued for it): idle, so the budget may take them out.
+    store.start_writeback();
+    let syncer = store.clone();
+    fail::cfg_callback("chunk::close_idle", move || syncer.sync().unwrap()).unwrap();
+    // One chunk past the budget: the least recently used dirty ones are taken out.
+    store.write(1, 16, 0, &[3u8; B]).unwrap();
+    fail::remove("chunk::close_idle");
+    let stats = budget.stats();
+    assert_eq!(
+        stats.closing, 0,
+        "a sync reported done left dirty chunks: {stats:?}"
+    );
+    assert!(stats.open < 17, "nothing was taken out: {stats:?}");
+    scenario.teardown();
+}
+
 /// The same above layer 1: a write into a snapshot's layer torn by a full disk reads as
 /// "retry", and applied again completes its partial block from what it completed it from
 /// the first time (the layer's own block, or the layers below).
