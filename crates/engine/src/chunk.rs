@@ -456,32 +456,22 @@ impl ChunkStore {
     }
 
     /// For each of `count` blocks from block `first` of a layer, whether its bytes match its
-    /// stored checksum (as a read would find; a never-written block does); `raw` as for
-    /// [`ChunkStore::stored_checksums`]. Reads the blocks, `VERIFY_PIECE` at a time.
+    /// stored checksum (as a read would find; a never-written block does). Reads the
+    /// blocks, `VERIFY_PIECE` at a time.
     pub(super) fn layer_verify_blocks(
         &self,
         key: FileKey,
         first: u64,
         count: u64,
     ) -> Result<Vec<bool>> {
-        self.stored_verify_blocks(key, false, first, count)
-    }
-
-    pub(super) fn stored_verify_blocks(
-        &self,
-        key: FileKey,
-        raw: bool,
-        first: u64,
-        count: u64,
-    ) -> Result<Vec<bool>> {
-        let (volume, chunk, _) = key;
+        let (volume, chunk, layer) = key;
         check_range(
             volume,
             chunk,
             first.saturating_mul(BLOCK_SIZE),
             count.saturating_mul(BLOCK_SIZE),
         )?;
-        let Some(files) = self.files_to_read(key, raw)? else {
+        let Some(files) = self.layer_files(volume, chunk, layer, false)? else {
             return Ok(vec![true; count as usize]);
         };
         let mut ok = Vec::with_capacity(count as usize);

@@ -249,7 +249,7 @@ async fn membership(
 /// connection closes: a merge's drop after the copy listed a chunk hides layers the copy
 /// will still ask for, and their files must stay for the raw reads to serve them (read as
 /// absent, they would be cleared, and the new replica would replay the merge from before
-/// it without its sources).
+/// it without its sources). Hence the `served_` reads, which serve such a layer.
 #[derive(Default)]
 pub(crate) struct CopySources(HashMap<u64, (std::sync::Weak<ChunkStore>, DropPin)>);
 
@@ -290,9 +290,11 @@ pub(crate) fn serve_catch_up(
             Err(e) => Err(e),
         },
         Op::CatchUpChecksums => {
-            store.checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
+            store.served_checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
         }
-        Op::CatchUpRead => store.read_in(v, c, layer, u64::from(req.offset), u64::from(req.len)),
+        Op::CatchUpRead => {
+            store.served_read_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
+        }
         _ => return Reply::BadRequest("not a catch-up request".into()),
     };
     // The replica may have been destroyed during the read, its files deleted under it and
@@ -330,7 +332,7 @@ fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option
                 volume: k.volume,
                 chunk: k.chunk,
                 layer: k.layer,
-                blocks: store.chunk_blocks_in(k.volume, k.chunk, k.layer)?,
+                blocks: store.served_blocks_in(k.volume, k.chunk, k.layer)?,
                 link: l,
             });
         }

@@ -4,11 +4,13 @@
 //!
 //! A hidden layer is out of the layer map and of the open-file cache, and in the store's
 //! `dropped` set: every access by path (`layer_files`, `layer_blocks`, the listings)
-//! treats it as absent, so no read, listing or usage report sees it. The catch-up's raw
-//! access alone (`checksums_in`, `verify_blocks_in`, `chunk_blocks_in`, `read_in`) still
-//! serves it while its files exist: a copy that listed the chunk before the drop must read
-//! the layers it listed, or it would clear them and replay the log from before the merge
-//! without its sources. Its files stay on disk until the next sync has made every chunk
+//! treats it as absent, so no read, listing, usage report or copy into this store sees it.
+//! What this store serves a peer copying it alone (`served_checksums_in`,
+//! `served_blocks_in`, `served_read_in`) still reads it while its files exist: a copy
+//! that listed the chunk before the drop must read the layers it listed, or it would clear
+//! them and replay the log from before the merge without its sources. (A copy into this
+//! store must not see it: it would skip the blocks it holds, then its first write would
+//! start the layer anew without them.) Its files stay on disk until the next sync has made every chunk
 //! file durable (the merge's copies among them), as an unlink's link file does (see
 //! `link`), and while a catch-up holds a [`DropPin`]. After a crash before that, the log
 //! replays the merge entries over their sources, which the store, opening, finds as
@@ -192,8 +194,8 @@ impl ChunkStore {
         DropPin(self.drop_pins.clone())
     }
 
-    /// The files of a layer to read, as `layer_files` without creating; with `raw` (the
-    /// catch-up's access), also those of a hidden layer while they exist, opened apart from
+    /// The files of a layer to read, as `layer_files` without creating; with `raw` (what a
+    /// peer copying this store is served), also those of a hidden layer while they exist, opened apart from
     /// the open-file cache (which must not hold a hidden layer).
     pub(super) fn files_to_read(&self, key: FileKey, raw: bool) -> Result<Option<Arc<ChunkFiles>>> {
         let (volume, chunk, layer) = key;

@@ -39,9 +39,9 @@
 //!   never changes a read as of a sequence `>= top` or `< low`, and never reads or writes
 //!   the parent or a layer outside the range. A chunk with fewer than two layers in the
 //!   range costs a lookup in memory. A dropped layer is invisible at once to every
-//!   operation here (reads, statuses, listings, changed blocks, layer bytes) but the raw
-//!   access of the catch-up, which serves it while its files exist (a copy may have listed
-//!   it before the drop); its files go at the next [`ChunkStore::sync`], or the first one
+//!   operation here (reads, statuses, listings, changed blocks, layer bytes, the raw
+//!   access) but the `served_` ones a peer copying the store reads, which serve it while
+//!   its files exist (the copy may have listed it before the drop); its files go at the next [`ChunkStore::sync`], or the first one
 //!   after the last [`ChunkStore::pin_dropped`] pin is released (see `dropped`). A drop that finds a block of the range not in the target as its
 //!   newest holder has it, or torn, is an [`Error::Refused`] that changes nothing.
 //!
