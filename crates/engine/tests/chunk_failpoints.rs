@@ -440,3 +440,51 @@ fn a_deletion_of_dropped_layers_stopped_part_way_replays_to_the_same_reads() {
         scenario.teardown();
     }
 }
+
+/// A sync that deleted a merge's oldest dropped layer but could not open the directory to
+/// make that durable (out of descriptors) fails without deleting the next one; the next
+/// sync makes the first deletion durable before it deletes anything.
+#[test]
+fn a_deletion_whose_directory_fsync_failed_is_made_durable_before_the_next() {
+    use tessera_engine::chunk::MergeRange;
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write_seq(1, 0, 0, &[1u8; 2 * B], 1).unwrap();
+    store.write_seq(1, 0, 0, &[2u8; B], 2).unwrap();
+    store.write_seq(1, 0, B as u64, &[3u8; B], 3).unwrap();
+    store.sync().unwrap();
+    let range = MergeRange {
+        low: 1,
+        top: 3,
+        live: false,
+    };
+    store.merge_layers(1, 0, 0, 2 * B as u64, range).unwrap();
+    store.drop_merged(1, 0, range).unwrap();
+    fail::cfg("chunk::dir_fsync", "return(emfile)").unwrap();
+    let short = store.sync();
+    assert!(matches!(short, Err(Error::Exhausted(_))), "{short:?}");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (fsyncs, deletions) = (events.clone(), events.clone());
+    fail::cfg_callback("chunk::dir_fsync", move || {
+        fsyncs.lock().unwrap().push("fsync")
+    })
+    .unwrap();
+    fail::cfg_callback("chunk::remove_dropped", move || {
+        deletions.lock().unwrap().push("delete")
+    })
+    .unwrap();
+    store.sync().unwrap();
+    fail::remove("chunk::dir_fsync");
+    fail::remove("chunk::remove_dropped");
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events[..2], ["fsync", "delete"], "{events:?}");
+    let layers: Vec<u64> = store
+        .list_layers()
+        .unwrap()
+        .iter()
+        .map(|k| k.layer)
+        .collect();
+    assert_eq!(layers, [1]);
+    scenario.teardown();
+}

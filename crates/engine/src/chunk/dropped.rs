@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, MutexGuard};
 
@@ -42,11 +43,11 @@ use super::ChunkStore;
 use super::layout::{FileKey, layer_paths};
 use super::open_files::ChunkFiles;
 use super::sys::{open_rw, sync_chunk_dir};
-use crate::{Error, Result};
+use crate::{Error, Result, is_out_of_descriptors};
 
 /// Keeps the files of the store's hidden layers on disk while held: a catch-up serving a
 /// copy holds one, so that the layers it listed before a drop stay readable through the
-/// raw access (see the module doc). Taken by [`ChunkStore::pin_dropped`]; the first sync
+/// `served_` reads (see the module doc). Taken by [`ChunkStore::pin_dropped`]; the first sync
 /// after the last one is released deletes them.
 #[must_use = "the hidden layers may be deleted as soon as the pin is dropped"]
 pub struct DropPin(Arc<AtomicUsize>);
@@ -163,6 +164,17 @@ impl ChunkStore {
         }
         let mut keys = keys.to_vec();
         keys.sort_unstable();
+        // A deletion whose directory fsync failed in an earlier sync (out of descriptors)
+        // is made durable before any later one.
+        let mut owed: Vec<PathBuf> = {
+            let dirs = self.dirs_map();
+            let volume_dirs = keys.iter().map(|k| self.volume_dir(k.0));
+            volume_dirs.filter(|d| dirs.contains(d)).collect()
+        };
+        owed.dedup();
+        for dir in &owed {
+            self.sync_dropped_dir(dir, failure)?;
+        }
         for (i, &key) in keys.iter().enumerate() {
             fail::fail_point!("chunk::remove_dropped", |_| Err(Error::Io(
                 io::Error::other(
@@ -177,15 +189,29 @@ impl ChunkStore {
                 .get(i + 1)
                 .is_some_and(|n| (n.0, n.1) == (key.0, key.1));
             if removed && next_of_chunk {
-                let dir = self.volume_dir(key.0);
-                if let Err(e) = sync_chunk_dir(&dir) {
-                    let reason = format!("fsync of directory {} failed: {e}", dir.display());
-                    *failure = Some(reason.clone());
-                    return Err(Error::Fatal(reason));
-                }
+                self.sync_dropped_dir(&self.volume_dir(key.0), failure)?;
             }
         }
         Ok(())
+    }
+
+    /// Makes the deletions in `dir` durable, as the sync's own directory fsyncs do: failed,
+    /// fatal, unless the directory is gone (the store is being removed) or could not even
+    /// be opened (out of descriptors; it stays owed, see `remove_dropped`).
+    fn sync_dropped_dir(&self, dir: &Path, failure: &mut Option<String>) -> Result<()> {
+        match sync_chunk_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e.into()),
+            Err(e) if is_out_of_descriptors(&e) => Err(Error::Exhausted(format!(
+                "opening directory {} to sync it: {e}",
+                dir.display()
+            ))),
+            Err(e) => {
+                let reason = format!("fsync of directory {} failed: {e}", dir.display());
+                *failure = Some(reason.clone());
+                Err(Error::Fatal(reason))
+            }
+        }
     }
 
     /// Keeps the hidden layers' files on disk until the pin is dropped (see [`DropPin`]).
@@ -195,8 +221,8 @@ impl ChunkStore {
     }
 
     /// The files of a layer to read, as `layer_files` without creating; with `raw` (what a
-    /// peer copying this store is served), also those of a hidden layer while they exist, opened apart from
-    /// the open-file cache (which must not hold a hidden layer).
+    /// peer copying this store is served), also those of a hidden layer while they exist,
+    /// opened apart from the open-file cache (which must not hold a hidden layer).
     pub(super) fn files_to_read(&self, key: FileKey, raw: bool) -> Result<Option<Arc<ChunkFiles>>> {
         let (volume, chunk, layer) = key;
         if !raw || !self.is_dropped(key) {
