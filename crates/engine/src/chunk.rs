@@ -63,6 +63,7 @@ mod unlink_tests;
 mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
+pub use dropped::DropPin;
 pub use layers::{BlockKind, LayerKey, MergeRange, layer_of};
 pub use layout::{BLOCK_SIZE, MAX_CHUNK};
 
@@ -71,7 +72,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
@@ -122,6 +123,10 @@ pub struct ChunkStore {
     unlinked: Mutex<HashSet<Key>>,
     /// Layers a merge dropped: hidden, their files deleted by the next sync (see `dropped`).
     dropped: Mutex<HashSet<FileKey>>,
+    /// How many layers `dropped` holds: a store with none takes no lock to know.
+    dropped_count: AtomicUsize,
+    /// [`DropPin`]s held: while any is, no sync deletes a hidden layer's files.
+    drop_pins: Arc<AtomicUsize>,
 }
 
 impl ChunkStore {
@@ -176,6 +181,8 @@ impl ChunkStore {
             closing: Mutex::new(Vec::new()),
             unlinked: Mutex::new(HashSet::new()),
             dropped: Mutex::new(HashSet::new()),
+            dropped_count: AtomicUsize::new(0),
+            drop_pins: Arc::new(AtomicUsize::new(0)),
         });
         budget.register(&store);
         Ok(store)
@@ -346,7 +353,7 @@ impl ChunkStore {
             return Err(Error::Fatal(reason.clone()));
         }
         self.remove_unlinked(&unlinked)?;
-        self.remove_dropped(&dropped)?;
+        self.remove_dropped(&dropped, &mut failure)?;
         let dirs: Vec<PathBuf> = self.dirs_map().drain().collect();
         for (i, d) in dirs.iter().enumerate() {
             match sync_chunk_dir(d) {
@@ -421,14 +428,21 @@ impl ChunkStore {
         }
     }
 
-    /// The stored checksums of `count` blocks from block `first` (4 bytes each, as in the
-    /// sidecar: 0 for a block never written). A chunk without files has only zeroes.
-    pub fn checksums(&self, volume: u64, chunk: u64, first: u64, count: u64) -> Result<Bytes> {
-        self.layer_checksums((volume, chunk, 1), first, count)
+    /// The stored checksums of `count` blocks from block `first` of a layer (4 bytes each,
+    /// as in the sidecar: 0 for a block never written); a layer without files has only
+    /// zeroes. `raw`: a hidden layer's files are read while they exist (see `dropped`).
+    pub(super) fn layer_checksums(&self, key: FileKey, first: u64, count: u64) -> Result<Bytes> {
+        self.stored_checksums(key, false, first, count)
     }
 
-    pub(super) fn layer_checksums(&self, key: FileKey, first: u64, count: u64) -> Result<Bytes> {
-        let (volume, chunk, layer) = key;
+    pub(super) fn stored_checksums(
+        &self,
+        key: FileKey,
+        raw: bool,
+        first: u64,
+        count: u64,
+    ) -> Result<Bytes> {
+        let (volume, chunk, _) = key;
         check_range(
             volume,
             chunk,
@@ -436,27 +450,16 @@ impl ChunkStore {
             count.saturating_mul(BLOCK_SIZE),
         )?;
         let mut buf = vec![0u8; (count * CRC_LEN) as usize];
-        if let Some(files) = self.layer_files(volume, chunk, layer, false)? {
+        if let Some(files) = self.files_to_read(key, raw)? {
             let _guard = files.read_guard();
             read_full_at(&files.crcs, &mut buf, first * CRC_LEN)?;
         }
         Ok(Bytes::from(buf))
     }
 
-    /// For each of `count` blocks from block `first`, whether its bytes match its stored
-    /// checksum (as a read would find; a never-written block does). A copy checks this before
-    /// it trusts a stored checksum to skip a block: after a power loss the new checksum may
-    /// be on disk without the new data. Reads the blocks, `VERIFY_PIECE` at a time.
-    pub fn verify_blocks(
-        &self,
-        volume: u64,
-        chunk: u64,
-        first: u64,
-        count: u64,
-    ) -> Result<Vec<bool>> {
-        self.layer_verify_blocks((volume, chunk, 1), first, count)
-    }
-
+    /// For each of `count` blocks from block `first` of a layer, whether its bytes match its
+    /// stored checksum (as a read would find; a never-written block does). Reads the
+    /// blocks, `VERIFY_PIECE` at a time.
     pub(super) fn layer_verify_blocks(
         &self,
         key: FileKey,
@@ -497,14 +500,15 @@ impl ChunkStore {
         Ok(ok)
     }
 
-    /// Blocks of the chunk as far as its files reach (0 if it has none). Looks at the files'
-    /// sizes without opening them: listing a store's chunks must not churn the open ones.
-    pub fn chunk_blocks(&self, volume: u64, chunk: u64) -> Result<u64> {
-        self.layer_blocks((volume, chunk, 1))
+    /// Blocks of a layer as far as its files reach (0 if it has none; `raw` as for
+    /// [`ChunkStore::stored_checksums`]). Looks at the files' sizes without opening them:
+    /// listing a store's chunks must not churn the open ones.
+    pub(super) fn layer_blocks(&self, key: FileKey) -> Result<u64> {
+        self.stored_blocks(key, false)
     }
 
-    pub(super) fn layer_blocks(&self, key: FileKey) -> Result<u64> {
-        if self.is_dropped(key) {
+    pub(super) fn stored_blocks(&self, key: FileKey, raw: bool) -> Result<u64> {
+        if !raw && self.is_dropped(key) {
             return Ok(0);
         }
         let (volume, chunk, layer) = key;

@@ -201,6 +201,40 @@ fn a_dirty_chunk_closed_for_room_is_made_durable_by_the_next_sync() {
     scenario.teardown();
 }
 
+/// A sync running while the budget takes dirty chunks out of the open map (the
+/// `chunk::close_idle` fail point, once they are out) finds them handed over to it: it makes
+/// them durable before it reports success. Were they handed over later, it would find them
+/// nowhere and report their writes durable (and delete the sources of a merge they were
+/// the target of).
+#[test]
+fn a_sync_while_dirty_chunks_are_taken_out_for_room_makes_them_durable() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = FileBudget::new(16);
+    let store = ChunkStore::open_in(dir.path(), &budget).unwrap();
+    for chunk in 0..16 {
+        store.write(1, chunk, 0, &[1u8; B]).unwrap();
+    }
+    store.sync().unwrap();
+    for chunk in 0..16 {
+        store.write(1, chunk, 0, &[2u8; B]).unwrap();
+    }
+    // Written back (no longer queued for it): idle, so the budget may take them out.
+    store.start_writeback();
+    let syncer = store.clone();
+    fail::cfg_callback("chunk::close_idle", move || syncer.sync().unwrap()).unwrap();
+    // One chunk past the budget: the least recently used dirty ones are taken out.
+    store.write(1, 16, 0, &[3u8; B]).unwrap();
+    fail::remove("chunk::close_idle");
+    let stats = budget.stats();
+    assert_eq!(
+        stats.closing, 0,
+        "a sync reported done left dirty chunks: {stats:?}"
+    );
+    assert!(stats.open < 17, "nothing was taken out: {stats:?}");
+    scenario.teardown();
+}
+
 /// The same above layer 1: a write into a snapshot's layer torn by a full disk reads as
 /// "retry", and applied again completes its partial block from what it completed it from
 /// the first time (the layer's own block, or the layers below).
@@ -294,8 +328,8 @@ fn a_partial_write_over_a_zeroed_block_of_a_layer_syncs_its_data_first() {
 
 /// A merge meeting a full disk fails with it and leaves its copies torn: the drop after it
 /// is refused (the sources stay) while any is, and every retained read stays what it was
-/// (or "retry" for the blocks torn); the merge applied again once there is room heals them,
-/// and the drop then goes through.
+/// (its torn copies are shadowed by the sources or still absent by their checksums); the
+/// merge applied again once there is room heals them, and the drop then goes through.
 #[test]
 fn a_merge_torn_by_a_full_disk_keeps_its_drop_refused_until_merged_again() {
     use tessera_engine::chunk::MergeRange;
@@ -332,10 +366,8 @@ fn a_merge_torn_by_a_full_disk_keeps_its_drop_refused_until_merged_again() {
             "live {live}: {refused:?}"
         );
         for (&q, want) in seqs.iter().zip(&before) {
-            match store.read_as_of(1, 0, 0, len, q) {
-                Ok(got) => assert_eq!(&got, want, "live {live} as of {q}"),
-                Err(e) => assert!(matches!(e, Error::Exhausted(_)), "live {live}: {e:?}"),
-            }
+            let got = store.read_as_of(1, 0, 0, len, q).unwrap();
+            assert_eq!(&got, want, "live {live} as of {q}");
         }
         store.merge_layers(1, 0, 0, len, range).unwrap();
         store.drop_merged(1, 0, range).unwrap();
@@ -344,4 +376,115 @@ fn a_merge_torn_by_a_full_disk_keeps_its_drop_refused_until_merged_again() {
         }
         scenario.teardown();
     }
+}
+
+/// A sync deleting a merge's dropped layers stops part way (a failed unlink, or a crash
+/// between two deletions): the log replays the merge and its drop over what is left. Only
+/// the oldest sources may be gone (deleted in ascending order, each deletion durable
+/// before the next): had a newer one gone first, the replay would copy an older source's
+/// block over the newer one the target already holds, and the retained reads would change.
+#[test]
+fn a_deletion_of_dropped_layers_stopped_part_way_replays_to_the_same_reads() {
+    use tessera_engine::chunk::MergeRange;
+    // The order of a set is random per set: several runs, each with a new store.
+    for run in 0..8 {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.write_seq(1, 0, 0, &[1u8; 3 * B], 1).unwrap();
+        store.write_seq(1, 0, 0, &[2u8; 2 * B], 2).unwrap();
+        store.write_seq(1, 0, 0, &[3u8; B], 3).unwrap();
+        store.write_seq(1, 0, 2 * B as u64, &[4u8; B], 4).unwrap();
+        store.sync().unwrap();
+        // Snapshots 1 and 2 deleted, 3 kept: layers 1..=3 into layer 1.
+        let range = MergeRange {
+            low: 1,
+            top: 3,
+            live: false,
+        };
+        let len = 3 * B as u64;
+        let seqs = [3u64, 4, 0];
+        let reads = |s: &ChunkStore| -> Vec<_> {
+            seqs.iter()
+                .map(|&q| s.read_as_of(1, 0, 0, len, q).unwrap())
+                .collect()
+        };
+        let before = reads(&store);
+        store.merge_layers(1, 0, 0, len, range).unwrap();
+        store.drop_merged(1, 0, range).unwrap();
+        // The first layer's files go, then the deletion fails.
+        fail::cfg("chunk::remove_dropped", "1*off->return").unwrap();
+        let stopped = store.sync();
+        fail::remove("chunk::remove_dropped");
+        assert!(
+            matches!(stopped, Err(Error::Io(_))),
+            "run {run}: {stopped:?}"
+        );
+        // A crash now: the log replays from the sync before the merge.
+        drop(store);
+        let store = ChunkStore::open(dir.path()).unwrap();
+        store.set_replaying(true);
+        store.merge_layers(1, 0, 0, len, range).unwrap();
+        store.drop_merged(1, 0, range).unwrap();
+        store.set_replaying(false);
+        assert!(reads(&store) == before, "run {run}: retained reads changed");
+        store.sync().unwrap();
+        assert!(reads(&store) == before, "run {run}: retained reads changed");
+        let layers: Vec<u64> = store
+            .list_layers()
+            .unwrap()
+            .iter()
+            .map(|k| k.layer)
+            .collect();
+        assert_eq!(layers, [1, 4], "run {run}");
+        scenario.teardown();
+    }
+}
+
+/// A sync that deleted a merge's oldest dropped layer but could not open the directory to
+/// make that durable (out of descriptors) fails without deleting the next one; the next
+/// sync makes the first deletion durable before it deletes anything.
+#[test]
+fn a_deletion_whose_directory_fsync_failed_is_made_durable_before_the_next() {
+    use tessera_engine::chunk::MergeRange;
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.write_seq(1, 0, 0, &[1u8; 2 * B], 1).unwrap();
+    store.write_seq(1, 0, 0, &[2u8; B], 2).unwrap();
+    store.write_seq(1, 0, B as u64, &[3u8; B], 3).unwrap();
+    store.sync().unwrap();
+    let range = MergeRange {
+        low: 1,
+        top: 3,
+        live: false,
+    };
+    store.merge_layers(1, 0, 0, 2 * B as u64, range).unwrap();
+    store.drop_merged(1, 0, range).unwrap();
+    fail::cfg("chunk::dir_fsync", "return(emfile)").unwrap();
+    let short = store.sync();
+    assert!(matches!(short, Err(Error::Exhausted(_))), "{short:?}");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (fsyncs, deletions) = (events.clone(), events.clone());
+    fail::cfg_callback("chunk::dir_fsync", move || {
+        fsyncs.lock().unwrap().push("fsync")
+    })
+    .unwrap();
+    fail::cfg_callback("chunk::remove_dropped", move || {
+        deletions.lock().unwrap().push("delete")
+    })
+    .unwrap();
+    store.sync().unwrap();
+    fail::remove("chunk::dir_fsync");
+    fail::remove("chunk::remove_dropped");
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events[..2], ["fsync", "delete"], "{events:?}");
+    let layers: Vec<u64> = store
+        .list_layers()
+        .unwrap()
+        .iter()
+        .map(|k| k.layer)
+        .collect();
+    assert_eq!(layers, [1]);
+    scenario.teardown();
 }

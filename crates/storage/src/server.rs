@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tessera_engine::chunk::{LayerKey, layer_of};
+use tessera_engine::chunk::{DropPin, LayerKey, layer_of};
 use tessera_engine::{ChunkStore, ChunkStores};
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
@@ -244,8 +244,14 @@ async fn membership(
 /// matching checksums, which the copier would install as the group's data.
 /// Weak: a connection held open must not keep a destroyed replica's store (and its open
 /// files) alive; it also keeps the allocation, so a new store never takes its address.
+///
+/// Each source is pinned ([`ChunkStore::pin_dropped`]) from that first request until the
+/// connection closes: a merge's drop after the copy listed a chunk hides layers the copy
+/// will still ask for, and their files must stay for the raw reads to serve them (read as
+/// absent, they would be cleared, and the new replica would replay the merge from before
+/// it without its sources). Hence the `served_` reads, which serve such a layer.
 #[derive(Default)]
-pub(crate) struct CopySources(HashMap<u64, std::sync::Weak<ChunkStore>>);
+pub(crate) struct CopySources(HashMap<u64, (std::sync::Weak<ChunkStore>, DropPin)>);
 
 impl CopySources {
     /// The replica of `group` this connection copies from, while it is still hosted here.
@@ -254,8 +260,8 @@ impl CopySources {
         let first = self
             .0
             .entry(group)
-            .or_insert_with(|| Arc::downgrade(&hosted));
-        std::ptr::eq(first.as_ptr(), Arc::as_ptr(&hosted)).then_some(hosted)
+            .or_insert_with(|| (Arc::downgrade(&hosted), hosted.pin_dropped()));
+        std::ptr::eq(first.0.as_ptr(), Arc::as_ptr(&hosted)).then_some(hosted)
     }
 }
 
@@ -284,9 +290,11 @@ pub(crate) fn serve_catch_up(
             Err(e) => Err(e),
         },
         Op::CatchUpChecksums => {
-            store.checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
+            store.served_checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
         }
-        Op::CatchUpRead => store.read_in(v, c, layer, u64::from(req.offset), u64::from(req.len)),
+        Op::CatchUpRead => {
+            store.served_read_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
+        }
         _ => return Reply::BadRequest("not a catch-up request".into()),
     };
     // The replica may have been destroyed during the read, its files deleted under it and
@@ -324,7 +332,7 @@ fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option
                 volume: k.volume,
                 chunk: k.chunk,
                 layer: k.layer,
-                blocks: store.chunk_blocks_in(k.volume, k.chunk, k.layer)?,
+                blocks: store.served_blocks_in(k.volume, k.chunk, k.layer)?,
                 link: l,
             });
         }

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use super::layers::{runs, touched};
-use super::layout::{BLOCK_SIZE, CRC_LEN, FileKind, LayerKey, block_ok, layer_of, stored_crc};
+use super::layout::{
+    BLOCK_SIZE, CRC_LEN, FileKey, FileKind, LayerKey, block_ok, layer_of, stored_crc,
+};
 use super::place::Op;
 use super::sys::{Zeroing, read_full_at};
 use super::{ChunkStore, check_range, corrupt};
@@ -15,7 +17,37 @@ use crate::{Error, Result};
 
 impl ChunkStore {
     // The catch-up's raw access: one layer at a time, nothing read through. A layer of 0
-    // names layer 1 (as `Request::seq` 0 does).
+    // names layer 1 (as `Request::seq` 0 does). A layer a merge dropped is absent to them
+    // (what the copier builds on locally), but served by the `served_` ones while its
+    // files exist (see `dropped`), though no listing names it.
+
+    /// The stored checksums of `count` blocks from block `first` of layer 1 (4 bytes each,
+    /// as in the sidecar: 0 for a block never written). A chunk without files has only
+    /// zeroes.
+    pub fn checksums(&self, volume: u64, chunk: u64, first: u64, count: u64) -> Result<Bytes> {
+        self.stored_checksums((volume, chunk, 1), false, first, count)
+    }
+
+    /// For each of `count` blocks from block `first` of layer 1, whether its bytes match its
+    /// stored checksum (as a read would find; a never-written block does). A copy checks
+    /// this before it trusts a stored checksum to skip a block: after a power loss the new
+    /// checksum may be on disk without the new data.
+    pub fn verify_blocks(
+        &self,
+        volume: u64,
+        chunk: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<bool>> {
+        self.layer_verify_blocks((volume, chunk, 1), first, count)
+    }
+
+    /// Blocks of the chunk's layer 1 as far as its files reach (0 if it has none). Looks at
+    /// the files' sizes without opening them: listing a store's chunks must not churn the
+    /// open ones.
+    pub fn chunk_blocks(&self, volume: u64, chunk: u64) -> Result<u64> {
+        self.stored_blocks((volume, chunk, 1), false)
+    }
 
     /// Whether some chunk of the store has a layer above 1 or a parent: what a node from
     /// before snapshots cannot copy.
@@ -73,7 +105,7 @@ impl ChunkStore {
         first: u64,
         count: u64,
     ) -> Result<Bytes> {
-        self.layer_checksums((volume, chunk, layer_of(layer)), first, count)
+        self.stored_checksums((volume, chunk, layer_of(layer)), false, first, count)
     }
 
     /// [`ChunkStore::verify_blocks`] of one layer.
@@ -90,7 +122,7 @@ impl ChunkStore {
 
     /// [`ChunkStore::chunk_blocks`] of one layer.
     pub fn chunk_blocks_in(&self, volume: u64, chunk: u64, layer: u64) -> Result<u64> {
-        self.layer_blocks((volume, chunk, layer_of(layer)))
+        self.stored_blocks((volume, chunk, layer_of(layer)), false)
     }
 
     /// `len` bytes at `offset` of one layer as stored, verified; blocks the layer does not
@@ -103,12 +135,49 @@ impl ChunkStore {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
+        self.layer_read((volume, chunk, layer_of(layer)), false, offset, len)
+    }
+
+    /// [`ChunkStore::checksums_in`] for a peer copying this store: a layer a merge dropped
+    /// is served while its files exist (the copy may have listed it before the drop; hold
+    /// a [`ChunkStore::pin_dropped`] pin for the whole copy so that they do).
+    pub fn served_checksums_in(
+        &self,
+        volume: u64,
+        chunk: u64,
+        layer: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Bytes> {
+        self.stored_checksums((volume, chunk, layer_of(layer)), true, first, count)
+    }
+
+    /// [`ChunkStore::chunk_blocks_in`] for a peer copying this store (see
+    /// [`ChunkStore::served_checksums_in`]).
+    pub fn served_blocks_in(&self, volume: u64, chunk: u64, layer: u64) -> Result<u64> {
+        self.stored_blocks((volume, chunk, layer_of(layer)), true)
+    }
+
+    /// [`ChunkStore::read_in`] for a peer copying this store (see
+    /// [`ChunkStore::served_checksums_in`]).
+    pub fn served_read_in(
+        &self,
+        volume: u64,
+        chunk: u64,
+        layer: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        self.layer_read((volume, chunk, layer_of(layer)), true, offset, len)
+    }
+
+    fn layer_read(&self, key: FileKey, raw: bool, offset: u64, len: u64) -> Result<Bytes> {
+        let (volume, chunk, layer) = key;
         check_range(volume, chunk, offset, len)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let layer = layer_of(layer);
-        let Some(files) = self.layer_files(volume, chunk, layer, false)? else {
+        let Some(files) = self.files_to_read(key, raw)? else {
             return Ok(Bytes::from(vec![0u8; len as usize]));
         };
         let (first, n) = touched(offset, len);

@@ -111,6 +111,15 @@ impl LayerMap {
         }
     }
 
+    /// Layers `layers` of the chunk no longer have files, all in one step: a reader sees
+    /// either all of them or none.
+    pub(super) fn remove_layers(&self, key: Key, layers: &[u64]) {
+        self.update(key, |s| {
+            s.base &= !layers.iter().any(|&l| l <= 1);
+            s.upper.retain(|l| !layers.contains(l));
+        });
+    }
+
     /// The chunk's parent is now `link`; `base` as for [`LayerMap::add_layer`].
     pub(super) fn set_link(&self, key: Key, link: Option<(u64, u64)>, base: impl FnOnce() -> bool) {
         if link.is_some() {

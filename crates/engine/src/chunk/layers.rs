@@ -39,9 +39,10 @@
 //!   never changes a read as of a sequence `>= top` or `< low`, and never reads or writes
 //!   the parent or a layer outside the range. A chunk with fewer than two layers in the
 //!   range costs a lookup in memory. A dropped layer is invisible at once to every
-//!   operation here (reads, statuses, listings, changed blocks, layer bytes, the raw access
-//!   of the catch-up, which finds it absent); its files go at the next [`ChunkStore::sync`]
-//!   (see `dropped`). A drop that finds a block of the range not in the target as its
+//!   operation here (reads, statuses, listings, changed blocks, layer bytes, the raw
+//!   access) but the `served_` ones a peer copying the store reads, which serve it while
+//!   its files exist (the copy may have listed it before the drop); its files go at the next [`ChunkStore::sync`], or the first one
+//!   after the last [`ChunkStore::pin_dropped`] pin is released (see `dropped`). A drop that finds a block of the range not in the target as its
 //!   newest holder has it, or torn, is an [`Error::Refused`] that changes nothing.
 //!
 //! # Crash and replay
@@ -87,7 +88,12 @@
 //!   files are deleted only by the next sync, after its fdatasyncs made the target
 //!   durable: the entries before the drop replay over their sources (the store, opening,
 //!   finds them as layers again and the replayed drop hides them again), the entries after
-//!   it, once that sync is done, never need them. A drop while replaying also refuses a
+//!   it, once that sync is done, never need them. That deletion may stop part way (a
+//!   crash, a failed unlink): it goes in ascending layer order per chunk, each deletion
+//!   durable before the next, so a replay finds a live merge's target holding everything
+//!   (whichever sources are left), or a frozen merge's newest sources over its target,
+//!   which already holds what the deleted older ones held unless a newer source holds it
+//!   too: the replayed merge rewrites exactly what the first one left there. A drop while replaying also refuses a
 //!   target block failing its checksum: the merge's own were copied again, so it is a
 //!   later write's, whose replay must complete it from the sources (a partial write after
 //!   the drop would otherwise complete it from below the range). Then the sources stay

@@ -42,7 +42,7 @@ impl ChunkStore {
     /// target is written into it as that holder has it (data, or written as zero). The
     /// target is layer `top` when `live` (blocks it holds are left alone: they are the
     /// clients'), else the lowest layer of the range the chunk has. A chunk with fewer than
-    /// two layers in the range has nothing to merge. Reads as of any sequence `>= top` or
+    /// two layers in the range, or without layer `top` when live, has nothing to merge. Reads as of any sequence `>= top` or
     /// `< low` are unchanged. Idempotent and replay-safe (see the `layers` module doc).
     /// `low` 0 is 1; `low > top` is [`crate::Error::Refused`]. A full disk is
     /// [`crate::Error::DiskFull`]; the blocks it left torn keep a drop refused until a
@@ -144,8 +144,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The merge of the chunk over `range`, if it has at least two layers there (looked up
-    /// in the layer map alone: no system call).
+    /// The merge of the chunk over `range`, if it has at least two layers there, layer
+    /// `top` among them when live (looked up in the layer map alone: no system call).
     fn merge_plan(&self, volume: u64, chunk: u64, range: MergeRange) -> Result<Option<Plan>> {
         let (low, top) = (range.low.max(1), range.top);
         if low > top {
@@ -160,9 +160,12 @@ impl ChunkStore {
             .filter(|&l| l >= low)
             .collect();
         let (target, sources, layers) = if range.live {
-            let sources: Vec<u64> = held.iter().copied().filter(|&l| l != top).collect();
-            let layers = sources.len() + usize::from(held.first() == Some(&top));
-            (top, sources, layers)
+            // Without the live layer there is nothing to merge into: copying the whole
+            // range into a new layer `top` would only add one.
+            if held.first() != Some(&top) {
+                return Ok(None);
+            }
+            (top, held[1..].to_vec(), held.len())
         } else {
             let Some((&lowest, above)) = held.split_last() else {
                 return Ok(None);

@@ -90,6 +90,12 @@ fn a_frozen_merge_keeps_every_retained_read_and_its_drop_frees_the_files_at_the_
     assert_eq!(s.chunk_blocks_in(1, 0, 3).unwrap(), 0);
     assert_eq!(s.checksums_in(1, 0, 4, 0, 4).unwrap(), vec![0u8; 16]);
     assert_eq!(s.read_in(1, 0, 3, 0, B).unwrap(), fill(0, 1));
+    // Served to a peer copying the store while their files exist (see `dropped`).
+    assert_eq!(s.served_blocks_in(1, 0, 3).unwrap(), 8);
+    assert_eq!(
+        &s.served_read_in(1, 0, 3, 0, B).unwrap()[..],
+        &fill(3, 1)[..]
+    );
     assert_eq!(s.list_chunks().unwrap(), [(1, 0)]);
     assert!(layer_file(&tmp, 1, 3).exists() && layer_file(&tmp, 1, 4).exists());
     s.drop_merged(1, 0, r).unwrap();
@@ -142,8 +148,14 @@ fn a_live_merge_copies_what_the_live_layer_lacks_and_keeps_what_it_holds() {
     assert_eq!(layers_of(&s, 1), [3]);
     assert_eq!(s.list_chunks().unwrap(), [(1, 0)]);
     assert_eq!(s.read_in(1, 0, 1, 0, B).unwrap(), fill(0, 1));
+    assert_eq!(
+        &s.served_read_in(1, 0, 1, 0, B).unwrap()[..],
+        &fill(1, 1)[..]
+    );
     s.sync().unwrap();
     assert!(!layer_file(&tmp, 1, 1).exists());
+    assert_eq!(s.served_read_in(1, 0, 1, 0, B).unwrap(), fill(0, 1));
+    assert_eq!(s.served_blocks_in(1, 0, 1).unwrap(), 0);
     assert!(image(&s, 1, 7, &[3, 0]) == image_of(&before, &[1, 2, 3]));
 }
 
@@ -306,6 +318,12 @@ fn a_merge_of_a_plain_chunk_or_a_single_layer_does_nothing() {
     s.merge_layers(1, 1, 0, B, range(2, 3, true)).unwrap();
     assert_eq!(layers_of(&s, 1), [1, 2]);
     assert!(!layer_file(&tmp, 1, 3).exists());
+    // Two layers in a live range without its live layer: nothing to merge into either.
+    s.write_seq(1, 1, 0, &fill(3, 1), 3).unwrap();
+    s.merge_layers(1, 1, 0, B, range(2, 4, true)).unwrap();
+    s.drop_merged(1, 1, range(2, 4, true)).unwrap();
+    assert_eq!(layers_of(&s, 1), [1, 2, 3]);
+    assert!(!layer_file(&tmp, 1, 4).exists());
     assert!(matches!(
         s.merge_layers(1, 0, 0, B, range(3, 2, false)),
         Err(Error::Refused(_))
@@ -385,4 +403,37 @@ fn a_replayed_drop_keeps_the_sources_of_a_block_a_later_write_left_torn() {
     s.drop_merged(1, 0, r).unwrap();
     assert_eq!(read(&s, 1, 0, 2, 0), want);
     assert_eq!(layers_of(&s, 1), [1, 3]);
+}
+
+/// A catch-up that listed a chunk before a drop must still read the layers it listed:
+/// while a pin is held the hidden layers' files stay (served by the raw access, left out
+/// of the listings); the first sync after it is released deletes them.
+#[test]
+fn a_pinned_store_keeps_hidden_layers_readable_by_the_catch_up_until_the_pin_goes() {
+    let (tmp, s) = store();
+    five_layers(&s);
+    s.sync().unwrap();
+    let want = s.read_in(1, 0, 3, 0, 8 * B).unwrap();
+    let crcs = s.checksums_in(1, 0, 3, 0, 8).unwrap();
+    let pin = s.pin_dropped();
+    let r = range(2, 4, false);
+    s.merge_layers(1, 0, 0, 10 * B, r).unwrap();
+    s.drop_merged(1, 0, r).unwrap();
+    s.sync().unwrap();
+    assert!(layer_file(&tmp, 1, 3).exists() && layer_file(&tmp, 1, 4).exists());
+    assert_eq!(layers_of(&s, 1), [1, 2, 5]);
+    assert_eq!(s.served_read_in(1, 0, 3, 0, 8 * B).unwrap(), want);
+    assert_eq!(s.served_checksums_in(1, 0, 3, 0, 8).unwrap(), crcs);
+    assert_eq!(s.served_blocks_in(1, 0, 3).unwrap(), 8);
+    // Every other access leaves them out, the copier's local view among them (a copy
+    // into this store must not skip blocks of a layer its write would start anew).
+    assert_eq!(s.changed_blocks(1, 0, 2, 4).unwrap(), Vec::<u64>::new());
+    assert_eq!(s.chunk_blocks_in(1, 0, 3).unwrap(), 0);
+    assert_eq!(s.checksums_in(1, 0, 3, 0, 8).unwrap(), vec![0u8; 32]);
+    drop(pin);
+    assert!(layer_file(&tmp, 1, 3).exists());
+    s.sync().unwrap();
+    assert!(!layer_file(&tmp, 1, 3).exists() && !layer_file(&tmp, 1, 4).exists());
+    assert_eq!(s.served_blocks_in(1, 0, 3).unwrap(), 0);
+    assert_eq!(s.served_read_in(1, 0, 3, 0, B).unwrap(), fill(0, 1));
 }

@@ -166,8 +166,15 @@ impl ChunkStore {
         unsafe {
             libc::posix_fadvise(data.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
         }
+        let files = self.new_files(data, crcs);
+        map.insert(key, files.clone());
+        Ok(Some((files, true)))
+    }
+
+    /// Open files of a layer, counted against the budget until dropped.
+    pub(super) fn new_files(&self, data: File, crcs: File) -> Arc<ChunkFiles> {
         self.budget.opened();
-        let files = Arc::new(ChunkFiles {
+        Arc::new(ChunkFiles {
             data,
             crcs,
             lock: RwLock::new(()),
@@ -175,9 +182,7 @@ impl ChunkStore {
             unstarted: AtomicBool::new(false),
             used: AtomicU64::new(self.budget.now()),
             budget: self.budget.clone(),
-        });
-        map.insert(key, files.clone());
-        Ok(Some((files, true)))
+        })
     }
 
     /// Calls `f(key, dirty, last used)` for every open chunk nobody uses now.
@@ -199,7 +204,8 @@ impl ChunkStore {
     pub(super) fn close_idle(&self, keys: &[FileKey]) -> usize {
         let taken: Vec<(FileKey, Arc<ChunkFiles>)> = {
             let mut map = self.open_map_write();
-            keys.iter()
+            let taken: Vec<(FileKey, Arc<ChunkFiles>)> = keys
+                .iter()
                 .filter_map(|k| {
                     let idle = map.get(k).is_some_and(|f| Arc::strong_count(f) == 1);
                     if idle {
@@ -208,15 +214,26 @@ impl ChunkStore {
                         None
                     }
                 })
-                .collect()
+                .collect();
+            // Handed over before the map's lock is released: a sync collects the map's dirty
+            // files, then `closing`, so a dirty file is always in one of the two for it
+            // (taken out, then pushed later, a sync in between would miss it and yet report
+            // its writes durable, and delete the sources of a merge it was the target of).
+            let mut closing = self.closing_list();
+            for (_, files) in &taken {
+                if files.dirty.load(Ordering::Acquire) {
+                    self.budget.handing_over();
+                    closing.push(files.clone());
+                }
+            }
+            taken
         };
+        // Tests run a sync here: it must find the dirty ones in `closing`.
+        fail::fail_point!("chunk::close_idle");
         let mut clean = 0;
         for (key, files) in taken {
             self.measure(key, &files);
-            if files.dirty.load(Ordering::Acquire) {
-                self.budget.handing_over();
-                self.closing_list().push(files);
-            } else {
+            if !files.dirty.load(Ordering::Acquire) {
                 clean += 1;
             }
         }

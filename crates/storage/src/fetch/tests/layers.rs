@@ -169,3 +169,133 @@ async fn a_link_cut_between_two_pages_of_its_chunk_is_kept_for_the_replay() {
         );
     }
 }
+
+/// A merge and its drop applied at the source while a copy runs, after the copy listed
+/// the chunk and copied the merge's target, before it read the dropped layer, with a
+/// sync between (which would delete the dropped layer's files): the copy still gets that
+/// layer as it was, so the merge replayed on the new replica (from a log index before it)
+/// finds its sources, and every retained read is the source's.
+#[tokio::test]
+async fn a_copy_racing_a_merge_and_its_drop_still_copies_the_dropped_layers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tessera_engine::chunk::{MergeRange, layer_of};
+    let _serial = fail::FailScenario::setup();
+    let from_dir = tempfile::tempdir().expect("tempdir");
+    let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+    let source = from.get(GROUP).expect("source store");
+    let l = BLOCK_SIZE;
+    source
+        .write_seq(1, 0, 0, &[1u8; 4 * B], 1)
+        .expect("layer 1");
+    source
+        .write_seq(1, 0, 0, &[2u8; 2 * B], 2)
+        .expect("layer 2");
+    source
+        .write_seq(1, 0, l, &[3u8; 2 * B], 3)
+        .expect("layer 3");
+    source
+        .write_seq(1, 0, 3 * l, &[4u8; B], 4)
+        .expect("live layer 4");
+    source.sync().expect("sync");
+    // Snapshot 2 deleted, 3 kept: layers 2..=3 into layer 2.
+    let range = MergeRange {
+        low: 2,
+        top: 3,
+        live: false,
+    };
+    let seqs = [1u64, 3, 4, 0];
+    let reads = |s: &ChunkStore| -> Vec<_> {
+        seqs.iter()
+            .map(|&q| s.read_as_of(1, 0, 0, 4 * l, q).expect("read"))
+            .collect()
+    };
+    let before = reads(&source);
+    let merger = source.clone();
+    let merged = Arc::new(AtomicBool::new(false));
+    let addr = serve_copies_then(from.clone(), move |req| {
+        let target_copied = req.op == Op::CatchUpRead && layer_of(req.seq) == 2;
+        if target_copied && !merged.swap(true, Ordering::SeqCst) {
+            merger.merge_layers(1, 0, 0, 4 * l, range).expect("merge");
+            merger.drop_merged(1, 0, range).expect("drop");
+            merger.sync().expect("sync after the drop");
+        }
+    })
+    .await;
+    let to_dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+    copy(&store, &addr).await.expect("the copy");
+    // The log replayed from before the merge.
+    store.set_replaying(true);
+    store
+        .merge_layers(1, 0, 0, 4 * l, range)
+        .expect("replayed merge");
+    store.drop_merged(1, 0, range).expect("replayed drop");
+    store.set_replaying(false);
+    assert!(reads(&store) == before, "the new replica reads otherwise");
+    assert!(reads(&source) == before);
+    // The copy's connection gone (its pin with it), a sync deletes the dropped layer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        source.sync().expect("sync");
+        if source.served_blocks_in(1, 0, 3).expect("blocks") == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let layers: Vec<u64> = source
+        .list_layers()
+        .expect("list")
+        .iter()
+        .map(|k| k.layer)
+        .collect();
+    assert_eq!(layers, [1, 2, 4]);
+    assert_eq!(source.served_blocks_in(1, 0, 3).expect("blocks"), 0);
+}
+
+/// A copy into a replica holding a layer its own merge dropped (hidden, its files not yet
+/// deleted) that the source still lists: the copy must build that layer from nothing, not
+/// skip the blocks the hidden files hold (its first write starts the layer anew).
+#[tokio::test]
+async fn a_copy_into_a_replica_with_a_dropped_layer_copies_that_layer_whole() {
+    use tessera_engine::chunk::MergeRange;
+    let _serial = fail::FailScenario::setup();
+    let l = BLOCK_SIZE;
+    let from_dir = tempfile::tempdir().expect("tempdir");
+    let from = Arc::new(ChunkStores::open(from_dir.path()).expect("stores"));
+    let source = from.get(GROUP).expect("source store");
+    source
+        .write_seq(1, 0, 0, &[1u8; 4 * B], 1)
+        .expect("layer 1");
+    source.write_seq(1, 0, 0, &[2u8; B], 2).expect("layer 2");
+    source
+        .write_seq(1, 0, l, &[3u8; 2 * B], 3)
+        .expect("layer 3");
+    let addr = serve_copies(from.clone()).await;
+
+    let to_dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ChunkStore::open(to_dir.path()).expect("store"));
+    store.write_seq(1, 0, 0, &[1u8; 4 * B], 1).expect("layer 1");
+    store.write_seq(1, 0, 0, &[2u8; B], 2).expect("layer 2");
+    // Layer 3 holds block 1 as the source does, block 2 otherwise.
+    store.write_seq(1, 0, l, &[3u8; B], 3).expect("layer 3");
+    store.write_seq(1, 0, 2 * l, &[9u8; B], 3).expect("layer 3");
+    let range = MergeRange {
+        low: 2,
+        top: 3,
+        live: false,
+    };
+    store.merge_layers(1, 0, 0, 4 * l, range).expect("merge");
+    store.drop_merged(1, 0, range).expect("drop");
+    copy(&store, &addr).await.expect("the copy");
+    assert_eq!(
+        store.checksums_in(1, 0, 3, 0, 4).expect("crcs"),
+        source.checksums_in(1, 0, 3, 0, 4).expect("crcs")
+    );
+    for as_of in [1, 2, 3, 0] {
+        assert_eq!(
+            store.read_as_of(1, 0, 0, 4 * l, as_of).expect("read"),
+            source.read_as_of(1, 0, 0, 4 * l, as_of).expect("read"),
+            "as of {as_of}"
+        );
+    }
+}
