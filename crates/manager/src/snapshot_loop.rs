@@ -216,7 +216,7 @@ async fn reclaim(
         group_calls::apply_group(group, Instant::now() + DEADLINE).await?;
         pace.copied(bytes);
         let next = chunk.saturating_add(1);
-        if !record(service, job, move |s, j| s.reclaim_progress(j, next)).await? {
+        if !record(service, job, move |s, j| s.reclaim_progress(j, next, false)).await? {
             return Ok(None);
         }
         debug!(
