@@ -20,6 +20,8 @@ use tracing::debug;
 
 /// How long one replica gets to answer (then the next member is asked).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Calls to storage nodes one query makes at once.
+const PARALLEL_CALLS: usize = 32;
 /// How long a `VolumeUsage` request waits for all its groups.
 pub const USAGE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -41,27 +43,19 @@ pub struct Replicas {
     pub members: Vec<(u64, String)>,
 }
 
-/// Asks every group at once for the layers of `volume_id` it holds: group id → the answer
-/// of the first replica that gave one, or why none did before `deadline`.
+/// Asks every group (at most [`PARALLEL_CALLS`] at once) for the layers of `volume_id` it
+/// holds: group id → the answer of the first replica that gave one, or why none did before
+/// `deadline`.
 pub async fn ask_groups(
     volume_id: u64,
     groups: &[Replicas],
     deadline: Instant,
 ) -> BTreeMap<u64, Result<Vec<LayerBytes>, String>> {
-    let mut asking = JoinSet::new();
-    for g in groups {
-        let g = g.clone();
-        asking.spawn(async move {
-            let answer = ask_group(&g, volume_id, deadline).await;
-            (g.group_id, answer)
-        });
-    }
-    let mut out = BTreeMap::new();
-    while let Some(done) = asking.join_next().await {
-        if let Ok((group_id, answer)) = done {
-            out.insert(group_id, answer);
-        }
-    }
+    let calls = groups.iter().cloned().map(|g| async move {
+        let answer = ask_group(&g, volume_id, deadline).await;
+        (g.group_id, answer)
+    });
+    let mut out: BTreeMap<_, _> = bounded(calls).await.into_iter().collect();
     for g in groups {
         out.entry(g.group_id)
             .or_insert_with(|| Err("the query task failed".into()));
@@ -96,6 +90,69 @@ async fn ask_group(
         debug!(group = group.group_id, %last, "layer usage not answered; asking the next member");
     }
     Err(format!("group {}: {last}", group.group_id))
+}
+
+/// Group id → `(node id, its layers or why it did not answer)` per member.
+pub type PerReplica = BTreeMap<u64, Vec<(u64, Result<Vec<LayerBytes>, String>)>>;
+
+/// Every replica's answer (at most [`PARALLEL_CALLS`] calls at once): group id → `(node
+/// id, its layers or why it did not answer)` per member, in the members' order. For the
+/// reclaim, which must see a merge skipped on one replica (full disk) or counted late.
+pub async fn ask_replicas(volume_id: u64, groups: &[Replicas], deadline: Instant) -> PerReplica {
+    let mut calls = Vec::new();
+    for g in groups {
+        for (at, (node, addr)) in g.members.iter().enumerate() {
+            let req = StorageRequest::LayerUsage {
+                group_id: g.group_id,
+                volume_id,
+            };
+            let (group_id, node, addr) = (g.group_id, *node, addr.clone());
+            calls.push(async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let answer = if left.is_zero() {
+                    Err(format!("node {node}: no time left to ask"))
+                } else {
+                    match tessera_net::call::<StorageRequest, StorageReply>(&addr, &req, left).await
+                    {
+                        Ok(StorageReply::LayerUsage(layers)) => Ok(layers),
+                        Ok(other) => Err(format!("node {node} answered {other:?}")),
+                        Err(e) => Err(format!("node {node} at {addr}: {e}")),
+                    }
+                };
+                ((group_id, at), (node, answer))
+            });
+        }
+    }
+    let mut answers = bounded(calls).await;
+    answers.sort_by_key(|(k, _)| *k);
+    let mut out: BTreeMap<u64, Vec<_>> = groups.iter().map(|g| (g.group_id, Vec::new())).collect();
+    for ((group_id, _), answer) in answers {
+        out.entry(group_id).or_default().push(answer);
+    }
+    out
+}
+
+/// Runs `calls` with at most [`PARALLEL_CALLS`] at once; a call whose task failed is left
+/// out.
+async fn bounded<T: Send + 'static>(
+    calls: impl IntoIterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let mut running = JoinSet::new();
+    let mut out = Vec::new();
+    for call in calls {
+        if running.len() >= PARALLEL_CALLS
+            && let Some(Ok(done)) = running.join_next().await
+        {
+            out.push(done);
+        }
+        running.spawn(call);
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok(done) = done {
+            out.push(done);
+        }
+    }
+    out
 }
 
 /// Answers a `VolumeUsage` request: asks every group, then sums.

@@ -45,7 +45,9 @@ fn layers() -> Vec<LayerBytes> {
 }
 
 /// A stand-in storage node: records every request, answers `LayerUsage` with
-/// [`layers`] (or `NotFound` while `usage_down` is set) and anything else `Done`.
+/// [`layers`] as merged so far (or `NotFound` while `usage_down` is set) and anything else
+/// `Done`; a `DropMerged` forgets the chunk's layers of the range but its target (the
+/// lowest, or the top of a live range), as a storage node would.
 async fn fake_storage_node() -> (
     String,
     mpsc::UnboundedReceiver<StorageRequest>,
@@ -56,10 +58,12 @@ async fn fake_storage_node() -> (
     let (tx, rx) = mpsc::unbounded_channel();
     let down = Arc::new(AtomicBool::new(false));
     let flag = down.clone();
+    let held = Arc::new(std::sync::Mutex::new(layers()));
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let tx = tx.clone();
             let flag = flag.clone();
+            let held = held.clone();
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut r = FrameReader::new(r);
@@ -69,7 +73,30 @@ async fn fake_storage_node() -> (
                         StorageRequest::LayerUsage { .. } if flag.load(Ordering::SeqCst) => {
                             Err(ControlError::NotFound("no such group".into()))
                         }
-                        StorageRequest::LayerUsage { .. } => Ok(StorageReply::LayerUsage(layers())),
+                        StorageRequest::LayerUsage { .. } => {
+                            Ok(StorageReply::LayerUsage(held.lock().unwrap().clone()))
+                        }
+                        StorageRequest::Apply { ops, .. } => {
+                            for op in ops {
+                                if let GroupOp::DropMerged {
+                                    chunk,
+                                    low,
+                                    top,
+                                    live,
+                                    ..
+                                } = op
+                                {
+                                    drop_merged_layers(
+                                        &mut held.lock().unwrap(),
+                                        *chunk,
+                                        *low,
+                                        *top,
+                                        *live,
+                                    );
+                                }
+                            }
+                            Ok(StorageReply::Done)
+                        }
                         _ => Ok(StorageReply::Done),
                     };
                     let _ = tx.send(req);
@@ -81,6 +108,17 @@ async fn fake_storage_node() -> (
         }
     });
     (addr, rx, down)
+}
+
+/// Forgets `chunk`'s layers in `low..=top` but the target.
+fn drop_merged_layers(layers: &mut Vec<LayerBytes>, chunk: u64, low: u64, top: u64, live: bool) {
+    let in_range = |l: &LayerBytes| l.chunk == chunk && (low..=top).contains(&l.layer);
+    let target = if live {
+        Some(top)
+    } else {
+        layers.iter().filter(|l| in_range(l)).map(|l| l.layer).min()
+    };
+    layers.retain(|l| !in_range(l) || Some(l.layer) == target);
 }
 
 /// The group ops applied so far (other requests are dropped).
@@ -223,7 +261,7 @@ fn drop_merged(chunk: u64, low: u64, top: u64, live: bool) -> (u64, GroupOp) {
 /// Deleting the oldest snapshot merges layers 1..=2 of the one chunk that has both (after
 /// a fence at the volume's sequence); deleting the newest then merges the live range
 /// 1..=3 of every chunk with two layers there, in chunk order: the frozen pass over 1..=2,
-/// then the live pass over 1..=3.
+/// then the live pass over 1..=3, each merge piece in its own batch behind the fence.
 #[tokio::test]
 async fn deleting_snapshots_merges_the_layers_nobody_reads_any_more() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,6 +281,7 @@ async fn deleting_snapshots_merges_the_layers_nobody_reads_any_more() {
             fence(3),
             merge(c, 1, 2, false),
             drop_merged(c, 1, 2, false),
+            fence(3),
             merge(c, 1, 3, true),
             drop_merged(c, 1, 3, true),
         ]
