@@ -34,6 +34,8 @@ pub struct UsageQuery {
     pub snapshots: Vec<(String, u64)>,
     /// Its groups, with whom to ask.
     pub groups: Vec<Replicas>,
+    /// Its groups with nobody known to ask: reported unreported.
+    pub unknown: Vec<u64>,
 }
 
 /// A group and its members to ask in turn: `(node id, address)`, the leader first.
@@ -169,7 +171,7 @@ pub fn sum(
     answers: &BTreeMap<u64, Result<Vec<LayerBytes>, String>>,
 ) -> VolumeUsage {
     let mut per_layer: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut unreported = Vec::new();
+    let mut unreported = q.unknown.clone();
     for (group_id, answer) in answers {
         match answer {
             Ok(layers) => {
@@ -196,7 +198,11 @@ pub fn sum(
         volume: q.volume.clone(),
         snapshots,
         live_bytes: layers_bytes(&per_layer, below, u64::MAX),
-        unreported_groups: unreported,
+        unreported_groups: {
+            unreported.sort_unstable();
+            unreported.dedup();
+            unreported
+        },
     }
 }
 
@@ -223,7 +229,8 @@ mod tests {
     }
 
     /// Snapshots at 2 and 5: the first holds layers 1..=2, the second 3..=5, live 6 and
-    /// up, summed over chunks and groups; a group that did not answer is named.
+    /// up, summed over chunks and groups; a group that did not answer, or had nobody to ask,
+    /// is named.
     #[test]
     fn each_snapshot_holds_the_layers_since_the_one_before_it() {
         let q = UsageQuery {
@@ -231,6 +238,7 @@ mod tests {
             volume_id: 1,
             snapshots: vec![("a".into(), 2), ("b".into(), 5)],
             groups: Vec::new(),
+            unknown: vec![5],
         };
         let answers = BTreeMap::from([
             (1, Ok(vec![lb(0, 1, 100), lb(0, 3, 10), lb(0, 6, 1)])),
@@ -254,7 +262,7 @@ mod tests {
             ]
         );
         assert_eq!(u.live_bytes, 3);
-        assert_eq!(u.unreported_groups, [3]);
+        assert_eq!(u.unreported_groups, [3, 5], "silent, and nobody to ask");
         // No snapshot: everything is live.
         let none = UsageQuery {
             snapshots: Vec::new(),
