@@ -146,6 +146,11 @@ async fn volume(m: &Manager, name: &str) -> VolumeInfo {
 /// chunks with chunks 0..3 mapped, and snapshots "mon" (sequence 1) and "tue" (2): the
 /// volume is at sequence 3.
 async fn setup(dir: &std::path::Path, addr: &str) -> Manager {
+    setup_at(dir, [addr; 3]).await
+}
+
+/// [`setup`] with each node at its own address.
+async fn setup_at(dir: &std::path::Path, addrs: [&str; 3]) -> Manager {
     let m = Manager::start(ManagerConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
@@ -156,7 +161,7 @@ async fn setup(dir: &std::path::Path, addr: &str) -> Manager {
     })
     .await
     .unwrap();
-    for rack in ["a", "b", "c"] {
+    for (rack, addr) in ["a", "b", "c"].into_iter().zip(addrs) {
         let reg = NodeRegistration {
             node_id: None,
             zone: "z".into(),
@@ -330,5 +335,40 @@ async fn volume_usage_counts_each_snapshots_layers_and_names_silent_groups() {
         Err(NetError::Control(ControlError::NotFound(_))) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
+    m.shutdown().await;
+}
+
+/// Only the group's leader applies ops here, so the other two stand-ins keep chunk 0's
+/// layers, as replicas whose merge met a full disk would: the reclaim is not recorded
+/// done (its progress goes back to chunk 0 for a later pass), and it is not retried at
+/// once: one pass, not one per tick.
+#[tokio::test]
+async fn a_reclaim_is_not_done_while_a_replica_still_holds_the_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(fake_storage_node().await);
+    }
+    let addrs = [
+        nodes[0].0.as_str(),
+        nodes[1].0.as_str(),
+        nodes[2].0.as_str(),
+    ];
+    let m = setup_at(dir.path(), addrs).await;
+    for n in &mut nodes {
+        applied(&mut n.1);
+    }
+    delete_snapshot(&m, "mon").await;
+    // A pass, the settling time, the check, and several ticks more.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ops: Vec<(u64, GroupOp)> = nodes.iter_mut().flat_map(|n| applied(&mut n.1)).collect();
+    assert_eq!(
+        ops,
+        [fence(3), merge(0, 1, 2, false), drop_merged(0, 1, 2, false)],
+        "merged once, and not again every tick"
+    );
+    let v = volume(&m, "v").await;
+    assert_eq!(v.reclaims.len(), 1, "not done: {:?}", v.reclaims);
+    assert_eq!(v.reclaims[0].next_chunk, 0, "progress back to chunk 0");
     m.shutdown().await;
 }
