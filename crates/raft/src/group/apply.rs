@@ -294,8 +294,9 @@ fn skip_optional_work(
     }
 }
 
-/// Whether the chunk store refused an operation for what it asked (the same on every
-/// replica), rather than failed at it.
+/// Whether the chunk store refused an operation for what it asked, rather than failed at
+/// it: the same on every replica, but for a `DropMerged`, which checks this replica's own
+/// merge (one skipped here on a full disk makes it refuse here only).
 fn refused(e: &tessera_engine::Error) -> bool {
     matches!(
         e,
