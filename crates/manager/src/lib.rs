@@ -11,7 +11,7 @@
 //!   storage nodes (`ChangeMembers`, `TransferLeader`), off the request path.
 //! - `snapshot_loop`: on the leading manager, finishes snapshots and clones left
 //!   unfinished and carries every flatten and every reclaim of deleted snapshots' space
-//!   on, chunk by chunk, rate limited.
+//!   (`reclaim_loop`) on, chunk by chunk, rate limited together (`pace`).
 //! - `group_calls`: proposing `GroupOp`s in replica groups (`StorageRequest::Apply` to
 //!   each group's leader, retried until a deadline), for snapshots, clones, rollbacks,
 //!   flattens, reclaims.
@@ -79,9 +79,11 @@ mod db;
 mod error;
 mod group_calls;
 mod liveness;
+mod pace;
 mod peer;
 mod placement;
 mod raft_log;
+mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
 mod server;

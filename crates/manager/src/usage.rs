@@ -20,6 +20,8 @@ use tracing::debug;
 
 /// How long one replica gets to answer (then the next member is asked).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Calls to storage nodes one query makes at once.
+const PARALLEL_CALLS: usize = 32;
 /// How long a `VolumeUsage` request waits for all its groups.
 pub const USAGE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -32,6 +34,8 @@ pub struct UsageQuery {
     pub snapshots: Vec<(String, u64)>,
     /// Its groups, with whom to ask.
     pub groups: Vec<Replicas>,
+    /// Its groups with nobody known to ask: reported unreported.
+    pub unknown: Vec<u64>,
 }
 
 /// A group and its members to ask in turn: `(node id, address)`, the leader first.
@@ -41,27 +45,19 @@ pub struct Replicas {
     pub members: Vec<(u64, String)>,
 }
 
-/// Asks every group at once for the layers of `volume_id` it holds: group id → the answer
-/// of the first replica that gave one, or why none did before `deadline`.
+/// Asks every group (at most [`PARALLEL_CALLS`] at once) for the layers of `volume_id` it
+/// holds: group id → the answer of the first replica that gave one, or why none did before
+/// `deadline`.
 pub async fn ask_groups(
     volume_id: u64,
     groups: &[Replicas],
     deadline: Instant,
 ) -> BTreeMap<u64, Result<Vec<LayerBytes>, String>> {
-    let mut asking = JoinSet::new();
-    for g in groups {
-        let g = g.clone();
-        asking.spawn(async move {
-            let answer = ask_group(&g, volume_id, deadline).await;
-            (g.group_id, answer)
-        });
-    }
-    let mut out = BTreeMap::new();
-    while let Some(done) = asking.join_next().await {
-        if let Ok((group_id, answer)) = done {
-            out.insert(group_id, answer);
-        }
-    }
+    let calls = groups.iter().cloned().map(|g| async move {
+        let answer = ask_group(&g, volume_id, deadline).await;
+        (g.group_id, answer)
+    });
+    let mut out: BTreeMap<_, _> = bounded(calls).await.into_iter().collect();
     for g in groups {
         out.entry(g.group_id)
             .or_insert_with(|| Err("the query task failed".into()));
@@ -98,6 +94,69 @@ async fn ask_group(
     Err(format!("group {}: {last}", group.group_id))
 }
 
+/// Group id → `(node id, its layers or why it did not answer)` per member.
+pub type PerReplica = BTreeMap<u64, Vec<(u64, Result<Vec<LayerBytes>, String>)>>;
+
+/// Every replica's answer (at most [`PARALLEL_CALLS`] calls at once): group id → `(node
+/// id, its layers or why it did not answer)` per member, in the members' order. For the
+/// reclaim, which must see a merge skipped on one replica (full disk) or counted late.
+pub async fn ask_replicas(volume_id: u64, groups: &[Replicas], deadline: Instant) -> PerReplica {
+    let mut calls = Vec::new();
+    for g in groups {
+        for (at, (node, addr)) in g.members.iter().enumerate() {
+            let req = StorageRequest::LayerUsage {
+                group_id: g.group_id,
+                volume_id,
+            };
+            let (group_id, node, addr) = (g.group_id, *node, addr.clone());
+            calls.push(async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let answer = if left.is_zero() {
+                    Err(format!("node {node}: no time left to ask"))
+                } else {
+                    match tessera_net::call::<StorageRequest, StorageReply>(&addr, &req, left).await
+                    {
+                        Ok(StorageReply::LayerUsage(layers)) => Ok(layers),
+                        Ok(other) => Err(format!("node {node} answered {other:?}")),
+                        Err(e) => Err(format!("node {node} at {addr}: {e}")),
+                    }
+                };
+                ((group_id, at), (node, answer))
+            });
+        }
+    }
+    let mut answers = bounded(calls).await;
+    answers.sort_by_key(|(k, _)| *k);
+    let mut out: BTreeMap<u64, Vec<_>> = groups.iter().map(|g| (g.group_id, Vec::new())).collect();
+    for ((group_id, _), answer) in answers {
+        out.entry(group_id).or_default().push(answer);
+    }
+    out
+}
+
+/// Runs `calls` with at most [`PARALLEL_CALLS`] at once; a call whose task failed is left
+/// out.
+async fn bounded<T: Send + 'static>(
+    calls: impl IntoIterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let mut running = JoinSet::new();
+    let mut out = Vec::new();
+    for call in calls {
+        if running.len() >= PARALLEL_CALLS
+            && let Some(Ok(done)) = running.join_next().await
+        {
+            out.push(done);
+        }
+        running.spawn(call);
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok(done) = done {
+            out.push(done);
+        }
+    }
+    out
+}
+
 /// Answers a `VolumeUsage` request: asks every group, then sums.
 pub async fn answer(q: UsageQuery) -> Result<ManagerReply, ControlError> {
     let answers = ask_groups(q.volume_id, &q.groups, Instant::now() + USAGE_DEADLINE).await;
@@ -112,7 +171,7 @@ pub fn sum(
     answers: &BTreeMap<u64, Result<Vec<LayerBytes>, String>>,
 ) -> VolumeUsage {
     let mut per_layer: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut unreported = Vec::new();
+    let mut unreported = q.unknown.clone();
     for (group_id, answer) in answers {
         match answer {
             Ok(layers) => {
@@ -139,7 +198,11 @@ pub fn sum(
         volume: q.volume.clone(),
         snapshots,
         live_bytes: layers_bytes(&per_layer, below, u64::MAX),
-        unreported_groups: unreported,
+        unreported_groups: {
+            unreported.sort_unstable();
+            unreported.dedup();
+            unreported
+        },
     }
 }
 
@@ -166,7 +229,8 @@ mod tests {
     }
 
     /// Snapshots at 2 and 5: the first holds layers 1..=2, the second 3..=5, live 6 and
-    /// up, summed over chunks and groups; a group that did not answer is named.
+    /// up, summed over chunks and groups; a group that did not answer, or had nobody to ask,
+    /// is named.
     #[test]
     fn each_snapshot_holds_the_layers_since_the_one_before_it() {
         let q = UsageQuery {
@@ -174,6 +238,7 @@ mod tests {
             volume_id: 1,
             snapshots: vec![("a".into(), 2), ("b".into(), 5)],
             groups: Vec::new(),
+            unknown: vec![5],
         };
         let answers = BTreeMap::from([
             (1, Ok(vec![lb(0, 1, 100), lb(0, 3, 10), lb(0, 6, 1)])),
@@ -197,7 +262,7 @@ mod tests {
             ]
         );
         assert_eq!(u.live_bytes, 3);
-        assert_eq!(u.unreported_groups, [3]);
+        assert_eq!(u.unreported_groups, [3, 5], "silent, and nobody to ask");
         // No snapshot: everything is live.
         let none = UsageQuery {
             snapshots: Vec::new(),

@@ -45,7 +45,9 @@ fn layers() -> Vec<LayerBytes> {
 }
 
 /// A stand-in storage node: records every request, answers `LayerUsage` with
-/// [`layers`] (or `NotFound` while `usage_down` is set) and anything else `Done`.
+/// [`layers`] as merged so far (or `NotFound` while `usage_down` is set) and anything else
+/// `Done`; a `DropMerged` forgets the chunk's layers of the range but its target (the
+/// lowest, or the top of a live range), as a storage node would.
 async fn fake_storage_node() -> (
     String,
     mpsc::UnboundedReceiver<StorageRequest>,
@@ -56,10 +58,12 @@ async fn fake_storage_node() -> (
     let (tx, rx) = mpsc::unbounded_channel();
     let down = Arc::new(AtomicBool::new(false));
     let flag = down.clone();
+    let held = Arc::new(std::sync::Mutex::new(layers()));
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let tx = tx.clone();
             let flag = flag.clone();
+            let held = held.clone();
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut r = FrameReader::new(r);
@@ -69,7 +73,30 @@ async fn fake_storage_node() -> (
                         StorageRequest::LayerUsage { .. } if flag.load(Ordering::SeqCst) => {
                             Err(ControlError::NotFound("no such group".into()))
                         }
-                        StorageRequest::LayerUsage { .. } => Ok(StorageReply::LayerUsage(layers())),
+                        StorageRequest::LayerUsage { .. } => {
+                            Ok(StorageReply::LayerUsage(held.lock().unwrap().clone()))
+                        }
+                        StorageRequest::Apply { ops, .. } => {
+                            for op in ops {
+                                if let GroupOp::DropMerged {
+                                    chunk,
+                                    low,
+                                    top,
+                                    live,
+                                    ..
+                                } = op
+                                {
+                                    drop_merged_layers(
+                                        &mut held.lock().unwrap(),
+                                        *chunk,
+                                        *low,
+                                        *top,
+                                        *live,
+                                    );
+                                }
+                            }
+                            Ok(StorageReply::Done)
+                        }
                         _ => Ok(StorageReply::Done),
                     };
                     let _ = tx.send(req);
@@ -81,6 +108,17 @@ async fn fake_storage_node() -> (
         }
     });
     (addr, rx, down)
+}
+
+/// Forgets `chunk`'s layers in `low..=top` but the target.
+fn drop_merged_layers(layers: &mut Vec<LayerBytes>, chunk: u64, low: u64, top: u64, live: bool) {
+    let in_range = |l: &LayerBytes| l.chunk == chunk && (low..=top).contains(&l.layer);
+    let target = if live {
+        Some(top)
+    } else {
+        layers.iter().filter(|l| in_range(l)).map(|l| l.layer).min()
+    };
+    layers.retain(|l| !in_range(l) || Some(l.layer) == target);
 }
 
 /// The group ops applied so far (other requests are dropped).
@@ -108,6 +146,11 @@ async fn volume(m: &Manager, name: &str) -> VolumeInfo {
 /// chunks with chunks 0..3 mapped, and snapshots "mon" (sequence 1) and "tue" (2): the
 /// volume is at sequence 3.
 async fn setup(dir: &std::path::Path, addr: &str) -> Manager {
+    setup_at(dir, [addr; 3]).await
+}
+
+/// [`setup`] with each node at its own address.
+async fn setup_at(dir: &std::path::Path, addrs: [&str; 3]) -> Manager {
     let m = Manager::start(ManagerConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
@@ -118,7 +161,7 @@ async fn setup(dir: &std::path::Path, addr: &str) -> Manager {
     })
     .await
     .unwrap();
-    for rack in ["a", "b", "c"] {
+    for (rack, addr) in ["a", "b", "c"].into_iter().zip(addrs) {
         let reg = NodeRegistration {
             node_id: None,
             zone: "z".into(),
@@ -223,7 +266,7 @@ fn drop_merged(chunk: u64, low: u64, top: u64, live: bool) -> (u64, GroupOp) {
 /// Deleting the oldest snapshot merges layers 1..=2 of the one chunk that has both (after
 /// a fence at the volume's sequence); deleting the newest then merges the live range
 /// 1..=3 of every chunk with two layers there, in chunk order: the frozen pass over 1..=2,
-/// then the live pass over 1..=3.
+/// then the live pass over 1..=3, each merge piece in its own batch behind the fence.
 #[tokio::test]
 async fn deleting_snapshots_merges_the_layers_nobody_reads_any_more() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,6 +286,7 @@ async fn deleting_snapshots_merges_the_layers_nobody_reads_any_more() {
             fence(3),
             merge(c, 1, 2, false),
             drop_merged(c, 1, 2, false),
+            fence(3),
             merge(c, 1, 3, true),
             drop_merged(c, 1, 3, true),
         ]
@@ -291,5 +335,40 @@ async fn volume_usage_counts_each_snapshots_layers_and_names_silent_groups() {
         Err(NetError::Control(ControlError::NotFound(_))) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
+    m.shutdown().await;
+}
+
+/// Only the group's leader applies ops here, so the other two stand-ins keep chunk 0's
+/// layers, as replicas whose merge met a full disk would: the reclaim is not recorded
+/// done (its progress goes back to chunk 0 for a later pass), and it is not retried at
+/// once: one pass, not one per tick.
+#[tokio::test]
+async fn a_reclaim_is_not_done_while_a_replica_still_holds_the_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(fake_storage_node().await);
+    }
+    let addrs = [
+        nodes[0].0.as_str(),
+        nodes[1].0.as_str(),
+        nodes[2].0.as_str(),
+    ];
+    let m = setup_at(dir.path(), addrs).await;
+    for n in &mut nodes {
+        applied(&mut n.1);
+    }
+    delete_snapshot(&m, "mon").await;
+    // A pass, the settling time, the check, and several ticks more.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ops: Vec<(u64, GroupOp)> = nodes.iter_mut().flat_map(|n| applied(&mut n.1)).collect();
+    assert_eq!(
+        ops,
+        [fence(3), merge(0, 1, 2, false), drop_merged(0, 1, 2, false)],
+        "merged once, and not again every tick"
+    );
+    let v = volume(&m, "v").await;
+    assert_eq!(v.reclaims.len(), 1, "not done: {:?}", v.reclaims);
+    assert_eq!(v.reclaims[0].next_chunk, 0, "progress back to chunk 0");
     m.shutdown().await;
 }

@@ -46,26 +46,31 @@ pub fn space_lines(v: &VolumeInfo, usage: Option<&UsageAnswer>) -> Vec<String> {
         }
         Some(Err(why)) => lines.push(format!("usage: unavailable ({why})")),
     }
+    // `next_chunk` is an index (a sparse volume's may pass its count of mapped chunks),
+    // so it is shown as one, beside the count, never as "X of Y".
     if let Some(next) = v.reclaims.iter().map(|r| r.next_chunk).min() {
         lines.push(format!(
-            "reclaiming space of deleted snapshots: chunk {} of {}",
-            next.min(v.mapped_chunks),
+            "reclaiming space of deleted snapshots: next chunk index {next} ({} chunks mapped)",
             v.mapped_chunks
         ));
     }
     lines
 }
 
-/// A volume's JSON with its usage under `"usage"` (`null` when it could not be had); every
-/// other key as [`VolumeInfo`] has it.
+/// A volume's JSON with its usage under `"usage"` (`null` when it could not be had, with
+/// why under `"usage_error"`); every other key as [`VolumeInfo`] has it.
 pub fn volume_json(v: &VolumeInfo, usage: &UsageAnswer) -> serde_json::Result<Value> {
     let mut json = serde_json::to_value(v)?;
     if let Value::Object(map) = &mut json {
-        let usage = match usage {
-            Ok(u) => serde_json::to_value(u)?,
-            Err(_) => Value::Null,
-        };
-        map.insert("usage".into(), usage);
+        match usage {
+            Ok(u) => {
+                map.insert("usage".into(), serde_json::to_value(u)?);
+            }
+            Err(why) => {
+                map.insert("usage".into(), Value::Null);
+                map.insert("usage_error".into(), Value::String(why.clone()));
+            }
+        }
     }
     Ok(json)
 }
@@ -165,8 +170,20 @@ mod tests {
             space_lines(&v, Some(&down)),
             [
                 "usage: unavailable (no manager leader)",
-                "reclaiming space of deleted snapshots: chunk 5 of 16"
+                "reclaiming space of deleted snapshots: next chunk index 5 (16 chunks mapped)"
             ]
+        );
+        // A sparse volume: the index passes the count, and is shown as it is.
+        v.reclaims[1].next_chunk = 40;
+        assert_eq!(
+            space_lines(&v, None),
+            ["reclaiming space of deleted snapshots: next chunk index 9 (16 chunks mapped)"]
+        );
+        v.reclaims.truncate(1);
+        v.reclaims[0].next_chunk = 40;
+        assert_eq!(
+            space_lines(&v, None),
+            ["reclaiming space of deleted snapshots: next chunk index 40 (16 chunks mapped)"]
         );
         let mut partial = usage();
         partial.unreported_groups = vec![3, 8];
@@ -182,17 +199,19 @@ mod tests {
     }
 
     /// The JSON keeps every key of the volume (it still reads back as a `VolumeInfo`) and
-    /// adds `usage`, `null` when unknown.
+    /// adds `usage`, `null` when unknown with why in `usage_error`.
     #[test]
     fn volume_json_adds_usage_and_keeps_the_rest() {
         let v = volume();
         let json = volume_json(&v, &Ok(usage())).unwrap();
         assert_eq!(json["usage"]["live_bytes"], 4 << 20);
         assert_eq!(json["usage"]["snapshots"][1]["name"], "tuesday");
-        let back: VolumeInfo = serde_json::from_value(json).unwrap();
+        let back: VolumeInfo = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, v);
+        assert!(json.get("usage_error").is_none());
         let json = volume_json(&v, &Err("down".into())).unwrap();
         assert!(json["usage"].is_null());
+        assert_eq!(json["usage_error"], "down");
         assert_eq!(json["name"], "db1");
         assert_eq!(bytes_of(&Ok(usage()), "tuesday"), Some(3 << 19));
         assert_eq!(bytes_of(&Ok(usage()), "nope"), None);

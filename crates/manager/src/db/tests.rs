@@ -332,6 +332,8 @@ fn reclaims_and_their_progress_survive_reopen() {
             volume_id: id,
             low: 1,
             next_chunk: 4,
+            of: Default::default(),
+            retry: false,
         };
         step(&store, &mut state, m);
         let low_and_next: Vec<(u64, u64)> = state
@@ -365,6 +367,7 @@ fn reclaims_and_their_progress_survive_reopen() {
         Mutation::ReclaimDone {
             volume_id: id,
             low: 1,
+            of: Default::default(),
         },
     );
     drop(store);

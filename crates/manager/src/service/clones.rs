@@ -138,12 +138,14 @@ impl Service {
     /// creating snapshots and linking clones to finish, the next chunk of every flatten,
     /// and the reclaims of deleted snapshots' space. A flatten with nothing left linked is
     /// completed here (its parent cleared).
-    pub fn background(&mut self, now: Now) -> Background {
+    pub fn background(&mut self, now: Now, plan_reclaims: bool) -> Background {
         let mut out = Background::default();
         if self.lead().is_err() {
             return out;
         }
-        out.reclaim = self.reclaim_jobs(now);
+        if plan_reclaims {
+            out.reclaim = self.reclaim_jobs(now);
+        }
         for (volume_id, name) in self.state.creating_snapshots() {
             match self.snapshot_pending(volume_id, &name, now) {
                 Ok(p) => out.finish.push(p),

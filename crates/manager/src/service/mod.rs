@@ -60,10 +60,6 @@ pub struct DropOrder {
 
 /// How a request is answered.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per request, moved once; boxing the common case buys nothing"
-)]
 pub enum Reply {
     /// At once.
     Done(Result<ManagerReply, ControlError>),

@@ -1,7 +1,8 @@
 //! The leading manager's background reclaim of deleted snapshots' space: the jobs the
 //! replicated state asks for ([`ReclaimJob`], planned in `Service::background`), and the
 //! commits of their progress, made only while the reclaim is still the one the job was
-//! planned for (a deletion may have widened its range and restarted it).
+//! planned for (a deletion may have widened its range and restarted it, or replaced it
+//! with a new live layer): checked again in the state (`ReclaimOf`).
 //!
 //! Must never: record a chunk merged before its group applied the merge; plan work on a
 //! manager that does not lead.
@@ -9,7 +10,7 @@
 use tracing::warn;
 
 use crate::group_calls::GroupJob;
-use crate::state::Mutation;
+use crate::state::{Mutation, ReclaimOf};
 
 use super::{Now, Service};
 
@@ -61,12 +62,14 @@ impl Service {
     }
 
     /// The job's chunks below `next_chunk` are merged: recorded, if the reclaim is still
-    /// the job's (same `low`, same top). `false`: it is not (gone, or its range changed),
-    /// the job stops.
+    /// the job's (see `ReclaimOf`). `retry`: some replica still holds a chunk at
+    /// `next_chunk` unmerged, progress moves back to it. `false`: the reclaim is not the
+    /// job's any more (gone, or its range changed), the job stops.
     pub fn reclaim_progress(
         &mut self,
         job: &ReclaimJob,
         next_chunk: u64,
+        retry: bool,
     ) -> Result<bool, tessera_proto::control::ControlError> {
         self.lead()?;
         if !self.still_current(job) {
@@ -76,6 +79,8 @@ impl Service {
             volume_id: job.volume_id,
             low: job.low,
             next_chunk,
+            of: job.of(),
+            retry,
         })?;
         Ok(true)
     }
@@ -92,13 +97,24 @@ impl Service {
         self.commit(Mutation::ReclaimDone {
             volume_id: job.volume_id,
             low: job.low,
+            of: job.of(),
         })?;
         Ok(true)
     }
 
     fn still_current(&self, job: &ReclaimJob) -> bool {
         self.state
-            .reclaim_of(job.volume_id, job.low)
-            .is_some_and(|(_, top)| top == job.top)
+            .reclaim_of(job.volume_id, job.low, job.of())
+            .is_some()
+    }
+}
+
+impl ReclaimJob {
+    /// The reclaim as the job was planned for it.
+    pub fn of(&self) -> ReclaimOf {
+        ReclaimOf {
+            top: self.top,
+            seq: self.seq,
+        }
     }
 }

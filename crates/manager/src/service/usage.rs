@@ -10,8 +10,8 @@ use crate::usage::{Replicas, UsageQuery};
 use super::{Now, Service};
 
 impl Service {
-    /// The volume's snapshots and groups (members leader first): `NotFound` for an unknown
-    /// volume.
+    /// The volume's snapshots and groups (members leader first; a group with nobody to ask
+    /// in `unknown`): `NotFound` for an unknown volume.
     pub(super) fn usage_query(&self, name: &str, now: Now) -> Result<UsageQuery, ControlError> {
         let rec = self.state.volume_record(name)?;
         let volume_id = rec.id;
@@ -20,21 +20,24 @@ impl Service {
             .iter()
             .map(|s| (s.name.clone(), s.seq))
             .collect();
-        let groups = self
-            .state
-            .groups_of_volume(volume_id)?
-            .into_iter()
-            .filter_map(|g| self.group_job(g, Vec::new(), now))
-            .map(|j| Replicas {
-                group_id: j.group_id,
-                members: j.members,
-            })
-            .collect();
+        let mut groups = Vec::new();
+        let mut unknown = Vec::new();
+        for g in self.state.groups_of_volume(volume_id)? {
+            match self.group_job(g, Vec::new(), now) {
+                Some(j) => groups.push(Replicas {
+                    group_id: j.group_id,
+                    members: j.members,
+                }),
+                // Nobody to ask: reported, never counted as empty.
+                None => unknown.push(g),
+            }
+        }
         Ok(UsageQuery {
             volume: rec.name.clone(),
             volume_id,
             snapshots,
             groups,
+            unknown,
         })
     }
 }

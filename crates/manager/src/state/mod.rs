@@ -40,7 +40,7 @@ mod snapshot_tests;
 mod tests;
 
 pub use clones::{ClonePlan, FlattenStep};
-pub use mutation::{Mutation, NextIds};
+pub use mutation::{Mutation, NextIds, ReclaimOf};
 pub use pieces::{FLATTEN_PIECE, flatten_pieces, reclaim_ops};
 #[cfg(test)]
 use reclaims::{ReclaimStep, range_top};

@@ -104,17 +104,43 @@ pub enum Mutation {
         volume_id: u64,
     },
     /// The chunks below `next_chunk` of the reclaim starting at layer `low` are merged in
-    /// their groups (ignored without such a reclaim; never moves it back).
+    /// their groups (ignored without such a reclaim, or if it is no longer the one the job
+    /// was planned for: see [`ReclaimOf`]); never moves it back, but in a `retry` (some
+    /// replica still holds a chunk there unmerged: it is merged again from there).
     ReclaimProgress {
         volume_id: u64,
         low: u64,
         next_chunk: u64,
+        #[serde(flatten)]
+        of: ReclaimOf,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retry: bool,
     },
-    /// Every chunk of the reclaim starting at layer `low` is merged: it is forgotten.
+    /// Every chunk of the reclaim starting at layer `low` is merged: it is forgotten (if
+    /// it is still the one the job was planned for).
     ReclaimDone {
         volume_id: u64,
         low: u64,
+        #[serde(flatten)]
+        of: ReclaimOf,
     },
+}
+
+/// Which reclaim a job worked on: the top of its range and the volume's sequence N it was
+/// planned at. A reclaim at the same `low` may have been replaced meanwhile (a snapshot
+/// taken at N and deleted again restarts the live range at chunk 0, with N + 1 live): its
+/// progress must not be taken from a job that merged into layer N. `seq` 0 (entries from
+/// before this existed): not checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimOf {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The next id of each kind: the high-water marks that make ids never reused.

@@ -88,30 +88,104 @@ fn progress_only_moves_forward_and_done_forgets_the_reclaim() {
     cut(&mut s, "v", "a");
     cut(&mut s, "v", "b");
     delete(&mut s, "a");
-    let progress = |low, next_chunk| Mutation::ReclaimProgress {
+    let of = ReclaimOf {
+        top: Some(2),
+        seq: 3,
+    };
+    let progress = |low, next_chunk, retry| Mutation::ReclaimProgress {
         volume_id: id,
         low,
         next_chunk,
+        of,
+        retry,
     };
-    s.apply(&progress(1, 3));
+    s.apply(&progress(1, 3, false));
     assert_eq!(reclaims(&s), [(1, 3)]);
-    s.apply(&progress(1, 2));
+    s.apply(&progress(1, 2, false));
     assert_eq!(reclaims(&s), [(1, 3)], "never moves back");
-    s.apply(&progress(7, 9));
+    s.apply(&progress(7, 9, false));
     assert_eq!(reclaims(&s), [(1, 3)], "no reclaim at 7: nothing");
-    assert_eq!(s.reclaim_of(id, 1), Some((3, Some(2))));
-    assert_eq!(s.reclaim_of(id, 7), None);
+    assert_eq!(s.reclaim_of(id, 1, of), Some(3));
+    assert_eq!(s.reclaim_of(id, 7, of), None);
+    s.apply(&progress(1, 1, true));
+    assert_eq!(reclaims(&s), [(1, 1)], "a retry moves it back");
     s.apply(&Mutation::ReclaimDone {
         volume_id: id,
         low: 7,
+        of,
     });
-    assert_eq!(reclaims(&s), [(1, 3)]);
+    assert_eq!(reclaims(&s), [(1, 1)]);
     s.apply(&Mutation::ReclaimDone {
         volume_id: id,
         low: 1,
+        of,
     });
     assert!(reclaims(&s).is_empty());
     assert!(s.reclaim_steps().is_empty());
+}
+
+/// A live reclaim's job merges into the live layer N it was planned at. A snapshot taken
+/// at N and deleted again between two of its progress records replaces the reclaim (same
+/// `low`, chunk 0, live layer N + 1): the stale job's progress and completion are
+/// ignored, else its skipped chunks would keep layer N beside N + 1 forever. Entries
+/// from before the check (`seq` 0) are taken as they were.
+#[test]
+fn a_stale_live_jobs_progress_is_ignored_after_a_snapshot_came_and_went() {
+    let (mut s, id) = setup();
+    cut(&mut s, "v", "a");
+    cut(&mut s, "v", "b");
+    delete(&mut s, "b");
+    assert_eq!(reclaims(&s), [(2, 0)]);
+    let stale = ReclaimOf { top: None, seq: 3 };
+    assert_eq!(s.reclaim_of(id, 2, stale), Some(0));
+    let progress = |next_chunk, of| Mutation::ReclaimProgress {
+        volume_id: id,
+        low: 2,
+        next_chunk,
+        of,
+        retry: false,
+    };
+    s.apply(&progress(1, stale));
+    assert_eq!(reclaims(&s), [(2, 1)]);
+    cut(&mut s, "v", "c");
+    delete(&mut s, "c");
+    assert_eq!(reclaims(&s), [(2, 0)], "replaced: same low, from chunk 0");
+    assert_eq!(s.reclaim_of(id, 2, stale), None);
+    s.apply(&progress(3, stale));
+    assert_eq!(
+        reclaims(&s),
+        [(2, 0)],
+        "the stale job's progress is ignored"
+    );
+    s.apply(&Mutation::ReclaimDone {
+        volume_id: id,
+        low: 2,
+        of: stale,
+    });
+    assert_eq!(reclaims(&s), [(2, 0)], "and so is its completion");
+    s.apply(&progress(2, ReclaimOf::default()));
+    assert_eq!(reclaims(&s), [(2, 2)], "an entry from before the check");
+    // The current job's is taken; one planned with another top is not.
+    let current = ReclaimOf { top: None, seq: 4 };
+    s.apply(&progress(3, current));
+    assert_eq!(reclaims(&s), [(2, 3)]);
+    s.apply(&progress(
+        4,
+        ReclaimOf {
+            top: Some(3),
+            seq: 4,
+        },
+    ));
+    assert_eq!(reclaims(&s), [(2, 3)], "another top");
+    // Old entries (no `top`, `seq`, `retry`) still decode.
+    let old = format!(r#"{{"ReclaimProgress":{{"volume_id":{id},"low":2,"next_chunk":5}}}}"#);
+    let m: Mutation = serde_json::from_str(&old).unwrap();
+    assert_eq!(m, progress(5, ReclaimOf::default()));
+    let back: Mutation = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    assert_eq!(back, m);
+    let done = format!(r#"{{"ReclaimDone":{{"volume_id":{id},"low":2}}}}"#);
+    s.apply(&serde_json::from_str(&done).unwrap());
+    assert!(reclaims(&s).is_empty());
 }
 
 /// The work planned: every group with its chunks, the range and the volume's sequence;

@@ -11,13 +11,14 @@
 //!
 //! Must never: let two reclaims of a volume overlap (a deletion absorbs those inside its
 //! range and restarts at chunk 0); plan work while a snapshot is `Creating` (its fences may
-//! not be applied), a rollback runs, or a clone is still linking; move progress back.
+//! not be applied), a rollback runs, or a clone is still linking; move progress back but
+//! in an explicit retry; take progress from a job planned for a reclaim since replaced.
 
 use std::collections::BTreeMap;
 
 use tessera_proto::control::{ReclaimInfo, SnapshotState};
 
-use super::{Mutation, Reclaim, State, VolumeRecord};
+use super::{Mutation, Reclaim, ReclaimOf, State, VolumeRecord};
 
 /// One reclaim the leading manager may work on now, as the replicated state says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,19 +61,45 @@ pub(super) fn snapshot_deleted(rec: &mut VolumeRecord, seq: u64) {
     rec.reclaims.sort_by_key(|r| r.low);
 }
 
-/// [`Mutation::ReclaimProgress`] and [`Mutation::ReclaimDone`] on the record.
+/// [`Mutation::ReclaimProgress`] and [`Mutation::ReclaimDone`] on the record, if the
+/// reclaim is still the one they were planned for.
 pub(super) fn change(rec: &mut VolumeRecord, m: &Mutation) {
     match m {
         Mutation::ReclaimProgress {
-            low, next_chunk, ..
-        } => {
+            low,
+            next_chunk,
+            of,
+            retry,
+            ..
+        } if is_current(rec, *low, *of) => {
             if let Some(r) = rec.reclaims.iter_mut().find(|r| r.low == *low) {
-                r.next_chunk = r.next_chunk.max(*next_chunk);
+                r.next_chunk = if *retry {
+                    *next_chunk
+                } else {
+                    r.next_chunk.max(*next_chunk)
+                };
             }
         }
-        Mutation::ReclaimDone { low, .. } => rec.reclaims.retain(|r| r.low != *low),
+        Mutation::ReclaimDone { low, of, .. } if is_current(rec, *low, *of) => {
+            rec.reclaims.retain(|r| r.low != *low);
+        }
         _ => {}
     }
+}
+
+/// Whether the reclaim at `low` exists and is the one `of` names: same top, and for the
+/// live range the same live layer (the job merged into layer `of.seq`; a volume that
+/// moved on since has a new live layer the job never merged into). `of.seq` 0: entries
+/// from before this check, taken as they were then.
+fn is_current(rec: &VolumeRecord, low: u64, of: ReclaimOf) -> bool {
+    if !rec.reclaims.iter().any(|r| r.low == low) {
+        return false;
+    }
+    if of.seq == 0 {
+        return true;
+    }
+    let top = range_top(rec, low);
+    top == of.top && (top.is_some() || rec.seq() == of.seq)
 }
 
 /// The reclaims as reported.
@@ -129,11 +156,12 @@ impl State {
         out
     }
 
-    /// The reclaim of `volume_id` starting at `low` as it stands: its `next_chunk` and the
-    /// top of its range (`None`: no such reclaim, or no such volume).
-    pub fn reclaim_of(&self, volume_id: u64, low: u64) -> Option<(u64, Option<u64>)> {
+    /// The reclaim of `volume_id` starting at `low` as it stands: its `next_chunk`, if it
+    /// is still the one `of` names (see [`ReclaimOf`]; `None`: gone, replaced, or no such
+    /// volume).
+    pub fn reclaim_of(&self, volume_id: u64, low: u64, of: ReclaimOf) -> Option<u64> {
         let rec = &self.volumes.get(&volume_id)?.rec;
         let r = rec.reclaims.iter().find(|r| r.low == low)?;
-        Some((r.next_chunk, range_top(rec, low)))
+        is_current(rec, low, of).then_some(r.next_chunk)
     }
 }

@@ -1,6 +1,7 @@
 //! Applying committed entries to the chunk files, in log order, and serving the reads the
 //! applied index then covers; stalling (never skipping) at an entry that meets a full disk
-//! or a corrupt block, but for a merge of layers, optional work skipped on a full disk.
+//! or a corrupt block, but for a merge of layers, optional work skipped on a full disk
+//! (only there: a passing shortage makes it wait like any entry).
 //!
 //! Must never: apply an entry out of order or skip one that a read could see (writes);
 //! acknowledge, as a leader that cannot apply, a write whose read it could not serve.
@@ -225,7 +226,10 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
     // The manager's operations may meet a chunk in a state they do not fit (a link to a
     // second parent, a flatten past the chunk's end): the engine refuses those the same on
     // every replica, so skipping the entry keeps the replicas identical, where stopping
-    // would stop every replica of the group.
+    // would stop every replica of the group. A `DropMerged` is the exception: it checks
+    // this replica's merge, which a full disk may have skipped here and not elsewhere
+    // (see `skip_optional_work`), so its refusal may differ between replicas; that leaves
+    // them holding the same data in different layers, and the manager merges again.
     match res {
         Err(err)
             if matches!(
@@ -238,31 +242,40 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
                     | CmdOp::DropMerged
             ) && refused(&err) =>
         {
-            tracing::error!(
-                group,
-                index = e.index,
-                "{:?} of volume {v} chunk {c} refused by the chunk store, not applied: {err}",
-                cmd.op
-            );
+            if cmd.op == CmdOp::DropMerged {
+                // Expected after a merge skipped on a full disk: not a bug.
+                tracing::warn!(
+                    group,
+                    index = e.index,
+                    "DropMerged of volume {v} chunk {c} refused, layers kept: {err}"
+                );
+            } else {
+                tracing::error!(
+                    group,
+                    index = e.index,
+                    "{:?} of volume {v} chunk {c} refused by the chunk store, not applied: {err}",
+                    cmd.op
+                );
+            }
             Ok(())
         }
         other => other,
     }
 }
 
-/// A merge (`Merge`, `DropMerged`) that meets a full disk, or a shortage of descriptors, is
-/// skipped rather than stalling the group: it is optional work that changes no read
-/// (`DropMerged` checks that the merge it follows is whole, so a skipped piece only makes
-/// it refuse), and the manager retries the chunk later. Every other entry keeps `result`
-/// (a write must stall, never be skipped). Replicas may then hold the chunk's blocks in
-/// different layers, never different data.
+/// A merge (`Merge`, `DropMerged`) that meets a full disk is skipped rather than stalling
+/// the group: it is optional work that changes no read (`DropMerged` checks that the merge
+/// it follows is whole, so a skipped piece only makes it refuse), and the manager merges
+/// the chunk again once every replica's layers are counted. Every other failure keeps
+/// `result`: a write must stall, never be skipped, and a shortage of descriptors or a torn
+/// block (`Exhausted`) passes, so the merge waits for it like any other entry. Replicas may
+/// then hold the chunk's blocks in different layers, never different data.
 fn skip_optional_work(
     group: u64,
     e: &Entry,
     result: tessera_engine::Result<()>,
 ) -> tessera_engine::Result<()> {
-    let Err(tessera_engine::Error::DiskFull(msg) | tessera_engine::Error::Exhausted(msg)) = &result
-    else {
+    let Err(tessera_engine::Error::DiskFull(msg)) = &result else {
         return result;
     };
     match Command::decode(&e.data) {
@@ -281,8 +294,9 @@ fn skip_optional_work(
     }
 }
 
-/// Whether the chunk store refused an operation for what it asked (the same on every
-/// replica), rather than failed at it.
+/// Whether the chunk store refused an operation for what it asked, rather than failed at
+/// it: the same on every replica, but for a `DropMerged`, which checks this replica's own
+/// merge (one skipped here on a full disk makes it refuse here only).
 fn refused(e: &tessera_engine::Error) -> bool {
     matches!(
         e,
@@ -385,5 +399,47 @@ fn engine_reply(e: &tessera_engine::Error) -> Reply {
         E::OutOfRange(m) => Reply::OutOfRange(m.clone()),
         E::Exhausted(m) => Reply::Unavailable(m.clone()),
         other => Reply::Io(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(op: CmdOp) -> Entry {
+        let cmd = Command {
+            op,
+            volume: 1,
+            chunk: 2,
+            offset: 0,
+            len: 0,
+            id: 0,
+            epoch: 0,
+            seq: 0,
+            data: Command::merge_data(1, 3, true),
+        };
+        Entry {
+            index: 7,
+            data: cmd.encode(),
+            ..Default::default()
+        }
+    }
+
+    /// Only a full disk makes a merge optional: a shortage of descriptors or a torn block
+    /// passes, and the merge waits for it (skipping it would leave the layers for nothing).
+    #[test]
+    fn a_merge_is_skipped_on_a_full_disk_only() {
+        use tessera_engine::Error as E;
+        for op in [CmdOp::Merge, CmdOp::DropMerged] {
+            let skipped = skip_optional_work(1, &entry(op), Err(E::DiskFull("full".into())));
+            assert!(skipped.is_ok(), "{op:?} on a full disk: {skipped:?}");
+            let waits = skip_optional_work(1, &entry(op), Err(E::Exhausted("fds".into())));
+            assert!(matches!(waits, Err(E::Exhausted(_))), "{op:?}: {waits:?}");
+        }
+        let other = skip_optional_work(1, &entry(CmdOp::Fence), Err(E::DiskFull("full".into())));
+        assert!(
+            matches!(other, Err(E::DiskFull(_))),
+            "another op stalls: {other:?}"
+        );
     }
 }
