@@ -23,11 +23,13 @@ pub(super) enum Need {
     /// Only what they are (checksums alone).
     Status,
     /// Their bytes, as the bytes below a partial write: as [`Need::Data`], but while
-    /// replaying a block failing its checksum is passed over (looked for further down).
-    /// Such a block below the layer a replayed write completes into is a later entry's,
-    /// torn by the crash, and the only later entry writing below a write's layer is a
-    /// flatten copying into the base layer what only the parent held: passing over it
-    /// finds that block in the parent, as the write's first run did.
+    /// replaying, a block of a linked chunk's base layer failing its checksum whose stored
+    /// checksum is that of the parent's block is passed over (read from the parent). Such a
+    /// block is a later flatten's copy torn by the crash (a flatten writes the base layer
+    /// after writes of later sequences, copying what only the parent held), and the parent
+    /// is what the write's first run completed from. Any other torn block below is
+    /// [`Error::Corrupt`]: a frozen merge's torn rewrite of a lower layer is never read
+    /// through.
     Below,
 }
 
@@ -132,6 +134,8 @@ impl ChunkStore {
         let mut left = n;
         let shape = self.layer_map.get((volume, chunk));
         let mut crcs = vec![0u8; n * CRC_LEN as usize];
+        // Torn blocks of a linked chunk's base layer passed over (see `Need::Below`).
+        let mut passed: Vec<(usize, u32)> = Vec::new();
         for layer in shape.layers_upto(scope.cap).filter(|&l| l >= scope.floor) {
             if left == 0 {
                 break;
@@ -160,7 +164,12 @@ impl ChunkStore {
                     let block = &span[(i - lo) * bs..(i - lo + 1) * bs];
                     let b = first + i as u64;
                     if !block_ok(block, stored) {
-                        if need == Need::Below && self.replaying() {
+                        if need == Need::Below
+                            && self.replaying()
+                            && layer == 1
+                            && shape.link.is_some()
+                        {
+                            passed.push((i, stored));
                             continue;
                         }
                         if self.torn.contains((volume, chunk, layer), b) {
@@ -181,9 +190,43 @@ impl ChunkStore {
                 left -= 1;
             }
         }
-        let Some((parent, parent_seq)) = shape.link.filter(|_| scope.parent && left > 0) else {
-            return Ok(());
-        };
+        if let Some(link) = shape.link.filter(|_| scope.parent && left > 0) {
+            self.resolve_parent((volume, chunk), link, first, need, &done, out, depth)?;
+        }
+        // A block passed over is a flatten's copy only if it holds what the parent does;
+        // anything else torn there is corrupt, as for any other need.
+        let bs = BLOCK_SIZE as usize;
+        for (i, stored) in passed {
+            let got = match out.kind[i] {
+                BlockKind::Hole => 0,
+                BlockKind::Zero => zero_crc(),
+                BlockKind::Data => crc32c::crc32c(&out.data[i * bs..(i + 1) * bs]),
+            };
+            if got != stored {
+                return Err(Error::Corrupt(format!(
+                    "chunk {volume:016x}/{chunk:08x} block {}: checksum {stored:#010x} stored \
+                     over other data, and not the parent's block",
+                    first + i as u64
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the blocks not `done` of `out` from the chunk's parent `link`.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_parent(
+        &self,
+        (volume, chunk): Key,
+        (parent, parent_seq): (u64, u64),
+        first: u64,
+        need: Need,
+        done: &[bool],
+        out: &mut Resolved,
+        depth: usize,
+    ) -> Result<()> {
+        let bs = BLOCK_SIZE as usize;
+        let n = out.kind.len();
         if depth >= MAX_DEPTH {
             return Err(Error::Corrupt(format!(
                 "chunk {volume:016x}/{chunk:08x}: more than {MAX_DEPTH} parents in a row (a cycle of links?)"
