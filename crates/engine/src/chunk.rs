@@ -121,6 +121,9 @@ pub struct ChunkStore {
     /// Chunks unlinked whose link file the next sync deletes (see `link`). Also held while
     /// a link file is written, so that a sync never deletes a new link.
     unlinked: Mutex<HashSet<Key>>,
+    /// Links cut while replaying, still read through by replayed partial writes (see
+    /// `link`); forgotten when the replay ends.
+    replay_links: Mutex<HashMap<Key, (u64, u64)>>,
     /// Layers a merge dropped: hidden, their files deleted by the next sync (see `dropped`).
     dropped: Mutex<HashSet<FileKey>>,
     /// How many layers `dropped` holds: a store with none takes no lock to know.
@@ -180,6 +183,7 @@ impl ChunkStore {
             torn: TornBlocks::default(),
             closing: Mutex::new(Vec::new()),
             unlinked: Mutex::new(HashSet::new()),
+            replay_links: Mutex::new(HashMap::new()),
             dropped: Mutex::new(HashSet::new()),
             dropped_count: AtomicUsize::new(0),
             drop_pins: Arc::new(AtomicUsize::new(0)),
@@ -294,6 +298,9 @@ impl ChunkStore {
     /// verify.
     pub fn set_replaying(&self, on: bool) {
         self.replaying.store(on, Ordering::Release);
+        if !on {
+            self.replay_links_map().clear();
+        }
     }
 
     /// Whether replay mode is on (see [`ChunkStore::set_replaying`]).

@@ -192,8 +192,12 @@ pub(super) fn resolved_ops<'a>(
 impl ChunkStore {
     /// Whether a write of `layer` to the chunk is a plain layer-1 write (layer 1 of a chunk
     /// without a parent): today's write path, at today's cost.
+    /// While replaying, a chunk unlinked during the replay is not plain: its partial writes
+    /// complete from the parent (see `link`).
     fn plain_write(&self, volume: u64, chunk: u64, layer: u64) -> bool {
-        layer == 1 && !self.layer_map.is_linked((volume, chunk))
+        layer == 1
+            && !self.layer_map.is_linked((volume, chunk))
+            && (!self.replaying() || self.replay_link((volume, chunk)).is_none())
     }
 
     /// One block as the layers below `layer` and the parent read it.

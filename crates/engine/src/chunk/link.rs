@@ -16,8 +16,8 @@
 //! durable, replaying those entries only meets their own results. Entries after the Unlink
 //! are the other side: a partial write completed from the flatten's copy, whose data page a
 //! crash lost while its checksum reached the disk, would replay completing from below, no
-//! longer the parent. So a replayed Unlink is refused (the chunk stays linked, reads are the
-//! same) while a block of the chunk fails its checksum. `drop_chunk` deletes the
+//! longer the parent. So an Unlink applied while replaying keeps the parent for those
+//! completions alone (`replay_links`, forgotten when the replay ends). `drop_chunk` deletes the
 //! file at once (the chunk's layers go with it). Owns the file and its format; never
 //! touches a layer's files.
 
@@ -165,8 +165,10 @@ impl ChunkStore {
     }
 
     pub(super) fn unlink_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
-        if self.replaying() && self.layer_map.is_linked((volume, chunk)) {
-            self.refuse_torn_unlink(volume, chunk)?;
+        if self.replaying()
+            && let Some(link) = self.layer_map.get((volume, chunk)).link
+        {
+            self.replay_links_map().insert((volume, chunk), link);
         }
         let mut unlinked = self.unlinked_set();
         if self.layer_map.is_linked((volume, chunk)) {
@@ -176,32 +178,20 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// While replaying: refuses the unlink if a block of the chunk fails its checksum. Such
-    /// a block is a later write's, torn by the crash (the flatten's own copies were copied
-    /// again before): its replay completes it from below, which must still be the parent,
-    /// as it was the copy of the parent's block the first time. The chunk stays linked
-    /// (reading through to blocks it holds anyway); the next unlink cuts it.
-    fn refuse_torn_unlink(&self, volume: u64, chunk: u64) -> Result<()> {
-        let mut layers = self.layer_map.get((volume, chunk)).upper;
-        layers.push(1);
-        for layer in layers {
-            let key = (volume, chunk, layer);
-            let blocks = self.layer_blocks(key)?;
-            let mut at = 0;
-            while at < blocks {
-                let count = super::layers::PIECE.min(blocks - at);
-                let ok = self.layer_verify_blocks(key, at, count)?;
-                if let Some(i) = ok.iter().position(|&ok| !ok) {
-                    return Err(Error::Refused(format!(
-                        "chunk {volume:016x}/{chunk:08x}: block {} of layer {layer} torn by a \
-                         crash; kept linked until it is rewritten",
-                        at + i as u64
-                    )));
-                }
-                at += count;
-            }
+    /// The parent a replayed partial write of a chunk unlinked during this replay completes
+    /// from (see the module doc).
+    pub(super) fn replay_link(&self, key: Key) -> Option<(u64, u64)> {
+        let links = self.replay_links_map();
+        if links.is_empty() {
+            return None;
         }
-        Ok(())
+        links.get(&key).copied()
+    }
+
+    pub(super) fn replay_links_map(
+        &self,
+    ) -> MutexGuard<'_, std::collections::HashMap<Key, (u64, u64)>> {
+        self.replay_links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The chunks unlinked so far, whose link files a sync starting now deletes.

@@ -11,7 +11,7 @@
 use super::layout::BlockKind;
 use super::layout::{BLOCK_SIZE, CRC_LEN, Key, block_ok, stored_crc, zero_crc};
 use super::link::MAX_DEPTH;
-use super::sys::read_full_at;
+use super::sys::{is_hole, read_full_at};
 use super::{ChunkStore, corrupt};
 use crate::{Error, Result};
 
@@ -23,13 +23,13 @@ pub(super) enum Need {
     /// Only what they are (checksums alone).
     Status,
     /// Their bytes, as the bytes below a partial write: as [`Need::Data`], but while
-    /// replaying, a block of a linked chunk's base layer failing its checksum whose stored
-    /// checksum is that of the parent's block is passed over (read from the parent). Such a
-    /// block is a later flatten's copy torn by the crash (a flatten writes the base layer
-    /// after writes of later sequences, copying what only the parent held), and the parent
-    /// is what the write's first run completed from. Any other torn block below is
-    /// [`Error::Corrupt`]: a frozen merge's torn rewrite of a lower layer is never read
-    /// through.
+    /// replaying, a block failing its checksum is taken as it is, or passed over (looked for
+    /// further down) if its data is a hole; and a chunk unlinked during the replay still
+    /// reads through to its parent. Such a block is a later entry's, torn by the crash
+    /// (every earlier one was applied again before): a flatten's copy into the base layer
+    /// (a hole or the parent's bytes), or a frozen merge's rewrite of a lower layer (the
+    /// old bytes, what the write's first run read, or the merged ones, which only matter
+    /// where the write's own layer is the merge's source and then equal its first result).
     Below,
 }
 
@@ -134,8 +134,6 @@ impl ChunkStore {
         let mut left = n;
         let shape = self.layer_map.get((volume, chunk));
         let mut crcs = vec![0u8; n * CRC_LEN as usize];
-        // Torn blocks of a linked chunk's base layer passed over (see `Need::Below`).
-        let mut passed: Vec<(usize, u32)> = Vec::new();
         for layer in shape.layers_upto(scope.cap).filter(|&l| l >= scope.floor) {
             if left == 0 {
                 break;
@@ -164,12 +162,17 @@ impl ChunkStore {
                     let block = &span[(i - lo) * bs..(i - lo + 1) * bs];
                     let b = first + i as u64;
                     if !block_ok(block, stored) {
-                        if need == Need::Below
-                            && self.replaying()
-                            && layer == 1
-                            && shape.link.is_some()
-                        {
-                            passed.push((i, stored));
+                        if need == Need::Below && self.replaying() {
+                            // Torn by a later entry (see `Need::Below`): its bytes, or
+                            // what is further down if it never had any.
+                            let off = b * BLOCK_SIZE;
+                            if block.iter().all(|&x| x == 0) && is_hole(&files.data, off)? {
+                                continue;
+                            }
+                            out.data[i * bs..(i + 1) * bs].copy_from_slice(block);
+                            out.kind[i] = BlockKind::Data;
+                            done[i] = true;
+                            left -= 1;
                             continue;
                         }
                         if self.torn.contains((volume, chunk, layer), b) {
@@ -190,25 +193,13 @@ impl ChunkStore {
                 left -= 1;
             }
         }
-        if let Some(link) = shape.link.filter(|_| scope.parent && left > 0) {
+        let link = shape.link.or_else(|| {
+            (need == Need::Below && self.replaying())
+                .then(|| self.replay_link((volume, chunk)))
+                .flatten()
+        });
+        if let Some(link) = link.filter(|_| scope.parent && left > 0) {
             self.resolve_parent((volume, chunk), link, first, need, &done, out, depth)?;
-        }
-        // A block passed over is a flatten's copy only if it holds what the parent does;
-        // anything else torn there is corrupt, as for any other need.
-        let bs = BLOCK_SIZE as usize;
-        for (i, stored) in passed {
-            let got = match out.kind[i] {
-                BlockKind::Hole => 0,
-                BlockKind::Zero => zero_crc(),
-                BlockKind::Data => crc32c::crc32c(&out.data[i * bs..(i + 1) * bs]),
-            };
-            if got != stored {
-                return Err(Error::Corrupt(format!(
-                    "chunk {volume:016x}/{chunk:08x} block {}: checksum {stored:#010x} stored \
-                     over other data, and not the parent's block",
-                    first + i as u64
-                )));
-            }
         }
         Ok(())
     }

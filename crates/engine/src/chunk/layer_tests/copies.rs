@@ -108,12 +108,7 @@ fn apply(s: &ChunkStore, step: &Step) {
         Step::Link(v, p, ps) => s.link(*v, 0, *p, *ps),
         Step::Flatten(v, off, len, seq) => s.flatten(*v, 0, *off, *len, *seq),
         Step::Rollback(v, to, seq) => s.rollback(*v, 0, *to, *seq),
-        // A replayed Unlink meeting a torn block is refused and skipped, as the group's
-        // apply skips it (see `link`): the chunk stays linked, reading the same.
-        Step::Unlink(v) => match s.unlink(*v, 0) {
-            Err(Error::Refused(_)) if s.replaying() => Ok(()),
-            r => r,
-        },
+        Step::Unlink(v) => s.unlink(*v, 0),
     }
     .unwrap_or_else(|e| panic!("{step:?}: {e}"));
 }
