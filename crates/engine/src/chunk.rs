@@ -423,7 +423,16 @@ impl ChunkStore {
 
     /// Every chunk file of the store but the hidden layers' (none if its directory is gone).
     fn listed_files(&self) -> Result<Vec<(FileKey, FileKind)>> {
-        let dropped = self.dropped_keys();
+        self.listed_files_with(false)
+    }
+
+    /// As [`ChunkStore::listed_files`], with the hidden layers' files too if `hidden`.
+    fn listed_files_with(&self, hidden: bool) -> Result<Vec<(FileKey, FileKind)>> {
+        let dropped = if hidden {
+            HashSet::new()
+        } else {
+            self.dropped_keys()
+        };
         match chunk_files(&self.dir) {
             Ok(files) => Ok(files
                 .into_iter()

@@ -316,7 +316,7 @@ pub(crate) fn serve_catch_up(
 /// frame.
 fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option<Bytes>> {
     if ChunkListPage::wants_layers(req) {
-        let list = store.list_layers()?;
+        let list = store.served_list_layers()?;
         let (keys, more) =
             ChunkListPage::select(&list, |k: &LayerKey| (k.volume, k.chunk, k.layer), req);
         let mut entries = Vec::with_capacity(keys.len());

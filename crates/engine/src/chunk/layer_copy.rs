@@ -58,7 +58,19 @@ impl ChunkStore {
     /// Every layer of every chunk with files in this store, and every linked chunk (with
     /// its lowest layer, or layer 1 if it has none), sorted.
     pub fn list_layers(&self) -> Result<Vec<LayerKey>> {
-        let files = self.listed_files()?;
+        self.list_layers_with(false)
+    }
+
+    /// [`ChunkStore::list_layers`] as a store serving a copy lists them: with the layers a
+    /// merge dropped whose files still exist (pinned, see `dropped`). A copy listing its
+    /// pages across a drop would otherwise miss the sources of a merge its replay applies
+    /// again; taking them changes no read (the merge's target holds what they hold).
+    pub fn served_list_layers(&self) -> Result<Vec<LayerKey>> {
+        self.list_layers_with(true)
+    }
+
+    fn list_layers_with(&self, hidden: bool) -> Result<Vec<LayerKey>> {
+        let files = self.listed_files_with(hidden)?;
         let mut with_files = BTreeSet::new();
         let mut linked = Vec::new();
         for ((volume, chunk, layer), kind) in files {

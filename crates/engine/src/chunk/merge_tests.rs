@@ -425,6 +425,11 @@ fn a_pinned_store_keeps_hidden_layers_readable_by_the_catch_up_until_the_pin_goe
     assert_eq!(s.served_read_in(1, 0, 3, 0, 8 * B).unwrap(), want);
     assert_eq!(s.served_checksums_in(1, 0, 3, 0, 8).unwrap(), crcs);
     assert_eq!(s.served_blocks_in(1, 0, 3).unwrap(), 8);
+    // The serving listing names them (a copy paging its listing across the drop must
+    // copy the sources its replayed merge reads); the store's own listing does not.
+    let listed = |l: Vec<LayerKey>| -> Vec<u64> { l.iter().map(|k| k.layer).collect() };
+    assert_eq!(listed(s.served_list_layers().unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(listed(s.list_layers().unwrap()), [1, 2, 5]);
     // Every other access leaves them out, the copier's local view among them (a copy
     // into this store must not skip blocks of a layer its write would start anew).
     assert_eq!(s.changed_blocks(1, 0, 2, 4).unwrap(), Vec::<u64>::new());
