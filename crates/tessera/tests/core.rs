@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Cluster, Opts};
+use common::{Cluster, Opts, TmpfsDisks, free_bytes};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tessera_client::{Error as ClientError, Volume};
@@ -360,20 +360,6 @@ async fn a_second_storage_node_on_a_locked_data_dir_is_refused() {
     assert!(err.contains("locked"), "stderr: {err}");
 }
 
-/// Bytes an unprivileged process may still allocate on the filesystem holding `path`.
-fn free_bytes(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("stat")
-        .args(["-f", "-c", "%a %S"])
-        .arg(path)
-        .output()
-        .expect("stat -f");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text
-        .split_whitespace()
-        .map(|n| n.parse::<u64>().expect("number"));
-    it.next().expect("blocks") * it.next().expect("block size")
-}
-
 /// Fills the filesystem holding `dir` to its last byte with a file of its own, as another
 /// tenant of the disk would.
 fn fill_to_the_last_byte(dir: &std::path::Path) {
@@ -407,64 +393,19 @@ async fn a_full_disk_fails_writes_cleanly_and_recovers_once_space_is_freed() {
     const FLOOR: u64 = 48_000_000;
     // Small log segments, so that a full disk soon leaves the logs without a free one.
     const SEGMENT: u64 = 64 << 10;
-    let base = tempfile::tempdir().expect("tempdir");
-    let mut mounts = Vec::new();
-    for i in 1..=3 {
-        let m = base.path().join(format!("node{i}"));
-        std::fs::create_dir_all(&m).expect("mkdir");
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=160m",
-                "tmpfs",
-                m.to_str().expect("utf8"),
-            ])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("SKIP: cannot mount tmpfs (not root?)");
-            for m in &mounts {
-                let _ = std::process::Command::new("umount").arg(m).status();
-            }
-            return;
-        }
-        mounts.push(m);
-    }
-    struct Unmount(Vec<std::path::PathBuf>);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            for m in &self.0 {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(m)
-                    .status();
-            }
-        }
-    }
-    let _unmount = Unmount(mounts.clone());
+    let Some(disks) = TmpfsDisks::mount(3, "160m") else {
+        eprintln!("SKIP: cannot mount tmpfs (not root?)");
+        return;
+    };
+    let mounts = disks.mounts.clone();
     let mut c = Cluster::start(Opts {
         nodes: 0,
         ..Default::default()
     });
-    for (i, m) in mounts.iter().enumerate() {
-        c.add_node(
-            i,
-            &format!("min_free_bytes = {FLOOR}\nlog_segment_bytes = {SEGMENT}\n"),
-        );
-        // Re-point the node at its tmpfs: restart it with the data dir on the mount.
-        c.kill_node(i);
-        let cfg = std::fs::read_to_string(&c.nodes[i].config).expect("cfg");
-        let cfg = cfg.replace(
-            &format!("data_dir = \"{}\"", c.nodes[i].data_dir.display()),
-            &format!("data_dir = \"{}\"", m.join("data").display()),
-        );
-        std::fs::write(&c.nodes[i].config, cfg).expect("cfg");
-        c.nodes[i].data_dir = m.join("data");
-        c.restart_node(i);
-    }
+    disks.add_nodes(
+        &mut c,
+        &format!("min_free_bytes = {FLOOR}\nlog_segment_bytes = {SEGMENT}\n"),
+    );
     c.wait_ready(3).await;
     let pattern = |i: u64| (i % 251) as u8 + 1;
     c.create_volume("scratch", "256MiB", "16MiB");

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, Opts};
+use common::{Cluster, Opts, TmpfsDisks, free_bytes};
 use tessera_client::{Client, Error as ClientError, Volume};
 use tessera_proto::control::{VolumeInfo, VolumeUsage};
 
@@ -270,44 +270,6 @@ async fn deleting_snapshots_reclaims_their_layers_and_changes_no_image() {
     );
 }
 
-/// Free bytes of the filesystem holding `path`.
-fn free_bytes(path: &Path) -> u64 {
-    let out = std::process::Command::new("stat")
-        .args(["-f", "-c", "%a %S"])
-        .arg(path)
-        .output()
-        .expect("stat -f");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text
-        .split_whitespace()
-        .map(|n| n.parse::<u64>().unwrap_or(0));
-    it.next().unwrap_or(0) * it.next().unwrap_or(0)
-}
-
-/// Mounts a tmpfs of `size` at `dir`; `false` if it cannot (not root).
-fn mount_tmpfs(dir: &Path, size: &str) -> bool {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-struct Unmount(Vec<std::path::PathBuf>);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for m in &self.0 {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(m)
-                .status();
-        }
-    }
-}
-
 /// Storage nodes on small tmpfs mounts (needs root; skipped otherwise). A volume is
 /// written, snapshotted and written over until the disks fill: the writes are refused
 /// cleanly (`DiskFull`), the volume and its snapshot still read back, and no node stops.
@@ -316,39 +278,20 @@ impl Drop for Unmount {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_freed_by_deleting_a_snapshot_and_a_volume() {
     const FLOOR: u64 = 48_000_000;
-    let base = tempfile::tempdir().expect("tempdir");
-    let mut mounts = Vec::new();
-    for i in 1..=3 {
-        let m = base.path().join(format!("node{i}"));
-        if !mount_tmpfs(&m, "160m") {
-            eprintln!("SKIP: cannot mount tmpfs (not root?)");
-            drop(Unmount(mounts));
-            return;
-        }
-        mounts.push(m);
-    }
-    let _unmount = Unmount(mounts.clone());
+    let Some(disks) = TmpfsDisks::mount(3, "160m") else {
+        eprintln!("SKIP: cannot mount tmpfs (not root?)");
+        return;
+    };
+    let mounts = disks.mounts.clone();
     let mut c = Cluster::start(Opts {
         nodes: 0,
         manager_extra: FAST_RECLAIM.into(),
         ..Default::default()
     });
-    for (i, m) in mounts.iter().enumerate() {
-        c.add_node(
-            i,
-            &format!("min_free_bytes = {FLOOR}\nlog_segment_bytes = 65536\n"),
-        );
-        // Re-point the node at its tmpfs: restart it with the data dir on the mount.
-        c.kill_node(i);
-        let cfg = std::fs::read_to_string(&c.nodes[i].config).expect("cfg");
-        let cfg = cfg.replace(
-            &format!("data_dir = \"{}\"", c.nodes[i].data_dir.display()),
-            &format!("data_dir = \"{}\"", m.join("data").display()),
-        );
-        std::fs::write(&c.nodes[i].config, cfg).expect("cfg");
-        c.nodes[i].data_dir = m.join("data");
-        c.restart_node(i);
-    }
+    disks.add_nodes(
+        &mut c,
+        &format!("min_free_bytes = {FLOOR}\nlog_segment_bytes = 65536\n"),
+    );
     c.wait_ready(3).await;
     c.create_volume("other", "64MiB", "16MiB");
     c.create_volume("v", "1GiB", "16MiB");

@@ -7,6 +7,7 @@
 //! - `cluster.rs`: [`Cluster`] (managers, storage nodes) built from [`Opts`]; readiness,
 //!   status, the CLI, requests straight to a node.
 //! - `nbd.rs`: [`Gateway`], a `tessera nbd` process started from a cluster.
+//! - `tmpfs.rs`: [`TmpfsDisks`], storage nodes on small tmpfs mounts (full-disk tests).
 //!
 //! Not every test file uses every helper, hence `dead_code` is allowed here.
 
@@ -15,7 +16,9 @@
 pub mod cluster;
 pub mod nbd;
 pub mod process;
+pub mod tmpfs;
 
 pub use cluster::{Cluster, FAST_RECOVERY, NodeAt, Opts, direct, fully_replicated};
 pub use nbd::Gateway;
 pub use process::{BIN, NodeProc, free_port, free_port_run, signal};
+pub use tmpfs::{TmpfsDisks, free_bytes};
