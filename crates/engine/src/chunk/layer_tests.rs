@@ -7,18 +7,18 @@ use super::*;
 
 const B: u64 = BLOCK_SIZE;
 
-fn store() -> (tempfile::TempDir, Arc<ChunkStore>) {
+pub(super) fn store() -> (tempfile::TempDir, Arc<ChunkStore>) {
     let tmp = tempfile::tempdir().unwrap();
     let s = ChunkStore::open(tmp.path()).unwrap();
     (tmp, s)
 }
 
 /// `blocks` blocks of byte `v`.
-fn fill(v: u8, blocks: u64) -> Vec<u8> {
+pub(super) fn fill(v: u8, blocks: u64) -> Vec<u8> {
     vec![v; (blocks * B) as usize]
 }
 
-fn read(s: &ChunkStore, volume: u64, chunk: u64, blocks: u64, as_of: u64) -> Vec<u8> {
+pub(super) fn read(s: &ChunkStore, volume: u64, chunk: u64, blocks: u64, as_of: u64) -> Vec<u8> {
     s.read_as_of(volume, chunk, 0, blocks * B, as_of)
         .unwrap()
         .to_vec()
