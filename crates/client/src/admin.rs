@@ -429,6 +429,7 @@ mod tests {
                     parent: None,
                     snapshots: Vec::new(),
                     reclaims: Vec::new(),
+                    restore: None,
                 },
                 chunks: Vec::new(),
                 more_groups: false,

@@ -22,8 +22,7 @@
 //! A failed fdatasync is [`Error::Fatal`], for that sync and every later one of the store:
 //! the kernel may have dropped the dirty pages and marked them clean, so a retry would
 //! "succeed" without writing them (Postgres' "fsyncgate"). The node must stop, as after a
-//! failed log fsync. Syncs run one at a time: none returns while another's fdatasync of the
-//! same file is still in flight.
+//! failed log fsync. Syncs run one at a time, none while another's is in flight.
 //!
 //! This file is the store's API (read, write, zero, sync, list, verify); beside it:
 //! `layout` the on-disk names and checksum format, `sys` the system calls on chunk
@@ -32,7 +31,7 @@
 //! math, read-modify-write, data then checksums), `torn` the blocks a full disk left torn,
 //! `layers` the API of snapshots and clones (sequenced writes, reads as of a snapshot,
 //! links, changed blocks), `flatten` the copies inside a chunk's family (flatten,
-//! rollback), `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
+//! rollback), `hydrate` a restored chunk's fill, `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
 //! files (`drop_chunk` at once, a merge's dropped layers hidden until the next sync),
 //! `layer_copy` the catch-up's raw access to one layer, `layout` also the layers'
 //! vocabulary, `layer_map` which chunks have layers or a parent, `resolve` reading through
@@ -41,6 +40,7 @@
 mod budget;
 mod dropped;
 mod flatten;
+mod hydrate;
 mod layer_copy;
 mod layer_map;
 #[cfg(test)]

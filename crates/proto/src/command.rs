@@ -85,6 +85,12 @@ pub enum CmdOp {
     /// stop seeing the dropped layers at once; their files are deleted after the next sync
     /// made the target durable. Idempotent.
     DropMerged = 11,
+    /// Fill a restored chunk from its backup: `data` (`len` bytes, whole blocks, at
+    /// `offset`) goes into the chunk's layer 1, but only into blocks no layer of the chunk
+    /// holds (written, zeroed or discarded by anyone, in any layer): a client's writes and
+    /// trims always win over the backup's bytes. Carries no writer epoch (any attachment
+    /// may be writing meanwhile) and no sequence. Idempotent.
+    Hydrate = 12,
 }
 
 /// One entry of a group's log, applied in log order by every replica.
@@ -162,6 +168,7 @@ impl Command {
             9 => CmdOp::Rollback,
             10 => CmdOp::Merge,
             11 => CmdOp::DropMerged,
+            12 => CmdOp::Hydrate,
             other => return Err(DecodeError::Invalid(format!("command op {other}"))),
         };
         let volume = r.u64()?;
@@ -189,7 +196,7 @@ impl Command {
             0
         };
         let want = match op {
-            CmdOp::Write => len as usize,
+            CmdOp::Write | CmdOp::Hydrate => len as usize,
             CmdOp::Link => LINK_LEN,
             CmdOp::Rollback => 8,
             CmdOp::Merge | CmdOp::DropMerged => MERGE_LEN,
@@ -369,6 +376,7 @@ mod tests {
     fn command(op: CmdOp, id: u128, epoch: u64) -> Command {
         let (len, data) = match op {
             CmdOp::Write => (5, Bytes::from_static(b"hello")),
+            CmdOp::Hydrate => (4096, Bytes::from(vec![7u8; 4096])),
             CmdOp::WriteZeroes | CmdOp::Discard => (4096, Bytes::new()),
             CmdOp::Link => (0, Command::link_data(2, 5)),
             CmdOp::Rollback => (0, Bytes::copy_from_slice(&4u64.to_le_bytes())),
@@ -390,7 +398,7 @@ mod tests {
         }
     }
 
-    const OPS: [CmdOp; 11] = [
+    const OPS: [CmdOp; 12] = [
         CmdOp::Write,
         CmdOp::WriteZeroes,
         CmdOp::Discard,
@@ -402,6 +410,7 @@ mod tests {
         CmdOp::Rollback,
         CmdOp::Merge,
         CmdOp::DropMerged,
+        CmdOp::Hydrate,
     ];
 
     /// Every op, with and without the optional id and epoch, is read back from the log as
@@ -417,7 +426,12 @@ mod tests {
                 assert_eq!(Command::peek_fence(&enc), fence);
                 if matches!(
                     op,
-                    CmdOp::Write | CmdOp::Link | CmdOp::Rollback | CmdOp::Merge | CmdOp::DropMerged
+                    CmdOp::Write
+                        | CmdOp::Hydrate
+                        | CmdOp::Link
+                        | CmdOp::Rollback
+                        | CmdOp::Merge
+                        | CmdOp::DropMerged
                 ) {
                     for n in 0..enc.len() {
                         assert!(Command::decode(&enc.slice(..n)).is_err());

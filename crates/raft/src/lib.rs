@@ -363,6 +363,24 @@ impl RaftNode {
         }
     }
 
+    /// Leader only: propose filling blocks of a restored chunk with a backup's bytes
+    /// (`CmdOp::Hydrate`: `data` at `offset`, whole blocks, at most `MAX_IO`; written only
+    /// where no layer of the chunk holds the block). Answers `Ok` once committed,
+    /// `NotLeader`, `GroupNotFound`, `BadRequest` (not whole blocks, out of the chunk) or
+    /// `Unavailable`. Not fenced: carries no writer epoch or sequence.
+    pub fn hydrate(
+        &self,
+        group: u64,
+        volume: u64,
+        chunk: u64,
+        offset: u32,
+        data: bytes::Bytes,
+        respond: Respond,
+    ) {
+        let _ = (group, volume, chunk, offset, data, respond);
+        todo!("hydrate: the raft branch implements it")
+    }
+
     /// Destroy this node's replica of `group` (it is no longer a member) and its data.
     pub fn remove_group(&self, group: u64) {
         let _ = self.tx.send(Event::RemoveGroup(group));

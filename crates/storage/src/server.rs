@@ -204,6 +204,10 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             group_id,
             volume_id,
         } => layer_usage(&shared.chunks, shared.node_id, group_id, volume_id),
+        // Backups (issue 15): the storage branch implements these.
+        StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_) => Err(
+            ControlError::Invalid("backups are not implemented yet".into()),
+        ),
         StorageRequest::Apply { group_id, ops } => {
             if ops.len() > MAX_GROUP_OPS {
                 return Err(ControlError::Invalid(format!(

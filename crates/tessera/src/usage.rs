@@ -116,6 +116,7 @@ mod tests {
             parent: None,
             snapshots: vec![snap("monday", 1), snap("tuesday", 3)],
             reclaims: Vec::new(),
+            restore: None,
         }
     }
 

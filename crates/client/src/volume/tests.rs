@@ -16,6 +16,7 @@ fn vol(size: u64, chunk_size: u64) -> VolumeInfo {
         parent: None,
         snapshots: Vec::new(),
         reclaims: Vec::new(),
+        restore: None,
         id: 1,
         name: "v".into(),
         size,

@@ -59,6 +59,8 @@ pub struct DropOrder {
 }
 
 /// How a request is answered.
+// Built and moved once per request: boxing the common answer would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Reply {
     /// At once.
@@ -249,6 +251,17 @@ impl Service {
             ManagerRequest::DeleteSnapshot { volume, name } => self.delete_snapshot(&volume, &name),
             ManagerRequest::FlattenVolume { name } => self.flatten(&name),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
+            // Backups (issue 15): the manager branch implements these.
+            ManagerRequest::CreateBackup { .. }
+            | ManagerRequest::ListBackups { .. }
+            | ManagerRequest::BackupInfo { .. }
+            | ManagerRequest::DeleteBackup { .. }
+            | ManagerRequest::CopyBackup { .. }
+            | ManagerRequest::RestoreVolume { .. }
+            | ManagerRequest::PrewarmVolume { .. }
+            | ManagerRequest::ListStores => Err(ControlError::Invalid(
+                "backups are not implemented yet".into(),
+            )),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
                 replicated::add_manager(&self.consensus, id, addr)

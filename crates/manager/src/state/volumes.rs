@@ -155,6 +155,7 @@ impl State {
                 .map(|s| self.snapshot_info_of(v, s))
                 .collect(),
             reclaims: super::reclaims::infos(&v.rec),
+            restore: None,
         }
     }
 }

@@ -15,8 +15,8 @@ use super::{
     AttachmentInfo, ControlError, DEFAULT_CHUNK_SIZE, MAX_ROUTES_PER_PAGE, StorageRequest,
 };
 use super::{
-    ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage, SnapshotInfo,
-    VolumeInfo, VolumeUsage,
+    BackupInfo, ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage,
+    SnapshotInfo, StoreInfo, VolumeInfo, VolumeUsage,
 };
 
 /// A request to a manager: the JSON body of a [`crate::frame::Kind::Rpc`] frame, answered
@@ -256,6 +256,67 @@ pub enum ManagerRequest {
         /// The clone.
         name: String,
     },
+    /// Back up a ready snapshot to a store (`None`: the default store): the blocks changed
+    /// since the volume's newest backup there whose snapshot is still kept, else every
+    /// block. Answered at once with [`ManagerReply::Backup`] (`Uploading`); the leading
+    /// manager uploads in the background and resumes after a failover.
+    CreateBackup {
+        /// The volume.
+        volume: String,
+        /// The snapshot (ready).
+        snapshot: String,
+        /// The store's name (absent: the default store).
+        #[serde(default)]
+        store: Option<String>,
+    },
+    /// Backups, newest first, of one volume or of all ([`ManagerReply::Backups`]).
+    ListBackups {
+        /// The volume's name (absent: every volume, deleted ones included).
+        #[serde(default)]
+        volume: Option<String>,
+    },
+    /// One backup ([`ManagerReply::Backup`]).
+    BackupInfo {
+        /// The backup's id.
+        id: u64,
+    },
+    /// Forget a backup (refused while a restoring volume or a running copy reads it, or
+    /// while it uploads): the collector deletes the objects no other backup references
+    /// after a grace period. Answered with [`ManagerReply::Deleted`].
+    DeleteBackup {
+        /// The backup's id.
+        id: u64,
+    },
+    /// Copy a ready backup to another store (the objects it lacks, then segments, root
+    /// last), as a new backup record there, answered at once with it (`Uploading`); asking
+    /// again for the same backup and store answers the existing copy.
+    CopyBackup {
+        /// The backup to copy.
+        id: u64,
+        /// The store to copy it to.
+        to_store: String,
+    },
+    /// Create volume `name` from a ready backup, answered with [`ManagerReply::Volume`]
+    /// once its chunks are placed; its blocks are filled from the store in the background
+    /// (see [`VolumeInfo`]'s `restore`).
+    RestoreVolume {
+        /// The new volume's name.
+        name: String,
+        /// The backup's id.
+        backup: u64,
+        /// The store to read (absent: a ready copy of the backup in the manager's own
+        /// zone, else the backup's own store).
+        #[serde(default)]
+        store: Option<String>,
+    },
+    /// Fill a restored volume now (resumes a restore that stopped on errors); answered
+    /// with [`ManagerReply::Volume`].
+    PrewarmVolume {
+        /// The restored volume.
+        name: String,
+    },
+    /// The configured object stores ([`ManagerReply::Stores`]).
+    ListStores,
     /// Nodes, groups and volume count as the manager leader sees them, answered with
     /// [`ManagerReply::Status`].
     ClusterStatus,
@@ -366,6 +427,13 @@ pub enum ManagerReply {
     Snapshot(SnapshotInfo),
     /// The answer to [`ManagerRequest::ListSnapshots`].
     Snapshots(Vec<SnapshotInfo>),
+    /// One backup: the answer to [`ManagerRequest::CreateBackup`],
+    /// [`ManagerRequest::BackupInfo`] and [`ManagerRequest::CopyBackup`].
+    Backup(Box<BackupInfo>),
+    /// The answer to [`ManagerRequest::ListBackups`].
+    Backups(Vec<BackupInfo>),
+    /// The answer to [`ManagerRequest::ListStores`].
+    Stores(Vec<StoreInfo>),
     /// The managers' group: voters and learners (being added, not counted for majorities
     /// until promoted), with their addresses (empty when unknown).
     Managers {

@@ -7,6 +7,8 @@
 //!
 //! One idea per file; every item is used as `tessera_proto::control::X`, whichever file
 //! holds it:
+//! - `backup`: backups in object storage: stores, backup records, restores, and what a
+//!   manager asks a group's leader to upload or hydrate ([`BackupInfo`], [`StoreSpec`]).
 //! - `manager`: the manager API, [`ManagerRequest`] and [`ManagerReply`], the managers'
 //!   own membership requests included.
 //! - `storage`: the storage admin RPCs a manager sends a node, [`StorageRequest`] and
@@ -26,6 +28,7 @@
 //! several conversations gets its own file. Every field added to a message needs
 //! `#[serde(default)]`: peers of different versions meet during every upgrade.
 
+mod backup;
 mod codec;
 mod error;
 mod group;
@@ -37,6 +40,11 @@ mod status;
 mod storage;
 mod volume;
 
+pub use backup::{
+    BackupChunkRequest, BackupInfo, BackupState, BadHash, ChunkUpload, Hash, HydrateChunkRequest,
+    MAX_CHUNK_REGIONS, REGION_BLOCKS, REGION_BYTES, RegionRef, RestoreInfo, Secret, StoreInfo,
+    StoreKind, StoreSpec,
+};
 pub use codec::{decode, encode};
 pub use error::ControlError;
 pub use group::{GroupSpec, PeerInfo};

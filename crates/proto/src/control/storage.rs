@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::ControlError;
-use super::{GroupOp, GroupSpec, NodeHeartbeat, PeerInfo};
+use super::{
+    BackupChunkRequest, ChunkUpload, GroupOp, GroupSpec, HydrateChunkRequest, NodeHeartbeat,
+    PeerInfo,
+};
 
 /// Most chunks one [`StorageRequest::DropChunks`] names (about 1.4 MiB of JSON at most): a
 /// deleted volume's chunks in a group are dropped in as many requests as needed.
@@ -80,6 +83,13 @@ pub enum StorageRequest {
         /// [`StorageReply::Members`] (or [`StorageReply::NotLeader`]).
         to: u64,
     },
+    /// Leader only: upload one chunk's regions as of a snapshot, answered with
+    /// [`StorageReply::BackupChunk`] (or [`StorageReply::NotLeader`]).
+    BackupChunk(BackupChunkRequest),
+    /// Leader only: fill one restored chunk from a store, answered with
+    /// [`StorageReply::Done`] once every entry is committed (or
+    /// [`StorageReply::NotLeader`]).
+    HydrateChunk(HydrateChunkRequest),
 }
 
 /// A storage node's answer to a [`StorageRequest`]: the `Ok` side of the reply body.
@@ -96,6 +106,8 @@ pub enum StorageReply {
     Members(MembershipState),
     /// The answer to [`StorageRequest::LayerUsage`], sorted by chunk then layer.
     LayerUsage(Vec<LayerBytes>),
+    /// The answer to [`StorageRequest::BackupChunk`].
+    BackupChunk(ChunkUpload),
     /// This node does not lead the group; `hint` is the leader it knows of (0: none).
     NotLeader {
         /// The node id of the leader it knows of (0: none).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::ManagerRequest;
-use super::{ParentInfo, ReclaimInfo, SnapshotInfo};
+use super::{ParentInfo, ReclaimInfo, RestoreInfo, SnapshotInfo};
 
 /// Default chunk size of a volume: 64 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
@@ -45,6 +45,10 @@ pub struct VolumeInfo {
     /// Deleted snapshots whose space is still being reclaimed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reclaims: Vec<ReclaimInfo>,
+    /// Created from a backup and still being filled from the store (attachable only once
+    /// it is filled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Box<RestoreInfo>>,
 }
 
 /// Who writes a volume.
@@ -80,6 +84,7 @@ mod tests {
             parent: None,
             snapshots: Vec::new(),
             reclaims: Vec::new(),
+            restore: None,
         }
     }
 

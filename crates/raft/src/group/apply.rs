@@ -318,6 +318,7 @@ fn apply_command(
         CmdOp::WriteZeroes => chunks.write_zeroes_seq(v, c, off, len, cmd.seq),
         CmdOp::Discard => chunks.discard_seq(v, c, off, len, cmd.seq),
         CmdOp::DropChunk => chunks.drop_chunk(v, c),
+        CmdOp::Hydrate => chunks.hydrate(v, c, off, &cmd.data),
         // The floors were raised when the entry reached the log (see `fence.rs`).
         CmdOp::Fence => Ok(()),
         CmdOp::Link => match cmd.link_parent() {

@@ -16,6 +16,7 @@ fn volume() -> VolumeInfo {
         parent: None,
         snapshots: Vec::new(),
         reclaims: Vec::new(),
+        restore: None,
     }
 }
 
@@ -318,6 +319,7 @@ fn a_full_page_of_the_longest_routes_fits_a_quarter_frame() {
             parent: None,
             snapshots: Vec::new(),
             reclaims: Vec::new(),
+            restore: None,
         },
         chunks: page.routes,
         more_groups: true,
