@@ -121,3 +121,155 @@ async fn a_directory_store_that_cannot_be_created_is_invalid() {
     };
     assert!(matches!(Store::open(&spec), Err(Error::Invalid { .. })));
 }
+
+#[cfg(feature = "s3-server")]
+mod s3 {
+    use std::time::{Duration, Instant};
+
+    use tessera_backup::s3_server::S3Server;
+    use tessera_proto::control::Secret;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_s3_store_keeps_its_promises() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let store = Store::open(&server.spec("s3a", "z2")).expect("open");
+        store_keeps_its_promises(&store).await;
+        assert!(server.requests("PUT") > 0 && server.requests("head") > 0);
+        assert!(server.requests("POST") > 0, "deletes are batched");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_prefix_keeps_a_store_to_its_part_of_the_bucket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let mut spec = server.spec("s3p", "z2");
+        if let StoreKind::S3 { prefix, .. } = &mut spec.kind {
+            *prefix = "team/a".into();
+        }
+        let store = Store::open(&spec).expect("open");
+        store_keeps_its_promises(&store).await;
+        store
+            .put("roots/r2", Bytes::from_static(b"r"))
+            .await
+            .expect("put");
+        let whole = Store::open(&server.spec("s3", "z2")).expect("open");
+        assert_eq!(
+            whole.list("").await.expect("list"),
+            vec!["team/a/roots/r1", "team/a/roots/r2"]
+        );
+        assert!(dir.path().join("tessera/team/a/roots/r2").is_file());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn wrong_credentials_are_a_credentials_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let mut spec = server.spec("s3a", "z2");
+        if let StoreKind::S3 {
+            secret_access_key, ..
+        } = &mut spec.kind
+        {
+            *secret_access_key = Secret("wrong".into());
+        }
+        let store = Store::open(&spec).expect("open");
+        let started = Instant::now();
+        match store.check().await {
+            Err(Error::Credentials { store, why }) => {
+                assert_eq!(store, "s3a");
+                assert!(!why.contains("wrong"), "never prints the secret: {why}");
+            }
+            other => panic!("expected Credentials, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "not retried");
+
+        let mut spec = server.spec("s3b", "z2");
+        if let StoreKind::S3 { access_key_id, .. } = &mut spec.kind {
+            *access_key_id = "NOSUCHKEY".into();
+        }
+        let store = Store::open(&spec).expect("open");
+        assert!(matches!(
+            store.check().await,
+            Err(Error::Credentials { .. })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_missing_bucket_is_invalid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let mut spec = server.spec("s3a", "z2");
+        if let StoreKind::S3 { bucket, .. } = &mut spec.kind {
+            *bucket = "nosuchbucket".into();
+        }
+        let store = Store::open(&spec).expect("open");
+        assert!(
+            matches!(store.check().await, Err(Error::Invalid { .. })),
+            "{:?}",
+            store.check().await
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn slow_downs_and_dropped_connections_are_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let store = Store::open(&server.spec("s3a", "z2")).expect("open");
+
+        server.fail_next(3);
+        store
+            .put("objects/aa/a", Bytes::from_static(b"a"))
+            .await
+            .expect("put retried");
+        assert_eq!(server.requests("PUT"), 4);
+        assert_eq!(store.get("objects/aa/a").await.expect("get"), &b"a"[..]);
+
+        server.drop_next(2);
+        store
+            .put("objects/aa/b", Bytes::from_static(b"b"))
+            .await
+            .expect("put retried");
+        server.drop_next(1);
+        assert_eq!(
+            store.get("objects/aa/b").await.expect("get retried"),
+            &b"b"[..]
+        );
+
+        server.set_delay(Duration::from_millis(300));
+        let started = Instant::now();
+        assert!(store.exists("objects/aa/b").await.expect("exists"));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        server.set_delay(Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unreachable_store_is_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let spec = server.spec("s3a", "z2");
+        drop(server);
+        let store = Store::open(&spec).expect("open");
+        match store.get("objects/aa/a").await {
+            Err(Error::Unavailable { store, why }) => {
+                assert_eq!(store, "s3a");
+                assert!(!why.is_empty());
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_started_outside_a_runtime_serves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = futures::executor::block_on(S3Server::start(dir.path(), "tessera"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = Store::open(&server.spec("s3a", "z2")).expect("open");
+        rt.block_on(store.check()).expect("check");
+        assert!(server.requests("PUT") == 1 && server.requests("GET") == 1);
+    }
+}
