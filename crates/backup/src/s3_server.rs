@@ -92,6 +92,12 @@ impl S3Server {
         bucket: &str,
         options: Options,
     ) -> std::io::Result<S3Server> {
+        if !crate::store::valid_bucket(bucket) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{bucket:?} is not an S3 bucket name"),
+            ));
+        }
         std::fs::create_dir_all(root.join(bucket))?;
         let fs =
             s3s_fs::FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;

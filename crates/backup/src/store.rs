@@ -68,6 +68,12 @@ impl Store {
                 secret_access_key,
                 prefix,
             } => {
+                if !valid_bucket(bucket) {
+                    return Err(invalid(format!(
+                        "bucket {bucket:?} is not an S3 bucket name (3 to 63 of a-z, 0-9, '.', \
+                         '-', starting and ending with a letter or digit)"
+                    )));
+                }
                 let retry = RetryConfig {
                     backoff: BackoffConfig {
                         init_backoff: Duration::from_millis(100),
@@ -290,6 +296,17 @@ impl Store {
             }
         }
     }
+}
+
+/// S3's rules for a bucket's name (those every S3-compatible service keeps).
+pub(crate) fn valid_bucket(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
 }
 
 /// The error and its sources, one sentence (object_store's top level often says little).

@@ -2,8 +2,8 @@
 //! server: the same promises from both.
 
 use bytes::Bytes;
-use tessera_backup::{Error, Store};
-use tessera_proto::control::{StoreKind, StoreSpec};
+use tessera_backup::{Error, Store, keys, region};
+use tessera_proto::control::{Hash, REGION_BYTES, StoreKind, StoreSpec};
 
 fn dir_spec(path: &std::path::Path) -> StoreSpec {
     StoreSpec {
@@ -91,6 +91,37 @@ async fn store_keeps_its_promises(store: &Store) {
     );
 }
 
+/// Many regions put at once, read back and verified, as a backup and a restore do.
+async fn regions_round_trip_with_many_in_flight(store: &Store) -> Vec<Hash> {
+    let puts = (0..64u8).map(|i| {
+        let mut data = vec![0u8; REGION_BYTES as usize];
+        for (j, b) in data
+            .iter_mut()
+            .enumerate()
+            .step_by(4096 * usize::from(i % 3 + 1))
+        {
+            *b = i.wrapping_add(j as u8) | 1;
+        }
+        async move {
+            let e = region::encode(&data).expect("has data");
+            let key = keys::object(&e.hash);
+            store
+                .put_if_missing(&key, e.bytes, false)
+                .await
+                .expect("put");
+            (e.hash, data)
+        }
+    });
+    let put = futures::future::join_all(puts).await;
+    let gets = put.iter().map(|(hash, data)| async move {
+        let bytes = store.get(&keys::object(hash)).await.expect("get");
+        let r = region::decode(store.name(), hash, &bytes).expect("verifies");
+        assert_eq!(&r.to_bytes(), data);
+    });
+    futures::future::join_all(gets).await;
+    put.into_iter().map(|(h, _)| h).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_directory_store_keeps_its_promises() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -106,6 +137,20 @@ async fn a_directory_store_keeps_its_promises() {
         std::fs::read(dir.path().join("store/objects/aa/x")).expect("file"),
         b"y"
     );
+
+    // A region corrupted at rest is refused when read.
+    let hashes = regions_round_trip_with_many_in_flight(&store).await;
+    let key = keys::object(&hashes[5]);
+    let path = dir.path().join("store").join(&key);
+    let mut bytes = std::fs::read(&path).expect("file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).expect("file");
+    let got = store.get(&key).await.expect("get");
+    match region::decode(store.name(), &hashes[5], &got) {
+        Err(Error::Corrupt { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,7 +182,8 @@ mod s3 {
         let server = S3Server::start(dir.path(), "tessera").await;
         let store = Store::open(&server.spec("s3a", "z2")).expect("open");
         store_keeps_its_promises(&store).await;
-        assert!(server.requests("PUT") > 0 && server.requests("head") > 0);
+        regions_round_trip_with_many_in_flight(&store).await;
+        assert!(server.requests("PUT") > 64 && server.requests("head") > 64);
         assert!(server.requests("POST") > 0, "deletes are batched");
     }
 
@@ -271,5 +317,60 @@ mod s3 {
         let store = Store::open(&server.spec("s3a", "z2")).expect("open");
         rt.block_on(store.check()).expect("check");
         assert!(server.requests("PUT") == 1 && server.requests("GET") == 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_on_a_current_thread_runtime_serves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(dir.path(), "tessera").await;
+        let store = Store::open(&server.spec("s3a", "z2")).expect("open");
+        store.check().await.expect("check");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_server_binary_prints_how_to_reach_it() {
+        use std::io::BufRead;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-s3-server"))
+            .args([
+                "--root",
+                &dir.path().display().to_string(),
+                "--bucket",
+                "bk1",
+            ])
+            .args(["--access-key", "AK", "--secret-key", "SK"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        assert_eq!(
+            (field("bucket"), field("access_key"), field("secret_key")),
+            ("bk1".into(), "AK".into(), "SK".into())
+        );
+        let spec = StoreSpec {
+            name: "bin".into(),
+            zone: String::new(),
+            kind: StoreKind::S3 {
+                endpoint: field("endpoint"),
+                bucket: "bk1".into(),
+                region: String::new(),
+                access_key_id: "AK".into(),
+                secret_access_key: Secret("SK".into()),
+                prefix: String::new(),
+            },
+        };
+        let checked = Store::open(&spec).expect("open").check().await;
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        checked.expect("check");
     }
 }
