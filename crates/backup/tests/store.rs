@@ -2,6 +2,7 @@
 //! server: the same promises from both.
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tessera_backup::{Error, Store, keys, region};
 use tessera_proto::control::{Hash, REGION_BYTES, StoreKind, StoreSpec};
 
@@ -76,13 +77,18 @@ async fn store_keeps_its_promises(store: &Store) {
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(store.list("").await.expect("list"), vec!["roots/r1"]);
 
-    // More than one batch.
-    let many: Vec<String> = (0..1100)
-        .map(|i| format!("objects/{:02x}/k{i}", i % 256))
+    // More than a page of listing and a batch of deletes.
+    let mut many: Vec<String> = (0..2100)
+        .map(|i| format!("objects/{:02x}/k{i:04}", i % 256))
         .collect();
-    for k in many.iter().step_by(97) {
-        store.put(k, Bytes::from_static(b"x")).await.expect("put");
-    }
+    futures::stream::iter(&many)
+        .for_each_concurrent(64, |k| async move {
+            store.put(k, Bytes::from_static(b"x")).await.expect("put");
+        })
+        .await;
+    many.sort();
+    assert_eq!(store.list("objects").await.expect("list"), many);
+    many.push("objects/00/missing".into());
     let failed = store.delete_many(many).await;
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(
