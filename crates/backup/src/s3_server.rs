@@ -33,7 +33,7 @@ pub struct S3Server {
     pub secret_key: String,
     faults: Arc<Faults>,
     accept: tokio::task::AbortHandle,
-    // The runtime serving it when `start` was called outside of one.
+    // Serves it; shut down (in the background) when the server is dropped.
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -77,9 +77,10 @@ impl Faults {
 }
 
 impl S3Server {
-    /// Serves `root` on a free loopback port, with `bucket` created, on the current tokio
-    /// runtime (or a runtime of its own when called outside one). Panics if it cannot
-    /// (a test helper: see [`S3Server::start_with`]).
+    /// Serves `root` on a free loopback port, with `bucket` created, on a tokio runtime of
+    /// its own (two threads), so it serves whatever the caller's runtime does (blocked,
+    /// current-thread, paused time, or none). Panics if it cannot (a test helper: see
+    /// [`S3Server::start_with`]).
     pub async fn start(root: &Path, bucket: &str) -> S3Server {
         S3Server::start_with(root, bucket, Options::default())
             .await
@@ -114,23 +115,19 @@ impl S3Server {
         ));
         let service = service.build();
 
-        // Bound here, so a caller outside a runtime needs none to bind.
         let listener = std::net::TcpListener::bind(options.addr)?;
         listener.set_nonblocking(true)?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let faults = Arc::new(Faults::default());
         let serve = accept_loop(listener, service, bucket.to_string(), Arc::clone(&faults));
-        let (accept, runtime) = match tokio::runtime::Handle::try_current() {
-            Ok(handle) => (handle.spawn(serve).abort_handle(), None),
-            Err(_) => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("s3-server")
-                    .enable_all()
-                    .build()?;
-                (rt.spawn(serve).abort_handle(), Some(rt))
-            }
-        };
+        // A runtime of its own: a test blocking its runtime (a current-thread one, or a
+        // wait on a child process) must not stall the server its children talk to.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3-test-server")
+            .enable_all()
+            .build()?;
+        let accept = runtime.spawn(serve).abort_handle();
         Ok(S3Server {
             endpoint,
             bucket: bucket.to_string(),
@@ -138,7 +135,7 @@ impl S3Server {
             secret_key,
             faults,
             accept,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 

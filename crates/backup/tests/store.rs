@@ -326,11 +326,22 @@ mod s3 {
     }
 
     #[tokio::test]
-    async fn a_server_on_a_current_thread_runtime_serves() {
+    async fn a_server_serves_while_its_callers_runtime_is_blocked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = S3Server::start(dir.path(), "tessera").await;
         let store = Store::open(&server.spec("s3a", "z2")).expect("open");
-        store.check().await.expect("check");
+        // As a test waiting on a child process does: this current-thread runtime is
+        // blocked until the check, made elsewhere, returns.
+        let checked = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(store.check())
+        })
+        .join()
+        .expect("thread");
+        checked.expect("check");
     }
 
     #[tokio::test(flavor = "multi_thread")]
