@@ -12,9 +12,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tessera_proto::control::{BackupInfo, ControlError, ManagerReply, VolumeInfo};
+use tessera_proto::control::{BackupInfo, ControlError, ManagerReply, StoreInfo, VolumeInfo};
 
-use crate::state::{CopyPlan, Mutation};
+use crate::state::{CopyPlan, Mutation, State};
+use crate::stores::Stores;
 
 use super::{Now, Service};
 
@@ -134,54 +135,6 @@ impl Service {
         }
     }
 
-    /// The backup record a restore of `backup` reads: in `store` if named (the backup or
-    /// a ready copy there), else a ready copy in a store of this manager's zone, else the
-    /// backup itself. Every candidate's store must be configured.
-    fn restore_source(&self, backup: u64, store: Option<&str>) -> Result<u64, ControlError> {
-        let rec = self
-            .state
-            .backup(backup)
-            .ok_or_else(|| ControlError::NotFound(format!("backup {backup} not found")))?;
-        let replicas = self.state.backup_replicas(backup);
-        let configured = |name: &str| self.stores.spec(name).is_some();
-        if let Some(name) = store {
-            let name = &self.stores.resolve(Some(name))?.name;
-            return replicas
-                .iter()
-                .find(|r| &r.store == name)
-                .map(|r| r.id)
-                .ok_or_else(|| {
-                    ControlError::NotFound(format!(
-                        "backup {backup} has no ready copy in store {name:?}"
-                    ))
-                });
-        }
-        let zone = self.stores.zone();
-        let own_zone = self.stores.zone_of(&rec.store);
-        if !zone.is_empty() && own_zone != zone {
-            let local = replicas
-                .iter()
-                .find(|r| configured(&r.store) && self.stores.zone_of(&r.store) == zone);
-            if let Some(r) = local {
-                return Ok(r.id);
-            }
-        }
-        if !configured(&rec.store) {
-            // The backup's own store left the configuration: any configured copy will do.
-            return replicas
-                .iter()
-                .find(|r| configured(&r.store))
-                .map(|r| r.id)
-                .ok_or_else(|| {
-                    ControlError::NotFound(format!(
-                        "store {:?} of backup {backup} is not configured",
-                        rec.store
-                    ))
-                });
-        }
-        Ok(backup)
-    }
-
     pub(super) fn restore_volume(
         &mut self,
         name: &str,
@@ -189,7 +142,7 @@ impl Service {
         store: Option<&str>,
         now: Now,
     ) -> Result<ManagerReply, ControlError> {
-        let source = self.restore_source(backup, store)?;
+        let source = restore_source(&self.state, &self.stores, backup, store)?;
         let live = &self.live;
         let m = self
             .state
@@ -219,17 +172,76 @@ impl Service {
     }
 
     pub(super) fn list_stores(&self) -> ManagerReply {
-        let infos = self
-            .stores
-            .specs()
-            .iter()
-            .map(|spec| {
-                let mut info = self.stores.info(spec);
-                let c = self.state.store_counts(&spec.name);
-                (info.backups, info.objects, info.garbage) = (c.backups, c.objects, c.garbage);
-                info
-            })
-            .collect();
-        ManagerReply::Stores(infos)
+        ManagerReply::Stores(store_infos(&self.state, &self.stores))
     }
 }
+
+/// The backup record a restore of `backup` reads: in `store` if named (the backup or
+/// a ready copy there), else a ready copy in a store of this manager's zone, else the
+/// backup itself. Every candidate's store must be configured.
+pub(super) fn restore_source(
+    state: &State,
+    stores: &Stores,
+    backup: u64,
+    store: Option<&str>,
+) -> Result<u64, ControlError> {
+    let rec = state
+        .backup(backup)
+        .ok_or_else(|| ControlError::NotFound(format!("backup {backup} not found")))?;
+    let replicas = state.backup_replicas(backup);
+    let configured = |name: &str| stores.spec(name).is_some();
+    if let Some(name) = store {
+        let name = &stores.resolve(Some(name))?.name;
+        return replicas
+            .iter()
+            .find(|r| &r.store == name)
+            .map(|r| r.id)
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "backup {backup} has no ready copy in store {name:?}"
+                ))
+            });
+    }
+    let zone = stores.zone();
+    let own_zone = stores.zone_of(&rec.store);
+    if !zone.is_empty() && own_zone != zone {
+        let local = replicas
+            .iter()
+            .find(|r| configured(&r.store) && stores.zone_of(&r.store) == zone);
+        if let Some(r) = local {
+            return Ok(r.id);
+        }
+    }
+    if !configured(&rec.store) {
+        // The backup's own store left the configuration: any configured copy will do.
+        return replicas
+            .iter()
+            .find(|r| configured(&r.store))
+            .map(|r| r.id)
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "store {:?} of backup {backup} is not configured",
+                    rec.store
+                ))
+            });
+    }
+    Ok(backup)
+}
+
+/// Every configured store with its counts.
+pub(super) fn store_infos(state: &State, stores: &Stores) -> Vec<StoreInfo> {
+    stores
+        .specs()
+        .iter()
+        .map(|spec| {
+            let mut info = stores.info(spec);
+            let c = state.store_counts(&spec.name);
+            (info.backups, info.objects, info.garbage) = (c.backups, c.objects, c.garbage);
+            info
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "backup_tests.rs"]
+mod tests;
