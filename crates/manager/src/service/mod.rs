@@ -32,6 +32,10 @@ mod status;
 mod usage;
 mod volumes;
 
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub(crate) use backups::{RestoreMeter, RestoreMeters};
 pub(crate) use clones::{FlattenJob, unlink_op};
 pub(crate) use reclaims::ReclaimJob;
@@ -157,6 +161,10 @@ impl Service {
     }
 
     /// The configured backup stores (for the backup jobs).
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
     pub fn stores(&self) -> Arc<Stores> {
         self.stores.clone()
     }

@@ -444,7 +444,7 @@ fn copies_are_answered_once_per_store_and_counted_as_replicas() {
         panic!("a new copy");
     };
     s.apply(&m);
-    let Mutation::CreateBackup(c) = m else {
+    let Mutation::CreateBackup(c) = *m else {
         panic!()
     };
     assert_eq!(
