@@ -13,7 +13,8 @@
 //! the Raft log, applying), `snapshots` (create, list, delete, and the [`Pending`] group
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
 //! leader's background work on them), `reclaims` (the background reclaim of deleted
-//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups).
+//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups), `backups` (backup,
+//! copy, restore and prewarm requests, stores listed).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
 //! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the
@@ -21,6 +22,7 @@
 //! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
 
 mod attachments;
+mod backups;
 mod clones;
 mod moves;
 mod nodes;
@@ -31,12 +33,18 @@ mod status;
 mod usage;
 mod volumes;
 
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
+pub(crate) use backups::{RestoreMeter, RestoreMeters};
 pub(crate) use clones::{FlattenJob, unlink_op};
 pub(crate) use reclaims::ReclaimJob;
 pub(crate) use replicated::{add_manager, managers};
 pub(crate) use snapshots::{Finish, Pending};
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest, StorageRequest};
@@ -46,6 +54,7 @@ use crate::consensus::Consensus;
 use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::state::{Mutation, State};
+use crate::stores::Stores;
 use crate::usage::UsageQuery;
 
 /// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
@@ -110,6 +119,12 @@ pub struct Service {
     unrecorded: BTreeSet<u64>,
     /// Attachment leases (leader memory, reset with `live` when a term of leadership starts).
     leases: Leases,
+    /// The configured backup stores.
+    stores: Arc<Stores>,
+    /// What the restore job measured per restoring volume (leader memory).
+    restore_meters: RestoreMeters,
+    /// Wakes the restore job (`PrewarmVolume`, a new restore).
+    restore_kick: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
@@ -134,7 +149,25 @@ impl Service {
             led_term: 0,
             unrecorded: BTreeSet::new(),
             leases: Leases::default(),
+            stores: Arc::default(),
+            restore_meters: RestoreMeters::default(),
+            restore_kick: Arc::default(),
         }
+    }
+
+    /// The service with the backup stores configured (none otherwise).
+    pub fn with_stores(mut self, stores: Arc<Stores>) -> Self {
+        self.stores = stores;
+        self
+    }
+
+    /// The configured backup stores (for the backup jobs).
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
+    pub fn stores(&self) -> Arc<Stores> {
+        self.stores.clone()
     }
 
     /// Closes the database; later requests fail with `Unavailable`.
@@ -161,11 +194,13 @@ impl Service {
                 let mut vs = self.state.list_volumes();
                 for v in &mut vs {
                     self.add_lease(v, now);
+                    self.add_restore_meter(v);
                 }
                 Ok(ManagerReply::Volumes(vs))
             }
             ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
                 self.add_lease(&mut v, now);
+                self.add_restore_meter(&mut v);
                 ManagerReply::Volume(v)
             }),
             ManagerRequest::VolumeUsage { name } => {
@@ -251,17 +286,22 @@ impl Service {
             ManagerRequest::DeleteSnapshot { volume, name } => self.delete_snapshot(&volume, &name),
             ManagerRequest::FlattenVolume { name } => self.flatten(&name),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
-            // Backups (issue 15): the manager branch implements these.
-            ManagerRequest::CreateBackup { .. }
-            | ManagerRequest::ListBackups { .. }
-            | ManagerRequest::BackupInfo { .. }
-            | ManagerRequest::DeleteBackup { .. }
-            | ManagerRequest::CopyBackup { .. }
-            | ManagerRequest::RestoreVolume { .. }
-            | ManagerRequest::PrewarmVolume { .. }
-            | ManagerRequest::ListStores => Err(ControlError::Invalid(
-                "backups are not implemented yet".into(),
-            )),
+            ManagerRequest::CreateBackup {
+                volume,
+                snapshot,
+                store,
+            } => self.create_backup(&volume, &snapshot, store.as_deref(), now),
+            ManagerRequest::ListBackups { volume } => self.list_backups(volume.as_deref()),
+            ManagerRequest::BackupInfo { id } => self.backup_info_reply(id),
+            ManagerRequest::DeleteBackup { id } => self.delete_backup(id, now),
+            ManagerRequest::CopyBackup { id, to_store } => self.copy_backup(id, &to_store, now),
+            ManagerRequest::RestoreVolume {
+                name,
+                backup,
+                store,
+            } => self.restore_volume(&name, backup, store.as_deref(), now),
+            ManagerRequest::PrewarmVolume { name } => self.prewarm(&name),
+            ManagerRequest::ListStores => Ok(self.list_stores()),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
                 replicated::add_manager(&self.consensus, id, addr)
