@@ -73,10 +73,13 @@
 #![warn(missing_docs)]
 
 mod attach;
+mod backup_loop;
 mod config;
 mod consensus;
+mod copy_loop;
 mod db;
 mod error;
+mod gc_loop;
 mod group_calls;
 mod liveness;
 mod pace;
@@ -86,6 +89,7 @@ mod raft_log;
 mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
+mod restore_loop;
 mod server;
 mod service;
 mod snapshot_loop;
