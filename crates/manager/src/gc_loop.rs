@@ -183,3 +183,7 @@ async fn delete(service: &Shared, store: &Store, keys: Vec<GcKey>) -> Result<(),
     );
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "gc_loop_tests.rs"]
+mod tests;

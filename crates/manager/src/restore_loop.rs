@@ -329,3 +329,7 @@ async fn hydrate_chunk(
         (other, _) => Err(format!("group {} answered {other:?}", group.group_id)),
     }
 }
+
+#[cfg(test)]
+#[path = "restore_loop_tests.rs"]
+mod tests;
