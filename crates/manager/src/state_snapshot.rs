@@ -342,7 +342,9 @@ mod tests {
                     node: 2,
                     group: 2,
                     volume: 4,
+                    backup: 1,
                 },
+                backups: Default::default(),
             },
             managers: [(1, "m1:7400".to_string())].into(),
         }
