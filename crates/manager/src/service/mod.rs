@@ -114,6 +114,8 @@ pub struct Service {
     leases: Leases,
     /// The configured backup stores.
     stores: Arc<Stores>,
+    /// What the restore fill saw of each restoring volume's speed (leader memory).
+    restore_rates: crate::restore_rates::Rates,
 }
 
 impl Service {
@@ -139,12 +141,19 @@ impl Service {
             unrecorded: BTreeSet::new(),
             leases: Leases::default(),
             stores: Arc::default(),
+            restore_rates: Default::default(),
         }
     }
 
     /// The service with the backup stores configured (none otherwise).
     pub fn with_stores(mut self, stores: Arc<Stores>) -> Self {
         self.stores = stores;
+        self
+    }
+
+    /// The service sharing the restore fill's rates (for `VolumeInfo.restore`).
+    pub(crate) fn with_restore_rates(mut self, rates: crate::restore_rates::Rates) -> Self {
+        self.restore_rates = rates;
         self
     }
 
@@ -177,11 +186,13 @@ impl Service {
                 let mut vs = self.state.list_volumes();
                 for v in &mut vs {
                     self.add_lease(v, now);
+                    self.restore_rates.fill(v);
                 }
                 Ok(ManagerReply::Volumes(vs))
             }
             ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
                 self.add_lease(&mut v, now);
+                self.restore_rates.fill(&mut v);
                 ManagerReply::Volume(v)
             }),
             ManagerRequest::VolumeUsage { name } => {
