@@ -188,7 +188,12 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                     left.len()
                 ));
             }
-            let wake = left.values().map(|v| v.2).min().unwrap_or(t);
+            let wake = left
+                .values()
+                .filter(|v| v.1.is_some())
+                .map(|v| v.2)
+                .min()
+                .unwrap_or(t);
             tokio::time::sleep_until(wake.into()).await;
             continue;
         }
