@@ -5,11 +5,17 @@
 //! conditional writes (many S3-compatible services lack them): every name is a content
 //! hash, so a put that races another of the same name writes the same bytes.
 //!
-//! Retries are `object_store`'s: an S3 request failing with a 5xx, a 429 or a connection
-//! error is retried up to 10 times with a jittered back-off of 100 ms to 5 s, within 60
-//! s; each attempt times out after 30 s. What is left after that is
-//! [`Error::Unavailable`]. A 401/403 (or an S3 error code saying the key or signature is
-//! wrong) is [`Error::Credentials`], never retried.
+//! A directory store writes each object to a staging file, fsyncs it, renames it into
+//! place and fsyncs the directory (`object_store`'s `LocalFileSystem` with fsync), so a
+//! put that returned survives a crash and a reader never sees half an object.
+//!
+//! Retries are `object_store`'s: an S3 request failing with a 5xx, a 429, a connection
+//! error or a dropped connection is retried up to 10 times with a jittered back-off of
+//! 100 ms to 5 s, within 60 s; each attempt times out after 30 s (5 s to connect). What
+//! is left after that is [`Error::Unavailable`]. A 401/403 (or an S3 error code saying
+//! the key or signature is wrong) is [`Error::Credentials`], never retried; a 404 is
+//! [`Error::NotFound`] (a missing bucket too, except in [`Store::check`], which calls it
+//! [`Error::Invalid`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +74,12 @@ impl Store {
                 secret_access_key,
                 prefix,
             } => {
+                if !valid_bucket(bucket) {
+                    return Err(invalid(format!(
+                        "bucket {bucket:?} is not an S3 bucket name (3 to 63 of a-z, 0-9, '.', \
+                         '-', starting and ending with a letter or digit)"
+                    )));
+                }
                 let retry = RetryConfig {
                     backoff: BackoffConfig {
                         init_backoff: Duration::from_millis(100),
@@ -290,6 +302,17 @@ impl Store {
             }
         }
     }
+}
+
+/// S3's rules for a bucket's name (those every S3-compatible service keeps).
+pub(crate) fn valid_bucket(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
 }
 
 /// The error and its sources, one sentence (object_store's top level often says little).

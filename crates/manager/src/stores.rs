@@ -39,11 +39,14 @@ pub struct S3Config {
     /// `http(s)://host:port` (empty: AWS's endpoint for `region`).
     #[serde(default)]
     pub endpoint: String,
+    /// The bucket (must exist).
     pub bucket: String,
     /// The region to sign for (empty: `us-east-1`).
     #[serde(default)]
     pub region: String,
+    /// The credentials.
     pub access_key_id: String,
+    /// The secret of `access_key_id` (never printed).
     pub secret_access_key: Secret,
     /// Key prefix inside the bucket.
     #[serde(default)]
@@ -205,6 +208,10 @@ impl Stores {
     }
 
     /// The open store.
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
     pub fn store(&self, name: &str) -> Option<&tessera_backup::Store> {
         self.open.get(name)
     }

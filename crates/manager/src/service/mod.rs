@@ -21,6 +21,7 @@
 //! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
 
 mod attachments;
+mod backups;
 mod clones;
 mod moves;
 mod nodes;
@@ -31,6 +32,11 @@ mod status;
 mod usage;
 mod volumes;
 
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
+pub(crate) use backups::{RestoreMeter, RestoreMeters};
 pub(crate) use clones::{FlattenJob, unlink_op};
 pub(crate) use reclaims::ReclaimJob;
 pub(crate) use replicated::{add_manager, managers};
@@ -114,8 +120,10 @@ pub struct Service {
     leases: Leases,
     /// The configured backup stores.
     stores: Arc<Stores>,
-    /// What the restore fill saw of each restoring volume's speed (leader memory).
-    restore_rates: crate::restore_rates::Rates,
+    /// What the restore job measured per restoring volume (leader memory).
+    restore_meters: RestoreMeters,
+    /// Wakes the restore job (`PrewarmVolume`, a new restore).
+    restore_kick: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
@@ -141,7 +149,8 @@ impl Service {
             unrecorded: BTreeSet::new(),
             leases: Leases::default(),
             stores: Arc::default(),
-            restore_rates: Default::default(),
+            restore_meters: RestoreMeters::default(),
+            restore_kick: Arc::default(),
         }
     }
 
@@ -151,13 +160,11 @@ impl Service {
         self
     }
 
-    /// The service sharing the restore fill's rates (for `VolumeInfo.restore`).
-    pub(crate) fn with_restore_rates(mut self, rates: crate::restore_rates::Rates) -> Self {
-        self.restore_rates = rates;
-        self
-    }
-
     /// The configured backup stores (for the backup jobs).
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
     pub fn stores(&self) -> Arc<Stores> {
         self.stores.clone()
     }
@@ -186,13 +193,13 @@ impl Service {
                 let mut vs = self.state.list_volumes();
                 for v in &mut vs {
                     self.add_lease(v, now);
-                    self.restore_rates.fill(v);
+                    self.add_restore_meter(v);
                 }
                 Ok(ManagerReply::Volumes(vs))
             }
             ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
                 self.add_lease(&mut v, now);
-                self.restore_rates.fill(&mut v);
+                self.add_restore_meter(&mut v);
                 ManagerReply::Volume(v)
             }),
             ManagerRequest::VolumeUsage { name } => {
@@ -278,17 +285,22 @@ impl Service {
             ManagerRequest::DeleteSnapshot { volume, name } => self.delete_snapshot(&volume, &name),
             ManagerRequest::FlattenVolume { name } => self.flatten(&name),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
-            // Backups (issue 15): the manager branch implements these.
-            ManagerRequest::CreateBackup { .. }
-            | ManagerRequest::ListBackups { .. }
-            | ManagerRequest::BackupInfo { .. }
-            | ManagerRequest::DeleteBackup { .. }
-            | ManagerRequest::CopyBackup { .. }
-            | ManagerRequest::RestoreVolume { .. }
-            | ManagerRequest::PrewarmVolume { .. }
-            | ManagerRequest::ListStores => Err(ControlError::Invalid(
-                "backups are not implemented yet".into(),
-            )),
+            ManagerRequest::CreateBackup {
+                volume,
+                snapshot,
+                store,
+            } => self.create_backup(&volume, &snapshot, store.as_deref(), now),
+            ManagerRequest::ListBackups { volume } => self.list_backups(volume.as_deref()),
+            ManagerRequest::BackupInfo { id } => self.backup_info_reply(id),
+            ManagerRequest::DeleteBackup { id } => self.delete_backup(id, now),
+            ManagerRequest::CopyBackup { id, to_store } => self.copy_backup(id, &to_store, now),
+            ManagerRequest::RestoreVolume {
+                name,
+                backup,
+                store,
+            } => self.restore_volume(&name, backup, store.as_deref(), now),
+            ManagerRequest::PrewarmVolume { name } => self.prewarm(&name),
+            ManagerRequest::ListStores => Ok(self.list_stores()),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
                 replicated::add_manager(&self.consensus, id, addr)

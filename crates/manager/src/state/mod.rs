@@ -45,9 +45,21 @@ mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub use backup_image::{BackupImage, StoreImage};
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub use backup_records::{BackupRecord, BackupStats, BadKey, ChunkSegment, GcKey, RestoreRecord};
 pub use backup_refs::BackupDelta;
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub use backups::{CopyPlan, StoreCounts, restoring};
 pub use clones::{ClonePlan, FlattenStep};
 pub use mutation::{Mutation, NextIds, ReclaimOf};
