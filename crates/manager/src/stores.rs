@@ -64,7 +64,7 @@ impl StoreConfig {
         }
     }
 
-    /// The wire's form of the store (after [`validate`]).
+    /// The wire's form of the store (after `validate`).
     pub fn spec(&self) -> StoreSpec {
         let kind = match (&self.path, &self.s3) {
             (_, Some(s)) => StoreKind::S3 {

@@ -13,7 +13,8 @@
 //! the Raft log, applying), `snapshots` (create, list, delete, and the [`Pending`] group
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
 //! leader's background work on them), `reclaims` (the background reclaim of deleted
-//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups).
+//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups), `backups` (backup,
+//! copy, restore and prewarm requests, stores listed).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
 //! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the

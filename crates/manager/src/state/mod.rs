@@ -17,7 +17,10 @@
 //! `snapshots` (the cut, readiness, deletion, and the record changes of snapshots and
 //! clones), `clones` (cloning, flatten steps, rollback), `reclaims` (the space of deleted
 //! snapshots: what a deletion records, its progress, the work it plans), `pieces` (the
-//! ops of a flatten's and a reclaim's chunk, piece by piece).
+//! ops of a flatten's and a reclaim's chunk, piece by piece), `backups` (backup, copy and
+//! restore plans and queries), `backup_refs` (each store's reference counts, garbage,
+//! claims and `gc_gen`, and the [`BackupDelta`] a backup mutation makes, which both
+//! `apply` and the database write), `backup_records`, `backup_image` (the backup rows).
 
 use std::collections::{BTreeMap, BTreeSet};
 
