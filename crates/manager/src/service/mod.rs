@@ -311,6 +311,17 @@ impl Service {
         (Reply::Done(res), orders)
     }
 
+    /// The replicated state, for the leader's background loops (read under the lock).
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Commits a background loop's mutation if this manager leads (else `NotLeader`).
+    pub(crate) fn commit_led(&mut self, m: Mutation) -> Result<(), ControlError> {
+        self.lead()?;
+        self.commit(m)
+    }
+
     /// Makes `m` durable on a majority of managers, then applies it.
     fn commit(&mut self, m: Mutation) -> Result<(), ControlError> {
         if let Some(why) = &self.failed {
