@@ -1,5 +1,5 @@
 //! Backups in the tier-2 harness: the object stores of a test cluster (a directory, or the
-//! in-process S3 server `tessera_backup::s3_server::S3Server` on a runtime of its own),
+//! in-process S3 server `tessera_backup::s3_server::S3Server`),
 //! the `manager.toml` lines naming them, and what the backup tests ask and check: backups,
 //! copies, restores and stores through the CLI's JSON, a model of what a test wrote and
 //! the region objects it must become, whole-volume checksums, and the keys a backup's
@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -40,59 +39,12 @@ pub enum Kind {
     S3,
 }
 
-/// The in-process S3 server on a tokio runtime of its own: the tests' CLI calls block
-/// their runtime's threads, and the managers and nodes must be answered meanwhile.
-pub struct S3Host {
-    server: Option<S3Server>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl S3Host {
-    /// Serves `root` with bucket `bucket`.
-    pub async fn start(root: &Path, bucket: &str) -> S3Host {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("s3-server")
-            .enable_all()
-            .build()
-            .expect("the S3 server's runtime");
-        let (root, bucket) = (root.to_path_buf(), bucket.to_string());
-        let server = rt
-            .spawn(async move { S3Server::start(&root, &bucket).await })
-            .await
-            .expect("the S3 server starts");
-        S3Host {
-            server: Some(server),
-            rt: Some(rt),
-        }
-    }
-}
-
-impl Deref for S3Host {
-    type Target = S3Server;
-    fn deref(&self) -> &S3Server {
-        self.server.as_ref().expect("the S3 server runs")
-    }
-}
-
-impl Drop for S3Host {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            {
-                let _in = rt.enter();
-                drop(self.server.take());
-            }
-            // Dropping a runtime inside the test's own would block it: let it go instead.
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// One store of a test cluster, and the temporary directory holding its objects.
 pub struct TestStore {
     pub spec: StoreSpec,
-    /// The S3 server, for an S3 store.
-    pub s3: Option<S3Host>,
+    /// The S3 server, for an S3 store (it serves on a runtime of its own, so the tests'
+    /// blocking CLI calls never stall it).
+    pub s3: Option<S3Server>,
     pub root: tempfile::TempDir,
 }
 
@@ -111,8 +63,8 @@ impl TestStore {
                 (spec, None)
             }
             Kind::S3 => {
-                let host = S3Host::start(root.path(), "tessera").await;
-                (host.spec(name, zone), Some(host))
+                let server = S3Server::start(root.path(), "tessera").await;
+                (server.spec(name, zone), Some(server))
             }
         };
         TestStore { spec, s3, root }
@@ -131,7 +83,7 @@ impl TestStore {
 
     /// The S3 server of an S3 store.
     pub fn s3(&self) -> &S3Server {
-        self.s3.as_deref().expect("an S3 store")
+        self.s3.as_ref().expect("an S3 store")
     }
 
     /// Its `[[stores]]` table for manager.toml.
