@@ -1,13 +1,40 @@
 //! A store client: a directory or an S3-compatible service behind one interface, with
 //! retries (back-off on errors and 503s), timeouts, and errors a caller can act on.
+//!
+//! Owns talking to a store and nothing about what the objects mean. Never relies on
+//! conditional writes (many S3-compatible services lack them): every name is a content
+//! hash, so a put that races another of the same name writes the same bytes.
+//!
+//! A directory store writes each object to a staging file, fsyncs it, renames it into
+//! place and fsyncs the directory (`object_store`'s `LocalFileSystem` with fsync), so a
+//! put that returned survives a crash and a reader never sees half an object.
+//!
+//! Retries are `object_store`'s: an S3 request failing with a 5xx, a 429, a connection
+//! error or a dropped connection is retried up to 10 times with a jittered back-off of
+//! 100 ms to 5 s, within 60 s; each attempt times out after 30 s (5 s to connect). What
+//! is left after that is [`Error::Unavailable`]. A 401/403 (or an S3 error code saying
+//! the key or signature is wrong) is [`Error::Credentials`], never retried; a 404 is
+//! [`Error::NotFound`] (a missing bucket too, except in [`Store::check`], which calls it
+//! [`Error::Invalid`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::ObjectStore;
-use tessera_proto::control::StoreSpec;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+use tessera_proto::control::{StoreKind, StoreSpec};
 
-use crate::Result;
+use crate::{Error, Result};
+
+/// Keys one delete request names at most (S3's `DeleteObjects` limit).
+const DELETE_BATCH: usize = 1000;
 
 /// An open store. Cheap to clone (one connection pool).
 #[derive(Clone)]
@@ -26,8 +53,78 @@ impl Store {
     /// A client for `spec` (a directory is created if missing). Does not contact it: see
     /// [`Store::check`].
     pub fn open(spec: &StoreSpec) -> Result<Store> {
-        let _ = spec;
-        todo!("the backup branch implements it")
+        let invalid = |why: String| Error::Invalid {
+            store: spec.name.clone(),
+            why,
+        };
+        let inner: Arc<dyn ObjectStore> = match &spec.kind {
+            StoreKind::Dir { path } => {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| invalid(format!("cannot create directory {path}: {e}")))?;
+                let fs = LocalFileSystem::new_with_prefix(path)
+                    .map_err(|e| invalid(format!("directory {path}: {e}")))?
+                    .with_fsync(true);
+                Arc::new(fs)
+            }
+            StoreKind::S3 {
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key,
+                prefix,
+            } => {
+                if !valid_bucket(bucket) {
+                    return Err(invalid(format!(
+                        "bucket {bucket:?} is not an S3 bucket name (3 to 63 of a-z, 0-9, '.', \
+                         '-', starting and ending with a letter or digit)"
+                    )));
+                }
+                let retry = RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(5),
+                        base: 2.0,
+                    },
+                    max_retries: 10,
+                    retry_timeout: Duration::from_secs(60),
+                };
+                let client = ClientOptions::new()
+                    .with_timeout(Duration::from_secs(30))
+                    .with_connect_timeout(Duration::from_secs(5));
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(if region.is_empty() {
+                        "us-east-1"
+                    } else {
+                        region
+                    })
+                    .with_access_key_id(access_key_id)
+                    .with_secret_access_key(&secret_access_key.0)
+                    .with_virtual_hosted_style_request(false)
+                    .with_retry(retry)
+                    // Client options replace allow_http: set it after them.
+                    .with_client_options(client);
+                if !endpoint.is_empty() {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                let s3 = b
+                    .build()
+                    .map_err(|e| invalid(format!("S3 bucket {bucket:?} at {endpoint:?}: {e}")))?;
+                let prefix = prefix.trim_matches('/');
+                if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(PrefixStore::new(s3, prefix))
+                }
+            }
+        };
+        Ok(Store {
+            name: spec.name.clone(),
+            inner,
+        })
     }
 
     /// The store's name.
@@ -38,47 +135,209 @@ impl Store {
     /// Puts, reads back and deletes a small object: [`crate::Error::Credentials`] for
     /// refused credentials, [`crate::Error::Unavailable`] if unreachable.
     pub async fn check(&self) -> Result<()> {
-        let _ = &self.inner;
-        todo!("the backup branch implements it")
+        let key = format!("tessera-check/{:016x}", random_u64());
+        let body = Bytes::from(format!("tessera store check {key}"));
+        match self.put(&key, body.clone()).await {
+            // S3 answers a put to a missing bucket 404 NoSuchBucket.
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::Invalid {
+                    store: self.name.clone(),
+                    why: "its bucket does not exist".to_string(),
+                });
+            }
+            r => r?,
+        }
+        let read = self.get(&key).await?;
+        if read != body {
+            return Err(Error::Unavailable {
+                store: self.name.clone(),
+                why: format!("{key} read back {} bytes unlike those put", read.len()),
+            });
+        }
+        let failed = self.delete_many(vec![key]).await;
+        match failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Whether an object named `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
-        let _ = key;
-        todo!("the backup branch implements it")
+        match self.inner.head(&Path::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(key, e)),
+        }
     }
 
     /// Puts `bytes` as `key` (atomically: readers see all or nothing; durable when it
     /// returns).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
-        let _ = (key, bytes);
-        todo!("the backup branch implements it")
+        self.inner
+            .put(&Path::from(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(())
     }
 
     /// Puts `bytes` as `key` unless an object of that name exists (`force`: always).
     /// Returns whether it put. Names are content hashes: an existing object is the same.
     pub async fn put_if_missing(&self, key: &str, bytes: Bytes, force: bool) -> Result<bool> {
-        let _ = (key, bytes, force);
-        todo!("the backup branch implements it")
+        if !force && self.exists(key).await? {
+            return Ok(false);
+        }
+        self.put(key, bytes).await?;
+        Ok(true)
     }
 
     /// The object named `key` ([`crate::Error::NotFound`] if none).
     pub async fn get(&self, key: &str) -> Result<Bytes> {
-        let _ = key;
-        todo!("the backup branch implements it")
+        let got = self
+            .inner
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        got.bytes().await.map_err(|e| self.error(key, e))
     }
 
-    /// Deletes `keys` (a missing one counts as deleted), in batches; the keys that failed,
-    /// each with its error.
+    /// Deletes `keys` (a missing one counts as deleted), in batches of at most 1000; the
+    /// keys that failed, each with its error.
     pub async fn delete_many(&self, keys: Vec<String>) -> Vec<(String, crate::Error)> {
-        let _ = keys;
-        todo!("the backup branch implements it")
+        let mut failed = Vec::new();
+        for batch in keys.chunks(DELETE_BATCH) {
+            let paths: Vec<_> = batch.iter().map(|k| Ok(Path::from(k.as_str()))).collect();
+            let results: Vec<_> = self
+                .inner
+                .delete_stream(futures::stream::iter(paths).boxed())
+                .collect()
+                .await;
+            if results.len() == batch.len() {
+                // One result per key, in order (both backends keep it).
+                for (key, r) in batch.iter().zip(results) {
+                    match r {
+                        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => failed.push((key.clone(), self.error(key, e))),
+                    }
+                }
+                continue;
+            }
+            // A request for the whole batch failed: every key not reported deleted failed
+            // with it.
+            let mut error = None;
+            let mut deleted = std::collections::HashSet::new();
+            for r in results {
+                match r {
+                    Ok(p) => {
+                        deleted.insert(p.to_string());
+                    }
+                    Err(object_store::Error::NotFound { path, .. }) => {
+                        deleted.insert(path);
+                    }
+                    Err(e) => error = Some(e.to_string()),
+                }
+            }
+            let why = error.unwrap_or_else(|| "the batch was cut short".to_string());
+            for key in batch {
+                if !deleted.contains(&Path::from(key.as_str()).to_string()) {
+                    let e = self.classify(&why);
+                    failed.push((key.clone(), e));
+                }
+            }
+        }
+        failed
     }
 
-    /// Every key under `prefix`: for tests and operators, never for deciding what a backup
-    /// holds or what may be deleted.
+    /// Every key under `prefix` (whole `/`-separated segments: `objects`, `segments/`,
+    /// `""` for all): for tests and operators, never for deciding what a backup holds or
+    /// what may be deleted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let _ = prefix;
-        todo!("the backup branch implements it")
+        let prefix = prefix.trim_matches('/');
+        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
+        let mut keys: Vec<String> = self
+            .inner
+            .list(prefix.as_ref())
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| self.error(prefix.as_ref().map_or("", |p| p.as_ref()), e))?;
+        keys.sort();
+        Ok(keys)
     }
+
+    /// Maps an `object_store` error once, here, to what a caller can do about it.
+    fn error(&self, key: &str, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                store: self.name.clone(),
+                key: key.to_string(),
+            },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Error::Credentials {
+                store: self.name.clone(),
+                why: chain(&e),
+            },
+            e => self.classify(&chain(&e)),
+        }
+    }
+
+    /// An error known only by its message: S3 error codes that name the credentials (some
+    /// paths of `object_store` report them as `Generic`) are [`Error::Credentials`].
+    fn classify(&self, why: &str) -> Error {
+        const CREDENTIALS: [&str; 5] = [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403 Forbidden",
+            "401 Unauthorized",
+        ];
+        if CREDENTIALS.iter().any(|c| why.contains(c)) {
+            Error::Credentials {
+                store: self.name.clone(),
+                why: why.to_string(),
+            }
+        } else {
+            Error::Unavailable {
+                store: self.name.clone(),
+                why: why.to_string(),
+            }
+        }
+    }
+}
+
+/// S3's rules for a bucket's name (those every S3-compatible service keeps).
+pub(crate) fn valid_bucket(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+}
+
+/// The error and its sources, one sentence (object_store's top level often says little).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+/// Unpredictable enough for a scratch object's name (no `rand` dependency).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }

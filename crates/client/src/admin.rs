@@ -294,28 +294,7 @@ mod tests {
     use tessera_proto::control::ControlError;
 
     use super::*;
-
-    /// A manager played by the test: answers every request with `answer`.
-    async fn fake_manager(
-        answer: fn(ManagerRequest) -> std::result::Result<ManagerReply, ControlError>,
-    ) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (r, mut w) = s.into_split();
-                    let mut frames = tessera_net::FrameReader::new(r);
-                    while let Ok(Some(f)) = frames.next().await {
-                        let req = tessera_proto::control::decode(&f.body).unwrap();
-                        let reply = tessera_net::rpc_reply(f.request_id, &answer(req));
-                        tessera_net::write_frame(&mut w, &reply).await.unwrap();
-                    }
-                });
-            }
-        });
-        addr
-    }
+    use crate::testing::fake_manager;
 
     /// Answers `ListVolumes` (what `connect` asks) with none, everything else with
     /// `Deleted`.

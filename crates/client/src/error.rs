@@ -173,6 +173,14 @@ pub(crate) fn snapshot_error(e: Error) -> Error {
     }
 }
 
+/// A manager's refusal of a backup, restore or store request, in the caller's terms: the
+/// manager's message names what is missing (a volume, snapshot, store or backup) or taken
+/// (the restored volume's name); an invalid request (a snapshot or backup not ready, a copy
+/// to its own store) and a refusal because of what is in use are kept as they are.
+pub(crate) fn backup_error(e: Error) -> Error {
+    snapshot_error(e)
+}
+
 /// The error for a manager answering `request` with `reply`, a reply of another kind.
 pub(crate) fn unexpected(request: &'static str, reply: &ManagerReply) -> Error {
     Error::UnexpectedReply {

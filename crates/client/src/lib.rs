@@ -17,6 +17,11 @@
 //!   [`Client::rollback_volume`], [`Client::flatten_volume`]; [`Client::open_snapshot`]
 //!   (or [`Client::open_read_only`] of `"VOL@SNAP"`) reads one; [`Volume::block_status`]
 //!   tells holes, zeroes and data apart.
+//! - Backups in object storage: [`Client::create_backup`], [`Client::list_backups`],
+//!   [`Client::backup_info`], [`Client::delete_backup`], [`Client::copy_backup`],
+//!   [`Client::list_stores`]; volumes from a backup: [`Client::restore_volume`],
+//!   [`Client::prewarm_volume`]. The manager answers at once and works in the background:
+//!   poll [`Client::backup_info`], or [`Client::volume_info`]'s `restore`.
 //! - Whole-volume copies: [`Client::import_from`] a reader, [`Volume::export_to`] a file.
 //! - Every [`Error`] has an [`ErrorClass`] (what the caller can do: retry later, give up,
 //!   fix the request), which the `tessera` binary turns into its exit code.
@@ -57,6 +62,7 @@
 //! Modules (new code goes to the one owning its idea):
 //! - `lib.rs`: [`Client`]: connecting, control-plane calls, opening volumes.
 //! - `admin`: typed administrative calls to the manager.
+//! - `backups`: typed calls for backups, stores and restores.
 //! - `transfer`: whole-volume import and export.
 //! - `error`: [`Error`] and its [`ErrorClass`].
 //! - `attachment`: a read-write attachment: its epoch, lease renewal, detaching.
@@ -68,8 +74,11 @@
 
 mod admin;
 mod attachment;
+mod backups;
 mod conn;
 mod error;
+#[cfg(test)]
+mod testing;
 mod transfer;
 mod volume;
 
@@ -95,8 +104,9 @@ pub const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Deadline of one control-plane call and of one data-plane attempt.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of a control-plane call the manager answers only after proposing operations
-/// in every group of a volume (snapshot, clone, rollback), for up to 20 s: a shorter one
-/// would give up on requests the manager then completes.
+/// in every group of a volume (snapshot, clone, rollback), or once a restored volume's
+/// chunks are placed, for up to 20 s: a shorter one would give up on requests the manager
+/// then completes.
 const GROUP_OPS_CALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A connection to a Tessera cluster. Cheap to clone.
@@ -177,7 +187,8 @@ impl Client {
         let timeout = match req {
             ManagerRequest::CreateSnapshot { .. }
             | ManagerRequest::CloneVolume { .. }
-            | ManagerRequest::RollbackVolume { .. } => GROUP_OPS_CALL_TIMEOUT,
+            | ManagerRequest::RollbackVolume { .. }
+            | ManagerRequest::RestoreVolume { .. } => GROUP_OPS_CALL_TIMEOUT,
             _ => CALL_TIMEOUT,
         };
         tessera_net::call_managers::<_, ManagerReply>(&self.inner.managers, req, timeout)

@@ -9,33 +9,33 @@
 //! is held to what this doc says of the files: the open-file budget, sync, writeback,
 //! torn blocks, replay mode.
 //!
-//! Writes are plain `pwrite`s with no fsync (two rare exceptions, both above layer 1: a
-//! link is durable when made, and a partial write over a block its layer holds as zero
-//! syncs its data first; see `link` and `place`): the log is the write-ahead log, and the
-//! caller calls [`ChunkStore::sync`] before compacting it. Their writeback is started after each
-//! batch ([`ChunkStore::start_writeback`]), so the disk sees a steady stream of writes
-//! rather than a burst at each sync. After a crash a block and its checksum
-//! may disagree until the log replay rewrites them; [`ChunkStore::set_replaying`] lets that
-//! replay read-modify-write such torn blocks. Reads always verify and must never return a
-//! block whose checksum does not match. Knows nothing of Raft, groups or the network.
+//! Writes are plain `pwrite`s with no fsync (exceptions: a link is durable when made, a
+//! partial write over a block its layer holds as zero syncs its data first, a hydrate that
+//! filled a block syncs layer 1; see `link`, `place`, `hydrate`): the log is the write-ahead
+//! log, and the caller calls [`ChunkStore::sync`] before compacting it. Writeback starts
+//! after each batch ([`ChunkStore::start_writeback`]): a steady stream, not a burst at each
+//! sync. After a crash a block and its checksum may disagree until the log replay rewrites
+//! them; [`ChunkStore::set_replaying`] lets that replay read-modify-write such torn blocks.
+//! Reads always verify, never returning a block failing its checksum. Knows nothing of
+//! Raft, groups or the network.
 //!
 //! A failed fdatasync is [`Error::Fatal`], for that sync and every later one of the store:
 //! the kernel may have dropped the dirty pages and marked them clean, so a retry would
 //! "succeed" without writing them (Postgres' "fsyncgate"). The node must stop, as after a
 //! failed log fsync. Syncs run one at a time, none while another's is in flight.
 //!
-//! This file is the store's API (read, write, zero, sync, list, verify); beside it:
-//! `layout` the on-disk names and checksum format, `sys` the system calls on chunk
-//! files, `open_files` the cache of open files (one entry per layer of a chunk) and its
-//! side of the node's [`FileBudget`] (`budget`), `write` the layer-1 write path (block
-//! math, read-modify-write, data then checksums), `torn` the blocks a full disk left torn,
-//! `layers` the API of snapshots and clones (sequenced writes, reads as of a snapshot,
-//! links, changed blocks), `flatten` the copies inside a chunk's family (flatten,
-//! rollback), `hydrate` a restored chunk's fill, `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
+//! This file is the store's API (read, write, zero, sync, list, verify); beside it: `layout`
+//! the on-disk names and checksum format, `sys` the system calls on chunk files, `open_files`
+//! the cache of open files (one entry per layer of a chunk) and its side of the node's
+//! [`FileBudget`] (`budget`), `write` the layer-1 write path (block math, read- modify-write,
+//! data then checksums), `torn` the blocks a full disk left torn, `layers` the API of
+//! snapshots and clones (sequenced writes, reads as of a snapshot, links, changed blocks),
+//! `flatten` the copies inside a chunk's family (flatten, rollback), `hydrate` a restored
+//! chunk's fill, `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
 //! files (`drop_chunk` at once, a merge's dropped layers hidden until the next sync),
-//! `layer_copy` the catch-up's raw access to one layer, `layout` also the layers'
-//! vocabulary, `layer_map` which chunks have layers or a parent, `resolve` reading through
-//! layers and parents, `place` writing whole blocks into one layer, `link` the link file.
+//! `layer_copy` the catch-up's raw access to one layer, `layout` also the layers' vocabulary,
+//! `layer_map` which chunks have layers or a parent, `resolve` reading through layers and
+//! parents, `place` writing whole blocks into one layer, `link` the link file.
 
 mod budget;
 mod dropped;

@@ -21,9 +21,11 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::state::{
-    GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord, change_record,
-    record_change_of,
+    BackupDelta, BackupImage, GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord,
+    change_record, record_change_of,
 };
+
+mod backups;
 
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("groups");
@@ -107,6 +109,7 @@ impl Db {
             tx.open_table(GROUPS)?;
             tx.open_table(VOLUMES)?;
             tx.open_table(CHUNKS)?;
+            backups::init(&tx)?;
             let mut meta = tx.open_table(META)?;
             let format = meta.get("format")?.map(|v| v.value());
             match format {
@@ -155,22 +158,41 @@ impl Db {
         write().map_err(db_err(&self.path))
     }
 
-    /// Makes `m` durable, with the id marks `next` it leads to. Returns once fsynced. Outside
-    /// the Raft log: for tests of the state alone.
+    /// Makes `m` durable, as planned against `state` (which it is not applied to yet).
+    /// Returns once fsynced. Outside the Raft log: for tests of the state alone.
     #[cfg(test)]
-    pub fn commit(&self, m: &Mutation, next: NextIds) -> Result<(), Error> {
-        self.try_commit(m, next, None).map_err(db_err(&self.path))
-    }
-
-    /// [`Db::commit`] of the mutation at `index` of the Raft log, recording `index` as
-    /// applied in the same transaction.
-    pub fn commit_applied(&self, m: &Mutation, next: NextIds, index: u64) -> Result<(), Error> {
-        self.try_commit(m, next, Some(index))
+    pub fn commit(&self, m: &Mutation, state: &State) -> Result<(), Error> {
+        let next = state.next_ids().after(m);
+        let delta = state.backup_delta(m);
+        self.try_commit(m, next, delta.as_ref(), None)
             .map_err(db_err(&self.path))
     }
 
-    fn try_commit(&self, m: &Mutation, next: NextIds, applied: Option<u64>) -> DbResult<()> {
+    /// Makes the mutation at `index` of the Raft log durable, recording `index` as applied
+    /// in the same transaction: with the id marks `next` it leads to and, for a backup
+    /// mutation, the rows the state decided for it (`State::backup_delta`).
+    pub fn commit_applied(
+        &self,
+        m: &Mutation,
+        next: NextIds,
+        backup: Option<&BackupDelta>,
+        index: u64,
+    ) -> Result<(), Error> {
+        self.try_commit(m, next, backup, Some(index))
+            .map_err(db_err(&self.path))
+    }
+
+    fn try_commit(
+        &self,
+        m: &Mutation,
+        next: NextIds,
+        backup: Option<&BackupDelta>,
+        applied: Option<u64>,
+    ) -> DbResult<()> {
         let tx = self.db.begin_write()?;
+        if let Some(d) = backup {
+            backups::write_delta(&tx, d)?;
+        }
         if let Some(id) = record_change_of(m) {
             update_record(&tx, VOLUMES, id, |v: &mut VolumeRecord| change_record(v, m))?;
         }
@@ -184,8 +206,21 @@ impl Db {
             | Mutation::ChunkUnlinked { .. }
             | Mutation::ParentCleared { .. }
             | Mutation::ReclaimProgress { .. }
-            | Mutation::ReclaimDone { .. } => {}
-            Mutation::CloneVolume { volume, chunks } => {
+            | Mutation::ReclaimDone { .. }
+            | Mutation::RestoreProgress { .. }
+            | Mutation::RestoreDone { .. } => {}
+            // Written as their delta, above.
+            Mutation::CreateBackup(_)
+            | Mutation::BackupChunks { .. }
+            | Mutation::BackupReady { .. }
+            | Mutation::BackupFailed { .. }
+            | Mutation::BackupError { .. }
+            | Mutation::DeleteBackup { .. }
+            | Mutation::SegmentsReleased { .. }
+            | Mutation::GcClaim { .. }
+            | Mutation::GcDeleted { .. } => {}
+            Mutation::CloneVolume { volume, chunks }
+            | Mutation::RestoreVolume { volume, chunks } => {
                 tx.open_table(VOLUMES)?
                     .insert(volume.id, json(volume).as_slice())?;
                 let mut t = tx.open_table(CHUNKS)?;
@@ -266,6 +301,7 @@ impl Db {
             meta.insert("next_node_id", next.node)?;
             meta.insert("next_group_id", next.group)?;
             meta.insert("next_volume_id", next.volume)?;
+            meta.insert("next_backup_id", next.backup)?;
             if let Some(index) = applied {
                 meta.insert("applied_index", index)?;
             }
@@ -285,19 +321,23 @@ pub struct Image {
     /// (volume id, chunk index, group id).
     pub chunks: Vec<(u64, u64, u64)>,
     pub next: NextIds,
+    /// Backups and the stores' reference counts.
+    pub backups: BackupImage,
 }
 
 impl Image {
     /// Checks the rows against each other and builds the memory state from them.
     pub fn into_state(self) -> Result<State, String> {
-        State::restore(
+        let mut s = State::restore(
             self.nodes,
             self.groups,
             self.volumes,
             self.chunks,
             self.next,
         )
-        .map_err(|e| e.0)
+        .map_err(|e| e.0)?;
+        s.restore_backups(self.backups).map_err(|e| e.0)?;
+        Ok(s)
     }
 }
 
@@ -319,7 +359,9 @@ pub fn read_image(tx: &redb::ReadTransaction) -> Result<Image, DbError> {
         node: mark("next_node_id")?,
         group: mark("next_group_id")?,
         volume: mark("next_volume_id")?,
+        backup: mark("next_backup_id")?,
     };
+    let backups = backups::read(tx)?;
     let applied_index = meta.get("applied_index")?.map_or(0, |v| v.value());
     Ok(Image {
         applied_index,
@@ -328,6 +370,7 @@ pub fn read_image(tx: &redb::ReadTransaction) -> Result<Image, DbError> {
         volumes,
         chunks,
         next,
+        backups,
     })
 }
 
@@ -363,7 +406,9 @@ pub fn write_image(tx: &redb::WriteTransaction, image: &Image) -> Result<(), DbE
             t.insert((*volume, *chunk), *group)?;
         }
     }
+    backups::write(tx, &image.backups)?;
     let mut meta = tx.open_table(META)?;
+    meta.insert("next_backup_id", image.next.backup)?;
     meta.insert("next_node_id", image.next.node)?;
     meta.insert("next_group_id", image.next.group)?;
     meta.insert("next_volume_id", image.next.volume)?;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{self, DbError, Image};
 use crate::error::Error;
 use crate::raft_log;
-use crate::state::{GroupRecord, NextIds, NodeRecord, VolumeRecord};
+use crate::state::{BackupImage, GroupRecord, NextIds, NodeRecord, VolumeRecord};
 
 const MAGIC: &[u8; 8] = b"TSMGRSNP";
 const VERSION: u32 = 1;
@@ -50,6 +50,9 @@ struct Records {
     volumes: Vec<VolumeRecord>,
     next: NextIds,
     managers: BTreeMap<u64, String>,
+    /// Backups and the stores' reference counts (absent from managers before backups).
+    #[serde(default, skip_serializing_if = "BackupImage::is_empty")]
+    backups: BackupImage,
 }
 
 pub fn encode(p: &Payload) -> Vec<u8> {
@@ -60,6 +63,7 @@ pub fn encode(p: &Payload) -> Vec<u8> {
         volumes: p.image.volumes.clone(),
         next: p.image.next,
         managers: p.managers.clone(),
+        backups: p.image.backups.clone(),
     };
     // Plain records of strings and integers always serialize.
     let json = serde_json::to_vec(&records).unwrap_or_default();
@@ -147,6 +151,7 @@ pub fn decode(data: &[u8]) -> Result<Payload, String> {
             volumes: r.volumes,
             chunks,
             next: r.next,
+            backups: r.backups,
         },
         managers: r.managers,
     };
@@ -337,7 +342,9 @@ mod tests {
                     node: 2,
                     group: 2,
                     volume: 4,
+                    backup: 1,
                 },
+                backups: Default::default(),
             },
             managers: [(1, "m1:7400".to_string())].into(),
         }

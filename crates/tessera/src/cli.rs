@@ -1,31 +1,62 @@
 //! The operator CLI: `volume`, `cluster` and `node` subcommands (`snapshot`, and the
-//! snapshot side of `volume`, are in `snapshots.rs`). Each parses its arguments, makes one
-//! typed call of the client library and prints the answer (a table, or JSON with
-//! `--output json`); no request is built here.
+//! snapshot side of `volume`, are in `snapshots.rs`; `backup` and `store` in `backups.rs`;
+//! volumes from backups in `restores.rs`). Each parses its arguments, makes one typed call
+//! of the client library and prints the answer (a table, or JSON with `--output json`); no
+//! request is built here.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use tessera_client::{Client, ManagerMembers};
 use tessera_proto::control::VolumeInfo;
 
 use crate::Output;
+use crate::backups::parse_backup_id;
 use crate::progress::Progress;
+use crate::restores;
 use crate::size::{format_size, parse_size};
 use crate::snapshots::{self, SnapSpec, parse_spec};
 use crate::usage::{self, UsageAnswer};
 
 #[derive(Subcommand)]
 pub enum VolumeCmd {
-    /// Create a thin-provisioned volume.
+    /// Create a thin-provisioned volume, empty or from a backup.
+    ///
+    /// From a backup, the volume is created at once and filled from the store in the
+    /// background; it can be attached once filled (`volume info` shows how far).
     Create {
         name: String,
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
-        /// Chunk size (power of two, 1MiB..1GiB; default 64MiB).
-        #[arg(long, value_parser = parse_size)]
+        /// Its size (not with --from-backup: the backup's size is taken).
+        #[arg(
+            long,
+            value_parser = parse_size,
+            required_unless_present = "from_backup",
+            conflicts_with = "from_backup"
+        )]
+        size: Option<u64>,
+        /// Chunk size (power of two, 1MiB..1GiB; default 64MiB; not with --from-backup).
+        #[arg(long, value_parser = parse_size, conflicts_with = "from_backup")]
         chunk_size: Option<u64>,
+        /// Make it from this ready backup (see `backup list`), with its size and chunk size.
+        #[arg(long, value_name = "ID", value_parser = parse_backup_id)]
+        from_backup: Option<u64>,
+        /// The store to read the backup from (default: a copy in the manager's zone, else
+        /// the backup's own store).
+        // (`requires` alone lets `--size 1GiB --store s3a` through: clap counts
+        // --from-backup as excused by its conflict with --size.)
+        #[arg(long, requires = "from_backup", conflicts_with_all = ["size", "chunk_size"])]
+        store: Option<String>,
+        /// Wait until the volume is filled, with a progress bar on a terminal.
+        #[arg(long, requires = "from_backup", conflicts_with_all = ["size", "chunk_size"])]
+        wait: bool,
+    },
+    /// Fill a volume created from a backup now (resumes a fill that stopped on errors).
+    Prewarm {
+        name: String,
+        /// Wait until it is filled, with a progress bar on a terminal.
+        #[arg(long)]
+        wait: bool,
     },
     List,
     /// Size, chunks, who writes the volume (its read-write attachment), its snapshot
@@ -141,9 +172,21 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
             name,
             size,
             chunk_size,
+            from_backup,
+            store,
+            wait,
         } => {
-            let v = client.create_volume(&name, size, chunk_size).await?;
+            let v = match (from_backup, size) {
+                (Some(id), _) => {
+                    restores::restore(&client, output, &name, id, store.as_deref(), wait).await?
+                }
+                (None, Some(size)) => client.create_volume(&name, size, chunk_size).await?,
+                (None, None) => bail!("volume create needs --size or --from-backup"),
+            };
             print_volumes(output, &[v])?;
+        }
+        VolumeCmd::Prewarm { name, wait } => {
+            restores::prewarm(&client, output, &name, wait).await?
         }
         VolumeCmd::List => {
             let vols = client.list_volumes().await?;
@@ -173,6 +216,9 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
                             a.client, a.epoch, a.since_unix
                         );
                     }
+                }
+                if let Some(r) = &v.restore {
+                    println!("{}", restores::restore_line(r));
                 }
                 snapshots::print_lineage(&v, Some(&usage));
             }

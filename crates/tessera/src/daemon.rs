@@ -2,24 +2,17 @@
 //! start the library's service and run until Ctrl-C (or, for a storage node, a fatal
 //! storage error).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tessera_client::Client;
 
-fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+/// A config file, parsed (errors name the file).
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
-}
-
-pub fn manager_config(listen: String, data_dir: PathBuf) -> tessera_manager::ManagerConfig {
-    tessera_manager::ManagerConfig {
-        listen,
-        data_dir,
-        ..Default::default()
-    }
 }
 
 pub async fn run_manager(path: &Path) -> Result<()> {

@@ -1,8 +1,9 @@
 //! `tessera dev`: a whole cluster in one process, for a laptop or a test. Each storage node
 //! is the real service with its own data directory, port and rack; only the process is
-//! shared.
+//! shared. The manager reads the `manager.toml` dev writes in its data directory (as a
+//! production manager would), with a directory store `local` for backups beside the data.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -37,14 +38,22 @@ pub struct DevArgs {
     pub vol0_size: u64,
 }
 
+/// The zone of every dev storage node, and of its backup store.
+const ZONE: &str = "zone1";
+/// The name of the dev cluster's backup store.
+const STORE: &str = "local";
+
 pub async fn run(a: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let manager = tessera_manager::Manager::start(crate::daemon::manager_config(
-        a.manager_listen.clone(),
-        a.data_dir.join("manager"),
-    ))
-    .await?;
+    // A store's directory is absolute (the storage nodes open it too).
+    let data_dir = std::fs::canonicalize(&a.data_dir)
+        .with_context(|| format!("resolving {}", a.data_dir.display()))?;
+    let config = data_dir.join("manager.toml");
+    std::fs::write(&config, manager_toml(&a.manager_listen, &data_dir)?)
+        .with_context(|| format!("writing {}", config.display()))?;
+    let file: tessera_manager::ManagerConfigFile = crate::daemon::read_toml(&config)?;
+    let manager = tessera_manager::Manager::start(file.into()).await?;
     let maddr = manager.local_addr().to_string();
     let metrics = tessera_metrics::serve(&a.metrics)
         .await
@@ -57,7 +66,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
     let mut nodes = Vec::new();
     for i in 0..usize::from(a.nodes) {
         let cfg = StorageConfig {
-            zone: "zone1".into(),
+            zone: ZONE.into(),
             rack: format!("rack{}", i + 1),
             data_dir: a.data_dir.join(format!("node{}", i + 1)),
             listen: format!("{host}:{}", a.base_port as usize + i),
@@ -91,6 +100,10 @@ pub async fn run(a: DevArgs) -> Result<()> {
     println!("  volume:  nbd://{nbd_addr}/vol0");
     println!("  try:     qemu-img info nbd://{nbd_addr}/vol0");
     println!("  CLI:     tessera --manager {maddr} volume list");
+    println!(
+        "  backups: store \"{STORE}\" in {} (tessera --manager {maddr} backup create vol0@SNAP)",
+        data_dir.join("backups").display()
+    );
     println!("  metrics: http://{metrics}/metrics");
     println!("Press Ctrl-C to stop.");
     // A node that hit a fatal storage error has stopped for good: the whole cluster stops
@@ -118,6 +131,30 @@ pub async fn run(a: DevArgs) -> Result<()> {
     Ok(())
 }
 
+/// The `manager.toml` of the dev cluster: its address, its data under `data_dir`, and the
+/// directory store `local` (the default one) in `data_dir/backups`. Rewritten at every
+/// start; every other key keeps its default.
+fn manager_toml(listen: &str, data_dir: &Path) -> Result<String> {
+    let path = |p: PathBuf| {
+        p.to_str()
+            .map(str::to_string)
+            .with_context(|| format!("the data directory {} is not UTF-8", p.display()))
+    };
+    let mut store = toml::Table::new();
+    store.insert("name".into(), STORE.into());
+    store.insert("zone".into(), ZONE.into());
+    store.insert("path".into(), path(data_dir.join("backups"))?.into());
+    let mut t = toml::Table::new();
+    t.insert("listen".into(), listen.into());
+    t.insert("data_dir".into(), path(data_dir.join("manager"))?.into());
+    t.insert("default_store".into(), STORE.into());
+    t.insert("stores".into(), vec![toml::Value::Table(store)].into());
+    Ok(format!(
+        "# Written by `tessera dev` at every start (edits are lost): the dev cluster's manager.\n{}",
+        toml::to_string(&t)?
+    ))
+}
+
 /// Resolves with the index and the reason of the first node to hit a fatal storage error.
 async fn first_fatal(nodes: &[StorageNode]) -> (usize, String) {
     let mut waits: Vec<_> = nodes.iter().map(|n| Box::pin(n.fatal())).collect();
@@ -130,4 +167,30 @@ async fn first_fatal(nodes: &[StorageNode]) -> (usize, String) {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manager gets a directory store `local` under the data directory, in the dev
+    /// nodes' zone, as its default; paths are written as they are (quotes escaped).
+    #[test]
+    fn the_dev_manager_backs_up_to_a_local_directory_store() {
+        let text = manager_toml("127.0.0.1:7400", Path::new("/tmp/tessera \"dev\"")).unwrap();
+        assert!(text.starts_with("# Written by `tessera dev`"), "{text}");
+        let t: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(t["listen"].as_str(), Some("127.0.0.1:7400"));
+        assert_eq!(t["data_dir"].as_str(), Some("/tmp/tessera \"dev\"/manager"));
+        assert_eq!(t["default_store"].as_str(), Some("local"));
+        let stores = t["stores"].as_array().unwrap();
+        assert_eq!(stores.len(), 1);
+        assert_eq!(stores[0]["name"].as_str(), Some("local"));
+        assert_eq!(stores[0]["zone"].as_str(), Some("zone1"));
+        assert_eq!(
+            stores[0]["path"].as_str(),
+            Some("/tmp/tessera \"dev\"/backups")
+        );
+        assert!(t.get("gc_grace_secs").is_none());
+    }
 }

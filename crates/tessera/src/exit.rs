@@ -6,12 +6,12 @@
 use tessera_client::ErrorClass;
 
 /// Anything not in a class below: local I/O, bad configuration, corrupt data, an internal
-/// error, a daemon that stopped.
+/// error, a daemon that stopped, a backup that failed.
 pub const FAILED: i32 = 1;
 /// Bad command line (as clap reports it), or a request the cluster refused as invalid
 /// (shrinking a volume, a range past its end).
 pub const USAGE: i32 = 2;
-/// What the command names (a volume, a snapshot, a node) does not exist.
+/// What the command names (a volume, a snapshot, a node, a backup, a store) does not exist.
 pub const NOT_FOUND: i32 = 3;
 /// What the command would create exists already.
 pub const ALREADY_EXISTS: i32 = 4;
@@ -28,9 +28,9 @@ pub const NO_SPACE: i32 = 7;
 pub const HELP: &str = "\
 Exit codes:
   0  success
-  1  failed (local I/O, configuration, corrupt data, internal error)
+  1  failed (local I/O, configuration, corrupt data, internal error, a failed backup)
   2  usage error, or a request the cluster refused as invalid
-  3  not found (volume, snapshot, node)
+  3  not found (volume, snapshot, node, backup, store)
   4  already exists
   5  refused: attached by another client, this client's attachment ended, or in use
      (a snapshot with clones)

@@ -2,15 +2,18 @@
 //! subcommand loads its configuration and calls into a library crate.
 //!
 //! `daemon`: the `manager`, `storage` and `nbd` processes; `dev`: a whole cluster in one
-//! process; `cli`: the operator commands (`snapshots`: those of snapshots and clones);
+//! process; `cli`: the operator commands (`snapshots`: those of snapshots and clones;
+//! `backups`: backups and stores; `restores`: volumes made from backups);
 //! `exit`: the exit code of each error class;
 //! `progress`, `size`: terminal progress lines and human sizes for the CLI.
 
+mod backups;
 mod cli;
 mod daemon;
 mod dev;
 mod exit;
 mod progress;
+mod restores;
 mod size;
 mod snapshots;
 mod usage;
@@ -81,6 +84,13 @@ enum Cmd {
     /// Take, list, inspect and delete snapshots (`VOLUME@SNAPSHOT`).
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCmd),
+    /// Back up snapshots to object stores; list, inspect, delete and copy backups
+    /// (restore with `volume create NEW --from-backup ID`).
+    #[command(subcommand)]
+    Backup(backups::BackupCmd),
+    /// The object stores backups go to (configured in manager.toml).
+    #[command(subcommand)]
+    Store(backups::StoreCmd),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cli::ClusterCmd),
@@ -137,6 +147,8 @@ fn main() {
             Cmd::Dev(d) => dev::run(d).await,
             Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
             Cmd::Snapshot(s) => snapshots::snapshot(managers, args.output, s).await,
+            Cmd::Backup(b) => backups::backup(managers, args.output, b).await,
+            Cmd::Store(s) => backups::store(managers, args.output, s).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
             Cmd::Node(n) => cli::node(managers, args.output, n).await,
         }
@@ -175,6 +187,92 @@ mod tests {
         assert!(parse(&["volume", "clone", "db1", "db2"]).is_err());
         assert!(parse(&["volume", "rollback", "db1@s1"]).is_ok());
         assert!(parse(&["--output", "json", "volume", "flatten", "db2"]).is_ok());
+    }
+
+    /// Backup IDs are plain integers, checked before anything is asked; a restored volume
+    /// takes its backup's size, so `--size` (or `--chunk-size`) beside `--from-backup` is a
+    /// usage error naming both.
+    #[test]
+    fn backup_commands_are_checked_before_anything_is_asked() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["tessera"], args].concat());
+        for ok in [
+            &["backup", "create", "db1@s1"][..],
+            &["backup", "create", "db1@s1", "--store", "s3a", "--no-wait"],
+            &["backup", "list"],
+            &["backup", "list", "db1"],
+            &["backup", "info", "7"],
+            &["--output", "json", "backup", "delete", "7"],
+            &["backup", "copy", "7", "--to-store", "s3b", "--no-wait"],
+            &["store", "list"],
+            &["volume", "create", "db2", "--from-backup", "7"],
+            &[
+                "volume",
+                "create",
+                "db2",
+                "--from-backup",
+                "7",
+                "--store",
+                "s3a",
+                "--wait",
+            ],
+            &["volume", "create", "db2", "--size", "4GiB"],
+            &["volume", "prewarm", "db2", "--wait"],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        for (bad, says) in [
+            (&["backup", "create", "db1"][..], "is not VOLUME@SNAPSHOT"),
+            (&["backup", "info", "seven"], "invalid backup ID \"seven\""),
+            (&["backup", "delete", "0"], "IDs start at 1"),
+            (&["backup", "copy", "7"], "--to-store"),
+            (
+                &["volume", "create", "db2", "--from-backup", "x"],
+                "invalid backup ID",
+            ),
+            (&["volume", "create", "db2"], "--size"),
+            (&["volume", "create", "db2", "--wait"], "--size"),
+            (&["volume", "create", "db2", "--store", "s3a"], "--size"),
+            (
+                &["volume", "create", "db2", "--size", "1GiB", "--wait"],
+                "--size",
+            ),
+            (
+                &[
+                    "volume", "create", "db2", "--size", "1GiB", "--store", "s3a",
+                ],
+                "--size",
+            ),
+            (
+                &["volume", "create", "db2", "--chunk-size", "1MiB", "--wait"],
+                "--chunk-size",
+            ),
+        ] {
+            let e = parse(bad).err().expect("refused");
+            assert_eq!(e.exit_code(), crate::exit::USAGE, "{bad:?}");
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        }
+        for extra in ["--size", "--chunk-size"] {
+            let e = parse(&[
+                "volume",
+                "create",
+                "db2",
+                "--from-backup",
+                "7",
+                extra,
+                "1GiB",
+            ])
+            .err()
+            .expect("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+            assert_eq!(e.exit_code(), crate::exit::USAGE);
+            let msg = e.to_string();
+            assert!(
+                msg.contains(extra)
+                    && msg.contains("--from-backup <ID>")
+                    && msg.contains("cannot be used with"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

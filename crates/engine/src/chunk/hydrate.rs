@@ -6,17 +6,133 @@
 //! Must never: overwrite or hide a block any layer of the chunk holds (data or "written as
 //! zero"); write anywhere but layer 1 (every snapshot reads layer 1, and a restored
 //! volume's snapshots must read the backup's bytes where the chunk had nothing).
+//!
+//! A block "held" is one whose stored checksum is not 0 in some layer of the chunk (its
+//! parent is not looked at: a restored chunk has none). In layer 1 of a plain chunk (no
+//! layer above, no parent) a discard and a whole-block `write_zeroes` store checksum 0:
+//! such a block is indistinguishable from one never written, and a later hydrate fills it
+//! with the backup's bytes. So a restored chunk must not be written by clients before it
+//! is filled: in this slice a restoring volume cannot be attached (the next slice makes
+//! restored chunks record trims as "written as zero").
+//!
+//! # Replay
+//!
+//! Hydrate is the one layer-1 operation that skips blocks, and a later entry may tear a
+//! block it filled (a partial write's checksum on disk, its data not, over the fill's
+//! lost data): replayed, the fill would see the block held and skip it, and the write
+//! would complete from what is under the fill. So a hydrate that filled anything makes
+//! layer 1 durable (data, then checksums) before it returns: every later entry then
+//! starts from the fill on disk, and a replay finds each filled block held (skipped: the
+//! later entries are applied again over it, as over any durable write). Only a crash
+//! during the hydrate itself leaves its own fills torn: while replaying, a block of
+//! layer 1 failing its checksum whose checksum is the one this entry stores is filled
+//! again. Blocks it skipped are never touched, so their replay is the other entries'.
+//! The cost: two fdatasyncs per hydrate entry that fills a block (a restore writes whole
+//! regions per entry, so a few per MiB).
+//!
+//! One replay still differs: a block held before the hydrate only in a layer above 1,
+//! which a later discard makes absent there (checksum 0), is filled by a replay of the
+//! hydrate (live reads are the same; reads as of a snapshot below that layer show the
+//! backup's bytes instead of zeroes). Nothing writes a restoring chunk above layer 1 in
+//! this slice (its volume cannot be attached, so it takes no write and no snapshot).
 
 use super::ChunkStore;
+use super::layer_copy::check_whole;
+use super::layers::{PIECE, runs};
+use super::layout::{BLOCK_SIZE, BlockKind, stored_crc};
+use super::place::Op;
+use super::resolve::{Need, Scope};
+use super::sys::Zeroing;
 use crate::Result;
 
 impl ChunkStore {
     /// Writes each whole block of `data` (at `offset`, both block-aligned) into layer 1
     /// where no layer of the chunk holds that block; leaves every other block as it is.
     /// Idempotent; replay-safe; durable after the next [`ChunkStore::sync`]. An all-zero
-    /// block of `data` is written as zero (the backup said so).
+    /// block of `data` is written as zero (the backup said so). Ranges past the chunk
+    /// limit and partial blocks are [`crate::Error::OutOfRange`].
     pub fn hydrate(&self, volume: u64, chunk: u64, offset: u64, data: &[u8]) -> Result<()> {
-        let _ = (volume, chunk, offset, data);
-        todo!("hydrate: the engine branch implements it")
+        check_whole(volume, chunk, offset, data.len() as u64)?;
+        let bs = BLOCK_SIZE as usize;
+        let first = offset / BLOCK_SIZE;
+        let n = data.len() as u64 / BLOCK_SIZE;
+        let mut at = first;
+        let mut filled = false;
+        while at < first + n {
+            let count = PIECE.min(first + n - at);
+            let from = ((at - first) * BLOCK_SIZE) as usize;
+            let piece = &data[from..from + count as usize * bs];
+            let every = Scope::layers(0, u64::MAX);
+            let held = self.resolve(volume, chunk, at, count, every, Need::Status)?;
+            let mut missing: Vec<bool> = held.kind.iter().map(|k| *k == BlockKind::Hole).collect();
+            if self.replaying() {
+                self.torn_fills(volume, chunk, at, piece, &mut missing)?;
+            }
+            let ops = fill_ops(at, piece, &missing);
+            self.place((volume, chunk, 1), &ops, Zeroing::Punch)?;
+            filled |= !ops.is_empty();
+            at += count;
+        }
+        if filled && let Some(files) = self.layer_files(volume, chunk, 1, false)? {
+            self.sync_layer(&files, (volume, chunk, 1), true)?;
+        }
+        Ok(())
+    }
+
+    /// While replaying, marks `missing` the blocks from `at` of layer 1 that fail their
+    /// checksum and whose checksum is the one this entry stores: its own fills, torn by a
+    /// crash during it (see the module doc).
+    fn torn_fills(
+        &self,
+        volume: u64,
+        chunk: u64,
+        at: u64,
+        piece: &[u8],
+        missing: &mut [bool],
+    ) -> Result<()> {
+        let count = missing.len() as u64;
+        let key = (volume, chunk, 1);
+        let ok = self.layer_verify_blocks(key, at, count)?;
+        if ok.iter().all(|&ok| ok) {
+            return Ok(());
+        }
+        let stored = self.layer_checksums(key, at, count)?;
+        let bs = BLOCK_SIZE as usize;
+        for (i, m) in missing.iter_mut().enumerate() {
+            if !ok[i] && stored_crc(&stored, i) == crc32c::crc32c(&piece[i * bs..(i + 1) * bs]) {
+                *m = true;
+            }
+        }
+        Ok(())
     }
 }
+
+/// The ops filling the blocks `missing` says from `at`: data as data, all-zero blocks as
+/// zero.
+fn fill_ops<'a>(at: u64, piece: &'a [u8], missing: &[bool]) -> Vec<(u64, Op<'a>)> {
+    let bs = BLOCK_SIZE as usize;
+    // 0: leave, 1: data, 2: zero.
+    let what: Vec<u8> = piece
+        .chunks_exact(bs)
+        .zip(missing)
+        .map(|(block, &m)| match (m, block.iter().all(|&x| x == 0)) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        })
+        .collect();
+    let mut ops = Vec::new();
+    for (s, e, w) in runs(&what) {
+        let block = at + s as u64;
+        match w {
+            1 => ops.push((block, Op::Data(&piece[s * bs..e * bs]))),
+            2 => ops.push((block, Op::Zero((e - s) as u64))),
+            _ => {}
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+#[path = "hydrate_tests.rs"]
+mod tests;

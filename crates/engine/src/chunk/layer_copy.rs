@@ -273,7 +273,7 @@ impl ChunkStore {
     }
 }
 
-fn check_whole(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
+pub(super) fn check_whole(volume: u64, chunk: u64, offset: u64, len: u64) -> Result<()> {
     check_range(volume, chunk, offset, len)?;
     if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
         return Err(Error::OutOfRange(format!(

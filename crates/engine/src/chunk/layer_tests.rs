@@ -431,4 +431,4 @@ fn changed_blocks_are_those_present_in_the_layers_between_two_snapshots() {
 
 /// What the catch-up does with the raw access: every layer and link of the source, block
 /// by block, into a store that held other things.
-mod copies;
+pub(super) mod copies;

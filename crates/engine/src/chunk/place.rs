@@ -219,13 +219,21 @@ impl ChunkStore {
     /// fatal for the store as in [`ChunkStore::sync`] (under its lock, so no sync reports
     /// durable meanwhile what this one may have lost).
     fn sync_data_first(&self, files: &ChunkFiles, key: FileKey) -> Result<()> {
+        self.sync_layer(files, key, false)
+    }
+
+    /// fdatasync of the layer's data and, with `crcs`, then of its checksums: one layer
+    /// made durable at once (see `sync_data_first` for a failure).
+    pub(super) fn sync_layer(&self, files: &ChunkFiles, key: FileKey, crcs: bool) -> Result<()> {
         let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = failure.as_ref() {
             return Err(Error::Fatal(format!(
                 "an earlier chunk sync failed: {reason}"
             )));
         }
-        fdatasync(&files.data).map_err(|e| {
+        let synced = fdatasync(&files.data)
+            .and_then(|()| if crcs { fdatasync(&files.crcs) } else { Ok(()) });
+        synced.map_err(|e| {
             let reason = format!(
                 "fdatasync of chunk {:016x}/{:08x} layer {} in {} failed: {e}",
                 key.0,

@@ -9,8 +9,7 @@ fn reopen(dir: &Path) -> (Db, State) {
 }
 
 fn step(store: &Db, state: &mut State, m: Mutation) {
-    let next = state.next_ids().after(&m);
-    store.commit(&m, next).unwrap();
+    store.commit(&m, state).unwrap();
     state.apply(&m);
 }
 

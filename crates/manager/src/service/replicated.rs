@@ -158,7 +158,8 @@ impl Service {
                     return Err(ControlError::Unavailable("manager is shutting down".into()));
                 };
                 let next = self.state.next_ids().after(&m);
-                if let Err(err) = db.commit_applied(&m, next, e.index) {
+                let backup = self.state.backup_delta(&m);
+                if let Err(err) = db.commit_applied(&m, next, backup.as_ref(), e.index) {
                     return Err(self.fail(err.to_string()));
                 }
                 self.state.apply(&m);

@@ -65,6 +65,7 @@ impl State {
         s.next.node = s.next.node.max(next.node);
         s.next.group = s.next.group.max(next.group);
         s.next.volume = s.next.volume.max(next.volume);
+        s.next.backup = s.next.backup.max(next.backup);
         Ok(s)
     }
 
@@ -72,6 +73,10 @@ impl State {
     /// a mutation naming something that no longer exists changes nothing.
     pub fn apply(&mut self, m: &Mutation) {
         self.next = self.next.after(m);
+        if let Some(d) = self.backup_delta(m) {
+            self.apply_backup_delta(&d);
+            return;
+        }
         if let Some(id) = record_change_of(m) {
             if let Some(v) = self.volumes.get_mut(&id) {
                 let before = v.rec.parent.clone();
@@ -100,7 +105,8 @@ impl State {
                 }
             }
             Mutation::PutVolume(v) => self.put_volume(v),
-            Mutation::CloneVolume { volume, chunks } => {
+            Mutation::CloneVolume { volume, chunks }
+            | Mutation::RestoreVolume { volume, chunks } => {
                 self.put_volume(volume);
                 for (chunk, group_id) in chunks {
                     self.map_chunk(volume.id, *chunk, *group_id);
@@ -180,7 +186,19 @@ impl State {
             | Mutation::ChunkUnlinked { .. }
             | Mutation::ParentCleared { .. }
             | Mutation::ReclaimProgress { .. }
-            | Mutation::ReclaimDone { .. } => {}
+            | Mutation::ReclaimDone { .. }
+            | Mutation::RestoreProgress { .. }
+            | Mutation::RestoreDone { .. } => {}
+            // Backup changes, applied above as their delta.
+            Mutation::CreateBackup(_)
+            | Mutation::BackupChunks { .. }
+            | Mutation::BackupReady { .. }
+            | Mutation::BackupFailed { .. }
+            | Mutation::BackupError { .. }
+            | Mutation::DeleteBackup { .. }
+            | Mutation::SegmentsReleased { .. }
+            | Mutation::GcClaim { .. }
+            | Mutation::GcDeleted { .. } => {}
         }
     }
 

@@ -22,6 +22,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 mod apply;
+mod backup_image;
+mod backup_records;
+mod backup_refs;
+mod backups;
 mod clones;
 mod mutation;
 mod nodes;
@@ -33,12 +37,18 @@ mod snapshots;
 mod volumes;
 
 #[cfg(test)]
+mod backup_tests;
+#[cfg(test)]
 mod reclaim_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
+pub use backup_image::{BackupImage, StoreImage};
+pub use backup_records::{BackupRecord, BackupStats, BadKey, ChunkSegment, GcKey, RestoreRecord};
+pub use backup_refs::BackupDelta;
+pub use backups::{CopyPlan, StoreCounts, restoring};
 pub use clones::{ClonePlan, FlattenStep};
 pub use mutation::{Mutation, NextIds, ReclaimOf};
 pub use pieces::{FLATTEN_PIECE, flatten_pieces, reclaim_ops};
@@ -86,6 +96,8 @@ pub struct State {
     /// (parent volume id, snapshot name) → ids of its clones (derived from the clones'
     /// parent links).
     clones: BTreeMap<(u64, String), BTreeSet<u64>>,
+    /// Backups, their chunk maps, and every store's reference counts.
+    backups: backup_refs::Backups,
     next: NextIds,
 }
 

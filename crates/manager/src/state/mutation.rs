@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use tessera_proto::control::Hash;
+
+use super::backup_records::{BackupRecord, BackupStats, ChunkSegment, GcKey};
 use super::records::{GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
 
 /// One durable change. Row-shaped on purpose: the database writes exactly these rows.
@@ -124,6 +127,75 @@ pub enum Mutation {
         #[serde(flatten)]
         of: ReclaimOf,
     },
+    /// Record a backup (or a copy, `copied_from`), `Uploading`. Ignored if its id exists.
+    CreateBackup(BackupRecord),
+    /// Segments of chunks of an uploading backup are stored: record them and count their
+    /// references (see `backup_refs` for the rules, and which entries are skipped: those
+    /// the job must redo with `force`). `stats` are added in any case.
+    BackupChunks {
+        id: u64,
+        /// The store's `gc_gen` when the job started uploading these chunks.
+        gc_gen: u64,
+        chunks: Vec<ChunkSegment>,
+        #[serde(default)]
+        stats: BackupStats,
+    },
+    /// The root is stored: the backup is restorable (if it is still uploading).
+    BackupReady {
+        id: u64,
+        root: Hash,
+        finished_unix: u64,
+    },
+    /// The job gave up (if it is still uploading).
+    BackupFailed {
+        id: u64,
+        error: String,
+        finished_unix: u64,
+    },
+    /// The last error a job is retrying after (shown by `backup info`).
+    BackupError {
+        id: u64,
+        error: String,
+    },
+    /// Forget a backup: its segments lose a reference, its root becomes garbage.
+    DeleteBackup {
+        id: u64,
+        now_unix: u64,
+    },
+    /// Segments no backup references any more, with the objects each names (read from the
+    /// store; empty if it could not be read): they and the objects left unreferenced
+    /// become garbage.
+    SegmentsReleased {
+        store: String,
+        segs: Vec<(Hash, Vec<Hash>)>,
+        now_unix: u64,
+    },
+    /// The collector is about to delete these garbage keys: they become claimed (those
+    /// still garbage and unreferenced) and the store's `gc_gen` moves on.
+    GcClaim {
+        store: String,
+        keys: Vec<GcKey>,
+    },
+    /// Claimed keys are deleted from the store: forgotten; the store's `gc_gen` moves on.
+    GcDeleted {
+        store: String,
+        keys: Vec<GcKey>,
+    },
+    /// Create a volume from a backup: its record (with `restore` set) and its chunk map,
+    /// `(chunk, group id)` pairs for every chunk the backup holds data of.
+    RestoreVolume {
+        volume: VolumeRecord,
+        chunks: Vec<(u64, u64)>,
+    },
+    /// Every chunk of the restore below `next_chunk` is filled (never moves back).
+    RestoreProgress {
+        volume_id: u64,
+        next_chunk: u64,
+    },
+    /// Every chunk is filled: the volume forgets its restore and may be attached.
+    RestoreDone {
+        volume_id: u64,
+    },
 }
 
 /// Which reclaim a job worked on: the top of its range and the volume's sequence N it was
@@ -149,6 +221,13 @@ pub struct NextIds {
     pub node: u64,
     pub group: u64,
     pub volume: u64,
+    /// Backups (and copies); absent in marks written before backups.
+    #[serde(default = "one")]
+    pub backup: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Default for NextIds {
@@ -157,6 +236,7 @@ impl Default for NextIds {
             node: 1,
             group: 1,
             volume: 1,
+            backup: 1,
         }
     }
 }
@@ -173,9 +253,12 @@ impl NextIds {
                     n.group = n.group.max(g.id.saturating_add(1));
                 }
             }
-            Mutation::PutVolume(v) | Mutation::CloneVolume { volume: v, .. } => {
+            Mutation::PutVolume(v)
+            | Mutation::CloneVolume { volume: v, .. }
+            | Mutation::RestoreVolume { volume: v, .. } => {
                 n.volume = n.volume.max(v.id.saturating_add(1))
             }
+            Mutation::CreateBackup(b) => n.backup = n.backup.max(b.id.saturating_add(1)),
             Mutation::DeleteVolume { .. }
             | Mutation::MapChunk { .. }
             | Mutation::MapChunks { .. }
@@ -192,7 +275,17 @@ impl NextIds {
             | Mutation::ChunkUnlinked { .. }
             | Mutation::ParentCleared { .. }
             | Mutation::ReclaimProgress { .. }
-            | Mutation::ReclaimDone { .. } => {}
+            | Mutation::ReclaimDone { .. }
+            | Mutation::BackupChunks { .. }
+            | Mutation::BackupReady { .. }
+            | Mutation::BackupFailed { .. }
+            | Mutation::BackupError { .. }
+            | Mutation::DeleteBackup { .. }
+            | Mutation::SegmentsReleased { .. }
+            | Mutation::GcClaim { .. }
+            | Mutation::GcDeleted { .. }
+            | Mutation::RestoreProgress { .. }
+            | Mutation::RestoreDone { .. } => {}
         }
         n
     }

@@ -11,6 +11,8 @@
 use serde::{Deserialize, Serialize};
 use tessera_proto::control::SnapshotState;
 
+use super::backup_records::RestoreRecord;
+
 /// A registered storage node, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -107,6 +109,10 @@ pub struct VolumeRecord {
     /// the next snapshot at or above `low` (none: the live range). See `reclaims`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reclaims: Vec<Reclaim>,
+    /// Created from a backup and still being filled from the store: neither attached nor
+    /// opened until [`super::Mutation::RestoreDone`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRecord>,
 }
 
 impl VolumeRecord {
@@ -125,6 +131,7 @@ impl VolumeRecord {
             parent: None,
             rolling_back: None,
             reclaims: Vec::new(),
+            restore: None,
         }
     }
 

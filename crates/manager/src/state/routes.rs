@@ -36,6 +36,9 @@ impl State {
         if v.rec.rolling_back.is_some() {
             return Err(super::rolling_back(&v.rec));
         }
+        if let Some(e) = self.restoring_error(&v.rec) {
+            return Err(e);
+        }
         Ok((self.info(v), self.group_page(id, 0)?))
     }
 
@@ -111,6 +114,18 @@ impl State {
                 v.rec.name
             )));
         }
+        let unmapped = (first_chunk..end).filter(|c| !v.chunks.contains_key(c));
+        let chunks = self.place_chunks(unmapped, usable)?;
+        Ok((!chunks.is_empty()).then_some(Mutation::MapChunks { volume_id, chunks }))
+    }
+
+    /// `(chunk, group id)` for each of `chunks` in turn: the usable group holding the
+    /// fewest chunks (counting those placed before it), ties to the lowest id.
+    pub(super) fn place_chunks(
+        &self,
+        chunks: impl IntoIterator<Item = u64>,
+        usable: impl Fn(&GroupRecord) -> bool,
+    ) -> Result<Vec<(u64, u64)>, ControlError> {
         // (chunks, id) of every usable group: the least loaded is taken, then counted.
         let mut load: BTreeSet<(u64, u64)> = self
             .groups
@@ -118,17 +133,17 @@ impl State {
             .filter(|g| usable(&g.rec))
             .map(|g| (g.chunks, g.rec.id))
             .collect();
-        let mut chunks = Vec::new();
-        for chunk in (first_chunk..end).filter(|c| !v.chunks.contains_key(c)) {
+        let mut out = Vec::new();
+        for chunk in chunks {
             let Some((n, group)) = load.pop_first() else {
                 return Err(ControlError::Unavailable(
                     "no replica group has a majority of its nodes up".into(),
                 ));
             };
-            chunks.push((chunk, group));
+            out.push((chunk, group));
             load.insert((n + 1, group));
         }
-        Ok((!chunks.is_empty()).then_some(Mutation::MapChunks { volume_id, chunks }))
+        Ok(out)
     }
 
     /// The route of a chunk if it is mapped, after checking the chunk exists.

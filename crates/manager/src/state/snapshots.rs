@@ -29,7 +29,9 @@ pub fn record_change_of(m: &Mutation) -> Option<u64> {
         | Mutation::ChunkUnlinked { volume_id, .. }
         | Mutation::ParentCleared { volume_id }
         | Mutation::ReclaimProgress { volume_id, .. }
-        | Mutation::ReclaimDone { volume_id, .. } => Some(*volume_id),
+        | Mutation::ReclaimDone { volume_id, .. }
+        | Mutation::RestoreProgress { volume_id, .. }
+        | Mutation::RestoreDone { volume_id } => Some(*volume_id),
         _ => None,
     }
 }
@@ -63,6 +65,12 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
             reclaims::change(rec, m);
         }
         Mutation::RollbackDone { epoch, .. } if rec.epoch == *epoch => rec.rolling_back = None,
+        Mutation::RestoreProgress { next_chunk, .. } => {
+            if let Some(r) = &mut rec.restore {
+                r.next_chunk = r.next_chunk.max(*next_chunk);
+            }
+        }
+        Mutation::RestoreDone { .. } => rec.restore = None,
         Mutation::CloneLinked { .. } => {
             if let Some(p) = &mut rec.parent {
                 p.linking = false;
@@ -172,6 +180,12 @@ impl State {
             return Err(ControlError::Conflict(format!(
                 "snapshot {volume}@{name} has clones ({}); delete or flatten them first",
                 clones.join(", ")
+            )));
+        }
+        if let Some(b) = self.backup_reading_snapshot(id, name) {
+            return Err(ControlError::Invalid(format!(
+                "snapshot {volume}@{name} is read by backup {b}, still uploading; delete the \
+                 snapshot once the backup is ready or failed"
             )));
         }
         Ok(Mutation::DeleteSnapshot {

@@ -383,6 +383,7 @@ fn restore_rejects_dangling_rows_and_keeps_id_marks() {
         node: 5,
         group: 9,
         volume: 42,
+        backup: 3,
     };
     let s = State::restore(vec![], vec![], vec![], vec![], next).unwrap();
     assert_eq!(s.next_ids(), next);

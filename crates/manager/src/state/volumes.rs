@@ -155,7 +155,7 @@ impl State {
                 .map(|s| self.snapshot_info_of(v, s))
                 .collect(),
             reclaims: super::reclaims::infos(&v.rec),
-            restore: None,
+            restore: self.restore_info(&v.rec).map(Box::new),
         }
     }
 }

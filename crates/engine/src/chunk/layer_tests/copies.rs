@@ -384,10 +384,10 @@ fn concurrent_writers_and_readers_of_a_layer_never_see_torn_blocks() {
 }
 
 /// A file's bytes and, per 4 KiB page, whether it is a hole.
-type FileImage = (Vec<u8>, Vec<bool>);
+pub(in crate::chunk) type FileImage = (Vec<u8>, Vec<bool>);
 
 /// Every file under `dir`, by path relative to it.
-fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, FileImage> {
+pub(in crate::chunk) fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, FileImage> {
     let mut out = std::collections::BTreeMap::new();
     for vol in std::fs::read_dir(dir).unwrap() {
         let vol = vol.unwrap();
@@ -427,7 +427,7 @@ fn page(f: &FileImage, p: usize) -> (Vec<u8>, bool) {
 /// (links excepted: they are durable when made), files deleted since gone or not. A block
 /// "written as zero" at the last sync whose new checksum reached the disk has its new data
 /// there too (the store syncs that data first, see `place`).
-fn crash_mix(
+pub(in crate::chunk) fn crash_mix(
     dir: &Path,
     synced: &std::collections::BTreeMap<PathBuf, FileImage>,
     rng: &mut rand::rngs::StdRng,

@@ -1,0 +1,531 @@
+//! Backups in the state: the plans of the backup requests (create, delete, copy, restore),
+//! the queries the background jobs and the answers read, and the refusals that keep what
+//! a job reads in place (a snapshot an uploading backup reads, a backup a restore or a
+//! copy reads). The reference counts and what each mutation changes in them are in
+//! `backup_refs`.
+//!
+//! Plans return a [`Mutation`] and change nothing. The stores themselves (names, zones,
+//! which is the default) are the configuration's: a plan takes a store name already
+//! checked against it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_proto::control::{
+    BackupInfo, BackupState, ControlError, Hash, RestoreInfo, SnapshotState,
+};
+
+use crate::volume;
+
+use super::backup_records::{BackupRecord, BackupStats, GcKey, RestoreRecord};
+use super::{GroupRecord, Mutation, State, VolumeRecord};
+
+/// What [`State::plan_copy_backup`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyPlan {
+    /// The store already has a copy (or the original): this record.
+    Existing(u64),
+    /// A new copy record to create.
+    New(Mutation),
+}
+
+/// Counts of one store, for `ListStores`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Backup records in it (any state).
+    pub backups: u64,
+    /// Objects referenced.
+    pub objects: u64,
+    /// Garbage keys not yet claimed (objects, segments, roots).
+    pub garbage: u64,
+}
+
+/// The error for a volume being restored: not attachable or openable yet.
+pub fn restoring(rec: &VolumeRecord, done: u64, total: u64) -> ControlError {
+    let backup = rec.restore.as_ref().map_or(0, |r| r.backup);
+    ControlError::Unavailable(format!(
+        "volume {:?} is being restored from backup {backup} ({done} of {total} chunks \
+         filled); it can be attached once filled (`tessera volume prewarm {}` to resume)",
+        rec.name, rec.name
+    ))
+}
+
+impl State {
+    /// A backup's record.
+    pub fn backup(&self, id: u64) -> Option<&BackupRecord> {
+        self.backups.records.get(&id)
+    }
+
+    /// Every backup record, by id.
+    pub fn backup_records(&self) -> impl Iterator<Item = &BackupRecord> {
+        self.backups.records.values()
+    }
+
+    /// Backups (and copies: `copied_from` set) still uploading, by id.
+    pub fn backups_uploading(&self) -> Vec<BackupRecord> {
+        self.backups
+            .records
+            .values()
+            .filter(|r| r.state == BackupState::Uploading)
+            .cloned()
+            .collect()
+    }
+
+    /// The chunk → segment map of a backup as recorded so far.
+    pub fn backup_segments(&self, id: u64) -> BTreeMap<u64, Hash> {
+        self.backups.chunks.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// The segment recorded for one chunk of a backup.
+    pub fn backup_segment(&self, id: u64, chunk: u64) -> Option<Hash> {
+        self.backups.chunks.get(&id)?.get(&chunk).copied()
+    }
+
+    /// Chunks of a backup with a segment recorded.
+    pub fn backup_chunks_done(&self, id: u64) -> u64 {
+        self.backups.chunks.get(&id).map_or(0, |c| c.len() as u64)
+    }
+
+    /// Ready records holding the same backup as `id` (itself, the backup it was copied
+    /// from, and every copy of either), by id: where a restore may read it.
+    pub fn backup_replicas(&self, id: u64) -> Vec<&BackupRecord> {
+        let mut origin = id;
+        let mut seen = BTreeSet::new();
+        while let Some(from) = self.backup(origin).and_then(|r| r.copied_from) {
+            if !seen.insert(origin) {
+                break;
+            }
+            origin = from;
+        }
+        let of_origin = |r: &BackupRecord| {
+            let mut at = r.id;
+            let mut hops = 0;
+            loop {
+                if at == origin {
+                    return true;
+                }
+                match self.backup(at).and_then(|r| r.copied_from) {
+                    Some(from) if hops < 64 => {
+                        at = from;
+                        hops += 1;
+                    }
+                    _ => return false,
+                }
+            }
+        };
+        self.backups
+            .records
+            .values()
+            .filter(|r| r.state == BackupState::Ready && of_origin(r))
+            .collect()
+    }
+
+    /// The store's `gc_gen`: moved by every claim and finished deletion of the collector.
+    /// A job records chunks with the `gc_gen` read before it uploaded them.
+    pub fn gc_gen(&self, store: &str) -> u64 {
+        self.backups.stores.get(store).map_or(0, |s| s.gc_gen)
+    }
+
+    /// Whether the store counts this segment (referenced, or at 0 awaiting release): a
+    /// chunk may then be recorded with it and no objects.
+    pub fn segment_known(&self, store: &str, seg: &Hash) -> bool {
+        self.backups
+            .stores
+            .get(store)
+            .is_some_and(|s| s.segs.contains_key(seg))
+    }
+
+    /// Distinct recorded segments naming the object (0: none).
+    pub fn object_refs(&self, store: &str, obj: &Hash) -> u64 {
+        self.backups
+            .stores
+            .get(store)
+            .and_then(|s| s.objects.get(obj))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Garbage keys of the store unreferenced since `cutoff_unix` or earlier, oldest
+    /// first, at most `limit`: what the collector may claim.
+    pub fn garbage_due(&self, store: &str, cutoff_unix: u64, limit: usize) -> Vec<GcKey> {
+        let Some(s) = self.backups.stores.get(store) else {
+            return Vec::new();
+        };
+        s.by_since
+            .iter()
+            .take_while(|(since, _)| *since <= cutoff_unix)
+            .take(limit)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Keys claimed (being deleted) in the store: a collector taking over deletes them
+    /// again, then records [`Mutation::GcDeleted`].
+    pub fn claimed(&self, store: &str) -> Vec<GcKey> {
+        self.backups
+            .stores
+            .get(store)
+            .map(|s| s.claimed.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Segments at 0 refs queued for release, at most `limit`: the collector reads each
+    /// from the store and records [`Mutation::SegmentsReleased`] with their objects.
+    pub fn segments_to_release(&self, store: &str, limit: usize) -> Vec<Hash> {
+        self.backups
+            .stores
+            .get(store)
+            .map(|s| s.release.iter().take(limit).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores with garbage, claimed keys or segments to release.
+    pub fn stores_with_gc_work(&self) -> Vec<String> {
+        self.backups
+            .stores
+            .iter()
+            .filter(|(_, s)| {
+                !s.garbage.is_empty() || !s.claimed.is_empty() || !s.release.is_empty()
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Backups, referenced objects and garbage of one store.
+    pub fn store_counts(&self, store: &str) -> StoreCounts {
+        let s = self.backups.stores.get(store);
+        StoreCounts {
+            backups: self
+                .backups
+                .records
+                .values()
+                .filter(|r| r.store == store)
+                .count() as u64,
+            objects: s.map_or(0, |s| s.objects.len() as u64),
+            garbage: s.map_or(0, |s| s.garbage.len() as u64),
+        }
+    }
+
+    /// Volumes being restored, by id, with their restore.
+    pub fn restoring_volumes(&self) -> Vec<(u64, RestoreRecord)> {
+        self.volumes
+            .values()
+            .filter_map(|v| v.rec.restore.clone().map(|r| (v.rec.id, r)))
+            .collect()
+    }
+
+    /// A volume's chunk map: chunk → group id (empty for an unknown volume).
+    pub fn volume_chunk_groups(&self, volume_id: u64) -> BTreeMap<u64, u64> {
+        self.volumes
+            .get(&volume_id)
+            .map(|v| v.chunks.clone())
+            .unwrap_or_default()
+    }
+
+    /// `(chunks filled, chunks to fill)` of a restore: the backup's chunks below
+    /// `next_chunk`, and all of them.
+    pub fn restore_progress(&self, r: &RestoreRecord) -> (u64, u64) {
+        let Some(chunks) = self.backups.chunks.get(&r.backup) else {
+            return (0, 0);
+        };
+        (
+            chunks.range(..r.next_chunk).count() as u64,
+            chunks.len() as u64,
+        )
+    }
+
+    /// What `VolumeInfo.restore` says of a restoring volume (the rate and ETA are the
+    /// leading manager's to add).
+    pub fn restore_info(&self, rec: &VolumeRecord) -> Option<RestoreInfo> {
+        let r = rec.restore.as_ref()?;
+        let (done, total) = self.restore_progress(r);
+        Some(RestoreInfo {
+            backup: r.backup,
+            store: r.store.clone(),
+            chunks_total: total,
+            chunks_done: done,
+            hydrated_bytes: 0,
+            eta_secs: None,
+        })
+    }
+
+    /// The refusal to attach or open a volume being restored (`None`: not restoring).
+    pub fn restoring_error(&self, rec: &VolumeRecord) -> Option<ControlError> {
+        let r = rec.restore.as_ref()?;
+        let (done, total) = self.restore_progress(r);
+        Some(restoring(rec, done, total))
+    }
+
+    /// A backup as reported; the zone is the configuration's to fill in.
+    pub fn backup_info(&self, id: u64) -> Result<BackupInfo, ControlError> {
+        let r = self
+            .backup(id)
+            .ok_or_else(|| ControlError::NotFound(format!("backup {id} not found")))?;
+        let done = self.backup_chunks_done(id);
+        let total = if r.state == BackupState::Ready {
+            done.max(r.chunks_total)
+        } else {
+            r.chunks_total.max(done)
+        };
+        Ok(BackupInfo {
+            id: r.id,
+            volume: r.volume.clone(),
+            snapshot: r.snapshot.clone(),
+            store: r.store.clone(),
+            zone: String::new(),
+            state: r.state,
+            base: r.base,
+            copied_from: r.copied_from,
+            root: r.root,
+            size: r.size,
+            chunk_size: r.chunk_size,
+            created_unix: r.created_unix,
+            finished_unix: r.finished_unix,
+            chunks_total: total,
+            chunks_done: if r.state == BackupState::Ready {
+                total
+            } else {
+                done
+            },
+            read_bytes: r.stats.read_bytes,
+            uploaded_bytes: r.stats.uploaded_bytes,
+            uploaded_objects: r.stats.uploaded_objects,
+            present_objects: r.stats.present_objects,
+            objects: r.stats.objects,
+            error: r.error.clone(),
+        })
+    }
+
+    /// Backups newest first, of the volume named (as it is named now, or as the backups
+    /// recorded it if it is gone) or of all.
+    pub fn list_backups(&self, volume: Option<&str>) -> Result<Vec<BackupInfo>, ControlError> {
+        let id = volume.and_then(|n| self.by_name.get(n).copied());
+        let recs: Vec<&BackupRecord> = self
+            .backups
+            .records
+            .values()
+            .rev()
+            .filter(|r| match (volume, id) {
+                (None, _) => true,
+                (Some(_), Some(id)) => r.volume_id == id,
+                (Some(name), None) => r.volume == name,
+            })
+            .collect();
+        if let (Some(name), None, true) = (volume, id, recs.is_empty()) {
+            return Err(ControlError::NotFound(format!(
+                "volume {name:?} not found, nor any backup of it"
+            )));
+        }
+        recs.iter().map(|r| self.backup_info(r.id)).collect()
+    }
+}
+
+impl State {
+    /// A backup of `volume@snapshot` in `store` (a name the configuration knows), with the
+    /// id `NextIds::backup`. Its base: the newest ready backup of the volume in that store
+    /// whose snapshot is still kept, at or below this snapshot. Refused while a backup of
+    /// the volume uploads to that store (naming it), or if the snapshot is not ready.
+    pub fn plan_create_backup(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        store: &str,
+        now_unix: u64,
+    ) -> Result<Mutation, ControlError> {
+        let id = self.id_of(volume)?;
+        let v = &self.volumes[&id];
+        let snap = v.rec.snapshot(snapshot).ok_or_else(|| {
+            ControlError::NotFound(format!("snapshot {volume}@{snapshot} not found"))
+        })?;
+        if snap.state != SnapshotState::Ready {
+            return Err(ControlError::Invalid(format!(
+                "snapshot {volume}@{snapshot} is not ready yet; retry shortly"
+            )));
+        }
+        let mine = || {
+            self.backups
+                .records
+                .values()
+                .filter(move |r| r.volume_id == id && r.store == store)
+        };
+        if let Some(busy) = mine().find(|r| r.state == BackupState::Uploading) {
+            return Err(ControlError::Invalid(format!(
+                "backup {} of volume {volume:?} ({volume}@{}) is still uploading to store \
+                 {store:?}; wait for it or delete it first",
+                busy.id, busy.snapshot
+            )));
+        }
+        let base = mine()
+            .filter(|r| r.state == BackupState::Ready && r.seq <= snap.seq)
+            .filter(|r| {
+                v.rec
+                    .snapshot(&r.snapshot)
+                    .is_some_and(|s| s.seq == r.seq && s.state == SnapshotState::Ready)
+            })
+            .max_by_key(|r| (r.seq, r.id));
+        let size = if snap.size > 0 { snap.size } else { v.rec.size };
+        Ok(Mutation::CreateBackup(BackupRecord {
+            id: self.next.backup,
+            volume: volume.to_string(),
+            volume_id: id,
+            snapshot: snapshot.to_string(),
+            seq: snap.seq,
+            store: store.to_string(),
+            base: base.map(|b| b.id),
+            base_seq: base.map_or(0, |b| b.seq),
+            copied_from: None,
+            size,
+            chunk_size: v.rec.chunk_size,
+            chunks_total: v
+                .chunks
+                .range(..volume::chunk_count(size, v.rec.chunk_size))
+                .count() as u64,
+            created_unix: now_unix,
+            finished_unix: None,
+            state: BackupState::Uploading,
+            root: None,
+            error: None,
+            stats: BackupStats::default(),
+        }))
+    }
+
+    /// Who reads backup `id` now: restoring volumes, uploading copies of it, uploading
+    /// backups based on it (named, for a refusal).
+    pub fn backup_readers(&self, id: u64) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .volumes
+            .values()
+            .filter(|v| v.rec.restore.as_ref().is_some_and(|r| r.backup == id))
+            .map(|v| format!("volume {:?} restoring from it", v.rec.name))
+            .collect();
+        for r in self.backups.records.values() {
+            if r.state != BackupState::Uploading {
+                continue;
+            }
+            if r.copied_from == Some(id) {
+                out.push(format!("copy {} to store {:?}", r.id, r.store));
+            }
+            if r.base == Some(id) {
+                out.push(format!("backup {} based on it", r.id));
+            }
+        }
+        out
+    }
+
+    /// Forget a ready or failed backup no one reads.
+    pub fn plan_delete_backup(&self, id: u64, now_unix: u64) -> Result<Mutation, ControlError> {
+        let r = self
+            .backup(id)
+            .ok_or_else(|| ControlError::NotFound(format!("backup {id} not found")))?;
+        if r.state == BackupState::Uploading {
+            return Err(ControlError::Invalid(format!(
+                "backup {id} is still uploading; wait until it is ready or failed"
+            )));
+        }
+        let readers = self.backup_readers(id);
+        if !readers.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "backup {id} is in use ({}); retry once they finish",
+                readers.join(", ")
+            )));
+        }
+        Ok(Mutation::DeleteBackup { id, now_unix })
+    }
+
+    /// A copy of ready backup `id` in `to_store` (a configured store): the existing record
+    /// there if any (the backup itself or a copy of it, not failed), else a new one.
+    pub fn plan_copy_backup(
+        &self,
+        id: u64,
+        to_store: &str,
+        now_unix: u64,
+    ) -> Result<CopyPlan, ControlError> {
+        let r = self
+            .backup(id)
+            .ok_or_else(|| ControlError::NotFound(format!("backup {id} not found")))?;
+        if r.state != BackupState::Ready {
+            return Err(ControlError::Invalid(format!(
+                "backup {id} is not ready ({:?}); only a ready backup is copied",
+                r.state
+            )));
+        }
+        if r.store == to_store {
+            return Err(ControlError::Invalid(format!(
+                "backup {id} is already in store {to_store:?}"
+            )));
+        }
+        if let Some(c) = self.backups.records.values().find(|c| {
+            c.copied_from == Some(id) && c.store == to_store && c.state != BackupState::Failed
+        }) {
+            return Ok(CopyPlan::Existing(c.id));
+        }
+        Ok(CopyPlan::New(Mutation::CreateBackup(BackupRecord {
+            id: self.next.backup,
+            store: to_store.to_string(),
+            base: None,
+            base_seq: 0,
+            copied_from: Some(id),
+            chunks_total: self.backup_chunks_done(id),
+            created_unix: now_unix,
+            finished_unix: None,
+            state: BackupState::Uploading,
+            root: None,
+            error: None,
+            stats: BackupStats::default(),
+            ..r.clone()
+        })))
+    }
+
+    /// Volume `name` from ready backup record `backup` (in the store to read, chosen by the
+    /// caller): its record with the backup's size and chunk size and a restore, and every
+    /// chunk the backup holds data of placed as provisioning would (least-loaded usable
+    /// group), in one mutation.
+    pub fn plan_restore_volume(
+        &self,
+        name: &str,
+        backup: u64,
+        now_unix: u64,
+        usable: impl Fn(&GroupRecord) -> bool,
+    ) -> Result<Mutation, ControlError> {
+        volume::validate_name(name)?;
+        let r = self
+            .backup(backup)
+            .ok_or_else(|| ControlError::NotFound(format!("backup {backup} not found")))?;
+        if r.state != BackupState::Ready {
+            return Err(ControlError::Invalid(format!(
+                "backup {backup} is not ready ({:?}); only a ready backup is restored",
+                r.state
+            )));
+        }
+        if self.by_name.contains_key(name) {
+            return Err(ControlError::AlreadyExists(format!(
+                "volume {name:?} already exists"
+            )));
+        }
+        let chunks = self.place_chunks(self.backup_segments(backup).into_keys(), usable)?;
+        let mut volume = VolumeRecord::new(self.next.volume, name, r.size, r.chunk_size, now_unix);
+        volume.restore = Some(RestoreRecord {
+            backup,
+            store: r.store.clone(),
+            next_chunk: 0,
+        });
+        Ok(Mutation::RestoreVolume { volume, chunks })
+    }
+
+    /// The uploading backup reading snapshot `name` of volume `volume_id` (as its own
+    /// snapshot or as its base's), if any: such a snapshot is not deleted.
+    pub fn backup_reading_snapshot(&self, volume_id: u64, name: &str) -> Option<u64> {
+        let seq = self.volumes.get(&volume_id)?.rec.snapshot(name)?.seq;
+        self.backups
+            .records
+            .values()
+            .filter(|r| {
+                r.state == BackupState::Uploading
+                    && r.volume_id == volume_id
+                    && r.copied_from.is_none()
+            })
+            .find(|r| {
+                (r.snapshot == name && r.seq == seq) || (r.base.is_some() && r.base_seq == seq)
+            })
+            .map(|r| r.id)
+    }
+}
