@@ -129,7 +129,10 @@ async fn incremental_backup_uploads_only_changed_regions(kind: Kind) {
         "create returned before ready: {b2:?}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&b2.id.to_string()), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("backup {} ", b2.id)),
+        "the ID first: {stdout}"
+    );
     assert_eq!(b2.base, Some(b1.id), "incremental to the first: {b2:?}");
     assert_eq!(b2.uploaded_objects, 3, "{b2:?}");
     assert_eq!(b2.objects, 60, "{b2:?}");
