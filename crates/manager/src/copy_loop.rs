@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::backup_loop::{
+use crate::backup_jobs::{
     GIVE_UP, Running, Settings, Shared, Stores, TICK, commit, locked, unix_now,
 };
 use crate::pace::Pace;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::backup_loop::{self, Shared, Stores, commit, locked, read_segment, unix_now};
+use crate::backup_jobs::{Shared, Stores, TICK, commit, locked, read_segment, unix_now};
 use crate::state::{GcKey, Mutation};
 
 /// Keys claimed and deleted in one batch; segments released in one mutation.
@@ -36,7 +36,7 @@ pub async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut pass: Option<JoinHandle<()>> = None;
-    let mut tick = tokio::time::interval(backup_loop::TICK);
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

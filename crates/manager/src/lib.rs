@@ -73,6 +73,7 @@
 #![warn(missing_docs)]
 
 mod attach;
+mod backup_jobs;
 mod backup_loop;
 mod config;
 mod consensus;

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use tessera_backup::Store;
 
-use crate::backup_loop::{
+use crate::backup_jobs::{
     Running, Settings, Shared, Stores, TICK, call_leader, commit, locked, now, read_segment,
 };
 use crate::group_calls::GroupJob;
