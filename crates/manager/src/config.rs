@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::stores::StoreConfig;
 
 /// Default RPC address of a manager.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -54,7 +55,28 @@ pub struct ManagerConfig {
     /// How fast a flatten copies a clone's parent data into the clone, in bytes per second
     /// (the whole cluster's flattens together, as the leading manager paces them).
     pub flatten_bytes_per_sec: u64,
+    /// Object stores for backups (`[[stores]]`).
+    pub stores: Vec<StoreConfig>,
+    /// The store backups go to when none is named (absent: the first).
+    pub default_store: Option<String>,
+    /// This manager's zone: a restore reads a copy in a store of this zone if there is one.
+    pub zone: String,
+    /// How fast backups read the groups, in bytes per second (every upload together).
+    pub backup_bytes_per_sec: u64,
+    /// How fast restores fill volumes, in bytes per second (every restore together).
+    pub restore_bytes_per_sec: u64,
+    /// Chunk requests in flight per backup, copy or restore job.
+    pub backup_chunks_in_flight: u32,
+    /// Object uploads or fetches in flight per chunk request.
+    pub backup_window: u32,
+    /// How long a store's key stays unreferenced before the collector deletes it.
+    pub gc_grace: Duration,
 }
+
+/// Default [`ManagerConfig::backup_bytes_per_sec`]: 256 MiB/s.
+pub const DEFAULT_BACKUP_BYTES_PER_SEC: u64 = 256 << 20;
+/// Default [`ManagerConfig::restore_bytes_per_sec`]: 128 MiB/s.
+pub const DEFAULT_RESTORE_BYTES_PER_SEC: u64 = 128 << 20;
 
 /// Default [`ManagerConfig::flatten_bytes_per_sec`]: 64 MiB/s.
 pub const DEFAULT_FLATTEN_BYTES_PER_SEC: u64 = 64 << 20;
@@ -86,6 +108,14 @@ impl Default for ManagerConfig {
             join: false,
             log_keep: 2000,
             flatten_bytes_per_sec: DEFAULT_FLATTEN_BYTES_PER_SEC,
+            stores: Vec::new(),
+            default_store: None,
+            zone: String::new(),
+            backup_bytes_per_sec: DEFAULT_BACKUP_BYTES_PER_SEC,
+            restore_bytes_per_sec: DEFAULT_RESTORE_BYTES_PER_SEC,
+            backup_chunks_in_flight: 8,
+            backup_window: 8,
+            gc_grace: Duration::from_secs(600),
         }
     }
 }
@@ -123,6 +153,18 @@ impl ManagerConfig {
                 "flatten_bytes_per_sec must be positive".into(),
             ));
         }
+        if self.backup_bytes_per_sec == 0
+            || self.restore_bytes_per_sec == 0
+            || self.backup_chunks_in_flight == 0
+            || self.backup_window == 0
+        {
+            return Err(Error::Config(
+                "backup_bytes_per_sec, restore_bytes_per_sec, backup_chunks_in_flight and \
+                 backup_window must be positive"
+                    .into(),
+            ));
+        }
+        crate::stores::validate(&self.stores, self.default_store.as_deref())?;
         if self.log_keep == 0 {
             return Err(Error::Config("raft_log_keep must be at least 1".into()));
         }
@@ -190,6 +232,22 @@ impl ManagerConfig {
 /// raft_log_keep = 2000
 /// # How fast clones are flattened (bytes per second, the whole cluster together).
 /// flatten_bytes_per_sec = 67108864
+/// # Backups: where they go, how fast they move, when unreferenced objects are deleted.
+/// default_store = "local"            # else the first store
+/// zone = "zone1"                     # restores prefer a store of this zone
+/// backup_bytes_per_sec = 268435456
+/// restore_bytes_per_sec = 134217728
+/// backup_chunks_in_flight = 8
+/// backup_window = 8
+/// gc_grace_secs = 600
+/// [[stores]]
+/// name = "local"
+/// zone = "zone1"
+/// path = "/var/lib/tessera/backups"
+/// [[stores]]
+/// name = "s3a"
+/// zone = "zone2"
+/// s3 = { endpoint = "http://127.0.0.1:9000", bucket = "tessera", region = "us-east-1", access_key_id = "AK", secret_access_key = "SK", prefix = "" }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -222,6 +280,22 @@ pub struct ManagerConfigFile {
     pub raft_log_keep: u64,
     /// [`ManagerConfig::flatten_bytes_per_sec`].
     pub flatten_bytes_per_sec: u64,
+    /// [`ManagerConfig::stores`].
+    pub stores: Vec<StoreConfig>,
+    /// [`ManagerConfig::default_store`].
+    pub default_store: Option<String>,
+    /// [`ManagerConfig::zone`].
+    pub zone: String,
+    /// [`ManagerConfig::backup_bytes_per_sec`].
+    pub backup_bytes_per_sec: u64,
+    /// [`ManagerConfig::restore_bytes_per_sec`].
+    pub restore_bytes_per_sec: u64,
+    /// [`ManagerConfig::backup_chunks_in_flight`].
+    pub backup_chunks_in_flight: u32,
+    /// [`ManagerConfig::backup_window`].
+    pub backup_window: u32,
+    /// [`ManagerConfig::gc_grace`], in seconds.
+    pub gc_grace_secs: u64,
 }
 
 impl Default for ManagerConfigFile {
@@ -247,6 +321,14 @@ impl From<ManagerConfig> for ManagerConfigFile {
             join: c.join,
             raft_log_keep: c.log_keep,
             flatten_bytes_per_sec: c.flatten_bytes_per_sec,
+            stores: c.stores,
+            default_store: c.default_store,
+            zone: c.zone,
+            backup_bytes_per_sec: c.backup_bytes_per_sec,
+            restore_bytes_per_sec: c.restore_bytes_per_sec,
+            backup_chunks_in_flight: c.backup_chunks_in_flight,
+            backup_window: c.backup_window,
+            gc_grace_secs: c.gc_grace.as_secs(),
         }
     }
 }
@@ -268,6 +350,14 @@ impl From<ManagerConfigFile> for ManagerConfig {
             join: f.join,
             log_keep: f.raft_log_keep,
             flatten_bytes_per_sec: f.flatten_bytes_per_sec,
+            stores: f.stores,
+            default_store: f.default_store,
+            zone: f.zone,
+            backup_bytes_per_sec: f.backup_bytes_per_sec,
+            restore_bytes_per_sec: f.restore_bytes_per_sec,
+            backup_chunks_in_flight: f.backup_chunks_in_flight,
+            backup_window: f.backup_window,
+            gc_grace: Duration::from_secs(f.gc_grace_secs),
         }
     }
 }
@@ -308,6 +398,56 @@ mod tests {
                 id: 1,
                 addr: DEFAULT_LISTEN.into()
             }]
+        );
+    }
+
+    #[test]
+    fn stores_and_backup_settings_parse_from_toml_with_the_design_defaults() {
+        let c = ManagerConfig::default();
+        assert_eq!(
+            (
+                c.backup_bytes_per_sec,
+                c.restore_bytes_per_sec,
+                c.backup_chunks_in_flight,
+                c.backup_window,
+                c.gc_grace
+            ),
+            (256 << 20, 128 << 20, 8, 8, Duration::from_secs(600))
+        );
+        let f: ManagerConfigFile = toml::from_str(
+            r#"
+default_store = "s3a"
+zone = "zone1"
+gc_grace_secs = 5
+[[stores]]
+name = "local"
+zone = "zone1"
+path = "/var/lib/tessera/backups"
+[[stores]]
+name = "s3a"
+zone = "zone2"
+s3 = { endpoint = "http://127.0.0.1:9000", bucket = "tessera", region = "us-east-1", access_key_id = "AK", secret_access_key = "SK", prefix = "" }
+"#,
+        )
+        .unwrap();
+        let c = ManagerConfig::from(f);
+        c.validate().unwrap();
+        assert_eq!(c.stores.len(), 2);
+        assert_eq!(c.gc_grace, Duration::from_secs(5));
+        assert_eq!(c.default_store.as_deref(), Some("s3a"));
+        let bad = ManagerConfig {
+            default_store: Some("nope".into()),
+            ..c.clone()
+        };
+        assert!(bad.validate().is_err());
+        assert!(
+            toml::from_str::<ManagerConfigFile>(
+                "[[stores]]
+name = \"a\"
+pth = \"/x\"
+"
+            )
+            .is_err()
         );
     }
 

@@ -459,4 +459,6 @@ fn read_records<T: DeserializeOwned>(
 }
 
 #[cfg(test)]
+mod backup_tests;
+#[cfg(test)]
 mod tests;

@@ -49,6 +49,14 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// A backup store cannot be used (its credentials were refused): fix its entry.
+    #[error("backup store {name:?}: {why}")]
+    Store {
+        /// The store's name.
+        name: String,
+        /// What it said.
+        why: String,
+    },
     /// A manager task (the Raft group, the applier, a blocking job) failed.
     #[error("manager task failed: {0}")]
     Task(String),

@@ -36,6 +36,8 @@
 //! - `db`: the redb database of the state (with `raft_log`, the only code that touches
 //!   disk).
 //! - `config`: `manager.toml` and the settings derived from it.
+//! - `stores`: the backup stores of `manager.toml`, opened and checked at start
+//!   (`Arc<Stores>`, shared by requests and the backup jobs).
 //!
 //! Pure (no I/O, no clocks):
 //! - `reconcile/`: which groups change membership and which leaderships move, one pass at
@@ -73,10 +75,14 @@
 #![warn(missing_docs)]
 
 mod attach;
+mod backup_jobs;
+mod backup_loop;
 mod config;
 mod consensus;
+mod copy_loop;
 mod db;
 mod error;
+mod gc_loop;
 mod group_calls;
 mod liveness;
 mod pace;
@@ -86,14 +92,20 @@ mod raft_log;
 mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
+mod restore_loop;
 mod server;
 mod service;
 mod snapshot_loop;
 mod state;
 mod state_snapshot;
+mod stores;
 mod usage;
 mod volume;
 
-pub use config::{DEFAULT_LISTEN, ManagerConfig, ManagerConfigFile, ManagerPeer};
+pub use config::{
+    DEFAULT_BACKUP_BYTES_PER_SEC, DEFAULT_LISTEN, DEFAULT_RESTORE_BYTES_PER_SEC, ManagerConfig,
+    ManagerConfigFile, ManagerPeer,
+};
 pub use error::Error;
 pub use server::Manager;
+pub use stores::{S3Config, StoreConfig};

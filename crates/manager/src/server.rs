@@ -36,6 +36,7 @@ use crate::liveness::Liveness;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
 use crate::service::{DropOrder, Now, Reply, Service};
+use crate::stores::Stores;
 
 /// How long one storage node gets to acknowledge a drop order.
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,6 +64,15 @@ impl Manager {
     /// listener and starts serving. Returns once listening.
     pub async fn start(config: ManagerConfig) -> Result<Manager, Error> {
         config.validate()?;
+        // Before anything else: a store refusing its credentials stops the start.
+        let stores = Arc::new(
+            Stores::open_and_check(
+                &config.stores,
+                config.default_store.as_deref(),
+                &config.zone,
+            )
+            .await?,
+        );
         let started = Instant::now();
         let dir = config.data_dir.clone();
         let (db, state, applied, log, loaded) = tokio::task::spawn_blocking(move || {
@@ -101,15 +111,18 @@ impl Manager {
         };
         let (consensus, raft) = Consensus::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
-        let service = Arc::new(Mutex::new(Service::new(
-            db,
-            state,
-            live,
-            config.replicas,
-            config.groups_per_node,
-            consensus.clone(),
-            applied,
-        )));
+        let service = Arc::new(Mutex::new(
+            Service::new(
+                db,
+                state,
+                live,
+                config.replicas,
+                config.groups_per_node,
+                consensus.clone(),
+                applied,
+            )
+            .with_stores(stores.clone()),
+        ));
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::reconcile_loop::run(
             service.clone(),

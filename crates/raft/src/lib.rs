@@ -253,6 +253,14 @@ pub(crate) enum Event {
         ops: Vec<GroupOp>,
         respond: Respond,
     },
+    Hydrate {
+        group: u64,
+        volume: u64,
+        chunk: u64,
+        offset: u32,
+        data: bytes::Bytes,
+        respond: Respond,
+    },
     Status(Box<dyn FnOnce(Vec<GroupState>) + Send>),
     Fatal(Fatal),
     Shutdown,
@@ -366,8 +374,10 @@ impl RaftNode {
     /// Leader only: propose filling blocks of a restored chunk with a backup's bytes
     /// (`CmdOp::Hydrate`: `data` at `offset`, whole blocks, at most `MAX_IO`; written only
     /// where no layer of the chunk holds the block). Answers `Ok` once committed,
-    /// `NotLeader`, `GroupNotFound`, `BadRequest` (not whole blocks, out of the chunk) or
-    /// `Unavailable`. Not fenced: carries no writer epoch or sequence.
+    /// `NotLeader`, `GroupNotFound`, `BadRequest` (not whole blocks, out of the chunk, more
+    /// than `MAX_IO`), `DiskFull` (the node is below its free-space floor, as for writes)
+    /// or `Unavailable`. Not fenced: carries no writer epoch or sequence, so no attachment
+    /// and no snapshot refuses it.
     pub fn hydrate(
         &self,
         group: u64,
@@ -377,8 +387,18 @@ impl RaftNode {
         data: bytes::Bytes,
         respond: Respond,
     ) {
-        let _ = (group, volume, chunk, offset, data, respond);
-        todo!("hydrate: the raft branch implements it")
+        if let Err(mpsc::error::SendError(Event::Hydrate { respond, .. })) =
+            self.tx.send(Event::Hydrate {
+                group,
+                volume,
+                chunk,
+                offset,
+                data,
+                respond,
+            })
+        {
+            respond(Reply::Unavailable("storage node is shutting down".into()));
+        }
     }
 
     /// Destroy this node's replica of `group` (it is no longer a member) and its data.

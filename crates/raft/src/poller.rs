@@ -231,7 +231,8 @@ impl Poller {
             match ev {
                 Event::Request(_, respond, _)
                 | Event::DropChunks { respond, .. }
-                | Event::GroupOps { respond, .. } => {
+                | Event::GroupOps { respond, .. }
+                | Event::Hydrate { respond, .. } => {
                     respond(Reply::Unavailable("storage node is shutting down".into()))
                 }
                 Event::ChangeMembers { respond, .. } | Event::TransferLeader { respond, .. } => {
@@ -548,6 +549,23 @@ impl Poller {
                 }
                 None => respond(Reply::GroupNotFound),
             },
+            Event::Hydrate {
+                group,
+                volume,
+                chunk,
+                offset,
+                data,
+                respond,
+            } => {
+                self.check_space(crate::clock::now());
+                match self.groups.get_mut(&group) {
+                    Some(g) => {
+                        g.propose_hydrate((volume, chunk), offset, data, respond, self.disk_full);
+                        self.dirty.insert(group);
+                    }
+                    None => respond(Reply::GroupNotFound),
+                }
+            }
             Event::Status(f) => f(self.states(crate::clock::now())),
             Event::Fatal(why) => self.fail(why),
             Event::Shutdown => self.stopped = true,

@@ -383,4 +383,4 @@ pub fn store_table(stores: &[StoreInfo]) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

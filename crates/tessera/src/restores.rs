@@ -147,6 +147,62 @@ mod tests {
         }
     }
 
+    fn volume(restore: Option<RestoreInfo>) -> VolumeInfo {
+        VolumeInfo {
+            id: 2,
+            name: "db2".into(),
+            size: 10 << 30,
+            chunk_size: 64 << 20,
+            mapped_chunks: 160,
+            created_unix: 0,
+            attachment: None,
+            seq: 1,
+            parent: None,
+            snapshots: Vec::new(),
+            reclaims: Vec::new(),
+            restore: restore.map(Box::new),
+        }
+    }
+
+    /// `db2` is restored from backup 7 and filled at the third look.
+    fn restoring(
+        req: tessera_proto::control::ManagerRequest,
+    ) -> Result<tessera_proto::control::ManagerReply, tessera_proto::control::ControlError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest};
+        static LOOKS: AtomicU64 = AtomicU64::new(0);
+        match req {
+            ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+            ManagerRequest::RestoreVolume { backup: 7, .. } => {
+                Ok(ManagerReply::Volume(volume(Some(filling(None)))))
+            }
+            ManagerRequest::VolumeInfo { .. } => match LOOKS.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Ok(ManagerReply::Volume(volume(Some(filling(Some(1)))))),
+                _ => Ok(ManagerReply::Volume(volume(None))),
+            },
+            _ => Err(ControlError::NotFound("backup 8 not found".into())),
+        }
+    }
+
+    /// With --wait the volume is answered once filled; without, as the manager answered.
+    #[tokio::test]
+    async fn waiting_for_a_restore_ends_once_the_volume_is_filled() {
+        let addr = crate::backups::tests::fake_manager(restoring).await;
+        let client = Client::connect(vec![addr]).await.expect("connect");
+        let v = restore(&client, Output::Json, "db2", 7, None, false)
+            .await
+            .unwrap();
+        assert!(v.restore.is_some());
+        let v = restore(&client, Output::Json, "db2", 7, Some("local"), true)
+            .await
+            .unwrap();
+        assert!(v.restore.is_none());
+        let e = restore(&client, Output::Json, "db3", 8, None, true)
+            .await
+            .unwrap_err();
+        assert_eq!(crate::exit::code(&e), crate::exit::NOT_FOUND);
+    }
+
     #[test]
     fn a_volume_being_filled_shows_backup_store_chunks_and_eta() {
         assert_eq!(

@@ -37,6 +37,7 @@ pub(crate) use replicated::{add_manager, managers};
 pub(crate) use snapshots::{Finish, Pending};
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest, StorageRequest};
@@ -46,6 +47,7 @@ use crate::consensus::Consensus;
 use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::state::{Mutation, State};
+use crate::stores::Stores;
 use crate::usage::UsageQuery;
 
 /// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
@@ -110,6 +112,8 @@ pub struct Service {
     unrecorded: BTreeSet<u64>,
     /// Attachment leases (leader memory, reset with `live` when a term of leadership starts).
     leases: Leases,
+    /// The configured backup stores.
+    stores: Arc<Stores>,
 }
 
 impl Service {
@@ -134,7 +138,19 @@ impl Service {
             led_term: 0,
             unrecorded: BTreeSet::new(),
             leases: Leases::default(),
+            stores: Arc::default(),
         }
+    }
+
+    /// The service with the backup stores configured (none otherwise).
+    pub fn with_stores(mut self, stores: Arc<Stores>) -> Self {
+        self.stores = stores;
+        self
+    }
+
+    /// The configured backup stores (for the backup jobs).
+    pub fn stores(&self) -> Arc<Stores> {
+        self.stores.clone()
     }
 
     /// Closes the database; later requests fail with `Unavailable`.
@@ -269,6 +285,17 @@ impl Service {
             ManagerRequest::Managers => Ok(replicated::managers(&self.consensus)),
         };
         (Reply::Done(res), orders)
+    }
+
+    /// The replicated state, for the leader's background loops (read under the lock).
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Commits a background loop's mutation if this manager leads (else `NotLeader`).
+    pub(crate) fn commit_led(&mut self, m: Mutation) -> Result<(), ControlError> {
+        self.lead()?;
+        self.commit(m)
     }
 
     /// Makes `m` durable on a majority of managers, then applies it.

@@ -224,7 +224,7 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
     let (v, c) = (cmd.volume, cmd.chunk);
     let res = apply_command(chunks, group, e.index, &cmd, (v, c), (off, len));
     // The manager's operations may meet a chunk in a state they do not fit (a link to a
-    // second parent, a flatten past the chunk's end): the engine refuses those the same on
+    // second parent, a flatten or a hydrate past the chunk's end): the engine refuses those the same on
     // every replica, so skipping the entry keeps the replicas identical, where stopping
     // would stop every replica of the group. A `DropMerged` is the exception: it checks
     // this replica's merge, which a full disk may have skipped here and not elsewhere
@@ -240,6 +240,7 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
                     | CmdOp::Rollback
                     | CmdOp::Merge
                     | CmdOp::DropMerged
+                    | CmdOp::Hydrate
             ) && refused(&err) =>
         {
             if cmd.op == CmdOp::DropMerged {

@@ -241,6 +241,52 @@ impl Group {
         respond(Reply::Ok(Bytes::new()))
     }
 
+    /// Proposes a restore's fill of `data` at `offset` of a chunk (`CmdOp::Hydrate`, see
+    /// `RaftNode::hydrate`), answered at commit. Refused as a write is when this leader
+    /// cannot apply or the node is short of space; never by a fence: it carries no writer
+    /// epoch and no sequence (the engine writes it only where nothing else is).
+    pub(crate) fn propose_hydrate(
+        &mut self,
+        (volume, chunk): (u64, u64),
+        offset: u32,
+        data: Bytes,
+        respond: Respond,
+        disk_full: bool,
+    ) {
+        if !self.is_leader() {
+            return respond(Reply::NotLeader {
+                hint: self.raw.raft.leader_id,
+            });
+        }
+        if let Err(why) = hydrate_range(offset, data.len()) {
+            return respond(Reply::BadRequest(format!(
+                "hydrate of volume {volume} chunk {chunk} in group {}: {why}",
+                self.id
+            )));
+        }
+        if let Some(refusal) = self.stalled_refusal() {
+            return respond(refusal);
+        }
+        if disk_full {
+            return respond(Reply::DiskFull(format!(
+                "node {} has too little free space to accept writes",
+                self.raw.raft.id
+            )));
+        }
+        let cmd = Command {
+            op: CmdOp::Hydrate,
+            volume,
+            chunk,
+            offset,
+            len: data.len() as u32,
+            id: 0,
+            epoch: 0,
+            seq: 0,
+            data,
+        };
+        self.propose(cmd.encode(), respond);
+    }
+
     /// A `Rollback` rewrites the live layer: it is proposed only right after a fence of
     /// the same volume whose writer epoch is still the newest the group knows, and into a
     /// layer no snapshot was cut at since. A rollback's ops arriving late (a deposed
@@ -412,6 +458,28 @@ fn whole_blocks(req: &Request) -> Result<(), String> {
         return Err(format!(
             "block status of {len} bytes at {off}: not whole blocks of {bs} bytes"
         ));
+    }
+    Ok(())
+}
+
+/// Whether a hydrate of `len` bytes at `offset` could apply: whole blocks, at most
+/// `MAX_IO`, inside the chunk limit (the engine would refuse it on every replica).
+fn hydrate_range(offset: u32, len: usize) -> Result<(), String> {
+    let bs = tessera_engine::chunk::BLOCK_SIZE;
+    let (off, n) = (u64::from(offset), len as u64);
+    if n > u64::from(tessera_proto::data::MAX_IO) {
+        return Err(format!(
+            "{n} bytes, more than {}",
+            tessera_proto::data::MAX_IO
+        ));
+    }
+    if off % bs != 0 || n % bs != 0 {
+        return Err(format!(
+            "{n} bytes at {off}: not whole blocks of {bs} bytes"
+        ));
+    }
+    if off + n > tessera_engine::chunk::MAX_CHUNK {
+        return Err(format!("{n} bytes at {off}: past the chunk"));
     }
     Ok(())
 }

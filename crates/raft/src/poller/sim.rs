@@ -81,6 +81,7 @@ macro_rules! trace {
 mod check;
 mod clients;
 mod faults;
+mod hydrate;
 mod manager;
 mod node;
 mod world;

@@ -207,3 +207,87 @@ fn json_is_the_record_itself() {
     let back: BackupInfo = serde_json::from_value(json).unwrap();
     assert_eq!(back, b);
 }
+
+/// A manager played by the test: answers every request with `answer`. Its address.
+pub(crate) async fn fake_manager(
+    answer: fn(
+        tessera_proto::control::ManagerRequest,
+    ) -> Result<
+        tessera_proto::control::ManagerReply,
+        tessera_proto::control::ControlError,
+    >,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut frames = tessera_net::FrameReader::new(r);
+                while let Ok(Some(f)) = frames.next().await {
+                    let req = tessera_proto::control::decode(&f.body).unwrap();
+                    let reply = tessera_net::rpc_reply(f.request_id, &answer(req));
+                    tessera_net::write_frame(&mut w, &reply).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Backup 7 becomes ready at the third look; backup 8 fails at the second.
+fn uploads(
+    req: tessera_proto::control::ManagerRequest,
+) -> Result<tessera_proto::control::ManagerReply, tessera_proto::control::ControlError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tessera_proto::control::{ManagerReply, ManagerRequest};
+    static LOOKS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let one = |b| Ok(ManagerReply::Backup(Box::new(b)));
+    match req {
+        ManagerRequest::ListVolumes => Ok(ManagerReply::Volumes(vec![])),
+        ManagerRequest::BackupInfo { id: 7 } => match LOOKS[0].fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => one(backup(7)),
+            _ => one(ready(7)),
+        },
+        ManagerRequest::BackupInfo { id: 8 } => match LOOKS[1].fetch_add(1, Ordering::SeqCst) {
+            0 => one(backup(8)),
+            _ => one(BackupInfo {
+                state: BackupState::Failed,
+                error: Some("store local: permission denied".into()),
+                ..backup(8)
+            }),
+        },
+        _ => Err(tessera_proto::control::ControlError::NotFound(
+            "backup 9 not found".into(),
+        )),
+    }
+}
+
+/// Waiting polls until the backup is ready (success) or failed (an error naming the
+/// backup and why, exit code 1); a backup gone meanwhile keeps its class (not found).
+#[tokio::test]
+async fn waiting_ends_when_the_backup_is_ready_or_failed() {
+    let client = Client::connect(vec![fake_manager(uploads).await])
+        .await
+        .expect("connect");
+    started(&client, Output::Json, backup(7), true)
+        .await
+        .expect("ready");
+    let e = started(&client, Output::Json, backup(8), true)
+        .await
+        .expect_err("failed");
+    assert_eq!(
+        e.to_string(),
+        "backup 8 failed: store local: permission denied"
+    );
+    assert_eq!(crate::exit::code(&e), crate::exit::FAILED);
+    let e = started(&client, Output::Json, backup(9), true)
+        .await
+        .expect_err("gone");
+    assert!(e.to_string().contains("waiting for backup 9"), "{e}");
+    assert_eq!(crate::exit::code(&e), crate::exit::NOT_FOUND);
+    // Not waiting: the record as answered.
+    started(&client, Output::Json, backup(9), false)
+        .await
+        .expect("started");
+}

@@ -1,0 +1,74 @@
+//! The collector against a directory store: after a backup is deleted and the grace
+//! period passed, exactly the keys no remaining backup names are deleted; before it, none.
+
+use std::collections::BTreeSet;
+
+use tessera_backup::keys;
+use tokio::sync::watch;
+
+use super::*;
+use crate::backup_loop::tests::{harness, object_of, two_backups};
+
+/// Every key of the store.
+async fn listing(store: &Store) -> BTreeSet<String> {
+    store.list("").await.unwrap().into_iter().collect()
+}
+
+/// Two backups share chunk 0's segment and object 2; deleting the first and collecting
+/// with a grace of 0 s leaves exactly the second's root, segments and objects. With a
+/// grace of an hour, the released keys wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_collector_deletes_exactly_what_no_backup_names_after_the_grace() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    let root1 = h.back_up(1).await;
+    h.create_backup(2, 2, Some((1, 1))).await;
+    let root2 = h.back_up(2).await;
+    let first = h.read(|s| s.state().backup_segments(1)).await;
+    let second = h.read(|s| s.state().backup_segments(2)).await;
+    let mut kept: BTreeSet<String> = [keys::root(&root2)].into_iter().collect();
+    kept.extend(second.values().map(keys::segment));
+    kept.extend([1, 2, 4].map(|b| keys::object(&object_of(b))));
+    let all = listing(&h.store).await;
+    assert_eq!(
+        all.difference(&kept).cloned().collect::<BTreeSet<_>>(),
+        [
+            keys::root(&root1),
+            keys::segment(&first[&2]),
+            keys::object(&object_of(3))
+        ]
+        .into_iter()
+        .collect(),
+        "the first backup's own keys"
+    );
+
+    h.commit(Mutation::DeleteBackup {
+        id: 1,
+        now_unix: unix_now(),
+    })
+    .await;
+    collect(&h.service, &h.store, 3600).await.unwrap();
+    assert_eq!(
+        listing(&h.store).await,
+        all,
+        "nothing deleted within the grace"
+    );
+    let waiting = h.read(|s| s.state().stores_with_gc_work()).await;
+    assert_eq!(waiting, ["local"]);
+
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(h.service.clone(), h.stores.clone(), 0, stopped));
+    h.until("garbage collected", |s| {
+        s.state().stores_with_gc_work().is_empty()
+    })
+    .await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+    assert_eq!(listing(&h.store).await, kept);
+    let gc_gen = h.read(|s| s.state().gc_gen("local")).await;
+    assert!(
+        gc_gen >= 2,
+        "a claim and a deletion each move gc_gen: {gc_gen}"
+    );
+    h.stop().await;
+}

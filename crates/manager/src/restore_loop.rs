@@ -1,0 +1,335 @@
+//! The leading manager's fill of restored volumes (`volume create --from-backup`, and
+//! `volume prewarm`): per restoring volume, every chunk of the backup's recorded map from
+//! the restore's progress on, in chunk order, `backup_chunks_in_flight` at once: the
+//! chunk's segment read from the restore's store (verified), a `HydrateChunk` naming its
+//! regions sent to the chunk's group leader, paced by region bytes
+//! (`restore_bytes_per_sec`); the progress recorded (`RestoreProgress`, the lowest chunk not
+//! filled: it never moves back), then `RestoreDone`.
+//!
+//! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`]: bytes
+//! filled by this leader and the rate it sees); a new leader restarts from the recorded
+//! progress (chunks filled again are harmless: hydration never overwrites a held block).
+//! Must never record a chunk filled before its group answered that every entry of it is
+//! committed; never hold the service lock across a call to a node or a store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_proto::control::{
+    Hash, HydrateChunkRequest, REGION_BYTES, RegionRef, StorageReply, StorageRequest, StoreSpec,
+};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use tessera_backup::Store;
+
+use crate::backup_jobs::{
+    Running, Settings, Shared, Stores, TICK, call_leader, commit, locked, now, read_segment,
+};
+use crate::group_calls::GroupJob;
+use crate::pace::Pace;
+use crate::state::Mutation;
+
+/// How long one node gets to fill one chunk.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Back-off of a failing chunk.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Progress is recorded at most this often (and at the end).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What this leader saw of each restore's fill: for `volume info`.
+#[derive(Debug, Clone, Default)]
+pub struct Rates(Arc<Mutex<HashMap<u64, Rate>>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    started: Instant,
+    hydrated_bytes: u64,
+    /// Chunks filled by this leader, and left to fill.
+    chunks_done: u64,
+    chunks_left: u64,
+}
+
+impl Rates {
+    /// Bytes filled by this leader, and the seconds left at the rate it sees (`None`: not
+    /// known yet).
+    pub fn progress(&self, volume_id: u64) -> Option<(u64, Option<u64>)> {
+        let r = *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&volume_id)?;
+        let secs = r.started.elapsed().as_secs_f64();
+        let eta = (r.chunks_done > 0 && secs > 0.0).then(|| {
+            let per_sec = r.chunks_done as f64 / secs;
+            (r.chunks_left as f64 / per_sec).ceil() as u64
+        });
+        Some((r.hydrated_bytes, eta))
+    }
+
+    fn plan(&self, volume_id: u64, chunks_left: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(volume_id)
+            .or_insert(Rate {
+                started: Instant::now(),
+                hydrated_bytes: 0,
+                chunks_done: 0,
+                chunks_left,
+            })
+            .chunks_left = chunks_left;
+    }
+
+    fn filled(&self, volume_id: u64, bytes: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = m.get_mut(&volume_id) {
+            r.hydrated_bytes = r.hydrated_bytes.saturating_add(bytes);
+            r.chunks_done += 1;
+            r.chunks_left = r.chunks_left.saturating_sub(1);
+        }
+    }
+
+    fn forget(&self, volume_id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&volume_id);
+    }
+}
+
+/// Runs until `stopped` turns true: starts the fill of every restoring volume without a
+/// task; stops them when this manager stops leading.
+pub async fn run(
+    service: Shared,
+    stores: Stores,
+    settings: Settings,
+    bytes_per_sec: u64,
+    rates: Rates,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let pace = Arc::new(Pace::new(bytes_per_sec));
+    let mut running = Running::default();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(jobs) = locked(&service, |s| {
+            s.lead()?;
+            Ok(plan_all(s))
+        })
+        .await
+        else {
+            running.abort_all();
+            continue;
+        };
+        for job in jobs {
+            let Some((spec, store)) = stores.get(&job.store).cloned() else {
+                warn!(volume = job.volume_id, store = %job.store,
+                      "restore's store is not configured here");
+                continue;
+            };
+            let ctx = Ctx {
+                service: service.clone(),
+                spec,
+                store,
+                settings: settings.clone(),
+                pace: pace.clone(),
+                rates: rates.clone(),
+            };
+            running.start(job.volume_id, fill(ctx, job));
+        }
+    }
+    running.abort_all();
+}
+
+struct Ctx {
+    service: Shared,
+    spec: StoreSpec,
+    store: Store,
+    settings: Settings,
+    pace: Arc<Pace>,
+    rates: Rates,
+}
+
+/// One restoring volume as planned from the state.
+#[derive(Debug, Clone)]
+pub(crate) struct RestoreJob {
+    pub volume_id: u64,
+    pub store: String,
+    /// `(chunk, segment, its group)` from the recorded progress on, ascending; a chunk
+    /// whose group is unknown is left for a later pass.
+    pub todo: Vec<(u64, Hash, Option<GroupJob>)>,
+}
+
+fn plan_all(s: &crate::service::Service) -> Vec<RestoreJob> {
+    let state = s.state();
+    let t = now();
+    let mut out = Vec::new();
+    for (volume_id, r) in state.restoring_volumes() {
+        let groups = state.volume_chunk_groups(volume_id);
+        let todo = state
+            .backup_segments(r.backup)
+            .into_iter()
+            .filter(|(c, _)| *c >= r.next_chunk)
+            .map(|(c, h)| {
+                let group = groups.get(&c).and_then(|g| s.group_job(*g, Vec::new(), t));
+                (c, h, group)
+            })
+            .collect();
+        out.push(RestoreJob {
+            volume_id,
+            store: r.store.clone(),
+            todo,
+        });
+    }
+    out
+}
+
+async fn fill(ctx: Ctx, job: RestoreJob) {
+    let id = job.volume_id;
+    match fill_all(&ctx, &job).await {
+        Ok(()) => {
+            ctx.rates.forget(id);
+            info!(volume = id, "restored volume filled from its backup");
+        }
+        Err(e) => warn!(volume = id, error = %e, "restore stopped; resumed later"),
+    }
+}
+
+/// Fills every chunk, recording progress as the lowest unfilled chunk moves, then done.
+async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
+    ctx.rates.plan(job.volume_id, job.todo.len() as u64);
+    let mut left: BTreeMap<u64, (Hash, Option<GroupJob>, Instant, Duration)> = job
+        .todo
+        .iter()
+        .map(|(c, h, g)| (*c, (*h, g.clone(), Instant::now(), FIRST_BACKOFF)))
+        .collect();
+    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+    let mut running: JoinSet<(u64, Result<u64, String>)> = JoinSet::new();
+    let mut recorded = job.todo.first().map_or(0, |(c, _, _)| *c);
+    let mut recorded_at = Instant::now();
+    while !left.is_empty() {
+        let t = Instant::now();
+        let ready: Vec<u64> = left
+            .iter()
+            .filter(|(c, (_, g, at, _))| g.is_some() && *at <= t && !in_flight.contains(c))
+            .map(|(c, _)| *c)
+            .take(
+                ctx.settings
+                    .chunks_in_flight
+                    .max(1)
+                    .saturating_sub(running.len()),
+            )
+            .collect();
+        for chunk in ready {
+            let Some((seg, Some(group), _, _)) = left.get(&chunk).cloned() else {
+                continue;
+            };
+            in_flight.insert(chunk);
+            let (store, spec, pace) = (ctx.store.clone(), ctx.spec.clone(), ctx.pace.clone());
+            let (volume_id, window) = (job.volume_id, ctx.settings.window);
+            running.spawn(async move {
+                let r =
+                    hydrate_chunk(&store, spec, &pace, &group, volume_id, chunk, seg, window).await;
+                (chunk, r)
+            });
+        }
+        if running.is_empty() {
+            if left.values().all(|(_, g, _, _)| g.is_none()) {
+                return Err(format!(
+                    "{} chunks have no known group; retried next pass",
+                    left.len()
+                ));
+            }
+            let wake = left.values().map(|v| v.2).min().unwrap_or(t);
+            tokio::time::sleep_until(wake.into()).await;
+            continue;
+        }
+        let Some(done) = running.join_next().await else {
+            continue;
+        };
+        let (chunk, r) = done.map_err(|e| format!("a fill task failed: {e}"))?;
+        in_flight.remove(&chunk);
+        match r {
+            Ok(bytes) => {
+                left.remove(&chunk);
+                ctx.rates.filled(job.volume_id, bytes);
+            }
+            Err(e) => {
+                warn!(volume = job.volume_id, chunk, error = %e, "chunk not filled; retried");
+                if let Some(v) = left.get_mut(&chunk) {
+                    v.2 = Instant::now() + v.3;
+                    v.3 = (v.3 * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let next = left.keys().next().copied().unwrap_or(u64::MAX);
+        if next > recorded && recorded_at.elapsed() >= PROGRESS_EVERY && !left.is_empty() {
+            let m = Mutation::RestoreProgress {
+                volume_id: job.volume_id,
+                next_chunk: next,
+            };
+            commit(&ctx.service, m).await?;
+            (recorded, recorded_at) = (next, Instant::now());
+        }
+    }
+    running.abort_all();
+    let m = Mutation::RestoreDone {
+        volume_id: job.volume_id,
+    };
+    commit(&ctx.service, m).await
+}
+
+/// Fills one chunk from its segment: the bytes of the regions filled.
+#[allow(clippy::too_many_arguments)]
+async fn hydrate_chunk(
+    store: &Store,
+    spec: StoreSpec,
+    pace: &Pace,
+    group: &GroupJob,
+    volume_id: u64,
+    chunk: u64,
+    seg: Hash,
+    window: u32,
+) -> Result<u64, String> {
+    let segment = read_segment(store, &seg).await?;
+    if segment.chunk != chunk {
+        return Err(format!(
+            "segment {seg} names chunk {}, recorded for chunk {chunk}",
+            segment.chunk
+        ));
+    }
+    let bytes = segment.regions.len() as u64 * REGION_BYTES;
+    pace.take(bytes).await;
+    let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
+        group_id: group.group_id,
+        volume_id,
+        chunk,
+        store: spec,
+        regions: segment
+            .regions
+            .iter()
+            .map(|(region, h)| RegionRef {
+                region: *region,
+                object: Some(*h),
+            })
+            .collect(),
+        window: window.max(1),
+    });
+    match call_leader(group, &req, 0, CHUNK_TIMEOUT).await? {
+        (StorageReply::Done, _) => {
+            debug!(volume = volume_id, chunk, "chunk filled");
+            Ok(bytes)
+        }
+        (other, _) => Err(format!("group {} answered {other:?}", group.group_id)),
+    }
+}
+
+#[cfg(test)]
+#[path = "restore_loop_tests.rs"]
+mod tests;
