@@ -4,11 +4,14 @@
 //! into its base's segment. The harness here serves the collector's and the restore's
 //! tests too.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tessera_backup::region;
 use tessera_net::{FrameReader, rpc_reply, write_frame};
-use tessera_proto::control::{self, BackupChunkRequest, HydrateChunkRequest, StoreKind};
+use tessera_proto::control::{
+    self, BackupChunkRequest, ControlError, HydrateChunkRequest, StoreKind,
+};
 use tessera_proto::frame::Kind;
 use tokio::io::AsyncWriteExt;
 

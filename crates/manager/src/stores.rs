@@ -334,3 +334,83 @@ mod tests {
         assert_eq!(spec.kind, StoreKind::Dir { path: "/b".into() });
     }
 }
+
+#[cfg(test)]
+mod start_tests {
+    use tessera_backup::s3_server::S3Server;
+
+    use super::*;
+    use crate::config::ManagerConfig;
+
+    fn s3_entry(server: &S3Server, name: &str, secret: &str) -> StoreConfig {
+        let StoreKind::S3 {
+            endpoint,
+            bucket,
+            region,
+            access_key_id,
+            ..
+        } = server.spec(name, "z2").kind
+        else {
+            panic!("an S3 spec");
+        };
+        StoreConfig {
+            name: name.into(),
+            zone: "z2".into(),
+            path: None,
+            s3: Some(S3Config {
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key: Secret(secret.into()),
+                prefix: String::new(),
+            }),
+        }
+    }
+
+    /// Refused credentials stop a manager from starting, naming the store; an unreachable
+    /// store does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_refusing_its_credentials_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = S3Server::start(&dir.path().join("s3"), "tessera").await;
+        let good = server.spec("s3a", "z2");
+        let StoreKind::S3 {
+            secret_access_key, ..
+        } = &good.kind
+        else {
+            panic!()
+        };
+        let ok = s3_entry(&server, "s3a", &secret_access_key.0);
+        let checked = Stores::open_and_check(&[ok.clone()], None, "z1")
+            .await
+            .unwrap();
+        assert_eq!(checked.default_name(), Some("s3a"));
+        let config = ManagerConfig {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("m"),
+            stores: vec![
+                StoreConfig::dir("local", "z1", &dir.path().join("b").display().to_string()),
+                s3_entry(&server, "s3bad", "wrong"),
+            ],
+            ..ManagerConfig::default()
+        };
+        let err = crate::Manager::start(config).await.err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, Error::Store { name, .. } if name == "s3bad"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("s3bad") && msg.contains("credentials"),
+            "{msg}"
+        );
+        // Unreachable: a warning only.
+        let mut down = ok;
+        if let Some(s3) = &mut down.s3 {
+            s3.endpoint = "http://127.0.0.1:9".into();
+        }
+        down.name = "down".into();
+        Stores::open_and_check(&[down], None, "z1").await.unwrap();
+    }
+}

@@ -18,9 +18,11 @@
 //!   (`ready.rs`), snapshot copies (`catchup.rs`), replicas created, recovered and destroyed
 //!   (`lifecycle.rs`), ticks and flushes (`tick.rs`), stuck replicas (`stuck.rs`), messages
 //!   batched per peer (`outbox.rs`); its tests (`tests.rs`, `tests/`) and the deterministic
-//!   simulation (`sim.rs`, `sim/`).
-//! - `group.rs` and `group/`: one group (its RawNode and state); client requests
-//!   (`request.rs`), applying committed entries (`apply.rs`), the read lease (`lease.rs`).
+//!   simulation (`sim.rs`, `sim/`; `sim/hydrate.rs` a fill on three replicas).
+//! - `group.rs` and `group/`: one group (its RawNode and state); client requests and the
+//!   manager's proposals, a restore's fill of a chunk among them ([`RaftNode::hydrate`],
+//!   `CmdOp::Hydrate`: no writer epoch, no sequence, so no fence refuses it) (`request.rs`),
+//!   applying committed entries (`apply.rs`), the read lease (`lease.rs`).
 //! - `membership.rs`: conf changes, snapshots installed, leadership transfers;
 //!   `group/election.rs`: elections decided by the newest configuration in the log.
 //! - `admit.rs`: which network messages may reach raft-rs; `dedup.rs`: a retried write

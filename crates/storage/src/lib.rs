@@ -10,6 +10,9 @@
 //! - this file: [`StorageConfig`], [`StorageNode`] (start, registration, heartbeats).
 //! - `server`: the data port: frames from clients, peers and the manager to the Raft node;
 //!   serving a peer's replica copy (a Raft catch-up) from the chunk files.
+//! - `backup`: a group leader's side of backups in object storage: uploading one chunk's
+//!   regions as of a snapshot (`BackupChunk`), filling a restored chunk from a store
+//!   through the group's log (`HydrateChunk`), and the node's cache of open stores.
 //! - `replies`: engine and Raft answers as wire replies, in one place.
 //! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
 //! - `fetch/`: copying a replica from a peer (the receiving half of a Raft catch-up), paced
@@ -19,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod backup;
 mod fetch;
 mod replies;
 mod server;
@@ -257,6 +261,7 @@ impl StorageNode {
             chunks,
             recovery,
             descriptors,
+            stores: Default::default(),
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;

@@ -41,6 +41,19 @@ pub(crate) struct Shared {
     pub(crate) recovery: Arc<std::sync::Mutex<RecoveryStats>>,
     /// The process's descriptor limit, as raised at start.
     pub(crate) descriptors: u64,
+    /// The object stores backups and restores use, opened on first use.
+    pub(crate) stores: crate::backup::StoreCache,
+}
+
+impl Shared {
+    fn backup_node(&self) -> crate::backup::Node<'_> {
+        crate::backup::Node {
+            id: self.node_id,
+            raft: &self.raft,
+            chunks: &self.chunks,
+            stores: &self.stores,
+        }
+    }
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -204,10 +217,12 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             group_id,
             volume_id,
         } => layer_usage(&shared.chunks, shared.node_id, group_id, volume_id),
-        // Backups (issue 15): the storage branch implements these.
-        StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_) => Err(
-            ControlError::Invalid("backups are not implemented yet".into()),
-        ),
+        StorageRequest::BackupChunk(req) => {
+            crate::backup::backup_chunk(shared.backup_node(), req).await
+        }
+        StorageRequest::HydrateChunk(req) => {
+            crate::backup::hydrate_chunk(shared.backup_node(), req).await
+        }
         StorageRequest::Apply { group_id, ops } => {
             if ops.len() > MAX_GROUP_OPS {
                 return Err(ControlError::Invalid(format!(

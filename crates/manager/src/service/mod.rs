@@ -21,6 +21,7 @@
 //! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
 
 mod attachments;
+mod backups;
 mod clones;
 mod moves;
 mod nodes;
@@ -31,6 +32,7 @@ mod status;
 mod usage;
 mod volumes;
 
+pub(crate) use backups::{RestoreMeter, RestoreMeters};
 pub(crate) use clones::{FlattenJob, unlink_op};
 pub(crate) use reclaims::ReclaimJob;
 pub(crate) use replicated::{add_manager, managers};
@@ -114,6 +116,10 @@ pub struct Service {
     leases: Leases,
     /// The configured backup stores.
     stores: Arc<Stores>,
+    /// What the restore job measured per restoring volume (leader memory).
+    restore_meters: RestoreMeters,
+    /// Wakes the restore job (`PrewarmVolume`, a new restore).
+    restore_kick: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
@@ -139,6 +145,8 @@ impl Service {
             unrecorded: BTreeSet::new(),
             leases: Leases::default(),
             stores: Arc::default(),
+            restore_meters: RestoreMeters::default(),
+            restore_kick: Arc::default(),
         }
     }
 
@@ -177,11 +185,13 @@ impl Service {
                 let mut vs = self.state.list_volumes();
                 for v in &mut vs {
                     self.add_lease(v, now);
+                    self.add_restore_meter(v);
                 }
                 Ok(ManagerReply::Volumes(vs))
             }
             ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
                 self.add_lease(&mut v, now);
+                self.add_restore_meter(&mut v);
                 ManagerReply::Volume(v)
             }),
             ManagerRequest::VolumeUsage { name } => {
@@ -267,17 +277,22 @@ impl Service {
             ManagerRequest::DeleteSnapshot { volume, name } => self.delete_snapshot(&volume, &name),
             ManagerRequest::FlattenVolume { name } => self.flatten(&name),
             ManagerRequest::DrainNode { node_id, undo } => self.drain(node_id, !undo, now),
-            // Backups (issue 15): the manager branch implements these.
-            ManagerRequest::CreateBackup { .. }
-            | ManagerRequest::ListBackups { .. }
-            | ManagerRequest::BackupInfo { .. }
-            | ManagerRequest::DeleteBackup { .. }
-            | ManagerRequest::CopyBackup { .. }
-            | ManagerRequest::RestoreVolume { .. }
-            | ManagerRequest::PrewarmVolume { .. }
-            | ManagerRequest::ListStores => Err(ControlError::Invalid(
-                "backups are not implemented yet".into(),
-            )),
+            ManagerRequest::CreateBackup {
+                volume,
+                snapshot,
+                store,
+            } => self.create_backup(&volume, &snapshot, store.as_deref(), now),
+            ManagerRequest::ListBackups { volume } => self.list_backups(volume.as_deref()),
+            ManagerRequest::BackupInfo { id } => self.backup_info_reply(id),
+            ManagerRequest::DeleteBackup { id } => self.delete_backup(id, now),
+            ManagerRequest::CopyBackup { id, to_store } => self.copy_backup(id, &to_store, now),
+            ManagerRequest::RestoreVolume {
+                name,
+                backup,
+                store,
+            } => self.restore_volume(&name, backup, store.as_deref(), now),
+            ManagerRequest::PrewarmVolume { name } => self.prewarm(&name),
+            ManagerRequest::ListStores => Ok(self.list_stores()),
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
                 replicated::add_manager(&self.consensus, id, addr)

@@ -1,0 +1,327 @@
+//! Promises of a leader's backup and hydration of a chunk, on one in-process node (a
+//! single-voter group, real log and chunk files) and a directory store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_engine::{Log, LogOptions};
+use tessera_proto::control::{GroupSpec, Hash, PeerInfo, StoreKind};
+use tessera_proto::data::RaftBatch;
+use tessera_raft::{FetchError, FetchJob, NodeConfig, SnapshotFetcher, Transport};
+
+use super::*;
+
+const GROUP: u64 = 5;
+/// A group of two voters whose second node never answers: never a leader.
+const LEADERLESS: u64 = 6;
+const MIB: u64 = 1 << 20;
+/// A chunk of three regions, the last one short.
+const CHUNK_BYTES: u64 = 2 * MIB + 64 * 1024;
+
+struct NoPeers;
+impl Transport for NoPeers {
+    fn send(&self, _: u64, _: RaftBatch) {}
+    fn set_peer(&self, _: u64, _: &str) {}
+}
+
+struct NoCopies;
+impl SnapshotFetcher for NoCopies {
+    fn fetch(&self, _: FetchJob, done: Box<dyn FnOnce(Result<(), FetchError>) + Send>) {
+        done(Err(FetchError::Retry("no copies in these tests".into())));
+    }
+}
+
+struct One {
+    _tmp: tempfile::TempDir,
+    raft: RaftNode,
+    chunks: Arc<ChunkStores>,
+    stores: StoreCache,
+    store_dir: std::path::PathBuf,
+}
+
+impl One {
+    fn node(&self) -> Node<'_> {
+        Node {
+            id: 1,
+            raft: &self.raft,
+            chunks: &self.chunks,
+            stores: &self.stores,
+        }
+    }
+
+    fn spec(&self) -> StoreSpec {
+        StoreSpec {
+            name: "local".into(),
+            zone: "zone1".into(),
+            kind: StoreKind::Dir {
+                path: self.store_dir.to_string_lossy().into_owned(),
+            },
+        }
+    }
+
+    async fn call(&self, req: Request) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        self.raft.submit(
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.expect("an answer")
+    }
+
+    async fn write(&self, volume: u64, offset: u64, data: Vec<u8>, seq: u64, id: u128) {
+        let mut req = Request::write(addr(volume), offset as u32, Bytes::from(data));
+        req.seq = seq;
+        req.id = id;
+        let got = self.call(req).await;
+        assert!(matches!(got, Reply::Ok(_)), "write: {got:?}");
+    }
+
+    async fn read(&self, volume: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in 0..CHUNK_BYTES.div_ceil(MIB) {
+            let len = MIB.min(CHUNK_BYTES - r * MIB);
+            let req = Request::other(Op::Read, addr(volume), (r * MIB) as u32, len as u32);
+            match self.call(req).await {
+                Reply::Ok(d) => out.extend_from_slice(&d),
+                other => panic!("read: {other:?}"),
+            }
+        }
+        out
+    }
+
+    fn backup(&self, seq: u64, after: u64) -> BackupChunkRequest {
+        BackupChunkRequest {
+            group_id: GROUP,
+            volume_id: 1,
+            chunk: 0,
+            chunk_bytes: CHUNK_BYTES,
+            seq,
+            after,
+            store: self.spec(),
+            window: 2,
+            force: false,
+        }
+    }
+
+    fn hydrate(&self, volume: u64, regions: Vec<RegionRef>) -> HydrateChunkRequest {
+        HydrateChunkRequest {
+            group_id: GROUP,
+            volume_id: volume,
+            chunk: 0,
+            store: self.spec(),
+            regions,
+            window: 2,
+        }
+    }
+}
+
+fn addr(volume: u64) -> ChunkAddr {
+    ChunkAddr {
+        group: GROUP,
+        volume,
+        chunk: 0,
+    }
+}
+
+fn peer(node_id: u64) -> PeerInfo {
+    PeerInfo {
+        node_id,
+        addr: format!("127.0.0.1:{}", 1 + node_id),
+    }
+}
+
+/// One node leading group `GROUP` (and hosting `LEADERLESS`, which it cannot lead).
+async fn one_node() -> One {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (log, recovered) = Log::open(&tmp.path().join("log"), LogOptions::default()).expect("log");
+    let chunks = Arc::new(ChunkStores::open(&tmp.path().join("groups")).expect("chunks"));
+    let mut cfg = NodeConfig::new(1, tmp.path().to_path_buf());
+    cfg.tick = Duration::from_millis(10);
+    cfg.min_free_bytes = 0;
+    let raft = RaftNode::start(
+        cfg,
+        log,
+        recovered,
+        chunks.clone(),
+        Arc::new(NoPeers),
+        Arc::new(NoCopies),
+        Arc::new(|_: &tessera_raft::Fatal| {}),
+    )
+    .expect("raft");
+    for (group_id, peers) in [(GROUP, vec![peer(1)]), (LEADERLESS, vec![peer(1), peer(2)])] {
+        raft.create_group(GroupSpec {
+            group_id,
+            peers,
+            joining: false,
+            min_term: 0,
+        });
+    }
+    let one = One {
+        store_dir: tmp.path().join("store"),
+        _tmp: tmp,
+        raft,
+        chunks,
+        stores: StoreCache::default(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = Request::other(Op::Read, addr(1), 0, 4096);
+        if matches!(one.call(req).await, Reply::Ok(_)) {
+            return one;
+        }
+        assert!(Instant::now() < deadline, "the node never led its group");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn object_path(one: &One, h: &Hash) -> std::path::PathBuf {
+    one.store_dir.join(keys::object(h))
+}
+
+fn upload_of(got: Result<StorageReply, ControlError>) -> ChunkUpload {
+    match got {
+        Ok(StorageReply::BackupChunk(u)) => u,
+        other => panic!("backup: {other:?}"),
+    }
+}
+
+/// Regions 0 and 2 hold data as of sequence 1 (region 1 none); sequence 2 writes a block
+/// of region 1. Backed up as of 1 (full), then as of 2 after 1 (incremental).
+#[tokio::test]
+async fn a_chunk_backs_up_its_regions_and_then_only_the_changed_ones() {
+    let one = one_node().await;
+    one.write(1, 0, vec![1; 8192], 1, 1).await;
+    one.write(1, 2 * MIB + 4096, vec![2; 4096], 1, 2).await;
+    let snap1 = one.read(1).await;
+
+    let full = upload_of(backup_chunk(one.node(), one.backup(1, 0)).await);
+    let regions: Vec<(u32, bool)> = full
+        .regions
+        .iter()
+        .map(|r| (r.region, r.object.is_some()))
+        .collect();
+    assert_eq!(regions, [(0, true), (1, false), (2, true)], "{full:?}");
+    assert_eq!(full.read_bytes, CHUNK_BYTES);
+    assert_eq!((full.uploaded_objects, full.present_objects), (2, 0));
+    // Each object is in the store and decodes to the chunk's bytes of its region.
+    for r in &full.regions {
+        let Some(h) = r.object else { continue };
+        let bytes = std::fs::read(object_path(&one, &h)).expect("the object is stored");
+        let region = region::decode("local", &h, &bytes).expect("it decodes");
+        let mut image = vec![0u8; usize::from(region.blocks) * 4096];
+        for (first, data) in region.runs() {
+            let at = usize::from(first) * 4096;
+            image[at..at + data.len()].copy_from_slice(&data);
+        }
+        let from = r.region as usize * MIB as usize;
+        assert_eq!(
+            image[..],
+            snap1[from..from + image.len()],
+            "region {}",
+            r.region
+        );
+    }
+    // Again: the store has every object, nothing is put.
+    let again = upload_of(backup_chunk(one.node(), one.backup(1, 0)).await);
+    assert_eq!((again.uploaded_objects, again.present_objects), (0, 2));
+    assert_eq!(again.regions, full.regions);
+
+    one.write(1, MIB + 8192, vec![3; 4096], 2, 3).await;
+    let incremental = upload_of(backup_chunk(one.node(), one.backup(2, 1)).await);
+    assert_eq!(incremental.regions.len(), 1, "{incremental:?}");
+    assert_eq!(incremental.regions[0].region, 1);
+    assert!(incremental.regions[0].object.is_some());
+    assert_eq!(incremental.uploaded_objects, 1);
+
+    // Restored into volume 2: region 1 from the incremental backup, the others from the
+    // full one; a block written before the fill keeps its bytes.
+    let mut regions = full.regions.clone();
+    regions[1] = incremental.regions[0];
+    one.write(2, 4096, vec![0xee; 4096], 1, 4).await;
+    let got = hydrate_chunk(one.node(), one.hydrate(2, regions.clone())).await;
+    assert_eq!(got, Ok(StorageReply::Done));
+    let mut want = one.read(1).await;
+    want[4096..8192].fill(0xee);
+    assert!(
+        one.read(2).await == want,
+        "the restored chunk reads other bytes"
+    );
+    // Filling again changes nothing.
+    let got = hydrate_chunk(one.node(), one.hydrate(2, regions)).await;
+    assert_eq!(got, Ok(StorageReply::Done));
+    assert!(one.read(2).await == want);
+}
+
+#[tokio::test]
+async fn a_corrupt_object_fails_the_fill_and_writes_nothing() {
+    let one = one_node().await;
+    one.write(1, 0, vec![9; 4 * 4096], 1, 1).await;
+    let full = upload_of(backup_chunk(one.node(), one.backup(1, 0)).await);
+    let h = full.regions[0].object.expect("region 0 has data");
+    let path = object_path(&one, &h);
+    let mut bytes = std::fs::read(&path).expect("stored");
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(&path, bytes).expect("corrupt it");
+    let got = hydrate_chunk(one.node(), one.hydrate(3, full.regions.clone())).await;
+    match got {
+        Err(ControlError::Invalid(m)) => {
+            assert!(
+                m.contains("corrupt") && m.contains(&keys::object(&h)),
+                "{m}"
+            )
+        }
+        other => panic!("a corrupt object: {other:?}"),
+    }
+    assert!(
+        one.read(3).await.iter().all(|&b| b == 0),
+        "something was written"
+    );
+    // A missing object is the store's error: retried by the manager.
+    std::fs::remove_file(&path).expect("remove it");
+    let got = hydrate_chunk(one.node(), one.hydrate(3, full.regions)).await;
+    assert!(matches!(got, Err(ControlError::Unavailable(_))), "{got:?}");
+}
+
+#[tokio::test]
+async fn only_the_leader_moves_chunks_and_bad_requests_are_refused() {
+    let one = one_node().await;
+    let mut req = one.backup(1, 0);
+    req.group_id = LEADERLESS;
+    let got = backup_chunk(one.node(), req).await;
+    assert!(matches!(got, Ok(StorageReply::NotLeader { .. })), "{got:?}");
+    let mut req = one.hydrate(
+        1,
+        vec![RegionRef {
+            region: 0,
+            object: Some(Hash([1; 32])),
+        }],
+    );
+    req.group_id = LEADERLESS;
+    let got = hydrate_chunk(one.node(), req).await;
+    assert!(matches!(got, Ok(StorageReply::NotLeader { .. })), "{got:?}");
+    let mut req = one.backup(1, 0);
+    req.group_id = 99;
+    let got = backup_chunk(one.node(), req).await;
+    assert!(matches!(got, Err(ControlError::NotFound(_))), "{got:?}");
+    for chunk_bytes in [0, (4 << 30) + 1] {
+        let mut req = one.backup(1, 0);
+        req.chunk_bytes = chunk_bytes;
+        let got = backup_chunk(one.node(), req).await;
+        assert!(
+            matches!(got, Err(ControlError::Invalid(_))),
+            "{chunk_bytes}: {got:?}"
+        );
+    }
+    let req = one.hydrate(
+        1,
+        vec![RegionRef {
+            region: 4096,
+            object: Some(Hash([1; 32])),
+        }],
+    );
+    let got = hydrate_chunk(one.node(), req).await;
+    assert!(matches!(got, Err(ControlError::Invalid(_))), "{got:?}");
+}
