@@ -2,7 +2,8 @@
 //! `restore_loop`), and their start: the stores they use, calling a group's leader
 //! ([`call_leader`]: `NotLeader` hints followed at once), committing under the service lock
 //! ([`locked`], [`commit`]: only while this manager leads), one task per job ([`Running`]),
-//! reading a segment back verified ([`read_segment`]).
+//! reading a segment back verified ([`read_segment`]), and merging a chunk's answer into
+//! its base's segment ([`merge`]).
 //!
 //! Must never hold the service lock across a call to a node or a store.
 
@@ -10,10 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tessera_backup::manifest::Segment;
+use tessera_backup::manifest::{FORMAT, Segment};
 use tessera_backup::{Store, keys};
 use tessera_net::NetError;
-use tessera_proto::control::{ControlError, Hash, StorageReply, StorageRequest, StoreSpec};
+use tessera_proto::control::{
+    ControlError, Hash, REGION_BYTES, RegionRef, StorageReply, StorageRequest, StoreSpec,
+};
 use tokio::task::JoinHandle;
 
 use crate::group_calls::GroupJob;
@@ -136,4 +139,36 @@ pub(crate) async fn read_segment(store: &Store, h: &Hash) -> Result<Segment, Str
         .await
         .map_err(|e| e.to_string())?;
     Segment::decode(store.name(), h, &bytes).map_err(|e| e.to_string())
+}
+
+/// The chunk's segment after a backup read `answered`: the base's regions (if any), each
+/// region answered replacing its object (`None`: now zeroes, removed). A region outside a
+/// chunk of `bytes` is refused.
+pub(crate) fn merge(
+    base: Option<&Segment>,
+    chunk: u64,
+    bytes: u64,
+    answered: &[RegionRef],
+) -> Result<Segment, String> {
+    let regions = bytes.div_ceil(REGION_BYTES);
+    let mut map: BTreeMap<u32, Hash> = base
+        .map(|s| s.regions.iter().copied().collect())
+        .unwrap_or_default();
+    for r in answered {
+        if u64::from(r.region) >= regions {
+            return Err(format!(
+                "chunk {chunk}: region {} answered, but the chunk has {regions}",
+                r.region
+            ));
+        }
+        match r.object {
+            Some(h) => map.insert(r.region, h),
+            None => map.remove(&r.region),
+        };
+    }
+    Ok(Segment {
+        format: FORMAT,
+        chunk,
+        regions: map.into_iter().collect(),
+    })
 }

@@ -21,18 +21,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_backup::manifest::{FORMAT, Root, Segment};
+use tessera_backup::manifest::{FORMAT, Root};
 use tessera_backup::{Store, keys};
 use tessera_proto::control::{
-    BackupChunkRequest, BackupState, ChunkUpload, Hash, REGION_BYTES, RegionRef, StorageReply,
-    StorageRequest, StoreSpec,
+    BackupChunkRequest, BackupState, ChunkUpload, Hash, REGION_BYTES, StorageReply, StorageRequest,
+    StoreSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub(crate) use crate::backup_jobs::{
-    GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, commit, locked, now,
+    GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, commit, locked, merge, now,
     read_segment, unix_now,
 };
 use crate::group_calls::GroupJob;
@@ -123,6 +123,8 @@ pub(crate) struct BackupJob {
     pub created_unix: u64,
     /// `(chunk, bytes of it, its group)`: the chunks mapped to a group, not recorded yet.
     pub todo: Vec<(u64, u64, GroupJob)>,
+    /// Why the backup cannot go on (its volume is gone): it fails.
+    pub gone: Option<String>,
 }
 
 fn plan_all(s: &Service, now: Now) -> Vec<BackupJob> {
@@ -133,19 +135,42 @@ fn plan_all(s: &Service, now: Now) -> Vec<BackupJob> {
             continue;
         }
         let recorded = state.backup_segments(b.id);
+        // A base deleted meanwhile cannot be merged into: the chunks left are read whole
+        // (what is recorded already merged the base while it was there).
+        let base_ready = b.base.is_some_and(|id| {
+            state
+                .backup(id)
+                .is_some_and(|r| r.state == BackupState::Ready)
+        });
+        if b.base.is_some() && !base_ready {
+            warn!(backup = b.id, base = ?b.base, "base backup gone: the rest is read whole");
+        }
         let base = b
             .base
+            .filter(|_| base_ready)
             .map(|id| state.backup_segments(id))
             .unwrap_or_default();
+        let gone = state.volume_record_by_id(b.volume_id).err().map(|_| {
+            format!(
+                "volume {:?} (id {}) was deleted before its backup finished",
+                b.volume, b.volume_id
+            )
+        });
         let count = b.size.div_ceil(b.chunk_size.max(1));
         let mut todo = Vec::new();
         for (chunk, group_id) in state.volume_chunk_groups(b.volume_id) {
             if chunk >= count || recorded.contains_key(&chunk) {
                 continue;
             }
-            let Some(group) = s.group_job(group_id, Vec::new(), now) else {
-                continue;
-            };
+            // A group unknown here has no member to ask: the chunk fails and is retried
+            // (never skipped: the backup would miss its data).
+            let group = s
+                .group_job(group_id, Vec::new(), now)
+                .unwrap_or_else(|| GroupJob {
+                    group_id,
+                    members: Vec::new(),
+                    batches: Vec::new(),
+                });
             let bytes = b.chunk_size.min(b.size - chunk * b.chunk_size);
             todo.push((chunk, bytes, group));
         }
@@ -156,8 +181,9 @@ fn plan_all(s: &Service, now: Now) -> Vec<BackupJob> {
             volume_id: b.volume_id,
             snapshot: b.snapshot.clone(),
             seq: b.seq,
-            after: if b.base.is_some() { b.base_seq } else { 0 },
+            after: if base_ready { b.base_seq } else { 0 },
             base,
+            gone,
             size: b.size,
             chunk_size: b.chunk_size,
             created_unix: b.created_unix,
@@ -196,6 +222,18 @@ struct Todo {
 
 async fn upload(ctx: Ctx, job: BackupJob) {
     let id = job.id;
+    if let Some(error) = job.gone.clone() {
+        warn!(backup = id, %error, "backup failed");
+        let m = Mutation::BackupFailed {
+            id,
+            error,
+            finished_unix: unix_now(),
+        };
+        if let Err(e) = commit(&ctx.service, m).await {
+            warn!(backup = id, error = %e, "could not record the backup failed; retried");
+        }
+        return;
+    }
     match upload_all(&ctx, &job).await {
         Ok(Some(root)) => info!(backup = id, %root, "backup ready"),
         Ok(None) => debug!(backup = id, "backup no longer uploading here"),
@@ -542,38 +580,6 @@ fn stats_of(u: &ChunkUpload) -> BackupStats {
         present_objects: u.present_objects,
         objects: 0,
     }
-}
-
-/// The chunk's segment after a backup read `answered`: the base's regions (if any), each
-/// region answered replacing its object (`None`: now zeroes, removed). A region outside a
-/// chunk of `bytes` is refused.
-pub(crate) fn merge(
-    base: Option<&Segment>,
-    chunk: u64,
-    bytes: u64,
-    answered: &[RegionRef],
-) -> Result<Segment, String> {
-    let regions = bytes.div_ceil(REGION_BYTES);
-    let mut map: BTreeMap<u32, Hash> = base
-        .map(|s| s.regions.iter().copied().collect())
-        .unwrap_or_default();
-    for r in answered {
-        if u64::from(r.region) >= regions {
-            return Err(format!(
-                "chunk {chunk}: region {} answered, but the chunk has {regions}",
-                r.region
-            ));
-        }
-        match r.object {
-            Some(h) => map.insert(r.region, h),
-            None => map.remove(&r.region),
-        };
-    }
-    Ok(Segment {
-        format: FORMAT,
-        chunk,
-        regions: map.into_iter().collect(),
-    })
 }
 
 #[cfg(test)]

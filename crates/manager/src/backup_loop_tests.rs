@@ -7,10 +7,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tessera_backup::manifest::Segment;
 use tessera_backup::region;
 use tessera_net::{FrameReader, rpc_reply, write_frame};
 use tessera_proto::control::{
-    self, BackupChunkRequest, ControlError, HydrateChunkRequest, StoreKind,
+    self, BackupChunkRequest, ControlError, HydrateChunkRequest, RegionRef, StoreKind,
 };
 use tessera_proto::frame::Kind;
 use tokio::io::AsyncWriteExt;

@@ -138,6 +138,9 @@ async fn copy(ctx: Ctx, job: CopyJob) {
     }
 }
 
+/// One chunk's outcome: the segment's distinct objects and what was moved.
+type Copied = (u64, Hash, Result<(Vec<Hash>, BackupStats), Failure>);
+
 /// How copying one chunk failed.
 enum Failure {
     /// An object or segment of the source is not what its name says: the copy fails.
@@ -241,7 +244,7 @@ async fn copy_all(ctx: &Ctx, mut job: CopyJob) -> Result<bool, String> {
 async fn settle(
     ctx: &Ctx,
     job: &CopyJob,
-    (chunk, seg, r): (u64, Hash, Result<(Vec<Hash>, BackupStats), Failure>),
+    (chunk, seg, r): Copied,
     done: &mut Vec<ChunkSegment>,
     stats: &mut BackupStats,
     failing: &mut HashMap<u64, Instant>,

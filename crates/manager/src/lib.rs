@@ -12,6 +12,12 @@
 //! - `snapshot_loop`: on the leading manager, finishes snapshots and clones left
 //!   unfinished and carries every flatten and every reclaim of deleted snapshots' space
 //!   (`reclaim_loop`) on, chunk by chunk, rate limited together (`pace`).
+//! - `backup_loop`, `copy_loop`, `gc_loop`, `restore_loop`: on the leading manager, the
+//!   backups' background jobs (uploads through the group leaders' `BackupChunk`, copies
+//!   between stores, the collector of unreferenced objects, the fill of restored volumes
+//!   through `HydrateChunk`), planned from the replicated state so a new leader resumes
+//!   them; `backup_jobs` holds what they share, `restore_rates` what `volume info` shows of
+//!   a fill's speed.
 //! - `group_calls`: proposing `GroupOp`s in replica groups (`StorageRequest::Apply` to
 //!   each group's leader, retried until a deadline), for snapshots, clones, rollbacks,
 //!   flattens, reclaims.
@@ -93,6 +99,7 @@ mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
 mod restore_loop;
+mod restore_rates;
 mod server;
 mod service;
 mod snapshot_loop;

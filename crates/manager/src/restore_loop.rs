@@ -6,14 +6,14 @@
 //! (`restore_bytes_per_sec`); the progress recorded (`RestoreProgress`, the lowest chunk not
 //! filled: it never moves back), then `RestoreDone`.
 //!
-//! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`]: bytes
+//! Holds in memory only what `volume info` shows of the fill's speed (`Rates`: bytes
 //! filled by this leader and the rate it sees); a new leader restarts from the recorded
 //! progress (chunks filled again are harmless: hydration never overwrites a held block).
 //! Must never record a chunk filled before its group answered that every entry of it is
 //! committed; never hold the service lock across a call to a node or a store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
@@ -30,6 +30,7 @@ use crate::backup_jobs::{
 };
 use crate::group_calls::GroupJob;
 use crate::pace::Pace;
+pub(crate) use crate::restore_rates::Rates;
 use crate::state::Mutation;
 
 /// How long one node gets to fill one chunk.
@@ -39,65 +40,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Progress is recorded at most this often (and at the end).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// What this leader saw of each restore's fill: for `volume info`.
-#[derive(Debug, Clone, Default)]
-pub struct Rates(Arc<Mutex<HashMap<u64, Rate>>>);
-
-#[derive(Debug, Clone, Copy)]
-struct Rate {
-    started: Instant,
-    hydrated_bytes: u64,
-    /// Chunks filled by this leader, and left to fill.
-    chunks_done: u64,
-    chunks_left: u64,
-}
-
-impl Rates {
-    /// Bytes filled by this leader, and the seconds left at the rate it sees (`None`: not
-    /// known yet).
-    pub fn progress(&self, volume_id: u64) -> Option<(u64, Option<u64>)> {
-        let r = *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&volume_id)?;
-        let secs = r.started.elapsed().as_secs_f64();
-        let eta = (r.chunks_done > 0 && secs > 0.0).then(|| {
-            let per_sec = r.chunks_done as f64 / secs;
-            (r.chunks_left as f64 / per_sec).ceil() as u64
-        });
-        Some((r.hydrated_bytes, eta))
-    }
-
-    fn plan(&self, volume_id: u64, chunks_left: u64) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(volume_id)
-            .or_insert(Rate {
-                started: Instant::now(),
-                hydrated_bytes: 0,
-                chunks_done: 0,
-                chunks_left,
-            })
-            .chunks_left = chunks_left;
-    }
-
-    fn filled(&self, volume_id: u64, bytes: u64) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = m.get_mut(&volume_id) {
-            r.hydrated_bytes = r.hydrated_bytes.saturating_add(bytes);
-            r.chunks_done += 1;
-            r.chunks_left = r.chunks_left.saturating_sub(1);
-        }
-    }
-
-    fn forget(&self, volume_id: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&volume_id);
-    }
-}
 
 /// Runs until `stopped` turns true: starts the fill of every restoring volume without a
 /// task; stops them when this manager stops leading.
@@ -246,7 +188,12 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                     left.len()
                 ));
             }
-            let wake = left.values().map(|v| v.2).min().unwrap_or(t);
+            let wake = left
+                .values()
+                .filter(|v| v.1.is_some())
+                .map(|v| v.2)
+                .min()
+                .unwrap_or(t);
             tokio::time::sleep_until(wake.into()).await;
             continue;
         }

@@ -28,13 +28,16 @@ use tessera_proto::control::{
 };
 use tessera_proto::frame::Kind;
 
+use crate::backup_jobs::Settings;
 use crate::config::ManagerConfig;
 use crate::consensus::{Consensus, RaftTask};
 use crate::db::Db;
 use crate::error::Error;
 use crate::liveness::Liveness;
+use crate::pace::Pace;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
+use crate::restore_loop::Rates;
 use crate::service::{DropOrder, Now, Reply, Service};
 use crate::stores::Stores;
 
@@ -111,6 +114,7 @@ impl Manager {
         };
         let (consensus, raft) = Consensus::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
+        let rates = Rates::default();
         let service = Arc::new(Mutex::new(
             Service::new(
                 db,
@@ -121,9 +125,11 @@ impl Manager {
                 consensus.clone(),
                 applied,
             )
-            .with_stores(stores.clone()),
+            .with_stores(stores.clone())
+            .with_restore_rates(rates.clone()),
         ));
         let (stop, stopped) = watch::channel(false);
+        spawn_backup_loops(&service, &config, &stores, rates, &stopped);
         tokio::spawn(crate::reconcile_loop::run(
             service.clone(),
             config.limits(),
@@ -185,6 +191,61 @@ impl Manager {
         }
         info!(addr = %self.local_addr, "manager stopped");
     }
+}
+
+/// Starts the leading manager's backup loops: uploads and copies (paced together),
+/// the collector, the restore fill. Each works only while this manager leads (its tasks
+/// are aborted when it stops) and ends when `stopped` turns true.
+fn spawn_backup_loops(
+    service: &Shared,
+    config: &ManagerConfig,
+    stores: &Stores,
+    rates: Rates,
+    stopped: &watch::Receiver<bool>,
+) {
+    let opened: crate::backup_jobs::Stores = Arc::new(
+        stores
+            .specs()
+            .iter()
+            .filter_map(|spec| {
+                let store = stores.store(&spec.name)?.clone();
+                Some((spec.name.clone(), (spec.clone(), store)))
+            })
+            .collect(),
+    );
+    let settings = Settings {
+        chunks_in_flight: config.backup_chunks_in_flight.max(1) as usize,
+        window: config.backup_window.max(1),
+    };
+    let pace = Arc::new(Pace::new(config.backup_bytes_per_sec));
+    tokio::spawn(crate::backup_loop::run(
+        service.clone(),
+        opened.clone(),
+        settings.clone(),
+        pace.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::copy_loop::run(
+        service.clone(),
+        opened.clone(),
+        settings.clone(),
+        pace,
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::gc_loop::run(
+        service.clone(),
+        opened.clone(),
+        config.gc_grace.as_secs(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::restore_loop::run(
+        service.clone(),
+        opened,
+        settings,
+        config.restore_bytes_per_sec,
+        rates,
+        stopped.clone(),
+    ));
 }
 
 /// How long a manager founding a group waits for each peer's answer.

@@ -120,6 +120,8 @@ pub struct Service {
     restore_meters: RestoreMeters,
     /// Wakes the restore job (`PrewarmVolume`, a new restore).
     restore_kick: Arc<tokio::sync::Notify>,
+    /// What the restore fill saw of each restoring volume's speed (leader memory).
+    restore_rates: crate::restore_rates::Rates,
 }
 
 impl Service {
@@ -147,12 +149,19 @@ impl Service {
             stores: Arc::default(),
             restore_meters: RestoreMeters::default(),
             restore_kick: Arc::default(),
+            restore_rates: Default::default(),
         }
     }
 
     /// The service with the backup stores configured (none otherwise).
     pub fn with_stores(mut self, stores: Arc<Stores>) -> Self {
         self.stores = stores;
+        self
+    }
+
+    /// The service sharing the restore fill's rates (for `VolumeInfo.restore`).
+    pub(crate) fn with_restore_rates(mut self, rates: crate::restore_rates::Rates) -> Self {
+        self.restore_rates = rates;
         self
     }
 
@@ -186,12 +195,14 @@ impl Service {
                 for v in &mut vs {
                     self.add_lease(v, now);
                     self.add_restore_meter(v);
+                    self.restore_rates.fill(v);
                 }
                 Ok(ManagerReply::Volumes(vs))
             }
             ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
                 self.add_lease(&mut v, now);
                 self.add_restore_meter(&mut v);
+                self.restore_rates.fill(&mut v);
                 ManagerReply::Volume(v)
             }),
             ManagerRequest::VolumeUsage { name } => {
