@@ -209,8 +209,9 @@ async fn an_incremental_backup_uploads_only_changed_regions_and_both_restore_exa
 
 /// An S3 store slowed to a second per request, then answering twenty 503s and slowed to
 /// 50 ms, while a backup uploads: `backup info` shows it uploading meanwhile, it becomes
-/// ready, the store holds exactly what its manifest names (nothing recorded that is not
-/// stored), and it restores equal to its snapshot.
+/// ready (the store saw more than those twenty requests), the store holds exactly what
+/// its manifest names (nothing recorded that is not stored), and it restores equal to its
+/// snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_through_503s_and_a_slow_store_completes_and_restores_exactly() {
     let c = cluster(Kind::S3, "").await;
@@ -242,10 +243,24 @@ async fn a_backup_through_503s_and_a_slow_store_completes_and_restores_exactly()
         BackupState::Uploading,
         "uploading while the store is slow: {mid:?}"
     );
+    let all = || {
+        ["GET", "PUT", "HEAD", "DELETE", "POST"]
+            .map(|m| s3.requests(m))
+            .iter()
+            .sum::<u64>()
+    };
+    let at_fail = all();
     s3.fail_next(20);
     s3.set_delay(Duration::from_millis(50));
     let done = wait_backup(&c, b.id).await;
     s3.set_delay(Duration::ZERO);
+    // Every request is counted, those answered 503 too: more than twenty after the fault
+    // means all twenty were answered 503 to this backup, and it went on.
+    let after = all() - at_fail;
+    assert!(
+        after > 20,
+        "only {after} requests after the 503s were armed"
+    );
     let root = done.root.expect("root");
     let st = store.open();
     assert_eq!(
