@@ -40,7 +40,7 @@ pub(crate) struct Harness {
     pub hydrated: Arc<Mutex<Vec<HydrateChunkRequest>>>,
     pub asked: Arc<Mutex<Vec<BackupChunkRequest>>>,
     raft: Option<RaftTask>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -48,6 +48,21 @@ impl Harness {
         if let Some(r) = self.raft.take() {
             r.stop().await;
         }
+    }
+
+    /// A second directory store, `other`, beside `local`: both stores, and its client.
+    pub fn with_other_store(&self) -> (Stores, Store) {
+        let spec = StoreSpec {
+            name: "other".into(),
+            zone: "z2".into(),
+            kind: StoreKind::Dir {
+                path: self.dir.path().join("other").to_string_lossy().into_owned(),
+            },
+        };
+        let store = Store::open(&spec).unwrap();
+        let mut all = (*self.stores).clone();
+        all.insert("other".into(), (spec, store.clone()));
+        (Arc::new(all), store)
     }
 
     pub async fn commit(&self, m: Mutation) {
@@ -197,7 +212,7 @@ pub(crate) async fn harness(content: Content) -> Harness {
         hydrated,
         asked,
         raft: Some(raft),
-        _dir: dir,
+        dir,
     };
     h.commit(Mutation::PutNode(NodeRecord {
         id: 1,

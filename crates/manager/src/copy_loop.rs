@@ -382,3 +382,7 @@ async fn copy_chunk(
     }
     Ok((objects.into_iter().collect(), stats))
 }
+
+#[cfg(test)]
+#[path = "copy_loop_tests.rs"]
+mod tests;

@@ -16,8 +16,7 @@
 //!   backups' background jobs (uploads through the group leaders' `BackupChunk`, copies
 //!   between stores, the collector of unreferenced objects, the fill of restored volumes
 //!   through `HydrateChunk`), planned from the replicated state so a new leader resumes
-//!   them; `backup_jobs` holds what they share, `restore_rates` what `volume info` shows of
-//!   a fill's speed.
+//!   them; `backup_jobs` holds what they share.
 //! - `group_calls`: proposing `GroupOp`s in replica groups (`StorageRequest::Apply` to
 //!   each group's leader, retried until a deadline), for snapshots, clones, rollbacks,
 //!   flattens, reclaims.
@@ -99,7 +98,6 @@ mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
 mod restore_loop;
-mod restore_rates;
 mod server;
 mod service;
 mod snapshot_loop;

@@ -6,14 +6,15 @@
 //! (`restore_bytes_per_sec`); the progress recorded (`RestoreProgress`, the lowest chunk not
 //! filled: it never moves back), then `RestoreDone`.
 //!
-//! Holds in memory only what `volume info` shows of the fill's speed (`Rates`: bytes
-//! filled by this leader and the rate it sees); a new leader restarts from the recorded
+//! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`], published
+//! in the service's restore meters: bytes filled by this leader and the ETA at the rate it
+//! sees); a new leader restarts from the recorded
 //! progress (chunks filled again are harmless: hydration never overwrites a held block).
 //! Must never record a chunk filled before its group answered that every entry of it is
 //! committed; never hold the service lock across a call to a node or a store.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
@@ -30,7 +31,7 @@ use crate::backup_jobs::{
 };
 use crate::group_calls::GroupJob;
 use crate::pace::Pace;
-pub(crate) use crate::restore_rates::Rates;
+use crate::service::{RestoreMeter, RestoreMeters};
 use crate::state::Mutation;
 
 /// How long one node gets to fill one chunk.
@@ -41,16 +42,97 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Progress is recorded at most this often (and at the end).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// What this leader saw of each restore's fill, published in the service's restore meters
+/// (for `volume info`).
+#[derive(Debug, Clone, Default)]
+pub struct Rates {
+    seen: Arc<Mutex<HashMap<u64, Rate>>>,
+    meters: RestoreMeters,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    started: Instant,
+    hydrated_bytes: u64,
+    /// Chunks filled by this leader, and left to fill.
+    chunks_done: u64,
+    chunks_left: u64,
+}
+
+impl Rate {
+    /// Bytes filled, and the seconds left at the rate seen (`None`: not known yet).
+    fn meter(&self) -> RestoreMeter {
+        let secs = self.started.elapsed().as_secs_f64();
+        let eta_secs = (self.chunks_done > 0 && secs > 0.0).then(|| {
+            let per_sec = self.chunks_done as f64 / secs;
+            (self.chunks_left as f64 / per_sec).ceil() as u64
+        });
+        RestoreMeter {
+            hydrated_bytes: self.hydrated_bytes,
+            eta_secs,
+        }
+    }
+}
+
+impl Rates {
+    pub fn new(meters: RestoreMeters) -> Rates {
+        Rates {
+            seen: Arc::default(),
+            meters,
+        }
+    }
+
+    fn update(&self, volume_id: u64, f: impl FnOnce(&mut Rate)) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let r = seen.entry(volume_id).or_insert(Rate {
+            started: Instant::now(),
+            hydrated_bytes: 0,
+            chunks_done: 0,
+            chunks_left: 0,
+        });
+        f(r);
+        let meter = r.meter();
+        drop(seen);
+        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        meters.insert(volume_id, meter);
+    }
+
+    fn plan(&self, volume_id: u64, chunks_left: u64) {
+        self.update(volume_id, |r| r.chunks_left = chunks_left);
+    }
+
+    fn filled(&self, volume_id: u64, bytes: u64) {
+        self.update(volume_id, |r| {
+            r.hydrated_bytes = r.hydrated_bytes.saturating_add(bytes);
+            r.chunks_done += 1;
+            r.chunks_left = r.chunks_left.saturating_sub(1);
+        });
+    }
+
+    fn forget(&self, volume_id: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.remove(&volume_id);
+        drop(seen);
+        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        meters.remove(&volume_id);
+    }
+}
+
 /// Runs until `stopped` turns true: starts the fill of every restoring volume without a
-/// task; stops them when this manager stops leading.
+/// task, each tick or at once when the service wakes it (a new restore, `PrewarmVolume`);
+/// stops them when this manager stops leading.
 pub async fn run(
     service: Shared,
     stores: Stores,
     settings: Settings,
     bytes_per_sec: u64,
-    rates: Rates,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let Ok((meters, kick)) = locked(&service, |s| Ok((s.restore_meters(), s.restore_kick()))).await
+    else {
+        return;
+    };
+    let rates = Rates::new(meters);
     let pace = Arc::new(Pace::new(bytes_per_sec));
     let mut running = Running::default();
     let mut tick = tokio::time::interval(TICK);
@@ -59,6 +141,7 @@ pub async fn run(
         tokio::select! {
             _ = stopped.changed() => break,
             _ = tick.tick() => {}
+            () = kick.notified() => {}
         }
         let Ok(jobs) = locked(&service, |s| {
             s.lead()?;

@@ -28,7 +28,6 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
         chunks: vec![(0, 1), (1, 1), (2, 1)],
     })
     .await;
-    let rates = Rates::default();
     let settings = Settings {
         chunks_in_flight: 2,
         window: 3,
@@ -39,7 +38,6 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
         h.stores.clone(),
         settings,
         1 << 40,
-        rates.clone(),
         stopped,
     ));
     h.until("restore done", |s| {
@@ -66,6 +64,10 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
         got.iter()
             .all(|r| r.volume_id == 2 && r.group_id == 1 && r.window == 3)
     );
-    assert_eq!(rates.progress(2), None, "forgotten once done");
+    let meters = h.read(|s| s.restore_meters()).await;
+    assert!(
+        !meters.lock().unwrap().contains_key(&2),
+        "the meter is forgotten once done"
+    );
     h.stop().await;
 }

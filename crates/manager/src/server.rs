@@ -37,7 +37,6 @@ use crate::liveness::Liveness;
 use crate::pace::Pace;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
-use crate::restore_loop::Rates;
 use crate::service::{DropOrder, Now, Reply, Service};
 use crate::stores::Stores;
 
@@ -114,7 +113,6 @@ impl Manager {
         };
         let (consensus, raft) = Consensus::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
-        let rates = Rates::default();
         let service = Arc::new(Mutex::new(
             Service::new(
                 db,
@@ -125,11 +123,10 @@ impl Manager {
                 consensus.clone(),
                 applied,
             )
-            .with_stores(stores.clone())
-            .with_restore_rates(rates.clone()),
+            .with_stores(stores.clone()),
         ));
         let (stop, stopped) = watch::channel(false);
-        spawn_backup_loops(&service, &config, &stores, rates, &stopped);
+        spawn_backup_loops(&service, &config, &stores, &stopped);
         tokio::spawn(crate::reconcile_loop::run(
             service.clone(),
             config.limits(),
@@ -200,7 +197,6 @@ fn spawn_backup_loops(
     service: &Shared,
     config: &ManagerConfig,
     stores: &Stores,
-    rates: Rates,
     stopped: &watch::Receiver<bool>,
 ) {
     let opened: crate::backup_jobs::Stores = Arc::new(
@@ -243,7 +239,6 @@ fn spawn_backup_loops(
         opened,
         settings,
         config.restore_bytes_per_sec,
-        rates,
         stopped.clone(),
     ));
 }

@@ -39,11 +39,14 @@ pub struct S3Config {
     /// `http(s)://host:port` (empty: AWS's endpoint for `region`).
     #[serde(default)]
     pub endpoint: String,
+    /// The bucket (must exist).
     pub bucket: String,
     /// The region to sign for (empty: `us-east-1`).
     #[serde(default)]
     pub region: String,
+    /// The credentials.
     pub access_key_id: String,
+    /// The secret of `access_key_id` (never printed).
     pub secret_access_key: Secret,
     /// Key prefix inside the bucket.
     #[serde(default)]
@@ -61,7 +64,7 @@ impl StoreConfig {
         }
     }
 
-    /// The wire's form of the store (after [`validate`]).
+    /// The wire's form of the store (after `validate`).
     pub fn spec(&self) -> StoreSpec {
         let kind = match (&self.path, &self.s3) {
             (_, Some(s)) => StoreKind::S3 {
@@ -205,6 +208,10 @@ impl Stores {
     }
 
     /// The open store.
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
     pub fn store(&self, name: &str) -> Option<&tessera_backup::Store> {
         self.open.get(name)
     }
@@ -332,85 +339,5 @@ mod tests {
         assert!(matches!(spec.kind, StoreKind::S3 { ref bucket, .. } if bucket == "b"));
         let spec = StoreConfig::dir("local", "z1", "/b").spec();
         assert_eq!(spec.kind, StoreKind::Dir { path: "/b".into() });
-    }
-}
-
-#[cfg(test)]
-mod start_tests {
-    use tessera_backup::s3_server::S3Server;
-
-    use super::*;
-    use crate::config::ManagerConfig;
-
-    fn s3_entry(server: &S3Server, name: &str, secret: &str) -> StoreConfig {
-        let StoreKind::S3 {
-            endpoint,
-            bucket,
-            region,
-            access_key_id,
-            ..
-        } = server.spec(name, "z2").kind
-        else {
-            panic!("an S3 spec");
-        };
-        StoreConfig {
-            name: name.into(),
-            zone: "z2".into(),
-            path: None,
-            s3: Some(S3Config {
-                endpoint,
-                bucket,
-                region,
-                access_key_id,
-                secret_access_key: Secret(secret.into()),
-                prefix: String::new(),
-            }),
-        }
-    }
-
-    /// Refused credentials stop a manager from starting, naming the store; an unreachable
-    /// store does not.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_store_refusing_its_credentials_stops_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = S3Server::start(&dir.path().join("s3"), "tessera").await;
-        let good = server.spec("s3a", "z2");
-        let StoreKind::S3 {
-            secret_access_key, ..
-        } = &good.kind
-        else {
-            panic!()
-        };
-        let ok = s3_entry(&server, "s3a", &secret_access_key.0);
-        let checked = Stores::open_and_check(&[ok.clone()], None, "z1")
-            .await
-            .unwrap();
-        assert_eq!(checked.default_name(), Some("s3a"));
-        let config = ManagerConfig {
-            listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().join("m"),
-            stores: vec![
-                StoreConfig::dir("local", "z1", &dir.path().join("b").display().to_string()),
-                s3_entry(&server, "s3bad", "wrong"),
-            ],
-            ..ManagerConfig::default()
-        };
-        let err = crate::Manager::start(config).await.err().expect("refused");
-        let msg = err.to_string();
-        assert!(
-            matches!(&err, Error::Store { name, .. } if name == "s3bad"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("s3bad") && msg.contains("credentials"),
-            "{msg}"
-        );
-        // Unreachable: a warning only.
-        let mut down = ok;
-        if let Some(s3) = &mut down.s3 {
-            s3.endpoint = "http://127.0.0.1:9".into();
-        }
-        down.name = "down".into();
-        Stores::open_and_check(&[down], None, "z1").await.unwrap();
     }
 }

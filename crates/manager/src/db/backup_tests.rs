@@ -53,7 +53,7 @@ fn populate(store: &Db, s: &mut State) {
     let vid = s.volume_by_name("v").unwrap().id;
     let m = s.plan_map_chunks(vid, 0, 4, |_| true).unwrap().unwrap();
     step(store, s, m);
-    let mut backup = |s: &mut State, snap: &str, st: &str| -> u64 {
+    let backup = |s: &mut State, snap: &str, st: &str| -> u64 {
         let SnapshotPlan::Cut(m) = s.plan_create_snapshot("v", snap, 200).unwrap() else {
             panic!()
         };

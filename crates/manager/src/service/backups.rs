@@ -38,6 +38,10 @@ fn created_id(m: &Mutation) -> u64 {
     }
 }
 
+#[allow(
+    dead_code,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 impl Service {
     /// The restore meters the restore job updates.
     pub fn restore_meters(&self) -> RestoreMeters {
@@ -128,7 +132,7 @@ impl Service {
             CopyPlan::Existing(c) => self.backup_reply(c),
             CopyPlan::New(m) => {
                 let c = created_id(&m);
-                self.commit(m)?;
+                self.commit(*m)?;
                 tracing::info!(backup = id, copy = c, store = to, "backup copy requested");
                 self.backup_reply(c)
             }

@@ -13,7 +13,8 @@
 //! the Raft log, applying), `snapshots` (create, list, delete, and the [`Pending`] group
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
 //! leader's background work on them), `reclaims` (the background reclaim of deleted
-//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups).
+//! snapshots' space), `usage` (what `VolumeUsage` asks of which groups), `backups` (backup,
+//! copy, restore and prewarm requests, stores listed).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
 //! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the
@@ -32,6 +33,10 @@ mod status;
 mod usage;
 mod volumes;
 
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub(crate) use backups::{RestoreMeter, RestoreMeters};
 pub(crate) use clones::{FlattenJob, unlink_op};
 pub(crate) use reclaims::ReclaimJob;
@@ -120,8 +125,6 @@ pub struct Service {
     restore_meters: RestoreMeters,
     /// Wakes the restore job (`PrewarmVolume`, a new restore).
     restore_kick: Arc<tokio::sync::Notify>,
-    /// What the restore fill saw of each restoring volume's speed (leader memory).
-    restore_rates: crate::restore_rates::Rates,
 }
 
 impl Service {
@@ -149,7 +152,6 @@ impl Service {
             stores: Arc::default(),
             restore_meters: RestoreMeters::default(),
             restore_kick: Arc::default(),
-            restore_rates: Default::default(),
         }
     }
 
@@ -159,13 +161,11 @@ impl Service {
         self
     }
 
-    /// The service sharing the restore fill's rates (for `VolumeInfo.restore`).
-    pub(crate) fn with_restore_rates(mut self, rates: crate::restore_rates::Rates) -> Self {
-        self.restore_rates = rates;
-        self
-    }
-
     /// The configured backup stores (for the backup jobs).
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
     pub fn stores(&self) -> Arc<Stores> {
         self.stores.clone()
     }
@@ -195,14 +195,12 @@ impl Service {
                 for v in &mut vs {
                     self.add_lease(v, now);
                     self.add_restore_meter(v);
-                    self.restore_rates.fill(v);
                 }
                 Ok(ManagerReply::Volumes(vs))
             }
             ManagerRequest::VolumeInfo { name } => self.state.volume_by_name(&name).map(|mut v| {
                 self.add_lease(&mut v, now);
                 self.add_restore_meter(&mut v);
-                self.restore_rates.fill(&mut v);
                 ManagerReply::Volume(v)
             }),
             ManagerRequest::VolumeUsage { name } => {

@@ -53,6 +53,10 @@ impl BackupImage {
 
 impl State {
     /// The backup rows of the state.
+    #[allow(
+        dead_code,
+        reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+    )]
     pub fn backup_image(&self) -> BackupImage {
         let b = &self.backups;
         BackupImage {

@@ -444,7 +444,7 @@ fn copies_are_answered_once_per_store_and_counted_as_replicas() {
         panic!("a new copy");
     };
     s.apply(&m);
-    let Mutation::CreateBackup(c) = m else {
+    let Mutation::CreateBackup(c) = *m else {
         panic!()
     };
     assert_eq!(
@@ -486,4 +486,62 @@ fn copies_are_answered_once_per_store_and_counted_as_replicas() {
         .map(|b| b.id)
         .collect();
     assert_eq!(ids, [c.id, 2, b1]);
+}
+
+#[test]
+fn what_is_not_ready_or_in_use_is_refused() {
+    let (mut s, _) = setup();
+    // A snapshot still being cut is not backed up.
+    let SnapshotPlan::Cut(m) = s.plan_create_snapshot("v", "s1", 1).unwrap() else {
+        panic!()
+    };
+    s.apply(&m);
+    assert!(matches!(
+        s.plan_create_backup("v", "s1", "a", 1),
+        Err(ControlError::Invalid(m)) if m.contains("not ready")
+    ));
+    let id = s.volume_by_name("v").unwrap().id;
+    s.apply(&Mutation::SnapshotReady {
+        volume_id: id,
+        name: "s1".into(),
+        seq: 0,
+    });
+    let b1 = create(&mut s, "s1", "a");
+    // An uploading backup is neither copied, restored nor deleted.
+    for err in [
+        s.plan_copy_backup(b1, "b", 1).err(),
+        s.plan_restore_volume("r", b1, 1, |_| true).err(),
+        s.plan_delete_backup(b1, 1).err(),
+    ] {
+        assert!(
+            matches!(&err, Some(ControlError::Invalid(m)) if m.contains("backup 1 is")),
+            "{err:?}"
+        );
+    }
+    ready(&mut s, b1, h(21));
+    // The base of an uploading backup is not deleted.
+    cut(&mut s, "v", "s2");
+    let b2 = create(&mut s, "s2", "a");
+    let err = s.plan_delete_backup(b1, 1).unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Invalid(m) if m.contains(&format!("backup {b2} based on it"))),
+        "{err:?}"
+    );
+    // A failed backup is deleted.
+    s.apply(&Mutation::BackupFailed {
+        id: b2,
+        error: "x".into(),
+        finished_unix: 2,
+    });
+    s.apply(&s.plan_delete_backup(b2, 3).unwrap());
+    s.apply(&s.plan_delete_backup(b1, 3).unwrap());
+    assert!(matches!(
+        s.plan_delete_backup(b1, 3),
+        Err(ControlError::NotFound(_))
+    ));
+    assert!(s.list_backups(Some("v")).unwrap().is_empty());
+    assert!(matches!(
+        s.list_backups(Some("nope")),
+        Err(ControlError::NotFound(_))
+    ));
 }

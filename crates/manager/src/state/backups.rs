@@ -25,7 +25,7 @@ pub enum CopyPlan {
     /// The store already has a copy (or the original): this record.
     Existing(u64),
     /// A new copy record to create.
-    New(Mutation),
+    New(Box<Mutation>),
 }
 
 /// Counts of one store, for `ListStores`.
@@ -49,6 +49,10 @@ pub fn restoring(rec: &VolumeRecord, done: u64, total: u64) -> ControlError {
     ))
 }
 
+#[allow(
+    dead_code,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 impl State {
     /// A backup's record.
     pub fn backup(&self, id: u64) -> Option<&BackupRecord> {
@@ -458,21 +462,23 @@ impl State {
         }) {
             return Ok(CopyPlan::Existing(c.id));
         }
-        Ok(CopyPlan::New(Mutation::CreateBackup(BackupRecord {
-            id: self.next.backup,
-            store: to_store.to_string(),
-            base: None,
-            base_seq: 0,
-            copied_from: Some(id),
-            chunks_total: self.backup_chunks_done(id),
-            created_unix: now_unix,
-            finished_unix: None,
-            state: BackupState::Uploading,
-            root: None,
-            error: None,
-            stats: BackupStats::default(),
-            ..r.clone()
-        })))
+        Ok(CopyPlan::New(Box::new(Mutation::CreateBackup(
+            BackupRecord {
+                id: self.next.backup,
+                store: to_store.to_string(),
+                base: None,
+                base_seq: 0,
+                copied_from: Some(id),
+                chunks_total: self.backup_chunks_done(id),
+                created_unix: now_unix,
+                finished_unix: None,
+                state: BackupState::Uploading,
+                root: None,
+                error: None,
+                stats: BackupStats::default(),
+                ..r.clone()
+            },
+        ))))
     }
 
     /// Volume `name` from ready backup record `backup` (in the store to read, chosen by the

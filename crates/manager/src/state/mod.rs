@@ -17,7 +17,10 @@
 //! `snapshots` (the cut, readiness, deletion, and the record changes of snapshots and
 //! clones), `clones` (cloning, flatten steps, rollback), `reclaims` (the space of deleted
 //! snapshots: what a deletion records, its progress, the work it plans), `pieces` (the
-//! ops of a flatten's and a reclaim's chunk, piece by piece).
+//! ops of a flatten's and a reclaim's chunk, piece by piece), `backups` (backup, copy and
+//! restore plans and queries), `backup_refs` (each store's reference counts, garbage,
+//! claims and `gc_gen`, and the [`BackupDelta`] a backup mutation makes, which both
+//! `apply` and the database write), `backup_records`, `backup_image` (the backup rows).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,9 +48,21 @@ mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub use backup_image::{BackupImage, StoreImage};
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub use backup_records::{BackupRecord, BackupStats, BadKey, ChunkSegment, GcKey, RestoreRecord};
 pub use backup_refs::BackupDelta;
+#[allow(
+    unused_imports,
+    reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
+)]
 pub use backups::{CopyPlan, StoreCounts, restoring};
 pub use clones::{ClonePlan, FlattenStep};
 pub use mutation::{Mutation, NextIds, ReclaimOf};
