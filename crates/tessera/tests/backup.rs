@@ -357,14 +357,14 @@ async fn wrong_s3_credentials_stop_the_manager_at_start_naming_the_store() {
     }
 
     let (path, addr) = config("right", None, None);
-    let mut m = common::process::ManagerProc {
+    let mut m = Killed(common::process::ManagerProc {
         id: 1,
         addr: addr.clone(),
         config: path,
         log: dir.path().join("right.log"),
         child: None,
-    };
-    m.start();
+    });
+    m.0.start();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let reply = tessera_net::call::<_, ManagerReply>(
@@ -384,15 +384,23 @@ async fn wrong_s3_credentials_stop_the_manager_at_start_naming_the_store() {
             Err(tessera_net::NetError::Connect { .. }) => {}
             other => panic!("the manager answered ListStores with {other:?}"),
         }
-        let exited = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let exited = m.0.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
         assert!(
             exited.is_none() && Instant::now() < deadline,
             "the manager with the right credentials did not answer ({exited:?}):\n{}",
-            common::process::log_tail(&m.log, 30)
+            common::process::log_tail(&m.0.log, 30)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    m.kill();
+}
+
+/// A manager started by hand, killed when the test ends, passed or failed.
+struct Killed(common::process::ManagerProc);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
 }
 
 /// Three backups (b1 full, b2 and b3 incremental, each overwriting regions of the one
