@@ -8,11 +8,14 @@
 //!   status, the CLI, requests straight to a node.
 //! - `nbd.rs`: [`Gateway`], a `tessera nbd` process started from a cluster.
 //! - `tmpfs.rs`: [`TmpfsDisks`], storage nodes on small tmpfs mounts (full-disk tests).
+//! - `backup.rs`: object stores for a cluster (a directory, the in-process S3 server), and
+//!   what the backup tests ask and check (backups, restores, manifests, checksums).
 //!
 //! Not every test file uses every helper, hence `dead_code` is allowed here.
 
 #![allow(dead_code, unused_imports)]
 
+pub mod backup;
 pub mod cluster;
 pub mod nbd;
 pub mod process;
