@@ -412,3 +412,77 @@ async fn a_directory_store_without_the_marker_is_refused() {
         .expect("check");
     upload_of(backup_chunk(one.node(), req).await);
 }
+
+/// A hydration whose manager closed the connection (it gave up) is stopped with it, not
+/// left running: here its object is a FIFO no one writes, so it would wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_on_stops_with_its_connection() {
+    use std::sync::atomic::Ordering;
+    use tessera_proto::control::StorageRequest;
+    use tessera_proto::frame::{Frame, Kind};
+
+    let one = one_node().await;
+    let hash = Hash([0xab; 32]);
+    let fifo = object_path(&one, &hash);
+    std::fs::create_dir_all(fifo.parent().expect("a parent")).expect("dir");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    // Lets the blocked open of the FIFO end, pass or fail (O_NONBLOCK: never waits).
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(0o4000)
+                .open(&self.0);
+        }
+    }
+    let _release = Release(fifo.clone());
+    let shared = Arc::new(crate::server::Shared {
+        raft: one.raft.clone(),
+        node_id: 1,
+        capacity: Box::new(|| (0, 0)),
+        chunks: one.chunks.clone(),
+        recovery: Default::default(),
+        descriptors: 0,
+        stores: StoreCache::default(),
+        moving: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let at = listener.local_addr().expect("addr");
+    let serving = tokio::spawn(crate::server::accept_loop(listener, shared.clone()));
+    let mut conn = tokio::net::TcpStream::connect(at).await.expect("connect");
+    let req = StorageRequest::HydrateChunk(one.hydrate(
+        1,
+        vec![RegionRef {
+            region: 0,
+            object: Some(hash),
+        }],
+    ));
+    let frame = Frame::new(Kind::Rpc, 1, control::encode(&req));
+    tessera_net::write_frame(&mut conn, &frame)
+        .await
+        .expect("send");
+    let until = |n: usize| {
+        let shared = shared.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shared.moving.load(Ordering::Relaxed) != n {
+                assert!(Instant::now() < deadline, "never {n} running");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    until(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(shared.moving.load(Ordering::Relaxed), 1, "still waiting");
+    drop(conn);
+    until(0).await;
+    serving.abort();
+}
