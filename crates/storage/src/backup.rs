@@ -455,7 +455,7 @@ async fn fill(node: &Node<'_>, req: &HydrateChunkRequest) -> Result<StorageReply
         let (region, data) = joined.map_err(store_error)?;
         let follows = entry.as_ref().is_some_and(|(first, d)| {
             u64::from(region) == u64::from(*first) + d.len() as u64 / REGION_BYTES
-                && d.len() as u64 % REGION_BYTES == 0
+                && (d.len() as u64).is_multiple_of(REGION_BYTES)
                 && d.len() + data.len() <= ENTRY_BYTES
         });
         match &mut entry {
