@@ -13,7 +13,10 @@
 //! hydrate entry is committed; write a block of an object that failed its verification.
 //!
 //! Leader only: a node that does not lead the group answers `StorageReply::NotLeader`
-//! (learnt from its first read, before anything is moved). Store errors are
+//! (learnt from its first read, before anything is moved), and so does one that does not
+//! host it (`hint: 0`: the manager asks another member). A directory store is used only
+//! if it holds the manager's marker (`tessera_backup::MARKER`): a path each host has its
+//! own of would otherwise take objects no other node or manager sees. Store errors are
 //! `ControlError::Unavailable` with the store's message (the manager retries the chunk), a
 //! corrupt object `ControlError::Invalid` naming it, a request that could never work
 //! `ControlError::Invalid`.
