@@ -28,4 +28,4 @@ pub mod s3_server;
 mod store;
 
 pub use error::{Error, Result};
-pub use store::Store;
+pub use store::{MARKER, Store};

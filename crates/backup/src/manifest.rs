@@ -13,6 +13,10 @@ use crate::{Error, Result, keys};
 
 /// The format this build writes (and the newest it reads).
 pub const FORMAT: u32 = 1;
+/// Bytes of a segment or a root read at most (`Store::get_bounded`): generous (a segment
+/// of a 4 GiB chunk is about 0.4 MiB, a root of a million chunks about 90 MiB... of
+/// chunks holding data), so only a store's garbage is refused.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 /// One chunk of a backup: the object of each region holding data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

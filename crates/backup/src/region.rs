@@ -21,6 +21,10 @@ use crate::{Error, Result, keys};
 pub const BLOCK: usize = 4096;
 /// The format this build writes (and the newest it reads).
 pub const FORMAT: u16 = 1;
+/// Bytes of a region object at most: its header and zstd's bound for a region's blocks
+/// (`ZSTD_COMPRESSBOUND(1 MiB)`: the input, a 256th of it). Read with
+/// `Store::get_bounded`, so a store's bytes never make a reader allocate more.
+pub const MAX_OBJECT_BYTES: u64 = (HEADER + MAX_BLOCKS * BLOCK + MAX_BLOCKS * BLOCK / 256) as u64;
 
 const MAGIC: &[u8; 4] = b"TSRG";
 const HEADER: usize = 4 + 2 + 2 + 32;

@@ -170,3 +170,22 @@ fn a_hand_built_region_never_panics() {
     assert_eq!(r.runs(), vec![(0, Bytes::from(vec![1u8; BLOCK * 3]))]);
     assert_eq!(r.to_bytes().len(), MAX_BLOCKS * BLOCK);
 }
+
+#[test]
+fn every_object_fits_the_bound_readers_allocate() {
+    assert!(
+        MAX_OBJECT_BYTES as usize >= HEADER + zstd::zstd_safe::compress_bound(MAX_BLOCKS * BLOCK)
+    );
+    // Incompressible blocks, the worst case.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..MAX_BLOCKS * BLOCK)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let e = encode(&data).expect("has data");
+    assert!(e.bytes.len() as u64 <= MAX_OBJECT_BYTES);
+}

@@ -36,6 +36,11 @@ use crate::{Error, Result};
 /// Keys one delete request names at most (S3's `DeleteObjects` limit).
 const DELETE_BATCH: usize = 1000;
 
+/// The key of the marker [`Store::check`] writes and [`Store::verify_marker`] reads.
+pub const MARKER: &str = "tessera-store";
+/// Bytes of a marker read at most.
+const MARKER_MAX: u64 = 4096;
+
 /// An open store. Cheap to clone (one connection pool).
 #[derive(Clone)]
 pub struct Store {
@@ -147,7 +152,7 @@ impl Store {
             }
             r => r?,
         }
-        let read = self.get(&key).await?;
+        let read = self.get_bounded(&key, MARKER_MAX).await?;
         if read != body {
             return Err(Error::Unavailable {
                 store: self.name.clone(),
@@ -155,17 +160,49 @@ impl Store {
             });
         }
         let failed = self.delete_many(vec![key]).await;
-        match failed.into_iter().next() {
-            Some((_, e)) => Err(e),
-            None => Ok(()),
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(e);
+        }
+        if self.size_of(MARKER).await?.is_none() {
+            let marker = format!(
+                "{{\"store\":{},\"id\":\"{:016x}{:016x}\"}}",
+                serde_json::Value::String(self.name.clone()),
+                random_u64(),
+                random_u64()
+            );
+            self.put(MARKER, Bytes::from(marker)).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the marker [`Store::check`] writes ([`MARKER`]) is there and reads as one:
+    /// [`crate::Error::NotFound`] if missing, [`crate::Error::Corrupt`] if it is not a
+    /// marker. A storage node verifies it before using a directory store, so that a path
+    /// that is not shared with the manager (each host its own disk) is refused rather than
+    /// silently written to.
+    pub async fn verify_marker(&self) -> Result<()> {
+        let bytes = self.get_bounded(MARKER, MARKER_MAX).await?;
+        let parsed: std::result::Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
+        match parsed {
+            Ok(v) if v.get("store").is_some_and(|s| s.is_string()) => Ok(()),
+            _ => Err(Error::Corrupt {
+                store: self.name.clone(),
+                key: MARKER.to_string(),
+                why: "not a tessera store marker".to_string(),
+            }),
         }
     }
 
     /// Whether an object named `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.size_of(key).await?.is_some())
+    }
+
+    /// The size of the object named `key` (HEAD), `None` if there is none.
+    pub async fn size_of(&self, key: &str) -> Result<Option<u64>> {
         match self.inner.head(&Path::from(key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(key, e)),
         }
     }
@@ -180,10 +217,12 @@ impl Store {
         Ok(())
     }
 
-    /// Puts `bytes` as `key` unless an object of that name exists (`force`: always).
-    /// Returns whether it put. Names are content hashes: an existing object is the same.
+    /// Puts `bytes` as `key` unless an object of that name and of their size exists
+    /// (`force`: always). Returns whether it put. Names are content hashes: an existing
+    /// object of the same size is the same; one of another size (truncated, say) is put
+    /// again, the same name with the same content, which repairs it.
     pub async fn put_if_missing(&self, key: &str, bytes: Bytes, force: bool) -> Result<bool> {
-        if !force && self.exists(key).await? {
+        if !force && self.size_of(key).await? == Some(bytes.len() as u64) {
             return Ok(false);
         }
         self.put(key, bytes).await?;
@@ -198,6 +237,49 @@ impl Store {
             .await
             .map_err(|e| self.error(key, e))?;
         got.bytes().await.map_err(|e| self.error(key, e))
+    }
+
+    /// The object named `key`, refused unread if it is larger than `max_bytes`: a
+    /// [`crate::Error::Corrupt`] ("object is N bytes, at most M expected"), so what a
+    /// store holds never makes the caller allocate more than it expects.
+    pub async fn get_bounded(&self, key: &str, max_bytes: u64) -> Result<Bytes> {
+        let too_big = |n: u64| Error::Corrupt {
+            store: self.name.clone(),
+            key: key.to_string(),
+            why: format!("object is {n} bytes, at most {max_bytes} expected"),
+        };
+        let got = self
+            .inner
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let len = got
+            .meta
+            .size
+            .max(got.range.end.saturating_sub(got.range.start));
+        if len > max_bytes {
+            return Err(too_big(len));
+        }
+        if matches!(got.payload, object_store::GetResultPayload::File(..)) {
+            // A file's read is its size as opened: checked above.
+            let bytes = got.bytes().await.map_err(|e| self.error(key, e))?;
+            if bytes.len() as u64 > max_bytes {
+                return Err(too_big(bytes.len() as u64));
+            }
+            return Ok(bytes);
+        }
+        // A body longer than its header said stops being read past the bound.
+        let mut body = got.into_stream();
+        let mut out = bytes::BytesMut::with_capacity(len as usize);
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| self.error(key, e))?;
+            let n = (out.len() + piece.len()) as u64;
+            if n > max_bytes {
+                return Err(too_big(n));
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out.freeze())
     }
 
     /// Deletes `keys` (a missing one counts as deleted), in batches of at most 1000; the

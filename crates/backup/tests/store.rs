@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tessera_backup::{Error, Store, keys, region};
+use tessera_backup::{Error, MARKER, Store, keys, region};
 use tessera_proto::control::{Hash, REGION_BYTES, StoreKind, StoreSpec};
 
 fn dir_spec(path: &std::path::Path) -> StoreSpec {
@@ -18,8 +18,18 @@ fn dir_spec(path: &std::path::Path) -> StoreSpec {
 
 /// What every store promises, whatever is behind it.
 async fn store_keeps_its_promises(store: &Store) {
+    store
+        .verify_marker()
+        .await
+        .expect_err("no marker before the first check");
     store.check().await.expect("check");
-    assert_eq!(store.list("").await.expect("list"), Vec::<String>::new());
+    // The check leaves the marker, and keeps it.
+    assert_eq!(store.list("").await.expect("list"), vec![MARKER]);
+    let marker = store.get(MARKER).await.expect("marker");
+    store.verify_marker().await.expect("a marker");
+    store.check().await.expect("check again");
+    assert_eq!(store.get(MARKER).await.expect("marker"), marker);
+    store.delete_many(vec![MARKER.into()]).await;
 
     let a = "objects/ab/abcd";
     assert!(!store.exists(a).await.expect("exists"));
@@ -56,6 +66,30 @@ async fn store_keeps_its_promises(store: &Store) {
             .expect("put")
     );
     assert_eq!(store.get(b).await.expect("get").len(), 300_000);
+    // Bounded reads: the object whole up to its size, refused unread past the bound.
+    assert_eq!(
+        store.get_bounded(b, 300_000).await.expect("get").len(),
+        300_000
+    );
+    match store.get_bounded(b, 299_999).await {
+        Err(Error::Corrupt { key, why, .. }) => {
+            assert_eq!(key, b);
+            assert!(why.contains("300000 bytes, at most 299999"), "{why}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // An object of another size than the bytes to put (truncated) is put again.
+    store
+        .put(b, Bytes::from(vec![7u8; 1000]))
+        .await
+        .expect("truncate");
+    assert!(
+        store
+            .put_if_missing(b, Bytes::from(vec![7u8; 300_000]), false)
+            .await
+            .expect("put")
+    );
+    assert_eq!(store.size_of(b).await.expect("size"), Some(300_000));
     store
         .put("roots/r1", Bytes::new())
         .await
@@ -322,7 +356,8 @@ mod s3 {
             .expect("runtime");
         let store = Store::open(&server.spec("s3a", "z2")).expect("open");
         rt.block_on(store.check()).expect("check");
-        assert!(server.requests("PUT") == 1 && server.requests("GET") == 1);
+        // The probe and the marker; the probe read back.
+        assert!(server.requests("PUT") == 2 && server.requests("GET") == 1);
     }
 
     #[tokio::test]

@@ -7,7 +7,10 @@
 //!
 //! Must never: block its poller on the network or on an fsync (the log writer and the
 //! flusher threads do that; the chunk store's few syncs inside an apply excepted: a link,
-//! a partial write over a zeroed block, a hydrate that filled blocks); apply an entry out of order or skip one a read could see (a
+//! a partial write over a zeroed block, a hydrate that filled blocks: two fdatasyncs per
+//! entry of up to 4 MiB, which also wait for a flusher's sync of the same group's chunk
+//! store running meanwhile, as it holds the store's sync lock); apply an entry out of
+//! order or skip one a read could see (a
 //! manager op the chunk store refuses, or a merge of layers meeting a full disk, is
 //! skipped); answer a write before its entry is committed (it is applied before any later
 //! read is served); carry on after the log reported a failed fsync; acknowledge a write, as

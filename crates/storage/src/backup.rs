@@ -13,7 +13,10 @@
 //! hydrate entry is committed; write a block of an object that failed its verification.
 //!
 //! Leader only: a node that does not lead the group answers `StorageReply::NotLeader`
-//! (learnt from its first read, before anything is moved). Store errors are
+//! (learnt from its first read, before anything is moved), and so does one that does not
+//! host it (`hint: 0`: the manager asks another member). A directory store is used only
+//! if it holds the manager's marker (`tessera_backup::MARKER`): a path each host has its
+//! own of would otherwise take objects no other node or manager sees. Store errors are
 //! `ControlError::Unavailable` with the store's message (the manager retries the chunk), a
 //! corrupt object `ControlError::Invalid` naming it, a request that could never work
 //! `ControlError::Invalid`.
@@ -30,8 +33,8 @@ use tessera_backup::{Store, keys, region};
 use tessera_engine::ChunkStores;
 use tessera_metrics::LazyCounter;
 use tessera_proto::control::{
-    self, BackupChunkRequest, ChunkUpload, ControlError, HydrateChunkRequest, MAX_CHUNK_REGIONS,
-    REGION_BLOCKS, REGION_BYTES, RegionRef, StorageReply, StoreSpec,
+    self, BackupChunkRequest, ChunkUpload, ControlError, Hash, HydrateChunkRequest,
+    MAX_CHUNK_REGIONS, REGION_BLOCKS, REGION_BYTES, RegionRef, StorageReply, StoreKind, StoreSpec,
 };
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_raft::RaftNode;
@@ -52,6 +55,11 @@ static HYDRATED_BYTES: LazyCounter = LazyCounter::new(
 );
 
 const BLOCK: u64 = tessera_engine::chunk::BLOCK_SIZE;
+/// Object puts or fetches one request has in flight at most, whatever it asks: each holds
+/// up to a region (1 MiB) in memory, twice while it is encoded or decoded.
+pub(crate) const MAX_WINDOW: u32 = 64;
+/// Bytes of one hydrate entry at most: `MAX_IO`, whole regions (4).
+const ENTRY_BYTES: usize = tessera_proto::data::MAX_IO as usize;
 
 /// The stores this node has opened, one per spec (its JSON, credentials included: two
 /// specs of one name with other keys are two clients).
@@ -60,16 +68,33 @@ pub(crate) struct StoreCache(Mutex<HashMap<String, Store>>);
 
 impl StoreCache {
     /// The store of `spec`, opened on first use (`Invalid` if it cannot be: a bad path,
-    /// endpoint or bucket name).
-    pub(crate) fn open(&self, spec: &StoreSpec) -> Result<Store, ControlError> {
+    /// endpoint or bucket name). A directory store must hold the marker the manager's
+    /// check leaves (`tessera_backup::MARKER`), verified once per cached store: without
+    /// it the path is not the manager's (each host its own disk), and objects put there
+    /// would be lost to every other node and to the manager.
+    pub(crate) async fn open(&self, spec: &StoreSpec, node: u64) -> Result<Store, ControlError> {
         let key = String::from_utf8_lossy(&control::encode(spec)).into_owned();
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(&key) {
+        if let Some(s) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(s.clone());
         }
         let store = Store::open(spec).map_err(|e| ControlError::Invalid(e.to_string()))?;
-        map.insert(key, store.clone());
-        Ok(store)
+        if let StoreKind::Dir { path } = &spec.kind {
+            match store.verify_marker().await {
+                Ok(()) => {}
+                Err(tessera_backup::Error::NotFound { .. }) => {
+                    return Err(ControlError::Invalid(format!(
+                        "directory store {} at {path} is not shared with node {node}: no \
+                         {} marker; a directory store needs a path every node and manager \
+                         share",
+                        spec.name,
+                        tessera_backup::MARKER
+                    )));
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map.entry(key).or_insert(store).clone())
     }
 }
 
@@ -115,9 +140,11 @@ fn raft_answer(group: u64, what: &str, answer: Option<Reply>) -> Result<Bytes, S
     match answer {
         Some(Reply::Ok(data)) => Ok(data),
         Some(Reply::NotLeader { hint }) => Err(Stop::NotLeader(hint)),
-        Some(Reply::GroupNotFound) => Err(Stop::Failed(ControlError::NotFound(format!(
-            "group {group} is not hosted here"
-        )))),
+        // Not hosted here (moved, or not yet created): the manager asks another member.
+        Some(Reply::GroupNotFound) => {
+            tracing::debug!(group, "{what}: the group is not hosted here");
+            Err(Stop::NotLeader(0))
+        }
         Some(Reply::BadRequest(m) | Reply::OutOfRange(m)) => {
             Err(Stop::Failed(ControlError::Invalid(format!("{what}: {m}"))))
         }
@@ -164,16 +191,18 @@ async fn read(
     Ok(data)
 }
 
-/// Regions of a chunk of `chunk_bytes`, refused past the chunk limit or the request's.
+/// Regions of a chunk of `chunk_bytes`, refused past the chunk limit or the request's,
+/// or if not whole blocks.
 fn region_count(chunk_bytes: u64) -> Result<u64, ControlError> {
     let n = chunk_bytes.div_ceil(REGION_BYTES);
     if chunk_bytes == 0
         || chunk_bytes > tessera_engine::chunk::MAX_CHUNK
         || n > MAX_CHUNK_REGIONS as u64
+        || !chunk_bytes.is_multiple_of(BLOCK)
     {
         return Err(ControlError::Invalid(format!(
-            "a chunk of {chunk_bytes} bytes: must be 1 to {} bytes in at most \
-             {MAX_CHUNK_REGIONS} regions",
+            "a chunk of {chunk_bytes} bytes: must be whole blocks of {BLOCK} bytes, 1 to {} \
+             bytes in at most {MAX_CHUNK_REGIONS} regions",
             tessera_engine::chunk::MAX_CHUNK
         )));
     }
@@ -211,7 +240,7 @@ pub(crate) async fn backup_chunk(
 
 async fn upload(node: &Node<'_>, req: &BackupChunkRequest) -> Result<ChunkUpload, Stop> {
     let total = region_count(req.chunk_bytes)?;
-    let store = node.stores.open(&req.store)?;
+    let store = node.stores.open(&req.store, node.id).await?;
     let addr = ChunkAddr {
         group: req.group_id,
         volume: req.volume_id,
@@ -221,24 +250,19 @@ async fn upload(node: &Node<'_>, req: &BackupChunkRequest) -> Result<ChunkUpload
     // The first read: learns that this node leads, and makes its replica apply up to the
     // read index, past the snapshot's fence, before the changed blocks are looked at.
     let first = read(node.raft, addr, req.seq, 0, region_len(0)).await?;
-    let mut out = ChunkUpload {
-        read_bytes: first.len() as u64,
-        ..ChunkUpload::default()
-    };
+    // Counted when region 0 is one to answer (the probe is otherwise not the backup's).
+    let mut out = ChunkUpload::default();
     let regions = regions_to_read(node, req, total).await?;
-    let window = req.window.max(1) as usize;
+    let window = req.window.clamp(1, MAX_WINDOW) as usize;
     let mut uploads = Uploads::new();
     let mut done = BTreeMap::new();
     let mut first = Some(first);
     for r in regions {
         let data = match first.take().filter(|_| r == 0) {
             Some(d) => d,
-            None => {
-                let d = read(node.raft, addr, req.seq, r * REGION_BYTES, region_len(r)).await?;
-                out.read_bytes += d.len() as u64;
-                d
-            }
+            None => read(node.raft, addr, req.seq, r * REGION_BYTES, region_len(r)).await?,
         };
+        out.read_bytes += data.len() as u64;
         while uploads.len() >= window {
             collect(&mut uploads, &mut done, &mut out).await?;
         }
@@ -323,11 +347,9 @@ async fn regions_to_read(
     if req.after == 0 {
         return Ok((0..total).collect());
     }
+    // Removed since the first read: the manager asks another member.
     let Some(store) = node.chunks.existing(req.group_id) else {
-        return Err(Stop::Failed(ControlError::NotFound(format!(
-            "node {} holds no replica of group {}",
-            node.id, req.group_id
-        ))));
+        return Err(Stop::NotLeader(0));
     };
     let (volume, chunk, after, seq) = (req.volume_id, req.chunk, req.after, req.seq);
     let changed = tokio::task::spawn_blocking(move || {
@@ -352,8 +374,12 @@ async fn regions_to_read(
 }
 
 /// `StorageRequest::HydrateChunk`: fetches each region's object (at most `req.window` in
-/// flight), verifies it, and proposes its runs of blocks through the group's log; `Done`
-/// once every entry is committed.
+/// flight), verifies it, and proposes whole regions through the group's log, consecutive
+/// ones packed into entries of up to `MAX_IO` (blocks the object does not hold are zero
+/// blocks, which the engine writes as zero where nothing is held: what the backup says);
+/// `Done` once every entry is committed. Each entry that fills anything costs its replicas
+/// two fdatasyncs (see `tessera_engine`'s hydrate), so whole regions, packed, make it two
+/// per 4 MiB rather than two per run of blocks.
 pub(crate) async fn hydrate_chunk(
     node: Node<'_>,
     req: HydrateChunkRequest,
@@ -394,7 +420,7 @@ async fn fill(node: &Node<'_>, req: &HydrateChunkRequest) -> Result<StorageReply
             r.region
         ))));
     }
-    let store = node.stores.open(&req.store)?;
+    let store = node.stores.open(&req.store, node.id).await?;
     let addr = ChunkAddr {
         group: req.group_id,
         volume: req.volume_id,
@@ -402,80 +428,127 @@ async fn fill(node: &Node<'_>, req: &HydrateChunkRequest) -> Result<StorageReply
     };
     // Leader only, learnt before anything is fetched.
     read(node.raft, addr, 0, 0, BLOCK).await?;
-    let window = req.window.max(1) as usize;
-    let mut fetches: JoinSet<tessera_backup::Result<(u32, region::Region)>> = JoinSet::new();
+    let window = req.window.clamp(1, MAX_WINDOW) as usize;
+    // Fetched in order (packing needs it), `window` at once; each task aborted if the
+    // request ends first.
+    let mut fetches: VecDeque<Fetch> = VecDeque::new();
     let mut wanted = req
         .regions
         .iter()
         .filter_map(|r| r.object.map(|h| (r.region, h)));
-    // Entries proposed, oldest first, one list per region: at most `window` regions wait
-    // for their commit while more are fetched.
-    let mut proposed: VecDeque<Vec<oneshot::Receiver<Reply>>> = VecDeque::new();
+    // Entries proposed, oldest first: a few wait for their commit while more are fetched.
+    let mut proposed: VecDeque<oneshot::Receiver<Reply>> = VecDeque::new();
+    let max_proposed = window.div_ceil(4).max(2);
+    // The entry being packed: its first region and its bytes (whole regions so far).
+    let mut entry: Option<(u32, Vec<u8>)> = None;
     let mut bytes = 0u64;
     loop {
         while fetches.len() < window {
             let Some((region, hash)) = wanted.next() else {
                 break;
             };
-            let store = store.clone();
-            fetches.spawn(async move {
-                let key = keys::object(&hash);
-                let got = store.get(&key).await?;
-                let name = store.name().to_string();
-                let decoded =
-                    tokio::task::spawn_blocking(move || region::decode(&name, &hash, &got))
-                        .await
-                        .map_err(|e| tessera_backup::Error::Unavailable {
-                            store: store.name().to_string(),
-                            why: format!("decoding {key}: {e}"),
-                        })??;
-                Ok((region, decoded))
-            });
+            fetches.push_back(Fetch(tokio::spawn(fetch(store.clone(), region, hash))));
         }
-        let Some(joined) = fetches.join_next().await else {
+        let Some(mut next) = fetches.pop_front() else {
             break;
         };
-        let joined = joined.map_err(|e| ControlError::Internal(format!("a fetch task: {e}")))?;
-        let (region, decoded) = joined.map_err(store_error)?;
-        let mut entries = Vec::new();
-        for (first, data) in decoded.runs() {
-            let offset = u64::from(region) * REGION_BYTES + u64::from(first) * BLOCK;
-            bytes += data.len() as u64;
-            let (tx, rx) = oneshot::channel();
-            node.raft.hydrate(
-                req.group_id,
-                req.volume_id,
-                req.chunk,
-                offset as u32,
-                data,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            entries.push(rx);
+        let joined = (&mut next.0)
+            .await
+            .map_err(|e| ControlError::Internal(format!("a fetch task: {e}")))?;
+        let (region, data) = joined.map_err(store_error)?;
+        let follows = entry.as_ref().is_some_and(|(first, d)| {
+            u64::from(region) == u64::from(*first) + d.len() as u64 / REGION_BYTES
+                && (d.len() as u64).is_multiple_of(REGION_BYTES)
+                && d.len() + data.len() <= ENTRY_BYTES
+        });
+        match &mut entry {
+            Some((_, d)) if follows => d.extend_from_slice(&data),
+            _ => {
+                if let Some(done) = entry.replace((region, data)) {
+                    bytes += propose(node, req, done, &mut proposed);
+                }
+            }
         }
-        proposed.push_back(entries);
-        while proposed.len() > window {
-            committed(req, proposed.pop_front().unwrap_or_default()).await?;
+        if entry.as_ref().is_some_and(|(_, d)| d.len() >= ENTRY_BYTES)
+            && let Some(done) = entry.take()
+        {
+            bytes += propose(node, req, done, &mut proposed);
+        }
+        while proposed.len() > max_proposed {
+            committed(req, proposed.pop_front()).await?;
         }
     }
-    while let Some(entries) = proposed.pop_front() {
-        committed(req, entries).await?;
+    if let Some(done) = entry.take() {
+        bytes += propose(node, req, done, &mut proposed);
+    }
+    while !proposed.is_empty() {
+        committed(req, proposed.pop_front()).await?;
     }
     HYDRATED_BYTES.add(bytes);
     Ok(StorageReply::Done)
 }
 
-/// Waits for each of one region's hydrate entries to be committed.
+/// A region's fetch, aborted if dropped unfinished (the request failed or was given up).
+struct Fetch(tokio::task::JoinHandle<tessera_backup::Result<(u32, Vec<u8>)>>);
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The region object `hash`, read (at most `region::MAX_OBJECT_BYTES`) and verified, as
+/// the region's bytes (zero blocks where it holds none).
+async fn fetch(store: Store, region: u32, hash: Hash) -> tessera_backup::Result<(u32, Vec<u8>)> {
+    let key = keys::object(&hash);
+    let got = store.get_bounded(&key, region::MAX_OBJECT_BYTES).await?;
+    let name = store.name().to_string();
+    let decoded = tokio::task::spawn_blocking(move || {
+        region::decode(&name, &hash, &got).map(|r| r.to_bytes())
+    })
+    .await
+    .map_err(|e| tessera_backup::Error::Unavailable {
+        store: store.name().to_string(),
+        why: format!("decoding {key}: {e}"),
+    })??;
+    Ok((region, decoded))
+}
+
+/// Proposes one hydrate entry of `data` at region `first`; its bytes.
+fn propose(
+    node: &Node<'_>,
+    req: &HydrateChunkRequest,
+    (first, data): (u32, Vec<u8>),
+    proposed: &mut VecDeque<oneshot::Receiver<Reply>>,
+) -> u64 {
+    let len = data.len() as u64;
+    let (tx, rx) = oneshot::channel();
+    node.raft.hydrate(
+        req.group_id,
+        req.volume_id,
+        req.chunk,
+        // Below the chunk limit (4 GiB), checked above.
+        (u64::from(first) * REGION_BYTES) as u32,
+        Bytes::from(data),
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    proposed.push_back(rx);
+    len
+}
+
+/// Waits for one hydrate entry to be committed.
 async fn committed(
     req: &HydrateChunkRequest,
-    entries: Vec<oneshot::Receiver<Reply>>,
+    entry: Option<oneshot::Receiver<Reply>>,
 ) -> Result<(), Stop> {
     let what = format!("hydrating volume {} chunk {}", req.volume_id, req.chunk);
-    for rx in entries {
-        raft_answer(req.group_id, &what, rx.await.ok())?;
-    }
-    Ok(())
+    let answer = match entry {
+        Some(rx) => rx.await.ok(),
+        None => return Ok(()),
+    };
+    raft_answer(req.group_id, &what, answer).map(|_| ())
 }
 
 #[cfg(test)]

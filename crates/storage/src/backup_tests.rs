@@ -165,6 +165,12 @@ async fn one_node() -> One {
         chunks,
         stores: StoreCache::default(),
     };
+    // The manager's check at its start leaves the marker a node looks for.
+    Store::open(&one.spec())
+        .expect("open")
+        .check()
+        .await
+        .expect("check");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let req = Request::other(Op::Read, addr(1), 0, 4096);
@@ -302,11 +308,16 @@ async fn only_the_leader_moves_chunks_and_bad_requests_are_refused() {
     req.group_id = LEADERLESS;
     let got = hydrate_chunk(one.node(), req).await;
     assert!(matches!(got, Ok(StorageReply::NotLeader { .. })), "{got:?}");
+    // A group not hosted here: the manager is told to ask another member.
     let mut req = one.backup(1, 0);
     req.group_id = 99;
     let got = backup_chunk(one.node(), req).await;
-    assert!(matches!(got, Err(ControlError::NotFound(_))), "{got:?}");
-    for chunk_bytes in [0, (4 << 30) + 1] {
+    assert_eq!(got, Ok(StorageReply::NotLeader { hint: 0 }));
+    let mut req = one.hydrate(1, Vec::new());
+    req.group_id = 99;
+    let got = hydrate_chunk(one.node(), req).await;
+    assert_eq!(got, Ok(StorageReply::NotLeader { hint: 0 }));
+    for chunk_bytes in [0, (4 << 30) + 1, MIB + 512] {
         let mut req = one.backup(1, 0);
         req.chunk_bytes = chunk_bytes;
         let got = backup_chunk(one.node(), req).await;
@@ -324,4 +335,154 @@ async fn only_the_leader_moves_chunks_and_bad_requests_are_refused() {
     );
     let got = hydrate_chunk(one.node(), req).await;
     assert!(matches!(got, Err(ControlError::Invalid(_))), "{got:?}");
+}
+
+/// The commit index of `GROUP` on the node.
+async fn commit_index(one: &One) -> u64 {
+    let (tx, rx) = oneshot::channel();
+    one.raft.status(Box::new(move |groups| {
+        let _ = tx.send(groups);
+    }));
+    let groups = rx.await.expect("status");
+    groups
+        .iter()
+        .find(|g| g.group_id == GROUP)
+        .map(|g| g.commit)
+        .expect("the group")
+}
+
+/// Every other block of region 0 and region 1 whole, region 2 one block: one entry fills
+/// the whole chunk (regions packed up to `MAX_IO`), not one per run of blocks; the blocks
+/// the backup does not hold read as zeroes.
+#[tokio::test]
+async fn a_fill_proposes_whole_regions_packed_into_few_entries() {
+    let one = one_node().await;
+    for b in (0..256u64).step_by(2) {
+        one.write(1, b * 4096, vec![b as u8 | 1; 4096], 1, u128::from(b) + 1)
+            .await;
+    }
+    one.write(1, MIB, vec![7; MIB as usize], 1, 1000).await;
+    one.write(1, 2 * MIB + 8192, vec![8; 4096], 1, 1001).await;
+    let full = upload_of(backup_chunk(one.node(), one.backup(1, 0)).await);
+    assert_eq!(
+        full.regions.iter().filter(|r| r.object.is_some()).count(),
+        3
+    );
+    let before = commit_index(&one).await;
+    let got = hydrate_chunk(one.node(), one.hydrate(2, full.regions.clone())).await;
+    assert_eq!(got, Ok(StorageReply::Done));
+    assert_eq!(commit_index(&one).await - before, 1, "entries proposed");
+    assert!(one.read(2).await == one.read(1).await);
+}
+
+/// An incremental backup that reads no region 0 does not count the probe read of it.
+#[tokio::test]
+async fn the_probe_read_is_counted_only_when_its_region_is_backed_up() {
+    let one = one_node().await;
+    one.write(1, 0, vec![1; 4096], 1, 1).await;
+    one.write(1, 2 * MIB, vec![2; 4096], 2, 2).await;
+    let incremental = upload_of(backup_chunk(one.node(), one.backup(2, 1)).await);
+    assert_eq!(incremental.regions.len(), 1, "{incremental:?}");
+    assert_eq!(incremental.read_bytes, CHUNK_BYTES - 2 * MIB);
+}
+
+/// A directory store the manager never checked (no marker: a node's own disk, say) is
+/// refused, saying why; once checked, it is used.
+#[tokio::test]
+async fn a_directory_store_without_the_marker_is_refused() {
+    let one = one_node().await;
+    one.write(1, 0, vec![1; 4096], 1, 1).await;
+    let mut req = one.backup(1, 0);
+    let elsewhere = one.store_dir.with_file_name("elsewhere");
+    req.store.kind = StoreKind::Dir {
+        path: elsewhere.to_string_lossy().into_owned(),
+    };
+    match backup_chunk(one.node(), req.clone()).await {
+        Err(ControlError::Invalid(m)) => assert!(
+            m.contains("is not shared with node 1") && m.contains("tessera-store"),
+            "{m}"
+        ),
+        other => panic!("an unshared directory store: {other:?}"),
+    }
+    assert!(!elsewhere.join("objects").exists(), "nothing is put there");
+    Store::open(&req.store)
+        .expect("open")
+        .check()
+        .await
+        .expect("check");
+    upload_of(backup_chunk(one.node(), req).await);
+}
+
+/// A hydration whose manager closed the connection (it gave up) is stopped with it, not
+/// left running: here its object is a FIFO no one writes, so it would wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_on_stops_with_its_connection() {
+    use std::sync::atomic::Ordering;
+    use tessera_proto::control::StorageRequest;
+    use tessera_proto::frame::{Frame, Kind};
+
+    let one = one_node().await;
+    let hash = Hash([0xab; 32]);
+    let fifo = object_path(&one, &hash);
+    std::fs::create_dir_all(fifo.parent().expect("a parent")).expect("dir");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    // Lets the blocked open of the FIFO end, pass or fail (O_NONBLOCK: never waits).
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(0o4000)
+                .open(&self.0);
+        }
+    }
+    let _release = Release(fifo.clone());
+    let shared = Arc::new(crate::server::Shared {
+        raft: one.raft.clone(),
+        node_id: 1,
+        capacity: Box::new(|| (0, 0)),
+        chunks: one.chunks.clone(),
+        recovery: Default::default(),
+        descriptors: 0,
+        stores: StoreCache::default(),
+        moving: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let at = listener.local_addr().expect("addr");
+    let serving = tokio::spawn(crate::server::accept_loop(listener, shared.clone()));
+    let mut conn = tokio::net::TcpStream::connect(at).await.expect("connect");
+    let req = StorageRequest::HydrateChunk(one.hydrate(
+        1,
+        vec![RegionRef {
+            region: 0,
+            object: Some(hash),
+        }],
+    ));
+    let frame = Frame::new(Kind::Rpc, 1, control::encode(&req));
+    tessera_net::write_frame(&mut conn, &frame)
+        .await
+        .expect("send");
+    let until = |n: usize| {
+        let shared = shared.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shared.moving.load(Ordering::Relaxed) != n {
+                assert!(Instant::now() < deadline, "never {n} running");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    until(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(shared.moving.load(Ordering::Relaxed), 1, "still waiting");
+    drop(conn);
+    until(0).await;
+    serving.abort();
 }

@@ -262,6 +262,7 @@ impl StorageNode {
             recovery,
             descriptors,
             stores: Default::default(),
+            moving: Default::default(),
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;

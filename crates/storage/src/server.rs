@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) descriptors: u64,
     /// The object stores backups and restores use, opened on first use.
     pub(crate) stores: crate::backup::StoreCache,
+    /// Backups and hydrations of chunks running now (see [`long_rpc`]).
+    pub(crate) moving: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -76,7 +78,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// a client pipelining faster than the node commits cannot grow its memory without bound.
 const IN_FLIGHT_UNITS: u32 = 16 * 1024;
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
     let (r, w) = stream.into_split();
     // Each answer carries the in-flight budget its request took, released only once the
@@ -88,7 +90,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     });
     let mut reader = FrameReader::new(r);
     let mut copied = CopySources::default();
+    // Backups and hydrations of chunks this connection asked for: they run beside the loop
+    // and are aborted when the connection ends (the manager gave up on them).
+    let mut long = tokio::task::JoinSet::new();
     loop {
+        while long.try_join_next().is_some() {}
         let f = match reader.next().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
@@ -162,23 +168,63 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     break;
                 }
             },
-            Kind::Rpc => {
-                let res = rpc(&shared, &f.body).await;
-                let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
-            }
+            Kind::Rpc => match control::decode::<StorageRequest>(&f.body) {
+                Ok(req @ (StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_))) => {
+                    let (shared, tx, id) = (shared.clone(), tx.clone(), f.request_id);
+                    long.spawn(async move {
+                        let res = long_rpc(&shared, req).await;
+                        let _ = tx.send((tessera_net::rpc_reply(id, &res), None));
+                    });
+                }
+                Ok(req) => {
+                    let res = rpc(&shared, req).await;
+                    let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                }
+                Err(e) => {
+                    let res: Result<StorageReply, _> = Err(ControlError::Invalid(e.to_string()));
+                    let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                }
+            },
             Kind::Reply | Kind::RpcReply | Kind::ManagerRaft => {
                 tracing::warn!(%peer, "dropping connection: unsolicited {:?} frame", f.kind);
                 break;
             }
         }
     }
+    // Closed (or dropped): whatever it asked for is given up, and answers nobody.
+    long.abort_all();
+    while long.join_next().await.is_some() {}
     drop(tx);
     let _ = writer.await;
 }
 
-async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError> {
-    let req: StorageRequest =
-        control::decode(body).map_err(|e| ControlError::Invalid(e.to_string()))?;
+/// A backup or a hydration of a chunk: minutes of moving bytes, counted in
+/// `Shared::moving` while it runs. Runs as a task of its connection's, so that a
+/// connection closed by a manager that gave up on it (its deadline passed) stops it:
+/// otherwise it would carry on, and a retry would run beside it.
+async fn long_rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, ControlError> {
+    struct Moving<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Moving<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    shared
+        .moving
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _moving = Moving(&shared.moving);
+    match req {
+        StorageRequest::BackupChunk(req) => {
+            crate::backup::backup_chunk(shared.backup_node(), req).await
+        }
+        StorageRequest::HydrateChunk(req) => {
+            crate::backup::hydrate_chunk(shared.backup_node(), req).await
+        }
+        other => rpc(shared, other).await,
+    }
+}
+
+async fn rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, ControlError> {
     match req {
         StorageRequest::DropChunks {
             group_id,
@@ -217,11 +263,8 @@ async fn rpc(shared: &Shared, body: &Bytes) -> Result<StorageReply, ControlError
             group_id,
             volume_id,
         } => layer_usage(&shared.chunks, shared.node_id, group_id, volume_id),
-        StorageRequest::BackupChunk(req) => {
-            crate::backup::backup_chunk(shared.backup_node(), req).await
-        }
-        StorageRequest::HydrateChunk(req) => {
-            crate::backup::hydrate_chunk(shared.backup_node(), req).await
+        req @ (StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_)) => {
+            Box::pin(long_rpc(shared, req)).await
         }
         StorageRequest::Apply { group_id, ops } => {
             if ops.len() > MAX_GROUP_OPS {

@@ -27,8 +27,13 @@
 //! during the hydrate itself leaves its own fills torn: while replaying, a block of
 //! layer 1 failing its checksum whose checksum is the one this entry stores is filled
 //! again. Blocks it skipped are never touched, so their replay is the other entries'.
-//! The cost: two fdatasyncs per hydrate entry that fills a block (a restore writes whole
-//! regions per entry, so a few per MiB).
+//! The cost: two fdatasyncs per hydrate entry that fills a block (a restore proposes whole
+//! regions, up to four per entry: two per 4 MiB). They run on the Raft poller's thread,
+//! and under the store's `sync_failure` lock (`sync_layer`), which the flusher's
+//! whole-store [`ChunkStore::sync`] holds across every dirty file's fdatasyncs: an entry
+//! applied while that sync runs waits for all of it. Not avoided: the lock is what keeps a
+//! failed fdatasync (whose error the kernel reports once per open file) from being
+//! followed by another sync of the same file that finds it clean and reports it durable.
 //!
 //! One replay still differs: a block held before the hydrate only in a layer above 1,
 //! which a later discard makes absent there (checksum 0), is filled by a replay of the
