@@ -78,10 +78,12 @@ fn a_backup_naming_a_root_being_deleted_is_not_made_ready() {
     // Skipped: the job sees it still uploading, puts the root again once deleted.
     ready(&mut s, c2, root);
     assert_eq!(s.backup(c2).unwrap().state, BackupState::Uploading);
+    assert!(s.is_claimed("b", &GcKey::Root(root)));
     s.apply(&Mutation::GcDeleted {
         store: "b".into(),
         keys: vec![GcKey::Root(root)],
     });
+    assert!(!s.is_claimed("b", &GcKey::Root(root)));
     ready(&mut s, c2, root);
     assert_eq!(s.backup(c2).unwrap().state, BackupState::Ready);
     assert!(garbage(&s, "b").is_empty());

@@ -204,6 +204,16 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Whether `key` of the store is claimed (being deleted). A `BackupReady` naming a
+    /// claimed root is skipped: the job waits until the deletion is recorded (no longer
+    /// claimed), puts the root again with `force`, and commits `BackupReady` again.
+    pub fn is_claimed(&self, store: &str, key: &GcKey) -> bool {
+        self.backups
+            .stores
+            .get(store)
+            .is_some_and(|s| s.claimed.contains(key))
+    }
+
     /// Segments at 0 refs queued for release, at most `limit`: the collector reads each
     /// from the store and records [`Mutation::SegmentsReleased`] with their objects.
     pub fn segments_to_release(&self, store: &str, limit: usize) -> Vec<Hash> {
