@@ -72,9 +72,10 @@ fn a_backup_naming_a_root_being_deleted_is_not_made_ready() {
     let c1 = copy(&mut s, b1, "b");
     ready(&mut s, c1, root);
     s.apply(&s.plan_delete_backup(c1, 10).unwrap());
-    let c2 = copy(&mut s, b1, "b");
+    // Claimed before the new copy was asked for (a copy uploading refuses the claim).
     claim(&mut s, "b", vec![GcKey::Root(root)]);
     assert_eq!(s.claimed("b"), [GcKey::Root(root)]);
+    let c2 = copy(&mut s, b1, "b");
     // Skipped: the job sees it still uploading, puts the root again once deleted.
     ready(&mut s, c2, root);
     assert_eq!(s.backup(c2).unwrap().state, BackupState::Uploading);
@@ -87,6 +88,13 @@ fn a_backup_naming_a_root_being_deleted_is_not_made_ready() {
     ready(&mut s, c2, root);
     assert_eq!(s.backup(c2).unwrap().state, BackupState::Ready);
     assert!(garbage(&s, "b").is_empty());
+    // The root garbage again, then a copy asked for: it is not claimed while that uploads.
+    s.apply(&s.plan_delete_backup(c2, 20).unwrap());
+    let c3 = copy(&mut s, b1, "b");
+    claim(&mut s, "b", vec![GcKey::Root(root)]);
+    assert!(s.claimed("b").is_empty());
+    ready(&mut s, c3, root);
+    assert_eq!(s.backup(c3).unwrap().state, BackupState::Ready);
 }
 
 #[test]

@@ -229,12 +229,20 @@ impl Draft<'_> {
         }
     }
 
-    /// Whether a record of `store` other than `except` names `root`.
+    /// Whether a record of `store` other than `except` names `root`: as its root, or, for
+    /// a copy still uploading, as its source's root (the one it will put).
     fn root_named(&self, store: &str, root: Hash, except: Option<u64>) -> bool {
+        let names = |r: &BackupRecord| {
+            r.root == Some(root)
+                || (r.state == BackupState::Uploading
+                    && r.copied_from
+                        .and_then(|from| self.b.records.get(&from))
+                        .is_some_and(|from| from.root == Some(root)))
+        };
         self.b
             .records
             .values()
-            .any(|r| Some(r.id) != except && r.store == store && r.root == Some(root))
+            .any(|r| Some(r.id) != except && r.store == store && names(r))
     }
 
     fn release(&mut self, store: &str, seg: Hash, objects: &[Hash], now_unix: u64) {
