@@ -38,10 +38,7 @@ async fn copy_record(h: &Harness) {
 /// Runs the copy loop until backup 2 is no longer uploading.
 async fn run_copy(h: &Harness, stores: Stores) {
     let (stop, stopped) = watch::channel(false);
-    let settings = Settings {
-        chunks_in_flight: 2,
-        window: 2,
-    };
+    let settings = Settings::new(2, 2);
     let pace = Arc::new(Pace::new(1 << 40));
     let task = tokio::spawn(run(h.service.clone(), stores, settings, pace, stopped));
     h.until("copy finished", |s| {

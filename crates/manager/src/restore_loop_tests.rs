@@ -28,10 +28,7 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
         chunks: vec![(0, 1), (1, 1), (2, 1)],
     })
     .await;
-    let settings = Settings {
-        chunks_in_flight: 2,
-        window: 3,
-    };
+    let settings = Settings::new(2, 3);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(
         h.service.clone(),
