@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tessera_backup::manifest::{FORMAT, Segment};
-use tessera_backup::{Store, keys};
+use tessera_backup::{Error as StoreError, Store, keys};
 use tessera_net::NetError;
 use tessera_proto::control::{
     BackupState, ChunkUpload, ControlError, Hash, REGION_BYTES, RegionRef, SnapshotState,
@@ -306,11 +306,13 @@ pub(crate) fn stats_of(u: &ChunkUpload) -> BackupStats {
 
 /// The segment named `h` in `store`, verified.
 pub(crate) async fn read_segment(store: &Store, h: &Hash) -> Result<Segment, String> {
-    let bytes = store
-        .get(&keys::segment(h))
-        .await
-        .map_err(|e| e.to_string())?;
-    Segment::decode(store.name(), h, &bytes).map_err(|e| e.to_string())
+    fetch_segment(store, h).await.map_err(|e| e.to_string())
+}
+
+/// [`read_segment`] with the store's error as it is.
+pub(crate) async fn fetch_segment(store: &Store, h: &Hash) -> Result<Segment, StoreError> {
+    let bytes = store.get(&keys::segment(h)).await?;
+    Segment::decode(store.name(), h, &bytes)
 }
 
 /// The chunk's segment after a backup read `answered`: the base's regions (if any), each
