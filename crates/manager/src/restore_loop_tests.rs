@@ -68,3 +68,18 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
     );
     h.stop().await;
 }
+
+/// A chunk failing for a while shows its error in the restore's meter (what `volume info`
+/// shows); the next chunk filled clears it.
+#[test]
+fn a_lasting_chunk_error_is_shown_until_a_chunk_is_filled() {
+    let meters = RestoreMeters::default();
+    let rates = Rates::new(meters.clone());
+    rates.plan(2, 3);
+    rates.failing(2, "chunk 1: store s: unreachable".into());
+    let m = meters.lock().unwrap().get(&2).cloned().unwrap();
+    assert_eq!(m.error.as_deref(), Some("chunk 1: store s: unreachable"));
+    rates.filled(2, REGION_BYTES);
+    let m = meters.lock().unwrap().get(&2).cloned().unwrap();
+    assert_eq!((m.error, m.hydrated_bytes), (None, REGION_BYTES));
+}
