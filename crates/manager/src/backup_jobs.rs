@@ -32,8 +32,8 @@ pub(crate) type Stores = Arc<BTreeMap<String, (StoreSpec, Store)>>;
 
 /// How often the loops look for work.
 pub(crate) const TICK: Duration = Duration::from_secs(2);
-/// A chunk failing this long in a row fails its backup.
-pub const GIVE_UP: Duration = Duration::from_secs(60);
+/// A chunk failing this long in a row fails its backup (shorter in tests).
+pub const GIVE_UP: Duration = Duration::from_secs(if cfg!(test) { 5 } else { 60 });
 
 /// The settings the backup loops share.
 #[derive(Debug, Clone)]
