@@ -53,7 +53,8 @@ pub enum BackupCmd {
         id: u64,
     },
     /// Forget a backup; objects no other backup references are deleted after the
-    /// manager's grace period (refused while it is read by a restore or a copy).
+    /// manager's grace period. One still uploading is cancelled. Refused (exit 5) while it
+    /// is read by a restore, a copy or an upload based on it.
     Delete {
         #[arg(value_parser = parse_backup_id)]
         id: u64,

@@ -13,8 +13,10 @@
 //! it to memory and the database writes the same rows, so they agree by construction.
 //!
 //! Must never: revive a claimed key (its deletion may already have happened), record a
-//! segment uploaded across a claim or a deletion (`gc_gen` differs), or make an object
-//! garbage while a recorded segment names it.
+//! new segment uploaded across a claim or a deletion (`gc_gen` differs; a segment the
+//! store counts is safe whatever the `gc_gen`: its objects were counted all along), make
+//! an object garbage while a recorded segment names it, or a root while a record of the
+//! store names it (a copy keeps its source's root, so two records may name one root).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -219,9 +221,28 @@ impl Draft<'_> {
                 self.d.release.insert(key(store, seg), true);
             }
         }
-        if let Some(root) = rec.root {
+        // A copy keeps its source's root: another record of this store may name it.
+        if let Some(root) = rec.root
+            && !self.root_named(store, root, Some(id))
+        {
             self.set_garbage(store, GcKey::Root(root), Some(now_unix));
         }
+    }
+
+    /// Whether a record of `store` other than `except` names `root`: as its root, or, for
+    /// a copy still uploading, as its source's root (the one it will put).
+    fn root_named(&self, store: &str, root: Hash, except: Option<u64>) -> bool {
+        let names = |r: &BackupRecord| {
+            r.root == Some(root)
+                || (r.state == BackupState::Uploading
+                    && r.copied_from
+                        .and_then(|from| self.b.records.get(&from))
+                        .is_some_and(|from| from.root == Some(root)))
+        };
+        self.b
+            .records
+            .values()
+            .any(|r| Some(r.id) != except && r.store == store && names(r))
     }
 
     fn release(&mut self, store: &str, seg: Hash, objects: &[Hash], now_unix: u64) {
@@ -244,28 +265,39 @@ impl Draft<'_> {
         self.set_garbage(store, GcKey::Segment(seg), Some(now_unix));
     }
 
+    /// Moves the keys still garbage and unreferenced to claimed; `gc_gen` moves only if
+    /// one was.
     fn claim(&mut self, store: &str, keys: &[GcKey]) {
+        let mut any = false;
         for k in keys {
             let unreferenced = match k {
                 GcKey::Object(h) => self.obj(store, *h) == 0,
                 GcKey::Segment(h) => self.seg(store, *h).is_none(),
-                GcKey::Root(_) => true,
+                GcKey::Root(h) => !self.root_named(store, *h, None),
             };
             if self.garbage(store, *k).is_some() && unreferenced {
                 self.set_garbage(store, *k, None);
                 self.d.claimed.insert(gkey(store, *k), true);
+                any = true;
             }
         }
-        self.bump_gen(store);
+        if any {
+            self.bump_gen(store);
+        }
     }
 
+    /// Forgets the claimed keys; `gc_gen` moves only if one was.
     fn deleted(&mut self, store: &str, keys: &[GcKey]) {
+        let mut any = false;
         for k in keys {
             if self.claimed(store, *k) {
                 self.d.claimed.insert(gkey(store, *k), false);
+                any = true;
             }
         }
-        self.bump_gen(store);
+        if any {
+            self.bump_gen(store);
+        }
     }
 }
 
@@ -295,9 +327,13 @@ impl State {
                 if rec.state != BackupState::Uploading {
                     return Some(w.d);
                 }
-                if w.gc_gen(&rec.store) == *gc_gen {
-                    for c in chunks {
-                        w.record_chunk(*id, &rec.store.clone(), c);
+                // Across a claim or a deletion only segments the store counts are
+                // recorded: their objects were counted throughout, so never deleted.
+                let same_gen = w.gc_gen(&rec.store) == *gc_gen;
+                let store = rec.store.clone();
+                for c in chunks {
+                    if same_gen || w.seg(&store, c.segment).is_some() {
+                        w.record_chunk(*id, &store, c);
                     }
                 }
                 rec.stats = rec.stats.plus(stats);
@@ -308,9 +344,13 @@ impl State {
                 root,
                 finished_unix,
             } => {
+                // A root being deleted is not named: the job puts it again (forced) once
+                // the deletion is recorded, and retries.
                 if let Some(mut rec) = w.record(*id)
                     && rec.state == BackupState::Uploading
+                    && !w.claimed(&rec.store, GcKey::Root(*root))
                 {
+                    w.set_garbage(&rec.store, GcKey::Root(*root), None);
                     rec.state = BackupState::Ready;
                     rec.root = Some(*root);
                     rec.finished_unix = Some(*finished_unix);

@@ -92,6 +92,14 @@ impl State {
     /// Ready records holding the same backup as `id` (itself, the backup it was copied
     /// from, and every copy of either), by id: where a restore may read it.
     pub fn backup_replicas(&self, id: u64) -> Vec<&BackupRecord> {
+        self.same_backup(id)
+            .filter(|r| r.state == BackupState::Ready)
+            .collect()
+    }
+
+    /// Every record holding the same backup as `id`, in any state: itself, the backup it
+    /// was copied from, and every copy of either.
+    fn same_backup(&self, id: u64) -> impl Iterator<Item = &BackupRecord> {
         let mut origin = id;
         let mut seen = BTreeSet::new();
         while let Some(from) = self.backup(origin).and_then(|r| r.copied_from) {
@@ -100,7 +108,7 @@ impl State {
             }
             origin = from;
         }
-        let of_origin = |r: &BackupRecord| {
+        let of_origin = move |r: &&BackupRecord| {
             let mut at = r.id;
             let mut hops = 0;
             loop {
@@ -116,11 +124,35 @@ impl State {
                 }
             }
         };
-        self.backups
-            .records
-            .values()
-            .filter(|r| r.state == BackupState::Ready && of_origin(r))
-            .collect()
+        self.backups.records.values().filter(of_origin)
+    }
+
+    /// Whether what uploading backup `id` reads is still there: its volume (the same one,
+    /// by id and name), and its snapshot, ready, at the backup's sequence. The upload job
+    /// asks before recording chunks and before the root; an error says what is gone.
+    pub fn backup_still_valid(&self, id: u64) -> Result<(), String> {
+        let r = self
+            .backup(id)
+            .ok_or_else(|| format!("backup {id} is gone"))?;
+        if r.copied_from.is_some() {
+            return Ok(());
+        }
+        let v = self
+            .volumes
+            .get(&r.volume_id)
+            .ok_or_else(|| format!("volume {:?} was deleted", r.volume))?;
+        v.rec
+            .snapshot(&r.snapshot)
+            .filter(|s| s.seq == r.seq && s.state == SnapshotState::Ready)
+            .ok_or_else(|| format!("snapshot {}@{} was deleted", r.volume, r.snapshot))?;
+        // An incremental one reads the blocks changed since its base's snapshot.
+        if r.base.is_some() && !v.rec.snapshots.iter().any(|s| s.seq == r.base_seq) {
+            return Err(format!(
+                "the snapshot of backup {id}'s base (sequence {}) was deleted",
+                r.base_seq
+            ));
+        }
+        Ok(())
     }
 
     /// The store's `gc_gen`: moved by every claim and finished deletion of the collector.
@@ -170,6 +202,16 @@ impl State {
             .get(store)
             .map(|s| s.claimed.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Whether `key` of the store is claimed (being deleted). A `BackupReady` naming a
+    /// claimed root is skipped: the job waits until the deletion is recorded (no longer
+    /// claimed), puts the root again with `force`, and commits `BackupReady` again.
+    pub fn is_claimed(&self, store: &str, key: &GcKey) -> bool {
+        self.backups
+            .stores
+            .get(store)
+            .is_some_and(|s| s.claimed.contains(key))
     }
 
     /// Segments at 0 refs queued for release, at most `limit`: the collector reads each
@@ -346,6 +388,9 @@ impl State {
                 "snapshot {volume}@{snapshot} is not ready yet; retry shortly"
             )));
         }
+        if let Some(e) = self.restoring_error(&v.rec) {
+            return Err(e);
+        }
         let mine = || {
             self.backups
                 .records
@@ -353,10 +398,11 @@ impl State {
                 .filter(move |r| r.volume_id == id && r.store == store)
         };
         if let Some(busy) = mine().find(|r| r.state == BackupState::Uploading) {
-            return Err(ControlError::Invalid(format!(
+            return Err(ControlError::Conflict(format!(
                 "backup {} of volume {volume:?} ({volume}@{}) is still uploading to store \
-                 {store:?}; wait for it or delete it first",
-                busy.id, busy.snapshot
+                 {store:?}; wait until it is ready, or cancel it with `tessera backup delete \
+                 {}`",
+                busy.id, busy.snapshot, busy.id
             )));
         }
         let base = mine()
@@ -416,19 +462,14 @@ impl State {
         out
     }
 
-    /// Forget a ready or failed backup no one reads.
+    /// Forget a backup no one reads. An uploading one is cancelled: its job finds the
+    /// record gone and stops; what it recorded is released like any deleted backup's.
     pub fn plan_delete_backup(&self, id: u64, now_unix: u64) -> Result<Mutation, ControlError> {
-        let r = self
-            .backup(id)
+        self.backup(id)
             .ok_or_else(|| ControlError::NotFound(format!("backup {id} not found")))?;
-        if r.state == BackupState::Uploading {
-            return Err(ControlError::Invalid(format!(
-                "backup {id} is still uploading; wait until it is ready or failed"
-            )));
-        }
         let readers = self.backup_readers(id);
         if !readers.is_empty() {
-            return Err(ControlError::Invalid(format!(
+            return Err(ControlError::Conflict(format!(
                 "backup {id} is in use ({}); retry once they finish",
                 readers.join(", ")
             )));
@@ -458,9 +499,12 @@ impl State {
                 "backup {id} is already in store {to_store:?}"
             )));
         }
-        if let Some(c) = self.backups.records.values().find(|c| {
-            c.copied_from == Some(id) && c.store == to_store && c.state != BackupState::Failed
-        }) {
+        // The same backup in that store (a copy of it, its source, a copy of its source):
+        // copying again would name the same root twice.
+        if let Some(c) = self
+            .same_backup(id)
+            .find(|c| c.store == to_store && c.state != BackupState::Failed)
+        {
             return Ok(CopyPlan::Existing(c.id));
         }
         Ok(CopyPlan::New(Box::new(Mutation::CreateBackup(
@@ -516,6 +560,20 @@ impl State {
             next_chunk: 0,
         });
         Ok(Mutation::RestoreVolume { volume, chunks })
+    }
+
+    /// The uploading backup (not a copy) of volume `volume_id`, if any: the volume is not
+    /// deleted under it.
+    pub fn backup_reading_volume(&self, volume_id: u64) -> Option<u64> {
+        self.backups
+            .records
+            .values()
+            .find(|r| {
+                r.state == BackupState::Uploading
+                    && r.volume_id == volume_id
+                    && r.copied_from.is_none()
+            })
+            .map(|r| r.id)
     }
 
     /// The uploading backup reading snapshot `name` of volume `volume_id` (as its own

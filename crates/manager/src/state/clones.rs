@@ -75,6 +75,9 @@ impl State {
         if parent.rec.linking() {
             return Err(linking(&parent.rec));
         }
+        if let Some(e) = self.restoring_error(&parent.rec) {
+            return Err(e);
+        }
         let size = if snap.size == 0 {
             parent.rec.size
         } else {
@@ -209,6 +212,9 @@ impl State {
         let snap = snapshot_of(rec, snapshot)?;
         if rec.linking() {
             return Err(linking(rec));
+        }
+        if let Some(e) = self.restoring_error(rec) {
+            return Err(e);
         }
         if snap.state != SnapshotState::Ready {
             return Err(ControlError::Unavailable(format!(

@@ -40,6 +40,8 @@ mod snapshots;
 mod volumes;
 
 #[cfg(test)]
+mod backup_fix_tests;
+#[cfg(test)]
 mod backup_tests;
 #[cfg(test)]
 mod reclaim_tests;

@@ -122,6 +122,9 @@ impl State {
         if rec.rolling_back.is_some() {
             return Err(rolling_back(rec));
         }
+        if let Some(e) = self.restoring_error(rec) {
+            return Err(e);
+        }
         match rec.snapshot(name) {
             Some(s) if s.state == SnapshotState::Creating => Ok(SnapshotPlan::Finish),
             Some(_) => Err(ControlError::AlreadyExists(format!(
@@ -183,7 +186,7 @@ impl State {
             )));
         }
         if let Some(b) = self.backup_reading_snapshot(id, name) {
-            return Err(ControlError::Invalid(format!(
+            return Err(ControlError::Conflict(format!(
                 "snapshot {volume}@{name} is read by backup {b}, still uploading; delete the \
                  snapshot once the backup is ready or failed"
             )));

@@ -93,6 +93,12 @@ impl State {
                 clones.join(", ")
             )));
         }
+        if let Some(b) = self.backup_reading_volume(id) {
+            return Err(ControlError::Conflict(format!(
+                "volume {name:?} is read by backup {b}, still uploading; delete the volume \
+                 once the backup is ready or failed (or cancel it: `tessera backup delete {b}`)"
+            )));
+        }
         let mut by_group: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for (chunk, group) in &self.volumes[&id].chunks {
             by_group.entry(*group).or_default().push(*chunk);
