@@ -15,8 +15,8 @@ use tessera_backup::manifest::{FORMAT, Segment};
 use tessera_backup::{Error as StoreError, Store, keys};
 use tessera_net::NetError;
 use tessera_proto::control::{
-    BackupState, ChunkUpload, ControlError, Hash, REGION_BYTES, RegionRef, SnapshotState,
-    StorageReply, StorageRequest, StoreSpec,
+    BackupState, ChunkUpload, ControlError, Hash, REGION_BYTES, RegionRef, StorageReply,
+    StorageRequest, StoreSpec,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::group_calls::GroupJob;
 use crate::service::{Now, Service};
-use crate::state::{BackupStats, ChunkSegment, Mutation};
+use crate::state::{BackupStats, ChunkSegment, GcKey, Mutation};
 
 pub(crate) type Shared = Arc<Mutex<Service>>;
 /// The stores this manager opened, by name: the spec (sent to storage nodes) and a client.
@@ -68,32 +68,6 @@ impl Settings {
     pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
         self.slots.clone().acquire_owned().await.ok()
     }
-}
-
-/// Why backup `id` can no longer go on (`Err`): it is gone, or its volume or snapshot is.
-/// Stand-in for `State::backup_still_valid` (wip-fixm) until that is merged.
-pub(crate) fn backup_still_valid(s: &Service, id: u64) -> Result<(), String> {
-    let state = s.state();
-    let Some(b) = state.backup(id) else {
-        return Err(format!("backup {id} was deleted"));
-    };
-    let v = state.volume_record_by_id(b.volume_id).map_err(|_| {
-        format!(
-            "volume {:?} (id {}) was deleted before its backup finished",
-            b.volume, b.volume_id
-        )
-    })?;
-    let ready = v
-        .snapshots
-        .iter()
-        .any(|sn| sn.seq == b.seq && sn.state == SnapshotState::Ready);
-    if !ready {
-        return Err(format!(
-            "snapshot {:?} of volume {:?} (sequence {}) is gone",
-            b.snapshot, b.volume, b.seq
-        ));
-    }
-    Ok(())
 }
 
 pub(crate) fn now() -> Now {
@@ -157,7 +131,7 @@ pub(crate) fn still_uploading(
     {
         return Ok(false);
     }
-    if of_volume && let Err(error) = backup_still_valid(s, id) {
+    if of_volume && let Err(error) = s.state().backup_still_valid(id) {
         fail(s, id, error)?;
         return Ok(false);
     }
@@ -207,6 +181,74 @@ pub(crate) async fn record_chunks(
         ))
     })
     .await
+}
+
+/// Puts root `bytes` (named `root`) in `store` and records backup `id` ready: `true` once
+/// it is, `false` if the backup is no longer to fill (see [`still_uploading`]). A root the
+/// collector claimed (the state skips `BackupReady` then) is waited for, then put again;
+/// if the store's `gc_gen` moved between the put and the commit (a deletion may have
+/// removed the root meanwhile), it is put again too.
+pub(crate) async fn put_root_ready(
+    service: &Shared,
+    store: &Store,
+    id: u64,
+    root: Hash,
+    bytes: bytes::Bytes,
+    of_volume: bool,
+) -> Result<bool, String> {
+    let name = store.name().to_string();
+    let mut backoff = Duration::from_millis(200);
+    let mut reported = false;
+    loop {
+        let n = name.clone();
+        let seen = locked(service, move |s| {
+            if !still_uploading(s, id, of_volume)? {
+                return Ok(None);
+            }
+            let st = s.state();
+            Ok(Some((st.gc_gen(&n), st.is_claimed(&n, &GcKey::Root(root)))))
+        })
+        .await?;
+        let Some((gc_gen, claimed)) = seen else {
+            return Ok(false);
+        };
+        if !claimed {
+            // `put` overwrites: a root deleted meanwhile is stored again.
+            store
+                .put(&keys::root(&root), bytes.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = name.clone();
+            let ready = locked(service, move |s| {
+                if !still_uploading(s, id, of_volume)? {
+                    return Ok(None);
+                }
+                if s.state().gc_gen(&n) != gc_gen {
+                    return Ok(Some(false));
+                }
+                s.commit_led(Mutation::BackupReady {
+                    id,
+                    root,
+                    finished_unix: unix_now(),
+                })?;
+                let b = s.state().backup(id);
+                Ok(Some(b.is_some_and(|b| b.state == BackupState::Ready)))
+            })
+            .await?;
+            match ready {
+                None => return Ok(false),
+                Some(true) => return Ok(true),
+                Some(false) => {}
+            }
+        }
+        if !reported {
+            reported = true;
+            let error = format!("collector deleting root {root}; put again once it is gone");
+            commit(service, Mutation::BackupError { id, error }).await?;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// One task per job id, started once, all aborted when leadership or the manager ends.

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 pub(crate) use crate::backup_jobs::{
     GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, commit, fail, locked, merge,
-    read_segment, record_chunks, resolve, stats_of, still_uploading, unix_now,
+    put_root_ready, read_segment, record_chunks, resolve, stats_of, still_uploading,
 };
 use crate::pace::Pace;
 use crate::service::Service;
@@ -407,79 +407,36 @@ async fn failed(
     Ok(false)
 }
 
-/// Puts the root of every recorded segment and records the backup ready. A root the
-/// collector claimed or deleted meanwhile (the store's `gc_gen` moved, or the state
-/// skipped `BackupReady`) is put again, backed off, until [`GIVE_UP`].
+/// Puts the root of every recorded segment and records the backup ready (see
+/// [`put_root_ready`]), once the volume and snapshot are checked again.
 async fn finish(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> {
     let id = job.id;
-    let started = Instant::now();
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let name = ctx.store.name().to_string();
-        let planned = locked(&ctx.service, move |s| {
-            if !still_uploading(s, id, true)? {
-                return Ok(None);
-            }
-            Ok(Some((
-                s.state().backup_segments(id),
-                s.state().gc_gen(&name),
-            )))
-        })
-        .await?;
-        let Some((segments, gc_gen)) = planned else {
-            return Ok(None);
-        };
-        let root = Root {
-            format: FORMAT,
-            backup_id: job.id,
-            volume: job.volume.clone(),
-            volume_id: job.volume_id,
-            snapshot: job.snapshot.clone(),
-            seq: job.seq,
-            size: job.size,
-            chunk_size: job.chunk_size,
-            region_bytes: REGION_BYTES,
-            created_unix: job.created_unix,
-            segments: segments.into_iter().collect(),
-        };
-        let (hash, bytes) = root.encode();
-        // `put` overwrites: a root the collector deleted is stored again.
-        ctx.store
-            .put(&keys::root(&hash), bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-        let name = ctx.store.name().to_string();
-        let ready = locked(&ctx.service, move |s| {
-            if !still_uploading(s, id, true)? {
-                return Ok(None);
-            }
-            if s.state().gc_gen(&name) != gc_gen {
-                return Ok(Some(false));
-            }
-            s.commit_led(Mutation::BackupReady {
-                id,
-                root: hash,
-                finished_unix: unix_now(),
-            })?;
-            let b = s.state().backup(id);
-            Ok(b.map(|b| b.state == BackupState::Ready))
-        })
-        .await?;
-        match ready {
-            None => return Ok(None),
-            Some(true) => return Ok(Some(hash)),
-            Some(false) => {}
-        }
-        let error = format!("collector deleting objects; putting root {hash} again");
-        if started.elapsed() >= GIVE_UP {
-            locked(&ctx.service, move |s| fail(s, id, error)).await?;
+    let segments = locked(&ctx.service, move |s| {
+        if !still_uploading(s, id, true)? {
             return Ok(None);
         }
-        debug!(backup = id, %error, "root not recorded; retried");
-        commit(&ctx.service, Mutation::BackupError { id, error }).await?;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+        Ok(Some(s.state().backup_segments(id)))
+    })
+    .await?;
+    let Some(segments) = segments else {
+        return Ok(None);
+    };
+    let root = Root {
+        format: FORMAT,
+        backup_id: job.id,
+        volume: job.volume.clone(),
+        volume_id: job.volume_id,
+        snapshot: job.snapshot.clone(),
+        seq: job.seq,
+        size: job.size,
+        chunk_size: job.chunk_size,
+        region_bytes: REGION_BYTES,
+        created_unix: job.created_unix,
+        segments: segments.into_iter().collect(),
+    };
+    let (hash, bytes) = root.encode();
+    let ready = put_root_ready(&ctx.service, &ctx.store, id, hash, bytes, true).await?;
+    Ok(ready.then_some(hash))
 }
 
 /// Records a batch (see [`record_chunks`]).

@@ -17,11 +17,12 @@ use tessera_proto::frame::Kind;
 use tokio::io::AsyncWriteExt;
 
 use super::*;
+use crate::backup_jobs::unix_now;
 use crate::consensus::{Consensus, Options, RaftTask};
 use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::raft_log::RaftLog;
-use crate::state::{BackupRecord, GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
+use crate::state::{BackupRecord, GcKey, GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
 
 /// Bytes of a test chunk: two regions.
 pub(crate) const CHUNK: u64 = 2 * REGION_BYTES;
@@ -449,6 +450,30 @@ fn slow(ms: u64) -> Content {
     })
 }
 
+/// `n` roots of deleted backups of `local`: garbage the collector may claim.
+async fn garbage_roots(h: &Harness, n: u8) -> Vec<Hash> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = 1000 + u64::from(i);
+        h.create_backup(id, 1, None).await;
+        let root = Hash([i; 32]);
+        let rec = h
+            .read(move |s| s.state().backup(id).cloned())
+            .await
+            .unwrap();
+        h.commit(Mutation::DeleteBackup { id, now_unix: 0 }).await;
+        h.commit(Mutation::CreateBackup(BackupRecord {
+            state: BackupState::Ready,
+            root: Some(root),
+            ..rec
+        }))
+        .await;
+        h.commit(Mutation::DeleteBackup { id, now_unix: 0 }).await;
+        out.push(root);
+    }
+    out
+}
+
 /// The volume deleted while its chunks are uploaded (its node then answers no regions):
 /// the backup is never made ready from those empty answers, but fails, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -522,15 +547,20 @@ async fn a_backup_deleted_while_uploading_stops_its_job() {
 async fn skipped_chunks_are_redone_with_force_backed_off_and_reported() {
     let h = harness(slow(100)).await;
     h.create_backup(1, 1, None).await;
+    let mut roots = garbage_roots(&h, 100).await.into_iter();
     let (stop, task) = h.uploader();
     let t = Instant::now();
     let mut saw_error = None;
     while t.elapsed() < Duration::from_secs(2) {
+        // A claim and a deletion of a garbage key: each moves the store's gc_gen.
+        let keys = vec![GcKey::Root(roots.next().unwrap())];
+        let store = "local".to_string();
         h.commit(Mutation::GcClaim {
-            store: "local".into(),
-            keys: Vec::new(),
+            store: store.clone(),
+            keys: keys.clone(),
         })
         .await;
+        h.commit(Mutation::GcDeleted { store, keys }).await;
         if let Some(e) = h
             .read(|s| s.state().backup(1).and_then(|b| b.error.clone()))
             .await

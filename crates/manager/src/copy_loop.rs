@@ -28,8 +28,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backup_jobs::{
-    GIVE_UP, Running, Settings, Shared, Stores, TICK, commit, fail, locked, record_chunks,
-    still_uploading, unix_now,
+    GIVE_UP, Running, Settings, Shared, Stores, TICK, commit, fail, locked, put_root_ready,
+    record_chunks,
 };
 use crate::pace::Pace;
 use crate::state::{BackupStats, ChunkSegment, Mutation};
@@ -354,22 +354,7 @@ async fn copy_root(ctx: &Ctx, job: &CopyJob) -> Result<bool, String> {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     };
-    // `put` overwrites: a root the collector claimed in the target is stored again.
-    ctx.to.put(&key, bytes).await.map_err(|e| e.to_string())?;
-    locked(&ctx.service, move |s| {
-        if !still_uploading(s, id, false)? {
-            return Ok(false);
-        }
-        s.commit_led(Mutation::BackupReady {
-            id,
-            root,
-            finished_unix: unix_now(),
-        })?;
-        Ok(s.state()
-            .backup(id)
-            .is_some_and(|b| b.state == BackupState::Ready))
-    })
-    .await
+    put_root_ready(&ctx.service, &ctx.to, id, root, bytes, false).await
 }
 
 /// One failed (or skipped) attempt at `chunk`: backed off, its error recorded now and then;
