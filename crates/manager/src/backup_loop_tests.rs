@@ -451,7 +451,7 @@ fn slow(ms: u64) -> Content {
 }
 
 /// `n` roots of deleted backups of `local`: garbage the collector may claim.
-async fn garbage_roots(h: &Harness, n: u8) -> Vec<Hash> {
+pub(crate) async fn garbage_roots(h: &Harness, n: u8) -> Vec<Hash> {
     let mut out = Vec::new();
     for i in 0..n {
         let id = 1000 + u64::from(i);

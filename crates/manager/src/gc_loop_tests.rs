@@ -9,7 +9,8 @@ use tessera_backup::keys;
 use tokio::sync::watch;
 
 use super::*;
-use crate::backup_loop::tests::{harness, object_of, two_backups};
+use crate::backup_loop::tests::{garbage_roots, harness, object_of, two_backups};
+use tessera_proto::control::BackupState;
 
 /// Every key of the store.
 async fn listing(store: &Store) -> BTreeSet<String> {
@@ -126,4 +127,41 @@ fn only_a_missing_or_corrupt_segment_is_leaked() {
         why: why.clone(),
     }));
     assert!(!leaks(&StoreError::Credentials { store, why }));
+}
+
+/// A root the collector has claimed: `BackupReady` waits (the error says why) until the
+/// deletion is done, then the root is put again and the backup is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claimed_root_is_put_again_once_deleted_then_ready() {
+    let h = harness(two_backups()).await;
+    let root = garbage_roots(&h, 1).await[0];
+    let keys = vec![GcKey::Root(root)];
+    let claim = Mutation::GcClaim {
+        store: "local".into(),
+        keys: keys.clone(),
+    };
+    h.commit(claim).await;
+    h.create_backup(1, 1, None).await;
+    let (service, store) = (h.service.clone(), h.store.clone());
+    let bytes = bytes::Bytes::from_static(b"root");
+    let put = tokio::spawn(async move {
+        crate::backup_jobs::put_root_ready(&service, &store, 1, root, bytes, true).await
+    });
+    h.until("the wait reported", |s| {
+        s.state().backup(1).is_some_and(|b| b.error.is_some())
+    })
+    .await;
+    let b = h.read(|s| s.state().backup(1).cloned()).await.unwrap();
+    assert_eq!(b.state, BackupState::Uploading);
+    assert!(!h.store.exists(&keys::root(&root)).await.unwrap());
+    h.commit(Mutation::GcDeleted {
+        store: "local".into(),
+        keys,
+    })
+    .await;
+    assert!(put.await.unwrap().unwrap());
+    let b = h.read(|s| s.state().backup(1).cloned()).await.unwrap();
+    assert_eq!((b.state, b.root), (BackupState::Ready, Some(root)));
+    assert!(h.store.exists(&keys::root(&root)).await.unwrap());
+    h.stop().await;
 }
