@@ -123,6 +123,14 @@ impl Rates {
         self.update(volume_id, |r| r.error = Some(error));
     }
 
+    fn keep_only(&self, planned: &BTreeSet<u64>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|id, _| planned.contains(id));
+        drop(seen);
+        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        meters.retain(|id, _| planned.contains(id));
+    }
+
     fn forget(&self, volume_id: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.remove(&volume_id);
@@ -168,8 +176,10 @@ pub async fn run(
             running.abort_all();
             continue;
         };
-        // A volume deleted (or done) meanwhile: its task stops.
-        running.keep_only(&jobs.iter().map(|j| j.volume_id).collect());
+        // A volume deleted (or done) meanwhile: its task stops, its meter goes.
+        let planned = jobs.iter().map(|j| j.volume_id).collect();
+        running.keep_only(&planned);
+        rates.keep_only(&planned);
         for job in jobs {
             let Some((spec, store)) = stores.get(&job.store).cloned() else {
                 warn!(volume = job.volume_id, store = %job.store,

@@ -83,3 +83,19 @@ fn a_lasting_chunk_error_is_shown_until_a_chunk_is_filled() {
     let m = meters.lock().unwrap().get(&2).cloned().unwrap();
     assert_eq!((m.error, m.hydrated_bytes), (None, REGION_BYTES));
 }
+
+/// Chunk slots are manager-wide: every job given clones of the same settings (uploads and
+/// copies) draws from one pool; the restores' pool is their own.
+#[tokio::test]
+async fn chunk_slots_are_shared_by_the_jobs_of_one_pool() {
+    let uploads = Settings::new(2, 8);
+    let copies = uploads.clone();
+    let restores = uploads.own_slots();
+    let a = uploads.slot().await.unwrap();
+    let _b = copies.slot().await.unwrap();
+    assert!(uploads.slots.clone().try_acquire_owned().is_err());
+    assert!(copies.slots.clone().try_acquire_owned().is_err());
+    let _r = restores.slot().await.unwrap();
+    drop(a);
+    assert!(copies.slots.clone().try_acquire_owned().is_ok());
+}
