@@ -226,6 +226,7 @@ mod tests {
                     chunks_done: 0,
                     hydrated_bytes: 0,
                     eta_secs: None,
+                    error: None,
                 }),
             ))),
             ManagerRequest::PrewarmVolume { name } if name == "db2" => {

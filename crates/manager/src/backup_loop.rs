@@ -9,9 +9,14 @@
 //! in batches (`BackupChunks`, with the store's `gc_gen` read before the chunk was sent, so
 //! a chunk uploaded across a collection is skipped by the state and redone with `force`).
 //! A chunk with no data records nothing (remembered in memory: a new leader reads it
-//! again). Paced by the bytes the groups read (`backup_bytes_per_sec`, shared with
-//! copies). A chunk failing for `GIVE_UP` (60 s) in a row fails the backup; until then the last
-//! error is recorded (`BackupError`) for `backup info`.
+//! again). Each chunk's whole size is paced before its request is sent
+//! (`backup_bytes_per_sec`, shared with copies) under a manager-wide slot (see
+//! `Settings::slots`); the group's members are looked up again at each attempt. A chunk
+//! failing (or skipped by the state) for `GIVE_UP` (60 s) in a row fails the backup; until
+//! then it is backed off and the last error recorded (`BackupError`). Before each batch
+//! and before `BackupReady`, the backup's volume and snapshot are checked (a chunk answered
+//! empty because the volume went away never makes the backup ready): gone, the backup
+//! fails naming why. A backup deleted while uploading stops its task.
 //!
 //! Must never: record a chunk before its objects and segment are stored, nor the backup
 //! ready before its root is; hold the service lock across a call to a node or a store;
@@ -24,20 +29,18 @@ use std::time::{Duration, Instant};
 use tessera_backup::manifest::{FORMAT, Root};
 use tessera_backup::{Store, keys};
 use tessera_proto::control::{
-    BackupChunkRequest, BackupState, ChunkUpload, Hash, REGION_BYTES, StorageReply, StorageRequest,
-    StoreSpec,
+    BackupChunkRequest, BackupState, Hash, REGION_BYTES, StorageReply, StorageRequest, StoreSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub(crate) use crate::backup_jobs::{
-    GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, commit, locked, merge, now,
-    read_segment, unix_now,
+    GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, commit, fail, locked, merge,
+    put_root_ready, read_segment, record_chunks, resolve, stats_of, still_uploading,
 };
-use crate::group_calls::GroupJob;
 use crate::pace::Pace;
-use crate::service::{Now, Service};
+use crate::service::Service;
 use crate::state::{BackupStats, ChunkSegment, Mutation};
 
 /// How long one node gets to answer one chunk request (it reads and uploads the chunk).
@@ -71,13 +74,15 @@ pub async fn run(
         }
         let jobs = locked(&service, |s| {
             s.lead()?;
-            Ok(plan_all(s, now()))
+            Ok(plan_all(s))
         })
         .await;
         let Ok(jobs) = jobs else {
             running.abort_all();
             continue;
         };
+        // A backup deleted (or finished) meanwhile: its task stops.
+        running.keep_only(&jobs.iter().map(|j| j.id).collect());
         for job in jobs {
             let Some((spec, store)) = stores.get(&job.store).cloned() else {
                 warn!(backup = job.id, store = %job.store, "backup's store is not configured here");
@@ -121,13 +126,12 @@ pub(crate) struct BackupJob {
     pub size: u64,
     pub chunk_size: u64,
     pub created_unix: u64,
-    /// `(chunk, bytes of it, its group)`: the chunks mapped to a group, not recorded yet.
-    pub todo: Vec<(u64, u64, GroupJob)>,
-    /// Why the backup cannot go on (its volume is gone): it fails.
-    pub gone: Option<String>,
+    /// `(chunk, bytes of it, its group's id)`: the chunks mapped to a group, not recorded
+    /// yet.
+    pub todo: Vec<(u64, u64, u64)>,
 }
 
-fn plan_all(s: &Service, now: Now) -> Vec<BackupJob> {
+fn plan_all(s: &Service) -> Vec<BackupJob> {
     let state = s.state();
     let mut out = Vec::new();
     for b in state.backups_uploading() {
@@ -150,29 +154,17 @@ fn plan_all(s: &Service, now: Now) -> Vec<BackupJob> {
             .filter(|_| base_ready)
             .map(|id| state.backup_segments(id))
             .unwrap_or_default();
-        let gone = state.volume_record_by_id(b.volume_id).err().map(|_| {
-            format!(
-                "volume {:?} (id {}) was deleted before its backup finished",
-                b.volume, b.volume_id
-            )
-        });
         let count = b.size.div_ceil(b.chunk_size.max(1));
         let mut todo = Vec::new();
         for (chunk, group_id) in state.volume_chunk_groups(b.volume_id) {
             if chunk >= count || recorded.contains_key(&chunk) {
                 continue;
             }
-            // A group unknown here has no member to ask: the chunk fails and is retried
-            // (never skipped: the backup would miss its data).
-            let group = s
-                .group_job(group_id, Vec::new(), now)
-                .unwrap_or_else(|| GroupJob {
-                    group_id,
-                    members: Vec::new(),
-                    batches: Vec::new(),
-                });
+            // Its members are looked up at each attempt (`resolve`): a group unknown then
+            // has no member to ask, and the chunk fails and is retried (never skipped: the
+            // backup would miss its data).
             let bytes = b.chunk_size.min(b.size - chunk * b.chunk_size);
-            todo.push((chunk, bytes, group));
+            todo.push((chunk, bytes, group_id));
         }
         out.push(BackupJob {
             id: b.id,
@@ -183,7 +175,6 @@ fn plan_all(s: &Service, now: Now) -> Vec<BackupJob> {
             seq: b.seq,
             after: if base_ready { b.base_seq } else { 0 },
             base,
-            gone,
             size: b.size,
             chunk_size: b.chunk_size,
             created_unix: b.created_unix,
@@ -213,27 +204,25 @@ enum Attempt {
 /// A chunk still to do.
 struct Todo {
     bytes: u64,
-    group: GroupJob,
+    group_id: u64,
     force: bool,
     not_before: Instant,
+    /// Since when its attempts fail (or are skipped by the state) in a row: reset only
+    /// once it is recorded.
     failing_since: Option<Instant>,
     backoff: Duration,
 }
 
+/// What one backup's chunk loop keeps between chunks.
+struct Progress {
+    todo: BTreeMap<u64, Todo>,
+    last_error: Option<(Instant, String)>,
+}
+
 async fn upload(ctx: Ctx, job: BackupJob) {
+    // A volume or snapshot gone fails the backup at its first record or at its finish
+    // (a deleted volume has no chunk left to ask).
     let id = job.id;
-    if let Some(error) = job.gone.clone() {
-        warn!(backup = id, %error, "backup failed");
-        let m = Mutation::BackupFailed {
-            id,
-            error,
-            finished_unix: unix_now(),
-        };
-        if let Err(e) = commit(&ctx.service, m).await {
-            warn!(backup = id, error = %e, "could not record the backup failed; retried");
-        }
-        return;
-    }
     match upload_all(&ctx, &job).await {
         Ok(Some(root)) => info!(backup = id, %root, "backup ready"),
         Ok(None) => debug!(backup = id, "backup no longer uploading here"),
@@ -246,30 +235,33 @@ async fn upload(ctx: Ctx, job: BackupJob) {
 async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> {
     let job = Arc::new(job.clone());
     let t = Instant::now();
-    let mut todo: BTreeMap<u64, Todo> = job
-        .todo
-        .iter()
-        .map(|(c, bytes, group)| {
-            let t = Todo {
-                bytes: *bytes,
-                group: group.clone(),
-                force: false,
-                not_before: t,
-                failing_since: None,
-                backoff: FIRST_BACKOFF,
-            };
-            (*c, t)
-        })
-        .collect();
+    let mut p = Progress {
+        todo: job
+            .todo
+            .iter()
+            .map(|(c, bytes, group_id)| {
+                let t = Todo {
+                    bytes: *bytes,
+                    group_id: *group_id,
+                    force: false,
+                    not_before: t,
+                    failing_since: None,
+                    backoff: FIRST_BACKOFF,
+                };
+                (*c, t)
+            })
+            .collect(),
+        last_error: None,
+    };
     let mut running: JoinSet<(u64, Result<Attempt, String>)> = JoinSet::new();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut batch: Vec<Uploaded> = Vec::new();
     let mut stats = BackupStats::default();
     let mut batch_since = Instant::now();
-    let mut last_error: Option<(Instant, String)> = None;
     loop {
         let t = Instant::now();
-        let ready: Vec<u64> = todo
+        let ready: Vec<u64> = p
+            .todo
             .iter()
             .filter(|(c, d)| d.not_before <= t && !in_flight.contains(c))
             .map(|(c, _)| *c)
@@ -281,7 +273,9 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
             )
             .collect();
         for chunk in ready {
-            let Some(d) = todo.get(&chunk) else { continue };
+            let Some(d) = p.todo.get(&chunk) else {
+                continue;
+            };
             in_flight.insert(chunk);
             let (job, spec, store, pace) = (
                 job.clone(),
@@ -289,19 +283,18 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
                 ctx.store.clone(),
                 ctx.pace.clone(),
             );
-            let (service, window) = (ctx.service.clone(), ctx.settings.window);
-            let (bytes, group, force) = (d.bytes, d.group.clone(), d.force);
+            let (service, settings) = (ctx.service.clone(), ctx.settings.clone());
+            let (bytes, group_id, force) = (d.bytes, d.group_id, d.force);
             running.spawn(async move {
                 let req = ChunkReq {
                     job: &job,
                     chunk,
                     bytes,
-                    group: &group,
+                    group_id,
                     force,
                     spec,
-                    window,
                 };
-                let res = back_up_chunk(&service, &store, &pace, req).await;
+                let res = back_up_chunk(&service, &store, &pace, &settings, req).await;
                 (chunk, res)
             });
         }
@@ -314,30 +307,32 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
         if full || stale || idle {
             let sent = std::mem::take(&mut batch);
             let st = std::mem::take(&mut stats);
-            match record(&ctx.service, job.id, &ctx.store, sent.clone(), st).await? {
-                None => return Ok(None),
-                Some(recorded) => {
-                    for u in sent {
-                        if recorded.contains(&u.chunk) {
-                            todo.remove(&u.chunk);
-                        } else if let Some(d) = todo.get_mut(&u.chunk) {
-                            debug!(
-                                backup = job.id,
-                                chunk = u.chunk,
-                                "chunk uploaded across a collection; redone with force"
-                            );
-                            d.force = true;
-                            d.not_before = Instant::now();
-                        }
+            let Some(recorded) = record(&ctx.service, job.id, &ctx.store, sent.clone(), st).await?
+            else {
+                running.abort_all();
+                return Ok(None);
+            };
+            for u in sent {
+                if recorded.contains(&u.chunk) {
+                    p.todo.remove(&u.chunk);
+                } else if let Some(d) = p.todo.get_mut(&u.chunk) {
+                    // Skipped by the state: uploaded across a collection (or naming an
+                    // object being deleted). Redone with force, backed off, counted.
+                    d.force = true;
+                    let error = format!("collector deleting objects; redoing chunk {}", u.chunk);
+                    if failed(ctx, job.id, &mut p, u.chunk, error).await? {
+                        running.abort_all();
+                        return Ok(None);
                     }
                 }
             }
             batch_since = Instant::now();
         }
-        if todo.is_empty() && running.is_empty() {
+        if p.todo.is_empty() && running.is_empty() {
             break;
         }
-        let wake = todo
+        let wake = p
+            .todo
             .iter()
             .filter(|(c, _)| !in_flight.contains(c))
             .map(|(_, d)| d.not_before)
@@ -352,9 +347,11 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
         let (chunk, res) = done.map_err(|e| format!("a chunk task failed: {e}"))?;
         in_flight.remove(&chunk);
         match res {
+            // No data (or none any more): nothing to record. Whether the volume and
+            // snapshot still stand is checked again before the backup is made ready.
             Ok(Attempt::Empty(st)) => {
                 stats = stats.plus(&st);
-                todo.remove(&chunk);
+                p.todo.remove(&chunk);
             }
             Ok(Attempt::Stored(u, st)) => {
                 if batch.is_empty() {
@@ -362,40 +359,15 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
                 }
                 stats = stats.plus(&st);
                 batch.push(u);
-                if let Some(d) = todo.get_mut(&chunk) {
-                    d.failing_since = None;
-                    d.backoff = FIRST_BACKOFF;
+                if let Some(d) = p.todo.get_mut(&chunk) {
                     // Not again until recorded (or skipped): far in the future.
                     d.not_before = Instant::now() + Duration::from_secs(3600);
                 }
             }
             Err(e) => {
-                let Some(d) = todo.get_mut(&chunk) else {
-                    continue;
-                };
-                let now = Instant::now();
-                let since = *d.failing_since.get_or_insert(now);
-                let error = format!("chunk {chunk}: {e}");
-                if now.duration_since(since) >= GIVE_UP {
+                if failed(ctx, job.id, &mut p, chunk, format!("chunk {chunk}: {e}")).await? {
                     running.abort_all();
-                    warn!(backup = job.id, %error, "backup failed");
-                    let m = Mutation::BackupFailed {
-                        id: job.id,
-                        error,
-                        finished_unix: unix_now(),
-                    };
-                    commit(&ctx.service, m).await?;
                     return Ok(None);
-                }
-                debug!(backup = job.id, %error, "chunk failed; retried");
-                d.not_before = now + d.backoff;
-                d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
-                if last_error
-                    .as_ref()
-                    .is_none_or(|(at, e)| *e != error && at.elapsed() >= ERROR_EVERY)
-                {
-                    last_error = Some((now, error.clone()));
-                    commit(&ctx.service, Mutation::BackupError { id: job.id, error }).await?;
                 }
             }
         }
@@ -403,15 +375,47 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
     finish(ctx, &job).await
 }
 
-/// Puts the root of every recorded segment and records the backup ready.
+/// One failed (or skipped) attempt at `chunk`: backed off, its error recorded now and then
+/// (`BackupError`); `true` once the chunk has failed for [`GIVE_UP`]: the backup is
+/// recorded failed.
+async fn failed(
+    ctx: &Ctx,
+    id: u64,
+    p: &mut Progress,
+    chunk: u64,
+    error: String,
+) -> Result<bool, String> {
+    let Some(d) = p.todo.get_mut(&chunk) else {
+        return Ok(false);
+    };
+    let now = Instant::now();
+    let since = *d.failing_since.get_or_insert(now);
+    if now.duration_since(since) >= GIVE_UP {
+        locked(&ctx.service, move |s| fail(s, id, error)).await?;
+        return Ok(true);
+    }
+    debug!(backup = id, %error, "chunk failed; retried");
+    d.not_before = now + d.backoff;
+    d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
+    if p.last_error
+        .as_ref()
+        .is_none_or(|(at, e)| *e != error && at.elapsed() >= ERROR_EVERY)
+    {
+        p.last_error = Some((now, error.clone()));
+        commit(&ctx.service, Mutation::BackupError { id, error }).await?;
+    }
+    Ok(false)
+}
+
+/// Puts the root of every recorded segment and records the backup ready (see
+/// [`put_root_ready`]), once the volume and snapshot are checked again.
 async fn finish(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> {
     let id = job.id;
     let segments = locked(&ctx.service, move |s| {
-        let st = s.state();
-        let uploading = st
-            .backup(id)
-            .is_some_and(|b| b.state == BackupState::Uploading);
-        Ok(uploading.then(|| st.backup_segments(id)))
+        if !still_uploading(s, id, true)? {
+            return Ok(None);
+        }
+        Ok(Some(s.state().backup_segments(id)))
     })
     .await?;
     let Some(segments) = segments else {
@@ -431,21 +435,11 @@ async fn finish(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> {
         segments: segments.into_iter().collect(),
     };
     let (hash, bytes) = root.encode();
-    ctx.store
-        .put(&keys::root(&hash), bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    let m = Mutation::BackupReady {
-        id: job.id,
-        root: hash,
-        finished_unix: unix_now(),
-    };
-    commit(&ctx.service, m).await?;
-    Ok(Some(hash))
+    let ready = put_root_ready(&ctx.service, &ctx.store, id, hash, bytes, true).await?;
+    Ok(ready.then_some(hash))
 }
 
-/// Records a batch: the chunks the state now holds for the backup, or `None` if the backup
-/// is no longer uploading.
+/// Records a batch (see [`record_chunks`]).
 async fn record(
     service: &Shared,
     id: u64,
@@ -453,43 +447,19 @@ async fn record(
     batch: Vec<Uploaded>,
     stats: BackupStats,
 ) -> Result<Option<BTreeSet<u64>>, String> {
+    // One gc_gen per mutation: the batch holds one (see `upload_all`), else the entries of
+    // another are skipped and redone.
+    let gc_gen = batch.first().map_or(0, |u| u.gc_gen);
+    let chunks = batch
+        .into_iter()
+        .map(|u| ChunkSegment {
+            chunk: u.chunk,
+            segment: u.segment,
+            objects: Some(u.objects),
+        })
+        .collect();
     let store = store.name().to_string();
-    locked(service, move |s| {
-        s.lead()?;
-        let state = s.state();
-        if !state
-            .backup(id)
-            .is_some_and(|b| b.state == BackupState::Uploading)
-        {
-            return Ok(None);
-        }
-        // One gc_gen per mutation: the batch holds one (see `upload_all`), else the
-        // entries of another are skipped and redone.
-        let gc_gen = batch.first().map_or(0, |u| u.gc_gen);
-        let chunks = batch
-            .iter()
-            .map(|u| ChunkSegment {
-                chunk: u.chunk,
-                segment: u.segment,
-                objects: (!state.segment_known(&store, &u.segment)).then(|| u.objects.clone()),
-            })
-            .collect();
-        s.commit_led(Mutation::BackupChunks {
-            id,
-            gc_gen,
-            chunks,
-            stats,
-        })?;
-        let recorded = s.state().backup_segments(id);
-        Ok(Some(
-            batch
-                .iter()
-                .map(|u| u.chunk)
-                .filter(|c| recorded.contains_key(c))
-                .collect(),
-        ))
-    })
-    .await
+    record_chunks(service, id, store, gc_gen, chunks, stats, true).await
 }
 
 /// One chunk's request.
@@ -497,39 +467,42 @@ struct ChunkReq<'a> {
     job: &'a BackupJob,
     chunk: u64,
     bytes: u64,
-    group: &'a GroupJob,
+    group_id: u64,
     force: bool,
     spec: StoreSpec,
-    window: u32,
 }
 
-/// One attempt at a chunk: uploaded by its group's leader, merged with the base's
-/// segment, the segment stored.
+/// One attempt at a chunk: uploaded by its group's leader (its members looked up now),
+/// merged with the base's segment, the segment stored. A manager-wide slot is held and
+/// the chunk's whole size paced before the request is sent.
 async fn back_up_chunk(
     service: &Shared,
     store: &Store,
     pace: &Pace,
+    settings: &Settings,
     r: ChunkReq<'_>,
 ) -> Result<Attempt, String> {
+    let _slot = settings.slot().await;
+    pace.take(r.bytes).await;
+    let group = resolve(service, r.group_id).await?;
     let name = r.spec.name.clone();
     let gc_gen = locked(service, move |s| Ok(s.state().gc_gen(&name))).await?;
     let req = StorageRequest::BackupChunk(BackupChunkRequest {
-        group_id: r.group.group_id,
+        group_id: r.group_id,
         volume_id: r.job.volume_id,
         chunk: r.chunk,
         chunk_bytes: r.bytes,
         seq: r.job.seq,
         after: r.job.after,
         store: r.spec,
-        window: r.window.max(1),
+        window: settings.window.max(1),
         force: r.force,
     });
-    let (reply, _) = call_leader(r.group, &req, 0, CHUNK_TIMEOUT).await?;
+    let (reply, _) = call_leader(&group, &req, 0, CHUNK_TIMEOUT).await?;
     let upload = match reply {
         StorageReply::BackupChunk(u) => u,
-        other => return Err(format!("group {} answered {other:?}", r.group.group_id)),
+        other => return Err(format!("group {} answered {other:?}", r.group_id)),
     };
-    pace.take(upload.read_bytes).await;
     let mut stats = stats_of(&upload);
     let base = match r.job.base.get(&r.chunk) {
         Some(h) => Some((*h, read_segment(store, h).await?)),
@@ -570,16 +543,6 @@ async fn back_up_chunk(
         },
         stats,
     ))
-}
-
-fn stats_of(u: &ChunkUpload) -> BackupStats {
-    BackupStats {
-        read_bytes: u.read_bytes,
-        uploaded_bytes: u.uploaded_bytes,
-        uploaded_objects: u.uploaded_objects,
-        present_objects: u.present_objects,
-        objects: 0,
-    }
 }
 
 #[cfg(test)]

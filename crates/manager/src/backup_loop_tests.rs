@@ -11,17 +11,18 @@ use tessera_backup::manifest::Segment;
 use tessera_backup::region;
 use tessera_net::{FrameReader, rpc_reply, write_frame};
 use tessera_proto::control::{
-    self, BackupChunkRequest, ControlError, HydrateChunkRequest, RegionRef, StoreKind,
+    self, BackupChunkRequest, ChunkUpload, ControlError, HydrateChunkRequest, RegionRef, StoreKind,
 };
 use tessera_proto::frame::Kind;
 use tokio::io::AsyncWriteExt;
 
 use super::*;
+use crate::backup_jobs::unix_now;
 use crate::consensus::{Consensus, Options, RaftTask};
 use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::raft_log::RaftLog;
-use crate::state::{BackupRecord, GroupRecord, NodeRecord, VolumeRecord};
+use crate::state::{BackupRecord, GcKey, GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
 
 /// Bytes of a test chunk: two regions.
 pub(crate) const CHUNK: u64 = 2 * REGION_BYTES;
@@ -115,20 +116,22 @@ impl Harness {
         .await;
     }
 
-    /// Runs the uploader until backup `id` is ready; its root.
-    pub async fn back_up(&self, id: u64) -> Hash {
+    /// Starts the uploader: stopped by sending `true`.
+    pub fn uploader(&self) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let (stop, stopped) = watch::channel(false);
-        let settings = Settings {
-            chunks_in_flight: 2,
-            window: 2,
-        };
         let task = tokio::spawn(run(
             self.service.clone(),
             self.stores.clone(),
-            settings,
+            Settings::new(2, 2),
             Arc::new(Pace::new(1 << 40)),
             stopped,
         ));
+        (stop, task)
+    }
+
+    /// Runs the uploader until backup `id` is ready; its root.
+    pub async fn back_up(&self, id: u64) -> Hash {
+        let (stop, task) = self.uploader();
         self.until("backup ready", move |s| {
             s.state()
                 .backup(id)
@@ -230,9 +233,21 @@ pub(crate) async fn harness(content: Content) -> Harness {
         ..GroupRecord::default()
     }]))
     .await;
-    h.commit(Mutation::PutVolume(VolumeRecord::new(
-        1, "vol", SIZE, CHUNK, 0,
-    )))
+    // Snapshots s1 and s2 (sequences 1 and 2), ready: the backups' sources.
+    let snapshots = (1..=2)
+        .map(|seq| SnapshotRecord {
+            name: format!("s{seq}"),
+            seq,
+            created_unix: 0,
+            state: control::SnapshotState::Ready,
+            size: SIZE,
+        })
+        .collect();
+    h.commit(Mutation::PutVolume(VolumeRecord {
+        snap_seq: 3,
+        snapshots,
+        ..VolumeRecord::new(1, "vol", SIZE, CHUNK, 0)
+    }))
     .await;
     h.commit(Mutation::MapChunks {
         volume_id: 1,
@@ -424,4 +439,154 @@ fn an_answer_merges_into_the_base_segment() {
     assert_eq!(m.regions, [(0, Hash([1; 32])), (2, Hash([3; 32]))]);
     assert_eq!(merge(Some(&base), 4, 3 * REGION_BYTES, &[]).unwrap(), base);
     assert!(merge(None, 4, 2 * REGION_BYTES, &answered).is_err());
+}
+
+/// `two_backups`, each answer taking `ms` (the node reading and uploading).
+fn slow(ms: u64) -> Content {
+    let inner = two_backups();
+    Arc::new(move |req: &BackupChunkRequest| {
+        std::thread::sleep(Duration::from_millis(ms));
+        inner(req)
+    })
+}
+
+/// `n` roots of deleted backups of `local`: garbage the collector may claim.
+pub(crate) async fn garbage_roots(h: &Harness, n: u8) -> Vec<Hash> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = 1000 + u64::from(i);
+        h.create_backup(id, 1, None).await;
+        let root = Hash([i; 32]);
+        let rec = h
+            .read(move |s| s.state().backup(id).cloned())
+            .await
+            .unwrap();
+        h.commit(Mutation::DeleteBackup { id, now_unix: 0 }).await;
+        h.commit(Mutation::CreateBackup(BackupRecord {
+            state: BackupState::Ready,
+            root: Some(root),
+            ..rec
+        }))
+        .await;
+        h.commit(Mutation::DeleteBackup { id, now_unix: 0 }).await;
+        out.push(root);
+    }
+    out
+}
+
+/// The volume deleted while its chunks are uploaded (its node then answers no regions):
+/// the backup is never made ready from those empty answers, but fails, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_whose_volume_is_deleted_meanwhile_fails_naming_it() {
+    let empty: Content = Arc::new(|_: &BackupChunkRequest| {
+        std::thread::sleep(Duration::from_millis(300));
+        Vec::new()
+    });
+    let h = harness(empty).await;
+    h.create_backup(1, 1, None).await;
+    let (stop, task) = h.uploader();
+    let asked = h.asked.clone();
+    let t = Instant::now();
+    while asked.lock().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.commit(Mutation::DeleteVolume { id: 1 }).await;
+    h.until("backup ended", |s| {
+        s.state()
+            .backup(1)
+            .is_some_and(|b| b.state != BackupState::Uploading)
+    })
+    .await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+    let b = h.read(|s| s.state().backup(1).cloned()).await.unwrap();
+    assert_eq!(b.state, BackupState::Failed);
+    assert!(
+        b.error.as_deref().unwrap_or("").contains("deleted"),
+        "{:?}",
+        b.error
+    );
+    assert!(h.store.list("roots/").await.unwrap().is_empty());
+    h.stop().await;
+}
+
+/// A backup deleted while uploading: its job stops asking the nodes and never stores a
+/// root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_deleted_while_uploading_stops_its_job() {
+    let h = harness(slow(3000)).await;
+    h.create_backup(1, 1, None).await;
+    let (stop, task) = h.uploader();
+    let asked = h.asked.clone();
+    let t = Instant::now();
+    while asked.lock().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.commit(Mutation::DeleteBackup {
+        id: 1,
+        now_unix: unix_now(),
+    })
+    .await;
+    // Two chunks in flight take 3 s; the next tick (2 s) stops the task before the third
+    // is asked.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let n = asked.lock().unwrap().len();
+    assert!(n <= 2, "{n} chunks asked after the backup was deleted");
+    assert!(h.store.list("roots/").await.unwrap().is_empty());
+    let _ = stop.send(true);
+    task.await.unwrap();
+    h.stop().await;
+}
+
+/// Chunks uploaded while the collector moves the store's `gc_gen` are skipped by the
+/// state: each is redone with force after a back-off (not at once, again and again), the
+/// reason recorded as the backup's error; once the collector is quiet the backup is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skipped_chunks_are_redone_with_force_backed_off_and_reported() {
+    let h = harness(slow(100)).await;
+    h.create_backup(1, 1, None).await;
+    let mut roots = garbage_roots(&h, 100).await.into_iter();
+    let (stop, task) = h.uploader();
+    let t = Instant::now();
+    let mut saw_error = None;
+    while t.elapsed() < Duration::from_secs(2) {
+        // A claim and a deletion of a garbage key: each moves the store's gc_gen.
+        let keys = vec![GcKey::Root(roots.next().unwrap())];
+        let store = "local".to_string();
+        h.commit(Mutation::GcClaim {
+            store: store.clone(),
+            keys: keys.clone(),
+        })
+        .await;
+        h.commit(Mutation::GcDeleted { store, keys }).await;
+        if let Some(e) = h
+            .read(|s| s.state().backup(1).and_then(|b| b.error.clone()))
+            .await
+        {
+            saw_error = Some(e);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let asked = h.asked.lock().unwrap().len();
+    assert!(
+        asked <= 3 * 6,
+        "backed off, not a busy loop: {asked} requests in 2 s"
+    );
+    let e = saw_error.expect("the skip is reported");
+    assert!(
+        e.contains("collector deleting objects; redoing chunk"),
+        "{e}"
+    );
+    h.until("backup ready", |s| {
+        s.state()
+            .backup(1)
+            .is_some_and(|b| b.state == BackupState::Ready)
+    })
+    .await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+    assert!(h.asked.lock().unwrap().iter().any(|r| r.force));
+    h.stop().await;
 }

@@ -4,14 +4,19 @@
 //! source, verified (`region::decode`) and put, then the segment put, then recorded in the
 //! target (`BackupChunks`, the `gc_gen` rule as for uploads); once every chunk of the
 //! source is recorded, the source's root is put unchanged (same name) and `BackupReady`
-//! recorded. Paced with the uploads by the bytes copied.
+//! recorded. Paced with the uploads by the bytes copied, each chunk under one of the
+//! manager-wide slots the uploads share. `chunks_in_flight` chunks at once, each with the
+//! target's `gc_gen` read before it, recorded in batches as they finish; a chunk failing,
+//! or skipped by the state (copied across a collection), is backed off and redone (with
+//! `force` when skipped), its error recorded (`BackupError`), and fails the copy after
+//! `GIVE_UP` in a row; so does a source root that cannot be read.
 //!
 //! Resumable: a new leader continues with the chunks not recorded; objects already copied
 //! are found by `exists`. Must never: record a chunk whose objects and segment are not all
 //! in the target; copy an object that does not verify (the copy fails, naming it); hold
 //! the service lock across a store call.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,15 +28,20 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backup_jobs::{
-    GIVE_UP, Running, Settings, Shared, Stores, TICK, commit, locked, unix_now,
+    GIVE_UP, Running, Settings, Shared, Stores, TICK, commit, fail, locked, put_root_ready,
+    record_chunks,
 };
 use crate::pace::Pace;
 use crate::state::{BackupStats, ChunkSegment, Mutation};
 
-/// Back-off between passes over a copy's failing chunks.
-const BACKOFF: Duration = Duration::from_secs(1);
-/// Chunks recorded in one `BackupChunks`.
+/// Back-off of a failing chunk (or root).
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Chunks recorded in one `BackupChunks`, and how long a copied chunk may wait for one.
 const BATCH: usize = 64;
+const BATCH_WAIT: Duration = Duration::from_millis(500);
+/// `BackupError` is recorded at most this often per copy.
+const ERROR_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `stopped` turns true: starts every uploading copy without a task; stops
 /// them when this manager stops leading.
@@ -59,6 +69,8 @@ pub async fn run(
             running.abort_all();
             continue;
         };
+        // A copy deleted (or failed) meanwhile: its task stops.
+        running.keep_only(&jobs.iter().map(|j| j.id).collect());
         for job in jobs {
             let (Some((_, from)), Some((_, to))) = (stores.get(&job.from), stores.get(&job.to))
             else {
@@ -138,8 +150,9 @@ async fn copy(ctx: Ctx, job: CopyJob) {
     }
 }
 
-/// One chunk's outcome: the segment's distinct objects and what was moved.
-type Copied = (u64, Hash, Result<(Vec<Hash>, BackupStats), Failure>);
+/// One chunk's outcome: the store's `gc_gen` read before it, the segment's distinct
+/// objects and what was moved.
+type Copied = (u64, u64, Result<(Vec<Hash>, BackupStats), Failure>);
 
 /// How copying one chunk failed.
 enum Failure {
@@ -158,177 +171,219 @@ impl From<StoreError> for Failure {
     }
 }
 
-/// Copies every chunk, then the root: whether `BackupReady` was recorded (false: the
-/// copy stopped being this manager's to do).
-async fn copy_all(ctx: &Ctx, mut job: CopyJob) -> Result<bool, String> {
-    let mut force: BTreeSet<u64> = BTreeSet::new();
-    let mut failing: HashMap<u64, Instant> = HashMap::new();
-    while !job.todo.is_empty() {
-        let target = ctx.to.name().to_string();
-        let gc_gen = locked(&ctx.service, move |s| Ok(s.state().gc_gen(&target))).await?;
-        let mut running = JoinSet::new();
-        let mut done = Vec::new();
-        let mut stats = BackupStats::default();
-        let mut last_err = None;
-        for (&chunk, &seg) in &job.todo {
-            while running.len() >= ctx.settings.chunks_in_flight.max(1) {
-                if let Some(r) = running.join_next().await {
-                    let r = r.map_err(|e| format!("a copy task failed: {e}"))?;
-                    last_err = settle(ctx, &job, r, &mut done, &mut stats, &mut failing)
-                        .await?
-                        .or(last_err);
-                }
-            }
+/// A chunk still to copy.
+struct Todo {
+    seg: Hash,
+    force: bool,
+    not_before: Instant,
+    /// Since when it fails (or is skipped by the state) in a row.
+    failing_since: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The chunks of one copy still to do, and the last error recorded.
+struct Progress {
+    todo: BTreeMap<u64, Todo>,
+    last_error: Option<(Instant, String)>,
+}
+
+/// Copies every chunk, `chunks_in_flight` at once, recording them in batches as they
+/// finish, then the root: whether `BackupReady` was recorded (false: the copy stopped
+/// being this manager's to do, or failed).
+async fn copy_all(ctx: &Ctx, job: CopyJob) -> Result<bool, String> {
+    let t = Instant::now();
+    let mut p = Progress {
+        todo: (job.todo.iter())
+            .map(|(c, seg)| {
+                let d = Todo {
+                    seg: *seg,
+                    force: false,
+                    not_before: t,
+                    failing_since: None,
+                    backoff: FIRST_BACKOFF,
+                };
+                (*c, d)
+            })
+            .collect(),
+        last_error: None,
+    };
+    let mut running: JoinSet<Copied> = JoinSet::new();
+    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+    let mut batch: Vec<(ChunkSegment, u64)> = Vec::new();
+    let mut stats = BackupStats::default();
+    let mut batch_since = Instant::now();
+    loop {
+        let t = Instant::now();
+        let room = ctx
+            .settings
+            .chunks_in_flight
+            .max(1)
+            .saturating_sub(running.len());
+        let ready: Vec<u64> = (p.todo.iter())
+            .filter(|(c, d)| d.not_before <= t && !in_flight.contains(c))
+            .map(|(c, _)| *c)
+            .take(room)
+            .collect();
+        for chunk in ready {
+            let Some(d) = p.todo.get(&chunk) else {
+                continue;
+            };
+            in_flight.insert(chunk);
             let (from, to, pace) = (ctx.from.clone(), ctx.to.clone(), ctx.pace.clone());
-            let f = force.contains(&chunk);
+            let (service, settings) = (ctx.service.clone(), ctx.settings.clone());
+            let (seg, force) = (d.seg, d.force);
             running.spawn(async move {
-                let r = copy_chunk(&from, &to, &pace, chunk, seg, f).await;
-                (chunk, seg, r)
+                let _slot = settings.slot().await;
+                let name = to.name().to_string();
+                let Ok(gc_gen) = locked(&service, move |s| Ok(s.state().gc_gen(&name))).await
+                else {
+                    return (chunk, 0, Err(Failure::Retry("not leading".into())));
+                };
+                let r = copy_chunk(&from, &to, &pace, chunk, seg, force).await;
+                (chunk, gc_gen, r)
             });
         }
-        while let Some(r) = running.join_next().await {
-            let r = r.map_err(|e| format!("a copy task failed: {e}"))?;
-            last_err = settle(ctx, &job, r, &mut done, &mut stats, &mut failing)
-                .await?
-                .or(last_err);
-        }
-        let mut stats = Some(stats);
-        for batch in done.chunks(BATCH) {
-            let Some(recorded) = record(ctx, &job, gc_gen, batch, stats.take()).await? else {
+        let full = batch.len() >= BATCH
+            || batch
+                .first()
+                .is_some_and(|b| b.1 != batch[batch.len() - 1].1);
+        let stale = !batch.is_empty() && batch_since.elapsed() >= BATCH_WAIT;
+        let idle = running.is_empty() && (!batch.is_empty() || stats != BackupStats::default());
+        if full || stale || idle {
+            let sent = std::mem::take(&mut batch);
+            let gc_gen = sent.first().map_or(0, |b| b.1);
+            let chunks: Vec<ChunkSegment> = sent.into_iter().map(|b| b.0).collect();
+            let to = ctx.to.name().to_string();
+            let st = std::mem::take(&mut stats);
+            let r = record_chunks(&ctx.service, job.id, to, gc_gen, chunks.clone(), st, false);
+            let Some(recorded) = r.await? else {
+                running.abort_all();
                 return Ok(false);
             };
-            for c in batch {
+            for c in chunks {
                 if recorded.contains(&c.chunk) {
-                    job.todo.remove(&c.chunk);
-                } else {
-                    force.insert(c.chunk);
+                    p.todo.remove(&c.chunk);
+                } else if let Some(d) = p.todo.get_mut(&c.chunk) {
+                    // Skipped by the state: copied across a collection. Redone with
+                    // force, backed off, counted.
+                    d.force = true;
+                    let why = format!("collector deleting objects; redoing chunk {}", c.chunk);
+                    if failed(ctx, job.id, &mut p, c.chunk, why).await? {
+                        running.abort_all();
+                        return Ok(false);
+                    }
+                }
+            }
+            batch_since = Instant::now();
+        }
+        if p.todo.is_empty() && running.is_empty() {
+            break;
+        }
+        let wake = (p.todo.iter())
+            .filter(|(c, _)| !in_flight.contains(c))
+            .map(|(_, d)| d.not_before)
+            .min()
+            .unwrap_or(t + BATCH_WAIT)
+            .min(t + BATCH_WAIT);
+        let done = tokio::select! {
+            done = running.join_next(), if !running.is_empty() => done,
+            () = tokio::time::sleep_until(wake.into()) => None,
+        };
+        let Some(done) = done else { continue };
+        let (chunk, gc_gen, r) = done.map_err(|e| format!("a copy task failed: {e}"))?;
+        in_flight.remove(&chunk);
+        let Some(d) = p.todo.get_mut(&chunk) else {
+            continue;
+        };
+        match r {
+            Ok((objects, st)) => {
+                if batch.is_empty() {
+                    batch_since = Instant::now();
+                }
+                stats = stats.plus(&st);
+                let c = ChunkSegment {
+                    chunk,
+                    segment: d.seg,
+                    objects: Some(objects),
+                };
+                batch.push((c, gc_gen));
+                // Not again until recorded (or skipped).
+                d.not_before = Instant::now() + Duration::from_secs(3600);
+            }
+            Err(Failure::Corrupt(why)) => {
+                running.abort_all();
+                let error = format!("chunk {chunk}: {why}");
+                locked(&ctx.service, move |s| fail(s, job.id, error)).await?;
+                return Err(format!("copy failed: {why}"));
+            }
+            Err(Failure::Retry(why)) => {
+                if failed(ctx, job.id, &mut p, chunk, format!("chunk {chunk}: {why}")).await? {
+                    running.abort_all();
+                    return Ok(false);
                 }
             }
         }
-        if let Some(e) = last_err {
-            commit(
-                &ctx.service,
-                Mutation::BackupError {
-                    id: job.id,
-                    error: e,
-                },
-            )
-            .await?;
-            tokio::time::sleep(BACKOFF).await;
-        }
     }
-    let root_bytes = ctx
-        .from
-        .get(&keys::root(&job.root))
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Err(e) = Root::decode(ctx.from.name(), &job.root, &root_bytes) {
-        fail(ctx, job.id, e.to_string()).await?;
+    copy_root(ctx, &job).await
+}
+
+/// Puts the source's root in the target and records the copy ready; a root that cannot
+/// be read is retried, backed off, and fails the copy after [`GIVE_UP`], naming it.
+async fn copy_root(ctx: &Ctx, job: &CopyJob) -> Result<bool, String> {
+    let (id, root) = (job.id, job.root);
+    let key = keys::root(&root);
+    let started = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    let bytes = loop {
+        let why = match ctx.from.get(&key).await {
+            Ok(bytes) => match Root::decode(ctx.from.name(), &root, &bytes) {
+                Ok(_) => break bytes,
+                Err(e) => {
+                    let error = e.to_string();
+                    locked(&ctx.service, move |s| fail(s, id, error)).await?;
+                    return Ok(false);
+                }
+            },
+            Err(e) => format!("the source's root {key}: {e}"),
+        };
+        if started.elapsed() >= GIVE_UP {
+            locked(&ctx.service, move |s| fail(s, id, why)).await?;
+            return Ok(false);
+        }
+        commit(&ctx.service, Mutation::BackupError { id, error: why }).await?;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    };
+    put_root_ready(&ctx.service, &ctx.to, id, root, bytes, false).await
+}
+
+/// One failed (or skipped) attempt at `chunk`: backed off, its error recorded now and then;
+/// `true` once it has failed for [`GIVE_UP`]: the copy is recorded failed.
+async fn failed(
+    ctx: &Ctx,
+    id: u64,
+    p: &mut Progress,
+    chunk: u64,
+    error: String,
+) -> Result<bool, String> {
+    let Some(d) = p.todo.get_mut(&chunk) else {
         return Ok(false);
+    };
+    let now = Instant::now();
+    if now.duration_since(*d.failing_since.get_or_insert(now)) >= GIVE_UP {
+        locked(&ctx.service, move |s| fail(s, id, error)).await?;
+        return Ok(true);
     }
-    ctx.to
-        .put_if_missing(&keys::root(&job.root), root_bytes, false)
-        .await
-        .map_err(|e| e.to_string())?;
-    let m = Mutation::BackupReady {
-        id: job.id,
-        root: job.root,
-        finished_unix: unix_now(),
-    };
-    commit(&ctx.service, m).await?;
-    Ok(true)
-}
-
-/// Takes one chunk's outcome: stored chunks join `done`; a failure is retried (its
-/// error returned) unless it is corrupt or has lasted [`GIVE_UP`] (the copy fails).
-async fn settle(
-    ctx: &Ctx,
-    job: &CopyJob,
-    (chunk, seg, r): Copied,
-    done: &mut Vec<ChunkSegment>,
-    stats: &mut BackupStats,
-    failing: &mut HashMap<u64, Instant>,
-) -> Result<Option<String>, String> {
-    let why = match r {
-        Ok((objects, st)) => {
-            failing.remove(&chunk);
-            *stats = stats.plus(&st);
-            done.push(ChunkSegment {
-                chunk,
-                segment: seg,
-                objects: Some(objects),
-            });
-            return Ok(None);
-        }
-        Err(Failure::Corrupt(why)) => {
-            fail(ctx, job.id, format!("chunk {chunk}: {why}")).await?;
-            return Err(format!("copy failed: {why}"));
-        }
-        Err(Failure::Retry(why)) => format!("chunk {chunk}: {why}"),
-    };
-    let since = *failing.entry(chunk).or_insert_with(Instant::now);
-    if since.elapsed() >= GIVE_UP {
-        fail(ctx, job.id, why.clone()).await?;
-        return Err(format!("copy failed: {why}"));
+    debug!(backup = id, %error, "copy chunk failed; retried");
+    d.not_before = now + d.backoff;
+    d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
+    let due =
+        (p.last_error.as_ref()).is_none_or(|(at, e)| *e != error && at.elapsed() >= ERROR_EVERY);
+    if due {
+        p.last_error = Some((now, error.clone()));
+        commit(&ctx.service, Mutation::BackupError { id, error }).await?;
     }
-    Ok(Some(why))
-}
-
-async fn fail(ctx: &Ctx, id: u64, error: String) -> Result<(), String> {
-    warn!(backup = id, %error, "backup copy failed");
-    let m = Mutation::BackupFailed {
-        id,
-        error,
-        finished_unix: unix_now(),
-    };
-    commit(&ctx.service, m).await
-}
-
-/// Records copied chunks in the target: the chunks the copy now holds, or `None` if it is
-/// no longer uploading.
-async fn record(
-    ctx: &Ctx,
-    job: &CopyJob,
-    gc_gen: u64,
-    batch: &[ChunkSegment],
-    stats: Option<BackupStats>,
-) -> Result<Option<BTreeSet<u64>>, String> {
-    let (id, store, batch) = (job.id, ctx.to.name().to_string(), batch.to_vec());
-    locked(&ctx.service, move |s| {
-        s.lead()?;
-        let state = s.state();
-        if !state
-            .backup(id)
-            .is_some_and(|b| b.state == BackupState::Uploading)
-        {
-            return Ok(None);
-        }
-        let chunks: Vec<ChunkSegment> = batch
-            .iter()
-            .map(|c| ChunkSegment {
-                objects: c
-                    .objects
-                    .clone()
-                    .filter(|_| !state.segment_known(&store, &c.segment)),
-                ..c.clone()
-            })
-            .collect();
-        s.commit_led(Mutation::BackupChunks {
-            id,
-            gc_gen,
-            chunks,
-            stats: stats.unwrap_or_default(),
-        })?;
-        let recorded = s.state().backup_segments(id);
-        Ok(Some(
-            batch
-                .iter()
-                .map(|c| c.chunk)
-                .filter(|c| recorded.contains_key(c))
-                .collect(),
-        ))
-    })
-    .await
+    Ok(false)
 }
 
 /// Copies one chunk's objects the target lacks (all of them with `force`), then its

@@ -38,10 +38,7 @@ async fn copy_record(h: &Harness) {
 /// Runs the copy loop until backup 2 is no longer uploading.
 async fn run_copy(h: &Harness, stores: Stores) {
     let (stop, stopped) = watch::channel(false);
-    let settings = Settings {
-        chunks_in_flight: 2,
-        window: 2,
-    };
+    let settings = Settings::new(2, 2);
     let pace = Arc::new(Pace::new(1 << 40));
     let task = tokio::spawn(run(h.service.clone(), stores, settings, pace, stopped));
     h.until("copy finished", |s| {
@@ -104,5 +101,33 @@ async fn a_corrupt_source_object_fails_the_copy_naming_it() {
     let error = b.error.unwrap();
     assert!(error.contains(&key), "{error}");
     assert!(!other.exists(&key).await.unwrap());
+    h.stop().await;
+}
+
+/// A copy whose source root is missing is retried, then fails after the give-up time,
+/// naming the root; it does not retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_whose_source_root_is_missing_fails_naming_it() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    let root = h.back_up(1).await;
+    let (stores, other) = h.with_other_store();
+    let key = keys::root(&root);
+    let path = h.dir.path().join("store").join(&key);
+    std::fs::remove_file(&path).unwrap();
+    copy_record(&h).await;
+    let t = std::time::Instant::now();
+    run_copy(&h, stores).await;
+    assert!(t.elapsed() >= GIVE_UP, "retried for the give-up time first");
+    let b = h.read(|s| s.state().backup(2).cloned()).await.unwrap();
+    assert_eq!(b.state, BackupState::Failed);
+    let error = b.error.unwrap();
+    assert!(error.contains(&key), "{error}");
+    assert!(!other.exists(&key).await.unwrap());
+    assert_eq!(
+        h.read(|s| s.state().backup_segments(2).len()).await,
+        2,
+        "the chunks were copied and recorded"
+    );
     h.stop().await;
 }

@@ -3,11 +3,14 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
 use tessera_backup::keys;
+
 use tokio::sync::watch;
 
 use super::*;
-use crate::backup_loop::tests::{harness, object_of, two_backups};
+use crate::backup_loop::tests::{garbage_roots, harness, object_of, two_backups};
+use tessera_proto::control::BackupState;
 
 /// Every key of the store.
 async fn listing(store: &Store) -> BTreeSet<String> {
@@ -47,7 +50,7 @@ async fn the_collector_deletes_exactly_what_no_backup_names_after_the_grace() {
         now_unix: unix_now(),
     })
     .await;
-    collect(&h.service, &h.store, 3600).await.unwrap();
+    collect(&h.service, &h.store, 3600, SETTLE).await.unwrap();
     assert_eq!(
         listing(&h.store).await,
         all,
@@ -70,5 +73,95 @@ async fn the_collector_deletes_exactly_what_no_backup_names_after_the_grace() {
         gc_gen >= 2,
         "a claim and a deletion each move gc_gen: {gc_gen}"
     );
+    h.stop().await;
+}
+
+/// Keys already claimed when a pass starts (by a previous leader, whose deletes may still
+/// be in flight) are deleted only once this manager has led for the settling time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_claimed_before_wait_for_the_leader_to_settle() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    let root = h.back_up(1).await;
+    h.commit(Mutation::DeleteBackup {
+        id: 1,
+        now_unix: unix_now(),
+    })
+    .await;
+    h.commit(Mutation::GcClaim {
+        store: "local".into(),
+        keys: vec![GcKey::Root(root)],
+    })
+    .await;
+    let claimed = h.read(|s| s.state().claimed("local")).await;
+    assert_eq!(claimed, [GcKey::Root(root)]);
+    collect(&h.service, &h.store, 3600, SETTLE).await.unwrap();
+    assert!(
+        h.store.exists(&keys::root(&root)).await.unwrap(),
+        "a new leader leaves a previous claim alone"
+    );
+    collect(&h.service, &h.store, 3600, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!h.store.exists(&keys::root(&root)).await.unwrap());
+    assert!(h.read(|s| s.state().claimed("local")).await.is_empty());
+    h.stop().await;
+}
+
+/// A segment the store says is missing or corrupt is released with no objects (leaked);
+/// any other failure (unavailable, credentials) leaves it queued, read again later.
+#[test]
+fn only_a_missing_or_corrupt_segment_is_leaked() {
+    let (store, key, why) = ("s".to_string(), "k".to_string(), "x".to_string());
+    assert!(leaks(&StoreError::NotFound {
+        store: store.clone(),
+        key: key.clone(),
+    }));
+    assert!(leaks(&StoreError::Corrupt {
+        store: store.clone(),
+        key,
+        why: why.clone(),
+    }));
+    assert!(!leaks(&StoreError::Unavailable {
+        store: store.clone(),
+        why: why.clone(),
+    }));
+    assert!(!leaks(&StoreError::Credentials { store, why }));
+}
+
+/// A root the collector has claimed: `BackupReady` waits (the error says why) until the
+/// deletion is done, then the root is put again and the backup is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claimed_root_is_put_again_once_deleted_then_ready() {
+    let h = harness(two_backups()).await;
+    let root = garbage_roots(&h, 1).await[0];
+    let keys = vec![GcKey::Root(root)];
+    let claim = Mutation::GcClaim {
+        store: "local".into(),
+        keys: keys.clone(),
+    };
+    h.commit(claim).await;
+    h.create_backup(1, 1, None).await;
+    let (service, store) = (h.service.clone(), h.store.clone());
+    let bytes = bytes::Bytes::from_static(b"root");
+    let put = tokio::spawn(async move {
+        crate::backup_jobs::put_root_ready(&service, &store, 1, root, bytes, true).await
+    });
+    h.until("the wait reported", |s| {
+        s.state().backup(1).is_some_and(|b| b.error.is_some())
+    })
+    .await;
+    let b = h.read(|s| s.state().backup(1).cloned()).await.unwrap();
+    assert_eq!(b.state, BackupState::Uploading);
+    assert!(!h.store.exists(&keys::root(&root)).await.unwrap());
+    h.commit(Mutation::GcDeleted {
+        store: "local".into(),
+        keys,
+    })
+    .await;
+    assert!(put.await.unwrap().unwrap());
+    let b = h.read(|s| s.state().backup(1).cloned()).await.unwrap();
+    assert_eq!((b.state, b.root), (BackupState::Ready, Some(root)));
+    assert!(h.store.exists(&keys::root(&root)).await.unwrap());
     h.stop().await;
 }

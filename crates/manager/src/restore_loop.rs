@@ -6,9 +6,14 @@
 //! (`restore_bytes_per_sec`); the progress recorded (`RestoreProgress`, the lowest chunk not
 //! filled: it never moves back), then `RestoreDone`.
 //!
+//! Each attempt holds one of the restores' manager-wide chunk slots and looks the group's
+//! members up again. A chunk failing is retried, backed off, without end; once it has
+//! failed for `GIVE_UP` its error is shown by `volume info`. A volume deleted meanwhile
+//! stops its task (at the next tick, or at its next progress record).
+//!
 //! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`], published
-//! in the service's restore meters: bytes filled by this leader and the ETA at the rate it
-//! sees); a new leader restarts from the recorded
+//! in the service's restore meters: bytes filled by this leader, the ETA at the rate it
+//! sees, a lasting error); a new leader restarts from the recorded
 //! progress (chunks filled again are harmless: hydration never overwrites a held block).
 //! Must never record a chunk filled before its group answered that every entry of it is
 //! committed; never hold the service lock across a call to a node or a store.
@@ -18,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
-    Hash, HydrateChunkRequest, REGION_BYTES, RegionRef, StorageReply, StorageRequest, StoreSpec,
+    ControlError, Hash, HydrateChunkRequest, REGION_BYTES, RegionRef, StorageReply, StorageRequest,
+    StoreSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -27,9 +33,8 @@ use tracing::{debug, info, warn};
 use tessera_backup::Store;
 
 use crate::backup_jobs::{
-    Running, Settings, Shared, Stores, TICK, call_leader, commit, locked, now, read_segment,
+    GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, locked, read_segment, resolve,
 };
-use crate::group_calls::GroupJob;
 use crate::pace::Pace;
 use crate::service::{RestoreMeter, RestoreMeters};
 use crate::state::Mutation;
@@ -50,13 +55,15 @@ pub struct Rates {
     meters: RestoreMeters,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Rate {
     started: Instant,
     hydrated_bytes: u64,
     /// Chunks filled by this leader, and left to fill.
     chunks_done: u64,
     chunks_left: u64,
+    /// A chunk's error once it has failed for [`GIVE_UP`] (cleared by the next fill).
+    error: Option<String>,
 }
 
 impl Rate {
@@ -70,6 +77,7 @@ impl Rate {
         RestoreMeter {
             hydrated_bytes: self.hydrated_bytes,
             eta_secs,
+            error: self.error.clone(),
         }
     }
 }
@@ -89,6 +97,7 @@ impl Rates {
             hydrated_bytes: 0,
             chunks_done: 0,
             chunks_left: 0,
+            error: None,
         });
         f(r);
         let meter = r.meter();
@@ -106,7 +115,20 @@ impl Rates {
             r.hydrated_bytes = r.hydrated_bytes.saturating_add(bytes);
             r.chunks_done += 1;
             r.chunks_left = r.chunks_left.saturating_sub(1);
+            r.error = None;
         });
+    }
+
+    fn failing(&self, volume_id: u64, error: String) {
+        self.update(volume_id, |r| r.error = Some(error));
+    }
+
+    fn keep_only(&self, planned: &BTreeSet<u64>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|id, _| planned.contains(id));
+        drop(seen);
+        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        meters.retain(|id, _| planned.contains(id));
     }
 
     fn forget(&self, volume_id: u64) {
@@ -133,6 +155,8 @@ pub async fn run(
         return;
     };
     let rates = Rates::new(meters);
+    // The restores' own pool of manager-wide chunk slots (the uploads' is apart).
+    let settings = settings.own_slots();
     let pace = Arc::new(Pace::new(bytes_per_sec));
     let mut running = Running::default();
     let mut tick = tokio::time::interval(TICK);
@@ -152,6 +176,10 @@ pub async fn run(
             running.abort_all();
             continue;
         };
+        // A volume deleted (or done) meanwhile: its task stops, its meter goes.
+        let planned = jobs.iter().map(|j| j.volume_id).collect();
+        running.keep_only(&planned);
+        rates.keep_only(&planned);
         for job in jobs {
             let Some((spec, store)) = stores.get(&job.store).cloned() else {
                 warn!(volume = job.volume_id, store = %job.store,
@@ -186,14 +214,14 @@ struct Ctx {
 pub(crate) struct RestoreJob {
     pub volume_id: u64,
     pub store: String,
-    /// `(chunk, segment, its group)` from the recorded progress on, ascending; a chunk
-    /// whose group is unknown is left for a later pass.
-    pub todo: Vec<(u64, Hash, Option<GroupJob>)>,
+    /// `(chunk, segment, its group's id)` from the recorded progress on, ascending; a
+    /// chunk not mapped to a group is left for a later pass. The group's members are looked
+    /// up at each attempt.
+    pub todo: Vec<(u64, Hash, Option<u64>)>,
 }
 
 fn plan_all(s: &crate::service::Service) -> Vec<RestoreJob> {
     let state = s.state();
-    let t = now();
     let mut out = Vec::new();
     for (volume_id, r) in state.restoring_volumes() {
         let groups = state.volume_chunk_groups(volume_id);
@@ -201,10 +229,7 @@ fn plan_all(s: &crate::service::Service) -> Vec<RestoreJob> {
             .backup_segments(r.backup)
             .into_iter()
             .filter(|(c, _)| *c >= r.next_chunk)
-            .map(|(c, h)| {
-                let group = groups.get(&c).and_then(|g| s.group_job(*g, Vec::new(), t));
-                (c, h, group)
-            })
+            .map(|(c, h)| (c, h, groups.get(&c).copied()))
             .collect();
         out.push(RestoreJob {
             volume_id,
@@ -226,13 +251,19 @@ async fn fill(ctx: Ctx, job: RestoreJob) {
     }
 }
 
+/// A chunk to fill: its segment, its group, when to try next, its back-off, since when it
+/// fails.
+type Left = (Hash, Option<u64>, Instant, Duration, Option<Instant>);
+
 /// Fills every chunk, recording progress as the lowest unfilled chunk moves, then done.
+/// A chunk failing is retried, backed off; once it has failed for [`GIVE_UP`] its error is
+/// shown in the restore's meter. Stops (`Err`) if the volume is deleted or done.
 async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
     ctx.rates.plan(job.volume_id, job.todo.len() as u64);
-    let mut left: BTreeMap<u64, (Hash, Option<GroupJob>, Instant, Duration)> = job
+    let mut left: BTreeMap<u64, Left> = job
         .todo
         .iter()
-        .map(|(c, h, g)| (*c, (*h, g.clone(), Instant::now(), FIRST_BACKOFF)))
+        .map(|(c, h, g)| (*c, (*h, *g, Instant::now(), FIRST_BACKOFF, None)))
         .collect();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut running: JoinSet<(u64, Result<u64, String>)> = JoinSet::new();
@@ -242,7 +273,7 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
         let t = Instant::now();
         let ready: Vec<u64> = left
             .iter()
-            .filter(|(c, (_, g, at, _))| g.is_some() && *at <= t && !in_flight.contains(c))
+            .filter(|(c, v)| v.1.is_some() && v.2 <= t && !in_flight.contains(c))
             .map(|(c, _)| *c)
             .take(
                 ctx.settings
@@ -252,20 +283,27 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
             )
             .collect();
         for chunk in ready {
-            let Some((seg, Some(group), _, _)) = left.get(&chunk).cloned() else {
+            let Some((seg, Some(group_id), ..)) = left.get(&chunk).copied() else {
                 continue;
             };
             in_flight.insert(chunk);
-            let (store, spec, pace) = (ctx.store.clone(), ctx.spec.clone(), ctx.pace.clone());
-            let (volume_id, window) = (job.volume_id, ctx.settings.window);
+            let (service, store, spec) = (ctx.service.clone(), ctx.store.clone(), ctx.spec.clone());
+            let (pace, settings) = (ctx.pace.clone(), ctx.settings.clone());
+            let volume_id = job.volume_id;
             running.spawn(async move {
-                let r =
-                    hydrate_chunk(&store, spec, &pace, &group, volume_id, chunk, seg, window).await;
-                (chunk, r)
+                let c = ChunkFill {
+                    service: &service,
+                    store: &store,
+                    spec,
+                    pace: &pace,
+                    settings: &settings,
+                    group_id,
+                };
+                (chunk, hydrate_chunk(c, volume_id, chunk, seg).await)
             });
         }
         if running.is_empty() {
-            if left.values().all(|(_, g, _, _)| g.is_none()) {
+            if left.values().all(|v| v.1.is_none()) {
                 return Err(format!(
                     "{} chunks have no known group; retried next pass",
                     left.len()
@@ -293,7 +331,12 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
             Err(e) => {
                 warn!(volume = job.volume_id, chunk, error = %e, "chunk not filled; retried");
                 if let Some(v) = left.get_mut(&chunk) {
-                    v.2 = Instant::now() + v.3;
+                    let now = Instant::now();
+                    if now.duration_since(*v.4.get_or_insert(now)) >= GIVE_UP {
+                        ctx.rates
+                            .failing(job.volume_id, format!("chunk {chunk}: {e}"));
+                    }
+                    v.2 = now + v.3;
                     v.3 = (v.3 * 2).min(MAX_BACKOFF);
                 }
             }
@@ -304,7 +347,7 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                 volume_id: job.volume_id,
                 next_chunk: next,
             };
-            commit(&ctx.service, m).await?;
+            commit_restoring(ctx, job.volume_id, m).await?;
             (recorded, recorded_at) = (next, Instant::now());
         }
     }
@@ -312,21 +355,48 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
     let m = Mutation::RestoreDone {
         volume_id: job.volume_id,
     };
-    commit(&ctx.service, m).await
+    commit_restoring(ctx, job.volume_id, m).await
 }
 
-/// Fills one chunk from its segment: the bytes of the regions filled.
-#[allow(clippy::too_many_arguments)]
-async fn hydrate_chunk(
-    store: &Store,
+/// Commits `m` if volume `id` still exists and is being restored (else `Err`: the job
+/// stops).
+async fn commit_restoring(ctx: &Ctx, id: u64, m: Mutation) -> Result<(), String> {
+    locked(&ctx.service, move |s| {
+        let restoring = s
+            .state()
+            .volume_record_by_id(id)
+            .is_ok_and(|v| v.restore.is_some());
+        if !restoring {
+            return Err(ControlError::NotFound(format!(
+                "volume {id} is no longer being restored"
+            )));
+        }
+        s.commit_led(m)
+    })
+    .await
+}
+
+/// What one chunk's fill works with.
+struct ChunkFill<'a> {
+    service: &'a Shared,
+    store: &'a Store,
     spec: StoreSpec,
-    pace: &Pace,
-    group: &GroupJob,
+    pace: &'a Pace,
+    settings: &'a Settings,
+    group_id: u64,
+}
+
+/// Fills one chunk from its segment: the bytes of the regions filled. A manager-wide slot
+/// is held and the regions' bytes paced before the request is sent to the group's leader
+/// (its members looked up now).
+async fn hydrate_chunk(
+    c: ChunkFill<'_>,
     volume_id: u64,
     chunk: u64,
     seg: Hash,
-    window: u32,
 ) -> Result<u64, String> {
+    let (store, spec, pace) = (c.store, c.spec, c.pace);
+    let window = c.settings.window;
     let segment = read_segment(store, &seg).await?;
     if segment.chunk != chunk {
         return Err(format!(
@@ -335,7 +405,9 @@ async fn hydrate_chunk(
         ));
     }
     let bytes = segment.regions.len() as u64 * REGION_BYTES;
+    let _slot = c.settings.slot().await;
     pace.take(bytes).await;
+    let group = resolve(c.service, c.group_id).await?;
     let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
         group_id: group.group_id,
         volume_id,
@@ -351,7 +423,7 @@ async fn hydrate_chunk(
             .collect(),
         window: window.max(1),
     });
-    match call_leader(group, &req, 0, CHUNK_TIMEOUT).await? {
+    match call_leader(&group, &req, 0, CHUNK_TIMEOUT).await? {
         (StorageReply::Done, _) => {
             debug!(volume = volume_id, chunk, "chunk filled");
             Ok(bytes)

@@ -28,10 +28,7 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
         chunks: vec![(0, 1), (1, 1), (2, 1)],
     })
     .await;
-    let settings = Settings {
-        chunks_in_flight: 2,
-        window: 3,
-    };
+    let settings = Settings::new(2, 3);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(
         h.service.clone(),
@@ -70,4 +67,35 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
         "the meter is forgotten once done"
     );
     h.stop().await;
+}
+
+/// A chunk failing for a while shows its error in the restore's meter (what `volume info`
+/// shows); the next chunk filled clears it.
+#[test]
+fn a_lasting_chunk_error_is_shown_until_a_chunk_is_filled() {
+    let meters = RestoreMeters::default();
+    let rates = Rates::new(meters.clone());
+    rates.plan(2, 3);
+    rates.failing(2, "chunk 1: store s: unreachable".into());
+    let m = meters.lock().unwrap().get(&2).cloned().unwrap();
+    assert_eq!(m.error.as_deref(), Some("chunk 1: store s: unreachable"));
+    rates.filled(2, REGION_BYTES);
+    let m = meters.lock().unwrap().get(&2).cloned().unwrap();
+    assert_eq!((m.error, m.hydrated_bytes), (None, REGION_BYTES));
+}
+
+/// Chunk slots are manager-wide: every job given clones of the same settings (uploads and
+/// copies) draws from one pool; the restores' pool is their own.
+#[tokio::test]
+async fn chunk_slots_are_shared_by_the_jobs_of_one_pool() {
+    let uploads = Settings::new(2, 8);
+    let copies = uploads.clone();
+    let restores = uploads.own_slots();
+    let a = uploads.slot().await.unwrap();
+    let _b = copies.slot().await.unwrap();
+    assert!(uploads.slots.clone().try_acquire_owned().is_err());
+    assert!(copies.slots.clone().try_acquire_owned().is_err());
+    let _r = restores.slot().await.unwrap();
+    drop(a);
+    assert!(copies.slots.clone().try_acquire_owned().is_ok());
 }

@@ -209,10 +209,10 @@ fn spawn_backup_loops(
             })
             .collect(),
     );
-    let settings = Settings {
-        chunks_in_flight: config.backup_chunks_in_flight.max(1) as usize,
-        window: config.backup_window.max(1),
-    };
+    let settings = Settings::new(
+        config.backup_chunks_in_flight.max(1) as usize,
+        config.backup_window.max(1),
+    );
     let pace = Arc::new(Pace::new(config.backup_bytes_per_sec));
     tokio::spawn(crate::backup_loop::run(
         service.clone(),

@@ -144,6 +144,7 @@ mod tests {
             chunks_done: 12,
             hydrated_bytes: 768 << 20,
             eta_secs,
+            error: None,
         }
     }
 

@@ -20,12 +20,14 @@ use crate::stores::Stores;
 use super::{Now, Service};
 
 /// What the restore job measured of one restoring volume (leader memory).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreMeter {
     /// Bytes of regions filled by this manager so far.
     pub hydrated_bytes: u64,
     /// Seconds left at the rate it sees (`None`: not known yet).
     pub eta_secs: Option<u64>,
+    /// The error of a chunk failing for a while (still retried).
+    pub error: Option<String>,
 }
 
 /// Restoring volume id → its meter: written by the restore job, read by `VolumeInfo`.
@@ -65,6 +67,7 @@ impl Service {
         if let Some(m) = meters.get(&v.id) {
             r.hydrated_bytes = m.hydrated_bytes;
             r.eta_secs = m.eta_secs;
+            r.error = m.error.clone();
         }
     }
 

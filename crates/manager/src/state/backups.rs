@@ -291,6 +291,7 @@ impl State {
             chunks_done: done,
             hydrated_bytes: 0,
             eta_secs: None,
+            error: None,
         })
     }
 

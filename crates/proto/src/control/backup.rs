@@ -317,6 +317,10 @@ pub struct RestoreInfo {
     /// Seconds left at that rate (absent: not known yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_secs: Option<u64>,
+    /// Why the fill is not moving: the error of a chunk that has kept failing for a while
+    /// (it is still retried, backed off). Absent while the fill goes well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]
