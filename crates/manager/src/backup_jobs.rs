@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tessera_backup::manifest::{FORMAT, Segment};
+use tessera_backup::manifest::{FORMAT, MAX_MANIFEST_BYTES, Segment};
 use tessera_backup::{Error as StoreError, Store, keys};
 use tessera_net::NetError;
 use tessera_proto::control::{
@@ -353,7 +353,9 @@ pub(crate) async fn read_segment(store: &Store, h: &Hash) -> Result<Segment, Str
 
 /// [`read_segment`] with the store's error as it is.
 pub(crate) async fn fetch_segment(store: &Store, h: &Hash) -> Result<Segment, StoreError> {
-    let bytes = store.get(&keys::segment(h)).await?;
+    let bytes = store
+        .get_bounded(&keys::segment(h), MAX_MANIFEST_BYTES)
+        .await?;
     Segment::decode(store.name(), h, &bytes)
 }
 

@@ -447,9 +447,11 @@ async fn record(
     batch: Vec<Uploaded>,
     stats: BackupStats,
 ) -> Result<Option<BTreeSet<u64>>, String> {
-    // One gc_gen per mutation: the batch holds one (see `upload_all`), else the entries of
-    // another are skipped and redone.
-    let gc_gen = batch.first().map_or(0, |u| u.gc_gen);
+    // One gc_gen per mutation, the oldest of the batch: chunks finish out of order, and an
+    // entry stamped with a newer gc_gen than it read could name an object the collector
+    // deleted in between. With the oldest, the state skips every new segment of a batch
+    // holding any stale entry (redone with force); it never accepts a stale one.
+    let gc_gen = batch.iter().map(|u| u.gc_gen).min().unwrap_or(0);
     let chunks = batch
         .into_iter()
         .map(|u| ChunkSegment {
@@ -545,6 +547,9 @@ async fn back_up_chunk(
     ))
 }
 
+#[cfg(test)]
+#[path = "backup_loop_batch_tests.rs"]
+mod batch_tests;
 #[cfg(test)]
 #[path = "backup_loop_tests.rs"]
 pub(crate) mod tests;

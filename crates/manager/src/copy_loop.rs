@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_backup::manifest::Root;
+use tessera_backup::manifest::{MAX_MANIFEST_BYTES, Root};
 use tessera_backup::{Error as StoreError, Store, keys, region};
 use tessera_proto::control::{BackupState, Hash};
 use tokio::sync::watch;
@@ -251,7 +251,11 @@ async fn copy_all(ctx: &Ctx, job: CopyJob) -> Result<bool, String> {
         let idle = running.is_empty() && (!batch.is_empty() || stats != BackupStats::default());
         if full || stale || idle {
             let sent = std::mem::take(&mut batch);
-            let gc_gen = sent.first().map_or(0, |b| b.1);
+            // The oldest gc_gen of the batch: chunks finish out of order, and an entry stamped
+            // with a newer one than it read could name an object deleted in between. With the
+            // oldest, any entry older than the store's current gc_gen makes the state skip
+            // every new segment of the batch (redone with force), never accept a stale one.
+            let gc_gen = sent.iter().map(|b| b.1).min().unwrap_or(0);
             let chunks: Vec<ChunkSegment> = sent.into_iter().map(|b| b.0).collect();
             let to = ctx.to.name().to_string();
             let st = std::mem::take(&mut stats);
@@ -335,7 +339,7 @@ async fn copy_root(ctx: &Ctx, job: &CopyJob) -> Result<bool, String> {
     let started = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     let bytes = loop {
-        let why = match ctx.from.get(&key).await {
+        let why = match ctx.from.get_bounded(&key, MAX_MANIFEST_BYTES).await {
             Ok(bytes) => match Root::decode(ctx.from.name(), &root, &bytes) {
                 Ok(_) => break bytes,
                 Err(e) => {
@@ -396,7 +400,9 @@ async fn copy_chunk(
     seg: Hash,
     force: bool,
 ) -> Result<(Vec<Hash>, BackupStats), Failure> {
-    let seg_bytes = from.get(&keys::segment(&seg)).await?;
+    let seg_bytes = from
+        .get_bounded(&keys::segment(&seg), MAX_MANIFEST_BYTES)
+        .await?;
     let segment = tessera_backup::manifest::Segment::decode(from.name(), &seg, &seg_bytes)?;
     if segment.chunk != chunk {
         return Err(Failure::Corrupt(format!(
@@ -411,11 +417,16 @@ async fn copy_chunk(
     };
     for h in &objects {
         let key = keys::object(h);
-        if !force && to.exists(&key).await? {
+        // Present only at the source's size: a truncated object in the target is copied
+        // again (the name is the content's, so a whole one is the same bytes).
+        if !force
+            && let Some(have) = to.size_of(&key).await?
+            && from.size_of(&key).await? == Some(have)
+        {
             stats.present_objects += 1;
             continue;
         }
-        let bytes = from.get(&key).await?;
+        let bytes = from.get_bounded(&key, region::MAX_OBJECT_BYTES).await?;
         region::decode(from.name(), h, &bytes).map_err(|e| match e {
             StoreError::Corrupt { why, .. } => {
                 Failure::Corrupt(format!("object {key} in store {}: {why}", from.name()))

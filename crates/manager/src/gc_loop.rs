@@ -98,8 +98,12 @@ pub(crate) async fn collect(
     grace_secs: u64,
     settle: Duration,
 ) -> Result<(), String> {
-    release(service, store).await?;
     let name = store.name().to_string();
+    // A segment that cannot be read now stays queued; the deletions go on meanwhile (a
+    // copy may be waiting for a claimed root to go).
+    if let Err(e) = release(service, store).await {
+        warn!(store = %name, error = %e, "released segments not expanded yet; retried");
+    }
     let n = name.clone();
     let leftover = locked(service, move |s| Ok(s.state().claimed(&n))).await?;
     if !leftover.is_empty() && leading_for(service).await? < settle {
