@@ -34,6 +34,14 @@ pub(crate) type Stores = Arc<BTreeMap<String, (StoreSpec, Store)>>;
 pub(crate) const TICK: Duration = Duration::from_secs(2);
 /// A chunk failing this long in a row fails its backup (shorter in tests).
 pub const GIVE_UP: Duration = Duration::from_secs(if cfg!(test) { 5 } else { 60 });
+/// Back-off between attempts of a failing chunk (uploads and copies).
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Chunks recorded in one `BackupChunks`, and how long a finished chunk may wait for one.
+pub(crate) const BATCH: usize = 64;
+pub(crate) const BATCH_WAIT: Duration = Duration::from_millis(500);
+/// `BackupError` is recorded at most this often per backup or copy.
+pub(crate) const ERROR_EVERY: Duration = Duration::from_secs(5);
 
 /// The settings the backup loops share.
 #[derive(Debug, Clone)]

@@ -36,8 +36,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub(crate) use crate::backup_jobs::{
-    GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, commit, fail, locked, merge,
-    put_root_ready, read_segment, record_chunks, resolve, stats_of, still_uploading,
+    BATCH, BATCH_WAIT, ERROR_EVERY, FIRST_BACKOFF, GIVE_UP, MAX_BACKOFF, Running, Settings, Shared,
+    Stores, TICK, call_leader, commit, fail, locked, merge, put_root_ready, read_segment,
+    record_chunks, resolve, stats_of, still_uploading,
 };
 use crate::pace::Pace;
 use crate::service::Service;
@@ -45,14 +46,6 @@ use crate::state::{BackupStats, ChunkSegment, Mutation};
 
 /// How long one node gets to answer one chunk request (it reads and uploads the chunk).
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(300);
-/// Back-off between attempts of a failing chunk.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Chunks recorded in one `BackupChunks`, and how long a finished chunk may wait for one.
-const BATCH: usize = 64;
-const BATCH_WAIT: Duration = Duration::from_millis(500);
-/// `BackupError` is recorded at most this often per backup.
-const ERROR_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `stopped` turns true: each tick, starts the upload of every uploading
 /// backup (not a copy) that has no task yet; stops them all when this manager stops

@@ -28,20 +28,11 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backup_jobs::{
-    GIVE_UP, Running, Settings, Shared, Stores, TICK, commit, fail, locked, put_root_ready,
-    record_chunks,
+    BATCH, BATCH_WAIT, ERROR_EVERY, FIRST_BACKOFF, GIVE_UP, MAX_BACKOFF, Running, Settings, Shared,
+    Stores, TICK, commit, fail, locked, put_root_ready, record_chunks,
 };
 use crate::pace::Pace;
 use crate::state::{BackupStats, ChunkSegment, Mutation};
-
-/// Back-off of a failing chunk (or root).
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Chunks recorded in one `BackupChunks`, and how long a copied chunk may wait for one.
-const BATCH: usize = 64;
-const BATCH_WAIT: Duration = Duration::from_millis(500);
-/// `BackupError` is recorded at most this often per copy.
-const ERROR_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `stopped` turns true: starts every uploading copy without a task; stops
 /// them when this manager stops leading.
