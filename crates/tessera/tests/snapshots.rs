@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::hash::Hasher;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::backup::checksum;
 use common::{Cluster, Opts};
 use tessera_nbd::testing::{Conn, EPERM, FLAG_READ_ONLY};
 use tessera_proto::control::{SnapshotInfo, SnapshotState, VolumeInfo};
@@ -99,26 +99,6 @@ fn volume_json(c: &Cluster, name: &str) -> VolumeInfo {
     let mut vols: Vec<VolumeInfo> =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     vols.remove(0)
-}
-
-/// A hash of a whole volume (or snapshot: `VOL@SNAP`) read through the client library.
-async fn checksum(client: &tessera_client::Client, name: &str) -> u64 {
-    let v = client
-        .open_read_only(name)
-        .await
-        .unwrap_or_else(|e| panic!("open {name}: {e}"));
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut off = 0;
-    while off < v.size() {
-        let n = (4 * MIB).min(v.size() - off);
-        let data = v
-            .read(off, n)
-            .await
-            .unwrap_or_else(|e| panic!("read {name} at {off}: {e}"));
-        h.write(&data);
-        off += n;
-    }
-    h.finish()
 }
 
 /// (a) A snapshot keeps the volume's old bytes while the volume is written over; a clone
