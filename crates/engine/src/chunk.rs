@@ -64,7 +64,7 @@ mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
 pub use dropped::DropPin;
-pub use layers::{BlockKind, LayerKey, MergeRange, layer_of};
+pub use layers::{BlockKind, LayerKey, MergeRange, RESTORED, layer_of};
 pub use layout::{BLOCK_SIZE, MAX_CHUNK};
 
 use std::collections::{HashMap, HashSet};

@@ -68,6 +68,23 @@ pub enum Error {
     /// Any other I/O error, as the system reported it.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Blocks of a restored chunk (linked to [`chunk::RESTORED`]) that no layer holds yet
+    /// were needed: their bytes are in the backup, which the engine never reads. A read
+    /// answers with what it has (zeroes in their place) and which blocks they are, for the
+    /// caller to fetch; an operation that needs their bytes (a partial-block write over
+    /// one) changes nothing and is retried once they are filled.
+    #[error("restored chunk: {} block(s) not filled from the backup yet", .0.blocks.len())]
+    Unfilled(Box<Unfilled>),
+}
+
+/// What [`Error::Unfilled`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfilled {
+    /// A read's bytes with zeroes in place of the unfilled blocks (empty for anything but a
+    /// read).
+    pub data: bytes::Bytes,
+    /// The unfilled blocks' indexes in the chunk, ascending.
+    pub blocks: Vec<u32>,
 }
 
 /// The result of an engine operation.

@@ -359,6 +359,16 @@ pub enum Reply {
         /// The volume's sequence in the group.
         seq: u64,
     },
+    /// In process only, never on the wire (encoded as [`Reply::Unavailable`]): a read of a
+    /// restored chunk met blocks it has not filled from its backup yet. `data` is the read
+    /// with zeroes in their place; `blocks` their indexes in the chunk, ascending. The
+    /// storage node fetches them from the store and answers the client with the whole read.
+    Unfilled {
+        /// The read, zeroes where `blocks` are.
+        data: Bytes,
+        /// The unfilled blocks' indexes in the chunk, ascending.
+        blocks: Vec<u32>,
+    },
 }
 
 impl Reply {
@@ -376,6 +386,7 @@ impl Reply {
             Reply::Expired(_) => 9,
             Reply::Fenced(_) => 10,
             Reply::Resequence { .. } => 11,
+            Reply::Unfilled { .. } => Reply::Unavailable(String::new()).code(),
         }
     }
 
@@ -404,6 +415,9 @@ impl Reply {
             | Reply::Unavailable(m)
             | Reply::Expired(m)
             | Reply::Fenced(m) => b.extend_from_slice(m.as_bytes()),
+            Reply::Unfilled { .. } => {
+                b.extend_from_slice(b"restored block not filled yet: retry");
+            }
         }
         b.freeze()
     }

@@ -264,11 +264,15 @@ impl Volume {
                         refresh = attempt.is_multiple_of(route.peers.len().max(1));
                     }
                 }
-                Reply::GroupNotFound | Reply::Unavailable(_) | Reply::Expired(_) => {
+                Reply::GroupNotFound
+                | Reply::Unavailable(_)
+                | Reply::Expired(_)
+                | Reply::Unfilled { .. } => {
                     match &reply {
                         // A leader that lost its leadership after proposing answers
                         // Unavailable: the entry may still commit.
-                        Reply::Unavailable(_) => unsettled |= !reads(op),
+                        // (Unfilled never comes off the wire: decoded, it is Unavailable.)
+                        Reply::Unavailable(_) | Reply::Unfilled { .. } => unsettled |= !reads(op),
                         Reply::Expired(_) => unsettled = false,
                         // The group moved or was re-created: ask the manager again.
                         _ => refresh = true,

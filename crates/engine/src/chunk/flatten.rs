@@ -71,7 +71,7 @@ impl ChunkStore {
             let b = at + i as u64;
             let parent = self.resolve(volume, chunk, b, 1, parent_only, Need::Data)?;
             let copied = match parent.kind[0] {
-                BlockKind::Hole => continue,
+                BlockKind::Hole | BlockKind::Unfilled => continue,
                 BlockKind::Zero => super::layout::zero_crc(),
                 BlockKind::Data => crc32c::crc32c(&parent.data[..bs]),
             };

@@ -119,6 +119,13 @@
 
 use std::collections::BTreeSet;
 
+/// The parent a restored chunk links to ([`ChunkStore::link`] with this parent and the
+/// backup's id as its sequence): the blocks no layer holds are the backup's, reported
+/// [`BlockKind::Unfilled`] (reads: [`crate::Error::Unfilled`]) until filled
+/// ([`ChunkStore::hydrate`]); unlinked once every block is filled. Equal to the wire's
+/// `RESTORED_PARENT`; no volume has this id.
+pub const RESTORED: u64 = u64::MAX;
+
 use bytes::Bytes;
 
 use super::layout::{BLOCK_SIZE, stored_crc};
@@ -184,7 +191,7 @@ pub(super) fn resolved_ops<'a>(
             BlockKind::Data => ops.push((at, Op::Data(&r.data[s * bs..e * bs]))),
             BlockKind::Zero => ops.push((at, Op::Zero((e - s) as u64))),
             BlockKind::Hole if hole_as_zero => ops.push((at, Op::Zero((e - s) as u64))),
-            BlockKind::Hole => {}
+            BlockKind::Hole | BlockKind::Unfilled => {}
         }
     }
 }
@@ -430,6 +437,15 @@ impl ChunkStore {
     /// The parent the chunk reads through to, if any: `(parent volume, parent_seq)`.
     pub fn link_of(&self, volume: u64, chunk: u64) -> Result<Option<(u64, u64)>> {
         Ok(self.layer_map.get((volume, chunk)).link)
+    }
+
+    /// Whether the chunk is restored from a backup and not filled yet: linked to
+    /// [`RESTORED`] (in memory, no system call).
+    pub fn restoring(&self, volume: u64, chunk: u64) -> bool {
+        matches!(
+            self.layer_map.get((volume, chunk)).link,
+            Some((RESTORED, _))
+        )
     }
 
     /// The chunk no longer reads through to a parent. Idempotent; durable after the next

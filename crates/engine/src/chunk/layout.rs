@@ -139,6 +139,9 @@ pub enum BlockKind {
     Zero,
     /// Holds data.
     Data,
+    /// No layer holds it and the chunk is restored from a backup ([`super::RESTORED`]):
+    /// its bytes are the backup's, not filled yet.
+    Unfilled,
 }
 
 /// One layer of one chunk, as the catch-up lists them.

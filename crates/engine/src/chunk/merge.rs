@@ -219,7 +219,7 @@ impl ChunkStore {
             let b = at + i as u64;
             let below = self.resolve(volume, chunk, b, 1, plan.source_scope(), Need::Data)?;
             let copied = match below.kind[0] {
-                BlockKind::Hole => continue,
+                BlockKind::Hole | BlockKind::Unfilled => continue,
                 BlockKind::Zero => zero_crc(),
                 BlockKind::Data => crc32c::crc32c(&below.data[..bs]),
             };

@@ -178,6 +178,18 @@ impl Service {
         Ok(ManagerReply::Volume(v))
     }
 
+    /// Where a storage node reads restored chunk `chunk` of volume `volume_id` from: the
+    /// chunk's segment and the stores holding a ready copy of the backup, the restore's
+    /// first. `NotFound` for a volume not restoring.
+    pub(super) fn restore_source(
+        &self,
+        volume_id: u64,
+        chunk: u64,
+    ) -> Result<ManagerReply, ControlError> {
+        let _ = (volume_id, chunk);
+        Err(ControlError::Invalid("restore sources: not yet".into()))
+    }
+
     pub(super) fn list_stores(&self) -> ManagerReply {
         ManagerReply::Stores(store_infos(&self.state, &self.stores))
     }

@@ -302,6 +302,9 @@ impl Service {
             } => self.restore_volume(&name, backup, store.as_deref(), now),
             ManagerRequest::PrewarmVolume { name } => self.prewarm(&name),
             ManagerRequest::ListStores => Ok(self.list_stores()),
+            ManagerRequest::RestoreSource { volume_id, chunk } => {
+                self.restore_source(volume_id, chunk)
+            }
             // The server calls `add_manager` without the lock; this is for completeness.
             ManagerRequest::AddManager { id, addr } => {
                 replicated::add_manager(&self.consensus, id, addr)

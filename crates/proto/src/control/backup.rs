@@ -186,6 +186,10 @@ pub struct ChunkUpload {
     pub uploaded_objects: u64,
     /// Objects the store already had (not uploaded again).
     pub present_objects: u64,
+    /// Client reads of the chunk the leader served (since it started leading), the access
+    /// record a restore's pre-warm orders chunks by (most read first).
+    #[serde(default)]
+    pub reads: u64,
 }
 
 /// A leader of a replica group fills blocks of a restored chunk from a store
@@ -207,6 +211,27 @@ pub struct HydrateChunkRequest {
     pub regions: Vec<RegionRef>,
     /// Fetches in flight at once (at least 1).
     pub window: u32,
+}
+
+/// The parent volume id a restored chunk's link names (`GroupOp::Link` with this
+/// `parent_volume`, and the backup's id as `parent_seq`): the chunk reads the blocks it does
+/// not hold from the backup it was restored from, fetched by its group's leader (a lazy
+/// restore), until the manager unlinks it once it is filled. No volume has this id.
+pub const RESTORED_PARENT: u64 = u64::MAX;
+
+/// Where a restored chunk's unfilled blocks are read from (the answer to
+/// `ManagerRequest::RestoreSource`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSource {
+    /// The backup restored.
+    pub backup: u64,
+    /// The chunk's segment (its region map, named by its BLAKE3); `None`: the backup holds
+    /// nothing of this chunk (every block reads as zeroes).
+    pub segment: Option<Hash>,
+    /// The stores holding a ready copy of the backup, the one to read first (the
+    /// restore's) first: a region object that cannot be fetched, or fails its hash, from
+    /// one is fetched from the next.
+    pub stores: Vec<StoreSpec>,
 }
 
 /// Where a backup is in its life.

@@ -15,8 +15,8 @@ use super::{
     AttachmentInfo, ControlError, DEFAULT_CHUNK_SIZE, MAX_ROUTES_PER_PAGE, StorageRequest,
 };
 use super::{
-    BackupInfo, ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, RoutePage,
-    SnapshotInfo, StoreInfo, VolumeInfo, VolumeUsage,
+    BackupInfo, ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration,
+    RestoreSource, RoutePage, SnapshotInfo, StoreInfo, VolumeInfo, VolumeUsage,
 };
 
 /// A request to a manager: the JSON body of a [`crate::frame::Kind::Rpc`] frame, answered
@@ -317,6 +317,15 @@ pub enum ManagerRequest {
     },
     /// The configured object stores ([`ManagerReply::Stores`]).
     ListStores,
+    /// Where the leader of a restored chunk's group reads the blocks it has not filled yet
+    /// ([`ManagerReply::RestoreSource`]): asked by storage nodes serving a lazy restore.
+    /// `NotFound` once the volume is no longer restoring (every chunk is filled).
+    RestoreSource {
+        /// The restoring volume's id.
+        volume_id: u64,
+        /// The chunk index.
+        chunk: u64,
+    },
     /// Nodes, groups and volume count as the manager leader sees them, answered with
     /// [`ManagerReply::Status`].
     ClusterStatus,
@@ -434,6 +443,8 @@ pub enum ManagerReply {
     Backups(Vec<BackupInfo>),
     /// The answer to [`ManagerRequest::ListStores`].
     Stores(Vec<StoreInfo>),
+    /// The answer to [`ManagerRequest::RestoreSource`].
+    RestoreSource(Box<RestoreSource>),
     /// The managers' group: voters and learners (being added, not counted for majorities
     /// until promoted), with their addresses (empty when unknown).
     Managers {

@@ -42,8 +42,8 @@ mod volume;
 
 pub use backup::{
     BackupChunkRequest, BackupInfo, BackupState, BadHash, ChunkUpload, Hash, HydrateChunkRequest,
-    MAX_CHUNK_REGIONS, REGION_BLOCKS, REGION_BYTES, RegionRef, RestoreInfo, Secret, StoreInfo,
-    StoreKind, StoreSpec,
+    MAX_CHUNK_REGIONS, REGION_BLOCKS, REGION_BYTES, RESTORED_PARENT, RegionRef, RestoreInfo,
+    RestoreSource, Secret, StoreInfo, StoreKind, StoreSpec,
 };
 pub use codec::{decode, encode};
 pub use error::ControlError;

@@ -105,6 +105,23 @@ impl Group {
                     stall = Some(format!("entry {} meets a corrupt block: {msg}", e.index));
                     break;
                 }
+                // A partial-block write over a restored block not filled yet: the storage
+                // node fills such blocks before it proposes the write, so this is a bug
+                // somewhere; stalled (visible, retried), never completed from zeroes.
+                Err(tessera_engine::Error::Unfilled(u)) => {
+                    tracing::error!(
+                        group = self.id,
+                        index = e.index,
+                        blocks = ?u.blocks,
+                        "apply stalled: an entry needs restored blocks not filled yet"
+                    );
+                    stall = Some(format!(
+                        "entry {} needs {} restored block(s) not filled yet",
+                        e.index,
+                        u.blocks.len()
+                    ));
+                    break;
+                }
                 // Out of descriptors even after closing idle chunks: back-pressure, retried
                 // when the next tick or message comes, never a reason to stop the node. Not
                 // a stall: a shortage is node-wide and passing, and handing leadership over
@@ -389,7 +406,8 @@ fn state_byte(k: BlockKind) -> u8 {
     (match k {
         BlockKind::Hole => BlockState::Hole,
         BlockKind::Zero => BlockState::Zero,
-        BlockKind::Data => BlockState::Data,
+        // The backup's block: reported as data (it may hold some).
+        BlockKind::Data | BlockKind::Unfilled => BlockState::Data,
     }) as u8
 }
 
@@ -400,6 +418,10 @@ fn engine_reply(e: &tessera_engine::Error) -> Reply {
         E::Corrupt(m) => Reply::Corrupt(m.clone()),
         E::OutOfRange(m) => Reply::OutOfRange(m.clone()),
         E::Exhausted(m) => Reply::Unavailable(m.clone()),
+        E::Unfilled(u) => Reply::Unfilled {
+            data: u.data.clone(),
+            blocks: u.blocks.clone(),
+        },
         other => Reply::Io(other.to_string()),
     }
 }
