@@ -30,6 +30,8 @@ mod blocks;
 mod cache;
 mod fetch;
 mod flight;
+#[cfg(test)]
+mod node_tests;
 mod source;
 #[cfg(test)]
 mod tests;

@@ -56,7 +56,7 @@ fn unfilled_blocks_lie_in_their_regions_each_named_once() {
 
 /// A region's bytes: each block filled with one non-zero byte, another for each block
 /// and region (so that no two regions are one object).
-fn region_bytes(r: u32, blocks: usize) -> Vec<u8> {
+pub(super) fn region_bytes(r: u32, blocks: usize) -> Vec<u8> {
     let mut v = vec![0u8; blocks * BLOCK as usize];
     for (i, b) in v.chunks_mut(BLOCK as usize).enumerate() {
         b.fill(1 + ((r as usize * 37 + i) % 250) as u8);
