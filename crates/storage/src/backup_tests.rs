@@ -130,7 +130,7 @@ impl One {
         out
     }
 
-    fn backup(&self, seq: u64, after: u64) -> BackupChunkRequest {
+    pub(crate) fn backup(&self, seq: u64, after: u64) -> BackupChunkRequest {
         BackupChunkRequest {
             group_id: GROUP,
             volume_id: 1,

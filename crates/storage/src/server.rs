@@ -279,7 +279,10 @@ async fn long_rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, 
     }
 }
 
-async fn rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, ControlError> {
+pub(crate) async fn rpc(
+    shared: &Shared,
+    req: StorageRequest,
+) -> Result<StorageReply, ControlError> {
     match req {
         StorageRequest::DropChunks {
             group_id,

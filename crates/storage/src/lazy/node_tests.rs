@@ -2,14 +2,16 @@
 //! the engine's restored chunks) and a directory store, through the data port's request
 //! path (`server::submit_data`): reads of unfilled blocks answered with the backup's
 //! bytes then hydrated, partial writes filled first, a fetch failing everywhere answered
-//! `Unavailable`.
+//! `Unavailable`, client reads counted into a backup's report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tessera_backup::{Store, keys, manifest, region};
-use tessera_proto::control::{GroupOp, REGION_BYTES, RESTORED_PARENT, RestoreSource};
+use tessera_proto::control::{
+    GroupOp, REGION_BYTES, RESTORED_PARENT, RestoreSource, StorageReply, StorageRequest,
+};
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_proto::frame::Frame;
 use tokio::sync::{Semaphore, mpsc};
@@ -240,5 +242,28 @@ async fn a_read_whose_region_no_store_serves_is_unavailable() {
             "{m}"
         ),
         other => panic!("read of a region no store serves: {other:?}"),
+    }
+}
+
+/// The access record: the client reads a node served of a chunk are what its backup
+/// reports (`ChunkUpload::reads`), for a restore's pre-warm order; other chunks' reads
+/// are not counted in.
+#[tokio::test]
+async fn a_backup_reports_the_client_reads_of_its_chunk() {
+    let one = one_node().await;
+    let shared = shared_of(&one);
+    let mut w = Request::write(chunk_addr(0), 0, Bytes::from(vec![3; 4096]));
+    w.id = 1;
+    assert!(matches!(submit(&shared, w).await, Reply::Ok(_)));
+    for chunk in [0, 0, 0, 1] {
+        assert!(matches!(
+            submit(&shared, read_req(chunk, 0, BLOCK)).await,
+            Reply::Ok(_)
+        ));
+    }
+    let req = StorageRequest::BackupChunk(one.backup(1, 0));
+    match crate::server::rpc(&shared, req).await {
+        Ok(StorageReply::BackupChunk(u)) => assert_eq!(u.reads, 3, "{u:?}"),
+        other => panic!("backup: {other:?}"),
     }
 }
