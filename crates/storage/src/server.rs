@@ -187,6 +187,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let _ = writer.await;
 }
 
+/// Where a connection's answers are queued, each with the in-flight budget it releases.
 pub(crate) type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
 
 /// A data request to the Raft node, its answer queued on `tx` with the budget `permit` it
