@@ -47,6 +47,7 @@ fn state(copied: bool) -> State {
                 chunk: c,
                 segment: Hash([c as u8 + 10; 32]),
                 objects: Some(vec![Hash([c as u8; 32])]),
+                reads: 0,
             })
             .collect(),
         stats: Default::default(),

@@ -17,7 +17,7 @@
 //! copy, restore and prewarm requests, stores listed).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
-//! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the
+//! clone's or a restore's links, a rollback) answers [`Reply::After`]: the server sends them without the
 //! lock, then calls [`Service::finish`]. One that asks storage nodes a question
 //! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
 
@@ -299,7 +299,10 @@ impl Service {
                 name,
                 backup,
                 store,
-            } => self.restore_volume(&name, backup, store.as_deref(), now),
+            } => {
+                let reply = self.restore_volume(&name, backup, store.as_deref(), now);
+                return (reply, orders);
+            }
             ManagerRequest::PrewarmVolume { name } => self.prewarm(&name),
             ManagerRequest::ListStores => Ok(self.list_stores()),
             ManagerRequest::RestoreSource { volume_id, chunk } => {
