@@ -346,5 +346,8 @@ pub(super) fn store_infos(state: &State, stores: &Stores) -> Vec<StoreInfo> {
 }
 
 #[cfg(test)]
+#[path = "restore_tests.rs"]
+mod restore_tests;
+#[cfg(test)]
 #[path = "backup_tests.rs"]
 mod tests;

@@ -161,6 +161,12 @@ impl Service {
         self
     }
 
+    /// Replaces the configured backup stores (tests of a running service).
+    #[cfg(test)]
+    pub(crate) fn set_stores(&mut self, stores: Arc<Stores>) {
+        self.stores = stores;
+    }
+
     /// The configured backup stores (for the backup jobs).
     #[allow(
         dead_code,
