@@ -13,7 +13,9 @@
 //! restore's backup record alone, so a new leader resumes at the same chunk; a chunk done
 //! past the position recorded is done again (a hydrate of an unlinked chunk does nothing,
 //! an unlink again is a no-op). A restore not yet linked is left alone: a hydrate before
-//! its link would do nothing, and the chunk would be unlinked unfilled.
+//! its link would do nothing, and the chunk would be unlinked unfilled. Nor is a chunk
+//! unlinked within [`LINK_SETTLE`] of this leader first seeing its restore linked: a late
+//! `Link` still in flight would link a filled chunk again.
 //!
 //! Each attempt holds one of the restores' manager-wide chunk slots and looks the group's
 //! members up again. A chunk failing is retried, backed off, without end; once it has
@@ -54,6 +56,16 @@ const UNLINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Back-off of a failing chunk.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long after this leader first saw a restore linked its chunks may be unlinked: the
+/// `Link`s of a request or a background pass that may still be in flight (their jobs give
+/// up after 20 s, a call after 5 s more) must land before any `Unlink`, never after it (a
+/// chunk linked again once filled would stay linked after the restore is done). The fills
+/// themselves start at once.
+const LINK_SETTLE: Duration = if cfg!(test) {
+    Duration::ZERO
+} else {
+    Duration::from_secs(30)
+};
 /// Progress is recorded at most this often (and at the end).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -169,6 +181,8 @@ pub async fn run(
     let settings = settings.own_slots();
     let pace = Arc::new(Pace::new(bytes_per_sec));
     let mut running = Running::default();
+    // When this leader first planned each restore linked (see [`LINK_SETTLE`]).
+    let mut linked_seen: HashMap<u64, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -184,13 +198,18 @@ pub async fn run(
         .await
         else {
             running.abort_all();
+            linked_seen.clear();
             continue;
         };
         // A volume deleted (or done) meanwhile: its task stops, its meter goes.
         let planned = jobs.iter().map(|j| j.volume_id).collect();
         running.keep_only(&planned);
         rates.keep_only(&planned);
+        linked_seen.retain(|id, _| planned.contains(id));
         for job in jobs {
+            let seen = *linked_seen
+                .entry(job.volume_id)
+                .or_insert_with(Instant::now);
             let Some((spec, store)) = stores.get(&job.store).cloned() else {
                 warn!(volume = job.volume_id, store = %job.store,
                       "restore's store is not configured here");
@@ -203,6 +222,7 @@ pub async fn run(
                 settings: settings.clone(),
                 pace: pace.clone(),
                 rates: rates.clone(),
+                unlink_after: seen + LINK_SETTLE,
             };
             running.start(job.volume_id, fill(ctx, job));
         }
@@ -217,6 +237,8 @@ struct Ctx {
     settings: Settings,
     pace: Arc<Pace>,
     rates: Rates,
+    /// No chunk is unlinked before this (see [`LINK_SETTLE`]).
+    unlink_after: Instant,
 }
 
 /// One restoring volume as planned from the state.
@@ -318,7 +340,7 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
             in_flight.insert(pos);
             let (service, store, spec) = (ctx.service.clone(), ctx.store.clone(), ctx.spec.clone());
             let (pace, settings) = (ctx.pace.clone(), ctx.settings.clone());
-            let volume_id = job.volume_id;
+            let (volume_id, unlink_after) = (job.volume_id, ctx.unlink_after);
             running.spawn(async move {
                 let c = ChunkFill {
                     service: &service,
@@ -327,6 +349,7 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                     pace: &pace,
                     settings: &settings,
                     group_id,
+                    unlink_after,
                 };
                 (pos, fill_chunk(c, volume_id, l.chunk, l.seg).await)
             });
@@ -416,12 +439,14 @@ struct ChunkFill<'a> {
     pace: &'a Pace,
     settings: &'a Settings,
     group_id: u64,
+    unlink_after: Instant,
 }
 
 /// Fills one chunk from its segment, then unlinks it from the backup: the bytes of the
 /// regions filled. A manager-wide slot is held and the regions' bytes paced before the
-/// fill is sent to the group's leader (its members looked up now). A segment without any
-/// region (nothing to fill) is only unlinked.
+/// fill is sent to the group's leader (its members looked up now); the slot is let go
+/// before the unlink, which waits for `unlink_after`. A segment without any region
+/// (nothing to fill) is only unlinked.
 async fn fill_chunk(
     c: ChunkFill<'_>,
     volume_id: u64,
@@ -438,9 +463,9 @@ async fn fill_chunk(
         ));
     }
     let bytes = segment.regions.len() as u64 * REGION_BYTES;
-    let _slot = c.settings.slot().await;
+    let slot = c.settings.slot().await;
     pace.take(bytes).await;
-    let group = resolve(c.service, c.group_id).await?;
+    let mut group = resolve(c.service, c.group_id).await?;
     let mut at = 0;
     if !segment.regions.is_empty() {
         let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
@@ -462,6 +487,12 @@ async fn fill_chunk(
             (StorageReply::Done, at) => at,
             (other, _) => return Err(format!("group {} answered {other:?}", group.group_id)),
         };
+    }
+    drop(slot);
+    if Instant::now() < c.unlink_after {
+        tokio::time::sleep_until(c.unlink_after.into()).await;
+        // Its members may have changed meanwhile.
+        (group, at) = (resolve(c.service, c.group_id).await?, 0);
     }
     // Only once every region's entry is committed: unlinked, a block no layer holds reads
     // as zeroes, and a late hydrate of it does nothing.

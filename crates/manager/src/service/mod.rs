@@ -14,7 +14,7 @@
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
 //! leader's background work on them), `reclaims` (the background reclaim of deleted
 //! snapshots' space), `usage` (what `VolumeUsage` asks of which groups), `backups` (backup,
-//! copy, restore and prewarm requests, stores listed).
+//! copy, restore and prewarm requests, a restored chunk's source, stores listed).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
 //! clone's or a restore's links, a rollback) answers [`Reply::After`]: the server sends them without the
