@@ -225,3 +225,35 @@ fn a_restored_chunk_is_read_from_the_restores_store_first_then_its_ready_copies(
     s.apply(&Mutation::RestoreDone { volume_id: id });
     not_found(s.restore_source(id, 1));
 }
+
+/// Rows and log entries written before lazy restores read back: a restore unlinked at
+/// position 0 (its legacy `next_chunk` kept, not acted on), a segment and a backup without
+/// an access record; and the new fields are left out when they say nothing.
+#[test]
+fn records_written_before_lazy_restores_read_back_with_defaults() {
+    let r: RestoreRecord =
+        serde_json::from_str(r#"{"backup":1,"store":"a","next_chunk":3}"#).unwrap();
+    assert_eq!((r.next_chunk, r.linked, r.next_position), (3, false, 0));
+    let m: Mutation =
+        serde_json::from_str(r#"{"RestoreProgress":{"volume_id":2,"next_chunk":1}}"#).unwrap();
+    let want = Mutation::RestoreProgress {
+        volume_id: 2,
+        next_chunk: 1,
+        next_position: 0,
+    };
+    assert_eq!(m, want);
+    let c: ChunkSegment =
+        serde_json::from_str(&format!(r#"{{"chunk":1,"segment":"{}"}}"#, h(1).to_hex())).unwrap();
+    assert_eq!(c.reads, 0);
+    assert!(!serde_json::to_string(&c).unwrap().contains("reads"));
+    let (s, b1, _) = two_backups();
+    let mut json = serde_json::to_value(s.backup(b1).unwrap()).unwrap();
+    assert!(json.get("reads").is_none());
+    json.as_object_mut().unwrap().remove("reads");
+    let back: BackupRecord = serde_json::from_value(json).unwrap();
+    assert!(back.reads.is_empty());
+    let mut rec = back;
+    rec.reads.insert(3, 9);
+    let again: BackupRecord = serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+    assert_eq!(again.reads, BTreeMap::from([(3, 9)]));
+}
