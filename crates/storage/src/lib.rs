@@ -259,6 +259,9 @@ impl StorageNode {
             cfg.managers.clone(),
             stores.clone(),
         ));
+        // Applies stalled on blocks of a restored chunk not filled yet are filled outside
+        // the log (see `lazy`).
+        lazy.on_unfilled(&raft, chunks.clone());
         let shared = Arc::new(Shared {
             raft: raft.clone(),
             node_id,

@@ -13,6 +13,7 @@ use tessera_proto::control::{Hash, REGION_BYTES, RestoreSource, StoreKind, Store
 use super::access::AccessRecord;
 use super::blocks::{BLOCK, is_partial, overlay, partial_blocks, regions_of};
 use super::cache::Bounded;
+use super::fetch::{Failure, Why};
 use super::flight::Flights;
 use super::source::{Sources, source_of};
 use super::{Lazy, Source};
@@ -170,7 +171,7 @@ async fn sources_are_cached_once_found_and_never_a_failure() {
             if ok {
                 Ok(Source::zeroes(3))
             } else {
-                Err("not restoring".to_string())
+                Err(Failure::new(Why::Gone, "not restoring"))
             }
         }
     };
@@ -387,7 +388,8 @@ async fn a_region_corrupt_in_every_store_fails_the_read() {
             &[512],
         )
         .await
-        .expect_err("a corrupt region served");
+        .expect_err("a corrupt region served")
+        .msg;
     for part in [
         "restore: fetching region 2 of chunk 4 from store zone-a",
         "from store zone-b",
@@ -415,11 +417,13 @@ async fn a_segment_is_read_from_the_next_store_when_the_first_fails() {
     b.remove(1, &keys::segment(&b.segment));
     let err = source_of(&lazy.stores, 1, CHUNK, b.answer())
         .await
-        .expect_err("no store serves the segment");
+        .expect_err("no store serves the segment")
+        .msg;
     assert!(err.contains("zone-a") && err.contains("zone-b"), "{err}");
     let err = source_of(&lazy.stores, 1, CHUNK + 1, b.answer())
         .await
-        .expect_err("a segment of another chunk");
+        .expect_err("a segment of another chunk")
+        .msg;
     assert!(err.contains("corrupt") || err.contains("not 5"), "{err}");
     let none = RestoreSource {
         segment: None,
