@@ -158,6 +158,27 @@ async fn single_flight_runs_the_work_once_for_concurrent_callers() {
     );
 }
 
+/// A flight whose work panics lands all the same: its callers get the `lost` value, and
+/// the key is not poisoned (a later caller runs the work anew).
+#[tokio::test]
+async fn a_panicking_flight_does_not_poison_its_key() {
+    let flights: Flights<u32, u64> = Flights::default();
+    let got = flights
+        .join(7, || Box::pin(async { panic!("the work panicked") }), |_| 0)
+        .await;
+    assert_eq!(got, 0, "the lost value");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while flights.in_air() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the panicked flight stays in the air"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = flights.join(7, || Box::pin(async { 42 }), |_| 0).await;
+    assert_eq!(again, 42, "a later caller runs the work anew");
+}
+
 /// A source found is cached (not asked again); a failed look-up (the managers know no
 /// restore of the chunk) is not: the next read asks again.
 #[tokio::test]
