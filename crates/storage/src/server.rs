@@ -290,6 +290,8 @@ pub(crate) async fn rpc(
             volume_id,
             chunks,
         } => {
+            // Their reads no longer matter to any backup.
+            shared.lazy.chunks_dropped(volume_id, &chunks);
             let (otx, orx) = oneshot::channel();
             shared.raft.drop_chunks(
                 group_id,

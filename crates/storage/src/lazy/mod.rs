@@ -126,6 +126,12 @@ impl Lazy {
         self.reads.count(volume, chunk);
     }
 
+    /// The volume's `chunks` were dropped (the volume deleted): forgotten by the access
+    /// record.
+    pub(crate) fn chunks_dropped(&self, volume: u64, chunks: &[u64]) {
+        self.reads.forget(volume, chunks);
+    }
+
     /// Client reads of the chunk this node served (the access record).
     pub(crate) fn reads(&self, volume: u64, chunk: u64) -> u64 {
         self.reads.reads(volume, chunk)

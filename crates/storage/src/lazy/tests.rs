@@ -235,9 +235,25 @@ fn bounded_caches_forget_their_oldest_entries_first() {
     );
 }
 
+/// The record counts reads per chunk; past its bound, the least recently read chunks are
+/// forgotten and new ones still counted; a dropped volume's chunks are forgotten.
 #[test]
 fn the_access_record_counts_reads_per_chunk_and_stays_bounded() {
-    let record = AccessRecord::with_max(2);
+    // One chunk a shard: a full shard forgets its least recently read chunk.
+    let record = AccessRecord::with_max(1);
+    for _ in 0..3 {
+        record.count(1, 0);
+    }
+    assert_eq!(record.reads(1, 0), 3);
+    let mut counted = 0;
+    for chunk in 1..1000 {
+        record.count(2, chunk);
+        counted += usize::from(record.reads(2, chunk) == 1);
+    }
+    assert_eq!(counted, 999, "new chunks are counted when full");
+    assert_eq!(record.reads(1, 0), 0, "the least recently read forgotten");
+
+    let record = AccessRecord::default();
     for _ in 0..3 {
         record.count(1, 0);
     }
@@ -245,7 +261,12 @@ fn the_access_record_counts_reads_per_chunk_and_stays_bounded() {
     record.count(2, 0);
     assert_eq!(
         (record.reads(1, 0), record.reads(1, 1), record.reads(2, 0)),
-        (3, 1, 0)
+        (3, 1, 1)
+    );
+    record.forget(1, &[0, 1]);
+    assert_eq!(
+        (record.reads(1, 0), record.reads(1, 1), record.reads(2, 0)),
+        (0, 0, 1)
     );
 }
 
