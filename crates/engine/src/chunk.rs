@@ -9,8 +9,8 @@
 //! is held to what this doc says of the files: the open-file budget, sync, writeback,
 //! torn blocks, replay mode.
 //!
-//! Writes are plain `pwrite`s with no fsync (exceptions: a link is durable when made, a
-//! partial write over a block its layer holds as zero syncs its data first, a hydrate that
+//! Writes are plain `pwrite`s with no fsync (exceptions: a link is durable when made, and
+//! a RESTORED link's unlink, a dropped chunk's link deletion, a partial write over a block its layer holds as zero syncs its data first, a hydrate that
 //! filled a block syncs layer 1; see `link`, `place`, `hydrate`): the log is the write-ahead
 //! log, and the caller calls [`ChunkStore::sync`] before compacting it. Writeback starts
 //! after each batch ([`ChunkStore::start_writeback`]): a steady stream, not a burst at each

@@ -60,9 +60,12 @@
 //! backup's), and is durable when it returns (`sync_layer`), so a replay needs no entry
 //! of it: every entry after the stalled one applied over the fill on disk.
 //!
-//! Links: a hydrate replays before or after its chunk's Unlink exactly as it ran (the link
-//! file goes only at the sync after the Unlink, see `link`): over a chunk still linked it
-//! fills as above, after the Unlink it is a no-op both times. A discard in a layer above
+//! Links: a RESTORED link's Unlink is eager (the link file deleted, durably, before it
+//! returns, see `link`). A hydrate after the Unlink is a no-op at the first run and at the
+//! replay. One before it ran over the linked chunk, but replays over the unlinked one
+//! (unless the replay starts at the Link): a no-op then, which is harmless, because each
+//! hydrate's fills were made durable by its own `sync_layer` before it returned (and any
+//! later entry covering a filled block is replayed too). A discard in a layer above
 //! 1 of a linked restored chunk never makes a block absent that layer 1 lacks (the
 //! Unfilled block below counts as held: a marker), so the set of blocks a replayed
 //! hydrate finds held is the first run's. (A restoring volume takes no snapshot anyway.)
