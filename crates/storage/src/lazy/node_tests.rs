@@ -418,3 +418,38 @@ async fn a_stalled_applys_blocks_are_filled_outside_the_log() {
         Reply::Unfilled { .. }
     ));
 }
+
+/// End to end through the Raft node's hook (installed as at node start): a partial write
+/// proposed without its fill (as one acknowledged at commit before a Link applied here
+/// would be) stalls the apply, and the node fills the block outside the log: the write
+/// applies over the backup's bytes.
+#[tokio::test]
+async fn a_stalled_apply_resumes_once_the_hook_filled_its_blocks() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    shared.lazy.on_unfilled(&one.raft, one.chunks.clone());
+    link(&one, 0).await;
+    let at = 2 * REGION_BYTES + 7 * BLOCK + 100;
+    let mut w = Request::write(chunk_addr(0), at as u32, Bytes::from(vec![0xCD; 512]));
+    w.id = 1;
+    // Straight to the Raft node: no probe, no fill.
+    let got = tokio::time::timeout(Duration::from_secs(10), one.call(w))
+        .await
+        .expect("the stalled apply never resumed");
+    assert!(matches!(got, Reply::Ok(_)), "{got:?}");
+    // Acknowledged at commit: reads answer Unavailable until the apply resumed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let data = loop {
+        match one.call(read_req(0, at - 100, BLOCK)).await {
+            Reply::Ok(d) => break d,
+            Reply::Unavailable(m) => assert!(Instant::now() < deadline, "still stalled: {m}"),
+            other => panic!("read: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut want = block(&regions[1], 7).to_vec();
+    want[100..612].fill(0xCD);
+    assert!(data[..] == want[..], "the block after the stalled write");
+}
