@@ -453,3 +453,50 @@ async fn a_stalled_apply_resumes_once_the_hook_filled_its_blocks() {
     want[100..612].fill(0xCD);
     assert!(data[..] == want[..], "the block after the stalled write");
 }
+
+/// A read's hydrate is not proposed again when the same entry committed lately (reads
+/// served between its commit and its apply), nor past the node's budget of reads'
+/// hydrates in the air; the read is answered all the same.
+#[tokio::test]
+async fn reads_hydrates_are_skipped_when_committed_lately_or_past_their_budget() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    let lazy = &shared.lazy;
+    lazy.recent.insert((VOLUME, 0, 0));
+    lazy.read_hydrates
+        .forget_permits(super::budget::READ_HYDRATE_KIB);
+    let read = |at: u64| {
+        let shared = shared.clone();
+        async move {
+            match submit(&shared, read_req(0, at * BLOCK, BLOCK)).await {
+                Reply::Ok(d) => d,
+                other => panic!("read of block {at}: {other:?}"),
+            }
+        }
+    };
+    let one = &one;
+    let unfilled = |at: u64| async move {
+        matches!(
+            one.call(read_req(0, at * BLOCK, BLOCK)).await,
+            Reply::Unfilled { .. }
+        )
+    };
+    assert_eq!(&read(0).await[..], block(&regions[0], 0));
+    assert_eq!(&read(512).await[..], block(&regions[1], 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(unfilled(0).await, "hydrated though committed lately");
+    assert!(unfilled(512).await, "hydrated past the budget");
+    lazy.read_hydrates
+        .add_permits(super::budget::READ_HYDRATE_KIB);
+    assert_eq!(&read(512).await[..], block(&regions[1], 0));
+    assert_eq!(
+        &filled(one, 0, 512 * BLOCK, BLOCK).await[..],
+        block(&regions[1], 0)
+    );
+    assert_eq!(&read(0).await[..], block(&regions[0], 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(unfilled(0).await, "hydrated though committed lately");
+}

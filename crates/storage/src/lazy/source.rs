@@ -49,6 +49,20 @@ impl Source {
         }
     }
 
+    /// The source of a chunk whose regions are `objects`, in the stores `stores`.
+    #[cfg(test)]
+    pub(crate) fn with_objects(
+        backup: u64,
+        stores: Vec<StoreSpec>,
+        objects: &[(u32, Hash)],
+    ) -> Source {
+        Source {
+            backup,
+            stores: Arc::new(stores),
+            objects: objects.iter().copied().collect(),
+        }
+    }
+
     /// The object of `region` (`None`: the region reads as zeroes).
     pub(crate) fn object(&self, region: u32) -> Option<Hash> {
         self.objects.get(&region).copied()

@@ -213,6 +213,58 @@ async fn sources_are_cached_once_found_and_never_a_failure() {
     assert_eq!(asked.load(Ordering::SeqCst), 3);
 }
 
+/// A source is cached once, by its look-up: a caller that waited for it and finishes
+/// after a `forget` does not put the stale source back. The cache is bounded by the
+/// regions its sources name, and sources of one restore share their store list.
+#[tokio::test]
+async fn sources_are_cached_by_their_look_up_and_bounded_by_regions() {
+    let sources = Arc::new(Sources::default());
+    let (go, wait) = tokio::sync::watch::channel(false);
+    let ask = move || {
+        let mut wait = wait.clone();
+        async move {
+            let _ = wait.wait_for(|g| *g).await;
+            Ok(Source::zeroes(3))
+        }
+    };
+    let waiter = {
+        let (sources, ask) = (sources.clone(), ask.clone());
+        tokio::spawn(async move { sources.get(1, 0, ask).await.map(|s| s.backup) })
+    };
+    tokio::task::yield_now().await;
+    let first = sources.get(1, 0, ask);
+    go.send(true).expect("go");
+    assert_eq!(first.await.expect("found").backup, 3);
+    // The other caller has not run since its flight landed: forgotten before it does.
+    sources.forget(1, 0);
+    assert_eq!(waiter.await.expect("waiter"), Ok(3));
+    assert_eq!(sources.cached(), 0, "a waiter put a forgotten source back");
+
+    let sources = Sources::with_max(3);
+    let spec = StoreSpec {
+        name: "a".into(),
+        zone: "z".into(),
+        kind: StoreKind::Dir { path: "/x".into() },
+    };
+    let two = [(0, Hash([1; 32])), (1, Hash([2; 32]))];
+    let mut got = Vec::new();
+    for chunk in 0..3 {
+        let spec = spec.clone();
+        let s = sources
+            .get(1, chunk, move || async move {
+                Ok(Source::with_objects(3, vec![spec], &two))
+            })
+            .await
+            .expect("found");
+        got.push(s);
+    }
+    assert_eq!(sources.cached(), 1, "two regions each, three at most");
+    assert!(
+        Arc::ptr_eq(&got[0].stores, &got[2].stores),
+        "the store list is not shared"
+    );
+}
+
 #[test]
 fn bounded_caches_forget_their_oldest_entries_first() {
     let mut b = Bounded::new(2);
@@ -405,6 +457,57 @@ async fn a_read_of_unfilled_blocks_skips_a_corrupt_copy_for_the_next_stores() {
         .await
         .expect("served from the regions kept");
     assert!(again[..] == want[..]);
+}
+
+/// A store unreachable (an outage) keeps the chunk's source: the retry repeats only the
+/// fetch; a copy missing in every store forgets it (the managers may name another).
+#[tokio::test]
+async fn only_a_missing_or_corrupt_copy_forgets_the_source() {
+    let b = backup_in_two_stores().await;
+    let lazy = lazy();
+    let unreachable = StoreSpec {
+        name: "gone".into(),
+        zone: "z".into(),
+        kind: StoreKind::Dir {
+            path: b.dirs[0]
+                .join("no such directory")
+                .to_string_lossy()
+                .into_owned(),
+        },
+    };
+    let regions = [(0, b.objects[0])];
+    let cached = |specs: Vec<StoreSpec>| {
+        let lazy = lazy.clone();
+        async move {
+            lazy.sources
+                .get(1, CHUNK, move || async move {
+                    Ok(Source::with_objects(9, specs, &regions))
+                })
+                .await
+                .expect("source")
+        }
+    };
+    let source = cached(vec![unreachable]).await;
+    let err = lazy
+        .region(&source, CHUNK, 0, b.objects[0])
+        .await
+        .expect_err("fetched from an unreachable store");
+    assert_eq!(err.why, Why::Transport, "{err}");
+    lazy.failed(1, CHUNK, &err);
+    assert_eq!(lazy.sources.cached(), 1, "forgotten on an outage");
+
+    lazy.sources.forget(1, CHUNK);
+    for i in 0..2 {
+        b.remove(i, &keys::object(&b.objects[0]));
+    }
+    let source = cached(b.specs.clone()).await;
+    let err = lazy
+        .region(&source, CHUNK, 0, b.objects[0])
+        .await
+        .expect_err("fetched a missing object");
+    assert_eq!(err.why, Why::Bad, "{err}");
+    lazy.failed(1, CHUNK, &err);
+    assert_eq!(lazy.sources.cached(), 0, "kept with its copies missing");
 }
 
 /// An object corrupt in every store is never served: the read fails, naming the region,
