@@ -31,10 +31,18 @@ use crate::volume;
 use super::backup_records::RestoreRecord;
 use super::{GroupRecord, Mutation, State, VolumeRecord};
 
-/// The error for a volume being restored: `until` says what waits for what.
-fn restoring(rec: &VolumeRecord, done: u64, total: u64, until: &str) -> ControlError {
+/// The error for a volume being restored: `until` says what waits for what; `kind` is
+/// its class (`Conflict`, in use, for what waits for the end of the fill, which may take
+/// hours; `Unavailable`, retry shortly, for what waits only for the links).
+fn restoring(
+    rec: &VolumeRecord,
+    done: u64,
+    total: u64,
+    until: &str,
+    kind: fn(String) -> ControlError,
+) -> ControlError {
     let backup = rec.restore.as_ref().map_or(0, |r| r.backup);
-    ControlError::Unavailable(format!(
+    kind(format!(
         "volume {:?} is being restored from backup {backup} ({done} of {total} chunks \
          filled); {until}",
         rec.name
@@ -105,7 +113,9 @@ impl State {
     }
 
     /// The refusal of a snapshot, clone, rollback or backup of a volume being restored
-    /// (`None`: not restoring): they wait until every chunk is filled.
+    /// (`None`: not restoring): they wait until every chunk is filled. `Conflict` (the
+    /// volume is in use by its restore), not `Unavailable`: a restore may last hours, so
+    /// "retry later" would mislead a script.
     pub fn restoring_error(&self, rec: &VolumeRecord) -> Option<ControlError> {
         let r = rec.restore.as_ref()?;
         let (done, total) = self.restore_progress(r);
@@ -118,6 +128,7 @@ impl State {
                  is done (`tessera volume prewarm {}` resumes the fill)",
                 rec.name
             ),
+            ControlError::Conflict,
         ))
     }
 
@@ -132,6 +143,7 @@ impl State {
             total,
             "it can be attached once its chunks are linked to the backup (the request that \
              created it, or the leading manager in the background, links them; retry shortly)",
+            ControlError::Unavailable,
         ))
     }
 
@@ -142,6 +154,31 @@ impl State {
         &self,
         volume_id: u64,
     ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
+        self.restore_chunk_ops(volume_id, |chunk, backup| GroupOp::Link {
+            volume_id,
+            chunk,
+            parent_volume: RESTORED_PARENT,
+            parent_seq: backup,
+        })
+    }
+
+    /// The unlinks of every chunk [`State::restore_link_ops`] links, by group: sent once
+    /// more before a restore is recorded done, so that a `Link` that landed late (after
+    /// its chunk's own unlink) is undone. Idempotent. Empty for a volume not restoring.
+    pub fn restore_unlink_ops(
+        &self,
+        volume_id: u64,
+    ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
+        self.restore_chunk_ops(volume_id, |chunk, _| GroupOp::Unlink { volume_id, chunk })
+    }
+
+    /// `op(chunk, backup record)` for every mapped chunk of restoring volume `volume_id`
+    /// the backup holds a segment of, by group.
+    fn restore_chunk_ops(
+        &self,
+        volume_id: u64,
+        op: impl Fn(u64, u64) -> GroupOp,
+    ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
         let v = self.volume(volume_id)?;
         let mut ops: BTreeMap<u64, Vec<GroupOp>> = BTreeMap::new();
         let Some(r) = &v.rec.restore else {
@@ -150,12 +187,7 @@ impl State {
         let segs = self.backups.chunks.get(&r.backup);
         for (chunk, g) in &v.chunks {
             if segs.is_some_and(|s| s.contains_key(chunk)) {
-                ops.entry(*g).or_default().push(GroupOp::Link {
-                    volume_id,
-                    chunk: *chunk,
-                    parent_volume: RESTORED_PARENT,
-                    parent_seq: r.backup,
-                });
+                ops.entry(*g).or_default().push(op(*chunk, r.backup));
             }
         }
         Ok(ops)
