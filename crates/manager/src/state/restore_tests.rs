@@ -109,7 +109,8 @@ fn a_restore_is_attachable_once_linked_and_takes_no_snapshot_until_done() {
         info.restore.map(|r| (r.linked, r.chunks_done)),
         Some((true, 0))
     );
-    let until = "clones, rollbacks and backups of it are refused until the restore is done";
+    let until = "clones, rollbacks, backups and resizes of it are refused until the restore is \
+                 done";
     in_use(s.plan_create_snapshot("r", "x", 1).map(drop), until);
     // (A snapshot of it, as if cut before: each still refused.)
     s.apply(&Mutation::CutSnapshot {
@@ -125,6 +126,9 @@ fn a_restore_is_attachable_once_linked_and_takes_no_snapshot_until_done() {
     in_use(s.plan_clone("r", "x", "c", 1).map(drop), until);
     in_use(s.plan_rollback("r", "x").map(drop), until);
     in_use(s.plan_create_backup("r", "x", "a", 1).map(drop), until);
+    // Growing it would leave blocks past the backup's last region linked and unfilled.
+    let size = s.volume_record("r").unwrap().size;
+    in_use(s.plan_resize_volume("r", size * 2).map(drop), until);
     // The backup is read: not deleted.
     let err = s.plan_delete_backup(b1, 9).unwrap_err();
     assert!(
@@ -135,6 +139,7 @@ fn a_restore_is_attachable_once_linked_and_takes_no_snapshot_until_done() {
     assert!(s.restoring_volumes().is_empty());
     s.open_volume("r").unwrap();
     s.plan_create_snapshot("r", "y", 1).unwrap();
+    s.plan_resize_volume("r", size * 2).unwrap();
     s.plan_delete_backup(b1, 9).unwrap();
 }
 

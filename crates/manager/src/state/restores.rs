@@ -112,8 +112,9 @@ impl State {
         })
     }
 
-    /// The refusal of a snapshot, clone, rollback or backup of a volume being restored
-    /// (`None`: not restoring): they wait until every chunk is filled. `Conflict` (the
+    /// The refusal of a snapshot, clone, rollback, backup or resize of a volume being
+    /// restored (`None`: not restoring): they wait until every chunk is filled (a resize
+    /// would leave blocks past the backup's last region linked and unfilled). `Conflict` (the
     /// volume is in use by its restore), not `Unavailable`: a restore may last hours, so
     /// "retry later" would mislead a script.
     pub fn restoring_error(&self, rec: &VolumeRecord) -> Option<ControlError> {
@@ -124,8 +125,8 @@ impl State {
             done,
             total,
             &format!(
-                "snapshots, clones, rollbacks and backups of it are refused until the restore \
-                 is done (`tessera volume prewarm {}` resumes the fill)",
+                "snapshots, clones, rollbacks, backups and resizes of it are refused until \
+                 the restore is done (`tessera volume prewarm {}` resumes the fill)",
                 rec.name
             ),
             ControlError::Conflict,

@@ -72,6 +72,9 @@ impl State {
         if size == rec.size {
             return Ok(None);
         }
+        if let Some(e) = self.restoring_error(rec) {
+            return Err(e);
+        }
         Ok(Some(Mutation::PutVolume(VolumeRecord {
             size,
             ..rec.clone()
