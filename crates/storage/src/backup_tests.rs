@@ -449,7 +449,8 @@ async fn a_request_given_up_on_stops_with_its_connection() {
         chunks: one.chunks.clone(),
         recovery: Default::default(),
         descriptors: 0,
-        stores: StoreCache::default(),
+        stores: Default::default(),
+        lazy: Arc::new(crate::lazy::Lazy::new(1, Vec::new(), Default::default())),
         moving: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

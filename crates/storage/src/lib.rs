@@ -13,6 +13,9 @@
 //! - `backup`: a group leader's side of backups in object storage: uploading one chunk's
 //!   regions as of a snapshot (`BackupChunk`), filling a restored chunk from a store
 //!   through the group's log (`HydrateChunk`), and the node's cache of open stores.
+//! - `lazy/`: the lazy fill of restored chunks: reads of blocks not filled yet completed
+//!   from the backup's stores, partial writes over them filled first, hydrates proposed;
+//!   the access record backups report.
 //! - `replies`: engine and Raft answers as wire replies, in one place.
 //! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
 //! - `fetch/`: copying a replica from a peer (the receiving half of a Raft catch-up), paced
@@ -24,6 +27,7 @@
 
 mod backup;
 mod fetch;
+mod lazy;
 mod replies;
 mod server;
 mod transport;
@@ -249,6 +253,12 @@ impl StorageNode {
 
         let space_dir = cfg.data_dir.clone();
         let space_chunks = chunks.clone();
+        let stores: Arc<backup::StoreCache> = Default::default();
+        let lazy = Arc::new(lazy::Lazy::new(
+            node_id,
+            cfg.managers.clone(),
+            stores.clone(),
+        ));
         let shared = Arc::new(Shared {
             raft: raft.clone(),
             node_id,
@@ -261,7 +271,8 @@ impl StorageNode {
             chunks,
             recovery,
             descriptors,
-            stores: Default::default(),
+            stores,
+            lazy,
             moving: Default::default(),
         });
         if let Some(m) = &cfg.metrics_listen {

@@ -31,7 +31,7 @@ static READ: Lazy = Lazy::new(
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::RaftNode;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit as Permit, mpsc, oneshot};
 
 pub(crate) struct Shared {
     pub(crate) raft: RaftNode,
@@ -42,7 +42,10 @@ pub(crate) struct Shared {
     /// The process's descriptor limit, as raised at start.
     pub(crate) descriptors: u64,
     /// The object stores backups and restores use, opened on first use.
-    pub(crate) stores: crate::backup::StoreCache,
+    pub(crate) stores: Arc<crate::backup::StoreCache>,
+    /// The lazy fill of restored chunks (reads and partial writes of unfilled blocks), and
+    /// the access record.
+    pub(crate) lazy: Arc<crate::lazy::Lazy>,
     /// Backups and hydrations of chunks running now (see [`long_rpc`]).
     pub(crate) moving: std::sync::atomic::AtomicUsize,
 }
@@ -84,7 +87,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     // Each answer carries the in-flight budget its request took, released only once the
     // answer is written (buffered, or on the socket): a client that stops reading stops
     // being served.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Option<OwnedSemaphorePermit>)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Option<Permit>)>();
     let writer = tokio::spawn(async move {
         let _ = tessera_net::FrameWriter::new(w).write_queue(&mut rx).await;
     });
@@ -117,21 +120,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                         let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
                             break;
                         };
-                        let tx = tx.clone();
-                        let arrived = std::time::Instant::now();
-                        let stage = match req.op {
-                            Op::Read | Op::BlockStatus => &READ,
-                            _ => &WRITE,
-                        };
-                        shared.raft.submit(
-                            req,
-                            Box::new(move |reply: Reply| {
-                                stage.observe_since(arrived);
-                                let (head, data) = reply.encode_parts();
-                                let frame = Frame::with_tail(Kind::Reply, id, head, data);
-                                let _ = tx.send((frame, Some(permit)));
-                            }),
-                        );
+                        submit_data(&shared, req, id, tx.clone(), permit);
                     }
                     Err(e) => {
                         let reply = Reply::BadRequest(e.to_string());
@@ -198,6 +187,60 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let _ = writer.await;
 }
 
+type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
+
+/// A data request to the Raft node, its answer queued on `tx` with the budget `permit` it
+/// took. A read answered `Unfilled` is completed from the backup by a task of the runtime
+/// (`respond` runs on the Raft poller, which must never wait); a partial write of a
+/// restoring chunk waits for its blocks to be filled first (see `lazy`). Client reads
+/// served are counted in the access record.
+fn submit_data(shared: &Arc<Shared>, req: Request, id: u64, tx: Answers, permit: Permit) {
+    let arrived = std::time::Instant::now();
+    let stage = match req.op {
+        Op::Read | Op::BlockStatus => &READ,
+        _ => &WRITE,
+    };
+    let send = move |reply: Reply| {
+        stage.observe_since(arrived);
+        let (head, data) = reply.encode_parts();
+        let frame = Frame::with_tail(Kind::Reply, id, head, data);
+        let _ = tx.send((frame, Some(permit)));
+    };
+    let read = (req.op == Op::Read).then(|| {
+        let rt = tokio::runtime::Handle::current();
+        (shared.clone(), rt, req.addr, req.offset)
+    });
+    let respond: tessera_raft::Respond = Box::new(move |reply: Reply| match (reply, read) {
+        (Reply::Unfilled { data, blocks }, Some((shared, rt, addr, offset))) => {
+            shared.lazy.count_read(addr.volume, addr.chunk);
+            rt.spawn(async move {
+                let lazy = &shared.lazy;
+                send(
+                    lazy.complete_read(&shared.raft, addr, offset, data, blocks)
+                        .await,
+                );
+            });
+        }
+        (reply, read) => {
+            if let (Reply::Ok(_), Some((shared, _, addr, _))) = (&reply, read) {
+                shared.lazy.count_read(addr.volume, addr.chunk);
+            }
+            send(reply);
+        }
+    });
+    if crate::lazy::Lazy::needs_fill(&shared.chunks, &req) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match shared.lazy.prepare_write(&shared.raft, &req).await {
+                Ok(()) => shared.raft.submit(req, respond),
+                Err(reply) => respond(reply),
+            }
+        });
+    } else {
+        shared.raft.submit(req, respond);
+    }
+}
+
 /// A backup or a hydration of a chunk: minutes of moving bytes, counted in
 /// `Shared::moving` while it runs. Runs as a task of its connection's, so that a
 /// connection closed by a manager that gave up on it (its deadline passed) stops it:
@@ -215,7 +258,13 @@ async fn long_rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, 
     let _moving = Moving(&shared.moving);
     match req {
         StorageRequest::BackupChunk(req) => {
-            crate::backup::backup_chunk(shared.backup_node(), req).await
+            let (volume, chunk) = (req.volume_id, req.chunk);
+            let mut out = crate::backup::backup_chunk(shared.backup_node(), req).await;
+            // The access record of the chunk, for a restore's pre-warm order.
+            if let Ok(StorageReply::BackupChunk(u)) = &mut out {
+                u.reads = shared.lazy.reads(volume, chunk);
+            }
+            out
         }
         StorageRequest::HydrateChunk(req) => {
             crate::backup::hydrate_chunk(shared.backup_node(), req).await
@@ -474,80 +523,5 @@ fn layer_usage(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use tessera_proto::data::ChunkAddr;
-
-    const GROUP: u64 = 7;
-
-    fn catch_up_req(op: Op, len: u32) -> Request {
-        let addr = ChunkAddr {
-            group: GROUP,
-            volume: 1,
-            chunk: 0,
-        };
-        Request::other(op, addr, 0, len)
-    }
-
-    /// A request already past [`CopySources::source`] when the replica is destroyed finds
-    /// its chunk files gone, and a missing file reads as zeroes with zero checksums (and
-    /// lists nothing): it must fail instead, and so must the connection's later requests,
-    /// even once the group is hosted here anew.
-    #[test]
-    fn catch_up_requests_of_a_replica_destroyed_under_them_fail() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let chunks = ChunkStores::open(tmp.path()).expect("stores");
-        chunks
-            .get(GROUP)
-            .expect("store")
-            .write(1, 0, 0, &[5u8; 8192])
-            .expect("write");
-        let mut copied = CopySources::default();
-        let store = copied.source(&chunks, GROUP).expect("the group is hosted");
-        chunks.remove(GROUP).expect("destroy the replica");
-        for req in [
-            catch_up_req(Op::CatchUpRead, 8192),
-            catch_up_req(Op::CatchUpChecksums, 2),
-            catch_up_req(Op::CatchUpList, 0),
-        ] {
-            match serve_catch_up(&chunks, &store, &req) {
-                Reply::GroupNotFound => {}
-                other => panic!("{:?} of a destroyed replica answered {other:?}", req.op),
-            }
-        }
-        chunks.get(GROUP).expect("host the group anew");
-        assert!(copied.source(&chunks, GROUP).is_none());
-        assert!(CopySources::default().source(&chunks, GROUP).is_some());
-    }
-
-    /// A layer usage query: a group this node does not host is `NotFound`; a hosted one
-    /// answers, once synced, each written layer of the volume's chunks with its allocated
-    /// bytes (the base layer 1, and a layer per snapshot sequence written), and nothing of
-    /// another volume.
-    #[test]
-    fn layer_usage_counts_each_written_layer_of_the_volume() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let chunks = ChunkStores::open(tmp.path()).expect("stores");
-        match layer_usage(&chunks, 3, GROUP, 1) {
-            Err(ControlError::NotFound(why)) => assert!(why.contains("group 7"), "{why}"),
-            other => panic!("usage of a group not hosted: {other:?}"),
-        }
-        let store = chunks.get(GROUP).expect("store");
-        store.write(1, 0, 0, &[5u8; 8192]).expect("write");
-        store.write_seq(1, 2, 4096, &[6u8; 4096], 3).expect("write");
-        store
-            .write(2, 0, 0, &[7u8; 4096])
-            .expect("write of another volume");
-        store.sync().expect("sync");
-        let usage = match layer_usage(&chunks, 3, GROUP, 1) {
-            Ok(StorageReply::LayerUsage(usage)) => usage,
-            other => panic!("usage of a hosted group: {other:?}"),
-        };
-        let layers: Vec<(u64, u64)> = usage.iter().map(|l| (l.chunk, l.layer)).collect();
-        assert_eq!(layers, [(0, 1), (2, 3)], "{usage:?}");
-        for l in &usage {
-            assert!(l.bytes >= 4096, "{l:?}: nothing counted");
-        }
-    }
-}
+#[path = "server_tests.rs"]
+mod tests;

@@ -5,15 +5,23 @@
 //!
 //! Must never: overwrite or hide a block any layer of the chunk holds (data or "written as
 //! zero"); write anywhere but layer 1 (every snapshot reads layer 1, and a restored
-//! volume's snapshots must read the backup's bytes where the chunk had nothing).
+//! volume's snapshots must read the backup's bytes where the chunk had nothing); write
+//! anything into a chunk not linked to [`super::RESTORED`].
 //!
-//! A block "held" is one whose stored checksum is not 0 in some layer of the chunk (its
-//! parent is not looked at: a restored chunk has none). In layer 1 of a plain chunk (no
-//! layer above, no parent) a discard and a whole-block `write_zeroes` store checksum 0:
-//! such a block is indistinguishable from one never written, and a later hydrate fills it
-//! with the backup's bytes. So a restored chunk must not be written by clients before it
-//! is filled: in this slice a restoring volume cannot be attached (the next slice makes
-//! restored chunks record trims as "written as zero").
+//! A restored chunk is linked to [`super::RESTORED`] (the backup's id as the link's
+//! sequence) before anything writes it, and unlinked once every block the backup holds is
+//! filled. While linked it is not plain: a block no layer holds is
+//! [`BlockKind::Unfilled`] (a read of it is [`crate::Error::Unfilled`]); a client's
+//! whole-block discard or zeroes over such a block store a "written as zero" marker
+//! (checksum of a zero block, see `layers`), never checksum 0, so a trim stays a trim and
+//! a later hydrate skips it; a partial write that would complete from it is
+//! [`crate::Error::Unfilled`] and changes nothing (the storage node fills it first).
+//!
+//! A block "held" is one whose stored checksum is not 0 in some layer of the chunk (the
+//! link is not looked at). A hydrate of a chunk not linked to RESTORED is a no-op: once
+//! unlinked (filled), a late or repeated hydrate (a pre-warm redone after a manager
+//! failover, a lazy fill proposed before the unlink) meets a chunk whose trims, in layer 1
+//! of a plain chunk, store checksum 0 again, indistinguishable from "never written".
 //!
 //! # Replay
 //!
@@ -35,11 +43,12 @@
 //! failed fdatasync (whose error the kernel reports once per open file) from being
 //! followed by another sync of the same file that finds it clean and reports it durable.
 //!
-//! One replay still differs: a block held before the hydrate only in a layer above 1,
-//! which a later discard makes absent there (checksum 0), is filled by a replay of the
-//! hydrate (live reads are the same; reads as of a snapshot below that layer show the
-//! backup's bytes instead of zeroes). Nothing writes a restoring chunk above layer 1 in
-//! this slice (its volume cannot be attached, so it takes no write and no snapshot).
+//! Links: a hydrate replays before or after its chunk's Unlink exactly as it ran (the link
+//! file goes only at the sync after the Unlink, see `link`): over a chunk still linked it
+//! fills as above, after the Unlink it is a no-op both times. A discard in a layer above
+//! 1 of a linked restored chunk never makes a block absent that layer 1 lacks (the
+//! Unfilled block below counts as held: a marker), so the set of blocks a replayed
+//! hydrate finds held is the first run's. (A restoring volume takes no snapshot anyway.)
 
 use super::ChunkStore;
 use super::layer_copy::check_whole;
@@ -52,12 +61,19 @@ use crate::Result;
 
 impl ChunkStore {
     /// Writes each whole block of `data` (at `offset`, both block-aligned) into layer 1
-    /// where no layer of the chunk holds that block; leaves every other block as it is.
-    /// Idempotent; replay-safe; durable after the next [`ChunkStore::sync`]. An all-zero
-    /// block of `data` is written as zero (the backup said so). Ranges past the chunk
-    /// limit and partial blocks are [`crate::Error::OutOfRange`].
+    /// where no layer of the chunk holds that block (a hole or [`BlockKind::Unfilled`]);
+    /// leaves every other block as it is. Does nothing (Ok) to a chunk not linked to
+    /// [`super::RESTORED`]. Idempotent; replay-safe; durable after the next
+    /// [`ChunkStore::sync`]. An all-zero block of `data` is written as zero (the backup
+    /// said so). Ranges past the chunk limit and partial blocks are
+    /// [`crate::Error::OutOfRange`].
     pub fn hydrate(&self, volume: u64, chunk: u64, offset: u64, data: &[u8]) -> Result<()> {
         check_whole(volume, chunk, offset, data.len() as u64)?;
+        if !self.restoring(volume, chunk) {
+            // Filled and unlinked (or never restored): its trims are holes again, which a
+            // fill would turn into the backup's bytes (see the module doc).
+            return Ok(());
+        }
         let bs = BLOCK_SIZE as usize;
         let first = offset / BLOCK_SIZE;
         let n = data.len() as u64 / BLOCK_SIZE;
@@ -69,7 +85,9 @@ impl ChunkStore {
             let piece = &data[from..from + count as usize * bs];
             let every = Scope::layers(0, u64::MAX);
             let held = self.resolve(volume, chunk, at, count, every, Need::Status)?;
-            let mut missing: Vec<bool> = held.kind.iter().map(|k| *k == BlockKind::Hole).collect();
+            let mut missing: Vec<bool> = (held.kind.iter())
+                .map(|k| matches!(k, BlockKind::Hole | BlockKind::Unfilled))
+                .collect();
             if self.replaying() {
                 self.torn_fills(volume, chunk, at, piece, &mut missing)?;
             }
@@ -141,3 +159,7 @@ fn fill_ops<'a>(at: u64, piece: &'a [u8], missing: &[bool]) -> Vec<(u64, Op<'a>)
 #[cfg(test)]
 #[path = "hydrate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "restored_tests.rs"]
+mod restored_tests;

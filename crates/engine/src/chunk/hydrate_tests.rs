@@ -1,6 +1,8 @@
-//! Promises of hydrate, on real files: it fills only what no layer holds, writes zero
-//! blocks as zero, is idempotent, and a replay over a crash state, hydrates interleaved
-//! with writes, zeroes and discards, ends as the first run did.
+//! Promises of hydrate, on real files: it fills only what no layer holds of a chunk linked
+//! to RESTORED, writes zero blocks as zero, is idempotent, and a replay over a crash
+//! state, hydrates interleaved with writes, zeroes and discards (a partial one over an
+//! unfilled block preceded by the fill the storage node proposes), ends as the first run
+//! did.
 
 use rand::{Rng, SeedableRng};
 
@@ -31,6 +33,8 @@ fn hydrate_fills_only_the_blocks_no_layer_holds() {
     s.write_seq(1, 0, B, &fill(0xaa, 1), 1).unwrap();
     s.write_seq(1, 0, 2 * B + 10, &[0u8; 20], 1).unwrap();
     s.write_seq(1, 0, 3 * B, &fill(0xbb, 1), 2).unwrap();
+    // Linked after those writes (a chunk holding blocks may be linked).
+    s.link(1, 0, RESTORED, 7).unwrap();
     let data = backup(8);
     for _ in 0..2 {
         s.hydrate(1, 0, 0, &data).unwrap();
@@ -45,7 +49,10 @@ fn hydrate_fills_only_the_blocks_no_layer_holds() {
             assert_eq!(block(&live, i), block(&data, i), "block {i}");
         }
         // Layer 2 holds block 3: layer 1 keeps nothing there (no layer's block is hidden).
-        assert_eq!(block(&read(s, 1, 0, 8, 1), 3), &fill(0, 1)[..]);
+        assert_eq!(
+            s.block_status(1, 0, 3 * B, B, 1).unwrap(),
+            [BlockKind::Unfilled]
+        );
         let kinds = s.block_status(1, 0, 0, 8 * B, 0).unwrap();
         assert_eq!(
             kinds[4],
@@ -85,6 +92,7 @@ fn hydrate_refuses_partial_blocks_and_ranges_past_the_chunk() {
 fn a_hydrate_torn_by_a_crash_is_completed_by_its_replay() {
     let (tmp, s) = store();
     s.write_seq(1, 0, 0, &fill(9, 1), 1).unwrap();
+    s.link(1, 0, RESTORED, 7).unwrap();
     s.sync().unwrap();
     let data = backup(6);
     s.hydrate(1, 0, 0, &data).unwrap();
@@ -112,46 +120,70 @@ enum Step {
     Discard(u64, u64),
 }
 
-fn apply(s: &ChunkStore, step: &Step) {
+fn try_apply(s: &ChunkStore, step: &Step) -> Result<()> {
     match step {
         Step::Hydrate(off, data) => s.hydrate(3, 0, *off, data),
         Step::Write(off, data) => s.write_seq(3, 0, *off, data, 1),
         Step::Zeroes(off, len) => s.write_zeroes_seq(3, 0, *off, *len, 1),
         Step::Discard(off, len) => s.discard_seq(3, 0, *off, *len, 1),
     }
-    .unwrap_or_else(|e| panic!("{step:?}: {e}"));
 }
 
-/// Hydrates of random whole-block ranges (some blocks zero) interleaved with random
-/// writes, zeroes and discards of a plain chunk.
+fn apply(s: &ChunkStore, step: &Step) {
+    try_apply(s, step).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+}
+
+/// A store whose chunk 3/0 is restored (linked before anything writes it).
+fn restored() -> (tempfile::TempDir, Arc<ChunkStore>) {
+    let (tmp, s) = store();
+    s.link(3, 0, RESTORED, 11).unwrap();
+    (tmp, s)
+}
+
+/// Hydrates of random whole-block ranges of one backup (some blocks zero) interleaved
+/// with random writes, zeroes and discards of a restored chunk. A partial one over a block
+/// not filled yet is refused, changing nothing: it comes after the fill of its blocks (as
+/// the storage node proposes it), which the steps include.
 fn steps(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<Step> {
     const SIZE: u64 = 16 * B;
-    (0..n)
-        .map(|_| {
-            let off = rng.gen_range(0..SIZE - 1);
-            let len = rng.gen_range(1..=(SIZE - off).min(3 * B));
-            match rng.gen_range(0..8) {
-                0 => Step::Zeroes(off, len),
-                1 | 2 => Step::Discard(off, len.max(2 * B)),
-                3 => Step::Write(off, vec![rng.r#gen::<u8>() | 1; len as usize]),
-                _ => {
-                    let first = off / B;
-                    let blocks = rng.gen_range(1..=(16 - first).min(6));
-                    let data = (0..blocks)
-                        .flat_map(|_| fill(if rng.gen_bool(0.2) { 0 } else { rng.r#gen() }, 1))
-                        .collect();
-                    Step::Hydrate(first * B, data)
-                }
+    let image = backup(16);
+    let region = |first: u64, blocks: u64| {
+        let (s, e) = ((first * B) as usize, ((first + blocks) * B) as usize);
+        Step::Hydrate(first * B, image[s..e].to_vec())
+    };
+    let (_tmp, s) = restored();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let off = rng.gen_range(0..SIZE - 1);
+        let len = rng.gen_range(1..=(SIZE - off).min(3 * B));
+        let step = match rng.gen_range(0..8) {
+            0 => Step::Zeroes(off, len),
+            1 | 2 => Step::Discard(off, len.max(2 * B)),
+            3 => Step::Write(off, vec![rng.r#gen::<u8>() | 1; len as usize]),
+            _ => region(off / B, rng.gen_range(1..=(16 - off / B).min(6))),
+        };
+        if let Err(Error::Unfilled(u)) = try_apply(&s, &step) {
+            assert!(u.data.is_empty(), "{step:?}");
+            for b in u.blocks {
+                let fill = region(b as u64, 1);
+                apply(&s, &fill);
+                out.push(fill);
             }
-        })
-        .collect()
+        }
+        apply(&s, &step);
+        out.push(step);
+    }
+    out
 }
 
+/// The live image (zeroes where not filled) and its kinds.
 fn image(s: &ChunkStore) -> (Vec<u8>, Vec<BlockKind>) {
-    (
-        read(s, 3, 0, 17, 0),
-        s.block_status(3, 0, 0, 17 * B, 0).unwrap(),
-    )
+    let data = match s.read(3, 0, 0, 17 * B) {
+        Ok(data) => data.to_vec(),
+        Err(Error::Unfilled(u)) => u.data.to_vec(),
+        Err(e) => panic!("{e}"),
+    };
+    (data, s.block_status(3, 0, 0, 17 * B, 0).unwrap())
 }
 
 /// After a crash the log applies again every entry after the last sync, over what a crash
@@ -162,7 +194,7 @@ fn image(s: &ChunkStore) -> (Vec<u8>, Vec<BlockKind>) {
 fn replaying_hydrates_and_writes_over_a_torn_later_state_gives_the_same_result() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(15);
     let all = steps(&mut rng, 40);
-    let (_tmp, reference) = store();
+    let (_tmp, reference) = restored();
     for step in &all {
         apply(&reference, step);
     }
@@ -172,8 +204,7 @@ fn replaying_hydrates_and_writes_over_a_torn_later_state_gives_the_same_result()
     for from in 0..n {
         for round in 0..4 {
             let upto = (from + 1 + round * 4).min(n);
-            let tmp = tempfile::tempdir().unwrap();
-            let s = ChunkStore::open(tmp.path()).unwrap();
+            let (tmp, s) = restored();
             for step in &all[..from] {
                 apply(&s, step);
             }

@@ -32,6 +32,21 @@
 //!   `layer_of(seq)`, are an [`Error::Refused`] (deterministic: every
 //!   replica refuses the same entry, so check them before proposing); reading through more
 //!   than 64 links (a cycle) is [`Error::Corrupt`].
+//! - A restored chunk is linked to [`RESTORED`] (`link(volume, chunk, RESTORED, backup
+//!   id)`, on a chunk with or without blocks; unlinked by the same `unlink` once filled).
+//!   While linked it is not plain, and the backup it stands for is never read here: a
+//!   block no layer holds is [`BlockKind::Unfilled`] in [`ChunkStore::block_status`];
+//!   [`ChunkStore::read_as_of`] of a range with any is [`Error::Unfilled`] (the read,
+//!   zeroes in their place, and their indexes); whole-block zeroes and discards over them
+//!   are "written as zero" markers (a trim stays one: [`ChunkStore::hydrate`] skips held
+//!   blocks); a write, zeroes or discard whose partial block would complete from one is
+//!   [`Error::Unfilled`] (no data, every such block named) and changes nothing, also
+//!   while replaying: the caller fills the block first ([`ChunkStore::hydrate`], which
+//!   fills only chunks linked to RESTORED), never from zeroes. Like a clone's, a restored
+//!   chunk is linked before anything writes it. A RESTORED link kept only for a replay
+//!   after an Unlink reads as zeroes (every block the backup held was filled by then).
+//!   Flatten, merge and rollback treat Unfilled as a hole (they never meet a restoring
+//!   chunk: the manager refuses them).
 //! - A deleted snapshot's space: [`ChunkStore::merge_layers`] joins the layers `low..=top`
 //!   that nobody reads as of a sequence in `low..top` any more (frozen: `top` a kept
 //!   snapshot, into the lowest of them; live: `top` the layer clients write, into it), in
@@ -119,17 +134,10 @@
 
 use std::collections::BTreeSet;
 
-/// The parent a restored chunk links to ([`ChunkStore::link`] with this parent and the
-/// backup's id as its sequence): the blocks no layer holds are the backup's, reported
-/// [`BlockKind::Unfilled`] (reads: [`crate::Error::Unfilled`]) until filled
-/// ([`ChunkStore::hydrate`]); unlinked once every block is filled. Equal to the wire's
-/// `RESTORED_PARENT`; no volume has this id.
-pub const RESTORED: u64 = u64::MAX;
-
 use bytes::Bytes;
 
 use super::layout::{BLOCK_SIZE, stored_crc};
-pub use super::layout::{BlockKind, LayerKey, layer_of};
+pub use super::layout::{BlockKind, LayerKey, RESTORED, layer_of};
 use super::place::Op;
 use super::resolve::{Need, Resolved, Scope};
 use super::sys::Zeroing;
@@ -153,6 +161,11 @@ pub(super) const PIECE: u64 = 4096;
 
 pub(super) fn invalid(msg: String) -> Error {
     Error::Refused(msg)
+}
+
+/// [`Error::Unfilled`] of `blocks` (ascending), with `data` (a read's, else empty).
+fn unfilled_error(data: Bytes, blocks: Vec<u32>) -> Error {
+    Error::Unfilled(Box::new(crate::Unfilled { data, blocks }))
 }
 
 /// The blocks a byte range touches: the first and how many.
@@ -190,7 +203,11 @@ pub(super) fn resolved_ops<'a>(
         match kind {
             BlockKind::Data => ops.push((at, Op::Data(&r.data[s * bs..e * bs]))),
             BlockKind::Zero => ops.push((at, Op::Zero((e - s) as u64))),
-            BlockKind::Hole if hole_as_zero => ops.push((at, Op::Zero((e - s) as u64))),
+            // Unfilled as a hole: flatten, merge and rollback never meet a restoring chunk
+            // (the manager refuses them), and the backup's bytes are not the engine's.
+            BlockKind::Hole | BlockKind::Unfilled if hole_as_zero => {
+                ops.push((at, Op::Zero((e - s) as u64)))
+            }
             BlockKind::Hole | BlockKind::Unfilled => {}
         }
     }
@@ -207,15 +224,30 @@ impl ChunkStore {
             && (!self.replaying() || self.replay_link((volume, chunk)).is_none())
     }
 
-    /// One block as the layers below `layer` and the parent read it.
-    fn block_below(&self, volume: u64, chunk: u64, layer: u64, block: u64) -> Result<Vec<u8>> {
-        Ok(self
-            .resolve(volume, chunk, block, 1, Scope::below(layer), Need::Below)?
-            .data)
+    /// One block as the layers below `layer` and the parent read it, for a partial write
+    /// into `layer`. A restored block not filled yet that `layer` does not hold either
+    /// (the write would complete it from the backup's bytes) goes to `unfilled` instead.
+    fn block_below(
+        &self,
+        (volume, chunk, layer): (u64, u64, u64),
+        block: u64,
+        unfilled: &mut Vec<u32>,
+    ) -> Result<Vec<u8>> {
+        let below = self.resolve(volume, chunk, block, 1, Scope::below(layer), Need::Below)?;
+        if below.kind[0] == BlockKind::Unfilled {
+            let own = Scope::layers(layer, layer);
+            let own = self.resolve(volume, chunk, block, 1, own, Need::Status)?;
+            if own.kind[0] == BlockKind::Hole {
+                unfilled.push(block as u32);
+            }
+        }
+        Ok(below.data)
     }
 
     /// The ops writing `data` at `offset` into `layer`: whole blocks as they are, a
     /// partial block completed from the layer's own block or, if it lacks it, from below.
+    /// A partial block that would complete from a restored block not filled yet is
+    /// [`Error::Unfilled`] (no data): the caller places nothing.
     fn write_ops<'a>(
         &self,
         volume: u64,
@@ -230,11 +262,12 @@ impl ChunkStore {
         let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
         let tail_partial = last != first && !end.is_multiple_of(BLOCK_SIZE);
         let mut ops = Vec::with_capacity(3);
+        let mut unfilled = Vec::new();
         let mut from = 0usize;
         if head_partial {
             let at = (offset - first * BLOCK_SIZE) as usize;
             let n = data.len().min(BLOCK_SIZE as usize - at);
-            let below = self.block_below(volume, chunk, layer, first)?;
+            let below = self.block_below((volume, chunk, layer), first, &mut unfilled)?;
             ops.push((
                 first,
                 Op::Patch {
@@ -255,7 +288,7 @@ impl ChunkStore {
             ops.push((offset.div_ceil(BLOCK_SIZE), Op::Data(&data[from..to])));
         }
         if tail_partial {
-            let below = self.block_below(volume, chunk, layer, last)?;
+            let below = self.block_below((volume, chunk, layer), last, &mut unfilled)?;
             ops.push((
                 last,
                 Op::Patch {
@@ -264,6 +297,9 @@ impl ChunkStore {
                     bytes: &data[to..],
                 },
             ));
+        }
+        if !unfilled.is_empty() {
+            return Err(unfilled_error(Bytes::new(), unfilled));
         }
         Ok(ops)
     }
@@ -350,11 +386,23 @@ impl ChunkStore {
         }
         let head = vec![0u8; (whole_first * BLOCK_SIZE - offset) as usize];
         let tail = vec![0u8; (end - whole_end * BLOCK_SIZE) as usize];
-        let mut ops = Vec::new();
-        if !head.is_empty() {
-            ops.extend(self.write_ops(volume, chunk, layer, offset, &head)?);
-        }
-        // Whole blocks: a marker where something below would show through, else a hole.
+        let head_ops = match head.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.write_ops(volume, chunk, layer, offset, &head),
+        };
+        let tail_ops = match tail.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.write_ops(volume, chunk, layer, whole_end * BLOCK_SIZE, &tail),
+        };
+        // Both partial blocks checked before failing: one answer names every block to fill.
+        let (mut ops, tail_ops) = match (head_ops, tail_ops) {
+            (Err(Error::Unfilled(h)), Err(Error::Unfilled(t))) => {
+                return Err(unfilled_error(Bytes::new(), [h.blocks, t.blocks].concat()));
+            }
+            (head, tail) => (head?, tail?),
+        };
+        // Whole blocks: a marker where something below would show through (a restored
+        // block not filled yet too: a later hydrate must skip it), else a hole.
         let n = whole_end - whole_first;
         let below = self.resolve(
             volume,
@@ -377,14 +425,13 @@ impl ChunkStore {
                 },
             ));
         }
-        if !tail.is_empty() {
-            ops.extend(self.write_ops(volume, chunk, layer, whole_end * BLOCK_SIZE, &tail)?);
-        }
+        ops.extend(tail_ops);
         self.place(key, &ops, how)
     }
 
     /// Reads `len` bytes at `offset`, live (`as_of` 0) or as of snapshot sequence `as_of`,
-    /// every block verified.
+    /// every block verified. A range with blocks of a restored chunk not filled yet is
+    /// [`Error::Unfilled`]: the read with zeroes in their place, and which they are.
     pub fn read_as_of(
         &self,
         volume: u64,
@@ -404,7 +451,15 @@ impl ChunkStore {
         let (first, n) = touched(offset, len);
         let r = self.resolve(volume, chunk, first, n, Scope::as_of(as_of), Need::Data)?;
         let start = (offset - first * BLOCK_SIZE) as usize;
-        Ok(Bytes::from(r.data).slice(start..start + len as usize))
+        let data = Bytes::from(r.data).slice(start..start + len as usize);
+        let unfilled: Vec<u32> = (r.kind.iter().enumerate())
+            .filter(|(_, k)| **k == BlockKind::Unfilled)
+            .map(|(i, _)| (first + i as u64) as u32)
+            .collect();
+        if !unfilled.is_empty() {
+            return Err(unfilled_error(data, unfilled));
+        }
+        Ok(data)
     }
 
     /// What each block of `offset..offset + len` (whole blocks) holds, live or as of

@@ -144,6 +144,13 @@ pub enum BlockKind {
     Unfilled,
 }
 
+/// The parent a restored chunk links to ([`super::ChunkStore::link`] with this parent and
+/// the backup's id as its sequence): the blocks no layer holds are the backup's, reported
+/// [`BlockKind::Unfilled`] (reads: [`crate::Error::Unfilled`]) until filled
+/// ([`super::ChunkStore::hydrate`]); unlinked once every block is filled. Equal to the
+/// wire's `RESTORED_PARENT`; no volume has this id.
+pub const RESTORED: u64 = u64::MAX;
+
 /// One layer of one chunk, as the catch-up lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LayerKey {

@@ -1,6 +1,10 @@
 //! Reading through layers and parents: what a chunk's blocks hold live or as of a snapshot
 //! sequence, found per block in the newest layer holding it, else in its parent (as of the
 //! link's sequence, recursively, at most `MAX_DEPTH` links deep), else nowhere (a hole).
+//! A chunk linked to [`RESTORED`] has no parent to read: its blocks no layer holds are
+//! [`BlockKind::Unfilled`] (zeroes in the data), the backup's, which only the caller can
+//! fetch; a RESTORED link kept only for a replay after an Unlink (`replay_links`) gives
+//! holes (see `hydrate`). Never reads volume `RESTORED`.
 //!
 //! Reads checksums first and data only of the blocks a layer holds; every block taken from
 //! a layer is verified against its checksum, as a plain read does (a mismatch is
@@ -8,8 +12,8 @@
 //! one layer's read lock at a time, never two, and never writes. Plain chunks (layer 1
 //! only, no parent) are read by [`ChunkStore::read_plain`] instead, at no extra cost.
 
-use super::layout::BlockKind;
 use super::layout::{BLOCK_SIZE, CRC_LEN, Key, block_ok, stored_crc, zero_crc};
+use super::layout::{BlockKind, RESTORED};
 use super::link::MAX_DEPTH;
 use super::sys::{is_hole, read_full_at};
 use super::{ChunkStore, corrupt};
@@ -193,13 +197,31 @@ impl ChunkStore {
                 left -= 1;
             }
         }
-        let link = shape.link.or_else(|| {
-            (need == Need::Below && self.replaying())
-                .then(|| self.replay_link((volume, chunk)))
-                .flatten()
-        });
-        if let Some(link) = link.filter(|_| scope.parent && left > 0) {
-            self.resolve_parent((volume, chunk), link, first, need, &done, out, depth)?;
+        if !scope.parent || left == 0 {
+            return Ok(());
+        }
+        match shape.link {
+            // The backup's blocks: never read here (see `Error::Unfilled`).
+            Some((RESTORED, _)) => {
+                for (kind, _) in out.kind.iter_mut().zip(&done).filter(|(_, d)| !**d) {
+                    *kind = BlockKind::Unfilled;
+                }
+            }
+            Some(link) => {
+                self.resolve_parent((volume, chunk), link, first, need, &done, out, depth)?;
+            }
+            // A parent kept only for the replay's partial writes after an Unlink; a
+            // restored one is zeroes there: every block the backup held was filled (and
+            // made durable by its hydrate) before the chunk was unlinked.
+            None if need == Need::Below && self.replaying() => {
+                match self.replay_link((volume, chunk)) {
+                    Some((RESTORED, _)) | None => {}
+                    Some(link) => {
+                        self.resolve_parent((volume, chunk), link, first, need, &done, out, depth)?
+                    }
+                }
+            }
+            None => {}
         }
         Ok(())
     }

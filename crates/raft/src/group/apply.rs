@@ -322,6 +322,10 @@ fn refused(e: &tessera_engine::Error) -> bool {
     )
 }
 
+// A Link entry carries the wire's parent to the engine as it is: a restored chunk's
+// (RESTORED_PARENT) must be the engine's RESTORED, or its blocks would read as a volume's.
+const _: () = assert!(tessera_engine::chunk::RESTORED == tessera_proto::control::RESTORED_PARENT);
+
 fn apply_command(
     chunks: &ChunkStore,
     group: u64,
@@ -465,5 +469,65 @@ mod tests {
             matches!(other, Err(E::DiskFull(_))),
             "another op stalls: {other:?}"
         );
+    }
+
+    /// A chunk linked (by a Link entry) to the wire's RESTORED_PARENT: a read of a block
+    /// not filled yet answers Unfilled in process (the storage node fills it), a block
+    /// status reports it as data, and a partial write over it is the error apply stalls on.
+    #[test]
+    fn a_restored_chunk_answers_unfilled_reads_and_stalls_partial_writes() {
+        use tessera_engine::chunk::BLOCK_SIZE as B;
+        use tessera_proto::control::RESTORED_PARENT;
+        use tessera_proto::data::ChunkAddr;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let chunks = ChunkStore::open(tmp.path()).expect("open");
+        let cmd = |op, offset: u64, data: Bytes| Command {
+            op,
+            volume: 1,
+            chunk: 2,
+            offset: offset as u32,
+            len: data.len() as u32,
+            id: 0,
+            epoch: 0,
+            seq: 1,
+            data,
+        };
+        let apply =
+            |c: &Command| apply_command(&chunks, 1, 7, c, (1, 2), (c.offset.into(), c.len.into()));
+        apply(&cmd(CmdOp::Link, 0, Command::link_data(RESTORED_PARENT, 9))).expect("link");
+        assert!(chunks.restoring(1, 2));
+        apply(&cmd(CmdOp::Write, B, Bytes::from(vec![5u8; B as usize]))).expect("whole block");
+        let addr = ChunkAddr {
+            group: 1,
+            volume: 1,
+            chunk: 2,
+        };
+        let read = Request::other(Op::Read, addr, 0, 2 * B as u32);
+        let mut want = vec![0u8; 2 * B as usize];
+        want[B as usize..].fill(5);
+        assert_eq!(
+            serve_read(&chunks, &read),
+            Reply::Unfilled {
+                data: Bytes::from(want.clone()),
+                blocks: vec![0]
+            }
+        );
+        let status = Request::other(Op::BlockStatus, addr, 0, 2 * B as u32);
+        let data = BlockState::Data as u8;
+        assert_eq!(
+            serve_read(&chunks, &status),
+            Reply::Ok(Bytes::from(vec![data; 2]))
+        );
+        let partial = apply(&cmd(CmdOp::Write, 10, Bytes::from_static(b"abc")));
+        assert!(
+            matches!(&partial, Err(tessera_engine::Error::Unfilled(u)) if u.blocks == [0]),
+            "{partial:?}"
+        );
+        // Filled: the read is an ordinary one, and the partial write applies.
+        apply(&cmd(CmdOp::Hydrate, 0, Bytes::from(vec![3u8; B as usize]))).expect("hydrate");
+        apply(&cmd(CmdOp::Write, 10, Bytes::from_static(b"abc"))).expect("partial write");
+        want[..B as usize].fill(3);
+        want[10..13].copy_from_slice(b"abc");
+        assert_eq!(serve_read(&chunks, &read), Reply::Ok(Bytes::from(want)));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn copy_layers(from: &ChunkStore, to: &ChunkStore) {
+pub(in crate::chunk) fn copy_layers(from: &ChunkStore, to: &ChunkStore) {
     let listed = from.list_layers().unwrap();
     let keep: std::collections::BTreeSet<_> = listed.iter().copied().collect();
     for k in to.list_layers().unwrap() {

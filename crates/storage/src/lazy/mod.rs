@@ -1,0 +1,360 @@
+//! The lazy fill of restored chunks: a chunk restored from a backup is usable at once,
+//! linked to it (`RESTORED_PARENT`), and the blocks it has not filled yet are fetched from
+//! the backup's stores by its group's leader when a client needs them.
+//!
+//! Owns, on this node:
+//! - completing a client read the Raft node answered `Reply::Unfilled` ([`Lazy::complete_read`]):
+//!   the regions holding its unfilled blocks fetched, their bytes copied in, answered
+//!   `Reply::Ok`; then each fetched region proposed once as a hydrate (`RaftNode::hydrate`),
+//!   not waited for. Serving before filling is linearizable: the read's applied index saw
+//!   those blocks unfilled, so the backup's bytes are their value there.
+//! - preparing a partial-block write, zeroing or discard of a restoring chunk
+//!   ([`Lazy::prepare_write`]): each partial block read through the group's read path and,
+//!   if unfilled, its region fetched, hydrated and committed before the write is proposed
+//!   (the engine refuses to complete such a block from zeroes).
+//! - the sources of restored chunks (`source`: the managers' `RestoreSource`, the chunk's
+//!   segment), the decoded regions kept for sequential readers, the fetches (`fetch`: one
+//!   per object in the air, `flight`), and the access record (`access`: client reads per
+//!   chunk, which backups report for a restore's pre-warm order).
+//!
+//! Must never: serve a block whose region failed its hash (a corrupt copy is skipped for
+//! the next store's, or the read fails `Unavailable`); write but through the group's log,
+//! as a hydrate, which the engine applies only where no layer holds the block (so a
+//! client's writes and trims always win, and a hydrate of a chunk no longer restoring does
+//! nothing); run on the Raft poller's thread (a read's answer is completed by a task of
+//! the runtime); hold a lock across an await; fetch or decode on the runtime's threads
+//! what the blocking pool should (decoding is `spawn_blocking`).
+
+mod access;
+mod blocks;
+mod cache;
+mod fetch;
+mod flight;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_engine::ChunkStores;
+use tessera_metrics::LazyCounter;
+use tessera_proto::control::{ControlError, Hash, ManagerReply, ManagerRequest, REGION_BYTES};
+use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
+use tessera_raft::RaftNode;
+use tokio::sync::oneshot;
+
+use crate::backup::StoreCache;
+use access::AccessRecord;
+use blocks::{BLOCK, is_partial, overlay, partial_blocks, region_of, regions_of};
+use cache::Bounded;
+use flight::{Flight, Flights};
+use source::{Source, Sources};
+
+static LAZY_READ: tessera_metrics::Lazy = tessera_metrics::Lazy::new(
+    "tessera_storage_lazy_read_seconds",
+    "A client read of a restored chunk that met unfilled blocks: completed from the backup \
+     (source look-up, fetches) to answer",
+);
+static HYDRATED: LazyCounter = LazyCounter::new(
+    "tessera_storage_lazy_hydrated_bytes",
+    "Bytes of restored chunks committed as hydrates by the lazy fill of this node",
+);
+
+/// How long a source look-up may wait for the managers.
+const MANAGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The node's lazy fill: caches, fetches and hydrates in the air, the access record.
+pub(crate) struct Lazy {
+    node: u64,
+    managers: Vec<String>,
+    stores: Arc<StoreCache>,
+    sources: Sources,
+    regions: Mutex<Bounded<Hash, Bytes>>,
+    fetches: Flights<Hash, Result<Bytes, String>>,
+    // By (volume, chunk, offset of the entry in the chunk).
+    hydrates: Flights<(u64, u64, u64), Reply>,
+    reads: AccessRecord,
+}
+
+impl Lazy {
+    /// The lazy fill of node `node`, asking `managers` for sources and opening stores
+    /// through `stores` (the node's, shared with backups).
+    pub(crate) fn new(node: u64, managers: Vec<String>, stores: Arc<StoreCache>) -> Lazy {
+        Lazy {
+            node,
+            managers,
+            stores,
+            sources: Sources::default(),
+            regions: Mutex::new(Bounded::new(fetch::MAX_REGIONS)),
+            fetches: Flights::default(),
+            hydrates: Flights::default(),
+            reads: AccessRecord::default(),
+        }
+    }
+
+    /// A client read of the chunk was served (counted in the access record).
+    pub(crate) fn count_read(&self, volume: u64, chunk: u64) {
+        self.reads.count(volume, chunk);
+    }
+
+    /// Client reads of the chunk this node served (the access record).
+    pub(crate) fn reads(&self, volume: u64, chunk: u64) -> u64 {
+        self.reads.reads(volume, chunk)
+    }
+
+    /// Whether `req` must wait for [`Lazy::prepare_write`]: a write, zeroing or discard
+    /// covering a block in part, of a chunk restoring here. Costs a plain chunk one
+    /// in-memory look-up, and only for partial writes.
+    pub(crate) fn needs_fill(chunks: &ChunkStores, req: &Request) -> bool {
+        matches!(req.op, Op::Write | Op::WriteZeroes | Op::Discard)
+            && is_partial(req.offset, req.len)
+            && chunks
+                .existing(req.addr.group)
+                .is_some_and(|s| s.restoring(req.addr.volume, req.addr.chunk))
+    }
+
+    /// The answer to a client read of `data.len()` bytes at `offset` of the chunk at
+    /// `addr`, which found `blocks` unfilled: `Ok` with the backup's bytes in their place,
+    /// or `Unavailable` saying what failed (logged). Proposes the hydrate of each region
+    /// fetched, once, without waiting for it.
+    pub(crate) async fn complete_read(
+        self: &Arc<Self>,
+        raft: &RaftNode,
+        addr: ChunkAddr,
+        offset: u32,
+        data: Bytes,
+        blocks: Vec<u32>,
+    ) -> Reply {
+        let started = std::time::Instant::now();
+        let filled = match self.source(addr.volume, addr.chunk).await {
+            Ok(source) => {
+                self.fill(&source, addr.chunk, u64::from(offset), data, &blocks)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        LAZY_READ.observe_since(started);
+        match filled {
+            Ok((read, fetched)) => {
+                for (r, bytes) in fetched {
+                    // In the air on its own: the read does not wait for it.
+                    drop(self.hydrate(raft, addr, u64::from(r) * REGION_BYTES, bytes));
+                }
+                Reply::Ok(read)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    volume = addr.volume,
+                    chunk = addr.chunk,
+                    "read of unfilled blocks failed: {e}"
+                );
+                Reply::Unavailable(e)
+            }
+        }
+    }
+
+    /// Makes sure every block `req` (a write, zeroing or discard) covers in part is filled
+    /// before it is proposed: each read through the group's read path, and an unfilled one
+    /// fetched and hydrated, waiting for its commit. `Err` is the answer to give the
+    /// request instead (the hydrate's, or `Unavailable` if the fetch failed). A read that
+    /// does not answer `Unfilled` leaves the write to meet the same answer itself.
+    pub(crate) async fn prepare_write(
+        self: &Arc<Self>,
+        raft: &RaftNode,
+        req: &Request,
+    ) -> Result<(), Reply> {
+        let addr = req.addr;
+        for b in partial_blocks(req.offset, req.len) {
+            let at = u64::from(b) * BLOCK;
+            let probe = Request::other(Op::Read, addr, at as u32, BLOCK as u32);
+            let (tx, rx) = oneshot::channel();
+            raft.submit(
+                probe,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            if !matches!(rx.await, Ok(Reply::Unfilled { .. })) {
+                continue;
+            }
+            let failed = |e: String| {
+                tracing::warn!(
+                    volume = addr.volume,
+                    chunk = addr.chunk,
+                    "partial write over an unfilled block failed: {e}"
+                );
+                Reply::Unavailable(e)
+            };
+            let source = self.source(addr.volume, addr.chunk).await.map_err(failed)?;
+            let r = region_of(b);
+            let (offset, data) = match source.object(r) {
+                Some(h) => (
+                    u64::from(r) * REGION_BYTES,
+                    self.region(&source, addr.chunk, r, h)
+                        .await
+                        .map_err(failed)?,
+                ),
+                // A region the backup holds as zeroes: only this block, as zeroes.
+                None => (at, Bytes::from(vec![0u8; BLOCK as usize])),
+            };
+            match self.hydrate(raft, addr, offset, data).await {
+                Reply::Ok(_) => {}
+                other => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// The read `data` (at `offset` of `chunk`) with the bytes of `blocks` (ascending)
+    /// copied in from `source`'s regions, and the regions fetched (to hydrate). A region
+    /// without an object leaves its blocks as the zeroes they read as.
+    async fn fill(
+        self: &Arc<Self>,
+        source: &Arc<Source>,
+        chunk: u64,
+        offset: u64,
+        data: Bytes,
+        blocks: &[u32],
+    ) -> Result<(Bytes, Vec<(u32, Bytes)>), String> {
+        let wanted = regions_of(blocks)
+            .into_iter()
+            .filter_map(|r| source.object(r).map(|h| (r, h)));
+        let fetched =
+            futures::future::try_join_all(wanted.map(|(r, h)| async move {
+                self.region(source, chunk, r, h).await.map(|b| (r, b))
+            }))
+            .await
+            .map_err(|e| format!("{e} (backup {})", source.backup))?;
+        if fetched.is_empty() {
+            return Ok((data, fetched));
+        }
+        let mut read = data.to_vec();
+        for &b in blocks {
+            if let Some((_, region)) = fetched.iter().find(|(r, _)| *r == region_of(b)) {
+                overlay(&mut read, offset, b, region);
+            }
+        }
+        Ok((Bytes::from(read), fetched))
+    }
+
+    /// The bytes of region `r` of `chunk` (object `hash`): kept, or fetched (one fetch per
+    /// object in the air, shared by every caller meanwhile) and kept.
+    async fn region(
+        self: &Arc<Self>,
+        source: &Arc<Source>,
+        chunk: u64,
+        r: u32,
+        hash: Hash,
+    ) -> Result<Bytes, String> {
+        if let Some(b) = self.lock_regions().get(&hash) {
+            return Ok(b);
+        }
+        let (this, specs) = (self.clone(), source.stores.clone());
+        let flight = self.fetches.join(
+            hash,
+            move || {
+                Box::pin(async move {
+                    let got =
+                        fetch::fetch_region(&this.stores, this.node, &specs, hash, chunk, r).await;
+                    if let Ok(b) = &got {
+                        this.lock_regions().insert(hash, b.clone());
+                    }
+                    got
+                })
+            },
+            |e| Err(format!("restore: a fetch task failed: {e}")),
+        );
+        flight.await
+    }
+
+    /// Proposes `data` at `offset` of the chunk at `addr` as a hydrate, unless the same
+    /// entry is in the air (then joins it); the flight's answer is the commit's.
+    fn hydrate(
+        self: &Arc<Self>,
+        raft: &RaftNode,
+        addr: ChunkAddr,
+        offset: u64,
+        data: Bytes,
+    ) -> Flight<Reply> {
+        let raft = raft.clone();
+        self.hydrates.join(
+            (addr.volume, addr.chunk, offset),
+            move || {
+                Box::pin(async move {
+                    let (tx, rx) = oneshot::channel();
+                    let len = data.len() as u64;
+                    // Below the chunk limit (4 GiB): the offset of a block of the chunk.
+                    raft.hydrate(
+                        addr.group,
+                        addr.volume,
+                        addr.chunk,
+                        offset as u32,
+                        data,
+                        Box::new(move |r| {
+                            let _ = tx.send(r);
+                        }),
+                    );
+                    let reply = rx.await.unwrap_or_else(|_| {
+                        Reply::Unavailable("storage node is shutting down".into())
+                    });
+                    match &reply {
+                        Reply::Ok(_) => HYDRATED.add(len),
+                        other => tracing::warn!(
+                            volume = addr.volume,
+                            chunk = addr.chunk,
+                            offset,
+                            "restore: hydrate not committed: {other:?}"
+                        ),
+                    }
+                    reply
+                })
+            },
+            |e| Reply::Unavailable(format!("restore: a hydrate task failed: {e}")),
+        )
+    }
+
+    /// The source of the chunk: cached, or asked of the managers.
+    async fn source(self: &Arc<Self>, volume: u64, chunk: u64) -> Result<Arc<Source>, String> {
+        let this = self.clone();
+        self.sources
+            .get(volume, chunk, move || async move {
+                this.lookup(volume, chunk).await
+            })
+            .await
+    }
+
+    async fn lookup(&self, volume: u64, chunk: u64) -> Result<Source, String> {
+        let req = ManagerRequest::RestoreSource {
+            volume_id: volume,
+            chunk,
+        };
+        let answer = match tessera_net::call_managers(&self.managers, &req, MANAGER_TIMEOUT).await {
+            Ok(ManagerReply::RestoreSource(s)) => *s,
+            Ok(other) => {
+                return Err(format!(
+                    "restore: the managers answered the source of volume {volume} chunk \
+                         {chunk} with {other:?}"
+                ));
+            }
+            Err(tessera_net::NetError::Control(ControlError::NotFound(m))) => {
+                return Err(format!(
+                    "restore: the managers know no restore of volume {volume} chunk \
+                         {chunk}: {m}"
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "restore: asking the managers for the source of volume {volume} \
+                         chunk {chunk}: {e}"
+                ));
+            }
+        };
+        source::source_of(&self.stores, self.node, chunk, answer).await
+    }
+
+    fn lock_regions(&self) -> std::sync::MutexGuard<'_, Bounded<Hash, Bytes>> {
+        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
