@@ -227,6 +227,7 @@ mod tests {
                     hydrated_bytes: 0,
                     eta_secs: None,
                     error: None,
+                    linked: true,
                 }),
             ))),
             ManagerRequest::PrewarmVolume { name } if name == "db2" => {

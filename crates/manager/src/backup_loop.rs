@@ -185,6 +185,8 @@ pub(crate) struct Uploaded {
     /// The distinct objects the segment names.
     pub objects: Vec<Hash>,
     pub gc_gen: u64,
+    /// Client reads its group's leader reported (the access record).
+    pub reads: u64,
 }
 
 /// How one attempt at a chunk ended.
@@ -451,6 +453,7 @@ async fn record(
             chunk: u.chunk,
             segment: u.segment,
             objects: Some(u.objects),
+            reads: u.reads,
         })
         .collect();
     let store = store.name().to_string();
@@ -535,6 +538,7 @@ async fn back_up_chunk(
             segment,
             objects: objects.into_iter().collect(),
             gc_gen,
+            reads: upload.reads,
         },
         stats,
     ))

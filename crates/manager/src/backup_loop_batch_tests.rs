@@ -12,6 +12,7 @@ fn uploaded(chunk: u64, gc_gen: u64) -> Uploaded {
         segment: Hash([50 + chunk as u8; 32]),
         objects: vec![Hash([90 + chunk as u8; 32])],
         gc_gen,
+        reads: 0,
     }
 }
 

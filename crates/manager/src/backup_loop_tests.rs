@@ -11,7 +11,7 @@ use tessera_backup::manifest::Segment;
 use tessera_backup::region;
 use tessera_net::{FrameReader, rpc_reply, write_frame};
 use tessera_proto::control::{
-    self, BackupChunkRequest, ChunkUpload, ControlError, HydrateChunkRequest, RegionRef, StoreKind,
+    self, BackupChunkRequest, ChunkUpload, ControlError, RegionRef, StoreKind,
 };
 use tessera_proto::frame::Kind;
 use tokio::io::AsyncWriteExt;
@@ -38,7 +38,8 @@ pub(crate) struct Harness {
     pub service: Shared,
     pub stores: Stores,
     pub store: Store,
-    pub hydrated: Arc<Mutex<Vec<HydrateChunkRequest>>>,
+    /// The restore's calls (`HydrateChunk` and `Apply`), in the order they came.
+    pub restore_calls: Arc<Mutex<Vec<StorageRequest>>>,
     pub asked: Arc<Mutex<Vec<BackupChunkRequest>>>,
     raft: Option<RaftTask>,
     pub dir: tempfile::TempDir,
@@ -112,6 +113,7 @@ impl Harness {
             root: None,
             error: None,
             stats: BackupStats::default(),
+            reads: Default::default(),
         }))
         .await;
     }
@@ -169,14 +171,14 @@ pub(crate) async fn harness(content: Content) -> Harness {
         },
     };
     let store = Store::open(&spec).unwrap();
-    let hydrated = Arc::default();
+    let restore_calls = Arc::default();
     let asked = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(stand_in(
         listener,
         content,
-        Arc::clone(&hydrated),
+        Arc::clone(&restore_calls),
         Arc::clone(&asked),
     ));
 
@@ -212,7 +214,7 @@ pub(crate) async fn harness(content: Content) -> Harness {
             (spec, store.clone()),
         )])),
         store,
-        hydrated,
+        restore_calls,
         asked,
         raft: Some(raft),
         dir,
@@ -257,15 +259,15 @@ pub(crate) async fn harness(content: Content) -> Harness {
     h
 }
 
-/// A storage node leading group 1: uploads what `content` says, records hydrations.
+/// A storage node leading group 1: uploads what `content` says, records a restore's calls.
 async fn stand_in(
     listener: tokio::net::TcpListener,
     content: Content,
-    hydrated: Arc<Mutex<Vec<HydrateChunkRequest>>>,
+    restore_calls: Arc<Mutex<Vec<StorageRequest>>>,
     asked: Arc<Mutex<Vec<BackupChunkRequest>>>,
 ) {
     while let Ok((stream, _)) = listener.accept().await {
-        let (content, hydrated, asked) = (content.clone(), hydrated.clone(), asked.clone());
+        let (content, calls, asked) = (content.clone(), restore_calls.clone(), asked.clone());
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut reader = FrameReader::new(r);
@@ -277,8 +279,8 @@ async fn stand_in(
                         asked.lock().unwrap().push(req.clone());
                         upload(&req, content(&req)).await
                     }
-                    StorageRequest::HydrateChunk(req) => {
-                        hydrated.lock().unwrap().push(req);
+                    StorageRequest::HydrateChunk(_) | StorageRequest::Apply { .. } => {
+                        calls.lock().unwrap().push(req);
                         Ok(StorageReply::Done)
                     }
                     other => Err(ControlError::Invalid(format!("not served: {other:?}"))),
@@ -297,7 +299,11 @@ async fn upload(
     regions: Vec<(u32, Option<u8>)>,
 ) -> Result<StorageReply, ControlError> {
     let store = Store::open(&req.store).unwrap();
-    let mut up = ChunkUpload::default();
+    // The access record: chunk c was read 10 * c times.
+    let mut up = ChunkUpload {
+        reads: req.chunk * 10,
+        ..ChunkUpload::default()
+    };
     for (region, byte) in regions {
         up.read_bytes += REGION_BYTES;
         let object = match byte.and_then(|b| region::encode(&region_of(b))) {

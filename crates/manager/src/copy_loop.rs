@@ -300,6 +300,8 @@ async fn copy_all(ctx: &Ctx, job: CopyJob) -> Result<bool, String> {
                     chunk,
                     segment: d.seg,
                     objects: Some(objects),
+                    // The copy's record keeps its source's access record (made with it).
+                    reads: 0,
                 };
                 batch.push((c, gc_gen));
                 // Not again until recorded (or skipped).

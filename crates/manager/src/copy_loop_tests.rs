@@ -31,6 +31,7 @@ async fn copy_record(h: &Harness) {
         root: None,
         error: None,
         stats: BackupStats::default(),
+        reads: Default::default(),
     }))
     .await;
 }

@@ -208,6 +208,7 @@ impl Db {
             | Mutation::ReclaimProgress { .. }
             | Mutation::ReclaimDone { .. }
             | Mutation::RestoreProgress { .. }
+            | Mutation::RestoreLinked { .. }
             | Mutation::RestoreDone { .. } => {}
             // Written as their delta, above.
             Mutation::CreateBackup(_)

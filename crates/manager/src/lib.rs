@@ -9,17 +9,17 @@
 //!   applier task. Wiring: no rule of its own.
 //! - `reconcile_loop`: runs a reconcile pass every `reconcile_ms` and makes its calls to
 //!   storage nodes (`ChangeMembers`, `TransferLeader`), off the request path.
-//! - `snapshot_loop`: on the leading manager, finishes snapshots and clones left
-//!   unfinished and carries every flatten and every reclaim of deleted snapshots' space
+//! - `snapshot_loop`: on the leading manager, finishes snapshots, clones and restores'
+//!   links left unfinished and carries every flatten and every reclaim of deleted snapshots' space
 //!   (`reclaim_loop`) on, chunk by chunk, rate limited together (`pace`).
 //! - `backup_loop`, `copy_loop`, `gc_loop`, `restore_loop`: on the leading manager, the
 //!   backups' background jobs (uploads through the group leaders' `BackupChunk`, copies
-//!   between stores, the collector of unreferenced objects, the fill of restored volumes
-//!   through `HydrateChunk`), planned from the replicated state so a new leader resumes
+//!   between stores, the collector of unreferenced objects, the pre-warm of restored
+//!   volumes through `HydrateChunk` then `Unlink`), planned from the replicated state so a new leader resumes
 //!   them; `backup_jobs` holds what they share.
 //! - `group_calls`: proposing `GroupOp`s in replica groups (`StorageRequest::Apply` to
-//!   each group's leader, retried until a deadline), for snapshots, clones, rollbacks,
-//!   flattens, reclaims.
+//!   each group's leader, retried until a deadline), for snapshots, clones, restores,
+//!   rollbacks, flattens, reclaims.
 //! - `usage`: asking a volume's groups what its layers hold (`LayerUsage`), for
 //!   `VolumeUsage` and the reclaim.
 //! - `consensus/`: the managers' own Raft group (raft-rs `RawNode` in one tokio task), one

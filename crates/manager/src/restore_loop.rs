@@ -1,10 +1,21 @@
-//! The leading manager's fill of restored volumes (`volume create --from-backup`, and
-//! `volume prewarm`): per restoring volume, every chunk of the backup's recorded map from
-//! the restore's progress on, in chunk order, `backup_chunks_in_flight` at once: the
-//! chunk's segment read from the restore's store (verified), a `HydrateChunk` naming its
-//! regions sent to the chunk's group leader, paced by region bytes
-//! (`restore_bytes_per_sec`); the progress recorded (`RestoreProgress`, the lowest chunk not
-//! filled: it never moves back), then `RestoreDone`.
+//! The leading manager's pre-warm of restored volumes (`volume create --from-backup`, and
+//! `volume prewarm`): per restoring volume once linked to its backup, every chunk of the
+//! backup's recorded map in the restore's order (`State::restore_order`: the backup's
+//! access record, most read chunks first, then by index) from the recorded position on,
+//! `backup_chunks_in_flight` at once: the chunk's segment read from the restore's store
+//! (verified), a `HydrateChunk` naming its regions sent to the chunk's group leader, paced
+//! by region bytes (`restore_bytes_per_sec`), then the chunk unlinked from the backup
+//! (`GroupOp::Unlink` through its group; a segment without regions is only unlinked); the
+//! progress recorded (`RestoreProgress`: the lowest position not filled and unlinked, which
+//! never moves back), then `RestoreDone` once every chunk is.
+//!
+//! Progress is a position in that order, not a chunk index: the order is a function of the
+//! restore's backup record alone, so a new leader resumes at the same chunk; a chunk done
+//! past the position recorded is done again (a hydrate of an unlinked chunk does nothing,
+//! an unlink again is a no-op). A restore not yet linked is left alone: a hydrate before
+//! its link would do nothing, and the chunk would be unlinked unfilled. Nor is a chunk
+//! unlinked within [`LINK_SETTLE`] of this leader first seeing its restore linked: a late
+//! `Link` still in flight would link a filled chunk again.
 //!
 //! Each attempt holds one of the restores' manager-wide chunk slots and looks the group's
 //! members up again. A chunk failing is retried, backed off, without end; once it has
@@ -13,18 +24,17 @@
 //!
 //! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`], published
 //! in the service's restore meters: bytes filled by this leader, the ETA at the rate it
-//! sees, a lasting error); a new leader restarts from the recorded
-//! progress (chunks filled again are harmless: hydration never overwrites a held block).
-//! Must never record a chunk filled before its group answered that every entry of it is
-//! committed; never hold the service lock across a call to a node or a store.
+//! sees, a lasting error). Must never unlink a chunk before its group answered that every
+//! hydrate entry of it is committed, nor record a chunk filled before it is unlinked;
+//! never hold the service lock across a call to a node or a store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
-    ControlError, Hash, HydrateChunkRequest, REGION_BYTES, RegionRef, StorageReply, StorageRequest,
-    StoreSpec,
+    ControlError, GroupOp, Hash, HydrateChunkRequest, REGION_BYTES, RegionRef, StorageReply,
+    StorageRequest, StoreSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -41,9 +51,21 @@ use crate::state::Mutation;
 
 /// How long one node gets to fill one chunk.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one node gets to unlink one filled chunk.
+const UNLINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Back-off of a failing chunk.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long after this leader first saw a restore linked its chunks may be unlinked: the
+/// `Link`s of a request or a background pass that may still be in flight (their jobs give
+/// up after 20 s, a call after 5 s more) must land before any `Unlink`, never after it (a
+/// chunk linked again once filled would stay linked after the restore is done). The fills
+/// themselves start at once.
+const LINK_SETTLE: Duration = if cfg!(test) {
+    Duration::ZERO
+} else {
+    Duration::from_secs(30)
+};
 /// Progress is recorded at most this often (and at the end).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -159,6 +181,8 @@ pub async fn run(
     let settings = settings.own_slots();
     let pace = Arc::new(Pace::new(bytes_per_sec));
     let mut running = Running::default();
+    // When this leader first planned each restore linked (see [`LINK_SETTLE`]).
+    let mut linked_seen: HashMap<u64, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -174,13 +198,18 @@ pub async fn run(
         .await
         else {
             running.abort_all();
+            linked_seen.clear();
             continue;
         };
         // A volume deleted (or done) meanwhile: its task stops, its meter goes.
         let planned = jobs.iter().map(|j| j.volume_id).collect();
         running.keep_only(&planned);
         rates.keep_only(&planned);
+        linked_seen.retain(|id, _| planned.contains(id));
         for job in jobs {
+            let seen = *linked_seen
+                .entry(job.volume_id)
+                .or_insert_with(Instant::now);
             let Some((spec, store)) = stores.get(&job.store).cloned() else {
                 warn!(volume = job.volume_id, store = %job.store,
                       "restore's store is not configured here");
@@ -193,6 +222,7 @@ pub async fn run(
                 settings: settings.clone(),
                 pace: pace.clone(),
                 rates: rates.clone(),
+                unlink_after: seen + LINK_SETTLE,
             };
             running.start(job.volume_id, fill(ctx, job));
         }
@@ -207,6 +237,8 @@ struct Ctx {
     settings: Settings,
     pace: Arc<Pace>,
     rates: Rates,
+    /// No chunk is unlinked before this (see [`LINK_SETTLE`]).
+    unlink_after: Instant,
 }
 
 /// One restoring volume as planned from the state.
@@ -214,22 +246,27 @@ struct Ctx {
 pub(crate) struct RestoreJob {
     pub volume_id: u64,
     pub store: String,
-    /// `(chunk, segment, its group's id)` from the recorded progress on, ascending; a
-    /// chunk not mapped to a group is left for a later pass. The group's members are looked
-    /// up at each attempt.
-    pub todo: Vec<(u64, Hash, Option<u64>)>,
+    /// `(position, chunk, segment, its group's id)` from the recorded position on, in the
+    /// restore's order; a chunk not mapped to a group is left for a later pass. The
+    /// group's members are looked up at each attempt.
+    pub todo: Vec<(u64, u64, Hash, Option<u64>)>,
 }
 
-fn plan_all(s: &crate::service::Service) -> Vec<RestoreJob> {
+/// Every linked restore (an unlinked one is linked first, by its request or the
+/// background: a hydrate of an unlinked chunk does nothing, and the chunk would then be
+/// unlinked, and counted filled, empty).
+pub(crate) fn plan_all(s: &crate::service::Service) -> Vec<RestoreJob> {
     let state = s.state();
     let mut out = Vec::new();
     for (volume_id, r) in state.restoring_volumes() {
+        if !r.linked {
+            continue;
+        }
         let groups = state.volume_chunk_groups(volume_id);
-        let todo = state
-            .backup_segments(r.backup)
-            .into_iter()
-            .filter(|(c, _)| *c >= r.next_chunk)
-            .map(|(c, h)| (c, h, groups.get(&c).copied()))
+        let todo = (0u64..)
+            .zip(state.restore_order(r.backup))
+            .skip(usize::try_from(r.next_position).unwrap_or(usize::MAX))
+            .map(|(p, (c, h))| (p, c, h, groups.get(&c).copied()))
             .collect();
         out.push(RestoreJob {
             volume_id,
@@ -251,45 +288,59 @@ async fn fill(ctx: Ctx, job: RestoreJob) {
     }
 }
 
-/// A chunk to fill: its segment, its group, when to try next, its back-off, since when it
-/// fails.
-type Left = (Hash, Option<u64>, Instant, Duration, Option<Instant>);
+/// A chunk to fill, by its position in the restore's order.
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    chunk: u64,
+    seg: Hash,
+    group: Option<u64>,
+    /// When to try next, the back-off, since when it fails.
+    next_try: Instant,
+    backoff: Duration,
+    failing_since: Option<Instant>,
+}
 
-/// Fills every chunk, recording progress as the lowest unfilled chunk moves, then done.
-/// A chunk failing is retried, backed off; once it has failed for [`GIVE_UP`] its error is
-/// shown in the restore's meter. Stops (`Err`) if the volume is deleted or done.
+/// Fills and unlinks every chunk, lowest positions first, recording progress as the
+/// lowest position not done moves, then done. A chunk failing is retried, backed off;
+/// once it has failed for [`GIVE_UP`] its error is shown in the restore's meter. Stops
+/// (`Err`) if the volume is deleted or done.
 async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
     ctx.rates.plan(job.volume_id, job.todo.len() as u64);
+    let now = Instant::now();
     let mut left: BTreeMap<u64, Left> = job
         .todo
         .iter()
-        .map(|(c, h, g)| (*c, (*h, *g, Instant::now(), FIRST_BACKOFF, None)))
+        .map(|&(p, chunk, seg, group)| {
+            let l = Left {
+                chunk,
+                seg,
+                group,
+                next_try: now,
+                backoff: FIRST_BACKOFF,
+                failing_since: None,
+            };
+            (p, l)
+        })
         .collect();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut running: JoinSet<(u64, Result<u64, String>)> = JoinSet::new();
-    let mut recorded = job.todo.first().map_or(0, |(c, _, _)| *c);
+    let mut recorded = job.todo.first().map_or(0, |t| t.0);
     let mut recorded_at = Instant::now();
     while !left.is_empty() {
         let t = Instant::now();
-        let ready: Vec<u64> = left
+        let room = ctx.settings.chunks_in_flight.max(1);
+        let ready: Vec<(u64, Left)> = left
             .iter()
-            .filter(|(c, v)| v.1.is_some() && v.2 <= t && !in_flight.contains(c))
-            .map(|(c, _)| *c)
-            .take(
-                ctx.settings
-                    .chunks_in_flight
-                    .max(1)
-                    .saturating_sub(running.len()),
-            )
+            .filter(|(p, l)| l.group.is_some() && l.next_try <= t && !in_flight.contains(p))
+            .map(|(p, l)| (*p, *l))
+            .take(room.saturating_sub(running.len()))
             .collect();
-        for chunk in ready {
-            let Some((seg, Some(group_id), ..)) = left.get(&chunk).copied() else {
-                continue;
-            };
-            in_flight.insert(chunk);
+        for (pos, l) in ready {
+            let Some(group_id) = l.group else { continue };
+            in_flight.insert(pos);
             let (service, store, spec) = (ctx.service.clone(), ctx.store.clone(), ctx.spec.clone());
             let (pace, settings) = (ctx.pace.clone(), ctx.settings.clone());
-            let volume_id = job.volume_id;
+            let (volume_id, unlink_after) = (job.volume_id, ctx.unlink_after);
             running.spawn(async move {
                 let c = ChunkFill {
                     service: &service,
@@ -298,12 +349,13 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                     pace: &pace,
                     settings: &settings,
                     group_id,
+                    unlink_after,
                 };
-                (chunk, hydrate_chunk(c, volume_id, chunk, seg).await)
+                (pos, fill_chunk(c, volume_id, l.chunk, l.seg).await)
             });
         }
         if running.is_empty() {
-            if left.values().all(|v| v.1.is_none()) {
+            if left.values().all(|l| l.group.is_none()) {
                 return Err(format!(
                     "{} chunks have no known group; retried next pass",
                     left.len()
@@ -311,8 +363,8 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
             }
             let wake = left
                 .values()
-                .filter(|v| v.1.is_some())
-                .map(|v| v.2)
+                .filter(|l| l.group.is_some())
+                .map(|l| l.next_try)
                 .min()
                 .unwrap_or(t);
             tokio::time::sleep_until(wake.into()).await;
@@ -321,31 +373,34 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
         let Some(done) = running.join_next().await else {
             continue;
         };
-        let (chunk, r) = done.map_err(|e| format!("a fill task failed: {e}"))?;
-        in_flight.remove(&chunk);
+        let (pos, r) = done.map_err(|e| format!("a fill task failed: {e}"))?;
+        in_flight.remove(&pos);
         match r {
             Ok(bytes) => {
-                left.remove(&chunk);
+                left.remove(&pos);
                 ctx.rates.filled(job.volume_id, bytes);
             }
             Err(e) => {
+                let Some(l) = left.get_mut(&pos) else {
+                    continue;
+                };
+                let chunk = l.chunk;
                 warn!(volume = job.volume_id, chunk, error = %e, "chunk not filled; retried");
-                if let Some(v) = left.get_mut(&chunk) {
-                    let now = Instant::now();
-                    if now.duration_since(*v.4.get_or_insert(now)) >= GIVE_UP {
-                        ctx.rates
-                            .failing(job.volume_id, format!("chunk {chunk}: {e}"));
-                    }
-                    v.2 = now + v.3;
-                    v.3 = (v.3 * 2).min(MAX_BACKOFF);
+                let now = Instant::now();
+                if now.duration_since(*l.failing_since.get_or_insert(now)) >= GIVE_UP {
+                    ctx.rates
+                        .failing(job.volume_id, format!("chunk {chunk}: {e}"));
                 }
+                l.next_try = now + l.backoff;
+                l.backoff = (l.backoff * 2).min(MAX_BACKOFF);
             }
         }
         let next = left.keys().next().copied().unwrap_or(u64::MAX);
         if next > recorded && recorded_at.elapsed() >= PROGRESS_EVERY && !left.is_empty() {
             let m = Mutation::RestoreProgress {
                 volume_id: job.volume_id,
-                next_chunk: next,
+                next_chunk: 0,
+                next_position: next,
             };
             commit_restoring(ctx, job.volume_id, m).await?;
             (recorded, recorded_at) = (next, Instant::now());
@@ -384,12 +439,15 @@ struct ChunkFill<'a> {
     pace: &'a Pace,
     settings: &'a Settings,
     group_id: u64,
+    unlink_after: Instant,
 }
 
-/// Fills one chunk from its segment: the bytes of the regions filled. A manager-wide slot
-/// is held and the regions' bytes paced before the request is sent to the group's leader
-/// (its members looked up now).
-async fn hydrate_chunk(
+/// Fills one chunk from its segment, then unlinks it from the backup: the bytes of the
+/// regions filled. A manager-wide slot is held and the regions' bytes paced before the
+/// fill is sent to the group's leader (its members looked up now); the slot is let go
+/// before the unlink, which waits for `unlink_after`. A segment without any region
+/// (nothing to fill) is only unlinked.
+async fn fill_chunk(
     c: ChunkFill<'_>,
     volume_id: u64,
     chunk: u64,
@@ -405,30 +463,52 @@ async fn hydrate_chunk(
         ));
     }
     let bytes = segment.regions.len() as u64 * REGION_BYTES;
-    let _slot = c.settings.slot().await;
+    let slot = c.settings.slot().await;
     pace.take(bytes).await;
-    let group = resolve(c.service, c.group_id).await?;
-    let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
+    let mut group = resolve(c.service, c.group_id).await?;
+    let mut at = 0;
+    if !segment.regions.is_empty() {
+        let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
+            group_id: group.group_id,
+            volume_id,
+            chunk,
+            store: spec,
+            regions: segment
+                .regions
+                .iter()
+                .map(|(region, h)| RegionRef {
+                    region: *region,
+                    object: Some(*h),
+                })
+                .collect(),
+            window: window.max(1),
+        });
+        at = match call_leader(&group, &req, 0, CHUNK_TIMEOUT).await? {
+            (StorageReply::Done, at) => at,
+            (other, _) => return Err(format!("group {} answered {other:?}", group.group_id)),
+        };
+    }
+    drop(slot);
+    if Instant::now() < c.unlink_after {
+        tokio::time::sleep_until(c.unlink_after.into()).await;
+        // Its members may have changed meanwhile.
+        (group, at) = (resolve(c.service, c.group_id).await?, 0);
+    }
+    // Only once every region's entry is committed: unlinked, a block no layer holds reads
+    // as zeroes, and a late hydrate of it does nothing.
+    let unlink = StorageRequest::Apply {
         group_id: group.group_id,
-        volume_id,
-        chunk,
-        store: spec,
-        regions: segment
-            .regions
-            .iter()
-            .map(|(region, h)| RegionRef {
-                region: *region,
-                object: Some(*h),
-            })
-            .collect(),
-        window: window.max(1),
-    });
-    match call_leader(&group, &req, 0, CHUNK_TIMEOUT).await? {
+        ops: vec![GroupOp::Unlink { volume_id, chunk }],
+    };
+    match call_leader(&group, &unlink, at, UNLINK_TIMEOUT).await? {
         (StorageReply::Done, _) => {
-            debug!(volume = volume_id, chunk, "chunk filled");
+            debug!(volume = volume_id, chunk, "chunk filled and unlinked");
             Ok(bytes)
         }
-        (other, _) => Err(format!("group {} answered {other:?}", group.group_id)),
+        (other, _) => Err(format!(
+            "group {} answered the unlink with {other:?}",
+            group.group_id
+        )),
     }
 }
 

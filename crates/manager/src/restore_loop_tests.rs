@@ -1,39 +1,45 @@
-//! The restore fill against a stand-in node: every chunk of the backup with a segment is
-//! hydrated from its regions, then the restore is recorded done.
+//! The pre-warm against a stand-in node: every chunk of the backup with a segment is
+//! hydrated from its regions, most read first, then unlinked from the backup, then the
+//! restore is recorded done; a restore not linked yet is left alone; progress is a
+//! position in the restore's order; a segment without regions is only unlinked.
 
+use tessera_backup::manifest::{FORMAT, Segment};
+use tessera_proto::control::GroupOp;
 use tokio::sync::watch;
 
 use super::*;
-use crate::backup_loop::tests::{CHUNK, SIZE, harness, object_of, two_backups};
-use crate::state::{RestoreRecord, VolumeRecord};
+use crate::backup_loop::tests::{CHUNK, Harness, SIZE, harness, object_of, two_backups};
+use crate::state::{BackupStats, ChunkSegment, RestoreRecord, VolumeRecord};
 
-/// A volume restored from a backup of chunks 0 and 2 (chunk 1 is zeroes): a
-/// `HydrateChunk` for each of those two naming the segment's regions, none for chunk 1;
-/// then the volume is no longer restoring, and the rate counted every region.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
-    let h = harness(two_backups()).await;
-    h.create_backup(1, 1, None).await;
-    h.back_up(1).await;
+/// Volume 2, "restored", from backup record `backup`, linked or not, every chunk of the
+/// backup placed in group 1.
+async fn restored(h: &Harness, backup: u64, linked: bool) {
+    let chunks = h
+        .read(move |s| s.state().backup_segments(backup))
+        .await
+        .into_keys()
+        .map(|c| (c, 1))
+        .collect();
     let volume = VolumeRecord {
         restore: Some(RestoreRecord {
-            backup: 1,
+            backup,
             store: "local".into(),
             next_chunk: 0,
+            linked,
+            next_position: 0,
         }),
         ..VolumeRecord::new(2, "restored", SIZE, CHUNK, 0)
     };
-    h.commit(Mutation::RestoreVolume {
-        volume,
-        chunks: vec![(0, 1), (1, 1), (2, 1)],
-    })
-    .await;
-    let settings = Settings::new(2, 3);
+    h.commit(Mutation::RestoreVolume { volume, chunks }).await;
+}
+
+/// Runs the pre-warm (one chunk at a time) until volume 2 is no longer restoring.
+async fn prewarm(h: &Harness) {
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(
         h.service.clone(),
         h.stores.clone(),
-        settings,
+        Settings::new(1, 3),
         1 << 40,
         stopped,
     ));
@@ -45,26 +51,131 @@ async fn a_restore_hydrates_every_chunk_with_a_segment_then_is_done() {
     .await;
     let _ = stop.send(true);
     task.await.unwrap();
-    let mut got = h.hydrated.lock().unwrap().clone();
-    got.sort_by_key(|r| r.chunk);
-    let chunks: Vec<u64> = got.iter().map(|r| r.chunk).collect();
-    assert_eq!(chunks, [0, 2]);
+}
+
+fn unlink(chunk: u64) -> Vec<GroupOp> {
+    vec![GroupOp::Unlink {
+        volume_id: 2,
+        chunk,
+    }]
+}
+
+/// A volume restored from a backup of chunks 0 and 2 (chunk 1 is zeroes; chunk 2 was read
+/// 20 times, chunk 0 never): chunk 2 is hydrated then unlinked, then chunk 0; nothing of
+/// chunk 1; then the volume is no longer restoring, and the rate counted every region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_fills_then_unlinks_each_chunk_most_read_first_then_is_done() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    h.back_up(1).await;
+    let reads = h.read(|s| s.state().backup(1).unwrap().reads.clone()).await;
+    assert_eq!(reads, BTreeMap::from([(2, 20)]));
+    restored(&h, 1, true).await;
+    prewarm(&h).await;
+    let calls = h.restore_calls.lock().unwrap().clone();
+    let [
+        StorageRequest::HydrateChunk(c2),
+        StorageRequest::Apply { ops: u2, .. },
+        StorageRequest::HydrateChunk(c0),
+        StorageRequest::Apply { ops: u0, .. },
+    ] = &calls[..]
+    else {
+        panic!("{calls:?}");
+    };
+    assert_eq!((c2.chunk, u2, c0.chunk, u0), (2, &unlink(2), 0, &unlink(0)));
     let regions = |r: &HydrateChunkRequest| -> Vec<(u32, Option<Hash>)> {
         r.regions.iter().map(|g| (g.region, g.object)).collect()
     };
-    assert_eq!(regions(&got[0]), [(0, Some(object_of(1)))]);
+    assert_eq!(regions(c0), [(0, Some(object_of(1)))]);
     assert_eq!(
-        regions(&got[1]),
+        regions(c2),
         [(0, Some(object_of(2))), (1, Some(object_of(3)))]
     );
     assert!(
-        got.iter()
+        [c0, c2]
+            .iter()
             .all(|r| r.volume_id == 2 && r.group_id == 1 && r.window == 3)
     );
     let meters = h.read(|s| s.restore_meters()).await;
     assert!(
         !meters.lock().unwrap().contains_key(&2),
         "the meter is forgotten once done"
+    );
+    h.stop().await;
+}
+
+/// A restore not linked yet is not pre-warmed (a hydrate would do nothing there, and the
+/// unlink would leave the chunk empty); once linked, the plan starts at the recorded
+/// position of the restore's order: chunk 2 (most read) done, chunk 0 left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_linked_restores_are_planned_from_their_recorded_position() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    h.back_up(1).await;
+    restored(&h, 1, false).await;
+    assert!(h.read(plan_all).await.is_empty());
+    h.commit(Mutation::RestoreLinked { volume_id: 2 }).await;
+    let positions: Vec<(u64, u64)> = h
+        .read(|s| plan_all(s)[0].todo.clone())
+        .await
+        .iter()
+        .map(|t| (t.0, t.1))
+        .collect();
+    assert_eq!(positions, [(0, 2), (1, 0)]);
+    h.commit(Mutation::RestoreProgress {
+        volume_id: 2,
+        next_chunk: 0,
+        next_position: 1,
+    })
+    .await;
+    let seg0 = h.read(|s| s.state().backup_segment(1, 0)).await.unwrap();
+    let todo = h.read(|s| plan_all(s)[0].todo.clone()).await;
+    assert_eq!(todo, [(1, 0, seg0, Some(1))]);
+    h.stop().await;
+}
+
+/// A chunk whose segment names no region has nothing to fill: it is unlinked at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_without_objects_is_unlinked_without_a_fill() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    let empty = Segment {
+        format: FORMAT,
+        chunk: 1,
+        regions: Vec::new(),
+    };
+    let (segment, bytes) = empty.encode();
+    h.store
+        .put_if_missing(&tessera_backup::keys::segment(&segment), bytes, false)
+        .await
+        .unwrap();
+    let chunks = vec![ChunkSegment {
+        chunk: 1,
+        segment,
+        objects: Some(Vec::new()),
+        reads: 0,
+    }];
+    let stats = BackupStats::default();
+    h.commit(Mutation::BackupChunks {
+        id: 1,
+        gc_gen: 0,
+        chunks,
+        stats,
+    })
+    .await;
+    let root = Hash([7; 32]);
+    h.commit(Mutation::BackupReady {
+        id: 1,
+        root,
+        finished_unix: 1,
+    })
+    .await;
+    restored(&h, 1, true).await;
+    prewarm(&h).await;
+    let calls = h.restore_calls.lock().unwrap().clone();
+    assert!(
+        matches!(&calls[..], [StorageRequest::Apply { ops, .. }] if *ops == unlink(1)),
+        "{calls:?}"
     );
     h.stop().await;
 }

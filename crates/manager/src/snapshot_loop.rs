@@ -1,6 +1,6 @@
 //! The leading manager's background work on snapshots and clones, every `reconcile_ms`:
-//! finishing snapshots left `Creating` and clones left linking (a manager failed over
-//! mid-request, or a group was unreachable), and carrying every flatten on, one chunk at a
+//! finishing snapshots left `Creating`, clones left linking and restores left unlinked (a
+//! manager failed over mid-request, or a group was unreachable), and carrying every flatten on, one chunk at a
 //! time: its `Flatten` pieces ([`FLATTEN_PIECE`] each, paced to `flatten_bytes_per_sec`),
 //! then `Unlink`, then the chunk recorded unlinked; and starting the reclaims of deleted
 //! snapshots' space (`reclaim_loop`), paced with the flattens by one shared [`Pace`].
@@ -29,7 +29,7 @@ use crate::state::{FLATTEN_PIECE, flatten_pieces};
 
 type Shared = Arc<Mutex<Service>>;
 
-/// How long an unfinished snapshot or clone is left to the request that made it.
+/// How long an unfinished snapshot, clone or restore is left to the request that made it.
 const GRACE: Duration = Duration::from_secs(25);
 /// How long one background finish or one flatten piece may take.
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -191,6 +191,19 @@ async fn read(
     Ok(data)
 }
 
+/// Whether this node leads the chunk's group, from a read of its first block: answered
+/// `Unfilled` by a restored chunk not filled yet, which this node leads all the same.
+async fn leads(raft: &RaftNode, addr: ChunkAddr) -> Result<(), Stop> {
+    let (tx, rx) = oneshot::channel();
+    let req = Request::other(Op::Read, addr, 0, BLOCK as u32);
+    raft.submit(req, Box::new(move |r| drop(tx.send(r))));
+    let what = format!("reading volume {} chunk {}", addr.volume, addr.chunk);
+    match rx.await.ok() {
+        Some(Reply::Unfilled { .. }) => Ok(()),
+        answer => raft_answer(addr.group, &what, answer).map(drop),
+    }
+}
+
 /// Regions of a chunk of `chunk_bytes`, refused past the chunk limit or the request's,
 /// or if not whole blocks.
 fn region_count(chunk_bytes: u64) -> Result<u64, ControlError> {
@@ -427,7 +440,7 @@ async fn fill(node: &Node<'_>, req: &HydrateChunkRequest) -> Result<StorageReply
         chunk: req.chunk,
     };
     // Leader only, learnt before anything is fetched.
-    read(node.raft, addr, 0, 0, BLOCK).await?;
+    leads(node.raft, addr).await?;
     let window = req.window.clamp(1, MAX_WINDOW) as usize;
     // Fetched in order (packing needs it), `window` at once; each task aborted if the
     // request ends first.
@@ -553,4 +566,4 @@ async fn committed(
 
 #[cfg(test)]
 #[path = "backup_tests.rs"]
-mod tests;
+pub(crate) mod tests;

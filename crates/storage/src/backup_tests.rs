@@ -1,5 +1,6 @@
 //! Promises of a leader's backup and hydration of a chunk, on one in-process node (a
-//! single-voter group, real log and chunk files) and a directory store.
+//! single-voter group, real log and chunk files) and a directory store. The node and
+//! store are shared with the lazy fill's tests (`lazy/node_tests.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use tessera_raft::{FetchError, FetchJob, NodeConfig, SnapshotFetcher, Transport}
 
 use super::*;
 
-const GROUP: u64 = 5;
+pub(crate) const GROUP: u64 = 5;
 /// A group of two voters whose second node never answers: never a leader.
 const LEADERLESS: u64 = 6;
 const MIB: u64 = 1 << 20;
@@ -31,12 +32,12 @@ impl SnapshotFetcher for NoCopies {
     }
 }
 
-struct One {
+pub(crate) struct One {
     _tmp: tempfile::TempDir,
-    raft: RaftNode,
-    chunks: Arc<ChunkStores>,
+    pub(crate) raft: RaftNode,
+    pub(crate) chunks: Arc<ChunkStores>,
     stores: StoreCache,
-    store_dir: std::path::PathBuf,
+    pub(crate) store_dir: std::path::PathBuf,
 }
 
 impl One {
@@ -49,7 +50,7 @@ impl One {
         }
     }
 
-    fn spec(&self) -> StoreSpec {
+    pub(crate) fn spec(&self) -> StoreSpec {
         StoreSpec {
             name: "local".into(),
             zone: "zone1".into(),
@@ -59,7 +60,45 @@ impl One {
         }
     }
 
-    async fn call(&self, req: Request) -> Reply {
+    /// Applies `op` through the group's log; returns once it is applied (a read is served
+    /// only then).
+    pub(crate) async fn apply(&self, op: control::GroupOp) {
+        let (tx, rx) = oneshot::channel();
+        self.raft.apply_ops(
+            GROUP,
+            vec![op],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let got = rx.await.expect("an answer");
+        assert!(matches!(got, Reply::Ok(_)), "group op: {got:?}");
+        self.call(Request::other(Op::Read, addr(1), 0, 4096)).await;
+    }
+
+    /// Links chunk 0 of `volume` to backup 9, as a restore does before filling it (a
+    /// hydrate fills only a chunk so linked).
+    pub(crate) async fn restoring(&self, volume: u64) {
+        self.apply(control::GroupOp::Link {
+            volume_id: volume,
+            chunk: 0,
+            parent_volume: control::RESTORED_PARENT,
+            parent_seq: 9,
+        })
+        .await;
+    }
+
+    /// Unlinks chunk 0 of `volume`, as the manager does once it is filled: blocks still
+    /// unheld read as zeroes.
+    async fn filled(&self, volume: u64) {
+        self.apply(control::GroupOp::Unlink {
+            volume_id: volume,
+            chunk: 0,
+        })
+        .await;
+    }
+
+    pub(crate) async fn call(&self, req: Request) -> Reply {
         let (tx, rx) = oneshot::channel();
         self.raft.submit(
             req,
@@ -91,7 +130,7 @@ impl One {
         out
     }
 
-    fn backup(&self, seq: u64, after: u64) -> BackupChunkRequest {
+    pub(crate) fn backup(&self, seq: u64, after: u64) -> BackupChunkRequest {
         BackupChunkRequest {
             group_id: GROUP,
             volume_id: 1,
@@ -117,7 +156,7 @@ impl One {
     }
 }
 
-fn addr(volume: u64) -> ChunkAddr {
+pub(crate) fn addr(volume: u64) -> ChunkAddr {
     ChunkAddr {
         group: GROUP,
         volume,
@@ -133,7 +172,7 @@ fn peer(node_id: u64) -> PeerInfo {
 }
 
 /// One node leading group `GROUP` (and hosting `LEADERLESS`, which it cannot lead).
-async fn one_node() -> One {
+pub(crate) async fn one_node() -> One {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (log, recovered) = Log::open(&tmp.path().join("log"), LogOptions::default()).expect("log");
     let chunks = Arc::new(ChunkStores::open(&tmp.path().join("groups")).expect("chunks"));
@@ -245,16 +284,20 @@ async fn a_chunk_backs_up_its_regions_and_then_only_the_changed_ones() {
     // full one; a block written before the fill keeps its bytes.
     let mut regions = full.regions.clone();
     regions[1] = incremental.regions[0];
+    one.restoring(2).await;
     one.write(2, 4096, vec![0xee; 4096], 1, 4).await;
     let got = hydrate_chunk(one.node(), one.hydrate(2, regions.clone())).await;
     assert_eq!(got, Ok(StorageReply::Done));
+    let got = hydrate_chunk(one.node(), one.hydrate(2, regions.clone())).await;
+    assert_eq!(got, Ok(StorageReply::Done), "filling again");
+    one.filled(2).await;
     let mut want = one.read(1).await;
     want[4096..8192].fill(0xee);
     assert!(
         one.read(2).await == want,
         "the restored chunk reads other bytes"
     );
-    // Filling again changes nothing.
+    // Filling once unlinked (a late or repeated fill) changes nothing.
     let got = hydrate_chunk(one.node(), one.hydrate(2, regions)).await;
     assert_eq!(got, Ok(StorageReply::Done));
     assert!(one.read(2).await == want);
@@ -271,6 +314,7 @@ async fn a_corrupt_object_fails_the_fill_and_writes_nothing() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x55;
     std::fs::write(&path, bytes).expect("corrupt it");
+    one.restoring(3).await;
     let got = hydrate_chunk(one.node(), one.hydrate(3, full.regions.clone())).await;
     match got {
         Err(ControlError::Invalid(m)) => {
@@ -281,6 +325,9 @@ async fn a_corrupt_object_fails_the_fill_and_writes_nothing() {
         }
         other => panic!("a corrupt object: {other:?}"),
     }
+    let got = hydrate_chunk(one.node(), one.hydrate(3, full.regions.clone())).await;
+    assert!(matches!(got, Err(ControlError::Invalid(_))), "{got:?}");
+    one.filled(3).await;
     assert!(
         one.read(3).await.iter().all(|&b| b == 0),
         "something was written"
@@ -368,10 +415,12 @@ async fn a_fill_proposes_whole_regions_packed_into_few_entries() {
         full.regions.iter().filter(|r| r.object.is_some()).count(),
         3
     );
+    one.restoring(2).await;
     let before = commit_index(&one).await;
     let got = hydrate_chunk(one.node(), one.hydrate(2, full.regions.clone())).await;
     assert_eq!(got, Ok(StorageReply::Done));
     assert_eq!(commit_index(&one).await - before, 1, "entries proposed");
+    one.filled(2).await;
     assert!(one.read(2).await == one.read(1).await);
 }
 

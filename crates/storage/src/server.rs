@@ -187,14 +187,21 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let _ = writer.await;
 }
 
-type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
+/// Where a connection's answers are queued, each with the in-flight budget it releases.
+pub(crate) type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
 
 /// A data request to the Raft node, its answer queued on `tx` with the budget `permit` it
 /// took. A read answered `Unfilled` is completed from the backup by a task of the runtime
 /// (`respond` runs on the Raft poller, which must never wait); a partial write of a
 /// restoring chunk waits for its blocks to be filled first (see `lazy`). Client reads
 /// served are counted in the access record.
-fn submit_data(shared: &Arc<Shared>, req: Request, id: u64, tx: Answers, permit: Permit) {
+pub(crate) fn submit_data(
+    shared: &Arc<Shared>,
+    req: Request,
+    id: u64,
+    tx: Answers,
+    permit: Permit,
+) {
     let arrived = std::time::Instant::now();
     let stage = match req.op {
         Op::Read | Op::BlockStatus => &READ,
@@ -273,7 +280,10 @@ async fn long_rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, 
     }
 }
 
-async fn rpc(shared: &Shared, req: StorageRequest) -> Result<StorageReply, ControlError> {
+pub(crate) async fn rpc(
+    shared: &Shared,
+    req: StorageRequest,
+) -> Result<StorageReply, ControlError> {
     match req {
         StorageRequest::DropChunks {
             group_id,

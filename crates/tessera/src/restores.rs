@@ -145,6 +145,7 @@ mod tests {
             hydrated_bytes: 768 << 20,
             eta_secs,
             error: None,
+            linked: true,
         }
     }
 

@@ -92,6 +92,13 @@
 //!   made the chunk files durable (see `link`): entries before the Unlink replay either
 //!   over a chunk still linked, or over their own durable results. Dropping a layer or a
 //!   chunk is idempotent.
+//! - A partial write refused as [`Error::Unfilled`] changes nothing, and a replay refuses
+//!   only what the first run refused: while a chunk is linked to [`RESTORED`] no
+//!   operation makes a block absent (trims over Unfilled are markers; a hydrate fills only
+//!   unheld blocks), so a block its layer held at the first run is held at the replay
+//!   (durably, or again by an earlier entry of the replay). Hence the rule that a
+//!   restored chunk is linked before anything writes it: a write from before the Link,
+//!   replayed over the linked chunk, would be refused where it once completed from zeroes.
 //! - A frozen merge reads only frozen layers (the group's seq floor is above `top`, so no
 //!   entry writes any layer of its range) and rewrites whole every block some layer above
 //!   its target holds: the set and the content are the same each time, whatever of the

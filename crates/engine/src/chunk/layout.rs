@@ -130,7 +130,7 @@ pub fn layer_of(seq: u64) -> u64 {
     seq.max(1)
 }
 
-/// What one block holds, as [`ChunkStore::block_status`] finds it.
+/// What one block holds, as [`super::ChunkStore::block_status`] finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
     /// No layer of the chunk (nor of a parent it reads through to) holds it.

@@ -24,6 +24,7 @@ fn seg(chunk: u64, segment: Hash, objects: &[Hash]) -> ChunkSegment {
         chunk,
         segment,
         objects: Some(objects.to_vec()),
+        reads: 0,
     }
 }
 
@@ -152,9 +153,11 @@ fn populate(store: &Db, s: &mut State) {
         s,
         Mutation::RestoreProgress {
             volume_id: rid,
-            next_chunk: 1,
+            next_chunk: 0,
+            next_position: 1,
         },
     );
+    step(store, s, Mutation::RestoreLinked { volume_id: rid });
     // Every kind of row is there.
     let img = s.backup_image();
     assert_eq!(img.records.len(), 3);

@@ -1,8 +1,9 @@
-//! Which store a restore reads, and what `ListStores` counts.
+//! Which store a restore reads, where a restored chunk is read from, and what
+//! `ListStores` counts.
 
 use tessera_proto::control::{BackupState, ControlError, Hash, NodeRegistration, StoreKind};
 
-use super::{restore_source, store_infos};
+use super::{chunk_source, restore_source, store_infos};
 use crate::state::{ChunkSegment, CopyPlan, Mutation, SnapshotPlan, State};
 use crate::stores::{StoreConfig, Stores};
 
@@ -47,6 +48,7 @@ fn state(copied: bool) -> State {
                 chunk: c,
                 segment: Hash([c as u8 + 10; 32]),
                 objects: Some(vec![Hash([c as u8; 32])]),
+                reads: 0,
             })
             .collect(),
         stats: Default::default(),
@@ -132,4 +134,36 @@ fn stores_are_listed_with_their_counts() {
     assert!(!row("b").default);
     let spec = stores("z1", dir.path()).spec("a").unwrap().clone();
     assert!(matches!(spec.kind, StoreKind::Dir { .. }));
+}
+
+#[test]
+fn a_restored_chunk_is_read_from_the_restores_store_first_as_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = state(true);
+    // Restored from the copy in "b": "b" first, then the backup's "a".
+    s.apply(&s.plan_restore_volume("r", 2, 5, |_| true).unwrap());
+    let id = s.volume_by_name("r").unwrap().id;
+    let z1 = stores("z1", dir.path());
+    let src = chunk_source(&s, &z1, id, 1).unwrap();
+    let names: Vec<&str> = src.stores.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!((src.backup, names), (2, vec!["b", "a"]));
+    assert_eq!(src.stores[0], z1.spec("b").unwrap().clone());
+    assert_eq!(src.segment, Some(Hash([11; 32])));
+    // A chunk the backup holds nothing of: no segment.
+    assert_eq!(chunk_source(&s, &z1, id, 3).unwrap().segment, None);
+    // A store not configured here is left out; none configured: unavailable.
+    let only_c = Stores::open(&[StoreConfig::dir("c", "z1", "/nonexistent/c")], None, "z1");
+    let only_c = only_c.unwrap();
+    assert!(matches!(
+        chunk_source(&s, &only_c, id, 1),
+        Err(ControlError::Unavailable(m)) if m.contains("b, a")
+    ));
+    // Not restoring, or no such volume.
+    let v = s.volume_by_name("v").unwrap().id;
+    for vol in [v, 999] {
+        assert!(matches!(
+            chunk_source(&s, &z1, vol, 0),
+            Err(ControlError::NotFound(_))
+        ));
+    }
 }

@@ -1,23 +1,32 @@
 //! Backup requests: create, list, info, delete, copy, restore a volume from a backup,
-//! prewarm, list stores. The rules are `state::backups`' plans; this file resolves store
-//! names against the configured [`Stores`], picks the store a restore reads, commits, and
-//! answers with the zones and the restore meters (the leading manager's memory) filled in.
+//! prewarm, a restored chunk's source, list stores. The rules are `state::backups`' and
+//! `state::restores`' plans; this file resolves store names against the configured
+//! [`Stores`], picks the store a restore reads, commits, and answers with the zones and
+//! the restore meters (the leading manager's memory) filled in.
+//!
+//! A restore is answered once linked: the request commits the volume unlinked, leaves the
+//! links of its chunks to the server ([`Pending`], as a clone's), then
+//! [`Finish::RestoreLinked`] commits it linked and wakes the pre-warm. A restore left
+//! unlinked (a failover, a group unreachable) is linked by the background (`clones`).
 //!
 //! The uploads, copies, fills and collection themselves are the background jobs'; a
 //! request only records what they are to do. Must never answer for a change that is not
-//! committed.
+//! committed, nor answer a restore usable before it is linked.
 //!
 //! [`Stores`]: crate::stores::Stores
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tessera_proto::control::{BackupInfo, ControlError, ManagerReply, StoreInfo, VolumeInfo};
+use tessera_proto::control::{
+    BackupInfo, ControlError, ManagerReply, RestoreSource, StoreInfo, StoreSpec, VolumeInfo,
+};
+use tracing::info;
 
 use crate::state::{CopyPlan, Mutation, State};
 use crate::stores::Stores;
 
-use super::{Now, Service};
+use super::{Finish, Now, Pending, Reply, Service};
 
 /// What the restore job measured of one restoring volume (leader memory).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,27 +151,74 @@ impl Service {
         }
     }
 
+    /// `volume create --from-backup`: the volume committed unlinked, then answered once
+    /// every chunk is linked ([`Reply::After`]). Asked again for a restore of the same
+    /// backup record still unlinked, links it again.
     pub(super) fn restore_volume(
         &mut self,
         name: &str,
         backup: u64,
         store: Option<&str>,
         now: Now,
-    ) -> Result<ManagerReply, ControlError> {
+    ) -> Reply {
+        match self.plan_restore(name, backup, store, now) {
+            Ok(p) => Reply::After(p),
+            Err(e) => Reply::Done(Err(e)),
+        }
+    }
+
+    fn plan_restore(
+        &mut self,
+        name: &str,
+        backup: u64,
+        store: Option<&str>,
+        now: Now,
+    ) -> Result<Pending, ControlError> {
         let source = restore_source(&self.state, &self.stores, backup, store)?;
-        let live = &self.live;
-        let m = self
-            .state
-            .plan_restore_volume(name, source, now.unix, |g| live.has_quorum(g, now.instant))?;
-        self.commit(m)?;
-        tracing::info!(
-            volume = name,
-            backup,
-            source,
-            "volume created from a backup; filling"
-        );
+        let id = match self.state.restore_to_link(name, source) {
+            Some(id) => id,
+            None => {
+                let live = &self.live;
+                let m = self
+                    .state
+                    .plan_restore_volume(name, source, now.unix, |g| {
+                        live.has_quorum(g, now.instant)
+                    })?;
+                self.commit(m)?;
+                info!(
+                    volume = name,
+                    backup, source, "volume created from a backup; linking its chunks"
+                );
+                self.state.volume_record(name)?.id
+            }
+        };
+        self.restore_pending(id, now)
+    }
+
+    /// The links of restoring volume `volume_id`'s chunks, and their finish.
+    pub(super) fn restore_pending(
+        &self,
+        volume_id: u64,
+        now: Now,
+    ) -> Result<Pending, ControlError> {
+        let ops = self.state.restore_link_ops(volume_id)?;
+        Ok(Pending {
+            jobs: self.group_jobs(ops, now),
+            finish: Finish::RestoreLinked { volume_id },
+        })
+    }
+
+    /// Every chunk of the restore is linked: committed (if still unlinked), the pre-warm
+    /// woken, the volume answered.
+    pub(super) fn restore_linked(&mut self, volume_id: u64) -> Result<ManagerReply, ControlError> {
+        let rec = self.state.volume_record_by_id(volume_id)?;
+        let name = rec.name.clone();
+        if rec.restore.as_ref().is_some_and(|r| !r.linked) {
+            self.commit(Mutation::RestoreLinked { volume_id })?;
+            info!(volume = %name, "restored volume linked to its backup: usable; pre-warming");
+        }
         self.restore_kick.notify_one();
-        let mut v = self.state.volume_by_name(name)?;
+        let mut v = self.state.volume_by_name(&name)?;
         self.add_restore_meter(&mut v);
         Ok(ManagerReply::Volume(v))
     }
@@ -178,16 +234,15 @@ impl Service {
         Ok(ManagerReply::Volume(v))
     }
 
-    /// Where a storage node reads restored chunk `chunk` of volume `volume_id` from: the
-    /// chunk's segment and the stores holding a ready copy of the backup, the restore's
-    /// first. `NotFound` for a volume not restoring.
+    /// Where a storage node reads restored chunk `chunk` of volume `volume_id` from (see
+    /// [`chunk_source`]). Read-only: answered by the leader like any request.
     pub(super) fn restore_source(
         &self,
         volume_id: u64,
         chunk: u64,
     ) -> Result<ManagerReply, ControlError> {
-        let _ = (volume_id, chunk);
-        Err(ControlError::Invalid("restore sources: not yet".into()))
+        chunk_source(&self.state, &self.stores, volume_id, chunk)
+            .map(|r| ManagerReply::RestoreSource(Box::new(r)))
     }
 
     pub(super) fn list_stores(&self) -> ManagerReply {
@@ -247,6 +302,35 @@ pub(super) fn restore_source(
     Ok(backup)
 }
 
+/// Where restored chunk `chunk` of volume `volume_id` is read from: the restore's backup
+/// record, the chunk's segment and the stores holding a ready copy of the backup, the
+/// restore's first, as configured here (credentials included; a store not configured
+/// here is left out). `NotFound` for a volume not restoring; `Unavailable` if the chunk
+/// has a segment and no store of the backup is configured.
+pub(super) fn chunk_source(
+    state: &State,
+    stores: &Stores,
+    volume_id: u64,
+    chunk: u64,
+) -> Result<RestoreSource, ControlError> {
+    let (backup, segment, names) = state.restore_source(volume_id, chunk)?;
+    let specs: Vec<StoreSpec> = names
+        .iter()
+        .filter_map(|n| stores.spec(n).cloned())
+        .collect();
+    if specs.is_empty() && segment.is_some() {
+        return Err(ControlError::Unavailable(format!(
+            "no store holding backup {backup} is configured on the managers ({})",
+            names.join(", ")
+        )));
+    }
+    Ok(RestoreSource {
+        backup,
+        segment,
+        stores: specs,
+    })
+}
+
 /// Every configured store with its counts.
 pub(super) fn store_infos(state: &State, stores: &Stores) -> Vec<StoreInfo> {
     stores
@@ -261,6 +345,9 @@ pub(super) fn store_infos(state: &State, stores: &Stores) -> Vec<StoreInfo> {
         .collect()
 }
 
+#[cfg(test)]
+#[path = "restore_tests.rs"]
+mod restore_tests;
 #[cfg(test)]
 #[path = "backup_tests.rs"]
 mod tests;

@@ -1,6 +1,6 @@
 //! Clone, rollback and flatten requests, and the leading manager's background work on
-//! them: finishing snapshots and clones left unfinished (a failover, an unreachable
-//! group), and the next step of every flatten, all planned from the replicated state so a
+//! them: finishing snapshots, clones and restores' links left unfinished (a failover, an
+//! unreachable group), and the next step of every flatten, all planned from the replicated state so a
 //! new leader carries on where the old one stopped.
 //!
 //! Must never: make a clone usable before every link is committed in its group; roll a
@@ -31,7 +31,7 @@ pub struct FlattenJob {
 /// What the background loop is to do after one look at the state.
 #[derive(Debug, Default)]
 pub struct Background {
-    /// Snapshots still creating and clones still linking, to finish.
+    /// Snapshots still creating, clones still linking and restores not linked, to finish.
     pub finish: Vec<Pending>,
     /// One chunk of every clone being flattened.
     pub flatten: Vec<FlattenJob>,
@@ -135,7 +135,7 @@ impl Service {
     }
 
     /// The background work the replicated state asks for, on the leading manager only:
-    /// creating snapshots and linking clones to finish, the next chunk of every flatten,
+    /// creating snapshots, linking clones and unlinked restores to finish, the next chunk of every flatten,
     /// and the reclaims of deleted snapshots' space. A flatten with nothing left linked is
     /// completed here (its parent cleared).
     pub fn background(&mut self, now: Now, plan_reclaims: bool) -> Background {
@@ -163,6 +163,12 @@ impl Service {
             match self.clone_pending(volume_id, now) {
                 Ok(p) => out.finish.push(p),
                 Err(e) => warn!(volume = volume_id, error = %e, "cannot plan a clone's links"),
+            }
+        }
+        for volume_id in self.state.unlinked_restores() {
+            match self.restore_pending(volume_id, now) {
+                Ok(p) => out.finish.push(p),
+                Err(e) => warn!(volume = volume_id, error = %e, "cannot plan a restore's links"),
             }
         }
         for volume_id in self.state.flattening_clones() {

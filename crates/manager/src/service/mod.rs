@@ -14,10 +14,10 @@
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
 //! leader's background work on them), `reclaims` (the background reclaim of deleted
 //! snapshots' space), `usage` (what `VolumeUsage` asks of which groups), `backups` (backup,
-//! copy, restore and prewarm requests, stores listed).
+//! copy, restore and prewarm requests, a restored chunk's source, stores listed).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
-//! clone's links, a rollback) answers [`Reply::After`]: the server sends them without the
+//! clone's or a restore's links, a rollback) answers [`Reply::After`]: the server sends them without the
 //! lock, then calls [`Service::finish`]. One that asks storage nodes a question
 //! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
 
@@ -161,6 +161,12 @@ impl Service {
         self
     }
 
+    /// Replaces the configured backup stores (tests of a running service).
+    #[cfg(test)]
+    pub(crate) fn set_stores(&mut self, stores: Arc<Stores>) {
+        self.stores = stores;
+    }
+
     /// The configured backup stores (for the backup jobs).
     #[allow(
         dead_code,
@@ -299,7 +305,10 @@ impl Service {
                 name,
                 backup,
                 store,
-            } => self.restore_volume(&name, backup, store.as_deref(), now),
+            } => {
+                let reply = self.restore_volume(&name, backup, store.as_deref(), now);
+                return (reply, orders);
+            }
             ManagerRequest::PrewarmVolume { name } => self.prewarm(&name),
             ManagerRequest::ListStores => Ok(self.list_stores()),
             ManagerRequest::RestoreSource { volume_id, chunk } => {

@@ -40,6 +40,8 @@ pub enum Finish {
     CloneLinked { volume_id: u64 },
     /// The rollback is done: answer the volume.
     RolledBack { volume_id: u64, epoch: u64 },
+    /// Commit the restore linked (usable; its pre-warm starts), answer the volume.
+    RestoreLinked { volume_id: u64 },
 }
 
 impl Finish {
@@ -56,6 +58,10 @@ impl Finish {
             }
             Finish::RolledBack { .. } => {
                 "the rollback is incomplete: the volume's content is mixed until asked again"
+            }
+            Finish::RestoreLinked { .. } => {
+                "the restored volume cannot be attached until linked to its backup; asking \
+                 again (the same restore), or the leading manager in the background, links it"
             }
         }
     }
@@ -183,6 +189,7 @@ impl Service {
                 }
                 self.volume_reply(*volume_id)
             }
+            Finish::RestoreLinked { volume_id } => self.restore_linked(*volume_id),
         }
     }
 

@@ -188,6 +188,7 @@ impl State {
             | Mutation::ReclaimProgress { .. }
             | Mutation::ReclaimDone { .. }
             | Mutation::RestoreProgress { .. }
+            | Mutation::RestoreLinked { .. }
             | Mutation::RestoreDone { .. } => {}
             // Backup changes, applied above as their delta.
             Mutation::CreateBackup(_)

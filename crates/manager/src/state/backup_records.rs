@@ -7,6 +7,7 @@
 //! format: fields added later are `#[serde(default)]`, and none is renamed or retyped
 //! without a format change.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -55,6 +56,11 @@ pub struct BackupRecord {
     pub error: Option<String>,
     #[serde(default)]
     pub stats: BackupStats,
+    /// The access record: chunk → client reads its group's leader had served when the job
+    /// read it (`ChunkUpload.reads`; only non-zero counts). A restore pre-warms the most
+    /// read chunks first. A copy keeps its source's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reads: BTreeMap<u64, u64>,
 }
 
 /// What a backup's job moved; [`super::Mutation::BackupChunks`] adds its increments.
@@ -100,18 +106,35 @@ pub struct ChunkSegment {
     pub segment: Hash,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objects: Option<Vec<Hash>>,
+    /// Client reads of the chunk its group's leader reported (the access record; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reads: u64,
 }
 
 /// A volume created from a backup whose blocks are still being filled from a store.
+///
+/// Its chunks are filled in the restore's order ([`super::State::restore_order`]: most
+/// read first, then by index), a function of the backup record alone, so a position in it
+/// means the same chunk to every manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRecord {
     /// The backup record read (in `store`: the backup or a copy of it).
     pub backup: u64,
     /// The store filled from.
     pub store: String,
-    /// Every chunk of the backup below this one is filled.
+    /// Legacy (restores made before the fill followed the access record): every chunk
+    /// below this one was filled. No longer moved nor read: such a restore is filled again
+    /// from its first position, which is harmless (a hydrate never overwrites a held block).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_chunk: u64,
+    /// Every placed chunk is linked to the backup (`RESTORED_PARENT`) in its group: the
+    /// volume may be attached, its unfilled blocks read from the store by the groups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linked: bool,
+    /// Every chunk at a position below this one in the restore's order is filled and
+    /// unlinked (never moves back).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_position: u64,
 }
 
 /// A key of a store the collector tracks: an object, a segment or a root. Written as the

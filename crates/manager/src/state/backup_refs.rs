@@ -332,8 +332,12 @@ impl State {
                 let same_gen = w.gc_gen(&rec.store) == *gc_gen;
                 let store = rec.store.clone();
                 for c in chunks {
-                    if same_gen || w.seg(&store, c.segment).is_some() {
-                        w.record_chunk(*id, &store, c);
+                    let recorded = (same_gen || w.seg(&store, c.segment).is_some())
+                        && w.record_chunk(*id, &store, c);
+                    // The access record follows the chunks recorded (a skipped one is
+                    // sent again, with its count).
+                    if recorded && c.reads > 0 {
+                        rec.reads.insert(c.chunk, c.reads);
                     }
                 }
                 rec.stats = rec.stats.plus(stats);

@@ -27,6 +27,7 @@ pub(super) fn seg(chunk: u64, segment: Hash, objects: Option<&[Hash]>) -> ChunkS
         chunk,
         segment,
         objects: objects.map(<[Hash]>::to_vec),
+        reads: 0,
     }
 }
 
@@ -373,66 +374,6 @@ fn a_snapshot_an_uploading_backup_reads_is_not_deleted() {
     );
     ready(&mut s, b2, h(22));
     s.plan_delete_snapshot("v", "s1").unwrap();
-}
-
-#[test]
-fn a_restored_volume_is_placed_in_one_mutation_and_attachable_once_filled() {
-    let (mut s, b1, _) = two_backups();
-    assert!(matches!(
-        s.plan_restore_volume("v", b1, 5, |_| true),
-        Err(ControlError::AlreadyExists(_))
-    ));
-    assert!(matches!(
-        s.plan_restore_volume("r", 99, 5, |_| true),
-        Err(ControlError::NotFound(_))
-    ));
-    let m = s.plan_restore_volume("r", b1, 5, |_| true).unwrap();
-    let Mutation::RestoreVolume { volume, chunks } = &m else {
-        panic!("{m:?}");
-    };
-    assert_eq!(chunks.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [0, 1]);
-    assert_eq!(volume.restore.as_ref().unwrap().backup, b1);
-    let id = volume.id;
-    s.apply(&m);
-    assert_eq!(s.next_ids().volume, id + 1);
-    assert_eq!(s.volume_chunk_groups(id).len(), 2);
-    assert_eq!(s.restoring_volumes().len(), 1);
-    let info = s.volume_by_name("r").unwrap();
-    let r = info.restore.unwrap();
-    assert_eq!(
-        (r.backup, r.store.as_str(), r.chunks_total, r.chunks_done),
-        (b1, "a", 2, 0)
-    );
-    let err = s.open_volume("r").unwrap_err();
-    assert!(
-        matches!(&err, ControlError::Unavailable(m)
-            if m.contains("being restored from backup 1 (0 of 2 chunks filled)")),
-        "{err:?}"
-    );
-    // The backup is read: not deleted.
-    let err = s.plan_delete_backup(b1, 9).unwrap_err();
-    assert!(
-        matches!(&err, ControlError::Conflict(m) if m.contains("volume \"r\" restoring")),
-        "{err:?}"
-    );
-    s.apply(&Mutation::RestoreProgress {
-        volume_id: id,
-        next_chunk: 1,
-    });
-    s.apply(&Mutation::RestoreProgress {
-        volume_id: id,
-        next_chunk: 0,
-    });
-    assert_eq!(s.restoring_volumes()[0].1.next_chunk, 1);
-    assert_eq!(
-        s.volume_by_name("r").unwrap().restore.unwrap().chunks_done,
-        1
-    );
-    s.apply(&Mutation::RestoreDone { volume_id: id });
-    assert!(s.restoring_volumes().is_empty());
-    assert!(s.volume_by_name("r").unwrap().restore.is_none());
-    s.open_volume("r").unwrap();
-    s.plan_delete_backup(b1, 9).unwrap();
 }
 
 #[test]

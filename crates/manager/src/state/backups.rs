@@ -1,4 +1,5 @@
-//! Backups in the state: the plans of the backup requests (create, delete, copy, restore),
+//! Backups in the state: the plans of the backup requests (create, delete, copy; restores
+//! are `restores`'),
 //! the queries the background jobs and the answers read, and the refusals that keep what
 //! a job reads in place (a snapshot an uploading backup reads, a backup a restore or a
 //! copy reads). The reference counts and what each mutation changes in them are in
@@ -10,14 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_proto::control::{
-    BackupInfo, BackupState, ControlError, Hash, RestoreInfo, SnapshotState,
-};
+use tessera_proto::control::{BackupInfo, BackupState, ControlError, Hash, SnapshotState};
 
 use crate::volume;
 
-use super::backup_records::{BackupRecord, BackupStats, GcKey, RestoreRecord};
-use super::{GroupRecord, Mutation, State, VolumeRecord};
+use super::backup_records::{BackupRecord, BackupStats, GcKey};
+use super::{Mutation, State};
 
 /// What [`State::plan_copy_backup`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +36,6 @@ pub struct StoreCounts {
     pub objects: u64,
     /// Garbage keys not yet claimed (objects, segments, roots).
     pub garbage: u64,
-}
-
-/// The error for a volume being restored: not attachable or openable yet.
-pub fn restoring(rec: &VolumeRecord, done: u64, total: u64) -> ControlError {
-    let backup = rec.restore.as_ref().map_or(0, |r| r.backup);
-    ControlError::Unavailable(format!(
-        "volume {:?} is being restored from backup {backup} ({done} of {total} chunks \
-         filled); it can be attached once filled (`tessera volume prewarm {}` to resume)",
-        rec.name, rec.name
-    ))
 }
 
 #[allow(
@@ -251,57 +240,6 @@ impl State {
         }
     }
 
-    /// Volumes being restored, by id, with their restore.
-    pub fn restoring_volumes(&self) -> Vec<(u64, RestoreRecord)> {
-        self.volumes
-            .values()
-            .filter_map(|v| v.rec.restore.clone().map(|r| (v.rec.id, r)))
-            .collect()
-    }
-
-    /// A volume's chunk map: chunk → group id (empty for an unknown volume).
-    pub fn volume_chunk_groups(&self, volume_id: u64) -> BTreeMap<u64, u64> {
-        self.volumes
-            .get(&volume_id)
-            .map(|v| v.chunks.clone())
-            .unwrap_or_default()
-    }
-
-    /// `(chunks filled, chunks to fill)` of a restore: the backup's chunks below
-    /// `next_chunk`, and all of them.
-    pub fn restore_progress(&self, r: &RestoreRecord) -> (u64, u64) {
-        let Some(chunks) = self.backups.chunks.get(&r.backup) else {
-            return (0, 0);
-        };
-        (
-            chunks.range(..r.next_chunk).count() as u64,
-            chunks.len() as u64,
-        )
-    }
-
-    /// What `VolumeInfo.restore` says of a restoring volume (the rate and ETA are the
-    /// leading manager's to add).
-    pub fn restore_info(&self, rec: &VolumeRecord) -> Option<RestoreInfo> {
-        let r = rec.restore.as_ref()?;
-        let (done, total) = self.restore_progress(r);
-        Some(RestoreInfo {
-            backup: r.backup,
-            store: r.store.clone(),
-            chunks_total: total,
-            chunks_done: done,
-            hydrated_bytes: 0,
-            eta_secs: None,
-            error: None,
-        })
-    }
-
-    /// The refusal to attach or open a volume being restored (`None`: not restoring).
-    pub fn restoring_error(&self, rec: &VolumeRecord) -> Option<ControlError> {
-        let r = rec.restore.as_ref()?;
-        let (done, total) = self.restore_progress(r);
-        Some(restoring(rec, done, total))
-    }
-
     /// A backup as reported; the zone is the configuration's to fill in.
     pub fn backup_info(&self, id: u64) -> Result<BackupInfo, ControlError> {
         let r = self
@@ -436,6 +374,7 @@ impl State {
             root: None,
             error: None,
             stats: BackupStats::default(),
+            reads: Default::default(),
         }))
     }
 
@@ -524,42 +463,6 @@ impl State {
                 ..r.clone()
             },
         ))))
-    }
-
-    /// Volume `name` from ready backup record `backup` (in the store to read, chosen by the
-    /// caller): its record with the backup's size and chunk size and a restore, and every
-    /// chunk the backup holds data of placed as provisioning would (least-loaded usable
-    /// group), in one mutation.
-    pub fn plan_restore_volume(
-        &self,
-        name: &str,
-        backup: u64,
-        now_unix: u64,
-        usable: impl Fn(&GroupRecord) -> bool,
-    ) -> Result<Mutation, ControlError> {
-        volume::validate_name(name)?;
-        let r = self
-            .backup(backup)
-            .ok_or_else(|| ControlError::NotFound(format!("backup {backup} not found")))?;
-        if r.state != BackupState::Ready {
-            return Err(ControlError::Invalid(format!(
-                "backup {backup} is not ready ({:?}); only a ready backup is restored",
-                r.state
-            )));
-        }
-        if self.by_name.contains_key(name) {
-            return Err(ControlError::AlreadyExists(format!(
-                "volume {name:?} already exists"
-            )));
-        }
-        let chunks = self.place_chunks(self.backup_segments(backup).into_keys(), usable)?;
-        let mut volume = VolumeRecord::new(self.next.volume, name, r.size, r.chunk_size, now_unix);
-        volume.restore = Some(RestoreRecord {
-            backup,
-            store: r.store.clone(),
-            next_chunk: 0,
-        });
-        Ok(Mutation::RestoreVolume { volume, chunks })
     }
 
     /// The uploading backup (not a copy) of volume `volume_id`, if any: the volume is not

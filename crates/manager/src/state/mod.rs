@@ -17,8 +17,9 @@
 //! `snapshots` (the cut, readiness, deletion, and the record changes of snapshots and
 //! clones), `clones` (cloning, flatten steps, rollback), `reclaims` (the space of deleted
 //! snapshots: what a deletion records, its progress, the work it plans), `pieces` (the
-//! ops of a flatten's and a reclaim's chunk, piece by piece), `backups` (backup, copy and
-//! restore plans and queries), `backup_refs` (each store's reference counts, garbage,
+//! ops of a flatten's and a reclaim's chunk, piece by piece), `backups` (backup and copy
+//! plans and queries), `restores` (a restore's plan, links, fill order, progress, source
+//! and refusals), `backup_refs` (each store's reference counts, garbage,
 //! claims and `gc_gen`, and the [`BackupDelta`] a backup mutation makes, which both
 //! `apply` and the database write), `backup_records`, `backup_image` (the backup rows).
 
@@ -35,6 +36,7 @@ mod nodes;
 mod pieces;
 mod reclaims;
 mod records;
+mod restores;
 mod routes;
 mod snapshots;
 mod volumes;
@@ -45,6 +47,8 @@ mod backup_fix_tests;
 mod backup_tests;
 #[cfg(test)]
 mod reclaim_tests;
+#[cfg(test)]
+mod restore_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
@@ -65,7 +69,7 @@ pub use backup_refs::BackupDelta;
     unused_imports,
     reason = "the backup jobs (backup_loop, copy_loop, gc_loop, restore_loop) use these"
 )]
-pub use backups::{CopyPlan, StoreCounts, restoring};
+pub use backups::{CopyPlan, StoreCounts};
 pub use clones::{ClonePlan, FlattenStep};
 pub use mutation::{Mutation, NextIds, ReclaimOf};
 pub use pieces::{FLATTEN_PIECE, flatten_pieces, reclaim_ops};

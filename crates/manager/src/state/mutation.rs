@@ -187,12 +187,22 @@ pub enum Mutation {
         volume: VolumeRecord,
         chunks: Vec<(u64, u64)>,
     },
-    /// Every chunk of the restore below `next_chunk` is filled (never moves back).
+    /// Every chunk of the restore at a position below `next_position` in its order is
+    /// filled and unlinked (never moves back). `next_chunk`: legacy (the lowest chunk not
+    /// filled, in index order), kept for entries written before; no longer acted on.
     RestoreProgress {
         volume_id: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
         next_chunk: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        next_position: u64,
     },
-    /// Every chunk is filled: the volume forgets its restore and may be attached.
+    /// Every placed chunk of the restore is linked to its backup in its group: the volume
+    /// may be attached (ignored if it is no longer restoring).
+    RestoreLinked {
+        volume_id: u64,
+    },
+    /// Every chunk is filled and unlinked: the volume forgets its restore.
     RestoreDone {
         volume_id: u64,
     },
@@ -285,6 +295,7 @@ impl NextIds {
             | Mutation::GcClaim { .. }
             | Mutation::GcDeleted { .. }
             | Mutation::RestoreProgress { .. }
+            | Mutation::RestoreLinked { .. }
             | Mutation::RestoreDone { .. } => {}
         }
         n

@@ -26,7 +26,8 @@ fn page_limit(limit: u32) -> usize {
 
 impl State {
     /// The volume by name and the first page of its groups ([`State::group_page`]); a
-    /// clone still linking is not opened (`Unavailable`).
+    /// clone still linking, or a restore not linked to its backup yet, is not opened
+    /// (`Unavailable`). A linked restore is: its groups fetch what is not filled yet.
     pub fn open_volume(&self, name: &str) -> Result<(VolumeInfo, RoutePage), ControlError> {
         let id = self.id_of(name)?;
         let v = &self.volumes[&id];
@@ -36,7 +37,7 @@ impl State {
         if v.rec.rolling_back.is_some() {
             return Err(super::rolling_back(&v.rec));
         }
-        if let Some(e) = self.restoring_error(&v.rec) {
+        if let Some(e) = self.unlinked_error(&v.rec) {
             return Err(e);
         }
         Ok((self.info(v), self.group_page(id, 0)?))

@@ -31,6 +31,7 @@ pub fn record_change_of(m: &Mutation) -> Option<u64> {
         | Mutation::ReclaimProgress { volume_id, .. }
         | Mutation::ReclaimDone { volume_id, .. }
         | Mutation::RestoreProgress { volume_id, .. }
+        | Mutation::RestoreLinked { volume_id }
         | Mutation::RestoreDone { volume_id } => Some(*volume_id),
         _ => None,
     }
@@ -65,9 +66,14 @@ pub fn change_record(rec: &mut VolumeRecord, m: &Mutation) {
             reclaims::change(rec, m);
         }
         Mutation::RollbackDone { epoch, .. } if rec.epoch == *epoch => rec.rolling_back = None,
-        Mutation::RestoreProgress { next_chunk, .. } => {
+        Mutation::RestoreProgress { next_position, .. } => {
             if let Some(r) = &mut rec.restore {
-                r.next_chunk = r.next_chunk.max(*next_chunk);
+                r.next_position = r.next_position.max(*next_position);
+            }
+        }
+        Mutation::RestoreLinked { .. } => {
+            if let Some(r) = &mut rec.restore {
+                r.linked = true;
             }
         }
         Mutation::RestoreDone { .. } => rec.restore = None,

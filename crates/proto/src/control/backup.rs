@@ -346,6 +346,10 @@ pub struct RestoreInfo {
     /// (it is still retried, backed off). Absent while the fill goes well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Every chunk is linked to the backup: the volume can be attached and used; blocks not
+    /// filled yet are read from the store by its groups. False: not usable yet.
+    #[serde(default)]
+    pub linked: bool,
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ mod blocks;
 mod cache;
 mod fetch;
 mod flight;
+#[cfg(test)]
+mod node_tests;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -150,6 +152,7 @@ impl Lazy {
                     chunk = addr.chunk,
                     "read of unfilled blocks failed: {e}"
                 );
+                self.sources.forget(addr.volume, addr.chunk);
                 Reply::Unavailable(e)
             }
         }
@@ -185,6 +188,7 @@ impl Lazy {
                     chunk = addr.chunk,
                     "partial write over an unfilled block failed: {e}"
                 );
+                self.sources.forget(addr.volume, addr.chunk);
                 Reply::Unavailable(e)
             };
             let source = self.source(addr.volume, addr.chunk).await.map_err(failed)?;

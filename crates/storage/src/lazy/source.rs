@@ -5,7 +5,8 @@
 //! The segment is read bounded (`manifest::MAX_MANIFEST_BYTES`) and verified against its
 //! name before it is trusted, from the first store that has it whole (the next one after
 //! any failure, logged). Sources are cached ([`MAX_SOURCES`] chunks), never a failure: a
-//! chunk the managers know no restore of is asked again next time.
+//! chunk the managers know no restore of is asked again next time, and so is one whose
+//! fetch failed in every store its source names.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,12 @@ impl Sources {
         let source = flight.await?;
         self.lock().insert(key, source.clone());
         Ok(source)
+    }
+
+    /// Forgets the chunk's source: a fetch failed in every store it names, and the
+    /// managers may know another by the next read (a copy made ready since).
+    pub(crate) fn forget(&self, volume: u64, chunk: u64) {
+        self.lock().remove(&(volume, chunk));
     }
 
     /// Sources cached now.

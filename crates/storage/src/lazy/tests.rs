@@ -56,7 +56,7 @@ fn unfilled_blocks_lie_in_their_regions_each_named_once() {
 
 /// A region's bytes: each block filled with one non-zero byte, another for each block
 /// and region (so that no two regions are one object).
-fn region_bytes(r: u32, blocks: usize) -> Vec<u8> {
+pub(super) fn region_bytes(r: u32, blocks: usize) -> Vec<u8> {
     let mut v = vec![0u8; blocks * BLOCK as usize];
     for (i, b) in v.chunks_mut(BLOCK as usize).enumerate() {
         b.fill(1 + ((r as usize * 37 + i) % 250) as u8);
@@ -184,6 +184,11 @@ async fn sources_are_cached_once_found_and_never_a_failure() {
         2,
         "the cached source is not asked again"
     );
+    // Forgotten (a fetch failed in every store it names): asked again.
+    sources.forget(1, 0);
+    assert_eq!(sources.cached(), 0);
+    sources.get(1, 0, ask(true)).await.expect("found again");
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
 }
 
 #[test]
@@ -198,6 +203,14 @@ fn bounded_caches_forget_their_oldest_entries_first() {
         (None, Some("b"), Some("c"))
     );
     assert_eq!(b.len(), 2);
+    // Removed and inserted anew, an entry is the newest: the next to go is 3.
+    b.remove(&2);
+    b.insert(2, "b2");
+    b.insert(4, "d");
+    assert_eq!(
+        (b.get(&2), b.get(&3), b.get(&4)),
+        (Some("b2"), None, Some("d"))
+    );
 }
 
 #[test]

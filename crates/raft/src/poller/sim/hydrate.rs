@@ -1,7 +1,9 @@
 //! A restore's fill through a group's log (`Event::Hydrate`, `RaftNode::hydrate`) on three
-//! simulated replicas: answered once committed, applied by every replica where nothing
-//! was written (a client's write before it keeps its bytes), refused off the leader and
-//! for a range that could never apply.
+//! simulated replicas: answered once committed, applied by every replica of the chunk
+//! linked to the backup where nothing was written (a client's write before it keeps its
+//! bytes), refused off the leader and for a range that could never apply.
+
+use tessera_proto::control::{GroupOp, RESTORED_PARENT};
 
 use super::*;
 
@@ -51,6 +53,21 @@ fn a_hydrate_fills_every_replica_but_never_over_a_write() {
         volume: 9,
         chunk: 0,
     };
+    // The manager links the restored chunk to its backup before anything writes it (a
+    // hydrate of a chunk not linked to it does nothing).
+    let (ls, respond) = slot();
+    sim.node(leader).unwrap().poller.handle(Event::GroupOps {
+        group: GROUP,
+        ops: vec![GroupOp::Link {
+            volume_id: 9,
+            chunk: 0,
+            parent_volume: RESTORED_PARENT,
+            parent_seq: 1,
+        }],
+        respond,
+    });
+    let got = answer(&mut sim, &ls, &mut step);
+    assert!(matches!(got, Reply::Ok(_)), "the link: {got:?}");
     // A client's write of block 1 before the fill.
     let mut w = Request::write(addr, 4096, Bytes::from(vec![0xee; 4096]));
     w.id = 1 << 100;

@@ -1,0 +1,117 @@
+//! A restore request through a leading service and a stand-in node: answered once every
+//! placed chunk is linked to the backup in its group, attachable only then, its links
+//! planned by the background while it is unlinked, and its chunks' source answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_proto::control::{
+    ControlError, GroupOp, ManagerReply, ManagerRequest, RESTORED_PARENT, RestoreSource,
+};
+
+use crate::backup_jobs::{locked, now};
+use crate::backup_loop::tests::{Harness, harness, two_backups};
+use crate::group_calls;
+use crate::service::{Finish, Reply};
+use crate::stores::{StoreConfig, Stores};
+
+async fn ask(h: &Harness, req: ManagerRequest) -> Reply {
+    locked(&h.service, move |s| Ok(s.handle(req, now()).0))
+        .await
+        .unwrap()
+}
+
+async fn attach(h: &Harness) -> Result<ManagerReply, ControlError> {
+    let req = ManagerRequest::AttachVolume {
+        name: "r".into(),
+        client: "c".into(),
+        paged: false,
+    };
+    match ask(h, req).await {
+        Reply::Done(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_is_answered_once_linked_and_attachable_only_then() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    h.back_up(1).await;
+    let path = h.dir.path().join("store").display().to_string();
+    let stores = Stores::open(&[StoreConfig::dir("local", "z1", &path)], None, "z1").unwrap();
+    let stores = Arc::new(stores);
+    let set = stores.clone();
+    locked(&h.service, move |s| {
+        s.set_stores(set);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let req = ManagerRequest::RestoreVolume {
+        name: "r".into(),
+        backup: 1,
+        store: None,
+    };
+    let Reply::After(pending) = ask(&h, req).await else {
+        panic!("a restore is answered once linked");
+    };
+    assert_eq!(pending.finish, Finish::RestoreLinked { volume_id: 2 });
+    let ops: Vec<GroupOp> = pending
+        .jobs
+        .iter()
+        .flat_map(|j| j.batches.concat())
+        .collect();
+    let link = |chunk| GroupOp::Link {
+        volume_id: 2,
+        chunk,
+        parent_volume: RESTORED_PARENT,
+        parent_seq: 1,
+    };
+    assert_eq!(ops, [link(0), link(2)]);
+    // Unlinked (the request's links not sent yet): not attachable; the background would
+    // link it.
+    let err = attach(&h).await.unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Unavailable(m) if m.contains("linked")),
+        "{err:?}"
+    );
+    let finish = locked(&h.service, |s| Ok(s.background(now(), false).finish))
+        .await
+        .unwrap();
+    assert!(finish.iter().any(|p| p.finish == pending.finish));
+    // The links applied in the group: answered linked, attachable.
+    let reply = group_calls::finish(&h.service, pending, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ManagerReply::Volume(v) = reply else {
+        panic!("{reply:?}");
+    };
+    assert!(v.restore.is_some_and(|r| r.linked));
+    let applied: Vec<_> = h.restore_calls.lock().unwrap().clone();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert!(matches!(
+        attach(&h).await,
+        Ok(ManagerReply::Attached { .. })
+    ));
+    // Where its chunks' unfilled blocks are read from.
+    let seg = h.read(|s| s.state().backup_segment(1, 2)).await;
+    let Reply::Done(Ok(ManagerReply::RestoreSource(src))) = ask(
+        &h,
+        ManagerRequest::RestoreSource {
+            volume_id: 2,
+            chunk: 2,
+        },
+    )
+    .await
+    else {
+        panic!("a restore source");
+    };
+    let want = RestoreSource {
+        backup: 1,
+        segment: seg,
+        stores: vec![stores.spec("local").unwrap().clone()],
+    };
+    assert_eq!(*src, want);
+    h.stop().await;
+}

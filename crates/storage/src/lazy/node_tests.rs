@@ -1,0 +1,269 @@
+//! The lazy fill on one in-process node (a single-voter group, real log and chunk files,
+//! the engine's restored chunks) and a directory store, through the data port's request
+//! path (`server::submit_data`): reads of unfilled blocks answered with the backup's
+//! bytes then hydrated, partial writes filled first, a fetch failing everywhere answered
+//! `Unavailable`, client reads counted into a backup's report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_backup::{Store, keys, manifest, region};
+use tessera_proto::control::{
+    GroupOp, REGION_BYTES, RESTORED_PARENT, RestoreSource, StorageReply, StorageRequest,
+};
+use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
+use tessera_proto::frame::Frame;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::blocks::BLOCK;
+use super::source::source_of;
+use super::tests::region_bytes;
+use super::{Hash, Lazy};
+use crate::backup::tests::{One, addr, one_node};
+use crate::server::{Shared, submit_data};
+
+const VOLUME: u64 = 1;
+
+/// Links chunk `chunk` of the volume to the backup `9` (a restore), through the log.
+async fn link(one: &One, chunk: u64) {
+    one.apply(GroupOp::Link {
+        volume_id: VOLUME,
+        chunk,
+        parent_volume: RESTORED_PARENT,
+        parent_seq: 9,
+    })
+    .await;
+}
+
+/// Puts the backup of a chunk in the node's store: region 0 and 2 hold data (their
+/// objects), region 1 none. Its segment's answer, as the managers would give it.
+async fn put_backup(one: &One) -> (RestoreSource, [Vec<u8>; 2]) {
+    let store = Store::open(&one.spec()).expect("open");
+    let regions = [region_bytes(0, 256), region_bytes(2, 256)];
+    let mut named = Vec::new();
+    for (r, bytes) in [0u32, 2].into_iter().zip(&regions) {
+        let enc = region::encode(bytes).expect("non-zero");
+        store
+            .put(&keys::object(&enc.hash), enc.bytes)
+            .await
+            .expect("put");
+        named.push((r, enc.hash));
+    }
+    let (segment, bytes) = manifest::Segment {
+        format: manifest::FORMAT,
+        chunk: 0,
+        regions: named,
+    }
+    .encode();
+    store
+        .put(&keys::segment(&segment), bytes)
+        .await
+        .expect("put");
+    let answer = RestoreSource {
+        backup: 9,
+        segment: Some(segment),
+        stores: vec![one.spec()],
+    };
+    (answer, regions)
+}
+
+fn shared_of(one: &One) -> Arc<Shared> {
+    Arc::new(Shared {
+        raft: one.raft.clone(),
+        node_id: 1,
+        capacity: Box::new(|| (0, 0)),
+        chunks: one.chunks.clone(),
+        recovery: Default::default(),
+        descriptors: 0,
+        stores: Default::default(),
+        lazy: Arc::new(Lazy::new(1, Vec::new(), Default::default())),
+        moving: Default::default(),
+    })
+}
+
+/// Caches `answer` as the source of `chunk` (no manager in these tests).
+async fn seed(lazy: &Arc<Lazy>, chunk: u64, answer: RestoreSource) {
+    let stores = lazy.stores.clone();
+    lazy.sources
+        .get(VOLUME, chunk, move || async move {
+            source_of(&stores, 1, chunk, answer).await
+        })
+        .await
+        .expect("source");
+}
+
+/// A request through the data port's path, as a client's.
+async fn submit(shared: &Arc<Shared>, req: Request) -> Reply {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let permit = Arc::new(Semaphore::new(1))
+        .acquire_owned()
+        .await
+        .expect("permit");
+    submit_data(shared, req, 1, tx, permit);
+    let (frame, _): (Frame, _) = rx.recv().await.expect("an answer");
+    let mut body = frame.body.to_vec();
+    body.extend_from_slice(&frame.tail);
+    Reply::decode(&Bytes::from(body)).expect("a reply")
+}
+
+fn chunk_addr(chunk: u64) -> ChunkAddr {
+    ChunkAddr {
+        chunk,
+        ..addr(VOLUME)
+    }
+}
+
+fn read_req(chunk: u64, offset: u64, len: u64) -> Request {
+    Request::other(Op::Read, chunk_addr(chunk), offset as u32, len as u32)
+}
+
+/// Waits until the node's own read path (no lazy fill) serves the range: filled.
+async fn filled(one: &One, chunk: u64, offset: u64, len: u64) -> Bytes {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match one.call(read_req(chunk, offset, len)).await {
+            Reply::Ok(d) => return d,
+            Reply::Unfilled { .. } => {}
+            other => panic!("read: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "never hydrated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn block(v: &[u8], i: u64) -> &[u8] {
+    &v[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize]
+}
+
+/// A read over unfilled blocks answers the backup's bytes (a block the client wrote since
+/// the restore its own), counts in the access record, and the region is then hydrated:
+/// the node's own read path serves it.
+#[tokio::test]
+async fn a_read_of_unfilled_blocks_answers_the_backups_bytes_then_hydrates() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    let mut w = Request::write(chunk_addr(0), BLOCK as u32, Bytes::from(vec![0xAB; 4096]));
+    w.id = 1;
+    assert!(matches!(submit(&shared, w).await, Reply::Ok(_)));
+
+    let got = match submit(&shared, read_req(0, 0, 4 * BLOCK)).await {
+        Reply::Ok(d) => d,
+        other => panic!("read: {other:?}"),
+    };
+    assert_eq!(&got[..BLOCK as usize], block(&regions[0], 0));
+    assert!(
+        block(&got, 1).iter().all(|&b| b == 0xAB),
+        "the client's write lost"
+    );
+    assert_eq!(block(&got, 2), block(&regions[0], 2));
+    assert_eq!(shared.lazy.reads(VOLUME, 0), 1);
+
+    let region0 = filled(&one, 0, 0, REGION_BYTES).await;
+    assert_eq!(block(&region0, 255), block(&regions[0], 255));
+    assert!(
+        block(&region0, 1).iter().all(|&b| b == 0xAB),
+        "hydrated over a write"
+    );
+    // Region 1 has no object: its blocks read as zeroes, with nothing fetched.
+    let got = match submit(&shared, read_req(0, REGION_BYTES, 2 * BLOCK)).await {
+        Reply::Ok(d) => d,
+        other => panic!("read of a zero region: {other:?}"),
+    };
+    assert!(got.iter().all(|&b| b == 0));
+}
+
+/// A partial write over an unfilled block (of a region with an object, and of one
+/// without) completes: the block is filled first, and keeps the backup's other bytes.
+#[tokio::test]
+async fn a_partial_write_over_unfilled_blocks_fills_them_first() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    for (id, at) in [
+        (1u128, 2 * REGION_BYTES + BLOCK + 100),
+        (2, REGION_BYTES + 10),
+    ] {
+        let mut w = Request::write(chunk_addr(0), at as u32, Bytes::from(vec![0xCD; 512]));
+        w.id = id;
+        assert!(Lazy::needs_fill(&shared.chunks, &w));
+        let got = tokio::time::timeout(Duration::from_secs(10), submit(&shared, w))
+            .await
+            .expect("the write never completed");
+        assert!(
+            matches!(got, Reply::Ok(_)),
+            "partial write at {at}: {got:?}"
+        );
+        let b = at / BLOCK;
+        let data = filled(&one, 0, b * BLOCK, BLOCK).await;
+        let inner = (at % BLOCK) as usize;
+        let mut want = if b / 256 == 2 {
+            block(&regions[1], b % 256).to_vec()
+        } else {
+            vec![0u8; BLOCK as usize]
+        };
+        want[inner..inner + 512].fill(0xCD);
+        assert!(data[..] == want[..], "block {b} after a partial write");
+    }
+    // A plain chunk never waits: not restoring.
+    let w = Request::write(chunk_addr(5), 100, Bytes::from(vec![1; 512]));
+    assert!(!Lazy::needs_fill(&shared.chunks, &w));
+}
+
+/// A region whose object no store serves fails the read `Unavailable`, naming the
+/// region, the chunk and the store; nothing is served.
+#[tokio::test]
+async fn a_read_whose_region_no_store_serves_is_unavailable() {
+    let one = one_node().await;
+    let (mut answer, _) = put_backup(&one).await;
+    let (missing, bytes) = manifest::Segment {
+        format: manifest::FORMAT,
+        chunk: 1,
+        regions: vec![(0, Hash([7; 32]))],
+    }
+    .encode();
+    Store::open(&one.spec())
+        .expect("open")
+        .put(&keys::segment(&missing), bytes)
+        .await
+        .expect("put");
+    answer.segment = Some(missing);
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 1, answer).await;
+    link(&one, 1).await;
+    match submit(&shared, read_req(1, 0, BLOCK)).await {
+        Reply::Unavailable(m) => assert!(
+            m.contains("restore: fetching region 0 of chunk 1 from store local"),
+            "{m}"
+        ),
+        other => panic!("read of a region no store serves: {other:?}"),
+    }
+}
+
+/// The access record: the client reads a node served of a chunk are what its backup
+/// reports (`ChunkUpload::reads`), for a restore's pre-warm order; other chunks' reads
+/// are not counted in.
+#[tokio::test]
+async fn a_backup_reports_the_client_reads_of_its_chunk() {
+    let one = one_node().await;
+    let shared = shared_of(&one);
+    let mut w = Request::write(chunk_addr(0), 0, Bytes::from(vec![3; 4096]));
+    w.id = 1;
+    assert!(matches!(submit(&shared, w).await, Reply::Ok(_)));
+    for chunk in [0, 0, 0, 1] {
+        assert!(matches!(
+            submit(&shared, read_req(chunk, 0, BLOCK)).await,
+            Reply::Ok(_)
+        ));
+    }
+    let req = StorageRequest::BackupChunk(one.backup(1, 0));
+    match crate::server::rpc(&shared, req).await {
+        Ok(StorageReply::BackupChunk(u)) => assert_eq!(u.reads, 3, "{u:?}"),
+        other => panic!("backup: {other:?}"),
+    }
+}
