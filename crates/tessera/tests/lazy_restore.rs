@@ -228,7 +228,7 @@ async fn a_lazy_restore_is_usable_at_once_and_ends_independent_of_its_store_s3()
 }
 
 /// A backup in directory store `main`, copied to S3 store `copy` (another zone); two of
-/// its objects (chunks 20 and 30) are then overwritten in `main` with other bytes. A
+/// its objects are then damaged in `main` (chunk 20's garbled, chunk 30's one byte off). A
 /// restore from `main` (the fill paced: it reaches neither chunk for a minute) is
 /// attached at once: both chunks, and then the whole volume, read as the snapshot, and
 /// the copy's store was read.
@@ -247,12 +247,15 @@ async fn a_corrupt_object_is_read_from_a_ready_copy_in_another_store() {
     cli_ok(&c, &["backup", "copy", &id, "--to-store", "copy"]);
     let objects = objects_by_region(&c.store("main").open(), &b.root.expect("root")).await;
     let dir = c.store("main").root.path().join("store");
-    for region in [20, 30] {
+    // Region 20's object garbled throughout (not an object any more), region 30's with one
+    // byte flipped near its end (well formed, but not what its name hashes).
+    for (region, garble) in [(20, true), (30, false)] {
         let path = dir.join(keys::object(&objects[&region]));
         let mut bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (the directory store's layout?)", path.display()));
-        for b in &mut bytes {
-            *b ^= 0x55;
+        match garble {
+            true => bytes.iter_mut().for_each(|b| *b ^= 0x55),
+            false => *bytes.iter_mut().rev().nth(8).expect("an object") ^= 0x01,
         }
         std::fs::write(&path, bytes).expect("corrupt the object");
     }
