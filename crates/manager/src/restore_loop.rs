@@ -7,7 +7,8 @@
 //! by region bytes (`restore_bytes_per_sec`), then the chunk unlinked from the backup
 //! (`GroupOp::Unlink` through its group; a segment without regions is only unlinked); the
 //! progress recorded (`RestoreProgress`: the lowest position not filled and unlinked, which
-//! never moves back), then `RestoreDone` once every chunk is.
+//! never moves back), then, once every chunk is, every chunk unlinked once more (a `Link`
+//! that landed late is undone) and `RestoreDone`.
 //!
 //! Progress is a position in that order, not a chunk index: the order is a function of the
 //! restore's backup record alone, so a new leader resumes at the same chunk; a chunk done
@@ -45,6 +46,7 @@ use tessera_backup::Store;
 use crate::backup_jobs::{
     GIVE_UP, Running, Settings, Shared, Stores, TICK, call_leader, locked, read_segment, resolve,
 };
+use crate::group_calls;
 use crate::pace::Pace;
 use crate::service::{RestoreMeter, RestoreMeters};
 use crate::state::Mutation;
@@ -407,10 +409,26 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
         }
     }
     running.abort_all();
+    unlink_all(ctx, job.volume_id).await?;
     let m = Mutation::RestoreDone {
         volume_id: job.volume_id,
     };
     commit_restoring(ctx, job.volume_id, m).await
+}
+
+/// Unlinks every chunk of the restore once more (one batch per group; idempotent) before
+/// it is recorded done: a `Link` that landed after its chunk's own unlink (a request's or
+/// a background pass's, late) must not leave a filled chunk linked to the backup.
+async fn unlink_all(ctx: &Ctx, volume_id: u64) -> Result<(), String> {
+    let jobs = locked(&ctx.service, move |s| {
+        let ops = s.state().restore_unlink_ops(volume_id)?;
+        s.all_group_jobs(ops, crate::backup_jobs::now())
+    })
+    .await?;
+    let deadline = Instant::now() + UNLINK_TIMEOUT;
+    group_calls::apply_all(jobs, deadline)
+        .await
+        .map_err(|e| format!("unlinking the restore's chunks before it is done: {e}"))
 }
 
 /// Commits `m` if volume `id` still exists and is being restored (else `Err`: the job

@@ -1,6 +1,6 @@
 //! The pre-warm against a stand-in node: every chunk of the backup with a segment is
-//! hydrated from its regions, most read first, then unlinked from the backup, then the
-//! restore is recorded done; a restore not linked yet is left alone; progress is a
+//! hydrated from its regions, most read first, then unlinked from the backup, then every
+//! chunk unlinked once more and the restore recorded done; a restore not linked yet is left alone; progress is a
 //! position in the restore's order; a segment without regions is only unlinked.
 
 use tessera_backup::manifest::{FORMAT, Segment};
@@ -78,11 +78,15 @@ async fn a_restore_fills_then_unlinks_each_chunk_most_read_first_then_is_done() 
         StorageRequest::Apply { ops: u2, .. },
         StorageRequest::HydrateChunk(c0),
         StorageRequest::Apply { ops: u0, .. },
+        StorageRequest::Apply { ops: last, .. },
     ] = &calls[..]
     else {
         panic!("{calls:?}");
     };
     assert_eq!((c2.chunk, u2, c0.chunk, u0), (2, &unlink(2), 0, &unlink(0)));
+    // Before the restore is done, every chunk is unlinked once more, in one batch per
+    // group: a `Link` that landed late is undone.
+    assert_eq!(*last, [unlink(0), unlink(2)].concat());
     let regions = |r: &HydrateChunkRequest| -> Vec<(u32, Option<Hash>)> {
         r.regions.iter().map(|g| (g.region, g.object)).collect()
     };
@@ -174,7 +178,8 @@ async fn a_chunk_without_objects_is_unlinked_without_a_fill() {
     prewarm(&h).await;
     let calls = h.restore_calls.lock().unwrap().clone();
     assert!(
-        matches!(&calls[..], [StorageRequest::Apply { ops, .. }] if *ops == unlink(1)),
+        matches!(&calls[..], [StorageRequest::Apply { ops, .. }, StorageRequest::Apply { ops: last, .. }]
+                 if *ops == unlink(1) && *last == unlink(1)),
         "{calls:?}"
     );
     h.stop().await;

@@ -7,6 +7,11 @@
 //! Everything is planned from the replicated state (`Service::background`), so a new
 //! leader continues from there; a reclaim is not planned again while a pass runs.
 //!
+//! Each unfinished request is looked at again under the lock right before its group ops are
+//! sent (`Service::still_needed`): a restore's `Link` planned before its request linked it
+//! must not reach a chunk the pre-warm already filled and unlinked. A manager that stops
+//! leading stops its finishes at once (the pass's task is aborted; each step checks too).
+//!
 //! Holds no state of its own beyond when it first saw each unfinished request (it leaves
 //! one alone for [`GRACE`], the time the request itself may still be finishing it; doing
 //! it twice would be harmless, only wasteful) and when each reclaim last needed a retry.
@@ -68,15 +73,23 @@ pub async fn run(
         // A reclaim whose job runs is not planned again (planning copies chunk maps).
         let plan_reclaims = reclaiming.as_ref().is_none_or(JoinHandle::is_finished);
         let Ok(work) = tokio::task::spawn_blocking(move || {
-            s.lock()
-                .map(|mut s| s.background(now(), plan_reclaims))
-                .ok()
+            s.lock().ok().map(|mut s| {
+                let leads = s.lead().is_ok();
+                leads.then(|| s.background(now(), plan_reclaims))
+            })
         })
         .await
         else {
             continue;
         };
         let Some(work) = work else { continue };
+        let Some(work) = work else {
+            // Deposed (or not leading yet): what an earlier term planned is not sent on.
+            for task in [finishing.take(), flattening.take()].into_iter().flatten() {
+                task.abort();
+            }
+            continue;
+        };
         let t = Instant::now();
         let keys: Vec<String> = work.finish.iter().map(|p| key(&p.finish)).collect();
         seen.retain(|k, _| keys.contains(k));
@@ -110,9 +123,29 @@ fn key(f: &Finish) -> String {
     format!("{f:?}")
 }
 
-async fn finish_all(service: Shared, due: Vec<Pending>) {
+/// Finishes every request planned, one after another. Each is looked at again right
+/// before its ops are sent (planned at the start, it may wait behind the others for
+/// minutes): one finished meanwhile is skipped, and a manager no longer leading stops.
+pub(crate) async fn finish_all(service: Shared, due: Vec<Pending>) {
     for p in due {
         let what = p.finish.clone();
+        let s = service.clone();
+        let f = what.clone();
+        let needed =
+            tokio::task::spawn_blocking(move || s.lock().ok().map(|mut s| s.still_needed(&f)))
+                .await;
+        match needed {
+            Ok(Some(Ok(true))) => {}
+            Ok(Some(Ok(false))) => {
+                debug!(?what, "finished meanwhile; its ops are not sent");
+                continue;
+            }
+            Ok(Some(Err(e))) => {
+                info!(error = %e, "no longer leading: the background finishes stop");
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        }
         match group_calls::finish(&service, p, DEADLINE).await {
             Ok(_) => info!(?what, "finished in the background"),
             Err(e) => warn!(?what, error = %e, "could not finish in the background; retried later"),

@@ -268,9 +268,19 @@ pub(crate) enum Event {
         respond: Respond,
     },
     Status(Box<dyn FnOnce(Vec<GroupState>) + Send>),
+    UnfilledHook(UnfilledHook),
     Fatal(Fatal),
     Shutdown,
 }
+
+/// Called on the poller (it must not block: hand the work to a task) when a replica's
+/// apply stops at an entry that needs blocks of a restored chunk not filled yet, as
+/// `(group, volume, chunk, blocks)` (block indexes in the chunk). Such an entry was
+/// committed (and acknowledged at commit), so no later entry can fill its blocks first: the
+/// storage node fills them outside the log (`ChunkStore::hydrate` of the backup's verified
+/// bytes, which only fills blocks no layer holds, alike on every replica) and the apply is
+/// retried. Called again while the stall lasts (at most once a second per group).
+pub type UnfilledHook = Arc<dyn Fn(u64, u64, u64, Vec<u32>) + Send + Sync>;
 
 /// Handle to the node's multi-Raft machinery. Cheap to clone; every method only queues an
 /// event for the poller.
@@ -323,6 +333,12 @@ impl RaftNode {
             tx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
         })
+    }
+
+    /// Installs the hook called when an apply stops at blocks of a restored chunk not
+    /// filled yet (see [`UnfilledHook`]); replaces an earlier one.
+    pub fn on_unfilled(&self, hook: UnfilledHook) {
+        let _ = self.tx.send(Event::UnfilledHook(hook));
     }
 
     /// A data-plane request; `respond` gets the answer.

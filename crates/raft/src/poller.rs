@@ -567,6 +567,8 @@ impl Poller {
                 }
             }
             Event::Status(f) => f(self.states(crate::clock::now())),
+            // Contract: the poller keeps it and calls it from a stalled apply (to do).
+            Event::UnfilledHook(hook) => drop(hook),
             Event::Fatal(why) => self.fail(why),
             Event::Shutdown => self.stopped = true,
         }

@@ -192,8 +192,8 @@ pub(crate) type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
 
 /// A data request to the Raft node, its answer queued on `tx` with the budget `permit` it
 /// took. A read answered `Unfilled` is completed from the backup by a task of the runtime
-/// (`respond` runs on the Raft poller, which must never wait); a partial write of a
-/// restoring chunk waits for its blocks to be filled first (see `lazy`). Client reads
+/// (`respond` runs on the Raft poller, which must never wait); a partial write waits for
+/// its partial blocks to be found filled (or filled) first (see `lazy`). Client reads
 /// served are counted in the access record.
 pub(crate) fn submit_data(
     shared: &Arc<Shared>,
@@ -235,7 +235,7 @@ pub(crate) fn submit_data(
             send(reply);
         }
     });
-    if crate::lazy::Lazy::needs_fill(&shared.chunks, &req) {
+    if crate::lazy::Lazy::needs_fill(&req) {
         let shared = shared.clone();
         tokio::spawn(async move {
             match shared.lazy.prepare_write(&shared.raft, &req).await {

@@ -203,7 +203,7 @@ impl Service {
     ) -> Result<Pending, ControlError> {
         let ops = self.state.restore_link_ops(volume_id)?;
         Ok(Pending {
-            jobs: self.group_jobs(ops, now),
+            jobs: self.all_group_jobs(ops, now)?,
             finish: Finish::RestoreLinked { volume_id },
         })
     }

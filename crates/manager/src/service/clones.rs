@@ -73,7 +73,7 @@ impl Service {
     fn clone_pending(&self, volume_id: u64, now: Now) -> Result<Pending, ControlError> {
         let ops = self.state.link_ops(volume_id)?;
         Ok(Pending {
-            jobs: self.group_jobs(ops, now),
+            jobs: self.all_group_jobs(ops, now)?,
             finish: Finish::CloneLinked { volume_id },
         })
     }

@@ -45,6 +45,16 @@ pub enum Finish {
 }
 
 impl Finish {
+    /// The volume it completes a request of.
+    pub fn volume_id(&self) -> u64 {
+        match self {
+            Finish::SnapshotReady { volume_id, .. }
+            | Finish::CloneLinked { volume_id }
+            | Finish::RolledBack { volume_id, .. }
+            | Finish::RestoreLinked { volume_id } => *volume_id,
+        }
+    }
+
     /// What failed, and how to finish it, for an `Unavailable` answer.
     pub fn unfinished(&self) -> &'static str {
         match self {
@@ -193,6 +203,28 @@ impl Service {
         }
     }
 
+    /// Whether `f`'s group ops are still to send, asked right before a background pass
+    /// sends them (it planned them earlier, and each may wait up to its deadline behind
+    /// the others): a restore still unlinked, a clone still linking, a snapshot still
+    /// creating at the same sequence, a rollback still under way at the same epoch.
+    /// `NotLeader` if this manager no longer leads: a deposed leader stops sending. A
+    /// restore's `Link` sent after the request linked it could land after the pre-warm
+    /// unlinked a filled chunk, and leave it linked to the backup after the restore.
+    pub fn still_needed(&mut self, f: &Finish) -> Result<bool, ControlError> {
+        self.lead()?;
+        let Ok(rec) = self.state.volume_record_by_id(f.volume_id()) else {
+            return Ok(false);
+        };
+        Ok(match f {
+            Finish::SnapshotReady { name, seq, .. } => rec
+                .snapshot(name)
+                .is_some_and(|s| s.seq == *seq && s.state == SnapshotState::Creating),
+            Finish::CloneLinked { .. } => rec.linking(),
+            Finish::RolledBack { epoch, .. } => rec.rolling_back.is_some() && rec.epoch == *epoch,
+            Finish::RestoreLinked { .. } => rec.restore.as_ref().is_some_and(|r| !r.linked),
+        })
+    }
+
     pub(super) fn volume_reply(&self, volume_id: u64) -> Result<ManagerReply, ControlError> {
         let name = self.state.volume_record_by_id(volume_id)?.name.clone();
         self.state.volume_by_name(&name).map(ManagerReply::Volume)
@@ -203,6 +235,25 @@ impl Service {
     pub(crate) fn group_jobs(&self, ops: BTreeMap<u64, Vec<GroupOp>>, now: Now) -> Vec<GroupJob> {
         ops.into_iter()
             .filter_map(|(group_id, ops)| self.group_job(group_id, ops, now))
+            .collect()
+    }
+
+    /// [`Service::group_jobs`] for ops that must all be applied before a commit (a clone's
+    /// or a restore's links): `Unavailable` (retried) if a group is not known, rather than
+    /// a job without its ops and a finish that would commit anyway.
+    pub(crate) fn all_group_jobs(
+        &self,
+        ops: BTreeMap<u64, Vec<GroupOp>>,
+        now: Now,
+    ) -> Result<Vec<GroupJob>, ControlError> {
+        ops.into_iter()
+            .map(|(group_id, ops)| {
+                self.group_job(group_id, ops, now).ok_or_else(|| {
+                    ControlError::Unavailable(format!(
+                        "group {group_id} is not known to this manager; retry shortly"
+                    ))
+                })
+            })
             .collect()
     }
 

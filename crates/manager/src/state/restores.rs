@@ -142,6 +142,31 @@ impl State {
         &self,
         volume_id: u64,
     ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
+        self.restore_chunk_ops(volume_id, |chunk, backup| GroupOp::Link {
+            volume_id,
+            chunk,
+            parent_volume: RESTORED_PARENT,
+            parent_seq: backup,
+        })
+    }
+
+    /// The unlinks of every chunk [`State::restore_link_ops`] links, by group: sent once
+    /// more before a restore is recorded done, so that a `Link` that landed late (after
+    /// its chunk's own unlink) is undone. Idempotent. Empty for a volume not restoring.
+    pub fn restore_unlink_ops(
+        &self,
+        volume_id: u64,
+    ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
+        self.restore_chunk_ops(volume_id, |chunk, _| GroupOp::Unlink { volume_id, chunk })
+    }
+
+    /// `op(chunk, backup record)` for every mapped chunk of restoring volume `volume_id`
+    /// the backup holds a segment of, by group.
+    fn restore_chunk_ops(
+        &self,
+        volume_id: u64,
+        op: impl Fn(u64, u64) -> GroupOp,
+    ) -> Result<BTreeMap<u64, Vec<GroupOp>>, ControlError> {
         let v = self.volume(volume_id)?;
         let mut ops: BTreeMap<u64, Vec<GroupOp>> = BTreeMap::new();
         let Some(r) = &v.rec.restore else {
@@ -150,12 +175,7 @@ impl State {
         let segs = self.backups.chunks.get(&r.backup);
         for (chunk, g) in &v.chunks {
             if segs.is_some_and(|s| s.contains_key(chunk)) {
-                ops.entry(*g).or_default().push(GroupOp::Link {
-                    volume_id,
-                    chunk: *chunk,
-                    parent_volume: RESTORED_PARENT,
-                    parent_seq: r.backup,
-                });
+                ops.entry(*g).or_default().push(op(*chunk, r.backup));
             }
         }
         Ok(ops)

@@ -8,8 +8,8 @@
 //!   `Reply::Ok`; then each fetched region proposed once as a hydrate (`RaftNode::hydrate`),
 //!   not waited for. Serving before filling is linearizable: the read's applied index saw
 //!   those blocks unfilled, so the backup's bytes are their value there.
-//! - preparing a partial-block write, zeroing or discard of a restoring chunk
-//!   ([`Lazy::prepare_write`]): each partial block read through the group's read path and,
+//! - preparing a partial-block write, zeroing or discard ([`Lazy::prepare_write`]; of
+//!   any chunk, see [`Lazy::needs_fill`]): each partial block read through the group's read path and,
 //!   if unfilled, its region fetched, hydrated and committed before the write is proposed
 //!   (the engine refuses to complete such a block from zeroes).
 //! - the sources of restored chunks (`source`: the managers' `RestoreSource`, the chunk's
@@ -107,14 +107,16 @@ impl Lazy {
     }
 
     /// Whether `req` must wait for [`Lazy::prepare_write`]: a write, zeroing or discard
-    /// covering a block in part, of a chunk restoring here. Costs a plain chunk one
-    /// in-memory look-up, and only for partial writes.
-    pub(crate) fn needs_fill(chunks: &ChunkStores, req: &Request) -> bool {
+    /// covering a block in part, of any chunk. Not only of chunks this node sees
+    /// restoring: a restore's Link may be committed (the volume already attachable) and not
+    /// yet applied here, or a new leader may not have applied it yet, and a partial write
+    /// proposed then would reach an unfilled block at apply and stall the group. The probe
+    /// is a linearizable read, so it sees every Link committed before the write was sent.
+    /// Costs a partial write one leader read of its partial blocks; whole-block writes
+    /// nothing.
+    pub(crate) fn needs_fill(req: &Request) -> bool {
         matches!(req.op, Op::Write | Op::WriteZeroes | Op::Discard)
             && is_partial(req.offset, req.len)
-            && chunks
-                .existing(req.addr.group)
-                .is_some_and(|s| s.restoring(req.addr.volume, req.addr.chunk))
     }
 
     /// The answer to a client read of `data.len()` bytes at `offset` of the chunk at
