@@ -9,8 +9,8 @@
 //! is held to what this doc says of the files: the open-file budget, sync, writeback,
 //! torn blocks, replay mode.
 //!
-//! Writes are plain `pwrite`s with no fsync (exceptions: a link is durable when made, a
-//! partial write over a block its layer holds as zero syncs its data first, a hydrate that
+//! Writes are plain `pwrite`s with no fsync (exceptions: a link is durable when made, and
+//! a RESTORED link's unlink, a dropped chunk's link deletion, a partial write over a block its layer holds as zero syncs its data first, a hydrate that
 //! filled a block syncs layer 1; see `link`, `place`, `hydrate`): the log is the write-ahead
 //! log, and the caller calls [`ChunkStore::sync`] before compacting it. Writeback starts
 //! after each batch ([`ChunkStore::start_writeback`]): a steady stream, not a burst at each
@@ -64,11 +64,11 @@ mod write;
 
 pub use budget::{BudgetStats, DEFAULT_OPEN_CHUNKS, FileBudget, MAX_OPEN_CHUNKS};
 pub use dropped::DropPin;
+pub use hydrate::FillsExcluded;
 pub use layers::{BlockKind, LayerKey, MergeRange, RESTORED, layer_of};
 pub use layout::{BLOCK_SIZE, MAX_CHUNK};
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -118,12 +118,15 @@ pub struct ChunkStore {
     /// [`ChunkStore::flush_closing`] when the process is out of descriptors), never on the
     /// caller's thread.
     closing: Mutex<Vec<Arc<ChunkFiles>>>,
-    /// Chunks unlinked whose link file the next sync deletes (see `link`). Also held while
-    /// a link file is written, so that a sync never deletes a new link.
+    /// Chunks unlinked whose link file the next sync deletes (see `link`); held while a
+    /// link file is written, so that a sync never deletes a new link.
     unlinked: Mutex<HashSet<Key>>,
     /// Links cut while replaying, still read through by replayed partial writes (see
     /// `link`); forgotten when the replay ends.
     replay_links: Mutex<HashMap<Key, (u64, u64)>>,
+    /// Held by a hydrate from start to end, and by the log's applier around its entries
+    /// ([`ChunkStore::try_exclude_fills`]): a fill outside the log never interleaves.
+    fills: Mutex<()>,
     /// Layers a merge dropped: hidden, their files deleted by the next sync (see `dropped`).
     dropped: Mutex<HashSet<FileKey>>,
     /// How many layers `dropped` holds: a store with none takes no lock to know.
@@ -184,6 +187,7 @@ impl ChunkStore {
             closing: Mutex::new(Vec::new()),
             unlinked: Mutex::new(HashSet::new()),
             replay_links: Mutex::new(HashMap::new()),
+            fills: Mutex::new(()),
             dropped: Mutex::new(HashSet::new()),
             dropped_count: AtomicUsize::new(0),
             drop_pins: Arc::new(AtomicUsize::new(0)),
@@ -537,17 +541,6 @@ impl ChunkStore {
         let data = len(&data)?.div_ceil(BLOCK_SIZE);
         let crcs = len(&crcs)?.div_ceil(CRC_LEN);
         Ok(data.max(crcs))
-    }
-
-    fn measure(&self, key: FileKey, files: &ChunkFiles) {
-        let size = |f: &File| f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
-        let now = size(&files.data) + size(&files.crcs);
-        let before = self.alloc_map().insert(key, now).unwrap_or(0);
-        if now >= before {
-            self.used.fetch_add(now - before, Ordering::Relaxed);
-        } else {
-            self.used.fetch_sub(before - now, Ordering::Relaxed);
-        }
     }
 
     fn volume_dir(&self, volume: u64) -> PathBuf {

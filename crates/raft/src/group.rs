@@ -116,6 +116,10 @@ pub(crate) struct Group {
     pub(crate) stalled: Option<(Instant, String)>,
     /// When this replica, stalled as leader, last asked for a leadership transfer.
     pub(crate) stall_transfer: Option<Instant>,
+    /// The stall is at restored blocks not filled yet: `(volume, chunk, blocks)` for the
+    /// storage node's hook, and when the poller last called it (see `poller::ready`).
+    pub(crate) unfilled: Option<(u64, u64, Vec<u32>)>,
+    pub(crate) unfilled_told: Option<Instant>,
     /// Vote grants not yet handed to raft-rs (see `election.rs`).
     pub(crate) held_votes: HeldVotes,
 }
@@ -268,6 +272,8 @@ impl Group {
             fences,
             stalled: None,
             stall_transfer: None,
+            unfilled: None,
+            unfilled_told: None,
             held_votes: Default::default(),
         })
     }

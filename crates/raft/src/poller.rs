@@ -108,6 +108,8 @@ pub(crate) struct Poller {
     epoch: Instant,
     /// Until then, vote requests are refused (see `admit`): this node just started.
     votes_after: Instant,
+    /// The storage node's hook for applies stalled on unfilled blocks (see `ready.rs`).
+    unfilled_hook: Option<crate::UnfilledHook>,
     /// Chunk flushes and file deletions run inline in the poller task, in order with its
     /// events (the deterministic simulation sets it; production uses helper threads).
     inline_io: bool,
@@ -153,6 +155,7 @@ impl Poller {
             epoch: now,
             votes_after: now + cfg.tick * cfg.election_ticks as u32,
             inline_io: false,
+            unfilled_hook: None,
             cfg,
         })
     }
@@ -567,8 +570,7 @@ impl Poller {
                 }
             }
             Event::Status(f) => f(self.states(crate::clock::now())),
-            // Contract: the poller keeps it and calls it from a stalled apply (to do).
-            Event::UnfilledHook(hook) => drop(hook),
+            Event::UnfilledHook(hook) => self.unfilled_hook = Some(hook),
             Event::Fatal(why) => self.fail(why),
             Event::Shutdown => self.stopped = true,
         }

@@ -151,6 +151,13 @@ fn raft_answer(group: u64, what: &str, answer: Option<Reply>) -> Result<Bytes, S
         Some(Reply::Unavailable(m) | Reply::DiskFull(m) | Reply::Corrupt(m) | Reply::Io(m)) => Err(
             Stop::Failed(ControlError::Unavailable(format!("{what}: {m}"))),
         ),
+        // Never printed whole: it carries the read's data (MiBs).
+        Some(Reply::Unfilled { blocks, .. }) => {
+            Err(Stop::Failed(ControlError::Unavailable(format!(
+                "{what}: chunk not filled from its backup yet ({} blocks unfilled)",
+                blocks.len()
+            ))))
+        }
         Some(other) => Err(Stop::Failed(ControlError::Internal(format!(
             "{what}: {other:?}"
         )))),

@@ -536,3 +536,22 @@ async fn a_request_given_up_on_stops_with_its_connection() {
     until(0).await;
     serving.abort();
 }
+
+/// A read answered `Unfilled` (a chunk still restoring) is named, never printed with the
+/// megabytes of data it carries.
+#[test]
+fn an_unfilled_answer_is_named_not_printed() {
+    let answer = Reply::Unfilled {
+        data: Bytes::from(vec![7u8; 1 << 20]),
+        blocks: vec![1, 2],
+    };
+    match raft_answer(3, "reading chunk 0", Some(answer)) {
+        Err(Stop::Failed(ControlError::Unavailable(m))) => {
+            assert!(m.contains("chunk not filled from its backup yet"), "{m}");
+            assert!(m.len() < 200, "{} bytes of message", m.len());
+        }
+        Err(Stop::Failed(e)) => panic!("{e}"),
+        Err(Stop::NotLeader(_)) => panic!("not leader"),
+        Ok(_) => panic!("an unfilled read answered Ok"),
+    }
+}

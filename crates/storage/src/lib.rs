@@ -15,7 +15,8 @@
 //!   through the group's log (`HydrateChunk`), and the node's cache of open stores.
 //! - `lazy/`: the lazy fill of restored chunks: reads of blocks not filled yet completed
 //!   from the backup's stores, partial writes over them filled first, hydrates proposed;
-//!   the access record backups report.
+//!   an apply stalled on unfilled blocks filled outside the log (the Raft node's unfilled
+//!   hook, installed at start); the access record backups report.
 //! - `replies`: engine and Raft answers as wire replies, in one place.
 //! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
 //! - `fetch/`: copying a replica from a peer (the receiving half of a Raft catch-up), paced
@@ -259,6 +260,9 @@ impl StorageNode {
             cfg.managers.clone(),
             stores.clone(),
         ));
+        // Applies stalled on blocks of a restored chunk not filled yet are filled outside
+        // the log (see `lazy`).
+        lazy.on_unfilled(&raft, chunks.clone());
         let shared = Arc::new(Shared {
             raft: raft.clone(),
             node_id,

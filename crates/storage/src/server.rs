@@ -193,8 +193,9 @@ pub(crate) type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
 /// A data request to the Raft node, its answer queued on `tx` with the budget `permit` it
 /// took. A read answered `Unfilled` is completed from the backup by a task of the runtime
 /// (`respond` runs on the Raft poller, which must never wait); a partial write waits for
-/// its partial blocks to be found filled (or filled) first (see `lazy`). Client reads
-/// served are counted in the access record.
+/// its partial blocks to be found filled (or filled) first, and is answered without being
+/// proposed if they cannot be (see `lazy`). Client reads served are counted in the access
+/// record (cheap: one small shard lock on the poller).
 pub(crate) fn submit_data(
     shared: &Arc<Shared>,
     req: Request,
@@ -290,6 +291,8 @@ pub(crate) async fn rpc(
             volume_id,
             chunks,
         } => {
+            // Their reads no longer matter to any backup.
+            shared.lazy.chunks_dropped(volume_id, &chunks);
             let (otx, orx) = oneshot::channel();
             shared.raft.drop_chunks(
                 group_id,

@@ -18,7 +18,8 @@ pub const ALREADY_EXISTS: i32 = 4;
 /// Refused because of another client's claim: the volume is attached read-write by
 /// someone else (its lease still runs), or this client's attachment was ended; or what it
 /// would delete is still in use (a snapshot with clones, or read by a backup, a restore or
-/// a copy).
+/// a copy), or what it would change is (a volume still being restored takes no snapshot,
+/// clone, rollback or backup until filled, which may take hours).
 pub const REFUSED: i32 = 5;
 /// Transient: the managers or storage nodes did not answer in time. Retry later.
 pub const UNAVAILABLE: i32 = 6;
@@ -34,7 +35,8 @@ Exit codes:
   3  not found (volume, snapshot, node, backup, store)
   4  already exists
   5  refused: attached by another client, this client's attachment ended, or in use
-     (a snapshot with clones; what a backup, restore or copy reads)
+     (a snapshot with clones; what a backup, restore or copy reads; a volume still
+     being restored takes no snapshot, clone, rollback or backup)
   6  unavailable: the cluster did not answer in time; retry later
   7  no space left on the storage nodes";
 

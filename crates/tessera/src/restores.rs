@@ -36,8 +36,8 @@ pub async fn restore(
         _ => {}
     }
     if !wait {
-        if text && v.restore.is_some() {
-            println!("it can be attached once filled; `tessera volume info {name}` shows how far");
+        if text && let Some(r) = &v.restore {
+            println!("{}", usable_line(name, r));
         }
         return Ok(v);
     }
@@ -89,7 +89,7 @@ async fn wait_filled(client: &Client, output: Output, mut v: VolumeInfo) -> Resu
     status.finish();
     if output == Output::Table {
         println!(
-            "volume \"{}\" is filled (waited {}); it can be attached now",
+            "volume \"{}\" is filled (waited {}); it no longer needs the backup's store",
             v.name,
             format_secs(started.elapsed().as_secs())
         );
@@ -97,11 +97,38 @@ async fn wait_filled(client: &Client, output: Output, mut v: VolumeInfo) -> Resu
     Ok(v)
 }
 
-/// What `volume info` says of a volume being filled from a backup.
+/// What `volume create --from-backup` says after creating: usable now (linked: reads of
+/// blocks not filled yet fetch them from the store), or once linked.
+fn usable_line(name: &str, r: &RestoreInfo) -> String {
+    if r.linked {
+        format!(
+            "it is usable now (blocks not filled yet are read from the store); snapshots, \
+             clones and backups of it wait until filled; `tessera volume info {name}` shows \
+             how far"
+        )
+    } else {
+        format!(
+            "it is usable once linked to the backup (shortly); `tessera volume info {name}` \
+             shows when"
+        )
+    }
+}
+
+/// What `volume info` says of a volume being filled from a backup: usable (linked to it)
+/// or still linking, and the fill's progress.
 pub fn restore_line(r: &RestoreInfo) -> String {
+    let state = if r.linked {
+        "usable, filling"
+    } else {
+        "linking (not usable yet)"
+    };
+    let error = r
+        .error
+        .as_ref()
+        .map(|e| format!("; failing: {e}"))
+        .unwrap_or_default();
     format!(
-        "restoring from backup {} in store {}: {}/{} chunks ({}%), {} filled, {}; \
-         attachable once filled",
+        "restoring from backup {} in store {}: {state}: {}/{} chunks ({}%), {} filled, {}{error}",
         r.backup,
         r.store,
         r.chunks_done,
@@ -209,9 +236,21 @@ mod tests {
     fn a_volume_being_filled_shows_backup_store_chunks_and_eta() {
         assert_eq!(
             restore_line(&filling(Some(200))),
-            "restoring from backup 7 in store local: 12/160 chunks (7%), 768 MiB filled, \
-             ETA 3m 20s; attachable once filled"
+            "restoring from backup 7 in store local: usable, filling: 12/160 chunks (7%), \
+             768 MiB filled, ETA 3m 20s"
         );
+        let linking = RestoreInfo {
+            linked: false,
+            error: Some("chunk 3: store local: not found".into()),
+            ..filling(None)
+        };
+        assert_eq!(
+            restore_line(&linking),
+            "restoring from backup 7 in store local: linking (not usable yet): 12/160 chunks \
+             (7%), 768 MiB filled, ETA unknown; failing: chunk 3: store local: not found"
+        );
+        assert!(usable_line("db2", &filling(None)).starts_with("it is usable now"));
+        assert!(usable_line("db2", &linking).contains("once linked"));
         assert!(restore_line(&filling(None)).contains("ETA unknown"));
         assert_eq!(
             fill_line("db2", &filling(Some(45)), Some(85.0 * 1048576.0)),

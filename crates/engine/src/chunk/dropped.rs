@@ -72,11 +72,14 @@ impl ChunkStore {
                 .filter(|k| (k.0, k.1) == (volume, chunk))
                 .map(|k| k.2),
         );
+        // The link first, its deletion durable: a crash part way must never leave a link
+        // without its layers (the chunk would read its parent, or the backup, where the
+        // replayed drop and the entries after it expect nothing).
+        self.remove_link_durably(volume, chunk)?;
+        self.forget_unlinked((volume, chunk));
         for layer in layers {
             self.drop_layer_files(volume, chunk, layer)?;
         }
-        self.remove_link_file(volume, chunk)?;
-        self.forget_unlinked((volume, chunk));
         self.layer_map.forget((volume, chunk));
         self.torn.forget_chunk((volume, chunk));
         Ok(())

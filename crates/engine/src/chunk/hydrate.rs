@@ -43,12 +43,34 @@
 //! failed fdatasync (whose error the kernel reports once per open file) from being
 //! followed by another sync of the same file that finds it clean and reports it durable.
 //!
-//! Links: a hydrate replays before or after its chunk's Unlink exactly as it ran (the link
-//! file goes only at the sync after the Unlink, see `link`): over a chunk still linked it
-//! fills as above, after the Unlink it is a no-op both times. A discard in a layer above
+//! # Fills outside the log
+//!
+//! A partial write committed over an Unfilled block stalls its group's apply for good
+//! unless the block is filled outside the log (an entry behind it can never apply first):
+//! the storage node then calls [`ChunkStore::hydrate`] from a thread of its own, with the
+//! backup's verified bytes, while the Raft poller may retry the apply and serve reads. A
+//! hydrate decides which blocks are missing and then fills them: an entry applied in
+//! between (a client's write of a block it found missing, or an Unlink and a trim) would be
+//! overwritten with the backup's bytes. So a hydrate holds the store's `fills` lock from
+//! start to end, and the applier holds it around its entries ([`ChunkStore::try_exclude_fills`],
+//! never waiting: it applies later). Reads need no lock: a layer's files are read under
+//! their read lock and written (`place`) under their write lock, so a read sees a block
+//! filled or not, never half. Such a fill is what a Hydrate entry of the same bytes would
+//! do, on every replica alike (it fills only blocks no layer holds, whose value is the
+//! backup's), and is durable when it returns (`sync_layer`), so a replay needs no entry
+//! of it: every entry after the stalled one applied over the fill on disk.
+//!
+//! Links: a RESTORED link's Unlink is eager (the link file deleted, durably, before it
+//! returns, see `link`). A hydrate after the Unlink is a no-op at the first run and at the
+//! replay. One before it ran over the linked chunk, but replays over the unlinked one
+//! (unless the replay starts at the Link): a no-op then, which is harmless, because each
+//! hydrate's fills were made durable by its own `sync_layer` before it returned (and any
+//! later entry covering a filled block is replayed too). A discard in a layer above
 //! 1 of a linked restored chunk never makes a block absent that layer 1 lacks (the
 //! Unfilled block below counts as held: a marker), so the set of blocks a replayed
 //! hydrate finds held is the first run's. (A restoring volume takes no snapshot anyway.)
+
+use std::sync::{MutexGuard, PoisonError, TryLockError};
 
 use super::ChunkStore;
 use super::layer_copy::check_whole;
@@ -59,7 +81,38 @@ use super::resolve::{Need, Scope};
 use super::sys::Zeroing;
 use crate::Result;
 
+/// Held by the applier of the store's log entries while it applies them (see
+/// [`ChunkStore::try_exclude_fills`]): no hydrate runs meanwhile.
+pub struct FillsExcluded<'a> {
+    _held: MutexGuard<'a, ()>,
+}
+
 impl ChunkStore {
+    /// For the applier of the log (the Raft poller, which must not block): excludes every
+    /// [`ChunkStore::hydrate`] until the guard is dropped, or `None` if one is running now
+    /// (apply later). Entries applied under it fill with [`ChunkStore::hydrate_excluded`].
+    pub fn try_exclude_fills(&self) -> Option<FillsExcluded<'_>> {
+        match self.fills.try_lock() {
+            Ok(g) => Some(FillsExcluded { _held: g }),
+            Err(TryLockError::Poisoned(p)) => Some(FillsExcluded {
+                _held: p.into_inner(),
+            }),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// [`ChunkStore::hydrate`] by the applier holding `_excluded` (of this store).
+    pub fn hydrate_excluded(
+        &self,
+        _excluded: &FillsExcluded<'_>,
+        volume: u64,
+        chunk: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.fill(volume, chunk, offset, data)
+    }
+
     /// Writes each whole block of `data` (at `offset`, both block-aligned) into layer 1
     /// where no layer of the chunk holds that block (a hole or [`BlockKind::Unfilled`]);
     /// leaves every other block as it is. Does nothing (Ok) to a chunk not linked to
@@ -67,7 +120,16 @@ impl ChunkStore {
     /// [`ChunkStore::sync`]. An all-zero block of `data` is written as zero (the backup
     /// said so). Ranges past the chunk limit and partial blocks are
     /// [`crate::Error::OutOfRange`].
+    ///
+    /// Safe from any thread, beside the applier of the store's log and its reads (see the
+    /// module doc, "Fills outside the log"); waits for the applier's
+    /// [`ChunkStore::try_exclude_fills`] guard, and for another hydrate of the store.
     pub fn hydrate(&self, volume: u64, chunk: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let _fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
+        self.fill(volume, chunk, offset, data)
+    }
+
+    fn fill(&self, volume: u64, chunk: u64, offset: u64, data: &[u8]) -> Result<()> {
         check_whole(volume, chunk, offset, data.len() as u64)?;
         if !self.restoring(volume, chunk) {
             // Filled and unlinked (or never restored): its trims are holes again, which a

@@ -43,8 +43,8 @@
 //!   [`Error::Unfilled`] (no data, every such block named) and changes nothing, also
 //!   while replaying: the caller fills the block first ([`ChunkStore::hydrate`], which
 //!   fills only chunks linked to RESTORED), never from zeroes. Like a clone's, a restored
-//!   chunk is linked before anything writes it. A RESTORED link kept only for a replay
-//!   after an Unlink reads as zeroes (every block the backup held was filled by then).
+//!   chunk is linked before anything writes it. Its Unlink is eager (the link file gone,
+//!   durably, when it returns; no parent kept for a replay: see `link`).
 //!   Flatten, merge and rollback treat Unfilled as a hole (they never meet a restoring
 //!   chunk: the manager refuses them).
 //! - A deleted snapshot's space: [`ChunkStore::merge_layers`] joins the layers `low..=top`
@@ -90,8 +90,9 @@
 //!   always replay over a linked chunk; a clone's chunk is linked before anything writes
 //!   it. Unlink deletes the file only in the next [`ChunkStore::sync`], after that sync
 //!   made the chunk files durable (see `link`): entries before the Unlink replay either
-//!   over a chunk still linked, or over their own durable results. Dropping a layer or a
-//!   chunk is idempotent.
+//!   over a chunk still linked, or over their own durable results; a RESTORED one at
+//!   once, its layers made durable first (see `link`). Dropping a layer or a chunk is
+//!   idempotent (the link goes first).
 //! - A partial write refused as [`Error::Unfilled`] changes nothing, and a replay refuses
 //!   only what the first run refused: while a chunk is linked to [`RESTORED`] no
 //!   operation makes a block absent (trims over Unfilled are markers; a hydrate fills only

@@ -17,9 +17,22 @@
 //! are the other side: a partial write completed from the flatten's copy, whose data page a
 //! crash lost while its checksum reached the disk, would replay completing from below, no
 //! longer the parent. So an Unlink applied while replaying keeps the parent for those
-//! completions alone (`replay_links`, forgotten when the replay ends). `drop_chunk` deletes the
-//! file at once (the chunk's layers go with it). Owns the file and its format; never
-//! touches a layer's files.
+//! completions alone (`replay_links`, forgotten when the replay ends).
+//!
+//! A RESTORED link is the exception: its Unlink is eager. Its apply makes the chunk's
+//! layer files durable (fdatasync), deletes the link file and fsyncs the directory before
+//! it returns (a failed fsync is fatal, as in a sync). Lazy, a crash after a sync made the
+//! files durable (a trim after the Unlink among them, checksum 0 on a plain chunk) but
+//! before the link's deletion was would replay a partial write from before the Unlink
+//! over the chunk linked again and that emptied block: Unfilled, refused where the first
+//! run applied it, and the group stalls. Eager, entries after the Unlink always replay over
+//! a chunk without its link, and those before it never need the link: every block such an
+//! entry completed from was filled by a hydrate that made layer 1 durable before it
+//! returned, or written by an entry that is replayed too (or, if the Link itself is
+//! replayed, linked again and filled again by the replayed hydrates), so no `replay_links`
+//! either. `drop_chunk` deletes the link file first, durably, then the chunk's layers: a
+//! crash never leaves a link without its layers. Owns the file and its format; reads a
+//! layer's files only to make them durable, never deletes or writes them.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -27,7 +40,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::MutexGuard;
 
-use super::layout::Key;
+use super::layout::{Key, RESTORED};
 use super::sys::{fdatasync, sync_chunk_dir};
 use super::{ChunkStore, io_error};
 use crate::{Error, Result, is_out_of_descriptors};
@@ -165,6 +178,10 @@ impl ChunkStore {
     }
 
     pub(super) fn unlink_chunk(&self, volume: u64, chunk: u64) -> Result<()> {
+        let link = self.layer_map.get((volume, chunk)).link;
+        if matches!(link, Some((RESTORED, _))) {
+            return self.unlink_restored(volume, chunk);
+        }
         if self.replaying()
             && let Some(link) = self.layer_map.get((volume, chunk)).link
         {
@@ -175,6 +192,37 @@ impl ChunkStore {
             self.layer_map.set_link((volume, chunk), None, || true);
             unlinked.insert((volume, chunk));
         }
+        Ok(())
+    }
+
+    /// A RESTORED link's eager unlink (see the module doc): the chunk's layers durable, then
+    /// the link file deleted and the deletion durable, then reads stop going through. A
+    /// retry after an error (a directory that could not be opened) does it all again.
+    fn unlink_restored(&self, volume: u64, chunk: u64) -> Result<()> {
+        let mut layers = self.layer_map.get((volume, chunk)).upper;
+        layers.push(1);
+        for layer in layers {
+            if let Some(files) = self.layer_files(volume, chunk, layer, false)? {
+                self.sync_layer(&files, (volume, chunk, layer), true)?;
+            }
+        }
+        // In the order a sync takes them: its failure, then the unlinked chunks.
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unlinked = self.unlinked_set();
+        if let Some(reason) = failure.as_ref() {
+            return Err(Error::Fatal(format!(
+                "an earlier chunk sync failed: {reason}"
+            )));
+        }
+        let path = self.link_file(volume, chunk);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(e, volume, chunk, "deleting the link of")),
+        }
+        sync_link_dir(&self.volume_dir(volume), &mut failure)?;
+        unlinked.remove(&(volume, chunk));
+        self.layer_map.set_link((volume, chunk), None, || true);
         Ok(())
     }
 
@@ -225,6 +273,22 @@ impl ChunkStore {
 
     fn unlinked_set(&self) -> MutexGuard<'_, HashSet<Key>> {
         self.unlinked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes the chunk's link file if it has one, the deletion durable before it returns
+    /// (a failed directory fsync is fatal, as in a sync).
+    pub(super) fn remove_link_durably(&self, volume: u64, chunk: u64) -> Result<()> {
+        if !self.link_file(volume, chunk).exists() {
+            return Ok(());
+        }
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = failure.as_ref() {
+            return Err(Error::Fatal(format!(
+                "an earlier chunk sync failed: {reason}"
+            )));
+        }
+        self.remove_link_file(volume, chunk)?;
+        sync_link_dir(&self.volume_dir(volume), &mut failure)
     }
 
     /// Deletes the chunk's link file if it has one (durable at the next sync).

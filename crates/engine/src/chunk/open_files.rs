@@ -279,3 +279,18 @@ impl ChunkStore {
         self.open.write().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+impl ChunkStore {
+    /// Records the layer's allocated bytes now (see `ChunkStore::used_bytes`).
+    pub(super) fn measure(&self, key: FileKey, files: &ChunkFiles) {
+        use std::os::unix::fs::MetadataExt;
+        let size = |f: &std::fs::File| f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        let now = size(&files.data) + size(&files.crcs);
+        let before = self.alloc_map().insert(key, now).unwrap_or(0);
+        if now >= before {
+            self.used.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+}

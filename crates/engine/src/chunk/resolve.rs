@@ -3,8 +3,8 @@
 //! link's sequence, recursively, at most `MAX_DEPTH` links deep), else nowhere (a hole).
 //! A chunk linked to [`RESTORED`] has no parent to read: its blocks no layer holds are
 //! [`BlockKind::Unfilled`] (zeroes in the data), the backup's, which only the caller can
-//! fetch; a RESTORED link kept only for a replay after an Unlink (`replay_links`) gives
-//! holes (see `hydrate`). Never reads volume `RESTORED`.
+//! fetch; a RESTORED link kept only for a replay after an Unlink (`replay_links`; none is
+//! since that Unlink is eager, see `link`) would give holes. Never reads volume `RESTORED`.
 //!
 //! Reads checksums first and data only of the blocks a layer holds; every block taken from
 //! a layer is verified against its checksum, as a plain read does (a mismatch is

@@ -192,8 +192,9 @@ fn restored_links_are_idempotent_on_chunks_with_or_without_blocks() {
     );
 }
 
-/// An Unlink replayed keeps the parent for the replay's partial writes; a RESTORED one
-/// reads as zeroes there (every block the backup held was filled before the Unlink).
+/// An Unlink of a RESTORED link replayed is eager too, keeping no parent: the replay's
+/// partial writes complete from layer 1, zeroes elsewhere (every block the backup held was
+/// filled, durably, before the Unlink).
 #[test]
 fn a_restored_link_kept_for_a_replay_reads_as_holes() {
     let (_tmp, s) = restored();

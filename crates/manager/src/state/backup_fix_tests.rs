@@ -147,7 +147,7 @@ fn what_an_upload_or_a_restore_reads_is_kept_in_place() {
     let rid = s.volume_by_name("r").unwrap().id;
     let restoring = |e: Result<(), ControlError>| {
         assert!(
-            matches!(&e, Err(ControlError::Unavailable(m)) if m.contains("being restored")),
+            matches!(&e, Err(ControlError::Conflict(m)) if m.contains("being restored")),
             "{e:?}"
         );
     };

@@ -21,6 +21,14 @@ fn unavailable(e: Result<(), ControlError>, says: &str) {
     );
 }
 
+/// Refused as in use (exit 5), not "retry later": a restore may last hours.
+fn in_use(e: Result<(), ControlError>, says: &str) {
+    assert!(
+        matches!(&e, Err(ControlError::Conflict(m)) if m.contains(says)),
+        "{e:?}"
+    );
+}
+
 /// A backup of `v@s1` in store "a" with chunks 0..4, chunk 1 read 5 times and chunk 3
 /// 9 times (0 and 2 never): its id.
 fn read_backup(s: &mut State) -> u64 {
@@ -102,7 +110,7 @@ fn a_restore_is_attachable_once_linked_and_takes_no_snapshot_until_done() {
         Some((true, 0))
     );
     let until = "clones, rollbacks and backups of it are refused until the restore is done";
-    unavailable(s.plan_create_snapshot("r", "x", 1).map(drop), until);
+    in_use(s.plan_create_snapshot("r", "x", 1).map(drop), until);
     // (A snapshot of it, as if cut before: each still refused.)
     s.apply(&Mutation::CutSnapshot {
         volume_id: id,
@@ -114,9 +122,9 @@ fn a_restore_is_attachable_once_linked_and_takes_no_snapshot_until_done() {
             size: 0,
         },
     });
-    unavailable(s.plan_clone("r", "x", "c", 1).map(drop), until);
-    unavailable(s.plan_rollback("r", "x").map(drop), until);
-    unavailable(s.plan_create_backup("r", "x", "a", 1).map(drop), until);
+    in_use(s.plan_clone("r", "x", "c", 1).map(drop), until);
+    in_use(s.plan_rollback("r", "x").map(drop), until);
+    in_use(s.plan_create_backup("r", "x", "a", 1).map(drop), until);
     // The backup is read: not deleted.
     let err = s.plan_delete_backup(b1, 9).unwrap_err();
     assert!(

@@ -31,10 +31,18 @@ use crate::volume;
 use super::backup_records::RestoreRecord;
 use super::{GroupRecord, Mutation, State, VolumeRecord};
 
-/// The error for a volume being restored: `until` says what waits for what.
-fn restoring(rec: &VolumeRecord, done: u64, total: u64, until: &str) -> ControlError {
+/// The error for a volume being restored: `until` says what waits for what; `kind` is
+/// its class (`Conflict`, in use, for what waits for the end of the fill, which may take
+/// hours; `Unavailable`, retry shortly, for what waits only for the links).
+fn restoring(
+    rec: &VolumeRecord,
+    done: u64,
+    total: u64,
+    until: &str,
+    kind: fn(String) -> ControlError,
+) -> ControlError {
     let backup = rec.restore.as_ref().map_or(0, |r| r.backup);
-    ControlError::Unavailable(format!(
+    kind(format!(
         "volume {:?} is being restored from backup {backup} ({done} of {total} chunks \
          filled); {until}",
         rec.name
@@ -105,7 +113,9 @@ impl State {
     }
 
     /// The refusal of a snapshot, clone, rollback or backup of a volume being restored
-    /// (`None`: not restoring): they wait until every chunk is filled.
+    /// (`None`: not restoring): they wait until every chunk is filled. `Conflict` (the
+    /// volume is in use by its restore), not `Unavailable`: a restore may last hours, so
+    /// "retry later" would mislead a script.
     pub fn restoring_error(&self, rec: &VolumeRecord) -> Option<ControlError> {
         let r = rec.restore.as_ref()?;
         let (done, total) = self.restore_progress(r);
@@ -118,6 +128,7 @@ impl State {
                  is done (`tessera volume prewarm {}` resumes the fill)",
                 rec.name
             ),
+            ControlError::Conflict,
         ))
     }
 
@@ -132,6 +143,7 @@ impl State {
             total,
             "it can be attached once its chunks are linked to the backup (the request that \
              created it, or the leading manager in the background, links them; retry shortly)",
+            ControlError::Unavailable,
         ))
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType};
 use tessera_engine::ChunkStore;
-use tessera_engine::chunk::{BlockKind, MergeRange};
+use tessera_engine::chunk::{BlockKind, FillsExcluded, MergeRange};
 use tessera_proto::command::{CmdOp, Command};
 use tessera_proto::data::{BlockState, Op, Reply, Request};
 
@@ -67,11 +67,21 @@ impl Group {
         if self.fetching {
             // Not stalled: waiting for a snapshot's copy, which covers what it could not apply.
             self.note_stall(None);
+            self.unfilled = None;
             return Ok(());
         }
+        // A fill outside the log (the storage node's answer to an apply stalled on unfilled
+        // blocks, from another thread) is running: applied at the next tick or event, never
+        // interleaved with it (see the engine's `hydrate`). Not a stall either.
+        let chunks = self.chunks.clone();
+        let Some(excluded) = chunks.try_exclude_fills() else {
+            self.serve_reads();
+            return Ok(());
+        };
         let before = self.applied;
         let mut stall = None;
         let mut waiting = false;
+        let mut unfilled = None;
         while let Some(front) = self.to_apply.front() {
             if front.get_entry_type() != EntryType::EntryNormal {
                 let e = front.clone();
@@ -85,7 +95,7 @@ impl Group {
                 EntryType::EntryNormal if injected_stall(self.raw.raft.id, self.id) => Err(
                     tessera_engine::Error::DiskFull("injected: raft::apply fail point".into()),
                 ),
-                EntryType::EntryNormal => apply_entry(&self.chunks, self.id, e),
+                EntryType::EntryNormal => apply_entry(&chunks, &excluded, self.id, e),
                 _ => Ok(()),
             };
             let result = skip_optional_work(self.id, e, result);
@@ -105,16 +115,21 @@ impl Group {
                     stall = Some(format!("entry {} meets a corrupt block: {msg}", e.index));
                     break;
                 }
-                // A partial-block write over a restored block not filled yet: the storage
-                // node fills such blocks before it proposes the write, so this is a bug
-                // somewhere; stalled (visible, retried), never completed from zeroes.
+                // A partial-block write over a restored block not filled yet (the storage
+                // node fills such blocks before it proposes the write, but a Link may
+                // commit before it knows): stalled, never completed from zeroes. No later
+                // entry can fill them first: the poller tells the storage node's hook,
+                // which fills them outside the log, and the apply is retried.
                 Err(tessera_engine::Error::Unfilled(u)) => {
-                    tracing::error!(
+                    tracing::warn!(
                         group = self.id,
                         index = e.index,
                         blocks = ?u.blocks,
                         "apply stalled: an entry needs restored blocks not filled yet"
                     );
+                    unfilled = Command::decode(&e.data)
+                        .ok()
+                        .map(|c| (c.volume, c.chunk, u.blocks.clone()));
                     stall = Some(format!(
                         "entry {} needs {} restored block(s) not filled yet",
                         e.index,
@@ -147,12 +162,19 @@ impl Group {
             self.applied_term = term;
             self.store.lock().applied = (index, term);
         }
+        drop(excluded);
         if self.applied != before {
             self.raw.advance_apply_to(self.applied);
             self.chunks.start_writeback();
         }
         if !waiting {
             self.note_stall(stall);
+        }
+        if unfilled.is_none() && !waiting {
+            self.unfilled_told = None;
+        }
+        if !waiting {
+            self.unfilled = unfilled;
         }
         self.serve_reads();
         Ok(())
@@ -224,7 +246,12 @@ impl Group {
     }
 }
 
-fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Result<()> {
+fn apply_entry(
+    chunks: &ChunkStore,
+    excluded: &FillsExcluded<'_>,
+    group: u64,
+    e: &Entry,
+) -> tessera_engine::Result<()> {
     if e.data.is_empty() {
         return Ok(());
     }
@@ -239,7 +266,7 @@ fn apply_entry(chunks: &ChunkStore, group: u64, e: &Entry) -> tessera_engine::Re
     };
     let (off, len) = (cmd.offset as u64, cmd.len as u64);
     let (v, c) = (cmd.volume, cmd.chunk);
-    let res = apply_command(chunks, group, e.index, &cmd, (v, c), (off, len));
+    let res = apply_command((chunks, excluded), group, e.index, &cmd, (v, c), (off, len));
     // The manager's operations may meet a chunk in a state they do not fit (a link to a
     // second parent, a flatten or a hydrate past the chunk's end): the engine refuses those the same on
     // every replica, so skipping the entry keeps the replicas identical, where stopping
@@ -327,7 +354,7 @@ fn refused(e: &tessera_engine::Error) -> bool {
 const _: () = assert!(tessera_engine::chunk::RESTORED == tessera_proto::control::RESTORED_PARENT);
 
 fn apply_command(
-    chunks: &ChunkStore,
+    (chunks, excluded): (&ChunkStore, &FillsExcluded<'_>),
     group: u64,
     index: u64,
     cmd: &Command,
@@ -340,7 +367,7 @@ fn apply_command(
         CmdOp::WriteZeroes => chunks.write_zeroes_seq(v, c, off, len, cmd.seq),
         CmdOp::Discard => chunks.discard_seq(v, c, off, len, cmd.seq),
         CmdOp::DropChunk => chunks.drop_chunk(v, c),
-        CmdOp::Hydrate => chunks.hydrate(v, c, off, &cmd.data),
+        CmdOp::Hydrate => chunks.hydrate_excluded(excluded, v, c, off, &cmd.data),
         // The floors were raised when the entry reached the log (see `fence.rs`).
         CmdOp::Fence => Ok(()),
         CmdOp::Link => match cmd.link_parent() {
@@ -492,8 +519,11 @@ mod tests {
             seq: 1,
             data,
         };
-        let apply =
-            |c: &Command| apply_command(&chunks, 1, 7, c, (1, 2), (c.offset.into(), c.len.into()));
+        let excluded = chunks.try_exclude_fills().expect("no fill running");
+        let apply = |c: &Command| {
+            let (off, len) = (c.offset.into(), c.len.into());
+            apply_command((&chunks, &excluded), 1, 7, c, (1, 2), (off, len))
+        };
         apply(&cmd(CmdOp::Link, 0, Command::link_data(RESTORED_PARENT, 9))).expect("link");
         assert!(chunks.restoring(1, 2));
         apply(&cmd(CmdOp::Write, B, Bytes::from(vec![5u8; B as usize]))).expect("whole block");

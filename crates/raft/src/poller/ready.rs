@@ -1,8 +1,12 @@
 //! Handling every changed group's Ready: new entries and hard state to the shared log as one
 //! batch, messages to peers, snapshots installed; then, in the next round, committed entries
-//! applied to the chunk files.
+//! applied to the chunk files, and the storage node's hook told of an apply stalled on
+//! restored blocks not filled yet (`Group::unfilled`, at most once a second a group).
 
 use super::*;
+
+/// How often the storage node is told of a stall on unfilled blocks while it lasts.
+const UNFILLED_EVERY: Duration = Duration::from_secs(1);
 
 impl Poller {
     pub(super) fn process_readies(&mut self) {
@@ -136,6 +140,20 @@ impl Poller {
                 return;
             }
             g.refuse_reads();
+            // A committed entry waits for restored blocks no later entry can fill: the
+            // storage node fills them outside the log (the hook must not block), and the
+            // apply is retried at every tick until they are.
+            if let (Some(hook), Some((volume, chunk, blocks))) = (&self.unfilled_hook, &g.unfilled)
+            {
+                let now = crate::clock::now();
+                let due = g
+                    .unfilled_told
+                    .is_none_or(|t| now.saturating_duration_since(t) >= UNFILLED_EVERY);
+                if due {
+                    g.unfilled_told = Some(now);
+                    hook(gid, *volume, *chunk, blocks.clone());
+                }
+            }
             if g.raw.has_ready() {
                 self.dirty.insert(gid);
             }

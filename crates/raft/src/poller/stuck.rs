@@ -18,6 +18,11 @@
 //!   it through a membership change like a lost replica, then tells this node to destroy
 //!   it. The tombstone of the destroyed replica releases its hold on the shared log.
 //!
+//! A stall on restored blocks not filled yet (`Error::Unfilled`) is handled alike (a
+//! leader hands over; reported stuck past `stuck_after`, as any stall), and besides the
+//! storage node's hook is told (`ready.rs`): once it has filled the blocks outside the log,
+//! the apply retried at the next tick goes on and the stall ends.
+//!
 //! Must never: remove or destroy a replica the group still counts (that needs the
 //! membership change: a stuck replica's log may be part of the majority holding an
 //! acknowledged write); skip an entry.

@@ -34,6 +34,7 @@ mod replay;
 mod requests;
 mod sequences;
 mod snapshots;
+mod unfilled;
 
 const ME: u64 = 1;
 

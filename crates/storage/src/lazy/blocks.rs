@@ -1,5 +1,8 @@
 //! Block and region arithmetic of the lazy fill, pure: which blocks of a write are partial,
-//! which regions a read's unfilled blocks lie in, and copying a region's bytes into a read.
+//! which regions a read's unfilled blocks lie in, copying a region's bytes into a read, and
+//! padding a short region to a whole one for its hydrate.
+
+use bytes::Bytes;
 
 use tessera_proto::control::{REGION_BLOCKS, REGION_BYTES};
 
@@ -64,4 +67,21 @@ pub(crate) fn overlay(read: &mut [u8], offset: u64, b: u32, region: &[u8]) {
 pub(crate) fn is_partial(offset: u32, len: u32) -> bool {
     let end = u64::from(offset) + u64::from(len);
     len != 0 && (!u64::from(offset).is_multiple_of(BLOCK) || !end.is_multiple_of(BLOCK))
+}
+
+/// A region's bytes as decoded (possibly short: the last region of a backup's last chunk,
+/// of a volume whose size was not a multiple of the chunk size, and which may have grown
+/// since) padded with zeroes to a whole region, as its hydrate must be: blocks past the
+/// decoded end are zeroes in the backup, and left out of the hydrate they would stay
+/// unfilled for good (a partial write over one could never be proposed, a stalled apply
+/// never resumed). Whole regions are returned as they are.
+pub(crate) fn padded(region: Bytes) -> Bytes {
+    let whole = REGION_BYTES as usize;
+    if region.len() >= whole {
+        return region;
+    }
+    let mut v = Vec::with_capacity(whole);
+    v.extend_from_slice(&region);
+    v.resize(whole, 0);
+    Bytes::from(v)
 }

@@ -2,7 +2,7 @@
 //! manager look-up, an object fetch, a hydrate entry) rather than each starting their own.
 //!
 //! The work runs as its own tokio task, so it finishes (and leaves the map) even if every
-//! caller waiting for it went away; the map only holds work in the air, never results
+//! caller waiting for it went away, or if it panics (a drop guard lands it); the map only holds work in the air, never results
 //! (callers keep their own caches). The lock is held for map look-ups only, never across
 //! an await.
 
@@ -59,12 +59,14 @@ where
         air.next += 1;
         let (inner, mine, fut) = (self.inner.clone(), key.clone(), work());
         let task = tokio::spawn(async move {
-            let v = fut.await;
-            let mut air = lock(&inner);
-            if air.map.get(&mine).is_some_and(|(n, _)| *n == id) {
-                air.map.remove(&mine);
-            }
-            v
+            // Lands the flight however the work ends: returned, panicked or cancelled (a
+            // key left in the air would hand every later caller the lost flight for good).
+            let _landed = Landed {
+                inner,
+                key: Some(mine),
+                id,
+            };
+            fut.await
         });
         let flight = async move { task.await.unwrap_or_else(|e| lost(e.to_string())) }
             .boxed()
@@ -77,6 +79,24 @@ where
     #[cfg(test)]
     pub(crate) fn in_air(&self) -> usize {
         lock(&self.inner).map.len()
+    }
+}
+
+/// Removes its flight's entry from the map when dropped (the entry of this flight only,
+/// never a later one of the same key).
+struct Landed<K: Hash + Eq, V: Clone> {
+    inner: Arc<Mutex<InAir<K, V>>>,
+    key: Option<K>,
+    id: u64,
+}
+
+impl<K: Hash + Eq, V: Clone> Drop for Landed<K, V> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut air = lock(&self.inner);
+        if air.map.get(&key).is_some_and(|(n, _)| *n == self.id) {
+            air.map.remove(&key);
+        }
     }
 }
 

@@ -39,10 +39,17 @@ async fn link(one: &One, chunk: u64) {
 /// Puts the backup of a chunk in the node's store: region 0 and 2 hold data (their
 /// objects), region 1 none. Its segment's answer, as the managers would give it.
 async fn put_backup(one: &One) -> (RestoreSource, [Vec<u8>; 2]) {
-    let store = Store::open(&one.spec()).expect("open");
     let regions = [region_bytes(0, 256), region_bytes(2, 256)];
+    let answer = put_regions(one, 0, &[(0, &regions[0]), (2, &regions[1])]).await;
+    (answer, regions)
+}
+
+/// Puts a backup of chunk `chunk` holding `regions` (each its bytes, possibly short) in
+/// the node's store; its segment's answer.
+async fn put_regions(one: &One, chunk: u64, regions: &[(u32, &Vec<u8>)]) -> RestoreSource {
+    let store = Store::open(&one.spec()).expect("open");
     let mut named = Vec::new();
-    for (r, bytes) in [0u32, 2].into_iter().zip(&regions) {
+    for &(r, bytes) in regions {
         let enc = region::encode(bytes).expect("non-zero");
         store
             .put(&keys::object(&enc.hash), enc.bytes)
@@ -52,7 +59,7 @@ async fn put_backup(one: &One) -> (RestoreSource, [Vec<u8>; 2]) {
     }
     let (segment, bytes) = manifest::Segment {
         format: manifest::FORMAT,
-        chunk: 0,
+        chunk,
         regions: named,
     }
     .encode();
@@ -60,12 +67,11 @@ async fn put_backup(one: &One) -> (RestoreSource, [Vec<u8>; 2]) {
         .put(&keys::segment(&segment), bytes)
         .await
         .expect("put");
-    let answer = RestoreSource {
+    RestoreSource {
         backup: 9,
         segment: Some(segment),
         stores: vec![one.spec()],
-    };
-    (answer, regions)
+    }
 }
 
 fn shared_of(one: &One) -> Arc<Shared> {
@@ -269,4 +275,228 @@ async fn a_backup_reports_the_client_reads_of_its_chunk() {
         Ok(StorageReply::BackupChunk(u)) => assert_eq!(u.reads, 3, "{u:?}"),
         other => panic!("backup: {other:?}"),
     }
+}
+
+/// A probe (the group's read of a partial block) answered anything but `Ok` or `Unfilled`
+/// (a leader that has not committed yet, one that lost its lead) is the write's answer,
+/// with nothing proposed: proposed, the write could be acknowledged at commit and stall
+/// every replica at apply. A block still unfilled after its hydrate committed is
+/// `Unavailable`, and a request past its deadline `Expired`, nothing proposed either.
+#[tokio::test]
+async fn a_partial_write_whose_probe_fails_is_not_proposed() {
+    let one = one_node().await;
+    let (answer, _) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    let lazy = &shared.lazy;
+    let w = Request::write(chunk_addr(0), 100, Bytes::from(vec![0xEE; 512]));
+    let cases = [
+        Reply::NotLeader { hint: 2 },
+        Reply::Unavailable("group 1 has a new leader that has not committed yet".into()),
+        Reply::GroupNotFound,
+    ];
+    for answer in cases {
+        let want = format!("{answer:?}");
+        let got = lazy
+            .prepare_write_probed(&one.raft, &w, |_, _| {
+                let answer = answer.clone();
+                async move { answer }
+            })
+            .await;
+        assert_eq!(format!("{got:?}"), format!("Err({want})"), "probe {want}");
+    }
+    // Unfilled even after the fill committed (the stand-in never sees it filled).
+    let unfilled = || async {
+        Reply::Unfilled {
+            data: Bytes::new(),
+            blocks: vec![0],
+        }
+    };
+    match lazy
+        .prepare_write_probed(&one.raft, &w, |_, _| unfilled())
+        .await
+    {
+        Err(Reply::Unavailable(m)) => assert!(m.contains("still unfilled"), "{m}"),
+        other => panic!("a block still unfilled: {other:?}"),
+    }
+    let mut late = w.clone();
+    late.deadline_ms = 1;
+    let got = lazy.prepare_write(&one.raft, &late).await;
+    assert!(matches!(got, Err(Reply::Expired(_))), "{got:?}");
+    // Nothing was written (block 0 was filled, by the fill of the one still unfilled).
+    let data = match one.call(read_req(0, 0, BLOCK)).await {
+        Reply::Ok(data) | Reply::Unfilled { data, .. } => data,
+        other => panic!("block 0 after refused writes: {other:?}"),
+    };
+    assert!(!data.contains(&0xEE), "a refused write was applied");
+}
+
+/// The last region of a backup's last chunk may be short (a volume whose size is not a
+/// multiple of the chunk size, grown since): a partial write past its decoded end
+/// completes (the hydrate padded with zeroes covers the block), and so do reads there,
+/// whose hydrate fills the blocks too.
+#[tokio::test]
+async fn blocks_past_a_short_regions_end_are_filled_as_zeroes() {
+    let one = one_node().await;
+    let short = region_bytes(1, 2);
+    let answer = put_regions(&one, 0, &[(1, &short)]).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    // Block 5 of region 1: past the region's 2 blocks.
+    let at = REGION_BYTES + 5 * BLOCK + 100;
+    let mut w = Request::write(chunk_addr(0), at as u32, Bytes::from(vec![0xCD; 512]));
+    w.id = 1;
+    let got = tokio::time::timeout(Duration::from_secs(10), submit(&shared, w))
+        .await
+        .expect("the write never completed");
+    assert!(matches!(got, Reply::Ok(_)), "partial write: {got:?}");
+    let data = filled(&one, 0, REGION_BYTES + 5 * BLOCK, BLOCK).await;
+    let mut want = vec![0u8; BLOCK as usize];
+    want[100..612].fill(0xCD);
+    assert!(
+        data[..] == want[..],
+        "the block past the short region's end"
+    );
+    assert_eq!(
+        &filled(&one, 0, REGION_BYTES, 2 * BLOCK).await[..],
+        &short[..]
+    );
+
+    // A read past the end of the short region of another chunk: zeroes, then hydrated.
+    let answer = put_regions(&one, 1, &[(1, &short)]).await;
+    seed(&shared.lazy, 1, answer).await;
+    link(&one, 1).await;
+    let got = match submit(&shared, read_req(1, REGION_BYTES + BLOCK, 4 * BLOCK)).await {
+        Reply::Ok(d) => d,
+        other => panic!("read: {other:?}"),
+    };
+    assert_eq!(&got[..BLOCK as usize], block(&short, 1));
+    assert!(got[BLOCK as usize..].iter().all(|&b| b == 0));
+    let data = filled(&one, 1, REGION_BYTES + 3 * BLOCK, BLOCK).await;
+    assert!(data.iter().all(|&b| b == 0));
+}
+
+/// An apply stalled on unfilled blocks (the Raft node's hook): the node fills them
+/// outside the log, straight into the group's replica, from the backup's regions (zeroes
+/// for a region without an object, and past a short region's end); blocks the client
+/// wrote keep their data.
+#[tokio::test]
+async fn a_stalled_applys_blocks_are_filled_outside_the_log() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    let mut w = Request::write(
+        chunk_addr(0),
+        (3 * BLOCK) as u32,
+        Bytes::from(vec![0xAB; 4096]),
+    );
+    w.id = 1;
+    assert!(matches!(submit(&shared, w).await, Reply::Ok(_)));
+    let group = chunk_addr(0).group;
+    shared
+        .lazy
+        .fill_stalled(one.chunks.clone(), group, VOLUME, 0, vec![2, 3, 300, 513])
+        .await;
+    let one = &one;
+    let read = |at: u64| async move {
+        match one.call(read_req(0, at * BLOCK, BLOCK)).await {
+            Reply::Ok(d) => d,
+            other => panic!("block {at} after the fill: {other:?}"),
+        }
+    };
+    assert_eq!(&read(2).await[..], block(&regions[0], 2));
+    assert!(read(3).await.iter().all(|&b| b == 0xAB), "the write lost");
+    assert!(read(300).await.iter().all(|&b| b == 0));
+    assert_eq!(&read(513).await[..], block(&regions[1], 1));
+    // Blocks not named and in no region fetched stay unfilled.
+    assert!(matches!(
+        one.call(read_req(0, 301 * BLOCK, BLOCK)).await,
+        Reply::Unfilled { .. }
+    ));
+}
+
+/// End to end through the Raft node's hook (installed as at node start): a partial write
+/// proposed without its fill (as one acknowledged at commit before a Link applied here
+/// would be) stalls the apply, and the node fills the block outside the log: the write
+/// applies over the backup's bytes.
+#[tokio::test]
+async fn a_stalled_apply_resumes_once_the_hook_filled_its_blocks() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    shared.lazy.on_unfilled(&one.raft, one.chunks.clone());
+    link(&one, 0).await;
+    let at = 2 * REGION_BYTES + 7 * BLOCK + 100;
+    let mut w = Request::write(chunk_addr(0), at as u32, Bytes::from(vec![0xCD; 512]));
+    w.id = 1;
+    // Straight to the Raft node: no probe, no fill.
+    let got = tokio::time::timeout(Duration::from_secs(10), one.call(w))
+        .await
+        .expect("the stalled apply never resumed");
+    assert!(matches!(got, Reply::Ok(_)), "{got:?}");
+    // Acknowledged at commit: reads answer Unavailable until the apply resumed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let data = loop {
+        match one.call(read_req(0, at - 100, BLOCK)).await {
+            Reply::Ok(d) => break d,
+            Reply::Unavailable(m) => assert!(Instant::now() < deadline, "still stalled: {m}"),
+            other => panic!("read: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut want = block(&regions[1], 7).to_vec();
+    want[100..612].fill(0xCD);
+    assert!(data[..] == want[..], "the block after the stalled write");
+}
+
+/// A read's hydrate is not proposed again when the same entry committed lately (reads
+/// served between its commit and its apply), nor past the node's budget of reads'
+/// hydrates in the air; the read is answered all the same.
+#[tokio::test]
+async fn reads_hydrates_are_skipped_when_committed_lately_or_past_their_budget() {
+    let one = one_node().await;
+    let (answer, regions) = put_backup(&one).await;
+    let shared = shared_of(&one);
+    seed(&shared.lazy, 0, answer).await;
+    link(&one, 0).await;
+    let lazy = &shared.lazy;
+    lazy.recent.insert((VOLUME, 0, 0));
+    lazy.read_hydrates
+        .forget_permits(super::budget::READ_HYDRATE_KIB);
+    let read = |at: u64| {
+        let shared = shared.clone();
+        async move {
+            match submit(&shared, read_req(0, at * BLOCK, BLOCK)).await {
+                Reply::Ok(d) => d,
+                other => panic!("read of block {at}: {other:?}"),
+            }
+        }
+    };
+    let one = &one;
+    let unfilled = |at: u64| async move {
+        matches!(
+            one.call(read_req(0, at * BLOCK, BLOCK)).await,
+            Reply::Unfilled { .. }
+        )
+    };
+    assert_eq!(&read(0).await[..], block(&regions[0], 0));
+    assert_eq!(&read(512).await[..], block(&regions[1], 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(unfilled(0).await, "hydrated though committed lately");
+    assert!(unfilled(512).await, "hydrated past the budget");
+    lazy.read_hydrates
+        .add_permits(super::budget::READ_HYDRATE_KIB);
+    assert_eq!(&read(512).await[..], block(&regions[1], 0));
+    assert_eq!(
+        &filled(one, 0, 512 * BLOCK, BLOCK).await[..],
+        block(&regions[1], 0)
+    );
+    assert_eq!(&read(0).await[..], block(&regions[0], 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(unfilled(0).await, "hydrated though committed lately");
 }

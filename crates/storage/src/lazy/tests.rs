@@ -13,6 +13,7 @@ use tessera_proto::control::{Hash, REGION_BYTES, RestoreSource, StoreKind, Store
 use super::access::AccessRecord;
 use super::blocks::{BLOCK, is_partial, overlay, partial_blocks, regions_of};
 use super::cache::Bounded;
+use super::fetch::{Failure, Why};
 use super::flight::Flights;
 use super::source::{Sources, source_of};
 use super::{Lazy, Source};
@@ -157,6 +158,27 @@ async fn single_flight_runs_the_work_once_for_concurrent_callers() {
     );
 }
 
+/// A flight whose work panics lands all the same: its callers get the `lost` value, and
+/// the key is not poisoned (a later caller runs the work anew).
+#[tokio::test]
+async fn a_panicking_flight_does_not_poison_its_key() {
+    let flights: Flights<u32, u64> = Flights::default();
+    let got = flights
+        .join(7, || Box::pin(async { panic!("the work panicked") }), |_| 0)
+        .await;
+    assert_eq!(got, 0, "the lost value");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while flights.in_air() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the panicked flight stays in the air"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = flights.join(7, || Box::pin(async { 42 }), |_| 0).await;
+    assert_eq!(again, 42, "a later caller runs the work anew");
+}
+
 /// A source found is cached (not asked again); a failed look-up (the managers know no
 /// restore of the chunk) is not: the next read asks again.
 #[tokio::test]
@@ -170,7 +192,7 @@ async fn sources_are_cached_once_found_and_never_a_failure() {
             if ok {
                 Ok(Source::zeroes(3))
             } else {
-                Err("not restoring".to_string())
+                Err(Failure::new(Why::Gone, "not restoring"))
             }
         }
     };
@@ -189,6 +211,58 @@ async fn sources_are_cached_once_found_and_never_a_failure() {
     assert_eq!(sources.cached(), 0);
     sources.get(1, 0, ask(true)).await.expect("found again");
     assert_eq!(asked.load(Ordering::SeqCst), 3);
+}
+
+/// A source is cached once, by its look-up: a caller that waited for it and finishes
+/// after a `forget` does not put the stale source back. The cache is bounded by the
+/// regions its sources name, and sources of one restore share their store list.
+#[tokio::test]
+async fn sources_are_cached_by_their_look_up_and_bounded_by_regions() {
+    let sources = Arc::new(Sources::default());
+    let (go, wait) = tokio::sync::watch::channel(false);
+    let ask = move || {
+        let mut wait = wait.clone();
+        async move {
+            let _ = wait.wait_for(|g| *g).await;
+            Ok(Source::zeroes(3))
+        }
+    };
+    let waiter = {
+        let (sources, ask) = (sources.clone(), ask.clone());
+        tokio::spawn(async move { sources.get(1, 0, ask).await.map(|s| s.backup) })
+    };
+    tokio::task::yield_now().await;
+    let first = sources.get(1, 0, ask);
+    go.send(true).expect("go");
+    assert_eq!(first.await.expect("found").backup, 3);
+    // The other caller has not run since its flight landed: forgotten before it does.
+    sources.forget(1, 0);
+    assert_eq!(waiter.await.expect("waiter"), Ok(3));
+    assert_eq!(sources.cached(), 0, "a waiter put a forgotten source back");
+
+    let sources = Sources::with_max(3);
+    let spec = StoreSpec {
+        name: "a".into(),
+        zone: "z".into(),
+        kind: StoreKind::Dir { path: "/x".into() },
+    };
+    let two = [(0, Hash([1; 32])), (1, Hash([2; 32]))];
+    let mut got = Vec::new();
+    for chunk in 0..3 {
+        let spec = spec.clone();
+        let s = sources
+            .get(1, chunk, move || async move {
+                Ok(Source::with_objects(3, vec![spec], &two))
+            })
+            .await
+            .expect("found");
+        got.push(s);
+    }
+    assert_eq!(sources.cached(), 1, "two regions each, three at most");
+    assert!(
+        Arc::ptr_eq(&got[0].stores, &got[2].stores),
+        "the store list is not shared"
+    );
 }
 
 #[test]
@@ -213,9 +287,25 @@ fn bounded_caches_forget_their_oldest_entries_first() {
     );
 }
 
+/// The record counts reads per chunk; past its bound, the least recently read chunks are
+/// forgotten and new ones still counted; a dropped volume's chunks are forgotten.
 #[test]
 fn the_access_record_counts_reads_per_chunk_and_stays_bounded() {
-    let record = AccessRecord::with_max(2);
+    // One chunk a shard: a full shard forgets its least recently read chunk.
+    let record = AccessRecord::with_max(1);
+    for _ in 0..3 {
+        record.count(1, 0);
+    }
+    assert_eq!(record.reads(1, 0), 3);
+    let mut counted = 0;
+    for chunk in 1..1000 {
+        record.count(2, chunk);
+        counted += usize::from(record.reads(2, chunk) == 1);
+    }
+    assert_eq!(counted, 999, "new chunks are counted when full");
+    assert_eq!(record.reads(1, 0), 0, "the least recently read forgotten");
+
+    let record = AccessRecord::default();
     for _ in 0..3 {
         record.count(1, 0);
     }
@@ -223,7 +313,12 @@ fn the_access_record_counts_reads_per_chunk_and_stays_bounded() {
     record.count(2, 0);
     assert_eq!(
         (record.reads(1, 0), record.reads(1, 1), record.reads(2, 0)),
-        (3, 1, 0)
+        (3, 1, 1)
+    );
+    record.forget(1, &[0, 1]);
+    assert_eq!(
+        (record.reads(1, 0), record.reads(1, 1), record.reads(2, 0)),
+        (0, 0, 1)
     );
 }
 
@@ -364,6 +459,57 @@ async fn a_read_of_unfilled_blocks_skips_a_corrupt_copy_for_the_next_stores() {
     assert!(again[..] == want[..]);
 }
 
+/// A store unreachable (an outage) keeps the chunk's source: the retry repeats only the
+/// fetch; a copy missing in every store forgets it (the managers may name another).
+#[tokio::test]
+async fn only_a_missing_or_corrupt_copy_forgets_the_source() {
+    let b = backup_in_two_stores().await;
+    let lazy = lazy();
+    let unreachable = StoreSpec {
+        name: "gone".into(),
+        zone: "z".into(),
+        kind: StoreKind::Dir {
+            path: b.dirs[0]
+                .join("no such directory")
+                .to_string_lossy()
+                .into_owned(),
+        },
+    };
+    let regions = [(0, b.objects[0])];
+    let cached = |specs: Vec<StoreSpec>| {
+        let lazy = lazy.clone();
+        async move {
+            lazy.sources
+                .get(1, CHUNK, move || async move {
+                    Ok(Source::with_objects(9, specs, &regions))
+                })
+                .await
+                .expect("source")
+        }
+    };
+    let source = cached(vec![unreachable]).await;
+    let err = lazy
+        .region(&source, CHUNK, 0, b.objects[0])
+        .await
+        .expect_err("fetched from an unreachable store");
+    assert_eq!(err.why, Why::Transport, "{err}");
+    lazy.failed(1, CHUNK, &err);
+    assert_eq!(lazy.sources.cached(), 1, "forgotten on an outage");
+
+    lazy.sources.forget(1, CHUNK);
+    for i in 0..2 {
+        b.remove(i, &keys::object(&b.objects[0]));
+    }
+    let source = cached(b.specs.clone()).await;
+    let err = lazy
+        .region(&source, CHUNK, 0, b.objects[0])
+        .await
+        .expect_err("fetched a missing object");
+    assert_eq!(err.why, Why::Bad, "{err}");
+    lazy.failed(1, CHUNK, &err);
+    assert_eq!(lazy.sources.cached(), 0, "kept with its copies missing");
+}
+
 /// An object corrupt in every store is never served: the read fails, naming the region,
 /// the chunk and each store.
 #[tokio::test]
@@ -387,7 +533,8 @@ async fn a_region_corrupt_in_every_store_fails_the_read() {
             &[512],
         )
         .await
-        .expect_err("a corrupt region served");
+        .expect_err("a corrupt region served")
+        .msg;
     for part in [
         "restore: fetching region 2 of chunk 4 from store zone-a",
         "from store zone-b",
@@ -415,11 +562,13 @@ async fn a_segment_is_read_from_the_next_store_when_the_first_fails() {
     b.remove(1, &keys::segment(&b.segment));
     let err = source_of(&lazy.stores, 1, CHUNK, b.answer())
         .await
-        .expect_err("no store serves the segment");
+        .expect_err("no store serves the segment")
+        .msg;
     assert!(err.contains("zone-a") && err.contains("zone-b"), "{err}");
     let err = source_of(&lazy.stores, 1, CHUNK + 1, b.answer())
         .await
-        .expect_err("a segment of another chunk");
+        .expect_err("a segment of another chunk")
+        .msg;
     assert!(err.contains("corrupt") || err.contains("not 5"), "{err}");
     let none = RestoreSource {
         segment: None,
