@@ -444,4 +444,4 @@ async fn copy_chunk(
 
 #[cfg(test)]
 #[path = "copy_loop_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -11,7 +11,7 @@ use crate::backup_loop::tests::{CHUNK, Harness, SIZE, harness, object_of, two_ba
 use crate::state::BackupRecord;
 
 /// Records backup 2 as a copy of ready backup 1 in store `other`.
-async fn copy_record(h: &Harness) {
+pub(crate) async fn copy_record(h: &Harness) {
     h.commit(Mutation::CreateBackup(BackupRecord {
         id: 2,
         volume: "vol".into(),
@@ -37,7 +37,7 @@ async fn copy_record(h: &Harness) {
 }
 
 /// Runs the copy loop until backup 2 is no longer uploading.
-async fn run_copy(h: &Harness, stores: Stores) {
+pub(crate) async fn run_copy(h: &Harness, stores: Stores) {
     let (stop, stopped) = watch::channel(false);
     let settings = Settings::new(2, 2);
     let pace = Arc::new(Pace::new(1 << 40));

@@ -2,8 +2,9 @@
 //! `volume prewarm`): per restoring volume once linked to its backup, every chunk of the
 //! backup's recorded map in the restore's order (`State::restore_order`: the backup's
 //! access record, most read chunks first, then by index) from the recorded position on,
-//! `backup_chunks_in_flight` at once: the chunk's segment read from the restore's store
-//! (verified), a `HydrateChunk` naming its regions sent to the chunk's group leader, paced
+//! `backup_chunks_in_flight` at once: the chunk's segment read from a store of the
+//! restore's source (verified), a `HydrateChunk` naming its regions and that store sent
+//! to the chunk's group leader, paced
 //! by region bytes (`restore_bytes_per_sec`), then the chunk unlinked from the backup
 //! (`GroupOp::Unlink` through its group; a segment without regions is only unlinked); the
 //! progress recorded (`RestoreProgress`: the lowest position not filled and unlinked, which
@@ -18,19 +19,25 @@
 //! unlinked within [`LINK_SETTLE`] of this leader first seeing its restore linked: a late
 //! `Link` still in flight would link a filled chunk again.
 //!
-//! Each attempt holds one of the restores' manager-wide chunk slots and looks the group's
-//! members up again. A chunk failing is retried, backed off, without end; once it has
-//! failed for `GIVE_UP` its error is shown by `volume info`. A volume deleted meanwhile
-//! stops its task (at the next tick, or at its next progress record).
+//! Each fill holds one of the restores' manager-wide chunk slots and counts against the
+//! restore's concurrency; a filled chunk waiting out [`LINK_SETTLE`] and its unlink do
+//! neither (they run apart), so fills go on at full concurrency meanwhile. Each attempt
+//! looks the group's members up again. A chunk failing is retried, backed off, without
+//! end, each attempt from the next store of the restore's source (`State::restore_source`:
+//! the restore's store, then the stores of ready copies; those configured here), so a
+//! corrupt or missing object, or a store down, does not stop the fill; once it has
+//! failed for `GIVE_UP` its error is shown by `volume info`, and at once if no store of
+//! the source is configured here. A volume deleted meanwhile stops its task (at the next
+//! tick, or at its next progress record).
 //!
-//! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`], published
-//! in the service's restore meters: bytes filled by this leader, the ETA at the rate it
-//! sees, a lasting error). Must never unlink a chunk before its group answered that every
+//! Holds in memory only what `volume info` shows of the fill's speed ([`Rates`], in
+//! `restore_rates.rs`, published in the service's restore meters: bytes filled by this
+//! leader, the ETA at the rate it sees, a lasting error). Must never unlink a chunk before its group answered that every
 //! hydrate entry of it is committed, nor record a chunk filled before it is unlinked;
 //! never hold the service lock across a call to a node or a store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{
@@ -48,8 +55,11 @@ use crate::backup_jobs::{
 };
 use crate::group_calls;
 use crate::pace::Pace;
-use crate::service::{RestoreMeter, RestoreMeters};
 use crate::state::Mutation;
+
+#[path = "restore_rates.rs"]
+mod rates;
+pub use rates::Rates;
 
 /// How long one node gets to fill one chunk.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -70,99 +80,6 @@ const LINK_SETTLE: Duration = if cfg!(test) {
 };
 /// Progress is recorded at most this often (and at the end).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// What this leader saw of each restore's fill, published in the service's restore meters
-/// (for `volume info`).
-#[derive(Debug, Clone, Default)]
-pub struct Rates {
-    seen: Arc<Mutex<HashMap<u64, Rate>>>,
-    meters: RestoreMeters,
-}
-
-#[derive(Debug, Clone)]
-struct Rate {
-    started: Instant,
-    hydrated_bytes: u64,
-    /// Chunks filled by this leader, and left to fill.
-    chunks_done: u64,
-    chunks_left: u64,
-    /// A chunk's error once it has failed for [`GIVE_UP`] (cleared by the next fill).
-    error: Option<String>,
-}
-
-impl Rate {
-    /// Bytes filled, and the seconds left at the rate seen (`None`: not known yet).
-    fn meter(&self) -> RestoreMeter {
-        let secs = self.started.elapsed().as_secs_f64();
-        let eta_secs = (self.chunks_done > 0 && secs > 0.0).then(|| {
-            let per_sec = self.chunks_done as f64 / secs;
-            (self.chunks_left as f64 / per_sec).ceil() as u64
-        });
-        RestoreMeter {
-            hydrated_bytes: self.hydrated_bytes,
-            eta_secs,
-            error: self.error.clone(),
-        }
-    }
-}
-
-impl Rates {
-    pub fn new(meters: RestoreMeters) -> Rates {
-        Rates {
-            seen: Arc::default(),
-            meters,
-        }
-    }
-
-    fn update(&self, volume_id: u64, f: impl FnOnce(&mut Rate)) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let r = seen.entry(volume_id).or_insert(Rate {
-            started: Instant::now(),
-            hydrated_bytes: 0,
-            chunks_done: 0,
-            chunks_left: 0,
-            error: None,
-        });
-        f(r);
-        let meter = r.meter();
-        drop(seen);
-        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
-        meters.insert(volume_id, meter);
-    }
-
-    fn plan(&self, volume_id: u64, chunks_left: u64) {
-        self.update(volume_id, |r| r.chunks_left = chunks_left);
-    }
-
-    fn filled(&self, volume_id: u64, bytes: u64) {
-        self.update(volume_id, |r| {
-            r.hydrated_bytes = r.hydrated_bytes.saturating_add(bytes);
-            r.chunks_done += 1;
-            r.chunks_left = r.chunks_left.saturating_sub(1);
-            r.error = None;
-        });
-    }
-
-    fn failing(&self, volume_id: u64, error: String) {
-        self.update(volume_id, |r| r.error = Some(error));
-    }
-
-    fn keep_only(&self, planned: &BTreeSet<u64>) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|id, _| planned.contains(id));
-        drop(seen);
-        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
-        meters.retain(|id, _| planned.contains(id));
-    }
-
-    fn forget(&self, volume_id: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.remove(&volume_id);
-        drop(seen);
-        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
-        meters.remove(&volume_id);
-    }
-}
 
 /// Runs until `stopped` turns true: starts the fill of every restoring volume without a
 /// task, each tick or at once when the service wakes it (a new restore, `PrewarmVolume`);
@@ -212,15 +129,23 @@ pub async fn run(
             let seen = *linked_seen
                 .entry(job.volume_id)
                 .or_insert_with(Instant::now);
-            let Some((spec, store)) = stores.get(&job.store).cloned() else {
-                warn!(volume = job.volume_id, store = %job.store,
-                      "restore's store is not configured here");
+            let sources: Vec<(StoreSpec, Store)> = job
+                .stores
+                .iter()
+                .filter_map(|n| stores.get(n).cloned())
+                .collect();
+            if sources.is_empty() {
+                let error = format!(
+                    "no store holding the backup is configured on this manager ({})",
+                    job.stores.join(", ")
+                );
+                warn!(volume = job.volume_id, %error, "restore cannot be filled");
+                rates.failing(job.volume_id, error);
                 continue;
-            };
+            }
             let ctx = Ctx {
                 service: service.clone(),
-                spec,
-                store,
+                sources,
                 settings: settings.clone(),
                 pace: pace.clone(),
                 rates: rates.clone(),
@@ -234,8 +159,11 @@ pub async fn run(
 
 struct Ctx {
     service: Shared,
-    spec: StoreSpec,
-    store: Store,
+    /// The stores a chunk is read from, configured here, in the order of the restore's
+    /// source (`State::restore_source`: its own store first, then ready copies): a chunk's
+    /// attempt `n` reads the `n`th (round), so a store down, or an object missing or
+    /// corrupt in it, does not keep the chunk from ever filling.
+    sources: Vec<(StoreSpec, Store)>,
     settings: Settings,
     pace: Arc<Pace>,
     rates: Rates,
@@ -247,7 +175,8 @@ struct Ctx {
 #[derive(Debug, Clone)]
 pub(crate) struct RestoreJob {
     pub volume_id: u64,
-    pub store: String,
+    /// The stores holding a ready copy of the backup, the restore's own first.
+    pub stores: Vec<String>,
     /// `(position, chunk, segment, its group's id)` from the recorded position on, in the
     /// restore's order; a chunk not mapped to a group is left for a later pass. The
     /// group's members are looked up at each attempt.
@@ -270,9 +199,12 @@ pub(crate) fn plan_all(s: &crate::service::Service) -> Vec<RestoreJob> {
             .skip(usize::try_from(r.next_position).unwrap_or(usize::MAX))
             .map(|(p, (c, h))| (p, c, h, groups.get(&c).copied()))
             .collect();
+        let stores = state
+            .restore_source(volume_id, 0)
+            .map_or_else(|_| vec![r.store.clone()], |(_, _, stores)| stores);
         out.push(RestoreJob {
             volume_id,
-            store: r.store.clone(),
+            stores,
             todo,
         });
     }
@@ -300,6 +232,16 @@ struct Left {
     next_try: Instant,
     backoff: Duration,
     failing_since: Option<Instant>,
+    /// Attempts failed so far: the next reads the store after the last one's.
+    failed: usize,
+}
+
+/// What a chunk's task ended with.
+enum Step {
+    /// Its fill was answered (`(bytes, the member that answered)`, or why not).
+    Filled(Result<(u64, usize), String>),
+    /// Its unlink was answered (the chunk's bytes, or why not).
+    Unlinked(Result<u64, String>),
 }
 
 /// Fills and unlinks every chunk, lowest positions first, recording progress as the
@@ -320,12 +262,16 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                 next_try: now,
                 backoff: FIRST_BACKOFF,
                 failing_since: None,
+                failed: 0,
             };
             (p, l)
         })
         .collect();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
-    let mut running: JoinSet<(u64, Result<u64, String>)> = JoinSet::new();
+    // Fills count against the restore's concurrency; chunks filled and waiting out
+    // `unlink_after` (or being unlinked) do not.
+    let mut filling: JoinSet<(u64, Step)> = JoinSet::new();
+    let mut unlinking: JoinSet<(u64, Step)> = JoinSet::new();
     let mut recorded = job.todo.first().map_or(0, |t| t.0);
     let mut recorded_at = Instant::now();
     while !left.is_empty() {
@@ -335,15 +281,16 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
             .iter()
             .filter(|(p, l)| l.group.is_some() && l.next_try <= t && !in_flight.contains(p))
             .map(|(p, l)| (*p, *l))
-            .take(room.saturating_sub(running.len()))
+            .take(room.saturating_sub(filling.len()))
             .collect();
         for (pos, l) in ready {
             let Some(group_id) = l.group else { continue };
             in_flight.insert(pos);
-            let (service, store, spec) = (ctx.service.clone(), ctx.store.clone(), ctx.spec.clone());
-            let (pace, settings) = (ctx.pace.clone(), ctx.settings.clone());
-            let (volume_id, unlink_after) = (job.volume_id, ctx.unlink_after);
-            running.spawn(async move {
+            let (spec, store) = ctx.sources[l.failed % ctx.sources.len()].clone();
+            let (service, pace, settings) =
+                (ctx.service.clone(), ctx.pace.clone(), ctx.settings.clone());
+            let volume_id = job.volume_id;
+            filling.spawn(async move {
                 let c = ChunkFill {
                     service: &service,
                     store: &store,
@@ -351,31 +298,57 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                     pace: &pace,
                     settings: &settings,
                     group_id,
-                    unlink_after,
                 };
-                (pos, fill_chunk(c, volume_id, l.chunk, l.seg).await)
+                (
+                    pos,
+                    Step::Filled(fill_chunk(c, volume_id, l.chunk, l.seg).await),
+                )
             });
         }
-        if running.is_empty() {
-            if left.values().all(|l| l.group.is_none()) {
+        // The next chunk backed off that may be tried (not one in flight).
+        let wake = left
+            .iter()
+            .filter(|(p, l)| l.group.is_some() && !in_flight.contains(p))
+            .map(|(_, l)| l.next_try)
+            .min();
+        if filling.is_empty() && unlinking.is_empty() {
+            let Some(wake) = wake else {
                 return Err(format!(
                     "{} chunks have no known group; retried next pass",
                     left.len()
                 ));
-            }
-            let wake = left
-                .values()
-                .filter(|l| l.group.is_some())
-                .map(|l| l.next_try)
-                .min()
-                .unwrap_or(t);
+            };
             tokio::time::sleep_until(wake.into()).await;
             continue;
         }
-        let Some(done) = running.join_next().await else {
-            continue;
+        let far = t + Duration::from_secs(3600);
+        let done = tokio::select! {
+            Some(done) = filling.join_next() => done,
+            Some(done) = unlinking.join_next() => done,
+            () = tokio::time::sleep_until(wake.unwrap_or(far).into()),
+                if wake.is_some() && filling.len() < room => continue,
         };
-        let (pos, r) = done.map_err(|e| format!("a fill task failed: {e}"))?;
+        let (pos, step) = done.map_err(|e| format!("a fill task failed: {e}"))?;
+        let r = match step {
+            Step::Filled(Ok((bytes, at))) => {
+                let (service, unlink_after) = (ctx.service.clone(), ctx.unlink_after);
+                let (volume_id, chunk) = (job.volume_id, left.get(&pos).map_or(0, |l| l.chunk));
+                let group_id = left.get(&pos).and_then(|l| l.group).unwrap_or(0);
+                unlinking.spawn(async move {
+                    let u = UnlinkAfter {
+                        service: &service,
+                        group_id,
+                        at,
+                        unlink_after,
+                    };
+                    let r = unlink_chunk(u, volume_id, chunk).await.map(|()| bytes);
+                    (pos, Step::Unlinked(r))
+                });
+                continue;
+            }
+            Step::Filled(Err(e)) => Err(e),
+            Step::Unlinked(r) => r,
+        };
         in_flight.remove(&pos);
         match r {
             Ok(bytes) => {
@@ -387,12 +360,15 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                     continue;
                 };
                 let chunk = l.chunk;
-                warn!(volume = job.volume_id, chunk, error = %e, "chunk not filled; retried");
+                let store = &ctx.sources[l.failed % ctx.sources.len()].0.name;
+                warn!(volume = job.volume_id, chunk, %store, error = %e,
+                      "chunk not filled; retried (from the next store of the backup, if any)");
                 let now = Instant::now();
                 if now.duration_since(*l.failing_since.get_or_insert(now)) >= GIVE_UP {
                     ctx.rates
                         .failing(job.volume_id, format!("chunk {chunk}: {e}"));
                 }
+                l.failed += 1;
                 l.next_try = now + l.backoff;
                 l.backoff = (l.backoff * 2).min(MAX_BACKOFF);
             }
@@ -408,7 +384,8 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
             (recorded, recorded_at) = (next, Instant::now());
         }
     }
-    running.abort_all();
+    filling.abort_all();
+    unlinking.abort_all();
     unlink_all(ctx, job.volume_id).await?;
     let m = Mutation::RestoreDone {
         volume_id: job.volume_id,
@@ -457,23 +434,23 @@ struct ChunkFill<'a> {
     pace: &'a Pace,
     settings: &'a Settings,
     group_id: u64,
-    unlink_after: Instant,
 }
 
-/// Fills one chunk from its segment, then unlinks it from the backup: the bytes of the
-/// regions filled. A manager-wide slot is held and the regions' bytes paced before the
-/// fill is sent to the group's leader (its members looked up now); the slot is let go
-/// before the unlink, which waits for `unlink_after`. A segment without any region
-/// (nothing to fill) is only unlinked.
+/// Fills one chunk from its segment in `store`: the bytes of the regions filled, and the
+/// member that answered. A manager-wide slot is held and the regions' bytes paced while
+/// the fill is sent to the group's leader (its members looked up now). A segment without
+/// any region (nothing to fill) sends nothing.
 async fn fill_chunk(
     c: ChunkFill<'_>,
     volume_id: u64,
     chunk: u64,
     seg: Hash,
-) -> Result<u64, String> {
+) -> Result<(u64, usize), String> {
     let (store, spec, pace) = (c.store, c.spec, c.pace);
     let window = c.settings.window;
-    let segment = read_segment(store, &seg).await?;
+    let segment = read_segment(store, &seg)
+        .await
+        .map_err(|e| format!("store {}: {e}", spec.name))?;
     if segment.chunk != chunk {
         return Err(format!(
             "segment {seg} names chunk {}, recorded for chunk {chunk}",
@@ -481,37 +458,53 @@ async fn fill_chunk(
         ));
     }
     let bytes = segment.regions.len() as u64 * REGION_BYTES;
-    let slot = c.settings.slot().await;
+    if segment.regions.is_empty() {
+        return Ok((0, 0));
+    }
+    let _slot = c.settings.slot().await;
     pace.take(bytes).await;
-    let mut group = resolve(c.service, c.group_id).await?;
-    let mut at = 0;
-    if !segment.regions.is_empty() {
-        let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
-            group_id: group.group_id,
-            volume_id,
-            chunk,
-            store: spec,
-            regions: segment
-                .regions
-                .iter()
-                .map(|(region, h)| RegionRef {
-                    region: *region,
-                    object: Some(*h),
-                })
-                .collect(),
-            window: window.max(1),
-        });
-        at = match call_leader(&group, &req, 0, CHUNK_TIMEOUT).await? {
-            (StorageReply::Done, at) => at,
-            (other, _) => return Err(format!("group {} answered {other:?}", group.group_id)),
-        };
+    let group = resolve(c.service, c.group_id).await?;
+    let req = StorageRequest::HydrateChunk(HydrateChunkRequest {
+        group_id: group.group_id,
+        volume_id,
+        chunk,
+        store: spec,
+        regions: segment
+            .regions
+            .iter()
+            .map(|(region, h)| RegionRef {
+                region: *region,
+                object: Some(*h),
+            })
+            .collect(),
+        window: window.max(1),
+    });
+    match call_leader(&group, &req, 0, CHUNK_TIMEOUT).await? {
+        (StorageReply::Done, at) => Ok((bytes, at)),
+        (other, _) => Err(format!("group {} answered {other:?}", group.group_id)),
     }
-    drop(slot);
-    if Instant::now() < c.unlink_after {
-        tokio::time::sleep_until(c.unlink_after.into()).await;
+}
+
+/// What one filled chunk's unlink works with.
+struct UnlinkAfter<'a> {
+    service: &'a Shared,
+    group_id: u64,
+    /// The member that answered the fill (asked first).
+    at: usize,
+    /// Not unlinked before this (see [`LINK_SETTLE`]).
+    unlink_after: Instant,
+}
+
+/// Unlinks a filled chunk from the backup, once `unlink_after` has passed. Holds no slot:
+/// chunks waiting here do not hold up the fills of others.
+async fn unlink_chunk(u: UnlinkAfter<'_>, volume_id: u64, chunk: u64) -> Result<(), String> {
+    let mut at = u.at;
+    if Instant::now() < u.unlink_after {
+        tokio::time::sleep_until(u.unlink_after.into()).await;
         // Its members may have changed meanwhile.
-        (group, at) = (resolve(c.service, c.group_id).await?, 0);
+        at = 0;
     }
+    let group = resolve(u.service, u.group_id).await?;
     // Only once every region's entry is committed: unlinked, a block no layer holds reads
     // as zeroes, and a late hydrate of it does nothing.
     let unlink = StorageRequest::Apply {
@@ -521,7 +514,7 @@ async fn fill_chunk(
     match call_leader(&group, &unlink, at, UNLINK_TIMEOUT).await? {
         (StorageReply::Done, _) => {
             debug!(volume = volume_id, chunk, "chunk filled and unlinked");
-            Ok(bytes)
+            Ok(())
         }
         (other, _) => Err(format!(
             "group {} answered the unlink with {other:?}",

@@ -1,7 +1,9 @@
 //! The pre-warm against a stand-in node: every chunk of the backup with a segment is
 //! hydrated from its regions, most read first, then unlinked from the backup, then every
 //! chunk unlinked once more and the restore recorded done; a restore not linked yet is left alone; progress is a
-//! position in the restore's order; a segment without regions is only unlinked.
+//! position in the restore's order; a segment without regions is only unlinked; a chunk
+//! failing in the restore's store is read from a ready copy's; no store configured shows
+//! in the meter; chunks waiting to be unlinked leave the fills their room.
 
 use tessera_backup::manifest::{FORMAT, Segment};
 use tessera_proto::control::GroupOp;
@@ -9,6 +11,7 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::backup_loop::tests::{CHUNK, Harness, SIZE, harness, object_of, two_backups};
+use crate::service::RestoreMeters;
 use crate::state::{BackupStats, ChunkSegment, RestoreRecord, VolumeRecord};
 
 /// Volume 2, "restored", from backup record `backup`, linked or not, every chunk of the
@@ -73,17 +76,25 @@ async fn a_restore_fills_then_unlinks_each_chunk_most_read_first_then_is_done() 
     restored(&h, 1, true).await;
     prewarm(&h).await;
     let calls = h.restore_calls.lock().unwrap().clone();
-    let [
-        StorageRequest::HydrateChunk(c2),
-        StorageRequest::Apply { ops: u2, .. },
-        StorageRequest::HydrateChunk(c0),
-        StorageRequest::Apply { ops: u0, .. },
-        StorageRequest::Apply { ops: last, .. },
-    ] = &calls[..]
-    else {
+    // Each chunk's unlink follows its fill (the next fill may start before it).
+    let at = |want: &dyn Fn(&StorageRequest) -> bool| calls.iter().position(want).unwrap();
+    let hydrate =
+        |c| move |r: &StorageRequest| matches!(r, StorageRequest::HydrateChunk(h) if h.chunk == c);
+    let unlinks = |c| move |r: &StorageRequest| matches!(r, StorageRequest::Apply { ops, .. } if *ops == unlink(c));
+    assert!(
+        at(&hydrate(2)) < at(&hydrate(0)),
+        "most read first: {calls:?}"
+    );
+    assert!(at(&hydrate(2)) < at(&unlinks(2)) && at(&hydrate(0)) < at(&unlinks(0)));
+    let [.., StorageRequest::Apply { ops: last, .. }] = &calls[..] else {
         panic!("{calls:?}");
     };
-    assert_eq!((c2.chunk, u2, c0.chunk, u0), (2, &unlink(2), 0, &unlink(0)));
+    let (StorageRequest::HydrateChunk(c0), StorageRequest::HydrateChunk(c2)) =
+        (&calls[at(&hydrate(0))], &calls[at(&hydrate(2))])
+    else {
+        unreachable!()
+    };
+    assert_eq!(calls.len(), 5, "{calls:?}");
     // Before the restore is done, every chunk is unlinked once more, in one batch per
     // group: a `Link` that landed late is undone.
     assert_eq!(*last, [unlink(0), unlink(2)].concat());
@@ -214,4 +225,125 @@ async fn chunk_slots_are_shared_by_the_jobs_of_one_pool() {
     let _r = restores.slot().await.unwrap();
     drop(a);
     assert!(copies.slots.clone().try_acquire_owned().is_ok());
+}
+
+/// A chunk whose segment is corrupt in the restore's store is filled from the backup's
+/// ready copy in another store at its next attempt; the other chunk from the restore's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_failing_in_the_restores_store_is_filled_from_a_copy() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    h.back_up(1).await;
+    let (stores, _) = h.with_other_store();
+    crate::copy_loop::tests::copy_record(&h).await;
+    crate::copy_loop::tests::run_copy(&h, stores.clone()).await;
+    let seg2 = h.read(|s| s.state().backup_segment(1, 2)).await.unwrap();
+    let key = tessera_backup::keys::segment(&seg2);
+    h.store.put(&key, "corrupt".into()).await.unwrap();
+    restored(&h, 1, true).await;
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(
+        h.service.clone(),
+        stores,
+        Settings::new(1, 3),
+        1 << 40,
+        stopped,
+    ));
+    h.until("restore done", |s| {
+        s.state()
+            .volume_record_by_id(2)
+            .is_ok_and(|v| v.restore.is_none())
+    })
+    .await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+    let filled: Vec<(u64, String)> = h
+        .restore_calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|r| match r {
+            StorageRequest::HydrateChunk(c) => Some((c.chunk, c.store.name.clone())),
+            _ => None,
+        })
+        .collect();
+    // (Chunk 2 backed off after its failure: chunk 0 may be filled first.)
+    let mut filled = filled;
+    filled.sort();
+    assert_eq!(filled, [(0, "local".into()), (2, "other".into())]);
+    h.stop().await;
+}
+
+/// No store of the backup configured on this manager: the restore's meter says so (what
+/// `volume info` shows), and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_without_a_configured_store_shows_it_in_its_meter() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    h.back_up(1).await;
+    restored(&h, 1, true).await;
+    let (stop, stopped) = watch::channel(false);
+    let none: Stores = Arc::default();
+    let task = tokio::spawn(run(
+        h.service.clone(),
+        none,
+        Settings::new(1, 3),
+        1 << 40,
+        stopped,
+    ));
+    let meters = h.read(|s| s.restore_meters()).await;
+    let t = Instant::now();
+    let error = loop {
+        if let Some(e) = meters.lock().unwrap().get(&2).and_then(|m| m.error.clone()) {
+            break e;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no error shown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("no store") && error.contains("local"),
+        "{error}"
+    );
+    let _ = stop.send(true);
+    task.await.unwrap();
+    assert!(h.restore_calls.lock().unwrap().is_empty());
+    h.stop().await;
+}
+
+/// Chunks filled and waiting out the unlink delay do not count against the restore's
+/// concurrency: with one chunk at a time, both chunks are filled before either is
+/// unlinked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_waiting_to_be_unlinked_leave_room_for_fills() {
+    let h = harness(two_backups()).await;
+    h.create_backup(1, 1, None).await;
+    h.back_up(1).await;
+    restored(&h, 1, true).await;
+    let job = h.read(|s| plan_all(s).remove(0)).await;
+    let (spec, store) = h.stores["local"].clone();
+    let meters = h.read(|s| s.restore_meters()).await;
+    let ctx = Ctx {
+        service: h.service.clone(),
+        sources: vec![(spec, store)],
+        settings: Settings::new(1, 3).own_slots(),
+        pace: Arc::new(Pace::new(1 << 40)),
+        rates: Rates::new(meters),
+        unlink_after: Instant::now() + Duration::from_millis(1500),
+    };
+    fill_all(&ctx, &job).await.unwrap();
+    let calls = h.restore_calls.lock().unwrap().clone();
+    assert!(
+        matches!(
+            &calls[..],
+            [
+                StorageRequest::HydrateChunk(_),
+                StorageRequest::HydrateChunk(_),
+                StorageRequest::Apply { .. },
+                StorageRequest::Apply { .. },
+                StorageRequest::Apply { .. },
+            ]
+        ),
+        "{calls:?}"
+    );
+    h.stop().await;
 }
