@@ -231,7 +231,8 @@ async fn a_lazy_restore_is_usable_at_once_and_ends_independent_of_its_store_s3()
 /// its objects are then damaged in `main` (chunk 20's garbled, chunk 30's one byte off). A
 /// restore from `main` (the fill paced: it reaches neither chunk for a minute) is
 /// attached at once: both chunks, and then the whole volume, read as the snapshot, and
-/// the copy's store was read.
+/// the copy's store was read. The fill then finishes (past the damaged objects) and the
+/// volume reads the same with both stores gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_object_is_read_from_a_ready_copy_in_another_store() {
     let main = TestStore::start(Kind::Dir, "main", "zone1").await;
@@ -240,7 +241,7 @@ async fn a_corrupt_object_is_read_from_a_ready_copy_in_another_store() {
         manager_extra: format!("{ONE_AT_A_TIME}{PACED}"),
         ..Opts::default()
     };
-    let c = BackupCluster::start(opts, vec![main, copy]).await;
+    let mut c = BackupCluster::start(opts, vec![main, copy]).await;
     let img = source(&c, 3).await;
     let b = backup(&c, "v@s1", Some("main")).await;
     let id = b.id.to_string();
@@ -289,6 +290,16 @@ async fn a_corrupt_object_is_read_from_a_ready_copy_in_another_store() {
         checksum(&client, "r").await,
         img.checksum(),
         "r equals v@s1"
+    );
+    // The pre-warm gets past the damaged objects too (from the copy), and the filled
+    // volume needs neither store.
+    wait_restored_within(&c, "r", LONG).await;
+    std::fs::rename(&dir, dir.with_extension("removed")).expect("rename main away");
+    drop(c.stores[1].s3.take());
+    assert_eq!(
+        checksum(&client, "r").await,
+        img.checksum(),
+        "r equals v@s1 without its stores"
     );
 }
 
