@@ -4,13 +4,15 @@
 //! whole-block writes, trims, zeroes and partial-block writes made meanwhile win over the
 //! backup's bytes; once filled, the volume reads back exactly without its store (the
 //! directory renamed away, the S3 server stopped). Also: an object corrupt in the
-//! restore's store is read from a ready copy in another store, and a group leader killed
-//! during a lazy restore neither stops the reads nor the fill.
+//! restore's store is read, and filled, from a ready copy in another store, and a group
+//! leader killed during a lazy restore neither stops the reads nor the fill.
 //!
 //! Every volume here is 32 MiB in 1 MiB chunks (one region each), spread over the
 //! cluster's groups. The source is never read before its backup, so its access record is
 //! empty and the pre-warm goes in chunk order: the tests aim their writes at the last
-//! chunks, which it reaches last, and check from `volume info` that it had not yet.
+//! chunks, which it reaches last. The fill is slowed (the S3 server delayed, or the
+//! manager's pace for a directory store) so that it gets there only minutes later;
+//! `volume info`'s progress (a chunk counts once filled and unlinked) is checked as well.
 
 mod common;
 
