@@ -3,7 +3,7 @@
 //! resumed by the next; a storage node killed during a backup, and a storage node and the
 //! manager killed during a restore, each resumed to the same bytes; and every bad request
 //! (unknown names, a restore onto an existing volume, deleting what an upload, a copy or a
-//! restore reads, attaching a volume still restoring) refused clearly, changing nothing.
+//! restore reads, a snapshot of a volume still restoring) refused clearly, changing nothing.
 //!
 //! The plain paths (incremental uploads, 503s, credentials, the collector) are in
 //! `backup.rs`.
@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::backup::{
-    BackupCluster, Image, Kind, MIB, TestStore, WAIT, backup, backup_info, backup_list,
+    BLOCK, BackupCluster, Image, Kind, MIB, TestStore, WAIT, backup, backup_info, backup_list,
     backup_start, checksum, cli_fails, cli_json, cli_ok, leader_of_chunk, objects_by_region,
     reachable, restore, restore_start, store_list, volume_info, wait_backup, wait_backup_until,
     wait_restored,
@@ -255,8 +255,9 @@ async fn a_killed_node_or_manager_during_backup_and_restore_is_survived_s3() {
 /// malformed `VOL@SNAP` or a copy to the backup's own store (2); a restore onto an existing
 /// name (4); deleting a snapshot an uploading backup reads (its own or its base's), or the
 /// backup itself, or restoring from it, while it uploads (refused, naming it); deleting a
-/// backup a restoring volume reads (naming the volume); attaching or opening a volume still
-/// restoring (saying so). Deleting a volume keeps its backups.
+/// backup a restoring volume reads (naming the volume); a snapshot of a volume still
+/// restoring (saying so), which is attachable and readable meanwhile. Deleting a volume
+/// keeps its backups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_backup_requests_are_refused_clearly_and_change_nothing() {
     let s3 = TestStore::start(Kind::S3, "s3", "zone1").await;
@@ -367,27 +368,24 @@ async fn bad_backup_requests_are_refused_clearly_and_change_nothing() {
     );
     cli_ok(&c, &["snapshot", "delete", "v@s3"]);
 
-    // A volume being restored (slowly): not attachable, not readable, and its backup
-    // stays.
+    // A volume being restored (slowly): attachable and readable at once (a lazy restore),
+    // but no snapshot of it until it is filled (saying so), and its backup stays.
     let r = restore_start(&c, "restoring-r", b1.id, None);
     slow.set_delay(Duration::from_secs(2));
     assert!(r.restore.is_some(), "{r:?}");
-    for (how, res) in [
-        ("attach", client.open("restoring-r").await.map(|_| ())),
-        (
-            "open",
-            client.open_read_only("restoring-r").await.map(|_| ()),
-        ),
-    ] {
-        let e = res
-            .expect_err("a restoring volume cannot be used yet")
-            .to_string();
-        assert!(e.to_lowercase().contains("restor"), "{how}: {e}");
-    }
+    let vol = client
+        .open("restoring-r")
+        .await
+        .expect("a restoring volume is attachable");
+    img.check(&vol, 3 * MIB, 2 * BLOCK, "a read while restoring")
+        .await;
+    let e = cli_fails(&c, &["snapshot", "create", "restoring-r@x"], &[5]);
+    assert!(e.to_lowercase().contains("restor"), "a snapshot: {e}");
     let e = cli_fails(&c, &["backup", "delete", &id1], &[5]);
     assert!(e.contains("restoring-r"), "names the restoring volume: {e}");
     slow.set_delay(Duration::ZERO);
     wait_restored(&c, "restoring-r").await;
+    vol.close().await.expect("detach");
     let r = client
         .open("restoring-r")
         .await

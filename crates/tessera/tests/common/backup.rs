@@ -340,7 +340,12 @@ pub fn restore(c: &Cluster, name: &str, id: u64, store: Option<&str>) -> VolumeI
 
 /// Polls `volume info NAME` until its restore is done.
 pub async fn wait_restored(c: &Cluster, name: &str) -> VolumeInfo {
-    let deadline = Instant::now() + WAIT;
+    wait_restored_within(c, name, WAIT).await
+}
+
+/// [`wait_restored`], for up to `limit` (a fill paced on purpose).
+pub async fn wait_restored_within(c: &Cluster, name: &str, limit: Duration) -> VolumeInfo {
+    let deadline = Instant::now() + limit;
     loop {
         let v = volume_info(c, name);
         if v.restore.is_none() {
@@ -348,7 +353,7 @@ pub async fn wait_restored(c: &Cluster, name: &str) -> VolumeInfo {
         }
         assert!(
             Instant::now() < deadline,
-            "{name}: not restored in {WAIT:?}: {:#?}\n{}",
+            "{name}: not restored in {limit:?}: {:#?}\n{}",
             v.restore,
             c.logs()
         );
@@ -422,6 +427,42 @@ impl Image {
             .await
             .unwrap_or_else(|e| panic!("write zeroes at {off}: {e}"));
         vol.flush().await.expect("flush");
+    }
+
+    /// Writes `data` at `off`, any alignment (a storage node completes a partial block from
+    /// what the block holds), through `vol` and into the model.
+    pub async fn write_at(&mut self, vol: &Volume, off: u64, data: Vec<u8>) {
+        self.0[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        vol.write(off, Bytes::from(data))
+            .await
+            .unwrap_or_else(|e| panic!("write at {off}: {e}"));
+    }
+
+    /// Discards (trims) `off..off + len`, any alignment, through `vol` and into the model.
+    pub async fn discard(&mut self, vol: &Volume, off: u64, len: u64) {
+        self.0[off as usize..(off + len) as usize].fill(0);
+        vol.discard(off, len)
+            .await
+            .unwrap_or_else(|e| panic!("discard at {off}: {e}"));
+    }
+
+    /// Reads `off..off + len` through `vol`; it must hold the model's bytes (`what` says
+    /// which read failed, with the first byte that differs).
+    pub async fn check(&self, vol: &Volume, off: u64, len: u64, what: &str) {
+        let got = vol
+            .read(off, len)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: read at {off}: {e}"));
+        let want = &self.0[off as usize..(off + len) as usize];
+        if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+            panic!(
+                "{what}: byte {} of the volume reads {:#04x}, expected {:#04x}",
+                off + i as u64,
+                got[i],
+                want[i]
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{what}: a short read");
     }
 
     /// The hash [`checksum`] computes of a volume holding these bytes.
