@@ -331,6 +331,10 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
         let (pos, step) = done.map_err(|e| format!("a fill task failed: {e}"))?;
         let r = match step {
             Step::Filled(Ok((bytes, at))) => {
+                // Shown filled at once (`volume info`'s bytes and ETA); the chunk counts as
+                // done in the recorded progress only once unlinked, which may wait out
+                // `unlink_after`.
+                ctx.rates.filled(job.volume_id, bytes);
                 let (service, unlink_after) = (ctx.service.clone(), ctx.unlink_after);
                 let (volume_id, chunk) = (job.volume_id, left.get(&pos).map_or(0, |l| l.chunk));
                 let group_id = left.get(&pos).and_then(|l| l.group).unwrap_or(0);
@@ -351,9 +355,8 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
         };
         in_flight.remove(&pos);
         match r {
-            Ok(bytes) => {
+            Ok(_) => {
                 left.remove(&pos);
-                ctx.rates.filled(job.volume_id, bytes);
             }
             Err(e) => {
                 let Some(l) = left.get_mut(&pos) else {

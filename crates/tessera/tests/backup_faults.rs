@@ -153,22 +153,27 @@ async fn an_interrupted_copy_resumes_on_the_next_leader_s3_to_dir() {
 const PACED: &str = "backup_bytes_per_sec = 4194304\nrestore_bytes_per_sec = 4194304\n\
                      backup_chunks_in_flight = 1\n";
 
-/// Polls `volume info NAME` until its restore has filled `chunks` chunks; it must still
-/// be restoring then (the kill that follows lands mid-way).
-async fn wait_restore_progress(c: &BackupCluster, name: &str, chunks: u64) -> VolumeInfo {
+/// Polls `volume info NAME` until this leader's restore meter shows `bytes` filled; it
+/// must still be restoring then (the kill that follows lands mid-way). Bytes, not chunks:
+/// a chunk counts as done only once unlinked, which the manager does no sooner than 30 s
+/// after it first saw the restore linked (a late Link must land first).
+async fn wait_restore_bytes(c: &BackupCluster, name: &str, bytes: u64) -> VolumeInfo {
     let deadline = Instant::now() + WAIT;
     loop {
         let v = volume_info(c, name);
         let r = v.restore.as_ref().unwrap_or_else(|| {
-            panic!("{name}: restored before {chunks} chunks were seen filled (pacing?): {v:?}")
+            panic!(
+                "{name}: restored before {bytes} bytes were seen filled (pacing?): {v:?}\n{}",
+                c.logs()
+            )
         });
-        if r.chunks_done >= chunks {
+        if r.hydrated_bytes >= bytes {
             assert!(r.chunks_done < r.chunks_total, "{v:?}");
             return v;
         }
         assert!(
             Instant::now() < deadline,
-            "{name}: {chunks} chunks not filled in {WAIT:?}: {r:?}\n{}",
+            "{name}: {bytes} bytes not filled in {WAIT:?}: {r:?}\n{}",
             c.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -214,10 +219,11 @@ async fn killed_node_and_manager_resume(kind: Kind) {
 
     let r = restore_start(&c, "r", b.id, None);
     assert!(r.restore.is_some(), "restoring: {r:?}");
-    wait_restore_progress(&c, "r", 1).await;
+    let first = wait_restore_bytes(&c, "r", 1).await;
+    let first = first.restore.map_or(0, |r| r.hydrated_bytes);
     let victim = leader_of_chunk(&c, "r", 3).await;
     c.kill_node(victim);
-    wait_restore_progress(&c, "r", 2).await;
+    wait_restore_bytes(&c, "r", first + 1).await;
     c.kill_manager(0);
     c.restart_manager(0);
     c.wait_leader().await;
