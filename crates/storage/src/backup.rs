@@ -104,6 +104,16 @@ pub(crate) struct Node<'a> {
     pub(crate) raft: &'a RaftNode,
     pub(crate) chunks: &'a ChunkStores,
     pub(crate) stores: &'a StoreCache,
+    /// Client reads of restored chunks waiting for a store on this node (see
+    /// [`prewarm_window`]).
+    pub(crate) reads_waiting: &'a std::sync::atomic::AtomicUsize,
+}
+
+/// Objects a pre-warm's `HydrateChunk` fetches at once: its `window`, but one while any
+/// client read on this node waits for a store (a first read queued behind a pre-warm's
+/// dozens of fetches waited seconds on S3; the client's read goes first, the fill goes on).
+pub(crate) fn prewarm_window(window: usize, reads_waiting: usize) -> usize {
+    if reads_waiting > 0 { 1 } else { window.max(1) }
 }
 
 /// A step that ends the request early: the node does not lead, or an error.
@@ -463,7 +473,12 @@ async fn fill(node: &Node<'_>, req: &HydrateChunkRequest) -> Result<StorageReply
     let mut entry: Option<(u32, Vec<u8>)> = None;
     let mut bytes = 0u64;
     loop {
-        while fetches.len() < window {
+        let room = prewarm_window(
+            window,
+            node.reads_waiting
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        while fetches.len() < room {
             let Some((region, hash)) = wanted.next() else {
                 break;
             };

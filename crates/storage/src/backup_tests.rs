@@ -38,6 +38,7 @@ pub(crate) struct One {
     pub(crate) chunks: Arc<ChunkStores>,
     stores: StoreCache,
     pub(crate) store_dir: std::path::PathBuf,
+    reads_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl One {
@@ -47,6 +48,7 @@ impl One {
             raft: &self.raft,
             chunks: &self.chunks,
             stores: &self.stores,
+            reads_waiting: &self.reads_waiting,
         }
     }
 
@@ -203,6 +205,7 @@ pub(crate) async fn one_node() -> One {
         raft,
         chunks,
         stores: StoreCache::default(),
+        reads_waiting: Default::default(),
     };
     // The manager's check at its start leaves the marker a node looks for.
     Store::open(&one.spec())
@@ -554,4 +557,15 @@ fn an_unfilled_answer_is_named_not_printed() {
         Err(Stop::NotLeader(_)) => panic!("not leader"),
         Ok(_) => panic!("an unfilled read answered Ok"),
     }
+}
+
+/// A pre-warm fetches its whole window only while no client read waits for a store on the
+/// node; one object at a time otherwise (never none: the fill goes on).
+#[test]
+fn a_prewarm_fetches_one_object_at_a_time_while_client_reads_wait() {
+    use crate::backup::prewarm_window;
+    assert_eq!(prewarm_window(8, 0), 8);
+    assert_eq!(prewarm_window(8, 1), 1);
+    assert_eq!(prewarm_window(8, 40), 1);
+    assert_eq!(prewarm_window(0, 0), 1);
 }

@@ -57,6 +57,7 @@ impl Shared {
             raft: &self.raft,
             chunks: &self.chunks,
             stores: &self.stores,
+            reads_waiting: &self.lazy.reads_waiting,
         }
     }
 }

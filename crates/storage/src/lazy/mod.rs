@@ -47,6 +47,7 @@ mod stall;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +100,26 @@ pub(crate) struct Lazy {
     // Out-of-band fills of stalled applies, by (group, volume, chunk).
     stalls: Flights<(u64, u64, u64), ()>,
     reads: AccessRecord,
+    /// Client reads waiting for their blocks from a store: while any does, this node's
+    /// pre-warm fetches one object at a time (`backup::prewarm_window`), so the store
+    /// serves the client first.
+    pub(crate) reads_waiting: AtomicUsize,
+}
+
+/// Counts a client read in [`Lazy::reads_waiting`] while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Lazy {
@@ -118,6 +139,7 @@ impl Lazy {
             recent: Arc::default(),
             stalls: Flights::default(),
             reads: AccessRecord::default(),
+            reads_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -165,6 +187,7 @@ impl Lazy {
         blocks: Vec<u32>,
     ) -> Reply {
         let started = std::time::Instant::now();
+        let waiting = Waiting::new(&self.reads_waiting);
         let filled = match self.source(addr.volume, addr.chunk).await {
             Ok(source) => {
                 self.fill(&source, addr.chunk, u64::from(offset), data, &blocks)
@@ -172,6 +195,7 @@ impl Lazy {
             }
             Err(e) => Err(e),
         };
+        drop(waiting);
         LAZY_READ.observe_since(started);
         match filled {
             Ok((read, fetched)) => {
