@@ -91,6 +91,50 @@ pub enum CmdOp {
     /// trims always win over the backup's bytes. Carries no writer epoch (any attachment
     /// may be writing meanwhile) and no sequence. Idempotent.
     Hydrate = 12,
+    /// A scrub step's mark (see `crate::control::RegionScanRequest`): `data` is `mark u64`
+    /// (nonzero, the proposer's id for it); `offset`/`len` the region (whole blocks).
+    /// Changes no block: each replica applying it starts watching the region for changes
+    /// (in memory), so that it can later tell which blocks still hold what they held at
+    /// this entry, and a [`CmdOp::Repair`] of the same mark rewrites only those. No writer
+    /// epoch, no sequence.
+    ScrubMark = 13,
+    /// Repair blocks found bad or divergent by a scrub step: `data` is
+    /// `mark u64 | layer u64 | one wanted state per block of offset..offset+len (whole
+    /// blocks): 0 absent, 1 zero, 2 data | the 4 KiB of each data block, in order`
+    /// (see [`Command::repair_data`]). A replica rewrites a block of that layer to its
+    /// wanted state only if it watches `mark` (applied the mark, not restarted since), the
+    /// block is unchanged since the mark, and it differs (or fails its checksum): never
+    /// over a newer write, never on a replica that holds it right. No writer epoch, no
+    /// sequence.
+    Repair = 14,
+}
+
+/// Bytes of a [`CmdOp::ScrubMark`]'s data: `mark u64`.
+pub const SCRUB_MARK_LEN: usize = 8;
+
+/// A block's wanted state in a [`CmdOp::Repair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Wanted {
+    /// The layer does not hold it.
+    Absent = 0,
+    /// Written as zero.
+    Zero = 1,
+    /// These bytes (the next 4 KiB of the repair's data).
+    Data = 2,
+}
+
+/// A [`CmdOp::Repair`]'s data, decoded (see [`Command::repair_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairParts {
+    /// The scrub mark the repair is relative to.
+    pub mark: u64,
+    /// The layer rewritten (1: the chunk's base files).
+    pub layer: u64,
+    /// One wanted state per block from the command's offset.
+    pub wanted: Vec<Wanted>,
+    /// The bytes of the [`Wanted::Data`] blocks, 4 KiB each, in order (a zero-copy slice).
+    pub data: Bytes,
 }
 
 /// One entry of a group's log, applied in log order by every replica.
@@ -169,6 +213,8 @@ impl Command {
             10 => CmdOp::Merge,
             11 => CmdOp::DropMerged,
             12 => CmdOp::Hydrate,
+            13 => CmdOp::ScrubMark,
+            14 => CmdOp::Repair,
             other => return Err(DecodeError::Invalid(format!("command op {other}"))),
         };
         let volume = r.u64()?;
@@ -200,6 +246,9 @@ impl Command {
             CmdOp::Link => LINK_LEN,
             CmdOp::Rollback => 8,
             CmdOp::Merge | CmdOp::DropMerged => MERGE_LEN,
+            CmdOp::ScrubMark => SCRUB_MARK_LEN,
+            // Checked by `repair_parts` (its length follows from its states).
+            CmdOp::Repair => r.remaining().max(1),
             _ => 0,
         };
         // Entries from before `Link` carried nothing after the header but a write's data;
@@ -279,6 +328,68 @@ impl Command {
         b.freeze()
     }
 
+    /// The mark of a [`CmdOp::ScrubMark`]; `None` for another op (or a mark of 0).
+    pub fn scrub_mark(&self) -> Option<u64> {
+        if self.op != CmdOp::ScrubMark {
+            return None;
+        }
+        let mark = u64::from_le_bytes(self.data.as_ref().try_into().ok()?);
+        (mark != 0).then_some(mark)
+    }
+
+    /// The data of a [`CmdOp::ScrubMark`].
+    pub fn scrub_mark_data(mark: u64) -> Bytes {
+        Bytes::copy_from_slice(&mark.to_le_bytes())
+    }
+
+    /// The data of a [`CmdOp::Repair`] of layer `layer` relative to scrub mark `mark`:
+    /// `wanted` one state per block, `blocks` the 4 KiB of each [`Wanted::Data`] one.
+    pub fn repair_data(mark: u64, layer: u64, wanted: &[Wanted], blocks: &[u8]) -> Bytes {
+        let mut b = BytesMut::with_capacity(16 + wanted.len() + blocks.len());
+        b.put_u64_le(mark);
+        b.put_u64_le(layer);
+        b.extend(wanted.iter().map(|&w| w as u8));
+        b.extend_from_slice(blocks);
+        b.freeze()
+    }
+
+    /// A [`CmdOp::Repair`]'s parts; `None` for another op, or data that does not match
+    /// its range (offset and length not whole blocks, a state byte unknown, the data not
+    /// 4 KiB per data block, a mark of 0).
+    pub fn repair_parts(&self) -> Option<RepairParts> {
+        const BLOCK: usize = 4096;
+        if self.op != CmdOp::Repair
+            || !(self.offset as usize).is_multiple_of(BLOCK)
+            || !(self.len as usize).is_multiple_of(BLOCK)
+        {
+            return None;
+        }
+        let count = self.len as usize / BLOCK;
+        let head = self.data.get(..16 + count)?;
+        let mark = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let layer = u64::from_le_bytes(head[8..16].try_into().ok()?);
+        let wanted = head[16..]
+            .iter()
+            .map(|&b| match b {
+                0 => Some(Wanted::Absent),
+                1 => Some(Wanted::Zero),
+                2 => Some(Wanted::Data),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let data_blocks = wanted.iter().filter(|&&w| w == Wanted::Data).count();
+        let data = self.data.slice(16 + count..);
+        if mark == 0 || layer == 0 || data.len() != data_blocks * BLOCK {
+            return None;
+        }
+        Some(RepairParts {
+            mark,
+            layer,
+            wanted,
+            data,
+        })
+    }
+
     /// The volume, writer epoch and snapshot sequence of an encoded command, without
     /// decoding the rest (`None`: neither an epoch nor a sequence, or not a command).
     pub fn peek_fence(bytes: &[u8]) -> Option<(u64, u64, u64)> {
@@ -330,200 +441,4 @@ impl Command {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_round_trip_and_truncation_fails() {
-        let c = Command {
-            op: CmdOp::Write,
-            volume: 1,
-            chunk: 2,
-            offset: 3,
-            len: 4,
-            id: 0,
-            epoch: 0,
-            seq: 0,
-            data: Bytes::from_static(b"abcd"),
-        };
-        for id in [0, 0xfeed_beef, u128::MAX - 3] {
-            for epoch in [0, 7, u64::MAX] {
-                let c = Command {
-                    id,
-                    epoch,
-                    ..c.clone()
-                };
-                let enc = c.encode();
-                assert_eq!(Command::decode(&enc).unwrap(), c);
-                assert_eq!(Command::peek_id(&enc), id);
-                let peeked = (epoch != 0).then_some((1, epoch));
-                assert_eq!(Command::peek_epoch(&enc), peeked);
-                for n in 0..enc.len() {
-                    assert!(Command::decode(&enc.slice(..n)).is_err());
-                }
-            }
-        }
-        let fence = Command {
-            op: CmdOp::Fence,
-            len: 0,
-            epoch: 3,
-            data: Bytes::new(),
-            ..c
-        };
-        assert_eq!(Command::decode(&fence.encode()).unwrap(), fence);
-    }
-
-    fn command(op: CmdOp, id: u128, epoch: u64) -> Command {
-        let (len, data) = match op {
-            CmdOp::Write => (5, Bytes::from_static(b"hello")),
-            CmdOp::Hydrate => (4096, Bytes::from(vec![7u8; 4096])),
-            CmdOp::WriteZeroes | CmdOp::Discard => (4096, Bytes::new()),
-            CmdOp::Link => (0, Command::link_data(2, 5)),
-            CmdOp::Rollback => (0, Bytes::copy_from_slice(&4u64.to_le_bytes())),
-            CmdOp::DropMerged => (0, Command::merge_data(2, 5, true)),
-            CmdOp::Flatten => (1 << 20, Bytes::new()),
-            CmdOp::Merge => (1 << 20, Command::merge_data(1, 4, false)),
-            CmdOp::DropChunk | CmdOp::Fence | CmdOp::Unlink => (0, Bytes::new()),
-        };
-        Command {
-            op,
-            volume: 3,
-            chunk: 9,
-            offset: if len == 0 { 0 } else { 512 },
-            len,
-            id,
-            epoch,
-            seq: epoch / 2,
-            data,
-        }
-    }
-
-    const OPS: [CmdOp; 12] = [
-        CmdOp::Write,
-        CmdOp::WriteZeroes,
-        CmdOp::Discard,
-        CmdOp::DropChunk,
-        CmdOp::Fence,
-        CmdOp::Link,
-        CmdOp::Flatten,
-        CmdOp::Unlink,
-        CmdOp::Rollback,
-        CmdOp::Merge,
-        CmdOp::DropMerged,
-        CmdOp::Hydrate,
-    ];
-
-    /// Every op, with and without the optional id and epoch, is read back from the log as
-    /// written; a truncated entry is an error.
-    #[test]
-    fn every_op_round_trips_with_and_without_id_and_epoch() {
-        for op in OPS {
-            for (id, epoch) in [(0, 0), (7, 0), (0, 7), (u128::MAX, u64::MAX)] {
-                let c = command(op, id, epoch);
-                let enc = c.encode();
-                assert_eq!(Command::decode(&enc).unwrap(), c);
-                let fence = (c.epoch != 0 || c.seq != 0).then_some((3, c.epoch, c.seq));
-                assert_eq!(Command::peek_fence(&enc), fence);
-                if matches!(
-                    op,
-                    CmdOp::Write
-                        | CmdOp::Hydrate
-                        | CmdOp::Link
-                        | CmdOp::Rollback
-                        | CmdOp::Merge
-                        | CmdOp::DropMerged
-                ) {
-                    for n in 0..enc.len() {
-                        assert!(Command::decode(&enc.slice(..n)).is_err());
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn links_and_rollbacks_carry_their_parent_and_target() {
-        let link = command(CmdOp::Link, 0, 0);
-        assert_eq!(
-            Command::decode(&link.encode()).unwrap().link_parent(),
-            Some((2, 5))
-        );
-        assert_eq!(link.rollback_to(), None);
-        let back = command(CmdOp::Rollback, 0, 8);
-        assert_eq!(
-            Command::decode(&back.encode()).unwrap().rollback_to(),
-            Some(4)
-        );
-        assert_eq!(back.link_parent(), None);
-        // A link or rollback whose data is cut short is refused, never read as another.
-        let mut short = link.encode().to_vec();
-        short.pop();
-        assert!(Command::decode(&Bytes::from(short)).is_err());
-    }
-
-    /// An entry written before sequences existed reads as sequence 0, and trailing bytes
-    /// after an op that carries no data are ignored as they always were.
-    #[test]
-    fn entries_from_before_sequences_still_decode() {
-        let mut old = command(CmdOp::Discard, 7, 3);
-        old.seq = 0;
-        let mut enc = old.encode().to_vec();
-        assert_eq!(enc[0] & HAS_SEQ, 0);
-        assert_eq!(Command::decode(&Bytes::from(enc.clone())).unwrap(), old);
-        enc.extend_from_slice(b"xy");
-        assert_eq!(Command::decode(&Bytes::from(enc)).unwrap(), old);
-    }
-
-    #[test]
-    fn unknown_ops_and_overflowing_ranges_are_refused() {
-        for op in [0, 10, 0x1f] {
-            let mut enc = command(CmdOp::Discard, 0, 0).encode().to_vec();
-            enc[0] = op;
-            assert!(Command::decode(&Bytes::from(enc)).is_err(), "op {op}");
-        }
-        let c = Command {
-            offset: u32::MAX,
-            len: 1,
-            ..command(CmdOp::WriteZeroes, 0, 0)
-        };
-        assert!(Command::decode(&c.encode()).is_err());
-    }
-
-    /// Log entries are re-read at recovery: whatever a corrupted one holds, decoding and
-    /// peeking return, never panic.
-    #[test]
-    fn no_corrupted_entry_panics_the_decoder_or_the_peeks() {
-        let enc = command(CmdOp::Write, 7, 9).encode();
-        for i in 0..enc.len() {
-            for b in [0, 0x40, 0x80, 0xc1, 0xff] {
-                let mut bad = enc.to_vec();
-                bad[i] = b;
-                let _ = Command::peek_id(&bad);
-                let _ = Command::peek_epoch(&bad);
-                let _ = Command::peek_fence(&bad);
-                let _ = Command::decode(&Bytes::from(bad));
-            }
-        }
-        for n in 0..enc.len() {
-            let _ = Command::peek_id(&enc[..n]);
-            let _ = Command::peek_epoch(&enc[..n]);
-        }
-        assert_eq!(Command::peek_id(&[]), 0);
-        assert_eq!(Command::peek_epoch(&[]), None);
-    }
-
-    /// A merge's range reads back as written; another op, or a live flag that is neither
-    /// 0 nor 1, has none.
-    #[test]
-    fn merge_ranges_read_back() {
-        let mut c = command(CmdOp::Merge, 0, 0);
-        assert_eq!(c.merge_range(), Some((1, 4, false)));
-        c.data = Command::merge_data(3, 9, true);
-        assert_eq!(c.merge_range(), Some((3, 9, true)));
-        let mut bad = c.data.to_vec();
-        bad[16] = 2;
-        c.data = Bytes::from(bad);
-        assert_eq!(c.merge_range(), None);
-        assert_eq!(command(CmdOp::Link, 0, 0).merge_range(), None);
-    }
-}
+mod tests;

@@ -51,6 +51,9 @@ pub struct NodeHeartbeat {
     /// statistics: all zero).
     #[serde(default)]
     pub descriptors: Descriptors,
+    /// Its scrubbing (absent from nodes from before scrubbing: all zero).
+    #[serde(default)]
+    pub scrub: super::ScrubStats,
 }
 
 /// A storage node's descriptors: its limit, and its open chunks (two descriptors each)
@@ -119,6 +122,12 @@ pub struct GroupState {
     /// reported: none).
     #[serde(default)]
     pub learners: Vec<u64>,
+    /// Whether that membership is joint (a change under way: the outgoing configuration
+    /// is not empty, and `voters` is the union of the old and the new voters, so a
+    /// majority of `voters` need not be a majority of either). Absent from older nodes:
+    /// not joint.
+    #[serde(default)]
+    pub joint: bool,
     /// Why this replica cannot serve its group, if it cannot: its apply has been stalled
     /// (a full disk, a corrupt block) for longer than the node tolerates, or the node
     /// quarantined it at start. It still holds the group's log (and may still count
@@ -143,6 +152,7 @@ mod tests {
             applied: 39,
             voters: vec![1, 2, 3],
             learners: vec![4],
+            joint: false,
             stuck: stuck.map(str::to_string),
         }
     }
@@ -167,6 +177,12 @@ mod tests {
                 limit: 1 << 20,
                 chunks_open: 12,
                 ..Descriptors::default()
+            },
+            scrub: super::super::ScrubStats {
+                pass: 3,
+                bytes_checked: 1 << 30,
+                unrepairable: 1,
+                ..Default::default()
             },
         }
     }
@@ -201,6 +217,10 @@ mod tests {
             (Role::Leader, 0, 0)
         );
         assert_eq!(g.stuck, None);
+        assert!(
+            !g.joint,
+            "a node from before joint reports is taken as not joint"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::{
     AttachmentInfo, ControlError, DEFAULT_CHUNK_SIZE, MAX_ROUTES_PER_PAGE, StorageRequest,
 };
 use super::{
-    BackupInfo, ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration,
-    RestoreSource, RoutePage, SnapshotInfo, StoreInfo, VolumeInfo, VolumeUsage,
+    BackupInfo, ChunkRoute, ClusterStatus, GroupSpec, NodeHeartbeat, NodeRegistration, NodeScrub,
+    RestoreSource, RoutePage, ScrubAction, SnapshotInfo, StoreInfo, VolumeInfo, VolumeUsage,
 };
 
 /// A request to a manager: the JSON body of a [`crate::frame::Kind::Rpc`] frame, answered
@@ -352,6 +352,19 @@ pub enum ManagerRequest {
     /// [`ManagerReply::Managers`]; empty from a manager with no membership yet). A manager
     /// about to found a group asks its peers first.
     Managers,
+    /// Every registered node's scrubbing as its last heartbeat reported it, answered with
+    /// [`ManagerReply::Scrub`] (by the leader).
+    ScrubStatus,
+    /// Start (or resume) or pause one node's scrubbing: forwarded to the node
+    /// ([`StorageRequest::Scrub`]), answered with [`ManagerReply::Scrub`] holding that
+    /// node's state after the action; an unknown node is [`ControlError::NotFound`], one
+    /// that cannot be reached [`ControlError::Unavailable`].
+    ScrubControl {
+        /// The node.
+        node_id: u64,
+        /// What to do.
+        action: ScrubAction,
+    },
 }
 
 /// A manager's answer to a [`ManagerRequest`]: the `Ok` side of the reply body.
@@ -453,6 +466,9 @@ pub enum ManagerReply {
         /// Learners, as (manager id, address).
         learners: Vec<(u64, String)>,
     },
+    /// The answer to [`ManagerRequest::ScrubStatus`] and [`ManagerRequest::ScrubControl`],
+    /// by node id.
+    Scrub(Vec<NodeScrub>),
 }
 
 #[cfg(test)]

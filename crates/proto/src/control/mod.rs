@@ -20,6 +20,8 @@
 //! - `snapshot`: a volume's snapshots and a clone's parent, [`SnapshotInfo`] and
 //!   [`ParentInfo`], and the [`GroupOp`]s that take, clone, flatten and roll back.
 //! - `route`: where a chunk lives, [`ChunkRoute`], and the bounded [`RoutePage`].
+//! - `scrub`: a node's scrubbing: its [`ScrubStats`], a replica's [`RegionScan`] for
+//!   the group leader, [`ScrubAction`].
 //! - `group`: a replica group's placement, [`GroupSpec`] and [`PeerInfo`].
 //! - `error`: how a request fails, [`ControlError`].
 //! - `codec`: [`encode`] and [`decode`], the JSON of every body.
@@ -35,6 +37,7 @@ mod group;
 mod heartbeat;
 mod manager;
 mod route;
+mod scrub;
 mod snapshot;
 mod status;
 mod storage;
@@ -53,6 +56,10 @@ pub use heartbeat::{
 };
 pub use manager::{ManagerReply, ManagerRequest};
 pub use route::{ChunkRoute, MAX_ROUTES_PER_PAGE, RoutePage};
+pub use scrub::{
+    BlockCheck, NodeScrub, RegionScan, RegionScanRequest, SCRUB_REGION_BLOCKS, ScannedBlock,
+    ScrubAction, ScrubCursor, ScrubStats,
+};
 pub use snapshot::{
     GroupOp, ParentInfo, ReclaimInfo, SnapshotInfo, SnapshotState, SnapshotUsage, VolumeUsage,
 };

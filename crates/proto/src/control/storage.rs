@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ControlError;
 use super::{
     BackupChunkRequest, ChunkUpload, GroupOp, GroupSpec, HydrateChunkRequest, NodeHeartbeat,
-    PeerInfo,
+    PeerInfo, RegionScan, RegionScanRequest, ScrubAction, ScrubStats,
 };
 
 /// Most chunks one [`StorageRequest::DropChunks`] names (about 1.4 MiB of JSON at most): a
@@ -90,6 +90,18 @@ pub enum StorageRequest {
     /// [`StorageReply::Done`] once every entry is committed (or
     /// [`StorageReply::NotLeader`]).
     HydrateChunk(HydrateChunkRequest),
+    /// From a group's leader driving a scrub step, to any replica: this replica's scan of
+    /// a region as of a scrub mark, answered with [`StorageReply::ScrubRegion`]; a replica
+    /// that has not applied the mark within a few seconds (or no longer watches it)
+    /// answers [`ControlError::Unavailable`], a group it does not host
+    /// [`ControlError::NotFound`].
+    ScrubRegion(RegionScanRequest),
+    /// From the manager (an operator's `tessera scrub start|pause`): answered with
+    /// [`StorageReply::Scrub`], the node's scrubbing after the action.
+    Scrub {
+        /// What to do.
+        action: ScrubAction,
+    },
 }
 
 /// A storage node's answer to a [`StorageRequest`]: the `Ok` side of the reply body.
@@ -108,6 +120,10 @@ pub enum StorageReply {
     LayerUsage(Vec<LayerBytes>),
     /// The answer to [`StorageRequest::BackupChunk`].
     BackupChunk(ChunkUpload),
+    /// The answer to [`StorageRequest::ScrubRegion`].
+    ScrubRegion(RegionScan),
+    /// The answer to [`StorageRequest::Scrub`].
+    Scrub(ScrubStats),
     /// This node does not lead the group; `hint` is the leader it knows of (0: none).
     NotLeader {
         /// The node id of the leader it knows of (0: none).
@@ -243,6 +259,7 @@ mod tests {
             groups: Vec::new(),
             recovery: RecoveryStats::default(),
             descriptors: Descriptors::default(),
+            scrub: Default::default(),
         };
         for reply in [
             StorageReply::Done,

@@ -52,6 +52,7 @@ fn every_request_round_trips() {
             groups: Vec::new(),
             recovery: RecoveryStats::default(),
             descriptors: Descriptors::default(),
+            scrub: Default::default(),
         }),
         ManagerRequest::CreateVolume {
             name: name(),
