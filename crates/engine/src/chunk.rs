@@ -15,9 +15,10 @@
 //! log, and the caller calls [`ChunkStore::sync`] before compacting it. Writeback starts
 //! after each batch ([`ChunkStore::start_writeback`]): a steady stream, not a burst at each
 //! sync. After a crash a block and its checksum may disagree until the log replay rewrites
-//! them; [`ChunkStore::set_replaying`] lets that replay read-modify-write such torn blocks.
-//! Reads always verify, never returning a block failing its checksum. Knows nothing of
-//! Raft, groups or the network.
+//! them ([`ChunkStore::set_replaying`] lets it read-modify-write such torn blocks, never a
+//! poisoned one). Reads always verify; a partial write over a block failing its checksum,
+//! or a whole-chunk copy of one (merge, flatten, rollback), still applies, storing it with
+//! a *poisoned* checksum so that it keeps failing (see `write`). Knows nothing of Raft.
 //!
 //! A failed fdatasync is [`Error::Fatal`], for that sync and every later one of the store:
 //! the kernel may have dropped the dirty pages and marked them clean, so a retry would
@@ -27,15 +28,16 @@
 //! This file is the store's API (read, write, zero, sync, list, verify); beside it: `layout`
 //! the on-disk names and checksum format, `sys` the system calls on chunk files, `open_files`
 //! the cache of open files (one entry per layer of a chunk) and its side of the node's
-//! [`FileBudget`] (`budget`), `write` the layer-1 write path (block math, read- modify-write,
-//! data then checksums), `torn` the blocks a full disk left torn, `layers` the API of
-//! snapshots and clones (sequenced writes, reads as of a snapshot, links, changed blocks),
-//! `flatten` the copies inside a chunk's family (flatten, rollback), `hydrate` a restored
-//! chunk's fill, `merge` joining the layers of a deleted snapshot, `dropped` deleting layer
-//! files (`drop_chunk` at once, a merge's dropped layers hidden until the next sync),
-//! `layer_copy` the catch-up's raw access to one layer, `layout` also the layers' vocabulary,
-//! `layer_map` which chunks have layers or a parent, `resolve` reading through layers and
-//! parents, `place` writing whole blocks into one layer, `link` the link file.
+//! [`FileBudget`] (`budget`), `write` the layer-1 write path (block math, read-modify-write,
+//! data then checksums), `torn` the blocks a full disk left torn, `layers` the API of snapshots
+//! and clones (sequenced writes, reads as of a snapshot, links, changed blocks), `flatten` the
+//! copies inside a chunk's family (flatten, rollback), `hydrate` a restored chunk's fill,
+//! `merge` joining the layers of a deleted snapshot, `dropped` deleting layer files
+//! (`drop_chunk` at once, a merge's dropped layers hidden until the next sync), `layer_copy`
+//! the catch-up's raw access to one layer, `layout` also the layers' vocabulary, `layer_map`
+//! which chunks have layers or a parent, `resolve` reading through layers and parents, `place`
+//! writing whole blocks into one layer, `link` the link file, `scan` a scrubber's view of a
+//! chunk's layers (blocks classified, never failing on a bad one).
 
 mod budget;
 mod dropped;
@@ -54,6 +56,7 @@ mod merge_tests;
 mod open_files;
 mod place;
 mod resolve;
+mod scan;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -67,6 +70,7 @@ pub use dropped::DropPin;
 pub use hydrate::FillsExcluded;
 pub use layers::{BlockKind, LayerKey, MergeRange, RESTORED, layer_of};
 pub use layout::{BLOCK_SIZE, MAX_CHUNK};
+pub use scan::{ChunkLayers, Scanned, block_hash};
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -113,6 +117,8 @@ pub struct ChunkStore {
     /// Blocks whose data and checksum may disagree because a write or zeroing of them failed
     /// part way for want of space (the entry will be applied again).
     torn: TornBlocks,
+    /// Blocks written with a poisoned checksum (see `write`), since the store opened.
+    poisoned: AtomicU64,
     /// Dirty chunks the budget took out of the open map to close them: still open, they are
     /// made durable and closed by the next [`ChunkStore::sync`] (or at once by
     /// [`ChunkStore::flush_closing`] when the process is out of descriptors), never on the
@@ -184,6 +190,7 @@ impl ChunkStore {
             dirty_dirs: Mutex::new(HashSet::new()),
             sync_failure: Mutex::new(None),
             torn: TornBlocks::default(),
+            poisoned: AtomicU64::new(0),
             closing: Mutex::new(Vec::new()),
             unlinked: Mutex::new(HashSet::new()),
             replay_links: Mutex::new(HashMap::new()),
@@ -548,10 +555,10 @@ impl ChunkStore {
     }
 
     /// Whether the chunk's layer 1 has files (a `stat`: for the rare moments a chunk
-    /// stops being plain).
-    fn has_base(&self, volume: u64, chunk: u64) -> bool {
-        !self.is_dropped((volume, chunk, 1))
-            && layer_paths(&self.volume_dir(volume), chunk, 1).0.exists()
+    /// stops being plain); a failing disk is an error, never "no files".
+    fn has_base(&self, volume: u64, chunk: u64) -> io::Result<bool> {
+        let (data, _) = layer_paths(&self.volume_dir(volume), chunk, 1);
+        Ok(!self.is_dropped((volume, chunk, 1)) && data.try_exists()?)
     }
 
     fn link_file(&self, volume: u64, chunk: u64) -> PathBuf {

@@ -1,10 +1,12 @@
 //! Copies inside a chunk's family, applied from the log like writes: a clone's flatten
 //! (its parent's blocks into the layer it writes, see [`ChunkStore::flatten`]) and a
 //! rollback (a snapshot's content into the live layer, see [`ChunkStore::rollback`]).
-//! Both are idempotent and replay-safe for the reasons the `layers` module doc gives.
+//! Both are idempotent and replay-safe for the reasons the `layers` module doc gives. A
+//! block failing its checksum in what they copy from is carried across poisoned (see
+//! `copy_runs`), never stalling the apply.
 
 use super::layers::{PIECE, invalid, resolved_ops, runs, touched};
-use super::layout::{BLOCK_SIZE, BlockKind, layer_of, stored_crc};
+use super::layout::{BLOCK_SIZE, BlockKind, layer_of, poisoned_crc, stored_crc};
 use super::resolve::{Need, Scope};
 use super::sys::Zeroing;
 use super::{ChunkStore, check_range};
@@ -69,10 +71,11 @@ impl ChunkStore {
                 continue;
             }
             let b = at + i as u64;
-            let parent = self.resolve(volume, chunk, b, 1, parent_only, Need::Data)?;
+            let parent = self.resolve(volume, chunk, b, 1, parent_only, Need::Salvage)?;
             let copied = match parent.kind[0] {
                 BlockKind::Hole | BlockKind::Unfilled => continue,
                 BlockKind::Zero => super::layout::zero_crc(),
+                BlockKind::Data if parent.bad[0] => poisoned_crc(&parent.data[..bs]),
                 BlockKind::Data => crc32c::crc32c(&parent.data[..bs]),
             };
             if stored_crc(&stored, i) == copied {
@@ -125,7 +128,9 @@ impl ChunkStore {
 
     /// Writes into layer `key.2`, for every block from `at` that `marked` says, its
     /// content as resolved in `scope` (holes left alone, or written as zero with
-    /// `hole_as_zero`): the step flatten, rollback and merge share.
+    /// `hole_as_zero`): the step flatten, rollback and merge share. A block failing its
+    /// checksum where it is resolved is copied as it is with a poisoned checksum, so that
+    /// it keeps failing (a scrub repairs both copies) and the copy never stalls the apply.
     pub(super) fn copy_runs(
         &self,
         key: (u64, u64, u64),
@@ -139,8 +144,9 @@ impl ChunkStore {
         for (s, e, marked) in runs(marked) {
             if marked {
                 let run_first = at + s as u64;
-                let r =
-                    self.resolve(volume, chunk, run_first, (e - s) as u64, scope, Need::Data)?;
+                // A bad source block is carried across poisoned (see `Need::Salvage`).
+                let n = (e - s) as u64;
+                let r = self.resolve(volume, chunk, run_first, n, scope, Need::Salvage)?;
                 resolved.push((run_first, r));
             }
         }

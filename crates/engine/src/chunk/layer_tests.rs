@@ -206,6 +206,11 @@ fn links_are_checked() {
         s.block_status(6, 0, 0, B, 0),
         Err(Error::Corrupt(_))
     ));
+    // A partial write reading through it fails the same: never merged over zeroes and
+    // poisoned (that is for a block failing its checksum: every replica has the cycle).
+    let w = s.write_seq(5, 0, 10, b"abc", 0);
+    assert!(matches!(w, Err(Error::Corrupt(_))), "{w:?}");
+    assert_eq!(s.poisoned_blocks(), 0);
     // A damaged link file is refused when the store opens.
     let tmp = tempfile::tempdir().unwrap();
     let s = ChunkStore::open(tmp.path()).unwrap();

@@ -124,14 +124,14 @@
 //!
 //! Blocks of layer `L` torn by a full disk or a crash are handled as in layer 1: reads
 //! report them (Exhausted or Corrupt), a partial write into them uses their bytes only
-//! while replaying or when the store knows them torn. One difference: in layer 1 of a
-//! chunk without a parent a hole is its true former content (zeroes), above it (or with a
-//! parent) a hole may mean "not held, see below". So a replayed partial write meeting its
-//! block's checksum on disk over a hole (the checksum page reached the disk, the data page
-//! did not) completes the block from below, as the first write of a block after a snapshot
-//! did. Had the layer held that block "written as zero" before, that state cannot arise:
-//! a partial write over such a block makes its data durable before its checksum (see
-//! `place`).
+//! while replaying or when the store knows them torn (never a block bearing a poisoned
+//! checksum: rot, see `write`). One difference: in layer 1 of a chunk without a parent a
+//! hole is its true former content (zeroes), above it (or with a parent) a hole may mean
+//! "not held, see below". So a replayed partial write meeting its block's checksum on disk
+//! over a hole (the checksum page reached the disk, the data page did not) completes the
+//! block from below, as the first write of a block after a snapshot did. Had the layer
+//! held that block "written as zero" before, that state cannot arise: a partial write over
+//! such a block makes its data durable before its checksum (see `place`).
 //!
 //! # Reported kinds
 //!
@@ -197,8 +197,8 @@ pub(super) fn runs<T: Copy + PartialEq>(items: &[T]) -> Vec<(usize, usize, T)> {
     out
 }
 
-/// The ops placing resolved blocks `run_first..` as they are; holes are either left
-/// alone (`hole_as_zero` false) or written as zero.
+/// The ops placing resolved blocks `run_first..` as they are (bad ones poisoned); holes
+/// are either left alone (`hole_as_zero` false) or written as zero.
 pub(super) fn resolved_ops<'a>(
     run_first: u64,
     r: &'a Resolved,
@@ -206,9 +206,11 @@ pub(super) fn resolved_ops<'a>(
     ops: &mut Vec<(u64, Op<'a>)>,
 ) {
     let bs = BLOCK_SIZE as usize;
-    for (s, e, kind) in runs(&r.kind) {
+    let tagged: Vec<_> = r.kind.iter().copied().zip(r.bad.iter().copied()).collect();
+    for (s, e, (kind, bad)) in runs(&tagged) {
         let at = run_first + s as u64;
         match kind {
+            BlockKind::Data if bad => ops.push((at, Op::Poisoned(&r.data[s * bs..e * bs]))),
             BlockKind::Data => ops.push((at, Op::Data(&r.data[s * bs..e * bs]))),
             BlockKind::Zero => ops.push((at, Op::Zero((e - s) as u64))),
             // Unfilled as a hole: flatten, merge and rollback never meet a restoring chunk
@@ -235,13 +237,28 @@ impl ChunkStore {
     /// One block as the layers below `layer` and the parent read it, for a partial write
     /// into `layer`. A restored block not filled yet that `layer` does not hold either
     /// (the write would complete it from the backup's bytes) goes to `unfilled` instead.
+    ///
+    /// A block below failing its checksum is zeroes to merge over, the merge poisoned
+    /// (`true`, see `write`): the write applies, the block keeps failing. Any other
+    /// corruption (a cycle of links) is an error, as for a read.
     fn block_below(
         &self,
         (volume, chunk, layer): (u64, u64, u64),
         block: u64,
         unfilled: &mut Vec<u32>,
-    ) -> Result<Vec<u8>> {
-        let below = self.resolve(volume, chunk, block, 1, Scope::below(layer), Need::Below)?;
+    ) -> Result<(Vec<u8>, bool)> {
+        let below = match self.resolve(volume, chunk, block, 1, Scope::below(layer), Need::Below) {
+            Ok(below) => below,
+            // Only a block failing its checksum (this replica's rot) is merged over poisoned,
+            // not a cycle of links (on every replica: unrepairable if poisoned). Told apart by
+            // the checksums alone resolving. (Counted by `place` unless the layer holds it.)
+            Err(Error::Corrupt(_)) => {
+                let scope = Scope::below(layer);
+                self.resolve(volume, chunk, block, 1, scope, Need::Status)?;
+                return Ok((vec![0u8; BLOCK_SIZE as usize], true));
+            }
+            Err(e) => return Err(e),
+        };
         if below.kind[0] == BlockKind::Unfilled {
             let own = Scope::layers(layer, layer);
             let own = self.resolve(volume, chunk, block, 1, own, Need::Status)?;
@@ -249,7 +266,7 @@ impl ChunkStore {
                 unfilled.push(block as u32);
             }
         }
-        Ok(below.data)
+        Ok((below.data, false))
     }
 
     /// The ops writing `data` at `offset` into `layer`: whole blocks as they are, a
@@ -275,11 +292,12 @@ impl ChunkStore {
         if head_partial {
             let at = (offset - first * BLOCK_SIZE) as usize;
             let n = data.len().min(BLOCK_SIZE as usize - at);
-            let below = self.block_below((volume, chunk, layer), first, &mut unfilled)?;
+            let (below, poison) = self.block_below((volume, chunk, layer), first, &mut unfilled)?;
             ops.push((
                 first,
                 Op::Patch {
                     below,
+                    poison,
                     at,
                     bytes: &data[..n],
                 },
@@ -296,11 +314,12 @@ impl ChunkStore {
             ops.push((offset.div_ceil(BLOCK_SIZE), Op::Data(&data[from..to])));
         }
         if tail_partial {
-            let below = self.block_below((volume, chunk, layer), last, &mut unfilled)?;
+            let (below, poison) = self.block_below((volume, chunk, layer), last, &mut unfilled)?;
             ops.push((
                 last,
                 Op::Patch {
                     below,
+                    poison,
                     at: 0,
                     bytes: &data[to..],
                 },

@@ -113,6 +113,25 @@ pub(super) fn zero_crc() -> u32 {
     *ZERO.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK_SIZE as usize]))
 }
 
+/// XORed into a block's CRC32C to store a checksum that never verifies (see `write`).
+const POISON: u32 = 0x5c4b_d00d;
+
+/// The checksum stored for a block merged over one failing its checksum: never its CRC32C
+/// (so the block keeps failing), never 0 (which would mean "not held").
+pub(super) fn poisoned_crc(block: &[u8]) -> u32 {
+    match crc32c::crc32c(block) ^ POISON {
+        0 => 1,
+        c => c,
+    }
+}
+
+/// Whether `stored` is the poisoned checksum of `block` (see `poisoned_crc`): rot that a
+/// partial write merged over, never a block a crash or a full disk tore (whose checksum is
+/// an older block's CRC32C). A block bearing it stays poisoned, also while replaying.
+pub(super) fn is_poisoned(block: &[u8], stored: u32) -> bool {
+    stored != 0 && stored == poisoned_crc(block)
+}
+
 pub(super) fn stored_crc(crcs: &[u8], i: usize) -> u32 {
     let at = i * CRC_LEN as usize;
     u32::from_le_bytes([crcs[at], crcs[at + 1], crcs[at + 2], crcs[at + 3]])

@@ -172,7 +172,7 @@ impl ChunkStore {
         unlinked.remove(&(volume, chunk));
         self.layer_map
             .set_link((volume, chunk), Some((parent, parent_seq)), || {
-                self.has_base(volume, chunk)
+                self.has_base(volume, chunk).unwrap_or(false)
             });
         Ok(())
     }

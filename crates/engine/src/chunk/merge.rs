@@ -6,9 +6,13 @@
 //! Owns the choice of the target and the check before a drop; copies with `flatten`'s step
 //! (`copy_runs`), reads through `resolve` limited to the range (never the parent, never a
 //! layer outside `low..=top`). Replay-safe for the reasons the `layers` module doc gives.
+//! A source block failing its checksum is copied poisoned (see `copy_runs`): the merge
+//! applies, the block keeps failing in the target, and the drop is refused (the target's
+//! checksum is not the source's) until a scrub has repaired both and the range is merged
+//! again.
 
 use super::layers::{MergeRange, PIECE, invalid, touched};
-use super::layout::{BLOCK_SIZE, BlockKind, FileKey, stored_crc, zero_crc};
+use super::layout::{BLOCK_SIZE, BlockKind, FileKey, poisoned_crc, stored_crc, zero_crc};
 use super::resolve::{Need, Scope};
 use super::{ChunkStore, check_range};
 use crate::Result;
@@ -217,10 +221,12 @@ impl ChunkStore {
                 continue;
             }
             let b = at + i as u64;
-            let below = self.resolve(volume, chunk, b, 1, plan.source_scope(), Need::Data)?;
+            let below = self.resolve(volume, chunk, b, 1, plan.source_scope(), Need::Salvage)?;
             let copied = match below.kind[0] {
                 BlockKind::Hole | BlockKind::Unfilled => continue,
                 BlockKind::Zero => zero_crc(),
+                // Copied poisoned (see `copy_runs`).
+                BlockKind::Data if below.bad[0] => poisoned_crc(&below.data[..bs]),
                 BlockKind::Data => crc32c::crc32c(&below.data[..bs]),
             };
             if stored_crc(&stored, i) == copied {

@@ -150,8 +150,9 @@ impl ChunkStore {
                 self.dirs_map().insert(vdir);
                 let data = open_rw(&data_path, true)?;
                 // Known from now on: reads of the chunk look in this layer.
-                self.layer_map
-                    .add_layer((volume, chunk), layer, || self.has_base(volume, chunk));
+                self.layer_map.add_layer((volume, chunk), layer, || {
+                    self.has_base(volume, chunk).unwrap_or(false)
+                });
                 data
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

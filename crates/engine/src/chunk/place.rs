@@ -6,7 +6,9 @@
 //! Runs under the layer's write lock; marks its files dirty for the next sync and queues
 //! them for writeback; records blocks a full disk left torn. The only block it reads is a
 //! partial block's own previous bytes in the layer (a [`Op::Patch`]), verified unless
-//! replaying or torn, exactly as the layer-1 read-modify-write does. What lies below the
+//! replaying or torn, exactly as the layer-1 read-modify-write does (over rot, or over a
+//! block below failing its checksum, the merged block gets a poisoned checksum: see
+//! `write`). What lies below the
 //! layer (its lower layers, its parent) is resolved by the caller beforehand, without the
 //! lock: nothing writes there any more (see `layers`).
 //!
@@ -23,20 +25,27 @@ use std::sync::atomic::Ordering;
 
 use tracing::debug;
 
-use super::layout::{BLOCK_SIZE, CRC_LEN, FileKey, block_ok, stored_crc, zero_crc};
+use super::layout::{
+    BLOCK_SIZE, CRC_LEN, FileKey, block_ok, is_poisoned, poisoned_crc, stored_crc, zero_crc,
+};
 use super::open_files::ChunkFiles;
 use super::sys::{Zeroing, fdatasync, is_hole, read_full_at, write_crcs, zero_range};
-use super::{ChunkStore, corrupt, io_error};
+use super::{ChunkStore, io_error};
 use crate::{Error, Result};
 
 /// What to place at a run of blocks.
 pub(super) enum Op<'a> {
     /// Whole blocks of data (a multiple of `BLOCK_SIZE` bytes).
     Data(&'a [u8]),
+    /// Whole blocks copied from a block failing its checksum (flatten, rollback, merge):
+    /// their bytes as found, stored with a poisoned checksum (see `write`).
+    Poisoned(&'a [u8]),
     /// One partial block: `bytes` at `at` over the layer's own block if it holds one, else
-    /// over `below` (the block as the layers and parent below read).
+    /// over `below` (the block as the layers and parent below read; `poison`: it failed its
+    /// checksum there, see `write`).
     Patch {
         below: Vec<u8>,
+        poison: bool,
         at: usize,
         bytes: &'a [u8],
     },
@@ -49,7 +58,7 @@ pub(super) enum Op<'a> {
 impl Op<'_> {
     fn blocks(&self) -> u64 {
         match self {
-            Op::Data(d) => d.len() as u64 / BLOCK_SIZE,
+            Op::Data(d) | Op::Poisoned(d) => d.len() as u64 / BLOCK_SIZE,
             Op::Patch { .. } => 1,
             Op::Zero(n) | Op::Absent(n) => *n,
         }
@@ -110,17 +119,37 @@ impl ChunkStore {
                         set_crc(at + i as u64, crc32c::crc32c(block));
                     }
                 }
+                Op::Poisoned(d) => {
+                    for (i, block) in d.chunks_exact(bs).enumerate() {
+                        self.poisoned(volume, chunk, layer, at + i as u64);
+                        set_crc(at + i as u64, poisoned_crc(block));
+                    }
+                }
                 Op::Patch {
                     below,
+                    poison,
                     at: within,
                     bytes,
                 } => {
                     let own = self.own_block(&files, key, *at)?;
-                    let mut block = own.unwrap_or_else(|| below.clone());
+                    let (mut block, poisoned) = match own {
+                        Some(own) => own,
+                        None => {
+                            if *poison {
+                                self.poisoned(volume, chunk, layer, *at);
+                            }
+                            (below.clone(), *poison)
+                        }
+                    };
                     block.resize(bs, 0);
                     let end = (*within + bytes.len()).min(bs);
                     block[*within..end].copy_from_slice(&bytes[..end - *within]);
-                    set_crc(*at, crc32c::crc32c(&block));
+                    let crc = if poisoned {
+                        poisoned_crc(&block)
+                    } else {
+                        crc32c::crc32c(&block)
+                    };
+                    set_crc(*at, crc);
                     merged = Some(block);
                 }
                 Op::Zero(n) => (0..*n).for_each(|i| set_crc(at + i, zero_crc())),
@@ -133,7 +162,9 @@ impl ChunkStore {
         let written = (|| -> Result<()> {
             for ((at, op), merged) in ops.iter().zip(&patched) {
                 match op {
-                    Op::Data(d) => Self::write_data(&files, volume, chunk, *at, d)?,
+                    Op::Data(d) | Op::Poisoned(d) => {
+                        Self::write_data(&files, volume, chunk, *at, d)?
+                    }
                     Op::Patch { .. } => {
                         if let Some(block) = merged {
                             Self::write_data(&files, volume, chunk, *at, block)?;
@@ -172,9 +203,16 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The layer's own bytes of `block` if it holds it, verified unless replaying or torn
-    /// (`None`: complete it from below).
-    fn own_block(&self, files: &ChunkFiles, key: FileKey, block: u64) -> Result<Option<Vec<u8>>> {
+    /// The layer's own bytes of `block` if it holds it, verified unless replaying or torn (a
+    /// poisoned checksum always is, see `write`)
+    /// (`None`: complete it from below), and whether they fail their checksum (rot: the
+    /// merge over them is poisoned, see `write`).
+    fn own_block(
+        &self,
+        files: &ChunkFiles,
+        key: FileKey,
+        block: u64,
+    ) -> Result<Option<(Vec<u8>, bool)>> {
         let (volume, chunk, _) = key;
         let mut crc = [0u8; CRC_LEN as usize];
         read_full_at(&files.crcs, &mut crc, block * CRC_LEN)?;
@@ -186,8 +224,10 @@ impl ChunkStore {
         read_full_at(&files.data, &mut buf, block * BLOCK_SIZE)?;
         if !block_ok(&buf, stored) {
             let torn = self.torn.contains(key, block);
-            if !self.replaying() && !torn {
-                return Err(corrupt(volume, chunk, block, &buf, stored));
+            // Poisoned stays poisoned, also while replaying or torn (see `write`).
+            if is_poisoned(&buf, stored) || (!self.replaying() && !torn) {
+                self.poisoned(volume, chunk, key.2, block);
+                return Ok(Some((buf, true)));
             }
             // A crash left the checksum on disk without the data (a full disk never does:
             // the data goes first). A hole under it is a block this layer did not hold
@@ -212,7 +252,7 @@ impl ChunkStore {
                 "rewriting a torn block"
             );
         }
-        Ok(Some(buf))
+        Ok(Some((buf, false)))
     }
 
     /// fdatasync of the layer's data before its checksums are written. A failure is as

@@ -8,11 +8,12 @@
 //!
 //! Reads checksums first and data only of the blocks a layer holds; every block taken from
 //! a layer is verified against its checksum, as a plain read does (a mismatch is
-//! [`Error::Corrupt`], or [`Error::Exhausted`] for a block a full disk left torn). Takes
+//! [`Error::Corrupt`], or [`Error::Exhausted`] for a block a full disk left torn; a
+//! whole-chunk copy's [`Need::Salvage`] takes a bad block as it is, flagged). Takes
 //! one layer's read lock at a time, never two, and never writes. Plain chunks (layer 1
 //! only, no parent) are read by [`ChunkStore::read_plain`] instead, at no extra cost.
 
-use super::layout::{BLOCK_SIZE, CRC_LEN, Key, block_ok, stored_crc, zero_crc};
+use super::layout::{BLOCK_SIZE, CRC_LEN, Key, block_ok, is_poisoned, stored_crc, zero_crc};
 use super::layout::{BlockKind, RESTORED};
 use super::link::MAX_DEPTH;
 use super::sys::{is_hole, read_full_at};
@@ -35,6 +36,12 @@ pub(super) enum Need {
     /// old bytes, what the write's first run read, or the merged ones, which only matter
     /// where the write's own layer is the merge's source and then equal its first result).
     Below,
+    /// Their bytes, for a whole-chunk copy (flatten, rollback, merge): as [`Need::Data`],
+    /// but a block failing its checksum (not one a full disk tore: still
+    /// [`Error::Exhausted`]) is taken as it is and flagged in [`Resolved::bad`], for the
+    /// copy to carry it across poisoned (see `write`): a rotten block under such a copy
+    /// never stalls the group's apply, and stays failing where it lands.
+    Salvage,
 }
 
 impl Need {
@@ -97,6 +104,9 @@ pub(super) struct Resolved {
     /// `BLOCK_SIZE` bytes per block (zeroes for holes); empty for [`Need::Status`].
     pub(super) data: Vec<u8>,
     pub(super) kind: Vec<BlockKind>,
+    /// Per block, whether it failed its checksum (only with [`Need::Salvage`]; its bytes
+    /// are in `data` as found, its kind is [`BlockKind::Data`]).
+    pub(super) bad: Vec<bool>,
 }
 
 impl ChunkStore {
@@ -117,6 +127,7 @@ impl ChunkStore {
                 Vec::new()
             },
             kind: vec![BlockKind::Hole; n as usize],
+            bad: vec![false; n as usize],
         };
         self.resolve_into((volume, chunk), first, scope, need, &mut out, 0)?;
         Ok(out)
@@ -166,7 +177,9 @@ impl ChunkStore {
                     let block = &span[(i - lo) * bs..(i - lo + 1) * bs];
                     let b = first + i as u64;
                     if !block_ok(block, stored) {
-                        if need == Need::Below && self.replaying() {
+                        // A poisoned block is rot, never torn: corrupt, also while
+                        // replaying (the partial write above merges over it poisoned).
+                        if need == Need::Below && self.replaying() && !is_poisoned(block, stored) {
                             // Torn by a later entry (see `Need::Below`): its bytes, or
                             // what is further down if it never had any.
                             let off = b * BLOCK_SIZE;
@@ -183,6 +196,14 @@ impl ChunkStore {
                             return Err(Error::Exhausted(format!(
                                 "chunk {volume:016x}/{chunk:08x} layer {layer} block {b} is being rewritten after the disk filled"
                             )));
+                        }
+                        if need == Need::Salvage {
+                            out.data[i * bs..(i + 1) * bs].copy_from_slice(block);
+                            out.kind[i] = BlockKind::Data;
+                            out.bad[i] = true;
+                            done[i] = true;
+                            left -= 1;
+                            continue;
                         }
                         return Err(corrupt(volume, chunk, b, block, stored));
                     }
@@ -263,6 +284,7 @@ impl ChunkStore {
                     Vec::new()
                 },
                 kind: vec![BlockKind::Hole; i - start],
+                bad: vec![false; i - start],
             };
             self.resolve_into(
                 (parent, chunk),
@@ -273,6 +295,7 @@ impl ChunkStore {
                 depth + 1,
             )?;
             out.kind[start..i].copy_from_slice(&sub.kind);
+            out.bad[start..i].copy_from_slice(&sub.bad);
             if need.data() {
                 out.data[start * bs..i * bs].copy_from_slice(&sub.data);
             }

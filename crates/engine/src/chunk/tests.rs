@@ -7,6 +7,9 @@ use std::os::unix::fs::FileExt;
 
 use super::*;
 
+#[path = "crc_zero_tests.rs"]
+mod crc_zero;
+
 const B: u64 = BLOCK_SIZE;
 
 fn store() -> (tempfile::TempDir, Arc<ChunkStore>) {
@@ -83,12 +86,11 @@ fn flipped_bit_in_data_is_reported_as_corrupt() {
         Err(Error::Corrupt(msg)) => assert!(msg.contains("block 2"), "{msg}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    // Untouched blocks still read; a partial write into the bad block refuses to RMW it.
+    // Untouched blocks still read; a partial write into the bad block applies, but the
+    // block stays bad (a poisoned checksum).
     assert_eq!(s.read(3, 4, 0, 2 * B).unwrap(), vec![7u8; 2 * B as usize]);
-    assert!(matches!(
-        s.write(3, 4, 2 * B + 1, b"x"),
-        Err(Error::Corrupt(_))
-    ));
+    s.write(3, 4, 2 * B + 1, b"x").unwrap();
+    assert!(matches!(s.read(3, 4, 2 * B, 1), Err(Error::Corrupt(_))));
     // A never-written block whose bytes changed is caught too.
     s.write(3, 5, B, b"a").unwrap();
     flip_byte(&data.with_file_name(format!("{:08x}.dat", 5)), 10);
@@ -108,7 +110,6 @@ fn replaying_mode_lets_rmw_overwrite_torn_blocks_but_reads_still_verify() {
     let (tmp, s) = store();
     s.write(1, 1, 0, &vec![5u8; B as usize]).unwrap();
     flip_byte(&tmp.path().join(format!("{:016x}/{:08x}.dat", 1, 1)), 100);
-    assert!(matches!(s.write(1, 1, 10, b"abc"), Err(Error::Corrupt(_))));
     s.set_replaying(true);
     assert!(matches!(s.read(1, 1, 0, 10), Err(Error::Corrupt(_))));
     s.write(1, 1, 10, b"abc").unwrap();
@@ -116,6 +117,175 @@ fn replaying_mode_lets_rmw_overwrite_torn_blocks_but_reads_still_verify() {
     let got = s.read(1, 1, 0, B).unwrap();
     assert_eq!(&got[10..13], b"abc");
     assert_eq!(got[100], 5 ^ 0x40);
+    assert_eq!(s.poisoned_blocks(), 0, "a replayed merge is not poisoned");
+}
+
+/// A corrupt block never stalls the Raft apply: the partial write applies, and the block
+/// keeps failing its checksum until a whole-block write (a repair) replaces it.
+#[test]
+fn a_partial_write_over_a_corrupt_block_applies_and_the_block_stays_corrupt() {
+    let (tmp, s) = store();
+    s.write(1, 1, 0, &vec![5u8; 2 * B as usize]).unwrap();
+    flip_byte(&tmp.path().join(format!("{:016x}/{:08x}.dat", 1, 1)), 100);
+    s.write(1, 1, 10, b"abc").unwrap();
+    assert_eq!(s.poisoned_blocks(), 1);
+    assert!(matches!(s.read(1, 1, 0, 10), Err(Error::Corrupt(_))));
+    assert_eq!(s.scan_in(1, 1, 0, 0, 1).unwrap(), vec![Scanned::Bad]);
+    // Its neighbour is untouched; a tail-partial write over the bad block poisons it again.
+    assert_eq!(s.read(1, 1, B, B).unwrap(), vec![5u8; B as usize]);
+    s.write(1, 1, B - 3, b"xyzw").unwrap();
+    assert_eq!(s.poisoned_blocks(), 2);
+    assert!(matches!(s.read(1, 1, 0, 10), Err(Error::Corrupt(_))));
+    assert_eq!(&s.read(1, 1, B, 1).unwrap()[..], b"w");
+    // A whole-block write heals it.
+    s.write(1, 1, 0, &vec![6u8; B as usize]).unwrap();
+    assert_eq!(s.read(1, 1, 0, B).unwrap(), vec![6u8; B as usize]);
+}
+
+#[test]
+fn a_partial_write_into_a_layer_over_a_corrupt_block_applies_poisoned() {
+    let (tmp, s) = store();
+    // Below: layer 1 holds block 0; it rots.
+    s.write_seq(2, 0, 0, &vec![1u8; B as usize], 1).unwrap();
+    s.write_seq(2, 0, B, &vec![3u8; B as usize], 3).unwrap();
+    flip_byte(&tmp.path().join(format!("{:016x}/{:08x}.dat", 2, 0)), 7);
+    s.write_seq(2, 0, 20, b"up", 3).unwrap();
+    assert_eq!(s.poisoned_blocks(), 1);
+    assert!(matches!(
+        s.read_as_of(2, 0, 0, B, 0),
+        Err(Error::Corrupt(_))
+    ));
+    assert_eq!(s.scan_in(2, 0, 3, 0, 1).unwrap(), vec![Scanned::Bad]);
+    // The layer's own block rots: a partial write over it is poisoned too.
+    let upper = format!("{:016x}/{:08x}.L{:08x}.dat", 2, 0, 3);
+    flip_byte(&tmp.path().join(upper), B + 9);
+    s.write_seq(2, 0, B + 100, b"own", 3).unwrap();
+    assert_eq!(s.poisoned_blocks(), 2);
+    assert!(matches!(
+        s.read_as_of(2, 0, B, B, 0),
+        Err(Error::Corrupt(_))
+    ));
+}
+
+/// A crash after a poisoning partial write: the replay applies it again and must poison the
+/// block again, never take the poisoned checksum for a torn block and store a valid one
+/// over rotten bytes. In layer 1 and in a layer above it.
+#[test]
+fn a_replayed_partial_write_over_a_poisoned_block_keeps_it_poisoned() {
+    let (tmp, s) = store();
+    s.write(1, 1, 0, &vec![5u8; B as usize]).unwrap();
+    flip_byte(&tmp.path().join(format!("{:016x}/{:08x}.dat", 1, 1)), 100);
+    s.write(1, 1, 10, b"abc").unwrap();
+    assert_eq!(s.poisoned_blocks(), 1);
+    // Layer 3 holds its own block, which rots; a partial write poisons it.
+    s.write_seq(2, 0, 0, &vec![1u8; B as usize], 3).unwrap();
+    let upper = format!("{:016x}/{:08x}.L{:08x}.dat", 2, 0, 3);
+    flip_byte(&tmp.path().join(upper), 9);
+    s.write_seq(2, 0, 100, b"own", 3).unwrap();
+    assert_eq!(s.poisoned_blocks(), 2);
+
+    s.set_replaying(true);
+    s.write(1, 1, 10, b"abc").unwrap();
+    s.write_seq(2, 0, 100, b"own", 3).unwrap();
+    s.set_replaying(false);
+    assert_eq!(
+        s.poisoned_blocks(),
+        4,
+        "the replayed merges are poisoned again"
+    );
+    assert!(matches!(s.read(1, 1, 0, 10), Err(Error::Corrupt(_))));
+    assert_eq!(s.scan_in(1, 1, 0, 0, 1).unwrap(), vec![Scanned::Bad]);
+    assert!(matches!(
+        s.read_as_of(2, 0, 0, B, 0),
+        Err(Error::Corrupt(_))
+    ));
+    assert_eq!(s.scan_in(2, 0, 3, 0, 1).unwrap(), vec![Scanned::Bad]);
+}
+
+/// A block whose stored checksum is 0 is "never written", whatever its data holds (a write
+/// whose checksum never reached the disk): a partial write merges over zeroes with a valid
+/// checksum, as a layer's write and every replica do, never poisoned nor over those bytes.
+#[test]
+fn a_partial_write_over_a_block_with_checksum_zero_merges_over_zeroes() {
+    let (tmp, s) = store();
+    s.write(1, 1, 0, &vec![5u8; B as usize]).unwrap();
+    let crc = tmp.path().join(format!("{:016x}/{:08x}.crc", 1, 1));
+    let f = OpenOptions::new().write(true).open(&crc).unwrap();
+    f.write_all_at(&[0u8; 4], 0).unwrap();
+    for replaying in [false, true] {
+        s.set_replaying(replaying);
+        s.write(1, 1, 10, b"abc").unwrap();
+        s.set_replaying(false);
+        let mut want = vec![0u8; B as usize];
+        want[10..13].copy_from_slice(b"abc");
+        assert_eq!(s.read(1, 1, 0, B).unwrap(), want, "replaying: {replaying}");
+        assert_eq!(s.poisoned_blocks(), 0);
+        f.write_all_at(&[0u8; 4], 0).unwrap();
+        f.sync_all().unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(tmp.path().join(format!("{:016x}/{:08x}.dat", 1, 1)))
+            .unwrap()
+            .write_all_at(&[5u8; 13], 0)
+            .unwrap();
+    }
+}
+
+/// A whole-chunk copy (merge, flatten, rollback) meeting a block failing its checksum in
+/// what it copies from carries it across poisoned: it applies (never stalls the group), the
+/// block keeps failing where it lands, every other block is copied as it is.
+#[test]
+fn whole_chunk_copies_carry_a_bad_source_block_across_poisoned() {
+    let (tmp, s) = store();
+    let bs = B as usize;
+    let dat = |volume: u64, layer: u64| {
+        layout::layer_paths(&tmp.path().join(format!("{volume:016x}")), 0, layer).0
+    };
+    let data = |v: u8| Scanned::Data {
+        hash: block_hash(&vec![v; bs]),
+    };
+    // A frozen merge of layers 1..=3 into layer 1; layer 3's block 1 rots.
+    s.write_seq(1, 0, 0, &vec![1u8; 3 * bs], 1).unwrap();
+    s.write_seq(1, 0, 0, &vec![3u8; 2 * bs], 3).unwrap();
+    flip_byte(&dat(1, 3), B + 5);
+    let range = MergeRange {
+        low: 1,
+        top: 3,
+        live: false,
+    };
+    s.merge_layers(1, 0, 0, 3 * B, range).unwrap();
+    assert_eq!(s.poisoned_blocks(), 1);
+    assert_eq!(
+        s.scan_in(1, 0, 1, 0, 3).unwrap(),
+        vec![data(3), Scanned::Bad, data(1)]
+    );
+    assert!(
+        s.drop_merged(1, 0, range).is_err(),
+        "never dropped over a poisoned copy"
+    );
+
+    // A flatten of a clone whose parent's block 0 rots.
+    s.write_seq(2, 0, 0, &vec![2u8; 2 * bs], 1).unwrap();
+    s.link(4, 0, 2, 1).unwrap();
+    flip_byte(&dat(2, 1), 7);
+    s.flatten(4, 0, 0, 2 * B, 1).unwrap();
+    assert_eq!(s.poisoned_blocks(), 2);
+    assert_eq!(
+        s.scan_in(4, 0, 1, 0, 2).unwrap(),
+        vec![Scanned::Bad, data(2)]
+    );
+
+    // A rollback to snapshot 1, whose block 0 rots.
+    s.write_seq(5, 0, 0, &vec![5u8; 2 * bs], 1).unwrap();
+    s.write_seq(5, 0, 0, &vec![6u8; 2 * bs], 2).unwrap();
+    flip_byte(&dat(5, 1), 9);
+    s.rollback(5, 0, 1, 3).unwrap();
+    assert_eq!(s.poisoned_blocks(), 3);
+    assert!(matches!(
+        s.read_as_of(5, 0, 0, B, 0),
+        Err(Error::Corrupt(_))
+    ));
+    assert_eq!(s.read_as_of(5, 0, B, B, 0).unwrap(), vec![5u8; bs]);
 }
 
 #[test]

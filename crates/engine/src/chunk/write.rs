@@ -4,17 +4,23 @@
 //! Runs under the chunk's write lock, held by the caller ([`ChunkStore::write`],
 //! [`ChunkStore::write_zeroes`], [`ChunkStore::discard`]). Marks the chunk dirty for the
 //! next sync, never syncs; records blocks a full disk left torn. A read-modify-write never
-//! trusts a block failing its checksum, except a torn one or during log replay.
+//! trusts a block failing its checksum, except a torn one or during log replay, and never
+//! one bearing a poisoned checksum (`is_poisoned`: not even then): over rot it
+//! merges the new bytes into the block as read but stores a *poisoned* checksum
+//! (`poisoned_crc`), so the write applies (a corrupt block never stalls the Raft apply)
+//! while the block keeps failing its checksum (reads answer corrupt, a scrub finds it and a
+//! Repair entry brings the majority's block). Logged and counted
+//! ([`ChunkStore::poisoned_blocks`]).
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use tracing::debug;
+use tracing::{debug, error};
 
-use super::layout::{BLOCK_SIZE, CRC_LEN, block_ok};
+use super::layout::{BLOCK_SIZE, CRC_LEN, block_ok, is_poisoned, poisoned_crc};
 use super::open_files::ChunkFiles;
 use super::sys::{Zeroing, read_full_at, write_crcs, zero_range};
-use super::{ChunkStore, check_range, corrupt, io_error};
+use super::{ChunkStore, check_range, io_error};
 use crate::Result;
 
 /// Largest single pwrite of chunk data (see `write_pieces`).
@@ -95,9 +101,14 @@ impl ChunkStore {
         let last = (end - 1) / BLOCK_SIZE;
         let bs = BLOCK_SIZE as usize;
         let mut crcs = vec![0u8; ((last - first + 1) * CRC_LEN) as usize];
-        let mut set_crc = |block: u64, bytes: &[u8]| {
+        let mut set_crc = |block: u64, bytes: &[u8], poisoned: bool| {
             let i = ((block - first) * CRC_LEN) as usize;
-            crcs[i..i + 4].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+            let crc = if poisoned {
+                poisoned_crc(bytes)
+            } else {
+                crc32c::crc32c(bytes)
+            };
+            crcs[i..i + 4].copy_from_slice(&crc.to_le_bytes());
         };
         // Partial blocks (only the first and the last can be) are merged into the old bytes.
         let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
@@ -105,18 +116,18 @@ impl ChunkStore {
         let mut head = None;
         let mut tail = None;
         if head_partial {
-            let mut block = self.read_for_rmw(files, volume, chunk, first)?;
+            let (mut block, poisoned) = self.read_for_rmw(files, volume, chunk, first)?;
             let at = (offset - first * BLOCK_SIZE) as usize;
             let n = data.len().min(bs - at);
             block[at..at + n].copy_from_slice(&data[..n]);
-            set_crc(first, &block);
+            set_crc(first, &block, poisoned);
             head = Some(block);
         }
         if tail_partial {
-            let mut block = self.read_for_rmw(files, volume, chunk, last)?;
+            let (mut block, poisoned) = self.read_for_rmw(files, volume, chunk, last)?;
             let n = (end - last * BLOCK_SIZE) as usize;
             block[..n].copy_from_slice(&data[data.len() - n..]);
-            set_crc(last, &block);
+            set_crc(last, &block, poisoned);
             tail = Some(block);
         }
         let whole_first = if head_partial { first + 1 } else { first };
@@ -129,7 +140,7 @@ impl ChunkStore {
             let from = (whole_first * BLOCK_SIZE - offset) as usize;
             let to = (whole_end * BLOCK_SIZE - offset) as usize;
             for (i, block) in data[from..to].chunks_exact(bs).enumerate() {
-                set_crc(whole_first + i as u64, block);
+                set_crc(whole_first + i as u64, block, false);
             }
             Some(&data[from..to])
         } else {
@@ -190,27 +201,62 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The current bytes of `block`, verified unless replaying.
+    /// The current bytes of `block` (zeroes if its checksum is 0), verified unless replaying
+    /// or torn, and whether the merge over them must be poisoned (they fail their checksum: rot, not a torn block; a
+    /// poisoned checksum always is, see `is_poisoned`).
     fn read_for_rmw(
         &self,
         files: &ChunkFiles,
         volume: u64,
         chunk: u64,
         block: u64,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, bool)> {
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        read_full_at(&files.data, &mut buf, block * BLOCK_SIZE)?;
         let mut crc = [0u8; CRC_LEN as usize];
         read_full_at(&files.crcs, &mut crc, block * CRC_LEN)?;
         let stored = u32::from_le_bytes(crc);
+        read_full_at(&files.data, &mut buf, block * BLOCK_SIZE)?;
+        if stored == 0 {
+            // Data whose CRC32C is 0 is stored as it is and verifies (`block_ok`): a block
+            // like any other, kept. Any other bytes under a 0 are "never written" (a write
+            // whose checksum a crash or a full disk kept from the disk): zeroes, as `place`
+            // and the reads through layers take them, and as every other replica merged over.
+            if crc32c::crc32c(&buf) != 0 {
+                buf.fill(0);
+            }
+            return Ok((buf, false));
+        }
         if !block_ok(&buf, stored) {
-            if !self.replaying.load(Ordering::Acquire)
-                && !self.torn.contains((volume, chunk, 1), block)
+            // A poisoned checksum is rot, not a torn block, even while replaying or torn: the
+            // replay of the partial write that poisoned it must poison it again, or it would
+            // store a valid checksum over rotten bytes (silent corruption on this replica).
+            if is_poisoned(&buf, stored)
+                || (!self.replaying.load(Ordering::Acquire)
+                    && !self.torn.contains((volume, chunk, 1), block))
             {
-                return Err(corrupt(volume, chunk, block, &buf, stored));
+                self.poisoned(volume, chunk, 1, block);
+                return Ok((buf, true));
             }
             debug!(volume, chunk, block, "rewriting a torn block");
         }
-        Ok(buf)
+        Ok((buf, false))
+    }
+
+    /// Logs and counts a partial write merged over a block failing its checksum.
+    pub(super) fn poisoned(&self, volume: u64, chunk: u64, layer: u64, block: u64) {
+        self.poisoned.fetch_add(1, Ordering::Relaxed);
+        error!(
+            volume,
+            chunk,
+            layer,
+            block,
+            "a partial write over a block failing its checksum: stored with a poisoned checksum"
+        );
+    }
+
+    /// Partial writes merged over a block failing its checksum (stored with a poisoned
+    /// checksum, still failing) since the store opened.
+    pub fn poisoned_blocks(&self) -> u64 {
+        self.poisoned.load(Ordering::Relaxed)
     }
 }
