@@ -29,6 +29,7 @@ mod apply;
 mod election;
 mod lease;
 mod request;
+mod scrub;
 
 /// Where a new group's log starts (index and term), as in TiKV: entries 1..=5 never exist,
 /// so a replica added later (whose log is empty) can never be sent entries from the start of
@@ -59,6 +60,8 @@ pub(crate) struct Group {
     pub(crate) spec: GroupSpec,
     /// This replica's chunk files.
     pub(crate) chunks: Arc<ChunkStore>,
+    /// The node's scrub watches (see `crate::scrub`), marked by apply.
+    pub(crate) watches: Arc<crate::scrub::Watches>,
     /// Index of the last conf change applied (entries at or below it are not re-applied
     /// after a restart: the configuration persisted with it already includes them).
     pub(crate) conf_index: u64,
@@ -159,6 +162,7 @@ pub(crate) struct GroupInit {
     /// spec's peers are the voters, or nobody for a joining replica).
     pub(crate) conf: Option<(u64, ConfState)>,
     pub(crate) chunks: Arc<ChunkStore>,
+    pub(crate) watches: Arc<crate::scrub::Watches>,
     pub(crate) hard_state: HardState,
     pub(crate) applied: (u64, u64),
     pub(crate) entries: Vec<Entry>,
@@ -246,6 +250,7 @@ impl Group {
             store,
             spec: init.spec,
             chunks: init.chunks,
+            watches: init.watches,
             conf_index,
             slot_writes: Vec::new(),
             peers_changed: false,
@@ -435,6 +440,7 @@ impl Group {
             applied: self.applied,
             voters: r.prs().conf().voters().ids().iter().collect(),
             learners: r.prs().conf().learners().iter().copied().collect(),
+            joint: !r.prs().conf().to_conf_state().voters_outgoing.is_empty(),
             stuck: None,
         }
     }

@@ -58,6 +58,7 @@ mod logger;
 mod membership;
 mod metrics;
 mod poller;
+pub mod scrub;
 mod slots;
 
 use std::path::PathBuf;
@@ -268,6 +269,12 @@ pub(crate) enum Event {
         respond: Respond,
     },
     Status(Box<dyn FnOnce(Vec<GroupState>) + Send>),
+    /// A scrub mark or repair to propose (see [`RaftNode::propose_scrub`]).
+    Scrub {
+        group: u64,
+        cmd: tessera_proto::command::Command,
+        respond: Respond,
+    },
     UnfilledHook(UnfilledHook),
     Fatal(Fatal),
     Shutdown,
@@ -292,6 +299,7 @@ pub type UnfilledHook = Arc<dyn Fn(u64, u64, u64, Vec<u32>) + Send + Sync>;
 #[derive(Clone)]
 pub struct RaftNode {
     tx: mpsc::UnboundedSender<Event>,
+    watches: Arc<scrub::Watches>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -309,10 +317,11 @@ impl RaftNode {
         on_fatal: OnFatal,
     ) -> std::io::Result<RaftNode> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let watches = scrub::Watches::new();
         let mut p = poller::Poller::new(
             config,
             log,
-            chunks,
+            (chunks, watches.clone()),
             transport,
             fetcher,
             tx.clone(),
@@ -331,6 +340,7 @@ impl RaftNode {
         });
         Ok(RaftNode {
             tx,
+            watches,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
         })
     }
@@ -421,6 +431,33 @@ impl RaftNode {
         {
             respond(Reply::Unavailable("storage node is shutting down".into()));
         }
+    }
+
+    /// Leader only: propose a scrub step's `CmdOp::ScrubMark` or `CmdOp::Repair` (built by
+    /// the caller: no id, no writer epoch, no sequence) through the group's log. Answers
+    /// `Ok` once committed, `NotLeader`, `GroupNotFound`, `BadRequest` (another op, a mark
+    /// of 0, a repair whose data does not decode or lies outside the chunk), `DiskFull` (a
+    /// repair while the node is below its free-space floor) or `Unavailable`. Not fenced.
+    pub fn propose_scrub(
+        &self,
+        group: u64,
+        cmd: tessera_proto::command::Command,
+        respond: Respond,
+    ) {
+        if let Err(mpsc::error::SendError(Event::Scrub { respond, .. })) =
+            self.tx.send(Event::Scrub {
+                group,
+                cmd,
+                respond,
+            })
+        {
+            respond(Reply::Unavailable("storage node is shutting down".into()));
+        }
+    }
+
+    /// The node's scrub watches (see [`scrub::Watches`]).
+    pub fn watches(&self) -> Arc<scrub::Watches> {
+        self.watches.clone()
     }
 
     /// Destroy this node's replica of `group` (it is no longer a member) and its data.

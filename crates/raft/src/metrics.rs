@@ -1,4 +1,5 @@
-//! Stage latencies of a replicated request on this node (see `/metrics`).
+//! Stage latencies of a replicated request on this node, apply stalls and scrub repairs
+//! (see `/metrics`).
 
 use tessera_metrics::Lazy;
 
@@ -33,4 +34,9 @@ pub(crate) static APPLY_STALLS: tessera_metrics::LazyCounter = tessera_metrics::
     "tessera_raft_apply_stalls_total",
     "Times a replica's apply stopped at a committed entry it could not apply (full disk, \
      corrupt block); it retries, never skips",
+);
+pub(crate) static REPAIR_BLOCKS: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
+    "tessera_scrub_repair_blocks_applied_total",
+    "Blocks a scrub's Repair entry rewrote in this node's replicas (bad or divergent, \
+     unchanged since the scrub's mark)",
 );

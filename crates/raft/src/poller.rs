@@ -67,6 +67,8 @@ pub(crate) struct Poller {
     cfg: NodeConfig,
     log: Log,
     chunks: Arc<ChunkStores>,
+    /// The node's scrub watches (see `crate::scrub`), handed to every group.
+    watches: Arc<crate::scrub::Watches>,
     transport: Arc<dyn Transport>,
     fetcher: Arc<dyn SnapshotFetcher>,
     tx: mpsc::UnboundedSender<Event>,
@@ -119,7 +121,7 @@ impl Poller {
     pub(crate) fn new(
         cfg: NodeConfig,
         log: Log,
-        chunks: Arc<ChunkStores>,
+        (chunks, watches): (Arc<ChunkStores>, Arc<crate::scrub::Watches>),
         transport: Arc<dyn Transport>,
         fetcher: Arc<dyn SnapshotFetcher>,
         tx: mpsc::UnboundedSender<Event>,
@@ -130,6 +132,7 @@ impl Poller {
         Ok(Poller {
             log,
             chunks,
+            watches,
             transport,
             fetcher,
             tx,
@@ -235,7 +238,8 @@ impl Poller {
                 Event::Request(_, respond, _)
                 | Event::DropChunks { respond, .. }
                 | Event::GroupOps { respond, .. }
-                | Event::Hydrate { respond, .. } => {
+                | Event::Hydrate { respond, .. }
+                | Event::Scrub { respond, .. } => {
                     respond(Reply::Unavailable("storage node is shutting down".into()))
                 }
                 Event::ChangeMembers { respond, .. } | Event::TransferLeader { respond, .. } => {
@@ -552,6 +556,20 @@ impl Poller {
                 }
                 None => respond(Reply::GroupNotFound),
             },
+            Event::Scrub {
+                group,
+                cmd,
+                respond,
+            } => {
+                self.check_space(crate::clock::now());
+                match self.groups.get_mut(&group) {
+                    Some(g) => {
+                        g.propose_scrub(cmd, respond, self.disk_full);
+                        self.dirty.insert(group);
+                    }
+                    None => respond(Reply::GroupNotFound),
+                }
+            }
             Event::Hydrate {
                 group,
                 volume,

@@ -1,7 +1,10 @@
 //! Applying committed entries to the chunk files, in log order, and serving the reads the
 //! applied index then covers; stalling (never skipping) at an entry that meets a full disk
-//! or a corrupt block, but for a merge of layers, optional work skipped on a full disk
-//! (only there: a passing shortage makes it wait like any entry).
+//! or a corrupt block, but for a merge of layers, optional work skipped on a full disk (only
+//! there: a passing shortage makes it wait like any entry). A scrub's repair is not
+//! optional: it stalls like a write (a full disk may have left its blocks torn, which only
+//! its retry rewrites). Marks the node's scrub watches dirty before an entry changes blocks
+//! (see `crate::scrub`).
 //!
 //! Must never: apply an entry out of order or skip one that a read could see (writes);
 //! acknowledge, as a leader that cannot apply, a write whose read it could not serve.
@@ -16,6 +19,7 @@ use tessera_proto::command::{CmdOp, Command};
 use tessera_proto::data::{BlockState, Op, Reply, Request};
 
 use super::Group;
+use crate::scrub::{self, Watches};
 
 impl Group {
     /// Committed entries not yet applied are covered by an installed snapshot.
@@ -56,10 +60,11 @@ impl Group {
         self.to_apply.extend(ents);
     }
 
-    /// Applies queued committed entries in order, then serves the
-    /// reads the new applied index covers. Stops at the first entry that cannot be applied
-    /// (full disk, a corrupt block under a partial write): it is retried later, never
-    /// skipped, so replicas never diverge. An I/O error is returned: the node must stop.
+    /// Applies queued committed entries in order, then serves the reads the new applied
+    /// index covers. Stops at the first entry that cannot be applied (full disk, a corrupt
+    /// chain of links; a partial write or a whole-chunk copy over a block failing its
+    /// checksum applies, its result left failing: see the engine's `write` and
+    /// `copy_runs`): it is retried later, never skipped, so replicas never diverge. An I/O error is returned: the node must stop.
     pub(crate) fn apply(&mut self) -> Result<(), crate::Fatal> {
         // While a snapshot's chunk data is being copied in, older entries must not land on
         // top of it (a block copied at the snapshot's state would be overwritten with an
@@ -95,7 +100,9 @@ impl Group {
                 EntryType::EntryNormal if injected_stall(self.raw.raft.id, self.id) => Err(
                     tessera_engine::Error::DiskFull("injected: raft::apply fail point".into()),
                 ),
-                EntryType::EntryNormal => apply_entry(&chunks, &excluded, self.id, e),
+                EntryType::EntryNormal => {
+                    apply_entry((&chunks, &excluded, &self.watches), self.id, e)
+                }
                 _ => Ok(()),
             };
             let result = skip_optional_work(self.id, e, result);
@@ -247,8 +254,7 @@ impl Group {
 }
 
 fn apply_entry(
-    chunks: &ChunkStore,
-    excluded: &FillsExcluded<'_>,
+    (chunks, excluded, watches): (&ChunkStore, &FillsExcluded<'_>, &Watches),
     group: u64,
     e: &Entry,
 ) -> tessera_engine::Result<()> {
@@ -266,7 +272,14 @@ fn apply_entry(
     };
     let (off, len) = (cmd.offset as u64, cmd.len as u64);
     let (v, c) = (cmd.volume, cmd.chunk);
-    let res = apply_command((chunks, excluded), group, e.index, &cmd, (v, c), (off, len));
+    let res = apply_command(
+        (chunks, excluded, watches),
+        group,
+        e.index,
+        &cmd,
+        (v, c),
+        (off, len),
+    );
     // The manager's operations may meet a chunk in a state they do not fit (a link to a
     // second parent, a flatten or a hydrate past the chunk's end): the engine refuses those the same on
     // every replica, so skipping the entry keeps the replicas identical, where stopping
@@ -315,6 +328,10 @@ fn apply_entry(
 /// `result`: a write must stall, never be skipped, and a shortage of descriptors or a torn
 /// block (`Exhausted`) passes, so the merge waits for it like any other entry. Replicas may
 /// then hold the chunk's blocks in different layers, never different data.
+///
+/// A `Repair` is a write here: a full disk part way through it may leave its block torn
+/// (read as `Exhausted` forever, which no read repair fixes, and trusted as torn by a later
+/// partial write), so it stalls until its retry rewrites the block whole.
 fn skip_optional_work(
     group: u64,
     e: &Entry,
@@ -354,13 +371,15 @@ fn refused(e: &tessera_engine::Error) -> bool {
 const _: () = assert!(tessera_engine::chunk::RESTORED == tessera_proto::control::RESTORED_PARENT);
 
 fn apply_command(
-    (chunks, excluded): (&ChunkStore, &FillsExcluded<'_>),
+    (chunks, excluded, watches): (&ChunkStore, &FillsExcluded<'_>, &Watches),
     group: u64,
     index: u64,
     cmd: &Command,
     (v, c): (u64, u64),
     (off, len): (u64, u64),
 ) -> tessera_engine::Result<()> {
+    // Before the entry changes anything (see `crate::scrub`).
+    watches.before_apply(group, cmd);
     match cmd.op {
         // Each into the layer of its sequence (see `tessera_proto::command`).
         CmdOp::Write => chunks.write_seq(v, c, off, &cmd.data, cmd.seq),
@@ -370,6 +389,11 @@ fn apply_command(
         CmdOp::Hydrate => chunks.hydrate_excluded(excluded, v, c, off, &cmd.data),
         // The floors were raised when the entry reached the log (see `fence.rs`).
         CmdOp::Fence => Ok(()),
+        CmdOp::ScrubMark => {
+            scrub::apply_mark(watches, chunks, group, index, cmd);
+            Ok(())
+        }
+        CmdOp::Repair => scrub::apply_repair(watches, chunks, group, index, cmd),
         CmdOp::Link => match cmd.link_parent() {
             Some((parent, parent_seq)) => chunks.link(v, c, parent, parent_seq),
             None => {
@@ -458,106 +482,5 @@ fn engine_reply(e: &tessera_engine::Error) -> Reply {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(op: CmdOp) -> Entry {
-        let cmd = Command {
-            op,
-            volume: 1,
-            chunk: 2,
-            offset: 0,
-            len: 0,
-            id: 0,
-            epoch: 0,
-            seq: 0,
-            data: Command::merge_data(1, 3, true),
-        };
-        Entry {
-            index: 7,
-            data: cmd.encode(),
-            ..Default::default()
-        }
-    }
-
-    /// Only a full disk makes a merge optional: a shortage of descriptors or a torn block
-    /// passes, and the merge waits for it (skipping it would leave the layers for nothing).
-    #[test]
-    fn a_merge_is_skipped_on_a_full_disk_only() {
-        use tessera_engine::Error as E;
-        for op in [CmdOp::Merge, CmdOp::DropMerged] {
-            let skipped = skip_optional_work(1, &entry(op), Err(E::DiskFull("full".into())));
-            assert!(skipped.is_ok(), "{op:?} on a full disk: {skipped:?}");
-            let waits = skip_optional_work(1, &entry(op), Err(E::Exhausted("fds".into())));
-            assert!(matches!(waits, Err(E::Exhausted(_))), "{op:?}: {waits:?}");
-        }
-        let other = skip_optional_work(1, &entry(CmdOp::Fence), Err(E::DiskFull("full".into())));
-        assert!(
-            matches!(other, Err(E::DiskFull(_))),
-            "another op stalls: {other:?}"
-        );
-    }
-
-    /// A chunk linked (by a Link entry) to the wire's RESTORED_PARENT: a read of a block
-    /// not filled yet answers Unfilled in process (the storage node fills it), a block
-    /// status reports it as data, and a partial write over it is the error apply stalls on.
-    #[test]
-    fn a_restored_chunk_answers_unfilled_reads_and_stalls_partial_writes() {
-        use tessera_engine::chunk::BLOCK_SIZE as B;
-        use tessera_proto::control::RESTORED_PARENT;
-        use tessera_proto::data::ChunkAddr;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let chunks = ChunkStore::open(tmp.path()).expect("open");
-        let cmd = |op, offset: u64, data: Bytes| Command {
-            op,
-            volume: 1,
-            chunk: 2,
-            offset: offset as u32,
-            len: data.len() as u32,
-            id: 0,
-            epoch: 0,
-            seq: 1,
-            data,
-        };
-        let excluded = chunks.try_exclude_fills().expect("no fill running");
-        let apply = |c: &Command| {
-            let (off, len) = (c.offset.into(), c.len.into());
-            apply_command((&chunks, &excluded), 1, 7, c, (1, 2), (off, len))
-        };
-        apply(&cmd(CmdOp::Link, 0, Command::link_data(RESTORED_PARENT, 9))).expect("link");
-        assert!(chunks.restoring(1, 2));
-        apply(&cmd(CmdOp::Write, B, Bytes::from(vec![5u8; B as usize]))).expect("whole block");
-        let addr = ChunkAddr {
-            group: 1,
-            volume: 1,
-            chunk: 2,
-        };
-        let read = Request::other(Op::Read, addr, 0, 2 * B as u32);
-        let mut want = vec![0u8; 2 * B as usize];
-        want[B as usize..].fill(5);
-        assert_eq!(
-            serve_read(&chunks, &read),
-            Reply::Unfilled {
-                data: Bytes::from(want.clone()),
-                blocks: vec![0]
-            }
-        );
-        let status = Request::other(Op::BlockStatus, addr, 0, 2 * B as u32);
-        let data = BlockState::Data as u8;
-        assert_eq!(
-            serve_read(&chunks, &status),
-            Reply::Ok(Bytes::from(vec![data; 2]))
-        );
-        let partial = apply(&cmd(CmdOp::Write, 10, Bytes::from_static(b"abc")));
-        assert!(
-            matches!(&partial, Err(tessera_engine::Error::Unfilled(u)) if u.blocks == [0]),
-            "{partial:?}"
-        );
-        // Filled: the read is an ordinary one, and the partial write applies.
-        apply(&cmd(CmdOp::Hydrate, 0, Bytes::from(vec![3u8; B as usize]))).expect("hydrate");
-        apply(&cmd(CmdOp::Write, 10, Bytes::from_static(b"abc"))).expect("partial write");
-        want[..B as usize].fill(3);
-        want[10..13].copy_from_slice(b"abc");
-        assert_eq!(serve_read(&chunks, &read), Reply::Ok(Bytes::from(want)));
-    }
-}
+#[path = "apply_tests.rs"]
+mod tests;

@@ -37,6 +37,8 @@ impl Poller {
             return;
         }
         g.fetching = true;
+        // The copy rewrites the replica's files off the apply path: no watch holds.
+        self.watches.drop_group(gid);
         let snap = msg.get_snapshot();
         let from_addr = control::decode::<GroupSpec>(&snap.data)
             .ok()

@@ -64,6 +64,7 @@ impl Poller {
                 spec,
                 conf,
                 chunks,
+                watches: self.watches.clone(),
                 hard_state,
                 applied,
                 entries,
@@ -169,6 +170,7 @@ impl Poller {
             spec: spec.clone(),
             conf: None,
             chunks,
+            watches: self.watches.clone(),
             hard_state: hard_state.clone(),
             applied,
             entries: Vec::new(),
@@ -214,6 +216,7 @@ impl Poller {
     /// A quarantined replica is destroyed the same way: its log entries and slots are all
     /// it still holds, and they pin the shared log's segments while it stays.
     pub(super) fn destroy_group(&mut self, gid: u64) {
+        self.watches.drop_group(gid);
         match self.groups.remove(&gid) {
             Some(mut g) => g.fail_pending(),
             None if self.quarantined.contains_key(&gid)

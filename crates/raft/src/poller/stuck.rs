@@ -118,6 +118,7 @@ impl Poller {
                         applied: 0,
                         voters: Vec::new(),
                         learners: Vec::new(),
+                        joint: false,
                         stuck: Some(why.clone()),
                     }),
             );

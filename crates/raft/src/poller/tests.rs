@@ -32,6 +32,7 @@ mod membership;
 mod merges;
 mod replay;
 mod requests;
+mod scrubs;
 mod sequences;
 mod snapshots;
 mod unfilled;
@@ -81,7 +82,7 @@ pub(super) fn start(
     let poller = Poller::new(
         cfg,
         log,
-        chunks,
+        (chunks, crate::scrub::Watches::new()),
         wire.clone(),
         fetcher,
         tx,

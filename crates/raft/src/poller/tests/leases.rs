@@ -68,12 +68,18 @@ fn a_lease_in_a_joint_configuration_needs_a_majority_of_each_half() {
             },
         )),
         chunks,
+        watches: crate::scrub::Watches::new(),
         hard_state: Default::default(),
         applied: (INIT_INDEX, INIT_INDEX),
         entries: Vec::new(),
         fences: Default::default(),
     };
     let mut g = crate::group::Group::new(ME, 10, Duration::from_secs(1), init).unwrap();
+    // Reported joint (voters the union of both halves), so that the scrubber, which takes
+    // a majority of the voters, leaves the group alone meanwhile.
+    let st = g.state();
+    assert!(st.joint, "{st:?}");
+    assert_eq!(st.voters.len(), 5);
     let now = Instant::now();
     g.note_contact(2, now);
     g.note_contact(3, now);

@@ -37,6 +37,14 @@ fn a_removed_replica_stays_removed_after_a_restart() {
     );
 }
 
+/// A settled membership is reported not joint (see the joint case in `leases`).
+#[test]
+fn a_settled_membership_is_reported_not_joint() {
+    let n = leader();
+    let st = n.poller.groups[&GROUP].state();
+    assert!(!st.joint, "{st:?}");
+}
+
 /// The simulation's stuck group (seed 0xd5bd18ce08e2): the leader of a move that removes
 /// it committed the step out of the joint configuration, then destroyed its replica before
 /// any follower learned of that commit. The two members left still counted it in the

@@ -154,6 +154,7 @@ fn a_log_tail_below_an_installed_snapshot_is_not_kept_after_a_crash() {
         spec: spec(&[2, 1, 3]),
         conf: None,
         chunks,
+        watches: crate::scrub::Watches::new(),
         hard_state: Default::default(),
         applied: (20, 6),
         entries,
