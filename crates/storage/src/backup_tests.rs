@@ -42,6 +42,11 @@ pub(crate) struct One {
 }
 
 impl One {
+    /// The node's data directory.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._tmp.path()
+    }
+
     fn node(&self) -> Node<'_> {
         Node {
             id: 1,
@@ -504,6 +509,7 @@ async fn a_request_given_up_on_stops_with_its_connection() {
         stores: Default::default(),
         lazy: Arc::new(crate::lazy::Lazy::new(1, Vec::new(), Default::default())),
         moving: Default::default(),
+        scrub: crate::scrub::Scrubber::detached(one.data_dir()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -19,6 +19,9 @@
 //!   hook, installed at start); the access record backups report.
 //! - `replies`: engine and Raft answers as wire replies, in one place.
 //! - `transport`: Raft messages to peer nodes, one `tessera_net` link per peer.
+//! - `scrub/`: finding rotten or diverged blocks in the groups this node leads and
+//!   repairing them through the log from the majority of replicas; a replica's scans for
+//!   leaders; reads that met a corrupt block repaired and read again.
 //! - `fetch/`: copying a replica from a peer (the receiving half of a Raft catch-up), paced
 //!   and kept above the disk's free-space floor.
 //!
@@ -30,6 +33,7 @@ mod backup;
 mod fetch;
 mod lazy;
 mod replies;
+mod scrub;
 mod server;
 mod transport;
 
@@ -49,6 +53,7 @@ use tessera_raft::{NodeConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+pub use scrub::ScrubConfig;
 use server::Shared;
 
 /// `storage.toml`.
@@ -98,6 +103,9 @@ pub struct StorageConfig {
     /// reported stuck, so that the manager replaces it.
     #[serde(default = "default_stuck_after_ms")]
     pub stuck_after_ms: u64,
+    /// Background scrubbing of the replicas (`[scrub]`: `bytes_per_sec`, `period_secs`).
+    #[serde(default)]
+    pub scrub: ScrubConfig,
 }
 
 fn default_copy_list_page() -> u32 {
@@ -226,6 +234,7 @@ impl StorageNode {
         let transport = Arc::new(transport::TcpTransport::new(
             tokio::runtime::Handle::current(),
         ));
+        let scrub = scrub::Scrubber::new(cfg.scrub.clone(), &cfg.data_dir, transport.clone());
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let recovery = Arc::new(std::sync::Mutex::new(Default::default()));
         let fetcher = Arc::new(fetch::Fetcher {
@@ -278,11 +287,13 @@ impl StorageNode {
             stores,
             lazy,
             moving: Default::default(),
+            scrub,
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;
         }
         let mut tasks = vec![tokio::spawn(server::accept_loop(listener, shared.clone()))];
+        tasks.push(tokio::spawn(scrub::run(shared.clone())));
         tasks.push(tokio::spawn(heartbeat_loop(cfg.clone(), shared, advertise)));
         tracing::info!(node = node_id, %addr, rack = %cfg.rack, "storage node serving");
         Ok(StorageNode {
@@ -408,6 +419,7 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
             chunks_closed: open.closed,
             chunks_closing: open.closing as u64,
         },
+        scrub: shared.scrub.stats(&shared.raft.watches()),
     }
 }
 
@@ -473,6 +485,7 @@ mod tests {
             max_open_chunks: None,
             copy_list_page: default_copy_list_page(),
             stuck_after_ms: default_stuck_after_ms(),
+            scrub: ScrubConfig::default(),
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) lazy: Arc<crate::lazy::Lazy>,
     /// Backups and hydrations of chunks running now (see [`long_rpc`]).
     pub(crate) moving: std::sync::atomic::AtomicUsize,
+    /// The scrubber: passes, scans for leaders, read repair.
+    pub(crate) scrub: Arc<crate::scrub::Scrubber>,
 }
 
 impl Shared {
@@ -219,8 +221,13 @@ pub(crate) fn submit_data(
         let rt = tokio::runtime::Handle::current();
         (shared.clone(), rt, req.addr, req.offset)
     });
-    let respond: tessera_raft::Respond = Box::new(move |reply: Reply| match (reply, read) {
-        (Reply::Unfilled { data, blocks }, Some((shared, rt, addr, offset))) => {
+    // A read that meets a corrupt block is repaired and read again (see `scrub`).
+    let again = (req.op == Op::Read).then(|| req.clone());
+    let respond: tessera_raft::Respond = Box::new(move |reply: Reply| match (reply, read, again) {
+        (Reply::Corrupt(msg), Some((shared, rt, ..)), Some(req)) => {
+            crate::scrub::repair_read(shared, &rt, req, msg, Box::new(send));
+        }
+        (Reply::Unfilled { data, blocks }, Some((shared, rt, addr, offset)), _) => {
             shared.lazy.count_read(addr.volume, addr.chunk);
             rt.spawn(async move {
                 let lazy = &shared.lazy;
@@ -230,7 +237,7 @@ pub(crate) fn submit_data(
                 );
             });
         }
-        (reply, read) => {
+        (reply, read, _) => {
             if let (Reply::Ok(_), Some((shared, _, addr, _))) = (&reply, read) {
                 shared.lazy.count_read(addr.volume, addr.chunk);
             }
@@ -328,6 +335,15 @@ pub(crate) async fn rpc(
         } => layer_usage(&shared.chunks, shared.node_id, group_id, volume_id),
         req @ (StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_)) => {
             Box::pin(long_rpc(shared, req)).await
+        }
+        StorageRequest::ScrubRegion(req) => crate::scrub::scan_region(shared, req)
+            .await
+            .map(StorageReply::ScrubRegion),
+        StorageRequest::Scrub { action } => {
+            shared.scrub.act(action)?;
+            Ok(StorageReply::Scrub(
+                shared.scrub.stats(&shared.raft.watches()),
+            ))
         }
         StorageRequest::Apply { group_id, ops } => {
             if ops.len() > MAX_GROUP_OPS {

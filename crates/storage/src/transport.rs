@@ -46,6 +46,11 @@ impl TcpTransport {
         }
     }
 
+    /// Where node `node` listens, as group membership told this node (`None`: unknown).
+    pub(crate) fn addr_of(&self, node: u64) -> Option<String> {
+        self.addrs.lock().ok().and_then(|m| m.get(&node).cloned())
+    }
+
     fn spawn_peer(&self, to: u64) -> PeerLink<Batch> {
         let addrs = self.addrs.clone();
         let resolve = move || addrs.lock().ok().and_then(|m| m.get(&to).cloned());

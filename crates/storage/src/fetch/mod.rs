@@ -35,6 +35,7 @@ use tessera_raft::{FetchError, FetchJob, SnapshotFetcher};
 
 use copy::copy_replica;
 pub(crate) use floor::Floor;
+pub(crate) use source::{Source, catch_up_req};
 pub(crate) use throttle::Throttle;
 
 /// The node's [`SnapshotFetcher`]: each job copied on its own task, paced by one throttle.

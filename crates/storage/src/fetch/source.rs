@@ -11,14 +11,14 @@ use tessera_proto::frame::{Frame, Kind};
 use tokio::net::tcp::OwnedWriteHalf;
 
 /// One request/answer connection to the node being copied from.
-pub(super) struct Source {
+pub(crate) struct Source {
     reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     writer: OwnedWriteHalf,
     next_id: u64,
 }
 
 impl Source {
-    pub(super) async fn connect(addr: &str) -> Result<Source, String> {
+    pub(crate) async fn connect(addr: &str) -> Result<Source, String> {
         let s = tessera_net::connect(addr, Duration::from_secs(5))
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
@@ -30,7 +30,7 @@ impl Source {
         })
     }
 
-    pub(super) async fn ask(&mut self, req: Request) -> Result<Bytes, String> {
+    pub(crate) async fn ask(&mut self, req: Request) -> Result<Bytes, String> {
         let id = self.next_id;
         self.next_id += 1;
         let frame = Frame::new(req.kind(), id, req.encode());
@@ -60,7 +60,7 @@ impl Source {
 
 /// A catch-up request of `(group, volume, chunk, layer)`: the layer rides in
 /// [`Request::seq`] (a source from before layers ignores it and serves layer 1).
-pub(super) fn catch_up_req(
+pub(crate) fn catch_up_req(
     op: Op,
     (group, volume, chunk, layer): (u64, u64, u64, u64),
     offset: u32,

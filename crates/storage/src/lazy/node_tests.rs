@@ -85,6 +85,7 @@ fn shared_of(one: &One) -> Arc<Shared> {
         stores: Default::default(),
         lazy: Arc::new(Lazy::new(1, Vec::new(), Default::default())),
         moving: Default::default(),
+        scrub: crate::scrub::Scrubber::detached(one.data_dir()),
     })
 }
 
@@ -381,7 +382,7 @@ async fn blocks_past_a_short_regions_end_are_filled_as_zeroes() {
 /// An apply stalled on unfilled blocks (the Raft node's hook): the node fills them
 /// outside the log, straight into the group's replica, from the backup's regions (zeroes
 /// for a region without an object, and past a short region's end); blocks the client
-/// wrote keep their data.
+/// wrote keep their data. The filled blocks are dirty in a scrub watch of the chunk.
 #[tokio::test]
 async fn a_stalled_applys_blocks_are_filled_outside_the_log() {
     let one = one_node().await;
@@ -397,10 +398,28 @@ async fn a_stalled_applys_blocks_are_filled_outside_the_log() {
     w.id = 1;
     assert!(matches!(submit(&shared, w).await, Reply::Ok(_)));
     let group = chunk_addr(0).group;
+    let watches = one.raft.watches();
+    let mark = scrub_mark(&one, group, 1024).await;
     shared
         .lazy
-        .fill_stalled(one.chunks.clone(), group, VOLUME, 0, vec![2, 3, 300, 513])
+        .fill_stalled(
+            (one.chunks.clone(), watches.clone()),
+            group,
+            VOLUME,
+            0,
+            vec![2, 3, 300, 513],
+        )
         .await;
+    let Some(tessera_raft::scrub::DirtySince::Blocks(dirty)) = watches.dirty(group, mark) else {
+        panic!("the mark's watch is gone");
+    };
+    for b in [2, 3, 300, 513] {
+        assert!(
+            dirty.contains(&b),
+            "filled block {b} is not dirty: {dirty:?}"
+        );
+    }
+    assert!(!dirty.contains(&301), "block 301 was not filled");
     let one = &one;
     let read = |at: u64| async move {
         match one.call(read_req(0, at * BLOCK, BLOCK)).await {
@@ -417,6 +436,44 @@ async fn a_stalled_applys_blocks_are_filled_outside_the_log() {
         one.call(read_req(0, 301 * BLOCK, BLOCK)).await,
         Reply::Unfilled { .. }
     ));
+}
+
+/// A scrub mark over the first `blocks` blocks of chunk 0, committed and applied (watched).
+async fn scrub_mark(one: &One, group: u64, blocks: u64) -> u64 {
+    use tessera_proto::command::{CmdOp, Command};
+    let mark = 77;
+    let cmd = Command {
+        op: CmdOp::ScrubMark,
+        volume: VOLUME,
+        chunk: 0,
+        offset: 0,
+        len: (blocks * BLOCK) as u32,
+        id: 0,
+        epoch: 0,
+        seq: 0,
+        data: Command::scrub_mark_data(mark),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    one.raft.propose_scrub(
+        group,
+        cmd,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    let committed = rx.await.expect("an answer");
+    assert!(matches!(committed, Reply::Ok(_)), "mark: {committed:?}");
+    let watches = one.raft.watches();
+    let until = Instant::now() + Duration::from_secs(10);
+    while watches.watch(group, mark).is_none() {
+        assert!(Instant::now() < until, "the mark was never applied");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        watches.dirty(group, mark),
+        Some(tessera_raft::scrub::DirtySince::Blocks(vec![]))
+    );
+    mark
 }
 
 /// End to end through the Raft node's hook (installed as at node start): a partial write

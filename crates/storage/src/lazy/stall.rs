@@ -6,6 +6,9 @@
 //! fills alike from the backup's immutable, verified bytes, and a hydrate fills only blocks
 //! no layer holds of a chunk still linked to its backup, so a client's writes and trims
 //! always win. Raft retries the apply, and calls the hook again while the stall lasts.
+//! Each fill first marks its blocks dirty in the Raft node's scrub watches
+//! (`Watches::touched`), as apply does for an entry: a scrub must never take them for what
+//! they were at its mark.
 //!
 //! Must never: block the Raft poller (the hook only spawns); hydrate on the runtime's
 //! threads (it waits for an fsync: `spawn_blocking`); fill a block from anything but its
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use tessera_engine::ChunkStores;
 use tessera_proto::control::REGION_BYTES;
 use tessera_raft::RaftNode;
+use tessera_raft::scrub::Watches;
 
 use super::Lazy;
 use super::blocks::{BLOCK, padded, region_of, regions_of};
@@ -28,10 +32,11 @@ impl Lazy {
     pub(crate) fn on_unfilled(self: &Arc<Self>, raft: &RaftNode, chunks: Arc<ChunkStores>) {
         let rt = tokio::runtime::Handle::current();
         let lazy = self.clone();
+        let watches = raft.watches();
         raft.on_unfilled(Arc::new(move |group, volume, chunk, blocks| {
-            let (lazy, chunks) = (lazy.clone(), chunks.clone());
+            let (lazy, chunks, watches) = (lazy.clone(), chunks.clone(), watches.clone());
             rt.spawn(async move {
-                lazy.fill_stalled(chunks, group, volume, chunk, blocks)
+                lazy.fill_stalled((chunks, watches), group, volume, chunk, blocks)
                     .await
             });
         }));
@@ -39,10 +44,11 @@ impl Lazy {
 
     /// Fills `blocks` of the chunk in group `group`'s replica outside the log (see the
     /// module doc); one fill per chunk in the air (a call meanwhile joins it: the hook is
-    /// called again while the stall lasts). Failures are logged.
+    /// called again while the stall lasts). Failures are logged. `watches`: the Raft node's
+    /// scrub watches, marked before each fill (see the module doc).
     pub(crate) async fn fill_stalled(
         self: &Arc<Self>,
-        chunks: Arc<ChunkStores>,
+        (chunks, watches): (Arc<ChunkStores>, Arc<Watches>),
         group: u64,
         volume: u64,
         chunk: u64,
@@ -54,7 +60,7 @@ impl Lazy {
             move || {
                 Box::pin(async move {
                     match this
-                        .fill_out_of_band(&chunks, group, volume, chunk, &blocks)
+                        .fill_out_of_band((&chunks, &watches), group, volume, chunk, &blocks)
                         .await
                     {
                         Ok(()) => tracing::info!(
@@ -90,7 +96,7 @@ impl Lazy {
 
     async fn fill_out_of_band(
         self: &Arc<Self>,
-        chunks: &ChunkStores,
+        (chunks, watches): (&ChunkStores, &Watches),
         group: u64,
         volume: u64,
         chunk: u64,
@@ -123,6 +129,12 @@ impl Lazy {
             }
         }
         for (offset, data) in fills {
+            // Dirty before the fill, as apply marks an entry's blocks: a scrub scan reading
+            // them meanwhile must not report them as of its mark (clean), or a repair
+            // could "un-hydrate" them.
+            let first = offset / BLOCK;
+            let count = (offset + data.len() as u64).div_ceil(BLOCK) - first;
+            watches.touched(group, volume, chunk, first, count);
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.hydrate(volume, chunk, offset, &data))
                 .await
