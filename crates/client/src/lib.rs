@@ -10,7 +10,8 @@
 //! - Administration, one typed call per manager request: [`Client::create_volume`],
 //!   [`Client::list_volumes`], [`Client::volume_info`], [`Client::volume_usage`],
 //!   [`Client::resize_volume`], [`Client::delete_volume`], [`Client::detach`],
-//!   [`Client::cluster_status`], [`Client::drain_node`], [`Client::add_manager`]. A reply of the wrong kind is
+//!   [`Client::cluster_status`], [`Client::drain_node`], [`Client::add_manager`],
+//!   [`Client::scrub_status`], [`Client::scrub_control`]. A reply of the wrong kind is
 //!   [`Error::UnexpectedReply`], never ignored.
 //! - Snapshots and clones: [`Client::create_snapshot`], [`Client::list_snapshots`],
 //!   [`Client::snapshot_info`], [`Client::delete_snapshot`], [`Client::clone_volume`],
@@ -63,6 +64,7 @@
 //! - `lib.rs`: [`Client`]: connecting, control-plane calls, opening volumes.
 //! - `admin`: typed administrative calls to the manager.
 //! - `backups`: typed calls for backups, stores and restores.
+//! - `scrub`: typed calls for the nodes' scrubbing (status, start, pause).
 //! - `transfer`: whole-volume import and export.
 //! - `error`: [`Error`] and its [`ErrorClass`].
 //! - `attachment`: a read-write attachment: its epoch, lease renewal, detaching.
@@ -77,6 +79,7 @@ mod attachment;
 mod backups;
 mod conn;
 mod error;
+mod scrub;
 #[cfg(test)]
 mod testing;
 mod transfer;

@@ -22,6 +22,8 @@
 //!   rollbacks, flattens, reclaims.
 //! - `usage`: asking a volume's groups what its layers hold (`LayerUsage`), for
 //!   `VolumeUsage` and the reclaim.
+//! - `scrub`: forwarding an operator's scrub start or pause to the node
+//!   (`StorageRequest::Scrub`); the nodes' scrubbing itself is what heartbeats report.
 //! - `consensus/`: the managers' own Raft group (raft-rs `RawNode` in one tokio task), one
 //!   file per idea: `start`, `handle`, `commit_queue`, `task`, `membership`, `compaction`,
 //!   `snapshots`, `logger`. Only the leader plans; followers answer `NotLeader`.
@@ -98,6 +100,7 @@ mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
 mod restore_loop;
+mod scrub;
 mod server;
 mod service;
 mod snapshot_loop;

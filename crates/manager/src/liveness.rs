@@ -1,5 +1,5 @@
-//! What heartbeats tell: when each node was last heard from, its usage, and its view of every
-//! group it hosts. Memory only, never persisted or replicated: every manager learns it afresh
+//! What heartbeats tell: when each node was last heard from, its usage, its scrubbing, and
+//! its view of every group it hosts. Memory only, never persisted or replicated: every manager learns it afresh
 //! from the nodes, which heartbeat every second. What a heartbeat proves for good, that a
 //! group has had a leader, is not kept here but recorded in the replicated state
 //! (`GroupRecord::established`): a manager that takes over must not forget it.
@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tessera_proto::control::{Descriptors, GroupState, NodeHeartbeat, Role};
+use tessera_proto::control::{Descriptors, GroupState, NodeHeartbeat, Role, ScrubStats};
 
 use crate::state::GroupRecord;
 
@@ -38,6 +38,8 @@ struct Live {
     last_heartbeat: Option<Instant>,
     usage: Option<(u64, u64)>,
     descriptors: Option<Descriptors>,
+    /// Its scrubbing as its latest heartbeat reported it (`None`: no heartbeat yet).
+    scrub: Option<ScrubStats>,
     groups: HashMap<u64, GroupState>,
 }
 
@@ -85,6 +87,7 @@ impl Liveness {
                 last_heartbeat: None,
                 usage: None,
                 descriptors: None,
+                scrub: None,
                 groups: HashMap::new(),
             },
         );
@@ -96,12 +99,14 @@ impl Liveness {
             last_heartbeat: None,
             usage: None,
             descriptors: None,
+            scrub: None,
             groups: HashMap::new(),
         });
         live.last_contact = now;
         live.last_heartbeat = Some(now);
         live.usage = Some((hb.capacity_bytes, hb.used_bytes));
         live.descriptors = Some(hb.descriptors);
+        live.scrub = Some(hb.scrub.clone());
         live.groups = hb.groups.iter().map(|g| (g.group_id, g.clone())).collect();
         if hb.groups.iter().any(|g| g.stuck.is_some()) {
             self.stuck_at.insert(hb.node_id, now);
@@ -152,6 +157,12 @@ impl Liveness {
 
     pub fn descriptors(&self, node: u64) -> Option<Descriptors> {
         self.nodes.get(&node)?.descriptors
+    }
+
+    /// Node `node`'s scrubbing from its latest heartbeat (`None`: none since it registered
+    /// or since this manager took the lead).
+    pub fn scrub(&self, node: u64) -> Option<&ScrubStats> {
+        self.nodes.get(&node)?.scrub.as_ref()
     }
 
     /// Node `node`'s latest report about group `group`.
@@ -209,11 +220,13 @@ mod tests {
                     applied: 1,
                     voters: Vec::new(),
                     learners: Vec::new(),
+                    joint: false,
                     stuck: None,
                 })
                 .collect(),
             recovery: Default::default(),
             descriptors: Default::default(),
+            scrub: Default::default(),
         }
     }
 
@@ -287,5 +300,25 @@ mod tests {
         assert_eq!(l.health(1, led + Duration::from_secs(4)), Health::Up);
         assert_eq!(l.health(2, led + Duration::from_secs(4)), Health::Up);
         assert!(l.report(1, 7).is_none(), "stale reports are forgotten");
+    }
+
+    /// Issue 16: a node's scrubbing is what its latest heartbeat said; nothing until one
+    /// arrives, and nothing again once it registers anew (what it said before is stale).
+    #[test]
+    fn scrub_stats_are_the_latest_heartbeats() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(30));
+        l.registered(1, t0);
+        assert_eq!(l.scrub(1), None);
+        let mut h = hb(1, &[]);
+        h.scrub.pass = 2;
+        h.scrub.bad_blocks = 3;
+        l.heartbeat(&h, t0);
+        h.scrub.pass = 3;
+        l.heartbeat(&h, t0 + Duration::from_secs(1));
+        assert_eq!(l.scrub(1).map(|s| (s.pass, s.bad_blocks)), Some((3, 3)));
+        assert_eq!(l.scrub(2), None);
+        l.registered(1, t0 + Duration::from_secs(2));
+        assert_eq!(l.scrub(1), None);
     }
 }

@@ -450,6 +450,7 @@ async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, Co
             crate::group_calls::finish(shared, pending, GROUP_OPS_DEADLINE).await
         }
         Reply::Usage(query) => crate::usage::answer(query).await,
+        Reply::Scrub(call) => crate::scrub::forward(call, crate::scrub::SCRUB_CALL_TIMEOUT).await,
     }
 }
 

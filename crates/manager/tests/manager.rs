@@ -54,6 +54,7 @@ async fn heartbeat(m: &Manager, node: u64, groups: Vec<GroupState>) -> Result<Ve
         groups,
         recovery: Default::default(),
         descriptors: Default::default(),
+        scrub: Default::default(),
     };
     match ask(m, ManagerRequest::Heartbeat(hb)).await? {
         ManagerReply::HeartbeatAck { create_groups, .. } => {
@@ -73,6 +74,7 @@ fn state(group_id: u64, role: Role) -> GroupState {
         applied: 10,
         voters: Vec::new(),
         learners: Vec::new(),
+        joint: false,
         stuck: None,
     }
 }
@@ -537,6 +539,7 @@ async fn create_orders(m: &Manager, node: u64, groups: Vec<GroupState>) -> Vec<(
         groups,
         recovery: Default::default(),
         descriptors: Default::default(),
+        scrub: Default::default(),
     };
     match ask(m, ManagerRequest::Heartbeat(hb)).await.unwrap() {
         ManagerReply::HeartbeatAck { create_groups, .. } => create_groups

@@ -175,6 +175,7 @@ async fn a_member_that_lost_its_replica_rejoins_after_a_manager_failover() {
         applied: 10,
         voters: vec![1, 2, 3],
         learners: Vec::new(),
+        joint: false,
         stuck: None,
     };
     assert!(create_orders(&addrs, 1, vec![led]).await.is_empty());
@@ -204,6 +205,7 @@ async fn create_orders(addrs: &[String], node: u64, groups: Vec<GroupState>) -> 
         groups,
         recovery: Default::default(),
         descriptors: Default::default(),
+        scrub: Default::default(),
     });
     match call_managers::<_, ManagerReply>(addrs, &hb, T).await {
         Ok(ManagerReply::HeartbeatAck { create_groups, .. }) => create_groups

@@ -14,12 +14,14 @@
 //! ops a request leaves for the server), `clones` (clone, rollback, flatten, and the
 //! leader's background work on them), `reclaims` (the background reclaim of deleted
 //! snapshots' space), `usage` (what `VolumeUsage` asks of which groups), `backups` (backup,
-//! copy, restore and prewarm requests, a restored chunk's source, stores listed).
+//! copy, restore and prewarm requests, a restored chunk's source, stores listed), `scrub`
+//! (nodes' scrubbing as heartbeats report it, and whom a start or pause goes to).
 //!
 //! A request that needs group ops applied before it is answered (a snapshot's fences, a
 //! clone's or a restore's links, a rollback) answers [`Reply::After`]: the server sends them without the
 //! lock, then calls [`Service::finish`]. One that asks storage nodes a question
-//! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock.
+//! (`VolumeUsage`) answers [`Reply::Usage`]: the server asks them without the lock; one
+//! that tells a node something (`ScrubControl`) answers [`Reply::Scrub`], likewise.
 
 mod attachments;
 mod backups;
@@ -28,6 +30,7 @@ mod moves;
 mod nodes;
 mod reclaims;
 mod replicated;
+mod scrub;
 mod snapshots;
 mod status;
 mod usage;
@@ -53,6 +56,7 @@ use crate::attach::{self, Leases};
 use crate::consensus::Consensus;
 use crate::db::Db;
 use crate::liveness::Liveness;
+use crate::scrub::ScrubCall;
 use crate::state::{Mutation, State};
 use crate::stores::Stores;
 use crate::usage::UsageQuery;
@@ -79,6 +83,8 @@ pub enum Reply {
     After(Pending),
     /// Once the storage nodes answered the query (or the deadline passed).
     Usage(UsageQuery),
+    /// Once the node answered (or could not be reached).
+    Scrub(ScrubCall),
 }
 
 /// Inputs of one request that come from outside the state: clocks.
@@ -186,6 +192,13 @@ impl Service {
         let res = match req {
             ManagerRequest::RegisterNode(reg) => self.register(&reg, now),
             ManagerRequest::Heartbeat(hb) => self.heartbeat(&hb, now),
+            ManagerRequest::ScrubStatus => Ok(self.scrub_status()),
+            ManagerRequest::ScrubControl { node_id, action } => {
+                let reply = self
+                    .scrub_call(node_id, action)
+                    .map_or_else(|e| Reply::Done(Err(e)), Reply::Scrub);
+                return (reply, orders);
+            }
             ManagerRequest::CreateVolume {
                 name,
                 size,

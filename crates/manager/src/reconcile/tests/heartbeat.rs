@@ -81,6 +81,7 @@ fn only_groups_shown_with_a_leader_and_not_yet_recorded_become_established() {
         applied: 1,
         voters: vec![],
         learners: vec![],
+        joint: false,
         stuck: None,
     };
     let hb = NodeHeartbeat {
@@ -96,6 +97,7 @@ fn only_groups_shown_with_a_leader_and_not_yet_recorded_become_established() {
         ],
         recovery: Default::default(),
         descriptors: Default::default(),
+        scrub: Default::default(),
     };
     let got: Vec<u64> = newly_established(&w.state, &hb).collect();
     assert_eq!(got, [50, 51]);

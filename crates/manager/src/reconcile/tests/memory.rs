@@ -18,6 +18,7 @@ fn lost_tracker_waits_for_the_down_timeout_and_forgets_recovered_replicas() {
                 applied: 1,
                 voters: vec![],
                 learners: vec![],
+                joint: false,
                 stuck: None,
             }]
         } else {
@@ -31,6 +32,7 @@ fn lost_tracker_waits_for_the_down_timeout_and_forgets_recovered_replicas() {
                 groups,
                 recovery: Default::default(),
                 descriptors: Default::default(),
+                scrub: Default::default(),
             },
             w.now,
         );

@@ -128,6 +128,7 @@ impl World {
                         applied: 1,
                         voters: g.members.clone(),
                         learners: Vec::new(),
+                        joint: false,
                         stuck: None,
                     }
                 })
@@ -139,6 +140,7 @@ impl World {
                 groups,
                 recovery: Default::default(),
                 descriptors: Default::default(),
+                scrub: Default::default(),
             };
             // As the heartbeat handler does: record what the heartbeat shows for good.
             let group_ids: Vec<u64> = newly_established(&self.state, &hb).collect();

@@ -85,6 +85,7 @@ fn between_equally_loaded_nodes_the_one_with_more_free_space_is_chosen() {
             groups,
             recovery: Default::default(),
             descriptors: Default::default(),
+            scrub: Default::default(),
         },
         w.now,
     );
@@ -152,6 +153,7 @@ fn a_replica_reported_stuck_is_replaced_after_the_down_timeout() {
                 applied: 1,
                 voters: r.members.clone(),
                 learners: vec![],
+                joint: false,
                 stuck: (r.id == g.id).then(|| "apply stalled: disk full".to_string()),
             })
             .collect();
@@ -162,6 +164,7 @@ fn a_replica_reported_stuck_is_replaced_after_the_down_timeout() {
             groups,
             recovery: Default::default(),
             descriptors: Default::default(),
+            scrub: Default::default(),
         };
         w.live.heartbeat(&hb, w.now);
     };
