@@ -1,8 +1,8 @@
 //! The operator CLI: `volume`, `cluster` and `node` subcommands (`snapshot`, and the
 //! snapshot side of `volume`, are in `snapshots.rs`; `backup` and `store` in `backups.rs`;
-//! volumes from backups in `restores.rs`). Each parses its arguments, makes one typed call
-//! of the client library and prints the answer (a table, or JSON with `--output json`); no
-//! request is built here.
+//! volumes from backups in `restores.rs`; `scrub` in `scrub.rs`). Each parses its
+//! arguments, makes one typed call of the client library and prints the answer (a table,
+//! or JSON with `--output json`); no request is built here.
 
 use std::path::{Path, PathBuf};
 

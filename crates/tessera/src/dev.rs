@@ -80,6 +80,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             max_open_chunks: None,
             copy_list_page: tessera_proto::copy::MAX_LIST_PAGE,
             stuck_after_ms: 10_000,
+            scrub: Default::default(),
         };
         nodes.push(
             StorageNode::start(cfg)

@@ -3,7 +3,8 @@
 //!
 //! `daemon`: the `manager`, `storage` and `nbd` processes; `dev`: a whole cluster in one
 //! process; `cli`: the operator commands (`snapshots`: those of snapshots and clones;
-//! `backups`: backups and stores; `restores`: volumes made from backups);
+//! `backups`: backups and stores; `restores`: volumes made from backups; `scrub`: the
+//! nodes' scrubbing);
 //! `exit`: the exit code of each error class;
 //! `progress`, `size`: terminal progress lines and human sizes for the CLI.
 
@@ -14,6 +15,7 @@ mod dev;
 mod exit;
 mod progress;
 mod restores;
+mod scrub;
 mod size;
 mod snapshots;
 mod usage;
@@ -97,6 +99,10 @@ enum Cmd {
     /// Manage storage nodes.
     #[command(subcommand)]
     Node(cli::NodeCmd),
+    /// The storage nodes' background check of every block of every replica: status,
+    /// start and pause.
+    #[command(subcommand)]
+    Scrub(scrub::ScrubCmd),
 }
 
 fn main() {
@@ -151,6 +157,7 @@ fn main() {
             Cmd::Store(s) => backups::store(managers, args.output, s).await,
             Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
             Cmd::Node(n) => cli::node(managers, args.output, n).await,
+            Cmd::Scrub(s) => scrub::scrub(managers, args.output, s).await,
         }
     });
     if let Err(e) = result {
@@ -272,6 +279,28 @@ mod tests {
                     && msg.contains("cannot be used with"),
                 "{msg}"
             );
+        }
+    }
+
+    /// `scrub start|pause` name a node by its id, checked before anything is asked.
+    #[test]
+    fn scrub_commands_are_checked_before_anything_is_asked() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["tessera"], args].concat());
+        for ok in [
+            &["scrub", "status"][..],
+            &["--output", "json", "scrub", "status"],
+            &["scrub", "start", "2"],
+            &["scrub", "pause", "2", "--output", "json"],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &["scrub", "start"][..],
+            &["scrub", "pause", "node2"],
+            &["scrub", "stop", "2"],
+        ] {
+            let e = parse(bad).err().expect("refused");
+            assert_eq!(e.exit_code(), crate::exit::USAGE, "{bad:?}");
         }
     }
 

@@ -10,6 +10,8 @@
 //! - `tmpfs.rs`: [`TmpfsDisks`], storage nodes on small tmpfs mounts (full-disk tests).
 //! - `backup.rs`: object stores for a cluster (a directory, the in-process S3 server), and
 //!   what the backup tests ask and check (backups, restores, manifests, checksums).
+//! - `scrub.rs`: where a block lives in each replica's files, damage done to them while a
+//!   node is stopped, `tessera scrub status|start`, a reader hammering one block.
 //!
 //! Not every test file uses every helper, hence `dead_code` is allowed here.
 
@@ -19,6 +21,7 @@ pub mod backup;
 pub mod cluster;
 pub mod nbd;
 pub mod process;
+pub mod scrub;
 pub mod tmpfs;
 
 pub use cluster::{Cluster, FAST_RECOVERY, NodeAt, Opts, direct, fully_replicated};
