@@ -16,11 +16,13 @@
 //! - `compare`: the pure decision for a region's scans (truths, fixes, unrepairable).
 //! - `plan`: the pure order and timing of passes.
 //! - `cursor`: `<data_dir>/scrub.json`.
+//! - `idle`: the thread paced scans read on, at idle CPU and I/O priority.
 //! - `repair`: the data of the fixes, read and verified, proposed as Repair entries.
 //! - `metrics`: `tessera_scrub_*`.
 
 mod compare;
 mod cursor;
+mod idle;
 mod metrics;
 mod pass;
 mod plan;
@@ -94,6 +96,8 @@ pub(crate) struct Scrubber {
     flights: read_repair::Flights,
     /// Slots of the scans this node serves at once (see `replica`).
     scans: Arc<Semaphore>,
+    /// Where paced scans read (see `idle`).
+    idle: idle::IdleThread,
 }
 
 struct State {
@@ -129,6 +133,7 @@ impl Scrubber {
             peers,
             flights: Default::default(),
             scans: Arc::new(Semaphore::new(replica::MAX_SCANS)),
+            idle: idle::IdleThread::default(),
         })
     }
 

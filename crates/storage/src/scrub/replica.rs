@@ -147,12 +147,18 @@ async fn scan(shared: &Shared, req: RegionScanRequest) -> Result<RegionScan, Con
         }
         let s = store.clone();
         let held_slot = slot.clone();
-        let scanned = tokio::task::spawn_blocking(move || {
+        let scan = move || {
             let _slot = held_slot;
             s.scan_in(v, c, layer, first, count)
-        })
-        .await
-        .map_err(join)?
+        };
+        // A paced scan is background work: on the node's idle thread (see `idle`).
+        let scanned = if req.urgent {
+            tokio::task::spawn_blocking(scan).await.map_err(join)?
+        } else {
+            shared.scrub.idle.run(scan).await.ok_or_else(|| {
+                ControlError::Internal(format!("scanning group {g} volume {v} chunk {c} panicked"))
+            })?
+        }
         .map_err(engine)?;
         let before = blocks.len();
         for (block, state) in (first..).zip(scanned) {
