@@ -66,8 +66,8 @@ pub struct ScrubConfig {
     /// the groups it follows ask of it); 0 turns scrubbing off (passes do not run; scans
     /// other leaders ask for are answered unpaced). Default 4 MiB/s (2.4 TiB of replicas a
     /// week): measured with three nodes on one 2-core machine (`bench/scrub.sh`), client
-    /// QD1 write p99 +9 % and read p99 +12 % while every node scrubs at it; at 16 MiB/s
-    /// +25 % and +45 %.
+    /// QD1 write p99 +9 % and read p99 +12 % while every node scrubs at it with scans on
+    /// the blocking pool; +4 % and +0 % with them on the idle thread (`idle`).
     pub bytes_per_sec: u64,
     /// Seconds from the start of one pass to the start of the next.
     pub period_secs: u64,
