@@ -22,6 +22,30 @@ fn entry(op: CmdOp) -> Entry {
     }
 }
 
+/// A command of volume 1, chunk 2 (the scrub tests').
+fn chunk_cmd(op: CmdOp, offset: u64, len: u64, data: Bytes) -> Command {
+    Command {
+        op,
+        volume: 1,
+        chunk: 2,
+        offset: u32::try_from(offset).expect("small"),
+        len: u32::try_from(len).expect("small"),
+        id: 0,
+        epoch: 0,
+        seq: 0,
+        data,
+    }
+}
+
+/// Applies `c` as entry 7 of group 1.
+fn apply_to(
+    on: (&ChunkStore, &FillsExcluded<'_>, &Watches),
+    c: &Command,
+) -> tessera_engine::Result<()> {
+    let (off, len) = (c.offset.into(), c.len.into());
+    apply_command(on, 1, 7, c, (1, 2), (off, len))
+}
+
 /// Only a full disk makes a merge optional: a shortage of descriptors or a torn block
 /// passes, and the merge waits for it (skipping it would leave the layers for nothing).
 #[test]
@@ -122,21 +146,8 @@ fn a_repair_rewrites_only_unchanged_differing_blocks_of_a_watched_mark() {
     let chunks = ChunkStore::open(tmp.path()).expect("open");
     let watches = Watches::default();
     let excluded = chunks.try_exclude_fills().expect("no fill running");
-    let cmd = |op, offset: u64, len: u64, data: Bytes| Command {
-        op,
-        volume: 1,
-        chunk: 2,
-        offset: offset as u32,
-        len: len as u32,
-        id: 0,
-        epoch: 0,
-        seq: 0,
-        data,
-    };
-    let apply = |c: &Command| {
-        let (off, len) = (c.offset.into(), c.len.into());
-        apply_command((&chunks, &excluded, &watches), 1, 7, c, (1, 2), (off, len))
-    };
+    let cmd = chunk_cmd;
+    let apply = |c: &Command| apply_to((&chunks, &excluded, &watches), c);
     let fill = |v: u8, n: u64| vec![v; (n * B) as usize];
     // Blocks 0..3 and 4 hold 5s; 3 is absent; 4 rots.
     apply(&cmd(CmdOp::Write, 0, 3 * B, Bytes::from(fill(5, 3)))).expect("write");
@@ -224,21 +235,8 @@ fn a_repair_whose_write_failed_repairs_the_block_when_retried() {
     let chunks = ChunkStore::open(tmp.path()).expect("open");
     let watches = Watches::default();
     let excluded = chunks.try_exclude_fills().expect("no fill running");
-    let cmd = |op, len: u64, data: Bytes| Command {
-        op,
-        volume: 1,
-        chunk: 2,
-        offset: 0,
-        len: len as u32,
-        id: 0,
-        epoch: 0,
-        seq: 0,
-        data,
-    };
-    let apply = |c: &Command| {
-        let (off, len) = (c.offset.into(), c.len.into());
-        apply_command((&chunks, &excluded, &watches), 1, 7, c, (1, 2), (off, len))
-    };
+    let cmd = |op, len, data| chunk_cmd(op, 0, len, data);
+    let apply = |c: &Command| apply_to((&chunks, &excluded, &watches), c);
     apply(&cmd(CmdOp::ScrubMark, B, Command::scrub_mark_data(42))).expect("mark");
     let repair = cmd(
         CmdOp::Repair,
@@ -283,21 +281,8 @@ fn a_repair_over_a_region_that_fails_to_read_rewrites_it() {
     let chunks = ChunkStore::open(tmp.path()).expect("open");
     let watches = Watches::default();
     let excluded = chunks.try_exclude_fills().expect("no fill running");
-    let cmd = |op, len: u64, data: Bytes| Command {
-        op,
-        volume: 1,
-        chunk: 2,
-        offset: 0,
-        len: len as u32,
-        id: 0,
-        epoch: 0,
-        seq: 0,
-        data,
-    };
-    let apply = |c: &Command| {
-        let (off, len) = (c.offset.into(), c.len.into());
-        apply_command((&chunks, &excluded, &watches), 1, 7, c, (1, 2), (off, len))
-    };
+    let cmd = |op, len, data| chunk_cmd(op, 0, len, data);
+    let apply = |c: &Command| apply_to((&chunks, &excluded, &watches), c);
     let two = 2 * B as usize;
     apply(&cmd(CmdOp::Write, 2 * B, Bytes::from(vec![5u8; two]))).expect("write");
     apply(&cmd(CmdOp::ScrubMark, 2 * B, Command::scrub_mark_data(42))).expect("mark");
@@ -333,21 +318,8 @@ fn an_oversized_mark_or_repair_from_the_log_applies_nothing() {
     let chunks = ChunkStore::open(tmp.path()).expect("open");
     let watches = Watches::default();
     let excluded = chunks.try_exclude_fills().expect("no fill running");
-    let cmd = |op, len: u64, data: Bytes| Command {
-        op,
-        volume: 1,
-        chunk: 2,
-        offset: 0,
-        len: len as u32,
-        id: 0,
-        epoch: 0,
-        seq: 0,
-        data,
-    };
-    let apply = |c: &Command| {
-        let (off, len) = (c.offset.into(), c.len.into());
-        apply_command((&chunks, &excluded, &watches), 1, 7, c, (1, 2), (off, len))
-    };
+    let cmd = |op, len, data| chunk_cmd(op, 0, len, data);
+    let apply = |c: &Command| apply_to((&chunks, &excluded, &watches), c);
     let big = (SCRUB_REGION_BLOCKS + 1) * B;
     apply(&cmd(CmdOp::ScrubMark, big, Command::scrub_mark_data(42))).expect("mark");
     assert_eq!(
