@@ -435,6 +435,36 @@ async fn a_scan_meant_for_another_node_is_refused() {
     }
 }
 
+/// A scan is dated by its own mark: one asking about another region than its mark's is
+/// refused, and one whose mark this node does not watch (never applied here, expired, or
+/// a restart since) gives up after waiting for it; neither holds a scan slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_of_another_region_or_of_an_unwatched_mark_is_refused() {
+    let (nodes, leader) = cluster().await;
+    write(&nodes, leader).await;
+    let n = &nodes[leader];
+    let mark = mark(n, 8).await;
+    let id = n.shared.node_id;
+    let scan = |mark, count| {
+        super::replica::serve(&n.shared, scan_req(mark, count, id, true), 20 * SECOND)
+    };
+    match scan(mark, 16).await {
+        Err(ControlError::Invalid(m)) => assert!(m.contains("not the region asked for"), "{m}"),
+        other => panic!("a scan of 16 blocks under a mark of 8: {other:?}"),
+    }
+    match scan(mark ^ 1, 8).await {
+        Err(ControlError::Unavailable(m)) => assert!(m.contains("does not watch"), "{m}"),
+        other => panic!("a scan of a mark never applied: {other:?}"),
+    }
+    assert_eq!(
+        n.shared.scrub.scans.available_permits(),
+        super::replica::MAX_SCANS,
+        "a refused scan holds no slot"
+    );
+    let got = scan(mark, 8).await.expect("the scan its mark covers");
+    assert_eq!(got.blocks.len(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scan_is_paced_before_its_reads_for_the_whole_region_unless_urgent() {
     // 1 MiB/s: a region of 1024 blocks costs 4 s of pacing per layer, although only 4 of
