@@ -60,8 +60,9 @@ impl ChunkStore {
     }
 
     /// `count` blocks from block `first` of one layer (0 names layer 1), each classified;
-    /// one read of the data and checksums. Blocks past the end of the layer's files are
-    /// [`Scanned::Absent`].
+    /// one read of the data and checksums ([`ChunkStore::read_stored`], then
+    /// [`Stored::classify`]). Blocks past the end of the layer's files are
+    /// [`Scanned::Absent`]; a block that cannot be read (EIO) is [`Scanned::Bad`].
     pub fn scan_in(
         &self,
         volume: u64,
@@ -70,6 +71,24 @@ impl ChunkStore {
         first: u64,
         count: u64,
     ) -> Result<Vec<Scanned>> {
+        Ok(self
+            .read_stored(volume, chunk, layer, first, count)?
+            .classify())
+    }
+
+    /// The stored bytes and checksums of `count` blocks from block `first` of one layer (0
+    /// names layer 1), as [`ChunkStore::scan_in`] classifies them: the I/O half, under the
+    /// chunk's read lock, so that a caller can hash them elsewhere (off the lock, at a lower
+    /// priority). A read that fails (a latent sector error) is retried block by block, and
+    /// the blocks that still fail are marked unreadable, never an error for the region.
+    pub fn read_stored(
+        &self,
+        volume: u64,
+        chunk: u64,
+        layer: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Stored> {
         let too_far = || {
             Error::OutOfRange(format!(
                 "chunk {volume:016x}/{chunk:08x}: blocks {first}+{count} lie outside the chunk"
@@ -79,27 +98,115 @@ impl ChunkStore {
         let len = count.checked_mul(BLOCK_SIZE).ok_or_else(too_far)?;
         check_range(volume, chunk, offset, len)?;
         let n = usize::try_from(count).map_err(|_| too_far())?;
+        // The files failing to open (EIO on the directory, say): the region's read fails.
+        fail::fail_point!("chunk::scan_fails", |_| Err(Error::Io(
+            std::io::Error::from_raw_os_error(libc::EIO)
+        )));
         let Some(files) = self.files_to_read((volume, chunk, layer_of(layer)), false)? else {
-            return Ok(vec![Scanned::Absent; n]);
+            return Ok(Stored::absent(n));
         };
         let bs = BLOCK_SIZE as usize;
-        let mut buf = vec![0u8; n * bs];
-        let mut crcs = vec![0u8; n * CRC_LEN as usize];
-        {
-            let _guard = files.read_guard();
-            // A latent sector error under the region (tests).
-            fail::fail_point!("chunk::scan_eio", |_| Err(Error::Io(
-                std::io::Error::from_raw_os_error(5)
-            )));
-            read_full_at(&files.data, &mut buf, offset)?;
-            read_full_at(&files.crcs, &mut crcs, first * CRC_LEN)?;
+        let crc_len = CRC_LEN as usize;
+        let mut data = vec![0u8; n * bs];
+        let mut crcs = vec![0u8; n * crc_len];
+        let mut unreadable = Vec::new();
+        let _guard = files.read_guard();
+        let whole = scan_eio(first, count)
+            .and_then(|()| read_full_at(&files.data, &mut data, offset))
+            .and_then(|()| read_full_at(&files.crcs, &mut crcs, first * CRC_LEN));
+        if let Err(e) = whole {
+            tracing::warn!(
+                volume,
+                chunk,
+                layer,
+                first,
+                count,
+                "scan: reading the region failed ({e}); reading it block by block"
+            );
+            for i in 0..n {
+                let b = first + i as u64;
+                let one = scan_eio(b, 1)
+                    .and_then(|()| {
+                        read_full_at(&files.data, &mut data[i * bs..][..bs], b * BLOCK_SIZE)
+                    })
+                    .and_then(|()| {
+                        read_full_at(
+                            &files.crcs,
+                            &mut crcs[i * crc_len..][..crc_len],
+                            b * CRC_LEN,
+                        )
+                    });
+                if let Err(e) = one {
+                    tracing::warn!(
+                        volume,
+                        chunk,
+                        layer,
+                        block = b,
+                        "scan: block unreadable: {e}"
+                    );
+                    unreadable.push(i);
+                }
+            }
         }
-        Ok(buf
-            .chunks_exact(bs)
-            .enumerate()
-            .map(|(i, block)| classify(block, stored_crc(&crcs, i)))
-            .collect())
+        Ok(Stored {
+            data,
+            crcs,
+            unreadable,
+            absent: 0,
+        })
     }
+}
+
+/// Blocks of one layer as stored (see [`ChunkStore::read_stored`]).
+#[derive(Debug)]
+pub struct Stored {
+    data: Vec<u8>,
+    crcs: Vec<u8>,
+    /// Indexes of the blocks that could not be read.
+    unreadable: Vec<usize>,
+    /// Blocks of a layer without files (then `data` and `crcs` are empty).
+    absent: usize,
+}
+
+impl Stored {
+    fn absent(n: usize) -> Stored {
+        Stored {
+            data: Vec::new(),
+            crcs: Vec::new(),
+            unreadable: Vec::new(),
+            absent: n,
+        }
+    }
+
+    /// Each block classified (CPU only: CRC32C and BLAKE3 of every block).
+    pub fn classify(&self) -> Vec<Scanned> {
+        if self.absent > 0 {
+            return vec![Scanned::Absent; self.absent];
+        }
+        let mut out: Vec<Scanned> = self
+            .data
+            .chunks_exact(BLOCK_SIZE as usize)
+            .enumerate()
+            .map(|(i, block)| classify(block, stored_crc(&self.crcs, i)))
+            .collect();
+        for &i in &self.unreadable {
+            out[i] = Scanned::Bad;
+        }
+        out
+    }
+}
+
+/// The `chunk::scan_eio` fail point: `return(N)` makes block N unreadable (a latent sector
+/// error under it), for reads of any chunk.
+fn scan_eio(first: u64, count: u64) -> std::io::Result<()> {
+    fail::fail_point!("chunk::scan_eio", |arg: Option<String>| {
+        match arg.as_deref().map(str::parse::<u64>) {
+            Some(Ok(b)) if !(first..first + count).contains(&b) => Ok(()),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        }
+    });
+    let _ = (first, count);
+    Ok(())
 }
 
 /// One block as stored, classified (see [`Scanned`]).

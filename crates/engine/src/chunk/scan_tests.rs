@@ -127,3 +127,25 @@ fn a_failing_stat_of_the_base_fails_the_listing_instead_of_saying_not_held() {
     std::fs::write(tmp.path().join(format!("{:016x}", 6)), b"x").unwrap();
     assert!(s.chunk_layers(6, 0).is_err());
 }
+
+/// A latent sector error (EIO reading block 2, through the fail point) does not fail the
+/// scan of its region: the region is read again block by block, the unreadable block is
+/// `Bad` (for a repair to rewrite), every other block classified as stored.
+#[cfg(feature = "failpoints")]
+#[test]
+fn an_unreadable_block_is_bad_and_its_region_still_scans() {
+    let (_tmp, s) = store();
+    s.write(1, 2, 0, &fill(7, 4)).unwrap();
+    let whole = s.scan_in(1, 2, 0, 0, 4).unwrap();
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("chunk::scan_eio", "return(2)").unwrap();
+    let got = s.scan_in(1, 2, 0, 0, 4);
+    let apart = s.scan_in(1, 2, 0, 3, 1);
+    fail::remove("chunk::scan_eio");
+    scenario.teardown();
+    let mut want = whole.clone();
+    want[2] = Scanned::Bad;
+    assert_eq!(got.expect("the region scans"), want);
+    // A region without the block reads at once.
+    assert_eq!(apart.expect("scans"), whole[3..]);
+}
