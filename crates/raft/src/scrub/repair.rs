@@ -222,5 +222,24 @@ pub(crate) fn apply_repair(
         );
     }
     watches.repaired(rewritten);
-    result
+    match result {
+        // A full disk stalls the entry (retried); a descriptor shortage waits.
+        Err(tessera_engine::Error::DiskFull(_) | tessera_engine::Error::Exhausted(_)) => result,
+        // Anything else (EIO reading the checksums around the block, say) leaves the
+        // blocks not written yet as they were, not dirty: the next scrub finds them again.
+        // A repair is optional work, never a reason to stop the node.
+        Err(e) => {
+            tracing::warn!(
+                group,
+                index,
+                volume = v,
+                chunk = c,
+                layer,
+                rewritten,
+                "repair stopped short: {e}"
+            );
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
 }
