@@ -1,22 +1,27 @@
-//! The thread a pass's paced scans read and hash on: one per node, started at the first
-//! such scan, at the idle CPU policy (`SCHED_IDLE`) and the idle I/O class, so that a
-//! client's request never waits behind scrub work for a core or the disk. Urgent scans (a
-//! read repair, a client's read waiting) do not come here.
+//! The thread a pass's paced scans hash on: one per node, started at the first such scan,
+//! at the idle CPU policy (`SCHED_IDLE`) and the idle I/O class, so that a client's
+//! request never waits behind scrub hashing for a core. Urgent scans (a read repair, a
+//! client's read waiting) do not come here, nor do the reads (they hold the chunk's read
+//! lock, which the apply's writes wait for: starved at idle priority while holding it,
+//! they would stall the group).
 //!
-//! Owns the thread and its queue. Must never: run anything else than a scan (anything
-//! queued behind a starved scan starves with it); fail a scan because the priorities
-//! could not be set (logged, the scan runs at normal priority) or the thread could not
-//! start (the scan runs on the blocking pool).
+//! Owns the thread and its queue. Must never: run anything holding a lock or a slot others
+//! wait for, or anything a client waits for (anything queued behind a starved job starves
+//! with it); fail a job because the priorities could not be set (logged, it runs at normal
+//! priority) or the thread could not start (it runs on the blocking pool).
 
+use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Whether the last idle thread started got the idle CPU policy (for tests).
+static IDLE_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The idle thread's queue (`None`: it could not be started).
 #[derive(Default)]
 pub(crate) struct IdleThread {
-    queue: OnceLock<Option<Mutex<mpsc::Sender<Job>>>>,
+    queue: OnceLock<Option<mpsc::Sender<Job>>>,
 }
 
 impl IdleThread {
@@ -28,16 +33,14 @@ impl IdleThread {
     ) -> Option<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = tx.send(f());
+            // Its waiter gave up (a scan past its deadline): nothing to do.
+            if !tx.is_closed() {
+                let _ = tx.send(f());
+            }
         });
         let queue = self.queue.get_or_init(start);
         let refused = match queue {
-            Some(q) => q
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(job)
-                .err()
-                .map(|e| e.0),
+            Some(q) => q.send(job).err().map(|e| e.0),
             None => Some(job),
         };
         if let Some(job) = refused {
@@ -48,12 +51,12 @@ impl IdleThread {
     }
 }
 
-fn start() -> Option<Mutex<mpsc::Sender<Job>>> {
+fn start() -> Option<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>();
     let spawned = std::thread::Builder::new()
         .name("scrub-scan".into())
         .spawn(move || {
-            lower_priority();
+            IDLE_SET.store(lower_priority(), std::sync::atomic::Ordering::Relaxed);
             while let Ok(job) = rx.recv() {
                 // A scan that panics answers nothing (its waiter sees `None`), and the
                 // thread goes on with the next.
@@ -61,7 +64,7 @@ fn start() -> Option<Mutex<mpsc::Sender<Job>>> {
             }
         });
     match spawned {
-        Ok(_) => Some(Mutex::new(tx)),
+        Ok(_) => Some(tx),
         Err(e) => {
             tracing::warn!("scrub scans run on the blocking pool: starting their thread: {e}");
             None
@@ -69,12 +72,14 @@ fn start() -> Option<Mutex<mpsc::Sender<Job>>> {
     }
 }
 
-/// The calling thread at `SCHED_IDLE` and the idle I/O class (Linux), for good: an
-/// unprivileged thread cannot come back from `SCHED_IDLE`.
-fn lower_priority() {
+/// The calling thread at `SCHED_IDLE` and the idle I/O class (Linux), for good (a thread
+/// leaves `SCHED_IDLE` only within its `RLIMIT_NICE`, 0 by default). Whether the CPU
+/// policy was set.
+fn lower_priority() -> bool {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(2) on the calling thread (0) with a valid parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+    if !idle {
         tracing::warn!(
             "scrub scans at normal CPU priority: sched_setscheduler: {}",
             std::io::Error::last_os_error()
@@ -98,6 +103,7 @@ fn lower_priority() {
             std::io::Error::last_os_error()
         );
     }
+    idle
 }
 
 #[cfg(test)]
@@ -114,7 +120,11 @@ mod tests {
         };
         let a = idle.run(move || seen(())).await.expect("ran");
         let b = idle.run(move || seen(())).await.expect("ran");
-        assert_eq!(a, (Some("scrub-scan".into()), libc::SCHED_IDLE));
+        assert_eq!(a.0.as_deref(), Some("scrub-scan"));
+        // Where the policy is refused (a sandbox), the thread runs at normal priority.
+        if IDLE_SET.load(std::sync::atomic::Ordering::Relaxed) {
+            assert_eq!(a.1, libc::SCHED_IDLE);
+        }
         assert_eq!(a, b);
         // A panicking scan does not take the next ones down.
         assert_eq!(idle.run(|| -> u8 { panic!("a bad scan") }).await, None);

@@ -111,7 +111,9 @@ async fn scan(shared: &Shared, req: RegionScanRequest) -> Result<RegionScan, Con
         )));
     }
     // One of the node's scan slots, held by every read of the scan (also one still running
-    // after the scan gave up), so that at most `MAX_SCANS` buffers exist at once.
+    // after the scan gave up), so that at most `MAX_SCANS` buffers exist at once, but for
+    // slices queued for hashing by scans that gave up (dropped unhashed when the idle
+    // thread reaches them).
     let slot = Arc::new(
         shared
             .scrub
@@ -147,19 +149,35 @@ async fn scan(shared: &Shared, req: RegionScanRequest) -> Result<RegionScan, Con
         }
         let s = store.clone();
         let held_slot = slot.clone();
-        let scan = move || {
+        let urgent = req.urgent;
+        // The read (under the chunk's read lock, which the apply's writes wait for) always
+        // at normal priority; a paced scan's hashing is background work, on the node's
+        // idle thread (see `idle`), off the lock.
+        let read = tokio::task::spawn_blocking(move || {
             let _slot = held_slot;
-            s.scan_in(v, c, layer, first, count)
-        };
-        // A paced scan is background work: on the node's idle thread (see `idle`).
-        let scanned = if req.urgent {
-            tokio::task::spawn_blocking(scan).await.map_err(join)?
-        } else {
-            shared.scrub.idle.run(scan).await.ok_or_else(|| {
-                ControlError::Internal(format!("scanning group {g} volume {v} chunk {c} panicked"))
-            })?
-        }
+            let stored = s.read_stored(v, c, layer, first, count)?;
+            Ok::<_, tessera_engine::Error>(if urgent {
+                Ok(stored.classify())
+            } else {
+                Err(stored)
+            })
+        })
+        .await
+        .map_err(join)?
         .map_err(engine)?;
+        let scanned = match read {
+            Ok(scanned) => scanned,
+            Err(stored) => shared
+                .scrub
+                .idle
+                .run(move || stored.classify())
+                .await
+                .ok_or_else(|| {
+                    ControlError::Internal(format!(
+                        "scanning group {g} volume {v} chunk {c}: hashing panicked"
+                    ))
+                })?,
+        };
         let before = blocks.len();
         for (block, state) in (first..).zip(scanned) {
             let state = match state {
