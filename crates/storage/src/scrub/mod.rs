@@ -16,7 +16,7 @@
 //! - `compare`: the pure decision for a region's scans (truths, fixes, unrepairable).
 //! - `plan`: the pure order and timing of passes.
 //! - `cursor`: `<data_dir>/scrub.json`.
-//! - `idle`: the thread paced scans read on, at idle CPU and I/O priority.
+//! - `idle`: the thread paced scans hash on, at idle CPU and I/O priority.
 //! - `repair`: the data of the fixes, read and verified, proposed as Repair entries.
 //! - `metrics`: `tessera_scrub_*`.
 
@@ -67,7 +67,7 @@ pub struct ScrubConfig {
     /// other leaders ask for are answered unpaced). Default 4 MiB/s (2.4 TiB of replicas a
     /// week): measured with three nodes on one 2-core machine (`bench/scrub.sh`), client
     /// QD1 write p99 +9 % and read p99 +12 % while every node scrubs at it with scans on
-    /// the blocking pool; +4 % and +0 % with them on the idle thread (`idle`).
+    /// the blocking pool; at most +4 % and +1.3 % with their hashing on the idle thread (`idle`).
     pub bytes_per_sec: u64,
     /// Seconds from the start of one pass to the start of the next.
     pub period_secs: u64,
@@ -96,7 +96,7 @@ pub(crate) struct Scrubber {
     flights: read_repair::Flights,
     /// Slots of the scans this node serves at once (see `replica`).
     scans: Arc<Semaphore>,
-    /// Where paced scans read (see `idle`).
+    /// Where paced scans hash what they read (see `idle`).
     idle: idle::IdleThread,
 }
 
