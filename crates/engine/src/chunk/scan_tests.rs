@@ -2,26 +2,12 @@
 //! flipped byte found as `Bad` without failing the scan, equal data hashing equal across
 //! stores, and the layers listed as the layer map knows them.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
-
 use super::super::layer_tests::{fill, store};
+use super::super::tests::flip_byte as flip;
 use super::super::*;
 use super::block_hash;
 
 const B: u64 = BLOCK_SIZE;
-
-fn flip(path: &std::path::Path, offset: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b[0] ^= 0x40;
-    f.write_all_at(&b, offset).unwrap();
-}
 
 #[test]
 fn a_scan_classifies_data_zero_absent_and_a_flipped_byte_as_bad() {

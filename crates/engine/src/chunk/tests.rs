@@ -18,7 +18,8 @@ fn store() -> (tempfile::TempDir, Arc<ChunkStore>) {
     (tmp, s)
 }
 
-fn flip_byte(path: &Path, offset: u64) {
+/// Flips one bit of the byte at `offset` of `path` (rot under the engine).
+pub(super) fn flip_byte(path: &Path, offset: u64) {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
