@@ -217,17 +217,18 @@ pub(crate) fn submit_data(
         let frame = Frame::with_tail(Kind::Reply, id, head, data);
         let _ = tx.send((frame, Some(permit)));
     };
+    // A read keeps its request: one that meets a corrupt block is repaired and read again
+    // (see `scrub`).
     let read = (req.op == Op::Read).then(|| {
         let rt = tokio::runtime::Handle::current();
-        (shared.clone(), rt, req.addr, req.offset)
+        (shared.clone(), rt, req.clone())
     });
-    // A read that meets a corrupt block is repaired and read again (see `scrub`).
-    let again = (req.op == Op::Read).then(|| req.clone());
-    let respond: tessera_raft::Respond = Box::new(move |reply: Reply| match (reply, read, again) {
-        (Reply::Corrupt(msg), Some((shared, rt, ..)), Some(req)) => {
+    let respond: tessera_raft::Respond = Box::new(move |reply: Reply| match (reply, read) {
+        (Reply::Corrupt(msg), Some((shared, rt, req))) => {
             crate::scrub::repair_read(shared, &rt, req, msg, Box::new(send));
         }
-        (Reply::Unfilled { data, blocks }, Some((shared, rt, addr, offset)), _) => {
+        (Reply::Unfilled { data, blocks }, Some((shared, rt, req))) => {
+            let (addr, offset) = (req.addr, req.offset);
             shared.lazy.count_read(addr.volume, addr.chunk);
             rt.spawn(async move {
                 let lazy = &shared.lazy;
@@ -237,9 +238,9 @@ pub(crate) fn submit_data(
                 );
             });
         }
-        (reply, read, _) => {
-            if let (Reply::Ok(_), Some((shared, _, addr, _))) = (&reply, read) {
-                shared.lazy.count_read(addr.volume, addr.chunk);
+        (reply, read) => {
+            if let (Reply::Ok(_), Some((shared, _, req))) = (&reply, read) {
+                shared.lazy.count_read(req.addr.volume, req.addr.chunk);
             }
             send(reply);
         }
