@@ -27,13 +27,17 @@ pub(crate) struct NodeConn {
 }
 
 impl NodeConn {
-    pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<Arc<NodeConn>, NetError> {
-        let stream = tessera_net::connect(addr, timeout).await?;
+    pub(crate) async fn open(
+        security: &tessera_net::Security,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Arc<NodeConn>, NetError> {
+        let stream = security.connect(addr, timeout).await?;
         // Closing this socket resets it and discards whatever is still unsent: a request
         // abandoned after a timeout must never reach a node later (the client will have
         // retried it elsewhere, and may have written over the same range since).
         #[allow(deprecated)]
-        stream.set_linger(Some(Duration::ZERO))?;
+        stream.tcp().set_linger(Some(Duration::ZERO))?;
         let (r, w) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let waiters: Waiters = Arc::default();

@@ -132,7 +132,7 @@ fn control_class(e: &ControlError) -> ErrorClass {
         ControlError::NotFound(_) => ErrorClass::NotFound,
         ControlError::AlreadyExists(_) => ErrorClass::AlreadyExists,
         ControlError::Invalid(_) => ErrorClass::Invalid,
-        ControlError::Conflict(_) => ErrorClass::Refused,
+        ControlError::Conflict(_) | ControlError::Unauthorized(_) => ErrorClass::Refused,
         ControlError::Unavailable(_) | ControlError::NotLeader(_) => ErrorClass::Unavailable,
         ControlError::Internal(_) => ErrorClass::Failed,
     }
@@ -148,6 +148,8 @@ fn net_class(e: &NetError) -> ErrorClass {
         NetError::Control(e) => control_class(e),
         // A peer that sends what cannot be decoded is not going to get better by waiting.
         NetError::Decode(_) | NetError::UnexpectedKind(_) => ErrorClass::Failed,
+        // Certificates that do not go together stay so until an operator changes them.
+        NetError::Handshake { .. } | NetError::SpeaksTls => ErrorClass::Refused,
     }
 }
 

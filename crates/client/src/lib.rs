@@ -120,6 +120,8 @@ pub struct Client {
 
 struct ClientInner {
     managers: Vec<String>,
+    /// How this client dials managers and storage nodes.
+    security: tessera_net::Security,
     conns: Mutex<HashMap<String, Arc<conn::NodeConn>>>,
     /// Who this client is to the manager: its label and a random instance id.
     name: String,
@@ -137,7 +139,7 @@ struct ClientInner {
 impl Client {
     /// A client of the cluster managed at `managers`: one address, or every manager of a
     /// highly available control plane (requests go to whichever leads). Checks that a
-    /// manager answers.
+    /// manager answers. Plain TCP: for an `--insecure` cluster (see [`Client::connect_with`]).
     pub async fn connect(managers: Vec<String>) -> Result<Client> {
         Client::connect_as(managers, "client").await
     }
@@ -145,14 +147,25 @@ impl Client {
     /// [`Client::connect`], naming this client `label` in the attachments it holds (what
     /// `tessera volume info` shows, and what a refused client is told): say what and where,
     /// e.g. `nbd gateway 10.0.0.7:10809`. The host, process id and a random instance id
-    /// are added.
+    /// are added. Plain TCP, like [`Client::connect`].
     pub async fn connect_as(managers: Vec<String>, label: &str) -> Result<Client> {
+        Client::connect_with(managers, label, tessera_net::Security::insecure()).await
+    }
+
+    /// [`Client::connect_as`], dialling every manager and storage node as `security` says:
+    /// mutual TLS with this client's certificate, whose role the cluster enforces.
+    pub async fn connect_with(
+        managers: Vec<String>,
+        label: &str,
+        security: tessera_net::Security,
+    ) -> Result<Client> {
         if managers.is_empty() {
             return Err(Error::Invalid("no manager address given".into()));
         }
         let c = Client {
             inner: Arc::new(ClientInner {
                 managers,
+                security,
                 conns: Mutex::new(HashMap::new()),
                 name: client_name(label),
                 attached: Mutex::new(HashMap::new()),
@@ -170,6 +183,7 @@ impl Client {
         Client {
             inner: Arc::new(ClientInner {
                 managers: vec![],
+                security: tessera_net::Security::insecure(),
                 conns: Mutex::new(HashMap::new()),
                 name: "test".into(),
                 attached: Mutex::new(HashMap::new()),
@@ -194,12 +208,17 @@ impl Client {
             | ManagerRequest::RestoreVolume { .. } => GROUP_OPS_CALL_TIMEOUT,
             _ => CALL_TIMEOUT,
         };
-        tessera_net::call_managers::<_, ManagerReply>(&self.inner.managers, req, timeout)
-            .await
-            .map_err(|e| match e {
-                tessera_net::NetError::Control(e) => Error::Control(e),
-                e => Error::Net(e),
-            })
+        tessera_net::call_managers::<_, ManagerReply>(
+            &self.inner.security,
+            &self.inner.managers,
+            req,
+            timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            tessera_net::NetError::Control(e) => Error::Control(e),
+            e => Error::Net(e),
+        })
     }
 
     /// The snapshot sequence of volume `id` shared by this client's handles to it, raised
@@ -328,7 +347,7 @@ impl Client {
         {
             return Ok(c);
         }
-        let c = conn::NodeConn::open(addr, CALL_TIMEOUT).await?;
+        let c = conn::NodeConn::open(&self.inner.security, addr, CALL_TIMEOUT).await?;
         if let Ok(mut m) = self.inner.conns.lock() {
             // Another task may have raced us here; keep whichever is alive.
             if let Some(existing) = m.get(addr)

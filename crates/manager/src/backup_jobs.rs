@@ -53,6 +53,8 @@ pub(crate) struct Settings {
     /// loop makes its own), so N jobs at once do not multiply the load on the nodes. A
     /// permit is held from before a chunk is paced until its answer is in.
     pub slots: Arc<Semaphore>,
+    /// How the jobs dial storage nodes.
+    pub security: tessera_net::Security,
 }
 
 impl Settings {
@@ -64,12 +66,19 @@ impl Settings {
             chunks_in_flight: n,
             window: window.max(1),
             slots: Arc::new(Semaphore::new(n)),
+            security: tessera_net::Security::insecure(),
         }
+    }
+
+    /// The same settings, dialling storage nodes as `security` says.
+    pub fn dialling(mut self, security: tessera_net::Security) -> Settings {
+        self.security = security;
+        self
     }
 
     /// The same limits with a pool of slots of their own (the restores' pool).
     pub fn own_slots(&self) -> Settings {
-        Settings::new(self.chunks_in_flight, self.window)
+        Settings::new(self.chunks_in_flight, self.window).dialling(self.security.clone())
     }
 
     /// Waits for a manager-wide slot for one chunk request.
@@ -305,6 +314,7 @@ pub(crate) async fn resolve(service: &Shared, group_id: u64) -> Result<GroupJob,
 /// Sends `req` to the group's leader (the member at `at` first, then `NotLeader` hints at
 /// once, then every member in turn, one round): its answer, and the member that gave it.
 pub(crate) async fn call_leader(
+    security: &tessera_net::Security,
     group: &GroupJob,
     req: &StorageRequest,
     mut at: usize,
@@ -317,7 +327,8 @@ pub(crate) async fn call_leader(
     let mut last = String::from("not asked");
     for _ in 0..n.saturating_mul(2) {
         let (node, addr) = &group.members[at % n];
-        match tessera_net::call::<StorageRequest, StorageReply>(addr, req, timeout).await {
+        match tessera_net::call::<StorageRequest, StorageReply>(security, addr, req, timeout).await
+        {
             Ok(StorageReply::NotLeader { hint }) => {
                 last = format!("node {node} does not lead group {}", group.group_id);
                 match group.members.iter().position(|(id, _)| *id == hint) {

@@ -496,7 +496,7 @@ async fn back_up_chunk(
         window: settings.window.max(1),
         force: r.force,
     });
-    let (reply, _) = call_leader(&group, &req, 0, CHUNK_TIMEOUT).await?;
+    let (reply, _) = call_leader(&settings.security, &group, &req, 0, CHUNK_TIMEOUT).await?;
     let upload = match reply {
         StorageReply::BackupChunk(u) => u,
         other => return Err(format!("group {} answered {other:?}", r.group_id)),

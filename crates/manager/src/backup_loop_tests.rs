@@ -192,6 +192,7 @@ pub(crate) async fn harness(content: Content) -> Harness {
         }],
         join: false,
         log_keep: 1000,
+        security: Default::default(),
     };
     let (consensus, raft): (Consensus, RaftTask) = Consensus::start(opts, log, loaded, 0).unwrap();
     let live = Liveness::new(
@@ -227,6 +228,7 @@ pub(crate) async fn harness(content: Content) -> Harness {
         capacity_bytes: 1 << 40,
         used_bytes: 0,
         draining: false,
+        disk: 0,
     }))
     .await;
     h.commit(Mutation::AddGroups(vec![GroupRecord {

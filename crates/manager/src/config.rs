@@ -71,6 +71,10 @@ pub struct ManagerConfig {
     pub backup_window: u32,
     /// How long a store's key stays unreferenced before the collector deletes it.
     pub gc_grace: Duration,
+    /// How this manager accepts connections and dials managers and storage nodes: mutual
+    /// TLS as its manager certificate, or plain TCP (`--insecure`). Loaded by the caller
+    /// (from [`ManagerConfigFile::certs_dir`]).
+    pub security: tessera_net::Security,
 }
 
 /// Default [`ManagerConfig::backup_bytes_per_sec`]: 256 MiB/s.
@@ -116,6 +120,7 @@ impl Default for ManagerConfig {
             backup_chunks_in_flight: 8,
             backup_window: 8,
             gc_grace: Duration::from_secs(600),
+            security: tessera_net::Security::insecure(),
         }
     }
 }
@@ -252,6 +257,11 @@ impl ManagerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfigFile {
+    /// The certificates directory (`tessera cert`): `ca.crt` and this manager's
+    /// `manager-ID.crt` and `.key`. Absent: the manager starts only with `--insecure`.
+    pub certs_dir: Option<PathBuf>,
+    /// Where `tessera manager` serves `GET /metrics` (Prometheus text); off if absent.
+    pub metrics_listen: Option<String>,
     /// [`ManagerConfig::listen`].
     pub listen: String,
     /// [`ManagerConfig::data_dir`].
@@ -307,6 +317,8 @@ impl Default for ManagerConfigFile {
 impl From<ManagerConfig> for ManagerConfigFile {
     fn from(c: ManagerConfig) -> Self {
         ManagerConfigFile {
+            certs_dir: None,
+            metrics_listen: None,
             listen: c.listen,
             data_dir: c.data_dir,
             replicas: c.replicas,
@@ -358,6 +370,7 @@ impl From<ManagerConfigFile> for ManagerConfig {
             backup_chunks_in_flight: f.backup_chunks_in_flight,
             backup_window: f.backup_window,
             gc_grace: Duration::from_secs(f.gc_grace_secs),
+            security: tessera_net::Security::insecure(),
         }
     }
 }

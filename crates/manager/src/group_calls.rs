@@ -47,7 +47,11 @@ pub fn batches(ops: Vec<GroupOp>) -> Vec<Vec<GroupOp>> {
 
 /// Applies every job (each group's batches in order, groups in parallel) before
 /// `deadline`. The error names the first group that could not be reached in time.
-pub async fn apply_all(jobs: Vec<GroupJob>, deadline: Instant) -> Result<(), String> {
+pub async fn apply_all(
+    security: &tessera_net::Security,
+    jobs: Vec<GroupJob>,
+    deadline: Instant,
+) -> Result<(), String> {
     let mut running = JoinSet::new();
     let mut first_err = None;
     for job in jobs {
@@ -56,7 +60,7 @@ pub async fn apply_all(jobs: Vec<GroupJob>, deadline: Instant) -> Result<(), Str
         {
             note(&mut first_err, done);
         }
-        running.spawn(apply_group(job, deadline));
+        running.spawn(apply_group(security.clone(), job, deadline));
     }
     while let Some(done) = running.join_next().await {
         note(&mut first_err, done);
@@ -74,7 +78,11 @@ fn note(first: &mut Option<String>, done: Result<Result<(), String>, tokio::task
 }
 
 /// Applies one group's batches in order, each at its leader.
-pub async fn apply_group(job: GroupJob, deadline: Instant) -> Result<(), String> {
+pub async fn apply_group(
+    security: tessera_net::Security,
+    job: GroupJob,
+    deadline: Instant,
+) -> Result<(), String> {
     if job.members.is_empty() {
         return Err(format!("group {} has no known member", job.group_id));
     }
@@ -84,7 +92,7 @@ pub async fn apply_group(job: GroupJob, deadline: Instant) -> Result<(), String>
             group_id: job.group_id,
             ops: ops.clone(),
         };
-        at = apply_one(&job, &req, at, deadline).await?;
+        at = apply_one(&security, &job, &req, at, deadline).await?;
     }
     Ok(())
 }
@@ -92,6 +100,7 @@ pub async fn apply_group(job: GroupJob, deadline: Instant) -> Result<(), String>
 /// Sends `req` until the group's leader applied it; returns the index of the member that
 /// did (asked first next time).
 async fn apply_one(
+    security: &tessera_net::Security,
     job: &GroupJob,
     req: &StorageRequest,
     mut at: usize,
@@ -112,6 +121,7 @@ async fn apply_one(
             }
             let (node, addr) = &job.members[at % n];
             let res = tessera_net::call::<StorageRequest, StorageReply>(
+                security,
                 addr,
                 req,
                 CALL_TIMEOUT.min(left),
@@ -148,11 +158,12 @@ async fn apply_one(
 /// the lock; `Unavailable` if a group did not apply them in time.
 pub(crate) async fn finish(
     service: &Arc<Mutex<Service>>,
+    security: &tessera_net::Security,
     pending: Pending,
     deadline: Duration,
 ) -> Result<ManagerReply, ControlError> {
     let Pending { jobs, finish } = pending;
-    if let Err(e) = apply_all(jobs, Instant::now() + deadline).await {
+    if let Err(e) = apply_all(security, jobs, Instant::now() + deadline).await {
         warn!(error = %e, ?finish, "group ops not applied in time");
         return Err(ControlError::Unavailable(format!(
             "{e}; {}",
@@ -208,9 +219,13 @@ mod tests {
             }]],
         };
         let t = Instant::now();
-        let err = apply_all(vec![job], t + Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let err = apply_all(
+            &Default::default(),
+            vec![job],
+            t + Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains("group 7"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(3));
     }

@@ -52,6 +52,7 @@
 //!   what heartbeat acks tell nodes to create or destroy. New recovery policy goes in
 //!   `reconcile/planner.rs`.
 //! - `attach`: read-write attachments, writer epochs and leases.
+//! - `authz`: who may send which request (the caller's certificate against it).
 //! - `liveness`: heartbeat ages, node health, reported group leaders. Memory only.
 //! - `state/`: the durable state and every rule that changes it. All changes are
 //!   `state::Mutation`s applied by one function (`state/apply.rs`), with the Raft log
@@ -82,6 +83,7 @@
 #![warn(missing_docs)]
 
 mod attach;
+mod authz;
 mod backup_jobs;
 mod backup_loop;
 mod config;

@@ -36,9 +36,16 @@ const LINK: LinkOptions = LinkOptions {
 
 /// Sends the messages queued for peer `to`, reconnecting as needed. Messages that arrive
 /// while the peer is unreachable are dropped: Raft retransmits what matters.
-pub async fn peer_loop(from: u64, to: u64, addr: String, queue: mpsc::Receiver<Message>) {
+pub async fn peer_loop(
+    from: u64,
+    to: u64,
+    addr: String,
+    queue: mpsc::Receiver<Message>,
+    security: tessera_net::Security,
+) {
     let peer = format!("manager {to} (from manager {from})");
-    tessera_net::link::run(Batches(queue), &peer, move || Some(addr.clone()), LINK).await;
+    let resolve = move || Some(addr.clone());
+    tessera_net::link::run(Batches(queue), &peer, resolve, LINK, &security).await;
 }
 
 /// The peer's queue, taken a batch at a time: a message and those queued behind it, up to

@@ -51,6 +51,7 @@ fn key(job: &ReclaimJob) -> (u64, u64, Option<u64>, u64) {
 /// that needed a retry less than [`RETRY_EVERY`] ago waits.
 pub async fn reclaim_all(
     service: Shared,
+    security: tessera_net::Security,
     jobs: Vec<ReclaimJob>,
     pace: Arc<Pace>,
     retries: Retries,
@@ -66,7 +67,7 @@ pub async fn reclaim_all(
             continue;
         }
         let (volume, low) = (job.volume_id, job.low);
-        match reclaim(&service, &job, &pace).await {
+        match reclaim(&service, &security, &job, &pace).await {
             Ok(Outcome::Done(merged)) => info!(volume, low, top = ?job.top, chunks_merged = merged,
                                                "deleted snapshot's space reclaimed"),
             Ok(Outcome::Changed) => {
@@ -103,10 +104,20 @@ enum Outcome {
 }
 
 /// One pass of a reclaim: merge every chunk that needs it, then check every replica.
-async fn reclaim(service: &Shared, job: &ReclaimJob, pace: &Pace) -> Result<Outcome, String> {
+async fn reclaim(
+    service: &Shared,
+    security: &tessera_net::Security,
+    job: &ReclaimJob,
+    pace: &Pace,
+) -> Result<Outcome, String> {
     let groups = replicas(job);
-    let answers =
-        usage::ask_replicas(job.volume_id, &groups, Instant::now() + USAGE_DEADLINE).await;
+    let answers = usage::ask_replicas(
+        security,
+        job.volume_id,
+        &groups,
+        Instant::now() + USAGE_DEADLINE,
+    )
+    .await;
     let mut todo = BTreeMap::new();
     for (at, (group, chunks)) in job.groups.iter().enumerate() {
         let replies = answers.get(&group.group_id).map_or(&[][..], Vec::as_slice);
@@ -142,7 +153,7 @@ async fn reclaim(service: &Shared, job: &ReclaimJob, pace: &Pace) -> Result<Outc
                 batches: vec![ops],
                 ..job.groups[at].0.clone()
             };
-            group_calls::apply_group(group, Instant::now() + DEADLINE).await?;
+            group_calls::apply_group(security.clone(), group, Instant::now() + DEADLINE).await?;
         }
         let next = chunk.saturating_add(1);
         if !record(service, job, move |s, j| s.reclaim_progress(j, next, false)).await? {
@@ -158,8 +169,13 @@ async fn reclaim(service: &Shared, job: &ReclaimJob, pace: &Pace) -> Result<Outc
     if !todo.is_empty() {
         tokio::time::sleep(SETTLE).await;
     }
-    let answers =
-        usage::ask_replicas(job.volume_id, &groups, Instant::now() + USAGE_DEADLINE).await;
+    let answers = usage::ask_replicas(
+        security,
+        job.volume_id,
+        &groups,
+        Instant::now() + USAGE_DEADLINE,
+    )
+    .await;
     let merged: BTreeSet<u64> = todo.keys().copied().collect();
     match leftover(job, &merged, &answers) {
         Check::Clean => {}

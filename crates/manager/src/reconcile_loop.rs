@@ -25,6 +25,7 @@ type Shared = Arc<Mutex<Service>>;
 /// Runs passes until `stopped` turns true.
 pub async fn run(
     service: Shared,
+    security: tessera_net::Security,
     limits: Limits,
     every: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -64,9 +65,10 @@ pub async fn run(
             let fresh = busy.lock().is_ok_and(|mut b| b.insert(call.group_id));
             if fresh {
                 let (s, m, b) = (service.clone(), memory.clone(), busy.clone());
+                let security = security.clone();
                 tokio::spawn(async move {
                     let group = call.group_id;
-                    send(call, s, m).await;
+                    send(call, s, m, &security).await;
                     if let Ok(mut b) = b.lock() {
                         b.remove(&group);
                     }
@@ -76,11 +78,20 @@ pub async fn run(
     }
 }
 
-async fn send(call: StorageCall, service: Shared, memory: Arc<Mutex<Memory>>) {
+async fn send(
+    call: StorageCall,
+    service: Shared,
+    memory: Arc<Mutex<Memory>>,
+    security: &tessera_net::Security,
+) {
     let group = call.group_id;
-    let res =
-        tessera_net::call::<StorageRequest, StorageReply>(&call.addr, &call.req, CALL_TIMEOUT)
-            .await;
+    let res = tessera_net::call::<StorageRequest, StorageReply>(
+        security,
+        &call.addr,
+        &call.req,
+        CALL_TIMEOUT,
+    )
+    .await;
     match res {
         Ok(StorageReply::Members(ms)) => {
             let Some(target) = call.target else {

@@ -336,6 +336,7 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                 // `unlink_after`.
                 ctx.rates.filled(job.volume_id, bytes);
                 let (service, unlink_after) = (ctx.service.clone(), ctx.unlink_after);
+                let security = ctx.settings.security.clone();
                 let (volume_id, chunk) = (job.volume_id, left.get(&pos).map_or(0, |l| l.chunk));
                 let group_id = left.get(&pos).and_then(|l| l.group).unwrap_or(0);
                 unlinking.spawn(async move {
@@ -344,6 +345,7 @@ async fn fill_all(ctx: &Ctx, job: &RestoreJob) -> Result<(), String> {
                         group_id,
                         at,
                         unlink_after,
+                        security: &security,
                     };
                     let r = unlink_chunk(u, volume_id, chunk).await.map(|()| bytes);
                     (pos, Step::Unlinked(r))
@@ -406,7 +408,7 @@ async fn unlink_all(ctx: &Ctx, volume_id: u64) -> Result<(), String> {
     })
     .await?;
     let deadline = Instant::now() + UNLINK_TIMEOUT;
-    group_calls::apply_all(jobs, deadline)
+    group_calls::apply_all(&ctx.settings.security, jobs, deadline)
         .await
         .map_err(|e| format!("unlinking the restore's chunks before it is done: {e}"))
 }
@@ -482,7 +484,7 @@ async fn fill_chunk(
             .collect(),
         window: window.max(1),
     });
-    match call_leader(&group, &req, 0, CHUNK_TIMEOUT).await? {
+    match call_leader(&c.settings.security, &group, &req, 0, CHUNK_TIMEOUT).await? {
         (StorageReply::Done, at) => Ok((bytes, at)),
         (other, _) => Err(format!("group {} answered {other:?}", group.group_id)),
     }
@@ -496,6 +498,7 @@ struct UnlinkAfter<'a> {
     at: usize,
     /// Not unlinked before this (see [`LINK_SETTLE`]).
     unlink_after: Instant,
+    security: &'a tessera_net::Security,
 }
 
 /// Unlinks a filled chunk from the backup, once `unlink_after` has passed. Holds no slot:
@@ -514,7 +517,7 @@ async fn unlink_chunk(u: UnlinkAfter<'_>, volume_id: u64, chunk: u64) -> Result<
         group_id: group.group_id,
         ops: vec![GroupOp::Unlink { volume_id, chunk }],
     };
-    match call_leader(&group, &unlink, at, UNLINK_TIMEOUT).await? {
+    match call_leader(u.security, &group, &unlink, at, UNLINK_TIMEOUT).await? {
         (StorageReply::Done, _) => {
             debug!(volume = volume_id, chunk, "chunk filled and unlinked");
             Ok(())

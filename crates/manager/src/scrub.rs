@@ -27,12 +27,18 @@ pub struct ScrubCall {
 /// Tells the node, within `timeout`: the node with its scrubbing as it answered. A node
 /// that cannot be reached (or does not answer in time) is `Unavailable`; a refusal by the
 /// node is passed on as it is.
-pub async fn forward(call: ScrubCall, timeout: Duration) -> Result<ManagerReply, ControlError> {
+pub async fn forward(
+    security: &tessera_net::Security,
+    call: ScrubCall,
+    timeout: Duration,
+) -> Result<ManagerReply, ControlError> {
     let req = StorageRequest::Scrub {
         action: call.action,
     };
     let node = call.node_id;
-    match tessera_net::call::<StorageRequest, StorageReply>(&call.addr, &req, timeout).await {
+    match tessera_net::call::<StorageRequest, StorageReply>(security, &call.addr, &req, timeout)
+        .await
+    {
         Ok(StorageReply::Scrub(stats)) => Ok(ManagerReply::Scrub(vec![NodeScrub {
             node_id: node,
             addr: call.addr,
@@ -101,7 +107,13 @@ mod tests {
     async fn the_answer_is_the_node_with_its_state_after_the_action() {
         let addr = node_with_a_scrubber().await;
         let t = SCRUB_CALL_TIMEOUT;
-        let paused = forward(call(&addr, ScrubAction::Pause), t).await.unwrap();
+        let paused = forward(
+            &tessera_net::Security::insecure(),
+            call(&addr, ScrubAction::Pause),
+            t,
+        )
+        .await
+        .unwrap();
         let ManagerReply::Scrub(nodes) = paused else {
             panic!("{paused:?}")
         };
@@ -112,7 +124,13 @@ mod tests {
         );
         let stats = nodes[0].stats.clone().expect("the node's answer");
         assert!(stats.paused && !stats.running && stats.pass == 4);
-        let started = forward(call(&addr, ScrubAction::Start), t).await.unwrap();
+        let started = forward(
+            &tessera_net::Security::insecure(),
+            call(&addr, ScrubAction::Start),
+            t,
+        )
+        .await
+        .unwrap();
         assert!(
             matches!(&started, ManagerReply::Scrub(n) if n[0].stats.as_ref().is_some_and(|s| s.running && !s.paused)),
             "{started:?}"
@@ -122,9 +140,13 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_cannot_be_reached_is_unavailable() {
         // Nothing listens on port 1 of loopback.
-        let e = forward(call("127.0.0.1:1", ScrubAction::Start), SCRUB_CALL_TIMEOUT)
-            .await
-            .unwrap_err();
+        let e = forward(
+            &tessera_net::Security::insecure(),
+            call("127.0.0.1:1", ScrubAction::Start),
+            SCRUB_CALL_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(&e, ControlError::Unavailable(m) if m.contains("node 3 at 127.0.0.1:1")),
             "{e:?}"
@@ -133,9 +155,13 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = silent.local_addr().unwrap().to_string();
         let t = std::time::Instant::now();
-        let e = forward(call(&addr, ScrubAction::Pause), Duration::from_millis(200))
-            .await
-            .unwrap_err();
+        let e = forward(
+            &tessera_net::Security::insecure(),
+            call(&addr, ScrubAction::Pause),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, ControlError::Unavailable(_)), "{e:?}");
         assert!(t.elapsed() < Duration::from_secs(2));
         drop(silent);

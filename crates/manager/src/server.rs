@@ -110,6 +110,7 @@ impl Manager {
             members: config.members(),
             join: config.join,
             log_keep: config.log_keep,
+            security: config.security.clone(),
         };
         let (consensus, raft) = Consensus::start(opts, log, loaded, applied)?;
         let live = Liveness::new(started, config.suspect_after, config.down_after);
@@ -129,18 +130,21 @@ impl Manager {
         spawn_backup_loops(&service, &config, &stores, &stopped);
         tokio::spawn(crate::reconcile_loop::run(
             service.clone(),
+            config.security.clone(),
             config.limits(),
             config.reconcile_every,
             stopped.clone(),
         ));
         tokio::spawn(crate::snapshot_loop::run(
             service.clone(),
+            config.security.clone(),
             config.reconcile_every,
             config.flatten_bytes_per_sec,
             stopped.clone(),
         ));
         let acceptor = tokio::spawn(accept_loop(
             listener,
+            config.security.clone(),
             service.clone(),
             consensus.clone(),
             stopped.clone(),
@@ -212,7 +216,8 @@ fn spawn_backup_loops(
     let settings = Settings::new(
         config.backup_chunks_in_flight.max(1) as usize,
         config.backup_window.max(1),
-    );
+    )
+    .dialling(config.security.clone());
     let pace = Arc::new(Pace::new(config.backup_bytes_per_sec));
     tokio::spawn(crate::backup_loop::run(
         service.clone(),
@@ -257,10 +262,12 @@ async fn refuse_a_second_group(config: &ManagerConfig) -> Result<(), Error> {
         if peer.id == config.id {
             continue;
         }
+        let security = config.security.clone();
         asking.spawn(async move {
             let req = ManagerRequest::Managers;
             let asked =
-                tessera_net::call::<_, ManagerReply>(&peer.addr, &req, ASK_PEER_TIMEOUT).await;
+                tessera_net::call::<_, ManagerReply>(&security, &peer.addr, &req, ASK_PEER_TIMEOUT)
+                    .await;
             (peer, asked)
         });
     }
@@ -293,8 +300,14 @@ async fn refuse_a_second_group(config: &ManagerConfig) -> Result<(), Error> {
     Ok(())
 }
 
+static REFUSED_CONNECTIONS: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
+    "tessera_manager_refused_connections_total",
+    "Connections refused at the TLS handshake (no certificate of the cluster, or none at all)",
+);
+
 async fn accept_loop(
     listener: TcpListener,
+    security: tessera_net::Security,
     service: Shared,
     consensus: Consensus,
     mut stopped: watch::Receiver<bool>,
@@ -305,7 +318,13 @@ async fn accept_loop(
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(serve_connection(stream, peer, service.clone(), consensus.clone()));
+                    conns.spawn(serve_connection(
+                        stream,
+                        peer,
+                        security.clone(),
+                        service.clone(),
+                        consensus.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -350,11 +369,21 @@ async fn apply_loop(service: Shared, consensus: Consensus, mut stopped: watch::R
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    security: tessera_net::Security,
     service: Shared,
     consensus: Consensus,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    // The handshake runs on the connection's own task: a peer that never finishes it holds
+    // that task until the deadline, never the accept loop.
+    let (conn, who) = match security.accept(stream).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            REFUSED_CONNECTIONS.add(1);
+            debug!(%peer, error = %e, "refused a connection");
+            return;
+        }
+    };
+    let (r, w) = conn.into_split();
     let mut reader = FrameReader::new(r);
     let mut w = BufWriter::new(w);
     let mut parts = Parts::default();
@@ -372,7 +401,20 @@ async fn serve_connection(
             }
         };
         if frame.kind == Kind::ManagerRaft {
-            if let Err(e) = consensus.receive(&frame.body, &mut parts) {
+            // Only managers speak Raft here, each as itself.
+            let from = match &who {
+                None => None,
+                Some(tessera_net::Identity::Manager(m)) => Some(*m),
+                Some(other) => {
+                    crate::authz::refused_raft();
+                    warn!(%peer, "dropping connection: {other} sent a managers' Raft message");
+                    return;
+                }
+            };
+            if let Err(e) = consensus.receive(&frame.body, &mut parts, from) {
+                if e.contains(" as manager ") {
+                    crate::authz::refused_raft();
+                }
                 warn!(%peer, error = %e, "dropping connection: bad raft message");
                 return;
             }
@@ -387,7 +429,9 @@ async fn serve_connection(
             match control::decode::<ManagerRequest>(&frame.body) {
                 // Any manager answers, leader or not, and without the service lock.
                 Ok(ManagerRequest::Managers) => Ok(crate::service::managers(&consensus)),
-                Ok(req) => handle(&service, req).await,
+                Ok(req) => handle(&service, &security, who.as_ref(), req)
+                    .await
+                    .map(|reply| crate::authz::filter(who.as_ref(), reply)),
                 Err(e) => Err(ControlError::Invalid(format!("malformed request: {e}"))),
             }
         };
@@ -404,8 +448,14 @@ async fn serve_connection(
     }
 }
 
-async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, ControlError> {
+async fn handle(
+    shared: &Shared,
+    security: &tessera_net::Security,
+    who: Option<&tessera_net::Identity>,
+    req: ManagerRequest,
+) -> Result<ManagerReply, ControlError> {
     let service = shared.clone();
+    let who = who.cloned();
     let done = tokio::task::spawn_blocking(move || {
         let now = Now {
             instant: Instant::now(),
@@ -417,6 +467,11 @@ async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, Co
         let mut s = service.lock().map_err(|_| {
             ControlError::Internal("manager state is unusable after an internal error".into())
         })?;
+        if let Err(e) = crate::authz::check(who.as_ref(), &req, s.state()) {
+            warn!(who = ?who, error = %e, "refused a request");
+            return Ok((Reply::Done(Err(e)), Vec::new()));
+        }
+        let req = crate::authz::bind(who.as_ref(), req);
         if let Err(e) = s.lead() {
             return Ok((Reply::Done(Err(e)), Vec::new()));
         }
@@ -442,28 +497,32 @@ async fn handle(shared: &Shared, req: ManagerRequest) -> Result<ManagerReply, Co
         }
     };
     for order in orders {
-        tokio::spawn(deliver_drop(order));
+        tokio::spawn(deliver_drop(security.clone(), order));
     }
     match reply {
         Reply::Done(res) => res,
         Reply::After(pending) => {
-            crate::group_calls::finish(shared, pending, GROUP_OPS_DEADLINE).await
+            crate::group_calls::finish(shared, security, pending, GROUP_OPS_DEADLINE).await
         }
-        Reply::Usage(query) => crate::usage::answer(query).await,
-        Reply::Scrub(call) => crate::scrub::forward(call, crate::scrub::SCRUB_CALL_TIMEOUT).await,
+        Reply::Usage(query) => crate::usage::answer(security, query).await,
+        Reply::Scrub(call) => {
+            crate::scrub::forward(security, call, crate::scrub::SCRUB_CALL_TIMEOUT).await
+        }
     }
 }
 
 /// Tells one replica of the group (the leader first) to drop the chunks. Best effort: the
 /// deleted volume's id is never reused, so leftovers are garbage, never wrong data.
-async fn deliver_drop(order: DropOrder) {
+async fn deliver_drop(security: tessera_net::Security, order: DropOrder) {
     let req = StorageRequest::DropChunks {
         group_id: order.group_id,
         volume_id: order.volume_id,
         chunks: order.chunks.clone(),
     };
     for addr in &order.peers {
-        match tessera_net::call::<StorageRequest, StorageReply>(addr, &req, DROP_TIMEOUT).await {
+        match tessera_net::call::<StorageRequest, StorageReply>(&security, addr, &req, DROP_TIMEOUT)
+            .await
+        {
             Ok(_) => {
                 debug!(group = order.group_id, volume = order.volume_id, %addr, "chunks dropped");
                 return;

@@ -51,6 +51,7 @@ fn now() -> Now {
 /// Runs until `stopped` turns true.
 pub async fn run(
     service: Shared,
+    security: tessera_net::Security,
     every: Duration,
     bytes_per_sec: u64,
     mut stopped: watch::Receiver<bool>,
@@ -101,16 +102,25 @@ pub async fn run(
             .map(|(p, _)| p)
             .collect();
         if !due.is_empty() && finishing.as_ref().is_none_or(JoinHandle::is_finished) {
-            finishing = Some(tokio::spawn(finish_all(service.clone(), due)));
+            finishing = Some(tokio::spawn(finish_all(
+                service.clone(),
+                security.clone(),
+                due,
+            )));
         }
         if !work.flatten.is_empty() && flattening.as_ref().is_none_or(JoinHandle::is_finished) {
             let s = service.clone();
-            flattening = Some(tokio::spawn(flatten_all(s, work.flatten, pace.clone())));
+            flattening = Some(tokio::spawn(flatten_all(
+                s,
+                security.clone(),
+                work.flatten,
+                pace.clone(),
+            )));
         }
         if !work.reclaim.is_empty() && reclaiming.as_ref().is_none_or(JoinHandle::is_finished) {
             let s = service.clone();
             let (pace, retries) = (pace.clone(), retries.clone());
-            let all = reclaim_loop::reclaim_all(s, work.reclaim, pace, retries);
+            let all = reclaim_loop::reclaim_all(s, security.clone(), work.reclaim, pace, retries);
             reclaiming = Some(tokio::spawn(all));
         }
     }
@@ -126,7 +136,11 @@ fn key(f: &Finish) -> String {
 /// Finishes every request planned, one after another. Each is looked at again right
 /// before its ops are sent (planned at the start, it may wait behind the others for
 /// minutes): one finished meanwhile is skipped, and a manager no longer leading stops.
-pub(crate) async fn finish_all(service: Shared, due: Vec<Pending>) {
+pub(crate) async fn finish_all(
+    service: Shared,
+    security: tessera_net::Security,
+    due: Vec<Pending>,
+) {
     for p in due {
         let what = p.finish.clone();
         let s = service.clone();
@@ -146,7 +160,7 @@ pub(crate) async fn finish_all(service: Shared, due: Vec<Pending>) {
             }
             Ok(None) | Err(_) => return,
         }
-        match group_calls::finish(&service, p, DEADLINE).await {
+        match group_calls::finish(&service, &security, p, DEADLINE).await {
             Ok(_) => info!(?what, "finished in the background"),
             Err(e) => warn!(?what, error = %e, "could not finish in the background; retried later"),
         }
@@ -154,21 +168,31 @@ pub(crate) async fn finish_all(service: Shared, due: Vec<Pending>) {
 }
 
 /// One chunk of each flattening clone, paced with the reclaims.
-async fn flatten_all(service: Shared, jobs: Vec<FlattenJob>, pace: Arc<Pace>) {
+async fn flatten_all(
+    service: Shared,
+    security: tessera_net::Security,
+    jobs: Vec<FlattenJob>,
+    pace: Arc<Pace>,
+) {
     for job in jobs {
-        if let Err(e) = flatten_chunk(&service, &job, &pace).await {
+        if let Err(e) = flatten_chunk(&service, &security, &job, &pace).await {
             warn!(volume = job.volume_id, chunk = job.chunk, error = %e,
                   "flatten step failed; retried later");
         }
     }
 }
 
-async fn flatten_chunk(service: &Shared, job: &FlattenJob, pace: &Pace) -> Result<(), String> {
+async fn flatten_chunk(
+    service: &Shared,
+    security: &tessera_net::Security,
+    job: &FlattenJob,
+    pace: &Pace,
+) -> Result<(), String> {
     for op in flatten_pieces(job.volume_id, job.chunk, job.chunk_size) {
         pace.take(FLATTEN_PIECE.min(job.chunk_size)).await;
-        apply(&job.group, vec![op]).await?;
+        apply(security, &job.group, vec![op]).await?;
     }
-    apply(&job.group, vec![unlink_op(job)]).await?;
+    apply(security, &job.group, vec![unlink_op(job)]).await?;
     let s = service.clone();
     let (volume_id, chunk) = (job.volume_id, job.chunk);
     tokio::task::spawn_blocking(move || {
@@ -183,10 +207,14 @@ async fn flatten_chunk(service: &Shared, job: &FlattenJob, pace: &Pace) -> Resul
     Ok(())
 }
 
-async fn apply(group: &GroupJob, ops: Vec<tessera_proto::control::GroupOp>) -> Result<(), String> {
+async fn apply(
+    security: &tessera_net::Security,
+    group: &GroupJob,
+    ops: Vec<tessera_proto::control::GroupOp>,
+) -> Result<(), String> {
     let job = GroupJob {
         batches: vec![ops],
         ..group.clone()
     };
-    group_calls::apply_group(job, Instant::now() + DEADLINE).await
+    group_calls::apply_group(security.clone(), job, Instant::now() + DEADLINE).await
 }

@@ -330,6 +330,7 @@ mod tests {
                     capacity_bytes: 1 << 40,
                     used_bytes: 0,
                     draining: false,
+                    disk: 0,
                 }],
                 groups: vec![GroupRecord {
                     id: 1,

@@ -49,13 +49,17 @@ pub struct Replicas {
 /// holds: group id → the answer of the first replica that gave one, or why none did before
 /// `deadline`.
 pub async fn ask_groups(
+    security: &tessera_net::Security,
     volume_id: u64,
     groups: &[Replicas],
     deadline: Instant,
 ) -> BTreeMap<u64, Result<Vec<LayerBytes>, String>> {
-    let calls = groups.iter().cloned().map(|g| async move {
-        let answer = ask_group(&g, volume_id, deadline).await;
-        (g.group_id, answer)
+    let calls = groups.iter().cloned().map(|g| {
+        let security = security.clone();
+        async move {
+            let answer = ask_group(&security, &g, volume_id, deadline).await;
+            (g.group_id, answer)
+        }
     });
     let mut out: BTreeMap<_, _> = bounded(calls).await.into_iter().collect();
     for g in groups {
@@ -67,6 +71,7 @@ pub async fn ask_groups(
 
 /// One group's layers of `volume_id`, from its members in order.
 async fn ask_group(
+    security: &tessera_net::Security,
     group: &Replicas,
     volume_id: u64,
     deadline: Instant,
@@ -82,8 +87,13 @@ async fn ask_group(
             last = format!("no answer in time (last: {last})");
             break;
         }
-        match tessera_net::call::<StorageRequest, StorageReply>(addr, &req, CALL_TIMEOUT.min(left))
-            .await
+        match tessera_net::call::<StorageRequest, StorageReply>(
+            security,
+            addr,
+            &req,
+            CALL_TIMEOUT.min(left),
+        )
+        .await
         {
             Ok(StorageReply::LayerUsage(layers)) => return Ok(layers),
             Ok(other) => last = format!("node {node} answered {other:?}"),
@@ -100,7 +110,12 @@ pub type PerReplica = BTreeMap<u64, Vec<(u64, Result<Vec<LayerBytes>, String>)>>
 /// Every replica's answer (at most [`PARALLEL_CALLS`] calls at once): group id → `(node
 /// id, its layers or why it did not answer)` per member, in the members' order. For the
 /// reclaim, which must see a merge skipped on one replica (full disk) or counted late.
-pub async fn ask_replicas(volume_id: u64, groups: &[Replicas], deadline: Instant) -> PerReplica {
+pub async fn ask_replicas(
+    security: &tessera_net::Security,
+    volume_id: u64,
+    groups: &[Replicas],
+    deadline: Instant,
+) -> PerReplica {
     let mut calls = Vec::new();
     for g in groups {
         for (at, (node, addr)) in g.members.iter().enumerate() {
@@ -109,12 +124,16 @@ pub async fn ask_replicas(volume_id: u64, groups: &[Replicas], deadline: Instant
                 volume_id,
             };
             let (group_id, node, addr) = (g.group_id, *node, addr.clone());
+            let security = security.clone();
             calls.push(async move {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let answer = if left.is_zero() {
                     Err(format!("node {node}: no time left to ask"))
                 } else {
-                    match tessera_net::call::<StorageRequest, StorageReply>(&addr, &req, left).await
+                    match tessera_net::call::<StorageRequest, StorageReply>(
+                        &security, &addr, &req, left,
+                    )
+                    .await
                     {
                         Ok(StorageReply::LayerUsage(layers)) => Ok(layers),
                         Ok(other) => Err(format!("node {node} answered {other:?}")),
@@ -158,8 +177,17 @@ async fn bounded<T: Send + 'static>(
 }
 
 /// Answers a `VolumeUsage` request: asks every group, then sums.
-pub async fn answer(q: UsageQuery) -> Result<ManagerReply, ControlError> {
-    let answers = ask_groups(q.volume_id, &q.groups, Instant::now() + USAGE_DEADLINE).await;
+pub async fn answer(
+    security: &tessera_net::Security,
+    q: UsageQuery,
+) -> Result<ManagerReply, ControlError> {
+    let answers = ask_groups(
+        security,
+        q.volume_id,
+        &q.groups,
+        Instant::now() + USAGE_DEADLINE,
+    )
+    .await;
     Ok(ManagerReply::Usage(sum(&q, &answers)))
 }
 
@@ -279,7 +307,13 @@ mod tests {
             members: vec![(1, "127.0.0.1:1".into()), (2, "127.0.0.1:1".into())],
         };
         let t = Instant::now();
-        let answers = ask_groups(9, &[g], t + Duration::from_millis(300)).await;
+        let answers = ask_groups(
+            &tessera_net::Security::insecure(),
+            9,
+            &[g],
+            t + Duration::from_millis(300),
+        )
+        .await;
         assert!(answers[&4].as_ref().unwrap_err().contains("group 4"));
         assert!(t.elapsed() < Duration::from_secs(3));
     }

@@ -49,14 +49,22 @@ async fn create(addrs: &[String], name: &str) {
         size: 1 << 30,
         chunk_size: None,
     };
-    match call_managers::<_, ManagerReply>(addrs, &req, T).await {
+    match call_managers::<_, ManagerReply>(&tessera_net::Security::insecure(), addrs, &req, T).await
+    {
         Ok(ManagerReply::Volume(_)) => {}
         other => panic!("creating {name}: {other:?}"),
     }
 }
 
 async fn volume_names(addrs: &[String]) -> Vec<String> {
-    match call_managers::<_, ManagerReply>(addrs, &ManagerRequest::ListVolumes, T).await {
+    match call_managers::<_, ManagerReply>(
+        &tessera_net::Security::insecure(),
+        addrs,
+        &ManagerRequest::ListVolumes,
+        T,
+    )
+    .await
+    {
         Ok(ManagerReply::Volumes(v)) => v.into_iter().map(|v| v.name).collect(),
         other => panic!("listing volumes: {other:?}"),
     }
@@ -97,14 +105,14 @@ async fn the_log_stays_bounded_over_100k_volume_operations() {
             chunk_size: None,
         };
         assert!(matches!(
-            call::<_, ManagerReply>(&addr, &req, T).await,
+            call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addr, &req, T).await,
             Ok(ManagerReply::Volume(_))
         ));
         ops += 1;
         if i >= KEPT {
             let req = ManagerRequest::DeleteVolume { name };
             assert!(matches!(
-                call::<_, ManagerReply>(&addr, &req, T).await,
+                call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addr, &req, T).await,
                 Ok(ManagerReply::Deleted)
             ));
             ops += 1;
@@ -255,7 +263,9 @@ async fn a_single_manager_grows_to_three() {
         let req = ManagerRequest::AddManager { id, addr: me };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match call::<_, ManagerReply>(&addrs[0], &req, T).await {
+            match call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[0], &req, T)
+                .await
+            {
                 Ok(ManagerReply::Managers { voters, learners }) => {
                     let ids: Vec<u64> = voters.iter().map(|m| m.0).collect();
                     if ids == (1..=id).collect::<Vec<_>>() {
@@ -298,7 +308,7 @@ async fn adding_a_manager_that_is_not_running_leaves_the_founder_committing() {
         id: 2,
         addr: addrs[1].clone(),
     };
-    match call::<_, ManagerReply>(&addrs[0], &req, T).await {
+    match call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[0], &req, T).await {
         Ok(ManagerReply::Managers { voters, learners }) => {
             assert_eq!(voters, vec![(1, addrs[0].clone())]);
             assert_eq!(learners, vec![(2, addrs[1].clone())]);
@@ -321,7 +331,8 @@ async fn add_until_voter(addrs: &[String], id: u64, addr: &str, within: Duration
     let deadline = Instant::now() + within;
     loop {
         if let Ok(ManagerReply::Managers { voters, .. }) =
-            call_managers::<_, ManagerReply>(addrs, &req, T).await
+            call_managers::<_, ManagerReply>(&tessera_net::Security::insecure(), addrs, &req, T)
+                .await
             && voters.iter().any(|v| v.0 == id)
         {
             return;
@@ -371,7 +382,9 @@ async fn a_manager_added_amid_writes_and_a_leader_change_still_catches_up() {
         id: 4,
         addr: addrs[3].clone(),
     };
-    match call_managers::<_, ManagerReply>(&addrs[..3], &req, T).await {
+    match call_managers::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[..3], &req, T)
+        .await
+    {
         Ok(ManagerReply::Managers { learners, .. }) => assert_eq!(learners.len(), 1),
         other => panic!("adding manager 4: {other:?}"),
     }
@@ -413,7 +426,7 @@ async fn adding_a_manager_never_gives_an_id_or_an_address_twice() {
         };
         let to = addrs[0].clone();
         async move {
-            call::<_, ManagerReply>(&to, &req, T)
+            call::<_, ManagerReply>(&tessera_net::Security::insecure(), &to, &req, T)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -473,7 +486,7 @@ async fn a_manager_meant_to_join_but_started_without_join_refuses_to_found_a_sec
         addr: addrs[1].clone(),
     };
     assert!(matches!(
-        call::<_, ManagerReply>(&addrs[0], &req, T).await,
+        call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[0], &req, T).await,
         Ok(ManagerReply::Managers { .. })
     ));
     refused(Manager::start(forgot_join.clone()).await);

@@ -28,7 +28,13 @@ fn config(dir: &std::path::Path) -> ManagerConfig {
 }
 
 async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError> {
-    call(&m.local_addr().to_string(), &req, T).await
+    call(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &req,
+        T,
+    )
+    .await
 }
 
 async fn register(m: &Manager, id: Option<u64>, rack: &str, addr: &str) -> u64 {
@@ -39,6 +45,7 @@ async fn register(m: &Manager, id: Option<u64>, rack: &str, addr: &str) -> u64 {
         addr: addr.into(),
         capacity_bytes: 1 << 40,
         used_bytes: 0,
+        disk: 0,
     };
     match ask(m, ManagerRequest::RegisterNode(reg)).await.unwrap() {
         ManagerReply::Registered { node_id } => node_id,
@@ -458,8 +465,13 @@ async fn a_volume_larger_than_any_one_answer_is_provisioned_paged_and_dropped_in
     // Deleting 66,000 chunks takes the manager ~14 s in a debug build (not this change's
     // subject): a longer deadline than the other calls'.
     let t0 = std::time::Instant::now();
-    let r: Result<ManagerReply, NetError> =
-        call(&m.local_addr().to_string(), &del, Duration::from_secs(120)).await;
+    let r: Result<ManagerReply, NetError> = call(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &del,
+        Duration::from_secs(120),
+    )
+    .await;
     eprintln!("deleting {chunks} chunks took {:?}", t0.elapsed());
     assert_eq!(r.unwrap(), ManagerReply::Deleted);
     let mut parts = Vec::new();

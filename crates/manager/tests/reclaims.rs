@@ -21,7 +21,13 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError> {
-    call(&m.local_addr().to_string(), &req, T).await
+    call(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &req,
+        T,
+    )
+    .await
 }
 
 fn lb(chunk: u64, layer: u64, bytes: u64) -> LayerBytes {
@@ -169,6 +175,7 @@ async fn setup_at(dir: &std::path::Path, addrs: [&str; 3]) -> Manager {
             addr: addr.into(),
             capacity_bytes: 1 << 40,
             used_bytes: 0,
+            disk: 0,
         };
         ask(&m, ManagerRequest::RegisterNode(reg)).await.unwrap();
     }

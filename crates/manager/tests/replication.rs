@@ -57,7 +57,14 @@ async fn one_leader(ms: &[Option<Manager>]) -> usize {
 }
 
 async fn volumes(addrs: &[String]) -> Vec<String> {
-    match call_managers::<_, ManagerReply>(addrs, &ManagerRequest::ListVolumes, T).await {
+    match call_managers::<_, ManagerReply>(
+        &tessera_net::Security::insecure(),
+        addrs,
+        &ManagerRequest::ListVolumes,
+        T,
+    )
+    .await
+    {
         Ok(ManagerReply::Volumes(v)) => v.into_iter().map(|v| v.name).collect(),
         other => panic!("listing volumes: {other:?}"),
     }
@@ -81,7 +88,14 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
     let follower = (leader + 1) % 3;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match call::<_, ManagerReply>(&addrs[follower], &ManagerRequest::ListVolumes, T).await {
+        match call::<_, ManagerReply>(
+            &tessera_net::Security::insecure(),
+            &addrs[follower],
+            &ManagerRequest::ListVolumes,
+            T,
+        )
+        .await
+        {
             Err(NetError::Control(ControlError::NotLeader(Some(hint)))) => {
                 assert_eq!(hint, addrs[leader]);
                 break;
@@ -102,7 +116,14 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
         size: 1 << 30,
         chunk_size: None,
     };
-    let rep: ManagerReply = call_managers(&addrs, &create("before"), T).await.unwrap();
+    let rep: ManagerReply = call_managers(
+        &tessera_net::Security::insecure(),
+        &addrs,
+        &create("before"),
+        T,
+    )
+    .await
+    .unwrap();
     assert!(matches!(rep, ManagerReply::Volume(v) if v.name == "before"));
 
     // The leader goes away; the other two elect one of themselves, which has the volume.
@@ -110,7 +131,14 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
     let next = one_leader(&ms).await;
     assert_ne!(next, leader);
     assert_eq!(volumes(&addrs).await, vec!["before".to_string()]);
-    let _: ManagerReply = call_managers(&addrs, &create("after"), T).await.unwrap();
+    let _: ManagerReply = call_managers(
+        &tessera_net::Security::insecure(),
+        &addrs,
+        &create("after"),
+        T,
+    )
+    .await
+    .unwrap();
 
     // The old leader comes back as a follower and catches up from the log: once the third
     // manager is stopped, the group of two still has both volumes whoever leads.
@@ -123,7 +151,13 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
     let third = (0..3).find(|i| *i != leader && *i != next).unwrap();
     ms[third].take().unwrap().shutdown().await;
     loop {
-        let res = call_managers::<_, ManagerReply>(&addrs, &ManagerRequest::ListVolumes, T).await;
+        let res = call_managers::<_, ManagerReply>(
+            &tessera_net::Security::insecure(),
+            &addrs,
+            &ManagerRequest::ListVolumes,
+            T,
+        )
+        .await;
         if let Ok(ManagerReply::Volumes(v)) = res {
             let mut names: Vec<String> = v.into_iter().map(|v| v.name).collect();
             names.sort();
@@ -159,8 +193,11 @@ async fn a_member_that_lost_its_replica_rejoins_after_a_manager_failover() {
             addr: format!("{rack}:7500"),
             capacity_bytes: 1 << 40,
             used_bytes: 0,
+            disk: 0,
         });
-        let rep: ManagerReply = call_managers(&addrs, &reg, T).await.unwrap();
+        let rep: ManagerReply = call_managers(&tessera_net::Security::insecure(), &addrs, &reg, T)
+            .await
+            .unwrap();
         assert!(matches!(rep, ManagerReply::Registered { .. }), "{rep:?}");
     }
     // One group on nodes 1, 2 and 3, never led yet: node 2 is an initial voter.
@@ -207,7 +244,8 @@ async fn create_orders(addrs: &[String], node: u64, groups: Vec<GroupState>) -> 
         descriptors: Default::default(),
         scrub: Default::default(),
     });
-    match call_managers::<_, ManagerReply>(addrs, &hb, T).await {
+    match call_managers::<_, ManagerReply>(&tessera_net::Security::insecure(), addrs, &hb, T).await
+    {
         Ok(ManagerReply::HeartbeatAck { create_groups, .. }) => create_groups
             .iter()
             .map(|g| (g.group_id, g.joining))

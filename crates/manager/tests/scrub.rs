@@ -26,7 +26,13 @@ fn config(dir: &std::path::Path) -> ManagerConfig {
 }
 
 async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError> {
-    call(&m.local_addr().to_string(), &req, T).await
+    call(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &req,
+        T,
+    )
+    .await
 }
 
 async fn register(m: &Manager, rack: &str, addr: &str) -> u64 {
@@ -37,6 +43,7 @@ async fn register(m: &Manager, rack: &str, addr: &str) -> u64 {
         addr: addr.into(),
         capacity_bytes: 1 << 40,
         used_bytes: 0,
+        disk: 0,
     };
     match ask(m, ManagerRequest::RegisterNode(reg)).await.unwrap() {
         ManagerReply::Registered { node_id } => node_id,

@@ -17,7 +17,13 @@ const T: Duration = Duration::from_secs(10);
 const MIB: u64 = 1 << 20;
 
 async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError> {
-    call(&m.local_addr().to_string(), &req, T).await
+    call(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &req,
+        T,
+    )
+    .await
 }
 
 fn control_err<R: std::fmt::Debug>(r: Result<R, NetError>) -> ControlError {
@@ -94,6 +100,7 @@ async fn setup(dir: &std::path::Path, addr: &str) -> (Manager, u64) {
             addr: addr.into(),
             capacity_bytes: 1 << 40,
             used_bytes: 0,
+            disk: 0,
         };
         ask(&m, ManagerRequest::RegisterNode(reg)).await.unwrap();
     }
@@ -381,7 +388,13 @@ async fn a_snapshot_whose_groups_cannot_be_fenced_stays_creating_until_asked_aga
         volume: "v".into(),
         name: "mon".into(),
     };
-    let asked = call::<_, ManagerReply>(&m.local_addr().to_string(), &snap, T * 3).await;
+    let asked = call::<_, ManagerReply>(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &snap,
+        T * 3,
+    )
+    .await;
     let err = control_err(asked);
     assert!(
         matches!(&err, ControlError::Unavailable(m) if m.contains("stays creating")),
@@ -421,7 +434,13 @@ async fn the_leading_manager_finishes_a_creating_snapshot_in_the_background() {
         volume: "v".into(),
         name: "mon".into(),
     };
-    let asked = call::<_, ManagerReply>(&m.local_addr().to_string(), &snap, T * 3).await;
+    let asked = call::<_, ManagerReply>(
+        &tessera_net::Security::insecure(),
+        &m.local_addr().to_string(),
+        &snap,
+        T * 3,
+    )
+    .await;
     assert!(matches!(control_err(asked), ControlError::Unavailable(_)));
     open.store(true, std::sync::atomic::Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + T * 3;

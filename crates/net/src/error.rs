@@ -20,6 +20,23 @@ pub enum NetError {
         /// Why the connection failed.
         source: std::io::Error,
     },
+    /// The TLS handshake failed for TLS's own reasons: one side's certificate is not from
+    /// the other's CA, names no one, or expired. Definite until an operator changes
+    /// certificates (a connection lost mid-handshake is [`NetError::Connect`]).
+    #[error("tls handshake with {addr} failed: {reason}")]
+    Handshake {
+        /// The peer.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer answered plain frames with TLS: it is secure and this side runs
+    /// `--insecure`. Definite, like a refused handshake.
+    #[error(
+        "the peer speaks TLS: it expects a certificate, and this side runs --insecure (pass \
+         --certs-dir)"
+    )]
+    SpeaksTls,
     /// Reading or writing an open connection failed: it is unusable.
     #[error("i/o with peer: {0}")]
     Io(#[from] std::io::Error),

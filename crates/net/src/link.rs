@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+use crate::Security;
 use crate::writer::{FrameWriter, Outgoing, Queue};
 
 /// How a link connects, backs off and writes.
@@ -46,9 +47,10 @@ impl<T: Outgoing + 'static> PeerLink<T> {
         peer: String,
         resolve: impl FnMut() -> Option<String> + Send + 'static,
         opts: LinkOptions,
+        security: Security,
     ) -> PeerLink<T> {
         let (tx, rx) = mpsc::channel(capacity);
-        rt.spawn(async move { run(rx, &peer, resolve, opts).await });
+        rt.spawn(async move { run(rx, &peer, resolve, opts, &security).await });
         PeerLink { tx }
     }
 
@@ -66,6 +68,7 @@ pub async fn run<Q: Queue>(
     peer: &str,
     mut resolve: impl FnMut() -> Option<String> + Send,
     opts: LinkOptions,
+    security: &Security,
 ) {
     let mut backoff = opts.backoff_min;
     while let Some(first) = queue.recv().await {
@@ -73,7 +76,7 @@ pub async fn run<Q: Queue>(
             // Not known yet: drop it and wait for the next.
             continue;
         };
-        let stream = match crate::connect(&addr, opts.connect_timeout).await {
+        let stream = match security.connect(&addr, opts.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer, %addr, "peer unreachable: {e}");
@@ -147,6 +150,7 @@ mod tests {
             "test".into(),
             move || Some(addr.clone()),
             OPTS,
+            Security::insecure(),
         );
         for i in 0..5 {
             assert!(link.send(frame(i)));
@@ -180,14 +184,21 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let unknown: PeerLink<Frame> =
-            PeerLink::spawn(&Handle::current(), 2, "unknown".into(), || None, OPTS);
+        let unknown: PeerLink<Frame> = PeerLink::spawn(
+            &Handle::current(),
+            2,
+            "unknown".into(),
+            || None,
+            OPTS,
+            Security::insecure(),
+        );
         let unreachable: PeerLink<Frame> = PeerLink::spawn(
             &Handle::current(),
             2,
             "dead".into(),
             move || Some(dead.clone()),
             OPTS,
+            Security::insecure(),
         );
         let (mut taken, mut refused) = ([0; 2], [0; 2]);
         for i in 0..100 {

@@ -14,19 +14,21 @@ use serde::de::DeserializeOwned;
 use tessera_proto::control::{self, ControlError};
 use tessera_proto::frame::{self, Frame, Kind};
 
-use crate::{FrameReader, NetError, connect, write_frame};
+use crate::{FrameReader, NetError, Security, write_frame};
 
-/// One control-plane request on its own connection, answered within `timeout`.
+/// One control-plane request on its own connection (dialled as `security` says), answered
+/// within `timeout`.
 ///
 /// The reply body is `Result<Rep, ControlError>`; a `ControlError` comes back as
 /// [`NetError::Control`].
 pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
+    security: &Security,
     addr: &str,
     req: &Req,
     timeout: Duration,
 ) -> Result<Rep, NetError> {
     let work = async {
-        let stream = connect(addr, timeout).await?;
+        let stream = security.connect(addr, timeout).await?;
         let (r, mut w) = stream.into_split();
         write_frame(&mut w, &Frame::new(Kind::Rpc, 1, control::encode(req))).await?;
         let mut reader = FrameReader::new(r);
@@ -62,8 +64,10 @@ static LEADERS: LazyLock<Mutex<HashMap<Vec<String>, String>>> =
 /// the next address when one cannot be reached, and after every address failed in a row
 /// backs off (50 ms doubling up to 1 s) until [`MANAGER_RETRY_FOR`] has passed, then fails
 /// with [`NetError::NoLeader`]. Any other answer, error or not, is final: it is returned at
-/// once.
+/// once, as is a TLS handshake refused by every manager (certificates do not change by
+/// waiting; one manager refusing is passed over like one that is down).
 pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
+    security: &Security,
     managers: &[String],
     req: &Req,
     timeout: Duration,
@@ -78,6 +82,8 @@ pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
     let mut rotation = managers.iter().cycle();
     let mut next = known.or_else(|| rotation.next().cloned());
     let mut failed_in_a_row = 0usize;
+    // Addresses whose TLS handshake was refused: when every one was, that is the answer.
+    let mut refused = std::collections::HashSet::new();
     let mut backoff = Duration::from_millis(50);
     loop {
         let addr = match next.take() {
@@ -86,6 +92,7 @@ pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let err = match call::<Req, Rep>(
+            security,
             &addr,
             req,
             timeout.min(left.max(Duration::from_millis(100))),
@@ -104,6 +111,15 @@ pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
                 NetError::Control(ControlError::NotLeader(None))
             }
             Err(e @ NetError::Control(_)) => return Err(e),
+            Err(e @ (NetError::Handshake { .. } | NetError::SpeaksTls)) => {
+                // Certificates do not change by waiting, but one manager's may be wrong
+                // (expired, another service on its port) while the others serve.
+                refused.insert(addr);
+                if refused.len() >= managers.len() {
+                    return Err(e);
+                }
+                e
+            }
             Err(e) => e,
         };
         failed_in_a_row += 1;
@@ -192,7 +208,9 @@ mod tests {
         };
         let managers = vec![dead, follower, leader.clone()];
         let t = Duration::from_secs(2);
-        let rep: String = call_managers(&managers, &"req", t).await.unwrap();
+        let rep: String = call_managers(&Security::insecure(), &managers, &"req", t)
+            .await
+            .unwrap();
         assert_eq!(rep, "from the leader");
         assert_eq!(LEADERS.lock().unwrap().get(&managers), Some(&leader));
 
@@ -200,7 +218,7 @@ mod tests {
         // failure rather than a definite answer.
         let no_leader = fake_manager(Err(ControlError::NotLeader(None))).await;
         let started = Instant::now();
-        let err = call_managers::<_, String>(&[no_leader], &"req", t)
+        let err = call_managers::<_, String>(&Security::insecure(), &[no_leader], &"req", t)
             .await
             .unwrap_err();
         assert!(matches!(err, NetError::NoLeader { .. }), "{err}");
@@ -209,7 +227,7 @@ mod tests {
         // A definite answer is final, not retried.
         let refusing =
             fake_manager(Err(ControlError::NotFound("volume \"x\" not found".into()))).await;
-        let err = call_managers::<_, String>(&[refusing], &"req", t)
+        let err = call_managers::<_, String>(&Security::insecure(), &[refusing], &"req", t)
             .await
             .unwrap_err();
         assert!(matches!(err, NetError::Control(ControlError::NotFound(_))));

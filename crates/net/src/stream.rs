@@ -1,8 +1,6 @@
 //! Frames on a byte stream: reading whole, validated frames ([`FrameReader`]), writing one
-//! frame without copying its body ([`write_frame`]), and opening a TCP connection for them
-//! ([`connect`]). Must never hand out a frame whose header or body failed its checks.
-
-use std::time::Duration;
+//! frame without copying its body ([`write_frame`]), and opening a TCP connection for them.
+//! Must never hand out a frame whose header or body failed its checks.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,13 +29,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame; `Ok(None)` at a clean end of stream (between frames).
     pub async fn next(&mut self) -> Result<Option<Frame>, NetError> {
         loop {
-            if let Some(f) = frame::decode(&mut self.buf)? {
-                return Ok(Some(f));
+            match frame::decode(&mut self.buf) {
+                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(DecodeError::BadMagic(m)) if tls_record(m) => return Err(NetError::SpeaksTls),
+                Err(e) => return Err(e.into()),
             }
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(64 * 1024);
             }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = match self.inner.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // A TLS peer that closes without `close_notify` between frames is done, as
+                // a TCP peer closing is: frames are whole or refused, so nothing is cut.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(tls_refusal(e)),
+            };
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -50,6 +57,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
+}
+
+/// A read error: a TLS refusal when TLS itself failed (under TLS 1.3 a server refusing
+/// the client's certificate says so after the client's handshake ended, on its first
+/// read), definite like a refused handshake; an I/O failure otherwise.
+fn tls_refusal(e: std::io::Error) -> NetError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls) => NetError::Handshake {
+            addr: "the peer".into(),
+            reason: tls.to_string(),
+        },
+        None => NetError::Io(e),
+    }
+}
+
+/// Whether the first four bytes read (as a little-endian magic) start a TLS record: a
+/// content type (alert 0x15, handshake 0x16, ...) then a 0x03 version byte.
+fn tls_record(magic: u32) -> bool {
+    let b = magic.to_le_bytes();
+    (0x14..=0x17).contains(&b[0]) && b[1] == 0x03
 }
 
 /// Writes one frame: header then body, without copying the body.
@@ -65,14 +92,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io
     w.write_all(&f.tail).await
 }
 
-/// Opens a TCP connection with `TCP_NODELAY` (every frame is latency-critical).
-pub async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, NetError> {
-    let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// Opens a TCP connection with `TCP_NODELAY` (every frame is latency-critical); the caller
+/// bounds the time ([`crate::Security::connect`]).
+pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream, NetError> {
+    let s = TcpStream::connect(addr)
         .await
-        .map_err(|_| NetError::Timeout {
-            addr: addr.to_string(),
-            timeout,
-        })?
         .map_err(|source| NetError::Connect {
             addr: addr.to_string(),
             source,

@@ -507,9 +507,15 @@ async fn a_request_given_up_on_stops_with_its_connection() {
         recovery: Default::default(),
         descriptors: 0,
         stores: Default::default(),
-        lazy: Arc::new(crate::lazy::Lazy::new(1, Vec::new(), Default::default())),
+        lazy: Arc::new(crate::lazy::Lazy::new(
+            1,
+            Vec::new(),
+            Default::default(),
+            Default::default(),
+        )),
         moving: Default::default(),
         scrub: crate::scrub::Scrubber::detached(one.data_dir()),
+        security: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

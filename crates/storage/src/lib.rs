@@ -8,8 +8,10 @@
 //! shared log reported a failed fsync (see [`StorageNode::fatal`]).
 //!
 //! - this file: [`StorageConfig`], [`StorageNode`] (start, registration, heartbeats).
-//! - `server`: the data port: frames from clients, peers and the manager to the Raft node;
-//!   serving a peer's replica copy (a Raft catch-up) from the chunk files.
+//! - `server`: the data port: TLS (or plain) connections from clients, peers and managers,
+//!   their frames to the Raft node.
+//! - `authz`: which frames the peer's certificate allows.
+//! - `catch_up`: serving a peer's replica copy (a Raft catch-up) from the chunk files.
 //! - `backup`: a group leader's side of backups in object storage: uploading one chunk's
 //!   regions as of a snapshot (`BackupChunk`), filling a restored chunk from a store
 //!   through the group's log (`HydrateChunk`), and the node's cache of open stores.
@@ -29,7 +31,9 @@
 
 #![warn(missing_docs)]
 
+mod authz;
 mod backup;
+mod catch_up;
 mod fetch;
 mod lazy;
 mod replies;
@@ -68,6 +72,19 @@ pub struct StorageConfig {
     pub rack: String,
     /// Where the node keeps its identity, shared log and chunk files (locked while serving).
     pub data_dir: PathBuf,
+    /// How the node dials and accepts: mutual TLS with its node certificate, or plain TCP
+    /// (`--insecure`). Not in `storage.toml` itself: `tessera storage` loads it from the
+    /// `certs_dir` there.
+    #[serde(skip)]
+    pub security: tessera_net::Security,
+    /// The certificates directory (`tessera cert`): `ca.crt` and this node's certificate.
+    /// Absent: the node starts only with `--insecure`.
+    #[serde(default)]
+    pub certs_dir: Option<PathBuf>,
+    /// This node's certificate in `certs_dir`, by file stem: `node-3` for `node-3.crt`
+    /// and `node-3.key` (as `tessera cert issue node 3` writes them).
+    #[serde(default)]
+    pub cert: Option<String>,
     /// Data port, e.g. `127.0.0.1:7500` (port 0 picks one).
     pub listen: String,
     /// Address peers and clients use to reach this node; defaults to the bound address.
@@ -193,6 +210,12 @@ impl StorageNode {
         }
         let id_path = cfg.data_dir.join("node.json");
         let known_id = read_identity(&id_path)?;
+        if cfg.certs_dir.is_some() && !cfg.security.is_secure() {
+            return Err(Error::Register(
+                "certs_dir is set but no certificate was loaded into the configuration".into(),
+            ));
+        }
+        let disk = disk_token(&cfg.data_dir)?;
 
         let listener = TcpListener::bind(&cfg.listen)
             .await
@@ -225,7 +248,7 @@ impl StorageNode {
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         let chunks = Arc::new(chunks);
 
-        let node_id = register(&cfg, known_id, &advertise, &chunks).await?;
+        let node_id = register(&cfg, known_id, disk, &advertise, &chunks).await?;
         if known_id != Some(node_id) {
             let body = NodeIdentity { node_id }.encode();
             tessera_engine::fsutil::write_file_atomic(&id_path, &body)?;
@@ -233,6 +256,7 @@ impl StorageNode {
 
         let transport = Arc::new(transport::TcpTransport::new(
             tokio::runtime::Handle::current(),
+            cfg.security.clone(),
         ));
         let scrub = scrub::Scrubber::new(cfg.scrub.clone(), &cfg.data_dir, transport.clone());
         let (fatal_tx, fatal_rx) = watch::channel(None);
@@ -241,6 +265,7 @@ impl StorageNode {
             throttle: Arc::new(fetch::Throttle::new(cfg.recovery_bytes_per_sec)),
             stats: recovery.clone(),
             list_page: cfg.copy_list_page,
+            security: cfg.security.clone(),
             floor: Arc::new(fetch::Floor {
                 dir: cfg.data_dir.clone(),
                 min_free_bytes: cfg.min_free_bytes,
@@ -267,6 +292,7 @@ impl StorageNode {
         let lazy = Arc::new(lazy::Lazy::new(
             node_id,
             cfg.managers.clone(),
+            cfg.security.clone(),
             stores.clone(),
         ));
         // Applies stalled on blocks of a restored chunk not filled yet are filled outside
@@ -288,13 +314,19 @@ impl StorageNode {
             lazy,
             moving: Default::default(),
             scrub,
+            security: cfg.security.clone(),
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;
         }
         let mut tasks = vec![tokio::spawn(server::accept_loop(listener, shared.clone()))];
         tasks.push(tokio::spawn(scrub::run(shared.clone())));
-        tasks.push(tokio::spawn(heartbeat_loop(cfg.clone(), shared, advertise)));
+        tasks.push(tokio::spawn(heartbeat_loop(
+            cfg.clone(),
+            shared,
+            advertise,
+            disk,
+        )));
         tracing::info!(node = node_id, %addr, rack = %cfg.rack, "storage node serving");
         Ok(StorageNode {
             node_id,
@@ -339,6 +371,30 @@ impl StorageNode {
     }
 }
 
+/// The data directory's token (`disk.id`, see [`NodeRegistration::disk`]): read, or drawn
+/// and written (synced) before the node first registers.
+fn disk_token(dir: &Path) -> Result<u64, Error> {
+    let path = dir.join("disk.id");
+    let bad = |msg: String| Error::Identity {
+        path: path.clone(),
+        msg,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|d| *d != 0)
+            .ok_or_else(|| bad(format!("not a disk token: {s:?}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = rand::random::<u64>().max(1);
+            tessera_engine::fsutil::write_file_atomic(&path, token.to_string().as_bytes())?;
+            Ok(token)
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
 fn read_identity(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::read(path) {
         Ok(b) => NodeIdentity::decode(&b)
@@ -361,12 +417,13 @@ async fn call_manager(
     cfg: &StorageConfig,
     req: &ManagerRequest,
 ) -> Result<ManagerReply, tessera_net::NetError> {
-    tessera_net::call_managers(&cfg.managers, req, Duration::from_secs(5)).await
+    tessera_net::call_managers(&cfg.security, &cfg.managers, req, Duration::from_secs(5)).await
 }
 
 async fn register(
     cfg: &StorageConfig,
     known_id: Option<u64>,
+    disk: u64,
     advertise: &str,
     chunks: &ChunkStores,
 ) -> Result<u64, Error> {
@@ -378,6 +435,7 @@ async fn register(
         addr: advertise.to_string(),
         capacity_bytes: capacity,
         used_bytes: chunks.used_bytes(),
+        disk,
     });
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -423,7 +481,7 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
     }
 }
 
-async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: String) {
+async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: String, disk: u64) {
     let every = Duration::from_millis(cfg.heartbeat_ms.max(50));
     loop {
         let hb = heartbeat_of(&shared).await;
@@ -449,6 +507,7 @@ async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: Stri
                     addr: advertise.clone(),
                     capacity_bytes: (shared.capacity)().0,
                     used_bytes: (shared.capacity)().1,
+                    disk,
                 });
                 if let Err(e) = call_manager(&cfg, &req).await {
                     tracing::warn!("re-registering: {e}");
@@ -474,6 +533,9 @@ mod tests {
             zone: default_zone(),
             rack: "rack1".into(),
             data_dir: tmp.path().to_path_buf(),
+            security: tessera_net::Security::insecure(),
+            certs_dir: None,
+            cert: None,
             listen: "127.0.0.1:0".into(),
             advertise: None,
             managers: vec!["127.0.0.1:1".into()],

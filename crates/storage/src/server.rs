@@ -2,24 +2,29 @@
 //! their frames to the Raft node. A connection that sends anything malformed at the frame
 //! level is logged and dropped; nobody else notices.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tessera_engine::chunk::{DropPin, LayerKey, layer_of};
-use tessera_engine::{ChunkStore, ChunkStores};
+use tessera_engine::ChunkStores;
 use tessera_metrics::Lazy;
 use tessera_net::FrameReader;
 use tessera_proto::control::{
     self, ControlError, LayerBytes, MAX_GROUP_OPS, RecoveryStats, StorageReply, StorageRequest,
 };
-use tessera_proto::copy::{ChunkEntry, ChunkListPage};
 use tessera_proto::data::{Op, RaftBatch, Reply, Request};
-use tessera_raft::MembersAnswer;
+use tessera_proto::frame::{Frame, Kind};
+use tessera_raft::{MembersAnswer, RaftNode};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit as Permit, mpsc, oneshot};
 
+use crate::authz::{Asked, check};
+use crate::catch_up::{CopySources, serve_catch_up};
 use crate::replies;
 
+static REFUSED_CONNECTIONS: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
+    "tessera_storage_refused_connections_total",
+    "Connections refused at the TLS handshake (no certificate of the cluster, or none at all)",
+);
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
     "A write, zeroing or discard on the leader: request decoded to answer queued",
@@ -28,10 +33,6 @@ static READ: Lazy = Lazy::new(
     "tessera_storage_read_seconds",
     "A read or block status on the leader: request decoded to answer queued",
 );
-use tessera_proto::frame::{Frame, Kind, MAX_BODY};
-use tessera_raft::RaftNode;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit as Permit, mpsc, oneshot};
 
 pub(crate) struct Shared {
     pub(crate) raft: RaftNode,
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) moving: std::sync::atomic::AtomicUsize,
     /// The scrubber: passes, scans for leaders, read repair.
     pub(crate) scrub: Arc<crate::scrub::Scrubber>,
+    /// How this node accepts connections and dials its peers.
+    pub(crate) security: tessera_net::Security,
 }
 
 impl Shared {
@@ -68,8 +71,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer, shared.clone()));
+                let shared = shared.clone();
+                // The handshake runs on the connection's own task: a peer that never
+                // finishes it holds that task until the deadline, never the accept loop.
+                tokio::spawn(async move {
+                    match shared.security.accept(stream).await {
+                        Ok((conn, who)) => serve(conn, peer, who, shared).await,
+                        Err(e) => {
+                            REFUSED_CONNECTIONS.add(1);
+                            tracing::debug!(%peer, "refused a connection: {e}");
+                        }
+                    }
+                });
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -84,7 +97,12 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// a client pipelining faster than the node commits cannot grow its memory without bound.
 const IN_FLIGHT_UNITS: u32 = 16 * 1024;
 
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    stream: tessera_net::Conn,
+    peer: SocketAddr,
+    who: Option<tessera_net::Identity>,
+    shared: Arc<Shared>,
+) {
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
     let (r, w) = stream.into_split();
     // Each answer carries the in-flight budget its request took, released only once the
@@ -117,6 +135,14 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             | Kind::Fence
             | Kind::BlockStatus => {
                 let id = f.request_id;
+                if let Err(why) = check(who.as_ref(), &Asked::Io(f.kind)) {
+                    // Answered, then the connection is dropped: a client streaming what
+                    // it may not send costs one answer, not a queue of them.
+                    tracing::warn!(%peer, "refused, dropping the connection: {why}");
+                    let reply = Reply::BadRequest(format!("not allowed: {why}"));
+                    let _ = tx.send((Frame::new(Kind::Reply, id, reply.encode()), None));
+                    break;
+                }
                 match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
                         let units = (req.len.div_ceil(4096)).clamp(1, IN_FLIGHT_UNITS);
@@ -133,6 +159,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             }
             Kind::CatchUpList | Kind::CatchUpChecksums | Kind::CatchUpRead => {
                 let id = f.request_id;
+                if let Err(why) = check(who.as_ref(), &Asked::CatchUp) {
+                    tracing::warn!(%peer, "dropping connection: {why}");
+                    break;
+                }
                 let reply = match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
                         shared.raft.snapshot_activity(req.addr.group);
@@ -154,23 +184,39 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                 let _ = tx.send((Frame::with_tail(Kind::Reply, id, head, data), None));
             }
             Kind::RaftBatch => match RaftBatch::decode(&f.body) {
-                Ok(b) => shared.raft.step(b),
+                Ok(b) => {
+                    if let Err(why) = check(who.as_ref(), &Asked::Raft(b.from_node)) {
+                        tracing::warn!(%peer, "dropping connection: {why}");
+                        break;
+                    }
+                    shared.raft.step(b);
+                }
                 Err(e) => {
                     tracing::warn!(%peer, "dropping connection: bad raft batch: {e}");
                     break;
                 }
             },
             Kind::Rpc => match control::decode::<StorageRequest>(&f.body) {
-                Ok(req @ (StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_))) => {
-                    let (shared, tx, id) = (shared.clone(), tx.clone(), f.request_id);
-                    long.spawn(async move {
-                        let res = long_rpc(&shared, req).await;
-                        let _ = tx.send((tessera_net::rpc_reply(id, &res), None));
-                    });
-                }
                 Ok(req) => {
-                    let res = rpc(&shared, req).await;
-                    let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                    if let Err(why) = check(who.as_ref(), &Asked::Rpc(&req)) {
+                        tracing::warn!(%peer, "refused, dropping the connection: {why}");
+                        let res: Result<StorageReply, _> = Err(ControlError::Unauthorized(why));
+                        let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                        break;
+                    }
+                    if matches!(
+                        req,
+                        StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_)
+                    ) {
+                        let (shared, tx, id) = (shared.clone(), tx.clone(), f.request_id);
+                        long.spawn(async move {
+                            let res = long_rpc(&shared, req).await;
+                            let _ = tx.send((tessera_net::rpc_reply(id, &res), None));
+                        });
+                    } else {
+                        let res = rpc(&shared, req).await;
+                        let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                    }
                 }
                 Err(e) => {
                     let res: Result<StorageReply, _> = Err(ControlError::Invalid(e.to_string()));
@@ -377,153 +423,6 @@ async fn membership(
         let _ = otx.send(r);
     }));
     replies::membership(group_id, orx.await.ok())
-}
-
-/// The replicas a connection copies from: each one as the connection's first catch-up
-/// request of its group found it. A copy runs over one connection (see `fetch.rs`); if its
-/// replica is destroyed meanwhile, and perhaps hosted anew and empty, its later requests must
-/// fail rather than read what is there now: a missing chunk file reads as zeroes, with
-/// matching checksums, which the copier would install as the group's data.
-/// Weak: a connection held open must not keep a destroyed replica's store (and its open
-/// files) alive; it also keeps the allocation, so a new store never takes its address.
-///
-/// Each source is pinned ([`ChunkStore::pin_dropped`]) from that first request until the
-/// connection closes: a merge's drop after the copy listed a chunk hides layers the copy
-/// will still ask for, and their files must stay for the raw reads to serve them (read as
-/// absent, they would be cleared, and the new replica would replay the merge from before
-/// it without its sources). Hence the `served_` reads, which serve such a layer.
-#[derive(Default)]
-pub(crate) struct CopySources(HashMap<u64, (std::sync::Weak<ChunkStore>, DropPin)>);
-
-impl CopySources {
-    /// The replica of `group` this connection copies from, while it is still hosted here.
-    pub(crate) fn source(&mut self, chunks: &ChunkStores, group: u64) -> Option<Arc<ChunkStore>> {
-        let hosted = chunks.existing(group)?;
-        let first = self
-            .0
-            .entry(group)
-            .or_insert_with(|| (Arc::downgrade(&hosted), hosted.pin_dropped()));
-        std::ptr::eq(first.0.as_ptr(), Arc::as_ptr(&hosted)).then_some(hosted)
-    }
-}
-
-/// A peer catching up (copying a replica) asks for the group's layer list, a layer's
-/// checksums or its data, from `store` (see [`CopySources`]). Served straight from the
-/// chunk files (they hold at least what the Raft snapshot the peer got stands for), one
-/// layer as stored at a time (`req.seq`: 0 or 1 is layer 1, as older peers ask); blocks
-/// are verified as on every read.
-pub(crate) fn serve_catch_up(
-    chunks: &ChunkStores,
-    store: &Arc<ChunkStore>,
-    req: &Request,
-) -> Reply {
-    let (v, c) = (req.addr.volume, req.addr.chunk);
-    let layer = layer_of(req.seq);
-    let res = match req.op {
-        Op::CatchUpList => match list_page(store, req) {
-            Ok(Some(b)) => Ok(b),
-            Ok(None) => {
-                return Reply::Io(format!(
-                    "group {} holds too many chunks to list in one frame; the node copying \
-                     it must ask for pages (upgrade it)",
-                    req.addr.group
-                ));
-            }
-            Err(e) => Err(e),
-        },
-        Op::CatchUpChecksums => {
-            store.served_checksums_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
-        }
-        Op::CatchUpRead => {
-            store.served_read_in(v, c, layer, u64::from(req.offset), u64::from(req.len))
-        }
-        _ => return Reply::BadRequest("not a catch-up request".into()),
-    };
-    // The replica may have been destroyed during the read, its files deleted under it and
-    // read as zeroes. `ChunkStores::remove` forgets a store before it deletes its files: one
-    // still hosted now was read intact.
-    let hosted = chunks.existing(req.addr.group);
-    if !hosted.is_some_and(|h| Arc::ptr_eq(&h, store)) {
-        return Reply::GroupNotFound;
-    }
-    match res {
-        Ok(b) => Reply::Ok(b),
-        Err(e) => replies::engine_error(e),
-    }
-}
-
-/// The page of `store`'s list `req` asks for ([`ChunkListPage`]): its layers and links for
-/// a peer that asks for layers, its chunks (layer 1 of each) for an older one; or, for a
-/// node from before paging (`len` 0), the whole chunk list, `None` if it does not fit one
-/// frame.
-fn list_page(store: &ChunkStore, req: &Request) -> tessera_engine::Result<Option<Bytes>> {
-    if ChunkListPage::wants_layers(req) {
-        let list = store.served_list_layers()?;
-        let (keys, more) =
-            ChunkListPage::select(&list, |k: &LayerKey| (k.volume, k.chunk, k.layer), req);
-        let mut entries = Vec::with_capacity(keys.len());
-        let mut link = None;
-        for k in keys {
-            // One look-up per chunk, not per layer.
-            let l = match link {
-                Some((v, c, l)) if (v, c) == (k.volume, k.chunk) => l,
-                _ => store.link_of(k.volume, k.chunk)?,
-            };
-            link = Some((k.volume, k.chunk, l));
-            entries.push(ChunkEntry {
-                volume: k.volume,
-                chunk: k.chunk,
-                layer: k.layer,
-                blocks: store.served_blocks_in(k.volume, k.chunk, k.layer)?,
-                link: l,
-            });
-        }
-        return Ok(Some(
-            ChunkListPage {
-                entries,
-                more,
-                layers: true,
-            }
-            .encode(),
-        ));
-    }
-    // A node from before layers copies layer 1 and no link: of a group holding more, that
-    // copy would be wrong, so it gets none.
-    if store.holds_layers_or_links() {
-        return Err(tessera_engine::Error::Refused(
-            "this group holds snapshot layers or clone links, which the copying node (from \
-             before snapshots) cannot copy: upgrade it"
-                .into(),
-        ));
-    }
-    let list = store.list_chunks()?;
-    let entry = |&(volume, chunk): &(u64, u64)| -> tessera_engine::Result<ChunkEntry> {
-        Ok(ChunkEntry {
-            volume,
-            chunk,
-            layer: 1,
-            blocks: store.chunk_blocks(volume, chunk)?,
-            link: None,
-        })
-    };
-    if req.len == 0 {
-        // The reply's status byte, then 24 bytes a chunk.
-        if 1 + list.len().saturating_mul(24) > MAX_BODY as usize {
-            return Ok(None);
-        }
-        let entries = list.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-        return Ok(Some(ChunkListPage::encode_unpaged(&entries)));
-    }
-    let (keys, more) = ChunkListPage::select(&list, |&(v, c)| (v, c, 1), req);
-    let entries = keys.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(
-        ChunkListPage {
-            entries,
-            more,
-            layers: false,
-        }
-        .encode(),
-    ))
 }
 
 /// The answer to [`StorageRequest::LayerUsage`]: this replica's allocated bytes of every

@@ -33,14 +33,17 @@ type Addrs = Arc<Mutex<HashMap<u64, String>>>;
 
 pub(crate) struct TcpTransport {
     rt: Handle,
+    /// How links to peers dial.
+    security: tessera_net::Security,
     addrs: Addrs,
     peers: Mutex<HashMap<u64, PeerLink<Batch>>>,
 }
 
 impl TcpTransport {
-    pub(crate) fn new(rt: Handle) -> TcpTransport {
+    pub(crate) fn new(rt: Handle, security: tessera_net::Security) -> TcpTransport {
         TcpTransport {
             rt,
+            security,
             addrs: Arc::default(),
             peers: Mutex::default(),
         }
@@ -54,7 +57,14 @@ impl TcpTransport {
     fn spawn_peer(&self, to: u64) -> PeerLink<Batch> {
         let addrs = self.addrs.clone();
         let resolve = move || addrs.lock().ok().and_then(|m| m.get(&to).cloned());
-        PeerLink::spawn(&self.rt, MAX_QUEUED, format!("node {to}"), resolve, LINK)
+        PeerLink::spawn(
+            &self.rt,
+            MAX_QUEUED,
+            format!("node {to}"),
+            resolve,
+            LINK,
+            self.security.clone(),
+        )
     }
 }
 

@@ -10,6 +10,7 @@ use tessera_client::Client;
 use tessera_proto::control::{BackupInfo, BackupState, StoreInfo};
 
 use crate::Output;
+use crate::access::Access;
 use crate::progress::{POLL, Rate, Status, format_rate, format_secs};
 use crate::size::format_size;
 use crate::snapshots::{SnapSpec, parse_spec};
@@ -79,8 +80,8 @@ pub enum StoreCmd {
     List,
 }
 
-pub async fn backup(managers: Vec<String>, output: Output, cmd: BackupCmd) -> Result<()> {
-    let client = Client::connect_as(managers, "tessera CLI").await?;
+pub async fn backup(access: Access, output: Output, cmd: BackupCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     match cmd {
         BackupCmd::Create {
             snapshot: s,
@@ -139,8 +140,8 @@ pub async fn backup(managers: Vec<String>, output: Output, cmd: BackupCmd) -> Re
     Ok(())
 }
 
-pub async fn store(managers: Vec<String>, output: Output, cmd: StoreCmd) -> Result<()> {
-    let client = Client::connect_as(managers, "tessera CLI").await?;
+pub async fn store(access: Access, output: Output, cmd: StoreCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     match cmd {
         StoreCmd::List => {
             let stores = client.list_stores().await?;

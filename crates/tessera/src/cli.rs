@@ -12,6 +12,7 @@ use tessera_client::{Client, ManagerMembers};
 use tessera_proto::control::VolumeInfo;
 
 use crate::Output;
+use crate::access::Access;
 use crate::backups::parse_backup_id;
 use crate::progress::Progress;
 use crate::restores;
@@ -165,8 +166,8 @@ fn print_volumes(output: Output, vols: &[VolumeInfo]) -> Result<()> {
     Ok(())
 }
 
-pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Result<()> {
-    let client = Client::connect_as(managers, "tessera CLI").await?;
+pub async fn volume(access: Access, output: Output, cmd: VolumeCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     match cmd {
         VolumeCmd::Create {
             name,
@@ -269,8 +270,8 @@ pub async fn volume(managers: Vec<String>, output: Output, cmd: VolumeCmd) -> Re
     Ok(())
 }
 
-pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> Result<()> {
-    let client = Client::connect(managers).await?;
+pub async fn cluster(access: Access, output: Output, cmd: ClusterCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     match cmd {
         ClusterCmd::AddManager { id, addr } => {
             let ManagerMembers { voters, learners } = client.add_manager(id, &addr).await?;
@@ -363,8 +364,8 @@ pub async fn cluster(managers: Vec<String>, output: Output, cmd: ClusterCmd) -> 
     Ok(())
 }
 
-pub async fn node(managers: Vec<String>, output: Output, cmd: NodeCmd) -> Result<()> {
-    let client = Client::connect(managers).await?;
+pub async fn node(access: Access, output: Output, cmd: NodeCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     match cmd {
         NodeCmd::Drain { node_id, undo } => {
             let n = client.drain_node(node_id, undo).await?;

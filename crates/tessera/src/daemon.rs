@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use tessera_client::Client;
 
 /// A config file, parsed (errors name the file).
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -15,17 +14,65 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
-pub async fn run_manager(path: &Path) -> Result<()> {
+pub async fn run_manager(path: &Path, insecure: bool) -> Result<()> {
     let file: tessera_manager::ManagerConfigFile = read_toml(path)?;
-    let m = tessera_manager::Manager::start(file.into()).await?;
+    let certs_dir = file.certs_dir.clone();
+    if let Some(m) = &file.metrics_listen {
+        tessera_metrics::serve(m)
+            .await
+            .with_context(|| format!("serving metrics on {m}"))?;
+    }
+    let mut cfg: tessera_manager::ManagerConfig = file.into();
+    cfg.security = crate::access::daemon_security(
+        "the manager",
+        certs_dir.as_deref(),
+        &format!("manager-{}", cfg.id),
+        insecure,
+    )?;
+    expect_identity(
+        &cfg.security,
+        |w| *w == tessera_net::Identity::Manager(cfg.id),
+        &format!("manager {}", cfg.id),
+    )?;
+    let m = tessera_manager::Manager::start(cfg).await?;
     eprintln!("tessera manager listening on {}", m.local_addr());
     tokio::signal::ctrl_c().await?;
     m.shutdown().await;
     Ok(())
 }
 
-pub async fn run_storage(path: &Path) -> Result<()> {
-    let cfg: tessera_storage::StorageConfig = read_toml(path)?;
+/// Refuses a certificate naming another identity than the process is (a node started with
+/// a client's certificate, manager 2 with manager 1's).
+fn expect_identity(
+    security: &tessera_net::Security,
+    is: impl Fn(&tessera_net::Identity) -> bool,
+    what: &str,
+) -> Result<()> {
+    match security.identity() {
+        Some(who) if !is(who) => bail!("the certificate names {who}, but this process is {what}"),
+        _ => Ok(()),
+    }
+}
+
+pub async fn run_storage(path: &Path, insecure: bool) -> Result<()> {
+    let mut cfg: tessera_storage::StorageConfig = read_toml(path)?;
+    if cfg.certs_dir.is_some() && cfg.cert.is_none() {
+        bail!(
+            "{}: certs_dir is set but not cert, this node's certificate (e.g. cert = \"node-3\")",
+            path.display()
+        );
+    }
+    cfg.security = crate::access::daemon_security(
+        "the storage node",
+        cfg.certs_dir.as_deref(),
+        cfg.cert.as_deref().unwrap_or_default(),
+        insecure,
+    )?;
+    expect_identity(
+        &cfg.security,
+        |w| matches!(w, tessera_net::Identity::Node(_)),
+        "a storage node",
+    )?;
     let node = tessera_storage::StorageNode::start(cfg).await?;
     eprintln!(
         "tessera storage node {} serving on {}",
@@ -39,7 +86,7 @@ pub async fn run_storage(path: &Path) -> Result<()> {
 }
 
 pub async fn run_nbd(
-    managers: Vec<String>,
+    access: crate::access::Access,
     listen: &str,
     metrics: Option<String>,
     read_only: bool,
@@ -49,7 +96,7 @@ pub async fn run_nbd(
             .await
             .with_context(|| format!("serving metrics on {m}"))?;
     }
-    let client = Client::connect_as(managers, &format!("nbd gateway {listen}")).await?;
+    let client = access.client(&format!("nbd gateway {listen}")).await?;
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };

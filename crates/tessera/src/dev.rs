@@ -15,7 +15,7 @@ use tessera_storage::{StorageConfig, StorageNode};
 #[derive(Args)]
 pub struct DevArgs {
     /// Where every component keeps its data (reused on the next start).
-    #[arg(long, default_value = "./tessera-data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Storage nodes, each in its own rack (at least 3: every chunk has three replicas on
     /// three racks).
@@ -38,12 +38,39 @@ pub struct DevArgs {
     pub vol0_size: u64,
 }
 
+/// Where a dev cluster keeps its data unless told.
+const DEFAULT_DATA_DIR: &str = "./tessera-data";
+
+/// Makes the dev cluster's CA and every certificate it needs that `certs` lacks: manager 1,
+/// nodes 1..=`nodes`, and the `admin` client the NBD gateway and the CLI present.
+fn ensure_certs(certs: &Path, nodes: u16) -> Result<()> {
+    let ca_key = certs.join("ca.key");
+    if !certs.join("ca.crt").exists() {
+        crate::cert::init(certs, &ca_key, 3650)?;
+    }
+    let mut wanted = vec![
+        tessera_net::Identity::Manager(1),
+        tessera_net::Identity::Client {
+            name: crate::access::DEFAULT_USER.into(),
+            role: tessera_net::Role::Admin,
+        },
+    ];
+    wanted.extend((1..=u64::from(nodes)).map(tessera_net::Identity::Node));
+    for who in wanted {
+        let stem = tessera_net::tls::issue::stem(&who);
+        if !tessera_net::tls::issue::pair_paths(certs, &stem).0.exists() {
+            crate::cert::issue_into(certs, &ca_key, &who, &[], 3650)?;
+        }
+    }
+    Ok(())
+}
+
 /// The zone of every dev storage node, and of its backup store.
 const ZONE: &str = "zone1";
 /// The name of the dev cluster's backup store.
 const STORE: &str = "local";
 
-pub async fn run(a: DevArgs) -> Result<()> {
+pub async fn run(a: DevArgs, insecure: bool) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     // A store's directory is absolute (the storage nodes open it too).
@@ -52,8 +79,21 @@ pub async fn run(a: DevArgs) -> Result<()> {
     let config = data_dir.join("manager.toml");
     std::fs::write(&config, manager_toml(&a.manager_listen, &data_dir)?)
         .with_context(|| format!("writing {}", config.display()))?;
+    let certs = data_dir.join(crate::access::DEV_CERTS);
+    let security = |stem: &str| {
+        if insecure {
+            Ok(tessera_net::Security::insecure())
+        } else {
+            crate::access::load(&certs, stem)
+        }
+    };
+    if !insecure {
+        ensure_certs(&certs, a.nodes)?;
+    }
     let file: tessera_manager::ManagerConfigFile = crate::daemon::read_toml(&config)?;
-    let manager = tessera_manager::Manager::start(file.into()).await?;
+    let mut mcfg: tessera_manager::ManagerConfig = file.into();
+    mcfg.security = security(&format!("manager-{}", mcfg.id))?;
+    let manager = tessera_manager::Manager::start(mcfg).await?;
     let maddr = manager.local_addr().to_string();
     let metrics = tessera_metrics::serve(&a.metrics)
         .await
@@ -68,6 +108,9 @@ pub async fn run(a: DevArgs) -> Result<()> {
         let cfg = StorageConfig {
             zone: ZONE.into(),
             rack: format!("rack{}", i + 1),
+            security: security(&format!("node-{}", i + 1))?,
+            certs_dir: None,
+            cert: None,
             data_dir: a.data_dir.join(format!("node{}", i + 1)),
             listen: format!("{host}:{}", a.base_port as usize + i),
             advertise: None,
@@ -88,8 +131,12 @@ pub async fn run(a: DevArgs) -> Result<()> {
                 .with_context(|| format!("starting storage node {}", i + 1))?,
         );
     }
-    let client =
-        Client::connect_as(vec![maddr.clone()], &format!("tessera dev nbd {}", a.nbd)).await?;
+    let client = Client::connect_with(
+        vec![maddr.clone()],
+        &format!("tessera dev nbd {}", a.nbd),
+        security(&format!("client-{}", crate::access::DEFAULT_USER))?,
+    )
+    .await?;
     client.ensure_volume("vol0", a.vol0_size).await?;
     let nbd = tessera_nbd::NbdServer::bind(&a.nbd, Arc::new(client)).await?;
     let nbd_addr = nbd.local_addr();
@@ -100,7 +147,21 @@ pub async fn run(a: DevArgs) -> Result<()> {
     );
     println!("  volume:  nbd://{nbd_addr}/vol0");
     println!("  try:     qemu-img info nbd://{nbd_addr}/vol0");
-    println!("  CLI:     tessera --manager {maddr} volume list");
+    let flags = if insecure {
+        " --insecure".to_string()
+    } else if a.data_dir == Path::new(DEFAULT_DATA_DIR) {
+        // The CLI finds ./tessera-data/certs by itself.
+        String::new()
+    } else {
+        format!(" --certs-dir {}", certs.display())
+    };
+    println!("  CLI:     tessera{flags} --manager {maddr} volume list");
+    if !insecure {
+        println!(
+            "  TLS:     certificates in {} (CA key ca.key; `tessera cert issue` adds more)",
+            certs.display()
+        );
+    }
     println!(
         "  backups: store \"{STORE}\" in {} (tessera --manager {maddr} backup create vol0@SNAP)",
         data_dir.join("backups").display()

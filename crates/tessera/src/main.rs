@@ -8,7 +8,9 @@
 //! `exit`: the exit code of each error class;
 //! `progress`, `size`: terminal progress lines and human sizes for the CLI.
 
+mod access;
 mod backups;
+mod cert;
 mod cli;
 mod daemon;
 mod dev;
@@ -40,6 +42,19 @@ struct Args {
         default_value = "127.0.0.1:7400"
     )]
     manager: String,
+    /// The certificates directory: the cluster CA and this command's certificate (see
+    /// `tessera cert`). Default: `./tessera-data/certs` (`tessera dev`'s), then
+    /// `~/.tessera/certs`.
+    #[arg(long, global = true, env = "TESSERA_CERTS_DIR")]
+    certs_dir: Option<std::path::PathBuf>,
+    /// Whose client certificate to present: `client-USER.crt` in the certificates
+    /// directory.
+    #[arg(long, global = true, env = "TESSERA_USER", default_value = access::DEFAULT_USER)]
+    user: String,
+    /// No TLS and no authentication: dial (or, for a daemon, serve) plain TCP. Only for a
+    /// network no one else can reach.
+    #[arg(long, global = true, env = "TESSERA_INSECURE")]
+    insecure: bool,
     /// Output format of listings.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -103,6 +118,9 @@ enum Cmd {
     /// start and pause.
     #[command(subcommand)]
     Scrub(scrub::ScrubCmd),
+    /// The cluster's certificate authority and certificates: init, issue, list.
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
 }
 
 fn main() {
@@ -141,23 +159,31 @@ fn main() {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    let access = access::Access {
+        managers,
+        certs_dir: args.certs_dir,
+        user: args.user,
+        insecure: args.insecure,
+    };
+    let insecure = access.insecure;
     let result = rt.block_on(async move {
         match args.cmd {
-            Cmd::Manager { config } => daemon::run_manager(&config).await,
-            Cmd::Storage { config } => daemon::run_storage(&config).await,
+            Cmd::Manager { config } => daemon::run_manager(&config, insecure).await,
+            Cmd::Storage { config } => daemon::run_storage(&config, insecure).await,
             Cmd::Nbd {
                 listen,
                 metrics,
                 read_only,
-            } => daemon::run_nbd(managers, &listen, metrics, read_only).await,
-            Cmd::Dev(d) => dev::run(d).await,
-            Cmd::Volume(v) => cli::volume(managers, args.output, v).await,
-            Cmd::Snapshot(s) => snapshots::snapshot(managers, args.output, s).await,
-            Cmd::Backup(b) => backups::backup(managers, args.output, b).await,
-            Cmd::Store(s) => backups::store(managers, args.output, s).await,
-            Cmd::Cluster(c) => cli::cluster(managers, args.output, c).await,
-            Cmd::Node(n) => cli::node(managers, args.output, n).await,
-            Cmd::Scrub(s) => scrub::scrub(managers, args.output, s).await,
+            } => daemon::run_nbd(access, &listen, metrics, read_only).await,
+            Cmd::Dev(d) => dev::run(d, insecure).await,
+            Cmd::Volume(v) => cli::volume(access, args.output, v).await,
+            Cmd::Snapshot(s) => snapshots::snapshot(access, args.output, s).await,
+            Cmd::Backup(b) => backups::backup(access, args.output, b).await,
+            Cmd::Store(s) => backups::store(access, args.output, s).await,
+            Cmd::Cluster(c) => cli::cluster(access, args.output, c).await,
+            Cmd::Node(n) => cli::node(access, args.output, n).await,
+            Cmd::Scrub(s) => scrub::scrub(access, args.output, s).await,
+            Cmd::Cert(c) => cert::cert(access.certs_dir, args.output, c),
         }
     });
     if let Err(e) = result {

@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::Subcommand;
-use tessera_client::Client;
 use tessera_proto::control::{NodeScrub, ScrubAction, ScrubCursor, ScrubStats};
 
 use crate::Output;
+use crate::access::Access;
 use crate::progress::format_secs;
 use crate::size::format_size;
 
@@ -25,8 +25,8 @@ pub enum ScrubCmd {
     Pause { node_id: u64 },
 }
 
-pub async fn scrub(managers: Vec<String>, output: Output, cmd: ScrubCmd) -> Result<()> {
-    let client = Client::connect(managers).await?;
+pub async fn scrub(access: Access, output: Output, cmd: ScrubCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     let (node_id, action) = match cmd {
         ScrubCmd::Status => {
             let nodes = client.scrub_status().await?;

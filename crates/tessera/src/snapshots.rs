@@ -9,6 +9,7 @@ use tessera_client::{Client, Error, split_snapshot_name};
 use tessera_proto::control::{SnapshotInfo, SnapshotState, VolumeInfo};
 
 use crate::Output;
+use crate::access::Access;
 use crate::size::format_size;
 use crate::usage::{self, UsageAnswer};
 
@@ -66,8 +67,8 @@ pub enum SnapshotCmd {
     },
 }
 
-pub async fn snapshot(managers: Vec<String>, output: Output, cmd: SnapshotCmd) -> Result<()> {
-    let client = Client::connect_as(managers, "tessera CLI").await?;
+pub async fn snapshot(access: Access, output: Output, cmd: SnapshotCmd) -> Result<()> {
+    let client = access.client("tessera CLI").await?;
     match cmd {
         SnapshotCmd::Create { snapshot: s } => {
             let info = client.create_snapshot(&s.volume, &s.snapshot).await?;

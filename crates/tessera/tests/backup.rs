@@ -280,7 +280,12 @@ fn run_manager(config: &std::path::Path, limit: Duration) -> Option<(bool, Strin
     let log = config.with_extension("log");
     let out = std::fs::File::create(&log).expect("log");
     let mut child = Command::new(BIN)
-        .args(["manager", "--config", config.to_str().expect("utf8")])
+        .args([
+            "manager",
+            "--insecure",
+            "--config",
+            config.to_str().expect("utf8"),
+        ])
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
@@ -363,11 +368,13 @@ async fn wrong_s3_credentials_stop_the_manager_at_start_naming_the_store() {
         config: path,
         log: dir.path().join("right.log"),
         child: None,
+        insecure: true,
     });
     m.0.start();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let reply = tessera_net::call::<_, ManagerReply>(
+            &tessera_net::Security::insecure(),
             &addr,
             &ManagerRequest::ListStores,
             Duration::from_secs(2),

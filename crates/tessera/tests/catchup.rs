@@ -13,8 +13,9 @@ use tessera_proto::control::{NodeHeartbeat, StorageReply, StorageRequest};
 
 const MIB: u64 = 1 << 20;
 
-async fn node_status(addr: &str) -> Option<NodeHeartbeat> {
+async fn node_status(c: &Cluster, addr: &str) -> Option<NodeHeartbeat> {
     match tessera_net::call::<_, StorageReply>(
+        &c.security(),
         addr,
         &StorageRequest::Status,
         Duration::from_secs(5),
@@ -60,7 +61,7 @@ async fn a_node_back_after_thirty_seconds_moves_only_what_it_missed() {
     let x_addr = c.nodes[x].addr.clone();
     // Let the fill reach the chunk files (flushed) so the size below is what is on disk.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let held = node_status(&x_addr).await.expect("status").used_bytes;
+    let held = node_status(&c, &x_addr).await.expect("status").used_bytes;
 
     c.kill_node(x);
     let killed = Instant::now();
@@ -100,7 +101,7 @@ async fn a_node_back_after_thirty_seconds_moves_only_what_it_missed() {
             c.logs()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (Some(hb), Some(status)) = (node_status(&x_addr).await, c.status().await) else {
+        let (Some(hb), Some(status)) = (node_status(&c, &x_addr).await, c.status().await) else {
             continue;
         };
         let behind = status.groups.iter().any(|g| {

@@ -271,8 +271,20 @@ async fn garbage_on_the_data_port_drops_only_that_connection() {
             b
         },
     ];
+    let security = c.security();
+    let dial = |addr: &str| {
+        let (security, addr) = (security.clone(), addr.to_string());
+        async move {
+            security
+                .connect(&addr, Duration::from_secs(5))
+                .await
+                .expect("connect")
+        }
+    };
     for node in &c.nodes {
         for a in &attacks {
+            // Without a certificate: the TLS layer refuses the bytes, at most with an
+            // alert, and never a Tessera frame.
             let mut s = tokio::net::TcpStream::connect(&node.addr)
                 .await
                 .expect("connect");
@@ -282,19 +294,28 @@ async fn garbage_on_the_data_port_drops_only_that_connection() {
                 .await
                 .expect("server must drop a garbage connection")
                 .unwrap_or(0);
+            assert!(
+                n == 0 || buf[0] == 0x15,
+                "server answered garbage: {:?}",
+                &buf[..n]
+            );
+            // With one (a client gone bad): the garbage reaches the frame decoder, and
+            // the connection is dropped without an answer.
+            let mut s = dial(&node.addr).await;
+            s.write_all(a).await.expect("send");
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("server must drop a garbage connection")
+                .unwrap_or(0);
             assert_eq!(n, 0, "server answered garbage");
         }
         // A truncated frame: half a header, then the client goes away.
-        let mut s = tokio::net::TcpStream::connect(&node.addr)
-            .await
-            .expect("connect");
+        let mut s = dial(&node.addr).await;
         s.write_all(&h[..10]).await.expect("send");
         drop(s);
     }
     // A malformed request inside a valid frame gets a BadRequest reply, not a disconnect.
-    let mut s = tokio::net::TcpStream::connect(&c.nodes[0].addr)
-        .await
-        .expect("connect");
+    let mut s = dial(&c.nodes[0].addr).await;
     let f = tessera_proto::frame::Frame::new(
         tessera_proto::frame::Kind::Read,
         5,
@@ -352,7 +373,12 @@ async fn a_second_storage_node_on_a_locked_data_dir_is_refused() {
     )
     .expect("config");
     let out = std::process::Command::new(common::BIN)
-        .args(["storage", "--config", cfg.to_str().expect("utf8")])
+        .args([
+            "storage",
+            "--insecure",
+            "--config",
+            cfg.to_str().expect("utf8"),
+        ])
         .output()
         .expect("run");
     assert!(!out.status.success());

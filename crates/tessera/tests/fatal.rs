@@ -18,9 +18,14 @@ const FAIL_ONE_CHUNK_SYNC: &str = "chunk::fdatasync=1*return";
 
 /// One 64 KiB write to `volume`, bounded in time; errors are ignored by the callers, which
 /// only need chunk files made dirty on the replicas.
-async fn write_once(manager: &str, volume: &str) {
+async fn write_once(security: &tessera_net::Security, manager: &str, volume: &str) {
     let attempt = async {
-        let client = tessera_client::Client::connect(vec![manager.to_string()]).await?;
+        let client = tessera_client::Client::connect_with(
+            vec![manager.to_string()],
+            "test",
+            security.clone(),
+        )
+        .await?;
         let vol = client.open(volume).await?;
         vol.write(0, Bytes::from(vec![0xa1; 64 << 10])).await
     };
@@ -28,13 +33,18 @@ async fn write_once(manager: &str, volume: &str) {
 }
 
 /// Writes to `volume` until `child` exits, at most 90 s.
-async fn write_until_exit(child: &mut Child, manager: &str, volume: &str) -> Option<ExitStatus> {
+async fn write_until_exit(
+    child: &mut Child,
+    security: &tessera_net::Security,
+    manager: &str,
+    volume: &str,
+) -> Option<ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().expect("wait") {
             return Some(status);
         }
-        write_once(manager, volume).await;
+        write_once(security, manager, volume).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     child.try_wait().expect("wait")
@@ -54,8 +64,9 @@ async fn a_storage_process_exits_non_zero_when_a_chunk_fdatasync_fails() {
     c.nodes[0].env = vec![("FAILPOINTS".into(), FAIL_ONE_CHUNK_SYNC.into())];
     c.restart_node(0);
     let manager = c.manager_addr().to_string();
+    let security = c.security();
     let child = c.nodes[0].child.as_mut().expect("node 1 running");
-    let status = write_until_exit(child, &manager, "v").await;
+    let status = write_until_exit(child, &security, &manager, "v").await;
     let log = read_log(&c.nodes[0].log);
     let status = status.unwrap_or_else(|| {
         panic!("the storage node kept running after a failed fdatasync:\n{log}")
@@ -75,7 +86,7 @@ async fn dev_exits_non_zero_naming_the_node_when_one_node_hits_a_fatal_error() {
     let base = free_port_run(3);
     let out = std::fs::File::create(&log_path).expect("log");
     let mut child = Command::new(BIN)
-        .args(["dev", "--data-dir"])
+        .args(["dev", "--insecure", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--nbd", &format!("127.0.0.1:{nbd}")])
         .args(["--manager-listen", &format!("127.0.0.1:{manager}")])
@@ -88,7 +99,13 @@ async fn dev_exits_non_zero_naming_the_node_when_one_node_hits_a_fatal_error() {
         .stderr(out)
         .spawn()
         .expect("spawn tessera dev");
-    let status = write_until_exit(&mut child, &format!("127.0.0.1:{manager}"), "vol0").await;
+    let status = write_until_exit(
+        &mut child,
+        &tessera_net::Security::insecure(),
+        &format!("127.0.0.1:{manager}"),
+        "vol0",
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     let log = read_log(&log_path);

@@ -47,11 +47,14 @@ async fn all_routes(c: &Cluster, volume_id: u64) -> Vec<ChunkRoute> {
             limit: 0,
             epoch: 0,
         };
-        let ManagerReply::Routes(RoutePage { routes, next: n }) =
-            tessera_net::call(c.manager_addr(), &req, Duration::from_secs(10))
-                .await
-                .expect("routes")
-        else {
+        let ManagerReply::Routes(RoutePage { routes, next: n }) = tessera_net::call(
+            &c.security(),
+            c.manager_addr(),
+            &req,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("routes") else {
             panic!("not a page of routes")
         };
         assert!(routes.len() <= MAX_ROUTES_PER_PAGE as usize);

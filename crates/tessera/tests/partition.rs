@@ -175,7 +175,12 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
     while leader.is_none() && Instant::now() < deadline {
         for (i, n) in c.nodes.iter().enumerate() {
             if matches!(
-                direct(&n.addr, &Request::other(Op::Read, addr, 0, 4096)).await,
+                direct(
+                    &c.security(),
+                    &n.addr,
+                    &Request::other(Op::Read, addr, 0, 4096)
+                )
+                .await,
                 Some(Reply::Ok(_))
             ) {
                 leader = Some(i);
@@ -196,11 +201,17 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         ..Request::write(addr, 0, Bytes::from(vec![0xcc; 4096]))
     };
     let x_for_write = x_addr.clone();
-    let divergent = tokio::spawn(async move { direct(&x_for_write, &divergent).await });
+    let security = c.security();
+    let divergent = tokio::spawn(async move { direct(&security, &x_for_write, &divergent).await });
     // Past its lease (half an election timeout without a quorum's answers) the old leader
     // refuses reads, even while Raft has not yet made it step down.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let r = direct(&x_addr, &Request::other(Op::Read, addr, 0, 4096)).await;
+    let r = direct(
+        &c.security(),
+        &x_addr,
+        &Request::other(Op::Read, addr, 0, 4096),
+    )
+    .await;
     if let Some(Reply::Ok(d)) = &r {
         panic!("a leader without a lease served a read ({:#x}...)", d[0]);
     }
@@ -223,7 +234,12 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
             .all(|&b| b == 0xbb)
     );
     // The old leader never serves the old value now.
-    let r = direct(&x_addr, &Request::other(Op::Read, addr, 0, 4096)).await;
+    let r = direct(
+        &c.security(),
+        &x_addr,
+        &Request::other(Op::Read, addr, 0, 4096),
+    )
+    .await;
     if let Some(Reply::Ok(d)) = &r {
         panic!(
             "the isolated old leader served a read ({:#x}) after a new leader took writes",

@@ -433,9 +433,7 @@ async fn bad_snapshot_requests_get_clear_errors_and_exit_codes() {
 
     // Rollback with a writer attached: refused (5), naming the holder; the data stays.
     qemu_io(&gw.uri("v"), &["write -P 0x62 0 1M"]).unwrap();
-    let client = tessera_client::Client::connect_as(c.manager_addrs(), "rollback-blocker")
-        .await
-        .expect("connect");
+    let client = c.client_as("rollback-blocker").await;
     // The gateway lets go of the volume when qemu-io's connection closes, in the
     // background: attach once it has.
     let deadline = Instant::now() + Duration::from_secs(30);

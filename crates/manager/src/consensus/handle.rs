@@ -86,8 +86,16 @@ impl Consensus {
 
     /// Steps a `ManagerRaft` frame body from another manager (`parts`: that connection's
     /// message arriving in parts, if any).
-    pub fn receive(&self, body: &[u8], parts: &mut Parts) -> Result<(), String> {
+    pub fn receive(&self, body: &[u8], parts: &mut Parts, from: Option<u64>) -> Result<(), String> {
         for m in decode_frame(body, parts)? {
+            if let Some(f) = from
+                && m.from != f
+            {
+                return Err(format!(
+                    "manager {f} sent a raft message as manager {}",
+                    m.from
+                ));
+            }
             if m.to != self.shared.id {
                 return Err(format!(
                     "raft message for manager {} reached manager {}",

@@ -112,6 +112,8 @@ struct Shared {
     installed: Mutex<Option<(u64, u64)>>,
     /// The highest index whose effect is durable in the state tables (the applier says).
     applied: AtomicU64,
+    /// How messages to the other managers are dialled.
+    security: tessera_net::Security,
 }
 
 /// How the managers' Raft group is started.
@@ -123,6 +125,8 @@ pub struct Options {
     pub join: bool,
     /// Entries kept behind the applied index for lagging peers.
     pub log_keep: u64,
+    /// How messages to the other managers are dialled.
+    pub security: tessera_net::Security,
 }
 
 /// Handle on the Raft group. Cheap to clone.

@@ -41,6 +41,7 @@ impl Consensus {
             members,
             join,
             log_keep,
+            security,
         } = opts;
         let configured: BTreeMap<u64, String> =
             members.iter().map(|p| (p.id, p.addr.clone())).collect();
@@ -131,6 +132,7 @@ impl Consensus {
             apply_gate: Mutex::new(()),
             installed: Mutex::new(None),
             applied: AtomicU64::new(applied),
+            security,
         });
         info!(
             id,

@@ -192,7 +192,7 @@ impl RaftLoop {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(peer_loop(id, peer, addr, rx));
+            tokio::spawn(peer_loop(id, peer, addr, rx, self.shared.security.clone()));
             self.peers.insert(peer, tx);
         }
     }

@@ -75,6 +75,7 @@ async fn a_manager_without_membership_votes_for_no_one_and_survives_a_heartbeat(
         ],
         join: true,
         log_keep: 10,
+        security: Default::default(),
     };
     let (replica, task) = Consensus::start(opts, log, loaded, 0).unwrap();
     let mut vote = msg(MessageType::MsgRequestVote, 5);
@@ -90,7 +91,7 @@ async fn a_manager_without_membership_votes_for_no_one_and_survives_a_heartbeat(
     append.log_term = 4;
     for m in [vote, pre_vote, heartbeat, append] {
         replica
-            .receive(&encode_batch(&[m]), &mut Parts::default())
+            .receive(&encode_batch(&[m]), &mut Parts::default(), None)
             .unwrap();
     }
     let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())

@@ -41,6 +41,7 @@ fn populate(store: &Db, s: &mut State) {
                 addr: format!("n{r}:1"),
                 capacity_bytes: 1 << 40,
                 used_bytes: 0,
+                disk: 0,
             })
             .unwrap();
         step(store, s, m);

@@ -24,6 +24,7 @@ fn register(store: &Db, state: &mut State, racks: &[&str]) {
                 addr: format!("{rack}:1"),
                 capacity_bytes: 1,
                 used_bytes: 0,
+                disk: 0,
             })
             .unwrap();
         step(store, state, m);
@@ -112,6 +113,7 @@ fn state_survives_reopen_and_ids_are_never_reused() {
             addr: "d:1".into(),
             capacity_bytes: 1,
             used_bytes: 0,
+            disk: 0,
         })
         .unwrap();
     assert_eq!(id, 4);
@@ -166,6 +168,7 @@ fn moves_and_drains_survive_a_restart() {
             addr: "a:1".into(),
             capacity_bytes: 1,
             used_bytes: 0,
+            disk: 0,
         })
         .unwrap();
     assert!(matches!(m, Mutation::PutNode(n) if n.draining));

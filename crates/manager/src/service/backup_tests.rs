@@ -20,6 +20,7 @@ fn state(copied: bool) -> State {
                 addr: format!("n{r}:1"),
                 capacity_bytes: 1 << 40,
                 used_bytes: 0,
+                disk: 0,
             })
             .unwrap();
         s.apply(&m);

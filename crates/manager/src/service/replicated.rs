@@ -279,6 +279,7 @@ mod tests {
             }],
             join: false,
             log_keep: 10,
+            security: Default::default(),
         };
         let (consensus, task) = Consensus::start(opts, log, loaded, 0).unwrap();
         let live = Liveness::new(

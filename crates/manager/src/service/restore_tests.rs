@@ -95,9 +95,14 @@ async fn a_restore_is_answered_once_linked_and_attachable_only_then() {
         .unwrap();
     assert!(finish.iter().any(|p| p.finish == pending.finish));
     // The links applied in the group: answered linked, attachable.
-    let reply = group_calls::finish(&h.service, pending, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let reply = group_calls::finish(
+        &h.service,
+        &Default::default(),
+        pending,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let ManagerReply::Volume(v) = reply else {
         panic!("{reply:?}");
     };
@@ -143,11 +148,16 @@ async fn a_background_pass_does_not_link_a_restore_its_request_linked_meanwhile(
         .await
         .unwrap();
     assert!(planned.iter().any(|p| p.finish == pending.finish));
-    group_calls::finish(&h.service, pending, Duration::from_secs(10))
-        .await
-        .unwrap();
+    group_calls::finish(
+        &h.service,
+        &Default::default(),
+        pending,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(h.restore_calls.lock().unwrap().len(), 1);
-    snapshot_loop::finish_all(h.service.clone(), planned).await;
+    snapshot_loop::finish_all(h.service.clone(), Default::default(), planned).await;
     let calls = h.restore_calls.lock().unwrap().clone();
     assert_eq!(
         calls.len(),

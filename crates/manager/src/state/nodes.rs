@@ -40,6 +40,10 @@ impl State {
                 used_bytes: reg.used_bytes,
                 // A drain outlives restarts of the node: maintenance often restarts it.
                 draining: self.nodes.get(&id).is_some_and(|n| n.draining),
+                disk: match reg.disk {
+                    0 => self.nodes.get(&id).map_or(0, |n| n.disk),
+                    d => d,
+                },
             }),
         ))
     }

@@ -25,6 +25,10 @@ pub struct NodeRecord {
     /// Being drained: receives no new replica; the reconciler moves everything off it.
     #[serde(default)]
     pub draining: bool,
+    /// The node's data-directory token ([`tessera_proto::control::NodeRegistration::disk`]);
+    /// 0: unknown.
+    #[serde(default)]
+    pub disk: u64,
 }
 
 /// A replica group and the nodes hosting its replicas, as placed.

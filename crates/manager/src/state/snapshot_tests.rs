@@ -21,6 +21,7 @@ pub(super) fn setup() -> (State, u64) {
             addr: format!("n{r}:1"),
             capacity_bytes: 1 << 40,
             used_bytes: 0,
+            disk: 0,
         };
         let (_, m) = s.plan_register(&reg).unwrap();
         s.apply(&m);

@@ -14,6 +14,7 @@ fn reg(id: Option<u64>, rack: &str) -> NodeRegistration {
         addr: format!("10.0.0.1:{}", 7500 + id.unwrap_or(0)),
         capacity_bytes: 1 << 40,
         used_bytes: 0,
+        disk: 0,
     }
 }
 

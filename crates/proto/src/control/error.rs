@@ -31,6 +31,10 @@ pub enum ControlError {
     /// that failed, an answer over the frame limit).
     #[error("{0}")]
     Internal(String),
+    /// The caller's certificate does not allow the request (a volume user deleting a
+    /// volume, a client sending what only a manager may): refused, and counted.
+    #[error("not allowed: {0}")]
+    Unauthorized(String),
     /// This manager is not the leader of the managers' Raft group: ask the leader, whose
     /// client address is given when known.
     #[error("not the manager leader (leader: {})", .0.as_deref().unwrap_or("unknown"))]

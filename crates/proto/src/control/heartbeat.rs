@@ -28,11 +28,18 @@ pub struct NodeRegistration {
     pub capacity_bytes: u64,
     /// Bytes its chunk files take on disk.
     pub used_bytes: u64,
+    /// A random number the node drew for its data directory before it first registered
+    /// (0: unknown). A node without an id of its own whose certificate names a node the
+    /// manager knows is that node only if this matches (its own first registration, whose
+    /// answer it lost); otherwise it is a wiped disk, which must not come back as the
+    /// replica the node was.
+    #[serde(default)]
+    pub disk: u64,
 }
 
 /// A storage node's state: its periodic report ([`ManagerRequest::Heartbeat`]) and its
 /// answer to [`StorageRequest::Status`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeHeartbeat {
     /// The id the node registered with.
     pub node_id: u64,
@@ -197,6 +204,7 @@ mod tests {
                 addr: "n1:7500".into(),
                 capacity_bytes: 1 << 40,
                 used_bytes: 0,
+                disk: 7,
             });
         }
         assert_round_trips(&heartbeat());

@@ -12,7 +12,7 @@ use super::{ParentInfo, ReclaimInfo, RestoreInfo, SnapshotInfo};
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 
 /// A volume, as the managers report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
     /// Its id, given by the manager at creation: every data-plane request names the
     /// volume by it ([`crate::data::ChunkAddr::volume`]).

@@ -48,6 +48,7 @@ async fn blocking<T: Send + 'static>(
 /// them in line.
 pub(super) async fn copy_replica(
     job: &FetchJob,
+    security: &tessera_net::Security,
     throttle: &Throttle,
     floor: &Floor,
     stats: &Mutex<RecoveryStats>,
@@ -55,7 +56,7 @@ pub(super) async fn copy_replica(
     list_page: u32,
 ) -> Result<(), CopyError> {
     let g = job.group;
-    let mut src = Source::connect(&job.from_addr).await?;
+    let mut src = Source::connect(security, job.from, &job.from_addr).await?;
     let store = job.store.clone();
     // Sorted, as the source's list is.
     let local = blocking(move || store.list_layers()).await?;

@@ -45,6 +45,8 @@ pub(crate) struct Fetcher {
     /// Chunks asked for with one request for the source's chunk list.
     pub(crate) list_page: u32,
     pub(crate) floor: Arc<Floor>,
+    /// How the copy dials its source.
+    pub(crate) security: tessera_net::Security,
 }
 
 impl SnapshotFetcher for Fetcher {
@@ -53,6 +55,7 @@ impl SnapshotFetcher for Fetcher {
         let stats = self.stats.clone();
         let list_page = self.list_page;
         let floor = self.floor.clone();
+        let security = self.security.clone();
         lock(&stats).in_progress.push(job.group);
         // Answered even if the copy task dies: the replica waits for this answer.
         let done = Answer(Some(done));
@@ -60,7 +63,10 @@ impl SnapshotFetcher for Fetcher {
             let group = job.group;
             let started = Instant::now();
             let mut moved = 0;
-            let res = copy_replica(&job, &throttle, &floor, &stats, &mut moved, list_page).await;
+            let res = copy_replica(
+                &job, &security, &throttle, &floor, &stats, &mut moved, list_page,
+            )
+            .await;
             {
                 let mut s = lock(&stats);
                 s.in_progress.retain(|g| *g != group);

@@ -6,20 +6,30 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tessera_net::FrameReader;
+use tessera_net::{ConnRead, ConnWrite, Security};
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_proto::frame::{Frame, Kind};
-use tokio::net::tcp::OwnedWriteHalf;
 
 /// One request/answer connection to the node being copied from.
 pub(crate) struct Source {
-    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<ConnRead>,
+    writer: ConnWrite,
     next_id: u64,
 }
 
 impl Source {
-    pub(crate) async fn connect(addr: &str) -> Result<Source, String> {
-        let s = tessera_net::connect(addr, Duration::from_secs(5))
+    /// A connection to node `node` at `addr` (its certificate must name it).
+    pub(crate) async fn connect(
+        security: &Security,
+        node: u64,
+        addr: &str,
+    ) -> Result<Source, String> {
+        let s = security
+            .connect_to(
+                addr,
+                Duration::from_secs(5),
+                &tessera_net::Identity::Node(node),
+            )
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let (r, w) = s.into_split();

@@ -15,7 +15,7 @@ use tessera_raft::{FetchJob, SnapshotFetcher};
 
 use super::copy::copy_replica;
 use super::{CopyError, Fetcher, Floor, Throttle};
-use crate::server::{CopySources, serve_catch_up};
+use crate::catch_up::{CopySources, serve_catch_up};
 
 const GROUP: u64 = 7;
 const B: usize = BLOCK_SIZE as usize;
@@ -134,6 +134,7 @@ async fn copy_with(
     let stats = Mutex::new(RecoveryStats::default());
     copy_replica(
         &job,
+        &tessera_net::Security::insecure(),
         &Throttle::new(1 << 30),
         &floor,
         &stats,
@@ -317,6 +318,7 @@ async fn a_copy_answers_after_its_last_write_so_a_destroyed_replica_stays_gone()
         throttle: Arc::new(Throttle::new(2 << 20)),
         stats: Arc::default(),
         list_page: MAX_LIST_PAGE,
+        security: tessera_net::Security::insecure(),
         floor: Arc::new(Floor {
             dir: to_dir.path().to_path_buf(),
             min_free_bytes: 0,

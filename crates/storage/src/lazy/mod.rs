@@ -84,6 +84,8 @@ const MANAGER_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Lazy {
     node: u64,
     managers: Vec<String>,
+    /// How the managers are dialled.
+    security: tessera_net::Security,
     stores: Arc<StoreCache>,
     sources: Sources,
     regions: Mutex<Bounded<Hash, Bytes>>,
@@ -123,12 +125,18 @@ impl Drop for Waiting<'_> {
 }
 
 impl Lazy {
-    /// The lazy fill of node `node`, asking `managers` for sources and opening stores
-    /// through `stores` (the node's, shared with backups).
-    pub(crate) fn new(node: u64, managers: Vec<String>, stores: Arc<StoreCache>) -> Lazy {
+    /// The lazy fill of node `node`, asking `managers` (dialled as `security` says) for
+    /// sources and opening stores through `stores` (the node's, shared with backups).
+    pub(crate) fn new(
+        node: u64,
+        managers: Vec<String>,
+        security: tessera_net::Security,
+        stores: Arc<StoreCache>,
+    ) -> Lazy {
         Lazy {
             node,
             managers,
+            security,
             stores,
             sources: Sources::default(),
             regions: Mutex::new(Bounded::new(fetch::MAX_REGIONS)),
@@ -482,36 +490,39 @@ impl Lazy {
             volume_id: volume,
             chunk,
         };
-        let answer = match tessera_net::call_managers(&self.managers, &req, MANAGER_TIMEOUT).await {
-            Ok(ManagerReply::RestoreSource(s)) => *s,
-            Ok(other) => {
-                return Err(Failure::new(
-                    Why::Transport,
-                    format!(
-                        "restore: the managers answered the source of volume {volume} chunk \
+        let answer =
+            match tessera_net::call_managers(&self.security, &self.managers, &req, MANAGER_TIMEOUT)
+                .await
+            {
+                Ok(ManagerReply::RestoreSource(s)) => *s,
+                Ok(other) => {
+                    return Err(Failure::new(
+                        Why::Transport,
+                        format!(
+                            "restore: the managers answered the source of volume {volume} chunk \
                          {chunk} with {other:?}"
-                    ),
-                ));
-            }
-            Err(tessera_net::NetError::Control(ControlError::NotFound(m))) => {
-                return Err(Failure::new(
-                    Why::Gone,
-                    format!(
-                        "restore: the managers know no restore of volume {volume} chunk \
+                        ),
+                    ));
+                }
+                Err(tessera_net::NetError::Control(ControlError::NotFound(m))) => {
+                    return Err(Failure::new(
+                        Why::Gone,
+                        format!(
+                            "restore: the managers know no restore of volume {volume} chunk \
                          {chunk}: {m}"
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(Failure::new(
-                    Why::Transport,
-                    format!(
-                        "restore: asking the managers for the source of volume {volume} \
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(Failure::new(
+                        Why::Transport,
+                        format!(
+                            "restore: asking the managers for the source of volume {volume} \
                          chunk {chunk}: {e}"
-                    ),
-                ));
-            }
-        };
+                        ),
+                    ));
+                }
+            };
         source::source_of(&self.stores, self.node, chunk, answer).await
     }
 

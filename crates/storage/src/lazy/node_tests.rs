@@ -83,9 +83,15 @@ fn shared_of(one: &One) -> Arc<Shared> {
         recovery: Default::default(),
         descriptors: 0,
         stores: Default::default(),
-        lazy: Arc::new(Lazy::new(1, Vec::new(), Default::default())),
+        lazy: Arc::new(Lazy::new(
+            1,
+            Vec::new(),
+            Default::default(),
+            Default::default(),
+        )),
         moving: Default::default(),
         scrub: crate::scrub::Scrubber::detached(one.data_dir()),
+        security: Default::default(),
     })
 }
 

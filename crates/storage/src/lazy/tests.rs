@@ -404,7 +404,12 @@ impl Backup {
 }
 
 fn lazy() -> Arc<Lazy> {
-    Arc::new(Lazy::new(1, Vec::new(), Default::default()))
+    Arc::new(Lazy::new(
+        1,
+        Vec::new(),
+        Default::default(),
+        Default::default(),
+    ))
 }
 
 /// A read spanning regions 0..=2 whose unfilled blocks lie in each: region 0's object is

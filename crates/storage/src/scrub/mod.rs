@@ -144,7 +144,10 @@ impl Scrubber {
             bytes_per_sec: 0,
             ..ScrubConfig::default()
         };
-        let peers = TcpTransport::new(tokio::runtime::Handle::current());
+        let peers = TcpTransport::new(
+            tokio::runtime::Handle::current(),
+            tessera_net::Security::insecure(),
+        );
         Scrubber::new(cfg, data_dir, Arc::new(peers))
     }
 

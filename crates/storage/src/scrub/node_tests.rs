@@ -78,7 +78,10 @@ async fn cluster_at(bytes_per_sec: u64) -> (Vec<Node>, usize) {
         let dir = tmp.path().to_path_buf();
         let (log, rec) = Log::open(&dir.join("log"), LogOptions::default()).expect("log");
         let chunks = Arc::new(ChunkStores::open(&dir.join("groups")).expect("chunks"));
-        let transport = Arc::new(TcpTransport::new(tokio::runtime::Handle::current()));
+        let transport = Arc::new(TcpTransport::new(
+            tokio::runtime::Handle::current(),
+            Default::default(),
+        ));
         let mut cfg = NodeConfig::new(id, dir.clone());
         cfg.tick = Duration::from_millis(10);
         cfg.min_free_bytes = 0;
@@ -108,9 +111,15 @@ async fn cluster_at(bytes_per_sec: u64) -> (Vec<Node>, usize) {
             recovery: Default::default(),
             descriptors: 0,
             stores: Default::default(),
-            lazy: Arc::new(crate::lazy::Lazy::new(id, Vec::new(), Default::default())),
+            lazy: Arc::new(crate::lazy::Lazy::new(
+                id,
+                Vec::new(),
+                Default::default(),
+                Default::default(),
+            )),
             moving: Default::default(),
             scrub,
+            security: Default::default(),
         });
         tokio::spawn(crate::server::accept_loop(listener, shared.clone()));
         raft.create_group(GroupSpec {
@@ -342,7 +351,10 @@ async fn a_paused_node_runs_no_pass_until_started_and_remembers_the_pause() {
     let again = Scrubber::new(
         ScrubConfig::default(),
         &n.dir,
-        Arc::new(TcpTransport::new(tokio::runtime::Handle::current())),
+        Arc::new(TcpTransport::new(
+            tokio::runtime::Handle::current(),
+            Default::default(),
+        )),
     );
     assert!(again.stats(&n.shared.raft.watches()).paused);
     task.abort();

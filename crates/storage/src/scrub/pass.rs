@@ -380,7 +380,7 @@ async fn list_peer(
         .scrub
         .addr_of(node)
         .ok_or_else(|| "its address is not known".to_string())?;
-    let mut src = crate::fetch::Source::connect(&addr).await?;
+    let mut src = crate::fetch::Source::connect(&shared.security, node, &addr).await?;
     let mut cursor = Some((0, 0, 1));
     while let Some(from) = cursor {
         let answer = src

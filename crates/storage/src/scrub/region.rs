@@ -151,10 +151,14 @@ async fn scan_of(shared: &Shared, node: u64, req: RegionScanRequest) -> Result<R
         .scrub
         .addr_of(node)
         .ok_or_else(|| format!("address of node {node} unknown"))?;
-    let reply: StorageReply =
-        tessera_net::call(&addr, &StorageRequest::ScrubRegion(req), SCAN_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
+    let reply: StorageReply = tessera_net::call(
+        &shared.security,
+        &addr,
+        &StorageRequest::ScrubRegion(req),
+        SCAN_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     match reply {
         StorageReply::ScrubRegion(s) => Ok(s),
         other => Err(format!("unexpected answer {other:?}")),

@@ -227,7 +227,7 @@ async fn read(
         .ok_or_else(|| format!("address of node {from} unknown"))?;
     let offset = u32::try_from(first * BLOCK).map_err(|_| format!("block {first} out of range"))?;
     let len = u32::try_from(n * BLOCK).map_err(|_| format!("{n} blocks too many"))?;
-    let mut src = crate::fetch::Source::connect(&addr).await?;
+    let mut src = crate::fetch::Source::connect(&shared.security, from, &addr).await?;
     src.ask(crate::fetch::catch_up_req(
         Op::CatchUpRead,
         (r.group, v, c, layer),

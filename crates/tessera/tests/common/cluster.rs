@@ -7,11 +7,13 @@
 //! post-mortem when the test panics). Never reaches into a process other than through its
 //! public interfaces: the CLI, the control plane, the data plane.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tessera_net::tls::issue;
+use tessera_net::{Identity, Role, Security};
 use tessera_proto::control::{ClusterStatus, ManagerReply, ManagerRequest};
 
 use super::process::{BIN, ManagerProc, NodeProc, free_port, log_tail, signal};
@@ -77,6 +79,9 @@ pub struct Cluster {
     node_at: Vec<NodeAt>,
     /// Gateways started so far, to name their logs.
     pub(super) gateways_started: AtomicUsize,
+    /// The certificates directory: the CA (and its key), every process's certificate,
+    /// and the `admin` client's the CLI and the tests' clients present.
+    pub certs: PathBuf,
 }
 
 impl Cluster {
@@ -95,7 +100,16 @@ impl Cluster {
             .enumerate()
             .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
             .collect();
+        let certs = dir.path().join("certs");
+        issue_certs(
+            &certs,
+            &[Identity::Client {
+                name: "admin".into(),
+                role: Role::Admin,
+            }],
+        );
         let mut c = Cluster {
+            certs,
             dir,
             managers: Vec::new(),
             nodes: Vec::new(),
@@ -106,10 +120,12 @@ impl Cluster {
         for (i, addr) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let config = c.dir.path().join(format!("manager{id}.toml"));
+            issue_certs(&c.certs, &[Identity::Manager(id)]);
             let mut text = format!(
-                "listen = \"{addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {}\n",
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\ngroups_per_node = {}\ncerts_dir = \"{}\"\n",
                 c.dir.path().join(format!("manager{id}")).display(),
-                opts.groups_per_node
+                opts.groups_per_node,
+                c.certs.display(),
             );
             if i >= opts.managers {
                 text.push_str(&format!(
@@ -127,6 +143,7 @@ impl Cluster {
                 config,
                 log: c.dir.path().join(format!("manager{id}.log")),
                 child: None,
+                insecure: false,
             });
         }
         for m in &mut c.managers[..opts.managers] {
@@ -201,13 +218,16 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(", ");
         let data_dir = self.dir.path().join(format!("node{}", i + 1));
+        issue_certs(&self.certs, &[Identity::Node(i as u64 + 1)]);
         let config = self.dir.path().join(format!("storage{}.toml", i + 1));
         std::fs::write(
             &config,
             format!(
-                "rack = \"rack{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nmanagers = [{list}]\nheartbeat_ms = 200\n{extra}\n",
+                "rack = \"rack{}\"\ndata_dir = \"{}\"\nlisten = \"{addr}\"\nmanagers = [{list}]\nheartbeat_ms = 200\ncerts_dir = \"{}\"\ncert = \"node-{}\"\n{extra}\n",
                 i + 1,
                 data_dir.display(),
+                self.certs.display(),
+                i + 1,
             ),
         )
         .expect("write storage.toml");
@@ -273,6 +293,7 @@ impl Cluster {
                 continue;
             }
             let res = tessera_net::call::<_, ManagerReply>(
+                &self.security(),
                 &m.addr,
                 &ManagerRequest::ClusterStatus,
                 Duration::from_secs(2),
@@ -306,10 +327,18 @@ impl Cluster {
         let timeout = Duration::from_secs(2);
         // One manager is asked once; several are tried in turn until one leads.
         let reply = match self.managers.as_slice() {
-            [one] => tessera_net::call::<_, ManagerReply>(&one.addr, req, timeout).await,
-            _ => {
-                tessera_net::call_managers::<_, ManagerReply>(&self.manager_addrs(), req, timeout)
+            [one] => {
+                tessera_net::call::<_, ManagerReply>(&self.security(), &one.addr, req, timeout)
                     .await
+            }
+            _ => {
+                tessera_net::call_managers::<_, ManagerReply>(
+                    &self.security(),
+                    &self.manager_addrs(),
+                    req,
+                    timeout,
+                )
+                .await
             }
         };
         match reply {
@@ -401,11 +430,13 @@ impl Cluster {
             .node_id
     }
 
-    /// The CLI with `--manager a,b,c`.
+    /// The CLI with `--manager a,b,c`, as the `admin` client.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .arg("--manager")
             .arg(self.manager_addrs().join(","))
+            .arg("--certs-dir")
+            .arg(&self.certs)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -448,9 +479,24 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> tessera_client::Client {
-        tessera_client::Client::connect(self.manager_addrs())
+        self.client_as("client").await
+    }
+
+    /// A client naming itself `label` in its attachments, as the `admin` client.
+    pub async fn client_as(&self, label: &str) -> tessera_client::Client {
+        tessera_client::Client::connect_with(self.manager_addrs(), label, self.security())
             .await
             .expect("client connects")
+    }
+
+    /// How the tests' own calls dial: as the `admin` client.
+    pub fn security(&self) -> Security {
+        Security::load(&self.certs, "client-admin").expect("the admin certificate")
+    }
+
+    /// How the tests send what only a manager may (a leadership transfer): as manager 1.
+    pub fn manager_security(&self) -> Security {
+        Security::load(&self.certs, "manager-1").expect("manager 1's certificate")
     }
 
     /// The tail of every process log, for failure messages.
@@ -513,15 +559,15 @@ pub fn fully_replicated(s: &ClusterStatus, replicas: usize) -> bool {
         })
 }
 
-/// One data-plane request straight to one node, bypassing the client's routing.
+/// One data-plane request straight to one node, bypassing the client's routing, dialled as
+/// `security` says (e.g. [`Cluster::security`]).
 pub async fn direct(
+    security: &Security,
     addr: &str,
     req: &tessera_proto::data::Request,
 ) -> Option<tessera_proto::data::Reply> {
     let work = async {
-        let s = tessera_net::connect(addr, Duration::from_secs(1))
-            .await
-            .ok()?;
+        let s = security.connect(addr, Duration::from_secs(1)).await.ok()?;
         let (r, mut w) = s.into_split();
         tessera_net::write_frame(
             &mut w,
@@ -536,4 +582,23 @@ pub async fn direct(
         .await
         .ok()
         .flatten()
+}
+
+/// Makes the CA of `certs` if it has none, and a certificate for each of `who` it lacks.
+pub fn issue_certs(certs: &Path, who: &[Identity]) {
+    let (ca_crt, ca_key) = issue::pair_paths(certs, "ca");
+    if !ca_crt.exists() {
+        let ca = issue::new_ca(30).expect("a CA");
+        issue::write_new(&ca_key, &ca.key_pem, 0o600).expect("ca.key");
+        issue::write_new(&ca_crt, &ca.cert_pem, 0o644).expect("ca.crt");
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).expect("the CA");
+    for w in who {
+        let stem = issue::stem(w);
+        if issue::pair_paths(certs, &stem).0.exists() {
+            continue;
+        }
+        let c = issue::issue(&read(&ca_crt), &read(&ca_key), w, &[], 30).expect("issue");
+        issue::write_pair(certs, &stem, &c).expect("write the certificate");
+    }
 }

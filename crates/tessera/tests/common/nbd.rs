@@ -25,6 +25,8 @@ pub struct Gateway {
     pub child: Option<Child>,
     managers: String,
     read_only: bool,
+    /// The cluster's certificates directory (the gateway presents `client-admin`).
+    certs: PathBuf,
 }
 
 impl Cluster {
@@ -46,6 +48,7 @@ impl Cluster {
             child: None,
             managers: self.manager_addrs().join(","),
             read_only,
+            certs: self.certs.clone(),
         };
         g.spawn();
         g
@@ -59,7 +62,16 @@ impl Gateway {
     pub fn spawn(&mut self) {
         for _ in 0..5 {
             let listen = format!("127.0.0.1:{}", self.port);
-            let mut args = vec!["--manager", &self.managers, "nbd", "--listen", &listen];
+            let certs = self.certs.to_str().expect("utf8");
+            let mut args = vec![
+                "--manager",
+                &self.managers,
+                "--certs-dir",
+                certs,
+                "nbd",
+                "--listen",
+                &listen,
+            ];
             if self.read_only {
                 args.push("--read-only");
             }

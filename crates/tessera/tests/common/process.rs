@@ -178,13 +178,19 @@ pub struct ManagerProc {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Started with `--insecure` (its config names no certificates).
+    pub insecure: bool,
 }
 
 impl ManagerProc {
     /// Starts the process (again), keeping its data directory and log.
     pub fn start(&mut self) {
         let config = self.config.to_str().expect("utf8");
-        self.child = Some(Launch::new(&["manager", "--config", config]).spawn(&self.log));
+        let mut args = vec!["manager", "--config", config];
+        if self.insecure {
+            args.push("--insecure");
+        }
+        self.child = Some(Launch::new(&args).spawn(&self.log));
     }
 
     /// SIGKILL (see [`kill`]).

@@ -294,9 +294,13 @@ impl Target {
                         group_id: self.group,
                         to,
                     };
-                    let r =
-                        tessera_net::call::<_, StorageReply>(addr, &req, Duration::from_secs(3))
-                            .await;
+                    let r = tessera_net::call::<_, StorageReply>(
+                        &c.manager_security(),
+                        addr,
+                        &req,
+                        Duration::from_secs(3),
+                    )
+                    .await;
                     eprintln!("transfer of group {} to node {to}: {r:?}", self.group);
                 }
                 _ => {}

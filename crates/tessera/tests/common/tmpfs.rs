@@ -38,7 +38,8 @@ impl TmpfsDisks {
     }
 
     /// Adds one storage node per mount to `c` (with `extra` in its config), each started
-    /// once to register, then restarted with its data directory on its mount.
+    /// once to register, then restarted with its data directory on its mount (its identity
+    /// files copied there).
     pub fn add_nodes(&self, c: &mut Cluster, extra: &str) {
         for (i, m) in self.mounts.iter().enumerate() {
             c.add_node(i, extra);
@@ -49,6 +50,15 @@ impl TmpfsDisks {
                 &format!("data_dir = \"{}\"", m.join("data").display()),
             );
             std::fs::write(&c.nodes[i].config, cfg).expect("cfg");
+            // The node's identity moves with it (a data directory without them is a wiped
+            // disk, which may not come back as the node it was).
+            std::fs::create_dir_all(m.join("data")).expect("mkdir");
+            for f in ["node.json", "disk.id"] {
+                let from = c.nodes[i].data_dir.join(f);
+                if from.exists() {
+                    std::fs::copy(&from, m.join("data").join(f)).expect("copy identity");
+                }
+            }
             c.nodes[i].data_dir = m.join("data");
             c.restart_node(i);
         }

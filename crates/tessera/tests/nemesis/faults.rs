@@ -295,7 +295,13 @@ impl Nemesis {
                     group_id: g.group_id,
                     to,
                 };
-                match tessera_net::call::<_, StorageReply>(addr, &req, Duration::from_secs(3)).await
+                match tessera_net::call::<_, StorageReply>(
+                    &self.c.manager_security(),
+                    addr,
+                    &req,
+                    Duration::from_secs(3),
+                )
+                .await
                 {
                     Ok(StorageReply::NotLeader { hint }) if hint != 0 && hint != to => ask = hint,
                     Ok(StorageReply::Members(_) | StorageReply::Done) => {

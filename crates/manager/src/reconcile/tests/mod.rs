@@ -59,6 +59,7 @@ impl World {
                     addr: format!("{rack}:1"),
                     capacity_bytes: 1 << 40,
                     used_bytes: 0,
+                    disk: 0,
                 })
                 .unwrap();
             state.apply(&m);
@@ -89,6 +90,7 @@ impl World {
                 addr: format!("{rack}:1"),
                 capacity_bytes: 1 << 40,
                 used_bytes: 0,
+                disk: 0,
             })
             .unwrap();
         self.state.apply(&m);

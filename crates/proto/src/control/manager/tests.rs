@@ -44,6 +44,7 @@ fn every_request_round_trips() {
             addr: "n2:7500".into(),
             capacity_bytes: 1 << 40,
             used_bytes: 0,
+            disk: 0,
         }),
         ManagerRequest::Heartbeat(NodeHeartbeat {
             node_id: 2,
