@@ -22,6 +22,9 @@
 #     logged) while its pre-warm runs; the same reads of the filled volume `restored` for
 #     comparison; p50/p99 of each, and how much of `lazy` was filled when its reads ended.
 set -euo pipefail
+# Plain TCP (--insecure), as before TLS existed, so its numbers compare with earlier runs;
+# bench/run.sh measures what TLS costs.
+export TESSERA_INSECURE=true
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=1024 secs=10 rounds=2 nodes=3 kind=dir
 while [ $# -gt 0 ]; do

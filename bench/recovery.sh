@@ -11,6 +11,9 @@
 # per receiving node, and client write latency meanwhile. Prints fio's sequential write
 # rate on the same filesystem beside it. RATE is each node's recovery_bytes_per_sec.
 set -euo pipefail
+# Plain TCP (--insecure), as before TLS existed, so its numbers compare with earlier runs;
+# bench/run.sh measures what TLS costs.
+export TESSERA_INSECURE=true
 root=$(cd "$(dirname "$0")/.." && pwd)
 size=2GiB rate=$((1 << 30)) nodes=4
 while [ $# -gt 0 ]; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tessera against the single-node limit of this machine, in one run.
 #
-#   bench/run.sh [--quick] [--runtime SECS] [--size SIZE] [--nodes N] [--json FILE]
+#   bench/run.sh [--quick] [--runtime SECS] [--size SIZE] [--nodes N] [--json FILE] [--insecure]
 #
 # Builds the release binary, starts a manager, N storage nodes (one rack each) and the NBD
 # gateway as separate processes, and runs the same fio jobs (ioengine=nbd) against a fresh,
@@ -9,9 +9,11 @@
 # (--cache=none; and, for writes, --cache=directsync: every write durable before it is
 # answered, as Tessera's are; and for the QD1 write, --cache=none with a flush after every
 # write, the baseline the performance goal names). Prints one table; --json writes it too.
+# The cluster is secure (mutual TLS between every process, certificates made with
+# `tessera cert`) unless --insecure: plain TCP, to measure what TLS costs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-runtime=20 size=2G nodes=3 json="" quick=0
+runtime=20 size=2G nodes=3 json="" quick=0 insecure=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runtime=4; size=512M ;;
@@ -19,7 +21,8 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift ;;
     --nodes) nodes=$2; shift ;;
     --json) json=$2; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --insecure) insecure=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -47,23 +50,36 @@ trap cleanup EXIT
 mport=17400 nbdport=17809 qport=17810 qdport=17811
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
-printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s/manager"\n' $mport "$work" > "$work/manager.toml"
-"$bin" manager --config "$work/manager.toml" 2>"$work/manager.log" & pids+=($!)
+if [ $insecure = 1 ]; then
+  sec=(--insecure) mtls=""
+  ntls() { :; }
+else
+  certs="$work/certs"
+  "$bin" --certs-dir "$certs" cert init >/dev/null
+  "$bin" --certs-dir "$certs" cert issue manager 1 >/dev/null
+  "$bin" --certs-dir "$certs" cert issue client admin --role admin >/dev/null
+  for i in $(seq 1 "$nodes"); do "$bin" --certs-dir "$certs" cert issue node "$i" >/dev/null; done
+  sec=(--certs-dir "$certs") mtls="certs_dir = \"$certs\""
+  ntls() { printf 'certs_dir = "%s"\ncert = "node-%s"\n' "$certs" "$1"; }
+fi
+printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s/manager"\n%s\n' $mport "$work" "$mtls" > "$work/manager.toml"
+"$bin" manager "${sec[@]}" --config "$work/manager.toml" 2>"$work/manager.log" & pids+=($!)
 wait_port $mport
 storage_pids=()
 for i in $(seq 1 "$nodes"); do
   printf 'rack = "rack%s"\ndata_dir = "%s/node%s"\nlisten = "127.0.0.1:%s"\nmanagers = ["127.0.0.1:%s"]\nmetrics_listen = "127.0.0.1:%s"\n' \
     "$i" "$work" "$i" $((17500 + i)) $mport $((17580 + i)) > "$work/storage$i.toml"
-  "$bin" storage --config "$work/storage$i.toml" 2>"$work/node$i.log" & pids+=($!); storage_pids+=($!)
+  ntls "$i" >> "$work/storage$i.toml"
+  "$bin" storage "${sec[@]}" --config "$work/storage$i.toml" 2>"$work/node$i.log" & pids+=($!); storage_pids+=($!)
 done
 for i in $(seq 1 "$nodes"); do wait_port $((17500 + i)); done
 for _ in $(seq 100); do
-  "$bin" --manager 127.0.0.1:$mport --output json cluster status 2>/dev/null |
+  "$bin" --manager 127.0.0.1:$mport "${sec[@]}" --output json cluster status 2>/dev/null |
     python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["groups"] and all(g["leader"] for g in s["groups"]) else 1)' && break
   sleep 0.2
 done
-"$bin" --manager 127.0.0.1:$mport volume create bench --size "$size" >/dev/null
-"$bin" nbd --manager 127.0.0.1:$mport --listen 127.0.0.1:$nbdport --metrics 127.0.0.1:17580 2>"$work/nbd.log" & pids+=($!)
+"$bin" --manager 127.0.0.1:$mport "${sec[@]}" volume create bench --size "$size" >/dev/null
+"$bin" nbd --manager 127.0.0.1:$mport "${sec[@]}" --listen 127.0.0.1:$nbdport --metrics 127.0.0.1:17580 2>"$work/nbd.log" & pids+=($!)
 tess_pids=("${pids[@]}")   # manager, storage nodes, gateway
 wait_port $nbdport
 

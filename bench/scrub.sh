@@ -22,6 +22,9 @@
 # over each run (`tessera_scrub_bytes_checked_total` from its metrics, or `scrub status`'s
 # bytes_checked if the metric is absent).
 set -euo pipefail
+# Plain TCP (--insecure), as before TLS existed, so its numbers compare with earlier runs;
+# bench/run.sh measures what TLS costs.
+export TESSERA_INSECURE=true
 root=$(cd "$(dirname "$0")/.." && pwd)
 mib=1536 secs=20 pairs=5 period=30 toggle=restart
 while [ $# -gt 0 ]; do

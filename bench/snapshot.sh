@@ -10,6 +10,9 @@
 # flatten of a clone of the last snapshot). The flatten runs at --flatten-rate (default
 # 1 GiB/s, i.e. as fast as the cluster copies; the manager's default is 64 MiB/s).
 set -euo pipefail
+# Plain TCP (--insecure), as before TLS existed, so its numbers compare with earlier runs;
+# bench/run.sh measures what TLS costs.
+export TESSERA_INSECURE=true
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=30 rate=$((1 << 30))
 while [ $# -gt 0 ]; do
