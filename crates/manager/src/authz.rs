@@ -133,7 +133,9 @@ pub(crate) fn check(
             Some(c) if c == *n => None,
             Some(c) => Some(format!("{who} may not speak as node {c}")),
             None => match (req, records.node_disk(*n)) {
-                // Its own first registration again (the answer was lost), or a new node.
+                // Any node may ask for a restore source.
+                (req, _) if !matches!(req, ManagerRequest::RegisterNode(_)) => None,
+                // A new node, or its own first registration again (the answer was lost).
                 (_, None) => None,
                 (ManagerRequest::RegisterNode(reg), Some(d)) if d != 0 && d == reg.disk => None,
                 _ => Some(format!(

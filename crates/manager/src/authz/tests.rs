@@ -85,6 +85,13 @@ fn a_node_speaks_only_as_the_node_its_certificate_names() {
         ));
     }
     assert!(check(Some(&node2), &with_disk(7), &node2_on(7)).is_ok());
+    // A node on record asks for restore sources (no id in that request).
+    let source = ManagerRequest::RestoreSource {
+        volume_id: 1,
+        chunk: 0,
+    };
+    assert!(check(Some(&node2), &source, &node2_on(7)).is_ok());
+    assert!(refused(&client(Role::Admin), &source));
     assert!(matches!(
         check(Some(&node2), &with_disk(7), &node2_on(0)),
         Err(ControlError::Unauthorized(_))
