@@ -82,8 +82,9 @@ async fn cluster_at(bytes_per_sec: u64) -> (Vec<Node>, usize) {
             tokio::runtime::Handle::current(),
             Default::default(),
         ));
+        // The default 100 ms tick (elections after a second or more): with a 10 ms tick a
+        // leader lost its lease whenever a loaded machine delayed its heartbeats by 100 ms.
         let mut cfg = NodeConfig::new(id, dir.clone());
-        cfg.tick = Duration::from_millis(10);
         cfg.min_free_bytes = 0;
         let raft = RaftNode::start(
             cfg,
@@ -161,18 +162,21 @@ async fn call(node: &Node, req: Request) -> Reply {
     Reply::decode(&Bytes::from(body)).expect("a reply")
 }
 
-/// Writes 4 blocks of distinct bytes at block 0 through the leader; once every replica
-/// applied them. The bytes.
-async fn write(nodes: &[Node], leader: usize) -> Vec<u8> {
+/// Writes 4 blocks of distinct bytes at block 0 through the leader (following its hint
+/// should leadership have moved: `leader` is then the new one); once every replica applied
+/// them. The bytes.
+async fn write(nodes: &[Node], leader: &mut usize) -> Vec<u8> {
     let data: Vec<u8> = (0..4 * 4096).map(|i| (i / 7 % 251) as u8).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     // A leader just elected may ask for a retry until its first entry commits.
     loop {
         let mut req = Request::write(addr(), 0, Bytes::from(data.clone()));
         req.id = 1;
-        let got = call(&nodes[leader], req).await;
-        if matches!(got, Reply::Ok(_)) {
-            break;
+        let got = call(&nodes[*leader], req).await;
+        match got {
+            Reply::Ok(_) => break,
+            Reply::NotLeader { hint } if (1..=3).contains(&hint) => *leader = hint as usize - 1,
+            _ => {}
         }
         assert!(Instant::now() < deadline, "write: {got:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -246,8 +250,8 @@ fn block_of(node: &Node, block: u64) -> Result<Bytes, tessera_engine::Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotten_block_on_a_follower_is_found_and_repaired_by_a_pass() {
-    let (nodes, leader) = cluster().await;
-    let data = write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster().await;
+    let data = write(&nodes, &mut leader).await;
     let follower = (leader + 1) % 3;
     rot(&nodes[follower], 2);
     assert!(block_of(&nodes[follower], 2).is_err(), "the rot is seen");
@@ -283,8 +287,8 @@ async fn a_rotten_block_on_a_follower_is_found_and_repaired_by_a_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_read_of_a_rotten_block_is_repaired_and_answered() {
-    let (nodes, leader) = cluster().await;
-    let data = write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster().await;
+    let data = write(&nodes, &mut leader).await;
     rot(&nodes[leader], 1);
     let got = call(
         &nodes[leader],
@@ -303,8 +307,8 @@ async fn a_leader_read_of_a_rotten_block_is_repaired_and_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_block_rotten_on_two_replicas_is_reported_not_fixed() {
-    let (nodes, leader) = cluster().await;
-    write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster().await;
+    write(&nodes, &mut leader).await;
     rot(&nodes[leader], 3);
     rot(&nodes[(leader + 1) % 3], 3);
     let s = pass(&nodes[leader]).await;
@@ -329,8 +333,8 @@ async fn the_same_block_rotten_on_two_replicas_is_reported_not_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_node_runs_no_pass_until_started_and_remembers_the_pause() {
-    let (nodes, leader) = cluster().await;
-    write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster().await;
+    write(&nodes, &mut leader).await;
     let n = &nodes[leader];
     let paused = crate::server::rpc(
         &n.shared,
@@ -452,8 +456,8 @@ async fn a_scan_meant_for_another_node_is_refused() {
 /// a restart since) gives up after waiting for it; neither holds a scan slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scan_of_another_region_or_of_an_unwatched_mark_is_refused() {
-    let (nodes, leader) = cluster().await;
-    write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster().await;
+    write(&nodes, &mut leader).await;
     let n = &nodes[leader];
     let mark = mark(n, 8).await;
     let id = n.shared.node_id;
@@ -481,8 +485,8 @@ async fn a_scan_of_another_region_or_of_an_unwatched_mark_is_refused() {
 async fn a_scan_is_paced_before_its_reads_for_the_whole_region_unless_urgent() {
     // 1 MiB/s: a region of 1024 blocks costs 4 s of pacing per layer, although only 4 of
     // its blocks are held.
-    let (nodes, leader) = cluster_at(1 << 20).await;
-    write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster_at(1 << 20).await;
+    write(&nodes, &mut leader).await;
     let n = &nodes[leader];
     let mark = mark(n, 1024).await;
     let id = n.shared.node_id;
@@ -500,8 +504,8 @@ async fn a_scan_is_paced_before_its_reads_for_the_whole_region_unless_urgent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scans_served_at_once_are_bounded_and_a_waiting_one_gives_up_at_its_deadline() {
-    let (nodes, leader) = cluster().await;
-    write(&nodes, leader).await;
+    let (nodes, mut leader) = cluster().await;
+    write(&nodes, &mut leader).await;
     let n = &nodes[leader];
     let mark = mark(n, 8).await;
     let req = scan_req(mark, 8, n.shared.node_id, true);
