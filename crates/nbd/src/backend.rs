@@ -44,6 +44,9 @@ pub enum Access {
     Info,
     /// Read and write it (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`).
     ReadWrite,
+    /// Read it, never write, and never take it from a client writing it (a read-only
+    /// identity's `NBD_OPT_GO`): the export is advertised read-only.
+    Read,
 }
 
 /// What a range of an export holds, for `NBD_CMD_BLOCK_STATUS` (`base:allocation`).

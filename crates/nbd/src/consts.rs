@@ -31,7 +31,7 @@ pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 /// `NBD_OPT_LIST`: list the export names.
 pub const OPT_LIST: u32 = 3;
-/// `NBD_OPT_STARTTLS`: not offered.
+/// `NBD_OPT_STARTTLS`: upgrade the connection to TLS (offered when the server has TLS).
 pub const OPT_STARTTLS: u32 = 5;
 /// `NBD_OPT_INFO`: describe an export without entering transmission.
 pub const OPT_INFO: u32 = 6;
@@ -61,6 +61,8 @@ pub const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 pub const REP_ERR_POLICY: u32 = (1 << 31) | 2;
 /// `NBD_REP_ERR_INVALID`: the option was malformed.
 pub const REP_ERR_INVALID: u32 = (1 << 31) | 3;
+/// `NBD_REP_ERR_TLS_REQD`: the server takes this option only over TLS.
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
 /// `NBD_REP_ERR_UNKNOWN`: no export of that name.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
 /// `NBD_REP_ERR_TOO_BIG`: the request is larger than the server accepts.

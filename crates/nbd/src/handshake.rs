@@ -2,8 +2,9 @@
 //!
 //! Everything read here is untrusted: every length is checked before anything is
 //! allocated, and protocol violations end the connection with [`HandshakeError::Protocol`]
-//! (never a panic). TLS and extended headers are not offered; those options get
-//! `NBD_REP_ERR_UNSUP` like any unknown option. The one metadata context offered is
+//! (never a panic). Extended headers are not offered (`NBD_REP_ERR_UNSUP` like any
+//! unknown option); TLS is started before haggling, in `starttls.rs`, or not offered. Only
+//! the exports the connection's [`Grant`] allows are listed or opened. The one metadata context offered is
 //! `base:allocation`, selected for the export named in the last `NBD_OPT_SET_META_CONTEXT`
 //! if transmission then starts on that same name (as the spec asks).
 
@@ -13,6 +14,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::backend::{Access, Backend, BackendError, Export};
 use crate::consts::*;
+use crate::grant::Grant;
+
+static DENIED: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
+    "tessera_nbd_refused_exports_total",
+    "NBD_OPT_GO / INFO / EXPORT_NAME refused because the client's certificate does not \
+     grant the export",
+);
 
 /// Why negotiation ended without entering transmission.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +30,10 @@ pub(crate) enum HandshakeError {
     /// The client broke the protocol; the connection is dropped (a hard disconnect).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The client is not let in: TLS required and not started, a TLS handshake that
+    /// failed, a certificate naming no one. Counted; the connection is dropped.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// The outcome of a successful negotiation: the export and how to talk about it.
@@ -34,16 +46,17 @@ pub(crate) struct Negotiated<E> {
     pub block_status: bool,
 }
 
-/// Runs the handshake. `Ok(None)` means the client ended it politely (`NBD_OPT_ABORT`).
-/// The caller owns buffering: `r` and `w` should be buffered; `w` is flushed after
-/// every reply the client waits for.
-pub(crate) async fn negotiate<B, R, W>(
-    backend: &B,
-    r: &mut R,
-    w: &mut W,
-) -> Result<Option<Negotiated<B::Export>>, HandshakeError>
+/// What the options may do on this connection: which exports its identity may use, and
+/// whether TLS was negotiated (`NBD_OPT_STARTTLS` is then refused as a repeat).
+pub(crate) struct Terms<'a> {
+    pub grant: &'a Grant,
+    pub tls: bool,
+}
+
+/// Sends the server's greeting and reads the client's flags: whether the client asked
+/// for no zeroes after `NBD_OPT_EXPORT_NAME`'s reply.
+pub(crate) async fn greet<R, W>(r: &mut R, w: &mut W) -> Result<bool, HandshakeError>
 where
-    B: Backend,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -63,28 +76,55 @@ where
     }
     // A client without NBD_FLAG_C_FIXED_NEWSTYLE is still answered with fixed-newstyle
     // replies (the spec allows it); such clients only ever send NBD_OPT_EXPORT_NAME.
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    Ok(client_flags & FLAG_C_NO_ZEROES != 0)
+}
+
+/// Reads one option: its number and data (length checked before anything is allocated).
+pub(crate) async fn read_option<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(u32, Vec<u8>), HandshakeError> {
+    let magic = r.read_u64().await?;
+    if magic != IHAVEOPT {
+        return Err(HandshakeError::Protocol(format!(
+            "bad option magic {magic:#018x}"
+        )));
+    }
+    let opt = r.read_u32().await?;
+    let len = r.read_u32().await?;
+    if len > MAX_OPTION_LEN {
+        return Err(HandshakeError::Protocol(format!(
+            "option {opt} carries {len} bytes, more than the limit of {MAX_OPTION_LEN}"
+        )));
+    }
+    let mut data = vec![0u8; len as usize];
+    r.read_exact(&mut data).await?;
+    Ok((opt, data))
+}
+
+/// Option haggling after the greeting (and after TLS, if any), up to the export chosen.
+/// `Ok(None)` means the client ended it politely (`NBD_OPT_ABORT`). The caller owns
+/// buffering: `r` and `w` should be buffered; `w` is flushed after every reply the client
+/// waits for.
+pub(crate) async fn haggle<B, R, W>(
+    backend: &B,
+    r: &mut R,
+    w: &mut W,
+    no_zeroes: bool,
+    terms: Terms<'_>,
+) -> Result<Option<Negotiated<B::Export>>, HandshakeError>
+where
+    B: Backend,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let grant = terms.grant;
     let mut structured = false;
     // The export the last NBD_OPT_SET_META_CONTEXT selected `base:allocation` for.
     let mut meta_export: Option<String> = None;
 
     loop {
-        let magic = r.read_u64().await?;
-        if magic != IHAVEOPT {
-            return Err(HandshakeError::Protocol(format!(
-                "bad option magic {magic:#018x}"
-            )));
-        }
-        let opt = r.read_u32().await?;
-        let len = r.read_u32().await?;
-        if len > MAX_OPTION_LEN {
-            return Err(HandshakeError::Protocol(format!(
-                "option {opt} carries {len} bytes, more than the limit of {MAX_OPTION_LEN}"
-            )));
-        }
-        let mut data = vec![0u8; len as usize];
-        r.read_exact(&mut data).await?;
-
+        let (opt, data) = read_option(r).await?;
+        let len = data.len() as u32;
         match opt {
             OPT_EXPORT_NAME => {
                 if len > MAX_NAME_LEN {
@@ -96,7 +136,7 @@ where
                     .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".to_owned()))?;
                 let requested = requested.as_str();
                 // This option cannot be answered with an error: refusing means hanging up.
-                let (name, export) = resolve(backend, requested, Access::ReadWrite)
+                let (name, export) = resolve(backend, grant, requested, Access::ReadWrite)
                     .await
                     .map_err(|e| HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
                 let mut reply = [0u8; 10 + 124];
@@ -126,6 +166,7 @@ where
                 } else {
                     match backend.list().await {
                         Ok(mut names) => {
+                            names.retain(|n| grant.sees(n));
                             names.sort();
                             for name in names.iter().filter(|n| n.len() <= MAX_NAME_LEN as usize) {
                                 let mut body = Vec::with_capacity(4 + name.len());
@@ -146,14 +187,14 @@ where
             }
             OPT_INFO | OPT_GO => match parse_info_request(&data) {
                 Err((kind, msg)) => reply(w, opt, kind, msg.as_bytes()).await?,
-                Ok(req) => match resolve(backend, &req.name, access_of(opt)).await {
+                Ok(req) => match resolve(backend, grant, &req.name, access_of(opt)).await {
                     Err(e) => {
-                        // Another gateway writes the volume: the server's policy (one
-                        // writer per volume) forbids it. NBD_REP_ERR_UNKNOWN also covers a
-                        // store that cannot open the volume right now; the message tells
-                        // the user which.
+                        // Another gateway writes the volume, or this identity may not use
+                        // it: the server's policy forbids it. NBD_REP_ERR_UNKNOWN also
+                        // covers a store that cannot open the volume right now; the message
+                        // tells the user which.
                         let kind = match e {
-                            BackendError::Busy(_) => REP_ERR_POLICY,
+                            BackendError::Busy(_) | BackendError::Denied(_) => REP_ERR_POLICY,
                             _ => REP_ERR_UNKNOWN,
                         };
                         reply(w, opt, kind, e.to_string().as_bytes()).await?;
@@ -210,7 +251,13 @@ where
                     reply(w, opt, REP_ACK, &[]).await?;
                 }
             },
-            OPT_STARTTLS => reply(w, opt, REP_ERR_UNSUP, b"TLS is not supported").await?,
+            OPT_STARTTLS if terms.tls => {
+                reply(w, opt, REP_ERR_INVALID, b"TLS is already negotiated").await?;
+            }
+            OPT_STARTTLS => {
+                let msg = b"TLS is not offered by this server (started without --tls)";
+                reply(w, opt, REP_ERR_UNSUP, msg).await?;
+            }
             OPT_EXTENDED_HEADERS => {
                 reply(w, opt, REP_ERR_UNSUP, b"not supported by this server").await?
             }
@@ -241,8 +288,12 @@ pub(crate) fn transmission_flags(structured: bool, read_only: bool) -> u16 {
 /// Opens `name`, or the default export when `name` is empty: the export whose name
 /// sorts first, so the choice does not depend on the order the store lists them in
 /// (a cluster with `vol0` exports `vol0`).
+/// Only exports `grant` allows are opened (checked before the name is looked up, so a
+/// refusal tells nothing about what exists), the default among them; a read-only grant
+/// opens them read-only.
 async fn resolve<B: Backend>(
     backend: &B,
+    grant: &Grant,
     name: &str,
     access: Access,
 ) -> Result<(String, B::Export), BackendError> {
@@ -251,12 +302,19 @@ async fn resolve<B: Backend>(
             .list()
             .await?
             .into_iter()
+            .filter(|n| grant.sees(n))
             .min()
             .ok_or_else(|| BackendError::NotFound("<default>".to_owned()))?
     } else {
         name.to_owned()
     };
-    let export = backend.open(&name, access).await?;
+    if !grant.sees(&name) {
+        DENIED.add(1);
+        return Err(BackendError::Denied(format!(
+            "export \"{name}\" is not among this certificate's volumes"
+        )));
+    }
+    let export = backend.open(&name, grant.access(access)).await?;
     Ok((name, export))
 }
 
@@ -424,7 +482,7 @@ async fn send_info<W: AsyncWrite + Unpin, E: Export>(
 }
 
 /// Writes one option reply (not flushed).
-async fn reply<W: AsyncWrite + Unpin>(
+pub(crate) async fn reply<W: AsyncWrite + Unpin>(
     w: &mut W,
     opt: u32,
     kind: u32,

@@ -25,13 +25,17 @@
 //!   (`NBD_STATE_ZERO`) and data (0) apart; at most 256 MiB described per request.
 //! - An export named `VOL@SNAP` is snapshot `SNAP` of volume `VOL`, read-only (writes get
 //!   `EPERM`); `NBD_OPT_LIST` lists volumes only.
-//! - Not offered: TLS, extended headers.
+//! - TLS ([`NbdServer::with_tls`], `starttls.rs`): required of every client once given;
+//!   the client's certificate then decides what it sees and opens ([`Grant`]).
+//! - Not offered: extended headers.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 mod consts;
+mod grant;
 mod handshake;
+mod starttls;
 mod tessera_backend;
 mod transmission;
 
@@ -46,13 +50,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{BufReader, BufWriter};
+use tessera_net::tls::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use backend::{Allocation, Backend, BackendError, Export, Extent};
+pub use grant::Grant;
 pub use tessera_backend::ReadOnlyClient;
 pub use transmission::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
@@ -65,6 +71,7 @@ pub struct NbdServer<B: Backend> {
     listener: TcpListener,
     local_addr: SocketAddr,
     backend: Arc<B>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl<B: Backend> NbdServer<B> {
@@ -77,7 +84,16 @@ impl<B: Backend> NbdServer<B> {
             listener,
             local_addr,
             backend,
+            tls: None,
         })
+    }
+
+    /// Requires TLS (`NBD_OPT_STARTTLS`) of every client, with a client certificate
+    /// `acceptor` verifies; the certificate's identity then limits the exports
+    /// ([`Grant::of`]). Without it every client is granted every export.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// The address actually bound.
@@ -101,6 +117,7 @@ impl<B: Backend> NbdServer<B> {
                             stream,
                             peer,
                             self.backend.clone(),
+                            self.tls.clone(),
                             stop_rx.clone(),
                         ));
                     }
@@ -128,24 +145,85 @@ impl<B: Backend> NbdServer<B> {
     }
 }
 
-/// One client connection, handshake then transmission.
+/// One client connection: TLS if required, the handshake, then transmission.
 async fn connection<B: Backend>(
     stream: TcpStream,
     peer: SocketAddr,
     backend: Arc<B>,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     debug!(%peer, "connection accepted");
     // Replies are batched by the writer; small ones must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut w = BufWriter::new(w);
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let Some(tls) = tls else {
+        let (r, w) = stream.into_split();
+        let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
+        let no_zeroes = tokio::select! {
+            res = tokio::time::timeout_at(deadline, handshake::greet(&mut r, &mut w)) => res,
+            _ = stop.wait_for(|&s| s) => return,
+        };
+        let no_zeroes = match no_zeroes {
+            Ok(Ok(z)) => z,
+            other => return ended(peer, other.map(|r| r.map(|_| ()))),
+        };
+        let terms = handshake::Terms {
+            grant: &Grant::All,
+            tls: false,
+        };
+        return proceed(&*backend, r, w, no_zeroes, terms, deadline, peer, stop).await;
+    };
+    let upgraded = tokio::select! {
+        res = tokio::time::timeout_at(deadline, starttls::upgrade(stream, &tls)) => res,
+        _ = stop.wait_for(|&s| s) => return,
+    };
+    let secured = match upgraded {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return debug!(%peer, "client aborted the handshake"),
+        other => return ended(peer, other.map(|r| r.map(|_| ()))),
+    };
+    debug!(%peer, who = %secured.who, "TLS established");
+    let grant = Grant::of(&secured.who);
+    let (r, w) = tokio::io::split(secured.stream);
+    let (r, w) = (BufReader::new(r), BufWriter::new(w));
+    let terms = handshake::Terms {
+        grant: &grant,
+        tls: true,
+    };
+    proceed(
+        &*backend,
+        r,
+        w,
+        secured.no_zeroes,
+        terms,
+        deadline,
+        peer,
+        stop,
+    )
+    .await;
+}
 
+/// Option haggling within the handshake's `deadline`, then transmission.
+#[allow(clippy::too_many_arguments)]
+async fn proceed<B, R, W>(
+    backend: &B,
+    mut r: R,
+    mut w: W,
+    no_zeroes: bool,
+    terms: handshake::Terms<'_>,
+    deadline: tokio::time::Instant,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    B: Backend,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let negotiated = tokio::select! {
-        res = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            handshake::negotiate(&*backend, &mut r, &mut w),
+        res = tokio::time::timeout_at(
+            deadline,
+            handshake::haggle(backend, &mut r, &mut w, no_zeroes, terms),
         ) => res,
         _ = stop.wait_for(|&s| s) => {
             debug!(%peer, "server shutting down during the handshake");
@@ -153,23 +231,9 @@ async fn connection<B: Backend>(
         }
     };
     let negotiated = match negotiated {
-        Err(_) => {
-            warn!(%peer, "handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropping");
-            return;
-        }
-        Ok(Err(handshake::HandshakeError::Io(e))) => {
-            debug!(%peer, "connection lost during the handshake: {e}");
-            return;
-        }
-        Ok(Err(e)) => {
-            warn!(%peer, "dropping connection: {e}");
-            return;
-        }
-        Ok(Ok(None)) => {
-            debug!(%peer, "client aborted the handshake");
-            return;
-        }
         Ok(Ok(Some(n))) => n,
+        Ok(Ok(None)) => return debug!(%peer, "client aborted the handshake"),
+        other => return ended(peer, other.map(|r| r.map(|_| ()))),
     };
     debug!(%peer, export = %negotiated.name, structured = negotiated.structured,
         block_status = negotiated.block_status, "entering transmission");
@@ -179,4 +243,20 @@ async fn connection<B: Backend>(
     };
     transmission::serve(negotiated.export, mode, r, w, peer, stop).await;
     debug!(%peer, "connection closed");
+}
+
+/// Logs why a handshake ended before transmission (refusals were counted where made).
+fn ended(
+    peer: SocketAddr,
+    why: Result<Result<(), handshake::HandshakeError>, tokio::time::error::Elapsed>,
+) {
+    match why {
+        Ok(Ok(())) => {}
+        Err(_) => warn!(%peer, "handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropping"),
+        Ok(Err(handshake::HandshakeError::Io(e))) => {
+            debug!(%peer, "connection lost during the handshake: {e}");
+        }
+        Ok(Err(e @ handshake::HandshakeError::Refused(_))) => warn!(%peer, "{e}"),
+        Ok(Err(e)) => warn!(%peer, "dropping connection: {e}"),
+    }
 }

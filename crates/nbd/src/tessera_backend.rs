@@ -42,7 +42,7 @@ impl Backend for Client {
     async fn open(&self, name: &str, access: Access) -> Result<Volume, BackendError> {
         Ok(match access {
             _ if name.contains('@') => Client::open_read_only(self, name).await?,
-            Access::Info => Client::open_read_only(self, name).await?,
+            Access::Info | Access::Read => Client::open_read_only(self, name).await?,
             Access::ReadWrite => Client::open(self, name).await?,
         })
     }

@@ -27,9 +27,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use tokio_rustls::{TlsConnector, TlsStream};
 
 pub use identity::{Identity, Role};
+/// For protocols that start TLS themselves (NBD's `NBD_OPT_STARTTLS`): [`Security::acceptor`].
+pub use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::server::TlsStream as ServerTlsStream;
 
 use crate::{Conn, NetError};
 

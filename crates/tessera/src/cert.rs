@@ -2,8 +2,9 @@
 //! processes and clients, in a certificates directory (`--certs-dir`).
 //!
 //! `init` makes `ca.crt` and `ca.key`; `issue` signs `node-ID`, `manager-ID` or
-//! `client-NAME` (`.crt` and `.key`) with it; `list` shows what the directory holds. Files
-//! are never overwritten. The CA key can live elsewhere (`--ca-key`): only `issue` needs it.
+//! `client-NAME` (`.crt` and `.key`) with it; `list` shows what the directory holds; `qemu`
+//! copies a client's files out for qemu and libnbd (NBD over TLS). Files are never
+//! overwritten. The CA key can live elsewhere (`--ca-key`): only `issue` needs it.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,10 @@ pub enum CertCmd {
     },
     /// The certificates in the directory: who each names, its serial, when it expires.
     List,
+    /// Copy client NAME's certificate and key, with the CA, into OUT in the layout qemu's
+    /// `tls-creds-x509` (`dir=OUT,endpoint=client`) and libnbd's `tls-certificates=OUT`
+    /// read: `ca-cert.pem`, `client-cert.pem`, `client-key.pem`, for NBD over TLS.
+    Qemu { name: String, out: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -102,7 +107,31 @@ pub fn cert(certs_dir: Option<PathBuf>, output: Output, cmd: CertCmd) -> Result<
             Ok(())
         }
         CertCmd::List => list(&dir, output),
+        CertCmd::Qemu { name, out } => {
+            qemu_dir(&dir, &format!("client-{name}"), &out)?;
+            println!(
+                "{}: ca-cert.pem, client-cert.pem, client-key.pem",
+                out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Copies certificate `stem` of `dir`, with the CA, into `out` as qemu and libnbd name
+/// them (never overwriting a file there).
+pub fn qemu_dir(dir: &Path, stem: &str, out: &Path) -> Result<()> {
+    let (crt, key) = issue::pair_paths(dir, stem);
+    for (from, to, mode) in [
+        (dir.join("ca.crt"), "ca-cert.pem", 0o644),
+        (crt, "client-cert.pem", 0o644),
+        (key, "client-key.pem", 0o600),
+    ] {
+        let pem = std::fs::read_to_string(&from)
+            .with_context(|| format!("reading {}", from.display()))?;
+        issue::write_new(&out.join(to), &pem, mode)?;
+    }
+    Ok(())
 }
 
 fn identity(who: IssueWho) -> Result<Identity> {

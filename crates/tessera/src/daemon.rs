@@ -90,25 +90,65 @@ pub async fn run_nbd(
     listen: &str,
     metrics: Option<String>,
     read_only: bool,
+    tls: bool,
 ) -> Result<()> {
     if let Some(m) = metrics {
         tessera_metrics::serve(&m)
             .await
             .with_context(|| format!("serving metrics on {m}"))?;
     }
-    let client = access.client(&format!("nbd gateway {listen}")).await?;
+    let security = access.security()?;
+    let acceptor = match (tls, security.acceptor()) {
+        (false, _) => None,
+        (true, Some(a)) => Some(a.clone()),
+        (true, None) => bail!("--tls needs the gateway's certificate: not with --insecure"),
+    };
+    let label = format!("nbd gateway {listen}");
+    let client =
+        tessera_client::Client::connect_with(access.managers.clone(), &label, security).await?;
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    let what = match (read_only, tls) {
+        (false, false) => "",
+        (true, false) => " (read-only)",
+        (false, true) => " (TLS)",
+        (true, true) => " (read-only, TLS)",
+    };
     if read_only {
         let backend = Arc::new(tessera_nbd::ReadOnlyClient(client));
-        let server = tessera_nbd::NbdServer::bind(listen, backend).await?;
-        eprintln!("tessera NBD gateway (read-only) on {}", server.local_addr());
+        let server = serve_nbd(listen, backend, acceptor).await?;
+        eprintln!("tessera NBD gateway{what} on {}", server.local_addr());
         server.run(stop).await;
     } else {
-        let server = tessera_nbd::NbdServer::bind(listen, Arc::new(client)).await?;
-        eprintln!("tessera NBD gateway on {}", server.local_addr());
+        let server = serve_nbd(listen, Arc::new(client), acceptor).await?;
+        eprintln!("tessera NBD gateway{what} on {}", server.local_addr());
         server.run(stop).await;
     }
     Ok(())
+}
+
+/// An NBD server on `listen`, requiring TLS if given an acceptor; a plain one on an
+/// address beyond this host is warned about (anyone who reaches it uses every volume).
+pub async fn serve_nbd<B: tessera_nbd::Backend>(
+    listen: &str,
+    backend: Arc<B>,
+    tls: Option<tessera_net::tls::TlsAcceptor>,
+) -> Result<tessera_nbd::NbdServer<B>> {
+    let server = tessera_nbd::NbdServer::bind(listen, backend)
+        .await
+        .with_context(|| format!("listening for NBD on {listen}"))?;
+    Ok(match tls {
+        Some(a) => server.with_tls(a),
+        None => {
+            if !server.local_addr().ip().is_loopback() {
+                tracing::warn!(
+                    "NBD on {} without --tls: whoever reaches this address reads and writes \
+                     every volume the gateway may",
+                    server.local_addr()
+                );
+            }
+            server
+        }
+    })
 }

@@ -36,6 +36,42 @@ pub struct DevArgs {
     /// Size of the default volume `vol0`, created on first start.
     #[arg(long, default_value = "10GiB", value_parser = crate::size::parse_size)]
     pub vol0_size: u64,
+    /// Serve NBD over TLS only (x509, `NBD_OPT_STARTTLS`): the gateway presents `client-nbd`
+    /// (made for the NBD address's host, 127.0.0.1 and localhost); qemu and libnbd present
+    /// the admin's certificate from `certs/qemu-admin`.
+    #[arg(long)]
+    pub nbd_tls: bool,
+}
+
+/// The dev gateway's certificate when it serves NBD over TLS.
+const NBD_CERT: &str = "nbd";
+/// The admin's certificate in qemu's and libnbd's layout, under the certificates directory.
+const QEMU_DIR: &str = "qemu-admin";
+
+/// Makes what NBD over TLS needs that `certs` lacks: the gateway's certificate, naming the
+/// hosts qemu may dial it by, and the admin's files for qemu.
+fn ensure_nbd_tls(certs: &Path, nbd_listen: &str) -> Result<()> {
+    let who = tessera_net::Identity::Client {
+        name: NBD_CERT.into(),
+        role: tessera_net::Role::Admin,
+    };
+    let stem = tessera_net::tls::issue::stem(&who);
+    if !tessera_net::tls::issue::pair_paths(certs, &stem).0.exists() {
+        let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        if let Some((h, _)) = nbd_listen.rsplit_once(':') {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            if !hosts.iter().any(|x| x == h) && !h.is_empty() && h != "0.0.0.0" && h != "::" {
+                hosts.push(h.to_string());
+            }
+        }
+        crate::cert::issue_into(certs, &certs.join("ca.key"), &who, &hosts, 3650)?;
+    }
+    let qemu = certs.join(QEMU_DIR);
+    if !qemu.join("client-key.pem").exists() {
+        let admin = format!("client-{}", crate::access::DEFAULT_USER);
+        crate::cert::qemu_dir(certs, &admin, &qemu)?;
+    }
+    Ok(())
 }
 
 /// Where a dev cluster keeps its data unless told.
@@ -87,8 +123,14 @@ pub async fn run(a: DevArgs, insecure: bool) -> Result<()> {
             crate::access::load(&certs, stem)
         }
     };
+    if insecure && a.nbd_tls {
+        bail!("--nbd-tls needs certificates: not with --insecure");
+    }
     if !insecure {
         ensure_certs(&certs, a.nodes)?;
+    }
+    if a.nbd_tls {
+        ensure_nbd_tls(&certs, &a.nbd)?;
     }
     let file: tessera_manager::ManagerConfigFile = crate::daemon::read_toml(&config)?;
     let mut mcfg: tessera_manager::ManagerConfig = file.into();
@@ -131,22 +173,43 @@ pub async fn run(a: DevArgs, insecure: bool) -> Result<()> {
                 .with_context(|| format!("starting storage node {}", i + 1))?,
         );
     }
+    let gateway = if a.nbd_tls {
+        security(&format!("client-{NBD_CERT}"))?
+    } else {
+        security(&format!("client-{}", crate::access::DEFAULT_USER))?
+    };
+    let acceptor = gateway.acceptor().filter(|_| a.nbd_tls).cloned();
     let client = Client::connect_with(
         vec![maddr.clone()],
         &format!("tessera dev nbd {}", a.nbd),
-        security(&format!("client-{}", crate::access::DEFAULT_USER))?,
+        gateway,
     )
     .await?;
     client.ensure_volume("vol0", a.vol0_size).await?;
-    let nbd = tessera_nbd::NbdServer::bind(&a.nbd, Arc::new(client)).await?;
+    let nbd = crate::daemon::serve_nbd(&a.nbd, Arc::new(client), acceptor).await?;
     let nbd_addr = nbd.local_addr();
     println!(
         "Tessera dev cluster is up: 1 manager, {} storage nodes, data in {}",
         a.nodes,
         a.data_dir.display()
     );
-    println!("  volume:  nbd://{nbd_addr}/vol0");
-    println!("  try:     qemu-img info nbd://{nbd_addr}/vol0");
+    if a.nbd_tls {
+        let qemu = certs.join(QEMU_DIR);
+        let (ip, port) = (nbd_addr.ip(), nbd_addr.port());
+        println!("  volume:  nbds://{nbd_addr}/vol0 (TLS only)");
+        println!(
+            "  try:     qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir={} \
+             --image-opts driver=nbd,host={ip},port={port},export=vol0,tls-creds=tls0",
+            qemu.display()
+        );
+        println!(
+            "           nbdinfo 'nbds://{nbd_addr}/vol0?tls-certificates={}'",
+            qemu.display()
+        );
+    } else {
+        println!("  volume:  nbd://{nbd_addr}/vol0");
+        println!("  try:     qemu-img info nbd://{nbd_addr}/vol0");
+    }
     let flags = if insecure {
         " --insecure".to_string()
     } else if a.data_dir == Path::new(DEFAULT_DATA_DIR) {

@@ -91,6 +91,14 @@ enum Cmd {
         /// Where to serve `GET /metrics` (Prometheus text); off if unset.
         #[arg(long)]
         metrics: Option<String>,
+        /// Require TLS of NBD clients (`NBD_OPT_STARTTLS` with x509 certificates, as qemu's
+        /// `tls-creds-x509` and libnbd's `nbds://` use it). The gateway serves with its own
+        /// certificate, which must name the host clients dial (`tessera cert issue client
+        /// NAME --role admin --host HOST`); each client's certificate of the cluster CA
+        /// then decides which volumes it sees and opens (`tessera cert qemu` writes one
+        /// out for qemu and libnbd).
+        #[arg(long)]
+        tls: bool,
     },
     /// Run a whole local cluster in one process: a manager, storage nodes (one rack each)
     /// and the NBD gateway, with volume `vol0` created on first start.
@@ -174,7 +182,8 @@ fn main() {
                 listen,
                 metrics,
                 read_only,
-            } => daemon::run_nbd(access, &listen, metrics, read_only).await,
+                tls,
+            } => daemon::run_nbd(access, &listen, metrics, read_only, tls).await,
             Cmd::Dev(d) => dev::run(d, insecure).await,
             Cmd::Volume(v) => cli::volume(access, args.output, v).await,
             Cmd::Snapshot(s) => snapshots::snapshot(access, args.output, s).await,
@@ -192,11 +201,15 @@ fn main() {
     }
 }
 
-/// Daemons log at info; CLI commands only warn.
+/// Daemons log at info; CLI commands only warn. rustls only errors: it warns of what
+/// clients other than Tessera's send in their hello (qemu's IP address as the server
+/// name), and a refused handshake is logged by the process with the peer it came from.
 fn default_log(cmd: &Cmd) -> &'static str {
     match cmd {
-        Cmd::Manager { .. } | Cmd::Storage { .. } | Cmd::Nbd { .. } | Cmd::Dev(_) => "info",
-        _ => "warn",
+        Cmd::Manager { .. } | Cmd::Storage { .. } | Cmd::Nbd { .. } | Cmd::Dev(_) => {
+            "info,rustls=error"
+        }
+        _ => "warn,rustls=error",
     }
 }
 

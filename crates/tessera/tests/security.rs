@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::cluster::issue_certs;
+use common::metrics::{counted, counter};
 use common::{Cluster, Opts, free_port};
 use tessera_net::{Identity, NetError, Role, Security};
 use tessera_proto::control::{
@@ -20,39 +20,6 @@ use tessera_proto::data::RaftBatch;
 use tessera_proto::frame::{Frame, Kind};
 
 const T: Duration = Duration::from_secs(5);
-
-/// `GET /metrics` of `addr`: the value of counter `name` (0 if not exported yet).
-fn counter(addr: &str, name: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
-    s.set_read_timeout(Some(T)).expect("timeout");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits (up to 10 s) until counter `name` of `addr` reaches `at_least`: the refusing
-/// process counts right after it answers, which may be after the caller saw the answer.
-fn counted(addr: &str, name: &str, at_least: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = counter(addr, name);
-        if n >= at_least {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} at {addr} is {n}, expected at least {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn refused<T: std::fmt::Debug>(r: Result<T, NetError>) -> String {
     match r {

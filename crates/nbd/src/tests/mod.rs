@@ -3,6 +3,7 @@
 
 mod block_status;
 mod mem;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

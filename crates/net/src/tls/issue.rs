@@ -72,6 +72,14 @@ pub fn issue(
         names.push(SanType::URI(uri.try_into()?));
     }
     let serves = !matches!(who, Identity::Client { .. });
+    if !serves && hosts.iter().any(|h| h == SERVER_NAME) {
+        // Tessera's processes take any server of the cluster CA named SERVER_NAME: a
+        // client holding that name could answer as a manager or a node.
+        return Err(TlsError::Invalid(format!(
+            "a client's certificate may not name the host {SERVER_NAME:?}, which Tessera's \
+             own servers answer to"
+        )));
+    }
     if serves {
         names.push(SanType::DnsName(SERVER_NAME.try_into()?));
     }
@@ -82,7 +90,12 @@ pub fn issue(
         });
     }
     params.subject_alt_names = names;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Key encipherment means nothing to an ECDSA key under TLS 1.3, but qemu's x509
+    // credentials refuse a certificate whose (critical) key usage lacks it.
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     if serves || !hosts.is_empty() {
         params

@@ -230,3 +230,25 @@ async fn a_client_the_server_refuses_is_told_so_on_its_first_read() {
     assert!(matches!(e, NetError::Handshake { .. }), "{e}");
     assert!(accepted.recv().await.unwrap().is_err());
 }
+
+/// Every Tessera process takes a server of the cluster CA named `tessera` as one of its
+/// own: a client's certificate may name other hosts (for NBD over TLS), never that one.
+#[test]
+fn a_client_certificate_may_not_name_the_host_tessera_servers_answer_to() {
+    let pki = Pki::new();
+    let issue = |hosts: &[&str]| {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        issue::issue(&pki.ca.cert_pem, &pki.ca.key_pem, &admin(), &hosts, 1)
+    };
+    let e = issue(&["localhost", issue::SERVER_NAME]).expect_err("refused");
+    assert!(e.to_string().contains("may not name the host"), "{e}");
+    issue(&["localhost", "127.0.0.1"]).expect("other hosts are fine");
+    issue::issue(
+        &pki.ca.cert_pem,
+        &pki.ca.key_pem,
+        &Identity::Node(1),
+        &[issue::SERVER_NAME.to_string()],
+        1,
+    )
+    .expect("a node serves as tessera anyway");
+}

@@ -6,7 +6,8 @@
 //! - `process.rs`: ports, spawning the binary, signals, open-file limits, log tails.
 //! - `cluster.rs`: [`Cluster`] (managers, storage nodes) built from [`Opts`]; readiness,
 //!   status, the CLI, requests straight to a node.
-//! - `nbd.rs`: [`Gateway`], a `tessera nbd` process started from a cluster.
+//! - `nbd.rs`: [`Gateway`], a `tessera nbd` process started from a cluster (plain or TLS).
+//! - `metrics.rs`: a process's Prometheus counters, read and awaited.
 //! - `tmpfs.rs`: [`TmpfsDisks`], storage nodes on small tmpfs mounts (full-disk tests).
 //! - `backup.rs`: object stores for a cluster (a directory, the in-process S3 server), and
 //!   what the backup tests ask and check (backups, restores, manifests, checksums).
@@ -19,6 +20,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod metrics;
 pub mod nbd;
 pub mod process;
 pub mod scrub;

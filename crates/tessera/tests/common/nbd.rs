@@ -25,8 +25,13 @@ pub struct Gateway {
     pub child: Option<Child>,
     managers: String,
     read_only: bool,
-    /// The cluster's certificates directory (the gateway presents `client-admin`).
+    /// The cluster's certificates directory (the gateway presents `client-USER`).
     certs: PathBuf,
+    user: String,
+    /// `--tls`: NBD clients must start TLS.
+    tls: bool,
+    /// `--metrics` on this port, if any.
+    pub metrics: Option<u16>,
 }
 
 impl Cluster {
@@ -40,7 +45,17 @@ impl Cluster {
         self.start_gateway(true)
     }
 
+    /// A `tessera --user USER nbd --tls` gateway serving `/metrics` too: NBD clients must
+    /// start TLS, and their certificates decide what they see. `client-USER` must exist.
+    pub fn tls_gateway(&self, user: &str) -> Gateway {
+        self.launch_gateway(false, user, true)
+    }
+
     fn start_gateway(&self, read_only: bool) -> Gateway {
+        self.launch_gateway(read_only, "admin", false)
+    }
+
+    fn launch_gateway(&self, read_only: bool, user: &str, tls: bool) -> Gateway {
         let k = self.gateways_started.fetch_add(1, Ordering::Relaxed);
         let mut g = Gateway {
             port: free_port(),
@@ -49,6 +64,9 @@ impl Cluster {
             managers: self.manager_addrs().join(","),
             read_only,
             certs: self.certs.clone(),
+            user: user.to_string(),
+            tls,
+            metrics: tls.then(free_port),
         };
         g.spawn();
         g
@@ -63,11 +81,14 @@ impl Gateway {
         for _ in 0..5 {
             let listen = format!("127.0.0.1:{}", self.port);
             let certs = self.certs.to_str().expect("utf8");
+            let metrics = self.metrics.map(|p| format!("127.0.0.1:{p}"));
             let mut args = vec![
                 "--manager",
                 &self.managers,
                 "--certs-dir",
                 certs,
+                "--user",
+                &self.user,
                 "nbd",
                 "--listen",
                 &listen,
@@ -75,12 +96,19 @@ impl Gateway {
             if self.read_only {
                 args.push("--read-only");
             }
+            if self.tls {
+                args.push("--tls");
+            }
+            if let Some(m) = &metrics {
+                args.extend(["--metrics", m.as_str()]);
+            }
             let mut child = Launch::new(&args).spawn(&self.log);
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
                     eprintln!("nbd gateway exited at start ({status}); retrying on a new port");
                     self.port = free_port();
+                    self.metrics = self.metrics.map(|_| free_port());
                     break;
                 }
                 if greets(self.port) && matches!(child.try_wait(), Ok(None)) {
