@@ -45,7 +45,8 @@ pub enum Access {
     /// Read and write it (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`).
     ReadWrite,
     /// Read it, never write, and never take it from a client writing it (a read-only
-    /// identity's `NBD_OPT_GO`): the export is advertised read-only.
+    /// identity's `NBD_OPT_GO`): the export returned must say [`Export::read_only`], or the
+    /// server refuses it.
     Read,
 }
 

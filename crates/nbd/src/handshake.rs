@@ -3,8 +3,8 @@
 //! Everything read here is untrusted: every length is checked before anything is
 //! allocated, and protocol violations end the connection with [`HandshakeError::Protocol`]
 //! (never a panic). Extended headers are not offered (`NBD_REP_ERR_UNSUP` like any
-//! unknown option); TLS is started before haggling, in `starttls.rs`, or not offered. Only
-//! the exports the connection's [`Grant`] allows are listed or opened. The one metadata context offered is
+//! unknown option); TLS is started before haggling, in `starttls.rs`, or not offered.
+//! Only the exports the connection's [`Grant`] allows are listed or opened. The one metadata context offered is
 //! `base:allocation`, selected for the export named in the last `NBD_OPT_SET_META_CONTEXT`
 //! if transmission then starts on that same name (as the spec asks).
 
@@ -79,9 +79,11 @@ where
     Ok(client_flags & FLAG_C_NO_ZEROES != 0)
 }
 
-/// Reads one option: its number and data (length checked before anything is allocated).
+/// Reads one option: its number and data (length checked against `max`, at most
+/// [`MAX_OPTION_LEN`], before anything is allocated).
 pub(crate) async fn read_option<R: AsyncRead + Unpin>(
     r: &mut R,
+    max: u32,
 ) -> Result<(u32, Vec<u8>), HandshakeError> {
     let magic = r.read_u64().await?;
     if magic != IHAVEOPT {
@@ -91,9 +93,10 @@ pub(crate) async fn read_option<R: AsyncRead + Unpin>(
     }
     let opt = r.read_u32().await?;
     let len = r.read_u32().await?;
-    if len > MAX_OPTION_LEN {
+    let max = max.min(MAX_OPTION_LEN);
+    if len > max {
         return Err(HandshakeError::Protocol(format!(
-            "option {opt} carries {len} bytes, more than the limit of {MAX_OPTION_LEN}"
+            "option {opt} carries {len} bytes, more than the limit of {max}"
         )));
     }
     let mut data = vec![0u8; len as usize];
@@ -123,7 +126,7 @@ where
     let mut meta_export: Option<String> = None;
 
     loop {
-        let (opt, data) = read_option(r).await?;
+        let (opt, data) = read_option(r, MAX_OPTION_LEN).await?;
         let len = data.len() as u32;
         match opt {
             OPT_EXPORT_NAME => {
@@ -138,7 +141,12 @@ where
                 // This option cannot be answered with an error: refusing means hanging up.
                 let (name, export) = resolve(backend, grant, requested, Access::ReadWrite)
                     .await
-                    .map_err(|e| HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")))?;
+                    .map_err(|e| match e {
+                        BackendError::Denied(_) => {
+                            HandshakeError::Refused(format!("NBD_OPT_EXPORT_NAME: {e}"))
+                        }
+                        _ => HandshakeError::Protocol(format!("NBD_OPT_EXPORT_NAME: {e}")),
+                    })?;
                 let mut reply = [0u8; 10 + 124];
                 reply[..8].copy_from_slice(&export.size().to_be_bytes());
                 let flags = transmission_flags(structured, export.read_only());
@@ -314,7 +322,14 @@ async fn resolve<B: Backend>(
             "export \"{name}\" is not among this certificate's volumes"
         )));
     }
-    let export = backend.open(&name, grant.access(access)).await?;
+    let access = grant.access(access);
+    let export = backend.open(&name, access).await?;
+    if access == Access::Read && !export.read_only() {
+        // A backend that ignored the read-only open: refused, never served writable.
+        return Err(BackendError::Denied(format!(
+            "export \"{name}\" could not be opened read-only"
+        )));
+    }
     Ok((name, export))
 }
 

@@ -122,13 +122,16 @@ pub fn cert(certs_dir: Option<PathBuf>, output: Output, cmd: CertCmd) -> Result<
 /// them (never overwriting a file there).
 pub fn qemu_dir(dir: &Path, stem: &str, out: &Path) -> Result<()> {
     let (crt, key) = issue::pair_paths(dir, stem);
-    for (from, to, mode) in [
-        (dir.join("ca.crt"), "ca-cert.pem", 0o644),
-        (crt, "client-cert.pem", 0o644),
-        (key, "client-key.pem", 0o600),
-    ] {
-        let pem = std::fs::read_to_string(&from)
-            .with_context(|| format!("reading {}", from.display()))?;
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    // All read before any is written: a missing file leaves nothing half made behind.
+    let files = [
+        (read(dir.join("ca.crt"))?, "ca-cert.pem", 0o644),
+        (read(crt)?, "client-cert.pem", 0o644),
+        (read(key)?, "client-key.pem", 0o600),
+    ];
+    for (pem, to, mode) in files {
         issue::write_new(&out.join(to), &pem, mode)?;
     }
     Ok(())

@@ -121,7 +121,7 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
         "127.0.0.1",
     ]);
     c.cli_ok(&[
-        "cert", "issue", "client", "alice", "--role", "user", "--volume", "a",
+        "cert", "issue", "client", "alice", "--role", "user", "--volume", "b",
     ]);
     c.cli_ok(&["cert", "issue", "client", "auditor", "--role", "read-only"]);
     let (admin, alice, auditor) = (
@@ -132,50 +132,76 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
     let g = c.tls_gateway("gw");
     let metrics = format!("127.0.0.1:{}", g.metrics.expect("metrics"));
 
-    // An admin sees and uses everything: write a pattern into b.
+    // An admin sees and uses everything: write a pattern into a.
     assert_eq!(listed(&g, &admin), ["a", "b"]);
-    qemu_io(&g, &admin, "b", false, &["write -P 0x3c 0 64k"]).unwrap_or_else(|e| panic!("{e}"));
+    qemu_io(&g, &admin, "a", false, &["write -P 0x3c 0 64k"]).unwrap_or_else(|e| panic!("{e}"));
 
-    // A volume user: a only, read-write.
-    assert_eq!(listed(&g, &alice), ["a"]);
+    // A volume user: b only, read-write; its default export (the empty name) is b, not
+    // the a that sorts first among all volumes.
+    assert_eq!(listed(&g, &alice), ["b"]);
     qemu_io(
         &g,
         &alice,
-        "a",
+        "b",
         false,
         &["write -P 0xa5 1m 128k", "read -P 0xa5 1m 128k"],
     )
-    .unwrap_or_else(|e| panic!("alice on a: {e}"));
-    let denied = counter(&metrics, DENIED);
-    let mut info = vec!["info".to_string()];
-    info.extend(qemu_tls(&g, &alice, "b"));
-    let info: Vec<&str> = info.iter().map(String::as_str).collect();
-    let o = run("qemu-img", &info);
-    assert!(!o.status.success(), "alice opened b: {}", said(&o));
-    assert!(
-        said(&o).contains("not among this certificate's volumes"),
-        "{}",
-        said(&o)
+    .unwrap_or_else(|e| panic!("alice on b: {e}"));
+    let default = format!(
+        "nbds://127.0.0.1:{}/?tls-certificates={}",
+        g.port,
+        alice.display()
     );
-    counted(&metrics, DENIED, denied + 1);
+    let o = run("nbdinfo", &["--json", &default]);
+    assert!(o.status.success(), "{}", said(&o));
+    assert!(said(&o).contains("\"export-name\": \"b\""), "{}", said(&o));
+    let denied = counter(&metrics, DENIED);
+    for export in ["a", "a@snap"] {
+        let mut info = vec!["info".to_string()];
+        info.extend(qemu_tls(&g, &alice, export));
+        let info: Vec<&str> = info.iter().map(String::as_str).collect();
+        let o = run("qemu-img", &info);
+        assert!(!o.status.success(), "alice opened {export}: {}", said(&o));
+        assert!(
+            said(&o).contains("not among this certificate's volumes"),
+            "{}",
+            said(&o)
+        );
+    }
+    counted(&metrics, DENIED, denied + 2);
 
     // A read-only certificate reads anything, writes nothing (qemu refuses to open the
-    // export read-write: the gateway advertises it read-only).
-    qemu_io(&g, &auditor, "b", true, &["read -P 0x3c 0 64k"])
-        .unwrap_or_else(|e| panic!("auditor reads b: {e}"));
-    let e = qemu_io(&g, &auditor, "a", false, &["write -P 0x11 1m 4k"]).expect_err("a write");
+    // export read-write: the gateway advertises it read-only), and does not take a volume
+    // from the client writing it.
+    let writer = c.client().await;
+    let b = writer.open("b").await.expect("attach b");
+    qemu_io(&g, &auditor, "a", true, &["read -P 0x3c 0 64k"])
+        .unwrap_or_else(|e| panic!("auditor reads a: {e}"));
+    qemu_io(&g, &auditor, "b", true, &["read -P 0xa5 1m 128k"])
+        .unwrap_or_else(|e| panic!("auditor reads b while it is written: {e}"));
+    let e = qemu_io(&g, &auditor, "b", false, &["write -P 0x11 1m 4k"]).expect_err("a write");
     assert!(
         e.contains("ermission denied") || e.contains("read-only"),
         "{e}"
     );
-    qemu_io(&g, &alice, "a", true, &["read -P 0xa5 1m 128k"])
-        .unwrap_or_else(|e| panic!("the read-only client wrote a: {e}"));
+    b.write(0, bytes::Bytes::from(vec![7u8; 4096]))
+        .await
+        .expect("the writer of b is still its writer");
+    b.close().await.expect("close b");
+    qemu_io(
+        &g,
+        &alice,
+        "b",
+        true,
+        &["read -P 0xa5 1m 128k", "read -P 7 0 4k"],
+    )
+    .unwrap_or_else(|e| panic!("b after the read-only client: {e}"));
 
     // Strangers: a plain client, and a certificate of another CA that trusts ours.
     let refused = counter(&metrics, REFUSED);
-    let plain = format!("nbd://127.0.0.1:{}/a", g.port);
+    let plain = format!("nbd://127.0.0.1:{}/b", g.port);
     let o = run("qemu-img", &["info", &plain]);
-    assert!(!o.status.success(), "a plain client opened a: {}", said(&o));
+    assert!(!o.status.success(), "a plain client opened b: {}", said(&o));
     assert!(said(&o).contains("requires TLS"), "{}", said(&o));
     let other = c.dir.path().join("other-ca");
     issue_certs(
@@ -204,12 +230,13 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
     let o = run("nbdinfo", &[&uri]);
     assert!(
         !o.status.success(),
-        "another CA's client opened a: {}",
+        "another CA's client opened b: {}",
         said(&o)
     );
     counted(&metrics, REFUSED, refused + 2);
+    assert_eq!(counter(&metrics, REFUSED), refused + 2, "each refused once");
 
     // The clients that may are still served.
-    qemu_io(&g, &alice, "a", false, &["read -P 0xa5 1m 128k"])
+    qemu_io(&g, &alice, "b", false, &["read -P 0xa5 1m 128k"])
         .unwrap_or_else(|e| panic!("alice after the refusals: {e}"));
 }

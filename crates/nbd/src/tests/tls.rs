@@ -77,8 +77,8 @@ async fn without_starttls_every_option_is_refused_and_export_name_hangs_up() {
     assert_eq!(kind, REP_ERR_INVALID);
     c.option(OPT_EXPORT_NAME, b"vol0").await.unwrap();
     c.expect_eof().await.unwrap();
-    // One connection, one refusal (other tests may count theirs meanwhile).
-    assert!(crate::starttls::REFUSED.get() > refused);
+    // One connection, one refusal (no other test of this binary refuses connections).
+    assert_eq!(crate::starttls::REFUSED.get(), refused + 1);
 
     // A client that starts TLS is answered ACK, then the server waits for its hello.
     let mut c = Conn::connect(s.addr).await.unwrap();
@@ -92,5 +92,13 @@ async fn without_starttls_every_option_is_refused_and_export_name_hangs_up() {
     let alert = c.read_exact(7).await.unwrap();
     assert_eq!(alert[0], 0x15, "an alert: {alert:02x?}");
     c.expect_eof().await.unwrap();
+    assert_eq!(crate::starttls::REFUSED.get(), refused + 2);
+
+    // A client that aborts at once, never told anything, is not a refusal.
+    let mut c = Conn::connect(s.addr).await.unwrap();
+    c.option(OPT_ABORT, &[]).await.unwrap();
+    assert_eq!(c.option_reply().await.unwrap().1, REP_ACK);
+    c.expect_eof().await.unwrap();
+    assert_eq!(crate::starttls::REFUSED.get(), refused + 2);
     drop(s);
 }
