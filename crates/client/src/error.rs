@@ -144,6 +144,7 @@ fn net_class(e: &NetError) -> ErrorClass {
         | NetError::Io(_)
         | NetError::Closed
         | NetError::Timeout { .. }
+        | NetError::Stalled { .. }
         | NetError::NoLeader { .. } => ErrorClass::Unavailable,
         NetError::Control(e) => control_class(e),
         // A peer that sends what cannot be decoded is not going to get better by waiting.

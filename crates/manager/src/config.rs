@@ -75,6 +75,8 @@ pub struct ManagerConfig {
     /// TLS as its manager certificate, or plain TCP (`--insecure`). Loaded by the caller
     /// (from [`ManagerConfigFile::certs_dir`]).
     pub security: tessera_net::Security,
+    /// The API port's connection caps, deadlines and memory budget (`[ingress]`).
+    pub ingress: tessera_net::IngressLimits,
 }
 
 /// Default [`ManagerConfig::backup_bytes_per_sec`]: 256 MiB/s.
@@ -121,6 +123,7 @@ impl Default for ManagerConfig {
             backup_window: 8,
             gc_grace: Duration::from_secs(600),
             security: tessera_net::Security::insecure(),
+            ingress: Default::default(),
         }
     }
 }
@@ -306,6 +309,8 @@ pub struct ManagerConfigFile {
     pub backup_window: u32,
     /// [`ManagerConfig::gc_grace`], in seconds.
     pub gc_grace_secs: u64,
+    /// [`ManagerConfig::ingress`].
+    pub ingress: tessera_net::IngressLimits,
 }
 
 impl Default for ManagerConfigFile {
@@ -341,6 +346,7 @@ impl From<ManagerConfig> for ManagerConfigFile {
             backup_chunks_in_flight: c.backup_chunks_in_flight,
             backup_window: c.backup_window,
             gc_grace_secs: c.gc_grace.as_secs(),
+            ingress: c.ingress,
         }
     }
 }
@@ -371,6 +377,7 @@ impl From<ManagerConfigFile> for ManagerConfig {
             backup_window: f.backup_window,
             gc_grace: Duration::from_secs(f.gc_grace_secs),
             security: tessera_net::Security::insecure(),
+            ingress: f.ingress,
         }
     }
 }

@@ -144,6 +144,7 @@ impl Manager {
         ));
         let acceptor = tokio::spawn(accept_loop(
             listener,
+            Door::new(config.ingress.clone()),
             config.security.clone(),
             service.clone(),
             consensus.clone(),
@@ -302,11 +303,39 @@ async fn refuse_a_second_group(config: &ManagerConfig) -> Result<(), Error> {
 
 static REFUSED_CONNECTIONS: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
     "tessera_manager_refused_connections_total",
-    "Connections refused at the TLS handshake (no certificate of the cluster, or none at all)",
+    "Connections refused: past a cap (connections, handshakes, in all or from one address), \
+     or at the TLS handshake (no certificate of the cluster, or none at all)",
 );
+
+/// The API port's caps and the budget of request bodies being read: a connection is
+/// served one request at a time, so its answers wait for it to read them.
+struct Door {
+    ingress: Arc<tessera_net::Ingress>,
+    limits: tessera_net::ReadLimits,
+}
+
+impl Door {
+    fn new(limits: tessera_net::IngressLimits) -> Door {
+        let bodies = tessera_net::Budget::new(
+            limits.memory_bytes / 4 * 3,
+            u64::from(tessera_proto::frame::MAX_BODY),
+        );
+        Door {
+            limits: tessera_net::ReadLimits {
+                idle: limits.idle(),
+                frame: limits.frame(),
+                budget: Some(bodies),
+                // The managers' own replication never waits behind clients' bodies.
+                exempt: &[Kind::ManagerRaft],
+            },
+            ingress: tessera_net::Ingress::new(limits),
+        }
+    }
+}
 
 async fn accept_loop(
     listener: TcpListener,
+    door: Door,
     security: tessera_net::Security,
     service: Shared,
     consensus: Consensus,
@@ -318,9 +347,19 @@ async fn accept_loop(
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Past a cap the connection is closed at once, before its handshake.
+                    let admitted = match door.ingress.admit(peer) {
+                        Ok(a) => a,
+                        Err(why) => {
+                            REFUSED_CONNECTIONS.add(1);
+                            debug!(%peer, "refused a connection: {why}");
+                            continue;
+                        }
+                    };
                     conns.spawn(serve_connection(
                         stream,
                         peer,
+                        (admitted, door.limits.clone()),
                         security.clone(),
                         service.clone(),
                         consensus.clone(),
@@ -369,6 +408,7 @@ async fn apply_loop(service: Shared, consensus: Consensus, mut stopped: watch::R
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    (mut admitted, limits): (tessera_net::Admitted, tessera_net::ReadLimits),
     security: tessera_net::Security,
     service: Shared,
     consensus: Consensus,
@@ -383,8 +423,10 @@ async fn serve_connection(
             return;
         }
     };
+    admitted.handshake_done();
     let (r, w) = conn.into_split();
-    let mut reader = FrameReader::new(r);
+    let frame_deadline = limits.frame;
+    let mut reader = FrameReader::with_limits(r, limits);
     let mut w = BufWriter::new(w);
     let mut parts = Parts::default();
     loop {
@@ -393,6 +435,10 @@ async fn serve_connection(
             Ok(None) => return,
             Err(NetError::Io(e)) => {
                 debug!(%peer, error = %e, "connection lost");
+                return;
+            }
+            Err(e @ NetError::Stalled { .. }) => {
+                debug!(%peer, error = %e, "dropping connection");
                 return;
             }
             Err(e) => {
@@ -436,14 +482,21 @@ async fn serve_connection(
             }
         };
         let reply = rpc_reply(frame.request_id, &res);
-        if let Err(e) = async {
+        // A peer that does not take its answer within a frame's deadline is dropped.
+        let write = async {
             write_frame(&mut w, &reply).await?;
             w.flush().await
-        }
-        .await
-        {
-            debug!(%peer, error = %e, "connection lost while answering");
-            return;
+        };
+        match tokio::time::timeout(frame_deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "connection lost while answering");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "dropping connection: it does not read its answers");
+                return;
+            }
         }
     }
 }

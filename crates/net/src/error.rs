@@ -55,6 +55,15 @@ pub enum NetError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// The peer sent nothing for too long, or took too long over one frame: a server
+    /// closes such a connection (clients reconnect).
+    #[error("the peer did not send {what} within {after:?}: closed")]
+    Stalled {
+        /// What was awaited: "anything" (idle) or "the rest of a frame" (slow).
+        what: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
     /// The peer answered with a frame of a kind that does not answer the request.
     #[error("unexpected frame kind {0:?}")]
     UnexpectedKind(Kind),

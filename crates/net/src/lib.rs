@@ -15,12 +15,15 @@
 //!   at a time goes through ([`FrameWriter`]), and the queues it drains.
 //! - [`link`]: a reconnecting one-way connection to a peer, with a bounded queue
 //!   ([`PeerLink`]): Raft messages between storage nodes and between managers.
+//! - [`ingress`]: a server's connection caps, deadlines and byte budget ([`Ingress`],
+//!   [`IngressLimits`], [`Budget`]).
 //! - [`error`]: what went wrong ([`NetError`]).
 
 #![warn(missing_docs)]
 
 pub mod conn;
 pub mod error;
+pub mod ingress;
 pub mod link;
 pub mod rpc;
 pub mod stream;
@@ -29,8 +32,9 @@ pub mod writer;
 
 pub use conn::{Conn, ConnRead, ConnWrite};
 pub use error::NetError;
+pub use ingress::{Admitted, Budget, Crowded, Ingress, IngressLimits};
 pub use link::{LinkOptions, PeerLink};
 pub use rpc::{MANAGER_RETRY_FOR, call, call_managers, rpc_reply};
-pub use stream::{FrameReader, write_frame};
+pub use stream::{FrameReader, ReadLimits, SMALL_BODY, write_frame};
 pub use tls::{Identity, Role, Security};
 pub use writer::{FrameWriter, Outgoing, Queue};

@@ -165,12 +165,22 @@ pub fn encode_header_parts(kind: Kind, request_id: u64, parts: &[&[u8]]) -> [u8;
     h
 }
 
-/// Takes one whole frame off the front of `buf`, if one is there.
-///
-/// `Ok(None)` means more bytes are needed. An error means the stream is unusable: the caller
-/// drops the connection. The header is validated as soon as it has arrived, so an oversized
-/// length is refused before any of its body is buffered.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+/// A frame's header, validated: what the body must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The frame's kind.
+    pub kind: Kind,
+    /// The request it belongs to.
+    pub request_id: u64,
+    /// Body bytes to follow (at most [`MAX_BODY`]).
+    pub body_len: u32,
+    body_crc: u32,
+}
+
+/// The header at the front of `buf`, validated, once it has arrived (`Ok(None)` before).
+/// Nothing is taken off `buf` and nothing is allocated: a reader may decide whether to
+/// buffer the body (its memory) before it reads on.
+pub fn peek_header(buf: &[u8]) -> Result<Option<Header>, DecodeError> {
     // Check the magic as soon as it has arrived, so a peer speaking another protocol is
     // refused at once rather than left waiting for a header that never completes.
     let have = buf.len().min(4);
@@ -193,7 +203,6 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     let kind = Kind::try_from(h[5])?;
     let mut id = [0u8; 8];
     id.copy_from_slice(&h[8..16]);
-    let request_id = u64::from_le_bytes(id);
     let body_len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
     if body_len > MAX_BODY {
         return Err(DecodeError::TooLarge {
@@ -201,18 +210,35 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
             max: MAX_BODY as u64,
         });
     }
-    let body_crc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
-    let total = HEADER_LEN + body_len as usize;
+    Ok(Some(Header {
+        kind,
+        request_id: u64::from_le_bytes(id),
+        body_len,
+        body_crc: u32::from_le_bytes([h[20], h[21], h[22], h[23]]),
+    }))
+}
+
+/// Takes one whole frame off the front of `buf`, if one is there.
+///
+/// `Ok(None)` means more bytes are needed (room for the rest of the frame is then reserved
+/// in `buf`). An error means the stream is unusable: the caller drops the connection. The
+/// header is validated as soon as it has arrived, so an oversized length is refused before
+/// any of its body is buffered.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    let Some(h) = peek_header(buf)? else {
+        return Ok(None);
+    };
+    let total = HEADER_LEN + h.body_len as usize;
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
     buf.advance(HEADER_LEN);
-    let body = buf.split_to(body_len as usize).freeze();
-    if crc32c::crc32c(&body) != body_crc {
+    let body = buf.split_to(h.body_len as usize).freeze();
+    if crc32c::crc32c(&body) != h.body_crc {
         return Err(DecodeError::BodyChecksum);
     }
-    Ok(Some(Frame::new(kind, request_id, body)))
+    Ok(Some(Frame::new(h.kind, h.request_id, body)))
 }
 
 #[cfg(test)]

@@ -516,6 +516,7 @@ async fn a_request_given_up_on_stops_with_its_connection() {
         moving: Default::default(),
         scrub: crate::scrub::Scrubber::detached(one.data_dir()),
         security: Default::default(),
+        gate: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

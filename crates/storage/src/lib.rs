@@ -35,6 +35,7 @@ mod authz;
 mod backup;
 mod catch_up;
 mod fetch;
+mod gate;
 mod lazy;
 mod replies;
 mod scrub;
@@ -123,6 +124,11 @@ pub struct StorageConfig {
     /// Background scrubbing of the replicas (`[scrub]`: `bytes_per_sec`, `period_secs`).
     #[serde(default)]
     pub scrub: ScrubConfig,
+    /// The data port's connection caps, deadlines and memory budget (`[ingress]`:
+    /// `max_connections`, `max_connections_per_address`, `max_handshakes`,
+    /// `max_handshakes_per_address`, `memory_bytes`, `idle_secs`, `frame_secs`).
+    #[serde(default)]
+    pub ingress: tessera_net::IngressLimits,
 }
 
 fn default_copy_list_page() -> u32 {
@@ -315,6 +321,7 @@ impl StorageNode {
             moving: Default::default(),
             scrub,
             security: cfg.security.clone(),
+            gate: gate::Gate::new(cfg.ingress.clone()),
         });
         if let Some(m) = &cfg.metrics_listen {
             tessera_metrics::serve(m).await?;
@@ -548,6 +555,7 @@ mod tests {
             copy_list_page: default_copy_list_page(),
             stuck_after_ms: default_stuck_after_ms(),
             scrub: ScrubConfig::default(),
+            ingress: Default::default(),
         };
         match StorageNode::start(cfg).await {
             Err(Error::OldLayout(p)) => assert_eq!(p, tmp.path()),

@@ -15,15 +15,17 @@ use tessera_proto::data::{Op, RaftBatch, Reply, Request};
 use tessera_proto::frame::{Frame, Kind};
 use tessera_raft::{MembersAnswer, RaftNode};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit as Permit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::authz::{Asked, check};
 use crate::catch_up::{CopySources, serve_catch_up};
+use crate::gate::{Gate, Held};
 use crate::replies;
 
 static REFUSED_CONNECTIONS: tessera_metrics::LazyCounter = tessera_metrics::LazyCounter::new(
     "tessera_storage_refused_connections_total",
-    "Connections refused at the TLS handshake (no certificate of the cluster, or none at all)",
+    "Connections refused: past a cap (connections, handshakes, in all or from one address), \
+     or at the TLS handshake (no certificate of the cluster, or none at all)",
 );
 static WRITE: Lazy = Lazy::new(
     "tessera_storage_write_seconds",
@@ -53,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) scrub: Arc<crate::scrub::Scrubber>,
     /// How this node accepts connections and dials its peers.
     pub(crate) security: tessera_net::Security,
+    /// Connection caps, deadlines and memory budgets of the data port (`[ingress]`).
+    pub(crate) gate: Gate,
 }
 
 impl Shared {
@@ -71,12 +75,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Past a cap the connection is closed at once, before its handshake.
+                let mut admitted = match shared.gate.ingress.admit(peer) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        REFUSED_CONNECTIONS.add(1);
+                        tracing::debug!(%peer, "refused a connection: {why}");
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 // The handshake runs on the connection's own task: a peer that never
                 // finishes it holds that task until the deadline, never the accept loop.
                 tokio::spawn(async move {
                     match shared.security.accept(stream).await {
-                        Ok((conn, who)) => serve(conn, peer, who, shared).await,
+                        Ok((conn, who)) => {
+                            admitted.handshake_done();
+                            serve(conn, peer, who, shared).await;
+                            drop(admitted);
+                        }
                         Err(e) => {
                             REFUSED_CONNECTIONS.add(1);
                             tracing::debug!(%peer, "refused a connection: {e}");
@@ -92,27 +109,45 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Request bytes one connection may have in flight (payload, counted in 4 KiB units, at
-/// least one unit a request): past it the connection is not read until answers go out, so
-/// a client pipelining faster than the node commits cannot grow its memory without bound.
-const IN_FLIGHT_UNITS: u32 = 16 * 1024;
-
 pub(crate) async fn serve(
     stream: tessera_net::Conn,
     peer: SocketAddr,
     who: Option<tessera_net::Identity>,
     shared: Arc<Shared>,
 ) {
-    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_UNITS as usize));
+    // Request and answer bytes this connection may have in flight (see `gate`): past its
+    // share the connection is not read until answers go out, so a client pipelining faster
+    // than the node commits, or not reading its answers, cannot grow its memory without
+    // bound; one that makes no room within the gate's patience is dropped.
+    let share = shared.gate.connection_budget();
+    let patience = shared.gate.patience();
     let (r, w) = stream.into_split();
-    // Each answer carries the in-flight budget its request took, released only once the
-    // answer is written (buffered, or on the socket): a client that stops reading stops
-    // being served.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Option<Permit>)>();
-    let writer = tokio::spawn(async move {
-        let _ = tessera_net::FrameWriter::new(w).write_queue(&mut rx).await;
+    // Each answer carries the budget its request took, released only once the answer is
+    // written (buffered, or on the socket).
+    // A peer that takes no answer bytes for the gate's patience ends the writer, and with
+    // it the connection (its answers waiting behind are given up, with their budget).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, Held)>();
+    let mut writer = tokio::spawn(async move {
+        let mut w = tessera_net::FrameWriter::new(w).with_write_timeout(patience);
+        if let Err(e) = w.write_queue(&mut rx).await {
+            tracing::debug!(%peer, "dropping connection: writing answers: {e}");
+        }
     });
-    let mut reader = FrameReader::new(r);
+    let mut reader = FrameReader::with_limits(r, shared.gate.read_limits(who.as_ref()));
+    // Room for one more answer of `bytes`: waits for earlier answers to be written,
+    // however long the node takes to commit them; the connection ends if its writer does
+    // (a client not reading them).
+    macro_rules! room {
+        ($bytes:expr) => {
+            tokio::select! {
+                p = share.take($bytes as u64) => p,
+                _ = &mut writer => {
+                    tracing::warn!(%peer, "dropping connection: it does not read its answers");
+                    break;
+                }
+            }
+        };
+    }
     let mut copied = CopySources::default();
     // Backups and hydrations of chunks this connection asked for: they run beside the loop
     // and are aborted when the connection ends (the manager gave up on them).
@@ -122,6 +157,10 @@ pub(crate) async fn serve(
         let f = match reader.next().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
+            Err(e @ tessera_net::NetError::Stalled { .. }) => {
+                tracing::debug!(%peer, "dropping connection: {e}");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(%peer, "dropping connection: {e}");
                 break;
@@ -140,20 +179,26 @@ pub(crate) async fn serve(
                     // it may not send costs one answer, not a queue of them.
                     tracing::warn!(%peer, "refused, dropping the connection: {why}");
                     let reply = Reply::BadRequest(format!("not allowed: {why}"));
-                    let _ = tx.send((Frame::new(Kind::Reply, id, reply.encode()), None));
+                    let _ = tx.send((Frame::new(Kind::Reply, id, reply.encode()), Held::default()));
                     break;
                 }
                 match Request::decode(f.kind, &f.body) {
                     Ok(req) => {
-                        let units = (req.len.div_ceil(4096)).clamp(1, IN_FLIGHT_UNITS);
-                        let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
-                            break;
+                        // A read's answer is as large as the read; a write's body is
+                        // already held if large (taken when it was read).
+                        let bytes = u64::from(req.len).max(f.body.len() as u64);
+                        let own = room!(bytes);
+                        let node = match reader.take_budget() {
+                            Some(body) => body,
+                            None => shared.gate.in_flight(bytes).await,
                         };
-                        submit_data(&shared, req, id, tx.clone(), permit);
+                        submit_data(&shared, req, id, tx.clone(), Held::new(own, Some(node)));
                     }
                     Err(e) => {
                         let reply = Reply::BadRequest(e.to_string());
-                        let _ = tx.send((Frame::new(Kind::Reply, id, reply.encode()), None));
+                        let frame = Frame::new(Kind::Reply, id, reply.encode());
+                        let own = room!(frame.body_len());
+                        let _ = tx.send((frame, Held::new(own, None)));
                     }
                 }
             }
@@ -181,7 +226,9 @@ pub(crate) async fn serve(
                     Err(e) => Reply::BadRequest(e.to_string()),
                 };
                 let (head, data) = reply.encode_parts();
-                let _ = tx.send((Frame::with_tail(Kind::Reply, id, head, data), None));
+                let frame = Frame::with_tail(Kind::Reply, id, head, data);
+                let own = room!(frame.body_len());
+                let _ = tx.send((frame, Held::new(own, None)));
             }
             Kind::RaftBatch => match RaftBatch::decode(&f.body) {
                 Ok(b) => {
@@ -201,26 +248,35 @@ pub(crate) async fn serve(
                     if let Err(why) = check(who.as_ref(), &Asked::Rpc(&req)) {
                         tracing::warn!(%peer, "refused, dropping the connection: {why}");
                         let res: Result<StorageReply, _> = Err(ControlError::Unauthorized(why));
-                        let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                        let reply = tessera_net::rpc_reply(f.request_id, &res);
+                        let _ = tx.send((reply, Held::default()));
                         break;
                     }
                     if matches!(
                         req,
                         StorageRequest::BackupChunk(_) | StorageRequest::HydrateChunk(_)
                     ) {
+                        // Its answer is small; the room is taken now, while this
+                        // connection can still be dropped for not reading.
+                        let own = room!(1);
                         let (shared, tx, id) = (shared.clone(), tx.clone(), f.request_id);
                         long.spawn(async move {
                             let res = long_rpc(&shared, req).await;
-                            let _ = tx.send((tessera_net::rpc_reply(id, &res), None));
+                            let _ =
+                                tx.send((tessera_net::rpc_reply(id, &res), Held::new(own, None)));
                         });
                     } else {
                         let res = rpc(&shared, req).await;
-                        let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                        let reply = tessera_net::rpc_reply(f.request_id, &res);
+                        let own = room!(reply.body_len());
+                        let _ = tx.send((reply, Held::new(own, None)));
                     }
                 }
                 Err(e) => {
                     let res: Result<StorageReply, _> = Err(ControlError::Invalid(e.to_string()));
-                    let _ = tx.send((tessera_net::rpc_reply(f.request_id, &res), None));
+                    let reply = tessera_net::rpc_reply(f.request_id, &res);
+                    let own = room!(reply.body_len());
+                    let _ = tx.send((reply, Held::new(own, None)));
                 }
             },
             Kind::Reply | Kind::RpcReply | Kind::ManagerRaft => {
@@ -233,11 +289,15 @@ pub(crate) async fn serve(
     long.abort_all();
     while long.join_next().await.is_some() {}
     drop(tx);
-    let _ = writer.await;
+    // The answers already queued go out, unless the peer takes none for the patience
+    // (the writer's own deadline ends it then); a writer that ended already is done.
+    if !writer.is_finished() {
+        let _ = (&mut writer).await;
+    }
 }
 
-/// Where a connection's answers are queued, each with the in-flight budget it releases.
-pub(crate) type Answers = mpsc::UnboundedSender<(Frame, Option<Permit>)>;
+/// Where a connection's answers are queued, each with the budget it releases.
+pub(crate) type Answers = mpsc::UnboundedSender<(Frame, Held)>;
 
 /// A data request to the Raft node, its answer queued on `tx` with the budget `permit` it
 /// took. A read answered `Unfilled` is completed from the backup by a task of the runtime
@@ -250,8 +310,9 @@ pub(crate) fn submit_data(
     req: Request,
     id: u64,
     tx: Answers,
-    permit: Permit,
+    permit: impl Into<Held>,
 ) {
+    let permit = permit.into();
     let arrived = std::time::Instant::now();
     let stage = match req.op {
         Op::Read | Op::BlockStatus => &READ,
@@ -261,7 +322,7 @@ pub(crate) fn submit_data(
         stage.observe_since(arrived);
         let (head, data) = reply.encode_parts();
         let frame = Frame::with_tail(Kind::Reply, id, head, data);
-        let _ = tx.send((frame, Some(permit)));
+        let _ = tx.send((frame, permit));
     };
     // A read keeps its request: one that meets a corrupt block is repaired and read again
     // (see `scrub`).

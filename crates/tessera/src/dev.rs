@@ -166,6 +166,7 @@ pub async fn run(a: DevArgs, insecure: bool) -> Result<()> {
             copy_list_page: tessera_proto::copy::MAX_LIST_PAGE,
             stuck_after_ms: 10_000,
             scrub: Default::default(),
+            ingress: Default::default(),
         };
         nodes.push(
             StorageNode::start(cfg)

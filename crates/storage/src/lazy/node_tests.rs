@@ -92,6 +92,7 @@ fn shared_of(one: &One) -> Arc<Shared> {
         moving: Default::default(),
         scrub: crate::scrub::Scrubber::detached(one.data_dir()),
         security: Default::default(),
+        gate: Default::default(),
     })
 }
 

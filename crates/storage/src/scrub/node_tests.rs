@@ -121,6 +121,7 @@ async fn cluster_at(bytes_per_sec: u64) -> (Vec<Node>, usize) {
             moving: Default::default(),
             scrub,
             security: Default::default(),
+            gate: Default::default(),
         });
         tokio::spawn(crate::server::accept_loop(listener, shared.clone()));
         raft.create_group(GroupSpec {
