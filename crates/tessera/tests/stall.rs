@@ -34,9 +34,13 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
     // one group's followers leaves the other a majority.
     // No reconcile passes: the manager's leader balancing must not move a leadership in
     // the middle of the interleaving.
+    // A memory budget of 2 GiB gives each connection the largest share of it, 64 MiB (see
+    // `[ingress]`): sixteen writes of MAX_IO fill it, the last one read whole before the
+    // connection stops being read, so that X waits in the socket behind it.
     let c = Cluster::start(Opts {
         nodes: 4,
         manager_extra: "reconcile_ms = 3600000\n".into(),
+        storage_extra: "[ingress]\nmemory_bytes = 2147483648\n".into(),
         ..Opts::default()
     });
     c.wait_ready(4).await;
