@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use tessera_net::{Budget, Ingress, IngressLimits, ReadLimits};
-use tokio::sync::{OwnedSemaphorePermit as Permit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit as Permit;
 
 /// The largest request a connection may have in flight (a read of this much).
 const MAX_REQUEST: u64 = tessera_proto::frame::MAX_BODY as u64;
@@ -69,12 +69,8 @@ impl Gate {
     }
 
     /// A new connection's own share of the in-flight budget.
-    pub(crate) fn connection_budget(&self) -> Share {
-        let total = (self.per_connection / tessera_net::ingress::BUDGET_UNIT).max(1) as u32;
-        Share {
-            units: Arc::new(Semaphore::new(total as usize)),
-            total,
-        }
+    pub(crate) fn connection_budget(&self) -> Budget {
+        Budget::new(self.per_connection, MAX_REQUEST)
     }
 
     /// Takes `bytes` of the in-flight budget of the node (waiting as long as it takes:
@@ -92,27 +88,6 @@ impl Gate {
 impl Default for Gate {
     fn default() -> Self {
         Gate::new(IngressLimits::default())
-    }
-}
-
-/// One connection's share of the in-flight budget.
-pub(crate) struct Share {
-    units: Arc<Semaphore>,
-    total: u32,
-}
-
-impl Share {
-    /// `bytes` of the share (at least a unit, at most all of it), once earlier answers
-    /// have made room.
-    pub(crate) async fn take(&self, bytes: u64) -> Permit {
-        let units = bytes
-            .div_ceil(tessera_net::ingress::BUDGET_UNIT)
-            .clamp(1, u64::from(self.total)) as u32;
-        self.units
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .expect("a share's semaphore is never closed")
     }
 }
 

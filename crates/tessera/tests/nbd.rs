@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{Cluster, Opts, said, tool};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tessera_nbd::testing::{
@@ -28,26 +28,9 @@ async fn start_cluster() -> Cluster {
     Cluster::start_ready(Opts::default()).await
 }
 
-fn run(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {prog}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn run_ok(prog: &str, args: &[&str]) -> Output {
-    let o = run(prog, args);
-    assert!(o.status.success(), "{prog} {args:?} failed: {}", text(&o));
+    let o = tool(prog, args);
+    assert!(o.status.success(), "{prog} {args:?} failed: {}", said(&o));
     o
 }
 
@@ -59,7 +42,7 @@ fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
         args.push(c.clone());
     }
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    let o = run("qemu-io", &args);
+    let o = tool("qemu-io", &args);
     let out = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -243,11 +226,11 @@ fn assert_files_equal(a: &Path, b: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fio_verify_over_two_connections_has_no_errors() {
-    let help = run("fio", &["--enghelp=nbd"]);
+    let help = tool("fio", &["--enghelp=nbd"]);
     assert!(
         help.status.success() && String::from_utf8_lossy(&help.stdout).contains("uri"),
         "fio lacks the nbd engine: {}",
-        text(&help)
+        said(&help)
     );
     let c = start_cluster().await;
     c.create_volume("fio", "64MiB", "1MiB");
@@ -255,7 +238,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
 
     // Two jobs, each its own NBD connection, each verifying its own 16 MiB region.
     let uri = format!("--uri={}", gw.uri("fio"));
-    let o = run(
+    let o = tool(
         "fio",
         &[
             "--name=nbdmc",
@@ -275,7 +258,7 @@ async fn fio_verify_over_two_connections_has_no_errors() {
             "--output-format=normal",
         ],
     );
-    let out = text(&o);
+    let out = said(&o);
     assert!(o.status.success(), "fio failed: {out}");
     assert!(out.contains("err= 0"), "fio reported errors: {out}");
     for bad in [
@@ -772,9 +755,9 @@ async fn a_volume_has_one_writer_across_gateways() {
         ],
     );
     assert!(
-        !text(&o).contains("failed"),
+        !said(&o).contains("failed"),
         "read-only gateway: {}",
-        text(&o)
+        said(&o)
     );
     let (mut ro, _) = open_export(r.port, "shared").await;
     ro.request(CMD_WRITE, 0, 1, 0, 4096, &[0xcc; 4096])

@@ -7,32 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use common::cluster::issue_certs;
 use common::metrics::{counted, counter};
-use common::{Cluster, Gateway, Opts};
+use common::{Cluster, Gateway, Opts, said, tool};
 use tessera_net::{Identity, Role};
 
 const REFUSED: &str = "tessera_nbd_refused_connections_total";
 const DENIED: &str = "tessera_nbd_refused_exports_total";
-
-fn run(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {prog}: {e}"))
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "status {:?}\n{}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// qemu's arguments naming `export` of `g` over TLS with the credentials in `dir`.
 fn qemu_tls(g: &Gateway, dir: &Path, export: &str) -> Vec<String> {
@@ -68,7 +50,7 @@ fn qemu_io(
     }
     args.extend(qemu_tls(g, dir, export));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = run("qemu-io", &args);
+    let o = tool("qemu-io", &args);
     let out = said(&o);
     if o.status.success() && !out.contains("failed") && !out.contains("rror") {
         Ok(out)
@@ -84,7 +66,7 @@ fn listed(g: &Gateway, dir: &Path) -> Vec<String> {
         g.port,
         dir.display()
     );
-    let o = run("nbdinfo", &["--list", "--json", &uri]);
+    let o = tool("nbdinfo", &["--list", "--json", &uri]);
     assert!(o.status.success(), "nbdinfo --list: {}", said(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("nbdinfo JSON");
     let mut names: Vec<String> = v["exports"]
@@ -152,7 +134,7 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
         g.port,
         alice.display()
     );
-    let o = run("nbdinfo", &["--json", &default]);
+    let o = tool("nbdinfo", &["--json", &default]);
     assert!(o.status.success(), "{}", said(&o));
     assert!(said(&o).contains("\"export-name\": \"b\""), "{}", said(&o));
     let denied = counter(&metrics, DENIED);
@@ -160,7 +142,7 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
         let mut info = vec!["info".to_string()];
         info.extend(qemu_tls(&g, &alice, export));
         let info: Vec<&str> = info.iter().map(String::as_str).collect();
-        let o = run("qemu-img", &info);
+        let o = tool("qemu-img", &info);
         assert!(!o.status.success(), "alice opened {export}: {}", said(&o));
         assert!(
             said(&o).contains("not among this certificate's volumes"),
@@ -200,7 +182,7 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
     // Strangers: a plain client, and a certificate of another CA that trusts ours.
     let refused = counter(&metrics, REFUSED);
     let plain = format!("nbd://127.0.0.1:{}/b", g.port);
-    let o = run("qemu-img", &["info", &plain]);
+    let o = tool("qemu-img", &["info", &plain]);
     assert!(!o.status.success(), "a plain client opened b: {}", said(&o));
     assert!(said(&o).contains("requires TLS"), "{}", said(&o));
     let other = c.dir.path().join("other-ca");
@@ -227,7 +209,7 @@ async fn real_clients_reach_the_volumes_their_certificates_grant_over_nbd_tls() 
         g.port,
         forged.display()
     );
-    let o = run("nbdinfo", &[&uri]);
+    let o = tool("nbdinfo", &[&uri]);
     assert!(
         !o.status.success(),
         "another CA's client opened b: {}",

@@ -6,35 +6,17 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::backup::checksum;
-use common::{Cluster, Opts};
+use common::{Cluster, Opts, said, tool};
 use tessera_nbd::testing::{Conn, EPERM, FLAG_READ_ONLY};
 use tessera_proto::control::{SnapshotInfo, SnapshotState, VolumeInfo};
 
 const MIB: u64 = 1 << 20;
-
-fn run(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {prog}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Runs qemu-io with the given commands on `uri`: `Ok` with its output if it exited 0 and
 /// reported no failure.
@@ -52,7 +34,7 @@ fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String, String> {
         args.push("-c");
         args.push(c);
     }
-    let o = run("qemu-io", &args);
+    let o = tool("qemu-io", &args);
     let out = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -80,7 +62,7 @@ fn cli_fails(c: &Cluster, args: &[&str], code: i32) -> String {
         out.status.code(),
         Some(code),
         "{args:?}: expected exit {code}: {}",
-        text(&out)
+        said(&out)
     );
     assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     stderr
@@ -89,15 +71,15 @@ fn cli_fails(c: &Cluster, args: &[&str], code: i32) -> String {
 fn snapshot_json(c: &Cluster, args: &[&str]) -> SnapshotInfo {
     let out = c.cli_ok(&[&["--output", "json"], args].concat());
     let mut snaps: Vec<SnapshotInfo> =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    assert_eq!(snaps.len(), 1, "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(&out)));
+    assert_eq!(snaps.len(), 1, "{}", said(&out));
     snaps.remove(0)
 }
 
 fn volume_json(c: &Cluster, name: &str) -> VolumeInfo {
     let out = c.cli_ok(&["--output", "json", "volume", "info", name]);
     let mut vols: Vec<VolumeInfo> =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(&out)));
     vols.remove(0)
 }
 
@@ -299,8 +281,8 @@ async fn a_snapshot_under_a_continuous_writer_is_a_prefix_and_the_writer_never_f
 
 /// The descriptors of `nbdinfo --map` as (offset, length, description).
 fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, String)> {
-    let o = run("nbdinfo", &["--map", uri]);
-    assert!(o.status.success(), "nbdinfo --map {uri}: {}", text(&o));
+    let o = tool("nbdinfo", &["--map", uri]);
+    assert!(o.status.success(), "nbdinfo --map {uri}: {}", said(&o));
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| {
@@ -315,8 +297,8 @@ fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, String)> {
 
 /// The data ranges `qemu-img map` reports, as (start, length).
 fn qemu_img_data(uri: &str) -> Vec<(u64, u64)> {
-    let o = run("qemu-img", &["map", "--output=json", uri]);
-    assert!(o.status.success(), "qemu-img map {uri}: {}", text(&o));
+    let o = tool("qemu-img", &["map", "--output=json", uri]);
+    assert!(o.status.success(), "qemu-img map {uri}: {}", said(&o));
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("map JSON");
     let mut out: Vec<(u64, u64)> = Vec::new();
     for e in entries {

@@ -31,6 +31,11 @@ async fn start() -> Running {
     let server = NbdServer::bind("127.0.0.1:0", backend.clone())
         .await
         .unwrap();
+    run(server, backend)
+}
+
+/// Runs `server` (over `backend`) until the returned handle's `stop` is sent.
+fn run(server: NbdServer<MemBackend>, backend: Arc<MemBackend>) -> Running {
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {

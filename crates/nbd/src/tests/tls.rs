@@ -5,7 +5,6 @@
 
 use tessera_net::tls::issue;
 use tessera_net::{Identity, Role, Security};
-use tokio::sync::oneshot;
 
 use super::mem::MemBackend;
 use super::{MIB, Running};
@@ -35,17 +34,7 @@ async fn start_tls() -> Running {
         .await
         .unwrap()
         .with_tls(acceptor);
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    Running {
-        addr,
-        backend,
-        stop: Some(stop),
-        task,
-    }
+    super::run(server, backend)
 }
 
 fn go_data(name: &str) -> Vec<u8> {

@@ -28,5 +28,5 @@ pub mod tmpfs;
 
 pub use cluster::{Cluster, FAST_RECOVERY, NodeAt, Opts, direct, fully_replicated};
 pub use nbd::Gateway;
-pub use process::{BIN, NodeProc, free_port, free_port_run, signal};
+pub use process::{BIN, NodeProc, free_port, free_port_run, said, signal, tool};
 pub use tmpfs::{TmpfsDisks, free_bytes};

@@ -198,3 +198,22 @@ impl ManagerProc {
         kill(&mut self.child);
     }
 }
+
+/// Runs a client tool (qemu-img, nbdinfo, ...) to completion, stdin closed.
+pub fn tool(prog: &str, args: &[&str]) -> std::process::Output {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {prog}: {e}"))
+}
+
+/// What a tool said: its status, stdout and stderr, for messages and `contains` checks.
+pub fn said(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
