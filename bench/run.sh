@@ -2,6 +2,7 @@
 # Tessera against the single-node limit of this machine, in one run.
 #
 #   bench/run.sh [--quick] [--runtime SECS] [--size SIZE] [--nodes N] [--json FILE] [--insecure]
+#                [--only JOB[,JOB...]]
 #
 # Builds the release binary, starts a manager, N storage nodes (one rack each) and the NBD
 # gateway as separate processes, and runs the same fio jobs (ioengine=nbd) against a fresh,
@@ -10,10 +11,12 @@
 # answered, as Tessera's are; and for the QD1 write, --cache=none with a flush after every
 # write, the baseline the performance goal names). Prints one table; --json writes it too.
 # The cluster is secure (mutual TLS between every process, certificates made with
-# `tessera cert`) unless --insecure: plain TCP, to measure what TLS costs.
+# `tessera cert`) unless --insecure: plain TCP, to measure what TLS costs. --only runs the
+# named jobs alone (an A/B of one path). TESSERA_BIN=path benchmarks that binary instead of
+# building this checkout's (an A/B of two builds, interleaved in one session).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-runtime=20 size=2G nodes=3 json="" quick=0 insecure=0
+runtime=20 size=2G nodes=3 json="" quick=0 insecure=0 only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; runtime=4; size=512M ;;
@@ -22,7 +25,8 @@ while [ $# -gt 0 ]; do
     --nodes) nodes=$2; shift ;;
     --json) json=$2; shift ;;
     --insecure) insecure=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --only) only=",$2,"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,8 +40,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "this fio has no nbd engine" >&2; exit 1; }
 
-(cd "$root" && cargo build --release --locked -q -p tessera)
-bin="$root/target/release/tessera"
+if [ -n "${TESSERA_BIN:-}" ]; then
+  bin=$(realpath "$TESSERA_BIN")
+else
+  (cd "$root" && cargo build --release --locked -q -p tessera)
+  bin="$root/target/release/tessera"
+fi
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tessera-bench.XXXXXX")
 pids=()
 cleanup() {
@@ -123,6 +131,12 @@ scrape() { # out-file: every process's /metrics, concatenated
       "http://127.0.0.1:$port/metrics" || true
   done > "$1"
 }
+if [ -n "$only" ]; then
+  picked=()
+  for j in "${jobs[@]}"; do case "$only" in *",${j%% *},"*) picked+=("$j") ;; esac; done
+  [ ${#picked[@]} -gt 0 ] || { echo "--only: no job named in $only" >&2; exit 2; }
+  jobs=("${picked[@]}")
+fi
 for j in "${jobs[@]}"; do
   set -- $j
   name=$1; shift
@@ -135,9 +149,11 @@ for j in "${jobs[@]}"; do
   # The limit as the issue states it: qemu-nbd with a flush after every write.
   [ "$name" = randwrite-4k-qd1 ] && runfio "flushed.$name" "$limit" "$@" --fsync=1
 done
+case " ${jobs[*]} " in *" seqwrite-1m-qd4 "*)
 echo "running disk.seqwrite-1m-qd4 (fio straight on a file)..." >&2
 fio --name=disk --filename="$work/disk.dat" --rw=write --bs=1m --iodepth=4 --direct=1 \
     --ioengine=libaio --size="$size" --runtime="$runtime" --time_based --output-format=json > "$work/disk.json"
+;; esac
 
 rss=""
 for p in "${storage_pids[@]}"; do
@@ -189,8 +205,10 @@ for r in rows:
     dd = f"{d['iops']:>12} {d['p50_us']:>6}" if d else f"{'-':>12} {'-':>6}"
     print(f"{r['job']:<20} {t['iops']:>12} {t['mb_s']:>7} {t['p50_us']:>6} {t['p99_us']:>7} {t['p999_us']:>7} | "
           f"{l['iops']:>10} {l['mb_s']:>7} {l['p50_us']:>6} {l['p99_us']:>6} | {dd} | {r['ratio_iops']!s:>5} {r['ratio_iops_durable']!s:>5}")
-print(f"\ndisk (fio on a file, 1 MiB seq write qd4, O_DIRECT): {disk['mb_s']} MB/s; "
-      f"tessera seqwrite / disk = {rows[4]['tessera']['mb_s'] / disk['mb_s']:.2f}")
+seq = next((r["tessera"] for r in rows if r["job"] == "seqwrite-1m-qd4"), None)
+if disk and seq:
+    print(f"\ndisk (fio on a file, 1 MiB seq write qd4, O_DIRECT): {disk['mb_s']} MB/s; "
+          f"tessera seqwrite / disk = {seq['mb_s'] / disk['mb_s']:.2f}")
 print("latencies in microseconds; peak RSS of storage nodes (KiB): " + " ".join(rss))
 cpu = lambda x, k: "-" if not x or x.get("cpu_us_per_io") is None else f"{x['cpu_us_per_io']:.1f}"
 print("CPU per I/O of the serving processes (us; fio not counted): " + "; ".join(

@@ -2,13 +2,14 @@
 //! frame without copying its body ([`write_frame`]), and opening a TCP connection for them.
 //! Must never hand out a frame whose header or body failed its checks.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use tessera_proto::DecodeError;
 use tessera_proto::frame::{self, Frame, Kind};
@@ -23,6 +24,10 @@ pub struct FrameReader<R> {
     /// The budget the frame being read (or the last returned, until the next is begun or
     /// the caller takes it) holds.
     held: Option<OwnedSemaphorePermit>,
+    /// The one timer of a limited reader, moved to each wait's deadline: an idle deadline
+    /// only moves later, which costs no timer registration, so a connection's waits do
+    /// not each add and remove a timer.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// What a server's reader holds its peer to ([`FrameReader::with_limits`]).
@@ -51,6 +56,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(64 * 1024),
             limits: None,
             held: None,
+            timer: None,
         }
     }
 
@@ -63,6 +69,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(8 * 1024),
             limits: Some(limits),
             held: None,
+            timer: None,
         }
     }
 
@@ -76,7 +83,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame; `Ok(None)` at a clean end of stream (between frames).
     pub async fn next(&mut self) -> Result<Option<Frame>, NetError> {
         self.held = None;
-        let Some(limits) = self.limits.clone() else {
+        let Some(limits) = &self.limits else {
             return self.next_unlimited().await;
         };
         let mut begun = (!self.buf.is_empty()).then(Instant::now);
@@ -101,11 +108,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Some(t) => (t + limits.frame, "the rest of a frame", limits.frame),
                 None => (waiting + limits.idle, "anything", limits.idle),
             };
-            self.reserve();
-            let n = tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf))
-                .await
-                .map_err(|_| NetError::Stalled { what, after })?;
-            if self.read_done(n)? {
+            reserve(&mut self.buf);
+            let timer = match &mut self.timer {
+                Some(t) => {
+                    if t.deadline() != deadline {
+                        t.as_mut().reset(deadline);
+                    }
+                    t
+                }
+                None => self
+                    .timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            let n = tokio::select! {
+                biased;
+                n = self.inner.read_buf(&mut self.buf) => n,
+                () = timer.as_mut() => return Err(NetError::Stalled { what, after }),
+            };
+            if read_done(&self.buf, n)? {
                 return Ok(None);
             }
             begun.get_or_insert_with(Instant::now);
@@ -119,40 +139,40 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Ok(None) => {}
                 Err(e) => return Err(refusal(e)),
             }
-            self.reserve();
+            reserve(&mut self.buf);
             let n = self.inner.read_buf(&mut self.buf).await;
-            if self.read_done(n)? {
+            if read_done(&self.buf, n)? {
                 return Ok(None);
             }
         }
     }
+}
 
-    fn reserve(&mut self) {
-        if self.buf.capacity() - self.buf.len() < 4 * 1024 {
-            self.buf.reserve(64 * 1024);
-        }
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4 * 1024 {
+        buf.reserve(64 * 1024);
     }
+}
 
-    /// After a read: `Ok(true)` at a clean end of stream.
-    fn read_done(&self, n: std::io::Result<usize>) -> Result<bool, NetError> {
-        let n = match n {
-            Ok(n) => n,
-            // A TLS peer that closes without `close_notify` between frames is done, as
-            // a TCP peer closing is: frames are whole or refused, so nothing is cut.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(tls_refusal(e)),
-        };
-        if n > 0 {
-            return Ok(false);
-        }
-        if self.buf.is_empty() {
-            Ok(true)
-        } else {
-            Err(NetError::Decode(DecodeError::Truncated {
-                needed: frame::HEADER_LEN,
-                had: self.buf.len(),
-            }))
-        }
+/// After a read into `buf`: `Ok(true)` at a clean end of stream.
+fn read_done(buf: &BytesMut, n: std::io::Result<usize>) -> Result<bool, NetError> {
+    let n = match n {
+        Ok(n) => n,
+        // A TLS peer that closes without `close_notify` between frames is done, as
+        // a TCP peer closing is: frames are whole or refused, so nothing is cut.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+        Err(e) => return Err(tls_refusal(e)),
+    };
+    if n > 0 {
+        return Ok(false);
+    }
+    if buf.is_empty() {
+        Ok(true)
+    } else {
+        Err(NetError::Decode(DecodeError::Truncated {
+            needed: frame::HEADER_LEN,
+            had: buf.len(),
+        }))
     }
 }
 
