@@ -1,4 +1,5 @@
-//! One multiplexed, pipelined connection to a storage node.
+//! One multiplexed, pipelined connection to a storage node, whose certificate must name the
+//! node the route said is at the address.
 //!
 //! Any number of requests may be in flight: each carries its own request id, a writer task
 //! sends frames in order (coalescing whatever is queued into one write), and a reader task
@@ -11,9 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_net::{FrameReader, NetError};
+use tessera_net::{Expect, FrameReader, NetError};
 use tessera_proto::frame::{Frame, Kind};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::capability::Cap;
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
 
@@ -24,15 +27,21 @@ pub(crate) struct NodeConn {
     tx: mpsc::UnboundedSender<Frame>,
     dead: Arc<AtomicBool>,
     tasks: [tokio::task::AbortHandle; 2],
+    /// The capability last presented on this connection, by (volume, writer epoch): its
+    /// serial (see `capability`).
+    presented: Mutex<HashMap<(u64, u64), u64>>,
 }
 
 impl NodeConn {
+    /// A connection to storage node `node` at `addr`: refused ([`NetError::WrongPeer`])
+    /// if the server's certificate names another process.
     pub(crate) async fn open(
         security: &tessera_net::Security,
+        node: u64,
         addr: &str,
         timeout: Duration,
     ) -> Result<Arc<NodeConn>, NetError> {
-        let stream = security.connect(addr, timeout).await?;
+        let stream = security.connect(addr, Expect::Node(node), timeout).await?;
         // Closing this socket resets it and discards whatever is still unsent: a request
         // abandoned after a timeout must never reach a node later (the client will have
         // retried it elsewhere, and may have written over the same range since).
@@ -87,11 +96,36 @@ impl NodeConn {
             tx,
             dead,
             tasks: [writer.abort_handle(), reader.abort_handle()],
+            presented: Mutex::default(),
         }))
     }
 
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
+    }
+
+    /// Presents `cap` (for volume `volume` at writer epoch `epoch`) unless this connection
+    /// was given it already. Queued before whatever is sent after this returns, so a
+    /// request sent next is read after it; its answer is not waited for (a refusal shows
+    /// as the request's `Unauthorized`).
+    pub(crate) fn present(&self, volume: u64, epoch: u64, cap: &Cap) -> Result<(), NetError> {
+        let Ok(mut given) = self.presented.lock() else {
+            return Err(NetError::Closed);
+        };
+        if given.get(&(volume, epoch)) == Some(&cap.serial) {
+            return Ok(());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if self.is_dead()
+            || self
+                .tx
+                .send(Frame::new(Kind::Capability, id, cap.body.clone()))
+                .is_err()
+        {
+            return Err(NetError::Closed);
+        }
+        given.insert((volume, epoch), cap.serial);
+        Ok(())
     }
 
     /// Sends one request frame and waits for its reply.

@@ -146,6 +146,8 @@ fn net_class(e: &NetError) -> ErrorClass {
         | NetError::Timeout { .. }
         | NetError::Stalled { .. }
         | NetError::NoLeader { .. } => ErrorClass::Unavailable,
+        // Another process on the address: as good as unreachable until it moves back.
+        NetError::WrongPeer { .. } => ErrorClass::Unavailable,
         NetError::Control(e) => control_class(e),
         // A peer that sends what cannot be decoded is not going to get better by waiting.
         NetError::Decode(_) | NetError::UnexpectedKind(_) => ErrorClass::Failed,

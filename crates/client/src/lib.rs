@@ -68,6 +68,8 @@
 //! - `transfer`: whole-volume import and export.
 //! - `error`: [`Error`] and its [`ErrorClass`].
 //! - `attachment`: a read-write attachment: its epoch, lease renewal, detaching.
+//! - `capability`: the signed capabilities presented to storage nodes, per volume and
+//!   writer epoch.
 //! - `conn`: one pipelined connection to a storage node.
 //! - `volume`: an open [`Volume`]: splitting I/O into pieces (`volume/mod.rs`), routes
 //!   (`volume/routes.rs`), one piece's attempts and retries (`volume/retry.rs`).
@@ -77,6 +79,7 @@
 mod admin;
 mod attachment;
 mod backups;
+mod capability;
 mod conn;
 mod error;
 mod scrub;
@@ -122,7 +125,9 @@ struct ClientInner {
     managers: Vec<String>,
     /// How this client dials managers and storage nodes.
     security: tessera_net::Security,
-    conns: Mutex<HashMap<String, Arc<conn::NodeConn>>>,
+    /// Open connections by `(node id, address)`: one opened to a node is never used for
+    /// another that a newer route places at the same address.
+    conns: Mutex<HashMap<(u64, String), Arc<conn::NodeConn>>>,
     /// Who this client is to the manager: its label and a random instance id.
     name: String,
     /// The volumes this client holds read-write, by name: one attachment per volume,
@@ -134,6 +139,8 @@ struct ClientInner {
     /// Each open volume's snapshot sequence, by volume id, shared by every handle of this
     /// client to it (see the crate doc).
     seqs: Mutex<HashMap<u64, Weak<AtomicU64>>>,
+    /// The capabilities this client presents to storage nodes (see `capability`).
+    caps: capability::Caps,
 }
 
 impl Client {
@@ -171,6 +178,7 @@ impl Client {
                 attached: Mutex::new(HashMap::new()),
                 attach_gate: Arc::default(),
                 seqs: Mutex::new(HashMap::new()),
+                caps: Default::default(),
             }),
         };
         c.list_volumes().await?;
@@ -189,6 +197,7 @@ impl Client {
                 attached: Mutex::new(HashMap::new()),
                 attach_gate: Arc::default(),
                 seqs: Mutex::new(HashMap::new()),
+                caps: Default::default(),
             }),
         }
     }
@@ -254,6 +263,7 @@ impl Client {
             name: name.into(),
             client: self.inner.name.clone(),
             paged: true,
+            holder: String::new(),
         };
         let gate = self.inner.attach_gate.lock().await;
         // The manager answers a client that holds the volume already with its epoch (and
@@ -335,27 +345,28 @@ impl Client {
         }
     }
 
-    /// The live connection to a storage node, opened if needed.
-    async fn node(&self, addr: &str) -> Result<Arc<conn::NodeConn>> {
+    /// The live connection to storage node `node` at `addr`, opened if needed.
+    async fn node(&self, node: u64, addr: &str) -> Result<Arc<conn::NodeConn>> {
+        let key = (node, addr.to_string());
         if let Some(c) = self
             .inner
             .conns
             .lock()
             .ok()
-            .and_then(|m| m.get(addr).cloned())
+            .and_then(|m| m.get(&key).cloned())
             && !c.is_dead()
         {
             return Ok(c);
         }
-        let c = conn::NodeConn::open(&self.inner.security, addr, CALL_TIMEOUT).await?;
+        let c = conn::NodeConn::open(&self.inner.security, node, addr, CALL_TIMEOUT).await?;
         if let Ok(mut m) = self.inner.conns.lock() {
             // Another task may have raced us here; keep whichever is alive.
-            if let Some(existing) = m.get(addr)
+            if let Some(existing) = m.get(&key)
                 && !existing.is_dead()
             {
                 return Ok(existing.clone());
             }
-            m.insert(addr.to_string(), c.clone());
+            m.insert(key, c.clone());
         }
         Ok(c)
     }

@@ -80,6 +80,7 @@ pub fn plan_attach(
     state: &State,
     name: &str,
     client: &str,
+    holder: &str,
     now_unix: u64,
     lease_left: impl FnOnce(u64) -> Duration,
 ) -> Result<(Option<Mutation>, u64), ControlError> {
@@ -90,7 +91,7 @@ pub fn plan_attach(
     }
     let rec = state.volume_record(name)?;
     if let Some(a) = &rec.attachment {
-        if a.client == client {
+        if a.client == client && a.holder == holder {
             // A retried attach, or the same client opening the volume again.
             return Ok((None, a.epoch));
         }
@@ -106,6 +107,7 @@ pub fn plan_attach(
             client: client.to_string(),
             epoch,
             since_unix: now_unix,
+            holder: holder.to_string(),
         }),
         ..rec.clone()
     });
@@ -117,6 +119,34 @@ pub fn check_holder(state: &State, volume_id: u64, epoch: u64) -> Result<(), Con
     let rec = state.volume_record_by_id(volume_id)?;
     match &rec.attachment {
         Some(a) if a.epoch == epoch && epoch != 0 => Ok(()),
+        other => Err(ended(rec, epoch, other.as_ref())),
+    }
+}
+
+/// What a capability of writer epoch `epoch` may allow `holder` (a certificate name): to
+/// write, if `holder` holds the volume at `epoch` (`Ok(false)`); only to fence, if no one
+/// holds it and `epoch` is its newest (`Ok(true)`: a forced detach's epoch, which its
+/// caller fences the groups with; fencing with the newest epoch only ever stops older
+/// writers).
+pub fn check_writer(
+    state: &State,
+    volume_id: u64,
+    epoch: u64,
+    holder: &str,
+) -> Result<bool, ControlError> {
+    let rec = state.volume_record_by_id(volume_id)?;
+    match &rec.attachment {
+        // (One attached before holders were recorded is anyone's the caller's role allows.)
+        Some(a)
+            if a.epoch == epoch && epoch != 0 && (a.holder == holder || a.holder.is_empty()) =>
+        {
+            Ok(false)
+        }
+        Some(a) if a.epoch == epoch && epoch != 0 => Err(ControlError::Conflict(format!(
+            "volume {:?} at epoch {epoch} is held by another client ({})",
+            rec.name, a.client
+        ))),
+        None if epoch != 0 && epoch == rec.epoch => Ok(true),
         other => Err(ended(rec, epoch, other.as_ref())),
     }
 }
@@ -224,19 +254,22 @@ mod tests {
     #[test]
     fn one_writer_at_a_time_with_a_new_epoch_each_time() {
         let mut s = state();
-        let (m, e1) = plan_attach(&s, "v", "gw-a", 10, LIVE).unwrap();
+        let (m, e1) = plan_attach(&s, "v", "gw-a", "", 10, LIVE).unwrap();
         apply(&mut s, m);
         assert_eq!(e1, 1);
         // The same client again (a retry): same epoch, nothing to commit.
-        assert_eq!(plan_attach(&s, "v", "gw-a", 11, LIVE).unwrap(), (None, 1));
+        assert_eq!(
+            plan_attach(&s, "v", "gw-a", "", 11, LIVE).unwrap(),
+            (None, 1)
+        );
         // Another client while the lease runs: refused, naming the holder.
-        let err = plan_attach(&s, "v", "gw-b", 12, LIVE).unwrap_err();
+        let err = plan_attach(&s, "v", "gw-b", "", 12, LIVE).unwrap_err();
         assert!(
             matches!(&err, ControlError::Conflict(m) if m.contains("gw-a")),
             "{err}"
         );
         // Once it ran out: granted, with a newer epoch; the old holder is ended.
-        let (m, e2) = plan_attach(&s, "v", "gw-b", 13, EXPIRED).unwrap();
+        let (m, e2) = plan_attach(&s, "v", "gw-b", "", 13, EXPIRED).unwrap();
         apply(&mut s, m);
         assert_eq!(e2, 2);
         let id = s.volume_record("v").unwrap().id;
@@ -255,7 +288,7 @@ mod tests {
         assert_eq!(fence, 0);
         assert!(s.volume_record("v").unwrap().attachment.is_none());
         assert!(check_route(&s, id, e2, true).is_err());
-        let (m, e3) = plan_attach(&s, "v", "gw-a", 14, LIVE).unwrap();
+        let (m, e3) = plan_attach(&s, "v", "gw-a", "", 14, LIVE).unwrap();
         apply(&mut s, m);
         assert_eq!(e3, 3);
     }
@@ -263,7 +296,7 @@ mod tests {
     #[test]
     fn a_forced_detach_moves_to_a_new_epoch_to_fence_with() {
         let mut s = state();
-        let (m, e1) = plan_attach(&s, "v", "gw-a", 10, LIVE).unwrap();
+        let (m, e1) = plan_attach(&s, "v", "gw-a", "", 10, LIVE).unwrap();
         apply(&mut s, m);
         // A stale holder's detach does nothing.
         assert_eq!(
@@ -280,7 +313,7 @@ mod tests {
         assert_eq!(rec.epoch, fence);
         // A forced detach retried (nothing attached any more): the epoch to fence with again.
         assert_eq!(plan_detach(&s, "v", 0, true, LIVE).unwrap(), (None, fence));
-        let (m, e2) = plan_attach(&s, "v", "gw-b", 11, LIVE).unwrap();
+        let (m, e2) = plan_attach(&s, "v", "gw-b", "", 11, LIVE).unwrap();
         apply(&mut s, m);
         assert!(e2 > fence);
         let (m, _) = plan_detach(&s, "v", e2, false, LIVE).unwrap();

@@ -327,7 +327,11 @@ pub(crate) async fn call_leader(
     let mut last = String::from("not asked");
     for _ in 0..n.saturating_mul(2) {
         let (node, addr) = &group.members[at % n];
-        match tessera_net::call::<StorageRequest, StorageReply>(security, addr, req, timeout).await
+        let expect = tessera_net::Expect::Node(*node);
+        match tessera_net::call::<StorageRequest, StorageReply>(
+            security, addr, expect, req, timeout,
+        )
+        .await
         {
             Ok(StorageReply::NotLeader { hint }) => {
                 last = format!("node {node} does not lead group {}", group.group_id);

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_net::NetError;
+use tessera_net::{Expect, NetError};
 use tessera_proto::control::{
     ControlError, GroupOp, MAX_GROUP_OPS, ManagerReply, StorageReply, StorageRequest,
 };
@@ -123,6 +123,7 @@ async fn apply_one(
             let res = tessera_net::call::<StorageRequest, StorageReply>(
                 security,
                 addr,
+                Expect::Node(*node),
                 req,
                 CALL_TIMEOUT.min(left),
             )

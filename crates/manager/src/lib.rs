@@ -86,6 +86,7 @@ mod attach;
 mod authz;
 mod backup_jobs;
 mod backup_loop;
+mod capability;
 mod config;
 mod consensus;
 mod copy_loop;

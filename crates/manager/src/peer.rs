@@ -34,8 +34,9 @@ const LINK: LinkOptions = LinkOptions {
     write_timeout: Some(Duration::from_secs(2)),
 };
 
-/// Sends the messages queued for peer `to`, reconnecting as needed. Messages that arrive
-/// while the peer is unreachable are dropped: Raft retransmits what matters.
+/// Sends the messages queued for peer `to` (a server whose certificate names manager
+/// `to`), reconnecting as needed. Messages that arrive while the peer is unreachable are
+/// dropped: Raft retransmits what matters.
 pub async fn peer_loop(
     from: u64,
     to: u64,
@@ -45,7 +46,8 @@ pub async fn peer_loop(
 ) {
     let peer = format!("manager {to} (from manager {from})");
     let resolve = move || Some(addr.clone());
-    tessera_net::link::run(Batches(queue), &peer, resolve, LINK, &security).await;
+    let expect = tessera_net::Expect::Manager(to);
+    tessera_net::link::run(Batches(queue), &peer, expect, resolve, LINK, &security).await;
 }
 
 /// The peer's queue, taken a batch at a time: a message and those queued behind it, up to

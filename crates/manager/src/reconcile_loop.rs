@@ -88,6 +88,7 @@ async fn send(
     let res = tessera_net::call::<StorageRequest, StorageReply>(
         security,
         &call.addr,
+        tessera_net::Expect::Node(call.node),
         &call.req,
         CALL_TIMEOUT,
     )

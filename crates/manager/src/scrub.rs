@@ -36,8 +36,11 @@ pub async fn forward(
         action: call.action,
     };
     let node = call.node_id;
-    match tessera_net::call::<StorageRequest, StorageReply>(security, &call.addr, &req, timeout)
-        .await
+    let expect = tessera_net::Expect::Node(node);
+    match tessera_net::call::<StorageRequest, StorageReply>(
+        security, &call.addr, expect, &req, timeout,
+    )
+    .await
     {
         Ok(StorageReply::Scrub(stats)) => Ok(ManagerReply::Scrub(vec![NodeScrub {
             node_id: node,

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use tessera_net::{FrameReader, NetError, rpc_reply, write_frame};
+use tessera_net::{Expect, FrameReader, NetError, call, rpc_reply, write_frame};
 use tessera_proto::control::{
     self, ControlError, ManagerReply, ManagerRequest, StorageReply, StorageRequest,
 };
@@ -265,9 +265,9 @@ async fn refuse_a_second_group(config: &ManagerConfig) -> Result<(), Error> {
         }
         let security = config.security.clone();
         asking.spawn(async move {
-            let req = ManagerRequest::Managers;
+            let (req, expect) = (ManagerRequest::Managers, Expect::Manager(peer.id));
             let asked =
-                tessera_net::call::<_, ManagerReply>(&security, &peer.addr, &req, ASK_PEER_TIMEOUT)
+                call::<_, ManagerReply>(&security, &peer.addr, expect, &req, ASK_PEER_TIMEOUT)
                     .await;
             (peer, asked)
         });
@@ -508,6 +508,7 @@ async fn handle(
     req: ManagerRequest,
 ) -> Result<ManagerReply, ControlError> {
     let service = shared.clone();
+    let caller = who;
     let who = who.cloned();
     let done = tokio::task::spawn_blocking(move || {
         let now = Now {
@@ -561,6 +562,11 @@ async fn handle(
         Reply::Scrub(call) => {
             crate::scrub::forward(security, call, crate::scrub::SCRUB_CALL_TIMEOUT).await
         }
+        Reply::Sign {
+            volume_id,
+            epoch,
+            fence_only,
+        } => crate::capability::sign(security, caller, volume_id, epoch, fence_only),
     }
 }
 
@@ -572,10 +578,9 @@ async fn deliver_drop(security: tessera_net::Security, order: DropOrder) {
         volume_id: order.volume_id,
         chunks: order.chunks.clone(),
     };
-    for addr in &order.peers {
-        match tessera_net::call::<StorageRequest, StorageReply>(&security, addr, &req, DROP_TIMEOUT)
-            .await
-        {
+    for (node, addr) in &order.peers {
+        let expect = Expect::Node(*node);
+        match call::<_, StorageReply>(&security, addr, expect, &req, DROP_TIMEOUT).await {
             Ok(_) => {
                 debug!(group = order.group_id, volume = order.volume_id, %addr, "chunks dropped");
                 return;

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tessera_net::Expect;
 use tessera_proto::control::{
     ControlError, LayerBytes, ManagerReply, SnapshotUsage, StorageReply, StorageRequest,
     VolumeUsage,
@@ -90,6 +91,7 @@ async fn ask_group(
         match tessera_net::call::<StorageRequest, StorageReply>(
             security,
             addr,
+            Expect::Node(*node),
             &req,
             CALL_TIMEOUT.min(left),
         )
@@ -131,7 +133,11 @@ pub async fn ask_replicas(
                     Err(format!("node {node}: no time left to ask"))
                 } else {
                     match tessera_net::call::<StorageRequest, StorageReply>(
-                        &security, &addr, &req, left,
+                        &security,
+                        &addr,
+                        Expect::Node(node),
+                        &req,
+                        left,
                     )
                     .await
                     {

@@ -105,14 +105,28 @@ async fn the_log_stays_bounded_over_100k_volume_operations() {
             chunk_size: None,
         };
         assert!(matches!(
-            call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addr, &req, T).await,
+            call::<_, ManagerReply>(
+                &tessera_net::Security::insecure(),
+                &addr,
+                tessera_net::Expect::AnyManager,
+                &req,
+                T
+            )
+            .await,
             Ok(ManagerReply::Volume(_))
         ));
         ops += 1;
         if i >= KEPT {
             let req = ManagerRequest::DeleteVolume { name };
             assert!(matches!(
-                call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addr, &req, T).await,
+                call::<_, ManagerReply>(
+                    &tessera_net::Security::insecure(),
+                    &addr,
+                    tessera_net::Expect::AnyManager,
+                    &req,
+                    T
+                )
+                .await,
                 Ok(ManagerReply::Deleted)
             ));
             ops += 1;
@@ -263,8 +277,14 @@ async fn a_single_manager_grows_to_three() {
         let req = ManagerRequest::AddManager { id, addr: me };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[0], &req, T)
-                .await
+            match call::<_, ManagerReply>(
+                &tessera_net::Security::insecure(),
+                &addrs[0],
+                tessera_net::Expect::AnyManager,
+                &req,
+                T,
+            )
+            .await
             {
                 Ok(ManagerReply::Managers { voters, learners }) => {
                     let ids: Vec<u64> = voters.iter().map(|m| m.0).collect();
@@ -308,7 +328,15 @@ async fn adding_a_manager_that_is_not_running_leaves_the_founder_committing() {
         id: 2,
         addr: addrs[1].clone(),
     };
-    match call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[0], &req, T).await {
+    match call::<_, ManagerReply>(
+        &tessera_net::Security::insecure(),
+        &addrs[0],
+        tessera_net::Expect::AnyManager,
+        &req,
+        T,
+    )
+    .await
+    {
         Ok(ManagerReply::Managers { voters, learners }) => {
             assert_eq!(voters, vec![(1, addrs[0].clone())]);
             assert_eq!(learners, vec![(2, addrs[1].clone())]);
@@ -426,9 +454,15 @@ async fn adding_a_manager_never_gives_an_id_or_an_address_twice() {
         };
         let to = addrs[0].clone();
         async move {
-            call::<_, ManagerReply>(&tessera_net::Security::insecure(), &to, &req, T)
-                .await
-                .map_err(|e| e.to_string())
+            call::<_, ManagerReply>(
+                &tessera_net::Security::insecure(),
+                &to,
+                tessera_net::Expect::AnyManager,
+                &req,
+                T,
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
     };
     let members = |voters: Vec<(u64, String)>, learners: Vec<(u64, String)>| {
@@ -486,7 +520,14 @@ async fn a_manager_meant_to_join_but_started_without_join_refuses_to_found_a_sec
         addr: addrs[1].clone(),
     };
     assert!(matches!(
-        call::<_, ManagerReply>(&tessera_net::Security::insecure(), &addrs[0], &req, T).await,
+        call::<_, ManagerReply>(
+            &tessera_net::Security::insecure(),
+            &addrs[0],
+            tessera_net::Expect::AnyManager,
+            &req,
+            T
+        )
+        .await,
         Ok(ManagerReply::Managers { .. })
     ));
     refused(Manager::start(forgot_join.clone()).await);

@@ -31,6 +31,7 @@ async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError>
     call(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &req,
         T,
     )
@@ -92,6 +93,7 @@ async fn attach(m: &Manager, name: &str, client: &str) -> Result<u64, NetError> 
         name: name.into(),
         client: client.into(),
         paged: true,
+        holder: String::new(),
     };
     match ask(m, req).await? {
         ManagerReply::Attached { epoch, .. } => Ok(epoch),
@@ -468,6 +470,7 @@ async fn a_volume_larger_than_any_one_answer_is_provisioned_paged_and_dropped_in
     let r: Result<ManagerReply, NetError> = call(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &del,
         Duration::from_secs(120),
     )

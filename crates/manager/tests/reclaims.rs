@@ -24,6 +24,7 @@ async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError>
     call(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &req,
         T,
     )
@@ -189,6 +190,7 @@ async fn setup_at(dir: &std::path::Path, addrs: [&str; 3]) -> Manager {
         name: "v".into(),
         client: "writer".into(),
         paged: true,
+        holder: String::new(),
     };
     let ManagerReply::Attached { epoch, .. } = ask(&m, attach).await.unwrap() else {
         panic!("not attached");

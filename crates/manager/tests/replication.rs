@@ -91,6 +91,7 @@ async fn three_managers_elect_one_leader_replicate_and_survive_its_loss() {
         match call::<_, ManagerReply>(
             &tessera_net::Security::insecure(),
             &addrs[follower],
+            tessera_net::Expect::AnyManager,
             &ManagerRequest::ListVolumes,
             T,
         )

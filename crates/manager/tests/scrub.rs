@@ -29,6 +29,7 @@ async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError>
     call(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &req,
         T,
     )

@@ -20,6 +20,7 @@ async fn ask(m: &Manager, req: ManagerRequest) -> Result<ManagerReply, NetError>
     call(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &req,
         T,
     )
@@ -114,6 +115,7 @@ async fn setup(dir: &std::path::Path, addr: &str) -> (Manager, u64) {
         name: "v".into(),
         client: "writer".into(),
         paged: true,
+        holder: String::new(),
     };
     let ManagerReply::Attached { epoch, .. } = ask(&m, attach).await.unwrap() else {
         panic!("not attached");
@@ -391,6 +393,7 @@ async fn a_snapshot_whose_groups_cannot_be_fenced_stays_creating_until_asked_aga
     let asked = call::<_, ManagerReply>(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &snap,
         T * 3,
     )
@@ -437,6 +440,7 @@ async fn the_leading_manager_finishes_a_creating_snapshot_in_the_background() {
     let asked = call::<_, ManagerReply>(
         &tessera_net::Security::insecure(),
         &m.local_addr().to_string(),
+        tessera_net::Expect::AnyManager,
         &snap,
         T * 3,
     )

@@ -8,6 +8,7 @@ use tessera_proto::control::ControlError;
 use tessera_proto::frame::Kind;
 
 use crate::rpc::MANAGER_RETRY_FOR;
+use crate::tls::{Expect, Identity};
 
 /// Why a connection, a frame or a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,24 @@ pub enum NetError {
         addr: String,
         /// Why.
         reason: String,
+    },
+    /// The server's certificate is the cluster's but names another process than the one
+    /// dialled (a stale address, or one taken over): nothing was sent to it. Transient
+    /// for the caller, like an unreachable peer (the address may be fixed, or the process
+    /// move back); [`Security::connect`] logs it.
+    ///
+    /// [`Security::connect`]: crate::Security::connect
+    #[error(
+        "the server at {addr} is {}, not {expected}: refused",
+        found.as_ref().map_or_else(|| "no one".to_string(), ToString::to_string)
+    )]
+    WrongPeer {
+        /// The address dialled.
+        addr: String,
+        /// Who was expected there.
+        expected: Expect,
+        /// Who the server's certificate names (`None`: no one).
+        found: Option<Identity>,
     },
     /// The peer answered plain frames with TLS: it is secure and this side runs
     /// `--insecure`. Definite, like a refused handshake.

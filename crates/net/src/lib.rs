@@ -5,8 +5,8 @@
 //! several managers leads ([`call_managers`]). Must not know what any message means beyond
 //! its frame kind and the manager's not-leader answer.
 //!
-//! - [`tls`]: plain TCP or mutual TLS ([`Security`]): dialling, accepting, the peer's
-//!   [`Identity`]; making certificates.
+//! - [`tls`]: plain TCP or mutual TLS ([`Security`]): dialling the server expected
+//!   ([`Expect`]), accepting, the peer's [`Identity`]; making certificates.
 //! - [`conn`]: a connection either way ([`Conn`]) and its halves.
 //! - [`stream`]: frames on a byte stream ([`FrameReader`], [`write_frame`]).
 //! - [`rpc`]: control-plane calls ([`call`], [`call_managers`]) and their replies
@@ -36,5 +36,5 @@ pub use ingress::{Admitted, Budget, Crowded, Ingress, IngressLimits};
 pub use link::{LinkOptions, PeerLink};
 pub use rpc::{MANAGER_RETRY_FOR, call, call_managers, rpc_reply};
 pub use stream::{FrameReader, ReadLimits, SMALL_BODY, write_frame};
-pub use tls::{Identity, Role, Security};
+pub use tls::{Expect, Identity, Role, Security};
 pub use writer::{FrameWriter, Outgoing, Queue};

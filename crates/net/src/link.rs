@@ -2,22 +2,30 @@
 //! queue. It carries one-way traffic (Raft messages between storage nodes, between
 //! managers): nothing is ever answered on it.
 //!
-//! Owns: connecting when there is something to send, backing off while the peer is
-//! unreachable, noticing the peer closing, and writing what is queued through a
-//! [`FrameWriter`]. What is queued while the peer is unreachable or unknown is dropped:
-//! the traffic is Raft's, which retransmits what matters.
+//! Owns: connecting to the peer expected ([`Expect`]: a server with another identity is
+//! as good as unreachable) when there is something to send, backing off while the peer
+//! is unreachable or its connections end at once (a TLS 1.3 server refuses a client's
+//! certificate after the client's handshake finished: on its first read), noticing the
+//! peer closing, and writing what is queued through a [`FrameWriter`]. What is queued
+//! while the peer is unreachable or unknown is dropped: the traffic is Raft's, which
+//! retransmits what matters.
 //!
 //! Must never: block whoever queues (a full queue drops the item at once), let a dead peer
 //! grow memory (the queue is bounded), or retry faster than its back-off.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::Security;
 use crate::writer::{FrameWriter, Outgoing, Queue};
+use crate::{Expect, Security};
+
+/// How long a connection must have lasted for its end to count as a lost connection
+/// (reconnected at once, the back-off reset) rather than a failed attempt (backed off):
+/// one refused on its first read must not be redialled for every item queued.
+const STEADY: Duration = Duration::from_secs(1);
 
 /// How a link connects, backs off and writes.
 #[derive(Debug, Clone, Copy)]
@@ -40,17 +48,19 @@ pub struct PeerLink<T> {
 
 impl<T: Outgoing + 'static> PeerLink<T> {
     /// Starts the link's task on `rt`: at most `capacity` items queued; `peer` names the
-    /// peer in logs; `resolve` gives its address when one is needed (`None`: not known yet).
+    /// peer in logs, `expect` is who it must be; `resolve` gives its address when one is
+    /// needed (`None`: not known yet).
     pub fn spawn(
         rt: &Handle,
         capacity: usize,
         peer: String,
+        expect: Expect,
         resolve: impl FnMut() -> Option<String> + Send + 'static,
         opts: LinkOptions,
         security: Security,
     ) -> PeerLink<T> {
         let (tx, rx) = mpsc::channel(capacity);
-        rt.spawn(async move { run(rx, &peer, resolve, opts, &security).await });
+        rt.spawn(async move { run(rx, &peer, expect, resolve, opts, &security).await });
         PeerLink { tx }
     }
 
@@ -61,11 +71,12 @@ impl<T: Outgoing + 'static> PeerLink<T> {
 }
 
 /// Runs a link on `queue` until every sender is gone (see the module doc). Each item waits
-/// for a connection to `resolve()`; while there is none, it and whatever is queued with it
-/// are dropped.
+/// for a connection to `expect` at `resolve()`; while there is none, it and whatever is
+/// queued with it are dropped.
 pub async fn run<Q: Queue>(
     mut queue: Q,
     peer: &str,
+    expect: Expect,
     mut resolve: impl FnMut() -> Option<String> + Send,
     opts: LinkOptions,
     security: &Security,
@@ -76,21 +87,16 @@ pub async fn run<Q: Queue>(
             // Not known yet: drop it and wait for the next.
             continue;
         };
-        let stream = match security.connect(&addr, opts.connect_timeout).await {
+        let stream = match security.connect(&addr, expect, opts.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(peer, %addr, "peer unreachable: {e}");
                 drop(first);
-                while queue.try_recv().is_some() {}
-                tokio::time::sleep(backoff).await;
-                // What was queued while waiting is as stale: a burst of old appends on
-                // reconnect helps no one (Raft resends what a peer still lacks).
-                while queue.try_recv().is_some() {}
-                backoff = (backoff * 2).min(opts.backoff_max);
+                back_off(&mut queue, &mut backoff, &opts).await;
                 continue;
             }
         };
-        backoff = opts.backoff_min;
+        let connected = Instant::now();
         tracing::debug!(peer, %addr, "connected to peer");
         let (mut r, w) = stream.into_split();
         let mut w = FrameWriter::new(w);
@@ -101,20 +107,42 @@ pub async fn run<Q: Queue>(
             w.write_batch(first, &mut queue).await?;
             w.write_queue(&mut queue).await
         };
-        // Nothing is ever answered: reading only notices the peer closing.
+        // Nothing is ever answered: reading only notices the peer closing (or refusing).
         let closing = async {
             let mut buf = [0u8; 256];
-            while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) => return "closed".to_string(),
+                    Ok(_) => {}
+                    Err(e) => return e.to_string(),
+                }
+            }
         };
-        let done = tokio::select! {
-            sent = sending => sent.is_ok(),
-            () = closing => false,
+        let ended = tokio::select! {
+            sent = sending => match sent {
+                Ok(()) => return,
+                Err(e) => e.to_string(),
+            },
+            why = closing => why,
         };
-        if done {
-            return;
+        if connected.elapsed() >= STEADY {
+            tracing::debug!(peer, %addr, "connection to peer lost ({ended}); reconnecting");
+            backoff = opts.backoff_min;
+        } else {
+            tracing::debug!(peer, %addr, "connection to peer ended at once ({ended})");
+            back_off(&mut queue, &mut backoff, &opts).await;
         }
-        tracing::debug!(peer, %addr, "connection to peer lost; reconnecting");
     }
+}
+
+/// After a failed attempt: drops what is queued, waits `backoff`, and doubles it.
+async fn back_off<Q: Queue>(queue: &mut Q, backoff: &mut Duration, opts: &LinkOptions) {
+    while queue.try_recv().is_some() {}
+    tokio::time::sleep(*backoff).await;
+    // What was queued while waiting is as stale: a burst of old appends on reconnect helps
+    // no one (Raft resends what a peer still lacks).
+    while queue.try_recv().is_some() {}
+    *backoff = (*backoff * 2).min(opts.backoff_max);
 }
 
 #[cfg(test)]
@@ -148,6 +176,7 @@ mod tests {
             &Handle::current(),
             16,
             "test".into(),
+            Expect::Node(2),
             move || Some(addr.clone()),
             OPTS,
             Security::insecure(),
@@ -188,6 +217,7 @@ mod tests {
             &Handle::current(),
             2,
             "unknown".into(),
+            Expect::Node(2),
             || None,
             OPTS,
             Security::insecure(),
@@ -196,6 +226,7 @@ mod tests {
             &Handle::current(),
             2,
             "dead".into(),
+            Expect::Node(3),
             move || Some(dead.clone()),
             OPTS,
             Security::insecure(),
@@ -217,5 +248,47 @@ mod tests {
         // once, and is emptied after each failed attempt.
         assert!(refused[1] > 0, "{refused:?}");
         assert!(taken[1] > 2, "{taken:?}");
+    }
+
+    /// A peer that takes each connection and ends it at once (as a TLS 1.3 server refusing
+    /// the client's certificate does, on the client's first read) is redialled at the
+    /// back-off's pace, not once per item queued.
+    #[tokio::test]
+    async fn connections_that_end_at_once_are_redialled_at_the_backoff_pace() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(s);
+            }
+        });
+        let opts = LinkOptions {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            ..OPTS
+        };
+        let link: PeerLink<Frame> = PeerLink::spawn(
+            &Handle::current(),
+            16,
+            "refusing".into(),
+            Expect::Node(2),
+            move || Some(addr.clone()),
+            opts,
+            Security::insecure(),
+        );
+        // 200 items over about 600 ms: at the back-off's pace (20, 40, 80, 100, 100... ms)
+        // that is about a dozen connections; once per item, nearer 200.
+        let started = Instant::now();
+        for i in 0..200 {
+            link.send(frame(i));
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let n = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        // Generous for a loaded machine: one connection per 50 ms, and a few more.
+        let paced = started.elapsed().as_millis() as usize / 50 + 5;
+        assert!((1..=paced).contains(&n), "{n} connections, over {paced}");
     }
 }

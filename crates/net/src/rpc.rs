@@ -14,21 +14,22 @@ use serde::de::DeserializeOwned;
 use tessera_proto::control::{self, ControlError};
 use tessera_proto::frame::{self, Frame, Kind};
 
-use crate::{FrameReader, NetError, Security, write_frame};
+use crate::{Expect, FrameReader, NetError, Security, write_frame};
 
-/// One control-plane request on its own connection (dialled as `security` says), answered
-/// within `timeout`.
+/// One control-plane request on its own connection to `expect` at `addr` (dialled as
+/// `security` says), answered within `timeout`.
 ///
 /// The reply body is `Result<Rep, ControlError>`; a `ControlError` comes back as
 /// [`NetError::Control`].
 pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
     security: &Security,
     addr: &str,
+    expect: Expect,
     req: &Req,
     timeout: Duration,
 ) -> Result<Rep, NetError> {
     let work = async {
-        let stream = security.connect(addr, timeout).await?;
+        let stream = security.connect(addr, expect, timeout).await?;
         let (r, mut w) = stream.into_split();
         write_frame(&mut w, &Frame::new(Kind::Rpc, 1, control::encode(req))).await?;
         let mut reader = FrameReader::new(r);
@@ -61,7 +62,8 @@ static LEADERS: LazyLock<Mutex<HashMap<Vec<String>, String>>> =
 /// `timeout`.
 ///
 /// Tries the last known leader first, follows [`ControlError::NotLeader`] hints, moves on to
-/// the next address when one cannot be reached, and after every address failed in a row
+/// the next address when one cannot be reached or is not a manager ([`Expect::AnyManager`]:
+/// [`NetError::WrongPeer`]), and after every address failed in a row
 /// backs off (50 ms doubling up to 1 s) until [`MANAGER_RETRY_FOR`] has passed, then fails
 /// with [`NetError::NoLeader`]. Any other answer, error or not, is final: it is returned at
 /// once, as is a TLS handshake refused by every manager (certificates do not change by
@@ -94,6 +96,7 @@ pub async fn call_managers<Req: Serialize, Rep: DeserializeOwned>(
         let err = match call::<Req, Rep>(
             security,
             &addr,
+            Expect::AnyManager,
             req,
             timeout.min(left.max(Duration::from_millis(100))),
         )

@@ -6,18 +6,23 @@
 //! ([`Security::accept`]) with a handshake deadline; the peer's [`Identity`] read from its
 //! verified certificate. A secure process requires a certificate signed by the cluster CA
 //! from every peer, both ways, and checks servers against [`issue::SERVER_NAME`] (node and
-//! manager addresses change; the CA and the identity in the certificate are what bind).
+//! manager addresses change; the CA and the identity in the certificate are what bind)
+//! and against who it dialled ([`Expect`]).
 //!
 //! Must never: accept a connection whose handshake did not finish within
 //! [`HANDSHAKE_TIMEOUT`] (a stranger holding sockets open costs a task, not a node),
-//! accept a peer certificate not signed by the cluster CA, or decide what an identity may
+//! accept a peer certificate not signed by the cluster CA, send anything to a server whose
+//! certificate names another process than the one dialled, or decide what an identity may
 //! do (that is the server's, per request).
 //!
 //! - [`identity`]: who a certificate names ([`Identity`], [`Role`]).
 //! - [`issue`]: making a CA and certificates (`tessera cert`, `tessera dev`, tests).
+//! - `sign`: signing with this process's key, and checking what another process of the
+//!   cluster signed ([`Security::sign`], [`Security::verify`]).
 
 pub mod identity;
 pub mod issue;
+mod sign;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +34,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, TlsStream};
 
-pub use identity::{Identity, Role};
+pub use identity::{Expect, Identity, Role};
 /// For protocols that start TLS themselves (NBD's `NBD_OPT_STARTTLS`): [`Security::acceptor`].
 pub use tokio_rustls::TlsAcceptor;
 pub use tokio_rustls::server::TlsStream as ServerTlsStream;
@@ -72,6 +77,8 @@ struct Tls {
     me: Identity,
     connector: TlsConnector,
     acceptor: TlsAcceptor,
+    /// What [`Security::sign`] and [`Security::verify`] use (see `sign`).
+    signing: sign::Signing,
 }
 
 impl std::fmt::Debug for Security {
@@ -147,6 +154,7 @@ impl Security {
         )
         .build()
         .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+        let signing = sign::Signing::new(&provider, &chain, &key, verifier.clone())?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -160,6 +168,7 @@ impl Security {
                 me,
                 connector: TlsConnector::from(Arc::new(client)),
                 acceptor: TlsAcceptor::from(Arc::new(server)),
+                signing,
             })),
         })
     }
@@ -181,8 +190,15 @@ impl Security {
     }
 
     /// Opens a connection to `addr` (TCP with `TCP_NODELAY`, then the TLS handshake),
-    /// within `timeout` for the whole.
-    pub async fn connect(&self, addr: &str, timeout: Duration) -> Result<Conn, NetError> {
+    /// within `timeout` for the whole, to the server `expect` says: one whose certificate
+    /// names another process is dropped before anything is sent to it
+    /// ([`NetError::WrongPeer`], logged). Insecure: no identities, no check.
+    pub async fn connect(
+        &self,
+        addr: &str,
+        expect: Expect,
+        timeout: Duration,
+    ) -> Result<Conn, NetError> {
         let work = async {
             let tcp = crate::stream::connect_tcp(addr).await?;
             let Some(tls) = &self.tls else {
@@ -198,6 +214,16 @@ impl Security {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| handshake_error(addr, e))?;
+            let found = peer_identity(s.get_ref().1.peer_certificates());
+            if !expect.admits(found.as_ref()) {
+                let e = NetError::WrongPeer {
+                    addr: addr.to_string(),
+                    expected: expect,
+                    found,
+                };
+                tracing::warn!("{e}");
+                return Err(e);
+            }
             Ok(Conn::Tls(Box::new(TlsStream::Client(s))))
         };
         tokio::time::timeout(timeout, work)
@@ -206,31 +232,6 @@ impl Security {
                 addr: addr.to_string(),
                 timeout,
             })?
-    }
-
-    /// [`Security::connect`] to a server that must be `expect` (its certificate names it):
-    /// a copy source, which an address from a message must not redirect to anyone else.
-    /// Insecure: no check.
-    pub async fn connect_to(
-        &self,
-        addr: &str,
-        timeout: Duration,
-        expect: &Identity,
-    ) -> Result<Conn, NetError> {
-        let conn = self.connect(addr, timeout).await?;
-        if let Conn::Tls(s) = &conn {
-            let found = peer_identity(s.get_ref().1.peer_certificates());
-            if found.as_ref() != Some(expect) {
-                return Err(NetError::Handshake {
-                    addr: addr.to_string(),
-                    reason: format!(
-                        "expected {expect}, the server is {}",
-                        found.map_or_else(|| "no one".to_string(), |w| w.to_string())
-                    ),
-                });
-            }
-        }
-        Ok(conn)
     }
 
     /// The server side of a connection just accepted: the TLS handshake (within

@@ -359,6 +359,11 @@ pub enum Reply {
         /// The volume's sequence in the group.
         seq: u64,
     },
+    /// The connection holds no capability for the request's volume that allows it (none
+    /// presented, expired, another volume's, or a read-only one for a write, or another
+    /// writer epoch's): not applied. The sender fetches a fresh capability from the
+    /// manager, presents it ([`Kind::Capability`]) and may send the request again.
+    Unauthorized(String),
     /// In process only, never on the wire (encoded as [`Reply::Unavailable`]): a read of a
     /// restored chunk met blocks it has not filled from its backup yet. `data` is the read
     /// with zeroes in their place; `blocks` their indexes in the chunk, ascending. The
@@ -386,6 +391,7 @@ impl Reply {
             Reply::Expired(_) => 9,
             Reply::Fenced(_) => 10,
             Reply::Resequence { .. } => 11,
+            Reply::Unauthorized(_) => 12,
             Reply::Unfilled { .. } => Reply::Unavailable(String::new()).code(),
         }
     }
@@ -414,7 +420,8 @@ impl Reply {
             | Reply::BadRequest(m)
             | Reply::Unavailable(m)
             | Reply::Expired(m)
-            | Reply::Fenced(m) => b.extend_from_slice(m.as_bytes()),
+            | Reply::Fenced(m)
+            | Reply::Unauthorized(m) => b.extend_from_slice(m.as_bytes()),
             Reply::Unfilled { .. } => {
                 b.extend_from_slice(b"restored block not filled yet: retry");
             }
@@ -441,6 +448,7 @@ impl Reply {
             9 => Reply::Expired(msg(body)),
             10 => Reply::Fenced(msg(body)),
             11 => Reply::Resequence { seq: r.u64()? },
+            12 => Reply::Unauthorized(msg(body)),
             other => return Err(DecodeError::Invalid(format!("reply status {other}"))),
         })
     }

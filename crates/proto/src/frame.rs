@@ -52,6 +52,9 @@ pub enum Kind {
     Fence = 8,
     /// Data plane: which blocks of a range hold data ([`crate::data::Op::BlockStatus`]).
     BlockStatus = 9,
+    /// Data plane: a client presents a signed capability ([`crate::capability::Signed`]
+    /// bytes) for a volume's I/O on this connection; answered with a [`crate::data::Reply`].
+    Capability = 10,
     /// Data plane reply to any of the above: a [`crate::data::Reply`].
     Reply = 0x80,
     /// Node to node: a batch of Raft messages of many groups ([`crate::data::RaftBatch`]).
@@ -78,6 +81,7 @@ impl TryFrom<u8> for Kind {
             7 => Kind::CatchUpRead,
             8 => Kind::Fence,
             9 => Kind::BlockStatus,
+            10 => Kind::Capability,
             0x80 => Kind::Reply,
             16 => Kind::RaftBatch,
             17 => Kind::ManagerRaft,
@@ -308,7 +312,8 @@ mod tests {
         assert!(matches!(decode(&mut buf), Err(DecodeError::BadMagic(_))));
     }
 
-    const KINDS: [Kind; 14] = [
+    const KINDS: [Kind; 15] = [
+        Kind::Capability,
         Kind::Write,
         Kind::Read,
         Kind::WriteZeroes,

@@ -3,6 +3,7 @@
 //! - [`frame`]: the length-prefixed, checksummed frame every Tessera connection speaks
 //!   (client ↔ storage node, node ↔ node, anyone ↔ manager).
 //! - [`data`]: data-plane requests and replies (read, write, zeroes) in a fixed binary layout.
+//! - [`capability`]: what the manager signs to let one client use one volume.
 //! - [`command`]: the commands replicated through a group's Raft log and applied to chunks.
 //! - [`control`]: control-plane messages (JSON bodies): manager API and storage admin.
 //! - [`copy`]: node to node replica copies: the group's chunk list, in bounded pages.
@@ -14,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod capability;
 pub mod command;
 pub mod control;
 pub mod copy;
@@ -93,6 +95,11 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -110,5 +117,13 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len()
+    }
+
+    /// `Ok` if every byte was read.
+    pub(crate) fn end(&self) -> Result<(), DecodeError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n => Err(DecodeError::Invalid(format!("{n} bytes past the end"))),
+        }
     }
 }

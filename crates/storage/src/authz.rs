@@ -4,9 +4,8 @@
 //! answered first).
 //!
 //! - Client I/O (reads, writes, zeroes, discards, fences, block status): clients and
-//!   managers; a read-only client only reads. (Which volume a client may reach is the
-//!   manager's to decide when the volume is opened; a signed capability checked here is
-//!   still to come.)
+//!   managers; a read-only client only reads. Which volume, and with which writer epoch,
+//!   a client's signed capabilities say (see `capability`).
 //! - Raft batches: only node N, for a batch that says it comes from N (each message's
 //!   sender is then checked against the batch's by the Raft layer).
 //! - Catch-up reads (a replica copying a peer's chunks) and region scans: only nodes.
@@ -25,6 +24,11 @@ static REFUSED: LazyCounter = LazyCounter::new(
     "tessera_storage_refused_requests_total",
     "Frames refused because the peer's certificate does not allow them",
 );
+
+/// Counts a refusal decided elsewhere (a capability, see `capability`).
+pub(crate) fn refused() {
+    REFUSED.add(1);
+}
 
 /// What a frame asks for.
 pub(crate) enum Asked<'a> {

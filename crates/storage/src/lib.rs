@@ -33,6 +33,7 @@
 
 mod authz;
 mod backup;
+mod capability;
 mod catch_up;
 mod fetch;
 mod gate;

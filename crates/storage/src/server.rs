@@ -149,6 +149,8 @@ pub(crate) async fn serve(
         };
     }
     let mut copied = CopySources::default();
+    // The volumes this connection's client may reach, as its capabilities say.
+    let mut caps = crate::capability::Capabilities::default();
     // Backups and hydrations of chunks this connection asked for: they run beside the loop
     // and are aborted when the connection ends (the manager gave up on them).
     let mut long = tokio::task::JoinSet::new();
@@ -183,6 +185,12 @@ pub(crate) async fn serve(
                     break;
                 }
                 match Request::decode(f.kind, &f.body) {
+                    Ok(req) if let Err(why) = caps.allows(who.as_ref(), &req) => {
+                        tracing::debug!(%peer, "refused: {why}");
+                        let frame = Frame::new(Kind::Reply, id, Reply::Unauthorized(why).encode());
+                        let own = room!(frame.body_len());
+                        let _ = tx.send((frame, Held::new(own, None)));
+                    }
                     Ok(req) => {
                         // A read's answer is as large as the read; a write's body is
                         // already held if large (taken when it was read).
@@ -200,6 +208,22 @@ pub(crate) async fn serve(
                         let own = room!(frame.body_len());
                         let _ = tx.send((frame, Held::new(own, None)));
                     }
+                }
+            }
+            Kind::Capability => {
+                let reply = match caps.present(&shared.security, who.as_ref(), &f.body) {
+                    Ok(()) => Reply::Ok(bytes::Bytes::new()),
+                    Err(why) => {
+                        tracing::debug!(%peer, "refused a capability: {why}");
+                        Reply::Unauthorized(why)
+                    }
+                };
+                let frame = Frame::new(Kind::Reply, f.request_id, reply.encode());
+                let own = room!(frame.body_len());
+                let _ = tx.send((frame, Held::new(own, None)));
+                if caps.hostile >= crate::capability::MAX_REFUSED {
+                    tracing::warn!(%peer, "dropping connection: forged or stolen capabilities");
+                    break;
                 }
             }
             Kind::CatchUpList | Kind::CatchUpChecksums | Kind::CatchUpRead => {

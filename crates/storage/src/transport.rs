@@ -1,5 +1,6 @@
 //! Raft messages to peer storage nodes over TCP: one [`PeerLink`] per peer node, each a
-//! reconnecting connection fed by a bounded queue, its frames written in batches.
+//! reconnecting connection to that node (its certificate must name it) fed by a bounded
+//! queue, its frames written in batches.
 //! Messages queued while a peer is unreachable, or not yet known, are dropped (Raft resends
 //! what matters); a full queue drops new ones rather than hold up the poller.
 //!
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_net::{LinkOptions, Outgoing, PeerLink};
+use tessera_net::{Expect, LinkOptions, Outgoing, PeerLink};
 use tessera_proto::data::RaftBatch;
 use tessera_proto::frame::{Frame, Kind, MAX_BODY};
 use tessera_raft::Transport;
@@ -61,6 +62,7 @@ impl TcpTransport {
             &self.rt,
             MAX_QUEUED,
             format!("node {to}"),
+            Expect::Node(to),
             resolve,
             LINK,
             self.security.clone(),

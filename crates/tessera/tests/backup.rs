@@ -376,6 +376,7 @@ async fn wrong_s3_credentials_stop_the_manager_at_start_naming_the_store() {
         let reply = tessera_net::call::<_, ManagerReply>(
             &tessera_net::Security::insecure(),
             &addr,
+            tessera_net::Expect::AnyManager,
             &ManagerRequest::ListStores,
             Duration::from_secs(2),
         )

@@ -17,6 +17,7 @@ async fn node_status(c: &Cluster, addr: &str) -> Option<NodeHeartbeat> {
     match tessera_net::call::<_, StorageReply>(
         &c.security(),
         addr,
+        tessera_net::Expect::Any,
         &StorageRequest::Status,
         Duration::from_secs(5),
     )

@@ -276,7 +276,7 @@ async fn garbage_on_the_data_port_drops_only_that_connection() {
         let (security, addr) = (security.clone(), addr.to_string());
         async move {
             security
-                .connect(&addr, Duration::from_secs(5))
+                .connect(&addr, tessera_net::Expect::Any, Duration::from_secs(5))
                 .await
                 .expect("connect")
         }

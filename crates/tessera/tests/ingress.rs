@@ -119,7 +119,7 @@ async fn strangers_slow_senders_and_non_readers_leave_a_node_within_its_budget()
     while leader.is_none() && Instant::now() < deadline {
         for (i, n) in c.nodes.iter().enumerate() {
             if matches!(
-                direct(&c.security(), &n.addr, &read).await,
+                direct(&c.manager_security(), &n.addr, &read).await,
                 Some(Reply::Ok(_))
             ) {
                 leader = Some(i);
@@ -174,7 +174,10 @@ async fn strangers_slow_senders_and_non_readers_leave_a_node_within_its_budget()
     // Idle clients with valid certificates: connected, then silent.
     let mut idle = Vec::new();
     for _ in 0..IDLE {
-        let conn = c.security().connect(&node, Duration::from_secs(10)).await;
+        let conn = c
+            .security()
+            .connect(&node, tessera_net::Expect::Any, Duration::from_secs(10))
+            .await;
         idle.push(conn.expect("an idle client connects"));
     }
 
@@ -183,7 +186,10 @@ async fn strangers_slow_senders_and_non_readers_leave_a_node_within_its_budget()
     let wire = Frame::new(big.kind(), 1, big.encode()).to_bytes();
     let mut slow = Vec::new();
     for _ in 0..SLOW {
-        let conn = c.security().connect(&node, Duration::from_secs(5)).await;
+        let conn = c
+            .security()
+            .connect(&node, tessera_net::Expect::Any, Duration::from_secs(5))
+            .await;
         let (r, mut w) = conn.expect("a slow sender connects").into_split();
         let wire = wire.clone();
         let trickle = tokio::spawn(async move {
@@ -203,13 +209,22 @@ async fn strangers_slow_senders_and_non_readers_leave_a_node_within_its_budget()
     // Non-readers: 1 MiB reads, pipelined, answers never read; sent to every node, as
     // leadership may move while the test runs (a follower's answers are small).
     let mut non_readers = Vec::new();
+    let cap = c.capability_frame(vol.info().id, 0).await;
     for k in 0..NON_READERS * 3 {
         let at = c.nodes[k % 3].addr.clone();
-        let conn = c.security().connect(&at, Duration::from_secs(5)).await;
+        let conn = c
+            .security()
+            .connect(&at, tessera_net::Expect::Any, Duration::from_secs(5))
+            .await;
         let (r, mut w) = conn.expect("a non-reader connects").into_split();
         let frame = Frame::new(read.kind(), 7, read.encode()).to_bytes();
-        // 64 reads, then silence: the connection stays open, its answers unread.
+        // A client the manager let read the volume: its capability, 64 reads, then
+        // silence: the connection stays open, its answers unread.
+        let cap = cap.clone();
         let flood = tokio::spawn(async move {
+            if w.write_all(&cap).await.is_err() {
+                return;
+            }
             for _ in 0..64 {
                 if w.write_all(&frame).await.is_err() {
                     return;

@@ -50,6 +50,7 @@ async fn all_routes(c: &Cluster, volume_id: u64) -> Vec<ChunkRoute> {
         let ManagerReply::Routes(RoutePage { routes, next: n }) = tessera_net::call(
             &c.security(),
             c.manager_addr(),
+            tessera_net::Expect::AnyManager,
             &req,
             Duration::from_secs(10),
         )

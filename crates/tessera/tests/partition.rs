@@ -176,7 +176,7 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         for (i, n) in c.nodes.iter().enumerate() {
             if matches!(
                 direct(
-                    &c.security(),
+                    &c.manager_security(),
                     &n.addr,
                     &Request::other(Op::Read, addr, 0, 4096)
                 )
@@ -201,13 +201,13 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
         ..Request::write(addr, 0, Bytes::from(vec![0xcc; 4096]))
     };
     let x_for_write = x_addr.clone();
-    let security = c.security();
+    let security = c.manager_security();
     let divergent = tokio::spawn(async move { direct(&security, &x_for_write, &divergent).await });
     // Past its lease (half an election timeout without a quorum's answers) the old leader
     // refuses reads, even while Raft has not yet made it step down.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let r = direct(
-        &c.security(),
+        &c.manager_security(),
         &x_addr,
         &Request::other(Op::Read, addr, 0, 4096),
     )
@@ -235,7 +235,7 @@ async fn an_isolated_leader_stops_serving_and_rejoins_as_follower() {
     );
     // The old leader never serves the old value now.
     let r = direct(
-        &c.security(),
+        &c.manager_security(),
         &x_addr,
         &Request::other(Op::Read, addr, 0, 4096),
     )

@@ -1,17 +1,20 @@
 //! Threats against a secure cluster, each tried with no certificate, with a certificate of
 //! another CA, and with a valid certificate of the wrong role or identity: each is refused,
-//! counted in the refusing process's metrics, and the cluster keeps serving its real
-//! clients. Real processes (a manager, three storage nodes) on loopback.
+//! counted in the refusing process's metrics (a server refusing a client) or logged (a
+//! process refusing the server it dialled), and the cluster keeps serving its real clients.
+//! Real processes (a manager, three storage nodes) on loopback.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::issue_certs;
 use common::metrics::{counted, counter};
 use common::{Cluster, Opts, free_port};
-use tessera_net::{Identity, NetError, Role, Security};
+use tessera_net::{Expect, Identity, NetError, Role, Security};
 use tessera_proto::control::{
     ControlError, ManagerReply, ManagerRequest, NodeHeartbeat, NodeRegistration, PeerInfo,
     StorageReply, StorageRequest,
@@ -25,6 +28,65 @@ fn refused<T: std::fmt::Debug>(r: Result<T, NetError>) -> String {
     match r {
         Err(NetError::Control(ControlError::Unauthorized(why))) => why,
         other => panic!("not refused as unauthorized: {other:?}"),
+    }
+}
+
+/// Whoever holds a process's key, listening on an address others dial as someone else:
+/// who finished a handshake with it, and how many frames it was sent.
+struct Impostor {
+    dialled_by: Arc<Mutex<Vec<Identity>>>,
+    frames: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Impostor {
+    async fn listen(addr: &str, security: Security) -> Impostor {
+        // The address was just freed (SIGKILL): retried until it can be taken.
+        let deadline = Instant::now() + T;
+        let l = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => assert!(Instant::now() < deadline, "binding {addr}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let dialled_by: Arc<Mutex<Vec<Identity>>> = Arc::default();
+        let frames: Arc<AtomicUsize> = Arc::default();
+        let (d, f) = (dialled_by.clone(), Arc::clone(&frames));
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = l.accept().await {
+                let (security, d, f) = (security.clone(), d.clone(), Arc::clone(&f));
+                conns.spawn(async move {
+                    let Ok((conn, Some(who))) = security.accept(tcp).await else {
+                        return;
+                    };
+                    d.lock().expect("lock").push(who);
+                    let (r, _w) = conn.into_split();
+                    let mut r = tessera_net::FrameReader::new(r);
+                    while let Ok(Some(_)) = r.next().await {
+                        f.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Impostor {
+            dialled_by,
+            frames,
+            task,
+        }
+    }
+
+    /// Stops listening and drops every connection; its address is free on return.
+    async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -108,6 +170,7 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
     let e = tessera_net::call::<_, ManagerReply>(
         &stranger,
         &maddr,
+        Expect::AnyManager,
         &ManagerRequest::DeleteVolume { name: "a".into() },
         T,
     )
@@ -167,7 +230,7 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
     // A read-only client reads, and may not write on a node.
     let before = refused_requests(&node_metrics[0], "storage");
     let conn = reader
-        .connect(&addr1, T)
+        .connect(&addr1, Expect::Node(1), T)
         .await
         .expect("reader dials node 1");
     let (r, mut w) = conn.into_split();
@@ -210,15 +273,24 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
     };
     let before = refused_requests(&manager_metrics, "manager");
     let admin_sec = c.security();
-    refused(tessera_net::call::<_, ManagerReply>(&admin_sec, &maddr, &reg(None), T).await);
-    refused(tessera_net::call::<_, ManagerReply>(&node2, &maddr, &reg(Some(3)), T).await);
-    let why = refused(tessera_net::call::<_, ManagerReply>(&node2, &maddr, &reg(None), T).await);
+    refused(
+        tessera_net::call::<_, ManagerReply>(&admin_sec, &maddr, Expect::AnyManager, &reg(None), T)
+            .await,
+    );
+    refused(
+        tessera_net::call::<_, ManagerReply>(&node2, &maddr, Expect::AnyManager, &reg(Some(3)), T)
+            .await,
+    );
+    let why = refused(
+        tessera_net::call::<_, ManagerReply>(&node2, &maddr, Expect::AnyManager, &reg(None), T)
+            .await,
+    );
     assert!(why.contains("wiped"), "{why}");
     let hb = ManagerRequest::Heartbeat(NodeHeartbeat {
         node_id: 3,
         ..Default::default()
     });
-    refused(tessera_net::call::<_, ManagerReply>(&node2, &maddr, &hb, T).await);
+    refused(tessera_net::call::<_, ManagerReply>(&node2, &maddr, Expect::AnyManager, &hb, T).await);
     counted(
         &manager_metrics,
         "tessera_manager_refused_requests_total",
@@ -266,11 +338,19 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
     };
     let before = refused_requests(&node_metrics[2], "storage");
     for who in [&admin_sec, &node2, &user_a] {
-        refused(tessera_net::call::<_, StorageReply>(who, &addr3, &change, T).await);
+        refused(
+            tessera_net::call::<_, StorageReply>(who, &addr3, Expect::Node(3), &change, T).await,
+        );
     }
-    let e = tessera_net::call::<_, StorageReply>(&Security::insecure(), &addr3, &change, T)
-        .await
-        .unwrap_err();
+    let e = tessera_net::call::<_, StorageReply>(
+        &Security::insecure(),
+        &addr3,
+        Expect::Node(3),
+        &change,
+        T,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, NetError::SpeaksTls), "{e}");
     counted(
         &node_metrics[2],
@@ -281,7 +361,10 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
     // --- Inject a Raft message: node 2 speaking as node 3, a client speaking as node 2. ---
     let before = refused_requests(&node_metrics[0], "storage");
     for (who, from) in [(&node2, 3), (&admin_sec, 2)] {
-        let conn = who.connect(&addr1, T).await.expect("dial node 1");
+        let conn = who
+            .connect(&addr1, Expect::Node(1), T)
+            .await
+            .expect("dial node 1");
         let (r, mut w) = conn.into_split();
         let batch = RaftBatch {
             from_node: from,
@@ -300,6 +383,83 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
         before + 2,
     );
 
+    // --- Answer as another process: node 2's key on node 3's address. ---
+    // Node 3, leading volume a's first chunk, goes down, and whoever holds node 2's key
+    // takes its address. User-a's client (told node 3 leads), the nodes' Raft links to
+    // node 3, and a client given the address as a manager's all dial it; each refuses it
+    // once the handshake shows who it is, and sends it nothing.
+    common::scrub::Target::of(&c, "a", 0, 0)
+        .await
+        .make_leader(&c, 2)
+        .await;
+    let a = as_user.open("a").await.expect("open a");
+    a.write(4096, Bytes::from(vec![0xab; 4096]))
+        .await
+        .expect("write a, led by node 3");
+    c.kill_node(2);
+    let impostor = Impostor::listen(&addr3, node2.clone()).await;
+    a.write(4096, Bytes::from(vec![0xac; 4096]))
+        .await
+        .expect("write a while node 3 is impersonated");
+    drop(a);
+    let refused_by_a_node = || {
+        c.nodes[..2].iter().any(|n| {
+            std::fs::read_to_string(&n.log).is_ok_and(|l| l.contains("is node 2, not node 3"))
+        })
+    };
+    let dialled_by_user_a = || {
+        let d = impostor.dialled_by.lock().expect("lock");
+        d.iter()
+            .any(|w| matches!(w, Identity::Client { name, .. } if name == "user-a"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(
+            impostor.frames.load(Ordering::Relaxed),
+            0,
+            "the impostor was sent frames; dialled by {:?}",
+            impostor.dialled_by.lock().expect("lock")
+        );
+        if refused_by_a_node() && dialled_by_user_a() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3's address not dialled and refused by a node and user-a; dialled by {:?}\n{}",
+            impostor.dialled_by.lock().expect("lock"),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Listed before the manager, it is passed over like a manager that is down.
+    let misled = tessera_client::Client::connect_with(
+        vec![addr3.clone(), maddr.clone()],
+        "misled",
+        admin_sec.clone(),
+    )
+    .await
+    .expect("the manager listed second answers");
+    assert_eq!(misled.list_volumes().await.expect("list").len(), 2);
+    assert_eq!(impostor.frames.load(Ordering::Relaxed), 0);
+    // Dialled by hand, the refusal is the caller's error.
+    let status_req = StorageRequest::Status;
+    let e =
+        tessera_net::call::<_, StorageReply>(&admin_sec, &addr3, Expect::Node(3), &status_req, T)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            NetError::WrongPeer {
+                found: Some(Identity::Node(2)),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    impostor.stop().await;
+    c.restart_node(2);
+
     // The real clients were served throughout, and still are.
     let b = admin.open("b").await.expect("open b");
     assert_eq!(
@@ -313,6 +473,10 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
     assert_eq!(
         &a.read(0, 4096).await.expect("read a")[..],
         &[0xaa; 4096][..]
+    );
+    assert_eq!(
+        &a.read(4096, 4096).await.expect("read a")[..],
+        &[0xac; 4096][..]
     );
     let s = c.wait_ready(3).await;
     assert!(s.groups.iter().all(|g| g.replicas.len() == 3));

@@ -100,7 +100,7 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
                 };
                 let read = Request::other(Op::Read, at, 0, 4096);
                 leads &= matches!(
-                    direct(&c.security(), leader_addr, &read).await,
+                    direct(&c.manager_security(), leader_addr, &read).await,
                     Some(Reply::Ok(_))
                 );
             }
@@ -142,8 +142,12 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
     // Connection 1: G1's writes fill the connection's budget (they cannot commit), then
     // the old write X to G2 waits behind them, with a short deadline.
     let s1 = c
-        .security()
-        .connect(&leader_addr, Duration::from_secs(5))
+        .manager_security()
+        .connect(
+            &leader_addr,
+            tessera_net::Expect::Any,
+            Duration::from_secs(5),
+        )
         .await
         .expect("connect");
     let (r1, mut w1) = s1.into_split();
@@ -170,8 +174,12 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
     // Connection 2: the newer write W to the same block, acknowledged while X waits.
     let newer = write(g2, 0x57, b'W', 4096, unix_ms() + 5_000);
     let s2 = c
-        .security()
-        .connect(&leader_addr, Duration::from_secs(5))
+        .manager_security()
+        .connect(
+            &leader_addr,
+            tessera_net::Expect::Any,
+            Duration::from_secs(5),
+        )
         .await
         .expect("connect");
     let (r2, mut w2) = s2.into_split();

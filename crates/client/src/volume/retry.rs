@@ -25,6 +25,7 @@ use tessera_proto::frame::Kind;
 
 use super::{Piece, Volume};
 use crate::attachment::Attachment;
+use crate::capability::Cap;
 use crate::{CALL_TIMEOUT, Error, RETRY_FOR, Result};
 
 /// How long a write whose outcome is unknown is retried before the caller gets an error
@@ -80,6 +81,9 @@ impl Volume {
         // there, and no attempt can enter the log any more).
         let mut unsettled = false;
         let mut warned = false;
+        // The capability a node refused last (fetched again), and how many times in a row.
+        let mut refused_cap = None;
+        let mut unauthorized = 0;
         // A change the caller stops waiting for (an NBD client hung up) or that fails may
         // still sit in a node's queue until its deadline: the next write to the chunk
         // waits that long rather than be overtaken by it (see `Attachment::quiet`).
@@ -163,6 +167,41 @@ impl Volume {
                 Err(e) => return Err(e),
             };
             refresh = false;
+            let client = &self.inner.client;
+            let cap = match client
+                .capability(self.inner.info.id, epoch, refused_cap)
+                .await
+            {
+                Ok(c) => c,
+                Err(
+                    e @ (Error::Control(ControlError::Unavailable(_) | ControlError::NotLeader(_))
+                    | Error::Net(_)),
+                ) => {
+                    last_err = format!("manager: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                // The epoch ended, and the capability held for it with it: a change that
+                // may still land waits (a node may answer for it on a connection that has
+                // one); anything else fails as a route lookup would.
+                Err(Error::Control(ControlError::Conflict(m))) => {
+                    if let Some(a) = &self.inner.attachment
+                        && a.epoch == epoch
+                    {
+                        a.end(&m);
+                    }
+                    if !unsettled {
+                        return Err(Error::Fenced(m));
+                    }
+                    last_err = m;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            refused_cap = None;
             let (node_id, addr) = route.target(attempt);
             attempt += 1;
             if let Some(g) = &mut guard {
@@ -193,7 +232,7 @@ impl Volume {
                 len: p.len,
                 data: data.clone(),
             };
-            let reply = match self.send(&addr, &req).await {
+            let reply = match self.send(node_id, &addr, &req, cap.as_deref()).await {
                 Ok(r) => {
                     if let Some(g) = &mut guard {
                         g.answered();
@@ -214,6 +253,9 @@ impl Volume {
                     continue;
                 }
             };
+            if !matches!(reply, Reply::Unauthorized(_)) {
+                unauthorized = 0;
+            }
             match reply {
                 // Not applied, and never will be: again at once with the group's sequence
                 // (the leader answered, so it is still the one to send to).
@@ -287,6 +329,22 @@ impl Volume {
                     };
                     backoff = (backoff * 2).min(cap);
                 }
+                // Not applied: the connection's capability expired or was refused. A
+                // fresh one is fetched and presented; a node refusing that too (a clock
+                // far off the manager's) is not waited on forever.
+                Reply::Unauthorized(m) => {
+                    unauthorized += 1;
+                    // (A change that may still land is retried until it settles.)
+                    if unauthorized > 3 && !unsettled {
+                        return Err(Error::Control(ControlError::Unauthorized(format!(
+                            "node {node_id}: {m}"
+                        ))));
+                    }
+                    last_err = format!("node {node_id}: {m}");
+                    refused_cap = cap.as_ref().map(|c| c.serial);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
                 Reply::Fenced(m) => {
                     if let Some(a) = &self.inner.attachment
                         && a.epoch == epoch
@@ -303,8 +361,12 @@ impl Volume {
         }
     }
 
-    async fn send(&self, addr: &str, req: &Request) -> Result<Reply> {
-        let conn = self.inner.client.node(addr).await?;
+    /// One attempt of `req` on node `node` at `addr`.
+    async fn send(&self, node: u64, addr: &str, req: &Request, cap: Option<&Cap>) -> Result<Reply> {
+        let conn = self.inner.client.node(node, addr).await?;
+        if let Some(cap) = cap {
+            conn.present(req.addr.volume, req.epoch, cap)?;
+        }
         let sent = std::time::Instant::now();
         let (head, data) = req.encode_parts();
         let f = conn.request(req.kind(), head, data, CALL_TIMEOUT).await?;

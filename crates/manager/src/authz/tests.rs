@@ -127,6 +127,7 @@ fn clients_do_what_their_role_allows() {
         name: n.into(),
         client: "x".into(),
         paged: false,
+        holder: String::new(),
     };
     let open = |n: &str| ManagerRequest::OpenVolume {
         name: n.into(),

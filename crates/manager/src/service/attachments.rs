@@ -19,6 +19,7 @@ impl Service {
         &mut self,
         name: &str,
         client: &str,
+        holder: &str,
         paged: bool,
         now: Now,
     ) -> Result<ManagerReply, ControlError> {
@@ -26,7 +27,7 @@ impl Service {
         let (_, groups) = self.state.open_volume(name)?;
         self.first_groups(name, groups, paged, now)?;
         let leases = &mut self.leases;
-        let (m, epoch) = attach::plan_attach(&self.state, name, client, now.unix, |id| {
+        let (m, epoch) = attach::plan_attach(&self.state, name, client, holder, now.unix, |id| {
             leases.left(id, now.instant)
         })?;
         if let Some(m) = m {

@@ -67,8 +67,8 @@ pub struct DropOrder {
     pub group_id: u64,
     pub volume_id: u64,
     pub chunks: Vec<u64>,
-    /// Addresses to try in turn: the leader first, if known.
-    pub peers: Vec<String>,
+    /// The replicas to try in turn, `(node id, address)`: the leader first, if known.
+    pub peers: Vec<(u64, String)>,
 }
 
 /// How a request is answered.
@@ -85,6 +85,13 @@ pub enum Reply {
     Usage(UsageQuery),
     /// Once the node answered (or could not be reached).
     Scrub(ScrubCall),
+    /// A capability of this volume and writer epoch (0: reads; only fences if
+    /// `fence_only`), for the caller to sign.
+    Sign {
+        volume_id: u64,
+        epoch: u64,
+        fence_only: bool,
+    },
 }
 
 /// Inputs of one request that come from outside the state: clocks.
@@ -249,7 +256,8 @@ impl Service {
                 name,
                 client,
                 paged,
-            } => self.attach(&name, &client, paged, now),
+                holder,
+            } => self.attach(&name, &client, &holder, paged, now),
             ManagerRequest::RenewAttachment { volume_id, epoch } => {
                 attach::check_holder(&self.state, volume_id, epoch).map(|()| {
                     self.leases.renewed(volume_id, now.instant);
@@ -257,6 +265,27 @@ impl Service {
                         lease_ms: attach::LEASE.as_millis() as u64,
                     }
                 })
+            }
+            ManagerRequest::Capability {
+                volume_id,
+                epoch,
+                holder,
+            } => {
+                // A writer's must be the holder's current epoch (see `check_writer`); a
+                // reader's, any volume's.
+                let allowed = match epoch {
+                    0 => attach::check_route(&self.state, volume_id, 0, false).map(|()| false),
+                    _ => attach::check_writer(&self.state, volume_id, epoch, &holder),
+                };
+                let reply = allowed.map_or_else(
+                    |e| Reply::Done(Err(e)),
+                    |fence_only| Reply::Sign {
+                        volume_id,
+                        epoch,
+                        fence_only,
+                    },
+                );
+                return (reply, orders);
             }
             ManagerRequest::DetachVolume { name, epoch, force } => self.detach(&name, epoch, force),
             ManagerRequest::Route {

@@ -29,6 +29,7 @@ async fn attach(h: &Harness) -> Result<ManagerReply, ControlError> {
         name: "r".into(),
         client: "c".into(),
         paged: false,
+        holder: String::new(),
     };
     match ask(h, req).await {
         Reply::Done(r) => r,

@@ -43,9 +43,9 @@ impl Service {
             let leader = self.live.leader(g, now.instant);
             let mut members = g.members.clone();
             members.sort_by_key(|m| Some(*m) != leader);
-            let peers: Vec<String> = members
+            let peers: Vec<(u64, String)> = members
                 .iter()
-                .filter_map(|m| self.state.node(*m).map(|n| n.addr.clone()))
+                .filter_map(|m| self.state.node(*m).map(|n| (*m, n.addr.clone())))
                 .collect();
             // Bounded requests, whatever the volume held in the group.
             for part in chunks.chunks(MAX_DROP_CHUNKS) {

@@ -206,4 +206,8 @@ pub struct Attachment {
     pub client: String,
     pub epoch: u64,
     pub since_unix: u64,
+    /// The certificate name of the client that attached (empty: insecure, or attached
+    /// before this was recorded): the only one given capabilities to write at `epoch`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub holder: String,
 }

@@ -1,6 +1,7 @@
 //! Who a certificate names: the identity and role `tessera cert issue` writes into a
 //! certificate's subject alternative names, and reads back from a peer's certificate after
-//! the handshake verified it against the cluster CA.
+//! the handshake verified it against the cluster CA; and who a dialler expects the server
+//! it reached to be ([`Expect`]).
 //!
 //! The names are URIs (`tessera:node:3`, `tessera:manager:1`, `tessera:client:alice` with
 //! `tessera:role:admin`, or `tessera:role:user` and one `tessera:volume:NAME` per volume,
@@ -34,6 +35,37 @@ pub enum Role {
     Volumes(Vec<String>),
     /// Read anything (listings, status, any volume's data); change nothing.
     ReadOnly,
+}
+
+/// Who a dialler expects at the address it dials: a certificate of the cluster CA is not
+/// enough, as every node and manager holds one (a node could answer, on an address it took
+/// over, as the manager or as another node). Checked against the server's certificate
+/// right after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expect {
+    /// Whoever the cluster CA certified: for tests and diagnostics only; every Tessera
+    /// process knows whom it dials.
+    Any,
+    /// A manager, whichever (an address from a list of managers or a not-leader hint).
+    AnyManager,
+    /// Manager `id` (a peer of the managers' Raft group).
+    Manager(u64),
+    /// Storage node `id` (a replica of a route, a Raft peer, a copy source).
+    Node(u64),
+}
+
+impl Expect {
+    /// Whether a server whose certificate names `found` (`None`: no one) is the one
+    /// expected.
+    pub fn admits(self, found: Option<&Identity>) -> bool {
+        match (self, found) {
+            (Expect::Any, _) => true,
+            (Expect::AnyManager, Some(Identity::Manager(_))) => true,
+            (Expect::Manager(want), Some(Identity::Manager(id)))
+            | (Expect::Node(want), Some(Identity::Node(id))) => want == *id,
+            _ => false,
+        }
+    }
 }
 
 /// The URI scheme prefix of every Tessera name.
@@ -136,6 +168,17 @@ impl fmt::Display for Identity {
     }
 }
 
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Any => f.write_str("any process of the cluster"),
+            Expect::AnyManager => f.write_str("a manager"),
+            Expect::Manager(id) => write!(f, "manager {id}"),
+            Expect::Node(id) => write!(f, "node {id}"),
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -174,6 +217,33 @@ mod tests {
                 Some(id)
             );
         }
+    }
+
+    /// A server is the one expected only if its certificate names it: a node is no
+    /// manager, node 2 is not node 3, a client is no server of either kind.
+    #[test]
+    fn a_dialler_admits_only_the_server_it_expects() {
+        let alice = Identity::Client {
+            name: "alice".into(),
+            role: Role::Admin,
+        };
+        let cases = [
+            (Expect::Node(2), Identity::Node(2), true),
+            (Expect::Node(3), Identity::Node(2), false),
+            (Expect::Node(2), Identity::Manager(2), false),
+            (Expect::Manager(1), Identity::Manager(1), true),
+            (Expect::Manager(1), Identity::Manager(2), false),
+            (Expect::AnyManager, Identity::Manager(7), true),
+            (Expect::AnyManager, Identity::Node(1), false),
+            (Expect::AnyManager, alice.clone(), false),
+            (Expect::Node(1), alice.clone(), false),
+            (Expect::Any, alice, true),
+        ];
+        for (expect, found, admitted) in cases {
+            assert_eq!(expect.admits(Some(&found)), admitted, "{expect} vs {found}");
+        }
+        assert!(!Expect::Node(1).admits(None));
+        assert!(!Expect::AnyManager.admits(None));
     }
 
     /// A certificate naming two processes, a client without a role, a node with a role, or

@@ -1,6 +1,9 @@
 use super::*;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
+use tessera_proto::control::ControlError;
 use tessera_proto::frame::{Frame, Kind};
 use tokio::net::TcpListener;
 
@@ -70,7 +73,13 @@ async fn echo_server(
 }
 
 async fn echo(security: &Security, addr: &str) -> Result<Frame, NetError> {
-    let conn = security.connect(addr, Duration::from_secs(5)).await?;
+    echo_to(security, addr, Expect::Any).await
+}
+
+async fn echo_to(security: &Security, addr: &str, expect: Expect) -> Result<Frame, NetError> {
+    let conn = security
+        .connect(addr, expect, Duration::from_secs(5))
+        .await?;
     let (r, mut w) = conn.into_split();
     write_frame(
         &mut w,
@@ -188,25 +197,80 @@ async fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
     assert!(r.contains("no answer"), "{r}");
 }
 
-/// A copy source is dialled as the node it must be: an address (from a message) that
-/// leads to another node, or to anyone else, is refused before any byte is read from it.
+/// A dialler checks who answered, not only that the cluster's CA certified it: a server
+/// with node 2's certificate (an address node 2 took over) is not node 3, nor a manager,
+/// and is refused before anything is sent to it. The node dialled as node 2 is served.
 #[tokio::test]
-async fn a_source_is_refused_unless_its_certificate_names_the_node_expected() {
+async fn a_server_is_refused_unless_its_certificate_names_who_was_dialled() {
     let pki = Pki::new();
     let (addr, _) = echo_server(pki.security(&Identity::Node(2))).await;
-    let me = pki.security(&Identity::Node(1));
-    me.connect_to(&addr, Duration::from_secs(5), &Identity::Node(2))
+    for dialler in [
+        pki.security(&Identity::Node(1)),
+        pki.security(&Identity::Manager(1)),
+        pki.security(&admin()),
+    ] {
+        for expect in [Expect::Node(3), Expect::AnyManager, Expect::Manager(2)] {
+            let e = echo_to(&dialler, &addr, expect).await.unwrap_err();
+            assert!(
+                matches!(&e, NetError::WrongPeer { expected, found: Some(Identity::Node(2)), .. }
+                    if *expected == expect),
+                "{e}"
+            );
+            assert!(e.to_string().contains("is node 2, not"), "{e}");
+        }
+        for expect in [Expect::Node(2), Expect::Any] {
+            let f = echo_to(&dialler, &addr, expect).await.unwrap();
+            assert_eq!(&f.body[..], b"hello");
+        }
+    }
+    // Insecure: no identities, nothing to check.
+    let (plain, _) = echo_server(Security::insecure()).await;
+    echo_to(&Security::insecure(), &plain, Expect::Node(3))
         .await
-        .expect("node 2 is node 2");
-    let e = me
-        .connect_to(&addr, Duration::from_secs(5), &Identity::Node(3))
-        .await
-        .err()
-        .expect("node 2 is not node 3");
-    assert!(
-        matches!(&e, NetError::Handshake { reason, .. } if reason.contains("expected node 3")),
-        "{e}"
-    );
+        .unwrap();
+}
+
+/// A server answering every control-plane request with `answer`, counting the requests it
+/// was sent.
+async fn answering(security: Security, answer: &'static str) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counting = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let Ok((conn, _)) = security.accept(tcp).await else {
+                continue;
+            };
+            let (r, mut w) = conn.into_split();
+            let mut r = FrameReader::new(r);
+            while let Ok(Some(f)) = r.next().await {
+                counting.fetch_add(1, Ordering::Relaxed);
+                let reply = crate::rpc_reply(f.request_id, &Ok::<_, ControlError>(answer));
+                let _ = write_frame(&mut w, &reply).await;
+            }
+        }
+    });
+    (addr, asked)
+}
+
+/// Of the addresses a process is given for its managers, one answered by node 2 is
+/// passed over like an unreachable one: the request goes to the manager, never to it.
+#[tokio::test]
+async fn a_node_on_a_managers_address_is_passed_over_and_sent_nothing() {
+    let pki = Pki::new();
+    for dialler in [pki.security(&admin()), pki.security(&Identity::Node(1))] {
+        // Fresh addresses each time: no leader remembered, the impostor's is tried first.
+        let (impostor, asked) = answering(pki.security(&Identity::Node(2)), "node 2").await;
+        let (manager, _) = answering(pki.security(&Identity::Manager(1)), "manager 1").await;
+        let managers = [impostor, manager];
+        let t = Duration::from_secs(5);
+        let rep: String = crate::call_managers(&dialler, &managers, &"req", t)
+            .await
+            .unwrap();
+        assert_eq!(rep, "manager 1");
+        assert_eq!(asked.load(Ordering::Relaxed), 0);
+    }
 }
 
 /// A client whose certificate the server refuses (another CA's) while it trusts the

@@ -101,6 +101,11 @@ pub enum ManagerRequest {
         /// As for [`ManagerRequest::OpenVolume`].
         #[serde(default)]
         paged: bool,
+        /// The caller's certificate name, set by the manager (whatever a caller sends is
+        /// replaced; empty when insecure): only it gets capabilities to write at the epoch
+        /// granted ([`ManagerRequest::Capability`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        holder: String,
     },
     /// The holder of epoch `epoch` renews its lease ([`ControlError::Conflict`]: it no longer
     /// holds the volume).
@@ -110,6 +115,21 @@ pub enum ManagerRequest {
         /// The writer epoch the holder was granted ([`ManagerReply::Attached`]). Answered
         /// with [`ManagerReply::Renewed`].
         epoch: u64,
+    },
+    /// A signed capability for the caller's I/O to the volume, presented to storage nodes
+    /// ([`crate::capability`]): reads with `epoch` 0 (the caller may open the volume),
+    /// reads and writes with the volume's current writer epoch (the caller's attachment;
+    /// [`ControlError::Conflict`] once the volume has a newer one). Answered with
+    /// [`ManagerReply::Capability`]; an insecure manager has none to give.
+    Capability {
+        /// The volume ([`VolumeInfo::id`]).
+        volume_id: u64,
+        /// The caller's writer epoch (0: a reader).
+        epoch: u64,
+        /// The caller's certificate name, set by the manager (as for
+        /// [`ManagerRequest::AttachVolume`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        holder: String,
     },
     /// End an attachment: the holder's own (`epoch`), or, with `force`, whoever holds it;
     /// a forced detach moves the volume to a new epoch that the caller fences the volume's
@@ -458,6 +478,17 @@ pub enum ManagerReply {
     Stores(Vec<StoreInfo>),
     /// The answer to [`ManagerRequest::RestoreSource`].
     RestoreSource(Box<RestoreSource>),
+    /// The answer to [`ManagerRequest::Capability`].
+    Capability {
+        /// [`crate::capability::Signed::to_hex`] of the signed capability.
+        signed: String,
+        /// When it expires (Unix milliseconds, the manager's clock).
+        expires_ms: u64,
+        /// How long it lasts from now, in milliseconds: fetch the next one well before
+        /// (counted on the caller's clock, whatever its time of day).
+        #[serde(default)]
+        lifetime_ms: u64,
+    },
     /// The managers' group: voters and learners (being added, not counted for majorities
     /// until promoted), with their addresses (empty when unknown).
     Managers {

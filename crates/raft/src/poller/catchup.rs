@@ -42,8 +42,8 @@ impl Poller {
         let snap = msg.get_snapshot();
         // The sender's address as the snapshot's membership has it (the newest), else as
         // this replica's records do. Whichever it is, the copy only reads from a server
-        // whose certificate names the sender (`Security::connect_to`): an address in a
-        // message cannot point the copy at anyone else.
+        // whose certificate names the sender (`Expect::Node`): an address in a message
+        // cannot point the copy at anyone else.
         let from_addr = control::decode::<GroupSpec>(&snap.data)
             .ok()
             .and_then(|s| s.peers.into_iter().find(|p| p.node_id == msg.from))

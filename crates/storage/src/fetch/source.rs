@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tessera_net::FrameReader;
-use tessera_net::{ConnRead, ConnWrite, Security};
+use tessera_net::{ConnRead, ConnWrite, Expect, Security};
 use tessera_proto::data::{ChunkAddr, Op, Reply, Request};
 use tessera_proto::frame::{Frame, Kind};
 
@@ -25,11 +25,7 @@ impl Source {
         addr: &str,
     ) -> Result<Source, String> {
         let s = security
-            .connect_to(
-                addr,
-                Duration::from_secs(5),
-                &tessera_net::Identity::Node(node),
-            )
+            .connect(addr, Expect::Node(node), Duration::from_secs(5))
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let (r, w) = s.into_split();

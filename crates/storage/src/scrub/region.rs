@@ -154,6 +154,7 @@ async fn scan_of(shared: &Shared, node: u64, req: RegionScanRequest) -> Result<R
     let reply: StorageReply = tessera_net::call(
         &shared.security,
         &addr,
+        tessera_net::Expect::Node(node),
         &StorageRequest::ScrubRegion(req),
         SCAN_TIMEOUT,
     )

@@ -295,6 +295,7 @@ impl Cluster {
             let res = tessera_net::call::<_, ManagerReply>(
                 &self.security(),
                 &m.addr,
+                tessera_net::Expect::Manager(m.id),
                 &ManagerRequest::ClusterStatus,
                 Duration::from_secs(2),
             )
@@ -328,8 +329,14 @@ impl Cluster {
         // One manager is asked once; several are tried in turn until one leads.
         let reply = match self.managers.as_slice() {
             [one] => {
-                tessera_net::call::<_, ManagerReply>(&self.security(), &one.addr, req, timeout)
-                    .await
+                tessera_net::call::<_, ManagerReply>(
+                    &self.security(),
+                    &one.addr,
+                    tessera_net::Expect::Manager(one.id),
+                    req,
+                    timeout,
+                )
+                .await
             }
             _ => {
                 tessera_net::call_managers::<_, ManagerReply>(
@@ -494,6 +501,27 @@ impl Cluster {
         Security::load(&self.certs, "client-admin").expect("the admin certificate")
     }
 
+    /// A `Capability` frame (request id 0) that lets a raw connection of
+    /// [`Cluster::security`] (the admin client) send I/O for volume `volume_id` at writer
+    /// epoch `epoch` (0: reads): the manager's signed capability, for a test to send before
+    /// its data requests.
+    pub async fn capability_frame(&self, volume_id: u64, epoch: u64) -> bytes::Bytes {
+        let req = ManagerRequest::Capability {
+            volume_id,
+            epoch,
+            holder: String::new(),
+        };
+        let addrs = self.manager_addrs();
+        let timeout = Duration::from_secs(10);
+        let reply = tessera_net::call_managers(&self.security(), &addrs, &req, timeout).await;
+        let Ok(ManagerReply::Capability { signed, .. }) = reply else {
+            panic!("no capability: {reply:?}");
+        };
+        let signed = tessera_proto::capability::Signed::from_hex(&signed).expect("hex");
+        let kind = tessera_proto::frame::Kind::Capability;
+        tessera_proto::frame::Frame::new(kind, 0, signed.encode().into()).to_bytes()
+    }
+
     /// How the tests send what only a manager may (a leadership transfer): as manager 1.
     pub fn manager_security(&self) -> Security {
         Security::load(&self.certs, "manager-1").expect("manager 1's certificate")
@@ -567,7 +595,10 @@ pub async fn direct(
     req: &tessera_proto::data::Request,
 ) -> Option<tessera_proto::data::Reply> {
     let work = async {
-        let s = security.connect(addr, Duration::from_secs(1)).await.ok()?;
+        let s = security
+            .connect(addr, tessera_net::Expect::Any, Duration::from_secs(1))
+            .await
+            .ok()?;
         let (r, mut w) = s.into_split();
         tessera_net::write_frame(
             &mut w,
@@ -576,7 +607,14 @@ pub async fn direct(
         .await
         .ok()?;
         let f = tessera_net::FrameReader::new(r).next().await.ok()??;
-        tessera_proto::data::Reply::decode(&f.body).ok()
+        let reply = tessera_proto::data::Reply::decode(&f.body).ok();
+        // A test asking "was this served?" must not pass on a refusal of its own request.
+        if let Some(tessera_proto::data::Reply::Unauthorized(why)) = &reply {
+            panic!(
+                "a direct request was refused: {why} (send it as a manager or with a capability)"
+            );
+        }
+        reply
     };
     tokio::time::timeout(Duration::from_secs(3), work)
         .await

@@ -297,6 +297,7 @@ impl Target {
                     let r = tessera_net::call::<_, StorageReply>(
                         &c.manager_security(),
                         addr,
+                        tessera_net::Expect::Node(l),
                         &req,
                         Duration::from_secs(3),
                     )

@@ -298,6 +298,7 @@ impl Nemesis {
                 match tessera_net::call::<_, StorageReply>(
                     &self.c.manager_security(),
                     addr,
+                    tessera_net::Expect::Node(ask),
                     &req,
                     Duration::from_secs(3),
                 )

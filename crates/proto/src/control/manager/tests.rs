@@ -244,6 +244,7 @@ fn paged_route_messages_round_trip() {
             name: "db1".into(),
             client: "nbd".into(),
             paged: true,
+            holder: String::new(),
         },
     ];
     for req in reqs {
