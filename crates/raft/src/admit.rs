@@ -27,9 +27,13 @@ pub(crate) enum Refusal {
     NotAMember,
     /// A type raft-rs only generates locally (campaign, propose, transfer, ...).
     LocalOnly,
+    /// Term 0, which raft-rs takes for a local message: it skips every term check, so a
+    /// candidate would fall back to term 0 and a heartbeat commit past the log.
+    NoTerm,
     /// A heartbeat committing past this replica's last entry.
     CommitPastLog,
-    /// Entries not numbered from the anchor on, or newer than the message's term.
+    /// Entries not numbered from the anchor on, newer than the message's term, or of term 0
+    /// (as an anchor past index 0).
     BadEntries,
     /// An answer acknowledging entries this (leading) replica never had.
     AckPastLog,
@@ -55,6 +59,7 @@ impl fmt::Display for Refusal {
             Refusal::Misaddressed => "misaddressed",
             Refusal::NotAMember => "sender is not a member of the group",
             Refusal::LocalOnly => "local-only message type",
+            Refusal::NoTerm => "message of term 0",
             Refusal::CommitPastLog => "commit index past the local log",
             Refusal::BadEntries => "entries do not follow their anchor",
             Refusal::AckPastLog => "acknowledges entries past the local log",
@@ -92,6 +97,11 @@ pub(crate) fn admit(
     if !is_member(g, m.from) {
         return Err(Refusal::NotAMember);
     }
+    // Every message a peer sends carries its term (raft-rs sends term 0 only for the
+    // proposals and read requests it forwards, local-only here).
+    if m.term == 0 {
+        return Err(Refusal::NoTerm);
+    }
     let last = r.raft_log.last_index();
     match m.get_msg_type() {
         MessageType::MsgHup
@@ -106,10 +116,14 @@ pub(crate) fn admit(
             Err(Refusal::CommitPastLog)
         }
         MessageType::MsgAppend => {
+            // raft-rs reads term 0 at every index past its log: an entry or an anchor of
+            // term 0 there would match entries it does not have, and commit them.
             let anchored = m.entries.iter().enumerate().all(|(i, e)| {
-                m.index.checked_add(i as u64 + 1) == Some(e.index) && e.term <= m.term
+                m.index.checked_add(i as u64 + 1) == Some(e.index)
+                    && e.term <= m.term
+                    && e.term != 0
             });
-            if anchored && m.log_term <= m.term {
+            if anchored && m.log_term <= m.term && (m.log_term != 0 || m.index == 0) {
                 Ok(())
             } else {
                 Err(Refusal::BadEntries)
