@@ -159,6 +159,10 @@ impl Signed {
                 "capability hex of a bad length".into(),
             ));
         }
+        // `from_str_radix` alone would also take a sign: "+a" as 0x0a.
+        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DecodeError::Invalid("capability hex is not hex".into()));
+        }
         let bytes = (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("x"), 16))
@@ -210,6 +214,8 @@ mod tests {
         other[0] ^= 1;
         assert!(Capability::decode(&other).is_err(), "another domain");
         assert!(Signed::from_hex("0g").is_err());
+        // Found by the `request` fuzz target (`fuzz/`): a sign is not a hex digit.
+        assert!(Signed::from_hex("+a").is_err());
         assert!(Signed::from_hex("abc").is_err());
     }
 }
