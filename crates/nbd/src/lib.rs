@@ -159,20 +159,8 @@ async fn connection<B: Backend>(
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let Some(tls) = tls else {
         let (r, w) = stream.into_split();
-        let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
-        let no_zeroes = tokio::select! {
-            res = tokio::time::timeout_at(deadline, handshake::greet(&mut r, &mut w)) => res,
-            _ = stop.wait_for(|&s| s) => return,
-        };
-        let no_zeroes = match no_zeroes {
-            Ok(Ok(z)) => z,
-            other => return ended(peer, other.map(|r| r.map(|_| ()))),
-        };
-        let terms = handshake::Terms {
-            grant: &Grant::All,
-            tls: false,
-        };
-        return proceed(&*backend, r, w, no_zeroes, terms, deadline, peer, stop).await;
+        let (r, w) = (BufReader::new(r), BufWriter::new(w));
+        return plain(&*backend, r, w, deadline, peer, stop).await;
     };
     let upgraded = tokio::select! {
         res = tokio::time::timeout_at(deadline, starttls::upgrade(stream, &tls)) => res,
@@ -197,6 +185,59 @@ async fn connection<B: Backend>(
         w,
         secured.no_zeroes,
         terms,
+        deadline,
+        peer,
+        stop,
+    )
+    .await;
+}
+
+/// A connection without TLS, granted every export: the greeting, then [`proceed`].
+async fn plain<B, R, W>(
+    backend: &B,
+    mut r: R,
+    mut w: W,
+    deadline: tokio::time::Instant,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    B: Backend,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let no_zeroes = tokio::select! {
+        res = tokio::time::timeout_at(deadline, handshake::greet(&mut r, &mut w)) => res,
+        _ = stop.wait_for(|&s| s) => return,
+    };
+    let no_zeroes = match no_zeroes {
+        Ok(Ok(z)) => z,
+        other => return ended(peer, other.map(|r| r.map(|_| ()))),
+    };
+    let terms = handshake::Terms {
+        grant: &Grant::All,
+        tls: false,
+    };
+    proceed(backend, r, w, no_zeroes, terms, deadline, peer, stop).await;
+}
+
+/// Serves one connection over any byte stream exactly as [`NbdServer`] serves a TCP
+/// connection without TLS, and returns once it has ended. For the fuzz targets (`fuzz/`),
+/// which drive it over an in-memory stream; not part of the API.
+#[doc(hidden)]
+pub async fn serve_stream<B, S>(backend: &B, stream: S)
+where
+    B: Backend,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // Never stopped: the sender lives as long as the connection.
+    let (_never, stop) = watch::channel(false);
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    plain(
+        backend,
+        BufReader::new(r),
+        BufWriter::new(w),
         deadline,
         peer,
         stop,
