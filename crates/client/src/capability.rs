@@ -171,3 +171,69 @@ impl Client {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_net::tls::issue;
+    use tessera_net::{Identity, Role, Security};
+
+    /// A secure client of no cluster: every fetch fails at once (no manager).
+    fn client() -> Client {
+        let ca = issue::new_ca(1).unwrap();
+        let who = Identity::Client {
+            name: "c".into(),
+            role: Role::Admin,
+        };
+        let me = issue::issue(&ca.cert_pem, &ca.key_pem, &who, &[], 1).unwrap();
+        let pem = |s: &String| s.as_bytes().to_vec();
+        let security =
+            Security::from_pem(&pem(&ca.cert_pem), &pem(&me.cert_pem), &pem(&me.key_pem)).unwrap();
+        Client::offline_as(security)
+    }
+
+    fn hold(c: &Client, key: (u64, u64), serial: u64, refresh_in: i64) -> Arc<Cap> {
+        let now = Instant::now();
+        let refresh_at = if refresh_in >= 0 {
+            now + Duration::from_secs(refresh_in as u64)
+        } else {
+            now - Duration::from_secs(refresh_in.unsigned_abs())
+        };
+        let cap = Arc::new(Cap {
+            body: Bytes::from_static(b"cap"),
+            serial,
+            refresh_at,
+            usable_until: now + Duration::from_secs(60),
+            retry_at: Mutex::new(None),
+        });
+        c.inner.caps.held.lock().unwrap().insert(key, cap.clone());
+        cap
+    }
+
+    #[tokio::test]
+    async fn a_usable_capability_serves_while_the_next_cannot_be_fetched() {
+        let c = client();
+        // Fresh: served without a fetch.
+        hold(&c, (1, 0), 7, 30);
+        assert_eq!(c.capability(1, 0, None).await.unwrap().unwrap().serial, 7);
+        // Past half its life, and the manager unreachable: still served, and not asked
+        // for again before a second has passed.
+        let stale = hold(&c, (2, 0), 8, -1);
+        assert_eq!(c.capability(2, 0, None).await.unwrap().unwrap().serial, 8);
+        assert!(stale.retry_at.lock().unwrap().is_some());
+        assert!(!stale.stale(Instant::now()));
+        // Refused by a node: never presented again; with no other to fetch, an error.
+        hold(&c, (3, 0), 9, 30);
+        assert!(c.capability(3, 0, Some(9)).await.is_err());
+        // None held: an error, not a wait.
+        assert!(c.capability(4, 0, None).await.is_err());
+        // An insecure client presents none.
+        assert!(
+            Client::offline()
+                .capability(1, 0, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -188,10 +188,16 @@ impl Client {
     /// A client of no cluster, for unit tests that give volumes their routes by hand.
     #[cfg(test)]
     pub(crate) fn offline() -> Client {
+        Client::offline_as(tessera_net::Security::insecure())
+    }
+
+    /// [`Client::offline`] dialling as `security`.
+    #[cfg(test)]
+    pub(crate) fn offline_as(security: tessera_net::Security) -> Client {
         Client {
             inner: Arc::new(ClientInner {
                 managers: vec![],
-                security: tessera_net::Security::insecure(),
+                security,
                 conns: Mutex::new(HashMap::new()),
                 name: "test".into(),
                 attached: Mutex::new(HashMap::new()),
