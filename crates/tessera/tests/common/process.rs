@@ -14,12 +14,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// A port that is free now, from below the kernel's ephemeral range (32768 and up), so the
 /// many outgoing connections of a running test cannot take it before our process binds it.
+/// Never one this test process handed out before: a port given to a process that has not
+/// bound it yet is free too (two nodes of one cluster were once given the same).
 pub fn free_port() -> u16 {
     use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut rng = rand::thread_rng();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = rng.gen_range(20_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
