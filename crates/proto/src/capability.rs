@@ -149,25 +149,18 @@ impl Signed {
 
     /// As text for a JSON field (lowercase hex).
     pub fn to_hex(&self) -> String {
-        self.encode().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.encode())
     }
 
     /// Reads back [`Signed::to_hex`].
     pub fn from_hex(s: &str) -> Result<Signed, DecodeError> {
-        if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_SIGNED {
+        if s.len() > 2 * MAX_SIGNED {
             return Err(DecodeError::Invalid(
                 "capability hex of a bad length".into(),
             ));
         }
-        // `from_str_radix` alone would also take a sign: "+a" as 0x0a.
-        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DecodeError::Invalid("capability hex is not hex".into()));
-        }
-        let bytes = (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("x"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| DecodeError::Invalid("capability hex is not hex".into()))?;
+        let bytes = crate::hex::decode(s)
+            .ok_or_else(|| DecodeError::Invalid("capability hex is not hex".into()))?;
         Signed::decode(&bytes)
     }
 }

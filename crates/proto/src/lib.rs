@@ -8,6 +8,7 @@
 //! - [`control`]: control-plane messages (JSON bodies): manager API and storage admin.
 //! - [`copy`]: node to node replica copies: the group's chunk list, in bounded pages.
 //! - [`identity`]: a storage node's identity file (`node.json`), on disk.
+//! - [`hex`]: bytes as hex text (hashes, capabilities, serials).
 //! - [`manager_raft`]: the managers' Raft messages between managers: batches and parts.
 //!
 //! Every decoder returns `Result` and never panics on malformed input: bytes arriving here
@@ -21,6 +22,7 @@ pub mod control;
 pub mod copy;
 pub mod data;
 pub mod frame;
+pub mod hex;
 pub mod identity;
 pub mod manager_raft;
 

@@ -124,7 +124,7 @@ fn validity(params: &mut CertificateParams, days: u32) -> String {
     // Positive, as DER integers of serials must be.
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
-    serial.iter().map(|b| format!("{b:02x}")).collect()
+    tessera_proto::hex::encode(&serial)
 }
 
 fn fill_random(buf: &mut [u8]) {
