@@ -29,11 +29,7 @@ pub struct Hash(pub [u8; 32]);
 impl Hash {
     /// The 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        crate::hex::encode(&self.0)
     }
 }
 
@@ -58,14 +54,8 @@ impl FromStr for Hash {
     type Err = BadHash;
     fn from_str(s: &str) -> Result<Hash, BadHash> {
         let bad = || BadHash(s.chars().take(80).collect());
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(Hash(out))
+        let bytes = crate::hex::decode(s).ok_or_else(bad)?;
+        Ok(Hash(bytes.try_into().map_err(|_| bad())?))
     }
 }
 
@@ -363,6 +353,8 @@ mod tests {
         assert_eq!(h.to_hex().parse::<Hash>(), Ok(h));
         assert!("ab".parse::<Hash>().is_err());
         assert!("zz".repeat(32).parse::<Hash>().is_err());
+        // A sign is not a digit: one hash has one text.
+        assert!(format!("+a{}", &h.to_hex()[2..]).parse::<Hash>().is_err());
         assert_round_trips(&RegionRef {
             region: 3,
             object: Some(h),
