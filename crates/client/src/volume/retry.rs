@@ -71,7 +71,7 @@ impl Volume {
         let deadline = started + RETRY_FOR;
         // One id for every attempt: a retry must never take effect a second time.
         let id = if reads(op) { 0 } else { request_id() };
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff(Duration::from_millis(5));
         let mut attempt = 0usize;
         let mut refresh = false;
         let mut last_err = String::new();
@@ -141,13 +141,9 @@ impl Volume {
                 Ok(None) => return Ok(Bytes::new()),
                 // The manager restarting or electing a leader is as transient as a storage
                 // node doing so: wait for it like for them.
-                Err(
-                    e @ (Error::Control(ControlError::Unavailable(_) | ControlError::NotLeader(_))
-                    | Error::Net(_)),
-                ) => {
+                Err(e) if manager_down(&e) => {
                     last_err = format!("manager: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                     continue;
                 }
                 // The attachment ended while an attempt may still land: the group answers
@@ -158,8 +154,7 @@ impl Volume {
                     match self.cached_route(p.chunk) {
                         Some(r) => r,
                         None => {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                            backoff.wait().await;
                             continue;
                         }
                     }
@@ -173,13 +168,9 @@ impl Volume {
                 .await
             {
                 Ok(c) => c,
-                Err(
-                    e @ (Error::Control(ControlError::Unavailable(_) | ControlError::NotLeader(_))
-                    | Error::Net(_)),
-                ) => {
+                Err(e) if manager_down(&e) => {
                     last_err = format!("manager: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                     continue;
                 }
                 // The epoch ended, and the capability held for it with it: a change that
@@ -195,8 +186,7 @@ impl Volume {
                         return Err(Error::Fenced(m));
                     }
                     last_err = m;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -247,8 +237,7 @@ impl Volume {
                     }
                     last_err = format!("node {node_id} at {addr}: {e}");
                     route.leader.store(0, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                     refresh = attempt.is_multiple_of(route.peers.len().max(1));
                     continue;
                 }
@@ -279,8 +268,7 @@ impl Volume {
                         req.seq
                     );
                     route.leader.store(0, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                 }
                 Reply::Ok(d) => {
                     route.leader.store(node_id, Ordering::Relaxed);
@@ -301,8 +289,7 @@ impl Volume {
                         .leader
                         .store(if known { hint } else { 0 }, Ordering::Relaxed);
                     if !known {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        backoff.wait().await;
                         refresh = attempt.is_multiple_of(route.peers.len().max(1));
                     }
                 }
@@ -321,13 +308,13 @@ impl Volume {
                     }
                     last_err = format!("node {node_id}: {reply:?}");
                     route.leader.store(0, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
+                    backoff.sleep().await;
                     let cap = if unsettled && Instant::now() >= deadline {
                         Duration::from_secs(1)
                     } else {
-                        Duration::from_millis(500)
+                        Backoff::CAP
                     };
-                    backoff = (backoff * 2).min(cap);
+                    backoff.grow(cap);
                 }
                 // Not applied: the connection's capability expired or was refused. A
                 // fresh one is fetched and presented; a node refusing that too (a clock
@@ -342,8 +329,7 @@ impl Volume {
                     }
                     last_err = format!("node {node_id}: {m}");
                     refused_cap = cap.as_ref().map(|c| c.serial);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                 }
                 Reply::Fenced(m) => {
                     if let Some(a) = &self.inner.attachment
@@ -416,6 +402,37 @@ impl Drop for Abandoned {
             self.attachment.hold_back(self.chunk, until);
         }
     }
+}
+
+/// The pause between attempts: doubling up to a cap.
+struct Backoff(Duration);
+
+impl Backoff {
+    /// The usual cap.
+    const CAP: Duration = Duration::from_millis(500);
+
+    /// Sleeps, then doubles the pause up to [`Backoff::CAP`].
+    async fn wait(&mut self) {
+        self.sleep().await;
+        self.grow(Backoff::CAP);
+    }
+
+    async fn sleep(&self) {
+        tokio::time::sleep(self.0).await;
+    }
+
+    fn grow(&mut self, cap: Duration) {
+        self.0 = (self.0 * 2).min(cap);
+    }
+}
+
+/// The manager restarting or electing a leader: as transient as a storage node doing so,
+/// waited for like one.
+fn manager_down(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Control(ControlError::Unavailable(_) | ControlError::NotLeader(_)) | Error::Net(_)
+    )
 }
 
 /// Whether `op` only reads (no id, no attachment needed, never unsettled).
