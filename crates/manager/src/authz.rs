@@ -195,36 +195,16 @@ fn client_refusal(need: &Need<'_>, role: &Role, records: &dyn Records) -> Option
 /// `req` as `who` sends it: node N's registration without an id of its own asks for id N
 /// (its certificate's), so a node's id is the one its certificate binds; an attachment and
 /// a capability are the caller's certificate name's (whatever holder the caller named).
-pub(crate) fn bind(who: Option<&Identity>, req: ManagerRequest) -> ManagerRequest {
-    let name = match who {
-        Some(Identity::Client { name, .. }) => name.clone(),
-        _ => String::new(),
-    };
+pub(crate) fn bind(who: Option<&Identity>, mut req: ManagerRequest) -> ManagerRequest {
+    if let ManagerRequest::AttachVolume { holder, .. } | ManagerRequest::Capability { holder, .. } =
+        &mut req
+    {
+        *holder = match who {
+            Some(Identity::Client { name, .. }) => name.clone(),
+            _ => String::new(),
+        };
+    }
     match (who, req) {
-        (
-            _,
-            ManagerRequest::AttachVolume {
-                name: v,
-                client,
-                paged,
-                ..
-            },
-        ) => ManagerRequest::AttachVolume {
-            name: v,
-            client,
-            paged,
-            holder: name,
-        },
-        (
-            _,
-            ManagerRequest::Capability {
-                volume_id, epoch, ..
-            },
-        ) => ManagerRequest::Capability {
-            volume_id,
-            epoch,
-            holder: name,
-        },
         (Some(Identity::Node(n)), ManagerRequest::RegisterNode(mut reg))
             if reg.node_id.is_none() =>
         {

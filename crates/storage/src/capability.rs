@@ -180,17 +180,18 @@ impl Capabilities {
 
     fn check(&self, req: &Request, now: u64) -> Result<(), String> {
         let volume = req.addr.volume;
-        let g = self
-            .caps
-            .get(&(volume, req.epoch))
-            .copied()
-            .unwrap_or_default();
+        let grant = || {
+            self.caps
+                .get(&(volume, req.epoch))
+                .copied()
+                .unwrap_or_default()
+        };
         let ok = match req.op {
             Op::Read | Op::BlockStatus => self.reads.get(&volume).is_some_and(|t| *t > now),
-            Op::Write | Op::WriteZeroes | Op::Discard => req.epoch != 0 && g.writes > now,
+            Op::Write | Op::WriteZeroes | Op::Discard => req.epoch != 0 && grant().writes > now,
             // A client's fence moves the writer epoch only: a snapshot's sequence is the
             // manager's to move.
-            Op::Fence => req.epoch != 0 && g.fences > now && req.seq == 0,
+            Op::Fence => req.epoch != 0 && req.seq == 0 && grant().fences > now,
             // Copies between replicas are nodes' (refused to clients before this).
             Op::CatchUpList | Op::CatchUpChecksums | Op::CatchUpRead => false,
         };

@@ -191,3 +191,34 @@ fn clients_do_what_their_role_allows() {
     assert_eq!(listed(Some(&reader)), ["a", "b"]);
     assert_eq!(listed(None), ["a", "b"]);
 }
+
+#[test]
+fn an_attachment_and_a_capability_are_the_callers_certificate_names() {
+    let caller = client(Role::Admin);
+    let Identity::Client { name, .. } = &caller else {
+        unreachable!()
+    };
+    let asks = [
+        ManagerRequest::AttachVolume {
+            name: "v".into(),
+            client: "label".into(),
+            paged: true,
+            holder: "someone else".into(),
+        },
+        ManagerRequest::Capability {
+            volume_id: 1,
+            epoch: 2,
+            holder: "someone else".into(),
+        },
+    ];
+    for req in asks {
+        let holder = |r: &ManagerRequest| match r {
+            ManagerRequest::AttachVolume { holder, .. }
+            | ManagerRequest::Capability { holder, .. } => holder.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(holder(&bind(Some(&caller), req.clone())), *name);
+        assert_eq!(holder(&bind(Some(&Identity::Node(1)), req.clone())), "");
+        assert_eq!(holder(&bind(None, req)), "");
+    }
+}
