@@ -10,7 +10,7 @@ mod common;
 use bytes::Bytes;
 use common::cluster::issue_certs;
 use common::metrics::{counted, counter};
-use common::{Cluster, Opts, free_port};
+use common::{Cluster, Opts};
 use tessera_net::{Expect, FrameReader, Identity, NetError, Role, Security};
 use tessera_proto::capability::{Capability, Signed};
 use tessera_proto::control::{ControlError, ManagerReply, ManagerRequest};
@@ -119,12 +119,7 @@ async fn a_connection_reaches_only_the_volumes_and_epochs_its_capabilities_name(
         nodes: 0,
         ..Default::default()
     });
-    let mut metrics = Vec::new();
-    for i in 0..3 {
-        let m = format!("127.0.0.1:{}", free_port());
-        c.add_node(i, &format!("metrics_listen = \"{m}\""));
-        metrics.push(m);
-    }
+    let metrics = c.add_nodes_with_metrics(3);
     let status = c.wait_ready(3).await;
     c.create_volume("a", "8MiB", "1MiB");
     c.create_volume("b", "8MiB", "1MiB");

@@ -105,12 +105,7 @@ async fn every_threat_is_refused_and_counted_and_real_clients_are_served() {
         manager_extra: format!("metrics_listen = \"{manager_metrics}\"\n"),
         ..Default::default()
     });
-    let mut node_metrics = Vec::new();
-    for i in 0..3 {
-        let m = format!("127.0.0.1:{}", free_port());
-        c.add_node(i, &format!("metrics_listen = \"{m}\""));
-        node_metrics.push(m);
-    }
+    let node_metrics = c.add_nodes_with_metrics(3);
     let status = c.wait_ready(3).await;
     c.create_volume("a", "8MiB", "1MiB");
     c.create_volume("b", "8MiB", "1MiB");

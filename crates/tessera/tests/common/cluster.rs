@@ -204,6 +204,18 @@ impl Cluster {
         panic!("the cluster did not start in 5 attempts");
     }
 
+    /// Adds `n` storage nodes (index 0 up), each serving its metrics: their addresses,
+    /// by node index.
+    pub fn add_nodes_with_metrics(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let m = format!("127.0.0.1:{}", free_port());
+                self.add_node(i, &format!("metrics_listen = \"{m}\""));
+                m
+            })
+            .collect()
+    }
+
     /// Configures and starts storage node `i` (the next one), with `extra` lines in its
     /// storage.toml.
     pub fn add_node(&mut self, i: usize, extra: &str) {
