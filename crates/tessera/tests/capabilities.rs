@@ -120,7 +120,7 @@ async fn a_connection_reaches_only_the_volumes_and_epochs_its_capabilities_name(
         ..Default::default()
     });
     let metrics = c.add_nodes_with_metrics(3);
-    let status = c.wait_ready(3).await;
+    c.wait_ready(3).await;
     c.create_volume("a", "8MiB", "1MiB");
     c.create_volume("b", "8MiB", "1MiB");
     let admin = c.client().await;
@@ -292,5 +292,4 @@ async fn a_connection_reaches_only_the_volumes_and_epochs_its_capabilities_name(
     assert_eq!(&va.read(0, 4096).await.expect("read a")[..], &[0xa3; 4096]);
     let b = admin.open_read_only("b").await.expect("open b");
     assert_eq!(&b.read(0, 4096).await.expect("read b")[..], &[0xbb; 4096]);
-    assert_eq!(status.nodes.len(), 3);
 }
