@@ -11,12 +11,15 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsStream;
 
+use crate::tls::PeerCheck;
+
 /// One connection to or from a peer.
 pub enum Conn {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP, either side of the handshake.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP, either side of the handshake, with its peer's certificate checked
+    /// again at every read after the process's trust changed (a revocation).
+    Tls(Box<TlsStream<TcpStream>>, PeerCheck),
 }
 
 /// The reading half of a [`Conn`].
@@ -24,7 +27,7 @@ pub enum ConnRead {
     /// Of plain TCP.
     Plain(OwnedReadHalf),
     /// Of TLS.
-    Tls(ReadHalf<Box<TlsStream<TcpStream>>>),
+    Tls(ReadHalf<Box<TlsStream<TcpStream>>>, PeerCheck),
 }
 
 /// The writing half of a [`Conn`].
@@ -40,7 +43,7 @@ impl Conn {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Conn::Plain(s) => s,
-            Conn::Tls(s) => s.get_ref().0,
+            Conn::Tls(s, _) => s.get_ref().0,
         }
     }
 
@@ -51,9 +54,9 @@ impl Conn {
                 let (r, w) = s.into_split();
                 (ConnRead::Plain(r), ConnWrite::Plain(w))
             }
-            Conn::Tls(s) => {
+            Conn::Tls(s, check) => {
                 let (r, w) = tokio::io::split(s);
-                (ConnRead::Tls(r), ConnWrite::Tls(w))
+                (ConnRead::Tls(r, check), ConnWrite::Tls(w))
             }
         }
     }
@@ -69,7 +72,10 @@ macro_rules! delegate_read {
             ) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-                    Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Tls(s, check) => {
+                        check.still()?;
+                        Pin::new(s).poll_read(cx, buf)
+                    }
                 }
             }
         }
@@ -86,7 +92,7 @@ macro_rules! delegate_write {
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-                    Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Tls(s, ..) => Pin::new(s).poll_write(cx, buf),
                 }
             }
 
@@ -97,28 +103,28 @@ macro_rules! delegate_write {
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                    Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    Self::Tls(s, ..) => Pin::new(s).poll_write_vectored(cx, bufs),
                 }
             }
 
             fn is_write_vectored(&self) -> bool {
                 match self {
                     Self::Plain(s) => s.is_write_vectored(),
-                    Self::Tls(s) => s.is_write_vectored(),
+                    Self::Tls(s, ..) => s.is_write_vectored(),
                 }
             }
 
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_flush(cx),
-                    Self::Tls(s) => Pin::new(s).poll_flush(cx),
+                    Self::Tls(s, ..) => Pin::new(s).poll_flush(cx),
                 }
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-                    Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Tls(s, ..) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }

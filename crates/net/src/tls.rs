@@ -20,21 +20,23 @@
 //! - `sign`: signing with this process's key, and checking what another process of the
 //!   cluster signed ([`Security::sign`], [`Security::verify`]).
 
+pub mod crl;
 pub mod identity;
 pub mod issue;
+mod live;
 mod sign;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, TlsStream};
 
 pub use identity::{Expect, Identity, Role};
+pub use live::{CRL_FILE, PeerCheck};
 /// For protocols that start TLS themselves (NBD's `NBD_OPT_STARTTLS`): [`Security::acceptor`].
 pub use tokio_rustls::TlsAcceptor;
 pub use tokio_rustls::server::TlsStream as ServerTlsStream;
@@ -74,18 +76,17 @@ pub struct Security {
 }
 
 struct Tls {
-    me: Identity,
     connector: TlsConnector,
     acceptor: TlsAcceptor,
-    /// What [`Security::sign`] and [`Security::verify`] use (see `sign`).
-    signing: sign::Signing,
+    /// What is presented and trusted now (see `live`).
+    live: Arc<live::Live>,
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls {
             None => f.write_str("Security(insecure)"),
-            Some(t) => write!(f, "Security({})", t.me),
+            Some(t) => write!(f, "Security({})", t.live.me()),
         }
     }
 }
@@ -117,60 +118,102 @@ impl Security {
     }
 
     /// Mutual TLS as the identity in `certs_dir/STEM.crt` (key `STEM.key`), trusting the
-    /// cluster CA in `certs_dir/ca.crt`.
+    /// cluster CAs in `certs_dir/ca.crt` less what `certs_dir/ca.crl` revokes (if there is
+    /// one). [`Security::reload`] reads them again.
     pub fn load(certs_dir: &Path, stem: &str) -> Result<Security, TlsError> {
-        let read =
-            |path: PathBuf| std::fs::read(&path).map_err(|source| TlsError::File { path, source });
-        let (crt, key) = issue::pair_paths(certs_dir, stem);
-        Security::from_pem(&read(certs_dir.join("ca.crt"))?, &read(crt)?, &read(key)?)
+        let files = live::Files {
+            dir: certs_dir.to_path_buf(),
+            stem: stem.to_string(),
+        };
+        Security::with(files.read()?, Some(files))
     }
 
     /// Mutual TLS from PEM: the cluster CA's certificate, this process's certificate
     /// (chain) and its private key.
     pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Security, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca) {
-            let c = c.map_err(|e| TlsError::Invalid(format!("the CA certificate: {e}")))?;
-            roots.add(c)?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Invalid("no CA certificate found".into()));
-        }
-        let roots = Arc::new(roots);
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Invalid(format!("the certificate: {e}")))?;
-        let me = chain
-            .first()
-            .and_then(|c| Identity::from_der(c))
-            .ok_or_else(|| TlsError::Invalid("the certificate names no Tessera identity".into()))?;
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|e| TlsError::Invalid(format!("the private key: {e}")))?;
+        let m = live::Material {
+            ca: ca.to_vec(),
+            cert: cert.to_vec(),
+            key: key.to_vec(),
+            crl: Vec::new(),
+        };
+        Security::with(m, None)
+    }
 
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
-        let signing = sign::Signing::new(&provider, &chain, &key, verifier.clone())?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
+    fn with(m: live::Material, files: Option<live::Files>) -> Result<Security, TlsError> {
+        let live = Arc::new(live::Live::new(m, files)?);
+        let provider = live.provider().clone();
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())?;
-        let client = ClientConfig::builder_with_provider(provider)
+            .with_client_cert_verifier(Arc::new(live::Dyn(live.clone())))
+            .with_cert_resolver(Arc::new(live::Dyn(live.clone())));
+        let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(live::Dyn(live.clone())))
+            .with_client_cert_resolver(Arc::new(live::Dyn(live.clone())));
+        // No session resumption: a resumed session skips the certificate checks, so a
+        // revoked or replaced certificate would go on being taken. Connections live long;
+        // a full handshake per connection costs little.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+        client.resumption = rustls::client::Resumption::disabled();
         Ok(Security {
             tls: Some(Arc::new(Tls {
-                me,
                 connector: TlsConnector::from(Arc::new(client)),
                 acceptor: TlsAcceptor::from(Arc::new(server)),
-                signing,
+                live,
             })),
         })
+    }
+
+    /// Reads the certificates directory again if a file changed (a renewed certificate or
+    /// key, a CA added to or removed from the bundle, a new revocation list) and puts it in
+    /// force for new handshakes; open connections whose peer no longer verifies end at
+    /// their next read. Whether anything changed. On an error (a file half written, a
+    /// certificate naming another identity) what was in force stays, and the same files
+    /// are not tried again until they change. Nothing to do when loaded from PEM or
+    /// insecure.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(t) => t.live.reload(),
+            None => Ok(false),
+        }
+    }
+
+    /// Checks the certificates directory every `every` ([`Security::reload`]), logging
+    /// what changed and what was refused, for as long as a clone of this `Security`
+    /// lives. Needs a tokio runtime.
+    pub fn watch_files(&self, every: Duration) {
+        let Some(t) = &self.tls else {
+            return;
+        };
+        let live = Arc::downgrade(&t.live);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(live) = live.upgrade() else {
+                    return;
+                };
+                match live.reload() {
+                    Ok(true) => tracing::info!("certificates reloaded from disk"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("certificates not reloaded, the old stay: {e}"),
+                }
+            }
+        });
+    }
+
+    /// Puts in force the revocation lists in `pem` (the manager's) that a trusted CA
+    /// signed and that are newer than those in force; whether any was. A list no trusted
+    /// CA signed is refused. Insecure: nothing to do.
+    pub fn apply_crls(&self, pem: &[u8]) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(t) => t.live.apply_crls(pem),
+            None => Ok(false),
+        }
     }
 
     /// Whether connections are TLS.
@@ -180,7 +223,7 @@ impl Security {
 
     /// This process's identity; `None` when insecure.
     pub fn identity(&self) -> Option<&Identity> {
-        self.tls.as_ref().map(|t| &t.me)
+        self.tls.as_ref().map(|t| t.live.me())
     }
 
     /// The server side of TLS, for a protocol that starts it itself (NBD's STARTTLS);
@@ -224,7 +267,8 @@ impl Security {
                 tracing::warn!("{e}");
                 return Err(e);
             }
-            Ok(Conn::Tls(Box::new(TlsStream::Client(s))))
+            let check = PeerCheck::new(&tls.live, s.get_ref().1.peer_certificates(), true);
+            Ok(Conn::Tls(Box::new(TlsStream::Client(s)), check))
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -260,7 +304,8 @@ impl Security {
                 reason: "the peer's certificate names no Tessera identity".into(),
             }
         })?;
-        Ok((Conn::Tls(Box::new(TlsStream::Server(s))), Some(who)))
+        let check = PeerCheck::new(&tls.live, s.get_ref().1.peer_certificates(), false);
+        Ok((Conn::Tls(Box::new(TlsStream::Server(s)), check), Some(who)))
     }
 }
 

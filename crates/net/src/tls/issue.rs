@@ -202,9 +202,14 @@ pub fn describe(pem: &[u8]) -> Result<Described, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let der = CertificateDer::from_pem_slice(pem)
         .map_err(|e| TlsError::Invalid(format!("not a PEM certificate: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+    describe_der(&der)
+}
+
+/// What a certificate says.
+pub fn describe_der(der: &[u8]) -> Result<Described, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| TlsError::Invalid(format!("not an X.509 certificate: {e}")))?;
-    let names = match Identity::from_der(&der) {
+    let names = match Identity::from_der(der) {
         Some(who) => who.to_string(),
         None => cert.subject().to_string(),
     };

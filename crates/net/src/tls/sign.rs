@@ -28,7 +28,7 @@ const SCHEMES: &[SignatureScheme] = &[
 ];
 
 /// A process's key and certificate, and how it checks others' signatures.
-pub(super) struct Signing {
+pub(crate) struct Signing {
     key: Arc<dyn SigningKey>,
     cert: CertificateDer<'static>,
     verifier: Arc<dyn ClientCertVerifier>,
@@ -36,7 +36,7 @@ pub(super) struct Signing {
 }
 
 impl Signing {
-    pub(super) fn new(
+    pub(crate) fn new(
         provider: &CryptoProvider,
         chain: &[CertificateDer<'static>],
         key: &PrivateKeyDer<'static>,
@@ -57,7 +57,8 @@ impl Signing {
 impl Security {
     /// `body` signed with this process's key, with its certificate. Fails when insecure.
     pub fn sign(&self, body: Vec<u8>) -> Result<Signed, TlsError> {
-        let s = &self.tls()?.signing;
+        let current = self.tls()?.live.current();
+        let s = &current.signing;
         let signer = s
             .key
             .choose_scheme(SCHEMES)
@@ -74,7 +75,8 @@ impl Security {
     /// Who signed `signed`, if its certificate is the cluster CA's, valid now, and its key
     /// made the signature over the body. Fails when insecure.
     pub fn verify(&self, signed: &Signed) -> Result<Identity, TlsError> {
-        let s = &self.tls()?.signing;
+        let current = self.tls()?.live.current();
+        let s = &current.signing;
         let cert = CertificateDer::from(signed.signer.as_slice());
         s.verifier
             .verify_client_cert(&cert, &[], UnixTime::now())

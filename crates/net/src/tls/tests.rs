@@ -2,6 +2,10 @@ use super::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rustls::RootCertStore;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+
 use bytes::Bytes;
 use tessera_proto::control::ControlError;
 use tessera_proto::frame::{Frame, Kind};
