@@ -2,9 +2,21 @@
 //! processes and clients, in a certificates directory (`--certs-dir`).
 //!
 //! `init` makes `ca.crt` and `ca.key`; `issue` signs `node-ID`, `manager-ID` or
-//! `client-NAME` (`.crt` and `.key`) with it; `list` shows what the directory holds; `qemu`
-//! copies a client's files out for qemu and libnbd (NBD over TLS). Files are never
-//! overwritten. The CA key can live elsewhere (`--ca-key`): only `issue` needs it.
+//! `client-NAME` (`.crt` and `.key`) with it; `list` shows what the directory holds and
+//! what `ca.crl` revokes; `qemu` copies a client's files out for qemu and libnbd (NBD over
+//! TLS); `revoke` and `publish` keep the revocation list ([`revoke`]); `renew` replaces a
+//! certificate and its key in place ([`renew`]). Only `renew` and `revoke` replace files,
+//! each as a whole ([`dir::replace`]): running processes re-read the directory. The CA key
+//! can live elsewhere (`--ca-key`): only `issue`, `renew` and `revoke` need it.
+//!
+//! - `dir`: the directory's files (CA bundle, which CA a key is, `ca.crl`, replacing).
+//! - `der`: what tessera-net does not read out of a certificate (host names, CA or not,
+//!   key identifiers).
+
+mod der;
+mod dir;
+mod renew;
+mod revoke;
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +26,7 @@ use tessera_net::tls::issue;
 use tessera_net::{Identity, Role};
 
 use crate::Output;
+use crate::access::Access;
 
 #[derive(Subcommand)]
 pub enum CertCmd {
@@ -42,8 +55,44 @@ pub enum CertCmd {
         #[arg(long = "host", global = true)]
         hosts: Vec<String>,
     },
-    /// The certificates in the directory: who each names, its serial, when it expires.
+    /// The certificates in the directory: who each names, its serial, whether `ca.crl`
+    /// revokes it, when it expires; and revoked serials no file has.
     List,
+    /// Revoke a certificate: add it to the CA's revocation list `ca.crl` and publish the
+    /// list to the managers, which put it in force on every process within seconds (its
+    /// open connections end, new ones are refused).
+    Revoke {
+        /// A certificate of the directory (`client-alice`, `node-3`, `node-3.crt`), or a
+        /// serial in hex as `tessera cert list` shows it.
+        target: String,
+        /// The CA's key (default: `ca.key` in the certificates directory).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        /// Only write `ca.crl`; `tessera cert publish` sends it later (or copy it to
+        /// every process's certificates directory).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Send `ca.crl` to the managers again (after `revoke --offline`, or when they could
+    /// not be reached).
+    Publish,
+    /// A new key and certificate for the identity STEM names (role, volumes and host names
+    /// kept), replacing `STEM.key` and `STEM.crt`: the process using them takes them
+    /// within seconds, without a restart.
+    Renew {
+        /// The certificate's file stem: `node-3`, `manager-1`, `client-alice`.
+        stem: String,
+        /// The CA's key (default: `ca.key` in the certificates directory).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        /// How long the new certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// The host names or IP addresses it serves under, instead of the old
+        /// certificate's; repeatable.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Copy client NAME's certificate and key, with the CA, into OUT in the layout qemu's
     /// `tls-creds-x509` (`dir=OUT,endpoint=client`) and libnbd's `tls-certificates=OUT`
     /// read: `ca-cert.pem`, `client-cert.pem`, `client-key.pem`, for NBD over TLS.
@@ -79,8 +128,8 @@ pub enum RoleArg {
     ReadOnly,
 }
 
-pub fn cert(certs_dir: Option<PathBuf>, output: Output, cmd: CertCmd) -> Result<()> {
-    let Some(dir) = certs_dir else {
+pub async fn cert(access: Access, output: Output, cmd: CertCmd) -> Result<()> {
+    let Some(dir) = access.certs_dir.clone() else {
         bail!("which certificates directory? pass --certs-dir DIR (or set TESSERA_CERTS_DIR)");
     };
     match cmd {
@@ -107,6 +156,32 @@ pub fn cert(certs_dir: Option<PathBuf>, output: Output, cmd: CertCmd) -> Result<
             Ok(())
         }
         CertCmd::List => list(&dir, output),
+        CertCmd::Revoke {
+            target,
+            ca_key,
+            offline,
+        } => {
+            let key = ca_key.unwrap_or_else(|| dir.join("ca.key"));
+            revoke::revoke(&access, &dir, &target, &key, offline).await
+        }
+        CertCmd::Publish => revoke::publish(&access, &dir).await,
+        CertCmd::Renew {
+            stem,
+            ca_key,
+            days,
+            hosts,
+        } => {
+            let key = ca_key.unwrap_or_else(|| dir.join("ca.key"));
+            let r = renew::renew(&dir, &stem, &key, days, &hosts)?;
+            println!("{}: renewed {}", r.who, r.crt.display());
+            println!("  old serial {}", r.old_serial);
+            println!("  new serial {}", r.new_serial);
+            println!(
+                "Once nothing uses the old certificate: tessera cert revoke {}",
+                r.old_serial
+            );
+            Ok(())
+        }
         CertCmd::Qemu { name, out } => {
             qemu_dir(&dir, &format!("client-{name}"), &out)?;
             println!(
@@ -188,55 +263,107 @@ pub fn issue_into(
     hosts: &[String],
     days: u32,
 ) -> Result<String> {
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let ca_cert = read(&dir.join("ca.crt"))?;
-    let key = read(ca_key)?;
-    let issued = issue::issue(&ca_cert, &key, who, hosts, days)?;
+    let cas = dir::cas(dir)?;
+    let key = dir::read(ca_key)?;
+    let signer = dir::signer(&cas, &key, ca_key)?;
+    let issued = issue::issue(&signer.pem, &key, who, hosts, days)?;
     let stem = issue::stem(who);
     issue::write_pair(dir, &stem, &issued)?;
     Ok(stem)
 }
 
+/// One row of `tessera cert list`: a certificate file (each CA of `ca.crt` is one), or a
+/// serial `ca.crl` revokes that no file has.
+struct Row {
+    file: Option<String>,
+    info: Option<issue::Described>,
+    serial: String,
+    revoked: bool,
+}
+
 fn list(dir: &Path, output: Output) -> Result<()> {
-    let mut rows = Vec::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "crt"))
         .collect();
     names.sort();
+    let has_cas = dir.join(dir::CA_FILE).is_file();
+    let cas = if has_cas { dir::cas(dir)? } else { Vec::new() };
+    let lists = if has_cas {
+        dir::read_crl(dir, &cas)?
+    } else {
+        Vec::new()
+    };
+    let mut rows = Vec::new();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
     for p in names {
-        let pem = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-        let info = issue::describe(&pem)
-            .with_context(|| format!("reading the certificate {}", p.display()))?;
         let file = p
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        rows.push((file, info));
+        let certs = if file == dir::CA_FILE {
+            dir::cas(dir)?
+        } else {
+            vec![dir::cert(&p)?]
+        };
+        for (i, c) in certs.into_iter().enumerate() {
+            let serial = c.serial();
+            rows.push(Row {
+                file: Some(if i == 0 {
+                    file.clone()
+                } else {
+                    format!("{file} ({})", i + 1)
+                }),
+                info: Some(c.info.clone()),
+                serial: c.info.serial.clone(),
+                revoked: dir::revokes(&lists, &serial),
+            });
+            seen.push(serial);
+        }
+    }
+    for r in lists.iter().flat_map(|l| &l.crl.revoked) {
+        if !seen.iter().any(|s| dir::same_serial(s, &r.serial)) {
+            seen.push(r.serial.clone());
+            rows.push(Row {
+                file: None,
+                info: None,
+                serial: tessera_proto::hex::encode(&r.serial),
+                revoked: true,
+            });
+        }
     }
     match output {
         Output::Json => {
             let v: Vec<serde_json::Value> = rows
                 .iter()
-                .map(|(file, i)| {
+                .map(|r| {
                     serde_json::json!({
-                        "file": file,
-                        "names": i.names,
-                        "serial": i.serial,
-                        "not_after": i.not_after,
+                        "file": r.file,
+                        "names": r.info.as_ref().map(|i| &i.names),
+                        "serial": r.serial,
+                        "revoked": r.revoked,
+                        "not_after": r.info.as_ref().map(|i| &i.not_after),
                     })
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Table => {
-            println!("{:<28} {:<40} {:<34} EXPIRES", "FILE", "NAMES", "SERIAL");
-            for (file, i) in rows {
+            println!(
+                "{:<28} {:<40} {:<34} {:<8} EXPIRES",
+                "FILE", "NAMES", "SERIAL", "REVOKED"
+            );
+            for r in rows {
+                let (names, expires) = match &r.info {
+                    Some(i) => (i.names.as_str(), i.not_after.as_str()),
+                    None => ("-", "-"),
+                };
                 println!(
-                    "{file:<28} {:<40} {:<34} {}",
-                    i.names, i.serial, i.not_after
+                    "{:<28} {names:<40} {:<34} {:<8} {expires}",
+                    r.file.as_deref().unwrap_or("-"),
+                    r.serial,
+                    if r.revoked { "yes" } else { "no" },
                 );
             }
         }

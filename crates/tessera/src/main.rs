@@ -192,7 +192,7 @@ fn main() {
             Cmd::Cluster(c) => cli::cluster(access, args.output, c).await,
             Cmd::Node(n) => cli::node(access, args.output, n).await,
             Cmd::Scrub(s) => scrub::scrub(access, args.output, s).await,
-            Cmd::Cert(c) => cert::cert(access.certs_dir, args.output, c),
+            Cmd::Cert(c) => cert::cert(access, args.output, c).await,
         }
     });
     if let Err(e) = result {
