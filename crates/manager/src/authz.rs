@@ -58,7 +58,7 @@ fn need(req: &ManagerRequest) -> Need<'_> {
         R::RegisterNode(reg) => Need::Node(reg.node_id),
         R::Heartbeat(hb) => Need::Node(Some(hb.node_id)),
         R::RestoreSource { .. } => Need::Node(None),
-        R::Managers => Need::Anyone,
+        R::Managers | R::Crl => Need::Anyone,
         R::ListVolumes | R::ListStores | R::ClusterStatus | R::ScrubStatus => Need::Read(None),
         R::BackupInfo { .. }
         | R::ListSnapshots { volume: None }
@@ -98,7 +98,8 @@ fn need(req: &ManagerRequest) -> Need<'_> {
         | R::PrewarmVolume { .. }
         | R::DrainNode { .. }
         | R::AddManager { .. }
-        | R::ScrubControl { .. } => Need::Admin,
+        | R::ScrubControl { .. }
+        | R::PublishCrl { .. } => Need::Admin,
     }
 }
 

@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::state::{
-    BackupDelta, BackupImage, GroupRecord, Mutation, NextIds, NodeRecord, State, VolumeRecord,
-    change_record, record_change_of,
+    BackupDelta, BackupImage, CrlRecord, GroupRecord, Mutation, NextIds, NodeRecord, State,
+    VolumeRecord, change_record, record_change_of,
 };
 
 mod backups;
@@ -34,6 +34,8 @@ const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const CHUNKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("chunks");
 /// Format version and the next-id marks.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Single records of the cluster, JSON: `crl` (the revocation lists in force).
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 const FORMAT: u64 = 1;
 const FILE_NAME: &str = "manager.redb";
@@ -109,6 +111,7 @@ impl Db {
             tx.open_table(GROUPS)?;
             tx.open_table(VOLUMES)?;
             tx.open_table(CHUNKS)?;
+            tx.open_table(SETTINGS)?;
             backups::init(&tx)?;
             let mut meta = tx.open_table(META)?;
             let format = meta.get("format")?.map(|v| v.value());
@@ -284,6 +287,9 @@ impl Db {
                     g.term = g.term.max(*term);
                 })?;
             }
+            Mutation::SetCrl(c) => {
+                tx.open_table(SETTINGS)?.insert("crl", json(c).as_slice())?;
+            }
             Mutation::SetNodeDraining { node_id, draining } => {
                 update_record(&tx, NODES, *node_id, |n: &mut NodeRecord| {
                     n.draining = *draining;
@@ -324,6 +330,8 @@ pub struct Image {
     pub next: NextIds,
     /// Backups and the stores' reference counts.
     pub backups: BackupImage,
+    /// The revocation lists in force.
+    pub crl: Option<CrlRecord>,
 }
 
 impl Image {
@@ -338,6 +346,9 @@ impl Image {
         )
         .map_err(|e| e.0)?;
         s.restore_backups(self.backups).map_err(|e| e.0)?;
+        if let Some(c) = self.crl {
+            s.apply(&Mutation::SetCrl(c));
+        }
         Ok(s)
     }
 }
@@ -364,6 +375,12 @@ pub fn read_image(tx: &redb::ReadTransaction) -> Result<Image, DbError> {
     };
     let backups = backups::read(tx)?;
     let applied_index = meta.get("applied_index")?.map_or(0, |v| v.value());
+    let crl = tx
+        .open_table(SETTINGS)?
+        .get("crl")?
+        .map(|v| serde_json::from_slice::<CrlRecord>(v.value()))
+        .transpose()
+        .map_err(|e| redb::Error::Corrupted(format!("the revocation lists: {e}")))?;
     Ok(Image {
         applied_index,
         nodes,
@@ -372,6 +389,7 @@ pub fn read_image(tx: &redb::ReadTransaction) -> Result<Image, DbError> {
         chunks,
         next,
         backups,
+        crl,
     })
 }
 
@@ -408,6 +426,13 @@ pub fn write_image(tx: &redb::WriteTransaction, image: &Image) -> Result<(), DbE
         }
     }
     backups::write(tx, &image.backups)?;
+    {
+        let mut t = tx.open_table(SETTINGS)?;
+        match &image.crl {
+            Some(c) => t.insert("crl", json(c).as_slice())?,
+            None => t.remove("crl")?,
+        };
+    }
     let mut meta = tx.open_table(META)?;
     meta.insert("next_backup_id", image.next.backup)?;
     meta.insert("next_node_id", image.next.node)?;

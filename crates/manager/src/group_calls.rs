@@ -18,7 +18,7 @@ use tessera_proto::control::{
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::service::{Pending, Service};
+use crate::service::{DropOrder, Pending, Service};
 
 /// How long one storage node gets to answer one `Apply` (it answers once the ops are
 /// applied by the group's leader).
@@ -185,6 +185,40 @@ pub(crate) async fn finish(
             "request handler failed: {e}"
         )))
     })
+}
+
+/// How long one storage node gets to acknowledge a drop order.
+const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tells one replica of the group (the leader first) to drop the chunks. Best effort: the
+/// deleted volume's id is never reused, so leftovers are garbage, never wrong data.
+pub(crate) async fn deliver_drop(security: tessera_net::Security, order: DropOrder) {
+    let req = StorageRequest::DropChunks {
+        group_id: order.group_id,
+        volume_id: order.volume_id,
+        chunks: order.chunks.clone(),
+    };
+    for (node, addr) in &order.peers {
+        let expect = Expect::Node(*node);
+        match tessera_net::call::<_, StorageReply>(&security, addr, expect, &req, DROP_TIMEOUT)
+            .await
+        {
+            Ok(_) => {
+                debug!(group = order.group_id, volume = order.volume_id, %addr, "chunks dropped");
+                return;
+            }
+            Err(e) => {
+                warn!(group = order.group_id, volume = order.volume_id, %addr, error = %e,
+                      "drop order not delivered");
+            }
+        }
+    }
+    warn!(
+        group = order.group_id,
+        volume = order.volume_id,
+        chunks = order.chunks.len(),
+        "no replica took the drop order; its chunks stay as garbage"
+    );
 }
 
 #[cfg(test)]

@@ -103,6 +103,7 @@ mod reclaim_loop;
 mod reconcile;
 mod reconcile_loop;
 mod restore_loop;
+mod revocation;
 mod scrub;
 mod server;
 mod service;

@@ -23,9 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use tessera_net::{Expect, FrameReader, NetError, call, rpc_reply, write_frame};
-use tessera_proto::control::{
-    self, ControlError, ManagerReply, ManagerRequest, StorageReply, StorageRequest,
-};
+use tessera_proto::control::{self, ControlError, ManagerReply, ManagerRequest};
 use tessera_proto::frame::Kind;
 
 use crate::backup_jobs::Settings;
@@ -37,11 +35,9 @@ use crate::liveness::Liveness;
 use crate::pace::Pace;
 use crate::peer::Parts;
 use crate::raft_log::RaftLog;
-use crate::service::{DropOrder, Now, Reply, Service};
+use crate::service::{Now, Reply, Service};
 use crate::stores::Stores;
 
-/// How long one storage node gets to acknowledge a drop order.
-const DROP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request's group ops (a snapshot's fences, a clone's links, a rollback) may
 /// take before it is answered `Unavailable` (what is done stays done; asking again
 /// finishes it).
@@ -148,6 +144,11 @@ impl Manager {
             config.security.clone(),
             service.clone(),
             consensus.clone(),
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::revocation::run(
+            service.clone(),
+            config.security.clone(),
             stopped.clone(),
         ));
         let applier = tokio::spawn(apply_loop(service.clone(), consensus.clone(), stopped));
@@ -510,6 +511,7 @@ async fn handle(
     let service = shared.clone();
     let caller = who;
     let who = who.cloned();
+    let sec = security.clone();
     let done = tokio::task::spawn_blocking(move || {
         let now = Now {
             instant: Instant::now(),
@@ -528,6 +530,10 @@ async fn handle(
         let req = crate::authz::bind(who.as_ref(), req);
         if let Err(e) = s.lead() {
             return Ok((Reply::Done(Err(e)), Vec::new()));
+        }
+        if let ManagerRequest::PublishCrl { pem } = req {
+            let lists = crate::revocation::checked_lists(&sec, &pem)?;
+            return Ok((Reply::Done(s.publish_crl(pem, lists)), Vec::new()));
         }
         if let ManagerRequest::AddManager { id, addr } = req {
             // Waits for a commit: not under the lock every other request needs.
@@ -551,7 +557,7 @@ async fn handle(
         }
     };
     for order in orders {
-        tokio::spawn(deliver_drop(security.clone(), order));
+        tokio::spawn(crate::group_calls::deliver_drop(security.clone(), order));
     }
     match reply {
         Reply::Done(res) => res,
@@ -568,33 +574,4 @@ async fn handle(
             fence_only,
         } => crate::capability::sign(security, caller, volume_id, epoch, fence_only),
     }
-}
-
-/// Tells one replica of the group (the leader first) to drop the chunks. Best effort: the
-/// deleted volume's id is never reused, so leftovers are garbage, never wrong data.
-async fn deliver_drop(security: tessera_net::Security, order: DropOrder) {
-    let req = StorageRequest::DropChunks {
-        group_id: order.group_id,
-        volume_id: order.volume_id,
-        chunks: order.chunks.clone(),
-    };
-    for (node, addr) in &order.peers {
-        let expect = Expect::Node(*node);
-        match call::<_, StorageReply>(&security, addr, expect, &req, DROP_TIMEOUT).await {
-            Ok(_) => {
-                debug!(group = order.group_id, volume = order.volume_id, %addr, "chunks dropped");
-                return;
-            }
-            Err(e) => {
-                warn!(group = order.group_id, volume = order.volume_id, %addr, error = %e,
-                      "drop order not delivered");
-            }
-        }
-    }
-    warn!(
-        group = order.group_id,
-        volume = order.volume_id,
-        chunks = order.chunks.len(),
-        "no replica took the drop order; its chunks stay as garbage"
-    );
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{self, DbError, Image};
 use crate::error::Error;
 use crate::raft_log;
-use crate::state::{BackupImage, GroupRecord, NextIds, NodeRecord, VolumeRecord};
+use crate::state::{BackupImage, CrlRecord, GroupRecord, NextIds, NodeRecord, VolumeRecord};
 
 const MAGIC: &[u8; 8] = b"TSMGRSNP";
 const VERSION: u32 = 1;
@@ -53,6 +53,9 @@ struct Records {
     /// Backups and the stores' reference counts (absent from managers before backups).
     #[serde(default, skip_serializing_if = "BackupImage::is_empty")]
     backups: BackupImage,
+    /// The revocation lists in force (absent when none were published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crl: Option<CrlRecord>,
 }
 
 pub fn encode(p: &Payload) -> Vec<u8> {
@@ -64,6 +67,7 @@ pub fn encode(p: &Payload) -> Vec<u8> {
         next: p.image.next,
         managers: p.managers.clone(),
         backups: p.image.backups.clone(),
+        crl: p.image.crl.clone(),
     };
     // Plain records of strings and integers always serialize.
     let json = serde_json::to_vec(&records).unwrap_or_default();
@@ -152,6 +156,7 @@ pub fn decode(data: &[u8]) -> Result<Payload, String> {
             chunks,
             next: r.next,
             backups: r.backups,
+            crl: r.crl,
         },
         managers: r.managers,
     };
@@ -346,6 +351,11 @@ mod tests {
                     backup: 1,
                 },
                 backups: Default::default(),
+                crl: Some(CrlRecord {
+                    version: 2,
+                    pem: "-----BEGIN X509 CRL-----".into(),
+                    lists: vec![("30".into(), 3)],
+                }),
             },
             managers: [(1, "m1:7400".to_string())].into(),
         }

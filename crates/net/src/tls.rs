@@ -206,6 +206,17 @@ impl Security {
         });
     }
 
+    /// The revocation lists of `pem`, each checked against the CAs this process trusts
+    /// (signed by one of them, well formed); fails when insecure.
+    pub fn check_crls(&self, pem: &[u8]) -> Result<Vec<crl::Crl>, TlsError> {
+        match &self.tls {
+            Some(t) => t.live.check_crls(pem),
+            None => Err(TlsError::Invalid(
+                "insecure: no certificates, nothing to revoke".into(),
+            )),
+        }
+    }
+
     /// Puts in force the revocation lists in `pem` (the manager's) that a trusted CA
     /// signed and that are newer than those in force; whether any was. A list no trusted
     /// CA signed is refused. Insecure: nothing to do.

@@ -39,6 +39,7 @@ mod fetch;
 mod gate;
 mod lazy;
 mod replies;
+mod revocation;
 mod scrub;
 mod server;
 mod transport;
@@ -491,12 +492,14 @@ pub(crate) async fn heartbeat_of(shared: &Shared) -> NodeHeartbeat {
 
 async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: String, disk: u64) {
     let every = Duration::from_millis(cfg.heartbeat_ms.max(50));
+    let mut crl_applied = 0;
     loop {
         let hb = heartbeat_of(&shared).await;
         match call_manager(&cfg, &ManagerRequest::Heartbeat(hb)).await {
             Ok(ManagerReply::HeartbeatAck {
                 create_groups,
                 remove_groups,
+                crl_version,
             }) => {
                 for spec in create_groups {
                     shared.raft.create_group(spec);
@@ -504,6 +507,7 @@ async fn heartbeat_loop(cfg: StorageConfig, shared: Arc<Shared>, advertise: Stri
                 for g in remove_groups {
                     shared.raft.remove_group(g);
                 }
+                revocation::follow(&cfg, crl_version, &mut crl_applied).await;
             }
             Ok(other) => tracing::warn!("unexpected heartbeat reply {other:?}"),
             Err(tessera_net::NetError::Control(ControlError::NotFound(_))) => {

@@ -94,8 +94,13 @@ fn default_dirs() -> Vec<PathBuf> {
     v
 }
 
-/// A daemon's transport: certificates from `certs_dir` as `stem`, or plain TCP if started
-/// with `--insecure`; neither (or both) is refused, naming the fix.
+/// How often a daemon looks at its certificates directory for a renewed certificate, a
+/// changed CA bundle or a new revocation list (`Security::watch_files`).
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A daemon's transport: certificates from `certs_dir` as `stem`, re-read whenever they
+/// change ([`RELOAD_EVERY`]), or plain TCP if started with `--insecure`; neither (or both)
+/// is refused, naming the fix. Needs a tokio runtime.
 pub fn daemon_security(
     what: &str,
     certs_dir: Option<&Path>,
@@ -103,7 +108,11 @@ pub fn daemon_security(
     insecure: bool,
 ) -> Result<Security> {
     match (certs_dir, insecure) {
-        (Some(dir), false) => load(dir, stem),
+        (Some(dir), false) => {
+            let security = load(dir, stem)?;
+            security.watch_files(RELOAD_EVERY);
+            Ok(security)
+        }
         (None, true) => {
             tracing::warn!(
                 "{what} running with --insecure: no TLS, no authentication; anyone who can \

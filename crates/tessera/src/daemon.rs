@@ -98,6 +98,7 @@ pub async fn run_nbd(
             .with_context(|| format!("serving metrics on {m}"))?;
     }
     let security = access.security()?;
+    security.watch_files(crate::access::RELOAD_EVERY);
     let acceptor = match (tls, security.acceptor()) {
         (false, _) => None,
         (true, Some(a)) => Some(a.clone()),

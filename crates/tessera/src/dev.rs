@@ -118,9 +118,11 @@ pub async fn run(a: DevArgs, insecure: bool) -> Result<()> {
     let certs = data_dir.join(crate::access::DEV_CERTS);
     let security = |stem: &str| {
         if insecure {
-            Ok(tessera_net::Security::insecure())
+            Ok::<_, anyhow::Error>(tessera_net::Security::insecure())
         } else {
-            crate::access::load(&certs, stem)
+            let s = crate::access::load(&certs, stem)?;
+            s.watch_files(crate::access::RELOAD_EVERY);
+            Ok(s)
         }
     };
     if insecure && a.nbd_tls {

@@ -30,6 +30,7 @@ mod moves;
 mod nodes;
 mod reclaims;
 mod replicated;
+mod revocation;
 mod scrub;
 mod snapshots;
 mod status;
@@ -200,6 +201,11 @@ impl Service {
             ManagerRequest::RegisterNode(reg) => self.register(&reg, now),
             ManagerRequest::Heartbeat(hb) => self.heartbeat(&hb, now),
             ManagerRequest::ScrubStatus => Ok(self.scrub_status()),
+            ManagerRequest::Crl => Ok(self.crl_reply()),
+            // Its signatures are checked first, by the server (`publish_crl`).
+            ManagerRequest::PublishCrl { .. } => Err(ControlError::Internal(
+                "revocation lists are published through the server".into(),
+            )),
             ManagerRequest::ScrubControl { node_id, action } => {
                 let reply = self
                     .scrub_call(node_id, action)

@@ -77,6 +77,7 @@ impl Service {
         Ok(ManagerReply::HeartbeatAck {
             create_groups,
             remove_groups,
+            crl_version: self.crl_version(),
         })
     }
 

@@ -169,6 +169,7 @@ impl State {
                     n.draining = *draining;
                 }
             }
+            Mutation::SetCrl(c) => self.crl = Some(c.clone()),
             Mutation::SetGroupsEstablished { group_ids } => {
                 for id in group_ids {
                     if let Some(g) = self.groups.get_mut(id) {

@@ -76,7 +76,8 @@ pub use pieces::{FLATTEN_PIECE, flatten_pieces, reclaim_ops};
 #[cfg(test)]
 use reclaims::{ReclaimStep, range_top};
 pub use records::{
-    Attachment, GroupRecord, NodeRecord, ParentLink, Reclaim, SnapshotRecord, VolumeRecord,
+    Attachment, CrlRecord, GroupRecord, NodeRecord, ParentLink, Reclaim, SnapshotRecord,
+    VolumeRecord,
 };
 pub use snapshots::{SnapshotPlan, change_record, linking, record_change_of, rolling_back};
 
@@ -120,6 +121,8 @@ pub struct State {
     /// Backups, their chunk maps, and every store's reference counts.
     backups: backup_refs::Backups,
     next: NextIds,
+    /// The revocation lists in force (`None`: none published).
+    crl: Option<CrlRecord>,
 }
 
 /// The state read back from disk is inconsistent.

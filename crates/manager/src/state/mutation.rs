@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tessera_proto::control::Hash;
 
 use super::backup_records::{BackupRecord, BackupStats, ChunkSegment, GcKey};
-use super::records::{GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
+use super::records::{CrlRecord, GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
 
 /// One durable change. Row-shaped on purpose: the database writes exactly these rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,8 @@ pub enum Mutation {
         node_id: u64,
         draining: bool,
     },
+    /// Revocation lists published (they replace those in force whole).
+    SetCrl(CrlRecord),
     /// Heartbeats showed these groups with a leader: see [`GroupRecord::established`].
     SetGroupsEstablished {
         group_ids: Vec<u64>,
@@ -275,6 +277,7 @@ impl NextIds {
             | Mutation::SetGroupTarget { .. }
             | Mutation::SetGroupMembers { .. }
             | Mutation::SetNodeDraining { .. }
+            | Mutation::SetCrl(_)
             | Mutation::SetGroupsEstablished { .. }
             | Mutation::CutSnapshot { .. }
             | Mutation::RollbackDone { .. }

@@ -10,7 +10,7 @@ use tessera_proto::control::{ControlError, GroupSpec, NodeRegistration, PeerInfo
 
 use crate::placement::{self, Candidate};
 
-use super::{GroupRecord, Mutation, NodeRecord, State};
+use super::{CrlRecord, GroupRecord, Mutation, NodeRecord, State};
 
 impl State {
     /// The node id a registration gets and the mutation recording it.
@@ -72,6 +72,11 @@ impl State {
             }
         }
         Ok(Some(Mutation::SetNodeDraining { node_id, draining }))
+    }
+
+    /// The revocation lists in force, if any were published.
+    pub fn crl(&self) -> Option<&CrlRecord> {
+        self.crl.as_ref()
     }
 
     pub fn node(&self, id: u64) -> Option<&NodeRecord> {

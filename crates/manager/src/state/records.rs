@@ -211,3 +211,14 @@ pub struct Attachment {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub holder: String,
 }
+
+/// The certificate revocation lists in force across the cluster (`tessera cert revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrlRecord {
+    /// Moves with every publication (the first is 1): what heartbeats compare.
+    pub version: u64,
+    /// The newest list of each CA, PEM, as published.
+    pub pem: String,
+    /// Each list's CA (its subject, DER in hex) and number, as checked when published.
+    pub lists: Vec<(String, u64)>,
+}

@@ -36,12 +36,15 @@ pub struct Issued {
 /// A new cluster certificate authority, valid for `days` from now.
 pub fn new_ca(days: u32) -> Result<Issued, TlsError> {
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Tessera cluster CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let serial = validity(&mut params, days);
+    // A subject of its own: during a CA rotation two CAs are trusted at once, and a
+    // revocation list (like a certificate) names its CA by subject.
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Tessera cluster CA {}", &serial[..8]),
+    );
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok(Issued {

@@ -272,6 +272,9 @@ impl Live {
     pub(super) fn apply_crls(&self, pem: &[u8]) -> Result<bool, TlsError> {
         let current = self.current();
         let given = crl::parse(pem, &current.cas)?;
+        if given.is_empty() {
+            return Ok(false);
+        }
         let newer: Vec<Crl> = given
             .into_iter()
             .filter(|g| {
@@ -296,6 +299,11 @@ impl Live {
             .clone();
         self.install(m, &pushed)?;
         Ok(true)
+    }
+
+    /// The lists of `pem`, each checked against the CAs trusted now.
+    pub(super) fn check_crls(&self, pem: &[u8]) -> Result<Vec<Crl>, TlsError> {
+        crl::parse(pem, &self.current().cas)
     }
 
     fn install(&self, m: Material, pushed: &[Crl]) -> Result<(), TlsError> {

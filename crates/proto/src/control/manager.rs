@@ -131,6 +131,18 @@ pub enum ManagerRequest {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         holder: String,
     },
+    /// Put certificate revocation lists in force across the cluster (admins only; `tessera
+    /// cert revoke` sends it): PEM, one list per CA, each signed by a CA the managers trust
+    /// and newer (by its CRL number) than the one it replaces, or
+    /// [`ControlError::Invalid`]. Managers apply it as they apply their log, storage nodes
+    /// at their next heartbeat ([`ManagerReply::HeartbeatAck::crl_version`]). Answered with
+    /// [`ManagerReply::Crl`].
+    PublishCrl {
+        /// The lists, PEM.
+        pem: String,
+    },
+    /// The revocation lists in force, answered with [`ManagerReply::Crl`]; anyone.
+    Crl,
     /// End an attachment: the holder's own (`epoch`), or, with `force`, whoever holds it;
     /// a forced detach moves the volume to a new epoch that the caller fences the volume's
     /// groups with, so the old holder's writes are refused from then on.
@@ -404,6 +416,10 @@ pub enum ManagerReply {
         /// or replaced while the node was down): destroy them and their data.
         #[serde(default)]
         remove_groups: Vec<u64>,
+        /// The version of the revocation lists in force ([`ManagerRequest::Crl`]): a node
+        /// that applied an older one fetches them (absent from older managers: 0, none).
+        #[serde(default)]
+        crl_version: u64,
     },
     /// The answer to [`ManagerRequest::VolumeUsage`].
     Usage(VolumeUsage),
@@ -478,6 +494,13 @@ pub enum ManagerReply {
     Stores(Vec<StoreInfo>),
     /// The answer to [`ManagerRequest::RestoreSource`].
     RestoreSource(Box<RestoreSource>),
+    /// The answer to [`ManagerRequest::PublishCrl`] and [`ManagerRequest::Crl`].
+    Crl {
+        /// How many times lists were published (0: never); moves with every change.
+        version: u64,
+        /// The newest list of each CA, PEM (empty: none).
+        pem: String,
+    },
     /// The answer to [`ManagerRequest::Capability`].
     Capability {
         /// [`crate::capability::Signed::to_hex`] of the signed capability.

@@ -296,6 +296,22 @@ async fn a_ca_is_added_then_the_old_one_removed() {
     assert!(server.reload().unwrap());
     Open::to(&new_client, &addr).await.unwrap();
     old_open.echo().await.unwrap();
+    // Each CA's list applies to its own certificates only (CAs differ by subject): the
+    // new CA's list revoking nothing leaves the old CA's certificates served, its list
+    // revoking `new` refuses that one.
+    assert!(
+        server
+            .apply_crls(crl_of(&new_ca, 1, &[]).as_bytes())
+            .unwrap()
+    );
+    Open::to(&old_client, &addr).await.unwrap();
+    assert!(
+        server
+            .apply_crls(crl_of(&new_ca, 2, &[&c]).as_bytes())
+            .unwrap()
+    );
+    assert!(Open::to(&new_client, &addr).await.is_err());
+    Open::to(&old_client, &addr).await.unwrap();
 
     // The server renewed by the new CA, the old CA dropped.
     let renewed = issue::issue(
@@ -310,7 +326,14 @@ async fn a_ca_is_added_then_the_old_one_removed() {
     replace(&dir.path().join("node-1.crt"), &renewed.cert_pem);
     replace(&dir.path().join("ca.crt"), &new_ca.cert_pem);
     assert!(server.reload().unwrap());
-    Open::to(&new_client, &addr).await.unwrap();
+    let newer = issue::issue(&new_ca.cert_pem, &new_ca.key_pem, &client("newer"), &[], 1).unwrap();
+    let newer = Security::from_pem(
+        both.as_bytes(),
+        newer.cert_pem.as_bytes(),
+        newer.key_pem.as_bytes(),
+    )
+    .unwrap();
+    Open::to(&newer, &addr).await.unwrap();
     assert!(old_open.echo().await.is_err());
     assert!(Open::to(&old_client, &addr).await.is_err());
 }

@@ -137,6 +137,7 @@ fn every_reply_round_trips() {
                 min_term: 0,
             }],
             remove_groups: vec![4],
+            crl_version: 3,
         },
         ManagerReply::Volume(volume()),
         ManagerReply::Volumes(vec![volume(), volume()]),

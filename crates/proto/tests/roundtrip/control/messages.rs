@@ -13,7 +13,7 @@ use super::records::*;
 use crate::{u32s, u64s};
 
 /// Variants of [`ManagerRequest`], numbered by [`manager_request_index`].
-pub const MANAGER_REQUESTS: usize = 39;
+pub const MANAGER_REQUESTS: usize = 41;
 
 pub fn manager_request() -> BoxedStrategy<ManagerRequest> {
     use ManagerRequest as R;
@@ -114,6 +114,8 @@ pub fn manager_request() -> BoxedStrategy<ManagerRequest> {
         Just(R::Managers),
         Just(R::ScrubStatus),
         (u64s(), scrub_action()).prop_map(|(node_id, action)| R::ScrubControl { node_id, action }),
+        t().prop_map(|pem| R::PublishCrl { pem }),
+        Just(R::Crl),
     ]
     .boxed()
 }
@@ -160,11 +162,13 @@ pub fn manager_request_index(r: &ManagerRequest) -> usize {
         R::Managers => 36,
         R::ScrubStatus => 37,
         R::ScrubControl { .. } => 38,
+        R::PublishCrl { .. } => 39,
+        R::Crl => 40,
     }
 }
 
 /// Variants of [`ManagerReply`], numbered by [`manager_reply_index`].
-pub const MANAGER_REPLIES: usize = 23;
+pub const MANAGER_REPLIES: usize = 24;
 
 fn few_volumes() -> impl Strategy<Value = Vec<VolumeInfo>> + Clone {
     vec(volume_info(), 0..2)
@@ -175,12 +179,13 @@ pub fn manager_reply() -> BoxedStrategy<ManagerReply> {
     let members = || few((u64s(), text()));
     prop_oneof![
         u64s().prop_map(|node_id| R::Registered { node_id }),
-        (few(group_spec()), few(u64s())).prop_map(|(create_groups, remove_groups)| {
-            R::HeartbeatAck {
+        (few(group_spec()), few(u64s()), u64s()).prop_map(
+            |(create_groups, remove_groups, crl_version)| R::HeartbeatAck {
                 create_groups,
                 remove_groups,
+                crl_version,
             }
-        }),
+        ),
         volume_usage().prop_map(R::Usage),
         volume_info().prop_map(R::Volume),
         few_volumes().prop_map(R::Volumes),
@@ -229,6 +234,7 @@ pub fn manager_reply() -> BoxedStrategy<ManagerReply> {
         }),
         (members(), members()).prop_map(|(voters, learners)| R::Managers { voters, learners }),
         few(node_scrub()).prop_map(R::Scrub),
+        (u64s(), text()).prop_map(|(version, pem)| R::Crl { version, pem }),
     ]
     .boxed()
 }
@@ -259,6 +265,7 @@ pub fn manager_reply_index(r: &ManagerReply) -> usize {
         R::Capability { .. } => 20,
         R::Managers { .. } => 21,
         R::Scrub(_) => 22,
+        R::Crl { .. } => 23,
     }
 }
 
