@@ -82,6 +82,7 @@ mod backups;
 mod capability;
 mod conn;
 mod error;
+mod revocation;
 mod scrub;
 #[cfg(test)]
 mod testing;
@@ -182,6 +183,9 @@ impl Client {
             }),
         };
         c.list_volumes().await?;
+        if c.inner.security.is_secure() {
+            revocation::follow(Arc::downgrade(&c.inner));
+        }
         Ok(c)
     }
 

@@ -19,19 +19,44 @@ use crate::service::Service;
 /// How often the lists in the state are compared with those in force here.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// The lists of a published PEM, each signed by a CA this manager trusts: each one's CA
-/// (its subject, DER in hex) and number.
-pub(crate) fn checked_lists(
-    security: &Security,
-    pem: &str,
-) -> Result<Vec<(String, u64)>, ControlError> {
+/// The largest PEM a publication may carry: a list of thousands of revoked certificates
+/// is well under it, and every node fetches the whole.
+pub(crate) const MAX_PEM: usize = 256 << 10;
+
+/// A publication checked against the CAs this manager trusts.
+pub(crate) struct Checked {
+    /// Its lists of trusted CAs only, re-encoded (nothing else of the text is kept).
+    pub pem: String,
+    /// Each list's CA (its subject, DER in hex) and number.
+    pub lists: Vec<(String, u64)>,
+    /// The subjects (hex) of every CA trusted here: a list in force of any other CA (one
+    /// removed from the bundle) is dropped, not required.
+    pub trusted: Vec<String>,
+}
+
+/// `pem`'s lists signed by the CAs this manager trusts (lists of other CAs are left out).
+pub(crate) fn check(security: &Security, pem: &str) -> Result<Checked, ControlError> {
+    if pem.len() > MAX_PEM {
+        return Err(ControlError::Invalid(format!(
+            "revocation lists of {} bytes: at most {MAX_PEM}",
+            pem.len()
+        )));
+    }
     let lists = security
         .check_crls(pem.as_bytes())
         .map_err(|e| ControlError::Invalid(format!("revocation lists refused: {e}")))?;
-    Ok(lists
-        .iter()
-        .map(|c| (tessera_proto::hex::encode(&c.issuer), c.number))
-        .collect())
+    Ok(Checked {
+        pem: tessera_net::tls::crl::to_pem(&lists),
+        lists: lists
+            .iter()
+            .map(|c| (tessera_proto::hex::encode(&c.issuer), c.number))
+            .collect(),
+        trusted: security
+            .ca_subjects()
+            .iter()
+            .map(|s| tessera_proto::hex::encode(s))
+            .collect(),
+    })
 }
 
 /// Puts the state's lists in force in `security` whenever their version moves, until

@@ -532,8 +532,8 @@ async fn handle(
             return Ok((Reply::Done(Err(e)), Vec::new()));
         }
         if let ManagerRequest::PublishCrl { pem } = req {
-            let lists = crate::revocation::checked_lists(&sec, &pem)?;
-            return Ok((Reply::Done(s.publish_crl(pem, lists)), Vec::new()));
+            let checked = crate::revocation::check(&sec, &pem)?;
+            return Ok((Reply::Done(s.publish_crl(checked)), Vec::new()));
         }
         if let ManagerRequest::AddManager { id, addr } = req {
             // Waits for a commit: not under the lock every other request needs.

@@ -50,7 +50,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_net::tls::TlsAcceptor;
+use tessera_net::Security;
+use tessera_net::tls::{Checked, TlsAcceptor};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -71,7 +72,7 @@ pub struct NbdServer<B: Backend> {
     listener: TcpListener,
     local_addr: SocketAddr,
     backend: Arc<B>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Security)>,
 }
 
 impl<B: Backend> NbdServer<B> {
@@ -89,11 +90,19 @@ impl<B: Backend> NbdServer<B> {
     }
 
     /// Requires TLS (`NBD_OPT_STARTTLS`) of every client, with a client certificate
-    /// `acceptor` verifies; the certificate's identity then limits the exports
-    /// ([`Grant::of`]). Without it every client is granted every export.
-    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
-        self.tls = Some(acceptor);
-        self
+    /// `security` verifies (as it verifies now: a certificate revoked since ends its
+    /// connection at its next request); the certificate's identity then limits the exports
+    /// ([`Grant::of`]). Without it every client is granted every export. Refused for an
+    /// insecure `security`.
+    pub fn with_tls(mut self, security: &Security) -> std::io::Result<Self> {
+        let acceptor = security.acceptor().cloned().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "NBD over TLS needs certificates, not an insecure transport",
+            )
+        })?;
+        self.tls = Some((acceptor, security.clone()));
+        Ok(self)
     }
 
     /// The address actually bound.
@@ -150,18 +159,21 @@ async fn connection<B: Backend>(
     stream: TcpStream,
     peer: SocketAddr,
     backend: Arc<B>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Security)>,
     mut stop: watch::Receiver<bool>,
 ) {
     debug!(%peer, "connection accepted");
     // Replies are batched by the writer; small ones must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let Some(tls) = tls else {
+    let Some((tls, security)) = tls else {
         let (r, w) = stream.into_split();
         let (r, w) = (BufReader::new(r), BufWriter::new(w));
         return plain(&*backend, r, w, deadline, peer, stop).await;
     };
+    // Before the handshake: a revocation put in force during it is checked at the first
+    // read.
+    let since = security.generation();
     let upgraded = tokio::select! {
         res = tokio::time::timeout_at(deadline, starttls::upgrade(stream, &tls)) => res,
         _ = stop.wait_for(|&s| s) => return,
@@ -173,8 +185,9 @@ async fn connection<B: Backend>(
     };
     debug!(%peer, who = %secured.who, "TLS established");
     let grant = Grant::of(&secured.who);
+    let check = security.peer_check(secured.stream.get_ref().1.peer_certificates(), since);
     let (r, w) = tokio::io::split(secured.stream);
-    let (r, w) = (BufReader::new(r), BufWriter::new(w));
+    let (r, w) = (BufReader::new(Checked::new(r, check)), BufWriter::new(w));
     let terms = handshake::Terms {
         grant: &grant,
         tls: true,

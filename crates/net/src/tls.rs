@@ -21,6 +21,7 @@
 //!   cluster signed ([`Security::sign`], [`Security::verify`]).
 
 pub mod crl;
+pub mod describe;
 pub mod identity;
 pub mod issue;
 mod live;
@@ -36,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, TlsStream};
 
 pub use identity::{Expect, Identity, Role};
-pub use live::{CRL_FILE, PeerCheck};
+pub use live::{CRL_FILE, Checked, PeerCheck};
 /// For protocols that start TLS themselves (NBD's `NBD_OPT_STARTTLS`): [`Security::acceptor`].
 pub use tokio_rustls::TlsAcceptor;
 pub use tokio_rustls::server::TlsStream as ServerTlsStream;
@@ -125,7 +126,8 @@ impl Security {
             dir: certs_dir.to_path_buf(),
             stem: stem.to_string(),
         };
-        Security::with(files.read()?, Some(files))
+        let stamp = files.stamp();
+        Security::with(files.read()?, Some((files, stamp)))
     }
 
     /// Mutual TLS from PEM: the cluster CA's certificate, this process's certificate
@@ -140,7 +142,10 @@ impl Security {
         Security::with(m, None)
     }
 
-    fn with(m: live::Material, files: Option<live::Files>) -> Result<Security, TlsError> {
+    fn with(
+        m: live::Material,
+        files: Option<(live::Files, live::Stamp)>,
+    ) -> Result<Security, TlsError> {
         let live = Arc::new(live::Live::new(m, files)?);
         let provider = live.provider().clone();
         let mut server = ServerConfig::builder_with_provider(provider.clone())
@@ -206,8 +211,31 @@ impl Security {
         });
     }
 
-    /// The revocation lists of `pem`, each checked against the CAs this process trusts
-    /// (signed by one of them, well formed); fails when insecure.
+    /// Moves with every change of what this process trusts (0 when insecure): read it
+    /// before a handshake this process runs itself, for [`Security::peer_check`].
+    pub fn generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.live.generation())
+    }
+
+    /// The check of a connection this process accepted itself (a protocol that starts TLS
+    /// on its own: NBD): the client's chain `peer`, whose handshake started at generation
+    /// `since` ([`Security::generation`]); `None` when insecure.
+    pub fn peer_check(&self, peer: Option<&[CertificateDer<'_>]>, since: u64) -> Option<PeerCheck> {
+        self.tls
+            .as_ref()
+            .map(|t| PeerCheck::new(&t.live, peer, false, since))
+    }
+
+    /// The subjects (DER) of the CAs this process trusts; none when insecure.
+    pub fn ca_subjects(&self) -> Vec<Vec<u8>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.live.ca_subjects())
+            .unwrap_or_default()
+    }
+
+    /// The revocation lists of `pem` of the CAs this process trusts, each checked against
+    /// its CA (well formed, signed by it; lists of other CAs skipped); fails when insecure.
     pub fn check_crls(&self, pem: &[u8]) -> Result<Vec<crl::Crl>, TlsError> {
         match &self.tls {
             Some(t) => t.live.check_crls(pem),
@@ -263,6 +291,7 @@ impl Security {
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
+            let since = tls.live.generation();
             let s = tls
                 .connector
                 .connect(name, tcp)
@@ -278,7 +307,7 @@ impl Security {
                 tracing::warn!("{e}");
                 return Err(e);
             }
-            let check = PeerCheck::new(&tls.live, s.get_ref().1.peer_certificates(), true);
+            let check = PeerCheck::new(&tls.live, s.get_ref().1.peer_certificates(), true, since);
             Ok(Conn::Tls(Box::new(TlsStream::Client(s)), check))
         };
         tokio::time::timeout(timeout, work)
@@ -299,6 +328,7 @@ impl Security {
         let addr = tcp
             .peer_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let since = tls.live.generation();
         let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp))
             .await
             .map_err(|_| NetError::Timeout {
@@ -315,7 +345,7 @@ impl Security {
                 reason: "the peer's certificate names no Tessera identity".into(),
             }
         })?;
-        let check = PeerCheck::new(&tls.live, s.get_ref().1.peer_certificates(), false);
+        let check = PeerCheck::new(&tls.live, s.get_ref().1.peer_certificates(), false, since);
         Ok((Conn::Tls(Box::new(TlsStream::Server(s)), check), Some(who)))
     }
 }

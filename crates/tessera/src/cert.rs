@@ -6,14 +6,13 @@
 //! what `ca.crl` revokes; `qemu` copies a client's files out for qemu and libnbd (NBD over
 //! TLS); `revoke` and `publish` keep the revocation list ([`revoke`]); `renew` replaces a
 //! certificate and its key in place ([`renew`]). Only `renew` and `revoke` replace files,
-//! each as a whole ([`dir::replace`]): running processes re-read the directory. The CA key
-//! can live elsewhere (`--ca-key`): only `issue`, `renew` and `revoke` need it.
+//! each as a whole (`issue::replace`): running processes re-read the directory. The CA
+//! key can live elsewhere (`--ca-key`): only `issue`, `renew` and `revoke` need it.
+//! Reading certificate files (PEM, X.509) is tessera-net's `tls::describe`, never this
+//! binary's: the CLI reads a file as a process loading it does.
 //!
-//! - `dir`: the directory's files (CA bundle, which CA a key is, `ca.crl`, replacing).
-//! - `der`: what tessera-net does not read out of a certificate (host names, CA or not,
-//!   key identifiers).
+//! - `dir`: the directory's files (CA bundle, which CA a key is, `ca.crl`).
 
-mod der;
 mod dir;
 mod renew;
 mod revoke;
@@ -282,12 +281,7 @@ struct Row {
 }
 
 fn list(dir: &Path, output: Output) -> Result<()> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    let mut names: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-        .collect();
-    names.sort();
+    let names = dir::crt_files(dir)?;
     let has_cas = dir.join(dir::CA_FILE).is_file();
     let cas = if has_cas { dir::cas(dir)? } else { Vec::new() };
     let lists = if has_cas {
@@ -302,21 +296,21 @@ fn list(dir: &Path, output: Output) -> Result<()> {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let certs = if file == dir::CA_FILE {
-            dir::cas(dir)?
+        let certs = if file == dir::CA_FILE && has_cas {
+            cas.clone()
         } else {
             vec![dir::cert(&p)?]
         };
         for (i, c) in certs.into_iter().enumerate() {
-            let serial = c.serial();
+            let serial = c.info.raw_serial.clone();
             rows.push(Row {
                 file: Some(if i == 0 {
                     file.clone()
                 } else {
                     format!("{file} ({})", i + 1)
                 }),
-                info: Some(c.info.clone()),
                 serial: c.info.serial.clone(),
+                info: Some(c.info),
                 revoked: dir::revokes(&lists, &serial),
             });
             seen.push(serial);

@@ -99,10 +99,10 @@ pub async fn run_nbd(
     }
     let security = access.security()?;
     security.watch_files(crate::access::RELOAD_EVERY);
-    let acceptor = match (tls, security.acceptor()) {
+    let acceptor = match (tls, security.is_secure()) {
         (false, _) => None,
-        (true, Some(a)) => Some(a.clone()),
-        (true, None) => bail!("--tls needs the gateway's certificate: not with --insecure"),
+        (true, true) => Some(security.clone()),
+        (true, false) => bail!("--tls needs the gateway's certificate: not with --insecure"),
     };
     let label = format!("nbd gateway {listen}");
     let client =
@@ -134,13 +134,13 @@ pub async fn run_nbd(
 pub async fn serve_nbd<B: tessera_nbd::Backend>(
     listen: &str,
     backend: Arc<B>,
-    tls: Option<tessera_net::tls::TlsAcceptor>,
+    tls: Option<tessera_net::Security>,
 ) -> Result<tessera_nbd::NbdServer<B>> {
     let server = tessera_nbd::NbdServer::bind(listen, backend)
         .await
         .with_context(|| format!("listening for NBD on {listen}"))?;
     Ok(match tls {
-        Some(a) => server.with_tls(a),
+        Some(s) => server.with_tls(&s)?,
         None => {
             if !server.local_addr().ip().is_loopback() {
                 tracing::warn!(

@@ -181,7 +181,7 @@ pub async fn run(a: DevArgs, insecure: bool) -> Result<()> {
     } else {
         security(&format!("client-{}", crate::access::DEFAULT_USER))?
     };
-    let acceptor = gateway.acceptor().filter(|_| a.nbd_tls).cloned();
+    let acceptor = Some(gateway.clone()).filter(|g| a.nbd_tls && g.is_secure());
     let client = Client::connect_with(
         vec![maddr.clone()],
         &format!("tessera dev nbd {}", a.nbd),

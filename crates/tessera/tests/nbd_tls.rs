@@ -6,31 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::cluster::issue_certs;
 use common::metrics::{counted, counter};
+use common::nbd::{qemu_dir, qemu_tls};
 use common::{Cluster, Gateway, Opts, said, tool};
 use tessera_net::{Identity, Role};
 
 const REFUSED: &str = "tessera_nbd_refused_connections_total";
 const DENIED: &str = "tessera_nbd_refused_exports_total";
-
-/// qemu's arguments naming `export` of `g` over TLS with the credentials in `dir`.
-fn qemu_tls(g: &Gateway, dir: &Path, export: &str) -> Vec<String> {
-    vec![
-        "--object".into(),
-        format!(
-            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
-            dir.display()
-        ),
-        "--image-opts".into(),
-        format!(
-            "driver=nbd,host=127.0.0.1,port={},export={export},tls-creds=tls0",
-            g.port
-        ),
-    ]
-}
 
 /// qemu-io `cmds` on `export` over TLS (read-only with `-r` if `read_only`): its output if
 /// every command succeeded.
@@ -77,13 +62,6 @@ fn listed(g: &Gateway, dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// `tessera cert qemu NAME` into a directory of the cluster's.
-fn qemu_dir(c: &Cluster, name: &str) -> PathBuf {
-    let dir = c.dir.path().join(format!("qemu-{name}"));
-    c.cli_ok(&["cert", "qemu", name, dir.to_str().expect("utf8")]);
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

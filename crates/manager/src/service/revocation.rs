@@ -30,23 +30,30 @@ impl Service {
         self.state.crl().map_or(0, |c| c.version)
     }
 
-    /// Puts `pem` in force, whose lists (each CA's subject in hex, and the list's number)
-    /// the server checked: refused if it drops a CA's list in force or carries an older
-    /// one; the same lists again change nothing.
-    pub fn publish_crl(
+    /// Puts the lists the server checked in force: refused if it drops the list in force of
+    /// a CA still trusted, or carries an older one; the same lists again change nothing.
+    pub(crate) fn publish_crl(
         &mut self,
-        pem: String,
-        lists: Vec<(String, u64)>,
+        checked: crate::revocation::Checked,
     ) -> Result<ManagerReply, ControlError> {
         self.lead()?;
+        let crate::revocation::Checked {
+            pem,
+            lists,
+            trusted,
+        } = checked;
         if lists.is_empty() {
-            return Err(ControlError::Invalid("no revocation list in it".into()));
+            return Err(ControlError::Invalid(
+                "no revocation list of a CA this cluster trusts in it".into(),
+            ));
         }
-        let in_force = self
+        let mut in_force = self
             .state
             .crl()
             .map(|c| c.lists.clone())
             .unwrap_or_default();
+        // A CA removed from the bundle: its list is no longer needed.
+        in_force.retain(|(issuer, _)| trusted.contains(issuer));
         let mut newer = false;
         for (issuer, number) in &lists {
             match in_force.iter().find(|(i, _)| i == issuer) {

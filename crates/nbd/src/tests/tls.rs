@@ -29,11 +29,11 @@ fn gateway() -> Security {
 
 async fn start_tls() -> Running {
     let backend = MemBackend::new(&[("vol0", MIB)]);
-    let acceptor = gateway().acceptor().unwrap().clone();
     let server = NbdServer::bind("127.0.0.1:0", backend.clone())
         .await
         .unwrap()
-        .with_tls(acceptor);
+        .with_tls(&gateway())
+        .unwrap();
     super::run(server, backend)
 }
 

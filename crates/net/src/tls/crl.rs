@@ -36,33 +36,57 @@ pub struct Revoked {
     pub at: i64,
 }
 
-/// The revocation lists of a PEM file (none if it holds none), each checked against the
-/// CA certificates of `cas` that issued it: refused if no trusted CA issued one, or its
-/// signature does not verify.
+/// The revocation lists of a PEM file (none if it holds none) whose CA is among `cas`,
+/// each checked against it: refused if one is malformed or its signature does not verify.
+/// A list of a CA not trusted (any more, or not yet, during a rotation) is skipped: it
+/// revokes nothing this process would take.
 pub fn parse(pem: &[u8], cas: &[CertificateDer<'_>]) -> Result<Vec<Crl>, TlsError> {
     let mut out = Vec::new();
     for der in CertificateRevocationListDer::pem_slice_iter(pem) {
         let der = der.map_err(|e| TlsError::Invalid(format!("a revocation list: {e}")))?;
-        out.push(parse_der(der, cas)?);
+        match check(der, cas)? {
+            Some(crl) => out.push(crl),
+            None => tracing::debug!("skipped a revocation list of a CA not trusted here"),
+        }
     }
     Ok(out)
 }
 
-/// One revocation list (DER), checked as [`parse`] does.
+/// The lists, in PEM, as this process writes them (nothing but the lists).
+pub fn to_pem(crls: &[Crl]) -> String {
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    crls.iter()
+        .map(|c| pem::encode_config(&pem::Pem::new("X509 CRL", c.der.to_vec()), lf))
+        .collect()
+}
+
+/// One revocation list (DER), checked as [`parse`] does; its CA must be among `cas`.
 pub fn parse_der(
     der: CertificateRevocationListDer<'static>,
     cas: &[CertificateDer<'_>],
 ) -> Result<Crl, TlsError> {
+    check(der, cas)?.ok_or_else(|| {
+        TlsError::Invalid("a revocation list: its issuer is not a trusted CA".into())
+    })
+}
+
+/// `None`: no CA of `cas` issued it.
+fn check(
+    der: CertificateRevocationListDer<'static>,
+    cas: &[CertificateDer<'_>],
+) -> Result<Option<Crl>, TlsError> {
     let bad = |why: String| TlsError::Invalid(format!("a revocation list: {why}"));
+    // What rustls will read it with: a list it cannot take (a delta list, an unknown
+    // critical extension) must be refused here, not fail every handshake later.
+    webpki::OwnedCertRevocationList::from_der(&der).map_err(|e| bad(format!("{e:?}")))?;
     let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| bad(e.to_string()))?;
     let issuer = crl.tbs_cert_list.issuer.as_raw().to_vec();
-    let ca = cas
-        .iter()
-        .find(|c| {
-            x509_parser::parse_x509_certificate(c)
-                .is_ok_and(|(_, c)| c.subject().as_raw() == issuer.as_slice())
-        })
-        .ok_or_else(|| bad(format!("its issuer ({}) is not a trusted CA", crl.issuer())))?;
+    let Some(ca) = cas.iter().find(|c| {
+        x509_parser::parse_x509_certificate(c)
+            .is_ok_and(|(_, c)| c.subject().as_raw() == issuer.as_slice())
+    }) else {
+        return Ok(None);
+    };
     let ca = webpki::EndEntityCert::try_from(ca).map_err(|e| bad(format!("its CA: {e}")))?;
     let algorithms = rustls::crypto::ring::default_provider()
         .signature_verification_algorithms
@@ -87,12 +111,12 @@ pub fn parse_der(
             at: r.revocation_date.timestamp(),
         })
         .collect();
-    Ok(Crl {
+    Ok(Some(Crl {
         issuer,
         number,
         revoked,
         der: der.clone(),
-    })
+    }))
 }
 
 /// Of `crls`, the newest of each CA (the highest number).

@@ -86,7 +86,8 @@ impl Files {
     }
 
     /// Each file's modification time, size and inode: a change of any means read again.
-    fn stamp(&self) -> Stamp {
+    /// Taken before the files are read, so a change while they are read is seen next time.
+    pub(super) fn stamp(&self) -> Stamp {
         use std::os::unix::fs::MetadataExt;
         self.paths().map(|p| {
             std::fs::metadata(p)
@@ -96,7 +97,7 @@ impl Files {
     }
 }
 
-type Stamp = [Option<(Option<SystemTime>, u64, u64)>; 4];
+pub(super) type Stamp = [Option<(Option<SystemTime>, u64, u64)>; 4];
 
 /// What is in force.
 pub(super) struct Current {
@@ -193,8 +194,13 @@ pub(super) struct Live {
     generation: AtomicU64,
     /// What `current` was built from, to build again with the manager's lists.
     material: Mutex<Material>,
-    /// The lists the manager handed over, kept across reloads of the files.
+    /// The lists the manager handed over and put in force, kept across reloads of the
+    /// files.
     pushed: Mutex<Vec<Crl>>,
+    /// Held by whoever builds and installs a new [`Current`] (a reload of the files, lists
+    /// from the manager): each builds from what the other installed, never from a copy
+    /// taken before it.
+    installing: Mutex<()>,
     /// The files as last read (or last found unreadable, not to say so every poll).
     stamp: Mutex<Option<Stamp>>,
     /// The CAs' subjects, hinted to clients (rustls borrows them from the verifier for as
@@ -203,9 +209,14 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub(super) fn new(m: Material, files: Option<Files>) -> Result<Live, TlsError> {
+    /// What `m` says in force; `files` (with their `stamp` taken before `m` was read) to
+    /// read again on a reload.
+    pub(super) fn new(m: Material, files: Option<(Files, Stamp)>) -> Result<Live, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let stamp = files.as_ref().map(Files::stamp);
+        let (files, stamp) = match files {
+            Some((f, s)) => (Some(f), Some(s)),
+            None => (None, None),
+        };
         let (me, current) = Current::build(&provider, &m, &[])?;
         let hints: &'static [DistinguishedName] = Box::leak(
             current
@@ -222,6 +233,7 @@ impl Live {
             generation: AtomicU64::new(0),
             material: Mutex::new(m),
             pushed: Mutex::new(Vec::new()),
+            installing: Mutex::new(()),
             stamp: Mutex::new(stamp),
             hints: RwLock::new(hints),
         })
@@ -233,6 +245,11 @@ impl Live {
 
     pub(super) fn me(&self) -> &Identity {
         &self.me
+    }
+
+    /// Moves with every change put in force.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub(super) fn current(&self) -> Arc<Current> {
@@ -248,13 +265,15 @@ impl Live {
         let Some(files) = &self.files else {
             return Ok(false);
         };
+        let _installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
         let stamp = files.stamp();
         {
             let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_ref() == Some(&stamp) {
                 return Ok(false);
             }
-            // Whatever the outcome, these files are not looked at again until they change.
+            // Whatever the outcome, these files are not looked at again until they change
+            // (the manager's lists, the other input, were checked as rustls reads them).
             *last = Some(stamp);
         }
         let m = files.read()?;
@@ -270,6 +289,7 @@ impl Live {
     /// Puts in force the lists of `pem` the cluster's CAs signed, where newer than those in
     /// force; whether anything changed. A list no trusted CA signed is refused.
     pub(super) fn apply_crls(&self, pem: &[u8]) -> Result<bool, TlsError> {
+        let _installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current();
         let given = crl::parse(pem, &current.cas)?;
         if given.is_empty() {
@@ -288,9 +308,8 @@ impl Live {
             return Ok(false);
         }
         let pushed = {
-            let mut p = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
-            *p = crl::newest(p.drain(..).chain(newer));
-            p.clone()
+            let p = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+            crl::newest(p.iter().cloned().chain(newer))
         };
         let m = self
             .material
@@ -298,7 +317,21 @@ impl Live {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         self.install(m, &pushed)?;
+        *self.pushed.lock().unwrap_or_else(|p| p.into_inner()) = pushed;
         Ok(true)
+    }
+
+    /// The subjects (DER) of the CAs trusted now.
+    pub(super) fn ca_subjects(&self) -> Vec<Vec<u8>> {
+        self.current()
+            .cas
+            .iter()
+            .filter_map(|c| {
+                x509_parser::parse_x509_certificate(c)
+                    .ok()
+                    .map(|(_, c)| c.subject().as_raw().to_vec())
+            })
+            .collect()
     }
 
     /// The lists of `pem`, each checked against the CAs trusted now.
@@ -465,13 +498,16 @@ impl fmt::Debug for PeerCheck {
 }
 
 impl PeerCheck {
+    /// The check of a peer whose handshake started at generation `since` (read before it:
+    /// a change during the handshake is checked at the first read).
     pub(super) fn new(
         live: &Arc<Live>,
         chain: Option<&[CertificateDer<'_>]>,
         dialled: bool,
+        since: u64,
     ) -> PeerCheck {
         PeerCheck {
-            seen: live.generation.load(Ordering::Acquire),
+            seen: since,
             live: live.clone(),
             chain: chain
                 .unwrap_or_default()
@@ -528,6 +564,35 @@ impl PeerCheck {
         } else {
             current.clients.verify_client_cert(ee, rest, now).is_ok()
         }
+    }
+}
+
+/// A reading half whose peer is checked as [`PeerCheck`] says before every read: for
+/// streams a protocol upgraded to TLS itself (NBD's `NBD_OPT_STARTTLS`), which are no
+/// [`Conn`](crate::Conn).
+pub struct Checked<R> {
+    inner: R,
+    check: Option<PeerCheck>,
+}
+
+impl<R> Checked<R> {
+    /// `inner`, checked by `check` (`None`: not checked, as on a plain connection).
+    pub fn new(inner: R, check: Option<PeerCheck>) -> Checked<R> {
+        Checked { inner, check }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Checked<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if let Some(c) = &mut me.check {
+            c.still()?;
+        }
+        std::pin::Pin::new(&mut me.inner).poll_read(cx, buf)
     }
 }
 

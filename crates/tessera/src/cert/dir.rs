@@ -1,48 +1,23 @@
-//! The files of a certificates directory that `tessera cert` reads and replaces: the CA
-//! bundle `ca.crt` (several CAs during a rotation) and which of its CAs a key signs as
-//! ([`signer`]), a certificate file, the revocation list `ca.crl` ([`read_crl`]), and
-//! replacing a file in place ([`replace`]).
+//! The files of a certificates directory that `tessera cert` reads: the CA bundle `ca.crt`
+//! (several CAs during a rotation) and which of its CAs a key signs as ([`signer`]), a
+//! certificate file, the revocation list `ca.crl` ([`read_crl`]). Decoding and describing
+//! what the files hold is tessera-net's (`tls::describe`), and so is replacing one
+//! (`issue::replace`): this module knows the directory's layout and what the CLI refuses.
 //!
 //! Must never: let a running process read a file half written (processes poll the
-//! directory every 2 s: a file is replaced by renaming a complete, synced one over it),
-//! take a `ca.crl` that a CA of `ca.crt` did not sign (a damaged or foreign list is an
-//! error, never silently replaced), or sign with a CA the key given is not the key of.
+//! directory every 2 s: a file is replaced whole, with `issue::replace`), take a `ca.crl`
+//! that a CA of `ca.crt` did not sign (a damaged or foreign list is an error, never
+//! silently replaced), or sign with a CA the key given is not the key of.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use tessera_net::tls::CRL_FILE;
 use tessera_net::tls::crl::{self, Crl};
-use tessera_net::tls::{CRL_FILE, issue};
-
-use super::der;
+use tessera_net::tls::describe::{self, Cert, SectionKind};
 
 /// The CA bundle of every certificates directory.
 pub const CA_FILE: &str = "ca.crt";
-
-/// One certificate, as its file holds it.
-pub struct Cert {
-    /// Its PEM section.
-    pub pem: String,
-    pub der: Vec<u8>,
-    /// Who it names and its serial, as `tessera cert list` shows them.
-    pub info: issue::Described,
-}
-
-impl Cert {
-    fn new(pem: &str, der: Vec<u8>) -> Result<Cert> {
-        let info = issue::describe_der(&der)?;
-        Ok(Cert {
-            pem: pem.to_string(),
-            der,
-            info,
-        })
-    }
-
-    /// Its serial (DER integer contents).
-    pub fn serial(&self) -> Vec<u8> {
-        tessera_proto::hex::decode(&self.info.serial).unwrap_or_default()
-    }
-}
 
 pub fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
@@ -51,23 +26,18 @@ pub fn read(path: &Path) -> Result<String> {
 /// The certificate of the file `path` (its first, if a chain).
 pub fn cert(path: &Path) -> Result<Cert> {
     let text = read(path)?;
-    let first = der::sections(&text, "CERTIFICATE", false)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+    describe::certificates(text.as_bytes())
+        .with_context(|| format!("reading {}", path.display()))?
         .into_iter()
         .next()
-        .ok_or_else(|| anyhow!("{} holds no certificate", path.display()))?;
-    Cert::new(first.text, first.der).with_context(|| format!("reading {}", path.display()))
+        .ok_or_else(|| anyhow!("{} holds no certificate", path.display()))
 }
 
 /// The CAs of `dir/ca.crt`, the one certificates are signed with first.
 pub fn cas(dir: &Path) -> Result<Vec<Cert>> {
     let path = dir.join(CA_FILE);
     let text = read(&path)?;
-    let cas = der::sections(&text, "CERTIFICATE", false)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?
-        .into_iter()
-        .map(|s| Cert::new(s.text, s.der))
-        .collect::<Result<Vec<_>>>()
+    let cas = describe::certificates(text.as_bytes())
         .with_context(|| format!("reading {}", path.display()))?;
     if cas.is_empty() {
         bail!("{} holds no certificate", path.display());
@@ -75,16 +45,27 @@ pub fn cas(dir: &Path) -> Result<Vec<Cert>> {
     Ok(cas)
 }
 
-/// The CA of `cas` whose key `key_pem` (read from `key_path`) is: a list signed with the key
-/// verifies against its certificate.
+/// The certificate files (`*.crt`) of `dir`, sorted.
+pub fn crt_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The CA of `cas` whose key `key_pem` (read from `key_path`) is: what it signs verifies
+/// against its certificate.
 pub fn signer<'a>(cas: &'a [Cert], key_pem: &str, key_path: &Path) -> Result<&'a Cert> {
-    for ca in cas {
-        let Ok(probe) = crl::make(&ca.pem, key_pem, 1, &[]) else {
-            continue;
-        };
-        if crl::parse(probe.as_bytes(), &[ca.der.clone().into()]).is_ok() {
-            return Ok(ca);
-        }
+    match describe::ca_of_key(cas, key_pem) {
+        Ok(Some(ca)) => return Ok(ca),
+        Ok(None) => {}
+        Err(e) => bail!(
+            "{}: {e}: pass the CA's key with --ca-key",
+            key_path.display()
+        ),
     }
     bail!(
         "{} is not the key of {} CA in {CA_FILE} (serial{} {}): pass the CA's key with --ca-key",
@@ -122,23 +103,19 @@ pub fn read_crl(dir: &Path, cas: &[Cert]) -> Result<Vec<Listed>> {
             path.display()
         )
     };
-    let sections = der::sections(&text, "X509 CRL", true).map_err(damaged)?;
+    let sections = describe::sections(text.as_bytes(), SectionKind::Crl, true)
+        .map_err(|e| damaged(e.to_string()))?;
     if sections.is_empty() {
         return Err(damaged("it holds no revocation list".into()));
     }
-    let ders: Vec<_> = cas.iter().map(|c| c.der.clone().into()).collect();
-    let mut out = Vec::new();
-    for s in sections {
-        let mut crl = crl::parse(s.text.as_bytes(), &ders).map_err(|e| damaged(e.to_string()))?;
-        let crl = crl
-            .pop()
-            .ok_or_else(|| damaged("a list that does not parse".into()))?;
-        out.push(Listed {
-            pem: s.text.to_string(),
-            crl,
-        });
-    }
-    Ok(out)
+    let ders: Vec<_> = cas.iter().map(|c| c.der.clone()).collect();
+    sections
+        .into_iter()
+        .map(|s| {
+            let crl = crl::parse_der(s.der.into(), &ders).map_err(|e| damaged(e.to_string()))?;
+            Ok(Listed { pem: s.text, crl })
+        })
+        .collect()
 }
 
 /// Whether two serials (DER integer contents) are the same number.
@@ -158,46 +135,9 @@ pub fn revokes(lists: &[Listed], serial: &[u8]) -> bool {
         .any(|r| same_serial(&r.serial, serial))
 }
 
-/// Replaces `path` with `contents` (mode `mode`) as a whole: written to a temporary file
-/// beside it, synced, renamed over it, and the directory synced, so that a reader sees the
-/// old file or the new, never part of one, and the new survives a crash once this returns.
-pub fn replace(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} names no file", path.display()))?;
-    let tmp: PathBuf = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let write = || -> std::io::Result<()> {
-        // One left by a run that died: ours to remove (created with create_new below, so
-        // never another's file followed through a link).
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("writing {}: {e}", path.display())
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
+    use tessera_net::tls::issue;
 
     use super::*;
 
@@ -225,7 +165,7 @@ mod tests {
         let s = signer(&cas, &new.key_pem, key).expect("the new CA");
         assert_eq!(s.pem.trim(), new.cert_pem.trim());
         let stranger = issue::new_ca(1).expect("CA");
-        let e = signer(&cas, &stranger.key_pem, key).err().expect("refused");
+        let e = signer(&cas, &stranger.key_pem, key).expect_err("refused");
         assert!(e.to_string().contains("is not the key of any CA"), "{e}");
     }
 
@@ -260,24 +200,6 @@ mod tests {
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn replace_leaves_the_new_contents_with_their_mode_and_no_temporary_file() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("client-a.key");
-        std::fs::write(&p, "old").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::write(d.path().join(".client-a.key.tmp"), "left by a crash").unwrap();
-        replace(&p, "new", 0o600).expect("replaced");
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let names: Vec<_> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["client-a.key"]);
     }
 
     #[test]

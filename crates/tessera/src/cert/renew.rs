@@ -44,24 +44,20 @@ pub fn renew(
     let old = dir::cert(&crt)?;
     let who = Identity::from_der(&old.der)
         .ok_or_else(|| anyhow!("{} names no Tessera identity", crt.display()))?;
-    let hosts: Vec<String> = if hosts.is_empty() {
-        // Nodes' and managers' certificates name SERVER_NAME whatever is asked: issue
-        // adds it again.
-        super::der::hosts(&old.der)
-            .into_iter()
-            .filter(|h| h != issue::SERVER_NAME)
-            .collect()
+    // The hosts the old certificate was issued with (those `issue` adds itself aside).
+    let hosts = if hosts.is_empty() {
+        &old.info.hosts
     } else {
-        hosts.to_vec()
+        hosts
     };
     let cas = dir::cas(dir)?;
     let ca_key_pem = dir::read(ca_key)?;
     let signer = dir::signer(&cas, &ca_key_pem, ca_key)?;
-    let issued = issue::issue(&signer.pem, &ca_key_pem, &who, &hosts, days)
+    let issued = issue::issue(&signer.pem, &ca_key_pem, &who, hosts, days)
         .with_context(|| format!("renewing {}", crt.display()))?;
     let new_serial = issue::describe(issued.cert_pem.as_bytes())?.serial;
-    dir::replace(&key_path, &issued.key_pem, 0o600)?;
-    dir::replace(&crt, &issued.cert_pem, 0o644).with_context(|| {
+    issue::replace(&key_path, &issued.key_pem, 0o600)?;
+    issue::replace(&crt, &issued.cert_pem, 0o644).with_context(|| {
         format!(
             "{} was replaced but {} was not: a process reading them keeps its old pair \
              until both match; run `tessera cert renew {stem}` again",
@@ -75,4 +71,30 @@ pub fn renew(
         old_serial: old.info.serial,
         new_serial,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewing_keeps_the_hosts_unless_others_are_given() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (dir, key) = (d.path(), d.path().join("ca.key"));
+        super::super::init(dir, &key, 1).expect("CA");
+        let hosts = ["nbd.example".to_string(), "10.0.0.5".into()];
+        let stem = super::super::issue_into(dir, &key, &Identity::Node(3), &hosts, 1).unwrap();
+        let crt = issue::pair_paths(dir, &stem).0;
+        let r = renew(dir, &stem, &key, 1, &[]).expect("renewed");
+        assert_eq!(r.who, Identity::Node(3));
+        assert_ne!(r.old_serial, r.new_serial);
+        assert_eq!(dir::cert(&crt).unwrap().info.hosts, hosts);
+        let other = ["gw.example".to_string()];
+        renew(dir, &format!("{stem}.crt"), &key, 1, &other).expect("renewed");
+        assert_eq!(dir::cert(&crt).unwrap().info.hosts, other);
+        assert!(
+            renew(dir, "ca", &key, 1, &[]).is_err(),
+            "a CA is not renewed"
+        );
+    }
 }

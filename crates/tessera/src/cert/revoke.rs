@@ -11,12 +11,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tessera_net::tls::CRL_FILE;
 use tessera_net::tls::crl::{self, Revoked};
+use tessera_net::tls::{CRL_FILE, issue};
 use tessera_proto::control::{ManagerReply, ManagerRequest};
 
-use super::der;
-use super::dir::{self, Cert, Listed};
+use tessera_net::tls::describe::Cert;
+
+use super::dir::{self, Listed};
 use crate::access::Access;
 
 /// What `TARGET` of `tessera cert revoke` names.
@@ -50,7 +51,7 @@ pub async fn revoke(
     let what = t.describe();
     if let Some(ca) = cas
         .iter()
-        .find(|c| dir::same_serial(&c.serial(), &t.serial))
+        .find(|c| dir::same_serial(&c.info.raw_serial, &t.serial))
     {
         bail!(
             "{target} is the certificate of a CA of {} ({}, serial {}): a CA is not revoked; \
@@ -61,7 +62,7 @@ pub async fn revoke(
         );
     }
     if let Some((path, c)) = &t.cert
-        && der::is_ca(&c.der)
+        && c.info.is_ca
     {
         bail!(
             "{} is a CA's certificate: a CA is not revoked but removed from {}",
@@ -80,8 +81,7 @@ pub async fn revoke(
     let key = dir::read(ca_key)?;
     let signer = dir::signer(&cas, &key, ca_key)?;
     if let Some((path, c)) = &t.cert
-        && let (Some(signed_by), Some(key_id)) =
-            (der::signer_key_id(&c.der), der::key_id(&signer.der))
+        && let (Some(signed_by), Some(key_id)) = (&c.info.signer_key_id, &signer.info.key_id)
         && signed_by != key_id
     {
         bail!(
@@ -93,7 +93,7 @@ pub async fn revoke(
     }
     let (pem, number) = next_list(&cas, signer, &key, &lists, &t.serial)?;
     let path = dir.join(CRL_FILE);
-    dir::replace(&path, &pem, 0o644)?;
+    issue::replace(&path, &pem, 0o644)?;
     println!("revoked {what}: {} (list {number})", path.display());
     if offline {
         println!("not published (--offline): `tessera cert publish` sends it to the managers");
@@ -153,7 +153,7 @@ fn find(dir: &Path, target: &str) -> Result<Target> {
     if path.is_file() {
         let c = dir::cert(&path)?;
         return Ok(Target {
-            serial: c.serial(),
+            serial: c.info.raw_serial.clone(),
             cert: Some((path, c)),
         });
     }
@@ -176,14 +176,13 @@ fn find(dir: &Path, target: &str) -> Result<Target> {
 /// The certificate file of `dir` with `serial`, if one has it (unreadable files skipped:
 /// this only names who a serial was).
 fn holder(dir: &Path, serial: &[u8]) -> Option<(PathBuf, Cert)> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+    dir::crt_files(dir)
+        .ok()?
+        .into_iter()
         .filter(|p| p.file_name().is_some_and(|f| f != dir::CA_FILE))
         .find_map(|p| {
             let c = dir::cert(&p).ok()?;
-            dir::same_serial(&c.serial(), serial).then_some((p, c))
+            dir::same_serial(&c.info.raw_serial, serial).then_some((p, c))
         })
 }
 
@@ -197,7 +196,7 @@ fn next_list(
     lists: &[Listed],
     serial: &[u8],
 ) -> Result<(String, u64)> {
-    let signer_der = [signer.der.clone().into()];
+    let signer_der = [signer.der.clone()];
     let (mine, others): (Vec<&Listed>, Vec<&Listed>) = lists
         .iter()
         .partition(|l| crl::parse_der(l.crl.der.clone(), &signer_der).is_ok());
@@ -220,7 +219,7 @@ fn next_list(
         pem.push_str(o.pem.trim_end());
         pem.push('\n');
     }
-    let ders: Vec<_> = cas.iter().map(|c| c.der.clone().into()).collect();
+    let ders: Vec<_> = cas.iter().map(|c| c.der.clone()).collect();
     let check = crl::parse(pem.as_bytes(), &ders).map_err(|e| {
         anyhow!(
             "the new list does not verify against {} ({e}): nothing written",
@@ -246,8 +245,6 @@ fn now() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use tessera_net::tls::issue;
-
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -179,4 +179,27 @@ fn greets(port: u16) -> bool {
     bye.extend_from_slice(&0u32.to_be_bytes());
     let _ = s.write_all(&bye);
     true
+}
+
+/// qemu's arguments naming `export` of `g` over TLS with the credentials in `dir`.
+pub fn qemu_tls(g: &Gateway, dir: &Path, export: &str) -> Vec<String> {
+    vec![
+        "--object".into(),
+        format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+            dir.display()
+        ),
+        "--image-opts".into(),
+        format!(
+            "driver=nbd,host=127.0.0.1,port={},export={export},tls-creds=tls0",
+            g.port
+        ),
+    ]
+}
+
+/// `tessera cert qemu NAME` into a directory of the cluster's.
+pub fn qemu_dir(c: &Cluster, name: &str) -> PathBuf {
+    let dir = c.dir.path().join(format!("qemu-{name}"));
+    c.cli_ok(&["cert", "qemu", name, dir.to_str().expect("utf8")]);
+    dir
 }
