@@ -89,7 +89,6 @@ async fn assert_repaired_through_the_group(
 async fn a_flipped_byte_in_one_replica_is_found_and_repaired_through_the_group() {
     let mut c = scrub::start(scrub::FAST).await;
     let (vol, img, t, want) = written(&c).await;
-    let reader = Reader::start(vol.clone(), t.offset(), want.clone());
     let damaged = *t
         .replicas
         .iter()
@@ -97,6 +96,10 @@ async fn a_flipped_byte_in_one_replica_is_found_and_repaired_through_the_group()
         .expect("a follower");
     t.damage(&mut c, damaged, &want, |c, n| t.flip_byte(c, n, 1234))
         .await;
+    // Reads start once the damage is known to have survived the restart: the balancer
+    // may hand the restarted node a leadership, and a read there repairs the block
+    // before `damage` can see it (that repair is the next test's subject).
+    let reader = Reader::start(vol.clone(), t.offset(), want.clone());
     reader.wait_reads(5).await;
 
     // The damaged node's count comes with its next heartbeat, after the leader's.
