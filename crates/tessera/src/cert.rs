@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use tessera_net::tls::issue;
 use tessera_net::{Identity, Role};
+use tessera_proto::control::MAX_NODE_ID;
 
 use crate::Output;
 use crate::access::Access;
@@ -213,6 +214,9 @@ pub fn qemu_dir(dir: &Path, stem: &str, out: &Path) -> Result<()> {
 
 fn identity(who: IssueWho) -> Result<Identity> {
     Ok(match who {
+        IssueWho::Node { id } if id > MAX_NODE_ID => {
+            bail!("node ids go up to {MAX_NODE_ID}")
+        }
         IssueWho::Node { id } if id > 0 => Identity::Node(id),
         IssueWho::Manager { id } if id > 0 => Identity::Manager(id),
         IssueWho::Node { .. } | IssueWho::Manager { .. } => bail!("ids start at 1"),

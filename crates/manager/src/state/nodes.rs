@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_proto::control::{ControlError, GroupSpec, NodeRegistration, PeerInfo};
+use tessera_proto::control::{ControlError, GroupSpec, MAX_NODE_ID, NodeRegistration, PeerInfo};
 
 use crate::placement::{self, Candidate};
 
@@ -17,6 +17,15 @@ impl State {
     pub fn plan_register(&self, reg: &NodeRegistration) -> Result<(u64, Mutation), ControlError> {
         if reg.node_id == Some(0) {
             return Err(ControlError::Invalid("node id 0 is reserved".into()));
+        }
+        // A node known from before this rule keeps its id.
+        if reg
+            .node_id
+            .is_some_and(|id| id > MAX_NODE_ID && !self.nodes.contains_key(&id))
+        {
+            return Err(ControlError::Invalid(format!(
+                "node ids go up to {MAX_NODE_ID}"
+            )));
         }
         if reg.rack.is_empty() {
             return Err(ControlError::Invalid("node rack must not be empty".into()));
@@ -29,6 +38,11 @@ impl State {
         // A known id keeps its identity; an unknown one (the manager's database was wiped)
         // is adopted as is, and the id counter moves past it.
         let id = reg.node_id.unwrap_or(self.next.node);
+        if reg.node_id.is_none() && id > MAX_NODE_ID {
+            return Err(ControlError::Invalid(format!(
+                "no node ids left (they go up to {MAX_NODE_ID})"
+            )));
+        }
         Ok((
             id,
             Mutation::PutNode(NodeRecord {

@@ -11,7 +11,7 @@ fn reg(id: Option<u64>, rack: &str) -> NodeRegistration {
         node_id: id,
         zone: "z1".into(),
         rack: rack.into(),
-        addr: format!("10.0.0.1:{}", 7500 + id.unwrap_or(0)),
+        addr: format!("10.0.0.1:{}", 7500u64.wrapping_add(id.unwrap_or(0))),
         capacity_bytes: 1 << 40,
         used_bytes: 0,
         disk: 0,
@@ -63,6 +63,28 @@ fn node_ids_start_at_one_and_known_ids_are_kept() {
     assert_eq!(register(&mut s, Some(10), "c"), 10);
     assert_eq!(register(&mut s, None, "d"), 11);
     assert!(s.plan_register(&reg(Some(0), "x")).is_err());
+}
+
+/// Found by the `manager` fuzz target's invariants: an id at the top of the range left the
+/// counter there, so the next new node was handed that id and took over the node's record.
+#[test]
+fn an_id_at_the_top_of_the_range_is_refused_and_no_new_node_reuses_an_id() {
+    use tessera_proto::control::MAX_NODE_ID;
+    let mut s = State::default();
+    for id in [u64::MAX, MAX_NODE_ID + 1] {
+        let err = s.plan_register(&reg(Some(id), "x")).unwrap_err();
+        assert!(matches!(err, ControlError::Invalid(_)), "{err:?}");
+    }
+    assert_eq!(register(&mut s, Some(MAX_NODE_ID), "top"), MAX_NODE_ID);
+    let err = s.plan_register(&reg(None, "new")).unwrap_err();
+    assert!(matches!(err, ControlError::Invalid(_)), "{err:?}");
+    assert_eq!(s.node(MAX_NODE_ID).unwrap().rack, "top");
+    // A node registered above the bound before it existed keeps its id.
+    s.apply(&Mutation::PutNode(NodeRecord {
+        id: u64::MAX,
+        ..s.node(MAX_NODE_ID).unwrap().clone()
+    }));
+    assert_eq!(register(&mut s, Some(u64::MAX), "old"), u64::MAX);
 }
 
 #[test]

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 #[cfg(doc)]
 use super::{ManagerRequest, StorageRequest};
 
+/// The highest node id: the manager refuses ids above it, so its id counter (one past the
+/// highest id seen) never reaches the end of the range, where a new node would be handed
+/// an id already taken.
+pub const MAX_NODE_ID: u64 = (1 << 63) - 1;
+
 /// What a storage node tells the managers about itself at every start
 /// ([`ManagerRequest::RegisterNode`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

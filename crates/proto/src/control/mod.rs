@@ -52,7 +52,7 @@ pub use codec::{decode, encode};
 pub use error::ControlError;
 pub use group::{GroupSpec, PeerInfo};
 pub use heartbeat::{
-    Descriptors, GroupState, NodeHeartbeat, NodeRegistration, RecoveryStats, Role,
+    Descriptors, GroupState, MAX_NODE_ID, NodeHeartbeat, NodeRegistration, RecoveryStats, Role,
 };
 pub use manager::{ManagerReply, ManagerRequest};
 pub use route::{ChunkRoute, MAX_ROUTES_PER_PAGE, RoutePage};
