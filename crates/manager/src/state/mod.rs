@@ -41,10 +41,15 @@ mod routes;
 mod snapshots;
 mod volumes;
 
+#[cfg(any(test, feature = "fuzzing"))]
+mod check;
+
 #[cfg(test)]
 mod backup_fix_tests;
 #[cfg(test)]
 mod backup_tests;
+#[cfg(test)]
+mod check_tests;
 #[cfg(test)]
 mod reclaim_tests;
 #[cfg(test)]
@@ -81,14 +86,14 @@ pub use records::{
 };
 pub use snapshots::{SnapshotPlan, change_record, linking, record_change_of, rolling_back};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Group {
     rec: GroupRecord,
     /// Chunks of all volumes mapped to this group (derived).
     chunks: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Volume {
     rec: VolumeRecord,
     /// chunk index → group id.
@@ -107,7 +112,7 @@ pub struct DroppedChunks {
 }
 
 /// Everything the manager persists, held in memory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     nodes: BTreeMap<u64, NodeRecord>,
     groups: BTreeMap<u64, Group>,
