@@ -2,7 +2,8 @@
 # Fuzzes Tessera's targets with AFL++ (through cargo-afl, on the stable toolchain), one
 # at a time, each for a bounded time, then prints per target what ran and what was found.
 #
-#   fuzz/run.sh --ci              every target for $FUZZ_CI_SECS seconds (default 35)
+#   fuzz/run.sh --ci              every target for $FUZZ_CI_SECS seconds (default 35), the
+#                                 slow manager target three times that
 #   fuzz/run.sh --long SECS       every target for SECS seconds, resuming earlier long runs
 #   fuzz/run.sh --ci nbd log      only the targets named
 #
@@ -16,12 +17,12 @@ cd "$(dirname "$0")"
 
 mode=${1:-}
 case "$mode" in
-  --ci) secs=${FUZZ_CI_SECS:-35}; shift ;;
-  --long) secs=${2:?"--long needs a number of seconds"}; shift 2 ;;
+  --ci) secs=${FUZZ_CI_SECS:-35}; slow_secs=$((secs * 3)); shift ;;
+  --long) secs=${2:?"--long needs a number of seconds"}; slow_secs=$secs; shift 2 ;;
   *) echo "usage: $0 --ci | --long SECS  [TARGET...]" >&2; exit 2 ;;
 esac
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frame request nbd log raft)
+[ ${#targets[@]} -gt 0 ] || targets=(frame request nbd log raft manager)
 
 started=$SECONDS
 # AFL++ is C, built with make when cargo-afl is installed.
@@ -69,11 +70,13 @@ for t in "${targets[@]}"; do
   out=out/$t
   [ "$mode" = --ci ] && rm -rf "$out"
   mkdir -p "$out"
-  echo "== fuzzing $t for ${secs}s"
+  # Every input of `manager` starts a manager (a database, a Raft group): it runs slowly.
+  t_secs=$secs; [ "$t" = manager ] && t_secs=$slow_secs
+  echo "== fuzzing $t for ${t_secs}s"
   # -V stops after SECS; the timeout is a backstop. -t: an input running over 2 s is a hang.
-  timeout $((secs + 120)) nice cargo afl fuzz -i "corpus/$t" -o "$out" -V "$secs" -t 2000 \
+  timeout $((t_secs + 120)) nice cargo afl fuzz -i "corpus/$t" -o "$out" -V "$t_secs" -t 2000 \
     -- "$bins/$t" >"$out/afl.log" 2>&1 || { tail -20 "$out/afl.log"; failed=1; continue; }
-  # The log and raft targets' scratch directories, one per process AFL++ started.
+  # The log, raft and manager targets' scratch directories, one per process AFL++ started.
   rm -rf "${TMPDIR:-/tmp}"/tessera-fuzz-*
   s=$out/default/fuzzer_stats
   crashes=$(field saved_crashes "$s"); hangs=$(field saved_hangs "$s")

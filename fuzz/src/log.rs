@@ -12,7 +12,7 @@
 //! log that opened keeps what it recovered plus one durable write across a reopen.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use tessera_engine::log::{EntryKind, GroupWrite, Log, LogEntry, LogOptions, Recovered};
@@ -157,7 +157,7 @@ pub fn run(data: &[u8]) {
         segment_size: SEGMENT_SIZES[usize::from(input.u8() % 4)],
     };
     let dir = build(&mut input, opts.segment_size);
-    let path = scratch_dir();
+    let path = crate::scratch_dir("log");
     dir.write(&path).expect("write the log directory");
     check(&path, opts, &dir.compacted);
 }
@@ -286,14 +286,6 @@ fn group(input: &mut Input<'_>) -> u64 {
 fn payload<'a>(input: &mut Input<'a>) -> &'a [u8] {
     let n = usize::from(input.u8() % 32);
     input.bytes(n)
-}
-
-/// A fresh empty directory of this process (under `TMPDIR`: `run.sh` points it at memory).
-fn scratch_dir() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("tessera-fuzz-log-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).expect("create the scratch directory");
-    path
 }
 
 /// Opens the log over `path` and checks what it recovered.

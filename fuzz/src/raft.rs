@@ -11,7 +11,6 @@
 //! Checked: no panic, in the poller or anywhere (the panic hook aborts); the node shuts
 //! down when asked.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ thread_local! {
 
 /// Runs the target on one input.
 pub fn run(data: &[u8]) {
-    let dir = scratch_dir();
+    let dir = crate::scratch_dir("raft");
     RUNTIME.with(|rt| rt.block_on(session(&dir, data)));
 }
 
@@ -243,12 +242,4 @@ fn command(input: &mut Input<'_>) -> Command {
             Bytes::new()
         },
     }
-}
-
-/// A fresh empty directory of this process (under `TMPDIR`: `run.sh` points it at memory).
-fn scratch_dir() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("tessera-fuzz-raft-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).expect("create the scratch directory");
-    path
 }

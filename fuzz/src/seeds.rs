@@ -21,6 +21,7 @@ pub fn of(target: &str) -> Vec<Seed> {
         "nbd" => nbd(),
         "log" => log(),
         "raft" => raft(),
+        "manager" => crate::manager::seeds(),
         other => panic!("no target {other}"),
     }
 }

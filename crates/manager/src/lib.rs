@@ -92,6 +92,10 @@ mod consensus;
 mod copy_loop;
 mod db;
 mod error;
+/// The manager as the `manager` fuzz target drives it; never part of the product.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc_loop;
 mod group_calls;
 mod liveness;

@@ -190,6 +190,26 @@ impl Service {
         self.stores.clone()
     }
 
+    /// Restarts every node's heartbeat age and lease at `at`, as a new leadership does
+    /// (`lead`) but on the fuzz target's clock rather than the time the leadership began.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn restart_ages(&mut self, at: Instant) {
+        self.live.reset(at);
+        self.leases.reset();
+    }
+
+    /// The index of the last log entry applied (the fuzz target checks after changes).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.applied.0
+    }
+
+    /// Why this manager takes no more changes, if it does not (the fuzz target's check).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// Closes the database; later requests fail with `Unavailable`.
     pub fn close(&mut self) {
         self.db = None;
