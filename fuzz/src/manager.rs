@@ -3,10 +3,12 @@
 //! A [`Solo`] (the manager's service over a real database and its own Raft group of one,
 //! in a scratch directory) is driven by a program read from the input: node
 //! registrations and heartbeats (any node id, rack, address, group report), every volume,
-//! snapshot, clone, backup and restore request, raw JSON requests, clock steps, reconcile
-//! passes (moves reported done or not), the leader's background work (group ops applied
-//! or failed), and restarts. Names, sizes and ids come from small sets, so requests meet
-//! each other's volumes, snapshots and epochs.
+//! snapshot, clone, backup, copy and restore request, raw JSON requests, clock steps,
+//! reconcile passes (moves reported done, lost or held), the leader's background work
+//! (group ops applied, failed or held), the backup jobs (uploads, roots, restores'
+//! progress, the collector), deliveries of held work, and restarts. Names, sizes and ids
+//! come from small sets, so requests meet each other's volumes, snapshots and epochs.
+//! At most [`MAX_STEPS`] steps run.
 //!
 //! Checked after every step ([`Solo::check`]): the state keeps its invariants and the
 //! database holds exactly the state in memory. At the end of the input, the state's own
@@ -50,9 +52,13 @@ pub mod op {
     pub const BACKGROUND: u8 = 23;
     pub const JSON: u8 = 24;
     pub const DELIVER: u8 = 25;
-    pub const RESTART: u8 = 26;
+    pub const UPLOAD: u8 = 26;
+    pub const READY: u8 = 27;
+    pub const COLLECT: u8 = 28;
+    pub const RESTORE_STEP: u8 = 29;
+    pub const RESTART: u8 = 30;
     /// How many there are.
-    pub const OPS: u8 = 27;
+    pub const OPS: u8 = 31;
 }
 
 const VOLUMES: [&str; 4] = ["a", "b", "c", "d"];
@@ -206,6 +212,28 @@ fn step(solo: &mut Solo, input: &mut Input<'_>) {
         }
         op::DELIVER => {
             solo.deliver(usize::from(input.u8()), flags & 1 == 0);
+            return;
+        }
+        op::UPLOAD => {
+            let pick = usize::from(input.u8());
+            let chunks: Vec<(u64, u8)> = (0..input.u8() % 8)
+                .map(|_| (u64::from(input.u8() % 24), input.u8()))
+                .collect();
+            solo.backup_upload(pick, &chunks, ops);
+            return;
+        }
+        op::READY => {
+            solo.backup_ready(usize::from(input.u8()));
+            return;
+        }
+        op::COLLECT => {
+            let grace = [0, 60, 3600][usize::from(flags >> 3) % 3];
+            solo.collect(usize::from(input.u8()), grace, ops);
+            return;
+        }
+        op::RESTORE_STEP => {
+            let pick = usize::from(input.u8());
+            solo.restore_step(pick, u64::from(input.u8() % 8), flags & 2 != 0);
             return;
         }
         op::JSON => {
@@ -471,8 +499,35 @@ pub fn seeds() -> Vec<crate::seeds::Seed> {
         chunk_size: Some(MIB),
     });
     let json = [&[JSON, 0, json.len() as u8][..], &json].concat();
+    // A backup uploaded and made ready, copied to the other store, restored, then deleted
+    // and collected.
+    let backups = [
+        vec![SNAPSHOT, 0, 0, 0],  // a@s1
+        vec![BACKUP, 0, 0, 0, 1], // backup 1 of a@s1 in near
+        vec![UPLOAD, 0, 0, 3, 0, 7, 1, 7, 2, 9],
+        vec![UPLOAD, 5, 0, 2, 3, 8, 4, 7], // held: delivered after the collector ran
+        vec![READY, 0, 0],
+        vec![COPY_BACKUP, 0, 1, 2], // backup 2: 1 copied to far
+        vec![UPLOAD, 0, 0, 3, 0, 0, 0, 0, 0, 0], // three of its segments: all there are
+        vec![READY, 0, 0],
+        vec![RESTORE, 0, 2, 1, 1], // c from backup 1
+        vec![BACKGROUND, 0],       // its links
+        vec![RESTORE_STEP, 0, 0, 2],
+        vec![RESTORE_STEP, 2, 0, 0], // done
+        vec![DELETE_BACKUP, 0, 2],
+        vec![DELETE_BACKUP, 0, 1],
+        vec![CLOCK, 6],      // 300 s
+        vec![COLLECT, 8, 0], // grace 60 s: claims and deletes
+        vec![DELIVER, 0, 0], // the held upload, after the collection
+        vec![COLLECT, 5, 0], // deletions held
+        vec![RESTART, 0],
+        vec![CLOCK, 6],
+        vec![COLLECT, 0, 0],
+    ]
+    .concat();
     vec![
         ("volume", [nodes.clone(), volume.clone()].concat()),
+        ("backups", [nodes.clone(), volume.clone(), backups].concat()),
         ("late", [nodes.clone(), volume.clone(), late].concat()),
         ("json", [nodes.clone(), json].concat()),
         (

@@ -6,8 +6,10 @@
 //! Compiled only with the `fuzzing` feature and hidden: never part of the product.
 //! Everything the product does between a request and its answer runs for real (planning,
 //! committing through the Raft log into the database, applying); what it does on the
-//! network is played here: the group ops a request waits for succeed or fail as the
-//! caller says, a move a reconcile pass starts is reported done (or not), and so on.
+//! network is played here, calling the service as its production callers do: the group
+//! ops a request waits for succeed, fail or are held for later, a move a reconcile pass
+//! starts is reported done (or lost, or late), and so on; `backups` plays the backup
+//! jobs (uploads, roots, copies, restores, the collector).
 //!
 //! Checked (panicking, as a fuzz target must):
 //! - the state's own invariants ([`State::check`]) and the database holds exactly the
@@ -35,9 +37,11 @@ use crate::liveness::Liveness;
 use crate::raft_log::RaftLog;
 use crate::reconcile;
 use crate::service::{Finish, Now, ReclaimJob, Reply, Service};
-use crate::state::{NextIds, State};
+use crate::state::{ChunkSegment, GcKey, Mutation, NextIds, State};
 use crate::state_snapshot;
 use crate::stores::{StoreConfig, Stores};
+
+mod backups;
 
 /// The replicas of a group and the groups placed per node, as a small cluster runs.
 const REPLICAS: usize = 3;
@@ -64,6 +68,8 @@ pub struct Solo {
     started: Instant,
     /// How far the clock has moved since `started`.
     clock: Duration,
+    /// The clock when this manager (last started) began to lead.
+    led_since: Duration,
 }
 
 /// A started manager.
@@ -98,6 +104,15 @@ enum Held {
     Unlink { volume_id: u64, chunk: u64 },
     /// A reclaim job's answers.
     Reclaim(ReclaimJob),
+    /// A backup's chunks uploaded (`gc_gen` read before), to record.
+    Upload {
+        id: u64,
+        of_volume: bool,
+        gc_gen: u64,
+        chunks: Vec<ChunkSegment>,
+    },
+    /// Claimed keys deleted from a store, to forget.
+    Deleted { store: String, keys: Vec<GcKey> },
 }
 
 /// Work held at most; the oldest is dropped (lost on the network) past it.
@@ -122,6 +137,7 @@ impl Solo {
             checked: None,
             started: Instant::now(),
             clock: Duration::ZERO,
+            led_since: Duration::ZERO,
         };
         solo.open();
         solo
@@ -176,6 +192,7 @@ impl Solo {
         self.memory = reconcile::Memory::default();
         self.held.clear();
         self.checked = None;
+        self.led_since = self.clock;
         self.running = Some(Running {
             service,
             raft,
@@ -335,9 +352,24 @@ impl Solo {
                     Some(c) => s.reclaim_progress(&job, c, true).map(drop),
                 }
             }
-            Held::Finish(_) | Held::Background(_) | Held::Move { .. } | Held::Unlink { .. } => {
+            Held::Upload {
+                id,
+                of_volume,
+                gc_gen,
+                chunks,
+            } if ok => {
+                self.record_upload(id, of_volume, gc_gen, chunks);
                 Ok(())
             }
+            Held::Deleted { store, keys } if ok => {
+                s.commit_led(Mutation::GcDeleted { store, keys })
+            }
+            Held::Finish(_)
+            | Held::Background(_)
+            | Held::Move { .. }
+            | Held::Unlink { .. }
+            | Held::Upload { .. }
+            | Held::Deleted { .. } => Ok(()),
         };
     }
 
