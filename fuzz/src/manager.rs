@@ -223,7 +223,7 @@ fn step(solo: &mut Solo, input: &mut Input<'_>) {
             return;
         }
         op::READY => {
-            solo.backup_ready(usize::from(input.u8()));
+            solo.backup_ready(usize::from(input.u8()), ops == Ops::Fail);
             return;
         }
         op::COLLECT => {
@@ -508,7 +508,7 @@ pub fn seeds() -> Vec<crate::seeds::Seed> {
         vec![UPLOAD, 5, 0, 2, 3, 8, 4, 7], // held: delivered after the collector ran
         vec![READY, 0, 0],
         vec![COPY_BACKUP, 0, 1, 2], // backup 2: 1 copied to far
-        vec![UPLOAD, 0, 0, 3, 0, 0, 0, 0, 0, 0], // three of its segments: all there are
+        vec![UPLOAD, 0, 0, 3, 0, 0, 1, 0, 2, 0], // chunks 0 to 2: all its source has
         vec![READY, 0, 0],
         vec![RESTORE, 0, 2, 1, 1], // c from backup 1
         vec![BACKGROUND, 0],       // its links
@@ -525,8 +525,31 @@ pub fn seeds() -> Vec<crate::seeds::Seed> {
         vec![COLLECT, 0, 0],
     ]
     .concat();
+    // An upload started before the collector claims and deletes an object its segment
+    // names (shared with a deleted backup's): it must not be recorded.
+    let across_a_claim = [
+        vec![SNAPSHOT, 0, 0, 0],
+        vec![BACKUP, 0, 0, 0, 1],    // backup 1: a@s1 in near
+        vec![UPLOAD, 0, 0, 1, 0, 7], // chunk 0: objects of 7 and 3
+        vec![READY, 0, 0],
+        vec![CREATE, 2, 1, 3], // b: 4 MiB, written, snapshotted, backed up to near
+        vec![ATTACH, 0, 1, 0],
+        vec![PROVISION, 0, 2, 0, 4, 1],
+        vec![SNAPSHOT, 0, 1, 0],
+        vec![BACKUP, 0, 1, 0, 1],
+        vec![UPLOAD, 5, 0, 1, 1, 6], // backup 2, held: chunk 1, objects of 6 and 3
+        vec![DELETE_BACKUP, 0, 1],
+        vec![COLLECT, 0, 0], // releases, claims and deletes backup 1's keys
+        vec![DELIVER, 0, 0],
+        vec![READY, 0, 0],
+    ]
+    .concat();
     vec![
         ("volume", [nodes.clone(), volume.clone()].concat()),
+        (
+            "upload-across-a-claim",
+            [nodes.clone(), volume.clone(), across_a_claim].concat(),
+        ),
         ("backups", [nodes.clone(), volume.clone(), backups].concat()),
         ("late", [nodes.clone(), volume.clone(), late].concat()),
         ("json", [nodes.clone(), json].concat()),

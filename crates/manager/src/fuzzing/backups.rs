@@ -3,19 +3,18 @@
 //! (segments released, garbage claimed and deleted), and a restore's progress. Each
 //! commits what its production job commits, behind the same checks, in the same order
 //! (`backup_jobs`, `backup_loop`, `copy_loop`, `gc_loop`, `restore_loop`); what the store
-//! holds is made up: a segment's content is one byte of the input, and its objects follow
-//! from it.
+//! holds is made up: a segment's content is its chunk and one byte of the input, and its
+//! objects follow from the byte. The store's keys are kept (`Solo::stored`): whatever the
+//! state counts must be there ([`Solo::check_store`]), which is what `gc_gen`, claims and
+//! the collector's settling time protect.
 
 use tessera_proto::control::{BackupState, Hash};
 
 use crate::backup_jobs::still_uploading;
-use crate::gc_loop::BATCH;
+use crate::gc_loop::{BATCH, SETTLE};
 use crate::state::{BackupStats, ChunkSegment, GcKey, Mutation};
 
 use super::{Held, Ops, Solo};
-
-/// How long a manager leads before it deletes keys claimed before it did (`gc_loop`).
-const SETTLE_SECS: u64 = 60;
 
 /// A made-up hash: `kind`, then `value`'s bytes.
 fn hash(kind: u8, value: u64) -> Hash {
@@ -25,9 +24,10 @@ fn hash(kind: u8, value: u64) -> Hash {
     Hash(h)
 }
 
-/// The segment of a chunk holding `content`.
-fn segment(content: u8) -> Hash {
-    hash(1, u64::from(content))
+/// The segment of `chunk` holding `content` (a segment names its chunk: two chunks never
+/// share one).
+fn segment(chunk: u64, content: u8) -> Hash {
+    hash(1, (chunk << 8) | u64::from(content))
 }
 
 /// The objects a segment names: two, one of them shared with the segment of half its
@@ -41,9 +41,10 @@ fn objects(segment: &Hash) -> Vec<Hash> {
 
 impl Solo {
     /// One upload of the uploading backup `pick` (modulo how many there are): of `chunks`
-    /// (chunk, content) those inside the backup's volume, or for a copy that many of its
-    /// source's segments not recorded yet. The upload reads the store's `gc_gen` first and
-    /// is recorded now (`Apply`), never (`Fail`), or later (`Hold`).
+    /// (chunk, content) those inside the backup's volume, or for a copy its source's
+    /// segments of those chunks not recorded yet. The upload reads the store's `gc_gen`
+    /// first, puts its keys, and is recorded now (`Apply`), never (`Fail`), or later
+    /// (`Hold`). A chunk's reads (the access record) follow from its content.
     pub fn backup_upload(&mut self, pick: usize, chunks: &[(u64, u8)], ops: Ops) {
         let state = self.state();
         let uploading = state.backups_uploading();
@@ -56,8 +57,9 @@ impl Solo {
             Some(source) => state
                 .backup_segments(source)
                 .into_iter()
-                .filter(|(c, _)| !recorded.contains_key(c))
-                .take(chunks.len())
+                .filter(|(c, _)| {
+                    !recorded.contains_key(c) && chunks.iter().any(|(pick, _)| pick == c)
+                })
                 .collect(),
             None => {
                 let count = b.size.div_ceil(b.chunk_size.max(1));
@@ -65,10 +67,11 @@ impl Solo {
                 chunks
                     .iter()
                     .filter(|(c, _)| *c < count && mapped.contains_key(c))
-                    .map(|(c, content)| (*c, segment(*content)))
+                    .map(|(c, content)| (*c, segment(*c, *content)))
                     .collect()
             }
         };
+        let store = b.store.clone();
         let upload = Held::Upload {
             id: b.id,
             of_volume: b.copied_from.is_none(),
@@ -79,10 +82,18 @@ impl Solo {
                     chunk,
                     segment,
                     objects: Some(objects(&segment)),
-                    reads: 0,
+                    reads: u64::from(segment.0[1] % 4),
                 })
                 .collect(),
         };
+        if let Held::Upload { chunks, .. } = &upload {
+            for c in chunks {
+                let keys = objects(&c.segment).into_iter().map(GcKey::Object);
+                for k in keys.chain([GcKey::Segment(c.segment)]) {
+                    self.stored.insert((store.clone(), k));
+                }
+            }
+        }
         match ops {
             Ops::Apply => self.deliver_now(upload, true),
             Ops::Fail => {}
@@ -127,13 +138,24 @@ impl Solo {
     /// data; a copy must hold all its source's segments): its root put and the backup
     /// recorded ready, as `backup_jobs::put_root_ready` does (a root the collector claimed
     /// makes it wait, with an error reported). A copy keeps its source's root.
-    pub fn backup_ready(&mut self, pick: usize) {
+    ///
+    /// With `give_up`, the job gives up instead (a chunk failing too long, a corrupt
+    /// source): the backup is recorded failed, as `backup_jobs::fail` does.
+    pub fn backup_ready(&mut self, pick: usize, give_up: bool) {
         let now = self.now().unix;
         let s = self.service();
         let uploading = s.state().backups_uploading();
         let Some(b) = uploading.get(pick % uploading.len().max(1)) else {
             return;
         };
+        if give_up {
+            let _ = s.commit_led(Mutation::BackupFailed {
+                id: b.id,
+                error: "gave up".into(),
+                finished_unix: now,
+            });
+            return;
+        }
         let root = match b.copied_from {
             // A copy is finished once it holds every segment of its source.
             Some(source) => match s.state().backup(source).and_then(|r| r.root) {
@@ -156,7 +178,9 @@ impl Solo {
             let _ = s.commit_led(Mutation::BackupError { id, error });
             return;
         }
-        let _ = s.commit_led(Mutation::BackupReady {
+        let store = b.store.clone();
+        self.stored.insert((store, GcKey::Root(root)));
+        let _ = self.service().commit_led(Mutation::BackupReady {
             id,
             root,
             finished_unix: now,
@@ -180,7 +204,16 @@ impl Solo {
             .state()
             .segments_to_release(&store, BATCH)
             .into_iter()
-            .map(|h| (h, if ops == Ops::Fail { Vec::new() } else { objects(&h) }))
+            .map(|h| {
+                (
+                    h,
+                    if ops == Ops::Fail {
+                        Vec::new()
+                    } else {
+                        objects(&h)
+                    },
+                )
+            })
             .collect();
         if !segs.is_empty() {
             let _ = s.commit_led(Mutation::SegmentsReleased {
@@ -191,19 +224,18 @@ impl Solo {
         }
         let mut deleting = Vec::new();
         let leftover = s.state().claimed(&store);
-        if led_for >= SETTLE_SECS {
+        if led_for >= SETTLE.as_secs() {
             deleting.extend(leftover);
         }
         let due = s
             .state()
             .garbage_due(&store, now.saturating_sub(grace_secs), BATCH);
         if !due.is_empty() {
-            if s
-                .commit_led(Mutation::GcClaim {
-                    store: store.clone(),
-                    keys: due.clone(),
-                })
-                .is_err()
+            if s.commit_led(Mutation::GcClaim {
+                store: store.clone(),
+                keys: due.clone(),
+            })
+            .is_err()
             {
                 return;
             }
@@ -212,6 +244,12 @@ impl Solo {
         }
         if deleting.is_empty() {
             return;
+        }
+        // The store deletes them now (unless the deletion fails); recording it may wait.
+        if ops != Ops::Fail {
+            for k in &deleting {
+                self.stored.remove(&(store.clone(), *k));
+            }
         }
         let deleted = Held::Deleted {
             store,
@@ -245,7 +283,8 @@ impl Solo {
         let m = if done {
             Mutation::RestoreDone { volume_id }
         } else {
-            let next = (r.next_position + steps).min(total);
+            // Recorded only while chunks are left to fill (`restore_loop`).
+            let next = (r.next_position + steps).min(total.saturating_sub(1));
             if next <= r.next_position || !ready {
                 return;
             }
@@ -256,5 +295,29 @@ impl Solo {
             }
         };
         let _ = s.commit_led(m);
+    }
+
+    /// Every key the state counts is in its store: each segment a backup records and
+    /// the objects it names, and the root of each ready backup. Panics if not.
+    pub(super) fn check_store(&self) {
+        let state = self.state();
+        for b in state.backup_records() {
+            let mut keys: Vec<GcKey> = Vec::new();
+            for seg in state.backup_segments(b.id).values() {
+                keys.push(GcKey::Segment(*seg));
+                keys.extend(objects(seg).into_iter().map(GcKey::Object));
+            }
+            if b.state == BackupState::Ready {
+                keys.extend(b.root.map(GcKey::Root));
+            }
+            for k in keys {
+                let there = self.stored.contains(&(b.store.clone(), k));
+                assert!(
+                    there,
+                    "backup {} counts {k:?}, gone from store {}",
+                    b.id, b.store
+                );
+            }
+        }
     }
 }

@@ -16,12 +16,15 @@
 //!   state in memory, its rows read back and rebuilt ([`Solo::check`]);
 //! - the state's Raft snapshot, encoded and decoded, rebuilds the same state
 //!   ([`Solo::check_snapshot`]);
+//! - every backup key the state counts is in the (played) store: what `gc_gen`, claims
+//!   and the collector's settling time are for;
 //! - and, at [`Solo::restart`], a manager restarted on the same directory holds the same
 //!   state.
 //!
 //! Must never reach the network or a clock other than the one it is given: the manager's
 //! Raft group has no peers, and `AddManager` and `Managers` are refused.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +64,9 @@ pub struct Solo {
     memory: reconcile::Memory,
     /// Work delivered by a later step.
     held: Vec<Held>,
+    /// The keys the backup stores hold, `(store, key)`: put by uploads and roots,
+    /// removed by the collector's deletions. Outlives restarts, as a store does.
+    stored: BTreeSet<(String, GcKey)>,
     /// The id marks last seen: they never go back.
     marks: NextIds,
     /// The applied index last checked: the state has not changed while it stays.
@@ -133,6 +139,7 @@ impl Solo {
             running: None,
             memory: reconcile::Memory::default(),
             held: Vec::new(),
+            stored: BTreeSet::new(),
             marks: State::default().next_ids(),
             checked: None,
             started: Instant::now(),
@@ -389,6 +396,8 @@ impl Solo {
         if let Some(why) = service.failed() {
             panic!("the manager stopped taking changes: {why}");
         }
+        // The stores change without the state (a deletion recorded late).
+        self.check_store();
         if self.checked == Some(service.applied_index()) {
             return;
         }
