@@ -155,8 +155,9 @@ pub(crate) fn still_uploading(
     Ok(true)
 }
 
-/// Records chunks stored in `store` for backup `id` (`BackupChunks`; a segment the store
-/// already knows is named without its objects): the chunks the state now holds of them, or
+/// Records chunks stored in `store` for backup `id`, uploaded after the store's `gc_gen`
+/// was read as `gc_gen` (`Service::record_backup_chunks`: a chunk across a collection that
+/// removed none of its keys is recorded too): the chunks the state now holds of them, or
 /// `None` if the backup is no longer to fill (see [`still_uploading`]).
 pub(crate) async fn record_chunks(
     service: &Shared,
@@ -171,28 +172,12 @@ pub(crate) async fn record_chunks(
         if !still_uploading(s, id, of_volume)? {
             return Ok(None);
         }
-        let state = s.state();
-        let sent: Vec<ChunkSegment> = chunks
-            .iter()
-            .map(|c| ChunkSegment {
-                objects: c
-                    .objects
-                    .clone()
-                    .filter(|_| !state.segment_known(&store, &c.segment)),
-                ..c.clone()
-            })
-            .collect();
-        s.commit_led(Mutation::BackupChunks {
-            id,
-            gc_gen,
-            chunks: sent,
-            stats,
-        })?;
+        let wanted: Vec<u64> = chunks.iter().map(|c| c.chunk).collect();
+        s.record_backup_chunks(id, &store, gc_gen, chunks, stats)?;
         let recorded = s.state().backup_segments(id);
         Ok(Some(
-            chunks
-                .iter()
-                .map(|c| c.chunk)
+            wanted
+                .into_iter()
                 .filter(|c| recorded.contains_key(c))
                 .collect(),
         ))
@@ -203,8 +188,8 @@ pub(crate) async fn record_chunks(
 /// Puts root `bytes` (named `root`) in `store` and records backup `id` ready: `true` once
 /// it is, `false` if the backup is no longer to fill (see [`still_uploading`]). A root the
 /// collector claimed (the state skips `BackupReady` then) is waited for, then put again;
-/// if the store's `gc_gen` moved between the put and the commit (a deletion may have
-/// removed the root meanwhile), it is put again too.
+/// if the collector claimed or deleted it between the put and the commit (the delete may
+/// have removed it meanwhile; `Service::untouched_since`), it is put again too.
 pub(crate) async fn put_root_ready(
     service: &Shared,
     store: &Store,
@@ -240,7 +225,7 @@ pub(crate) async fn put_root_ready(
                 if !still_uploading(s, id, of_volume)? {
                     return Ok(None);
                 }
-                if s.state().gc_gen(&n) != gc_gen {
+                if !s.untouched_since(&n, gc_gen, &[GcKey::Root(root)]) {
                     return Ok(Some(false));
                 }
                 s.commit_led(Mutation::BackupReady {

@@ -7,7 +7,9 @@
 //! backup has a base), the answered regions merged into the base's segment of that chunk
 //! (read back from the store), the new segment put unless it is the base's, then recorded
 //! in batches (`BackupChunks`, with the store's `gc_gen` read before the chunk was sent, so
-//! a chunk uploaded across a collection is skipped by the state and redone with `force`).
+//! a chunk uploaded across the collection of one of its keys is skipped by the state and
+//! redone with `force`; one the collection did not touch is recorded, see
+//! `service::collected`).
 //! A chunk with no data records nothing (remembered in memory: a new leader reads it
 //! again). Each chunk's whole size is paced before its request is sent
 //! (`backup_bytes_per_sec`, shared with copies) under a manager-wide slot (see
@@ -311,8 +313,8 @@ async fn upload_all(ctx: &Ctx, job: &BackupJob) -> Result<Option<Hash>, String> 
                 if recorded.contains(&u.chunk) {
                     p.todo.remove(&u.chunk);
                 } else if let Some(d) = p.todo.get_mut(&u.chunk) {
-                    // Skipped by the state: uploaded across a collection (or naming an
-                    // object being deleted). Redone with force, backed off, counted.
+                    // Skipped: uploaded across the collection of one of its keys (or naming
+                    // a key being deleted). Redone with force, backed off, counted.
                     d.force = true;
                     let error = format!("collector deleting objects; redoing chunk {}", u.chunk);
                     if failed(ctx, job.id, &mut p, u.chunk, error).await? {
@@ -442,10 +444,10 @@ async fn record(
     batch: Vec<Uploaded>,
     stats: BackupStats,
 ) -> Result<Option<BTreeSet<u64>>, String> {
-    // One gc_gen per mutation, the oldest of the batch: chunks finish out of order, and an
-    // entry stamped with a newer gc_gen than it read could name an object the collector
-    // deleted in between. With the oldest, the state skips every new segment of a batch
-    // holding any stale entry (redone with force); it never accepts a stale one.
+    // One gc_gen per batch, the oldest: chunks finish out of order, and an entry stamped
+    // with a newer gc_gen than it read could name an object the collector deleted in
+    // between. With the oldest, a chunk any of whose keys was collected since is skipped
+    // (redone with force); the others are recorded (`Service::record_backup_chunks`).
     let gc_gen = batch.iter().map(|u| u.gc_gen).min().unwrap_or(0);
     let chunks = batch
         .into_iter()

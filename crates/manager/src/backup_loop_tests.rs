@@ -22,7 +22,7 @@ use crate::consensus::{Consensus, Options, RaftTask};
 use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::raft_log::RaftLog;
-use crate::state::{BackupRecord, GcKey, GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
+use crate::state::{BackupRecord, GroupRecord, NodeRecord, SnapshotRecord, VolumeRecord};
 
 /// Bytes of a test chunk: two regions.
 pub(crate) const CHUNK: u64 = 2 * REGION_BYTES;
@@ -450,7 +450,7 @@ fn an_answer_merges_into_the_base_segment() {
 }
 
 /// `two_backups`, each answer taking `ms` (the node reading and uploading).
-fn slow(ms: u64) -> Content {
+pub(crate) fn slow(ms: u64) -> Content {
     let inner = two_backups();
     Arc::new(move |req: &BackupChunkRequest| {
         std::thread::sleep(Duration::from_millis(ms));
@@ -545,56 +545,5 @@ async fn a_backup_deleted_while_uploading_stops_its_job() {
     assert!(h.store.list("roots/").await.unwrap().is_empty());
     let _ = stop.send(true);
     task.await.unwrap();
-    h.stop().await;
-}
-
-/// Chunks uploaded while the collector moves the store's `gc_gen` are skipped by the
-/// state: each is redone with force after a back-off (not at once, again and again), the
-/// reason recorded as the backup's error; once the collector is quiet the backup is ready.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn skipped_chunks_are_redone_with_force_backed_off_and_reported() {
-    let h = harness(slow(100)).await;
-    h.create_backup(1, 1, None).await;
-    let mut roots = garbage_roots(&h, 100).await.into_iter();
-    let (stop, task) = h.uploader();
-    let t = Instant::now();
-    let mut saw_error = None;
-    while t.elapsed() < Duration::from_secs(2) {
-        // A claim and a deletion of a garbage key: each moves the store's gc_gen.
-        let keys = vec![GcKey::Root(roots.next().unwrap())];
-        let store = "local".to_string();
-        h.commit(Mutation::GcClaim {
-            store: store.clone(),
-            keys: keys.clone(),
-        })
-        .await;
-        h.commit(Mutation::GcDeleted { store, keys }).await;
-        if let Some(e) = h
-            .read(|s| s.state().backup(1).and_then(|b| b.error.clone()))
-            .await
-        {
-            saw_error = Some(e);
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    let asked = h.asked.lock().unwrap().len();
-    assert!(
-        asked <= 3 * 6,
-        "backed off, not a busy loop: {asked} requests in 2 s"
-    );
-    let e = saw_error.expect("the skip is reported");
-    assert!(
-        e.contains("collector deleting objects; redoing chunk"),
-        "{e}"
-    );
-    h.until("backup ready", |s| {
-        s.state()
-            .backup(1)
-            .is_some_and(|b| b.state == BackupState::Ready)
-    })
-    .await;
-    let _ = stop.send(true);
-    task.await.unwrap();
-    assert!(h.asked.lock().unwrap().iter().any(|r| r.force));
     h.stop().await;
 }

@@ -7,9 +7,9 @@
 //! recorded. Paced with the uploads by the bytes copied, each chunk under one of the
 //! manager-wide slots the uploads share. `chunks_in_flight` chunks at once, each with the
 //! target's `gc_gen` read before it, recorded in batches as they finish; a chunk failing,
-//! or skipped by the state (copied across a collection), is backed off and redone (with
-//! `force` when skipped), its error recorded (`BackupError`), and fails the copy after
-//! `GIVE_UP` in a row; so does a source root that cannot be read.
+//! or skipped by the state (copied across the collection of one of its keys), is backed
+//! off and redone (with `force` when skipped), its error recorded (`BackupError`), and
+//! fails the copy after `GIVE_UP` in a row; so does a source root that cannot be read.
 //!
 //! Resumable: a new leader continues with the chunks not recorded; objects already copied
 //! are found by `exists`. Must never: record a chunk whose objects and segment are not all
@@ -244,8 +244,8 @@ async fn copy_all(ctx: &Ctx, job: CopyJob) -> Result<bool, String> {
             let sent = std::mem::take(&mut batch);
             // The oldest gc_gen of the batch: chunks finish out of order, and an entry stamped
             // with a newer one than it read could name an object deleted in between. With the
-            // oldest, any entry older than the store's current gc_gen makes the state skip
-            // every new segment of the batch (redone with force), never accept a stale one.
+            // oldest, a chunk any of whose keys was collected since is skipped (redone with
+            // force); the others are recorded (`Service::record_backup_chunks`).
             let gc_gen = sent.iter().map(|b| b.1).min().unwrap_or(0);
             let chunks: Vec<ChunkSegment> = sent.into_iter().map(|b| b.0).collect();
             let to = ctx.to.name().to_string();
@@ -259,8 +259,8 @@ async fn copy_all(ctx: &Ctx, job: CopyJob) -> Result<bool, String> {
                 if recorded.contains(&c.chunk) {
                     p.todo.remove(&c.chunk);
                 } else if let Some(d) = p.todo.get_mut(&c.chunk) {
-                    // Skipped by the state: copied across a collection. Redone with
-                    // force, backed off, counted.
+                    // Skipped: copied across the collection of one of its keys. Redone
+                    // with force, backed off, counted.
                     d.force = true;
                     let why = format!("collector deleting objects; redoing chunk {}", c.chunk);
                     if failed(ctx, job.id, &mut p, c.chunk, why).await? {

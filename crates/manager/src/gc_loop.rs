@@ -7,7 +7,8 @@
 //!
 //! Holds nothing of its own: everything it acts on is in the replicated state, so a new
 //! leader carries on. Must never: delete a key that is not claimed in the state (a claim
-//! bumps `gc_gen`, so an upload racing the deletion is redone, never recorded); delete
+//! bumps `gc_gen`, and every manager remembers the keys deleted lately, so an upload
+//! racing the deletion of one of its keys is redone, never recorded); delete
 //! on a manager that does not lead (checked before each batch, each bounded by
 //! [`DELETE_TIMEOUT`]); release a segment's objects it could not read. A segment the store
 //! says is missing or corrupt is released with no objects (leaked, never deleted too
@@ -20,7 +21,9 @@
 //! Residual window: a deposed leader's HTTP delete held up (by the network or the store
 //! client's own retries) for longer than [`SETTLE`] can still remove such a re-uploaded
 //! object; closing it needs fencing at the store (conditional deletes), which stores do
-//! not offer.
+//! not offer. So can this manager's own delete that timed out ([`DELETE_TIMEOUT`]) but
+//! reaches the store later: the next pass deletes and forgets those keys at once (waiting
+//! [`SETTLE`] after a timeout too would narrow that).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -116,22 +116,7 @@ impl Solo {
         let Some(store) = s.state().backup(id).map(|b| b.store.clone()) else {
             return;
         };
-        let chunks = chunks
-            .into_iter()
-            .map(|c| ChunkSegment {
-                objects: c
-                    .objects
-                    .clone()
-                    .filter(|_| !s.state().segment_known(&store, &c.segment)),
-                ..c
-            })
-            .collect();
-        let _ = s.commit_led(Mutation::BackupChunks {
-            id,
-            gc_gen,
-            chunks,
-            stats: BackupStats::default(),
-        });
+        let _ = s.record_backup_chunks(id, &store, gc_gen, chunks, BackupStats::default());
     }
 
     /// The uploading backup `pick` is finished (a backup's chunks not uploaded held no

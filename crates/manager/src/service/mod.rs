@@ -26,6 +26,7 @@
 mod attachments;
 mod backups;
 mod clones;
+mod collected;
 mod moves;
 mod nodes;
 mod reclaims;
@@ -61,6 +62,7 @@ use crate::scrub::ScrubCall;
 use crate::state::{Mutation, State};
 use crate::stores::Stores;
 use crate::usage::UsageQuery;
+use collected::Collected;
 
 /// Tell the replicas of a group to drop a deleted volume's chunks (best effort).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +141,8 @@ pub struct Service {
     restore_meters: RestoreMeters,
     /// Wakes the restore job (`PrewarmVolume`, a new restore).
     restore_kick: Arc<tokio::sync::Notify>,
+    /// What the collector deleted lately (for chunks uploaded across a collection).
+    collected: Collected,
 }
 
 impl Service {
@@ -152,6 +156,7 @@ impl Service {
         applied_index: u64,
     ) -> Self {
         Service {
+            collected: Collected::from(&state),
             state,
             db: Some(db),
             failed: None,

@@ -23,6 +23,7 @@ use tracing::{error, info};
 use tessera_proto::control::ManagerReply;
 
 use super::Service;
+use super::collected::Collected;
 use crate::consensus::Consensus;
 use crate::state::Mutation;
 
@@ -123,6 +124,7 @@ impl Service {
                         volumes = state.volume_count(),
                         "state replaced by a snapshot"
                     );
+                    self.collected = Collected::from(&state);
                     self.state = state;
                     self.applied = (index, term);
                 }
@@ -163,6 +165,10 @@ impl Service {
                     return Err(self.fail(err.to_string()));
                 }
                 self.state.apply(&m);
+                if let Mutation::GcDeleted { store, keys } = &m {
+                    let gc_gen = self.state.gc_gen(store);
+                    self.collected.deleted(store, gc_gen, keys);
+                }
             } else {
                 // Nothing to change, but a snapshot taken from here on must cover it (a
                 // membership change's snapshot must hold the new member).

@@ -13,8 +13,10 @@
 //! it to memory and the database writes the same rows, so they agree by construction.
 //!
 //! Must never: revive a claimed key (its deletion may already have happened), record a
-//! new segment uploaded across a claim or a deletion (`gc_gen` differs; a segment the
-//! store counts is safe whatever the `gc_gen`: its objects were counted all along), make
+//! new segment stamped with a `gc_gen` other than the store's (a claim or a deletion came
+//! after the stamp; a segment the store counts is safe whatever the `gc_gen`: its objects
+//! were counted all along; the leader stamps an upload across a collection with the
+//! current `gc_gen` only if none of its keys was collected, see `service::collected`), make
 //! an object garbage while a recorded segment names it, or a root while a record of the
 //! store names it (a copy keeps its source's root, so two records may name one root).
 

@@ -145,9 +145,19 @@ impl State {
     }
 
     /// The store's `gc_gen`: moved by every claim and finished deletion of the collector.
-    /// A job records chunks with the `gc_gen` read before it uploaded them.
+    /// A job records chunks with the `gc_gen` read before it uploaded them, or the current
+    /// one if none of their keys was collected since (`service::collected`).
     pub fn gc_gen(&self, store: &str) -> u64 {
         self.backups.stores.get(store).map_or(0, |s| s.gc_gen)
+    }
+
+    /// Every store's `gc_gen` (stores the state never touched are at 0).
+    pub fn gc_gens(&self) -> BTreeMap<String, u64> {
+        self.backups
+            .stores
+            .iter()
+            .map(|(name, s)| (name.clone(), s.gc_gen))
+            .collect()
     }
 
     /// Whether the store counts this segment (referenced, or at 0 awaiting release): a

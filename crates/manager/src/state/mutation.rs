@@ -136,7 +136,9 @@ pub enum Mutation {
     /// the job must redo with `force`). `stats` are added in any case.
     BackupChunks {
         id: u64,
-        /// The store's `gc_gen` when the job started uploading these chunks.
+        /// The store's `gc_gen` when the job started uploading these chunks, or a later
+        /// one the leader vouched for (no key of theirs collected since:
+        /// `service::collected`).
         gc_gen: u64,
         chunks: Vec<ChunkSegment>,
         #[serde(default)]
