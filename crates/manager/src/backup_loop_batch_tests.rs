@@ -1,15 +1,19 @@
-//! How the uploader records a batch of chunks finished out of order: stamped with the
-//! oldest `gc_gen` any of them read, so a chunk uploaded across the deletion of one of its
-//! keys is never recorded, while chunks the collection did not touch are.
+//! How the uploader records chunks across a collection (`service::collected`): a batch
+//! finished out of order is stamped with the oldest `gc_gen` any of them read, so a chunk
+//! uploaded across the deletion (or claim) of one of its keys is never recorded, while
+//! chunks the collection did not touch are, and a backup finishes during a long
+//! collection; a skipped chunk is redone with force, backed off and reported; a manager
+//! vouches for nothing read before it started.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tessera_proto::control::{BackupState, Hash};
 
-use super::tests::{Harness, garbage_roots, harness, object_of, slow, two_backups};
+use super::tests::{Harness, backup_record, garbage_roots, harness, object_of, slow, two_backups};
 use super::{BackupStats, Uploaded, record};
-use crate::state::{ChunkSegment, GcKey, Mutation};
+use crate::backup_jobs::locked;
+use crate::state::{BackupRecord, ChunkSegment, GcKey, Mutation};
 
 fn uploaded(chunk: u64, gc_gen: u64) -> Uploaded {
     Uploaded {
@@ -21,50 +25,92 @@ fn uploaded(chunk: u64, gc_gen: u64) -> Uploaded {
     }
 }
 
+/// Commits `ms` under one hold of the service lock: a running uploader never sees the
+/// backups they create and delete (it would start a job for one).
+async fn atomically(h: &Harness, ms: Vec<Mutation>) {
+    locked(&h.service, move |s| {
+        ms.into_iter().try_for_each(|m| s.commit_led(m))
+    })
+    .await
+    .unwrap();
+}
+
 /// Makes `obj` garbage in the store "local": named by segment `seg` of backup `id`, which
 /// is recorded, deleted and released. Returns the store's `gc_gen` then.
 async fn garbage_object(h: &Harness, id: u64, seg: Hash, obj: Hash) -> u64 {
-    h.create_backup(id, 1, None).await;
     let gc_gen = h.read(|s| s.state().gc_gen("local")).await;
-    h.commit(Mutation::BackupChunks {
-        id,
-        gc_gen,
-        chunks: vec![ChunkSegment {
-            chunk: 0,
-            segment: seg,
-            objects: Some(vec![obj]),
-            reads: 0,
-        }],
-        stats: BackupStats::default(),
-    })
-    .await;
-    h.commit(Mutation::DeleteBackup { id, now_unix: 0 }).await;
-    h.commit(Mutation::SegmentsReleased {
-        store: "local".into(),
-        segs: vec![(seg, vec![obj])],
-        now_unix: 0,
-    })
+    let chunk = ChunkSegment {
+        chunk: 0,
+        segment: seg,
+        objects: Some(vec![obj]),
+        reads: 0,
+    };
+    atomically(
+        h,
+        vec![
+            Mutation::CreateBackup(backup_record(id, 1, None)),
+            Mutation::BackupChunks {
+                id,
+                gc_gen,
+                chunks: vec![chunk],
+                stats: BackupStats::default(),
+            },
+            Mutation::DeleteBackup { id, now_unix: 0 },
+            Mutation::SegmentsReleased {
+                store: "local".into(),
+                segs: vec![(seg, vec![obj])],
+                now_unix: 0,
+            },
+        ],
+    )
     .await;
     h.read(|s| s.state().gc_gen("local")).await
+}
+
+/// Makes a root garbage in "local" (a ready backup, deleted) and returns it.
+async fn garbage_root(h: &Harness) -> Hash {
+    let root = Hash([0; 32]);
+    let ready = BackupRecord {
+        state: BackupState::Ready,
+        root: Some(root),
+        ..backup_record(1000, 1, None)
+    };
+    atomically(
+        h,
+        vec![
+            Mutation::CreateBackup(ready),
+            Mutation::DeleteBackup {
+                id: 1000,
+                now_unix: 0,
+            },
+        ],
+    )
+    .await;
+    root
 }
 
 /// The collector claims `keys` and, if `delete`, deletes them: `gc_gen` moves on.
 async fn collect(h: &Harness, keys: Vec<GcKey>, delete: bool) {
     let store = "local".to_string();
-    h.commit(Mutation::GcClaim {
+    let claim = Mutation::GcClaim {
         store: store.clone(),
         keys: keys.clone(),
-    })
+    };
+    let deleted = Mutation::GcDeleted { store, keys };
+    atomically(
+        h,
+        [claim]
+            .into_iter()
+            .chain(delete.then_some(deleted))
+            .collect(),
+    )
     .await;
-    if delete {
-        h.commit(Mutation::GcDeleted { store, keys }).await;
-    }
 }
 
 /// A first collection, as a manager that has just started needs before it vouches for
 /// uploads across the next ones (`service::collected`).
 async fn first_collection(h: &Harness) {
-    let root = garbage_roots(h, 1).await[0];
+    let root = garbage_root(h).await;
     collect(h, vec![GcKey::Root(root)], true).await;
 }
 
@@ -156,7 +202,7 @@ async fn a_backup_finishes_while_the_collector_deletes_other_keys() {
     let start = h.read(|s| s.state().gc_gen("local")).await;
     let collecting = async {
         while !done.load(Relaxed) {
-            let root = garbage_roots(&h, 1).await[0];
+            let root = garbage_root(&h).await;
             collect(&h, vec![GcKey::Root(root)], true).await;
         }
     };

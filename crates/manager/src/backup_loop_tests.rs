@@ -94,28 +94,8 @@ impl Harness {
 
     /// Records backup `id` of volume 1 as of `seq`, incremental to `base`.
     pub async fn create_backup(&self, id: u64, seq: u64, base: Option<(u64, u64)>) {
-        self.commit(Mutation::CreateBackup(BackupRecord {
-            id,
-            volume: "vol".into(),
-            volume_id: 1,
-            snapshot: format!("s{seq}"),
-            seq,
-            store: "local".into(),
-            base: base.map(|b| b.0),
-            base_seq: base.map_or(0, |b| b.1),
-            copied_from: None,
-            size: SIZE,
-            chunk_size: CHUNK,
-            chunks_total: 3,
-            created_unix: 100 + id,
-            finished_unix: None,
-            state: BackupState::Uploading,
-            root: None,
-            error: None,
-            stats: BackupStats::default(),
-            reads: Default::default(),
-        }))
-        .await;
+        self.commit(Mutation::CreateBackup(backup_record(id, seq, base)))
+            .await;
     }
 
     /// Starts the uploader: stopped by sending `true`.
@@ -148,6 +128,31 @@ impl Harness {
             .unwrap();
         assert_eq!(b.state, BackupState::Ready, "{:?}", b.error);
         b.root.unwrap()
+    }
+}
+
+/// Backup `id` of volume 1 as of `seq`, incremental to `base`, uploading to `local`.
+pub(crate) fn backup_record(id: u64, seq: u64, base: Option<(u64, u64)>) -> BackupRecord {
+    BackupRecord {
+        id,
+        volume: "vol".into(),
+        volume_id: 1,
+        snapshot: format!("s{seq}"),
+        seq,
+        store: "local".into(),
+        base: base.map(|b| b.0),
+        base_seq: base.map_or(0, |b| b.1),
+        copied_from: None,
+        size: SIZE,
+        chunk_size: CHUNK,
+        chunks_total: 3,
+        created_unix: 100 + id,
+        finished_unix: None,
+        state: BackupState::Uploading,
+        root: None,
+        error: None,
+        stats: BackupStats::default(),
+        reads: Default::default(),
     }
 }
 

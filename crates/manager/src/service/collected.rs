@@ -25,8 +25,10 @@ use tessera_proto::control::ControlError;
 use super::Service;
 use crate::state::{BackupStats, ChunkSegment, GcKey, Mutation, State};
 
-/// Deleted keys remembered per store at most: 64 of the collector's full batches, about a
-/// minute of a long collection on a slow store and a few MiB; the oldest batches go first.
+/// Deleted keys remembered per store at most: 64 of the collector's full batches, a few MiB.
+/// That is about a minute of a long collection on a slow store, some seconds on a fast one
+/// (16 batches a pass); an upload that began before the oldest one kept is redone (a cost
+/// in speed only). The oldest batches go first.
 pub(crate) const KEEP_KEYS: usize = 64 * 1000;
 
 /// What the collector deleted lately (leader or not: every manager applies the same log).
@@ -198,8 +200,11 @@ mod tests {
 
     use tessera_proto::control::Hash;
 
+    use tessera_proto::control::BackupState;
+
     use super::{Collected, KEEP_KEYS};
-    use crate::state::GcKey;
+    use crate::backup_loop::tests::backup_record;
+    use crate::state::{BackupRecord, GcKey, Mutation, State};
 
     fn obj(i: u64) -> GcKey {
         let mut h = [0; 32];
@@ -249,6 +254,36 @@ mod tests {
         assert!(c.none_deleted_since("b", 1, &[obj(2)]));
         assert!(!c.none_deleted_since("b", 1, &[obj(1)]));
         assert!(c.none_deleted_since("b", 3, &[obj(1)]));
+    }
+
+    /// What a manager starts with (`Service::new`, a snapshot installed): the floor of a
+    /// store the state has collected in is one past its `gc_gen`.
+    #[test]
+    fn a_memory_from_a_state_starts_past_each_stores_gc_gen() {
+        let mut state = State::default();
+        let root = Hash([7; 32]);
+        let keys = vec![GcKey::Root(root)];
+        let store = "local".to_string();
+        for m in [
+            Mutation::CreateBackup(BackupRecord {
+                state: BackupState::Ready,
+                root: Some(root),
+                ..backup_record(1, 1, None)
+            }),
+            Mutation::DeleteBackup { id: 1, now_unix: 0 },
+            Mutation::GcClaim {
+                store: store.clone(),
+                keys: keys.clone(),
+            },
+            Mutation::GcDeleted { store, keys },
+        ] {
+            state.apply(&m);
+        }
+        assert_eq!(state.gc_gen("local"), 2);
+        let c = Collected::from(&state);
+        assert!(!c.none_deleted_since("local", 2, &[obj(1)]));
+        assert!(c.none_deleted_since("local", 3, &[obj(1)]));
+        assert!(c.none_deleted_since("other", 1, &[obj(1)]));
     }
 
     #[test]
