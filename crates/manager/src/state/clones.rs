@@ -141,8 +141,8 @@ impl State {
     }
 
     /// Starting a flatten: `None` if one runs already. A volume that is no clone is
-    /// `Invalid`; a clone with snapshots is refused (`Conflict`): they read through the
-    /// link a flatten cuts.
+    /// `Invalid`; a clone still linking is refused. A clone with snapshots may flatten: the
+    /// copy goes into its base layer, under every snapshot.
     pub fn plan_flatten(&self, name: &str) -> Result<Option<Mutation>, ControlError> {
         let rec = self.volume_record(name)?;
         let Some(p) = &rec.parent else {
