@@ -5,8 +5,8 @@
 //! deleted in one batch (`delete_many`) and forgotten (`GcDeleted`) as far as the store
 //! deleted it (the rest stays claimed and is retried next pass).
 //!
-//! Holds nothing of its own: everything it acts on is in the replicated state, so a new
-//! leader carries on. Must never: delete a key that is not claimed in the state (a claim
+//! Holds nothing of its own but when a delete last timed out ([`Collector`]): everything it
+//! acts on is in the replicated state, so a new leader carries on. Must never: delete a key that is not claimed in the state (a claim
 //! bumps `gc_gen`, and every manager remembers the keys deleted lately, so an upload
 //! racing the deletion of one of its keys is redone, never recorded); delete
 //! on a manager that does not lead (checked before each batch, each bounded by
@@ -21,12 +21,13 @@
 //! Residual window: a deposed leader's HTTP delete held up (by the network or the store
 //! client's own retries) for longer than [`SETTLE`] can still remove such a re-uploaded
 //! object; closing it needs fencing at the store (conditional deletes), which stores do
-//! not offer. So can this manager's own delete that timed out ([`DELETE_TIMEOUT`]) but
-//! reaches the store later: the next pass deletes and forgets those keys at once (waiting
-//! [`SETTLE`] after a timeout too would narrow that).
+//! not offer. A delete of this manager's own that timed out ([`DELETE_TIMEOUT`]) may reach
+//! the store later just the same, so the keys it leaves claimed are deleted again only
+//! [`SETTLE`] after the last timeout in that store, with the same residual window.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tessera_backup::{Error as StoreError, Store};
 use tessera_proto::control::Hash;
@@ -43,8 +44,58 @@ pub const BATCH: usize = 1000;
 const BATCHES_PER_PASS: usize = 16;
 /// How long one `delete_many` may take; past it the keys stay claimed, retried later.
 pub const DELETE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a manager leads before it deletes keys a previous leader claimed.
+/// How long a manager leads before it deletes keys a previous leader claimed, and how long
+/// after a delete timed out before it deletes the keys that delete left claimed.
 pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// One manager's collector: its settings, and when a delete last timed out per store.
+#[derive(Debug)]
+pub(crate) struct Collector {
+    grace_secs: u64,
+    settle: Duration,
+    delete_timeout: Duration,
+    timed_out: Mutex<BTreeMap<String, Instant>>,
+    /// Tests: how long each delete waits before it starts (a slow store).
+    #[cfg(test)]
+    delete_delay: Duration,
+}
+
+impl Collector {
+    /// Garbage is claimed `grace_secs` after it was released; claimed keys left by an
+    /// earlier pass or leader wait `settle` (see the module doc).
+    pub(crate) fn new(grace_secs: u64, settle: Duration) -> Self {
+        Collector {
+            grace_secs,
+            settle,
+            delete_timeout: DELETE_TIMEOUT,
+            timed_out: Mutex::default(),
+            #[cfg(test)]
+            delete_delay: Duration::ZERO,
+        }
+    }
+
+    /// The same with deletes that start after `delay` and are bounded by `timeout` (tests:
+    /// a slow store).
+    #[cfg(test)]
+    pub(crate) fn with_slow_deletes(mut self, delay: Duration, timeout: Duration) -> Self {
+        self.delete_delay = delay;
+        self.delete_timeout = timeout;
+        self
+    }
+
+    /// Whether no delete in `store` timed out within `settle`.
+    fn settled(&self, store: &str) -> bool {
+        let timed_out = self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        timed_out
+            .get(store)
+            .is_none_or(|t| t.elapsed() >= self.settle)
+    }
+
+    fn note_timeout(&self, store: &str) {
+        let mut timed_out = self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        timed_out.insert(store.to_string(), Instant::now());
+    }
+}
 
 /// Runs until `stopped` turns true: a pass over every store each tick, on the leader.
 pub async fn run(
@@ -53,6 +104,7 @@ pub async fn run(
     grace_secs: u64,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let collector = Arc::new(Collector::new(grace_secs, SETTLE));
     let mut pass: Option<JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,9 +121,10 @@ pub async fn run(
         }
         if pass.as_ref().is_none_or(JoinHandle::is_finished) {
             let (service, stores) = (service.clone(), stores.clone());
+            let collector = collector.clone();
             pass = Some(tokio::spawn(async move {
                 for (_, store) in stores.values() {
-                    if let Err(e) = collect(&service, store, grace_secs, SETTLE).await {
+                    if let Err(e) = collector.collect(&service, store).await {
                         warn!(store = store.name(), error = %e, "backup collection stopped; retried");
                     }
                 }
@@ -93,60 +146,90 @@ async fn leading_for(service: &Shared) -> Result<Duration, String> {
     .await
 }
 
-/// One pass over one store; keys claimed before this pass are deleted only once this
-/// manager has led for `settle`.
-pub(crate) async fn collect(
-    service: &Shared,
-    store: &Store,
-    grace_secs: u64,
-    settle: Duration,
-) -> Result<(), String> {
-    let name = store.name().to_string();
-    // A segment that cannot be read now stays queued; the deletions go on meanwhile (a
-    // copy may be waiting for a claimed root to go).
-    if let Err(e) = release(service, store).await {
-        warn!(store = %name, error = %e, "released segments not expanded yet; retried");
-    }
-    let n = name.clone();
-    let leftover = locked(service, move |s| Ok(s.state().claimed(&n))).await?;
-    if !leftover.is_empty() && leading_for(service).await? < settle {
-        debug!(store = %name, keys = leftover.len(),
+impl Collector {
+    /// One pass over one store; keys claimed before this pass are deleted only once this
+    /// manager has led for `settle`, and `settle` after a delete in this store timed out.
+    pub(crate) async fn collect(&self, service: &Shared, store: &Store) -> Result<(), String> {
+        let (grace_secs, settle) = (self.grace_secs, self.settle);
+        let name = store.name().to_string();
+        // A segment that cannot be read now stays queued; the deletions go on meanwhile (a
+        // copy may be waiting for a claimed root to go).
+        if let Err(e) = release(service, store).await {
+            warn!(store = %name, error = %e, "released segments not expanded yet; retried");
+        }
+        let n = name.clone();
+        let leftover = locked(service, move |s| Ok(s.state().claimed(&n))).await?;
+        if !leftover.is_empty() && leading_for(service).await? < settle {
+            debug!(store = %name, keys = leftover.len(),
                "claimed keys wait until this manager has led long enough");
-    } else {
-        for keys in leftover.chunks(BATCH) {
-            delete(service, store, keys.to_vec()).await?;
+        } else if !leftover.is_empty() && !self.settled(&name) {
+            debug!(store = %name, keys = leftover.len(),
+               "claimed keys wait: a delete timed out lately and may still land");
+        } else {
+            for keys in leftover.chunks(BATCH) {
+                self.delete(service, store, keys.to_vec()).await?;
+            }
         }
+        for _ in 0..BATCHES_PER_PASS {
+            let before = unix_now().saturating_sub(grace_secs);
+            let n = name.clone();
+            let due = locked(service, move |s| {
+                Ok(s.state().garbage_due(&n, before, BATCH))
+            })
+            .await?;
+            if due.is_empty() {
+                break;
+            }
+            let full = due.len() >= BATCH;
+            let n = name.clone();
+            let claimed = locked(service, move |s| {
+                s.commit_led(Mutation::GcClaim {
+                    store: n.clone(),
+                    keys: due.clone(),
+                })?;
+                let claimed: BTreeSet<GcKey> = s.state().claimed(&n).into_iter().collect();
+                Ok(due
+                    .into_iter()
+                    .filter(|k| claimed.contains(k))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+            self.delete(service, store, claimed).await?;
+            if !full {
+                break;
+            }
+        }
+        Ok(())
     }
-    for _ in 0..BATCHES_PER_PASS {
-        let before = unix_now().saturating_sub(grace_secs);
-        let n = name.clone();
-        let due = locked(service, move |s| {
-            Ok(s.state().garbage_due(&n, before, BATCH))
-        })
-        .await?;
-        if due.is_empty() {
-            break;
+
+    /// Deletes claimed `keys` (after checking this manager still leads) and forgets those the
+    /// store deleted. A delete that times out is noted: it may still land.
+    async fn delete(
+        &self,
+        service: &Shared,
+        store: &Store,
+        keys: Vec<GcKey>,
+    ) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
         }
-        let full = due.len() >= BATCH;
-        let n = name.clone();
-        let claimed = locked(service, move |s| {
-            s.commit_led(Mutation::GcClaim {
-                store: n.clone(),
-                keys: due.clone(),
-            })?;
-            let claimed: BTreeSet<GcKey> = s.state().claimed(&n).into_iter().collect();
-            Ok(due
-                .into_iter()
-                .filter(|k| claimed.contains(k))
-                .collect::<Vec<_>>())
-        })
-        .await?;
-        delete(service, store, claimed).await?;
-        if !full {
-            break;
-        }
+        locked(service, |s| s.lead()).await?;
+        let deleting = store.delete_many(keys.iter().map(GcKey::path).collect());
+        #[cfg(test)]
+        let deleting = async {
+            tokio::time::sleep(self.delete_delay).await;
+            deleting.await
+        };
+        let Ok(failed) = tokio::time::timeout(self.delete_timeout, deleting).await else {
+            self.note_timeout(store.name());
+            return Err(format!(
+                "deleting {} keys took over {:?}; retried",
+                keys.len(),
+                self.delete_timeout
+            ));
+        };
+        forget(service, store, keys, failed).await
     }
-    Ok(())
 }
 
 /// Reads every segment queued for release and releases it with its objects.
@@ -205,22 +288,13 @@ fn leaks(e: &StoreError) -> bool {
     matches!(e, StoreError::NotFound { .. } | StoreError::Corrupt { .. })
 }
 
-/// Deletes claimed `keys` (after checking this manager still leads) and forgets those the
-/// store deleted.
-async fn delete(service: &Shared, store: &Store, keys: Vec<GcKey>) -> Result<(), String> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    locked(service, |s| s.lead()).await?;
-    let deleting = store.delete_many(keys.iter().map(GcKey::path).collect());
-    let failed = tokio::time::timeout(DELETE_TIMEOUT, deleting)
-        .await
-        .map_err(|_| {
-            format!(
-                "deleting {} keys took over {DELETE_TIMEOUT:?}; retried",
-                keys.len()
-            )
-        })?;
+/// Forgets the deleted `keys` but those the store `failed` to delete.
+async fn forget(
+    service: &Shared,
+    store: &Store,
+    keys: Vec<GcKey>,
+    failed: Vec<(String, StoreError)>,
+) -> Result<(), String> {
     // Deposed meanwhile: the new leader deletes them again (after its settling time).
     locked(service, |s| s.lead()).await?;
     let failed_keys: BTreeSet<String> = failed.iter().map(|(k, _)| k.clone()).collect();

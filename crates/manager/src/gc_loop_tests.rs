@@ -50,7 +50,10 @@ async fn the_collector_deletes_exactly_what_no_backup_names_after_the_grace() {
         now_unix: unix_now(),
     })
     .await;
-    collect(&h.service, &h.store, 3600, SETTLE).await.unwrap();
+    Collector::new(3600, SETTLE)
+        .collect(&h.service, &h.store)
+        .await
+        .unwrap();
     assert_eq!(
         listing(&h.store).await,
         all,
@@ -95,16 +98,61 @@ async fn keys_claimed_before_wait_for_the_leader_to_settle() {
     .await;
     let claimed = h.read(|s| s.state().claimed("local")).await;
     assert_eq!(claimed, [GcKey::Root(root)]);
-    collect(&h.service, &h.store, 3600, SETTLE).await.unwrap();
+    Collector::new(3600, SETTLE)
+        .collect(&h.service, &h.store)
+        .await
+        .unwrap();
     assert!(
         h.store.exists(&keys::root(&root)).await.unwrap(),
         "a new leader leaves a previous claim alone"
     );
-    collect(&h.service, &h.store, 3600, Duration::ZERO)
+    Collector::new(3600, Duration::ZERO)
+        .collect(&h.service, &h.store)
         .await
         .unwrap();
     assert!(!h.store.exists(&keys::root(&root)).await.unwrap());
     assert!(h.read(|s| s.state().claimed("local")).await.is_empty());
+    h.stop().await;
+}
+
+/// Keys a delete that timed out left claimed wait the settling time before they are
+/// deleted again and forgotten: the late delete may still land, and a key forgotten could
+/// be uploaded anew and then removed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_a_timed_out_delete_left_claimed_wait_for_it_to_settle() {
+    let settle = Duration::from_secs(2);
+    let h = harness(two_backups()).await;
+    let root = garbage_roots(&h, 1).await[0];
+    h.commit(Mutation::GcClaim {
+        store: "local".into(),
+        keys: vec![GcKey::Root(root)],
+    })
+    .await;
+    // Led long enough: only the timeout holds the keys back.
+    tokio::time::sleep(settle).await;
+    let c = Collector::new(3600, settle)
+        .with_slow_deletes(Duration::from_millis(200), Duration::from_millis(50));
+    let e = c.collect(&h.service, &h.store).await.unwrap_err();
+    assert!(e.contains("took over"), "{e}");
+    let claimed = || h.read(|s| s.state().claimed("local"));
+    assert_eq!(claimed().await, [GcKey::Root(root)], "not forgotten");
+    let c = Collector {
+        delete_delay: Duration::ZERO,
+        delete_timeout: DELETE_TIMEOUT,
+        ..c
+    };
+    c.collect(&h.service, &h.store).await.unwrap();
+    assert_eq!(
+        claimed().await,
+        [GcKey::Root(root)],
+        "deleted again and forgotten within the settling time"
+    );
+    tokio::time::sleep(settle).await;
+    c.collect(&h.service, &h.store).await.unwrap();
+    assert!(
+        claimed().await.is_empty(),
+        "deleted and forgotten once settled"
+    );
     h.stop().await;
 }
 
