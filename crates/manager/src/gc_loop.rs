@@ -5,12 +5,13 @@
 //! deleted in one batch (`delete_many`) and forgotten (`GcDeleted`) as far as the store
 //! deleted it (the rest stays claimed and is retried next pass).
 //!
-//! Holds nothing of its own but when a delete last timed out ([`Collector`]): everything it
-//! acts on is in the replicated state, so a new leader carries on. Must never: delete a key that is not claimed in the state (a claim
-//! bumps `gc_gen`, and every manager remembers the keys deleted lately, so an upload
-//! racing the deletion of one of its keys is redone, never recorded); delete
-//! on a manager that does not lead (checked before each batch, each bounded by
-//! [`DELETE_TIMEOUT`]); release a segment's objects it could not read. A segment the store
+//! Holds nothing of its own but when a delete last timed out ([`Collector`]): everything
+//! it acts on is in the replicated state, so a new leader carries on. Must never: delete a
+//! key that is not claimed in the state (a claim bumps `gc_gen`, and every manager
+//! remembers the keys deleted lately, so an upload racing the deletion of one of its keys
+//! is redone, never recorded); delete on a manager that does not lead (checked before
+//! each batch, each bounded by [`DELETE_TIMEOUT`]); release a segment's objects it could
+//! not read. A segment the store
 //! says is missing or corrupt is released with no objects (leaked, never deleted too
 //! much); one it could not read for another reason (unavailable) stays queued and is read
 //! again next pass.
