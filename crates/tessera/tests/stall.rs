@@ -169,6 +169,13 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
     write_frame(&mut w1, &Frame::new(x.kind(), x_frame, x.encode()))
         .await
         .expect("send X");
+    // The frames' last bytes may still wait in the client's TLS buffer (the node reads no
+    // more once its budget is full): pushed out as the node reads again.
+    let flushing = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        w1.flush().await.expect("flush");
+        w1
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Connection 2: the newer write W to the same block, acknowledged while X waits.
@@ -216,6 +223,7 @@ async fn a_write_queued_behind_a_stalled_group_never_lands_after_newer_writes() 
         }
     }
     let x_reply = x_reply.expect("X answered");
+    drop(flushing.await.expect("flushed"));
     eprintln!("the old write X was answered {x_reply:?}");
     assert!(
         !matches!(x_reply, Reply::Ok(_)),
