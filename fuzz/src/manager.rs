@@ -526,24 +526,26 @@ pub fn seeds() -> Vec<crate::seeds::Seed> {
     ]
     .concat();
     // An upload started before the collector claims and deletes an object its segment
-    // names (shared with a deleted backup's): it must not be recorded.
-    let across_a_claim = [
-        vec![SNAPSHOT, 0, 0, 0],
-        vec![BACKUP, 0, 0, 0, 1],    // backup 1: a@s1 in near
-        vec![UPLOAD, 0, 0, 1, 0, 7], // chunk 0: objects of 7 and 3
-        vec![READY, 0, 0],
-        vec![CREATE, 2, 1, 3], // b: 4 MiB, written, snapshotted, backed up to near
-        vec![ATTACH, 0, 1, 0],
-        vec![PROVISION, 0, 2, 0, 4, 1],
-        vec![SNAPSHOT, 0, 1, 0],
-        vec![BACKUP, 0, 1, 0, 1],
-        vec![UPLOAD, 5, 0, 1, 1, 6], // backup 2, held: chunk 1, objects of 6 and 3
-        vec![DELETE_BACKUP, 0, 1],
-        vec![COLLECT, 0, 0], // releases, claims and deletes backup 1's keys
-        vec![DELIVER, 0, 0],
-        vec![READY, 0, 0],
-    ]
-    .concat();
+    // names (shared with backup `shared`, deleted): it must not be recorded.
+    let race = |shared: u8| {
+        [
+            vec![BACKUP, 0, 0, 0, 1],    // backup `shared`: a@s1 in near
+            vec![UPLOAD, 0, 0, 1, 0, 7], // chunk 0: objects of 7 and 3
+            vec![READY, 0, 0],
+            vec![CREATE, 2, 1, 3], // b: 4 MiB, written, snapshotted, backed up to near
+            vec![ATTACH, 0, 1, 0],
+            vec![PROVISION, 0, 2, 0, 4, 1],
+            vec![SNAPSHOT, 0, 1, 0],
+            vec![BACKUP, 0, 1, 0, 1],
+            vec![UPLOAD, 5, 0, 1, 1, 6], // the next backup, held: chunk 1, objects of 6 and 3
+            vec![DELETE_BACKUP, 0, shared],
+            vec![COLLECT, 0, 0], // releases, claims and deletes its keys, object 3 among them
+            vec![DELIVER, 0, 0],
+            vec![READY, 0, 0],
+        ]
+        .concat()
+    };
+    let across_a_claim = [vec![SNAPSHOT, 0, 0, 0], race(1)].concat();
     // The same race after a first collection (backup 1, deleted and collected, moves
     // gc_gen): the leader's memory of deleted keys, not its start, must skip the upload.
     let after_a_collection = [
@@ -553,19 +555,7 @@ pub fn seeds() -> Vec<crate::seeds::Seed> {
         vec![READY, 0, 0],
         vec![DELETE_BACKUP, 0, 1],
         vec![COLLECT, 0, 0], // claims and deletes backup 1's keys: gc_gen moves
-        vec![BACKUP, 0, 0, 0, 1], // backup 2: a@s1 in near
-        vec![UPLOAD, 0, 0, 1, 0, 7], // chunk 0: objects of 7 and 3
-        vec![READY, 0, 0],
-        vec![CREATE, 2, 1, 3],
-        vec![ATTACH, 0, 1, 0],
-        vec![PROVISION, 0, 2, 0, 4, 1],
-        vec![SNAPSHOT, 0, 1, 0],
-        vec![BACKUP, 0, 1, 0, 1],    // backup 3: b@s1 in near
-        vec![UPLOAD, 5, 0, 1, 1, 6], // held: chunk 1, objects of 6 and 3
-        vec![DELETE_BACKUP, 0, 2],
-        vec![COLLECT, 0, 0], // claims and deletes backup 2's keys, object 3 among them
-        vec![DELIVER, 0, 0],
-        vec![READY, 0, 0],
+        race(2),
     ]
     .concat();
     vec![

@@ -25,6 +25,11 @@ fn uploaded(chunk: u64, gc_gen: u64) -> Uploaded {
     }
 }
 
+/// The store "local"'s `gc_gen`.
+async fn gc_gen(h: &Harness) -> u64 {
+    h.read(|s| s.state().gc_gen("local")).await
+}
+
 /// Commits `ms` under one hold of the service lock: a running uploader never sees the
 /// backups they create and delete (it would start a job for one).
 async fn atomically(h: &Harness, ms: Vec<Mutation>) {
@@ -38,7 +43,7 @@ async fn atomically(h: &Harness, ms: Vec<Mutation>) {
 /// Makes `obj` garbage in the store "local": named by segment `seg` of backup `id`, which
 /// is recorded, deleted and released. Returns the store's `gc_gen` then.
 async fn garbage_object(h: &Harness, id: u64, seg: Hash, obj: Hash) -> u64 {
-    let gc_gen = h.read(|s| s.state().gc_gen("local")).await;
+    let read = gc_gen(h).await;
     let chunk = ChunkSegment {
         chunk: 0,
         segment: seg,
@@ -51,7 +56,7 @@ async fn garbage_object(h: &Harness, id: u64, seg: Hash, obj: Hash) -> u64 {
             Mutation::CreateBackup(backup_record(id, 1, None)),
             Mutation::BackupChunks {
                 id,
-                gc_gen,
+                gc_gen: read,
                 chunks: vec![chunk],
                 stats: BackupStats::default(),
             },
@@ -64,7 +69,7 @@ async fn garbage_object(h: &Harness, id: u64, seg: Hash, obj: Hash) -> u64 {
         ],
     )
     .await;
-    h.read(|s| s.state().gc_gen("local")).await
+    gc_gen(h).await
 }
 
 /// Makes a root garbage in "local" (a ready backup, deleted) and returns it.
@@ -135,7 +140,7 @@ async fn a_chunk_read_before_the_deletion_of_its_object_is_not_recorded() {
     let gone = uploaded(1, 0).objects[0];
     let old = garbage_object(&h, 2000, Hash([200; 32]), gone).await;
     collect(&h, vec![GcKey::Object(gone)], true).await;
-    let new = h.read(|s| s.state().gc_gen("local")).await;
+    let new = gc_gen(&h).await;
     assert!(new > old, "the claim and the deletion move gc_gen");
     assert_eq!(
         recorded(&h, vec![uploaded(0, new), uploaded(1, old)]).await,
@@ -156,7 +161,7 @@ async fn a_chunk_naming_a_claimed_object_is_not_recorded() {
     let claimed = uploaded(1, 0).objects[0];
     let old = garbage_object(&h, 2000, Hash([200; 32]), claimed).await;
     collect(&h, vec![GcKey::Object(claimed)], false).await;
-    let new = h.read(|s| s.state().gc_gen("local")).await;
+    let new = gc_gen(&h).await;
     assert!(recorded(&h, vec![uploaded(1, old)]).await.is_empty());
     assert!(recorded(&h, vec![uploaded(1, new)]).await.is_empty());
     h.stop().await;
@@ -170,7 +175,7 @@ async fn chunks_uploaded_across_the_collection_of_other_keys_are_recorded() {
     let h = harness(two_backups()).await;
     h.create_backup(1, 1, None).await;
     first_collection(&h).await;
-    let old = h.read(|s| s.state().gc_gen("local")).await;
+    let old = gc_gen(&h).await;
     let roots = garbage_roots(&h, 3).await;
     let other = Hash([77; 32]);
     garbage_object(&h, 2000, Hash([200; 32]), other).await;
@@ -179,14 +184,13 @@ async fn chunks_uploaded_across_the_collection_of_other_keys_are_recorded() {
         collect(&h, vec![GcKey::Root(root)], i < 2).await;
     }
     collect(&h, vec![GcKey::Object(other)], true).await;
-    let new = h.read(|s| s.state().gc_gen("local")).await;
+    let new = gc_gen(&h).await;
     assert!(new >= old + 7, "gc_gen moved from {old} to {new}");
     assert_eq!(
         recorded(&h, vec![uploaded(0, old), uploaded(1, old)]).await,
         [0, 1]
     );
-    let gc_gen = h.read(|s| s.state().gc_gen("local")).await;
-    assert_eq!(gc_gen, new, "recording moved no gc_gen");
+    assert_eq!(gc_gen(&h).await, new, "recording moved no gc_gen");
     h.stop().await;
 }
 
@@ -199,7 +203,7 @@ async fn a_backup_finishes_while_the_collector_deletes_other_keys() {
     h.create_backup(1, 1, None).await;
     first_collection(&h).await;
     let done = AtomicBool::new(false);
-    let start = h.read(|s| s.state().gc_gen("local")).await;
+    let start = gc_gen(&h).await;
     let collecting = async {
         while !done.load(Relaxed) {
             let root = garbage_root(&h).await;
@@ -211,7 +215,7 @@ async fn a_backup_finishes_while_the_collector_deletes_other_keys() {
         done.store(true, Relaxed);
     };
     tokio::join!(collecting, backing_up);
-    let end = h.read(|s| s.state().gc_gen("local")).await;
+    let end = gc_gen(&h).await;
     assert!(end > start, "the collector ran: gc_gen {start} to {end}");
     assert!(
         h.asked.lock().unwrap().iter().all(|r| !r.force),
@@ -279,10 +283,10 @@ async fn skipped_chunks_are_redone_with_force_backed_off_and_reported() {
 async fn an_upload_that_read_the_gc_gen_of_the_managers_start_is_not_vouched_for() {
     let h = harness(two_backups()).await;
     h.create_backup(1, 1, None).await;
-    let old = h.read(|s| s.state().gc_gen("local")).await;
+    let old = gc_gen(&h).await;
     first_collection(&h).await;
     assert!(recorded(&h, vec![uploaded(0, old)]).await.is_empty());
-    let new = h.read(|s| s.state().gc_gen("local")).await;
+    let new = gc_gen(&h).await;
     first_collection(&h).await;
     assert_eq!(recorded(&h, vec![uploaded(0, new)]).await, [0]);
     h.stop().await;

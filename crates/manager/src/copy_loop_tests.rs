@@ -7,31 +7,16 @@ use tessera_backup::keys;
 use tokio::sync::watch;
 
 use super::*;
-use crate::backup_loop::tests::{CHUNK, Harness, SIZE, harness, object_of, two_backups};
+use crate::backup_loop::tests::{Harness, backup_record, harness, object_of, two_backups};
 use crate::state::BackupRecord;
 
 /// Records backup 2 as a copy of ready backup 1 in store `other`.
 pub(crate) async fn copy_record(h: &Harness) {
     h.commit(Mutation::CreateBackup(BackupRecord {
-        id: 2,
-        volume: "vol".into(),
-        volume_id: 1,
-        snapshot: "s1".into(),
-        seq: 1,
         store: "other".into(),
-        base: None,
-        base_seq: 0,
         copied_from: Some(1),
-        size: SIZE,
-        chunk_size: CHUNK,
-        chunks_total: 3,
         created_unix: 200,
-        finished_unix: None,
-        state: BackupState::Uploading,
-        root: None,
-        error: None,
-        stats: BackupStats::default(),
-        reads: Default::default(),
+        ..backup_record(2, 1, None)
     }))
     .await;
 }

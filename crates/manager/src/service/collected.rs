@@ -153,7 +153,7 @@ impl Service {
         let now = state.gc_gen(store);
         let (mut fresh, mut stale) = (Vec::new(), Vec::new());
         for c in chunks {
-            let untouched = self.untouched_since(store, gc_gen, &chunk_keys(&c));
+            let untouched = gc_gen == now || self.untouched_since(store, gc_gen, &chunk_keys(&c));
             let c = ChunkSegment {
                 objects: c
                     .objects
